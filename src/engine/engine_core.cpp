@@ -1,0 +1,363 @@
+#include "engine/engine_core.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include <xxhash.h>
+
+#include "common/check.h"
+
+namespace loadstar::engine {
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kAbort: return "abort";
+    case FinishReason::kNone: break;
+  }
+  return "";
+}
+
+Status EngineConfig::validate() const {
+  if (block_size == 0) return make_error(ErrorCode::kInvalidArgument, "block_size must be positive");
+  if (max_num_seqs == 0) return make_error(ErrorCode::kInvalidArgument, "max_num_seqs must be positive");
+  if (max_num_batched_tokens == 0)
+    return make_error(ErrorCode::kInvalidArgument, "max_num_batched_tokens must be positive");
+  if (max_model_len < 2) return make_error(ErrorCode::kInvalidArgument, "max_model_len must be at least 2");
+  uint64_t capacity = static_cast<uint64_t>(num_gpu_blocks) * block_size;
+  if (capacity < max_model_len) {
+    // As vLLM at start-up: one request of full length must fit in the pool.
+    return make_error(ErrorCode::kInvalidArgument,
+                      "the KV cache holds {} tokens ({} blocks of {}), fewer than max_model_len {}; "
+                      "raise num_gpu_blocks or lower max_model_len",
+                      capacity, num_gpu_blocks, block_size, max_model_len);
+  }
+  if (cost.base_s < 0 || cost.per_prefill_token_s < 0 || cost.per_decode_seq_s < 0 ||
+      cost.per_context_token_s < 0)
+    return make_error(ErrorCode::kInvalidArgument, "step cost coefficients must not be negative");
+  return ok_status();
+}
+
+namespace {
+
+// splitmix64: small, fast, and the same everywhere.
+uint64_t next_random(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+double uniform01(uint64_t& state) { return (next_random(state) >> 11) * 0x1.0p-53; }
+
+}  // namespace
+
+struct EngineCore::Request {
+  RequestId id = 0;
+  std::vector<TokenId> tokens;  // the prompt, then every generated token
+  uint32_t num_prompt = 0;
+  uint32_t num_computed = 0;    // tokens whose KV is in the cache
+  uint32_t max_tokens = 0;
+  uint32_t min_tokens = 0;
+  uint32_t eos_at = UINT32_MAX;  // the output count at which the model emits EOS
+  bool pooling = false;
+  uint64_t rng = 0;
+  std::vector<BlockId> blocks;
+  std::vector<BlockHash> block_hashes;  // one per full block of `tokens`
+  uint32_t num_cached_blocks = 0;       // leading blocks registered in the prefix cache
+  uint32_t cached_tokens = 0;           // prefix hit at first admission
+  double arrival = 0;
+  double first_scheduled = -1;
+  double first_token = -1;
+  double last_token = -1;
+
+  uint32_t num_tokens() const { return static_cast<uint32_t>(tokens.size()); }
+  uint32_t num_output() const { return num_tokens() - num_prompt; }
+
+  void update_block_hashes(uint32_t block_size) {
+    while ((block_hashes.size() + 1) * block_size <= tokens.size()) {
+      size_t i = block_hashes.size();
+      BlockHash parent = i == 0 ? 0 : block_hashes[i - 1];
+      block_hashes.push_back(
+          hash_block(parent, std::span<const TokenId>(tokens).subspan(i * block_size, block_size)));
+    }
+  }
+};
+
+EngineCore::EngineCore(EngineConfig config)
+    : config_(std::move(config)), pool_(config_.num_gpu_blocks, config_.enable_prefix_caching) {
+  LS_CHECK_MSG(config_.validate().ok(), "EngineConfig must be validated before use");
+}
+
+EngineCore::~EngineCore() = default;
+
+Status EngineCore::add_request(NewRequest request, double now) {
+  const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
+  if (prompt_len == 0) return make_error(ErrorCode::kInvalidArgument, "the prompt is empty");
+  if (requests_.count(request.id))
+    return make_error(ErrorCode::kInvalidArgument, "request id {} is already in use", request.id);
+  const uint32_t limit = config_.max_model_len;
+  uint32_t max_tokens = 0;
+  if (request.pooling) {
+    if (prompt_len > limit) {
+      return make_error(ErrorCode::kOutOfRange,
+                        "This model's maximum context length is {} tokens. However, you requested {} "
+                        "tokens in the input for embedding generation. Please reduce the length of "
+                        "the input.",
+                        limit, prompt_len);
+    }
+  } else {
+    uint32_t asked = request.sampling.max_tokens.value_or(prompt_len < limit ? limit - prompt_len : 1);
+    if (prompt_len >= limit || static_cast<uint64_t>(prompt_len) + asked > limit) {
+      return make_error(ErrorCode::kOutOfRange,
+                        "This model's maximum context length is {} tokens. However, you requested {} "
+                        "tokens ({} in the messages, {} in the completion). Please reduce the length "
+                        "of the messages or completion.",
+                        limit, static_cast<uint64_t>(prompt_len) + asked, prompt_len, asked);
+    }
+    if (asked == 0) return make_error(ErrorCode::kInvalidArgument, "max_tokens must be at least 1");
+    max_tokens = asked;
+  }
+  if (config_.max_waiting > 0 && waiting_.size() >= config_.max_waiting) {
+    return make_error(ErrorCode::kResourceExhausted,
+                      "the engine's waiting queue is full ({} requests); retry later",
+                      config_.max_waiting);
+  }
+
+  auto r = std::make_unique<Request>();
+  r->id = request.id;
+  r->tokens = std::move(request.prompt);
+  r->num_prompt = prompt_len;
+  r->max_tokens = max_tokens;
+  r->min_tokens = request.sampling.min_tokens;
+  r->pooling = request.pooling;
+  r->arrival = now;
+  r->rng = request.sampling.seed
+               ? *request.sampling.seed ^ 0x5bd1e995ULL
+               : XXH3_64bits_withSeed(r->tokens.data(), r->tokens.size() * sizeof(TokenId),
+                                      config_.seed);
+  if (!request.sampling.ignore_eos && !request.pooling) {
+    // Box-Muller: a log-normal natural length, drawn before any token so that
+    // the whole output depends on the seed alone.
+    double u1 = std::max(uniform01(r->rng), 1e-12), u2 = uniform01(r->rng);
+    double normal = std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2);
+    double length = config_.output_length.median_tokens * std::exp(config_.output_length.sigma * normal);
+    r->eos_at = std::max<uint32_t>({1, r->min_tokens, static_cast<uint32_t>(std::lround(length))});
+  }
+  r->update_block_hashes(config_.block_size);
+  waiting_.push_back(r.get());
+  requests_.emplace(r->id, std::move(r));
+  return ok_status();
+}
+
+void EngineCore::abort_request(RequestId id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  Request* r = it->second.get();
+  if (auto rit = std::find(running_.begin(), running_.end(), r); rit != running_.end()) {
+    running_.erase(rit);
+  } else if (auto wit = std::find(waiting_.begin(), waiting_.end(), r); wit != waiting_.end()) {
+    waiting_.erase(wit);
+  }
+  free_request_blocks(*r);
+  requests_.erase(it);
+}
+
+void EngineCore::free_request_blocks(Request& r) {
+  // Reverse order: the tail of a sequence is the least likely to be shared,
+  // so it should be evicted first.
+  std::reverse(r.blocks.begin(), r.blocks.end());
+  pool_.release(r.blocks);
+  r.blocks.clear();
+  r.num_cached_blocks = 0;
+}
+
+void EngineCore::preempt(Request& r) {
+  free_request_blocks(r);
+  r.num_computed = 0;  // recompute from scratch (the prefix cache may still help)
+  waiting_.push_front(&r);
+  ++stats_.num_preemptions;
+}
+
+uint32_t EngineCore::computed_prefix(Request& r) {
+  if (!config_.enable_prefix_caching) return 0;
+  // At least one token must be computed to produce logits, so a full hit
+  // stops one block short (vLLM: max_cache_hit_length = num_tokens - 1).
+  const uint32_t max_blocks = (r.num_tokens() - 1) / config_.block_size;
+  uint32_t hits = 0;
+  while (hits < max_blocks && hits < r.block_hashes.size()) {
+    auto block = pool_.lookup(r.block_hashes[hits]);
+    if (!block) break;
+    ++hits;
+  }
+  return hits;
+}
+
+bool EngineCore::allocate_slots(Request& r, uint32_t num_new_tokens) {
+  const uint32_t bs = config_.block_size;
+  const uint32_t total = r.num_computed + num_new_tokens;
+  const uint32_t needed = (total + bs - 1) / bs;
+  if (needed <= r.blocks.size()) return true;
+  const uint32_t to_allocate = needed - static_cast<uint32_t>(r.blocks.size());
+  if (pool_.num_free() < to_allocate) return false;
+  pool_.allocate(to_allocate, r.blocks);
+  return true;
+}
+
+void EngineCore::cache_full_blocks(Request& r) {
+  const uint32_t full = std::min<uint32_t>(r.num_computed / config_.block_size,
+                                           static_cast<uint32_t>(r.block_hashes.size()));
+  for (uint32_t i = r.num_cached_blocks; i < full; ++i) pool_.cache(r.blocks[i], r.block_hashes[i]);
+  r.num_cached_blocks = std::max(r.num_cached_blocks, full);
+}
+
+TokenId EngineCore::sample(Request& r) {
+  if (r.num_output() + 1 >= r.eos_at) return tokenizer::kEos;
+  uint64_t x = next_random(r.rng);
+  // Mostly words, now and then punctuation, so the text reads like text.
+  if (x % 100 < 8) return tokenizer::kFirstPunctuation + static_cast<TokenId>((x >> 8) % 2);
+  if (x % 100 < 9) return tokenizer::kFirstPunctuation + 6;  // newline
+  return tokenizer::kFirstWord +
+         static_cast<TokenId>((x >> 16) % (tokenizer::kVocabSize - tokenizer::kFirstWord));
+}
+
+StepResult EngineCore::step(double now) {
+  StepResult result;
+  result.start = now;
+  struct Scheduled {
+    Request* r;
+    uint32_t num_new;
+  };
+  std::vector<Scheduled> batch;
+  batch.reserve(running_.size() + 8);
+  uint32_t budget = config_.max_num_batched_tokens;
+  bool preempted = false;
+
+  // 1. Running requests, oldest first; make room by preempting the newest.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request* r = running_[i];
+    const uint32_t num_new = std::min(r->num_tokens() - r->num_computed, budget);
+    LS_CHECK(num_new > 0);
+    bool scheduled = false;
+    while (true) {
+      if (allocate_slots(*r, num_new)) {
+        scheduled = true;
+        break;
+      }
+      Request* victim = running_.back();
+      running_.pop_back();
+      preempt(*victim);
+      preempted = true;
+      if (victim == r) break;
+    }
+    if (!scheduled) break;
+    batch.push_back({r, num_new});
+    budget -= num_new;
+    ++i;
+  }
+
+  // 2. Waiting requests, unless this step had to preempt (as vLLM).
+  while (!preempted && !waiting_.empty() && budget > 0 && running_.size() < config_.max_num_seqs) {
+    Request* r = waiting_.front();
+    const uint32_t hit_blocks = computed_prefix(*r);
+    const uint32_t hit_tokens = hit_blocks * config_.block_size;
+    const uint32_t num_new = std::min(r->num_tokens() - hit_tokens, budget);
+    // Blocks found in the cache are reused; those sitting in the free queue
+    // stop being free, so count them before deciding whether the rest fits.
+    uint32_t evictable_hits = 0;
+    for (uint32_t b = 0; b < hit_blocks; ++b)
+      if (pool_.is_free(*pool_.lookup(r->block_hashes[b]))) ++evictable_hits;
+    const uint32_t bs = config_.block_size;
+    const uint32_t to_allocate = (hit_tokens + num_new + bs - 1) / bs - hit_blocks;
+    if (pool_.num_free() < evictable_hits + to_allocate) break;
+    for (uint32_t b = 0; b < hit_blocks; ++b) {
+      BlockId id = *pool_.lookup(r->block_hashes[b]);
+      pool_.touch(id);
+      r->blocks.push_back(id);
+    }
+    r->num_computed = hit_tokens;
+    r->num_cached_blocks = hit_blocks;
+    LS_CHECK(allocate_slots(*r, num_new));
+    waiting_.pop_front();
+    running_.push_back(r);
+    stats_.prefix_cache_queries += r->num_tokens();
+    stats_.prefix_cache_hits += hit_tokens;
+    if (r->first_scheduled < 0) {
+      r->first_scheduled = now;
+      r->cached_tokens = hit_tokens;
+      stats_.prompt_tokens += r->num_prompt;
+    }
+    batch.push_back({r, num_new});
+    budget -= num_new;
+  }
+
+  // 3. "Execute": cost of the batch, then advance every scheduled request.
+  for (const Scheduled& s : batch) {
+    const Request& r = *s.r;
+    const bool decode = s.num_new == 1 && r.num_output() > 0 && r.num_computed + 1 == r.num_tokens();
+    if (decode) ++result.num_decode_seqs;
+    else result.num_prefill_tokens += s.num_new;
+    result.num_context_tokens += r.num_computed + s.num_new;
+  }
+  if (batch.empty()) return result;
+  result.duration = config_.cost.step_seconds(result.num_prefill_tokens, result.num_decode_seqs,
+                                              result.num_context_tokens);
+  const double end = now + result.duration;
+  ++stats_.num_steps;
+
+  std::vector<Request*> finished;
+  for (const Scheduled& s : batch) {
+    Request& r = *s.r;
+    r.num_computed += s.num_new;
+    cache_full_blocks(r);
+    if (r.num_computed < r.num_tokens()) continue;  // a prefill chunk; more to come
+    RequestOutput out;
+    out.id = r.id;
+    out.prompt_tokens = r.num_prompt;
+    out.cached_tokens = r.cached_tokens;
+    out.arrival_time = r.arrival;
+    out.first_scheduled_time = r.first_scheduled;
+    if (r.pooling) {
+      out.finish = FinishReason::kStop;
+      out.first_token_time = end;
+    } else {
+      const TokenId token = sample(r);
+      r.tokens.push_back(token);
+      r.update_block_hashes(config_.block_size);
+      ++stats_.generation_tokens;
+      out.has_token = true;
+      out.token = token;
+      out.output_tokens = r.num_output();
+      if (r.first_token < 0) r.first_token = end;
+      else out.inter_token_s = end - r.last_token;
+      r.last_token = end;
+      out.first_token_time = r.first_token;
+      if (token == tokenizer::kEos) out.finish = FinishReason::kStop;
+      else if (r.num_output() >= r.max_tokens) out.finish = FinishReason::kLength;
+    }
+    if (out.finish != FinishReason::kNone) finished.push_back(&r);
+    result.outputs.push_back(out);
+  }
+  if (!finished.empty()) {
+    std::erase_if(running_, [&](Request* r) {
+      return std::find(finished.begin(), finished.end(), r) != finished.end();
+    });
+    for (Request* r : finished) {
+      free_request_blocks(*r);
+      requests_.erase(r->id);
+    }
+  }
+  return result;
+}
+
+EngineStats EngineCore::stats() const {
+  EngineStats s = stats_;
+  s.num_running = static_cast<uint32_t>(running_.size());
+  s.num_waiting = static_cast<uint32_t>(waiting_.size());
+  s.kv_cache_usage = pool_.usage();
+  return s;
+}
+
+}  // namespace loadstar::engine

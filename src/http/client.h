@@ -1,0 +1,43 @@
+// A small blocking HTTP/1.1 client for the command line, health probes and
+// tests. Each call opens its own connection and runs on a private io_context,
+// so it may be used from any thread that can afford to block.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "http/server.h"
+
+namespace loadstar::http {
+
+struct ClientRequest {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string method = "GET";
+  std::string target = "/";
+  std::string body;
+  std::vector<Header> headers;
+  double timeout_s = 30;
+};
+
+struct ClientResponse {
+  int status = 0;
+  std::vector<Header> headers;
+  std::string body;
+  std::string_view header(std::string_view name) const;
+};
+
+// Sends the request and reads the whole response.
+Result<ClientResponse> fetch(const ClientRequest& request);
+
+// Sends the request and hands the body to `on_data` piece by piece as it
+// arrives; `on_data` returns false to hang up early. The returned response
+// holds status and headers, not the body.
+Result<ClientResponse> fetch_streaming(const ClientRequest& request,
+                                       const std::function<bool(std::string_view)>& on_data);
+
+}  // namespace loadstar::http

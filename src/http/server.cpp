@@ -1,0 +1,298 @@
+#include "http/server.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <chrono>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <spdlog/spdlog.h>
+
+namespace loadstar::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = asio::ip::tcp;
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  return true;
+}
+
+std::string plain_error_json(std::string_view message, std::string_view type, int code) {
+  return fmt::format(R"({{"error":{{"message":"{}","type":"{}","param":null,"code":{}}}}})", message,
+                     type, code);
+}
+
+}  // namespace
+
+std::string_view Request::header(std::string_view name) const {
+  for (const Header& h : headers)
+    if (iequals(h.name, name)) return h.value;
+  return {};
+}
+
+std::string_view Request::path() const {
+  std::string_view t = target;
+  return t.substr(0, t.find('?'));
+}
+
+struct Exchange::Impl {
+  beast::tcp_stream& stream;
+  Request request;
+  bool keep_alive = true;
+  bool complete = false;   // the whole response has been written
+  bool streaming = false;  // headers of a chunked response are out
+  bool failed = false;     // a write failed: the client is gone
+  std::shared_ptr<bool> watch_active;  // set while on_client_closed watches
+};
+
+const Request& Exchange::request() const { return impl_->request; }
+
+asio::any_io_executor Exchange::executor() const { return impl_->stream.get_executor(); }
+
+asio::awaitable<bool> Exchange::respond(Response response) {
+  bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(response.status), 11};
+  res.set(bhttp::field::server, "loadstar");
+  res.set(bhttp::field::content_type, response.content_type);
+  for (const Header& h : response.headers) res.set(h.name, h.value);
+  res.body() = std::move(response.body);
+  res.keep_alive(impl_->keep_alive);
+  res.prepare_payload();
+  auto [ec, n] = co_await bhttp::async_write(impl_->stream, res, kUseTuple);
+  impl_->complete = true;
+  if (ec) impl_->failed = true;
+  co_return !ec;
+}
+
+asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_type,
+                                             std::vector<Header> headers) {
+  bhttp::response<bhttp::empty_body> res{static_cast<bhttp::status>(status), 11};
+  res.set(bhttp::field::server, "loadstar");
+  res.set(bhttp::field::content_type, content_type);
+  res.set(bhttp::field::cache_control, "no-cache");
+  for (const Header& h : headers) res.set(h.name, h.value);
+  res.keep_alive(impl_->keep_alive);
+  res.chunked(true);
+  bhttp::response_serializer<bhttp::empty_body> sr{res};
+  impl_->streaming = true;
+  auto [ec, n] = co_await bhttp::async_write_header(impl_->stream, sr, kUseTuple);
+  if (ec) impl_->failed = true;
+  co_return !ec;
+}
+
+asio::awaitable<bool> Exchange::write_chunk(std::string data) {
+  if (impl_->failed) co_return false;
+  if (data.empty()) co_return true;  // an empty chunk would end the body
+  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk(asio::buffer(data)), kUseTuple);
+  if (ec) impl_->failed = true;
+  co_return !ec;
+}
+
+asio::awaitable<bool> Exchange::end_stream() {
+  if (impl_->failed) co_return false;
+  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk_last(), kUseTuple);
+  impl_->complete = true;
+  if (ec) impl_->failed = true;
+  co_return !ec;
+}
+
+void Exchange::on_client_closed(std::function<void()> callback) {
+  auto active = std::make_shared<bool>(true);
+  impl_->watch_active = active;
+  tcp::socket& socket = impl_->stream.socket();
+  // Readable with nothing to read means the peer closed; data means a
+  // pipelined request, which is not a close.
+  socket.async_wait(tcp::socket::wait_read, [active, callback = std::move(callback),
+                                             fd = socket.native_handle()](boost::system::error_code ec) {
+    if (!*active || ec == asio::error::operation_aborted) return;
+    *active = false;
+    char byte;
+    ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (ec || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) callback();
+  });
+}
+
+struct Server::State {
+  ServerOptions options;
+  Handler handler;
+  std::vector<asio::io_context*> contexts;
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
+  uint16_t port = 0;
+};
+
+namespace {
+
+asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::string message,
+                                   std::string type) {
+  bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
+  res.set(bhttp::field::server, "loadstar");
+  res.set(bhttp::field::content_type, "application/json");
+  res.body() = plain_error_json(message, type, status);
+  res.keep_alive(false);
+  res.prepare_payload();
+  auto [ec, n] = co_await bhttp::async_write(stream, res, kUseTuple);
+  (void)ec;
+}
+
+asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  const auto idle = std::chrono::milliseconds(static_cast<int64_t>(state->options.idle_timeout_s * 1000));
+  for (;;) {
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.body_limit(state->options.max_body_bytes);
+    parser.header_limit(64 * 1024);
+    stream.expires_after(idle);
+    auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+    if (hec) {
+      if (hec == bhttp::error::end_of_stream || hec == beast::error::timeout ||
+          hec == asio::error::connection_reset || hec == asio::error::eof)
+        break;
+      std::string message = "malformed HTTP request: " + hec.message();
+      co_await write_simple(stream, 400, message, "BadRequestError");
+      break;
+    }
+    const auto& header = parser.get();
+    if (parser.content_length() && *parser.content_length() > state->options.max_body_bytes) {
+      std::string message = fmt::format("request body of {} bytes is over the limit of {} bytes",
+                                        *parser.content_length(), state->options.max_body_bytes);
+      co_await write_simple(stream, 413, message, "RequestTooLargeError");
+      break;
+    }
+    if (iequals(header[bhttp::field::expect], "100-continue")) {
+      bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
+      auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
+      if (cec) break;
+    }
+    auto [ec, n] = co_await bhttp::async_read(stream, buffer, parser, kUseTuple);
+    if (ec == bhttp::error::body_limit) {
+      std::string message =
+          fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
+      co_await write_simple(stream, 413, message, "RequestTooLargeError");
+      break;
+    }
+    if (ec) {
+      if (ec != bhttp::error::end_of_stream && ec != beast::error::timeout) {
+        std::string message = "malformed HTTP request: " + ec.message();
+        co_await write_simple(stream, 400, message, "BadRequestError");
+      }
+      break;
+    }
+    stream.expires_never();
+    auto message = parser.release();
+    Exchange::Impl impl{stream, {}, message.keep_alive()};
+    impl.request.method = std::string(message.method_string());
+    impl.request.target = std::string(message.target());
+    impl.request.body = std::move(message.body());
+    impl.request.headers.reserve(8);
+    for (const auto& field : message)
+      impl.request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+    Exchange exchange(&impl);
+    bool threw = false;
+    try {
+      co_await state->handler(exchange);
+    } catch (const std::exception& e) {
+      spdlog::error("handler for {} {} failed: {}", impl.request.method, impl.request.target, e.what());
+      threw = true;
+    }
+    if (impl.watch_active && *impl.watch_active) {
+      *impl.watch_active = false;
+      boost::system::error_code ignored;
+      stream.socket().cancel(ignored);
+    }
+    if (!impl.complete) {
+      if (impl.streaming || impl.failed) break;  // a cut stream cannot be repaired
+      co_await write_simple(stream, 500, threw ? "internal error" : "handler sent no response",
+                            "InternalServerError");
+      break;
+    }
+    if (impl.failed || !impl.keep_alive) break;
+  }
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+
+asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, std::shared_ptr<Server::State> state) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor->async_accept(kUseTuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
+      continue;  // e.g. EMFILE: keep serving the connections we have
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    asio::co_spawn(socket.get_executor(), session(std::move(socket), state), asio::detached);
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> contexts,
+                                               ServerOptions options, Handler handler) {
+  auto state = std::make_shared<State>();
+  state->options = std::move(options);
+  state->handler = std::move(handler);
+  state->contexts = std::move(contexts);
+  boost::system::error_code ec;
+  auto address = asio::ip::make_address(state->options.host, ec);
+  if (ec) return make_error(ErrorCode::kInvalidArgument, "'{}' is not an IP address", state->options.host);
+  uint16_t port = state->options.port;
+  for (asio::io_context* ctx : state->contexts) {
+    auto acceptor = std::make_unique<tcp::acceptor>(*ctx);
+    tcp::endpoint endpoint(address, port);
+    acceptor->open(endpoint.protocol(), ec);
+    if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec && state->contexts.size() > 1)
+      acceptor->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
+    if (!ec) acceptor->bind(endpoint, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return make_error(ErrorCode::kUnavailable, "cannot listen on {}:{}: {}", state->options.host, port,
+                        ec.message());
+    }
+    port = acceptor->local_endpoint().port();
+    state->acceptors.push_back(std::move(acceptor));
+  }
+  state->port = port;
+  return std::unique_ptr<Server>(new Server(std::move(state)));
+}
+
+Server::Server(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+Server::~Server() = default;
+
+uint16_t Server::port() const { return state_->port; }
+
+void Server::start() {
+  for (size_t i = 0; i < state_->acceptors.size(); ++i)
+    asio::co_spawn(*state_->contexts[i], accept_loop(state_->acceptors[i].get(), state_), asio::detached);
+}
+
+void Server::stop() {
+  for (size_t i = 0; i < state_->acceptors.size(); ++i) {
+    tcp::acceptor* acceptor = state_->acceptors[i].get();
+    asio::post(*state_->contexts[i], [acceptor, state = state_] {
+      boost::system::error_code ignored;
+      acceptor->close(ignored);
+    });
+  }
+}
+
+}  // namespace loadstar::http

@@ -1,0 +1,102 @@
+// An HTTP/1.1 server on Boost.Beast with C++20 coroutines. Handlers see plain
+// request and response types (Beast stays in server.cpp) and may answer whole
+// or stream a chunked body (SSE). Each io_context given to the server gets
+// its own acceptor on the same port (SO_REUSEPORT), so worker threads share
+// nothing on the request path.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/any_io_executor.hpp>
+
+#include "common/result.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace loadstar::http {
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+
+struct Request {
+  std::string method;
+  std::string target;
+  std::string body;
+  std::vector<Header> headers;
+  // Case-insensitive lookup; empty when absent.
+  std::string_view header(std::string_view name) const;
+  // The target without its query string.
+  std::string_view path() const;
+};
+
+struct Response {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<Header> headers;
+};
+
+// One request and its response on a connection. Methods returning bool give
+// false when the client is gone; the handler should then stop.
+class Exchange {
+ public:
+  struct Impl;
+  explicit Exchange(Impl* impl) : impl_(impl) {}
+
+  const Request& request() const;
+  boost::asio::any_io_executor executor() const;
+
+  boost::asio::awaitable<bool> respond(Response response);
+  // Starts a chunked response; write_chunk sends each piece as it comes.
+  boost::asio::awaitable<bool> begin_stream(int status, std::string content_type,
+                                            std::vector<Header> headers = {});
+  boost::asio::awaitable<bool> write_chunk(std::string data);
+  boost::asio::awaitable<bool> end_stream();
+  // Calls `callback` (on this exchange's executor) if the client closes the
+  // connection before the response is complete. For handlers that wait a
+  // long time before writing anything.
+  void on_client_closed(std::function<void()> callback);
+
+ private:
+  Impl* impl_;
+};
+
+using Handler = std::function<boost::asio::awaitable<void>(Exchange&)>;
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;  // 0: the kernel picks; port() tells which
+  uint64_t max_body_bytes = 8u << 20;
+  double idle_timeout_s = 120;  // a keep-alive connection with no request is closed after this
+};
+
+class Server {
+ public:
+  // Binds on construction (so port() is known at once); serving starts with
+  // start(). One acceptor per io_context.
+  static Result<std::unique_ptr<Server>> create(std::vector<boost::asio::io_context*> contexts,
+                                                ServerOptions options, Handler handler);
+  ~Server();
+  uint16_t port() const;
+  void start();
+  // Stops accepting; connections in progress finish on their own.
+  void stop();
+
+  struct State;  // shared with the connections; defined in server.cpp
+
+ private:
+  explicit Server(std::shared_ptr<State> state);
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace loadstar::http
