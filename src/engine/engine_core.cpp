@@ -93,13 +93,18 @@ EngineCore::EngineCore(EngineConfig config)
 
 EngineCore::~EngineCore() = default;
 
-Status EngineCore::add_request(NewRequest request, double now) {
+namespace {
+// max_tokens when the request leaves it open: the rest of the context.
+uint32_t effective_max_tokens(const NewRequest& request, uint32_t limit) {
+  const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
+  return request.sampling.max_tokens.value_or(prompt_len < limit ? limit - prompt_len : 1);
+}
+}  // namespace
+
+Status EngineCore::check_request(const NewRequest& request) const {
   const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
   if (prompt_len == 0) return make_error(ErrorCode::kInvalidArgument, "the prompt is empty");
-  if (requests_.count(request.id))
-    return make_error(ErrorCode::kInvalidArgument, "request id {} is already in use", request.id);
   const uint32_t limit = config_.max_model_len;
-  uint32_t max_tokens = 0;
   if (request.pooling) {
     if (prompt_len > limit) {
       return make_error(ErrorCode::kOutOfRange,
@@ -108,18 +113,26 @@ Status EngineCore::add_request(NewRequest request, double now) {
                         "the input.",
                         limit, prompt_len);
     }
-  } else {
-    uint32_t asked = request.sampling.max_tokens.value_or(prompt_len < limit ? limit - prompt_len : 1);
-    if (prompt_len >= limit || static_cast<uint64_t>(prompt_len) + asked > limit) {
-      return make_error(ErrorCode::kOutOfRange,
-                        "This model's maximum context length is {} tokens. However, you requested {} "
-                        "tokens ({} in the messages, {} in the completion). Please reduce the length "
-                        "of the messages or completion.",
-                        limit, static_cast<uint64_t>(prompt_len) + asked, prompt_len, asked);
-    }
-    if (asked == 0) return make_error(ErrorCode::kInvalidArgument, "max_tokens must be at least 1");
-    max_tokens = asked;
+    return ok_status();
   }
+  const uint32_t asked = effective_max_tokens(request, limit);
+  if (prompt_len >= limit || static_cast<uint64_t>(prompt_len) + asked > limit) {
+    return make_error(ErrorCode::kOutOfRange,
+                      "This model's maximum context length is {} tokens. However, you requested {} "
+                      "tokens ({} in the messages, {} in the completion). Please reduce the length "
+                      "of the messages or completion.",
+                      limit, static_cast<uint64_t>(prompt_len) + asked, prompt_len, asked);
+  }
+  if (asked == 0) return make_error(ErrorCode::kInvalidArgument, "max_tokens must be at least 1");
+  return ok_status();
+}
+
+Status EngineCore::add_request(NewRequest request, double now) {
+  LS_RETURN_IF_ERROR(check_request(request));
+  if (requests_.count(request.id))
+    return make_error(ErrorCode::kInvalidArgument, "request id {} is already in use", request.id);
+  const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
+  const uint32_t max_tokens = request.pooling ? 0 : effective_max_tokens(request, config_.max_model_len);
   if (config_.max_waiting > 0 && waiting_.size() >= config_.max_waiting) {
     return make_error(ErrorCode::kResourceExhausted,
                       "the engine's waiting queue is full ({} requests); retry later",

@@ -136,8 +136,11 @@ class EngineCore {
 
   const EngineConfig& config() const { return config_; }
 
-  // Queues a request that arrived at `now`. Fails if the prompt does not fit
-  // the context, or the waiting queue is full.
+  // Checks a request against the model's limits (context length, max_tokens)
+  // without queueing it. Depends only on the config, so any thread may call it.
+  Status check_request(const NewRequest& request) const;
+  // Queues a request that arrived at `now`. Fails as check_request does, or
+  // when the waiting queue is full.
   Status add_request(NewRequest request, double now);
   // Drops a request wherever it is and frees its blocks. Unknown ids are
   // ignored (it may have finished in the meantime).

@@ -140,8 +140,14 @@ struct Server::State {
 
 namespace {
 
+constexpr const char* kBadRequest = "BadRequestError";
+constexpr const char* kTooLarge = "RequestTooLargeError";
+constexpr const char* kInternal = "InternalServerError";
+
+// GCC 12 destroys some temporaries of a co_await expression twice: coroutine
+// arguments in this file are named locals or trivially destructible.
 asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::string message,
-                                   std::string type) {
+                                   const char* type) {
   bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
   res.set(bhttp::field::server, "loadstar");
   res.set(bhttp::field::content_type, "application/json");
@@ -167,14 +173,14 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
           hec == asio::error::connection_reset || hec == asio::error::eof)
         break;
       std::string message = "malformed HTTP request: " + hec.message();
-      co_await write_simple(stream, 400, message, "BadRequestError");
+      co_await write_simple(stream, 400, std::move(message), kBadRequest);
       break;
     }
     const auto& header = parser.get();
     if (parser.content_length() && *parser.content_length() > state->options.max_body_bytes) {
       std::string message = fmt::format("request body of {} bytes is over the limit of {} bytes",
                                         *parser.content_length(), state->options.max_body_bytes);
-      co_await write_simple(stream, 413, message, "RequestTooLargeError");
+      co_await write_simple(stream, 413, std::move(message), kTooLarge);
       break;
     }
     if (iequals(header[bhttp::field::expect], "100-continue")) {
@@ -186,13 +192,13 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     if (ec == bhttp::error::body_limit) {
       std::string message =
           fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
-      co_await write_simple(stream, 413, message, "RequestTooLargeError");
+      co_await write_simple(stream, 413, std::move(message), kTooLarge);
       break;
     }
     if (ec) {
       if (ec != bhttp::error::end_of_stream && ec != beast::error::timeout) {
         std::string message = "malformed HTTP request: " + ec.message();
-        co_await write_simple(stream, 400, message, "BadRequestError");
+        co_await write_simple(stream, 400, std::move(message), kBadRequest);
       }
       break;
     }
@@ -220,8 +226,8 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     }
     if (!impl.complete) {
       if (impl.streaming || impl.failed) break;  // a cut stream cannot be repaired
-      co_await write_simple(stream, 500, threw ? "internal error" : "handler sent no response",
-                            "InternalServerError");
+      std::string message = threw ? "internal error" : "handler sent no response";
+      co_await write_simple(stream, 500, std::move(message), kInternal);
       break;
     }
     if (impl.failed || !impl.keep_alive) break;

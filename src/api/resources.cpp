@@ -1,0 +1,312 @@
+#include "api/resources.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "common/strings.h"
+#include "common/units.h"
+
+namespace loadstar::api {
+
+std::string_view kind_of(const Resource& resource) {
+  return std::holds_alternative<Model>(resource) ? "Model" : "InferenceService";
+}
+
+const ObjectMeta& metadata_of(const Resource& resource) {
+  return std::visit([](const auto& r) -> const ObjectMeta& { return r.metadata; }, resource);
+}
+
+namespace {
+
+// Collects errors for one document; every message says where.
+class Decoder {
+ public:
+  explicit Decoder(std::string_view file) : file_(file) {}
+
+  void set_subject(std::string subject) { subject_ = std::move(subject); }
+  void error(const YAML::Node& at, std::string_view field, std::string_view message) {
+    const YAML::Mark mark = at.Mark();
+    std::string where = std::string(file_);
+    if (mark.line >= 0) where += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
+    errors_.push_back(fmt::format("{}: {}{}{}: {}", where, subject_, subject_.empty() ? "" : ": ", field,
+                                  message));
+  }
+  std::vector<std::string>& errors() { return errors_; }
+
+ private:
+  std::string_view file_;
+  std::string subject_;  // "InferenceService chat"
+  std::vector<std::string> errors_;
+};
+
+// Walks one YAML map: fields are read by name, and finish() reports every
+// key nobody read as unknown, with the closest known name as a hint.
+class MapReader {
+ public:
+  MapReader(Decoder& d, const YAML::Node& node, std::string path) : d_(d), node_(node), path_(std::move(path)) {
+    ok_ = node_.IsMap();
+    if (!ok_ && node_.IsDefined() && !node_.IsNull()) d_.error(node_, path_, "must be a map");
+  }
+  bool ok() const { return ok_; }
+  std::string field(std::string_view key) const { return path_.empty() ? std::string(key) : path_ + "." + std::string(key); }
+
+  YAML::Node get(const char* key) {
+    known_.insert(key);
+    if (!ok_) return YAML::Node();
+    return node_[key];
+  }
+
+  bool string(const char* key, std::string& out, bool required) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) {
+      if (required) d_.error(node_, field(key), "required");
+      return false;
+    }
+    if (!v.IsScalar()) {
+      d_.error(v, field(key), "must be a string");
+      return false;
+    }
+    out = v.Scalar();
+    return true;
+  }
+
+  bool uint(const char* key, uint32_t& out) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    const std::string s = v.IsScalar() ? v.Scalar() : "";
+    char* end = nullptr;
+    unsigned long long n = s.empty() ? 0 : std::strtoull(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0' || s[0] == '-' || n > UINT32_MAX) {
+      d_.error(v, field(key), fmt::format("must be a non-negative integer, got '{}'", s));
+      return false;
+    }
+    out = static_cast<uint32_t>(n);
+    return true;
+  }
+
+  bool quantity(const char* key, std::optional<uint64_t>& out) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    auto bytes = v.IsScalar() ? parse_bytes(v.Scalar()) : Result<uint64_t>(Error{ErrorCode::kInvalidArgument, "must be a quantity such as 40Gi"});
+    if (!bytes.ok()) {
+      d_.error(v, field(key), bytes.error().message);
+      return false;
+    }
+    out = *bytes;
+    return true;
+  }
+
+  void finish() {
+    if (!ok_) return;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.Scalar();
+      if (known_.count(key)) continue;
+      std::string hint;
+      size_t best = 3;
+      for (const auto& k : known_) {
+        size_t dist = edit_distance(key, k);
+        if (dist < best) {
+          best = dist;
+          hint = fmt::format(" (did you mean '{}'?)", k);
+        }
+      }
+      d_.error(kv.first, field(key), "unknown field" + hint);
+    }
+  }
+
+ private:
+  Decoder& d_;
+  YAML::Node node_;
+  std::string path_;
+  bool ok_ = false;
+  std::set<std::string> known_;
+};
+
+bool valid_name(std::string_view name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-')) return false;
+  return name.front() != '-' && name.back() != '-';
+}
+
+void decode_metadata(Decoder& d, MapReader& top, ObjectMeta& meta) {
+  YAML::Node node = top.get("metadata");
+  if (!node) {
+    d.error(YAML::Node(), "metadata", "required");
+    return;
+  }
+  MapReader m(d, node, "metadata");
+  if (m.string("name", meta.name, true) && !valid_name(meta.name))
+    d.error(node["name"], "metadata.name",
+            fmt::format("'{}' must be lower-case letters, digits and '-', at most 63 characters", meta.name));
+  if (YAML::Node labels = m.get("labels"); labels && !labels.IsNull()) {
+    if (!labels.IsMap()) d.error(labels, "metadata.labels", "must be a map of strings");
+    else
+      for (const auto& kv : labels) meta.labels[kv.first.Scalar()] = kv.second.IsScalar() ? kv.second.Scalar() : "";
+  }
+  m.get("namespace");  // accepted for kubectl-shaped files; local mode has one namespace
+  m.get("annotations");
+  m.finish();
+}
+
+void decode_model(Decoder& d, MapReader& top, Model& model) {
+  YAML::Node node = top.get("spec");
+  MapReader spec(d, node, "spec");
+  if (!node) d.error(YAML::Node(), "spec", "required");
+  if (spec.string("source", model.spec.source, true)) {
+    const std::string& s = model.spec.source;
+    bool known = s.starts_with("file://") || s.starts_with("http://") || s.starts_with("https://") ||
+                 s.starts_with("s3://") || s.starts_with("hf://");
+    if (!known)
+      d.error(node["source"], "spec.source",
+              fmt::format("'{}' must be a URI with scheme file://, http(s)://, s3:// or hf://", s));
+  }
+  if (spec.string("format", model.spec.format, false) && model.spec.format != "safetensors" &&
+      model.spec.format != "gguf")
+    d.error(node["format"], "spec.format", fmt::format("'{}' must be safetensors or gguf", model.spec.format));
+  spec.quantity("size", model.spec.size_bytes);
+  spec.finish();
+}
+
+void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
+  YAML::Node node = top.get("spec");
+  if (!node) d.error(YAML::Node(), "spec", "required");
+  MapReader spec(d, node, "spec");
+  spec.string("model", svc.spec.model, true);
+  spec.uint("replicas", svc.spec.replicas);
+  if (YAML::Node engine = spec.get("engine"); engine && !engine.IsNull()) {
+    MapReader e(d, engine, "spec.engine");
+    if (e.string("name", svc.spec.engine.name, false)) {
+      static const std::set<std::string> kEngines = {"engine-sim", "vllm", "sglang", "llama.cpp"};
+      if (!kEngines.count(svc.spec.engine.name))
+        d.error(engine["name"], "spec.engine.name",
+                fmt::format("'{}' is not one of engine-sim, vllm, sglang, llama.cpp", svc.spec.engine.name));
+    }
+    if (YAML::Node args = e.get("args"); args && !args.IsNull()) {
+      if (!args.IsSequence()) {
+        d.error(args, "spec.engine.args", "must be a list of strings");
+      } else {
+        for (size_t i = 0; i < args.size(); ++i) {
+          if (!args[i].IsScalar()) d.error(args[i], fmt::format("spec.engine.args[{}]", i), "must be a string");
+          else svc.spec.engine.args.push_back(args[i].Scalar());
+        }
+      }
+    }
+    e.finish();
+  }
+  if (YAML::Node resources = spec.get("resources"); resources && !resources.IsNull()) {
+    MapReader r(d, resources, "spec.resources");
+    if (YAML::Node gpu = r.get("gpu"); gpu && !gpu.IsNull()) {
+      MapReader g(d, gpu, "spec.resources.gpu");
+      GpuRequirements& req = svc.spec.gpu;
+      const bool has_count = g.uint("count", req.count);
+      g.string("type", req.type, false);
+      g.quantity("memory", req.memory_bytes);
+      if (YAML::Node f = g.get("fraction"); f && !f.IsNull()) {
+        double value = 0;
+        bool parsed = f.IsScalar() && YAML::convert<double>::decode(f, value);
+        if (!parsed || !(value > 0 && value < 1)) {
+          d.error(f, "spec.resources.gpu.fraction", "must be a number between 0 and 1 (exclusive)");
+        } else {
+          req.fraction = value;
+          if (has_count && req.count > 1)
+            d.error(f, "spec.resources.gpu.fraction", "a fraction is a share of one GPU; count must be 0 or 1");
+        }
+      }
+      if (req.fraction && req.memory_bytes)
+        d.error(gpu, "spec.resources.gpu", "set either memory or fraction, not both");
+      if (!has_count && !req.fraction && !req.memory_bytes) req.count = 1;
+      g.finish();
+    }
+    r.finish();
+  }
+  spec.finish();
+}
+
+}  // namespace
+
+Result<std::vector<Resource>> decode_resources(std::string_view yaml_text, std::string_view file_name) {
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    return make_error(ErrorCode::kInvalidArgument, "{}:{}:{}: invalid YAML: {}", file_name, e.mark.line + 1,
+                      e.mark.column + 1, e.msg);
+  }
+  Decoder d(file_name);
+  std::vector<Resource> resources;
+  for (const YAML::Node& doc : docs) {
+    if (doc.IsNull()) continue;  // an empty document between '---'
+    d.set_subject("");
+    MapReader top(d, doc, "");
+    if (!top.ok()) {
+      if (!doc.IsMap()) d.error(doc, "document", "must be a map with apiVersion, kind, metadata, spec");
+      continue;
+    }
+    std::string api_version, kind;
+    if (top.string("apiVersion", api_version, true) && api_version != kApiVersion)
+      d.error(doc["apiVersion"], "apiVersion", fmt::format("'{}' is not {}", api_version, kApiVersion));
+    top.string("kind", kind, true);
+    std::string name = doc["metadata"] && doc["metadata"].IsMap() && doc["metadata"]["name"]
+                           ? doc["metadata"]["name"].as<std::string>("")
+                           : "";
+    d.set_subject(fmt::format("{} '{}'", kind.empty() ? "resource" : kind, name));
+    if (kind == "Model") {
+      Model m;
+      decode_metadata(d, top, m.metadata);
+      decode_model(d, top, m);
+      resources.emplace_back(std::move(m));
+    } else if (kind == "InferenceService") {
+      InferenceService s;
+      decode_metadata(d, top, s.metadata);
+      decode_service(d, top, s);
+      resources.emplace_back(std::move(s));
+    } else if (!kind.empty()) {
+      d.error(doc["kind"], "kind", fmt::format("'{}' is not one of Model, InferenceService", kind));
+      continue;
+    }
+    top.get("status");  // written by Loadstar; ignored on input
+    top.finish();
+  }
+  if (!d.errors().empty()) {
+    std::string all;
+    for (const auto& e : d.errors()) all += (all.empty() ? "" : "\n") + e;
+    return Error{ErrorCode::kInvalidArgument, all};
+  }
+  return resources;
+}
+
+Result<std::vector<Resource>> load_resource_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return make_error(ErrorCode::kNotFound, "{}: cannot read the file", path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return decode_resources(text.str(), path);
+}
+
+Status check_references(const std::vector<Resource>& resources) {
+  std::set<std::pair<std::string, std::string>> seen;
+  std::set<std::string> models;
+  std::vector<std::string> errors;
+  for (const Resource& r : resources) {
+    const std::string kind(kind_of(r));
+    const std::string& name = metadata_of(r).name;
+    if (!seen.insert({kind, name}).second) errors.push_back(fmt::format("{} '{}' is defined twice", kind, name));
+    if (kind == "Model") models.insert(name);
+  }
+  for (const Resource& r : resources) {
+    if (const auto* svc = std::get_if<InferenceService>(&r); svc && !models.count(svc->spec.model))
+      errors.push_back(fmt::format("InferenceService '{}': spec.model: no Model named '{}'", svc->metadata.name,
+                                   svc->spec.model));
+  }
+  if (errors.empty()) return ok_status();
+  std::string all;
+  for (const auto& e : errors) all += (all.empty() ? "" : "\n") + e;
+  return Error{ErrorCode::kInvalidArgument, all};
+}
+
+}  // namespace loadstar::api

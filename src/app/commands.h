@@ -1,0 +1,16 @@
+// Each subcommand: adds its options to its CLI11 app and returns its runner.
+#pragma once
+
+#include <functional>
+
+namespace CLI {
+class App;
+}
+
+namespace loadstar::app {
+
+std::function<int()> setup_engine_sim(CLI::App& app);
+std::function<int()> setup_model(CLI::App& app);
+std::function<int()> setup_validate(CLI::App& app);
+
+}  // namespace loadstar::app

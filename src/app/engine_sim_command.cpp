@@ -1,0 +1,57 @@
+#include <memory>
+
+#include <CLI/CLI.hpp>
+
+#include "app/commands.h"
+#include "common/units.h"
+#include "enginesim/engine_sim.h"
+#include "enginesim/profiles.h"
+
+namespace loadstar::app {
+
+std::function<int()> setup_engine_sim(CLI::App& app) {
+  auto opts = std::make_shared<enginesim::EngineSimOptions>();
+  auto& o = *opts;
+  // Names follow `vllm serve` where vLLM has the same knob.
+  app.add_option("--model", o.model_dir, "Model directory (config.json + safetensors)")->required();
+  app.add_option("--served-model-name", o.served_model_name, "Name clients use (default: directory name)");
+  app.add_option("--host", o.host)->capture_default_str();
+  app.add_option("--port", o.port, "0 picks a free port (see --port-file)")->capture_default_str();
+  app.add_option("--port-file", o.port_file, "Write the bound port here once listening");
+  app.add_option("--profile", o.profile, "Model/GPU profile for step costs and KV size")
+      ->default_str(enginesim::kDefaultProfile);
+  app.add_option("--profiles-file", o.profiles_file, "YAML file with more profiles");
+  app.add_option("--max-num-seqs", o.max_num_seqs)->capture_default_str();
+  app.add_option("--max-num-batched-tokens", o.max_num_batched_tokens)->capture_default_str();
+  app.add_option("--max-model-len", o.max_model_len, "Default: the model's max_position_embeddings");
+  app.add_option("--block-size", o.block_size)->capture_default_str();
+  app.add_option("--num-gpu-blocks-override", o.num_gpu_blocks_override, "KV blocks (default: profile's)");
+  app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", o.enable_prefix_caching)
+      ->capture_default_str();
+  app.add_option("--max-waiting", o.max_waiting, "Waiting requests before 503 (0: unbounded)")
+      ->capture_default_str();
+  app.add_option("--seed", o.seed)->capture_default_str();
+  app.add_option("--time-scale", o.time_scale, "Model seconds per wall second (>1 runs faster)")
+      ->capture_default_str();
+  app.add_option("--output-len-median", o.output_len_median,
+                 "Median natural output length in tokens (requests without ignore_eos)")
+      ->capture_default_str();
+  app.add_option("--output-len-sigma", o.output_len_sigma, "Log-normal sigma of the output length")
+      ->capture_default_str();
+  app.add_option("--embedding-dim", o.embedding_dim)->capture_default_str();
+  app.add_option("--drain-timeout", o.drain_timeout_s, "Seconds to finish in-flight requests on SIGTERM")
+      ->capture_default_str();
+  auto max_body = std::make_shared<std::string>("8Mi");
+  app.add_option("--max-body-size", *max_body, "Largest request body")->capture_default_str();
+  return [opts, max_body] {
+    auto bytes = parse_bytes(*max_body);
+    if (!bytes.ok()) {
+      fmt::print(stderr, "--max-body-size: {}\n", bytes.error().message);
+      return 2;
+    }
+    opts->max_body_bytes = *bytes;
+    return enginesim::run_engine_sim(*opts);
+  };
+}
+
+}  // namespace loadstar::app

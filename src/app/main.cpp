@@ -1,0 +1,59 @@
+// The single `loadstar` binary: a table of subcommands, each set up on CLI11
+// and run after parsing.
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "app/commands.h"
+#include "common/log.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* description;
+  // Adds the command's options to `app` and returns what runs it.
+  std::function<std::function<int()>(CLI::App& app)> setup;
+};
+
+const std::vector<Command>& command_table() {
+  static const std::vector<Command> table = {
+      {"engine-sim", "Run the vLLM-compatible engine simulator", loadstar::app::setup_engine_sim},
+      {"model", "Model files: synth (write a synthetic safetensors model), inspect",
+       loadstar::app::setup_model},
+      {"validate", "Check resource files (Model, InferenceService) and report every error",
+       loadstar::app::setup_validate},
+  };
+  return table;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Loadstar: elastic LLM inference on Kubernetes and on one machine"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "loadstar 0.1.0");
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+  std::vector<std::pair<CLI::App*, std::function<int()>>> runners;
+  for (const auto& command : command_table()) {
+    CLI::App* sub = app.add_subcommand(command.name, command.description);
+    runners.emplace_back(sub, command.setup(*sub));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (auto s = loadstar::init_logging(log_level); !s.ok()) {
+    std::fprintf(stderr, "loadstar: %s\n", s.error().message.c_str());
+    return 2;
+  }
+  for (auto& [sub, run] : runners)
+    if (sub->parsed()) return run();
+  return 2;
+}

@@ -1,0 +1,73 @@
+#include <memory>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "app/commands.h"
+#include "common/units.h"
+#include "model/model_dir.h"
+
+namespace loadstar::app {
+
+std::function<int()> setup_model(CLI::App& app) {
+  app.require_subcommand(1);
+  struct Args {
+    std::string size = "2GiB";
+    std::string shard_size = "512MiB";
+    std::string output;
+    std::string name = "synthetic-llama";
+    uint32_t max_position_embeddings = 4096;
+    uint64_t seed = 1;
+    std::string inspect_dir;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* synth = app.add_subcommand("synth", "Write a synthetic Llama-shaped safetensors model");
+  synth->add_option("--size", args->size, "Total weight bytes, e.g. 2GiB")->capture_default_str();
+  synth->add_option("--shard-size", args->shard_size, "Largest shard")->capture_default_str();
+  synth->add_option("-o,--output", args->output, "Directory to create")->required();
+  synth->add_option("--name", args->name)->capture_default_str();
+  synth->add_option("--max-position-embeddings", args->max_position_embeddings)->capture_default_str();
+  synth->add_option("--seed", args->seed)->capture_default_str();
+  CLI::App* inspect = app.add_subcommand("inspect", "Validate a model directory and read all its weights");
+  inspect->add_option("dir", args->inspect_dir)->required();
+  return [args, synth, inspect]() -> int {
+    if (synth->parsed()) {
+      auto size = parse_bytes(args->size);
+      auto shard = parse_bytes(args->shard_size);
+      if (!size.ok() || !shard.ok()) {
+        fmt::print(stderr, "loadstar model synth: {}\n", (!size.ok() ? size : shard).error().message);
+        return 2;
+      }
+      model::SynthOptions options{*size, *shard, args->output, args->name, args->max_position_embeddings,
+                                  args->seed};
+      auto report = model::synth_model(options);
+      if (!report.ok()) {
+        fmt::print(stderr, "loadstar model synth: {}\n", report.error().message);
+        return 1;
+      }
+      fmt::print("wrote {} ({} in {} shards, {} tensors; hidden {}, {} layers)\n", args->output,
+                 format_bytes(report->bytes), report->shards, report->tensors, report->config.hidden_size,
+                 report->config.num_hidden_layers);
+      return 0;
+    }
+    if (inspect->parsed()) {
+      auto config = model::read_model_config(args->inspect_dir);
+      if (!config.ok()) {
+        fmt::print(stderr, "loadstar model inspect: {}\n", config.error().message);
+        return 1;
+      }
+      auto report = model::load_weights(args->inspect_dir);
+      if (!report.ok()) {
+        fmt::print(stderr, "loadstar model inspect: {}\n", report.error().message);
+        return 1;
+      }
+      fmt::print("{}: {} ({} files, {} tensors, {}) read in {:.3f}s, xxh3 {:016x}\n", args->inspect_dir,
+                 config->architecture, report->files, report->tensors, format_bytes(report->bytes),
+                 report->seconds, report->checksum);
+      return 0;
+    }
+    return 2;
+  };
+}
+
+}  // namespace loadstar::app

@@ -1,0 +1,38 @@
+#include <memory>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "api/resources.h"
+#include "app/commands.h"
+
+namespace loadstar::app {
+
+std::function<int()> setup_validate(CLI::App& app) {
+  auto files = std::make_shared<std::vector<std::string>>();
+  app.add_option("-f,--filename", *files, "Resource files (YAML, several documents each)")->required();
+  return [files] {
+    std::vector<api::Resource> all;
+    bool failed = false;
+    for (const auto& file : *files) {
+      auto resources = api::load_resource_file(file);
+      if (!resources.ok()) {
+        fmt::print(stderr, "{}\n", resources.error().message);
+        failed = true;
+        continue;
+      }
+      for (auto& r : *resources) all.push_back(std::move(r));
+    }
+    if (!failed) {
+      if (Status s = api::check_references(all); !s.ok()) {
+        fmt::print(stderr, "{}\n", s.error().message);
+        failed = true;
+      }
+    }
+    if (failed) return 1;
+    for (const auto& r : all) fmt::print("{} '{}' is valid\n", api::kind_of(r), api::metadata_of(r).name);
+    return 0;
+  };
+}
+
+}  // namespace loadstar::app

@@ -1,0 +1,155 @@
+#include "enginesim/engine_loop.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+namespace loadstar::enginesim {
+
+namespace asio = boost::asio;
+
+RequestChannel::RequestChannel(asio::any_io_executor executor)
+    : timer_(std::move(executor), asio::steady_timer::time_point::max()) {}
+
+asio::awaitable<bool> RequestChannel::next(std::vector<engine::RequestOutput>& out) {
+  out.clear();
+  while (pending_.empty() && !closed_) {
+    auto [ec] = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    (void)ec;  // cancelled by push() or close()
+  }
+  out.swap(pending_);
+  co_return !out.empty();
+}
+
+void RequestChannel::push(const engine::RequestOutput& output) {
+  pending_.push_back(output);
+  timer_.cancel();
+}
+
+void RequestChannel::fail(Error error) {
+  error_ = std::move(error);
+  close();
+}
+
+void RequestChannel::close() {
+  closed_ = true;
+  timer_.cancel();
+}
+
+EngineLoop::EngineLoop(engine::EngineConfig config, double time_scale, EngineMetrics* metrics)
+    : core_(std::move(config)), time_scale_(time_scale), metrics_(metrics),
+      wall_origin_(std::chrono::steady_clock::now()) {}
+
+EngineLoop::~EngineLoop() { stop(); }
+
+void EngineLoop::start() { thread_ = std::thread([this] { run(); }); }
+
+void EngineLoop::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+double EngineLoop::model_now() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_origin_).count() *
+         time_scale_;
+}
+
+void EngineLoop::submit(engine::NewRequest request, std::shared_ptr<RequestChannel> channel) {
+  ++in_flight_;
+  {
+    std::lock_guard lock(mu_);
+    inbox_.push_back({std::move(request), std::move(channel), model_now()});
+  }
+  wake_.notify_one();
+}
+
+void EngineLoop::abort(engine::RequestId id) {
+  {
+    std::lock_guard lock(mu_);
+    aborts_.push_back(id);
+  }
+  wake_.notify_one();
+}
+
+void EngineLoop::run() {
+  // Past this much wall-clock lag the loop gives up on catching up.
+  const double max_lag_model = 0.005 * time_scale_;
+  double prev_end = 0;
+  bool busy = false;
+  std::vector<Submission> inbox;
+  std::vector<engine::RequestId> aborts;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      if (!busy) wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !aborts_.empty(); });
+      if (stopping_) break;
+      inbox.swap(inbox_);
+      aborts.swap(aborts_);
+    }
+    for (engine::RequestId id : aborts) {
+      core_.abort_request(id);
+      if (channels_.erase(id)) --in_flight_;
+    }
+    aborts.clear();
+    const double now = model_now();
+    double start = busy ? prev_end : now;
+    double lag = 0;
+    if (now - start > max_lag_model) {
+      lag = (now - start) / time_scale_;
+      start = now;
+    }
+    for (Submission& s : inbox) {
+      const engine::RequestId id = s.request.id;
+      // Never let a request arrive after the step that may schedule it starts.
+      Status added = core_.add_request(std::move(s.request), std::min(s.arrival, start));
+      if (!added.ok()) {
+        --in_flight_;
+        asio::post(s.channel->executor(), [channel = s.channel, error = std::move(added).error()]() mutable {
+          channel->fail(std::move(error));
+        });
+        continue;
+      }
+      channels_.emplace(id, std::move(s.channel));
+    }
+    inbox.clear();
+    if (!core_.has_work()) {
+      busy = false;
+      continue;
+    }
+    engine::StepResult step = core_.step(start);
+    prev_end = start + step.duration;
+    busy = true;
+    const auto deadline =
+        wall_origin_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           std::chrono::duration<double>(prev_end / time_scale_));
+    std::this_thread::sleep_until(deadline);
+    const double late = std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();
+    if (metrics_) metrics_->record_step(step, core_.stats(), std::max(lag, late));
+    for (const engine::RequestOutput& out : step.outputs) {
+      auto it = channels_.find(out.id);
+      if (it == channels_.end()) continue;
+      const bool finished = out.finish != engine::FinishReason::kNone;
+      auto channel = finished ? std::move(it->second) : it->second;
+      asio::post(channel->executor(), [channel, out, finished] {
+        channel->push(out);
+        if (finished) channel->close();
+      });
+      if (finished) {
+        channels_.erase(it);
+        --in_flight_;
+      }
+    }
+  }
+  for (auto& [id, channel] : channels_)
+    asio::post(channel->executor(), [channel = channel] {
+      channel->fail(Error{ErrorCode::kUnavailable, "the engine is shutting down"});
+    });
+  channels_.clear();
+}
+
+}  // namespace loadstar::enginesim

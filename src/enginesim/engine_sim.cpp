@@ -1,0 +1,411 @@
+#include "enginesim/engine_sim.h"
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "enginesim/engine_loop.h"
+#include "enginesim/metrics.h"
+#include "enginesim/profiles.h"
+#include "enginesim/responses.h"
+#include "http/server.h"
+#include "model/model_dir.h"
+#include "common/strings.h"
+#include "openai/protocol.h"
+
+namespace loadstar::enginesim {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+using engine::FinishReason;
+using http::Exchange;
+using openai::ApiError;
+using openai::Endpoint;
+
+namespace {
+
+int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Written to a temporary name and renamed, so a reader never sees half a number.
+Status write_port_file(const std::string& path, uint16_t port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << port << "\n";
+    if (!out.flush()) return make_error(ErrorCode::kIo, "cannot write {}", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot rename {} to {}: {}", tmp, path, ec.message());
+  return ok_status();
+}
+
+class EngineSimServer {
+ public:
+  EngineSimServer(const EngineSimOptions& options, engine::EngineConfig config, std::string model_name,
+                  std::string model_root)
+      : options_(options), model_name_(std::move(model_name)), model_root_(std::move(model_root)),
+        metrics_(model_name_, config, options.time_scale),
+        loop_(std::move(config), options.time_scale, &metrics_) {}
+
+  EngineMetrics& metrics() { return metrics_; }
+  EngineLoop& loop() { return loop_; }
+  void set_ready() { ready_ = true; }
+
+  asio::awaitable<void> handle(Exchange& ex) {
+    const http::Request& req = ex.request();
+    const std::string_view path = req.path();
+    const bool get = req.method == "GET";
+    const bool post = req.method == "POST";
+    // GCC 12 destroys some temporaries of a co_await expression twice, so
+    // every coroutine argument below is a named local, moved in.
+    http::Response response;
+    if (path == "/health" && get) {
+      response = ready_ ? http::Response{200, "text/plain", ""}
+                        : http::Response{503, "text/plain", "loading model weights\n"};
+    } else if (path == "/metrics" && get) {
+      response = {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.render()};
+    } else if (path == "/v1/models" && get) {
+      response = {200, "application/json", models_json()};
+    } else if (path == "/version" && get) {
+      response = {200, "application/json", R"({"version":"loadstar-engine-sim 0.1.0"})"};
+    } else if (path == "/v1/chat/completions" && post) {
+      co_await generate(ex, Endpoint::kChatCompletions);
+      co_return;
+    } else if (path == "/v1/completions" && post) {
+      co_await generate(ex, Endpoint::kCompletions);
+      co_return;
+    } else if (path == "/v1/embeddings" && post) {
+      co_await generate(ex, Endpoint::kEmbeddings);
+      co_return;
+    } else {
+      const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" ||
+                         path == "/version" || path == "/v1/chat/completions" ||
+                         path == "/v1/completions" || path == "/v1/embeddings";
+      ApiError e{known ? 405 : 404, fmt::format("no route for {} {}", req.method, path), {}};
+      response = {e.status, "application/json", openai::error_body(e)};
+    }
+    co_await ex.respond(std::move(response));
+  }
+
+ private:
+  std::string models_json() const {
+    std::string out = R"({"object":"list","data":[{"id":")";
+    append_json_escaped(out, model_name_);
+    out += fmt::format(R"(","object":"model","created":{},"owned_by":"vllm","root":")", unix_now());
+    append_json_escaped(out, model_root_);
+    out += fmt::format(R"(","parent":null,"max_model_len":{}}}]}})", loop_.core().config().max_model_len);
+    return out;
+  }
+
+  static asio::awaitable<void> respond_error(Exchange& ex, ApiError error) {
+    std::vector<http::Header> headers;
+    if (error.status == 503) headers.push_back({"Retry-After", "1"});
+    http::Response response{error.status, "application/json", openai::error_body(error), std::move(headers)};
+    co_await ex.respond(std::move(response));
+  }
+
+  asio::awaitable<void> generate(Exchange& ex, Endpoint endpoint) {
+    auto parsed = openai::parse_request(endpoint, ex.request().body);
+    if (!parsed.ok()) {
+      ApiError error = openai::to_api_error(parsed.error());
+      co_await respond_error(ex, std::move(error));
+      co_return;
+    }
+    openai::CompletionRequest request = std::move(parsed).value();
+    if (request.model != model_name_) {
+      ApiError e{404, fmt::format("The model `{}` does not exist.", request.model), "model"};
+      co_await respond_error(ex, std::move(e));
+      co_return;
+    }
+    if (!ready_) {
+      ApiError error{503, "the model is still loading; retry when /health returns 200", {}};
+      co_await respond_error(ex, std::move(error));
+      co_return;
+    }
+    if (endpoint == Endpoint::kEmbeddings) {
+      co_await embed(ex, std::move(request));
+      co_return;
+    }
+    engine::NewRequest nr;
+    nr.id = loop_.next_id();
+    openai::prompt_tokens(request, 0, nr.prompt);
+    nr.sampling.max_tokens = request.max_tokens;
+    nr.sampling.min_tokens = request.min_tokens;
+    nr.sampling.ignore_eos = request.ignore_eos;
+    nr.sampling.seed = request.seed;
+    if (Status s = loop_.core().check_request(nr); !s.ok()) {
+      ApiError error = openai::to_api_error(s.error());
+      co_await respond_error(ex, std::move(error));
+      co_return;
+    }
+    const engine::RequestId id = nr.id;
+    const uint32_t prompt_len = static_cast<uint32_t>(nr.prompt.size());
+    auto channel = std::make_shared<RequestChannel>(ex.executor());
+    loop_.submit(std::move(nr), channel);
+    bool client_gone = false;
+    EngineLoop* loop = &loop_;
+    ex.on_client_closed([loop, id, channel, &client_gone] {
+      client_gone = true;
+      loop->abort(id);  // frees its KV blocks at the next step boundary
+      channel->close();
+    });
+
+    const char* prefix = endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-";
+    ResponseEncoder encoder(endpoint, fmt::format("{}{:016x}", prefix, id ^ id_salt_), model_name_,
+                            unix_now(), request.include_usage);
+    const auto& tok = tokenizer::Tokenizer::get();
+    Usage usage{prompt_len, 0, 0};
+    FinishReason finish = FinishReason::kNone;
+    std::string text;    // non-streaming: the whole completion
+    std::string events;  // streaming: this step's events
+    bool started = false;
+    std::vector<engine::RequestOutput> outputs;
+    while (finish == FinishReason::kNone) {
+      const bool more = co_await channel->next(outputs);
+      if (!more) break;
+      events.clear();
+      if (request.stream && !started) events = encoder.first_event();
+      for (const engine::RequestOutput& out : outputs) {
+        usage.completion_tokens = out.output_tokens;
+        usage.cached_tokens = out.cached_tokens;
+        finish = out.finish;
+        std::string_view piece = out.has_token ? tok.text_of(out.token) : std::string_view();
+        if (request.stream) encoder.append_delta(events, piece, finish);
+        else text += piece;
+      }
+      if (request.stream) {
+        if (!started) {
+          started = true;
+          std::string content_type = "text/event-stream";
+          const bool ok = co_await ex.begin_stream(200, std::move(content_type));
+          if (!ok) break;
+        }
+        const bool ok = co_await ex.write_chunk(std::move(events));
+        if (!ok) break;
+      }
+    }
+    if (finish == FinishReason::kNone) {
+      loop_.abort(id);  // no-op when the engine already dropped it
+      if (client_gone) co_return;
+      ApiError error{503, "the request ended before it finished", {}};
+      if (channel->error()) error = openai::to_api_error(*channel->error());
+      if (!started) {
+        co_await respond_error(ex, std::move(error));
+      } else {
+        std::string tail = ResponseEncoder::error_event(error);
+        tail += ResponseEncoder::kDone;
+        const bool ok = co_await ex.write_chunk(std::move(tail));
+        if (ok) co_await ex.end_stream();
+      }
+      co_return;
+    }
+    if (request.stream) {
+      std::string tail;
+      if (request.include_usage) tail = encoder.usage_event(usage);
+      tail += ResponseEncoder::kDone;
+      const bool ok = co_await ex.write_chunk(std::move(tail));
+      if (ok) co_await ex.end_stream();
+    } else {
+      http::Response response{200, "application/json", encoder.complete(text, finish, usage)};
+      co_await ex.respond(std::move(response));
+    }
+  }
+
+  asio::awaitable<void> embed(Exchange& ex, openai::CompletionRequest request) {
+    const size_t count = openai::prompt_count(request);
+    std::vector<std::vector<tokenizer::TokenId>> prompts(count);
+    std::vector<engine::RequestId> ids(count);
+    std::vector<std::shared_ptr<RequestChannel>> channels(count);
+    uint32_t prompt_tokens = 0;
+    for (size_t i = 0; i < count; ++i) {
+      openai::prompt_tokens(request, i, prompts[i]);
+      engine::NewRequest nr;
+      nr.id = ids[i] = loop_.next_id();
+      nr.prompt = prompts[i];
+      nr.pooling = true;
+      if (Status s = loop_.core().check_request(nr); !s.ok()) {
+        ApiError error = openai::to_api_error(s.error(), "input");
+        co_await respond_error(ex, std::move(error));
+        co_return;
+      }
+      prompt_tokens += static_cast<uint32_t>(nr.prompt.size());
+      channels[i] = std::make_shared<RequestChannel>(ex.executor());
+    }
+    for (size_t i = 0; i < count; ++i) {
+      engine::NewRequest nr;
+      nr.id = ids[i];
+      nr.prompt = prompts[i];
+      nr.pooling = true;
+      loop_.submit(std::move(nr), channels[i]);
+    }
+    EngineLoop* loop = &loop_;
+    ex.on_client_closed([loop, ids, channels] {
+      for (size_t i = 0; i < ids.size(); ++i) {
+        loop->abort(ids[i]);
+        channels[i]->close();
+      }
+    });
+    std::vector<std::vector<float>> vectors;
+    std::vector<engine::RequestOutput> outputs;
+    for (size_t i = 0; i < count; ++i) {
+      bool finished = false;
+      while (!finished) {
+        const bool more = co_await channels[i]->next(outputs);
+        if (!more) break;
+        for (const auto& out : outputs) finished |= out.finish != FinishReason::kNone;
+      }
+      if (!finished) {
+        for (size_t j = i; j < count; ++j) loop_.abort(ids[j]);
+        ApiError error{503, "the request ended before it finished", {}};
+        if (channels[i]->error()) error = openai::to_api_error(*channels[i]->error());
+        co_await respond_error(ex, std::move(error));
+        co_return;
+      }
+      const uint32_t dims = request.dimensions.value_or(options_.embedding_dim);
+      vectors.push_back(embed_tokens(prompts[i], dims));
+    }
+    http::Response response{200, "application/json",
+                            embeddings_response(model_name_, vectors, request.base64, prompt_tokens)};
+    co_await ex.respond(std::move(response));
+  }
+
+  const EngineSimOptions& options_;
+  const std::string model_name_;
+  const std::string model_root_;
+  EngineMetrics metrics_;
+  EngineLoop loop_;
+  std::atomic<bool> ready_{false};
+  const uint64_t id_salt_ = static_cast<uint64_t>(
+      std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9e3779b97f4a7c15ULL;
+};
+
+// Waits for in-flight requests to finish (at most drain_timeout), then stops.
+asio::awaitable<void> drain_and_stop(asio::io_context& io, EngineLoop& loop, http::Server& server,
+                                     double timeout_s) {
+  server.stop();
+  asio::steady_timer timer(io);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  while (loop.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  loop.stop();
+  io.stop();
+}
+
+}  // namespace
+
+int run_engine_sim(const EngineSimOptions& options) {
+  if (options.model_dir.empty()) {
+    spdlog::error("--model is required: a model directory with config.json and safetensors weights");
+    return 2;
+  }
+  auto model_config = model::read_model_config(options.model_dir);
+  if (!model_config.ok()) {
+    spdlog::error("{}", model_config.error().message);
+    return 2;
+  }
+  auto profile = find_profile(options.profile.empty() ? kDefaultProfile : options.profile,
+                              options.profiles_file);
+  if (!profile.ok()) {
+    spdlog::error("{}", profile.error().message);
+    return 2;
+  }
+  engine::EngineConfig config;
+  config.block_size = options.block_size;
+  config.num_gpu_blocks = options.num_gpu_blocks_override.value_or(profile->num_gpu_blocks);
+  config.max_num_seqs = options.max_num_seqs;
+  config.max_num_batched_tokens = options.max_num_batched_tokens;
+  config.max_model_len = options.max_model_len.value_or(
+      model_config->max_position_embeddings ? model_config->max_position_embeddings : 4096);
+  config.max_waiting = options.max_waiting;
+  config.enable_prefix_caching = options.enable_prefix_caching;
+  config.seed = options.seed;
+  config.cost = profile->cost;
+  config.output_length = {options.output_len_median, options.output_len_sigma};
+  if (options.time_scale <= 0) {
+    spdlog::error("--time-scale must be positive");
+    return 2;
+  }
+  if (Status s = config.validate(); !s.ok()) {
+    spdlog::error("invalid engine configuration: {}", s.error().message);
+    return 2;
+  }
+  const fs::path model_path = fs::absolute(options.model_dir).lexically_normal();
+  std::string name = options.served_model_name;
+  if (name.empty()) name = model_path.filename().string();
+
+  asio::io_context io(1);
+  EngineSimServer sim(options, config, name, model_path.string());
+  http::ServerOptions server_options;
+  server_options.host = options.host;
+  server_options.port = options.port;
+  server_options.max_body_bytes = options.max_body_bytes;
+  auto server = http::Server::create({&io}, server_options,
+                                     [&sim](Exchange& ex) { return sim.handle(ex); });
+  if (!server.ok()) {
+    spdlog::error("{}", server.error().message);
+    return 1;
+  }
+  (*server)->start();
+  const uint16_t port = (*server)->port();
+  if (!options.port_file.empty()) {
+    if (Status s = write_port_file(options.port_file, port); !s.ok()) {
+      spdlog::error("{}", s.error().message);
+      return 1;
+    }
+  }
+  spdlog::info("engine-sim serving model '{}' on http://{}:{} (profile {}, {} KV blocks of {} tokens, "
+               "max_model_len {}, time scale {})",
+               name, options.host, port, profile->name, config.num_gpu_blocks, config.block_size,
+               config.max_model_len, options.time_scale);
+  sim.loop().start();
+
+  // Weights are read on their own thread; /health turns 200 when they are in.
+  std::atomic<int> exit_code{0};
+  std::thread loader([&] {
+    auto report = model::load_weights(model_path);
+    if (!report.ok()) {
+      spdlog::error("cannot load the model: {}", report.error().message);
+      exit_code = 1;
+      asio::post(io, [&io] { io.stop(); });
+      return;
+    }
+    sim.metrics().set_load(report->seconds, report->bytes);
+    spdlog::info("loaded {} tensors ({:.1f} MiB) from {} files in {:.3f}s ({:.0f} MiB/s); ready",
+                 report->tensors, report->bytes / 1048576.0, report->files, report->seconds,
+                 report->bytes / 1048576.0 / std::max(report->seconds, 1e-9));
+    asio::post(io, [&sim] { sim.set_ready(); });
+  });
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  http::Server* srv = server->get();
+  signals.async_wait([&](boost::system::error_code ec, int signal) {
+    if (ec) return;
+    spdlog::info("signal {}: draining {} in-flight requests", signal, sim.loop().in_flight());
+    asio::co_spawn(io, drain_and_stop(io, sim.loop(), *srv, options.drain_timeout_s), asio::detached);
+  });
+  io.run();
+  loader.join();
+  sim.loop().stop();
+  return exit_code;
+}
+
+}  // namespace loadstar::enginesim

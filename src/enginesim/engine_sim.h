@@ -1,0 +1,39 @@
+// `loadstar engine-sim`: a vLLM-compatible OpenAI server whose "GPU" is the
+// engine core's step cost model. It reads its model's weights at start-up,
+// answers /health with 503 until they are loaded, then serves.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace loadstar::enginesim {
+
+struct EngineSimOptions {
+  std::string model_dir;
+  std::string served_model_name;  // default: the model directory's name
+  std::string host = "127.0.0.1";
+  uint16_t port = 8000;
+  std::string port_file;  // when set, the bound port is written here once listening
+  std::string profile;    // default: kDefaultProfile
+  std::string profiles_file;
+  uint32_t max_num_seqs = 256;
+  uint32_t max_num_batched_tokens = 2048;
+  std::optional<uint32_t> max_model_len;  // default: the model's max_position_embeddings
+  uint32_t block_size = 16;
+  std::optional<uint32_t> num_gpu_blocks_override;
+  bool enable_prefix_caching = true;
+  uint32_t max_waiting = 0;
+  uint64_t seed = 0;
+  double time_scale = 1.0;
+  double output_len_median = 180;
+  double output_len_sigma = 0.8;
+  uint32_t embedding_dim = 384;
+  uint64_t max_body_bytes = 8u << 20;
+  double drain_timeout_s = 5;
+};
+
+// Runs until SIGINT/SIGTERM; returns the process exit code.
+int run_engine_sim(const EngineSimOptions& options);
+
+}  // namespace loadstar::enginesim

@@ -1,0 +1,57 @@
+// The engine's Prometheus metrics under vLLM's names, labelled by model_name,
+// so that anything that scrapes vLLM (the gateway's picker, autoscalers,
+// dashboards) reads the simulator unchanged. Times are model seconds
+// (wall seconds x time scale).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/engine_core.h"
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace loadstar::enginesim {
+
+class EngineMetrics {
+ public:
+  EngineMetrics(const std::string& model_name, const engine::EngineConfig& config, double time_scale);
+  ~EngineMetrics();
+
+  // Called by the engine thread after each step.
+  void record_step(const engine::StepResult& step, const engine::EngineStats& stats, double lag_s);
+  void set_load(double seconds, uint64_t bytes);
+  // The Prometheus text exposition of every metric.
+  std::string render() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* kv_usage_;
+  prometheus::Counter* prefix_queries_;
+  prometheus::Counter* prefix_hits_;
+  prometheus::Counter* preemptions_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generation_tokens_;
+  prometheus::Counter* success_stop_;
+  prometheus::Counter* success_length_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* itl_;
+  prometheus::Histogram* e2e_;
+  prometheus::Histogram* queue_time_;
+  prometheus::Histogram* request_prompt_tokens_;
+  prometheus::Histogram* request_generation_tokens_;
+  prometheus::Counter* steps_;
+  prometheus::Histogram* step_lag_;
+  prometheus::Gauge* load_seconds_;
+  prometheus::Gauge* load_bytes_;
+  engine::EngineStats last_;
+};
+
+}  // namespace loadstar::enginesim
