@@ -118,6 +118,9 @@ void EngineLoop::run() {
     }
     inbox.clear();
     if (!core_.has_work()) {
+      // Aborts may have emptied the engine: the gauges must say so now, not
+      // at the next step.
+      if (metrics_ && busy) metrics_->record_gauges(core_.stats());
       busy = false;
       continue;
     }

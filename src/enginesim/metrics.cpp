@@ -104,11 +104,15 @@ void EngineMetrics::set_load(double seconds, uint64_t bytes) {
   load_bytes_->Set(static_cast<double>(bytes));
 }
 
-void EngineMetrics::record_step(const engine::StepResult& step, const engine::EngineStats& stats,
-                                double lag_s) {
+void EngineMetrics::record_gauges(const engine::EngineStats& stats) {
   running_->Set(stats.num_running);
   waiting_->Set(stats.num_waiting);
   kv_usage_->Set(stats.kv_cache_usage);
+}
+
+void EngineMetrics::record_step(const engine::StepResult& step, const engine::EngineStats& stats,
+                                double lag_s) {
+  record_gauges(stats);
   prefix_queries_->Increment(static_cast<double>(stats.prefix_cache_queries - last_.prefix_cache_queries));
   prefix_hits_->Increment(static_cast<double>(stats.prefix_cache_hits - last_.prefix_cache_hits));
   preemptions_->Increment(static_cast<double>(stats.num_preemptions - last_.num_preemptions));

@@ -25,6 +25,8 @@ class EngineMetrics {
 
   // Called by the engine thread after each step.
   void record_step(const engine::StepResult& step, const engine::EngineStats& stats, double lag_s);
+  // Refreshes the gauges (running, waiting, KV usage) between steps.
+  void record_gauges(const engine::EngineStats& stats);
   void set_load(double seconds, uint64_t bytes);
   // The Prometheus text exposition of every metric.
   std::string render() const;

@@ -168,6 +168,12 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     parser.header_limit(64 * 1024);
     stream.expires_after(idle);
     auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+    if (hec == bhttp::error::body_limit) {  // the declared Content-Length is over the limit
+      std::string message =
+          fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
+      co_await write_simple(stream, 413, std::move(message), kTooLarge);
+      break;
+    }
     if (hec) {
       if (hec == bhttp::error::end_of_stream || hec == beast::error::timeout ||
           hec == asio::error::connection_reset || hec == asio::error::eof)
@@ -177,12 +183,6 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
       break;
     }
     const auto& header = parser.get();
-    if (parser.content_length() && *parser.content_length() > state->options.max_body_bytes) {
-      std::string message = fmt::format("request body of {} bytes is over the limit of {} bytes",
-                                        *parser.content_length(), state->options.max_body_bytes);
-      co_await write_simple(stream, 413, std::move(message), kTooLarge);
-      break;
-    }
     if (iequals(header[bhttp::field::expect], "100-continue")) {
       bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
       auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);

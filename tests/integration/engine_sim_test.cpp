@@ -1,0 +1,278 @@
+// engine-sim as a user runs it: a real process, real HTTP, real metrics.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <sys/wait.h>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "tokenizer/tokenizer.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+class EngineSimTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = synth_model("tiny", "16MiB");
+    sim_ = EngineSim::start(model_, {"--served-model-name", "tiny", "--time-scale", "20",
+                                     "--max-model-len", "2048", "--max-body-size", "256KiB"});
+  }
+  static void TearDownTestSuite() { sim_.reset(); }
+
+  static std::string chat_body(const std::string& content, int max_tokens, bool stream = false) {
+    json body = {{"model", "tiny"},
+                 {"messages", {{{"role", "user"}, {"content", content}}}},
+                 {"max_tokens", max_tokens},
+                 {"ignore_eos", true}};
+    if (stream) {
+      body["stream"] = true;
+      body["stream_options"] = {{"include_usage", true}};
+    }
+    return body.dump();
+  }
+
+  static inline fs::path model_;
+  static inline std::unique_ptr<EngineSim> sim_;
+};
+
+TEST_F(EngineSimTest, ChatCompletionCountsTokensLikeTheTokenizer) {
+  const std::string content = "Tell me about the history of the printing press in Europe.";
+  auto r = sim_->post("/v1/chat/completions", chat_body(content, 20));
+  ASSERT_EQ(r.status, 200) << r.body;
+  json doc = json::parse(r.body);
+  EXPECT_EQ(doc["object"], "chat.completion");
+  EXPECT_EQ(doc["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(doc["usage"]["completion_tokens"], 20);
+  std::vector<tokenizer::TokenId> ids;
+  tokenizer::ChatMessage m{"user", content};
+  tokenizer::apply_chat_template({&m, 1}, ids);
+  EXPECT_EQ(doc["usage"]["prompt_tokens"], ids.size());
+  // The generated text re-tokenizes to exactly the tokens generated.
+  const std::string text = doc["choices"][0]["message"]["content"];
+  EXPECT_EQ(tokenizer::Tokenizer::get().count(text), 20u);
+}
+
+TEST_F(EngineSimTest, StreamsOneEventPerTokenWithUsageAndDone) {
+  std::vector<std::string> events;
+  std::string buffer;
+  std::vector<double> arrival;
+  const auto start = std::chrono::steady_clock::now();
+  auto r = http::fetch_streaming(
+      {.port = sim_->port(), .method = "POST", .target = "/v1/chat/completions", .body = chat_body("Hi", 30, true)},
+      [&](std::string_view data) {
+        buffer.append(data);
+        size_t pos;
+        while ((pos = buffer.find("\n\n")) != std::string::npos) {
+          events.push_back(buffer.substr(0, pos));
+          arrival.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          buffer.erase(0, pos + 2);
+        }
+        return true;
+      });
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->header("Content-Type"), "text/event-stream");
+  ASSERT_EQ(events.size(), 1 + 30 + 1 + 1u);  // role, tokens, usage, [DONE]
+  EXPECT_EQ(events.back(), "data: [DONE]");
+  json role = json::parse(events[0].substr(6));
+  EXPECT_EQ(role["choices"][0]["delta"]["role"], "assistant");
+  json last_token = json::parse(events[30].substr(6));
+  EXPECT_EQ(last_token["choices"][0]["finish_reason"], "length");
+  json usage = json::parse(events[31].substr(6));
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 30);
+  EXPECT_TRUE(usage["choices"].empty());
+  // Tokens arrive as they are produced, not all at the end.
+  EXPECT_LT(arrival[1], arrival[30]);
+}
+
+TEST_F(EngineSimTest, BadInputGetsVllmAnswersAndTheServerKeepsServing) {
+  auto malformed = sim_->post("/v1/chat/completions", "{\"model\":");
+  EXPECT_EQ(malformed.status, 400);
+  EXPECT_EQ(json::parse(malformed.body)["error"]["type"], "BadRequestError");
+
+  auto unknown = sim_->post("/v1/chat/completions",
+                            R"({"model":"gpt-9","messages":[{"role":"user","content":"x"}]})");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(json::parse(unknown.body)["error"]["message"], "The model `gpt-9` does not exist.");
+
+  std::string long_prompt;
+  for (int i = 0; i < 2100; ++i) long_prompt += " word";
+  auto too_long = sim_->post("/v1/completions", json({{"model", "tiny"}, {"prompt", long_prompt}}).dump());
+  EXPECT_EQ(too_long.status, 400);
+  EXPECT_NE(json::parse(too_long.body)["error"]["message"].get<std::string>().find(
+                "maximum context length is 2048 tokens"),
+            std::string::npos);
+
+  auto too_big = sim_->post("/v1/completions",
+                            json({{"model", "tiny"}, {"prompt", std::string(300 * 1024, 'a')}}).dump());
+  EXPECT_EQ(too_big.status, 413);
+
+  EXPECT_EQ(sim_->get("/nope").status, 404);
+  EXPECT_EQ(sim_->get("/health").status, 200);
+  EXPECT_EQ(sim_->post("/v1/completions", R"({"model":"tiny","prompt":"still here","max_tokens":2})").status, 200);
+}
+
+TEST_F(EngineSimTest, ModelsEmbeddingsAndCompletionsAnswer) {
+  json models = json::parse(sim_->get("/v1/models").body);
+  EXPECT_EQ(models["data"][0]["id"], "tiny");
+  EXPECT_EQ(models["data"][0]["max_model_len"], 2048);
+
+  auto e = sim_->post("/v1/embeddings", R"({"model":"tiny","input":["the cat sat","the cat sat down"]})");
+  ASSERT_EQ(e.status, 200) << e.body;
+  json doc = json::parse(e.body);
+  auto a = doc["data"][0]["embedding"].get<std::vector<double>>();
+  auto b = doc["data"][1]["embedding"].get<std::vector<double>>();
+  ASSERT_EQ(a.size(), 384u);
+  double dot = 0, norm = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    dot += a[i] * b[i];
+    norm += a[i] * a[i];
+  }
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_GT(dot, 0.5);  // similar texts, similar vectors
+  auto again = sim_->post("/v1/embeddings", R"({"model":"tiny","input":"the cat sat"})");
+  EXPECT_EQ(json::parse(again.body)["data"][0]["embedding"].get<std::vector<double>>(), a);
+}
+
+TEST_F(EngineSimTest, MetricsMatchWhatWasServed) {
+  const double prompt_before = sim_->metric("vllm:prompt_tokens_total");
+  const double gen_before = sim_->metric("vllm:generation_tokens_total");
+  const double success_before = sim_->metric("vllm:request_success_total", "finished_reason=\"length\"");
+  const double ttft_count_before = sim_->metric("vllm:time_to_first_token_seconds_count");
+  uint64_t prompt = 0, completion = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto r = sim_->post("/v1/chat/completions", chat_body("request number " + std::to_string(i), 7 + i));
+    ASSERT_EQ(r.status, 200);
+    json usage = json::parse(r.body)["usage"];
+    prompt += usage["prompt_tokens"].get<uint64_t>();
+    completion += usage["completion_tokens"].get<uint64_t>();
+  }
+  EXPECT_EQ(sim_->metric("vllm:prompt_tokens_total") - prompt_before, prompt);
+  EXPECT_EQ(sim_->metric("vllm:generation_tokens_total") - gen_before, completion);
+  EXPECT_EQ(sim_->metric("vllm:request_success_total", "finished_reason=\"length\"") - success_before, 5);
+  EXPECT_EQ(sim_->metric("vllm:time_to_first_token_seconds_count") - ttft_count_before, 5);
+  EXPECT_EQ(sim_->metric("vllm:num_requests_running"), 0);
+  EXPECT_EQ(sim_->metric("vllm:cache_config_info", "num_gpu_blocks=\"24000\""), 1);
+}
+
+TEST_F(EngineSimTest, RepeatedPrefixRaisesHitsAndReportsCachedTokens) {
+  std::string system_prompt;
+  for (int i = 0; i < 300; ++i) system_prompt += " shared context words";
+  const double hits_before = sim_->metric("vllm:prefix_cache_hits_total");
+  auto first = sim_->post("/v1/chat/completions", chat_body(system_prompt + " first question", 2));
+  auto second = sim_->post("/v1/chat/completions", chat_body(system_prompt + " second question", 2));
+  ASSERT_EQ(second.status, 200);
+  const uint64_t cached = json::parse(second.body)["usage"]["prompt_tokens_details"]["cached_tokens"];
+  EXPECT_GT(cached, 800u);
+  EXPECT_EQ(sim_->metric("vllm:prefix_cache_hits_total") - hits_before, cached);
+}
+
+TEST_F(EngineSimTest, ClientThatHangsUpMidStreamFreesItsKvBlocks) {
+  int events = 0;
+  auto r = http::fetch_streaming({.port = sim_->port(), .method = "POST", .target = "/v1/chat/completions",
+                                  .body = chat_body("a long story please", 1800, true)},
+                                 [&](std::string_view data) {
+                                   events += static_cast<int>(std::count(data.begin(), data.end(), '\n')) / 2;
+                                   return events < 5;  // hang up after a few tokens
+                                 });
+  ASSERT_TRUE(r.ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (sim_->metric("vllm:num_requests_running") != 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(sim_->metric("vllm:num_requests_running"), 0);
+  EXPECT_EQ(sim_->metric("vllm:kv_cache_usage_perc"), 0);
+  EXPECT_EQ(sim_->get("/health").status, 200);
+}
+
+TEST_F(EngineSimTest, PromtoolAcceptsTheMetricsPage) {
+  const fs::path page = scratch_dir() / "metrics.txt";
+  {
+    std::FILE* f = std::fopen(page.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    const std::string text = sim_->metrics_text();
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  const std::string command = "promtool check metrics < " + page.string() + " 2>&1";
+  std::FILE* p = ::popen(command.c_str(), "r");
+  ASSERT_NE(p, nullptr) << "promtool (Debian's prometheus package) must be installed";
+  std::string output;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
+  const int status = WEXITSTATUS(::pclose(p));
+  // Exit 1 is a parse failure. Exit 3 is lint: the only lint allowed is the
+  // colon that vLLM's own names carry ("vllm:..."); anything else fails.
+  ASSERT_NE(status, 1) << output;
+  ASSERT_NE(status, 127) << "promtool not found: " << output;
+  std::istringstream lines(output);
+  std::string line;
+  int problems = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    ++problems;
+    EXPECT_TRUE(line.rfind("vllm:", 0) == 0 && line.find("metric names should not contain ':'") != std::string::npos)
+        << line;
+  }
+  EXPECT_EQ(status == 0, problems == 0);
+}
+
+TEST(EngineSimProcess, FullWaitingQueueAnswers503) {
+  auto model = synth_model("tiny", "16MiB");
+  auto sim = EngineSim::start(model, {"--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1"});
+  std::atomic<int> ok{0}, unavailable{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&, i] {
+      auto r = http::fetch({.port = sim->port(), .method = "POST", .target = "/v1/completions",
+                            .body = json({{"model", "tiny"}, {"prompt", "q" + std::to_string(i)},
+                                          {"max_tokens", 40}, {"ignore_eos", true}}).dump()});
+      if (r.ok() && r->status == 200) ++ok;
+      if (r.ok() && r->status == 503) {
+        ++unavailable;
+        EXPECT_NE(r->body.find("waiting queue is full"), std::string::npos) << r->body;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_GE(ok.load(), 2);
+  EXPECT_GE(unavailable.load(), 1);
+  EXPECT_EQ(ok + unavailable, 4);
+  EXPECT_EQ(sim->get("/health").status, 200);
+}
+
+TEST(EngineSimProcess, StartUpTimeGrowsWithModelSize) {
+  auto small = synth_model("small-8m", "8MiB");
+  auto large = synth_model("large-256m", "256MiB");
+  auto a = EngineSim::start(small, {"--served-model-name", "s"});
+  auto b = EngineSim::start(large, {"--served-model-name", "l"});
+  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_bytes"), 30 * a->metric("loadstar_engine_sim_model_load_bytes"));
+  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_seconds"), a->metric("loadstar_engine_sim_model_load_seconds"));
+}
+
+TEST(EngineSimProcess, BadModelDirectoryIsAClearError) {
+  std::string out;
+  EXPECT_EQ(run_loadstar({"engine-sim", "--model", "/nonexistent/model", "--port", "0"}, &out), 2);
+  EXPECT_NE(out.find("/nonexistent/model/config.json"), std::string::npos) << out;
+}
+
+TEST(EngineSimProcess, SigtermStopsCleanly) {
+  auto model = synth_model("tiny", "16MiB");
+  auto sim = EngineSim::start(model);
+  sim->process().signal(SIGTERM);
+  auto status = sim->process().wait_for(std::chrono::seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 0);
+}
+
+}  // namespace
+}  // namespace loadstar::testing

@@ -1,0 +1,117 @@
+#include "support.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace loadstar::testing {
+
+namespace fs = std::filesystem;
+
+const fs::path& scratch_dir() {
+  static const fs::path dir = [] {
+    fs::path d = fs::temp_directory_path() / ("loadstar-it-" + std::to_string(::getpid()));
+    fs::create_directories(d);
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(fs::temp_directory_path() / ("loadstar-it-" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+static std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int run_loadstar(const std::vector<std::string>& args, std::string* output) {
+  static int counter = 0;
+  const fs::path out = scratch_dir() / ("run-" + std::to_string(counter++) + ".log");
+  ProcessOptions options;
+  options.argv = {LOADSTAR_BIN};
+  options.argv.insert(options.argv.end(), args.begin(), args.end());
+  options.output_path = out.string();
+  auto process = Subprocess::start(options);
+  if (!process.ok()) return -1;
+  auto status = process->wait_for(std::chrono::seconds(120));
+  if (output) *output = read_file(out);
+  return status.value_or(-1);
+}
+
+fs::path synth_model(const std::string& name, const std::string& size) {
+  const fs::path dir = scratch_dir() / name;
+  if (!fs::exists(dir)) {
+    std::string out;
+    int rc = run_loadstar({"model", "synth", "--size", size, "--shard-size", "64MiB", "-o", dir.string()}, &out);
+    if (rc != 0) throw std::runtime_error("model synth failed: " + out);
+  }
+  return dir;
+}
+
+std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir, std::vector<std::string> extra_args) {
+  static int counter = 0;
+  auto sim = std::make_unique<EngineSim>();
+  const std::string tag = std::to_string(counter++);
+  const fs::path port_file = scratch_dir() / ("engine-" + tag + ".port");
+  sim->log_path_ = scratch_dir() / ("engine-" + tag + ".log");
+  ProcessOptions options;
+  options.argv = {LOADSTAR_BIN, "engine-sim", "--model", model_dir.string(), "--port", "0", "--port-file",
+                  port_file.string()};
+  options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
+  options.output_path = sim->log_path_.string();
+  auto process = Subprocess::start(options);
+  if (!process.ok()) throw std::runtime_error(process.error().message);
+  sim->process_ = std::move(process).value();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!sim->process_.running()) throw std::runtime_error("engine-sim exited: " + sim->log());
+    if (sim->port_ == 0 && fs::exists(port_file)) sim->port_ = static_cast<uint16_t>(std::stoi(read_file(port_file)));
+    if (sim->port_ != 0) {
+      auto health = http::fetch({.port = sim->port_, .target = "/health", .timeout_s = 2});
+      if (health.ok() && health->status == 200) return sim;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  throw std::runtime_error("engine-sim did not become healthy: " + sim->log());
+}
+
+EngineSim::~EngineSim() { process_.stop(std::chrono::milliseconds(3000)); }
+
+http::ClientResponse EngineSim::get(const std::string& target) {
+  auto r = http::fetch({.port = port_, .target = target});
+  if (!r.ok()) throw std::runtime_error(r.error().message);
+  return std::move(r).value();
+}
+
+http::ClientResponse EngineSim::post(const std::string& target, const std::string& body) {
+  auto r = http::fetch({.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
+  if (!r.ok()) throw std::runtime_error(r.error().message);
+  return std::move(r).value();
+}
+
+std::string EngineSim::metrics_text() { return get("/metrics").body; }
+
+double EngineSim::metric(const std::string& name, const std::string& labels) {
+  std::istringstream lines(metrics_text());
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;
+    const std::string rest = line.substr(name.size());
+    if (rest.empty() || (rest[0] != '{' && rest[0] != ' ')) continue;  // a longer name
+    if (!labels.empty() && rest.find(labels) == std::string::npos) continue;
+    return std::stod(rest.substr(rest.rfind(' ') + 1));
+  }
+  return std::nan("");
+}
+
+std::string EngineSim::log() const { return read_file(log_path_); }
+
+}  // namespace loadstar::testing

@@ -1,0 +1,48 @@
+// Helpers for integration tests: the real `loadstar` binary run as a child
+// process on loopback port 0, and a blocking HTTP client to talk to it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/process.h"
+#include "http/client.h"
+
+namespace loadstar::testing {
+
+// A scratch directory removed when the test binary exits.
+const std::filesystem::path& scratch_dir();
+
+// Runs `loadstar args...` to completion; returns its exit status and output.
+int run_loadstar(const std::vector<std::string>& args, std::string* output = nullptr);
+
+// A synthetic model of `size` (e.g. "16MiB") under scratch_dir(), made once per name.
+std::filesystem::path synth_model(const std::string& name, const std::string& size);
+
+class EngineSim {
+ public:
+  // Starts engine-sim on port 0 and waits until /health answers 200.
+  static std::unique_ptr<EngineSim> start(const std::filesystem::path& model_dir,
+                                          std::vector<std::string> extra_args = {});
+  ~EngineSim();
+
+  uint16_t port() const { return port_; }
+  Subprocess& process() { return process_; }
+  http::ClientResponse get(const std::string& target);
+  http::ClientResponse post(const std::string& target, const std::string& body);
+  // The value of the sample `name{labels}` on /metrics ("" labels: the first
+  // sample of that name); NaN when absent.
+  double metric(const std::string& name, const std::string& labels = "");
+  std::string metrics_text();
+  std::string log() const;
+
+ private:
+  Subprocess process_;
+  uint16_t port_ = 0;
+  std::filesystem::path log_path_;
+};
+
+}  // namespace loadstar::testing
