@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Loadstar: elastic LLM inference on Kubernetes and on one machine"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "loadstar 0.1.0");
+  app.fallthrough();  // --log-level may follow the subcommand
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->capture_default_str();
   std::vector<std::pair<CLI::App*, std::function<int()>>> runners;
