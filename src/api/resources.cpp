@@ -160,15 +160,17 @@ void decode_model(Decoder& d, MapReader& top, Model& model) {
   if (spec.string("source", model.spec.source, true)) {
     const std::string& s = model.spec.source;
     bool known = s.starts_with("file://") || s.starts_with("http://") || s.starts_with("https://") ||
-                 s.starts_with("s3://") || s.starts_with("hf://");
+                 s.starts_with("s3://") || s.starts_with("hf://") || s.starts_with("synth://");
     if (!known)
       d.error(node["source"], "spec.source",
-              fmt::format("'{}' must be a URI with scheme file://, http(s)://, s3:// or hf://", s));
+              fmt::format("'{}' must be a URI with scheme file://, http(s)://, s3://, hf:// or synth://", s));
   }
   if (spec.string("format", model.spec.format, false) && model.spec.format != "safetensors" &&
       model.spec.format != "gguf")
     d.error(node["format"], "spec.format", fmt::format("'{}' must be safetensors or gguf", model.spec.format));
   spec.quantity("size", model.spec.size_bytes);
+  if (model.spec.source.starts_with("synth://") && !model.spec.size_bytes)
+    d.error(node, "spec.size", "required for a synth:// model (how many bytes to write)");
   spec.finish();
 }
 
@@ -286,6 +288,42 @@ Result<std::vector<Resource>> load_resource_file(const std::string& path) {
   std::stringstream text;
   text << in.rdbuf();
   return decode_resources(text.str(), path);
+}
+
+std::string encode_resource(const Resource& resource) {
+  YAML::Emitter out;
+  out << YAML::BeginMap << YAML::Key << "apiVersion" << YAML::Value << kApiVersion;
+  out << YAML::Key << "kind" << YAML::Value << std::string(kind_of(resource));
+  const ObjectMeta& meta = metadata_of(resource);
+  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value
+      << meta.name;
+  if (!meta.labels.empty()) {
+    out << YAML::Key << "labels" << YAML::Value << YAML::BeginMap;
+    for (const auto& [k, v] : meta.labels) out << YAML::Key << k << YAML::Value << YAML::DoubleQuoted << v;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
+  if (const auto* m = std::get_if<Model>(&resource)) {
+    out << YAML::Key << "source" << YAML::Value << m->spec.source;
+    out << YAML::Key << "format" << YAML::Value << m->spec.format;
+    if (m->spec.size_bytes) out << YAML::Key << "size" << YAML::Value << std::to_string(*m->spec.size_bytes);
+  } else {
+    const auto& s = std::get<InferenceService>(resource).spec;
+    out << YAML::Key << "model" << YAML::Value << s.model;
+    out << YAML::Key << "replicas" << YAML::Value << s.replicas;
+    out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value
+        << s.engine.name << YAML::Key << "args" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const auto& a : s.engine.args) out << YAML::DoubleQuoted << a;
+    out << YAML::EndSeq << YAML::EndMap;
+    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap << YAML::Key << "gpu" << YAML::Value
+        << YAML::BeginMap << YAML::Key << "count" << YAML::Value << s.gpu.count;
+    if (!s.gpu.type.empty()) out << YAML::Key << "type" << YAML::Value << s.gpu.type;
+    if (s.gpu.memory_bytes) out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
+    if (s.gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *s.gpu.fraction;
+    out << YAML::EndMap << YAML::EndMap;
+  }
+  out << YAML::EndMap << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
 }
 
 Status check_references(const std::vector<Resource>& resources) {

@@ -24,7 +24,10 @@ struct ObjectMeta {
 };
 
 struct ModelSpec {
-  std::string source;               // file://, http(s)://, s3://, hf:// URI
+  // Where the weights come from: file://, http(s)://, s3://, hf:// URIs, or
+  // synth://NAME for a synthetic safetensors model of `size` bytes that
+  // Loadstar writes itself (demos, tests, benchmarks).
+  std::string source;
   std::string format = "safetensors";
   std::optional<uint64_t> size_bytes;
 };
@@ -67,6 +70,9 @@ const ObjectMeta& metadata_of(const Resource& resource);
 // All errors found are reported, one per line.
 Result<std::vector<Resource>> decode_resources(std::string_view yaml_text, std::string_view file_name);
 Result<std::vector<Resource>> load_resource_file(const std::string& path);
+
+// The YAML document of a resource; decode_resources(encode_resource(r)) == r.
+std::string encode_resource(const Resource& resource);
 
 // Cross-resource checks: unique names per kind, services naming existing models.
 Status check_references(const std::vector<Resource>& resources);

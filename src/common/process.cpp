@@ -48,6 +48,11 @@ Result<Subprocess> Subprocess::start(const ProcessOptions& options) {
       ::dup2(out_fd, STDERR_FILENO);
     }
     ::setpgid(0, 0);  // a terminal's Ctrl-C reaches the parent, which stops us in order
+    // The parent may block signals to sigwait() for them; the child must not
+    // inherit that, or SIGTERM could never stop it.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }

@@ -115,3 +115,73 @@ double EngineSim::metric(const std::string& name, const std::string& labels) {
 std::string EngineSim::log() const { return read_file(log_path_); }
 
 }  // namespace loadstar::testing
+
+#include <nlohmann/json.hpp>
+#include <regex>
+
+namespace loadstar::testing {
+
+std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> extra_args, fs::path data_dir) {
+  static int counter = 0;
+  auto up = std::make_unique<Up>();
+  const std::string tag = std::to_string(counter++);
+  up->data_dir_ = data_dir.empty() ? scratch_dir() / ("up-" + tag) : data_dir;
+  up->log_path_ = scratch_dir() / ("up-" + tag + "-" + std::to_string(counter) + ".log");
+  const fs::path file = scratch_dir() / ("up-" + tag + ".yaml");
+  std::ofstream(file) << yaml;
+  ProcessOptions options;
+  options.argv = {LOADSTAR_BIN, "up", "--port", "0", "--admin-port", "0", "--data-dir", up->data_dir_.string()};
+  if (!yaml.empty()) {
+    options.argv.push_back("-f");
+    options.argv.push_back(file.string());
+  }
+  options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
+  options.output_path = up->log_path_.string();
+  auto process = Subprocess::start(options);
+  if (!process.ok()) throw std::runtime_error(process.error().message);
+  up->process_ = std::move(process).value();
+  const std::regex api(R"(OpenAI API: http://127\.0\.0\.1:(\d+)/v1)"), admin(R"(admin API:  http://127\.0\.0\.1:(\d+)/)");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const std::string text = up->log();
+    std::smatch m1, m2;
+    if (std::regex_search(text, m1, api) && std::regex_search(text, m2, admin)) {
+      up->port_ = static_cast<uint16_t>(std::stoi(m1[1]));
+      up->admin_port_ = static_cast<uint16_t>(std::stoi(m2[1]));
+      return up;
+    }
+    if (!up->process_.running()) throw std::runtime_error("loadstar up exited: " + text);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  throw std::runtime_error("loadstar up did not start: " + up->log());
+}
+
+Up::~Up() { process_.stop(std::chrono::milliseconds(10000)); }
+
+std::string Up::log() const { return read_file(log_path_); }
+
+std::string Up::replicas_json() {
+  auto r = http::fetch({.port = admin_port_, .target = "/api/v1/replicas", .timeout_s = 5});
+  if (!r.ok()) throw std::runtime_error(r.error().message);
+  return r->body;
+}
+
+void Up::wait_ready(const std::string& service, int count) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto doc = nlohmann::json::parse(replicas_json());
+    int ready = 0;
+    for (const auto& r : doc["items"]) ready += r["service"] == service && r["state"] == "Ready";
+    if (ready == count) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  throw std::runtime_error("replicas of " + service + " not ready: " + replicas_json() + "\n" + log());
+}
+
+http::ClientResponse Up::post(const std::string& target, const std::string& body) {
+  auto r = http::fetch({.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
+  if (!r.ok()) throw std::runtime_error(r.error().message);
+  return std::move(r).value();
+}
+
+}  // namespace loadstar::testing

@@ -46,3 +46,32 @@ class EngineSim {
 };
 
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+
+// `loadstar up` on ports 0 with its own data directory.
+class Up {
+ public:
+  static std::unique_ptr<Up> start(const std::string& yaml, std::vector<std::string> extra_args = {},
+                                   std::filesystem::path data_dir = {});
+  ~Up();
+  uint16_t port() const { return port_; }
+  uint16_t admin_port() const { return admin_port_; }
+  const std::filesystem::path& data_dir() const { return data_dir_; }
+  Subprocess& process() { return process_; }
+  // GET /api/v1/replicas as JSON text.
+  std::string replicas_json();
+  // Waits until `count` replicas of `service` are Ready (throws after 30 s).
+  void wait_ready(const std::string& service, int count);
+  http::ClientResponse post(const std::string& target, const std::string& body);
+  std::string log() const;
+
+ private:
+  Subprocess process_;
+  uint16_t port_ = 0;
+  uint16_t admin_port_ = 0;
+  std::filesystem::path data_dir_;
+  std::filesystem::path log_path_;
+};
+
+}  // namespace loadstar::testing

@@ -106,3 +106,28 @@ TEST(Units, ParsesSizesAndDurations) {
 
 }  // namespace
 }  // namespace loadstar::api
+
+namespace loadstar::api {
+namespace {
+
+TEST(Resources, EncodeDecodeRoundTrips) {
+  auto resources = decode_resources(kValid, "q.yaml");
+  ASSERT_TRUE(resources.ok());
+  for (const Resource& r : *resources) {
+    const std::string text = encode_resource(r);
+    auto again = decode_resources(text, "encoded");
+    ASSERT_TRUE(again.ok()) << again.error().message << "\n" << text;
+    ASSERT_EQ(again->size(), 1u);
+    EXPECT_EQ(encode_resource((*again)[0]), text);
+  }
+}
+
+TEST(Resources, SynthModelsNeedASize) {
+  auto r = decode_resources(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec: {source: 'synth://m'}\n", "m.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("spec.size: required for a synth:// model"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace loadstar::api

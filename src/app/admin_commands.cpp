@@ -1,0 +1,115 @@
+// `loadstar get services|replicas` and `loadstar apply -f`: clients of a
+// running `loadstar up`'s admin API.
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "app/commands.h"
+#include "http/client.h"
+
+namespace loadstar::app {
+
+using nlohmann::json;
+
+namespace {
+
+struct AdminTarget {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8090;
+};
+
+void add_admin_options(CLI::App& app, AdminTarget& target) {
+  app.add_option("--admin-host", target.host)->capture_default_str();
+  app.add_option("--admin-port", target.port)->capture_default_str();
+}
+
+Result<json> admin_call(const AdminTarget& t, const std::string& method, const std::string& target,
+                        std::string body = {}) {
+  auto r = http::fetch({.host = t.host, .port = t.port, .method = method, .target = target, .body = std::move(body),
+                        .headers = {{"Content-Type", "application/yaml"}}, .timeout_s = 10});
+  if (!r.ok()) {
+    return make_error(ErrorCode::kUnavailable, "cannot reach loadstar up's admin API at {}:{}: {}", t.host, t.port,
+                      r.error().message);
+  }
+  json doc = json::parse(r->body, nullptr, false);
+  if (r->status != 200) {
+    std::string message = doc.is_object() && doc.contains("error") ? doc["error"].value("message", r->body) : r->body;
+    return Error{ErrorCode::kInvalidArgument, message};
+  }
+  if (doc.is_discarded()) return make_error(ErrorCode::kCorrupt, "the admin API answered something that is not JSON");
+  return doc;
+}
+
+std::string seconds(const json& v) {
+  if (!v.is_number()) return "-";
+  double s = v.get<double>();
+  if (s < 60) return fmt::format("{:.1f}s", s);
+  if (s < 3600) return fmt::format("{:.0f}m", s / 60);
+  return fmt::format("{:.1f}h", s / 3600);
+}
+
+}  // namespace
+
+std::function<int()> setup_get(CLI::App& app) {
+  auto target = std::make_shared<AdminTarget>();
+  auto what = std::make_shared<std::string>();
+  app.add_option("resource", *what, "services or replicas")->required()->check(CLI::IsMember({"services", "replicas",
+                                                                                              "service", "replica"}));
+  add_admin_options(app, *target);
+  return [target, what]() -> int {
+    const bool services = what->starts_with("service");
+    auto doc = admin_call(*target, "GET", services ? "/api/v1/services" : "/api/v1/replicas");
+    if (!doc.ok()) {
+      fmt::print(stderr, "loadstar get: {}\n", doc.error().message);
+      return 1;
+    }
+    if (services) {
+      fmt::print("{:<24} {:<24} {:>8} {:>6}\n", "NAME", "MODEL", "READY", "WANT");
+      for (const auto& s : (*doc)["items"])
+        fmt::print("{:<24} {:<24} {:>8} {:>6}\n", s["name"].get<std::string>(), s["model"].get<std::string>(),
+                   fmt::format("{}/{}", s["ready"].get<int>(), s["current"].get<int>()), s["replicas"].get<int>());
+    } else {
+      fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME", "SERVICE", "STATE", "PORT",
+                 "PID", "RESTARTS", "STARTUP", "AGE", "MESSAGE");
+      for (const auto& r : (*doc)["items"])
+        fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", r["name"].get<std::string>(),
+                   r["service"].get<std::string>(), r["state"].get<std::string>(), r["port"].get<int>(),
+                   r["pid"].get<int>(), r["restarts"].get<int>(), seconds(r["start_seconds"]),
+                   seconds(r["age_seconds"]), r["message"].get<std::string>());
+    }
+    return 0;
+  };
+}
+
+std::function<int()> setup_apply(CLI::App& app) {
+  auto target = std::make_shared<AdminTarget>();
+  auto files = std::make_shared<std::vector<std::string>>();
+  app.add_option("-f,--filename", *files, "Resource files")->required();
+  add_admin_options(app, *target);
+  return [target, files]() -> int {
+    std::string body;
+    for (const auto& f : *files) {
+      std::ifstream in(f);
+      if (!in) {
+        fmt::print(stderr, "loadstar apply: cannot read {}\n", f);
+        return 1;
+      }
+      std::stringstream s;
+      s << in.rdbuf();
+      body += s.str() + "\n---\n";
+    }
+    auto doc = admin_call(*target, "POST", "/api/v1/apply", body);
+    if (!doc.ok()) {
+      fmt::print(stderr, "loadstar apply: {}\n", doc.error().message);
+      return 1;
+    }
+    for (const auto& a : (*doc)["applied"]) fmt::print("{} configured\n", a.get<std::string>());
+    return 0;
+  };
+}
+
+}  // namespace loadstar::app

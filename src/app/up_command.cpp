@@ -1,0 +1,248 @@
+// `loadstar up`: gateway, controller and local runtime in one process, and
+// the admin API that `loadstar get` and `loadstar apply` talk to.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/resources.h"
+#include "common/units.h"
+#include "app/commands.h"
+#include "controller/controller.h"
+#include "controller/store.h"
+#include "gateway/gateway.h"
+#include "http/server.h"
+#include "openai/protocol.h"
+
+namespace loadstar::app {
+
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+using nlohmann::json;
+
+namespace {
+
+struct UpArgs {
+  std::vector<std::string> files;
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;
+  uint16_t admin_port = 8090;
+  std::string data_dir = "var";
+  unsigned workers = 2;
+  double drain_timeout_s = 30;
+  std::string max_body = "8Mi";
+};
+
+// Decodes `files` and checks them together with what the store holds.
+Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>& files,
+                                                  const controller::ResourceStore& store) {
+  std::vector<api::Resource> incoming;
+  std::string errors;
+  for (const auto& f : files) {
+    auto resources = api::load_resource_file(f);
+    if (!resources.ok()) {
+      errors += (errors.empty() ? "" : "\n") + resources.error().message;
+      continue;
+    }
+    for (auto& r : *resources) incoming.push_back(std::move(r));
+  }
+  if (!errors.empty()) return Error{ErrorCode::kInvalidArgument, errors};
+  std::vector<api::Resource> all = incoming;
+  std::set<std::pair<std::string, std::string>> names;
+  for (const auto& r : incoming) names.insert({std::string(api::kind_of(r)), api::metadata_of(r).name});
+  for (auto& r : store.list())
+    if (!names.count({std::string(api::kind_of(r)), api::metadata_of(r).name})) all.push_back(std::move(r));
+  LS_RETURN_IF_ERROR(api::check_references(all));
+  return incoming;
+}
+
+Status apply_all(controller::ResourceStore& store, const std::vector<api::Resource>& resources) {
+  // Models first, so a service never names a model the store lacks.
+  for (int pass = 0; pass < 2; ++pass)
+    for (const auto& r : resources)
+      if ((pass == 0) == std::holds_alternative<api::Model>(r)) LS_RETURN_IF_ERROR(store.apply(r));
+  return ok_status();
+}
+
+asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
+                                   controller::ResourceStore* store) {
+  const http::Request& req = ex.request();
+  const std::string_view path = req.path();
+  http::Response response;
+  if (req.method == "GET" && path == "/api/v1/replicas") {
+    json items = json::array();
+    for (const auto& r : ctl->replicas()) {
+      items.push_back({{"name", r.name},
+                       {"service", r.service},
+                       {"model", r.model},
+                       {"state", controller::replica_state_name(r.state)},
+                       {"pid", r.pid},
+                       {"port", r.port},
+                       {"restarts", r.restarts},
+                       {"age_seconds", r.age_s},
+                       {"start_seconds", r.start_s ? json(*r.start_s) : json(nullptr)},
+                       {"in_flight", r.in_flight},
+                       {"message", r.message}});
+    }
+    response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (req.method == "GET" && path == "/api/v1/services") {
+    json items = json::array();
+    for (const auto& s : ctl->services())
+      items.push_back({{"name", s.name}, {"model", s.model}, {"replicas", s.desired}, {"ready", s.ready},
+                       {"current", s.total}});
+    response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (req.method == "POST" && path == "/api/v1/apply") {
+    auto decoded = api::decode_resources(req.body, "request");
+    Status status = decoded.ok() ? ok_status() : Status(decoded.error());
+    if (status.ok()) {
+      std::vector<api::Resource> all = *decoded;
+      for (auto& r : store->list()) all.push_back(std::move(r));
+      // The request's own resources win over stored ones of the same name.
+      std::set<std::pair<std::string, std::string>> seen;
+      std::vector<api::Resource> unique;
+      for (auto& r : all)
+        if (seen.insert({std::string(api::kind_of(r)), api::metadata_of(r).name}).second) unique.push_back(r);
+      status = api::check_references(unique);
+    }
+    if (status.ok()) status = apply_all(*store, *decoded);
+    if (!status.ok()) {
+      openai::ApiError e = openai::to_api_error(status.error());
+      response = {e.status, "application/json", openai::error_body(e)};
+    } else {
+      json applied = json::array();
+      for (const auto& r : *decoded)
+        applied.push_back(fmt::format("{}/{}", api::kind_of(r), api::metadata_of(r).name));
+      response = {200, "application/json", json({{"applied", applied}}).dump()};
+    }
+  } else {
+    openai::ApiError e{404, fmt::format("no route for {} {}", req.method, path), {}};
+    response = {404, "application/json", openai::error_body(e)};
+  }
+  co_await ex.respond(std::move(response));
+}
+
+std::string self_path() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? "loadstar" : p.string();
+}
+
+int run_up(const UpArgs& args) {
+  // Signals are taken by sigwait() below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  const fs::path data_dir = fs::absolute(args.data_dir);
+  auto store = controller::LocalStore::open(data_dir / "state");
+  if (!store.ok()) {
+    spdlog::error("{}", store.error().message);
+    return 1;
+  }
+  auto incoming = read_and_check(args.files, **store);
+  if (!incoming.ok()) {
+    fmt::print(stderr, "{}\n", incoming.error().message);
+    return 2;
+  }
+  if (Status s = apply_all(**store, *incoming); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  if ((*store)->list().empty()) {
+    fmt::print(stderr, "nothing to run: pass -f with Model and InferenceService resources\n");
+    return 2;
+  }
+
+  gateway::GatewayOptions gw_options;
+  gw_options.host = args.host;
+  gw_options.port = args.port;
+  gw_options.workers = args.workers;
+  auto max_body = parse_bytes(args.max_body);
+  if (!max_body.ok()) {
+    fmt::print(stderr, "--max-body-size: {}\n", max_body.error().message);
+    return 2;
+  }
+  gw_options.max_body_bytes = *max_body;
+  auto gw = gateway::Gateway::create(gw_options);
+  if (!gw.ok()) {
+    spdlog::error("gateway: {}", gw.error().message);
+    return 1;
+  }
+  gateway::Gateway* gateway = gw->get();
+
+  controller::ControllerOptions ctl_options;
+  ctl_options.data_dir = data_dir;
+  ctl_options.loadstar_bin = self_path();
+  ctl_options.drain_timeout_s = args.drain_timeout_s;
+  controller::Controller ctl(**store, ctl_options,
+                             [gateway](std::shared_ptr<const gateway::RoutingTable> t) { gateway->publish(std::move(t)); });
+
+  asio::io_context admin_io(1);
+  controller::ResourceStore* store_ptr = store->get();
+  controller::Controller* ctl_ptr = &ctl;
+  http::ServerOptions admin_options;
+  admin_options.host = args.host;
+  admin_options.port = args.admin_port;
+  auto admin = http::Server::create({&admin_io}, admin_options, [ctl_ptr, store_ptr](http::Exchange& ex) {
+    return admin_handle(ex, ctl_ptr, store_ptr);
+  });
+  if (!admin.ok()) {
+    spdlog::error("admin API: {}", admin.error().message);
+    return 1;
+  }
+
+  gateway->start();
+  ctl.start();
+  (*admin)->start();
+  std::thread admin_thread([&admin_io] { admin_io.run(); });
+
+  fmt::print(
+      "Loadstar is up.\n"
+      "  OpenAI API: http://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
+      "  metrics:    http://{0}:{1}/metrics\n"
+      "  admin API:  http://{0}:{2}/api/v1   (loadstar get services | replicas)\n"
+      "  state:      {3}\n"
+      "Press Ctrl-C to stop.\n",
+      args.host, gateway->port(), (*admin)->port(), data_dir.string());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: draining replicas and stopping", sig);
+  ctl.stop();             // unpublish, drain in-flight requests, stop engines
+  gateway->stop(5);
+  (*admin)->stop();
+  admin_io.stop();
+  admin_thread.join();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> setup_up(CLI::App& app) {
+  auto args = std::make_shared<UpArgs>();
+  app.add_option("-f,--filename", args->files, "Resource files to apply at start (Model, InferenceService)");
+  app.add_option("--host", args->host)->capture_default_str();
+  app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
+  app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
+  app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")->capture_default_str();
+  app.add_option("--workers", args->workers, "Gateway worker threads")->capture_default_str();
+  app.add_option("--max-body-size", args->max_body, "Largest request body the gateway accepts")
+      ->capture_default_str();
+  app.add_option("--drain-timeout", args->drain_timeout_s, "Seconds a stopping replica may finish requests")
+      ->capture_default_str();
+  return [args] { return run_up(*args); };
+}
+
+}  // namespace loadstar::app

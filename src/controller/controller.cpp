@@ -1,0 +1,358 @@
+#include "controller/controller.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+#include <spdlog/spdlog.h>
+
+#include "http/client.h"
+#include "model/model_dir.h"
+
+namespace loadstar::controller {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+const char* replica_state_name(ReplicaState state) {
+  switch (state) {
+    case ReplicaState::kPending: return "Pending";
+    case ReplicaState::kStarting: return "Starting";
+    case ReplicaState::kReady: return "Ready";
+    case ReplicaState::kFailed: return "Failed";
+    case ReplicaState::kTerminating: return "Terminating";
+  }
+  return "Unknown";
+}
+
+struct Controller::Replica {
+  std::string name;
+  std::string service;
+  uint32_t index = 0;
+  ReplicaState state = ReplicaState::kPending;
+  std::optional<Subprocess> process;
+  fs::path port_file;
+  uint16_t port = 0;
+  uint32_t restarts = 0;
+  Clock::time_point created = Clock::now();
+  Clock::time_point launched;
+  Clock::time_point next_restart;
+  Clock::time_point drain_started;
+  std::optional<double> start_s;
+  std::string message;
+  std::shared_ptr<gateway::Endpoint> endpoint;  // set while Ready (and while draining)
+  bool sigterm_sent = false;
+};
+
+Controller::Controller(ResourceStore& store, ControllerOptions options,
+                       std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish)
+    : store_(store), options_(std::move(options)), publish_(std::move(publish)) {}
+
+Controller::~Controller() { stop(); }
+
+void Controller::start() {
+  watch_ = store_.watch([this](const WatchEvent&) {
+    std::lock_guard lock(mu_);
+    dirty_ = true;
+    wake_.notify_all();
+  });
+  thread_ = std::thread([this] { run(); });
+}
+
+void Controller::run() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    dirty_ = false;
+    reconcile();
+    wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(options_.resync_s * 1000)),
+                   [this] { return dirty_ || stopping_; });
+  }
+  // Shutdown: every replica drains and stops, as on scale-down.
+  for (auto& [name, r] : replicas_) begin_termination(*r);
+  publish_if_changed();
+  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options_.drain_timeout_s * 1000));
+  while (!replicas_.empty()) {
+    for (auto it = replicas_.begin(); it != replicas_.end();) {
+      Replica& r = *it->second;
+      const bool drained = !r.endpoint || r.endpoint->in_flight.load() == 0 || Clock::now() > deadline;
+      if (drained && r.process && !r.sigterm_sent) {
+        r.process->signal(SIGTERM);
+        r.sigterm_sent = true;
+      }
+      if (!r.process || (r.sigterm_sent && !r.process->running())) {
+        it = replicas_.erase(it);
+      } else if (Clock::now() > deadline + std::chrono::seconds(5)) {
+        r.process->stop(std::chrono::milliseconds(0));  // SIGKILL
+        it = replicas_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    lock.lock();
+  }
+}
+
+void Controller::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  watch_.reset();
+}
+
+std::optional<fs::path> Controller::prepare_model(const api::Model& model, std::string& message) {
+  // The node agent's cache will live here; until it exists, synth:// models
+  // are written into it and file:// models are used where they are.
+  const fs::path cached = options_.data_dir / "cache" / "models" / model.metadata.name;
+  std::error_code ec;
+  if (fs::exists(cached / "config.json", ec)) return cached;
+  const std::string& source = model.spec.source;
+  if (source.starts_with("synth://")) {
+    spdlog::info("writing synthetic model '{}' ({} bytes) to {}", model.metadata.name,
+                 model.spec.size_bytes.value_or(0), cached.string());
+    model::SynthOptions synth;
+    synth.size_bytes = model.spec.size_bytes.value_or(0);
+    synth.output = cached;
+    synth.name = model.metadata.name;
+    auto report = model::synth_model(synth);
+    if (!report.ok()) {
+      message = "cannot write synthetic model: " + report.error().message;
+      return std::nullopt;
+    }
+    return cached;
+  }
+  if (source.starts_with("file://")) {
+    fs::path path = source.substr(7);
+    if (fs::exists(path / "config.json", ec)) return path;
+    message = fmt::format("model directory {} has no config.json", path.string());
+    return std::nullopt;
+  }
+  message = fmt::format("fetching {} needs the node agent, which this build does not have yet", source);
+  return std::nullopt;
+}
+
+void Controller::launch(Replica& r) {
+  const auto svc_it = services_.find(r.service);
+  if (svc_it == services_.end()) return;
+  const api::InferenceService& svc = svc_it->second;
+  auto model = store_.get("Model", svc.spec.model);
+  if (!model) {
+    r.state = ReplicaState::kPending;
+    r.message = fmt::format("Model '{}' does not exist", svc.spec.model);
+    return;
+  }
+  if (svc.spec.engine.name != "engine-sim") {
+    r.state = ReplicaState::kPending;
+    r.message = fmt::format("engine '{}' cannot run locally yet (engine-sim can)", svc.spec.engine.name);
+    return;
+  }
+  std::string why;
+  auto model_dir = prepare_model(std::get<api::Model>(*model), why);
+  if (!model_dir) {
+    r.state = ReplicaState::kPending;
+    r.message = why;
+    return;
+  }
+  const fs::path run_dir = options_.data_dir / "run";
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  r.port_file = run_dir / (r.name + ".port");
+  fs::remove(r.port_file, ec);
+  ProcessOptions p;
+  p.argv = {options_.loadstar_bin, "engine-sim",  "--model", fs::absolute(*model_dir).string(),
+            "--served-model-name", r.service, "--port", "0", "--port-file", r.port_file.string()};
+  for (const auto& a : svc.spec.engine.args) p.argv.push_back(a);
+  p.output_path = (run_dir / (r.name + ".log")).string();
+  auto process = Subprocess::start(p);
+  if (!process.ok()) {
+    r.state = ReplicaState::kFailed;
+    r.message = process.error().message;
+    r.next_restart = Clock::now() + std::chrono::seconds(1);
+    return;
+  }
+  r.process = std::move(process).value();
+  r.state = ReplicaState::kStarting;
+  r.port = 0;
+  r.launched = Clock::now();
+  r.start_s.reset();
+  r.message = "waiting for /health";
+  r.sigterm_sent = false;
+  spdlog::info("replica {}: started engine-sim (pid {})", r.name, r.process->pid());
+}
+
+void Controller::observe(Replica& r) {
+  if (r.process && r.state != ReplicaState::kTerminating && !r.process->running()) {
+    const int status = r.process->wait_for(std::chrono::milliseconds(0)).value_or(-1);
+    const double backoff = std::min(options_.restart_backoff_max_s,
+                                    options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
+    r.message = fmt::format("engine exited with status {}; restarting in {:.0f}s (see {}/run/{}.log)", status,
+                            backoff, options_.data_dir.string(), r.name);
+    spdlog::warn("replica {}: {}", r.name, r.message);
+    r.process.reset();
+    r.endpoint.reset();
+    r.port = 0;
+    r.state = ReplicaState::kFailed;
+    r.next_restart = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(backoff * 1000));
+    ++r.restarts;
+    return;
+  }
+  if (r.state == ReplicaState::kStarting) {
+    std::error_code ec;
+    if (r.port == 0 && fs::exists(r.port_file, ec)) {
+      std::ifstream in(r.port_file);
+      int port = 0;
+      if (in >> port && port > 0 && port < 65536) r.port = static_cast<uint16_t>(port);
+    }
+    if (r.port != 0) {
+      auto health = http::fetch({.port = r.port, .target = "/health", .timeout_s = 0.25});
+      if (health.ok() && health->status == 200) {
+        r.state = ReplicaState::kReady;
+        r.start_s = std::chrono::duration<double>(Clock::now() - r.launched).count();
+        r.message.clear();
+        r.endpoint = std::make_shared<gateway::Endpoint>(r.service, r.name, "127.0.0.1", r.port);
+        spdlog::info("replica {}: ready on port {} after {:.2f}s", r.name, r.port, *r.start_s);
+        return;
+      }
+      r.message = "loading weights";
+    }
+    if (std::chrono::duration<double>(Clock::now() - r.launched).count() > options_.start_timeout_s) {
+      r.message = "did not become healthy in time";
+      r.process->stop(std::chrono::milliseconds(2000));
+    }
+  }
+}
+
+void Controller::begin_termination(Replica& r) {
+  if (r.state == ReplicaState::kTerminating) return;
+  r.state = ReplicaState::kTerminating;
+  r.drain_started = Clock::now();
+  r.message = "draining";
+  spdlog::info("replica {}: draining", r.name);
+}
+
+void Controller::reconcile() {
+  // Desired state.
+  services_.clear();
+  for (auto& resource : store_.list())
+    if (auto* svc = std::get_if<api::InferenceService>(&resource)) services_.emplace(svc->metadata.name, *svc);
+  const auto now = Clock::now();
+
+  for (auto& [name, r] : replicas_) observe(*r);
+
+  for (const auto& [svc_name, svc] : services_) {
+    std::vector<Replica*> active;
+    std::set<uint32_t> used;
+    for (auto& [name, r] : replicas_) {
+      if (r->service != svc_name) continue;
+      used.insert(r->index);
+      if (r->state != ReplicaState::kTerminating) active.push_back(r.get());
+    }
+    // Scale up: new replicas take the lowest free index.
+    for (uint32_t n = static_cast<uint32_t>(active.size()); n < svc.spec.replicas; ++n) {
+      uint32_t index = 0;
+      while (used.count(index)) ++index;
+      used.insert(index);
+      auto r = std::make_unique<Replica>();
+      r->name = fmt::format("{}-{}", svc_name, index);
+      r->service = svc_name;
+      r->index = index;
+      active.push_back(r.get());
+      replicas_.emplace(r->name, std::move(r));
+    }
+    // Scale down: the highest indexes go first, not-yet-ready ones before ready ones.
+    if (active.size() > svc.spec.replicas) {
+      std::sort(active.begin(), active.end(), [](const Replica* a, const Replica* b) {
+        const bool a_ready = a->state == ReplicaState::kReady, b_ready = b->state == ReplicaState::kReady;
+        if (a_ready != b_ready) return a_ready;
+        return a->index < b->index;
+      });
+      for (size_t i = svc.spec.replicas; i < active.size(); ++i) begin_termination(*active[i]);
+    }
+  }
+  for (auto& [name, r] : replicas_)
+    if (!services_.count(r->service)) begin_termination(*r);
+
+  // Act per replica.
+  for (auto it = replicas_.begin(); it != replicas_.end();) {
+    Replica& r = *it->second;
+    if (r.state == ReplicaState::kPending || (r.state == ReplicaState::kFailed && now >= r.next_restart)) {
+      launch(r);
+    } else if (r.state == ReplicaState::kTerminating) {
+      const bool drained = !r.endpoint || r.endpoint->in_flight.load() == 0 ||
+                           std::chrono::duration<double>(now - r.drain_started).count() > options_.drain_timeout_s;
+      if (drained && r.process && !r.sigterm_sent) {
+        r.process->signal(SIGTERM);
+        r.sigterm_sent = true;
+      }
+      if (!r.process || (r.sigterm_sent && !r.process->running())) {
+        spdlog::info("replica {}: stopped", r.name);
+        it = replicas_.erase(it);
+        continue;
+      }
+    }
+    ++it;
+  }
+  publish_if_changed();
+}
+
+void Controller::publish_if_changed() {
+  std::vector<std::string> key;
+  for (const auto& [name, svc] : services_) key.push_back("svc:" + name);
+  for (const auto& [name, r] : replicas_)
+    if (r->state == ReplicaState::kReady) key.push_back(fmt::format("ep:{}:{}", name, r->port));
+  if (key == published_key_) return;
+  published_key_ = key;
+  auto table = std::make_shared<gateway::RoutingTable>();
+  table->version = ++table_version_;
+  for (const auto& [name, svc] : services_) table->services[name];
+  for (const auto& [name, r] : replicas_)
+    if (r->state == ReplicaState::kReady && table->services.count(r->service))
+      table->services[r->service].ready.push_back(r->endpoint);
+  publish_(std::move(table));
+}
+
+std::vector<ReplicaStatus> Controller::replicas() const {
+  std::lock_guard lock(mu_);
+  std::vector<ReplicaStatus> out;
+  const auto now = Clock::now();
+  for (const auto& [name, r] : replicas_) {
+    ReplicaStatus s;
+    s.name = name;
+    s.service = r->service;
+    if (auto it = services_.find(r->service); it != services_.end()) s.model = it->second.spec.model;
+    s.state = r->state;
+    s.pid = r->process ? r->process->pid() : 0;
+    s.port = r->port;
+    s.restarts = r->restarts;
+    s.age_s = std::chrono::duration<double>(now - r->created).count();
+    s.start_s = r->start_s;
+    s.in_flight = r->endpoint ? r->endpoint->in_flight.load() : 0;
+    s.message = r->message;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<ServiceStatus> Controller::services() const {
+  std::lock_guard lock(mu_);
+  std::vector<ServiceStatus> out;
+  for (const auto& [name, svc] : services_) {
+    ServiceStatus s{name, svc.spec.model, svc.spec.replicas, 0, 0};
+    for (const auto& [rn, r] : replicas_) {
+      if (r->service != name) continue;
+      ++s.total;
+      s.ready += r->state == ReplicaState::kReady;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace loadstar::controller

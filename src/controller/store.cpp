@@ -1,0 +1,121 @@
+#include "controller/store.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <spdlog/spdlog.h>
+
+namespace loadstar::controller {
+
+namespace fs = std::filesystem;
+
+Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot create {}: {}", dir.string(), ec.message());
+  auto store = std::unique_ptr<LocalStore>(new LocalStore(dir));
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".yaml") continue;  // leftovers of an interrupted write are .tmp
+    auto resources = api::load_resource_file(entry.path().string());
+    if (!resources.ok()) return std::move(resources).error().context("the local store");
+    for (const auto& r : *resources) {
+      store->objects_[{std::string(api::kind_of(r)), api::metadata_of(r).name}] = api::encode_resource(r);
+      ++store->revision_;
+    }
+  }
+  if (ec) return make_error(ErrorCode::kIo, "cannot read {}: {}", dir.string(), ec.message());
+  return store;
+}
+
+fs::path LocalStore::file_of(std::string_view kind, std::string_view name) const {
+  return dir_ / fmt::format("{}.{}.yaml", kind, name);
+}
+
+std::vector<api::Resource> LocalStore::list() const {
+  std::lock_guard lock(mu_);
+  std::vector<api::Resource> out;
+  for (const auto& [key, yaml] : objects_) {
+    auto decoded = api::decode_resources(yaml, "store");
+    if (decoded.ok() && decoded->size() == 1) out.push_back(std::move((*decoded)[0]));
+  }
+  return out;
+}
+
+std::optional<api::Resource> LocalStore::get(std::string_view kind, std::string_view name) const {
+  std::lock_guard lock(mu_);
+  auto it = objects_.find({std::string(kind), std::string(name)});
+  if (it == objects_.end()) return std::nullopt;
+  auto decoded = api::decode_resources(it->second, "store");
+  if (!decoded.ok() || decoded->size() != 1) return std::nullopt;
+  return std::move((*decoded)[0]);
+}
+
+Status LocalStore::apply(const api::Resource& resource) {
+  const std::string kind(api::kind_of(resource));
+  const std::string& name = api::metadata_of(resource).name;
+  const std::string yaml = api::encode_resource(resource);
+  WatchEvent event{EventType::kAdded, kind, name};
+  {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find({kind, name});
+    if (it != objects_.end()) {
+      if (it->second == yaml) return ok_status();  // unchanged: no event
+      event.type = EventType::kModified;
+    }
+    const fs::path path = file_of(kind, name);
+    const fs::path tmp = path.string() + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << yaml;
+      if (!out.flush()) return make_error(ErrorCode::kIo, "cannot write {}", tmp.string());
+    }
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    if (ec) return make_error(ErrorCode::kIo, "cannot rename {}: {}", tmp.string(), ec.message());
+    objects_[{kind, name}] = yaml;
+    event.revision = ++revision_;
+  }
+  notify(event);
+  return ok_status();
+}
+
+Status LocalStore::remove(std::string_view kind, std::string_view name) {
+  WatchEvent event{EventType::kDeleted, std::string(kind), std::string(name)};
+  {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find({std::string(kind), std::string(name)});
+    if (it == objects_.end()) return make_error(ErrorCode::kNotFound, "{} '{}' does not exist", kind, name);
+    std::error_code ec;
+    fs::remove(file_of(kind, name), ec);
+    if (ec) return make_error(ErrorCode::kIo, "cannot remove {}: {}", file_of(kind, name).string(), ec.message());
+    objects_.erase(it);
+    event.revision = ++revision_;
+  }
+  notify(event);
+  return ok_status();
+}
+
+uint64_t LocalStore::revision() const {
+  std::lock_guard lock(mu_);
+  return revision_;
+}
+
+std::shared_ptr<void> LocalStore::watch(WatchCallback callback) {
+  auto handle = std::make_shared<WatchCallback>(std::move(callback));
+  std::lock_guard lock(mu_);
+  watchers_.push_back(handle);
+  return handle;
+}
+
+void LocalStore::notify(const WatchEvent& event) {
+  std::vector<std::shared_ptr<WatchCallback>> live;
+  {
+    std::lock_guard lock(mu_);
+    std::erase_if(watchers_, [](const auto& w) { return w.expired(); });
+    for (const auto& w : watchers_)
+      if (auto cb = w.lock()) live.push_back(std::move(cb));
+  }
+  for (const auto& cb : live) (*cb)(event);
+}
+
+}  // namespace loadstar::controller

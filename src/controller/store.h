@@ -1,0 +1,72 @@
+// Where resources live. Reconcilers read desired state from a ResourceStore
+// and learn of changes through watch(), so the same controller can run on the
+// local store (`loadstar up`, kept on disk) or, later, on the Kubernetes API.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/resources.h"
+#include "common/result.h"
+
+namespace loadstar::controller {
+
+enum class EventType { kAdded, kModified, kDeleted };
+
+struct WatchEvent {
+  EventType type;
+  std::string kind;
+  std::string name;
+  uint64_t revision = 0;  // the store's revision after this change
+};
+
+using WatchCallback = std::function<void(const WatchEvent&)>;
+
+class ResourceStore {
+ public:
+  virtual ~ResourceStore() = default;
+  virtual std::vector<api::Resource> list() const = 0;
+  virtual std::optional<api::Resource> get(std::string_view kind, std::string_view name) const = 0;
+  // Creates or replaces the resource of that kind and name.
+  virtual Status apply(const api::Resource& resource) = 0;
+  virtual Status remove(std::string_view kind, std::string_view name) = 0;
+  virtual uint64_t revision() const = 0;
+  // `callback` sees every change from now on, in order, until the returned
+  // handle is destroyed. Level-triggered consumers re-list on each event.
+  virtual std::shared_ptr<void> watch(WatchCallback callback) = 0;
+};
+
+// Resources in memory, each mirrored to `<dir>/<kind>.<name>.yaml`, written
+// to a temporary file and renamed, so a crash leaves the old or the new
+// version and never half of one. Opening the directory restores them.
+class LocalStore : public ResourceStore {
+ public:
+  static Result<std::unique_ptr<LocalStore>> open(const std::filesystem::path& dir);
+
+  std::vector<api::Resource> list() const override;
+  std::optional<api::Resource> get(std::string_view kind, std::string_view name) const override;
+  Status apply(const api::Resource& resource) override;
+  Status remove(std::string_view kind, std::string_view name) override;
+  uint64_t revision() const override;
+  std::shared_ptr<void> watch(WatchCallback callback) override;
+
+ private:
+  explicit LocalStore(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  void notify(const WatchEvent& event);
+  std::filesystem::path file_of(std::string_view kind, std::string_view name) const;
+
+  std::filesystem::path dir_;
+  mutable std::mutex mu_;
+  std::map<std::pair<std::string, std::string>, std::string> objects_;  // (kind, name) -> YAML
+  uint64_t revision_ = 0;
+  std::vector<std::weak_ptr<WatchCallback>> watchers_;
+};
+
+}  // namespace loadstar::controller

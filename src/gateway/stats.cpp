@@ -1,0 +1,125 @@
+#include "gateway/stats.h"
+
+#include <algorithm>
+#include <limits>
+
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+namespace loadstar::gateway {
+
+namespace {
+const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                            5,     10,   20,    40,   80,  160, 320};
+const std::vector<double> kItlBounds = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
+                                        0.1,   0.25,   0.5,   1,    2.5,  5};
+}  // namespace
+
+Histogram::Histogram(const std::vector<double>* bounds)
+    : bounds_(bounds ? bounds : &kLatencyBounds), counts_(bounds_->size() + 1, 0) {}
+
+void Histogram::observe(double value) {
+  auto it = std::lower_bound(bounds_->begin(), bounds_->end(), value);
+  ++counts_[static_cast<size_t>(it - bounds_->begin())];
+  sum_ += value;
+  ++count_;
+}
+
+void Histogram::merge(const Histogram& other) {
+  for (size_t i = 0; i < counts_.size(); ++i) counts_[i] += other.counts_[i];
+  sum_ += other.sum_;
+  count_ += other.count_;
+}
+
+ModelStats::ModelStats() : ttft(&kLatencyBounds), inter_token(&kItlBounds), duration(&kLatencyBounds) {}
+
+void ModelStats::merge(const ModelStats& other) {
+  for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
+  ttft.merge(other.ttft);
+  inter_token.merge(other.inter_token);
+  duration.merge(other.duration);
+  prompt_tokens += other.prompt_tokens;
+  completion_tokens += other.completion_tokens;
+  in_flight += other.in_flight;
+  retries += other.retries;
+}
+
+void GatewayStats::merge(const GatewayStats& other) {
+  for (const auto& [model, s] : other.models) models[model].merge(s);
+}
+
+std::string render_metrics(const GatewayStats& stats) {
+  using prometheus::ClientMetric;
+  using prometheus::MetricFamily;
+  using prometheus::MetricType;
+  std::vector<std::string> models;
+  for (const auto& [m, s] : stats.models) models.push_back(m);
+  std::sort(models.begin(), models.end());
+
+  auto family = [](const char* name, const char* help, MetricType type) {
+    MetricFamily f;
+    f.name = name;
+    f.help = help;
+    f.type = type;
+    return f;
+  };
+  MetricFamily requests = family("loadstar_gateway_requests_total",
+                                 "Requests answered, by model and HTTP status code.", MetricType::Counter);
+  MetricFamily prompt = family("loadstar_gateway_prompt_tokens_total", "Prompt tokens, as the engines reported.",
+                               MetricType::Counter);
+  MetricFamily completion = family("loadstar_gateway_completion_tokens_total",
+                                   "Completion tokens, as the engines reported.", MetricType::Counter);
+  MetricFamily retries = family("loadstar_gateway_upstream_retries_total",
+                                "Requests retried on another replica after a failed attempt.", MetricType::Counter);
+  MetricFamily in_flight = family("loadstar_gateway_requests_in_flight", "Requests being served.", MetricType::Gauge);
+  MetricFamily ttft = family("loadstar_gateway_time_to_first_token_seconds",
+                             "Seconds from request arrival to the first token (streams) or the response.",
+                             MetricType::Histogram);
+  MetricFamily itl = family("loadstar_gateway_inter_token_latency_seconds",
+                            "Seconds between consecutive streamed events.", MetricType::Histogram);
+  MetricFamily e2e = family("loadstar_gateway_request_duration_seconds",
+                            "Seconds from request arrival to the last byte of the response.", MetricType::Histogram);
+  auto histogram = [](const Histogram& h, const std::string& model) {
+    ClientMetric m;
+    m.label = {{"model", model}};
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < h.bounds().size(); ++i) {
+      cumulative += h.counts()[i];
+      m.histogram.bucket.push_back({cumulative, h.bounds()[i]});
+    }
+    m.histogram.bucket.push_back({h.count(), std::numeric_limits<double>::infinity()});
+    m.histogram.sample_count = h.count();
+    m.histogram.sample_sum = h.sum();
+    return m;
+  };
+  for (const auto& model : models) {
+    const ModelStats& s = stats.models.at(model);
+    for (const auto& [code, n] : s.requests_by_code) {
+      ClientMetric m;
+      m.label = {{"code", std::to_string(code)}, {"model", model}};
+      m.counter.value = static_cast<double>(n);
+      requests.metric.push_back(m);
+    }
+    auto counter = [&](MetricFamily& f, double v) {
+      ClientMetric m;
+      m.label = {{"model", model}};
+      m.counter.value = v;
+      f.metric.push_back(m);
+    };
+    counter(prompt, static_cast<double>(s.prompt_tokens));
+    counter(completion, static_cast<double>(s.completion_tokens));
+    counter(retries, static_cast<double>(s.retries));
+    ClientMetric g;
+    g.label = {{"model", model}};
+    g.gauge.value = static_cast<double>(s.in_flight);
+    in_flight.metric.push_back(g);
+    ttft.metric.push_back(histogram(s.ttft, model));
+    itl.metric.push_back(histogram(s.inter_token, model));
+    e2e.metric.push_back(histogram(s.duration, model));
+  }
+  std::vector<MetricFamily> families = {requests, prompt, completion, retries, in_flight, ttft, itl, e2e};
+  prometheus::TextSerializer serializer;
+  return serializer.Serialize(families);
+}
+
+}  // namespace loadstar::gateway

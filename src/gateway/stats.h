@@ -1,0 +1,52 @@
+// Per-model request statistics. Each gateway worker owns one GatewayStats and
+// alone writes it (no atomics, no locks on the request path); a scrape
+// collects a copy from every worker on that worker's thread and merges them.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace loadstar::gateway {
+
+class Histogram {
+ public:
+  explicit Histogram(const std::vector<double>* bounds = nullptr);
+  void observe(double value);
+  void merge(const Histogram& other);
+  const std::vector<double>& bounds() const { return *bounds_; }
+  const std::vector<uint64_t>& counts() const { return counts_; }  // per bucket, last is +Inf
+  double sum() const { return sum_; }
+  uint64_t count() const { return count_; }
+
+ private:
+  const std::vector<double>* bounds_;
+  std::vector<uint64_t> counts_;
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+struct ModelStats {
+  ModelStats();
+  std::map<int, uint64_t> requests_by_code;
+  Histogram ttft;        // request start to first token (first SSE data) or whole response
+  Histogram inter_token; // between SSE data events
+  Histogram duration;    // request start to last byte
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+  int64_t in_flight = 0;
+  uint64_t retries = 0;  // upstream attempts beyond the first
+  void merge(const ModelStats& other);
+};
+
+struct GatewayStats {
+  std::unordered_map<std::string, ModelStats> models;
+  void merge(const GatewayStats& other);
+};
+
+// Prometheus text exposition (via prometheus-cpp's serializer).
+std::string render_metrics(const GatewayStats& stats);
+
+}  // namespace loadstar::gateway

@@ -1,0 +1,282 @@
+// `loadstar up` end to end: gateway, controller and engine processes, driven
+// over HTTP as a user would, with replicas killed and files reapplied.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string quickstart(int replicas, const std::string& engine_args = R"("--time-scale", "10")") {
+  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{source: "synth://tiny", size: 16Mi}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny
+  replicas: {}
+  engine: {{name: engine-sim, args: [{}]}}
+)",
+                     replicas, engine_args);
+}
+
+std::string chat(int max_tokens, bool stream = false, bool usage = false) {
+  json body = {{"model", "chat"},
+               {"messages", {{{"role", "user"}, {"content", "Tell me a story about a lighthouse."}}}},
+               {"max_tokens", max_tokens},
+               {"ignore_eos", true}};
+  if (stream) body["stream"] = true;
+  if (usage) body["stream_options"] = {{"include_usage", true}};
+  return body.dump();
+}
+
+// Splits an SSE body into its "data: ..." events.
+std::vector<std::string> events_of(const std::string& body) {
+  std::vector<std::string> out;
+  size_t pos = 0, end;
+  while ((end = body.find("\n\n", pos)) != std::string::npos) {
+    out.push_back(body.substr(pos, end - pos));
+    pos = end + 2;
+  }
+  return out;
+}
+
+double metric(uint16_t port, const std::string& name, const std::string& labels = "") {
+  auto r = http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
+  if (!r.ok()) return -1;
+  std::istringstream lines(r->body);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(name, 0) != 0 || line.find(labels) == std::string::npos) continue;
+    const std::string rest = line.substr(name.size());
+    if (rest.empty() || (rest[0] != '{' && rest[0] != ' ')) continue;
+    return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return -1;
+}
+
+json replicas(Up& up) { return json::parse(up.replicas_json())["items"]; }
+
+TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
+  auto up = Up::start(quickstart(2));
+  up->wait_ready("chat", 2);
+
+  auto r = up->post("/v1/chat/completions", chat(12));
+  ASSERT_EQ(r.status, 200) << r.body;
+  json doc = json::parse(r.body);
+  EXPECT_EQ(doc["usage"]["completion_tokens"], 12);
+  const uint64_t prompt_tokens = doc["usage"]["prompt_tokens"];
+
+  // A stream without include_usage gets no usage event (the gateway asked the
+  // engine for one, for its own accounting, and strips it).
+  auto plain = up->post("/v1/chat/completions", chat(5, true));
+  auto plain_events = events_of(plain.body);
+  ASSERT_EQ(plain_events.size(), 1 + 5 + 1u) << plain.body;
+  EXPECT_EQ(plain_events.back(), "data: [DONE]");
+  EXPECT_EQ(plain.body.find(R"("choices":[])"), std::string::npos);
+  auto with_usage = up->post("/v1/chat/completions", chat(5, true, true));
+  ASSERT_EQ(events_of(with_usage.body).size(), 1 + 5 + 1 + 1u);
+  EXPECT_NE(with_usage.body.find(R"("completion_tokens":5)"), std::string::npos);
+
+  auto models = http::fetch({.port = up->port(), .target = "/v1/models"});
+  ASSERT_TRUE(models.ok());
+  EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "chat");
+  auto e = up->post("/v1/embeddings", R"({"model":"chat","input":"hello"})");
+  EXPECT_EQ(e.status, 200);
+
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 4);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_completion_tokens_total"), 12 + 5 + 5);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_prompt_tokens_total"), 3 * prompt_tokens + 1);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_time_to_first_token_seconds_count"), 4);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_inter_token_latency_seconds_count"), 2 * 5);
+}
+
+TEST(Up, ErrorsHaveOpenAiShape) {
+  auto up = Up::start(quickstart(1) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: idle}
+spec: {model: tiny, replicas: 0}
+)",
+                      {"--max-body-size", "64KiB"});
+  up->wait_ready("chat", 1);
+  auto malformed = up->post("/v1/chat/completions", "{\"model\": ");
+  EXPECT_EQ(malformed.status, 400);
+  EXPECT_EQ(json::parse(malformed.body)["error"]["code"], 400);
+  auto unknown = up->post("/v1/chat/completions", R"({"model":"gpt-x","messages":[{"role":"user","content":"x"}]})");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_EQ(json::parse(unknown.body)["error"]["message"], "The model `gpt-x` does not exist.");
+  auto big = up->post("/v1/completions", json({{"model", "chat"}, {"prompt", std::string(100000, 'x')}}).dump());
+  EXPECT_EQ(big.status, 413);
+  auto none = up->post("/v1/chat/completions", R"({"model":"idle","messages":[{"role":"user","content":"x"}]})");
+  EXPECT_EQ(none.status, 503);
+  EXPECT_EQ(none.header("Retry-After"), "1");
+  EXPECT_EQ(json::parse(none.body)["error"]["type"], "ServiceUnavailableError");
+  // Engine errors pass through with their status and body.
+  auto too_long = up->post("/v1/completions", json({{"model", "chat"}, {"prompt", "x"}, {"max_tokens", 100000}}).dump());
+  EXPECT_EQ(too_long.status, 400);
+  EXPECT_NE(too_long.body.find("maximum context length"), std::string::npos);
+}
+
+TEST(Up, LeastOutstandingRequestsSpreadsStreams) {
+  auto up = Up::start(quickstart(2, R"("--time-scale", "1")"));
+  up->wait_ready("chat", 2);
+  std::vector<std::thread> clients;
+  std::atomic<int> done{0};
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&] {
+      auto r = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+                                      .body = chat(150, true)},
+                                     [](std::string_view) { return true; });
+      done += r.ok() && r->status == 200;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::vector<double> running;
+  for (const auto& r : replicas(*up)) running.push_back(metric(r["port"].get<uint16_t>(), "vllm:num_requests_running"));
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(done, 4);
+  ASSERT_EQ(running.size(), 2u);
+  EXPECT_EQ(running[0], 2);
+  EXPECT_EQ(running[1], 2);
+}
+
+TEST(Up, AKilledReplicaFailsItsStreamCleanlyAndComesBack) {
+  auto up = Up::start(quickstart(2, R"("--time-scale", "1")"));
+  up->wait_ready("chat", 2);
+  std::atomic<int> events{0};
+  std::string body;
+  std::optional<Result<http::ClientResponse>> result;
+  std::thread client([&] {
+    result = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+                                    .body = chat(3000, true), .timeout_s = 20},
+                                   [&](std::string_view data) {
+                                     body.append(data);
+                                     events = static_cast<int>(events_of(body).size());
+                                     return true;
+                                   });
+  });
+  while (events < 3) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Kill the replica that serves the stream.
+  int victim_pid = 0;
+  std::string victim;
+  for (const auto& r : replicas(*up)) {
+    if (metric(r["port"].get<uint16_t>(), "vllm:num_requests_running") == 1) {
+      victim_pid = r["pid"];
+      victim = r["name"];
+    }
+  }
+  ASSERT_NE(victim_pid, 0);
+  const auto killed_at = std::chrono::steady_clock::now();
+  ::kill(victim_pid, SIGKILL);
+  client.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - killed_at, std::chrono::seconds(3));  // no hang
+  ASSERT_TRUE(result && result->ok());
+  auto evs = events_of(body);
+  ASSERT_GE(evs.size(), 2u);
+  EXPECT_NE(evs[evs.size() - 2].find(R"("error")"), std::string::npos) << evs[evs.size() - 2];
+  EXPECT_EQ(evs.back(), "data: [DONE]");
+
+  // New requests go to the survivor meanwhile.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+  // And the killed replica comes back.
+  up->wait_ready("chat", 2);
+  for (const auto& r : replicas(*up)) {
+    if (r["name"] != victim) continue;
+    EXPECT_EQ(r["restarts"], 1);
+  }
+}
+
+TEST(Up, AClientThatHangsUpCancelsTheUpstreamRequest) {
+  auto up = Up::start(quickstart(1, R"("--time-scale", "1")"));
+  up->wait_ready("chat", 1);
+  const uint16_t engine_port = replicas(*up)[0]["port"];
+  int seen = 0;
+  auto r = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+                                  .body = chat(3000, true)},
+                                 [&](std::string_view data) {
+                                   seen += static_cast<int>(events_of(std::string(data)).size());
+                                   return seen < 3;
+                                 });
+  ASSERT_TRUE(r.ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (metric(engine_port, "vllm:num_requests_running") != 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(metric(engine_port, "vllm:num_requests_running"), 0);
+  EXPECT_EQ(metric(engine_port, "vllm:kv_cache_usage_perc"), 0);
+  EXPECT_LT(metric(engine_port, "vllm:generation_tokens_total"), 1000);
+}
+
+TEST(Up, ReapplyingWithFewerReplicasStopsOne) {
+  auto up = Up::start(quickstart(2));
+  up->wait_ready("chat", 2);
+  const fs::path file = scratch_dir() / "fewer.yaml";
+  std::ofstream(file) << quickstart(1);
+  std::string out;
+  ASSERT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())}, &out), 0)
+      << out;
+  EXPECT_NE(out.find("InferenceService/chat configured"), std::string::npos);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (replicas(*up).size() != 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto items = replicas(*up);
+  ASSERT_EQ(items.size(), 1u);
+  EXPECT_EQ(items[0]["name"], "chat-0");
+  EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+  // A bad file is refused with the field and line, and changes nothing.
+  std::ofstream(file) << "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\nspec: {model: tiny, replicas: many}\n";
+  EXPECT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())}, &out), 1);
+  EXPECT_NE(out.find("spec.replicas: must be a non-negative integer, got 'many'"), std::string::npos) << out;
+  EXPECT_EQ(replicas(*up).size(), 1u);
+}
+
+TEST(Up, PromtoolAcceptsTheGatewayMetrics) {
+  auto up = Up::start(quickstart(1));
+  up->wait_ready("chat", 1);
+  ASSERT_EQ(up->post("/v1/chat/completions", chat(3, true)).status, 200);
+  const std::string command = fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics 2>&1", up->port());
+  std::FILE* p = ::popen(command.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string output;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
+  EXPECT_EQ(WEXITSTATUS(::pclose(p)), 0) << output;
+  EXPECT_EQ(output, "");
+}
+
+TEST(Up, CtrlCLeavesNoEngineBehindAndARestartResumes) {
+  auto up = Up::start(quickstart(2));
+  up->wait_ready("chat", 2);
+  std::vector<int> pids;
+  for (const auto& r : replicas(*up)) pids.push_back(r["pid"]);
+  up->process().signal(SIGINT);
+  auto status = up->process().wait_for(std::chrono::seconds(15));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 0) << up->log();
+  for (int pid : pids) EXPECT_EQ(::kill(pid, 0), -1) << "engine " << pid << " survived";
+  // The store is on disk: `up` without -f brings the same service back.
+  auto again = Up::start("", {}, up->data_dir());
+  again->wait_ready("chat", 2);
+  EXPECT_EQ(again->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+}
+
+}  // namespace
+}  // namespace loadstar::testing
