@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# From a fresh Debian machine to a running OpenAI-compatible server: installs
-# what is needed, builds, writes a synthetic model, and serves it with the
-# engine simulator on http://127.0.0.1:8000 until Ctrl-C.
+# From a fresh Debian machine to OpenAI-compatible inference on this machine:
+# installs what is needed, builds, writes the quickstart's synthetic model
+# into Loadstar's model cache, and runs `loadstar up` (gateway on
+# http://127.0.0.1:8080, admin API on :8090) until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cmake --preset release >/dev/null
 cmake --build --preset release --target loadstar
-model_dir=var/models/quickstart-llama
+model_dir=var/cache/models/quickstart-llama
 if [ ! -d "$model_dir" ]; then
   ./build/release/loadstar model synth --size 1GiB -o "$model_dir" --name quickstart-llama
 fi
-cat <<MSG
+cat <<'MSG'
 
-Serving quickstart-llama on http://127.0.0.1:8000 once its weights are loaded. Try:
-  curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model":"quickstart-llama","messages":[{"role":"user","content":"Hello!"}]}'
+Starting Loadstar. Once both replicas are ready, try (in another terminal):
+  curl localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \
+    -d '{"model":"chat","messages":[{"role":"user","content":"Hello!"}]}'
+  ./build/release/loadstar get replicas
 
 MSG
-exec ./build/release/loadstar engine-sim --model "$model_dir" --port 8000
+exec ./build/release/loadstar up -f examples/quickstart.yaml --data-dir var

@@ -1,7 +1,7 @@
 // Starts Loadstar processes for the JS tests: the binary comes from
 // LOADSTAR_BIN (set by CTest), every server listens on port 0.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -44,4 +44,34 @@ export async function startEngineSim(dir, modelDir, args = []) {
   }
   child.kill('SIGKILL');
   throw new Error(`engine-sim did not become healthy: ${log}`);
+}
+
+// Starts `loadstar up -f FILE` on ports 0 and resolves once `service` has
+// `replicas` ready replicas.
+export async function startUp(dir, yaml, service, replicas, args = []) {
+  const file = join(dir, `up-${Date.now()}.yaml`);
+  writeFileSync(file, yaml);
+  const child = spawn(bin, ['up', '-f', file, '--port', '0', '--admin-port', '0', '--data-dir', join(dir, 'var'), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const deadline = Date.now() + 30_000;
+  let port, adminPort;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`loadstar up exited: ${out}`);
+    port ??= out.match(/OpenAI API: http:\/\/127\.0\.0\.1:(\d+)\/v1/)?.[1];
+    adminPort ??= out.match(/admin API: +http:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
+    if (port && adminPort) {
+      const r = await fetch(`http://127.0.0.1:${adminPort}/api/v1/replicas`);
+      const items = (await r.json()).items.filter((x) => x.service === service && x.state === 'Ready');
+      if (items.length === replicas) {
+        return { port: Number(port), adminPort: Number(adminPort), child, stop: () => child.kill('SIGINT') };
+      }
+    }
+    await sleep(20);
+  }
+  child.kill('SIGKILL');
+  throw new Error(`loadstar up did not get ready: ${out}`);
 }
