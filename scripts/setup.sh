@@ -10,10 +10,15 @@ packages=(
   g++ cmake ninja-build pkg-config
   # libraries (Boost 1.81, not bookworm's default 1.74)
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev prometheus-cpp-dev
-  nlohmann-json3-dev libxxhash-dev libssl-dev
+  nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev
   # tests and benchmarks
   googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl
 )
+# `setup.sh --bench` adds what the benchmarks under bench/ drive (load
+# generator, nginx as the reverse-proxy baseline).
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(wrk nginx-light)
+fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)
 fi

@@ -47,7 +47,7 @@ start_engine() {  # start_engine PROFILE SCALE -> sets port
 stop_engine() { kill "$engine_pid"; wait "$engine_pid" 2>/dev/null || true; }
 run_wrk() {  # run_wrk CONNECTIONS SECONDS -> prints requests/s
   PROMPT_WORDS=100 MAX_TOKENS=${MAX_TOKENS:-32} taskset -c 1 wrk -t1 -c"$1" -d"$2"s \
-    -s bench/engine_sim/completion.lua "http://127.0.0.1:$port" > "$work/wrk.txt"
+    -s bench/lib/completion.lua "http://127.0.0.1:$port" > "$work/wrk.txt"
   grep -q "non200=0" "$work/wrk.txt" || { cat "$work/wrk.txt"; echo "errors!"; exit 1; }
   awk '/Requests\/sec/ {print $2}' "$work/wrk.txt"
 }

@@ -19,7 +19,8 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
     auto resources = api::load_resource_file(entry.path().string());
     if (!resources.ok()) return std::move(resources).error().context("the local store");
     for (const auto& r : *resources) {
-      store->objects_[{std::string(api::kind_of(r)), api::metadata_of(r).name}] = api::encode_resource(r);
+      store->objects_.insert_or_assign({std::string(api::kind_of(r)), api::metadata_of(r).name},
+                                       Object{r, api::encode_resource(r)});
       ++store->revision_;
     }
   }
@@ -34,10 +35,8 @@ fs::path LocalStore::file_of(std::string_view kind, std::string_view name) const
 std::vector<api::Resource> LocalStore::list() const {
   std::lock_guard lock(mu_);
   std::vector<api::Resource> out;
-  for (const auto& [key, yaml] : objects_) {
-    auto decoded = api::decode_resources(yaml, "store");
-    if (decoded.ok() && decoded->size() == 1) out.push_back(std::move((*decoded)[0]));
-  }
+  out.reserve(objects_.size());
+  for (const auto& [key, object] : objects_) out.push_back(object.resource);
   return out;
 }
 
@@ -45,9 +44,7 @@ std::optional<api::Resource> LocalStore::get(std::string_view kind, std::string_
   std::lock_guard lock(mu_);
   auto it = objects_.find({std::string(kind), std::string(name)});
   if (it == objects_.end()) return std::nullopt;
-  auto decoded = api::decode_resources(it->second, "store");
-  if (!decoded.ok() || decoded->size() != 1) return std::nullopt;
-  return std::move((*decoded)[0]);
+  return it->second.resource;
 }
 
 Status LocalStore::apply(const api::Resource& resource) {
@@ -59,7 +56,7 @@ Status LocalStore::apply(const api::Resource& resource) {
     std::lock_guard lock(mu_);
     auto it = objects_.find({kind, name});
     if (it != objects_.end()) {
-      if (it->second == yaml) return ok_status();  // unchanged: no event
+      if (it->second.yaml == yaml) return ok_status();  // unchanged: no event
       event.type = EventType::kModified;
     }
     const fs::path path = file_of(kind, name);
@@ -72,7 +69,7 @@ Status LocalStore::apply(const api::Resource& resource) {
     std::error_code ec;
     fs::rename(tmp, path, ec);
     if (ec) return make_error(ErrorCode::kIo, "cannot rename {}: {}", tmp.string(), ec.message());
-    objects_[{kind, name}] = yaml;
+    objects_.insert_or_assign({kind, name}, Object{resource, yaml});
     event.revision = ++revision_;
   }
   notify(event);

@@ -64,7 +64,11 @@ class LocalStore : public ResourceStore {
 
   std::filesystem::path dir_;
   mutable std::mutex mu_;
-  std::map<std::pair<std::string, std::string>, std::string> objects_;  // (kind, name) -> YAML
+  struct Object {
+    api::Resource resource;
+    std::string yaml;  // as written to disk; also how changes are detected
+  };
+  std::map<std::pair<std::string, std::string>, Object> objects_;  // by (kind, name)
   uint64_t revision_ = 0;
   std::vector<std::weak_ptr<WatchCallback>> watchers_;
 };

@@ -1,5 +1,6 @@
 #include "gateway/gateway.h"
 
+#include <array>
 #include <chrono>
 #include <optional>
 #include <thread>
@@ -15,6 +16,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -22,6 +24,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/strings.h"
+#include "gateway/request_peek.h"
 #include "gateway/stats.h"
 #include "http/server.h"
 #include "openai/protocol.h"
@@ -58,8 +61,6 @@ struct Worker {
 
 thread_local Worker* current_worker = nullptr;
 
-std::string endpoint_key(const Endpoint& e) { return e.host + ":" + std::to_string(e.port); }
-
 asio::awaitable<GatewayStats> copy_stats(Worker* w) { co_return w->stats; }
 
 // How a forwarding attempt ended.
@@ -91,16 +92,12 @@ asio::awaitable<void> send_error(http::Exchange& ex, int status, std::string mes
   co_await ex.respond(std::move(response));
 }
 
-// Reads usage.prompt_tokens / completion_tokens from a JSON body or event.
+// Adds the engine-reported usage of a JSON body or event to `stats`.
 void add_usage(std::string_view text, ModelStats& stats) {
-  json doc = json::parse(text, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) return;
-  auto usage = doc.find("usage");
-  if (usage == doc.end() || !usage->is_object()) return;
-  if (auto p = usage->find("prompt_tokens"); p != usage->end() && p->is_number_unsigned())
-    stats.prompt_tokens += p->get<uint64_t>();
-  if (auto c = usage->find("completion_tokens"); c != usage->end() && c->is_number_unsigned())
-    stats.completion_tokens += c->get<uint64_t>();
+  if (auto usage = peek_usage(text)) {
+    stats.prompt_tokens += usage->prompt_tokens;
+    stats.completion_tokens += usage->completion_tokens;
+  }
 }
 
 }  // namespace
@@ -164,17 +161,13 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
 asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   const Clock::time_point start = Clock::now();
   const http::Request& req = ex.request();
-  json body = json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    co_await send_error(ex, 400, "the request body is not valid JSON");
+  auto peek = peek_request(req.body);
+  if (!peek.ok()) {
+    const bool model_error = peek.error().message.starts_with("model:");
+    co_await send_error(ex, 400, peek.error().message, model_error ? "model" : "");
     co_return;
   }
-  auto model_it = body.find("model");
-  if (model_it == body.end() || !model_it->is_string()) {
-    co_await send_error(ex, 400, "model: a model name is required", "model");
-    co_return;
-  }
-  const std::string model = model_it->get<std::string>();
+  const std::string& model = peek->model;
   // Hold the table for the whole request: endpoints stay alive even if the
   // controller publishes a new table meanwhile.
   std::shared_ptr<const RoutingTable> table = w.table;
@@ -185,17 +178,8 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   }
   // Streams always ask the engine for usage (token accounting); the usage
   // event is passed on only to clients who asked for it.
-  const bool stream = body.value("stream", false) == true;
-  bool client_wants_usage = false;
-  if (auto so = body.find("stream_options"); so != body.end() && so->is_object())
-    client_wants_usage = so->value("include_usage", false) == true;
-  std::string upstream_body;
-  if (stream && !client_wants_usage) {
-    body["stream_options"]["include_usage"] = true;
-    upstream_body = body.dump();
-  } else {
-    upstream_body = req.body;
-  }
+  const bool client_wants_usage = peek->include_usage;
+  const std::string body = upstream_body(req.body, *peek);
 
   ModelStats& stats = w.stats.models[model];
   ++stats.in_flight;
@@ -209,7 +193,7 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     tried.push_back(endpoint);
     if (attempt > 0) ++stats.retries;
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
-    outcome = co_await forward(w, ex, *endpoint, upstream_body, client_wants_usage, stats, start, code, failure);
+    outcome = co_await forward(w, ex, *endpoint, body, client_wants_usage, stats, start, code, failure);
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
   }
   if (outcome == Attempt::kRetry) {
@@ -232,7 +216,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
                                                 ModelStats& stats, Clock::time_point start, int& code,
                                                 std::string& failure) {
   const http::Request& req = ex.request();
-  const std::string key = endpoint_key(endpoint);
+  const std::string& key = endpoint.key;
   std::unique_ptr<beast::tcp_stream> conn;
   if (auto& pool = w.idle[key]; !pool.empty()) {
     conn = std::move(pool.back());
@@ -262,16 +246,17 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     if (watch->conn) watch->conn->socket().close();
   });
 
-  bhttp::request<bhttp::string_body> upstream{bhttp::verb::post, req.target, 11};
-  upstream.set(bhttp::field::host, key);
-  upstream.set(bhttp::field::content_type, "application/json");
-  if (auto auth = req.header("Authorization"); !auth.empty()) upstream.set(bhttp::field::authorization, auth);
-  upstream.body() = body;
-  upstream.keep_alive(true);
-  upstream.prepare_payload();
+  // The request head is formatted directly: a proxy forwarding a JSON body
+  // needs no header container.
+  std::string head = fmt::format("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: {}\r\n",
+                                 req.target, key, body.size());
+  if (auto auth = req.header("Authorization"); !auth.empty()) head += fmt::format("Authorization: {}\r\n", auth);
+  head += "\r\n";
+  const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head), asio::buffer(body)};
   const auto idle = std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
   conn->expires_after(idle);
-  auto [wec, wn] = co_await bhttp::async_write(*conn, upstream, kUseTuple);
+  auto [wec, wn] = co_await asio::async_write(*conn, request_buffers, kUseTuple);
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.body_limit(boost::none);
   beast::flat_buffer buffer;
@@ -326,18 +311,25 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     co_return Attempt::kDone;
   }
 
-  // SSE: forward every complete event as soon as it arrives.
+  // SSE: forward every complete event as soon as it arrives (read_some: a
+  // plain read would wait for the body buffer to fill).
   code = status;
   std::string content_type_copy = content_type;
   client_ok = co_await ex.begin_stream(status, std::move(content_type_copy));
   std::string pending;
   bool first_token = true;
   Clock::time_point last_event = start;
+  // Re-arming the idle timer costs a timerfd syscall, so it is renewed at
+  // most once a second, not per event.
+  Clock::time_point armed = Clock::now();
   while (client_ok && !parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
-    conn->expires_after(idle);
-    auto [rec, rn] = co_await bhttp::async_read(*conn, buffer, parser, kUseTuple);
+    if (Clock::now() - armed > std::chrono::seconds(1)) {
+      conn->expires_after(idle);
+      armed = Clock::now();
+    }
+    auto [rec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
     if (rec == bhttp::error::need_buffer) rec = {};
     pending.append(chunk, sizeof(chunk) - parser.get().body().size);
     std::string out;

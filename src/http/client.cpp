@@ -82,7 +82,7 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
   while (!parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
-    auto [rec, rn] = co_await bhttp::async_read(stream, buffer, parser, kUseTuple);
+    auto [rec, rn] = co_await bhttp::async_read_some(stream, buffer, parser, kUseTuple);
     if (rec == bhttp::error::need_buffer) rec = {};
     if (rec) {
       *error = make_error(ErrorCode::kUnavailable, "read body from {}:{}: {}", request.host, request.port,

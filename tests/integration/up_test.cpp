@@ -96,17 +96,33 @@ TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
   ASSERT_EQ(events_of(with_usage.body).size(), 1 + 5 + 1 + 1u);
   EXPECT_NE(with_usage.body.find(R"("completion_tokens":5)"), std::string::npos);
 
+  // Events pass through as the engine produces them, not when the response
+  // is complete: 60 steps of >= 9.5 model ms at time scale 10 span >= 57 ms.
+  std::vector<double> arrivals;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto streamed = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+                                         .body = chat(60, true)},
+                                        [&](std::string_view) {
+                                          arrivals.push_back(std::chrono::duration<double>(
+                                                                 std::chrono::steady_clock::now() - t0)
+                                                                 .count());
+                                          return true;
+                                        });
+  ASSERT_TRUE(streamed.ok());
+  ASSERT_GE(arrivals.size(), 2u);
+  EXPECT_GT(arrivals.back() - arrivals.front(), 0.040);
+
   auto models = http::fetch({.port = up->port(), .target = "/v1/models"});
   ASSERT_TRUE(models.ok());
   EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "chat");
   auto e = up->post("/v1/embeddings", R"({"model":"chat","input":"hello"})");
   EXPECT_EQ(e.status, 200);
 
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 4);
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_completion_tokens_total"), 12 + 5 + 5);
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_prompt_tokens_total"), 3 * prompt_tokens + 1);
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_time_to_first_token_seconds_count"), 4);
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_inter_token_latency_seconds_count"), 2 * 5);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 5);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_completion_tokens_total"), 12 + 5 + 5 + 60);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_prompt_tokens_total"), 4 * prompt_tokens + 1);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_time_to_first_token_seconds_count"), 5);
+  EXPECT_EQ(metric(up->port(), "loadstar_gateway_inter_token_latency_seconds_count"), 2 * 5 + 60);
 }
 
 TEST(Up, ErrorsHaveOpenAiShape) {

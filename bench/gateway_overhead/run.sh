@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/gateway_overhead: what a proxy in front of the engine costs.
+#   ./scripts/setup.sh --bench && bench/gateway_overhead/run.sh
+# One engine-sim replica (zero-cost "free-gpu" profile, so proxy overhead is
+# not hidden behind simulated GPU time), reached three ways in one run:
+#   direct       wrk -> engine
+#   nginx        wrk -> nginx (Debian's, plain reverse proxy, keep-alive
+#                upstream, no buffering) -> engine
+#   loadstar     wrk -> loadstar gateway (`loadstar up`) -> engine
+# Server side pinned to core 0, wrk to core 1; nginx has 1 worker process,
+# the gateway 1 worker thread. Reported: added latency p50/p99 over direct at
+# fixed concurrency, and maximum requests/s; ratios to nginx.
+# Goals: added p99 <= 1.5x nginx's; throughput >= 0.8x nginx's.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=$PWD/build/release/loadstar
+for tool in wrk nginx taskset curl; do command -v $tool >/dev/null || { echo "needs $tool (./scripts/setup.sh --bench)"; exit 1; }; done
+cmake --build --preset release --target loadstar >/dev/null
+
+CONC=${CONC:-16}          # connections for the latency runs
+MAX_CONC=${MAX_CONC:-64}  # connections for the throughput runs
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+
+work=$(mktemp -d)
+cleanup() {
+  [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null
+  [ -n "${up_pid:-}" ] && kill -INT "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cat > "$work/profiles.yaml" <<YAML
+profiles:
+  - {name: free-gpu, base_ms: 0, prefill_token_us: 0, decode_seq_us: 0, context_token_ns: 0, num_gpu_blocks: 200000}
+YAML
+cat > "$work/bench.yaml" <<YAML
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: bench}
+spec: {source: "synth://bench", size: 16Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: bench}
+spec:
+  model: bench
+  replicas: 1
+  engine: {name: engine-sim, args: ["--profile", "free-gpu", "--profiles-file", "$work/profiles.yaml", "--max-num-seqs", "512"]}
+YAML
+taskset -c 0 "$bin" up -f "$work/bench.yaml" --port 0 --admin-port 0 --workers 1 --data-dir "$work/var" \
+  --log-level warn > "$work/up.log" 2>&1 &
+up_pid=$!
+for _ in $(seq 500); do grep -q "admin API" "$work/up.log" && break; sleep 0.02; done
+gw_port=$(sed -n 's|.*OpenAI API: http://127.0.0.1:\([0-9]*\)/v1.*|\1|p' "$work/up.log")
+admin_port=$(sed -n 's|.*admin API:  http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$work/up.log")
+for _ in $(seq 500); do
+  engine_port=$(curl -s "localhost:$admin_port/api/v1/replicas" | sed -n 's/.*"port":\([0-9]*\).*"state":"Ready".*/\1/p')
+  [ -n "$engine_port" ] && [ "$engine_port" != 0 ] && break; sleep 0.05
+done
+
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream engine { server 127.0.0.1:$engine_port; keepalive 256; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    client_max_body_size 8m;
+    location / {
+      proxy_pass http://engine;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
+nginx_pid=$!
+for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
+
+run() {  # run PORT MODEL CONNECTIONS STREAM -> "rps p50_us p99_us"
+  MODEL=$2 STREAM=$4 PROMPT_WORDS=100 MAX_TOKENS=16 taskset -c 1 wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}"s \
+    -s bench/lib/completion.lua "http://127.0.0.1:$1" > "$work/wrk.txt"
+  grep -q "non200=0" "$work/wrk.txt" || { cat "$work/wrk.txt"; echo "non-200 answers"; exit 1; }
+  echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt") $(sed -n 's/p50_us=//p' "$work/wrk.txt") $(sed -n 's/p99_us=//p' "$work/wrk.txt")"
+}
+
+echo "engine-sim on :$engine_port, nginx on :$nginx_port, loadstar gateway on :$gw_port"
+echo "prompt 100 words, 16 output tokens; latency at $CONC connections, throughput at $MAX_CONC; ${SECONDS_PER_RUN}s per run"
+for stream in false true; do
+  # The engine serves the replica's model under the service's name ("bench").
+  read -r d_rps d50 d99 <<<"$(run "$engine_port" bench "$CONC" $stream)"
+  read -r n_rps n50 n99 <<<"$(run "$nginx_port" bench "$CONC" $stream)"
+  read -r l_rps l50 l99 <<<"$(run "$gw_port" bench "$CONC" $stream)"
+  read -r dm _ _ <<<"$(run "$engine_port" bench "$MAX_CONC" $stream)"
+  read -r nm _ _ <<<"$(run "$nginx_port" bench "$MAX_CONC" $stream)"
+  read -r lm _ _ <<<"$(run "$gw_port" bench "$MAX_CONC" $stream)"
+  echo
+  echo "stream=$stream"
+  awk -v d50="$d50" -v d99="$d99" -v n50="$n50" -v n99="$n99" -v l50="$l50" -v l99="$l99" \
+      -v dm="$dm" -v nm="$nm" -v lm="$lm" 'BEGIN {
+    printf "  %-10s %12s %12s %14s %14s %12s\n", "path", "p50 (us)", "p99 (us)", "added p50", "added p99", "max req/s"
+    printf "  %-10s %12d %12d %14s %14s %12.0f\n", "direct", d50, d99, "-", "-", dm
+    printf "  %-10s %12d %12d %14d %14d %12.0f\n", "nginx", n50, n99, n50 - d50, n99 - d99, nm
+    printf "  %-10s %12d %12d %14d %14d %12.0f\n", "loadstar", l50, l99, l50 - d50, l99 - d99, lm
+    an = n99 - d99; al = l99 - d99
+    printf "  added p99 loadstar/nginx: %.2fx (goal <= 1.5x); throughput loadstar/nginx: %.2fx (goal >= 0.8x)\n",
+      (an > 0 ? al / an : 0), lm / nm
+  }'
+done
