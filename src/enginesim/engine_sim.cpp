@@ -196,7 +196,7 @@ class EngineSimServer {
           const bool ok = co_await ex.begin_stream(200, std::move(content_type));
           if (!ok) break;
         }
-        const bool ok = co_await ex.write_chunk(std::move(events));
+        const bool ok = co_await ex.write_chunk(events);
         if (!ok) break;
       }
     }
@@ -210,7 +210,7 @@ class EngineSimServer {
       } else {
         std::string tail = ResponseEncoder::error_event(error);
         tail += ResponseEncoder::kDone;
-        const bool ok = co_await ex.write_chunk(std::move(tail));
+        const bool ok = co_await ex.write_chunk(tail);
         if (ok) co_await ex.end_stream();
       }
       co_return;
@@ -219,7 +219,7 @@ class EngineSimServer {
       std::string tail;
       if (request.include_usage) tail = encoder.usage_event(usage);
       tail += ResponseEncoder::kDone;
-      const bool ok = co_await ex.write_chunk(std::move(tail));
+      const bool ok = co_await ex.write_chunk(tail);
       if (ok) co_await ex.end_stream();
     } else {
       http::Response response{200, "application/json", encoder.complete(text, finish, usage)};

@@ -18,7 +18,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -54,7 +53,7 @@ struct Worker {
   std::shared_ptr<const RoutingTable> table = std::make_shared<RoutingTable>();
   GatewayStats stats;
   // Idle keep-alive connections per upstream "host:port", used LIFO.
-  std::unordered_map<std::string, std::vector<std::unique_ptr<beast::tcp_stream>>> idle;
+  std::unordered_map<std::string, std::vector<std::unique_ptr<tcp::socket>>> idle;
   uint64_t turn = 0;
   std::thread thread;
 };
@@ -217,34 +216,56 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
                                                 std::string& failure) {
   const http::Request& req = ex.request();
   const std::string& key = endpoint.key;
-  std::unique_ptr<beast::tcp_stream> conn;
+  // If the client hangs up, closing the upstream connection tells the engine
+  // to abort the request (and free its KV cache). The watchdog closes it too
+  // when the upstream stays silent too long. Upstream connections are plain
+  // sockets: Beast's tcp_stream re-arms a timer on every read, which costs
+  // two timerfd syscalls per streamed event.
+  struct Watch {
+    tcp::socket* conn = nullptr;
+    bool client_gone = false;
+    bool timed_out = false;
+  };
+  auto watch = std::make_shared<Watch>();
+  asio::steady_timer watchdog(w.io);
+  auto arm_watchdog = [&watchdog, watch](std::chrono::milliseconds after) {
+    watchdog.expires_after(after);
+    watchdog.async_wait([watch](boost::system::error_code ec) {
+      if (ec || !watch->conn) return;
+      watch->timed_out = true;
+      boost::system::error_code ignored;
+      watch->conn->close(ignored);
+    });
+  };
+  ex.on_client_closed([watch] {
+    watch->client_gone = true;
+    boost::system::error_code ignored;
+    if (watch->conn) watch->conn->close(ignored);
+  });
+  const auto idle = std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
+  std::unique_ptr<tcp::socket> conn;
   if (auto& pool = w.idle[key]; !pool.empty()) {
     conn = std::move(pool.back());
     pool.pop_back();
+    watch->conn = conn.get();
+    arm_watchdog(idle);
   } else {
-    conn = std::make_unique<beast::tcp_stream>(w.io);
+    conn = std::make_unique<tcp::socket>(w.io);
+    watch->conn = conn.get();
     boost::system::error_code ec;
     auto address = asio::ip::make_address(endpoint.host, ec);
-    conn->expires_after(std::chrono::milliseconds(static_cast<int64_t>(options.connect_timeout_s * 1000)));
+    arm_watchdog(std::chrono::milliseconds(static_cast<int64_t>(options.connect_timeout_s * 1000)));
     tcp::endpoint target(address, endpoint.port);
     auto [cec] = co_await conn->async_connect(target, kUseTuple);
     if (ec || cec) {
-      failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key, (ec ? ec : cec).message());
+      watch->conn = nullptr;
+      failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
+                            watch->timed_out ? "timed out" : (ec ? ec : cec).message());
       co_return Attempt::kRetry;
     }
-    conn->socket().set_option(tcp::no_delay(true), ec);
+    conn->set_option(tcp::no_delay(true), ec);
+    arm_watchdog(idle);
   }
-  // If the client hangs up, closing the upstream connection tells the engine
-  // to abort the request (and free its KV cache).
-  struct Watch {
-    beast::tcp_stream* conn;
-    bool client_gone = false;
-  };
-  auto watch = std::make_shared<Watch>(Watch{conn.get()});
-  ex.on_client_closed([watch] {
-    watch->client_gone = true;
-    if (watch->conn) watch->conn->socket().close();
-  });
 
   // The request head is formatted directly: a proxy forwarding a JSON body
   // needs no header container.
@@ -254,8 +275,6 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
   if (auto auth = req.header("Authorization"); !auth.empty()) head += fmt::format("Authorization: {}\r\n", auth);
   head += "\r\n";
   const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head), asio::buffer(body)};
-  const auto idle = std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
-  conn->expires_after(idle);
   auto [wec, wn] = co_await asio::async_write(*conn, request_buffers, kUseTuple);
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.body_limit(boost::none);
@@ -269,7 +288,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     watch->conn = nullptr;
     if (watch->client_gone) co_return Attempt::kClientGone;
     // Nothing has reached the client: another replica may answer.
-    failure = fmt::format("replica {} ({}): {}", endpoint.replica, key, hec.message());
+    failure = fmt::format("replica {} ({}): {}", endpoint.replica, key, watch->timed_out ? "idle timeout" : hec.message());
     co_return Attempt::kRetry;
   }
   const int status = parser.get().result_int();
@@ -284,7 +303,6 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     while (!parser.is_done()) {
       parser.get().body().data = chunk;
       parser.get().body().size = sizeof(chunk);
-      conn->expires_after(idle);
       auto [rec, rn] = co_await bhttp::async_read(*conn, buffer, parser, kUseTuple);
       if (rec == bhttp::error::need_buffer) rec = {};
       payload.append(chunk, sizeof(chunk) - parser.get().body().size);
@@ -298,7 +316,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     if (read_error) {
       code = 502;
       co_await send_error(ex, 502, fmt::format("replica {} failed mid-response: {}", endpoint.replica,
-                                                read_error.message()));
+                                                watch->timed_out ? "idle timeout" : read_error.message()));
       co_return Attempt::kDone;
     }
     code = status;
@@ -317,22 +335,29 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
   std::string content_type_copy = content_type;
   client_ok = co_await ex.begin_stream(status, std::move(content_type_copy));
   std::string pending;
+  std::string out;  // the events of one read, reused
   bool first_token = true;
   Clock::time_point last_event = start;
-  // Re-arming the idle timer costs a timerfd syscall, so it is renewed at
+  // Re-arming the watchdog costs a timerfd syscall, so it is renewed at
   // most once a second, not per event.
   Clock::time_point armed = Clock::now();
   while (client_ok && !parser.is_done()) {
-    parser.get().body().data = chunk;
-    parser.get().body().size = sizeof(chunk);
     if (Clock::now() - armed > std::chrono::seconds(1)) {
-      conn->expires_after(idle);
+      arm_watchdog(idle);
       armed = Clock::now();
     }
-    auto [rec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
-    if (rec == bhttp::error::need_buffer) rec = {};
-    pending.append(chunk, sizeof(chunk) - parser.get().body().size);
-    std::string out;
+    // Beast hands over one chunk (one event) per read_some; keep parsing what
+    // already sits in the buffer so that events that arrived together leave
+    // together, in one write.
+    boost::system::error_code rec;
+    do {
+      parser.get().body().data = chunk;
+      parser.get().body().size = sizeof(chunk);
+      auto [ec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
+      rec = ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
+      pending.append(chunk, sizeof(chunk) - parser.get().body().size);
+    } while (!rec && !parser.is_done() && buffer.size() > 0);
+    out.clear();
     size_t pos = 0, end;
     while ((end = pending.find("\n\n", pos)) != std::string::npos) {
       std::string_view event(pending.data() + pos, end - pos);
@@ -356,7 +381,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
       pos = event_end;
     }
     pending.erase(0, pos);
-    if (!out.empty()) client_ok = co_await ex.write_chunk(std::move(out));
+    if (!out.empty()) client_ok = co_await ex.write_chunk(out);
     if (rec) {
       read_error = rec;
       break;
@@ -369,9 +394,10 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     // than leave the client hanging.
     code = 502;
     openai::ApiError error{502, fmt::format("replica {} failed mid-stream: {}", endpoint.replica,
-                                            read_error.message()), {}};
+                                            watch->timed_out ? "idle timeout" : read_error.message()), {}};
     std::string tail = "data: " + openai::error_body(error) + "\n\ndata: [DONE]\n\n";
-    if (co_await ex.write_chunk(std::move(tail))) co_await ex.end_stream();
+    const bool ok = co_await ex.write_chunk(tail);
+    if (ok) co_await ex.end_stream();
     co_return Attempt::kDone;
   }
   const bool reusable = parser.keep_alive();

@@ -98,10 +98,10 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
   co_return !ec;
 }
 
-asio::awaitable<bool> Exchange::write_chunk(std::string data) {
+asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   if (impl_->failed) co_return false;
   if (data.empty()) co_return true;  // an empty chunk would end the body
-  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk(asio::buffer(data)), kUseTuple);
+  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk(asio::buffer(data.data(), data.size())), kUseTuple);
   if (ec) impl_->failed = true;
   co_return !ec;
 }

@@ -58,9 +58,11 @@ class Exchange {
 
   boost::asio::awaitable<bool> respond(Response response);
   // Starts a chunked response; write_chunk sends each piece as it comes.
+  // `data` must stay alive until the returned awaitable completes (callers
+  // co_await it at once, so a local buffer they reuse is fine).
   boost::asio::awaitable<bool> begin_stream(int status, std::string content_type,
                                             std::vector<Header> headers = {});
-  boost::asio::awaitable<bool> write_chunk(std::string data);
+  boost::asio::awaitable<bool> write_chunk(std::string_view data);
   boost::asio::awaitable<bool> end_stream();
   // Calls `callback` (on this exchange's executor) if the client closes the
   // connection before the response is complete. For handlers that wait a
