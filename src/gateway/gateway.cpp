@@ -346,17 +346,26 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
       arm_watchdog(idle);
       armed = Clock::now();
     }
-    // Beast hands over one chunk (one event) per read_some; keep parsing what
-    // already sits in the buffer so that events that arrived together leave
-    // together, in one write.
-    boost::system::error_code rec;
-    do {
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof(chunk);
+    auto [ec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
+    boost::system::error_code rec = ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
+    pending.append(chunk, sizeof(chunk) - parser.get().body().size);
+    // Beast hands over one chunk (one event) per read; parse the rest of
+    // what is already buffered without touching the socket, so events that
+    // arrived together leave together, in one write.
+    while (!rec && !parser.is_done() && buffer.size() > 0) {
       parser.get().body().data = chunk;
       parser.get().body().size = sizeof(chunk);
-      auto [ec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
-      rec = ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
-      pending.append(chunk, sizeof(chunk) - parser.get().body().size);
-    } while (!rec && !parser.is_done() && buffer.size() > 0);
+      boost::system::error_code pec;
+      const size_t used = parser.put(buffer.data(), pec);
+      buffer.consume(used);
+      const size_t got = sizeof(chunk) - parser.get().body().size;
+      pending.append(chunk, got);
+      if (pec == bhttp::error::need_more) break;  // a partial chunk: wait for the socket
+      if (pec && pec != bhttp::error::need_buffer) rec = pec;
+      if (used == 0 && got == 0) break;
+    }
     out.clear();
     size_t pos = 0, end;
     while ((end = pending.find("\n\n", pos)) != std::string::npos) {

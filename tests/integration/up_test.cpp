@@ -190,7 +190,14 @@ TEST(Up, AKilledReplicaFailsItsStreamCleanlyAndComesBack) {
                                      return true;
                                    });
   });
-  while (events < 3) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto wait_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (events < 3 && std::chrono::steady_clock::now() < wait_deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (events < 3) {
+    ::kill(up->process().pid(), SIGKILL);  // ends the stream so the client thread can be joined
+    client.join();
+    FAIL() << "the stream delivered no events in 10 s";
+  }
   // Kill the replica that serves the stream.
   int victim_pid = 0;
   std::string victim;
