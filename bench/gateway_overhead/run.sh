@@ -85,34 +85,40 @@ NGINX
 taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
 nginx_pid=$!
 for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
+nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
 
-run() {  # run PORT MODEL CONNECTIONS STREAM -> "rps p50_us p99_us"
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }  # utime+stime, 10 ms ticks
+run() {  # run PORT MODEL CONNECTIONS STREAM [PROXY_PID] -> "rps p50_us p99_us proxy_cpu_us_per_request"
+  local t0; t0=$(cpu_ticks "${5:-}")
   MODEL=$2 STREAM=$4 PROMPT_WORDS=100 MAX_TOKENS=16 taskset -c 1 wrk -t1 -c"$3" -d"${SECONDS_PER_RUN}"s \
     -s bench/lib/completion.lua "http://127.0.0.1:$1" > "$work/wrk.txt"
+  local t1; t1=$(cpu_ticks "${5:-}")
   grep -q "non200=0" "$work/wrk.txt" || { cat "$work/wrk.txt"; echo "non-200 answers"; exit 1; }
-  echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt") $(sed -n 's/p50_us=//p' "$work/wrk.txt") $(sed -n 's/p99_us=//p' "$work/wrk.txt")"
+  local n; n=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  echo "$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt") $(sed -n 's/p50_us=//p' "$work/wrk.txt") $(sed -n 's/p99_us=//p' "$work/wrk.txt") $(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN {printf "%.0f", (b - a) * 10000 / n}')"
 }
 
 echo "engine-sim on :$engine_port, nginx on :$nginx_port, loadstar gateway on :$gw_port"
 echo "prompt 100 words, 16 output tokens; latency at $CONC connections, throughput at $MAX_CONC; ${SECONDS_PER_RUN}s per run"
 for stream in false true; do
   # The engine serves the replica's model under the service's name ("bench").
-  read -r d_rps d50 d99 <<<"$(run "$engine_port" bench "$CONC" $stream)"
-  read -r n_rps n50 n99 <<<"$(run "$nginx_port" bench "$CONC" $stream)"
-  read -r l_rps l50 l99 <<<"$(run "$gw_port" bench "$CONC" $stream)"
-  read -r dm _ _ <<<"$(run "$engine_port" bench "$MAX_CONC" $stream)"
-  read -r nm _ _ <<<"$(run "$nginx_port" bench "$MAX_CONC" $stream)"
-  read -r lm _ _ <<<"$(run "$gw_port" bench "$MAX_CONC" $stream)"
+  read -r d_rps d50 d99 _ <<<"$(run "$engine_port" bench "$CONC" $stream)"
+  read -r n_rps n50 n99 _ <<<"$(run "$nginx_port" bench "$CONC" $stream)"
+  read -r l_rps l50 l99 _ <<<"$(run "$gw_port" bench "$CONC" $stream)"
+  read -r dm _ _ _ <<<"$(run "$engine_port" bench "$MAX_CONC" $stream)"
+  read -r nm _ _ ncpu <<<"$(run "$nginx_port" bench "$MAX_CONC" $stream "$nginx_worker")"
+  read -r lm _ _ lcpu <<<"$(run "$gw_port" bench "$MAX_CONC" $stream "$up_pid")"
   echo
   echo "stream=$stream"
   awk -v d50="$d50" -v d99="$d99" -v n50="$n50" -v n99="$n99" -v l50="$l50" -v l99="$l99" \
-      -v dm="$dm" -v nm="$nm" -v lm="$lm" 'BEGIN {
-    printf "  %-10s %12s %12s %14s %14s %12s\n", "path", "p50 (us)", "p99 (us)", "added p50", "added p99", "max req/s"
-    printf "  %-10s %12d %12d %14s %14s %12.0f\n", "direct", d50, d99, "-", "-", dm
-    printf "  %-10s %12d %12d %14d %14d %12.0f\n", "nginx", n50, n99, n50 - d50, n99 - d99, nm
-    printf "  %-10s %12d %12d %14d %14d %12.0f\n", "loadstar", l50, l99, l50 - d50, l99 - d99, lm
+      -v dm="$dm" -v nm="$nm" -v lm="$lm" -v ncpu="$ncpu" -v lcpu="$lcpu" 'BEGIN {
+    printf "  %-10s %10s %10s %11s %11s %11s %15s\n", "path", "p50 (us)", "p99 (us)", "added p50", "added p99",
+      "max req/s", "proxy CPU/req"
+    printf "  %-10s %10d %10d %11s %11s %11.0f %15s\n", "direct", d50, d99, "-", "-", dm, "-"
+    printf "  %-10s %10d %10d %11d %11d %11.0f %12d us\n", "nginx", n50, n99, n50 - d50, n99 - d99, nm, ncpu
+    printf "  %-10s %10d %10d %11d %11d %11.0f %12d us\n", "loadstar", l50, l99, l50 - d50, l99 - d99, lm, lcpu
     an = n99 - d99; al = l99 - d99
-    printf "  added p99 loadstar/nginx: %.2fx (goal <= 1.5x); throughput loadstar/nginx: %.2fx (goal >= 0.8x)\n",
-      (an > 0 ? al / an : 0), lm / nm
+    printf "  added p99 loadstar/nginx: %.2fx (goal <= 1.5x); throughput loadstar/nginx: %.2fx (goal >= 0.8x); CPU per request loadstar/nginx: %.2fx\n",
+      (an > 0 ? al / an : 0), lm / nm, lcpu / ncpu
   }'
 done
