@@ -81,12 +81,15 @@ int main(int argc, char** argv) {
     while (next < trace.size() && trace[next].arrival <= now) {
       loadstar::engine::NewRequest r;
       r.id = next;
-      r.prompt.resize(std::min<uint32_t>(trace[next].prompt, config.max_model_len - trace[next].output - 1));
-      for (auto& t : r.prompt) t = 32 + static_cast<uint32_t>((seed = seed * 6364136223846793005ULL + 1) >> 40) % 30000;
+      r.prompt.resize(
+          std::min<uint32_t>(trace[next].prompt, config.max_model_len - trace[next].output - 1));
+      for (auto& t : r.prompt)
+        t = 32 + static_cast<uint32_t>((seed = seed * 6364136223846793005ULL + 1) >> 40) % 30000;
       r.sampling.max_tokens = trace[next].output;
       r.sampling.ignore_eos = true;
       arrival[next] = now;
-      if (core.add_request(std::move(r), now).ok()) {}
+      if (core.add_request(std::move(r), now).ok()) {
+      }
       ++next;
     }
     auto step = core.step(now);
@@ -105,12 +108,14 @@ int main(int argc, char** argv) {
   const auto stats = core.stats();
   std::printf("trace: %zu requests over %.0f s of arrivals (compressed %.1fx)\n", trace.size(),
               trace.back().arrival, compress);
-  std::printf("simulated: %.1f model seconds, %llu steps, %zu tokens, %llu preemptions, TTFT p50 %.3f s p99 %.3f s\n",
-              now, static_cast<unsigned long long>(stats.num_steps), tokens,
-              static_cast<unsigned long long>(stats.num_preemptions), ttft[ttft.size() / 2],
-              ttft[ttft.size() * 99 / 100]);
-  std::printf("cpu: %.3f s -> %.0f requests/cpu-s, %.0f steps/cpu-s, %.0f tokens/cpu-s\n", cpu, finished / cpu,
-              stats.num_steps / cpu, tokens / cpu);
+  std::printf(
+      "simulated: %.1f model seconds, %llu steps, %zu tokens, %llu preemptions, TTFT p50 %.3f s "
+      "p99 %.3f s\n",
+      now, static_cast<unsigned long long>(stats.num_steps), tokens,
+      static_cast<unsigned long long>(stats.num_preemptions), ttft[ttft.size() / 2],
+      ttft[ttft.size() * 99 / 100]);
+  std::printf("cpu: %.3f s -> %.0f requests/cpu-s, %.0f steps/cpu-s, %.0f tokens/cpu-s\n", cpu,
+              finished / cpu, stats.num_steps / cpu, tokens / cpu);
   std::printf("model seconds per cpu second (core-only time-scale ceiling): %.0fx\n", now / cpu);
   return finished == trace.size() ? 0 : 1;
 }

@@ -32,8 +32,8 @@ class Decoder {
     const YAML::Mark mark = at.Mark();
     std::string where = std::string(file_);
     if (mark.line >= 0) where += fmt::format(":{}:{}", mark.line + 1, mark.column + 1);
-    errors_.push_back(fmt::format("{}: {}{}{}: {}", where, subject_, subject_.empty() ? "" : ": ", field,
-                                  message));
+    errors_.push_back(fmt::format("{}: {}{}{}: {}", where, subject_, subject_.empty() ? "" : ": ",
+                                  field, message));
   }
   std::vector<std::string>& errors() { return errors_; }
 
@@ -47,12 +47,15 @@ class Decoder {
 // key nobody read as unknown, with the closest known name as a hint.
 class MapReader {
  public:
-  MapReader(Decoder& d, const YAML::Node& node, std::string path) : d_(d), node_(node), path_(std::move(path)) {
+  MapReader(Decoder& d, const YAML::Node& node, std::string path)
+      : d_(d), node_(node), path_(std::move(path)) {
     ok_ = node_.IsMap();
     if (!ok_ && node_.IsDefined() && !node_.IsNull()) d_.error(node_, path_, "must be a map");
   }
   bool ok() const { return ok_; }
-  std::string field(std::string_view key) const { return path_.empty() ? std::string(key) : path_ + "." + std::string(key); }
+  std::string field(std::string_view key) const {
+    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+  }
 
   YAML::Node get(const char* key) {
     known_.insert(key);
@@ -91,7 +94,9 @@ class MapReader {
   bool quantity(const char* key, std::optional<uint64_t>& out) {
     YAML::Node v = get(key);
     if (!v || v.IsNull()) return false;
-    auto bytes = v.IsScalar() ? parse_bytes(v.Scalar()) : Result<uint64_t>(Error{ErrorCode::kInvalidArgument, "must be a quantity such as 40Gi"});
+    auto bytes = v.IsScalar() ? parse_bytes(v.Scalar())
+                              : Result<uint64_t>(Error{ErrorCode::kInvalidArgument,
+                                                       "must be a quantity such as 40Gi"});
     if (!bytes.ok()) {
       d_.error(v, field(key), bytes.error().message);
       return false;
@@ -142,11 +147,14 @@ void decode_metadata(Decoder& d, MapReader& top, ObjectMeta& meta) {
   MapReader m(d, node, "metadata");
   if (m.string("name", meta.name, true) && !valid_name(meta.name))
     d.error(node["name"], "metadata.name",
-            fmt::format("'{}' must be lower-case letters, digits and '-', at most 63 characters", meta.name));
+            fmt::format("'{}' must be lower-case letters, digits and '-', at most 63 characters",
+                        meta.name));
   if (YAML::Node labels = m.get("labels"); labels && !labels.IsNull()) {
-    if (!labels.IsMap()) d.error(labels, "metadata.labels", "must be a map of strings");
+    if (!labels.IsMap())
+      d.error(labels, "metadata.labels", "must be a map of strings");
     else
-      for (const auto& kv : labels) meta.labels[kv.first.Scalar()] = kv.second.IsScalar() ? kv.second.Scalar() : "";
+      for (const auto& kv : labels)
+        meta.labels[kv.first.Scalar()] = kv.second.IsScalar() ? kv.second.Scalar() : "";
   }
   m.get("namespace");  // accepted for kubectl-shaped files; local mode has one namespace
   m.get("annotations");
@@ -159,15 +167,19 @@ void decode_model(Decoder& d, MapReader& top, Model& model) {
   if (!node) d.error(YAML::Node(), "spec", "required");
   if (spec.string("source", model.spec.source, true)) {
     const std::string& s = model.spec.source;
-    bool known = s.starts_with("file://") || s.starts_with("http://") || s.starts_with("https://") ||
-                 s.starts_with("s3://") || s.starts_with("hf://") || s.starts_with("synth://");
+    bool known = s.starts_with("file://") || s.starts_with("http://") ||
+                 s.starts_with("https://") || s.starts_with("s3://") || s.starts_with("hf://") ||
+                 s.starts_with("synth://");
     if (!known)
-      d.error(node["source"], "spec.source",
-              fmt::format("'{}' must be a URI with scheme file://, http(s)://, s3://, hf:// or synth://", s));
+      d.error(
+          node["source"], "spec.source",
+          fmt::format(
+              "'{}' must be a URI with scheme file://, http(s)://, s3://, hf:// or synth://", s));
   }
   if (spec.string("format", model.spec.format, false) && model.spec.format != "safetensors" &&
       model.spec.format != "gguf")
-    d.error(node["format"], "spec.format", fmt::format("'{}' must be safetensors or gguf", model.spec.format));
+    d.error(node["format"], "spec.format",
+            fmt::format("'{}' must be safetensors or gguf", model.spec.format));
   spec.quantity("size", model.spec.size_bytes);
   if (model.spec.source.starts_with("synth://") && !model.spec.size_bytes)
     d.error(node, "spec.size", "required for a synth:// model (how many bytes to write)");
@@ -186,15 +198,18 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
       static const std::set<std::string> kEngines = {"engine-sim", "vllm", "sglang", "llama.cpp"};
       if (!kEngines.count(svc.spec.engine.name))
         d.error(engine["name"], "spec.engine.name",
-                fmt::format("'{}' is not one of engine-sim, vllm, sglang, llama.cpp", svc.spec.engine.name));
+                fmt::format("'{}' is not one of engine-sim, vllm, sglang, llama.cpp",
+                            svc.spec.engine.name));
     }
     if (YAML::Node args = e.get("args"); args && !args.IsNull()) {
       if (!args.IsSequence()) {
         d.error(args, "spec.engine.args", "must be a list of strings");
       } else {
         for (size_t i = 0; i < args.size(); ++i) {
-          if (!args[i].IsScalar()) d.error(args[i], fmt::format("spec.engine.args[{}]", i), "must be a string");
-          else svc.spec.engine.args.push_back(args[i].Scalar());
+          if (!args[i].IsScalar())
+            d.error(args[i], fmt::format("spec.engine.args[{}]", i), "must be a string");
+          else
+            svc.spec.engine.args.push_back(args[i].Scalar());
         }
       }
     }
@@ -216,7 +231,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
         } else {
           req.fraction = value;
           if (has_count && req.count > 1)
-            d.error(f, "spec.resources.gpu.fraction", "a fraction is a share of one GPU; count must be 0 or 1");
+            d.error(f, "spec.resources.gpu.fraction",
+                    "a fraction is a share of one GPU; count must be 0 or 1");
         }
       }
       if (req.fraction && req.memory_bytes)
@@ -231,13 +247,14 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
 
 }  // namespace
 
-Result<std::vector<Resource>> decode_resources(std::string_view yaml_text, std::string_view file_name) {
+Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
+                                               std::string_view file_name) {
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
-    return make_error(ErrorCode::kInvalidArgument, "{}:{}:{}: invalid YAML: {}", file_name, e.mark.line + 1,
-                      e.mark.column + 1, e.msg);
+    return make_error(ErrorCode::kInvalidArgument, "{}:{}:{}: invalid YAML: {}", file_name,
+                      e.mark.line + 1, e.mark.column + 1, e.msg);
   }
   Decoder d(file_name);
   std::vector<Resource> resources;
@@ -246,12 +263,14 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text, std::
     d.set_subject("");
     MapReader top(d, doc, "");
     if (!top.ok()) {
-      if (!doc.IsMap()) d.error(doc, "document", "must be a map with apiVersion, kind, metadata, spec");
+      if (!doc.IsMap())
+        d.error(doc, "document", "must be a map with apiVersion, kind, metadata, spec");
       continue;
     }
     std::string api_version, kind;
     if (top.string("apiVersion", api_version, true) && api_version != kApiVersion)
-      d.error(doc["apiVersion"], "apiVersion", fmt::format("'{}' is not {}", api_version, kApiVersion));
+      d.error(doc["apiVersion"], "apiVersion",
+              fmt::format("'{}' is not {}", api_version, kApiVersion));
     top.string("kind", kind, true);
     std::string name = doc["metadata"] && doc["metadata"].IsMap() && doc["metadata"]["name"]
                            ? doc["metadata"]["name"].as<std::string>("")
@@ -295,30 +314,34 @@ std::string encode_resource(const Resource& resource) {
   out << YAML::BeginMap << YAML::Key << "apiVersion" << YAML::Value << kApiVersion;
   out << YAML::Key << "kind" << YAML::Value << std::string(kind_of(resource));
   const ObjectMeta& meta = metadata_of(resource);
-  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value
-      << meta.name;
+  out << YAML::Key << "metadata" << YAML::Value << YAML::BeginMap << YAML::Key << "name"
+      << YAML::Value << meta.name;
   if (!meta.labels.empty()) {
     out << YAML::Key << "labels" << YAML::Value << YAML::BeginMap;
-    for (const auto& [k, v] : meta.labels) out << YAML::Key << k << YAML::Value << YAML::DoubleQuoted << v;
+    for (const auto& [k, v] : meta.labels)
+      out << YAML::Key << k << YAML::Value << YAML::DoubleQuoted << v;
     out << YAML::EndMap;
   }
   out << YAML::EndMap << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
   if (const auto* m = std::get_if<Model>(&resource)) {
     out << YAML::Key << "source" << YAML::Value << m->spec.source;
     out << YAML::Key << "format" << YAML::Value << m->spec.format;
-    if (m->spec.size_bytes) out << YAML::Key << "size" << YAML::Value << std::to_string(*m->spec.size_bytes);
+    if (m->spec.size_bytes)
+      out << YAML::Key << "size" << YAML::Value << std::to_string(*m->spec.size_bytes);
   } else {
     const auto& s = std::get<InferenceService>(resource).spec;
     out << YAML::Key << "model" << YAML::Value << s.model;
     out << YAML::Key << "replicas" << YAML::Value << s.replicas;
-    out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value
-        << s.engine.name << YAML::Key << "args" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap << YAML::Key << "name"
+        << YAML::Value << s.engine.name << YAML::Key << "args" << YAML::Value << YAML::Flow
+        << YAML::BeginSeq;
     for (const auto& a : s.engine.args) out << YAML::DoubleQuoted << a;
     out << YAML::EndSeq << YAML::EndMap;
-    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap << YAML::Key << "gpu" << YAML::Value
-        << YAML::BeginMap << YAML::Key << "count" << YAML::Value << s.gpu.count;
+    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap << YAML::Key << "gpu"
+        << YAML::Value << YAML::BeginMap << YAML::Key << "count" << YAML::Value << s.gpu.count;
     if (!s.gpu.type.empty()) out << YAML::Key << "type" << YAML::Value << s.gpu.type;
-    if (s.gpu.memory_bytes) out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
+    if (s.gpu.memory_bytes)
+      out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
     if (s.gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *s.gpu.fraction;
     out << YAML::EndMap << YAML::EndMap;
   }
@@ -333,13 +356,14 @@ Status check_references(const std::vector<Resource>& resources) {
   for (const Resource& r : resources) {
     const std::string kind(kind_of(r));
     const std::string& name = metadata_of(r).name;
-    if (!seen.insert({kind, name}).second) errors.push_back(fmt::format("{} '{}' is defined twice", kind, name));
+    if (!seen.insert({kind, name}).second)
+      errors.push_back(fmt::format("{} '{}' is defined twice", kind, name));
     if (kind == "Model") models.insert(name);
   }
   for (const Resource& r : resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r); svc && !models.count(svc->spec.model))
-      errors.push_back(fmt::format("InferenceService '{}': spec.model: no Model named '{}'", svc->metadata.name,
-                                   svc->spec.model));
+      errors.push_back(fmt::format("InferenceService '{}': spec.model: no Model named '{}'",
+                                   svc->metadata.name, svc->spec.model));
   }
   if (errors.empty()) return ok_status();
   std::string all;

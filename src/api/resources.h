@@ -38,10 +38,10 @@ struct Model {
 };
 
 struct GpuRequirements {
-  uint32_t count = 0;                   // whole GPUs; 0 with a fraction or memory means a share of one
-  std::string type;                     // e.g. "A100-80GB"; empty: any
-  std::optional<uint64_t> memory_bytes; // GPU memory needed (a share of one GPU)
-  std::optional<double> fraction;       // share of one GPU, 0 < f < 1
+  uint32_t count = 0;  // whole GPUs; 0 with a fraction or memory means a share of one
+  std::string type;    // e.g. "A100-80GB"; empty: any
+  std::optional<uint64_t> memory_bytes;  // GPU memory needed (a share of one GPU)
+  std::optional<double> fraction;        // share of one GPU, 0 < f < 1
 };
 
 struct EngineSpec {
@@ -68,7 +68,8 @@ const ObjectMeta& metadata_of(const Resource& resource);
 
 // Decodes every document of a YAML stream. `file_name` prefixes messages.
 // All errors found are reported, one per line.
-Result<std::vector<Resource>> decode_resources(std::string_view yaml_text, std::string_view file_name);
+Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
+                                               std::string_view file_name);
 Result<std::vector<Resource>> load_resource_file(const std::string& path);
 
 // The YAML document of a resource; decode_resources(encode_resource(r)) == r.

@@ -4,8 +4,8 @@
 #include <memory>
 #include <sstream>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
@@ -29,18 +29,25 @@ void add_admin_options(CLI::App& app, AdminTarget& target) {
 
 Result<json> admin_call(const AdminTarget& t, const std::string& method, const std::string& target,
                         std::string body = {}) {
-  auto r = http::fetch({.host = t.host, .port = t.port, .method = method, .target = target, .body = std::move(body),
-                        .headers = {{"Content-Type", "application/yaml"}}, .timeout_s = 10});
+  auto r = http::fetch({.host = t.host,
+                        .port = t.port,
+                        .method = method,
+                        .target = target,
+                        .body = std::move(body),
+                        .headers = {{"Content-Type", "application/yaml"}},
+                        .timeout_s = 10});
   if (!r.ok()) {
-    return make_error(ErrorCode::kUnavailable, "cannot reach loadstar up's admin API at {}:{}: {}", t.host, t.port,
-                      r.error().message);
+    return make_error(ErrorCode::kUnavailable, "cannot reach loadstar up's admin API at {}:{}: {}",
+                      t.host, t.port, r.error().message);
   }
   json doc = json::parse(r->body, nullptr, false);
   if (r->status != 200) {
-    std::string message = doc.is_object() && doc.contains("error") ? doc["error"].value("message", r->body) : r->body;
+    std::string message =
+        doc.is_object() && doc.contains("error") ? doc["error"].value("message", r->body) : r->body;
     return Error{ErrorCode::kInvalidArgument, message};
   }
-  if (doc.is_discarded()) return make_error(ErrorCode::kCorrupt, "the admin API answered something that is not JSON");
+  if (doc.is_discarded())
+    return make_error(ErrorCode::kCorrupt, "the admin API answered something that is not JSON");
   return doc;
 }
 
@@ -57,8 +64,9 @@ std::string seconds(const json& v) {
 std::function<int()> setup_get(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto what = std::make_shared<std::string>();
-  app.add_option("resource", *what, "services or replicas")->required()->check(CLI::IsMember({"services", "replicas",
-                                                                                              "service", "replica"}));
+  app.add_option("resource", *what, "services or replicas")
+      ->required()
+      ->check(CLI::IsMember({"services", "replicas", "service", "replica"}));
   add_admin_options(app, *target);
   return [target, what]() -> int {
     const bool services = what->starts_with("service");
@@ -70,16 +78,19 @@ std::function<int()> setup_get(CLI::App& app) {
     if (services) {
       fmt::print("{:<24} {:<24} {:>8} {:>6}\n", "NAME", "MODEL", "READY", "WANT");
       for (const auto& s : (*doc)["items"])
-        fmt::print("{:<24} {:<24} {:>8} {:>6}\n", s["name"].get<std::string>(), s["model"].get<std::string>(),
-                   fmt::format("{}/{}", s["ready"].get<int>(), s["current"].get<int>()), s["replicas"].get<int>());
+        fmt::print("{:<24} {:<24} {:>8} {:>6}\n", s["name"].get<std::string>(),
+                   s["model"].get<std::string>(),
+                   fmt::format("{}/{}", s["ready"].get<int>(), s["current"].get<int>()),
+                   s["replicas"].get<int>());
     } else {
-      fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME", "SERVICE", "STATE", "PORT",
-                 "PID", "RESTARTS", "STARTUP", "AGE", "MESSAGE");
+      fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME", "SERVICE",
+                 "STATE", "PORT", "PID", "RESTARTS", "STARTUP", "AGE", "MESSAGE");
       for (const auto& r : (*doc)["items"])
-        fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", r["name"].get<std::string>(),
-                   r["service"].get<std::string>(), r["state"].get<std::string>(), r["port"].get<int>(),
-                   r["pid"].get<int>(), r["restarts"].get<int>(), seconds(r["start_seconds"]),
-                   seconds(r["age_seconds"]), r["message"].get<std::string>());
+        fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n",
+                   r["name"].get<std::string>(), r["service"].get<std::string>(),
+                   r["state"].get<std::string>(), r["port"].get<int>(), r["pid"].get<int>(),
+                   r["restarts"].get<int>(), seconds(r["start_seconds"]), seconds(r["age_seconds"]),
+                   r["message"].get<std::string>());
     }
     return 0;
   };

@@ -14,7 +14,8 @@ std::function<int()> setup_engine_sim(CLI::App& app) {
   auto& o = *opts;
   // Names follow `vllm serve` where vLLM has the same knob.
   app.add_option("--model", o.model_dir, "Model directory (config.json + safetensors)")->required();
-  app.add_option("--served-model-name", o.served_model_name, "Name clients use (default: directory name)");
+  app.add_option("--served-model-name", o.served_model_name,
+                 "Name clients use (default: directory name)");
   app.add_option("--host", o.host)->capture_default_str();
   app.add_option("--port", o.port, "0 picks a free port (see --port-file)")->capture_default_str();
   app.add_option("--port-file", o.port_file, "Write the bound port here once listening");
@@ -23,9 +24,11 @@ std::function<int()> setup_engine_sim(CLI::App& app) {
   app.add_option("--profiles-file", o.profiles_file, "YAML file with more profiles");
   app.add_option("--max-num-seqs", o.max_num_seqs)->capture_default_str();
   app.add_option("--max-num-batched-tokens", o.max_num_batched_tokens)->capture_default_str();
-  app.add_option("--max-model-len", o.max_model_len, "Default: the model's max_position_embeddings");
+  app.add_option("--max-model-len", o.max_model_len,
+                 "Default: the model's max_position_embeddings");
   app.add_option("--block-size", o.block_size)->capture_default_str();
-  app.add_option("--num-gpu-blocks-override", o.num_gpu_blocks_override, "KV blocks (default: profile's)");
+  app.add_option("--num-gpu-blocks-override", o.num_gpu_blocks_override,
+                 "KV blocks (default: profile's)");
   app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", o.enable_prefix_caching)
       ->capture_default_str();
   app.add_option("--max-waiting", o.max_waiting, "Waiting requests before 503 (0: unbounded)")
@@ -39,7 +42,8 @@ std::function<int()> setup_engine_sim(CLI::App& app) {
   app.add_option("--output-len-sigma", o.output_len_sigma, "Log-normal sigma of the output length")
       ->capture_default_str();
   app.add_option("--embedding-dim", o.embedding_dim)->capture_default_str();
-  app.add_option("--drain-timeout", o.drain_timeout_s, "Seconds to finish in-flight requests on SIGTERM")
+  app.add_option("--drain-timeout", o.drain_timeout_s,
+                 "Seconds to finish in-flight requests on SIGTERM")
       ->capture_default_str();
   auto max_body = std::make_shared<std::string>("8Mi");
   app.add_option("--max-body-size", *max_body, "Largest request body")->capture_default_str();

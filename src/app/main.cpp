@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "loadstar 0.1.0");
   app.fallthrough();  // --log-level may follow the subcommand
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")
+      ->capture_default_str();
   std::vector<std::pair<CLI::App*, std::function<int()>>> runners;
   for (const auto& command : command_table()) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);

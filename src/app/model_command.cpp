@@ -1,7 +1,7 @@
 #include <memory>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include "app/commands.h"
 #include "common/units.h"
@@ -26,28 +26,31 @@ std::function<int()> setup_model(CLI::App& app) {
   synth->add_option("--shard-size", args->shard_size, "Largest shard")->capture_default_str();
   synth->add_option("-o,--output", args->output, "Directory to create")->required();
   synth->add_option("--name", args->name)->capture_default_str();
-  synth->add_option("--max-position-embeddings", args->max_position_embeddings)->capture_default_str();
+  synth->add_option("--max-position-embeddings", args->max_position_embeddings)
+      ->capture_default_str();
   synth->add_option("--seed", args->seed)->capture_default_str();
-  CLI::App* inspect = app.add_subcommand("inspect", "Validate a model directory and read all its weights");
+  CLI::App* inspect =
+      app.add_subcommand("inspect", "Validate a model directory and read all its weights");
   inspect->add_option("dir", args->inspect_dir)->required();
   return [args, synth, inspect]() -> int {
     if (synth->parsed()) {
       auto size = parse_bytes(args->size);
       auto shard = parse_bytes(args->shard_size);
       if (!size.ok() || !shard.ok()) {
-        fmt::print(stderr, "loadstar model synth: {}\n", (!size.ok() ? size : shard).error().message);
+        fmt::print(stderr, "loadstar model synth: {}\n",
+                   (!size.ok() ? size : shard).error().message);
         return 2;
       }
-      model::SynthOptions options{*size, *shard, args->output, args->name, args->max_position_embeddings,
-                                  args->seed};
+      model::SynthOptions options{
+          *size, *shard, args->output, args->name, args->max_position_embeddings, args->seed};
       auto report = model::synth_model(options);
       if (!report.ok()) {
         fmt::print(stderr, "loadstar model synth: {}\n", report.error().message);
         return 1;
       }
       fmt::print("wrote {} ({} in {} shards, {} tensors; hidden {}, {} layers)\n", args->output,
-                 format_bytes(report->bytes), report->shards, report->tensors, report->config.hidden_size,
-                 report->config.num_hidden_layers);
+                 format_bytes(report->bytes), report->shards, report->tensors,
+                 report->config.hidden_size, report->config.num_hidden_layers);
       return 0;
     }
     if (inspect->parsed()) {
@@ -61,9 +64,9 @@ std::function<int()> setup_model(CLI::App& app) {
         fmt::print(stderr, "loadstar model inspect: {}\n", report.error().message);
         return 1;
       }
-      fmt::print("{}: {} ({} files, {} tensors, {}) read in {:.3f}s, xxh3 {:016x}\n", args->inspect_dir,
-                 config->architecture, report->files, report->tensors, format_bytes(report->bytes),
-                 report->seconds, report->checksum);
+      fmt::print("{}: {} ({} files, {} tensors, {}) read in {:.3f}s, xxh3 {:016x}\n",
+                 args->inspect_dir, config->architecture, report->files, report->tensors,
+                 format_bytes(report->bytes), report->seconds, report->checksum);
       return 0;
     }
     return 2;

@@ -8,14 +8,14 @@
 #include <set>
 #include <thread>
 
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "api/resources.h"
-#include "common/units.h"
 #include "app/commands.h"
+#include "common/units.h"
 #include "controller/controller.h"
 #include "controller/store.h"
 #include "gateway/gateway.h"
@@ -57,9 +57,11 @@ Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>
   if (!errors.empty()) return Error{ErrorCode::kInvalidArgument, errors};
   std::vector<api::Resource> all = incoming;
   std::set<std::pair<std::string, std::string>> names;
-  for (const auto& r : incoming) names.insert({std::string(api::kind_of(r)), api::metadata_of(r).name});
+  for (const auto& r : incoming)
+    names.insert({std::string(api::kind_of(r)), api::metadata_of(r).name});
   for (auto& r : store.list())
-    if (!names.count({std::string(api::kind_of(r)), api::metadata_of(r).name})) all.push_back(std::move(r));
+    if (!names.count({std::string(api::kind_of(r)), api::metadata_of(r).name}))
+      all.push_back(std::move(r));
   LS_RETURN_IF_ERROR(api::check_references(all));
   return incoming;
 }
@@ -96,7 +98,10 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
   } else if (req.method == "GET" && path == "/api/v1/services") {
     json items = json::array();
     for (const auto& s : ctl->services())
-      items.push_back({{"name", s.name}, {"model", s.model}, {"replicas", s.desired}, {"ready", s.ready},
+      items.push_back({{"name", s.name},
+                       {"model", s.model},
+                       {"replicas", s.desired},
+                       {"ready", s.ready},
                        {"current", s.total}});
     response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (req.method == "POST" && path == "/api/v1/apply") {
@@ -109,7 +114,8 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
       std::set<std::pair<std::string, std::string>> seen;
       std::vector<api::Resource> unique;
       for (auto& r : all)
-        if (seen.insert({std::string(api::kind_of(r)), api::metadata_of(r).name}).second) unique.push_back(r);
+        if (seen.insert({std::string(api::kind_of(r)), api::metadata_of(r).name}).second)
+          unique.push_back(r);
       status = api::check_references(unique);
     }
     if (status.ok()) status = apply_all(*store, *decoded);
@@ -185,7 +191,9 @@ int run_up(const UpArgs& args) {
   ctl_options.loadstar_bin = self_path();
   ctl_options.drain_timeout_s = args.drain_timeout_s;
   controller::Controller ctl(**store, ctl_options,
-                             [gateway](std::shared_ptr<const gateway::RoutingTable> t) { gateway->publish(std::move(t)); });
+                             [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
+                               gateway->publish(std::move(t));
+                             });
 
   asio::io_context admin_io(1);
   controller::ResourceStore* store_ptr = store->get();
@@ -193,9 +201,9 @@ int run_up(const UpArgs& args) {
   http::ServerOptions admin_options;
   admin_options.host = args.host;
   admin_options.port = args.admin_port;
-  auto admin = http::Server::create({&admin_io}, admin_options, [ctl_ptr, store_ptr](http::Exchange& ex) {
-    return admin_handle(ex, ctl_ptr, store_ptr);
-  });
+  auto admin = http::Server::create(
+      {&admin_io}, admin_options,
+      [ctl_ptr, store_ptr](http::Exchange& ex) { return admin_handle(ex, ctl_ptr, store_ptr); });
   if (!admin.ok()) {
     spdlog::error("admin API: {}", admin.error().message);
     return 1;
@@ -219,7 +227,7 @@ int run_up(const UpArgs& args) {
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("signal {}: draining replicas and stopping", sig);
-  ctl.stop();             // unpublish, drain in-flight requests, stop engines
+  ctl.stop();  // unpublish, drain in-flight requests, stop engines
   gateway->stop(5);
   (*admin)->stop();
   admin_io.stop();
@@ -232,15 +240,18 @@ int run_up(const UpArgs& args) {
 
 std::function<int()> setup_up(CLI::App& app) {
   auto args = std::make_shared<UpArgs>();
-  app.add_option("-f,--filename", args->files, "Resource files to apply at start (Model, InferenceService)");
+  app.add_option("-f,--filename", args->files,
+                 "Resource files to apply at start (Model, InferenceService)");
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
-  app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")->capture_default_str();
+  app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")
+      ->capture_default_str();
   app.add_option("--workers", args->workers, "Gateway worker threads")->capture_default_str();
   app.add_option("--max-body-size", args->max_body, "Largest request body the gateway accepts")
       ->capture_default_str();
-  app.add_option("--drain-timeout", args->drain_timeout_s, "Seconds a stopping replica may finish requests")
+  app.add_option("--drain-timeout", args->drain_timeout_s,
+                 "Seconds a stopping replica may finish requests")
       ->capture_default_str();
   return [args] { return run_up(*args); };
 }

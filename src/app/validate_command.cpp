@@ -1,7 +1,7 @@
 #include <memory>
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <CLI/CLI.hpp>
 
 #include "api/resources.h"
 #include "app/commands.h"
@@ -10,7 +10,8 @@ namespace loadstar::app {
 
 std::function<int()> setup_validate(CLI::App& app) {
   auto files = std::make_shared<std::vector<std::string>>();
-  app.add_option("-f,--filename", *files, "Resource files (YAML, several documents each)")->required();
+  app.add_option("-f,--filename", *files, "Resource files (YAML, several documents each)")
+      ->required();
   return [files] {
     std::vector<api::Resource> all;
     bool failed = false;
@@ -30,7 +31,8 @@ std::function<int()> setup_validate(CLI::App& app) {
       }
     }
     if (failed) return 1;
-    for (const auto& r : all) fmt::print("{} '{}' is valid\n", api::kind_of(r), api::metadata_of(r).name);
+    for (const auto& r : all)
+      fmt::print("{} '{}' is valid\n", api::kind_of(r), api::metadata_of(r).name);
     return 0;
   };
 }

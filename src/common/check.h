@@ -7,14 +7,14 @@ namespace loadstar::detail {
                                const char* message);
 }  // namespace loadstar::detail
 
-#define LS_CHECK(cond)                                                              \
-  do {                                                                              \
-    if (!(cond)) [[unlikely]]                                                       \
-      ::loadstar::detail::check_failed(__FILE__, __LINE__, #cond, nullptr);         \
+#define LS_CHECK(cond)                                                      \
+  do {                                                                      \
+    if (!(cond)) [[unlikely]]                                               \
+      ::loadstar::detail::check_failed(__FILE__, __LINE__, #cond, nullptr); \
   } while (0)
 
-#define LS_CHECK_MSG(cond, msg)                                                     \
-  do {                                                                              \
-    if (!(cond)) [[unlikely]]                                                       \
-      ::loadstar::detail::check_failed(__FILE__, __LINE__, #cond, (msg));           \
+#define LS_CHECK_MSG(cond, msg)                                           \
+  do {                                                                    \
+    if (!(cond)) [[unlikely]]                                             \
+      ::loadstar::detail::check_failed(__FILE__, __LINE__, #cond, (msg)); \
   } while (0)

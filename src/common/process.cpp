@@ -96,7 +96,9 @@ bool Subprocess::try_reap(int flags) {
   return false;
 }
 
-bool Subprocess::running() { return !try_reap(WNOHANG); }
+bool Subprocess::running() {
+  return !try_reap(WNOHANG);
+}
 
 void Subprocess::signal(int sig) {
   if (pid_ > 0 && !try_reap(WNOHANG)) ::kill(pid_, sig);

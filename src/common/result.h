@@ -12,13 +12,13 @@
 namespace loadstar {
 
 enum class ErrorCode {
-  kInvalidArgument,   // the caller sent something malformed
-  kNotFound,          // a named thing does not exist
-  kOutOfRange,        // a value is outside what is allowed (too long, too big)
-  kResourceExhausted, // a queue or pool is full; retry later
-  kUnavailable,       // not ready yet, or a peer is down
-  kIo,                // the file system or network failed
-  kCorrupt,           // bytes on disk or on the wire are not what they claim
+  kInvalidArgument,    // the caller sent something malformed
+  kNotFound,           // a named thing does not exist
+  kOutOfRange,         // a value is outside what is allowed (too long, too big)
+  kResourceExhausted,  // a queue or pool is full; retry later
+  kUnavailable,        // not ready yet, or a peer is down
+  kIo,                 // the file system or network failed
+  kCorrupt,            // bytes on disk or on the wire are not what they claim
   kCancelled,
   kInternal,
 };
@@ -44,7 +44,7 @@ Error make_error(ErrorCode code, fmt::format_string<Args...> format, Args&&... a
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
   Result(Error error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return v_.index() == 0; }
@@ -81,7 +81,9 @@ class [[nodiscard]] Status {
   bool ok_ = true;
 };
 
-inline Status ok_status() { return Status(); }
+inline Status ok_status() {
+  return Status();
+}
 
 }  // namespace loadstar
 
@@ -89,16 +91,16 @@ inline Status ok_status() { return Status(); }
 #define LS_CONCAT(a, b) LS_CONCAT_INNER(a, b)
 
 // LS_RETURN_IF_ERROR(expr): expr yields Status or Result<T>; returns its Error.
-#define LS_RETURN_IF_ERROR(expr)                                 \
-  do {                                                           \
-    auto&& ls_status_ = (expr);                                  \
-    if (!ls_status_.ok()) return std::move(ls_status_).error();  \
+#define LS_RETURN_IF_ERROR(expr)                                \
+  do {                                                          \
+    auto&& ls_status_ = (expr);                                 \
+    if (!ls_status_.ok()) return std::move(ls_status_).error(); \
   } while (0)
 
 // LS_ASSIGN_OR_RETURN(decl, expr): decl = value of the Result expr, or return its Error.
 #define LS_ASSIGN_OR_RETURN(decl, expr) \
   LS_ASSIGN_OR_RETURN_IMPL(LS_CONCAT(ls_result_, __LINE__), decl, expr)
-#define LS_ASSIGN_OR_RETURN_IMPL(tmp, decl, expr)     \
-  auto tmp = (expr);                                  \
-  if (!tmp.ok()) return std::move(tmp).error();       \
+#define LS_ASSIGN_OR_RETURN_IMPL(tmp, decl, expr) \
+  auto tmp = (expr);                              \
+  if (!tmp.ok()) return std::move(tmp).error();   \
   decl = std::move(tmp).value()

@@ -25,25 +25,34 @@ Result<uint64_t> parse_bytes(std::string_view text) {
   double number = 0;
   std::string_view suffix;
   if (!split_number(text, number, suffix)) {
-    return make_error(ErrorCode::kInvalidArgument, "'{}' is not a size (expected e.g. 2GiB, 512Mi, 80G)",
-                      text);
+    return make_error(ErrorCode::kInvalidArgument,
+                      "'{}' is not a size (expected e.g. 2GiB, 512Mi, 80G)", text);
   }
   std::string unit(suffix);
   if (!unit.empty() && unit.back() == 'B') unit.pop_back();
   double scale = 0;
-  if (unit.empty()) scale = 1;
-  else if (unit == "k" || unit == "K") scale = 1e3;
-  else if (unit == "M") scale = 1e6;
-  else if (unit == "G") scale = 1e9;
-  else if (unit == "T") scale = 1e12;
-  else if (unit == "Ki") scale = 1024.0;
-  else if (unit == "Mi") scale = 1024.0 * 1024;
-  else if (unit == "Gi") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "Ti") scale = 1024.0 * 1024 * 1024 * 1024;
+  if (unit.empty())
+    scale = 1;
+  else if (unit == "k" || unit == "K")
+    scale = 1e3;
+  else if (unit == "M")
+    scale = 1e6;
+  else if (unit == "G")
+    scale = 1e9;
+  else if (unit == "T")
+    scale = 1e12;
+  else if (unit == "Ki")
+    scale = 1024.0;
+  else if (unit == "Mi")
+    scale = 1024.0 * 1024;
+  else if (unit == "Gi")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "Ti")
+    scale = 1024.0 * 1024 * 1024 * 1024;
   else {
     return make_error(ErrorCode::kInvalidArgument,
-                      "'{}' has an unknown size unit '{}' (use B, k, M, G, T, Ki, Mi, Gi, Ti)", text,
-                      suffix);
+                      "'{}' has an unknown size unit '{}' (use B, k, M, G, T, Ki, Mi, Gi, Ti)",
+                      text, suffix);
   }
   double bytes = number * scale;
   if (bytes >= 1.8e19) return make_error(ErrorCode::kOutOfRange, "'{}' is too large", text);
@@ -66,15 +75,15 @@ Result<double> parse_duration(std::string_view text) {
   double number = 0;
   std::string_view suffix;
   if (!split_number(text, number, suffix)) {
-    return make_error(ErrorCode::kInvalidArgument, "'{}' is not a duration (expected e.g. 250ms, 2s, 5m)",
-                      text);
+    return make_error(ErrorCode::kInvalidArgument,
+                      "'{}' is not a duration (expected e.g. 250ms, 2s, 5m)", text);
   }
   if (suffix == "ms") return number / 1000;
   if (suffix == "s" || suffix.empty()) return number;
   if (suffix == "m") return number * 60;
   if (suffix == "h") return number * 3600;
-  return make_error(ErrorCode::kInvalidArgument, "'{}' has an unknown duration unit '{}' (use ms, s, m, h)",
-                    text, suffix);
+  return make_error(ErrorCode::kInvalidArgument,
+                    "'{}' has an unknown duration unit '{}' (use ms, s, m, h)", text, suffix);
 }
 
 }  // namespace loadstar

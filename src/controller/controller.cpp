@@ -18,11 +18,16 @@ using Clock = std::chrono::steady_clock;
 
 const char* replica_state_name(ReplicaState state) {
   switch (state) {
-    case ReplicaState::kPending: return "Pending";
-    case ReplicaState::kStarting: return "Starting";
-    case ReplicaState::kReady: return "Ready";
-    case ReplicaState::kFailed: return "Failed";
-    case ReplicaState::kTerminating: return "Terminating";
+    case ReplicaState::kPending:
+      return "Pending";
+    case ReplicaState::kStarting:
+      return "Starting";
+    case ReplicaState::kReady:
+      return "Ready";
+    case ReplicaState::kFailed:
+      return "Failed";
+    case ReplicaState::kTerminating:
+      return "Terminating";
   }
   return "Unknown";
 }
@@ -50,7 +55,9 @@ Controller::Controller(ResourceStore& store, ControllerOptions options,
                        std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish)
     : store_(store), options_(std::move(options)), publish_(std::move(publish)) {}
 
-Controller::~Controller() { stop(); }
+Controller::~Controller() {
+  stop();
+}
 
 void Controller::start() {
   watch_ = store_.watch([this](const WatchEvent&) {
@@ -72,11 +79,13 @@ void Controller::run() {
   // Shutdown: every replica drains and stops, as on scale-down.
   for (auto& [name, r] : replicas_) begin_termination(*r);
   publish_if_changed();
-  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(options_.drain_timeout_s * 1000));
+  const auto deadline = Clock::now() + std::chrono::milliseconds(
+                                           static_cast<int64_t>(options_.drain_timeout_s * 1000));
   while (!replicas_.empty()) {
     for (auto it = replicas_.begin(); it != replicas_.end();) {
       Replica& r = *it->second;
-      const bool drained = !r.endpoint || r.endpoint->in_flight.load() == 0 || Clock::now() > deadline;
+      const bool drained =
+          !r.endpoint || r.endpoint->in_flight.load() == 0 || Clock::now() > deadline;
       if (drained && r.process && !r.sigterm_sent) {
         r.process->signal(SIGTERM);
         r.sigterm_sent = true;
@@ -134,7 +143,8 @@ std::optional<fs::path> Controller::prepare_model(const api::Model& model, std::
     message = fmt::format("model directory {} has no config.json", path.string());
     return std::nullopt;
   }
-  message = fmt::format("fetching {} needs the node agent, which this build does not have yet", source);
+  message =
+      fmt::format("fetching {} needs the node agent, which this build does not have yet", source);
   return std::nullopt;
 }
 
@@ -150,7 +160,8 @@ void Controller::launch(Replica& r) {
   }
   if (svc.spec.engine.name != "engine-sim") {
     r.state = ReplicaState::kPending;
-    r.message = fmt::format("engine '{}' cannot run locally yet (engine-sim can)", svc.spec.engine.name);
+    r.message =
+        fmt::format("engine '{}' cannot run locally yet (engine-sim can)", svc.spec.engine.name);
     return;
   }
   std::string why;
@@ -166,8 +177,10 @@ void Controller::launch(Replica& r) {
   r.port_file = run_dir / (r.name + ".port");
   fs::remove(r.port_file, ec);
   ProcessOptions p;
-  p.argv = {options_.loadstar_bin, "engine-sim",  "--model", fs::absolute(*model_dir).string(),
-            "--served-model-name", r.service, "--port", "0", "--port-file", r.port_file.string()};
+  p.argv = {
+      options_.loadstar_bin, "engine-sim",        "--model", fs::absolute(*model_dir).string(),
+      "--served-model-name", r.service,           "--port",  "0",
+      "--port-file",         r.port_file.string()};
   for (const auto& a : svc.spec.engine.args) p.argv.push_back(a);
   p.output_path = (run_dir / (r.name + ".log")).string();
   auto process = Subprocess::start(p);
@@ -190,10 +203,12 @@ void Controller::launch(Replica& r) {
 void Controller::observe(Replica& r) {
   if (r.process && r.state != ReplicaState::kTerminating && !r.process->running()) {
     const int status = r.process->wait_for(std::chrono::milliseconds(0)).value_or(-1);
-    const double backoff = std::min(options_.restart_backoff_max_s,
-                                    options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
-    r.message = fmt::format("engine exited with status {}; restarting in {:.0f}s (see {}/run/{}.log)", status,
-                            backoff, options_.data_dir.string(), r.name);
+    const double backoff =
+        std::min(options_.restart_backoff_max_s,
+                 options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
+    r.message =
+        fmt::format("engine exited with status {}; restarting in {:.0f}s (see {}/run/{}.log)",
+                    status, backoff, options_.data_dir.string(), r.name);
     spdlog::warn("replica {}: {}", r.name, r.message);
     r.process.reset();
     r.endpoint.reset();
@@ -222,7 +237,8 @@ void Controller::observe(Replica& r) {
       }
       r.message = "loading weights";
     }
-    if (std::chrono::duration<double>(Clock::now() - r.launched).count() > options_.start_timeout_s) {
+    if (std::chrono::duration<double>(Clock::now() - r.launched).count() >
+        options_.start_timeout_s) {
       r.message = "did not become healthy in time";
       r.process->stop(std::chrono::milliseconds(2000));
     }
@@ -241,7 +257,8 @@ void Controller::reconcile() {
   // Desired state.
   services_.clear();
   for (auto& resource : store_.list())
-    if (auto* svc = std::get_if<api::InferenceService>(&resource)) services_.emplace(svc->metadata.name, *svc);
+    if (auto* svc = std::get_if<api::InferenceService>(&resource))
+      services_.emplace(svc->metadata.name, *svc);
   const auto now = Clock::now();
 
   for (auto& [name, r] : replicas_) observe(*r);
@@ -269,7 +286,8 @@ void Controller::reconcile() {
     // Scale down: the highest indexes go first, not-yet-ready ones before ready ones.
     if (active.size() > svc.spec.replicas) {
       std::sort(active.begin(), active.end(), [](const Replica* a, const Replica* b) {
-        const bool a_ready = a->state == ReplicaState::kReady, b_ready = b->state == ReplicaState::kReady;
+        const bool a_ready = a->state == ReplicaState::kReady,
+                   b_ready = b->state == ReplicaState::kReady;
         if (a_ready != b_ready) return a_ready;
         return a->index < b->index;
       });
@@ -282,11 +300,13 @@ void Controller::reconcile() {
   // Act per replica.
   for (auto it = replicas_.begin(); it != replicas_.end();) {
     Replica& r = *it->second;
-    if (r.state == ReplicaState::kPending || (r.state == ReplicaState::kFailed && now >= r.next_restart)) {
+    if (r.state == ReplicaState::kPending ||
+        (r.state == ReplicaState::kFailed && now >= r.next_restart)) {
       launch(r);
     } else if (r.state == ReplicaState::kTerminating) {
-      const bool drained = !r.endpoint || r.endpoint->in_flight.load() == 0 ||
-                           std::chrono::duration<double>(now - r.drain_started).count() > options_.drain_timeout_s;
+      const bool drained =
+          !r.endpoint || r.endpoint->in_flight.load() == 0 ||
+          std::chrono::duration<double>(now - r.drain_started).count() > options_.drain_timeout_s;
       if (drained && r.process && !r.sigterm_sent) {
         r.process->signal(SIGTERM);
         r.sigterm_sent = true;
@@ -326,7 +346,8 @@ std::vector<ReplicaStatus> Controller::replicas() const {
     ReplicaStatus s;
     s.name = name;
     s.service = r->service;
-    if (auto it = services_.find(r->service); it != services_.end()) s.model = it->second.spec.model;
+    if (auto it = services_.find(r->service); it != services_.end())
+      s.model = it->second.spec.model;
     s.state = r->state;
     s.pid = r->process ? r->process->pid() : 0;
     s.port = r->port;

@@ -98,7 +98,7 @@ class Controller {
   bool stopping_ = false;
   bool dirty_ = true;
   std::map<std::string, std::unique_ptr<Replica>> replicas_;  // by replica name
-  std::map<std::string, api::InferenceService> services_;      // as of the last pass
+  std::map<std::string, api::InferenceService> services_;     // as of the last pass
   std::map<std::string, std::string> service_models_;
   std::vector<std::string> published_key_;
   uint64_t table_version_ = 0;

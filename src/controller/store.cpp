@@ -15,7 +15,8 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
   if (ec) return make_error(ErrorCode::kIo, "cannot create {}: {}", dir.string(), ec.message());
   auto store = std::unique_ptr<LocalStore>(new LocalStore(dir));
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.path().extension() != ".yaml") continue;  // leftovers of an interrupted write are .tmp
+    if (entry.path().extension() != ".yaml")
+      continue;  // leftovers of an interrupted write are .tmp
     auto resources = api::load_resource_file(entry.path().string());
     if (!resources.ok()) return std::move(resources).error().context("the local store");
     for (const auto& r : *resources) {
@@ -81,10 +82,13 @@ Status LocalStore::remove(std::string_view kind, std::string_view name) {
   {
     std::lock_guard lock(mu_);
     auto it = objects_.find({std::string(kind), std::string(name)});
-    if (it == objects_.end()) return make_error(ErrorCode::kNotFound, "{} '{}' does not exist", kind, name);
+    if (it == objects_.end())
+      return make_error(ErrorCode::kNotFound, "{} '{}' does not exist", kind, name);
     std::error_code ec;
     fs::remove(file_of(kind, name), ec);
-    if (ec) return make_error(ErrorCode::kIo, "cannot remove {}: {}", file_of(kind, name).string(), ec.message());
+    if (ec)
+      return make_error(ErrorCode::kIo, "cannot remove {}: {}", file_of(kind, name).string(),
+                        ec.message());
     objects_.erase(it);
     event.revision = ++revision_;
   }

@@ -12,27 +12,35 @@ namespace loadstar::engine {
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kAbort: return "abort";
-    case FinishReason::kNone: break;
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kNone:
+      break;
   }
   return "";
 }
 
 Status EngineConfig::validate() const {
-  if (block_size == 0) return make_error(ErrorCode::kInvalidArgument, "block_size must be positive");
-  if (max_num_seqs == 0) return make_error(ErrorCode::kInvalidArgument, "max_num_seqs must be positive");
+  if (block_size == 0)
+    return make_error(ErrorCode::kInvalidArgument, "block_size must be positive");
+  if (max_num_seqs == 0)
+    return make_error(ErrorCode::kInvalidArgument, "max_num_seqs must be positive");
   if (max_num_batched_tokens == 0)
     return make_error(ErrorCode::kInvalidArgument, "max_num_batched_tokens must be positive");
-  if (max_model_len < 2) return make_error(ErrorCode::kInvalidArgument, "max_model_len must be at least 2");
+  if (max_model_len < 2)
+    return make_error(ErrorCode::kInvalidArgument, "max_model_len must be at least 2");
   uint64_t capacity = static_cast<uint64_t>(num_gpu_blocks) * block_size;
   if (capacity < max_model_len) {
     // As vLLM at start-up: one request of full length must fit in the pool.
-    return make_error(ErrorCode::kInvalidArgument,
-                      "the KV cache holds {} tokens ({} blocks of {}), fewer than max_model_len {}; "
-                      "raise num_gpu_blocks or lower max_model_len",
-                      capacity, num_gpu_blocks, block_size, max_model_len);
+    return make_error(
+        ErrorCode::kInvalidArgument,
+        "the KV cache holds {} tokens ({} blocks of {}), fewer than max_model_len {}; "
+        "raise num_gpu_blocks or lower max_model_len",
+        capacity, num_gpu_blocks, block_size, max_model_len);
   }
   if (cost.base_s < 0 || cost.per_prefill_token_s < 0 || cost.per_decode_seq_s < 0 ||
       cost.per_context_token_s < 0)
@@ -50,7 +58,9 @@ uint64_t next_random(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-double uniform01(uint64_t& state) { return (next_random(state) >> 11) * 0x1.0p-53; }
+double uniform01(uint64_t& state) {
+  return (next_random(state) >> 11) * 0x1.0p-53;
+}
 
 }  // namespace
 
@@ -58,7 +68,7 @@ struct EngineCore::Request {
   RequestId id = 0;
   std::vector<TokenId> tokens;  // the prompt, then every generated token
   uint32_t num_prompt = 0;
-  uint32_t num_computed = 0;    // tokens whose KV is in the cache
+  uint32_t num_computed = 0;  // tokens whose KV is in the cache
   uint32_t max_tokens = 0;
   uint32_t min_tokens = 0;
   uint32_t eos_at = UINT32_MAX;  // the output count at which the model emits EOS
@@ -107,11 +117,12 @@ Status EngineCore::check_request(const NewRequest& request) const {
   const uint32_t limit = config_.max_model_len;
   if (request.pooling) {
     if (prompt_len > limit) {
-      return make_error(ErrorCode::kOutOfRange,
-                        "This model's maximum context length is {} tokens. However, you requested {} "
-                        "tokens in the input for embedding generation. Please reduce the length of "
-                        "the input.",
-                        limit, prompt_len);
+      return make_error(
+          ErrorCode::kOutOfRange,
+          "This model's maximum context length is {} tokens. However, you requested {} "
+          "tokens in the input for embedding generation. Please reduce the length of "
+          "the input.",
+          limit, prompt_len);
     }
     return ok_status();
   }
@@ -132,7 +143,8 @@ Status EngineCore::add_request(NewRequest request, double now) {
   if (requests_.count(request.id))
     return make_error(ErrorCode::kInvalidArgument, "request id {} is already in use", request.id);
   const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
-  const uint32_t max_tokens = request.pooling ? 0 : effective_max_tokens(request, config_.max_model_len);
+  const uint32_t max_tokens =
+      request.pooling ? 0 : effective_max_tokens(request, config_.max_model_len);
   if (config_.max_waiting > 0 && waiting_.size() >= config_.max_waiting) {
     return make_error(ErrorCode::kResourceExhausted,
                       "the engine's waiting queue is full ({} requests); retry later",
@@ -156,7 +168,8 @@ Status EngineCore::add_request(NewRequest request, double now) {
     // the whole output depends on the seed alone.
     double u1 = std::max(uniform01(r->rng), 1e-12), u2 = uniform01(r->rng);
     double normal = std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2);
-    double length = config_.output_length.median_tokens * std::exp(config_.output_length.sigma * normal);
+    double length =
+        config_.output_length.median_tokens * std::exp(config_.output_length.sigma * normal);
     r->eos_at = std::max<uint32_t>({1, r->min_tokens, static_cast<uint32_t>(std::lround(length))});
   }
   r->update_block_hashes(config_.block_size);
@@ -309,9 +322,12 @@ StepResult EngineCore::step(double now) {
   // 3. "Execute": cost of the batch, then advance every scheduled request.
   for (const Scheduled& s : batch) {
     const Request& r = *s.r;
-    const bool decode = s.num_new == 1 && r.num_output() > 0 && r.num_computed + 1 == r.num_tokens();
-    if (decode) ++result.num_decode_seqs;
-    else result.num_prefill_tokens += s.num_new;
+    const bool decode =
+        s.num_new == 1 && r.num_output() > 0 && r.num_computed + 1 == r.num_tokens();
+    if (decode)
+      ++result.num_decode_seqs;
+    else
+      result.num_prefill_tokens += s.num_new;
     result.num_context_tokens += r.num_computed + s.num_new;
   }
   if (batch.empty()) return result;
@@ -343,12 +359,16 @@ StepResult EngineCore::step(double now) {
       out.has_token = true;
       out.token = token;
       out.output_tokens = r.num_output();
-      if (r.first_token < 0) r.first_token = end;
-      else out.inter_token_s = end - r.last_token;
+      if (r.first_token < 0)
+        r.first_token = end;
+      else
+        out.inter_token_s = end - r.last_token;
       r.last_token = end;
       out.first_token_time = r.first_token;
-      if (token == tokenizer::kEos) out.finish = FinishReason::kStop;
-      else if (r.num_output() >= r.max_tokens) out.finish = FinishReason::kLength;
+      if (token == tokenizer::kEos)
+        out.finish = FinishReason::kStop;
+      else if (r.num_output() >= r.max_tokens)
+        out.finish = FinishReason::kLength;
     }
     if (out.finish != FinishReason::kNone) finished.push_back(&r);
     result.outputs.push_back(out);

@@ -35,12 +35,13 @@ using RequestId = uint64_t;
 // Seconds per step as a function of the batch. Fitted per model and GPU; see
 // docs/engine-sim.md for how the built-in profiles were derived.
 struct StepCostModel {
-  double base_s = 0.006;                   // b0: weights read once per step, launch overhead
-  double per_prefill_token_s = 60e-6;      // b1: compute-bound prefill
-  double per_decode_seq_s = 80e-6;         // b2: sampling and per-sequence work
-  double per_context_token_s = 65e-9;      // b3: attention reads the KV of every context token
+  double base_s = 0.006;               // b0: weights read once per step, launch overhead
+  double per_prefill_token_s = 60e-6;  // b1: compute-bound prefill
+  double per_decode_seq_s = 80e-6;     // b2: sampling and per-sequence work
+  double per_context_token_s = 65e-9;  // b3: attention reads the KV of every context token
 
-  double step_seconds(uint64_t prefill_tokens, uint64_t decode_seqs, uint64_t context_tokens) const {
+  double step_seconds(uint64_t prefill_tokens, uint64_t decode_seqs,
+                      uint64_t context_tokens) const {
     return base_s + per_prefill_token_s * prefill_tokens + per_decode_seq_s * decode_seqs +
            per_context_token_s * context_tokens;
   }
@@ -98,12 +99,12 @@ struct RequestOutput {
   TokenId token = 0;
   FinishReason finish = FinishReason::kNone;
   uint32_t prompt_tokens = 0;
-  uint32_t output_tokens = 0;     // generated so far, this token included
-  uint32_t cached_tokens = 0;     // prompt tokens served from the prefix cache at admission
+  uint32_t output_tokens = 0;  // generated so far, this token included
+  uint32_t cached_tokens = 0;  // prompt tokens served from the prefix cache at admission
   double arrival_time = 0;
   double first_scheduled_time = 0;
-  double first_token_time = 0;    // set once the first token exists
-  double inter_token_s = 0;       // since the previous token; 0 for the first
+  double first_token_time = 0;  // set once the first token exists
+  double inter_token_s = 0;     // since the previous token; 0 for the first
 };
 
 struct StepResult {
@@ -124,7 +125,7 @@ struct EngineStats {
   uint64_t prefix_cache_queries = 0;  // tokens looked up
   uint64_t prefix_cache_hits = 0;     // tokens found
   uint64_t num_preemptions = 0;
-  uint64_t prompt_tokens = 0;         // prompt tokens of admitted requests
+  uint64_t prompt_tokens = 0;  // prompt tokens of admitted requests
   uint64_t generation_tokens = 0;
   uint64_t num_steps = 0;
 };
@@ -162,8 +163,8 @@ class EngineCore {
   EngineConfig config_;
   BlockPool pool_;
   std::unordered_map<RequestId, std::unique_ptr<Request>> requests_;
-  std::vector<Request*> running_;   // admission order; the last is preempted first
-  std::deque<Request*> waiting_;    // preempted requests go back to the front
+  std::vector<Request*> running_;  // admission order; the last is preempted first
+  std::deque<Request*> waiting_;   // preempted requests go back to the front
   EngineStats stats_;
 };
 

@@ -28,18 +28,24 @@ void BlockPool::push_free_tail(BlockId id) {
   Block& b = blocks_[id];
   b.prev = free_tail_;
   b.next = kNone;
-  if (free_tail_ != kNone) blocks_[free_tail_].next = id;
-  else free_head_ = id;
+  if (free_tail_ != kNone)
+    blocks_[free_tail_].next = id;
+  else
+    free_head_ = id;
   free_tail_ = id;
   ++num_free_;
 }
 
 void BlockPool::unlink_free(BlockId id) {
   Block& b = blocks_[id];
-  if (b.prev != kNone) blocks_[b.prev].next = b.next;
-  else free_head_ = b.next;
-  if (b.next != kNone) blocks_[b.next].prev = b.prev;
-  else free_tail_ = b.prev;
+  if (b.prev != kNone)
+    blocks_[b.prev].next = b.next;
+  else
+    free_head_ = b.next;
+  if (b.next != kNone)
+    blocks_[b.next].prev = b.prev;
+  else
+    free_tail_ = b.prev;
   b.prev = b.next = kNone;
   --num_free_;
 }

@@ -1,9 +1,9 @@
 #include "enginesim/engine_loop.h"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
 
 namespace loadstar::enginesim {
 
@@ -38,12 +38,18 @@ void RequestChannel::close() {
 }
 
 EngineLoop::EngineLoop(engine::EngineConfig config, double time_scale, EngineMetrics* metrics)
-    : core_(std::move(config)), time_scale_(time_scale), metrics_(metrics),
+    : core_(std::move(config)),
+      time_scale_(time_scale),
+      metrics_(metrics),
       wall_origin_(std::chrono::steady_clock::now()) {}
 
-EngineLoop::~EngineLoop() { stop(); }
+EngineLoop::~EngineLoop() {
+  stop();
+}
 
-void EngineLoop::start() { thread_ = std::thread([this] { run(); }); }
+void EngineLoop::start() {
+  thread_ = std::thread([this] { run(); });
+}
 
 void EngineLoop::stop() {
   {
@@ -109,9 +115,10 @@ void EngineLoop::run() {
       Status added = core_.add_request(std::move(s.request), std::min(s.arrival, start));
       if (!added.ok()) {
         --in_flight_;
-        asio::post(s.channel->executor(), [channel = s.channel, error = std::move(added).error()]() mutable {
-          channel->fail(std::move(error));
-        });
+        asio::post(s.channel->executor(),
+                   [channel = s.channel, error = std::move(added).error()]() mutable {
+                     channel->fail(std::move(error));
+                   });
         continue;
       }
       channels_.emplace(id, std::move(s.channel));
@@ -131,7 +138,8 @@ void EngineLoop::run() {
         wall_origin_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                            std::chrono::duration<double>(prev_end / time_scale_));
     std::this_thread::sleep_until(deadline);
-    const double late = std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();
+    const double late =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();
     if (metrics_) metrics_->record_step(step, core_.stats(), std::max(lag, late));
     for (const engine::RequestOutput& out : step.outputs) {
       auto it = channels_.find(out.id);

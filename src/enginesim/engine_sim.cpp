@@ -6,6 +6,7 @@
 #include <fstream>
 #include <thread>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -13,15 +14,14 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <spdlog/spdlog.h>
 
+#include "common/strings.h"
 #include "enginesim/engine_loop.h"
 #include "enginesim/metrics.h"
 #include "enginesim/profiles.h"
 #include "enginesim/responses.h"
 #include "http/server.h"
 #include "model/model_dir.h"
-#include "common/strings.h"
 #include "openai/protocol.h"
 
 namespace loadstar::enginesim {
@@ -57,9 +57,11 @@ Status write_port_file(const std::string& path, uint16_t port) {
 
 class EngineSimServer {
  public:
-  EngineSimServer(const EngineSimOptions& options, engine::EngineConfig config, std::string model_name,
-                  std::string model_root)
-      : options_(options), model_name_(std::move(model_name)), model_root_(std::move(model_root)),
+  EngineSimServer(const EngineSimOptions& options, engine::EngineConfig config,
+                  std::string model_name, std::string model_root)
+      : options_(options),
+        model_name_(std::move(model_name)),
+        model_root_(std::move(model_root)),
         metrics_(model_name_, config, options.time_scale),
         loop_(std::move(config), options.time_scale, &metrics_) {}
 
@@ -109,14 +111,16 @@ class EngineSimServer {
     append_json_escaped(out, model_name_);
     out += fmt::format(R"(","object":"model","created":{},"owned_by":"vllm","root":")", unix_now());
     append_json_escaped(out, model_root_);
-    out += fmt::format(R"(","parent":null,"max_model_len":{}}}]}})", loop_.core().config().max_model_len);
+    out += fmt::format(R"(","parent":null,"max_model_len":{}}}]}})",
+                       loop_.core().config().max_model_len);
     return out;
   }
 
   static asio::awaitable<void> respond_error(Exchange& ex, ApiError error) {
     std::vector<http::Header> headers;
     if (error.status == 503) headers.push_back({"Retry-After", "1"});
-    http::Response response{error.status, "application/json", openai::error_body(error), std::move(headers)};
+    http::Response response{error.status, "application/json", openai::error_body(error),
+                            std::move(headers)};
     co_await ex.respond(std::move(response));
   }
 
@@ -186,8 +190,10 @@ class EngineSimServer {
         usage.cached_tokens = out.cached_tokens;
         finish = out.finish;
         std::string_view piece = out.has_token ? tok.text_of(out.token) : std::string_view();
-        if (request.stream) encoder.append_delta(events, piece, finish);
-        else text += piece;
+        if (request.stream)
+          encoder.append_delta(events, piece, finish);
+        else
+          text += piece;
       }
       if (request.stream) {
         if (!started) {
@@ -280,8 +286,9 @@ class EngineSimServer {
       const uint32_t dims = request.dimensions.value_or(options_.embedding_dim);
       vectors.push_back(embed_tokens(prompts[i], dims));
     }
-    http::Response response{200, "application/json",
-                            embeddings_response(model_name_, vectors, request.base64, prompt_tokens)};
+    http::Response response{
+        200, "application/json",
+        embeddings_response(model_name_, vectors, request.base64, prompt_tokens)};
     co_await ex.respond(std::move(response));
   }
 
@@ -291,8 +298,9 @@ class EngineSimServer {
   EngineMetrics metrics_;
   EngineLoop loop_;
   std::atomic<bool> ready_{false};
-  const uint64_t id_salt_ = static_cast<uint64_t>(
-      std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9e3779b97f4a7c15ULL;
+  const uint64_t id_salt_ =
+      static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) *
+      0x9e3779b97f4a7c15ULL;
 };
 
 // Waits for in-flight requests to finish (at most drain_timeout), then stops.
@@ -314,7 +322,8 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, EngineLoop& loop, htt
 
 int run_engine_sim(const EngineSimOptions& options) {
   if (options.model_dir.empty()) {
-    spdlog::error("--model is required: a model directory with config.json and safetensors weights");
+    spdlog::error(
+        "--model is required: a model directory with config.json and safetensors weights");
     return 2;
   }
   auto model_config = model::read_model_config(options.model_dir);
@@ -358,8 +367,8 @@ int run_engine_sim(const EngineSimOptions& options) {
   server_options.host = options.host;
   server_options.port = options.port;
   server_options.max_body_bytes = options.max_body_bytes;
-  auto server = http::Server::create({&io}, server_options,
-                                     [&sim](Exchange& ex) { return sim.handle(ex); });
+  auto server =
+      http::Server::create({&io}, server_options, [&sim](Exchange& ex) { return sim.handle(ex); });
   if (!server.ok()) {
     spdlog::error("{}", server.error().message);
     return 1;
@@ -372,10 +381,11 @@ int run_engine_sim(const EngineSimOptions& options) {
       return 1;
     }
   }
-  spdlog::info("engine-sim serving model '{}' on http://{}:{} (profile {}, {} KV blocks of {} tokens, "
-               "max_model_len {}, time scale {})",
-               name, options.host, port, profile->name, config.num_gpu_blocks, config.block_size,
-               config.max_model_len, options.time_scale);
+  spdlog::info(
+      "engine-sim serving model '{}' on http://{}:{} (profile {}, {} KV blocks of {} tokens, "
+      "max_model_len {}, time scale {})",
+      name, options.host, port, profile->name, config.num_gpu_blocks, config.block_size,
+      config.max_model_len, options.time_scale);
   sim.loop().start();
 
   // Weights are read on their own thread; /health turns 200 when they are in.
@@ -400,7 +410,8 @@ int run_engine_sim(const EngineSimOptions& options) {
   signals.async_wait([&](boost::system::error_code ec, int signal) {
     if (ec) return;
     spdlog::info("signal {}: draining {} in-flight requests", signal, sim.loop().in_flight());
-    asio::co_spawn(io, drain_and_stop(io, sim.loop(), *srv, options.drain_timeout_s), asio::detached);
+    asio::co_spawn(io, drain_and_stop(io, sim.loop(), *srv, options.drain_timeout_s),
+                   asio::detached);
   });
   io.run();
   loader.join();

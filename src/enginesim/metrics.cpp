@@ -12,15 +12,15 @@ using prometheus::Histogram;
 
 namespace {
 // vLLM's bucket boundaries (vllm/v1/metrics/loggers.py).
-const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                                  0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
-                                                  20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
-const Histogram::BucketBoundaries kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
-                                                 0.3,  0.4,   0.5,  0.75,  1.0,  2.5,  5.0,
+const Histogram::BucketBoundaries kTtftBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+const Histogram::BucketBoundaries kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                                 0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
                                                  7.5,  10.0,  20.0, 40.0,  80.0};
-const Histogram::BucketBoundaries kLatencyBuckets = {0.3,  0.5,  0.8,  1.0,   1.5,   2.0,    2.5,
-                                                     5.0,  10.0, 15.0, 20.0,  30.0,  40.0,   50.0,
-                                                     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+const Histogram::BucketBoundaries kLatencyBuckets = {
+    0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 Histogram::BucketBoundaries token_buckets(uint32_t max_model_len) {
   // vLLM: 1, 2, 5, 10, 20, 50, ... up to max_model_len.
   Histogram::BucketBoundaries b;
@@ -54,28 +54,31 @@ EngineMetrics::EngineMetrics(const std::string& model_name, const engine::Engine
                             "Prefix cache queries, in terms of number of queried tokens.");
   prefix_hits_ = counter("vllm:prefix_cache_hits_total",
                          "Prefix cache hits, in terms of number of cached tokens.");
-  preemptions_ = counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.");
+  preemptions_ =
+      counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.");
   prompt_tokens_ = counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.");
-  generation_tokens_ = counter("vllm:generation_tokens_total", "Number of generation tokens processed.");
+  generation_tokens_ =
+      counter("vllm:generation_tokens_total", "Number of generation tokens processed.");
   auto& success = prometheus::BuildCounter()
                       .Name("vllm:request_success_total")
                       .Help("Count of successfully processed requests.")
                       .Register(r);
   success_stop_ = &success.Add({{"model_name", model_name}, {"finished_reason", "stop"}});
   success_length_ = &success.Add({{"model_name", model_name}, {"finished_reason", "length"}});
-  ttft_ = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                    kTtftBuckets);
-  itl_ = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-                   kItlBuckets);
+  ttft_ = histogram("vllm:time_to_first_token_seconds",
+                    "Histogram of time to first token in seconds.", kTtftBuckets);
+  itl_ = histogram("vllm:inter_token_latency_seconds",
+                   "Histogram of inter-token latency in seconds.", kItlBuckets);
   e2e_ = histogram("vllm:e2e_request_latency_seconds",
                    "Histogram of e2e request latency in seconds.", kLatencyBuckets);
   queue_time_ = histogram("vllm:request_queue_time_seconds",
                           "Histogram of time spent in WAITING phase for request.", kLatencyBuckets);
-  request_prompt_tokens_ = histogram("vllm:request_prompt_tokens",
-                                     "Number of prefill tokens processed.", token_buckets(config.max_model_len));
-  request_generation_tokens_ = histogram("vllm:request_generation_tokens",
-                                         "Number of generation tokens processed.",
-                                         token_buckets(config.max_model_len));
+  request_prompt_tokens_ =
+      histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+                token_buckets(config.max_model_len));
+  request_generation_tokens_ =
+      histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
+                token_buckets(config.max_model_len));
   prometheus::BuildGauge()
       .Name("vllm:cache_config_info")
       .Help("Information of the LLMEngine CacheConfig")
@@ -87,10 +90,11 @@ EngineMetrics::EngineMetrics(const std::string& model_name, const engine::Engine
             {"cache_dtype", "auto"}})
       .Set(1);
   steps_ = counter("loadstar_engine_sim_steps_total", "Engine steps executed.");
-  step_lag_ = histogram("loadstar_engine_sim_step_lag_seconds",
-                        "Wall-clock seconds by which a step ended later than the model said it "
-                        "should; sustained lag means the simulator cannot keep time at this time scale.",
-                        {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1});
+  step_lag_ =
+      histogram("loadstar_engine_sim_step_lag_seconds",
+                "Wall-clock seconds by which a step ended later than the model said it "
+                "should; sustained lag means the simulator cannot keep time at this time scale.",
+                {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1});
   gauge("loadstar_engine_sim_time_scale", "Model seconds per wall-clock second.")->Set(time_scale);
   load_seconds_ = gauge("loadstar_engine_sim_model_load_seconds",
                         "Wall-clock seconds spent reading the model's weights at start-up.");
@@ -113,19 +117,23 @@ void EngineMetrics::record_gauges(const engine::EngineStats& stats) {
 void EngineMetrics::record_step(const engine::StepResult& step, const engine::EngineStats& stats,
                                 double lag_s) {
   record_gauges(stats);
-  prefix_queries_->Increment(static_cast<double>(stats.prefix_cache_queries - last_.prefix_cache_queries));
+  prefix_queries_->Increment(
+      static_cast<double>(stats.prefix_cache_queries - last_.prefix_cache_queries));
   prefix_hits_->Increment(static_cast<double>(stats.prefix_cache_hits - last_.prefix_cache_hits));
   preemptions_->Increment(static_cast<double>(stats.num_preemptions - last_.num_preemptions));
   prompt_tokens_->Increment(static_cast<double>(stats.prompt_tokens - last_.prompt_tokens));
-  generation_tokens_->Increment(static_cast<double>(stats.generation_tokens - last_.generation_tokens));
+  generation_tokens_->Increment(
+      static_cast<double>(stats.generation_tokens - last_.generation_tokens));
   steps_->Increment(static_cast<double>(stats.num_steps - last_.num_steps));
   last_ = stats;
   if (step.duration > 0) step_lag_->Observe(lag_s);
   const double end = step.start + step.duration;
   for (const engine::RequestOutput& out : step.outputs) {
     if (out.has_token) {
-      if (out.output_tokens == 1) ttft_->Observe(out.first_token_time - out.arrival_time);
-      else itl_->Observe(out.inter_token_s);
+      if (out.output_tokens == 1)
+        ttft_->Observe(out.first_token_time - out.arrival_time);
+      else
+        itl_->Observe(out.inter_token_s);
     }
     if (out.finish == engine::FinishReason::kNone) continue;
     e2e_->Observe(end - out.arrival_time);

@@ -20,7 +20,8 @@ namespace loadstar::enginesim {
 
 class EngineMetrics {
  public:
-  EngineMetrics(const std::string& model_name, const engine::EngineConfig& config, double time_scale);
+  EngineMetrics(const std::string& model_name, const engine::EngineConfig& config,
+                double time_scale);
   ~EngineMetrics();
 
   // Called by the engine thread after each step.

@@ -15,17 +15,23 @@ const std::vector<Profile>& builtin_profiles() {
   static const std::vector<Profile> profiles = {
       {"llama-3.1-8b-a100-80gb",
        "Llama 3.1 8B, bf16, one A100 80GB (2.0 TB/s, 312 TFLOP/s)",
-       {.base_s = 9.5e-3, .per_prefill_token_s = 100e-6, .per_decode_seq_s = 60e-6,
+       {.base_s = 9.5e-3,
+        .per_prefill_token_s = 100e-6,
+        .per_decode_seq_s = 60e-6,
         .per_context_token_s = 87e-9},
        24000},
       {"llama-3.1-8b-h100-80gb",
        "Llama 3.1 8B, bf16, one H100 SXM 80GB (3.35 TB/s, 989 TFLOP/s)",
-       {.base_s = 6.0e-3, .per_prefill_token_s = 35e-6, .per_decode_seq_s = 40e-6,
+       {.base_s = 6.0e-3,
+        .per_prefill_token_s = 35e-6,
+        .per_decode_seq_s = 40e-6,
         .per_context_token_s = 52e-9},
        28000},
       {"llama-3.1-70b-h100x4",
        "Llama 3.1 70B, bf16, four H100 SXM 80GB with tensor parallelism",
-       {.base_s = 14e-3, .per_prefill_token_s = 79e-6, .per_decode_seq_s = 120e-6,
+       {.base_s = 14e-3,
+        .per_prefill_token_s = 79e-6,
+        .per_decode_seq_s = 120e-6,
         .per_context_token_s = 33e-9},
        25000},
   };
@@ -42,8 +48,8 @@ Result<double> number_field(const YAML::Node& node, const char* key, const std::
     if (d < 0) throw YAML::Exception(v.Mark(), "negative");
     return d;
   } catch (const YAML::Exception&) {
-    return make_error(ErrorCode::kInvalidArgument, "{}:{}: '{}' must be a non-negative number", where,
-                      v.Mark().line + 1, key);
+    return make_error(ErrorCode::kInvalidArgument, "{}:{}: '{}' must be a non-negative number",
+                      where, v.Mark().line + 1, key);
   }
 }
 
@@ -65,9 +71,11 @@ Result<std::vector<Profile>> load_profiles(const std::string& path) {
   std::vector<Profile> profiles;
   for (const YAML::Node& node : list) {
     const std::string where = fmt::format("{}:{}", path, node.Mark().line + 1);
-    static const std::set<std::string> kKnown = {"name", "description", "base_ms", "prefill_token_us",
-                                                 "decode_seq_us", "context_token_ns", "num_gpu_blocks"};
-    if (!node.IsMap()) return make_error(ErrorCode::kInvalidArgument, "{}: a profile must be a map", where);
+    static const std::set<std::string> kKnown = {
+        "name",          "description",      "base_ms",       "prefill_token_us",
+        "decode_seq_us", "context_token_ns", "num_gpu_blocks"};
+    if (!node.IsMap())
+      return make_error(ErrorCode::kInvalidArgument, "{}: a profile must be a map", where);
     for (const auto& kv : node) {
       auto key = kv.first.as<std::string>();
       if (!kKnown.count(key))

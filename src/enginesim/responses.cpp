@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include <nlohmann/json.hpp>
 #include <openssl/evp.h>
+#include <nlohmann/json.hpp>
 
 #include "common/strings.h"
 
@@ -13,9 +13,12 @@ using engine::FinishReason;
 using nlohmann::json;
 using openai::Endpoint;
 
-ResponseEncoder::ResponseEncoder(Endpoint endpoint, std::string id, std::string model, int64_t created,
-                                 bool include_usage)
-    : endpoint_(endpoint), id_(std::move(id)), model_(std::move(model)), created_(created),
+ResponseEncoder::ResponseEncoder(Endpoint endpoint, std::string id, std::string model,
+                                 int64_t created, bool include_usage)
+    : endpoint_(endpoint),
+      id_(std::move(id)),
+      model_(std::move(model)),
+      created_(created),
       include_usage_(include_usage) {
   const bool chat = endpoint_ == Endpoint::kChatCompletions;
   chunk_prefix_ = R"(data: {"id":")";
@@ -35,12 +38,17 @@ std::string ResponseEncoder::usage_json(const Usage& usage) const {
       usage.cached_tokens);
 }
 
-std::string ResponseEncoder::complete(std::string_view text, FinishReason finish, const Usage& usage) const {
+std::string ResponseEncoder::complete(std::string_view text, FinishReason finish,
+                                      const Usage& usage) const {
   const bool chat = endpoint_ == Endpoint::kChatCompletions;
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", engine::finish_reason_name(finish)},
+  json choice = {{"index", 0},
+                 {"logprobs", nullptr},
+                 {"finish_reason", engine::finish_reason_name(finish)},
                  {"stop_reason", nullptr}};
-  if (chat) choice["message"] = {{"role", "assistant"}, {"content", text}, {"tool_calls", json::array()}};
-  else choice["text"] = text;
+  if (chat)
+    choice["message"] = {{"role", "assistant"}, {"content", text}, {"tool_calls", json::array()}};
+  else
+    choice["text"] = text;
   json doc = {{"id", id_},
               {"object", chat ? "chat.completion" : "text_completion"},
               {"created", created_},
@@ -59,7 +67,8 @@ std::string ResponseEncoder::first_event() const {
   return out;
 }
 
-void ResponseEncoder::append_delta(std::string& out, std::string_view text, FinishReason finish) const {
+void ResponseEncoder::append_delta(std::string& out, std::string_view text,
+                                   FinishReason finish) const {
   out += chunk_prefix_;
   if (endpoint_ == Endpoint::kChatCompletions) {
     if (text.empty()) {
@@ -88,7 +97,8 @@ void ResponseEncoder::append_delta(std::string& out, std::string_view text, Fini
 }
 
 std::string ResponseEncoder::usage_event(const Usage& usage) const {
-  std::string out = chunk_prefix_.substr(0, chunk_prefix_.size() - std::string_view(R"({"index":0,)").size());
+  std::string out =
+      chunk_prefix_.substr(0, chunk_prefix_.size() - std::string_view(R"({"index":0,)").size());
   out += R"(],"usage":)";
   out += usage_json(usage);
   out += "}\n\n";
@@ -99,7 +109,8 @@ std::string ResponseEncoder::error_event(const openai::ApiError& error) {
   return "data: " + openai::error_body(error) + "\n\n";
 }
 
-std::vector<float> embed_tokens(const std::vector<tokenizer::TokenId>& tokens, uint32_t dimensions) {
+std::vector<float> embed_tokens(const std::vector<tokenizer::TokenId>& tokens,
+                                uint32_t dimensions) {
   std::vector<double> sum(dimensions, 0.0);
   for (tokenizer::TokenId t : tokens) {
     uint64_t state = (static_cast<uint64_t>(t) + 1) * 0x9e3779b97f4a7c15ULL;
@@ -119,8 +130,9 @@ std::vector<float> embed_tokens(const std::vector<tokenizer::TokenId>& tokens, u
   return out;
 }
 
-std::string embeddings_response(const std::string& model, const std::vector<std::vector<float>>& vectors,
-                                bool base64, uint32_t prompt_tokens) {
+std::string embeddings_response(const std::string& model,
+                                const std::vector<std::vector<float>>& vectors, bool base64,
+                                uint32_t prompt_tokens) {
   json data = json::array();
   for (size_t i = 0; i < vectors.size(); ++i) {
     json item = {{"index", i}, {"object", "embedding"}};

@@ -25,7 +25,8 @@ class ResponseEncoder {
                   bool include_usage);
 
   // Non-streaming: the whole response.
-  std::string complete(std::string_view text, engine::FinishReason finish, const Usage& usage) const;
+  std::string complete(std::string_view text, engine::FinishReason finish,
+                       const Usage& usage) const;
 
   // Streaming, each returns whole "data: ...\n\n" events.
   std::string first_event() const;  // chat: the assistant role; completions: nothing
@@ -49,7 +50,8 @@ class ResponseEncoder {
 // pseudo-random vector per token, so texts sharing words are close.
 std::vector<float> embed_tokens(const std::vector<tokenizer::TokenId>& tokens, uint32_t dimensions);
 
-std::string embeddings_response(const std::string& model, const std::vector<std::vector<float>>& vectors,
-                                bool base64, uint32_t prompt_tokens);
+std::string embeddings_response(const std::string& model,
+                                const std::vector<std::vector<float>>& vectors, bool base64,
+                                uint32_t prompt_tokens);
 
 }  // namespace loadstar::enginesim

@@ -6,6 +6,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -20,7 +21,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "common/strings.h"
 #include "gateway/request_peek.h"
@@ -40,10 +40,13 @@ constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -60,7 +63,9 @@ struct Worker {
 
 thread_local Worker* current_worker = nullptr;
 
-asio::awaitable<GatewayStats> copy_stats(Worker* w) { co_return w->stats; }
+asio::awaitable<GatewayStats> copy_stats(Worker* w) {
+  co_return w->stats;
+}
 
 // How a forwarding attempt ended.
 enum class Attempt { kDone, kRetry, kClientGone };
@@ -75,16 +80,18 @@ struct Gateway::Impl {
 
   asio::awaitable<void> handle(http::Exchange& ex);
   asio::awaitable<void> proxy(Worker& w, http::Exchange& ex);
-  asio::awaitable<Attempt> forward(Worker& w, http::Exchange& ex, Endpoint& endpoint, const std::string& body,
-                                   bool client_wants_usage, ModelStats& stats, Clock::time_point start,
-                                   int& code, std::string& failure);
+  asio::awaitable<Attempt> forward(Worker& w, http::Exchange& ex, Endpoint& endpoint,
+                                   const std::string& body, bool client_wants_usage,
+                                   ModelStats& stats, Clock::time_point start, int& code,
+                                   std::string& failure);
   asio::awaitable<std::string> collect_metrics();
   std::string models_json(const RoutingTable& table) const;
 };
 
 namespace {
 
-asio::awaitable<void> send_error(http::Exchange& ex, int status, std::string message, std::string param = {}) {
+asio::awaitable<void> send_error(http::Exchange& ex, int status, std::string message,
+                                 std::string param = {}) {
   openai::ApiError error{status, std::move(message), std::move(param)};
   http::Response response{status, "application/json", openai::error_body(error), {}};
   if (status == 503 || status == 429) response.headers.push_back({"Retry-After", "1"});
@@ -136,7 +143,8 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
   const http::Request& req = ex.request();
   const std::string_view path = req.path();
   const bool post = req.method == "POST";
-  if (post && (path == "/v1/chat/completions" || path == "/v1/completions" || path == "/v1/embeddings")) {
+  if (post &&
+      (path == "/v1/chat/completions" || path == "/v1/completions" || path == "/v1/embeddings")) {
     ++in_flight;
     co_await proxy(w, ex);
     --in_flight;
@@ -186,22 +194,26 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   std::string failure;
   std::vector<const Endpoint*> tried;
   Attempt outcome = Attempt::kRetry;
-  for (unsigned attempt = 0; attempt < options.max_attempts && outcome == Attempt::kRetry; ++attempt) {
+  for (unsigned attempt = 0; attempt < options.max_attempts && outcome == Attempt::kRetry;
+       ++attempt) {
     Endpoint* endpoint = pick_least_outstanding(svc->second.ready, tried, w.turn++);
     if (!endpoint) break;
     tried.push_back(endpoint);
     if (attempt > 0) ++stats.retries;
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
-    outcome = co_await forward(w, ex, *endpoint, body, client_wants_usage, stats, start, code, failure);
+    outcome =
+        co_await forward(w, ex, *endpoint, body, client_wants_usage, stats, start, code, failure);
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
   }
   if (outcome == Attempt::kRetry) {
     if (tried.empty()) {
       code = 503;
-      co_await send_error(ex, 503, fmt::format("no ready replica for model `{}`; retry later", model));
+      co_await send_error(ex, 503,
+                          fmt::format("no ready replica for model `{}`; retry later", model));
     } else {
       code = 502;
-      co_await send_error(ex, 502, fmt::format("upstream failure for model `{}`: {}", model, failure));
+      co_await send_error(ex, 502,
+                          fmt::format("upstream failure for model `{}`: {}", model, failure));
     }
   }
   if (code == 0) code = 499;  // the client went away before a status was sent (nginx's convention)
@@ -212,8 +224,8 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
 
 asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, Endpoint& endpoint,
                                                 const std::string& body, bool client_wants_usage,
-                                                ModelStats& stats, Clock::time_point start, int& code,
-                                                std::string& failure) {
+                                                ModelStats& stats, Clock::time_point start,
+                                                int& code, std::string& failure) {
   const http::Request& req = ex.request();
   const std::string& key = endpoint.key;
   // If the client hangs up, closing the upstream connection tells the engine
@@ -242,7 +254,8 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     boost::system::error_code ignored;
     if (watch->conn) watch->conn->close(ignored);
   });
-  const auto idle = std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
+  const auto idle =
+      std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
   std::unique_ptr<tcp::socket> conn;
   if (auto& pool = w.idle[key]; !pool.empty()) {
     conn = std::move(pool.back());
@@ -269,12 +282,15 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
 
   // The request head is formatted directly: a proxy forwarding a JSON body
   // needs no header container.
-  std::string head = fmt::format("POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: {}\r\n",
-                                 req.target, key, body.size());
-  if (auto auth = req.header("Authorization"); !auth.empty()) head += fmt::format("Authorization: {}\r\n", auth);
+  std::string head = fmt::format(
+      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
+      "Content-Length: {}\r\n",
+      req.target, key, body.size());
+  if (auto auth = req.header("Authorization"); !auth.empty())
+    head += fmt::format("Authorization: {}\r\n", auth);
   head += "\r\n";
-  const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head), asio::buffer(body)};
+  const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
+                                                             asio::buffer(body)};
   auto [wec, wn] = co_await asio::async_write(*conn, request_buffers, kUseTuple);
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.body_limit(boost::none);
@@ -288,7 +304,8 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     watch->conn = nullptr;
     if (watch->client_gone) co_return Attempt::kClientGone;
     // Nothing has reached the client: another replica may answer.
-    failure = fmt::format("replica {} ({}): {}", endpoint.replica, key, watch->timed_out ? "idle timeout" : hec.message());
+    failure = fmt::format("replica {} ({}): {}", endpoint.replica, key,
+                          watch->timed_out ? "idle timeout" : hec.message());
     co_return Attempt::kRetry;
   }
   const int status = parser.get().result_int();
@@ -315,8 +332,9 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     if (watch->client_gone) co_return Attempt::kClientGone;
     if (read_error) {
       code = 502;
-      co_await send_error(ex, 502, fmt::format("replica {} failed mid-response: {}", endpoint.replica,
-                                                watch->timed_out ? "idle timeout" : read_error.message()));
+      co_await send_error(ex, 502,
+                          fmt::format("replica {} failed mid-response: {}", endpoint.replica,
+                                      watch->timed_out ? "idle timeout" : read_error.message()));
       co_return Attempt::kDone;
     }
     code = status;
@@ -349,7 +367,8 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
     auto [ec, rn] = co_await bhttp::async_read_some(*conn, buffer, parser, kUseTuple);
-    boost::system::error_code rec = ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
+    boost::system::error_code rec =
+        ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
     pending.append(chunk, sizeof(chunk) - parser.get().body().size);
     // Beast hands over one chunk (one event) per read; parse the rest of
     // what is already buffered without touching the socket, so events that
@@ -397,13 +416,16 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     }
   }
   watch->conn = nullptr;
-  if (!client_ok || watch->client_gone) co_return Attempt::kClientGone;  // conn is dropped, not pooled
+  if (!client_ok || watch->client_gone)
+    co_return Attempt::kClientGone;  // conn is dropped, not pooled
   if (read_error) {
     // The replica died mid-stream: end the stream with an error event rather
     // than leave the client hanging.
     code = 502;
-    openai::ApiError error{502, fmt::format("replica {} failed mid-stream: {}", endpoint.replica,
-                                            watch->timed_out ? "idle timeout" : read_error.message()), {}};
+    openai::ApiError error{502,
+                           fmt::format("replica {} failed mid-stream: {}", endpoint.replica,
+                                       watch->timed_out ? "idle timeout" : read_error.message()),
+                           {}};
     std::string tail = "data: " + openai::error_body(error) + "\n\ndata: [DONE]\n\n";
     const bool ok = co_await ex.write_chunk(tail);
     if (ok) co_await ex.end_stream();
@@ -428,18 +450,25 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
   server_options.port = options.port;
   server_options.max_body_bytes = options.max_body_bytes;
   Impl* raw = impl.get();
-  LS_ASSIGN_OR_RETURN(impl->server, http::Server::create(contexts, server_options,
-                                                         [raw](http::Exchange& ex) { return raw->handle(ex); }));
+  LS_ASSIGN_OR_RETURN(impl->server,
+                      http::Server::create(contexts, server_options,
+                                           [raw](http::Exchange& ex) { return raw->handle(ex); }));
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }
 
 Gateway::Gateway(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Gateway::~Gateway() { stop(0); }
+Gateway::~Gateway() {
+  stop(0);
+}
 
-uint16_t Gateway::port() const { return impl_->server->port(); }
+uint16_t Gateway::port() const {
+  return impl_->server->port();
+}
 
-int64_t Gateway::in_flight() const { return impl_->in_flight.load(); }
+int64_t Gateway::in_flight() const {
+  return impl_->in_flight.load();
+}
 
 void Gateway::start() {
   impl_->server->start();
@@ -456,7 +485,8 @@ void Gateway::start() {
 void Gateway::stop(double grace_s) {
   if (impl_->workers.empty() || !impl_->workers.front()->thread.joinable()) return;
   impl_->server->stop();
-  const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
   while (impl_->in_flight.load() > 0 && Clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   for (auto& w : impl_->workers) {

@@ -1,7 +1,7 @@
 #include "gateway/request_peek.h"
 
-#include <nlohmann/json.hpp>
 #include <simdjson.h>
+#include <nlohmann/json.hpp>
 
 namespace loadstar::gateway {
 
@@ -16,7 +16,8 @@ Result<RequestPeek> peek_request(std::string_view body) {
   bool have_model = false;
   for (auto field : object) {
     std::string_view key;
-    if (field.unescaped_key().get(key)) return Error{ErrorCode::kInvalidArgument, "the request body is not valid JSON"};
+    if (field.unescaped_key().get(key))
+      return Error{ErrorCode::kInvalidArgument, "the request body is not valid JSON"};
     if (key == "model") {
       std::string_view model;
       if (field.value().get_string().get(model))
@@ -35,7 +36,8 @@ Result<RequestPeek> peek_request(std::string_view body) {
       }
     }
   }
-  if (!have_model || peek.model.empty()) return Error{ErrorCode::kInvalidArgument, "model: a model name is required"};
+  if (!have_model || peek.model.empty())
+    return Error{ErrorCode::kInvalidArgument, "model: a model name is required"};
   return peek;
 }
 
@@ -50,8 +52,10 @@ std::optional<Usage> peek_usage(std::string_view json) {
     std::string_view key;
     uint64_t value = 0;
     if (field.unescaped_key().get(key)) return std::nullopt;
-    if (key == "prompt_tokens" && !field.value().get_uint64().get(value)) out.prompt_tokens = value;
-    else if (key == "completion_tokens" && !field.value().get_uint64().get(value)) out.completion_tokens = value;
+    if (key == "prompt_tokens" && !field.value().get_uint64().get(value))
+      out.prompt_tokens = value;
+    else if (key == "completion_tokens" && !field.value().get_uint64().get(value))
+      out.completion_tokens = value;
   }
   return out;
 }

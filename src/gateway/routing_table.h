@@ -18,7 +18,10 @@ namespace loadstar::gateway {
 // request holds it, so its in-flight count survives table changes.
 struct Endpoint {
   Endpoint(std::string service_, std::string replica_, std::string host_, uint16_t port_)
-      : service(std::move(service_)), replica(std::move(replica_)), host(std::move(host_)), port(port_),
+      : service(std::move(service_)),
+        replica(std::move(replica_)),
+        host(std::move(host_)),
+        port(port_),
         key(host + ":" + std::to_string(port)) {}
   const std::string service;
   const std::string replica;

@@ -9,10 +9,10 @@
 namespace loadstar::gateway {
 
 namespace {
-const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                                            5,     10,   20,    40,   80,  160, 320};
-const std::vector<double> kItlBounds = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
-                                        0.1,   0.25,   0.5,   1,    2.5,  5};
+const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                            2.5,   5,    10,    20,   40,  80,   160, 320};
+const std::vector<double> kItlBounds = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06,
+                                        0.08,  0.1,    0.25,  0.5,  1,    2.5,  5};
 }  // namespace
 
 Histogram::Histogram(const std::vector<double>* bounds)
@@ -31,7 +31,8 @@ void Histogram::merge(const Histogram& other) {
   count_ += other.count_;
 }
 
-ModelStats::ModelStats() : ttft(&kLatencyBounds), inter_token(&kItlBounds), duration(&kLatencyBounds) {}
+ModelStats::ModelStats()
+    : ttft(&kLatencyBounds), inter_token(&kItlBounds), duration(&kLatencyBounds) {}
 
 void ModelStats::merge(const ModelStats& other) {
   for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
@@ -63,22 +64,28 @@ std::string render_metrics(const GatewayStats& stats) {
     f.type = type;
     return f;
   };
-  MetricFamily requests = family("loadstar_gateway_requests_total",
-                                 "Requests answered, by model and HTTP status code.", MetricType::Counter);
-  MetricFamily prompt = family("loadstar_gateway_prompt_tokens_total", "Prompt tokens, as the engines reported.",
-                               MetricType::Counter);
-  MetricFamily completion = family("loadstar_gateway_completion_tokens_total",
-                                   "Completion tokens, as the engines reported.", MetricType::Counter);
-  MetricFamily retries = family("loadstar_gateway_upstream_retries_total",
-                                "Requests retried on another replica after a failed attempt.", MetricType::Counter);
-  MetricFamily in_flight = family("loadstar_gateway_requests_in_flight", "Requests being served.", MetricType::Gauge);
-  MetricFamily ttft = family("loadstar_gateway_time_to_first_token_seconds",
-                             "Seconds from request arrival to the first token (streams) or the response.",
-                             MetricType::Histogram);
+  MetricFamily requests =
+      family("loadstar_gateway_requests_total", "Requests answered, by model and HTTP status code.",
+             MetricType::Counter);
+  MetricFamily prompt = family("loadstar_gateway_prompt_tokens_total",
+                               "Prompt tokens, as the engines reported.", MetricType::Counter);
+  MetricFamily completion =
+      family("loadstar_gateway_completion_tokens_total",
+             "Completion tokens, as the engines reported.", MetricType::Counter);
+  MetricFamily retries =
+      family("loadstar_gateway_upstream_retries_total",
+             "Requests retried on another replica after a failed attempt.", MetricType::Counter);
+  MetricFamily in_flight =
+      family("loadstar_gateway_requests_in_flight", "Requests being served.", MetricType::Gauge);
+  MetricFamily ttft =
+      family("loadstar_gateway_time_to_first_token_seconds",
+             "Seconds from request arrival to the first token (streams) or the response.",
+             MetricType::Histogram);
   MetricFamily itl = family("loadstar_gateway_inter_token_latency_seconds",
                             "Seconds between consecutive streamed events.", MetricType::Histogram);
   MetricFamily e2e = family("loadstar_gateway_request_duration_seconds",
-                            "Seconds from request arrival to the last byte of the response.", MetricType::Histogram);
+                            "Seconds from request arrival to the last byte of the response.",
+                            MetricType::Histogram);
   auto histogram = [](const Histogram& h, const std::string& model) {
     ClientMetric m;
     m.label = {{"model", model}};
@@ -117,7 +124,8 @@ std::string render_metrics(const GatewayStats& stats) {
     itl.metric.push_back(histogram(s.inter_token, model));
     e2e.metric.push_back(histogram(s.duration, model));
   }
-  std::vector<MetricFamily> families = {requests, prompt, completion, retries, in_flight, ttft, itl, e2e};
+  std::vector<MetricFamily> families = {requests,  prompt, completion, retries,
+                                        in_flight, ttft,   itl,        e2e};
   prometheus::TextSerializer serializer;
   return serializer.Serialize(families);
 }

@@ -31,9 +31,9 @@ class Histogram {
 struct ModelStats {
   ModelStats();
   std::map<int, uint64_t> requests_by_code;
-  Histogram ttft;        // request start to first token (first SSE data) or whole response
-  Histogram inter_token; // between SSE data events
-  Histogram duration;    // request start to last byte
+  Histogram ttft;         // request start to first token (first SSE data) or whole response
+  Histogram inter_token;  // between SSE data events
+  Histogram duration;     // request start to last byte
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
   int64_t in_flight = 0;

@@ -85,8 +85,8 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
     auto [rec, rn] = co_await bhttp::async_read_some(stream, buffer, parser, kUseTuple);
     if (rec == bhttp::error::need_buffer) rec = {};
     if (rec) {
-      *error = make_error(ErrorCode::kUnavailable, "read body from {}:{}: {}", request.host, request.port,
-                          rec.message());
+      *error = make_error(ErrorCode::kUnavailable, "read body from {}:{}: {}", request.host,
+                          request.port, rec.message());
       co_return;
     }
     size_t n = sizeof(chunk) - parser.get().body().size;
@@ -94,7 +94,8 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
   }
 }
 
-Result<ClientResponse> run(const ClientRequest& request, std::function<bool(std::string_view)> on_data) {
+Result<ClientResponse> run(const ClientRequest& request,
+                           std::function<bool(std::string_view)> on_data) {
   asio::io_context ctx;
   ClientResponse response;
   std::optional<Error> error;

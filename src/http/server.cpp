@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -16,7 +17,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
-#include <spdlog/spdlog.h>
 
 namespace loadstar::http {
 
@@ -31,14 +31,15 @@ namespace {
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
       return false;
   return true;
 }
 
 std::string plain_error_json(std::string_view message, std::string_view type, int code) {
-  return fmt::format(R"({{"error":{{"message":"{}","type":"{}","param":null,"code":{}}}}})", message,
-                     type, code);
+  return fmt::format(R"({{"error":{{"message":"{}","type":"{}","param":null,"code":{}}}}})",
+                     message, type, code);
 }
 
 }  // namespace
@@ -58,15 +59,19 @@ struct Exchange::Impl {
   beast::tcp_stream& stream;
   Request request;
   bool keep_alive = true;
-  bool complete = false;   // the whole response has been written
-  bool streaming = false;  // headers of a chunked response are out
-  bool failed = false;     // a write failed: the client is gone
+  bool complete = false;               // the whole response has been written
+  bool streaming = false;              // headers of a chunked response are out
+  bool failed = false;                 // a write failed: the client is gone
   std::shared_ptr<bool> watch_active;  // set while on_client_closed watches
 };
 
-const Request& Exchange::request() const { return impl_->request; }
+const Request& Exchange::request() const {
+  return impl_->request;
+}
 
-asio::any_io_executor Exchange::executor() const { return impl_->stream.get_executor(); }
+asio::any_io_executor Exchange::executor() const {
+  return impl_->stream.get_executor();
+}
 
 asio::awaitable<bool> Exchange::respond(Response response) {
   bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(response.status), 11};
@@ -101,7 +106,8 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
 asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   if (impl_->failed) co_return false;
   if (data.empty()) co_return true;  // an empty chunk would end the body
-  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk(asio::buffer(data.data(), data.size())), kUseTuple);
+  auto [ec, n] = co_await asio::async_write(
+      impl_->stream, bhttp::make_chunk(asio::buffer(data.data(), data.size())), kUseTuple);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
@@ -120,14 +126,16 @@ void Exchange::on_client_closed(std::function<void()> callback) {
   tcp::socket& socket = impl_->stream.socket();
   // Readable with nothing to read means the peer closed; data means a
   // pipelined request, which is not a close.
-  socket.async_wait(tcp::socket::wait_read, [active, callback = std::move(callback),
-                                             fd = socket.native_handle()](boost::system::error_code ec) {
-    if (!*active || ec == asio::error::operation_aborted) return;
-    *active = false;
-    char byte;
-    ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (ec || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) callback();
-  });
+  socket.async_wait(tcp::socket::wait_read,
+                    [active, callback = std::move(callback),
+                     fd = socket.native_handle()](boost::system::error_code ec) {
+                      if (!*active || ec == asio::error::operation_aborted) return;
+                      *active = false;
+                      char byte;
+                      ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+                      if (ec || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+                        callback();
+                    });
 }
 
 struct Server::State {
@@ -161,7 +169,8 @@ asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::s
 asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
-  const auto idle = std::chrono::milliseconds(static_cast<int64_t>(state->options.idle_timeout_s * 1000));
+  const auto idle =
+      std::chrono::milliseconds(static_cast<int64_t>(state->options.idle_timeout_s * 1000));
   for (;;) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.body_limit(state->options.max_body_bytes);
@@ -210,13 +219,15 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     impl.request.body = std::move(message.body());
     impl.request.headers.reserve(8);
     for (const auto& field : message)
-      impl.request.headers.push_back({std::string(field.name_string()), std::string(field.value())});
+      impl.request.headers.push_back(
+          {std::string(field.name_string()), std::string(field.value())});
     Exchange exchange(&impl);
     bool threw = false;
     try {
       co_await state->handler(exchange);
     } catch (const std::exception& e) {
-      spdlog::error("handler for {} {} failed: {}", impl.request.method, impl.request.target, e.what());
+      spdlog::error("handler for {} {} failed: {}", impl.request.method, impl.request.target,
+                    e.what());
       threw = true;
     }
     if (impl.watch_active && *impl.watch_active) {
@@ -258,7 +269,9 @@ Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> co
   state->contexts = std::move(contexts);
   boost::system::error_code ec;
   auto address = asio::ip::make_address(state->options.host, ec);
-  if (ec) return make_error(ErrorCode::kInvalidArgument, "'{}' is not an IP address", state->options.host);
+  if (ec)
+    return make_error(ErrorCode::kInvalidArgument, "'{}' is not an IP address",
+                      state->options.host);
   uint16_t port = state->options.port;
   for (asio::io_context* ctx : state->contexts) {
     auto acceptor = std::make_unique<tcp::acceptor>(*ctx);
@@ -266,12 +279,13 @@ Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> co
     acceptor->open(endpoint.protocol(), ec);
     if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
     if (!ec && state->contexts.size() > 1)
-      acceptor->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true), ec);
+      acceptor->set_option(asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>(true),
+                           ec);
     if (!ec) acceptor->bind(endpoint, ec);
     if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      return make_error(ErrorCode::kUnavailable, "cannot listen on {}:{}: {}", state->options.host, port,
-                        ec.message());
+      return make_error(ErrorCode::kUnavailable, "cannot listen on {}:{}: {}", state->options.host,
+                        port, ec.message());
     }
     port = acceptor->local_endpoint().port();
     state->acceptors.push_back(std::move(acceptor));
@@ -284,11 +298,14 @@ Server::Server(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
 Server::~Server() = default;
 
-uint16_t Server::port() const { return state_->port; }
+uint16_t Server::port() const {
+  return state_->port;
+}
 
 void Server::start() {
   for (size_t i = 0; i < state_->acceptors.size(); ++i)
-    asio::co_spawn(*state_->contexts[i], accept_loop(state_->acceptors[i].get(), state_), asio::detached);
+    asio::co_spawn(*state_->contexts[i], accept_loop(state_->acceptors[i].get(), state_),
+                   asio::detached);
 }
 
 void Server::stop() {

@@ -30,9 +30,12 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 
 Result<json> read_json_file(const fs::path& path) {
   std::ifstream in(path);
-  if (!in) return make_error(ErrorCode::kNotFound, "{}: cannot open: {}", path.string(), std::strerror(errno));
+  if (!in)
+    return make_error(ErrorCode::kNotFound, "{}: cannot open: {}", path.string(),
+                      std::strerror(errno));
   json doc = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return make_error(ErrorCode::kCorrupt, "{}: not valid JSON", path.string());
+  if (doc.is_discarded())
+    return make_error(ErrorCode::kCorrupt, "{}: not valid JSON", path.string());
   return doc;
 }
 
@@ -55,8 +58,11 @@ Status read_exact(int fd, void* buf, size_t len, uint64_t offset, const fs::path
   while (len > 0) {
     ssize_t n = ::pread(fd, p, len, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(ErrorCode::kIo, "{}: read failed: {}", path.string(), std::strerror(errno));
-    if (n == 0) return make_error(ErrorCode::kCorrupt, "{}: file ends early at byte {}", path.string(), offset);
+    if (n < 0)
+      return make_error(ErrorCode::kIo, "{}: read failed: {}", path.string(), std::strerror(errno));
+    if (n == 0)
+      return make_error(ErrorCode::kCorrupt, "{}: file ends early at byte {}", path.string(),
+                        offset);
     p += n;
     len -= static_cast<size_t>(n);
     offset += static_cast<uint64_t>(n);
@@ -69,7 +75,9 @@ Status write_all(int fd, const void* buf, size_t len, const fs::path& path) {
   while (len > 0) {
     ssize_t n = ::write(fd, p, len);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(ErrorCode::kIo, "{}: write failed: {}", path.string(), std::strerror(errno));
+    if (n < 0)
+      return make_error(ErrorCode::kIo, "{}: write failed: {}", path.string(),
+                        std::strerror(errno));
     p += n;
     len -= static_cast<size_t>(n);
   }
@@ -85,10 +93,11 @@ uint32_t get_u32(const json& doc, const char* key) {
 
 Result<ModelConfig> read_model_config(const fs::path& dir) {
   LS_ASSIGN_OR_RETURN(json doc, read_json_file(dir / "config.json"));
-  if (!doc.is_object()) return make_error(ErrorCode::kCorrupt, "{}: not a JSON object", (dir / "config.json").string());
+  if (!doc.is_object())
+    return make_error(ErrorCode::kCorrupt, "{}: not a JSON object", (dir / "config.json").string());
   ModelConfig c;
-  if (auto it = doc.find("architectures"); it != doc.end() && it->is_array() && !it->empty() &&
-                                           (*it)[0].is_string())
+  if (auto it = doc.find("architectures");
+      it != doc.end() && it->is_array() && !it->empty() && (*it)[0].is_string())
     c.architecture = (*it)[0].get<std::string>();
   c.hidden_size = get_u32(doc, "hidden_size");
   c.num_hidden_layers = get_u32(doc, "num_hidden_layers");
@@ -109,7 +118,8 @@ Result<std::vector<fs::path>> weight_files(const fs::path& dir) {
     LS_ASSIGN_OR_RETURN(json index, read_json_file(dir / kIndexFile));
     auto map = index.find("weight_map");
     if (!index.is_object() || map == index.end() || !map->is_object())
-      return make_error(ErrorCode::kCorrupt, "{}: missing object 'weight_map'", (dir / kIndexFile).string());
+      return make_error(ErrorCode::kCorrupt, "{}: missing object 'weight_map'",
+                        (dir / kIndexFile).string());
     std::set<std::string> names;
     for (auto& [tensor, file] : map->items()) {
       if (!file.is_string())
@@ -118,8 +128,10 @@ Result<std::vector<fs::path>> weight_files(const fs::path& dir) {
       std::string name = file.get<std::string>();
       fs::path p(name);
       // A manifest must not reach outside its directory.
-      if (name.empty() || p.is_absolute() || name.find("..") != std::string::npos || p.has_parent_path())
-        return make_error(ErrorCode::kCorrupt, "{}: weight_map.{} names '{}', not a file in the directory",
+      if (name.empty() || p.is_absolute() || name.find("..") != std::string::npos ||
+          p.has_parent_path())
+        return make_error(ErrorCode::kCorrupt,
+                          "{}: weight_map.{} names '{}', not a file in the directory",
                           (dir / kIndexFile).string(), tensor, name);
       names.insert(name);
     }
@@ -130,11 +142,13 @@ Result<std::vector<fs::path>> weight_files(const fs::path& dir) {
     std::sort(files.begin(), files.end());
   }
   if (ec) return make_error(ErrorCode::kIo, "{}: {}", dir.string(), ec.message());
-  if (files.empty()) return make_error(ErrorCode::kNotFound, "{}: no .safetensors weight files", dir.string());
+  if (files.empty())
+    return make_error(ErrorCode::kNotFound, "{}: no .safetensors weight files", dir.string());
   return files;
 }
 
-Result<LoadReport> load_weights(const fs::path& dir, const std::function<void(uint64_t)>& progress) {
+Result<LoadReport> load_weights(const fs::path& dir,
+                                const std::function<void(uint64_t)>& progress) {
   const auto start = std::chrono::steady_clock::now();
   LS_ASSIGN_OR_RETURN(auto files, weight_files(dir));
   LoadReport report;
@@ -144,18 +158,23 @@ Result<LoadReport> load_weights(const fs::path& dir, const std::function<void(ui
   XXH3_64bits_reset(&hash);
   for (const fs::path& path : files) {
     File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (file.fd() < 0) return make_error(ErrorCode::kNotFound, "{}: cannot open: {}", path.string(), std::strerror(errno));
+    if (file.fd() < 0)
+      return make_error(ErrorCode::kNotFound, "{}: cannot open: {}", path.string(),
+                        std::strerror(errno));
     struct stat st {};
-    if (::fstat(file.fd(), &st) != 0) return make_error(ErrorCode::kIo, "{}: stat failed", path.string());
+    if (::fstat(file.fd(), &st) != 0)
+      return make_error(ErrorCode::kIo, "{}: stat failed", path.string());
     const auto file_size = static_cast<uint64_t>(st.st_size);
     ::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_SEQUENTIAL);
     uint64_t header_len = 0;
     unsigned char prefix[8];
-    if (file_size < 8) return make_error(ErrorCode::kCorrupt, "{}: too short for safetensors", path.string());
+    if (file_size < 8)
+      return make_error(ErrorCode::kCorrupt, "{}: too short for safetensors", path.string());
     LS_RETURN_IF_ERROR(read_exact(file.fd(), prefix, 8, 0, path));
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | prefix[i];
     if (header_len > kMaxSafetensorsHeader || header_len > file_size - 8)
-      return make_error(ErrorCode::kCorrupt, "{}: header length {} is impossible", path.string(), header_len);
+      return make_error(ErrorCode::kCorrupt, "{}: header length {} is impossible", path.string(),
+                        header_len);
     std::string header_json(header_len, '\0');
     LS_RETURN_IF_ERROR(read_exact(file.fd(), header_json.data(), header_len, 8, path));
     auto header = parse_safetensors_header(header_json, file_size);
@@ -215,9 +234,11 @@ Result<SynthReport> synth_model(const SynthOptions& options) {
   };
   std::vector<Planned> plan;
   plan.push_back({"model.embed_tokens.weight", {kVocab, hidden}});
-  uint64_t planned = uint64_t{kVocab} * hidden * kElem * 2 + uint64_t{hidden} * kElem;  // + lm_head, norm
+  uint64_t planned =
+      uint64_t{kVocab} * hidden * kElem * 2 + uint64_t{hidden} * kElem;  // + lm_head, norm
   const uint64_t layer_bytes =
-      (2ull * hidden * hidden + 2ull * hidden * kv_dim + 3ull * hidden * inter + 2ull * hidden) * kElem;
+      (2ull * hidden * hidden + 2ull * hidden * kv_dim + 3ull * hidden * inter + 2ull * hidden) *
+      kElem;
   uint32_t layers = 0;
   while (layers == 0 || planned + layer_bytes <= options.size_bytes) {
     const std::string p = "model.layers." + std::to_string(layers) + ".";
@@ -252,8 +273,8 @@ Result<SynthReport> synth_model(const SynthOptions& options) {
   }
 
   const fs::path final_dir = fs::absolute(options.output).lexically_normal();
-  const fs::path tmp_dir = final_dir.parent_path() /
-                           ("." + final_dir.filename().string() + ".partial-" + std::to_string(::getpid()));
+  const fs::path tmp_dir = final_dir.parent_path() / ("." + final_dir.filename().string() +
+                                                      ".partial-" + std::to_string(::getpid()));
   fs::create_directories(final_dir.parent_path(), ec);
   fs::remove_all(tmp_dir, ec);
   if (!fs::create_directory(tmp_dir, ec))
@@ -287,7 +308,9 @@ Result<SynthReport> synth_model(const SynthOptions& options) {
     const fs::path path = tmp_dir / file_name;
     std::string header = build_safetensors_header(shards[s], {{"format", "pt"}});
     File file(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (file.fd() < 0) return make_error(ErrorCode::kIo, "cannot create {}: {}", path.string(), std::strerror(errno));
+    if (file.fd() < 0)
+      return make_error(ErrorCode::kIo, "cannot create {}: {}", path.string(),
+                        std::strerror(errno));
     unsigned char prefix[8];
     for (int i = 0; i < 8; ++i) prefix[i] = static_cast<unsigned char>(header.size() >> (8 * i));
     LS_RETURN_IF_ERROR(write_all(file.fd(), prefix, 8, path));
@@ -300,7 +323,8 @@ Result<SynthReport> synth_model(const SynthOptions& options) {
       LS_RETURN_IF_ERROR(write_all(file.fd(), pattern.data(), n, path));
       remaining -= n;
     }
-    if (::fsync(file.fd()) != 0) return make_error(ErrorCode::kIo, "{}: fsync failed", path.string());
+    if (::fsync(file.fd()) != 0)
+      return make_error(ErrorCode::kIo, "{}: fsync failed", path.string());
     for (const TensorInfo& t : shards[s]) weight_map[t.name] = file_name;
     report.bytes += shards[s].back().end;
     report.tensors += static_cast<uint32_t>(shards[s].size());
@@ -328,11 +352,14 @@ Result<SynthReport> synth_model(const SynthOptions& options) {
   for (auto& [name, doc] : {std::pair{"config.json", config_doc}, std::pair{kIndexFile, index}}) {
     std::ofstream out(tmp_dir / name);
     out << doc.dump(2) << "\n";
-    if (!out.flush()) return make_error(ErrorCode::kIo, "cannot write {}", (tmp_dir / name).string());
+    if (!out.flush())
+      return make_error(ErrorCode::kIo, "cannot write {}", (tmp_dir / name).string());
   }
   // Publish: one rename makes the complete model visible.
   fs::rename(tmp_dir, final_dir, ec);
-  if (ec) return make_error(ErrorCode::kIo, "cannot move {} to {}: {}", tmp_dir.string(), final_dir.string(), ec.message());
+  if (ec)
+    return make_error(ErrorCode::kIo, "cannot move {} to {}: {}", tmp_dir.string(),
+                      final_dir.string(), ec.message());
   cleanup.armed = false;
   return report;
 }

@@ -32,9 +32,9 @@ Result<std::vector<std::filesystem::path>> weight_files(const std::filesystem::p
 struct LoadReport {
   uint64_t files = 0;
   uint64_t tensors = 0;
-  uint64_t bytes = 0;      // tensor bytes read
+  uint64_t bytes = 0;  // tensor bytes read
   double seconds = 0;
-  uint64_t checksum = 0;   // XXH3 over all tensor bytes, in load order
+  uint64_t checksum = 0;  // XXH3 over all tensor bytes, in load order
 };
 
 // Reads every tensor of every weight file (headers validated first) with
@@ -43,7 +43,7 @@ Result<LoadReport> load_weights(const std::filesystem::path& dir,
                                 const std::function<void(uint64_t)>& progress = {});
 
 struct SynthOptions {
-  uint64_t size_bytes = 0;          // approximate total of tensor bytes
+  uint64_t size_bytes = 0;  // approximate total of tensor bytes
   uint64_t max_shard_bytes = 512ull << 20;
   std::filesystem::path output;
   std::string name = "synthetic-llama";

@@ -17,7 +17,8 @@ uint32_t dtype_size(std::string_view dtype) {
   return 0;
 }
 
-Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json, uint64_t file_size) {
+Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
+                                                   uint64_t file_size) {
   SafetensorsHeader header;
   header.data_offset = 8 + header_json.size();
   if (header.data_offset > file_size)
@@ -29,7 +30,8 @@ Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
     return make_error(ErrorCode::kCorrupt, "header is not a JSON object");
   for (auto& [name, entry] : doc.items()) {
     if (name == "__metadata__") {
-      if (!entry.is_object()) return make_error(ErrorCode::kCorrupt, "__metadata__ is not an object");
+      if (!entry.is_object())
+        return make_error(ErrorCode::kCorrupt, "__metadata__ is not an object");
       for (auto& [k, v] : entry.items()) {
         if (!v.is_string())
           return make_error(ErrorCode::kCorrupt, "__metadata__.{} is not a string", k);
@@ -37,7 +39,8 @@ Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
       }
       continue;
     }
-    if (!entry.is_object()) return make_error(ErrorCode::kCorrupt, "tensor '{}' is not an object", name);
+    if (!entry.is_object())
+      return make_error(ErrorCode::kCorrupt, "tensor '{}' is not an object", name);
     TensorInfo t;
     t.name = name;
     auto dtype = entry.find("dtype");
@@ -47,7 +50,8 @@ Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
       return make_error(ErrorCode::kCorrupt, "tensor '{}': missing string 'dtype'", name);
     t.dtype = dtype->get<std::string>();
     uint32_t elem = dtype_size(t.dtype);
-    if (elem == 0) return make_error(ErrorCode::kCorrupt, "tensor '{}': unknown dtype '{}'", name, t.dtype);
+    if (elem == 0)
+      return make_error(ErrorCode::kCorrupt, "tensor '{}': unknown dtype '{}'", name, t.dtype);
     if (shape == entry.end() || !shape->is_array())
       return make_error(ErrorCode::kCorrupt, "tensor '{}': missing array 'shape'", name);
     uint64_t numel = 1;
@@ -62,12 +66,14 @@ Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
     overflow |= __builtin_mul_overflow(numel, uint64_t{elem}, &tensor_bytes);
     if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 ||
         !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned())
-      return make_error(ErrorCode::kCorrupt, "tensor '{}': 'data_offsets' must be [begin, end]", name);
+      return make_error(ErrorCode::kCorrupt, "tensor '{}': 'data_offsets' must be [begin, end]",
+                        name);
     t.begin = (*offsets)[0].get<uint64_t>();
     t.end = (*offsets)[1].get<uint64_t>();
     if (t.begin > t.end || t.end > data_size)
-      return make_error(ErrorCode::kCorrupt, "tensor '{}': data_offsets [{}, {}] outside the {} data bytes",
-                        name, t.begin, t.end, data_size);
+      return make_error(ErrorCode::kCorrupt,
+                        "tensor '{}': data_offsets [{}, {}] outside the {} data bytes", name,
+                        t.begin, t.end, data_size);
     if (overflow || tensor_bytes != t.end - t.begin)
       return make_error(ErrorCode::kCorrupt, "tensor '{}': {} bytes for a {} tensor of {} elements",
                         name, t.end - t.begin, t.dtype, numel);
@@ -79,13 +85,15 @@ Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
   uint64_t expected = 0;
   for (const TensorInfo& t : header.tensors) {
     if (t.begin != expected)
-      return make_error(ErrorCode::kCorrupt, "tensor '{}' starts at {}, expected {} (gap or overlap)",
-                        t.name, t.begin, expected);
+      return make_error(ErrorCode::kCorrupt,
+                        "tensor '{}' starts at {}, expected {} (gap or overlap)", t.name, t.begin,
+                        expected);
     expected = t.end;
   }
   if (expected != data_size)
-    return make_error(ErrorCode::kCorrupt, "tensors cover {} bytes but the file holds {} data bytes",
-                      expected, data_size);
+    return make_error(ErrorCode::kCorrupt,
+                      "tensors cover {} bytes but the file holds {} data bytes", expected,
+                      data_size);
   return header;
 }
 

@@ -24,7 +24,7 @@ struct TensorInfo {
 };
 
 struct SafetensorsHeader {
-  uint64_t data_offset = 0;  // 8 + header length: where tensor data starts in the file
+  uint64_t data_offset = 0;         // 8 + header length: where tensor data starts in the file
   std::vector<TensorInfo> tensors;  // sorted by begin
   std::map<std::string, std::string> metadata;
 };
@@ -36,7 +36,8 @@ uint32_t dtype_size(std::string_view dtype);
 
 // Parses the JSON header of a file of `file_size` bytes whose header is
 // `header_json` (the N bytes after the length prefix).
-Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json, uint64_t file_size);
+Result<SafetensorsHeader> parse_safetensors_header(std::string_view header_json,
+                                                   uint64_t file_size);
 
 // Serialises a header for `tensors` (offsets already assigned), padded with
 // spaces to a multiple of 8 bytes as the reference implementation does.

@@ -11,17 +11,28 @@ using tokenizer::TokenId;
 
 const char* error_type(int status) {
   switch (status) {
-    case 400: return "BadRequestError";
-    case 401: return "AuthenticationError";
-    case 403: return "PermissionDeniedError";
-    case 404: return "NotFoundError";
-    case 405: return "MethodNotAllowedError";
-    case 413: return "RequestTooLargeError";
-    case 429: return "RateLimitError";
-    case 502: return "BadGatewayError";
-    case 503: return "ServiceUnavailableError";
-    case 504: return "GatewayTimeoutError";
-    default: return status >= 500 ? "InternalServerError" : "BadRequestError";
+    case 400:
+      return "BadRequestError";
+    case 401:
+      return "AuthenticationError";
+    case 403:
+      return "PermissionDeniedError";
+    case 404:
+      return "NotFoundError";
+    case 405:
+      return "MethodNotAllowedError";
+    case 413:
+      return "RequestTooLargeError";
+    case 429:
+      return "RateLimitError";
+    case 502:
+      return "BadGatewayError";
+    case 503:
+      return "ServiceUnavailableError";
+    case 504:
+      return "GatewayTimeoutError";
+    default:
+      return status >= 500 ? "InternalServerError" : "BadRequestError";
   }
 }
 
@@ -31,11 +42,18 @@ ApiError to_api_error(const Error& error, std::string param) {
   api.param = std::move(param);
   switch (error.code) {
     case ErrorCode::kInvalidArgument:
-    case ErrorCode::kOutOfRange: api.status = 400; break;
-    case ErrorCode::kNotFound: api.status = 404; break;
+    case ErrorCode::kOutOfRange:
+      api.status = 400;
+      break;
+    case ErrorCode::kNotFound:
+      api.status = 404;
+      break;
     case ErrorCode::kResourceExhausted:
-    case ErrorCode::kUnavailable: api.status = 503; break;
-    default: api.status = 500;
+    case ErrorCode::kUnavailable:
+      api.status = 503;
+      break;
+    default:
+      api.status = 500;
   }
   return api;
 }
@@ -61,7 +79,9 @@ std::string error_body(const ApiError& error) {
 
 namespace {
 
-Error bad(std::string message) { return Error{ErrorCode::kInvalidArgument, std::move(message)}; }
+Error bad(std::string message) {
+  return Error{ErrorCode::kInvalidArgument, std::move(message)};
+}
 
 // Optional non-negative integer field; a JSON null counts as absent.
 Result<std::optional<uint64_t>> optional_uint(const json& doc, const char* key, uint64_t max) {
@@ -85,7 +105,8 @@ Result<std::vector<TokenId>> token_array(const json& arr, std::string_view where
   ids.reserve(arr.size());
   for (const auto& v : arr) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= tokenizer::kVocabSize)
-      return bad(fmt::format("{}: token ids must be integers in [0, {})", where, tokenizer::kVocabSize));
+      return bad(
+          fmt::format("{}: token ids must be integers in [0, {})", where, tokenizer::kVocabSize));
     ids.push_back(v.get<TokenId>());
   }
   return ids;
@@ -101,10 +122,11 @@ Result<std::string> message_content(const json& content, size_t index) {
     const json& part = content[j];
     auto type = part.is_object() ? part.find("type") : part.end();
     if (!part.is_object() || type == part.end() || !type->is_string())
-      return bad(fmt::format("messages[{}].content[{}]: must be an object with a 'type'", index, j));
+      return bad(
+          fmt::format("messages[{}].content[{}]: must be an object with a 'type'", index, j));
     if (*type != "text")
-      return bad(fmt::format("messages[{}].content[{}]: type '{}' is not supported by this model", index,
-                             j, type->get<std::string>()));
+      return bad(fmt::format("messages[{}].content[{}]: type '{}' is not supported by this model",
+                             index, j, type->get<std::string>()));
     auto t = part.find("text");
     if (t == part.end() || !t->is_string())
       return bad(fmt::format("messages[{}].content[{}].text: must be a string", index, j));
@@ -155,8 +177,10 @@ Result<CompletionRequest> parse_request(Endpoint endpoint, std::string_view body
     for (const auto& p : req.prompts)
       if (!p.is_tokens && p.text.empty()) return bad("input: must not contain empty strings");
     if (auto fmt_it = doc.find("encoding_format"); fmt_it != doc.end() && !fmt_it->is_null()) {
-      if (*fmt_it == "base64") req.base64 = true;
-      else if (*fmt_it != "float") return bad("encoding_format: must be 'float' or 'base64'");
+      if (*fmt_it == "base64")
+        req.base64 = true;
+      else if (*fmt_it != "float")
+        return bad("encoding_format: must be 'float' or 'base64'");
     }
     LS_ASSIGN_OR_RETURN(auto dims, optional_uint(doc, "dimensions", 65536));
     if (dims) {
@@ -208,9 +232,10 @@ Result<CompletionRequest> parse_request(Endpoint endpoint, std::string_view body
         return bad(fmt::format("messages[{}].role: required", i));
       const std::string r = role->get<std::string>();
       if (r != "system" && r != "user" && r != "assistant" && r != "tool" && r != "developer")
-        return bad(fmt::format("messages[{}].role: '{}' is not one of system, user, assistant, tool, "
-                               "developer",
-                               i, r));
+        return bad(
+            fmt::format("messages[{}].role: '{}' is not one of system, user, assistant, tool, "
+                        "developer",
+                        i, r));
       auto content = m.find("content");
       LS_ASSIGN_OR_RETURN(std::string text,
                           message_content(content == m.end() ? json() : *content, i));
@@ -227,9 +252,11 @@ Result<CompletionRequest> parse_request(Endpoint endpoint, std::string_view body
     } else if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) {
       req.prompts.push_back({(*prompt)[0].get<std::string>(), {}, false});
     } else {
-      return bad("prompt: must be a string or an array of token ids (batched prompts are not supported)");
+      return bad(
+          "prompt: must be a string or an array of token ids (batched prompts are not supported)");
     }
-    if (!req.prompts[0].is_tokens && req.prompts[0].text.empty()) return bad("prompt: must not be empty");
+    if (!req.prompts[0].is_tokens && req.prompts[0].text.empty())
+      return bad("prompt: must not be empty");
   }
   return req;
 }
@@ -245,8 +272,10 @@ void prompt_tokens(const CompletionRequest& request, size_t index, std::vector<T
     return;
   }
   const auto& prompt = request.prompts[index];
-  if (prompt.is_tokens) out.insert(out.end(), prompt.ids.begin(), prompt.ids.end());
-  else tokenizer::Tokenizer::get().encode(prompt.text, out);
+  if (prompt.is_tokens)
+    out.insert(out.end(), prompt.ids.begin(), prompt.ids.end());
+  else
+    tokenizer::Tokenizer::get().encode(prompt.text, out);
 }
 
 }  // namespace loadstar::openai

@@ -60,7 +60,8 @@ Result<CompletionRequest> parse_request(Endpoint endpoint, std::string_view body
 
 // The prompt's token ids: chat messages through the chat template, or the
 // prompt text / token ids. For embeddings, input `index`.
-void prompt_tokens(const CompletionRequest& request, size_t index, std::vector<tokenizer::TokenId>& out);
+void prompt_tokens(const CompletionRequest& request, size_t index,
+                   std::vector<tokenizer::TokenId>& out);
 // How many prompts the request carries (1 except for embeddings).
 size_t prompt_count(const CompletionRequest& request);
 

@@ -5,12 +5,12 @@
 namespace loadstar::tokenizer {
 namespace {
 
-constexpr const char* kPunctuation[] = {".", ",", "!", "?", ";", ":", "\n", "'",
-                                        "\"", "(", ")", "-", "+", "#", "*", "/"};
+constexpr const char* kPunctuation[] = {".",  ",", "!", "?", ";", ":", "\n", "'",
+                                        "\"", "(", ")", "-", "+", "#", "*",  "/"};
 static_assert(std::size(kPunctuation) == kFirstWord - kFirstPunctuation);
 
 constexpr const char kConsonants[] = "bcdfghjklmnprstvwxyz";  // 20
-constexpr const char kVowels[] = "aeiou";                    // 5
+constexpr const char kVowels[] = "aeiou";                     // 5
 
 // Word for an output-vocabulary slot: the slot is scrambled by a bijection on
 // [0, 10^6) and written in base 100, each digit a consonant-vowel syllable,
@@ -54,8 +54,8 @@ Tokenizer::Tokenizer() {
 
 TokenId Tokenizer::id_of_piece(std::string_view piece) const {
   if (auto it = ids_.find(piece); it != ids_.end()) return it->second;
-  return kFirstWord + static_cast<TokenId>(XXH3_64bits(piece.data(), piece.size()) %
-                                           (kVocabSize - kFirstWord));
+  return kFirstWord +
+         static_cast<TokenId>(XXH3_64bits(piece.data(), piece.size()) % (kVocabSize - kFirstWord));
 }
 
 void Tokenizer::encode(std::string_view text, std::vector<TokenId>& out) const {

@@ -70,8 +70,12 @@ void apply_chat_template(std::span<const ChatMessage> messages, std::vector<Toke
 // ---------------------------------------------------------------------------
 
 namespace detail {
-inline bool is_letter(unsigned char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-inline bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+inline bool is_letter(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+inline bool is_digit(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
 inline size_t utf8_length(unsigned char c) {
   if (c < 0x80) return 1;
   if ((c >> 5) == 0x6) return 2;
@@ -95,18 +99,21 @@ void for_each_piece(std::string_view text, Emit&& emit) {
     if (c == ' ' && i + 1 < n && is_letter(static_cast<unsigned char>(text[i + 1]))) {
       ++i;  // the space belongs to the word that follows
       size_t letters = 0;
-      while (i < n && letters < kMaxLettersPerPiece && is_letter(static_cast<unsigned char>(text[i]))) {
+      while (i < n && letters < kMaxLettersPerPiece &&
+             is_letter(static_cast<unsigned char>(text[i]))) {
         ++i;
         ++letters;
       }
     } else if (is_letter(c)) {
       size_t letters = 0;
-      while (i < n && letters < kMaxLettersPerPiece && is_letter(static_cast<unsigned char>(text[i]))) {
+      while (i < n && letters < kMaxLettersPerPiece &&
+             is_letter(static_cast<unsigned char>(text[i]))) {
         ++i;
         ++letters;
       }
     } else if (is_digit(c)) {
-      while (i < n && i - start < kMaxDigitsPerPiece && is_digit(static_cast<unsigned char>(text[i])))
+      while (i < n && i - start < kMaxDigitsPerPiece &&
+             is_digit(static_cast<unsigned char>(text[i])))
         ++i;
     } else if (c == ' ' || c == '\t') {
       while (i < n && i - start < kMaxSpacesPerPiece && (text[i] == ' ' || text[i] == '\t')) {

@@ -1,12 +1,12 @@
 // engine-sim as a user runs it: a real process, real HTTP, real metrics.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
-#include <sys/wait.h>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -68,13 +68,17 @@ TEST_F(EngineSimTest, StreamsOneEventPerTokenWithUsageAndDone) {
   std::vector<double> arrival;
   const auto start = std::chrono::steady_clock::now();
   auto r = http::fetch_streaming(
-      {.port = sim_->port(), .method = "POST", .target = "/v1/chat/completions", .body = chat_body("Hi", 30, true)},
+      {.port = sim_->port(),
+       .method = "POST",
+       .target = "/v1/chat/completions",
+       .body = chat_body("Hi", 30, true)},
       [&](std::string_view data) {
         buffer.append(data);
         size_t pos;
         while ((pos = buffer.find("\n\n")) != std::string::npos) {
           events.push_back(buffer.substr(0, pos));
-          arrival.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          arrival.push_back(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
           buffer.erase(0, pos + 2);
         }
         return true;
@@ -108,19 +112,24 @@ TEST_F(EngineSimTest, BadInputGetsVllmAnswersAndTheServerKeepsServing) {
 
   std::string long_prompt;
   for (int i = 0; i < 2100; ++i) long_prompt += " word";
-  auto too_long = sim_->post("/v1/completions", json({{"model", "tiny"}, {"prompt", long_prompt}}).dump());
+  auto too_long =
+      sim_->post("/v1/completions", json({{"model", "tiny"}, {"prompt", long_prompt}}).dump());
   EXPECT_EQ(too_long.status, 400);
   EXPECT_NE(json::parse(too_long.body)["error"]["message"].get<std::string>().find(
                 "maximum context length is 2048 tokens"),
             std::string::npos);
 
-  auto too_big = sim_->post("/v1/completions",
-                            json({{"model", "tiny"}, {"prompt", std::string(300 * 1024, 'a')}}).dump());
+  auto too_big =
+      sim_->post("/v1/completions",
+                 json({{"model", "tiny"}, {"prompt", std::string(300 * 1024, 'a')}}).dump());
   EXPECT_EQ(too_big.status, 413);
 
   EXPECT_EQ(sim_->get("/nope").status, 404);
   EXPECT_EQ(sim_->get("/health").status, 200);
-  EXPECT_EQ(sim_->post("/v1/completions", R"({"model":"tiny","prompt":"still here","max_tokens":2})").status, 200);
+  EXPECT_EQ(
+      sim_->post("/v1/completions", R"({"model":"tiny","prompt":"still here","max_tokens":2})")
+          .status,
+      200);
 }
 
 TEST_F(EngineSimTest, ModelsEmbeddingsAndCompletionsAnswer) {
@@ -128,7 +137,8 @@ TEST_F(EngineSimTest, ModelsEmbeddingsAndCompletionsAnswer) {
   EXPECT_EQ(models["data"][0]["id"], "tiny");
   EXPECT_EQ(models["data"][0]["max_model_len"], 2048);
 
-  auto e = sim_->post("/v1/embeddings", R"({"model":"tiny","input":["the cat sat","the cat sat down"]})");
+  auto e = sim_->post("/v1/embeddings",
+                      R"({"model":"tiny","input":["the cat sat","the cat sat down"]})");
   ASSERT_EQ(e.status, 200) << e.body;
   json doc = json::parse(e.body);
   auto a = doc["data"][0]["embedding"].get<std::vector<double>>();
@@ -148,11 +158,13 @@ TEST_F(EngineSimTest, ModelsEmbeddingsAndCompletionsAnswer) {
 TEST_F(EngineSimTest, MetricsMatchWhatWasServed) {
   const double prompt_before = sim_->metric("vllm:prompt_tokens_total");
   const double gen_before = sim_->metric("vllm:generation_tokens_total");
-  const double success_before = sim_->metric("vllm:request_success_total", "finished_reason=\"length\"");
+  const double success_before =
+      sim_->metric("vllm:request_success_total", "finished_reason=\"length\"");
   const double ttft_count_before = sim_->metric("vllm:time_to_first_token_seconds_count");
   uint64_t prompt = 0, completion = 0;
   for (int i = 0; i < 5; ++i) {
-    auto r = sim_->post("/v1/chat/completions", chat_body("request number " + std::to_string(i), 7 + i));
+    auto r =
+        sim_->post("/v1/chat/completions", chat_body("request number " + std::to_string(i), 7 + i));
     ASSERT_EQ(r.status, 200);
     json usage = json::parse(r.body)["usage"];
     prompt += usage["prompt_tokens"].get<uint64_t>();
@@ -160,7 +172,8 @@ TEST_F(EngineSimTest, MetricsMatchWhatWasServed) {
   }
   EXPECT_EQ(sim_->metric("vllm:prompt_tokens_total") - prompt_before, prompt);
   EXPECT_EQ(sim_->metric("vllm:generation_tokens_total") - gen_before, completion);
-  EXPECT_EQ(sim_->metric("vllm:request_success_total", "finished_reason=\"length\"") - success_before, 5);
+  EXPECT_EQ(
+      sim_->metric("vllm:request_success_total", "finished_reason=\"length\"") - success_before, 5);
   EXPECT_EQ(sim_->metric("vllm:time_to_first_token_seconds_count") - ttft_count_before, 5);
   EXPECT_EQ(sim_->metric("vllm:num_requests_running"), 0);
   EXPECT_EQ(sim_->metric("vllm:cache_config_info", "num_gpu_blocks=\"24000\""), 1);
@@ -171,24 +184,30 @@ TEST_F(EngineSimTest, RepeatedPrefixRaisesHitsAndReportsCachedTokens) {
   for (int i = 0; i < 300; ++i) system_prompt += " shared context words";
   const double hits_before = sim_->metric("vllm:prefix_cache_hits_total");
   auto first = sim_->post("/v1/chat/completions", chat_body(system_prompt + " first question", 2));
-  auto second = sim_->post("/v1/chat/completions", chat_body(system_prompt + " second question", 2));
+  auto second =
+      sim_->post("/v1/chat/completions", chat_body(system_prompt + " second question", 2));
   ASSERT_EQ(second.status, 200);
-  const uint64_t cached = json::parse(second.body)["usage"]["prompt_tokens_details"]["cached_tokens"];
+  const uint64_t cached =
+      json::parse(second.body)["usage"]["prompt_tokens_details"]["cached_tokens"];
   EXPECT_GT(cached, 800u);
   EXPECT_EQ(sim_->metric("vllm:prefix_cache_hits_total") - hits_before, cached);
 }
 
 TEST_F(EngineSimTest, ClientThatHangsUpMidStreamFreesItsKvBlocks) {
   int events = 0;
-  auto r = http::fetch_streaming({.port = sim_->port(), .method = "POST", .target = "/v1/chat/completions",
-                                  .body = chat_body("a long story please", 1800, true)},
-                                 [&](std::string_view data) {
-                                   events += static_cast<int>(std::count(data.begin(), data.end(), '\n')) / 2;
-                                   return events < 5;  // hang up after a few tokens
-                                 });
+  auto r = http::fetch_streaming(
+      {.port = sim_->port(),
+       .method = "POST",
+       .target = "/v1/chat/completions",
+       .body = chat_body("a long story please", 1800, true)},
+      [&](std::string_view data) {
+        events += static_cast<int>(std::count(data.begin(), data.end(), '\n')) / 2;
+        return events < 5;  // hang up after a few tokens
+      });
   ASSERT_TRUE(r.ok());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (sim_->metric("vllm:num_requests_running") != 0 && std::chrono::steady_clock::now() < deadline)
+  while (sim_->metric("vllm:num_requests_running") != 0 &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(sim_->metric("vllm:num_requests_running"), 0);
   EXPECT_EQ(sim_->metric("vllm:kv_cache_usage_perc"), 0);
@@ -221,7 +240,8 @@ TEST_F(EngineSimTest, PromtoolAcceptsTheMetricsPage) {
   while (std::getline(lines, line)) {
     if (line.empty()) continue;
     ++problems;
-    EXPECT_TRUE(line.rfind("vllm:", 0) == 0 && line.find("metric names should not contain ':'") != std::string::npos)
+    EXPECT_TRUE(line.rfind("vllm:", 0) == 0 &&
+                line.find("metric names should not contain ':'") != std::string::npos)
         << line;
   }
   EXPECT_EQ(status == 0, problems == 0);
@@ -229,14 +249,20 @@ TEST_F(EngineSimTest, PromtoolAcceptsTheMetricsPage) {
 
 TEST(EngineSimProcess, FullWaitingQueueAnswers503) {
   auto model = synth_model("tiny", "16MiB");
-  auto sim = EngineSim::start(model, {"--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1"});
+  auto sim = EngineSim::start(
+      model, {"--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1"});
   std::atomic<int> ok{0}, unavailable{0};
   std::vector<std::thread> clients;
   for (int i = 0; i < 4; ++i) {
     clients.emplace_back([&, i] {
-      auto r = http::fetch({.port = sim->port(), .method = "POST", .target = "/v1/completions",
-                            .body = json({{"model", "tiny"}, {"prompt", "q" + std::to_string(i)},
-                                          {"max_tokens", 40}, {"ignore_eos", true}}).dump()});
+      auto r = http::fetch({.port = sim->port(),
+                            .method = "POST",
+                            .target = "/v1/completions",
+                            .body = json({{"model", "tiny"},
+                                          {"prompt", "q" + std::to_string(i)},
+                                          {"max_tokens", 40},
+                                          {"ignore_eos", true}})
+                                        .dump()});
       if (r.ok() && r->status == 200) ++ok;
       if (r.ok() && r->status == 503) {
         ++unavailable;
@@ -256,8 +282,10 @@ TEST(EngineSimProcess, StartUpTimeGrowsWithModelSize) {
   auto large = synth_model("large-256m", "256MiB");
   auto a = EngineSim::start(small, {"--served-model-name", "s"});
   auto b = EngineSim::start(large, {"--served-model-name", "l"});
-  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_bytes"), 30 * a->metric("loadstar_engine_sim_model_load_bytes"));
-  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_seconds"), a->metric("loadstar_engine_sim_model_load_seconds"));
+  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_bytes"),
+            30 * a->metric("loadstar_engine_sim_model_load_bytes"));
+  EXPECT_GT(b->metric("loadstar_engine_sim_model_load_seconds"),
+            a->metric("loadstar_engine_sim_model_load_seconds"));
 }
 
 TEST(EngineSimProcess, BadModelDirectoryIsAClearError) {

@@ -50,21 +50,23 @@ fs::path synth_model(const std::string& name, const std::string& size) {
   const fs::path dir = scratch_dir() / name;
   if (!fs::exists(dir)) {
     std::string out;
-    int rc = run_loadstar({"model", "synth", "--size", size, "--shard-size", "64MiB", "-o", dir.string()}, &out);
+    int rc = run_loadstar(
+        {"model", "synth", "--size", size, "--shard-size", "64MiB", "-o", dir.string()}, &out);
     if (rc != 0) throw std::runtime_error("model synth failed: " + out);
   }
   return dir;
 }
 
-std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir, std::vector<std::string> extra_args) {
+std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir,
+                                            std::vector<std::string> extra_args) {
   static int counter = 0;
   auto sim = std::make_unique<EngineSim>();
   const std::string tag = std::to_string(counter++);
   const fs::path port_file = scratch_dir() / ("engine-" + tag + ".port");
   sim->log_path_ = scratch_dir() / ("engine-" + tag + ".log");
   ProcessOptions options;
-  options.argv = {LOADSTAR_BIN, "engine-sim", "--model", model_dir.string(), "--port", "0", "--port-file",
-                  port_file.string()};
+  options.argv = {LOADSTAR_BIN, "engine-sim", "--model",     model_dir.string(),
+                  "--port",     "0",          "--port-file", port_file.string()};
   options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
   options.output_path = sim->log_path_.string();
   auto process = Subprocess::start(options);
@@ -73,7 +75,8 @@ std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir, std::vect
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     if (!sim->process_.running()) throw std::runtime_error("engine-sim exited: " + sim->log());
-    if (sim->port_ == 0 && fs::exists(port_file)) sim->port_ = static_cast<uint16_t>(std::stoi(read_file(port_file)));
+    if (sim->port_ == 0 && fs::exists(port_file))
+      sim->port_ = static_cast<uint16_t>(std::stoi(read_file(port_file)));
     if (sim->port_ != 0) {
       auto health = http::fetch({.port = sim->port_, .target = "/health", .timeout_s = 2});
       if (health.ok() && health->status == 200) return sim;
@@ -83,7 +86,9 @@ std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir, std::vect
   throw std::runtime_error("engine-sim did not become healthy: " + sim->log());
 }
 
-EngineSim::~EngineSim() { process_.stop(std::chrono::milliseconds(3000)); }
+EngineSim::~EngineSim() {
+  process_.stop(std::chrono::milliseconds(3000));
+}
 
 http::ClientResponse EngineSim::get(const std::string& target) {
   auto r = http::fetch({.port = port_, .target = target});
@@ -92,12 +97,15 @@ http::ClientResponse EngineSim::get(const std::string& target) {
 }
 
 http::ClientResponse EngineSim::post(const std::string& target, const std::string& body) {
-  auto r = http::fetch({.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
+  auto r = http::fetch(
+      {.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
   if (!r.ok()) throw std::runtime_error(r.error().message);
   return std::move(r).value();
 }
 
-std::string EngineSim::metrics_text() { return get("/metrics").body; }
+std::string EngineSim::metrics_text() {
+  return get("/metrics").body;
+}
 
 double EngineSim::metric(const std::string& name, const std::string& labels) {
   std::istringstream lines(metrics_text());
@@ -112,7 +120,9 @@ double EngineSim::metric(const std::string& name, const std::string& labels) {
   return std::nan("");
 }
 
-std::string EngineSim::log() const { return read_file(log_path_); }
+std::string EngineSim::log() const {
+  return read_file(log_path_);
+}
 
 }  // namespace loadstar::testing
 
@@ -121,7 +131,8 @@ std::string EngineSim::log() const { return read_file(log_path_); }
 
 namespace loadstar::testing {
 
-std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> extra_args, fs::path data_dir) {
+std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> extra_args,
+                              fs::path data_dir) {
   static int counter = 0;
   auto up = std::make_unique<Up>();
   const std::string tag = std::to_string(counter++);
@@ -130,7 +141,8 @@ std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> 
   const fs::path file = scratch_dir() / ("up-" + tag + ".yaml");
   std::ofstream(file) << yaml;
   ProcessOptions options;
-  options.argv = {LOADSTAR_BIN, "up", "--port", "0", "--admin-port", "0", "--data-dir", up->data_dir_.string()};
+  options.argv = {LOADSTAR_BIN,   "up", "--port",     "0",
+                  "--admin-port", "0",  "--data-dir", up->data_dir_.string()};
   if (!yaml.empty()) {
     options.argv.push_back("-f");
     options.argv.push_back(file.string());
@@ -140,7 +152,8 @@ std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> 
   auto process = Subprocess::start(options);
   if (!process.ok()) throw std::runtime_error(process.error().message);
   up->process_ = std::move(process).value();
-  const std::regex api(R"(OpenAI API: http://127\.0\.0\.1:(\d+)/v1)"), admin(R"(admin API:  http://127\.0\.0\.1:(\d+)/)");
+  const std::regex api(R"(OpenAI API: http://127\.0\.0\.1:(\d+)/v1)"),
+      admin(R"(admin API:  http://127\.0\.0\.1:(\d+)/)");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     const std::string text = up->log();
@@ -156,9 +169,13 @@ std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> 
   throw std::runtime_error("loadstar up did not start: " + up->log());
 }
 
-Up::~Up() { process_.stop(std::chrono::milliseconds(10000)); }
+Up::~Up() {
+  process_.stop(std::chrono::milliseconds(10000));
+}
 
-std::string Up::log() const { return read_file(log_path_); }
+std::string Up::log() const {
+  return read_file(log_path_);
+}
 
 std::string Up::replicas_json() {
   auto r = http::fetch({.port = admin_port_, .target = "/api/v1/replicas", .timeout_s = 5});
@@ -175,11 +192,13 @@ void Up::wait_ready(const std::string& service, int count) {
     if (ready == count) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  throw std::runtime_error("replicas of " + service + " not ready: " + replicas_json() + "\n" + log());
+  throw std::runtime_error("replicas of " + service + " not ready: " + replicas_json() + "\n" +
+                           log());
 }
 
 http::ClientResponse Up::post(const std::string& target, const std::string& body) {
-  auto r = http::fetch({.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
+  auto r = http::fetch(
+      {.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
   if (!r.ok()) throw std::runtime_error(r.error().message);
   return std::move(r).value();
 }

@@ -52,7 +52,8 @@ namespace loadstar::testing {
 // `loadstar up` on ports 0 with its own data directory.
 class Up {
  public:
-  static std::unique_ptr<Up> start(const std::string& yaml, std::vector<std::string> extra_args = {},
+  static std::unique_ptr<Up> start(const std::string& yaml,
+                                   std::vector<std::string> extra_args = {},
                                    std::filesystem::path data_dir = {});
   ~Up();
   uint16_t port() const { return port_; }

@@ -39,10 +39,11 @@ spec:
 }
 
 std::string chat(int max_tokens, bool stream = false, bool usage = false) {
-  json body = {{"model", "chat"},
-               {"messages", {{{"role", "user"}, {"content", "Tell me a story about a lighthouse."}}}},
-               {"max_tokens", max_tokens},
-               {"ignore_eos", true}};
+  json body = {
+      {"model", "chat"},
+      {"messages", {{{"role", "user"}, {"content", "Tell me a story about a lighthouse."}}}},
+      {"max_tokens", max_tokens},
+      {"ignore_eos", true}};
   if (stream) body["stream"] = true;
   if (usage) body["stream_options"] = {{"include_usage", true}};
   return body.dump();
@@ -73,7 +74,9 @@ double metric(uint16_t port, const std::string& name, const std::string& labels 
   return -1;
 }
 
-json replicas(Up& up) { return json::parse(up.replicas_json())["items"]; }
+json replicas(Up& up) {
+  return json::parse(up.replicas_json())["items"];
+}
 
 TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
   auto up = Up::start(quickstart(2));
@@ -100,14 +103,16 @@ TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
   // is complete: 60 steps of >= 9.5 model ms at time scale 10 span >= 57 ms.
   std::vector<double> arrivals;
   const auto t0 = std::chrono::steady_clock::now();
-  auto streamed = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
-                                         .body = chat(60, true)},
-                                        [&](std::string_view) {
-                                          arrivals.push_back(std::chrono::duration<double>(
-                                                                 std::chrono::steady_clock::now() - t0)
-                                                                 .count());
-                                          return true;
-                                        });
+  auto streamed = http::fetch_streaming(
+      {.port = up->port(),
+       .method = "POST",
+       .target = "/v1/chat/completions",
+       .body = chat(60, true)},
+      [&](std::string_view) {
+        arrivals.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        return true;
+      });
   ASSERT_TRUE(streamed.ok());
   ASSERT_GE(arrivals.size(), 2u);
   EXPECT_GT(arrivals.back() - arrivals.front(), 0.040);
@@ -137,17 +142,21 @@ spec: {model: tiny, replicas: 0}
   auto malformed = up->post("/v1/chat/completions", "{\"model\": ");
   EXPECT_EQ(malformed.status, 400);
   EXPECT_EQ(json::parse(malformed.body)["error"]["code"], 400);
-  auto unknown = up->post("/v1/chat/completions", R"({"model":"gpt-x","messages":[{"role":"user","content":"x"}]})");
+  auto unknown = up->post("/v1/chat/completions",
+                          R"({"model":"gpt-x","messages":[{"role":"user","content":"x"}]})");
   EXPECT_EQ(unknown.status, 404);
   EXPECT_EQ(json::parse(unknown.body)["error"]["message"], "The model `gpt-x` does not exist.");
-  auto big = up->post("/v1/completions", json({{"model", "chat"}, {"prompt", std::string(100000, 'x')}}).dump());
+  auto big = up->post("/v1/completions",
+                      json({{"model", "chat"}, {"prompt", std::string(100000, 'x')}}).dump());
   EXPECT_EQ(big.status, 413);
-  auto none = up->post("/v1/chat/completions", R"({"model":"idle","messages":[{"role":"user","content":"x"}]})");
+  auto none = up->post("/v1/chat/completions",
+                       R"({"model":"idle","messages":[{"role":"user","content":"x"}]})");
   EXPECT_EQ(none.status, 503);
   EXPECT_EQ(none.header("Retry-After"), "1");
   EXPECT_EQ(json::parse(none.body)["error"]["type"], "ServiceUnavailableError");
   // Engine errors pass through with their status and body.
-  auto too_long = up->post("/v1/completions", json({{"model", "chat"}, {"prompt", "x"}, {"max_tokens", 100000}}).dump());
+  auto too_long = up->post(
+      "/v1/completions", json({{"model", "chat"}, {"prompt", "x"}, {"max_tokens", 100000}}).dump());
   EXPECT_EQ(too_long.status, 400);
   EXPECT_NE(too_long.body.find("maximum context length"), std::string::npos);
 }
@@ -159,7 +168,9 @@ TEST(Up, LeastOutstandingRequestsSpreadsStreams) {
   std::atomic<int> done{0};
   for (int i = 0; i < 4; ++i) {
     clients.emplace_back([&] {
-      auto r = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+      auto r = http::fetch_streaming({.port = up->port(),
+                                      .method = "POST",
+                                      .target = "/v1/chat/completions",
                                       .body = chat(150, true)},
                                      [](std::string_view) { return true; });
       done += r.ok() && r->status == 200;
@@ -167,7 +178,8 @@ TEST(Up, LeastOutstandingRequestsSpreadsStreams) {
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   std::vector<double> running;
-  for (const auto& r : replicas(*up)) running.push_back(metric(r["port"].get<uint16_t>(), "vllm:num_requests_running"));
+  for (const auto& r : replicas(*up))
+    running.push_back(metric(r["port"].get<uint16_t>(), "vllm:num_requests_running"));
   for (auto& t : clients) t.join();
   EXPECT_EQ(done, 4);
   ASSERT_EQ(running.size(), 2u);
@@ -182,8 +194,11 @@ TEST(Up, AKilledReplicaFailsItsStreamCleanlyAndComesBack) {
   std::string body;
   std::optional<Result<http::ClientResponse>> result;
   std::thread client([&] {
-    result = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
-                                    .body = chat(3000, true), .timeout_s = 20},
+    result = http::fetch_streaming({.port = up->port(),
+                                    .method = "POST",
+                                    .target = "/v1/chat/completions",
+                                    .body = chat(3000, true),
+                                    .timeout_s = 20},
                                    [&](std::string_view data) {
                                      body.append(data);
                                      events = static_cast<int>(events_of(body).size());
@@ -219,7 +234,10 @@ TEST(Up, AKilledReplicaFailsItsStreamCleanlyAndComesBack) {
   EXPECT_EQ(evs.back(), "data: [DONE]");
 
   // New requests go to the survivor meanwhile.
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+  for (int i = 0; i < 4; ++i)
+    EXPECT_EQ(
+        up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status,
+        200);
   // And the killed replica comes back.
   up->wait_ready("chat", 2);
   for (const auto& r : replicas(*up)) {
@@ -233,7 +251,9 @@ TEST(Up, AClientThatHangsUpCancelsTheUpstreamRequest) {
   up->wait_ready("chat", 1);
   const uint16_t engine_port = replicas(*up)[0]["port"];
   int seen = 0;
-  auto r = http::fetch_streaming({.port = up->port(), .method = "POST", .target = "/v1/chat/completions",
+  auto r = http::fetch_streaming({.port = up->port(),
+                                  .method = "POST",
+                                  .target = "/v1/chat/completions",
                                   .body = chat(3000, true)},
                                  [&](std::string_view data) {
                                    seen += static_cast<int>(events_of(std::string(data)).size());
@@ -241,7 +261,8 @@ TEST(Up, AClientThatHangsUpCancelsTheUpstreamRequest) {
                                  });
   ASSERT_TRUE(r.ok());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (metric(engine_port, "vllm:num_requests_running") != 0 && std::chrono::steady_clock::now() < deadline)
+  while (metric(engine_port, "vllm:num_requests_running") != 0 &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(metric(engine_port, "vllm:num_requests_running"), 0);
   EXPECT_EQ(metric(engine_port, "vllm:kv_cache_usage_perc"), 0);
@@ -254,7 +275,10 @@ TEST(Up, ReapplyingWithFewerReplicasStopsOne) {
   const fs::path file = scratch_dir() / "fewer.yaml";
   std::ofstream(file) << quickstart(1);
   std::string out;
-  ASSERT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())}, &out), 0)
+  ASSERT_EQ(
+      run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      0)
       << out;
   EXPECT_NE(out.find("InferenceService/chat configured"), std::string::npos);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -263,11 +287,18 @@ TEST(Up, ReapplyingWithFewerReplicasStopsOne) {
   auto items = replicas(*up);
   ASSERT_EQ(items.size(), 1u);
   EXPECT_EQ(items[0]["name"], "chat-0");
-  EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+  EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status,
+            200);
   // A bad file is refused with the field and line, and changes nothing.
-  std::ofstream(file) << "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\nspec: {model: tiny, replicas: many}\n";
-  EXPECT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())}, &out), 1);
-  EXPECT_NE(out.find("spec.replicas: must be a non-negative integer, got 'many'"), std::string::npos) << out;
+  std::ofstream(file) << "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: "
+                         "{name: chat}\nspec: {model: tiny, replicas: many}\n";
+  EXPECT_EQ(
+      run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      1);
+  EXPECT_NE(out.find("spec.replicas: must be a non-negative integer, got 'many'"),
+            std::string::npos)
+      << out;
   EXPECT_EQ(replicas(*up).size(), 1u);
 }
 
@@ -275,7 +306,8 @@ TEST(Up, PromtoolAcceptsTheGatewayMetrics) {
   auto up = Up::start(quickstart(1));
   up->wait_ready("chat", 1);
   ASSERT_EQ(up->post("/v1/chat/completions", chat(3, true)).status, 200);
-  const std::string command = fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics 2>&1", up->port());
+  const std::string command =
+      fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics 2>&1", up->port());
   std::FILE* p = ::popen(command.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string output;
@@ -298,7 +330,9 @@ TEST(Up, CtrlCLeavesNoEngineBehindAndARestartResumes) {
   // The store is on disk: `up` without -f brings the same service back.
   auto again = Up::start("", {}, up->data_dir());
   again->wait_ready("chat", 2);
-  EXPECT_EQ(again->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status, 200);
+  EXPECT_EQ(
+      again->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status,
+      200);
 }
 
 }  // namespace

@@ -51,7 +51,8 @@ TEST(Resources, ErrorsNameFileLineAndField) {
   auto resources = decode_resources(text, "q.yaml");
   ASSERT_FALSE(resources.ok());
   EXPECT_EQ(resources.error().message,
-            "q.yaml:15:3: InferenceService 'chat': spec.replica: unknown field (did you mean 'replicas'?)");
+            "q.yaml:15:3: InferenceService 'chat': spec.replica: unknown field (did you mean "
+            "'replicas'?)");
 }
 
 TEST(Resources, ReportsEveryError) {
@@ -70,19 +71,28 @@ spec:
   auto resources = decode_resources(text, "f.yaml");
   ASSERT_FALSE(resources.ok());
   const std::string& m = resources.error().message;
-  EXPECT_NE(m.find("f.yaml:4:9: InferenceService 'Chat_Bad': metadata.name"), std::string::npos) << m;
-  EXPECT_NE(m.find("f.yaml:7:13: InferenceService 'Chat_Bad': spec.replicas: must be a non-negative integer"),
-            std::string::npos) << m;
-  EXPECT_NE(m.find("spec.resources.gpu.fraction: must be a number between 0 and 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("f.yaml:4:9: InferenceService 'Chat_Bad': metadata.name"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("f.yaml:7:13: InferenceService 'Chat_Bad': spec.replicas: must be a "
+                   "non-negative integer"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("spec.resources.gpu.fraction: must be a number between 0 and 1"),
+            std::string::npos)
+      << m;
 }
 
 TEST(Resources, RejectsUnknownKindsVersionsAndDanglingModels) {
   auto r = decode_resources("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", "p.yaml");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message.find("apiVersion: 'v1' is not loadstar.dev/v1alpha1"), std::string::npos);
-  EXPECT_NE(r.error().message.find("'Pod' is not one of Model, InferenceService"), std::string::npos);
+  EXPECT_NE(r.error().message.find("apiVersion: 'v1' is not loadstar.dev/v1alpha1"),
+            std::string::npos);
+  EXPECT_NE(r.error().message.find("'Pod' is not one of Model, InferenceService"),
+            std::string::npos);
   auto svc = decode_resources(
-      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: a}\nspec: {model: nope}\n", "s.yaml");
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: a}\nspec: "
+      "{model: nope}\n",
+      "s.yaml");
   ASSERT_TRUE(svc.ok()) << svc.error().message;
   Status refs = check_references(*svc);
   ASSERT_FALSE(refs.ok());
@@ -124,7 +134,9 @@ TEST(Resources, EncodeDecodeRoundTrips) {
 
 TEST(Resources, SynthModelsNeedASize) {
   auto r = decode_resources(
-      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec: {source: 'synth://m'}\n", "m.yaml");
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec: {source: "
+      "'synth://m'}\n",
+      "m.yaml");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("spec.size: required for a synth:// model"), std::string::npos);
 }

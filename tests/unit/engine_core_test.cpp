@@ -28,7 +28,8 @@ class Sim {
            uint32_t prompt_seed = 0) {
     NewRequest r;
     r.id = id;
-    for (uint32_t i = 0; i < prompt_len; ++i) r.prompt.push_back(100 + (i * 7 + prompt_seed * 13) % 5000);
+    for (uint32_t i = 0; i < prompt_len; ++i)
+      r.prompt.push_back(100 + (i * 7 + prompt_seed * 13) % 5000);
     r.sampling.max_tokens = max_tokens;
     r.sampling.ignore_eos = ignore_eos;
     ASSERT_TRUE(core_.add_request(std::move(r), now_).ok());
@@ -118,7 +119,8 @@ TEST(EngineCore, RepeatedPrefixHitsTheCacheAndLowersTtft) {
   sim.run();
   const EngineStats stats = sim.core().stats();
   EXPECT_EQ(hits_before, 0u);
-  EXPECT_EQ(stats.prefix_cache_hits, 1984u);  // all full blocks but the last (one token must be computed)
+  EXPECT_EQ(stats.prefix_cache_hits,
+            1984u);  // all full blocks but the last (one token must be computed)
   EXPECT_EQ(sim[2].cached, 1984u);
   EXPECT_LT(sim[2].ttft, sim[1].ttft / 4);
   EXPECT_EQ(stats.prefix_cache_queries, 4000u);

@@ -36,7 +36,8 @@ TEST(Safetensors, RejectsCorruptHeaders) {
       {R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 2, "outside"},
       {R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2, "gap or overlap"},
       {R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 5, "cover 1 bytes"},
-      {R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0, "elements"},
+      {R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}})", 0,
+       "elements"},
       {R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}})", 1, "non-integer"},
   };
   for (const Case& c : cases) {
@@ -91,7 +92,8 @@ TEST_F(ModelDirTest, LoadRejectsATruncatedShardAndAnEscapingIndex) {
   fs::resize_file(shard, fs::file_size(shard) - 100);
   auto loaded = load_weights(dir_ / "m");
   ASSERT_FALSE(loaded.ok());
-  EXPECT_NE(loaded.error().message.find("model.safetensors"), std::string::npos) << loaded.error().message;
+  EXPECT_NE(loaded.error().message.find("model.safetensors"), std::string::npos)
+      << loaded.error().message;
 
   std::ofstream(dir_ / "m" / "model.safetensors.index.json")
       << R"({"weight_map":{"x":"../../etc/passwd"}})";

@@ -33,9 +33,11 @@ TEST(OpenAiProtocol, ErrorsNameTheField) {
       {Endpoint::kChatCompletions,
        R"({"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]})",
        "messages[0].content[0]: type 'image_url'"},
-      {Endpoint::kChatCompletions, R"({"model":"m","max_tokens":-4,"messages":[{"role":"user","content":"x"}]})",
+      {Endpoint::kChatCompletions,
+       R"({"model":"m","max_tokens":-4,"messages":[{"role":"user","content":"x"}]})",
        "max_tokens:"},
-      {Endpoint::kChatCompletions, R"({"model":"m","n":2,"messages":[{"role":"user","content":"x"}]})", "n:"},
+      {Endpoint::kChatCompletions,
+       R"({"model":"m","n":2,"messages":[{"role":"user","content":"x"}]})", "n:"},
       {Endpoint::kCompletions, R"({"model":"m","prompt":[1,-2]})", "prompt: token ids"},
       {Endpoint::kEmbeddings, R"({"model":"m","input":{}})", "input:"},
   };
@@ -49,8 +51,9 @@ TEST(OpenAiProtocol, ErrorsNameTheField) {
 
 TEST(OpenAiProtocol, ErrorBodyHasOpenAiShape) {
   ApiError e{404, "The model `x` does not exist.", "model"};
-  EXPECT_EQ(error_body(e),
-            R"({"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":"model","code":404}})");
+  EXPECT_EQ(
+      error_body(e),
+      R"({"error":{"message":"The model `x` does not exist.","type":"NotFoundError","param":"model","code":404}})");
   EXPECT_EQ(to_api_error(Error{ErrorCode::kResourceExhausted, "full"}).status, 503);
   EXPECT_EQ(to_api_error(Error{ErrorCode::kOutOfRange, "long"}).status, 400);
 }

@@ -7,8 +7,9 @@ namespace {
 
 TEST(Tokenizer, CountMatchesEncode) {
   const auto& tok = Tokenizer::get();
-  for (std::string_view text : {"", "Hello, world!", "  indented\n\nnumbers 1234567 and ünïcödé 漢字",
-                                "internationalization is a long word"}) {
+  for (std::string_view text :
+       {"", "Hello, world!", "  indented\n\nnumbers 1234567 and ünïcödé 漢字",
+        "internationalization is a long word"}) {
     std::vector<TokenId> ids;
     tok.encode(text, ids);
     EXPECT_EQ(ids.size(), tok.count(text)) << text;
@@ -17,15 +18,17 @@ TEST(Tokenizer, CountMatchesEncode) {
 
 TEST(Tokenizer, PiecesFollowBpeShape) {
   std::vector<std::string> pieces;
-  for_each_piece("Hi there, 123456 internationalization\n", [&](std::string_view p) { pieces.emplace_back(p); });
-  const std::vector<std::string> expected = {"Hi", " there", ",", " ",     "123",   "456",
+  for_each_piece("Hi there, 123456 internationalization\n",
+                 [&](std::string_view p) { pieces.emplace_back(p); });
+  const std::vector<std::string> expected = {"Hi",      " there", ",",      " ",  "123", "456",
                                              " intern", "ationa", "lizati", "on", "\n"};
   EXPECT_EQ(pieces, expected);
 }
 
 TEST(Tokenizer, EnglishIsAboutFourCharactersPerToken) {
   const std::string text =
-      "The quick brown fox jumps over the lazy dog. Routers and autoscalers are only as good as the "
+      "The quick brown fox jumps over the lazy dog. Routers and autoscalers are only as good as "
+      "the "
       "engine they were tuned on, so the simulator must behave like a real server under load.";
   const double ratio = static_cast<double>(text.size()) / Tokenizer::get().count(text);
   EXPECT_GT(ratio, 3.5);
