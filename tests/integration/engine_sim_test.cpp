@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -216,20 +217,8 @@ TEST_F(EngineSimTest, ClientThatHangsUpMidStreamFreesItsKvBlocks) {
 
 TEST_F(EngineSimTest, PromtoolAcceptsTheMetricsPage) {
   const fs::path page = scratch_dir() / "metrics.txt";
-  {
-    std::FILE* f = std::fopen(page.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    const std::string text = sim_->metrics_text();
-    std::fwrite(text.data(), 1, text.size(), f);
-    std::fclose(f);
-  }
-  const std::string command = "promtool check metrics < " + page.string() + " 2>&1";
-  std::FILE* p = ::popen(command.c_str(), "r");
-  ASSERT_NE(p, nullptr) << "promtool (Debian's prometheus package) must be installed";
-  std::string output;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
-  const int status = WEXITSTATUS(::pclose(p));
+  std::ofstream(page) << sim_->metrics_text();
+  auto [status, output] = run_shell("promtool check metrics < " + page.string());
   // Exit 1 is a parse failure. Exit 3 is lint: the only lint allowed is the
   // colon that vLLM's own names carry ("vllm:..."); anything else fails.
   ASSERT_NE(status, 1) << output;

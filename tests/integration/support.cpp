@@ -1,5 +1,6 @@
 #include "support.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -108,7 +109,13 @@ std::string EngineSim::metrics_text() {
 }
 
 double EngineSim::metric(const std::string& name, const std::string& labels) {
-  std::istringstream lines(metrics_text());
+  return scrape_metric(port_, name, labels);
+}
+
+double scrape_metric(uint16_t port, const std::string& name, const std::string& labels) {
+  auto r = http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
+  if (!r.ok()) return std::nan("");
+  std::istringstream lines(r->body);
   std::string line;
   while (std::getline(lines, line)) {
     if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;
@@ -118,6 +125,16 @@ double EngineSim::metric(const std::string& name, const std::string& labels) {
     return std::stod(rest.substr(rest.rfind(' ') + 1));
   }
   return std::nan("");
+}
+
+std::pair<int, std::string> run_shell(const std::string& command) {
+  std::FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  std::string output;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }
 
 std::string EngineSim::log() const {

@@ -19,6 +19,14 @@ const std::filesystem::path& scratch_dir();
 // Runs `loadstar args...` to completion; returns its exit status and output.
 int run_loadstar(const std::vector<std::string>& args, std::string* output = nullptr);
 
+// The value of the sample `name{...labels...}` on http://127.0.0.1:PORT/metrics
+// (`labels` is a substring the label set must contain; "" takes the first
+// sample of that name); NaN when absent or unreachable.
+double scrape_metric(uint16_t port, const std::string& name, const std::string& labels = "");
+
+// Runs `command` with /bin/sh; returns its exit status and its output.
+std::pair<int, std::string> run_shell(const std::string& command);
+
 // A synthetic model of `size` (e.g. "16MiB") under scratch_dir(), made once per name.
 std::filesystem::path synth_model(const std::string& name, const std::string& size);
 

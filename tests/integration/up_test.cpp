@@ -61,17 +61,7 @@ std::vector<std::string> events_of(const std::string& body) {
 }
 
 double metric(uint16_t port, const std::string& name, const std::string& labels = "") {
-  auto r = http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
-  if (!r.ok()) return -1;
-  std::istringstream lines(r->body);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.rfind(name, 0) != 0 || line.find(labels) == std::string::npos) continue;
-    const std::string rest = line.substr(name.size());
-    if (rest.empty() || (rest[0] != '{' && rest[0] != ' ')) continue;
-    return std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return -1;
+  return scrape_metric(port, name, labels);
 }
 
 json replicas(Up& up) {
@@ -306,14 +296,9 @@ TEST(Up, PromtoolAcceptsTheGatewayMetrics) {
   auto up = Up::start(quickstart(1));
   up->wait_ready("chat", 1);
   ASSERT_EQ(up->post("/v1/chat/completions", chat(3, true)).status, 200);
-  const std::string command =
-      fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics 2>&1", up->port());
-  std::FILE* p = ::popen(command.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string output;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), p)) output.append(buf, n);
-  EXPECT_EQ(WEXITSTATUS(::pclose(p)), 0) << output;
+  auto [status, output] = run_shell(
+      fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics", up->port()));
+  EXPECT_EQ(status, 0) << output;
   EXPECT_EQ(output, "");
 }
 
