@@ -1,0 +1,29 @@
+// libFuzzer: the OpenAI request parser (engine side) and the gateway's
+// simdjson peek never crash on any body, and agree on the model name of
+// every body both accept.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <vector>
+
+#include "gateway/request_peek.h"
+#include "openai/protocol.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string_view body(reinterpret_cast<const char*>(data), size);
+  auto peek = loadstar::gateway::peek_request(body);
+  if (peek.ok()) (void)loadstar::gateway::upstream_body(body, *peek);
+  (void)loadstar::gateway::peek_usage(body);
+  for (auto endpoint :
+       {loadstar::openai::Endpoint::kChatCompletions, loadstar::openai::Endpoint::kCompletions,
+        loadstar::openai::Endpoint::kEmbeddings}) {
+    auto request = loadstar::openai::parse_request(endpoint, body);
+    if (!request.ok()) continue;
+    std::vector<loadstar::tokenizer::TokenId> tokens;
+    for (size_t i = 0; i < loadstar::openai::prompt_count(*request); ++i)
+      loadstar::openai::prompt_tokens(*request, i, tokens);
+    if (peek.ok() && peek->model != request->model) std::abort();
+  }
+  return 0;
+}
