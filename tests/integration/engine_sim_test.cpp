@@ -238,32 +238,39 @@ TEST_F(EngineSimTest, PromtoolAcceptsTheMetricsPage) {
 
 TEST(EngineSimProcess, FullWaitingQueueAnswers503) {
   auto model = synth_model("tiny", "16MiB");
+  // One running slot, one waiting slot.
   auto sim = EngineSim::start(
       model, {"--served-model-name", "tiny", "--max-num-seqs", "1", "--max-waiting", "1"});
-  std::atomic<int> ok{0}, unavailable{0};
-  std::vector<std::thread> clients;
-  for (int i = 0; i < 4; ++i) {
-    clients.emplace_back([&, i] {
-      auto r = http::fetch({.port = sim->port(),
-                            .method = "POST",
-                            .target = "/v1/completions",
-                            .body = json({{"model", "tiny"},
-                                          {"prompt", "q" + std::to_string(i)},
-                                          {"max_tokens", 40},
-                                          {"ignore_eos", true}})
-                                        .dump()});
-      if (r.ok() && r->status == 200) ++ok;
-      if (r.ok() && r->status == 503) {
-        ++unavailable;
-        EXPECT_NE(r->body.find("waiting queue is full"), std::string::npos) << r->body;
-      }
-    });
-  }
-  for (auto& t : clients) t.join();
-  EXPECT_GE(ok.load(), 2);
-  EXPECT_GE(unavailable.load(), 1);
-  EXPECT_EQ(ok + unavailable, 4);
-  EXPECT_EQ(sim->get("/health").status, 200);
+  auto request = [&](const std::string& prompt) {
+    return http::fetch(
+        {.port = sim->port(),
+         .method = "POST",
+         .target = "/v1/completions",
+         .body =
+             json({{"model", "tiny"}, {"prompt", prompt}, {"max_tokens", 60}, {"ignore_eos", true}})
+                 .dump()});
+  };
+  auto wait_for = [&](const char* gauge, double value) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (sim->metric(gauge) != value && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return sim->metric(gauge) == value;
+  };
+  std::atomic<int> ok{0};
+  std::thread running([&] { ok += request("first").value().status == 200; });
+  ASSERT_TRUE(wait_for("vllm:num_requests_running", 1));
+  std::thread waiting([&] { ok += request("second").value().status == 200; });
+  ASSERT_TRUE(wait_for("vllm:num_requests_waiting", 1));
+  auto refused = request("third");
+  ASSERT_TRUE(refused.ok());
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_EQ(refused->header("Retry-After"), "1");
+  EXPECT_NE(refused->body.find("waiting queue is full"), std::string::npos) << refused->body;
+  running.join();
+  waiting.join();
+  EXPECT_EQ(ok, 2);
+  // The server kept serving: once the queue drains a new request gets in.
+  EXPECT_EQ(request("fourth").value().status, 200);
 }
 
 TEST(EngineSimProcess, StartUpTimeGrowsWithModelSize) {

@@ -157,6 +157,8 @@ TEST(Up, LeastOutstandingRequestsSpreadsStreams) {
   std::vector<std::thread> clients;
   std::atomic<int> done{0};
   for (int i = 0; i < 4; ++i) {
+    // Staggered, so each pick sees the previous requests' in-flight counts.
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
     clients.emplace_back([&] {
       auto r = http::fetch_streaming({.port = up->port(),
                                       .method = "POST",
