@@ -12,5 +12,5 @@ for target in safetensors resources openai_request; do
   mkdir -p "$work"
   echo "fuzzing $target for ${seconds}s"
   (cd build/fuzz && ./fuzz/${target}_fuzz -max_total_time="$seconds" -print_final_stats=0 \
-    "corpus-$target" "../../fuzz/corpus/$target" 2>&1 | tail -2)
+    -timeout=10 -rss_limit_mb=2048 "corpus-$target" "../../fuzz/corpus/$target" 2>&1 | tail -2)
 done

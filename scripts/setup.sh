@@ -11,8 +11,8 @@ packages=(
   # libraries (Boost 1.81, not bookworm's default 1.74)
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev
-  # tests and benchmarks
-  googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl
+  # tests: GoogleTest, promtool (prometheus), libFuzzer (clang)
+  googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl clang libclang-rt-14-dev
 )
 # `setup.sh --bench` adds what the benchmarks under bench/ drive (load
 # generator, nginx as the reverse-proxy baseline).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: set up, build, run every test (release build), then
-# the unit and integration tests again under ASan+UBSan.
+# The whole test suite: set up, build, run every test (release build), the
+# unit and integration tests again under ASan+UBSan, then each parser's
+# fuzzer for a short while.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -10,3 +11,4 @@ ctest --preset release
 cmake --preset asan-ubsan -DLOADSTAR_BUILD_BENCH=OFF >/dev/null
 cmake --build --preset asan-ubsan --target unit_tests integration_tests loadstar
 ctest --preset asan-ubsan -R '^(unit|integration)$'
+./scripts/fuzz.sh 10

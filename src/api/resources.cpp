@@ -131,6 +131,61 @@ class MapReader {
   std::set<std::string> known_;
 };
 
+// yaml-cpp 0.7's LoadAll() loops forever, allocating, on some malformed
+// streams such as "!," (jbeder/yaml-cpp#1040; fixed upstream by #1319, not in
+// Debian 12's 0.7.0; found by fuzz/resources_fuzz). So the stream is split
+// into documents here, at lines starting with "---", and each is loaded on
+// its own. Each document keeps the newlines before it, so marks still give
+// the line in the whole file.
+std::vector<std::string> split_documents(std::string_view text) {
+  std::vector<std::string> docs;
+  size_t doc_start = 0, line_start = 0, lines_before = 0, line = 0;
+  auto flush = [&](size_t end) {
+    std::string doc(lines_before, '\n');
+    doc.append(text.substr(doc_start, end - doc_start));
+    docs.push_back(std::move(doc));
+  };
+  while (line_start <= text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string_view::npos) line_end = text.size();
+    const std::string_view current = text.substr(line_start, line_end - line_start);
+    const bool marker = current.starts_with("---") &&
+                        (current.size() == 3 || current[3] == ' ' || current[3] == '\t' || current[3] == '\r');
+    if (marker) {
+      flush(line_start);
+      // The marker line itself becomes a blank line of the next document, and
+      // anything after the marker on it ("--- {a: 1}") stays in that document.
+      doc_start = line_start + 3;
+      lines_before = line;
+    }
+    if (line_end == text.size()) break;
+    line_start = line_end + 1;
+    ++line;
+  }
+  flush(text.size());
+  return docs;
+}
+
+// Whether a document holds anything but blank lines and comments.
+bool has_content(std::string_view text) {
+  bool line_start = true, in_comment = false;
+  for (char c : text) {
+    if (c == '\n') {
+      line_start = true;
+      in_comment = false;
+      continue;
+    }
+    if (in_comment || c == ' ' || c == '\t' || c == '\r') continue;
+    if (c == '#' && line_start) {
+      in_comment = true;
+      continue;
+    }
+    if (c == '~') continue;  // an explicit null
+    return true;
+  }
+  return false;
+}
+
 bool valid_name(std::string_view name) {
   if (name.empty() || name.size() > 63) return false;
   for (char c : name)
@@ -250,11 +305,20 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
 Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
                                                std::string_view file_name) {
   std::vector<YAML::Node> docs;
-  try {
-    docs = YAML::LoadAll(std::string(yaml_text));
-  } catch (const YAML::Exception& e) {
-    return make_error(ErrorCode::kInvalidArgument, "{}:{}:{}: invalid YAML: {}", file_name,
-                      e.mark.line + 1, e.mark.column + 1, e.msg);
+  for (const std::string& text : split_documents(yaml_text)) {
+    YAML::Node doc;
+    try {
+      doc = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      return make_error(ErrorCode::kInvalidArgument, "{}:{}:{}: invalid YAML: {}", file_name,
+                        e.mark.line + 1, e.mark.column + 1, e.msg);
+    }
+    // yaml-cpp 0.7 answers some malformed input with a null document rather
+    // than an error; a document that has content cannot be null.
+    if (doc.IsNull() && has_content(text))
+      return make_error(ErrorCode::kInvalidArgument, "{}: invalid YAML: a document could not be parsed",
+                        file_name);
+    docs.push_back(std::move(doc));
   }
   Decoder d(file_name);
   std::vector<Resource> resources;

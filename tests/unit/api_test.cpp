@@ -143,3 +143,29 @@ TEST(Resources, SynthModelsNeedASize) {
 
 }  // namespace
 }  // namespace loadstar::api
+
+namespace loadstar::api {
+namespace {
+
+// Found by fuzz/resources_fuzz: yaml-cpp 0.7's LoadAll never returns on these.
+TEST(Resources, MalformedStreamsThatHangYamlCppFailFast) {
+  for (const char* text : {"!,\n", "!EEEEEEEEEEEEEEEEEEEEEEEE,EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE?A", ",\n"}) {
+    auto r = decode_resources(text, "bad.yaml");
+    EXPECT_FALSE(r.ok()) << text;
+  }
+}
+
+TEST(Resources, DocumentsKeepTheirLineNumbers) {
+  const char* text =
+      "---\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: a}\nspec: {source: 'file:///m'}\n"
+      "--- # second\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: b}\nspec: {sourc: 'file:///m'}\n";
+  auto r = decode_resources(text, "two.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("two.yaml:10:8: Model 'b': spec.sourc: unknown field"), std::string::npos)
+      << r.error().message;
+}
+
+}  // namespace
+}  // namespace loadstar::api
