@@ -201,6 +201,7 @@ int run_up(const UpArgs& args) {
   http::ServerOptions admin_options;
   admin_options.host = args.host;
   admin_options.port = args.admin_port;
+  admin_options.error_body = openai::error_body_for;
   auto admin = http::Server::create(
       {&admin_io}, admin_options,
       [ctl_ptr, store_ptr](http::Exchange& ex) { return admin_handle(ex, ctl_ptr, store_ptr); });

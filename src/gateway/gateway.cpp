@@ -449,6 +449,7 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
   server_options.host = options.host;
   server_options.port = options.port;
   server_options.max_body_bytes = options.max_body_bytes;
+  server_options.error_body = openai::error_body_for;
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,
                       http::Server::create(contexts, server_options,

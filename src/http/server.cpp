@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include <spdlog/spdlog.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -17,6 +18,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include "common/strings.h"
 
 namespace loadstar::http {
 
@@ -37,9 +39,11 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string plain_error_json(std::string_view message, std::string_view type, int code) {
-  return fmt::format(R"({{"error":{{"message":"{}","type":"{}","param":null,"code":{}}}}})",
-                     message, type, code);
+std::string default_error_body(int status, std::string_view message) {
+  std::string out = R"({"error":{"message":")";
+  append_json_escaped(out, message);
+  out += fmt::format(R"(","code":{}}}}})", status);
+  return out;
 }
 
 }  // namespace
@@ -148,18 +152,15 @@ struct Server::State {
 
 namespace {
 
-constexpr const char* kBadRequest = "BadRequestError";
-constexpr const char* kTooLarge = "RequestTooLargeError";
-constexpr const char* kInternal = "InternalServerError";
-
 // GCC 12 destroys some temporaries of a co_await expression twice: coroutine
 // arguments in this file are named locals or trivially destructible.
 asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::string message,
-                                   const char* type) {
+                                   const Server::State* state) {
   bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
   res.set(bhttp::field::server, "loadstar");
   res.set(bhttp::field::content_type, "application/json");
-  res.body() = plain_error_json(message, type, status);
+  res.body() = state->options.error_body ? state->options.error_body(status, message)
+                                         : default_error_body(status, message);
   res.keep_alive(false);
   res.prepare_payload();
   auto [ec, n] = co_await bhttp::async_write(stream, res, kUseTuple);
@@ -180,7 +181,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     if (hec == bhttp::error::body_limit) {  // the declared Content-Length is over the limit
       std::string message =
           fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
-      co_await write_simple(stream, 413, std::move(message), kTooLarge);
+      co_await write_simple(stream, 413, std::move(message), state.get());
       break;
     }
     if (hec) {
@@ -188,7 +189,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
           hec == asio::error::connection_reset || hec == asio::error::eof)
         break;
       std::string message = "malformed HTTP request: " + hec.message();
-      co_await write_simple(stream, 400, std::move(message), kBadRequest);
+      co_await write_simple(stream, 400, std::move(message), state.get());
       break;
     }
     const auto& header = parser.get();
@@ -201,13 +202,13 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     if (ec == bhttp::error::body_limit) {
       std::string message =
           fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
-      co_await write_simple(stream, 413, std::move(message), kTooLarge);
+      co_await write_simple(stream, 413, std::move(message), state.get());
       break;
     }
     if (ec) {
       if (ec != bhttp::error::end_of_stream && ec != beast::error::timeout) {
         std::string message = "malformed HTTP request: " + ec.message();
-        co_await write_simple(stream, 400, std::move(message), kBadRequest);
+        co_await write_simple(stream, 400, std::move(message), state.get());
       }
       break;
     }
@@ -238,7 +239,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     if (!impl.complete) {
       if (impl.streaming || impl.failed) break;  // a cut stream cannot be repaired
       std::string message = threw ? "internal error" : "handler sent no response";
-      co_await write_simple(stream, 500, std::move(message), kInternal);
+      co_await write_simple(stream, 500, std::move(message), state.get());
       break;
     }
     if (impl.failed || !impl.keep_alive) break;

@@ -80,6 +80,10 @@ struct ServerOptions {
   uint16_t port = 0;  // 0: the kernel picks; port() tells which
   uint64_t max_body_bytes = 8u << 20;
   double idle_timeout_s = 120;  // a keep-alive connection with no request is closed after this
+  // The JSON body of errors the server answers itself (malformed HTTP 400,
+  // body over the limit 413, a handler that failed 500), so that they have
+  // the same shape as the application's own errors. Default: {"error":{"message":..}}.
+  std::function<std::string(int status, std::string_view message)> error_body;
 };
 
 class Server {

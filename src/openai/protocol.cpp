@@ -77,6 +77,10 @@ std::string error_body(const ApiError& error) {
   return out;
 }
 
+std::string error_body_for(int status, std::string_view message) {
+  return error_body(ApiError{status, std::string(message), {}});
+}
+
 namespace {
 
 Error bad(std::string message) {

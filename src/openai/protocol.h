@@ -29,6 +29,9 @@ ApiError to_api_error(const Error& error, std::string param = {});
 // {"error":{"message":..,"type":"BadRequestError","param":..,"code":400}},
 // the shape of OpenAI and of vLLM since 0.10; SDKs read error.message.
 std::string error_body(const ApiError& error);
+// The same for a bare status and message (no param); fits
+// http::ServerOptions::error_body.
+std::string error_body_for(int status, std::string_view message);
 const char* error_type(int status);
 
 struct CompletionRequest {
