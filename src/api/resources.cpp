@@ -149,8 +149,8 @@ std::vector<std::string> split_documents(std::string_view text) {
     size_t line_end = text.find('\n', line_start);
     if (line_end == std::string_view::npos) line_end = text.size();
     const std::string_view current = text.substr(line_start, line_end - line_start);
-    const bool marker = current.starts_with("---") &&
-                        (current.size() == 3 || current[3] == ' ' || current[3] == '\t' || current[3] == '\r');
+    const bool marker = current.starts_with("---") && (current.size() == 3 || current[3] == ' ' ||
+                                                       current[3] == '\t' || current[3] == '\r');
     if (marker) {
       flush(line_start);
       // The marker line itself becomes a blank line of the next document, and
@@ -316,8 +316,8 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
     // yaml-cpp 0.7 answers some malformed input with a null document rather
     // than an error; a document that has content cannot be null.
     if (doc.IsNull() && has_content(text))
-      return make_error(ErrorCode::kInvalidArgument, "{}: invalid YAML: a document could not be parsed",
-                        file_name);
+      return make_error(ErrorCode::kInvalidArgument,
+                        "{}: invalid YAML: a document could not be parsed", file_name);
     docs.push_back(std::move(doc));
   }
   Decoder d(file_name);

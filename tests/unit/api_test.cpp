@@ -149,7 +149,8 @@ namespace {
 
 // Found by fuzz/resources_fuzz: yaml-cpp 0.7's LoadAll never returns on these.
 TEST(Resources, MalformedStreamsThatHangYamlCppFailFast) {
-  for (const char* text : {"!,\n", "!EEEEEEEEEEEEEEEEEEEEEEEE,EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE?A", ",\n"}) {
+  for (const char* text :
+       {"!,\n", "!EEEEEEEEEEEEEEEEEEEEEEEE,EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE?A", ",\n"}) {
     auto r = decode_resources(text, "bad.yaml");
     EXPECT_FALSE(r.ok()) << text;
   }
@@ -158,12 +159,15 @@ TEST(Resources, MalformedStreamsThatHangYamlCppFailFast) {
 TEST(Resources, DocumentsKeepTheirLineNumbers) {
   const char* text =
       "---\n"
-      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: a}\nspec: {source: 'file:///m'}\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: a}\nspec: {source: "
+      "'file:///m'}\n"
       "--- # second\n"
-      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: b}\nspec: {sourc: 'file:///m'}\n";
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: b}\nspec: {sourc: "
+      "'file:///m'}\n";
   auto r = decode_resources(text, "two.yaml");
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message.find("two.yaml:10:8: Model 'b': spec.sourc: unknown field"), std::string::npos)
+  EXPECT_NE(r.error().message.find("two.yaml:10:8: Model 'b': spec.sourc: unknown field"),
+            std::string::npos)
       << r.error().message;
 }
 
