@@ -297,7 +297,12 @@ Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> co
 
 Server::Server(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
-Server::~Server() = default;
+Server::~Server() {
+  // The acceptors belong to their io_contexts' reactors; they must go while
+  // those still exist (coroutine frames that share State may only be
+  // destroyed later, with the io_context).
+  for (auto& acceptor : state_->acceptors) acceptor.reset();
+}
 
 uint16_t Server::port() const {
   return state_->port;
@@ -311,10 +316,9 @@ void Server::start() {
 
 void Server::stop() {
   for (size_t i = 0; i < state_->acceptors.size(); ++i) {
-    tcp::acceptor* acceptor = state_->acceptors[i].get();
-    asio::post(*state_->contexts[i], [acceptor, state = state_] {
+    asio::post(*state_->contexts[i], [state = state_, i] {
       boost::system::error_code ignored;
-      acceptor->close(ignored);
+      if (state->acceptors[i]) state->acceptors[i]->close(ignored);
     });
   }
 }
