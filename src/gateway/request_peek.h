@@ -14,9 +14,19 @@ namespace loadstar::gateway {
 
 struct RequestPeek {
   std::string model;
+  // Where the model's JSON string (quotes included) sits in the body, so a
+  // route can send the request on under another name.
+  size_t model_offset = 0;
+  size_t model_length = 0;
   bool stream = false;
   bool has_stream_options = false;
   bool include_usage = false;  // stream_options.include_usage
+  std::optional<uint64_t> max_tokens;  // max_tokens or max_completion_tokens
+  // The prompt as text, for prefix hashing and token estimates: chat
+  // messages as "role\ncontent\x1e" each (text parts of a content array
+  // concatenated); a completion's prompt (or embedding's input) as given,
+  // several separated by "\x1e"; token ids as "1,2,3,".
+  std::string prompt;
 };
 
 // kInvalidArgument naming the field when the body is not a JSON object or
@@ -30,9 +40,12 @@ struct Usage {
 // The top-level "usage" object of a response body or SSE event payload, if any.
 std::optional<Usage> peek_usage(std::string_view json);
 
-// The body to send upstream: for a stream whose client did not ask for
-// usage, the same request with stream_options.include_usage = true (the
-// gateway needs the engine's token counts); otherwise the body unchanged.
-std::string upstream_body(std::string_view body, const RequestPeek& peek);
+// The body to send upstream: with `model` in place of the client's model
+// name when it is given and differs (a route renaming the model for its
+// backend); for a stream whose client did not ask for usage, with
+// stream_options.include_usage = true (the gateway needs the engine's token
+// counts); otherwise the body unchanged.
+std::string upstream_body(std::string_view body, const RequestPeek& peek,
+                          std::string_view model = {});
 
 }  // namespace loadstar::gateway

@@ -1,0 +1,77 @@
+#include "gateway/engine_load.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+namespace loadstar::gateway {
+
+namespace {
+
+std::optional<double> parse_value(std::string_view s) {
+  if (s == "NaN" || s.empty()) return std::nullopt;
+  if (s == "+Inf" || s == "-Inf") return std::nullopt;
+  double v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+void add(std::optional<double>& slot, double v) {
+  slot = slot.value_or(0) + v;
+}
+
+}  // namespace
+
+EngineLoad parse_engine_load(std::string_view text) {
+  EngineLoad load;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.empty() || line[0] == '#') continue;
+    const size_t name_end = line.find_first_of("{ ");
+    if (name_end == std::string_view::npos) continue;
+    const std::string_view name = line.substr(0, name_end);
+    std::optional<double>* slot = nullptr;
+    if (name == "vllm:num_requests_waiting" || name == "sglang:num_queue_reqs" ||
+        name == "llamacpp:requests_deferred")
+      slot = &load.waiting;
+    else if (name == "vllm:num_requests_running" || name == "sglang:num_running_reqs" ||
+             name == "llamacpp:requests_processing")
+      slot = &load.running;
+    else if (name == "vllm:kv_cache_usage_perc" || name == "vllm:gpu_cache_usage_perc" ||
+             name == "sglang:token_usage" || name == "llamacpp:kv_cache_usage_ratio")
+      slot = &load.kv_usage;
+    if (!slot) continue;
+    // The value follows the labels (which may hold spaces inside quotes).
+    size_t value_start = name_end;
+    if (line[name_end] == '{') {
+      bool quoted = false;
+      size_t i = name_end + 1;
+      for (; i < line.size(); ++i) {
+        if (line[i] == '\\' && quoted) {
+          ++i;
+        } else if (line[i] == '"') {
+          quoted = !quoted;
+        } else if (line[i] == '}' && !quoted) {
+          break;
+        }
+      }
+      if (i >= line.size()) continue;
+      value_start = i + 1;
+    }
+    while (value_start < line.size() && line[value_start] == ' ') ++value_start;
+    const size_t value_end = line.find(' ', value_start);
+    auto value = parse_value(line.substr(value_start, value_end == std::string_view::npos
+                                                          ? std::string_view::npos
+                                                          : value_end - value_start));
+    if (value) add(*slot, *value);
+  }
+  return load;
+}
+
+}  // namespace loadstar::gateway

@@ -1,0 +1,25 @@
+// An engine's load as its /metrics page reports it. vLLM, SGLang and
+// llama.cpp's server name the same signals differently; each is mapped here:
+//   waiting:  vllm:num_requests_waiting | sglang:num_queue_reqs | llamacpp:requests_deferred
+//   running:  vllm:num_requests_running | sglang:num_running_reqs | llamacpp:requests_processing
+//   KV use:   vllm:kv_cache_usage_perc (V1) | vllm:gpu_cache_usage_perc (V0) |
+//             sglang:token_usage | llamacpp:kv_cache_usage_ratio   (all 0..1)
+// Samples of one metric with several label sets (several models) are summed.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+namespace loadstar::gateway {
+
+struct EngineLoad {
+  std::optional<double> waiting;
+  std::optional<double> running;
+  std::optional<double> kv_usage;
+};
+
+// Reads the Prometheus text exposition format; lines it does not know, and
+// malformed ones, are skipped.
+EngineLoad parse_engine_load(std::string_view metrics_text);
+
+}  // namespace loadstar::gateway

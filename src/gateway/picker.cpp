@@ -1,0 +1,78 @@
+#include "gateway/picker.h"
+
+#include <algorithm>
+
+namespace loadstar::gateway {
+
+Result<PickerKind> parse_picker_kind(std::string_view name) {
+  if (name == "scored") return PickerKind::kScored;
+  if (name == "least-request") return PickerKind::kLeastRequest;
+  if (name == "round-robin") return PickerKind::kRoundRobin;
+  return make_error(ErrorCode::kInvalidArgument,
+                    "'{}' is not one of scored, least-request, round-robin", name);
+}
+
+std::string_view picker_kind_name(PickerKind kind) {
+  switch (kind) {
+    case PickerKind::kScored:
+      return "scored";
+    case PickerKind::kLeastRequest:
+      return "least-request";
+    case PickerKind::kRoundRobin:
+      return "round-robin";
+  }
+  return "scored";
+}
+
+PickDecision pick(const PickerConfig& config, std::span<const CandidateView> candidates,
+                  size_t prompt_blocks, uint64_t turn) {
+  const size_t n = candidates.size();
+  if (n == 0) return {};
+  if (config.kind == PickerKind::kRoundRobin) return {turn % n, 0};
+  // Visiting candidates from `turn` spreads ties evenly.
+  auto at = [&](size_t k) { return (turn + k) % n; };
+  if (config.kind == PickerKind::kLeastRequest) {
+    size_t best = at(0);
+    for (size_t k = 1; k < n; ++k)
+      if (candidates[at(k)].in_flight < candidates[best].in_flight) best = at(k);
+    return {best, 0};
+  }
+
+  // Filter: KV cache nearly full, unless everyone's is.
+  std::vector<char> keep(n, 1);
+  bool any_room = false;
+  for (const auto& c : candidates)
+    any_room |= !(c.has_engine_metrics && c.kv_usage >= config.kv_cache_full);
+  if (any_room)
+    for (size_t i = 0; i < n; ++i)
+      keep[i] = !(candidates[i].has_engine_metrics && candidates[i].kv_usage >= config.kv_cache_full);
+
+  double max_in_flight = 0, max_waiting = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!keep[i]) continue;
+    max_in_flight = std::max(max_in_flight, static_cast<double>(candidates[i].in_flight));
+    if (candidates[i].has_engine_metrics) max_waiting = std::max(max_waiting, candidates[i].waiting);
+  }
+  const ScorerWeights& w = config.weights;
+  PickDecision best{n, 0};
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = at(k);
+    if (!keep[i]) continue;
+    const CandidateView& c = candidates[i];
+    double score = 0;
+    if (prompt_blocks > 0)
+      score += w.prefix_cache * static_cast<double>(c.prefix_blocks) /
+               static_cast<double>(prompt_blocks);
+    score += w.in_flight * (max_in_flight > 0 ? 1 - static_cast<double>(c.in_flight) / max_in_flight
+                                              : 1);
+    // Without a scrape a candidate is scored as an average one would be.
+    const double waiting = c.has_engine_metrics ? c.waiting : max_waiting / 2;
+    score += w.queue * (max_waiting > 0 ? 1 - waiting / max_waiting : 1);
+    score += w.kv_cache * (c.has_engine_metrics ? 1 - std::clamp(c.kv_usage, 0.0, 1.0) : 0.5);
+    if (c.session_match) score += w.session;
+    if (best.index == n || score > best.score) best = {i, score};
+  }
+  return best;
+}
+
+}  // namespace loadstar::gateway

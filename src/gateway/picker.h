@@ -1,0 +1,68 @@
+// Endpoint picking: filters, then weighted scorers, as in the Gateway API
+// Inference Extension's endpoint picker. A pure core: the gateway gathers a
+// view of each candidate (its own in-flight count, the engine's scraped
+// queue and KV-cache use, prefix and session matches) and this decides.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace loadstar::gateway {
+
+enum class PickerKind {
+  kScored,        // filters then weighted scorers (the default)
+  kLeastRequest,  // fewest in-flight requests, ties round-robin
+  kRoundRobin,
+};
+
+// Each scorer gives a candidate 0..1; the picked candidate has the highest
+// weighted sum. A weight of 0 turns a scorer off.
+struct ScorerWeights {
+  double prefix_cache = 3;  // share of the prompt's leading blocks it was last sent
+  double in_flight = 2;     // 1 - its in-flight requests / the most any candidate has
+  double queue = 1;         // 1 - engine's waiting requests / the most any candidate has
+  double kv_cache = 1;      // 1 - engine's KV-cache use (0..1)
+  double session = 10;      // 1 if the request's session was last sent there
+  bool operator==(const ScorerWeights&) const = default;
+};
+
+struct PickerConfig {
+  PickerKind kind = PickerKind::kScored;
+  ScorerWeights weights;
+  // Filter: candidates whose engine reports KV-cache use at or above this
+  // are skipped while any other is below it.
+  double kv_cache_full = 0.98;
+  // Requests carrying this header stick to the endpoint that served the
+  // session before (empty: no session affinity).
+  std::string session_header = "x-session-id";
+  bool operator==(const PickerConfig&) const = default;
+};
+
+Result<PickerKind> parse_picker_kind(std::string_view name);
+std::string_view picker_kind_name(PickerKind kind);
+
+// What the picker knows of one candidate.
+struct CandidateView {
+  int64_t in_flight = 0;           // counted by the gateway
+  bool has_engine_metrics = false;  // the fields below come from a recent scrape
+  double waiting = 0;
+  double kv_usage = 0;
+  uint32_t prefix_blocks = 0;  // leading prompt blocks it was last sent
+  bool session_match = false;
+};
+
+struct PickDecision {
+  size_t index = 0;  // into the candidates
+  double score = 0;
+};
+
+// `prompt_blocks`: the request's number of prompt blocks (0: no prefix
+// scoring); `turn` rotates ties. Candidates must be non-empty.
+PickDecision pick(const PickerConfig& config, std::span<const CandidateView> candidates,
+                  size_t prompt_blocks, uint64_t turn);
+
+}  // namespace loadstar::gateway

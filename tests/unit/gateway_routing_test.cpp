@@ -1,0 +1,274 @@
+// The gateway's deciding cores: prefix index, endpoint picker, engine-load
+// scraping, tenant limits and cost expressions.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "common/digest.h"
+#include "gateway/engine_load.h"
+#include "gateway/picker.h"
+#include "gateway/prefix_index.h"
+#include "gateway/request_peek.h"
+#include "gateway/tenants.h"
+
+namespace loadstar::gateway {
+namespace {
+
+std::string words(uint32_t seed, size_t n) {
+  std::mt19937 rng(seed);
+  std::string out;
+  for (size_t i = 0; i < n; ++i) out += " w" + std::to_string(rng() % 100000);
+  return out;
+}
+
+TEST(PrefixIndex, MatchesTheLongestRecordedPrefixPerEndpoint) {
+  PrefixIndex index({.block_bytes = 16, .max_blocks = 64, .capacity = 10000, .shards = 4});
+  const std::string system = words(1, 40);
+  const std::string a = system + words(2, 40), b = system + words(3, 40);
+  auto ha = hash_prefix_blocks(a, 16, 64), hb = hash_prefix_blocks(b, 16, 64);
+  ASSERT_EQ(ha.size(), std::min<size_t>(a.size() / 16, 64));
+  index.record(ha, 7);
+  const uint64_t candidates[] = {7, 8};
+  uint32_t matched[2];
+  index.match(hb, candidates, matched);
+  // b shares the system prompt's full blocks with a, no more.
+  size_t common = 0;
+  while (common < std::min(ha.size(), hb.size()) && ha[common] == hb[common]) ++common;
+  EXPECT_GT(common, 10u);
+  EXPECT_EQ(matched[0], common);
+  EXPECT_EQ(matched[1], 0u);
+  index.match(ha, candidates, matched);
+  EXPECT_EQ(matched[0], ha.size());
+  // Another endpoint served b: both hold the shared part, only 8 holds b's tail.
+  index.record(hb, 8);
+  index.match(hb, candidates, matched);
+  EXPECT_EQ(matched[0], common);
+  EXPECT_EQ(matched[1], hb.size());
+}
+
+TEST(PrefixIndex, MemoryStaysBoundedUnderUniquePrompts) {
+  PrefixIndex index({.block_bytes = 16, .max_blocks = 32, .capacity = 2048, .shards = 8});
+  for (uint32_t i = 0; i < 5000; ++i) index.record(hash_prefix_blocks(words(i, 100), 16, 32), i % 5);
+  EXPECT_LE(index.size(), 2048u);
+  EXPECT_GT(index.size(), 2048u - 8 * 32);
+  // The most recent prompt is still matched in full.
+  auto last = hash_prefix_blocks(words(4999, 100), 16, 32);
+  const uint64_t candidates[] = {4999 % 5};
+  uint32_t matched[1];
+  index.match(last, candidates, matched);
+  EXPECT_EQ(matched[0], last.size());
+}
+
+TEST(PrefixIndex, EvictsTailsBeforeHeads) {
+  // One shard, room for 10 hashes: a 10-block prompt, then 5 blocks of
+  // others. The first prompt keeps its head, so it still matches in part.
+  PrefixIndex index({.block_bytes = 8, .max_blocks = 10, .capacity = 10, .shards = 1});
+  auto first = hash_prefix_blocks(words(1, 40), 8, 10);
+  ASSERT_EQ(first.size(), 10u);
+  index.record(first, 1);
+  index.record(hash_prefix_blocks(words(2, 40), 8, 5), 2);
+  const uint64_t candidates[] = {1};
+  uint32_t matched[1];
+  index.match(first, candidates, matched);
+  EXPECT_EQ(matched[0], 5u);
+}
+
+TEST(Picker, PrefixAffinityWinsUntilLoadOutweighsIt) {
+  PickerConfig config;
+  std::vector<CandidateView> c(3);
+  c[1].prefix_blocks = 20;
+  EXPECT_EQ(pick(config, c, 20, 0).index, 1u);
+  // The holder is busy, the others idle: load outweighs a full prefix match.
+  c[1].in_flight = 10;
+  c[1].has_engine_metrics = true;
+  c[1].waiting = 8;
+  c[1].kv_usage = 0.9;
+  for (size_t i : {0u, 2u}) c[i].has_engine_metrics = true;
+  EXPECT_NE(pick(config, c, 20, 0).index, 1u);
+  // Slightly busier than the rest: the prefix still wins.
+  for (size_t i : {0u, 2u}) {
+    c[i].in_flight = 9;
+    c[i].waiting = 7;
+    c[i].kv_usage = 0.85;
+  }
+  EXPECT_EQ(pick(config, c, 20, 0).index, 1u);
+}
+
+TEST(Picker, FiltersFullKvCachesAndHonoursSessions) {
+  PickerConfig config;
+  std::vector<CandidateView> c(2);
+  c[0].has_engine_metrics = c[1].has_engine_metrics = true;
+  c[0].kv_usage = 0.99;
+  c[0].prefix_blocks = 10;
+  EXPECT_EQ(pick(config, c, 10, 0).index, 1u);
+  c[1].kv_usage = 0.99;  // everyone full: the filter stands aside
+  EXPECT_EQ(pick(config, c, 10, 0).index, 0u);
+  c[0].kv_usage = c[1].kv_usage = 0.1;
+  c[1].session_match = true;
+  EXPECT_EQ(pick(config, c, 10, 0).index, 1u);
+}
+
+TEST(Picker, BaselinesAndTies) {
+  PickerConfig rr{.kind = PickerKind::kRoundRobin};
+  std::vector<CandidateView> c(3);
+  for (uint64_t t = 0; t < 6; ++t) EXPECT_EQ(pick(rr, c, 0, t).index, t % 3);
+  PickerConfig lr{.kind = PickerKind::kLeastRequest};
+  c[0].in_flight = 2;
+  c[1].in_flight = 1;
+  c[2].in_flight = 1;
+  EXPECT_EQ(pick(lr, c, 0, 0).index, 1u);
+  EXPECT_EQ(pick(lr, c, 0, 2).index, 2u);
+  // The scored picker spreads equal candidates by turn.
+  std::vector<CandidateView> idle(4);
+  std::vector<int> hits(4);
+  for (uint64_t t = 0; t < 400; ++t) ++hits[pick(PickerConfig{}, idle, 0, t).index];
+  for (int h : hits) EXPECT_EQ(h, 100);
+  EXPECT_TRUE(parse_picker_kind("least-request").ok());
+  EXPECT_FALSE(parse_picker_kind("random").ok());
+}
+
+TEST(EngineLoad, ReadsVllmSglangAndLlamaCppNames) {
+  auto vllm = parse_engine_load(
+      "# HELP vllm:num_requests_waiting x\n"
+      "vllm:num_requests_waiting{model_name=\"a b}\"} 3.0\n"
+      "vllm:num_requests_running{model_name=\"m\"} 5\n"
+      "vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n"
+      "vllm:num_requests_waiting{model_name=\"other\"} 1\n"
+      "vllm:prompt_tokens_total{model_name=\"m\"} 100\n");
+  EXPECT_EQ(vllm.waiting, 4.0);
+  EXPECT_EQ(vllm.running, 5.0);
+  EXPECT_EQ(vllm.kv_usage, 0.25);
+  auto sglang = parse_engine_load(
+      "sglang:num_queue_reqs{model_name=\"m\"} 2\nsglang:num_running_reqs 7\n"
+      "sglang:token_usage{model_name=\"m\"} 0.5\n");
+  EXPECT_EQ(sglang.waiting, 2.0);
+  EXPECT_EQ(sglang.running, 7.0);
+  EXPECT_EQ(sglang.kv_usage, 0.5);
+  auto llama = parse_engine_load(
+      "llamacpp:requests_deferred 1\nllamacpp:requests_processing 2\n"
+      "llamacpp:kv_cache_usage_ratio 0.75\n");
+  EXPECT_EQ(llama.waiting, 1.0);
+  EXPECT_EQ(llama.kv_usage, 0.75);
+  auto junk = parse_engine_load("vllm:num_requests_waiting{unterminated 3\nvllm:num_requests_running NaN\n");
+  EXPECT_FALSE(junk.waiting);
+  EXPECT_FALSE(junk.running);
+}
+
+TEST(CostExpression, EvaluatesAndNamesTheColumnOfErrors) {
+  auto e = CostExpression::parse("input_tokens / 3 + output_tokens");
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_DOUBLE_EQ(e->evaluate(300, 50), 150);
+  EXPECT_DOUBLE_EQ(CostExpression().evaluate(10, 5), 15);
+  auto nested = CostExpression::parse("2 * (total_tokens - -1) / 0.5");
+  ASSERT_TRUE(nested.ok());
+  EXPECT_DOUBLE_EQ(nested->evaluate(3, 4), 32);
+  EXPECT_DOUBLE_EQ(CostExpression::parse("input_tokens / 0")->evaluate(5, 5), 0);
+  EXPECT_DOUBLE_EQ(CostExpression::parse("0 - output_tokens")->evaluate(5, 5), 0);
+  auto bad = CostExpression::parse("input_tokens / 3 + ");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("column 20"), std::string::npos) << bad.error().message;
+  auto unknown = CostExpression::parse("input_tokens + cached");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.error().message.find("column 16: unknown variable 'cached'"), std::string::npos)
+      << unknown.error().message;
+  EXPECT_FALSE(CostExpression::parse("(input_tokens").ok());
+  EXPECT_FALSE(CostExpression::parse("input_tokens output_tokens").ok());
+  EXPECT_FALSE(CostExpression::parse(std::string(200, '(') + "1" + std::string(200, ')')).ok());
+  EXPECT_FALSE(CostExpression::parse("1..2").ok());
+}
+
+TEST(TenantLimiter, RequestsPerMinuteRefillContinuously) {
+  TenantLimiter t("a", {.requests_per_minute = 60}, {});
+  for (int i = 0; i < 60; ++i) {
+    auto d = t.admit(0, 0);
+    ASSERT_TRUE(d.admitted) << i;
+    t.finish(0, 0, 0);
+  }
+  auto refused = t.admit(0, 0);
+  EXPECT_FALSE(refused.admitted);
+  EXPECT_NE(refused.reason.find("requests per minute"), std::string::npos);
+  EXPECT_NEAR(refused.retry_after_s, 1, 1e-9);
+  EXPECT_EQ(refused.state.remaining_requests, 0);
+  EXPECT_TRUE(t.admit(1.0, 0).admitted);  // one request a second comes back
+  EXPECT_FALSE(t.admit(1.5, 0).admitted);
+}
+
+TEST(TenantLimiter, TokensChargeTrueUsageAndOvershootByOneEstimateAtMost) {
+  TenantLimiter t("a", {.tokens_per_minute = 1000}, {});
+  ASSERT_TRUE(t.admit(0, 600).admitted);
+  ASSERT_TRUE(t.admit(0, 600).admitted);  // balance 400 > 0: admitted, now -200
+  EXPECT_FALSE(t.admit(0, 1).admitted);
+  // The first used only 100 of its 600: 500 come back.
+  t.finish(0, 600, 100);
+  EXPECT_TRUE(t.admit(0, 10).admitted);
+  auto s = t.state(0);
+  EXPECT_EQ(s.limit_tokens, 1000);
+  EXPECT_EQ(s.remaining_tokens, 290);
+}
+
+TEST(TenantLimiter, ConcurrentAdmissionNeverOverAdmits) {
+  TenantLimiter t("a", {.requests_per_minute = 500, .tokens_per_minute = 10000}, {});
+  std::atomic<int> admitted{0};
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 8; ++k)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i)
+        if (t.admit(0, 50).admitted) ++admitted;
+    });
+  for (auto& th : threads) th.join();
+  // 10000 tokens at 50 each: 200 requests, plus the one that overshoots.
+  EXPECT_EQ(admitted.load(), 200);
+  EXPECT_EQ(t.in_flight(), 200u);
+  TenantLimiter c("c", {.max_concurrent = 4}, {});
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(c.admit(0, 0).admitted);
+  EXPECT_FALSE(c.admit(0, 0).admitted);
+  c.finish(0, 0, 0);
+  EXPECT_TRUE(c.admit(0, 0).admitted);
+}
+
+TEST(TenantDirectory, FindsTenantsByHashedKey) {
+  TenantDirectory dir;
+  auto t = std::make_shared<TenantLimiter>("team-a", TenantLimits{}, CostExpression{});
+  dir.add(t, {{sha256_hex("sk-good"), "laptop", false}, {sha256_hex("sk-old"), "old", true}});
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(dir.find("Bearer sk-good").tenant, t.get());
+  EXPECT_EQ(dir.find("bearer  sk-good ").tenant, t.get());
+  EXPECT_EQ(dir.find("Bearer sk-bad").tenant, nullptr);
+  EXPECT_FALSE(dir.find("Bearer sk-bad").revoked);
+  EXPECT_TRUE(dir.find("Bearer sk-old").revoked);
+  EXPECT_EQ(dir.find("sk-good").tenant, nullptr);
+  EXPECT_EQ(reset_duration(0.12), "120ms");
+  EXPECT_EQ(reset_duration(6.5), "7s");
+  EXPECT_EQ(reset_duration(360), "6m0s");
+  EXPECT_EQ(retry_after_seconds(0.01), 1);
+}
+
+TEST(RequestPeek, ExtractsPromptTextAndRenamesTheModel) {
+  auto chat = peek_request(
+      R"({"model":"chat","max_tokens":7,"messages":[{"role":"system","content":"be brief"},)"
+      R"({"role":"user","content":[{"type":"text","text":"hi"},{"type":"text","text":" there"}]}]})");
+  ASSERT_TRUE(chat.ok()) << chat.error().message;
+  EXPECT_EQ(chat->prompt, "system\nbe brief\x1euser\nhi there\x1e");
+  EXPECT_EQ(chat->max_tokens, 7u);
+  const std::string body = R"({"prompt":["a","b"],"model" : "chat","stream":false})";
+  auto completion = peek_request(body);
+  ASSERT_TRUE(completion.ok());
+  EXPECT_EQ(completion->prompt, "a\x1e" "b");
+  EXPECT_EQ(upstream_body(body, *completion, "llama-\"8b\""),
+            R"({"prompt":["a","b"],"model" : "llama-\"8b\"","stream":false})");
+  EXPECT_EQ(upstream_body(body, *completion, "chat"), body);
+  auto tokens = peek_request(R"({"model":"m","prompt":[1,2,3]})");
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ(tokens->prompt, "1,2,3,");
+  // Rename and force usage together.
+  const std::string stream = R"({"model":"chat","stream":true,"prompt":"x"})";
+  auto s = peek_request(stream);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(upstream_body(stream, *s, "m2"),
+            R"({"stream_options":{"include_usage":true},"model":"m2","stream":true,"prompt":"x"})");
+  EXPECT_FALSE(peek_request(R"({"model":"m","messages":"hi"})").ok());
+}
+
+}  // namespace
+}  // namespace loadstar::gateway
