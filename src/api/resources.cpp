@@ -2,18 +2,22 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include <yaml-cpp/yaml.h>
 
+#include "api/cost_expression.h"
 #include "common/strings.h"
 #include "common/units.h"
 
 namespace loadstar::api {
 
 std::string_view kind_of(const Resource& resource) {
-  return std::holds_alternative<Model>(resource) ? "Model" : "InferenceService";
+  static constexpr std::string_view kKinds[] = {"Model", "InferenceService", "Tenant", "Route"};
+  static_assert(std::size(kKinds) == std::variant_size_v<Resource>);
+  return kKinds[resource.index()];
 }
 
 const ObjectMeta& metadata_of(const Resource& resource) {
@@ -89,6 +93,63 @@ class MapReader {
     }
     out = static_cast<uint32_t>(n);
     return true;
+  }
+
+  bool number(const char* key, std::optional<double>& out, double min, double max) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    double value = 0;
+    if (!v.IsScalar() || !YAML::convert<double>::decode(v, value) || !std::isfinite(value) ||
+        value < min || value > max) {
+      d_.error(v, field(key), fmt::format("must be a number from {} to {}", min, max));
+      return false;
+    }
+    out = value;
+    return true;
+  }
+
+  bool optional_uint(const char* key, std::optional<uint32_t>& out) {
+    uint32_t value = 0;
+    if (!uint(key, value)) return false;
+    out = value;
+    return true;
+  }
+
+  bool boolean(const char* key, bool& out) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    if (!v.IsScalar() || !YAML::convert<bool>::decode(v, out)) {
+      d_.error(v, field(key), "must be true or false");
+      return false;
+    }
+    return true;
+  }
+
+  bool duration(const char* key, double& seconds) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    auto parsed =
+        v.IsScalar()
+            ? parse_duration(v.Scalar())
+            : Result<double>(Error{ErrorCode::kInvalidArgument, "must be a duration such as 30s"});
+    if (!parsed.ok()) {
+      d_.error(v, field(key), parsed.error().message);
+      return false;
+    }
+    seconds = *parsed;
+    return true;
+  }
+
+  // Calls `each(item, path)` for every element of a list field.
+  template <typename Each>
+  void list(const char* key, Each&& each) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return;
+    if (!v.IsSequence()) {
+      d_.error(v, field(key), "must be a list");
+      return;
+    }
+    for (size_t i = 0; i < v.size(); ++i) each(v[i], fmt::format("{}[{}]", field(key), i));
   }
 
   bool quantity(const char* key, std::optional<uint64_t>& out) {
@@ -297,6 +358,103 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     }
     r.finish();
   }
+  spec.optional_uint("minReplicas", svc.spec.min_replicas);
+  if (svc.spec.min_replicas && *svc.spec.min_replicas > svc.spec.replicas)
+    d.error(node["minReplicas"], "spec.minReplicas",
+            fmt::format("{} is more than spec.replicas ({})", *svc.spec.min_replicas,
+                        svc.spec.replicas));
+  spec.duration("idleTimeout", svc.spec.idle_timeout_s);
+  if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
+    MapReader r(d, routing, "spec.routing");
+    RoutingSpec& out = svc.spec.routing;
+    if (r.string("picker", out.picker, false) && out.picker != "scored" &&
+        out.picker != "least-request" && out.picker != "round-robin")
+      d.error(routing["picker"], "spec.routing.picker",
+              fmt::format("'{}' is not one of scored, least-request, round-robin", out.picker));
+    if (YAML::Node scorers = r.get("scorers"); scorers && !scorers.IsNull()) {
+      MapReader w(d, scorers, "spec.routing.scorers");
+      w.number("prefixCache", out.prefix_cache_weight, 0, 1000);
+      w.number("inFlight", out.in_flight_weight, 0, 1000);
+      w.number("queue", out.queue_weight, 0, 1000);
+      w.number("kvCache", out.kv_cache_weight, 0, 1000);
+      w.number("session", out.session_weight, 0, 1000);
+      w.finish();
+    }
+    std::string header;
+    if (r.string("sessionHeader", header, false)) out.session_header = header;
+    if (YAML::Node hold = r.get("hold"); hold && !hold.IsNull()) {
+      MapReader h(d, hold, "spec.routing.hold");
+      h.uint("maxRequests", out.hold_max_requests);
+      h.duration("timeout", out.hold_timeout_s);
+      h.finish();
+    }
+    r.finish();
+  }
+  spec.finish();
+}
+
+bool valid_sha256(std::string_view hex) {
+  if (hex.size() != 64) return false;
+  for (char c : hex)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+void decode_tenant(Decoder& d, MapReader& top, Tenant& tenant) {
+  YAML::Node node = top.get("spec");
+  if (!node) d.error(YAML::Node(), "spec", "required");
+  MapReader spec(d, node, "spec");
+  TenantSpec& out = tenant.spec;
+  spec.list("apiKeys", [&](const YAML::Node& item, const std::string& path) {
+    MapReader k(d, item, path);
+    TenantApiKey key;
+    k.string("name", key.name, false);
+    if (k.string("sha256", key.sha256, true) && !valid_sha256(key.sha256))
+      d.error(item["sha256"], path + ".sha256",
+              "must be 64 lower-case hex digits (the SHA-256 of the key; `loadstar apikey` "
+              "prints one)");
+    k.boolean("revoked", key.revoked);
+    k.finish();
+    out.api_keys.push_back(std::move(key));
+  });
+  if (YAML::Node limits = spec.get("limits"); limits && !limits.IsNull()) {
+    MapReader l(d, limits, "spec.limits");
+    l.optional_uint("requestsPerMinute", out.requests_per_minute);
+    l.optional_uint("tokensPerMinute", out.tokens_per_minute);
+    l.optional_uint("maxConcurrentRequests", out.max_concurrent_requests);
+    l.finish();
+  }
+  if (spec.string("tokenCost", out.token_cost, false)) {
+    auto parsed = CostExpression::parse(out.token_cost);
+    if (!parsed.ok()) d.error(node["tokenCost"], "spec.tokenCost", parsed.error().message);
+  }
+  spec.finish();
+}
+
+void decode_route(Decoder& d, MapReader& top, Route& route) {
+  YAML::Node node = top.get("spec");
+  if (!node) d.error(YAML::Node(), "spec", "required");
+  MapReader spec(d, node, "spec");
+  if (!spec.string("model", route.spec.model, false)) route.spec.model = route.metadata.name;
+  spec.list("backends", [&](const YAML::Node& item, const std::string& path) {
+    MapReader b(d, item, path);
+    RouteBackend backend;
+    const bool has_service = b.string("service", backend.service, false);
+    const bool has_url = b.string("url", backend.url, false);
+    if (has_service == has_url)
+      d.error(item, path, "set exactly one of service (an InferenceService) or url");
+    if (has_url && !backend.url.starts_with("http://"))
+      d.error(item["url"], path + ".url",
+              fmt::format("'{}' must be an http:// URL such as http://10.0.0.7:8000", backend.url));
+    b.string("model", backend.model, false);
+    b.string("apiKeyEnv", backend.api_key_env, false);
+    b.uint("weight", backend.weight);
+    b.uint("priority", backend.priority);
+    b.finish();
+    route.spec.backends.push_back(std::move(backend));
+  });
+  if (route.spec.backends.empty())
+    d.error(node, "spec.backends", "at least one backend is required");
   spec.finish();
 }
 
@@ -350,8 +508,19 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
       decode_metadata(d, top, s.metadata);
       decode_service(d, top, s);
       resources.emplace_back(std::move(s));
+    } else if (kind == "Tenant") {
+      Tenant t;
+      decode_metadata(d, top, t.metadata);
+      decode_tenant(d, top, t);
+      resources.emplace_back(std::move(t));
+    } else if (kind == "Route") {
+      Route r;
+      decode_metadata(d, top, r.metadata);
+      decode_route(d, top, r);
+      resources.emplace_back(std::move(r));
     } else if (!kind.empty()) {
-      d.error(doc["kind"], "kind", fmt::format("'{}' is not one of Model, InferenceService", kind));
+      d.error(doc["kind"], "kind",
+              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route", kind));
       continue;
     }
     top.get("status");  // written by Loadstar; ignored on input
@@ -392,8 +561,8 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::Key << "format" << YAML::Value << m->spec.format;
     if (m->spec.size_bytes)
       out << YAML::Key << "size" << YAML::Value << std::to_string(*m->spec.size_bytes);
-  } else {
-    const auto& s = std::get<InferenceService>(resource).spec;
+  } else if (const auto* svc = std::get_if<InferenceService>(&resource)) {
+    const auto& s = svc->spec;
     out << YAML::Key << "model" << YAML::Value << s.model;
     out << YAML::Key << "replicas" << YAML::Value << s.replicas;
     out << YAML::Key << "engine" << YAML::Value << YAML::BeginMap << YAML::Key << "name"
@@ -408,6 +577,61 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
     if (s.gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *s.gpu.fraction;
     out << YAML::EndMap << YAML::EndMap;
+    if (s.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *s.min_replicas;
+    out << YAML::Key << "idleTimeout" << YAML::Value << fmt::format("{}s", s.idle_timeout_s);
+    const RoutingSpec& r = s.routing;
+    out << YAML::Key << "routing" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "picker" << YAML::Value << r.picker;
+    out << YAML::Key << "scorers" << YAML::Value << YAML::BeginMap;
+    auto weight = [&out](const char* key, const std::optional<double>& w) {
+      if (w) out << YAML::Key << key << YAML::Value << *w;
+    };
+    weight("prefixCache", r.prefix_cache_weight);
+    weight("inFlight", r.in_flight_weight);
+    weight("queue", r.queue_weight);
+    weight("kvCache", r.kv_cache_weight);
+    weight("session", r.session_weight);
+    out << YAML::EndMap;
+    if (r.session_header)
+      out << YAML::Key << "sessionHeader" << YAML::Value << YAML::DoubleQuoted << *r.session_header;
+    out << YAML::Key << "hold" << YAML::Value << YAML::BeginMap << YAML::Key << "maxRequests"
+        << YAML::Value << r.hold_max_requests << YAML::Key << "timeout" << YAML::Value
+        << fmt::format("{}s", r.hold_timeout_s) << YAML::EndMap;
+    out << YAML::EndMap;
+  } else if (const auto* tenant = std::get_if<Tenant>(&resource)) {
+    const TenantSpec& t = tenant->spec;
+    out << YAML::Key << "apiKeys" << YAML::Value << YAML::BeginSeq;
+    for (const auto& k : t.api_keys) {
+      out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << YAML::DoubleQuoted << k.name
+          << YAML::Key << "sha256" << YAML::Value << k.sha256;
+      if (k.revoked) out << YAML::Key << "revoked" << YAML::Value << true;
+      out << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+    out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+    if (t.requests_per_minute)
+      out << YAML::Key << "requestsPerMinute" << YAML::Value << *t.requests_per_minute;
+    if (t.tokens_per_minute)
+      out << YAML::Key << "tokensPerMinute" << YAML::Value << *t.tokens_per_minute;
+    if (t.max_concurrent_requests)
+      out << YAML::Key << "maxConcurrentRequests" << YAML::Value << *t.max_concurrent_requests;
+    out << YAML::EndMap;
+    out << YAML::Key << "tokenCost" << YAML::Value << YAML::DoubleQuoted << t.token_cost;
+  } else {
+    const RouteSpec& r = std::get<Route>(resource).spec;
+    out << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << r.model;
+    out << YAML::Key << "backends" << YAML::Value << YAML::BeginSeq;
+    for (const auto& b : r.backends) {
+      out << YAML::BeginMap;
+      if (!b.service.empty()) out << YAML::Key << "service" << YAML::Value << b.service;
+      if (!b.url.empty()) out << YAML::Key << "url" << YAML::Value << b.url;
+      if (!b.model.empty())
+        out << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << b.model;
+      if (!b.api_key_env.empty()) out << YAML::Key << "apiKeyEnv" << YAML::Value << b.api_key_env;
+      out << YAML::Key << "weight" << YAML::Value << b.weight << YAML::Key << "priority"
+          << YAML::Value << b.priority << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
   }
   out << YAML::EndMap << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
@@ -424,10 +648,38 @@ Status check_references(const std::vector<Resource>& resources) {
       errors.push_back(fmt::format("{} '{}' is defined twice", kind, name));
     if (kind == "Model") models.insert(name);
   }
+  std::set<std::string> services;
+  for (const Resource& r : resources)
+    if (const auto* svc = std::get_if<InferenceService>(&r)) services.insert(svc->metadata.name);
+  std::map<std::string, std::string> served;  // model name clients use -> route
+  std::set<std::string> key_digests;
   for (const Resource& r : resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r); svc && !models.count(svc->spec.model))
       errors.push_back(fmt::format("InferenceService '{}': spec.model: no Model named '{}'",
                                    svc->metadata.name, svc->spec.model));
+    if (const auto* route = std::get_if<Route>(&r)) {
+      const std::string& model = route->spec.model;
+      if (services.count(model))
+        errors.push_back(fmt::format(
+            "Route '{}': spec.model: '{}' is already served by the InferenceService of that name",
+            route->metadata.name, model));
+      if (auto [it, fresh] = served.try_emplace(model, route->metadata.name); !fresh)
+        errors.push_back(fmt::format("Route '{}': spec.model: '{}' is already routed by Route '{}'",
+                                     route->metadata.name, model, it->second));
+      for (size_t i = 0; i < route->spec.backends.size(); ++i) {
+        const auto& b = route->spec.backends[i];
+        if (!b.service.empty() && !services.count(b.service))
+          errors.push_back(
+              fmt::format("Route '{}': spec.backends[{}].service: no InferenceService "
+                          "named '{}'",
+                          route->metadata.name, i, b.service));
+      }
+    }
+    if (const auto* tenant = std::get_if<Tenant>(&r))
+      for (const auto& k : tenant->spec.api_keys)
+        if (!key_digests.insert(k.sha256).second)
+          errors.push_back(fmt::format("Tenant '{}': API key '{}' is also given to another tenant",
+                                       tenant->metadata.name, k.name));
   }
   if (errors.empty()) return ok_status();
   std::string all;

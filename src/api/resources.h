@@ -49,11 +49,30 @@ struct EngineSpec {
   std::vector<std::string> args;
 };
 
+// How the gateway picks among a service's replicas (spec.routing).
+struct RoutingSpec {
+  std::string picker = "scored";  // scored, least-request, round-robin
+  // Scorer weights of the scored picker; unset ones keep their defaults.
+  std::optional<double> prefix_cache_weight, in_flight_weight, queue_weight, kv_cache_weight,
+      session_weight;
+  std::optional<std::string> session_header;
+  // Requests that arrive while no replica is ready wait (at most this many,
+  // this long) instead of failing.
+  uint32_t hold_max_requests = 256;
+  double hold_timeout_s = 120;
+  bool operator==(const RoutingSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
   uint32_t replicas = 1;
+  // 0 lets the service scale to zero after `idle_timeout_s` without
+  // requests; a request arriving then starts `replicas` again.
+  std::optional<uint32_t> min_replicas;
+  double idle_timeout_s = 300;
   GpuRequirements gpu;
+  RoutingSpec routing;
 };
 
 struct InferenceService {
@@ -61,7 +80,50 @@ struct InferenceService {
   InferenceServiceSpec spec;
 };
 
-using Resource = std::variant<Model, InferenceService>;
+// Who may call the gateway and how much. Keys are stored as SHA-256 digests
+// (`loadstar apikey` makes a key and prints its digest).
+struct TenantApiKey {
+  std::string name;
+  std::string sha256;
+  bool revoked = false;
+};
+
+struct TenantSpec {
+  std::vector<TenantApiKey> api_keys;
+  std::optional<uint32_t> requests_per_minute;
+  std::optional<uint32_t> tokens_per_minute;  // in tokenCost units
+  std::optional<uint32_t> max_concurrent_requests;
+  std::string token_cost = "input_tokens + output_tokens";
+};
+
+struct Tenant {
+  ObjectMeta metadata;
+  TenantSpec spec;
+};
+
+// A model name clients use, mapped to weighted, prioritised backends: this
+// cluster's InferenceServices or external OpenAI-compatible URLs.
+struct RouteBackend {
+  std::string service;      // an InferenceService, or
+  std::string url;          // http://host:port (external, OpenAI-compatible)
+  std::string model;        // the model name sent to the backend (default: the service's name
+                            // or the route's model)
+  std::string api_key_env;  // environment variable holding the backend's API key
+  uint32_t weight = 1;
+  uint32_t priority = 0;  // 0 first; a higher group is tried when a lower one fails
+};
+
+struct RouteSpec {
+  std::string model;  // default: metadata.name
+  std::vector<RouteBackend> backends;
+};
+
+struct Route {
+  ObjectMeta metadata;
+  RouteSpec spec;
+};
+
+using Resource = std::variant<Model, InferenceService, Tenant, Route>;
 
 std::string_view kind_of(const Resource& resource);
 const ObjectMeta& metadata_of(const Resource& resource);
@@ -75,7 +137,8 @@ Result<std::vector<Resource>> load_resource_file(const std::string& path);
 // The YAML document of a resource; decode_resources(encode_resource(r)) == r.
 std::string encode_resource(const Resource& resource);
 
-// Cross-resource checks: unique names per kind, services naming existing models.
+// Cross-resource checks: unique names per kind, services naming existing
+// models, routes naming existing services and no model name served twice.
 Status check_references(const std::vector<Resource>& resources);
 
 }  // namespace loadstar::api

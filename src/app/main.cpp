@@ -28,8 +28,9 @@ const std::vector<Command>& command_table() {
       {"engine-sim", "Run the vLLM-compatible engine simulator", loadstar::app::setup_engine_sim},
       {"model", "Model files: synth (write a synthetic safetensors model), inspect",
        loadstar::app::setup_model},
-      {"validate", "Check resource files (Model, InferenceService) and report every error",
-       loadstar::app::setup_validate},
+      {"validate", "Check resource files and report every error", loadstar::app::setup_validate},
+      {"apikey", "Make an API key for a Tenant and print its SHA-256 digest",
+       loadstar::app::setup_apikey},
   };
   return table;
 }

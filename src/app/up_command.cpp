@@ -165,7 +165,9 @@ int run_up(const UpArgs& args) {
     return 1;
   }
   if ((*store)->list().empty()) {
-    fmt::print(stderr, "nothing to run: pass -f with Model and InferenceService resources\n");
+    fmt::print(
+        stderr,
+        "nothing to run: pass -f with Model and InferenceService resources (and Tenant, Route)\n");
     return 2;
   }
 
@@ -179,6 +181,11 @@ int run_up(const UpArgs& args) {
     return 2;
   }
   gw_options.max_body_bytes = *max_body;
+  // Held requests signal demand to the controller, which exists from here on.
+  std::atomic<controller::Controller*> demand_sink{nullptr};
+  gw_options.on_demand = [&demand_sink](const std::string& service) {
+    if (auto* c = demand_sink.load()) c->note_demand(service);
+  };
   auto gw = gateway::Gateway::create(gw_options);
   if (!gw.ok()) {
     spdlog::error("gateway: {}", gw.error().message);
@@ -194,6 +201,8 @@ int run_up(const UpArgs& args) {
                              [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
                                gateway->publish(std::move(t));
                              });
+
+  demand_sink = &ctl;
 
   asio::io_context admin_io(1);
   controller::ResourceStore* store_ptr = store->get();
@@ -242,7 +251,7 @@ int run_up(const UpArgs& args) {
 std::function<int()> setup_up(CLI::App& app) {
   auto args = std::make_shared<UpArgs>();
   app.add_option("-f,--filename", args->files,
-                 "Resource files to apply at start (Model, InferenceService)");
+                 "Resource files to apply at start (Model, InferenceService, Tenant, Route)");
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();

@@ -8,13 +8,16 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "api/cost_expression.h"
 #include "http/client.h"
 #include "model/model_dir.h"
 
 namespace loadstar::controller {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 const char* replica_state_name(ReplicaState state) {
   switch (state) {
@@ -74,7 +77,7 @@ void Controller::run() {
     dirty_ = false;
     reconcile();
     wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(options_.resync_s * 1000)),
-                   [this] { return dirty_ || stopping_; });
+                   [this] { return dirty_ || stopping_ || demand_pending_.load(); });
   }
   // Shutdown: every replica drains and stops, as on scale-down.
   for (auto& [name, r] : replicas_) begin_termination(*r);
@@ -253,17 +256,67 @@ void Controller::begin_termination(Replica& r) {
   spdlog::info("replica {}: draining", r.name);
 }
 
+void Controller::note_demand(const std::string& service) {
+  {
+    std::lock_guard lock(demand_mu_);
+    demand_.insert(service);
+  }
+  demand_pending_ = true;
+  wake_.notify_all();
+}
+
+uint32_t Controller::desired_replicas(const api::InferenceService& svc, Clock::time_point now) {
+  const std::string& name = svc.metadata.name;
+  Activity& a = activity_[name];
+  // Requests sent to any of its endpoints since the last pass count as activity.
+  uint64_t requests = 0;
+  bool busy = false;
+  for (const auto& [rn, r] : replicas_) {
+    if (r->service != name || !r->endpoint) continue;
+    requests += r->endpoint->requests.load();
+    busy |= r->endpoint->in_flight.load() > 0;
+  }
+  if (requests != a.requests || busy) a.last = now;
+  a.requests = requests;
+  const uint32_t min = svc.spec.min_replicas.value_or(svc.spec.replicas);
+  if (min >= svc.spec.replicas) return svc.spec.replicas;  // a fixed size
+  if (!a.last) return min;                                 // never asked for yet
+  const double idle = std::chrono::duration<double>(now - *a.last).count();
+  return idle > svc.spec.idle_timeout_s ? min : svc.spec.replicas;
+}
+
 void Controller::reconcile() {
   // Desired state.
   services_.clear();
-  for (auto& resource : store_.list())
+  tenant_specs_.clear();
+  route_specs_.clear();
+  for (auto& resource : store_.list()) {
     if (auto* svc = std::get_if<api::InferenceService>(&resource))
       services_.emplace(svc->metadata.name, *svc);
+    else if (auto* tenant = std::get_if<api::Tenant>(&resource))
+      tenant_specs_.push_back(std::move(*tenant));
+    else if (auto* route = std::get_if<api::Route>(&resource))
+      route_specs_.push_back(std::move(*route));
+  }
   const auto now = Clock::now();
+  if (demand_pending_.exchange(false)) {
+    std::set<std::string> demand;
+    {
+      std::lock_guard lock(demand_mu_);
+      demand.swap(demand_);
+    }
+    for (const auto& name : demand) {
+      if (!services_.count(name)) continue;
+      Activity& a = activity_[name];
+      if (!a.last) spdlog::info("service {}: a request is waiting; scaling up from zero", name);
+      a.last = now;
+    }
+  }
 
   for (auto& [name, r] : replicas_) observe(*r);
 
   for (const auto& [svc_name, svc] : services_) {
+    const uint32_t desired = desired_replicas(svc, now);
     std::vector<Replica*> active;
     std::set<uint32_t> used;
     for (auto& [name, r] : replicas_) {
@@ -272,7 +325,7 @@ void Controller::reconcile() {
       if (r->state != ReplicaState::kTerminating) active.push_back(r.get());
     }
     // Scale up: new replicas take the lowest free index.
-    for (uint32_t n = static_cast<uint32_t>(active.size()); n < svc.spec.replicas; ++n) {
+    for (uint32_t n = static_cast<uint32_t>(active.size()); n < desired; ++n) {
       uint32_t index = 0;
       while (used.count(index)) ++index;
       used.insert(index);
@@ -284,14 +337,17 @@ void Controller::reconcile() {
       replicas_.emplace(r->name, std::move(r));
     }
     // Scale down: the highest indexes go first, not-yet-ready ones before ready ones.
-    if (active.size() > svc.spec.replicas) {
+    if (active.size() > desired) {
+      if (desired == 0)
+        spdlog::info("service {}: idle for {}s; scaling to zero", svc_name,
+                     svc.spec.idle_timeout_s);
       std::sort(active.begin(), active.end(), [](const Replica* a, const Replica* b) {
         const bool a_ready = a->state == ReplicaState::kReady,
                    b_ready = b->state == ReplicaState::kReady;
         if (a_ready != b_ready) return a_ready;
         return a->index < b->index;
       });
-      for (size_t i = svc.spec.replicas; i < active.size(); ++i) begin_termination(*active[i]);
+      for (size_t i = desired; i < active.size(); ++i) begin_termination(*active[i]);
     }
   }
   for (auto& [name, r] : replicas_)
@@ -322,19 +378,119 @@ void Controller::reconcile() {
   publish_if_changed();
 }
 
+gateway::PickerConfig picker_config(const api::RoutingSpec& spec) {
+  gateway::PickerConfig config;
+  if (auto kind = gateway::parse_picker_kind(spec.picker); kind.ok()) config.kind = *kind;
+  gateway::ScorerWeights& w = config.weights;
+  w.prefix_cache = spec.prefix_cache_weight.value_or(w.prefix_cache);
+  w.in_flight = spec.in_flight_weight.value_or(w.in_flight);
+  w.queue = spec.queue_weight.value_or(w.queue);
+  w.kv_cache = spec.kv_cache_weight.value_or(w.kv_cache);
+  w.session = spec.session_weight.value_or(w.session);
+  if (spec.session_header) config.session_header = *spec.session_header;
+  return config;
+}
+
+std::shared_ptr<const gateway::TenantDirectory> Controller::build_tenants() {
+  auto directory = std::make_shared<gateway::TenantDirectory>();
+  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> kept;
+  for (const api::Tenant& t : tenant_specs_) {
+    gateway::TenantLimits limits;
+    if (t.spec.requests_per_minute) limits.requests_per_minute = *t.spec.requests_per_minute;
+    if (t.spec.tokens_per_minute) limits.tokens_per_minute = *t.spec.tokens_per_minute;
+    limits.max_concurrent = t.spec.max_concurrent_requests;
+    auto cost = api::CostExpression::parse(t.spec.token_cost);
+    if (!cost.ok()) cost = api::CostExpression();  // rejected at decode; cannot happen
+    auto& limiter = tenants_[t.metadata.name];
+    if (!limiter)
+      limiter = std::make_shared<gateway::TenantLimiter>(t.metadata.name, limits, *cost);
+    else
+      limiter->configure(limits, *cost);
+    std::vector<gateway::TenantDirectory::Key> keys;
+    for (const auto& k : t.spec.api_keys) keys.push_back({k.sha256, k.name, k.revoked});
+    directory->add(limiter, keys);
+    kept[t.metadata.name] = limiter;
+  }
+  tenants_.swap(kept);
+  return directory;
+}
+
+gateway::RoutingTable::Route Controller::build_route(const api::Route& route) {
+  gateway::RoutingTable::Route out;
+  for (const auto& b : route.spec.backends) {
+    gateway::RoutingTable::Backend backend;
+    backend.weight = b.weight;
+    backend.priority = b.priority;
+    if (!b.service.empty()) {
+      backend.service = b.service;
+      backend.model = b.model.empty() ? b.service : b.model;
+    } else {
+      // http://host[:port][/v1]
+      std::string rest = b.url.substr(7);
+      if (auto slash = rest.find('/'); slash != std::string::npos) rest.resize(slash);
+      std::string host = rest;
+      uint16_t port = 80;
+      if (auto colon = rest.rfind(':'); colon != std::string::npos) {
+        host = rest.substr(0, colon);
+        port = static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1));
+      }
+      boost::system::error_code ec;
+      std::string address = host;
+      if (boost::asio::ip::make_address(host, ec), ec) {
+        boost::asio::io_context io;
+        boost::asio::ip::tcp::resolver resolver(io);
+        auto results = resolver.resolve(host, std::to_string(port), ec);
+        if (ec || results.empty()) {
+          spdlog::warn("route {}: cannot resolve backend {}: {}", route.metadata.name, b.url,
+                       ec ? ec.message() : "no address");
+          continue;
+        }
+        address = results.begin()->endpoint().address().to_string();
+      }
+      auto& endpoint = externals_[b.url];
+      if (!endpoint || endpoint->host != address || endpoint->port != port)
+        endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, address, port);
+      backend.external = endpoint;
+      backend.model = b.model.empty() ? route.spec.model : b.model;
+      if (!b.api_key_env.empty()) {
+        const char* key = std::getenv(b.api_key_env.c_str());
+        if (key && *key)
+          backend.authorization = fmt::format("Bearer {}", key);
+        else
+          spdlog::warn("route {}: backend {}: environment variable {} is not set",
+                       route.metadata.name, b.url, b.api_key_env);
+      }
+    }
+    out.backends.push_back(std::move(backend));
+  }
+  std::stable_sort(out.backends.begin(), out.backends.end(),
+                   [](const auto& a, const auto& b) { return a.priority < b.priority; });
+  return out;
+}
+
 void Controller::publish_if_changed() {
   std::vector<std::string> key;
-  for (const auto& [name, svc] : services_) key.push_back("svc:" + name);
+  for (const auto& [name, svc] : services_) key.push_back(api::encode_resource(svc));
+  for (const auto& t : tenant_specs_) key.push_back(api::encode_resource(t));
+  for (const auto& r : route_specs_) key.push_back(api::encode_resource(r));
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady) key.push_back(fmt::format("ep:{}:{}", name, r->port));
   if (key == published_key_) return;
   published_key_ = key;
   auto table = std::make_shared<gateway::RoutingTable>();
   table->version = ++table_version_;
-  for (const auto& [name, svc] : services_) table->services[name];
+  for (const auto& [name, svc] : services_) {
+    auto& s = table->services[name];
+    s.picker = picker_config(svc.spec.routing);
+    s.hold_max_requests = svc.spec.routing.hold_max_requests;
+    s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
+    s.may_get_replicas = svc.spec.replicas > 0;
+  }
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady && table->services.count(r->service))
       table->services[r->service].ready.push_back(r->endpoint);
+  for (const auto& route : route_specs_) table->routes[route.spec.model] = build_route(route);
+  table->tenants = build_tenants();
   publish_(std::move(table));
 }
 

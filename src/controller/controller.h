@@ -9,6 +9,7 @@
 // Failed and restarted with exponential backoff.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -18,15 +19,19 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "api/resources.h"
 #include "common/process.h"
 #include "controller/store.h"
 #include "gateway/routing_table.h"
 
 namespace loadstar::controller {
+
+using Clock = std::chrono::steady_clock;
 
 enum class ReplicaState { kPending, kStarting, kReady, kFailed, kTerminating };
 const char* replica_state_name(ReplicaState state);
@@ -78,6 +83,11 @@ class Controller {
   std::vector<ReplicaStatus> replicas() const;
   std::vector<ServiceStatus> services() const;
 
+  // The gateway holds a request for `service`, which has no ready replica:
+  // a service scaled to zero starts again. Never blocks (gateway threads
+  // call it).
+  void note_demand(const std::string& service);
+
  private:
   struct Replica;
   void run();
@@ -86,7 +96,10 @@ class Controller {
   void launch(Replica& r);
   std::optional<std::filesystem::path> prepare_model(const api::Model& model, std::string& message);
   void begin_termination(Replica& r);
+  uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
   void publish_if_changed();
+  std::shared_ptr<const gateway::TenantDirectory> build_tenants();
+  gateway::RoutingTable::Route build_route(const api::Route& route);
 
   ResourceStore& store_;
   ControllerOptions options_;
@@ -100,6 +113,21 @@ class Controller {
   std::map<std::string, std::unique_ptr<Replica>> replicas_;  // by replica name
   std::map<std::string, api::InferenceService> services_;     // as of the last pass
   std::map<std::string, std::string> service_models_;
+  std::vector<api::Tenant> tenant_specs_;  // as of the last pass
+  std::vector<api::Route> route_specs_;
+  // Limiter state survives table changes and spec edits.
+  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> tenants_;
+  std::map<std::string, std::shared_ptr<gateway::Endpoint>> externals_;  // by URL
+  // Activity per service, for scale to zero: requests seen on its endpoints
+  // and when that count last moved.
+  struct Activity {
+    uint64_t requests = 0;
+    std::optional<Clock::time_point> last;
+  };
+  std::map<std::string, Activity> activity_;
+  std::mutex demand_mu_;  // guards demand_ only; note_demand must not wait on mu_
+  std::set<std::string> demand_;
+  std::atomic<bool> demand_pending_{false};
   std::vector<std::string> published_key_;
   uint64_t table_version_ = 0;
   std::thread thread_;

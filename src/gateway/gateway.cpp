@@ -2,9 +2,15 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
+#include <random>
 #include <thread>
 #include <unordered_map>
+
+#include <xxhash.h>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
@@ -23,8 +29,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
+#include "gateway/engine_load.h"
 #include "gateway/request_peek.h"
 #include "gateway/stats.h"
+#include "http/client.h"
 #include "http/server.h"
 #include "openai/protocol.h"
 
@@ -57,6 +65,9 @@ struct Worker {
   GatewayStats stats;
   // Idle keep-alive connections per upstream "host:port", used LIFO.
   std::unordered_map<std::string, std::vector<std::unique_ptr<tcp::socket>>> idle;
+  // Timers of held requests; a new table cancels them so they look again.
+  std::vector<asio::steady_timer*> held;
+  std::mt19937_64 rng{std::random_device{}()};
   uint64_t turn = 0;
   std::thread thread;
 };
@@ -67,8 +78,77 @@ asio::awaitable<GatewayStats> copy_stats(Worker* w) {
   co_return w->stats;
 }
 
+int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+double steady_s() {
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
 // How a forwarding attempt ended.
 enum class Attempt { kDone, kRetry, kClientGone };
+
+// What one request learned from its engine's usage reports.
+struct RequestUsage {
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+};
+
+// Adds the engine-reported usage of a JSON body or event.
+void add_usage(std::string_view text, RequestUsage& usage) {
+  if (auto u = peek_usage(text)) {
+    usage.prompt_tokens += u->prompt_tokens;
+    usage.completion_tokens += u->completion_tokens;
+  }
+}
+
+// The endpoints a backend can be sent to now.
+void backend_candidates(const RoutingTable& table, const RoutingTable::Backend& backend,
+                        const std::vector<const Endpoint*>& tried, bool skip_ejected,
+                        int64_t now_ms, std::vector<Endpoint*>& out) {
+  out.clear();
+  auto usable = [&](const Endpoint* e) {
+    if (std::find(tried.begin(), tried.end(), e) != tried.end()) return false;
+    return !skip_ejected || e->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms;
+  };
+  if (backend.external) {
+    if (usable(backend.external.get())) out.push_back(backend.external.get());
+    return;
+  }
+  auto it = table.services.find(backend.service);
+  if (it == table.services.end()) return;
+  for (const auto& e : it->second.ready)
+    if (usable(e.get())) out.push_back(e.get());
+}
+
+// The message of an OpenAI-shaped error body, if it is one (for logs and
+// the final error when every attempt failed).
+std::string openai_error_message(std::string_view body) {
+  json doc = json::parse(body, nullptr, false);
+  if (doc.is_object() && doc.contains("error") && doc["error"].is_object() &&
+      doc["error"].contains("message") && doc["error"]["message"].is_string())
+    return doc["error"]["message"].get<std::string>().substr(0, 200);
+  return {};
+}
+
+// Rate-limit headers in OpenAI's names.
+void add_rate_limit_headers(const RateLimitState& s, std::vector<http::Header>& headers) {
+  auto number = [](double v) { return std::to_string(static_cast<int64_t>(v)); };
+  if (s.limit_requests) {
+    headers.push_back({"x-ratelimit-limit-requests", number(*s.limit_requests)});
+    headers.push_back({"x-ratelimit-remaining-requests", number(*s.remaining_requests)});
+    headers.push_back({"x-ratelimit-reset-requests", reset_duration(*s.reset_requests_s)});
+  }
+  if (s.limit_tokens) {
+    headers.push_back({"x-ratelimit-limit-tokens", number(*s.limit_tokens)});
+    headers.push_back({"x-ratelimit-remaining-tokens", number(*s.remaining_tokens)});
+    headers.push_back({"x-ratelimit-reset-tokens", reset_duration(*s.reset_tokens_s)});
+  }
+}
+
+enum class HoldResult { kReady, kTimeout, kOverflow, kClientGone };
 
 }  // namespace
 
@@ -77,13 +157,38 @@ struct Gateway::Impl {
   std::vector<std::unique_ptr<Worker>> workers;
   std::unique_ptr<http::Server> server;
   std::atomic<int64_t> in_flight{0};
+  std::atomic<int64_t> retries_in_flight{0};
+  PrefixIndex prefixes;
+  PrefixIndex sessions{PrefixIndexOptions{
+      .block_bytes = 1, .max_blocks = 1, .capacity = 1u << 18, .endpoints_per_block = 1}};
+  // The latest table, for the scraper; and held requests per model.
+  std::mutex mu;
+  std::shared_ptr<const RoutingTable> latest = std::make_shared<RoutingTable>();
+  std::unordered_map<std::string, uint32_t> held_count;
+  std::condition_variable scraper_wake;
+  bool stopping = false;
+  std::thread scraper;
+
+  explicit Impl(GatewayOptions o) : options(std::move(o)), prefixes(options.prefix) {}
 
   asio::awaitable<void> handle(http::Exchange& ex);
   asio::awaitable<void> proxy(Worker& w, http::Exchange& ex);
+  asio::awaitable<int> route(Worker& w, http::Exchange& ex, const RequestPeek& peek,
+                             ModelStats& stats, RequestUsage& usage,
+                             const std::vector<http::Header>& extra_headers,
+                             Clock::time_point start);
+  asio::awaitable<HoldResult> hold(Worker& w, http::Exchange& ex, const std::string& model,
+                                   const RoutingTable::Service& service,
+                                   const std::vector<std::string>& demand);
   asio::awaitable<Attempt> forward(Worker& w, http::Exchange& ex, Endpoint& endpoint,
-                                   const std::string& body, bool client_wants_usage,
-                                   ModelStats& stats, Clock::time_point start, int& code,
+                                   const std::string& body, std::string_view authorization,
+                                   bool client_wants_usage, bool may_retry, ModelStats& stats,
+                                   RequestUsage& usage,
+                                   const std::vector<http::Header>& extra_headers,
+                                   Clock::time_point start, int& code, int& upstream_status,
                                    std::string& failure);
+  void note_outcome(Worker& w, Endpoint& endpoint, bool failed);
+  void scrape_loop();
   asio::awaitable<std::string> collect_metrics();
   std::string models_json(const RoutingTable& table) const;
 };
@@ -91,34 +196,40 @@ struct Gateway::Impl {
 namespace {
 
 asio::awaitable<void> send_error(http::Exchange& ex, int status, std::string message,
-                                 std::string param = {}) {
+                                 std::string param = {}, std::vector<http::Header> headers = {},
+                                 double retry_after_s = 1) {
   openai::ApiError error{status, std::move(message), std::move(param)};
-  http::Response response{status, "application/json", openai::error_body(error), {}};
-  if (status == 503 || status == 429) response.headers.push_back({"Retry-After", "1"});
+  http::Response response{status, "application/json", openai::error_body(error),
+                          std::move(headers)};
+  if (status == 503 || status == 429)
+    response.headers.push_back({"Retry-After", std::to_string(retry_after_seconds(retry_after_s))});
   co_await ex.respond(std::move(response));
-}
-
-// Adds the engine-reported usage of a JSON body or event to `stats`.
-void add_usage(std::string_view text, ModelStats& stats) {
-  if (auto usage = peek_usage(text)) {
-    stats.prompt_tokens += usage->prompt_tokens;
-    stats.completion_tokens += usage->completion_tokens;
-  }
 }
 
 }  // namespace
 
 std::string Gateway::Impl::models_json(const RoutingTable& table) const {
   json data = json::array();
-  std::vector<std::string> names;
-  for (const auto& [name, svc] : table.services) names.push_back(name);
-  std::sort(names.begin(), names.end());
-  for (const auto& name : names) {
+  std::vector<std::pair<std::string, size_t>> models;
+  for (const auto& [name, svc] : table.services) models.push_back({name, svc.ready.size()});
+  for (const auto& [name, route] : table.routes) {
+    size_t ready = 0;
+    for (const auto& b : route.backends) {
+      if (b.external) {
+        ++ready;
+      } else if (auto it = table.services.find(b.service); it != table.services.end()) {
+        ready += it->second.ready.size();
+      }
+    }
+    models.push_back({name, ready});
+  }
+  std::sort(models.begin(), models.end());
+  for (const auto& [name, ready] : models) {
     data.push_back({{"id", name},
                     {"object", "model"},
                     {"created", unix_now()},
                     {"owned_by", "loadstar"},
-                    {"ready_replicas", table.services.at(name).ready.size()}});
+                    {"ready_replicas", ready}});
   }
   return json({{"object", "list"}, {"data", data}}).dump();
 }
@@ -175,35 +286,266 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     co_return;
   }
   const std::string& model = peek->model;
-  // Hold the table for the whole request: endpoints stay alive even if the
-  // controller publishes a new table meanwhile.
   std::shared_ptr<const RoutingTable> table = w.table;
-  auto svc = table->services.find(model);
-  if (svc == table->services.end()) {
+
+  // Who is calling. Keys are compared by digest only, and never logged.
+  TenantLimiter* tenant = nullptr;
+  if (table->tenants && !table->tenants->empty()) {
+    const std::string_view authorization = req.header("Authorization");
+    auto found = table->tenants->find(authorization);
+    if (!found.tenant) {
+      const char* reason = authorization.empty() ? "missing"
+                           : found.revoked       ? "revoked"
+                                                 : "unknown";
+      ++w.stats.auth_failures[reason];
+      std::string message =
+          authorization.empty()
+              ? "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+          : found.revoked ? "This API key has been revoked."
+                          : "Incorrect API key provided.";
+      co_await send_error(ex, 401, std::move(message));
+      co_return;
+    }
+    tenant = found.tenant;
+  }
+  if (!table->routes.count(model) && !table->services.count(model)) {
     co_await send_error(ex, 404, fmt::format("The model `{}` does not exist.", model), "model");
     co_return;
   }
-  // Streams always ask the engine for usage (token accounting); the usage
-  // event is passed on only to clients who asked for it.
-  const bool client_wants_usage = peek->include_usage;
-  const std::string body = upstream_body(req.body, *peek);
+
+  // Admission on an estimate: ~4 bytes a prompt token, and the output asked for.
+  double estimate = 0;
+  std::vector<http::Header> headers;
+  if (tenant) {
+    const double input = std::ceil(static_cast<double>(peek->prompt.size()) / 4);
+    const double output =
+        req.path() == "/v1/embeddings"
+            ? 0
+            : static_cast<double>(peek->max_tokens.value_or(options.default_output_estimate));
+    estimate = tenant->cost(input, output);
+    auto decision = tenant->admit(steady_s(), estimate);
+    add_rate_limit_headers(decision.state, headers);
+    if (!decision.admitted) {
+      ++w.stats
+            .rate_limited[{tenant->name(), decision.reason.substr(0, decision.reason.find(" ("))}];
+      ++w.stats.tenants[{tenant->name(), model}].requests_by_code[429];
+      co_await send_error(
+          ex, 429,
+          fmt::format("Rate limit reached for tenant '{}' on {}. Please try again "
+                      "in {}.",
+                      tenant->name(), decision.reason, reset_duration(decision.retry_after_s)),
+          {}, std::move(headers), decision.retry_after_s);
+      co_return;
+    }
+  }
 
   ModelStats& stats = w.stats.models[model];
   ++stats.in_flight;
+  RequestUsage usage;
+  const int code = co_await route(w, ex, *peek, stats, usage, headers, start);
+  ++stats.requests_by_code[code];
+  stats.duration.observe(seconds_since(start));
+  stats.prompt_tokens += usage.prompt_tokens;
+  stats.completion_tokens += usage.completion_tokens;
+  --stats.in_flight;
+  if (tenant) {
+    const double actual = tenant->cost(static_cast<double>(usage.prompt_tokens),
+                                       static_cast<double>(usage.completion_tokens));
+    tenant->finish(steady_s(), estimate, actual);
+    TenantStats& t = w.stats.tenants[{tenant->name(), model}];
+    ++t.requests_by_code[code];
+    t.prompt_tokens += usage.prompt_tokens;
+    t.completion_tokens += usage.completion_tokens;
+    t.cost += actual;
+  }
+}
+
+asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const RequestPeek& peek,
+                                          ModelStats& stats, RequestUsage& usage,
+                                          const std::vector<http::Header>& extra_headers,
+                                          Clock::time_point start) {
+  const std::string& model = peek.model;
+  const http::Request& req = ex.request();
+  const std::vector<uint64_t> blocks =
+      hash_prefix_blocks(peek.prompt, options.prefix.block_bytes, options.prefix.max_blocks);
+  std::shared_ptr<const RoutingTable> table = w.table;
+  RoutingTable::Backend direct;
+  direct.service = model;
+  std::vector<const RoutingTable::Backend*> backends;
+  auto resolve = [&] {
+    backends.clear();
+    if (auto r = table->routes.find(model); r != table->routes.end()) {
+      for (const auto& b : r->second.backends) backends.push_back(&b);
+    } else if (table->services.count(model)) {
+      backends.push_back(&direct);
+    }
+  };
+  resolve();
+  const bool open_gateway = !table->tenants || table->tenants->empty();
+  const std::string_view client_authorization = open_gateway ? req.header("Authorization") : "";
+
   int code = 0;
+  int upstream_status = 0;
   std::string failure;
   std::vector<const Endpoint*> tried;
+  std::vector<Endpoint*> candidates;
+  std::vector<CandidateView> views;
+  std::vector<uint64_t> ids;
+  std::vector<uint32_t> matched;
   Attempt outcome = Attempt::kRetry;
-  for (unsigned attempt = 0; attempt < options.max_attempts && outcome == Attempt::kRetry;
-       ++attempt) {
-    Endpoint* endpoint = pick_least_outstanding(svc->second.ready, tried, w.turn++);
-    if (!endpoint) break;
+  bool held = false;
+  uint32_t first_priority = backends.empty() ? 0 : backends.front()->priority;
+  for (unsigned attempt = 0; attempt < options.max_attempts && outcome == Attempt::kRetry;) {
+    if (backends.empty()) {
+      code = 404;
+      co_await send_error(ex, 404, fmt::format("The model `{}` does not exist.", model), "model");
+      co_return code;
+    }
+    // The lowest priority group with a usable endpoint; within it, a backend
+    // drawn by weight. Ejected endpoints are skipped unless nothing else is left.
+    const int64_t now_ms = steady_ms();
+    const RoutingTable::Backend* backend = nullptr;
+    for (int pass = 0; pass < 2 && !backend; ++pass) {
+      for (size_t g = 0; g < backends.size() && !backend;) {
+        size_t g_end = g;
+        uint64_t total = 0;
+        std::vector<std::pair<const RoutingTable::Backend*, uint64_t>> usable;
+        while (g_end < backends.size() && backends[g_end]->priority == backends[g]->priority) {
+          backend_candidates(*table, *backends[g_end], tried, pass == 0, now_ms, candidates);
+          if (!candidates.empty() && backends[g_end]->weight > 0) {
+            total += backends[g_end]->weight;
+            usable.push_back({backends[g_end], total});
+          }
+          ++g_end;
+        }
+        if (total > 0) {
+          const uint64_t draw = w.rng() % total;
+          for (const auto& [b, upto] : usable)
+            if (draw < upto) {
+              backend = b;
+              break;
+            }
+        }
+        g = g_end;
+      }
+    }
+    if (!backend) {
+      // Nothing to send to. Before any attempt, wait for a replica of a
+      // service backend (scaled to zero, or starting); otherwise give up.
+      std::vector<std::string> demand;
+      const RoutingTable::Service* service = nullptr;
+      for (const auto* b : backends)
+        if (!b->external)
+          if (auto it = table->services.find(b->service);
+              it != table->services.end() && it->second.may_get_replicas) {
+            demand.push_back(b->service);
+            if (!service) service = &it->second;
+          }
+      if (attempt > 0 || held || !service) break;
+      held = true;
+      ++stats.held;
+      const HoldResult result = co_await hold(w, ex, model, *service, demand);
+      if (result == HoldResult::kClientGone) co_return 499;
+      if (result == HoldResult::kOverflow) {
+        ++stats.hold_overflows;
+        code = 503;
+        co_await send_error(ex, 503,
+                            fmt::format("no ready replica for model `{}` and too many requests are "
+                                        "waiting for one; retry later",
+                                        model),
+                            {}, {}, service->hold_timeout_s / 4);
+        co_return code;
+      }
+      if (result == HoldResult::kTimeout) {
+        ++stats.hold_timeouts;
+        code = 503;
+        co_await send_error(ex, 503,
+                            fmt::format("no replica of model `{}` became ready within {}s; retry "
+                                        "later",
+                                        model, service->hold_timeout_s));
+        co_return code;
+      }
+      table = w.table;
+      resolve();
+      first_priority = backends.empty() ? 0 : backends.front()->priority;
+      continue;
+    }
+    if (attempt > 0) {
+      // The retry budget: retries may be only a share of what is in flight.
+      const auto budget = std::max<int64_t>(
+          options.retry_budget_min,
+          static_cast<int64_t>(options.retry_budget_ratio * static_cast<double>(in_flight.load())));
+      if (retries_in_flight.load() >= budget) {
+        failure += "; retry budget exhausted";
+        break;
+      }
+      ++stats.retries;
+    }
+    if (backend->priority != first_priority) ++stats.fallbacks;
+    ++stats.backend_requests[backend->label()];
+
+    // Pick the endpoint.
+    backend_candidates(*table, *backend, tried, true, now_ms, candidates);
+    if (candidates.empty()) backend_candidates(*table, *backend, tried, false, now_ms, candidates);
+    Endpoint* endpoint = candidates.front();
+    if (!backend->external && candidates.size() > 1) {
+      const RoutingTable::Service& svc = table->services.at(backend->service);
+      const PickerConfig& picker = svc.picker;
+      views.assign(candidates.size(), {});
+      ids.resize(candidates.size());
+      matched.assign(candidates.size(), 0);
+      const bool scored = picker.kind == PickerKind::kScored;
+      std::vector<uint64_t> session;
+      if (scored && !picker.session_header.empty() && picker.weights.session > 0)
+        if (auto value = req.header(picker.session_header); !value.empty())
+          session.push_back(XXH3_64bits(value.data(), value.size()));
+      if (scored) {
+        for (size_t i = 0; i < candidates.size(); ++i) ids[i] = candidates[i]->id;
+        prefixes.match(blocks, ids, matched);
+      }
+      std::vector<uint32_t> session_matched(candidates.size(), 0);
+      if (!session.empty()) sessions.match(session, ids, session_matched);
+      const int64_t fresh_after =
+          now_ms - static_cast<int64_t>(options.scrape_interval_s * 5000) - 1000;
+      for (size_t i = 0; i < candidates.size(); ++i) {
+        const Endpoint& e = *candidates[i];
+        CandidateView& v = views[i];
+        v.in_flight = e.in_flight.load(std::memory_order_relaxed);
+        v.has_engine_metrics = e.metrics_at_ms.load(std::memory_order_relaxed) > fresh_after;
+        v.waiting = e.waiting.load(std::memory_order_relaxed);
+        v.kv_usage = e.kv_usage.load(std::memory_order_relaxed);
+        v.prefix_blocks = matched[i];
+        v.session_match = session_matched[i] > 0;
+      }
+      const PickDecision decision = pick(picker, views, blocks.size(), w.turn++);
+      endpoint = candidates[decision.index];
+      stats.prefix_blocks_matched += matched[decision.index];
+      if (scored) {
+        stats.prefix_blocks_total += blocks.size();
+        prefixes.record(blocks, endpoint->id);
+        if (!session.empty()) sessions.record(session, endpoint->id);
+      }
+    } else if (!backend->external) {
+      prefixes.record(blocks, endpoint->id);
+    }
     tried.push_back(endpoint);
-    if (attempt > 0) ++stats.retries;
+
+    const std::string body = upstream_body(req.body, peek, backend->model);
+    const std::string_view authorization =
+        backend->external ? std::string_view(backend->authorization) : client_authorization;
+    const bool may_retry = attempt + 1 < options.max_attempts;
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
-    outcome =
-        co_await forward(w, ex, *endpoint, body, client_wants_usage, stats, start, code, failure);
+    endpoint->requests.fetch_add(1, std::memory_order_relaxed);
+    if (attempt > 0) ++retries_in_flight;
+    std::vector<http::Header> headers = extra_headers;
+    headers.push_back({"x-loadstar-endpoint", endpoint->replica});
+    outcome = co_await forward(w, ex, *endpoint, body, authorization, peek.include_usage, may_retry,
+                               stats, usage, headers, start, code, upstream_status, failure);
+    if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (outcome != Attempt::kClientGone)
+      note_outcome(w, *endpoint, upstream_status == 0 || upstream_status >= 500);
+    ++attempt;
   }
   if (outcome == Attempt::kRetry) {
     if (tried.empty()) {
@@ -217,15 +559,117 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     }
   }
   if (code == 0) code = 499;  // the client went away before a status was sent (nginx's convention)
-  ++stats.requests_by_code[code];
-  stats.duration.observe(seconds_since(start));
-  --stats.in_flight;
+  co_return code;
 }
 
-asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, Endpoint& endpoint,
-                                                const std::string& body, bool client_wants_usage,
-                                                ModelStats& stats, Clock::time_point start,
-                                                int& code, std::string& failure) {
+void Gateway::Impl::note_outcome(Worker& w, Endpoint& endpoint, bool failed) {
+  if (!failed) {
+    endpoint.consecutive_failures.store(0, std::memory_order_relaxed);
+    return;
+  }
+  const uint32_t n = endpoint.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (n < options.outlier_consecutive_failures) return;
+  endpoint.consecutive_failures.store(0, std::memory_order_relaxed);
+  const uint32_t times = std::min<uint32_t>(10, endpoint.ejections.fetch_add(1) + 1);
+  endpoint.ejected_until_ms.store(
+      steady_ms() + static_cast<int64_t>(options.outlier_base_ejection_s * 1000 * times),
+      std::memory_order_relaxed);
+  ++w.stats.ejections;
+  spdlog::warn("gateway: ejecting {} ({}) for {}s after {} consecutive failures", endpoint.replica,
+               endpoint.key, options.outlier_base_ejection_s * times, n);
+}
+
+asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
+                                                const std::string& model,
+                                                const RoutingTable::Service& service,
+                                                const std::vector<std::string>& demand) {
+  const uint32_t max_held = service.hold_max_requests;
+  const double timeout_s = service.hold_timeout_s;
+  {
+    std::lock_guard lock(mu);
+    uint32_t& n = held_count[model];
+    if (n >= max_held) co_return HoldResult::kOverflow;
+    ++n;
+  }
+  if (options.on_demand)
+    for (const auto& s : demand) options.on_demand(s);
+  asio::steady_timer timer(w.io);
+  auto gone = std::make_shared<bool>(false);
+  ex.on_client_closed([gone, &timer] {
+    *gone = true;
+    timer.cancel();
+  });
+  w.held.push_back(&timer);
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  HoldResult result = HoldResult::kTimeout;
+  while (Clock::now() < deadline) {
+    timer.expires_at(deadline);
+    co_await timer.async_wait(kUseTuple);
+    if (*gone) {
+      result = HoldResult::kClientGone;
+      break;
+    }
+    // Woken by a new table: anything to send to now?
+    const RoutingTable& table = *w.table;
+    bool ready = false;
+    if (auto r = table.routes.find(model); r != table.routes.end()) {
+      for (const auto& b : r->second.backends) {
+        if (b.external) ready = true;
+        if (auto it = table.services.find(b.service); it != table.services.end())
+          ready |= !it->second.ready.empty();
+      }
+    } else if (auto it = table.services.find(model); it != table.services.end()) {
+      ready = !it->second.ready.empty();
+    } else {
+      ready = true;  // gone: let the caller answer 404
+    }
+    if (ready) {
+      result = HoldResult::kReady;
+      break;
+    }
+  }
+  ex.on_client_closed([] {});
+  w.held.erase(std::find(w.held.begin(), w.held.end(), &timer));
+  std::lock_guard lock(mu);
+  --held_count[model];
+  co_return result;
+}
+
+void Gateway::Impl::scrape_loop() {
+  std::unique_lock lock(mu);
+  while (!stopping) {
+    std::shared_ptr<const RoutingTable> table = latest;
+    lock.unlock();
+    for (const auto& [name, svc] : table->services) {
+      if (svc.picker.kind != PickerKind::kScored) continue;
+      for (const auto& e : svc.ready) {
+        http::ClientRequest request;
+        request.host = e->host;
+        request.port = e->port;
+        request.target = "/metrics";
+        request.timeout_s = std::max(0.5, options.scrape_interval_s * 5);
+        auto response = http::fetch(request);
+        if (!response.ok() || response->status != 200) continue;
+        const EngineLoad load = parse_engine_load(response->body);
+        e->waiting.store(load.waiting.value_or(0), std::memory_order_relaxed);
+        e->kv_usage.store(load.kv_usage.value_or(0), std::memory_order_relaxed);
+        if (load.waiting || load.kv_usage) e->metrics_at_ms.store(steady_ms());
+      }
+    }
+    lock.lock();
+    scraper_wake.wait_for(
+        lock, std::chrono::milliseconds(static_cast<int64_t>(options.scrape_interval_s * 1000)),
+        [this] { return stopping; });
+  }
+}
+
+asio::awaitable<Attempt> Gateway::Impl::forward(
+    Worker& w, http::Exchange& ex, Endpoint& endpoint, const std::string& body,
+    std::string_view authorization, bool client_wants_usage, bool may_retry, ModelStats& stats,
+    RequestUsage& usage, const std::vector<http::Header>& extra_headers, Clock::time_point start,
+    int& code, int& upstream_status, std::string& failure) {
+  upstream_status = 0;
   const http::Request& req = ex.request();
   const std::string& key = endpoint.key;
   // If the client hangs up, closing the upstream connection tells the engine
@@ -286,8 +730,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
       "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
       "Content-Length: {}\r\n",
       req.target, key, body.size());
-  if (auto auth = req.header("Authorization"); !auth.empty())
-    head += fmt::format("Authorization: {}\r\n", auth);
+  if (!authorization.empty()) head += fmt::format("Authorization: {}\r\n", authorization);
   head += "\r\n";
   const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
                                                              asio::buffer(body)};
@@ -309,6 +752,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
     co_return Attempt::kRetry;
   }
   const int status = parser.get().result_int();
+  upstream_status = status;
   const std::string content_type(parser.get()[bhttp::field::content_type]);
   const bool sse = content_type.starts_with("text/event-stream");
   char chunk[16384];
@@ -337,11 +781,19 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
                                       watch->timed_out ? "idle timeout" : read_error.message()));
       co_return Attempt::kDone;
     }
+    const bool reusable = parser.keep_alive();
+    if (may_retry && (status == 429 || status >= 500)) {
+      // Refused or failed, and nothing reached the client: try elsewhere.
+      auto message = openai_error_message(payload);
+      failure = fmt::format("replica {} ({}) answered {}{}{}", endpoint.replica, key, status,
+                            message.empty() ? "" : ": ", message);
+      if (reusable) w.idle[key].push_back(std::move(conn));
+      co_return Attempt::kRetry;
+    }
     code = status;
     stats.ttft.observe(seconds_since(start));
-    if (status == 200) add_usage(payload, stats);
-    const bool reusable = parser.keep_alive();
-    http::Response response{status, content_type, std::move(payload), {}};
+    if (status == 200) add_usage(payload, usage);
+    http::Response response{status, content_type, std::move(payload), extra_headers};
     co_await ex.respond(std::move(response));
     if (reusable) w.idle[key].push_back(std::move(conn));
     co_return Attempt::kDone;
@@ -351,7 +803,9 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
   // plain read would wait for the body buffer to fill).
   code = status;
   std::string content_type_copy = content_type;
-  client_ok = co_await ex.begin_stream(status, std::move(content_type_copy));
+  std::vector<http::Header> stream_headers = extra_headers;
+  client_ok =
+      co_await ex.begin_stream(status, std::move(content_type_copy), std::move(stream_headers));
   std::string pending;
   std::string out;  // the events of one read, reused
   bool first_token = true;
@@ -393,7 +847,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
       bool forward_event = true;
       if (event.starts_with("data: {") && event.find(R"("choices":[])") != std::string_view::npos &&
           event.find(R"("usage":{)") != std::string_view::npos) {
-        add_usage(event.substr(6), stats);
+        add_usage(event.substr(6), usage);
         forward_event = client_wants_usage;
       } else if (event.starts_with("data: {")) {
         const auto now = Clock::now();
@@ -438,8 +892,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(Worker& w, http::Exchange& ex, E
 }
 
 Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
-  auto impl = std::make_unique<Impl>();
-  impl->options = options;
+  auto impl = std::make_unique<Impl>(options);
   std::vector<asio::io_context*> contexts;
   for (unsigned i = 0; i < std::max(1u, options.workers); ++i) {
     impl->workers.push_back(std::make_unique<Worker>());
@@ -473,6 +926,8 @@ int64_t Gateway::in_flight() const {
 
 void Gateway::start() {
   impl_->server->start();
+  Impl* impl = impl_.get();
+  impl_->scraper = std::thread([impl] { impl->scrape_loop(); });
   for (auto& worker : impl_->workers) {
     Worker* w = worker.get();
     w->guard.emplace(w->io.get_executor());
@@ -486,6 +941,12 @@ void Gateway::start() {
 void Gateway::stop(double grace_s) {
   if (impl_->workers.empty() || !impl_->workers.front()->thread.joinable()) return;
   impl_->server->stop();
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->scraper_wake.notify_all();
+  if (impl_->scraper.joinable()) impl_->scraper.join();
   const auto deadline =
       Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace_s * 1000));
   while (impl_->in_flight.load() > 0 && Clock::now() < deadline)
@@ -499,9 +960,16 @@ void Gateway::stop(double grace_s) {
 }
 
 void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->latest = table;
+  }
   for (auto& worker : impl_->workers) {
     Worker* w = worker.get();
-    asio::post(w->io, [w, table] { w->table = table; });
+    asio::post(w->io, [w, table] {
+      w->table = table;
+      for (asio::steady_timer* held : w->held) held->cancel();  // look again
+    });
   }
 }
 

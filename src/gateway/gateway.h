@@ -1,8 +1,11 @@
-// The gateway: Loadstar's OpenAI-compatible front door. It routes each
-// request by its `model` to a ready replica of that InferenceService (least
-// outstanding requests first), passes SSE streams through event by event,
-// retries on another replica when one refuses before anything reached the
-// client, and answers errors in OpenAI's shape.
+// The gateway: Loadstar's OpenAI-compatible front door. For each request it
+// checks the caller's API key and tenant limits, resolves the model to its
+// backends (a route's weighted, prioritised backends, or the service of that
+// name), picks an endpoint (prefix-cache affinity, load, session), passes SSE
+// streams through event by event, retries elsewhere and falls back to the
+// next priority group when an attempt fails before anything reached the
+// client, holds requests while a service has no ready replica, and answers
+// errors in OpenAI's shape.
 //
 // Threading: `workers` threads, each with its own io_context, acceptor
 // (SO_REUSEPORT), upstream connection pool, statistics and pointer to the
@@ -11,10 +14,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "common/result.h"
+#include "gateway/prefix_index.h"
 #include "gateway/routing_table.h"
 
 namespace loadstar::gateway {
@@ -27,7 +32,25 @@ struct GatewayOptions {
   double connect_timeout_s = 2;
   // Silence from an upstream longer than this fails the request (502).
   double upstream_idle_timeout_s = 300;
-  unsigned max_attempts = 3;  // replicas tried per request
+  unsigned max_attempts = 3;  // endpoints tried per request
+  // Retries in progress may be at most this share of requests in progress
+  // (at least retry_budget_min), so a failing backend cannot multiply load.
+  double retry_budget_ratio = 0.2;
+  unsigned retry_budget_min = 3;
+  // Outlier detection: an endpoint failing this many times in a row (connect
+  // errors, timeouts, 5xx) is skipped for base_ejection_s times the number
+  // of times it was ejected (capped at 10).
+  unsigned outlier_consecutive_failures = 5;
+  double outlier_base_ejection_s = 10;
+  // How often each replica's /metrics is read (queue depth, KV-cache use).
+  double scrape_interval_s = 0.1;
+  PrefixIndexOptions prefix;
+  // Output tokens assumed for a tenant's admission estimate when the request
+  // sets no max_tokens.
+  uint32_t default_output_estimate = 256;
+  // Called (from a gateway thread; must not block) when a request is held
+  // because `service` has no ready replica.
+  std::function<void(const std::string& service)> on_demand;
 };
 
 class Gateway {

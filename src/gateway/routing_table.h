@@ -1,8 +1,11 @@
-// What the gateway routes by: for each model (an InferenceService's name),
-// the replicas ready to serve it. The controller builds a new table when
+// What the gateway routes by. The controller builds a new table whenever
 // anything changes and publishes it; each gateway worker holds its own
 // pointer to the current immutable table, so the request path reads it
 // without any lock.
+//
+// A request's model names either a Route (weighted, prioritised backends) or
+// an InferenceService directly (one backend). A backend is a service's ready
+// replicas or one external OpenAI-compatible endpoint.
 #pragma once
 
 #include <atomic>
@@ -12,39 +15,70 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/picker.h"
+#include "gateway/tenants.h"
+
 namespace loadstar::gateway {
 
-// One replica's HTTP endpoint. The object lives as long as any table or
-// request holds it, so its in-flight count survives table changes.
+// One replica's (or external backend's) HTTP endpoint. The object lives as
+// long as any table or request holds it, so its counters survive table
+// changes. A replica that restarts becomes a new Endpoint with a new id.
 struct Endpoint {
-  Endpoint(std::string service_, std::string replica_, std::string host_, uint16_t port_)
-      : service(std::move(service_)),
-        replica(std::move(replica_)),
-        host(std::move(host_)),
-        port(port_),
-        key(host + ":" + std::to_string(port)) {}
+  Endpoint(std::string service_, std::string replica_, std::string host_, uint16_t port_);
+  const uint64_t id;  // unique in this process, never reused
   const std::string service;
   const std::string replica;
   const std::string host;
   const uint16_t port;
   const std::string key;  // "host:port"; also the Host header sent upstream
+
   // Requests the gateway has sent here and not finished (all workers).
   std::atomic<int64_t> in_flight{0};
+  // Requests ever sent here (the controller watches it for idleness).
+  std::atomic<uint64_t> requests{0};
+  // The engine's load from its /metrics, and when it was read (steady-clock
+  // milliseconds; 0: never).
+  std::atomic<double> waiting{0};
+  std::atomic<double> kv_usage{0};
+  std::atomic<int64_t> metrics_at_ms{0};
+  // Outlier detection: consecutive failures (connect errors, timeouts, 5xx)
+  // and, once ejected, until when (steady-clock milliseconds).
+  std::atomic<uint32_t> consecutive_failures{0};
+  std::atomic<uint32_t> ejections{0};
+  std::atomic<int64_t> ejected_until_ms{0};
 };
 
 struct RoutingTable {
   struct Service {
     std::vector<std::shared_ptr<Endpoint>> ready;
+    PickerConfig picker;
+    // Whether a replica may come (starting, or scaling up from zero): then
+    // requests wait for one rather than fail at once.
+    bool may_get_replicas = true;
+    uint32_t hold_max_requests = 256;
+    double hold_timeout_s = 120;
+  };
+  struct Backend {
+    std::string service;                 // an InferenceService, or
+    std::shared_ptr<Endpoint> external;  // an external endpoint
+    std::string model;                   // the model name sent upstream (empty: unchanged)
+    std::string authorization;           // sent to an external backend ("Bearer ...")
+    uint32_t weight = 1;
+    uint32_t priority = 0;
+    std::string label() const { return service.empty() ? external->key : service; }
+  };
+  struct Route {
+    std::vector<Backend> backends;  // ordered by priority
   };
   // Every declared service, ready replicas or not (an unknown model is a 404,
-  // a known one without replicas a 503).
+  // a known one without replicas waits or gets a 503).
   std::unordered_map<std::string, Service> services;
+  // Model names clients use -> backends (services are routable by their own
+  // name without a route).
+  std::unordered_map<std::string, Route> routes;
+  // API keys; when empty the gateway is open (no key needed).
+  std::shared_ptr<const TenantDirectory> tenants;
   uint64_t version = 0;
 };
-
-// The ready endpoint with the fewest outstanding requests, skipping those in
-// `tried`; ties go round-robin by `turn`. nullptr when none is left.
-Endpoint* pick_least_outstanding(const std::vector<std::shared_ptr<Endpoint>>& ready,
-                                 const std::vector<const Endpoint*>& tried, uint64_t turn);
 
 }  // namespace loadstar::gateway

@@ -43,10 +43,28 @@ void ModelStats::merge(const ModelStats& other) {
   completion_tokens += other.completion_tokens;
   in_flight += other.in_flight;
   retries += other.retries;
+  fallbacks += other.fallbacks;
+  for (const auto& [b, n] : other.backend_requests) backend_requests[b] += n;
+  held += other.held;
+  hold_timeouts += other.hold_timeouts;
+  hold_overflows += other.hold_overflows;
+  prefix_blocks_matched += other.prefix_blocks_matched;
+  prefix_blocks_total += other.prefix_blocks_total;
+}
+
+void TenantStats::merge(const TenantStats& other) {
+  for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
+  prompt_tokens += other.prompt_tokens;
+  completion_tokens += other.completion_tokens;
+  cost += other.cost;
 }
 
 void GatewayStats::merge(const GatewayStats& other) {
   for (const auto& [model, s] : other.models) models[model].merge(s);
+  for (const auto& [key, s] : other.tenants) tenants[key].merge(s);
+  for (const auto& [key, n] : other.rate_limited) rate_limited[key] += n;
+  for (const auto& [key, n] : other.auth_failures) auth_failures[key] += n;
+  ejections += other.ejections;
 }
 
 std::string render_metrics(const GatewayStats& stats) {
@@ -124,8 +142,127 @@ std::string render_metrics(const GatewayStats& stats) {
     itl.metric.push_back(histogram(s.inter_token, model));
     e2e.metric.push_back(histogram(s.duration, model));
   }
-  std::vector<MetricFamily> families = {requests,  prompt, completion, retries,
-                                        in_flight, ttft,   itl,        e2e};
+  MetricFamily fallbacks =
+      family("loadstar_gateway_fallbacks_total",
+             "Attempts sent to a lower-priority backend group after the one before failed.",
+             MetricType::Counter);
+  MetricFamily backend =
+      family("loadstar_gateway_backend_requests_total",
+             "Attempts per backend of a model (route splits).", MetricType::Counter);
+  MetricFamily held =
+      family("loadstar_gateway_held_requests_total",
+             "Requests that waited for a replica to become ready.", MetricType::Counter);
+  MetricFamily hold_timeouts =
+      family("loadstar_gateway_hold_timeouts_total",
+             "Held requests that timed out before a replica was ready.", MetricType::Counter);
+  MetricFamily hold_overflows =
+      family("loadstar_gateway_hold_overflows_total",
+             "Requests refused because the hold queue was full.", MetricType::Counter);
+  MetricFamily prefix_matched =
+      family("loadstar_gateway_prefix_blocks_matched_total",
+             "Prompt blocks the chosen endpoint was last sent (expected prefix-cache hits).",
+             MetricType::Counter);
+  MetricFamily prefix_total =
+      family("loadstar_gateway_prefix_blocks_total",
+             "Prompt blocks hashed for prefix-aware routing.", MetricType::Counter);
+  for (const auto& model : models) {
+    const ModelStats& s = stats.models.at(model);
+    auto counter = [&](MetricFamily& f, double v) {
+      ClientMetric m;
+      m.label = {{"model", model}};
+      m.counter.value = v;
+      f.metric.push_back(m);
+    };
+    counter(fallbacks, static_cast<double>(s.fallbacks));
+    counter(held, static_cast<double>(s.held));
+    counter(hold_timeouts, static_cast<double>(s.hold_timeouts));
+    counter(hold_overflows, static_cast<double>(s.hold_overflows));
+    counter(prefix_matched, static_cast<double>(s.prefix_blocks_matched));
+    counter(prefix_total, static_cast<double>(s.prefix_blocks_total));
+    for (const auto& [b, n] : s.backend_requests) {
+      ClientMetric m;
+      m.label = {{"backend", b}, {"model", model}};
+      m.counter.value = static_cast<double>(n);
+      backend.metric.push_back(m);
+    }
+  }
+
+  MetricFamily tenant_requests =
+      family("loadstar_gateway_tenant_requests_total",
+             "Requests per tenant, model and HTTP status code.", MetricType::Counter);
+  MetricFamily tenant_prompt = family("loadstar_gateway_tenant_prompt_tokens_total",
+                                      "Prompt tokens per tenant and model.", MetricType::Counter);
+  MetricFamily tenant_completion =
+      family("loadstar_gateway_tenant_completion_tokens_total",
+             "Completion tokens per tenant and model.", MetricType::Counter);
+  MetricFamily tenant_cost =
+      family("loadstar_gateway_tenant_cost_total",
+             "Token cost per tenant and model, by the tenant's tokenCost expression.",
+             MetricType::Counter);
+  for (const auto& [key, t] : stats.tenants) {
+    const auto& [tenant, model] = key;
+    for (const auto& [code, n] : t.requests_by_code) {
+      ClientMetric m;
+      m.label = {{"code", std::to_string(code)}, {"model", model}, {"tenant", tenant}};
+      m.counter.value = static_cast<double>(n);
+      tenant_requests.metric.push_back(m);
+    }
+    auto counter = [&](MetricFamily& f, double v) {
+      ClientMetric m;
+      m.label = {{"model", model}, {"tenant", tenant}};
+      m.counter.value = v;
+      f.metric.push_back(m);
+    };
+    counter(tenant_prompt, static_cast<double>(t.prompt_tokens));
+    counter(tenant_completion, static_cast<double>(t.completion_tokens));
+    counter(tenant_cost, t.cost);
+  }
+  MetricFamily limited =
+      family("loadstar_gateway_rate_limited_total",
+             "Requests refused with 429, per tenant and limit.", MetricType::Counter);
+  for (const auto& [key, n] : stats.rate_limited) {
+    ClientMetric m;
+    m.label = {{"limit", key.second}, {"tenant", key.first}};
+    m.counter.value = static_cast<double>(n);
+    limited.metric.push_back(m);
+  }
+  MetricFamily auth = family("loadstar_gateway_auth_failures_total",
+                             "Requests refused with 401, by reason.", MetricType::Counter);
+  for (const auto& [reason, n] : stats.auth_failures) {
+    ClientMetric m;
+    m.label = {{"reason", reason}};
+    m.counter.value = static_cast<double>(n);
+    auth.metric.push_back(m);
+  }
+  MetricFamily ejections =
+      family("loadstar_gateway_outlier_ejections_total",
+             "Endpoints ejected after consecutive failures.", MetricType::Counter);
+  ClientMetric ej;
+  ej.counter.value = static_cast<double>(stats.ejections);
+  ejections.metric.push_back(ej);
+
+  std::vector<MetricFamily> families = {requests,
+                                        prompt,
+                                        completion,
+                                        retries,
+                                        in_flight,
+                                        ttft,
+                                        itl,
+                                        e2e,
+                                        fallbacks,
+                                        backend,
+                                        held,
+                                        hold_timeouts,
+                                        hold_overflows,
+                                        prefix_matched,
+                                        prefix_total,
+                                        tenant_requests,
+                                        tenant_prompt,
+                                        tenant_completion,
+                                        tenant_cost,
+                                        limited,
+                                        auth,
+                                        ejections};
   prometheus::TextSerializer serializer;
   return serializer.Serialize(families);
 }

@@ -37,12 +37,33 @@ struct ModelStats {
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
   int64_t in_flight = 0;
-  uint64_t retries = 0;  // upstream attempts beyond the first
+  uint64_t retries = 0;    // upstream attempts beyond the first
+  uint64_t fallbacks = 0;  // attempts that went to a lower-priority backend group
+  std::map<std::string, uint64_t> backend_requests;  // attempts per backend (splits)
+  uint64_t held = 0;                                 // requests that waited for a replica
+  uint64_t hold_timeouts = 0;                        // ... and gave up
+  uint64_t hold_overflows = 0;                       // refused: the hold queue was full
+  // Prompt blocks the picker found on the chosen endpoint, of all it hashed.
+  uint64_t prefix_blocks_matched = 0;
+  uint64_t prefix_blocks_total = 0;
   void merge(const ModelStats& other);
+};
+
+// Usage per tenant and model, for chargeback.
+struct TenantStats {
+  std::map<int, uint64_t> requests_by_code;
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+  double cost = 0;  // in the tenant's tokenCost units
+  void merge(const TenantStats& other);
 };
 
 struct GatewayStats {
   std::unordered_map<std::string, ModelStats> models;
+  std::map<std::pair<std::string, std::string>, TenantStats> tenants;    // (tenant, model)
+  std::map<std::pair<std::string, std::string>, uint64_t> rate_limited;  // (tenant, limit)
+  std::map<std::string, uint64_t> auth_failures;  // by reason: missing, unknown, revoked
+  uint64_t ejections = 0;                         // endpoints ejected by outlier detection
   void merge(const GatewayStats& other);
 };
 

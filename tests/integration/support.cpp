@@ -213,9 +213,14 @@ void Up::wait_ready(const std::string& service, int count) {
                            log());
 }
 
-http::ClientResponse Up::post(const std::string& target, const std::string& body) {
-  auto r = http::fetch(
-      {.port = port_, .method = "POST", .target = target, .body = body, .timeout_s = 60});
+http::ClientResponse Up::post(const std::string& target, const std::string& body,
+                              std::vector<http::Header> headers) {
+  auto r = http::fetch({.port = port_,
+                        .method = "POST",
+                        .target = target,
+                        .body = body,
+                        .headers = std::move(headers),
+                        .timeout_s = 60});
   if (!r.ok()) throw std::runtime_error(r.error().message);
   return std::move(r).value();
 }

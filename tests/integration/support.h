@@ -72,7 +72,8 @@ class Up {
   std::string replicas_json();
   // Waits until `count` replicas of `service` are Ready (throws after 30 s).
   void wait_ready(const std::string& service, int count);
-  http::ClientResponse post(const std::string& target, const std::string& body);
+  http::ClientResponse post(const std::string& target, const std::string& body,
+                            std::vector<http::Header> headers = {});
   std::string log() const;
 
  private:

@@ -31,6 +31,40 @@ spec:
       fraction: 0.5
 )";
 
+constexpr const char* kGateway = R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: small}
+spec:
+  model: llama-8b
+  replicas: 3
+  minReplicas: 0
+  idleTimeout: 90s
+  routing:
+    picker: scored
+    scorers: {prefixCache: 4, inFlight: 1.5}
+    sessionHeader: x-user
+    hold: {maxRequests: 10, timeout: 30s}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: team-a}
+spec:
+  apiKeys:
+    - {name: ci, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}
+    - {name: old, sha256: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752, revoked: true}
+  limits: {requestsPerMinute: 600, tokensPerMinute: 200000, maxConcurrentRequests: 8}
+  tokenCost: "input_tokens / 3 + output_tokens"
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: chat-route}
+spec:
+  model: chat-latest
+  backends:
+    - {service: small, weight: 90}
+    - {url: "http://10.0.0.7:8000/v1", model: gpt-4o-mini, apiKeyEnv: OPENAI_API_KEY, priority: 1}
+)";
+
 TEST(Resources, DecodesModelsAndServices) {
   auto resources = decode_resources(kValid, "q.yaml");
   ASSERT_TRUE(resources.ok()) << resources.error().message;
@@ -121,8 +155,9 @@ namespace loadstar::api {
 namespace {
 
 TEST(Resources, EncodeDecodeRoundTrips) {
-  auto resources = decode_resources(kValid, "q.yaml");
-  ASSERT_TRUE(resources.ok());
+  auto resources = decode_resources(std::string(kValid) + "---\n" + kGateway, "q.yaml");
+  ASSERT_TRUE(resources.ok()) << resources.error().message;
+  ASSERT_EQ(resources->size(), 5u);
   for (const Resource& r : *resources) {
     const std::string text = encode_resource(r);
     auto again = decode_resources(text, "encoded");
@@ -130,6 +165,85 @@ TEST(Resources, EncodeDecodeRoundTrips) {
     ASSERT_EQ(again->size(), 1u);
     EXPECT_EQ(encode_resource((*again)[0]), text);
   }
+}
+
+TEST(Resources, DecodesTenantsRoutesAndRouting) {
+  auto resources = decode_resources(kGateway, "g.yaml");
+  ASSERT_TRUE(resources.ok()) << resources.error().message;
+  const auto& svc = std::get<InferenceService>((*resources)[0]).spec;
+  EXPECT_EQ(svc.min_replicas, 0u);
+  EXPECT_EQ(svc.idle_timeout_s, 90);
+  EXPECT_EQ(svc.routing.prefix_cache_weight, 4);
+  EXPECT_EQ(svc.routing.session_header, "x-user");
+  EXPECT_EQ(svc.routing.hold_max_requests, 10u);
+  const auto& tenant = std::get<Tenant>((*resources)[1]).spec;
+  ASSERT_EQ(tenant.api_keys.size(), 2u);
+  EXPECT_TRUE(tenant.api_keys[1].revoked);
+  EXPECT_EQ(tenant.tokens_per_minute, 200000u);
+  const auto& route = std::get<Route>((*resources)[2]).spec;
+  EXPECT_EQ(route.model, "chat-latest");
+  EXPECT_EQ(route.backends[1].priority, 1u);
+  EXPECT_EQ(kind_of((*resources)[2]), "Route");
+}
+
+TEST(Resources, GatewayConfigErrorsSayWhere) {
+  auto bad_cost = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec:
+  tokenCost: "input_tokens / + 3"
+)",
+                                   "t.yaml");
+  ASSERT_FALSE(bad_cost.ok());
+  EXPECT_NE(bad_cost.error().message.find(
+                "t.yaml:5:14: Tenant 't': spec.tokenCost: column 16: expected a number"),
+            std::string::npos)
+      << bad_cost.error().message;
+  auto bad = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec:
+  apiKeys: [{name: k, sha256: sk-plaintext}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: r}
+spec:
+  backends: [{service: a, url: "http://x"}, {url: "https://api.openai.com"}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: s}
+spec: {model: m, replicas: 1, minReplicas: 2, routing: {picker: random}}
+)",
+                              "b.yaml");
+  ASSERT_FALSE(bad.ok());
+  const std::string& m = bad.error().message;
+  EXPECT_NE(m.find("spec.apiKeys[0].sha256: must be 64 lower-case hex digits"), std::string::npos)
+      << m;
+  EXPECT_NE(m.find("spec.backends[0]: set exactly one of service"), std::string::npos) << m;
+  EXPECT_NE(m.find("spec.backends[1].url: 'https://api.openai.com' must be an http:// URL"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(m.find("spec.minReplicas: 2 is more than spec.replicas (1)"), std::string::npos) << m;
+  EXPECT_NE(m.find("spec.routing.picker: 'random' is not one of"), std::string::npos) << m;
+  // Cross-resource: a route to a missing service, a model served twice.
+  auto refs = decode_resources(std::string(kValid) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: chat}
+spec:
+  backends: [{service: nope}]
+)",
+                               "r.yaml");
+  ASSERT_TRUE(refs.ok()) << refs.error().message;
+  auto status = check_references(*refs);
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.error().message.find("'chat' is already served by the InferenceService"),
+            std::string::npos);
+  EXPECT_NE(
+      status.error().message.find("spec.backends[0].service: no InferenceService named 'nope'"),
+      std::string::npos);
 }
 
 TEST(Resources, SynthModelsNeedASize) {

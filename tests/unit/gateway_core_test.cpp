@@ -7,26 +7,6 @@
 namespace loadstar::gateway {
 namespace {
 
-TEST(PickLeastOutstanding, PrefersTheLeastLoadedAndSkipsTriedOnes) {
-  std::vector<std::shared_ptr<Endpoint>> ready = {
-      std::make_shared<Endpoint>("s", "s-0", "127.0.0.1", 1),
-      std::make_shared<Endpoint>("s", "s-1", "127.0.0.1", 2),
-      std::make_shared<Endpoint>("s", "s-2", "127.0.0.1", 3)};
-  ready[0]->in_flight = 3;
-  ready[1]->in_flight = 1;
-  ready[2]->in_flight = 2;
-  EXPECT_EQ(pick_least_outstanding(ready, {}, 0), ready[1].get());
-  EXPECT_EQ(pick_least_outstanding(ready, {ready[1].get()}, 0), ready[2].get());
-  EXPECT_EQ(pick_least_outstanding(ready, {ready[0].get(), ready[1].get(), ready[2].get()}, 0),
-            nullptr);
-  // Ties go round-robin by turn.
-  for (auto& e : ready) e->in_flight = 0;
-  EXPECT_EQ(pick_least_outstanding(ready, {}, 0), ready[0].get());
-  EXPECT_EQ(pick_least_outstanding(ready, {}, 1), ready[1].get());
-  EXPECT_EQ(pick_least_outstanding(ready, {}, 5), ready[2].get());
-  EXPECT_EQ(ready[2]->key, "127.0.0.1:3");
-}
-
 TEST(RequestPeek, ReadsModelAndStreamOptions) {
   auto p = peek_request(
       R"({"messages":[],"stream":true,"model":"chat","stream_options":{"include_usage":true}})");

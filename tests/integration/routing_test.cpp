@@ -1,0 +1,284 @@
+// The gateway deciding where requests go, end to end through `loadstar up`:
+// tenants and their limits, route splits and fallback, prefix and session
+// affinity, and requests held while a service scales up from zero.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/digest.h"
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kModel = R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: tiny}
+spec: {source: "synth://tiny", size: 8Mi}
+)";
+
+std::string service(const std::string& name, int replicas, const std::string& extra = "") {
+  return fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {}}}
+spec:
+  model: tiny
+  replicas: {}
+  engine: {{name: engine-sim, args: ["--time-scale", "20"]}}
+{})",
+                     name, replicas, extra);
+}
+
+std::string completion(const std::string& model, const std::string& prompt, int max_tokens = 4,
+                       bool stream = false) {
+  json body = {
+      {"model", model}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"ignore_eos", true}};
+  if (stream) body["stream"] = true;
+  return body.dump();
+}
+
+http::Header bearer(const std::string& key) {
+  return {"Authorization", "Bearer " + key};
+}
+
+TEST(Routing, TenantsNeedAKeyAndAreHeldToTheirLimits) {
+  const std::string tenants =
+      fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-a}}
+spec:
+  apiKeys:
+    - {{name: ci, sha256: {}}}
+    - {{name: old, sha256: {}, revoked: true}}
+  limits: {{requestsPerMinute: 4}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-b}}
+spec:
+  apiKeys: [{{name: laptop, sha256: {}}}]
+  limits: {{tokensPerMinute: 100000}}
+  tokenCost: "input_tokens / 2 + output_tokens * 3"
+)",
+                  sha256_hex("sk-a"), sha256_hex("sk-a-old"), sha256_hex("sk-b"));
+  auto up = Up::start(std::string(kModel) + service("chat", 1) + tenants);
+  up->wait_ready("chat", 1);
+  const std::string body = completion("chat", "hello there", 5);
+  auto missing = up->post("/v1/completions", body);
+  EXPECT_EQ(missing.status, 401);
+  EXPECT_NE(missing.body.find("didn't provide an API key"), std::string::npos);
+  EXPECT_EQ(up->post("/v1/completions", body, {bearer("sk-nope")}).status, 401);
+  auto revoked = up->post("/v1/completions", body, {bearer("sk-a-old")});
+  EXPECT_EQ(revoked.status, 401);
+  EXPECT_NE(revoked.body.find("revoked"), std::string::npos);
+
+  // Four requests a minute: the fifth is refused, in OpenAI's shape.
+  for (int i = 0; i < 4; ++i) {
+    auto ok = up->post("/v1/completions", body, {bearer("sk-a")});
+    ASSERT_EQ(ok.status, 200) << ok.body;
+    EXPECT_EQ(ok.header("x-ratelimit-limit-requests"), "4");
+    EXPECT_EQ(ok.header("x-ratelimit-remaining-requests"), std::to_string(3 - i));
+  }
+  auto limited = up->post("/v1/completions", body, {bearer("sk-a")});
+  EXPECT_EQ(limited.status, 429);
+  EXPECT_EQ(limited.header("Retry-After"), "15");  // one request every 15 s
+  EXPECT_EQ(limited.header("x-ratelimit-remaining-requests"), "0");
+  EXPECT_NE(
+      json::parse(limited.body)["error"]["message"].get<std::string>().find("requests per minute"),
+      std::string::npos);
+  // Another tenant is not affected; its usage is charged by its own cost.
+  auto b = up->post("/v1/completions", body, {bearer("sk-b")});
+  ASSERT_EQ(b.status, 200);
+  const auto usage = json::parse(b.body)["usage"];
+  const double expected_cost =
+      usage["prompt_tokens"].get<double>() / 2 + usage["completion_tokens"].get<double>() * 3;
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_cost_total", "tenant=\"team-b\""),
+            expected_cost);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_completion_tokens_total",
+                          "tenant=\"team-a\""),
+            20);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_requests_total",
+                          "code=\"429\",model=\"chat\",tenant=\"team-a\""),
+            1);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_auth_failures_total", "reason=\"revoked\""),
+            1);
+  // The key never reaches the log.
+  EXPECT_EQ(up->log().find("sk-a"), std::string::npos);
+}
+
+TEST(Routing, StreamsAreChargedTheirTrueUsageAndConcurrencyHolds) {
+  const std::string tenants = fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: t}}
+spec:
+  apiKeys: [{{name: k, sha256: {}}}]
+  limits: {{tokensPerMinute: 1000, maxConcurrentRequests: 100}}
+  tokenCost: output_tokens
+)",
+                                          sha256_hex("sk-t"));
+  auto up = Up::start(std::string(kModel) + service("chat", 1) + tenants);
+  up->wait_ready("chat", 1);
+  // A stream that did not ask for usage: the gateway forces it upstream,
+  // charges it, and does not pass the usage event on.
+  auto stream = up->post("/v1/completions", completion("chat", "hi", 30, true), {bearer("sk-t")});
+  ASSERT_EQ(stream.status, 200);
+  EXPECT_EQ(stream.body.find("\"usage\":{"), std::string::npos);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_cost_total"), 30);
+  // 40 requests at once, each estimated at 100 tokens (max_tokens) but using
+  // 10: admission stops when the balance (970) is spent on estimates, so at
+  // most 10 are admitted, never more.
+  std::atomic<int> ok{0}, limited{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 40; ++i)
+    clients.emplace_back([&] {
+      json body = {{"model", "chat"}, {"prompt", "x"}, {"max_tokens", 100}};
+      auto r = http::fetch({.port = up->port(),
+                            .method = "POST",
+                            .target = "/v1/completions",
+                            .body = body.dump(),
+                            .headers = {bearer("sk-t")},
+                            .timeout_s = 30});
+      if (r.ok() && r->status == 200) ++ok;
+      if (r.ok() && r->status == 429) ++limited;
+    });
+  for (auto& c : clients) c.join();
+  EXPECT_GE(ok.load(), 1);
+  EXPECT_LE(ok.load(), 10 + 10);  // admitted on estimates; refunds may let a few more in
+  EXPECT_EQ(ok + limited, 40);
+}
+
+TEST(Routing, SplitsFollowWeightsAndFallbackSkipsADeadBackend) {
+  auto up = Up::start(std::string(kModel) + service("blue", 1) + service("green", 1) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: chat}
+spec:
+  backends:
+    - {service: blue, weight: 80}
+    - {service: green, weight: 20}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: resilient}
+spec:
+  backends:
+    - {url: "http://127.0.0.1:1", model: nothing-listens-here}
+    - {service: green, priority: 1}
+)");
+  up->wait_ready("blue", 1);
+  up->wait_ready("green", 1);
+  int blue = 0, green = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto r = up->post("/v1/completions", completion("chat", "x", 1));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const std::string served = json::parse(r.body)["model"];
+    blue += served == "blue";
+    green += served == "green";
+  }
+  EXPECT_EQ(blue + green, 200);
+  // Binomial(200, 0.8): mean 160, standard deviation 5.7; 5 sigma either way.
+  EXPECT_GT(blue, 131);
+  EXPECT_LT(blue, 189);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_backend_requests_total",
+                          "backend=\"blue\",model=\"chat\""),
+            blue);
+
+  // The first backend refuses connections: every request falls back to
+  // green, and after 5 failures the dead one is ejected and not tried again.
+  for (int i = 0; i < 8; ++i) {
+    auto r = up->post("/v1/completions", completion("resilient", "x", 1));
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json::parse(r.body)["model"], "green");
+  }
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_fallbacks_total", "model=\"resilient\""),
+            8);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_backend_requests_total",
+                          "backend=\"127.0.0.1:1\",model=\"resilient\""),
+            5);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_outlier_ejections_total"), 1);
+}
+
+TEST(Routing, PrefixAndSessionAffinity) {
+  auto up = Up::start(std::string(kModel) + service("chat", 3));
+  up->wait_ready("chat", 3);
+  std::string document;
+  for (int i = 0; i < 300; ++i) document += " word" + std::to_string(i);
+  // The same long document with different questions goes to one replica.
+  std::set<std::string> endpoints;
+  for (int i = 0; i < 6; ++i) {
+    auto r = up->post("/v1/completions",
+                      completion("chat", document + " question " + std::to_string(i)));
+    ASSERT_EQ(r.status, 200);
+    endpoints.insert(std::string(r.header("x-loadstar-endpoint")));
+  }
+  EXPECT_EQ(endpoints.size(), 1u);
+  const std::string holder = *endpoints.begin();
+  // ... whose engine served the shared blocks from its prefix cache.
+  auto replicas = json::parse(up->replicas_json())["items"];
+  for (const auto& r : replicas) {
+    const double hits = scrape_metric(r["port"].get<uint16_t>(), "vllm:prefix_cache_hits_total");
+    if (r["name"] == holder)
+      EXPECT_GT(hits, 5 * 250);
+    else
+      EXPECT_EQ(hits, 0);
+  }
+  // Unrelated short prompts spread over the replicas.
+  endpoints.clear();
+  for (int i = 0; i < 6; ++i)
+    endpoints.insert(
+        std::string(up->post("/v1/completions", completion("chat", "q" + std::to_string(i)))
+                        .header("x-loadstar-endpoint")));
+  EXPECT_EQ(endpoints.size(), 3u);
+  // A session header sticks unrelated prompts to one replica.
+  endpoints.clear();
+  for (int i = 0; i < 6; ++i)
+    endpoints.insert(
+        std::string(up->post("/v1/completions", completion("chat", "other " + std::to_string(i)),
+                             {{"x-session-id", "conversation-42"}})
+                        .header("x-loadstar-endpoint")));
+  EXPECT_EQ(endpoints.size(), 1u);
+  EXPECT_GT(scrape_metric(up->port(), "loadstar_gateway_prefix_blocks_matched_total"), 0);
+}
+
+TEST(Routing, RequestsWaitWhileAServiceScalesUpFromZero) {
+  auto up = Up::start(std::string(kModel) + service("chat", 1, R"(  minReplicas: 0
+  idleTimeout: 1500ms
+  routing: {hold: {maxRequests: 1, timeout: 60s}}
+)"));
+  // Nothing runs until a request comes.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 0u);
+  http::ClientResponse held;
+  std::thread first([&] { held = up->post("/v1/completions", completion("chat", "wake up")); });
+  // A second request while the first waits finds the hold queue full.
+  http::ClientResponse overflow;
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (scrape_metric(up->port(), "loadstar_gateway_held_requests_total") == 1) break;
+  }
+  overflow = up->post("/v1/completions", completion("chat", "me too"));
+  first.join();
+  EXPECT_EQ(held.status, 200) << held.body;
+  EXPECT_EQ(overflow.status, 503);
+  EXPECT_FALSE(overflow.header("Retry-After").empty());
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_hold_overflows_total"), 1);
+  // Idle past its timeout, it goes back to zero.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline &&
+         !json::parse(up->replicas_json())["items"].empty())
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 0u);
+  EXPECT_NE(up->log().find("scaling to zero"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace loadstar::testing
