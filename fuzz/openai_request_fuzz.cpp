@@ -1,9 +1,11 @@
 // libFuzzer: the OpenAI request parser (engine side) and the gateway's
 // simdjson peek never crash on any body, and agree on the model name of
-// every body both accept.
+// every body both accept; renaming the model (a route) gives a body whose
+// model is the new name.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -13,7 +15,12 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view body(reinterpret_cast<const char*>(data), size);
   auto peek = loadstar::gateway::peek_request(body);
-  if (peek.ok()) (void)loadstar::gateway::upstream_body(body, *peek);
+  if (peek.ok()) {
+    (void)loadstar::gateway::upstream_body(body, *peek);
+    const std::string renamed = loadstar::gateway::upstream_body(body, *peek, "re\"named");
+    auto again = loadstar::gateway::peek_request(renamed);
+    if (!again.ok() || again->model != "re\"named") std::abort();
+  }
   (void)loadstar::gateway::peek_usage(body);
   for (auto endpoint :
        {loadstar::openai::Endpoint::kChatCompletions, loadstar::openai::Endpoint::kCompletions,

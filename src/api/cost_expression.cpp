@@ -190,7 +190,8 @@ double CostExpression::evaluate(double input, double output) const {
       }
     }
   }
-  return top == 1 ? std::max(0.0, stack[0]) : 0;
+  // Negative, NaN and infinite results (absurd constants) cost nothing.
+  return top == 1 && std::isfinite(stack[0]) && stack[0] > 0 ? stack[0] : 0;
 }
 
 }  // namespace loadstar::api

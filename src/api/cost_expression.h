@@ -13,7 +13,7 @@ namespace loadstar::api {
 // A token-cost expression over `input_tokens`, `output_tokens` and
 // `total_tokens` with + - * / and parentheses, e.g.
 // "input_tokens / 3 + output_tokens" (Envoy AI Gateway's shape). A negative
-// result counts as 0; division by 0 gives 0.
+// or non-finite result counts as 0; division by 0 gives 0.
 class CostExpression {
  public:
   CostExpression();  // input_tokens + output_tokens

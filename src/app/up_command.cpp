@@ -37,6 +37,7 @@ struct UpArgs {
   uint16_t admin_port = 8090;
   std::string data_dir = "var";
   unsigned workers = 2;
+  double scrape_interval_s = 0.1;
   double drain_timeout_s = 30;
   std::string max_body = "8Mi";
 };
@@ -175,6 +176,7 @@ int run_up(const UpArgs& args) {
   gw_options.host = args.host;
   gw_options.port = args.port;
   gw_options.workers = args.workers;
+  gw_options.scrape_interval_s = args.scrape_interval_s;
   auto max_body = parse_bytes(args.max_body);
   if (!max_body.ok()) {
     fmt::print(stderr, "--max-body-size: {}\n", max_body.error().message);
@@ -258,6 +260,9 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")
       ->capture_default_str();
   app.add_option("--workers", args->workers, "Gateway worker threads")->capture_default_str();
+  app.add_option("--scrape-interval", args->scrape_interval_s,
+                 "Seconds between reads of each replica's /metrics by the gateway (0: never)")
+      ->capture_default_str();
   app.add_option("--max-body-size", args->max_body, "Largest request body the gateway accepts")
       ->capture_default_str();
   app.add_option("--drain-timeout", args->drain_timeout_s,

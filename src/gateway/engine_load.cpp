@@ -2,7 +2,6 @@
 
 #include <charconv>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 namespace loadstar::gateway {
@@ -20,6 +19,23 @@ std::optional<double> parse_value(std::string_view s) {
 
 void add(std::optional<double>& slot, double v) {
   slot = slot.value_or(0) + v;
+}
+
+// The value of label `key` in a label set `{a="1",b="2"}`, unescaped only
+// as far as numbers need.
+std::optional<double> label_number(std::string_view labels, std::string_view key) {
+  const std::string pattern = std::string(key) + "=\"";
+  size_t at = 0;
+  while ((at = labels.find(pattern, at)) != std::string_view::npos) {
+    if (at == 0 || labels[at - 1] == '{' || labels[at - 1] == ',') {
+      const size_t start = at + pattern.size();
+      const size_t end = labels.find('"', start);
+      if (end == std::string_view::npos) return std::nullopt;
+      return parse_value(labels.substr(start, end - start));
+    }
+    at += pattern.size();
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -46,6 +62,15 @@ EngineLoad parse_engine_load(std::string_view text) {
     else if (name == "vllm:kv_cache_usage_perc" || name == "vllm:gpu_cache_usage_perc" ||
              name == "sglang:token_usage" || name == "llamacpp:kv_cache_usage_ratio")
       slot = &load.kv_usage;
+    else if (name == "sglang:max_total_num_tokens")
+      slot = &load.kv_capacity_tokens;
+    if (name == "vllm:cache_config_info" && line[name_end] == '{') {
+      const std::string_view labels = line.substr(name_end, line.find('}', name_end) - name_end);
+      auto blocks = label_number(labels, "num_gpu_blocks");
+      auto block_size = label_number(labels, "block_size");
+      if (blocks && block_size) add(load.kv_capacity_tokens, *blocks * *block_size);
+      continue;
+    }
     if (!slot) continue;
     // The value follows the labels (which may hold spaces inside quotes).
     size_t value_start = name_end;

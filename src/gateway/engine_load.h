@@ -4,6 +4,8 @@
 //   running:  vllm:num_requests_running | sglang:num_running_reqs | llamacpp:requests_processing
 //   KV use:   vllm:kv_cache_usage_perc (V1) | vllm:gpu_cache_usage_perc (V0) |
 //             sglang:token_usage | llamacpp:kv_cache_usage_ratio   (all 0..1)
+//   KV size (tokens): vllm:cache_config_info's num_gpu_blocks x block_size |
+//             sglang:max_total_num_tokens
 // Samples of one metric with several label sets (several models) are summed.
 #pragma once
 
@@ -16,6 +18,7 @@ struct EngineLoad {
   std::optional<double> waiting;
   std::optional<double> running;
   std::optional<double> kv_usage;
+  std::optional<double> kv_capacity_tokens;
 };
 
 // Reads the Prometheus text exposition format; lines it does not know, and

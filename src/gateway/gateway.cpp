@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <xxhash.h>
 
@@ -159,8 +160,11 @@ struct Gateway::Impl {
   std::atomic<int64_t> in_flight{0};
   std::atomic<int64_t> retries_in_flight{0};
   PrefixIndex prefixes;
-  PrefixIndex sessions{PrefixIndexOptions{
-      .block_bytes = 1, .max_blocks = 1, .capacity = 1u << 18, .endpoints_per_block = 1}};
+  PrefixIndex sessions{
+      PrefixIndexOptions{.block_bytes = 1, .max_blocks = 1, .default_endpoint_blocks = 1u << 16}};
+  // Prompt bytes per token, learned from the engines' usage reports: turns
+  // an engine's KV size in tokens into prefix-index blocks.
+  std::atomic<double> bytes_per_token{4};
   // The latest table, for the scraper; and held requests per model.
   std::mutex mu;
   std::shared_ptr<const RoutingTable> latest = std::make_shared<RoutingTable>();
@@ -185,9 +189,15 @@ struct Gateway::Impl {
                                    bool client_wants_usage, bool may_retry, ModelStats& stats,
                                    RequestUsage& usage,
                                    const std::vector<http::Header>& extra_headers,
-                                   Clock::time_point start, int& code, int& upstream_status,
-                                   std::string& failure);
+                                   Clock::time_point start, int64_t& prefill, int& code,
+                                   int& upstream_status, std::string& failure);
   void note_outcome(Worker& w, Endpoint& endpoint, bool failed);
+  // How many prefix-index blocks the endpoint's KV cache holds (0: unknown).
+  size_t prefix_capacity(const Endpoint& endpoint) const {
+    const double tokens = endpoint.kv_capacity_tokens.load(std::memory_order_relaxed);
+    return static_cast<size_t>(tokens * bytes_per_token.load(std::memory_order_relaxed) /
+                               static_cast<double>(options.prefix.block_bytes));
+  }
   void scrape_loop();
   asio::awaitable<std::string> collect_metrics();
   std::string models_json(const RoutingTable& table) const;
@@ -348,6 +358,13 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   stats.prompt_tokens += usage.prompt_tokens;
   stats.completion_tokens += usage.completion_tokens;
   --stats.in_flight;
+  if (usage.prompt_tokens > 16 && peek->prompt.size() > 64) {
+    const double ratio =
+        static_cast<double>(peek->prompt.size()) / static_cast<double>(usage.prompt_tokens);
+    const double old = bytes_per_token.load(std::memory_order_relaxed);
+    bytes_per_token.store(0.98 * old + 0.02 * std::clamp(ratio, 1.0, 16.0),
+                          std::memory_order_relaxed);
+  }
   if (tenant) {
     const double actual = tenant->cost(static_cast<double>(usage.prompt_tokens),
                                        static_cast<double>(usage.completion_tokens));
@@ -488,6 +505,7 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
     backend_candidates(*table, *backend, tried, true, now_ms, candidates);
     if (candidates.empty()) backend_candidates(*table, *backend, tried, false, now_ms, candidates);
     Endpoint* endpoint = candidates.front();
+    int64_t prefill = static_cast<int64_t>(peek.prompt.size());
     if (!backend->external && candidates.size() > 1) {
       const RoutingTable::Service& svc = table->services.at(backend->service);
       const PickerConfig& picker = svc.picker;
@@ -511,6 +529,10 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
         const Endpoint& e = *candidates[i];
         CandidateView& v = views[i];
         v.in_flight = e.in_flight.load(std::memory_order_relaxed);
+        v.pending_prefill = static_cast<double>(e.pending_prefill.load(std::memory_order_relaxed));
+        v.uncached = static_cast<double>(peek.prompt.size()) -
+                     static_cast<double>(
+                         std::min(peek.prompt.size(), matched[i] * options.prefix.block_bytes));
         v.has_engine_metrics = e.metrics_at_ms.load(std::memory_order_relaxed) > fresh_after;
         v.waiting = e.waiting.load(std::memory_order_relaxed);
         v.kv_usage = e.kv_usage.load(std::memory_order_relaxed);
@@ -519,14 +541,15 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
       }
       const PickDecision decision = pick(picker, views, blocks.size(), w.turn++);
       endpoint = candidates[decision.index];
+      prefill = static_cast<int64_t>(views[decision.index].uncached);
       stats.prefix_blocks_matched += matched[decision.index];
       if (scored) {
         stats.prefix_blocks_total += blocks.size();
-        prefixes.record(blocks, endpoint->id);
+        prefixes.record(blocks, endpoint->id, prefix_capacity(*endpoint));
         if (!session.empty()) sessions.record(session, endpoint->id);
       }
     } else if (!backend->external) {
-      prefixes.record(blocks, endpoint->id);
+      prefixes.record(blocks, endpoint->id, prefix_capacity(*endpoint));
     }
     tried.push_back(endpoint);
 
@@ -536,11 +559,14 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
     const bool may_retry = attempt + 1 < options.max_attempts;
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
+    endpoint->pending_prefill.fetch_add(prefill, std::memory_order_relaxed);
     if (attempt > 0) ++retries_in_flight;
     std::vector<http::Header> headers = extra_headers;
     headers.push_back({"x-loadstar-endpoint", endpoint->replica});
-    outcome = co_await forward(w, ex, *endpoint, body, authorization, peek.include_usage, may_retry,
-                               stats, usage, headers, start, code, upstream_status, failure);
+    outcome =
+        co_await forward(w, ex, *endpoint, body, authorization, peek.include_usage, may_retry,
+                         stats, usage, headers, start, prefill, code, upstream_status, failure);
+    endpoint->pending_prefill.fetch_sub(prefill, std::memory_order_relaxed);  // if still counted
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
     if (outcome != Attempt::kClientGone)
@@ -637,6 +663,7 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
 }
 
 void Gateway::Impl::scrape_loop() {
+  if (options.scrape_interval_s <= 0) return;
   std::unique_lock lock(mu);
   while (!stopping) {
     std::shared_ptr<const RoutingTable> table = latest;
@@ -654,6 +681,8 @@ void Gateway::Impl::scrape_loop() {
         const EngineLoad load = parse_engine_load(response->body);
         e->waiting.store(load.waiting.value_or(0), std::memory_order_relaxed);
         e->kv_usage.store(load.kv_usage.value_or(0), std::memory_order_relaxed);
+        if (load.kv_capacity_tokens)
+          e->kv_capacity_tokens.store(*load.kv_capacity_tokens, std::memory_order_relaxed);
         if (load.waiting || load.kv_usage) e->metrics_at_ms.store(steady_ms());
       }
     }
@@ -668,7 +697,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
     Worker& w, http::Exchange& ex, Endpoint& endpoint, const std::string& body,
     std::string_view authorization, bool client_wants_usage, bool may_retry, ModelStats& stats,
     RequestUsage& usage, const std::vector<http::Header>& extra_headers, Clock::time_point start,
-    int& code, int& upstream_status, std::string& failure) {
+    int64_t& prefill, int& code, int& upstream_status, std::string& failure) {
   upstream_status = 0;
   const http::Request& req = ex.request();
   const std::string& key = endpoint.key;
@@ -854,6 +883,9 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
         if (first_token) {
           stats.ttft.observe(std::chrono::duration<double>(now - start).count());
           first_token = false;
+          // Its prefill is done: no longer part of the endpoint's queue.
+          endpoint.pending_prefill.fetch_sub(prefill, std::memory_order_relaxed);
+          prefill = 0;
         } else {
           stats.inter_token.observe(std::chrono::duration<double>(now - last_event).count());
         }
@@ -960,10 +992,21 @@ void Gateway::stop(double grace_s) {
 }
 
 void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
+  std::shared_ptr<const RoutingTable> previous;
   {
     std::lock_guard lock(impl_->mu);
-    impl_->latest = table;
+    previous = std::exchange(impl_->latest, table);
   }
+  // Endpoints that are gone take what the prefix index knew with them.
+  std::unordered_set<uint64_t> live;
+  for (const auto& [name, svc] : table->services)
+    for (const auto& e : svc.ready) live.insert(e->id);
+  for (const auto& [name, svc] : previous->services)
+    for (const auto& e : svc.ready)
+      if (!live.count(e->id)) {
+        impl_->prefixes.forget(e->id);
+        impl_->sessions.forget(e->id);
+      }
   for (auto& worker : impl_->workers) {
     Worker* w = worker.get();
     asio::post(w->io, [w, table] {

@@ -45,13 +45,16 @@ PickDecision pick(const PickerConfig& config, std::span<const CandidateView> can
     any_room |= !(c.has_engine_metrics && c.kv_usage >= config.kv_cache_full);
   if (any_room)
     for (size_t i = 0; i < n; ++i)
-      keep[i] = !(candidates[i].has_engine_metrics && candidates[i].kv_usage >= config.kv_cache_full);
+      keep[i] =
+          !(candidates[i].has_engine_metrics && candidates[i].kv_usage >= config.kv_cache_full);
 
-  double max_in_flight = 0, max_waiting = 0;
+  double max_in_flight = 0, max_waiting = 0, max_prefill = 0;
   for (size_t i = 0; i < n; ++i) {
     if (!keep[i]) continue;
+    max_prefill = std::max(max_prefill, candidates[i].pending_prefill + candidates[i].uncached);
     max_in_flight = std::max(max_in_flight, static_cast<double>(candidates[i].in_flight));
-    if (candidates[i].has_engine_metrics) max_waiting = std::max(max_waiting, candidates[i].waiting);
+    if (candidates[i].has_engine_metrics)
+      max_waiting = std::max(max_waiting, candidates[i].waiting);
   }
   const ScorerWeights& w = config.weights;
   PickDecision best{n, 0};
@@ -60,11 +63,12 @@ PickDecision pick(const PickerConfig& config, std::span<const CandidateView> can
     if (!keep[i]) continue;
     const CandidateView& c = candidates[i];
     double score = 0;
+    score += w.prefill * (max_prefill > 0 ? 1 - (c.pending_prefill + c.uncached) / max_prefill : 1);
     if (prompt_blocks > 0)
       score += w.prefix_cache * static_cast<double>(c.prefix_blocks) /
                static_cast<double>(prompt_blocks);
-    score += w.in_flight * (max_in_flight > 0 ? 1 - static_cast<double>(c.in_flight) / max_in_flight
-                                              : 1);
+    score += w.in_flight *
+             (max_in_flight > 0 ? 1 - static_cast<double>(c.in_flight) / max_in_flight : 1);
     // Without a scrape a candidate is scored as an average one would be.
     const double waiting = c.has_engine_metrics ? c.waiting : max_waiting / 2;
     score += w.queue * (max_waiting > 0 ? 1 - waiting / max_waiting : 1);

@@ -22,8 +22,12 @@ enum class PickerKind {
 // Each scorer gives a candidate 0..1; the picked candidate has the highest
 // weighted sum. A weight of 0 turns a scorer off.
 struct ScorerWeights {
-  double prefix_cache = 3;  // share of the prompt's leading blocks it was last sent
-  double in_flight = 2;     // 1 - its in-flight requests / the most any candidate has
+  // 1 - (prompt bytes waiting for their first token there + this prompt's
+  // bytes it does not hold) / the most of any candidate: the time to first
+  // token as prefill work, cache hits and queue in one unit.
+  double prefill = 4;
+  double prefix_cache = 1;  // share of the prompt's leading blocks it was last sent
+  double in_flight = 1;     // 1 - its in-flight requests / the most any candidate has
   double queue = 1;         // 1 - engine's waiting requests / the most any candidate has
   double kv_cache = 1;      // 1 - engine's KV-cache use (0..1)
   double session = 10;      // 1 if the request's session was last sent there
@@ -47,7 +51,9 @@ std::string_view picker_kind_name(PickerKind kind);
 
 // What the picker knows of one candidate.
 struct CandidateView {
-  int64_t in_flight = 0;           // counted by the gateway
+  int64_t in_flight = 0;            // counted by the gateway
+  double pending_prefill = 0;       // prompt bytes sent there still waiting for a first token
+  double uncached = 0;              // bytes of this prompt it is not known to hold
   bool has_engine_metrics = false;  // the fields below come from a recent scrape
   double waiting = 0;
   double kv_usage = 0;

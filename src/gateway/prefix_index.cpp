@@ -20,50 +20,27 @@ std::vector<uint64_t> hash_prefix_blocks(std::string_view text, size_t block_byt
   return out;
 }
 
-struct PrefixIndex::Shard {
-  struct Entry {
-    std::list<uint64_t>::iterator lru;  // position in `order`
-    std::vector<uint64_t> endpoints;    // most recent last
-  };
-  mutable std::mutex mu;
-  std::unordered_map<uint64_t, Entry> entries;
-  std::list<uint64_t> order;  // block hashes, most recently used first
-  size_t capacity = 0;
-};
-
 PrefixIndex::PrefixIndex(PrefixIndexOptions options) : options_(options) {
-  options_.shards = std::max<size_t>(1, options_.shards);
-  options_.endpoints_per_block = std::max<size_t>(1, options_.endpoints_per_block);
-  for (size_t i = 0; i < options_.shards; ++i) {
-    shards_.push_back(std::make_unique<Shard>());
-    shards_.back()->capacity = std::max<size_t>(1, options_.capacity / options_.shards);
-  }
-}
-
-PrefixIndex::~PrefixIndex() = default;
-
-PrefixIndex::Shard& PrefixIndex::shard_for(std::span<const uint64_t> blocks) const {
-  return *shards_[blocks.empty() ? 0 : blocks[0] % shards_.size()];
+  options_.default_endpoint_blocks = std::max<size_t>(1, options_.default_endpoint_blocks);
 }
 
 void PrefixIndex::match(std::span<const uint64_t> blocks, std::span<const uint64_t> candidates,
-                        std::span<uint32_t> matched) {
+                        std::span<uint32_t> matched) const {
   std::fill(matched.begin(), matched.end(), 0);
   if (blocks.empty() || candidates.empty()) return;
-  Shard& shard = shard_for(blocks);
-  std::lock_guard lock(shard.mu);
+  std::lock_guard lock(mu_);
   // alive[k]: candidate k has held every block so far.
   std::vector<char> alive(candidates.size(), 1);
   size_t still = candidates.size();
-  std::vector<std::list<uint64_t>::iterator> used;
   for (size_t i = 0; i < blocks.size() && still > 0; ++i) {
-    auto it = shard.entries.find(blocks[i]);
-    if (it == shard.entries.end()) break;
-    used.push_back(it->second.lru);
-    const auto& holders = it->second.endpoints;
+    auto it = blocks_.find(blocks[i]);
+    if (it == blocks_.end()) break;
+    const auto& holders = it->second;
     for (size_t k = 0; k < candidates.size(); ++k) {
       if (!alive[k]) continue;
-      if (std::find(holders.begin(), holders.end(), candidates[k]) != holders.end()) {
+      const bool held = std::any_of(holders.begin(), holders.end(),
+                                    [&](const Holder& h) { return h.endpoint == candidates[k]; });
+      if (held) {
         matched[k] = static_cast<uint32_t>(i + 1);
       } else {
         alive[k] = 0;
@@ -71,45 +48,53 @@ void PrefixIndex::match(std::span<const uint64_t> blocks, std::span<const uint64
       }
     }
   }
-  // A lookup counts as use, so hot prefixes stay. Touched tail first, so that
-  // under pressure a prefix loses its tail before its head (as vLLM frees
-  // KV blocks), and what remains still matches.
-  for (auto it = used.rbegin(); it != used.rend(); ++it)
-    shard.order.splice(shard.order.begin(), shard.order, *it);
 }
 
-void PrefixIndex::record(std::span<const uint64_t> blocks, uint64_t endpoint) {
+void PrefixIndex::evict_back(uint64_t endpoint, EndpointLru& lru) {
+  const uint64_t hash = lru.order.back();
+  auto it = blocks_.find(hash);
+  if (it != blocks_.end()) {
+    auto& holders = it->second;
+    holders.erase(std::find_if(holders.begin(), holders.end(),
+                               [&](const Holder& h) { return h.endpoint == endpoint; }));
+    if (holders.empty()) blocks_.erase(it);
+  }
+  lru.order.pop_back();
+  --pairs_;
+}
+
+void PrefixIndex::record(std::span<const uint64_t> blocks, uint64_t endpoint,
+                         size_t capacity_blocks) {
   if (blocks.empty()) return;
-  Shard& shard = shard_for(blocks);
-  std::lock_guard lock(shard.mu);
-  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {  // tail first, as in match()
-    const uint64_t hash = *b;
-    auto [it, inserted] = shard.entries.try_emplace(hash);
-    Shard::Entry& e = it->second;
-    if (inserted) {
-      shard.order.push_front(hash);
-      e.lru = shard.order.begin();
+  std::lock_guard lock(mu_);
+  EndpointLru& lru = endpoints_[endpoint];
+  lru.capacity = capacity_blocks > 0 ? capacity_blocks : options_.default_endpoint_blocks;
+  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {  // tail first: the head ends freshest
+    auto& holders = blocks_[*b];
+    auto mine = std::find_if(holders.begin(), holders.end(),
+                             [&](const Holder& h) { return h.endpoint == endpoint; });
+    if (mine != holders.end()) {
+      lru.order.splice(lru.order.begin(), lru.order, mine->position);
     } else {
-      shard.order.splice(shard.order.begin(), shard.order, e.lru);
+      lru.order.push_front(*b);
+      holders.push_back({endpoint, lru.order.begin()});
+      ++pairs_;
     }
-    auto pos = std::find(e.endpoints.begin(), e.endpoints.end(), endpoint);
-    if (pos != e.endpoints.end()) e.endpoints.erase(pos);
-    if (e.endpoints.size() >= options_.endpoints_per_block) e.endpoints.erase(e.endpoints.begin());
-    e.endpoints.push_back(endpoint);
   }
-  while (shard.entries.size() > shard.capacity) {
-    shard.entries.erase(shard.order.back());
-    shard.order.pop_back();
-  }
+  while (lru.order.size() > lru.capacity) evict_back(endpoint, lru);
+}
+
+void PrefixIndex::forget(uint64_t endpoint) {
+  std::lock_guard lock(mu_);
+  auto it = endpoints_.find(endpoint);
+  if (it == endpoints_.end()) return;
+  while (!it->second.order.empty()) evict_back(endpoint, it->second);
+  endpoints_.erase(it);
 }
 
 size_t PrefixIndex::size() const {
-  size_t n = 0;
-  for (const auto& s : shards_) {
-    std::lock_guard lock(s->mu);
-    n += s->entries.size();
-  }
-  return n;
+  std::lock_guard lock(mu_);
+  return pairs_;
 }
 
 }  // namespace loadstar::gateway

@@ -34,12 +34,16 @@ struct Endpoint {
 
   // Requests the gateway has sent here and not finished (all workers).
   std::atomic<int64_t> in_flight{0};
+  // Prompt bytes it has not yet answered with a first token (gateway's view
+  // of its prefill queue, less what it was expected to hold in cache).
+  std::atomic<int64_t> pending_prefill{0};
   // Requests ever sent here (the controller watches it for idleness).
   std::atomic<uint64_t> requests{0};
   // The engine's load from its /metrics, and when it was read (steady-clock
   // milliseconds; 0: never).
   std::atomic<double> waiting{0};
   std::atomic<double> kv_usage{0};
+  std::atomic<double> kv_capacity_tokens{0};  // 0: unknown
   std::atomic<int64_t> metrics_at_ms{0};
   // Outlier detection: consecutive failures (connect errors, timeouts, 5xx)
   // and, once ejected, until when (steady-clock milliseconds).

@@ -23,7 +23,7 @@ std::string words(uint32_t seed, size_t n) {
 }
 
 TEST(PrefixIndex, MatchesTheLongestRecordedPrefixPerEndpoint) {
-  PrefixIndex index({.block_bytes = 16, .max_blocks = 64, .capacity = 10000, .shards = 4});
+  PrefixIndex index({.block_bytes = 16, .max_blocks = 64});
   const std::string system = words(1, 40);
   const std::string a = system + words(2, 40), b = system + words(3, 40);
   auto ha = hash_prefix_blocks(a, 16, 64), hb = hash_prefix_blocks(b, 16, 64);
@@ -45,13 +45,19 @@ TEST(PrefixIndex, MatchesTheLongestRecordedPrefixPerEndpoint) {
   index.match(hb, candidates, matched);
   EXPECT_EQ(matched[0], common);
   EXPECT_EQ(matched[1], hb.size());
+  // An endpoint that is gone is forgotten.
+  const size_t before = index.size();
+  index.forget(8);
+  EXPECT_EQ(index.size(), before - hb.size());
+  index.match(hb, candidates, matched);
+  EXPECT_EQ(matched[1], 0u);
 }
 
 TEST(PrefixIndex, MemoryStaysBoundedUnderUniquePrompts) {
-  PrefixIndex index({.block_bytes = 16, .max_blocks = 32, .capacity = 2048, .shards = 8});
-  for (uint32_t i = 0; i < 5000; ++i) index.record(hash_prefix_blocks(words(i, 100), 16, 32), i % 5);
-  EXPECT_LE(index.size(), 2048u);
-  EXPECT_GT(index.size(), 2048u - 8 * 32);
+  PrefixIndex index({.block_bytes = 16, .max_blocks = 32});
+  for (uint32_t i = 0; i < 5000; ++i)
+    index.record(hash_prefix_blocks(words(i, 100), 16, 32), i % 5, /*capacity_blocks=*/400);
+  EXPECT_EQ(index.size(), 5u * 400);
   // The most recent prompt is still matched in full.
   auto last = hash_prefix_blocks(words(4999, 100), 16, 32);
   const uint64_t candidates[] = {4999 % 5};
@@ -60,18 +66,19 @@ TEST(PrefixIndex, MemoryStaysBoundedUnderUniquePrompts) {
   EXPECT_EQ(matched[0], last.size());
 }
 
-TEST(PrefixIndex, EvictsTailsBeforeHeads) {
-  // One shard, room for 10 hashes: a 10-block prompt, then 5 blocks of
-  // others. The first prompt keeps its head, so it still matches in part.
-  PrefixIndex index({.block_bytes = 8, .max_blocks = 10, .capacity = 10, .shards = 1});
+TEST(PrefixIndex, ForgetsWhatTheEngineMustHaveEvictedTailFirst) {
+  // Endpoint 1's cache holds 10 blocks: a 10-block prompt, then 5 blocks of
+  // another. The first keeps its head, so it still matches in part.
+  PrefixIndex index({.block_bytes = 8, .max_blocks = 10});
   auto first = hash_prefix_blocks(words(1, 40), 8, 10);
   ASSERT_EQ(first.size(), 10u);
-  index.record(first, 1);
-  index.record(hash_prefix_blocks(words(2, 40), 8, 5), 2);
+  index.record(first, 1, 10);
+  index.record(hash_prefix_blocks(words(2, 40), 8, 5), 1, 10);
   const uint64_t candidates[] = {1};
   uint32_t matched[1];
   index.match(first, candidates, matched);
   EXPECT_EQ(matched[0], 5u);
+  EXPECT_EQ(index.size(), 10u);
 }
 
 TEST(Picker, PrefixAffinityWinsUntilLoadOutweighsIt) {
@@ -93,6 +100,19 @@ TEST(Picker, PrefixAffinityWinsUntilLoadOutweighsIt) {
     c[i].kv_usage = 0.85;
   }
   EXPECT_EQ(pick(config, c, 20, 0).index, 1u);
+}
+
+TEST(Picker, PrefillCostWeighsCacheHitsAgainstQueuedWork) {
+  PickerConfig config;
+  std::vector<CandidateView> c(2);
+  // A 40 KB prompt: endpoint 0 holds 30 KB of it but has 60 KB of prompts
+  // waiting for their first token; endpoint 1 holds nothing and is idle.
+  c[0] = {.pending_prefill = 60000, .uncached = 10000, .prefix_blocks = 240};
+  c[1] = {.pending_prefill = 0, .uncached = 40000};
+  EXPECT_EQ(pick(config, c, 320, 0).index, 1u);
+  // With only 10 KB waiting there, the cache hit is worth the wait.
+  c[0].pending_prefill = 10000;
+  EXPECT_EQ(pick(config, c, 320, 0).index, 0u);
 }
 
 TEST(Picker, FiltersFullKvCachesAndHonoursSessions) {
@@ -150,7 +170,12 @@ TEST(EngineLoad, ReadsVllmSglangAndLlamaCppNames) {
       "llamacpp:kv_cache_usage_ratio 0.75\n");
   EXPECT_EQ(llama.waiting, 1.0);
   EXPECT_EQ(llama.kv_usage, 0.75);
-  auto junk = parse_engine_load("vllm:num_requests_waiting{unterminated 3\nvllm:num_requests_running NaN\n");
+  auto sizes = parse_engine_load(
+      "vllm:cache_config_info{block_size=\"16\",model_name=\"m\",num_gpu_blocks=\"24000\"} 1\n");
+  EXPECT_EQ(sizes.kv_capacity_tokens, 384000.0);
+  EXPECT_EQ(parse_engine_load("sglang:max_total_num_tokens 5000\n").kv_capacity_tokens, 5000.0);
+  auto junk = parse_engine_load(
+      "vllm:num_requests_waiting{unterminated 3\nvllm:num_requests_running NaN\n");
   EXPECT_FALSE(junk.waiting);
   EXPECT_FALSE(junk.running);
 }
@@ -254,7 +279,9 @@ TEST(RequestPeek, ExtractsPromptTextAndRenamesTheModel) {
   const std::string body = R"({"prompt":["a","b"],"model" : "chat","stream":false})";
   auto completion = peek_request(body);
   ASSERT_TRUE(completion.ok());
-  EXPECT_EQ(completion->prompt, "a\x1e" "b");
+  EXPECT_EQ(completion->prompt,
+            "a\x1e"
+            "b");
   EXPECT_EQ(upstream_body(body, *completion, "llama-\"8b\""),
             R"({"prompt":["a","b"],"model" : "llama-\"8b\"","stream":false})");
   EXPECT_EQ(upstream_body(body, *completion, "chat"), body);

@@ -1,0 +1,304 @@
+// bench/routing: replays the Mooncake conversation trace through the
+// gateway, open loop, and reports TTFT percentiles, output throughput and the
+// engines' prefix-cache hit rate.
+//
+// Prompts: each of a request's hash_ids names one 512-token block; the block
+// is made of vocabulary words drawn from a generator seeded by the id, so
+// requests sharing leading ids share identical prefix text, exactly as they
+// shared KV blocks in production. The last block is cut to the request's
+// input_length.
+//
+// Time: the engines run at --time-scale S (model time S times faster than
+// wall time) and the trace is replayed S * rate times faster, so the engines
+// see the trace's arrival rate times `rate` in model time. Latencies are
+// reported in model seconds (wall seconds * S).
+//
+//   routing_replay --trace T --requests N --rate R --time-scale S
+//                  --gateway-port P --admin-port A [--model chat]
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "http/client.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+constexpr uint32_t kBlockTokens = 512;
+
+struct TraceRequest {
+  double at_s = 0;  // trace time
+  uint32_t input_tokens = 0;
+  uint32_t output_tokens = 0;
+  std::vector<uint64_t> hash_ids;
+};
+
+uint64_t splitmix(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// `tokens` words of block `id`, each one token (vocabulary words carry their
+// leading space).
+void append_block(uint64_t id, uint32_t tokens, std::string& out) {
+  const auto& tok = loadstar::tokenizer::Tokenizer::get();
+  uint64_t state = id * 0x2545f4914f6cdd1dull + 1;
+  for (uint32_t i = 0; i < tokens; ++i) {
+    const auto word = static_cast<loadstar::tokenizer::TokenId>(
+        loadstar::tokenizer::kFirstWord +
+        splitmix(state) % (loadstar::tokenizer::kVocabSize - loadstar::tokenizer::kFirstWord));
+    out.append(tok.text_of(word));
+  }
+}
+
+std::string prompt_of(const TraceRequest& r) {
+  std::string text;
+  text.reserve(static_cast<size_t>(r.input_tokens) * 8);
+  uint32_t left = r.input_tokens;
+  for (uint64_t id : r.hash_ids) {
+    if (left == 0) break;
+    const uint32_t n = std::min(left, kBlockTokens);
+    append_block(id, n, text);
+    left -= n;
+  }
+  return text;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(std::ceil(p * v.size())) - 1);
+  return v[i];
+}
+
+double scrape(uint16_t port, const std::string& name) {
+  auto r = loadstar::http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
+  if (!r.ok()) {
+    fmt::print(stderr, "scrape :{}: {}\n", port, r.error().message);
+    return NAN;
+  }
+  double sum = 0;
+  size_t pos = 0;
+  while ((pos = r->body.find("\n" + name, pos)) != std::string::npos) {
+    pos += 1;
+    const size_t end = r->body.find('\n', pos);
+    const std::string line = r->body.substr(pos, end - pos);
+    const size_t space = line.rfind(' ');
+    if (line.compare(0, name.size(), name) == 0 &&
+        (line[name.size()] == '{' || line[name.size()] == ' '))
+      sum += std::stod(line.substr(space + 1));
+  }
+  return sum;
+}
+
+// Prints the runs of a results file as a table, with each picker's TTFT
+// against round-robin's and least-request's at the same rate.
+int summarize(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> runs;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) runs.push_back(json::parse(line));
+  fmt::print("\n{:<6} {:<14} {:>9} {:>9} {:>9} {:>11} {:>9} {:>13} {:>13}\n", "rate", "picker",
+             "TTFT p50", "p90", "p99", "out tok/s", "prefix", "p90 vs RR", "p90 vs LR");
+  for (const auto& r : runs) {
+    auto p90_of = [&](const char* label) -> double {
+      for (const auto& o : runs)
+        if (o["label"] == label && o["rate"] == r["rate"]) return o["ttft_p90_s"].get<double>();
+      return std::nan("");
+    };
+    const double p90 = r["ttft_p90_s"];
+    fmt::print(
+        "{:<6} {:<14} {:>8.3f}s {:>8.3f}s {:>8.3f}s {:>11.0f} {:>8.1f}% {:>12.2f}x {:>12.2f}x\n",
+        fmt::format("{}x", r["rate"].get<double>()), r["label"].get<std::string>(),
+        r["ttft_p50_s"].get<double>(), p90, r["ttft_p99_s"].get<double>(),
+        r["output_tokens_per_s"].get<double>(), 100 * r["prefix_cache_hit_rate"].get<double>(),
+        p90_of("round-robin") / p90, p90_of("least-request") / p90);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--summarize") return summarize(argv[2]);
+  CLI::App app{"Replay the Mooncake trace through the Loadstar gateway"};
+  std::string trace_path, model = "chat", label = "run";
+  size_t requests = 1000;
+  double rate = 1, time_scale = 10, max_input = 32768;
+  uint16_t gateway_port = 0, admin_port = 0;
+  unsigned threads = 400;
+  app.add_option("--trace", trace_path, "mooncake_conversation_trace.jsonl")->required();
+  app.add_option("--requests", requests, "Requests from the start of the trace");
+  app.add_option("--rate", rate, "Arrival rate relative to the trace's");
+  app.add_option("--time-scale", time_scale, "The engines' --time-scale");
+  app.add_option("--max-input", max_input, "Skip requests with longer prompts (tokens)");
+  app.add_option("--gateway-port", gateway_port)->required();
+  app.add_option("--admin-port", admin_port)->required();
+  app.add_option("--model", model);
+  app.add_option("--label", label, "Name of this run in the output");
+  app.add_option("--threads", threads, "Client threads (the most requests in flight)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<TraceRequest> trace;
+  size_t skipped = 0;
+  {
+    std::ifstream in(trace_path);
+    if (!in) {
+      fmt::print(stderr, "cannot read {}\n", trace_path);
+      return 1;
+    }
+    std::string line;
+    while (trace.size() < requests && std::getline(in, line)) {
+      json j = json::parse(line);
+      TraceRequest r;
+      r.at_s = j["timestamp"].get<double>() / 1000;
+      r.input_tokens = j["input_length"];
+      r.output_tokens = std::max<uint32_t>(1, j["output_length"].get<uint32_t>());
+      r.hash_ids = j["hash_ids"].get<std::vector<uint64_t>>();
+      if (r.input_tokens > max_input) {
+        ++skipped;
+        continue;
+      }
+      trace.push_back(std::move(r));
+    }
+  }
+  const double speed = time_scale * rate;  // trace seconds per wall second
+
+  struct Result {
+    bool ok = false;
+    double ttft_s = 0;  // wall
+    double end_s = 0;   // wall, since the start
+    uint64_t completion_tokens = 0;
+    uint64_t cached_tokens = 0;
+    int status = 0;
+  };
+  std::vector<Result> results(trace.size());
+  std::atomic<size_t> next{0};
+  const Clock::time_point start = Clock::now() + std::chrono::milliseconds(200);
+  const double first_at = trace.empty() ? 0 : trace.front().at_s;
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t)
+    pool.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < trace.size();) {
+        const TraceRequest& r = trace[i];
+        json body = {{"model", model},
+                     {"prompt", prompt_of(r)},
+                     {"max_tokens", r.output_tokens},
+                     {"ignore_eos", true},
+                     {"stream", true},
+                     {"stream_options", {{"include_usage", true}}}};
+        const std::string text = body.dump();
+        const auto due = start + std::chrono::microseconds(
+                                     static_cast<int64_t>((r.at_s - first_at) / speed * 1e6));
+        std::this_thread::sleep_until(due);
+        const auto sent = Clock::now();
+        Result& out = results[i];
+        std::string tail;
+        bool first = true;
+        auto response = loadstar::http::fetch_streaming(
+            {.port = gateway_port,
+             .method = "POST",
+             .target = "/v1/completions",
+             .body = text,
+             .timeout_s = 600},
+            [&](std::string_view data) {
+              if (first && data.find("data: {") != std::string_view::npos) {
+                out.ttft_s = std::chrono::duration<double>(Clock::now() - sent).count();
+                first = false;
+              }
+              tail.append(data);
+              if (tail.size() > 4096) tail.erase(0, tail.size() - 4096);
+              return true;
+            });
+        out.end_s = std::chrono::duration<double>(Clock::now() - start).count();
+        out.status = response.ok() ? response->status : -1;
+        const size_t usage = tail.rfind("\"usage\":");
+        if (out.status == 200 && !first && usage != std::string::npos) {
+          const size_t event = tail.rfind("data: {", usage);
+          const size_t end = tail.find("\n", usage);
+          json u = json::parse(tail.substr(event + 6, end - event - 6), nullptr, false);
+          if (!u.is_discarded() && u.contains("usage") && u["usage"].is_object()) {
+            out.ok = true;
+            out.completion_tokens = u["usage"].value("completion_tokens", 0);
+            if (u["usage"].contains("prompt_tokens_details") &&
+                u["usage"]["prompt_tokens_details"].is_object())
+              out.cached_tokens = u["usage"]["prompt_tokens_details"].value("cached_tokens", 0);
+          }
+        }
+      }
+    });
+  for (auto& t : pool) t.join();
+
+  std::vector<double> ttft;
+  uint64_t tokens = 0, failed = 0;
+  double last_end = 0;
+  std::map<int, int> failures;  // by HTTP status (-1: no response)
+  for (const auto& r : results) {
+    if (!r.ok) {
+      ++failed;
+      ++failures[r.status];
+      continue;
+    }
+    ttft.push_back(r.ttft_s * time_scale);
+    tokens += r.completion_tokens;
+    last_end = std::max(last_end, r.end_s);
+  }
+  // The engines' own prefix-cache counters.
+  double hits = 0, queries = 0, preemptions = 0;
+  json per_replica = json::array();
+  auto replicas = loadstar::http::fetch({.port = admin_port, .target = "/api/v1/replicas"});
+  if (!replicas.ok()) fmt::print(stderr, "admin API: {}\n", replicas.error().message);
+  const json replica_list = replicas.ok() ? json::parse(replicas->body) : json::object();
+  if (replica_list.contains("items"))
+    for (const auto& r : replica_list["items"]) {
+      hits += scrape(r["port"].get<uint16_t>(), "vllm:prefix_cache_hits_total");
+      queries += scrape(r["port"].get<uint16_t>(), "vllm:prefix_cache_queries_total");
+      preemptions += scrape(r["port"].get<uint16_t>(), "vllm:num_preemptions_total");
+      const uint16_t port = r["port"].get<uint16_t>();
+      per_replica.push_back(
+          {{"requests", scrape(port, "vllm:request_success_total")},
+           {"prompt_tokens", scrape(port, "vllm:prompt_tokens_total")},
+           {"cached_tokens", scrape(port, "vllm:prefix_cache_hits_total")},
+           {"engine_ttft_mean_s", scrape(port, "vllm:time_to_first_token_seconds_sum") /
+                                      scrape(port, "vllm:time_to_first_token_seconds_count")}});
+    }
+  const double model_span = last_end * time_scale;
+  json report = {
+      {"label", label},
+      {"requests", trace.size()},
+      {"skipped_long_prompts", skipped},
+      {"failed", failed},
+      {"failed_by_status", failures},
+      {"rate", rate},
+      {"ttft_p50_s", percentile(ttft, 0.5)},
+      {"ttft_p90_s", percentile(ttft, 0.9)},
+      {"ttft_p99_s", percentile(ttft, 0.99)},
+      {"output_tokens_per_s", model_span > 0 ? tokens / model_span : 0},
+      {"prefix_cache_hit_rate", queries > 0 ? hits / queries : 0},
+      {"preemptions", preemptions},
+      {"replicas", per_replica},
+      {"client_ttft_mean_s",
+       ttft.empty() ? 0 : std::accumulate(ttft.begin(), ttft.end(), 0.0) / ttft.size()},
+      {"gateway_ttft_mean_s",
+       time_scale * scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_sum") /
+           scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_count")}};
+  fmt::print("{}\n", report.dump());
+  return failed == 0 ? 0 : 3;
+}

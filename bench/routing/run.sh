@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# bench/routing: round-robin vs least-request vs Loadstar's scored picker
+# (prefix-cache affinity + load), replaying the Mooncake conversation trace
+# against engine-sim replicas with prefix caching and a small KV pool.
+#   bench/routing/run.sh      (from the repository root)
+# Environment: REQUESTS (default 1500), REPLICAS (8), TIME_SCALE (5),
+# RATES ("2 3": multiples of the trace's arrival rate), BLOCKS (KV blocks per
+# replica; 28000 = 448k tokens, an H100 80GB serving an 8B model), PICKERS,
+# UP_ARGS (extra flags for loadstar up).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=build/release/loadstar
+replay=build/release/bench/routing_replay
+cmake --build --preset release --target loadstar routing_replay >/dev/null
+requests=${REQUESTS:-1500}
+replicas=${REPLICAS:-8}
+scale=${TIME_SCALE:-5}
+rates=${RATES:-"2 3"}
+blocks=${BLOCKS:-28000}
+port=${PORT:-18080}
+admin=$((port + 10))
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# The H100 profile's step costs, with a KV pool small enough that a replica
+# holds only a few of the trace's long prompts.
+cat > "$work/profiles.yaml" <<YAML
+profiles:
+  - name: h100-small-kv
+    description: Llama 3.1 8B on one H100, KV pool cut to ${blocks} blocks
+    base_ms: 6.0
+    prefill_token_us: 35
+    decode_seq_us: 40
+    context_token_ns: 52
+    num_gpu_blocks: ${blocks}
+YAML
+
+results="$work/results.jsonl"
+for rate in $rates; do
+  for picker in ${PICKERS:-round-robin least-request scored}; do
+    cat > "$work/bench.yaml" <<YAML
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: bench}
+spec: {source: "synth://bench", size: 16Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: bench
+  replicas: ${replicas}
+  engine:
+    name: engine-sim
+    args: ["--profile", "h100-small-kv", "--profiles-file", "$work/profiles.yaml",
+           "--time-scale", "${scale}", "--max-model-len", "40000", "--max-num-seqs", "64",
+           "--log-level", "warn"]
+  routing: {picker: ${picker}}
+YAML
+    rm -rf "$work/data/state"
+    $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
+      --log-level warn ${UP_ARGS:-} > "$work/up.log" 2>&1 &
+    up_pid=$!
+    for _ in $(seq 600); do
+      ready=$(curl -sf "http://127.0.0.1:$admin/api/v1/services" 2>/dev/null |
+              grep -o '"ready":[0-9]*' | head -1 | cut -d: -f2 || true)
+      [ "${ready:-0}" = "$replicas" ] && break
+      sleep 0.1
+    done
+    [ "${ready:-0}" = "$replicas" ] || { cat "$work/up.log"; exit 1; }
+    echo "== rate ${rate}x, picker ${picker}" >&2
+    $replay --trace ../shared/traces/mooncake_conversation_trace.jsonl --requests "$requests" \
+      --rate "$rate" --time-scale "$scale" --gateway-port "$port" --admin-port "$admin" \
+      --label "$picker" | tee -a "$results" || true
+    kill -TERM $up_pid; wait $up_pid || true
+  done
+done
+$replay --summarize "$results"

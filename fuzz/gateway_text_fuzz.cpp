@@ -1,0 +1,22 @@
+// libFuzzer: the gateway's other text inputs never crash: a Tenant's
+// tokenCost expression (parsed when a file is read, evaluated per request)
+// and an engine's /metrics page (scraped ten times a second).
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "api/cost_expression.h"
+#include "gateway/engine_load.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  auto cost = loadstar::api::CostExpression::parse(text);
+  if (cost.ok()) {
+    const double v = cost->evaluate(1234, 56);
+    if (!std::isfinite(v) || v < 0) std::abort();  // a cost is finite and never negative
+  }
+  (void)loadstar::gateway::parse_engine_load(text);
+  return 0;
+}
