@@ -3,8 +3,8 @@
 # (prefix-cache affinity + load), replaying the Mooncake conversation trace
 # against engine-sim replicas with prefix caching and a small KV pool.
 #   bench/routing/run.sh      (from the repository root)
-# Environment: REQUESTS (default 1500), REPLICAS (8), TIME_SCALE (5),
-# RATES ("2 3": multiples of the trace's arrival rate), BLOCKS (KV blocks per
+# Environment: REQUESTS (default 1500), REPLICAS (4), TIME_SCALE (5),
+# RATES ("1.5 3": multiples of the trace's arrival rate), BLOCKS (KV blocks per
 # replica; 28000 = 448k tokens, an H100 80GB serving an 8B model), PICKERS,
 # UP_ARGS (extra flags for loadstar up).
 set -euo pipefail
@@ -13,9 +13,9 @@ bin=build/release/loadstar
 replay=build/release/bench/routing_replay
 cmake --build --preset release --target loadstar routing_replay >/dev/null
 requests=${REQUESTS:-1500}
-replicas=${REPLICAS:-8}
+replicas=${REPLICAS:-4}
 scale=${TIME_SCALE:-5}
-rates=${RATES:-"2 3"}
+rates=${RATES:-"1.5 3"}
 blocks=${BLOCKS:-28000}
 port=${PORT:-18080}
 admin=$((port + 10))
