@@ -9,6 +9,15 @@
 namespace loadstar::gateway {
 
 namespace {
+
+void add_counter(prometheus::MetricFamily& family,
+                 std::vector<prometheus::ClientMetric::Label> labels, double value) {
+  prometheus::ClientMetric m;
+  m.label = std::move(labels);
+  m.counter.value = value;
+  family.metric.push_back(std::move(m));
+}
+
 const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                             2.5,   5,    10,    20,   40,  80,   160, 320};
 const std::vector<double> kItlBounds = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06,
@@ -117,31 +126,6 @@ std::string render_metrics(const GatewayStats& stats) {
     m.histogram.sample_sum = h.sum();
     return m;
   };
-  for (const auto& model : models) {
-    const ModelStats& s = stats.models.at(model);
-    for (const auto& [code, n] : s.requests_by_code) {
-      ClientMetric m;
-      m.label = {{"code", std::to_string(code)}, {"model", model}};
-      m.counter.value = static_cast<double>(n);
-      requests.metric.push_back(m);
-    }
-    auto counter = [&](MetricFamily& f, double v) {
-      ClientMetric m;
-      m.label = {{"model", model}};
-      m.counter.value = v;
-      f.metric.push_back(m);
-    };
-    counter(prompt, static_cast<double>(s.prompt_tokens));
-    counter(completion, static_cast<double>(s.completion_tokens));
-    counter(retries, static_cast<double>(s.retries));
-    ClientMetric g;
-    g.label = {{"model", model}};
-    g.gauge.value = static_cast<double>(s.in_flight);
-    in_flight.metric.push_back(g);
-    ttft.metric.push_back(histogram(s.ttft, model));
-    itl.metric.push_back(histogram(s.inter_token, model));
-    e2e.metric.push_back(histogram(s.duration, model));
-  }
   MetricFamily fallbacks =
       family("loadstar_gateway_fallbacks_total",
              "Attempts sent to a lower-priority backend group after the one before failed.",
@@ -167,12 +151,20 @@ std::string render_metrics(const GatewayStats& stats) {
              "Prompt blocks hashed for prefix-aware routing.", MetricType::Counter);
   for (const auto& model : models) {
     const ModelStats& s = stats.models.at(model);
-    auto counter = [&](MetricFamily& f, double v) {
-      ClientMetric m;
-      m.label = {{"model", model}};
-      m.counter.value = v;
-      f.metric.push_back(m);
-    };
+    for (const auto& [code, n] : s.requests_by_code)
+      add_counter(requests, {{"code", std::to_string(code)}, {"model", model}},
+                  static_cast<double>(n));
+    auto counter = [&](MetricFamily& f, double v) { add_counter(f, {{"model", model}}, v); };
+    counter(prompt, static_cast<double>(s.prompt_tokens));
+    counter(completion, static_cast<double>(s.completion_tokens));
+    counter(retries, static_cast<double>(s.retries));
+    ClientMetric g;
+    g.label = {{"model", model}};
+    g.gauge.value = static_cast<double>(s.in_flight);
+    in_flight.metric.push_back(g);
+    ttft.metric.push_back(histogram(s.ttft, model));
+    itl.metric.push_back(histogram(s.inter_token, model));
+    e2e.metric.push_back(histogram(s.duration, model));
     counter(fallbacks, static_cast<double>(s.fallbacks));
     counter(held, static_cast<double>(s.held));
     counter(hold_timeouts, static_cast<double>(s.hold_timeouts));
@@ -180,13 +172,9 @@ std::string render_metrics(const GatewayStats& stats) {
     counter(prefix_matched, static_cast<double>(s.prefix_blocks_matched));
     counter(prefix_total, static_cast<double>(s.prefix_blocks_total));
     for (const auto& [b, n] : s.backend_requests) {
-      ClientMetric m;
-      m.label = {{"backend", b}, {"model", model}};
-      m.counter.value = static_cast<double>(n);
-      backend.metric.push_back(m);
+      add_counter(backend, {{"backend", b}, {"model", model}}, static_cast<double>(n));
     }
   }
-
   MetricFamily tenant_requests =
       family("loadstar_gateway_tenant_requests_total",
              "Requests per tenant, model and HTTP status code.", MetricType::Counter);
@@ -202,16 +190,12 @@ std::string render_metrics(const GatewayStats& stats) {
   for (const auto& [key, t] : stats.tenants) {
     const auto& [tenant, model] = key;
     for (const auto& [code, n] : t.requests_by_code) {
-      ClientMetric m;
-      m.label = {{"code", std::to_string(code)}, {"model", model}, {"tenant", tenant}};
-      m.counter.value = static_cast<double>(n);
-      tenant_requests.metric.push_back(m);
+      add_counter(tenant_requests,
+                  {{"code", std::to_string(code)}, {"model", model}, {"tenant", tenant}},
+                  static_cast<double>(n));
     }
     auto counter = [&](MetricFamily& f, double v) {
-      ClientMetric m;
-      m.label = {{"model", model}, {"tenant", tenant}};
-      m.counter.value = v;
-      f.metric.push_back(m);
+      add_counter(f, {{"model", model}, {"tenant", tenant}}, v);
     };
     counter(tenant_prompt, static_cast<double>(t.prompt_tokens));
     counter(tenant_completion, static_cast<double>(t.completion_tokens));
@@ -221,18 +205,12 @@ std::string render_metrics(const GatewayStats& stats) {
       family("loadstar_gateway_rate_limited_total",
              "Requests refused with 429, per tenant and limit.", MetricType::Counter);
   for (const auto& [key, n] : stats.rate_limited) {
-    ClientMetric m;
-    m.label = {{"limit", key.second}, {"tenant", key.first}};
-    m.counter.value = static_cast<double>(n);
-    limited.metric.push_back(m);
+    add_counter(limited, {{"limit", key.second}, {"tenant", key.first}}, static_cast<double>(n));
   }
   MetricFamily auth = family("loadstar_gateway_auth_failures_total",
                              "Requests refused with 401, by reason.", MetricType::Counter);
   for (const auto& [reason, n] : stats.auth_failures) {
-    ClientMetric m;
-    m.label = {{"reason", reason}};
-    m.counter.value = static_cast<double>(n);
-    auth.metric.push_back(m);
+    add_counter(auth, {{"reason", reason}}, static_cast<double>(n));
   }
   MetricFamily ejections =
       family("loadstar_gateway_outlier_ejections_total",

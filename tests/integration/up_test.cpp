@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -224,6 +225,9 @@ TEST(Up, AKilledReplicaFailsItsStreamCleanlyAndComesBack) {
   ASSERT_GE(evs.size(), 2u);
   EXPECT_NE(evs[evs.size() - 2].find(R"("error")"), std::string::npos) << evs[evs.size() - 2];
   EXPECT_EQ(evs.back(), "data: [DONE]");
+  // Bytes had reached the client: no retry, no second stream spliced in.
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_upstream_retries_total"), 0);
+  EXPECT_EQ(std::count(evs.begin(), evs.end(), "data: [DONE]"), 1);
 
   // New requests go to the survivor meanwhile.
   for (int i = 0; i < 4; ++i)
