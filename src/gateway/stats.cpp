@@ -188,7 +188,9 @@ std::string render_metrics(const GatewayStats& stats) {
              "Token cost per tenant and model, by the tenant's tokenCost expression.",
              MetricType::Counter);
   for (const auto& [key, t] : stats.tenants) {
-    const auto& [tenant, model] = key;
+    const std::string& tenant =
+        key.first;  // (not a structured binding: clang 14 cannot capture one)
+    const std::string& model = key.second;
     for (const auto& [code, n] : t.requests_by_code) {
       add_counter(tenant_requests,
                   {{"code", std::to_string(code)}, {"model", model}, {"tenant", tenant}},
