@@ -273,7 +273,14 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
   }
   http::Response response;
   if (req.method == "GET" && path == "/v1/models") {
-    response = {200, "application/json", models_json(*w.table)};
+    // Listing models needs a key too when tenants are declared (as OpenAI's does).
+    const RoutingTable& table = *w.table;
+    if (table.tenants && !table.tenants->empty() &&
+        !table.tenants->find(req.header("Authorization")).tenant) {
+      co_await send_error(ex, 401, "A valid API key is required to list models.");
+      co_return;
+    }
+    response = {200, "application/json", models_json(table)};
   } else if (req.method == "GET" && path == "/health") {
     response = {200, "text/plain", "ok\n"};
   } else if (req.method == "GET" && path == "/metrics") {

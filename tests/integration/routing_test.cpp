@@ -110,6 +110,14 @@ spec:
             1);
   EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_auth_failures_total", "reason=\"revoked\""),
             1);
+  // Listing models needs a key as well.
+  auto models = http::fetch({.port = up->port(), .target = "/v1/models"});
+  ASSERT_TRUE(models.ok());
+  EXPECT_EQ(models->status, 401);
+  auto listed =
+      http::fetch({.port = up->port(), .target = "/v1/models", .headers = {bearer("sk-b")}});
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->status, 200);
   // The key never reaches the log.
   EXPECT_EQ(up->log().find("sk-a"), std::string::npos);
 }
