@@ -258,33 +258,56 @@ TEST(Routing, PrefixAndSessionAffinity) {
 }
 
 TEST(Routing, RequestsWaitWhileAServiceScalesUpFromZero) {
+  // `chat` scales from zero; `broken`'s engine never becomes ready (a bad
+  // flag), so its held requests stay held until they time out.
   auto up = Up::start(std::string(kModel) + service("chat", 1, R"(  minReplicas: 0
   idleTimeout: 1500ms
-  routing: {hold: {maxRequests: 1, timeout: 60s}}
-)"));
+)") + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: broken}
+spec:
+  model: tiny
+  replicas: 1
+  minReplicas: 0
+  engine: {name: engine-sim, args: ["--no-such-flag"]}
+  routing: {hold: {maxRequests: 1, timeout: 2s}}
+)");
   // Nothing runs until a request comes.
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 0u);
-  http::ClientResponse held;
-  std::thread first([&] { held = up->post("/v1/completions", completion("chat", "wake up")); });
-  // A second request while the first waits finds the hold queue full.
-  http::ClientResponse overflow;
-  for (int i = 0; i < 100; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (scrape_metric(up->port(), "loadstar_gateway_held_requests_total") == 1) break;
-  }
-  overflow = up->post("/v1/completions", completion("chat", "me too"));
-  first.join();
+  auto held = up->post("/v1/completions", completion("chat", "wake up"));
   EXPECT_EQ(held.status, 200) << held.body;
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_held_requests_total", "model=\"chat\""), 1);
+
+  // The hold queue is bounded and held requests time out.
+  http::ClientResponse waited;
+  std::thread first([&] { waited = up->post("/v1/completions", completion("broken", "x")); });
+  for (int i = 0; i < 200; ++i) {
+    if (scrape_metric(up->port(), "loadstar_gateway_held_requests_total", "model=\"broken\"") == 1)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto overflow = up->post("/v1/completions", completion("broken", "me too"));
+  first.join();
   EXPECT_EQ(overflow.status, 503);
   EXPECT_FALSE(overflow.header("Retry-After").empty());
-  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_hold_overflows_total"), 1);
-  // Idle past its timeout, it goes back to zero.
+  EXPECT_NE(overflow.body.find("too many requests are waiting"), std::string::npos);
+  EXPECT_EQ(waited.status, 503);
+  EXPECT_NE(waited.body.find("became ready within 2s"), std::string::npos) << waited.body;
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_hold_timeouts_total", "model=\"broken\""),
+            1);
+
+  // Idle past its timeout, `chat` goes back to zero.
+  auto chat_replicas = [&] {
+    int n = 0;
+    for (const auto& r : json::parse(up->replicas_json())["items"]) n += r["service"] == "chat";
+    return n;
+  };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < deadline &&
-         !json::parse(up->replicas_json())["items"].empty())
+  while (std::chrono::steady_clock::now() < deadline && chat_replicas() > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 0u);
+  EXPECT_EQ(chat_replicas(), 0);
   EXPECT_NE(up->log().find("scaling to zero"), std::string::npos);
 }
 
