@@ -49,13 +49,24 @@ PickDecision pick(const PickerConfig& config, std::span<const CandidateView> can
           !(candidates[i].has_engine_metrics && candidates[i].kv_usage >= config.kv_cache_full);
 
   double max_in_flight = 0, max_waiting = 0, max_prefill = 0;
+  double sum_waiting = 0, sum_kv = 0;
+  size_t scraped = 0;
   for (size_t i = 0; i < n; ++i) {
     if (!keep[i]) continue;
-    max_prefill = std::max(max_prefill, candidates[i].pending_prefill + candidates[i].uncached);
-    max_in_flight = std::max(max_in_flight, static_cast<double>(candidates[i].in_flight));
-    if (candidates[i].has_engine_metrics)
-      max_waiting = std::max(max_waiting, candidates[i].waiting);
+    const CandidateView& c = candidates[i];
+    max_prefill = std::max(max_prefill, c.pending_prefill + c.uncached);
+    max_in_flight = std::max(max_in_flight, static_cast<double>(c.in_flight));
+    if (c.has_engine_metrics) {
+      max_waiting = std::max(max_waiting, c.waiting);
+      sum_waiting += c.waiting;
+      sum_kv += std::clamp(c.kv_usage, 0.0, 1.0);
+      ++scraped;
+    }
   }
+  // A candidate not scraped yet (a replica that just became ready) is
+  // scored as the average scraped one, neither favoured nor penalised.
+  const double mean_waiting = scraped ? sum_waiting / static_cast<double>(scraped) : 0;
+  const double mean_kv = scraped ? sum_kv / static_cast<double>(scraped) : 0;
   const ScorerWeights& w = config.weights;
   PickDecision best{n, 0};
   for (size_t k = 0; k < n; ++k) {
@@ -69,10 +80,9 @@ PickDecision pick(const PickerConfig& config, std::span<const CandidateView> can
                static_cast<double>(prompt_blocks);
     score += w.in_flight *
              (max_in_flight > 0 ? 1 - static_cast<double>(c.in_flight) / max_in_flight : 1);
-    // Without a scrape a candidate is scored as an average one would be.
-    const double waiting = c.has_engine_metrics ? c.waiting : max_waiting / 2;
+    const double waiting = c.has_engine_metrics ? c.waiting : mean_waiting;
     score += w.queue * (max_waiting > 0 ? 1 - waiting / max_waiting : 1);
-    score += w.kv_cache * (c.has_engine_metrics ? 1 - std::clamp(c.kv_usage, 0.0, 1.0) : 0.5);
+    score += w.kv_cache * (1 - (c.has_engine_metrics ? std::clamp(c.kv_usage, 0.0, 1.0) : mean_kv));
     if (c.session_match) score += w.session;
     if (best.index == n || score > best.score) best = {i, score};
   }

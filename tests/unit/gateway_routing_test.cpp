@@ -115,6 +115,17 @@ TEST(Picker, PrefillCostWeighsCacheHitsAgainstQueuedWork) {
   EXPECT_EQ(pick(config, c, 320, 0).index, 0u);
 }
 
+TEST(Picker, AReplicaNotScrapedYetIsNeitherFavouredNorPenalised) {
+  // Two equally loaded replicas, one scraped, one not yet: they share the
+  // picks as equals (a missing scrape used to count as a half-full KV cache).
+  std::vector<CandidateView> c(2);
+  c[0] = {.in_flight = 1, .has_engine_metrics = true, .waiting = 0, .kv_usage = 0.01};
+  c[1] = {.in_flight = 1};
+  int second = 0;
+  for (uint64_t turn = 0; turn < 4; ++turn) second += pick(PickerConfig{}, c, 0, turn).index == 1;
+  EXPECT_EQ(second, 2);
+}
+
 TEST(Picker, FiltersFullKvCachesAndHonoursSessions) {
   PickerConfig config;
   std::vector<CandidateView> c(2);
