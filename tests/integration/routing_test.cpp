@@ -301,7 +301,8 @@ spec:
   // Idle past its timeout, `chat` goes back to zero.
   auto chat_replicas = [&] {
     int n = 0;
-    for (const auto& r : json::parse(up->replicas_json())["items"]) n += r["service"] == "chat";
+    const json doc = json::parse(up->replicas_json());  // named: the loop borrows from it
+    for (const auto& r : doc["items"]) n += r["service"] == "chat";
     return n;
   };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
