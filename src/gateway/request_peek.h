@@ -20,7 +20,7 @@ struct RequestPeek {
   size_t model_length = 0;
   bool stream = false;
   bool has_stream_options = false;
-  bool include_usage = false;  // stream_options.include_usage
+  bool include_usage = false;          // stream_options.include_usage
   std::optional<uint64_t> max_tokens;  // max_tokens or max_completion_tokens
   // The prompt as text, for prefix hashing and token estimates: chat
   // messages as "role\ncontent\x1e" each (text parts of a content array
