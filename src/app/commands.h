@@ -16,5 +16,6 @@ std::function<int()> setup_up(CLI::App& app);
 std::function<int()> setup_get(CLI::App& app);
 std::function<int()> setup_apply(CLI::App& app);
 std::function<int()> setup_apikey(CLI::App& app);
+std::function<int()> setup_sim(CLI::App& app);
 
 }  // namespace loadstar::app

@@ -31,6 +31,8 @@ const std::vector<Command>& command_table() {
       {"validate", "Check resource files and report every error", loadstar::app::setup_validate},
       {"apikey", "Make an API key for a Tenant and print its SHA-256 digest",
        loadstar::app::setup_apikey},
+      {"sim", "Trace-driven simulations of the scheduler (schedule, queues)",
+       loadstar::app::setup_sim},
   };
   return table;
 }

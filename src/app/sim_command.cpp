@@ -1,0 +1,247 @@
+// `loadstar sim`: trace-driven simulations that run the scheduler's own code
+// in virtual time.
+//   sim schedule  the FGD paper's fill experiment on the openb trace: GPU
+//                 allocation ratio against arrived workload, per policy
+//   sim queues    three tenants sharing a cluster through queues: each one's
+//                 share over time against its fair share, with reclaim
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <fmt/core.h>
+#include <fmt/ranges.h>
+#include <CLI/CLI.hpp>
+
+#include "app/commands.h"
+#include "app/svg_chart.h"
+#include "scheduler/placement.h"
+#include "scheduler/trace.h"
+
+namespace loadstar::app {
+
+namespace {
+
+namespace fs = std::filesystem;
+using scheduler::Cluster;
+
+Result<std::string> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(ErrorCode::kNotFound, "{}: cannot open", path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+Status write_file(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) return make_error(ErrorCode::kIo, "{}: cannot write", tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return make_error(ErrorCode::kIo, "{}: {}", path.string(), ec.message());
+  return {};
+}
+
+struct ScheduleArgs {
+  std::string nodes = "../shared/traces/openb_node_list_gpu_node.csv";
+  std::string pods = "../shared/traces/openb_pod_list_default.csv";
+  std::vector<std::string> policies = scheduler::PlacementPolicy::names();
+  double inflate = 1.3;
+  double step = 0.01;
+  double coverage = 1.0;
+  uint32_t synthetic_nodes = 0;
+  uint64_t seed = 42;
+  std::string out = "var/sim/schedule";
+};
+
+// The cluster of the node list, or that list repeated to `synthetic_nodes`
+// nodes (a larger cluster of the same mix).
+Result<Cluster> load_cluster(const ScheduleArgs& a, const std::string& nodes_csv) {
+  Cluster cluster;
+  LS_RETURN_IF_ERROR(scheduler::load_openb_nodes(nodes_csv, a.nodes, cluster));
+  if (a.synthetic_nodes > 0) {
+    Cluster big;
+    for (const auto& m : cluster.models()) big.intern_model(m);
+    const auto& base = cluster.nodes();
+    for (uint32_t i = 0; i < a.synthetic_nodes; ++i) {
+      scheduler::Node n = base[i % base.size()];
+      n.name = fmt::format("synthetic-{:05}", i);
+      big.add_node(std::move(n));
+    }
+    return big;
+  }
+  return cluster;
+}
+
+int run_schedule(const ScheduleArgs& a) {
+  auto nodes_csv = read_file(a.nodes);
+  auto pods_csv = read_file(a.pods);
+  if (!nodes_csv.ok() || !pods_csv.ok()) {
+    fmt::print(stderr, "loadstar sim schedule: {}\n",
+               (!nodes_csv.ok() ? nodes_csv.error() : pods_csv.error()).message);
+    return 1;
+  }
+  std::vector<scheduler::PlacementPolicy> policies;
+  for (const auto& name : a.policies) {
+    auto p = scheduler::PlacementPolicy::named(name);
+    if (!p.ok()) {
+      fmt::print(stderr, "loadstar sim schedule: --policies: {}\n", p.error().message);
+      return 2;
+    }
+    policies.push_back(*p);
+  }
+  // One parse for the workload; every policy gets a fresh cluster.
+  auto probe = load_cluster(a, *nodes_csv);
+  if (!probe.ok()) {
+    fmt::print(stderr, "loadstar sim schedule: {}\n", probe.error().message);
+    return 1;
+  }
+  auto trace = scheduler::load_openb_pods(*pods_csv, a.pods, *probe);
+  if (!trace.ok()) {
+    fmt::print(stderr, "loadstar sim schedule: {}\n", trace.error().message);
+    return 1;
+  }
+  const auto tasks = scheduler::inflate(*trace, probe->gpu_milli_total(), a.inflate, a.seed);
+  std::vector<scheduler::PodRequest> requests;
+  for (const auto& t : *trace) requests.push_back(t.request);
+  auto fragmentation = std::make_shared<const scheduler::Fragmentation>(
+      scheduler::Fragmentation::from_tasks(requests, a.coverage));
+  const double total_gpus = probe->gpu_milli_total() / 1000.0;
+  fmt::print(
+      "cluster: {} nodes, {:.0f} GPUs; workload: {} tasks ({} from the trace), {:.0f}% of "
+      "GPU capacity; FGD target: {} task types covering {:.0f}%\n",
+      probe->nodes().size(), total_gpus, tasks.size(), trace->size(), a.inflate * 100,
+      fragmentation->target().size(), a.coverage * 100);
+
+  std::vector<std::vector<scheduler::FillPoint>> curves;
+  std::vector<double> rates;
+  std::vector<std::pair<double, double>> leftovers;
+  for (const auto& policy : policies) {
+    auto cluster = load_cluster(a, *nodes_csv);
+    for (const auto& m : probe->models()) cluster->intern_model(m);  // same ids as the tasks
+    scheduler::Placer placer(*cluster, policy, fragmentation, a.seed);
+    const auto start = std::chrono::steady_clock::now();
+    curves.push_back(scheduler::fill(*cluster, placer, tasks, a.step));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    rates.push_back(tasks.size() / seconds);
+    // Where the unallocated GPUs are: leftovers in partly used cards, or
+    // idle cards no task could take (their node's CPU or memory is gone).
+    double partial = 0, idle = 0;
+    for (const auto& n : cluster->nodes())
+      for (const auto& d : n.devices) (d.idle() ? idle : partial) += d.free_milli() / 1000.0;
+    leftovers.emplace_back(partial, idle);
+  }
+
+  // Points at each 10% of arrived workload from 50%, then the end.
+  std::string csv = "arrived";
+  for (const auto& p : policies) csv += "," + p.name;
+  csv += "\n";
+  const size_t rows = curves.empty() ? 0 : curves[0].size();
+  for (size_t i = 0; i < rows; ++i) {
+    csv += fmt::format("{:.4f}", curves[0][i].arrived);
+    for (const auto& c : curves) csv += fmt::format(",{:.5f}", i < c.size() ? c[i].allocated : 0);
+    csv += "\n";
+  }
+  fmt::print("\n{:<12}", "arrived");
+  for (const auto& p : policies) fmt::print("{:>12}", p.name);
+  fmt::print("\n");
+  for (double mark = 0.5; mark <= a.inflate + 1e-9; mark += 0.1) {
+    fmt::print("{:<12}", fmt::format("{:.0f}%", mark * 100));
+    for (const auto& c : curves) {
+      auto it =
+          std::find_if(c.begin(), c.end(), [&](const auto& p) { return p.arrived >= mark - 1e-9; });
+      if (it == c.end()) it = c.end() - 1;
+      fmt::print("{:>11.1f}%", it->allocated * 100);
+    }
+    fmt::print("\n");
+  }
+  fmt::print("{:<12}", "unallocated");
+  for (const auto& c : curves) fmt::print("{:>12.0f}", (1 - c.back().allocated) * total_gpus);
+  fmt::print("\n{:<12}", "unplaced");
+  for (const auto& c : curves) fmt::print("{:>12}", c.back().unplaced);
+  fmt::print("\n{:<12}", "in partial");
+  for (const auto& l : leftovers) fmt::print("{:>12.0f}", l.first);
+  fmt::print("\n{:<12}", "idle cards");
+  for (const auto& l : leftovers) fmt::print("{:>12.0f}", l.second);
+  fmt::print("\n{:<12}", "tasks/s");
+  for (double r : rates) fmt::print("{:>12.0f}", r);
+  fmt::print("\n");
+  // Unallocated GPUs at the end, against best-fit's (the paper's headline).
+  for (size_t i = 0; i < policies.size(); ++i) {
+    if (policies[i].name != "best-fit") continue;
+    const double base = 1 - curves[i].back().allocated;
+    for (size_t j = 0; j < policies.size(); ++j)
+      if (j != i && base > 0)
+        fmt::print("{}: {:.1f}% fewer unallocated GPUs than best-fit\n", policies[j].name,
+                   100 * (1 - (1 - curves[j].back().allocated) / base));
+  }
+
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  SvgChart chart;
+  chart.title =
+      fmt::format("GPU allocation ratio, {} ({} nodes, {:.0f} GPUs)",
+                  fs::path(a.pods).filename().string(), probe->nodes().size(), total_gpus);
+  chart.x_label = "arrived workload (% of GPU capacity)";
+  chart.y_label = "GPUs allocated (%)";
+  chart.x_min = 0.5;
+  chart.x_max = a.inflate;
+  chart.y_min = 0.5;
+  chart.y_max = 1.0;
+  for (size_t i = 0; i < policies.size(); ++i) {
+    SvgChart::Series s{policies[i].name, {}};
+    for (const auto& p : curves[i]) s.points.emplace_back(p.arrived, p.allocated);
+    chart.series.push_back(std::move(s));
+  }
+  for (auto [file, text] : {std::pair{"fill.csv", csv}, std::pair{"fill.svg", chart.render()}}) {
+    if (auto s = write_file(fs::path(a.out) / file, text); !s.ok()) {
+      fmt::print(stderr, "loadstar sim schedule: {}\n", s.error().message);
+      return 1;
+    }
+  }
+  fmt::print("wrote {}/fill.csv and {}/fill.svg\n", a.out, a.out);
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> setup_sim(CLI::App& app) {
+  app.require_subcommand(1);
+  auto schedule_args = std::make_shared<ScheduleArgs>();
+  CLI::App* schedule =
+      app.add_subcommand("schedule", "Replay the openb GPU trace (FGD paper's fill experiment)");
+  schedule->add_option("--nodes", schedule_args->nodes, "openb node list CSV")
+      ->capture_default_str();
+  schedule->add_option("--pods", schedule_args->pods, "openb pod list CSV")->capture_default_str();
+  schedule->add_option("--policies", schedule_args->policies, "Placement policies to compare")
+      ->delimiter(',')
+      ->capture_default_str();
+  schedule
+      ->add_option("--inflate", schedule_args->inflate,
+                   "Arrived GPU demand to reach, as a share of capacity")
+      ->capture_default_str();
+  schedule->add_option("--step", schedule_args->step, "CSV resolution (share of capacity)")
+      ->capture_default_str();
+  schedule
+      ->add_option("--coverage", schedule_args->coverage,
+                   "FGD target workload: most popular task types covering this share")
+      ->capture_default_str();
+  schedule->add_option("--synthetic-nodes", schedule_args->synthetic_nodes,
+                       "Repeat the node list to this many nodes (throughput runs)");
+  schedule->add_option("--seed", schedule_args->seed)->capture_default_str();
+  schedule->add_option("-o,--out", schedule_args->out, "Directory for fill.csv and fill.svg")
+      ->capture_default_str();
+
+  return [=]() -> int {
+    if (schedule->parsed()) return run_schedule(*schedule_args);
+    return 2;
+  };
+}
+
+}  // namespace loadstar::app

@@ -1,0 +1,118 @@
+// Placement: filter the nodes a pod fits on, score each (node, devices)
+// choice by a weighted sum of scorers, take the cheapest. Pure: no I/O, no
+// clock; randomness only from a seeded generator.
+//
+// Scorers (every one a cost: lower is better):
+//   random        uniform noise (Random-fit)
+//   best-fit      share of the node's CPU and GPU left free after placing
+//   dot-product   minus the alignment of demand and free capacity (Tetris)
+//   gpu-packing   prefer partly used cards, then used nodes, then idle ones
+//   fragmentation FGD: growth of the node's expected GPU fragmentation for
+//                 the target workload (Weng et al., ATC'23), in GPUs
+//   locality      -1 on a node whose agent already holds the pod's weights
+//
+// Scores depend only on a node's state and the request, so they are cached
+// per (request shape, node) and recomputed only for nodes that changed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "scheduler/cluster.h"
+
+namespace loadstar::scheduler {
+
+enum class Scorer { kRandom, kBestFit, kDotProduct, kGpuPacking, kFragmentation, kLocality };
+inline constexpr int kScorerCount = 6;
+std::string_view scorer_name(Scorer scorer);
+Result<Scorer> parse_scorer(std::string_view name);
+
+struct PlacementPolicy {
+  std::string name;
+  double weights[kScorerCount] = {};
+  bool random_ties = false;  // break exact ties at random (kube-scheduler does)
+
+  double weight(Scorer s) const { return weights[static_cast<int>(s)]; }
+  // The named policies: random, best-fit, dot-product, gpu-packing, fgd, and
+  // loadstar (the default: FGD with a best-fit tie-break and locality).
+  static Result<PlacementPolicy> named(std::string_view name);
+  static std::vector<std::string> names();
+};
+
+// One kind of task in the workload the cluster expects, with its share of
+// all tasks (popularity). FGD measures fragmentation against it.
+struct TaskType {
+  PodRequest request;
+  double weight = 0;
+};
+
+// FGD's fragmentation measure. F_n(m), for a node n and a task m: all of n's
+// free GPU capacity if m cannot run on n; otherwise the free capacity of the
+// cards too small for m (free < m's demand on one card, capped at a whole
+// card; a card of a model m may not use counts as too small). F_n(M) is the
+// popularity-weighted sum over the target workload M. In milli-GPUs.
+class Fragmentation {
+ public:
+  explicit Fragmentation(std::vector<TaskType> target);
+  // The most popular task types covering `coverage` (0..1] of `tasks`, each
+  // weighted by its popularity (the FGD authors' "typical pods").
+  static Fragmentation from_tasks(const std::vector<PodRequest>& tasks, double coverage);
+
+  double of(const Node& node) const;
+  // F of `node` as if `request` were placed there with `choice`.
+  double after(const Node& node, const PodRequest& request, const DeviceChoice& choice) const;
+  const std::vector<TaskType>& target() const { return target_; }
+
+ private:
+  struct View;
+  double measure(const View& view) const;
+  std::vector<TaskType> target_;
+};
+
+class Placer {
+ public:
+  // `fragmentation` may be null when the policy does not weigh it.
+  Placer(const Cluster& cluster, PlacementPolicy policy,
+         std::shared_ptr<const Fragmentation> fragmentation, uint64_t seed = 1);
+
+  struct Decision {
+    int node = -1;
+    DeviceChoice choice;
+    double cost = 0;
+  };
+  // The best node and devices for `request` among `candidates` (all nodes
+  // when null), or node -1 when it fits nowhere.
+  Decision place(const PodRequest& request, const std::vector<int>* candidates = nullptr);
+  // The cost of the best choice on node `n` (+inf when it does not fit).
+  double node_cost(int n, const PodRequest& request, DeviceChoice* best = nullptr);
+
+  const PlacementPolicy& policy() const { return policy_; }
+
+ private:
+  struct Cached {
+    uint64_t generation = 0;  // node generation + 1; 0: empty
+    double cost = 0;
+    int choice = -1;  // index into Cluster::choices, -1: does not fit
+  };
+  double evaluate(int n, const PodRequest& request, int& best_choice);
+  double choice_cost(const Node& node, const PodRequest& request, const DeviceChoice& choice,
+                     double frag_before);
+  std::vector<Cached>& cache_for(const PodRequest& request);
+
+  const Cluster& cluster_;
+  PlacementPolicy policy_;
+  std::shared_ptr<const Fragmentation> fragmentation_;
+  std::mt19937_64 rng_;
+  bool cacheable_;
+  std::unordered_map<std::string, std::vector<Cached>> cache_;  // by request shape
+  std::vector<std::pair<uint64_t, double>> frag_before_;        // per node: generation+1, F
+  std::vector<DeviceChoice> scratch_;
+};
+
+}  // namespace loadstar::scheduler

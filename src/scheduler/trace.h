@@ -1,0 +1,51 @@
+// The Alibaba "openb" GPU cluster trace (ATC'23 FGD paper) as scheduler
+// input, and the paper's fill experiment: tasks arrive in creation order and
+// never leave, and the GPU allocation ratio is recorded against the arrived
+// workload. Parses text; the caller reads the files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "scheduler/cluster.h"
+#include "scheduler/placement.h"
+
+namespace loadstar::scheduler {
+
+struct TraceTask {
+  std::string name;
+  PodRequest request;
+  double created_s = 0;
+};
+
+// `sn,cpu_milli,memory_mib,gpu,model`: adds every node to `cluster`.
+// `source` names the input in error messages ("file:line: ...").
+Status load_openb_nodes(std::string_view csv, std::string_view source, Cluster& cluster);
+// `name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...,creation_time,...`,
+// sorted by creation time. GPU models in gpu_spec are interned in `cluster`.
+Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string_view source,
+                                               Cluster& cluster);
+
+// The trace, then tasks drawn from it at random (seeded) until the arrived
+// GPU demand reaches `ratio` of `gpu_milli_total` (the paper inflates the
+// workload past the cluster's capacity this way).
+std::vector<TraceTask> inflate(const std::vector<TraceTask>& tasks, uint64_t gpu_milli_total,
+                               double ratio, uint64_t seed);
+
+struct FillPoint {
+  double arrived = 0;    // GPU demand arrived so far / cluster GPU capacity
+  double allocated = 0;  // GPU capacity allocated / cluster GPU capacity
+  uint64_t tasks = 0;
+  uint64_t unplaced = 0;  // tasks that fitted nowhere so far
+};
+
+// Places every task in order with `placer` (tasks that fit nowhere are
+// skipped) and records a point each time arrived demand passes a multiple of
+// `step`, and at the end.
+std::vector<FillPoint> fill(Cluster& cluster, Placer& placer, const std::vector<TraceTask>& tasks,
+                            double step);
+
+}  // namespace loadstar::scheduler
