@@ -17,6 +17,7 @@
 #include "app/commands.h"
 #include "app/svg_chart.h"
 #include "scheduler/placement.h"
+#include "scheduler/queue_sim.h"
 #include "scheduler/trace.h"
 
 namespace loadstar::app {
@@ -238,8 +239,41 @@ std::function<int()> setup_sim(CLI::App& app) {
   schedule->add_option("-o,--out", schedule_args->out, "Directory for fill.csv and fill.svg")
       ->capture_default_str();
 
+  auto queue_args = std::make_shared<scheduler::QueueSimOptions>();
+  auto queue_out = std::make_shared<std::string>("var/sim/queues");
+  CLI::App* queues =
+      app.add_subcommand("queues", "Three teams share a cluster: shares, fair shares, reclaim");
+  queues->add_option("--nodes", queue_args->nodes, "8-GPU nodes")->capture_default_str();
+  queues->add_option("--duration", queue_args->duration_s, "Simulated seconds")
+      ->capture_default_str();
+  queues->add_option("--seed", queue_args->seed)->capture_default_str();
+  queues->add_option("-o,--out", *queue_out, "Directory for queues.csv and queues.svg")
+      ->capture_default_str();
+
   return [=]() -> int {
     if (schedule->parsed()) return run_schedule(*schedule_args);
+    if (queues->parsed()) {
+      const auto result = scheduler::run_queue_sim(*queue_args);
+      fmt::print("{}", result.summary);
+      SvgChart chart;
+      chart.title = "GPU share per queue (dashed: its fair share)";
+      chart.x_label = "time (s)";
+      chart.y_label = "share of the cluster's GPUs";
+      chart.x_max = queue_args->duration_s;
+      chart.percent_x = false;
+      for (const auto& s : result.series) chart.series.push_back({s.name, s.points, s.dashed});
+      std::error_code ec;
+      fs::create_directories(*queue_out, ec);
+      for (auto [file, text] :
+           {std::pair{"queues.csv", result.csv}, std::pair{"queues.svg", chart.render()}}) {
+        if (auto s = write_file(fs::path(*queue_out) / file, text); !s.ok()) {
+          fmt::print(stderr, "loadstar sim queues: {}\n", s.error().message);
+          return 1;
+        }
+      }
+      fmt::print("wrote {}/queues.csv and {}/queues.svg\n", *queue_out, *queue_out);
+      return 0;
+    }
     return 2;
   };
 }

@@ -43,8 +43,8 @@ std::string SvgChart::render() const {
   const double x_span = std::max(1e-12, x_max - x_min), y_span = std::max(1e-12, y_max - y_min);
   auto px = [&](double x) { return kLeft + (x - x_min) / x_span * plot_w; };
   auto py = [&](double y) { return kTop + plot_h - (y - y_min) / y_span * plot_h; };
-  auto label = [&](double v, double step) {
-    if (!percent_axes) return fmt::format("{:g}", v);
+  auto label = [&](double v, double step, bool percent) {
+    if (!percent) return fmt::format("{:g}", v);
     return step * 100 >= 1 ? fmt::format("{:.0f}%", v * 100) : fmt::format("{:.1f}%", v * 100);
   };
   std::string svg = fmt::format(
@@ -58,12 +58,12 @@ std::string SvgChart::render() const {
         "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>"
         "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
         px(x), kTop, kTop + plot_h, kTop + plot_h + 18,
-        percent_axes ? label(x, xs) : fmt::format("{:g}", x));
+        label(x, xs, percent_x));
   for (double y = std::ceil(y_min / ys) * ys; y <= y_max + 1e-9; y += ys)
     svg += fmt::format(
         "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"
         "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5}</text>\n",
-        kLeft, py(y), kLeft + plot_w, kLeft - 6, py(y) + 4, label(y, ys));
+        kLeft, py(y), kLeft + plot_w, kLeft - 6, py(y) + 4, label(y, ys, percent_y));
   svg += fmt::format(
       "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n"
       "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n"
@@ -72,7 +72,11 @@ std::string SvgChart::render() const {
       kTop + plot_h / 2, escape(y_label));
   for (size_t i = 0; i < series.size(); ++i) {
     const Series& s = series[i];
-    const char* color = kColors[(s.dashed ? i - 1 : i) % std::size(kColors)];
+    // A dashed series (a reference line) takes the colour of the one before.
+    const size_t solid = s.dashed && i > 0 ? i - 1 : i;
+    size_t colour = 0;
+    for (size_t j = 0; j < solid; ++j) colour += !series[j].dashed;
+    const char* color = kColors[colour % std::size(kColors)];
     std::string path;
     for (const auto& [x, y] : s.points) {
       if (x < x_min - 1e-9 || x > x_max + 1e-9) continue;

@@ -16,7 +16,7 @@ struct SvgChart {
   };
   std::string title, x_label, y_label;
   double x_min = 0, x_max = 1, y_min = 0, y_max = 1;
-  bool percent_axes = true;  // label ticks as percentages of 1
+  bool percent_x = true, percent_y = true;  // label ticks as percentages of 1
   std::vector<Series> series;
 
   std::string render() const;

@@ -86,12 +86,14 @@ bool model_allowed(const PodRequest& r, uint32_t model) {
                                                model) != r.allowed_models.end();
 }
 
-// The milli the next `slices` MIG slices of `d` account for; the last slice
-// takes the rounding remainder so a fully partitioned card is 1000.
+// The milli the next `slices` MIG slices of `d` account for: a fixed
+// floor(slices * 1000 / mig_slices), except that the slices completing the
+// card take whatever is left, so a fully partitioned card is exactly 1000.
+// (Charging by position, after - before, would depend on the order in which
+// slices came and went, and could overrun the card.)
 uint32_t mig_milli(const Device& d, uint32_t slices) {
-  const uint32_t before = d.mig_used * kMilliPerGpu / d.mig_slices;
-  const uint32_t after = (d.mig_used + slices) * kMilliPerGpu / d.mig_slices;
-  return after - before;
+  if (d.mig_used + slices == d.mig_slices) return kMilliPerGpu - d.milli_used;
+  return slices * kMilliPerGpu / d.mig_slices;
 }
 
 }  // namespace
@@ -180,6 +182,29 @@ Allocation Cluster::allocate(int n, const PodRequest& r, const DeviceChoice& cho
   }
   ++node.generation;
   return a;
+}
+
+bool Cluster::restore(const Allocation& a) {
+  if (!a.placed()) return false;
+  Node& node = nodes_[a.node];
+  if (node.cpu_free() < a.cpu_milli || node.memory_free() < a.memory_mib) return false;
+  for (const auto& s : a.shares) {
+    const Device& d = node.devices[s.device];
+    if (d.milli_used + s.milli > kMilliPerGpu) return false;
+    if (s.mig_slices > 0
+            ? d.mig_used + s.mig_slices > d.mig_slices || (d.milli_used > 0 && d.mig_used == 0)
+            : d.mig_used > 0)
+      return false;
+  }
+  node.cpu_used += a.cpu_milli;
+  node.memory_used += a.memory_mib;
+  for (const auto& s : a.shares) {
+    node.devices[s.device].milli_used += s.milli;
+    node.devices[s.device].mig_used += s.mig_slices;
+    gpu_milli_used_ += s.milli;
+  }
+  ++node.generation;
+  return true;
 }
 
 void Cluster::release(const Allocation& a) {

@@ -130,6 +130,9 @@ class Cluster {
 
   Allocation allocate(int n, const PodRequest& request, const DeviceChoice& choice);
   void release(const Allocation& allocation);
+  // Takes exactly `allocation` again if its node still has room for it
+  // (undoing a tentative release); false and no change otherwise.
+  bool restore(const Allocation& allocation);
 
  private:
   std::vector<Node> nodes_;

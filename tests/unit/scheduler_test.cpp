@@ -1,0 +1,498 @@
+// The scheduler's pure core: placement, fragmentation, queues, gangs,
+// preemption and reclaim, accounting, and the openb trace replay.
+#include <map>
+#include <random>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "scheduler/placement.h"
+#include "scheduler/queue_sim.h"
+#include "scheduler/scheduler.h"
+#include "scheduler/trace.h"
+
+namespace loadstar::scheduler {
+namespace {
+
+Node gpu_node(Cluster& c, std::string name, int gpus, std::string model = "A100-80GB",
+              uint64_t cpu = 64000) {
+  Node n;
+  n.name = std::move(name);
+  n.cpu_milli = cpu;
+  n.memory_mib = 512 * 1024;
+  n.devices.assign(gpus, Device{c.intern_model(model), 81920, 7});
+  return n;
+}
+
+PodRequest gpus(uint32_t count) {
+  PodRequest p;
+  p.gpu_count = count;
+  p.cpu_milli = 1000;
+  p.memory_mib = 1024;
+  return p;
+}
+
+PodRequest share(uint32_t milli) {
+  PodRequest p;
+  p.gpu_milli = milli;
+  p.cpu_milli = 500;
+  return p;
+}
+
+Workload job(std::string name, std::string queue, std::vector<PodRequest> pods, int priority = 0,
+             bool preemptible = true) {
+  Workload w;
+  w.name = std::move(name);
+  w.queue = std::move(queue);
+  w.pods = std::move(pods);
+  w.priority = priority;
+  w.preemptible = preemptible;
+  return w;
+}
+
+PlacementPolicy policy(const char* name) {
+  return *PlacementPolicy::named(name);
+}
+
+TEST(Placement, BestFitPacksSharesOntoTheFullestCard) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 2));
+  c.add_node(gpu_node(c, "b", 2));
+  Placer placer(c, policy("best-fit"), nullptr);
+  auto first = placer.place(share(600));
+  ASSERT_GE(first.node, 0);
+  (void)c.allocate(first.node, share(600), first.choice);
+  auto second = placer.place(share(300));
+  ASSERT_EQ(second.node, first.node);
+  EXPECT_EQ(second.choice[0].device, first.choice[0].device);  // same card: 900 of 1000
+}
+
+TEST(Placement, FragmentationCountsCardsTooSmallAndNodesThatCannotHost) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 2, "A100-80GB", 4000));
+  Node& n = c.nodes()[0];
+  n.devices[0].milli_used = 700;  // 300 free, 1000 free
+  // A whole-card task can run: the 300 left on card 0 is a fragment to it.
+  Fragmentation whole({{gpus(1), 1.0}});
+  EXPECT_DOUBLE_EQ(whole.of(n), 300);
+  // A half-card task can run on card 1: card 0's 300 is too small for it.
+  Fragmentation half({{share(500), 1.0}});
+  EXPECT_DOUBLE_EQ(half.of(n), 300);
+  // A task needing more CPU than the node has: every free milli is lost to it.
+  PodRequest big = share(100);
+  big.cpu_milli = 8000;
+  Fragmentation cpu_bound({{big, 1.0}});
+  EXPECT_DOUBLE_EQ(cpu_bound.of(n), 1300);
+  // Weighted: the sum over the target workload.
+  Fragmentation mix({{gpus(1), 0.5}, {big, 0.5}});
+  EXPECT_DOUBLE_EQ(mix.of(n), 0.5 * 300 + 0.5 * 1300);
+}
+
+TEST(Placement, FgdFillsTheFragmentInsteadOfOpeningACard) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 1));
+  c.add_node(gpu_node(c, "b", 1));
+  c.nodes()[0].devices[0].milli_used = 500;
+  // Workload: whole cards and halves. A half on node a leaves node b whole.
+  auto f = std::make_shared<const Fragmentation>(
+      std::vector<TaskType>{{gpus(1), 0.5}, {share(500), 0.5}});
+  Placer placer(c, policy("fgd"), f);
+  EXPECT_EQ(placer.place(share(500)).node, 0);
+}
+
+TEST(Placement, LocalityPrefersANodeHoldingTheWeights) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 1));
+  c.add_node(gpu_node(c, "b", 1));
+  c.nodes()[1].cached_models.insert("llama-8b");
+  auto f = std::make_shared<const Fragmentation>(std::vector<TaskType>{{gpus(1), 1.0}});
+  Placer placer(c, policy("loadstar"), f);
+  PodRequest p = gpus(1);
+  p.model = "llama-8b";
+  EXPECT_EQ(placer.place(p).node, 1);
+  p.model = "other";
+  EXPECT_EQ(placer.place(p).node, 0);
+}
+
+TEST(Placement, MigAndMemorySharesAndModelConstraints) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a100", 1));
+  c.add_node(gpu_node(c, "t4", 1, "T4"));
+  c.nodes()[1].devices[0] = Device{c.intern_model("T4"), 16384, 0};
+  Placer placer(c, policy("best-fit"), nullptr);
+  PodRequest mig;
+  auto profile = parse_mig_profile("3g.40gb");
+  ASSERT_TRUE(profile.ok());
+  mig.mig_slices = profile->first;
+  mig.mig_memory_mib = profile->second;
+  auto d = placer.place(mig);
+  ASSERT_EQ(d.node, 0);  // the T4 has no MIG
+  auto a = c.allocate(d.node, mig, d.choice);
+  EXPECT_EQ(a.gpu_milli(), 428u);  // 3 of 7 slices
+  // A share by compute cannot land on a card in MIG use.
+  PodRequest s = share(100);
+  s.allowed_models = {c.intern_model("A100-80GB")};
+  EXPECT_LT(placer.place(s).node, 0);
+  EXPECT_EQ(c.misfit(0, s), "insufficient GPU");
+  EXPECT_EQ(c.misfit(1, s), "GPU model not allowed");
+  // 8 GiB of a 16 GiB T4 is half of it.
+  PodRequest mem;
+  mem.gpu_memory_mib = 8192;
+  d = placer.place(mem);
+  ASSERT_EQ(d.node, 1);
+  EXPECT_EQ(d.choice[0].milli, 500u);
+  EXPECT_FALSE(parse_mig_profile("3g").ok());
+  EXPECT_FALSE(parse_mig_profile("0g.10gb").ok());
+}
+
+// Random clusters, random work (gangs, shares, whole cards, MIG, priorities,
+// queues with limits), random departures: the invariants hold every cycle.
+TEST(SchedulerProperty, InvariantsHoldOnRandomClusters) {
+  for (uint64_t seed = 1; seed <= 12; ++seed) {
+    std::mt19937_64 rng(seed);
+    auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    Cluster c;
+    const int nodes = uniform(2, 12);
+    for (int i = 0; i < nodes; ++i) {
+      Node n = gpu_node(c, "n" + std::to_string(i), uniform(0, 8), i % 3 ? "A100-80GB" : "L4",
+                        uniform(8, 64) * 1000);
+      n.topology["rack"] = "r" + std::to_string(i % 3);
+      c.add_node(std::move(n));
+    }
+    auto f = std::make_shared<const Fragmentation>(
+        std::vector<TaskType>{{gpus(1), 0.4}, {share(500), 0.3}, {share(250), 0.3}});
+    Scheduler s(c, policy(seed % 2 ? "loadstar" : "best-fit"), f, seed);
+    std::vector<QueueSpec> queues = {{"root", "", {8, 100, 1000}, std::nullopt, 1},
+                                     {"a", "root", {4, 50, 500}, Resources{12, 1e9, 1e9}, 1},
+                                     {"b", "root", {4, 50, 500}, std::nullopt, 2},
+                                     {"c", "", {2, 10, 100}, Resources{6, 1e9, 1e9}, 1}};
+    ASSERT_TRUE(s.set_queues(queues).ok());
+    std::set<std::string> live, never_preempt;
+    for (int step = 0; step < 60; ++step) {
+      const double now = step;
+      for (int k = uniform(0, 4); k > 0; --k) {
+        Workload w;
+        w.name = "w" + std::to_string(seed) + "-" + std::to_string(step) + "-" + std::to_string(k);
+        w.queue = std::vector<std::string>{"a", "b", "c"}[uniform(0, 2)];
+        w.priority = uniform(0, 3);
+        w.preemptible = uniform(0, 4) > 0;
+        const int members = uniform(0, 3) == 0 ? uniform(2, 4) : 1;
+        for (int m = 0; m < members; ++m) {
+          switch (uniform(0, 3)) {
+            case 0:
+              w.pods.push_back(gpus(uniform(1, 4)));
+              break;
+            case 1:
+              w.pods.push_back(share(uniform(1, 9) * 100));
+              break;
+            case 2: {
+              PodRequest p;
+              p.mig_slices = uniform(1, 3);
+              w.pods.push_back(p);
+              break;
+            }
+            default:
+              w.pods.push_back(PodRequest{.cpu_milli = 2000});
+          }
+        }
+        if (members > 1) {
+          w.min_members = uniform(0, 1) ? 0 : members - 1;
+          w.topology_level = "rack";
+          w.topology_required = uniform(0, 1);
+        }
+        if (!w.preemptible) never_preempt.insert(w.name);
+        live.insert(w.name);
+        ASSERT_TRUE(s.submit(std::move(w), now).ok());
+      }
+      CycleReport report = s.schedule(now);
+      for (const auto& v : report.preempted) EXPECT_FALSE(never_preempt.count(v)) << v;
+      // No device double-booked: per-device sums equal what the cluster holds.
+      std::map<std::pair<int, int>, uint32_t> milli;
+      std::map<int, uint64_t> cpu;
+      std::map<std::string, Resources> per_queue;
+      for (const auto& name : live) {
+        const WorkloadStatus* st = s.status(name);
+        const Workload* w = s.workload(name);
+        ASSERT_TRUE(st && w);
+        if (st->state == WorkloadState::kPending) {
+          EXPECT_TRUE(st->allocations.empty()) << name;  // a gang is never partly placed
+          continue;
+        }
+        const size_t need = w->min_members ? w->min_members : w->pods.size();
+        EXPECT_GE(st->allocations.size(), need) << name;
+        std::set<std::string> racks;
+        for (const auto& a : st->allocations) {
+          cpu[a.node] += a.cpu_milli;
+          racks.insert(c.nodes()[a.node].topology.at("rack"));
+          for (const auto& sh : a.shares) {
+            EXPECT_LE(sh.milli, kMilliPerGpu);  // a fraction never exceeds a card
+            milli[{a.node, sh.device}] += sh.milli;
+          }
+          per_queue[w->queue] += resources_of(a);
+        }
+        if (w->topology_required && w->pods.size() > 1) {
+          EXPECT_EQ(racks.size(), 1u) << name;
+        }
+      }
+      for (size_t n = 0; n < c.nodes().size(); ++n) {
+        const Node& node = c.nodes()[n];
+        EXPECT_EQ(node.cpu_used, cpu[static_cast<int>(n)]);
+        for (size_t d = 0; d < node.devices.size(); ++d) {
+          EXPECT_EQ(node.devices[d].milli_used,
+                    (milli[{static_cast<int>(n), static_cast<int>(d)}]));
+          EXPECT_LE(node.devices[d].milli_used, kMilliPerGpu);
+        }
+      }
+      // Limits are never exceeded (a's limit also bounds nothing above it).
+      EXPECT_LE(per_queue["a"].gpu, 12 + 1e-9);
+      EXPECT_LE(per_queue["c"].gpu, 6 + 1e-9);
+      for (const auto& q : s.queues()) {
+        if (q.name == "root") continue;
+        EXPECT_NEAR(q.allocated.gpu, per_queue[q.name].gpu, 1e-6) << q.name;
+      }
+      // Some work finishes.
+      for (auto it = live.begin(); it != live.end();) {
+        if (uniform(0, 5) == 0) {
+          s.remove(*it, now);
+          it = live.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+}
+
+TEST(Scheduler, PreemptionPicksTheLowestPriorityThatFreesEnough) {
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 4));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {4, 100, 1000}, std::nullopt, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("p5", "q", {gpus(1)}, 5), 0).ok());
+  ASSERT_TRUE(s.submit(job("p1", "q", {gpus(1)}, 1), 0).ok());
+  ASSERT_TRUE(s.submit(job("p3", "q", {gpus(2)}, 3), 0).ok());
+  EXPECT_EQ(s.schedule(0).started.size(), 3u);
+  ASSERT_TRUE(s.submit(job("urgent", "q", {gpus(1)}, 10), 1).ok());
+  CycleReport r = s.schedule(1);
+  EXPECT_EQ(r.preempted, std::vector<std::string>{"p1"});
+  EXPECT_EQ(s.status("urgent")->state, WorkloadState::kRunning);
+  EXPECT_EQ(s.status("p1")->state, WorkloadState::kPending);
+  EXPECT_NE(s.status("p1")->reason.find("preempted by 'urgent'"), std::string::npos);
+  // Two cards: p1 is pending already; p3 (2 cards, priority 3) is the lowest
+  // that frees enough on its own, so p5 is spared.
+  ASSERT_TRUE(s.submit(job("big", "q", {gpus(2)}, 10), 2).ok());
+  r = s.schedule(2);
+  EXPECT_EQ(r.preempted, std::vector<std::string>{"p3"});
+  EXPECT_EQ(s.status("p5")->state, WorkloadState::kRunning);
+  // Equal priority never preempts; nor does anything touch non-preemptible work.
+  ASSERT_TRUE(s.submit(job("peer", "q", {gpus(1)}, 5), 3).ok());
+  EXPECT_TRUE(s.schedule(3).preempted.empty());
+  EXPECT_EQ(s.status("peer")->state, WorkloadState::kPending);
+}
+
+TEST(Scheduler, NeverPreemptsWhatIsNotPreemptible) {
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {2, 100, 1000}, std::nullopt, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("serving", "q", {gpus(2)}, 0, false), 0).ok());
+  (void)s.schedule(0);
+  ASSERT_TRUE(s.submit(job("urgent", "q", {gpus(1)}, 100), 1).ok());
+  EXPECT_TRUE(s.schedule(1).preempted.empty());
+  EXPECT_EQ(s.status("serving")->state, WorkloadState::kRunning);
+  EXPECT_NE(s.status("urgent")->reason.find("fits on no node"), std::string::npos);
+}
+
+TEST(Scheduler, AdmittedByQuotaButFitsOnNoNodeSaysWhy) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 2));
+  c.add_node(gpu_node(c, "b", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {8, 100, 1000}, std::nullopt, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("eight", "q", {gpus(4)}), 0).ok());
+  (void)s.schedule(0);
+  const WorkloadStatus* st = s.status("eight");
+  EXPECT_EQ(st->state, WorkloadState::kPending);
+  EXPECT_EQ(st->reason, "fits on no node: 0/2 nodes are available: 2 insufficient GPU");
+}
+
+TEST(Scheduler, LimitIsNeverExceededAndSaysSo) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 8));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {1, 100, 1000}, Resources{2, 1e9, 1e9}, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("one", "q", {gpus(2)}), 0).ok());
+  ASSERT_TRUE(s.submit(job("two", "q", {gpus(1)}), 0).ok());
+  (void)s.schedule(0);
+  EXPECT_EQ(s.status("one")->state, WorkloadState::kRunning);
+  EXPECT_EQ(s.status("two")->state, WorkloadState::kPending);
+  EXPECT_NE(s.status("two")->reason.find("would exceed its limit"), std::string::npos);
+}
+
+TEST(Scheduler, GangIsAllOrNothingWithinOneRack) {
+  Cluster c;
+  for (int i = 0; i < 4; ++i) {
+    Node n = gpu_node(c, "n" + std::to_string(i), 8);
+    n.topology["rack"] = i < 2 ? "r0" : "r1";
+    c.add_node(std::move(n));
+  }
+  Scheduler s(c, policy("loadstar"),
+              std::make_shared<const Fragmentation>(std::vector<TaskType>{{gpus(8), 1.0}}));
+  ASSERT_TRUE(s.set_queues({{"q", "", {32, 1000, 10000}, std::nullopt, 1}}).ok());
+  // One card taken in each rack: no rack can now hold two 8-card pods.
+  ASSERT_TRUE(s.submit(job("x", "q", {gpus(1)}), 0).ok());
+  (void)s.schedule(0);
+  const int x_node = s.status("x")->allocations[0].node;
+  ASSERT_TRUE(s.submit(job("y", "q", {gpus(1)}), 0).ok());
+  (void)s.schedule(0);
+  // best rack for y is x's rack (tightest); force the other rack busy too
+  const int y_node = s.status("y")->allocations[0].node;
+  if (c.nodes()[x_node].topology.at("rack") == c.nodes()[y_node].topology.at("rack")) {
+    s.remove("y", 0);
+    const int other = x_node < 2 ? 2 : 0;
+    PodRequest p = gpus(1);
+    (void)c.allocate(other, p, {{0, kMilliPerGpu, 0}});
+  }
+  Workload gang = job("gang", "q", {gpus(8), gpus(8)});
+  gang.topology_level = "rack";
+  gang.topology_required = true;
+  ASSERT_TRUE(s.submit(gang, 1).ok());
+  (void)s.schedule(1);
+  EXPECT_EQ(s.status("gang")->state, WorkloadState::kPending);
+  EXPECT_TRUE(s.status("gang")->allocations.empty());
+  EXPECT_EQ(s.status("gang")->reason, "no rack domain can hold 2 of its 2 pods together");
+  uint64_t used = 0;
+  for (const auto& n : c.nodes()) used += n.gpu_milli_total() - n.gpu_milli_free();
+  EXPECT_EQ(used, 2000u);  // nothing of the gang left behind
+  // Preferred instead of required: it runs, across racks.
+  Workload relaxed = job("relaxed", "q", {gpus(8), gpus(8)});
+  relaxed.topology_level = "rack";
+  ASSERT_TRUE(s.submit(relaxed, 2).ok());
+  (void)s.schedule(2);
+  EXPECT_EQ(s.status("relaxed")->state, WorkloadState::kRunning);
+  EXPECT_EQ(s.status("relaxed")->allocations.size(), 2u);
+}
+
+TEST(Scheduler, FairShareFollowsWeightsAndReclaimReturnsDeservedQuota) {
+  Cluster c;
+  for (int i = 0; i < 4; ++i) c.add_node(gpu_node(c, "n" + std::to_string(i), 8, "H100", 256000));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  // 32 GPUs: a deserves 8, b deserves 8; the other 16 split 1:3 by weight.
+  ASSERT_TRUE(s.set_queues({{"a", "", {8, 1000, 10000}, std::nullopt, 1},
+                            {"b", "", {8, 1000, 10000}, std::nullopt, 3}})
+                  .ok());
+  int n = 0;
+  for (int i = 0; i < 40; ++i)
+    ASSERT_TRUE(s.submit(job("a" + std::to_string(n++), "a", {gpus(1)}), 0).ok());
+  (void)s.schedule(0);
+  auto share = [&](const char* q) {
+    for (const auto& st : s.queues())
+      if (st.name == q) return std::pair{st.allocated.gpu, st.fair_share.gpu};
+    return std::pair{-1.0, -1.0};
+  };
+  EXPECT_DOUBLE_EQ(share("a").first, 32);  // alone, a borrows everything
+  for (int i = 0; i < 40; ++i)
+    ASSERT_TRUE(s.submit(job("b" + std::to_string(n++), "b", {gpus(1)}), 1).ok());
+  CycleReport r = s.schedule(1);
+  // b reclaims up to its fair share at once: 8 + 16 * 3/4 = 20; a keeps 12.
+  EXPECT_DOUBLE_EQ(share("b").second, 20);
+  EXPECT_DOUBLE_EQ(share("a").second, 12);
+  EXPECT_DOUBLE_EQ(share("b").first, 20);
+  EXPECT_DOUBLE_EQ(share("a").first, 12);
+  EXPECT_EQ(r.preempted.size(), 20u);
+  for (const auto& v : r.preempted) EXPECT_EQ(v[0], 'a');
+  // Steady: another pass changes nothing (no flapping).
+  EXPECT_TRUE(s.schedule(2).preempted.empty());
+  // GPU-seconds: a had 32 GPUs for 1 s, then 12 for 1 s.
+  s.advance(3);
+  EXPECT_NEAR(s.tenant_gpu_seconds().at("a"), 32 + 12 + 12, 1e-6);
+  EXPECT_NEAR(s.tenant_gpu_seconds().at("b"), 20 + 20, 1e-6);
+}
+
+TEST(Scheduler, QueueTreeErrors) {
+  Cluster c;
+  Scheduler s(c, policy("best-fit"), nullptr);
+  EXPECT_EQ(s.set_queues({{"a", "nope", {}, std::nullopt, 1}}).error().message,
+            "queue 'a': parent 'nope' does not exist");
+  EXPECT_EQ(s.set_queues({{"a", "b", {}, std::nullopt, 1}, {"b", "a", {}, std::nullopt, 1}})
+                .error()
+                .message,
+            "queue 'a': parents form a loop");
+  EXPECT_FALSE(s.set_queues({{"a", "", {}, std::nullopt, 1}, {"a", "", {}, std::nullopt, 1}}).ok());
+}
+
+TEST(QueueSim, SharesConvergeToFairShares) {
+  QueueSimOptions o;
+  o.duration_s = 3600;
+  auto result = run_queue_sim(o);
+  EXPECT_GT(result.preemptions, 0u);         // reclaim happened
+  EXPECT_LT(result.worst_steady_gap, 0.05);  // within 5% of the cluster in steady state
+}
+
+constexpr const char* kNodes =
+    "sn,cpu_milli,memory_mib,gpu,model\n"
+    "n0,32000,262144,2,V100M16\n"
+    "n1,96000,393216,8,G2\n"
+    "n2,64000,262144,4,T4\n";
+constexpr const char* kPods =
+    "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
+    "deletion_time,scheduled_time\n"
+    "p2,4000,8192,1,500,,LS,Running,20,30,20\n"
+    "p0,8000,16384,1,1000,,LS,Running,0,10,0\n"
+    "p1,4000,8192,1,250,T4|V100M16,LS,Running,10,30,10\n"
+    "p3,2000,4096,0,0,,BE,Running,30,40,30\n"
+    "p4,16000,65536,4,1000,nan,LS,Running,40,50,40\n";
+
+TEST(Trace, ReadsOpenbAndReplaysDeterministically) {
+  Cluster c;
+  ASSERT_TRUE(load_openb_nodes(kNodes, "nodes.csv", c).ok());
+  EXPECT_EQ(c.nodes().size(), 3u);
+  EXPECT_EQ(c.gpu_milli_total(), 14000u);
+  auto pods = load_openb_pods(kPods, "pods.csv", c);
+  ASSERT_TRUE(pods.ok()) << pods.error().message;
+  ASSERT_EQ(pods->size(), 5u);
+  EXPECT_EQ((*pods)[0].name, "p0");  // sorted by creation time
+  EXPECT_EQ((*pods)[1].request.gpu_milli, 250u);
+  EXPECT_EQ((*pods)[1].request.allowed_models.size(), 2u);
+  EXPECT_EQ((*pods)[4].request.gpu_count, 4u);
+  auto tasks = inflate(*pods, c.gpu_milli_total(), 1.3, 5);
+  auto run = [&] {
+    Cluster fresh;
+    EXPECT_TRUE(load_openb_nodes(kNodes, "nodes.csv", fresh).ok());
+    for (const auto& m : c.models()) fresh.intern_model(m);
+    std::vector<PodRequest> reqs;
+    for (const auto& t : *pods) reqs.push_back(t.request);
+    auto f = std::make_shared<const Fragmentation>(Fragmentation::from_tasks(reqs, 1.0));
+    Placer placer(fresh, policy("fgd"), f, 9);
+    return fill(fresh, placer, tasks, 0.05);
+  };
+  auto a = run(), b = run();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].allocated, b[i].allocated);
+    EXPECT_EQ(a[i].unplaced, b[i].unplaced);
+  }
+  EXPECT_GE(a.back().arrived, 1.3);
+  EXPECT_LE(a.back().allocated, 1.0);
+}
+
+TEST(Trace, ErrorsNameTheLineAndColumn) {
+  Cluster c;
+  EXPECT_EQ(load_openb_nodes("sn,cpu_milli,memory_mib,gpu\n", "nodes.csv", c).error().message,
+            "nodes.csv:1: missing column 'model'");
+  EXPECT_EQ(load_openb_nodes("sn,cpu_milli,memory_mib,gpu,model\nn0,lots,1,1,T4\n", "nodes.csv", c)
+                .error()
+                .message,
+            "nodes.csv:2: cpu_milli: 'lots' is not a non-negative number");
+  EXPECT_EQ(load_openb_nodes("sn,cpu_milli,memory_mib,gpu,model\nn0,1,1\n", "nodes.csv", c)
+                .error()
+                .message,
+            "nodes.csv:2: has 3 fields, the header has 5");
+  auto bad = load_openb_pods(
+      "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,creation_time\np,1,1,1,1500,,0\n",
+      "pods.csv", c);
+  EXPECT_EQ(bad.error().message, "pods.csv:2: gpu_milli: 1500 is above 1000");
+}
+
+}  // namespace
+}  // namespace loadstar::scheduler
