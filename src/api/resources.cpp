@@ -15,7 +15,8 @@
 namespace loadstar::api {
 
 std::string_view kind_of(const Resource& resource) {
-  static constexpr std::string_view kKinds[] = {"Model", "InferenceService", "Tenant", "Route"};
+  static constexpr std::string_view kKinds[] = {
+      "Model", "InferenceService", "Tenant", "Route", "Node", "Queue"};
   static_assert(std::size(kKinds) == std::variant_size_v<Resource>);
   return kKinds[resource.index()];
 }
@@ -302,6 +303,67 @@ void decode_model(Decoder& d, MapReader& top, Model& model) {
   spec.finish();
 }
 
+void decode_quota(Decoder& d, MapReader& parent, const char* key, QueueQuota& out) {
+  YAML::Node node = parent.get(key);
+  if (!node || node.IsNull()) return;
+  MapReader q(d, node, parent.field(key));
+  q.number("gpu", out.gpu, 0, 1e9);
+  q.number("cpu", out.cpu, 0, 1e9);
+  q.quantity("memory", out.memory_bytes);
+  q.finish();
+}
+
+void decode_queue(Decoder& d, MapReader& top, Queue& queue) {
+  YAML::Node node = top.get("spec");
+  MapReader spec(d, node, "spec");
+  spec.string("parent", queue.spec.parent, false);
+  decode_quota(d, spec, "deserved", queue.spec.deserved);
+  decode_quota(d, spec, "limit", queue.spec.limit);
+  std::optional<double> weight;
+  if (spec.number("overQuotaWeight", weight, 0, 1e6)) queue.spec.over_quota_weight = *weight;
+  const QueueQuota &des = queue.spec.deserved, &lim = queue.spec.limit;
+  if (des.gpu && lim.gpu && *des.gpu > *lim.gpu)
+    d.error(node["deserved"], "spec.deserved.gpu",
+            fmt::format("{} is more than spec.limit.gpu ({})", *des.gpu, *lim.gpu));
+  spec.finish();
+}
+
+void decode_node(Decoder& d, MapReader& top, Node& n) {
+  YAML::Node node = top.get("spec");
+  if (!node) d.error(YAML::Node(), "spec", "required");
+  MapReader spec(d, node, "spec");
+  std::optional<double> cpu;
+  if (spec.number("cpu", cpu, 0, 1e6)) n.spec.cpu = *cpu;
+  std::optional<uint64_t> memory;
+  if (spec.quantity("memory", memory)) n.spec.memory_bytes = *memory;
+  uint32_t cards = 0;
+  spec.list("gpus", [&](const YAML::Node& item, const std::string& path) {
+    MapReader g(d, item, path);
+    NodeGpu gpu;
+    g.string("model", gpu.model, true);
+    std::optional<uint64_t> bytes;
+    if (g.quantity("memory", bytes)) gpu.memory_bytes = *bytes;
+    g.uint("count", gpu.count);
+    g.uint("migSlices", gpu.mig_slices);
+    if (gpu.mig_slices > 8)
+      d.error(item["migSlices"], path + ".migSlices", "must be at most 8 (7 on A100/H100)");
+    cards += gpu.count;
+    g.finish();
+    n.spec.gpus.push_back(std::move(gpu));
+  });
+  if (cards > 16) d.error(node["gpus"], "spec.gpus", fmt::format("{} GPUs; at most 16", cards));
+  if (YAML::Node topology = spec.get("topology"); topology && !topology.IsNull()) {
+    MapReader t(d, topology, "spec.topology");
+    for (const char* level : {"nvlink", "rack", "spine", "zone"}) {
+      std::string domain;
+      if (t.string(level, domain, false)) n.spec.topology[level] = domain;
+    }
+    t.finish();
+  }
+  spec.boolean("schedulable", n.spec.schedulable);
+  spec.finish();
+}
+
 void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   YAML::Node node = top.get("spec");
   if (!node) d.error(YAML::Node(), "spec", "required");
@@ -331,8 +393,20 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     }
     e.finish();
   }
+  spec.string("queue", svc.spec.queue, false);
+  if (YAML::Node priority = spec.get("priority"); priority && !priority.IsNull()) {
+    int32_t value = 0;
+    if (!priority.IsScalar() || !YAML::convert<int32_t>::decode(priority, value))
+      d.error(priority, "spec.priority", "must be an integer");
+    svc.spec.priority = value;
+  }
+  spec.boolean("preemptible", svc.spec.preemptible);
   if (YAML::Node resources = spec.get("resources"); resources && !resources.IsNull()) {
     MapReader r(d, resources, "spec.resources");
+    std::optional<double> cpu;
+    if (r.number("cpu", cpu, 0, 1e6)) svc.spec.cpu = *cpu;
+    std::optional<uint64_t> memory;
+    if (r.quantity("memory", memory)) svc.spec.memory_bytes = *memory;
     if (YAML::Node gpu = r.get("gpu"); gpu && !gpu.IsNull()) {
       MapReader g(d, gpu, "spec.resources.gpu");
       GpuRequirements& req = svc.spec.gpu;
@@ -351,9 +425,23 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
                     "a fraction is a share of one GPU; count must be 0 or 1");
         }
       }
+      if (g.string("mig", req.mig, false)) {
+        // <slices>g.<memory>gb, as the NVIDIA device plugin names profiles.
+        const std::string& m = req.mig;
+        const size_t dot = m.find("g.");
+        const bool valid = dot != std::string::npos && dot > 0 && m.size() > dot + 4 &&
+                           m.ends_with("gb") && m[0] >= '1' && m[0] <= '8' &&
+                           m.find_first_not_of("0123456789", dot + 2) == m.size() - 2;
+        if (!valid)
+          d.error(gpu["mig"], "spec.resources.gpu.mig",
+                  fmt::format("'{}' is not a MIG profile such as 1g.10gb or 3g.40gb", m));
+        if (req.fraction || req.memory_bytes || (has_count && req.count > 1))
+          d.error(gpu["mig"], "spec.resources.gpu.mig",
+                  "a MIG slice is a whole request; set no count, fraction or memory with it");
+      }
       if (req.fraction && req.memory_bytes)
         d.error(gpu, "spec.resources.gpu", "set either memory or fraction, not both");
-      if (!has_count && !req.fraction && !req.memory_bytes) req.count = 1;
+      if (!has_count && !req.fraction && !req.memory_bytes && req.mig.empty()) req.count = 1;
       g.finish();
     }
     r.finish();
@@ -518,9 +606,20 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
       decode_metadata(d, top, r.metadata);
       decode_route(d, top, r);
       resources.emplace_back(std::move(r));
+    } else if (kind == "Node") {
+      Node n;
+      decode_metadata(d, top, n.metadata);
+      decode_node(d, top, n);
+      resources.emplace_back(std::move(n));
+    } else if (kind == "Queue") {
+      Queue q;
+      decode_metadata(d, top, q.metadata);
+      decode_queue(d, top, q);
+      resources.emplace_back(std::move(q));
     } else if (!kind.empty()) {
       d.error(doc["kind"], "kind",
-              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route", kind));
+              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue",
+                          kind));
       continue;
     }
     top.get("status");  // written by Loadstar; ignored on input
@@ -570,12 +669,20 @@ std::string encode_resource(const Resource& resource) {
         << YAML::BeginSeq;
     for (const auto& a : s.engine.args) out << YAML::DoubleQuoted << a;
     out << YAML::EndSeq << YAML::EndMap;
-    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap << YAML::Key << "gpu"
-        << YAML::Value << YAML::BeginMap << YAML::Key << "count" << YAML::Value << s.gpu.count;
+    out << YAML::Key << "queue" << YAML::Value << s.queue;
+    out << YAML::Key << "priority" << YAML::Value << s.priority;
+    out << YAML::Key << "preemptible" << YAML::Value << s.preemptible;
+    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;
+    if (s.cpu > 0) out << YAML::Key << "cpu" << YAML::Value << s.cpu;
+    if (s.memory_bytes > 0)
+      out << YAML::Key << "memory" << YAML::Value << std::to_string(s.memory_bytes);
+    out << YAML::Key << "gpu" << YAML::Value << YAML::BeginMap << YAML::Key << "count"
+        << YAML::Value << s.gpu.count;
     if (!s.gpu.type.empty()) out << YAML::Key << "type" << YAML::Value << s.gpu.type;
     if (s.gpu.memory_bytes)
       out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
     if (s.gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *s.gpu.fraction;
+    if (!s.gpu.mig.empty()) out << YAML::Key << "mig" << YAML::Value << s.gpu.mig;
     out << YAML::EndMap << YAML::EndMap;
     if (s.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *s.min_replicas;
     out << YAML::Key << "idleTimeout" << YAML::Value << fmt::format("{}s", s.idle_timeout_s);
@@ -617,6 +724,38 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "maxConcurrentRequests" << YAML::Value << *t.max_concurrent_requests;
     out << YAML::EndMap;
     out << YAML::Key << "tokenCost" << YAML::Value << YAML::DoubleQuoted << t.token_cost;
+  } else if (const auto* node = std::get_if<Node>(&resource)) {
+    const NodeSpec& n = node->spec;
+    out << YAML::Key << "cpu" << YAML::Value << n.cpu;
+    out << YAML::Key << "memory" << YAML::Value << std::to_string(n.memory_bytes);
+    out << YAML::Key << "gpus" << YAML::Value << YAML::BeginSeq;
+    for (const auto& g : n.gpus) {
+      out << YAML::BeginMap << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << g.model
+          << YAML::Key << "memory" << YAML::Value << std::to_string(g.memory_bytes) << YAML::Key
+          << "count" << YAML::Value << g.count;
+      if (g.mig_slices) out << YAML::Key << "migSlices" << YAML::Value << g.mig_slices;
+      out << YAML::EndMap;
+    }
+    out << YAML::EndSeq;
+    out << YAML::Key << "topology" << YAML::Value << YAML::BeginMap;
+    for (const auto& [level, domain] : n.topology)
+      out << YAML::Key << level << YAML::Value << YAML::DoubleQuoted << domain;
+    out << YAML::EndMap;
+    out << YAML::Key << "schedulable" << YAML::Value << n.schedulable;
+  } else if (const auto* queue = std::get_if<Queue>(&resource)) {
+    const QueueSpec& q = queue->spec;
+    if (!q.parent.empty()) out << YAML::Key << "parent" << YAML::Value << q.parent;
+    auto quota = [&out](const char* key, const QueueQuota& v) {
+      out << YAML::Key << key << YAML::Value << YAML::BeginMap;
+      if (v.gpu) out << YAML::Key << "gpu" << YAML::Value << *v.gpu;
+      if (v.cpu) out << YAML::Key << "cpu" << YAML::Value << *v.cpu;
+      if (v.memory_bytes)
+        out << YAML::Key << "memory" << YAML::Value << std::to_string(*v.memory_bytes);
+      out << YAML::EndMap;
+    };
+    quota("deserved", q.deserved);
+    quota("limit", q.limit);
+    out << YAML::Key << "overQuotaWeight" << YAML::Value << q.over_quota_weight;
   } else {
     const RouteSpec& r = std::get<Route>(resource).spec;
     out << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << r.model;
@@ -648,9 +787,20 @@ Status check_references(const std::vector<Resource>& resources) {
       errors.push_back(fmt::format("{} '{}' is defined twice", kind, name));
     if (kind == "Model") models.insert(name);
   }
-  std::set<std::string> services;
-  for (const Resource& r : resources)
+  std::set<std::string> services, queues = {"default"};
+  for (const Resource& r : resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r)) services.insert(svc->metadata.name);
+    if (const auto* q = std::get_if<Queue>(&r)) queues.insert(q->metadata.name);
+  }
+  for (const Resource& r : resources) {
+    if (const auto* svc = std::get_if<InferenceService>(&r); svc && !queues.count(svc->spec.queue))
+      errors.push_back(fmt::format("InferenceService '{}': spec.queue: no Queue named '{}'",
+                                   svc->metadata.name, svc->spec.queue));
+    if (const auto* q = std::get_if<Queue>(&r);
+        q && !q->spec.parent.empty() && !queues.count(q->spec.parent))
+      errors.push_back(fmt::format("Queue '{}': spec.parent: no Queue named '{}'", q->metadata.name,
+                                   q->spec.parent));
+  }
   std::map<std::string, std::string> served;  // model name clients use -> route
   std::set<std::string> key_digests;
   for (const Resource& r : resources) {

@@ -42,6 +42,7 @@ struct GpuRequirements {
   std::string type;    // e.g. "A100-80GB"; empty: any
   std::optional<uint64_t> memory_bytes;  // GPU memory needed (a share of one GPU)
   std::optional<double> fraction;        // share of one GPU, 0 < f < 1
+  std::string mig;                       // a MIG profile such as "3g.40gb"
 };
 
 struct EngineSpec {
@@ -67,6 +68,14 @@ struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
   uint32_t replicas = 1;
+  // Scheduling: the Queue its replicas are charged to, their priority within
+  // it, and whether the scheduler may evict them (for higher-priority work or
+  // to reclaim quota). Serving is not preemptible unless it says so.
+  std::string queue = "default";
+  int32_t priority = 0;
+  bool preemptible = false;
+  double cpu = 0;             // cores per replica (spec.resources.cpu)
+  uint64_t memory_bytes = 0;  // host memory per replica (spec.resources.memory)
   // 0 lets the service scale to zero after `idle_timeout_s` without
   // requests; a request arriving then starts `replicas` again.
   std::optional<uint32_t> min_replicas;
@@ -123,7 +132,50 @@ struct Route {
   RouteSpec spec;
 };
 
-using Resource = std::variant<Model, InferenceService, Tenant, Route>;
+// A machine the scheduler places replicas on, with its GPUs described by
+// attributes (model, memory, MIG slices) and its place in the topology.
+// Locally these are declared; in a cluster they come from Kubernetes Nodes.
+struct NodeGpu {
+  std::string model;  // e.g. A100-80GB
+  uint64_t memory_bytes = 0;
+  uint32_t count = 1;
+  uint32_t mig_slices = 0;  // compute slices when MIG-partitioned (7 on A100/H100); 0: no MIG
+};
+
+struct NodeSpec {
+  double cpu = 0;  // cores
+  uint64_t memory_bytes = 0;
+  std::vector<NodeGpu> gpus;
+  std::map<std::string, std::string> topology;  // nvlink, rack, spine, zone -> domain
+  bool schedulable = true;
+};
+
+struct Node {
+  ObjectMeta metadata;
+  NodeSpec spec;
+};
+
+// Quota per resource; an unset field is 0 in `deserved` and no limit in
+// `limit`.
+struct QueueQuota {
+  std::optional<double> gpu;  // GPUs, fractions allowed
+  std::optional<double> cpu;  // cores
+  std::optional<uint64_t> memory_bytes;
+};
+
+struct QueueSpec {
+  std::string parent;  // empty: top level
+  QueueQuota deserved;
+  QueueQuota limit;
+  double over_quota_weight = 1;
+};
+
+struct Queue {
+  ObjectMeta metadata;
+  QueueSpec spec;
+};
+
+using Resource = std::variant<Model, InferenceService, Tenant, Route, Node, Queue>;
 
 std::string_view kind_of(const Resource& resource);
 const ObjectMeta& metadata_of(const Resource& resource);
@@ -138,7 +190,8 @@ Result<std::vector<Resource>> load_resource_file(const std::string& path);
 std::string encode_resource(const Resource& resource);
 
 // Cross-resource checks: unique names per kind, services naming existing
-// models, routes naming existing services and no model name served twice.
+// models and queues ("default" needs no declaration), routes naming existing
+// services, no model name served twice, queue parents that exist.
 Status check_references(const std::vector<Resource>& resources);
 
 }  // namespace loadstar::api

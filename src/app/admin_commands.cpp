@@ -64,18 +64,38 @@ std::string seconds(const json& v) {
 std::function<int()> setup_get(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto what = std::make_shared<std::string>();
-  app.add_option("resource", *what, "services or replicas")
+  app.add_option("resource", *what, "services, replicas or queues")
       ->required()
-      ->check(CLI::IsMember({"services", "replicas", "service", "replica"}));
+      ->check(CLI::IsMember({"services", "replicas", "queues", "service", "replica", "queue"}));
   add_admin_options(app, *target);
   return [target, what]() -> int {
     const bool services = what->starts_with("service");
-    auto doc = admin_call(*target, "GET", services ? "/api/v1/services" : "/api/v1/replicas");
+    const bool queues = what->starts_with("queue");
+    auto doc = admin_call(*target, "GET",
+                          services ? "/api/v1/services"
+                          : queues ? "/api/v1/queues"
+                                   : "/api/v1/replicas");
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar get: {}\n", doc.error().message);
       return 1;
     }
-    if (services) {
+    if (queues) {
+      // GPUs: in use / deserved (limit), and the fair share right now.
+      fmt::print("{:<16} {:<12} {:>10} {:>9} {:>7} {:>6} {:>8} {:>8} {:>10}\n", "NAME", "PARENT",
+                 "GPUS", "DESERVED", "LIMIT", "FAIR", "RUNNING", "PENDING", "GPU-HOURS");
+      for (const auto& q : (*doc)["items"])
+        fmt::print("{:<16} {:<12} {:>10} {:>9} {:>7} {:>6} {:>8} {:>8} {:>10.2f}\n",
+                   q["name"].get<std::string>(),
+                   q["parent"].get<std::string>().empty() ? "-" : q["parent"].get<std::string>(),
+                   fmt::format("{:g}", q["allocated"]["gpu"].get<double>()),
+                   fmt::format("{:g}", q["deserved"]["gpu"].get<double>()),
+                   q["limit"].is_null() || q["limit"]["gpu"].get<double>() > 1e17
+                       ? std::string("-")
+                       : fmt::format("{:g}", q["limit"]["gpu"].get<double>()),
+                   fmt::format("{:.3g}", q["fair_share"]["gpu"].get<double>()),
+                   q["running"].get<int>(), q["pending"].get<int>(),
+                   q["gpu_seconds"].get<double>() / 3600);
+    } else if (services) {
       fmt::print("{:<24} {:<24} {:>8} {:>6}\n", "NAME", "MODEL", "READY", "WANT");
       for (const auto& s : (*doc)["items"])
         fmt::print("{:<24} {:<24} {:>8} {:>6}\n", s["name"].get<std::string>(),
@@ -83,13 +103,19 @@ std::function<int()> setup_get(CLI::App& app) {
                    fmt::format("{}/{}", s["ready"].get<int>(), s["current"].get<int>()),
                    s["replicas"].get<int>());
     } else {
-      fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME", "SERVICE",
-                 "STATE", "PORT", "PID", "RESTARTS", "STARTUP", "AGE", "MESSAGE");
+      fmt::print("{:<24} {:<16} {:<12} {:<12} {:<14} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME",
+                 "SERVICE", "STATE", "NODE", "DEVICES", "PORT", "PID", "RESTARTS", "STARTUP", "AGE",
+                 "MESSAGE");
+      auto dash = [](const json& v) {
+        const std::string s = v.is_string() ? v.get<std::string>() : "";
+        return s.empty() ? std::string("-") : s;
+      };
       for (const auto& r : (*doc)["items"])
-        fmt::print("{:<24} {:<16} {:<12} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n",
+        fmt::print("{:<24} {:<16} {:<12} {:<12} {:<14} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n",
                    r["name"].get<std::string>(), r["service"].get<std::string>(),
-                   r["state"].get<std::string>(), r["port"].get<int>(), r["pid"].get<int>(),
-                   r["restarts"].get<int>(), seconds(r["start_seconds"]), seconds(r["age_seconds"]),
+                   r["state"].get<std::string>(), dash(r["node"]), dash(r["devices"]),
+                   r["port"].get<int>(), r["pid"].get<int>(), r["restarts"].get<int>(),
+                   seconds(r["start_seconds"]), seconds(r["age_seconds"]),
                    r["message"].get<std::string>());
     }
     return 0;

@@ -57,8 +57,7 @@ std::string SvgChart::render() const {
     svg += fmt::format(
         "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>"
         "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
-        px(x), kTop, kTop + plot_h, kTop + plot_h + 18,
-        label(x, xs, percent_x));
+        px(x), kTop, kTop + plot_h, kTop + plot_h + 18, label(x, xs, percent_x));
   for (double y = std::ceil(y_min / ys) * ys; y <= y_max + 1e-9; y += ys)
     svg += fmt::format(
         "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"

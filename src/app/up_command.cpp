@@ -21,6 +21,7 @@
 #include "gateway/gateway.h"
 #include "http/server.h"
 #include "openai/protocol.h"
+#include "scheduler/placement.h"
 
 namespace loadstar::app {
 
@@ -40,6 +41,7 @@ struct UpArgs {
   double scrape_interval_s = 0.1;
   double drain_timeout_s = 30;
   std::string max_body = "8Mi";
+  std::string placement_policy = "loadstar";
 };
 
 // Decodes `files` and checks them together with what the store holds.
@@ -93,6 +95,9 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
                        {"age_seconds", r.age_s},
                        {"start_seconds", r.start_s ? json(*r.start_s) : json(nullptr)},
                        {"in_flight", r.in_flight},
+                       {"queue", r.queue},
+                       {"node", r.node},
+                       {"devices", r.devices},
                        {"message", r.message}});
     }
     response = {200, "application/json", json({{"items", items}}).dump()};
@@ -104,6 +109,22 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
                        {"replicas", s.desired},
                        {"ready", s.ready},
                        {"current", s.total}});
+    response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (req.method == "GET" && path == "/api/v1/queues") {
+    json items = json::array();
+    auto quota = [](const scheduler::Resources& r) {
+      return json{{"gpu", r.gpu}, {"cpu", r.cpu}, {"memory_gib", r.memory}};
+    };
+    for (const auto& q : ctl->queues())
+      items.push_back({{"name", q.name},
+                       {"parent", q.parent},
+                       {"deserved", quota(q.deserved)},
+                       {"limit", q.limit ? quota(*q.limit) : json(nullptr)},
+                       {"allocated", quota(q.allocated)},
+                       {"fair_share", quota(q.fair_share)},
+                       {"running", q.running},
+                       {"pending", q.waiting},
+                       {"gpu_seconds", q.gpu_seconds}});
     response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (req.method == "POST" && path == "/api/v1/apply") {
     auto decoded = api::decode_resources(req.body, "request");
@@ -188,6 +209,14 @@ int run_up(const UpArgs& args) {
   gw_options.on_demand = [&demand_sink](const std::string& service) {
     if (auto* c = demand_sink.load()) c->note_demand(service);
   };
+  gw_options.extra_metrics = [&demand_sink]() -> std::string {
+    auto* c = demand_sink.load();
+    return c ? c->scheduler_metrics() : std::string();
+  };
+  if (auto p = scheduler::PlacementPolicy::named(args.placement_policy); !p.ok()) {
+    fmt::print(stderr, "--placement-policy: {}\n", p.error().message);
+    return 2;
+  }
   auto gw = gateway::Gateway::create(gw_options);
   if (!gw.ok()) {
     spdlog::error("gateway: {}", gw.error().message);
@@ -199,6 +228,7 @@ int run_up(const UpArgs& args) {
   ctl_options.data_dir = data_dir;
   ctl_options.loadstar_bin = self_path();
   ctl_options.drain_timeout_s = args.drain_timeout_s;
+  ctl_options.placement_policy = args.placement_policy;
   controller::Controller ctl(**store, ctl_options,
                              [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
                                gateway->publish(std::move(t));
@@ -230,7 +260,7 @@ int run_up(const UpArgs& args) {
       "Loadstar is up.\n"
       "  OpenAI API: http://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
       "  metrics:    http://{0}:{1}/metrics\n"
-      "  admin API:  http://{0}:{2}/api/v1   (loadstar get services | replicas)\n"
+      "  admin API:  http://{0}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
       args.host, gateway->port(), (*admin)->port(), data_dir.string());
@@ -252,8 +282,9 @@ int run_up(const UpArgs& args) {
 
 std::function<int()> setup_up(CLI::App& app) {
   auto args = std::make_shared<UpArgs>();
-  app.add_option("-f,--filename", args->files,
-                 "Resource files to apply at start (Model, InferenceService, Tenant, Route)");
+  app.add_option(
+      "-f,--filename", args->files,
+      "Resource files to apply at start (Model, InferenceService, Tenant, Route, Node, Queue)");
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
@@ -264,6 +295,10 @@ std::function<int()> setup_up(CLI::App& app) {
                  "Seconds between reads of each replica's /metrics by the gateway (0: never)")
       ->capture_default_str();
   app.add_option("--max-body-size", args->max_body, "Largest request body the gateway accepts")
+      ->capture_default_str();
+  app.add_option("--placement-policy", args->placement_policy,
+                 "How replicas are placed on nodes: loadstar (FGD + best-fit + weights "
+                 "locality), fgd, best-fit, dot-product, gpu-packing, random")
       ->capture_default_str();
   app.add_option("--drain-timeout", args->drain_timeout_s,
                  "Seconds a stopping replica may finish requests")

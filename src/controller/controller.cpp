@@ -15,6 +15,11 @@
 #include "http/client.h"
 #include "model/model_dir.h"
 
+#include <unistd.h>
+
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
 namespace loadstar::controller {
 
 namespace fs = std::filesystem;
@@ -52,6 +57,10 @@ struct Controller::Replica {
   std::string message;
   std::shared_ptr<gateway::Endpoint> endpoint;  // set while Ready (and while draining)
   bool sigterm_sent = false;
+  // Placement: submitted to the scheduler, and where it was put.
+  bool submitted = false;
+  bool placed = false;
+  std::string node, devices;
 };
 
 Controller::Controller(ResourceStore& store, ControllerOptions options,
@@ -290,7 +299,11 @@ void Controller::reconcile() {
   services_.clear();
   tenant_specs_.clear();
   route_specs_.clear();
+  std::vector<api::Node> nodes;
+  std::vector<api::Queue> queues;
   for (auto& resource : store_.list()) {
+    if (auto* node = std::get_if<api::Node>(&resource)) nodes.push_back(std::move(*node));
+    if (auto* queue = std::get_if<api::Queue>(&resource)) queues.push_back(std::move(*queue));
     if (auto* svc = std::get_if<api::InferenceService>(&resource))
       services_.emplace(svc->metadata.name, *svc);
     else if (auto* tenant = std::get_if<api::Tenant>(&resource))
@@ -353,10 +366,18 @@ void Controller::reconcile() {
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
 
+  sync_scheduler(nodes, queues);
+  schedule_replicas(now);
+  {
+    std::string text = render_scheduler_metrics();
+    std::lock_guard lock(metrics_mu_);
+    metrics_text_ = std::move(text);
+  }
+
   // Act per replica.
   for (auto it = replicas_.begin(); it != replicas_.end();) {
     Replica& r = *it->second;
-    if (r.state == ReplicaState::kPending ||
+    if ((r.state == ReplicaState::kPending && r.placed) ||
         (r.state == ReplicaState::kFailed && now >= r.next_restart)) {
       launch(r);
     } else if (r.state == ReplicaState::kTerminating) {
@@ -369,6 +390,8 @@ void Controller::reconcile() {
       }
       if (!r.process || (r.sigterm_sent && !r.process->running())) {
         spdlog::info("replica {}: stopped", r.name);
+        if (scheduler_)
+          scheduler_->remove(r.name, std::chrono::duration<double>(now - epoch_).count());
         it = replicas_.erase(it);
         continue;
       }
@@ -468,6 +491,238 @@ gateway::RoutingTable::Route Controller::build_route(const api::Route& route) {
   return out;
 }
 
+scheduler::Workload Controller::workload_of(const Replica& r, const api::InferenceService& svc) {
+  scheduler::PodRequest pod;
+  pod.cpu_milli = static_cast<uint64_t>(svc.spec.cpu * 1000);
+  pod.memory_mib = svc.spec.memory_bytes >> 20;
+  const api::GpuRequirements& g = svc.spec.gpu;
+  if (!g.mig.empty()) {
+    if (auto profile = scheduler::parse_mig_profile(g.mig); profile.ok())
+      std::tie(pod.mig_slices, pod.mig_memory_mib) = *profile;
+  } else if (g.fraction) {
+    pod.gpu_milli = static_cast<uint32_t>(std::lround(*g.fraction * scheduler::kMilliPerGpu));
+  } else if (g.memory_bytes) {
+    pod.gpu_memory_mib = *g.memory_bytes >> 20;
+  } else {
+    pod.gpu_count = g.count;
+  }
+  if (!g.type.empty()) pod.allowed_models = {cluster_.intern_model(g.type)};
+  pod.model = svc.spec.model;
+  scheduler::Workload w;
+  w.name = r.name;
+  w.queue = svc.spec.queue;
+  auto tenant = svc.metadata.labels.find("loadstar.dev/tenant");
+  w.tenant = tenant != svc.metadata.labels.end() ? tenant->second : svc.spec.queue;
+  w.priority = svc.spec.priority;
+  w.preemptible = svc.spec.preemptible;
+  w.pods = {pod};
+  return w;
+}
+
+void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
+                                const std::vector<api::Queue>& queues) {
+  std::string key;
+  for (const auto& n : nodes) key += api::encode_resource(n);
+  if (!scheduler_ || key != nodes_key_) {
+    nodes_key_ = key;
+    scheduler_.reset();
+    cluster_ = scheduler::Cluster();
+    auto add = [this](const std::string& name, double cpu, uint64_t memory,
+                      const api::NodeSpec* spec) {
+      scheduler::Node node;
+      node.name = name;
+      node.cpu_milli = static_cast<uint64_t>(cpu * 1000);
+      node.memory_mib = memory >> 20;
+      if (spec) {
+        for (const auto& g : spec->gpus)
+          for (uint32_t i = 0; i < g.count; ++i)
+            node.devices.push_back(
+                {cluster_.intern_model(g.model), g.memory_bytes >> 20, g.mig_slices});
+        for (const auto& [level, domain] : spec->topology) node.topology[level] = domain;
+        node.schedulable = spec->schedulable;
+      }
+      cluster_.add_node(std::move(node));
+    };
+    if (nodes.empty()) {
+      // Nothing declared: this machine, without GPUs.
+      add("local", std::thread::hardware_concurrency(),
+          static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE), nullptr);
+    }
+    for (const auto& n : nodes) add(n.metadata.name, n.spec.cpu, n.spec.memory_bytes, &n.spec);
+    auto policy = scheduler::PlacementPolicy::named(options_.placement_policy);
+    if (!policy.ok()) policy = scheduler::PlacementPolicy::named("loadstar");
+    scheduler_ = std::make_unique<scheduler::Scheduler>(cluster_, *policy, nullptr);
+    queues_key_ = "\n(none)";
+    target_key_.clear();
+    // Everything is placed again on the new node set; running engines keep
+    // running while that happens.
+    for (auto& [name, r] : replicas_) r->submitted = false;
+    spdlog::info("scheduler: {} nodes, {:.0f} GPUs, policy {}", cluster_.nodes().size(),
+                 cluster_.gpu_milli_total() / 1000.0, policy->name);
+  }
+  key.clear();
+  for (const auto& q : queues) key += api::encode_resource(q);
+  if (key != queues_key_) {
+    queues_key_ = key;
+    std::vector<scheduler::QueueSpec> specs;
+    bool has_default = false;
+    for (const auto& q : queues) {
+      scheduler::QueueSpec spec;
+      spec.name = q.metadata.name;
+      spec.parent = q.spec.parent;
+      const api::QueueQuota &d = q.spec.deserved, &l = q.spec.limit;
+      spec.deserved = {d.gpu.value_or(0), d.cpu.value_or(0),
+                       d.memory_bytes ? *d.memory_bytes / double(1ull << 30) : 0};
+      if (l.gpu || l.cpu || l.memory_bytes)
+        spec.limit =
+            scheduler::Resources{l.gpu.value_or(1e18), l.cpu.value_or(1e18),
+                                 l.memory_bytes ? *l.memory_bytes / double(1ull << 30) : 1e18};
+      spec.over_quota_weight = q.spec.over_quota_weight;
+      has_default |= spec.name == "default";
+      specs.push_back(std::move(spec));
+    }
+    // "default" deserves nothing and shares what is left.
+    if (!has_default) specs.push_back({"default", "", {}, std::nullopt, 1});
+    if (auto s = scheduler_->set_queues(std::move(specs)); !s.ok())
+      spdlog::warn("scheduler: queues not applied: {}", s.error().message);
+  }
+}
+
+void Controller::schedule_replicas(Clock::time_point now) {
+  const double t = std::chrono::duration<double>(now - epoch_).count();
+  // FGD's target workload: the declared services' replica shapes, weighted
+  // by how many replicas each wants.
+  std::string key;
+  for (const auto& [name, svc] : services_) key += api::encode_resource(svc);
+  if (key != target_key_) {
+    target_key_ = key;
+    std::vector<scheduler::TaskType> target;
+    double total = 0;
+    for (const auto& [name, svc] : services_) total += std::max<uint32_t>(svc.spec.replicas, 1);
+    for (const auto& [name, svc] : services_) {
+      Replica probe;
+      auto w = workload_of(probe, svc);
+      target.push_back({w.pods[0], std::max<uint32_t>(svc.spec.replicas, 1) / total});
+    }
+    scheduler_->set_target(std::make_shared<const scheduler::Fragmentation>(std::move(target)));
+  }
+  for (auto& [name, r] : replicas_) {
+    if (r->submitted || r->state == ReplicaState::kTerminating) continue;
+    auto svc = services_.find(r->service);
+    if (svc == services_.end()) continue;
+    scheduler_->remove(r->name, t);  // a re-submit after the node set changed
+    if (auto s = scheduler_->submit(workload_of(*r, svc->second), t); !s.ok()) {
+      r->message = s.error().message;
+      continue;
+    }
+    r->submitted = true;
+  }
+  const scheduler::CycleReport report = scheduler_->schedule(t);
+  for (const auto& name : report.preempted) {
+    auto it = replicas_.find(name);
+    if (it == replicas_.end()) continue;
+    Replica& r = *it->second;
+    spdlog::warn("replica {}: preempted: {}", name, scheduler_->status(name)->reason);
+    if (r.process) r.process->stop(std::chrono::milliseconds(2000));
+    r.process.reset();
+    r.endpoint.reset();
+    r.port = 0;
+    r.state = ReplicaState::kPending;
+  }
+  for (auto& [name, r] : replicas_) {
+    const scheduler::WorkloadStatus* st = scheduler_->status(name);
+    if (!st) continue;
+    if (st->state == scheduler::WorkloadState::kRunning) {
+      if (r->placed) continue;
+      r->placed = true;
+      const auto& a = st->allocations.front();
+      const scheduler::Node& node = cluster_.nodes()[a.node];
+      r->node = node.name;
+      r->devices.clear();
+      for (const auto& share : a.shares) {
+        r->devices += fmt::format("{}gpu{}", r->devices.empty() ? "" : ",", share.device);
+        if (share.mig_slices) {
+          r->devices += fmt::format(":{}g", share.mig_slices);
+        } else if (share.milli < scheduler::kMilliPerGpu) {
+          r->devices += fmt::format(":{}m", share.milli);
+        }
+      }
+      spdlog::info("replica {}: placed on {} {}", name, r->node,
+                   r->devices.empty() ? "(no GPU)" : r->devices);
+    } else {
+      r->placed = false;
+      r->node.clear();
+      r->devices.clear();
+      if (r->state == ReplicaState::kPending)
+        r->message = st->reason.empty() ? "waiting to be placed" : st->reason;
+    }
+  }
+}
+
+std::vector<scheduler::QueueStatus> Controller::queues() const {
+  std::lock_guard lock(mu_);
+  return scheduler_ ? scheduler_->queues() : std::vector<scheduler::QueueStatus>{};
+}
+
+std::string Controller::scheduler_metrics() const {
+  std::lock_guard lock(metrics_mu_);
+  return metrics_text_;
+}
+
+std::string Controller::render_scheduler_metrics() const {
+  using prometheus::ClientMetric;
+  using prometheus::MetricFamily;
+  using prometheus::MetricType;
+  if (!scheduler_) return {};
+  std::vector<MetricFamily> families;
+  auto family = [&](const char* name, const char* help, MetricType type) -> MetricFamily& {
+    families.push_back({name, help, type, {}});
+    return families.back();
+  };
+  auto add = [](MetricFamily& f, std::vector<ClientMetric::Label> labels, double value) {
+    ClientMetric m;
+    m.label = std::move(labels);
+    if (f.type == MetricType::Counter)
+      m.counter.value = value;
+    else
+      m.gauge.value = value;
+    f.metric.push_back(std::move(m));
+  };
+  const auto queues = scheduler_->queues();
+  MetricFamily& allocated =
+      family("loadstar_scheduler_queue_allocated_gpus",
+             "GPUs allocated to the queue and its children", MetricType::Gauge);
+  for (const auto& q : queues) add(allocated, {{"queue", q.name}}, q.allocated.gpu);
+  MetricFamily& deserved = family("loadstar_scheduler_queue_deserved_gpus",
+                                  "The queue's deserved GPU quota", MetricType::Gauge);
+  for (const auto& q : queues) add(deserved, {{"queue", q.name}}, q.deserved.gpu);
+  MetricFamily& fair = family("loadstar_scheduler_queue_fair_share_gpus",
+                              "The queue's fair share of GPUs now", MetricType::Gauge);
+  for (const auto& q : queues) add(fair, {{"queue", q.name}}, q.fair_share.gpu);
+  MetricFamily& waiting = family("loadstar_scheduler_queue_pending_workloads",
+                                 "Workloads of the queue waiting to be placed", MetricType::Gauge);
+  for (const auto& q : queues) add(waiting, {{"queue", q.name}}, q.waiting);
+  MetricFamily& queue_seconds =
+      family("loadstar_scheduler_queue_gpu_seconds_total",
+             "GPU-seconds allocated to the queue and its children (fractions count as such)",
+             MetricType::Counter);
+  for (const auto& q : queues) add(queue_seconds, {{"queue", q.name}}, q.gpu_seconds);
+  MetricFamily& tenant_seconds = family(
+      "loadstar_scheduler_tenant_gpu_seconds_total",
+      "GPU-seconds allocated to the tenant's workloads, for chargeback", MetricType::Counter);
+  for (const auto& [tenant, seconds] : scheduler_->tenant_gpu_seconds())
+    add(tenant_seconds, {{"tenant", tenant}}, seconds);
+  add(family("loadstar_scheduler_preemptions_total", "Workloads evicted by preemption or reclaim",
+             MetricType::Counter),
+      {}, static_cast<double>(scheduler_->preemptions()));
+  add(family("loadstar_scheduler_gpus", "GPUs on schedulable nodes", MetricType::Gauge), {},
+      cluster_.gpu_milli_total() / 1000.0);
+  add(family("loadstar_scheduler_gpus_allocated", "GPUs allocated (fractions count as such)",
+             MetricType::Gauge),
+      {}, cluster_.gpu_milli_used() / 1000.0);
+  return prometheus::TextSerializer().Serialize(families);
+}
+
 void Controller::publish_if_changed() {
   std::vector<std::string> key;
   for (const auto& [name, svc] : services_) key.push_back(api::encode_resource(svc));
@@ -512,6 +767,10 @@ std::vector<ReplicaStatus> Controller::replicas() const {
     s.start_s = r->start_s;
     s.in_flight = r->endpoint ? r->endpoint->in_flight.load() : 0;
     s.message = r->message;
+    s.node = r->node;
+    s.devices = r->devices;
+    if (auto it = services_.find(r->service); it != services_.end())
+      s.queue = it->second.spec.queue;
     out.push_back(std::move(s));
   }
   return out;

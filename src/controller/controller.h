@@ -3,7 +3,13 @@
 // gateway. Each pass compares what the store declares with what runs and
 // acts on the difference, so a missed event or a restart loses nothing.
 //
-// Replica lifecycle: Pending (model being prepared) -> Starting (process
+// Every replica is placed by the scheduler (src/scheduler) on a node and its
+// devices before it starts; one that cannot be placed stays Pending with the
+// scheduler's reason. Nodes are the declared `Node` resources (or one
+// implicit GPU-less node "local"); queues the declared `Queue`s plus
+// "default".
+//
+// Replica lifecycle: Pending (placing, model being prepared) -> Starting (process
 // launched, waiting for /health) -> Ready (published) -> Terminating
 // (unpublished, draining, then stopped). A replica whose process exits is
 // Failed and restarted with exponential backoff.
@@ -28,6 +34,7 @@
 #include "common/process.h"
 #include "controller/store.h"
 #include "gateway/routing_table.h"
+#include "scheduler/scheduler.h"
 
 namespace loadstar::controller {
 
@@ -49,6 +56,9 @@ struct ReplicaStatus {
   std::optional<double> start_s;  // launch to ready, for the current process
   int64_t in_flight = 0;
   std::string message;  // why it is not ready, or its last failure
+  std::string queue;
+  std::string node;     // where the scheduler placed it; empty while unplaced
+  std::string devices;  // e.g. "gpu0,gpu1" or "gpu0:500m"
 };
 
 struct ServiceStatus {
@@ -67,6 +77,7 @@ struct ControllerOptions {
   double restart_backoff_max_s = 30;
   double drain_timeout_s = 30;
   double start_timeout_s = 300;
+  std::string placement_policy = "loadstar";  // scheduler::PlacementPolicy::named
 };
 
 class Controller {
@@ -88,6 +99,13 @@ class Controller {
   // call it).
   void note_demand(const std::string& service);
 
+  // Queues with usage against quota and fair share, for `loadstar get queues`.
+  std::vector<scheduler::QueueStatus> queues() const;
+  // The scheduler's metrics (Prometheus text): per-queue allocation, fair
+  // share and GPU-seconds, per-tenant GPU-seconds, preemptions. As of the
+  // last reconcile pass; never waits for one (gateway threads call it).
+  std::string scheduler_metrics() const;
+
  private:
   struct Replica;
   void run();
@@ -98,6 +116,10 @@ class Controller {
   void begin_termination(Replica& r);
   uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
   void publish_if_changed();
+  void sync_scheduler(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues);
+  void schedule_replicas(Clock::time_point now);
+  scheduler::Workload workload_of(const Replica& r, const api::InferenceService& svc);
+  std::string render_scheduler_metrics() const;
   std::shared_ptr<const gateway::TenantDirectory> build_tenants();
   gateway::RoutingTable::Route build_route(const api::Route& route);
 
@@ -130,6 +152,13 @@ class Controller {
   std::atomic<bool> demand_pending_{false};
   std::vector<std::string> published_key_;
   uint64_t table_version_ = 0;
+  // Placement. The cluster is rebuilt when the Node resources change.
+  scheduler::Cluster cluster_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::string nodes_key_, queues_key_, target_key_;
+  Clock::time_point epoch_ = Clock::now();
+  mutable std::mutex metrics_mu_;  // guards metrics_text_ only
+  std::string metrics_text_;
   std::thread thread_;
 };
 

@@ -256,7 +256,9 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
     GatewayStats copy = co_await asio::co_spawn(w->io, copy_stats(w), asio::use_awaitable);
     merged.merge(copy);
   }
-  co_return render_metrics(merged);
+  std::string text = render_metrics(merged);
+  if (options.extra_metrics) text += options.extra_metrics();
+  co_return text;
 }
 
 asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {

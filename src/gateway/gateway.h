@@ -51,6 +51,9 @@ struct GatewayOptions {
   // Called (from a gateway thread; must not block) when a request is held
   // because `service` has no ready replica.
   std::function<void(const std::string& service)> on_demand;
+  // More Prometheus text for /metrics (other components of the process).
+  // Called on a gateway thread; must not block.
+  std::function<std::string()> extra_metrics;
 };
 
 class Gateway {

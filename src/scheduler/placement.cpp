@@ -180,9 +180,12 @@ Placer::Placer(const Cluster& cluster, PlacementPolicy policy,
       policy_(std::move(policy)),
       fragmentation_(std::move(fragmentation)),
       rng_(seed),
-      cacheable_(policy_.weight(Scorer::kRandom) == 0) {
-  LS_CHECK_MSG(fragmentation_ || policy_.weight(Scorer::kFragmentation) == 0,
-               "a policy that weighs fragmentation needs a target workload");
+      cacheable_(policy_.weight(Scorer::kRandom) == 0) {}
+
+void Placer::set_fragmentation(std::shared_ptr<const Fragmentation> fragmentation) {
+  fragmentation_ = std::move(fragmentation);
+  cache_.clear();
+  frag_before_.clear();
 }
 
 std::vector<Placer::Cached>& Placer::cache_for(const PodRequest& r) {
@@ -233,7 +236,7 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
     const double tier = shares_used_card ? 0 : node_used ? 1 : 2;
     cost += weight * (tier + card_fit);
   }
-  if (double weight = w(Scorer::kFragmentation); weight != 0)
+  if (double weight = w(Scorer::kFragmentation); weight != 0 && fragmentation_)
     cost += weight * (fragmentation_->after(node, r, choice) - frag_before) / kMilliPerGpu;
   if (double weight = w(Scorer::kLocality); weight != 0 && !r.model.empty())
     if (node.cached_models.contains(r.model)) cost -= weight;
@@ -246,7 +249,7 @@ double Placer::evaluate(int n, const PodRequest& r, int& best_choice) {
   if (scratch_.empty()) return kInf;
   const Node& node = cluster_.nodes()[n];
   double before = 0;
-  if (fragmentation_ && policy_.weight(Scorer::kFragmentation) != 0) {
+  if (fragmentation_ && policy_.weight(Scorer::kFragmentation) != 0) {  // else FGD is off
     frag_before_.resize(cluster_.nodes().size());
     auto& [generation, value] = frag_before_[n];
     if (generation != node.generation + 1) {

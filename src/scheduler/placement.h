@@ -77,7 +77,7 @@ class Fragmentation {
 
 class Placer {
  public:
-  // `fragmentation` may be null when the policy does not weigh it.
+  // Without `fragmentation` (no target workload known) the FGD scorer is off.
   Placer(const Cluster& cluster, PlacementPolicy policy,
          std::shared_ptr<const Fragmentation> fragmentation, uint64_t seed = 1);
 
@@ -93,6 +93,9 @@ class Placer {
   double node_cost(int n, const PodRequest& request, DeviceChoice* best = nullptr);
 
   const PlacementPolicy& policy() const { return policy_; }
+  // A new target workload for FGD (the expected mix changed); drops cached
+  // scores.
+  void set_fragmentation(std::shared_ptr<const Fragmentation> fragmentation);
 
  private:
   struct Cached {

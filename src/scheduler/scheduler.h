@@ -116,6 +116,11 @@ class Scheduler {
   // loop; work in a queue that disappears stays pending with the reason.
   Status set_queues(std::vector<QueueSpec> queues);
 
+  // The workload FGD should expect (see Placer::set_fragmentation).
+  void set_target(std::shared_ptr<const Fragmentation> target) {
+    placer_.set_fragmentation(std::move(target));
+  }
+
   Status submit(Workload workload, double now);
   // Releases a workload's devices (finished or deleted). Unknown names are
   // ignored.

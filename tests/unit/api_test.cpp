@@ -287,3 +287,114 @@ TEST(Resources, DocumentsKeepTheirLineNumbers) {
 
 }  // namespace
 }  // namespace loadstar::api
+
+namespace loadstar::api {
+namespace {
+
+constexpr const char* kScheduling = R"(apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {name: box-1}
+spec:
+  cpu: 96
+  memory: 768Gi
+  gpus:
+    - {model: H100-80GB, memory: 80Gi, count: 8, migSlices: 7}
+  topology: {nvlink: nvl-1, rack: r7, zone: eu-1a}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: research}
+spec:
+  deserved: {gpu: 4, cpu: 64, memory: 512Gi}
+  limit: {gpu: 12}
+  overQuotaWeight: 2
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: vision}
+spec: {parent: research, deserved: {gpu: 1.5}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: tagger, labels: {loadstar.dev/tenant: vision-team}}
+spec:
+  model: llama-8b
+  queue: vision
+  priority: 50
+  preemptible: true
+  resources: {cpu: 4, memory: 16Gi, gpu: {mig: 3g.40gb}}
+)";
+
+TEST(Resources, DecodesNodesQueuesAndSchedulingFields) {
+  auto resources = decode_resources(std::string(kValid) + "---\n" + kScheduling, "s.yaml");
+  ASSERT_TRUE(resources.ok()) << resources.error().message;
+  ASSERT_EQ(resources->size(), 6u);
+  const auto& node = std::get<Node>((*resources)[2]);
+  EXPECT_EQ(node.spec.cpu, 96);
+  EXPECT_EQ(node.spec.gpus.at(0).count, 8u);
+  EXPECT_EQ(node.spec.gpus.at(0).mig_slices, 7u);
+  EXPECT_EQ(node.spec.topology.at("rack"), "r7");
+  const auto& queue = std::get<Queue>((*resources)[3]);
+  EXPECT_EQ(*queue.spec.deserved.gpu, 4);
+  EXPECT_EQ(*queue.spec.limit.gpu, 12);
+  EXPECT_FALSE(queue.spec.limit.cpu);
+  EXPECT_EQ(queue.spec.over_quota_weight, 2);
+  const auto& svc = std::get<InferenceService>((*resources)[5]);
+  EXPECT_EQ(svc.spec.queue, "vision");
+  EXPECT_EQ(svc.spec.priority, 50);
+  EXPECT_TRUE(svc.spec.preemptible);
+  EXPECT_EQ(svc.spec.gpu.mig, "3g.40gb");
+  EXPECT_EQ(svc.spec.gpu.count, 0u);
+  EXPECT_EQ(svc.spec.memory_bytes, 16ull << 30);
+  EXPECT_TRUE(check_references(*resources).ok()) << check_references(*resources).error().message;
+  for (const Resource& r : *resources) {
+    const std::string text = encode_resource(r);
+    auto again = decode_resources(text, "encoded");
+    ASSERT_TRUE(again.ok()) << again.error().message << "\n" << text;
+    EXPECT_EQ(encode_resource((*again)[0]), text);
+  }
+}
+
+TEST(Resources, SchedulingErrorsSayWhere) {
+  auto r = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {name: n}
+spec:
+  gpus: [{model: A100, count: 20, migSlice: 7}]
+  topology: {row: r1}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: q}
+spec: {deserved: {gpu: 8}, limit: {gpu: 4}, overQuotaWeight: -1}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: s}
+spec: {model: m, priority: high, resources: {gpu: {mig: 3g, count: 2}}}
+)",
+                            "bad.yaml");
+  ASSERT_FALSE(r.ok());
+  const std::string& m = r.error().message;
+  for (const char* expected :
+       {"bad.yaml:5:35: Node 'n': spec.gpus[0].migSlice: unknown field (did you mean 'migSlices'?)",
+        "Node 'n': spec.gpus: 20 GPUs; at most 16", "Node 'n': spec.topology.row: unknown field",
+        "Queue 'q': spec.deserved.gpu: 8 is more than spec.limit.gpu (4)",
+        "Queue 'q': spec.overQuotaWeight: must be a number from 0 to",
+        "InferenceService 's': spec.priority: must be an integer",
+        "spec.resources.gpu.mig: '3g' is not a MIG profile such as 1g.10gb or 3g.40gb",
+        "spec.resources.gpu.mig: a MIG slice is a whole request"})
+    EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
+  auto refs = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: q}
+spec: {parent: nowhere}
+)",
+                               "q.yaml");
+  ASSERT_TRUE(refs.ok());
+  EXPECT_EQ(check_references(*refs).error().message,
+            "Queue 'q': spec.parent: no Queue named 'nowhere'");
+}
+
+}  // namespace
+}  // namespace loadstar::api
