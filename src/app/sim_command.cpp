@@ -52,6 +52,7 @@ struct ScheduleArgs {
   std::string nodes = "../shared/traces/openb_node_list_gpu_node.csv";
   std::string pods = "../shared/traces/openb_pod_list_default.csv";
   std::vector<std::string> policies = scheduler::PlacementPolicy::names();
+  std::vector<std::string> weighted;
   double inflate = 1.3;
   double step = 0.01;
   double coverage = 1.0;
@@ -88,8 +89,10 @@ int run_schedule(const ScheduleArgs& a) {
     return 1;
   }
   std::vector<scheduler::PlacementPolicy> policies;
-  for (const auto& name : a.policies) {
-    auto p = scheduler::PlacementPolicy::named(name);
+  std::vector<std::string> all = a.policies;
+  all.insert(all.end(), a.weighted.begin(), a.weighted.end());
+  for (const auto& name : all) {
+    auto p = scheduler::PlacementPolicy::parse(name);
     if (!p.ok()) {
       fmt::print(stderr, "loadstar sim schedule: --policies: {}\n", p.error().message);
       return 2;
@@ -223,6 +226,9 @@ std::function<int()> setup_sim(CLI::App& app) {
   schedule->add_option("--policies", schedule_args->policies, "Placement policies to compare")
       ->delimiter(',')
       ->capture_default_str();
+  schedule->add_option("--weights", schedule_args->weighted,
+                       "Also compare a policy given as scorer weights, e.g. "
+                       "fragmentation=1,bestFit=0.05 (repeatable)");
   schedule
       ->add_option("--inflate", schedule_args->inflate,
                    "Arrived GPU demand to reach, as a share of capacity")

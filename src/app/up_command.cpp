@@ -213,7 +213,7 @@ int run_up(const UpArgs& args) {
     auto* c = demand_sink.load();
     return c ? c->scheduler_metrics() : std::string();
   };
-  if (auto p = scheduler::PlacementPolicy::named(args.placement_policy); !p.ok()) {
+  if (auto p = scheduler::PlacementPolicy::parse(args.placement_policy); !p.ok()) {
     fmt::print(stderr, "--placement-policy: {}\n", p.error().message);
     return 2;
   }
@@ -297,8 +297,9 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--max-body-size", args->max_body, "Largest request body the gateway accepts")
       ->capture_default_str();
   app.add_option("--placement-policy", args->placement_policy,
-                 "How replicas are placed on nodes: loadstar (FGD + best-fit + weights "
-                 "locality), fgd, best-fit, dot-product, gpu-packing, random")
+                 "How replicas are placed on nodes: loadstar (FGD + best-fit + locality), fgd, "
+                 "best-fit, dot-product, gpu-packing, random, or scorer weights such as "
+                 "fragmentation=1,bestFit=0.05,locality=0.5")
       ->capture_default_str();
   app.add_option("--drain-timeout", args->drain_timeout_s,
                  "Seconds a stopping replica may finish requests")

@@ -549,7 +549,7 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
           static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE), nullptr);
     }
     for (const auto& n : nodes) add(n.metadata.name, n.spec.cpu, n.spec.memory_bytes, &n.spec);
-    auto policy = scheduler::PlacementPolicy::named(options_.placement_policy);
+    auto policy = scheduler::PlacementPolicy::parse(options_.placement_policy);
     if (!policy.ok()) policy = scheduler::PlacementPolicy::named("loadstar");
     scheduler_ = std::make_unique<scheduler::Scheduler>(cluster_, *policy, nullptr);
     queues_key_ = "\n(none)";

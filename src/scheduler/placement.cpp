@@ -69,13 +69,36 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
     // the multi-GPU tasks FGD cannot see coming. Locality outweighs a small
     // fragmentation difference: re-downloading weights costs minutes.
     set(Scorer::kFragmentation, 1);
-    set(Scorer::kBestFit, 0.05);
+    set(Scorer::kBestFit, 0.01);
     set(Scorer::kLocality, 0.5);
   } else {
     return make_error(ErrorCode::kInvalidArgument,
                       "unknown placement policy '{}' (random, best-fit, dot-product, "
                       "gpu-packing, fgd, loadstar)",
                       name);
+  }
+  return p;
+}
+
+Result<PlacementPolicy> PlacementPolicy::parse(std::string_view text) {
+  if (text.find('=') == std::string_view::npos) return named(text);
+  PlacementPolicy p;
+  p.name = std::string(text);
+  while (!text.empty()) {
+    const size_t comma = text.find(',');
+    std::string_view item = text.substr(0, comma);
+    text = comma == std::string_view::npos ? std::string_view{} : text.substr(comma + 1);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos)
+      return make_error(ErrorCode::kInvalidArgument, "'{}' is not scorer=weight", item);
+    LS_ASSIGN_OR_RETURN(Scorer scorer, parse_scorer(item.substr(0, eq)));
+    const std::string number(item.substr(eq + 1));
+    char* end = nullptr;
+    const double weight = std::strtod(number.c_str(), &end);
+    if (number.empty() || *end != '\0' || !std::isfinite(weight))
+      return make_error(ErrorCode::kInvalidArgument, "{}: '{}' is not a number",
+                        scorer_name(scorer), number);
+    p.weights[static_cast<int>(scorer)] = weight;
   }
   return p;
 }

@@ -42,6 +42,9 @@ struct PlacementPolicy {
   // The named policies: random, best-fit, dot-product, gpu-packing, fgd, and
   // loadstar (the default: FGD with a best-fit tie-break and locality).
   static Result<PlacementPolicy> named(std::string_view name);
+  // A named policy, or weights such as "fragmentation=1,bestFit=0.05,locality=0.5"
+  // (scorer names as in scorer_name; exact ties then go to the first node).
+  static Result<PlacementPolicy> parse(std::string_view text);
   static std::vector<std::string> names();
 };
 

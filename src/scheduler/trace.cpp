@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <random>
 
@@ -16,14 +17,17 @@ class CsvReader {
  public:
   CsvReader(std::string_view text, std::string_view source) : text_(text), source_(source) {}
 
-  Status header(const std::vector<std::string_view>& wanted) {
+  // `optional` columns may be absent; their fields then read as empty.
+  Status header(const std::vector<std::string_view>& wanted,
+                const std::vector<std::string_view>& optional = {}) {
     std::vector<std::string_view> names;
     if (!next(names)) return make_error(ErrorCode::kInvalidArgument, "{}: empty file", source_);
     for (std::string_view w : wanted) {
       auto it = std::find(names.begin(), names.end(), w);
-      if (it == names.end())
+      const bool may_lack = std::find(optional.begin(), optional.end(), w) != optional.end();
+      if (it == names.end() && !may_lack)
         return make_error(ErrorCode::kInvalidArgument, "{}:1: missing column '{}'", source_, w);
-      columns_.push_back(static_cast<size_t>(it - names.begin()));
+      columns_.push_back(it == names.end() ? SIZE_MAX : static_cast<size_t>(it - names.begin()));
     }
     width_ = names.size();
     return {};
@@ -39,7 +43,7 @@ class CsvReader {
     if (fields.size() != width_)
       return error("has {} fields, the header has {}", fields.size(), width_);
     out.clear();
-    for (size_t c : columns_) out.push_back(fields[c]);
+    for (size_t c : columns_) out.push_back(c == SIZE_MAX ? std::string_view{} : fields[c]);
     return true;
   }
 
@@ -133,8 +137,11 @@ Status load_openb_nodes(std::string_view csv, std::string_view source, Cluster& 
 Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string_view source,
                                                Cluster& cluster) {
   CsvReader reader(csv, source);
+  // openb_pod_list_multigpu20 has neither gpu_spec nor creation_time: any
+  // model, and file order is arrival order.
   LS_RETURN_IF_ERROR(reader.header(
-      {"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "creation_time"}));
+      {"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "creation_time"},
+      {"gpu_spec", "creation_time"}));
   std::vector<TraceTask> tasks;
   std::vector<std::string_view> f;
   while (true) {
@@ -163,7 +170,11 @@ Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string
         spec = bar == std::string_view::npos ? std::string_view{} : spec.substr(bar + 1);
       }
     }
-    LS_ASSIGN_OR_RETURN(t.created_s, reader.number<double>(f[6], "creation_time"));
+    if (f[6].empty()) {
+      t.created_s = static_cast<double>(tasks.size());
+    } else {
+      LS_ASSIGN_OR_RETURN(t.created_s, reader.number<double>(f[6], "creation_time"));
+    }
     tasks.push_back(std::move(t));
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const TraceTask& a, const TraceTask& b) {

@@ -24,8 +24,9 @@ struct TraceTask {
 // `sn,cpu_milli,memory_mib,gpu,model`: adds every node to `cluster`.
 // `source` names the input in error messages ("file:line: ...").
 Status load_openb_nodes(std::string_view csv, std::string_view source, Cluster& cluster);
-// `name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...,creation_time,...`,
-// sorted by creation time. GPU models in gpu_spec are interned in `cluster`.
+// `name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec][,creation_time]...`,
+// sorted by creation time (file order without that column). GPU models in gpu_spec are interned in
+// `cluster`.
 Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string_view source,
                                                Cluster& cluster);
 
