@@ -105,6 +105,10 @@ int run_schedule(const ScheduleArgs& a) {
     fmt::print(stderr, "loadstar sim schedule: {}\n", probe.error().message);
     return 1;
   }
+  if (probe->gpu_milli_total() == 0) {
+    fmt::print(stderr, "loadstar sim schedule: {}: no node has a GPU\n", a.nodes);
+    return 1;
+  }
   auto trace = scheduler::load_openb_pods(*pods_csv, a.pods, *probe);
   if (!trace.ok()) {
     fmt::print(stderr, "loadstar sim schedule: {}\n", trace.error().message);

@@ -345,21 +345,73 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
   });
   std::vector<Entry*> taken;
   std::map<int, Resources> reclaimed;  // per victim queue, this round
-  std::string reason;
-  bool placed = false;
-  for (Entry* v : victims) {
+  // Whether evicting `v` keeps its queue at or above its fair share (reclaim
+  // never pushes a lender below it); counts it if so.
+  auto may_take = [&](Entry* v) {
     const int vq = queue_index(v->workload.queue);
     Resources used;
     for (const auto& a : v->status.allocations) used += resources_of(a);
     if (vq != q && queues_[vq].allocated.gpu - reclaimed[vq].gpu - used.gpu <
                        queues_[vq].fair_share.gpu - kEps)
-      continue;
-    for (const auto& a : v->status.allocations) cluster_.release(a);
+      return false;
     reclaimed[vq] += used;
-    taken.push_back(v);
-    if (place(e, reason)) {
-      placed = true;
-      break;
+    return true;
+  };
+  std::string reason;
+  bool placed = false;
+  if (e.workload.pods.size() == 1) {
+    // One pod: per node, as kube-scheduler does. On each node, victims in
+    // order until the pod fits there; the node whose victims are least
+    // important (highest priority taken, then how many) wins. Victims spread
+    // over many nodes would free capacity the pod cannot use.
+    const PodRequest& pod = e.workload.pods[0];
+    std::vector<Entry*> best;
+    int best_node = -1;
+    std::pair<int32_t, size_t> best_cost{INT32_MAX, SIZE_MAX};
+    std::vector<DeviceChoice> fits;
+    for (size_t n = 0; n < cluster_.nodes().size(); ++n) {
+      if (cluster_.misfit(static_cast<int>(n), pod) == "GPU model not allowed") continue;
+      std::vector<Entry*> on_node;
+      reclaimed.clear();
+      bool fit = false;
+      for (Entry* v : victims) {
+        bool here = false;
+        for (const auto& a : v->status.allocations) here |= a.node == static_cast<int>(n);
+        if (!here || !may_take(v)) continue;
+        for (const auto& a : v->status.allocations) cluster_.release(a);
+        on_node.push_back(v);
+        cluster_.choices(static_cast<int>(n), pod, fits);
+        if ((fit = !fits.empty())) break;
+      }
+      for (Entry* v : on_node)
+        for (const auto& a : v->status.allocations) LS_CHECK(cluster_.restore(a));
+      if (!fit) continue;
+      const std::pair<int32_t, size_t> cost{on_node.back()->workload.priority, on_node.size()};
+      if (cost < best_cost) {
+        best_cost = cost;
+        best = std::move(on_node);
+        best_node = static_cast<int>(n);
+      }
+    }
+    if (!best.empty()) {
+      for (Entry* v : best)
+        for (const auto& a : v->status.allocations) cluster_.release(a);
+      taken = std::move(best);
+      const std::vector<int> node = {best_node};
+      std::vector<Allocation> allocations;
+      placed = place_in(e, &node, allocations);
+      LS_CHECK(placed);  // the plan found room there
+      e.status.allocations = std::move(allocations);
+    }
+  } else {
+    for (Entry* v : victims) {
+      if (!may_take(v)) continue;
+      for (const auto& a : v->status.allocations) cluster_.release(a);
+      taken.push_back(v);
+      if (place(e, reason)) {
+        placed = true;
+        break;
+      }
     }
   }
   if (!placed) {

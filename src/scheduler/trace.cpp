@@ -219,6 +219,9 @@ std::vector<FillPoint> fill(Cluster& cluster, Placer& placer, const std::vector<
     } else {
       ++p.unplaced;
     }
+    // A cluster without GPUs has no ratio to draw (and 1/0 would mark
+    // points forever); only the end point is recorded.
+    if (total <= 0) continue;
     p.arrived = arrived / total;
     p.allocated = static_cast<double>(cluster.gpu_milli_used()) / total;
     while (p.arrived >= next_mark) {

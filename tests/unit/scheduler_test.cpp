@@ -290,6 +290,34 @@ TEST(Scheduler, PreemptionPicksTheLowestPriorityThatFreesEnough) {
   EXPECT_EQ(s.status("peer")->state, WorkloadState::kPending);
 }
 
+TEST(Scheduler, PreemptionFreesRoomOnOneNode) {
+  Cluster c;
+  c.add_node(gpu_node(c, "a", 2));
+  c.add_node(gpu_node(c, "b", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {4, 100, 1000}, std::nullopt, 1}}).ok());
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(s.submit(job("low" + std::to_string(i), "q", {gpus(1)}, 0), i).ok());
+    (void)s.schedule(i);
+  }
+  // A two-card job needs both cards of one node: two victims, on the same
+  // node, not the two most recent wherever they are.
+  ASSERT_TRUE(s.submit(job("pair", "q", {gpus(2)}, 5), 10).ok());
+  CycleReport r = s.schedule(10);
+  ASSERT_EQ(s.status("pair")->state, WorkloadState::kRunning);
+  ASSERT_EQ(r.preempted.size(), 2u);
+  const int node = s.status("pair")->allocations[0].node;
+  int still_there = 0;
+  for (int i = 0; i < 4; ++i) {
+    const auto* st = s.status("low" + std::to_string(i));
+    if (st->state == WorkloadState::kRunning) {
+      EXPECT_NE(st->allocations[0].node, node);
+      ++still_there;
+    }
+  }
+  EXPECT_EQ(still_there, 2);
+}
+
 TEST(Scheduler, NeverPreemptsWhatIsNotPreemptible) {
   Cluster c;
   c.add_node(gpu_node(c, "n", 2));
@@ -474,6 +502,19 @@ TEST(Trace, ReadsOpenbAndReplaysDeterministically) {
   }
   EXPECT_GE(a.back().arrived, 1.3);
   EXPECT_LE(a.back().allocated, 1.0);
+}
+
+// Found by fuzz/scheduler_trace_fuzz: pods and no nodes looped forever,
+// recording points at arrived = demand / 0.
+TEST(Trace, FillWithoutGpusEnds) {
+  Cluster c;
+  auto pods = load_openb_pods(kPods, "pods.csv", c);
+  ASSERT_TRUE(pods.ok());
+  Placer placer(c, policy("best-fit"), nullptr);
+  auto points = fill(c, placer, *pods, 0.1);
+  ASSERT_EQ(points.size(), 1u);
+  EXPECT_EQ(points[0].unplaced, pods->size());
+  EXPECT_EQ(points[0].allocated, 0);
 }
 
 TEST(Trace, ErrorsNameTheLineAndColumn) {
