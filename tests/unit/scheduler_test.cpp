@@ -437,6 +437,43 @@ TEST(Scheduler, FairShareFollowsWeightsAndReclaimReturnsDeservedQuota) {
   EXPECT_NEAR(s.tenant_gpu_seconds().at("b"), 20 + 20, 1e-6);
 }
 
+TEST(Scheduler, HierarchicalFairShareSplitsTheParentsShareByWeight) {
+  Cluster c;
+  for (int i = 0; i < 2; ++i) c.add_node(gpu_node(c, "n" + std::to_string(i), 8, "H100", 256000));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  // 16 GPUs. org (deserves 8) holds a (2, weight 1) and b (2, weight 3);
+  // other (deserves 8) wants only 2, so org's share is 8 + 6 = 14, split
+  // 2 + 2.5 and 2 + 7.5 between its children.
+  ASSERT_TRUE(s.set_queues({{"org", "", {8, 1000, 10000}, std::nullopt, 1},
+                            {"a", "org", {2, 500, 5000}, std::nullopt, 1},
+                            {"b", "org", {2, 500, 5000}, std::nullopt, 3},
+                            {"other", "", {8, 1000, 10000}, std::nullopt, 1}})
+                  .ok());
+  int n = 0;
+  for (const char* q : {"a", "b"})
+    for (int i = 0; i < 10; ++i)
+      ASSERT_TRUE(s.submit(job("j" + std::to_string(n++), q, {gpus(1)}), 0).ok());
+  for (int i = 0; i < 2; ++i)
+    ASSERT_TRUE(s.submit(job("j" + std::to_string(n++), "other", {gpus(1)}), 0).ok());
+  (void)s.schedule(0);
+  std::map<std::string, QueueStatus> q;
+  for (auto& st : s.queues()) q[st.name] = st;
+  EXPECT_DOUBLE_EQ(q["other"].fair_share.gpu, 2);
+  EXPECT_DOUBLE_EQ(q["org"].fair_share.gpu, 14);
+  EXPECT_DOUBLE_EQ(q["a"].fair_share.gpu, 4.5);
+  EXPECT_DOUBLE_EQ(q["b"].fair_share.gpu, 9.5);
+  // Whole cards: the leaf furthest below its share goes first, so a and b
+  // end within a card of their shares and the parent holds the sum.
+  EXPECT_NEAR(q["a"].allocated.gpu, 4.5, 0.5 + 1e-9);
+  EXPECT_NEAR(q["b"].allocated.gpu, 9.5, 0.5 + 1e-9);
+  EXPECT_DOUBLE_EQ(q["org"].allocated.gpu, q["a"].allocated.gpu + q["b"].allocated.gpu);
+  EXPECT_DOUBLE_EQ(q["other"].allocated.gpu, 2);
+  // A workload in a queue with children is not run; it says why.
+  ASSERT_TRUE(s.submit(job("misplaced", "org", {gpus(1)}), 1).ok());
+  (void)s.schedule(1);
+  EXPECT_EQ(s.status("misplaced")->reason, "queue 'org' has child queues; submit to a leaf queue");
+}
+
 TEST(Scheduler, QueueTreeErrors) {
   Cluster c;
   Scheduler s(c, policy("best-fit"), nullptr);
