@@ -546,6 +546,28 @@ void decode_route(Decoder& d, MapReader& top, Route& route) {
   spec.finish();
 }
 
+// Decodes one document of kind T: its metadata, then its spec.
+template <typename T, void (*Spec)(Decoder&, MapReader&, T&)>
+Resource decode_kind(Decoder& d, MapReader& top) {
+  T resource;
+  decode_metadata(d, top, resource.metadata);
+  Spec(d, top, resource);
+  return resource;
+}
+
+using KindDecoder = Resource (*)(Decoder&, MapReader&);
+const std::map<std::string, KindDecoder, std::less<>>& decoders() {
+  static const std::map<std::string, KindDecoder, std::less<>> table = {
+      {"Model", decode_kind<Model, decode_model>},
+      {"InferenceService", decode_kind<InferenceService, decode_service>},
+      {"Tenant", decode_kind<Tenant, decode_tenant>},
+      {"Route", decode_kind<Route, decode_route>},
+      {"Node", decode_kind<Node, decode_node>},
+      {"Queue", decode_kind<Queue, decode_queue>},
+  };
+  return table;
+}
+
 }  // namespace
 
 Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
@@ -586,36 +608,8 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
                            ? doc["metadata"]["name"].as<std::string>("")
                            : "";
     d.set_subject(fmt::format("{} '{}'", kind.empty() ? "resource" : kind, name));
-    if (kind == "Model") {
-      Model m;
-      decode_metadata(d, top, m.metadata);
-      decode_model(d, top, m);
-      resources.emplace_back(std::move(m));
-    } else if (kind == "InferenceService") {
-      InferenceService s;
-      decode_metadata(d, top, s.metadata);
-      decode_service(d, top, s);
-      resources.emplace_back(std::move(s));
-    } else if (kind == "Tenant") {
-      Tenant t;
-      decode_metadata(d, top, t.metadata);
-      decode_tenant(d, top, t);
-      resources.emplace_back(std::move(t));
-    } else if (kind == "Route") {
-      Route r;
-      decode_metadata(d, top, r.metadata);
-      decode_route(d, top, r);
-      resources.emplace_back(std::move(r));
-    } else if (kind == "Node") {
-      Node n;
-      decode_metadata(d, top, n.metadata);
-      decode_node(d, top, n);
-      resources.emplace_back(std::move(n));
-    } else if (kind == "Queue") {
-      Queue q;
-      decode_metadata(d, top, q.metadata);
-      decode_queue(d, top, q);
-      resources.emplace_back(std::move(q));
+    if (auto decode = decoders().find(kind); decode != decoders().end()) {
+      resources.push_back(decode->second(d, top));
     } else if (!kind.empty()) {
       d.error(doc["kind"], "kind",
               fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue",
