@@ -30,6 +30,14 @@ uint32_t per_card_need(const PodRequest& r, const Device& d) {
   return 0;
 }
 
+// Every field of a request that choices() or a scorer reads: two requests
+// with the same shape score alike everywhere.
+std::string shape_of(const PodRequest& r) {
+  return fmt::format("{}/{}/{}/{}/{}/{}/{}/{}/{}", r.cpu_milli, r.memory_mib, r.gpu_count,
+                     r.gpu_milli, r.gpu_memory_mib, r.mig_slices, r.mig_memory_mib,
+                     fmt::join(r.allowed_models, ","), r.model);
+}
+
 }  // namespace
 
 std::string_view scorer_name(Scorer scorer) {
@@ -125,10 +133,7 @@ Fragmentation::Fragmentation(std::vector<TaskType> target) : target_(std::move(t
 Fragmentation Fragmentation::from_tasks(const std::vector<PodRequest>& tasks, double coverage) {
   std::map<std::string, std::pair<size_t, const PodRequest*>> counts;
   for (const PodRequest& t : tasks) {
-    auto key =
-        fmt::format("{}/{}/{}/{}/{}/{}/{}", t.cpu_milli, t.memory_mib, t.gpu_count, t.gpu_milli,
-                    t.gpu_memory_mib, t.mig_slices, fmt::join(t.allowed_models, ","));
-    auto& [n, example] = counts[key];
+    auto& [n, example] = counts[shape_of(t)];
     ++n;
     example = &t;
   }
@@ -212,10 +217,7 @@ void Placer::set_fragmentation(std::shared_ptr<const Fragmentation> fragmentatio
 }
 
 std::vector<Placer::Cached>& Placer::cache_for(const PodRequest& r) {
-  auto key =
-      fmt::format("{}/{}/{}/{}/{}/{}/{}/{}", r.cpu_milli, r.memory_mib, r.gpu_count, r.gpu_milli,
-                  r.gpu_memory_mib, r.mig_slices, fmt::join(r.allowed_models, ","), r.model);
-  auto& entries = cache_[key];
+  auto& entries = cache_[shape_of(r)];
   entries.resize(cluster_.nodes().size());
   return entries;
 }

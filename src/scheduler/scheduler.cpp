@@ -19,6 +19,25 @@ Resources resources_of(const PodRequest& pod) {
   return {pod.gpu_milli_request() / 1000.0, pod.cpu_milli / 1000.0, pod.memory_mib / 1024.0};
 }
 
+namespace {
+
+// The least GPU capacity `pod` can be charged once placed: a MIG slice is at
+// least 1/8 of a card, a memory share at least one milli.
+Resources minimum_of(const PodRequest& pod) {
+  Resources r = resources_of(pod);
+  if (pod.mig_slices > 0) r.gpu = pod.mig_slices / 8.0;
+  if (pod.gpu_memory_mib > 0) r.gpu = 0.001;
+  return r;
+}
+
+Resources used_by(const std::vector<Allocation>& allocations) {
+  Resources used;
+  for (const auto& a : allocations) used += resources_of(a);
+  return used;
+}
+
+}  // namespace
+
 Resources resources_of(const Allocation& a) {
   return {a.gpu_milli() / 1000.0, a.cpu_milli / 1000.0, a.memory_mib / 1024.0};
 }
@@ -103,7 +122,10 @@ Status Scheduler::submit(Workload w, double now) {
   if (w.tenant.empty()) w.tenant = w.queue;
   Entry e;
   e.request = {};
-  for (const auto& p : w.pods) e.request += resources_of(p);
+  for (const auto& p : w.pods) {
+    e.request += resources_of(p);
+    e.minimum += minimum_of(p);
+  }
   e.workload = std::move(w);
   e.status.submitted_at = now;
   e.sequence = next_sequence_++;
@@ -228,17 +250,30 @@ double Scheduler::dominant_share(int queue) const {
 std::string Scheduler::over_limit(int queue, const Resources& request) const {
   for (int q = queue; q >= 0; q = queues_[q].parent) {
     const QueueNode& n = queues_[q];
-    if (n.spec.limit && !(n.allocated + request).fits_in(*n.spec.limit))
-      return fmt::format(
-          "queue '{}' would exceed its limit ({:g} GPUs, {:g} cores; {:g} GPUs "
-          "in use)",
-          n.spec.name, n.spec.limit->gpu, n.spec.limit->cpu, n.allocated.gpu);
+    if (!n.spec.limit) continue;
+    const Resources after = n.allocated + request;
+    std::vector<std::string> over;
+    const char* units[] = {"GPUs", "cores", "GiB of memory"};
+    for (int r = 0; r < 3; ++r)
+      if (after[r] > (*n.spec.limit)[r] + kEps)
+        over.push_back(
+            fmt::format("{:g} {} ({:g} in use)", (*n.spec.limit)[r], units[r], n.allocated[r]));
+    if (!over.empty())
+      return fmt::format("queue '{}' would exceed its limit of {}", n.spec.name,
+                         fmt::join(over, ", "));
   }
   return {};
 }
 
 bool Scheduler::within_deserved(int queue, const Resources& request) const {
-  return (queues_[queue].allocated + request).fits_in(queues_[queue].spec.deserved);
+  // GPUs always count; CPU and memory only where the queue deserves some (a
+  // quota that names only GPUs does not make every pod with a CPU request
+  // "borrowing").
+  const QueueNode& q = queues_[queue];
+  const Resources after = q.allocated + request;
+  for (int r = 0; r < 3; ++r)
+    if ((r == 0 || q.spec.deserved[r] > 0) && after[r] > q.spec.deserved[r] + kEps) return false;
+  return true;
 }
 
 bool Scheduler::place_in(Entry& e, const std::vector<int>* candidates,
@@ -317,12 +352,13 @@ bool Scheduler::place(Entry& e, std::string& reason) {
   return false;
 }
 
-bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
+bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>& preempted) {
   const int q = queue_index(e.workload.queue);
   // Reclaim: a queue below its fair share takes back capacity from queues
   // above theirs, never pushing a lender below its own fair share.
-  const bool in_quota = within_deserved(q, e.request) ||
-                        (queues_[q].allocated + e.request).fits_in(queues_[q].fair_share);
+  const bool in_quota =
+      !limited && (within_deserved(q, e.request) ||
+                   (queues_[q].allocated + e.request).fits_in(queues_[q].fair_share));
   std::vector<Entry*> victims;
   for (auto& [name, v] : entries_) {
     if (&v == &e || v.status.state != WorkloadState::kRunning || !v.workload.preemptible) continue;
@@ -357,6 +393,14 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
     reclaimed[vq] += used;
     return true;
   };
+  // Victims of e's own queue free room under its limit.
+  Resources freed;
+  auto limit_ok = [&](const Resources& charge) {
+    return !limited || over_limit(q, charge - freed).empty();
+  };
+  auto note_freed = [&](Entry* v) {
+    if (queue_index(v->workload.queue) == q) freed += used_by(v->status.allocations);
+  };
   std::string reason;
   bool placed = false;
   if (e.workload.pods.size() == 1) {
@@ -373,6 +417,7 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
       if (cluster_.misfit(static_cast<int>(n), pod) == "GPU model not allowed") continue;
       std::vector<Entry*> on_node;
       reclaimed.clear();
+      freed = {};
       bool fit = false;
       for (Entry* v : victims) {
         bool here = false;
@@ -380,8 +425,9 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
         if (!here || !may_take(v)) continue;
         for (const auto& a : v->status.allocations) cluster_.release(a);
         on_node.push_back(v);
+        note_freed(v);
         cluster_.choices(static_cast<int>(n), pod, fits);
-        if ((fit = !fits.empty())) break;
+        if ((fit = !fits.empty() && limit_ok(e.minimum))) break;
       }
       for (Entry* v : on_node)
         for (const auto& a : v->status.allocations) LS_CHECK(cluster_.restore(a));
@@ -397,6 +443,8 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
       for (Entry* v : best)
         for (const auto& a : v->status.allocations) cluster_.release(a);
       taken = std::move(best);
+      freed = {};
+      for (Entry* v : taken) note_freed(v);
       const std::vector<int> node = {best_node};
       std::vector<Allocation> allocations;
       placed = place_in(e, &node, allocations);
@@ -404,23 +452,33 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
       e.status.allocations = std::move(allocations);
     }
   } else {
+    freed = {};
     for (Entry* v : victims) {
       if (!may_take(v)) continue;
       for (const auto& a : v->status.allocations) cluster_.release(a);
       taken.push_back(v);
-      if (place(e, reason)) {
+      note_freed(v);
+      if (limit_ok(e.minimum) && place(e, reason)) {
         placed = true;
         break;
       }
     }
+  }
+  // What it was really charged (a memory share lands as some milli of a
+  // card) must fit under the limit too.
+  if (placed && !limit_ok(used_by(e.status.allocations))) {
+    for (const auto& a : e.status.allocations) cluster_.release(a);
+    e.status.allocations.clear();
+    placed = false;
   }
   if (!placed) {
     for (Entry* v : taken)
       for (const auto& a : v->status.allocations) LS_CHECK(cluster_.restore(a));
     return false;
   }
-  // Spare every victim whose devices are still free, most important first.
-  for (auto it = taken.rbegin(); it != taken.rend(); ++it) {
+  // Spare every victim whose devices are still free, most important first
+  // (under a limit, the victims' charge is what makes room: spare none).
+  for (auto it = taken.rbegin(); it != taken.rend() && !limited; ++it) {
     Entry* v = *it;
     std::vector<const Allocation*> restored;
     bool all = true;
@@ -447,7 +505,8 @@ bool Scheduler::try_preemption(Entry& e, std::vector<std::string>& preempted) {
     v->status.reason =
         fmt::format("preempted by '{}' ({})", e.workload.name,
                     queue_index(v->workload.queue) == q
-                        ? "higher priority in the same queue"
+                        ? (limited ? "higher priority in the same queue, at its limit"
+                                   : "higher priority in the same queue")
                         : fmt::format("queue '{}' reclaimed its quota", e.workload.queue));
     ++v->status.preemptions;
     ++preemptions_;
@@ -509,19 +568,23 @@ CycleReport Scheduler::schedule(double now) {
     Entry& e = *pending[pick][next[pick]++];
     if (e.status.state != WorkloadState::kPending) continue;
     if (preempted_now.count(e.workload.name)) continue;  // not back in the same pass
-    if (std::string why = over_limit(pick, e.request); !why.empty()) {
-      e.status.reason = why;
-      continue;
-    }
+    // A queue's limit: checked on the least the workload can be charged,
+    // then on what it was charged once placed.
+    std::string limit = over_limit(pick, e.minimum);
     std::string reason;
-    if (place(e, reason)) {
-      auto allocations = std::move(e.status.allocations);
-      start(e, std::move(allocations), now);
-      report.started.push_back(e.workload.name);
-      continue;
+    if (limit.empty() && place(e, reason)) {
+      limit = over_limit(pick, used_by(e.status.allocations));
+      if (limit.empty()) {
+        auto allocations = std::move(e.status.allocations);
+        start(e, std::move(allocations), now);
+        report.started.push_back(e.workload.name);
+        continue;
+      }
+      for (const auto& a : e.status.allocations) cluster_.release(a);
+      e.status.allocations.clear();
     }
     std::vector<std::string> victims;
-    if (try_preemption(e, victims)) {
+    if (try_preemption(e, !limit.empty(), victims)) {
       for (auto& name : victims) {
         preempted_now.insert(name);
         report.preempted.push_back(std::move(name));
@@ -531,7 +594,7 @@ CycleReport Scheduler::schedule(double now) {
       report.started.push_back(e.workload.name);
       continue;
     }
-    e.status.reason = reason;
+    e.status.reason = limit.empty() ? reason : limit;
   }
   return report;
 }

@@ -145,7 +145,8 @@ class Scheduler {
     Workload workload;
     WorkloadStatus status;
     uint64_t sequence = 0;
-    Resources request;
+    Resources request;  // as asked (a memory share or MIG slice counts as a card)
+    Resources minimum;  // the least it can be charged (a MIG slice: 1/8 card)
   };
   struct QueueNode {
     QueueSpec spec;
@@ -165,7 +166,9 @@ class Scheduler {
   bool place_in(Entry& e, const std::vector<int>* candidates, std::vector<Allocation>& out);
   // Evicts the fewest, least important victims the rules allow so that `e`
   // fits (placed in e.status.allocations); their names go to `preempted`.
-  bool try_preemption(Entry& e, std::vector<std::string>& preempted);
+  // With `limited`, the queue is at its limit: only its own lower-priority
+  // work may go, and enough of it that the queue stays within the limit.
+  bool try_preemption(Entry& e, bool limited, std::vector<std::string>& preempted);
   void start(Entry& e, std::vector<Allocation> allocations, double now);
   void evict(Entry& e);
   void charge(int queue, const Resources& delta);

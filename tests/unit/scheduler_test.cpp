@@ -357,6 +357,66 @@ TEST(Scheduler, LimitIsNeverExceededAndSaysSo) {
   EXPECT_NE(s.status("two")->reason.find("would exceed its limit"), std::string::npos);
 }
 
+TEST(Scheduler, AtItsLimitAQueueMayPreemptItsOwnLowerPriorityWork) {
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 8));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {2, 100, 1000}, Resources{2, 1e9, 1e9}, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("low-a", "q", {gpus(1)}, 0), 0).ok());
+  ASSERT_TRUE(s.submit(job("low-b", "q", {gpus(1)}, 0), 1).ok());
+  (void)s.schedule(1);
+  ASSERT_TRUE(s.submit(job("high", "q", {gpus(1)}, 9), 2).ok());
+  CycleReport r = s.schedule(2);
+  EXPECT_EQ(s.status("high")->state, WorkloadState::kRunning);
+  ASSERT_EQ(r.preempted, std::vector<std::string>{"low-b"});  // the most recent
+  EXPECT_NE(s.status("low-b")->reason.find("at its limit"), std::string::npos);
+  for (const auto& q : s.queues()) EXPECT_LE(q.allocated.gpu, 2 + 1e-9);
+  // An equal priority waits and says why.
+  ASSERT_TRUE(s.submit(job("peer", "q", {gpus(1)}, 0), 3).ok());
+  EXPECT_TRUE(s.schedule(3).preempted.empty());
+  EXPECT_EQ(s.status("peer")->reason, "queue 'q' would exceed its limit of 2 GPUs (2 in use)");
+}
+
+TEST(Scheduler, MigSlicesAreChargedAsSlicesAgainstALimit) {
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {1, 100, 1000}, Resources{1, 1e9, 1e9}, 1}}).ok());
+  PodRequest slice;
+  slice.mig_slices = 1;
+  for (int i = 0; i < 8; ++i)
+    ASSERT_TRUE(s.submit(job("s" + std::to_string(i), "q", {slice}), 0).ok());
+  (void)s.schedule(0);
+  int running = 0;
+  for (int i = 0; i < 8; ++i)
+    running += s.status("s" + std::to_string(i))->state == WorkloadState::kRunning;
+  EXPECT_EQ(running, 7);  // one card's seven slices make exactly the 1-GPU limit
+  EXPECT_DOUBLE_EQ(s.queues()[0].allocated.gpu, 1.0);
+}
+
+TEST(Placement, RequestsDifferingOnlyInMigMemoryAreScoredApart) {
+  Cluster c;
+  c.add_node(gpu_node(c, "x", 1));
+  c.add_node(gpu_node(c, "y", 1));
+  c.nodes()[0].devices[0].memory_mib = 40960;
+  c.nodes()[1].devices[0].memory_mib = 40960;
+  Node big = gpu_node(c, "z", 1);
+  c.add_node(std::move(big));
+  // No random tie-break: y (scored for the small profile) comes before z.
+  Placer placer(c, *PlacementPolicy::parse("bestFit=1"), nullptr);
+  PodRequest small, large;
+  small.mig_slices = large.mig_slices = 7;
+  small.mig_memory_mib = 40960;
+  large.mig_memory_mib = 81920;
+  const std::vector<int> forty = {0, 1};
+  auto d = placer.place(small, &forty);
+  ASSERT_GE(d.node, 0);
+  (void)c.allocate(d.node, small, d.choice);
+  // Only z's 80 GB card can take the large profile; a score cached for the
+  // small one must not say otherwise.
+  EXPECT_EQ(placer.place(large).node, 2);
+}
+
 TEST(Scheduler, GangIsAllOrNothingWithinOneRack) {
   Cluster c;
   for (int i = 0; i < 4; ++i) {
