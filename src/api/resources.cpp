@@ -416,8 +416,9 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
       if (YAML::Node f = g.get("fraction"); f && !f.IsNull()) {
         double value = 0;
         bool parsed = f.IsScalar() && YAML::convert<double>::decode(f, value);
-        if (!parsed || !(value > 0 && value < 1)) {
-          d.error(f, "spec.resources.gpu.fraction", "must be a number between 0 and 1 (exclusive)");
+        if (!parsed || !(value >= 0.001 && value < 1)) {
+          d.error(f, "spec.resources.gpu.fraction",
+                  "must be a number from 0.001 (one milli-GPU) to below 1");
         } else {
           req.fraction = value;
           if (has_count && req.count > 1)
@@ -426,15 +427,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
         }
       }
       if (g.string("mig", req.mig, false)) {
-        // <slices>g.<memory>gb, as the NVIDIA device plugin names profiles.
-        const std::string& m = req.mig;
-        const size_t dot = m.find("g.");
-        const bool valid = dot != std::string::npos && dot > 0 && m.size() > dot + 4 &&
-                           m.ends_with("gb") && m[0] >= '1' && m[0] <= '8' &&
-                           m.find_first_not_of("0123456789", dot + 2) == m.size() - 2;
-        if (!valid)
-          d.error(gpu["mig"], "spec.resources.gpu.mig",
-                  fmt::format("'{}' is not a MIG profile such as 1g.10gb or 3g.40gb", m));
+        if (auto profile = parse_mig_profile(req.mig); !profile.ok())
+          d.error(gpu["mig"], "spec.resources.gpu.mig", profile.error().message);
         if (req.fraction || req.memory_bytes || (has_count && req.count > 1))
           d.error(gpu["mig"], "spec.resources.gpu.mig",
                   "a MIG slice is a whole request; set no count, fraction or memory with it");
@@ -794,6 +788,20 @@ Status check_references(const std::vector<Resource>& resources) {
         q && !q->spec.parent.empty() && !queues.count(q->spec.parent))
       errors.push_back(fmt::format("Queue '{}': spec.parent: no Queue named '{}'", q->metadata.name,
                                    q->spec.parent));
+  }
+  std::map<std::string, std::string> parent_of;
+  for (const Resource& r : resources)
+    if (const auto* q = std::get_if<Queue>(&r)) parent_of[q->metadata.name] = q->spec.parent;
+  for (const auto& [name, parent] : parent_of) {
+    std::string at = parent;
+    for (size_t hops = 0; !at.empty() && hops <= parent_of.size(); ++hops) {
+      if (at == name) {
+        errors.push_back(fmt::format("Queue '{}': spec.parent: the parents form a loop", name));
+        break;
+      }
+      auto it = parent_of.find(at);
+      at = it == parent_of.end() ? "" : it->second;
+    }
   }
   std::map<std::string, std::string> served;  // model name clients use -> route
   std::set<std::string> key_digests;

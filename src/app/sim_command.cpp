@@ -66,6 +66,8 @@ struct ScheduleArgs {
 Result<Cluster> load_cluster(const ScheduleArgs& a, const std::string& nodes_csv) {
   Cluster cluster;
   LS_RETURN_IF_ERROR(scheduler::load_openb_nodes(nodes_csv, a.nodes, cluster));
+  if (a.synthetic_nodes > 0 && cluster.nodes().empty())
+    return make_error(ErrorCode::kInvalidArgument, "{}: no nodes to repeat", a.nodes);
   if (a.synthetic_nodes > 0) {
     Cluster big;
     for (const auto& m : cluster.models()) big.intern_model(m);
@@ -81,6 +83,12 @@ Result<Cluster> load_cluster(const ScheduleArgs& a, const std::string& nodes_csv
 }
 
 int run_schedule(const ScheduleArgs& a) {
+  if (!(a.step > 0) || !(a.inflate > 0) || !(a.coverage > 0 && a.coverage <= 1)) {
+    fmt::print(stderr,
+               "loadstar sim schedule: --step and --inflate must be above 0, --coverage in (0, "
+               "1]\n");
+    return 2;
+  }
   auto nodes_csv = read_file(a.nodes);
   auto pods_csv = read_file(a.pods);
   if (!nodes_csv.ok() || !pods_csv.ok()) {
@@ -263,6 +271,10 @@ std::function<int()> setup_sim(CLI::App& app) {
   return [=]() -> int {
     if (schedule->parsed()) return run_schedule(*schedule_args);
     if (queues->parsed()) {
+      if (queue_args->nodes == 0 || !(queue_args->duration_s > 0)) {
+        fmt::print(stderr, "loadstar sim queues: --nodes and --duration must be above 0\n");
+        return 2;
+      }
       const auto result = scheduler::run_queue_sim(*queue_args);
       fmt::print("{}", result.summary);
       SvgChart chart;

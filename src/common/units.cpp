@@ -86,4 +86,23 @@ Result<double> parse_duration(std::string_view text) {
                     "'{}' has an unknown duration unit '{}' (use ms, s, m, h)", text, suffix);
 }
 
+Result<std::pair<uint32_t, uint64_t>> parse_mig_profile(std::string_view profile) {
+  // "<slices>g.<memory>gb", as nvidia-smi and the device plugin name them.
+  const auto bad = [&] {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "'{}' is not a MIG profile such as 1g.10gb or 3g.40gb", profile);
+  };
+  const size_t g = profile.find("g.");
+  if (g == std::string_view::npos || !profile.ends_with("gb")) return bad();
+  uint32_t slices = 0;
+  uint64_t gb = 0;
+  const char* begin = profile.data();
+  if (std::from_chars(begin, begin + g, slices).ptr != begin + g) return bad();
+  const std::string_view mem = profile.substr(g + 2, profile.size() - g - 4);
+  if (std::from_chars(mem.data(), mem.data() + mem.size(), gb).ptr != mem.data() + mem.size())
+    return bad();
+  if (slices == 0 || slices > 8 || gb == 0) return bad();
+  return std::pair<uint32_t, uint64_t>{slices, gb * 1024};
+}
+
 }  // namespace loadstar

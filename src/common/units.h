@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "common/result.h"
 
@@ -19,5 +20,9 @@ std::string format_bytes(uint64_t bytes);
 
 // "250ms", "2s", "1.5m", "1h" -> seconds.
 Result<double> parse_duration(std::string_view text);
+
+// A MIG profile as NVIDIA names them, "<slices>g.<memory>gb" ("1g.10gb",
+// "3g.40gb") -> compute slices (1..8) and memory in MiB.
+Result<std::pair<uint32_t, uint64_t>> parse_mig_profile(std::string_view profile);
 
 }  // namespace loadstar

@@ -366,6 +366,7 @@ void Controller::reconcile() {
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
 
+  reap_stopping(now);
   sync_scheduler(nodes, queues);
   schedule_replicas(now);
   {
@@ -377,8 +378,8 @@ void Controller::reconcile() {
   // Act per replica.
   for (auto it = replicas_.begin(); it != replicas_.end();) {
     Replica& r = *it->second;
-    if ((r.state == ReplicaState::kPending && r.placed) ||
-        (r.state == ReplicaState::kFailed && now >= r.next_restart)) {
+    if (r.placed && (r.state == ReplicaState::kPending ||
+                     (r.state == ReplicaState::kFailed && now >= r.next_restart))) {
       launch(r);
     } else if (r.state == ReplicaState::kTerminating) {
       const bool drained =
@@ -497,7 +498,7 @@ scheduler::Workload Controller::workload_of(const Replica& r, const api::Inferen
   pod.memory_mib = svc.spec.memory_bytes >> 20;
   const api::GpuRequirements& g = svc.spec.gpu;
   if (!g.mig.empty()) {
-    if (auto profile = scheduler::parse_mig_profile(g.mig); profile.ok())
+    if (auto profile = parse_mig_profile(g.mig); profile.ok())
       std::tie(pod.mig_slices, pod.mig_memory_mib) = *profile;
   } else if (g.fraction) {
     pod.gpu_milli = static_cast<uint32_t>(std::lround(*g.fraction * scheduler::kMilliPerGpu));
@@ -521,10 +522,28 @@ scheduler::Workload Controller::workload_of(const Replica& r, const api::Inferen
 
 void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
                                 const std::vector<api::Queue>& queues) {
+  const double t = std::chrono::duration<double>(Clock::now() - epoch_).count();
   std::string key;
   for (const auto& n : nodes) key += api::encode_resource(n);
-  if (!scheduler_ || key != nodes_key_) {
+  const bool rebuild = !scheduler_ || key != nodes_key_;
+  // Where each placed replica is, by node name, to keep it there.
+  struct Placed {
+    std::string node;
+    scheduler::Allocation allocation;
+  };
+  std::map<std::string, Placed> placed;
+  scheduler::Scheduler::Accounting accounting;
+  if (rebuild) {
     nodes_key_ = key;
+    if (scheduler_) {
+      accounting = scheduler_->accounting();
+      for (auto& [name, r] : replicas_) {
+        const scheduler::WorkloadStatus* st = scheduler_->status(name);
+        if (st && st->state == scheduler::WorkloadState::kRunning)
+          placed[name] = {cluster_.nodes()[st->allocations.front().node].name,
+                          st->allocations.front()};
+      }
+    }
     scheduler_.reset();
     cluster_ = scheduler::Cluster();
     auto add = [this](const std::string& name, double cpu, uint64_t memory,
@@ -554,9 +573,6 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
     scheduler_ = std::make_unique<scheduler::Scheduler>(cluster_, *policy, nullptr);
     queues_key_ = "\n(none)";
     target_key_.clear();
-    // Everything is placed again on the new node set; running engines keep
-    // running while that happens.
-    for (auto& [name, r] : replicas_) r->submitted = false;
     spdlog::info("scheduler: {} nodes, {:.0f} GPUs, policy {}", cluster_.nodes().size(),
                  cluster_.gpu_milli_total() / 1000.0, policy->name);
   }
@@ -583,8 +599,63 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
     }
     // "default" deserves nothing and shares what is left.
     if (!has_default) specs.push_back({"default", "", {}, std::nullopt, 1});
-    if (auto s = scheduler_->set_queues(std::move(specs)); !s.ok())
+    if (auto s = scheduler_->set_queues(std::move(specs)); !s.ok()) {
+      // Validation rejects such trees; keep at least "default" working.
       spdlog::warn("scheduler: queues not applied: {}", s.error().message);
+      (void)scheduler_->set_queues({{"default", "", {}, std::nullopt, 1}});
+    }
+  }
+  if (!rebuild) return;
+  scheduler_->restore_accounting(accounting);
+  // Replicas stay where they run when their node and devices still exist;
+  // the others are placed again (a running engine is stopped first).
+  for (auto& [name, r] : replicas_) {
+    r->submitted = false;
+    auto it = placed.find(name);
+    auto svc = services_.find(r->service);
+    const int n = it == placed.end() ? -1 : cluster_.find_node(it->second.node);
+    bool kept = false;
+    if (n >= 0 && svc != services_.end()) {
+      scheduler::Allocation a = it->second.allocation;
+      a.node = n;
+      bool devices_exist = true;
+      for (const auto& share : a.shares)
+        devices_exist &= share.device < static_cast<int>(cluster_.nodes()[n].devices.size());
+      kept = devices_exist && scheduler_->adopt(workload_of(*r, svc->second), {a}, t).ok();
+    }
+    r->submitted = kept;
+    if (kept || it == placed.end()) continue;
+    r->placed = false;
+    r->node.clear();
+    r->devices.clear();
+    if (r->state != ReplicaState::kTerminating &&
+        (r->process || r->state != ReplicaState::kPending)) {
+      spdlog::warn("replica {}: its node or devices changed; placing it again", name);
+      stop_engine(*r, "its node or devices changed; placing it again");
+    }
+  }
+}
+
+void Controller::stop_engine(Replica& r, std::string why) {
+  if (r.process) {
+    r.process->signal(SIGTERM);
+    stopping_engines_.push_back({std::move(*r.process), Clock::now()});
+  }
+  r.process.reset();
+  r.endpoint.reset();
+  r.port = 0;
+  if (r.state != ReplicaState::kTerminating) r.state = ReplicaState::kPending;
+  r.message = std::move(why);
+}
+
+void Controller::reap_stopping(Clock::time_point now) {
+  for (auto it = stopping_engines_.begin(); it != stopping_engines_.end();) {
+    if (!it->first.running()) {
+      it = stopping_engines_.erase(it);
+      continue;
+    }
+    if (now - it->second > std::chrono::seconds(5)) it->first.signal(SIGKILL);
+    ++it;
   }
 }
 
@@ -607,10 +678,17 @@ void Controller::schedule_replicas(Clock::time_point now) {
     scheduler_->set_target(std::make_shared<const scheduler::Fragmentation>(std::move(target)));
   }
   for (auto& [name, r] : replicas_) {
+    // A replica scaled down before its engine started gives its place back
+    // now, so this pass neither places it nor preempts anything for it.
+    if (r->state == ReplicaState::kTerminating && !r->process) {
+      scheduler_->remove(name, t);
+      r->submitted = r->placed = false;
+      continue;
+    }
     if (r->submitted || r->state == ReplicaState::kTerminating) continue;
     auto svc = services_.find(r->service);
     if (svc == services_.end()) continue;
-    scheduler_->remove(r->name, t);  // a re-submit after the node set changed
+    scheduler_->remove(r->name, t);
     if (auto s = scheduler_->submit(workload_of(*r, svc->second), t); !s.ok()) {
       r->message = s.error().message;
       continue;
@@ -621,13 +699,9 @@ void Controller::schedule_replicas(Clock::time_point now) {
   for (const auto& name : report.preempted) {
     auto it = replicas_.find(name);
     if (it == replicas_.end()) continue;
-    Replica& r = *it->second;
-    spdlog::warn("replica {}: preempted: {}", name, scheduler_->status(name)->reason);
-    if (r.process) r.process->stop(std::chrono::milliseconds(2000));
-    r.process.reset();
-    r.endpoint.reset();
-    r.port = 0;
-    r.state = ReplicaState::kPending;
+    const std::string why = scheduler_->status(name)->reason;
+    spdlog::warn("replica {}: {}", name, why);
+    stop_engine(*it->second, why);
   }
   for (auto& [name, r] : replicas_) {
     const scheduler::WorkloadStatus* st = scheduler_->status(name);

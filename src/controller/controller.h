@@ -120,6 +120,10 @@ class Controller {
   void schedule_replicas(Clock::time_point now);
   scheduler::Workload workload_of(const Replica& r, const api::InferenceService& svc);
   std::string render_scheduler_metrics() const;
+  // Stops r's engine without waiting (SIGTERM now, SIGKILL after 5 s by
+  // reap_stopping) and leaves r Pending with `why` (Terminating stays so).
+  void stop_engine(Replica& r, std::string why);
+  void reap_stopping(Clock::time_point now);
   std::shared_ptr<const gateway::TenantDirectory> build_tenants();
   gateway::RoutingTable::Route build_route(const api::Route& route);
 
@@ -157,6 +161,7 @@ class Controller {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::string nodes_key_, queues_key_, target_key_;
   Clock::time_point epoch_ = Clock::now();
+  std::vector<std::pair<Subprocess, Clock::time_point>> stopping_engines_;  // told to stop
   mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
   std::thread thread_;

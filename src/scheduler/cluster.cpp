@@ -1,7 +1,6 @@
 #include "scheduler/cluster.h"
 
 #include <algorithm>
-#include <charconv>
 
 #include "common/check.h"
 
@@ -30,25 +29,6 @@ uint32_t memory_share_milli(uint64_t want_mib, uint64_t device_memory_mib) {
   if (device_memory_mib == 0) return kMilliPerGpu + 1;  // cannot be served
   const uint64_t milli = (want_mib * kMilliPerGpu + device_memory_mib - 1) / device_memory_mib;
   return static_cast<uint32_t>(std::min<uint64_t>(milli, kMilliPerGpu + 1));
-}
-
-Result<std::pair<uint32_t, uint64_t>> parse_mig_profile(std::string_view profile) {
-  // "<slices>g.<memory>gb", as nvidia-smi and the device plugin name them.
-  const auto bad = [&] {
-    return make_error(ErrorCode::kInvalidArgument,
-                      "'{}' is not a MIG profile such as 1g.10gb or 3g.40gb", profile);
-  };
-  const size_t g = profile.find("g.");
-  if (g == std::string_view::npos || !profile.ends_with("gb")) return bad();
-  uint32_t slices = 0;
-  uint64_t gb = 0;
-  const char* begin = profile.data();
-  if (std::from_chars(begin, begin + g, slices).ptr != begin + g) return bad();
-  const std::string_view mem = profile.substr(g + 2, profile.size() - g - 4);
-  if (std::from_chars(mem.data(), mem.data() + mem.size(), gb).ptr != mem.data() + mem.size())
-    return bad();
-  if (slices == 0 || slices > 8 || gb == 0) return bad();
-  return std::pair<uint32_t, uint64_t>{slices, gb * 1024};
 }
 
 uint32_t Cluster::intern_model(std::string_view model) {

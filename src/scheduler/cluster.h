@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/units.h"  // parse_mig_profile
 
 namespace loadstar::scheduler {
 
@@ -102,9 +103,6 @@ struct Allocation {
 // A placement choice on one node before it is made: which devices and how
 // much of each (the same shape as an Allocation, without a node).
 using DeviceChoice = std::vector<Allocation::Share>;
-
-// Parses MIG profile names such as "1g.10gb", "3g.40gb", "7g.80gb".
-Result<std::pair<uint32_t, uint64_t>> parse_mig_profile(std::string_view profile);
 
 class Cluster {
  public:

@@ -84,11 +84,13 @@ Status Scheduler::set_queues(std::vector<QueueSpec> specs) {
         return make_error(ErrorCode::kInvalidArgument, "queue '{}': parents form a loop",
                           nodes[i].spec.name);
   }
-  // Running work keeps its charge under the new tree.
-  for (auto& q : nodes) q.gpu_seconds = 0;
-  for (const auto& old : queues_)
-    for (auto& q : nodes)
-      if (q.spec.name == old.spec.name) q.gpu_seconds = old.gpu_seconds;
+  // GPU-seconds stay with the queue's name, across trees and removals.
+  for (const auto& old : queues_) orphan_gpu_seconds_[old.spec.name] = old.gpu_seconds;
+  for (auto& q : nodes) {
+    auto it = orphan_gpu_seconds_.find(q.spec.name);
+    q.gpu_seconds = it == orphan_gpu_seconds_.end() ? 0 : it->second;
+    if (it != orphan_gpu_seconds_.end()) orphan_gpu_seconds_.erase(it);
+  }
   queues_ = std::move(nodes);
   for (auto& [name, e] : entries_) {
     if (e.status.state != WorkloadState::kRunning) continue;
@@ -132,6 +134,47 @@ Status Scheduler::submit(Workload w, double now) {
   const std::string name = e.workload.name;
   entries_.emplace(name, std::move(e));
   return {};
+}
+
+Status Scheduler::adopt(Workload w, std::vector<Allocation> allocations, double now) {
+  const std::string name = w.name;
+  LS_RETURN_IF_ERROR(submit(std::move(w), now));
+  Entry& e = entries_.at(name);
+  for (size_t i = 0; i < allocations.size(); ++i) {
+    if (!cluster_.restore(allocations[i])) {
+      for (size_t j = 0; j < i; ++j) cluster_.release(allocations[j]);
+      entries_.erase(name);
+      return make_error(
+          ErrorCode::kResourceExhausted, "workload '{}': its devices on node '{}' are not free",
+          name,
+          allocations[i].placed() && allocations[i].node < static_cast<int>(cluster_.nodes().size())
+              ? cluster_.nodes()[allocations[i].node].name
+              : "?");
+    }
+  }
+  start(e, std::move(allocations), now);
+  return {};
+}
+
+Scheduler::Accounting Scheduler::accounting() const {
+  Accounting a;
+  a.queue_gpu_seconds = orphan_gpu_seconds_;
+  for (const auto& q : queues_) a.queue_gpu_seconds[q.spec.name] = q.gpu_seconds;
+  a.tenant_gpu_seconds = tenant_gpu_seconds_;
+  a.preemptions = preemptions_;
+  return a;
+}
+
+void Scheduler::restore_accounting(const Accounting& a) {
+  orphan_gpu_seconds_.clear();
+  for (const auto& [name, seconds] : a.queue_gpu_seconds) {
+    if (int q = queue_index(name); q >= 0)
+      queues_[q].gpu_seconds = seconds;
+    else
+      orphan_gpu_seconds_[name] = seconds;
+  }
+  tenant_gpu_seconds_ = a.tenant_gpu_seconds;
+  preemptions_ = a.preemptions;
 }
 
 void Scheduler::remove(const std::string& name, double now) {

@@ -122,6 +122,20 @@ class Scheduler {
   }
 
   Status submit(Workload workload, double now);
+  // Registers a workload already running on exactly `allocations` (after
+  // the cluster was rebuilt, say). Fails, changing nothing, when those
+  // devices are not free.
+  Status adopt(Workload workload, std::vector<Allocation> allocations, double now);
+
+  // GPU-seconds and preemptions so far, to carry into a new Scheduler.
+  struct Accounting {
+    std::map<std::string, double> queue_gpu_seconds;  // own, not children's
+    std::map<std::string, double> tenant_gpu_seconds;
+    uint64_t preemptions = 0;
+  };
+  Accounting accounting() const;
+  void restore_accounting(const Accounting& accounting);
+
   // Releases a workload's devices (finished or deleted). Unknown names are
   // ignored.
   void remove(const std::string& name, double now);
@@ -177,6 +191,7 @@ class Scheduler {
   Cluster& cluster_;
   Placer placer_;
   std::vector<QueueNode> queues_;
+  std::map<std::string, double> orphan_gpu_seconds_;  // queues gone or not yet declared
   std::map<std::string, Entry> entries_;
   uint64_t next_sequence_ = 0;
   double now_ = 0;

@@ -113,10 +113,19 @@ TEST(Scheduling, PlacesReplicasOnDeclaredGpusAndSaysWhyOneCannotRun) {
       1);
 
   // More cards, and a queue whose limit admits one half-card replica of two.
+  // The running replicas keep their cards and their engines.
+  const int pid0 = replica(*up, "chat-0")["pid"], pid1 = replica(*up, "chat-1")["pid"];
   const fs::path file = scratch_dir() / "grow.yaml";
   std::ofstream(file) << node(4) << "---\n" << kHalves;
   ASSERT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", admin}, &out), 0) << out;
   EXPECT_EQ(wait_state(*up, "chat-2", "Ready")["node"], "gpu-box");
+  EXPECT_EQ(replica(*up, "chat-0")["pid"], pid0);
+  EXPECT_EQ(replica(*up, "chat-1")["pid"], pid1);
+  std::set<std::string> after;
+  for (const char* name : {"chat-0", "chat-1", "chat-2"})
+    after.insert(replica(*up, name)["devices"].get<std::string>());
+  EXPECT_EQ(after.size(), 3u);  // still no card booked twice
+  EXPECT_TRUE(after.count("gpu0") && after.count("gpu1")) << up->replicas_json();
   json half = wait_state(*up, "halves-0", "Ready");
   EXPECT_NE(half["devices"].get<std::string>().find(":500m"), std::string::npos) << half;
   json limited = wait_state(*up, "halves-1", "Pending");
@@ -134,6 +143,28 @@ TEST(Scheduling, PlacesReplicasOnDeclaredGpusAndSaysWhyOneCannotRun) {
   EXPECT_GT(scrape_metric(up->port(), "loadstar_scheduler_tenant_gpu_seconds_total",
                           "tenant=\"default\""),
             0);
+  // Fewer cards: replicas on the cards that are gone stop and wait; the
+  // one on gpu0 keeps running; the GPU-seconds counters carry over.
+  const double seconds_before = scrape_metric(
+      up->port(), "loadstar_scheduler_tenant_gpu_seconds_total", "tenant=\"default\"");
+  std::string on_gpu0;
+  for (const char* name : {"chat-0", "chat-1", "chat-2"})
+    if (replica(*up, name)["devices"] == "gpu0") on_gpu0 = name;
+  ASSERT_FALSE(on_gpu0.empty());
+  const int pid_gpu0 = replica(*up, on_gpu0)["pid"];
+  std::ofstream(file) << node(1);
+  ASSERT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", admin}, &out), 0) << out;
+  for (const std::string name : {"chat-0", "chat-1", "chat-2"}) {
+    if (name == on_gpu0) continue;
+    json r = wait_state(*up, name, "Pending");
+    EXPECT_EQ(r["pid"], 0) << r;
+    EXPECT_EQ(r["node"], "") << r;
+  }
+  EXPECT_EQ(replica(*up, on_gpu0)["pid"], pid_gpu0);
+  EXPECT_EQ(replica(*up, on_gpu0)["state"], "Ready");
+  EXPECT_GE(scrape_metric(up->port(), "loadstar_scheduler_tenant_gpu_seconds_total",
+                          "tenant=\"default\""),
+            seconds_before);
   auto [rc, promtool] = run_shell(
       fmt::format("curl -s http://127.0.0.1:{}/metrics | promtool check metrics 2>&1", up->port()));
   EXPECT_EQ(rc, 0) << promtool;

@@ -111,8 +111,9 @@ spec:
                    "non-negative integer"),
             std::string::npos)
       << m;
-  EXPECT_NE(m.find("spec.resources.gpu.fraction: must be a number between 0 and 1"),
-            std::string::npos)
+  EXPECT_NE(
+      m.find("spec.resources.gpu.fraction: must be a number from 0.001 (one milli-GPU) to below 1"),
+      std::string::npos)
       << m;
 }
 
@@ -372,6 +373,11 @@ apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
 metadata: {name: s}
 spec: {model: m, priority: high, resources: {gpu: {mig: 3g, count: 2}}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: t}
+spec: {model: m, resources: {gpu: {mig: 10g.40gb}}}
 )",
                             "bad.yaml");
   ASSERT_FALSE(r.ok());
@@ -383,6 +389,7 @@ spec: {model: m, priority: high, resources: {gpu: {mig: 3g, count: 2}}}
         "Queue 'q': spec.overQuotaWeight: must be a number from 0 to",
         "InferenceService 's': spec.priority: must be an integer",
         "spec.resources.gpu.mig: '3g' is not a MIG profile such as 1g.10gb or 3g.40gb",
+        "spec.resources.gpu.mig: '10g.40gb' is not a MIG profile",
         "spec.resources.gpu.mig: a MIG slice is a whole request"})
     EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
   auto refs = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
@@ -394,6 +401,21 @@ spec: {parent: nowhere}
   ASSERT_TRUE(refs.ok());
   EXPECT_EQ(check_references(*refs).error().message,
             "Queue 'q': spec.parent: no Queue named 'nowhere'");
+  auto loop = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: a}
+spec: {parent: b}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Queue
+metadata: {name: b}
+spec: {parent: a}
+)",
+                               "loop.yaml");
+  ASSERT_TRUE(loop.ok());
+  EXPECT_EQ(check_references(*loop).error().message,
+            "Queue 'a': spec.parent: the parents form a loop\n"
+            "Queue 'b': spec.parent: the parents form a loop");
 }
 
 }  // namespace
