@@ -446,6 +446,36 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
             fmt::format("{} is more than spec.replicas ({})", *svc.spec.min_replicas,
                         svc.spec.replicas));
   spec.duration("idleTimeout", svc.spec.idle_timeout_s);
+  if (YAML::Node as = spec.get("autoscaling"); as && !as.IsNull()) {
+    MapReader a(d, as, "spec.autoscaling");
+    AutoscalingSpec out;
+    if (!a.uint("maxReplicas", out.max_replicas))
+      d.error(as, "spec.autoscaling.maxReplicas", "required");
+    else if (out.max_replicas < svc.spec.replicas)
+      d.error(
+          as["maxReplicas"], "spec.autoscaling.maxReplicas",
+          fmt::format("{} is less than spec.replicas ({})", out.max_replicas, svc.spec.replicas));
+    if (YAML::Node targets = a.get("targets"); targets && !targets.IsNull()) {
+      MapReader t(d, targets, "spec.autoscaling.targets");
+      t.number("waitingPerReplica", out.waiting_per_replica, 0.01, 1e6);
+      t.number("inFlightPerReplica", out.in_flight_per_replica, 0.01, 1e6);
+      t.number("kvCacheUsage", out.kv_cache_usage, 0.01, 1);
+      double ttft = 0;
+      if (t.duration("ttftP90", ttft)) out.ttft_p90_s = ttft;
+      t.finish();
+    }
+    a.duration("stableWindow", out.stable_window_s);
+    a.duration("panicWindow", out.panic_window_s);
+    if (out.panic_window_s > out.stable_window_s)
+      d.error(as["panicWindow"], "spec.autoscaling.panicWindow",
+              "must not be longer than stableWindow");
+    std::optional<double> v;
+    if (a.number("panicThreshold", v, 1, 1000)) out.panic_threshold = *v;
+    if (a.number("maxScaleUpRate", v, 1, 1000)) out.max_scale_up_rate = *v;
+    a.duration("scaleDownStabilization", out.scale_down_stabilization_s);
+    a.finish();
+    svc.spec.autoscaling = out;
+  }
   if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
     MapReader r(d, routing, "spec.routing");
     RoutingSpec& out = svc.spec.routing;
@@ -674,6 +704,27 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::EndMap << YAML::EndMap;
     if (s.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *s.min_replicas;
     out << YAML::Key << "idleTimeout" << YAML::Value << fmt::format("{}s", s.idle_timeout_s);
+    if (s.autoscaling) {
+      const AutoscalingSpec& a = *s.autoscaling;
+      out << YAML::Key << "autoscaling" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "maxReplicas" << YAML::Value << a.max_replicas;
+      out << YAML::Key << "targets" << YAML::Value << YAML::BeginMap;
+      if (a.waiting_per_replica)
+        out << YAML::Key << "waitingPerReplica" << YAML::Value << *a.waiting_per_replica;
+      if (a.in_flight_per_replica)
+        out << YAML::Key << "inFlightPerReplica" << YAML::Value << *a.in_flight_per_replica;
+      if (a.kv_cache_usage) out << YAML::Key << "kvCacheUsage" << YAML::Value << *a.kv_cache_usage;
+      if (a.ttft_p90_s)
+        out << YAML::Key << "ttftP90" << YAML::Value << fmt::format("{}s", *a.ttft_p90_s);
+      out << YAML::EndMap;
+      out << YAML::Key << "stableWindow" << YAML::Value << fmt::format("{}s", a.stable_window_s);
+      out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);
+      out << YAML::Key << "panicThreshold" << YAML::Value << a.panic_threshold;
+      out << YAML::Key << "maxScaleUpRate" << YAML::Value << a.max_scale_up_rate;
+      out << YAML::Key << "scaleDownStabilization" << YAML::Value
+          << fmt::format("{}s", a.scale_down_stabilization_s);
+      out << YAML::EndMap;
+    }
     const RoutingSpec& r = s.routing;
     out << YAML::Key << "routing" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "picker" << YAML::Value << r.picker;

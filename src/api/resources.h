@@ -64,6 +64,24 @@ struct RoutingSpec {
   bool operator==(const RoutingSpec&) const = default;
 };
 
+// Autoscaling on AI signals (spec.autoscaling). The service starts at
+// `replicas` and moves between minReplicas (default 1; 0 scales to zero
+// after idleTimeout) and maxReplicas. Unset targets do not vote; with none,
+// in-flight requests per replica at 8.
+struct AutoscalingSpec {
+  uint32_t max_replicas = 1;
+  std::optional<double> waiting_per_replica;
+  std::optional<double> in_flight_per_replica;
+  std::optional<double> kv_cache_usage;  // 0..1
+  std::optional<double> ttft_p90_s;      // the SLO
+  double stable_window_s = 60;
+  double panic_window_s = 6;
+  double panic_threshold = 2;
+  double max_scale_up_rate = 10;
+  double scale_down_stabilization_s = 60;
+  bool operator==(const AutoscalingSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
@@ -82,6 +100,7 @@ struct InferenceServiceSpec {
   double idle_timeout_s = 300;
   GpuRequirements gpu;
   RoutingSpec routing;
+  std::optional<AutoscalingSpec> autoscaling;
 };
 
 struct InferenceService {

@@ -96,12 +96,16 @@ std::function<int()> setup_get(CLI::App& app) {
                    q["running"].get<int>(), q["pending"].get<int>(),
                    q["gpu_seconds"].get<double>() / 3600);
     } else if (services) {
-      fmt::print("{:<24} {:<24} {:>8} {:>6}\n", "NAME", "MODEL", "READY", "WANT");
+      fmt::print("{:<24} {:<24} {:>8} {:>6}  {}\n", "NAME", "MODEL", "READY", "WANT",
+                 "LAST SCALING DECISION");
       for (const auto& s : (*doc)["items"])
-        fmt::print("{:<24} {:<24} {:>8} {:>6}\n", s["name"].get<std::string>(),
+        fmt::print("{:<24} {:<24} {:>8} {:>6}  {}\n", s["name"].get<std::string>(),
                    s["model"].get<std::string>(),
                    fmt::format("{}/{}", s["ready"].get<int>(), s["current"].get<int>()),
-                   s["replicas"].get<int>());
+                   s["replicas"].get<int>(),
+                   s.value("scale_reason", std::string()).empty()
+                       ? std::string("-")
+                       : s["scale_reason"].get<std::string>());
     } else {
       fmt::print("{:<24} {:<16} {:<12} {:<12} {:<14} {:>6} {:>7} {:>9} {:>8} {:>6}  {}\n", "NAME",
                  "SERVICE", "STATE", "NODE", "DEVICES", "PORT", "PID", "RESTARTS", "STARTUP", "AGE",

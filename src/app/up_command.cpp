@@ -107,6 +107,7 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
       items.push_back({{"name", s.name},
                        {"model", s.model},
                        {"replicas", s.desired},
+                       {"scale_reason", s.scale_reason},
                        {"ready", s.ready},
                        {"current", s.total}});
     response = {200, "application/json", json({{"items", items}}).dump()};

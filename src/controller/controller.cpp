@@ -274,8 +274,66 @@ void Controller::note_demand(const std::string& service) {
   wake_.notify_all();
 }
 
+uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_point now) {
+  const std::string& name = svc.metadata.name;
+  const api::AutoscalingSpec& as = *svc.spec.autoscaling;
+  Scaling& st = scaling_[name];
+  const std::string key = api::encode_resource(svc);
+  uint32_t current = 0;
+  for (const auto& [rn, r] : replicas_)
+    current += r->service == name && r->state != ReplicaState::kTerminating;
+  if (!st.autoscaler || st.spec_key != key) {
+    autoscaler::Spec spec;
+    spec.min_replicas = svc.spec.min_replicas.value_or(1);
+    spec.max_replicas = as.max_replicas;
+    spec.waiting_per_replica = as.waiting_per_replica;
+    spec.in_flight_per_replica = as.in_flight_per_replica;
+    spec.kv_cache_usage = as.kv_cache_usage;
+    spec.ttft_p90_slo_s = as.ttft_p90_s;
+    spec.stable_window_s = as.stable_window_s;
+    spec.panic_window_s = as.panic_window_s;
+    spec.panic_threshold = as.panic_threshold;
+    spec.max_scale_up_rate = as.max_scale_up_rate;
+    spec.scale_down_stabilization_s = as.scale_down_stabilization_s;
+    spec.idle_window_s = svc.spec.idle_timeout_s;
+    if (!st.autoscaler) current = svc.spec.replicas;  // a new service starts at spec.replicas
+    st.autoscaler = std::make_unique<autoscaler::Autoscaler>(spec);
+    st.spec_key = key;
+  }
+  // One sample: the ready replicas' load as the gateway and the engines'
+  // /metrics (scraped by the gateway) see it.
+  autoscaler::Sample sample;
+  sample.now = std::chrono::duration<double>(now - epoch_).count();
+  std::map<uint64_t, uint64_t> seen;
+  double kv = 0;
+  for (const auto& [rn, r] : replicas_) {
+    if (r->service != name || !r->endpoint) continue;
+    const gateway::Endpoint& e = *r->endpoint;
+    const uint64_t requests = e.requests.load();
+    auto it = st.seen_requests.find(e.id);
+    st.requests_total += requests - (it == st.seen_requests.end() ? 0 : it->second);
+    seen[e.id] = requests;
+    sample.in_flight += static_cast<double>(e.in_flight.load());
+    if (r->state != ReplicaState::kReady) continue;
+    ++sample.ready;
+    sample.waiting += e.waiting.load();
+    kv += e.kv_usage.load();
+  }
+  st.seen_requests.swap(seen);
+  sample.kv_cache_usage = sample.ready ? kv / sample.ready : 0;
+  sample.requests_total = st.requests_total;
+  sample.held = held_now_.count(name) ? 1 : 0;
+  st.autoscaler->observe(sample);
+  autoscaler::Decision d = st.autoscaler->decide(sample.now, current);
+  if (d.desired != current)
+    spdlog::info("service {}: scale {} -> {}: {}", name, current, d.desired, d.reason);
+  st.last = d;
+  return d.desired;
+}
+
 uint32_t Controller::desired_replicas(const api::InferenceService& svc, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
+  if (svc.spec.autoscaling) return autoscale(svc, now);
   Activity& a = activity_[name];
   // Requests sent to any of its endpoints since the last pass count as activity.
   uint64_t requests = 0;
@@ -312,12 +370,14 @@ void Controller::reconcile() {
       route_specs_.push_back(std::move(*route));
   }
   const auto now = Clock::now();
+  held_now_.clear();
   if (demand_pending_.exchange(false)) {
     std::set<std::string> demand;
     {
       std::lock_guard lock(demand_mu_);
       demand.swap(demand_);
     }
+    held_now_ = demand;
     for (const auto& name : demand) {
       if (!services_.count(name)) continue;
       Activity& a = activity_[name];
@@ -365,6 +425,7 @@ void Controller::reconcile() {
   }
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
+  std::erase_if(scaling_, [this](const auto& kv) { return !services_.count(kv.first); });
 
   reap_stopping(now);
   sync_scheduler(nodes, queues);
@@ -854,7 +915,11 @@ std::vector<ServiceStatus> Controller::services() const {
   std::lock_guard lock(mu_);
   std::vector<ServiceStatus> out;
   for (const auto& [name, svc] : services_) {
-    ServiceStatus s{name, svc.spec.model, svc.spec.replicas, 0, 0};
+    ServiceStatus s{name, svc.spec.model, svc.spec.replicas, {}, 0, 0};
+    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
+      s.desired = it->second.last->desired;
+      s.scale_reason = it->second.last->reason;
+    }
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;
       ++s.total;

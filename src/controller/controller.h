@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "api/resources.h"
+#include "autoscaler/autoscaler.h"
 #include "common/process.h"
 #include "controller/store.h"
 #include "gateway/routing_table.h"
@@ -65,6 +66,7 @@ struct ServiceStatus {
   std::string name;
   std::string model;
   uint32_t desired = 0;
+  std::string scale_reason;  // the autoscaler's last decision, with its signal
   uint32_t ready = 0;
   uint32_t total = 0;
 };
@@ -115,6 +117,7 @@ class Controller {
   std::optional<std::filesystem::path> prepare_model(const api::Model& model, std::string& message);
   void begin_termination(Replica& r);
   uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
+  uint32_t autoscale(const api::InferenceService& svc, Clock::time_point now);
   void publish_if_changed();
   void sync_scheduler(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues);
   void schedule_replicas(Clock::time_point now);
@@ -151,7 +154,18 @@ class Controller {
     std::optional<Clock::time_point> last;
   };
   std::map<std::string, Activity> activity_;
-  std::mutex demand_mu_;  // guards demand_ only; note_demand must not wait on mu_
+  // Per autoscaled service: its autoscaler (rebuilt when the spec changes),
+  // requests counted per endpoint, and the last decision.
+  struct Scaling {
+    std::string spec_key;
+    std::unique_ptr<autoscaler::Autoscaler> autoscaler;
+    std::map<uint64_t, uint64_t> seen_requests;  // endpoint id -> its counter
+    uint64_t requests_total = 0;
+    std::optional<autoscaler::Decision> last;
+  };
+  std::map<std::string, Scaling> scaling_;
+  std::set<std::string> held_now_;  // services with a held request, this pass
+  std::mutex demand_mu_;            // guards demand_ only; note_demand must not wait on mu_
   std::set<std::string> demand_;
   std::atomic<bool> demand_pending_{false};
   std::vector<std::string> published_key_;

@@ -420,3 +420,63 @@ spec: {parent: a}
 
 }  // namespace
 }  // namespace loadstar::api
+
+namespace loadstar::api {
+namespace {
+
+TEST(Resources, DecodesAutoscalingAndSaysWhatIsWrong) {
+  auto ok = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  replicas: 2
+  minReplicas: 0
+  autoscaling:
+    maxReplicas: 8
+    targets: {waitingPerReplica: 4, kvCacheUsage: 0.8, ttftP90: 500ms}
+    stableWindow: 2m
+    panicWindow: 10s
+    scaleDownStabilization: 5m
+)",
+                             "as.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  const auto& svc = std::get<InferenceService>((*ok)[0]);
+  ASSERT_TRUE(svc.spec.autoscaling);
+  const AutoscalingSpec& a = *svc.spec.autoscaling;
+  EXPECT_EQ(a.max_replicas, 8u);
+  EXPECT_EQ(*a.waiting_per_replica, 4);
+  EXPECT_EQ(*a.kv_cache_usage, 0.8);
+  EXPECT_DOUBLE_EQ(*a.ttft_p90_s, 0.5);
+  EXPECT_FALSE(a.in_flight_per_replica);
+  EXPECT_EQ(a.stable_window_s, 120);
+  EXPECT_EQ(a.scale_down_stabilization_s, 300);
+  auto again = decode_resources(encode_resource((*ok)[0]), "encoded");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(std::get<InferenceService>((*again)[0]).spec.autoscaling, svc.spec.autoscaling);
+
+  auto bad = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  replicas: 4
+  autoscaling:
+    maxReplicas: 2
+    targets: {kvCacheUsage: 1.5, queue: 3}
+    panicWindow: 2m
+)",
+                              "bad.yaml");
+  ASSERT_FALSE(bad.ok());
+  const std::string& m = bad.error().message;
+  for (const char* expected :
+       {"bad.yaml:8:18: InferenceService 'chat': spec.autoscaling.maxReplicas: 2 is less than "
+        "spec.replicas (4)",
+        "spec.autoscaling.targets.kvCacheUsage: must be a number from 0.01 to 1",
+        "spec.autoscaling.targets.queue: unknown field",
+        "spec.autoscaling.panicWindow: must not be longer than stableWindow"})
+    EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
+}
+
+}  // namespace
+}  // namespace loadstar::api

@@ -1,0 +1,185 @@
+#include "autoscaler/autoscaler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace loadstar::autoscaler {
+
+namespace {
+
+uint32_t ceil_count(double x) {
+  if (!(x > 0)) return 0;
+  return static_cast<uint32_t>(std::min(std::ceil(x - 1e-9), 1e6));
+}
+
+}  // namespace
+
+Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
+  if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
+      !spec_.ttft_p90_slo_s)
+    spec_.in_flight_per_replica = 8;
+}
+
+void Autoscaler::observe(const Sample& s) {
+  if (s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0) last_activity_ = s.now;
+  last_requests_ = s.requests_total;
+  samples_.push_back(s);
+  while (samples_.size() > 1 && samples_.front().now < s.now - spec_.stable_window_s)
+    samples_.pop_front();
+}
+
+Autoscaler::Window Autoscaler::average(double now, double window) const {
+  Window w;
+  double ttft_sum = 0;
+  int ttft_n = 0;
+  for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
+    w.waiting += it->waiting;
+    w.in_flight += it->in_flight;
+    w.kv_per_replica += it->kv_cache_usage * it->ready;
+    w.ready += it->ready;
+    if (it->ttft_p90_s) ttft_sum += *it->ttft_p90_s, ++ttft_n;
+    ++w.samples;
+  }
+  if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
+    const Sample& s = samples_.back();
+    w = {s.waiting,
+         s.in_flight,
+         s.kv_cache_usage * s.ready,
+         static_cast<double>(s.ready),
+         s.ttft_p90_s,
+         1};
+    return w;
+  }
+  if (w.samples > 0) {
+    w.waiting /= w.samples;
+    w.in_flight /= w.samples;
+    w.kv_per_replica /= w.samples;
+    w.ready /= w.samples;
+  }
+  if (ttft_n > 0) w.ttft = ttft_sum / ttft_n;
+  return w;
+}
+
+uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& signal,
+                               double& value, std::string& reason) const {
+  uint32_t best = 0;
+  auto vote = [&](uint32_t n, const char* name, double v, std::string why) {
+    if (n > best || signal.empty()) {
+      best = std::max(best, n);
+      signal = name;
+      value = v;
+      reason = std::move(why);
+    }
+  };
+  if (spec_.in_flight_per_replica) {
+    const uint32_t n = ceil_count(w.in_flight / *spec_.in_flight_per_replica);
+    vote(n, "inFlight", w.in_flight,
+         fmt::format("in-flight requests {:.1f} at target {:g}/replica -> {}", w.in_flight,
+                     *spec_.in_flight_per_replica, n));
+  }
+  if (spec_.waiting_per_replica) {
+    const uint32_t n = ceil_count(w.waiting / *spec_.waiting_per_replica);
+    vote(n, "waiting", w.waiting,
+         fmt::format("waiting requests {:.1f} at target {:g}/replica -> {}", w.waiting,
+                     *spec_.waiting_per_replica, n));
+  }
+  if (spec_.kv_cache_usage) {
+    const uint32_t n = ceil_count(w.kv_per_replica / *spec_.kv_cache_usage);
+    const double mean = w.ready > 0 ? w.kv_per_replica / w.ready : 0;
+    vote(n, "kvCache", mean,
+         fmt::format("KV-cache use {:.0f}% at target {:.0f}% -> {}", mean * 100,
+                     *spec_.kv_cache_usage * 100, n));
+  }
+  if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s) {
+    // Over the SLO: grow in proportion to how far over it is.
+    const uint32_t n = std::max<uint32_t>(
+        current + 1, ceil_count(std::max<uint32_t>(current, 1) * *w.ttft / *spec_.ttft_p90_slo_s));
+    vote(n, "ttft", *w.ttft,
+         fmt::format("TTFT p90 {:.2f}s over the {:g}s SLO -> {}", *w.ttft, *spec_.ttft_p90_slo_s,
+                     n));
+  }
+  return best;
+}
+
+Decision Autoscaler::decide(double now, uint32_t current) {
+  Decision d;
+  if (samples_.empty()) {
+    d.desired = std::clamp(current, spec_.min_replicas, spec_.max_replicas);
+    d.signal = "bounds";
+    d.reason = "no load observed yet";
+    return d;
+  }
+  Decision stable, panic;
+  stable.desired = recommend(average(now, spec_.stable_window_s), current, stable.signal,
+                             stable.value, stable.reason);
+  panic.desired = recommend(average(now, spec_.panic_window_s), current, panic.signal, panic.value,
+                            panic.reason);
+  if (panic.desired > current &&
+      panic.desired >= spec_.panic_threshold * std::max<uint32_t>(current, 1))
+    panic_until_ = now + spec_.stable_window_s;
+  d.panic = panic_until_ && now < *panic_until_;
+  if (d.panic && panic.desired >= stable.desired) {
+    d = panic;
+    d.panic = true;
+    d.desired = std::max(d.desired, current);  // no scale-down in panic
+    d.reason = fmt::format("panic ({:g}s window): {}", spec_.panic_window_s, d.reason);
+  } else {
+    const bool in_panic = d.panic;
+    d = stable;
+    d.panic = in_panic;
+    if (in_panic) d.desired = std::max(d.desired, current);
+    d.reason = fmt::format("{} ({:g}s average)", d.reason, spec_.stable_window_s);
+  }
+  // Scale-up rate.
+  const uint32_t cap =
+      std::max(current + 1, ceil_count(std::max<uint32_t>(current, 1) * spec_.max_scale_up_rate));
+  if (d.desired > cap) {
+    d.desired = cap;
+    d.reason += fmt::format("; capped at {} by the scale-up rate", cap);
+  }
+  // Scale-down stabilization: the highest recommendation of the window.
+  recommendations_.emplace_back(now, d.desired);
+  while (!recommendations_.empty() &&
+         recommendations_.front().first < now - spec_.scale_down_stabilization_s)
+    recommendations_.pop_front();
+  if (d.desired < current) {
+    uint32_t highest = d.desired;
+    for (const auto& [t, n] : recommendations_) highest = std::max(highest, n);
+    if (highest > d.desired) {
+      d.desired = std::min(highest, current);
+      d.reason += fmt::format("; holding {} for scale-down stabilization ({:g}s)", d.desired,
+                              spec_.scale_down_stabilization_s);
+    }
+  }
+  // Zero and back.
+  const Sample& last = samples_.back();
+  if (last.held > 0 && d.desired == 0) {
+    d.desired = 1;
+    d.signal = "held";
+    d.value = last.held;
+    d.reason = fmt::format("{} request(s) held at the gateway -> 1", last.held);
+  }
+  const bool idle = !last_activity_ || now - *last_activity_ >= spec_.idle_window_s;
+  if (d.desired == 0 && !idle && current > 0) {
+    d.desired = 1;
+    d.signal = "idle";
+    d.value = last_activity_ ? now - *last_activity_ : 0;
+    d.reason = fmt::format("last request {:.0f}s ago; scale to zero after {:g}s idle", d.value,
+                           spec_.idle_window_s);
+  } else if (d.desired == 0 && idle && spec_.min_replicas == 0 && current > 0) {
+    d.signal = "idle";
+    d.value = last_activity_ ? now - *last_activity_ : spec_.idle_window_s;
+    d.reason = fmt::format("no request for {:.0f}s -> 0", d.value);
+  }
+  const uint32_t floor = spec_.min_replicas;
+  if (d.desired < floor || d.desired > spec_.max_replicas) {
+    const uint32_t clamped = std::clamp(d.desired, floor, spec_.max_replicas);
+    d.reason += fmt::format("; {} by {}Replicas", clamped, d.desired < floor ? "min" : "max");
+    d.desired = clamped;
+  }
+  return d;
+}
+
+}  // namespace loadstar::autoscaler

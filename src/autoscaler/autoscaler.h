@@ -1,0 +1,93 @@
+// The autoscaler's pure core: from a stream of load samples, how many
+// replicas a service should have, and why. No I/O, no clock: every call
+// takes the time (seconds, any epoch), so the controller drives it with the
+// real clock and tests and simulations with a virtual one.
+//
+// Knative's KPA shape, on AI signals: each target (waiting requests per
+// replica, in-flight requests per replica, KV-cache use, TTFT p90 against an
+// SLO) recommends a replica count from its average over the stable window
+// (60 s); the same over the panic window (6 s) that asks for at least
+// `panic_threshold` times the current count enters panic mode, which scales
+// up on the panic window and never scales down until the stable window has
+// passed without panic. Scale-up per decision is bounded by
+// `max_scale_up_rate`; scale-down takes the highest recommendation of the
+// last `scale_down_stabilization_s` (as the HPA does), so noise does not
+// flap. With min 0, a service scales to zero only after `idle_window_s`
+// with no request, no request in flight and none held; a held request
+// brings it back at once.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+
+namespace loadstar::autoscaler {
+
+struct Spec {
+  uint32_t min_replicas = 1;
+  uint32_t max_replicas = 1;
+  // Targets; unset ones do not vote. With none set, in-flight requests per
+  // replica (the KPA default, concurrency) at 8.
+  std::optional<double> waiting_per_replica;
+  std::optional<double> in_flight_per_replica;
+  std::optional<double> kv_cache_usage;  // 0..1, mean over ready replicas
+  std::optional<double> ttft_p90_slo_s;
+  double stable_window_s = 60;
+  double panic_window_s = 6;
+  double panic_threshold = 2;
+  double max_scale_up_rate = 10;  // at most this many times the current count (and +1)
+  double scale_down_stabilization_s = 60;
+  double idle_window_s = 300;
+};
+
+// One observation of the service, summed over its ready replicas.
+struct Sample {
+  double now = 0;
+  uint32_t ready = 0;         // replicas serving
+  double waiting = 0;         // requests queued in the engines
+  double in_flight = 0;       // requests the gateway has sent and not finished
+  double kv_cache_usage = 0;  // mean over ready replicas, 0..1
+  std::optional<double> ttft_p90_s;
+  uint32_t held = 0;            // requests held at the gateway for lack of a replica
+  uint64_t requests_total = 0;  // requests ever sent (idleness)
+};
+
+struct Decision {
+  uint32_t desired = 0;
+  bool panic = false;
+  std::string signal;  // which one decided: waiting, inFlight, kvCache, ttft, idle, held, bounds
+  double value = 0;    // its value (average over the window used)
+  std::string reason;  // e.g. "inFlight 24.0 over 60s at target 8/replica -> 3"
+};
+
+class Autoscaler {
+ public:
+  explicit Autoscaler(Spec spec);
+
+  void observe(const Sample& sample);
+  // The desired count at `now`, given `current` replicas (ready or starting).
+  Decision decide(double now, uint32_t current);
+
+  const Spec& spec() const { return spec_; }
+
+ private:
+  struct Window {
+    double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0;
+    std::optional<double> ttft;
+    int samples = 0;
+  };
+  Window average(double now, double window) const;
+  // The count each target asks for; the largest wins.
+  uint32_t recommend(const Window& w, uint32_t current, std::string& signal, double& value,
+                     std::string& reason) const;
+
+  Spec spec_;
+  std::deque<Sample> samples_;                               // the stable window's
+  std::deque<std::pair<double, uint32_t>> recommendations_;  // for scale-down stabilization
+  std::optional<double> panic_until_;
+  uint64_t last_requests_ = 0;
+  std::optional<double> last_activity_;
+};
+
+}  // namespace loadstar::autoscaler

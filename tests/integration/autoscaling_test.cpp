@@ -1,0 +1,93 @@
+// Autoscaling inside `loadstar up`: load through the gateway scales a
+// service out on in-flight requests, the decision's reason is visible, and
+// it scales back in once the load is gone, without failing a stream.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kElastic = R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: tiny}
+spec: {source: "synth://tiny", size: 16Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: tiny
+  replicas: 1
+  engine: {name: engine-sim, args: ["--time-scale", "1"]}
+  routing: {picker: least-request}
+  autoscaling:
+    maxReplicas: 3
+    targets: {inFlightPerReplica: 2}
+    stableWindow: 3s
+    panicWindow: 1s
+    scaleDownStabilization: 1s
+)";
+
+int count_replicas(Up& up, const char* state) {
+  int n = 0;
+  const json doc =
+      json::parse(up.replicas_json());  // named: a range-for over a temporary's part dangles
+  for (const auto& r : doc["items"]) n += r["state"] == state;
+  return n;
+}
+
+TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
+  auto up = Up::start(kElastic);
+  up->wait_ready("chat", 1);
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 6; ++i) {
+    clients.emplace_back([&] {
+      json body = {{"model", "chat"},
+                   {"messages", {{{"role", "user"}, {"content", "Count slowly."}}}},
+                   {"max_tokens", 600},
+                   {"ignore_eos", true},
+                   {"stream", true}};
+      std::string text;
+      auto r = http::fetch_streaming({.port = up->port(),
+                                      .method = "POST",
+                                      .target = "/v1/chat/completions",
+                                      .body = body.dump(),
+                                      .timeout_s = 60},
+                                     [&](std::string_view chunk) {
+                                       text.append(chunk);
+                                       return true;
+                                     });
+      ok += r.ok() && r->status == 200 && text.find("[DONE]") != std::string::npos &&
+            text.find("\"error\"") == std::string::npos;
+    });
+  }
+  // Six in flight at two per replica: three replicas, ready while the
+  // streams still run.
+  up->wait_ready("chat", 3);
+  std::string out;
+  ASSERT_EQ(
+      run_loadstar({"get", "services", "--admin-port", std::to_string(up->admin_port())}, &out), 0);
+  EXPECT_NE(out.find("in-flight requests"), std::string::npos) << out;
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok, 6);
+  // Load gone: back to minReplicas (1) once the windows pass.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (json::parse(up->replicas_json())["items"].size() != 1 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u) << up->replicas_json();
+  EXPECT_EQ(count_replicas(*up, "Ready"), 1) << up->replicas_json();
+}
+
+}  // namespace
+}  // namespace loadstar::testing
