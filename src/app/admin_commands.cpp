@@ -126,6 +126,75 @@ std::function<int()> setup_get(CLI::App& app) {
   };
 }
 
+std::function<int()> setup_describe(CLI::App& app) {
+  auto target = std::make_shared<AdminTarget>();
+  auto kind = std::make_shared<std::string>();
+  auto name = std::make_shared<std::string>();
+  app.add_option("kind", *kind, "replica")->required()->check(CLI::IsMember({"replica"}));
+  app.add_option("name", *name, "The replica's name (loadstar get replicas)")->required();
+  add_admin_options(app, *target);
+  return [target, kind, name]() -> int {
+    auto doc = admin_call(*target, "GET", "/api/v1/replicas");
+    if (!doc.ok()) {
+      fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);
+      return 1;
+    }
+    const json* found = nullptr;
+    for (const auto& r : (*doc)["items"])
+      if (r["name"] == *name) found = &r;
+    if (!found) {
+      fmt::print(stderr, "loadstar describe: no replica named '{}'\n", *name);
+      return 1;
+    }
+    const json& r = *found;
+    auto text = [](const json& v) {
+      return v.is_string() && !v.get<std::string>().empty() ? v.get<std::string>()
+                                                            : std::string("-");
+    };
+    fmt::print("Name:      {}\nService:   {}\nModel:     {}\nQueue:     {}\nState:     {}\n",
+               text(r["name"]), text(r["service"]), text(r["model"]), text(r["queue"]),
+               text(r["state"]));
+    fmt::print("Node:      {}\nDevices:   {}\nPort:      {}\nPID:       {}\nRestarts:  {}\n",
+               text(r["node"]), text(r["devices"]), r["port"].get<int>(), r["pid"].get<int>(),
+               r["restarts"].get<int>());
+    if (!text(r["message"]).empty() && text(r["message"]) != "-")
+      fmt::print("Message:   {}\n", text(r["message"]));
+    // The timeline of the current start: each event after queued, the phase
+    // that ended there, and the slowest phase.
+    const json& t = r["timeline"];
+    fmt::print("\nCold start {} (seconds since queued):\n", r.value("starts", 1));
+    static constexpr const char* kEvents[] = {"queued",  "placed", "staged",
+                                              "started", "ready",  "routed"};
+    static constexpr const char* kPhases[] = {"scheduling", "staging", "launching", "loading",
+                                              "routing"};
+    double previous = 0, slowest_s = -1;
+    std::string slowest, waiting_for;
+    for (int i = 0; i < 6; ++i) {
+      const json& at = t.contains(kEvents[i]) ? t[kEvents[i]] : json(nullptr);
+      if (!at.is_number()) {
+        if (waiting_for.empty()) waiting_for = kEvents[i];
+        fmt::print("  {:<8} -\n", kEvents[i]);
+        continue;
+      }
+      const double s = at.get<double>();
+      if (i == 0) {
+        fmt::print("  {:<8} {:>9.3f}\n", kEvents[i], s);
+      } else {
+        fmt::print("  {:<8} {:>9.3f}   {:<10} {:>8.3f}s\n", kEvents[i], s, kPhases[i - 1],
+                   s - previous);
+        if (s - previous > slowest_s) slowest_s = s - previous, slowest = kPhases[i - 1];
+      }
+      previous = s;
+    }
+    if (waiting_for.empty()) {
+      fmt::print("  total {:.3f}s; slowest phase: {} ({:.3f}s)\n", previous, slowest, slowest_s);
+    } else {
+      fmt::print("  {:.3f}s so far; waiting to be {}\n", previous, waiting_for);
+    }
+    return 0;
+  };
+}
+
 std::function<int()> setup_apply(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto files = std::make_shared<std::vector<std::string>>();

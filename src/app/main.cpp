@@ -24,7 +24,10 @@ const std::vector<Command>& command_table() {
   static const std::vector<Command> table = {
       {"up", "Run gateway, controller and engines on this machine", loadstar::app::setup_up},
       {"apply", "Apply resource files to a running `loadstar up`", loadstar::app::setup_apply},
-      {"get", "Show services or replicas of a running `loadstar up`", loadstar::app::setup_get},
+      {"get", "Show services, replicas or queues of a running `loadstar up`",
+       loadstar::app::setup_get},
+      {"describe", "Show one replica of a running `loadstar up`, with its cold-start timeline",
+       loadstar::app::setup_describe},
       {"engine-sim", "Run the vLLM-compatible engine simulator", loadstar::app::setup_engine_sim},
       {"model", "Model files: synth (write a synthetic safetensors model), inspect",
        loadstar::app::setup_model},

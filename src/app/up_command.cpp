@@ -77,6 +77,14 @@ Status apply_all(controller::ResourceStore& store, const std::vector<api::Resour
   return ok_status();
 }
 
+// Seconds from queued to each cold-start event; null for those not reached.
+json timeline_json(const controller::ReplicaStatus& r) {
+  json t = json::object();
+  for (int i = 0; i < controller::kColdStartEventCount; ++i)
+    t[controller::kColdStartEvents[i]] = r.timeline[i] ? json(*r.timeline[i]) : json(nullptr);
+  return t;
+}
+
 asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
                                    controller::ResourceStore* store) {
   const http::Request& req = ex.request();
@@ -98,6 +106,8 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
                        {"queue", r.queue},
                        {"node", r.node},
                        {"devices", r.devices},
+                       {"starts", r.starts},
+                       {"timeline", timeline_json(r)},
                        {"message", r.message}});
     }
     response = {200, "application/json", json({{"items", items}}).dump()};

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include <spdlog/spdlog.h>
@@ -61,7 +62,47 @@ struct Controller::Replica {
   bool submitted = false;
   bool placed = false;
   std::string node, devices;
+  // The current cold start's events (kColdStartEvents), and how many began.
+  std::optional<Clock::time_point> timeline[kColdStartEventCount];
+  uint32_t starts = 1;
+
+  // A new start (after a crash or a re-placement) is queued now.
+  void restart_timeline(Clock::time_point now) {
+    for (auto& t : timeline) t.reset();
+    timeline[0] = now;
+    ++starts;
+  }
 };
+
+namespace {
+// Bucket bounds of the cold-start histograms, seconds: from a warm start on
+// local disk to a download of a large model.
+constexpr double kColdStartBounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+}  // namespace
+
+void Controller::mark(Replica& r, int event, Clock::time_point at) {
+  if (r.timeline[event] || !r.timeline[0]) return;
+  r.timeline[event] = at;
+  if (event != kColdStartEventCount - 1) return;
+  // Routed: the start is complete; record each phase (a phase whose start
+  // was not marked counts from the last marked event).
+  auto record = [this](const std::string& name, double seconds) {
+    Histogram& h = cold_start_[name];
+    h.buckets.resize(std::size(kColdStartBounds));
+    for (size_t i = 0; i < std::size(kColdStartBounds); ++i)
+      h.buckets[i] += seconds <= kColdStartBounds[i];
+    ++h.count;
+    h.sum += seconds;
+  };
+  Clock::time_point previous = *r.timeline[0];
+  for (int i = 1; i < kColdStartEventCount; ++i) {
+    if (!r.timeline[i]) continue;
+    record(kColdStartPhases[i - 1],
+           std::chrono::duration<double>(*r.timeline[i] - previous).count());
+    previous = *r.timeline[i];
+  }
+  record("total", std::chrono::duration<double>(at - *r.timeline[0]).count());
+}
 
 Controller::Controller(ResourceStore& store, ControllerOptions options,
                        std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish)
@@ -183,6 +224,7 @@ void Controller::launch(Replica& r) {
     r.message = why;
     return;
   }
+  mark(r, 2, Clock::now());  // staged
   const fs::path run_dir = options_.data_dir / "run";
   std::error_code ec;
   fs::create_directories(run_dir, ec);
@@ -204,6 +246,7 @@ void Controller::launch(Replica& r) {
   }
   r.process = std::move(process).value();
   r.state = ReplicaState::kStarting;
+  mark(r, 3, Clock::now());  // started
   r.port = 0;
   r.launched = Clock::now();
   r.start_s.reset();
@@ -228,6 +271,8 @@ void Controller::observe(Replica& r) {
     r.state = ReplicaState::kFailed;
     r.next_restart = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(backoff * 1000));
     ++r.restarts;
+    r.restart_timeline(Clock::now());
+    mark(r, 1, Clock::now());  // it keeps its place
     return;
   }
   if (r.state == ReplicaState::kStarting) {
@@ -242,6 +287,7 @@ void Controller::observe(Replica& r) {
       if (health.ok() && health->status == 200) {
         r.state = ReplicaState::kReady;
         r.start_s = std::chrono::duration<double>(Clock::now() - r.launched).count();
+        mark(r, 4, Clock::now());  // ready
         r.message.clear();
         r.endpoint = std::make_shared<gateway::Endpoint>(r.service, r.name, "127.0.0.1", r.port);
         spdlog::info("replica {}: ready on port {} after {:.2f}s", r.name, r.port, *r.start_s);
@@ -404,6 +450,7 @@ void Controller::reconcile() {
       used.insert(index);
       auto r = std::make_unique<Replica>();
       r->name = fmt::format("{}-{}", svc_name, index);
+      r->timeline[0] = now;
       r->service = svc_name;
       r->index = index;
       active.push_back(r.get());
@@ -430,11 +477,6 @@ void Controller::reconcile() {
   reap_stopping(now);
   sync_scheduler(nodes, queues);
   schedule_replicas(now);
-  {
-    std::string text = render_scheduler_metrics();
-    std::lock_guard lock(metrics_mu_);
-    metrics_text_ = std::move(text);
-  }
 
   // Act per replica.
   for (auto it = replicas_.begin(); it != replicas_.end();) {
@@ -461,6 +503,9 @@ void Controller::reconcile() {
     ++it;
   }
   publish_if_changed();
+  std::string text = render_scheduler_metrics();  // after the pass: this pass's starts included
+  std::lock_guard lock(metrics_mu_);
+  metrics_text_ = std::move(text);
 }
 
 gateway::PickerConfig picker_config(const api::RoutingSpec& spec) {
@@ -705,7 +750,10 @@ void Controller::stop_engine(Replica& r, std::string why) {
   r.process.reset();
   r.endpoint.reset();
   r.port = 0;
-  if (r.state != ReplicaState::kTerminating) r.state = ReplicaState::kPending;
+  if (r.state != ReplicaState::kTerminating) {
+    r.state = ReplicaState::kPending;
+    r.restart_timeline(Clock::now());
+  }
   r.message = std::move(why);
 }
 
@@ -770,6 +818,7 @@ void Controller::schedule_replicas(Clock::time_point now) {
     if (st->state == scheduler::WorkloadState::kRunning) {
       if (r->placed) continue;
       r->placed = true;
+      mark(*r, 1, now);  // placed
       const auto& a = st->allocations.front();
       const scheduler::Node& node = cluster_.nodes()[a.node];
       r->node = node.name;
@@ -855,6 +904,21 @@ std::string Controller::render_scheduler_metrics() const {
   add(family("loadstar_scheduler_gpus_allocated", "GPUs allocated (fractions count as such)",
              MetricType::Gauge),
       {}, cluster_.gpu_milli_used() / 1000.0);
+  MetricFamily& phases =
+      family("loadstar_cold_start_phase_seconds",
+             "Cold starts by phase: scheduling, staging, launching, loading, routing, and total "
+             "(queued to routed)",
+             MetricType::Histogram);
+  for (const auto& [phase, h] : cold_start_) {
+    ClientMetric m;
+    m.label = {{"phase", phase}};
+    m.histogram.sample_count = h.count;
+    m.histogram.sample_sum = h.sum;
+    for (size_t i = 0; i < std::size(kColdStartBounds); ++i)
+      m.histogram.bucket.push_back({h.buckets[i], kColdStartBounds[i]});
+    m.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
+    phases.metric.push_back(std::move(m));
+  }
   return prometheus::TextSerializer().Serialize(families);
 }
 
@@ -876,9 +940,12 @@ void Controller::publish_if_changed() {
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
   }
+  const auto routed_at = Clock::now();
   for (const auto& [name, r] : replicas_)
-    if (r->state == ReplicaState::kReady && table->services.count(r->service))
+    if (r->state == ReplicaState::kReady && table->services.count(r->service)) {
       table->services[r->service].ready.push_back(r->endpoint);
+      mark(*r, 5, routed_at);  // routed (the table goes out below)
+    }
   for (const auto& route : route_specs_) table->routes[route.spec.model] = build_route(route);
   table->tenants = build_tenants();
   publish_(std::move(table));
@@ -904,6 +971,10 @@ std::vector<ReplicaStatus> Controller::replicas() const {
     s.message = r->message;
     s.node = r->node;
     s.devices = r->devices;
+    s.starts = r->starts;
+    for (int i = 0; i < kColdStartEventCount; ++i)
+      if (r->timeline[i] && r->timeline[0])
+        s.timeline[i] = std::chrono::duration<double>(*r->timeline[i] - *r->timeline[0]).count();
     if (auto it = services_.find(r->service); it != services_.end())
       s.queue = it->second.spec.queue;
     out.push_back(std::move(s));

@@ -44,6 +44,18 @@ using Clock = std::chrono::steady_clock;
 enum class ReplicaState { kPending, kStarting, kReady, kFailed, kTerminating };
 const char* replica_state_name(ReplicaState state);
 
+// A cold start, phase by phase: queued (the replica exists) -> placed (the
+// scheduler gave it a node and devices) -> staged (its model directory is
+// ready) -> started (engine process launched) -> ready (/health answers) ->
+// routed (in the gateway's table). Times in seconds since queued; a restart
+// begins a new timeline.
+inline constexpr const char* kColdStartEvents[] = {"queued",  "placed", "staged",
+                                                   "started", "ready",  "routed"};
+// The phase that ends at each event after the first.
+inline constexpr const char* kColdStartPhases[] = {"scheduling", "staging", "launching", "loading",
+                                                   "routing"};
+inline constexpr int kColdStartEventCount = 6;
+
 // What `loadstar get replicas` shows.
 struct ReplicaStatus {
   std::string name;
@@ -60,6 +72,9 @@ struct ReplicaStatus {
   std::string queue;
   std::string node;     // where the scheduler placed it; empty while unplaced
   std::string devices;  // e.g. "gpu0,gpu1" or "gpu0:500m"
+  // Seconds from queued to each event of the current start; unset: not yet.
+  std::optional<double> timeline[kColdStartEventCount];
+  uint32_t starts = 0;  // timelines begun (1 + restarts and re-placements)
 };
 
 struct ServiceStatus {
@@ -123,6 +138,9 @@ class Controller {
   void schedule_replicas(Clock::time_point now);
   scheduler::Workload workload_of(const Replica& r, const api::InferenceService& svc);
   std::string render_scheduler_metrics() const;
+  // Marks event `i` of r's cold start (once per start); at "routed" the
+  // phases go into the histograms.
+  void mark(Replica& r, int event, Clock::time_point at);
   // Stops r's engine without waiting (SIGTERM now, SIGKILL after 5 s by
   // reap_stopping) and leaves r Pending with `why` (Terminating stays so).
   void stop_engine(Replica& r, std::string why);
@@ -165,7 +183,14 @@ class Controller {
   };
   std::map<std::string, Scaling> scaling_;
   std::set<std::string> held_now_;  // services with a held request, this pass
-  std::mutex demand_mu_;            // guards demand_ only; note_demand must not wait on mu_
+  // Cold-start phase histograms (seconds), for /metrics.
+  struct Histogram {
+    std::vector<uint64_t> buckets;  // cumulative counts, one per bound
+    uint64_t count = 0;
+    double sum = 0;
+  };
+  std::map<std::string, Histogram> cold_start_;  // by phase, and "total"
+  std::mutex demand_mu_;  // guards demand_ only; note_demand must not wait on mu_
   std::set<std::string> demand_;
   std::atomic<bool> demand_pending_{false};
   std::vector<std::string> published_key_;

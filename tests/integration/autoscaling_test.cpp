@@ -89,5 +89,50 @@ TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
   EXPECT_EQ(count_replicas(*up, "Ready"), 1) << up->replicas_json();
 }
 
+TEST(ColdStart, TheTimelineAddsUpToTheObservedStartTime) {
+  const auto begin = std::chrono::steady_clock::now();
+  auto up = Up::start(kElastic);
+  up->wait_ready("chat", 1);
+  const double observed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  // Once routed, the timeline is complete.
+  json r;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    const json doc = json::parse(up->replicas_json());
+    r = doc["items"][0];
+  } while (r["timeline"]["routed"].is_null() && std::chrono::steady_clock::now() < deadline &&
+           (std::this_thread::sleep_for(std::chrono::milliseconds(20)), true));
+  const json& t = r["timeline"];
+  double previous = 0, phases = 0;
+  for (const char* event : {"queued", "placed", "staged", "started", "ready", "routed"}) {
+    ASSERT_TRUE(t[event].is_number()) << event << " " << r;
+    EXPECT_GE(t[event].get<double>(), previous) << event;  // in order
+    phases += t[event].get<double>() - previous;
+    previous = t[event].get<double>();
+  }
+  EXPECT_DOUBLE_EQ(phases, t["routed"].get<double>());
+  // Within what the client saw from start-up to ready, and at least the
+  // engine's own launch-to-ready time.
+  EXPECT_LE(t["routed"].get<double>(), observed);
+  EXPECT_GE(t["ready"].get<double>() - t["started"].get<double>(),
+            r["start_seconds"].get<double>() - 0.01);
+  std::string out;
+  ASSERT_EQ(run_loadstar(
+                {"describe", "replica", "chat-0", "--admin-port", std::to_string(up->admin_port())},
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("slowest phase:"), std::string::npos) << out;
+  EXPECT_NE(out.find("loading"), std::string::npos) << out;
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_cold_start_phase_seconds_count", "phase=\"total\""),
+            1);
+  EXPECT_EQ(
+      run_loadstar(
+          {"describe", "replica", "nope", "--admin-port", std::to_string(up->admin_port())}, &out),
+      1);
+  EXPECT_NE(out.find("no replica named 'nope'"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace loadstar::testing
