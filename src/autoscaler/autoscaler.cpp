@@ -23,7 +23,10 @@ Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
 }
 
 void Autoscaler::observe(const Sample& s) {
-  if (s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0) last_activity_ = s.now;
+  // The first sample starts the idle clock: a service that was just created
+  // (or changed) gets a whole idle window before it may go to zero.
+  if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
+    last_activity_ = s.now;
   last_requests_ = s.requests_total;
   samples_.push_back(s);
   while (samples_.size() > 1 && samples_.front().now < s.now - spec_.stable_window_s)

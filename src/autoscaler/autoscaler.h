@@ -13,8 +13,8 @@
 // `max_scale_up_rate`; scale-down takes the highest recommendation of the
 // last `scale_down_stabilization_s` (as the HPA does), so noise does not
 // flap. With min 0, a service scales to zero only after `idle_window_s`
-// with no request, no request in flight and none held; a held request
-// brings it back at once.
+// with no request, no request in flight and none held (counted from the
+// first sample for a new service); a held request brings it back at once.
 #pragma once
 
 #include <cstdint>

@@ -89,6 +89,32 @@ TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
   EXPECT_EQ(count_replicas(*up, "Ready"), 1) << up->replicas_json();
 }
 
+TEST(Autoscaling, ToZeroAfterTheIdleWindowAndBackForAHeldRequest) {
+  std::string yaml = kElastic;
+  yaml.replace(yaml.find("  replicas: 1\n"), 13,
+               "  replicas: 1\n  minReplicas: 0\n  idleTimeout: 2s\n");
+  auto up = Up::start(yaml);
+  up->wait_ready("chat", 1);
+  auto first = up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":4})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  // Two idle seconds later there is no replica (and not before one second).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!json::parse(up->replicas_json())["items"].empty() &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(json::parse(up->replicas_json())["items"].empty()) << up->replicas_json();
+  std::string out;
+  ASSERT_EQ(
+      run_loadstar({"get", "services", "--admin-port", std::to_string(up->admin_port())}, &out), 0);
+  EXPECT_NE(out.find("-> 0"), std::string::npos) << out;  // "no request for 2s -> 0"
+  // A request now is held, a replica starts, and the request is answered.
+  auto held = up->post("/v1/completions", R"({"model":"chat","prompt":"again","max_tokens":4})");
+  EXPECT_EQ(held.status, 200) << held.body;
+  EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u);
+}
+
 TEST(ColdStart, TheTimelineAddsUpToTheObservedStartTime) {
   const auto begin = std::chrono::steady_clock::now();
   auto up = Up::start(kElastic);

@@ -112,6 +112,16 @@ TEST(Autoscaler, ScalesToZeroOnlyAfterTheIdleWindowAndBackForAHeldRequest) {
   EXPECT_EQ(run.decisions[300].signal, "held");
 }
 
+TEST(Autoscaler, ANewServiceGetsAWholeIdleWindowBeforeZero) {
+  Spec spec = concurrency(0, 4);
+  spec.idle_window_s = 30;
+  Autoscaler a(spec);
+  auto run = drive(
+      a, 60, [](int) { return 0.0; }, 2);
+  EXPECT_GE(run.desired[28], 1u);
+  EXPECT_EQ(run.desired[59], 0u);
+}
+
 TEST(Autoscaler, OtherSignalsAndBounds) {
   Spec spec;
   spec.min_replicas = 2;
