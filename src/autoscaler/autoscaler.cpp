@@ -16,6 +16,25 @@ uint32_t ceil_count(double x) {
 
 }  // namespace
 
+std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
+                                         size_t buckets) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < buckets; ++i) total += counts[i];
+  if (total == 0) return std::nullopt;
+  const double rank = q * static_cast<double>(total);
+  uint64_t below = 0;
+  for (size_t i = 0; i < buckets; ++i) {
+    if (static_cast<double>(below + counts[i]) >= rank && counts[i] > 0) {
+      if (i + 1 == buckets) return bounds[buckets - 2];  // +Inf bucket
+      const double lower = i == 0 ? 0 : bounds[i - 1];
+      return lower + (bounds[i] - lower) * (rank - static_cast<double>(below)) /
+                         static_cast<double>(counts[i]);
+    }
+    below += counts[i];
+  }
+  return bounds[buckets - 2];
+}
+
 Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
   if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
       !spec_.ttft_p90_slo_s)
@@ -96,12 +115,15 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
                      *spec_.kv_cache_usage * 100, n));
   }
   if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s) {
-    // Over the SLO: grow in proportion to how far over it is.
-    const uint32_t n = std::max<uint32_t>(
-        current + 1, ceil_count(std::max<uint32_t>(current, 1) * *w.ttft / *spec_.ttft_p90_slo_s));
+    // Over the SLO: grow the serving count in proportion to how far over it
+    // is (at least one more). While replicas asked for earlier are still
+    // starting, wait for them: TTFT lags, and adding again would run away.
+    const uint32_t ready = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(w.ready)));
+    uint32_t n = std::max(ready + 1, ceil_count(ready * *w.ttft / *spec_.ttft_p90_slo_s));
+    if (current > ready) n = std::min(n, current);
     vote(n, "ttft", *w.ttft,
-         fmt::format("TTFT p90 {:.2f}s over the {:g}s SLO -> {}", *w.ttft, *spec_.ttft_p90_slo_s,
-                     n));
+         fmt::format("TTFT p90 {:.2f}s over the {:g}s SLO on {} ready -> {}", *w.ttft,
+                     *spec_.ttft_p90_slo_s, ready, n));
   }
   return best;
 }

@@ -61,6 +61,13 @@ struct Decision {
   std::string reason;  // e.g. "inFlight 24.0 over 60s at target 8/replica -> 3"
 };
 
+// The `q` quantile (0..1) of a histogram given as per-bucket counts with
+// upper `bounds` (counts has one more entry: above the last bound), by
+// linear interpolation inside the bucket, as Prometheus' histogram_quantile
+// does; nullopt without samples. Above the last bound: the last bound.
+std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
+                                         size_t buckets);
+
 class Autoscaler {
  public:
   explicit Autoscaler(Spec spec);

@@ -351,6 +351,8 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
   autoscaler::Sample sample;
   sample.now = std::chrono::duration<double>(now - epoch_).count();
   std::map<uint64_t, uint64_t> seen;
+  std::map<uint64_t, Scaling::TtftCounts> seen_ttft;
+  Scaling::TtftCounts ttft_delta{};
   double kv = 0;
   for (const auto& [rn, r] : replicas_) {
     if (r->service != name || !r->endpoint) continue;
@@ -359,6 +361,12 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
     auto it = st.seen_requests.find(e.id);
     st.requests_total += requests - (it == st.seen_requests.end() ? 0 : it->second);
     seen[e.id] = requests;
+    Scaling::TtftCounts& counts = seen_ttft[e.id];
+    auto before = st.seen_ttft.find(e.id);
+    for (size_t b = 0; b < counts.size(); ++b) {
+      counts[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
+      ttft_delta[b] += counts[b] - (before == st.seen_ttft.end() ? 0 : before->second[b]);
+    }
     sample.in_flight += static_cast<double>(e.in_flight.load());
     if (r->state != ReplicaState::kReady) continue;
     ++sample.ready;
@@ -366,6 +374,15 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
     kv += e.kv_usage.load();
   }
   st.seen_requests.swap(seen);
+  st.seen_ttft.swap(seen_ttft);
+  // TTFT p90 over the stable window, from the gateway's per-endpoint counts.
+  st.ttft_window.emplace_back(sample.now, ttft_delta);
+  while (st.ttft_window.front().first < sample.now - as.stable_window_s) st.ttft_window.pop_front();
+  Scaling::TtftCounts window{};
+  for (const auto& [t, counts] : st.ttft_window)
+    for (size_t b = 0; b < counts.size(); ++b) window[b] += counts[b];
+  sample.ttft_p90_s = autoscaler::histogram_quantile(0.9, gateway::Endpoint::kTtftBounds,
+                                                     window.data(), window.size());
   sample.kv_cache_usage = sample.ready ? kv / sample.ready : 0;
   sample.requests_total = st.requests_total;
   sample.held = held_now_.count(name) ? 1 : 0;

@@ -830,6 +830,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
     }
     code = status;
     stats.ttft.observe(seconds_since(start));
+    if (status == 200) endpoint.observe_ttft(seconds_since(start));
     if (status == 200) add_usage(payload, usage);
     http::Response response{status, content_type, std::move(payload), extra_headers};
     co_await ex.respond(std::move(response));
@@ -891,6 +892,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
         const auto now = Clock::now();
         if (first_token) {
           stats.ttft.observe(std::chrono::duration<double>(now - start).count());
+          endpoint.observe_ttft(std::chrono::duration<double>(now - start).count());
           first_token = false;
           // Its prefill is done: no longer part of the endpoint's queue.
           endpoint.pending_prefill.fetch_sub(prefill, std::memory_order_relaxed);

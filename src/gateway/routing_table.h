@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -50,6 +51,18 @@ struct Endpoint {
   std::atomic<uint32_t> consecutive_failures{0};
   std::atomic<uint32_t> ejections{0};
   std::atomic<int64_t> ejected_until_ms{0};
+  // Time to first token as the gateway saw it, counted into buckets (upper
+  // bounds kTtftBounds, then +Inf); the controller reads the counts to
+  // follow a service's TTFT percentiles.
+  static constexpr double kTtftBounds[] = {0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1,
+                                           1.5,   2,    3,   5,   10,  20,  60};
+  static constexpr size_t kTtftBuckets = std::size(kTtftBounds) + 1;
+  std::atomic<uint64_t> ttft_counts[kTtftBuckets] = {};
+  void observe_ttft(double seconds) {
+    size_t i = 0;
+    while (i < std::size(kTtftBounds) && seconds > kTtftBounds[i]) ++i;
+    ttft_counts[i].fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 struct RoutingTable {

@@ -115,6 +115,29 @@ TEST(Autoscaling, ToZeroAfterTheIdleWindowAndBackForAHeldRequest) {
   EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u);
 }
 
+TEST(Autoscaling, ScalesOutWhenTheGatewaySeesTtftOverTheSlo) {
+  std::string yaml = kElastic;
+  yaml.replace(yaml.find("    maxReplicas: 3\n    targets: {inFlightPerReplica: 2}"),
+               std::string("    maxReplicas: 3\n    targets: {inFlightPerReplica: 2}").size(),
+               "    maxReplicas: 2\n    targets: {ttftP90: 5ms}");
+  auto up = Up::start(yaml);
+  up->wait_ready("chat", 1);
+  // Long prompts, one at a time: no queue, no concurrency, but every first
+  // token takes longer than 5 ms of prefill.
+  std::string prompt;
+  for (int i = 0; i < 1500; ++i) prompt += "word ";
+  for (int i = 0; i < 3; ++i) {
+    auto r = up->post("/v1/completions",
+                      json({{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 2}}).dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  up->wait_ready("chat", 2);
+  std::string out;
+  ASSERT_EQ(
+      run_loadstar({"get", "services", "--admin-port", std::to_string(up->admin_port())}, &out), 0);
+  EXPECT_NE(out.find("TTFT p90"), std::string::npos) << out;
+}
+
 TEST(ColdStart, TheTimelineAddsUpToTheObservedStartTime) {
   const auto begin = std::chrono::steady_clock::now();
   auto up = Up::start(kElastic);

@@ -152,6 +152,29 @@ TEST(Autoscaler, OtherSignalsAndBounds) {
   EXPECT_EQ(slow.desired, 4u);
 }
 
+TEST(Autoscaler, TtftOverTheSloWaitsForStartingReplicas) {
+  Spec spec;
+  spec.max_replicas = 10;
+  spec.ttft_p90_slo_s = 0.5;
+  Autoscaler a(spec);
+  a.observe({.now = 0, .ready = 2, .ttft_p90_s = 1.0});
+  EXPECT_EQ(a.decide(0, 2).desired, 4u);  // twice over the SLO: twice the replicas
+  // Two more are starting (4 wanted, 2 ready): no further growth meanwhile.
+  a.observe({.now = 1, .ready = 2, .ttft_p90_s = 1.0});
+  EXPECT_EQ(a.decide(1, 4).desired, 4u);
+}
+
+TEST(Autoscaler, HistogramQuantileInterpolatesLikePrometheus) {
+  const double bounds[] = {0.1, 0.2, 0.5};
+  const uint64_t none[] = {0, 0, 0, 0};
+  EXPECT_FALSE(histogram_quantile(0.9, bounds, none, 4));
+  const uint64_t counts[] = {10, 0, 10, 0};  // 10 under 0.1, 10 in (0.2, 0.5]
+  EXPECT_DOUBLE_EQ(*histogram_quantile(0.5, bounds, counts, 4), 0.1);
+  EXPECT_DOUBLE_EQ(*histogram_quantile(0.9, bounds, counts, 4), 0.2 + 0.3 * 0.8);
+  const uint64_t slow[] = {0, 0, 0, 5};  // all above the last bound
+  EXPECT_DOUBLE_EQ(*histogram_quantile(0.9, bounds, slow, 4), 0.5);
+}
+
 TEST(Autoscaler, ScaleUpRateIsBounded) {
   Spec spec = concurrency(1, 1000);
   spec.max_scale_up_rate = 4;
