@@ -126,14 +126,40 @@ std::function<int()> setup_get(CLI::App& app) {
   };
 }
 
+// A service: its replicas against what it wants, and its scaling history.
+int describe_service(const AdminTarget& target, const std::string& name) {
+  auto doc = admin_call(target, "GET", "/api/v1/services");
+  if (!doc.ok()) {
+    fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);
+    return 1;
+  }
+  for (const auto& s : (*doc)["items"]) {
+    if (s["name"] != name) continue;
+    fmt::print("Name:      {}\nModel:     {}\nReplicas:  {} ready of {}, {} wanted\n",
+               s["name"].get<std::string>(), s["model"].get<std::string>(), s["ready"].get<int>(),
+               s["current"].get<int>(), s["replicas"].get<int>());
+    const std::string reason = s.value("scale_reason", std::string());
+    fmt::print("Scaling:   {}\n", reason.empty() ? "fixed (no spec.autoscaling)" : reason);
+    const json events = s.value("events", json::array());
+    fmt::print("\nEvents ({}):\n", events.empty() ? "none" : "oldest first");
+    for (const auto& e : events) fmt::print("  {}\n", e.get<std::string>());
+    return 0;
+  }
+  fmt::print(stderr, "loadstar describe: no service named '{}'\n", name);
+  return 1;
+}
+
 std::function<int()> setup_describe(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto kind = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
-  app.add_option("kind", *kind, "replica")->required()->check(CLI::IsMember({"replica"}));
-  app.add_option("name", *name, "The replica's name (loadstar get replicas)")->required();
+  app.add_option("kind", *kind, "replica or service")
+      ->required()
+      ->check(CLI::IsMember({"replica", "service"}));
+  app.add_option("name", *name, "Its name (loadstar get replicas|services)")->required();
   add_admin_options(app, *target);
   return [target, kind, name]() -> int {
+    if (*kind == "service") return describe_service(*target, *name);
     auto doc = admin_call(*target, "GET", "/api/v1/replicas");
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);

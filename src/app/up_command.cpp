@@ -118,6 +118,7 @@ asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* c
                        {"model", s.model},
                        {"replicas", s.desired},
                        {"scale_reason", s.scale_reason},
+                       {"events", s.events},
                        {"ready", s.ready},
                        {"current", s.total}});
     response = {200, "application/json", json({{"items", items}}).dump()};

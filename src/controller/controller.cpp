@@ -3,10 +3,12 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 #include <limits>
 #include <set>
 
+#include <fmt/chrono.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
@@ -388,8 +390,13 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
   sample.held = held_now_.count(name) ? 1 : 0;
   st.autoscaler->observe(sample);
   autoscaler::Decision d = st.autoscaler->decide(sample.now, current);
-  if (d.desired != current)
+  if (d.desired != current) {
     spdlog::info("service {}: scale {} -> {}: {}", name, current, d.desired, d.reason);
+    constexpr size_t kMaxEvents = 20;
+    st.events.push_back(fmt::format("{:%H:%M:%S}Z scale {} -> {}: {}",
+                                    fmt::gmtime(std::time(nullptr)), current, d.desired, d.reason));
+    if (st.events.size() > kMaxEvents) st.events.pop_front();
+  }
   st.last = d;
   return d.desired;
 }
@@ -1003,10 +1010,14 @@ std::vector<ServiceStatus> Controller::services() const {
   std::lock_guard lock(mu_);
   std::vector<ServiceStatus> out;
   for (const auto& [name, svc] : services_) {
-    ServiceStatus s{name, svc.spec.model, svc.spec.replicas, {}, 0, 0};
+    ServiceStatus s;
+    s.name = name;
+    s.model = svc.spec.model;
+    s.desired = svc.spec.replicas;
     if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
       s.desired = it->second.last->desired;
       s.scale_reason = it->second.last->reason;
+      s.events.assign(it->second.events.begin(), it->second.events.end());
     }
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;

@@ -83,7 +83,8 @@ struct ServiceStatus {
   std::string name;
   std::string model;
   uint32_t desired = 0;
-  std::string scale_reason;  // the autoscaler's last decision, with its signal
+  std::string scale_reason;         // the autoscaler's last decision, with its signal
+  std::vector<std::string> events;  // scaling changes, oldest first ("12:00:01Z 1 -> 3: ...")
   uint32_t ready = 0;
   uint32_t total = 0;
 };
@@ -187,6 +188,7 @@ class Controller {
     std::deque<std::pair<double, TtftCounts>> ttft_window;
     uint64_t requests_total = 0;
     std::optional<autoscaler::Decision> last;
+    std::deque<std::string> events;  // the last kMaxEvents changes of the count
   };
   std::map<std::string, Scaling> scaling_;
   std::set<std::string> held_now_;  // services with a held request, this pass

@@ -80,6 +80,12 @@ TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
   EXPECT_NE(out.find("in-flight requests"), std::string::npos) << out;
   for (auto& t : clients) t.join();
   EXPECT_EQ(ok, 6);
+  ASSERT_EQ(
+      run_loadstar(
+          {"describe", "service", "chat", "--admin-port", std::to_string(up->admin_port())}, &out),
+      0);
+  EXPECT_NE(out.find("Z scale 1 -> "), std::string::npos) << out;  // the first change, timed
+  EXPECT_NE(out.find(": panic (1s window): in-flight requests"), std::string::npos) << out;
   // Load gone: back to minReplicas (1) once the windows pass.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (json::parse(up->replicas_json())["items"].size() != 1 &&
