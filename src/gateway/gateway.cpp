@@ -639,7 +639,10 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
       Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
   HoldResult result = HoldResult::kTimeout;
   while (Clock::now() < deadline) {
-    timer.expires_at(deadline);
+    // Wake at least once a second to say again that a request is waiting:
+    // a replica may take longer to start than the service's idle window,
+    // and the autoscaler must not take it away meanwhile.
+    timer.expires_at(std::min(deadline, Clock::now() + std::chrono::seconds(1)));
     co_await timer.async_wait(kUseTuple);
     if (*gone) {
       result = HoldResult::kClientGone;
@@ -663,6 +666,8 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
       result = HoldResult::kReady;
       break;
     }
+    if (options.on_demand)
+      for (const auto& s : demand) options.on_demand(s);
   }
   ex.on_client_closed([] {});
   w.held.erase(std::find(w.held.begin(), w.held.end(), &timer));

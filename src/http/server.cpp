@@ -125,6 +125,10 @@ asio::awaitable<bool> Exchange::end_stream() {
 }
 
 void Exchange::on_client_closed(std::function<void()> callback) {
+  // A new callback replaces the previous one: that watch stays armed on the
+  // socket, so it must be told not to call its callback, which may refer to
+  // things gone by now (a held request's timer was).
+  if (impl_->watch_active) *impl_->watch_active = false;
   auto active = std::make_shared<bool>(true);
   impl_->watch_active = active;
   tcp::socket& socket = impl_->stream.socket();

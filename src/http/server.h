@@ -66,7 +66,7 @@ class Exchange {
   boost::asio::awaitable<bool> end_stream();
   // Calls `callback` (on this exchange's executor) if the client closes the
   // connection before the response is complete. For handlers that wait a
-  // long time before writing anything.
+  // long time before writing anything. A later call replaces the callback.
   void on_client_closed(std::function<void()> callback);
 
  private:

@@ -119,6 +119,30 @@ TEST(Autoscaling, ToZeroAfterTheIdleWindowAndBackForAHeldRequest) {
   auto held = up->post("/v1/completions", R"({"model":"chat","prompt":"again","max_tokens":4})");
   EXPECT_EQ(held.status, 200) << held.body;
   EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u);
+  // Again to zero; this time the held request is a stream its client drops
+  // after the first token. (Found by bench/autoscale: the hold's hang-up
+  // watch outlived the hold and fired into its freed timer.)
+  const auto deadline2 = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!json::parse(up->replicas_json())["items"].empty() &&
+         std::chrono::steady_clock::now() < deadline2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(json::parse(up->replicas_json())["items"].empty());
+  json body = {{"model", "chat"},
+               {"messages", {{{"role", "user"}, {"content", "Hello"}}}},
+               {"max_tokens", 200},
+               {"stream", true}};
+  bool got_data = false;
+  auto dropped = http::fetch_streaming(
+      {.port = up->port(), .method = "POST", .target = "/v1/chat/completions", .body = body.dump()},
+      [&](std::string_view chunk) {
+        got_data |= chunk.find("data: ") != std::string_view::npos;
+        return !got_data;  // hang up after the first event
+      });
+  EXPECT_TRUE(got_data);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_TRUE(up->process().running());
+  auto after = up->post("/v1/completions", R"({"model":"chat","prompt":"still","max_tokens":2})");
+  EXPECT_EQ(after.status, 200) << after.body;
 }
 
 TEST(Autoscaling, ScalesOutWhenTheGatewaySeesTtftOverTheSlo) {
