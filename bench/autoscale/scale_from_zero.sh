@@ -5,6 +5,7 @@
 # time + 1 s at most). The baseline, in the same run, is the same request to
 # a warm replica.
 #   bench/autoscale/scale_from_zero.sh        (from the repository root)
+# Needs curl and bc (./scripts/setup.sh --bench).
 # Environment: SIZE (synthetic model size, default 4GiB), RUNS (default 3),
 # DROP_CACHES=1 (drop the page cache before each cold request; needs root).
 set -euo pipefail
