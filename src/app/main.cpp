@@ -37,6 +37,12 @@ const std::vector<Command>& command_table() {
        loadstar::app::setup_apikey},
       {"sim", "Trace-driven simulations of the scheduler (schedule, queues)",
        loadstar::app::setup_sim},
+      {"agent", "Run the node agent: stage, share (peer to peer) and cache model weights",
+       loadstar::app::setup_agent},
+      {"stage", "Ask an agent to stage a model ahead of need, and follow its progress",
+       loadstar::app::setup_stage},
+      {"load", "Read a model directory into memory with io_uring and O_DIRECT; report bandwidth",
+       loadstar::app::setup_load},
   };
   return table;
 }

@@ -12,6 +12,8 @@ const char* error_code_name(ErrorCode code) {
       return "invalid_argument";
     case ErrorCode::kNotFound:
       return "not_found";
+    case ErrorCode::kPermissionDenied:
+      return "permission_denied";
     case ErrorCode::kOutOfRange:
       return "out_of_range";
     case ErrorCode::kResourceExhausted:

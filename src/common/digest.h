@@ -1,6 +1,7 @@
 // Cryptographic digests (OpenSSL's EVP interface).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -8,5 +9,27 @@ namespace loadstar {
 
 // SHA-256 of `data` as 64 lower-case hex digits.
 std::string sha256_hex(std::string_view data);
+
+// Lower-case hex of raw bytes.
+std::string hex_encode(std::string_view bytes);
+
+// HMAC-SHA256 of `data` under `key`, as 32 raw bytes.
+std::string hmac_sha256(std::string_view key, std::string_view data);
+
+// Incremental SHA-256 for data that arrives in pieces.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&&) noexcept;
+  Sha256& operator=(Sha256&&) noexcept;
+  void update(std::string_view data);
+  // The digest as hex; the object starts over afterwards.
+  std::string finish_hex();
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+};
 
 }  // namespace loadstar

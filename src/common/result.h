@@ -14,6 +14,7 @@ namespace loadstar {
 enum class ErrorCode {
   kInvalidArgument,    // the caller sent something malformed
   kNotFound,           // a named thing does not exist
+  kPermissionDenied,   // the peer refused our credentials
   kOutOfRange,         // a value is outside what is allowed (too long, too big)
   kResourceExhausted,  // a queue or pool is full; retry later
   kUnavailable,        // not ready yet, or a peer is down

@@ -2,3 +2,4 @@
 // BOOST_ASIO_SEPARATE_COMPILATION in the top-level CMakeLists.txt).
 #include <boost/asio/impl/src.hpp>
 #include <boost/beast/src.hpp>
+#include <boost/asio/ssl/impl/src.hpp>

@@ -8,10 +8,12 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 namespace loadstar::http {
 
@@ -36,62 +38,107 @@ namespace {
 
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
-asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::string_view)> on_data,
-                               ClientResponse* response, std::optional<Error>* error) {
-  auto executor = co_await asio::this_coro::executor;
-  beast::tcp_stream stream(executor);
-  boost::system::error_code ec;
-  auto address = asio::ip::make_address(request.host, ec);
-  if (ec) {
-    *error = make_error(ErrorCode::kInvalidArgument, "'{}' is not an IP address", request.host);
-    co_return;
-  }
-  auto [cec] = co_await stream.async_connect(tcp::endpoint(address, request.port), kUseTuple);
-  if (cec) {
-    *error = make_error(ErrorCode::kUnavailable, "connect to {}:{}: {}", request.host, request.port,
-                        cec.message());
-    co_return;
-  }
+beast::tcp_stream& lowest(beast::tcp_stream& s) {
+  return s;
+}
+beast::tcp_stream& lowest(beast::ssl_stream<beast::tcp_stream>& s) {
+  return s.next_layer();
+}
+
+// Sends the request on a connected stream and reads the response.
+template <typename Stream>
+asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
+                           const std::function<bool(std::string_view)>& on_data,
+                           ClientResponse* response, std::optional<Error>* error) {
+  const auto stall =
+      std::chrono::milliseconds(static_cast<int64_t>(request.stall_timeout_s * 1000));
+  auto arm = [&] {
+    if (stall.count() > 0) lowest(stream).expires_after(stall);
+  };
+  auto failed = [&](std::string_view what, const boost::system::error_code& ec) {
+    std::string reason = ec == beast::error::timeout
+                             ? fmt::format("no data for {}s", request.stall_timeout_s)
+                             : ec.message();
+    *error = make_error(ErrorCode::kUnavailable, "{} {}:{}: {}", what, request.host, request.port,
+                        reason);
+  };
   bhttp::request<bhttp::string_body> req{bhttp::string_to_verb(request.method), request.target, 11};
   req.set(bhttp::field::host, request.host);
   req.set(bhttp::field::user_agent, "loadstar");
   for (const Header& h : request.headers) req.set(h.name, h.value);
   if (!request.body.empty() && req[bhttp::field::content_type].empty())
     req.set(bhttp::field::content_type, "application/json");
-  req.body() = std::move(request.body);
+  req.body() = request.body;
   req.prepare_payload();
+  arm();
   auto [wec, wn] = co_await bhttp::async_write(stream, req, kUseTuple);
-  if (wec) {
-    *error = make_error(ErrorCode::kUnavailable, "send to {}:{}: {}", request.host, request.port,
-                        wec.message());
-    co_return;
-  }
+  if (wec) co_return failed("send to", wec);
   beast::flat_buffer buffer;
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.body_limit(boost::none);
+  if (request.method == "HEAD") parser.skip(true);
+  arm();
   auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
-  if (hec) {
-    *error = make_error(ErrorCode::kUnavailable, "read from {}:{}: {}", request.host, request.port,
-                        hec.message());
-    co_return;
-  }
+  if (hec) co_return failed("read from", hec);
   response->status = parser.get().result_int();
   for (const auto& field : parser.get())
     response->headers.push_back({std::string(field.name_string()), std::string(field.value())});
-  char chunk[16384];
+  if (request.on_headers) request.on_headers(*response);
+  char chunk[65536];
   while (!parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
+    arm();
     auto [rec, rn] = co_await bhttp::async_read_some(stream, buffer, parser, kUseTuple);
     if (rec == bhttp::error::need_buffer) rec = {};
-    if (rec) {
-      *error = make_error(ErrorCode::kUnavailable, "read body from {}:{}: {}", request.host,
-                          request.port, rec.message());
-      co_return;
-    }
+    if (rec) co_return failed("read body from", rec);
     size_t n = sizeof(chunk) - parser.get().body().size;
     if (n > 0 && !on_data(std::string_view(chunk, n))) co_return;
   }
+}
+
+asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::string_view)> on_data,
+                               ClientResponse* response, std::optional<Error>* error) {
+  auto executor = co_await asio::this_coro::executor;
+  boost::system::error_code ec;
+  std::vector<tcp::endpoint> endpoints;
+  if (auto address = asio::ip::make_address(request.host, ec); !ec) {
+    endpoints.emplace_back(address, request.port);
+  } else {
+    tcp::resolver resolver(executor);
+    auto [rec, results] =
+        co_await resolver.async_resolve(request.host, std::to_string(request.port), kUseTuple);
+    if (rec) {
+      *error = make_error(ErrorCode::kUnavailable, "cannot resolve '{}': {}", request.host,
+                          rec.message());
+      co_return;
+    }
+    for (const auto& r : results) endpoints.push_back(r.endpoint());
+  }
+  beast::tcp_stream tcp_stream(executor);
+  auto [cec, connected] = co_await tcp_stream.async_connect(endpoints, kUseTuple);
+  if (cec) {
+    *error = make_error(ErrorCode::kUnavailable, "connect to {}:{}: {}", request.host, request.port,
+                        cec.message());
+    co_return;
+  }
+  if (!request.tls) {
+    co_await talk(tcp_stream, request, on_data, response, error);
+    co_return;
+  }
+  asio::ssl::context tls(asio::ssl::context::tls_client);
+  tls.set_default_verify_paths();
+  tls.set_verify_mode(asio::ssl::verify_peer);
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), tls);
+  SSL_set_tlsext_host_name(stream.native_handle(), request.host.c_str());
+  stream.set_verify_callback(asio::ssl::host_name_verification(request.host));
+  auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, kUseTuple);
+  if (hec) {
+    *error = make_error(ErrorCode::kUnavailable, "TLS handshake with {}:{}: {}", request.host,
+                        request.port, hec.message());
+    co_return;
+  }
+  co_await talk(stream, request, on_data, response, error);
 }
 
 Result<ClientResponse> run(const ClientRequest& request,

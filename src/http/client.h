@@ -1,6 +1,8 @@
-// A small blocking HTTP/1.1 client for the command line, health probes and
-// tests. Each call opens its own connection and runs on a private io_context,
-// so it may be used from any thread that can afford to block.
+// A small blocking HTTP/1.1 client for the command line, health probes, the
+// node agent's downloads and tests. Each call opens its own connection and
+// runs on a private io_context, so it may be used from any thread that can
+// afford to block. Host names are resolved; `tls` speaks HTTPS, verifying the
+// server against the system's CAs (SSL_CERT_FILE overrides, as in OpenSSL).
 #pragma once
 
 #include <cstdint>
@@ -14,14 +16,20 @@
 
 namespace loadstar::http {
 
+struct ClientResponse;
+
 struct ClientRequest {
-  std::string host = "127.0.0.1";
+  std::string host = "127.0.0.1";  // an IP address or a name
   uint16_t port = 0;
   std::string method = "GET";
   std::string target = "/";
   std::string body;
   std::vector<Header> headers;
-  double timeout_s = 30;
+  double timeout_s = 30;       // the whole exchange
+  double stall_timeout_s = 0;  // > 0: fail when no byte arrives for this long
+  bool tls = false;
+  // Called once the status line and headers are in, before any body byte.
+  std::function<void(const ClientResponse&)> on_headers;
 };
 
 struct ClientResponse {

@@ -149,13 +149,16 @@ Result<std::vector<fs::path>> weight_files(const fs::path& dir) {
 
 Result<LoadReport> load_weights(const fs::path& dir,
                                 const std::function<void(uint64_t)>& progress) {
+  return load_weights(dir, FastLoadOptions{}, progress);
+}
+
+Result<LoadReport> load_weights(const fs::path& dir, const FastLoadOptions& options,
+                                const std::function<void(uint64_t)>& progress) {
   const auto start = std::chrono::steady_clock::now();
   LS_ASSIGN_OR_RETURN(auto files, weight_files(dir));
   LoadReport report;
-  constexpr size_t kReadSize = 8u << 20;
-  std::unique_ptr<char[]> buffer(new char[kReadSize]);
-  XXH3_state_t hash;
-  XXH3_64bits_reset(&hash);
+  // Every header is validated before the first tensor byte is read.
+  std::vector<ReadRange> ranges;
   for (const fs::path& path : files) {
     File file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (file.fd() < 0)
@@ -165,7 +168,6 @@ Result<LoadReport> load_weights(const fs::path& dir,
     if (::fstat(file.fd(), &st) != 0)
       return make_error(ErrorCode::kIo, "{}: stat failed", path.string());
     const auto file_size = static_cast<uint64_t>(st.st_size);
-    ::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_SEQUENTIAL);
     uint64_t header_len = 0;
     unsigned char prefix[8];
     if (file_size < 8)
@@ -179,20 +181,21 @@ Result<LoadReport> load_weights(const fs::path& dir,
     LS_RETURN_IF_ERROR(read_exact(file.fd(), header_json.data(), header_len, 8, path));
     auto header = parse_safetensors_header(header_json, file_size);
     if (!header.ok()) return std::move(header).error().context(path.string());
-    // Tensors are contiguous (checked by the parser), so the data section is
-    // read front to back in large pieces.
-    uint64_t offset = header->data_offset;
-    while (offset < file_size) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kReadSize, file_size - offset));
-      LS_RETURN_IF_ERROR(read_exact(file.fd(), buffer.get(), n, offset, path));
-      XXH3_64bits_update(&hash, buffer.get(), n);
-      offset += n;
-      report.bytes += n;
-      if (progress) progress(report.bytes);
-    }
+    // Tensors are contiguous (checked by the parser): one range per file.
+    ranges.push_back({path, header->data_offset, file_size});
     report.tensors += header->tensors.size();
     ++report.files;
   }
+  XXH3_state_t hash;
+  XXH3_64bits_reset(&hash);
+  LS_ASSIGN_OR_RETURN(auto loaded,
+                      fast_read(ranges, options, [&](size_t, uint64_t, std::string_view data) {
+                        XXH3_64bits_update(&hash, data.data(), data.size());
+                        report.bytes += data.size();
+                        if (progress) progress(report.bytes);
+                        return true;
+                      }));
+  report.direct = loaded.direct;
   report.checksum = XXH3_64bits_digest(&hash);
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

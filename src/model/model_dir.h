@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "model/fast_loader.h"
 
 namespace loadstar::model {
 
@@ -35,11 +36,15 @@ struct LoadReport {
   uint64_t bytes = 0;  // tensor bytes read
   double seconds = 0;
   uint64_t checksum = 0;  // XXH3 over all tensor bytes, in load order
+  bool direct = false;    // read with O_DIRECT
 };
 
-// Reads every tensor of every weight file (headers validated first) with
-// large sequential reads. `progress(bytes_so_far)` is called after each read.
+// Reads every tensor of every weight file (headers validated first) through
+// the fast loader (io_uring, O_DIRECT). `progress(bytes_so_far)` is called
+// after each read.
 Result<LoadReport> load_weights(const std::filesystem::path& dir,
+                                const std::function<void(uint64_t)>& progress = {});
+Result<LoadReport> load_weights(const std::filesystem::path& dir, const FastLoadOptions& options,
                                 const std::function<void(uint64_t)>& progress = {});
 
 struct SynthOptions {

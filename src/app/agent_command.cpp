@@ -1,0 +1,278 @@
+// `loadstar agent` (the node agent as its own process), `loadstar stage`
+// (ask an agent to stage a model ahead of need and follow its progress).
+#include <signal.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include <fmt/core.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+#include <nlohmann/json.hpp>
+
+#include "agent/agent.h"
+#include "agent/agent_api.h"
+#include "app/commands.h"
+#include "common/units.h"
+#include "common/url.h"
+#include "http/client.h"
+#include "http/server.h"
+
+namespace loadstar::app {
+
+namespace asio = boost::asio;
+using nlohmann::json;
+
+namespace {
+
+struct AgentArgs {
+  std::string cache_dir = "var/agent";
+  std::string capacity = "0";
+  std::string chunk_size = "16Mi";
+  std::string host = "127.0.0.1";
+  uint16_t port = 8070;
+  std::string port_file;
+  std::vector<std::string> peers;
+  std::string self_url;
+  int connections = 8;
+  int max_attempts = 5;
+  double stall_timeout_s = 20;
+  double peer_patience_s = 5;
+  std::string hf_endpoint, s3_endpoint, s3_region;
+};
+
+asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent) {
+  http::Response response = agent::handle_agent_api(*agent, ex.request(), ex.request().path());
+  co_await ex.respond(std::move(response));
+}
+
+int run_agent(const AgentArgs& args) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  agent::AgentOptions options;
+  options.cache.root = std::filesystem::absolute(args.cache_dir);
+  auto capacity = parse_bytes(args.capacity);
+  auto chunk = parse_bytes(args.chunk_size);
+  if (!capacity.ok() || !chunk.ok()) {
+    fmt::print(stderr, "--capacity/--chunk-size: {}\n",
+               (!capacity.ok() ? capacity.error() : chunk.error()).message);
+    return 2;
+  }
+  options.cache.capacity_bytes = *capacity;
+  options.cache.chunk_bytes = *chunk;
+  options.peers = args.peers;
+  options.connections = args.connections;
+  options.max_attempts = args.max_attempts;
+  options.peer_patience_s = args.peer_patience_s;
+  options.source.stall_timeout_s = args.stall_timeout_s;
+  options.source.hf_endpoint = args.hf_endpoint;
+  options.source.s3_endpoint = args.s3_endpoint;
+  options.source.s3_region = args.s3_region;
+  for (const auto& p : args.peers)
+    if (auto u = parse_url(p); !u.ok() || u->scheme != "http") {
+      fmt::print(stderr, "--peer '{}': must be http://HOST:PORT\n", p);
+      return 2;
+    }
+
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::vector<asio::io_context*> raw;
+  for (int i = 0; i < 4; ++i) {
+    contexts.push_back(std::make_unique<asio::io_context>(1));
+    raw.push_back(contexts.back().get());
+  }
+  std::unique_ptr<agent::Agent> agent;
+  http::ServerOptions server_options;
+  server_options.host = args.host;
+  server_options.port = args.port;
+  agent::Agent* agent_ptr = nullptr;
+  auto server = http::Server::create(
+      raw, server_options, [&agent_ptr](http::Exchange& ex) { return serve(ex, agent_ptr); });
+  if (!server.ok()) {
+    spdlog::error("agent: {}", server.error().message);
+    return 1;
+  }
+  const uint16_t port = (*server)->port();
+  options.self_url =
+      args.self_url.empty() ? fmt::format("http://{}:{}", args.host, port) : args.self_url;
+  auto created = agent::Agent::create(options);
+  if (!created.ok()) {
+    spdlog::error("agent: {}", created.error().message);
+    return 1;
+  }
+  agent = std::move(*created);
+  agent_ptr = agent.get();
+  (*server)->start();
+  std::vector<std::thread> threads;
+  for (auto* ctx : raw) threads.emplace_back([ctx] { ctx->run(); });
+  if (!args.port_file.empty()) {
+    const std::string tmp = args.port_file + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::filesystem::rename(tmp, args.port_file);
+  }
+  spdlog::info(
+      "agent serving on http://{}:{} (cache {}, capacity {}, chunks of {}, {} peers)", args.host,
+      port, options.cache.root.string(),
+      options.cache.capacity_bytes ? format_bytes(options.cache.capacity_bytes) : "the disk",
+      format_bytes(options.cache.chunk_bytes), options.peers.size());
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: stopping the agent", sig);
+  (*server)->stop();
+  for (auto* ctx : raw) ctx->stop();
+  for (auto& t : threads) t.join();
+  agent.reset();
+  return 0;
+}
+
+struct StageArgs {
+  std::string model;
+  std::string source;
+  std::string agent = "http://127.0.0.1:8090/agent";
+  bool pin = false;
+  bool no_wait = false;
+  double timeout_s = 3600;
+};
+
+Result<json> call(const Url& base, const std::string& method, const std::string& path,
+                  std::string body = {}) {
+  http::ClientRequest request;
+  request.host = base.host;
+  request.port = base.port;
+  request.method = method;
+  std::string prefix = base.target == "/" ? "" : base.target;
+  while (prefix.ends_with('/')) prefix.pop_back();
+  request.target = prefix + path;
+  request.body = std::move(body);
+  request.timeout_s = 10;
+  auto r = http::fetch(request);
+  if (!r.ok())
+    return make_error(ErrorCode::kUnavailable, "cannot reach the agent at {}: {}", base.origin(),
+                      r.error().message);
+  json doc = json::parse(r->body, nullptr, false);
+  if (r->status >= 300) {
+    std::string message =
+        doc.is_object() && doc.contains("error") ? doc["error"].value("message", r->body) : r->body;
+    return Error{r->status == 404 ? ErrorCode::kNotFound : ErrorCode::kInvalidArgument, message};
+  }
+  if (doc.is_discarded()) return make_error(ErrorCode::kCorrupt, "the agent answered non-JSON");
+  return doc;
+}
+
+std::string progress_line(const json& p) {
+  const double total = p.value("bytes_total", 0.0);
+  const double done = p.value("bytes_done", 0.0);
+  return fmt::format(
+      "{:<11} {:>9} / {:<9} {:5.1f}%  {:>9}/s  origin {:>9}  peers {:>9}  cached {:>9}  eta {}",
+      p.value("state", ""), format_bytes(static_cast<uint64_t>(done)),
+      format_bytes(static_cast<uint64_t>(total)), total > 0 ? 100 * done / total : 0.0,
+      format_bytes(static_cast<uint64_t>(p.value("rate_bytes_per_second", 0.0))),
+      format_bytes(p.value("bytes_origin", uint64_t{0})),
+      format_bytes(p.value("bytes_peers", uint64_t{0})),
+      format_bytes(p.value("bytes_cached", uint64_t{0})),
+      p["eta_seconds"].is_number() ? fmt::format("{:.0f}s", p["eta_seconds"].get<double>()) : "-");
+}
+
+int run_stage(const StageArgs& args) {
+  auto base = parse_url(args.agent);
+  if (!base.ok()) {
+    fmt::print(stderr, "--agent: {}\n", base.error().message);
+    return 2;
+  }
+  json request = {{"model", args.model}, {"pin", args.pin}};
+  if (!args.source.empty()) request["source"] = args.source;
+  auto started = call(*base, "POST", "/v1/stage", request.dump());
+  if (!started.ok()) {
+    fmt::print(stderr, "loadstar stage: {}\n", started.error().message);
+    return 1;
+  }
+  fmt::print("staging {} from {}\n", args.model, (*started).value("source", ""));
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(args.timeout_s);
+  json p = *started;
+  while (!args.no_wait) {
+    const std::string state = p.value("state", "");
+    fmt::print("{}\n", progress_line(p));
+    std::fflush(stdout);
+    if (state == "ready") {
+      fmt::print("ready: {}\n", p.value("dir", ""));
+      return 0;
+    }
+    if (state == "failed") {
+      fmt::print(stderr, "loadstar stage: {}\n", p.value("error", ""));
+      return 1;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      fmt::print(stderr, "loadstar stage: not ready after {}s\n", args.timeout_s);
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    auto now = call(*base, "GET", "/v1/models/" + args.model);
+    if (!now.ok()) {
+      fmt::print(stderr, "loadstar stage: {}\n", now.error().message);
+      return 1;
+    }
+    p = (*now).contains("staging") ? (*now)["staging"] : json::object();
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> setup_agent(CLI::App& app) {
+  auto args = std::make_shared<AgentArgs>();
+  app.add_option("--cache-dir", args->cache_dir, "Where staged models live")->capture_default_str();
+  app.add_option("--capacity", args->capacity,
+                 "Cache size (e.g. 500Gi); least recently used models are evicted past it "
+                 "(0: the disk's size)")
+      ->capture_default_str();
+  app.add_option("--chunk-size", args->chunk_size,
+                 "Unit of download, verification, resume and peer exchange (same on all agents)")
+      ->capture_default_str();
+  app.add_option("--host", args->host)->capture_default_str();
+  app.add_option("--port", args->port, "0: any free port")->capture_default_str();
+  app.add_option("--port-file", args->port_file, "Write the port here once listening");
+  app.add_option("--peer", args->peers, "Another agent (http://HOST:PORT); repeat for each");
+  app.add_option("--self-url", args->self_url,
+                 "How peers reach this agent (default http://HOST:PORT)");
+  app.add_option("--connections", args->connections, "Chunk fetches in flight per model")
+      ->capture_default_str();
+  app.add_option("--max-attempts", args->max_attempts,
+                 "Tries per chunk from the origin before staging fails")
+      ->capture_default_str();
+  app.add_option("--stall-timeout", args->stall_timeout_s,
+                 "Seconds without a byte before a fetch is abandoned and retried")
+      ->capture_default_str();
+  app.add_option("--peer-patience", args->peer_patience_s,
+                 "Seconds to wait for a peer to produce a chunk it owns before fetching it "
+                 "from the origin")
+      ->capture_default_str();
+  app.add_option("--hf-endpoint", args->hf_endpoint, "Hugging Face Hub URL (default $HF_ENDPOINT)");
+  app.add_option("--s3-endpoint", args->s3_endpoint, "S3 endpoint URL (default $AWS_ENDPOINT_URL)");
+  app.add_option("--s3-region", args->s3_region, "S3 region (default $AWS_REGION)");
+  return [args] { return run_agent(*args); };
+}
+
+std::function<int()> setup_stage(CLI::App& app) {
+  auto args = std::make_shared<StageArgs>();
+  app.add_option("model", args->model, "Model name")->required();
+  app.add_option("--source", args->source,
+                 "file://, http(s)://, hf://ORG/NAME[@REV] or s3://BUCKET/PREFIX (with loadstar "
+                 "up: default the Model resource's source)");
+  app.add_option("--agent", args->agent,
+                 "The agent: http://HOST:PORT of `loadstar agent`, or loadstar up's "
+                 "http://HOST:ADMIN_PORT/agent")
+      ->capture_default_str();
+  app.add_flag("--pin", args->pin, "Never evict it");
+  app.add_flag("--no-wait", args->no_wait, "Return once staging has started");
+  app.add_option("--timeout", args->timeout_s, "Seconds to wait for ready")->capture_default_str();
+  return [args] { return run_stage(*args); };
+}
+
+}  // namespace loadstar::app
