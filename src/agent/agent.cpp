@@ -613,6 +613,10 @@ Status Agent::stage_files(Job& job) {
   std::atomic<bool> polling{!peers.empty()};
   std::thread poller;
   if (polling) {
+    // Agents that start together find each other before the first origin
+    // fetch: register (done above), wait one poll interval, look again.
+    poll_peers();
+    std::this_thread::sleep_for(std::chrono::duration<double>(options_.peer_poll_s));
     poll_peers();
     poller = std::thread([&] {
       while (polling) {

@@ -241,7 +241,10 @@ class HfSource : public Source {
       if (!s.is_object() || !s.contains("rfilename") || !s["rfilename"].is_string()) continue;
       FileEntry f;
       f.path = s["rfilename"].get<std::string>();
-      if (f.path.starts_with(".")) continue;  // .gitattributes
+      // .gitattributes and the like; "../x" is not skipped but rejected below.
+      if (f.path.starts_with(".") && !f.path.starts_with("..") &&
+          f.path.find('/') == std::string::npos)
+        continue;
       if (s.contains("lfs") && s["lfs"].is_object()) {
         f.size = s["lfs"].value("size", uint64_t{0});
         f.sha256 = s["lfs"].value("sha256", "");

@@ -35,7 +35,8 @@ TEST(SigV4, GetVanilla) {
                      {"AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", ""});
   EXPECT_EQ(out.canonical_request,
             "GET\n/\n\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\n"
-            "host;x-amz-date\n" + std::string(kEmpty));
+            "host;x-amz-date\n" +
+                std::string(kEmpty));
   EXPECT_EQ(out.string_to_sign,
             "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/service/aws4_request\n"
             "bb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63");
@@ -105,15 +106,16 @@ TEST(Url, ParsesAndRejects) {
 }
 
 TEST(Manifest, RejectsPathsThatLeaveTheDirectory) {
-  for (const char* bad : {"../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "./a", "a/.", "",
-                          "a\\b", "a\nb"})
+  for (const char* bad :
+       {"../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "./a", "a/.", "", "a\\b", "a\nb"})
     EXPECT_FALSE(validate_relative_path(bad).ok()) << bad;
   for (const char* good : {"model.safetensors", "sub/dir/file.json", "a..b", ".hidden"})
     EXPECT_TRUE(validate_relative_path(good).ok()) << good;
   auto parsed = manifest_from_json(R"({"files":[{"path":"../x","size":1}]})");
   ASSERT_FALSE(parsed.ok());
   EXPECT_NE(parsed.error().message.find("'..'"), std::string::npos) << parsed.error().message;
-  EXPECT_FALSE(manifest_from_json(R"({"files":[{"path":"a","size":1},{"path":"a","size":2}]})").ok());
+  EXPECT_FALSE(
+      manifest_from_json(R"({"files":[{"path":"a","size":1},{"path":"a","size":2}]})").ok());
   EXPECT_FALSE(manifest_from_json(R"({"files":[{"path":"a","size":1,"sha256":"xyz"}]})").ok());
 }
 
@@ -229,8 +231,8 @@ TEST_F(AgentTest, StagesPublishesAndResumes) {
   {
     Manifest m{source, "", {{"model.safetensors", a.size(), "", ""}}};
     fs::create_directories(options.cache.root / "partial");
-    auto p = PartialFile::open(options.cache.root / "partial", blob_key(m, m.files[0]), a.size(),
-                               65536);
+    auto p =
+        PartialFile::open(options.cache.root / "partial", blob_key(m, m.files[0]), a.size(), 65536);
     ASSERT_TRUE(p.ok());
     for (uint64_t i : {1, 3}) {
       std::string_view piece(a.data() + i * 65536, 65536);

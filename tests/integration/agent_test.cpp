@@ -1,0 +1,455 @@
+// The node agent as real `loadstar agent` processes against an origin on
+// loopback. The origin is an HTTP server of this test (it speaks Range
+// requests and the Hugging Face Hub's protocol, and injects the faults a
+// real server will not produce on demand: errors, corrupt bytes, stalls, a
+// slow link); the agents, their peers and the CLI are the real binary.
+#include <signal.h>
+
+#include <atomic>
+#include <charconv>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/digest.h"
+#include "http/server.h"
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+using nlohmann::json;
+
+std::string random_bytes(size_t n, uint32_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(s.data() + i, &v, 8);
+  }
+  return s;
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Not a coroutine: GCC 12 miscompiles braced temporaries inside co_await.
+asio::awaitable<bool> reply(http::Exchange& ex, int status, std::string type, std::string body,
+                            std::vector<http::Header> headers = {}) {
+  http::Response r;
+  r.status = status;
+  r.content_type = std::move(type);
+  r.body = std::move(body);
+  r.headers = std::move(headers);
+  return ex.respond(std::move(r));
+}
+
+// Serves `files` at /files/NAME (with /files/loadstar-manifest.json listing
+// their SHA-256s), and as the Hub repository org/tiny.
+class Origin {
+ public:
+  std::map<std::string, std::string> files;
+  std::atomic<uint64_t> egress{0};  // body bytes of file responses
+  std::atomic<int> fail_next{0};    // answer the next N file GETs with fail_status
+  std::atomic<int> fail_status{500};
+  std::atomic<int> corrupt_next{0};    // flip a byte in the next N file GETs
+  std::atomic<bool> stall{false};      // send headers, then nothing
+  std::atomic<double> bytes_per_s{0};  // 0: as fast as loopback
+  std::string token;                   // required by the Hub API when set
+  bool bad_name = false;               // the Hub lists "../escape"
+
+  Origin() {
+    auto server =
+        http::Server::create({&io_}, {}, [this](http::Exchange& ex) { return handle(ex); });
+    if (!server.ok()) throw std::runtime_error(server.error().message);
+    server_ = std::move(*server);
+    server_->start();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~Origin() {
+    server_->stop();
+    io_.stop();
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
+  uint64_t total() const {
+    uint64_t t = 0;
+    for (const auto& [n, b] : files) t += b.size();
+    return t;
+  }
+
+ private:
+  asio::awaitable<void> handle(http::Exchange& ex) {
+    const auto& req = ex.request();
+    std::string path(req.path());
+    if (path.starts_with("/api/models/org/tiny/revision/")) {
+      if (!token.empty() && req.header("authorization") != "Bearer " + token) {
+        co_await reply(ex, 401, "application/json", R"({"error":"Invalid credentials"})");
+        co_return;
+      }
+      json siblings = json::array({{{"rfilename", ".gitattributes"}, {"size", 10}}});
+      for (const auto& [name, bytes] : files)
+        siblings.push_back({{"rfilename", bad_name ? "../escape" : name},
+                            {"size", bytes.size()},
+                            {"lfs", {{"sha256", sha256_hex(bytes)}, {"size", bytes.size()}}}});
+      std::string info = json({{"sha", "0123abcd"}, {"siblings", siblings}}).dump();
+      co_await reply(ex, 200, "application/json", std::move(info));
+      co_return;
+    }
+    if (path.starts_with("/org/tiny/resolve/0123abcd/")) {  // the Hub redirects to its CDN
+      std::vector<http::Header> location = {{"Location", "/files/" + path.substr(27)}};
+      co_await reply(ex, 302, "text/plain", "", std::move(location));
+      co_return;
+    }
+    if (path == "/files/loadstar-manifest.json") {
+      json list = json::array();
+      for (const auto& [name, bytes] : files)
+        list.push_back({{"path", name}, {"size", bytes.size()}, {"sha256", sha256_hex(bytes)}});
+      std::string manifest = json({{"files", list}}).dump();
+      co_await reply(ex, 200, "application/json", std::move(manifest));
+      co_return;
+    }
+    auto it = path.starts_with("/files/") ? files.find(path.substr(7)) : files.end();
+    if (it == files.end()) {
+      co_await reply(ex, 404, "text/plain", "no such file");
+      co_return;
+    }
+    if (fail_next > 0) {
+      --fail_next;
+      co_await reply(ex, fail_status, "text/plain", "injected failure");
+      co_return;
+    }
+    const std::string& bytes = it->second;
+    uint64_t begin = 0, end = bytes.size();
+    std::string_view range = req.header("range");
+    if (range.starts_with("bytes=")) {
+      const char* p = range.data() + 6;
+      auto r1 = std::from_chars(p, range.data() + range.size(), begin);
+      uint64_t last = 0;
+      std::from_chars(r1.ptr + 1, range.data() + range.size(), last);
+      end = std::min<uint64_t>(last + 1, bytes.size());
+    }
+    std::string body = bytes.substr(begin, end - begin);
+    if (corrupt_next > 0 && !body.empty()) {
+      --corrupt_next;
+      body[body.size() / 2] ^= 0x5a;
+    }
+    if (req.method == "HEAD") body.clear();
+    std::vector<http::Header> headers;
+    headers.push_back(
+        {"Content-Range", fmt::format("bytes {}-{}/{}", begin, end - 1, bytes.size())});
+    const int status = range.empty() ? 200 : 206;
+    co_await ex.begin_stream(status, "application/octet-stream", std::move(headers));
+    asio::steady_timer timer(ex.executor());
+    if (stall) {
+      timer.expires_after(std::chrono::seconds(30));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    constexpr size_t kPiece = 64 << 10;
+    for (size_t off = 0; off < body.size(); off += kPiece) {
+      std::string_view piece = std::string_view(body).substr(off, kPiece);
+      if (!co_await ex.write_chunk(piece)) co_return;
+      egress += piece.size();
+      if (bytes_per_s > 0) {
+        timer.expires_after(std::chrono::microseconds(
+            static_cast<int64_t>(piece.size() / bytes_per_s.load() * 1e6)));
+        co_await timer.async_wait(asio::use_awaitable);
+      }
+    }
+    co_await ex.end_stream();
+  }
+
+  asio::io_context io_{1};
+  std::unique_ptr<http::Server> server_;
+  std::thread thread_;
+};
+
+// Starts `loadstar agent` with its cache in scratch_dir()/agent-NAME, which
+// an agent of the same name started before left (to test resume).
+class Agent {
+ public:
+  Agent(const std::string& name, std::vector<std::string> args = {},
+        std::vector<std::string> env = {}, uint16_t port = 0) {
+    dir_ = scratch_dir() / ("agent-" + name);
+    const fs::path port_file = dir_ / "port";
+    fs::create_directories(dir_);
+    fs::remove(port_file);
+    log_ = dir_ / "log";
+    ProcessOptions options;
+    options.argv = {LOADSTAR_BIN,   "agent",
+                    "--port",       std::to_string(port),
+                    "--port-file",  port_file.string(),
+                    "--cache-dir",  (dir_ / "cache").string(),
+                    "--chunk-size", "1Mi"};
+    options.argv.insert(options.argv.end(), args.begin(), args.end());
+    options.env = std::move(env);
+    options.output_path = log_.string();
+    auto p = Subprocess::start(options);
+    if (!p.ok()) throw std::runtime_error(p.error().message);
+    process_ = std::move(*p);
+    for (int i = 0; i < 3000 && port_ == 0; ++i) {
+      if (!process_.running()) throw std::runtime_error("agent exited: " + read_file(log_));
+      if (fs::exists(port_file)) port_ = static_cast<uint16_t>(std::stoi(read_file(port_file)));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ~Agent() { process_.stop(std::chrono::milliseconds(3000)); }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  uint16_t port() const { return port_; }
+  const fs::path& dir() const { return dir_; }
+  Subprocess& process() { return process_; }
+  std::string log() const { return read_file(log_); }
+
+  void stage(const std::string& model, const std::string& source) {
+    auto r = http::fetch({.port = port_,
+                          .method = "POST",
+                          .target = "/v1/stage",
+                          .body = json({{"model", model}, {"source", source}}).dump()});
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->status, 202) << r->body;
+  }
+  // Waits for ready or failed; returns the staging's JSON.
+  json wait(const std::string& model, double timeout_s = 60) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    json p;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto r = http::fetch({.port = port_, .target = "/v1/models/" + model});
+      if (r.ok() && r->status == 200) {
+        p = json::parse(r->body)["staging"];
+        if (p["state"] == "ready" || p["state"] == "failed") return p;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "staging " << model << " did not finish: " << p.dump() << "\n" << log();
+    return p;
+  }
+
+ private:
+  fs::path dir_, log_;
+  Subprocess process_;
+  uint16_t port_ = 0;
+};
+
+void expect_same_files(const Origin& origin, const fs::path& dir) {
+  for (const auto& [name, bytes] : origin.files) {
+    EXPECT_EQ(sha256_hex(read_file(dir / name)), sha256_hex(bytes)) << dir / name;
+  }
+}
+
+// A model of two shards and a config; each seed gives other bytes (the
+// cache is content-addressed: the same bytes are never fetched twice).
+Origin& model_origin(Origin& o, size_t big = 6 << 20, uint32_t seed = 1) {
+  o.files.clear();
+  o.files["config.json"] =
+      fmt::format(R"({{"architectures":["LlamaForCausalLM"],"seed":{}}})", seed);
+  o.files["model-00001-of-00002.safetensors"] = random_bytes(big, seed * 2);
+  o.files["model-00002-of-00002.safetensors"] = random_bytes(big / 2 + 12345, seed * 2 + 1);
+  return o;
+}
+
+TEST(AgentProcess, ThreeAgentsFetchAboutOneCopyFromTheOrigin) {
+  Origin origin;
+  model_origin(origin, 8 << 20);
+  origin.bytes_per_s = 8e6;  // the slow cross-region link
+  Agent a("p2p-a"), b("p2p-b"), c("p2p-c");
+  // Each knows the others (restart with peers now that the ports are known).
+  std::vector<std::unique_ptr<Agent>> agents;
+  std::vector<std::string> urls = {a.url(), b.url(), c.url()};
+  std::vector<uint16_t> ports = {a.port(), b.port(), c.port()};
+  a.process().stop();
+  b.process().stop();
+  c.process().stop();
+  for (int i = 0; i < 3; ++i) {
+    fs::remove_all(scratch_dir() / ("agent-p2p-" + std::to_string(i)));
+    std::vector<std::string> args;
+    for (int j = 0; j < 3; ++j)
+      if (j != i) args.insert(args.end(), {"--peer", urls[j]});
+    args.insert(args.end(), {"--self-url", urls[i]});
+    agents.push_back(std::make_unique<Agent>("p2p-" + std::to_string(i), args,
+                                             std::vector<std::string>{}, ports[i]));
+  }
+  for (auto& agent : agents) agent->stage("m", origin.url() + "/files/");
+  uint64_t from_peers = 0;
+  for (auto& agent : agents) {
+    json p = agent->wait("m");
+    ASSERT_EQ(p["state"], "ready") << p.dump() << agent->log();
+    from_peers += p["bytes_peers"].get<uint64_t>();
+    expect_same_files(origin, p["dir"].get<std::string>());
+  }
+  // Every agent has the whole model, and the origin sent about one copy.
+  EXPECT_LE(origin.egress.load(), origin.total() * 105 / 100) << "peers got " << from_peers;
+  EXPECT_GE(from_peers, origin.total() * 19 / 10);
+  EXPECT_GT(scrape_metric(agents[0]->port(), "loadstar_agent_served_bytes_total") +
+                scrape_metric(agents[1]->port(), "loadstar_agent_served_bytes_total") +
+                scrape_metric(agents[2]->port(), "loadstar_agent_served_bytes_total"),
+            0);
+}
+
+TEST(AgentProcess, CorruptBytesAreRefetchedAndNeverPublished) {
+  Origin origin;
+  model_origin(origin);
+  Agent agent("corrupt");
+  origin.corrupt_next = 1;  // one bad response: detected by SHA-256, refetched
+  agent.stage("once", origin.url() + "/files/");
+  json p = agent.wait("once");
+  ASSERT_EQ(p["state"], "ready") << p.dump();
+  expect_same_files(origin, p["dir"].get<std::string>());
+  EXPECT_EQ(scrape_metric(agent.port(), "loadstar_agent_corrupt_total", "origin"), 1);
+
+  Origin bad;
+  model_origin(bad, 6 << 20, 2);
+  bad.corrupt_next = 1 << 30;  // the origin always lies
+  agent.stage("always", bad.url() + "/files/");
+  p = agent.wait("always");
+  ASSERT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("SHA-256"), std::string::npos) << p.dump();
+  EXPECT_NE(p["error"].get<std::string>().find("nothing was published"), std::string::npos);
+  EXPECT_FALSE(fs::exists(agent.dir() / "cache/models/always"));
+}
+
+TEST(AgentProcess, OriginErrorsRetryOrFailClearly) {
+  Origin origin;
+  model_origin(origin, 1 << 20);
+  Agent agent("errors", {"--max-attempts", "3", "--stall-timeout", "0.5"});
+  origin.fail_next = 2;  // two 500s: retried with backoff
+  agent.stage("flaky", origin.url() + "/files/");
+  EXPECT_EQ(agent.wait("flaky")["state"], "ready");
+  EXPECT_GE(scrape_metric(agent.port(), "loadstar_agent_retries_total"), 2);
+
+  model_origin(origin, 1 << 20, 3);
+  origin.fail_status = 403;
+  origin.fail_next = 1 << 30;
+  agent.stage("forbidden", origin.url() + "/files/");
+  json p = agent.wait("forbidden");
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("answered 403"), std::string::npos) << p.dump();
+
+  origin.fail_next = 0;
+  agent.stage("missing", origin.url() + "/nothing-here/");
+  p = agent.wait("missing");
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("404"), std::string::npos) << p.dump();
+
+  model_origin(origin, 1 << 20, 4);
+  origin.stall = true;
+  agent.stage("stalled", origin.url() + "/files/");
+  p = agent.wait("stalled");
+  origin.stall = false;
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("no data for 0.5s"), std::string::npos) << p.dump();
+  EXPECT_FALSE(fs::exists(agent.dir() / "cache/models/stalled"));
+}
+
+TEST(AgentProcess, KilledMidDownloadResumesWithoutRefetching) {
+  Origin origin;
+  model_origin(origin, 8 << 20);
+  origin.bytes_per_s = 6e6;
+  uint64_t before_kill = 0;
+  fs::remove_all(scratch_dir() / "agent-resume");
+  {
+    Agent agent("resume", {"--connections", "2"});
+    agent.stage("m", origin.url() + "/files/");
+    for (int i = 0; i < 1000 && origin.egress < 4u << 20; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_GE(origin.egress.load(), 4u << 20);
+    agent.process().signal(SIGKILL);
+    agent.process().wait_for(std::chrono::milliseconds(3000));
+    before_kill = origin.egress;
+  }
+  origin.bytes_per_s = 0;
+  origin.egress = 0;
+  Agent again("resume", {"--connections", "2"});
+  again.stage("m", origin.url() + "/files/");
+  json p = again.wait("m");
+  ASSERT_EQ(p["state"], "ready") << p.dump();
+  expect_same_files(origin, p["dir"].get<std::string>());
+  EXPECT_GE(p["bytes_cached"].get<uint64_t>(), 2u << 20) << "killed after " << before_kill;
+  EXPECT_LE(origin.egress.load(), origin.total() - p["bytes_cached"].get<uint64_t>() + 4096);
+  EXPECT_GT(scrape_metric(again.port(), "loadstar_agent_resumed_bytes_total"), 0);
+}
+
+TEST(AgentProcess, BadBytesFromAPeerAreCaughtAndRefetched) {
+  Origin origin;
+  model_origin(origin, 2 << 20);
+  Agent good("liar-src");
+  good.stage("m", origin.url() + "/files/");
+  ASSERT_EQ(good.wait("m")["state"], "ready");
+  // The peer's disk rots after verification: it serves wrong bytes under a
+  // digest it computes from them, so only the file's SHA-256 from the
+  // origin's manifest can catch it.
+  fs::path blobs = good.dir() / "cache/blobs";
+  for (const auto& e : fs::directory_iterator(blobs)) {
+    if (fs::file_size(e.path()) < (1u << 20)) continue;
+    std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x42');
+  }
+  Agent victim("liar-victim", {"--peer", good.url()});
+  victim.stage("m", origin.url() + "/files/");
+  json p = victim.wait("m");
+  ASSERT_EQ(p["state"], "ready") << p.dump() << victim.log();
+  expect_same_files(origin, p["dir"].get<std::string>());
+  EXPECT_GE(scrape_metric(victim.port(), "loadstar_agent_corrupt_total", "peer"), 1);
+}
+
+TEST(AgentProcess, HuggingFaceProtocolWithTokenAndRedirect) {
+  Origin hub;
+  model_origin(hub, 1 << 20);
+  hub.token = "hf_test_token";
+  {
+    Agent agent("hf-notoken", {"--hf-endpoint", hub.url()});
+    agent.stage("tiny", "hf://org/tiny");
+    json p = agent.wait("tiny");
+    EXPECT_EQ(p["state"], "failed");
+    EXPECT_NE(p["error"].get<std::string>().find("HF_TOKEN"), std::string::npos) << p.dump();
+  }
+  Agent agent("hf", {"--hf-endpoint", hub.url()}, {"HF_TOKEN=hf_test_token"});
+  agent.stage("tiny", "hf://org/tiny");
+  json p = agent.wait("tiny");
+  ASSERT_EQ(p["state"], "ready") << p.dump() << agent.log();
+  expect_same_files(hub, p["dir"].get<std::string>());
+  EXPECT_FALSE(fs::exists(fs::path(p["dir"].get<std::string>()) / ".gitattributes"));
+  EXPECT_EQ(agent.log().find("hf_test_token"), std::string::npos);
+  // The Hub's file list is checked before anything is written.
+  hub.bad_name = true;
+  agent.stage("escape", "hf://org/tiny");
+  p = agent.wait("escape");
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("'..'"), std::string::npos) << p.dump();
+  EXPECT_FALSE(fs::exists(agent.dir() / "escape"));
+  EXPECT_FALSE(fs::exists(agent.dir() / "cache/escape"));
+}
+
+TEST(AgentProcess, StageCommandFollowsProgress) {
+  Origin origin;
+  model_origin(origin, 1 << 20);
+  Agent agent("cli");
+  std::string out;
+  ASSERT_EQ(run_loadstar(
+                {"stage", "m", "--source", origin.url() + "/files/", "--agent", agent.url()}, &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("ready: "), std::string::npos) << out;
+  EXPECT_EQ(run_loadstar({"stage", "m", "--agent", agent.url()}, &out), 1);
+  EXPECT_NE(out.find("'source'"), std::string::npos) << out;
+  // Loading the staged directory through the fast loader.
+  auto [rc, listing] = run_shell(std::string(LOADSTAR_BIN) + " load --raw " +
+                                 (agent.dir() / "cache/models/m").string() + "/*/*.safetensors");
+  EXPECT_EQ(rc, 0) << listing;
+  EXPECT_NE(listing.find("from 2 files"), std::string::npos) << listing;
+}
+
+}  // namespace
+}  // namespace loadstar::testing
