@@ -13,6 +13,8 @@
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
+#include "agent/agent.h"
+#include "agent/agent_api.h"
 #include "api/resources.h"
 #include "app/commands.h"
 #include "common/units.h"
@@ -42,6 +44,8 @@ struct UpArgs {
   double drain_timeout_s = 30;
   std::string max_body = "8Mi";
   std::string placement_policy = "loadstar";
+  std::string cache_capacity = "0";
+  std::vector<std::string> peers;
 };
 
 // Decodes `files` and checks them together with what the store holds.
@@ -85,12 +89,36 @@ json timeline_json(const controller::ReplicaStatus& r) {
   return t;
 }
 
+// The embedded agent's API under /agent; `loadstar stage NAME` without a
+// source stages the Model resource's.
+http::Response agent_route(agent::Agent& agent, controller::ResourceStore& store,
+                           const http::Request& req, std::string_view path) {
+  if (req.method == "POST" && path == "/v1/stage") {
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_object() && body.contains("model") && body["model"].is_string() &&
+        !body.contains("source")) {
+      auto model = store.get("Model", body["model"].get<std::string>());
+      if (!model) {
+        openai::ApiError e{404, fmt::format("no Model '{}'", body["model"].get<std::string>()), {}};
+        return {404, "application/json", openai::error_body(e)};
+      }
+      body["source"] = std::get<api::Model>(*model).spec.source;
+      http::Request filled = req;
+      filled.body = body.dump();
+      return agent::handle_agent_api(agent, filled, path);
+    }
+  }
+  return agent::handle_agent_api(agent, req, path);
+}
+
 asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
-                                   controller::ResourceStore* store) {
+                                   controller::ResourceStore* store, agent::Agent* agent) {
   const http::Request& req = ex.request();
   const std::string_view path = req.path();
   http::Response response;
-  if (req.method == "GET" && path == "/api/v1/replicas") {
+  if (path.starts_with("/agent/")) {
+    response = agent_route(*agent, *store, req, path.substr(6));
+  } else if (req.method == "GET" && path == "/api/v1/replicas") {
     json items = json::array();
     for (const auto& r : ctl->replicas()) {
       items.push_back({{"name", r.name},
@@ -205,6 +233,22 @@ int run_up(const UpArgs& args) {
     return 2;
   }
 
+  // The node agent stages models from http(s)://, hf:// and s3:// sources.
+  agent::AgentOptions agent_options;
+  agent_options.cache.root = data_dir / "agent";
+  agent_options.peers = args.peers;
+  if (auto capacity = parse_bytes(args.cache_capacity); capacity.ok()) {
+    agent_options.cache.capacity_bytes = *capacity;
+  } else {
+    fmt::print(stderr, "--cache-capacity: {}\n", capacity.error().message);
+    return 2;
+  }
+  auto node_agent = agent::Agent::create(agent_options);
+  if (!node_agent.ok()) {
+    spdlog::error("agent: {}", node_agent.error().message);
+    return 1;
+  }
+
   gateway::GatewayOptions gw_options;
   gw_options.host = args.host;
   gw_options.port = args.port;
@@ -241,6 +285,7 @@ int run_up(const UpArgs& args) {
   ctl_options.loadstar_bin = self_path();
   ctl_options.drain_timeout_s = args.drain_timeout_s;
   ctl_options.placement_policy = args.placement_policy;
+  ctl_options.agent = node_agent->get();
   controller::Controller ctl(**store, ctl_options,
                              [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
                                gateway->publish(std::move(t));
@@ -251,13 +296,15 @@ int run_up(const UpArgs& args) {
   asio::io_context admin_io(1);
   controller::ResourceStore* store_ptr = store->get();
   controller::Controller* ctl_ptr = &ctl;
+  agent::Agent* agent_ptr = node_agent->get();
   http::ServerOptions admin_options;
   admin_options.host = args.host;
   admin_options.port = args.admin_port;
   admin_options.error_body = openai::error_body_for;
-  auto admin = http::Server::create(
-      {&admin_io}, admin_options,
-      [ctl_ptr, store_ptr](http::Exchange& ex) { return admin_handle(ex, ctl_ptr, store_ptr); });
+  auto admin = http::Server::create({&admin_io}, admin_options,
+                                    [ctl_ptr, store_ptr, agent_ptr](http::Exchange& ex) {
+                                      return admin_handle(ex, ctl_ptr, store_ptr, agent_ptr);
+                                    });
   if (!admin.ok()) {
     spdlog::error("admin API: {}", admin.error().message);
     return 1;
@@ -273,6 +320,7 @@ int run_up(const UpArgs& args) {
       "  OpenAI API: http://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
       "  metrics:    http://{0}:{1}/metrics\n"
       "  admin API:  http://{0}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
+      "  agent API:  http://{0}:{2}/agent/v1 (loadstar stage MODEL)\n"
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
       args.host, gateway->port(), (*admin)->port(), data_dir.string());
@@ -313,6 +361,12 @@ std::function<int()> setup_up(CLI::App& app) {
                  "best-fit, dot-product, gpu-packing, random, or scorer weights such as "
                  "fragmentation=1,bestFit=0.05,locality=0.5")
       ->capture_default_str();
+  app.add_option("--cache-capacity", args->cache_capacity,
+                 "Model cache size (e.g. 200Gi); least recently used models are evicted past it "
+                 "(0: the disk)")
+      ->capture_default_str();
+  app.add_option("--peer", args->peers,
+                 "A `loadstar agent` to fetch model chunks from before the origin (repeat)");
   app.add_option("--drain-timeout", args->drain_timeout_s,
                  "Seconds a stopping replica may finish requests")
       ->capture_default_str();

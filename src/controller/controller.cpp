@@ -14,7 +14,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "agent/agent.h"
 #include "api/cost_expression.h"
+#include "common/units.h"
 #include "http/client.h"
 #include "model/model_dir.h"
 
@@ -198,9 +200,29 @@ std::optional<fs::path> Controller::prepare_model(const api::Model& model, std::
     message = fmt::format("model directory {} has no config.json", path.string());
     return std::nullopt;
   }
-  message =
-      fmt::format("fetching {} needs the node agent, which this build does not have yet", source);
-  return std::nullopt;
+  if (!options_.agent) {
+    message = fmt::format("fetching {} needs a node agent, and this controller has none", source);
+    return std::nullopt;
+  }
+  // Staged by the agent: ready, or Pending with its progress. A failed
+  // staging is tried again after 30 s.
+  auto progress = options_.agent->progress(model.metadata.name);
+  if (!progress || progress->source != source ||
+      (progress->state == agent::StageState::kFailed && progress->elapsed_s > 30))
+    progress = options_.agent->stage(model.metadata.name, source);
+  switch (progress->state) {
+    case agent::StageState::kReady:
+      return progress->dir;
+    case agent::StageState::kFailed:
+      message = fmt::format("staging {} failed: {}", source, progress->error);
+      return std::nullopt;
+    default:
+      message =
+          fmt::format("staging {}: {} of {} ({} from the origin, {} from peers)", source,
+                      format_bytes(progress->bytes_done), format_bytes(progress->bytes_total),
+                      format_bytes(progress->bytes_origin), format_bytes(progress->bytes_peers));
+      return std::nullopt;
+  }
 }
 
 void Controller::launch(Replica& r) {

@@ -89,6 +89,14 @@ struct ServiceStatus {
   uint32_t total = 0;
 };
 
+}  // namespace loadstar::controller
+
+namespace loadstar::agent {
+class Agent;
+}
+
+namespace loadstar::controller {
+
 struct ControllerOptions {
   std::filesystem::path data_dir = "var";
   std::string loadstar_bin;  // the binary that runs `engine-sim`
@@ -98,6 +106,9 @@ struct ControllerOptions {
   double drain_timeout_s = 30;
   double start_timeout_s = 300;
   std::string placement_policy = "loadstar";  // scheduler::PlacementPolicy::named
+  // The node agent that stages http(s)://, hf:// and s3:// models; none: such
+  // models stay Pending with a message saying so.
+  agent::Agent* agent = nullptr;
 };
 
 class Controller {

@@ -453,3 +453,59 @@ TEST(AgentProcess, StageCommandFollowsProgress) {
 
 }  // namespace
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+namespace {
+
+// `loadstar up` stages an http:// model through its embedded agent, runs it,
+// and `loadstar stage NAME` there takes the source from the Model resource.
+TEST(AgentInUp, StagesAnHttpModelThenServesIt) {
+  Origin origin;
+  const fs::path model = synth_model("agent-up", "16MiB");
+  for (const auto& e : fs::recursive_directory_iterator(model))
+    if (e.is_regular_file())
+      origin.files[fs::relative(e.path(), model).string()] = read_file(e.path());
+  origin.bytes_per_s = 40e6;
+  auto up = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: remote}}
+spec: {{source: "{}/files/"}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: remote
+  replicas: 1
+  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
+)",
+                                  origin.url()));
+  // While the bytes come, the replica is Pending and says how far staging is.
+  bool saw_staging = false;
+  for (int i = 0; i < 200 && !saw_staging; ++i) {
+    saw_staging = up->replicas_json().find("staging http://") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(saw_staging) << up->replicas_json();
+  up->wait_ready("chat", 1);
+  auto r = up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":3})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_LE(origin.egress.load(), origin.total());
+  std::string out;
+  ASSERT_EQ(run_loadstar({"stage", "remote", "--agent",
+                          fmt::format("http://127.0.0.1:{}/agent", up->admin_port())},
+                         &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("ready: " + (up->data_dir() / "agent/models/remote").string()),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(run_loadstar({"stage", "nope", "--agent",
+                          fmt::format("http://127.0.0.1:{}/agent", up->admin_port())},
+                         &out),
+            1);
+  EXPECT_NE(out.find("no Model 'nope'"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace loadstar::testing
