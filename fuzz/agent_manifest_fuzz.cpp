@@ -1,0 +1,35 @@
+// The node agent's parsers of untrusted input: manifests (from an origin or
+// the Hub), URLs and Location headers. Invariants: a validated path never
+// leaves the model directory; a parsed URL has a target starting with '/'.
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string_view>
+
+#include "agent/manifest.h"
+#include "common/check.h"
+#include "common/url.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string_view text(reinterpret_cast<const char*>(data), size);
+  if (auto m = loadstar::agent::manifest_from_json(text); m.ok()) {
+    for (const auto& f : m->files) {
+      auto normal = (std::filesystem::path("/model") / f.path).lexically_normal().string();
+      LS_CHECK(normal.starts_with("/model/"), "a validated path escapes the directory");
+    }
+    auto again = loadstar::agent::manifest_from_json(loadstar::agent::manifest_to_json(*m));
+    LS_CHECK(again.ok() && again->version_id() == m->version_id(), "manifest round trip");
+  }
+  if (loadstar::agent::validate_relative_path(text).ok()) {
+    auto normal = (std::filesystem::path("/model") / std::string(text)).lexically_normal().string();
+    LS_CHECK(normal.starts_with("/model/"), "a validated path escapes the directory");
+  }
+  const size_t split = text.find('\n');
+  if (auto url = loadstar::parse_url(text.substr(0, split)); url.ok()) {
+    LS_CHECK(!url->target.empty() && url->target[0] == '/', "target must start with '/'");
+    if (split != std::string_view::npos)
+      if (auto next = loadstar::resolve_location(*url, text.substr(split + 1)); next.ok())
+        LS_CHECK(!next->target.empty() && next->target[0] == '/', "location target");
+  }
+  return 0;
+}
