@@ -15,21 +15,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (auto m = loadstar::agent::manifest_from_json(text); m.ok()) {
     for (const auto& f : m->files) {
       auto normal = (std::filesystem::path("/model") / f.path).lexically_normal().string();
-      LS_CHECK(normal.starts_with("/model/"), "a validated path escapes the directory");
+      LS_CHECK(normal.starts_with("/model/"));
     }
     auto again = loadstar::agent::manifest_from_json(loadstar::agent::manifest_to_json(*m));
-    LS_CHECK(again.ok() && again->version_id() == m->version_id(), "manifest round trip");
+    LS_CHECK(again.ok() && again->version_id() == m->version_id());
   }
   if (loadstar::agent::validate_relative_path(text).ok()) {
     auto normal = (std::filesystem::path("/model") / std::string(text)).lexically_normal().string();
-    LS_CHECK(normal.starts_with("/model/"), "a validated path escapes the directory");
+    LS_CHECK(normal.starts_with("/model/"));
   }
   const size_t split = text.find('\n');
   if (auto url = loadstar::parse_url(text.substr(0, split)); url.ok()) {
-    LS_CHECK(!url->target.empty() && url->target[0] == '/', "target must start with '/'");
+    LS_CHECK(!url->target.empty() && url->target[0] == '/');
     if (split != std::string_view::npos)
       if (auto next = loadstar::resolve_location(*url, text.substr(split + 1)); next.ok())
-        LS_CHECK(!next->target.empty() && next->target[0] == '/', "location target");
+        LS_CHECK(!next->target.empty() && next->target[0] == '/');
   }
   return 0;
 }
