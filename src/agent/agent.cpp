@@ -59,7 +59,6 @@ struct PeerView {
   bool usable = false;  // same chunk size, answered
   std::string have;
   std::vector<std::string> digests;
-  size_t have_count = 0;
   Clock::time_point last_change = Clock::now();
   Clock::time_point banned_until{};
 };
@@ -367,14 +366,16 @@ Status Agent::stage_files(Job& job) {
         }
         v.usable = doc.value("chunk_bytes", uint64_t{0}) == options_.cache.chunk_bytes;
         v.staging = doc.value("staging", false);
-        v.have = doc.value("have", "");
+        // Any change of the map (a fetch started or finished) is progress;
+        // a chunk in flight ('2') is left to its fetcher, whose own stall
+        // timeout bounds how long that lasts.
+        std::string have = doc.value("have", "");
+        if (have != v.have) v.last_change = Clock::now();
+        v.have = std::move(have);
         v.digests.clear();
         if (doc.contains("digests") && doc["digests"].is_array())
           for (const auto& d : doc["digests"])
             v.digests.push_back(d.is_string() ? d.get<std::string>() : "");
-        const size_t count = static_cast<size_t>(std::count(v.have.begin(), v.have.end(), '1'));
-        if (count != v.have_count) v.last_change = Clock::now();
-        v.have_count = count;
       }
     }
     job.cv.notify_all();
@@ -386,9 +387,14 @@ Status Agent::stage_files(Job& job) {
     std::string peer;  // empty: origin
     std::string peer_digest;
   };
+  const int origin_limit = options_.origin_connections > 0 ? options_.origin_connections
+                           : peers.empty()                  ? options_.connections
+                                                            : 2;
+  int origin_in_flight = 0;  // guarded by job.mu
   // Picks the next chunk to fetch (job.mu held); nullopt: nothing to do now.
   auto pick = [&]() -> std::optional<Task> {
     const auto now = Clock::now();
+    const bool origin_allowed = origin_in_flight < origin_limit;
     std::optional<Task> own, stalled;
     for (size_t fi = 0; fi < job.files.size(); ++fi) {
       Job::File& f = job.files[fi];
@@ -413,9 +419,8 @@ Status Agent::stage_files(Job& job) {
         bool taken = false;
         if (views != job.views.end() && !f.origin_only)
           for (const auto& [peer, v] : views->second)
-            taken = taken ||
-                    (v.usable && v.banned_until <= now && i < v.have.size() && v.have[i] == '2' &&
-                     seconds_since(v.last_change) <= options_.peer_patience_s);
+            taken = taken || (v.usable && v.banned_until <= now && i < v.have.size() &&
+                              v.have[i] == '2');
         if (taken) continue;
         const std::string& owner = active[i % active.size()];
         if (owner == options_.self_url) {
@@ -427,6 +432,7 @@ Status Agent::stage_files(Job& job) {
         }
       }
     }
+    if (!origin_allowed) return std::nullopt;
     return own ? own : stalled;
   };
 
@@ -442,6 +448,7 @@ Status Agent::stage_files(Job& job) {
   // Whole-file check and move into blobs/, once every chunk is in.
   auto finish_file = [&](size_t fi) {
     Job::File& f = job.files[fi];
+    const auto finish_start = Clock::now();
     if (!f.entry.sha256.empty()) {
       auto sha = f.part->sha256();
       if (!sha.ok()) return fail(sha.error().message);
@@ -479,8 +486,12 @@ Status Agent::stage_files(Job& job) {
         return;
       }
     }
+    const double digest_s = seconds_since(finish_start);
     if (Status s = f.part->finish(cache_->blob_path(f.key)); !s.ok())
       return fail(s.error().message);
+    spdlog::info("agent: {} of '{}' complete at {:.2f}s (SHA-256 {:.2f}s, sync and move {:.2f}s)",
+                 f.entry.path, job.model, seconds_since(job.started), digest_s,
+                 seconds_since(finish_start) - digest_s);
     std::lock_guard lock(job.mu);
     f.done = true;
     job.cv.notify_all();
@@ -507,6 +518,7 @@ Status Agent::stage_files(Job& job) {
         if (!next) continue;
         task = *next;
         job.files[task.file].in_flight[task.chunk] = 1;
+        if (task.peer.empty()) ++origin_in_flight;
         job.files[task.file].part->set_fetching(task.chunk, true);
       }
       Job::File& f = job.files[task.file];
@@ -557,6 +569,7 @@ Status Agent::stage_files(Job& job) {
       {
         std::lock_guard lock(job.mu);
         f.in_flight[task.chunk] = 0;
+        if (task.peer.empty()) --origin_in_flight;
         f.part->set_fetching(task.chunk, false);
         if (got.ok()) {
           f.from_peer[task.chunk] = task.peer.empty() ? 0 : 1;

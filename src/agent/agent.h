@@ -32,6 +32,10 @@ struct AgentOptions {
   std::vector<std::string> peers;  // http://host:port of the other agents
   std::string self_url;            // how peers name this agent (orders chunk ownership)
   int connections = 8;             // chunk fetches in flight per model
+  // Of those, at most this many from the origin when there are peers, so
+  // that owned chunks finish one after another and peers can take them
+  // while the origin is still sending (0: 2 with peers, all without).
+  int origin_connections = 0;
   int max_attempts = 5;            // per chunk from the origin, transient errors
   double backoff_s = 0.5;          // first retry delay; doubles, at most 10 s
   double peer_patience_s = 5;      // how long a stalled owner keeps its chunks

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# bench/cold_start/run.sh: the published cold-start case at small scale on
+# one machine. Hosts are network namespaces on one bridge: an origin serving
+# a synthetic safetensors model through nginx over a slow "cross-region"
+# link (tbf), and NODES node hosts with `loadstar agent` on faster links.
+# Measured, in one run, from "scale to NODES replicas" to all NODES engines
+# healthy (engine-sim answering /health after loading through the fast
+# loader), and the origin's egress:
+#   1. direct     every node's agent pulls straight from the origin (no peers)
+#   2. aria2c     every node runs `aria2c -x16` against the origin (a parallel
+#                 HTTP downloader; download time only)
+#   3. peer       agents that know each other: chunks fetched once, shared
+#   4. prefetched the model already staged: scale-up only loads from disk
+# plus fio's sequential O_DIRECT read of the staged shards (the disk's limit)
+# and `loadstar load` on them.
+#   sudo bench/cold_start/run.sh              (root: namespaces, tc)
+# Needs iproute2, nginx, aria2c, fio, curl, bc (./scripts/setup.sh --bench).
+# Environment: SIZE (default 1GiB), NODES (4), ORIGIN_RATE (tbf rate of the
+# origin's link, default 400mbit), NODE_RATE (each node's link, 4gbit).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=$PWD/build/release/loadstar
+cmake --build --preset release --target loadstar >/dev/null
+size=${SIZE:-1GiB}
+nodes=${NODES:-4}
+origin_rate=${ORIGIN_RATE:-400mbit}
+node_rate=${NODE_RATE:-4gbit}
+chunk=${CHUNK:-4Mi}
+work=$(mktemp -d -p "$PWD/build" cold-start.XXXX)
+chmod 755 "$work"  # nginx workers read the origin as an unprivileged user
+ns() { ip netns exec "$@"; }
+cleanup() {
+  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for h in ls-origin ls-sw $(seq -f "ls-node%g" 1 "$nodes"); do ip netns del "$h" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- hosts --------------------------------------------------------------------
+ip netns add ls-sw
+ns ls-sw ip link add br0 type bridge
+ns ls-sw ip link set br0 up
+host() {  # host NAME IP RATE
+  ip netns add "$1"
+  ip link add "$1-e" type veth peer name "$1-p"
+  ip link set "$1-e" netns "$1"
+  ip link set "$1-p" netns ls-sw
+  ns "$1" ip link set "$1-e" name eth0
+  ns "$1" ip addr add "$2/24" dev eth0
+  ns "$1" ip link set eth0 up
+  ns "$1" ip link set lo up
+  ns ls-sw ip link set "$1-p" master br0
+  ns ls-sw ip link set "$1-p" up
+  ns "$1" tc qdisc add dev eth0 root tbf rate "$3" burst 1mb latency 100ms
+}
+host ls-origin 10.77.0.1 "$origin_rate"
+for n in $(seq 1 "$nodes"); do host ls-node$n 10.77.0.$((10 + n)) "$node_rate"; done
+
+# --- origin -------------------------------------------------------------------
+mkdir -p "$work/origin"
+"$bin" model synth --size "$size" -o "$work/origin/m" >/dev/null
+bytes=$(cat "$work"/origin/m/* | wc -c)
+# Digests published next to the model, so every agent verifies every file.
+python3 - "$work/origin/m" <<'PY'
+import hashlib, json, os, sys
+d = sys.argv[1]
+files = []
+for name in sorted(os.listdir(d)):
+    h = hashlib.sha256()
+    with open(os.path.join(d, name), 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    files.append({'path': name, 'size': os.path.getsize(os.path.join(d, name)), 'sha256': h.hexdigest()})
+json.dump({'files': files}, open(os.path.join(d, 'loadstar-manifest.json'), 'w'))
+PY
+mkdir -p "$work/nginx"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path $work/nginx;
+  server { listen 10.77.0.1:8000; root $work/origin; }
+}
+CONF
+ns ls-origin nginx -c "$work/nginx.conf" -p "$work/nginx"
+url=http://10.77.0.1:8000/m/
+origin_tx() { ns ls-origin cat /sys/class/net/eth0/statistics/tx_bytes; }
+now() { date +%s.%N; }
+mib() { echo "scale=0; $1 / 1048576" | bc; }
+rate_bits=$(echo "$origin_rate" | sed -E 's/mbit/*1000000/; s/gbit/*1000000000/' | bc)
+origin_s=$(echo "scale=2; $bytes * 8 / $rate_bits" | bc)
+echo "model $(mib $bytes) MiB, $nodes nodes, origin link $origin_rate (one copy: ${origin_s}s), node links $node_rate"
+
+start_agents() {  # start_agents PEERS(0|1)
+  for n in $(seq 1 "$nodes"); do
+    peers=()
+    if [ "$1" = 1 ]; then
+      for m in $(seq 1 "$nodes"); do [ "$m" != "$n" ] && peers+=(--peer "http://10.77.0.$((10 + m)):8070"); done
+    fi
+    ns ls-node$n "$bin" agent --host 10.77.0.$((10 + n)) --port 8070 --cache-dir "$work/node$n/cache" --chunk-size "$chunk" \
+      "${peers[@]}" > "$work/node$n-agent.log" 2>&1 &
+  done
+  for n in $(seq 1 "$nodes"); do
+    until ns ls-node$n curl -sf http://10.77.0.$((10 + n)):8070/health >/dev/null; do sleep 0.05; done
+  done
+}
+stop_agents() {
+  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar agent" || true; done
+  sleep 0.5
+}
+# One node's replica: stage (unless prefetched), then the engine until healthy.
+replica() {  # replica N STAGE(0|1)
+  local n=$1 a=http://10.77.0.$((10 + $1)):8070 dir
+  if [ "$2" = 1 ]; then
+    ns ls-node$n curl -sf -XPOST $a/v1/stage -d "{\"model\":\"m\",\"source\":\"$url\"}" >/dev/null
+    until ns ls-node$n curl -sf $a/v1/models/m | grep -q '"state":"\(ready\|failed\)"'; do sleep 0.05; done
+    if ns ls-node$n curl -sf $a/v1/models/m | grep -q '"state":"failed"'; then
+      echo "node $n: staging failed: $(ns ls-node$n curl -sf $a/v1/models/m)" >&2
+      tail -5 "$work/node$n-agent.log" >&2
+      exit 1
+    fi
+  fi
+  dir=$(ls -d "$work"/node$n/cache/models/m/*/)
+  rm -f "$work/node$n.port"
+  ns ls-node$n "$bin" engine-sim --model "$dir" --port 0 --port-file "$work/node$n.port" \
+    > "$work/node$n-engine.log" 2>&1 &
+  until [ -s "$work/node$n.port" ] && ns ls-node$n curl -sf "http://127.0.0.1:$(cat "$work/node$n.port")/health" >/dev/null; do sleep 0.05; done
+}
+scale_out() {  # scale_out STAGE(0|1): prints seconds and origin egress
+  local before t0 t1
+  before=$(origin_tx)
+  t0=$(now)
+  if [ -n "${TRACE:-}" ]; then  # origin MiB sent and each agent's MiB verified, every 0.5 s
+    ( while sleep 0.5; do
+        line="$(echo "$(now) - $t0" | bc | cut -c1-5)s origin $(( ($(origin_tx) - before) >> 20 ))"
+        for n in $(seq 1 "$nodes"); do
+          line+=" n$n $(ns ls-node$n curl -s http://10.77.0.$((10 + n)):8070/v1/models/m |
+            python3 -c 'import json,sys; print(json.load(sys.stdin).get("staging",{}).get("bytes_done",0)>>20)' 2>/dev/null)"
+        done
+        echo "$line" >&2
+      done ) &
+    tracer=$!
+  fi
+  for n in $(seq 1 "$nodes"); do replica $n "$1" & done
+  wait $(jobs -p | grep -v "^${tracer:-none}$" | tail -n "$nodes")
+  t1=$(now)
+  [ -n "${tracer:-}" ] && kill "$tracer" && tracer=
+  echo "$(echo "$t1 - $t0" | bc) $(( $(origin_tx) - before ))"
+  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar engine-sim" || true; done
+}
+
+# 1. direct
+start_agents 0
+read -r direct_s direct_egress < <(scale_out 1)
+stop_agents
+rm -rf "$work"/node*/cache
+
+# 2. aria2c -x16 on every node at once
+for n in $(seq 1 "$nodes"); do
+  for f in "$work"/origin/m/*; do echo "$url$(basename "$f")"; done > "$work/node$n-urls"
+done
+before=$(origin_tx); t0=$(now)
+for n in $(seq 1 "$nodes"); do
+  ns ls-node$n aria2c -q -x16 -s16 -k1M --file-allocation=none -d "$work/node$n/aria" -i "$work/node$n-urls" &
+done
+wait $(jobs -p | tail -n "$nodes")
+aria_s=$(echo "$(now) - $t0" | bc); aria_egress=$(( $(origin_tx) - before ))
+rm -rf "$work"/node*/aria
+
+# 3. peer
+start_agents 1
+read -r peer_s peer_egress < <(scale_out 1)
+from_peers=0
+for n in $(seq 1 "$nodes"); do
+  v=$(ns ls-node$n curl -sf http://10.77.0.$((10 + n)):8070/metrics | awk '/fetched_bytes_total\{source="peer"\}/ {print $2}')
+  from_peers=$(echo "$from_peers + ${v:-0}" | bc)
+done
+
+# 4. prefetched: staged already; the page cache dropped so loads hit the disk
+sync; echo 3 > /proc/sys/vm/drop_caches
+read -r pre_s pre_egress < <(scale_out 0)
+stop_agents
+
+# The disk's limit on the staged shards, and the fast loader on the same files.
+shards=$(ls "$work"/node1/cache/models/m/*/*.safetensors)
+fio_bw=$(fio --name=seq --rw=read --direct=1 --ioengine=io_uring --bs=8M --iodepth=16 --readonly \
+  --output-format=json --filename="$(echo $shards | tr ' ' ':')" |
+  python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]))')
+load_s=$("$bin" load --raw $shards | sed -E 's/.* in ([0-9.]+)s.*/\1/')
+shard_bytes=$(cat $shards | wc -c)
+load_bw=$(echo "scale=0; $shard_bytes / $load_s" | bc)
+load_one_s=$(echo "scale=2; $bytes / $load_bw" | bc)
+
+printf "\n%-12s %10s %14s %12s\n" scenario seconds "origin MiB" "egress/size"
+for row in "direct $direct_s $direct_egress" "aria2c-x16 $aria_s $aria_egress" \
+           "peer $peer_s $peer_egress" "prefetched $pre_s $pre_egress"; do
+  set -- $row
+  printf "%-12s %10.2f %14s %12.3f\n" "$1" "$2" "$(mib "$3")" "$(echo "scale=3; $3 / $bytes" | bc)"
+done
+echo
+echo "peer bytes fetched from peers: $(mib "$from_peers") MiB over $nodes nodes"
+echo "direct / peer: $(echo "scale=2; $direct_s / $peer_s" | bc)x   peer / prefetched: $(echo "scale=2; $peer_s / $pre_s" | bc)x"
+echo "fio O_DIRECT: $(mib "$fio_bw") MiB/s   loadstar load: $(mib "$load_bw") MiB/s   ratio $(echo "scale=3; $load_bw / $fio_bw" | bc)"
+echo "goals: peer egress <= 1.05 x size: $(echo "scale=3; $peer_egress / $bytes" | bc)"
+echo "       peer scale-out <= 1.2 x (size / origin bw) + load = $(echo "scale=2; 1.2 * $origin_s + $load_one_s" | bc)s: ${peer_s}s"
+echo "       prefetched <= 1.2 x (size / fio bw) = $(echo "scale=2; 1.2 * $bytes / $fio_bw" | bc)s: ${pre_s}s"
+echo "       loadstar load >= 0.9 x fio: $(echo "scale=3; $load_bw / $fio_bw" | bc)"
