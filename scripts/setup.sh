@@ -17,7 +17,7 @@ packages=(
 # `setup.sh --bench` adds what the benchmarks under bench/ drive (load
 # generator, nginx as the reverse-proxy baseline).
 if [ "${1:-}" = "--bench" ]; then
-  packages+=(wrk nginx-light bc fio)
+  packages+=(wrk nginx-light bc fio aria2 iproute2 python3)
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)

@@ -14,9 +14,12 @@
 # plus fio's sequential O_DIRECT read of the staged shards (the disk's limit)
 # and `loadstar load` on them.
 #   sudo bench/cold_start/run.sh              (root: namespaces, tc)
-# Needs iproute2, nginx, aria2c, fio, curl, bc (./scripts/setup.sh --bench).
+# Needs iproute2, nginx, aria2c, fio, curl, bc, python3 (./scripts/setup.sh --bench).
 # Environment: SIZE (default 1GiB), NODES (4), ORIGIN_RATE (tbf rate of the
-# origin's link, default 400mbit), NODE_RATE (each node's link, 4gbit).
+# origin's link, default 400mbit), NODE_RATE (each node's link, 4gbit),
+# CHUNK (the agents' chunk size, default 4Mi: finer pipelining between peers
+# than the agent's 16Mi default), TRACE=1 (progress every 0.5 s), KEEP=1
+# (keep the work directory and its logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$PWD/build/release/loadstar

@@ -88,6 +88,15 @@ struct Agent::Job {
     std::vector<int> attempts;
     bool origin_only = false, finishing = false, done = false;
     int whole_retries = 0;
+    // The file's SHA-256, advanced over the chunks in order as they land, so
+    // that a finished file needs no second full read (own lock: workers
+    // that find it taken leave the catching up to its holder or to finish).
+    struct Digest {
+      std::mutex mu;
+      Sha256 hash;
+      uint64_t through = 0;  // chunks [0, through) hashed
+    };
+    std::unique_ptr<Digest> digest = std::make_unique<Digest>();
   };
   std::vector<File> files;
   std::map<std::string, std::map<std::string, PeerView>> views;  // key -> peer -> view
@@ -388,8 +397,8 @@ Status Agent::stage_files(Job& job) {
     std::string peer_digest;
   };
   const int origin_limit = options_.origin_connections > 0 ? options_.origin_connections
-                           : peers.empty()                  ? options_.connections
-                                                            : 2;
+                           : peers.empty()                 ? options_.connections
+                                                           : 2;
   int origin_in_flight = 0;  // guarded by job.mu
   // Picks the next chunk to fetch (job.mu held); nullopt: nothing to do now.
   auto pick = [&]() -> std::optional<Task> {
@@ -419,8 +428,8 @@ Status Agent::stage_files(Job& job) {
         bool taken = false;
         if (views != job.views.end() && !f.origin_only)
           for (const auto& [peer, v] : views->second)
-            taken = taken || (v.usable && v.banned_until <= now && i < v.have.size() &&
-                              v.have[i] == '2');
+            taken = taken ||
+                    (v.usable && v.banned_until <= now && i < v.have.size() && v.have[i] == '2');
         if (taken) continue;
         const std::string& owner = active[i % active.size()];
         if (owner == options_.self_url) {
@@ -445,12 +454,39 @@ Status Agent::stage_files(Job& job) {
     job.cv.notify_all();
   };
 
+  // Hashes the file's chunks in order as far as they are held; `fresh` is
+  // chunk `index`'s bytes, already in memory. Returns false on a read error.
+  auto advance_digest = [&](Job::File& f, std::unique_lock<std::mutex>& held, uint64_t index,
+                            std::string_view fresh) {
+    (void)held;
+    auto& d = *f.digest;
+    while (d.through < f.part->chunks() && f.part->has(d.through)) {
+      if (d.through == index && !fresh.empty()) {
+        d.hash.update(fresh);
+      } else {
+        auto bytes = f.part->read(d.through);
+        if (!bytes.ok()) return false;
+        d.hash.update(*bytes);
+      }
+      ++d.through;
+    }
+    return true;
+  };
+
   // Whole-file check and move into blobs/, once every chunk is in.
   auto finish_file = [&](size_t fi) {
     Job::File& f = job.files[fi];
     const auto finish_start = Clock::now();
     if (!f.entry.sha256.empty()) {
-      auto sha = f.part->sha256();
+      Result<std::string> sha = make_error(ErrorCode::kInternal, "not hashed");
+      {
+        std::unique_lock held(f.digest->mu);
+        if (advance_digest(f, held, f.part->chunks(), {}) && f.digest->through == f.part->chunks())
+          sha = f.digest->hash.finish_hex();
+        f.digest->hash = Sha256();  // a refetch after a mismatch starts over
+        f.digest->through = 0;
+      }
+      if (!sha.ok()) sha = f.part->sha256();
       if (!sha.ok()) return fail(sha.error().message);
       if (*sha != f.entry.sha256) {
         std::vector<uint64_t> drop;
@@ -607,6 +643,10 @@ Status Agent::stage_files(Job& job) {
         std::this_thread::sleep_for(std::chrono::duration<double>(
             std::min(10.0, options_.backoff_s * (1 << (attempts - 1)))));
         continue;
+      }
+      if (!f.entry.sha256.empty() && !last) {
+        std::unique_lock held(f.digest->mu, std::try_to_lock);
+        if (held.owns_lock()) advance_digest(f, held, task.chunk, buffer);
       }
       if (last) finish_file(task.file);
     }

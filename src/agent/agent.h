@@ -36,10 +36,10 @@ struct AgentOptions {
   // that owned chunks finish one after another and peers can take them
   // while the origin is still sending (0: 2 with peers, all without).
   int origin_connections = 0;
-  int max_attempts = 5;            // per chunk from the origin, transient errors
-  double backoff_s = 0.5;          // first retry delay; doubles, at most 10 s
-  double peer_patience_s = 5;      // how long a stalled owner keeps its chunks
-  double peer_poll_s = 0.2;        // how often peers' chunk maps are read while staging
+  int max_attempts = 5;        // per chunk from the origin, transient errors
+  double backoff_s = 0.5;      // first retry delay; doubles, at most 10 s
+  double peer_patience_s = 5;  // how long a stalled owner keeps its chunks
+  double peer_poll_s = 0.2;    // how often peers' chunk maps are read while staging
 };
 
 enum class StageState { kResolving, kDownloading, kReady, kFailed };
