@@ -191,12 +191,19 @@ stop_agents
 
 # The disk's limit on the staged shards, and the fast loader on the same files.
 shards=$(ls "$work"/node1/cache/models/m/*/*.safetensors)
-fio_bw=$(fio --name=seq --rw=read --direct=1 --ioengine=io_uring --bs=8M --iodepth=16 --readonly \
-  --output-format=json --filename="$(echo $shards | tr ' ' ':')" |
-  python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]))')
-load_s=$("$bin" load --raw $shards | sed -E 's/.* in ([0-9.]+)s.*/\1/')
+# This VM's disk swings between ~1 and ~2 GiB/s from one read to the next
+# whatever the reader, so each tool reads three times, interleaved; the best
+# of each is compared.
 shard_bytes=$(cat $shards | wc -c)
-load_bw=$(echo "scale=0; $shard_bytes / $load_s" | bc)
+fio_bw=0; load_bw=0
+for i in 1 2 3; do
+  f=$(fio --name=seq --rw=read --direct=1 --ioengine=io_uring --bs=8M --iodepth=16 --readonly \
+    --output-format=json --filename="$(echo $shards | tr ' ' ':')" |
+    python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]))')
+  l=$(echo "scale=0; $shard_bytes / $("$bin" load --raw $shards | sed -E 's/.* in ([0-9.]+)s.*/\1/')" | bc)
+  [ "$f" -gt "$fio_bw" ] && fio_bw=$f
+  [ "$l" -gt "$load_bw" ] && load_bw=$l
+done
 load_one_s=$(echo "scale=2; $bytes / $load_bw" | bc)
 
 printf "\n%-12s %10s %14s %12s\n" scenario seconds "origin MiB" "egress/size"
@@ -208,8 +215,9 @@ done
 echo
 echo "peer bytes fetched from peers: $(mib "$from_peers") MiB over $nodes nodes"
 echo "direct / peer: $(echo "scale=2; $direct_s / $peer_s" | bc)x   peer / prefetched: $(echo "scale=2; $peer_s / $pre_s" | bc)x"
-echo "fio O_DIRECT: $(mib "$fio_bw") MiB/s   loadstar load: $(mib "$load_bw") MiB/s   ratio $(echo "scale=3; $load_bw / $fio_bw" | bc)"
+echo "best of 3: fio O_DIRECT: $(mib "$fio_bw") MiB/s   loadstar load: $(mib "$load_bw") MiB/s   ratio $(echo "scale=3; $load_bw / $fio_bw" | bc)"
 echo "goals: peer egress <= 1.05 x size: $(echo "scale=3; $peer_egress / $bytes" | bc)"
 echo "       peer scale-out <= 1.2 x (size / origin bw) + load = $(echo "scale=2; 1.2 * $origin_s + $load_one_s" | bc)s: ${peer_s}s"
-echo "       prefetched <= 1.2 x (size / fio bw) = $(echo "scale=2; 1.2 * $bytes / $fio_bw" | bc)s: ${pre_s}s"
+echo "       prefetched <= 1.2 x (size / fio bw) = $(echo "scale=2; 1.2 * $bytes / $fio_bw" | bc)s per node;"
+echo "         the $nodes nodes share this one disk: 1.2 x $nodes x size / fio bw = $(echo "scale=2; 1.2 * $nodes * $bytes / $fio_bw" | bc)s: ${pre_s}s"
 echo "       loadstar load >= 0.9 x fio: $(echo "scale=3; $load_bw / $fio_bw" | bc)"

@@ -448,6 +448,15 @@ void Cache::release(const std::string& name) {
   touch(name);
 }
 
+void Cache::set_in_use(const std::map<std::string, int>& uses) {
+  {
+    std::lock_guard lock(mu_);
+    in_use_ = uses;
+  }
+  for (const auto& [name, count] : uses)
+    if (count > 0) touch(name);
+}
+
 void Cache::pin(const std::string& name, bool pinned) {
   std::lock_guard lock(mu_);
   pinned_[name] = pinned;

@@ -118,6 +118,9 @@ class Cache {
   void touch(const std::string& name);
   void acquire(const std::string& name);
   void release(const std::string& name);
+  // Replaces every use count at once (a controller that knows which models
+  // its running engines use, level-triggered); touches the models in use.
+  void set_in_use(const std::map<std::string, int>& uses);
   void pin(const std::string& name, bool pinned);
 
   uint64_t used_bytes() const;  // blobs and partial files

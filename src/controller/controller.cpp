@@ -548,6 +548,18 @@ void Controller::reconcile() {
     }
     ++it;
   }
+  if (options_.agent) {
+    // The models running engines read are not evicted (and count as used now).
+    std::map<std::string, int> uses;
+    for (const auto& [name, r] : replicas_) {
+      auto svc = services_.find(r->service);
+      if (r->process && svc != services_.end()) ++uses[svc->second.spec.model];
+    }
+    if (uses != agent_uses_) {
+      options_.agent->cache().set_in_use(uses);
+      agent_uses_ = std::move(uses);
+    }
+  }
   publish_if_changed();
   std::string text = render_scheduler_metrics();  // after the pass: this pass's starts included
   std::lock_guard lock(metrics_mu_);

@@ -221,7 +221,8 @@ class Controller {
   std::string nodes_key_, queues_key_, target_key_;
   Clock::time_point epoch_ = Clock::now();
   std::vector<std::pair<Subprocess, Clock::time_point>> stopping_engines_;  // told to stop
-  mutable std::mutex metrics_mu_;  // guards metrics_text_ only
+  std::map<std::string, int> agent_uses_;  // engines per model, as last told to the agent
+  mutable std::mutex metrics_mu_;          // guards metrics_text_ only
   std::string metrics_text_;
   std::thread thread_;
 };

@@ -491,6 +491,23 @@ spec:
   auto r = up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":3})");
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_LE(origin.egress.load(), origin.total());
+  // The running engine's model is in use: the agent will not evict it.
+  json inventory;
+  for (int i = 0; i < 100; ++i) {
+    auto models = http::fetch({.port = up->admin_port(), .target = "/agent/v1/models"});
+    ASSERT_TRUE(models.ok());
+    inventory = json::parse(models->body);
+    if (!inventory["models"].empty() && inventory["models"][0]["in_use"] == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(inventory["models"].size(), 1u) << inventory.dump();
+  EXPECT_EQ(inventory["models"][0]["model"], "remote");
+  EXPECT_EQ(inventory["models"][0]["in_use"], 1) << inventory.dump();
+  auto evict = http::fetch(
+      {.port = up->admin_port(), .method = "DELETE", .target = "/agent/v1/models/remote"});
+  ASSERT_TRUE(evict.ok());
+  EXPECT_EQ(evict->status, 409) << evict->body;
+  EXPECT_NE(evict->body.find("in use"), std::string::npos);
   std::string out;
   ASSERT_EQ(run_loadstar({"stage", "remote", "--agent",
                           fmt::format("http://127.0.0.1:{}/agent", up->admin_port())},
