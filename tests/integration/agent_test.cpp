@@ -66,6 +66,7 @@ class Origin {
   std::atomic<int> corrupt_next{0};    // flip a byte in the next N file GETs
   std::atomic<bool> stall{false};      // send headers, then nothing
   std::atomic<double> bytes_per_s{0};  // 0: as fast as loopback
+  bool vanishing_peer = false;         // also act as a peer that dies mid-chunk
   std::string token;                   // required by the Hub API when set
   bool bad_name = false;               // the Hub lists "../escape"
 
@@ -111,6 +112,34 @@ class Origin {
       std::vector<http::Header> location = {{"Location", "/files/" + path.substr(27)}};
       co_await reply(ex, 302, "text/plain", "", std::move(location));
       co_return;
+    }
+    if (vanishing_peer && path.starts_with("/v1/blobs/sha256-")) {
+      // Claims every file whole; each chunk request gets half its bytes,
+      // then the connection drops.
+      std::string rest = path.substr(17);
+      const std::string sha = rest.substr(0, rest.find('/'));
+      const std::string* bytes = nullptr;
+      for (const auto& [name, b] : files)
+        if (sha256_hex(b) == sha) bytes = &b;
+      if (!bytes) {
+        co_await reply(ex, 404, "text/plain", "no blob");
+        co_return;
+      }
+      if (rest.find('/') == std::string::npos) {
+        const size_t chunks = (bytes->size() + (1 << 20) - 1) >> 20;
+        std::string info = json({{"size", bytes->size()},
+                                 {"chunk_bytes", 1 << 20},
+                                 {"complete", true},
+                                 {"staging", false},
+                                 {"have", std::string(chunks, '1')}})
+                               .dump();
+        co_await reply(ex, 200, "application/json", std::move(info));
+        co_return;
+      }
+      co_await ex.begin_stream(200, "application/octet-stream");
+      std::string half(512 << 10, 'x');
+      co_await ex.write_chunk(half);
+      co_return;  // no end: the peer is gone
     }
     if (path == "/files/loadstar-manifest.json") {
       json list = json::array();
@@ -402,6 +431,21 @@ TEST(AgentProcess, BadBytesFromAPeerAreCaughtAndRefetched) {
   ASSERT_EQ(p["state"], "ready") << p.dump() << victim.log();
   expect_same_files(origin, p["dir"].get<std::string>());
   EXPECT_GE(scrape_metric(victim.port(), "loadstar_agent_corrupt_total", "peer"), 1);
+}
+
+TEST(AgentProcess, APeerThatVanishesMidChunkIsLeftForTheOrigin) {
+  Origin origin;
+  model_origin(origin, 3 << 20, 5);
+  Origin peer;
+  peer.files = origin.files;
+  peer.vanishing_peer = true;
+  Agent agent("vanishing", {"--peer", peer.url()});
+  agent.stage("m", origin.url() + "/files/");
+  json p = agent.wait("m");
+  ASSERT_EQ(p["state"], "ready") << p.dump() << agent.log();
+  expect_same_files(origin, p["dir"].get<std::string>());
+  EXPECT_EQ(p["bytes_peers"], 0);
+  EXPECT_GE(scrape_metric(agent.port(), "loadstar_agent_peer_failures_total"), 1);
 }
 
 TEST(AgentProcess, HuggingFaceProtocolWithTokenAndRedirect) {
