@@ -13,11 +13,13 @@ packages=(
   nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev liburing-dev libpugixml-dev
   # tests: GoogleTest, promtool (prometheus), libFuzzer (clang)
   googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl clang libclang-rt-14-dev
+  # tests: nginx as an HTTPS origin, openssl to make its certificate
+  nginx-light openssl
 )
 # `setup.sh --bench` adds what the benchmarks under bench/ drive (load
 # generator, nginx as the reverse-proxy baseline).
 if [ "${1:-}" = "--bench" ]; then
-  packages+=(wrk nginx-light bc fio aria2 iproute2 python3)
+  packages+=(wrk bc fio aria2 iproute2 python3)
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)

@@ -19,8 +19,15 @@ Result<Subprocess> Subprocess::start(const ProcessOptions& options) {
   std::vector<char*> argv;
   for (const auto& a : options.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  // The extra entries replace inherited ones of the same name (getenv
+  // returns the first match, so appending would not override).
   std::vector<std::string> env_storage;
-  for (char** e = environ; *e; ++e) env_storage.emplace_back(*e);
+  auto name_of = [](std::string_view entry) { return entry.substr(0, entry.find('=')); };
+  for (char** e = environ; *e; ++e) {
+    bool overridden = false;
+    for (const auto& extra : options.env) overridden = overridden || name_of(extra) == name_of(*e);
+    if (!overridden) env_storage.emplace_back(*e);
+  }
   for (const auto& e : options.env) env_storage.push_back(e);
   std::vector<char*> envp;
   for (auto& e : env_storage) envp.push_back(e.data());

@@ -134,8 +134,13 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
   stream.set_verify_callback(asio::ssl::host_name_verification(request.host));
   auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, kUseTuple);
   if (hec) {
-    *error = make_error(ErrorCode::kUnavailable, "TLS handshake with {}:{}: {}", request.host,
-                        request.port, hec.message());
+    // An untrusted certificate will not become trusted by retrying.
+    const bool untrusted = hec.category() == asio::error::get_ssl_category() &&
+                           ERR_GET_REASON(hec.value()) == SSL_R_CERTIFICATE_VERIFY_FAILED;
+    *error =
+        make_error(untrusted ? ErrorCode::kPermissionDenied : ErrorCode::kUnavailable,
+                   "TLS handshake with {}:{}: {}{}", request.host, request.port, hec.message(),
+                   untrusted ? " (is the server's CA in the system store or SSL_CERT_FILE?)" : "");
     co_return;
   }
   co_await talk(stream, request, on_data, response, error);
