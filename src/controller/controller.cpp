@@ -769,6 +769,17 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
       (void)scheduler_->set_queues({{"default", "", {}, std::nullopt, 1}});
     }
   }
+  // The agent's inventory: the nodes of this machine hold what it staged, and
+  // the locality scorer prefers them for replicas of those models.
+  if (options_.agent) {
+    std::set<std::string, std::less<>> cached;
+    for (const auto& m : options_.agent->cache().list()) cached.insert(m.name);
+    for (auto& node : cluster_.nodes()) {
+      if (node.cached_models == cached) continue;
+      node.cached_models = cached;
+      ++node.generation;
+    }
+  }
   if (!rebuild) return;
   scheduler_->restore_accounting(accounting);
   // Replicas stay where they run when their node and devices still exist;
