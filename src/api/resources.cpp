@@ -446,6 +446,7 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
             fmt::format("{} is more than spec.replicas ({})", *svc.spec.min_replicas,
                         svc.spec.replicas));
   spec.duration("idleTimeout", svc.spec.idle_timeout_s);
+  spec.uint("warmNodes", svc.spec.warm_nodes);
   if (YAML::Node as = spec.get("autoscaling"); as && !as.IsNull()) {
     MapReader a(d, as, "spec.autoscaling");
     AutoscalingSpec out;
@@ -704,6 +705,7 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::EndMap << YAML::EndMap;
     if (s.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *s.min_replicas;
     out << YAML::Key << "idleTimeout" << YAML::Value << fmt::format("{}s", s.idle_timeout_s);
+    out << YAML::Key << "warmNodes" << YAML::Value << s.warm_nodes;
     if (s.autoscaling) {
       const AutoscalingSpec& a = *s.autoscaling;
       out << YAML::Key << "autoscaling" << YAML::Value << YAML::BeginMap;

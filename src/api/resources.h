@@ -98,6 +98,10 @@ struct InferenceServiceSpec {
   // requests; a request arriving then starts `replicas` again.
   std::optional<uint32_t> min_replicas;
   double idle_timeout_s = 300;
+  // Nodes that keep the model staged while the service has no replica
+  // (spec.warmNodes), so that scale-from-zero pays load time, not download
+  // time. 0: staged only when a replica needs it.
+  uint32_t warm_nodes = 1;
   GpuRequirements gpu;
   RoutingSpec routing;
   std::optional<AutoscalingSpec> autoscaling;

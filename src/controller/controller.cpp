@@ -208,7 +208,8 @@ std::optional<fs::path> Controller::prepare_model(const api::Model& model, std::
   // staging is tried again after 30 s.
   auto progress = options_.agent->progress(model.metadata.name);
   if (!progress || progress->source != source ||
-      (progress->state == agent::StageState::kFailed && progress->elapsed_s > 30))
+      (progress->state == agent::StageState::kFailed && progress->elapsed_s > 30) ||
+      (progress->state == agent::StageState::kReady && !fs::exists(progress->dir, ec)))
     progress = options_.agent->stage(model.metadata.name, source);
   switch (progress->state) {
     case agent::StageState::kReady:
@@ -547,6 +548,16 @@ void Controller::reconcile() {
       }
     }
     ++it;
+  }
+  // Warm weights: a service's model stays staged even with no replica, so
+  // that scale-from-zero pays load time, not download time. Staged-but-idle
+  // models are not touched here, so they are the least recently used ones
+  // when the cache needs room (evicted first, staged again next pass).
+  for (const auto& [name, svc] : services_) {
+    if (svc.spec.warm_nodes == 0) continue;
+    auto model = store_.get("Model", svc.spec.model);
+    std::string why;
+    if (model) prepare_model(std::get<api::Model>(*model), why);
   }
   if (options_.agent) {
     // The models running engines read are not evicted (and count as used now).

@@ -650,3 +650,64 @@ http {{
 
 }  // namespace
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+namespace {
+
+std::string remote_service(const std::string& origin_url, int warm_nodes) {
+  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: remote}}
+spec: {{source: "{}/files/"}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: remote
+  replicas: 1
+  minReplicas: 0
+  idleTimeout: 1h
+  warmNodes: {}
+  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
+)",
+                     origin_url, warm_nodes);
+}
+
+// A service that may sit at zero keeps its weights staged: they are fetched
+// before the first request, which then pays only the engine's load.
+TEST(AgentInUp, WarmWeightsAreStagedBeforeTheFirstRequest) {
+  Origin origin;
+  model_origin(origin, 1 << 20, 7);
+  origin.files["model.safetensors.index.json"] =
+      R"({"weight_map":{"a":"model-00001-of-00002.safetensors",)"
+      R"("b":"model-00002-of-00002.safetensors"}})";
+  {
+    auto up = Up::start(remote_service(origin.url(), 1));
+    json models;
+    for (int i = 0; i < 500; ++i) {
+      auto r = http::fetch({.port = up->admin_port(), .target = "/agent/v1/models"});
+      ASSERT_TRUE(r.ok());
+      models = json::parse(r->body);
+      if (!models["models"].empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(models["models"].size(), 1u) << models.dump();
+    EXPECT_EQ(models["models"][0]["in_use"], 0);  // no replica: staged, idle
+    EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 0u);
+    const uint64_t staged = origin.egress;
+    EXPECT_GE(staged, origin.total() - 4096);
+    origin.egress = 0;
+  }
+  {  // warmNodes: 0 -- nothing moves until a replica needs it
+    auto up = Up::start(remote_service(origin.url(), 0));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto r = http::fetch({.port = up->admin_port(), .target = "/agent/v1/models"});
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE(json::parse(r->body)["stagings"].empty()) << r->body;
+    EXPECT_EQ(origin.egress.load(), 0u);
+  }
+}
+
+}  // namespace
+}  // namespace loadstar::testing
