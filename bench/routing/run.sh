@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
-replay=build/release/bench/routing_replay
-cmake --build --preset release --target loadstar routing_replay >/dev/null
+replay=build/release/bench/trace_replay
+cmake --build --preset release --target loadstar trace_replay >/dev/null
 requests=${REQUESTS:-1500}
 replicas=${REPLICAS:-4}
 scale=${TIME_SCALE:-5}

@@ -1,6 +1,12 @@
-// bench/routing: replays the Mooncake conversation trace through the
-// gateway, open loop, and reports TTFT percentiles, output throughput and the
-// engines' prefix-cache hit rate.
+// trace_replay: replays a production trace through the gateway, open loop,
+// and reports TTFT percentiles and SLO attainment, output throughput, the
+// engines' prefix-cache hit rate, and what the run cost: GPU-seconds and
+// cold starts from loadstar up's metrics. Used by bench/routing (the
+// Mooncake trace) and bench/autoscale (the Azure LLM trace).
+//
+// Traces: Mooncake's JSON lines (timestamp ms, input_length, output_length,
+// hash_ids), or Azure's CSV (TIMESTAMP, ContextTokens, GeneratedTokens),
+// whose prompts share nothing (each request gets its own block ids).
 //
 // Prompts: each of a request's hash_ids names one 512-token block; the block
 // is made of vocabulary words drawn from a generator seeded by the id, so
@@ -13,8 +19,9 @@
 // see the trace's arrival rate times `rate` in model time. Latencies are
 // reported in model seconds (wall seconds * S).
 //
-//   routing_replay --trace T --requests N --rate R --time-scale S
-//                  --gateway-port P --admin-port A [--model chat]
+//   trace_replay --trace T --requests N --rate R --time-scale S
+//                --gateway-port P --admin-port A [--model chat]
+//                [--skip-seconds X] [--slo-ttft S]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -88,7 +95,8 @@ double percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
-double scrape(uint16_t port, const std::string& name) {
+// The sum of the samples of `name` whose line contains `labels`.
+double scrape(uint16_t port, const std::string& name, const std::string& labels = "") {
   auto r = loadstar::http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
   if (!r.ok()) {
     fmt::print(stderr, "scrape :{}: {}\n", port, r.error().message);
@@ -102,7 +110,8 @@ double scrape(uint16_t port, const std::string& name) {
     const std::string line = r->body.substr(pos, end - pos);
     const size_t space = line.rfind(' ');
     if (line.compare(0, name.size(), name) == 0 &&
-        (line[name.size()] == '{' || line[name.size()] == ' '))
+        (line[name.size()] == '{' || line[name.size()] == ' ') &&
+        line.find(labels) != std::string::npos)
       sum += std::stod(line.substr(space + 1));
   }
   return sum;
@@ -138,13 +147,18 @@ int summarize(const std::string& path) {
 
 int main(int argc, char** argv) {
   if (argc == 3 && std::string(argv[1]) == "--summarize") return summarize(argv[2]);
-  CLI::App app{"Replay the Mooncake trace through the Loadstar gateway"};
+  CLI::App app{"Replay the Mooncake or Azure trace through the Loadstar gateway"};
   std::string trace_path, model = "chat", label = "run";
   size_t requests = 1000;
   double rate = 1, time_scale = 10, max_input = 32768;
   uint16_t gateway_port = 0, admin_port = 0;
   unsigned threads = 400;
-  app.add_option("--trace", trace_path, "mooncake_conversation_trace.jsonl")->required();
+  double skip_s = 0, slo_ttft_s = 0;
+  app.add_option("--trace", trace_path,
+                 "mooncake_conversation_trace.jsonl or AzureLLMInferenceTrace_conv.csv")
+      ->required();
+  app.add_option("--skip-seconds", skip_s, "Start this many trace seconds in");
+  app.add_option("--slo-ttft", slo_ttft_s, "TTFT SLO in model seconds (report attainment)");
   app.add_option("--requests", requests, "Requests from the start of the trace");
   app.add_option("--rate", rate, "Arrival rate relative to the trace's");
   app.add_option("--time-scale", time_scale, "The engines' --time-scale");
@@ -165,13 +179,34 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::string line;
+    const bool azure = trace_path.ends_with(".csv");
+    double azure_first = -1;
+    uint64_t index = 0;
+    if (azure) std::getline(in, line);  // header
     while (trace.size() < requests && std::getline(in, line)) {
-      json j = json::parse(line);
       TraceRequest r;
-      r.at_s = j["timestamp"].get<double>() / 1000;
-      r.input_tokens = j["input_length"];
-      r.output_tokens = std::max<uint32_t>(1, j["output_length"].get<uint32_t>());
-      r.hash_ids = j["hash_ids"].get<std::vector<uint64_t>>();
+      if (azure) {  // 2023-11-16 18:15:46.6805900,374,44
+        int hh = 0, mm = 0;
+        double ss = 0;
+        uint32_t ctx = 0, gen = 0;
+        if (std::sscanf(line.c_str(), "%*d-%*d-%*d %d:%d:%lf,%u,%u", &hh, &mm, &ss, &ctx, &gen) != 5)
+          continue;
+        double t = hh * 3600 + mm * 60 + ss;
+        if (azure_first < 0) azure_first = t;
+        r.at_s = t - azure_first;
+        r.input_tokens = std::max<uint32_t>(1, ctx);
+        r.output_tokens = std::max<uint32_t>(1, gen);
+        ++index;
+        for (uint32_t b = 0; b * kBlockTokens < r.input_tokens; ++b)
+          r.hash_ids.push_back((index << 20) + b);
+      } else {
+        json j = json::parse(line);
+        r.at_s = j["timestamp"].get<double>() / 1000;
+        r.input_tokens = j["input_length"];
+        r.output_tokens = std::max<uint32_t>(1, j["output_length"].get<uint32_t>());
+        r.hash_ids = j["hash_ids"].get<std::vector<uint64_t>>();
+      }
+      if (r.at_s < skip_s) continue;
       if (r.input_tokens > max_input) {
         ++skipped;
         continue;
@@ -179,6 +214,11 @@ int main(int argc, char** argv) {
       trace.push_back(std::move(r));
     }
   }
+  // What the run costs, as loadstar up counts it (wall seconds there).
+  const double gpu_seconds_before =
+      scrape(gateway_port, "loadstar_scheduler_queue_gpu_seconds_total", "queue=\"default\"");
+  const double cold_starts_before =
+      scrape(gateway_port, "loadstar_cold_start_phase_seconds_count", "phase=\"total\"");
   const double speed = time_scale * rate;  // trace seconds per wall second
 
   struct Result {
@@ -280,6 +320,15 @@ int main(int argc, char** argv) {
                                       scrape(port, "vllm:time_to_first_token_seconds_count")}});
     }
   const double model_span = last_end * time_scale;
+  size_t within_slo = 0;
+  for (double t : ttft) within_slo += t <= slo_ttft_s;
+  const double gpu_seconds =
+      time_scale *
+      (scrape(gateway_port, "loadstar_scheduler_queue_gpu_seconds_total", "queue=\"default\"") -
+       gpu_seconds_before);
+  const double cold_starts =
+      scrape(gateway_port, "loadstar_cold_start_phase_seconds_count", "phase=\"total\"") -
+      cold_starts_before;
   json report = {
       {"label", label},
       {"requests", trace.size()},
@@ -290,6 +339,11 @@ int main(int argc, char** argv) {
       {"ttft_p50_s", percentile(ttft, 0.5)},
       {"ttft_p90_s", percentile(ttft, 0.9)},
       {"ttft_p99_s", percentile(ttft, 0.99)},
+      {"slo_ttft_s", slo_ttft_s},
+      {"slo_attainment", trace.empty() ? 0.0 : static_cast<double>(within_slo) / trace.size()},
+      {"gpu_seconds", gpu_seconds},
+      {"cold_starts", cold_starts},
+      {"trace_seconds", trace.empty() ? 0.0 : trace.back().at_s - trace.front().at_s},
       {"output_tokens_per_s", model_span > 0 ? tokens / model_span : 0},
       {"prefix_cache_hit_rate", queries > 0 ? hits / queries : 0},
       {"preemptions", preemptions},

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# bench/autoscale/run.sh: the Azure LLM conversation trace, time-compressed,
+# against engine-sim replicas on a fixed GPU inventory, under five policies:
+#   static-peak   replicas for the peak, always on
+#   static-mean   replicas for the mean, always on
+#   keda-like     queue length (waiting per replica), 30 s polling window,
+#                 300 s cooldown before scaling down
+#   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
+#   loadstar      TTFT p90 against the SLO plus in-flight and waiting, 60 s /
+#                 6 s windows, 30 s scale-down stabilization
+# Windows are in trace (model) seconds and divided by TIME_SCALE for the
+# wall-clock controller. Every replica start loads a real synthetic model
+# (SIZE) through the fast loader, so cold starts cost real I/O.
+# Reported per policy: TTFT SLO attainment, GPU-seconds (model time), cold
+# starts, TTFT p50/p90/p99.
+#   bench/autoscale/run.sh        (from the repository root)
+# Environment: REQUESTS (default 2400: ~10 trace minutes), SKIP (trace seconds to skip, 0),
+# RATE (multiple of the trace's rate, 1), TIME_SCALE (5), SLO (TTFT SLO in
+# model seconds, 2), PEAK (replicas for static-peak and max, 4), MEAN (2),
+# SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
+# MAX_SEQS (16), POLICIES.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=build/release/loadstar
+replay=build/release/bench/trace_replay
+cmake --build --preset release --target loadstar trace_replay >/dev/null
+requests=${REQUESTS:-2400}
+skip=${SKIP:-0}
+rate=${RATE:-1}
+scale=${TIME_SCALE:-5}
+slo=${SLO:-2}
+peak=${PEAK:-4}
+mean=${MEAN:-2}
+size=${SIZE:-512MiB}
+port=${PORT:-18280}
+admin=$((port + 10))
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+w() { echo "scale=3; $1 / $scale" | bc | sed 's/^\./0./'; }  # model seconds -> wall "Ns"
+
+policy_spec() {
+  case $1 in
+    static-peak) echo "replicas: $peak" ;;
+    static-mean) echo "replicas: $mean" ;;
+    keda-like) cat <<Y
+replicas: 1
+autoscaling:
+    maxReplicas: $peak
+    targets: {waitingPerReplica: 2}
+    stableWindow: $(w 30)s
+    panicWindow: $(w 30)s
+    scaleDownStabilization: $(w 300)s
+Y
+    ;;
+    knative-like) cat <<Y
+replicas: 1
+autoscaling:
+    maxReplicas: $peak
+    targets: {inFlightPerReplica: 16}
+    stableWindow: $(w 60)s
+    panicWindow: $(w 6)s
+    scaleDownStabilization: $(w 0)s
+Y
+    ;;
+    loadstar) cat <<Y
+replicas: 1
+autoscaling:
+    maxReplicas: $peak
+    targets: {ttftP90: $(w "$slo * 0.5")s, inFlightPerReplica: 16, waitingPerReplica: 2}
+    stableWindow: $(w 60)s
+    panicWindow: $(w 6)s
+    scaleDownStabilization: $(w 30)s
+Y
+    ;;
+  esac
+}
+
+results="$work/results.jsonl"
+for policy in ${POLICIES:-static-peak static-mean keda-like knative-like loadstar}; do
+  cat > "$work/bench.yaml" <<YAML
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: bench}
+spec: {source: "synth://bench", size: $size}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {name: box}
+spec: {cpu: 64, memory: 256Gi, gpus: [{model: H100-80GB, memory: 80Gi, count: $peak}]}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: bench
+  resources: {gpu: {count: 1}}
+  engine:
+    name: engine-sim
+    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "${MAX_SEQS:-16}", "--max-model-len", "16384",
+           "--log-level", "warn"]
+  $(policy_spec "$policy" | sed '2,$s/^/  /')
+YAML
+  rm -rf "$work/data/state"
+  $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
+    --log-level warn > "$work/up.log" 2>&1 &
+  up_pid=$!
+  want=1
+  case $policy in static-peak) want=$peak ;; static-mean) want=$mean ;; esac
+  for _ in $(seq 1200); do
+    ready=$(curl -sf "http://127.0.0.1:$admin/api/v1/services" 2>/dev/null |
+            grep -o '"ready":[0-9]*' | head -1 | cut -d: -f2 || true)
+    [ "${ready:-0}" -ge "$want" ] && break
+    sleep 0.1
+  done
+  [ "${ready:-0}" -ge "$want" ] || { cat "$work/up.log"; exit 1; }
+  echo "== $policy" >&2
+  $replay --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --requests "$requests" \
+    --max-input 16000 --skip-seconds "$skip" --rate "$rate" --time-scale "$scale" --slo-ttft "$slo" \
+    --gateway-port "$port" --admin-port "$admin" --label "$policy" | tee -a "$results" || true
+  kill -TERM $up_pid; wait $up_pid || true
+done
+python3 - "$results" "$peak" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peak = next((r["gpu_seconds"] for r in runs if r["label"] == "static-peak"), None)
+print(f"\n{'policy':<14} {'SLO met':>8} {'GPU-s':>9} {'vs peak':>8} {'cold':>5} {'TTFT p50':>9} {'p90':>8} {'p99':>8} {'failed':>7}")
+for r in runs:
+    rel = f"{r['gpu_seconds'] / peak:.2f}" if peak else "-"
+    print(f"{r['label']:<14} {100 * r['slo_attainment']:>7.2f}% {r['gpu_seconds']:>9.0f} {rel:>8} "
+          f"{r['cold_starts']:>5.0f} {r['ttft_p50_s']:>8.3f}s {r['ttft_p90_s']:>7.3f}s {r['ttft_p99_s']:>7.3f}s {r['failed']:>7}")
+print(f"(SLO: TTFT <= {runs[0]['slo_ttft_s']}s model time; {runs[0]['requests']} requests over "
+      f"{runs[0]['trace_seconds']:.0f} trace seconds)")
+PY
