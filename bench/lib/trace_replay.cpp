@@ -189,7 +189,8 @@ int main(int argc, char** argv) {
         int hh = 0, mm = 0;
         double ss = 0;
         uint32_t ctx = 0, gen = 0;
-        if (std::sscanf(line.c_str(), "%*d-%*d-%*d %d:%d:%lf,%u,%u", &hh, &mm, &ss, &ctx, &gen) != 5)
+        if (std::sscanf(line.c_str(), "%*d-%*d-%*d %d:%d:%lf,%u,%u", &hh, &mm, &ss, &ctx, &gen) !=
+            5)
           continue;
         double t = hh * 3600 + mm * 60 + ss;
         if (azure_first < 0) azure_first = t;
