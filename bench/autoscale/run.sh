@@ -6,8 +6,10 @@
 #   keda-like     queue length (waiting per replica), 30 s polling window,
 #                 300 s cooldown before scaling down
 #   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
-#   loadstar      TTFT p90 against the SLO plus in-flight and waiting, 60 s /
-#                 6 s windows, 30 s scale-down stabilization
+#   loadstar      TTFT p90 against the SLO plus in-flight (12) and waiting,
+#                 60 s / 6 s windows, panic at 1.2x the target, 30 s
+#                 scale-down stabilization (tuned on the first 2,400
+#                 requests; compare on another slice: SKIP=1800)
 # Windows are in trace (model) seconds and divided by TIME_SCALE for the
 # wall-clock controller. Every replica start loads a real synthetic model
 # (SIZE) through the fast loader, so cold starts cost real I/O.
@@ -66,7 +68,8 @@ Y
 replicas: 1
 autoscaling:
     maxReplicas: $peak
-    targets: {ttftP90: $(w "$slo * 0.5")s, inFlightPerReplica: 16, waitingPerReplica: 2}
+    targets: {ttftP90: $(w "$slo * 0.5")s, inFlightPerReplica: 12, waitingPerReplica: 2}
+    panicThreshold: 1.2
     stableWindow: $(w 60)s
     panicWindow: $(w 6)s
     scaleDownStabilization: $(w 30)s
