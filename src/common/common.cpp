@@ -26,6 +26,10 @@ const char* error_code_name(ErrorCode code) {
       return "corrupt";
     case ErrorCode::kCancelled:
       return "cancelled";
+    case ErrorCode::kConflict:
+      return "conflict";
+    case ErrorCode::kExpired:
+      return "expired";
     case ErrorCode::kInternal:
       return "internal";
   }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -15,6 +16,11 @@ std::string hex_encode(std::string_view bytes);
 
 // HMAC-SHA256 of `data` under `key`, as 32 raw bytes.
 std::string hmac_sha256(std::string_view key, std::string_view data);
+
+// Standard base64 (RFC 4648, with padding); decode ignores whitespace and
+// fails on anything else that is not base64.
+std::string base64_encode(std::string_view bytes);
+std::optional<std::string> base64_decode(std::string_view text);
 
 // Incremental SHA-256 for data that arrives in pieces.
 class Sha256 {

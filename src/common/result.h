@@ -21,6 +21,8 @@ enum class ErrorCode {
   kIo,                 // the file system or network failed
   kCorrupt,            // bytes on disk or on the wire are not what they claim
   kCancelled,
+  kConflict,  // the object changed since it was read (optimistic concurrency); re-read, retry
+  kExpired,   // a version or token is too old to continue from (Kubernetes' 410 Gone)
   kInternal,
 };
 

@@ -127,7 +127,17 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
     co_return;
   }
   asio::ssl::context tls(asio::ssl::context::tls_client);
-  tls.set_default_verify_paths();
+  if (request.ca_pem.empty()) {
+    tls.set_default_verify_paths();
+  } else {
+    boost::system::error_code cec;
+    tls.add_certificate_authority(asio::buffer(request.ca_pem), cec);
+    if (cec) {
+      *error = make_error(ErrorCode::kInvalidArgument, "the CA bundle for {} is not PEM: {}",
+                          request.host, cec.message());
+      co_return;
+    }
+  }
   tls.set_verify_mode(asio::ssl::verify_peer);
   beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), tls);
   SSL_set_tlsext_host_name(stream.native_handle(), request.host.c_str());
@@ -152,7 +162,20 @@ Result<ClientResponse> run(const ClientRequest& request,
   ClientResponse response;
   std::optional<Error> error;
   asio::co_spawn(ctx, exchange(request, std::move(on_data), &response, &error), asio::detached);
-  ctx.run_for(std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000)));
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
+  if (!request.cancel) {
+    ctx.run_until(deadline);
+  } else {
+    while (!ctx.stopped() && std::chrono::steady_clock::now() < deadline) {
+      if (request.cancel->load()) {
+        return make_error(ErrorCode::kCancelled, "{} {}:{}{} cancelled", request.method,
+                          request.host, request.port, request.target);
+      }
+      ctx.run_for(std::chrono::milliseconds(100));
+    }
+  }
   if (!ctx.stopped()) {
     return make_error(ErrorCode::kUnavailable, "{} {}:{}{} timed out after {}s", request.method,
                       request.host, request.port, request.target, request.timeout_s);

@@ -5,6 +5,7 @@
 // server against the system's CAs (SSL_CERT_FILE overrides, as in OpenSSL).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -28,6 +29,11 @@ struct ClientRequest {
   double timeout_s = 30;       // the whole exchange
   double stall_timeout_s = 0;  // > 0: fail when no byte arrives for this long
   bool tls = false;
+  // With tls: trust exactly this CA bundle (PEM) instead of the system's.
+  std::string ca_pem;
+  // Polled while the exchange runs; set, it ends with kCancelled (a long
+  // watch can be stopped from another thread).
+  const std::atomic<bool>* cancel = nullptr;
   // Called once the status line and headers are in, before any body byte.
   std::function<void(const ClientResponse&)> on_headers;
 };

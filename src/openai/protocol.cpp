@@ -48,6 +48,9 @@ ApiError to_api_error(const Error& error, std::string param) {
     case ErrorCode::kNotFound:
       api.status = 404;
       break;
+    case ErrorCode::kConflict:
+      api.status = 409;
+      break;
     case ErrorCode::kResourceExhausted:
     case ErrorCode::kUnavailable:
       api.status = 503;

@@ -1,0 +1,151 @@
+#include "kube/informer.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace loadstar::kube {
+
+std::string object_key(const json& object) {
+  const json& meta = object.contains("metadata") ? object["metadata"] : json::object();
+  const std::string name = meta.value("name", std::string());
+  const std::string ns = meta.value("namespace", std::string());
+  return ns.empty() ? name : ns + "/" + name;
+}
+
+void ObjectCache::replace(const json& list) {
+  objects_.clear();
+  if (list.contains("items") && list["items"].is_array())
+    for (const auto& item : list["items"]) objects_[object_key(item)] = item;
+  resource_version_ = list.contains("metadata")
+                          ? list["metadata"].value("resourceVersion", std::string())
+                          : std::string();
+}
+
+Status ObjectCache::apply(const WatchEvent& event) {
+  if (event.type == "ERROR") {
+    const int code = event.object.value("code", 0);
+    return Error{error_code_for_status(code),
+                 fmt::format("watch error {}: {}", code, event.object.value("message", ""))};
+  }
+  const json& meta = event.object.contains("metadata") ? event.object["metadata"] : json::object();
+  const std::string version = meta.value("resourceVersion", std::string());
+  if (event.type == "ADDED" || event.type == "MODIFIED") {
+    objects_[object_key(event.object)] = event.object;
+  } else if (event.type == "DELETED") {
+    objects_.erase(object_key(event.object));
+  } else if (event.type != "BOOKMARK") {
+    return make_error(ErrorCode::kCorrupt, "watch event of unknown type '{}'", event.type);
+  }
+  if (!version.empty()) resource_version_ = version;
+  return ok_status();
+}
+
+Informer::Informer(const Client& client, std::string collection, std::string label_selector,
+                   double watch_timeout_s)
+    : client_(client),
+      collection_(std::move(collection)),
+      selector_(std::move(label_selector)),
+      watch_timeout_s_(watch_timeout_s) {}
+
+Informer::~Informer() {
+  stop();
+}
+
+void Informer::start(std::function<void()> on_change) {
+  on_change_ = std::move(on_change);
+  thread_ = std::thread([this] { run(); });
+}
+
+void Informer::stop() {
+  stopping_ = true;
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool Informer::wait_synced(double timeout_s) const {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)),
+                      [this] { return synced_.load() || stopping_.load(); }) &&
+         synced_.load();
+}
+
+std::vector<json> Informer::items() const {
+  std::lock_guard lock(mu_);
+  std::vector<json> out;
+  out.reserve(cache_.objects().size());
+  for (const auto& [key, object] : cache_.objects()) out.push_back(object);
+  return out;
+}
+
+std::optional<json> Informer::get(const std::string& key) const {
+  std::lock_guard lock(mu_);
+  auto it = cache_.objects().find(key);
+  if (it == cache_.objects().end()) return std::nullopt;
+  return it->second;
+}
+
+void Informer::sleep_backoff(double& backoff_s) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(backoff_s * 1000)),
+               [this] { return stopping_.load(); });
+  backoff_s = std::min(backoff_s * 2, 5.0);
+}
+
+void Informer::run() {
+  double backoff_s = 0.2;
+  while (!stopping_) {
+    auto list = client_.list(collection_, selector_);
+    if (!list.ok()) {
+      spdlog::warn("informer {}: list failed: {}", collection_, list.error().message);
+      sleep_backoff(backoff_s);
+      continue;
+    }
+    {
+      std::lock_guard lock(mu_);
+      cache_.replace(*list);
+      synced_ = true;
+    }
+    ++relists_;
+    cv_.notify_all();
+    if (on_change_) on_change_();
+    backoff_s = 0.2;
+    // Watch from the version seen last, until the version expires.
+    while (!stopping_) {
+      std::string version;
+      {
+        std::lock_guard lock(mu_);
+        version = cache_.resource_version();
+      }
+      Status event_error = ok_status();
+      Status st = client_.watch(
+          collection_, version, watch_timeout_s_, selector_,
+          [&](const WatchEvent& event) {
+            {
+              std::lock_guard lock(mu_);
+              event_error = cache_.apply(event);
+            }
+            if (!event_error.ok()) return false;
+            if (event.type != "BOOKMARK" && on_change_) on_change_();
+            return true;
+          },
+          &stopping_);
+      if (!event_error.ok()) st = event_error;
+      if (st.ok()) {
+        backoff_s = 0.2;
+        continue;
+      }
+      if (st.error().code == ErrorCode::kCancelled) return;
+      if (st.error().code == ErrorCode::kExpired) {
+        spdlog::info("informer {}: {}; listing again", collection_, st.error().message);
+        break;
+      }
+      spdlog::warn("informer {}: watch broke: {}; resuming from version {}", collection_,
+                   st.error().message, version);
+      sleep_backoff(backoff_s);
+    }
+  }
+}
+
+}  // namespace loadstar::kube
