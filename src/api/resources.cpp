@@ -1,5 +1,6 @@
 #include "api/resources.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -9,6 +10,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "api/cost_expression.h"
+#include "api/schema.h"
 #include "common/strings.h"
 #include "common/units.h"
 
@@ -26,6 +28,9 @@ const ObjectMeta& metadata_of(const Resource& resource) {
 }
 
 namespace {
+
+// While decoder_field_paths() runs: every field path the decoder asks for.
+thread_local std::vector<std::string>* g_field_log = nullptr;
 
 // Collects errors for one document; every message says where.
 class Decoder {
@@ -64,6 +69,7 @@ class MapReader {
 
   YAML::Node get(const char* key) {
     known_.insert(key);
+    if (g_field_log) log_field(field(key));
     if (!ok_) return YAML::Node();
     return node_[key];
   }
@@ -165,6 +171,18 @@ class MapReader {
     }
     out = *bytes;
     return true;
+  }
+
+  static void log_field(const std::string& path) {
+    std::string out;  // list indexes as "[]"
+    for (size_t i = 0; i < path.size(); ++i) {
+      out.push_back(path[i]);
+      if (path[i] == '[') {
+        while (i + 1 < path.size() && path[i + 1] != ']') ++i;
+      }
+    }
+    if (std::find(g_field_log->begin(), g_field_log->end(), out) == g_field_log->end())
+      g_field_log->push_back(out);
   }
 
   void finish() {
@@ -650,6 +668,14 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
     return Error{ErrorCode::kInvalidArgument, all};
   }
   return resources;
+}
+
+std::vector<std::string> decoder_field_paths(std::string_view yaml_text) {
+  std::vector<std::string> paths;
+  g_field_log = &paths;
+  (void)decode_resources(yaml_text, "schema-probe");
+  g_field_log = nullptr;
+  return paths;
 }
 
 Result<std::vector<Resource>> load_resource_file(const std::string& path) {

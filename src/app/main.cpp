@@ -33,6 +33,8 @@ const std::vector<Command>& command_table() {
       {"model", "Model files: synth (write a synthetic safetensors model), inspect",
        loadstar::app::setup_model},
       {"validate", "Check resource files and report every error", loadstar::app::setup_validate},
+      {"crds", "Print the CustomResourceDefinitions of Loadstar's resources (Kubernetes mode)",
+       loadstar::app::setup_crds},
       {"apikey", "Make an API key for a Tenant and print its SHA-256 digest",
        loadstar::app::setup_apikey},
       {"sim", "Trace-driven simulations of the scheduler (schedule, queues)",

@@ -1,6 +1,11 @@
+#include <fstream>
+#include <set>
+#include <sstream>
+
 #include <gtest/gtest.h>
 
 #include "api/resources.h"
+#include "api/schema.h"
 #include "common/units.h"
 
 namespace loadstar::api {
@@ -476,6 +481,69 @@ spec:
         "spec.autoscaling.targets.queue: unknown field",
         "spec.autoscaling.panicWindow: must not be longer than stableWindow"})
     EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
+}
+
+// A document holding every field of a schema (values need not be valid: the
+// decoder asks for its fields whatever it finds).
+void probe_fields(const std::vector<Field>& fields, int indent, std::string& out) {
+  const std::string pad(indent, ' ');
+  for (const Field& field : fields) {
+    out += pad + field.name + ":";
+    switch (field.type) {
+      case FieldType::kObject:
+        out += "\n";
+        probe_fields(field.fields, indent + 2, out);
+        break;
+      case FieldType::kList: {
+        std::string item;
+        probe_fields(field.fields, indent + 4, item);
+        out += "\n" + pad + "  - " + item.substr(indent + 4);
+        break;
+      }
+      case FieldType::kStrings:
+        out += " [x]\n";
+        break;
+      case FieldType::kStringMap:
+        out += " {a: b}\n";
+        break;
+      default:
+        out += " 1\n";
+    }
+  }
+}
+
+TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {
+  ASSERT_EQ(kind_schemas().size(), 5u);  // every kind but Node
+  for (const KindSchema& kind : kind_schemas()) {
+    std::string doc = fmt::format("apiVersion: loadstar.dev/v1alpha1\nkind: {}\n"
+                                  "metadata: {{name: probe}}\nspec:\n",
+                                  kind.kind);
+    probe_fields(kind.spec, 2, doc);
+    std::set<std::string> decoded, declared;
+    for (const auto& p : decoder_field_paths(doc))
+      if (p.starts_with("spec.")) decoded.insert(p);
+    for (const auto& p : field_paths(kind)) declared.insert(p);
+    for (const auto& p : decoded)
+      EXPECT_TRUE(declared.count(p)) << kind.kind << ": the decoder reads " << p
+                                     << ", which the CRD schema lacks";
+    for (const auto& p : declared)
+      EXPECT_TRUE(decoded.count(p)) << kind.kind << ": the CRD schema has " << p
+                                    << ", which the decoder does not read";
+  }
+}
+
+TEST(Schema, DeployCrdsAreGenerated) {
+  // deploy/crds/ is what `loadstar crds` prints; regenerate it after a
+  // schema change (`loadstar crds --dir deploy/crds`).
+  for (const KindSchema& kind : kind_schemas()) {
+    const std::string path = std::string(LOADSTAR_SOURCE_DIR) + "/deploy/crds/" + kind.plural +
+                             "." + kGroup + ".yaml";
+    std::ifstream in(path);
+    ASSERT_TRUE(in) << path;
+    std::stringstream text;
+    text << in.rdbuf();
+    EXPECT_EQ(text.str(), crd_yaml(kind)) << path << " is stale: run `loadstar crds --dir deploy/crds`";
+  }
 }
 
 }  // namespace
