@@ -23,6 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kManifestFile = ".loadstar-manifest.json";
+constexpr const char* kCurrentLink = "current";  // models/NAME/current -> the newest version
 
 Error errno_error(std::string_view what, const fs::path& path) {
   const int e = errno;
@@ -251,6 +252,7 @@ Status Cache::scan() {
     const std::string name = model.path().filename().string();
     for (const auto& version : fs::directory_iterator(model.path(), ec)) {
       const std::string v = version.path().filename().string();
+      if (v == kCurrentLink) continue;
       if (v.starts_with(".")) {  // an interrupted publish or eviction
         fs::remove_all(version.path(), ec);
         continue;
@@ -354,9 +356,19 @@ Result<fs::path> Cache::publish(const std::string& name, const Manifest& manifes
   // Older versions of the model go unless an engine still uses them.
   if (!(in_use_.count(name) && in_use_[name] > 0)) {
     for (const auto& old : fs::directory_iterator(model_dir, ec))
-      if (old.path() != final_dir && !old.path().filename().string().starts_with(".tmp"))
+      if (old.path() != final_dir && !old.path().filename().string().starts_with(".tmp") &&
+          old.path().filename() != kCurrentLink)
         fs::remove_all(old.path(), ec);
   }
+  // models/NAME/current -> VERSION (relative, so it holds under any mount
+  // point): engines started with /models/NAME/current read the newest.
+  const fs::path link_tmp = model_dir / fmt::format(".tmp-current-{}", ::getpid());
+  fs::remove(link_tmp, ec);
+  fs::create_directory_symlink(version, link_tmp, ec);
+  if (!ec) fs::rename(link_tmp, model_dir / kCurrentLink, ec);
+  if (ec)
+    spdlog::warn("cache: cannot point {}/current at {}: {}", model_dir.string(), version,
+                 ec.message());
   CachedModel m;
   m.name = name;
   m.version = version;

@@ -290,8 +290,8 @@ std::string crd_yaml(const KindSchema& kind) {
   for (const char* key : {"apiVersion", "kind"})
     e << YAML::Key << key << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
       << YAML::Value << "string" << YAML::EndMap;
-  e << YAML::Key << "metadata" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key
-    << "type" << YAML::Value << "object" << YAML::EndMap;
+  e << YAML::Key << "metadata" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
+    << YAML::Value << "object" << YAML::EndMap;
   e << YAML::Key << "spec" << YAML::Value << YAML::BeginMap;
   emit_properties(e, kind.spec);
   e << YAML::EndMap;
@@ -300,9 +300,9 @@ std::string crd_yaml(const KindSchema& kind) {
   e << YAML::Key << "type" << YAML::Value << "object";
   e << YAML::Key << "x-kubernetes-preserve-unknown-fields" << YAML::Value << true;
   e << YAML::EndMap;
-  e << YAML::EndMap;  // properties
-  e << YAML::EndMap;  // openAPIV3Schema
-  e << YAML::EndMap;  // schema
+  e << YAML::EndMap;                  // properties
+  e << YAML::EndMap;                  // openAPIV3Schema
+  e << YAML::EndMap;                  // schema
   e << YAML::EndMap << YAML::EndSeq;  // versions
   e << YAML::EndMap;                  // spec
   e << YAML::EndMap;

@@ -17,6 +17,7 @@
 #include "agent/agent.h"
 #include "api/cost_expression.h"
 #include "common/units.h"
+#include "controller/local_runtime.h"
 #include "http/client.h"
 #include "model/model_dir.h"
 
@@ -50,18 +51,20 @@ struct Controller::Replica {
   std::string service;
   uint32_t index = 0;
   ReplicaState state = ReplicaState::kPending;
-  std::optional<Subprocess> process;
-  fs::path port_file;
+  bool launched = false;   // the runtime has its engine
+  bool stop_sent = false;  // told to stop (Terminating)
+  int pid = 0;
   uint16_t port = 0;
   uint32_t restarts = 0;
   Clock::time_point created = Clock::now();
-  Clock::time_point launched;
+  Clock::time_point launched_at;
   Clock::time_point next_restart;
   Clock::time_point drain_started;
   std::optional<double> start_s;
   std::string message;
   std::shared_ptr<gateway::Endpoint> endpoint;  // set while Ready (and while draining)
-  bool sigterm_sent = false;
+  // An engine taken over at start: its devices, until the scheduler has them.
+  std::optional<std::vector<DeviceShare>> adopted;
   // Placement: submitted to the scheduler, and where it was put.
   bool submitted = false;
   bool placed = false;
@@ -79,6 +82,20 @@ struct Controller::Replica {
 };
 
 namespace {
+// "gpu0,gpu1", "gpu0:500m", "gpu2:3g".
+std::string devices_string(const scheduler::Allocation& a) {
+  std::string out;
+  for (const auto& share : a.shares) {
+    out += fmt::format("{}gpu{}", out.empty() ? "" : ",", share.device);
+    if (share.mig_slices) {
+      out += fmt::format(":{}g", share.mig_slices);
+    } else if (share.milli < scheduler::kMilliPerGpu) {
+      out += fmt::format(":{}m", share.milli);
+    }
+  }
+  return out;
+}
+
 // Bucket bounds of the cold-start histograms, seconds: from a warm start on
 // local disk to a download of a large model.
 constexpr double kColdStartBounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
@@ -110,7 +127,16 @@ void Controller::mark(Replica& r, int event, Clock::time_point at) {
 
 Controller::Controller(ResourceStore& store, ControllerOptions options,
                        std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish)
-    : store_(store), options_(std::move(options)), publish_(std::move(publish)) {}
+    : store_(store), options_(std::move(options)), publish_(std::move(publish)) {
+  runtime_ = options_.runtime;
+  if (!runtime_) {
+    own_runtime_ =
+        std::make_unique<LocalRuntime>(LocalRuntimeOptions{.data_dir = options_.data_dir,
+                                                           .loadstar_bin = options_.loadstar_bin,
+                                                           .agent = options_.agent});
+    runtime_ = own_runtime_.get();
+  }
+}
 
 Controller::~Controller() {
   stop();
@@ -122,7 +148,31 @@ void Controller::start() {
     dirty_ = true;
     wake_.notify_all();
   });
+  {
+    std::lock_guard lock(mu_);
+    adopt_existing();
+  }
   thread_ = std::thread([this] { run(); });
+}
+
+void Controller::adopt_existing() {
+  for (const ExistingEngine& e : runtime_->existing()) {
+    if (replicas_.count(e.replica)) continue;
+    auto r = std::make_unique<Replica>();
+    r->name = e.replica;
+    r->service = e.service;
+    r->index = e.index;
+    r->state = ReplicaState::kStarting;
+    r->launched = true;
+    r->timeline[0] = Clock::now();
+    r->node = e.node;
+    r->adopted = e.shares;
+    r->submitted = false;
+    r->placed = true;  // where it runs; the scheduler is told in schedule_replicas
+    r->message = "taken over from a previous controller";
+    spdlog::info("replica {}: running on {}; taken over", e.replica, e.node);
+    replicas_.emplace(e.replica, std::move(r));
+  }
 }
 
 void Controller::run() {
@@ -133,6 +183,8 @@ void Controller::run() {
     wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(options_.resync_s * 1000)),
                    [this] { return dirty_ || stopping_ || demand_pending_.load(); });
   }
+  // Pods outlive their controller: the next one takes them over.
+  if (runtime_->engines_outlive_controller()) return;
   // Shutdown: every replica drains and stops, as on scale-down.
   for (auto& [name, r] : replicas_) begin_termination(*r);
   publish_if_changed();
@@ -143,14 +195,14 @@ void Controller::run() {
       Replica& r = *it->second;
       const bool drained =
           !r.endpoint || r.endpoint->in_flight.load() == 0 || Clock::now() > deadline;
-      if (drained && r.process && !r.sigterm_sent) {
-        r.process->signal(SIGTERM);
-        r.sigterm_sent = true;
+      if (drained && r.launched && !r.stop_sent) {
+        runtime_->stop(r.name);
+        r.stop_sent = true;
       }
-      if (!r.process || (r.sigterm_sent && !r.process->running())) {
+      if (!r.launched || (r.stop_sent && !runtime_->status(r.name).exists)) {
         it = replicas_.erase(it);
       } else if (Clock::now() > deadline + std::chrono::seconds(5)) {
-        r.process->stop(std::chrono::milliseconds(0));  // SIGKILL
+        runtime_->kill(r.name);
         it = replicas_.erase(it);
       } else {
         ++it;
@@ -173,59 +225,6 @@ void Controller::stop() {
   watch_.reset();
 }
 
-std::optional<fs::path> Controller::prepare_model(const api::Model& model, std::string& message) {
-  // The node agent's cache will live here; until it exists, synth:// models
-  // are written into it and file:// models are used where they are.
-  const fs::path cached = options_.data_dir / "cache" / "models" / model.metadata.name;
-  std::error_code ec;
-  if (fs::exists(cached / "config.json", ec)) return cached;
-  const std::string& source = model.spec.source;
-  if (source.starts_with("synth://")) {
-    spdlog::info("writing synthetic model '{}' ({} bytes) to {}", model.metadata.name,
-                 model.spec.size_bytes.value_or(0), cached.string());
-    model::SynthOptions synth;
-    synth.size_bytes = model.spec.size_bytes.value_or(0);
-    synth.output = cached;
-    synth.name = model.metadata.name;
-    auto report = model::synth_model(synth);
-    if (!report.ok()) {
-      message = "cannot write synthetic model: " + report.error().message;
-      return std::nullopt;
-    }
-    return cached;
-  }
-  if (source.starts_with("file://")) {
-    fs::path path = source.substr(7);
-    if (fs::exists(path / "config.json", ec)) return path;
-    message = fmt::format("model directory {} has no config.json", path.string());
-    return std::nullopt;
-  }
-  if (!options_.agent) {
-    message = fmt::format("fetching {} needs a node agent, and this controller has none", source);
-    return std::nullopt;
-  }
-  // Staged by the agent: ready, or Pending with its progress. A failed
-  // staging is tried again after 30 s.
-  auto progress = options_.agent->progress(model.metadata.name);
-  if (!progress || progress->source != source ||
-      (progress->state == agent::StageState::kFailed && progress->elapsed_s > 30) ||
-      (progress->state == agent::StageState::kReady && !fs::exists(progress->dir, ec)))
-    progress = options_.agent->stage(model.metadata.name, source);
-  switch (progress->state) {
-    case agent::StageState::kReady:
-      return progress->dir;
-    case agent::StageState::kFailed:
-      message = fmt::format("staging {} failed: {}", source, progress->error);
-      return std::nullopt;
-    default:
-      message =
-          fmt::format("staging {}: {} of {} ({} from the origin, {} from peers)", source,
-                      format_bytes(progress->bytes_done), format_bytes(progress->bytes_total),
-                      format_bytes(progress->bytes_origin), format_bytes(progress->bytes_peers));
-      return std::nullopt;
-  }
-}
-
 void Controller::launch(Replica& r) {
   const auto svc_it = services_.find(r.service);
   if (svc_it == services_.end()) return;
@@ -236,61 +235,52 @@ void Controller::launch(Replica& r) {
     r.message = fmt::format("Model '{}' does not exist", svc.spec.model);
     return;
   }
-  if (svc.spec.engine.name != "engine-sim") {
+  EngineLaunch launch;
+  launch.replica = r.name;
+  launch.index = r.index;
+  launch.service = &svc;
+  launch.model = &std::get<api::Model>(*model);
+  launch.node = r.node;
+  launch.devices = r.devices;
+  if (const scheduler::WorkloadStatus* st = scheduler_ ? scheduler_->status(r.name) : nullptr;
+      st && !st->allocations.empty())
+    for (const auto& share : st->allocations.front().shares)
+      launch.shares.push_back({share.device, share.milli, share.mig_slices});
+  Status started = runtime_->launch(launch);
+  if (!started.ok() && started.error().code == ErrorCode::kUnavailable) {
     r.state = ReplicaState::kPending;
-    r.message =
-        fmt::format("engine '{}' cannot run locally yet (engine-sim can)", svc.spec.engine.name);
+    r.message = started.error().message;
     return;
   }
-  std::string why;
-  auto model_dir = prepare_model(std::get<api::Model>(*model), why);
-  if (!model_dir) {
-    r.state = ReplicaState::kPending;
-    r.message = why;
-    return;
-  }
-  mark(r, 2, Clock::now());  // staged
-  const fs::path run_dir = options_.data_dir / "run";
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  r.port_file = run_dir / (r.name + ".port");
-  fs::remove(r.port_file, ec);
-  ProcessOptions p;
-  p.argv = {
-      options_.loadstar_bin, "engine-sim",        "--model", fs::absolute(*model_dir).string(),
-      "--served-model-name", r.service,           "--port",  "0",
-      "--port-file",         r.port_file.string()};
-  for (const auto& a : svc.spec.engine.args) p.argv.push_back(a);
-  p.output_path = (run_dir / (r.name + ".log")).string();
-  auto process = Subprocess::start(p);
-  if (!process.ok()) {
+  if (!started.ok()) {
     r.state = ReplicaState::kFailed;
-    r.message = process.error().message;
+    r.message = started.error().message;
     r.next_restart = Clock::now() + std::chrono::seconds(1);
     return;
   }
-  r.process = std::move(process).value();
+  r.launched = true;
+  r.stop_sent = false;
   r.state = ReplicaState::kStarting;
-  mark(r, 3, Clock::now());  // started
   r.port = 0;
-  r.launched = Clock::now();
+  r.launched_at = Clock::now();
   r.start_s.reset();
-  r.message = "waiting for /health";
-  r.sigterm_sent = false;
-  spdlog::info("replica {}: started engine-sim (pid {})", r.name, r.process->pid());
+  r.message = "starting";
+  observe(r);  // a local engine is staged and started by now
 }
 
 void Controller::observe(Replica& r) {
-  if (r.process && r.state != ReplicaState::kTerminating && !r.process->running()) {
-    const int status = r.process->wait_for(std::chrono::milliseconds(0)).value_or(-1);
+  if (!r.launched) return;
+  const EngineStatus st = runtime_->status(r.name);
+  r.pid = st.pid;
+  if (!st.exists) {
+    r.launched = false;
+    r.pid = 0;
+    if (r.state == ReplicaState::kTerminating) return;
     const double backoff =
         std::min(options_.restart_backoff_max_s,
                  options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
-    r.message =
-        fmt::format("engine exited with status {}; restarting in {:.0f}s (see {}/run/{}.log)",
-                    status, backoff, options_.data_dir.string(), r.name);
+    r.message = fmt::format("{}; restarting in {:.0f}s", st.message, backoff);
     spdlog::warn("replica {}: {}", r.name, r.message);
-    r.process.reset();
     r.endpoint.reset();
     r.port = 0;
     r.state = ReplicaState::kFailed;
@@ -300,31 +290,32 @@ void Controller::observe(Replica& r) {
     mark(r, 1, Clock::now());  // it keeps its place
     return;
   }
+  if (r.state != ReplicaState::kStarting && r.state != ReplicaState::kReady) return;
+  const auto now = Clock::now();
+  if (st.staged) mark(r, 2, now);
+  if (st.started) mark(r, 3, now);
   if (r.state == ReplicaState::kStarting) {
-    std::error_code ec;
-    if (r.port == 0 && fs::exists(r.port_file, ec)) {
-      std::ifstream in(r.port_file);
-      int port = 0;
-      if (in >> port && port > 0 && port < 65536) r.port = static_cast<uint16_t>(port);
+    if (st.ready) {
+      r.state = ReplicaState::kReady;
+      r.port = st.port;
+      r.start_s = std::chrono::duration<double>(now - r.launched_at).count();
+      mark(r, 4, now);  // ready
+      r.message.clear();
+      r.endpoint = std::make_shared<gateway::Endpoint>(r.service, r.name, st.host, st.port);
+      spdlog::info("replica {}: ready at {}:{} after {:.2f}s", r.name, st.host, st.port,
+                   *r.start_s);
+      return;
     }
-    if (r.port != 0) {
-      auto health = http::fetch({.port = r.port, .target = "/health", .timeout_s = 0.25});
-      if (health.ok() && health->status == 200) {
-        r.state = ReplicaState::kReady;
-        r.start_s = std::chrono::duration<double>(Clock::now() - r.launched).count();
-        mark(r, 4, Clock::now());  // ready
-        r.message.clear();
-        r.endpoint = std::make_shared<gateway::Endpoint>(r.service, r.name, "127.0.0.1", r.port);
-        spdlog::info("replica {}: ready on port {} after {:.2f}s", r.name, r.port, *r.start_s);
-        return;
-      }
-      r.message = "loading weights";
-    }
-    if (std::chrono::duration<double>(Clock::now() - r.launched).count() >
-        options_.start_timeout_s) {
+    r.message = st.message;
+    if (std::chrono::duration<double>(now - r.launched_at).count() > options_.start_timeout_s) {
       r.message = "did not become healthy in time";
-      r.process->stop(std::chrono::milliseconds(2000));
+      runtime_->stop(r.name);
     }
+  } else if (!st.ready) {
+    // A ready engine that stopped answering leaves the routing table.
+    r.state = ReplicaState::kStarting;
+    r.endpoint.reset();
+    r.message = st.message.empty() ? "not ready" : st.message;
   }
 }
 
@@ -521,7 +512,6 @@ void Controller::reconcile() {
     if (!services_.count(r->service)) begin_termination(*r);
   std::erase_if(scaling_, [this](const auto& kv) { return !services_.count(kv.first); });
 
-  reap_stopping(now);
   sync_scheduler(nodes, queues);
   schedule_replicas(now);
 
@@ -535,11 +525,12 @@ void Controller::reconcile() {
       const bool drained =
           !r.endpoint || r.endpoint->in_flight.load() == 0 ||
           std::chrono::duration<double>(now - r.drain_started).count() > options_.drain_timeout_s;
-      if (drained && r.process && !r.sigterm_sent) {
-        r.process->signal(SIGTERM);
-        r.sigterm_sent = true;
+      if (drained && r.launched && !r.stop_sent) {
+        runtime_->stop(r.name);
+        r.stop_sent = true;
       }
-      if (!r.process || (r.sigterm_sent && !r.process->running())) {
+      if (r.launched && r.stop_sent && !runtime_->status(r.name).exists) r.launched = false;
+      if (!r.launched) {
         spdlog::info("replica {}: stopped", r.name);
         if (scheduler_)
           scheduler_->remove(r.name, std::chrono::duration<double>(now - epoch_).count());
@@ -555,22 +546,16 @@ void Controller::reconcile() {
   // when the cache needs room (evicted first, staged again next pass).
   for (const auto& [name, svc] : services_) {
     if (svc.spec.warm_nodes == 0) continue;
-    auto model = store_.get("Model", svc.spec.model);
-    std::string why;
-    if (model) prepare_model(std::get<api::Model>(*model), why);
+    if (auto model = store_.get("Model", svc.spec.model))
+      runtime_->keep_warm(std::get<api::Model>(*model));
   }
-  if (options_.agent) {
-    // The models running engines read are not evicted (and count as used now).
-    std::map<std::string, int> uses;
-    for (const auto& [name, r] : replicas_) {
-      auto svc = services_.find(r->service);
-      if (r->process && svc != services_.end()) ++uses[svc->second.spec.model];
-    }
-    if (uses != agent_uses_) {
-      options_.agent->cache().set_in_use(uses);
-      agent_uses_ = std::move(uses);
-    }
+  // The models running engines read (the local agent does not evict them).
+  std::vector<std::string> in_use;
+  for (const auto& [name, r] : replicas_) {
+    auto svc = services_.find(r->service);
+    if (r->launched && svc != services_.end()) in_use.push_back(svc->second.spec.model);
   }
+  runtime_->end_pass(in_use);
   publish_if_changed();
   std::string text = render_scheduler_metrics();  // after the pass: this pass's starts included
   std::lock_guard lock(metrics_mu_);
@@ -815,7 +800,7 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
     r->node.clear();
     r->devices.clear();
     if (r->state != ReplicaState::kTerminating &&
-        (r->process || r->state != ReplicaState::kPending)) {
+        (r->launched || r->state != ReplicaState::kPending)) {
       spdlog::warn("replica {}: its node or devices changed; placing it again", name);
       stop_engine(*r, "its node or devices changed; placing it again");
     }
@@ -823,11 +808,10 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
 }
 
 void Controller::stop_engine(Replica& r, std::string why) {
-  if (r.process) {
-    r.process->signal(SIGTERM);
-    stopping_engines_.push_back({std::move(*r.process), Clock::now()});
-  }
-  r.process.reset();
+  if (r.launched) runtime_->stop(r.name);  // a new launch waits until it has ended
+  r.launched = false;
+  r.stop_sent = false;
+  r.pid = 0;
   r.endpoint.reset();
   r.port = 0;
   if (r.state != ReplicaState::kTerminating) {
@@ -835,17 +819,6 @@ void Controller::stop_engine(Replica& r, std::string why) {
     r.restart_timeline(Clock::now());
   }
   r.message = std::move(why);
-}
-
-void Controller::reap_stopping(Clock::time_point now) {
-  for (auto it = stopping_engines_.begin(); it != stopping_engines_.end();) {
-    if (!it->first.running()) {
-      it = stopping_engines_.erase(it);
-      continue;
-    }
-    if (now - it->second > std::chrono::seconds(5)) it->first.signal(SIGKILL);
-    ++it;
-  }
 }
 
 void Controller::schedule_replicas(Clock::time_point now) {
@@ -869,10 +842,33 @@ void Controller::schedule_replicas(Clock::time_point now) {
   for (auto& [name, r] : replicas_) {
     // A replica scaled down before its engine started gives its place back
     // now, so this pass neither places it nor preempts anything for it.
-    if (r->state == ReplicaState::kTerminating && !r->process) {
+    if (r->state == ReplicaState::kTerminating && !r->launched) {
       scheduler_->remove(name, t);
       r->submitted = r->placed = false;
       continue;
+    }
+    if (r->adopted && r->state != ReplicaState::kTerminating) {
+      // An engine that runs already keeps its node and devices if they exist.
+      auto svc = services_.find(r->service);
+      if (svc == services_.end()) continue;
+      scheduler::Workload w = workload_of(*r, svc->second);
+      scheduler::Allocation a;
+      a.node = cluster_.find_node(r->node);
+      a.cpu_milli = w.pods[0].cpu_milli;
+      a.memory_mib = w.pods[0].memory_mib;
+      for (const DeviceShare& d : *r->adopted)
+        a.shares.push_back({d.device, d.milli, d.mig_slices});
+      const bool kept = a.node >= 0 && scheduler_->adopt(std::move(w), {a}, t).ok();
+      r->adopted.reset();
+      if (kept) {
+        r->submitted = true;
+        r->devices = devices_string(a);
+        mark(*r, 1, now);
+        continue;
+      }
+      spdlog::warn("replica {}: its node or devices are gone; placing it again", name);
+      stop_engine(*r, "its node or devices are gone; placing it again");
+      r->placed = false;
     }
     if (r->submitted || r->state == ReplicaState::kTerminating) continue;
     auto svc = services_.find(r->service);
@@ -902,15 +898,7 @@ void Controller::schedule_replicas(Clock::time_point now) {
       const auto& a = st->allocations.front();
       const scheduler::Node& node = cluster_.nodes()[a.node];
       r->node = node.name;
-      r->devices.clear();
-      for (const auto& share : a.shares) {
-        r->devices += fmt::format("{}gpu{}", r->devices.empty() ? "" : ",", share.device);
-        if (share.mig_slices) {
-          r->devices += fmt::format(":{}g", share.mig_slices);
-        } else if (share.milli < scheduler::kMilliPerGpu) {
-          r->devices += fmt::format(":{}m", share.milli);
-        }
-      }
+      r->devices = devices_string(a);
       spdlog::info("replica {}: placed on {} {}", name, r->node,
                    r->devices.empty() ? "(no GPU)" : r->devices);
     } else {
@@ -1042,7 +1030,7 @@ std::vector<ReplicaStatus> Controller::replicas() const {
     if (auto it = services_.find(r->service); it != services_.end())
       s.model = it->second.spec.model;
     s.state = r->state;
-    s.pid = r->process ? r->process->pid() : 0;
+    s.pid = r->pid;
     s.port = r->port;
     s.restarts = r->restarts;
     s.age_s = std::chrono::duration<double>(now - r->created).count();

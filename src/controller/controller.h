@@ -34,7 +34,7 @@
 
 #include "api/resources.h"
 #include "autoscaler/autoscaler.h"
-#include "common/process.h"
+#include "controller/runtime.h"
 #include "controller/store.h"
 #include "gateway/routing_table.h"
 #include "scheduler/scheduler.h"
@@ -109,6 +109,9 @@ struct ControllerOptions {
   // The node agent that stages http(s)://, hf:// and s3:// models; none: such
   // models stay Pending with a message saying so.
   agent::Agent* agent = nullptr;
+  // Where engines run; none: local child processes (a LocalRuntime over
+  // data_dir, loadstar_bin and agent).
+  EngineRuntime* runtime = nullptr;
 };
 
 class Controller {
@@ -143,7 +146,7 @@ class Controller {
   void reconcile();
   void observe(Replica& r);
   void launch(Replica& r);
-  std::optional<std::filesystem::path> prepare_model(const api::Model& model, std::string& message);
+  void adopt_existing();
   void begin_termination(Replica& r);
   uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
   uint32_t autoscale(const api::InferenceService& svc, Clock::time_point now);
@@ -155,10 +158,9 @@ class Controller {
   // Marks event `i` of r's cold start (once per start); at "routed" the
   // phases go into the histograms.
   void mark(Replica& r, int event, Clock::time_point at);
-  // Stops r's engine without waiting (SIGTERM now, SIGKILL after 5 s by
-  // reap_stopping) and leaves r Pending with `why` (Terminating stays so).
+  // Stops r's engine without waiting (the runtime forces it after its grace
+  // period) and leaves r Pending with `why` (Terminating stays so).
   void stop_engine(Replica& r, std::string why);
-  void reap_stopping(Clock::time_point now);
   std::shared_ptr<const gateway::TenantDirectory> build_tenants();
   gateway::RoutingTable::Route build_route(const api::Route& route);
 
@@ -220,8 +222,8 @@ class Controller {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::string nodes_key_, queues_key_, target_key_;
   Clock::time_point epoch_ = Clock::now();
-  std::vector<std::pair<Subprocess, Clock::time_point>> stopping_engines_;  // told to stop
-  std::map<std::string, int> agent_uses_;  // engines per model, as last told to the agent
+  std::unique_ptr<EngineRuntime> own_runtime_;
+  EngineRuntime* runtime_ = nullptr;
   mutable std::mutex metrics_mu_;          // guards metrics_text_ only
   std::string metrics_text_;
   std::thread thread_;

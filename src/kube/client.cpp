@@ -78,8 +78,9 @@ Result<Config> parse_kubeconfig(std::string_view text, std::string_view file_nam
   if (auto s = apply_server(config, server); !s.ok()) return fail(s.error().message);
   if (const std::string data = scalar(cluster, "certificate-authority-data"); !data.empty()) {
     auto pem = base64_decode(data);
-    if (!pem) return fail(fmt::format("cluster '{}': certificate-authority-data is not base64",
-                                      cluster_name));
+    if (!pem)
+      return fail(
+          fmt::format("cluster '{}': certificate-authority-data is not base64", cluster_name));
     config.ca_pem = std::move(*pem);
   } else if (const std::string file = scalar(cluster, "certificate-authority"); !file.empty()) {
     auto pem = read_file(file, "certificate-authority");
@@ -89,19 +90,22 @@ Result<Config> parse_kubeconfig(std::string_view text, std::string_view file_nam
   if (scalar(cluster, "insecure-skip-tls-verify") == "true")
     return fail("insecure-skip-tls-verify is not supported; give the cluster's CA");
   YAML::Node user = find_named(root["users"], user_name, "user");
-  if (!user_name.empty() && !user.IsMap()) return fail(fmt::format("user '{}' is not in users", user_name));
+  if (!user_name.empty() && !user.IsMap())
+    return fail(fmt::format("user '{}' is not in users", user_name));
   if (user.IsMap()) {
     config.token = scalar(user, "token");
     config.token_file = scalar(user, "tokenFile");
     if (config.token.empty() && config.token_file.empty()) {
       if (user["client-certificate"] || user["client-certificate-data"])
-        return fail(fmt::format("user '{}' authenticates with a client certificate; "
-                                "Loadstar supports bearer tokens (token or tokenFile)",
-                                user_name));
+        return fail(
+            fmt::format("user '{}' authenticates with a client certificate; "
+                        "Loadstar supports bearer tokens (token or tokenFile)",
+                        user_name));
       if (user["exec"] || user["auth-provider"])
-        return fail(fmt::format("user '{}' uses an exec or auth-provider plugin; "
-                                "Loadstar supports bearer tokens (token or tokenFile)",
-                                user_name));
+        return fail(
+            fmt::format("user '{}' uses an exec or auth-provider plugin; "
+                        "Loadstar supports bearer tokens (token or tokenFile)",
+                        user_name));
     }
   }
   return config;
@@ -288,9 +292,8 @@ Result<json> Client::merge_patch(const std::string& path, const json& patch) con
 }
 
 Status Client::remove(const std::string& path) const {
-  const json options = {{"kind", "DeleteOptions"},
-                        {"apiVersion", "v1"},
-                        {"propagationPolicy", "Background"}};
+  const json options = {
+      {"kind", "DeleteOptions"}, {"apiVersion", "v1"}, {"propagationPolicy", "Background"}};
   auto r = call("DELETE", path, &options);
   if (!r.ok()) return std::move(r).error();
   return ok_status();

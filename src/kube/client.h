@@ -90,8 +90,8 @@ class Client {
   // `timeout_s`, handing each event to `on_event` (false stops). Ends OK when
   // the server closes the watch; kExpired when the version is too old (410 —
   // list again); kCancelled when *cancel is set.
-  Status watch(const std::string& collection, const std::string& resource_version,
-               double timeout_s, std::string_view label_selector,
+  Status watch(const std::string& collection, const std::string& resource_version, double timeout_s,
+               std::string_view label_selector,
                const std::function<bool(const WatchEvent&)>& on_event,
                const std::atomic<bool>* cancel = nullptr) const;
 

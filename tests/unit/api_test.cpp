@@ -515,20 +515,21 @@ void probe_fields(const std::vector<Field>& fields, int indent, std::string& out
 TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {
   ASSERT_EQ(kind_schemas().size(), 5u);  // every kind but Node
   for (const KindSchema& kind : kind_schemas()) {
-    std::string doc = fmt::format("apiVersion: loadstar.dev/v1alpha1\nkind: {}\n"
-                                  "metadata: {{name: probe}}\nspec:\n",
-                                  kind.kind);
+    std::string doc = fmt::format(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: {}\n"
+        "metadata: {{name: probe}}\nspec:\n",
+        kind.kind);
     probe_fields(kind.spec, 2, doc);
     std::set<std::string> decoded, declared;
     for (const auto& p : decoder_field_paths(doc))
       if (p.starts_with("spec.")) decoded.insert(p);
     for (const auto& p : field_paths(kind)) declared.insert(p);
     for (const auto& p : decoded)
-      EXPECT_TRUE(declared.count(p)) << kind.kind << ": the decoder reads " << p
-                                     << ", which the CRD schema lacks";
+      EXPECT_TRUE(declared.count(p))
+          << kind.kind << ": the decoder reads " << p << ", which the CRD schema lacks";
     for (const auto& p : declared)
-      EXPECT_TRUE(decoded.count(p)) << kind.kind << ": the CRD schema has " << p
-                                    << ", which the decoder does not read";
+      EXPECT_TRUE(decoded.count(p))
+          << kind.kind << ": the CRD schema has " << p << ", which the decoder does not read";
   }
 }
 
@@ -536,13 +537,14 @@ TEST(Schema, DeployCrdsAreGenerated) {
   // deploy/crds/ is what `loadstar crds` prints; regenerate it after a
   // schema change (`loadstar crds --dir deploy/crds`).
   for (const KindSchema& kind : kind_schemas()) {
-    const std::string path = std::string(LOADSTAR_SOURCE_DIR) + "/deploy/crds/" + kind.plural +
-                             "." + kGroup + ".yaml";
+    const std::string path =
+        std::string(LOADSTAR_SOURCE_DIR) + "/deploy/crds/" + kind.plural + "." + kGroup + ".yaml";
     std::ifstream in(path);
     ASSERT_TRUE(in) << path;
     std::stringstream text;
     text << in.rdbuf();
-    EXPECT_EQ(text.str(), crd_yaml(kind)) << path << " is stale: run `loadstar crds --dir deploy/crds`";
+    EXPECT_EQ(text.str(), crd_yaml(kind))
+        << path << " is stale: run `loadstar crds --dir deploy/crds`";
   }
 }
 

@@ -1,0 +1,79 @@
+// Where replicas run: the seam between the controller's reconcilers and the
+// engines. `loadstar up` runs engines as child processes (LocalRuntime);
+// Kubernetes mode runs them as Pods (PodRuntime). The controller decides
+// which replicas exist, where they go and when they stop; a runtime starts,
+// watches and stops engines, by replica name.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "api/resources.h"
+#include "common/result.h"
+
+namespace loadstar::controller {
+
+// A replica's share of one GPU, as the scheduler allocated it.
+struct DeviceShare {
+  int device = 0;
+  uint32_t milli = 0;  // 1000: the whole card
+  uint32_t mig_slices = 0;
+};
+
+struct EngineLaunch {
+  std::string replica;  // the replica's name; at most one engine per name
+  uint32_t index = 0;   // its index within the service
+  const api::InferenceService* service = nullptr;
+  const api::Model* model = nullptr;
+  std::string node;     // where the scheduler placed it
+  std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
+  std::vector<DeviceShare> shares;
+};
+
+// An engine as its runtime sees it now.
+struct EngineStatus {
+  bool exists = false;   // launched and not yet gone
+  bool staged = false;   // its model is in place
+  bool started = false;  // its process runs
+  bool ready = false;    // it answers /health
+  bool exited = false;   // it ended without being told to (the runtime then forgets it)
+  std::string host;      // where it serves, once ready
+  uint16_t port = 0;
+  int pid = 0;          // local processes only
+  std::string message;  // what it is doing or why it ended
+};
+
+// A replica that runs already (a restarted controller takes its Pods over).
+struct ExistingEngine {
+  std::string replica, service, node;
+  uint32_t index = 0;
+  std::vector<DeviceShare> shares;
+};
+
+class EngineRuntime {
+ public:
+  virtual ~EngineRuntime() = default;
+  // Starts the engine of a placed replica. kUnavailable: not yet (its model
+  // is being staged, or its previous engine is still stopping; the message
+  // says so) — the controller tries again next pass. Other errors: the start
+  // failed.
+  virtual Status launch(const EngineLaunch& launch) = 0;
+  virtual EngineStatus status(const std::string& replica) = 0;
+  // Asks the engine to stop: SIGTERM, or the Pod deleted with its grace
+  // period; the runtime forces it after a grace period. It exists until it
+  // has ended.
+  virtual void stop(const std::string& replica) = 0;
+  // Stops it now (SIGKILL, or a deletion without grace).
+  virtual void kill(const std::string& replica) = 0;
+  // A service's model stays staged while it has no replica (warm weights).
+  virtual void keep_warm(const api::Model& /*model*/) {}
+  // The end of a reconcile pass, with the models running engines use.
+  virtual void end_pass(const std::vector<std::string>& /*models_in_use*/) {}
+  // Whether engines keep running when the controller stops (Pods do; a new
+  // controller takes them over through existing()).
+  virtual bool engines_outlive_controller() const { return false; }
+  virtual std::vector<ExistingEngine> existing() { return {}; }
+};
+
+}  // namespace loadstar::controller
