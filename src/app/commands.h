@@ -13,6 +13,8 @@ std::function<int()> setup_engine_sim(CLI::App& app);
 std::function<int()> setup_model(CLI::App& app);
 std::function<int()> setup_validate(CLI::App& app);
 std::function<int()> setup_crds(CLI::App& app);
+std::function<int()> setup_controller(CLI::App& app);
+std::function<int()> setup_gateway(CLI::App& app);
 std::function<int()> setup_up(CLI::App& app);
 std::function<int()> setup_get(CLI::App& app);
 std::function<int()> setup_apply(CLI::App& app);

@@ -16,6 +16,7 @@
 #include "agent/agent.h"
 #include "agent/agent_api.h"
 #include "api/resources.h"
+#include "app/admin_api.h"
 #include "app/commands.h"
 #include "common/units.h"
 #include "controller/controller.h"
@@ -73,127 +74,9 @@ Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>
   return incoming;
 }
 
-Status apply_all(controller::ResourceStore& store, const std::vector<api::Resource>& resources) {
-  // Models first, so a service never names a model the store lacks.
-  for (int pass = 0; pass < 2; ++pass)
-    for (const auto& r : resources)
-      if ((pass == 0) == std::holds_alternative<api::Model>(r)) LS_RETURN_IF_ERROR(store.apply(r));
-  return ok_status();
-}
-
-// Seconds from queued to each cold-start event; null for those not reached.
-json timeline_json(const controller::ReplicaStatus& r) {
-  json t = json::object();
-  for (int i = 0; i < controller::kColdStartEventCount; ++i)
-    t[controller::kColdStartEvents[i]] = r.timeline[i] ? json(*r.timeline[i]) : json(nullptr);
-  return t;
-}
-
-// The embedded agent's API under /agent; `loadstar stage NAME` without a
-// source stages the Model resource's.
-http::Response agent_route(agent::Agent& agent, controller::ResourceStore& store,
-                           const http::Request& req, std::string_view path) {
-  if (req.method == "POST" && path == "/v1/stage") {
-    json body = json::parse(req.body, nullptr, false);
-    if (body.is_object() && body.contains("model") && body["model"].is_string() &&
-        !body.contains("source")) {
-      auto model = store.get("Model", body["model"].get<std::string>());
-      if (!model) {
-        openai::ApiError e{404, fmt::format("no Model '{}'", body["model"].get<std::string>()), {}};
-        return {404, "application/json", openai::error_body(e)};
-      }
-      body["source"] = std::get<api::Model>(*model).spec.source;
-      http::Request filled = req;
-      filled.body = body.dump();
-      return agent::handle_agent_api(agent, filled, path);
-    }
-  }
-  return agent::handle_agent_api(agent, req, path);
-}
-
 asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
                                    controller::ResourceStore* store, agent::Agent* agent) {
-  const http::Request& req = ex.request();
-  const std::string_view path = req.path();
-  http::Response response;
-  if (path.starts_with("/agent/")) {
-    response = agent_route(*agent, *store, req, path.substr(6));
-  } else if (req.method == "GET" && path == "/api/v1/replicas") {
-    json items = json::array();
-    for (const auto& r : ctl->replicas()) {
-      items.push_back({{"name", r.name},
-                       {"service", r.service},
-                       {"model", r.model},
-                       {"state", controller::replica_state_name(r.state)},
-                       {"pid", r.pid},
-                       {"port", r.port},
-                       {"restarts", r.restarts},
-                       {"age_seconds", r.age_s},
-                       {"start_seconds", r.start_s ? json(*r.start_s) : json(nullptr)},
-                       {"in_flight", r.in_flight},
-                       {"queue", r.queue},
-                       {"node", r.node},
-                       {"devices", r.devices},
-                       {"starts", r.starts},
-                       {"timeline", timeline_json(r)},
-                       {"message", r.message}});
-    }
-    response = {200, "application/json", json({{"items", items}}).dump()};
-  } else if (req.method == "GET" && path == "/api/v1/services") {
-    json items = json::array();
-    for (const auto& s : ctl->services())
-      items.push_back({{"name", s.name},
-                       {"model", s.model},
-                       {"replicas", s.desired},
-                       {"scale_reason", s.scale_reason},
-                       {"events", s.events},
-                       {"ready", s.ready},
-                       {"current", s.total}});
-    response = {200, "application/json", json({{"items", items}}).dump()};
-  } else if (req.method == "GET" && path == "/api/v1/queues") {
-    json items = json::array();
-    auto quota = [](const scheduler::Resources& r) {
-      return json{{"gpu", r.gpu}, {"cpu", r.cpu}, {"memory_gib", r.memory}};
-    };
-    for (const auto& q : ctl->queues())
-      items.push_back({{"name", q.name},
-                       {"parent", q.parent},
-                       {"deserved", quota(q.deserved)},
-                       {"limit", q.limit ? quota(*q.limit) : json(nullptr)},
-                       {"allocated", quota(q.allocated)},
-                       {"fair_share", quota(q.fair_share)},
-                       {"running", q.running},
-                       {"pending", q.waiting},
-                       {"gpu_seconds", q.gpu_seconds}});
-    response = {200, "application/json", json({{"items", items}}).dump()};
-  } else if (req.method == "POST" && path == "/api/v1/apply") {
-    auto decoded = api::decode_resources(req.body, "request");
-    Status status = decoded.ok() ? ok_status() : Status(decoded.error());
-    if (status.ok()) {
-      std::vector<api::Resource> all = *decoded;
-      for (auto& r : store->list()) all.push_back(std::move(r));
-      // The request's own resources win over stored ones of the same name.
-      std::set<std::pair<std::string, std::string>> seen;
-      std::vector<api::Resource> unique;
-      for (auto& r : all)
-        if (seen.insert({std::string(api::kind_of(r)), api::metadata_of(r).name}).second)
-          unique.push_back(r);
-      status = api::check_references(unique);
-    }
-    if (status.ok()) status = apply_all(*store, *decoded);
-    if (!status.ok()) {
-      openai::ApiError e = openai::to_api_error(status.error());
-      response = {e.status, "application/json", openai::error_body(e)};
-    } else {
-      json applied = json::array();
-      for (const auto& r : *decoded)
-        applied.push_back(fmt::format("{}/{}", api::kind_of(r), api::metadata_of(r).name));
-      response = {200, "application/json", json({{"applied", applied}}).dump()};
-    }
-  } else {
-    openai::ApiError e{404, fmt::format("no route for {} {}", req.method, path), {}};
-    response = {404, "application/json", openai::error_body(e)};
-  }
+  http::Response response = admin_response(ex.request(), ctl, store, agent);
   co_await ex.respond(std::move(response));
 }
 

@@ -9,6 +9,7 @@
 #include <set>
 
 #include <fmt/chrono.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
@@ -164,7 +165,7 @@ void Controller::adopt_existing() {
     r->index = e.index;
     r->state = ReplicaState::kStarting;
     r->launched = true;
-    r->timeline[0] = Clock::now();
+    r->launched_at = Clock::now();  // its start was a previous controller's: no timeline
     r->node = e.node;
     r->adopted = e.shares;
     r->submitted = false;
@@ -417,6 +418,7 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
 
 uint32_t Controller::desired_replicas(const api::InferenceService& svc, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
+  if (!options_.load_signals) return svc.spec.replicas;
   if (svc.spec.autoscaling) return autoscale(svc, now);
   Activity& a = activity_[name];
   // Requests sent to any of its endpoints since the last pass count as activity.
@@ -557,99 +559,10 @@ void Controller::reconcile() {
   }
   runtime_->end_pass(in_use);
   publish_if_changed();
+  publish_statuses();
   std::string text = render_scheduler_metrics();  // after the pass: this pass's starts included
   std::lock_guard lock(metrics_mu_);
   metrics_text_ = std::move(text);
-}
-
-gateway::PickerConfig picker_config(const api::RoutingSpec& spec) {
-  gateway::PickerConfig config;
-  if (auto kind = gateway::parse_picker_kind(spec.picker); kind.ok()) config.kind = *kind;
-  gateway::ScorerWeights& w = config.weights;
-  w.prefix_cache = spec.prefix_cache_weight.value_or(w.prefix_cache);
-  w.in_flight = spec.in_flight_weight.value_or(w.in_flight);
-  w.queue = spec.queue_weight.value_or(w.queue);
-  w.kv_cache = spec.kv_cache_weight.value_or(w.kv_cache);
-  w.session = spec.session_weight.value_or(w.session);
-  if (spec.session_header) config.session_header = *spec.session_header;
-  return config;
-}
-
-std::shared_ptr<const gateway::TenantDirectory> Controller::build_tenants() {
-  auto directory = std::make_shared<gateway::TenantDirectory>();
-  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> kept;
-  for (const api::Tenant& t : tenant_specs_) {
-    gateway::TenantLimits limits;
-    if (t.spec.requests_per_minute) limits.requests_per_minute = *t.spec.requests_per_minute;
-    if (t.spec.tokens_per_minute) limits.tokens_per_minute = *t.spec.tokens_per_minute;
-    limits.max_concurrent = t.spec.max_concurrent_requests;
-    auto cost = api::CostExpression::parse(t.spec.token_cost);
-    if (!cost.ok()) cost = api::CostExpression();  // rejected at decode; cannot happen
-    auto& limiter = tenants_[t.metadata.name];
-    if (!limiter)
-      limiter = std::make_shared<gateway::TenantLimiter>(t.metadata.name, limits, *cost);
-    else
-      limiter->configure(limits, *cost);
-    std::vector<gateway::TenantDirectory::Key> keys;
-    for (const auto& k : t.spec.api_keys) keys.push_back({k.sha256, k.name, k.revoked});
-    directory->add(limiter, keys);
-    kept[t.metadata.name] = limiter;
-  }
-  tenants_.swap(kept);
-  return directory;
-}
-
-gateway::RoutingTable::Route Controller::build_route(const api::Route& route) {
-  gateway::RoutingTable::Route out;
-  for (const auto& b : route.spec.backends) {
-    gateway::RoutingTable::Backend backend;
-    backend.weight = b.weight;
-    backend.priority = b.priority;
-    if (!b.service.empty()) {
-      backend.service = b.service;
-      backend.model = b.model.empty() ? b.service : b.model;
-    } else {
-      // http://host[:port][/v1]
-      std::string rest = b.url.substr(7);
-      if (auto slash = rest.find('/'); slash != std::string::npos) rest.resize(slash);
-      std::string host = rest;
-      uint16_t port = 80;
-      if (auto colon = rest.rfind(':'); colon != std::string::npos) {
-        host = rest.substr(0, colon);
-        port = static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1));
-      }
-      boost::system::error_code ec;
-      std::string address = host;
-      if (boost::asio::ip::make_address(host, ec), ec) {
-        boost::asio::io_context io;
-        boost::asio::ip::tcp::resolver resolver(io);
-        auto results = resolver.resolve(host, std::to_string(port), ec);
-        if (ec || results.empty()) {
-          spdlog::warn("route {}: cannot resolve backend {}: {}", route.metadata.name, b.url,
-                       ec ? ec.message() : "no address");
-          continue;
-        }
-        address = results.begin()->endpoint().address().to_string();
-      }
-      auto& endpoint = externals_[b.url];
-      if (!endpoint || endpoint->host != address || endpoint->port != port)
-        endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, address, port);
-      backend.external = endpoint;
-      backend.model = b.model.empty() ? route.spec.model : b.model;
-      if (!b.api_key_env.empty()) {
-        const char* key = std::getenv(b.api_key_env.c_str());
-        if (key && *key)
-          backend.authorization = fmt::format("Bearer {}", key);
-        else
-          spdlog::warn("route {}: backend {}: environment variable {} is not set",
-                       route.metadata.name, b.url, b.api_key_env);
-      }
-    }
-    out.backends.push_back(std::move(backend));
-  }
-  std::stable_sort(out.backends.begin(), out.backends.end(),
-                   [](const auto& a, const auto& b) { return a.priority < b.priority; });
-  return out;
 }
 
 scheduler::Workload Controller::workload_of(const Replica& r, const api::InferenceService& svc) {
@@ -863,7 +776,6 @@ void Controller::schedule_replicas(Clock::time_point now) {
       if (kept) {
         r->submitted = true;
         r->devices = devices_string(a);
-        mark(*r, 1, now);
         continue;
       }
       spdlog::warn("replica {}: its node or devices are gone; placing it again", name);
@@ -999,24 +911,38 @@ void Controller::publish_if_changed() {
     if (r->state == ReplicaState::kReady) key.push_back(fmt::format("ep:{}:{}", name, r->port));
   if (key == published_key_) return;
   published_key_ = key;
-  auto table = std::make_shared<gateway::RoutingTable>();
-  table->version = ++table_version_;
-  for (const auto& [name, svc] : services_) {
-    auto& s = table->services[name];
-    s.picker = picker_config(svc.spec.routing);
-    s.hold_max_requests = svc.spec.routing.hold_max_requests;
-    s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
-    s.may_get_replicas = svc.spec.replicas > 0;
-  }
+  std::map<std::string, std::vector<std::shared_ptr<gateway::Endpoint>>> ready;
   const auto routed_at = Clock::now();
   for (const auto& [name, r] : replicas_)
-    if (r->state == ReplicaState::kReady && table->services.count(r->service)) {
-      table->services[r->service].ready.push_back(r->endpoint);
+    if (r->state == ReplicaState::kReady && services_.count(r->service)) {
+      ready[r->service].push_back(r->endpoint);
       mark(*r, 5, routed_at);  // routed (the table goes out below)
     }
-  for (const auto& route : route_specs_) table->routes[route.spec.model] = build_route(route);
-  table->tenants = build_tenants();
+  auto table = routing_.build(services_, tenant_specs_, route_specs_, ready);
   publish_(std::move(table));
+}
+
+void Controller::publish_statuses() {
+  for (const auto& [name, svc] : services_) {
+    nlohmann::json replicas = nlohmann::json::object();
+    uint32_t ready = 0, total = 0;
+    for (const auto& [rn, r] : replicas_) {
+      if (r->service != name) continue;
+      ++total;
+      ready += r->state == ReplicaState::kReady;
+      replicas[rn] = {{"state", replica_state_name(r->state)}, {"node", r->node},
+                      {"devices", r->devices}, {"message", r->message}};
+    }
+    nlohmann::json status = {{"desiredReplicas", svc.spec.replicas},
+                             {"readyReplicas", ready},
+                             {"replicas", total},
+                             {"replicaStatus", replicas}};
+    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
+      status["desiredReplicas"] = it->second.last->desired;
+      status["scaleReason"] = it->second.last->reason;
+    }
+    store_.publish_status("InferenceService", name, status.dump());
+  }
 }
 
 std::vector<ReplicaStatus> Controller::replicas() const {

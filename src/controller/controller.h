@@ -34,6 +34,7 @@
 
 #include "api/resources.h"
 #include "autoscaler/autoscaler.h"
+#include "controller/routing_builder.h"
 #include "controller/runtime.h"
 #include "controller/store.h"
 #include "gateway/routing_table.h"
@@ -112,6 +113,11 @@ struct ControllerOptions {
   // Where engines run; none: local child processes (a LocalRuntime over
   // data_dir, loadstar_bin and agent).
   EngineRuntime* runtime = nullptr;
+  // Whether the gateway's load reaches this controller (its endpoints are
+  // the gateway's). False in Kubernetes mode, where gateways are other
+  // processes: services run at spec.replicas, with no autoscaling and no
+  // scale to zero.
+  bool load_signals = true;
 };
 
 class Controller {
@@ -151,6 +157,8 @@ class Controller {
   uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
   uint32_t autoscale(const api::InferenceService& svc, Clock::time_point now);
   void publish_if_changed();
+  // Each service's replicas as the store's status of it (Kubernetes mode).
+  void publish_statuses();
   void sync_scheduler(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues);
   void schedule_replicas(Clock::time_point now);
   scheduler::Workload workload_of(const Replica& r, const api::InferenceService& svc);
@@ -161,8 +169,6 @@ class Controller {
   // Stops r's engine without waiting (the runtime forces it after its grace
   // period) and leaves r Pending with `why` (Terminating stays so).
   void stop_engine(Replica& r, std::string why);
-  std::shared_ptr<const gateway::TenantDirectory> build_tenants();
-  gateway::RoutingTable::Route build_route(const api::Route& route);
 
   ResourceStore& store_;
   ControllerOptions options_;
@@ -178,9 +184,7 @@ class Controller {
   std::map<std::string, std::string> service_models_;
   std::vector<api::Tenant> tenant_specs_;  // as of the last pass
   std::vector<api::Route> route_specs_;
-  // Limiter state survives table changes and spec edits.
-  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> tenants_;
-  std::map<std::string, std::shared_ptr<gateway::Endpoint>> externals_;  // by URL
+  RoutingBuilder routing_;
   // Activity per service, for scale to zero: requests seen on its endpoints
   // and when that count last moved.
   struct Activity {
@@ -216,7 +220,6 @@ class Controller {
   std::set<std::string> demand_;
   std::atomic<bool> demand_pending_{false};
   std::vector<std::string> published_key_;
-  uint64_t table_version_ = 0;
   // Placement. The cluster is rebuilt when the Node resources change.
   scheduler::Cluster cluster_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;

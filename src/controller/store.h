@@ -41,6 +41,11 @@ class ResourceStore {
   // `callback` sees every change from now on, in order, until the returned
   // handle is destroyed. Level-triggered consumers re-list on each event.
   virtual std::shared_ptr<void> watch(WatchCallback callback) = 0;
+  // What the controller observed of a resource (JSON), for stores that keep
+  // status with the resource (Kubernetes' status subresource). Locally the
+  // admin API shows status instead.
+  virtual void publish_status(std::string_view /*kind*/, std::string_view /*name*/,
+                              const std::string& /*status_json*/) {}
 };
 
 // Resources in memory, each mirrored to `<dir>/<kind>.<name>.yaml`, written

@@ -180,6 +180,27 @@ std::string collection_path(std::string_view group_version, std::string_view nam
   return path + "/" + std::string(plural);
 }
 
+std::optional<double> parse_quantity(std::string_view text) {
+  static const std::pair<std::string_view, double> kSuffixes[] = {
+      {"Ki", 1024.0},     {"Mi", 1048576.0}, {"Gi", 1073741824.0}, {"Ti", 1099511627776.0},
+      {"Pi", 1125899906842624.0}, {"Ei", 1152921504606846976.0}, {"m", 1e-3}, {"k", 1e3},
+      {"M", 1e6},         {"G", 1e9},        {"T", 1e12},          {"P", 1e15},
+      {"E", 1e18}};
+  double scale = 1;
+  for (const auto& [suffix, factor] : kSuffixes)
+    if (text.size() > suffix.size() && text.ends_with(suffix)) {
+      text.remove_suffix(suffix.size());
+      scale = factor;
+      break;
+    }
+  if (text.empty()) return std::nullopt;
+  const std::string number(text);
+  char* end = nullptr;
+  const double value = std::strtod(number.c_str(), &end);
+  if (end != number.c_str() + number.size() || value < 0) return std::nullopt;
+  return value * scale;
+}
+
 ErrorCode error_code_for_status(int status) {
   switch (status) {
     case 400:
@@ -291,9 +312,10 @@ Result<json> Client::merge_patch(const std::string& path, const json& patch) con
   return call("PATCH", path, &patch, "application/merge-patch+json");
 }
 
-Status Client::remove(const std::string& path) const {
-  const json options = {
+Status Client::remove(const std::string& path, std::optional<int64_t> grace_s) const {
+  json options = {
       {"kind", "DeleteOptions"}, {"apiVersion", "v1"}, {"propagationPolicy", "Background"}};
+  if (grace_s) options["gracePeriodSeconds"] = *grace_s;
   auto r = call("DELETE", path, &options);
   if (!r.ok()) return std::move(r).error();
   return ok_status();

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -83,8 +84,9 @@ class Client {
   // PUT: fails with kConflict when metadata.resourceVersion is stale.
   Result<json> replace(const std::string& path, const json& object) const;
   Result<json> merge_patch(const std::string& path, const json& patch) const;
-  // Deletes; background propagation, so owned objects go too.
-  Status remove(const std::string& path) const;
+  // Deletes; background propagation, so owned objects go too. `grace_s`:
+  // the pod's grace period instead of its own.
+  Status remove(const std::string& path, std::optional<int64_t> grace_s = std::nullopt) const;
 
   // Watches `collection` from `resource_version` (bookmarks on) for at most
   // `timeout_s`, handing each event to `on_event` (false stops). Ends OK when
@@ -100,6 +102,10 @@ class Client {
                     std::string_view content_type = "application/json") const;
   Config config_;
 };
+
+// A Kubernetes quantity ("4", "3500m", "16Gi", "16393216Ki", "1e3") as a
+// number; nullopt when malformed.
+std::optional<double> parse_quantity(std::string_view text);
 
 // The ErrorCode for a Kubernetes status code.
 ErrorCode error_code_for_status(int http_status);

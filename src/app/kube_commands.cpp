@@ -1,0 +1,288 @@
+// Kubernetes mode: `loadstar controller` (reconcilers over the Kubernetes
+// API, replicas as Pods, leader election on a Lease) and `loadstar gateway`
+// (the OpenAI front door, routing tables from watched resources and Pods).
+// The agent runs as `loadstar agent` in a DaemonSet.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "app/admin_api.h"
+#include "app/commands.h"
+#include "common/units.h"
+#include "controller/controller.h"
+#include "controller/discovery.h"
+#include "controller/kube_store.h"
+#include "controller/pod_runtime.h"
+#include "gateway/gateway.h"
+#include "http/server.h"
+#include "kube/client.h"
+#include "kube/leader.h"
+#include "openai/protocol.h"
+#include "scheduler/placement.h"
+
+namespace loadstar::app {
+
+namespace asio = boost::asio;
+
+namespace {
+
+struct KubeArgs {
+  std::string kubeconfig;
+  std::string namespace_name;  // empty: the kubeconfig's or the service account's
+  double sync_timeout_s = 30;
+};
+
+void add_kube_options(CLI::App& app, KubeArgs& args) {
+  app.add_option("--kubeconfig", args.kubeconfig,
+                 "kubeconfig file (default: $KUBECONFIG, the in-cluster service account, "
+                 "~/.kube/config)");
+  app.add_option("-n,--namespace", args.namespace_name,
+                 "Namespace of Loadstar's resources and replica Pods (default: the context's)");
+}
+
+// Blocks SIGINT/SIGTERM for sigwait(); call before any thread starts.
+sigset_t block_stop_signals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+Result<kube::Config> kube_config(const KubeArgs& args) {
+  LS_ASSIGN_OR_RETURN(kube::Config config, kube::load_config(args.kubeconfig));
+  if (!args.namespace_name.empty()) config.namespace_name = args.namespace_name;
+  return config;
+}
+
+struct ControllerArgs {
+  KubeArgs kube;
+  std::string host = "0.0.0.0";
+  uint16_t admin_port = 8090;
+  bool leader_elect = true;
+  std::string lease_name = "loadstar-controller";
+  std::string identity;
+  std::string placement_policy = "loadstar";
+  std::string node_selector;
+  double drain_timeout_s = 30;
+  controller::PodRuntimeOptions pods;
+};
+
+int run_controller(const ControllerArgs& args) {
+  sigset_t signals = block_stop_signals();
+  auto config = kube_config(args.kube);
+  if (!config.ok()) {
+    fmt::print(stderr, "loadstar controller: {}\n", config.error().message);
+    return 2;
+  }
+  if (auto p = scheduler::PlacementPolicy::parse(args.placement_policy); !p.ok()) {
+    fmt::print(stderr, "--placement-policy: {}\n", p.error().message);
+    return 2;
+  }
+  kube::Client client(*config);
+  spdlog::info("controller: {} at {}:{}, namespace {}", config->origin, config->host,
+               config->port, config->namespace_name);
+
+  // Leader election first: only the leader reconciles and creates Pods.
+  std::atomic<bool> stop_requested{false};
+  std::unique_ptr<kube::LeaderElector> elector;
+  if (args.leader_elect) {
+    kube::LeaderOptions lo;
+    lo.namespace_name = config->namespace_name;
+    lo.lease_name = args.lease_name;
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    lo.identity = args.identity.empty() ? fmt::format("{}_{}", host, getpid()) : args.identity;
+    elector = std::make_unique<kube::LeaderElector>(client, lo);
+    // A signal while waiting ends the wait.
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      stop_requested = true;
+    });
+    spdlog::info("leader election: '{}' waiting for lease {}/{}", lo.identity,
+                 config->namespace_name, lo.lease_name);
+    const bool leads = elector->acquire(stop_requested);
+    if (!leads) {
+      waiter.join();
+      return 0;
+    }
+    fmt::print("leading as {}\n", lo.identity);
+    std::fflush(stdout);
+    // Losing the lease ends the process: another controller may act now.
+    elector->keep_renewing([] {
+      spdlog::error("leadership lost; exiting so that only one controller acts");
+      std::_Exit(1);
+    });
+    waiter.detach();  // it ends the process's wait below via stop_requested
+  }
+
+  controller::KubeStore store(client, config->namespace_name, args.node_selector);
+  if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  controller::PodRuntime runtime(client, store, args.pods);
+  if (Status s = runtime.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  controller::ControllerOptions options;
+  options.runtime = &runtime;
+  options.placement_policy = args.placement_policy;
+  options.drain_timeout_s = args.drain_timeout_s;
+  options.load_signals = false;
+  options.resync_s = 1;
+  controller::Controller ctl(store, options, [](std::shared_ptr<const gateway::RoutingTable>) {});
+
+  asio::io_context admin_io(1);
+  http::ServerOptions admin_options;
+  admin_options.host = args.host;
+  admin_options.port = args.admin_port;
+  admin_options.error_body = openai::error_body_for;
+  controller::Controller* ctl_ptr = &ctl;
+  controller::ResourceStore* store_ptr = &store;
+  auto admin = http::Server::create(
+      {&admin_io}, admin_options, [ctl_ptr, store_ptr](http::Exchange& ex) -> asio::awaitable<void> {
+        http::Response response = admin_response(ex.request(), ctl_ptr, store_ptr, nullptr);
+        co_await ex.respond(std::move(response));
+      });
+  if (!admin.ok()) {
+    spdlog::error("admin API: {}", admin.error().message);
+    return 1;
+  }
+  ctl.start();
+  (*admin)->start();
+  std::thread admin_thread([&admin_io] { admin_io.run(); });
+  fmt::print("controller reconciling namespace {}; admin API on http://{}:{}/api/v1\n",
+             config->namespace_name, args.host, (*admin)->port());
+  std::fflush(stdout);
+
+  if (elector) {
+    while (!stop_requested) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } else {
+    int sig = 0;
+    sigwait(&signals, &sig);
+  }
+  spdlog::info("stopping; replica Pods keep running for the next controller");
+  ctl.stop();
+  if (elector) elector->release();
+  (*admin)->stop();
+  admin_io.stop();
+  admin_thread.join();
+  return 0;
+}
+
+struct GatewayArgs {
+  KubeArgs kube;
+  std::string host = "0.0.0.0";
+  uint16_t port = 8080;
+  unsigned workers = 2;
+  double scrape_interval_s = 0.5;
+  std::string max_body = "8Mi";
+};
+
+int run_gateway(const GatewayArgs& args) {
+  sigset_t signals = block_stop_signals();
+  auto config = kube_config(args.kube);
+  if (!config.ok()) {
+    fmt::print(stderr, "loadstar gateway: {}\n", config.error().message);
+    return 2;
+  }
+  auto max_body = parse_bytes(args.max_body);
+  if (!max_body.ok()) {
+    fmt::print(stderr, "--max-body-size: {}\n", max_body.error().message);
+    return 2;
+  }
+  kube::Client client(*config);
+  gateway::GatewayOptions options;
+  options.host = args.host;
+  options.port = args.port;
+  options.workers = args.workers;
+  options.scrape_interval_s = args.scrape_interval_s;
+  options.max_body_bytes = *max_body;
+  auto gw = gateway::Gateway::create(options);
+  if (!gw.ok()) {
+    spdlog::error("gateway: {}", gw.error().message);
+    return 1;
+  }
+  gateway::Gateway* gateway = gw->get();
+  controller::KubeStore store(client, config->namespace_name);
+  if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  controller::EndpointDiscovery discovery(
+      client, store,
+      [gateway](std::shared_ptr<const gateway::RoutingTable> t) { gateway->publish(std::move(t)); });
+  if (Status s = discovery.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
+  gateway->start();
+  fmt::print("gateway serving namespace {} on http://{}:{}/v1\n", config->namespace_name,
+             args.host, gateway->port());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: stopping", sig);
+  gateway->stop(5);
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> setup_controller(CLI::App& app) {
+  auto args = std::make_shared<ControllerArgs>();
+  add_kube_options(app, args->kube);
+  app.add_option("--host", args->host, "Admin API address")->capture_default_str();
+  app.add_option("--admin-port", args->admin_port, "Admin API port (0: any)")
+      ->capture_default_str();
+  app.add_flag("--leader-elect,!--no-leader-elect", args->leader_elect,
+               "Act only while holding the Lease (several controllers may run)")
+      ->capture_default_str();
+  app.add_option("--lease-name", args->lease_name)->capture_default_str();
+  app.add_option("--identity", args->identity, "This candidate's name (default: host_pid)");
+  app.add_option("--placement-policy", args->placement_policy, "As for `loadstar up`")
+      ->capture_default_str();
+  app.add_option("--node-selector", args->node_selector,
+                 "Label selector of the Nodes replicas may use (default: all)");
+  app.add_option("--drain-timeout", args->drain_timeout_s,
+                 "Seconds a stopping replica may finish requests")
+      ->capture_default_str();
+  app.add_option("--engine-image", args->pods.image, "Image of replica Pods (runs `loadstar`)")
+      ->capture_default_str();
+  app.add_option("--image-pull-policy", args->pods.image_pull_policy)->capture_default_str();
+  app.add_option("--engine-port", args->pods.engine_port)->capture_default_str();
+  app.add_option("--agent-port", args->pods.agent_port,
+                 "Port of the agent DaemonSet on each node (host network)")
+      ->capture_default_str();
+  app.add_option("--cache-host-path", args->pods.cache_host_path,
+                 "The agents' cache directory on each node")
+      ->capture_default_str();
+  return [args] { return run_controller(*args); };
+}
+
+std::function<int()> setup_gateway(CLI::App& app) {
+  auto args = std::make_shared<GatewayArgs>();
+  add_kube_options(app, args->kube);
+  app.add_option("--host", args->host)->capture_default_str();
+  app.add_option("--port", args->port, "OpenAI API port (0: any)")->capture_default_str();
+  app.add_option("--workers", args->workers, "Worker threads")->capture_default_str();
+  app.add_option("--scrape-interval", args->scrape_interval_s,
+                 "Seconds between reads of each replica's /metrics (0: never)")
+      ->capture_default_str();
+  app.add_option("--max-body-size", args->max_body)->capture_default_str();
+  return [args] { return run_gateway(*args); };
+}
+
+}  // namespace loadstar::app

@@ -1,0 +1,238 @@
+#include "controller/kube_store.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "api/schema.h"
+
+namespace loadstar::controller {
+
+using kube::json;
+
+namespace {
+
+std::string label(const json& meta, const char* key) {
+  if (!meta.contains("labels") || !meta["labels"].is_object()) return "";
+  const json& labels = meta["labels"];
+  return labels.contains(key) && labels[key].is_string() ? labels[key].get<std::string>() : "";
+}
+
+double quantity(const json& map, const char* key) {
+  if (!map.is_object() || !map.contains(key) || !map[key].is_string()) return 0;
+  return kube::parse_quantity(map[key].get<std::string>()).value_or(0);
+}
+
+}  // namespace
+
+api::Node node_from_kubernetes(const json& node) {
+  api::Node out;
+  const json& meta = node.value("metadata", json::object());
+  out.metadata.name = meta.value("name", "");
+  const json status = node.value("status", json::object());
+  const json allocatable = status.value("allocatable", json::object());
+  out.spec.cpu = quantity(allocatable, "cpu");
+  out.spec.memory_bytes = static_cast<uint64_t>(quantity(allocatable, "memory"));
+  const auto gpus = static_cast<uint32_t>(std::lround(quantity(allocatable, "nvidia.com/gpu")));
+  if (gpus > 0) {
+    api::NodeGpu gpu;
+    gpu.count = gpus;
+    // GPU feature discovery's labels: the product and its memory in MiB.
+    gpu.model = label(meta, "nvidia.com/gpu.product");
+    if (gpu.model.empty()) gpu.model = "gpu";
+    if (auto mib = kube::parse_quantity(label(meta, "nvidia.com/gpu.memory")))
+      gpu.memory_bytes = static_cast<uint64_t>(*mib) << 20;
+    out.spec.gpus.push_back(gpu);
+  }
+  static const std::pair<const char*, const char*> kTopology[] = {
+      {"topology.kubernetes.io/zone", "zone"},
+      {"loadstar.dev/spine", "spine"},
+      {"loadstar.dev/rack", "rack"},
+      {"loadstar.dev/nvlink", "nvlink"}};
+  for (const auto& [key, level] : kTopology)
+    if (auto domain = label(meta, key); !domain.empty()) out.spec.topology[level] = domain;
+  bool ready = false;
+  for (const auto& c : status.value("conditions", json::array()))
+    if (c.value("type", "") == "Ready") ready = c.value("status", "") == "True";
+  out.spec.schedulable = ready && !node.value("spec", json::object()).value("unschedulable", false);
+  return out;
+}
+
+std::string decodable_document(const json& object) {
+  json doc = json::object();
+  doc["apiVersion"] = object.value("apiVersion", "");
+  doc["kind"] = object.value("kind", "");
+  const json& meta = object.value("metadata", json::object());
+  doc["metadata"] = {{"name", meta.value("name", "")}};
+  if (meta.contains("labels")) doc["metadata"]["labels"] = meta["labels"];
+  doc["spec"] = object.value("spec", json::object());
+  return doc.dump();  // JSON is YAML
+}
+
+KubeStore::KubeStore(const kube::Client& client, std::string namespace_name,
+                     std::string node_selector)
+    : client_(client), namespace_(std::move(namespace_name)) {
+  const std::string gv = fmt::format("{}/{}", api::kGroup, api::kVersion);
+  for (const api::KindSchema& k : api::kind_schemas())
+    kinds_.push_back(
+        {k.kind, k.plural,
+         std::make_unique<kube::Informer>(client_, kube::collection_path(gv, namespace_, k.plural))});
+  nodes_ = std::make_unique<kube::Informer>(client_, kube::collection_path("v1", "", "nodes"),
+                                            std::move(node_selector));
+}
+
+KubeStore::~KubeStore() {
+  for (auto& k : kinds_) k.informer->stop();
+  nodes_->stop();
+}
+
+Status KubeStore::start(double timeout_s) {
+  for (auto& k : kinds_) k.informer->start([this] { changed(); });
+  nodes_->start([this] { changed(); });
+  for (auto& k : kinds_)
+    if (!k.informer->wait_synced(timeout_s))
+      return make_error(ErrorCode::kUnavailable,
+                        "cannot list {} in namespace {} from {} (are the CRDs installed? "
+                        "kubectl apply -f deploy/crds)",
+                        k.plural, namespace_, client_.config().origin);
+  if (!nodes_->wait_synced(timeout_s))
+    return make_error(ErrorCode::kUnavailable, "cannot list nodes from {}",
+                      client_.config().origin);
+  return ok_status();
+}
+
+void KubeStore::changed() {
+  WatchEvent event{EventType::kModified, "", "", ++revision_};
+  std::vector<std::shared_ptr<WatchCallback>> callbacks;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = watchers_.begin(); it != watchers_.end();) {
+      if (auto cb = it->lock()) {
+        callbacks.push_back(std::move(cb));
+        ++it;
+      } else {
+        it = watchers_.erase(it);
+      }
+    }
+  }
+  for (const auto& cb : callbacks) (*cb)(event);
+}
+
+std::shared_ptr<void> KubeStore::watch(WatchCallback callback) {
+  auto cb = std::make_shared<WatchCallback>(std::move(callback));
+  std::lock_guard lock(mu_);
+  watchers_.push_back(cb);
+  return cb;
+}
+
+std::vector<api::Resource> KubeStore::list() const {
+  std::vector<api::Resource> out;
+  for (const Kind& k : kinds_) {
+    for (const json& object : k.informer->items()) {
+      const json& meta = object.value("metadata", json::object());
+      const std::pair<std::string, std::string> key{k.kind, meta.value("name", "")};
+      const std::string version = meta.value("resourceVersion", "");
+      std::lock_guard lock(mu_);
+      if (auto it = decoded_.find(key); it != decoded_.end() && it->second.first == version) {
+        out.push_back(it->second.second);
+        continue;
+      }
+      auto decoded = api::decode_resources(decodable_document(object),
+                                           fmt::format("{} {}/{}", k.kind, namespace_, key.second));
+      if (!decoded.ok() || decoded->size() != 1) {
+        if (rejected_[key] != version) {
+          rejected_[key] = version;
+          const std::string why = decoded.ok() ? "not one resource" : decoded.error().message;
+          spdlog::warn("{}", why);
+          // The user reads this in `kubectl get -o yaml`.
+          json status = {{"error", why}};
+          (void)client_.merge_patch(kube::collection_path(fmt::format("{}/{}", api::kGroup,
+                                                                      api::kVersion),
+                                                          namespace_, k.plural) +
+                                        "/" + key.second + "/status",
+                                    {{"status", status}});
+        }
+        continue;
+      }
+      decoded_[key] = {version, decoded->front()};
+      out.push_back(decoded->front());
+    }
+  }
+  for (const json& node : nodes_->items()) out.push_back(node_from_kubernetes(node));
+  return out;
+}
+
+std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_view name) const {
+  // list() keeps the decoded objects current; a miss lists again.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    {
+      std::lock_guard lock(mu_);
+      auto it = decoded_.find({std::string(kind), std::string(name)});
+      const Kind* k = kind_named(kind);
+      if (it != decoded_.end() && k) {
+        auto live = k->informer->get(namespace_ + "/" + std::string(name));
+        if (!live) return std::nullopt;
+        if (live->value("metadata", json::object()).value("resourceVersion", "") ==
+            it->second.first)
+          return it->second.second;
+      }
+    }
+    if (attempt == 0) (void)list();
+  }
+  if (kind == "Node")
+    if (auto node = nodes_->get(std::string(name))) return node_from_kubernetes(*node);
+  return std::nullopt;
+}
+
+const KubeStore::Kind* KubeStore::kind_named(std::string_view kind) const {
+  for (const Kind& k : kinds_)
+    if (k.kind == kind) return &k;
+  return nullptr;
+}
+
+std::string KubeStore::uid_of(std::string_view kind, std::string_view name) const {
+  const Kind* k = kind_named(kind);
+  if (!k) return "";
+  auto object = k->informer->get(namespace_ + "/" + std::string(name));
+  return object ? object->value("metadata", json::object()).value("uid", "") : "";
+}
+
+Status KubeStore::apply(const api::Resource& resource) {
+  return make_error(ErrorCode::kInvalidArgument,
+                    "{} '{}': in Kubernetes mode resources are applied with kubectl",
+                    api::kind_of(resource), api::metadata_of(resource).name);
+}
+
+Status KubeStore::remove(std::string_view kind, std::string_view name) {
+  return make_error(ErrorCode::kInvalidArgument,
+                    "{} '{}': in Kubernetes mode resources are deleted with kubectl", kind, name);
+}
+
+void KubeStore::publish_status(std::string_view kind, std::string_view name,
+                               const std::string& status_json) {
+  const Kind* k = kind_named(kind);
+  if (!k) return;
+  const std::pair<std::string, std::string> key{std::string(kind), std::string(name)};
+  {
+    std::lock_guard lock(mu_);
+    if (published_[key] == status_json) return;
+  }
+  json status = json::parse(status_json, nullptr, false);
+  if (status.is_discarded()) return;
+  status["error"] = nullptr;  // a merge patch removes an earlier decoding error
+  const std::string path =
+      kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), namespace_,
+                            k->plural) +
+      "/" + std::string(name) + "/status";
+  auto r = client_.merge_patch(path, {{"status", status}});
+  if (!r.ok()) {
+    if (r.error().code != ErrorCode::kNotFound)
+      spdlog::warn("status of {} {}: {}", kind, name, r.error().message);
+    return;
+  }
+  std::lock_guard lock(mu_);
+  published_[key] = status_json;
+}
+
+}  // namespace loadstar::controller

@@ -1,0 +1,76 @@
+// Resources from the Kubernetes API: the second ResourceStore. Informers
+// follow Loadstar's custom resources in one namespace and the cluster's
+// Nodes; list() decodes the custom resources with the very decoder the
+// local mode uses (an object it rejects is skipped, and its status says
+// why), and turns Kubernetes Nodes into Loadstar Nodes: allocatable CPU and
+// memory, `nvidia.com/gpu` devices described by GPU feature discovery's
+// labels, topology from well-known labels.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "controller/store.h"
+#include "kube/client.h"
+#include "kube/informer.h"
+
+namespace loadstar::controller {
+
+// Kubernetes Node (JSON) -> Loadstar Node.
+api::Node node_from_kubernetes(const kube::json& node);
+
+// A custom resource (JSON) -> the YAML document the decoder reads: apiVersion,
+// kind, metadata.name/labels and spec; status and server-set metadata go.
+std::string decodable_document(const kube::json& object);
+
+class KubeStore : public ResourceStore {
+ public:
+  // `node_selector` (a label selector) limits the Nodes replicas may use.
+  KubeStore(const kube::Client& client, std::string namespace_name,
+            std::string node_selector = "");
+  ~KubeStore() override;
+
+  // Starts the informers and waits up to `timeout_s` for their first lists.
+  Status start(double timeout_s);
+
+  std::vector<api::Resource> list() const override;
+  std::optional<api::Resource> get(std::string_view kind, std::string_view name) const override;
+  // Resources are applied with kubectl in Kubernetes mode.
+  Status apply(const api::Resource& resource) override;
+  Status remove(std::string_view kind, std::string_view name) override;
+  uint64_t revision() const override { return revision_.load(); }
+  std::shared_ptr<void> watch(WatchCallback callback) override;
+  void publish_status(std::string_view kind, std::string_view name,
+                      const std::string& status_json) override;
+
+  // The object's uid (for owner references); empty when unknown.
+  std::string uid_of(std::string_view kind, std::string_view name) const;
+  const std::string& namespace_name() const { return namespace_; }
+
+ private:
+  struct Kind {
+    std::string kind, plural;
+    std::unique_ptr<kube::Informer> informer;
+  };
+  void changed();
+  const Kind* kind_named(std::string_view kind) const;
+
+  const kube::Client& client_;
+  std::string namespace_;
+  std::vector<Kind> kinds_;
+  std::unique_ptr<kube::Informer> nodes_;
+  std::atomic<uint64_t> revision_{0};
+  mutable std::mutex mu_;  // guards the members below
+  // Decoded objects by (kind, name), with the resourceVersion decoded.
+  mutable std::map<std::pair<std::string, std::string>, std::pair<std::string, api::Resource>>
+      decoded_;
+  mutable std::map<std::pair<std::string, std::string>, std::string> rejected_;  // rv -> logged
+  std::map<std::pair<std::string, std::string>, std::string> published_;  // status as last written
+  std::vector<std::weak_ptr<WatchCallback>> watchers_;
+};
+
+}  // namespace loadstar::controller

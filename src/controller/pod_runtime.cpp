@@ -1,0 +1,288 @@
+#include "controller/pod_runtime.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "api/schema.h"
+#include "controller/kube_store.h"
+
+namespace loadstar::controller {
+
+using kube::json;
+
+namespace {
+
+constexpr const char* kManagedBy = "app.kubernetes.io/managed-by";
+constexpr const char* kServiceLabel = "loadstar.dev/service";
+constexpr const char* kIndexLabel = "loadstar.dev/index";
+constexpr const char* kSharesAnnotation = "loadstar.dev/devices";
+
+json shares_json(const std::vector<DeviceShare>& shares) {
+  json out = json::array();
+  for (const auto& s : shares)
+    out.push_back({{"device", s.device}, {"milli", s.milli}, {"migSlices", s.mig_slices}});
+  return out;
+}
+
+std::vector<DeviceShare> shares_from(const json& pod) {
+  std::vector<DeviceShare> out;
+  const json meta = pod.value("metadata", json::object());
+  const json annotations = meta.value("annotations", json::object());
+  if (!annotations.contains(kSharesAnnotation)) return out;
+  json parsed = json::parse(annotations[kSharesAnnotation].get<std::string>(), nullptr, false);
+  if (!parsed.is_array()) return out;
+  for (const auto& s : parsed)
+    out.push_back({s.value("device", 0), s.value("milli", 0u), s.value("migSlices", 0u)});
+  return out;
+}
+
+bool condition_true(const json& status, const char* type) {
+  for (const auto& c : status.value("conditions", json::array()))
+    if (c.value("type", "") == type) return c.value("status", "") == "True";
+  return false;
+}
+
+// Why a container is not running, from its status ("waiting: ErrImagePull").
+std::string container_state(const json& statuses, const std::string& name) {
+  for (const auto& c : statuses) {
+    if (c.value("name", "") != name) continue;
+    const json state = c.value("state", json::object());
+    if (state.contains("waiting"))
+      return fmt::format("{} waiting: {} {}", name, state["waiting"].value("reason", ""),
+                         state["waiting"].value("message", ""));
+    if (state.contains("terminated"))
+      return fmt::format("{} exited with code {}", name,
+                         state["terminated"].value("exitCode", -1));
+    if (state.contains("running")) return name + " running";
+  }
+  return "";
+}
+
+}  // namespace
+
+json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
+                 const std::string& namespace_name, const std::string& service_uid) {
+  const api::InferenceService& svc = *launch.service;
+  const api::Model& model = *launch.model;
+  const std::string models_mount = "/var/lib/loadstar/models";
+  json labels = {{kManagedBy, "loadstar"},
+                 {"app.kubernetes.io/component", "engine"},
+                 {kServiceLabel, svc.metadata.name},
+                 {kIndexLabel, std::to_string(launch.index)}};
+  json engine_args = json::array({"engine-sim", "--model",
+                                  fmt::format("{}/{}/current", models_mount, model.metadata.name),
+                                  "--served-model-name", svc.metadata.name, "--host",
+                                  "$(POD_IP)", "--port", std::to_string(options.engine_port)});
+  for (const auto& a : svc.spec.engine.args) engine_args.push_back(a);
+  json env = json::array(
+      {{{"name", "POD_IP"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "status.podIP"}}}}}},
+       {{"name", "NODE_IP"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "status.hostIP"}}}}}}});
+  json engine = {
+      {"name", "engine"},
+      {"image", options.image},
+      {"imagePullPolicy", options.image_pull_policy},
+      {"command", {"loadstar"}},
+      {"args", engine_args},
+      {"env", env},
+      {"ports", {{{"name", "http"}, {"containerPort", options.engine_port}}}},
+      {"readinessProbe",
+       {{"httpGet", {{"path", "/health"}, {"port", options.engine_port}}},
+        {"periodSeconds", 1}}},
+      {"volumeMounts", {{{"name", "models"}, {"mountPath", models_mount}, {"readOnly", true}}}}};
+  json resources = json::object();
+  if (svc.spec.cpu > 0) resources["cpu"] = fmt::format("{}m", std::lround(svc.spec.cpu * 1000));
+  if (svc.spec.memory_bytes > 0) resources["memory"] = std::to_string(svc.spec.memory_bytes);
+  // Whole cards are the device plugin's unit; shares of a card are the
+  // scheduler's bookkeeping (the devices annotation says which).
+  uint32_t whole = 0;
+  for (const auto& s : launch.shares) whole += s.milli >= 1000 && s.mig_slices == 0;
+  if (whole > 0) resources["nvidia.com/gpu"] = std::to_string(whole);
+  if (!resources.empty()) engine["resources"] = {{"requests", resources}, {"limits", resources}};
+  json stage = {
+      {"name", "stage"},
+      {"image", options.image},
+      {"imagePullPolicy", options.image_pull_policy},
+      {"command", {"loadstar"}},
+      {"args",
+       {"stage", model.metadata.name, "--source", model.spec.source, "--agent",
+        fmt::format("http://$(NODE_IP):{}", options.agent_port), "--timeout", "3600"}},
+      {"env", env}};
+  json pod = {
+      {"apiVersion", "v1"},
+      {"kind", "Pod"},
+      {"metadata",
+       {{"name", launch.replica},
+        {"namespace", namespace_name},
+        {"labels", labels},
+        {"annotations",
+         {{kSharesAnnotation, shares_json(launch.shares).dump()},
+          {"loadstar.dev/model", model.metadata.name}}}}},
+      {"spec",
+       {{"schedulerName", "loadstar"},
+        {"restartPolicy", "Always"},
+        {"automountServiceAccountToken", false},  // engines never call the API
+        {"terminationGracePeriodSeconds", options.termination_grace_s},
+        {"initContainers", {stage}},
+        {"containers", {engine}},
+        {"volumes",
+         {{{"name", "models"},
+           {"hostPath",
+            {{"path", options.cache_host_path + "/models"}, {"type", "DirectoryOrCreate"}}}}}}}}};
+  if (!service_uid.empty())
+    pod["metadata"]["ownerReferences"] = {{{"apiVersion", fmt::format("{}/{}", api::kGroup,
+                                                                      api::kVersion)},
+                                           {"kind", "InferenceService"},
+                                           {"name", svc.metadata.name},
+                                           {"uid", service_uid},
+                                           {"controller", true},
+                                           {"blockOwnerDeletion", true}}};
+  return pod;
+}
+
+PodRuntime::PodRuntime(const kube::Client& client, const KubeStore& store,
+                       PodRuntimeOptions options)
+    : client_(client),
+      store_(store),
+      options_(std::move(options)),
+      namespace_(store.namespace_name()),
+      pods_(std::make_unique<kube::Informer>(
+          client_, kube::collection_path("v1", namespace_, "pods"),
+          fmt::format("{}=loadstar,app.kubernetes.io/component=engine", kManagedBy))) {}
+
+PodRuntime::~PodRuntime() {
+  pods_->stop();
+}
+
+Status PodRuntime::start(double timeout_s) {
+  pods_->start(nullptr);
+  if (!pods_->wait_synced(timeout_s))
+    return make_error(ErrorCode::kUnavailable, "cannot list pods in namespace {}", namespace_);
+  return ok_status();
+}
+
+std::string PodRuntime::pod_path(const std::string& name) const {
+  return kube::collection_path("v1", namespace_, "pods") + "/" + name;
+}
+
+Status PodRuntime::launch(const EngineLaunch& launch) {
+  if (auto pod = pods_->get(namespace_ + "/" + launch.replica)) {
+    if (pod->value("metadata", json::object()).contains("deletionTimestamp"))
+      return make_error(ErrorCode::kUnavailable, "its previous pod is still terminating");
+    stopping_.erase(launch.replica);
+    return ok_status();  // created before (by us, or a controller before us)
+  }
+  const std::string uid = store_.uid_of("InferenceService", launch.service->metadata.name);
+  json pod = replica_pod(launch, options_, namespace_, uid);
+  auto created = client_.create(kube::collection_path("v1", namespace_, "pods"), pod);
+  if (!created.ok() && created.error().code != ErrorCode::kConflict)
+    return make_error(created.error().code, "creating pod {}: {}", launch.replica,
+                      created.error().message);
+  // Bind it where the scheduler put it (a bound pod's nodeName is final).
+  const json binding = {{"apiVersion", "v1"},
+                        {"kind", "Binding"},
+                        {"metadata", {{"name", launch.replica}, {"namespace", namespace_}}},
+                        {"target", {{"apiVersion", "v1"}, {"kind", "Node"}, {"name", launch.node}}}};
+  auto bound = client_.create(pod_path(launch.replica) + "/binding", binding);
+  if (!bound.ok() && bound.error().code != ErrorCode::kConflict) {
+    remove(launch.replica, 0);
+    return make_error(bound.error().code, "binding pod {} to {}: {}", launch.replica, launch.node,
+                      bound.error().message);
+  }
+  stopping_.erase(launch.replica);
+  created_[launch.replica] = std::chrono::steady_clock::now();
+  spdlog::info("replica {}: pod created and bound to {}", launch.replica, launch.node);
+  return ok_status();
+}
+
+EngineStatus PodRuntime::status(const std::string& replica) {
+  EngineStatus st;
+  auto pod = pods_->get(namespace_ + "/" + replica);
+  if (pod) created_.erase(replica);
+  if (!pod && created_.count(replica) &&
+      std::chrono::steady_clock::now() - created_[replica] < std::chrono::seconds(30)) {
+    st.exists = true;
+    st.message = "pod created";
+    return st;
+  }
+  if (!pod) {
+    // Not in the informer yet right after creation is no exit: a pod we
+    // created shows up within a watch round trip; one that vanished was
+    // deleted by someone else.
+    st.exists = false;
+    st.exited = !stopping_.count(replica);
+    st.message = "its pod was deleted";
+    stopping_.erase(replica);
+    return st;
+  }
+  st.exists = true;
+  const json status = pod->value("status", json::object());
+  const std::string phase = status.value("phase", "Pending");
+  if (phase == "Failed" || phase == "Succeeded") {
+    st.exited = !stopping_.count(replica);
+    st.exists = false;
+    st.message = fmt::format("pod {}: {} {}", phase, status.value("reason", ""),
+                             status.value("message", ""));
+    remove(replica, 0);
+    return st;
+  }
+  st.staged = condition_true(status, "Initialized");
+  const json containers = status.value("containerStatuses", json::array());
+  for (const auto& c : containers)
+    if (c.value("name", "") == "engine")
+      st.started = c.value("state", json::object()).contains("running");
+  st.ready = condition_true(status, "Ready");
+  st.host = status.value("podIP", "");
+  st.port = options_.engine_port;
+  if (st.ready) return st;
+  if (!pod->value("spec", json::object()).contains("nodeName")) {
+    st.message = "pod not bound yet";
+  } else if (!st.staged) {
+    std::string s = container_state(status.value("initContainerStatuses", json::array()), "stage");
+    st.message = "staging the model" + (s.empty() ? "" : " (" + s + ")");
+  } else {
+    std::string s = container_state(containers, "engine");
+    st.message = st.started ? "loading weights" : s.empty() ? "starting the engine" : s;
+  }
+  return st;
+}
+
+void PodRuntime::remove(const std::string& name, int64_t grace_s) {
+  created_.erase(name);
+  auto r = client_.remove(pod_path(name), grace_s);
+  if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+    spdlog::warn("deleting pod {}: {}", name, r.error().message);
+}
+
+void PodRuntime::stop(const std::string& replica) {
+  if (stopping_.insert(replica).second) remove(replica, options_.termination_grace_s);
+}
+
+void PodRuntime::kill(const std::string& replica) {
+  stopping_.insert(replica);
+  remove(replica, 0);
+}
+
+std::vector<ExistingEngine> PodRuntime::existing() {
+  std::vector<ExistingEngine> out;
+  for (const json& pod : pods_->items()) {
+    const json meta = pod.value("metadata", json::object());
+    if (meta.contains("deletionTimestamp")) continue;
+    const json spec = pod.value("spec", json::object());
+    if (!spec.contains("nodeName")) {
+      // Created but never bound (the controller stopped in between): place it anew.
+      remove(meta.value("name", ""), 0);
+      continue;
+    }
+    const json labels = meta.value("labels", json::object());
+    ExistingEngine e;
+    e.replica = meta.value("name", "");
+    e.service = labels.value(kServiceLabel, "");
+    e.index = static_cast<uint32_t>(std::atoi(labels.value(kIndexLabel, "0").c_str()));
+    e.node = spec.value("nodeName", "");
+    e.shares = shares_from(pod);
+    if (!e.service.empty()) out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace loadstar::controller

@@ -1,0 +1,67 @@
+// Engines as Pods (Kubernetes mode). Each replica is one Pod named after it,
+// owned by its InferenceService (deleting the service deletes its Pods),
+// created with `schedulerName: loadstar` and bound by the controller to the
+// node its scheduler chose (the Binding subresource), so no other scheduler
+// places it. The Pod's init container asks the node's agent to stage the
+// model (`loadstar stage`, agent on the node's address); the engine reads it
+// read-only from the agent's cache (a hostPath) through models/NAME/current.
+// An informer on the Pods tells each engine's state: staged (init done),
+// started (engine running), ready (the Ready condition), at the Pod's IP.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "controller/runtime.h"
+#include "kube/client.h"
+#include "kube/informer.h"
+
+namespace loadstar::controller {
+
+class KubeStore;
+
+struct PodRuntimeOptions {
+  std::string image = "loadstar:0.1.0";  // runs `loadstar engine-sim` and `loadstar stage`
+  std::string image_pull_policy = "IfNotPresent";
+  uint16_t engine_port = 8000;
+  uint16_t agent_port = 8070;  // the agent DaemonSet's port on each node (host network)
+  std::string cache_host_path = "/var/lib/loadstar/agent";  // the agents' cache on each node
+  int64_t termination_grace_s = 30;  // a stopping engine drains this long
+};
+
+// The Pod of a replica (JSON), as PodRuntime creates it.
+kube::json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
+                       const std::string& namespace_name, const std::string& service_uid);
+
+class PodRuntime : public EngineRuntime {
+ public:
+  PodRuntime(const kube::Client& client, const KubeStore& store, PodRuntimeOptions options);
+  ~PodRuntime() override;
+  // Starts the Pod informer and waits for its first list.
+  Status start(double timeout_s);
+
+  Status launch(const EngineLaunch& launch) override;
+  EngineStatus status(const std::string& replica) override;
+  void stop(const std::string& replica) override;
+  void kill(const std::string& replica) override;
+  bool engines_outlive_controller() const override { return true; }
+  std::vector<ExistingEngine> existing() override;
+
+ private:
+  std::string pod_path(const std::string& name) const;
+  void remove(const std::string& name, int64_t grace_s);
+
+  const kube::Client& client_;
+  const KubeStore& store_;
+  PodRuntimeOptions options_;
+  std::string namespace_;
+  std::unique_ptr<kube::Informer> pods_;
+  std::set<std::string> stopping_;  // deleted by us: their disappearance is no failure
+  // Created, not yet seen by the informer.
+  std::map<std::string, std::chrono::steady_clock::time_point> created_;
+};
+
+}  // namespace loadstar::controller

@@ -1,0 +1,126 @@
+#include "controller/routing_builder.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "api/cost_expression.h"
+
+namespace loadstar::controller {
+
+std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(
+    const std::map<std::string, api::InferenceService>& services,
+    const std::vector<api::Tenant>& tenants, const std::vector<api::Route>& routes,
+    const std::map<std::string, std::vector<std::shared_ptr<gateway::Endpoint>>>& ready) {
+  auto table = std::make_shared<gateway::RoutingTable>();
+  table->version = ++version_;
+  for (const auto& [name, svc] : services) {
+    auto& s = table->services[name];
+    s.picker = picker_config(svc.spec.routing);
+    s.hold_max_requests = svc.spec.routing.hold_max_requests;
+    s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
+    s.may_get_replicas = svc.spec.replicas > 0;
+    if (auto it = ready.find(name); it != ready.end()) s.ready = it->second;
+  }
+  for (const auto& route : routes) table->routes[route.spec.model] = build_route(route);
+  table->tenants = build_tenants(tenants);
+  return table;
+}
+
+gateway::PickerConfig picker_config(const api::RoutingSpec& spec) {
+  gateway::PickerConfig config;
+  if (auto kind = gateway::parse_picker_kind(spec.picker); kind.ok()) config.kind = *kind;
+  gateway::ScorerWeights& w = config.weights;
+  w.prefix_cache = spec.prefix_cache_weight.value_or(w.prefix_cache);
+  w.in_flight = spec.in_flight_weight.value_or(w.in_flight);
+  w.queue = spec.queue_weight.value_or(w.queue);
+  w.kv_cache = spec.kv_cache_weight.value_or(w.kv_cache);
+  w.session = spec.session_weight.value_or(w.session);
+  if (spec.session_header) config.session_header = *spec.session_header;
+  return config;
+}
+
+std::shared_ptr<const gateway::TenantDirectory> RoutingBuilder::build_tenants(
+    const std::vector<api::Tenant>& tenant_specs) {
+  auto directory = std::make_shared<gateway::TenantDirectory>();
+  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> kept;
+  for (const api::Tenant& t : tenant_specs) {
+    gateway::TenantLimits limits;
+    if (t.spec.requests_per_minute) limits.requests_per_minute = *t.spec.requests_per_minute;
+    if (t.spec.tokens_per_minute) limits.tokens_per_minute = *t.spec.tokens_per_minute;
+    limits.max_concurrent = t.spec.max_concurrent_requests;
+    auto cost = api::CostExpression::parse(t.spec.token_cost);
+    if (!cost.ok()) cost = api::CostExpression();  // rejected at decode; cannot happen
+    auto& limiter = tenants_[t.metadata.name];
+    if (!limiter)
+      limiter = std::make_shared<gateway::TenantLimiter>(t.metadata.name, limits, *cost);
+    else
+      limiter->configure(limits, *cost);
+    std::vector<gateway::TenantDirectory::Key> keys;
+    for (const auto& k : t.spec.api_keys) keys.push_back({k.sha256, k.name, k.revoked});
+    directory->add(limiter, keys);
+    kept[t.metadata.name] = limiter;
+  }
+  tenants_.swap(kept);
+  return directory;
+}
+
+gateway::RoutingTable::Route RoutingBuilder::build_route(const api::Route& route) {
+  gateway::RoutingTable::Route out;
+  for (const auto& b : route.spec.backends) {
+    gateway::RoutingTable::Backend backend;
+    backend.weight = b.weight;
+    backend.priority = b.priority;
+    if (!b.service.empty()) {
+      backend.service = b.service;
+      backend.model = b.model.empty() ? b.service : b.model;
+    } else {
+      // http://host[:port][/v1]
+      std::string rest = b.url.substr(7);
+      if (auto slash = rest.find('/'); slash != std::string::npos) rest.resize(slash);
+      std::string host = rest;
+      uint16_t port = 80;
+      if (auto colon = rest.rfind(':'); colon != std::string::npos) {
+        host = rest.substr(0, colon);
+        port = static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1));
+      }
+      boost::system::error_code ec;
+      std::string address = host;
+      if (boost::asio::ip::make_address(host, ec), ec) {
+        boost::asio::io_context io;
+        boost::asio::ip::tcp::resolver resolver(io);
+        auto results = resolver.resolve(host, std::to_string(port), ec);
+        if (ec || results.empty()) {
+          spdlog::warn("route {}: cannot resolve backend {}: {}", route.metadata.name, b.url,
+                       ec ? ec.message() : "no address");
+          continue;
+        }
+        address = results.begin()->endpoint().address().to_string();
+      }
+      auto& endpoint = externals_[b.url];
+      if (!endpoint || endpoint->host != address || endpoint->port != port)
+        endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, address, port);
+      backend.external = endpoint;
+      backend.model = b.model.empty() ? route.spec.model : b.model;
+      if (!b.api_key_env.empty()) {
+        const char* key = std::getenv(b.api_key_env.c_str());
+        if (key && *key)
+          backend.authorization = fmt::format("Bearer {}", key);
+        else
+          spdlog::warn("route {}: backend {}: environment variable {} is not set",
+                       route.metadata.name, b.url, b.api_key_env);
+      }
+    }
+    out.backends.push_back(std::move(backend));
+  }
+  std::stable_sort(out.backends.begin(), out.backends.end(),
+                   [](const auto& a, const auto& b) { return a.priority < b.priority; });
+  return out;
+}
+
+}  // namespace loadstar::controller

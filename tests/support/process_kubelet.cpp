@@ -1,0 +1,409 @@
+// A "process kubelet" for tests against a real API server that has no
+// kubelet: it registers a Node, watches the Pods bound to it, and runs their
+// containers as local processes, the way a kubelet would — init containers
+// in order, then the containers, restarted when they exit (restartPolicy
+// Always), $(VAR) references expanded from env and the downward API
+// (status.podIP, status.hostIP, metadata.name, spec.nodeName), readiness
+// from the httpGet probe — and writes the Pod's status (phase, podIP,
+// conditions, container states). Each Pod gets its own loopback address
+// (127.0.N.M), so engines of several Pods listen on the same port, as in a
+// cluster. Images are not pulled: a command "loadstar" runs the binary
+// under test. hostPath volumes live under --host-root (the node's disk),
+// and a container sees a mount by its paths being rewritten onto the
+// hostPath (no mount namespaces). A Pod being deleted gets SIGTERM, then
+// SIGKILL after its grace period, and is then removed (grace 0), as a
+// kubelet confirms a deletion.
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "common/process.h"
+#include "http/client.h"
+#include "kube/client.h"
+#include "kube/informer.h"
+#include "kube/leader.h"
+
+namespace fs = std::filesystem;
+using loadstar::kube::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+  std::string kubeconfig, node, node_ip, loadstar_bin, host_root, namespace_name;
+  uint32_t gpus = 0;
+  std::string gpu_product = "A100-80GB";
+  std::string gpu_memory_mib = "81920";
+  std::vector<std::string> labels;
+  std::string pod_net = "127.0.9";  // pods get 127.0.9.2, .3, ...
+};
+
+struct Container {
+  std::string name;
+  json spec;
+  std::optional<loadstar::Subprocess> process;
+  uint32_t restarts = 0;
+  std::optional<int> last_exit;
+  Clock::time_point next_start;
+  bool ready = false;
+  Clock::time_point next_probe;
+};
+
+struct Pod {
+  std::string name, ip;
+  json object;
+  std::vector<Container> init, main;
+  size_t init_done = 0;
+  bool deleting = false;
+  Clock::time_point kill_at;
+  std::string last_status;
+};
+
+std::string now_rfc3339() {
+  return loadstar::kube::micro_time(std::chrono::system_clock::now()).substr(0, 19) + "Z";
+}
+
+class Kubelet {
+ public:
+  Kubelet(const Args& args, const loadstar::kube::Client& client)
+      : args_(args),
+        client_(client),
+        pods_(client, loadstar::kube::collection_path("v1", args.namespace_name, "pods")) {}
+
+  loadstar::Status register_node() {
+    json labels = {{"kubernetes.io/hostname", args_.node}};
+    for (const auto& l : args_.labels)
+      if (auto eq = l.find('='); eq != std::string::npos)
+        labels[l.substr(0, eq)] = l.substr(eq + 1);
+    if (args_.gpus > 0) {
+      labels["nvidia.com/gpu.product"] = args_.gpu_product;
+      labels["nvidia.com/gpu.memory"] = args_.gpu_memory_mib;
+    }
+    json node = {{"apiVersion", "v1"},
+                 {"kind", "Node"},
+                 {"metadata", {{"name", args_.node}, {"labels", labels}}}};
+    auto created = client_.create("/api/v1/nodes", node);
+    if (!created.ok() && created.error().code != loadstar::ErrorCode::kConflict)
+      return std::move(created).error();
+    json resources = {{"cpu", "8"}, {"memory", "32Gi"}, {"pods", "110"}};
+    if (args_.gpus > 0) resources["nvidia.com/gpu"] = std::to_string(args_.gpus);
+    json status = {
+        {"capacity", resources},
+        {"allocatable", resources},
+        {"addresses", {{{"type", "InternalIP"}, {"address", args_.node_ip}}}},
+        {"conditions",
+         {{{"type", "Ready"},
+           {"status", "True"},
+           {"reason", "KubeletReady"},
+           {"message", "process kubelet"},
+           {"lastHeartbeatTime", now_rfc3339()},
+           {"lastTransitionTime", now_rfc3339()}}}}};
+    auto patched = client_.merge_patch("/api/v1/nodes/" + args_.node + "/status",
+                                       {{"status", status}});
+    if (!patched.ok()) return std::move(patched).error();
+    return loadstar::ok_status();
+  }
+
+  void run(const std::atomic<bool>& stop) {
+    pods_.start(nullptr);
+    pods_.wait_synced(30);
+    while (!stop.load()) {
+      sync();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    for (auto& [name, pod] : pods_running_)
+      for (auto* list : {&pod.init, &pod.main})
+        for (auto& c : *list)
+          if (c.process) c.process->stop(std::chrono::milliseconds(2000));
+  }
+
+ private:
+  std::string pod_path(const std::string& name) const {
+    return loadstar::kube::collection_path("v1", args_.namespace_name, "pods") + "/" + name;
+  }
+
+  // $(VAR) from the container's env (values and the downward API).
+  std::map<std::string, std::string> environment(const Pod& pod, const json& container) const {
+    std::map<std::string, std::string> env;
+    for (const auto& e : container.value("env", json::array())) {
+      const std::string name = e.value("name", "");
+      if (e.contains("value")) {
+        env[name] = e["value"].get<std::string>();
+      } else if (e.contains("valueFrom") && e["valueFrom"].contains("fieldRef")) {
+        const std::string field = e["valueFrom"]["fieldRef"].value("fieldPath", "");
+        if (field == "status.podIP") env[name] = pod.ip;
+        if (field == "status.hostIP") env[name] = args_.node_ip;
+        if (field == "metadata.name") env[name] = pod.name;
+        if (field == "metadata.namespace") env[name] = args_.namespace_name;
+        if (field == "spec.nodeName") env[name] = args_.node;
+      }
+    }
+    return env;
+  }
+
+  std::string expand(std::string text, const std::map<std::string, std::string>& env) const {
+    for (const auto& [name, value] : env) {
+      const std::string ref = "$(" + name + ")";
+      for (size_t at; (at = text.find(ref)) != std::string::npos;)
+        text.replace(at, ref.size(), value);
+    }
+    return text;
+  }
+
+  std::optional<loadstar::Subprocess> start(Pod& pod, Container& c) {
+    const json& spec = c.spec;
+    const auto env = environment(pod, spec);
+    std::vector<std::string> argv;
+    for (const auto& part : {spec.value("command", json::array()), spec.value("args", json::array())})
+      for (const auto& a : part) argv.push_back(expand(a.get<std::string>(), env));
+    if (argv.empty()) return std::nullopt;
+    if (argv[0] == "loadstar") argv[0] = args_.loadstar_bin;
+    // Mounts: paths under a mountPath are rewritten onto the hostPath.
+    const json volumes = pod.object["spec"].value("volumes", json::array());
+    for (const auto& m : spec.value("volumeMounts", json::array())) {
+      const std::string mount = m.value("mountPath", "");
+      for (const auto& v : volumes) {
+        if (v.value("name", "") != m.value("name", "") || !v.contains("hostPath")) continue;
+        const std::string host = args_.host_root + v["hostPath"].value("path", "");
+        std::error_code ec;
+        fs::create_directories(host, ec);
+        for (auto& a : argv)
+          if (a.starts_with(mount) && (a.size() == mount.size() || a[mount.size()] == '/'))
+            a = host + a.substr(mount.size());
+      }
+    }
+    loadstar::ProcessOptions p;
+    p.argv = argv;
+    for (const auto& [k, v] : env) p.env.push_back(k + "=" + v);
+    p.output_path =
+        fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name);
+    std::error_code ec;
+    fs::create_directories(args_.host_root + "/logs", ec);
+    auto process = loadstar::Subprocess::start(p);
+    if (!process.ok()) {
+      spdlog::warn("pod {}: container {}: {}", pod.name, c.name, process.error().message);
+      return std::nullopt;
+    }
+    spdlog::info("pod {}: container {} started (pid {})", pod.name, c.name, process->pid());
+    return std::move(process).value();
+  }
+
+  // Starts, restarts and probes the containers; false when nothing changed.
+  void step(Pod& pod) {
+    const auto now = Clock::now();
+    auto tend = [&](Container& c) {
+      if (c.process && !c.process->running()) {
+        c.last_exit = c.process->wait_for(std::chrono::milliseconds(0)).value_or(-1);
+        c.process.reset();
+        c.ready = false;
+        c.next_start = now + std::chrono::milliseconds(500 << std::min(c.restarts, 5u));
+        return true;  // exited
+      }
+      return false;
+    };
+    if (pod.init_done < pod.init.size()) {
+      Container& c = pod.init[pod.init_done];
+      if (tend(c) && c.last_exit == 0) {
+        ++pod.init_done;
+        return;
+      }
+      if (!c.process && now >= c.next_start) {
+        if (c.last_exit) ++c.restarts;
+        c.process = start(pod, c);
+      }
+      return;
+    }
+    for (Container& c : pod.main) {
+      tend(c);
+      if (!c.process && now >= c.next_start) {
+        if (c.last_exit) ++c.restarts;
+        c.process = start(pod, c);
+      }
+      if (c.process && now >= c.next_probe) {
+        c.next_probe = now + std::chrono::milliseconds(200);
+        const json probe = c.spec.value("readinessProbe", json::object());
+        if (!probe.contains("httpGet")) {
+          c.ready = true;
+        } else {
+          loadstar::http::ClientRequest req;
+          req.host = pod.ip;
+          req.port = static_cast<uint16_t>(probe["httpGet"].value("port", 80));
+          req.target = probe["httpGet"].value("path", "/");
+          req.timeout_s = 0.5;
+          auto r = loadstar::http::fetch(req);
+          c.ready = r.ok() && r->status >= 200 && r->status < 400;
+        }
+      }
+    }
+  }
+
+  json container_status(const Container& c, bool is_init, bool done) const {
+    json state;
+    if (c.process)
+      state = {{"running", {{"startedAt", now_rfc3339()}}}};
+    else if (is_init && done)
+      state = {{"terminated", {{"exitCode", 0}, {"reason", "Completed"}}}};
+    else if (c.last_exit)
+      state = {{"waiting",
+                {{"reason", "CrashLoopBackOff"},
+                 {"message", fmt::format("exited with code {}", *c.last_exit)}}}};
+    else
+      state = {{"waiting", {{"reason", "PodInitializing"}}}};
+    return {{"name", c.name},
+            {"state", state},
+            {"ready", c.ready},
+            {"restartCount", c.restarts},
+            {"image", c.spec.value("image", "")},
+            {"imageID", ""},
+            {"started", c.process.has_value()}};
+  }
+
+  void write_status(Pod& pod) {
+    const bool initialized = pod.init_done == pod.init.size();
+    bool ready = initialized && !pod.main.empty();
+    bool running = initialized;
+    for (const auto& c : pod.main) {
+      ready &= c.ready;
+      running &= c.process.has_value();
+    }
+    json init_statuses = json::array(), statuses = json::array();
+    for (size_t i = 0; i < pod.init.size(); ++i)
+      init_statuses.push_back(container_status(pod.init[i], true, i < pod.init_done));
+    for (const auto& c : pod.main) statuses.push_back(container_status(c, false, false));
+    auto cond = [](const char* type, bool value) {
+      return json{{"type", type}, {"status", value ? "True" : "False"}};
+    };
+    json status = {{"phase", running ? "Running" : "Pending"},
+                   {"hostIP", args_.node_ip},
+                   {"podIP", pod.ip},
+                   {"podIPs", {{{"ip", pod.ip}}}},
+                   {"conditions",
+                    {cond("PodScheduled", true), cond("Initialized", initialized),
+                     cond("ContainersReady", ready), cond("Ready", ready)}},
+                   {"initContainerStatuses", init_statuses},
+                   {"containerStatuses", statuses}};
+    // startedAt changes each time; compare without it.
+    std::string key = status.dump();
+    for (size_t at; (at = key.find("startedAt")) != std::string::npos;) key.replace(at, 9, "x");
+    if (key == pod.last_status) return;
+    auto r = client_.merge_patch(pod_path(pod.name) + "/status", {{"status", status}});
+    if (r.ok()) pod.last_status = key;
+  }
+
+  void sync() {
+    std::set<std::string> seen;
+    for (const json& object : pods_.items()) {
+      const json meta = object.value("metadata", json::object());
+      if (object.value("spec", json::object()).value("nodeName", "") != args_.node) continue;
+      const std::string name = meta.value("name", "");
+      seen.insert(name);
+      auto it = pods_running_.find(name);
+      if (it == pods_running_.end()) {
+        if (meta.contains("deletionTimestamp")) {
+          (void)client_.remove(pod_path(name), 0);
+          continue;
+        }
+        Pod pod;
+        pod.name = name;
+        pod.ip = fmt::format("{}.{}", args_.pod_net, next_ip_++);
+        pod.object = object;
+        for (const auto& c : object["spec"].value("initContainers", json::array()))
+          pod.init.push_back({c.value("name", ""), c});
+        for (const auto& c : object["spec"].value("containers", json::array()))
+          pod.main.push_back({c.value("name", ""), c});
+        spdlog::info("pod {}: bound here; ip {}", name, pod.ip);
+        it = pods_running_.emplace(name, std::move(pod)).first;
+      }
+      Pod& pod = it->second;
+      if (meta.contains("deletionTimestamp") && !pod.deleting) {
+        pod.deleting = true;
+        const int64_t grace = meta.value("deletionGracePeriodSeconds", int64_t{30});
+        pod.kill_at = Clock::now() + std::chrono::seconds(grace);
+        for (auto* list : {&pod.init, &pod.main})
+          for (auto& c : *list)
+            if (c.process) c.process->signal(SIGTERM);
+        spdlog::info("pod {}: deleting (grace {}s)", name, grace);
+      }
+      if (pod.deleting) {
+        bool alive = false;
+        for (auto* list : {&pod.init, &pod.main})
+          for (auto& c : *list) {
+            if (c.process && Clock::now() >= pod.kill_at) c.process->signal(SIGKILL);
+            if (c.process && c.process->running()) alive = true;
+          }
+        if (!alive) {
+          (void)client_.remove(pod_path(name), 0);  // confirm the deletion
+          pods_running_.erase(it);
+        }
+        continue;
+      }
+      step(pod);
+      write_status(pod);
+    }
+    // Pods deleted at once (grace 0): their processes go now.
+    for (auto it = pods_running_.begin(); it != pods_running_.end();) {
+      if (seen.count(it->first)) {
+        ++it;
+        continue;
+      }
+      for (auto* list : {&it->second.init, &it->second.main})
+        for (auto& c : *list)
+          if (c.process) c.process->stop(std::chrono::milliseconds(0));
+      spdlog::info("pod {}: gone", it->first);
+      it = pods_running_.erase(it);
+    }
+  }
+
+  const Args& args_;
+  const loadstar::kube::Client& client_;
+  loadstar::kube::Informer pods_;
+  std::map<std::string, Pod> pods_running_;
+  int next_ip_ = 2;
+};
+
+std::atomic<bool> g_stop{false};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"process kubelet: runs the Pods bound to one node as local processes (tests)"};
+  Args args;
+  app.add_option("--kubeconfig", args.kubeconfig)->required();
+  app.add_option("--node", args.node)->required();
+  app.add_option("--node-ip", args.node_ip)->required();
+  app.add_option("--loadstar", args.loadstar_bin)->required();
+  app.add_option("--host-root", args.host_root)->required();
+  app.add_option("-n,--namespace", args.namespace_name)->required();
+  app.add_option("--gpus", args.gpus);
+  app.add_option("--gpu-product", args.gpu_product);
+  app.add_option("--label", args.labels, "key=value on the Node (repeat)");
+  app.add_option("--pod-net", args.pod_net, "First three octets of pod addresses");
+  CLI11_PARSE(app, argc, argv);
+  auto config = loadstar::kube::load_config(args.kubeconfig);
+  if (!config.ok()) {
+    fmt::print(stderr, "{}\n", config.error().message);
+    return 2;
+  }
+  loadstar::kube::Client client(*config);
+  Kubelet kubelet(args, client);
+  if (auto s = kubelet.register_node(); !s.ok()) {
+    fmt::print(stderr, "registering node {}: {}\n", args.node, s.error().message);
+    return 1;
+  }
+  signal(SIGTERM, [](int) { g_stop = true; });
+  signal(SIGINT, [](int) { g_stop = true; });
+  fmt::print("node {} ready at {}\n", args.node, args.node_ip);
+  std::fflush(stdout);
+  kubelet.run(g_stop);
+  return 0;
+}
