@@ -21,6 +21,11 @@ packages=(
 if [ "${1:-}" = "--bench" ]; then
   packages+=(wrk bc fio aria2 iproute2 python3)
 fi
+# tests: kubectl for Kubernetes mode (Debian's is 1.20, matching the test
+# API server); any kubectl already on the PATH will do.
+if ! command -v kubectl >/dev/null; then
+  packages+=(kubernetes-client)
+fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)
 fi

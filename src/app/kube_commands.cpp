@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <thread>
@@ -70,6 +71,7 @@ struct ControllerArgs {
   uint16_t admin_port = 8090;
   bool leader_elect = true;
   std::string lease_name = "loadstar-controller";
+  double lease_duration_s = 15;
   std::string identity;
   std::string placement_policy = "loadstar";
   std::string node_selector;
@@ -89,8 +91,8 @@ int run_controller(const ControllerArgs& args) {
     return 2;
   }
   kube::Client client(*config);
-  spdlog::info("controller: {} at {}:{}, namespace {}", config->origin, config->host,
-               config->port, config->namespace_name);
+  spdlog::info("controller: {} at {}:{}, namespace {}", config->origin, config->host, config->port,
+               config->namespace_name);
 
   // Leader election first: only the leader reconciles and creates Pods.
   std::atomic<bool> stop_requested{false};
@@ -99,6 +101,9 @@ int run_controller(const ControllerArgs& args) {
     kube::LeaderOptions lo;
     lo.namespace_name = config->namespace_name;
     lo.lease_name = args.lease_name;
+    lo.lease_duration_s = args.lease_duration_s;
+    lo.renew_interval_s = std::max(0.5, args.lease_duration_s / 3);
+    lo.retry_interval_s = std::max(0.5, args.lease_duration_s / 7.5);
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
     lo.identity = args.identity.empty() ? fmt::format("{}_{}", host, getpid()) : args.identity;
@@ -126,7 +131,8 @@ int run_controller(const ControllerArgs& args) {
     waiter.detach();  // it ends the process's wait below via stop_requested
   }
 
-  controller::KubeStore store(client, config->namespace_name, args.node_selector);
+  controller::KubeStore store(client, config->namespace_name,
+                              {.node_selector = args.node_selector});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
@@ -152,7 +158,8 @@ int run_controller(const ControllerArgs& args) {
   controller::Controller* ctl_ptr = &ctl;
   controller::ResourceStore* store_ptr = &store;
   auto admin = http::Server::create(
-      {&admin_io}, admin_options, [ctl_ptr, store_ptr](http::Exchange& ex) -> asio::awaitable<void> {
+      {&admin_io}, admin_options,
+      [ctl_ptr, store_ptr](http::Exchange& ex) -> asio::awaitable<void> {
         http::Response response = admin_response(ex.request(), ctl_ptr, store_ptr, nullptr);
         co_await ex.respond(std::move(response));
       });
@@ -216,21 +223,24 @@ int run_gateway(const GatewayArgs& args) {
     return 1;
   }
   gateway::Gateway* gateway = gw->get();
-  controller::KubeStore store(client, config->namespace_name);
+  // Gateways read; only the controller follows Nodes and writes status.
+  controller::KubeStore store(client, config->namespace_name,
+                              {.nodes = false, .write_status = false});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
   }
   controller::EndpointDiscovery discovery(
-      client, store,
-      [gateway](std::shared_ptr<const gateway::RoutingTable> t) { gateway->publish(std::move(t)); });
+      client, store, [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
+        gateway->publish(std::move(t));
+      });
   if (Status s = discovery.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
   }
   gateway->start();
-  fmt::print("gateway serving namespace {} on http://{}:{}/v1\n", config->namespace_name,
-             args.host, gateway->port());
+  fmt::print("gateway serving namespace {} on http://{}:{}/v1\n", config->namespace_name, args.host,
+             gateway->port());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&signals, &sig);
@@ -251,6 +261,9 @@ std::function<int()> setup_controller(CLI::App& app) {
                "Act only while holding the Lease (several controllers may run)")
       ->capture_default_str();
   app.add_option("--lease-name", args->lease_name)->capture_default_str();
+  app.add_option("--lease-duration", args->lease_duration_s,
+                 "Seconds a leader that stopped renewing keeps the Lease")
+      ->capture_default_str();
   app.add_option("--identity", args->identity, "This candidate's name (default: host_pid)");
   app.add_option("--placement-policy", args->placement_policy, "As for `loadstar up`")
       ->capture_default_str();

@@ -70,33 +70,33 @@ std::string decodable_document(const json& object) {
   return doc.dump();  // JSON is YAML
 }
 
-KubeStore::KubeStore(const kube::Client& client, std::string namespace_name,
-                     std::string node_selector)
-    : client_(client), namespace_(std::move(namespace_name)) {
+KubeStore::KubeStore(const kube::Client& client, std::string namespace_name, Options options)
+    : client_(client), namespace_(std::move(namespace_name)), options_(std::move(options)) {
   const std::string gv = fmt::format("{}/{}", api::kGroup, api::kVersion);
   for (const api::KindSchema& k : api::kind_schemas())
-    kinds_.push_back(
-        {k.kind, k.plural,
-         std::make_unique<kube::Informer>(client_, kube::collection_path(gv, namespace_, k.plural))});
-  nodes_ = std::make_unique<kube::Informer>(client_, kube::collection_path("v1", "", "nodes"),
-                                            std::move(node_selector));
+    kinds_.push_back({k.kind, k.plural,
+                      std::make_unique<kube::Informer>(
+                          client_, kube::collection_path(gv, namespace_, k.plural))});
+  if (options_.nodes)
+    nodes_ = std::make_unique<kube::Informer>(client_, kube::collection_path("v1", "", "nodes"),
+                                              options_.node_selector);
 }
 
 KubeStore::~KubeStore() {
   for (auto& k : kinds_) k.informer->stop();
-  nodes_->stop();
+  if (nodes_) nodes_->stop();
 }
 
 Status KubeStore::start(double timeout_s) {
   for (auto& k : kinds_) k.informer->start([this] { changed(); });
-  nodes_->start([this] { changed(); });
+  if (nodes_) nodes_->start([this] { changed(); });
   for (auto& k : kinds_)
     if (!k.informer->wait_synced(timeout_s))
       return make_error(ErrorCode::kUnavailable,
                         "cannot list {} in namespace {} from {} (are the CRDs installed? "
                         "kubectl apply -f deploy/crds)",
                         k.plural, namespace_, client_.config().origin);
-  if (!nodes_->wait_synced(timeout_s))
+  if (nodes_ && !nodes_->wait_synced(timeout_s))
     return make_error(ErrorCode::kUnavailable, "cannot list nodes from {}",
                       client_.config().origin);
   return ok_status();
@@ -145,13 +145,14 @@ std::vector<api::Resource> KubeStore::list() const {
           rejected_[key] = version;
           const std::string why = decoded.ok() ? "not one resource" : decoded.error().message;
           spdlog::warn("{}", why);
+          if (!options_.write_status) continue;
           // The user reads this in `kubectl get -o yaml`.
           json status = {{"error", why}};
-          (void)client_.merge_patch(kube::collection_path(fmt::format("{}/{}", api::kGroup,
-                                                                      api::kVersion),
-                                                          namespace_, k.plural) +
-                                        "/" + key.second + "/status",
-                                    {{"status", status}});
+          (void)client_.merge_patch(
+              kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), namespace_,
+                                    k.plural) +
+                  "/" + key.second + "/status",
+              {{"status", status}});
         }
         continue;
       }
@@ -159,7 +160,8 @@ std::vector<api::Resource> KubeStore::list() const {
       out.push_back(decoded->front());
     }
   }
-  for (const json& node : nodes_->items()) out.push_back(node_from_kubernetes(node));
+  if (nodes_)
+    for (const json& node : nodes_->items()) out.push_back(node_from_kubernetes(node));
   return out;
 }
 
@@ -180,7 +182,7 @@ std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_v
     }
     if (attempt == 0) (void)list();
   }
-  if (kind == "Node")
+  if (kind == "Node" && nodes_)
     if (auto node = nodes_->get(std::string(name))) return node_from_kubernetes(*node);
   return std::nullopt;
 }
@@ -212,7 +214,7 @@ Status KubeStore::remove(std::string_view kind, std::string_view name) {
 void KubeStore::publish_status(std::string_view kind, std::string_view name,
                                const std::string& status_json) {
   const Kind* k = kind_named(kind);
-  if (!k) return;
+  if (!k || !options_.write_status) return;
   const std::pair<std::string, std::string> key{std::string(kind), std::string(name)};
   {
     std::lock_guard lock(mu_);
@@ -221,10 +223,9 @@ void KubeStore::publish_status(std::string_view kind, std::string_view name,
   json status = json::parse(status_json, nullptr, false);
   if (status.is_discarded()) return;
   status["error"] = nullptr;  // a merge patch removes an earlier decoding error
-  const std::string path =
-      kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), namespace_,
-                            k->plural) +
-      "/" + std::string(name) + "/status";
+  const std::string path = kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion),
+                                                 namespace_, k->plural) +
+                           "/" + std::string(name) + "/status";
   auto r = client_.merge_patch(path, {{"status", status}});
   if (!r.ok()) {
     if (r.error().code != ErrorCode::kNotFound)

@@ -29,9 +29,12 @@ std::string decodable_document(const kube::json& object);
 
 class KubeStore : public ResourceStore {
  public:
-  // `node_selector` (a label selector) limits the Nodes replicas may use.
-  KubeStore(const kube::Client& client, std::string namespace_name,
-            std::string node_selector = "");
+  struct Options {
+    std::string node_selector;  // a label selector: the Nodes replicas may use
+    bool nodes = true;          // follow Nodes (the controller; gateways need not)
+    bool write_status = true;   // say in an object's status why it was rejected
+  };
+  KubeStore(const kube::Client& client, std::string namespace_name, Options options);
   ~KubeStore() override;
 
   // Starts the informers and waits up to `timeout_s` for their first lists.
@@ -62,7 +65,8 @@ class KubeStore : public ResourceStore {
   const kube::Client& client_;
   std::string namespace_;
   std::vector<Kind> kinds_;
-  std::unique_ptr<kube::Informer> nodes_;
+  Options options_;
+  std::unique_ptr<kube::Informer> nodes_;  // null unless options_.nodes
   std::atomic<uint64_t> revision_{0};
   mutable std::mutex mu_;  // guards the members below
   // Decoded objects by (kind, name), with the resourceVersion decoded.

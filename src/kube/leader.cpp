@@ -56,11 +56,17 @@ LeaseRecord lease_record(const json& lease) {
   return r;
 }
 
+bool same_record(const LeaseRecord& a, const LeaseRecord& b) {
+  return a.holder == b.holder && a.renew_time == b.renew_time && a.transitions == b.transitions &&
+         a.lease_duration_s == b.lease_duration_s;
+}
+
 bool may_acquire(const LeaseRecord& record, const std::string& identity,
-                 SysClock::time_point now) {
+                 std::chrono::steady_clock::time_point observed_at,
+                 std::chrono::steady_clock::time_point now) {
   if (record.holder.empty() || record.holder == identity || !record.renew_time) return true;
-  return now > *record.renew_time + std::chrono::milliseconds(
-                                        static_cast<int64_t>(record.lease_duration_s * 1000));
+  return now > observed_at +
+                   std::chrono::milliseconds(static_cast<int64_t>(record.lease_duration_s * 1000));
 }
 
 LeaderElector::~LeaderElector() {
@@ -69,9 +75,9 @@ LeaderElector::~LeaderElector() {
 }
 
 bool LeaderElector::try_acquire_or_renew() {
-  const std::string path = collection_path("coordination.k8s.io/v1", options_.namespace_name,
-                                           "leases") +
-                           "/" + options_.lease_name;
+  const std::string path =
+      collection_path("coordination.k8s.io/v1", options_.namespace_name, "leases") + "/" +
+      options_.lease_name;
   const auto now = SysClock::now();
   auto lease = client_.get(path);
   if (!lease.ok() && lease.error().code == ErrorCode::kNotFound) {
@@ -94,14 +100,18 @@ bool LeaderElector::try_acquire_or_renew() {
     return false;
   }
   const LeaseRecord record = lease_record(*lease);
-  if (!may_acquire(record, options_.identity, now)) return false;
+  const auto seen = std::chrono::steady_clock::now();
+  if (observed_at_ == std::chrono::steady_clock::time_point{} || !same_record(record, observed_)) {
+    observed_ = record;
+    observed_at_ = seen;
+  }
+  if (!may_acquire(record, options_.identity, observed_at_, seen)) return false;
   json updated = *lease;
   json& spec = updated["spec"];
   if (record.holder != options_.identity) {
     spec["acquireTime"] = micro_time(now);
     spec["leaseTransitions"] = record.transitions + 1;
-    spdlog::info("leader election: taking lease {} from '{}'", options_.lease_name,
-                 record.holder);
+    spdlog::info("leader election: taking lease {} from '{}'", options_.lease_name, record.holder);
   }
   spec["holderIdentity"] = options_.identity;
   spec["leaseDurationSeconds"] = static_cast<int>(options_.lease_duration_s);
@@ -126,9 +136,9 @@ void LeaderElector::keep_renewing(std::function<void()> on_lost) {
   renewer_ = std::thread([this, on_lost = std::move(on_lost)] {
     auto last_renewed = std::chrono::steady_clock::now();
     while (!stopping_) {
-      const auto deadline = std::chrono::steady_clock::now() +
-                            std::chrono::milliseconds(
-                                static_cast<int64_t>(options_.renew_interval_s * 1000));
+      const auto deadline =
+          std::chrono::steady_clock::now() +
+          std::chrono::milliseconds(static_cast<int64_t>(options_.renew_interval_s * 1000));
       while (!stopping_ && std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       if (stopping_) return;
@@ -136,10 +146,15 @@ void LeaderElector::keep_renewing(std::function<void()> on_lost) {
         last_renewed = std::chrono::steady_clock::now();
         continue;
       }
-      // Another candidate may take it once our renewTime is a lease old.
-      if (std::chrono::steady_clock::now() - last_renewed >
-          std::chrono::milliseconds(static_cast<int64_t>(options_.lease_duration_s * 1000))) {
-        spdlog::error("leader election: lease {} lost", options_.lease_name);
+      // Another candidate may take it once it has seen our record unchanged
+      // for a lease; stop well before (client-go's renew deadline), or at
+      // once if someone else already holds it.
+      const bool taken = !observed_.holder.empty() && observed_.holder != options_.identity;
+      if (taken || std::chrono::steady_clock::now() - last_renewed >
+                       std::chrono::milliseconds(
+                           static_cast<int64_t>(options_.lease_duration_s * 1000 * 2 / 3))) {
+        spdlog::error("leader election: lease {} lost{}", options_.lease_name,
+                      taken ? fmt::format(" to '{}'", observed_.holder) : "");
         on_lost();
         return;
       }
@@ -150,9 +165,9 @@ void LeaderElector::keep_renewing(std::function<void()> on_lost) {
 void LeaderElector::release() {
   stopping_ = true;
   if (renewer_.joinable()) renewer_.join();
-  const std::string path = collection_path("coordination.k8s.io/v1", options_.namespace_name,
-                                           "leases") +
-                           "/" + options_.lease_name;
+  const std::string path =
+      collection_path("coordination.k8s.io/v1", options_.namespace_name, "leases") + "/" +
+      options_.lease_name;
   auto lease = client_.get(path);
   if (!lease.ok() || lease_record(*lease).holder != options_.identity) return;
   json updated = *lease;

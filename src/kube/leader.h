@@ -2,9 +2,12 @@
 // a candidate takes the Lease when nobody holds it or the holder has not
 // renewed it within leaseDurationSeconds; the leader renews it every few
 // seconds; every write is a PUT against the resourceVersion read, so two
-// candidates never both win (the loser gets 409 and reads again). A leader
-// that cannot renew before its lease runs out stops leading (the caller
-// exits, and its Pod restarts as a candidate).
+// candidates never both win (the loser gets 409 and reads again). Expiry is
+// judged on the candidate's own monotonic clock, from when it last saw the
+// record change, never by comparing its clock with the holder's renewTime,
+// so skewed clocks cannot hand the lease over early. A leader that cannot
+// renew within two thirds of the lease, or sees another holder, stops
+// leading (the caller exits, and its Pod restarts as a candidate).
 #pragma once
 
 #include <atomic>
@@ -25,9 +28,13 @@ struct LeaseRecord {
 };
 
 LeaseRecord lease_record(const json& lease);
-// Whether `identity` may take (or keep) the lease at `now`.
+// Whether two reads of the lease show the same record (no renewal between).
+bool same_record(const LeaseRecord& a, const LeaseRecord& b);
+// Whether `identity` may take (or keep) the lease at `now`, the record
+// having been unchanged since `observed_at` (both on this candidate's clock).
 bool may_acquire(const LeaseRecord& record, const std::string& identity,
-                 std::chrono::system_clock::time_point now);
+                 std::chrono::steady_clock::time_point observed_at,
+                 std::chrono::steady_clock::time_point now);
 // RFC 3339 with microseconds, as Kubernetes' MicroTime.
 std::string micro_time(std::chrono::system_clock::time_point t);
 std::optional<std::chrono::system_clock::time_point> parse_micro_time(const std::string& text);
@@ -61,6 +68,8 @@ class LeaderElector {
 
   const Client& client_;
   LeaderOptions options_;
+  LeaseRecord observed_;  // the record as last read, and when it last changed
+  std::chrono::steady_clock::time_point observed_at_{};
   std::atomic<bool> stopping_{false};
   std::thread renewer_;
 };

@@ -489,9 +489,12 @@ TEST(AgentProcess, StageCommandFollowsProgress) {
   EXPECT_NE(out.find("ready: "), std::string::npos) << out;
   EXPECT_EQ(run_loadstar({"stage", "m", "--agent", agent.url()}, &out), 1);
   EXPECT_NE(out.find("'source'"), std::string::npos) << out;
-  // Loading the staged directory through the fast loader.
-  auto [rc, listing] = run_shell(std::string(LOADSTAR_BIN) + " load --raw " +
-                                 (agent.dir() / "cache/models/m").string() + "/*/*.safetensors");
+  // Loading the staged directory through the fast loader, by the path
+  // engines use: models/NAME/current points at the newest version.
+  EXPECT_TRUE(fs::is_symlink(agent.dir() / "cache/models/m/current"));
+  auto [rc, listing] =
+      run_shell(std::string(LOADSTAR_BIN) + " load --raw " +
+                (agent.dir() / "cache/models/m/current").string() + "/*.safetensors");
   EXPECT_EQ(rc, 0) << listing;
   EXPECT_NE(listing.find("from 2 files"), std::string::npos) << listing;
 }

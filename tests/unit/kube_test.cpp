@@ -1,10 +1,12 @@
 // The Kubernetes client's pure parts: kubeconfig, the watch stream decoder
-// and the informer's cache (410 Gone, bookmarks, a stream cut mid-event).
+// the informer's cache (410 Gone, bookmarks, a stream cut mid-event) and
+// the Lease rules of leader election.
 #include <gtest/gtest.h>
 
 #include "common/digest.h"
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "kube/leader.h"
 
 namespace loadstar::kube {
 namespace {
@@ -151,6 +153,39 @@ TEST(Paths, Collections) {
   EXPECT_EQ(collection_path("v1", "", "nodes"), "/api/v1/nodes");
   EXPECT_EQ(collection_path("loadstar.dev/v1alpha1", "ns", "models"),
             "/apis/loadstar.dev/v1alpha1/namespaces/ns/models");
+}
+
+TEST(Lease, MicroTimeRoundTrips) {
+  const auto t = std::chrono::system_clock::time_point(std::chrono::microseconds(1795000000123456));
+  const std::string text = micro_time(t);
+  EXPECT_EQ(text, "2026-11-18T11:06:40.123456Z");
+  EXPECT_EQ(parse_micro_time(text), t);
+  // The server may write fewer digits; seconds only is a time too.
+  EXPECT_EQ(parse_micro_time("2026-11-18T11:06:40.12Z"), t - std::chrono::microseconds(3456));
+  EXPECT_EQ(parse_micro_time("2026-11-18T11:06:40Z"), t - std::chrono::microseconds(123456));
+  EXPECT_FALSE(parse_micro_time("yesterday").has_value());
+}
+
+TEST(Lease, TakenOnlyWhenFreeOursOrUnrenewedForALeaseOnOurClock) {
+  const json lease = json::parse(R"({"spec": {"holderIdentity": "a", "leaseDurationSeconds": 15,
+      "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 3}})");
+  const LeaseRecord r = lease_record(lease);
+  EXPECT_EQ(r.holder, "a");
+  EXPECT_EQ(r.transitions, 3u);
+  EXPECT_EQ(r.lease_duration_s, 15);
+  const auto seen = std::chrono::steady_clock::now();
+  // A renewTime years ago on the holder's clock says nothing: what counts is
+  // how long this candidate has seen the record unchanged.
+  EXPECT_FALSE(may_acquire(r, "b", seen, seen + std::chrono::seconds(14)));
+  EXPECT_TRUE(may_acquire(r, "b", seen, seen + std::chrono::seconds(16)));
+  EXPECT_TRUE(may_acquire(r, "a", seen, seen));  // the holder renews
+  LeaseRecord released = r;
+  released.holder.clear();
+  EXPECT_TRUE(may_acquire(released, "b", seen, seen));
+  LeaseRecord renewed = r;
+  renewed.renew_time = *renewed.renew_time + std::chrono::seconds(5);
+  EXPECT_FALSE(same_record(r, renewed));
+  EXPECT_TRUE(same_record(r, lease_record(lease)));
 }
 
 }  // namespace

@@ -1,0 +1,468 @@
+// Kubernetes mode against a real API server (../shared/k8s/apiserver: etcd +
+// kube-apiserver v1.20 from Debian's source). It has no kubelet, so each
+// test node is a process_kubelet that runs its bound Pods as local
+// processes, next to a real `loadstar agent` on the node's address. Every
+// test has its own namespace and nodes (labelled, selected with
+// --node-selector), so tests do not see each other's.
+//
+// Without the server the tests are skipped, unless LOADSTAR_REQUIRE_K8S=1
+// (scripts/test.sh sets it), which makes a missing server a failure.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "kube/client.h"
+#include "kube/informer.h"
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+std::string g_kubeconfig;
+std::string g_skip_reason;
+bool g_started_server = false;
+fs::path g_script;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::pair<int, std::string> kubectl(const std::string& args) {
+  return run_shell("KUBECONFIG=" + g_kubeconfig + " kubectl " + args + " 2>&1");
+}
+
+class KubernetesTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    const char* env = std::getenv("LOADSTAR_K8S_APISERVER");
+    g_script = env && *env ? fs::path(env)
+                           : fs::path(LOADSTAR_SOURCE_DIR) / ".." / "shared" / "k8s" / "apiserver";
+    if (!fs::exists(g_script)) {
+      g_skip_reason = "no test API server script at " + g_script.string();
+      return;
+    }
+    auto [env_status, env_out] = run_shell(g_script.string() + " env");
+    std::smatch m;
+    const std::regex export_re(R"(export KUBECONFIG=(\S+))");
+    if (env_status != 0 || !std::regex_search(env_out, m, export_re)) {
+      g_skip_reason = "apiserver env: " + env_out;
+      return;
+    }
+    g_kubeconfig = m[1];
+    if (kubectl("get --raw /readyz").first != 0) {
+      auto [status, out] = run_shell(g_script.string() + " start 2>&1");
+      if (status != 0) {
+        g_skip_reason =
+            "cannot start the test API server (run `" + g_script.string() + " setup` once): " + out;
+        return;
+      }
+      g_started_server = true;
+    }
+    auto [crd_status, crd_out] =
+        kubectl(std::string("apply -f ") + LOADSTAR_SOURCE_DIR + "/deploy/crds/");
+    if (crd_status != 0) {
+      g_skip_reason = "applying deploy/crds: " + crd_out;
+      return;
+    }
+    kubectl(
+        "wait --for condition=established --timeout=60s crd -l app.kubernetes.io/part-of=loadstar");
+  }
+
+  static void TearDownTestSuite() {
+    if (g_started_server) run_shell(g_script.string() + " stop");
+  }
+
+  void SetUp() override {
+    if (!g_skip_reason.empty()) {
+      if (const char* req = std::getenv("LOADSTAR_REQUIRE_K8S"); req && std::string(req) == "1")
+        FAIL() << g_skip_reason;
+      GTEST_SKIP() << g_skip_reason;
+    }
+    static int counter = 0;
+    std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::string lower;
+    for (char c : test.substr(0, 20))
+      lower.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    ns_ = fmt::format("ls-{}-{}-{}", lower, getpid() % 100000, counter);
+    net_ = 20 + (getpid() + counter * 7) % 200;
+    ++counter;
+    ASSERT_EQ(kubectl("create namespace " + ns_).first, 0);
+    // The test server runs no controller manager, which would create each
+    // namespace's default ServiceAccount; Pods are refused without it. (With
+    // one, the create may lose a race to it; either way the account exists.)
+    kubectl("-n " + ns_ + " create serviceaccount default");
+    ASSERT_EQ(kubectl("-n " + ns_ + " get serviceaccount default").first, 0);
+    root_ = scratch_dir() / ns_;
+    fs::create_directories(root_);
+  }
+
+  void TearDown() override {
+    processes_.clear();  // SIGKILL and reap every process of the test
+    if (ns_.empty() || !g_skip_reason.empty()) return;
+    kubectl("delete nodes -l loadstar.test/ns=" + ns_ + " --wait=false");
+    kubectl("delete namespace " + ns_ + " --wait=false");
+  }
+
+ protected:
+  struct Proc {
+    Subprocess process;
+    fs::path log;
+  };
+
+  Proc& spawn(const std::string& name, std::vector<std::string> argv) {
+    ProcessOptions p;
+    p.argv = std::move(argv);
+    p.env = {"KUBECONFIG=" + g_kubeconfig};
+    auto proc = std::make_unique<Proc>();
+    proc->log = root_ / (name + ".log");
+    p.output_path = proc->log.string();
+    auto started = Subprocess::start(p);
+    if (!started.ok()) throw std::runtime_error(started.error().message);
+    proc->process = std::move(started).value();
+    processes_[name] = std::move(proc);
+    return *processes_[name];
+  }
+
+  // Waits until `re` matches the process's output; its first group.
+  std::string wait_output(const std::string& name, const std::string& re, double timeout_s = 30) {
+    const std::regex pattern(re);
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    while (std::chrono::steady_clock::now() < deadline) {
+      const std::string text = read_text(processes_.at(name)->log);
+      std::smatch m;
+      if (std::regex_search(text, m, pattern)) return m.size() > 1 ? m[1].str() : m[0].str();
+      if (!processes_.at(name)->process.running())
+        throw std::runtime_error(name + " exited:\n" + text);
+      std::this_thread::sleep_for(50ms);
+    }
+    throw std::runtime_error(name + ": no '" + re + "' within the time:\n" +
+                             read_text(processes_.at(name)->log));
+  }
+
+  // A node: a process kubelet with `gpus` GPUs and an agent on its address.
+  void add_node(int index, int gpus) {
+    const std::string node = fmt::format("{}-n{}", ns_, index);
+    const std::string ip = fmt::format("127.{}.{}.1", net_, index);
+    const fs::path host = root_ / node;
+    fs::create_directories(host / "var/lib/loadstar/agent");
+    spawn(node, {PROCESS_KUBELET_BIN, "--kubeconfig", g_kubeconfig, "--node", node, "--node-ip", ip,
+                 "--pod-net", fmt::format("127.{}.{}", net_, index), "--loadstar", LOADSTAR_BIN,
+                 "--host-root", host.string(), "-n", ns_, "--gpus", std::to_string(gpus), "--label",
+                 "loadstar.test/ns=" + ns_});
+    spawn(node + "-agent", {LOADSTAR_BIN, "agent", "--host", ip, "--port", "8070", "--cache-dir",
+                            (host / "var/lib/loadstar/agent").string()});
+    wait_output(node, "node .* ready");
+    wait_output(node + "-agent", "agent serving on");
+  }
+
+  // `loadstar controller`; returns nothing, its admin port is in its log.
+  void start_controller(const std::string& name, std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {LOADSTAR_BIN,
+                                     "controller",
+                                     "-n",
+                                     ns_,
+                                     "--host",
+                                     "127.0.0.1",
+                                     "--admin-port",
+                                     "0",
+                                     "--identity",
+                                     name,
+                                     "--node-selector",
+                                     "loadstar.test/ns=" + ns_,
+                                     "--lease-duration",
+                                     "3"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    spawn(name, argv);
+  }
+
+  uint16_t start_gateway(const std::string& name) {
+    spawn(name, {LOADSTAR_BIN, "gateway", "-n", ns_, "--host", "127.0.0.1", "--port", "0"});
+    return static_cast<uint16_t>(std::stoi(
+        wait_output(name, R"(gateway serving namespace \S+ on http://127\.0\.0\.1:(\d+))")));
+  }
+
+  void apply(const std::string& yaml) {
+    const fs::path file = root_ / fmt::format("apply-{}.yaml", applied_++);
+    std::ofstream(file) << yaml;
+    auto [status, out] = kubectl("-n " + ns_ + " apply -f " + file.string());
+    ASSERT_EQ(status, 0) << out;
+  }
+
+  json get_json(const std::string& what) {
+    auto [status, out] = kubectl("-n " + ns_ + " get " + what + " -o json");
+    json parsed = json::parse(out, nullptr, false);
+    return status == 0 && !parsed.is_discarded() ? parsed : json();
+  }
+
+  std::vector<json> pods() {
+    json list = get_json("pods -l app.kubernetes.io/managed-by=loadstar");
+    std::vector<json> out;
+    if (list.is_object())
+      for (const auto& p : list["items"]) out.push_back(p);
+    return out;
+  }
+
+  int ready_pods() {
+    int n = 0;
+    for (const auto& p : pods())
+      for (const auto& c : p["status"].value("conditions", json::array()))
+        n += c.value("type", "") == "Ready" && c.value("status", "") == "True" &&
+             !p["metadata"].contains("deletionTimestamp");
+    return n;
+  }
+
+  template <typename Pred>
+  bool eventually(Pred pred, double timeout_s = 60) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (pred()) return true;
+      std::this_thread::sleep_for(200ms);
+    }
+    return false;
+  }
+
+  std::string model_yaml() {
+    const fs::path model = synth_model("k8s-tiny", "2MiB");
+    return fmt::format(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny}}\n"
+        "spec: {{source: \"file://{}\"}}\n",
+        model.string());
+  }
+
+  static std::string service_yaml(int replicas) {
+    return fmt::format(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: chat}}\n"
+        "spec:\n  model: tiny\n  replicas: {}\n  resources: {{gpu: {{count: 1}}}}\n",
+        replicas);
+  }
+
+  static int chat(uint16_t port) {
+    auto r = http::fetch({.port = port,
+                          .method = "POST",
+                          .target = "/v1/chat/completions",
+                          .body = R"({"model":"chat","messages":[{"role":"user","content":"hi"}],)"
+                                  R"("max_tokens":4})",
+                          .headers = {{"Content-Type", "application/json"}},
+                          .timeout_s = 5});
+    return r.ok() ? r->status : 0;
+  }
+
+  std::string ns_;
+  int net_ = 20;
+  fs::path root_;
+  int applied_ = 0;
+  std::map<std::string, std::unique_ptr<Proc>> processes_;
+};
+
+TEST_F(KubernetesTest, KubectlApplyToAnOpenAIAnswerThroughTwoGateways) {
+  add_node(1, 1);
+  add_node(2, 1);
+  start_controller("controller");
+  wait_output("controller", "controller reconciling");
+  const uint16_t gw1 = start_gateway("gateway-1");
+  const uint16_t gw2 = start_gateway("gateway-2");
+  apply(model_yaml() + "---\n" + service_yaml(2));
+
+  ASSERT_TRUE(eventually([&] { return chat(gw1) == 200 && chat(gw2) == 200; }, 90))
+      << read_text(processes_["controller"]->log) << read_text(processes_["gateway-1"]->log);
+  EXPECT_TRUE(eventually([&] { return ready_pods() == 2; }, 30));
+  // Each Pod: bound by Loadstar to a node of its own (one GPU each), owned
+  // by the service, staged by that node's agent.
+  std::set<std::string> nodes;
+  for (const auto& pod : pods()) {
+    EXPECT_EQ(pod["spec"]["schedulerName"], "loadstar");
+    nodes.insert(pod["spec"].value("nodeName", ""));
+    ASSERT_TRUE(pod["metadata"].contains("ownerReferences"));
+    EXPECT_EQ(pod["metadata"]["ownerReferences"][0]["kind"], "InferenceService");
+    EXPECT_EQ(pod["metadata"]["ownerReferences"][0]["name"], "chat");
+  }
+  EXPECT_EQ(nodes, (std::set<std::string>{ns_ + "-n1", ns_ + "-n2"}));
+  for (int i : {1, 2})
+    EXPECT_TRUE(fs::exists(root_ / fmt::format("{}-n{}", ns_, i) /
+                           "var/lib/loadstar/agent/models/tiny/current/config.json"));
+  // Status through the status subresource, as printer columns show it.
+  EXPECT_TRUE(eventually([&] {
+    return get_json("inferenceservice chat")
+               .value("status", json::object())
+               .value("readyReplicas", 0) == 2;
+  }));
+  auto [st, table] = kubectl("-n " + ns_ + " get lsvc chat");
+  EXPECT_NE(table.find("READY"), std::string::npos) << table;
+
+  // Deleting the service removes its Pods, and the gateways stop routing it.
+  ASSERT_EQ(kubectl("-n " + ns_ + " delete inferenceservice chat").first, 0);
+  EXPECT_TRUE(eventually([&] { return pods().empty(); }, 60));
+  EXPECT_TRUE(eventually([&] { return chat(gw1) == 404 && chat(gw2) == 404; }, 20));
+}
+
+TEST_F(KubernetesTest, ARestartedControllerConvergesWithoutDuplicatePods) {
+  add_node(1, 4);
+  start_controller("controller-a", {"--no-leader-elect"});
+  apply(model_yaml() + "---\n" + service_yaml(3));
+  // Mid-rollout: as soon as the first Pod exists, the controller dies.
+  ASSERT_TRUE(eventually([&] { return !pods().empty(); }, 60));
+  processes_["controller-a"]->process.signal(SIGKILL);
+  std::map<std::string, std::string> uids;
+  for (const auto& pod : pods()) uids[pod["metadata"]["name"]] = pod["metadata"]["uid"];
+  start_controller("controller-b", {"--no-leader-elect"});
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 3; }, 90))
+      << read_text(processes_["controller-b"]->log);
+  std::this_thread::sleep_for(2s);  // nothing more appears afterwards
+  const auto now = pods();
+  ASSERT_EQ(now.size(), 3u);
+  std::set<std::string> names;
+  for (const auto& pod : now) {
+    names.insert(pod["metadata"]["name"]);
+    const std::string name = pod["metadata"]["name"];
+    if (uids.count(name)) {
+      EXPECT_EQ(pod["metadata"]["uid"], uids[name]) << name << " recreated";
+    }
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"chat-0", "chat-1", "chat-2"}));
+  // Three GPUs of four used, none twice.
+  std::set<std::string> devices;
+  for (const auto& pod : now)
+    devices.insert(pod["metadata"]["annotations"].value("loadstar.dev/devices", ""));
+  EXPECT_EQ(devices.size(), 3u);
+}
+
+TEST_F(KubernetesTest, TwoControllersElectOneLeader) {
+  add_node(1, 2);
+  start_controller("controller-a");
+  wait_output("controller-a", "leading as controller-a");
+  start_controller("controller-b");
+  wait_output("controller-b", "waiting for lease");
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(read_text(processes_["controller-b"]->log).find("leading as"), std::string::npos);
+  json lease = get_json("lease loadstar-controller");
+  EXPECT_EQ(lease["spec"]["holderIdentity"], "controller-a");
+  apply(model_yaml() + "---\n" + service_yaml(1));
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 1; }, 60));
+  // The leader stops (SIGTERM releases the Lease): the other takes over and
+  // keeps the running Pod.
+  const std::string uid = pods().front()["metadata"]["uid"];
+  processes_["controller-a"]->process.signal(SIGTERM);
+  wait_output("controller-b", "leading as controller-b", 20);
+  wait_output("controller-b", "taken over", 10);
+  EXPECT_EQ(get_json("lease loadstar-controller")["spec"]["holderIdentity"], "controller-b");
+  apply(service_yaml(2));
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 2; }, 60))
+      << read_text(processes_["controller-b"]->log);
+  bool kept = false;
+  for (const auto& pod : pods()) kept |= pod["metadata"]["uid"] == uid;
+  EXPECT_TRUE(kept);
+}
+
+TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
+  // deploy/loadstar.yaml as written, but in the test's namespace: the test
+  // server has no namespace controller, so a deleted namespace would stay
+  // Terminating and spoil the next run.
+  std::string manifest = read_text(fs::path(LOADSTAR_SOURCE_DIR) / "deploy/loadstar.yaml");
+  ASSERT_NE(manifest.find("namespace: loadstar-system"), std::string::npos);
+  manifest = std::regex_replace(manifest, std::regex("loadstar-system"), ns_);
+  const fs::path file = root_ / "loadstar.yaml";
+  std::ofstream(file) << manifest;
+  auto [status, out] = kubectl("apply --dry-run=server -f " + file.string());
+  ASSERT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("daemonset.apps/loadstar-agent created (server dry run)"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("deployment.apps/loadstar-controller created (server dry run)"),
+            std::string::npos)
+      << out;
+  auto [ex_status, ex_out] = kubectl("-n " + ns_ + " apply --dry-run=server -f " +
+                                     std::string(LOADSTAR_SOURCE_DIR) + "/deploy/examples/");
+  EXPECT_EQ(ex_status, 0) << ex_out;
+  // The RBAC for real, then what each account may do.
+  ASSERT_EQ(kubectl("apply -f " + file.string()).first, 0);
+  auto can = [&](const std::string& account, const std::string& what) {
+    // The answer is the last line (warnings may come first).
+    std::string out =
+        kubectl("auth can-i --as=system:serviceaccount:" + ns_ + ":" + account + " " + what).second;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return out.substr(out.find_last_of('\n') + 1) == "yes";
+  };
+  const std::string in = " -n " + ns_;
+  EXPECT_TRUE(can("loadstar-controller", "create pods/binding" + in));
+  EXPECT_TRUE(
+      can("loadstar-controller", "patch inferenceservices.loadstar.dev --subresource=status" + in));
+  EXPECT_TRUE(can("loadstar-controller", "update leases.coordination.k8s.io" + in));
+  EXPECT_TRUE(can("loadstar-controller", "watch nodes"));
+  EXPECT_FALSE(can("loadstar-controller", "delete nodes"));
+  EXPECT_FALSE(can("loadstar-controller", "create pods -n default"));
+  EXPECT_FALSE(can("loadstar-controller", "get secrets" + in));
+  EXPECT_FALSE(can("loadstar-controller", "update inferenceservices.loadstar.dev" + in));
+  EXPECT_TRUE(can("loadstar-gateway", "watch inferenceservices.loadstar.dev" + in));
+  EXPECT_FALSE(can("loadstar-gateway", "create pods" + in));
+  EXPECT_FALSE(
+      can("loadstar-gateway", "patch inferenceservices.loadstar.dev --subresource=status" + in));
+  EXPECT_FALSE(can("loadstar-agent", "list pods" + in));
+  // The cluster-scoped part goes; the rest goes with the namespace.
+  kubectl("delete clusterrolebinding,clusterrole loadstar-controller-nodes");
+}
+
+TEST_F(KubernetesTest, InformerResumesEndedWatchesWithoutMissingAnEvent) {
+  auto config = kube::load_config(g_kubeconfig);
+  ASSERT_TRUE(config.ok()) << config.error().message;
+  kube::Client client(*config);
+  const std::string collection = kube::collection_path("v1", ns_, "configmaps");
+  // The server ends each watch after one second: the informer resumes from
+  // the last version it saw, again and again, while objects come and go.
+  kube::Informer informer(client, collection, "", /*watch_timeout_s=*/1);
+  informer.start(nullptr);
+  ASSERT_TRUE(informer.wait_synced(10));
+  std::set<std::string> expected;
+  for (int i = 0; i < 30; ++i) {
+    const std::string name = fmt::format("cm-{}", i);
+    json cm = {{"apiVersion", "v1"},
+               {"kind", "ConfigMap"},
+               {"metadata", {{"name", name}}},
+               {"data", {{"i", std::to_string(i)}}}};
+    ASSERT_TRUE(client.create(collection, cm).ok());
+    expected.insert(ns_ + "/" + name);
+    if (i % 3 == 2) {
+      const std::string gone = fmt::format("cm-{}", i - 1);
+      ASSERT_TRUE(client.remove(collection + "/" + gone).ok());
+      expected.erase(ns_ + "/" + gone);
+    }
+    std::this_thread::sleep_for(100ms);  // 3 s in all: several watches end on the way
+  }
+  auto seen = [&] {
+    std::set<std::string> keys;
+    for (const auto& item : informer.items()) keys.insert(kube::object_key(item));
+    return keys;
+  };
+  EXPECT_TRUE(eventually([&] { return seen() == expected; }, 10));
+  EXPECT_EQ(informer.relists(), 1u);  // resumed every time, never listed again
+  // Optimistic concurrency: a stale write is refused with kConflict.
+  auto current = client.get(collection + "/cm-0");
+  ASSERT_TRUE(current.ok());
+  json stale = *current;
+  json fresh = *current;
+  fresh["data"]["i"] = "first";
+  ASSERT_TRUE(client.replace(collection + "/cm-0", fresh).ok());
+  stale["data"]["i"] = "second";
+  auto refused = client.replace(collection + "/cm-0", stale);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kConflict);
+}
+
+}  // namespace
+}  // namespace loadstar::testing
