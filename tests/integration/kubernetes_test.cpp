@@ -208,7 +208,7 @@ class KubernetesTest : public ::testing::Test {
   json get_json(const std::string& what) {
     auto [status, out] = kubectl("-n " + ns_ + " get " + what + " -o json");
     json parsed = json::parse(out, nullptr, false);
-    return status == 0 && !parsed.is_discarded() ? parsed : json();
+    return status == 0 && parsed.is_object() ? parsed : json::object();
   }
 
   std::vector<json> pods() {
@@ -306,6 +306,19 @@ TEST_F(KubernetesTest, KubectlApplyToAnOpenAIAnswerThroughTwoGateways) {
   }));
   auto [st, table] = kubectl("-n " + ns_ + " get lsvc chat");
   EXPECT_NE(table.find("READY"), std::string::npos) << table;
+  // A third replica fits on neither node, and its status says why.
+  apply(service_yaml(3));
+  auto pending_message = [&] {
+    const json status = get_json("inferenceservice chat").value("status", json::object());
+    const json replicas = status.value("replicaStatus", json::object());
+    for (const auto& [name, replica] : replicas.items())
+      if (replica.value("state", "") == "Pending") return replica.value("message", "");
+    return std::string();
+  };
+  EXPECT_TRUE(eventually([&] {
+    return pending_message().find("insufficient GPU") != std::string::npos;
+  })) << pending_message();
+  EXPECT_EQ(pods().size(), 2u);
 
   // Deleting the service removes its Pods, and the gateways stop routing it.
   ASSERT_EQ(kubectl("-n " + ns_ + " delete inferenceservice chat").first, 0);
