@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-20}
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz
-for target in safetensors resources openai_request gateway_text scheduler_trace agent_manifest; do
+for target in safetensors resources openai_request gateway_text scheduler_trace agent_manifest kube; do
   work=build/fuzz/corpus-$target
   mkdir -p "$work"
   echo "fuzzing $target for ${seconds}s"

@@ -14,7 +14,9 @@
 # wall-clock controller. Every replica start loads a real synthetic model
 # (SIZE) through the fast loader, so cold starts cost real I/O.
 # Reported per policy: TTFT SLO attainment, GPU-seconds (model time), cold
-# starts, TTFT p50/p90/p99.
+# starts, TTFT p50/p90/p99, and apart the requests that met a cold start
+# (sent or waiting while a replica was starting, or held at zero; see
+# bench/lib/trace_replay.cpp): how many, their SLO attainment and TTFT.
 #   bench/autoscale/run.sh        (from the repository root)
 # Environment: REQUESTS (default 2400: ~10 trace minutes), SKIP (trace seconds to skip, 0),
 # RATE (multiple of the trace's rate, 1), TIME_SCALE (5), SLO (TTFT SLO in
@@ -126,11 +128,16 @@ python3 - "$results" "$peak" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 peak = next((r["gpu_seconds"] for r in runs if r["label"] == "static-peak"), None)
-print(f"\n{'policy':<14} {'SLO met':>8} {'GPU-s':>9} {'vs peak':>8} {'cold':>5} {'TTFT p50':>9} {'p90':>8} {'p99':>8} {'failed':>7}")
+print(f"\n{'policy':<14} {'SLO met':>8} {'GPU-s':>9} {'vs peak':>8} {'cold':>5} {'TTFT p50':>9} {'p90':>8} {'p99':>8} {'failed':>7}"
+      f" | {'met cold':>8} {'SLO met':>8} {'p50':>8} {'p99':>8}")
+def s(v):
+    return f"{v:7.3f}s" if v is not None else "       -"
 for r in runs:
     rel = f"{r['gpu_seconds'] / peak:.2f}" if peak else "-"
     print(f"{r['label']:<14} {100 * r['slo_attainment']:>7.2f}% {r['gpu_seconds']:>9.0f} {rel:>8} "
-          f"{r['cold_starts']:>5.0f} {r['ttft_p50_s']:>8.3f}s {r['ttft_p90_s']:>7.3f}s {r['ttft_p99_s']:>7.3f}s {r['failed']:>7}")
+          f"{r['cold_starts']:>5.0f} {r['ttft_p50_s']:>8.3f}s {r['ttft_p90_s']:>7.3f}s {r['ttft_p99_s']:>7.3f}s {r['failed']:>7}"
+          f" | {r['met_cold_start']:>8} {100 * r['met_cold_start_slo_attainment']:>7.2f}% "
+          f"{s(r['met_cold_start_ttft_p50_s'])} {s(r['met_cold_start_ttft_p99_s'])}")
 print(f"(SLO: TTFT <= {runs[0]['slo_ttft_s']}s model time; {runs[0]['requests']} requests over "
       f"{runs[0]['trace_seconds']:.0f} trace seconds)")
 PY

@@ -19,6 +19,13 @@
 // see the trace's arrival rate times `rate` in model time. Latencies are
 // reported in model seconds (wall seconds * S).
 //
+// Requests that met a cold start: a poller reads the replicas from the
+// admin API every 50 ms; a request met a cold start when some replica of
+// its service was Pending or Starting at a sample between its sending and
+// its first token (it may have waited on that start), or the gateway held
+// it (x-loadstar-held-seconds: no replica was ready). Their TTFT and SLO
+// attainment are reported apart.
+//
 //   trace_replay --trace T --requests N --rate R --time-scale S
 //                --gateway-port P --admin-port A [--model chat]
 //                [--skip-seconds X] [--slo-ttft S]
@@ -224,6 +231,8 @@ int main(int argc, char** argv) {
 
   struct Result {
     bool ok = false;
+    bool held = false;  // the gateway held it for a replica to start
+    double sent_s = 0;  // wall, since the start
     double ttft_s = 0;  // wall
     double end_s = 0;   // wall, since the start
     uint64_t completion_tokens = 0;
@@ -234,6 +243,31 @@ int main(int argc, char** argv) {
   std::atomic<size_t> next{0};
   const Clock::time_point start = Clock::now() + std::chrono::milliseconds(200);
   const double first_at = trace.empty() ? 0 : trace.front().at_s;
+  // Samples of "some replica of the service is starting", by wall time.
+  std::mutex samples_mu;
+  std::vector<std::pair<double, bool>> samples;
+  std::atomic<bool> done{false};
+  std::thread poller([&] {
+    while (!done.load()) {
+      auto r = loadstar::http::fetch({.port = admin_port, .target = "/api/v1/replicas"});
+      const double at = std::chrono::duration<double>(Clock::now() - start).count();
+      bool starting = false;
+      if (r.ok() && r->status == 200) {
+        const json list = json::parse(r->body, nullptr, false);
+        if (list.is_object() && list.contains("items") && list["items"].is_array())
+          for (const auto& item : list["items"])
+            if (item.value("service", "") == model) {
+              const std::string state = item.value("state", "");
+              starting |= state == "Pending" || state == "Starting";
+            }
+      }
+      {
+        std::lock_guard lock(samples_mu);
+        samples.emplace_back(at, starting);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t)
     pool.emplace_back([&] {
@@ -251,6 +285,7 @@ int main(int argc, char** argv) {
         std::this_thread::sleep_until(due);
         const auto sent = Clock::now();
         Result& out = results[i];
+        out.sent_s = std::chrono::duration<double>(sent - start).count();
         std::string tail;
         bool first = true;
         auto response = loadstar::http::fetch_streaming(
@@ -270,6 +305,7 @@ int main(int argc, char** argv) {
             });
         out.end_s = std::chrono::duration<double>(Clock::now() - start).count();
         out.status = response.ok() ? response->status : -1;
+        out.held = response.ok() && !response->header("x-loadstar-held-seconds").empty();
         const size_t usage = tail.rfind("\"usage\":");
         if (out.status == 200 && !first && usage != std::string::npos) {
           const size_t event = tail.rfind("data: {", usage);
@@ -286,9 +322,20 @@ int main(int argc, char** argv) {
       }
     });
   for (auto& t : pool) t.join();
+  done = true;
+  poller.join();
+  // Whether a replica was starting at any sample in [from, to] (wall), or
+  // at the last sample before `from`.
+  auto starting_during = [&](double from, double to) {
+    auto it = std::lower_bound(samples.begin(), samples.end(), std::make_pair(from, false));
+    if (it != samples.begin()) --it;
+    for (; it != samples.end() && it->first <= to; ++it)
+      if (it->second) return true;
+    return false;
+  };
 
-  std::vector<double> ttft;
-  uint64_t tokens = 0, failed = 0;
+  std::vector<double> ttft, cold_ttft;
+  uint64_t tokens = 0, failed = 0, held = 0;
   double last_end = 0;
   std::map<int, int> failures;  // by HTTP status (-1: no response)
   for (const auto& r : results) {
@@ -298,6 +345,9 @@ int main(int argc, char** argv) {
       continue;
     }
     ttft.push_back(r.ttft_s * time_scale);
+    held += r.held;
+    if (r.held || starting_during(r.sent_s, r.sent_s + r.ttft_s))
+      cold_ttft.push_back(r.ttft_s * time_scale);
     tokens += r.completion_tokens;
     last_end = std::max(last_end, r.end_s);
   }
@@ -321,8 +371,9 @@ int main(int argc, char** argv) {
                                       scrape(port, "vllm:time_to_first_token_seconds_count")}});
     }
   const double model_span = last_end * time_scale;
-  size_t within_slo = 0;
+  size_t within_slo = 0, cold_within_slo = 0;
   for (double t : ttft) within_slo += t <= slo_ttft_s;
+  for (double t : cold_ttft) cold_within_slo += t <= slo_ttft_s;
   const double gpu_seconds =
       time_scale *
       (scrape(gateway_port, "loadstar_scheduler_queue_gpu_seconds_total", "queue=\"default\"") -
@@ -344,6 +395,12 @@ int main(int argc, char** argv) {
       {"slo_attainment", trace.empty() ? 0.0 : static_cast<double>(within_slo) / trace.size()},
       {"gpu_seconds", gpu_seconds},
       {"cold_starts", cold_starts},
+      {"met_cold_start", cold_ttft.size()},
+      {"held", held},
+      {"met_cold_start_ttft_p50_s", percentile(cold_ttft, 0.5)},
+      {"met_cold_start_ttft_p99_s", percentile(cold_ttft, 0.99)},
+      {"met_cold_start_slo_attainment",
+       cold_ttft.empty() ? 1.0 : static_cast<double>(cold_within_slo) / cold_ttft.size()},
       {"trace_seconds", trace.empty() ? 0.0 : trace.back().at_s - trace.front().at_s},
       {"output_tokens_per_s", model_span > 0 ? tokens / model_span : 0},
       {"prefix_cache_hit_rate", queries > 0 ? hits / queries : 0},

@@ -20,6 +20,7 @@
 #include "common/units.h"
 #include "controller/controller.h"
 #include "controller/discovery.h"
+#include "controller/gateway_load.h"
 #include "controller/kube_store.h"
 #include "controller/pod_runtime.h"
 #include "gateway/gateway.h"
@@ -75,6 +76,7 @@ struct ControllerArgs {
   std::string identity;
   std::string placement_policy = "loadstar";
   std::string node_selector;
+  std::string gateway_selector = "app.kubernetes.io/name=loadstar-gateway";
   double drain_timeout_s = 30;
   controller::PodRuntimeOptions pods;
 };
@@ -146,9 +148,15 @@ int run_controller(const ControllerArgs& args) {
   options.runtime = &runtime;
   options.placement_policy = args.placement_policy;
   options.drain_timeout_s = args.drain_timeout_s;
-  options.load_signals = false;
+  // Autoscaling and scale to zero run on the gateways' load, polled from
+  // the gateway Pods; without them services run at spec.replicas.
+  options.load_signals = !args.gateway_selector.empty();
   options.resync_s = 1;
   controller::Controller ctl(store, options, [](std::shared_ptr<const gateway::RoutingTable>) {});
+  std::unique_ptr<controller::GatewayLoadCollector> load;
+  if (options.load_signals)
+    load = std::make_unique<controller::GatewayLoadCollector>(client, config->namespace_name,
+                                                              args.gateway_selector, ctl);
 
   asio::io_context admin_io(1);
   http::ServerOptions admin_options;
@@ -168,6 +176,7 @@ int run_controller(const ControllerArgs& args) {
     return 1;
   }
   ctl.start();
+  if (load) load->start();
   (*admin)->start();
   std::thread admin_thread([&admin_io] { admin_io.run(); });
   fmt::print("controller reconciling namespace {}; admin API on http://{}:{}/api/v1\n",
@@ -181,6 +190,7 @@ int run_controller(const ControllerArgs& args) {
     sigwait(&signals, &sig);
   }
   spdlog::info("stopping; replica Pods keep running for the next controller");
+  if (load) load->stop();
   ctl.stop();
   if (elector) elector->release();
   (*admin)->stop();
@@ -266,6 +276,10 @@ std::function<int()> setup_controller(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--identity", args->identity, "This candidate's name (default: host_pid)");
   app.add_option("--placement-policy", args->placement_policy, "As for `loadstar up`")
+      ->capture_default_str();
+  app.add_option("--gateway-selector", args->gateway_selector,
+                 "Labels of the gateway Pods whose load drives autoscaling and scale to zero "
+                 "(empty: services run at spec.replicas)")
       ->capture_default_str();
   app.add_option("--node-selector", args->node_selector,
                  "Label selector of the Nodes replicas may use (default: all)");

@@ -9,8 +9,8 @@
 #include <set>
 
 #include <fmt/chrono.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -18,6 +18,7 @@
 #include "agent/agent.h"
 #include "api/cost_expression.h"
 #include "common/units.h"
+#include "controller/gateway_load.h"
 #include "controller/local_runtime.h"
 #include "http/client.h"
 #include "model/model_dir.h"
@@ -328,6 +329,28 @@ void Controller::begin_termination(Replica& r) {
   spdlog::info("replica {}: draining", r.name);
 }
 
+void Controller::apply_load(const LoadRound& round) {
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [name, r] : replicas_) {
+      if (!r->endpoint) continue;
+      gateway::Endpoint& e = *r->endpoint;
+      auto it = round.replicas.find(name);
+      if (it == round.replicas.end()) {
+        e.in_flight.store(0);  // no gateway routes to it (any more)
+        continue;
+      }
+      const ReplicaLoad& load = it->second;
+      e.requests.fetch_add(load.requests);
+      for (size_t b = 0; b < load.ttft.size(); ++b) e.ttft_counts[b].fetch_add(load.ttft[b]);
+      e.in_flight.store(load.in_flight);
+      if (load.waiting) e.waiting.store(*load.waiting);
+      if (load.kv_usage) e.kv_usage.store(*load.kv_usage);
+    }
+  }
+  for (const auto& service : round.demand) note_demand(service);
+}
+
 void Controller::note_demand(const std::string& service) {
   {
     std::lock_guard lock(demand_mu_);
@@ -441,6 +464,7 @@ uint32_t Controller::desired_replicas(const api::InferenceService& svc, Clock::t
 void Controller::reconcile() {
   // Desired state.
   services_.clear();
+  desired_.clear();
   tenant_specs_.clear();
   route_specs_.clear();
   std::vector<api::Node> nodes;
@@ -476,6 +500,7 @@ void Controller::reconcile() {
 
   for (const auto& [svc_name, svc] : services_) {
     const uint32_t desired = desired_replicas(svc, now);
+    desired_[svc_name] = desired;
     std::vector<Replica*> active;
     std::set<uint32_t> used;
     for (auto& [name, r] : replicas_) {
@@ -930,17 +955,19 @@ void Controller::publish_statuses() {
       if (r->service != name) continue;
       ++total;
       ready += r->state == ReplicaState::kReady;
-      replicas[rn] = {{"state", replica_state_name(r->state)}, {"node", r->node},
-                      {"devices", r->devices}, {"message", r->message}};
+      replicas[rn] = {{"state", replica_state_name(r->state)},
+                      {"node", r->node},
+                      {"devices", r->devices},
+                      {"message", r->message}};
     }
-    nlohmann::json status = {{"desiredReplicas", svc.spec.replicas},
-                             {"readyReplicas", ready},
-                             {"replicas", total},
-                             {"replicaStatus", replicas}};
-    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
-      status["desiredReplicas"] = it->second.last->desired;
+    auto desired = desired_.find(name);
+    nlohmann::json status = {
+        {"desiredReplicas", desired != desired_.end() ? desired->second : svc.spec.replicas},
+        {"readyReplicas", ready},
+        {"replicas", total},
+        {"replicaStatus", replicas}};
+    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last)
       status["scaleReason"] = it->second.last->reason;
-    }
     store_.publish_status("InferenceService", name, status.dump());
   }
 }
@@ -983,9 +1010,9 @@ std::vector<ServiceStatus> Controller::services() const {
     ServiceStatus s;
     s.name = name;
     s.model = svc.spec.model;
-    s.desired = svc.spec.replicas;
+    auto desired = desired_.find(name);
+    s.desired = desired != desired_.end() ? desired->second : svc.spec.replicas;
     if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
-      s.desired = it->second.last->desired;
       s.scale_reason = it->second.last->reason;
       s.events.assign(it->second.events.begin(), it->second.events.end());
     }

@@ -98,6 +98,8 @@ class Agent;
 
 namespace loadstar::controller {
 
+struct LoadRound;
+
 struct ControllerOptions {
   std::filesystem::path data_dir = "var";
   std::string loadstar_bin;  // the binary that runs `engine-sim`
@@ -113,10 +115,10 @@ struct ControllerOptions {
   // Where engines run; none: local child processes (a LocalRuntime over
   // data_dir, loadstar_bin and agent).
   EngineRuntime* runtime = nullptr;
-  // Whether the gateway's load reaches this controller (its endpoints are
-  // the gateway's). False in Kubernetes mode, where gateways are other
-  // processes: services run at spec.replicas, with no autoscaling and no
-  // scale to zero.
+  // Whether the gateways' load reaches this controller: through the
+  // endpoints it shares with the gateway of `loadstar up`, or through
+  // apply_load (Kubernetes mode). False: services run at spec.replicas,
+  // with no autoscaling and no scale to zero.
   bool load_signals = true;
 };
 
@@ -138,6 +140,10 @@ class Controller {
   // a service scaled to zero starts again. Never blocks (gateway threads
   // call it).
   void note_demand(const std::string& service);
+  // Load that gateways in other processes saw (Kubernetes mode; see
+  // gateway_load.h): added to the replicas' counters as if a gateway in this
+  // process had counted it, and held requests noted as demand.
+  void apply_load(const LoadRound& round);
 
   // Queues with usage against quota and fair share, for `loadstar get queues`.
   std::vector<scheduler::QueueStatus> queues() const;
@@ -181,6 +187,7 @@ class Controller {
   bool dirty_ = true;
   std::map<std::string, std::unique_ptr<Replica>> replicas_;  // by replica name
   std::map<std::string, api::InferenceService> services_;     // as of the last pass
+  std::map<std::string, uint32_t> desired_;  // replicas each service should have, last pass
   std::map<std::string, std::string> service_models_;
   std::vector<api::Tenant> tenant_specs_;  // as of the last pass
   std::vector<api::Route> route_specs_;
@@ -227,7 +234,7 @@ class Controller {
   Clock::time_point epoch_ = Clock::now();
   std::unique_ptr<EngineRuntime> own_runtime_;
   EngineRuntime* runtime_ = nullptr;
-  mutable std::mutex metrics_mu_;          // guards metrics_text_ only
+  mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
   std::thread thread_;
 };

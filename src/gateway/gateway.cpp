@@ -169,6 +169,7 @@ struct Gateway::Impl {
   std::mutex mu;
   std::shared_ptr<const RoutingTable> latest = std::make_shared<RoutingTable>();
   std::unordered_map<std::string, uint32_t> held_count;
+  std::unordered_map<std::string, uint32_t> held_by_service;  // services they wait for
   std::condition_variable scraper_wake;
   bool stopping = false;
   std::thread scraper;
@@ -189,9 +190,12 @@ struct Gateway::Impl {
                                    bool client_wants_usage, bool may_retry, ModelStats& stats,
                                    RequestUsage& usage,
                                    const std::vector<http::Header>& extra_headers,
-                                   Clock::time_point start, int64_t& prefill, int& code,
+                                   Clock::time_point start, bool held, int64_t& prefill, int& code,
                                    int& upstream_status, std::string& failure);
   void note_outcome(Worker& w, Endpoint& endpoint, bool failed);
+  // What this gateway sees of each ready replica and of held requests, for
+  // a controller in another process (Kubernetes mode): see gateway.h.
+  std::string load_report();
   // How many prefix-index blocks the endpoint's KV cache holds (0: unknown).
   size_t prefix_capacity(const Endpoint& endpoint) const {
     const double tokens = endpoint.kv_capacity_tokens.load(std::memory_order_relaxed);
@@ -288,6 +292,8 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
   } else if (req.method == "GET" && path == "/metrics") {
     std::string text = co_await collect_metrics();
     response = {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text)};
+  } else if (req.method == "GET" && path == "/loadstar/v1/load") {
+    response = {200, "application/json", load_report()};
   } else {
     openai::ApiError e{404, fmt::format("no route for {} {}", req.method, path), {}};
     response = {404, "application/json", openai::error_body(e)};
@@ -420,6 +426,7 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
   std::vector<uint32_t> matched;
   Attempt outcome = Attempt::kRetry;
   bool held = false;
+  double held_s = 0;
   uint32_t first_priority = backends.empty() ? 0 : backends.front()->priority;
   for (unsigned attempt = 0; attempt < options.max_attempts && outcome == Attempt::kRetry;) {
     if (backends.empty()) {
@@ -470,7 +477,9 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
       if (attempt > 0 || held || !service) break;
       held = true;
       ++stats.held;
+      const Clock::time_point hold_start = Clock::now();
       const HoldResult result = co_await hold(w, ex, model, *service, demand);
+      held_s = std::chrono::duration<double>(Clock::now() - hold_start).count();
       if (result == HoldResult::kClientGone) co_return 499;
       if (result == HoldResult::kOverflow) {
         ++stats.hold_overflows;
@@ -572,9 +581,11 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
     if (attempt > 0) ++retries_in_flight;
     std::vector<http::Header> headers = extra_headers;
     headers.push_back({"x-loadstar-endpoint", endpoint->replica});
-    outcome =
-        co_await forward(w, ex, *endpoint, body, authorization, peek.include_usage, may_retry,
-                         stats, usage, headers, start, prefill, code, upstream_status, failure);
+    // A request that waited for a replica to start says how long.
+    if (held) headers.push_back({"x-loadstar-held-seconds", fmt::format("{:.3f}", held_s)});
+    outcome = co_await forward(w, ex, *endpoint, body, authorization, peek.include_usage, may_retry,
+                               stats, usage, headers, start, held, prefill, code, upstream_status,
+                               failure);
     endpoint->pending_prefill.fetch_sub(prefill, std::memory_order_relaxed);  // if still counted
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
@@ -625,6 +636,7 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
     uint32_t& n = held_count[model];
     if (n >= max_held) co_return HoldResult::kOverflow;
     ++n;
+    for (const auto& s : demand) ++held_by_service[s];
   }
   if (options.on_demand)
     for (const auto& s : demand) options.on_demand(s);
@@ -673,7 +685,37 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
   w.held.erase(std::find(w.held.begin(), w.held.end(), &timer));
   std::lock_guard lock(mu);
   --held_count[model];
+  for (const auto& s : demand) --held_by_service[s];
   co_return result;
+}
+
+std::string Gateway::Impl::load_report() {
+  std::shared_ptr<const RoutingTable> table;
+  nlohmann::json held = nlohmann::json::object();
+  {
+    std::lock_guard lock(mu);
+    table = latest;
+    for (const auto& [service, n] : held_by_service)
+      if (n > 0) held[service] = n;
+  }
+  const int64_t now_ms = steady_ms();
+  nlohmann::json endpoints = nlohmann::json::array();
+  for (const auto& [name, svc] : table->services)
+    for (const auto& e : svc.ready) {
+      nlohmann::json ttft = nlohmann::json::array();
+      for (const auto& c : e->ttft_counts) ttft.push_back(c.load(std::memory_order_relaxed));
+      const int64_t at = e->metrics_at_ms.load(std::memory_order_relaxed);
+      endpoints.push_back({{"service", e->service},
+                           {"replica", e->replica},
+                           {"address", e->key},
+                           {"requests", e->requests.load(std::memory_order_relaxed)},
+                           {"in_flight", e->in_flight.load(std::memory_order_relaxed)},
+                           {"waiting", e->waiting.load(std::memory_order_relaxed)},
+                           {"kv_usage", e->kv_usage.load(std::memory_order_relaxed)},
+                           {"metrics_age_s", at > 0 ? (now_ms - at) / 1000.0 : -1.0},
+                           {"ttft_counts", std::move(ttft)}});
+    }
+  return nlohmann::json({{"endpoints", std::move(endpoints)}, {"held", std::move(held)}}).dump();
 }
 
 void Gateway::Impl::scrape_loop() {
@@ -711,7 +753,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
     Worker& w, http::Exchange& ex, Endpoint& endpoint, const std::string& body,
     std::string_view authorization, bool client_wants_usage, bool may_retry, ModelStats& stats,
     RequestUsage& usage, const std::vector<http::Header>& extra_headers, Clock::time_point start,
-    int64_t& prefill, int& code, int& upstream_status, std::string& failure) {
+    bool held, int64_t& prefill, int& code, int& upstream_status, std::string& failure) {
   upstream_status = 0;
   const http::Request& req = ex.request();
   const std::string& key = endpoint.key;
@@ -835,6 +877,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
     }
     code = status;
     stats.ttft.observe(seconds_since(start));
+    if (held) stats.held_ttft.observe(seconds_since(start));
     if (status == 200) endpoint.observe_ttft(seconds_since(start));
     if (status == 200) add_usage(payload, usage);
     http::Response response{status, content_type, std::move(payload), extra_headers};
@@ -897,6 +940,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
         const auto now = Clock::now();
         if (first_token) {
           stats.ttft.observe(std::chrono::duration<double>(now - start).count());
+          if (held) stats.held_ttft.observe(std::chrono::duration<double>(now - start).count());
           endpoint.observe_ttft(std::chrono::duration<double>(now - start).count());
           first_token = false;
           // Its prefill is done: no longer part of the endpoint's queue.

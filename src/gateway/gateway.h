@@ -7,6 +7,12 @@
 // client, holds requests while a service has no ready replica, and answers
 // errors in OpenAI's shape.
 //
+// Besides the OpenAI API it serves /health, /metrics and
+// GET /loadstar/v1/load: per ready replica the requests sent, in flight,
+// TTFT bucket counts (Endpoint::kTtftBounds) and the engine's scraped queue
+// and KV-cache use, and the services held requests wait for — what a
+// controller in another process (Kubernetes mode) autoscales on.
+//
 // Threading: `workers` threads, each with its own io_context, acceptor
 // (SO_REUSEPORT), upstream connection pool, statistics and pointer to the
 // current routing table. Nothing on the request path is shared across

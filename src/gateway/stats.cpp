@@ -41,11 +41,15 @@ void Histogram::merge(const Histogram& other) {
 }
 
 ModelStats::ModelStats()
-    : ttft(&kLatencyBounds), inter_token(&kItlBounds), duration(&kLatencyBounds) {}
+    : ttft(&kLatencyBounds),
+      held_ttft(&kLatencyBounds),
+      inter_token(&kItlBounds),
+      duration(&kLatencyBounds) {}
 
 void ModelStats::merge(const ModelStats& other) {
   for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
   ttft.merge(other.ttft);
+  held_ttft.merge(other.held_ttft);
   inter_token.merge(other.inter_token);
   duration.merge(other.duration);
   prompt_tokens += other.prompt_tokens;
@@ -108,6 +112,11 @@ std::string render_metrics(const GatewayStats& stats) {
       family("loadstar_gateway_time_to_first_token_seconds",
              "Seconds from request arrival to the first token (streams) or the response.",
              MetricType::Histogram);
+  MetricFamily held_ttft =
+      family("loadstar_gateway_held_time_to_first_token_seconds",
+             "Time to first token of requests that waited for a replica to start (a cold start "
+             "met at zero ready replicas), hold included.",
+             MetricType::Histogram);
   MetricFamily itl = family("loadstar_gateway_inter_token_latency_seconds",
                             "Seconds between consecutive streamed events.", MetricType::Histogram);
   MetricFamily e2e = family("loadstar_gateway_request_duration_seconds",
@@ -163,6 +172,7 @@ std::string render_metrics(const GatewayStats& stats) {
     g.gauge.value = static_cast<double>(s.in_flight);
     in_flight.metric.push_back(g);
     ttft.metric.push_back(histogram(s.ttft, model));
+    held_ttft.metric.push_back(histogram(s.held_ttft, model));
     itl.metric.push_back(histogram(s.inter_token, model));
     e2e.metric.push_back(histogram(s.duration, model));
     counter(fallbacks, static_cast<double>(s.fallbacks));
@@ -234,6 +244,7 @@ std::string render_metrics(const GatewayStats& stats) {
                                         held,
                                         hold_timeouts,
                                         hold_overflows,
+                                        held_ttft,
                                         prefix_matched,
                                         prefix_total,
                                         tenant_requests,

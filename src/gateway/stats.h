@@ -32,6 +32,7 @@ struct ModelStats {
   ModelStats();
   std::map<int, uint64_t> requests_by_code;
   Histogram ttft;         // request start to first token (first SSE data) or whole response
+  Histogram held_ttft;    // the same, of requests that waited for a replica to start
   Histogram inter_token;  // between SSE data events
   Histogram duration;     // request start to last byte
   uint64_t prompt_tokens = 0;

@@ -48,6 +48,8 @@ Result<Config> in_cluster_config(
 // `kubeconfig` if given, else $KUBECONFIG, else the in-cluster service
 // account, else ~/.kube/config.
 Result<Config> load_config(const std::string& kubeconfig = "");
+// The bearer token: Config::token, or the token file as it is now.
+Result<std::string> bearer_token(const Config& config);
 
 struct WatchEvent {
   std::string type;  // ADDED, MODIFIED, DELETED, BOOKMARK, ERROR

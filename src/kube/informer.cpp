@@ -7,41 +7,6 @@
 
 namespace loadstar::kube {
 
-std::string object_key(const json& object) {
-  const json& meta = object.contains("metadata") ? object["metadata"] : json::object();
-  const std::string name = meta.value("name", std::string());
-  const std::string ns = meta.value("namespace", std::string());
-  return ns.empty() ? name : ns + "/" + name;
-}
-
-void ObjectCache::replace(const json& list) {
-  objects_.clear();
-  if (list.contains("items") && list["items"].is_array())
-    for (const auto& item : list["items"]) objects_[object_key(item)] = item;
-  resource_version_ = list.contains("metadata")
-                          ? list["metadata"].value("resourceVersion", std::string())
-                          : std::string();
-}
-
-Status ObjectCache::apply(const WatchEvent& event) {
-  if (event.type == "ERROR") {
-    const int code = event.object.value("code", 0);
-    return Error{error_code_for_status(code),
-                 fmt::format("watch error {}: {}", code, event.object.value("message", ""))};
-  }
-  const json& meta = event.object.contains("metadata") ? event.object["metadata"] : json::object();
-  const std::string version = meta.value("resourceVersion", std::string());
-  if (event.type == "ADDED" || event.type == "MODIFIED") {
-    objects_[object_key(event.object)] = event.object;
-  } else if (event.type == "DELETED") {
-    objects_.erase(object_key(event.object));
-  } else if (event.type != "BOOKMARK") {
-    return make_error(ErrorCode::kCorrupt, "watch event of unknown type '{}'", event.type);
-  }
-  if (!version.empty()) resource_version_ = version;
-  return ok_status();
-}
-
 Informer::Informer(const Client& client, std::string collection, std::string label_selector,
                    double watch_timeout_s)
     : client_(client),

@@ -119,6 +119,19 @@ TEST(Autoscaling, ToZeroAfterTheIdleWindowAndBackForAHeldRequest) {
   auto held = up->post("/v1/completions", R"({"model":"chat","prompt":"again","max_tokens":4})");
   EXPECT_EQ(held.status, 200) << held.body;
   EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u);
+  // It says how long it waited, and its first token is counted apart: the
+  // TTFT of requests that met a cold start.
+  const std::string held_header(held.header("x-loadstar-held-seconds"));
+  ASSERT_FALSE(held_header.empty());
+  const double held_s = std::stod(held_header);
+  EXPECT_GT(held_s, 0);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_held_time_to_first_token_seconds_count",
+                          "model=\"chat\""),
+            1);
+  EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_held_time_to_first_token_seconds_sum",
+                          "model=\"chat\""),
+            held_s);
+  EXPECT_TRUE(first.header("x-loadstar-held-seconds").empty());
   // Again to zero; this time the held request is a stream its client drops
   // after the first token. (Found by bench/autoscale: the hold's hang-up
   // watch outlived the hold and fired into its freed timer.)

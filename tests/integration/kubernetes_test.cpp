@@ -384,6 +384,76 @@ TEST_F(KubernetesTest, TwoControllersElectOneLeader) {
   EXPECT_TRUE(kept);
 }
 
+TEST_F(KubernetesTest, ScalesFromZeroForAHeldRequestAndBackToZero) {
+  add_node(1, 1);
+  start_controller("controller", {"--no-leader-elect"});
+  wait_output("controller", "controller reconciling");
+  // The gateway as a Pod (the controller finds gateways by their labels and
+  // polls their load), listening on the Pod's address.
+  apply(fmt::format(R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: gateway-0
+  labels: {{app.kubernetes.io/name: loadstar-gateway}}
+spec:
+  nodeName: {}-n1
+  automountServiceAccountToken: false
+  containers:
+  - name: gateway
+    image: loadstar:test
+    command: [loadstar]
+    args: [gateway, -n, {}, --kubeconfig, {}, --host, $(POD_IP), --port, "8080"]
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    ports:
+    - {{name: http, containerPort: 8080}}
+    readinessProbe:
+      httpGet: {{path: /health, port: 8080}}
+)",
+                    ns_, ns_, g_kubeconfig));
+  std::string gateway_ip;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json pod = get_json("pod gateway-0");
+        const json status = pod.value("status", json::object());
+        bool ready = false;
+        const json conditions = status.value("conditions", json::array());
+        for (const auto& c : conditions)
+          ready |= c.value("type", "") == "Ready" && c.value("status", "") == "True";
+        gateway_ip = status.value("podIP", "");
+        return ready && !gateway_ip.empty();
+      },
+      30));
+
+  apply(model_yaml() + "---\n" +
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
+        "spec:\n  model: tiny\n  replicas: 1\n  minReplicas: 0\n  idleTimeout: 3s\n"
+        "  resources: {gpu: {count: 1}}\n");
+  // Nobody has asked for it: no replica.
+  std::this_thread::sleep_for(2s);
+  EXPECT_TRUE(pods().empty());
+  // A request is held by the gateway; the controller sees it in the
+  // gateway's load report, starts a replica, and the request is answered.
+  auto held = http::fetch({.host = gateway_ip,
+                           .port = 8080,
+                           .method = "POST",
+                           .target = "/v1/chat/completions",
+                           .body = R"({"model":"chat","messages":[{"role":"user","content":"hi"}],)"
+                                   R"("max_tokens":4})",
+                           .headers = {{"Content-Type", "application/json"}},
+                           .timeout_s = 60});
+  ASSERT_TRUE(held.ok()) << held.error().message;
+  EXPECT_EQ(held->status, 200) << held->body << read_text(processes_["controller"]->log);
+  EXPECT_FALSE(held->header("x-loadstar-held-seconds").empty());
+  EXPECT_EQ(pods().size(), 1u);
+  // Three idle seconds later the service is back at zero.
+  EXPECT_TRUE(eventually([&] { return pods().empty(); }, 30))
+      << read_text(processes_["controller"]->log);
+  const json status = get_json("inferenceservice chat").value("status", json::object());
+  EXPECT_EQ(status.value("desiredReplicas", -1), 0) << status.dump();
+}
+
 TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   // deploy/loadstar.yaml as written, but in the test's namespace: the test
   // server has no namespace controller, so a deleted namespace would stay

@@ -59,6 +59,13 @@ TEST(Kubeconfig, ErrorsNameWhatIsWrong) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().message, "kc: context 'three' is not in contexts");
   EXPECT_FALSE(parse_kubeconfig("[1, 2", "kc").ok());
+  // A named entry without its body (found by the fuzzer: yaml-cpp threw).
+  auto bodiless = parse_kubeconfig(
+      "clusters:\n- name: c1\n  cluwter: {server: https://h}\n"
+      "contexts:\n- name: one\n  context: {cluster: c1}\ncurrent-context: one\n",
+      "kc");
+  ASSERT_FALSE(bodiless.ok());
+  EXPECT_EQ(bodiless.error().message, "kc: cluster 'c1' is not in clusters");
 }
 
 TEST(WatchDecoder, EventsSplitAcrossReads) {
@@ -136,6 +143,19 @@ TEST(ObjectCache, ACutStreamResumesWithoutLosingAnEvent) {
   ASSERT_TRUE(resumed.feed(second, apply).ok());
   EXPECT_EQ(cache.resource_version(), "12");
   EXPECT_EQ(cache.objects().size(), 2u);
+}
+
+TEST(ObjectCache, CorruptEventsDoNotThrow) {
+  ObjectCache cache;
+  cache.replace(json::array());  // not a list: empty
+  EXPECT_TRUE(cache.objects().empty());
+  // Fields of the wrong type read as absent.
+  EXPECT_TRUE(cache.apply({"ADDED", json::parse(R"({"metadata": {"name": 5}})")}).ok());
+  EXPECT_TRUE(cache.apply({"MODIFIED", json::parse(R"({"metadata": "x"})")}).ok());
+  Status st = cache.apply({"ERROR", json::parse(R"({"code": "410", "message": 1})")});
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kInternal);
+  EXPECT_EQ(cache.apply({"RENAMED", json::object()}).error().code, ErrorCode::kCorrupt);
 }
 
 TEST(Base64, RoundTrip) {

@@ -1,0 +1,80 @@
+// The controller's reading of the gateways' load reports (Kubernetes mode):
+// increments per round across gateways, counter resets, malformed reports,
+// and which gateway Pods are polled.
+#include <gtest/gtest.h>
+
+#include "controller/gateway_load.h"
+
+namespace loadstar::controller {
+namespace {
+
+std::string report(uint64_t requests, int64_t in_flight, uint64_t fast_ttft, double age_s = 0.1,
+                   const std::string& held = "{}") {
+  return fmt::format(
+      R"({{"endpoints": [{{"service": "chat", "replica": "chat-0", "requests": {},
+          "in_flight": {}, "waiting": 3, "kv_usage": 0.5, "metrics_age_s": {},
+          "ttft_counts": [{}, 0, 0]}}], "held": {}}})",
+      requests, in_flight, age_s, fast_ttft, held);
+}
+
+TEST(GatewayLoad, IncrementsAcrossGatewaysAndRounds) {
+  LoadAggregator agg;
+  // First sight of a gateway counts what it has counted so far.
+  LoadRound r = agg.round({{"a", report(10, 2, 4)}, {"b", report(5, 1, 1)}});
+  ASSERT_EQ(r.replicas.count("chat-0"), 1u);
+  EXPECT_EQ(r.replicas["chat-0"].requests, 15u);
+  EXPECT_EQ(r.replicas["chat-0"].in_flight, 3);
+  EXPECT_EQ(r.replicas["chat-0"].ttft[0], 5u);
+  EXPECT_EQ(r.replicas["chat-0"].waiting, 3);
+  EXPECT_EQ(r.replicas["chat-0"].kv_usage, 0.5);
+  EXPECT_TRUE(r.demand.empty());
+  // Then only what is new; a gateway whose counters went down restarted.
+  r = agg.round({{"a", report(12, 0, 5)}, {"b", report(2, 0, 0)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 2u + 2u);
+  EXPECT_EQ(r.replicas["chat-0"].ttft[0], 1u);
+  EXPECT_EQ(r.replicas["chat-0"].in_flight, 0);
+  // A gateway that did not answer adds nothing, and coming back it is new.
+  r = agg.round({{"a", report(12, 0, 5)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 0u);
+  r = agg.round({{"a", report(12, 0, 5)}, {"b", report(3, 0, 0)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 3u);
+}
+
+TEST(GatewayLoad, HeldRequestsAreDemandAndStaleScrapesAreIgnored) {
+  LoadAggregator agg;
+  LoadRound r = agg.round({{"a", report(0, 0, 0, 30, R"({"chat": 2, "idle": 0})")}});
+  EXPECT_EQ(r.demand, (std::set<std::string>{"chat"}));
+  EXPECT_FALSE(r.replicas["chat-0"].waiting.has_value());  // scraped 30 s ago
+}
+
+TEST(GatewayLoad, MalformedReportsAreSkippedWithAReason) {
+  LoadAggregator agg;
+  std::vector<std::string> errors;
+  LoadRound r = agg.round({{"a", "not json"},
+                           {"b", R"({"endpoints": [{"requests": 4}, 7]})"},
+                           {"c", R"({"endpoints": [{"replica": "x", "requests": "many",
+                                     "ttft_counts": [-1, "2"]}], "held": []})"}},
+                          &errors);
+  EXPECT_EQ(errors.size(), 3u);
+  EXPECT_NE(errors[0].find("gateway a"), std::string::npos) << errors[0];
+  EXPECT_EQ(r.replicas["x"].requests, 0u);
+  EXPECT_TRUE(r.demand.empty());
+}
+
+TEST(GatewayLoad, OnlyReadyGatewayPodsArePolled) {
+  const auto pods = kube::json::parse(R"({"items": [
+    {"metadata": {"name": "g1"}, "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 9000}]}]},
+     "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+    {"metadata": {"name": "g2"}, "spec": {"containers": [{}]},
+     "status": {"podIP": "10.0.0.2", "conditions": [{"type": "Ready", "status": "True"}]}},
+    {"metadata": {"name": "g3"}, "status": {"podIP": "10.0.0.3",
+     "conditions": [{"type": "Ready", "status": "False"}]}},
+    {"metadata": {"name": "g4", "deletionTimestamp": "2026-11-24T00:00:00Z"},
+     "status": {"podIP": "10.0.0.4", "conditions": [{"type": "Ready", "status": "True"}]}},
+    {"metadata": {"name": "g5"}, "status": {"phase": "Pending"}}]})");
+  EXPECT_EQ(ready_pod_addresses(pods),
+            (std::vector<std::string>{"10.0.0.1:9000", "10.0.0.2:8080"}));
+}
+
+}  // namespace
+}  // namespace loadstar::controller
