@@ -574,7 +574,7 @@ void Controller::reconcile() {
   for (const auto& [name, svc] : services_) {
     if (svc.spec.warm_nodes == 0) continue;
     if (auto model = store_.get("Model", svc.spec.model))
-      runtime_->keep_warm(std::get<api::Model>(*model));
+      runtime_->keep_warm(std::get<api::Model>(*model), svc.spec.warm_nodes);
   }
   // The models running engines read (the local agent does not evict them).
   std::vector<std::string> in_use;
@@ -703,16 +703,13 @@ void Controller::sync_scheduler(const std::vector<api::Node>& nodes,
       (void)scheduler_->set_queues({{"default", "", {}, std::nullopt, 1}});
     }
   }
-  // The agent's inventory: the nodes of this machine hold what it staged, and
-  // the locality scorer prefers them for replicas of those models.
-  if (options_.agent) {
-    std::set<std::string, std::less<>> cached;
-    for (const auto& m : options_.agent->cache().list()) cached.insert(m.name);
-    for (auto& node : cluster_.nodes()) {
-      if (node.cached_models == cached) continue;
-      node.cached_models = cached;
-      ++node.generation;
-    }
+  // What the agents hold, as the runtime knows it: the locality scorer
+  // prefers those nodes for replicas of those models.
+  for (auto& node : cluster_.nodes()) {
+    std::set<std::string, std::less<>> cached = runtime_->models_on(node.name);
+    if (node.cached_models == cached) continue;
+    node.cached_models = std::move(cached);
+    ++node.generation;
   }
   if (!rebuild) return;
   scheduler_->restore_accounting(accounting);

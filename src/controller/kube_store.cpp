@@ -200,6 +200,20 @@ std::string KubeStore::uid_of(std::string_view kind, std::string_view name) cons
   return object ? object->value("metadata", json::object()).value("uid", "") : "";
 }
 
+std::map<std::string, std::string> KubeStore::node_addresses() const {
+  std::map<std::string, std::string> out;
+  if (!nodes_) return out;
+  for (const json& node : nodes_->items()) {
+    const json meta = node.value("metadata", json::object());
+    const json status = node.value("status", json::object());
+    const json addresses = status.value("addresses", json::array());
+    for (const json& a : addresses)
+      if (a.value("type", "") == "InternalIP" && a.contains("address") && a["address"].is_string())
+        out[meta.value("name", "")] = a["address"].get<std::string>();
+  }
+  return out;
+}
+
 Status KubeStore::apply(const api::Resource& resource) {
   return make_error(ErrorCode::kInvalidArgument,
                     "{} '{}': in Kubernetes mode resources are applied with kubectl",

@@ -52,6 +52,8 @@ class KubeStore : public ResourceStore {
 
   // The object's uid (for owner references); empty when unknown.
   std::string uid_of(std::string_view kind, std::string_view name) const;
+  // Each followed Node's InternalIP (where its agent listens).
+  std::map<std::string, std::string> node_addresses() const;
   const std::string& namespace_name() const { return namespace_; }
 
  private:

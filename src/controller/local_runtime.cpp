@@ -155,8 +155,15 @@ void LocalRuntime::kill(const std::string& replica) {
   if (!it->second.stop_sent) it->second.stop_sent = Clock::now();
 }
 
-void LocalRuntime::keep_warm(const api::Model& model) {
-  (void)prepare_model(model);
+void LocalRuntime::keep_warm(const api::Model& model, uint32_t /*nodes*/) {
+  (void)prepare_model(model);  // one machine: one agent, whatever the count
+}
+
+std::set<std::string, std::less<>> LocalRuntime::models_on(const std::string& /*node*/) {
+  std::set<std::string, std::less<>> cached;
+  if (options_.agent)
+    for (const auto& m : options_.agent->cache().list()) cached.insert(m.name);
+  return cached;
 }
 
 void LocalRuntime::end_pass(const std::vector<std::string>& models_in_use) {

@@ -37,7 +37,9 @@ class LocalRuntime : public EngineRuntime {
   EngineStatus status(const std::string& replica) override;
   void stop(const std::string& replica) override;
   void kill(const std::string& replica) override;
-  void keep_warm(const api::Model& model) override;
+  void keep_warm(const api::Model& model, uint32_t nodes) override;
+  // Every node of this machine holds what its one agent staged.
+  std::set<std::string, std::less<>> models_on(const std::string& node) override;
   void end_pass(const std::vector<std::string>& models_in_use) override;
 
   // The model's directory, or why not yet (staging progress, an error).

@@ -1,10 +1,13 @@
 #include "controller/pod_runtime.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
 #include "controller/kube_store.h"
+#include "http/client.h"
 
 namespace loadstar::controller {
 
@@ -51,8 +54,7 @@ std::string container_state(const json& statuses, const std::string& name) {
       return fmt::format("{} waiting: {} {}", name, state["waiting"].value("reason", ""),
                          state["waiting"].value("message", ""));
     if (state.contains("terminated"))
-      return fmt::format("{} exited with code {}", name,
-                         state["terminated"].value("exitCode", -1));
+      return fmt::format("{} exited with code {}", name, state["terminated"].value("exitCode", -1));
     if (state.contains("running")) return name + " running";
   }
   return "";
@@ -71,8 +73,8 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                  {kIndexLabel, std::to_string(launch.index)}};
   json engine_args = json::array({"engine-sim", "--model",
                                   fmt::format("{}/{}/current", models_mount, model.metadata.name),
-                                  "--served-model-name", svc.metadata.name, "--host",
-                                  "$(POD_IP)", "--port", std::to_string(options.engine_port)});
+                                  "--served-model-name", svc.metadata.name, "--host", "$(POD_IP)",
+                                  "--port", std::to_string(options.engine_port)});
   for (const auto& a : svc.spec.engine.args) engine_args.push_back(a);
   json env = json::array(
       {{{"name", "POD_IP"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "status.podIP"}}}}}},
@@ -86,8 +88,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
       {"env", env},
       {"ports", {{{"name", "http"}, {"containerPort", options.engine_port}}}},
       {"readinessProbe",
-       {{"httpGet", {{"path", "/health"}, {"port", options.engine_port}}},
-        {"periodSeconds", 1}}},
+       {{"httpGet", {{"path", "/health"}, {"port", options.engine_port}}}, {"periodSeconds", 1}}},
       {"volumeMounts", {{{"name", "models"}, {"mountPath", models_mount}, {"readOnly", true}}}}};
   json resources = json::object();
   if (svc.spec.cpu > 0) resources["cpu"] = fmt::format("{}m", std::lround(svc.spec.cpu * 1000));
@@ -98,15 +99,14 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   for (const auto& s : launch.shares) whole += s.milli >= 1000 && s.mig_slices == 0;
   if (whole > 0) resources["nvidia.com/gpu"] = std::to_string(whole);
   if (!resources.empty()) engine["resources"] = {{"requests", resources}, {"limits", resources}};
-  json stage = {
-      {"name", "stage"},
-      {"image", options.image},
-      {"imagePullPolicy", options.image_pull_policy},
-      {"command", {"loadstar"}},
-      {"args",
-       {"stage", model.metadata.name, "--source", model.spec.source, "--agent",
-        fmt::format("http://$(NODE_IP):{}", options.agent_port), "--timeout", "3600"}},
-      {"env", env}};
+  json stage = {{"name", "stage"},
+                {"image", options.image},
+                {"imagePullPolicy", options.image_pull_policy},
+                {"command", {"loadstar"}},
+                {"args",
+                 {"stage", model.metadata.name, "--source", model.spec.source, "--agent",
+                  fmt::format("http://$(NODE_IP):{}", options.agent_port), "--timeout", "3600"}},
+                {"env", env}};
   json pod = {
       {"apiVersion", "v1"},
       {"kind", "Pod"},
@@ -129,13 +129,13 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
            {"hostPath",
             {{"path", options.cache_host_path + "/models"}, {"type", "DirectoryOrCreate"}}}}}}}}};
   if (!service_uid.empty())
-    pod["metadata"]["ownerReferences"] = {{{"apiVersion", fmt::format("{}/{}", api::kGroup,
-                                                                      api::kVersion)},
-                                           {"kind", "InferenceService"},
-                                           {"name", svc.metadata.name},
-                                           {"uid", service_uid},
-                                           {"controller", true},
-                                           {"blockOwnerDeletion", true}}};
+    pod["metadata"]["ownerReferences"] = {
+        {{"apiVersion", fmt::format("{}/{}", api::kGroup, api::kVersion)},
+         {"kind", "InferenceService"},
+         {"name", svc.metadata.name},
+         {"uid", service_uid},
+         {"controller", true},
+         {"blockOwnerDeletion", true}}};
   return pod;
 }
 
@@ -178,10 +178,11 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
     return make_error(created.error().code, "creating pod {}: {}", launch.replica,
                       created.error().message);
   // Bind it where the scheduler put it (a bound pod's nodeName is final).
-  const json binding = {{"apiVersion", "v1"},
-                        {"kind", "Binding"},
-                        {"metadata", {{"name", launch.replica}, {"namespace", namespace_}}},
-                        {"target", {{"apiVersion", "v1"}, {"kind", "Node"}, {"name", launch.node}}}};
+  const json binding = {
+      {"apiVersion", "v1"},
+      {"kind", "Binding"},
+      {"metadata", {{"name", launch.replica}, {"namespace", namespace_}}},
+      {"target", {{"apiVersion", "v1"}, {"kind", "Node"}, {"name", launch.node}}}};
   auto bound = client_.create(pod_path(launch.replica) + "/binding", binding);
   if (!bound.ok() && bound.error().code != ErrorCode::kConflict) {
     remove(launch.replica, 0);
@@ -226,6 +227,15 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     return st;
   }
   st.staged = condition_true(status, "Initialized");
+  if (st.staged) {
+    // Its init container staged the model there: that agent holds it.
+    const std::string node = pod->value("spec", json::object()).value("nodeName", "");
+    const json annotations =
+        pod->value("metadata", json::object()).value("annotations", json::object());
+    if (!node.empty() && annotations.contains("loadstar.dev/model") &&
+        annotations["loadstar.dev/model"].is_string())
+      held_[node].insert(annotations["loadstar.dev/model"].get<std::string>());
+  }
   const json containers = status.value("containerStatuses", json::array());
   for (const auto& c : containers)
     if (c.value("name", "") == "engine")
@@ -260,6 +270,79 @@ void PodRuntime::stop(const std::string& replica) {
 void PodRuntime::kill(const std::string& replica) {
   stopping_.insert(replica);
   remove(replica, 0);
+}
+
+void PodRuntime::refresh_holdings(bool force) {
+  const auto now = std::chrono::steady_clock::now();
+  if (!force && now - listed_ < std::chrono::seconds(10)) return;
+  listed_ = now;
+  for (const auto& [node, address] : store_.node_addresses()) {
+    auto r = http::fetch(
+        {.host = address, .port = options_.agent_port, .target = "/v1/models", .timeout_s = 2});
+    const json listing = r.ok() && r->status == 200 ? json::parse(r->body, nullptr, false) : json();
+    if (!listing.is_object() || !listing.contains("models") || !listing["models"].is_array())
+      continue;  // unreachable or not an agent: keep what we knew
+    std::set<std::string, std::less<>> models;
+    for (const json& m : listing["models"])
+      if (m.is_object() && m.contains("model") && m["model"].is_string())
+        models.insert(m["model"].get<std::string>());
+    held_[node] = std::move(models);
+  }
+}
+
+void PodRuntime::end_pass(const std::vector<std::string>& /*models_in_use*/) {
+  refresh_holdings();
+}
+
+void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
+  const std::string& name = model.metadata.name;
+  // A model new to keep warm is placed by what the agents hold now.
+  refresh_holdings(warmed_.insert(name).second);
+  // Candidates: schedulable GPU nodes, those that hold the model first.
+  std::vector<std::string> holding, others;
+  for (const api::Resource& r : store_.list())
+    if (const auto* node = std::get_if<api::Node>(&r);
+        node && node->spec.schedulable && !node->spec.gpus.empty())
+      (held_[node->metadata.name].count(name) ? holding : others).push_back(node->metadata.name);
+  std::sort(holding.begin(), holding.end());
+  std::sort(others.begin(), others.end());
+  holding.insert(holding.end(), others.begin(), others.end());
+  if (holding.size() > nodes) holding.resize(nodes);
+  const auto now = std::chrono::steady_clock::now();
+  const auto addresses = store_.node_addresses();
+  for (const std::string& node : holding) {
+    auto& asked = asked_[{name, node}];
+    if (now - asked < std::chrono::seconds(5)) continue;
+    asked = now;
+    auto address = addresses.find(node);
+    if (address == addresses.end()) continue;
+    // The agent's answer is its progress; "ready" means it holds the model.
+    const json body = {{"model", name}, {"source", model.spec.source}};
+    auto r = http::fetch({.host = address->second,
+                          .port = options_.agent_port,
+                          .method = "POST",
+                          .target = "/v1/stage",
+                          .body = body.dump(),
+                          .headers = {{"Content-Type", "application/json"}},
+                          .timeout_s = 2});
+    const json answer = r.ok() ? json::parse(r->body, nullptr, false) : json();
+    if (!r.ok() || r->status != 202 || !answer.is_object()) {
+      spdlog::warn("warm weights: agent on {} ({}): {}", node, address->second,
+                   r.ok() ? fmt::format("answered {}", r->status) : r.error().message);
+      continue;
+    }
+    if (answer.value("state", "") == "ready") {
+      if (held_[node].insert(name).second)
+        spdlog::info("warm weights: {} staged on {}", name, node);
+    } else if (answer.value("state", "") == "failed") {
+      spdlog::warn("warm weights: staging {} on {}: {}", name, node, answer.value("error", ""));
+    }
+  }
+}
+
+std::set<std::string, std::less<>> PodRuntime::models_on(const std::string& node) {
+  auto it = held_.find(node);
+  return it == held_.end() ? std::set<std::string, std::less<>>{} : it->second;
 }
 
 std::vector<ExistingEngine> PodRuntime::existing() {

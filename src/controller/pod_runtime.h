@@ -29,7 +29,7 @@ struct PodRuntimeOptions {
   uint16_t engine_port = 8000;
   uint16_t agent_port = 8070;  // the agent DaemonSet's port on each node (host network)
   std::string cache_host_path = "/var/lib/loadstar/agent";  // the agents' cache on each node
-  int64_t termination_grace_s = 30;  // a stopping engine drains this long
+  int64_t termination_grace_s = 30;                         // a stopping engine drains this long
 };
 
 // The Pod of a replica (JSON), as PodRuntime creates it.
@@ -49,6 +49,14 @@ class PodRuntime : public EngineRuntime {
   void kill(const std::string& replica) override;
   bool engines_outlive_controller() const override { return true; }
   std::vector<ExistingEngine> existing() override;
+  // Asks the agents of `nodes` GPU nodes (those that hold the model first,
+  // then by name) to stage it, again every few seconds while it is kept
+  // warm.
+  void keep_warm(const api::Model& model, uint32_t nodes) override;
+  // What the node's agent listed in its cache (read every 10 s), and the
+  // models of Pods staged there since.
+  std::set<std::string, std::less<>> models_on(const std::string& node) override;
+  void end_pass(const std::vector<std::string>& models_in_use) override;
 
  private:
   std::string pod_path(const std::string& name) const;
@@ -62,6 +70,15 @@ class PodRuntime : public EngineRuntime {
   std::set<std::string> stopping_;  // deleted by us: their disappearance is no failure
   // Created, not yet seen by the informer.
   std::map<std::string, std::chrono::steady_clock::time_point> created_;
+  // Reads every agent's cache listing, at most every 10 s unless `now`.
+  void refresh_holdings(bool now = false);
+
+  // Models the nodes' agents hold: their listings, staging answers, staged Pods.
+  std::map<std::string, std::set<std::string, std::less<>>> held_;
+  std::chrono::steady_clock::time_point listed_{};
+  std::set<std::string> warmed_;  // models kept warm so far
+  // When each (model, node) was last asked to stage.
+  std::map<std::pair<std::string, std::string>, std::chrono::steady_clock::time_point> asked_;
 };
 
 }  // namespace loadstar::controller

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,8 +67,12 @@ class EngineRuntime {
   virtual void stop(const std::string& replica) = 0;
   // Stops it now (SIGKILL, or a deletion without grace).
   virtual void kill(const std::string& replica) = 0;
-  // A service's model stays staged while it has no replica (warm weights).
-  virtual void keep_warm(const api::Model& /*model*/) {}
+  // A service's model stays staged on `nodes` nodes while it has no replica
+  // (warm weights).
+  virtual void keep_warm(const api::Model& /*model*/, uint32_t /*nodes*/) {}
+  // The models staged on `node`, as far as the runtime knows: the
+  // scheduler's locality scorer prefers such nodes for their replicas.
+  virtual std::set<std::string, std::less<>> models_on(const std::string& /*node*/) { return {}; }
   // The end of a reconcile pass, with the models running engines use.
   virtual void end_pass(const std::vector<std::string>& /*models_in_use*/) {}
   // Whether engines keep running when the controller stops (Pods do; a new

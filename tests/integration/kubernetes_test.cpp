@@ -384,8 +384,9 @@ TEST_F(KubernetesTest, TwoControllersElectOneLeader) {
   EXPECT_TRUE(kept);
 }
 
-TEST_F(KubernetesTest, ScalesFromZeroForAHeldRequestAndBackToZero) {
+TEST_F(KubernetesTest, ScalesFromZeroOnWarmWeightsForAHeldRequestAndBackToZero) {
   add_node(1, 1);
+  add_node(2, 1);
   start_controller("controller", {"--no-leader-elect"});
   wait_output("controller", "controller reconciling");
   // The gateway as a Pod (the controller finds gateways by their labels and
@@ -426,13 +427,38 @@ spec:
       },
       30));
 
-  apply(model_yaml() + "---\n" +
+  // The second node's agent already holds the model (a replica ran there
+  // once): the controller learns it from the agent's listing, keeps the
+  // weights warm there rather than on the first node, and the scheduler
+  // places the replica there.
+  const std::string model = model_yaml();
+  std::string out;
+  ASSERT_EQ(run_loadstar(
+                {"stage", "tiny", "--source", "file://" + synth_model("k8s-tiny", "2MiB").string(),
+                 "--agent", fmt::format("http://127.{}.2.1:8070", net_)},
+                &out),
+            0)
+      << out;
+  apply(model + "---\n" +
         "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
         "spec:\n  model: tiny\n  replicas: 1\n  minReplicas: 0\n  idleTimeout: 3s\n"
-        "  resources: {gpu: {count: 1}}\n");
-  // Nobody has asked for it: no replica.
-  std::this_thread::sleep_for(2s);
+        "  warmNodes: 1\n  resources: {gpu: {count: 1}}\n");
+  // Nobody has asked for it: no replica, but its weights are staged on one
+  // node (warm weights, cold GPUs).
+  auto staged_on = [&] {
+    std::vector<std::string> nodes;
+    for (int i : {1, 2})
+      if (fs::exists(root_ / fmt::format("{}-n{}", ns_, i) /
+                     "var/lib/loadstar/agent/models/tiny/current/config.json"))
+        nodes.push_back(fmt::format("{}-n{}", ns_, i));
+    return nodes;
+  };
+  const std::string warm_node = ns_ + "-n2";
+  ASSERT_EQ(staged_on(), std::vector<std::string>{warm_node});
+  std::this_thread::sleep_for(3s);  // passes in which it could stage elsewhere
   EXPECT_TRUE(pods().empty());
+  EXPECT_EQ(staged_on(), std::vector<std::string>{warm_node})
+      << read_text(processes_["controller"]->log);
   // A request is held by the gateway; the controller sees it in the
   // gateway's load report, starts a replica, and the request is answered.
   auto held = http::fetch({.host = gateway_ip,
@@ -446,7 +472,10 @@ spec:
   ASSERT_TRUE(held.ok()) << held.error().message;
   EXPECT_EQ(held->status, 200) << held->body << read_text(processes_["controller"]->log);
   EXPECT_FALSE(held->header("x-loadstar-held-seconds").empty());
-  EXPECT_EQ(pods().size(), 1u);
+  // The replica went where the weights were.
+  const auto running = pods();
+  ASSERT_EQ(running.size(), 1u);
+  EXPECT_EQ(running[0]["spec"].value("nodeName", ""), warm_node);
   // Three idle seconds later the service is back at zero.
   EXPECT_TRUE(eventually([&] { return pods().empty(); }, 30))
       << read_text(processes_["controller"]->log);
