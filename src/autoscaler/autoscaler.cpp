@@ -132,6 +132,7 @@ Decision Autoscaler::decide(double now, uint32_t current) {
   Decision d;
   if (samples_.empty()) {
     d.desired = std::clamp(current, spec_.min_replicas, spec_.max_replicas);
+    d.stage_ahead = d.desired;
     d.signal = "bounds";
     d.reason = "no load observed yet";
     return d;
@@ -204,6 +205,10 @@ Decision Autoscaler::decide(double now, uint32_t current) {
     d.reason += fmt::format("; {} by {}Replicas", clamped, d.desired < floor ? "min" : "max");
     d.desired = clamped;
   }
+  // Staging ahead of need on a rising trend.
+  d.stage_ahead = d.desired;
+  if (panic.desired > stable.desired)
+    d.stage_ahead = std::min(spec_.max_replicas, std::max(d.desired, panic.desired) + 1);
   return d;
 }
 

@@ -55,6 +55,11 @@ struct Sample {
 
 struct Decision {
   uint32_t desired = 0;
+  // Nodes that should hold the model's weights now: `desired`, and on a
+  // rising trend (the panic window's average asks for more than the stable
+  // window's) one more than the larger of the two, within max_replicas — so
+  // the next replica's weights are staged before it is needed.
+  uint32_t stage_ahead = 0;
   bool panic = false;
   std::string signal;  // which one decided: waiting, inFlight, kvCache, ttft, idle, held, bounds
   double value = 0;    // its value (average over the window used)

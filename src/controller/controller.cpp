@@ -571,10 +571,16 @@ void Controller::reconcile() {
   // that scale-from-zero pays load time, not download time. Staged-but-idle
   // models are not touched here, so they are the least recently used ones
   // when the cache needs room (evicted first, staged again next pass).
+  // On a rising trend the autoscaler asks for the next replica's weights
+  // ahead of the replica (Decision::stage_ahead). warmNodes: 0 opts out of
+  // all staging ahead of need.
   for (const auto& [name, svc] : services_) {
     if (svc.spec.warm_nodes == 0) continue;
+    uint32_t nodes = svc.spec.warm_nodes;
+    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last)
+      nodes = std::max(nodes, it->second.last->stage_ahead);
     if (auto model = store_.get("Model", svc.spec.model))
-      runtime_->keep_warm(std::get<api::Model>(*model), svc.spec.warm_nodes);
+      runtime_->keep_warm(std::get<api::Model>(*model), nodes);
   }
   // The models running engines read (the local agent does not evict them).
   std::vector<std::string> in_use;
@@ -963,8 +969,12 @@ void Controller::publish_statuses() {
         {"readyReplicas", ready},
         {"replicas", total},
         {"replicaStatus", replicas}};
-    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last)
+    if (auto it = scaling_.find(name); it != scaling_.end() && it->second.last) {
       status["scaleReason"] = it->second.last->reason;
+      // Nodes asked to hold the weights (more than desired on a rising trend).
+      if (svc.spec.warm_nodes > 0)
+        status["weightsNodes"] = std::max(svc.spec.warm_nodes, it->second.last->stage_ahead);
+    }
     store_.publish_status("InferenceService", name, status.dump());
   }
 }

@@ -86,6 +86,26 @@ TEST(Autoscaler, ASlowRampOnlyEverScalesUp) {
   EXPECT_LE(run.desired.back(), 8u);
 }
 
+TEST(Autoscaler, ARisingTrendStagesWeightsBeforeTheReplicaIsNeeded) {
+  Autoscaler a(concurrency(1, 20));
+  auto run = drive(a, 600, [](int t) { return t * 0.1; });  // 0 -> 60 in flight
+  // Each scale-up to n after the first was preceded by asking for n nodes'
+  // weights, well ahead (27 s on this ramp; the first has no trend yet).
+  int scale_ups = 0;
+  for (size_t t = 1; t < run.desired.size(); ++t) {
+    EXPECT_GE(run.decisions[t].stage_ahead, run.desired[t]) << t;
+    if (run.desired[t] <= run.desired[t - 1] || ++scale_ups == 1) continue;
+    size_t before = t;
+    while (before > 0 && run.decisions[before - 1].stage_ahead >= run.desired[t]) --before;
+    EXPECT_GE(t - before, 20u) << "scale-up to " << run.desired[t] << " at " << t;
+  }
+  EXPECT_GE(scale_ups, 5);
+  // A flat load stages nothing extra.
+  Autoscaler flat(concurrency(1, 20));
+  auto still = drive(flat, 300, [](int) { return 20.0; });
+  EXPECT_EQ(still.decisions.back().stage_ahead, still.desired.back());
+}
+
 TEST(Autoscaler, NoiseDoesNotFlap) {
   Autoscaler a(concurrency(1, 20));
   std::mt19937 rng(7);
