@@ -22,7 +22,9 @@
 # RATE (multiple of the trace's rate, 1), TIME_SCALE (5), SLO (TTFT SLO in
 # model seconds, 2), PEAK (replicas for static-peak and max, 4), MEAN (2),
 # SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
-# MAX_SEQS (16), POLICIES.
+# MAX_SEQS (16), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
+# (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (12), LS_PANIC
+# (1.2), LS_DOWN (scale-down stabilization, trace seconds, 30).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
@@ -70,11 +72,11 @@ Y
 replicas: 1
 autoscaling:
     maxReplicas: $peak
-    targets: {ttftP90: $(w "$slo * 0.5")s, inFlightPerReplica: 12, waitingPerReplica: 2}
-    panicThreshold: 1.2
+    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-12}, waitingPerReplica: 2}
+    panicThreshold: ${LS_PANIC:-1.2}
     stableWindow: $(w 60)s
     panicWindow: $(w 6)s
-    scaleDownStabilization: $(w 30)s
+    scaleDownStabilization: $(w "${LS_DOWN:-30}")s
 Y
     ;;
   esac
