@@ -7,9 +7,8 @@
 #                 300 s cooldown before scaling down
 #   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
 #   loadstar      TTFT p90 against the SLO plus in-flight (12) and waiting,
-#                 60 s / 6 s windows, panic at 1.2x the target, 30 s
-#                 scale-down stabilization (tuned on the first 2,400
-#                 requests; compare on another slice: SKIP=1800)
+#                 60 s / 6 s windows, panic at 2x, 30 s scale-down
+#                 stabilization, 10% tolerance
 # Windows are in trace (model) seconds and divided by TIME_SCALE for the
 # wall-clock controller. Every replica start loads a real synthetic model
 # (SIZE) through the fast loader, so cold starts cost real I/O.
@@ -18,22 +17,27 @@
 # (sent or waiting while a replica was starting, or held at zero; see
 # bench/lib/trace_replay.cpp): how many, their SLO attainment and TTFT.
 #   bench/autoscale/run.sh        (from the repository root)
-# Environment: REQUESTS (default 2400: ~10 trace minutes), SKIP (trace seconds to skip, 0),
-# RATE (multiple of the trace's rate, 1), TIME_SCALE (5), SLO (TTFT SLO in
+# The default replays the whole trace (19,366 requests, its hour: a rise to
+# a peak at minute 31 and a fall to under half of it) in six minutes a policy.
+# Environment: REQUESTS (default 20000: all), SKIP (trace seconds to skip, 0),
+# RATE (multiple of the trace's rate, 1), TIME_SCALE (10), SLO (TTFT SLO in
 # model seconds, 2), PEAK (replicas for static-peak and max, 4), MEAN (2),
 # SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
 # MAX_SEQS (16), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
 # (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (12), LS_PANIC
-# (1.2), LS_DOWN (scale-down stabilization, trace seconds, 30).
+# (2), LS_DOWN (scale-down stabilization, trace seconds, 30), LS_WAITING (2), LS_TOL
+# (tolerance, 0.1), LS_PANIC_WINDOW (trace seconds, 6). KEEP=DIR
+# keeps each policy's controller log (its scale decisions, at info level)
+# as DIR/POLICY.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
 replay=build/release/bench/trace_replay
 cmake --build --preset release --target loadstar trace_replay >/dev/null
-requests=${REQUESTS:-2400}
+requests=${REQUESTS:-20000}
 skip=${SKIP:-0}
 rate=${RATE:-1}
-scale=${TIME_SCALE:-5}
+scale=${TIME_SCALE:-10}
 slo=${SLO:-2}
 peak=${PEAK:-4}
 mean=${MEAN:-2}
@@ -66,17 +70,19 @@ autoscaling:
     stableWindow: $(w 60)s
     panicWindow: $(w 6)s
     scaleDownStabilization: $(w 0)s
+    tolerance: 0
 Y
     ;;
     loadstar) cat <<Y
 replicas: 1
 autoscaling:
     maxReplicas: $peak
-    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-12}, waitingPerReplica: 2}
-    panicThreshold: ${LS_PANIC:-1.2}
+    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-12}, waitingPerReplica: ${LS_WAITING:-2}}
+    panicThreshold: ${LS_PANIC:-2}
     stableWindow: $(w 60)s
-    panicWindow: $(w 6)s
+    panicWindow: $(w "${LS_PANIC_WINDOW:-6}")s
     scaleDownStabilization: $(w "${LS_DOWN:-30}")s
+    tolerance: ${LS_TOL:-0.1}
 Y
     ;;
   esac
@@ -109,7 +115,7 @@ spec:
 YAML
   rm -rf "$work/data/state"
   $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
-    --log-level warn > "$work/up.log" 2>&1 &
+    --log-level "$([ -n "${KEEP:-}" ] && echo info || echo warn)" > "$work/up.log" 2>&1 &
   up_pid=$!
   want=1
   case $policy in static-peak) want=$peak ;; static-mean) want=$mean ;; esac
@@ -125,6 +131,7 @@ YAML
     --max-input 16000 --skip-seconds "$skip" --rate "$rate" --time-scale "$scale" --slo-ttft "$slo" \
     --gateway-port "$port" --admin-port "$admin" --label "$policy" | tee -a "$results" || true
   kill -TERM $up_pid; wait $up_pid || true
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$work/up.log" "$KEEP/$policy.log"; }
 done
 python3 - "$results" "$peak" <<'PY'
 import json, sys

@@ -491,6 +491,7 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     std::optional<double> v;
     if (a.number("panicThreshold", v, 1, 1000)) out.panic_threshold = *v;
     if (a.number("maxScaleUpRate", v, 1, 1000)) out.max_scale_up_rate = *v;
+    if (a.number("tolerance", v, 0, 0.99)) out.tolerance = *v;
     a.duration("scaleDownStabilization", out.scale_down_stabilization_s);
     a.finish();
     svc.spec.autoscaling = out;
@@ -749,6 +750,7 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);
       out << YAML::Key << "panicThreshold" << YAML::Value << a.panic_threshold;
       out << YAML::Key << "maxScaleUpRate" << YAML::Value << a.max_scale_up_rate;
+      out << YAML::Key << "tolerance" << YAML::Value << a.tolerance;
       out << YAML::Key << "scaleDownStabilization" << YAML::Value
           << fmt::format("{}s", a.scale_down_stabilization_s);
       out << YAML::EndMap;

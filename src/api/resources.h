@@ -79,6 +79,7 @@ struct AutoscalingSpec {
   double panic_threshold = 2;
   double max_scale_up_rate = 10;
   double scale_down_stabilization_s = 60;
+  double tolerance = 0.1;  // as the HPA's: no change within 10% of the current count
   bool operator==(const AutoscalingSpec&) const = default;
 };
 

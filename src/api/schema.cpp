@@ -62,7 +62,9 @@ std::vector<KindSchema> build() {
       f("panicThreshold", T::kNumber, "Panic when desired/ready reaches this (default 2)."),
       f("maxScaleUpRate", T::kNumber, "At most this many times the ready replicas per decision."),
       f("scaleDownStabilization", T::kDuration,
-        "Scale down only to the highest recommendation of this window (default 60s).")};
+        "Scale down only to the highest recommendation of this window (default 60s)."),
+      f("tolerance", T::kNumber,
+        "Keep the count while a target asks for within this share of it (default 0.1).")};
   std::vector<Field> routing = {
       one_of(f("picker", T::kString, "How a replica is picked (default scored)."),
              {"scored", "least-request", "round-robin"}),

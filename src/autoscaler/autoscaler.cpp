@@ -47,6 +47,7 @@ void Autoscaler::observe(const Sample& s) {
   if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
     last_activity_ = s.now;
   last_requests_ = s.requests_total;
+  if (samples_.empty() || samples_.back().ready != s.ready) serving_since_ = s.now;
   samples_.push_back(s);
   while (samples_.size() > 1 && samples_.front().now < s.now - spec_.stable_window_s)
     samples_.pop_front();
@@ -54,23 +55,22 @@ void Autoscaler::observe(const Sample& s) {
 
 Autoscaler::Window Autoscaler::average(double now, double window) const {
   Window w;
-  double ttft_sum = 0;
-  int ttft_n = 0;
+  const size_t buckets = spec_.ttft_bounds.size() + 1;
+  std::vector<uint64_t> ttft(buckets, 0);
+  uint64_t& answers = w.ttft_answers;
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
     w.kv_per_replica += it->kv_cache_usage * it->ready;
     w.ready += it->ready;
-    if (it->ttft_p90_s) ttft_sum += *it->ttft_p90_s, ++ttft_n;
+    if (it->now >= serving_since_ && it->ttft_counts.size() == buckets)
+      for (size_t b = 0; b < buckets; ++b)
+        ttft[b] += it->ttft_counts[b], answers += it->ttft_counts[b];
     ++w.samples;
   }
   if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
     const Sample& s = samples_.back();
-    w = {s.waiting,
-         s.in_flight,
-         s.kv_cache_usage * s.ready,
-         static_cast<double>(s.ready),
-         s.ttft_p90_s,
+    w = {s.waiting, s.in_flight, s.kv_cache_usage * s.ready, static_cast<double>(s.ready), {}, 0,
          1};
     return w;
   }
@@ -80,7 +80,8 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
     w.kv_per_replica /= w.samples;
     w.ready /= w.samples;
   }
-  if (ttft_n > 0) w.ttft = ttft_sum / ttft_n;
+  if (answers >= std::max<uint32_t>(1, spec_.ttft_min_answers))
+    w.ttft = histogram_quantile(0.9, spec_.ttft_bounds.data(), ttft.data(), buckets);
   return w;
 }
 
@@ -95,35 +96,53 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
       reason = std::move(why);
     }
   };
+  // Replicas for `total` at `target` each; within the tolerance of the
+  // current count, the current count.
+  auto count = [&](double total, double target) {
+    const double want = total / target;
+    if (current > 0 && std::abs(want / current - 1) <= spec_.tolerance) return current;
+    return ceil_count(want);
+  };
   if (spec_.in_flight_per_replica) {
-    const uint32_t n = ceil_count(w.in_flight / *spec_.in_flight_per_replica);
+    const uint32_t n = count(w.in_flight, *spec_.in_flight_per_replica);
     vote(n, "inFlight", w.in_flight,
          fmt::format("in-flight requests {:.1f} at target {:g}/replica -> {}", w.in_flight,
                      *spec_.in_flight_per_replica, n));
   }
   if (spec_.waiting_per_replica) {
-    const uint32_t n = ceil_count(w.waiting / *spec_.waiting_per_replica);
+    const uint32_t n = count(w.waiting, *spec_.waiting_per_replica);
     vote(n, "waiting", w.waiting,
          fmt::format("waiting requests {:.1f} at target {:g}/replica -> {}", w.waiting,
                      *spec_.waiting_per_replica, n));
   }
   if (spec_.kv_cache_usage) {
-    const uint32_t n = ceil_count(w.kv_per_replica / *spec_.kv_cache_usage);
+    const uint32_t n = count(w.kv_per_replica, *spec_.kv_cache_usage);
     const double mean = w.ready > 0 ? w.kv_per_replica / w.ready : 0;
     vote(n, "kvCache", mean,
          fmt::format("KV-cache use {:.0f}% at target {:.0f}% -> {}", mean * 100,
                      *spec_.kv_cache_usage * 100, n));
   }
   if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s) {
-    // Over the SLO: grow the serving count in proportion to how far over it
-    // is (at least one more). While replicas asked for earlier are still
+    // Over the SLO: one more replica than are ready per doubling of the p90
+    // over it (at least one). While replicas asked for earlier are still
     // starting, wait for them: TTFT lags, and adding again would run away.
-    const uint32_t ready = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(w.ready)));
-    uint32_t n = std::max(ready + 1, ceil_count(ready * *w.ttft / *spec_.ttft_p90_slo_s));
+    const uint32_t ready = std::max<uint32_t>(1, samples_.back().ready);
+    uint32_t n =
+        ready + std::max<uint32_t>(1, ceil_count(std::log2(*w.ttft / *spec_.ttft_p90_slo_s)));
     if (current > ready) n = std::min(n, current);
     vote(n, "ttft", *w.ttft,
          fmt::format("TTFT p90 {:.2f}s over the {:g}s SLO on {} ready -> {}", *w.ttft,
                      *spec_.ttft_p90_slo_s, ready, n));
+  } else if (spec_.ttft_p90_slo_s && !w.ttft && w.ttft_answers > 0) {
+    // Answers on the current serving set, too few to judge it: hold it.
+    const uint32_t ready = samples_.back().ready;
+    vote(ready, "ttft", static_cast<double>(w.ttft_answers),
+         fmt::format("{} first token(s) on {} ready, fewer than {} to judge TTFT: holding {}",
+                     w.ttft_answers, ready, spec_.ttft_min_answers, ready));
+  }
+  if (signal.empty()) {
+    signal = "none";
+    reason = "no target asks for a replica -> 0";
   }
   return best;
 }

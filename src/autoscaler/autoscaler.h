@@ -12,7 +12,14 @@
 // passed without panic. Scale-up per decision is bounded by
 // `max_scale_up_rate`; scale-down takes the highest recommendation of the
 // last `scale_down_stabilization_s` (as the HPA does), so noise does not
-// flap. With min 0, a service scales to zero only after `idle_window_s`
+// flap. TTFT p90 is judged only on first tokens answered since the ready
+// count last changed (within the window): evidence from a smaller serving
+// set says nothing about the current one, and would keep voting after the
+// replicas it asked for are serving; with too few answers to judge it holds
+// the ready count. Over its target, each doubling
+// of the p90 asks for one more replica than are ready: TTFT says the
+// service is short, not by how much (queueing delay grows without bound).
+// With min 0, a service scales to zero only after `idle_window_s`
 // with no request, no request in flight and none held (counted from the
 // first sample for a new service); a held request brings it back at once.
 #pragma once
@@ -21,6 +28,7 @@
 #include <deque>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace loadstar::autoscaler {
 
@@ -38,7 +46,16 @@ struct Spec {
   double panic_threshold = 2;
   double max_scale_up_rate = 10;  // at most this many times the current count (and +1)
   double scale_down_stabilization_s = 60;
+  // As the HPA's: a target that asks for within this share of the current
+  // count keeps the count (a load hovering at a boundary does not flap).
+  double tolerance = 0.1;
   double idle_window_s = 300;
+  // Upper bounds of the TTFT buckets that samples count first tokens into
+  // (one more bucket: above the last bound); none, and TTFT cannot vote.
+  std::vector<double> ttft_bounds;
+  // Fewer first tokens than this since the serving set last changed are no
+  // evidence: TTFT does not vote.
+  uint32_t ttft_min_answers = 10;
 };
 
 // One observation of the service, summed over its ready replicas.
@@ -48,7 +65,9 @@ struct Sample {
   double waiting = 0;         // requests queued in the engines
   double in_flight = 0;       // requests the gateway has sent and not finished
   double kv_cache_usage = 0;  // mean over ready replicas, 0..1
-  std::optional<double> ttft_p90_s;
+  // First tokens the gateway saw since the previous sample, per TTFT bucket
+  // (Spec::ttft_bounds; empty when none).
+  std::vector<uint64_t> ttft_counts;
   uint32_t held = 0;            // requests held at the gateway for lack of a replica
   uint64_t requests_total = 0;  // requests ever sent (idleness)
 };
@@ -61,7 +80,8 @@ struct Decision {
   // the next replica's weights are staged before it is needed.
   uint32_t stage_ahead = 0;
   bool panic = false;
-  std::string signal;  // which one decided: waiting, inFlight, kvCache, ttft, idle, held, bounds
+  std::string
+      signal;  // which one decided: waiting, inFlight, kvCache, ttft, idle, held, bounds, none
   double value = 0;    // its value (average over the window used)
   std::string reason;  // e.g. "inFlight 24.0 over 60s at target 8/replica -> 3"
 };
@@ -86,7 +106,8 @@ class Autoscaler {
  private:
   struct Window {
     double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0;
-    std::optional<double> ttft;
+    std::optional<double> ttft;  // p90 of the window's first tokens on the current serving set
+    uint64_t ttft_answers = 0;   // how many
     int samples = 0;
   };
   Window average(double now, double window) const;
@@ -98,6 +119,7 @@ class Autoscaler {
   std::deque<Sample> samples_;                               // the stable window's
   std::deque<std::pair<double, uint32_t>> recommendations_;  // for scale-down stabilization
   std::optional<double> panic_until_;
+  double serving_since_ = 0;  // when the ready count last changed: TTFT evidence starts there
   uint64_t last_requests_ = 0;
   std::optional<double> last_activity_;
 };

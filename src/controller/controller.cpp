@@ -381,7 +381,10 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
     spec.panic_threshold = as.panic_threshold;
     spec.max_scale_up_rate = as.max_scale_up_rate;
     spec.scale_down_stabilization_s = as.scale_down_stabilization_s;
+    spec.tolerance = as.tolerance;
     spec.idle_window_s = svc.spec.idle_timeout_s;
+    spec.ttft_bounds.assign(std::begin(gateway::Endpoint::kTtftBounds),
+                            std::end(gateway::Endpoint::kTtftBounds));
     if (!st.autoscaler) current = svc.spec.replicas;  // a new service starts at spec.replicas
     st.autoscaler = std::make_unique<autoscaler::Autoscaler>(spec);
     st.spec_key = key;
@@ -392,7 +395,7 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
   sample.now = std::chrono::duration<double>(now - epoch_).count();
   std::map<uint64_t, uint64_t> seen;
   std::map<uint64_t, Scaling::TtftCounts> seen_ttft;
-  Scaling::TtftCounts ttft_delta{};
+  sample.ttft_counts.assign(gateway::Endpoint::kTtftBuckets, 0);
   double kv = 0;
   for (const auto& [rn, r] : replicas_) {
     if (r->service != name || !r->endpoint) continue;
@@ -405,7 +408,7 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
     auto before = st.seen_ttft.find(e.id);
     for (size_t b = 0; b < counts.size(); ++b) {
       counts[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
-      ttft_delta[b] += counts[b] - (before == st.seen_ttft.end() ? 0 : before->second[b]);
+      sample.ttft_counts[b] += counts[b] - (before == st.seen_ttft.end() ? 0 : before->second[b]);
     }
     sample.in_flight += static_cast<double>(e.in_flight.load());
     if (r->state != ReplicaState::kReady) continue;
@@ -415,14 +418,6 @@ uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_poi
   }
   st.seen_requests.swap(seen);
   st.seen_ttft.swap(seen_ttft);
-  // TTFT p90 over the stable window, from the gateway's per-endpoint counts.
-  st.ttft_window.emplace_back(sample.now, ttft_delta);
-  while (st.ttft_window.front().first < sample.now - as.stable_window_s) st.ttft_window.pop_front();
-  Scaling::TtftCounts window{};
-  for (const auto& [t, counts] : st.ttft_window)
-    for (size_t b = 0; b < counts.size(); ++b) window[b] += counts[b];
-  sample.ttft_p90_s = autoscaler::histogram_quantile(0.9, gateway::Endpoint::kTtftBounds,
-                                                     window.data(), window.size());
   sample.kv_cache_usage = sample.ready ? kv / sample.ready : 0;
   sample.requests_total = st.requests_total;
   sample.held = held_now_.count(name) ? 1 : 0;

@@ -205,11 +205,10 @@ class Controller {
     std::string spec_key;
     std::unique_ptr<autoscaler::Autoscaler> autoscaler;
     std::map<uint64_t, uint64_t> seen_requests;  // endpoint id -> its counter
-    // TTFT bucket counts per endpoint as last read, and the deltas of the
-    // stable window (time, counts), for the service's TTFT p90.
+    // TTFT bucket counts per endpoint as last read (each sample carries the
+    // deltas; the autoscaler keeps the window).
     using TtftCounts = std::array<uint64_t, gateway::Endpoint::kTtftBuckets>;
     std::map<uint64_t, TtftCounts> seen_ttft;
-    std::deque<std::pair<double, TtftCounts>> ttft_window;
     uint64_t requests_total = 0;
     std::optional<autoscaler::Decision> last;
     std::deque<std::string> events;  // the last kMaxEvents changes of the count

@@ -166,19 +166,23 @@ TEST(Autoscaling, ScalesOutWhenTheGatewaySeesTtftOverTheSlo) {
   auto up = Up::start(yaml);
   up->wait_ready("chat", 1);
   // Long prompts, one at a time: no queue, no concurrency, but every first
-  // token takes longer than 5 ms of prefill.
+  // token takes longer than 5 ms of prefill; ten answers are evidence enough.
   std::string prompt;
   for (int i = 0; i < 1500; ++i) prompt += "word ";
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 10; ++i) {
     auto r = up->post("/v1/completions",
                       json({{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 2}}).dump());
     ASSERT_EQ(r.status, 200) << r.body;
   }
   up->wait_ready("chat", 2);
+  // The scale-up's event names TTFT.
   std::string out;
   ASSERT_EQ(
-      run_loadstar({"get", "services", "--admin-port", std::to_string(up->admin_port())}, &out), 0);
-  EXPECT_NE(out.find("TTFT p90"), std::string::npos) << out;
+      run_loadstar(
+          {"describe", "service", "chat", "--admin-port", std::to_string(up->admin_port())}, &out),
+      0);
+  EXPECT_NE(out.find("scale 1 -> 2: "), std::string::npos) << out;
+  EXPECT_NE(out.find("TTFT p90 "), std::string::npos) << out;
 }
 
 TEST(ColdStart, TheTimelineAddsUpToTheObservedStartTime) {

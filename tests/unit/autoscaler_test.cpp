@@ -41,6 +41,15 @@ Run drive(Autoscaler& a, int seconds, const std::function<double(int)>& in_fligh
   return run;
 }
 
+// `n` first tokens at `seconds` each, counted into `spec`'s TTFT buckets.
+std::vector<uint64_t> answers(const Spec& spec, double seconds, uint64_t n) {
+  std::vector<uint64_t> counts(spec.ttft_bounds.size() + 1, 0);
+  size_t b = 0;
+  while (b < spec.ttft_bounds.size() && seconds > spec.ttft_bounds[b]) ++b;
+  counts[b] = n;
+  return counts;
+}
+
 Spec concurrency(uint32_t min, uint32_t max) {
   Spec s;
   s.min_replicas = min;
@@ -117,6 +126,31 @@ TEST(Autoscaler, NoiseDoesNotFlap) {
   EXPECT_EQ(run.desired.back(), 3u);  // 20 at 8 per replica
 }
 
+TEST(Autoscaler, ALoadAtABoundaryKeepsItsCountWithinTheTolerance) {
+  // 16 in flight at 8 per replica is exactly 2; the stable average wanders
+  // just over it (up to 17, 6% more) and back. Without the tolerance every
+  // excursion starts a third replica and each return stops it.
+  auto wander = [](int t) { return (t / 30) % 2 ? 17.0 : 15.5; };
+  Spec spec = concurrency(1, 20);
+  spec.panic_threshold = 2;
+  spec.scale_down_stabilization_s = 10;
+  spec.stable_window_s = 10;
+  Autoscaler with(spec);
+  auto run = drive(with, 600, wander, 2);
+  for (size_t t = 0; t < run.desired.size(); ++t) EXPECT_EQ(run.desired[t], 2u) << "t=" << t;
+  spec.tolerance = 0;
+  Autoscaler without(spec);
+  run = drive(without, 600, wander, 2);
+  int changes = 0;
+  for (size_t t = 1; t < run.desired.size(); ++t) changes += run.desired[t] != run.desired[t - 1];
+  EXPECT_GE(changes, 10);
+  // Beyond the tolerance it scales as before: 20 in flight is 2.5 -> 3.
+  Autoscaler beyond(concurrency(1, 20));
+  run = drive(
+      beyond, 120, [](int) { return 20.0; }, 2);
+  EXPECT_EQ(run.desired.back(), 3u);
+}
+
 TEST(Autoscaler, ScalesToZeroOnlyAfterTheIdleWindowAndBackForAHeldRequest) {
   Spec spec = concurrency(0, 4);
   spec.idle_window_s = 120;
@@ -149,6 +183,7 @@ TEST(Autoscaler, OtherSignalsAndBounds) {
   spec.waiting_per_replica = 4;
   spec.kv_cache_usage = 0.7;
   spec.ttft_p90_slo_s = 1.0;
+  spec.ttft_bounds = {0.5, 1, 2, 4, 8};
   Autoscaler a(spec);
   // KV-cache use of 0.9 on 4 replicas: 3.6 replicas' worth at 0.7 -> 6.
   Sample s{.now = 0, .ready = 4, .waiting = 2, .in_flight = 10, .kv_cache_usage = 0.9};
@@ -164,24 +199,65 @@ TEST(Autoscaler, OtherSignalsAndBounds) {
   Autoscaler c(spec);
   c.observe({.now = 0, .ready = 2});
   EXPECT_EQ(c.decide(0, 2).desired, 2u);
-  // TTFT over the SLO grows the count in proportion.
+  // TTFT p90 between two and four times the SLO: two more than are ready.
   Autoscaler e(spec);
-  e.observe({.now = 0, .ready = 2, .ttft_p90_s = 2.0});
+  e.observe({.now = 0, .ready = 2, .ttft_counts = answers(spec, 3.5, 40)});
   Decision slow = e.decide(0, 2);
   EXPECT_EQ(slow.signal, "ttft");
   EXPECT_EQ(slow.desired, 4u);
+  EXPECT_NE(slow.reason.find("TTFT p90 3.80s over the 1s SLO on 2 ready -> 4"), std::string::npos)
+      << slow.reason;
+}
+
+TEST(Autoscaler, TtftEvidenceStartsWithTheCurrentServingSet) {
+  Spec spec;
+  spec.max_replicas = 10;
+  spec.ttft_p90_slo_s = 1.0;
+  spec.ttft_bounds = {0.5, 1, 2, 4, 8};
+  spec.scale_down_stabilization_s = 5;
+  Autoscaler a(spec);
+  // Too few answers are no evidence either way: hold the serving set.
+  a.observe({.now = 0, .ready = 2, .ttft_counts = answers(spec, 1.5, 5)});
+  Decision few = a.decide(0, 2);
+  EXPECT_EQ(few.desired, 2u);
+  EXPECT_NE(few.reason.find("5 first token(s) on 2 ready, fewer than 10 to judge TTFT: holding 2"),
+            std::string::npos)
+      << few.reason;
+  // Enough slow ones (p90 1.9 s): one more.
+  a.observe({.now = 1, .ready = 2, .ttft_counts = answers(spec, 1.5, 30)});
+  Decision d = a.decide(1, 2);
+  EXPECT_EQ(d.signal, "ttft");
+  EXPECT_EQ(d.desired, 3u);
+  // The third is ready; the slow answers are still in the stable window but
+  // were served by two. Without new evidence TTFT does not vote again (it
+  // used to, after every scale-up, up to maxReplicas), and the count holds
+  // for scale-down stabilization, then falls back.
+  std::vector<uint32_t> desired;
+  for (int t = 2; t < 30; ++t) {
+    a.observe({.now = static_cast<double>(t), .ready = 3});
+    desired.push_back(a.decide(t, 3).desired);
+    EXPECT_LE(desired.back(), 3u) << "t=" << t;
+  }
+  EXPECT_EQ(desired.front(), 3u);
+  EXPECT_LE(desired.back(), 1u);
+  // New slow answers on three: the vote comes back, from three.
+  a.observe({.now = 30, .ready = 3, .ttft_counts = answers(spec, 1.5, 30)});
+  d = a.decide(30, 3);
+  EXPECT_EQ(d.signal, "ttft");
+  EXPECT_EQ(d.desired, 4u);
 }
 
 TEST(Autoscaler, TtftOverTheSloWaitsForStartingReplicas) {
   Spec spec;
   spec.max_replicas = 10;
   spec.ttft_p90_slo_s = 0.5;
+  spec.ttft_bounds = {0.25, 0.5, 1, 2, 4};
   Autoscaler a(spec);
-  a.observe({.now = 0, .ready = 2, .ttft_p90_s = 1.0});
-  EXPECT_EQ(a.decide(0, 2).desired, 4u);  // twice over the SLO: twice the replicas
-  // Two more are starting (4 wanted, 2 ready): no further growth meanwhile.
-  a.observe({.now = 1, .ready = 2, .ttft_p90_s = 1.0});
-  EXPECT_EQ(a.decide(1, 4).desired, 4u);
+  a.observe({.now = 0, .ready = 2, .ttft_counts = answers(spec, 3.0, 40)});
+  EXPECT_EQ(a.decide(0, 2).desired, 5u);  // p90 3.8 s, 7.6 times the SLO: three more
+  // Three more are starting (5 wanted, 2 ready): no further growth meanwhile.
+  a.observe({.now = 1, .ready = 2, .ttft_counts = answers(spec, 3.0, 40)});
+  EXPECT_EQ(a.decide(1, 5).desired, 5u);
 }
 
 TEST(Autoscaler, HistogramQuantileInterpolatesLikePrometheus) {
