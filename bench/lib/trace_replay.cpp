@@ -238,6 +238,7 @@ int main(int argc, char** argv) {
     uint64_t completion_tokens = 0;
     uint64_t cached_tokens = 0;
     int status = 0;
+    std::string error;  // the start of a failed response's body
   };
   std::vector<Result> results(trace.size());
   std::atomic<size_t> next{0};
@@ -306,6 +307,8 @@ int main(int argc, char** argv) {
         out.end_s = std::chrono::duration<double>(Clock::now() - start).count();
         out.status = response.ok() ? response->status : -1;
         out.held = response.ok() && !response->header("x-loadstar-held-seconds").empty();
+        if (out.status != 200)
+          out.error = response.ok() ? tail.substr(0, 300) : response.error().message;
         const size_t usage = tail.rfind("\"usage\":");
         if (out.status == 200 && !first && usage != std::string::npos) {
           const size_t event = tail.rfind("data: {", usage);
@@ -340,6 +343,7 @@ int main(int argc, char** argv) {
   std::map<int, int> failures;  // by HTTP status (-1: no response)
   for (const auto& r : results) {
     if (!r.ok) {
+      if (failed < 5) fmt::print(stderr, "failed ({}): {}\n", r.status, r.error);
       ++failed;
       ++failures[r.status];
       continue;

@@ -600,6 +600,8 @@ asio::awaitable<int> Gateway::Impl::route(Worker& w, http::Exchange& ex, const R
                           fmt::format("no ready replica for model `{}`; retry later", model));
     } else {
       code = 502;
+      spdlog::warn("gateway: request for `{}` failed on {} replica(s), the last {}: {}", model,
+                   tried.size(), tried.back()->replica, failure);
       co_await send_error(ex, 502,
                           fmt::format("upstream failure for model `{}`: {}", model, failure));
     }
