@@ -88,19 +88,37 @@ std::string manifest_to_json(const Manifest& manifest) {
       2);
 }
 
+namespace {
+
+// An optional string member of a manifest object: absent is "", any other type
+// is an error naming the member.
+Result<std::string> optional_string(const json& object, const char* key, std::string_view where) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return std::string();
+  if (!it->is_string())
+    return make_error(ErrorCode::kCorrupt, "manifest {}: '{}' must be a string, not {}", where, key,
+                      it->type_name());
+  return it->get<std::string>();
+}
+
+}  // namespace
+
 Result<Manifest> manifest_from_json(std::string_view text) {
   json doc = json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("files") || !doc["files"].is_array())
     return make_error(ErrorCode::kCorrupt, "not a manifest (JSON object with a files array)");
   Manifest m;
-  m.source = doc.value("source", "");
-  m.revision = doc.value("revision", "");
+  LS_ASSIGN_OR_RETURN(m.source, optional_string(doc, "source", "document"));
+  LS_ASSIGN_OR_RETURN(m.revision, optional_string(doc, "revision", "document"));
   for (const auto& f : doc["files"]) {
     if (!f.is_object() || !f.contains("path") || !f["path"].is_string() || !f.contains("size") ||
         !f["size"].is_number_unsigned())
       return make_error(ErrorCode::kCorrupt, "manifest entry without a path and a size");
-    m.files.push_back({f["path"].get<std::string>(), f["size"].get<uint64_t>(),
-                       f.value("sha256", ""), f.value("etag", "")});
+    FileEntry file{f["path"].get<std::string>(), f["size"].get<uint64_t>(), "", ""};
+    const std::string where = "entry '" + file.path + "'";
+    LS_ASSIGN_OR_RETURN(file.sha256, optional_string(f, "sha256", where));
+    LS_ASSIGN_OR_RETURN(file.etag, optional_string(f, "etag", where));
+    m.files.push_back(std::move(file));
   }
   LS_RETURN_IF_ERROR(validate_manifest(m));
   return m;

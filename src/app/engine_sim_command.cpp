@@ -45,6 +45,9 @@ std::function<int()> setup_engine_sim(CLI::App& app) {
   app.add_option("--drain-timeout", o.drain_timeout_s,
                  "Seconds to finish in-flight requests on SIGTERM")
       ->capture_default_str();
+  app.add_option("--timeout-keep-alive", o.keep_alive_timeout_s,
+                 "Seconds an idle keep-alive connection stays open (uvicorn's name and default)")
+      ->capture_default_str();
   auto max_body = std::make_shared<std::string>("8Mi");
   app.add_option("--max-body-size", *max_body, "Largest request body")->capture_default_str();
   return [opts, max_body] {

@@ -367,6 +367,7 @@ int run_engine_sim(const EngineSimOptions& options) {
   server_options.host = options.host;
   server_options.port = options.port;
   server_options.max_body_bytes = options.max_body_bytes;
+  server_options.idle_timeout_s = options.keep_alive_timeout_s;
   server_options.error_body = openai::error_body_for;
   auto server =
       http::Server::create({&io}, server_options, [&sim](Exchange& ex) { return sim.handle(ex); });

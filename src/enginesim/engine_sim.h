@@ -31,6 +31,9 @@ struct EngineSimOptions {
   uint32_t embedding_dim = 384;
   uint64_t max_body_bytes = 8u << 20;
   double drain_timeout_s = 5;
+  // An idle keep-alive connection is closed after this, as vLLM's server
+  // (uvicorn's timeout_keep_alive, 5 s) does.
+  double keep_alive_timeout_s = 5;
 };
 
 // Runs until SIGINT/SIGTERM; returns the process exit code.

@@ -1,6 +1,9 @@
 #include "gateway/gateway.h"
 
+#include <sys/socket.h>
+
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -74,6 +77,20 @@ struct Worker {
 };
 
 thread_local Worker* current_worker = nullptr;
+
+// The most recently used idle connection that is still open, or null. A
+// connection the peer has closed (or that has unsolicited bytes waiting, such
+// as a 408) reads as ready; an open, quiet one would block.
+std::unique_ptr<tcp::socket> take_idle(std::vector<std::unique_ptr<tcp::socket>>& pool) {
+  while (!pool.empty()) {
+    std::unique_ptr<tcp::socket> conn = std::move(pool.back());
+    pool.pop_back();
+    char byte;
+    const ssize_t n = ::recv(conn->native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return conn;
+  }
+  return nullptr;
+}
 
 asio::awaitable<GatewayStats> copy_stats(Worker* w) {
   co_return w->stats;
@@ -787,30 +804,6 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
   });
   const auto idle =
       std::chrono::milliseconds(static_cast<int64_t>(options.upstream_idle_timeout_s * 1000));
-  std::unique_ptr<tcp::socket> conn;
-  if (auto& pool = w.idle[key]; !pool.empty()) {
-    conn = std::move(pool.back());
-    pool.pop_back();
-    watch->conn = conn.get();
-    arm_watchdog(idle);
-  } else {
-    conn = std::make_unique<tcp::socket>(w.io);
-    watch->conn = conn.get();
-    boost::system::error_code ec;
-    auto address = asio::ip::make_address(endpoint.host, ec);
-    arm_watchdog(std::chrono::milliseconds(static_cast<int64_t>(options.connect_timeout_s * 1000)));
-    tcp::endpoint target(address, endpoint.port);
-    auto [cec] = co_await conn->async_connect(target, kUseTuple);
-    if (ec || cec) {
-      watch->conn = nullptr;
-      failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
-                            watch->timed_out ? "timed out" : (ec ? ec : cec).message());
-      co_return Attempt::kRetry;
-    }
-    conn->set_option(tcp::no_delay(true), ec);
-    arm_watchdog(idle);
-  }
-
   // The request head is formatted directly: a proxy forwarding a JSON body
   // needs no header container.
   std::string head = fmt::format(
@@ -821,18 +814,57 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
   head += "\r\n";
   const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
                                                              asio::buffer(body)};
-  auto [wec, wn] = co_await asio::async_write(*conn, request_buffers, kUseTuple);
+  std::unique_ptr<tcp::socket> conn;
   bhttp::response_parser<bhttp::buffer_body> parser;
   parser.body_limit(boost::none);
   beast::flat_buffer buffer;
-  boost::system::error_code hec = wec;
-  if (!wec) {
-    auto [rec, rn] = co_await bhttp::async_read_header(*conn, buffer, parser, kUseTuple);
-    hec = rec;
-  }
-  if (hec) {
+  // A pooled connection may have been closed by the replica while it sat
+  // idle (engines close keep-alive connections after a few seconds; the
+  // close can cross the request on the wire). Such an attempt fails before
+  // any response byte and is sent once more on a fresh connection to the
+  // same replica, as Go's http.Transport and Envoy do for reused connections.
+  for (bool fresh_retry_left = true;;) {
+    conn = fresh_retry_left ? take_idle(w.idle[key]) : nullptr;
+    const bool reused = conn != nullptr;
+    watch->timed_out = false;
+    if (reused) {
+      watch->conn = conn.get();
+      arm_watchdog(idle);
+    } else {
+      conn = std::make_unique<tcp::socket>(w.io);
+      watch->conn = conn.get();
+      boost::system::error_code ec;
+      auto address = asio::ip::make_address(endpoint.host, ec);
+      arm_watchdog(
+          std::chrono::milliseconds(static_cast<int64_t>(options.connect_timeout_s * 1000)));
+      tcp::endpoint target(address, endpoint.port);
+      auto [cec] = co_await conn->async_connect(target, kUseTuple);
+      if (ec || cec) {
+        watch->conn = nullptr;
+        failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
+                              watch->timed_out ? "timed out" : (ec ? ec : cec).message());
+        co_return Attempt::kRetry;
+      }
+      conn->set_option(tcp::no_delay(true), ec);
+      arm_watchdog(idle);
+    }
+    auto [wec, wn] = co_await asio::async_write(*conn, request_buffers, kUseTuple);
+    boost::system::error_code hec = wec;
+    if (!wec) {
+      auto [rec, rn] = co_await bhttp::async_read_header(*conn, buffer, parser, kUseTuple);
+      hec = rec;
+    }
+    if (!hec) break;
     watch->conn = nullptr;
     if (watch->client_gone) co_return Attempt::kClientGone;
+    if (reused && fresh_retry_left && !watch->timed_out && buffer.size() == 0 &&
+        !parser.got_some()) {
+      fresh_retry_left = false;
+      ++stats.reconnects;
+      spdlog::debug("gateway: pooled connection to replica {} ({}) was closed ({}); resending",
+                    endpoint.replica, key, hec.message());
+      continue;  // the parser has seen nothing: it starts over as it is
+    }
     // Nothing has reached the client: another replica may answer.
     failure = fmt::format("replica {} ({}): {}", endpoint.replica, key,
                           watch->timed_out ? "idle timeout" : hec.message());

@@ -56,6 +56,7 @@ void ModelStats::merge(const ModelStats& other) {
   completion_tokens += other.completion_tokens;
   in_flight += other.in_flight;
   retries += other.retries;
+  reconnects += other.reconnects;
   fallbacks += other.fallbacks;
   for (const auto& [b, n] : other.backend_requests) backend_requests[b] += n;
   held += other.held;
@@ -106,6 +107,11 @@ std::string render_metrics(const GatewayStats& stats) {
   MetricFamily retries =
       family("loadstar_gateway_upstream_retries_total",
              "Requests retried on another replica after a failed attempt.", MetricType::Counter);
+  MetricFamily reconnects = family(
+      "loadstar_gateway_upstream_reconnects_total",
+      "Attempts resent to the same replica on a fresh connection because the pooled keep-alive "
+      "connection they took had been closed by the replica before any response byte.",
+      MetricType::Counter);
   MetricFamily in_flight =
       family("loadstar_gateway_requests_in_flight", "Requests being served.", MetricType::Gauge);
   MetricFamily ttft =
@@ -167,6 +173,7 @@ std::string render_metrics(const GatewayStats& stats) {
     counter(prompt, static_cast<double>(s.prompt_tokens));
     counter(completion, static_cast<double>(s.completion_tokens));
     counter(retries, static_cast<double>(s.retries));
+    counter(reconnects, static_cast<double>(s.reconnects));
     ClientMetric g;
     g.label = {{"model", model}};
     g.gauge.value = static_cast<double>(s.in_flight);
@@ -231,29 +238,13 @@ std::string render_metrics(const GatewayStats& stats) {
   ej.counter.value = static_cast<double>(stats.ejections);
   ejections.metric.push_back(ej);
 
-  std::vector<MetricFamily> families = {requests,
-                                        prompt,
-                                        completion,
-                                        retries,
-                                        in_flight,
-                                        ttft,
-                                        itl,
-                                        e2e,
-                                        fallbacks,
-                                        backend,
-                                        held,
-                                        hold_timeouts,
-                                        hold_overflows,
-                                        held_ttft,
-                                        prefix_matched,
-                                        prefix_total,
-                                        tenant_requests,
-                                        tenant_prompt,
-                                        tenant_completion,
-                                        tenant_cost,
-                                        limited,
-                                        auth,
-                                        ejections};
+  std::vector<MetricFamily> families = {
+      requests,      prompt,          completion,    retries,
+      reconnects,    in_flight,       ttft,          itl,
+      e2e,           fallbacks,       backend,       held,
+      hold_timeouts, hold_overflows,  held_ttft,     prefix_matched,
+      prefix_total,  tenant_requests, tenant_prompt, tenant_completion,
+      tenant_cost,   limited,         auth,          ejections};
   prometheus::TextSerializer serializer;
   return serializer.Serialize(families);
 }

@@ -3,8 +3,14 @@
 // affinity, and requests held while a service scales up from zero.
 #include <gtest/gtest.h>
 
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -310,6 +316,136 @@ spec:
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(chat_replicas(), 0);
   EXPECT_NE(up->log().find("scaling to zero"), std::string::npos);
+}
+
+// An OpenAI-compatible upstream that answers one request per connection and
+// then, like a server whose keep-alive timer fires just as the next request
+// arrives, reads the next request on that connection and closes it unanswered.
+class OneRequestPerConnectionUpstream {
+ public:
+  OneRequestPerConnectionUpstream() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(listener_, 16) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      throw std::runtime_error(std::string("upstream socket: ") + std::strerror(errno));
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~OneRequestPerConnectionUpstream() {
+    stop_ = true;
+    thread_.join();
+    ::close(listener_);
+  }
+  uint16_t port() const { return port_; }
+  int connections() const { return connections_; }
+  int answered() const { return answered_; }
+
+ private:
+  // Reads one request (head and Content-Length body); false at end of stream.
+  static bool read_request(int fd) {
+    std::string data;
+    char buf[4096];
+    size_t need = std::string::npos;
+    while (need == std::string::npos || data.size() < need) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return false;
+      data.append(buf, static_cast<size_t>(n));
+      if (const size_t end = data.find("\r\n\r\n");
+          need == std::string::npos && end != std::string::npos) {
+        const size_t at = data.find("Content-Length: ");
+        need = end + 4 + (at < end ? std::stoul(data.substr(at + 16)) : 0);
+      }
+    }
+    return true;
+  }
+  void serve() {
+    while (!stop_) {
+      pollfd p{listener_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      const int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) continue;
+      ++connections_;
+      std::thread([this, fd] {
+        if (read_request(fd)) {
+          const std::string body =
+              R"({"id":"cmpl-1","object":"text_completion","model":"flaky",)"
+              R"("choices":[{"index":0,"text":"ok","finish_reason":"length"}],)"
+              R"("usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}})";
+          const std::string response = fmt::format(
+              "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+              "{}\r\n\r\n{}",
+              body.size(), body);
+          if (::send(fd, response.data(), response.size(), MSG_NOSIGNAL) ==
+              static_cast<ssize_t>(response.size()))
+            ++answered_;
+          read_request(fd);  // the next request on this connection goes unanswered
+        }
+        ::close(fd);
+      }).detach();
+    }
+  }
+  int listener_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::atomic<int> answered_{0};
+  std::thread thread_;
+};
+
+TEST(Routing, AClosedKeepAliveConnectionIsReplacedNotFailed) {
+  // One gateway worker, so every request after the first finds the pool's
+  // connection. `flaky` closes each reused connection as the request
+  // arrives; `tiny-engine` closes keep-alive connections idle 200 ms.
+  OneRequestPerConnectionUpstream flaky;
+  auto up = Up::start(std::string(kModel) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: idle}
+spec:
+  model: tiny
+  engine: {name: engine-sim, args: ["--time-scale", "20", "--timeout-keep-alive", "0.2"]}
+)" +
+                          fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: flaky}}
+spec:
+  backends: [{{url: "http://127.0.0.1:{}", model: flaky}}]
+)",
+                                      flaky.port()),
+                      {"--workers", "1"});
+  for (int i = 0; i < 4; ++i) {
+    auto r = up->post("/v1/completions", completion("flaky", "x", 1));
+    for (int wait = 0; i == 0 && r.status == 404 && wait < 100; ++wait) {  // the route is not in
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));          // the table yet
+      r = up->post("/v1/completions", completion("flaky", "x", 1));
+    }
+    ASSERT_EQ(r.status, 200) << "request " << i << ": " << r.body;
+  }
+  EXPECT_EQ(flaky.answered(), 4);
+  EXPECT_EQ(flaky.connections(), 4);
+  EXPECT_EQ(
+      scrape_metric(up->port(), "loadstar_gateway_upstream_reconnects_total", "model=\"flaky\""),
+      3);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_upstream_retries_total", "model=\"flaky\""),
+            0);
+
+  // The engine closed the pooled connection while it sat idle: the gateway
+  // sees that before sending and opens a new one.
+  up->wait_ready("idle", 1);
+  for (int i = 0; i < 3; ++i) {
+    auto r = up->post("/v1/completions", completion("idle", "x", 1));
+    ASSERT_EQ(r.status, 200) << "request " << i << ": " << r.body;
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  }
+  EXPECT_EQ(
+      scrape_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\",model=\"idle\""),
+      3);
 }
 
 }  // namespace

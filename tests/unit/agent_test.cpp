@@ -119,6 +119,19 @@ TEST(Manifest, RejectsPathsThatLeaveTheDirectory) {
   EXPECT_FALSE(manifest_from_json(R"({"files":[{"path":"a","size":1,"sha256":"xyz"}]})").ok());
 }
 
+TEST(Manifest, NamesAMemberOfTheWrongTypeInsteadOfThrowing) {
+  // Found by the fuzzer: a number where a digest string belongs threw from json::value.
+  auto digest = manifest_from_json(R"({"files":[{"path":"a/b","size":1,"sha256":2e64}]})");
+  ASSERT_FALSE(digest.ok());
+  EXPECT_NE(digest.error().message.find("entry 'a/b': 'sha256' must be a string, not number"), std::string::npos)
+      << digest.error().message;
+  auto source = manifest_from_json(R"({"source":[1],"files":[]})");
+  ASSERT_FALSE(source.ok());
+  EXPECT_NE(source.error().message.find("'source' must be a string, not array"), std::string::npos)
+      << source.error().message;
+  EXPECT_TRUE(manifest_from_json(R"({"source":null,"files":[{"path":"a","size":1}]})").ok());
+}
+
 TEST(Manifest, KeysAreContentAddressedWhenTheSourceGivesADigest) {
   Manifest m{"hf://org/m", "abc", {{"a", 3, std::string(64, 'a'), ""}, {"b", 3, "", "etag1"}}};
   EXPECT_EQ(blob_key(m, m.files[0]), "sha256-" + std::string(64, 'a'));
