@@ -19,6 +19,7 @@
 
 #include "agent/http_fetch.h"
 #include "common/digest.h"
+#include "common/json_value.h"
 #include "common/units.h"
 
 namespace loadstar::agent {
@@ -373,12 +374,12 @@ Status Agent::stage_files(Job& job) {
           v.staging = false;
           continue;
         }
-        v.usable = doc.value("chunk_bytes", uint64_t{0}) == options_.cache.chunk_bytes;
-        v.staging = doc.value("staging", false);
+        v.usable = value_or(doc, "chunk_bytes", uint64_t{0}) == options_.cache.chunk_bytes;
+        v.staging = value_or(doc, "staging", false);
         // Any change of the map (a fetch started or finished) is progress;
         // a chunk in flight ('2') is left to its fetcher, whose own stall
         // timeout bounds how long that lasts.
-        std::string have = doc.value("have", "");
+        std::string have = value_or(doc, "have", "");
         if (have != v.have) v.last_change = Clock::now();
         v.have = std::move(have);
         v.digests.clear();

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_value.h"
+
 namespace loadstar::agent {
 
 using nlohmann::json;
@@ -74,10 +76,12 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
       return error_response(400, "'model' (a string) is required");
     if (!body.contains("source") || !body["source"].is_string())
       return error_response(400, "'source' (a URI: file://, http(s)://, hf://, s3://) is required");
+    if (body.contains("pin") && !body["pin"].is_boolean())
+      return error_response(400, "'pin' must be true or false");
     const std::string model = body["model"];
     if (Status s = validate_model_name(model); !s.ok())
       return error_response(400, s.error().message);
-    StageProgress p = agent.stage(model, body["source"], body.value("pin", false));
+    StageProgress p = agent.stage(model, body["source"], value_or(body, "pin", false));
     return {202, "application/json", progress_json(p).dump()};
   }
   if (method == "GET" && path == "/v1/models") {

@@ -14,6 +14,7 @@
 
 #include "agent/http_fetch.h"
 #include "agent/s3.h"
+#include "common/json_value.h"
 
 namespace loadstar::agent {
 
@@ -246,12 +247,12 @@ class HfSource : public Source {
           f.path.find('/') == std::string::npos)
         continue;
       if (s.contains("lfs") && s["lfs"].is_object()) {
-        f.size = s["lfs"].value("size", uint64_t{0});
-        f.sha256 = s["lfs"].value("sha256", "");
+        f.size = value_or(s["lfs"], "size", uint64_t{0});
+        f.sha256 = value_or(s["lfs"], "sha256", "");
       } else {
-        f.size = s.value("size", uint64_t{0});
+        f.size = value_or(s, "size", uint64_t{0});
       }
-      f.etag = s.value("blobId", "");
+      f.etag = value_or(s, "blobId", "");
       m.files.push_back(std::move(f));
     }
     LS_RETURN_IF_ERROR(validate_manifest(m));

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
+#include "common/json_value.h"
 #include "controller/kube_store.h"
 #include "http/client.h"
 
@@ -35,7 +36,8 @@ std::vector<DeviceShare> shares_from(const json& pod) {
   json parsed = json::parse(annotations[kSharesAnnotation].get<std::string>(), nullptr, false);
   if (!parsed.is_array()) return out;
   for (const auto& s : parsed)
-    out.push_back({s.value("device", 0), s.value("milli", 0u), s.value("migSlices", 0u)});
+    out.push_back(
+        {value_or(s, "device", 0), value_or(s, "milli", 0u), value_or(s, "migSlices", 0u)});
   return out;
 }
 
@@ -331,11 +333,12 @@ void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
                    r.ok() ? fmt::format("answered {}", r->status) : r.error().message);
       continue;
     }
-    if (answer.value("state", "") == "ready") {
+    const std::string state = value_or(answer, "state", "");
+    if (state == "ready") {
       if (held_[node].insert(name).second)
         spdlog::info("warm weights: {} staged on {}", name, node);
-    } else if (answer.value("state", "") == "failed") {
-      spdlog::warn("warm weights: staging {} on {}: {}", name, node, answer.value("error", ""));
+    } else if (state == "failed") {
+      spdlog::warn("warm weights: staging {} on {}: {}", name, node, value_or(answer, "error", ""));
     }
   }
 }

@@ -32,6 +32,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/scope_exit.h"
 #include "common/strings.h"
 #include "gateway/engine_load.h"
 #include "gateway/request_peek.h"
@@ -290,8 +291,8 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
   if (post &&
       (path == "/v1/chat/completions" || path == "/v1/completions" || path == "/v1/embeddings")) {
     ++in_flight;
+    ScopeExit done([this] { --in_flight; });
     co_await proxy(w, ex);
-    --in_flight;
     co_return;
   }
   http::Response response;
@@ -383,8 +384,16 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
 
   ModelStats& stats = w.stats.models[model];
   ++stats.in_flight;
+  // A request that ends in an exception (the server answers 500) still
+  // leaves the gauge and gives the tenant its concurrency back, charged
+  // what it reserved.
+  ScopeExit abandoned([&stats, &tenant, estimate] {
+    --stats.in_flight;
+    if (tenant) tenant->finish(steady_s(), estimate, estimate);
+  });
   RequestUsage usage;
   const int code = co_await route(w, ex, *peek, stats, usage, headers, start);
+  abandoned.dismiss();
   ++stats.requests_by_code[code];
   stats.duration.observe(seconds_since(start));
   stats.prompt_tokens += usage.prompt_tokens;

@@ -175,8 +175,12 @@ std::string upstream_body(std::string_view original, const RequestPeek& peek,
     return out;
   }
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
-  if (doc.is_discarded()) return std::string(body);
-  doc["stream_options"]["include_usage"] = true;
+  if (doc.is_discarded() || !doc.is_object()) return std::string(body);
+  // A duplicate "stream_options" key: the last one wins here, and it may
+  // not be an object.
+  nlohmann::json& options = doc["stream_options"];
+  if (!options.is_object()) options = nlohmann::json::object();
+  options["include_usage"] = true;
   return doc.dump();
 }
 

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "common/json_value.h"
 #include "common/url.h"
 #include "http/client.h"
 
@@ -127,10 +128,10 @@ Status Client::watch(const std::string& collection, const std::string& resource_
     }
     auto more = decoder.feed(data, [&](WatchEvent event) {
       if (event.type == "ERROR") {
-        const int code = event.object.value("code", 0);
+        const int code = value_or(event.object, "code", 0);
         failure = Error{error_code_for_status(code),
                         fmt::format("watch {}: {} {}", collection, code,
-                                    event.object.value("message", std::string("error event")))};
+                                    value_or(event.object, "message", "error event"))};
         return false;
       }
       return on_event(event);

@@ -16,6 +16,7 @@
 #include "agent/manifest.h"
 #include "agent/s3.h"
 #include "common/digest.h"
+#include "common/json_value.h"
 #include "common/url.h"
 
 namespace loadstar::agent {
@@ -119,11 +120,26 @@ TEST(Manifest, RejectsPathsThatLeaveTheDirectory) {
   EXPECT_FALSE(manifest_from_json(R"({"files":[{"path":"a","size":1,"sha256":"xyz"}]})").ok());
 }
 
+TEST(JsonValue, TakesTheFallbackForAMemberOfAnotherType) {
+  const auto doc = nlohmann::json::parse(
+      R"({"have":null,"staging":0,"chunk_bytes":"16Mi","size":-1,"n":-3,"ok":true,"s":"x"})");
+  EXPECT_EQ(value_or(doc, "have", "none"), "none");
+  EXPECT_FALSE(value_or(doc, "staging", false));
+  EXPECT_EQ(value_or(doc, "chunk_bytes", uint64_t{7}), 7u);
+  EXPECT_EQ(value_or(doc, "size", 5u), 5u);  // negative: not an unsigned
+  EXPECT_EQ(value_or(doc, "n", 0), -3);
+  EXPECT_TRUE(value_or(doc, "ok", false));
+  EXPECT_EQ(value_or(doc, "s", ""), "x");
+  EXPECT_EQ(value_or(doc, "absent", 1.5), 1.5);
+  EXPECT_EQ(value_or(nlohmann::json::array(), "s", "fallback"), "fallback");
+}
+
 TEST(Manifest, NamesAMemberOfTheWrongTypeInsteadOfThrowing) {
   // Found by the fuzzer: a number where a digest string belongs threw from json::value.
   auto digest = manifest_from_json(R"({"files":[{"path":"a/b","size":1,"sha256":2e64}]})");
   ASSERT_FALSE(digest.ok());
-  EXPECT_NE(digest.error().message.find("entry 'a/b': 'sha256' must be a string, not number"), std::string::npos)
+  EXPECT_NE(digest.error().message.find("entry 'a/b': 'sha256' must be a string, not number"),
+            std::string::npos)
       << digest.error().message;
   auto source = manifest_from_json(R"({"source":[1],"files":[]})");
   ASSERT_FALSE(source.ok());

@@ -38,6 +38,17 @@ TEST(RequestPeek, StreamsAskTheEngineForUsage) {
   EXPECT_EQ(upstream_body(not_stream, *peek_request(not_stream)), not_stream);
 }
 
+TEST(RequestPeek, ADuplicateStreamOptionsKeyDoesNotThrow) {
+  // The peek sees the first "stream_options" (an object); the rewrite's
+  // parser keeps the last (a number), which used to throw.
+  const std::string twice = R"({"model":"m","stream":true,"stream_options":{},"stream_options":0})";
+  auto p = peek_request(twice);
+  ASSERT_TRUE(p.ok());
+  std::string body;
+  ASSERT_NO_THROW(body = upstream_body(twice, *p));
+  EXPECT_EQ(body, R"({"model":"m","stream":true,"stream_options":{"include_usage":true}})");
+}
+
 TEST(RequestPeek, ReadsUsage) {
   auto u = peek_usage(
       R"({"id":"x","choices":[],"usage":{"prompt_tokens":12,"total_tokens":15,"completion_tokens":3}})");
