@@ -6,9 +6,13 @@
 #   keda-like     queue length (waiting per replica), 30 s polling window,
 #                 300 s cooldown before scaling down
 #   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
-#   loadstar      TTFT p90 against the SLO plus in-flight (12) and waiting,
+#   loadstar      TTFT p90 against the SLO plus in-flight (3) and waiting,
 #                 60 s / 6 s windows, panic at 2x, 30 s scale-down
 #                 stabilization, 10% tolerance
+# Replicas are small (MAX_SEQS 4 requests at once) so that a replica is a
+# fine step of capacity: with 16 the hour needed 2 to 3, and rounding up to
+# whole replicas, not the policy, decided the cost. The autoscaled policies
+# start at MEAN replicas, as a service already running when the hour begins.
 # Windows are in trace (model) seconds and divided by TIME_SCALE for the
 # wall-clock controller. Every replica start loads a real synthetic model
 # (SIZE) through the fast loader, so cold starts cost real I/O.
@@ -16,15 +20,19 @@
 # starts, TTFT p50/p90/p99, and apart the requests that met a cold start
 # (sent or waiting while a replica was starting, or held at zero; see
 # bench/lib/trace_replay.cpp): how many, their SLO attainment and TTFT.
+# Last, the demand static-peak measured (requests in flight per trace second)
+# and the clairvoyant bound on any autoscaler's GPU-seconds for 10 s and
+# 60 s windows: the cost goal can be judged against what is possible.
 #   bench/autoscale/run.sh        (from the repository root)
 # The default replays the whole trace (19,366 requests, its hour: a rise to
 # a peak at minute 31 and a fall to under half of it) in six minutes a policy.
 # Environment: REQUESTS (default 20000: all), SKIP (trace seconds to skip, 0),
 # RATE (multiple of the trace's rate, 1), TIME_SCALE (10), SLO (TTFT SLO in
-# model seconds, 2), PEAK (replicas for static-peak and max, 4), MEAN (2),
+# model seconds, 2), PEAK (replicas for static-peak and max, 12), MEAN (6),
+# START (the autoscaled policies' replicas at the start, MEAN),
 # SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
-# MAX_SEQS (16), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
-# (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (12), LS_PANIC
+# MAX_SEQS (4), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
+# (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (3), LS_PANIC
 # (2), LS_DOWN (scale-down stabilization, trace seconds, 30), LS_WAITING (2), LS_TOL
 # (tolerance, 0.1), LS_PANIC_WINDOW (trace seconds, 6). KEEP=DIR
 # keeps each policy's controller log (its scale decisions, at info level)
@@ -39,8 +47,10 @@ skip=${SKIP:-0}
 rate=${RATE:-1}
 scale=${TIME_SCALE:-10}
 slo=${SLO:-2}
-peak=${PEAK:-4}
-mean=${MEAN:-2}
+peak=${PEAK:-12}
+mean=${MEAN:-6}
+start=${START:-$mean}
+seqs=${MAX_SEQS:-4}
 size=${SIZE:-512MiB}
 port=${PORT:-18280}
 admin=$((port + 10))
@@ -53,7 +63,7 @@ policy_spec() {
     static-peak) echo "replicas: $peak" ;;
     static-mean) echo "replicas: $mean" ;;
     keda-like) cat <<Y
-replicas: 1
+replicas: $start
 autoscaling:
     maxReplicas: $peak
     targets: {waitingPerReplica: 2}
@@ -63,10 +73,10 @@ autoscaling:
 Y
     ;;
     knative-like) cat <<Y
-replicas: 1
+replicas: $start
 autoscaling:
     maxReplicas: $peak
-    targets: {inFlightPerReplica: 16}
+    targets: {inFlightPerReplica: $seqs}
     stableWindow: $(w 60)s
     panicWindow: $(w 6)s
     scaleDownStabilization: $(w 0)s
@@ -74,10 +84,10 @@ autoscaling:
 Y
     ;;
     loadstar) cat <<Y
-replicas: 1
+replicas: $start
 autoscaling:
     maxReplicas: $peak
-    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-12}, waitingPerReplica: ${LS_WAITING:-2}}
+    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-3}, waitingPerReplica: ${LS_WAITING:-2}}
     panicThreshold: ${LS_PANIC:-2}
     stableWindow: $(w 60)s
     panicWindow: $(w "${LS_PANIC_WINDOW:-6}")s
@@ -109,7 +119,7 @@ spec:
   resources: {gpu: {count: 1}}
   engine:
     name: engine-sim
-    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "${MAX_SEQS:-16}", "--max-model-len", "16384",
+    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "$seqs", "--max-model-len", "16384",
            "--log-level", "warn"]
   $(policy_spec "$policy" | sed '2,$s/^/  /')
 YAML
@@ -117,7 +127,7 @@ YAML
   $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
     --log-level "$([ -n "${KEEP:-}" ] && echo info || echo warn)" > "$work/up.log" 2>&1 &
   up_pid=$!
-  want=1
+  want=$start
   case $policy in static-peak) want=$peak ;; static-mean) want=$mean ;; esac
   for _ in $(seq 1200); do
     ready=$(curl -sf "http://127.0.0.1:$admin/api/v1/services" 2>/dev/null |
@@ -129,7 +139,8 @@ YAML
   echo "== $policy" >&2
   $replay --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --requests "$requests" \
     --max-input 16000 --skip-seconds "$skip" --rate "$rate" --time-scale "$scale" --slo-ttft "$slo" \
-    --gateway-port "$port" --admin-port "$admin" --label "$policy" | tee -a "$results" || true
+    --gateway-port "$port" --admin-port "$admin" --label "$policy" \
+    --replica-capacity "$seqs" | tee -a "$results" || true
   kill -TERM $up_pid; wait $up_pid || true
   [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$work/up.log" "$KEEP/$policy.log"; }
 done
@@ -149,4 +160,18 @@ for r in runs:
           f"{s(r['met_cold_start_ttft_p50_s'])} {s(r['met_cold_start_ttft_p99_s'])}")
 print(f"(SLO: TTFT <= {runs[0]['slo_ttft_s']}s model time; {runs[0]['requests']} requests over "
       f"{runs[0]['trace_seconds']:.0f} trace seconds)")
+# The demand curve as static-peak measured it (it queues least), and the
+# clairvoyant bound: no policy serving every request at once costs less.
+base = next((r for r in runs if r["label"] == "static-peak"), runs[0])
+d = base.get("demand")
+if d:
+    def vs(g):
+        return f" = {g / peak:.2f} of static-peak" if peak else ""
+    print(f"demand under {base['label']}: {d['peak_in_flight']} requests in flight at the busiest "
+          f"second, {d['mean_in_flight']:.1f} on average ({d['replica_capacity']} per replica); "
+          f"replicas for the busiest second: {d['static_replicas']}, {d['static_gpu_seconds']:.0f} GPU-s{vs(d['static_gpu_seconds'])}")
+    for w in (10, 60):
+        g = d[f"clairvoyant_{w}s_gpu_seconds"]
+        print(f"clairvoyant autoscaler, {w:>2} s windows (the replicas each window's busiest second "
+              f"needs, ready at once): {g:.0f} GPU-s{vs(g)}")
 PY

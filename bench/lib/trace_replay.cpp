@@ -26,9 +26,18 @@
 // it (x-loadstar-held-seconds: no replica was ready). Their TTFT and SLO
 // attainment are reported apart.
 //
+// Demand (with --replica-capacity C, requests one replica runs at once):
+// the requests in flight in each model second, from sending to the last
+// byte, and from them the clairvoyant bound on an autoscaler's cost — per
+// window of W model seconds, just the replicas the window's busiest second
+// needs, known in advance and ready at once — next to one static count for
+// the busiest second of the run. Measured under a policy that queues little
+// (static-peak), it is the demand curve; no real policy can cost less than
+// the bound for its window and still serve every request at once.
+//
 //   trace_replay --trace T --requests N --rate R --time-scale S
 //                --gateway-port P --admin-port A [--model chat]
-//                [--skip-seconds X] [--slo-ttft S]
+//                [--skip-seconds X] [--slo-ttft S] [--replica-capacity C]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -150,6 +159,43 @@ int summarize(const std::string& path) {
   return 0;
 }
 
+// See "Demand" at the top. `spans` are [start, end) in model seconds.
+json demand_report(const std::vector<std::pair<double, double>>& spans, unsigned capacity) {
+  double last = 0;
+  for (const auto& [from, to] : spans) last = std::max(last, to);
+  const size_t seconds = static_cast<size_t>(std::ceil(last)) + 1;
+  std::vector<int64_t> delta(seconds + 1, 0);
+  for (const auto& [from, to] : spans) {
+    ++delta[static_cast<size_t>(from)];
+    --delta[static_cast<size_t>(to) + 1];
+  }
+  std::vector<int64_t> in_flight(seconds);
+  int64_t running = 0, peak = 0;
+  for (size_t t = 0; t < seconds; ++t) {
+    running += delta[t];
+    in_flight[t] = running;
+    peak = std::max(peak, running);
+  }
+  auto replicas_for = [capacity](int64_t n) { return (n + capacity - 1) / capacity; };
+  json report = {{"replica_capacity", capacity},
+                 {"peak_in_flight", peak},
+                 {"mean_in_flight", std::accumulate(in_flight.begin(), in_flight.end(), 0.0) /
+                                        static_cast<double>(seconds)},
+                 {"static_replicas", replicas_for(peak)},
+                 {"static_gpu_seconds", static_cast<double>(replicas_for(peak) * seconds)}};
+  for (size_t window : {10, 60}) {
+    int64_t gpu_seconds = 0;
+    for (size_t from = 0; from < seconds; from += window) {
+      const size_t to = std::min(seconds, from + window);
+      gpu_seconds +=
+          replicas_for(*std::max_element(in_flight.begin() + from, in_flight.begin() + to)) *
+          static_cast<int64_t>(to - from);
+    }
+    report[fmt::format("clairvoyant_{}s_gpu_seconds", window)] = gpu_seconds;
+  }
+  return report;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,7 +205,7 @@ int main(int argc, char** argv) {
   size_t requests = 1000;
   double rate = 1, time_scale = 10, max_input = 32768;
   uint16_t gateway_port = 0, admin_port = 0;
-  unsigned threads = 400;
+  unsigned threads = 400, replica_capacity = 0;
   double skip_s = 0, slo_ttft_s = 0;
   app.add_option("--trace", trace_path,
                  "mooncake_conversation_trace.jsonl or AzureLLMInferenceTrace_conv.csv")
@@ -175,6 +221,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", model);
   app.add_option("--label", label, "Name of this run in the output");
   app.add_option("--threads", threads, "Client threads (the most requests in flight)");
+  app.add_option("--replica-capacity", replica_capacity,
+                 "Requests one replica runs at once: report the demand and its clairvoyant bound");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<TraceRequest> trace;
@@ -338,6 +386,7 @@ int main(int argc, char** argv) {
   };
 
   std::vector<double> ttft, cold_ttft;
+  std::vector<std::pair<double, double>> spans;  // model seconds
   uint64_t tokens = 0, failed = 0, held = 0;
   double last_end = 0;
   std::map<int, int> failures;  // by HTTP status (-1: no response)
@@ -354,6 +403,7 @@ int main(int argc, char** argv) {
       cold_ttft.push_back(r.ttft_s * time_scale);
     tokens += r.completion_tokens;
     last_end = std::max(last_end, r.end_s);
+    spans.emplace_back(r.sent_s * time_scale, r.end_s * time_scale);
   }
   // The engines' own prefix-cache counters.
   double hits = 0, queries = 0, preemptions = 0;
@@ -415,6 +465,7 @@ int main(int argc, char** argv) {
       {"gateway_ttft_mean_s",
        time_scale * scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_sum") /
            scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_count")}};
+  if (replica_capacity > 0) report["demand"] = demand_report(spans, replica_capacity);
   fmt::print("{}\n", report.dump());
   return failed == 0 ? 0 : 3;
 }

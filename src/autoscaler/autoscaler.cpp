@@ -149,6 +149,10 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
 
 Decision Autoscaler::decide(double now, uint32_t current) {
   Decision d;
+  if (!decided_) {
+    decided_ = true;
+    recommendations_.emplace_back(now, current);
+  }
   if (samples_.empty()) {
     d.desired = std::clamp(current, spec_.min_replicas, spec_.max_replicas);
     d.stage_ahead = d.desired;

@@ -11,8 +11,8 @@
 // up on the panic window and never scales down until the stable window has
 // passed without panic. Scale-up per decision is bounded by
 // `max_scale_up_rate`; scale-down takes the highest recommendation of the
-// last `scale_down_stabilization_s` (as the HPA does), so noise does not
-// flap. TTFT p90 is judged only on first tokens answered since the ready
+// last `scale_down_stabilization_s` (as the HPA does, seeded with the count
+// at the first decision), so noise does not flap. TTFT p90 is judged only on first tokens answered since the ready
 // count last changed (within the window): evidence from a smaller serving
 // set says nothing about the current one, and would keep voting after the
 // replicas it asked for are serving; with too few answers to judge it holds
@@ -117,7 +117,11 @@ class Autoscaler {
 
   Spec spec_;
   std::deque<Sample> samples_;                               // the stable window's
-  std::deque<std::pair<double, uint32_t>> recommendations_;  // for scale-down stabilization
+  // For scale-down stabilization; the first decision records the count the
+  // service had, so a service is not shrunk before a window of evidence
+  // (as Kubernetes' HPA seeds its recommendations).
+  std::deque<std::pair<double, uint32_t>> recommendations_;
+  bool decided_ = false;
   std::optional<double> panic_until_;
   double serving_since_ = 0;  // when the ready count last changed: TTFT evidence starts there
   uint64_t last_requests_ = 0;

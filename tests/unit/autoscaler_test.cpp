@@ -169,11 +169,28 @@ TEST(Autoscaler, ScalesToZeroOnlyAfterTheIdleWindowAndBackForAHeldRequest) {
 TEST(Autoscaler, ANewServiceGetsAWholeIdleWindowBeforeZero) {
   Spec spec = concurrency(0, 4);
   spec.idle_window_s = 30;
+  spec.scale_down_stabilization_s = 10;
   Autoscaler a(spec);
   auto run = drive(
       a, 60, [](int) { return 0.0; }, 2);
   EXPECT_GE(run.desired[28], 1u);
   EXPECT_EQ(run.desired[59], 0u);
+}
+
+TEST(Autoscaler, TheStartingCountIsHeldForTheStabilizationWindow) {
+  // A service started at 6 before its traffic arrives is not cut to one at
+  // the first empty sample: the count it started with is a recommendation
+  // of the scale-down window (as the HPA seeds it).
+  Spec spec = concurrency(1, 12);
+  spec.scale_down_stabilization_s = 30;
+  Autoscaler a(spec);
+  auto run = drive(
+      a, 40, [](int t) { return t < 20 ? 0.0 : 8.0; }, 6);
+  for (int t = 0; t < 30; ++t) EXPECT_EQ(run.desired[t], 6u) << "t=" << t;
+  EXPECT_EQ(run.desired[39], 1u);  // 8 in flight at 8 per replica, after the window
+  EXPECT_NE(run.decisions[5].reason.find("holding 6 for scale-down stabilization"),
+            std::string::npos)
+      << run.decisions[5].reason;
 }
 
 TEST(Autoscaler, OtherSignalsAndBounds) {
