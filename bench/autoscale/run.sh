@@ -7,7 +7,7 @@
 #                 300 s cooldown before scaling down
 #   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
 #   loadstar      TTFT p90 against the SLO plus in-flight (3) and waiting,
-#                 60 s / 6 s windows, panic at 2x, 30 s scale-down
+#                 60 s / 6 s windows, panic at 2x, 60 s scale-down
 #                 stabilization, 10% tolerance
 # Replicas are small (MAX_SEQS 4 requests at once) so that a replica is a
 # fine step of capacity: with 16 the hour needed 2 to 3, and rounding up to
@@ -33,7 +33,7 @@
 # SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
 # MAX_SEQS (4), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
 # (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (3), LS_PANIC
-# (2), LS_DOWN (scale-down stabilization, trace seconds, 30), LS_WAITING (2), LS_TOL
+# (2), LS_DOWN (scale-down stabilization, trace seconds, 60), LS_WAITING (2), LS_TOL
 # (tolerance, 0.1), LS_PANIC_WINDOW (trace seconds, 6). KEEP=DIR
 # keeps each policy's controller log (its scale decisions, at info level)
 # as DIR/POLICY.log.
@@ -91,7 +91,7 @@ autoscaling:
     panicThreshold: ${LS_PANIC:-2}
     stableWindow: $(w 60)s
     panicWindow: $(w "${LS_PANIC_WINDOW:-6}")s
-    scaleDownStabilization: $(w "${LS_DOWN:-30}")s
+    scaleDownStabilization: $(w "${LS_DOWN:-60}")s
     tolerance: ${LS_TOL:-0.1}
 Y
     ;;
@@ -127,7 +127,7 @@ YAML
   $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
     --log-level "$([ -n "${KEEP:-}" ] && echo info || echo warn)" > "$work/up.log" 2>&1 &
   up_pid=$!
-  want=$start
+  want=1  # an autoscaled policy may shrink its START replicas before the trace begins
   case $policy in static-peak) want=$peak ;; static-mean) want=$mean ;; esac
   for _ in $(seq 1200); do
     ready=$(curl -sf "http://127.0.0.1:$admin/api/v1/services" 2>/dev/null |

@@ -7,21 +7,21 @@
 // replica, in-flight requests per replica, KV-cache use, TTFT p90 against an
 // SLO) recommends a replica count from its average over the stable window
 // (60 s); the same over the panic window (6 s) that asks for at least
-// `panic_threshold` times the current count enters panic mode, which scales
-// up on the panic window and never scales down until the stable window has
-// passed without panic. Scale-up per decision is bounded by
-// `max_scale_up_rate`; scale-down takes the highest recommendation of the
-// last `scale_down_stabilization_s` (as the HPA does, seeded with the count
-// at the first decision), so noise does not flap. TTFT p90 is judged only on first tokens answered since the ready
-// count last changed (within the window): evidence from a smaller serving
-// set says nothing about the current one, and would keep voting after the
-// replicas it asked for are serving; with too few answers to judge it holds
-// the ready count. Over its target, each doubling
-// of the p90 asks for one more replica than are ready: TTFT says the
-// service is short, not by how much (queueing delay grows without bound).
-// With min 0, a service scales to zero only after `idle_window_s`
-// with no request, no request in flight and none held (counted from the
-// first sample for a new service); a held request brings it back at once.
+// `panic_threshold` times the current count enters panic mode, which scales up
+// on the panic window and never scales down until the stable window has passed
+// without panic. Scale-up per decision is bounded by `max_scale_up_rate`;
+// scale-down takes the highest recommendation of the last
+// `scale_down_stabilization_s` (as the HPA does, seeded with the count at the
+// first decision), so noise does not flap. TTFT p90 is judged only on first
+// tokens answered since the ready count last changed (within the window):
+// evidence from a smaller serving set says nothing about the current one, and
+// would keep voting after the replicas it asked for are serving; with too few
+// answers to judge it holds the ready count. Over its target, each doubling of
+// the p90 asks for one more replica than are ready: TTFT says the service is
+// short, not by how much (queueing delay grows without bound). With min 0, a
+// service scales to zero only after `idle_window_s` with no request, no request
+// in flight and none held (counted from the first sample for a new service); a
+// held request brings it back at once.
 #pragma once
 
 #include <cstdint>
@@ -116,7 +116,7 @@ class Autoscaler {
                      std::string& reason) const;
 
   Spec spec_;
-  std::deque<Sample> samples_;                               // the stable window's
+  std::deque<Sample> samples_;  // the stable window's
   // For scale-down stabilization; the first decision records the count the
   // service had, so a service is not shrunk before a window of evidence
   // (as Kubernetes' HPA seeds its recommendations).

@@ -544,9 +544,12 @@ void Controller::reconcile() {
                      (r.state == ReplicaState::kFailed && now >= r.next_restart))) {
       launch(r);
     } else if (r.state == ReplicaState::kTerminating) {
-      const bool drained =
-          !r.endpoint || r.endpoint->in_flight.load() == 0 ||
-          std::chrono::duration<double>(now - r.drain_started).count() > options_.drain_timeout_s;
+      // Unpublished at the end of the pass that began the drain; stopped
+      // once the grace has passed and its requests are done.
+      const double draining_s = std::chrono::duration<double>(now - r.drain_started).count();
+      const bool drained = draining_s >= options_.unroute_grace_s &&
+                           (!r.endpoint || r.endpoint->in_flight.load() == 0 ||
+                            draining_s > options_.drain_timeout_s);
       if (drained && r.launched && !r.stop_sent) {
         runtime_->stop(r.name);
         r.stop_sent = true;

@@ -107,6 +107,11 @@ struct ControllerOptions {
   double restart_backoff_s = 1;
   double restart_backoff_max_s = 30;
   double drain_timeout_s = 30;
+  // A draining replica's engine is stopped no sooner than this after it
+  // left the routing table: gateway workers take a new table
+  // asynchronously, and a request picked from the old one must still find
+  // the engine listening (as a preStop sleep does in Kubernetes).
+  double unroute_grace_s = 0.5;
   double start_timeout_s = 300;
   std::string placement_policy = "loadstar";  // scheduler::PlacementPolicy::named
   // The node agent that stages http(s)://, hf:// and s3:// models; none: such

@@ -86,13 +86,35 @@ TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
       0);
   EXPECT_NE(out.find("Z scale 1 -> "), std::string::npos) << out;  // the first change, timed
   EXPECT_NE(out.find(": panic (1s window): in-flight requests"), std::string::npos) << out;
-  // Load gone: back to minReplicas (1) once the windows pass.
+  // Load gone: back to minReplicas (1) once the windows pass. Short
+  // requests keep coming meanwhile (too few to hold a replica): none may be
+  // sent to a replica whose engine has stopped listening, which would show
+  // as a retry (or, with every attempt on such replicas, a 502).
+  const double retries_before =
+      scrape_metric(up->port(), "loadstar_gateway_upstream_retries_total", "model=\"chat\"");
+  std::atomic<bool> scaled_in{false};
+  std::atomic<int> short_ok{0}, short_failed{0};
+  std::vector<std::thread> trickle;
+  for (int i = 0; i < 2; ++i)
+    trickle.emplace_back([&] {
+      while (!scaled_in) {
+        auto r = up->post("/v1/completions",
+                          R"({"model":"chat","prompt":"hi","max_tokens":1,"ignore_eos":true})");
+        (r.status == 200 ? short_ok : short_failed)++;
+      }
+    });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (json::parse(up->replicas_json())["items"].size() != 1 &&
          std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  scaled_in = true;
+  for (auto& t : trickle) t.join();
   EXPECT_EQ(json::parse(up->replicas_json())["items"].size(), 1u) << up->replicas_json();
   EXPECT_EQ(count_replicas(*up, "Ready"), 1) << up->replicas_json();
+  EXPECT_GT(short_ok, 0);
+  EXPECT_EQ(short_failed, 0);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_upstream_retries_total", "model=\"chat\""),
+            retries_before);
 }
 
 TEST(Autoscaling, ToZeroAfterTheIdleWindowAndBackForAHeldRequest) {
