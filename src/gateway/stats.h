@@ -38,9 +38,9 @@ struct ModelStats {
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;
   int64_t in_flight = 0;
-  uint64_t retries = 0;    // upstream attempts beyond the first
+  uint64_t retries = 0;     // upstream attempts beyond the first
   uint64_t reconnects = 0;  // attempts resent on a fresh connection: the pooled one was closed
-  uint64_t fallbacks = 0;  // attempts that went to a lower-priority backend group
+  uint64_t fallbacks = 0;   // attempts that went to a lower-priority backend group
   std::map<std::string, uint64_t> backend_requests;  // attempts per backend (splits)
   uint64_t held = 0;                                 // requests that waited for a replica
   uint64_t hold_timeouts = 0;                        // ... and gave up
