@@ -6,9 +6,9 @@
 #   keda-like     queue length (waiting per replica), 30 s polling window,
 #                 300 s cooldown before scaling down
 #   knative-like  concurrency (in flight per replica), 60 s stable / 6 s panic
-#   loadstar      TTFT p90 against the SLO plus in-flight (3) and waiting,
-#                 60 s / 6 s windows, panic at 2x, 60 s scale-down
-#                 stabilization, 10% tolerance
+#   loadstar      TTFT p90 against the SLO plus in-flight (3.5) and waiting,
+#                 60 s / 6 s windows, panic at 2x, 300 s scale-down
+#                 stabilization (the HPA's default), 10% tolerance
 # Replicas are small (MAX_SEQS 4 requests at once) so that a replica is a
 # fine step of capacity: with 16 the hour needed 2 to 3, and rounding up to
 # whole replicas, not the policy, decided the cost. The autoscaled policies
@@ -32,11 +32,13 @@
 # START (the autoscaled policies' replicas at the start, MEAN),
 # SIZE (model, 512MiB), PROFILE (engine-sim profile, llama-3.1-70b-h100x4),
 # MAX_SEQS (4), POLICIES; the Loadstar policy's settings: LS_TTFT_SHARE
-# (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (3), LS_PANIC
-# (2), LS_DOWN (scale-down stabilization, trace seconds, 60), LS_WAITING (2), LS_TOL
+# (TTFT p90 target as a share of the SLO, 0.5), LS_IN_FLIGHT (3.5), LS_PANIC
+# (2), LS_DOWN (scale-down stabilization, trace seconds, 300), LS_WAITING (2), LS_TOL
 # (tolerance, 0.1), LS_PANIC_WINDOW (trace seconds, 6). KEEP=DIR
 # keeps each policy's controller log (its scale decisions, at info level)
-# as DIR/POLICY.log.
+# as DIR/POLICY.log. SIM=1 runs the same policies through `loadstar sim
+# autoscale` instead (virtual time: seconds for all five; COLD_START, the
+# modelled replica start in wall seconds, 1.3 as measured here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
@@ -87,19 +89,45 @@ Y
 replicas: $start
 autoscaling:
     maxReplicas: $peak
-    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-3}, waitingPerReplica: ${LS_WAITING:-2}}
+    targets: {ttftP90: $(w "$slo * ${LS_TTFT_SHARE:-0.5}")s, inFlightPerReplica: ${LS_IN_FLIGHT:-3.5}, waitingPerReplica: ${LS_WAITING:-2}}
     panicThreshold: ${LS_PANIC:-2}
     stableWindow: $(w 60)s
     panicWindow: $(w "${LS_PANIC_WINDOW:-6}")s
-    scaleDownStabilization: $(w "${LS_DOWN:-60}")s
+    scaleDownStabilization: $(w "${LS_DOWN:-300}")s
     tolerance: ${LS_TOL:-0.1}
 Y
     ;;
   esac
 }
 
+service() {  # service NAME POLICY: the InferenceService under POLICY
+  cat <<YAML
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: $1}
+spec:
+  model: bench
+  resources: {gpu: {count: 1}}
+  engine:
+    name: engine-sim
+    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "$seqs", "--max-model-len", "16384",
+           "--log-level", "warn"]
+  $(policy_spec "$2" | sed '2,$s/^/  /')
+YAML
+}
+
+policies=${POLICIES:-static-peak static-mean keda-like knative-like loadstar}
+if [ -n "${SIM:-}" ]; then
+  # The same policies in `loadstar sim autoscale` (virtual time, seconds a
+  # policy; a model of this run, not this run: see docs/autoscaling.md).
+  for policy in $policies; do echo "---"; service "$policy" "$policy"; done > "$work/sim.yaml"
+  exec $bin sim autoscale -f "$work/sim.yaml" --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv \
+    --requests "$requests" --max-input 16000 --skip-seconds "$skip" --rate "$rate" --slo-ttft "$slo" \
+    --cold-start "${COLD_START:-1.3}"
+fi
+
 results="$work/results.jsonl"
-for policy in ${POLICIES:-static-peak static-mean keda-like knative-like loadstar}; do
+for policy in $policies; do
   cat > "$work/bench.yaml" <<YAML
 apiVersion: loadstar.dev/v1alpha1
 kind: Model
@@ -111,17 +139,7 @@ kind: Node
 metadata: {name: box}
 spec: {cpu: 64, memory: 256Gi, gpus: [{model: H100-80GB, memory: 80Gi, count: $peak}]}
 ---
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {name: chat}
-spec:
-  model: bench
-  resources: {gpu: {count: 1}}
-  engine:
-    name: engine-sim
-    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "$seqs", "--max-model-len", "16384",
-           "--log-level", "warn"]
-  $(policy_spec "$policy" | sed '2,$s/^/  /')
+$(service chat "$policy")
 YAML
   rm -rf "$work/data/state"
   $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \

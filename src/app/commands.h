@@ -7,7 +7,15 @@ namespace CLI {
 class App;
 }
 
+namespace loadstar::enginesim {
+struct EngineSimOptions;
+}
+
 namespace loadstar::app {
+
+// engine-sim's options (as `vllm serve` names them), for its command and for
+// reading an engine-sim service's args (`loadstar sim autoscale`).
+void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& options);
 
 std::function<int()> setup_engine_sim(CLI::App& app);
 std::function<int()> setup_model(CLI::App& app);

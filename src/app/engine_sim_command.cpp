@@ -9,11 +9,9 @@
 
 namespace loadstar::app {
 
-std::function<int()> setup_engine_sim(CLI::App& app) {
-  auto opts = std::make_shared<enginesim::EngineSimOptions>();
-  auto& o = *opts;
+void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
   // Names follow `vllm serve` where vLLM has the same knob.
-  app.add_option("--model", o.model_dir, "Model directory (config.json + safetensors)")->required();
+  app.add_option("--model", o.model_dir, "Model directory (config.json + safetensors; required)");
   app.add_option("--served-model-name", o.served_model_name,
                  "Name clients use (default: directory name)");
   app.add_option("--host", o.host)->capture_default_str();
@@ -48,17 +46,21 @@ std::function<int()> setup_engine_sim(CLI::App& app) {
   app.add_option("--timeout-keep-alive", o.keep_alive_timeout_s,
                  "Seconds an idle keep-alive connection stays open (uvicorn's name and default)")
       ->capture_default_str();
-  auto max_body = std::make_shared<std::string>("8Mi");
-  app.add_option("--max-body-size", *max_body, "Largest request body")->capture_default_str();
-  return [opts, max_body] {
-    auto bytes = parse_bytes(*max_body);
-    if (!bytes.ok()) {
-      fmt::print(stderr, "--max-body-size: {}\n", bytes.error().message);
-      return 2;
-    }
-    opts->max_body_bytes = *bytes;
-    return enginesim::run_engine_sim(*opts);
-  };
+  app.add_option_function<std::string>(
+         "--max-body-size",
+         [&o](const std::string& text) {
+           auto bytes = parse_bytes(text);
+           if (!bytes.ok()) throw CLI::ValidationError("--max-body-size", bytes.error().message);
+           o.max_body_bytes = *bytes;
+         },
+         "Largest request body")
+      ->default_str("8Mi");
+}
+
+std::function<int()> setup_engine_sim(CLI::App& app) {
+  auto opts = std::make_shared<enginesim::EngineSimOptions>();
+  add_engine_sim_options(app, *opts);
+  return [opts] { return enginesim::run_engine_sim(*opts); };
 }
 
 }  // namespace loadstar::app

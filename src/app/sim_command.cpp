@@ -4,6 +4,10 @@
 //                 allocation ratio against arrived workload, per policy
 //   sim queues    three tenants sharing a cluster through queues: each one's
 //                 share over time against its fair share, with reclaim
+//   sim autoscale services (InferenceService manifests, engine-sim replicas)
+//                 under the Azure LLM trace: the autoscaler's and engine-sim's
+//                 own cores in virtual time; SLO attainment, GPU-seconds,
+//                 cold starts per service (see autoscaler/simulation.h)
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -13,9 +17,14 @@
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include "api/resources.h"
 #include "app/commands.h"
 #include "app/svg_chart.h"
+#include "autoscaler/simulation.h"
+#include "controller/controller.h"
+#include "enginesim/engine_sim.h"
 #include "scheduler/placement.h"
 #include "scheduler/queue_sim.h"
 #include "scheduler/trace.h"
@@ -225,6 +234,159 @@ int run_schedule(const ScheduleArgs& a) {
   return 0;
 }
 
+struct AutoscaleArgs {
+  std::string file;
+  std::string trace = "../shared/traces/AzureLLMInferenceTrace_conv.csv";
+  size_t requests = 0;  // 0: all
+  double skip_s = 0, rate = 1, max_input = 32768, slo_ttft_s = 2;
+  double cold_start_s = 1, period_s = 0.1;
+  std::string json_out, out;
+};
+
+// The replicas' engine from an engine-sim service's args, as the engine
+// would read them (the model directory does not matter here).
+Result<enginesim::EngineSimOptions> engine_sim_options(const api::InferenceService& svc) {
+  if (svc.spec.engine.name != "engine-sim")
+    return make_error(ErrorCode::kInvalidArgument,
+                      "service {}: engine '{}': only engine-sim replicas can be simulated",
+                      svc.metadata.name, svc.spec.engine.name);
+  enginesim::EngineSimOptions options;
+  CLI::App parser;
+  add_engine_sim_options(parser, options);
+  std::string log_level;  // every loadstar command's; nothing to model
+  parser.add_option("--log-level", log_level);
+  std::vector<std::string> args(svc.spec.engine.args.rbegin(), svc.spec.engine.args.rend());
+  try {
+    parser.parse(args);  // CLI11 takes them last first
+  } catch (const CLI::ParseError& e) {
+    return make_error(ErrorCode::kInvalidArgument, "service {}: engine args: {}", svc.metadata.name,
+                      e.what());
+  }
+  return options;
+}
+
+int run_autoscale(const AutoscaleArgs& a) {
+  auto fail = [](int code, const std::string& why) {
+    fmt::print(stderr, "loadstar sim autoscale: {}\n", why);
+    return code;
+  };
+  if (!(a.rate > 0) || !(a.cold_start_s >= 0) || !(a.period_s > 0) || !(a.slo_ttft_s > 0))
+    return fail(2, "--rate, --period and --slo-ttft must be above 0, --cold-start not negative");
+  auto resources = api::load_resource_file(a.file);
+  if (!resources.ok()) return fail(2, resources.error().message);
+  std::vector<api::InferenceService> services;
+  for (auto& r : *resources)
+    if (auto* svc = std::get_if<api::InferenceService>(&r)) services.push_back(std::move(*svc));
+  if (services.empty()) return fail(2, fmt::format("{}: no InferenceService to simulate", a.file));
+  auto text = read_file(a.trace);
+  if (!text.ok()) return fail(1, text.error().message);
+  auto parsed = autoscaler::parse_azure_trace(*text, a.trace);
+  if (!parsed.ok()) return fail(1, parsed.error().message);
+  std::vector<autoscaler::TraceRequest> trace;
+  size_t skipped = 0;
+  for (const auto& r : *parsed) {
+    if (a.requests && trace.size() >= a.requests) break;
+    if (r.at_s < a.skip_s) continue;
+    if (r.input_tokens > a.max_input) {
+      ++skipped;
+      continue;
+    }
+    trace.push_back({(r.at_s - a.skip_s) / a.rate, r.input_tokens, r.output_tokens});
+  }
+  if (trace.empty()) return fail(1, fmt::format("{}: no request left to replay", a.trace));
+
+  std::string json_lines, csv = "policy,t_s,replicas,ready,in_flight\n";
+  std::vector<SvgChart::Series> series;
+  std::optional<double> baseline;
+  double run_s = 0;
+  std::vector<autoscaler::SimOptions> runs;
+  for (const auto& svc : services) {
+    auto engine = engine_sim_options(svc);
+    if (!engine.ok()) return fail(2, engine.error().message);
+    auto config = enginesim::engine_config(*engine, 4096);
+    if (!config.ok())
+      return fail(2, fmt::format("service {}: {}", svc.metadata.name, config.error().message));
+    autoscaler::SimOptions& o = runs.emplace_back();
+    o.engine = *config;
+    o.time_scale = engine->time_scale;
+    o.cold_start_s = a.cold_start_s;
+    o.period_s = a.period_s;
+    o.slo_ttft_s = a.slo_ttft_s;
+    o.replicas = svc.spec.replicas;
+    if (svc.spec.autoscaling) o.autoscaling = controller::autoscaler_spec(svc);
+  }
+  fmt::print("{:<16} {:>8} {:>9} {:>7} {:>5} {:>7} {:>5} {:>9} {:>8} {:>8}\n", "service", "SLO met",
+             "GPU-s", "vs 1st", "cold", "changes", "peak", "TTFT p50", "p90", "p99");
+  for (size_t i = 0; i < services.size(); ++i) {
+    const api::InferenceService& svc = services[i];
+    const autoscaler::SimOptions& o = runs[i];
+    auto report = autoscaler::simulate(trace, o);
+    if (!report.ok())
+      return fail(1, fmt::format("service {}: {}", svc.metadata.name, report.error().message));
+    const auto& r = *report;
+    if (!baseline) baseline = r.gpu_seconds;
+    run_s = std::max(run_s, r.run_s);
+    fmt::print(
+        "{:<16} {:>7.2f}% {:>9.0f} {:>7.2f} {:>5} {:>7} {:>5} {:>8.3f}s {:>7.3f}s {:>7.3f}s\n",
+        svc.metadata.name, 100 * r.slo_attainment, r.gpu_seconds,
+        *baseline > 0 ? r.gpu_seconds / *baseline : 0, r.cold_starts, r.scale_changes,
+        r.peak_replicas, r.ttft_p50_s, r.ttft_p90_s, r.ttft_p99_s);
+    if (r.rejected || r.cut_off)
+      fmt::print("  {} request(s) refused by the engine, {} cut off by a drain timeout\n",
+                 r.rejected, r.cut_off);
+    json_lines += nlohmann::json{{"label", svc.metadata.name},
+                                 {"requests", r.requests},
+                                 {"slo_ttft_s", a.slo_ttft_s},
+                                 {"slo_attainment", r.slo_attainment},
+                                 {"gpu_seconds", r.gpu_seconds},
+                                 {"cold_starts", r.cold_starts},
+                                 {"scale_changes", r.scale_changes},
+                                 {"peak_replicas", r.peak_replicas},
+                                 {"held", r.held},
+                                 {"rejected", r.rejected},
+                                 {"cut_off", r.cut_off},
+                                 {"ttft_p50_s", r.ttft_p50_s},
+                                 {"ttft_p90_s", r.ttft_p90_s},
+                                 {"ttft_p99_s", r.ttft_p99_s},
+                                 {"run_s", r.run_s}}
+                      .dump() +
+                  "\n";
+    SvgChart::Series line{svc.metadata.name, {}, false};
+    for (const auto& p : r.timeline) {
+      csv += fmt::format("{},{:.1f},{},{},{}\n", svc.metadata.name, p.at_s, p.replicas, p.ready,
+                         p.in_flight);
+      line.points.emplace_back(p.at_s, p.replicas);
+    }
+    series.push_back(std::move(line));
+  }
+  fmt::print(
+      "({} requests over {:.0f} model seconds{}; SLO: TTFT <= {:g} s; a simulation: see "
+      "docs/autoscaling.md for what it leaves out)\n",
+      trace.size(), trace.back().at_s,
+      skipped ? fmt::format(", {} longer than --max-input skipped", skipped) : "", a.slo_ttft_s);
+  if (!a.json_out.empty())
+    if (auto s = write_file(a.json_out, json_lines); !s.ok()) return fail(1, s.error().message);
+  if (!a.out.empty()) {
+    SvgChart chart;
+    chart.title = "Replicas over the trace, per service";
+    chart.x_label = "model time (s)";
+    chart.y_label = "replicas (starting, ready and draining)";
+    chart.x_max = run_s;
+    chart.percent_x = chart.percent_y = false;
+    for (const auto& s : series)
+      for (const auto& [x, y] : s.points) chart.y_max = std::max(chart.y_max, y + 1);
+    chart.series = std::move(series);
+    std::error_code ec;
+    fs::create_directories(a.out, ec);
+    for (auto [file, body] :
+         {std::pair{"autoscale.csv", csv}, std::pair{"autoscale.svg", chart.render()}})
+      if (auto s = write_file(fs::path(a.out) / file, body); !s.ok())
+        return fail(1, s.error().message);
+    fmt::print("wrote {}/autoscale.csv and {}/autoscale.svg\n", a.out, a.out);
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::function<int()> setup_sim(CLI::App& app) {
@@ -268,8 +430,40 @@ std::function<int()> setup_sim(CLI::App& app) {
   queues->add_option("-o,--out", *queue_out, "Directory for queues.csv and queues.svg")
       ->capture_default_str();
 
+  auto autoscale_args = std::make_shared<AutoscaleArgs>();
+  CLI::App* autoscale = app.add_subcommand(
+      "autoscale", "Replay the Azure LLM trace against services' autoscaling in virtual time");
+  autoscale
+      ->add_option("-f,--file", autoscale_args->file,
+                   "InferenceService manifests (engine-sim), each simulated on its own")
+      ->required();
+  autoscale->add_option("--trace", autoscale_args->trace, "Azure LLM inference trace CSV")
+      ->capture_default_str();
+  autoscale->add_option("--requests", autoscale_args->requests, "Replay the first N (0: all)")
+      ->capture_default_str();
+  autoscale->add_option("--skip-seconds", autoscale_args->skip_s, "Start this far into the trace")
+      ->capture_default_str();
+  autoscale->add_option("--rate", autoscale_args->rate, "Multiple of the trace's arrival rate")
+      ->capture_default_str();
+  autoscale->add_option("--max-input", autoscale_args->max_input, "Skip longer prompts (tokens)")
+      ->capture_default_str();
+  autoscale->add_option("--slo-ttft", autoscale_args->slo_ttft_s, "TTFT SLO (model seconds)")
+      ->capture_default_str();
+  autoscale
+      ->add_option("--cold-start", autoscale_args->cold_start_s,
+                   "A new replica's creation to ready (wall seconds of the modelled run)")
+      ->capture_default_str();
+  autoscale
+      ->add_option("--period", autoscale_args->period_s,
+                   "Between controller passes (wall seconds of the modelled run)")
+      ->capture_default_str();
+  autoscale->add_option("--json", autoscale_args->json_out, "Write one JSON line per service");
+  autoscale->add_option("-o,--out", autoscale_args->out,
+                        "Directory for autoscale.csv and autoscale.svg (replicas over time)");
+
   return [=]() -> int {
     if (schedule->parsed()) return run_schedule(*schedule_args);
+    if (autoscale->parsed()) return run_autoscale(*autoscale_args);
     if (queues->parsed()) {
       if (queue_args->nodes == 0 || !(queue_args->duration_s > 0)) {
         fmt::print(stderr, "loadstar sim queues: --nodes and --duration must be above 0\n");

@@ -18,6 +18,7 @@ uint32_t ceil_count(double x) {
 
 std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
                                          size_t buckets) {
+  if (buckets < 2) return std::nullopt;  // no bounds: nothing to interpolate within
   uint64_t total = 0;
   for (size_t i = 0; i < buckets; ++i) total += counts[i];
   if (total == 0) return std::nullopt;
@@ -63,7 +64,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
     w.in_flight += it->in_flight;
     w.kv_per_replica += it->kv_cache_usage * it->ready;
     w.ready += it->ready;
-    if (it->now >= serving_since_ && it->ttft_counts.size() == buckets)
+    if (it->now >= serving_since_ && buckets > 1 && it->ttft_counts.size() == buckets)
       for (size_t b = 0; b < buckets; ++b)
         ttft[b] += it->ttft_counts[b], answers += it->ttft_counts[b];
     ++w.samples;

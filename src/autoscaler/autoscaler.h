@@ -89,7 +89,8 @@ struct Decision {
 // The `q` quantile (0..1) of a histogram given as per-bucket counts with
 // upper `bounds` (counts has one more entry: above the last bound), by
 // linear interpolation inside the bucket, as Prometheus' histogram_quantile
-// does; nullopt without samples. Above the last bound: the last bound.
+// does; nullopt without samples or without bounds. Above the last bound: the
+// last bound.
 std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
                                          size_t buckets);
 

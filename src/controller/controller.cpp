@@ -360,31 +360,37 @@ void Controller::note_demand(const std::string& service) {
   wake_.notify_all();
 }
 
+autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
+  autoscaler::Spec spec;
+  spec.min_replicas = svc.spec.min_replicas.value_or(1);
+  spec.idle_window_s = svc.spec.idle_timeout_s;
+  spec.ttft_bounds.assign(std::begin(gateway::Endpoint::kTtftBounds),
+                          std::end(gateway::Endpoint::kTtftBounds));
+  if (!svc.spec.autoscaling) return spec;
+  const api::AutoscalingSpec& as = *svc.spec.autoscaling;
+  spec.max_replicas = as.max_replicas;
+  spec.waiting_per_replica = as.waiting_per_replica;
+  spec.in_flight_per_replica = as.in_flight_per_replica;
+  spec.kv_cache_usage = as.kv_cache_usage;
+  spec.ttft_p90_slo_s = as.ttft_p90_s;
+  spec.stable_window_s = as.stable_window_s;
+  spec.panic_window_s = as.panic_window_s;
+  spec.panic_threshold = as.panic_threshold;
+  spec.max_scale_up_rate = as.max_scale_up_rate;
+  spec.scale_down_stabilization_s = as.scale_down_stabilization_s;
+  spec.tolerance = as.tolerance;
+  return spec;
+}
+
 uint32_t Controller::autoscale(const api::InferenceService& svc, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
-  const api::AutoscalingSpec& as = *svc.spec.autoscaling;
   Scaling& st = scaling_[name];
   const std::string key = api::encode_resource(svc);
   uint32_t current = 0;
   for (const auto& [rn, r] : replicas_)
     current += r->service == name && r->state != ReplicaState::kTerminating;
   if (!st.autoscaler || st.spec_key != key) {
-    autoscaler::Spec spec;
-    spec.min_replicas = svc.spec.min_replicas.value_or(1);
-    spec.max_replicas = as.max_replicas;
-    spec.waiting_per_replica = as.waiting_per_replica;
-    spec.in_flight_per_replica = as.in_flight_per_replica;
-    spec.kv_cache_usage = as.kv_cache_usage;
-    spec.ttft_p90_slo_s = as.ttft_p90_s;
-    spec.stable_window_s = as.stable_window_s;
-    spec.panic_window_s = as.panic_window_s;
-    spec.panic_threshold = as.panic_threshold;
-    spec.max_scale_up_rate = as.max_scale_up_rate;
-    spec.scale_down_stabilization_s = as.scale_down_stabilization_s;
-    spec.tolerance = as.tolerance;
-    spec.idle_window_s = svc.spec.idle_timeout_s;
-    spec.ttft_bounds.assign(std::begin(gateway::Endpoint::kTtftBounds),
-                            std::end(gateway::Endpoint::kTtftBounds));
+    autoscaler::Spec spec = autoscaler_spec(svc);
     if (!st.autoscaler) current = svc.spec.replicas;  // a new service starts at spec.replicas
     st.autoscaler = std::make_unique<autoscaler::Autoscaler>(spec);
     st.spec_key = key;

@@ -44,6 +44,11 @@ namespace loadstar::controller {
 
 using Clock = std::chrono::steady_clock;
 
+// The autoscaler's spec for a service (its spec.autoscaling, min replicas
+// and idle timeout; TTFT counted in the gateway's buckets), as the
+// controller and `loadstar sim autoscale` build it.
+autoscaler::Spec autoscaler_spec(const api::InferenceService& svc);
+
 enum class ReplicaState { kPending, kStarting, kReady, kFailed, kTerminating };
 const char* replica_state_name(ReplicaState state);
 

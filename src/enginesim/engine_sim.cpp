@@ -320,6 +320,30 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, EngineLoop& loop, htt
 
 }  // namespace
 
+Result<engine::EngineConfig> engine_config(const EngineSimOptions& options,
+                                           uint32_t model_max_len) {
+  auto profile = find_profile(options.profile.empty() ? kDefaultProfile : options.profile,
+                              options.profiles_file);
+  if (!profile.ok()) return profile.error();
+  engine::EngineConfig config;
+  config.block_size = options.block_size;
+  config.num_gpu_blocks = options.num_gpu_blocks_override.value_or(profile->num_gpu_blocks);
+  config.max_num_seqs = options.max_num_seqs;
+  config.max_num_batched_tokens = options.max_num_batched_tokens;
+  config.max_model_len = options.max_model_len.value_or(model_max_len);
+  config.max_waiting = options.max_waiting;
+  config.enable_prefix_caching = options.enable_prefix_caching;
+  config.seed = options.seed;
+  config.cost = profile->cost;
+  config.output_length = {options.output_len_median, options.output_len_sigma};
+  if (!(options.time_scale > 0))
+    return make_error(ErrorCode::kInvalidArgument, "--time-scale must be positive");
+  if (Status s = config.validate(); !s.ok())
+    return make_error(ErrorCode::kInvalidArgument, "invalid engine configuration: {}",
+                      s.error().message);
+  return config;
+}
+
 int run_engine_sim(const EngineSimOptions& options) {
   if (options.model_dir.empty()) {
     spdlog::error(
@@ -331,30 +355,11 @@ int run_engine_sim(const EngineSimOptions& options) {
     spdlog::error("{}", model_config.error().message);
     return 2;
   }
-  auto profile = find_profile(options.profile.empty() ? kDefaultProfile : options.profile,
-                              options.profiles_file);
-  if (!profile.ok()) {
-    spdlog::error("{}", profile.error().message);
-    return 2;
-  }
-  engine::EngineConfig config;
-  config.block_size = options.block_size;
-  config.num_gpu_blocks = options.num_gpu_blocks_override.value_or(profile->num_gpu_blocks);
-  config.max_num_seqs = options.max_num_seqs;
-  config.max_num_batched_tokens = options.max_num_batched_tokens;
-  config.max_model_len = options.max_model_len.value_or(
-      model_config->max_position_embeddings ? model_config->max_position_embeddings : 4096);
-  config.max_waiting = options.max_waiting;
-  config.enable_prefix_caching = options.enable_prefix_caching;
-  config.seed = options.seed;
-  config.cost = profile->cost;
-  config.output_length = {options.output_len_median, options.output_len_sigma};
-  if (options.time_scale <= 0) {
-    spdlog::error("--time-scale must be positive");
-    return 2;
-  }
-  if (Status s = config.validate(); !s.ok()) {
-    spdlog::error("invalid engine configuration: {}", s.error().message);
+  auto config = engine_config(options, model_config->max_position_embeddings
+                                           ? model_config->max_position_embeddings
+                                           : 4096);
+  if (!config.ok()) {
+    spdlog::error("{}", config.error().message);
     return 2;
   }
   const fs::path model_path = fs::absolute(options.model_dir).lexically_normal();
@@ -362,7 +367,7 @@ int run_engine_sim(const EngineSimOptions& options) {
   if (name.empty()) name = model_path.filename().string();
 
   asio::io_context io(1);
-  EngineSimServer sim(options, config, name, model_path.string());
+  EngineSimServer sim(options, *config, name, model_path.string());
   http::ServerOptions server_options;
   server_options.host = options.host;
   server_options.port = options.port;
@@ -386,8 +391,8 @@ int run_engine_sim(const EngineSimOptions& options) {
   spdlog::info(
       "engine-sim serving model '{}' on http://{}:{} (profile {}, {} KV blocks of {} tokens, "
       "max_model_len {}, time scale {})",
-      name, options.host, port, profile->name, config.num_gpu_blocks, config.block_size,
-      config.max_model_len, options.time_scale);
+      name, options.host, port, options.profile.empty() ? kDefaultProfile : options.profile,
+      config->num_gpu_blocks, config->block_size, config->max_model_len, options.time_scale);
   sim.loop().start();
 
   // Weights are read on their own thread; /health turns 200 when they are in.

@@ -7,6 +7,9 @@
 #include <optional>
 #include <string>
 
+#include "common/result.h"
+#include "engine/engine_core.h"
+
 namespace loadstar::enginesim {
 
 struct EngineSimOptions {
@@ -35,6 +38,10 @@ struct EngineSimOptions {
   // (uvicorn's timeout_keep_alive, 5 s) does.
   double keep_alive_timeout_s = 5;
 };
+
+// The engine core's configuration from the options and the profile they
+// name; `model_max_len` unless --max-model-len says otherwise.
+Result<engine::EngineConfig> engine_config(const EngineSimOptions& options, uint32_t model_max_len);
 
 // Runs until SIGINT/SIGTERM; returns the process exit code.
 int run_engine_sim(const EngineSimOptions& options);

@@ -286,6 +286,18 @@ TEST(Autoscaler, HistogramQuantileInterpolatesLikePrometheus) {
   EXPECT_DOUBLE_EQ(*histogram_quantile(0.9, bounds, counts, 4), 0.2 + 0.3 * 0.8);
   const uint64_t slow[] = {0, 0, 0, 5};  // all above the last bound
   EXPECT_DOUBLE_EQ(*histogram_quantile(0.9, bounds, slow, 4), 0.5);
+  const uint64_t unbounded[] = {5};  // no bounds: only the +Inf bucket
+  EXPECT_FALSE(histogram_quantile(0.9, nullptr, unbounded, 1));
+}
+
+TEST(Autoscaler, WithoutBucketBoundsTtftDoesNotVote) {
+  Spec spec = concurrency(1, 8);
+  spec.ttft_p90_slo_s = 1;  // no ttft_bounds: first tokens land in one +Inf bucket
+  Autoscaler a(spec);
+  for (int t = 0; t < 5; ++t)
+    a.observe({.now = double(t), .ready = 2, .in_flight = 16, .ttft_counts = {50}});
+  const Decision d = a.decide(4, 2);
+  EXPECT_EQ(d.signal, "inFlight") << d.reason;
 }
 
 TEST(Autoscaler, ScaleUpRateIsBounded) {

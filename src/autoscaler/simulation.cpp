@@ -1,0 +1,324 @@
+#include "autoscaler/simulation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <limits>
+#include <memory>
+#include <unordered_map>
+
+namespace loadstar::autoscaler {
+
+namespace {
+
+// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+
+double percentile(std::vector<double>& v, double q) {
+  if (v.empty()) return 0;
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+enum class State { kStarting, kReady, kDraining };
+
+struct Replica {
+  uint32_t index = 0;
+  State state = State::kStarting;
+  double created = 0, ready_at = 0, drain_started = 0;
+  std::unique_ptr<engine::EngineCore> core;
+  std::optional<double> busy_until;  // a step is running; its outputs come then
+  engine::StepResult step;
+  uint32_t in_flight = 0;  // sent by the gateway, not finished
+};
+
+// A prompt no other request shares (the Azure trace's prompts share nothing).
+std::vector<tokenizer::TokenId> prompt_for(uint64_t id, uint32_t tokens) {
+  std::vector<tokenizer::TokenId> prompt(tokens);
+  uint64_t x = id * 0x9e3779b97f4a7c15ull + 1;
+  for (auto& t : prompt) {
+    x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+    t = tokenizer::kFirstWord +
+        static_cast<tokenizer::TokenId>((x * 0x2545f4914f6cdd1dull >> 33) %
+                                        (tokenizer::kVocabSize - tokenizer::kFirstWord));
+  }
+  return prompt;
+}
+
+}  // namespace
+
+Result<std::vector<TraceRequest>> parse_azure_trace(std::string_view csv,
+                                                    const std::string& source) {
+  std::vector<TraceRequest> out;
+  std::optional<double> first;
+  size_t line_no = 0;
+  while (!csv.empty()) {
+    const size_t end = csv.find('\n');
+    std::string line(csv.substr(0, end));
+    csv.remove_prefix(end == std::string_view::npos ? csv.size() : end + 1);
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    if (line_no == 1) {
+      if (!line.starts_with("TIMESTAMP"))
+        return make_error(ErrorCode::kInvalidArgument,
+                          "{}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens",
+                          source);
+      continue;
+    }
+    int y = 0;
+    unsigned mo = 0, d = 0, hh = 0, mm = 0;
+    double ss = 0;
+    long long ctx = 0, gen = 0;
+    char tail = 0;
+    if (std::sscanf(line.c_str(), "%d-%u-%u %u:%u:%lf,%lld,%lld%c", &y, &mo, &d, &hh, &mm, &ss,
+                    &ctx, &gen, &tail) != 8 ||
+        mo < 1 || mo > 12 || d < 1 || d > 31 || hh > 23 || mm > 59 || !(ss >= 0 && ss < 61) ||
+        ctx < 0 || gen < 0 || ctx > (1 << 24) || gen > (1 << 24))
+      return make_error(ErrorCode::kInvalidArgument,
+                        "{}:{}: expected 'YYYY-MM-DD HH:MM:SS.fraction,ContextTokens,"
+                        "GeneratedTokens' with token counts from 0 to 16777216",
+                        source, line_no);
+    const double at =
+        static_cast<double>(days_from_civil(y, mo, d)) * 86400 + hh * 3600.0 + mm * 60.0 + ss;
+    if (!first) first = at;
+    out.push_back({at - *first, std::max<uint32_t>(1, static_cast<uint32_t>(ctx)),
+                   std::max<uint32_t>(1, static_cast<uint32_t>(gen))});
+  }
+  if (out.empty()) return make_error(ErrorCode::kInvalidArgument, "{}: no requests", source);
+  const double origin = std::min_element(out.begin(), out.end(), [](auto& a, auto& b) {
+                          return a.at_s < b.at_s;
+                        })->at_s;
+  for (auto& r : out) r.at_s -= origin;
+  std::stable_sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.at_s < b.at_s; });
+  return out;
+}
+
+Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOptions& o) {
+  if (!(o.time_scale > 0) || !(o.period_s > 0) || !(o.cold_start_s >= 0))
+    return make_error(ErrorCode::kInvalidArgument,
+                      "time scale and period must be positive, the cold start not negative");
+  if (Status s = o.engine.validate(); !s.ok()) return s.error();
+  const double scale = o.time_scale;
+  // The spec in model seconds.
+  std::optional<Autoscaler> autoscaler;
+  if (o.autoscaling) {
+    Spec spec = *o.autoscaling;
+    spec.stable_window_s *= scale;
+    spec.panic_window_s *= scale;
+    spec.scale_down_stabilization_s *= scale;
+    spec.idle_window_s *= scale;
+    if (spec.ttft_p90_slo_s) *spec.ttft_p90_slo_s *= scale;
+    for (double& b : spec.ttft_bounds) b *= scale;
+    autoscaler.emplace(std::move(spec));
+  }
+  const std::vector<double>& bounds =
+      autoscaler ? autoscaler->spec().ttft_bounds : std::vector<double>{};
+  SimReport report;
+  report.requests = trace.size();
+  std::vector<std::unique_ptr<Replica>> replicas;
+  double gpu_seconds = 0;
+  auto create = [&](double now, bool ready) {
+    uint32_t index = 0;
+    while (std::any_of(replicas.begin(), replicas.end(),
+                       [&](const auto& r) { return r->index == index; }))
+      ++index;
+    auto r = std::make_unique<Replica>();
+    r->index = index;
+    r->created = now;
+    r->ready_at = ready ? now : now + o.cold_start_s * scale;
+    r->state = ready ? State::kReady : State::kStarting;
+    r->core = std::make_unique<engine::EngineCore>(o.engine);
+    replicas.push_back(std::move(r));
+  };
+  for (uint32_t i = 0; i < o.replicas; ++i) create(0, true);
+
+  struct Live {
+    size_t trace_index;
+    Replica* replica;
+  };
+  std::unordered_map<engine::RequestId, Live> live;
+  std::deque<size_t> held;
+  std::vector<double> ttfts;
+  ttfts.reserve(trace.size());
+  std::vector<uint64_t> ttft_counts(bounds.size() + 1, 0);  // since the last sample
+  uint64_t met = 0, sent = 0, turn = 0;
+  size_t next = 0;
+  double next_pass = 0, now = 0, last_answer = 0;
+  const double give_up = (trace.empty() ? 0 : trace.back().at_s) + 86400;
+
+  auto send = [&](size_t k) {
+    // The ready replica with the fewest in flight; ties go round-robin.
+    Replica* best = nullptr;
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      Replica* r = replicas[(i + turn) % replicas.size()].get();
+      if (r->state == State::kReady && (!best || r->in_flight < best->in_flight)) best = r;
+    }
+    if (!best) {
+      held.push_back(k);
+      return;
+    }
+    ++turn;
+    const TraceRequest& t = trace[k];
+    engine::NewRequest req;
+    req.id = k + 1;
+    req.prompt = prompt_for(req.id, t.input_tokens);
+    req.sampling.max_tokens = t.output_tokens;
+    req.sampling.ignore_eos = true;
+    if (!best->core->add_request(std::move(req), now).ok()) {
+      ++report.rejected;
+      return;
+    }
+    ++sent;
+    ++best->in_flight;
+    live[k + 1] = {k, best};
+  };
+
+  while (next < trace.size() || !live.empty() || !held.empty()) {
+    // The next event: an arrival, a step's end, a replica ready, a controller pass.
+    double t = next < trace.size() ? trace[next].at_s : std::numeric_limits<double>::infinity();
+    for (auto& r : replicas) {
+      if (r->busy_until) t = std::min(t, *r->busy_until);
+      if (r->state == State::kStarting) t = std::min(t, r->ready_at);
+    }
+    t = std::min(t, next_pass);
+    if (t > give_up)
+      return make_error(ErrorCode::kUnavailable,
+                        "{} request(s) still unanswered a day after the trace ended (the "
+                        "service never had a ready replica for them?)",
+                        live.size() + held.size());
+    now = t;
+    // Steps that end now hand their outputs on.
+    for (auto& r : replicas) {
+      if (!r->busy_until || *r->busy_until > now) continue;
+      r->busy_until.reset();
+      for (const engine::RequestOutput& out : r->step.outputs) {
+        auto it = live.find(out.id);
+        if (it == live.end()) continue;
+        const double arrival = trace[it->second.trace_index].at_s;
+        if (out.has_token && out.output_tokens == 1) {
+          const double ttft = now - arrival;
+          ttfts.push_back(ttft);
+          met += ttft <= o.slo_ttft_s;
+          size_t b = 0;
+          while (b < bounds.size() && ttft > bounds[b]) ++b;
+          if (!ttft_counts.empty()) ++ttft_counts[b];
+        }
+        if (out.finish != engine::FinishReason::kNone) {
+          --it->second.replica->in_flight;
+          live.erase(it);
+          last_answer = now;
+        }
+      }
+    }
+    // Replicas that became ready take the held requests.
+    for (auto& r : replicas)
+      if (r->state == State::kStarting && r->ready_at <= now) r->state = State::kReady;
+    if (!held.empty() && std::any_of(replicas.begin(), replicas.end(),
+                                     [](auto& r) { return r->state == State::kReady; })) {
+      std::deque<size_t> waiting;
+      waiting.swap(held);
+      for (size_t k : waiting) send(k);
+    }
+    while (next < trace.size() && trace[next].at_s <= now) {
+      if (std::none_of(replicas.begin(), replicas.end(),
+                       [](auto& r) { return r->state == State::kReady; }))
+        ++report.held;
+      send(next++);
+    }
+    if (next_pass <= now) {
+      next_pass = now + o.period_s * scale;
+      Sample s;
+      s.now = now;
+      double kv = 0;
+      for (auto& r : replicas) {
+        if (r->state == State::kStarting) continue;
+        s.in_flight += r->in_flight;
+        if (r->state != State::kReady) continue;
+        ++s.ready;
+        const engine::EngineStats st = r->core->stats();
+        s.waiting += st.num_waiting;
+        kv += st.kv_cache_usage;
+      }
+      s.kv_cache_usage = s.ready ? kv / s.ready : 0;
+      s.ttft_counts = ttft_counts;
+      std::fill(ttft_counts.begin(), ttft_counts.end(), 0);
+      s.held = held.empty() ? 0 : 1;
+      s.requests_total = sent;
+      uint32_t current = 0;
+      for (auto& r : replicas) current += r->state != State::kDraining;
+      if (autoscaler) {
+        autoscaler->observe(s);
+        const uint32_t desired = autoscaler->decide(now, current).desired;
+        report.scale_changes += desired != current;
+        for (uint32_t n = current; n < desired; ++n, ++report.cold_starts) create(now, false);
+        if (desired < current) {
+          // As the controller: the highest indexes go first, starting ones before ready ones.
+          std::vector<Replica*> active;
+          for (auto& r : replicas)
+            if (r->state != State::kDraining) active.push_back(r.get());
+          std::sort(active.begin(), active.end(), [](const Replica* a, const Replica* b) {
+            if ((a->state == State::kReady) != (b->state == State::kReady))
+              return a->state == State::kReady;
+            return a->index < b->index;
+          });
+          for (size_t i = desired; i < active.size(); ++i) {
+            active[i]->state = State::kDraining;
+            active[i]->drain_started = now;
+          }
+        }
+      }
+      // Drained replicas stop; a starting one being removed stops at once.
+      for (auto it = replicas.begin(); it != replicas.end();) {
+        Replica& r = **it;
+        const double draining = now - r.drain_started;
+        const bool stop = r.state == State::kDraining &&
+                          ((r.in_flight == 0 && draining >= o.unroute_grace_s * scale) ||
+                           draining > o.drain_timeout_s * scale);
+        if (!stop) {
+          ++it;
+          continue;
+        }
+        for (auto l = live.begin(); l != live.end();)  // cut off by the drain timeout
+          if (l->second.replica == &r) {
+            ++report.cut_off;
+            l = live.erase(l);
+          } else {
+            ++l;
+          }
+        gpu_seconds += now - r.created;
+        it = replicas.erase(it);
+      }
+      SimSample point{now, static_cast<uint32_t>(replicas.size()), s.ready,
+                      static_cast<uint32_t>(s.in_flight)};
+      report.peak_replicas = std::max(report.peak_replicas, point.replicas);
+      report.timeline.push_back(point);
+    }
+    // Idle engines with work start a step.
+    for (auto& r : replicas) {
+      if (r->busy_until || !r->core->has_work()) continue;
+      r->step = r->core->step(now);
+      r->busy_until = now + std::max(r->step.duration, 1e-9);
+    }
+  }
+  report.run_s = last_answer;
+  for (auto& r : replicas) gpu_seconds += std::max(0.0, last_answer - r->created);
+  report.gpu_seconds = gpu_seconds;
+  report.slo_attainment =
+      report.requests ? static_cast<double>(met) / static_cast<double>(report.requests) : 0;
+  report.ttft_p50_s = percentile(ttfts, 0.5);
+  report.ttft_p90_s = percentile(ttfts, 0.9);
+  report.ttft_p99_s = percentile(ttfts, 0.99);
+  return report;
+}
+
+}  // namespace loadstar::autoscaler

@@ -1,0 +1,81 @@
+// A virtual-time model of one autoscaled service under a request trace: the
+// autoscaler's own core deciding, engine-sim's own core (vLLM's scheduler
+// and the step cost model) serving on each replica, and between them what
+// `loadstar up` does — a gateway sending each request to the ready replica
+// with the fewest in flight (holding it while none is ready), a controller
+// pass sampling the load and acting on the decision, replicas that take a
+// cold start to become ready and drain before they stop. It runs an hour of
+// trace in seconds, so a policy can be tried on a trace before a real run;
+// what it leaves out is listed in docs/autoscaling.md ("Simulating a
+// policy"). Pure: no I/O, no clock, no threads.
+//
+// Time: a run of `loadstar up` compressed `time_scale` times (engine-sim's
+// --time-scale) is modelled in model seconds. The service's spec, the cold
+// start and the controller's period are in wall seconds of that run, as a
+// manifest for it is written, and are multiplied by `time_scale`; TTFT
+// buckets likewise (the gateway counts first tokens in wall seconds).
+// Results are in model seconds, as trace_replay reports them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "autoscaler/autoscaler.h"
+#include "common/result.h"
+#include "engine/engine_core.h"
+
+namespace loadstar::autoscaler {
+
+struct TraceRequest {
+  double at_s = 0;  // since the trace's first request
+  uint32_t input_tokens = 0;
+  uint32_t output_tokens = 0;
+};
+
+// Azure's LLM inference trace (TIMESTAMP,ContextTokens,GeneratedTokens; the
+// header first). `source` names the file in errors, with the line.
+Result<std::vector<TraceRequest>> parse_azure_trace(std::string_view csv,
+                                                    const std::string& source);
+
+struct SimOptions {
+  engine::EngineConfig engine;   // one replica
+  double time_scale = 1;         // model seconds per wall second of the modelled run
+  double cold_start_s = 1;       // a new replica's creation to ready (wall)
+  double period_s = 0.1;         // between controller passes (wall; its resync)
+  double unroute_grace_s = 0.5;  // a drained replica stops no sooner (wall)
+  double drain_timeout_s = 30;   // nor later, in flight or not (wall)
+  double slo_ttft_s = 2;         // model seconds
+  uint32_t replicas = 1;         // at the start, ready
+  // None: a static service of `replicas`. Durations in wall seconds.
+  std::optional<Spec> autoscaling;
+};
+
+struct SimSample {  // the service every `period`, for a timeline
+  double at_s = 0;
+  uint32_t replicas = 0;  // ready, starting and draining
+  uint32_t ready = 0;
+  uint32_t in_flight = 0;
+};
+
+struct SimReport {
+  uint64_t requests = 0;
+  uint64_t rejected = 0;  // the engine refused them (too long for the model)
+  uint64_t held = 0;      // arrived while no replica was ready
+  uint64_t cut_off = 0;   // still running when their replica's drain timed out
+  double slo_attainment = 0;
+  double gpu_seconds = 0;  // replica lifetimes, creation to stop, over the run
+  double run_s = 0;        // first arrival to last answer
+  uint32_t cold_starts = 0;
+  uint32_t scale_changes = 0;  // decisions that changed the count
+  uint32_t peak_replicas = 0;
+  double ttft_p50_s = 0, ttft_p90_s = 0, ttft_p99_s = 0;
+  std::vector<SimSample> timeline;
+};
+
+// Replays `trace` (arrivals in model seconds) against the service.
+Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOptions& options);
+
+}  // namespace loadstar::autoscaler

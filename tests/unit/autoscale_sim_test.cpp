@@ -1,0 +1,126 @@
+// The virtual-time model of an autoscaled service (autoscaler/simulation.h):
+// the Azure trace's parser, and whole runs on small synthetic traces whose
+// outcome is known — a static service pays for its lifetime, scale-from-zero
+// holds the first request for the cold start, a step scales out and the
+// stabilization window brings it back.
+#include <gtest/gtest.h>
+
+#include "autoscaler/simulation.h"
+
+namespace loadstar::autoscaler {
+namespace {
+
+TEST(AzureTrace, ParsesSortsAndMakesTimesRelative) {
+  auto trace = parse_azure_trace(
+      "TIMESTAMP,ContextTokens,GeneratedTokens\r\n"
+      "2023-11-16 18:15:46.5,374,44\r\n"
+      "2023-11-16 18:15:45.5,10,0\n"
+      "\n"
+      "2023-11-17 00:00:00.0,1,1\n",
+      "t.csv");
+  ASSERT_TRUE(trace.ok()) << trace.error().message;
+  ASSERT_EQ(trace->size(), 3u);
+  EXPECT_DOUBLE_EQ((*trace)[0].at_s, 0);
+  EXPECT_EQ((*trace)[0].input_tokens, 10u);
+  EXPECT_EQ((*trace)[0].output_tokens, 1u);  // at least one token
+  EXPECT_DOUBLE_EQ((*trace)[1].at_s, 1);
+  EXPECT_EQ((*trace)[1].input_tokens, 374u);
+  EXPECT_DOUBLE_EQ((*trace)[2].at_s, 86400 - (18 * 3600 + 15 * 60 + 45.5));  // past midnight
+}
+
+TEST(AzureTrace, ErrorsNameTheFileAndLine) {
+  auto no_header = parse_azure_trace("2023-11-16 18:15:46.5,374,44\n", "t.csv");
+  ASSERT_FALSE(no_header.ok());
+  EXPECT_NE(no_header.error().message.find("t.csv:1:"), std::string::npos);
+  for (const char* bad : {"2023-11-16 18:15:46.5,374\n", "2023-11-16 18:15:46.5,-3,4\n",
+                          "2023-13-16 18:15:46.5,3,4\n", "2023-11-16 18:15:46.5,3,4,5\n"}) {
+    auto r = parse_azure_trace(std::string("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                                           "2023-11-16 18:15:46.5,374,44\n") +
+                                   bad,
+                               "t.csv");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.error().message.find("t.csv:3:"), std::string::npos) << r.error().message;
+  }
+  EXPECT_FALSE(parse_azure_trace("TIMESTAMP,ContextTokens,GeneratedTokens\n", "t.csv").ok());
+}
+
+std::vector<TraceRequest> every(double gap, int n, uint32_t output_tokens, double from = 0) {
+  std::vector<TraceRequest> trace;
+  for (int i = 0; i < n; ++i) trace.push_back({from + i * gap, 100, output_tokens});
+  return trace;
+}
+
+TEST(AutoscaleSim, AStaticServiceAnswersEveryRequestAndPaysForItsLifetime) {
+  SimOptions o;
+  o.replicas = 2;
+  auto r = simulate(every(1, 20, 5), o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->requests, 20u);
+  EXPECT_DOUBLE_EQ(r->slo_attainment, 1);
+  EXPECT_EQ(r->cold_starts, 0u);
+  EXPECT_EQ(r->scale_changes, 0u);
+  EXPECT_GT(r->run_s, 19);
+  EXPECT_NEAR(r->gpu_seconds, 2 * r->run_s, 1e-6);
+  EXPECT_LT(r->ttft_p99_s, 0.1);  // an idle engine: one prefill step
+}
+
+TEST(AutoscaleSim, ScaleFromZeroHoldsTheFirstRequestForTheColdStart) {
+  SimOptions o;
+  o.replicas = 0;
+  o.cold_start_s = 3;
+  Spec spec;
+  spec.min_replicas = 0;
+  spec.max_replicas = 1;
+  spec.in_flight_per_replica = 4;
+  o.autoscaling = spec;
+  auto r = simulate({{5, 100, 5}}, o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->held, 1u);
+  EXPECT_EQ(r->cold_starts, 1u);
+  // Held from its arrival until the replica the next pass asked for is ready.
+  EXPECT_GE(r->ttft_p50_s, 3);
+  EXPECT_LT(r->ttft_p50_s, 3 + o.period_s + 0.1);
+  EXPECT_DOUBLE_EQ(r->slo_attainment, 0);                        // 3 s over the 2 s SLO
+  EXPECT_NEAR(r->gpu_seconds, r->run_s - 5, o.period_s + 1e-6);  // paid from its creation
+}
+
+TEST(AutoscaleSim, AStepScalesOutAndStabilizationBringsItBack) {
+  SimOptions o;
+  o.engine.max_num_seqs = 2;
+  o.cold_start_s = 2;
+  Spec spec;
+  spec.min_replicas = 1;
+  spec.max_replicas = 8;
+  spec.in_flight_per_replica = 2;
+  spec.stable_window_s = 20;
+  spec.panic_window_s = 4;
+  spec.scale_down_stabilization_s = 30;
+  o.autoscaling = spec;
+  // 120 s at four requests a second, each ~200 decode steps; then one every 10 s.
+  std::vector<TraceRequest> trace = every(0.25, 480, 200);
+  for (const TraceRequest& t : every(10, 20, 5, 130)) trace.push_back(t);
+  auto r = simulate(trace, o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_GE(r->peak_replicas, 3u);
+  EXPECT_GE(r->cold_starts, 2u);
+  EXPECT_EQ(r->cut_off, 0u);  // drained replicas finished what they had
+  ASSERT_FALSE(r->timeline.empty());
+  EXPECT_EQ(r->timeline.back().replicas, 1u);
+  // Not before the stabilization window after the step ended.
+  for (const SimSample& s : r->timeline)
+    if (s.at_s < 120 + spec.scale_down_stabilization_s) {
+      EXPECT_GE(s.replicas, s.at_s > 60 ? 2u : 1u) << s.at_s;
+    }
+}
+
+TEST(AutoscaleSim, RejectsNonsenseOptions) {
+  SimOptions o;
+  o.time_scale = 0;
+  EXPECT_FALSE(simulate(every(1, 2, 5), o).ok());
+  o.time_scale = 1;
+  o.period_s = -1;
+  EXPECT_FALSE(simulate(every(1, 2, 5), o).ok());
+}
+
+}  // namespace
+}  // namespace loadstar::autoscaler
