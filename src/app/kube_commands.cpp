@@ -152,6 +152,10 @@ int run_controller(const ControllerArgs& args) {
   // the gateway Pods; without them services run at spec.replicas.
   options.load_signals = !args.gateway_selector.empty();
   options.resync_s = 1;
+  // Gateways learn that a replica is draining through their Pod watch
+  // (PodRuntime::unroute marks the Pod), a little later than the in-process
+  // table of `loadstar up`: its engine keeps listening this long after.
+  options.unroute_grace_s = 2;
   controller::Controller ctl(store, options, [](std::shared_ptr<const gateway::RoutingTable>) {});
   std::unique_ptr<controller::GatewayLoadCollector> load;
   if (options.load_signals)

@@ -173,6 +173,13 @@ void Controller::adopt_existing() {
     r->placed = true;  // where it runs; the scheduler is told in schedule_replicas
     r->message = "taken over from a previous controller";
     spdlog::info("replica {}: running on {}; taken over", e.replica, e.node);
+    if (e.draining) {
+      // Its drain goes on. What runs there is unknown until the gateways'
+      // next load round says (apply_load); until then it is not drained.
+      r->endpoint = std::make_shared<gateway::Endpoint>(e.service, e.replica, "", 0);
+      r->endpoint->in_flight.store(1);
+      begin_termination(*r);
+    }
     replicas_.emplace(e.replica, std::move(r));
   }
 }
@@ -327,6 +334,7 @@ void Controller::begin_termination(Replica& r) {
   r.drain_started = Clock::now();
   r.message = "draining";
   spdlog::info("replica {}: draining", r.name);
+  if (r.launched) runtime_->unroute(r.name);
 }
 
 void Controller::apply_load(const LoadRound& round) {

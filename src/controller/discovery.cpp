@@ -1,5 +1,7 @@
 #include "controller/discovery.h"
 
+#include "controller/runtime.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -55,7 +57,10 @@ void EndpointDiscovery::rebuild() {
     bool is_ready = false;
     for (const auto& c : status.value("conditions", json::array()))
       if (c.value("type", "") == "Ready") is_ready = c.value("status", "") == "True";
-    if (!is_ready || ip.empty() || meta.contains("deletionTimestamp") || !services.count(service))
+    // Not ready, going away, or being drained by the controller: nothing new goes there.
+    if (!is_ready || ip.empty() || meta.contains("deletionTimestamp") ||
+        meta.value("annotations", json::object()).contains(kDrainingAnnotation) ||
+        !services.count(service))
       continue;
     int port = 0;
     for (const auto& c : pod.value("spec", json::object()).value("containers", json::array()))
@@ -68,7 +73,8 @@ void EndpointDiscovery::rebuild() {
         it != endpoints_.end() && it->second->host == ip && it->second->port == port)
       endpoint = it->second;  // keeps its counters and load
     else
-      endpoint = std::make_shared<gateway::Endpoint>(service, name, ip, static_cast<uint16_t>(port));
+      endpoint =
+          std::make_shared<gateway::Endpoint>(service, name, ip, static_cast<uint16_t>(port));
     ready[service].push_back(endpoint);
     key += fmt::format("\nep:{}:{}:{}", name, ip, port);
   }

@@ -269,6 +269,16 @@ void PodRuntime::stop(const std::string& replica) {
   if (stopping_.insert(replica).second) remove(replica, options_.termination_grace_s);
 }
 
+void PodRuntime::unroute(const std::string& replica) {
+  auto pod = pods_->get(namespace_ + "/" + replica);
+  if (!pod) return;  // not created yet, or gone: nothing routes to it
+  const json patch = {{"metadata", {{"annotations", {{kDrainingAnnotation, "true"}}}}}};
+  auto r = client_.merge_patch(pod_path(replica), patch);
+  if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+    spdlog::warn("marking pod {} draining: {} (gateways keep routing to it until it stops)",
+                 replica, r.error().message);
+}
+
 void PodRuntime::kill(const std::string& replica) {
   stopping_.insert(replica);
   remove(replica, 0);
@@ -366,6 +376,7 @@ std::vector<ExistingEngine> PodRuntime::existing() {
     e.index = static_cast<uint32_t>(std::atoi(labels.value(kIndexLabel, "0").c_str()));
     e.node = spec.value("nodeName", "");
     e.shares = shares_from(pod);
+    e.draining = meta.value("annotations", json::object()).contains(kDrainingAnnotation);
     if (!e.service.empty()) out.push_back(std::move(e));
   }
   return out;

@@ -47,6 +47,7 @@ class PodRuntime : public EngineRuntime {
   EngineStatus status(const std::string& replica) override;
   void stop(const std::string& replica) override;
   void kill(const std::string& replica) override;
+  void unroute(const std::string& replica) override;
   bool engines_outlive_controller() const override { return true; }
   std::vector<ExistingEngine> existing() override;
   // Asks the agents of `nodes` GPU nodes (those that hold the model first,

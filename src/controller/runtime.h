@@ -15,6 +15,10 @@
 
 namespace loadstar::controller {
 
+// On an engine Pod: the controller is draining it; gateways send it nothing
+// new (Kubernetes mode's counterpart of leaving the routing table).
+inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
+
 // A replica's share of one GPU, as the scheduler allocated it.
 struct DeviceShare {
   int device = 0;
@@ -50,6 +54,7 @@ struct ExistingEngine {
   std::string replica, service, node;
   uint32_t index = 0;
   std::vector<DeviceShare> shares;
+  bool draining = false;  // taken out of routing (unroute) by a previous controller
 };
 
 class EngineRuntime {
@@ -65,6 +70,12 @@ class EngineRuntime {
   // period; the runtime forces it after a grace period. It exists until it
   // has ended.
   virtual void stop(const std::string& replica) = 0;
+  // Takes a replica's engine out of routing, first step of its drain: new
+  // requests go elsewhere while it finishes what it has, and only then is it
+  // stopped. Kubernetes mode's gateways route to Ready engine Pods, so the
+  // Pod is marked (kDrainingAnnotation) and they skip it; locally the
+  // controller's own routing table leaves the replica out, nothing to do.
+  virtual void unroute(const std::string& /*replica*/) {}
   // Stops it now (SIGKILL, or a deletion without grace).
   virtual void kill(const std::string& replica) = 0;
   // A service's model stays staged on `nodes` nodes while it has no replica

@@ -186,6 +186,22 @@ struct Gateway::Impl {
   // The latest table, for the scraper; and held requests per model.
   std::mutex mu;
   std::shared_ptr<const RoutingTable> latest = std::make_shared<RoutingTable>();
+  // Endpoints that left the table (a replica being drained), with when: the
+  // load report keeps counting them while requests are in flight there, and
+  // for a while after (a worker may still pick one from its previous table),
+  // so the controller does not stop an engine under a running stream.
+  struct Retired {
+    std::shared_ptr<Endpoint> endpoint;
+    int64_t at_ms = 0;
+  };
+  std::vector<Retired> retired;
+  static constexpr int64_t kRetiredReportMs = 5000;
+  // Drops the retired endpoints that are done (under `mu`).
+  void prune_retired(int64_t now_ms) {
+    std::erase_if(retired, [now_ms](const Retired& r) {
+      return r.endpoint->in_flight.load() == 0 && now_ms - r.at_ms > kRetiredReportMs;
+    });
+  }
   std::unordered_map<std::string, uint32_t> held_count;
   std::unordered_map<std::string, uint32_t> held_by_service;  // services they wait for
   std::condition_variable scraper_wake;
@@ -718,31 +734,37 @@ asio::awaitable<HoldResult> Gateway::Impl::hold(Worker& w, http::Exchange& ex,
 }
 
 std::string Gateway::Impl::load_report() {
-  std::shared_ptr<const RoutingTable> table;
+  const int64_t now_ms = steady_ms();
+  std::vector<std::shared_ptr<Endpoint>> reported;
   nlohmann::json held = nlohmann::json::object();
   {
     std::lock_guard lock(mu);
-    table = latest;
+    std::unordered_set<std::string>
+        names;  // a replica is reported once (its counters are cumulative)
+    for (const auto& [name, svc] : latest->services)
+      for (const auto& e : svc.ready)
+        if (names.insert(e->replica).second) reported.push_back(e);
+    prune_retired(now_ms);  // drained ones are forgotten; draining ones still count
+    for (auto r = retired.rbegin(); r != retired.rend(); ++r)  // the latest first
+      if (names.insert(r->endpoint->replica).second) reported.push_back(r->endpoint);
     for (const auto& [service, n] : held_by_service)
       if (n > 0) held[service] = n;
   }
-  const int64_t now_ms = steady_ms();
   nlohmann::json endpoints = nlohmann::json::array();
-  for (const auto& [name, svc] : table->services)
-    for (const auto& e : svc.ready) {
-      nlohmann::json ttft = nlohmann::json::array();
-      for (const auto& c : e->ttft_counts) ttft.push_back(c.load(std::memory_order_relaxed));
-      const int64_t at = e->metrics_at_ms.load(std::memory_order_relaxed);
-      endpoints.push_back({{"service", e->service},
-                           {"replica", e->replica},
-                           {"address", e->key},
-                           {"requests", e->requests.load(std::memory_order_relaxed)},
-                           {"in_flight", e->in_flight.load(std::memory_order_relaxed)},
-                           {"waiting", e->waiting.load(std::memory_order_relaxed)},
-                           {"kv_usage", e->kv_usage.load(std::memory_order_relaxed)},
-                           {"metrics_age_s", at > 0 ? (now_ms - at) / 1000.0 : -1.0},
-                           {"ttft_counts", std::move(ttft)}});
-    }
+  for (const auto& e : reported) {
+    nlohmann::json ttft = nlohmann::json::array();
+    for (const auto& c : e->ttft_counts) ttft.push_back(c.load(std::memory_order_relaxed));
+    const int64_t at = e->metrics_at_ms.load(std::memory_order_relaxed);
+    endpoints.push_back({{"service", e->service},
+                         {"replica", e->replica},
+                         {"address", e->key},
+                         {"requests", e->requests.load(std::memory_order_relaxed)},
+                         {"in_flight", e->in_flight.load(std::memory_order_relaxed)},
+                         {"waiting", e->waiting.load(std::memory_order_relaxed)},
+                         {"kv_usage", e->kv_usage.load(std::memory_order_relaxed)},
+                         {"metrics_age_s", at > 0 ? (now_ms - at) / 1000.0 : -1.0},
+                         {"ttft_counts", std::move(ttft)}});
+  }
   return nlohmann::json({{"endpoints", std::move(endpoints)}, {"held", std::move(held)}}).dump();
 }
 
@@ -1095,15 +1117,21 @@ void Gateway::stop(double grace_s) {
 }
 
 void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
+  std::unordered_set<uint64_t> live;
+  for (const auto& [name, svc] : table->services)
+    for (const auto& e : svc.ready) live.insert(e->id);
   std::shared_ptr<const RoutingTable> previous;
   {
     std::lock_guard lock(impl_->mu);
     previous = std::exchange(impl_->latest, table);
+    const int64_t now_ms = steady_ms();
+    std::erase_if(impl_->retired, [&](const auto& r) { return live.count(r.endpoint->id) > 0; });
+    impl_->prune_retired(now_ms);
+    for (const auto& [name, svc] : previous->services)
+      for (const auto& e : svc.ready)
+        if (!live.count(e->id)) impl_->retired.push_back({e, now_ms});
   }
   // Endpoints that are gone take what the prefix index knew with them.
-  std::unordered_set<uint64_t> live;
-  for (const auto& [name, svc] : table->services)
-    for (const auto& e : svc.ready) live.insert(e->id);
   for (const auto& [name, svc] : previous->services)
     for (const auto& e : svc.ready)
       if (!live.count(e->id)) {

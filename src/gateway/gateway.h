@@ -8,7 +8,8 @@
 // errors in OpenAI's shape.
 //
 // Besides the OpenAI API it serves /health, /metrics and
-// GET /loadstar/v1/load: per ready replica the requests sent, in flight,
+// GET /loadstar/v1/load: per replica it routes to (and one it stopped routing
+// to, while requests run there and for 5 s after) the requests sent, in flight,
 // TTFT bucket counts (Endpoint::kTtftBounds) and the engine's scraped queue
 // and KV-cache use, and the services held requests wait for — what a
 // controller in another process (Kubernetes mode) autoscales on.

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <regex>
 #include <set>
 #include <thread>
@@ -239,6 +240,49 @@ class KubernetesTest : public ::testing::Test {
     return false;
   }
 
+  // A gateway as a Pod on node `node` (the controller finds gateways by
+  // their labels and polls their load), listening on the Pod's address port
+  // 8080; returns that address once the Pod is Ready.
+  std::string gateway_pod(int node) {
+    apply(fmt::format(R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: gateway-0
+  labels: {{app.kubernetes.io/name: loadstar-gateway}}
+spec:
+  nodeName: {}-n{}
+  automountServiceAccountToken: false
+  containers:
+  - name: gateway
+    image: loadstar:test
+    command: [loadstar]
+    args: [gateway, -n, {}, --kubeconfig, {}, --host, $(POD_IP), --port, "8080"]
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    ports:
+    - {{name: http, containerPort: 8080}}
+    readinessProbe:
+      httpGet: {{path: /health, port: 8080}}
+)",
+                      ns_, node, ns_, g_kubeconfig));
+    std::string gateway_ip;
+    EXPECT_TRUE(eventually(
+        [&] {
+          const json pod = get_json("pod gateway-0");
+          const json status = pod.value("status", json::object());
+          bool ready = false;
+          const json conditions = status.value("conditions", json::array());
+          for (const auto& c : conditions)
+            ready |= c.value("type", "") == "Ready" && c.value("status", "") == "True";
+          gateway_ip = status.value("podIP", "");
+          return ready && !gateway_ip.empty();
+        },
+        30));
+
+    return gateway_ip;
+  }
+
   std::string model_yaml() {
     const fs::path model = synth_model("k8s-tiny", "2MiB");
     return fmt::format(
@@ -404,43 +448,8 @@ TEST_F(KubernetesTest, ScalesFromZeroOnWarmWeightsForAHeldRequestAndBackToZero) 
   add_node(2, 1);
   start_controller("controller", {"--no-leader-elect"});
   wait_output("controller", "controller reconciling");
-  // The gateway as a Pod (the controller finds gateways by their labels and
-  // polls their load), listening on the Pod's address.
-  apply(fmt::format(R"(apiVersion: v1
-kind: Pod
-metadata:
-  name: gateway-0
-  labels: {{app.kubernetes.io/name: loadstar-gateway}}
-spec:
-  nodeName: {}-n1
-  automountServiceAccountToken: false
-  containers:
-  - name: gateway
-    image: loadstar:test
-    command: [loadstar]
-    args: [gateway, -n, {}, --kubeconfig, {}, --host, $(POD_IP), --port, "8080"]
-    env:
-    - name: POD_IP
-      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-    ports:
-    - {{name: http, containerPort: 8080}}
-    readinessProbe:
-      httpGet: {{path: /health, port: 8080}}
-)",
-                    ns_, ns_, g_kubeconfig));
-  std::string gateway_ip;
-  ASSERT_TRUE(eventually(
-      [&] {
-        const json pod = get_json("pod gateway-0");
-        const json status = pod.value("status", json::object());
-        bool ready = false;
-        const json conditions = status.value("conditions", json::array());
-        for (const auto& c : conditions)
-          ready |= c.value("type", "") == "Ready" && c.value("status", "") == "True";
-        gateway_ip = status.value("podIP", "");
-        return ready && !gateway_ip.empty();
-      },
-      30));
+  const std::string gateway_ip = gateway_pod(1);
+  ASSERT_FALSE(gateway_ip.empty());
 
   // The second node's agent already holds the model (a replica ran there
   // once): the controller learns it from the agent's listing, keeps the
@@ -491,6 +500,89 @@ spec:
   EXPECT_EQ(status.value("desiredReplicas", -1), 0) << status.dump();
 }
 
+TEST_F(KubernetesTest, AScaledDownReplicaLeavesTheGatewaysAndFinishesItsRequestsBeforeItStops) {
+  add_node(1, 2);
+  start_controller("controller", {"--no-leader-elect"});
+  wait_output("controller", "controller reconciling");
+  const std::string gateway_ip = gateway_pod(1);
+  ASSERT_FALSE(gateway_ip.empty());
+  // Engines that give up on their requests 1 s after SIGTERM: a replica
+  // stopped with requests running would cut them short.
+  auto service = [](int replicas) {
+    return fmt::format(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: chat}}\n"
+        "spec:\n  model: tiny\n  replicas: {}\n  resources: {{gpu: {{count: 1}}}}\n"
+        "  engine: {{name: engine-sim, args: [--drain-timeout, \"1\"]}}\n",
+        replicas);
+  };
+  apply(model_yaml() + "---\n" + service(2));
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 2; }, 60));
+  auto served_by = [&](const Result<http::ClientResponse>& r) -> std::string {
+    return r.ok() && r->status == 200 ? std::string(r->header("x-loadstar-endpoint")) : "failed";
+  };
+  ASSERT_TRUE(eventually(
+      [&] {  // the gateway routes to both
+        std::set<std::string> seen;
+        for (int i = 0; i < 6; ++i) seen.insert(served_by(chat_request(gateway_ip, 8080, 5)));
+        return seen == std::set<std::string>{"chat-0", "chat-1"};
+      },
+      30));
+  // Four long requests, spread over both replicas (the picker balances
+  // what is in flight).
+  auto long_request = [&] {
+    return http::fetch({.host = gateway_ip,
+                        .port = 8080,
+                        .method = "POST",
+                        .target = "/v1/completions",
+                        .body = R"({"model":"chat","prompt":"tell me","max_tokens":700,)"
+                                R"("ignore_eos":true})",
+                        .headers = {{"Content-Type", "application/json"}},
+                        .timeout_s = 60});
+  };
+  std::vector<std::future<Result<http::ClientResponse>>> longs;
+  for (int i = 0; i < 4; ++i) {
+    longs.push_back(std::async(std::launch::async, long_request));
+    std::this_thread::sleep_for(100ms);
+  }
+  std::this_thread::sleep_for(300ms);
+  apply(service(1));
+  // The controller drains chat-1: its Pod is marked and the gateway sends
+  // it nothing new, but it is not deleted while its requests run.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json meta = get_json("pod chat-1").value("metadata", json::object());
+        return meta.value("annotations", json::object()).contains("loadstar.dev/draining");
+      },
+      10))
+      << read_text(processes_["controller"]->log);
+  // Once the gateway's Pod watch has the mark, new requests go to chat-0
+  // only (and none fails).
+  EXPECT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 6; ++i)
+          if (served_by(chat_request(gateway_ip, 8080, 5)) != "chat-0") return false;
+        return true;
+      },
+      10));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(served_by(chat_request(gateway_ip, 8080, 5)), "chat-0");
+  // The long requests still run there: the Pod is not deleted yet.
+  EXPECT_FALSE(
+      get_json("pod chat-1").value("metadata", json::object()).contains("deletionTimestamp"));
+  std::set<std::string> long_on;
+  for (auto& f : longs) {
+    auto r = f.get();
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json body = json::parse(r->body, nullptr, false);
+    EXPECT_EQ(body.value("usage", json::object()).value("completion_tokens", 0), 700) << r->body;
+    long_on.insert(std::string(r->header("x-loadstar-endpoint")));
+  }
+  EXPECT_TRUE(long_on.count("chat-1")) << "no long request ran on the drained replica";
+  // Done: chat-1 goes.
+  EXPECT_TRUE(eventually([&] { return pods().size() == 1; }, 30))
+      << read_text(processes_["controller"]->log);
+}
+
 TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   // deploy/loadstar.yaml as written, but in the test's namespace: the test
   // server has no namespace controller, so a deleted namespace would stay
@@ -521,6 +613,7 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   };
   const std::string in = " -n " + ns_;
   EXPECT_TRUE(can("loadstar-controller", "create pods/binding" + in));
+  EXPECT_TRUE(can("loadstar-controller", "patch pods" + in));  // the draining mark
   EXPECT_TRUE(
       can("loadstar-controller", "patch inferenceservices.loadstar.dev --subresource=status" + in));
   EXPECT_TRUE(can("loadstar-controller", "update leases.coordination.k8s.io" + in));
