@@ -1,6 +1,7 @@
 // The single `loadstar` binary: a table of subcommands, each set up on CLI11
 // and run after parsing.
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -78,7 +79,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loadstar: %s\n", s.error().message.c_str());
     return 2;
   }
-  for (auto& [sub, run] : runners)
-    if (sub->parsed()) return run();
+  for (auto& [sub, run] : runners) {
+    if (!sub->parsed()) continue;
+    // A backstop: each command reports its errors itself, but an answer
+    // from another process shaped unlike what this version expects (an
+    // older admin API, a wrong port) must end with a message, not an abort.
+    try {
+      return run();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "loadstar %s: %s\n", sub->get_name().c_str(), e.what());
+      return 1;
+    }
+  }
   return 2;
 }

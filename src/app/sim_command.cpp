@@ -303,6 +303,11 @@ int run_autoscale(const AutoscaleArgs& a) {
   for (const auto& svc : services) {
     auto engine = engine_sim_options(svc);
     if (!engine.ok()) return fail(2, engine.error().message);
+    if (!engine->max_model_len)
+      fmt::print(stderr,
+                 "note: service {}: no --max-model-len in its engine args; simulating 4096 "
+                 "tokens (the model's own limit is not read)\n",
+                 svc.metadata.name);
     auto config = enginesim::engine_config(*engine, 4096);
     if (!config.ok())
       return fail(2, fmt::format("service {}: {}", svc.metadata.name, config.error().message));

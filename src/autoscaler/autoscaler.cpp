@@ -123,7 +123,9 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
          fmt::format("KV-cache use {:.0f}% at target {:.0f}% -> {}", mean * 100,
                      *spec_.kv_cache_usage * 100, n));
   }
-  if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s) {
+  // TTFT within the tolerance over its target is on target (as the other
+  // signals' counts are): a p90 brushing the target does not buy a replica.
+  if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s * (1 + spec_.tolerance)) {
     // Over the SLO: one more replica than are ready per doubling of the p90
     // over it (at least one). While replicas asked for earlier are still
     // starting, wait for them: TTFT lags, and adding again would run away.

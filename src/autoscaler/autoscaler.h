@@ -47,7 +47,8 @@ struct Spec {
   double max_scale_up_rate = 10;  // at most this many times the current count (and +1)
   double scale_down_stabilization_s = 60;
   // As the HPA's: a target that asks for within this share of the current
-  // count keeps the count (a load hovering at a boundary does not flap).
+  // count keeps the count (a load hovering at a boundary does not flap); a
+  // TTFT p90 within this share over its target counts as on target.
   double tolerance = 0.1;
   double idle_window_s = 300;
   // Upper bounds of the TTFT buckets that samples count first tokens into

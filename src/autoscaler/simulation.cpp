@@ -61,18 +61,21 @@ Result<std::vector<TraceRequest>> parse_azure_trace(std::string_view csv,
   std::vector<TraceRequest> out;
   std::optional<double> first;
   size_t line_no = 0;
+  bool header_seen = false;
   while (!csv.empty()) {
     const size_t end = csv.find('\n');
     std::string line(csv.substr(0, end));
     csv.remove_prefix(end == std::string_view::npos ? csv.size() : end + 1);
     ++line_no;
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line_no == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // a UTF-8 BOM
     if (line.empty()) continue;
-    if (line_no == 1) {
+    if (!header_seen) {
+      header_seen = true;
       if (!line.starts_with("TIMESTAMP"))
         return make_error(ErrorCode::kInvalidArgument,
-                          "{}:1: expected the header TIMESTAMP,ContextTokens,GeneratedTokens",
-                          source);
+                          "{}:{}: expected the header TIMESTAMP,ContextTokens,GeneratedTokens",
+                          source, line_no);
       continue;
     }
     int y = 0;
@@ -211,7 +214,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
           met += ttft <= o.slo_ttft_s;
           size_t b = 0;
           while (b < bounds.size() && ttft > bounds[b]) ++b;
-          if (!ttft_counts.empty()) ++ttft_counts[b];
+          ++ttft_counts[b];
         }
         if (out.finish != engine::FinishReason::kNone) {
           --it->second.replica->in_flight;
@@ -277,7 +280,8 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
           }
         }
       }
-      // Drained replicas stop; a starting one being removed stops at once.
+      // Drained replicas stop (a starting one too, after the same grace, as
+      // the controller does).
       for (auto it = replicas.begin(); it != replicas.end();) {
         Replica& r = **it;
         const double draining = now - r.drain_started;

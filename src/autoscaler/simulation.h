@@ -62,7 +62,7 @@ struct SimSample {  // the service every `period`, for a timeline
 
 struct SimReport {
   uint64_t requests = 0;
-  uint64_t rejected = 0;  // the engine refused them (too long for the model)
+  uint64_t rejected = 0;  // the engine refused them (too long, or its waiting queue full)
   uint64_t held = 0;      // arrived while no replica was ready
   uint64_t cut_off = 0;   // still running when their replica's drain timed out
   double slo_attainment = 0;

@@ -42,6 +42,12 @@ TEST(AzureTrace, ErrorsNameTheFileAndLine) {
     EXPECT_NE(r.error().message.find("t.csv:3:"), std::string::npos) << r.error().message;
   }
   EXPECT_FALSE(parse_azure_trace("TIMESTAMP,ContextTokens,GeneratedTokens\n", "t.csv").ok());
+  // A byte-order mark and blank lines before the header are not errors.
+  auto bom = parse_azure_trace(
+      "\xEF\xBB\xBF\n\nTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,3,4\n",
+      "t.csv");
+  ASSERT_TRUE(bom.ok()) << bom.error().message;
+  EXPECT_EQ(bom->size(), 1u);
 }
 
 std::vector<TraceRequest> every(double gap, int n, uint32_t output_tokens, double from = 0) {

@@ -264,6 +264,22 @@ TEST(Autoscaler, TtftEvidenceStartsWithTheCurrentServingSet) {
   EXPECT_EQ(d.desired, 4u);
 }
 
+TEST(Autoscaler, ATtftP90WithinTheToleranceOverItsTargetIsOnTarget) {
+  Spec spec;
+  spec.max_replicas = 10;
+  spec.ttft_p90_slo_s = 1.0;  // with the 10% tolerance, up to 1.1 s is on target
+  spec.ttft_bounds = {0.5, 1, 1.05, 1.2, 2};
+  Autoscaler a(spec);
+  a.observe({.now = 0, .ready = 2, .ttft_counts = answers(spec, 1.04, 30)});  // p90 1.045 s
+  Decision d = a.decide(0, 2);
+  EXPECT_NE(d.signal, "ttft") << d.reason;
+  EXPECT_EQ(d.desired, 2u);
+  a.observe({.now = 1, .ready = 2, .ttft_counts = answers(spec, 1.15, 30)});  // p90 1.17 s
+  d = a.decide(1, 2);
+  EXPECT_EQ(d.signal, "ttft") << d.reason;
+  EXPECT_EQ(d.desired, 3u);
+}
+
 TEST(Autoscaler, TtftOverTheSloWaitsForStartingReplicas) {
   Spec spec;
   spec.max_replicas = 10;
