@@ -15,7 +15,9 @@
 // first decision), so noise does not flap. TTFT p90 is judged only on first
 // tokens answered since the ready count last changed (within the window):
 // evidence from a smaller serving set says nothing about the current one, and
-// would keep voting after the replicas it asked for are serving; with too few
+// would keep voting after the replicas it asked for are serving (the gateway
+// also counts only requests that arrived since its set of ready endpoints
+// changed: Endpoint::ttft_epoch_ms); with too few
 // answers to judge it holds the ready count. Over its target, each doubling of
 // the p90 asks for one more replica than are ready: TTFT says the service is
 // short, not by how much (queueing delay grows without bound). With min 0, a

@@ -154,6 +154,10 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
   std::vector<double> ttfts;
   ttfts.reserve(trace.size());
   std::vector<uint64_t> ttft_counts(bounds.size() + 1, 0);  // since the last sample
+  // As the gateway (Endpoint::ttft_epoch_ms): only requests that arrived
+  // since the set of ready replicas last changed count toward TTFT.
+  double ttft_epoch = 0;
+  std::vector<uint32_t> ready_set;
   uint64_t met = 0, sent = 0, turn = 0;
   size_t next = 0;
   double next_pass = 0, now = 0, last_answer = 0;
@@ -214,7 +218,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
           met += ttft <= o.slo_ttft_s;
           size_t b = 0;
           while (b < bounds.size() && ttft > bounds[b]) ++b;
-          ++ttft_counts[b];
+          if (arrival >= ttft_epoch) ++ttft_counts[b];
         }
         if (out.finish != engine::FinishReason::kNone) {
           --it->second.replica->in_flight;
@@ -226,6 +230,11 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
     // Replicas that became ready take the held requests.
     for (auto& r : replicas)
       if (r->state == State::kStarting && r->ready_at <= now) r->state = State::kReady;
+    std::vector<uint32_t> ready_now;
+    for (auto& r : replicas)
+      if (r->state == State::kReady) ready_now.push_back(r->index);
+    std::sort(ready_now.begin(), ready_now.end());
+    if (ready_now != ready_set) ttft_epoch = now, ready_set = std::move(ready_now);
     if (!held.empty() && std::any_of(replicas.begin(), replicas.end(),
                                      [](auto& r) { return r->state == State::kReady; })) {
       std::deque<size_t> waiting;

@@ -97,9 +97,12 @@ asio::awaitable<GatewayStats> copy_stats(Worker* w) {
   co_return w->stats;
 }
 
+int64_t steady_ms_of(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
 int64_t steady_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
-      .count();
+  return steady_ms_of(Clock::now());
 }
 
 double steady_s() {
@@ -943,7 +946,7 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
     code = status;
     stats.ttft.observe(seconds_since(start));
     if (held) stats.held_ttft.observe(seconds_since(start));
-    if (status == 200) endpoint.observe_ttft(seconds_since(start));
+    if (status == 200) endpoint.observe_ttft(seconds_since(start), steady_ms_of(start));
     if (status == 200) add_usage(payload, usage);
     http::Response response{status, content_type, std::move(payload), extra_headers};
     co_await ex.respond(std::move(response));
@@ -1006,7 +1009,8 @@ asio::awaitable<Attempt> Gateway::Impl::forward(
         if (first_token) {
           stats.ttft.observe(std::chrono::duration<double>(now - start).count());
           if (held) stats.held_ttft.observe(std::chrono::duration<double>(now - start).count());
-          endpoint.observe_ttft(std::chrono::duration<double>(now - start).count());
+          endpoint.observe_ttft(std::chrono::duration<double>(now - start).count(),
+                                steady_ms_of(start));
           first_token = false;
           // Its prefill is done: no longer part of the endpoint's queue.
           endpoint.pending_prefill.fetch_sub(prefill, std::memory_order_relaxed);
@@ -1125,6 +1129,7 @@ void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
     std::lock_guard lock(impl_->mu);
     previous = std::exchange(impl_->latest, table);
     const int64_t now_ms = steady_ms();
+    stamp_ttft_epochs(*previous, *table, now_ms);
     std::erase_if(impl_->retired, [&](const auto& r) { return live.count(r.endpoint->id) > 0; });
     impl_->prune_retired(now_ms);
     for (const auto& [name, svc] : previous->services)

@@ -53,12 +53,18 @@ struct Endpoint {
   std::atomic<int64_t> ejected_until_ms{0};
   // Time to first token as the gateway saw it, counted into buckets (upper
   // bounds kTtftBounds, then +Inf); the controller reads the counts to
-  // follow a service's TTFT percentiles.
+  // follow a service's TTFT percentiles. Only requests that arrived since
+  // the service's set of ready endpoints last changed count (`ttft_epoch_ms`,
+  // steady-clock milliseconds; see stamp_ttft_epochs): a request that
+  // queued behind the previous set is slow however many replicas came
+  // since, and counting it would ask for yet more.
   static constexpr double kTtftBounds[] = {0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1,
                                            1.5,   2,    3,   5,   10,  20,  60};
   static constexpr size_t kTtftBuckets = std::size(kTtftBounds) + 1;
   std::atomic<uint64_t> ttft_counts[kTtftBuckets] = {};
-  void observe_ttft(double seconds) {
+  std::atomic<int64_t> ttft_epoch_ms{0};
+  void observe_ttft(double seconds, int64_t arrived_ms) {
+    if (arrived_ms < ttft_epoch_ms.load(std::memory_order_relaxed)) return;
     size_t i = 0;
     while (i < std::size(kTtftBounds) && seconds > kTtftBounds[i]) ++i;
     ttft_counts[i].fetch_add(1, std::memory_order_relaxed);
@@ -97,5 +103,10 @@ struct RoutingTable {
   std::shared_ptr<const TenantDirectory> tenants;
   uint64_t version = 0;
 };
+
+// Where a service's set of ready endpoints differs between `previous` and
+// `next`, its endpoints in `next` start counting TTFT afresh from `now_ms`
+// (Endpoint::ttft_epoch_ms).
+void stamp_ttft_epochs(const RoutingTable& previous, const RoutingTable& next, int64_t now_ms);
 
 }  // namespace loadstar::gateway

@@ -83,3 +83,37 @@ TEST(GatewayStats, MergesWorkersAndRendersPrometheusText) {
 
 }  // namespace
 }  // namespace loadstar::gateway
+
+namespace loadstar::gateway {
+namespace {
+
+TEST(TtftEpoch, ASetChangeRestartsTtftCountingForThatServiceOnly) {
+  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 8001);
+  auto b = std::make_shared<Endpoint>("chat", "chat-1", "127.0.0.1", 8002);
+  auto c = std::make_shared<Endpoint>("embed", "embed-0", "127.0.0.1", 8003);
+  RoutingTable before, after;
+  before.services["chat"].ready = {a};
+  before.services["embed"].ready = {c};
+  after.services["chat"].ready = {b, a};  // a replica came
+  after.services["embed"].ready = {c};    // unchanged
+  stamp_ttft_epochs(before, after, 5000);
+  EXPECT_EQ(a->ttft_epoch_ms.load(), 5000);
+  EXPECT_EQ(b->ttft_epoch_ms.load(), 5000);
+  EXPECT_EQ(c->ttft_epoch_ms.load(), 0);
+  // The same set in another order is no change.
+  RoutingTable again;
+  again.services["chat"].ready = {a, b};
+  again.services["embed"].ready = {c};
+  stamp_ttft_epochs(after, again, 9000);
+  EXPECT_EQ(a->ttft_epoch_ms.load(), 5000);
+  // A request that arrived before the change is not counted; one after is.
+  a->observe_ttft(3.0, 4999);
+  a->observe_ttft(0.04, 5000);
+  uint64_t counted = 0;
+  for (const auto& n : a->ttft_counts) counted += n.load();
+  EXPECT_EQ(counted, 1u);
+  EXPECT_EQ(a->ttft_counts[1].load(), 1u);  // (0.025, 0.05]
+}
+
+}  // namespace
+}  // namespace loadstar::gateway
