@@ -1,6 +1,8 @@
 // libFuzzer: the gateway's other text inputs never crash: a Tenant's
-// tokenCost expression (parsed when a file is read, evaluated per request)
-// and an engine's /metrics page (scraped ten times a second).
+// tokenCost expression (parsed when a file is read, evaluated per request),
+// an engine's /metrics page (scraped ten times a second), and a gateway's
+// load report (read by the controller; a report it parses survives a
+// round trip through its JSON).
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -9,6 +11,7 @@
 
 #include "api/cost_expression.h"
 #include "gateway/engine_load.h"
+#include "gateway/load_report.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view text(reinterpret_cast<const char*>(data), size);
@@ -18,5 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!std::isfinite(v) || v < 0) std::abort();  // a cost is finite and never negative
   }
   (void)loadstar::gateway::parse_engine_load(text);
+  if (auto report = loadstar::gateway::parse_load_report(text); report.ok()) {
+    auto again = loadstar::gateway::parse_load_report(load_report_json(report->report));
+    if (!again.ok() || again->report.endpoints.size() != report->report.endpoints.size())
+      std::abort();
+  }
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "common/check.h"
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "kube/objects.h"
 
 using loadstar::kube::WatchEvent;
 
@@ -44,6 +45,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)loadstar::kube::parse_kubeconfig(text, "fuzz");
   if (auto q = loadstar::kube::parse_quantity(text.substr(0, 64)); q) LS_CHECK(*q >= 0);
   loadstar::kube::ObjectCache cache;
-  cache.replace(nlohmann::json::parse(text, nullptr, false));
+  const auto doc = nlohmann::json::parse(text, nullptr, false);
+  cache.replace(doc);
+  const loadstar::kube::Pod pod = loadstar::kube::pod_from_json(doc);
+  LS_CHECK(!pod.phase.empty());
+  for (const auto& [resource, q] : loadstar::kube::node_from_json(doc).allocatable)
+    LS_CHECK(q >= 0);
   return 0;
 }

@@ -13,9 +13,10 @@
 # Goals: added p99 <= 1.5x nginx's; throughput >= 0.8x nginx's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=$PWD/build/release/loadstar
+# LOADSTAR_BIN: another build to measure (e.g. the commit before a change).
+bin=${LOADSTAR_BIN:-$PWD/build/release/loadstar}
 for tool in wrk nginx taskset curl; do command -v $tool >/dev/null || { echo "needs $tool (./scripts/setup.sh --bench)"; exit 1; }; done
-cmake --build --preset release --target loadstar >/dev/null
+[ -n "${LOADSTAR_BIN:-}" ] || cmake --build --preset release --target loadstar >/dev/null
 
 CONC=${CONC:-16}          # connections for the latency runs
 MAX_CONC=${MAX_CONC:-64}  # connections for the throughput runs

@@ -9,7 +9,7 @@
 #   bench/scheduler/run.sh            # results under var/bench/scheduler
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=build/release/loadstar
+bin=${LOADSTAR_BIN:-build/release/loadstar}  # or another build to compare
 traces=${TRACES:-../shared/traces}
 out=${OUT:-var/bench/scheduler}
 [ -x "$bin" ] || { cmake --preset release >/dev/null && cmake --build --preset release --target loadstar; }

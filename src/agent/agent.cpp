@@ -8,25 +8,16 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
-#include <random>
-#include <set>
 #include <thread>
 
-#include <prometheus/metric_family.h>
-#include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
-#include <nlohmann/json.hpp>
 
-#include "agent/http_fetch.h"
+#include "agent/staging.h"
 #include "common/digest.h"
-#include "common/json_value.h"
+#include "common/metrics_text.h"
 #include "common/units.h"
 
 namespace loadstar::agent {
-
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
 
 const char* stage_state_name(StageState state) {
   switch (state) {
@@ -42,73 +33,10 @@ const char* stage_state_name(StageState state) {
   return "unknown";
 }
 
-struct Agent::Counters {
-  std::atomic<uint64_t> origin_bytes{0}, peer_bytes{0}, resumed_bytes{0}, served_bytes{0};
-  std::atomic<uint64_t> corrupt_origin{0}, corrupt_peer{0}, retries{0}, peer_failures{0};
-  std::atomic<uint64_t> staged{0}, failed{0}, hits{0};
-};
-
-namespace {
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// What one peer holds of one file, as last read.
-struct PeerView {
-  bool staging = false;
-  bool usable = false;  // same chunk size, answered
-  std::string have;
-  std::vector<std::string> digests;
-  Clock::time_point last_change = Clock::now();
-  Clock::time_point banned_until{};
-};
-
-}  // namespace
-
-struct Agent::Job {
-  std::string model, source;
-  bool pin = false;
-  Clock::time_point started = Clock::now();
-
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  StageState state = StageState::kResolving;
-  std::string error;
-  fs::path dir;
-  uint64_t bytes_total = 0, bytes_cached = 0;
-  std::atomic<uint64_t> bytes_origin{0}, bytes_peers{0};
-  std::thread thread;
-
-  // While downloading (guarded by mu).
-  struct File {
-    FileEntry entry;
-    std::string key;
-    std::shared_ptr<PartialFile> part;
-    std::vector<uint8_t> in_flight, from_peer;
-    std::vector<int> attempts;
-    bool origin_only = false, finishing = false, done = false;
-    int whole_retries = 0;
-    // The file's SHA-256, advanced over the chunks in order as they land, so
-    // that a finished file needs no second full read (own lock: workers
-    // that find it taken leave the catching up to its holder or to finish).
-    struct Digest {
-      std::mutex mu;
-      Sha256 hash;
-      uint64_t through = 0;  // chunks [0, through) hashed
-    };
-    std::unique_ptr<Digest> digest = std::make_unique<Digest>();
-  };
-  std::vector<File> files;
-  std::map<std::string, std::map<std::string, PeerView>> views;  // key -> peer -> view
-  std::unique_ptr<Source> origin;
-  bool failed = false;
-  std::string failure;
-};
-
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)), counters_(std::make_unique<Counters>()) {
   peers_ = options_.peers;
+  peer_client_ = options_.peer_client ? options_.peer_client : make_http_peer_client();
 }
 
 Result<std::unique_ptr<Agent>> Agent::create(AgentOptions options) {
@@ -272,57 +200,78 @@ void Agent::run_job(const std::shared_ptr<Job>& job) {
 Status Agent::stage_files(Job& job) {
   LS_RETURN_IF_ERROR(validate_model_name(job.model));
   LS_ASSIGN_OR_RETURN(job.origin, open_source(job.source, options_.source));
-  // Resolve, retrying what may pass.
-  Result<Manifest> manifest = make_error(ErrorCode::kInternal, "not resolved");
-  for (int attempt = 1;; ++attempt) {
-    manifest = job.origin->resolve();
-    if (manifest.ok() || attempt >= options_.max_attempts ||
-        manifest.error().code == ErrorCode::kNotFound ||
-        manifest.error().code == ErrorCode::kPermissionDenied ||
-        manifest.error().code == ErrorCode::kInvalidArgument ||
-        manifest.error().code == ErrorCode::kCorrupt)
-      break;
-    ++counters_->retries;
-    std::this_thread::sleep_for(
-        std::chrono::duration<double>(std::min(10.0, options_.backoff_s * (1 << (attempt - 1)))));
-  }
-  if (!manifest.ok()) return std::move(manifest).error();
+  LS_ASSIGN_OR_RETURN(const Manifest manifest, resolve(*job.origin));
   if (job.pin) cache_->pin(job.model, true);
-  if (auto cached = cache_->find(job.model); cached && cached->version == manifest->version_id()) {
-    cache_->touch(job.model);
-    ++counters_->hits;
-    std::lock_guard lock(job.mu);
-    job.bytes_total = job.bytes_cached = manifest->total_bytes();
-    job.dir = cached->dir;
-    return {};
-  }
-  // What is missing, and room for it.
-  uint64_t need = 0;
+  if (use_cached(job, manifest)) return {};
+  const uint64_t need = list_files(job, manifest);
+  LS_RETURN_IF_ERROR(cache_->reserve(job.model, need));
+  LS_RETURN_IF_ERROR(open_partials(job));
   {
     std::lock_guard lock(job.mu);
-    job.bytes_total = manifest->total_bytes();
-    for (const auto& entry : manifest->files) {
-      Job::File f;
-      f.entry = entry;
-      f.key = blob_key(*manifest, entry);
-      if (cache_->has_blob(f.key)) {
-        f.done = true;
-        job.bytes_cached += entry.size;
-      } else {
-        need += entry.size;
-      }
-      job.files.push_back(std::move(f));
-    }
+    job.state = StageState::kDownloading;
   }
-  LS_RETURN_IF_ERROR(cache_->reserve(job.model, need));
+  spdlog::info("agent: staging '{}' from {}: {} files, {} to fetch", job.model, job.source,
+               job.files.size(), format_bytes(need));
+  LS_RETURN_IF_ERROR(fetch_missing(job));
+  LS_ASSIGN_OR_RETURN(fs::path dir, cache_->publish(job.model, manifest));
+  std::lock_guard lock(job.mu);
+  job.dir = dir;
+  return {};
+}
+
+// The source's file list, retrying what may pass.
+Result<Manifest> Agent::resolve(Source& origin) {
+  for (int attempt = 1;; ++attempt) {
+    Result<Manifest> manifest = origin.resolve();
+    if (manifest.ok() || attempt >= options_.max_attempts) return manifest;
+    const ErrorCode code = manifest.error().code;
+    if (code == ErrorCode::kNotFound || code == ErrorCode::kPermissionDenied ||
+        code == ErrorCode::kInvalidArgument || code == ErrorCode::kCorrupt)
+      return manifest;
+    ++counters_->retries;
+    std::this_thread::sleep_for(
+        std::chrono::duration<double>(backoff_s(options_.backoff_s, attempt)));
+  }
+}
+
+// True when this version of the model is published already: nothing to fetch.
+bool Agent::use_cached(Job& job, const Manifest& manifest) {
+  auto cached = cache_->find(job.model);
+  if (!cached || cached->version != manifest.version_id()) return false;
+  cache_->touch(job.model);
+  ++counters_->hits;
+  std::lock_guard lock(job.mu);
+  job.bytes_total = job.bytes_cached = manifest.total_bytes();
+  job.dir = cached->dir;
+  return true;
+}
+
+// Lists the manifest's files in the job; returns the bytes not in blobs/ yet.
+uint64_t Agent::list_files(Job& job, const Manifest& manifest) {
+  uint64_t need = 0;
+  std::lock_guard lock(job.mu);
+  job.bytes_total = manifest.total_bytes();
+  for (const auto& entry : manifest.files) {
+    Job::File f;
+    f.entry = entry;
+    f.key = blob_key(manifest, entry);
+    f.cached = cache_->has_blob(f.key);
+    if (f.cached)
+      job.bytes_cached += entry.size;
+    else
+      need += entry.size;
+    job.files.push_back(std::move(f));
+  }
+  return need;
+}
+
+// Opens each missing file's partial file, keeping the chunks an earlier run
+// left that still verify; from now on peers can read them.
+Status Agent::open_partials(Job& job) {
   for (auto& f : job.files) {
-    if (f.done) continue;
+    if (f.cached) continue;
     LS_ASSIGN_OR_RETURN(f.part, PartialFile::open(cache_->partial_dir(), f.key, f.entry.size,
                                                   options_.cache.chunk_bytes));
-    const uint64_t n = f.part->chunks();
-    f.in_flight.assign(n, 0);
-    f.from_peer.assign(n, 0);
-    f.attempts.assign(n, 0);
     {
       std::lock_guard lock(job.mu);
       job.bytes_cached += f.part->resumed_bytes();
@@ -331,370 +280,16 @@ Status Agent::stage_files(Job& job) {
     std::lock_guard lock(mu_);
     partials_[f.key] = f.part;
   }
-  {
-    std::lock_guard lock(job.mu);
-    job.state = StageState::kDownloading;
-  }
-  spdlog::info("agent: staging '{}' from {}: {} files, {} to fetch", job.model, job.source,
-               job.files.size(), format_bytes(need));
+  return {};
+}
 
+Status Agent::fetch_missing(Job& job) {
   std::vector<std::string> peers;
   {
     std::lock_guard lock(mu_);
     peers = peers_;
   }
-  // Reads the peers' chunk maps of every unfinished file.
-  auto poll_peers = [&] {
-    std::vector<std::string> keys;
-    {
-      std::lock_guard lock(job.mu);
-      for (const auto& f : job.files)
-        if (!f.done) keys.push_back(f.key);
-    }
-    for (const auto& peer : peers) {
-      auto url = parse_url(peer);
-      if (!url.ok()) continue;
-      for (const auto& key : keys) {
-        HttpGet get;
-        get.url = *url;
-        get.url.target = "/v1/blobs/" + key;
-        get.total_timeout_s = 2;
-        get.stall_timeout_s = 1;
-        std::string body;
-        get.sink = [&](std::string_view d) {
-          body.append(d);
-          return true;
-        };
-        auto response = http_get(get);
-        json doc = response.ok() ? json::parse(body, nullptr, false) : json();
-        std::lock_guard lock(job.mu);
-        PeerView& v = job.views[key][peer];
-        if (!response.ok() || doc.is_discarded() || !doc.is_object()) {
-          v.usable = false;
-          v.staging = false;
-          continue;
-        }
-        v.usable = value_or(doc, "chunk_bytes", uint64_t{0}) == options_.cache.chunk_bytes;
-        v.staging = value_or(doc, "staging", false);
-        // Any change of the map (a fetch started or finished) is progress;
-        // a chunk in flight ('2') is left to its fetcher, whose own stall
-        // timeout bounds how long that lasts.
-        std::string have = value_or(doc, "have", "");
-        if (have != v.have) v.last_change = Clock::now();
-        v.have = std::move(have);
-        v.digests.clear();
-        if (doc.contains("digests") && doc["digests"].is_array())
-          for (const auto& d : doc["digests"])
-            v.digests.push_back(d.is_string() ? d.get<std::string>() : "");
-      }
-    }
-    job.cv.notify_all();
-  };
-
-  struct Task {
-    size_t file = 0;
-    uint64_t chunk = 0;
-    std::string peer;  // empty: origin
-    std::string peer_digest;
-  };
-  const int origin_limit = options_.origin_connections > 0 ? options_.origin_connections
-                           : peers.empty()                 ? options_.connections
-                                                           : 2;
-  int origin_in_flight = 0;  // guarded by job.mu
-  // Picks the next chunk to fetch (job.mu held); nullopt: nothing to do now.
-  auto pick = [&]() -> std::optional<Task> {
-    const auto now = Clock::now();
-    const bool origin_allowed = origin_in_flight < origin_limit;
-    std::optional<Task> own, stalled;
-    for (size_t fi = 0; fi < job.files.size(); ++fi) {
-      Job::File& f = job.files[fi];
-      if (f.done || f.finishing) continue;
-      auto views = job.views.find(f.key);
-      // The agents staging this file, in a fixed order.
-      std::vector<std::string> active{options_.self_url};
-      if (views != job.views.end() && !f.origin_only)
-        for (const auto& [peer, v] : views->second)
-          if (v.usable && v.staging && v.banned_until <= now) active.push_back(peer);
-      std::sort(active.begin(), active.end());
-      for (uint64_t i = 0; i < f.part->chunks(); ++i) {
-        if (f.in_flight[i] || f.part->has(i)) continue;
-        if (views != job.views.end() && !f.origin_only) {
-          for (const auto& [peer, v] : views->second) {
-            if (!v.usable || v.banned_until > now || i >= v.have.size() || v.have[i] != '1')
-              continue;
-            return Task{fi, i, peer, i < v.digests.size() ? v.digests[i] : ""};
-          }
-        }
-        // Another agent is fetching it: wait, unless that agent has stalled.
-        bool taken = false;
-        if (views != job.views.end() && !f.origin_only)
-          for (const auto& [peer, v] : views->second)
-            taken = taken ||
-                    (v.usable && v.banned_until <= now && i < v.have.size() && v.have[i] == '2');
-        if (taken) continue;
-        const std::string& owner = active[i % active.size()];
-        if (owner == options_.self_url) {
-          if (!own) own = Task{fi, i, "", ""};
-        } else if (!stalled) {
-          const PeerView& v = job.views[f.key][owner];
-          if (seconds_since(v.last_change) > options_.peer_patience_s)
-            stalled = Task{fi, i, "", ""};
-        }
-      }
-    }
-    if (!origin_allowed) return std::nullopt;
-    return own ? own : stalled;
-  };
-
-  auto fail = [&](std::string why) {
-    std::lock_guard lock(job.mu);
-    if (!job.failed) {
-      job.failed = true;
-      job.failure = std::move(why);
-    }
-    job.cv.notify_all();
-  };
-
-  // Hashes the file's chunks in order as far as they are held; `fresh` is
-  // chunk `index`'s bytes, already in memory. Returns false on a read error.
-  auto advance_digest = [&](Job::File& f, std::unique_lock<std::mutex>& held, uint64_t index,
-                            std::string_view fresh) {
-    (void)held;
-    auto& d = *f.digest;
-    while (d.through < f.part->chunks() && f.part->has(d.through)) {
-      if (d.through == index && !fresh.empty()) {
-        d.hash.update(fresh);
-      } else {
-        auto bytes = f.part->read(d.through);
-        if (!bytes.ok()) return false;
-        d.hash.update(*bytes);
-      }
-      ++d.through;
-    }
-    return true;
-  };
-
-  // Whole-file check and move into blobs/, once every chunk is in.
-  auto finish_file = [&](size_t fi) {
-    Job::File& f = job.files[fi];
-    const auto finish_start = Clock::now();
-    if (!f.entry.sha256.empty()) {
-      Result<std::string> sha = make_error(ErrorCode::kInternal, "not hashed");
-      {
-        std::unique_lock held(f.digest->mu);
-        if (advance_digest(f, held, f.part->chunks(), {}) && f.digest->through == f.part->chunks())
-          sha = f.digest->hash.finish_hex();
-        f.digest->hash = Sha256();  // a refetch after a mismatch starts over
-        f.digest->through = 0;
-      }
-      if (!sha.ok()) sha = f.part->sha256();
-      if (!sha.ok()) return fail(sha.error().message);
-      if (*sha != f.entry.sha256) {
-        std::vector<uint64_t> drop;
-        bool peers_involved = false;
-        {
-          std::lock_guard lock(job.mu);
-          for (uint64_t i = 0; i < f.from_peer.size(); ++i)
-            if (f.from_peer[i]) peers_involved = true;
-          for (uint64_t i = 0; i < f.part->chunks(); ++i)
-            if (!peers_involved || f.from_peer[i]) drop.push_back(i);
-          if (!peers_involved && f.whole_retries++ >= 1) {
-            ++counters_->corrupt_origin;
-            job.failed = true;
-            job.failure = fmt::format(
-                "{}: the origin sent bytes whose SHA-256 is {}, the source lists {}; nothing was "
-                "published",
-                f.entry.path, *sha, f.entry.sha256);
-            job.cv.notify_all();
-            return;
-          }
-          if (peers_involved)
-            ++counters_->corrupt_peer;
-          else
-            ++counters_->corrupt_origin;
-          f.origin_only = true;
-          std::fill(f.from_peer.begin(), f.from_peer.end(), 0);
-          f.finishing = false;
-        }
-        spdlog::warn("agent: {} of '{}' failed its SHA-256 check; refetching {} chunks from {}",
-                     f.entry.path, job.model, drop.size(), "the origin");
-        if (Status s = f.part->forget(drop); !s.ok()) return fail(s.error().message);
-        job.cv.notify_all();
-        return;
-      }
-    }
-    const double digest_s = seconds_since(finish_start);
-    if (Status s = f.part->finish(cache_->blob_path(f.key)); !s.ok())
-      return fail(s.error().message);
-    spdlog::info("agent: {} of '{}' complete at {:.2f}s (SHA-256 {:.2f}s, sync and move {:.2f}s)",
-                 f.entry.path, job.model, seconds_since(job.started), digest_s,
-                 seconds_since(finish_start) - digest_s);
-    std::lock_guard lock(job.mu);
-    f.done = true;
-    job.cv.notify_all();
-  };
-
-  auto worker = [&] {
-    std::string buffer;
-    Sha256 hash;
-    while (true) {
-      Task task;
-      {
-        std::unique_lock lock(job.mu);
-        std::optional<Task> next;
-        job.cv.wait_for(lock, std::chrono::milliseconds(50), [&] {
-          if (job.failed) return true;
-          if (std::all_of(job.files.begin(), job.files.end(), [](const auto& f) { return f.done; }))
-            return true;
-          next = pick();
-          return next.has_value();
-        });
-        if (job.failed) return;
-        if (std::all_of(job.files.begin(), job.files.end(), [](const auto& f) { return f.done; }))
-          return;
-        if (!next) continue;
-        task = *next;
-        job.files[task.file].in_flight[task.chunk] = 1;
-        if (task.peer.empty()) ++origin_in_flight;
-        job.files[task.file].part->set_fetching(task.chunk, true);
-      }
-      Job::File& f = job.files[task.file];
-      const uint64_t length = f.part->chunk_length(task.chunk);
-      const uint64_t offset = task.chunk * f.part->chunk_bytes();
-      buffer.clear();
-      buffer.reserve(length);
-      auto sink = [&](std::string_view d) {
-        buffer.append(d);
-        return true;
-      };
-      Status got;
-      std::string served_digest;
-      if (task.peer.empty()) {
-        got = job.origin->read(f.entry, offset, length, sink);
-      } else {
-        auto url = parse_url(task.peer);
-        HttpGet get;
-        if (url.ok()) get.url = *url;
-        get.url.target = fmt::format("/v1/blobs/{}/chunks/{}", f.key, task.chunk);
-        get.stall_timeout_s = 5;
-        get.total_timeout_s = 120;
-        get.sink = sink;
-        auto response = url.ok() ? http_get(get) : Result<http::ClientResponse>(url.error());
-        if (response.ok()) served_digest = std::string(response->header("x-loadstar-sha256"));
-        got = response.ok()
-                  ? (buffer.size() == length
-                         ? Status()
-                         : Status(make_error(ErrorCode::kUnavailable, "peer {} sent {} of {} bytes",
-                                             task.peer, buffer.size(), length)))
-                  : Status(std::move(response).error());
-      }
-      std::string digest;
-      if (got.ok()) {
-        hash.update(buffer);
-        digest = hash.finish_hex();
-        if (!task.peer.empty() && ((!served_digest.empty() && digest != served_digest) ||
-                                   (!task.peer_digest.empty() && digest != task.peer_digest))) {
-          ++counters_->corrupt_peer;
-          got = make_error(ErrorCode::kCorrupt,
-                           "chunk {} of {} from peer {} has SHA-256 {}, the peer lists {}",
-                           task.chunk, f.entry.path, task.peer, digest,
-                           served_digest.empty() ? task.peer_digest : served_digest);
-        }
-      }
-      if (got.ok()) got = f.part->write(task.chunk, buffer, digest);
-      bool last = false;
-      {
-        std::lock_guard lock(job.mu);
-        f.in_flight[task.chunk] = 0;
-        if (task.peer.empty()) --origin_in_flight;
-        f.part->set_fetching(task.chunk, false);
-        if (got.ok()) {
-          f.from_peer[task.chunk] = task.peer.empty() ? 0 : 1;
-          (task.peer.empty() ? job.bytes_origin : job.bytes_peers) += length;
-          (task.peer.empty() ? counters_->origin_bytes : counters_->peer_bytes) += length;
-          if (!f.finishing && f.part->complete()) {
-            f.finishing = true;
-            last = true;
-          }
-        }
-      }
-      if (!got.ok()) {
-        const Error& e = got.error();
-        if (!task.peer.empty()) {
-          // A peer that fails or lies sits out a while; the chunk goes elsewhere.
-          ++counters_->peer_failures;
-          spdlog::warn("agent: peer fetch failed: {}", e.message);
-          std::lock_guard lock(job.mu);
-          job.views[f.key][task.peer].banned_until =
-              Clock::now() + std::chrono::seconds(e.code == ErrorCode::kCorrupt ? 3600 : 5);
-          continue;
-        }
-        if (e.code == ErrorCode::kNotFound || e.code == ErrorCode::kPermissionDenied ||
-            e.code == ErrorCode::kResourceExhausted || e.code == ErrorCode::kIo)
-          return fail(e.message);
-        int attempts = 0;
-        {
-          std::lock_guard lock(job.mu);
-          attempts = ++f.attempts[task.chunk];
-        }
-        if (attempts >= options_.max_attempts)
-          return fail(fmt::format("gave up after {} attempts: {}", attempts, e.message));
-        ++counters_->retries;
-        spdlog::warn("agent: {} (attempt {}); retrying", e.message, attempts);
-        std::this_thread::sleep_for(std::chrono::duration<double>(
-            std::min(10.0, options_.backoff_s * (1 << (attempts - 1)))));
-        continue;
-      }
-      if (!f.entry.sha256.empty() && !last) {
-        std::unique_lock held(f.digest->mu, std::try_to_lock);
-        if (held.owns_lock()) advance_digest(f, held, task.chunk, buffer);
-      }
-      if (last) finish_file(task.file);
-    }
-  };
-
-  // Files that were complete but not finished (resumed whole) finish first.
-  for (size_t fi = 0; fi < job.files.size(); ++fi) {
-    bool whole = false;
-    {
-      std::lock_guard lock(job.mu);
-      Job::File& f = job.files[fi];
-      whole = !f.done && f.part && f.part->complete();
-      if (whole) f.finishing = true;
-    }
-    if (whole) finish_file(fi);
-  }
-  std::atomic<bool> polling{!peers.empty()};
-  std::thread poller;
-  if (polling) {
-    // Agents that start together find each other before the first origin
-    // fetch: register (done above), wait one poll interval, look again.
-    poll_peers();
-    std::this_thread::sleep_for(std::chrono::duration<double>(options_.peer_poll_s));
-    poll_peers();
-    poller = std::thread([&] {
-      while (polling) {
-        poll_peers();
-        std::unique_lock lock(job.mu);
-        job.cv.wait_for(lock, std::chrono::duration<double>(options_.peer_poll_s),
-                        [&] { return !polling.load() || job.failed; });
-      }
-    });
-  }
-  std::vector<std::thread> workers;
-  for (int i = 0; i < std::max(1, options_.connections); ++i) workers.emplace_back(worker);
-  for (auto& w : workers) w.join();
-  polling = false;
-  job.cv.notify_all();
-  if (poller.joinable()) poller.join();
-  {
-    std::lock_guard lock(job.mu);
-    if (job.failed) return make_error(ErrorCode::kUnavailable, "{}", job.failure);
-  }
-  LS_ASSIGN_OR_RETURN(fs::path dir, cache_->publish(job.model, *manifest));
-  std::lock_guard lock(job.mu);
-  job.dir = dir;
-  return {};
+  return Transfer(job, options_, *cache_, *counters_, *peer_client_, std::move(peers)).run();
 }
 
 std::optional<BlobInfo> Agent::blob_info(const std::string& key) const {
@@ -764,71 +359,46 @@ Result<std::string> Agent::read_chunk(const std::string& key, uint64_t index, st
 }
 
 std::string Agent::metrics_text() const {
-  using prometheus::ClientMetric;
-  using prometheus::MetricFamily;
-  using prometheus::MetricType;
-  std::vector<MetricFamily> families;
-  auto family = [&](const char* name, const char* help, MetricType type) -> MetricFamily& {
-    families.push_back({name, help, type, {}});
-    return families.back();
-  };
-  auto add = [](MetricFamily& f, std::vector<ClientMetric::Label> labels, double value) {
-    ClientMetric m;
-    m.label = std::move(labels);
-    if (f.type == MetricType::Counter)
-      m.counter.value = value;
-    else
-      m.gauge.value = value;
-    f.metric.push_back(std::move(m));
-  };
+  MetricsText text;
   const Counters& c = *counters_;
-  MetricFamily& fetched =
-      family("loadstar_agent_fetched_bytes_total",
-             "Verified model bytes fetched, by where they came from", MetricType::Counter);
-  add(fetched, {{"source", "origin"}}, c.origin_bytes);
-  add(fetched, {{"source", "peer"}}, c.peer_bytes);
-  add(family("loadstar_agent_resumed_bytes_total",
-             "Bytes of interrupted downloads kept after re-verification", MetricType::Counter),
-      {}, c.resumed_bytes);
-  add(family("loadstar_agent_served_bytes_total", "Chunk bytes served to peers",
-             MetricType::Counter),
-      {}, c.served_bytes);
-  MetricFamily& corrupt =
-      family("loadstar_agent_corrupt_total",
-             "Chunks or files that failed their SHA-256 check, by source", MetricType::Counter);
-  add(corrupt, {{"source", "origin"}}, c.corrupt_origin);
-  add(corrupt, {{"source", "peer"}}, c.corrupt_peer);
-  add(family("loadstar_agent_retries_total", "Origin requests retried after a transient error",
-             MetricType::Counter),
-      {}, c.retries);
-  add(family("loadstar_agent_peer_failures_total", "Peer fetches that failed or were corrupt",
-             MetricType::Counter),
-      {}, c.peer_failures);
-  MetricFamily& stagings =
-      family("loadstar_agent_stagings_total", "Stagings finished, by result", MetricType::Counter);
-  add(stagings, {{"result", "fetched"}}, c.staged - std::min(c.staged.load(), c.hits.load()));
-  add(stagings, {{"result", "cached"}}, c.hits);
-  add(stagings, {{"result", "failed"}}, c.failed);
-  add(family("loadstar_agent_cache_used_bytes", "Bytes in the cache (complete and partial files)",
-             MetricType::Gauge),
-      {}, static_cast<double>(cache_->used_bytes()));
-  add(family("loadstar_agent_cache_capacity_bytes", "Configured cache size (0: the disk)",
-             MetricType::Gauge),
-      {}, static_cast<double>(options_.cache.capacity_bytes));
-  add(family("loadstar_agent_evictions_total", "Models evicted to make room", MetricType::Counter),
-      {}, static_cast<double>(cache_->evictions()));
-  MetricFamily& total =
-      family("loadstar_agent_model_bytes", "Size of each staging model", MetricType::Gauge);
-  MetricFamily& done = family("loadstar_agent_model_staged_bytes",
-                              "Bytes of each model verified so far", MetricType::Gauge);
-  MetricFamily& ready = family("loadstar_agent_model_ready",
-                               "1 when the model's directory is published", MetricType::Gauge);
+  text.counter("loadstar_agent_fetched_bytes_total",
+               "Verified model bytes fetched, by where they came from")
+      .add(c.origin_bytes, {{"source", "origin"}})
+      .add(c.peer_bytes, {{"source", "peer"}});
+  text.counter("loadstar_agent_resumed_bytes_total",
+               "Bytes of interrupted downloads kept after re-verification")
+      .add(c.resumed_bytes);
+  text.counter("loadstar_agent_served_bytes_total", "Chunk bytes served to peers")
+      .add(c.served_bytes);
+  text.counter("loadstar_agent_corrupt_total",
+               "Chunks or files that failed their SHA-256 check, by source")
+      .add(c.corrupt_origin, {{"source", "origin"}})
+      .add(c.corrupt_peer, {{"source", "peer"}});
+  text.counter("loadstar_agent_retries_total", "Origin requests retried after a transient error")
+      .add(c.retries);
+  text.counter("loadstar_agent_peer_failures_total", "Peer fetches that failed or were corrupt")
+      .add(c.peer_failures);
+  text.counter("loadstar_agent_stagings_total", "Stagings finished, by result")
+      .add(c.staged - std::min(c.staged.load(), c.hits.load()), {{"result", "fetched"}})
+      .add(c.hits, {{"result", "cached"}})
+      .add(c.failed, {{"result", "failed"}});
+  text.gauge("loadstar_agent_cache_used_bytes", "Bytes in the cache (complete and partial files)")
+      .add(static_cast<double>(cache_->used_bytes()));
+  text.gauge("loadstar_agent_cache_capacity_bytes", "Configured cache size (0: the disk)")
+      .add(static_cast<double>(options_.cache.capacity_bytes));
+  text.counter("loadstar_agent_evictions_total", "Models evicted to make room")
+      .add(static_cast<double>(cache_->evictions()));
+  auto& total = text.gauge("loadstar_agent_model_bytes", "Size of each staging model");
+  auto& done =
+      text.gauge("loadstar_agent_model_staged_bytes", "Bytes of each model verified so far");
+  auto& ready =
+      text.gauge("loadstar_agent_model_ready", "1 when the model's directory is published");
   for (const auto& p : all_progress()) {
-    add(total, {{"model", p.model}}, static_cast<double>(p.bytes_total));
-    add(done, {{"model", p.model}}, static_cast<double>(p.bytes_done));
-    add(ready, {{"model", p.model}}, p.state == StageState::kReady ? 1 : 0);
+    total.add(static_cast<double>(p.bytes_total), {{"model", p.model}});
+    done.add(static_cast<double>(p.bytes_done), {{"model", p.model}});
+    ready.add(p.state == StageState::kReady ? 1 : 0, {{"model", p.model}});
   }
-  return prometheus::TextSerializer().Serialize(families);
+  return text.str();
 }
 
 }  // namespace loadstar::agent

@@ -11,7 +11,9 @@
 // owner to produce it. Each chunk is hashed, checked against the peer's
 // digest, written and logged (resume); each file is checked against the
 // source's SHA-256 when there is one and moved into blobs/; the model is
-// published when all its files are.
+// published when all its files are. Which chunk to fetch from whom is decided
+// by a ChunkPlan (chunk_plan.h, pure); peers are reached through a PeerClient
+// (peer_client.h).
 #pragma once
 
 #include <cstdint>
@@ -22,9 +24,12 @@
 #include <vector>
 
 #include "agent/cache.h"
+#include "agent/chunk_plan.h"
 #include "agent/source.h"
 
 namespace loadstar::agent {
+
+class PeerClient;
 
 struct AgentOptions {
   CacheOptions cache;
@@ -40,6 +45,9 @@ struct AgentOptions {
   double backoff_s = 0.5;      // first retry delay; doubles, at most 10 s
   double peer_patience_s = 5;  // how long a stalled owner keeps its chunks
   double peer_poll_s = 0.2;    // how often peers' chunk maps are read while staging
+  // How peers are asked for chunk maps and chunks; null: over HTTP. Tests
+  // inject faults here.
+  std::shared_ptr<PeerClient> peer_client;
 };
 
 enum class StageState { kResolving, kDownloading, kReady, kFailed };
@@ -59,17 +67,6 @@ struct StageProgress {
   double eta_s = -1;  // -1: unknown
   std::string error;
   std::filesystem::path dir;  // when ready
-};
-
-// What this agent holds of one file, for peers.
-struct BlobInfo {
-  std::string key;
-  uint64_t size = 0;
-  uint64_t chunk_bytes = 0;
-  bool complete = false;
-  bool staging = false;
-  std::string have;                  // '1' per chunk held
-  std::vector<std::string> digests;  // per chunk held; empty for complete blobs
 };
 
 class Agent {
@@ -104,11 +101,18 @@ class Agent {
  private:
   explicit Agent(AgentOptions options);
   void run_job(const std::shared_ptr<Job>& job);
+  // The steps of a staging, in order.
   Status stage_files(Job& job);
+  Result<Manifest> resolve(Source& origin);
+  bool use_cached(Job& job, const Manifest& manifest);
+  uint64_t list_files(Job& job, const Manifest& manifest);
+  Status open_partials(Job& job);
+  Status fetch_missing(Job& job);
 
   AgentOptions options_;
   std::unique_ptr<Cache> cache_;
   std::unique_ptr<Counters> counters_;
+  std::shared_ptr<PeerClient> peer_client_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;              // by model
   std::map<std::string, std::shared_ptr<PartialFile>> partials_;  // by blob key

@@ -15,7 +15,7 @@ namespace loadstar::app {
 using nlohmann::json;
 
 // Models first, so a service never names a model the store lacks.
-Status apply_all(controller::ResourceStore& store, const std::vector<api::Resource>& resources) {
+Status apply_all(store::ResourceStore& store, const std::vector<api::Resource>& resources) {
   for (int pass = 0; pass < 2; ++pass)
     for (const auto& r : resources)
       if ((pass == 0) == std::holds_alternative<api::Model>(r)) LS_RETURN_IF_ERROR(store.apply(r));
@@ -34,7 +34,7 @@ json timeline_json(const controller::ReplicaStatus& r) {
 
 // The embedded agent's API under /agent; `loadstar stage NAME` without a
 // source stages the Model resource's.
-http::Response agent_route(agent::Agent& agent, controller::ResourceStore& store,
+http::Response agent_route(agent::Agent& agent, store::ResourceStore& store,
                            const http::Request& req, std::string_view path) {
   if (req.method == "POST" && path == "/v1/stage") {
     json body = json::parse(req.body, nullptr, false);
@@ -57,7 +57,7 @@ http::Response agent_route(agent::Agent& agent, controller::ResourceStore& store
 }  // namespace
 
 http::Response admin_response(const http::Request& req, controller::Controller* ctl,
-                              controller::ResourceStore* store, agent::Agent* agent) {
+                              store::ResourceStore* store, agent::Agent* agent) {
   const std::string_view path = req.path();
   http::Response response;
   if (req.method == "GET" && (path == "/healthz" || path == "/health")) {
@@ -144,6 +144,5 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
   }
   return response;
 }
-
 
 }  // namespace loadstar::app

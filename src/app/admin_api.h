@@ -8,8 +8,8 @@
 
 #include "api/resources.h"
 #include "controller/controller.h"
-#include "controller/store.h"
 #include "http/server.h"
+#include "store/store.h"
 
 namespace loadstar::agent {
 class Agent;
@@ -18,9 +18,9 @@ class Agent;
 namespace loadstar::app {
 
 http::Response admin_response(const http::Request& req, controller::Controller* ctl,
-                              controller::ResourceStore* store, agent::Agent* agent);
+                              store::ResourceStore* store, agent::Agent* agent);
 
 // Applies resources to the store, models first.
-Status apply_all(controller::ResourceStore& store, const std::vector<api::Resource>& resources);
+Status apply_all(store::ResourceStore& store, const std::vector<api::Resource>& resources);
 
 }  // namespace loadstar::app

@@ -19,16 +19,16 @@
 #include "app/commands.h"
 #include "common/units.h"
 #include "controller/controller.h"
-#include "controller/discovery.h"
 #include "controller/gateway_load.h"
-#include "controller/kube_store.h"
 #include "controller/pod_runtime.h"
 #include "gateway/gateway.h"
 #include "http/server.h"
 #include "kube/client.h"
 #include "kube/leader.h"
 #include "openai/protocol.h"
+#include "routing/discovery.h"
 #include "scheduler/placement.h"
+#include "store/kube_store.h"
 
 namespace loadstar::app {
 
@@ -133,8 +133,7 @@ int run_controller(const ControllerArgs& args) {
     waiter.detach();  // it ends the process's wait below via stop_requested
   }
 
-  controller::KubeStore store(client, config->namespace_name,
-                              {.node_selector = args.node_selector});
+  store::KubeStore store(client, config->namespace_name, {.node_selector = args.node_selector});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
@@ -145,22 +144,22 @@ int run_controller(const ControllerArgs& args) {
     return 1;
   }
   controller::ControllerOptions options;
-  options.runtime = &runtime;
   options.placement_policy = args.placement_policy;
   options.drain_timeout_s = args.drain_timeout_s;
-  // Autoscaling and scale to zero run on the gateways' load, polled from
-  // the gateway Pods; without them services run at spec.replicas.
-  options.load_signals = !args.gateway_selector.empty();
   options.resync_s = 1;
   // Gateways learn that a replica is draining through their Pod watch
   // (PodRuntime::unroute marks the Pod), a little later than the in-process
   // table of `loadstar up`: its engine keeps listening this long after.
   options.unroute_grace_s = 2;
-  controller::Controller ctl(store, options, [](std::shared_ptr<const gateway::RoutingTable>) {});
+  // Autoscaling and scale to zero run on the gateways' load, polled from
+  // the gateway Pods; without them services run at spec.replicas.
   std::unique_ptr<controller::GatewayLoadCollector> load;
-  if (options.load_signals)
+  if (!args.gateway_selector.empty())
     load = std::make_unique<controller::GatewayLoadCollector>(client, config->namespace_name,
-                                                              args.gateway_selector, ctl);
+                                                              args.gateway_selector);
+  controller::RealClock clock;
+  // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
+  controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
 
   asio::io_context admin_io(1);
   http::ServerOptions admin_options;
@@ -168,7 +167,7 @@ int run_controller(const ControllerArgs& args) {
   admin_options.port = args.admin_port;
   admin_options.error_body = openai::error_body_for;
   controller::Controller* ctl_ptr = &ctl;
-  controller::ResourceStore* store_ptr = &store;
+  store::ResourceStore* store_ptr = &store;
   auto admin = http::Server::create(
       {&admin_io}, admin_options,
       [ctl_ptr, store_ptr](http::Exchange& ex) -> asio::awaitable<void> {
@@ -238,16 +237,15 @@ int run_gateway(const GatewayArgs& args) {
   }
   gateway::Gateway* gateway = gw->get();
   // Gateways read; only the controller follows Nodes and writes status.
-  controller::KubeStore store(client, config->namespace_name,
-                              {.nodes = false, .write_status = false});
+  store::KubeStore store(client, config->namespace_name, {.nodes = false, .write_status = false});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
   }
-  controller::EndpointDiscovery discovery(
-      client, store, [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
-        gateway->publish(std::move(t));
-      });
+  routing::EndpointDiscovery discovery(client, store,
+                                       [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
+                                         gateway->publish(std::move(t));
+                                       });
   if (Status s = discovery.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;

@@ -23,7 +23,7 @@
 #include "app/commands.h"
 #include "app/svg_chart.h"
 #include "autoscaler/simulation.h"
-#include "controller/controller.h"
+#include "controller/scaler.h"
 #include "enginesim/engine_sim.h"
 #include "scheduler/placement.h"
 #include "scheduler/queue_sim.h"

@@ -20,11 +20,14 @@
 #include "app/commands.h"
 #include "common/units.h"
 #include "controller/controller.h"
-#include "controller/store.h"
+#include "controller/load.h"
+#include "controller/local_runtime.h"
 #include "gateway/gateway.h"
 #include "http/server.h"
 #include "openai/protocol.h"
+#include "routing/routing_builder.h"
 #include "scheduler/placement.h"
+#include "store/store.h"
 
 namespace loadstar::app {
 
@@ -51,7 +54,7 @@ struct UpArgs {
 
 // Decodes `files` and checks them together with what the store holds.
 Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>& files,
-                                                  const controller::ResourceStore& store) {
+                                                  const store::ResourceStore& store) {
   std::vector<api::Resource> incoming;
   std::string errors;
   for (const auto& f : files) {
@@ -75,7 +78,7 @@ Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>
 }
 
 asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
-                                   controller::ResourceStore* store, agent::Agent* agent) {
+                                   store::ResourceStore* store, agent::Agent* agent) {
   http::Response response = admin_response(ex.request(), ctl, store, agent);
   co_await ex.respond(std::move(response));
 }
@@ -95,7 +98,7 @@ int run_up(const UpArgs& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const fs::path data_dir = fs::absolute(args.data_dir);
-  auto store = controller::LocalStore::open(data_dir / "state");
+  auto store = store::LocalStore::open(data_dir / "state");
   if (!store.ok()) {
     spdlog::error("{}", store.error().message);
     return 1;
@@ -143,13 +146,15 @@ int run_up(const UpArgs& args) {
     return 2;
   }
   gw_options.max_body_bytes = *max_body;
-  // Held requests signal demand to the controller, which exists from here on.
-  std::atomic<controller::Controller*> demand_sink{nullptr};
-  gw_options.on_demand = [&demand_sink](const std::string& service) {
-    if (auto* c = demand_sink.load()) c->note_demand(service);
+  // Held requests signal demand to the controller through its load source,
+  // and the controller's metrics join the gateway's; both exist from here on.
+  std::atomic<controller::InProcessLoad*> load_sink{nullptr};
+  std::atomic<controller::Controller*> metrics_source{nullptr};
+  gw_options.on_demand = [&load_sink](const std::string& service) {
+    if (auto* l = load_sink.load()) l->note_demand(service);
   };
-  gw_options.extra_metrics = [&demand_sink]() -> std::string {
-    auto* c = demand_sink.load();
+  gw_options.extra_metrics = [&metrics_source]() -> std::string {
+    auto* c = metrics_source.load();
     return c ? c->scheduler_metrics() : std::string();
   };
   if (auto p = scheduler::PlacementPolicy::parse(args.placement_policy); !p.ok()) {
@@ -163,21 +168,26 @@ int run_up(const UpArgs& args) {
   }
   gateway::Gateway* gateway = gw->get();
 
+  // The controller reads the gateway's load directly, runs engines as child
+  // processes, and publishes the routing inputs the gateway's tables are
+  // built from.
+  controller::InProcessLoad load([gateway] { return gateway->load_report(); });
+  controller::LocalRuntime runtime(
+      {.data_dir = data_dir, .loadstar_bin = self_path(), .agent = node_agent->get()});
+  controller::RealClock clock;
   controller::ControllerOptions ctl_options;
-  ctl_options.data_dir = data_dir;
-  ctl_options.loadstar_bin = self_path();
   ctl_options.drain_timeout_s = args.drain_timeout_s;
   ctl_options.placement_policy = args.placement_policy;
-  ctl_options.agent = node_agent->get();
-  controller::Controller ctl(**store, ctl_options,
-                             [gateway](std::shared_ptr<const gateway::RoutingTable> t) {
-                               gateway->publish(std::move(t));
+  routing::RoutingBuilder tables;
+  controller::Controller ctl(**store, runtime, &load, clock, ctl_options,
+                             [gateway, &tables](const routing::RoutingInputs& inputs) {
+                               gateway->publish(tables.build(inputs));
                              });
-
-  demand_sink = &ctl;
+  load_sink = &load;
+  metrics_source = &ctl;
 
   asio::io_context admin_io(1);
-  controller::ResourceStore* store_ptr = store->get();
+  store::ResourceStore* store_ptr = store->get();
   controller::Controller* ctl_ptr = &ctl;
   agent::Agent* agent_ptr = node_agent->get();
   http::ServerOptions admin_options;

@@ -1,27 +1,25 @@
-// The controller: level-triggered reconcilers that turn declared
-// InferenceServices into running replicas and publish the ready ones to the
-// gateway. Each pass compares what the store declares with what runs and
+// The controller: a level-triggered reconciler that turns declared
+// InferenceServices into running replicas and publishes the ready ones for
+// routing. Each pass compares what the store declares with what runs and
 // acts on the difference, so a missed event or a restart loses nothing.
 //
-// Every replica is placed by the scheduler (src/scheduler) on a node and its
-// devices before it starts; one that cannot be placed stays Pending with the
-// scheduler's reason. Nodes are the declared `Node` resources (or one
-// implicit GPU-less node "local"); queues the declared `Queue`s plus
-// "default".
+// It is made of parts with their own state: the ServiceScaler says how
+// many replicas each service wants (scaler.h), Placement puts them on nodes
+// and devices through the GPU scheduler (placement.h), ColdStartMetrics
+// times their starts (cold_start.h). The controller itself keeps each
+// replica's lifecycle: Pending (placing, model being prepared) -> Starting
+// (engine launched, waiting for its health check) -> Ready (published) ->
+// Terminating (unpublished, draining, then stopped). A replica whose engine
+// exits is Failed and restarted with exponential backoff.
 //
-// Replica lifecycle: Pending (placing, model being prepared) -> Starting (process
-// launched, waiting for /health) -> Ready (published) -> Terminating
-// (unpublished, draining, then stopped). A replica whose process exits is
-// Failed and restarted with exponential backoff.
+// What it works on is passed in: where resources live (ResourceStore),
+// where engines run (EngineRuntime), the gateways' load (LoadSource) and the
+// time (Clock) — so a test drives it pass by pass with fakes of all four.
 #pragma once
 
-#include <array>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -33,36 +31,20 @@
 #include <vector>
 
 #include "api/resources.h"
-#include "autoscaler/autoscaler.h"
-#include "controller/routing_builder.h"
+#include "controller/clock.h"
+#include "controller/cold_start.h"
+#include "controller/load.h"
+#include "controller/placement.h"
 #include "controller/runtime.h"
-#include "controller/store.h"
-#include "gateway/routing_table.h"
+#include "controller/scaler.h"
+#include "routing/routing_builder.h"
 #include "scheduler/scheduler.h"
+#include "store/store.h"
 
 namespace loadstar::controller {
 
-using Clock = std::chrono::steady_clock;
-
-// The autoscaler's spec for a service (its spec.autoscaling, min replicas
-// and idle timeout; TTFT counted in the gateway's buckets), as the
-// controller and `loadstar sim autoscale` build it.
-autoscaler::Spec autoscaler_spec(const api::InferenceService& svc);
-
 enum class ReplicaState { kPending, kStarting, kReady, kFailed, kTerminating };
 const char* replica_state_name(ReplicaState state);
-
-// A cold start, phase by phase: queued (the replica exists) -> placed (the
-// scheduler gave it a node and devices) -> staged (its model directory is
-// ready) -> started (engine process launched) -> ready (/health answers) ->
-// routed (in the gateway's table). Times in seconds since queued; a restart
-// begins a new timeline.
-inline constexpr const char* kColdStartEvents[] = {"queued",  "placed", "staged",
-                                                   "started", "ready",  "routed"};
-// The phase that ends at each event after the first.
-inline constexpr const char* kColdStartPhases[] = {"scheduling", "staging", "launching", "loading",
-                                                   "routing"};
-inline constexpr int kColdStartEventCount = 6;
 
 // What `loadstar get replicas` shows.
 struct ReplicaStatus {
@@ -95,20 +77,8 @@ struct ServiceStatus {
   uint32_t total = 0;
 };
 
-}  // namespace loadstar::controller
-
-namespace loadstar::agent {
-class Agent;
-}
-
-namespace loadstar::controller {
-
-struct LoadRound;
-
 struct ControllerOptions {
-  std::filesystem::path data_dir = "var";
-  std::string loadstar_bin;  // the binary that runs `engine-sim`
-  double resync_s = 0.1;     // reconcile at least this often
+  double resync_s = 0.1;  // reconcile at least this often
   double restart_backoff_s = 1;
   double restart_backoff_max_s = 30;
   double drain_timeout_s = 30;
@@ -119,130 +89,96 @@ struct ControllerOptions {
   double unroute_grace_s = 0.5;
   double start_timeout_s = 300;
   std::string placement_policy = "loadstar";  // scheduler::PlacementPolicy::named
-  // The node agent that stages http(s)://, hf:// and s3:// models; none: such
-  // models stay Pending with a message saying so.
-  agent::Agent* agent = nullptr;
-  // Where engines run; none: local child processes (a LocalRuntime over
-  // data_dir, loadstar_bin and agent).
-  EngineRuntime* runtime = nullptr;
-  // Whether the gateways' load reaches this controller: through the
-  // endpoints it shares with the gateway of `loadstar up`, or through
-  // apply_load (Kubernetes mode). False: services run at spec.replicas,
-  // with no autoscaling and no scale to zero.
-  bool load_signals = true;
 };
 
 class Controller {
  public:
-  // `publish` receives every new routing table.
-  Controller(ResourceStore& store, ControllerOptions options,
-             std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish);
+  // Receives the routing inputs whenever they change (services, tenants,
+  // routes, ready replicas); called on the controller's thread without its
+  // lock held, before the next pass.
+  using Publish = std::function<void(const routing::RoutingInputs&)>;
+
+  // `load`: where the gateways' load comes from; null: none reaches this
+  // controller, so services run at spec.replicas (no autoscaling, no scale
+  // to zero). Everything passed in must outlive the controller.
+  Controller(store::ResourceStore& store, EngineRuntime& runtime, LoadSource* load,
+             const Clock& clock, ControllerOptions options, Publish publish);
   ~Controller();
 
+  // Takes over the engines that run already, then reconciles on a thread
+  // of its own until stop().
   void start();
-  // Unpublishes and drains every replica, then stops their processes.
+  // Unpublishes and drains every replica, then stops their engines (unless
+  // engines outlive the controller, as Pods do).
   void stop();
+  // One reconcile pass now, on the caller's thread (tests drive the
+  // controller this way instead of start()); the first one takes over the
+  // engines that run already.
+  void pass();
 
   std::vector<ReplicaStatus> replicas() const;
   std::vector<ServiceStatus> services() const;
-
-  // The gateway holds a request for `service`, which has no ready replica:
-  // a service scaled to zero starts again. Never blocks (gateway threads
-  // call it).
-  void note_demand(const std::string& service);
-  // Load that gateways in other processes saw (Kubernetes mode; see
-  // gateway_load.h): added to the replicas' counters as if a gateway in this
-  // process had counted it, and held requests noted as demand.
-  void apply_load(const LoadRound& round);
-
   // Queues with usage against quota and fair share, for `loadstar get queues`.
   std::vector<scheduler::QueueStatus> queues() const;
-  // The scheduler's metrics (Prometheus text): per-queue allocation, fair
-  // share and GPU-seconds, per-tenant GPU-seconds, preemptions. As of the
-  // last reconcile pass; never waits for one (gateway threads call it).
+  // The scheduler's and the cold starts' metrics (Prometheus text), as of
+  // the last pass; never waits for one (gateway threads call it).
   std::string scheduler_metrics() const;
 
  private:
   struct Replica;
   void run();
-  void reconcile();
+  // One pass under mu_; the routing inputs when they changed.
+  std::optional<routing::RoutingInputs> reconcile();
+  void publish(std::optional<routing::RoutingInputs> inputs);
+  void adopt_existing();
+  // Reads the load source: replicas' current load, services' increments, demand.
+  void apply_load();
+  ServiceLoad service_load(const std::string& service) const;
+  void scale(const api::InferenceService& svc, Clock::time_point now);
+  void place(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues,
+             Clock::time_point now);
   void observe(Replica& r);
   void launch(Replica& r);
-  void adopt_existing();
+  // Whether a Terminating replica is gone (its engine stopped and ended).
+  bool drain(Replica& r, Clock::time_point now);
   void begin_termination(Replica& r);
-  uint32_t desired_replicas(const api::InferenceService& svc, Clock::time_point now);
-  uint32_t autoscale(const api::InferenceService& svc, Clock::time_point now);
-  void publish_if_changed();
-  // Each service's replicas as the store's status of it (Kubernetes mode).
-  void publish_statuses();
-  void sync_scheduler(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues);
-  void schedule_replicas(Clock::time_point now);
-  scheduler::Workload workload_of(const Replica& r, const api::InferenceService& svc);
-  std::string render_scheduler_metrics() const;
-  // Marks event `i` of r's cold start (once per start); at "routed" the
-  // phases go into the histograms.
-  void mark(Replica& r, int event, Clock::time_point at);
   // Stops r's engine without waiting (the runtime forces it after its grace
   // period) and leaves r Pending with `why` (Terminating stays so).
   void stop_engine(Replica& r, std::string why);
+  void mark(Replica& r, ColdStartEvent event, Clock::time_point at);
+  std::optional<routing::RoutingInputs> routing_if_changed(Clock::time_point now);
+  // Each service's replicas as the store's status of it (Kubernetes mode).
+  void publish_statuses();
+  double seconds(Clock::time_point t) const { return seconds_between(epoch_, t); }
 
-  ResourceStore& store_;
+  store::ResourceStore& store_;
+  EngineRuntime& runtime_;
+  LoadSource* load_;
+  const Clock& clock_;
   ControllerOptions options_;
-  std::function<void(std::shared_ptr<const gateway::RoutingTable>)> publish_;
+  Publish publish_;
   std::shared_ptr<void> watch_;
+  const Clock::time_point epoch_;
 
   mutable std::mutex mu_;  // guards everything below (the admin API reads it)
   std::condition_variable wake_;
+  // Set without mu_ (a gateway thread must not wait for a pass): a request
+  // is held somewhere, reconcile now.
+  std::atomic<bool> woken_{false};
   bool stopping_ = false;
   bool dirty_ = true;
+  bool adopted_ = false;
   std::map<std::string, std::unique_ptr<Replica>> replicas_;  // by replica name
-  std::map<std::string, api::InferenceService> services_;     // as of the last pass
-  std::map<std::string, uint32_t> desired_;  // replicas each service should have, last pass
-  std::map<std::string, std::string> service_models_;
-  std::vector<api::Tenant> tenant_specs_;  // as of the last pass
+  // Desired state as of the last pass.
+  std::map<std::string, api::InferenceService> services_;
+  std::vector<api::Tenant> tenant_specs_;
   std::vector<api::Route> route_specs_;
-  RoutingBuilder routing_;
-  // Activity per service, for scale to zero: requests seen on its endpoints
-  // and when that count last moved.
-  struct Activity {
-    uint64_t requests = 0;
-    std::optional<Clock::time_point> last;
-  };
-  std::map<std::string, Activity> activity_;
-  // Per autoscaled service: its autoscaler (rebuilt when the spec changes),
-  // requests counted per endpoint, and the last decision.
-  struct Scaling {
-    std::string spec_key;
-    std::unique_ptr<autoscaler::Autoscaler> autoscaler;
-    std::map<uint64_t, uint64_t> seen_requests;  // endpoint id -> its counter
-    // TTFT bucket counts per endpoint as last read (each sample carries the
-    // deltas; the autoscaler keeps the window).
-    using TtftCounts = std::array<uint64_t, gateway::Endpoint::kTtftBuckets>;
-    std::map<uint64_t, TtftCounts> seen_ttft;
-    uint64_t requests_total = 0;
-    std::optional<autoscaler::Decision> last;
-    std::deque<std::string> events;  // the last kMaxEvents changes of the count
-  };
-  std::map<std::string, Scaling> scaling_;
-  std::set<std::string> held_now_;  // services with a held request, this pass
-  // Cold-start phase histograms (seconds), for /metrics.
-  struct Histogram {
-    std::vector<uint64_t> buckets;  // cumulative counts, one per bound
-    uint64_t count = 0;
-    double sum = 0;
-  };
-  std::map<std::string, Histogram> cold_start_;  // by phase, and "total"
-  std::mutex demand_mu_;  // guards demand_ only; note_demand must not wait on mu_
-  std::set<std::string> demand_;
-  std::atomic<bool> demand_pending_{false};
+  std::set<std::string> demand_;                   // services a request was held for, this pass
+  std::map<std::string, ServiceLoad> increments_;  // requests and first tokens, this pass
+  ServiceScaler scaler_;
+  Placement placement_;
+  ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;
-  // Placement. The cluster is rebuilt when the Node resources change.
-  scheduler::Cluster cluster_;
-  std::unique_ptr<scheduler::Scheduler> scheduler_;
-  std::string nodes_key_, queues_key_, target_key_;
-  Clock::time_point epoch_ = Clock::now();
-  std::unique_ptr<EngineRuntime> own_runtime_;
-  EngineRuntime* runtime_ = nullptr;
   mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
   std::thread thread_;

@@ -7,8 +7,8 @@
 
 #include "api/schema.h"
 #include "common/json_value.h"
-#include "controller/kube_store.h"
 #include "http/client.h"
+#include "kube/objects.h"
 
 namespace loadstar::controller {
 
@@ -39,27 +39,6 @@ std::vector<DeviceShare> shares_from(const json& pod) {
     out.push_back(
         {value_or(s, "device", 0), value_or(s, "milli", 0u), value_or(s, "migSlices", 0u)});
   return out;
-}
-
-bool condition_true(const json& status, const char* type) {
-  for (const auto& c : status.value("conditions", json::array()))
-    if (c.value("type", "") == type) return c.value("status", "") == "True";
-  return false;
-}
-
-// Why a container is not running, from its status ("waiting: ErrImagePull").
-std::string container_state(const json& statuses, const std::string& name) {
-  for (const auto& c : statuses) {
-    if (c.value("name", "") != name) continue;
-    const json state = c.value("state", json::object());
-    if (state.contains("waiting"))
-      return fmt::format("{} waiting: {} {}", name, state["waiting"].value("reason", ""),
-                         state["waiting"].value("message", ""));
-    if (state.contains("terminated"))
-      return fmt::format("{} exited with code {}", name, state["terminated"].value("exitCode", -1));
-    if (state.contains("running")) return name + " running";
-  }
-  return "";
 }
 
 }  // namespace
@@ -141,7 +120,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   return pod;
 }
 
-PodRuntime::PodRuntime(const kube::Client& client, const KubeStore& store,
+PodRuntime::PodRuntime(const kube::Client& client, const store::KubeStore& store,
                        PodRuntimeOptions options)
     : client_(client),
       store_(store),
@@ -218,41 +197,36 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     return st;
   }
   st.exists = true;
-  const json status = pod->value("status", json::object());
-  const std::string phase = status.value("phase", "Pending");
-  if (phase == "Failed" || phase == "Succeeded") {
+  const kube::Pod p = kube::pod_from_json(*pod);
+  if (p.phase == "Failed" || p.phase == "Succeeded") {
     st.exited = !stopping_.count(replica);
     st.exists = false;
-    st.message = fmt::format("pod {}: {} {}", phase, status.value("reason", ""),
-                             status.value("message", ""));
+    st.message = fmt::format("pod {}: {} {}", p.phase, p.reason, p.message);
     remove(replica, 0);
     return st;
   }
-  st.staged = condition_true(status, "Initialized");
+  st.staged = p.initialized;
   if (st.staged) {
     // Its init container staged the model there: that agent holds it.
-    const std::string node = pod->value("spec", json::object()).value("nodeName", "");
-    const json annotations =
-        pod->value("metadata", json::object()).value("annotations", json::object());
-    if (!node.empty() && annotations.contains("loadstar.dev/model") &&
-        annotations["loadstar.dev/model"].is_string())
-      held_[node].insert(annotations["loadstar.dev/model"].get<std::string>());
+    auto model = p.annotations.find("loadstar.dev/model");
+    if (!p.node_name.empty() && model != p.annotations.end())
+      held_[p.node_name].insert(model->second);
   }
-  const json containers = status.value("containerStatuses", json::array());
-  for (const auto& c : containers)
-    if (c.value("name", "") == "engine")
-      st.started = c.value("state", json::object()).contains("running");
-  st.ready = condition_true(status, "Ready");
-  st.host = status.value("podIP", "");
+  const kube::ContainerState* engine = p.container("engine");
+  st.started = engine && engine->state == "running";
+  st.ready = p.ready;
+  st.host = p.pod_ip;
   st.port = options_.engine_port;
   if (st.ready) return st;
-  if (!pod->value("spec", json::object()).contains("nodeName")) {
+  if (p.node_name.empty()) {
     st.message = "pod not bound yet";
   } else if (!st.staged) {
-    std::string s = container_state(status.value("initContainerStatuses", json::array()), "stage");
+    std::string s;
+    for (const auto& c : p.init_containers)
+      if (c.name == "stage") s = c.describe();
     st.message = "staging the model" + (s.empty() ? "" : " (" + s + ")");
   } else {
-    std::string s = container_state(containers, "engine");
+    std::string s = engine ? engine->describe() : "";
     st.message = st.started ? "loading weights" : s.empty() ? "starting the engine" : s;
   }
   return st;
@@ -360,23 +334,24 @@ std::set<std::string, std::less<>> PodRuntime::models_on(const std::string& node
 
 std::vector<ExistingEngine> PodRuntime::existing() {
   std::vector<ExistingEngine> out;
-  for (const json& pod : pods_->items()) {
-    const json meta = pod.value("metadata", json::object());
-    if (meta.contains("deletionTimestamp")) continue;
-    const json spec = pod.value("spec", json::object());
-    if (!spec.contains("nodeName")) {
+  for (const json& object : pods_->items()) {
+    const kube::Pod pod = kube::pod_from_json(object);
+    if (pod.deleting) continue;
+    if (pod.node_name.empty()) {
       // Created but never bound (the controller stopped in between): place it anew.
-      remove(meta.value("name", ""), 0);
+      remove(pod.name, 0);
       continue;
     }
-    const json labels = meta.value("labels", json::object());
     ExistingEngine e;
-    e.replica = meta.value("name", "");
-    e.service = labels.value(kServiceLabel, "");
-    e.index = static_cast<uint32_t>(std::atoi(labels.value(kIndexLabel, "0").c_str()));
-    e.node = spec.value("nodeName", "");
-    e.shares = shares_from(pod);
-    e.draining = meta.value("annotations", json::object()).contains(kDrainingAnnotation);
+    e.replica = pod.name;
+    auto service = pod.labels.find(kServiceLabel);
+    auto index = pod.labels.find(kIndexLabel);
+    e.service = service != pod.labels.end() ? service->second : "";
+    e.index =
+        index != pod.labels.end() ? static_cast<uint32_t>(std::atoi(index->second.c_str())) : 0;
+    e.node = pod.node_name;
+    e.shares = shares_from(object);
+    e.draining = pod.annotations.count(kDrainingAnnotation) > 0;
     if (!e.service.empty()) out.push_back(std::move(e));
   }
   return out;

@@ -18,10 +18,9 @@
 #include "controller/runtime.h"
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "store/kube_store.h"
 
 namespace loadstar::controller {
-
-class KubeStore;
 
 struct PodRuntimeOptions {
   std::string image = "loadstar:0.1.0";  // runs `loadstar engine-sim` and `loadstar stage`
@@ -38,7 +37,7 @@ kube::json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& opti
 
 class PodRuntime : public EngineRuntime {
  public:
-  PodRuntime(const kube::Client& client, const KubeStore& store, PodRuntimeOptions options);
+  PodRuntime(const kube::Client& client, const store::KubeStore& store, PodRuntimeOptions options);
   ~PodRuntime() override;
   // Starts the Pod informer and waits for its first list.
   Status start(double timeout_s);
@@ -64,7 +63,7 @@ class PodRuntime : public EngineRuntime {
   void remove(const std::string& name, int64_t grace_s);
 
   const kube::Client& client_;
-  const KubeStore& store_;
+  const store::KubeStore& store_;
   PodRuntimeOptions options_;
   std::string namespace_;
   std::unique_ptr<kube::Informer> pods_;

@@ -12,12 +12,11 @@
 
 #include "api/resources.h"
 #include "common/result.h"
+#include "kube/objects.h"
 
 namespace loadstar::controller {
 
-// On an engine Pod: the controller is draining it; gateways send it nothing
-// new (Kubernetes mode's counterpart of leaving the routing table).
-inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
+using kube::kDrainingAnnotation;
 
 // A replica's share of one GPU, as the scheduler allocated it.
 struct DeviceShare {

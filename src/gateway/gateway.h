@@ -26,6 +26,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "gateway/load_report.h"
 #include "gateway/prefix_index.h"
 #include "gateway/routing_table.h"
 
@@ -76,6 +77,10 @@ class Gateway {
   void publish(std::shared_ptr<const RoutingTable> table);
   // Requests being served, all workers and models.
   int64_t in_flight() const;
+  // Its counters per replica and the services held requests wait for, now
+  // (what GET /loadstar/v1/load serves; thread-safe, never blocks on a
+  // request).
+  LoadReport load_report() const;
 
   struct Impl;
 

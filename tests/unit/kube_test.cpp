@@ -7,6 +7,7 @@
 #include "kube/client.h"
 #include "kube/informer.h"
 #include "kube/leader.h"
+#include "kube/objects.h"
 
 namespace loadstar::kube {
 namespace {
@@ -206,6 +207,67 @@ TEST(Lease, TakenOnlyWhenFreeOursOrUnrenewedForALeaseOnOurClock) {
   renewed.renew_time = *renewed.renew_time + std::chrono::seconds(5);
   EXPECT_FALSE(same_record(r, renewed));
   EXPECT_TRUE(same_record(r, lease_record(lease)));
+}
+
+TEST(Pod, ReadsReadinessAddressPortsAndContainerStates) {
+  const Pod pod = pod_from_json(json::parse(R"({
+    "metadata": {"name": "chat-0", "labels": {"loadstar.dev/service": "chat", "n": 3},
+                 "annotations": {"loadstar.dev/draining": "true"}},
+    "spec": {"nodeName": "n1", "containers": [
+      {"name": "engine", "ports": [{"name": "http", "containerPort": 8000},
+                                   {"containerPort": 70000}]},
+      {"name": "side", "ports": [{"name": "metrics", "containerPort": 9090}]}]},
+    "status": {"phase": "Running", "podIP": "10.0.0.9",
+      "conditions": [{"type": "Initialized", "status": "True"},
+                     {"type": "Ready", "status": "False"}],
+      "containerStatuses": [{"name": "engine", "state": {"waiting":
+        {"reason": "CrashLoopBackOff", "message": "back-off"}}}],
+      "initContainerStatuses": [{"name": "stage", "state": {"terminated": {"exitCode": 3}}}]}})"));
+  EXPECT_EQ(pod.name, "chat-0");
+  EXPECT_EQ(pod.labels.at("loadstar.dev/service"), "chat");
+  EXPECT_FALSE(pod.labels.count("n"));  // not a string
+  EXPECT_TRUE(pod.annotations.count(kDrainingAnnotation));
+  EXPECT_EQ(pod.node_name, "n1");
+  EXPECT_TRUE(pod.initialized);
+  EXPECT_FALSE(pod.ready);
+  EXPECT_FALSE(pod.serving());
+  EXPECT_EQ(pod.port("engine", ""), 8000);  // 70000 is no port
+  EXPECT_EQ(pod.port("", "metrics"), 9090);
+  EXPECT_FALSE(pod.port("engine", "metrics").has_value());
+  ASSERT_NE(pod.container("engine"), nullptr);
+  EXPECT_EQ(pod.container("engine")->describe(), "engine waiting: CrashLoopBackOff back-off");
+  EXPECT_EQ(pod.init_containers.at(0).describe(), "stage exited with code 3");
+}
+
+TEST(Pod, AnythingElseReadsAsAnEmptyPendingPod) {
+  for (const char* text : {"null", "[]", "7", R"({"metadata": 1, "status": {"conditions": 2}})"}) {
+    const Pod pod = pod_from_json(json::parse(text));
+    EXPECT_EQ(pod.phase, "Pending") << text;
+    EXPECT_TRUE(pod.name.empty());
+    EXPECT_FALSE(pod.serving());
+  }
+}
+
+TEST(Node, ReadsAddressReadinessAndAllocatableQuantities) {
+  const Node node = node_from_json(json::parse(R"({
+    "metadata": {"name": "gpu-1", "labels": {"nvidia.com/gpu.product": "H100"}},
+    "spec": {"unschedulable": true},
+    "status": {"addresses": [{"type": "Hostname", "address": "gpu-1"},
+                             {"type": "InternalIP", "address": "10.1.2.3"}],
+               "conditions": [{"type": "Ready", "status": "True"}],
+               "allocatable": {"cpu": "3500m", "memory": "16Gi", "nvidia.com/gpu": "8",
+                               "bad": "lots", "num": 4}}})"));
+  EXPECT_EQ(node.name, "gpu-1");
+  EXPECT_EQ(node.label("nvidia.com/gpu.product"), "H100");
+  EXPECT_EQ(node.internal_ip, "10.1.2.3");
+  EXPECT_TRUE(node.ready);
+  EXPECT_TRUE(node.unschedulable);
+  EXPECT_DOUBLE_EQ(node.allocatable_or_zero("cpu"), 3.5);
+  EXPECT_DOUBLE_EQ(node.allocatable_or_zero("memory"), 16.0 * (1ull << 30));
+  EXPECT_DOUBLE_EQ(node.allocatable_or_zero("nvidia.com/gpu"), 8);
+  EXPECT_FALSE(node.allocatable.count("bad"));
+  EXPECT_FALSE(node.allocatable.count("num"));
+  EXPECT_TRUE(node_from_json(json::parse("[1]")).name.empty());
 }
 
 }  // namespace

@@ -11,17 +11,17 @@
 #include <mutex>
 #include <string>
 
-#include "controller/kube_store.h"
-#include "controller/routing_builder.h"
 #include "gateway/routing_table.h"
 #include "kube/informer.h"
+#include "routing/routing_builder.h"
+#include "store/kube_store.h"
 
-namespace loadstar::controller {
+namespace loadstar::routing {
 
 class EndpointDiscovery {
  public:
   using Publish = std::function<void(std::shared_ptr<const gateway::RoutingTable>)>;
-  EndpointDiscovery(const kube::Client& client, KubeStore& store, Publish publish);
+  EndpointDiscovery(const kube::Client& client, store::KubeStore& store, Publish publish);
   ~EndpointDiscovery();
 
   Status start(double timeout_s);
@@ -29,14 +29,13 @@ class EndpointDiscovery {
  private:
   void rebuild();
 
-  KubeStore& store_;
+  store::KubeStore& store_;
   Publish publish_;
   kube::Informer pods_;
   std::shared_ptr<void> watch_;
   std::mutex mu_;  // one rebuild at a time
   RoutingBuilder builder_;
-  std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints_;  // by pod name
   std::string published_key_;
 };
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::routing

@@ -14,11 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "controller/store.h"
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "store/store.h"
 
-namespace loadstar::controller {
+namespace loadstar::store {
 
 // Kubernetes Node (JSON) -> Loadstar Node.
 api::Node node_from_kubernetes(const kube::json& node);
@@ -79,4 +79,4 @@ class KubeStore : public ResourceStore {
   std::vector<std::weak_ptr<WatchCallback>> watchers_;
 };
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::store

@@ -16,7 +16,7 @@
 #include "api/resources.h"
 #include "common/result.h"
 
-namespace loadstar::controller {
+namespace loadstar::store {
 
 enum class EventType { kAdded, kModified, kDeleted };
 
@@ -78,4 +78,4 @@ class LocalStore : public ResourceStore {
   std::vector<std::weak_ptr<WatchCallback>> watchers_;
 };
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::store

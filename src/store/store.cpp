@@ -1,11 +1,11 @@
-#include "controller/store.h"
+#include "store/store.h"
 
 #include <fstream>
 #include <sstream>
 
 #include <spdlog/spdlog.h>
 
-namespace loadstar::controller {
+namespace loadstar::store {
 
 namespace fs = std::filesystem;
 
@@ -119,4 +119,4 @@ void LocalStore::notify(const WatchEvent& event) {
   for (const auto& cb : live) (*cb)(event);
 }
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::store

@@ -1,4 +1,4 @@
-#include "controller/kube_store.h"
+#include "store/kube_store.h"
 
 #include <cmath>
 
@@ -6,42 +6,26 @@
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
+#include "kube/objects.h"
 
-namespace loadstar::controller {
+namespace loadstar::store {
 
 using kube::json;
 
-namespace {
-
-std::string label(const json& meta, const char* key) {
-  if (!meta.contains("labels") || !meta["labels"].is_object()) return "";
-  const json& labels = meta["labels"];
-  return labels.contains(key) && labels[key].is_string() ? labels[key].get<std::string>() : "";
-}
-
-double quantity(const json& map, const char* key) {
-  if (!map.is_object() || !map.contains(key) || !map[key].is_string()) return 0;
-  return kube::parse_quantity(map[key].get<std::string>()).value_or(0);
-}
-
-}  // namespace
-
-api::Node node_from_kubernetes(const json& node) {
+api::Node node_from_kubernetes(const json& object) {
+  const kube::Node node = kube::node_from_json(object);
   api::Node out;
-  const json& meta = node.value("metadata", json::object());
-  out.metadata.name = meta.value("name", "");
-  const json status = node.value("status", json::object());
-  const json allocatable = status.value("allocatable", json::object());
-  out.spec.cpu = quantity(allocatable, "cpu");
-  out.spec.memory_bytes = static_cast<uint64_t>(quantity(allocatable, "memory"));
-  const auto gpus = static_cast<uint32_t>(std::lround(quantity(allocatable, "nvidia.com/gpu")));
+  out.metadata.name = node.name;
+  out.spec.cpu = node.allocatable_or_zero("cpu");
+  out.spec.memory_bytes = static_cast<uint64_t>(node.allocatable_or_zero("memory"));
+  const auto gpus = static_cast<uint32_t>(std::lround(node.allocatable_or_zero("nvidia.com/gpu")));
   if (gpus > 0) {
     api::NodeGpu gpu;
     gpu.count = gpus;
     // GPU feature discovery's labels: the product and its memory in MiB.
-    gpu.model = label(meta, "nvidia.com/gpu.product");
+    gpu.model = node.label("nvidia.com/gpu.product");
     if (gpu.model.empty()) gpu.model = "gpu";
-    if (auto mib = kube::parse_quantity(label(meta, "nvidia.com/gpu.memory")))
+    if (auto mib = kube::parse_quantity(node.label("nvidia.com/gpu.memory")))
       gpu.memory_bytes = static_cast<uint64_t>(*mib) << 20;
     out.spec.gpus.push_back(gpu);
   }
@@ -51,11 +35,8 @@ api::Node node_from_kubernetes(const json& node) {
       {"loadstar.dev/rack", "rack"},
       {"loadstar.dev/nvlink", "nvlink"}};
   for (const auto& [key, level] : kTopology)
-    if (auto domain = label(meta, key); !domain.empty()) out.spec.topology[level] = domain;
-  bool ready = false;
-  for (const auto& c : status.value("conditions", json::array()))
-    if (c.value("type", "") == "Ready") ready = c.value("status", "") == "True";
-  out.spec.schedulable = ready && !node.value("spec", json::object()).value("unschedulable", false);
+    if (auto domain = node.label(key); !domain.empty()) out.spec.topology[level] = domain;
+  out.spec.schedulable = node.ready && !node.unschedulable;
   return out;
 }
 
@@ -203,13 +184,9 @@ std::string KubeStore::uid_of(std::string_view kind, std::string_view name) cons
 std::map<std::string, std::string> KubeStore::node_addresses() const {
   std::map<std::string, std::string> out;
   if (!nodes_) return out;
-  for (const json& node : nodes_->items()) {
-    const json meta = node.value("metadata", json::object());
-    const json status = node.value("status", json::object());
-    const json addresses = status.value("addresses", json::array());
-    for (const json& a : addresses)
-      if (a.value("type", "") == "InternalIP" && a.contains("address") && a["address"].is_string())
-        out[meta.value("name", "")] = a["address"].get<std::string>();
+  for (const json& object : nodes_->items()) {
+    kube::Node node = kube::node_from_json(object);
+    if (!node.internal_ip.empty()) out[node.name] = std::move(node.internal_ip);
   }
   return out;
 }
@@ -250,4 +227,4 @@ void KubeStore::publish_status(std::string_view kind, std::string_view name,
   published_[key] = status_json;
 }
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::store

@@ -1,4 +1,4 @@
-#include "controller/routing_builder.h"
+#include "routing/routing_builder.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -11,24 +11,45 @@
 
 #include "api/cost_expression.h"
 
-namespace loadstar::controller {
+namespace loadstar::routing {
 
-std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(
-    const std::map<std::string, api::InferenceService>& services,
-    const std::vector<api::Tenant>& tenants, const std::vector<api::Route>& routes,
-    const std::map<std::string, std::vector<std::shared_ptr<gateway::Endpoint>>>& ready) {
+Result<std::string> resolve_host(const std::string& host, uint16_t port) {
+  boost::system::error_code ec;
+  if (boost::asio::ip::make_address(host, ec), !ec) return host;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::resolver resolver(io);
+  auto results = resolver.resolve(host, std::to_string(port), ec);
+  if (ec || results.empty())
+    return Error{ErrorCode::kUnavailable, ec ? ec.message() : std::string("no address")};
+  return results.begin()->endpoint().address().to_string();
+}
+
+std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const RoutingInputs& inputs) {
   auto table = std::make_shared<gateway::RoutingTable>();
   table->version = ++version_;
-  for (const auto& [name, svc] : services) {
+  std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints;
+  for (const auto& [name, svc] : inputs.services) {
     auto& s = table->services[name];
     s.picker = picker_config(svc.spec.routing);
     s.hold_max_requests = svc.spec.routing.hold_max_requests;
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
-    if (auto it = ready.find(name); it != ready.end()) s.ready = it->second;
+    auto ready = inputs.ready.find(name);
+    if (ready == inputs.ready.end()) continue;
+    for (const ReadyReplica& r : ready->second) {
+      auto& endpoint = endpoints[r.replica];
+      if (auto it = endpoints_.find(r.replica);
+          it != endpoints_.end() && it->second->service == name && it->second->host == r.host &&
+          it->second->port == r.port)
+        endpoint = it->second;  // keeps its counters and load
+      else
+        endpoint = std::make_shared<gateway::Endpoint>(name, r.replica, r.host, r.port);
+      s.ready.push_back(endpoint);
+    }
   }
-  for (const auto& route : routes) table->routes[route.spec.model] = build_route(route);
-  table->tenants = build_tenants(tenants);
+  endpoints_ = std::move(endpoints);
+  for (const auto& route : inputs.routes) table->routes[route.spec.model] = build_route(route);
+  table->tenants = build_tenants(inputs.tenants);
   return table;
 }
 
@@ -89,22 +110,15 @@ gateway::RoutingTable::Route RoutingBuilder::build_route(const api::Route& route
         host = rest.substr(0, colon);
         port = static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1));
       }
-      boost::system::error_code ec;
-      std::string address = host;
-      if (boost::asio::ip::make_address(host, ec), ec) {
-        boost::asio::io_context io;
-        boost::asio::ip::tcp::resolver resolver(io);
-        auto results = resolver.resolve(host, std::to_string(port), ec);
-        if (ec || results.empty()) {
-          spdlog::warn("route {}: cannot resolve backend {}: {}", route.metadata.name, b.url,
-                       ec ? ec.message() : "no address");
-          continue;
-        }
-        address = results.begin()->endpoint().address().to_string();
+      auto address = resolve_(host, port);
+      if (!address.ok()) {
+        spdlog::warn("route {}: cannot resolve backend {}: {}", route.metadata.name, b.url,
+                     address.error().message);
+        continue;
       }
       auto& endpoint = externals_[b.url];
-      if (!endpoint || endpoint->host != address || endpoint->port != port)
-        endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, address, port);
+      if (!endpoint || endpoint->host != *address || endpoint->port != port)
+        endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, *address, port);
       backend.external = endpoint;
       backend.model = b.model.empty() ? route.spec.model : b.model;
       if (!b.api_key_env.empty()) {
@@ -123,4 +137,4 @@ gateway::RoutingTable::Route RoutingBuilder::build_route(const api::Route& route
   return out;
 }
 
-}  // namespace loadstar::controller
+}  // namespace loadstar::routing

@@ -1,0 +1,106 @@
+#include "controller/load.h"
+
+#include <fmt/format.h>
+
+namespace loadstar::controller {
+
+void LoadRound::merge(LoadRound later) {
+  for (auto& [name, load] : replicas)
+    if (!later.replicas.count(name)) {
+      load.in_flight = 0;
+      load.waiting.reset();
+      load.kv_usage.reset();
+    }
+  for (auto& [name, next] : later.replicas) {
+    ReplicaLoad& load = replicas[name];
+    load.requests += next.requests;
+    for (size_t b = 0; b < load.ttft.size(); ++b) load.ttft[b] += next.ttft[b];
+    load.in_flight = next.in_flight;
+    load.waiting = next.waiting;
+    load.kv_usage = next.kv_usage;
+  }
+  demand.merge(later.demand);
+}
+
+namespace {
+uint64_t increment(uint64_t now, uint64_t before) {
+  return now >= before ? now - before : now;
+}
+}  // namespace
+
+LoadRound LoadAggregator::round(
+    const std::vector<std::pair<std::string, gateway::LoadReport>>& reports) {
+  LoadRound out;
+  for (const auto& [gateway, report] : reports) {
+    for (const auto& [service, n] : report.held)
+      if (n > 0) out.demand.insert(service);
+    for (const gateway::EndpointLoad& e : report.endpoints) {
+      ReplicaLoad& load = out.replicas[e.replica];
+      Seen& seen = seen_[{gateway, e.replica}];
+      if (seen.address != e.address) seen = Seen{e.address};  // a new engine
+      load.requests += increment(e.requests, seen.requests);
+      seen.requests = e.requests;
+      for (size_t b = 0; b < seen.ttft.size(); ++b) {
+        load.ttft[b] += increment(e.ttft[b], seen.ttft[b]);
+        seen.ttft[b] = e.ttft[b];
+      }
+      load.in_flight += std::max<int64_t>(e.in_flight, 0);
+      // The engine's own numbers: any gateway's recent scrape will do; the
+      // highest is the most cautious.
+      if (e.metrics_age_s >= 0 && e.metrics_age_s < 5) {
+        load.waiting = std::max(load.waiting.value_or(0), e.waiting);
+        load.kv_usage = std::max(load.kv_usage.value_or(0), e.kv_usage);
+      }
+    }
+  }
+  // Forget gateways and replicas that are gone, so a gateway coming back
+  // starts from its counters as they are then.
+  std::set<std::string> answered;
+  for (const auto& [gateway, report] : reports) answered.insert(gateway);
+  std::erase_if(seen_, [&](const auto& kv) {
+    return !answered.count(kv.first.first) || !out.replicas.count(kv.first.second);
+  });
+  return out;
+}
+
+LoadRound LoadAggregator::round(const std::vector<std::pair<std::string, std::string>>& reports,
+                                std::vector<std::string>* errors) {
+  std::vector<std::pair<std::string, gateway::LoadReport>> parsed;
+  for (const auto& [gateway, text] : reports) {
+    auto report = gateway::parse_load_report(text);
+    if (!report.ok()) {
+      if (errors) errors->push_back(fmt::format("gateway {}: {}", gateway, report.error().message));
+      continue;
+    }
+    if (errors)
+      for (const auto& problem : report->problems)
+        errors->push_back(fmt::format("gateway {}: {}", gateway, problem));
+    parsed.emplace_back(gateway, std::move(report->report));
+  }
+  return round(parsed);
+}
+
+std::optional<LoadRound> InProcessLoad::take() {
+  LoadRound round = aggregator_.round({{"local", report_()}});
+  std::lock_guard lock(mu_);
+  round.demand.merge(demand_);
+  demand_.clear();
+  return round;
+}
+
+void InProcessLoad::on_demand(std::function<void()> wake) {
+  std::lock_guard lock(mu_);
+  wake_ = std::move(wake);
+}
+
+void InProcessLoad::note_demand(const std::string& service) {
+  std::function<void()> wake;
+  {
+    std::lock_guard lock(mu_);
+    demand_.insert(service);
+    wake = wake_;
+  }
+  if (wake) wake();
+}
+
+}  // namespace loadstar::controller

@@ -1,0 +1,103 @@
+// The load the controller decides on: one source of per-pass increments
+// (requests sent, first-token times) and current values (in flight, the
+// engines' queues and KV-cache use, held requests), whatever the gateways
+// are. The gateways own their counters (gateway::Endpoint) and report them
+// (gateway::LoadReport); a LoadAggregator turns successive reports of one or
+// more gateways into increments. Two sources feed it: InProcessLoad reads
+// the gateway of `loadstar up` directly, GatewayLoadCollector
+// (gateway_load.h) polls every gateway Pod's GET /loadstar/v1/load.
+// Load flows one way, gateway to controller; the controller writes nothing
+// into the gateway's endpoints.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gateway/load_report.h"
+
+namespace loadstar::controller {
+
+struct ReplicaLoad {
+  uint64_t requests = 0;  // sent since the last round, all gateways
+  std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};  // since the last round
+  int64_t in_flight = 0;                                         // now, all gateways
+  std::optional<double> waiting;   // the engine's queue, as the freshest scrape saw it
+  std::optional<double> kv_usage;  // the engine's KV-cache use (0..1)
+};
+
+struct LoadRound {
+  std::map<std::string, ReplicaLoad> replicas;  // by replica name
+  std::set<std::string> demand;                 // services held requests wait for
+
+  // `later` follows this round: increments add up, current values are
+  // `later`'s (a replica it does not report has nothing in flight).
+  void merge(LoadRound later);
+};
+
+// The pure part: turns one round of reports (gateway -> report) into
+// per-replica increments. Counters are per gateway and only grow; a smaller
+// value than last time means that gateway restarted (the new value is the
+// increment, as Prometheus treats a counter reset), and a replica at a new
+// address is a new engine whose counters start from zero. A gateway that
+// did not answer this round adds nothing, and its in-flight requests stop
+// counting.
+class LoadAggregator {
+ public:
+  LoadRound round(const std::vector<std::pair<std::string, gateway::LoadReport>>& reports);
+  // The same from JSON texts (GET /loadstar/v1/load); malformed reports and
+  // entries are skipped, with the reason in `errors`.
+  LoadRound round(const std::vector<std::pair<std::string, std::string>>& reports,
+                  std::vector<std::string>* errors = nullptr);
+
+ private:
+  struct Seen {
+    std::string address;
+    uint64_t requests = 0;
+    std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};
+  };
+  std::map<std::pair<std::string, std::string>, Seen> seen_;  // (gateway, replica)
+};
+
+// Where the controller's load comes from. take() is called once per
+// reconcile pass (on the controller's thread); implementations gather in
+// the background or read at once.
+class LoadSource {
+ public:
+  virtual ~LoadSource() = default;
+  // What happened since the last take(); nullopt: nothing observed since
+  // (the controller keeps the current values it has).
+  virtual std::optional<LoadRound> take() = 0;
+  // `wake` is called (from any thread; it must not block) when a request is
+  // held for a service with no ready replica, so that a pass runs at once.
+  virtual void on_demand(std::function<void()> wake) = 0;
+};
+
+// The gateway in this process (`loadstar up`): each take() reads its report.
+// note_demand is the gateway's on_demand hook.
+class InProcessLoad : public LoadSource {
+ public:
+  explicit InProcessLoad(std::function<gateway::LoadReport()> report)
+      : report_(std::move(report)) {}
+  std::optional<LoadRound> take() override;
+  void on_demand(std::function<void()> wake) override;
+  // A request is held for `service` (a gateway thread; never blocks).
+  void note_demand(const std::string& service);
+
+ private:
+  std::function<gateway::LoadReport()> report_;
+  LoadAggregator aggregator_;
+  std::mutex mu_;  // guards the two below
+  std::set<std::string> demand_;
+  std::function<void()> wake_;
+};
+
+}  // namespace loadstar::controller

@@ -1,0 +1,327 @@
+#include "controller/placement.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace loadstar::controller {
+
+void Placement::adopt(const std::string& replica, const std::string& node,
+                      std::vector<DeviceShare> shares) {
+  Replica& r = replicas_[replica];
+  r.submitted = false;
+  r.adopted = std::move(shares);
+  r.adopted_node = node;
+  // Where it runs already; the scheduler is told at the next pass.
+  r.placed = Placed{node, "", *r.adopted};
+}
+
+Placed Placement::placed_from(const scheduler::Allocation& a) const {
+  Placed out;
+  out.node = cluster_.nodes()[a.node].name;
+  for (const auto& share : a.shares) {
+    out.shares.push_back({share.device, share.milli, share.mig_slices});
+    out.devices += fmt::format("{}gpu{}", out.devices.empty() ? "" : ",", share.device);
+    if (share.mig_slices) {
+      out.devices += fmt::format(":{}g", share.mig_slices);
+    } else if (share.milli < scheduler::kMilliPerGpu) {
+      out.devices += fmt::format(":{}m", share.milli);
+    }
+  }
+  return out;
+}
+
+scheduler::Workload Placement::workload_of(const std::string& replica,
+                                           const api::InferenceService& svc) {
+  scheduler::PodRequest pod;
+  pod.cpu_milli = static_cast<uint64_t>(svc.spec.cpu * 1000);
+  pod.memory_mib = svc.spec.memory_bytes >> 20;
+  const api::GpuRequirements& g = svc.spec.gpu;
+  if (!g.mig.empty()) {
+    if (auto profile = parse_mig_profile(g.mig); profile.ok())
+      std::tie(pod.mig_slices, pod.mig_memory_mib) = *profile;
+  } else if (g.fraction) {
+    pod.gpu_milli = static_cast<uint32_t>(std::lround(*g.fraction * scheduler::kMilliPerGpu));
+  } else if (g.memory_bytes) {
+    pod.gpu_memory_mib = *g.memory_bytes >> 20;
+  } else {
+    pod.gpu_count = g.count;
+  }
+  if (!g.type.empty()) pod.allowed_models = {cluster_.intern_model(g.type)};
+  pod.model = svc.spec.model;
+  scheduler::Workload w;
+  w.name = replica;
+  w.queue = svc.spec.queue;
+  auto tenant = svc.metadata.labels.find("loadstar.dev/tenant");
+  w.tenant = tenant != svc.metadata.labels.end() ? tenant->second : svc.spec.queue;
+  w.priority = svc.spec.priority;
+  w.preemptible = svc.spec.preemptible;
+  w.pods = {pod};
+  return w;
+}
+
+std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const PlacementPass& pass,
+                                                                         double t) {
+  std::vector<std::pair<std::string, std::string>> displaced;
+  std::string key;
+  for (const auto& n : *pass.nodes) key += api::encode_resource(n);
+  if (scheduler_ && key == nodes_key_) return displaced;
+  nodes_key_ = key;
+  // Where each placed replica is, by node name, to keep it there.
+  struct Kept {
+    std::string node;
+    scheduler::Allocation allocation;
+  };
+  std::map<std::string, Kept> kept;
+  scheduler::Scheduler::Accounting accounting;
+  if (scheduler_) {
+    accounting = scheduler_->accounting();
+    for (const PlacementReplica& r : pass.replicas) {
+      const scheduler::WorkloadStatus* st = scheduler_->status(r.name);
+      if (st && st->state == scheduler::WorkloadState::kRunning)
+        kept[r.name] = {cluster_.nodes()[st->allocations.front().node].name,
+                        st->allocations.front()};
+    }
+  }
+  scheduler_.reset();
+  cluster_ = scheduler::Cluster();
+  auto add = [this](const std::string& name, double cpu, uint64_t memory,
+                    const api::NodeSpec* spec) {
+    scheduler::Node node;
+    node.name = name;
+    node.cpu_milli = static_cast<uint64_t>(cpu * 1000);
+    node.memory_mib = memory >> 20;
+    if (spec) {
+      for (const auto& g : spec->gpus)
+        for (uint32_t i = 0; i < g.count; ++i)
+          node.devices.push_back(
+              {cluster_.intern_model(g.model), g.memory_bytes >> 20, g.mig_slices});
+      for (const auto& [level, domain] : spec->topology) node.topology[level] = domain;
+      node.schedulable = spec->schedulable;
+    }
+    cluster_.add_node(std::move(node));
+  };
+  if (pass.nodes->empty()) {
+    // Nothing declared: this machine, without GPUs.
+    add("local", std::thread::hardware_concurrency(),
+        static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE), nullptr);
+  }
+  for (const auto& n : *pass.nodes) add(n.metadata.name, n.spec.cpu, n.spec.memory_bytes, &n.spec);
+  auto policy = scheduler::PlacementPolicy::parse(policy_);
+  if (!policy.ok()) policy = scheduler::PlacementPolicy::named("loadstar");
+  scheduler_ = std::make_unique<scheduler::Scheduler>(cluster_, *policy, nullptr);
+  queues_key_ = "\n(none)";
+  target_key_.clear();
+  spdlog::info("scheduler: {} nodes, {:.0f} GPUs, policy {}", cluster_.nodes().size(),
+               cluster_.gpu_milli_total() / 1000.0, policy->name);
+  sync_queues(*pass.queues);
+  scheduler_->restore_accounting(accounting);
+  // Replicas stay where they run when their node and devices still exist;
+  // the others are placed again (a running engine is stopped first).
+  for (const PlacementReplica& pr : pass.replicas) {
+    Replica& r = replicas_[pr.name];
+    r.submitted = false;
+    auto it = kept.find(pr.name);
+    auto svc = pass.services->find(pr.service);
+    const int n = it == kept.end() ? -1 : cluster_.find_node(it->second.node);
+    bool stays = false;
+    if (n >= 0 && svc != pass.services->end()) {
+      scheduler::Allocation a = it->second.allocation;
+      a.node = n;
+      bool devices_exist = true;
+      for (const auto& share : a.shares)
+        devices_exist &= share.device < static_cast<int>(cluster_.nodes()[n].devices.size());
+      stays = devices_exist && scheduler_->adopt(workload_of(pr.name, svc->second), {a}, t).ok();
+    }
+    r.submitted = stays;
+    if (stays || it == kept.end()) continue;
+    r.placed.reset();
+    if (!pr.terminating && pr.engine_active) {
+      spdlog::warn("replica {}: its node or devices changed; placing it again", pr.name);
+      displaced.emplace_back(pr.name, "its node or devices changed; placing it again");
+    }
+  }
+  return displaced;
+}
+
+void Placement::sync_queues(const std::vector<api::Queue>& queues) {
+  std::string key;
+  for (const auto& q : queues) key += api::encode_resource(q);
+  if (key == queues_key_) return;
+  queues_key_ = key;
+  std::vector<scheduler::QueueSpec> specs;
+  bool has_default = false;
+  for (const auto& q : queues) {
+    scheduler::QueueSpec spec;
+    spec.name = q.metadata.name;
+    spec.parent = q.spec.parent;
+    const api::QueueQuota &d = q.spec.deserved, &l = q.spec.limit;
+    spec.deserved = {d.gpu.value_or(0), d.cpu.value_or(0),
+                     d.memory_bytes ? *d.memory_bytes / double(1ull << 30) : 0};
+    if (l.gpu || l.cpu || l.memory_bytes)
+      spec.limit =
+          scheduler::Resources{l.gpu.value_or(1e18), l.cpu.value_or(1e18),
+                               l.memory_bytes ? *l.memory_bytes / double(1ull << 30) : 1e18};
+    spec.over_quota_weight = q.spec.over_quota_weight;
+    has_default |= spec.name == "default";
+    specs.push_back(std::move(spec));
+  }
+  // "default" deserves nothing and shares what is left.
+  if (!has_default) specs.push_back({"default", "", {}, std::nullopt, 1});
+  if (auto s = scheduler_->set_queues(std::move(specs)); !s.ok()) {
+    // Validation rejects such trees; keep at least "default" working.
+    spdlog::warn("scheduler: queues not applied: {}", s.error().message);
+    (void)scheduler_->set_queues({{"default", "", {}, std::nullopt, 1}});
+  }
+}
+
+void Placement::sync_target(const std::map<std::string, api::InferenceService>& services) {
+  // FGD's target workload: the declared services' replica shapes, weighted
+  // by how many replicas each wants.
+  std::string key;
+  for (const auto& [name, svc] : services) key += api::encode_resource(svc);
+  if (key == target_key_) return;
+  target_key_ = key;
+  std::vector<scheduler::TaskType> target;
+  double total = 0;
+  for (const auto& [name, svc] : services) total += std::max<uint32_t>(svc.spec.replicas, 1);
+  for (const auto& [name, svc] : services) {
+    auto w = workload_of("", svc);
+    target.push_back({w.pods[0], std::max<uint32_t>(svc.spec.replicas, 1) / total});
+  }
+  scheduler_->set_target(std::make_shared<const scheduler::Fragmentation>(std::move(target)));
+}
+
+PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
+  PlacementChanges changes;
+  changes.displaced = sync_cluster(pass, t);
+  sync_queues(*pass.queues);
+  // What the agents hold, as the runtime knows it: the locality scorer
+  // prefers those nodes for replicas of those models.
+  if (pass.models_on)
+    for (auto& node : cluster_.nodes()) {
+      std::set<std::string, std::less<>> cached = pass.models_on(node.name);
+      if (node.cached_models == cached) continue;
+      node.cached_models = std::move(cached);
+      ++node.generation;
+    }
+  sync_target(*pass.services);
+  auto displace = [&](const std::string& name, std::string why) {
+    changes.displaced.emplace_back(name, std::move(why));
+  };
+  for (const PlacementReplica& pr : pass.replicas) {
+    Replica& r = replicas_[pr.name];
+    // A replica scaled down before its engine started gives its place back
+    // now, so this pass neither places it nor preempts anything for it.
+    if (pr.terminating && !pr.launched) {
+      scheduler_->remove(pr.name, t);
+      r.submitted = false;
+      r.placed.reset();
+      continue;
+    }
+    auto svc = pass.services->find(pr.service);
+    if (r.adopted && !pr.terminating) {
+      // An engine that runs already keeps its node and devices if they exist.
+      if (svc == pass.services->end()) continue;
+      scheduler::Workload w = workload_of(pr.name, svc->second);
+      scheduler::Allocation a;
+      a.node = cluster_.find_node(r.adopted_node);
+      a.cpu_milli = w.pods[0].cpu_milli;
+      a.memory_mib = w.pods[0].memory_mib;
+      for (const DeviceShare& d : *r.adopted) a.shares.push_back({d.device, d.milli, d.mig_slices});
+      const bool kept = a.node >= 0 && scheduler_->adopt(std::move(w), {a}, t).ok();
+      r.adopted.reset();
+      if (kept) {
+        r.submitted = true;
+        r.placed = placed_from(a);
+        continue;
+      }
+      spdlog::warn("replica {}: its node or devices are gone; placing it again", pr.name);
+      displace(pr.name, "its node or devices are gone; placing it again");
+      r.placed.reset();
+    }
+    if (r.submitted || pr.terminating) continue;
+    if (svc == pass.services->end()) continue;
+    scheduler_->remove(pr.name, t);
+    if (auto s = scheduler_->submit(workload_of(pr.name, svc->second), t); !s.ok()) {
+      changes.waiting[pr.name] = s.error().message;
+      continue;
+    }
+    r.submitted = true;
+  }
+  const scheduler::CycleReport report = scheduler_->schedule(t);
+  for (const auto& name : report.preempted) {
+    if (!replicas_.count(name)) continue;
+    const std::string why = scheduler_->status(name)->reason;
+    spdlog::warn("replica {}: {}", name, why);
+    displace(name, why);
+  }
+  for (const PlacementReplica& pr : pass.replicas) {
+    const scheduler::WorkloadStatus* st = scheduler_->status(pr.name);
+    if (!st) continue;
+    Replica& r = replicas_[pr.name];
+    if (st->state == scheduler::WorkloadState::kRunning) {
+      if (r.placed) continue;
+      r.placed = placed_from(st->allocations.front());
+      changes.placed.push_back(pr.name);
+      spdlog::info("replica {}: placed on {} {}", pr.name, r.placed->node,
+                   r.placed->devices.empty() ? "(no GPU)" : r.placed->devices);
+    } else {
+      r.placed.reset();
+      changes.waiting[pr.name] = st->reason.empty() ? "waiting to be placed" : st->reason;
+    }
+  }
+  return changes;
+}
+
+void Placement::remove(const std::string& replica, double t) {
+  if (scheduler_) scheduler_->remove(replica, t);
+  replicas_.erase(replica);
+}
+
+const Placed* Placement::where(const std::string& replica) const {
+  auto it = replicas_.find(replica);
+  return it != replicas_.end() && it->second.placed ? &*it->second.placed : nullptr;
+}
+
+std::vector<scheduler::QueueStatus> Placement::queues() const {
+  return scheduler_ ? scheduler_->queues() : std::vector<scheduler::QueueStatus>{};
+}
+
+void Placement::render(MetricsText& text) const {
+  if (!scheduler_) return;
+  const auto queues = scheduler_->queues();
+  auto& allocated = text.gauge("loadstar_scheduler_queue_allocated_gpus",
+                               "GPUs allocated to the queue and its children");
+  for (const auto& q : queues) allocated.add(q.allocated.gpu, {{"queue", q.name}});
+  auto& deserved =
+      text.gauge("loadstar_scheduler_queue_deserved_gpus", "The queue's deserved GPU quota");
+  for (const auto& q : queues) deserved.add(q.deserved.gpu, {{"queue", q.name}});
+  auto& fair =
+      text.gauge("loadstar_scheduler_queue_fair_share_gpus", "The queue's fair share of GPUs now");
+  for (const auto& q : queues) fair.add(q.fair_share.gpu, {{"queue", q.name}});
+  auto& waiting = text.gauge("loadstar_scheduler_queue_pending_workloads",
+                             "Workloads of the queue waiting to be placed");
+  for (const auto& q : queues) waiting.add(q.waiting, {{"queue", q.name}});
+  auto& queue_seconds =
+      text.counter("loadstar_scheduler_queue_gpu_seconds_total",
+                   "GPU-seconds allocated to the queue and its children (fractions count as such)");
+  for (const auto& q : queues) queue_seconds.add(q.gpu_seconds, {{"queue", q.name}});
+  auto& tenant_seconds =
+      text.counter("loadstar_scheduler_tenant_gpu_seconds_total",
+                   "GPU-seconds allocated to the tenant's workloads, for chargeback");
+  for (const auto& [tenant, seconds] : scheduler_->tenant_gpu_seconds())
+    tenant_seconds.add(seconds, {{"tenant", tenant}});
+  text.counter("loadstar_scheduler_preemptions_total", "Workloads evicted by preemption or reclaim")
+      .add(static_cast<double>(scheduler_->preemptions()));
+  text.gauge("loadstar_scheduler_gpus", "GPUs on schedulable nodes")
+      .add(cluster_.gpu_milli_total() / 1000.0);
+  text.gauge("loadstar_scheduler_gpus_allocated", "GPUs allocated (fractions count as such)")
+      .add(cluster_.gpu_milli_used() / 1000.0);
+}
+
+}  // namespace loadstar::controller

@@ -1,0 +1,103 @@
+// Where replicas go: the controller's side of the GPU scheduler
+// (src/scheduler). Each pass it brings the scheduler's cluster and queues
+// in line with the declared Node and Queue resources (rebuilding the
+// cluster when nodes change, keeping replicas where they run when their
+// node and devices still exist), tells it which models each node holds
+// (for the locality scorer), submits the replicas that need a place, runs a
+// scheduling cycle and says what changed: replicas placed, replicas whose
+// place is gone (their engines must stop), and why the others wait.
+// Owns the cluster, the scheduler and each replica's placement.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "api/resources.h"
+#include "common/metrics_text.h"
+#include "controller/runtime.h"
+#include "scheduler/scheduler.h"
+
+namespace loadstar::controller {
+
+// A replica as placement needs to know it this pass.
+struct PlacementReplica {
+  std::string name;
+  std::string service;
+  bool terminating = false;    // being drained or stopped: never placed again
+  bool launched = false;       // its engine runs (or is stopping)
+  bool engine_active = false;  // launched, or past Pending (a start under way)
+};
+
+struct PlacementPass {
+  const std::vector<api::Node>* nodes = nullptr;
+  const std::vector<api::Queue>* queues = nullptr;
+  const std::map<std::string, api::InferenceService>* services = nullptr;
+  std::vector<PlacementReplica> replicas;  // every replica, in name order
+  // The models staged on a node, as the runtime knows it.
+  std::function<std::set<std::string, std::less<>>(const std::string& node)> models_on;
+};
+
+struct PlacementChanges {
+  std::vector<std::string> placed;  // given a node and devices this pass
+  // Replicas whose place is gone (preempted, node or devices changed): stop
+  // their engines; they are placed again.
+  std::vector<std::pair<std::string, std::string>> displaced;  // (replica, why)
+  std::map<std::string, std::string> waiting;                  // replica -> why it has no place
+};
+
+struct Placed {
+  std::string node;
+  std::string devices;  // "gpu0,gpu1", "gpu0:500m", "gpu2:3g"
+  std::vector<DeviceShare> shares;
+};
+
+class Placement {
+ public:
+  // `policy`: scheduler::PlacementPolicy::named (an unknown one: "loadstar").
+  explicit Placement(std::string policy) : policy_(std::move(policy)) {}
+
+  // An engine that runs already (taken over at start) on `node` with
+  // `shares`: it keeps them if they exist at the next pass.
+  void adopt(const std::string& replica, const std::string& node, std::vector<DeviceShare> shares);
+  // `t`: seconds on the controller's clock.
+  PlacementChanges pass(const PlacementPass& pass, double t);
+  // The replica is gone: its place is given back.
+  void remove(const std::string& replica, double t);
+
+  // Where the replica is placed; null while it has no place.
+  const Placed* where(const std::string& replica) const;
+  // Queues with usage against quota and fair share.
+  std::vector<scheduler::QueueStatus> queues() const;
+  // Per-queue allocation, fair share and GPU-seconds, per-tenant
+  // GPU-seconds, preemptions, GPUs.
+  void render(MetricsText& text) const;
+
+ private:
+  struct Replica {
+    bool submitted = false;
+    std::optional<Placed> placed;
+    std::optional<std::vector<DeviceShare>> adopted;
+    std::string adopted_node;
+  };
+  // Displaced replicas, when a change of nodes moved them.
+  std::vector<std::pair<std::string, std::string>> sync_cluster(const PlacementPass& pass,
+                                                                double t);
+  void sync_queues(const std::vector<api::Queue>& queues);
+  void sync_target(const std::map<std::string, api::InferenceService>& services);
+  scheduler::Workload workload_of(const std::string& replica, const api::InferenceService& svc);
+  Placed placed_from(const scheduler::Allocation& a) const;
+
+  std::string policy_;
+  scheduler::Cluster cluster_;
+  std::unique_ptr<scheduler::Scheduler> scheduler_;
+  std::string nodes_key_, queues_key_, target_key_;
+  std::map<std::string, Replica> replicas_;
+};
+
+}  // namespace loadstar::controller

@@ -1,0 +1,113 @@
+#include "controller/scaler.h"
+
+#include <fmt/chrono.h>
+#include <spdlog/spdlog.h>
+
+namespace loadstar::controller {
+
+autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
+  autoscaler::Spec spec;
+  spec.min_replicas = svc.spec.min_replicas.value_or(1);
+  spec.idle_window_s = svc.spec.idle_timeout_s;
+  spec.ttft_bounds.assign(std::begin(gateway::Endpoint::kTtftBounds),
+                          std::end(gateway::Endpoint::kTtftBounds));
+  if (!svc.spec.autoscaling) return spec;
+  const api::AutoscalingSpec& as = *svc.spec.autoscaling;
+  spec.max_replicas = as.max_replicas;
+  spec.waiting_per_replica = as.waiting_per_replica;
+  spec.in_flight_per_replica = as.in_flight_per_replica;
+  spec.kv_cache_usage = as.kv_cache_usage;
+  spec.ttft_p90_slo_s = as.ttft_p90_s;
+  spec.stable_window_s = as.stable_window_s;
+  spec.panic_window_s = as.panic_window_s;
+  spec.panic_threshold = as.panic_threshold;
+  spec.max_scale_up_rate = as.max_scale_up_rate;
+  spec.scale_down_stabilization_s = as.scale_down_stabilization_s;
+  spec.tolerance = as.tolerance;
+  return spec;
+}
+
+uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t current,
+                               const ServiceLoad& load, Clock::time_point now,
+                               std::chrono::system_clock::time_point wall) {
+  const std::string& name = svc.metadata.name;
+  State& st = services_[name];
+  if (load.held) {
+    if (!st.last_active)
+      spdlog::info("service {}: a request is waiting; scaling up from zero", name);
+    st.last_active = now;
+  }
+  if (!load_signals_) return st.desired = svc.spec.replicas;
+  if (svc.spec.autoscaling) return st.desired = autoscale(svc, current, load, now, wall);
+  if (load.requests > 0 || load.in_flight > 0) st.last_active = now;
+  const uint32_t min = svc.spec.min_replicas.value_or(svc.spec.replicas);
+  if (min >= svc.spec.replicas) return st.desired = svc.spec.replicas;  // a fixed size
+  if (!st.last_active) return st.desired = min;                         // never asked for yet
+  const double idle = seconds_between(*st.last_active, now);
+  return st.desired = idle > svc.spec.idle_timeout_s ? min : svc.spec.replicas;
+}
+
+uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t current,
+                                  const ServiceLoad& load, Clock::time_point now,
+                                  std::chrono::system_clock::time_point wall) {
+  const std::string& name = svc.metadata.name;
+  State& st = services_[name];
+  const std::string key = api::encode_resource(svc);
+  if (!st.autoscaler || st.spec_key != key) {
+    if (!st.autoscaler) current = svc.spec.replicas;  // a new service starts at spec.replicas
+    st.autoscaler = std::make_unique<autoscaler::Autoscaler>(autoscaler_spec(svc));
+    st.spec_key = key;
+  }
+  // One sample: the replicas' load as the gateways and the engines'
+  // /metrics (scraped by the gateways) see it.
+  autoscaler::Sample sample;
+  sample.now = seconds_between(epoch_, now);
+  sample.ready = load.ready;
+  sample.in_flight = load.in_flight;
+  sample.waiting = load.waiting;
+  sample.kv_cache_usage = load.ready ? load.kv_usage_sum / load.ready : 0;
+  sample.ttft_counts.assign(load.ttft.begin(), load.ttft.end());
+  st.requests_total += load.requests;
+  sample.requests_total = st.requests_total;
+  sample.held = load.held ? 1 : 0;
+  st.autoscaler->observe(sample);
+  autoscaler::Decision d = st.autoscaler->decide(sample.now, current);
+  if (d.desired != current) {
+    spdlog::info("service {}: scale {} -> {}: {}", name, current, d.desired, d.reason);
+    constexpr size_t kMaxEvents = 20;
+    st.events.push_back(fmt::format("{:%H:%M:%S}Z scale {} -> {}: {}",
+                                    fmt::gmtime(std::chrono::system_clock::to_time_t(wall)),
+                                    current, d.desired, d.reason));
+    if (st.events.size() > kMaxEvents) st.events.pop_front();
+  }
+  st.last = d;
+  return d.desired;
+}
+
+void ServiceScaler::retain(const std::map<std::string, api::InferenceService>& services) {
+  std::erase_if(services_, [&](const auto& kv) { return !services.count(kv.first); });
+}
+
+uint32_t ServiceScaler::desired(const api::InferenceService& svc) const {
+  auto it = services_.find(svc.metadata.name);
+  return it != services_.end() ? it->second.desired : svc.spec.replicas;
+}
+
+const autoscaler::Decision* ServiceScaler::last_decision(const std::string& service) const {
+  auto it = services_.find(service);
+  return it != services_.end() && it->second.last ? &*it->second.last : nullptr;
+}
+
+std::vector<std::string> ServiceScaler::events(const std::string& service) const {
+  auto it = services_.find(service);
+  if (it == services_.end()) return {};
+  return {it->second.events.begin(), it->second.events.end()};
+}
+
+uint32_t ServiceScaler::weights_nodes(const api::InferenceService& svc) const {
+  if (svc.spec.warm_nodes == 0) return 0;
+  const autoscaler::Decision* d = last_decision(svc.metadata.name);
+  return d ? std::max(svc.spec.warm_nodes, d->stage_ahead) : svc.spec.warm_nodes;
+}
+
+}  // namespace loadstar::controller

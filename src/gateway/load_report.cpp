@@ -1,0 +1,93 @@
+#include "gateway/load_report.h"
+
+#include <nlohmann/json.hpp>
+
+namespace loadstar::gateway {
+
+using nlohmann::json;
+
+EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms) {
+  EndpointLoad out;
+  out.service = e.service;
+  out.replica = e.replica;
+  out.address = e.key;
+  out.requests = e.requests.load(std::memory_order_relaxed);
+  out.in_flight = e.in_flight.load(std::memory_order_relaxed);
+  out.waiting = e.waiting.load(std::memory_order_relaxed);
+  out.kv_usage = e.kv_usage.load(std::memory_order_relaxed);
+  const int64_t at = e.metrics_at_ms.load(std::memory_order_relaxed);
+  out.metrics_age_s = at > 0 ? (now_ms - at) / 1000.0 : -1.0;
+  for (size_t b = 0; b < out.ttft.size(); ++b)
+    out.ttft[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
+  return out;
+}
+
+std::string load_report_json(const LoadReport& report) {
+  json endpoints = json::array();
+  for (const EndpointLoad& e : report.endpoints)
+    endpoints.push_back({{"service", e.service},
+                         {"replica", e.replica},
+                         {"address", e.address},
+                         {"requests", e.requests},
+                         {"in_flight", e.in_flight},
+                         {"waiting", e.waiting},
+                         {"kv_usage", e.kv_usage},
+                         {"metrics_age_s", e.metrics_age_s},
+                         {"ttft_counts", e.ttft}});
+  json held = json::object();
+  for (const auto& [service, n] : report.held)
+    if (n > 0) held[service] = n;
+  return json({{"endpoints", std::move(endpoints)}, {"held", std::move(held)}}).dump();
+}
+
+namespace {
+
+std::optional<double> number(const json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_number()) return std::nullopt;
+  return it->get<double>();
+}
+
+// Counters are whole and never negative; anything else reads as 0.
+uint64_t counter(const json& value) {
+  if (!value.is_number()) return 0;
+  const double v = value.get<double>();
+  return v > 0 && v < 1.8e19 ? static_cast<uint64_t>(v) : 0;
+}
+
+}  // namespace
+
+Result<ParsedLoadReport> parse_load_report(std::string_view text) {
+  const json doc = json::parse(text, nullptr, false);
+  if (!doc.is_object() || !doc.contains("endpoints") || !doc["endpoints"].is_array())
+    return Error{ErrorCode::kInvalidArgument,
+                 "the load report is not an object with an 'endpoints' list"};
+  ParsedLoadReport out;
+  if (auto held = doc.find("held"); held != doc.end() && held->is_object())
+    for (const auto& [service, n] : held->items())
+      if (n.is_number() && n.get<double>() > 0)
+        out.report.held[service] = static_cast<int64_t>(std::max(1.0, n.get<double>()));
+  for (const json& e : doc["endpoints"]) {
+    if (!e.is_object() || !e.contains("replica") || !e["replica"].is_string()) {
+      out.problems.push_back("an endpoint without a replica name");
+      continue;
+    }
+    EndpointLoad load;
+    load.replica = e["replica"].get<std::string>();
+    if (auto s = e.find("service"); s != e.end() && s->is_string()) load.service = *s;
+    if (auto a = e.find("address"); a != e.end() && a->is_string()) load.address = *a;
+    if (auto r = e.find("requests"); r != e.end()) load.requests = counter(*r);
+    if (auto f = e.find("in_flight"); f != e.end())
+      load.in_flight = static_cast<int64_t>(std::min<uint64_t>(counter(*f), INT64_MAX));
+    load.waiting = number(e, "waiting").value_or(0);
+    load.kv_usage = number(e, "kv_usage").value_or(0);
+    load.metrics_age_s = number(e, "metrics_age_s").value_or(-1);
+    if (auto ttft = e.find("ttft_counts"); ttft != e.end() && ttft->is_array())
+      for (size_t b = 0; b < load.ttft.size() && b < ttft->size(); ++b)
+        load.ttft[b] = counter((*ttft)[b]);
+    out.report.endpoints.push_back(std::move(load));
+  }
+  return out;
+}
+
+}  // namespace loadstar::gateway

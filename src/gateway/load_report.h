@@ -1,0 +1,52 @@
+// What a gateway knows of the load on the replicas it routes to: per replica
+// the requests sent (a counter), those in flight, time-to-first-token bucket
+// counts (counters) and the engine's queue and KV-cache use as last scraped;
+// and the services that held requests wait for. The gateway's own counters,
+// read without a lock; a controller turns successive reports into per-pass
+// increments (controller/load.h), from a gateway in its own process or from
+// every gateway's GET /loadstar/v1/load (this struct as JSON).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gateway/routing_table.h"
+
+namespace loadstar::gateway {
+
+struct EndpointLoad {
+  std::string service;
+  std::string replica;
+  std::string address;        // "host:port"; a new address is a new engine
+  uint64_t requests = 0;      // ever sent (counter)
+  int64_t in_flight = 0;      // now
+  double waiting = 0;         // the engine's queue, as last scraped
+  double kv_usage = 0;        // the engine's KV-cache use (0..1), as last scraped
+  double metrics_age_s = -1;  // since that scrape; -1: never scraped
+  std::array<uint64_t, Endpoint::kTtftBuckets> ttft{};  // counters
+};
+
+struct LoadReport {
+  std::vector<EndpointLoad> endpoints;  // each replica once
+  std::map<std::string, int64_t> held;  // service -> requests held for it now
+};
+
+// The gateway's counters now (`now_ms`: steady-clock milliseconds, for the
+// scrape ages).
+EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms);
+
+std::string load_report_json(const LoadReport& report);
+
+// Parses a report another gateway served. Malformed entries are skipped and
+// named in `problems`; a text that is not a report at all is an error.
+struct ParsedLoadReport {
+  LoadReport report;
+  std::vector<std::string> problems;
+};
+Result<ParsedLoadReport> parse_load_report(std::string_view text);
+
+}  // namespace loadstar::gateway

@@ -1,0 +1,387 @@
+#include "gateway/upstream.h"
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "gateway/respond.h"
+#include "openai/protocol.h"
+
+namespace loadstar::gateway {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+int64_t steady_ms_of(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+std::chrono::milliseconds millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// Adds the engine-reported usage of a JSON body or event.
+void add_usage(std::string_view text, Usage& usage) {
+  if (auto u = peek_usage(text)) {
+    usage.prompt_tokens += u->prompt_tokens;
+    usage.completion_tokens += u->completion_tokens;
+  }
+}
+
+// The message of an OpenAI-shaped error body, if it is one (for logs and
+// the final error when every attempt failed).
+std::string openai_error_message(std::string_view body) {
+  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
+  if (doc.is_object() && doc.contains("error") && doc["error"].is_object() &&
+      doc["error"].contains("message") && doc["error"]["message"].is_string())
+    return doc["error"]["message"].get<std::string>().substr(0, 200);
+  return {};
+}
+
+// The attempt's connection as the callbacks that may close it see it: they
+// can outlive the attempt, so they share this rather than point into it.
+struct Watch {
+  tcp::socket* conn = nullptr;  // null: nothing to close (done, or pooled)
+  bool client_gone = false;
+  bool timed_out = false;
+};
+
+}  // namespace
+
+// One attempt's upstream connection, response parser and watchdog. The
+// watchdog closes the connection when the upstream stays silent too long.
+// Upstream connections are plain sockets: Beast's tcp_stream re-arms a timer
+// on every read, which costs two timerfd syscalls per streamed event.
+struct Upstream::Call {
+  Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
+    parser.body_limit(boost::none);
+  }
+  void arm(std::chrono::milliseconds after) {
+    watchdog.expires_after(after);
+    watchdog.async_wait([watch = watch](boost::system::error_code ec) {
+      if (ec || !watch->conn) return;
+      watch->timed_out = true;
+      boost::system::error_code ignored;
+      watch->conn->close(ignored);
+    });
+  }
+
+  std::shared_ptr<Watch> watch = std::make_shared<Watch>();
+  asio::steady_timer watchdog;
+  const std::chrono::milliseconds idle;
+  std::unique_ptr<tcp::socket> conn;
+  bhttp::response_parser<bhttp::buffer_body> parser;
+  beast::flat_buffer buffer;
+};
+
+Upstream::Upstream(asio::io_context& io, UpstreamOptions options) : io_(io), options_(options) {}
+
+Upstream::~Upstream() = default;
+
+std::unique_ptr<tcp::socket> Upstream::take_idle(const std::string& key) {
+  // A connection the peer has closed (or that has unsolicited bytes
+  // waiting, such as a 408) reads as ready; an open, quiet one would block.
+  std::vector<std::unique_ptr<tcp::socket>>& pool = idle_[key];
+  while (!pool.empty()) {
+    std::unique_ptr<tcp::socket> conn = std::move(pool.back());
+    pool.pop_back();
+    char byte;
+    const ssize_t n = ::recv(conn->native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return conn;
+  }
+  return nullptr;
+}
+
+void Upstream::keep_idle(const std::string& key, std::unique_ptr<tcp::socket> conn) {
+  idle_[key].push_back(std::move(conn));
+}
+
+asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequest request) {
+  ForwardResult result;
+  result.prefill_pending = request.prefill;
+  Call call(io_, millis(options_.idle_timeout_s));
+  // If the client hangs up, closing the upstream connection tells the engine
+  // to abort the request (and free its KV cache).
+  ex.on_client_closed([watch = call.watch] {
+    watch->client_gone = true;
+    boost::system::error_code ignored;
+    if (watch->conn) watch->conn->close(ignored);
+  });
+  const bool answered = co_await send(call, ex.request(), request, result);
+  if (!answered) co_return result;
+  result.upstream_status = call.parser.get().result_int();
+  std::string content_type(call.parser.get()[bhttp::field::content_type]);
+  if (content_type.starts_with("text/event-stream")) {
+    co_await relay_stream(ex, call, std::move(content_type), request, result);
+  } else {
+    co_await relay_body(ex, call, std::move(content_type), request, result);
+  }
+  co_return result;
+}
+
+// Sends the request and reads the response head. False when that failed
+// (result says why, and whether the client is gone).
+asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
+                                     const ForwardRequest& request, ForwardResult& result) {
+  const Endpoint& endpoint = *request.endpoint;
+  const std::string& key = endpoint.key;
+  // The request head is formatted directly: a proxy forwarding a JSON body
+  // needs no header container.
+  std::string head = fmt::format(
+      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
+      "Content-Length: {}\r\n",
+      client.target, key, request.body.size());
+  if (!request.authorization.empty())
+    head += fmt::format("Authorization: {}\r\n", request.authorization);
+  head += "\r\n";
+  const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
+                                                             asio::buffer(request.body)};
+  Watch& watch = *call.watch;
+  // A pooled connection may have been closed by the replica while it sat
+  // idle (engines close keep-alive connections after a few seconds; the
+  // close can cross the request on the wire). Such an attempt fails before
+  // any response byte and is sent once more on a fresh connection to the
+  // same replica, as Go's http.Transport and Envoy do for reused connections.
+  for (bool fresh_retry_left = true;;) {
+    call.conn = fresh_retry_left ? take_idle(key) : nullptr;
+    const bool reused = call.conn != nullptr;
+    watch.timed_out = false;
+    if (reused) {
+      watch.conn = call.conn.get();
+      call.arm(call.idle);
+    } else {
+      call.conn = std::make_unique<tcp::socket>(io_);
+      watch.conn = call.conn.get();
+      boost::system::error_code ec;
+      auto address = asio::ip::make_address(endpoint.host, ec);
+      call.arm(millis(options_.connect_timeout_s));
+      tcp::endpoint target(address, endpoint.port);
+      auto [cec] = co_await call.conn->async_connect(target, kUseTuple);
+      if (ec || cec) {
+        watch.conn = nullptr;
+        result.failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
+                                     watch.timed_out ? "timed out" : (ec ? ec : cec).message());
+        co_return false;
+      }
+      call.conn->set_option(tcp::no_delay(true), ec);
+      call.arm(call.idle);
+    }
+    auto [wec, wn] = co_await asio::async_write(*call.conn, request_buffers, kUseTuple);
+    boost::system::error_code hec = wec;
+    if (!wec) {
+      auto [rec, rn] =
+          co_await bhttp::async_read_header(*call.conn, call.buffer, call.parser, kUseTuple);
+      hec = rec;
+    }
+    if (!hec) co_return true;
+    watch.conn = nullptr;
+    if (watch.client_gone) {
+      result.outcome = ForwardOutcome::kClientGone;
+      co_return false;
+    }
+    if (reused && fresh_retry_left && !watch.timed_out && call.buffer.size() == 0 &&
+        !call.parser.got_some()) {
+      fresh_retry_left = false;
+      ++request.stats->reconnects;
+      spdlog::debug("gateway: pooled connection to replica {} ({}) was closed ({}); resending",
+                    endpoint.replica, key, hec.message());
+      continue;  // the parser has seen nothing: it starts over as it is
+    }
+    // Nothing has reached the client: another replica may answer.
+    result.failure = fmt::format("replica {} ({}): {}", endpoint.replica, key,
+                                 watch.timed_out ? "idle timeout" : hec.message());
+    co_return false;
+  }
+}
+
+// A whole response: read it all, then answer the client (or leave a 429 or
+// 5xx to another attempt).
+asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::string content_type,
+                                           ForwardRequest& request, ForwardResult& result) {
+  Endpoint& endpoint = *request.endpoint;
+  auto& parser = call.parser;
+  const int status = result.upstream_status;
+  char chunk[16384];
+  boost::system::error_code read_error;
+  std::string payload;
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof(chunk);
+    auto [rec, rn] = co_await bhttp::async_read(*call.conn, call.buffer, parser, kUseTuple);
+    if (rec == bhttp::error::need_buffer) rec = {};
+    payload.append(chunk, sizeof(chunk) - parser.get().body().size);
+    if (rec) {
+      read_error = rec;
+      break;
+    }
+  }
+  call.watch->conn = nullptr;
+  if (call.watch->client_gone) {
+    result.outcome = ForwardOutcome::kClientGone;
+    co_return;
+  }
+  if (read_error) {
+    result.outcome = ForwardOutcome::kDone;
+    result.client_status = 502;
+    co_await send_error(ex, 502,
+                        fmt::format("replica {} failed mid-response: {}", endpoint.replica,
+                                    call.watch->timed_out ? "idle timeout" : read_error.message()));
+    co_return;
+  }
+  const bool reusable = parser.keep_alive();
+  if (request.may_retry && (status == 429 || status >= 500)) {
+    // Refused or failed, and nothing reached the client: try elsewhere.
+    auto message = openai_error_message(payload);
+    result.failure = fmt::format("replica {} ({}) answered {}{}{}", endpoint.replica, endpoint.key,
+                                 status, message.empty() ? "" : ": ", message);
+    if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+    co_return;
+  }
+  result.outcome = ForwardOutcome::kDone;
+  result.client_status = status;
+  ModelStats& stats = *request.stats;
+  stats.ttft.observe(seconds_since(request.start));
+  if (request.held) stats.held_ttft.observe(seconds_since(request.start));
+  if (status == 200)
+    endpoint.observe_ttft(seconds_since(request.start), steady_ms_of(request.start));
+  if (status == 200) add_usage(payload, result.usage);
+  http::Response response{status, std::move(content_type), std::move(payload),
+                          std::move(request.headers)};
+  co_await ex.respond(std::move(response));
+  if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+}
+
+// SSE: forward every complete event as soon as it arrives (read_some: a
+// plain read would wait for the body buffer to fill). Once the stream has
+// begun there is no retry: a failure ends it with an error event.
+asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
+                                             std::string content_type, ForwardRequest& request,
+                                             ForwardResult& result) {
+  Endpoint& endpoint = *request.endpoint;
+  ModelStats& stats = *request.stats;
+  auto& parser = call.parser;
+  const Clock::time_point start = request.start;
+  const int status = result.upstream_status;
+  result.client_status = status;
+  std::vector<http::Header> headers = std::move(request.headers);
+  bool client_ok = co_await ex.begin_stream(status, std::move(content_type), std::move(headers));
+  char chunk[16384];
+  boost::system::error_code read_error;
+  std::string pending;
+  std::string out;  // the events of one read, reused
+  bool first_token = true;
+  Clock::time_point last_event = start;
+  // Re-arming the watchdog costs a timerfd syscall, so it is renewed at
+  // most once a second, not per event.
+  Clock::time_point armed = Clock::now();
+  while (client_ok && !parser.is_done()) {
+    if (Clock::now() - armed > std::chrono::seconds(1)) {
+      call.arm(call.idle);
+      armed = Clock::now();
+    }
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof(chunk);
+    auto [ec, rn] = co_await bhttp::async_read_some(*call.conn, call.buffer, parser, kUseTuple);
+    boost::system::error_code rec =
+        ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
+    pending.append(chunk, sizeof(chunk) - parser.get().body().size);
+    // Beast hands over one chunk (one event) per read; parse the rest of
+    // what is already buffered without touching the socket, so events that
+    // arrived together leave together, in one write.
+    while (!rec && !parser.is_done() && call.buffer.size() > 0) {
+      parser.get().body().data = chunk;
+      parser.get().body().size = sizeof(chunk);
+      boost::system::error_code pec;
+      const size_t used = parser.put(call.buffer.data(), pec);
+      call.buffer.consume(used);
+      const size_t got = sizeof(chunk) - parser.get().body().size;
+      pending.append(chunk, got);
+      if (pec == bhttp::error::need_more) break;  // a partial chunk: wait for the socket
+      if (pec && pec != bhttp::error::need_buffer) rec = pec;
+      if (used == 0 && got == 0) break;
+    }
+    out.clear();
+    size_t pos = 0, end;
+    while ((end = pending.find("\n\n", pos)) != std::string::npos) {
+      std::string_view event(pending.data() + pos, end - pos);
+      const size_t event_end = end + 2;
+      bool forward_event = true;
+      if (event.starts_with("data: {") && event.find(R"("choices":[])") != std::string_view::npos &&
+          event.find(R"("usage":{)") != std::string_view::npos) {
+        add_usage(event.substr(6), result.usage);
+        forward_event = request.client_wants_usage;
+      } else if (event.starts_with("data: {")) {
+        const auto now = Clock::now();
+        if (first_token) {
+          stats.ttft.observe(std::chrono::duration<double>(now - start).count());
+          if (request.held)
+            stats.held_ttft.observe(std::chrono::duration<double>(now - start).count());
+          endpoint.observe_ttft(std::chrono::duration<double>(now - start).count(),
+                                steady_ms_of(start));
+          first_token = false;
+          // Its prefill is done: no longer part of the endpoint's queue.
+          endpoint.pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
+          result.prefill_pending = 0;
+        } else {
+          stats.inter_token.observe(std::chrono::duration<double>(now - last_event).count());
+        }
+        last_event = now;
+      }
+      if (forward_event) out.append(pending, pos, event_end - pos);
+      pos = event_end;
+    }
+    pending.erase(0, pos);
+    if (!out.empty()) client_ok = co_await ex.write_chunk(out);
+    if (rec) {
+      read_error = rec;
+      break;
+    }
+  }
+  call.watch->conn = nullptr;
+  if (!client_ok || call.watch->client_gone) {
+    result.outcome = ForwardOutcome::kClientGone;  // the connection is dropped, not pooled
+    co_return;
+  }
+  result.outcome = ForwardOutcome::kDone;
+  if (read_error) {
+    // The replica died mid-stream: end the stream with an error event rather
+    // than leave the client hanging.
+    result.client_status = 502;
+    openai::ApiError error{
+        502,
+        fmt::format("replica {} failed mid-stream: {}", endpoint.replica,
+                    call.watch->timed_out ? "idle timeout" : read_error.message()),
+        {}};
+    std::string tail = "data: " + openai::error_body(error) + "\n\ndata: [DONE]\n\n";
+    const bool ok = co_await ex.write_chunk(tail);
+    if (ok) co_await ex.end_stream();
+    co_return;
+  }
+  const bool reusable = parser.keep_alive();
+  co_await ex.end_stream();
+  if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+}
+
+}  // namespace loadstar::gateway

@@ -1,0 +1,104 @@
+// The way from a gateway worker to the engines: a pool of idle keep-alive
+// connections per replica, and one attempt at a request, which sends it and
+// relays the answer to the client (a whole body, or SSE event by event).
+// Beast stays in upstream.cpp.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "gateway/request_peek.h"
+#include "gateway/routing_table.h"
+#include "gateway/stats.h"
+#include "http/server.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace loadstar::gateway {
+
+struct UpstreamOptions {
+  double connect_timeout_s = 2;
+  // Silence from an upstream longer than this fails the attempt.
+  double idle_timeout_s = 300;
+};
+
+// One attempt: what to send where, and what to tell the client.
+struct ForwardRequest {
+  Endpoint* endpoint = nullptr;
+  std::string_view body;              // JSON; must outlive the attempt
+  std::string_view authorization;     // sent upstream as is (empty: none)
+  std::vector<http::Header> headers;  // added to the client's response
+  bool client_wants_usage = false;    // pass a stream's usage event on
+  // Another attempt may follow: a 429 or 5xx answer is not relayed.
+  bool may_retry = false;
+  bool held = false;  // the request waited for a replica: its TTFT also counts as held
+  std::chrono::steady_clock::time_point start;  // when the request arrived
+  // Prompt bytes the caller added to endpoint->pending_prefill; released
+  // here at the first streamed token.
+  int64_t prefill = 0;
+  // Where time to first token, inter-token time and reconnects are counted
+  // as they happen (the worker's own statistics).
+  ModelStats* stats = nullptr;
+};
+
+enum class ForwardOutcome {
+  kDone,        // a response (or an error in its place) went to the client
+  kRetry,       // nothing reached the client; another endpoint may answer
+  kClientGone,  // the client hung up
+};
+
+struct ForwardResult {
+  ForwardOutcome outcome = ForwardOutcome::kRetry;
+  int client_status = 0;    // the status the client got (0: none)
+  int upstream_status = 0;  // the engine's (0: it never answered)
+  std::string failure;      // why, when the outcome is kRetry
+  Usage usage;              // what the engine reported
+  // Of ForwardRequest::prefill, what is still counted in the endpoint's
+  // pending_prefill (0 once the first token came).
+  int64_t prefill_pending = 0;
+};
+
+// One per worker, used on that worker's thread only.
+class Upstream {
+ public:
+  Upstream(boost::asio::io_context& io, UpstreamOptions options);
+  ~Upstream();
+  Upstream(const Upstream&) = delete;
+  Upstream& operator=(const Upstream&) = delete;
+
+  // Sends the request to request.endpoint on a pooled connection (once more
+  // on a fresh one if the replica had closed it) and relays the answer. The
+  // client's hanging up, or the engine's silence past the idle timeout,
+  // closes the upstream connection, which tells the engine to stop.
+  boost::asio::awaitable<ForwardResult> forward(http::Exchange& ex, ForwardRequest request);
+
+ private:
+  struct Call;  // one attempt's connection, parser and watchdog (upstream.cpp)
+  boost::asio::awaitable<bool> send(Call& call, const http::Request& client,
+                                    const ForwardRequest& request, ForwardResult& result);
+  boost::asio::awaitable<void> relay_body(http::Exchange& ex, Call& call, std::string content_type,
+                                          ForwardRequest& request, ForwardResult& result);
+  boost::asio::awaitable<void> relay_stream(http::Exchange& ex, Call& call,
+                                            std::string content_type, ForwardRequest& request,
+                                            ForwardResult& result);
+  // The most recently used idle connection to `key` that is still open, or null.
+  std::unique_ptr<boost::asio::ip::tcp::socket> take_idle(const std::string& key);
+  void keep_idle(const std::string& key, std::unique_ptr<boost::asio::ip::tcp::socket> conn);
+
+  boost::asio::io_context& io_;
+  const UpstreamOptions options_;
+  // Idle keep-alive connections per "host:port", most recently used last.
+  std::unordered_map<std::string, std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>>> idle_;
+};
+
+}  // namespace loadstar::gateway

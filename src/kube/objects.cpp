@@ -1,0 +1,149 @@
+#include "kube/objects.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kube/client.h"  // parse_quantity
+
+namespace loadstar::kube {
+
+using nlohmann::json;
+
+namespace {
+
+const json& member(const json& object, const char* key) {
+  static const json kNull;
+  if (!object.is_object()) return kNull;
+  auto it = object.find(key);
+  return it == object.end() ? kNull : *it;
+}
+
+std::string text(const json& object, const char* key) {
+  const json& v = member(object, key);
+  return v.is_string() ? v.get<std::string>() : std::string();
+}
+
+std::map<std::string, std::string> strings(const json& object) {
+  std::map<std::string, std::string> out;
+  if (!object.is_object()) return out;
+  for (const auto& [k, v] : object.items())
+    if (v.is_string()) out[k] = v.get<std::string>();
+  return out;
+}
+
+std::vector<ContainerState> states(const json& list) {
+  std::vector<ContainerState> out;
+  if (!list.is_array()) return out;
+  for (const json& c : list) {
+    ContainerState s;
+    s.name = text(c, "name");
+    const json& state = member(c, "state");
+    for (const char* kind : {"waiting", "running", "terminated"}) {
+      const json& detail = member(state, kind);
+      if (!detail.is_object()) continue;
+      s.state = kind;
+      s.reason = text(detail, "reason");
+      s.message = text(detail, "message");
+      const json& code = member(detail, "exitCode");
+      if (code.is_number_integer()) s.exit_code = code.get<int>();
+      break;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string ContainerState::describe() const {
+  if (state == "waiting") return fmt::format("{} waiting: {} {}", name, reason, message);
+  if (state == "terminated") return fmt::format("{} exited with code {}", name, exit_code);
+  if (state == "running") return name + " running";
+  return "";
+}
+
+std::optional<int> Pod::port(std::string_view container, std::string_view port_name) const {
+  std::optional<int> out;
+  for (const Port& p : ports)
+    if ((container.empty() || p.container == container) &&
+        (port_name.empty() || p.name == port_name))
+      out = p.port;
+  return out;
+}
+
+const ContainerState* Pod::container(std::string_view name) const {
+  for (const auto& c : containers)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+Pod pod_from_json(const json& object) {
+  Pod pod;
+  const json& meta = member(object, "metadata");
+  pod.name = text(meta, "name");
+  pod.labels = strings(member(meta, "labels"));
+  pod.annotations = strings(member(meta, "annotations"));
+  pod.deleting = !member(meta, "deletionTimestamp").is_null();
+  const json& spec = member(object, "spec");
+  pod.node_name = text(spec, "nodeName");
+  if (const json& containers = member(spec, "containers"); containers.is_array())
+    for (const json& c : containers) {
+      const std::string name = text(c, "name");
+      if (const json& ports = member(c, "ports"); ports.is_array())
+        for (const json& p : ports) {
+          const json& number = member(p, "containerPort");
+          if (number.is_number_integer() && number.get<int64_t>() > 0 &&
+              number.get<int64_t>() <= 65535)
+            pod.ports.push_back({name, text(p, "name"), number.get<int>()});
+        }
+    }
+  const json& status = member(object, "status");
+  pod.phase = text(status, "phase");
+  if (pod.phase.empty()) pod.phase = "Pending";
+  pod.reason = text(status, "reason");
+  pod.message = text(status, "message");
+  pod.pod_ip = text(status, "podIP");
+  if (const json& conditions = member(status, "conditions"); conditions.is_array())
+    for (const json& c : conditions) {
+      const bool is_true = text(c, "status") == "True";
+      if (text(c, "type") == "Ready") pod.ready = is_true;
+      if (text(c, "type") == "Initialized") pod.initialized = is_true;
+    }
+  pod.containers = states(member(status, "containerStatuses"));
+  pod.init_containers = states(member(status, "initContainerStatuses"));
+  return pod;
+}
+
+std::string Node::label(std::string_view key) const {
+  auto it = labels.find(std::string(key));
+  return it == labels.end() ? std::string() : it->second;
+}
+
+double Node::allocatable_or_zero(std::string_view resource) const {
+  auto it = allocatable.find(std::string(resource));
+  return it == allocatable.end() ? 0 : it->second;
+}
+
+Node node_from_json(const json& object) {
+  Node node;
+  const json& meta = member(object, "metadata");
+  node.name = text(meta, "name");
+  node.labels = strings(member(meta, "labels"));
+  const json& unschedulable = member(member(object, "spec"), "unschedulable");
+  node.unschedulable = unschedulable.is_boolean() && unschedulable.get<bool>();
+  const json& status = member(object, "status");
+  if (const json& addresses = member(status, "addresses"); addresses.is_array())
+    for (const json& a : addresses)
+      if (text(a, "type") == "InternalIP" && node.internal_ip.empty())
+        node.internal_ip = text(a, "address");
+  if (const json& conditions = member(status, "conditions"); conditions.is_array())
+    for (const json& c : conditions)
+      if (text(c, "type") == "Ready") node.ready = text(c, "status") == "True";
+  if (const json& allocatable = member(status, "allocatable"); allocatable.is_object())
+    for (const auto& [resource, value] : allocatable.items())
+      if (value.is_string())
+        if (auto q = parse_quantity(value.get<std::string>())) node.allocatable[resource] = *q;
+  return node;
+}
+
+}  // namespace loadstar::kube

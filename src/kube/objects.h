@@ -1,0 +1,74 @@
+// Typed readers for the core objects Loadstar reads from the API server:
+// one place that knows where a Pod keeps its readiness, address, ports and
+// container states, so that every reader agrees. Lenient like the API's own
+// clients: a missing or mistyped field reads as empty, never throws.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace loadstar::kube {
+
+// On an engine Pod: the controller is draining it; gateways send it nothing
+// new (Kubernetes mode's counterpart of leaving the routing table).
+inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
+
+struct ContainerState {
+  std::string name;
+  std::string state;  // "waiting", "running", "terminated" or empty
+  std::string reason, message;
+  int exit_code = 0;
+  // "waiting: ErrImagePull ...", "exited with code 1", "running".
+  std::string describe() const;
+};
+
+struct Pod {
+  std::string name;
+  std::map<std::string, std::string> labels, annotations;
+  bool deleting = false;  // deletionTimestamp set
+  std::string node_name;  // empty: not bound
+  std::string phase;      // "Pending" when absent
+  std::string reason, message;
+  std::string pod_ip;
+  bool ready = false;        // condition Ready is True
+  bool initialized = false;  // condition Initialized is True
+  struct Port {
+    std::string container, name;
+    int port = 0;
+  };
+  std::vector<Port> ports;  // every container's declared ports
+  std::vector<ContainerState> containers, init_containers;
+
+  // The port of `container` (any container when empty) named `name` (any
+  // name when empty); the last declared wins.
+  std::optional<int> port(std::string_view container, std::string_view name) const;
+  const ContainerState* container(std::string_view name) const;
+  // Ready, not going away, with an address: it may serve.
+  bool serving() const { return ready && !deleting && !pod_ip.empty(); }
+};
+
+Pod pod_from_json(const nlohmann::json& object);
+
+struct Node {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  std::string internal_ip;  // the InternalIP address; empty: none
+  bool ready = false;       // condition Ready is True
+  bool unschedulable = false;
+  // status.allocatable, quantities parsed ("8", "32Gi", "500m" -> 0.5); an
+  // unparsable one is left out.
+  std::map<std::string, double> allocatable;
+
+  std::string label(std::string_view key) const;
+  double allocatable_or_zero(std::string_view resource) const;
+};
+
+Node node_from_json(const nlohmann::json& object);
+
+}  // namespace loadstar::kube

@@ -1,0 +1,67 @@
+// Routing tables from declared resources and ready replicas: services with
+// their pickers and hold settings, routes with their backends (external
+// URLs resolved), tenants with their limiters. The gateway of `loadstar up`
+// (fed by the controller) and the gateways of Kubernetes mode (fed by
+// EndpointDiscovery) build their tables with it. It owns the gateway-side
+// objects that must outlive one table: each replica's Endpoint (its
+// counters) while its address stays the same, tenant limiters, external
+// endpoints.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "api/resources.h"
+#include "common/result.h"
+#include "gateway/routing_table.h"
+
+namespace loadstar::routing {
+
+// A replica that answers, where it does.
+struct ReadyReplica {
+  std::string replica;
+  std::string host;
+  uint16_t port = 0;
+};
+
+// What a routing table is built from.
+struct RoutingInputs {
+  std::map<std::string, api::InferenceService> services;
+  std::vector<api::Tenant> tenants;
+  std::vector<api::Route> routes;
+  std::map<std::string, std::vector<ReadyReplica>> ready;  // by service
+};
+
+// Resolves a host name to an address ("10.0.0.1"); an address is returned
+// as it is. Passed in, so that name lookups happen where the caller allows
+// blocking, and tests need no DNS.
+using Resolver = std::function<Result<std::string>(const std::string& host, uint16_t port)>;
+// The system's resolver (getaddrinfo through Asio).
+Result<std::string> resolve_host(const std::string& host, uint16_t port);
+
+gateway::PickerConfig picker_config(const api::RoutingSpec& spec);
+
+class RoutingBuilder {
+ public:
+  explicit RoutingBuilder(Resolver resolve = resolve_host) : resolve_(std::move(resolve)) {}
+
+  std::shared_ptr<const gateway::RoutingTable> build(const RoutingInputs& inputs);
+
+ private:
+  std::shared_ptr<const gateway::TenantDirectory> build_tenants(
+      const std::vector<api::Tenant>& tenant_specs);
+  gateway::RoutingTable::Route build_route(const api::Route& route);
+
+  Resolver resolve_;
+  std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints_;  // by replica
+  // Limiter state survives table changes and spec edits.
+  std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> tenants_;
+  std::map<std::string, std::shared_ptr<gateway::Endpoint>> externals_;  // by URL
+  uint64_t version_ = 0;
+};
+
+}  // namespace loadstar::routing
