@@ -3,14 +3,22 @@
 # installs what is needed, builds, writes the quickstart's synthetic model
 # into Loadstar's model cache, and runs `loadstar up` (gateway on
 # http://127.0.0.1:8080, admin API on :8090) until Ctrl-C.
+#   ./scripts/quickstart.sh                            engine-sim replicas (the simulator)
+#   ./scripts/quickstart.sh examples/llama-cpp.yaml    llama.cpp's llama-server, for real
 set -euo pipefail
 cd "$(dirname "$0")/.."
+example=${1:-examples/quickstart.yaml}
 ./scripts/setup.sh
 cmake --preset release >/dev/null
 cmake --build --preset release --target loadstar
 model_dir=var/cache/models/quickstart-llama
-if [ ! -d "$model_dir" ]; then
+if [ "$example" = examples/quickstart.yaml ] && [ ! -d "$model_dir" ]; then
   ./build/release/loadstar model synth --size 1GiB -o "$model_dir" --name quickstart-llama
+fi
+# An example that names llama.cpp runs the llama-server built from the
+# source node-llama-cpp ships (once, cached in ~/.cache/loadstar-llama).
+if grep -q 'name: llama.cpp' "$example"; then
+  ./scripts/llama-server.sh build >/dev/null
 fi
 cat <<'MSG'
 
@@ -20,4 +28,4 @@ Starting Loadstar. Once both replicas are ready, try (in another terminal):
   ./build/release/loadstar get replicas
 
 MSG
-exec ./build/release/loadstar up -f examples/quickstart.yaml --data-dir var
+exec ./build/release/loadstar up -f "$example" --data-dir var

@@ -13,6 +13,7 @@
 #include "api/schema.h"
 #include "common/strings.h"
 #include "common/units.h"
+#include "engines/engines.h"
 
 namespace loadstar::api {
 
@@ -390,13 +391,14 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   spec.uint("replicas", svc.spec.replicas);
   if (YAML::Node engine = spec.get("engine"); engine && !engine.IsNull()) {
     MapReader e(d, engine, "spec.engine");
-    if (e.string("name", svc.spec.engine.name, false)) {
-      static const std::set<std::string> kEngines = {"engine-sim", "vllm", "sglang", "llama.cpp"};
-      if (!kEngines.count(svc.spec.engine.name))
-        d.error(engine["name"], "spec.engine.name",
-                fmt::format("'{}' is not one of engine-sim, vllm, sglang, llama.cpp",
-                            svc.spec.engine.name));
-    }
+    if (e.string("name", svc.spec.engine.name, false) && !engines::find(svc.spec.engine.name))
+      d.error(engine["name"], "spec.engine.name",
+              fmt::format("'{}' is not one of {}", svc.spec.engine.name, engines::names()));
+    e.string("image", svc.spec.engine.image, false);
+    e.optional_uint("contextLength", svc.spec.engine.context_length);
+    e.optional_uint("maxSequences", svc.spec.engine.max_sequences);
+    e.optional_uint("threads", svc.spec.engine.threads);
+    e.boolean("prefixCache", svc.spec.engine.prefix_cache);
     if (YAML::Node args = e.get("args"); args && !args.IsNull()) {
       if (!args.IsSequence()) {
         d.error(args, "spec.engine.args", "must be a list of strings");
@@ -481,6 +483,21 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
       t.number("kvCacheUsage", out.kv_cache_usage, 0.01, 1);
       double ttft = 0;
       if (t.duration("ttftP90", ttft)) out.ttft_p90_s = ttft;
+      // A target the engine's /metrics cannot feed would never vote: say so
+      // now rather than autoscale on a signal that stays zero.
+      if (const engines::Engine* engine = engines::find(svc.spec.engine.name)) {
+        const bool waiting = out.waiting_per_replica.has_value();
+        const bool kv = out.kv_cache_usage.has_value();
+        if (waiting && engine->metrics.waiting.empty())
+          d.error(targets["waitingPerReplica"], "spec.autoscaling.targets.waitingPerReplica",
+                  fmt::format("{} exports no queue length; use inFlightPerReplica or ttftP90",
+                              engine->name));
+        if (kv && engine->metrics.kv_usage.empty())
+          d.error(targets["kvCacheUsage"], "spec.autoscaling.targets.kvCacheUsage",
+                  fmt::format("{} exports no KV-cache use; use waitingPerReplica, "
+                              "inFlightPerReplica or ttftP90",
+                              engine->name));
+      }
       t.finish();
     }
     a.duration("stableWindow", out.stable_window_s);
@@ -714,7 +731,15 @@ std::string encode_resource(const Resource& resource) {
         << YAML::Value << s.engine.name << YAML::Key << "args" << YAML::Value << YAML::Flow
         << YAML::BeginSeq;
     for (const auto& a : s.engine.args) out << YAML::DoubleQuoted << a;
-    out << YAML::EndSeq << YAML::EndMap;
+    out << YAML::EndSeq;
+    if (!s.engine.image.empty()) out << YAML::Key << "image" << YAML::Value << s.engine.image;
+    if (s.engine.context_length)
+      out << YAML::Key << "contextLength" << YAML::Value << *s.engine.context_length;
+    if (s.engine.max_sequences)
+      out << YAML::Key << "maxSequences" << YAML::Value << *s.engine.max_sequences;
+    if (s.engine.threads) out << YAML::Key << "threads" << YAML::Value << *s.engine.threads;
+    if (!s.engine.prefix_cache) out << YAML::Key << "prefixCache" << YAML::Value << false;
+    out << YAML::EndMap;
     out << YAML::Key << "queue" << YAML::Value << s.queue;
     out << YAML::Key << "priority" << YAML::Value << s.priority;
     out << YAML::Key << "preemptible" << YAML::Value << s.preemptible;
@@ -865,6 +890,18 @@ Status check_references(const std::vector<Resource>& resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r); svc && !queues.count(svc->spec.queue))
       errors.push_back(fmt::format("InferenceService '{}': spec.queue: no Queue named '{}'",
                                    svc->metadata.name, svc->spec.queue));
+    if (const auto* svc = std::get_if<InferenceService>(&r)) {
+      const engines::Engine* engine = engines::find(svc->spec.engine.name);
+      for (const Resource& m : resources)
+        if (const auto* model = std::get_if<Model>(&m); engine && model &&
+                                                        model->metadata.name == svc->spec.model &&
+                                                        model->spec.format != engine->model_format)
+          errors.push_back(fmt::format(
+              "InferenceService '{}': spec.engine.name: {} serves {} models, and Model '{}' is {} "
+              "(spec.format)",
+              svc->metadata.name, engine->name, engine->model_format, model->metadata.name,
+              model->spec.format));
+    }
     if (const auto* q = std::get_if<Queue>(&r);
         q && !q->spec.parent.empty() && !queues.count(q->spec.parent))
       errors.push_back(fmt::format("Queue '{}': spec.parent: no Queue named '{}'", q->metadata.name,

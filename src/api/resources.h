@@ -45,9 +45,16 @@ struct GpuRequirements {
   std::string mig;                       // a MIG profile such as "3g.40gb"
 };
 
+// The engine a service's replicas run (spec.engine); engines/engines.h
+// says how each field becomes the engine's flags.
 struct EngineSpec {
-  std::string name = "engine-sim";  // engine-sim, vllm, sglang, llama.cpp
-  std::vector<std::string> args;
+  std::string name = "engine-sim";         // engine-sim, llama.cpp, vllm, sglang
+  std::vector<std::string> args;           // extra flags, passed last
+  std::string image;                       // Kubernetes: instead of the engine's default image
+  std::optional<uint32_t> context_length;  // tokens per request (prompt + output)
+  std::optional<uint32_t> max_sequences;   // requests served at once
+  std::optional<uint32_t> threads;         // CPU threads (llama.cpp)
+  bool prefix_cache = true;                // reuse cached prompt prefixes
 };
 
 // How the gateway picks among a service's replicas (spec.routing).

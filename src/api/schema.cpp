@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "api/resources.h"
+#include "engines/engines.h"
 
 namespace loadstar::api {
 
@@ -15,6 +16,12 @@ Field required(Field field) {
   field.required = true;
   return field;
 }
+std::vector<std::string> engine_names() {
+  std::vector<std::string> out;
+  for (const auto& e : engines::all()) out.push_back(e.name);
+  return out;
+}
+
 Field one_of(Field field, std::vector<std::string> values) {
   field.enum_values = std::move(values);
   return field;
@@ -87,9 +94,15 @@ std::vector<KindSchema> build() {
        {required(f("model", T::kString, "The Model resource whose weights the engines load.")),
         f("replicas", T::kInteger, "Replicas to start with (default 1)."),
         f("engine", T::kObject, "The inference engine.",
-          {one_of(f("name", T::kString, "Engine (default engine-sim)."),
-                  {"engine-sim", "vllm", "sglang", "llama.cpp"}),
-           f("args", T::kStrings, "Extra engine arguments.")}),
+          {one_of(f("name", T::kString,
+                    "Engine (default engine-sim, Loadstar's simulator: no real model)."),
+                  engine_names()),
+           f("args", T::kStrings, "Extra engine arguments, passed after Loadstar's."),
+           f("image", T::kString, "Kubernetes: the engine's image instead of its default."),
+           f("contextLength", T::kInteger, "Tokens per request, prompt and output."),
+           f("maxSequences", T::kInteger, "Requests an engine serves at once."),
+           f("threads", T::kInteger, "CPU threads per engine (llama.cpp)."),
+           f("prefixCache", T::kBoolean, "Reuse cached prompt prefixes (default true).")}),
         f("queue", T::kString, "The Queue replicas are charged to (default 'default')."),
         f("priority", T::kInteger, "Priority within the queue."),
         f("preemptible", T::kBoolean, "Whether the scheduler may evict replicas."),

@@ -21,6 +21,7 @@
 #include "controller/controller.h"
 #include "controller/gateway_load.h"
 #include "controller/pod_runtime.h"
+#include "engines/engines.h"
 #include "gateway/gateway.h"
 #include "http/server.h"
 #include "kube/client.h"
@@ -79,9 +80,20 @@ struct ControllerArgs {
   std::string gateway_selector = "app.kubernetes.io/name=loadstar-gateway";
   double drain_timeout_s = 30;
   controller::PodRuntimeOptions pods;
+  std::vector<std::string> images_for;  // ENGINE=IMAGE
 };
 
-int run_controller(const ControllerArgs& args) {
+int run_controller(ControllerArgs args) {
+  for (const auto& entry : args.images_for) {
+    const size_t eq = entry.find('=');
+    const std::string engine = entry.substr(0, eq);
+    if (eq == std::string::npos || eq + 1 == entry.size() || !engines::find(engine)) {
+      fmt::print(stderr, "--image-for: '{}' is not ENGINE=IMAGE with ENGINE one of {}\n", entry,
+                 engines::names());
+      return 2;
+    }
+    args.pods.engine_images[engine] = entry.substr(eq + 1);
+  }
   sigset_t signals = block_stop_signals();
   auto config = kube_config(args.kube);
   if (!config.ok()) {
@@ -290,6 +302,9 @@ std::function<int()> setup_controller(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--engine-image", args->pods.image, "Image of replica Pods (runs `loadstar`)")
       ->capture_default_str();
+  app.add_option("--image-for", args->images_for,
+                 "ENGINE=IMAGE: run that engine (llama.cpp, vllm, sglang) from IMAGE instead of "
+                 "its pinned default (repeat; a service's spec.engine.image wins)");
   app.add_option("--image-pull-policy", args->pods.image_pull_policy)->capture_default_str();
   app.add_option("--engine-port", args->pods.engine_port)->capture_default_str();
   app.add_option("--agent-port", args->pods.agent_port,

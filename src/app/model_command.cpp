@@ -5,6 +5,7 @@
 
 #include "app/commands.h"
 #include "common/units.h"
+#include "model/gguf.h"
 #include "model/model_dir.h"
 
 namespace loadstar::app {
@@ -18,13 +19,28 @@ std::function<int()> setup_model(CLI::App& app) {
     std::string name = "synthetic-llama";
     uint32_t max_position_embeddings = 4096;
     uint64_t seed = 1;
+    std::string format = "safetensors";
+    std::string vocab = "llama-bpe";
     std::string inspect_dir;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* synth = app.add_subcommand("synth", "Write a synthetic Llama-shaped safetensors model");
+  CLI::App* synth = app.add_subcommand(
+      "synth",
+      "Write a synthetic Llama-shaped model with seeded random weights (safetensors or GGUF)");
   synth->add_option("--size", args->size, "Total weight bytes, e.g. 2GiB")->capture_default_str();
   synth->add_option("--shard-size", args->shard_size, "Largest shard")->capture_default_str();
-  synth->add_option("-o,--output", args->output, "Directory to create")->required();
+  synth
+      ->add_option("-o,--output", args->output,
+                   "Directory to create (safetensors) or .gguf file to write (gguf)")
+      ->required();
+  synth->add_option("--format", args->format, "safetensors, or gguf (for llama.cpp)")
+      ->check(CLI::IsMember({"safetensors", "gguf"}))
+      ->capture_default_str();
+  synth
+      ->add_option("--vocab", args->vocab,
+                   "gguf: the tokenizer, a llama.cpp vocabulary name (llama-bpe, qwen2, ...) or "
+                   "a ggml-vocab-*.gguf file")
+      ->capture_default_str();
   synth->add_option("--name", args->name)->capture_default_str();
   synth->add_option("--max-position-embeddings", args->max_position_embeddings)
       ->capture_default_str();
@@ -40,6 +56,27 @@ std::function<int()> setup_model(CLI::App& app) {
         fmt::print(stderr, "loadstar model synth: {}\n",
                    (!size.ok() ? size : shard).error().message);
         return 2;
+      }
+      if (args->format == "gguf") {
+        auto vocab = model::find_vocab(args->vocab);
+        if (!vocab.ok()) {
+          fmt::print(stderr, "loadstar model synth: --vocab: {}\n", vocab.error().message);
+          return 2;
+        }
+        auto report = model::synth_gguf({.size_bytes = *size,
+                                         .output = args->output,
+                                         .vocab = *vocab,
+                                         .name = args->name,
+                                         .context_length = args->max_position_embeddings,
+                                         .seed = args->seed});
+        if (!report.ok()) {
+          fmt::print(stderr, "loadstar model synth: {}\n", report.error().message);
+          return 1;
+        }
+        fmt::print("wrote {} ({}, {} tensors; embedding {}, {} layers, {} heads, vocabulary {})\n",
+                   args->output, format_bytes(report->bytes), report->tensors, report->embedding,
+                   report->layers, report->heads, report->vocab);
+        return 0;
       }
       model::SynthOptions options{
           *size, *shard, args->output, args->name, args->max_position_embeddings, args->seed};

@@ -2,14 +2,25 @@
 
 #include <signal.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/agent.h"
 #include "common/units.h"
 #include "http/client.h"
+#include "model/gguf.h"
 #include "model/model_dir.h"
 
 namespace loadstar::controller {
@@ -23,8 +34,23 @@ LocalRuntime::~LocalRuntime() {
 Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
   const fs::path cached = options_.data_dir / "cache" / "models" / model.metadata.name;
   std::error_code ec;
-  if (fs::exists(cached / "config.json", ec)) return cached;
+  const bool gguf = model.spec.format == "gguf";
+  if (!gguf && fs::exists(cached / "config.json", ec)) return cached;
+  if (gguf && fs::exists(cached / "model.gguf", ec)) return cached;
   const std::string& source = model.spec.source;
+  if (source.starts_with("synth://") && gguf) {
+    auto vocab = model::find_vocab("llama-bpe");
+    if (!vocab.ok()) return make_error(ErrorCode::kUnavailable, "{}", vocab.error().message);
+    spdlog::info("writing synthetic GGUF model '{}' ({} bytes) to {}", model.metadata.name,
+                 model.spec.size_bytes.value_or(0), cached.string());
+    auto report = model::synth_gguf({.size_bytes = model.spec.size_bytes.value_or(64ull << 20),
+                                     .output = cached / "model.gguf",
+                                     .vocab = *vocab,
+                                     .name = model.metadata.name});
+    if (!report.ok())
+      return make_error(ErrorCode::kIo, "cannot write synthetic model: {}", report.error().message);
+    return cached;
+  }
   if (source.starts_with("synth://")) {
     spdlog::info("writing synthetic model '{}' ({} bytes) to {}", model.metadata.name,
                  model.spec.size_bytes.value_or(0), cached.string());
@@ -39,6 +65,7 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
   }
   if (source.starts_with("file://")) {
     fs::path path = source.substr(7);
+    if (gguf && (fs::is_regular_file(path, ec) || fs::is_directory(path, ec))) return path;
     if (fs::exists(path / "config.json", ec)) return path;
     return make_error(ErrorCode::kNotFound, "model directory {} has no config.json", path.string());
   }
@@ -65,41 +92,177 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
   }
 }
 
+std::optional<fs::path> find_engine_program(const std::string& engine, const std::string& program) {
+  std::string env = "LOADSTAR_";
+  for (char c : engine) env += std::isalnum(static_cast<unsigned char>(c)) ? std::toupper(c) : '_';
+  env += "_BIN";
+  std::error_code ec;
+  if (const char* path = std::getenv(env.c_str()); path && *path)
+    return fs::is_regular_file(path, ec) ? std::optional<fs::path>(path) : std::nullopt;
+  std::vector<fs::path> dirs;
+  if (const char* path = std::getenv("PATH"))
+    for (std::string_view rest = path; !rest.empty();) {
+      const size_t colon = rest.find(':');
+      dirs.emplace_back(rest.substr(0, colon));
+      rest = colon == std::string_view::npos ? "" : rest.substr(colon + 1);
+    }
+  if (program == "llama-server")
+    if (const char* home = std::getenv("HOME"); home && *home)
+      for (const auto& v : fs::directory_iterator(fs::path(home) / ".cache" / "loadstar-llama", ec))
+        dirs.push_back(v.path() / "bin");
+  for (const auto& dir : dirs)
+    if (!dir.empty() && access((dir / program).c_str(), X_OK) == 0) return dir / program;
+  return std::nullopt;
+}
+
+std::string last_error_line(const fs::path& log) {
+  std::ifstream in(log, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  const std::streamoff from = std::max<std::streamoff>(0, size - 16384);
+  in.seekg(from);
+  std::string tail(static_cast<size_t>(size - from), '\0');
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  std::vector<std::string> lines;
+  for (std::string_view rest = tail; !rest.empty();) {
+    const size_t nl = rest.find('\n');
+    std::string line(rest.substr(0, nl));
+    rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty()) lines.push_back(std::move(line));
+  }
+  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut mid-line
+  static constexpr std::string_view kWords[] = {"error",   "fatal",   "exception", "failed",
+                                                "invalid", "unknown", "cannot",    "abort"};
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    std::string lower = *it;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (std::string_view w : kWords)
+      if (lower.find(w) != std::string::npos) return it->size() > 400 ? it->substr(0, 400) : *it;
+  }
+  return lines.empty() ? "" : lines.back().substr(0, 400);
+}
+
+namespace {
+
+// A port nothing listens on now (the engine binds it a moment later).
+Result<uint16_t> free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return make_error(ErrorCode::kIo, "socket: {}", std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  ::close(fd);
+  if (!ok) return make_error(ErrorCode::kIo, "cannot find a free port: {}", std::strerror(errno));
+  return ntohs(addr.sin_port);
+}
+
+// The one .gguf file a llama.cpp engine reads: the path itself, or the only
+// one in its directory.
+Result<fs::path> gguf_file(const fs::path& model) {
+  std::error_code ec;
+  if (fs::is_regular_file(model, ec)) return model;
+  std::vector<fs::path> found;
+  for (const auto& entry : fs::directory_iterator(model, ec))
+    if (entry.path().extension() == ".gguf") found.push_back(entry.path());
+  if (found.size() == 1) return found.front();
+  return make_error(ErrorCode::kInvalidArgument, "{} holds {} .gguf files; llama.cpp needs one",
+                    model.string(), found.size());
+}
+
+}  // namespace
+
+std::optional<std::string> LocalRuntime::missing(const engines::Engine& engine) {
+  auto cached = missing_.find(engine.name);
+  if (cached != missing_.end()) return cached->second;
+  std::optional<std::string> why;
+  if (!find_engine_program(engine.name, engine.program)) {
+    why = fmt::format("engine '{}' cannot run on this machine: no `{}` found; {}", engine.name,
+                      engine.program, engine.install_hint);
+  } else if (!engine.local_check.empty()) {
+    ProcessOptions check;
+    check.argv = engine.local_check;
+    check.output_path = "/dev/null";
+    auto p = Subprocess::start(check);
+    const auto code = p.ok() ? p->wait_for(std::chrono::seconds(30)) : std::nullopt;
+    if (!code || *code != 0)
+      why = fmt::format("engine '{}' cannot run on this machine (`{}` failed); {}", engine.name,
+                        fmt::join(engine.local_check, " "), engine.install_hint);
+  }
+  missing_[engine.name] = why;
+  return why;
+}
+
 Status LocalRuntime::launch(const EngineLaunch& launch) {
   if (engines_.count(launch.replica))
     return make_error(ErrorCode::kUnavailable, "its previous engine is still stopping");
   const api::InferenceService& svc = *launch.service;
-  if (svc.spec.engine.name != "engine-sim")
-    return make_error(ErrorCode::kUnavailable,
-                      "engine '{}' cannot run locally yet (engine-sim can)", svc.spec.engine.name);
+  const engines::Engine* engine = engines::find(svc.spec.engine.name);
+  if (!engine)
+    return make_error(ErrorCode::kInvalidArgument, "unknown engine '{}'", svc.spec.engine.name);
+  // Never a stand-in: an engine that is not here leaves the replica Pending
+  // and says what to install.
+  if (engine->program != "loadstar")
+    if (auto why = missing(*engine)) return make_error(ErrorCode::kUnavailable, "{}", *why);
+  if (launch.model->spec.format != engine->model_format)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "engine '{}' serves {} models; Model '{}' is {} (spec.format)", engine->name,
+                      engine->model_format, launch.model->metadata.name, launch.model->spec.format);
   auto model_dir = prepare_model(*launch.model);
   if (!model_dir.ok()) {
     Error e = std::move(model_dir).error();
     e.code = ErrorCode::kUnavailable;  // Pending until the model is there
     return e;
   }
+  fs::path model_path = fs::absolute(*model_dir);
+  if (engine->model_is_file) {
+    LS_ASSIGN_OR_RETURN(model_path, gguf_file(model_path));
+  }
   const fs::path run_dir = options_.data_dir / "run";
   std::error_code ec;
   fs::create_directories(run_dir, ec);
-  Engine engine;
-  engine.port_file = run_dir / (launch.replica + ".port");
-  fs::remove(engine.port_file, ec);
+  Engine e;
+  e.health_path = engine->health_path;
+  e.stop_grace_s = std::min(options_.stop_grace_s, engine->stop_grace_s);
+  e.log = run_dir / (launch.replica + ".log");
+  engines::LaunchSpec spec;
+  spec.model = model_path.string();
+  spec.served_name = svc.metadata.name;
+  spec.gpus = launch.shares.empty() ? 0 : static_cast<uint32_t>(launch.shares.size());
+  spec.context_length = svc.spec.engine.context_length;
+  spec.max_sequences = svc.spec.engine.max_sequences;
+  spec.threads = svc.spec.engine.threads;
+  spec.prefix_cache = svc.spec.engine.prefix_cache;
+  spec.extra_args = svc.spec.engine.args;
   ProcessOptions p;
-  p.argv = {options_.loadstar_bin,
-            "engine-sim",
-            "--model",
-            fs::absolute(*model_dir).string(),
-            "--served-model-name",
-            svc.metadata.name,
-            "--port",
-            "0",
-            "--port-file",
-            engine.port_file.string()};
-  for (const auto& a : svc.spec.engine.args) p.argv.push_back(a);
-  p.output_path = (run_dir / (launch.replica + ".log")).string();
-  LS_ASSIGN_OR_RETURN(engine.process, Subprocess::start(p));
-  spdlog::info("replica {}: started engine-sim (pid {})", launch.replica, engine.process.pid());
-  engines_.emplace(launch.replica, std::move(engine));
+  if (engine->writes_port_file) {
+    e.port_file = run_dir / (launch.replica + ".port");
+    fs::remove(e.port_file, ec);
+    spec.port = 0;
+  } else {
+    LS_ASSIGN_OR_RETURN(spec.port, free_port());
+    e.port = spec.port;
+  }
+  p.argv.push_back(engine->program == "loadstar"
+                       ? options_.loadstar_bin
+                       : find_engine_program(engine->name, engine->program)->string());
+  p.argv.insert(p.argv.end(), engine->subcommand.begin(), engine->subcommand.end());
+  for (auto& flag : engine->flags(spec)) p.argv.push_back(std::move(flag));
+  if (engine->writes_port_file) {
+    p.argv.push_back("--port-file");
+    p.argv.push_back(e.port_file.string());
+  }
+  p.output_path = e.log.string();
+  // Engines read the model from here; none downloads behind the agent.
+  p.env = {"HF_HUB_OFFLINE=1"};
+  LS_ASSIGN_OR_RETURN(e.process, Subprocess::start(p));
+  spdlog::info("replica {}: started {} (pid {}): {}", launch.replica, engine->name, e.process.pid(),
+               fmt::join(p.argv, " "));
+  engines_.emplace(launch.replica, std::move(e));
   return ok_status();
 }
 
@@ -114,13 +277,17 @@ EngineStatus LocalRuntime::status(const std::string& replica) {
     const int code = e.process.wait_for(std::chrono::milliseconds(0)).value_or(-1);
     st.exists = false;
     st.exited = !e.stop_sent;
-    st.message = fmt::format("engine exited with status {} (see {}/run/{}.log)", code,
-                             options_.data_dir.string(), replica);
+    // The engine's own last word first: where the user looks.
+    const std::string said = last_error_line(e.log);
+    st.message =
+        said.empty()
+            ? fmt::format("engine exited with status {} (log: {})", code, e.log.string())
+            : fmt::format("engine exited with status {}: {} (log: {})", code, said, e.log.string());
     engines_.erase(it);
     return st;
   }
-  if (e.stop_sent && Clock::now() - *e.stop_sent > std::chrono::milliseconds(static_cast<int64_t>(
-                                                       options_.stop_grace_s * 1000)))
+  if (e.stop_sent && Clock::now() - *e.stop_sent >
+                         std::chrono::milliseconds(static_cast<int64_t>(e.stop_grace_s * 1000)))
     e.process.signal(SIGKILL);
   if (e.port == 0) {
     std::error_code ec;
@@ -133,11 +300,11 @@ EngineStatus LocalRuntime::status(const std::string& replica) {
   st.host = "127.0.0.1";
   st.port = e.port;
   if (!e.ready && e.port != 0 && !e.stop_sent) {
-    auto health = http::fetch({.port = e.port, .target = "/health", .timeout_s = 0.25});
+    auto health = http::fetch({.port = e.port, .target = e.health_path, .timeout_s = 0.25});
     e.ready = health.ok() && health->status == 200;
   }
   st.ready = e.ready;
-  st.message = e.ready ? "" : e.port ? "loading weights" : "waiting for /health";
+  st.message = e.ready ? "" : e.port ? "loading weights" : "waiting for its port";
   return st;
 }
 

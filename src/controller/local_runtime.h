@@ -1,8 +1,12 @@
-// Engines as child processes of `loadstar up`: models prepared in the data
-// directory (synth:// written, file:// used in place, http/hf/s3 staged by
-// the embedded agent), `loadstar engine-sim` started on a free port (read
-// from its port file), ready when /health answers. Children die with the
-// parent (PR_SET_PDEATHSIG).
+// Engines as child processes of `loadstar up`, each launched as the engine
+// table says (engines/engines.h): models prepared in the data directory
+// (synth:// written as safetensors or GGUF, file:// used in place,
+// http/hf/s3 staged by the embedded agent), the engine's program found
+// (engine-sim is this binary; llama-server on PATH or in the llama.cpp build
+// cache; vllm and sglang on PATH), started on a free port, ready when its
+// health endpoint answers 200. An engine that cannot run here leaves its
+// replica Pending with what to install; one that exits reports its own last
+// error line. Children die with the parent (PR_SET_PDEATHSIG).
 #pragma once
 
 #include <chrono>
@@ -14,6 +18,7 @@
 
 #include "common/process.h"
 #include "controller/runtime.h"
+#include "engines/engines.h"
 
 namespace loadstar::agent {
 class Agent;
@@ -25,8 +30,19 @@ struct LocalRuntimeOptions {
   std::filesystem::path data_dir = "var";
   std::string loadstar_bin;
   agent::Agent* agent = nullptr;  // stages http(s)://, hf:// and s3:// models
-  double stop_grace_s = 5;        // SIGTERM, then SIGKILL after this
+  // SIGTERM, then SIGKILL after this or the engine's own grace, whichever
+  // is shorter.
+  double stop_grace_s = 30;
 };
+
+// Where an engine's program is on this machine: $LOADSTAR_<NAME>_BIN
+// (LOADSTAR_LLAMA_CPP_BIN, LOADSTAR_VLLM_BIN, ...), then PATH, then (for
+// llama-server) the llama.cpp build cache of scripts/llama-server.sh.
+std::optional<std::filesystem::path> find_engine_program(const std::string& engine,
+                                                         const std::string& program);
+// The last line of a log that says what went wrong (error, fatal,
+// exception, ...), or its last non-empty line; empty when there is none.
+std::string last_error_line(const std::filesystem::path& log);
 
 class LocalRuntime : public EngineRuntime {
  public:
@@ -49,14 +65,20 @@ class LocalRuntime : public EngineRuntime {
   using Clock = std::chrono::steady_clock;
   struct Engine {
     Subprocess process;
-    std::filesystem::path port_file;
+    std::string health_path;
+    std::filesystem::path port_file;  // engines that report the port they bound
+    std::filesystem::path log;
     uint16_t port = 0;
     bool ready = false;
+    double stop_grace_s = 5;
     std::optional<Clock::time_point> stop_sent;
   };
+  // Why `engine` cannot run on this machine; nothing when it can.
+  std::optional<std::string> missing(const engines::Engine& engine);
   LocalRuntimeOptions options_;
   std::map<std::string, Engine> engines_;
   std::map<std::string, int> agent_uses_;  // engines per model, as last told to the agent
+  std::map<std::string, std::optional<std::string>> missing_;  // by engine, checked once
 };
 
 }  // namespace loadstar::controller

@@ -1,12 +1,14 @@
 #include "controller/pod_runtime.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
 #include "common/json_value.h"
+#include "engines/engines.h"
 #include "http/client.h"
 #include "kube/objects.h"
 
@@ -52,25 +54,66 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                  {"app.kubernetes.io/component", "engine"},
                  {kServiceLabel, svc.metadata.name},
                  {kIndexLabel, std::to_string(launch.index)}};
-  json engine_args = json::array({"engine-sim", "--model",
-                                  fmt::format("{}/{}/current", models_mount, model.metadata.name),
-                                  "--served-model-name", svc.metadata.name, "--host", "$(POD_IP)",
-                                  "--port", std::to_string(options.engine_port)});
-  for (const auto& a : svc.spec.engine.args) engine_args.push_back(a);
+  const engines::Engine* kind = engines::find(svc.spec.engine.name);
+  if (!kind) kind = engines::find("engine-sim");  // the decoder admits only the table's names
+  // The model as the agent publishes it: a directory, or for GGUF the one
+  // file in it (named as in its source).
+  std::string model_path = fmt::format("{}/{}/current", models_mount, model.metadata.name);
+  if (kind->model_is_file) {
+    const std::string& source = model.spec.source;
+    const size_t slash = source.rfind('/');
+    model_path +=
+        "/" + (source.ends_with(".gguf") && slash != std::string::npos ? source.substr(slash + 1)
+                                                                       : std::string("model.gguf"));
+  }
+  engines::LaunchSpec spec;
+  spec.model = model_path;
+  spec.served_name = svc.metadata.name;
+  spec.host = "$(POD_IP)";
+  spec.port = options.engine_port;
+  for (const auto& share : launch.shares) spec.gpus += share.milli >= 1000 && !share.mig_slices;
+  spec.context_length = svc.spec.engine.context_length;
+  spec.max_sequences = svc.spec.engine.max_sequences;
+  spec.threads = svc.spec.engine.threads;
+  spec.prefix_cache = svc.spec.engine.prefix_cache;
+  spec.extra_args = svc.spec.engine.args;
+  // The image: the service's, else this controller's per-engine setting,
+  // else the table's pinned default (engine-sim is Loadstar's own image).
+  std::string image = svc.spec.engine.image;
+  if (auto it = options.engine_images.find(kind->name);
+      image.empty() && it != options.engine_images.end())
+    image = it->second;
+  if (image.empty()) image = kind->name == "engine-sim" ? options.image : kind->image;
   json env = json::array(
       {{{"name", "POD_IP"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "status.podIP"}}}}}},
        {{"name", "NODE_IP"}, {"valueFrom", {{"fieldRef", {{"fieldPath", "status.hostIP"}}}}}}});
+  json engine_env = env;
+  // Weights come from the agent's cache; no engine downloads behind it.
+  engine_env.push_back({{"name", "HF_HUB_OFFLINE"}, {"value", "1"}});
+  auto probe = [&](double period_s, int failures) {
+    return json{{"httpGet", {{"path", kind->health_path}, {"port", options.engine_port}}},
+                {"periodSeconds", static_cast<int>(period_s)},
+                {"timeoutSeconds", std::max(1, static_cast<int>(period_s))},
+                {"failureThreshold", failures}};
+  };
+  // A multi-minute load is covered by the startup probe; after it,
+  // readiness follows load and liveness restarts a hung engine.
+  json volume_mounts = {{{"name", "models"}, {"mountPath", models_mount}, {"readOnly", true}}};
   json engine = {
       {"name", "engine"},
-      {"image", options.image},
+      {"image", image},
       {"imagePullPolicy", options.image_pull_policy},
-      {"command", {"loadstar"}},
-      {"args", engine_args},
-      {"env", env},
+      {"command", kind->container_command},
+      {"args", kind->flags(spec)},
+      {"env", engine_env},
       {"ports", {{{"name", "http"}, {"containerPort", options.engine_port}}}},
-      {"readinessProbe",
-       {{"httpGet", {{"path", "/health"}, {"port", options.engine_port}}}, {"periodSeconds", 1}}},
-      {"volumeMounts", {{{"name", "models"}, {"mountPath", models_mount}, {"readOnly", true}}}}};
+      {"startupProbe",
+       probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},
+      {"readinessProbe", probe(kind->name == "engine-sim" ? 1 : 5, 3)},
+      {"livenessProbe", probe(10, 3)},
+      {"volumeMounts", volume_mounts}};
+  if (kind->needs_shm)
+    engine["volumeMounts"].push_back({{"name", "shm"}, {"mountPath", "/dev/shm"}});
   json resources = json::object();
   if (svc.spec.cpu > 0) resources["cpu"] = fmt::format("{}m", std::lround(svc.spec.cpu * 1000));
   if (svc.spec.memory_bytes > 0) resources["memory"] = std::to_string(svc.spec.memory_bytes);
@@ -102,13 +145,17 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
        {{"schedulerName", "loadstar"},
         {"restartPolicy", "Always"},
         {"automountServiceAccountToken", false},  // engines never call the API
-        {"terminationGracePeriodSeconds", options.termination_grace_s},
+        {"terminationGracePeriodSeconds",
+         std::max<int64_t>(options.termination_grace_s, std::lround(kind->stop_grace_s))},
         {"initContainers", {stage}},
         {"containers", {engine}},
         {"volumes",
          {{{"name", "models"},
            {"hostPath",
             {{"path", options.cache_host_path + "/models"}, {"type", "DirectoryOrCreate"}}}}}}}}};
+  if (kind->needs_shm)
+    pod["spec"]["volumes"].push_back(
+        {{"name", "shm"}, {"emptyDir", {{"medium", "Memory"}, {"sizeLimit", options.shm_size}}}});
   if (!service_uid.empty())
     pod["metadata"]["ownerReferences"] = {
         {{"apiVersion", fmt::format("{}/{}", api::kGroup, api::kVersion)},

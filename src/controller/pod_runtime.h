@@ -24,6 +24,10 @@ namespace loadstar::controller {
 
 struct PodRuntimeOptions {
   std::string image = "loadstar:0.1.0";  // runs `loadstar engine-sim` and `loadstar stage`
+  // Per engine, an image instead of the engine table's pinned default (a
+  // service's spec.engine.image overrides both).
+  std::map<std::string, std::string> engine_images;
+  std::string shm_size = "2Gi";  // /dev/shm of engines that need one (vLLM, SGLang)
   std::string image_pull_policy = "IfNotPresent";
   uint16_t engine_port = 8000;
   uint16_t agent_port = 8070;  // the agent DaemonSet's port on each node (host network)

@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "model/gguf.h"
 #include "model/model_dir.h"
 #include "model/safetensors.h"
 
@@ -100,6 +101,96 @@ TEST_F(ModelDirTest, LoadRejectsATruncatedShardAndAnEscapingIndex) {
   loaded = load_weights(dir_ / "m");
   ASSERT_FALSE(loaded.ok());
   EXPECT_NE(loaded.error().message.find("not a file in the directory"), std::string::npos);
+}
+
+// A vocabulary-only GGUF as llama.cpp ships them: tokenizer keys, no tensors.
+std::string vocab_gguf(uint64_t tokens) {
+  std::string out;
+  auto u32 = [&](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
+  auto u64 = [&](uint64_t v) { out.append(reinterpret_cast<const char*>(&v), 8); };
+  auto str = [&](std::string_view s) {
+    u64(s.size());
+    out.append(s);
+  };
+  out += "GGUF";
+  u32(3);
+  u64(0);  // tensors
+  u64(3);  // metadata
+  str("general.architecture");
+  u32(8);
+  str("llama");
+  str("tokenizer.ggml.model");
+  u32(8);
+  str("gpt2");
+  str("tokenizer.ggml.tokens");
+  u32(9);
+  u32(8);
+  u64(tokens);
+  for (uint64_t i = 0; i < tokens; ++i) str("t" + std::to_string(i));
+  return out;
+}
+
+TEST_F(ModelDirTest, GgufSynthWritesALlamaModelWithTheVocabularysTokenizer) {
+  fs::create_directories(dir_);
+  { std::ofstream(dir_ / "vocab.gguf", std::ios::binary) << vocab_gguf(1000); }
+  auto report = synth_gguf({.size_bytes = 4 << 20,
+                            .output = dir_ / "m.gguf",
+                            .vocab = dir_ / "vocab.gguf",
+                            .name = "tiny",
+                            .context_length = 2048,
+                            .seed = 7});
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  EXPECT_EQ(report->vocab, 1000u);
+  EXPECT_GE(report->layers, 2u);
+  EXPECT_EQ(fs::file_size(dir_ / "m.gguf"), report->bytes);
+  EXPECT_LE(report->bytes, (4u << 20) + (1u << 20));
+  EXPECT_FALSE(fs::exists(dir_ / "m.gguf.partial"));
+
+  auto header = read_gguf_header(dir_ / "m.gguf");
+  ASSERT_TRUE(header.ok()) << header.error().message;
+  EXPECT_EQ(header->string_value("general.architecture"), "llama");
+  EXPECT_EQ(header->string_value("tokenizer.ggml.model"), "gpt2");  // copied verbatim
+  EXPECT_EQ(header->find("tokenizer.ggml.tokens")->count, 1000u);
+  EXPECT_EQ(header->unsigned_value("llama.context_length"), 2048u);
+  EXPECT_EQ(header->unsigned_value("llama.block_count"), report->layers);
+  EXPECT_EQ(header->unsigned_value("llama.embedding_length"), report->embedding);
+  ASSERT_EQ(header->tensors.size(), report->tensors);
+  EXPECT_EQ(header->tensors[0].name, "token_embd.weight");
+  EXPECT_EQ(header->tensors[0].dims, (std::vector<uint64_t>{report->embedding, 1000}));
+  // The last tensor's data ends at the end of the file.
+  const GgufTensorInfo& last = header->tensors.back();
+  uint64_t elements = 1;
+  for (uint64_t d : last.dims) elements *= d;
+  EXPECT_EQ(header->data_offset + last.offset + elements * 2, report->bytes);
+  // Seeded: the same seed writes the same bytes.
+  ASSERT_TRUE(synth_gguf({.size_bytes = 4 << 20,
+                          .output = dir_ / "again.gguf",
+                          .vocab = dir_ / "vocab.gguf",
+                          .name = "tiny",
+                          .context_length = 2048,
+                          .seed = 7})
+                  .ok());
+  std::ifstream a(dir_ / "m.gguf", std::ios::binary), b(dir_ / "again.gguf", std::ios::binary);
+  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b)));
+}
+
+TEST(Gguf, CorruptHeadersAreClearErrors) {
+  const std::string good = vocab_gguf(3);
+  ASSERT_TRUE(parse_gguf_header(good).ok());
+  EXPECT_EQ(parse_gguf_header(good.substr(0, good.size() - 1)).error().code,
+            ErrorCode::kOutOfRange);  // read more
+  EXPECT_EQ(parse_gguf_header("GGML....").error().code, ErrorCode::kCorrupt);
+  std::string version = good;
+  version[4] = 9;
+  EXPECT_NE(parse_gguf_header(version).error().message.find("version 9"), std::string::npos);
+  std::string huge = good;
+  huge[16] = '\xff';  // the metadata count's low byte... and a high one
+  huge[23] = '\x7f';
+  EXPECT_EQ(parse_gguf_header(huge).error().code, ErrorCode::kCorrupt);
+  EXPECT_FALSE(
+      synth_gguf(
+          {.size_bytes = 1 << 20, .output = "/nonexistent/x.gguf", .vocab = "/nonexistent/v.gguf"})
+          .ok());
 }
 
 }  // namespace

@@ -1,0 +1,88 @@
+// One table of the inference engines Loadstar runs: for each, how it is
+// launched (the command on this machine; image, command and arguments in a
+// Pod), how a service's spec maps onto its flags, its health endpoint and
+// the start-up allowance a model load needs, the load signals its /metrics
+// feeds (and so which autoscaling targets it cannot), and how it stops.
+// Both runtimes (local processes, Pods) build engines from this table;
+// nothing else branches on an engine's name. Pure: no I/O.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loadstar::engines {
+
+// What one replica's engine is given. `model` is what the engine reads: a
+// model directory (config.json + safetensors), or one .gguf file for
+// llama.cpp.
+struct LaunchSpec {
+  std::string model;
+  std::string served_name;  // the name clients use (the service's)
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  uint32_t gpus = 0;                       // whole GPUs: the tensor-parallel size when > 1
+  std::optional<uint32_t> context_length;  // tokens per request (prompt + output)
+  std::optional<uint32_t> max_sequences;   // requests served at once
+  std::optional<uint32_t> threads;         // CPU threads (CPU engines)
+  bool prefix_cache = true;
+  std::vector<std::string> extra_args;  // spec.engine.args, passed last
+};
+
+// The signals the gateway reads from an engine's /metrics (see
+// gateway/engine_load.h for every name it knows).
+struct MetricNames {
+  std::string waiting;   // requests queued in the engine; empty: not exported
+  std::string running;   // requests being served
+  std::string kv_usage;  // KV-cache use, 0..1; empty: not exported
+};
+
+struct Engine {
+  std::string name;  // as in spec.engine.name
+  // This machine: the program to find (on PATH, or where the runtime keeps
+  // it) and the words before the flags ("vllm" + {"serve"}).
+  std::string program;
+  std::vector<std::string> subcommand;
+  std::string install_hint;  // what to do when the program is missing
+  // A command that must succeed for the engine to run on this machine
+  // (sglang: its Python package importable); empty: finding the program is
+  // enough.
+  std::vector<std::string> local_check;
+  // Kubernetes: the default image (tag pinned), and its command.
+  std::string image;
+  std::vector<std::string> container_command;
+  bool needs_shm = false;               // /dev/shm as a memory-backed volume (NCCL, workers)
+  bool model_is_file = false;           // reads one .gguf file, not a directory
+  std::string model_format;             // the Model spec.format it serves
+  std::string health_path = "/health";  // 200 once the model is loaded
+  // A model load may take this long before the engine is given up on
+  // (startup probe; the local runtime's start timeout is the controller's).
+  double startup_allowance_s = 600;
+  double stop_grace_s = 30;  // SIGTERM, then SIGKILL after this
+  MetricNames metrics;
+  // engine-sim only: reports the port it bound (--port 0) in a file.
+  bool writes_port_file = false;
+  std::string description;
+
+  // The flags (after program and subcommand) for a launch, extra_args last.
+  std::vector<std::string> flags(const LaunchSpec& launch) const;
+  std::vector<std::string> (*engine_flags)(const LaunchSpec&) = nullptr;
+};
+
+const std::vector<Engine>& all();
+const Engine* find(std::string_view name);
+// "engine-sim, llama.cpp, vllm, sglang", for messages.
+std::string names();
+
+// Autoscaling targets set on a service that its engine cannot feed, each
+// with why ("kvCacheUsage: llama.cpp exports no KV-cache use"). Empty: all
+// can be fed.
+struct Targets {
+  bool waiting = false;
+  bool kv_cache = false;
+};
+std::vector<std::string> unfed_targets(const Engine& engine, const Targets& targets);
+
+}  // namespace loadstar::engines

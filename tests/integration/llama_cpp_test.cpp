@@ -1,0 +1,224 @@
+// A real engine: `loadstar up` running llama.cpp's llama-server (built by
+// scripts/llama-server.sh) on a synthetic GGUF with a real tokenizer. The
+// OpenAI API through the gateway (chat, completions, streams with usage),
+// the engine's own prompt cache, its /metrics scraped by the gateway, a
+// client hang-up freeing the engine's slot, a killed engine coming back, a
+// bad flag reported in the engine's own words, scale to zero and back.
+// Skipped when no llama-server is found, unless LOADSTAR_REQUIRE_LLAMA=1
+// (scripts/test.sh sets it).
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "http/client.h"
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+bool have_llama_server() {
+  auto [code, out] = run_shell(std::string(LOADSTAR_SOURCE_DIR) + "/scripts/llama-server.sh path");
+  return code == 0 || std::getenv("LOADSTAR_LLAMA_CPP_BIN");
+}
+
+#define REQUIRE_LLAMA()                                                  \
+  do {                                                                   \
+    if (!have_llama_server()) {                                          \
+      const char* required = std::getenv("LOADSTAR_REQUIRE_LLAMA");      \
+      if (required && std::string(required) == "1")                      \
+        FAIL() << "no llama-server (run scripts/llama-server.sh build)"; \
+      GTEST_SKIP() << "no llama-server (scripts/llama-server.sh build)"; \
+    }                                                                    \
+  } while (0)
+
+// `extra`: more of the service's spec; `engine`: more of its spec.engine.
+std::string service(int replicas, const std::string& extra = "", const std::string& engine = "") {
+  return fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-gguf}}
+spec: {{source: "synth://tiny-gguf", format: gguf, size: 26Mi}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny-gguf
+  replicas: {}
+  engine: {{name: llama.cpp, contextLength: 1024, maxSequences: 2, threads: 1{}}}
+{}
+)",
+                     replicas, engine, extra);
+}
+
+json replicas(Up& up) {
+  return json::parse(up.replicas_json())["items"];
+}
+
+json chat(const std::string& content, int max_tokens, bool stream = false) {
+  json body = {{"model", "chat"},
+               {"messages", {{{"role", "user"}, {"content", content}}}},
+               {"max_tokens", max_tokens},
+               {"temperature", 0}};
+  if (stream) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+  }
+  return body;
+}
+
+std::vector<json> events_of(const std::string& body) {
+  std::vector<json> out;
+  size_t pos = 0, end;
+  while ((end = body.find("\n\n", pos)) != std::string::npos) {
+    std::string event = body.substr(pos, end - pos);
+    pos = end + 2;
+    if (!event.starts_with("data: ") || event == "data: [DONE]") continue;
+    out.push_back(json::parse(event.substr(6), nullptr, false));
+  }
+  return out;
+}
+
+double engine_metric(uint16_t port, const std::string& name) {
+  return scrape_metric(port, name);
+}
+
+template <typename F>
+bool eventually(F done, std::chrono::milliseconds within = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(50ms);
+  }
+  return true;
+}
+
+TEST(LlamaCpp, ServesTheOpenAiApiThroughTheGatewayWithItsOwnPromptCache) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1));
+  up->wait_ready("chat", 1);
+
+  // Chat, answered by the engine with real token counts.
+  auto r = up->post("/v1/chat/completions", chat("Tell me about lighthouses.", 8).dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  json answer = json::parse(r.body);
+  EXPECT_EQ(answer["object"], "chat.completion");
+  EXPECT_GT(answer["usage"]["prompt_tokens"].get<int>(), 5);
+  EXPECT_GE(answer["usage"]["completion_tokens"].get<int>(), 1);
+  EXPECT_LE(answer["usage"]["completion_tokens"].get<int>(), 8);
+
+  // Completions.
+  r = up->post("/v1/completions",
+               json({{"model", "chat"}, {"prompt", "Once upon"}, {"max_tokens", 4}}).dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["object"], "text_completion");
+
+  // A stream, event by event, ending with usage.
+  r = up->post("/v1/chat/completions", chat("Count to ten.", 6, true).dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto events = events_of(r.body);
+  ASSERT_GE(events.size(), 2u) << r.body;
+  EXPECT_EQ(events.front()["object"], "chat.completion.chunk");
+  EXPECT_TRUE(events.back().contains("usage") && events.back()["usage"].is_object()) << r.body;
+  EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos);
+
+  // The engine's prompt cache: a long prompt sent again is mostly reused
+  // (llama-server's own timings say how many prompt tokens it evaluated).
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += "The keeper climbed the stairs at dusk. ";
+  r = up->post("/v1/chat/completions", chat(long_prompt, 1).dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json first = json::parse(r.body);
+  r = up->post("/v1/chat/completions", chat(long_prompt, 1).dump());
+  const json second = json::parse(r.body);
+  ASSERT_TRUE(second.contains("timings")) << r.body;
+  EXPECT_GT(first["timings"]["prompt_n"].get<int>(), 300);
+  EXPECT_LT(second["timings"]["prompt_n"].get<int>(), 10) << r.body;
+  EXPECT_GT(second["timings"]["cache_n"].get<int>(), 300) << r.body;
+
+  // The gateway scrapes the engine's llamacpp: metrics for its picker and
+  // the autoscaler (a fresh scrape in its load report).
+  EXPECT_TRUE(eventually([&] {
+    auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+    if (!load.ok()) return false;
+    const json report = json::parse(load->body, nullptr, false);
+    return report.is_object() && !report["endpoints"].empty() &&
+           report["endpoints"][0]["metrics_age_s"].get<double>() >= 0;
+  }));
+  EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 5);
+}
+
+TEST(LlamaCpp, AClientHangUpFreesTheSlotAndAKilledEngineComesBack) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1));
+  up->wait_ready("chat", 1);
+  const json r0 = replicas(*up)[0];
+  const uint16_t engine_port = r0["port"];
+  // A long stream, dropped after a few events: the engine stops generating.
+  json body = chat("Write a long story.", 4000, true);
+  body["ignore_eos"] = true;
+  int seen = 0;
+  auto r = http::fetch_streaming(
+      {.port = up->port(), .method = "POST", .target = "/v1/chat/completions", .body = body.dump()},
+      [&](std::string_view data) {
+        seen += static_cast<int>(std::count(data.begin(), data.end(), '\n')) / 2;
+        return seen < 3;
+      });
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(eventually([&] {
+    return engine_metric(engine_port, "llamacpp:requests_processing") == 0;
+  })) << "the engine still generates for a client that left";
+
+  // kill -9: the replica is restarted and serves again.
+  ::kill(r0["pid"].get<int>(), SIGKILL);
+  EXPECT_TRUE(eventually([&] { return replicas(*up)[0]["restarts"].get<int>() == 1; }));
+  up->wait_ready("chat", 1);
+  EXPECT_EQ(up->post("/v1/chat/completions", chat("Hello again.", 2).dump()).status, 200);
+}
+
+TEST(LlamaCpp, ABadFlagIsReportedInTheEnginesOwnWords) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1, "", R"(, args: ["--no-such-flag"])"));
+  std::string message;
+  EXPECT_TRUE(eventually(
+      [&] {
+        const json items = replicas(*up);
+        message = items.empty() ? "" : items[0].value("message", "");
+        return message.find("--no-such-flag") != std::string::npos;
+      },
+      20s))
+      << message;
+  EXPECT_NE(message.find("engine exited with status"), std::string::npos) << message;
+}
+
+TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1, "  minReplicas: 0\n  idleTimeout: 2s\n"));
+  ASSERT_TRUE(eventually([&] {  // the service is routable (with no replica yet)
+    auto models = http::fetch({.port = up->port(), .target = "/v1/models"});
+    return models.ok() && models->body.find("\"chat\"") != std::string::npos;
+  }));
+  EXPECT_TRUE(replicas(*up).empty());
+  // Asked for by a request: held, the engine starts, the request is served.
+  auto r = up->post("/v1/chat/completions", chat("Wake up.", 2).dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  bool held = false;
+  for (const auto& h : r.headers) held |= h.name == "x-loadstar-held-seconds";
+  EXPECT_TRUE(held);
+  // Idle past the window: back to zero.
+  EXPECT_TRUE(eventually([&] { return replicas(*up).empty(); }, 20s));
+  EXPECT_EQ(up->post("/v1/chat/completions", chat("Again.", 2).dump()).status, 200);
+}
+
+}  // namespace
+}  // namespace loadstar::testing

@@ -1,0 +1,241 @@
+// The engine table: each engine's flags from a service's spec, the signals
+// it feeds, and the Pods Kubernetes mode makes of it — checked against the
+// engines' own Kubernetes deployment docs: vLLM v0.11.0
+// docs/deployment/k8s.md ("Using Kubernetes": /dev/shm as a memory-backed
+// emptyDir, nvidia.com/gpu limits, /health probes on the serving port) and
+// SGLang v0.5.2 docker/k8s-sglang-service.yaml (a memory-backed /dev/shm,
+// /health probes, --host 0.0.0.0-style listening on the Pod's address).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "api/resources.h"
+#include "controller/pod_runtime.h"
+#include "engines/engines.h"
+#include "gateway/engine_load.h"
+
+namespace loadstar {
+namespace {
+
+using kube::json;
+
+bool has_pair(const std::vector<std::string>& v, const std::string& flag,
+              const std::string& value) {
+  for (size_t i = 0; i + 1 < v.size(); ++i)
+    if (v[i] == flag && v[i + 1] == value) return true;
+  return false;
+}
+bool has(const std::vector<std::string>& v, const std::string& flag) {
+  return std::find(v.begin(), v.end(), flag) != v.end();
+}
+
+engines::LaunchSpec launch() {
+  engines::LaunchSpec l;
+  l.model = "/models/m";
+  l.served_name = "chat";
+  l.port = 8000;
+  l.gpus = 4;
+  l.context_length = 4096;
+  l.max_sequences = 8;
+  l.threads = 2;
+  l.extra_args = {"--seed", "3"};
+  return l;
+}
+
+TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {
+  const auto vllm = engines::find("vllm")->flags(launch());
+  EXPECT_EQ(vllm.front(), "/models/m");  // `vllm serve MODEL`
+  EXPECT_TRUE(has_pair(vllm, "--served-model-name", "chat"));
+  EXPECT_TRUE(has_pair(vllm, "--port", "8000"));
+  EXPECT_TRUE(has_pair(vllm, "--max-model-len", "4096"));
+  EXPECT_TRUE(has_pair(vllm, "--max-num-seqs", "8"));
+  EXPECT_TRUE(has_pair(vllm, "--tensor-parallel-size", "4"));
+  EXPECT_TRUE(has(vllm, "--enable-prefix-caching"));
+
+  const auto sglang = engines::find("sglang")->flags(launch());
+  EXPECT_TRUE(has_pair(sglang, "--model-path", "/models/m"));
+  EXPECT_TRUE(has_pair(sglang, "--context-length", "4096"));
+  EXPECT_TRUE(has_pair(sglang, "--max-running-requests", "8"));
+  EXPECT_TRUE(has_pair(sglang, "--tp-size", "4"));
+  EXPECT_TRUE(has(sglang, "--enable-metrics"));  // off by default in SGLang
+  EXPECT_FALSE(has(sglang, "--disable-radix-cache"));
+
+  auto cpu = launch();
+  cpu.gpus = 0;
+  cpu.prefix_cache = false;
+  const auto llama = engines::find("llama.cpp")->flags(cpu);
+  EXPECT_TRUE(has_pair(llama, "--model", "/models/m"));
+  EXPECT_TRUE(has_pair(llama, "--alias", "chat"));
+  EXPECT_TRUE(has_pair(llama, "--parallel", "8"));
+  EXPECT_TRUE(has_pair(llama, "--ctx-size", "32768"));  // 4096 per slot x 8 slots
+  EXPECT_TRUE(has_pair(llama, "--threads", "2"));
+  EXPECT_FALSE(has(llama, "--n-gpu-layers"));
+  EXPECT_TRUE(has(llama, "--no-cache-prompt"));
+  EXPECT_TRUE(has(llama, "--metrics"));   // its /metrics is opt-in
+  EXPECT_TRUE(has(llama, "--no-webui"));  // nothing served but the API
+
+  const auto sim = engines::find("engine-sim")->flags(launch());
+  EXPECT_TRUE(has_pair(sim, "--max-num-seqs", "8"));
+  // Extra arguments come last, so they override.
+  for (const auto& e : engines::all()) {
+    const auto flags = e.flags(launch());
+    ASSERT_GE(flags.size(), 2u) << e.name;
+    EXPECT_EQ(flags[flags.size() - 2], "--seed") << e.name;
+    EXPECT_EQ(flags.back(), "3") << e.name;
+  }
+}
+
+TEST(Engines, TheSignalsEachEngineFeedsAreOnesTheGatewayReads) {
+  for (const auto& e : engines::all()) {
+    auto fed = [](const std::string& name) { return gateway::parse_engine_load(name + " 2\n"); };
+    EXPECT_EQ(fed(e.metrics.running).running, 2) << e.name;
+    if (!e.metrics.waiting.empty()) {
+      EXPECT_EQ(fed(e.metrics.waiting).waiting, 2) << e.name;
+    }
+    if (!e.metrics.kv_usage.empty()) {
+      EXPECT_EQ(fed(e.metrics.kv_usage).kv_usage, 2) << e.name;
+    }
+  }
+  const auto* llama = engines::find("llama.cpp");
+  EXPECT_EQ(engines::unfed_targets(*llama, {.waiting = true, .kv_cache = true}),
+            (std::vector<std::string>{"kvCacheUsage: llama.cpp exports no KV-cache use"}));
+  EXPECT_TRUE(engines::unfed_targets(*engines::find("vllm"), {true, true}).empty());
+}
+
+TEST(Engines, AnAutoscalingTargetTheEngineCannotFeedIsRejectedAtApply) {
+  auto r = api::decode_resources(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  engine: {name: llama.cpp}
+  autoscaling: {maxReplicas: 3, targets: {kvCacheUsage: 0.8}}
+)",
+                                 "s.yaml");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("spec.autoscaling.targets.kvCacheUsage"), std::string::npos)
+      << r.error().message;
+  EXPECT_NE(r.error().message.find("llama.cpp exports no KV-cache use"), std::string::npos);
+  auto unknown = api::decode_resources(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: m, engine: {name: tgi}}
+)",
+                                       "s.yaml");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.error().message.find("'tgi' is not one of engine-sim, llama.cpp, vllm, sglang"),
+            std::string::npos)
+      << unknown.error().message;
+}
+
+TEST(Engines, AModelOfAnotherFormatIsRejectedByName) {
+  auto r = api::decode_resources(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: m}
+spec: {source: "hf://Qwen/Qwen2.5-0.5B-Instruct"}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: m, engine: {name: llama.cpp}}
+)",
+                                 "s.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Status s = api::check_references(*r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("llama.cpp serves gguf models, and Model 'm' is safetensors"),
+            std::string::npos)
+      << s.error().message;
+}
+
+// The Pod of one replica of `engine` with `gpus` whole GPUs.
+json pod_of(const std::string& engine, uint32_t gpus, const std::string& source,
+            const std::string& image = "") {
+  api::InferenceService svc;
+  svc.metadata.name = "chat";
+  svc.spec.model = "m";
+  svc.spec.engine.name = engine;
+  svc.spec.engine.image = image;
+  svc.spec.engine.max_sequences = 16;
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = source;
+  model.spec.format = engine == "llama.cpp" ? "gguf" : "safetensors";
+  controller::EngineLaunch l;
+  l.replica = "chat-0";
+  l.service = &svc;
+  l.model = &model;
+  for (uint32_t i = 0; i < gpus; ++i) l.shares.push_back({static_cast<int>(i), 1000, 0});
+  controller::PodRuntimeOptions options;
+  options.engine_images["sglang"] = "registry.local/sglang:pinned";
+  return controller::replica_pod(l, options, "ns", "");
+}
+
+const json* volume(const json& pod, const std::string& name) {
+  for (const auto& v : pod["spec"]["volumes"])
+    if (v["name"] == name) return &v;
+  return nullptr;
+}
+
+TEST(EnginePods, VllmRunsFromItsImageWithShmGpusProbesAndNoDownloads) {
+  const json pod = pod_of("vllm", 2, "hf://Qwen/Qwen2.5-0.5B-Instruct");
+  const json& c = pod["spec"]["containers"][0];
+  EXPECT_EQ(c["image"], "vllm/vllm-openai:v0.11.0");
+  EXPECT_EQ(c["command"], json({"vllm", "serve"}));
+  const auto args = c["args"].get<std::vector<std::string>>();
+  EXPECT_EQ(args.front(), "/var/lib/loadstar/models/m/current");
+  EXPECT_TRUE(has_pair(args, "--tensor-parallel-size", "2"));
+  EXPECT_TRUE(has_pair(args, "--host", "$(POD_IP)"));
+  EXPECT_EQ(c["resources"]["limits"]["nvidia.com/gpu"], "2");
+  // As vLLM's k8s.md: /dev/shm is a memory-backed emptyDir.
+  const json* shm = volume(pod, "shm");
+  ASSERT_NE(shm, nullptr);
+  EXPECT_EQ((*shm)["emptyDir"]["medium"], "Memory");
+  bool shm_mounted = false, models_read_only = false;
+  for (const auto& m : c["volumeMounts"]) {
+    shm_mounted |= m["name"] == "shm" && m["mountPath"] == "/dev/shm";
+    models_read_only |= m["name"] == "models" && m.value("readOnly", false);
+  }
+  EXPECT_TRUE(shm_mounted);
+  EXPECT_TRUE(models_read_only);
+  bool offline = false;
+  for (const auto& e : c["env"]) offline |= e["name"] == "HF_HUB_OFFLINE" && e["value"] == "1";
+  EXPECT_TRUE(offline);
+  // A multi-minute load fits the startup probe; readiness and liveness on
+  // /health after it (k8s.md probes /health on the serving port).
+  for (const char* probe : {"startupProbe", "readinessProbe", "livenessProbe"}) {
+    EXPECT_EQ(c[probe]["httpGet"]["path"], "/health") << probe;
+    EXPECT_EQ(c[probe]["httpGet"]["port"], 8000) << probe;
+  }
+  EXPECT_GE(c["startupProbe"]["periodSeconds"].get<int>() *
+                c["startupProbe"]["failureThreshold"].get<int>(),
+            1800);
+}
+
+TEST(EnginePods, SglangAndLlamaCppImagesAndModelPaths) {
+  const json sglang = pod_of("sglang", 1, "hf://Qwen/Qwen2.5-0.5B-Instruct");
+  const json& s = sglang["spec"]["containers"][0];
+  EXPECT_EQ(s["image"], "registry.local/sglang:pinned");  // per-engine override
+  EXPECT_EQ(s["command"], json({"python3", "-m", "sglang.launch_server"}));
+  EXPECT_NE(volume(sglang, "shm"), nullptr);
+  EXPECT_FALSE(has(s["args"].get<std::vector<std::string>>(), "--tp-size"));  // one GPU
+
+  const json llama = pod_of("llama.cpp", 0, "hf://org/repo/tiny-q4.gguf", "my/llama:1");
+  const json& l = llama["spec"]["containers"][0];
+  EXPECT_EQ(l["image"], "my/llama:1");  // the service's own image wins
+  EXPECT_EQ(l["command"], json({"/app/llama-server"}));
+  EXPECT_TRUE(has_pair(l["args"].get<std::vector<std::string>>(), "--model",
+                       "/var/lib/loadstar/models/m/current/tiny-q4.gguf"));
+  EXPECT_EQ(volume(llama, "shm"), nullptr);
+  EXPECT_FALSE(l.contains("resources"));  // CPU only: no GPU limit
+
+  const json sim = pod_of("engine-sim", 1, "synth://m");
+  EXPECT_EQ(sim["spec"]["containers"][0]["command"], json({"loadstar", "engine-sim"}));
+  EXPECT_EQ(sim["spec"]["containers"][0]["image"], "loadstar:0.1.0");
+}
+
+}  // namespace
+}  // namespace loadstar
