@@ -158,15 +158,19 @@ class KubernetesTest : public ::testing::Test {
   }
 
   // A node: a process kubelet with `gpus` GPUs and an agent on its address.
-  void add_node(int index, int gpus) {
+  void add_node(int index, int gpus, std::vector<std::string> kubelet_extra = {}) {
     const std::string node = fmt::format("{}-n{}", ns_, index);
     const std::string ip = fmt::format("127.{}.{}.1", net_, index);
     const fs::path host = root_ / node;
     fs::create_directories(host / "var/lib/loadstar/agent");
-    spawn(node, {PROCESS_KUBELET_BIN, "--kubeconfig", g_kubeconfig, "--node", node, "--node-ip", ip,
-                 "--pod-net", fmt::format("127.{}.{}", net_, index), "--loadstar", LOADSTAR_BIN,
-                 "--host-root", host.string(), "-n", ns_, "--gpus", std::to_string(gpus), "--label",
-                 "loadstar.test/ns=" + ns_});
+    std::vector<std::string> kubelet = {PROCESS_KUBELET_BIN, "--kubeconfig", g_kubeconfig, "--node",
+                                        node, "--node-ip", ip, "--pod-net",
+                                        fmt::format("127.{}.{}", net_, index), "--loadstar",
+                                        LOADSTAR_BIN, "--host-root", host.string(), "-n", ns_,
+                                        "--gpus", std::to_string(gpus), "--label",
+                                        "loadstar.test/ns=" + ns_};
+    kubelet.insert(kubelet.end(), kubelet_extra.begin(), kubelet_extra.end());
+    spawn(node, kubelet);
     spawn(node + "-agent", {LOADSTAR_BIN, "agent", "--host", ip, "--port", "8070", "--cache-dir",
                             (host / "var/lib/loadstar/agent").string()});
     wait_output(node, "node .* ready");
@@ -581,6 +585,53 @@ TEST_F(KubernetesTest, AScaledDownReplicaLeavesTheGatewaysAndFinishesItsRequests
   // Done: chat-1 goes.
   EXPECT_TRUE(eventually([&] { return pods().size() == 1; }, 30))
       << read_text(processes_["controller"]->log);
+}
+
+// A real engine in a Pod: llama.cpp's llama-server (the image's
+// /app/llama-server, run by the test kubelet from scripts/llama-server.sh's
+// build) on a GGUF the nodes' agents stage, answered through two gateways.
+TEST_F(KubernetesTest, ALlamaCppPodAnswersThroughTwoGateways) {
+  auto [found, llama] = run_shell(std::string(LOADSTAR_SOURCE_DIR) + "/scripts/llama-server.sh path");
+  while (!llama.empty() && llama.back() == '\n') llama.pop_back();
+  if (found != 0) {
+    const char* required = std::getenv("LOADSTAR_REQUIRE_LLAMA");
+    if (required && std::string(required) == "1") FAIL() << "no llama-server";
+    GTEST_SKIP() << "no llama-server (scripts/llama-server.sh build)";
+  }
+  const fs::path dir = scratch_dir() / "k8s-gguf";
+  if (!fs::exists(dir / "model.gguf")) {
+    fs::create_directories(dir);
+    std::string out;
+    ASSERT_EQ(run_loadstar({"model", "synth", "--format", "gguf", "--size", "26MiB", "-o",
+                            (dir / "model.gguf").string()},
+                           &out),
+              0)
+        << out;
+  }
+  add_node(1, 0, {"--command", "/app/llama-server=" + llama});
+  add_node(2, 0, {"--command", "/app/llama-server=" + llama});
+  start_controller("controller");
+  wait_output("controller", "controller reconciling");
+  const uint16_t gw1 = start_gateway("gateway-1");
+  const uint16_t gw2 = start_gateway("gateway-2");
+  apply(fmt::format(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny-gguf}}\n"
+      "spec: {{source: \"file://{}\", format: gguf}}\n---\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: chat}}\n"
+      "spec:\n  model: tiny-gguf\n  replicas: 2\n"
+      "  engine: {{name: llama.cpp, contextLength: 512, maxSequences: 1, threads: 1}}\n",
+      dir.string()));
+  ASSERT_TRUE(eventually([&] { return chat(gw1) == 200 && chat(gw2) == 200; }, 90))
+      << read_text(processes_["controller"]->log) << read_text(processes_["gateway-1"]->log);
+  // The answer is llama-server's (its timings), from the Pod's own command.
+  auto r = chat_request("127.0.0.1", gw1, 10);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(json::parse(r->body).contains("timings")) << r->body;
+  for (const auto& pod : pods()) {
+    const json& c = pod["spec"]["containers"][0];
+    EXPECT_EQ(c["command"], json({"/app/llama-server"}));
+    EXPECT_EQ(c["args"][1], "/var/lib/loadstar/models/tiny-gguf/current/model.gguf");
+  }
 }
 
 TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {

@@ -8,7 +8,8 @@
 // conditions, container states). Each Pod gets its own loopback address
 // (127.0.N.M), so engines of several Pods listen on the same port, as in a
 // cluster. Images are not pulled: a command "loadstar" runs the binary
-// under test. hostPath volumes live under --host-root (the node's disk),
+// under test, and --command maps another image's command (llama.cpp's
+// /app/llama-server) onto a program of this machine. hostPath volumes live under --host-root (the node's disk),
 // and a container sees a mount by its paths being rewritten onto the
 // hostPath (no mount namespaces). A Pod being deleted gets SIGTERM, then
 // SIGKILL after its grace period, and is then removed (grace 0), as a
@@ -46,6 +47,9 @@ struct Args {
   std::string gpu_memory_mib = "81920";
   std::vector<std::string> labels;
   std::string pod_net = "127.0.9";  // pods get 127.0.9.2, .3, ...
+  // An image's command run as a program of this machine ("/app/llama-server=/path/to/it"):
+  // what the image would have put at that path.
+  std::vector<std::string> commands;
 };
 
 struct Container {
@@ -168,6 +172,8 @@ class Kubelet {
       for (const auto& a : part) argv.push_back(expand(a.get<std::string>(), env));
     if (argv.empty()) return std::nullopt;
     if (argv[0] == "loadstar") argv[0] = args_.loadstar_bin;
+    for (const auto& c : args_.commands)
+      if (c.starts_with(argv[0] + "=")) argv[0] = c.substr(argv[0].size() + 1);
     // Mounts: paths under a mountPath are rewritten onto the hostPath.
     const json volumes = pod.object["spec"].value("volumes", json::array());
     for (const auto& m : spec.value("volumeMounts", json::array())) {
@@ -388,6 +394,8 @@ int main(int argc, char** argv) {
   app.add_option("--gpu-product", args.gpu_product);
   app.add_option("--label", args.labels, "key=value on the Node (repeat)");
   app.add_option("--pod-net", args.pod_net, "First three octets of pod addresses");
+  app.add_option("--command", args.commands,
+                 "IMAGE-PATH=LOCAL-PATH: run an image's command from this machine (repeat)");
   CLI11_PARSE(app, argc, argv);
   auto config = loadstar::kube::load_config(args.kubeconfig);
   if (!config.ok()) {
