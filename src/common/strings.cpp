@@ -1,6 +1,7 @@
 #include "common/strings.h"
 
 #include <algorithm>
+#include <cctype>
 #include <vector>
 
 namespace loadstar {
@@ -50,6 +51,26 @@ size_t edit_distance(std::string_view a, std::string_view b) {
     }
   }
   return row[b.size()];
+}
+
+std::string last_error_line_of(std::string_view output) {
+  std::vector<std::string> lines;
+  for (std::string_view rest = output; !rest.empty();) {
+    const size_t nl = rest.find('\n');
+    std::string line(rest.substr(0, nl));
+    rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty()) lines.push_back(std::move(line));
+  }
+  static constexpr std::string_view kWords[] = {"error",   "fatal",   "exception", "failed",
+                                                "invalid", "unknown", "cannot",    "abort"};
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    std::string lower = *it;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (std::string_view w : kWords)
+      if (lower.find(w) != std::string::npos) return it->substr(0, 400);
+  }
+  return lines.empty() ? "" : lines.back().substr(0, 400);
 }
 
 }  // namespace loadstar

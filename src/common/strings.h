@@ -11,4 +11,10 @@ void append_json_escaped(std::string& out, std::string_view text);
 // Levenshtein distance, for "did you mean" hints on misspelled fields.
 size_t edit_distance(std::string_view a, std::string_view b);
 
+// Of a program's output, the last line that says what went wrong (error,
+// fatal, exception, failed, invalid, unknown, cannot, abort; any case), else
+// its last non-empty line; at most 400 characters, empty when there is none.
+// What a user is shown of an engine that ended.
+std::string last_error_line_of(std::string_view output);
+
 }  // namespace loadstar

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/agent.h"
+#include "common/strings.h"
 #include "common/units.h"
 #include "http/client.h"
 #include "model/gguf.h"
@@ -124,24 +125,9 @@ std::string last_error_line(const fs::path& log) {
   in.seekg(from);
   std::string tail(static_cast<size_t>(size - from), '\0');
   in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
-  std::vector<std::string> lines;
-  for (std::string_view rest = tail; !rest.empty();) {
-    const size_t nl = rest.find('\n');
-    std::string line(rest.substr(0, nl));
-    rest = nl == std::string_view::npos ? "" : rest.substr(nl + 1);
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (!line.empty()) lines.push_back(std::move(line));
-  }
-  if (from > 0 && !lines.empty()) lines.erase(lines.begin());  // cut mid-line
-  static constexpr std::string_view kWords[] = {"error",   "fatal",   "exception", "failed",
-                                                "invalid", "unknown", "cannot",    "abort"};
-  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
-    std::string lower = *it;
-    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    for (std::string_view w : kWords)
-      if (lower.find(w) != std::string::npos) return it->size() > 400 ? it->substr(0, 400) : *it;
-  }
-  return lines.empty() ? "" : lines.back().substr(0, 400);
+  if (from > 0)  // cut mid-line
+    if (auto nl = tail.find('\n'); nl != std::string::npos) tail.erase(0, nl + 1);
+  return last_error_line_of(tail);
 }
 
 namespace {

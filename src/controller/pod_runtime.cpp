@@ -111,6 +111,9 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
        probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},
       {"readinessProbe", probe(kind->name == "engine-sim" ? 1 : 5, 3)},
       {"livenessProbe", probe(10, 3)},
+      // A failed engine's last log lines become its termination message,
+      // so its own error reaches the replica's status.
+      {"terminationMessagePolicy", "FallbackToLogsOnError"},
       {"volumeMounts", volume_mounts}};
   if (kind->needs_shm)
     engine["volumeMounts"].push_back({{"name", "shm"}, {"mountPath", "/dev/shm"}});

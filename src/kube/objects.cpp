@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "common/strings.h"
 #include "kube/client.h"  // parse_quantity
 
 namespace loadstar::kube {
@@ -48,6 +49,12 @@ std::vector<ContainerState> states(const json& list) {
       if (code.is_number_integer()) s.exit_code = code.get<int>();
       break;
     }
+    const json& last = member(member(c, "lastState"), "terminated");
+    if (last.is_object()) {
+      const json& code = member(last, "exitCode");
+      if (code.is_number_integer()) s.last_exit_code = code.get<int>();
+      s.last_message = text(last, "message");
+    }
     out.push_back(std::move(s));
   }
   return out;
@@ -56,10 +63,15 @@ std::vector<ContainerState> states(const json& list) {
 }  // namespace
 
 std::string ContainerState::describe() const {
-  if (state == "waiting") return fmt::format("{} waiting: {} {}", name, reason, message);
-  if (state == "terminated") return fmt::format("{} exited with code {}", name, exit_code);
-  if (state == "running") return name + " running";
-  return "";
+  std::string out;
+  if (state == "waiting") out = fmt::format("{} waiting: {} {}", name, reason, message);
+  if (state == "terminated") out = fmt::format("{} exited with code {}", name, exit_code);
+  if (state == "running") out = name + " running";
+  if (last_exit_code && *last_exit_code != 0 && state != "running") {
+    const std::string said = last_error_line_of(last_message);
+    out += fmt::format("; last exit {}{}{}", *last_exit_code, said.empty() ? "" : ": ", said);
+  }
+  return out;
 }
 
 std::optional<int> Pod::port(std::string_view container, std::string_view port_name) const {

@@ -24,7 +24,14 @@ struct ContainerState {
   std::string state;  // "waiting", "running", "terminated" or empty
   std::string reason, message;
   int exit_code = 0;
-  // "waiting: ErrImagePull ...", "exited with code 1", "running".
+  // How its previous run ended (lastState.terminated), when it failed: the
+  // exit code and the kubelet's termination message (with
+  // terminationMessagePolicy FallbackToLogsOnError, the tail of its log).
+  std::optional<int> last_exit_code;
+  std::string last_message;
+  // "waiting: ErrImagePull ...", "exited with code 1", "running", and for a
+  // container that keeps failing its last error line: "engine waiting:
+  // CrashLoopBackOff ...; last exit 2: error: unrecognized arguments: --x".
   std::string describe() const;
 };
 

@@ -163,11 +163,24 @@ class KubernetesTest : public ::testing::Test {
     const std::string ip = fmt::format("127.{}.{}.1", net_, index);
     const fs::path host = root_ / node;
     fs::create_directories(host / "var/lib/loadstar/agent");
-    std::vector<std::string> kubelet = {PROCESS_KUBELET_BIN, "--kubeconfig", g_kubeconfig, "--node",
-                                        node, "--node-ip", ip, "--pod-net",
-                                        fmt::format("127.{}.{}", net_, index), "--loadstar",
-                                        LOADSTAR_BIN, "--host-root", host.string(), "-n", ns_,
-                                        "--gpus", std::to_string(gpus), "--label",
+    std::vector<std::string> kubelet = {PROCESS_KUBELET_BIN,
+                                        "--kubeconfig",
+                                        g_kubeconfig,
+                                        "--node",
+                                        node,
+                                        "--node-ip",
+                                        ip,
+                                        "--pod-net",
+                                        fmt::format("127.{}.{}", net_, index),
+                                        "--loadstar",
+                                        LOADSTAR_BIN,
+                                        "--host-root",
+                                        host.string(),
+                                        "-n",
+                                        ns_,
+                                        "--gpus",
+                                        std::to_string(gpus),
+                                        "--label",
                                         "loadstar.test/ns=" + ns_};
     kubelet.insert(kubelet.end(), kubelet_extra.begin(), kubelet_extra.end());
     spawn(node, kubelet);
@@ -591,7 +604,8 @@ TEST_F(KubernetesTest, AScaledDownReplicaLeavesTheGatewaysAndFinishesItsRequests
 // /app/llama-server, run by the test kubelet from scripts/llama-server.sh's
 // build) on a GGUF the nodes' agents stage, answered through two gateways.
 TEST_F(KubernetesTest, ALlamaCppPodAnswersThroughTwoGateways) {
-  auto [found, llama] = run_shell(std::string(LOADSTAR_SOURCE_DIR) + "/scripts/llama-server.sh path");
+  auto [found, llama] =
+      run_shell(std::string(LOADSTAR_SOURCE_DIR) + "/scripts/llama-server.sh path");
   while (!llama.empty() && llama.back() == '\n') llama.pop_back();
   if (found != 0) {
     const char* required = std::getenv("LOADSTAR_REQUIRE_LLAMA");
@@ -632,6 +646,47 @@ TEST_F(KubernetesTest, ALlamaCppPodAnswersThroughTwoGateways) {
     EXPECT_EQ(c["command"], json({"/app/llama-server"}));
     EXPECT_EQ(c["args"][1], "/var/lib/loadstar/models/tiny-gguf/current/model.gguf");
   }
+}
+
+// vLLM's Pod as Loadstar writes it, run by a stand-in `vllm` that parses
+// its arguments as strictly as vLLM v0.11.0 (tests/support/vllm_standin.cpp)
+// and then serves with engine-sim: the flags pass vLLM's parser, the Pod
+// answers through a gateway, and a service whose args vLLM would refuse
+// shows vLLM's own error in its status.
+TEST_F(KubernetesTest, AVllmPodsArgumentsPassVllmsParserAndARefusedOneIsReported) {
+  add_node(1, 2, {"--command", std::string("vllm=") + VLLM_STANDIN_BIN});
+  start_controller("controller");
+  wait_output("controller", "controller reconciling");
+  const uint16_t gw = start_gateway("gateway-1");
+  apply(model_yaml() + "---\n" +
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
+        "spec:\n  model: tiny\n  replicas: 1\n  resources: {gpu: {count: 1}}\n"
+        "  engine: {name: vllm, contextLength: 2048, maxSequences: 8, args: [\"-O3\", "
+        "\"--gpu-memory-utilization\", \"0.85\"]}\n");
+  ASSERT_TRUE(eventually([&] { return chat(gw) == 200; }, 90))
+      << read_text(processes_["controller"]->log) << read_text(processes_["gateway-1"]->log);
+  const json pod = pods().at(0);
+  ASSERT_EQ(pods().size(), 1u);
+  EXPECT_EQ(pod["spec"]["containers"][0]["command"], json({"vllm", "serve"}));
+  EXPECT_EQ(pod["spec"]["containers"][0]["image"], "vllm/vllm-openai:v0.11.0");
+
+  apply(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: bad}\n"
+      "spec:\n  model: tiny\n  replicas: 1\n  resources: {gpu: {count: 1}}\n"
+      "  engine: {name: vllm, args: [\"--no-such-flag\"]}\n");
+  std::string message;
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto [code, out] = kubectl("-n " + ns_ + " get inferenceservice bad -o json");
+        const json svc = json::parse(out, nullptr, false);
+        if (!svc.is_object()) return false;
+        message.clear();
+        const json replicas = svc["status"].value("replicaStatus", json::object());
+        for (const auto& [name, r] : replicas.items()) message += r.value("message", "");
+        return message.find("unrecognized arguments: --no-such-flag") != std::string::npos;
+      },
+      60))
+      << message;
 }
 
 TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {

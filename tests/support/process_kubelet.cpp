@@ -9,15 +9,15 @@
 // (127.0.N.M), so engines of several Pods listen on the same port, as in a
 // cluster. Images are not pulled: a command "loadstar" runs the binary
 // under test, and --command maps another image's command (llama.cpp's
-// /app/llama-server) onto a program of this machine. hostPath volumes live under --host-root (the node's disk),
-// and a container sees a mount by its paths being rewritten onto the
-// hostPath (no mount namespaces). A Pod being deleted gets SIGTERM, then
-// SIGKILL after its grace period, and is then removed (grace 0), as a
-// kubelet confirms a deletion.
+// /app/llama-server) onto a program of this machine. hostPath volumes live under --host-root (the
+// node's disk), and a container sees a mount by its paths being rewritten onto the hostPath (no
+// mount namespaces). A Pod being deleted gets SIGTERM, then SIGKILL after its grace period, and is
+// then removed (grace 0), as a kubelet confirms a deletion.
 #include <signal.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -101,19 +101,18 @@ class Kubelet {
       return std::move(created).error();
     json resources = {{"cpu", "8"}, {"memory", "32Gi"}, {"pods", "110"}};
     if (args_.gpus > 0) resources["nvidia.com/gpu"] = std::to_string(args_.gpus);
-    json status = {
-        {"capacity", resources},
-        {"allocatable", resources},
-        {"addresses", {{{"type", "InternalIP"}, {"address", args_.node_ip}}}},
-        {"conditions",
-         {{{"type", "Ready"},
-           {"status", "True"},
-           {"reason", "KubeletReady"},
-           {"message", "process kubelet"},
-           {"lastHeartbeatTime", now_rfc3339()},
-           {"lastTransitionTime", now_rfc3339()}}}}};
-    auto patched = client_.merge_patch("/api/v1/nodes/" + args_.node + "/status",
-                                       {{"status", status}});
+    json status = {{"capacity", resources},
+                   {"allocatable", resources},
+                   {"addresses", {{{"type", "InternalIP"}, {"address", args_.node_ip}}}},
+                   {"conditions",
+                    {{{"type", "Ready"},
+                      {"status", "True"},
+                      {"reason", "KubeletReady"},
+                      {"message", "process kubelet"},
+                      {"lastHeartbeatTime", now_rfc3339()},
+                      {"lastTransitionTime", now_rfc3339()}}}}};
+    auto patched =
+        client_.merge_patch("/api/v1/nodes/" + args_.node + "/status", {{"status", status}});
     if (!patched.ok()) return std::move(patched).error();
     return loadstar::ok_status();
   }
@@ -168,7 +167,8 @@ class Kubelet {
     const json& spec = c.spec;
     const auto env = environment(pod, spec);
     std::vector<std::string> argv;
-    for (const auto& part : {spec.value("command", json::array()), spec.value("args", json::array())})
+    for (const auto& part :
+         {spec.value("command", json::array()), spec.value("args", json::array())})
       for (const auto& a : part) argv.push_back(expand(a.get<std::string>(), env));
     if (argv.empty()) return std::nullopt;
     if (argv[0] == "loadstar") argv[0] = args_.loadstar_bin;
@@ -191,8 +191,7 @@ class Kubelet {
     loadstar::ProcessOptions p;
     p.argv = argv;
     for (const auto& [k, v] : env) p.env.push_back(k + "=" + v);
-    p.output_path =
-        fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name);
+    p.output_path = fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name);
     std::error_code ec;
     fs::create_directories(args_.host_root + "/logs", ec);
     auto process = loadstar::Subprocess::start(p);
@@ -253,7 +252,7 @@ class Kubelet {
     }
   }
 
-  json container_status(const Container& c, bool is_init, bool done) const {
+  json container_status(const Pod& pod, const Container& c, bool is_init, bool done) const {
     json state;
     if (c.process)
       state = {{"running", {{"startedAt", now_rfc3339()}}}};
@@ -265,13 +264,27 @@ class Kubelet {
                  {"message", fmt::format("exited with code {}", *c.last_exit)}}}};
     else
       state = {{"waiting", {{"reason", "PodInitializing"}}}};
-    return {{"name", c.name},
-            {"state", state},
-            {"ready", c.ready},
-            {"restartCount", c.restarts},
-            {"image", c.spec.value("image", "")},
-            {"imageID", ""},
-            {"started", c.process.has_value()}};
+    json out = {{"name", c.name},
+                {"state", state},
+                {"ready", c.ready},
+                {"restartCount", c.restarts},
+                {"image", c.spec.value("image", "")},
+                {"imageID", ""},
+                {"started", c.process.has_value()}};
+    // As a kubelet does: the last run's end, and with
+    // terminationMessagePolicy FallbackToLogsOnError a failed one's message
+    // is the tail of its log (at most 80 lines, 2 KiB).
+    if (c.last_exit && *c.last_exit != 0) {
+      json terminated = {{"exitCode", *c.last_exit}, {"reason", "Error"}};
+      if (c.spec.value("terminationMessagePolicy", "") == "FallbackToLogsOnError") {
+        std::ifstream in(fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name));
+        std::string text((std::istreambuf_iterator<char>(in)), {});
+        if (text.size() > 2048) text = text.substr(text.size() - 2048);
+        terminated["message"] = text;
+      }
+      out["lastState"] = {{"terminated", terminated}};
+    }
+    return out;
   }
 
   void write_status(Pod& pod) {
@@ -284,8 +297,8 @@ class Kubelet {
     }
     json init_statuses = json::array(), statuses = json::array();
     for (size_t i = 0; i < pod.init.size(); ++i)
-      init_statuses.push_back(container_status(pod.init[i], true, i < pod.init_done));
-    for (const auto& c : pod.main) statuses.push_back(container_status(c, false, false));
+      init_statuses.push_back(container_status(pod, pod.init[i], true, i < pod.init_done));
+    for (const auto& c : pod.main) statuses.push_back(container_status(pod, c, false, false));
     auto cond = [](const char* type, bool value) {
       return json{{"type", type}, {"status", value ? "True" : "False"}};
     };
