@@ -208,11 +208,12 @@ class HttpSource : public Source {
 
 class HfSource : public Source {
  public:
-  HfSource(std::string uri, std::string repo, std::string revision, Url endpoint,
+  HfSource(std::string uri, std::string repo, std::string revision, std::string file, Url endpoint,
            SourceOptions options)
       : uri_(std::move(uri)),
         repo_(std::move(repo)),
         revision_(std::move(revision)),
+        file_(std::move(file)),
         endpoint_(std::move(endpoint)),
         options_(std::move(options)) {}
 
@@ -253,8 +254,11 @@ class HfSource : public Source {
         f.size = value_or(s, "size", uint64_t{0});
       }
       f.etag = value_or(s, "blobId", "");
+      if (!file_.empty() && f.path != file_) continue;
       m.files.push_back(std::move(f));
     }
+    if (!file_.empty() && m.files.empty())
+      return make_error(ErrorCode::kNotFound, "{}: the repository has no file '{}'", uri_, file_);
     LS_RETURN_IF_ERROR(validate_manifest(m));
     resolved_ = m.revision;
     return m;
@@ -277,6 +281,7 @@ class HfSource : public Source {
   }
 
   std::string uri_, repo_, revision_;
+  std::string file_;  // one file of the repository; empty: all of it
   Url endpoint_;
   SourceOptions options_;
   std::string resolved_;
@@ -293,22 +298,33 @@ Result<std::unique_ptr<Source>> open_source(std::string_view uri, const SourceOp
     return std::unique_ptr<Source>(std::make_unique<FileSource>(std::string(uri), root));
   }
   if (uri.starts_with("hf://")) {
+    // hf://ORG/NAME[@REVISION][/FILE]: a repository, or one file of it
+    // (a GGUF among several quantizations).
     std::string repo(uri.substr(5));
+    std::string file;
+    if (const size_t slash = repo.find('/');
+        slash != std::string::npos && repo.find('/', slash + 1) != std::string::npos) {
+      const size_t second = repo.find('/', slash + 1);
+      file = repo.substr(second + 1);
+      repo.resize(second);
+    }
     std::string revision = "main";
     if (const size_t at = repo.find('@'); at != std::string::npos) {
       revision = repo.substr(at + 1);
       repo = repo.substr(0, at);
     }
     if (repo.empty() || repo.find("..") != std::string::npos || repo.starts_with("/") ||
-        revision.empty())
+        revision.empty() || file.find("..") != std::string::npos ||
+        (!file.empty() && file.ends_with("/")))
       return make_error(ErrorCode::kInvalidArgument,
-                        "'{}' is not hf://ORG/NAME or hf://ORG/NAME@REVISION", uri);
+                        "'{}' is not hf://ORG/NAME[@REVISION] or hf://ORG/NAME[@REVISION]/FILE",
+                        uri);
     if (options.hf_endpoint.empty()) options.hf_endpoint = env("HF_ENDPOINT");
     if (options.hf_endpoint.empty()) options.hf_endpoint = "https://huggingface.co";
     if (options.hf_token.empty()) options.hf_token = env("HF_TOKEN");
     LS_ASSIGN_OR_RETURN(Url endpoint, parse_url(options.hf_endpoint));
-    return std::unique_ptr<Source>(
-        std::make_unique<HfSource>(std::string(uri), repo, revision, std::move(endpoint), options));
+    return std::unique_ptr<Source>(std::make_unique<HfSource>(
+        std::string(uri), repo, revision, std::move(file), std::move(endpoint), options));
   }
   if (uri.starts_with("http://") || uri.starts_with("https://")) {
     LS_ASSIGN_OR_RETURN(Url url, parse_url(uri));

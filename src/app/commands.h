@@ -29,6 +29,7 @@ std::function<int()> setup_apply(CLI::App& app);
 std::function<int()> setup_describe(CLI::App& app);
 std::function<int()> setup_apikey(CLI::App& app);
 std::function<int()> setup_sim(CLI::App& app);
+std::function<int()> setup_calibrate(CLI::App& app);
 std::function<int()> setup_agent(CLI::App& app);
 std::function<int()> setup_stage(CLI::App& app);
 std::function<int()> setup_load(CLI::App& app);

@@ -153,7 +153,7 @@ Result<fs::path> gguf_file(const fs::path& model) {
   std::error_code ec;
   if (fs::is_regular_file(model, ec)) return model;
   std::vector<fs::path> found;
-  for (const auto& entry : fs::directory_iterator(model, ec))
+  for (const auto& entry : fs::recursive_directory_iterator(model, ec))
     if (entry.path().extension() == ".gguf") found.push_back(entry.path());
   if (found.size() == 1) return found.front();
   return make_error(ErrorCode::kInvalidArgument, "{} holds {} .gguf files; llama.cpp needs one",

@@ -45,6 +45,17 @@ std::vector<DeviceShare> shares_from(const json& pod) {
 
 }  // namespace
 
+std::string gguf_name(const std::string& source) {
+  if (!source.ends_with(".gguf")) return "model.gguf";
+  if (source.starts_with("hf://")) {
+    // hf://ORG/NAME[@REV]/PATH: staged at PATH.
+    const size_t first = source.find('/', 5);
+    const size_t second = first == std::string::npos ? first : source.find('/', first + 1);
+    if (second != std::string::npos) return source.substr(second + 1);
+  }
+  return source.substr(source.rfind('/') + 1);
+}
+
 json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                  const std::string& namespace_name, const std::string& service_uid) {
   const api::InferenceService& svc = *launch.service;

@@ -35,6 +35,11 @@ struct PodRuntimeOptions {
   int64_t termination_grace_s = 30;                         // a stopping engine drains this long
 };
 
+// Where a GGUF model's one file is in its staged directory: its path in a
+// Hub repository (hf://ORG/NAME/PATH), the file name of a URL or file, else
+// model.gguf (synthetic models, directories).
+std::string gguf_name(const std::string& source);
+
 // The Pod of a replica (JSON), as PodRuntime creates it.
 kube::json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                        const std::string& namespace_name, const std::string& service_uid);

@@ -467,6 +467,20 @@ TEST(AgentProcess, HuggingFaceProtocolWithTokenAndRedirect) {
   expect_same_files(hub, p["dir"].get<std::string>());
   EXPECT_FALSE(fs::exists(fs::path(p["dir"].get<std::string>()) / ".gitattributes"));
   EXPECT_EQ(agent.log().find("hf_test_token"), std::string::npos);
+  // One file of a repository (a GGUF among quantizations): only it is staged.
+  agent.stage("one", "hf://org/tiny/config.json");
+  p = agent.wait("one");
+  ASSERT_EQ(p["state"], "ready") << p.dump();
+  size_t files = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(p["dir"].get<std::string>()))
+    files += entry.is_regular_file();
+  EXPECT_EQ(files, 1u);
+  EXPECT_TRUE(fs::exists(fs::path(p["dir"].get<std::string>()) / "config.json"));
+  agent.stage("none", "hf://org/tiny/model-Q9.gguf");
+  p = agent.wait("none");
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("no file 'model-Q9.gguf'"), std::string::npos)
+      << p.dump();
   // The Hub's file list is checked before anything is written.
   hub.bad_name = true;
   agent.stage("escape", "hf://org/tiny");

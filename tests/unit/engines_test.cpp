@@ -232,6 +232,10 @@ TEST(EnginePods, SglangAndLlamaCppImagesAndModelPaths) {
   EXPECT_EQ(volume(llama, "shm"), nullptr);
   EXPECT_FALSE(l.contains("resources"));  // CPU only: no GPU limit
 
+  EXPECT_EQ(controller::gguf_name("hf://org/repo@v2/q4/tiny-q4.gguf"), "q4/tiny-q4.gguf");
+  EXPECT_EQ(controller::gguf_name("https://host/m/tiny.gguf"), "tiny.gguf");
+  EXPECT_EQ(controller::gguf_name("synth://m"), "model.gguf");
+
   const json sim = pod_of("engine-sim", 1, "synth://m");
   EXPECT_EQ(sim["spec"]["containers"][0]["command"], json({"loadstar", "engine-sim"}));
   EXPECT_EQ(sim["spec"]["containers"][0]["image"], "loadstar:0.1.0");
