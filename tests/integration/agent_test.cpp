@@ -473,7 +473,7 @@ TEST(AgentProcess, HuggingFaceProtocolWithTokenAndRedirect) {
   ASSERT_EQ(p["state"], "ready") << p.dump();
   size_t files = 0;
   for (const auto& entry : fs::recursive_directory_iterator(p["dir"].get<std::string>()))
-    files += entry.is_regular_file();
+    files += entry.is_regular_file() && !entry.path().filename().string().starts_with(".");
   EXPECT_EQ(files, 1u);
   EXPECT_TRUE(fs::exists(fs::path(p["dir"].get<std::string>()) / "config.json"));
   agent.stage("none", "hf://org/tiny/model-Q9.gguf");
