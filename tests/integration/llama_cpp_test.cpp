@@ -156,6 +156,31 @@ TEST(LlamaCpp, ServesTheOpenAiApiThroughTheGatewayWithItsOwnPromptCache) {
            report["endpoints"][0]["metrics_age_s"].get<double>() >= 0;
   }));
   EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 5);
+  // The replica's cold start, phase by phase, includes the engine's load.
+  const json t = replicas(*up)[0]["timeline"];
+  for (const char* event : {"queued", "placed", "staged", "started", "ready", "routed"})
+    EXPECT_TRUE(t[event].is_number()) << event << " " << t;
+  EXPECT_GT(t["ready"].get<double>(), t["started"].get<double>());  // llama-server loading
+}
+
+TEST(LlamaCpp, RepeatedPromptsGoToTheReplicaHoldingTheirPrefix) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(2, "  routing: {picker: scored}\n"));
+  up->wait_ready("chat", 2);
+  // Each long prompt twice: the second time the gateway's prefix-aware
+  // picker sends it where the first went, and llama-server's own prompt
+  // cache answers most of it (a blind picker would miss about half).
+  int hits = 0;
+  for (int i = 0; i < 6; ++i) {
+    std::string prompt = fmt::format("Story {}:", i);
+    for (int k = 0; k < 30; ++k) prompt += fmt::format(" The keeper of tower {} lit lamp {}.", i, k);
+    ASSERT_EQ(up->post("/v1/chat/completions", chat(prompt, 1).dump()).status, 200);
+    auto r = up->post("/v1/chat/completions", chat(prompt, 1).dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+    hits += json::parse(r.body)["timings"]["cache_n"].get<int>() > 200;
+  }
+  EXPECT_EQ(hits, 6);
+  EXPECT_GT(scrape_metric(up->port(), "loadstar_gateway_prefix_blocks_matched_total"), 0);
 }
 
 TEST(LlamaCpp, AClientHangUpFreesTheSlotAndAKilledEngineComesBack) {
