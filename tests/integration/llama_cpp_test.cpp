@@ -173,7 +173,8 @@ TEST(LlamaCpp, RepeatedPromptsGoToTheReplicaHoldingTheirPrefix) {
   int hits = 0;
   for (int i = 0; i < 6; ++i) {
     std::string prompt = fmt::format("Story {}:", i);
-    for (int k = 0; k < 30; ++k) prompt += fmt::format(" The keeper of tower {} lit lamp {}.", i, k);
+    for (int k = 0; k < 30; ++k)
+      prompt += fmt::format(" The keeper of tower {} lit lamp {}.", i, k);
     ASSERT_EQ(up->post("/v1/chat/completions", chat(prompt, 1).dump()).status, 200);
     auto r = up->post("/v1/chat/completions", chat(prompt, 1).dump());
     ASSERT_EQ(r.status, 200) << r.body;
@@ -224,6 +225,47 @@ TEST(LlamaCpp, ABadFlagIsReportedInTheEnginesOwnWords) {
       20s))
       << message;
   EXPECT_NE(message.find("engine exited with status"), std::string::npos) << message;
+}
+
+TEST(LlamaCpp, ScalesOutOnInFlightRequestsAndTheNewReplicaServes) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1, R"(  autoscaling:
+    maxReplicas: 2
+    targets: {inFlightPerReplica: 1}
+    stableWindow: 3s
+    panicWindow: 1s
+    scaleDownStabilization: 1s
+)"));
+  up->wait_ready("chat", 1);
+  // Two long streams on one replica: twice its target; a second replica
+  // is started, loads its model and is routed to.
+  std::vector<std::thread> clients;
+  std::atomic<int> done{0};
+  for (int i = 0; i < 2; ++i)
+    clients.emplace_back([&, i] {
+      json body = chat(fmt::format("Stream {} please.", i), 400, true);
+      body["ignore_eos"] = true;
+      auto r = http::fetch({.port = up->port(),
+                            .method = "POST",
+                            .target = "/v1/chat/completions",
+                            .body = body.dump(),
+                            .headers = {{"Content-Type", "application/json"}},
+                            .timeout_s = 120});
+      done += r.ok() && r->status == 200;
+    });
+  const bool scaled = eventually(
+      [&] {
+        int ready = 0;
+        for (const auto& r : replicas(*up)) ready += r["state"] == "Ready";
+        return ready == 2;
+      },
+      30s);
+  for (auto& c : clients) c.join();
+  EXPECT_TRUE(scaled) << up->replicas_json();
+  EXPECT_EQ(done, 2);
+  auto services = http::fetch({.port = up->admin_port(), .target = "/api/v1/services"});
+  ASSERT_TRUE(services.ok());
+  EXPECT_NE(services->body.find("in-flight"), std::string::npos) << services->body;  // why
 }
 
 TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
