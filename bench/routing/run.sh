@@ -6,7 +6,10 @@
 # Environment: REQUESTS (default 1500), REPLICAS (4), TIME_SCALE (5),
 # RATES ("1.5 3": multiples of the trace's arrival rate), BLOCKS (KV blocks per
 # replica; 28000 = 448k tokens, an H100 80GB serving an 8B model), PICKERS,
-# UP_ARGS (extra flags for loadstar up).
+# UP_ARGS (extra flags for loadstar up), MAX_INPUT (skip longer prompts).
+# ENGINE=llama.cpp replays against real llama-server replicas instead
+# (scripts/llama-server.sh build; a synthetic GGUF of GGUF_SIZE, SLOTS
+# sequences and THREADS threads each, CONTEXT tokens per slot; real time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
@@ -35,6 +38,17 @@ profiles:
     num_gpu_blocks: ${blocks}
 YAML
 
+engine=${ENGINE:-engine-sim}
+if [ "$engine" = llama.cpp ]; then
+  scale=1
+  scripts/llama-server.sh build >/dev/null
+  model_spec="{source: \"synth://bench-gguf\", format: gguf, size: ${GGUF_SIZE:-26Mi}}"
+  engine_spec="{name: llama.cpp, contextLength: ${CONTEXT:-8192}, maxSequences: ${SLOTS:-4}, threads: ${THREADS:-1}}"
+else
+  model_spec='{source: "synth://bench", size: 16Mi}'
+  engine_spec="{name: engine-sim, args: [\"--profile\", \"h100-small-kv\", \"--profiles-file\", \"$work/profiles.yaml\", \"--time-scale\", \"${scale}\", \"--max-model-len\", \"40000\", \"--max-num-seqs\", \"64\", \"--log-level\", \"warn\"]}"
+fi
+
 results="$work/results.jsonl"
 for rate in $rates; do
   for picker in ${PICKERS:-round-robin least-request scored}; do
@@ -42,7 +56,7 @@ for rate in $rates; do
 apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {name: bench}
-spec: {source: "synth://bench", size: 16Mi}
+spec: ${model_spec}
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -50,11 +64,7 @@ metadata: {name: chat}
 spec:
   model: bench
   replicas: ${replicas}
-  engine:
-    name: engine-sim
-    args: ["--profile", "h100-small-kv", "--profiles-file", "$work/profiles.yaml",
-           "--time-scale", "${scale}", "--max-model-len", "40000", "--max-num-seqs", "64",
-           "--log-level", "warn"]
+  engine: ${engine_spec}
   routing: {picker: ${picker}}
 YAML
     rm -rf "$work/data/state"
@@ -71,6 +81,7 @@ YAML
     echo "== rate ${rate}x, picker ${picker}" >&2
     $replay --trace ../shared/traces/mooncake_conversation_trace.jsonl --requests "$requests" \
       --rate "$rate" --time-scale "$scale" --gateway-port "$port" --admin-port "$admin" \
+      --max-input "${MAX_INPUT:-32768}" \
       --label "$picker" | tee -a "$results" || true
     kill -TERM $up_pid; wait $up_pid || true
   done
