@@ -7,7 +7,9 @@
 #   bench/autoscale/scale_from_zero.sh        (from the repository root)
 # Needs curl and bc (./scripts/setup.sh --bench).
 # Environment: SIZE (synthetic model size, default 4GiB), RUNS (default 3),
-# DROP_CACHES=1 (drop the page cache before each cold request; needs root).
+# DROP_CACHES=1 (drop the page cache before each cold request; needs root),
+# ENGINE=llama.cpp (a real llama-server on a synthetic GGUF of SIZE instead
+# of engine-sim; scripts/llama-server.sh build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$PWD/build/release/loadstar
@@ -16,13 +18,21 @@ size=${SIZE:-4GiB}
 runs=${RUNS:-3}
 port=${PORT:-18180}
 admin=$((port + 10))
+if [ "${ENGINE:-engine-sim}" = llama.cpp ]; then
+  scripts/llama-server.sh build >/dev/null
+  model_spec="{source: \"synth://cold\", format: gguf, size: $size}"
+  engine_spec="{name: llama.cpp, maxSequences: 2, threads: 1}"
+else
+  model_spec="{source: \"synth://cold\", size: $size}"
+  engine_spec='{name: engine-sim, args: ["--time-scale", "1"]}'
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/svc.yaml" <<YAML
 apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {name: cold}
-spec: {source: "synth://cold", size: $size}
+spec: $model_spec
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: Node
@@ -37,7 +47,7 @@ spec:
   replicas: 1
   minReplicas: 0
   idleTimeout: 2s
-  engine: {name: engine-sim, args: ["--time-scale", "1"]}
+  engine: $engine_spec
   resources: {gpu: {count: 1}}
   autoscaling: {maxReplicas: 1}
 YAML
@@ -64,7 +74,7 @@ ttft() {
 loading() {  # the replica's launch-to-ready time, from its cold-start timeline
   "$bin" describe replica chat-0 --admin-port "$admin" | awk '$3 == "loading" {sub("s", "", $4); print $4}'
 }
-echo "model: $size synthetic safetensors (staged: written once, then read by every start)"
+echo "model: $size synthetic ${ENGINE:-engine-sim} model (staged: written once, then read by every start)"
 # The first request waits for the model to be written (staged) and loaded.
 ttft > /dev/null
 printf "%-5s %12s %12s %14s %12s\n" run "TTFT cold" "load time" "TTFT - load" "TTFT warm"
