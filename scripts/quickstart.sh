@@ -15,11 +15,8 @@ model_dir=var/cache/models/quickstart-llama
 if [ "$example" = examples/quickstart.yaml ] && [ ! -d "$model_dir" ]; then
   ./build/release/loadstar model synth --size 1GiB -o "$model_dir" --name quickstart-llama
 fi
-# An example that names llama.cpp runs the llama-server built from the
-# source node-llama-cpp ships (once, cached in ~/.cache/loadstar-llama).
-if grep -q 'name: llama.cpp' "$example"; then
-  ./scripts/llama-server.sh build >/dev/null
-fi
+# An example that names llama.cpp runs the llama-server setup.sh built
+# from the source node-llama-cpp ships (cached in ~/.cache/loadstar-llama).
 cat <<'MSG'
 
 Starting Loadstar. Once both replicas are ready, try (in another terminal):

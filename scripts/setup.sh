@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   # toolchain
-  g++ cmake ninja-build pkg-config
+  g++ cmake ninja-build pkg-config git
   # libraries (Boost 1.81, not bookworm's default 1.74)
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev liburing-dev libpugixml-dev
@@ -46,3 +46,9 @@ fi
 if [ ! -d tests/js/node_modules/openai ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
+
+# llama.cpp's llama-server, the real engine of examples/llama-cpp.yaml and
+# of the tests: built once from the source inside the npm package
+# node-llama-cpp (about 7 minutes on 2 cores), cached in
+# ~/.cache/loadstar-llama, outside the checkout.
+./scripts/llama-server.sh build >/dev/null

@@ -15,10 +15,7 @@ if [ -x "$k8s" ]; then
 else
   echo "test: no test API server at $k8s; the Kubernetes tests will be skipped" >&2
 fi
-# llama.cpp's llama-server, for the tests of a real engine: built once from
-# the source inside the npm package node-llama-cpp (about 7 minutes on 2
-# cores, cached outside the checkout); its tests must run, not skip.
-./scripts/llama-server.sh build >/dev/null
+# llama.cpp's llama-server (setup.sh built it): its tests must run, not skip.
 export LOADSTAR_REQUIRE_LLAMA=1
 cmake --preset release >/dev/null
 cmake --build --preset release

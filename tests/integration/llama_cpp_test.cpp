@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -184,7 +185,7 @@ TEST(LlamaCpp, RepeatedPromptsGoToTheReplicaHoldingTheirPrefix) {
   EXPECT_GT(scrape_metric(up->port(), "loadstar_gateway_prefix_blocks_matched_total"), 0);
 }
 
-TEST(LlamaCpp, AClientHangUpFreesTheSlotAndAKilledEngineComesBack) {
+TEST(LlamaCpp, AClientHangUpFreesTheSlotAndAnEngineKilledMidStreamComesBack) {
   REQUIRE_LLAMA();
   auto up = Up::start(service(1));
   up->wait_ready("chat", 1);
@@ -205,8 +206,29 @@ TEST(LlamaCpp, AClientHangUpFreesTheSlotAndAKilledEngineComesBack) {
     return engine_metric(engine_port, "llamacpp:requests_processing") == 0;
   })) << "the engine still generates for a client that left";
 
-  // kill -9: the replica is restarted and serves again.
+  // kill -9 mid-stream: the client's stream ends at once (no hang), the
+  // replica is restarted and serves again.
+  std::atomic<int> events{0};
+  std::optional<Result<http::ClientResponse>> result;
+  std::thread client([&] {
+    result = http::fetch_streaming(
+        {.port = up->port(),
+         .method = "POST",
+         .target = "/v1/chat/completions",
+         .body = body.dump(),
+         .timeout_s = 60},
+        [&](std::string_view data) {
+          events += static_cast<int>(std::count(data.begin(), data.end(), '\n') / 2);
+          return true;
+        });
+  });
+  const bool streaming = eventually([&] { return events >= 3; });
+  const auto killed_at = std::chrono::steady_clock::now();
   ::kill(r0["pid"].get<int>(), SIGKILL);
+  client.join();
+  ASSERT_TRUE(streaming);
+  EXPECT_LT(std::chrono::steady_clock::now() - killed_at, 5s);
+  ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(eventually([&] { return replicas(*up)[0]["restarts"].get<int>() == 1; }));
   up->wait_ready("chat", 1);
   EXPECT_EQ(up->post("/v1/chat/completions", chat("Hello again.", 2).dump()).status, 200);
