@@ -36,6 +36,9 @@ std::vector<std::string> llama_cpp_flags(const LaunchSpec& l) {
   if (!l.prefix_cache) out.push_back("--no-cache-prompt");
   out.push_back("--metrics");
   out.push_back("--no-webui");
+  // /slots shows each slot's prompt to whoever reaches the engine's port:
+  // off, so one client cannot read another's conversation.
+  out.push_back("--no-slots");
   return out;
 }
 

@@ -73,6 +73,7 @@ TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {
   EXPECT_TRUE(has(llama, "--no-cache-prompt"));
   EXPECT_TRUE(has(llama, "--metrics"));   // its /metrics is opt-in
   EXPECT_TRUE(has(llama, "--no-webui"));  // nothing served but the API
+  EXPECT_TRUE(has(llama, "--no-slots"));  // no other client's prompts
 
   const auto sim = engines::find("engine-sim")->flags(launch());
   EXPECT_TRUE(has_pair(sim, "--max-num-seqs", "8"));
