@@ -106,7 +106,8 @@ spec:
   const auto usage = json::parse(b.body)["usage"];
   const double expected_cost =
       usage["prompt_tokens"].get<double>() / 2 + usage["completion_tokens"].get<double>() * 3;
-  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_cost_total", "tenant=\"team-b\""),
+  EXPECT_EQ(settled_metric(up->port(), "loadstar_gateway_tenant_cost_total", "tenant=\"team-b\"",
+                           expected_cost),
             expected_cost);
   EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_tenant_completion_tokens_total",
                           "tenant=\"team-a\""),

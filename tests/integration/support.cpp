@@ -127,6 +127,17 @@ double scrape_metric(uint16_t port, const std::string& name, const std::string& 
   return std::nan("");
 }
 
+double settled_metric(uint16_t port, const std::string& name, const std::string& labels,
+                      double expected) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  double value = scrape_metric(port, name, labels);
+  while (value != expected && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    value = scrape_metric(port, name, labels);
+  }
+  return value;
+}
+
 std::pair<int, std::string> run_shell(const std::string& command) {
   std::FILE* p = ::popen((command + " 2>&1").c_str(), "r");
   if (!p) return {-1, "popen failed"};

@@ -24,6 +24,13 @@ int run_loadstar(const std::vector<std::string>& args, std::string* output = nul
 // sample of that name); NaN when absent or unreachable.
 double scrape_metric(uint16_t port, const std::string& name, const std::string& labels = "");
 
+// scrape_metric, polled until it reads `expected` or 5 s pass; returns the
+// last value read. A response reaches the client before the server's
+// coroutine resumes to count it, so a scrape right after a response can run
+// ahead of the count.
+double settled_metric(uint16_t port, const std::string& name, const std::string& labels,
+                      double expected);
+
 // Runs `command` with /bin/sh; returns its exit status and its output.
 std::pair<int, std::string> run_shell(const std::string& command);
 

@@ -114,7 +114,7 @@ TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
   auto e = up->post("/v1/embeddings", R"({"model":"chat","input":"hello"})");
   EXPECT_EQ(e.status, 200);
 
-  EXPECT_EQ(metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\""), 5);
+  EXPECT_EQ(settled_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\"", 5), 5);
   EXPECT_EQ(metric(up->port(), "loadstar_gateway_completion_tokens_total"), 12 + 5 + 5 + 60);
   EXPECT_EQ(metric(up->port(), "loadstar_gateway_prompt_tokens_total"), 4 * prompt_tokens + 1);
   EXPECT_EQ(metric(up->port(), "loadstar_gateway_time_to_first_token_seconds_count"), 5);
