@@ -1,12 +1,16 @@
 // The node agent's parsers of untrusted input: manifests (from an origin or
-// the Hub), URLs and Location headers. Invariants: a validated path never
-// leaves the model directory; a parsed URL has a target starting with '/'.
+// the Hub), URLs and Location headers, sources and addresses against the
+// source policy. Invariants: a validated path never leaves the model
+// directory; a parsed URL has a target starting with '/'; an admitted
+// file:// source is under the allowed directory; no 169.254.x.x address is
+// ever admitted.
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string_view>
 
 #include "agent/manifest.h"
+#include "agent/source_policy.h"
 #include "common/check.h"
 #include "common/url.h"
 
@@ -31,5 +35,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (auto next = loadstar::resolve_location(*url, text.substr(split + 1)); next.ok())
         LS_CHECK(!next->target.empty() && next->target[0] == '/');
   }
+  static const auto policy =
+      loadstar::agent::SourcePolicy::create({"file:///srv/models", "hf://org/"}, false);
+  if (policy->admit(text).ok() && text.starts_with("file://")) {
+    auto normal = std::filesystem::path(std::string(text.substr(7))).lexically_normal().string();
+    LS_CHECK(normal.starts_with("/srv/models"));
+  }
+  if (loadstar::agent::admit_fetch_address(text, true).ok()) LS_CHECK(!text.starts_with("169.254."));
   return 0;
 }

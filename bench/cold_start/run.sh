@@ -99,6 +99,9 @@ rate_bits=$(echo "$origin_rate" | sed -E 's/mbit/*1000000/; s/gbit/*1000000000/'
 origin_s=$(echo "scale=2; $bytes * 8 / $rate_bits" | bc)
 echo "model $(mib $bytes) MiB, $nodes nodes, origin link $origin_rate (one copy: ${origin_s}s), node links $node_rate"
 
+# The agents listen off loopback: they need the internal token, as in a cluster.
+export LOADSTAR_TOKEN=${LOADSTAR_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
+auth=(-H "Authorization: Bearer $LOADSTAR_TOKEN")
 start_agents() {  # start_agents PEERS(0|1)
   for n in $(seq 1 "$nodes"); do
     peers=()
@@ -120,10 +123,10 @@ stop_agents() {
 replica() {  # replica N STAGE(0|1)
   local n=$1 a=http://10.77.0.$((10 + $1)):8070 dir
   if [ "$2" = 1 ]; then
-    ns ls-node$n curl -sf -XPOST $a/v1/stage -d "{\"model\":\"m\",\"source\":\"$url\"}" >/dev/null
-    until ns ls-node$n curl -sf $a/v1/models/m | grep -q '"state":"\(ready\|failed\)"'; do sleep 0.05; done
-    if ns ls-node$n curl -sf $a/v1/models/m | grep -q '"state":"failed"'; then
-      echo "node $n: staging failed: $(ns ls-node$n curl -sf $a/v1/models/m)" >&2
+    ns ls-node$n curl -sf "${auth[@]}" -XPOST $a/v1/stage -d "{\"model\":\"m\",\"source\":\"$url\"}" >/dev/null
+    until ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m | grep -q '"state":"\(ready\|failed\)"'; do sleep 0.05; done
+    if ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m | grep -q '"state":"failed"'; then
+      echo "node $n: staging failed: $(ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m)" >&2
       tail -5 "$work/node$n-agent.log" >&2
       exit 1
     fi
@@ -142,7 +145,7 @@ scale_out() {  # scale_out STAGE(0|1): prints seconds and origin egress
     ( while sleep 0.5; do
         line="$(echo "$(now) - $t0" | bc | cut -c1-5)s origin $(( ($(origin_tx) - before) >> 20 ))"
         for n in $(seq 1 "$nodes"); do
-          line+=" n$n $(ns ls-node$n curl -s http://10.77.0.$((10 + n)):8070/v1/models/m |
+          line+=" n$n $(ns ls-node$n curl -s "${auth[@]}" http://10.77.0.$((10 + n)):8070/v1/models/m |
             python3 -c 'import json,sys; print(json.load(sys.stdin).get("staging",{}).get("bytes_done",0)>>20)' 2>/dev/null)"
         done
         echo "$line" >&2

@@ -48,6 +48,9 @@ struct AgentOptions {
   // How peers are asked for chunk maps and chunks; null: over HTTP. Tests
   // inject faults here.
   std::shared_ptr<PeerClient> peer_client;
+  // The Authorization header sent to peers (the internal token: "Bearer
+  // ..."); "" none. For the HTTP peer client.
+  std::string peer_authorization;
 };
 
 enum class StageState { kResolving, kDownloading, kReady, kFailed };

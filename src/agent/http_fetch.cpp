@@ -32,6 +32,7 @@ Result<http::ClientResponse> http_get(const HttpGet& get) {
     if (get.sign) get.sign(url, request.headers);
     request.timeout_s = get.total_timeout_s;
     request.stall_timeout_s = get.stall_timeout_s;
+    request.admit_address = get.admit_address;
     int status = 0;
     request.on_headers = [&](const http::ClientResponse& r) { status = r.status; };
     std::string error_body;

@@ -25,6 +25,8 @@ struct HttpGet {
   ByteSink sink;
   // Hook for signing each hop (S3 signs the exact request it sends).
   std::function<void(const Url&, std::vector<http::Header>&)> sign;
+  // Checks every hop's addresses (redirects included); see ClientRequest.
+  std::function<Status(std::string_view address)> admit_address;
 };
 
 // Returns the final response (body empty when a sink took it). A non-2xx

@@ -12,11 +12,16 @@ using nlohmann::json;
 
 class HttpPeerClient final : public PeerClient {
  public:
+  explicit HttpPeerClient(std::string authorization) {
+    if (!authorization.empty()) headers_.push_back({"Authorization", std::move(authorization)});
+  }
+
   Result<BlobInfo> blob_info(const std::string& peer, const std::string& key) override {
     LS_ASSIGN_OR_RETURN(Url url, parse_url(peer));
     HttpGet get;
     get.url = std::move(url);
     get.url.target = "/v1/blobs/" + key;
+    get.private_headers = headers_;
     get.total_timeout_s = 2;
     get.stall_timeout_s = 1;
     std::string body;
@@ -47,18 +52,22 @@ class HttpPeerClient final : public PeerClient {
     HttpGet get;
     get.url = std::move(url);
     get.url.target = fmt::format("/v1/blobs/{}/chunks/{}", key, index);
+    get.private_headers = headers_;
     get.stall_timeout_s = 5;
     get.total_timeout_s = 120;
     get.sink = sink;
     LS_ASSIGN_OR_RETURN(http::ClientResponse response, http_get(get));
     return std::string(response.header("x-loadstar-sha256"));
   }
+
+ private:
+  std::vector<http::Header> headers_;
 };
 
 }  // namespace
 
-std::shared_ptr<PeerClient> make_http_peer_client() {
-  return std::make_shared<HttpPeerClient>();
+std::shared_ptr<PeerClient> make_http_peer_client(std::string authorization) {
+  return std::make_shared<HttpPeerClient>(std::move(authorization));
 }
 
 }  // namespace loadstar::agent

@@ -30,6 +30,8 @@ class PeerClient {
 
 // Over HTTP: maps read within 2 s (1 s without a byte), chunks within 120 s
 // (5 s without a byte), so that a dead peer costs little.
-std::shared_ptr<PeerClient> make_http_peer_client();
+// `authorization` (the internal token's "Bearer ..."; "" none) goes with
+// every request.
+std::shared_ptr<PeerClient> make_http_peer_client(std::string authorization = "");
 
 }  // namespace loadstar::agent

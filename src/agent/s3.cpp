@@ -133,6 +133,9 @@ class S3Source : public Source {
     get.url.target = path + (query.empty() ? "" : "?" + query);
     get.connect_timeout_s = options_.connect_timeout_s;
     get.stall_timeout_s = options_.stall_timeout_s;
+    get.admit_address = [policy = options_.policy](std::string_view address) {
+      return policy.admit_address(address);
+    };
     get.sign = [this](const Url& url, std::vector<http::Header>& headers) {
       SigV4Request r;
       r.host = url.origin().substr(url.scheme.size() + 3);

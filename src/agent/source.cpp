@@ -101,6 +101,9 @@ HttpGet base_get(const Url& url, const SourceOptions& options) {
   get.url = url;
   get.connect_timeout_s = options.connect_timeout_s;
   get.stall_timeout_s = options.stall_timeout_s;
+  get.admit_address = [policy = options.policy](std::string_view address) {
+    return policy.admit_address(address);
+  };
   return get;
 }
 
@@ -291,6 +294,7 @@ class HfSource : public Source {
 
 Result<std::unique_ptr<Source>> open_source(std::string_view uri, const SourceOptions& given) {
   SourceOptions options = given;
+  LS_RETURN_IF_ERROR(options.policy.admit(uri));
   if (uri.starts_with("file://")) {
     fs::path root(std::string(uri.substr(7)));
     if (!root.is_absolute())

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "agent/manifest.h"
+#include "agent/source_policy.h"
 #include "common/result.h"
 
 namespace loadstar::agent {
@@ -38,6 +39,8 @@ struct SourceOptions {
   S3Credentials s3_credentials;
   double connect_timeout_s = 10;
   double stall_timeout_s = 20;  // no byte for this long: the read fails
+  // Which URIs open_source accepts and which addresses fetches connect to.
+  SourcePolicy policy;
 };
 
 // Called with the bytes of a read in order; false stops the read.
@@ -54,6 +57,7 @@ class Source {
                       const ByteSink& sink) = 0;
 };
 
+// kPermissionDenied when options.policy refuses the URI.
 Result<std::unique_ptr<Source>> open_source(std::string_view uri, const SourceOptions& options);
 
 }  // namespace loadstar::agent

@@ -577,6 +577,18 @@ void decode_tenant(Decoder& d, MapReader& top, Tenant& tenant) {
     auto parsed = CostExpression::parse(out.token_cost);
     if (!parsed.ok()) d.error(node["tokenCost"], "spec.tokenCost", parsed.error().message);
   }
+  if (YAML::Node models = spec.get("models"); models && !models.IsNull()) {
+    if (!models.IsSequence()) {
+      d.error(models, "spec.models", "must be a list of model names");
+    } else {
+      for (size_t i = 0; i < models.size(); ++i) {
+        if (!models[i].IsScalar() || models[i].Scalar().empty())
+          d.error(models[i], fmt::format("spec.models[{}]", i), "must be a model name");
+        else
+          out.models.push_back(models[i].Scalar());
+      }
+    }
+  }
   spec.finish();
 }
 
@@ -818,6 +830,11 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "maxConcurrentRequests" << YAML::Value << *t.max_concurrent_requests;
     out << YAML::EndMap;
     out << YAML::Key << "tokenCost" << YAML::Value << YAML::DoubleQuoted << t.token_cost;
+    if (!t.models.empty()) {
+      out << YAML::Key << "models" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+      for (const auto& m : t.models) out << YAML::DoubleQuoted << m;
+      out << YAML::EndSeq;
+    }
   } else if (const auto* node = std::get_if<Node>(&resource)) {
     const NodeSpec& n = node->spec;
     out << YAML::Key << "cpu" << YAML::Value << n.cpu;

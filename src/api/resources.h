@@ -134,6 +134,10 @@ struct TenantSpec {
   std::optional<uint32_t> tokens_per_minute;  // in tokenCost units
   std::optional<uint32_t> max_concurrent_requests;
   std::string token_cost = "input_tokens + output_tokens";
+  // The model names (as clients send them: a service, a route) this
+  // tenant's keys may call; empty: every model. Others answer 404, as if
+  // they did not exist, and are left out of /v1/models.
+  std::vector<std::string> models;
 };
 
 struct Tenant {

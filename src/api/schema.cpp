@@ -135,7 +135,9 @@ std::vector<KindSchema> build() {
            f("tokensPerMinute", T::kInteger, "tokenCost units per minute."),
            f("maxConcurrentRequests", T::kInteger, "Requests at once.")}),
         f("tokenCost", T::kString,
-          "What a request costs, e.g. input_tokens + output_tokens (the default).")},
+          "What a request costs, e.g. input_tokens + output_tokens (the default)."),
+        f("models", T::kStrings,
+          "Model names (services, routes) its keys may call; empty: all. Others answer 404.")},
        {{"RPM", "integer", ".spec.limits.requestsPerMinute", "Requests per minute", 0},
         {"TPM", "integer", ".spec.limits.tokensPerMinute", "Tokens per minute", 0},
         {"Age", "date", ".metadata.creationTimestamp", "", 0}}});

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/commands.h"
+#include "http/bearer.h"
 #include "http/client.h"
 
 namespace loadstar::app {
@@ -29,12 +30,16 @@ void add_admin_options(CLI::App& app, AdminTarget& target) {
 
 Result<json> admin_call(const AdminTarget& t, const std::string& method, const std::string& target,
                         std::string body = {}) {
+  std::vector<http::Header> headers = {{"Content-Type", "application/yaml"}};
+  auto token = http::BearerToken::from_flag_or_env("");
+  if (!token.ok()) return token.error();
+  if (*token) headers.push_back((*token)->header());
   auto r = http::fetch({.host = t.host,
                         .port = t.port,
                         .method = method,
                         .target = target,
                         .body = std::move(body),
-                        .headers = {{"Content-Type", "application/yaml"}},
+                        .headers = std::move(headers),
                         .timeout_s = 10});
   if (!r.ok()) {
     return make_error(ErrorCode::kUnavailable, "cannot reach loadstar up's admin API at {}:{}: {}",

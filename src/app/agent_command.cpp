@@ -18,6 +18,7 @@
 #include "app/commands.h"
 #include "common/units.h"
 #include "common/url.h"
+#include "http/bearer.h"
 #include "http/client.h"
 #include "http/server.h"
 
@@ -42,11 +43,25 @@ struct AgentArgs {
   double stall_timeout_s = 20;
   double peer_patience_s = 5;
   std::string hf_endpoint, s3_endpoint, s3_region;
+  std::string token_file;
+  bool insecure_no_token = false;
+  std::vector<std::string> source_allow;
+  bool no_loopback_sources = false;
 };
 
-asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent) {
-  http::Response response = agent::handle_agent_api(*agent, ex.request(), ex.request().path());
+// Everything but /health needs the internal token when the agent has one.
+asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent,
+                            const http::BearerToken* token) {
+  const std::string_view path = ex.request().path();
+  http::Response response =
+      token && path != "/health" && !token->admits(ex.request())
+          ? http::unauthorized("the agent's API")
+          : agent::handle_agent_api(*agent, ex.request(), path);
   co_await ex.respond(std::move(response));
+}
+
+bool loopback_host(const std::string& host) {
+  return host == "localhost" || host.starts_with("127.") || host == "::1";
 }
 
 int run_agent(const AgentArgs& args) {
@@ -80,6 +95,27 @@ int run_agent(const AgentArgs& args) {
       fmt::print(stderr, "--peer '{}': must be http://HOST:PORT\n", p);
       return 2;
     }
+  auto token = http::BearerToken::from_flag_or_env(args.token_file);
+  if (!token.ok()) {
+    fmt::print(stderr, "{}\n", token.error().message);
+    return 2;
+  }
+  if (!*token && !loopback_host(args.host) && !args.insecure_no_token) {
+    fmt::print(stderr,
+               "--host {}: an agent reachable from other machines needs --token-file (or "
+               "$LOADSTAR_TOKEN): without it anyone who reaches the port can make it fetch "
+               "and serve files (--insecure-no-token accepts that)\n",
+               args.host);
+    return 2;
+  }
+  if (*token) options.peer_authorization = (*token)->header().value;
+  auto policy = agent::SourcePolicy::create(args.source_allow, !args.no_loopback_sources);
+  if (!policy.ok()) {
+    fmt::print(stderr, "{}\n", policy.error().message);
+    return 2;
+  }
+  options.source.policy = std::move(*policy);
+  const http::BearerToken* token_ptr = *token ? &**token : nullptr;
 
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<asio::io_context*> raw;
@@ -93,7 +129,7 @@ int run_agent(const AgentArgs& args) {
   server_options.port = args.port;
   agent::Agent* agent_ptr = nullptr;
   auto server = http::Server::create(
-      raw, server_options, [&agent_ptr](http::Exchange& ex) { return serve(ex, agent_ptr); });
+      raw, server_options, [&agent_ptr, token_ptr](http::Exchange& ex) { return serve(ex, agent_ptr, token_ptr); });
   if (!server.ok()) {
     spdlog::error("agent: {}", server.error().message);
     return 1;
@@ -138,11 +174,13 @@ struct StageArgs {
   bool pin = false;
   bool no_wait = false;
   double timeout_s = 3600;
+  std::string token_file;
 };
 
-Result<json> call(const Url& base, const std::string& method, const std::string& path,
-                  std::string body = {}) {
+Result<json> call(const Url& base, const std::vector<http::Header>& headers,
+                  const std::string& method, const std::string& path, std::string body = {}) {
   http::ClientRequest request;
+  request.headers = headers;
   request.host = base.host;
   request.port = base.port;
   request.method = method;
@@ -159,7 +197,10 @@ Result<json> call(const Url& base, const std::string& method, const std::string&
   if (r->status >= 300) {
     std::string message =
         doc.is_object() && doc.contains("error") ? doc["error"].value("message", r->body) : r->body;
-    return Error{r->status == 404 ? ErrorCode::kNotFound : ErrorCode::kInvalidArgument, message};
+    ErrorCode code = ErrorCode::kInvalidArgument;
+    if (r->status == 404) code = ErrorCode::kNotFound;
+    if (r->status == 401 || r->status == 403) code = ErrorCode::kPermissionDenied;
+    return Error{code, message};
   }
   if (doc.is_discarded()) return make_error(ErrorCode::kCorrupt, "the agent answered non-JSON");
   return doc;
@@ -185,9 +226,16 @@ int run_stage(const StageArgs& args) {
     fmt::print(stderr, "--agent: {}\n", base.error().message);
     return 2;
   }
+  auto token = http::BearerToken::from_flag_or_env(args.token_file);
+  if (!token.ok()) {
+    fmt::print(stderr, "loadstar stage: {}\n", token.error().message);
+    return 2;
+  }
+  std::vector<http::Header> headers;
+  if (*token) headers.push_back((*token)->header());
   json request = {{"model", args.model}, {"pin", args.pin}};
   if (!args.source.empty()) request["source"] = args.source;
-  auto started = call(*base, "POST", "/v1/stage", request.dump());
+  auto started = call(*base, headers, "POST", "/v1/stage", request.dump());
   if (!started.ok()) {
     fmt::print(stderr, "loadstar stage: {}\n", started.error().message);
     return 1;
@@ -213,7 +261,7 @@ int run_stage(const StageArgs& args) {
       return 1;
     }
     std::this_thread::sleep_for(std::chrono::seconds(1));
-    auto now = call(*base, "GET", "/v1/models/" + args.model);
+    auto now = call(*base, headers, "GET", "/v1/models/" + args.model);
     if (!now.ok()) {
       fmt::print(stderr, "loadstar stage: {}\n", now.error().message);
       return 1;
@@ -256,6 +304,17 @@ std::function<int()> setup_agent(CLI::App& app) {
   app.add_option("--hf-endpoint", args->hf_endpoint, "Hugging Face Hub URL (default $HF_ENDPOINT)");
   app.add_option("--s3-endpoint", args->s3_endpoint, "S3 endpoint URL (default $AWS_ENDPOINT_URL)");
   app.add_option("--s3-region", args->s3_region, "S3 region (default $AWS_REGION)");
+  app.add_option("--token-file", args->token_file,
+                 "The internal token every caller but /health must present (default "
+                 "$LOADSTAR_TOKEN); required off loopback");
+  app.add_flag("--insecure-no-token", args->insecure_no_token,
+               "Listen off loopback without a token (anyone who reaches the port may stage "
+               "and read models)");
+  app.add_option("--source-allow", args->source_allow,
+                 "Sources this agent may fetch: SCHEME:// or SCHEME://PREFIX (file:///DIR, "
+                 "hf://ORG/, s3://BUCKET, https://HOST); repeat; default every scheme");
+  app.add_flag("--no-loopback-sources", args->no_loopback_sources,
+               "Refuse sources on loopback addresses (a node agent on the host network)");
   return [args] { return run_agent(*args); };
 }
 
@@ -272,6 +331,8 @@ std::function<int()> setup_stage(CLI::App& app) {
   app.add_flag("--pin", args->pin, "Never evict it");
   app.add_flag("--no-wait", args->no_wait, "Return once staging has started");
   app.add_option("--timeout", args->timeout_s, "Seconds to wait for ready")->capture_default_str();
+  app.add_option("--token-file", args->token_file,
+                 "The agent's internal token (default $LOADSTAR_TOKEN)");
   return [args] { return run_stage(*args); };
 }
 

@@ -17,12 +17,14 @@
 
 #include "app/admin_api.h"
 #include "app/commands.h"
+#include "common/digest.h"
 #include "common/units.h"
 #include "controller/controller.h"
 #include "controller/gateway_load.h"
 #include "controller/pod_runtime.h"
 #include "engines/engines.h"
 #include "gateway/gateway.h"
+#include "http/bearer.h"
 #include "http/server.h"
 #include "kube/client.h"
 #include "kube/leader.h"
@@ -67,6 +69,48 @@ Result<kube::Config> kube_config(const KubeArgs& args) {
   return config;
 }
 
+// The internal token from the Secret `name` (key `token`), created with a
+// new random token when missing. Agents, gateways and replica Pods' stage
+// containers take it from the same Secret.
+Result<http::BearerToken> ensure_token_secret(const kube::Client& client,
+                                              const std::string& namespace_name,
+                                              const std::string& name) {
+  const std::string collection = fmt::format("/api/v1/namespaces/{}/secrets", namespace_name);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto got = client.get(collection + "/" + name);
+    if (got.ok()) {
+      const auto& data = (*got)["data"];
+      auto token = data.is_object() && data.contains("token") && data["token"].is_string()
+                       ? base64_decode(data["token"].get<std::string>())
+                       : std::nullopt;
+      if (!token)
+        return make_error(ErrorCode::kInvalidArgument,
+                          "Secret {}/{} has no key 'token' (base64)", namespace_name, name);
+      return http::BearerToken::from_string(*token,
+                                            fmt::format("Secret {}/{}", namespace_name, name));
+    }
+    if (got.error().code != ErrorCode::kNotFound) return got.error();
+    const kube::json secret = {
+        {"apiVersion", "v1"},
+        {"kind", "Secret"},
+        {"metadata",
+         {{"name", name},
+          {"namespace", namespace_name},
+          {"labels", {{"app.kubernetes.io/part-of", "loadstar"}}}}},
+        {"type", "Opaque"},
+        {"data", {{"token", base64_encode(http::BearerToken::generate())}}}};
+    auto created = client.create(collection, secret);
+    if (created.ok()) {
+      spdlog::info("created Secret {}/{} with a new internal token", namespace_name, name);
+      continue;  // read it back the same way
+    }
+    if (created.error().code != ErrorCode::kConflict) return created.error();
+    // Another controller created it first: read theirs.
+  }
+  return make_error(ErrorCode::kUnavailable, "Secret {}/{}: could not read it after creating it",
+                    namespace_name, name);
+}
+
 struct ControllerArgs {
   KubeArgs kube;
   std::string host = "0.0.0.0";
@@ -81,6 +125,7 @@ struct ControllerArgs {
   double drain_timeout_s = 30;
   controller::PodRuntimeOptions pods;
   std::vector<std::string> images_for;  // ENGINE=IMAGE
+  std::string token_file;
 };
 
 int run_controller(ControllerArgs args) {
@@ -107,6 +152,20 @@ int run_controller(ControllerArgs args) {
   kube::Client client(*config);
   spdlog::info("controller: {} at {}:{}, namespace {}", config->origin, config->host, config->port,
                config->namespace_name);
+  // The internal token: a file when given, else the Secret (made if missing).
+  auto given_token = http::BearerToken::from_flag_or_env(args.token_file);
+  if (!given_token.ok()) {
+    fmt::print(stderr, "loadstar controller: {}\n", given_token.error().message);
+    return 2;
+  }
+  auto token = *given_token ? Result<http::BearerToken>(std::move(**given_token))
+                            : ensure_token_secret(client, config->namespace_name,
+                                                  args.pods.token_secret);
+  if (!token.ok()) {
+    spdlog::error("internal token: {}", token.error().message);
+    return 1;
+  }
+  args.pods.agent_authorization = token->header().value;
 
   // Leader election first: only the leader reconciles and creates Pods.
   std::atomic<bool> stop_requested{false};
@@ -167,8 +226,8 @@ int run_controller(ControllerArgs args) {
   // the gateway Pods; without them services run at spec.replicas.
   std::unique_ptr<controller::GatewayLoadCollector> load;
   if (!args.gateway_selector.empty())
-    load = std::make_unique<controller::GatewayLoadCollector>(client, config->namespace_name,
-                                                              args.gateway_selector);
+    load = std::make_unique<controller::GatewayLoadCollector>(
+        client, config->namespace_name, args.gateway_selector, token->header().value);
   controller::RealClock clock;
   // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
@@ -182,8 +241,13 @@ int run_controller(ControllerArgs args) {
   store::ResourceStore* store_ptr = &store;
   auto admin = http::Server::create(
       {&admin_io}, admin_options,
-      [ctl_ptr, store_ptr](http::Exchange& ex) -> asio::awaitable<void> {
-        http::Response response = admin_response(ex.request(), ctl_ptr, store_ptr, nullptr);
+      [ctl_ptr, store_ptr, token_ptr = &*token](http::Exchange& ex) -> asio::awaitable<void> {
+        // Liveness probes need no token; everything else does.
+        const std::string_view path = ex.request().path();
+        http::Response response =
+            path != "/healthz" && path != "/health" && !token_ptr->admits(ex.request())
+                ? http::unauthorized("the controller's admin API")
+                : admin_response(ex.request(), ctl_ptr, store_ptr, nullptr);
         co_await ex.respond(std::move(response));
       });
   if (!admin.ok()) {
@@ -221,6 +285,7 @@ struct GatewayArgs {
   unsigned workers = 2;
   double scrape_interval_s = 0.5;
   std::string max_body = "8Mi";
+  std::string token_file;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -235,8 +300,14 @@ int run_gateway(const GatewayArgs& args) {
     fmt::print(stderr, "--max-body-size: {}\n", max_body.error().message);
     return 2;
   }
+  auto token = http::BearerToken::from_flag_or_env(args.token_file);
+  if (!token.ok()) {
+    fmt::print(stderr, "loadstar gateway: {}\n", token.error().message);
+    return 2;
+  }
   kube::Client client(*config);
   gateway::GatewayOptions options;
+  options.internal_token = std::move(*token);
   options.host = args.host;
   options.port = args.port;
   options.workers = args.workers;
@@ -313,6 +384,13 @@ std::function<int()> setup_controller(CLI::App& app) {
   app.add_option("--cache-host-path", args->pods.cache_host_path,
                  "The agents' cache directory on each node")
       ->capture_default_str();
+  app.add_option("--token-file", args->token_file,
+                 "The internal token (default $LOADSTAR_TOKEN, else the Secret --token-secret, "
+                 "created when missing)");
+  app.add_option("--token-secret", args->pods.token_secret,
+                 "Secret (key `token`) holding the internal token that agents, gateways and "
+                 "replica Pods read")
+      ->capture_default_str();
   return [args] { return run_controller(*args); };
 }
 
@@ -326,6 +404,9 @@ std::function<int()> setup_gateway(CLI::App& app) {
                  "Seconds between reads of each replica's /metrics (0: never)")
       ->capture_default_str();
   app.add_option("--max-body-size", args->max_body)->capture_default_str();
+  app.add_option("--token-file", args->token_file,
+                 "The internal token that /metrics and /loadstar/v1/load callers must present "
+                 "(default $LOADSTAR_TOKEN; none: those answer loopback callers only)");
   return [args] { return run_gateway(*args); };
 }
 

@@ -23,6 +23,7 @@
 #include "controller/load.h"
 #include "controller/local_runtime.h"
 #include "gateway/gateway.h"
+#include "http/bearer.h"
 #include "http/server.h"
 #include "openai/protocol.h"
 #include "routing/routing_builder.h"
@@ -41,7 +42,9 @@ struct UpArgs {
   std::vector<std::string> files;
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
+  std::string admin_host = "127.0.0.1";
   uint16_t admin_port = 8090;
+  std::string token_file;
   std::string data_dir = "var";
   unsigned workers = 2;
   double scrape_interval_s = 0.1;
@@ -78,8 +81,13 @@ Result<std::vector<api::Resource>> read_and_check(const std::vector<std::string>
 }
 
 asio::awaitable<void> admin_handle(http::Exchange& ex, controller::Controller* ctl,
-                                   store::ResourceStore* store, agent::Agent* agent) {
-  http::Response response = admin_response(ex.request(), ctl, store, agent);
+                                   store::ResourceStore* store, agent::Agent* agent,
+                                   const http::BearerToken* token) {
+  const std::string_view path = ex.request().path();
+  http::Response response =
+      token && path != "/healthz" && path != "/health" && !token->admits(ex.request())
+          ? http::unauthorized("the admin API")
+          : admin_response(ex.request(), ctl, store, agent);
   co_await ex.respond(std::move(response));
 }
 
@@ -96,6 +104,22 @@ int run_up(const UpArgs& args) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto token = http::BearerToken::from_flag_or_env(args.token_file);
+  if (!token.ok()) {
+    fmt::print(stderr, "{}\n", token.error().message);
+    return 2;
+  }
+  const bool admin_on_loopback = args.admin_host == "localhost" ||
+                                 args.admin_host.starts_with("127.") || args.admin_host == "::1";
+  if (!*token && !admin_on_loopback) {
+    fmt::print(stderr,
+               "--admin-host {}: an admin API reachable from other machines needs --token-file "
+               "(or $LOADSTAR_TOKEN): it applies resources and stages any source\n",
+               args.admin_host);
+    return 2;
+  }
+  const http::BearerToken* token_ptr = *token ? &**token : nullptr;
 
   const fs::path data_dir = fs::absolute(args.data_dir);
   auto store = store::LocalStore::open(data_dir / "state");
@@ -123,6 +147,7 @@ int run_up(const UpArgs& args) {
   agent::AgentOptions agent_options;
   agent_options.cache.root = data_dir / "agent";
   agent_options.peers = args.peers;
+  if (token_ptr) agent_options.peer_authorization = token_ptr->header().value;
   if (auto capacity = parse_bytes(args.cache_capacity); capacity.ok()) {
     agent_options.cache.capacity_bytes = *capacity;
   } else {
@@ -146,6 +171,7 @@ int run_up(const UpArgs& args) {
     return 2;
   }
   gw_options.max_body_bytes = *max_body;
+  gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
   // and the controller's metrics join the gateway's; both exist from here on.
   std::atomic<controller::InProcessLoad*> load_sink{nullptr};
@@ -191,12 +217,12 @@ int run_up(const UpArgs& args) {
   controller::Controller* ctl_ptr = &ctl;
   agent::Agent* agent_ptr = node_agent->get();
   http::ServerOptions admin_options;
-  admin_options.host = args.host;
+  admin_options.host = args.admin_host;
   admin_options.port = args.admin_port;
   admin_options.error_body = openai::error_body_for;
   auto admin = http::Server::create({&admin_io}, admin_options,
-                                    [ctl_ptr, store_ptr, agent_ptr](http::Exchange& ex) {
-                                      return admin_handle(ex, ctl_ptr, store_ptr, agent_ptr);
+                                    [ctl_ptr, store_ptr, agent_ptr, token_ptr](http::Exchange& ex) {
+                                      return admin_handle(ex, ctl_ptr, store_ptr, agent_ptr, token_ptr);
                                     });
   if (!admin.ok()) {
     spdlog::error("admin API: {}", admin.error().message);
@@ -212,11 +238,11 @@ int run_up(const UpArgs& args) {
       "Loadstar is up.\n"
       "  OpenAI API: http://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
       "  metrics:    http://{0}:{1}/metrics\n"
-      "  admin API:  http://{0}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
-      "  agent API:  http://{0}:{2}/agent/v1 (loadstar stage MODEL)\n"
+      "  admin API:  http://{4}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
+      "  agent API:  http://{4}:{2}/agent/v1 (loadstar stage MODEL)\n"
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
-      args.host, gateway->port(), (*admin)->port(), data_dir.string());
+      args.host, gateway->port(), (*admin)->port(), data_dir.string(), args.admin_host);
   std::fflush(stdout);
 
   int sig = 0;
@@ -241,6 +267,13 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
+  app.add_option("--admin-host", args->admin_host,
+                 "Admin API address (apply, stage, replicas), independent of --host; off "
+                 "loopback it needs --token-file")
+      ->capture_default_str();
+  app.add_option("--token-file", args->token_file,
+                 "A token the admin API and the gateway's /metrics require (default "
+                 "$LOADSTAR_TOKEN; none: they answer loopback callers only)");
   app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")
       ->capture_default_str();
   app.add_option("--workers", args->workers, "Gateway worker threads")->capture_default_str();

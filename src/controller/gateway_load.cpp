@@ -27,10 +27,12 @@ std::vector<std::string> ready_pod_addresses(const json& pods, const std::string
 }
 
 GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client, std::string namespace_name,
-                                           std::string selector, double interval_s)
+                                           std::string selector, std::string authorization,
+                                           double interval_s)
     : client_(client),
       namespace_(std::move(namespace_name)),
       selector_(std::move(selector)),
+      authorization_(std::move(authorization)),
       interval_s_(interval_s) {}
 
 GatewayLoadCollector::~GatewayLoadCollector() {
@@ -81,9 +83,12 @@ void GatewayLoadCollector::run() {
     for (const std::string& g : gateways) {
       auto url = parse_url("http://" + g + "/loadstar/v1/load");
       if (!url.ok()) continue;
+      std::vector<http::Header> headers;
+      if (!authorization_.empty()) headers.push_back({"Authorization", authorization_});
       auto r = http::fetch({.host = url->host,
                             .port = url->port,
                             .target = url->target,
+                            .headers = std::move(headers),
                             .timeout_s = std::max(0.5, interval_s_ * 2)});
       if (r.ok() && r->status == 200)
         reports.emplace_back(g, std::move(r->body));

@@ -31,11 +31,12 @@ std::vector<std::string> ready_pod_addresses(const kube::json& pods,
 
 // Polls the gateways every `interval_s` and keeps the rounds until the
 // controller takes them; the Pods matching `selector` are listed again
-// every two seconds.
+// every two seconds. `authorization` ("Bearer <internal token>"; "" none)
+// goes with each poll.
 class GatewayLoadCollector : public LoadSource {
  public:
   GatewayLoadCollector(const kube::Client& client, std::string namespace_name, std::string selector,
-                       double interval_s = 0.5);
+                       std::string authorization, double interval_s = 0.5);
   ~GatewayLoadCollector() override;
   void start();
   void stop();
@@ -48,6 +49,7 @@ class GatewayLoadCollector : public LoadSource {
   const kube::Client& client_;
   std::string namespace_;
   std::string selector_;
+  std::string authorization_;
   double interval_s_;
   LoadAggregator aggregator_;
   std::mutex mu_;                     // guards the two below

@@ -137,6 +137,14 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   for (const auto& s : launch.shares) whole += s.milli >= 1000 && s.mig_slices == 0;
   if (whole > 0) resources["nvidia.com/gpu"] = std::to_string(whole);
   if (!resources.empty()) engine["resources"] = {{"requests", resources}, {"limits", resources}};
+  // The stage container alone holds the internal token (the engine never
+  // talks to the agent).
+  json stage_env = env;
+  if (!options.token_secret.empty())
+    stage_env.push_back(
+        {{"name", "LOADSTAR_TOKEN"},
+         {"valueFrom",
+          {{"secretKeyRef", {{"name", options.token_secret}, {"key", "token"}}}}}});
   json stage = {{"name", "stage"},
                 {"image", options.image},
                 {"imagePullPolicy", options.image_pull_policy},
@@ -144,7 +152,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                 {"args",
                  {"stage", model.metadata.name, "--source", model.spec.source, "--agent",
                   fmt::format("http://$(NODE_IP):{}", options.agent_port), "--timeout", "3600"}},
-                {"env", env}};
+                {"env", stage_env}};
   json pod = {
       {"apiVersion", "v1"},
       {"kind", "Pod"},
@@ -319,13 +327,23 @@ void PodRuntime::kill(const std::string& replica) {
   remove(replica, 0);
 }
 
+std::vector<http::Header> PodRuntime::agent_headers() const {
+  std::vector<http::Header> headers = {{"Content-Type", "application/json"}};
+  if (!options_.agent_authorization.empty())
+    headers.push_back({"Authorization", options_.agent_authorization});
+  return headers;
+}
+
 void PodRuntime::refresh_holdings(bool force) {
   const auto now = std::chrono::steady_clock::now();
   if (!force && now - listed_ < std::chrono::seconds(10)) return;
   listed_ = now;
   for (const auto& [node, address] : store_.node_addresses()) {
-    auto r = http::fetch(
-        {.host = address, .port = options_.agent_port, .target = "/v1/models", .timeout_s = 2});
+    auto r = http::fetch({.host = address,
+                          .port = options_.agent_port,
+                          .target = "/v1/models",
+                          .headers = agent_headers(),
+                          .timeout_s = 2});
     const json listing = r.ok() && r->status == 200 ? json::parse(r->body, nullptr, false) : json();
     if (!listing.is_object() || !listing.contains("models") || !listing["models"].is_array())
       continue;  // unreachable or not an agent: keep what we knew
@@ -370,7 +388,7 @@ void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
                           .method = "POST",
                           .target = "/v1/stage",
                           .body = body.dump(),
-                          .headers = {{"Content-Type", "application/json"}},
+                          .headers = agent_headers(),
                           .timeout_s = 2});
     const json answer = r.ok() ? json::parse(r->body, nullptr, false) : json();
     if (!r.ok() || r->status != 202 || !answer.is_object()) {

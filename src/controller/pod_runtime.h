@@ -16,6 +16,7 @@
 #include <string>
 
 #include "controller/runtime.h"
+#include "http/server.h"
 #include "kube/client.h"
 #include "kube/informer.h"
 #include "store/kube_store.h"
@@ -33,6 +34,11 @@ struct PodRuntimeOptions {
   uint16_t agent_port = 8070;  // the agent DaemonSet's port on each node (host network)
   std::string cache_host_path = "/var/lib/loadstar/agent";  // the agents' cache on each node
   int64_t termination_grace_s = 30;                         // a stopping engine drains this long
+  // The agents' API needs the internal token: the controller sends this
+  // Authorization value ("Bearer ..."; "" none), and replica Pods' stage
+  // init container reads $LOADSTAR_TOKEN from this Secret's key `token`.
+  std::string agent_authorization;
+  std::string token_secret = "loadstar-internal";
 };
 
 // Where a GGUF model's one file is in its staged directory: its path in a
@@ -81,6 +87,7 @@ class PodRuntime : public EngineRuntime {
   std::map<std::string, std::chrono::steady_clock::time_point> created_;
   // Reads every agent's cache listing, at most every 10 s unless `now`.
   void refresh_holdings(bool now = false);
+  std::vector<http::Header> agent_headers() const;
 
   // Models the nodes' agents hold: their listings, staging answers, staged Pods.
   std::map<std::string, std::set<std::string, std::less<>>> held_;

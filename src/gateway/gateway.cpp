@@ -75,6 +75,20 @@ struct Worker {
 
 thread_local Worker* current_worker = nullptr;
 
+// /metrics and /loadstar/v1/load are for Loadstar and its operators: the
+// internal token when the gateway has one, else loopback callers only.
+bool internal_caller(const GatewayOptions& options, const http::Request& req) {
+  return options.internal_token ? options.internal_token->admits(req) : req.from_loopback();
+}
+
+http::Response refuse_internal(const GatewayOptions& options, std::string_view path) {
+  if (options.internal_token) return http::unauthorized(path);
+  openai::ApiError e{
+      403, fmt::format("{} answers only loopback callers (the gateway has no internal token)", path),
+      {}};
+  return {403, "application/json", openai::error_body(e)};
+}
+
 asio::awaitable<GatewayStats> copy_stats(Worker* w) {
   co_return w->stats;
 }
@@ -113,10 +127,12 @@ struct Gateway::Impl {
   // a controller in another process (Kubernetes mode): see gateway.h.
   LoadReport load_report();
   asio::awaitable<std::string> collect_metrics();
-  std::string models_json(const RoutingTable& table) const;
+  // The models `tenant` may call (null: all).
+  std::string models_json(const RoutingTable& table, const TenantLimiter* tenant) const;
 };
 
-std::string Gateway::Impl::models_json(const RoutingTable& table) const {
+std::string Gateway::Impl::models_json(const RoutingTable& table,
+                                       const TenantLimiter* tenant) const {
   json data = json::array();
   std::vector<std::pair<std::string, size_t>> models;
   for (const auto& [name, svc] : table.services) models.push_back({name, svc.ready.size()});
@@ -133,6 +149,7 @@ std::string Gateway::Impl::models_json(const RoutingTable& table) const {
   }
   std::sort(models.begin(), models.end());
   for (const auto& [name, ready] : models) {
+    if (tenant && !tenant->may_call(name)) continue;
     data.push_back({{"id", name},
                     {"object", "model"},
                     {"created", unix_now()},
@@ -175,14 +192,20 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
   if (req.method == "GET" && path == "/v1/models") {
     // Listing models needs a key too when tenants are declared (as OpenAI's does).
     const RoutingTable& table = *w.table;
-    if (table.tenants && !table.tenants->empty() &&
-        !table.tenants->find(req.header("Authorization")).tenant) {
-      co_await send_error(ex, 401, "A valid API key is required to list models.");
-      co_return;
+    const TenantLimiter* tenant = nullptr;
+    if (table.tenants && !table.tenants->empty()) {
+      tenant = table.tenants->find(req.header("Authorization")).tenant;
+      if (!tenant) {
+        co_await send_error(ex, 401, "A valid API key is required to list models.");
+        co_return;
+      }
     }
-    response = {200, "application/json", models_json(table)};
+    response = {200, "application/json", models_json(table, tenant)};
   } else if (req.method == "GET" && path == "/health") {
     response = {200, "text/plain", "ok\n"};
+  } else if ((path == "/metrics" || path.starts_with("/loadstar/")) &&
+             !internal_caller(options, req)) {
+    response = refuse_internal(options, path);
   } else if (req.method == "GET" && path == "/metrics") {
     std::string text = co_await collect_metrics();
     response = {200, "text/plain; version=0.0.4; charset=utf-8", std::move(text)};
@@ -227,8 +250,15 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     }
     tenant = found.tenant;
   }
-  if (!table->routes.count(model) && !table->services.count(model)) {
-    co_await send_error(ex, 404, fmt::format("The model `{}` does not exist.", model), "model");
+  // A model the tenant may not call answers as one that does not exist, so
+  // that keys cannot probe other tenants' model names.
+  if ((!table->routes.count(model) && !table->services.count(model)) ||
+      (tenant && !tenant->may_call(model))) {
+    if (tenant) ++w.stats.tenants[{tenant->name(), model}].requests_by_code[404];
+    co_await send_error(
+        ex, 404,
+        fmt::format("The model `{}` does not exist or you do not have access to it.", model),
+        "model");
     co_return;
   }
 

@@ -23,12 +23,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/result.h"
 #include "gateway/load_report.h"
 #include "gateway/prefix_index.h"
 #include "gateway/routing_table.h"
+#include "http/bearer.h"
 
 namespace loadstar::gateway {
 
@@ -62,6 +64,10 @@ struct GatewayOptions {
   // More Prometheus text for /metrics (other components of the process).
   // Called on a gateway thread; must not block.
   std::function<std::string()> extra_metrics;
+  // /metrics and /loadstar/v1/load: with a token, callers must present it;
+  // without, only loopback callers are answered (tenant and model names,
+  // load numbers are not for the public port).
+  std::optional<http::BearerToken> internal_token;
 };
 
 class Gateway {

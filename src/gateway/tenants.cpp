@@ -23,6 +23,12 @@ TenantLimiter::TenantLimiter(std::string name, TenantLimits limits, CostExpressi
   configure(limits, std::move(cost));
 }
 
+bool TenantLimiter::may_call(std::string_view model) const {
+  std::lock_guard lock(mu_);
+  return limits_.models.empty() ||
+         std::find(limits_.models.begin(), limits_.models.end(), model) != limits_.models.end();
+}
+
 void TenantLimiter::configure(TenantLimits limits, CostExpression cost) {
   std::lock_guard lock(mu_);
   auto resize = [](Bucket& b, std::optional<double> limit) {

@@ -30,6 +30,7 @@ struct TenantLimits {
   std::optional<double> requests_per_minute;
   std::optional<double> tokens_per_minute;  // in cost units
   std::optional<uint32_t> max_concurrent;
+  std::vector<std::string> models;  // the model names it may call; empty: all
 };
 
 // What the x-ratelimit-* headers say (OpenAI's names): limit, remaining, and
@@ -46,6 +47,8 @@ class TenantLimiter {
   // Changes limits in place; what was used stays charged.
   void configure(TenantLimits limits, CostExpression cost);
   double cost(double input_tokens, double output_tokens) const;
+  // Whether its keys may call `model` (a name as clients send it).
+  bool may_call(std::string_view model) const;
 
   struct Decision {
     bool admitted = false;

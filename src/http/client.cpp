@@ -115,6 +115,19 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
     }
     for (const auto& r : results) endpoints.push_back(r.endpoint());
   }
+  if (request.admit_address) {
+    std::optional<Error> refused;
+    std::erase_if(endpoints, [&](const tcp::endpoint& e) {
+      Status s = request.admit_address(e.address().to_string());
+      if (!s.ok() && !refused) refused = s.error();
+      return !s.ok();
+    });
+    if (endpoints.empty()) {
+      *error = make_error(ErrorCode::kPermissionDenied, "refused to connect to {}: {}",
+                          request.host, refused ? refused->message : "no address");
+      co_return;
+    }
+  }
   beast::tcp_stream tcp_stream(executor);
   auto [cec, connected] = co_await tcp_stream.async_connect(endpoints, kUseTuple);
   if (cec) {

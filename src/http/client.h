@@ -36,6 +36,11 @@ struct ClientRequest {
   const std::atomic<bool>* cancel = nullptr;
   // Called once the status line and headers are in, before any body byte.
   std::function<void(const ClientResponse&)> on_headers;
+  // Set: every address the host resolves to is checked before connecting
+  // (so a name that resolves somewhere forbidden is caught, not only a
+  // literal); refused ones are skipped, and with none left the request fails
+  // with kPermissionDenied and the refusal's reason.
+  std::function<Status(std::string_view address)> admit_address;
 };
 
 struct ClientResponse {

@@ -54,6 +54,12 @@ std::string_view Request::header(std::string_view name) const {
   return {};
 }
 
+bool Request::from_loopback() const {
+  std::string_view a = remote_address;
+  if (a.starts_with("::ffff:")) a.remove_prefix(7);
+  return a.starts_with("127.") || a == "::1";
+}
+
 std::string_view Request::path() const {
   std::string_view t = target;
   return t.substr(0, t.find('?'));
@@ -172,6 +178,8 @@ asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::s
 }
 
 asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  boost::system::error_code remote_ec;
+  const std::string remote = socket.remote_endpoint(remote_ec).address().to_string();
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   const auto idle =
@@ -222,6 +230,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     impl.request.method = std::string(message.method_string());
     impl.request.target = std::string(message.target());
     impl.request.body = std::move(message.body());
+    impl.request.remote_address = remote;
     impl.request.headers.reserve(8);
     for (const auto& field : message)
       impl.request.headers.push_back(

@@ -33,10 +33,14 @@ struct Request {
   std::string target;
   std::string body;
   std::vector<Header> headers;
+  // The client's IP address as the server saw it ("" outside a server).
+  std::string remote_address;
   // Case-insensitive lookup; empty when absent.
   std::string_view header(std::string_view name) const;
   // The target without its query string.
   std::string_view path() const;
+  // Whether the client connected from this machine's loopback (127.0.0.0/8, ::1).
+  bool from_loopback() const;
 };
 
 struct Response {

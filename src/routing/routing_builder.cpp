@@ -75,6 +75,7 @@ std::shared_ptr<const gateway::TenantDirectory> RoutingBuilder::build_tenants(
     if (t.spec.requests_per_minute) limits.requests_per_minute = *t.spec.requests_per_minute;
     if (t.spec.tokens_per_minute) limits.tokens_per_minute = *t.spec.tokens_per_minute;
     limits.max_concurrent = t.spec.max_concurrent_requests;
+    limits.models = t.spec.models;
     auto cost = api::CostExpression::parse(t.spec.token_cost);
     if (!cost.ok()) cost = api::CostExpression();  // rejected at decode; cannot happen
     auto& limiter = tenants_[t.metadata.name];

@@ -109,6 +109,12 @@ class Origin {
       co_await reply(ex, 200, "application/json", std::move(info));
       co_return;
     }
+    if (path.starts_with("/to-metadata/")) {  // a redirect towards the cloud metadata service
+      std::vector<http::Header> location = {
+          {"Location", "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}};
+      co_await reply(ex, 302, "text/plain", "", std::move(location));
+      co_return;
+    }
     if (path.starts_with("/org/tiny/resolve/0123abcd/")) {  // the Hub redirects to its CDN
       std::vector<http::Header> location = {{"Location", "/files/" + path.substr(27)}};
       co_await reply(ex, 302, "text/plain", "", std::move(location));
@@ -212,6 +218,9 @@ class Agent {
   Agent(const std::string& name, std::vector<std::string> args = {},
         std::vector<std::string> env = {}, uint16_t port = 0) {
     dir_ = scratch_dir() / ("agent-" + name);
+    // Its internal token, when started with LOADSTAR_TOKEN=...
+    for (const auto& e : env)
+      if (e.starts_with("LOADSTAR_TOKEN=")) headers_.push_back({"Authorization", "Bearer " + e.substr(15)});
     const fs::path port_file = dir_ / "port";
     fs::create_directories(dir_);
     fs::remove(port_file);
@@ -242,12 +251,25 @@ class Agent {
   std::string log() const { return read_file(log_); }
 
   void stage(const std::string& model, const std::string& source) {
+    auto r = post_stage(model, source);
+    ASSERT_EQ(r.status, 202) << r.body;
+  }
+  http::ClientResponse post_stage(const std::string& model, const std::string& source,
+                                  bool with_token = true) {
     auto r = http::fetch({.port = port_,
                           .method = "POST",
                           .target = "/v1/stage",
-                          .body = json({{"model", model}, {"source", source}}).dump()});
-    ASSERT_TRUE(r.ok());
-    ASSERT_EQ(r->status, 202) << r->body;
+                          .body = json({{"model", model}, {"source", source}}).dump(),
+                          .headers = with_token ? headers_ : std::vector<http::Header>{}});
+    EXPECT_TRUE(r.ok());
+    return r.ok() ? *r : http::ClientResponse{};
+  }
+  http::ClientResponse get(const std::string& target, bool with_token = true) {
+    auto r = http::fetch({.port = port_,
+                          .target = target,
+                          .headers = with_token ? headers_ : std::vector<http::Header>{}});
+    EXPECT_TRUE(r.ok());
+    return r.ok() ? *r : http::ClientResponse{};
   }
   // Waits for ready or failed; returns the staging's JSON.
   json wait(const std::string& model, double timeout_s = 60) {
@@ -255,7 +277,7 @@ class Agent {
         std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     json p;
     while (std::chrono::steady_clock::now() < deadline) {
-      auto r = http::fetch({.port = port_, .target = "/v1/models/" + model});
+      auto r = http::fetch({.port = port_, .target = "/v1/models/" + model, .headers = headers_});
       if (r.ok() && r->status == 200) {
         p = json::parse(r->body)["staging"];
         if (p["state"] == "ready" || p["state"] == "failed") return p;
@@ -270,6 +292,7 @@ class Agent {
   fs::path dir_, log_;
   Subprocess process_;
   uint16_t port_ = 0;
+  std::vector<http::Header> headers_;
 };
 
 void expect_same_files(const Origin& origin, const fs::path& dir) {
@@ -307,8 +330,10 @@ TEST(AgentProcess, ThreeAgentsFetchAboutOneCopyFromTheOrigin) {
     for (int j = 0; j < 3; ++j)
       if (j != i) args.insert(args.end(), {"--peer", urls[j]});
     args.insert(args.end(), {"--self-url", urls[i]});
-    agents.push_back(std::make_unique<Agent>("p2p-" + std::to_string(i), args,
-                                             std::vector<std::string>{}, ports[i]));
+    // Peers present the internal token to each other.
+    agents.push_back(std::make_unique<Agent>(
+        "p2p-" + std::to_string(i), args,
+        std::vector<std::string>{"LOADSTAR_TOKEN=p2p-test-token-0123456789"}, ports[i]));
   }
   for (auto& agent : agents) agent->stage("m", origin.url() + "/files/");
   uint64_t from_peers = 0;
@@ -321,10 +346,72 @@ TEST(AgentProcess, ThreeAgentsFetchAboutOneCopyFromTheOrigin) {
   // Every agent has the whole model, and the origin sent about one copy.
   EXPECT_LE(origin.egress.load(), origin.total() * 105 / 100) << "peers got " << from_peers;
   EXPECT_GE(from_peers, origin.total() * 19 / 10);
-  EXPECT_GT(scrape_metric(agents[0]->port(), "loadstar_agent_served_bytes_total") +
-                scrape_metric(agents[1]->port(), "loadstar_agent_served_bytes_total") +
-                scrape_metric(agents[2]->port(), "loadstar_agent_served_bytes_total"),
+  EXPECT_GT(metric_in(agents[0]->get("/metrics").body, "loadstar_agent_served_bytes_total") +
+                metric_in(agents[1]->get("/metrics").body, "loadstar_agent_served_bytes_total") +
+                metric_in(agents[2]->get("/metrics").body, "loadstar_agent_served_bytes_total"),
             0);
+}
+
+TEST(AgentProcess, TheApiNeedsTheTokenAndSourcesCannotReachMetadataAddresses) {
+  Origin origin;
+  model_origin(origin, 1 << 20);
+  const std::vector<std::string> env = {"LOADSTAR_TOKEN=guard-test-token-0123456789"};
+  Agent agent("guarded", {}, env);
+  // Without the token (or with another) nothing is staged or served.
+  EXPECT_EQ(agent.post_stage("m", origin.url() + "/files/", false).status, 401);
+  EXPECT_EQ(agent.get("/v1/models", false).status, 401);
+  EXPECT_EQ(agent.get("/v1/blobs/sha256-00", false).status, 401);
+  EXPECT_EQ(agent.get("/metrics", false).status, 401);
+  EXPECT_EQ(agent.get("/health", false).status, 200);
+  auto wrong = http::fetch({.port = agent.port(),
+                            .target = "/v1/models",
+                            .headers = {{"Authorization", "Bearer guard-test-token-0123456788"}}});
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_EQ(json::parse(agent.get("/v1/models").body)["stagings"].size(), 0u);
+
+  // Cloud metadata addresses are refused however they are written: a
+  // literal, a number that resolves to one, a redirect to one.
+  for (const std::string& source : {std::string("http://169.254.169.254/latest/meta-data/"),
+                                   std::string("http://2852039166/latest/meta-data/"),
+                                   origin.url() + "/to-metadata/"}) {
+    agent.stage("meta", source);
+    json p = agent.wait("meta");
+    EXPECT_EQ(p["state"], "failed") << source;
+    EXPECT_NE(p["error"].get<std::string>().find("169.254.169.254 is link-local"),
+              std::string::npos)
+        << source << ": " << p.dump();
+  }
+  // The origin itself is fine.
+  agent.stage("m", origin.url() + "/files/");
+  EXPECT_EQ(agent.wait("m")["state"], "ready");
+  const uint64_t egress = origin.egress.load();
+
+  // An allow-list: only the Hub; a loopback origin and local files are
+  // refused at once (403), and nothing starts.
+  Agent strict("strict", {"--source-allow", "hf://", "--no-loopback-sources"}, env);
+  auto refused = strict.post_stage("m", origin.url() + "/files/");
+  EXPECT_EQ(refused.status, 403);
+  EXPECT_NE(refused.body.find("not allowed on this agent (--source-allow: hf://)"),
+            std::string::npos)
+      << refused.body;
+  EXPECT_EQ(strict.post_stage("etc", "file:///etc").status, 403);
+  EXPECT_EQ(json::parse(strict.get("/v1/models").body)["stagings"].size(), 0u);
+  // http:// allowed, loopback not: the fetch is refused at connect.
+  Agent no_loopback("no-loopback", {"--source-allow", "http://", "--no-loopback-sources"}, env);
+  no_loopback.stage("m", origin.url() + "/files/");
+  json p = no_loopback.wait("m");
+  EXPECT_EQ(p["state"], "failed");
+  EXPECT_NE(p["error"].get<std::string>().find("is loopback"), std::string::npos) << p.dump();
+  EXPECT_EQ(origin.egress.load(), egress);  // nothing was fetched
+
+  // Off loopback, an agent without a token does not start.
+  std::string output;
+  EXPECT_EQ(run_loadstar({"agent", "--host", "0.0.0.0", "--port", "0", "--cache-dir",
+                          (scratch_dir() / "agent-open").string()},
+                         &output),
+            2);
+  EXPECT_NE(output.find("needs --token-file"), std::string::npos) << output;
 }
 
 TEST(AgentProcess, CorruptBytesAreRefetchedAndNeverPublished) {

@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/digest.h"
 #include "kube/client.h"
 #include "kube/informer.h"
 #include "support.h"
@@ -185,9 +186,39 @@ class KubernetesTest : public ::testing::Test {
     kubelet.insert(kubelet.end(), kubelet_extra.begin(), kubelet_extra.end());
     spawn(node, kubelet);
     spawn(node + "-agent", {LOADSTAR_BIN, "agent", "--host", ip, "--port", "8070", "--cache-dir",
-                            (host / "var/lib/loadstar/agent").string()});
+                            (host / "var/lib/loadstar/agent").string(), "--token-file",
+                            token_file().string()});
     wait_output(node, "node .* ready");
     wait_output(node + "-agent", "agent serving on");
+  }
+
+  // The internal token, in a file for the processes started here: read
+  // from the Secret loadstar-internal, made (as the controller would) when
+  // a test starts nodes before any controller.
+  fs::path token_file() {
+    const fs::path file = root_ / "token";
+    if (fs::exists(file)) return file;
+    json secret = get_json("secret loadstar-internal");
+    if (!secret.contains("data")) {
+      kubectl("-n " + ns_ + " create secret generic loadstar-internal --from-literal=token=" +
+              fmt::format("test-token-{}-{}", ns_, getpid()));
+      secret = get_json("secret loadstar-internal");
+    }
+    auto token = base64_decode(secret["data"].value("token", ""));
+    EXPECT_TRUE(token.has_value());
+    std::ofstream(file) << token.value_or("");
+    return file;
+  }
+
+  // GET http://HOST:PORT/TARGET with the internal token (or without).
+  http::ClientResponse internal_get(const std::string& host, uint16_t port,
+                                    const std::string& target, bool with_token = true) {
+    std::vector<http::Header> headers;
+    if (with_token) headers.push_back({"Authorization", "Bearer " + read_text(token_file())});
+    auto r = http::fetch(
+        {.host = host, .port = port, .target = target, .headers = headers, .timeout_s = 5});
+    EXPECT_TRUE(r.ok()) << target;
+    return r.ok() ? *r : http::ClientResponse{};
   }
 
   // `loadstar controller`; returns nothing, its admin port is in its log.
@@ -211,7 +242,8 @@ class KubernetesTest : public ::testing::Test {
   }
 
   uint16_t start_gateway(const std::string& name) {
-    spawn(name, {LOADSTAR_BIN, "gateway", "-n", ns_, "--host", "127.0.0.1", "--port", "0"});
+    spawn(name, {LOADSTAR_BIN, "gateway", "-n", ns_, "--host", "127.0.0.1", "--port", "0",
+                 "--token-file", token_file().string()});
     return static_cast<uint16_t>(std::stoi(
         wait_output(name, R"(gateway serving namespace \S+ on http://127\.0\.0\.1:(\d+))")));
   }
@@ -277,6 +309,8 @@ spec:
     env:
     - name: POD_IP
       valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: LOADSTAR_TOKEN
+      valueFrom: {{secretKeyRef: {{name: loadstar-internal, key: token}}}}
     ports:
     - {{name: http, containerPort: 8080}}
     readinessProbe:
@@ -366,6 +400,21 @@ TEST_F(KubernetesTest, KubectlApplyToAnOpenAIAnswerThroughTwoGateways) {
   for (int i : {1, 2})
     EXPECT_TRUE(fs::exists(root_ / fmt::format("{}-n{}", ns_, i) /
                            "var/lib/loadstar/agent/models/tiny/current/config.json"));
+  // The agents, the gateways' internal endpoints and the controller's admin
+  // API answer only callers with the internal token (the replica Pods' stage
+  // containers got it from the Secret; so did the staging above).
+  const std::string agent = fmt::format("127.{}.1.1", net_);
+  EXPECT_EQ(internal_get(agent, 8070, "/v1/models", false).status, 401);
+  EXPECT_EQ(internal_get(agent, 8070, "/v1/models").status, 200);
+  EXPECT_EQ(internal_get(agent, 8070, "/health", false).status, 200);
+  EXPECT_EQ(internal_get("127.0.0.1", gw1, "/loadstar/v1/load", false).status, 401);
+  EXPECT_EQ(internal_get("127.0.0.1", gw1, "/metrics", false).status, 401);
+  EXPECT_EQ(internal_get("127.0.0.1", gw1, "/loadstar/v1/load").status, 200);
+  const uint16_t admin = static_cast<uint16_t>(
+      std::stoi(wait_output("controller", R"(admin API on http://127\.0\.0\.1:(\d+))")));
+  EXPECT_EQ(internal_get("127.0.0.1", admin, "/api/v1/replicas", false).status, 401);
+  EXPECT_EQ(internal_get("127.0.0.1", admin, "/api/v1/replicas").status, 200);
+  EXPECT_EQ(internal_get("127.0.0.1", admin, "/healthz", false).status, 200);
   // Status through the status subresource, as printer columns show it.
   EXPECT_TRUE(eventually([&] {
     return get_json("inferenceservice chat")
@@ -434,9 +483,15 @@ TEST_F(KubernetesTest, ARestartedControllerConvergesWithoutDuplicatePods) {
 }
 
 TEST_F(KubernetesTest, TwoControllersElectOneLeader) {
-  add_node(1, 2);
   start_controller("controller-a");
   wait_output("controller-a", "leading as controller-a");
+  // The first controller made the internal token's Secret: 64 hex digits.
+  const json secret = get_json("secret loadstar-internal");
+  ASSERT_TRUE(secret.contains("data")) << read_text(processes_["controller-a"]->log);
+  const auto token = base64_decode(secret["data"].value("token", "")).value_or("");
+  EXPECT_EQ(token.size(), 64u);
+  EXPECT_EQ(token.find_first_not_of("0123456789abcdef"), std::string::npos);
+  add_node(1, 2);
   start_controller("controller-b");
   wait_output("controller-b", "waiting for lease");
   std::this_thread::sleep_for(2s);
@@ -476,7 +531,8 @@ TEST_F(KubernetesTest, ScalesFromZeroOnWarmWeightsForAHeldRequestAndBackToZero) 
   std::string out;
   ASSERT_EQ(run_loadstar(
                 {"stage", "tiny", "--source", "file://" + synth_model("k8s-tiny", "2MiB").string(),
-                 "--agent", fmt::format("http://127.{}.2.1:8070", net_)},
+                 "--agent", fmt::format("http://127.{}.2.1:8070", net_), "--token-file",
+                 token_file().string()},
                 &out),
             0)
       << out;
@@ -726,7 +782,15 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_TRUE(can("loadstar-controller", "watch nodes"));
   EXPECT_FALSE(can("loadstar-controller", "delete nodes"));
   EXPECT_FALSE(can("loadstar-controller", "create pods -n default"));
+  // Of Secrets, only the internal token's (and creating it when missing).
   EXPECT_FALSE(can("loadstar-controller", "get secrets" + in));
+  EXPECT_FALSE(can("loadstar-controller", "get secrets/loadstar-storage" + in));
+  EXPECT_TRUE(can("loadstar-controller", "get secrets/loadstar-internal" + in));
+  EXPECT_FALSE(can("loadstar-controller", "list secrets" + in));
+  EXPECT_FALSE(can("loadstar-gateway", "get secrets/loadstar-internal" + in));
+  EXPECT_NE(out.find("networkpolicy.networking.k8s.io/loadstar-engines created (server dry run)"),
+            std::string::npos)
+      << out;
   EXPECT_FALSE(can("loadstar-controller", "update inferenceservices.loadstar.dev" + in));
   EXPECT_TRUE(can("loadstar-gateway", "watch inferenceservices.loadstar.dev" + in));
   EXPECT_FALSE(can("loadstar-gateway", "create pods" + in));

@@ -54,6 +54,70 @@ http::Header bearer(const std::string& key) {
   return {"Authorization", "Bearer " + key};
 }
 
+TEST(Routing, ATenantsKeyReachesOnlyItsModels) {
+  const std::string rest = fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: partner}}
+spec:
+  backends: [{{service: chat}}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-a}}
+spec:
+  apiKeys: [{{name: a, sha256: {}}}]
+  models: [chat]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-b}}
+spec:
+  apiKeys: [{{name: b, sha256: {}}}]
+  models: [partner]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: ops}}
+spec:
+  apiKeys: [{{name: o, sha256: {}}}]
+)",
+                                       sha256_hex("sk-a"), sha256_hex("sk-b"), sha256_hex("sk-o"));
+  auto up = Up::start(std::string(kModel) + service("chat", 1) + rest);
+  up->wait_ready("chat", 1);
+  auto call = [&](const std::string& key, const std::string& model) {
+    return up->post("/v1/completions", completion(model, "hi", 2), {bearer(key)});
+  };
+  EXPECT_EQ(call("sk-a", "chat").status, 200);
+  EXPECT_EQ(call("sk-b", "partner").status, 200);
+  // Another tenant's model answers exactly as a model that does not exist.
+  auto other = call("sk-a", "partner");
+  auto absent = call("sk-a", "no-such-model");
+  EXPECT_EQ(other.status, 404);
+  EXPECT_EQ(absent.status, 404);
+  EXPECT_EQ(json::parse(other.body)["error"]["message"],
+            "The model `partner` does not exist or you do not have access to it.");
+  EXPECT_EQ(call("sk-b", "chat").status, 404);
+  // Streaming asks the same question first.
+  auto streamed = up->post("/v1/completions", completion("chat", "hi", 2, true), {bearer("sk-b")});
+  EXPECT_EQ(streamed.status, 404);
+  // /v1/models lists what the key may call; a tenant without a list sees all.
+  auto ids = [&](const std::string& key) {
+    auto r = http::fetch({.port = up->port(), .target = "/v1/models", .headers = {bearer(key)}});
+    std::vector<std::string> out;
+    EXPECT_TRUE(r.ok() && r->status == 200) << (r.ok() ? r->body : r.error().message);
+    const json listing = r.ok() ? json::parse(r->body) : json::object();
+    for (const auto& m : listing.value("data", json::array())) out.push_back(m["id"]);
+    return out;
+  };
+  EXPECT_EQ(ids("sk-a"), std::vector<std::string>{"chat"});
+  EXPECT_EQ(ids("sk-b"), std::vector<std::string>{"partner"});
+  EXPECT_EQ(ids("sk-o"), (std::vector<std::string>{"chat", "partner"}));
+  EXPECT_EQ(settled_metric(up->port(), "loadstar_gateway_tenant_requests_total",
+                           "code=\"404\",model=\"chat\",tenant=\"team-b\"", 2),
+            2);
+}
+
 TEST(Routing, TenantsNeedAKeyAndAreHeldToTheirLimits) {
   const std::string tenants =
       fmt::format(R"(---

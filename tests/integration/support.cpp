@@ -115,7 +115,11 @@ double EngineSim::metric(const std::string& name, const std::string& labels) {
 double scrape_metric(uint16_t port, const std::string& name, const std::string& labels) {
   auto r = http::fetch({.port = port, .target = "/metrics", .timeout_s = 5});
   if (!r.ok()) return std::nan("");
-  std::istringstream lines(r->body);
+  return metric_in(r->body, name, labels);
+}
+
+double metric_in(const std::string& text, const std::string& name, const std::string& labels) {
+  std::istringstream lines(text);
   std::string line;
   while (std::getline(lines, line)) {
     if (line.empty() || line[0] == '#' || line.rfind(name, 0) != 0) continue;

@@ -23,6 +23,8 @@ int run_loadstar(const std::vector<std::string>& args, std::string* output = nul
 // (`labels` is a substring the label set must contain; "" takes the first
 // sample of that name); NaN when absent or unreachable.
 double scrape_metric(uint16_t port, const std::string& name, const std::string& labels = "");
+// The same, from Prometheus text already fetched.
+double metric_in(const std::string& text, const std::string& name, const std::string& labels = "");
 
 // scrape_metric, polled until it reads `expected` or 5 s pass; returns the
 // last value read. A response reaches the client before the server's

@@ -3,7 +3,7 @@
 // containers as local processes, the way a kubelet would — init containers
 // in order, then the containers, restarted when they exit (restartPolicy
 // Always), $(VAR) references expanded from env and the downward API
-// (status.podIP, status.hostIP, metadata.name, spec.nodeName), readiness
+// (status.podIP, status.hostIP, metadata.name, spec.nodeName) and Secrets, readiness
 // from the httpGet probe — and writes the Pod's status (phase, podIP,
 // conditions, container states). Each Pod gets its own loopback address
 // (127.0.N.M), so engines of several Pods listen on the same port, as in a
@@ -27,6 +27,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+
+#include "common/digest.h"
 
 #include "common/process.h"
 #include "http/client.h"
@@ -149,6 +151,22 @@ class Kubelet {
         if (field == "metadata.name") env[name] = pod.name;
         if (field == "metadata.namespace") env[name] = args_.namespace_name;
         if (field == "spec.nodeName") env[name] = args_.node;
+      } else if (e.contains("valueFrom") && e["valueFrom"].contains("secretKeyRef")) {
+        // Read from the API, as a kubelet does (it would hold the container
+        // back while the Secret is missing; here it starts without it).
+        const json& ref = e["valueFrom"]["secretKeyRef"];
+        auto secret = client_.get(
+            loadstar::kube::collection_path("v1", args_.namespace_name, "secrets") + "/" +
+            ref.value("name", ""));
+        const std::string key = ref.value("key", "");
+        std::optional<std::string> value;
+        if (secret.ok() && (*secret)["data"].is_object() && (*secret)["data"].contains(key))
+          value = loadstar::base64_decode((*secret)["data"][key].get<std::string>());
+        if (value)
+          env[name] = *value;
+        else
+          spdlog::warn("pod {}: secret {} key {} not readable", pod.name, ref.value("name", ""),
+                       key);
       }
     }
     return env;
