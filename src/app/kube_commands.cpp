@@ -286,6 +286,8 @@ struct GatewayArgs {
   double scrape_interval_s = 0.5;
   std::string max_body = "8Mi";
   std::string token_file;
+  uint32_t max_connections = 0;
+  double header_timeout_s = 30;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -308,6 +310,8 @@ int run_gateway(const GatewayArgs& args) {
   kube::Client client(*config);
   gateway::GatewayOptions options;
   options.internal_token = std::move(*token);
+  options.max_connections = args.max_connections;
+  options.client_header_timeout_s = args.header_timeout_s;
   options.host = args.host;
   options.port = args.port;
   options.workers = args.workers;
@@ -404,6 +408,13 @@ std::function<int()> setup_gateway(CLI::App& app) {
                  "Seconds between reads of each replica's /metrics (0: never)")
       ->capture_default_str();
   app.add_option("--max-body-size", args->max_body)->capture_default_str();
+  app.add_option("--max-connections", args->max_connections,
+                 "Client connections at once; past it 503 with Retry-After (0: half the "
+                 "descriptor limit, raised to the hard limit)")
+      ->capture_default_str();
+  app.add_option("--client-header-timeout", args->header_timeout_s,
+                 "Seconds a request's headers may take once its first byte is in")
+      ->capture_default_str();
   app.add_option("--token-file", args->token_file,
                  "The internal token that /metrics and /loadstar/v1/load callers must present "
                  "(default $LOADSTAR_TOKEN; none: those answer loopback callers only)");

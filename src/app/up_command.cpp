@@ -43,6 +43,8 @@ struct UpArgs {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   std::string admin_host = "127.0.0.1";
+  uint32_t max_connections = 0;
+  double header_timeout_s = 30;
   uint16_t admin_port = 8090;
   std::string token_file;
   std::string data_dir = "var";
@@ -171,6 +173,8 @@ int run_up(const UpArgs& args) {
     return 2;
   }
   gw_options.max_body_bytes = *max_body;
+  gw_options.max_connections = args.max_connections;
+  gw_options.client_header_timeout_s = args.header_timeout_s;
   gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
   // and the controller's metrics join the gateway's; both exist from here on.
@@ -267,6 +271,13 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
+  app.add_option("--max-connections", args->max_connections,
+                 "Gateway client connections at once; past it 503 with Retry-After (0: half "
+                 "the descriptor limit, raised to the hard limit)")
+      ->capture_default_str();
+  app.add_option("--client-header-timeout", args->header_timeout_s,
+                 "Seconds a request's headers may take once its first byte is in")
+      ->capture_default_str();
   app.add_option("--admin-host", args->admin_host,
                  "Admin API address (apply, stage, replicas), independent of --host; off "
                  "loopback it needs --token-file")

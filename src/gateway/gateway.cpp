@@ -171,6 +171,9 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
     GatewayStats copy = co_await asio::co_spawn(w->io, copy_stats(w), asio::use_awaitable);
     merged.merge(copy);
   }
+  merged.connections = server->connections();
+  merged.max_connections = server->max_connections();
+  merged.refused_connections = server->refused_connections();
   std::string text = render_metrics(merged);
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
@@ -421,6 +424,14 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     routed.usage.prompt_tokens += result.usage.prompt_tokens;
     routed.usage.completion_tokens += result.usage.completion_tokens;
     failure = std::move(result.failure);
+    if (outcome == ForwardOutcome::kOverloaded) {
+      ++w.stats.overloaded;
+      routed.code = 503;
+      spdlog::warn("gateway: out of descriptors ({}); answering 503", failure);
+      co_await send_error(ex, 503, "the gateway is at its connection limit; retry shortly", {}, {},
+                          1);
+      co_return routed;
+    }
     if (outcome != ForwardOutcome::kClientGone)
       note_outcome(w, *endpoint, result.upstream_status == 0 || result.upstream_status >= 500);
     ++attempt;
@@ -478,6 +489,9 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
   server_options.host = options.host;
   server_options.port = options.port;
   server_options.max_body_bytes = options.max_body_bytes;
+  server_options.max_connections = options.max_connections;
+  server_options.header_timeout_s = options.client_header_timeout_s;
+  server_options.body_timeout_s = options.client_body_timeout_s;
   server_options.error_body = openai::error_body_for;
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,

@@ -39,6 +39,11 @@ struct GatewayOptions {
   uint16_t port = 8080;
   unsigned workers = 2;
   uint64_t max_body_bytes = 8u << 20;
+  // Client connections at once (0: from the descriptor limit, raised to its
+  // hard limit at start); past it, 503 with Retry-After.
+  uint32_t max_connections = 0;
+  double client_header_timeout_s = 30;  // slowloris: headers, then body, in time
+  double client_body_timeout_s = 60;
   double connect_timeout_s = 2;
   // Silence from an upstream longer than this fails the request (502).
   double upstream_idle_timeout_s = 300;

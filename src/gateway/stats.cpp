@@ -70,6 +70,7 @@ void GatewayStats::merge(const GatewayStats& other) {
   for (const auto& [key, n] : other.rate_limited) rate_limited[key] += n;
   for (const auto& [key, n] : other.auth_failures) auth_failures[key] += n;
   ejections += other.ejections;
+  overloaded += other.overloaded;
 }
 
 std::string render_metrics(const GatewayStats& stats) {
@@ -183,6 +184,17 @@ std::string render_metrics(const GatewayStats& stats) {
   text.counter("loadstar_gateway_outlier_ejections_total",
                "Endpoints ejected after consecutive failures.")
       .add(static_cast<double>(stats.ejections));
+  text.gauge("loadstar_gateway_client_connections", "Client connections open.")
+      .add(static_cast<double>(stats.connections));
+  text.gauge("loadstar_gateway_client_connections_limit",
+             "Client connections served at once; more are refused with 503.")
+      .add(static_cast<double>(stats.max_connections));
+  text.counter("loadstar_gateway_client_connections_refused_total",
+               "Connections refused with 503 at the connection limit.")
+      .add(static_cast<double>(stats.refused_connections));
+  text.counter("loadstar_gateway_overloaded_total",
+               "Requests refused with 503 because the gateway ran out of descriptors.")
+      .add(static_cast<double>(stats.overloaded));
   return text.str();
 }
 

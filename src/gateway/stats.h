@@ -66,6 +66,10 @@ struct GatewayStats {
   std::map<std::pair<std::string, std::string>, uint64_t> rate_limited;  // (tenant, limit)
   std::map<std::string, uint64_t> auth_failures;  // by reason: missing, unknown, revoked
   uint64_t ejections = 0;                         // endpoints ejected by outlier detection
+  uint64_t overloaded = 0;  // requests refused with 503: this gateway was out of descriptors
+  // The server's, set when rendering (not merged): connections open, the
+  // limit, and connections refused at it.
+  uint64_t connections = 0, max_connections = 0, refused_connections = 0;
   void merge(const GatewayStats& other);
 };
 

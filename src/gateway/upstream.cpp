@@ -115,7 +115,10 @@ std::unique_ptr<tcp::socket> Upstream::take_idle(const std::string& key) {
 }
 
 void Upstream::keep_idle(const std::string& key, std::unique_ptr<tcp::socket> conn) {
-  idle_[key].push_back(std::move(conn));
+  // Bounded, as nginx's `keepalive`: past it a connection is closed rather
+  // than kept, so that pools cannot hold the descriptors new clients need.
+  auto& pool = idle_[key];
+  if (pool.size() < kMaxIdlePerReplica) pool.push_back(std::move(conn));
 }
 
 asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequest request) {
@@ -183,6 +186,13 @@ asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
         watch.conn = nullptr;
         result.failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
                                      watch.timed_out ? "timed out" : (ec ? ec : cec).message());
+        if (cec == asio::error::no_descriptors || cec.value() == ENFILE ||
+            cec == asio::error::no_buffer_space || cec == asio::error::no_memory) {
+          // Our limit, not the replica's fault: free the idle pool's
+          // descriptors for the next requests, and say so.
+          idle_.clear();
+          result.outcome = ForwardOutcome::kOverloaded;
+        }
         co_return false;
       }
       call.conn->set_option(tcp::no_delay(true), ec);

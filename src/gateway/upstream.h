@@ -55,6 +55,9 @@ enum class ForwardOutcome {
   kDone,        // a response (or an error in its place) went to the client
   kRetry,       // nothing reached the client; another endpoint may answer
   kClientGone,  // the client hung up
+  // This gateway is out of descriptors: nothing reached the client and no
+  // replica is to blame; the client should get 503 with Retry-After.
+  kOverloaded,
 };
 
 struct ForwardResult {
@@ -69,6 +72,9 @@ struct ForwardResult {
 };
 
 // One per worker, used on that worker's thread only.
+// Idle keep-alive connections kept per replica and worker.
+inline constexpr size_t kMaxIdlePerReplica = 64;
+
 class Upstream {
  public:
   Upstream(boost::asio::io_context& io, UpstreamOptions options);

@@ -1,8 +1,12 @@
 #include "http/server.h"
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 
 #include <spdlog/spdlog.h>
@@ -13,6 +17,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -158,6 +163,10 @@ struct Server::State {
   std::vector<asio::io_context*> contexts;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;
   uint16_t port = 0;
+  uint32_t max_connections = 0;
+  std::atomic<uint32_t> connections{0};
+  std::atomic<uint32_t> refusing{0};
+  std::atomic<uint64_t> refused{0};
 };
 
 namespace {
@@ -177,19 +186,70 @@ asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::s
   (void)ec;
 }
 
+std::chrono::milliseconds millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// A connection over max_connections: its request is read (briefly) and
+// answered 503 with Retry-After, then it is closed.
+asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  bhttp::request_parser<bhttp::empty_body> parser;
+  parser.header_limit(state->options.max_header_bytes);
+  stream.expires_after(std::chrono::seconds(2));
+  auto [ec, n] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+  if (!ec) {
+    bhttp::response<bhttp::string_body> res{bhttp::status::service_unavailable, 11};
+    res.set(bhttp::field::server, "loadstar");
+    res.set(bhttp::field::content_type, "application/json");
+    res.set(bhttp::field::retry_after, "1");
+    const std::string message = fmt::format(
+        "the server is at its limit of {} connections; retry shortly", state->max_connections);
+    res.body() = state->options.error_body ? state->options.error_body(503, message)
+                                           : default_error_body(503, message);
+    res.keep_alive(false);
+    res.prepare_payload();
+    auto [wec, wn] = co_await bhttp::async_write(stream, res, kUseTuple);
+    (void)wec;
+  }
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  --state->refusing;
+}
+
 asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  struct Count {
+    Server::State& s;
+    ~Count() { --s.connections; }
+  } count{*state};
   boost::system::error_code remote_ec;
   const std::string remote = socket.remote_endpoint(remote_ec).address().to_string();
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
-  const auto idle =
-      std::chrono::milliseconds(static_cast<int64_t>(state->options.idle_timeout_s * 1000));
+  const auto idle = millis(state->options.idle_timeout_s);
   for (;;) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.body_limit(state->options.max_body_bytes);
-    parser.header_limit(64 * 1024);
-    stream.expires_after(idle);
+    parser.header_limit(state->options.max_header_bytes);
+    // A keep-alive connection may wait `idle` for its next request; once
+    // its first byte is in, the rest of the headers get header_timeout_s.
+    // A timeout closes the connection without an answer (the socket is
+    // closed by then), as nginx does.
+    if (buffer.size() == 0) {
+      stream.expires_after(idle);
+      auto [fec, fn] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
+      if (fec) break;
+      buffer.commit(fn);
+    }
+    stream.expires_after(millis(state->options.header_timeout_s));
     auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+    if (hec == bhttp::error::header_limit) {
+      std::string message = fmt::format("request headers are over the limit of {} bytes",
+                                        state->options.max_header_bytes);
+      co_await write_simple(stream, 431, std::move(message), state.get());
+      break;
+    }
     if (hec == bhttp::error::body_limit) {  // the declared Content-Length is over the limit
       std::string message =
           fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
@@ -210,6 +270,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
       auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
       if (cec) break;
     }
+    stream.expires_after(millis(state->options.body_timeout_s));
     auto [ec, n] = co_await bhttp::async_read(stream, buffer, parser, kUseTuple);
     if (ec == bhttp::error::body_limit) {
       std::string message =
@@ -266,9 +327,24 @@ asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, std::shared_ptr<Serve
     auto [ec, socket] = co_await acceptor->async_accept(kUseTuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
-      continue;  // e.g. EMFILE: keep serving the connections we have
+      // Out of descriptors (EMFILE, ENFILE) or memory: keep serving the
+      // connections we have, and try again in a moment rather than spin.
+      spdlog::warn("accept: {}", ec.message());
+      asio::steady_timer pause(acceptor->get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(kUseTuple);
+      continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
+    if (state->connections.load() >= state->max_connections) {
+      ++state->refused;
+      // A few refusals at a time get an answer; past that, a flood is closed.
+      if (state->refusing.load() < std::max<uint32_t>(16, state->max_connections / 16)) {
+        ++state->refusing;
+        asio::co_spawn(socket.get_executor(), refuse(std::move(socket), state), asio::detached);
+      }
+      continue;
+    }
+    ++state->connections;
     asio::co_spawn(socket.get_executor(), session(std::move(socket), state), asio::detached);
   }
 }
@@ -305,6 +381,9 @@ Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> co
     state->acceptors.push_back(std::move(acceptor));
   }
   state->port = port;
+  state->max_connections = state->options.max_connections
+                               ? state->options.max_connections
+                               : connection_budget(raise_descriptor_limit());
   return std::unique_ptr<Server>(new Server(std::move(state)));
 }
 
@@ -319,6 +398,47 @@ Server::~Server() {
 
 uint16_t Server::port() const {
   return state_->port;
+}
+
+uint32_t Server::connections() const {
+  return state_->connections.load();
+}
+
+uint32_t Server::max_connections() const {
+  return state_->max_connections;
+}
+
+uint64_t Server::refused_connections() const {
+  return state_->refused.load();
+}
+
+uint64_t raise_descriptor_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  // With CAP_SYS_RESOURCE the hard limit may go up to the kernel's
+  // fs.nr_open, as nginx's worker_rlimit_nofile does; without, the soft
+  // limit goes up to the hard one.
+  uint64_t nr_open = 0;
+  if (std::FILE* f = std::fopen("/proc/sys/fs/nr_open", "r")) {
+    if (std::fscanf(f, "%lu", &nr_open) != 1) nr_open = 0;
+    std::fclose(f);
+  }
+  if (nr_open > limit.rlim_max && limit.rlim_max != RLIM_INFINITY) {
+    rlimit wider{static_cast<rlim_t>(nr_open), static_cast<rlim_t>(nr_open)};
+    if (setrlimit(RLIMIT_NOFILE, &wider) == 0) return nr_open;
+  }
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? (1u << 20) : limit.rlim_cur;
+}
+
+uint32_t connection_budget(uint64_t descriptors) {
+  const uint64_t reserve = std::min<uint64_t>(1024, std::max<uint64_t>(32, descriptors / 8));
+  if (descriptors <= reserve + 2) return 1;
+  return static_cast<uint32_t>(std::min<uint64_t>((descriptors - reserve) / 2, 1u << 30));
 }
 
 void Server::start() {

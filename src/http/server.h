@@ -79,11 +79,29 @@ class Exchange {
 
 using Handler = std::function<boost::asio::awaitable<void>(Exchange&)>;
 
+// Raises this process's soft descriptor limit to its hard limit (a proxy
+// holds two per stream); returns the soft limit now in force.
+uint64_t raise_descriptor_limit();
+// Connections a server may hold with `descriptors` available when each may
+// need one more (the upstream of a proxied request): half of what is left
+// after a reserve for files, pools and listeners.
+uint32_t connection_budget(uint64_t descriptors);
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0: the kernel picks; port() tells which
   uint64_t max_body_bytes = 8u << 20;
   double idle_timeout_s = 120;  // a keep-alive connection with no request is closed after this
+  // Once a request's first byte is in, its headers must arrive within
+  // header_timeout_s and its body within body_timeout_s (slowloris), as
+  // nginx's client_header_timeout and client_body_timeout.
+  double header_timeout_s = 30;
+  double body_timeout_s = 60;
+  uint32_t max_header_bytes = 64 * 1024;  // more: 431
+  // Connections served at once; past it a new one gets 503 with
+  // Retry-After, before the process runs out of descriptors. 0: from the
+  // descriptor limit (see connection_budget).
+  uint32_t max_connections = 0;
   // The JSON body of errors the server answers itself (malformed HTTP 400,
   // body over the limit 413, a handler that failed 500), so that they have
   // the same shape as the application's own errors. Default: {"error":{"message":..}}.
@@ -98,6 +116,11 @@ class Server {
                                                 ServerOptions options, Handler handler);
   ~Server();
   uint16_t port() const;
+  // Connections open now (served, not refused); the limit; connections
+  // refused (503) at the limit so far.
+  uint32_t connections() const;
+  uint32_t max_connections() const;
+  uint64_t refused_connections() const;
   void start();
   // Stops accepting; connections in progress finish on their own.
   void stop();

@@ -119,3 +119,18 @@ TEST(Request, LoopbackCallers) {
 
 }  // namespace
 }  // namespace loadstar
+
+namespace loadstar {
+namespace {
+
+TEST(ConnectionBudget, HalfOfWhatIsLeftAfterAReserve) {
+  // Two descriptors per proxied stream; a reserve for files, pools, listeners.
+  EXPECT_EQ(http::connection_budget(1024), (1024u - 128) / 2);
+  EXPECT_EQ(http::connection_budget(20000), (20000u - 1024) / 2);
+  EXPECT_EQ(http::connection_budget(1048576), (1048576u - 1024) / 2);
+  EXPECT_EQ(http::connection_budget(64), (64u - 32) / 2);
+  EXPECT_EQ(http::connection_budget(10), 1u);
+}
+
+}  // namespace
+}  // namespace loadstar

@@ -1,0 +1,172 @@
+// The gateway as a front door under abuse: more connections than it may
+// hold, clients that send their headers slowly or too many of them.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string services(const std::string& time_scale) {
+  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{source: "synth://tiny", size: 16Mi}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny
+  replicas: 1
+  engine: {{name: engine-sim, args: ["--time-scale", "{}"]}}
+)",
+                     time_scale);
+}
+
+std::string chat_body(int max_tokens, bool stream) {
+  return json({{"model", "chat"},
+               {"messages", {{{"role", "user"}, {"content", "Tell me about lighthouses."}}}},
+               {"max_tokens", max_tokens},
+               {"ignore_eos", true},
+               {"stream", stream}})
+      .dump();
+}
+
+// A raw TCP connection to 127.0.0.1:port, for clients no HTTP library writes.
+class RawClient {
+ public:
+  explicit RawClient(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+      throw std::runtime_error("connect failed");
+  }
+  ~RawClient() { ::close(fd_); }
+  void send(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;
+      bytes.remove_prefix(static_cast<size_t>(n));
+    }
+  }
+  // Reads until the server closes the connection or `timeout_s` passes;
+  // returns what came and whether it was closed.
+  std::pair<std::string, bool> read_until_closed(double timeout_s) {
+    std::string data;
+    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+    while (Clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
+      if (n <= 0) return {data, true};
+      data.append(buf, static_cast<size_t>(n));
+    }
+    return {data, false};
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+TEST(FrontDoor, PastItsConnectionLimitTheGatewayAnswers503WithRetryAfter) {
+  auto up = Up::start(services("1"), {"--max-connections", "6"});
+  up->wait_ready("chat", 1);
+  // Six streams of 300 tokens (seconds each at time scale 1) hold the six
+  // connections the gateway may serve.
+  std::atomic<int> ok{0}, started{0};
+  std::vector<std::thread> streams;
+  for (int i = 0; i < 6; ++i)
+    streams.emplace_back([&] {
+      auto r = http::fetch_streaming({.port = up->port(),
+                                      .method = "POST",
+                                      .target = "/v1/chat/completions",
+                                      .body = chat_body(300, true),
+                                      .timeout_s = 60},
+                                     [&, first = true](std::string_view) mutable {
+                                       if (first) ++started;
+                                       first = false;
+                                       return true;
+                                     });
+      ok += r.ok() && r->status == 200;
+    });
+  // Once all six are streaming, knock.
+  for (auto wait = Clock::now() + std::chrono::seconds(10); started < 6 && Clock::now() < wait;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(started, 6);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  std::vector<int> refused_status;
+  std::vector<std::string> retry_after;
+  while (Clock::now() < deadline && refused_status.size() < 3) {
+    auto r = http::fetch({.port = up->port(),
+                          .method = "POST",
+                          .target = "/v1/chat/completions",
+                          .body = chat_body(2, false),
+                          .timeout_s = 5});
+    if (r.ok() && r->status == 503) {
+      refused_status.push_back(r->status);
+      retry_after.emplace_back(r->header("Retry-After"));
+      EXPECT_NE(r->body.find("limit of 6 connections"), std::string::npos) << r->body;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (auto& t : streams) t.join();
+  EXPECT_EQ(ok, 6);  // the streams held lost nothing
+  ASSERT_EQ(refused_status.size(), 3u);
+  for (const auto& value : retry_after) EXPECT_EQ(value, "1");
+  // Once the streams are done there is room again.
+  EXPECT_EQ(up->post("/v1/chat/completions", chat_body(2, false)).status, 200);
+  EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_client_connections_refused_total"), 3);
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_client_connections_limit"), 6);
+}
+
+TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
+  auto up = Up::start(services("10"), {"--client-header-timeout", "1"});
+  up->wait_ready("chat", 1);
+  // Slowloris: a request line and one header, then nothing. Closed after
+  // the header timeout, not the two-minute keep-alive idle time.
+  RawClient slow(up->port());
+  const auto start = Clock::now();
+  slow.send("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n");
+  auto [slow_data, slow_closed] = slow.read_until_closed(10);
+  const double took = std::chrono::duration<double>(Clock::now() - start).count();
+  EXPECT_TRUE(slow_closed);
+  EXPECT_GT(took, 0.9);
+  EXPECT_LT(took, 5);
+  // Headers over 64 KiB: 431, in OpenAI's error shape.
+  RawClient big(up->port());
+  big.send("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Filler: " + std::string(70 * 1024, 'a') +
+           "\r\n\r\n");
+  auto [big_data, big_closed] = big.read_until_closed(10);
+  EXPECT_EQ(big_data.rfind("HTTP/1.1 431", 0), 0u) << big_data.substr(0, 200);
+  EXPECT_NE(big_data.find("request headers are over the limit"), std::string::npos);
+  // A quiet keep-alive connection is not a slow one: it may wait longer
+  // than the header timeout for its next request.
+  RawClient quiet(up->port());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  quiet.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto [quiet_data, quiet_closed] = quiet.read_until_closed(1);
+  EXPECT_EQ(quiet_data.rfind("HTTP/1.1 200", 0), 0u) << quiet_data;
+}
+
+}  // namespace
+}  // namespace loadstar::testing
