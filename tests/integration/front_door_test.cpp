@@ -22,23 +22,6 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-std::string services(const std::string& time_scale) {
-  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: tiny}}
-spec: {{source: "synth://tiny", size: 16Mi}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {{name: chat}}
-spec:
-  model: tiny
-  replicas: 1
-  engine: {{name: engine-sim, args: ["--time-scale", "{}"]}}
-)",
-                     time_scale);
-}
-
 std::string chat_body(int max_tokens, bool stream) {
   return json({{"model", "chat"},
                {"messages", {{{"role", "user"}, {"content", "Tell me about lighthouses."}}}},
@@ -89,7 +72,7 @@ class RawClient {
 };
 
 TEST(FrontDoor, PastItsConnectionLimitTheGatewayAnswers503WithRetryAfter) {
-  auto up = Up::start(services("1"), {"--max-connections", "6"});
+  auto up = Up::start(quickstart(1, R"("--time-scale", "1")"), {"--max-connections", "6"});
   up->wait_ready("chat", 1);
   // Six streams of 300 tokens (seconds each at time scale 1) hold the six
   // connections the gateway may serve.
@@ -140,7 +123,7 @@ TEST(FrontDoor, PastItsConnectionLimitTheGatewayAnswers503WithRetryAfter) {
 }
 
 TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
-  auto up = Up::start(services("10"), {"--client-header-timeout", "1"});
+  auto up = Up::start(quickstart(1), {"--client-header-timeout", "1"});
   up->wait_ready("chat", 1);
   // Slowloris: a request line and one header, then nothing. Closed after
   // the header timeout, not the two-minute keep-alive idle time.

@@ -131,6 +131,23 @@ double metric_in(const std::string& text, const std::string& name, const std::st
   return std::nan("");
 }
 
+std::string quickstart(int replicas, const std::string& engine_args) {
+  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{source: "synth://tiny", size: 16Mi}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny
+  replicas: {}
+  engine: {{name: engine-sim, args: [{}]}}
+)",
+                     replicas, engine_args);
+}
+
 double settled_metric(uint16_t port, const std::string& name, const std::string& labels,
                       double expected) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);

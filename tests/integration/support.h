@@ -66,6 +66,10 @@ class EngineSim {
 
 namespace loadstar::testing {
 
+// The quickstart's resources: a 16 MiB synthetic Model `tiny` and an
+// engine-sim InferenceService `chat` with `replicas` and those engine args.
+std::string quickstart(int replicas, const std::string& engine_args = R"("--time-scale", "10")");
+
 // `loadstar up` on ports 0 with its own data directory.
 class Up {
  public:

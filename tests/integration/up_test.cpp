@@ -22,23 +22,6 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string quickstart(int replicas, const std::string& engine_args = R"("--time-scale", "10")") {
-  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: tiny}}
-spec: {{source: "synth://tiny", size: 16Mi}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {{name: chat}}
-spec:
-  model: tiny
-  replicas: {}
-  engine: {{name: engine-sim, args: [{}]}}
-)",
-                     replicas, engine_args);
-}
-
 std::string chat(int max_tokens, bool stream = false, bool usage = false) {
   json body = {
       {"model", "chat"},
