@@ -288,6 +288,7 @@ struct GatewayArgs {
   std::string token_file;
   uint32_t max_connections = 0;
   double header_timeout_s = 30;
+  std::string tls_cert, tls_key;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -312,6 +313,8 @@ int run_gateway(const GatewayArgs& args) {
   options.internal_token = std::move(*token);
   options.max_connections = args.max_connections;
   options.client_header_timeout_s = args.header_timeout_s;
+  options.tls_cert_file = args.tls_cert;
+  options.tls_key_file = args.tls_key;
   options.host = args.host;
   options.port = args.port;
   options.workers = args.workers;
@@ -415,6 +418,10 @@ std::function<int()> setup_gateway(CLI::App& app) {
   app.add_option("--client-header-timeout", args->header_timeout_s,
                  "Seconds a request's headers may take once its first byte is in")
       ->capture_default_str();
+  app.add_option("--tls-cert", args->tls_cert,
+                 "Serve over HTTPS with this PEM certificate chain (reloaded when it changes; "
+                 "a kubernetes.io/tls Secret's tls.crt)");
+  app.add_option("--tls-key", args->tls_key, "The certificate's PEM private key (tls.key)");
   app.add_option("--token-file", args->token_file,
                  "The internal token that /metrics and /loadstar/v1/load callers must present "
                  "(default $LOADSTAR_TOKEN; none: those answer loopback callers only)");

@@ -45,6 +45,7 @@ struct UpArgs {
   std::string admin_host = "127.0.0.1";
   uint32_t max_connections = 0;
   double header_timeout_s = 30;
+  std::string tls_cert, tls_key;
   uint16_t admin_port = 8090;
   std::string token_file;
   std::string data_dir = "var";
@@ -175,6 +176,8 @@ int run_up(const UpArgs& args) {
   gw_options.max_body_bytes = *max_body;
   gw_options.max_connections = args.max_connections;
   gw_options.client_header_timeout_s = args.header_timeout_s;
+  gw_options.tls_cert_file = args.tls_cert;
+  gw_options.tls_key_file = args.tls_key;
   gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
   // and the controller's metrics join the gateway's; both exist from here on.
@@ -240,13 +243,14 @@ int run_up(const UpArgs& args) {
 
   fmt::print(
       "Loadstar is up.\n"
-      "  OpenAI API: http://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
-      "  metrics:    http://{0}:{1}/metrics\n"
+      "  OpenAI API: {5}://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
+      "  metrics:    {5}://{0}:{1}/metrics\n"
       "  admin API:  http://{4}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
       "  agent API:  http://{4}:{2}/agent/v1 (loadstar stage MODEL)\n"
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
-      args.host, gateway->port(), (*admin)->port(), data_dir.string(), args.admin_host);
+      args.host, gateway->port(), (*admin)->port(), data_dir.string(), args.admin_host,
+      args.tls_cert.empty() ? "http" : "https");
   std::fflush(stdout);
 
   int sig = 0;
@@ -278,6 +282,10 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--client-header-timeout", args->header_timeout_s,
                  "Seconds a request's headers may take once its first byte is in")
       ->capture_default_str();
+  app.add_option("--tls-cert", args->tls_cert,
+                 "Serve the OpenAI API over HTTPS with this PEM certificate chain (reloaded "
+                 "when the file changes)");
+  app.add_option("--tls-key", args->tls_key, "The certificate's PEM private key");
   app.add_option("--admin-host", args->admin_host,
                  "Admin API address (apply, stage, replicas), independent of --host; off "
                  "loopback it needs --token-file")

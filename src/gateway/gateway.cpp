@@ -492,6 +492,8 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
   server_options.max_connections = options.max_connections;
   server_options.header_timeout_s = options.client_header_timeout_s;
   server_options.body_timeout_s = options.client_body_timeout_s;
+  server_options.tls_cert_file = options.tls_cert_file;
+  server_options.tls_key_file = options.tls_key_file;
   server_options.error_body = openai::error_body_for;
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,

@@ -44,6 +44,8 @@ struct GatewayOptions {
   uint32_t max_connections = 0;
   double client_header_timeout_s = 30;  // slowloris: headers, then body, in time
   double client_body_timeout_s = 60;
+  // HTTPS: PEM certificate chain and key (both or neither), reloaded on change.
+  std::string tls_cert_file, tls_key_file;
   double connect_timeout_s = 2;
   // Silence from an upstream longer than this fails the request (502).
   double upstream_idle_timeout_s = 300;

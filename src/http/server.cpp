@@ -7,6 +7,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <variant>
 #include <chrono>
 
 #include <spdlog/spdlog.h>
@@ -21,8 +24,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include "common/strings.h"
 
 namespace loadstar::http {
@@ -31,6 +36,7 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = beast::http;
 using tcp = asio::ip::tcp;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
@@ -71,7 +77,7 @@ std::string_view Request::path() const {
 }
 
 struct Exchange::Impl {
-  beast::tcp_stream& stream;
+  std::variant<beast::tcp_stream*, TlsStream*> stream;
   Request request;
   bool keep_alive = true;
   bool complete = false;               // the whole response has been written
@@ -85,7 +91,7 @@ const Request& Exchange::request() const {
 }
 
 asio::any_io_executor Exchange::executor() const {
-  return impl_->stream.get_executor();
+  return std::visit([](auto* s) { return s->get_executor(); }, impl_->stream);
 }
 
 asio::awaitable<bool> Exchange::respond(Response response) {
@@ -96,7 +102,8 @@ asio::awaitable<bool> Exchange::respond(Response response) {
   res.body() = std::move(response.body);
   res.keep_alive(impl_->keep_alive);
   res.prepare_payload();
-  auto [ec, n] = co_await bhttp::async_write(impl_->stream, res, kUseTuple);
+  auto [ec, n] = co_await std::visit(
+      [&](auto* s) { return bhttp::async_write(*s, res, kUseTuple); }, impl_->stream);
   impl_->complete = true;
   if (ec) impl_->failed = true;
   co_return !ec;
@@ -113,7 +120,8 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
   res.chunked(true);
   bhttp::response_serializer<bhttp::empty_body> sr{res};
   impl_->streaming = true;
-  auto [ec, n] = co_await bhttp::async_write_header(impl_->stream, sr, kUseTuple);
+  auto [ec, n] = co_await std::visit(
+      [&](auto* s) { return bhttp::async_write_header(*s, sr, kUseTuple); }, impl_->stream);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
@@ -121,15 +129,18 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
 asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   if (impl_->failed) co_return false;
   if (data.empty()) co_return true;  // an empty chunk would end the body
-  auto [ec, n] = co_await asio::async_write(
-      impl_->stream, bhttp::make_chunk(asio::buffer(data.data(), data.size())), kUseTuple);
+  auto chunk = bhttp::make_chunk(asio::buffer(data.data(), data.size()));
+  auto [ec, n] = co_await std::visit(
+      [&](auto* s) { return asio::async_write(*s, chunk, kUseTuple); }, impl_->stream);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
 
 asio::awaitable<bool> Exchange::end_stream() {
   if (impl_->failed) co_return false;
-  auto [ec, n] = co_await asio::async_write(impl_->stream, bhttp::make_chunk_last(), kUseTuple);
+  auto last = bhttp::make_chunk_last();
+  auto [ec, n] = co_await std::visit(
+      [&](auto* s) { return asio::async_write(*s, last, kUseTuple); }, impl_->stream);
   impl_->complete = true;
   if (ec) impl_->failed = true;
   co_return !ec;
@@ -142,9 +153,11 @@ void Exchange::on_client_closed(std::function<void()> callback) {
   if (impl_->watch_active) *impl_->watch_active = false;
   auto active = std::make_shared<bool>(true);
   impl_->watch_active = active;
-  tcp::socket& socket = impl_->stream.socket();
+  tcp::socket& socket =
+      std::visit([](auto* s) -> tcp::socket& { return beast::get_lowest_layer(*s).socket(); },
+                 impl_->stream);
   // Readable with nothing to read means the peer closed; data means a
-  // pipelined request, which is not a close.
+  // pipelined request (or a TLS record), which is not a close.
   socket.async_wait(tcp::socket::wait_read,
                     [active, callback = std::move(callback),
                      fd = socket.native_handle()](boost::system::error_code ec) {
@@ -167,13 +180,68 @@ struct Server::State {
   std::atomic<uint32_t> connections{0};
   std::atomic<uint32_t> refusing{0};
   std::atomic<uint64_t> refused{0};
+
+  // TLS: the context new connections use, rebuilt when the certificate or
+  // key file changes (checked at most once a second); a connection keeps
+  // the context it started with.
+  std::mutex tls_mu;
+  std::shared_ptr<asio::ssl::context> tls;
+  std::filesystem::file_time_type cert_mtime, key_mtime;
+  std::chrono::steady_clock::time_point tls_checked;
+  std::shared_ptr<asio::ssl::context> tls_context();
 };
+
+namespace {
+
+Result<std::shared_ptr<asio::ssl::context>> load_tls(const std::string& cert,
+                                                      const std::string& key) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                   asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                   asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
+  boost::system::error_code ec;
+  ctx->use_certificate_chain_file(cert, ec);
+  if (ec)
+    return make_error(ErrorCode::kInvalidArgument, "--tls-cert {}: {}", cert, ec.message());
+  ctx->use_private_key_file(key, asio::ssl::context::pem, ec);
+  if (ec) return make_error(ErrorCode::kInvalidArgument, "--tls-key {}: {}", key, ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    return make_error(ErrorCode::kInvalidArgument, "--tls-key {} does not match --tls-cert {}",
+                      key, cert);
+  return ctx;
+}
+
+}  // namespace
+
+std::shared_ptr<asio::ssl::context> Server::State::tls_context() {
+  std::lock_guard lock(tls_mu);
+  const auto now = std::chrono::steady_clock::now();
+  if (now - tls_checked < std::chrono::seconds(1)) return tls;
+  tls_checked = now;
+  std::error_code ec1, ec2;
+  const auto cert = std::filesystem::last_write_time(options.tls_cert_file, ec1);
+  const auto key = std::filesystem::last_write_time(options.tls_key_file, ec2);
+  if (ec1 || ec2 || (cert == cert_mtime && key == key_mtime)) return tls;
+  auto loaded = load_tls(options.tls_cert_file, options.tls_key_file);
+  if (!loaded.ok()) {
+    // Mid-rotation (the key written, not yet the certificate): keep serving
+    // with the old pair and look again.
+    spdlog::warn("TLS reload: {}; keeping the previous certificate", loaded.error().message);
+    return tls;
+  }
+  tls = std::move(*loaded);
+  cert_mtime = cert;
+  key_mtime = key;
+  spdlog::info("TLS: loaded {}", options.tls_cert_file);
+  return tls;
+}
 
 namespace {
 
 // GCC 12 destroys some temporaries of a co_await expression twice: coroutine
 // arguments in this file are named locals or trivially destructible.
-asio::awaitable<void> write_simple(beast::tcp_stream& stream, int status, std::string message,
+template <class Stream>
+asio::awaitable<void> write_simple(Stream& stream, int status, std::string message,
                                    const Server::State* state) {
   bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
   res.set(bhttp::field::server, "loadstar");
@@ -192,12 +260,12 @@ std::chrono::milliseconds millis(double seconds) {
 
 // A connection over max_connections: its request is read (briefly) and
 // answered 503 with Retry-After, then it is closed.
-asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> state) {
-  beast::tcp_stream stream(std::move(socket));
+template <class Stream>
+asio::awaitable<void> refuse_on(Stream& stream, const Server::State* state) {
   beast::flat_buffer buffer;
   bhttp::request_parser<bhttp::empty_body> parser;
   parser.header_limit(state->options.max_header_bytes);
-  stream.expires_after(std::chrono::seconds(2));
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
   auto [ec, n] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
   if (!ec) {
     bhttp::response<bhttp::string_body> res{bhttp::status::service_unavailable, 11};
@@ -213,19 +281,22 @@ asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> 
     auto [wec, wn] = co_await bhttp::async_write(stream, res, kUseTuple);
     (void)wec;
   }
+  // Lingering close, as nginx's: stop sending, then read what the client
+  // still sends until it closes (briefly), so that closing with unread
+  // bytes does not reset the connection before the 503 is read.
   boost::system::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  --state->refusing;
+  beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_send, ignored);
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+  for (char sink[1024];;) {
+    auto [rec, rn] = co_await stream.async_read_some(asio::buffer(sink), kUseTuple);
+    if (rec) break;
+  }
 }
 
-asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
-  struct Count {
-    Server::State& s;
-    ~Count() { --s.connections; }
-  } count{*state};
-  boost::system::error_code remote_ec;
-  const std::string remote = socket.remote_endpoint(remote_ec).address().to_string();
-  beast::tcp_stream stream(std::move(socket));
+template <class Stream>
+asio::awaitable<void> serve_on(Stream& stream, std::string remote,
+                               std::shared_ptr<Server::State> state) {
+  beast::tcp_stream& tcp_layer = beast::get_lowest_layer(stream);
   beast::flat_buffer buffer;
   const auto idle = millis(state->options.idle_timeout_s);
   for (;;) {
@@ -237,12 +308,12 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     // A timeout closes the connection without an answer (the socket is
     // closed by then), as nginx does.
     if (buffer.size() == 0) {
-      stream.expires_after(idle);
+      tcp_layer.expires_after(idle);
       auto [fec, fn] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
       if (fec) break;
       buffer.commit(fn);
     }
-    stream.expires_after(millis(state->options.header_timeout_s));
+    tcp_layer.expires_after(millis(state->options.header_timeout_s));
     auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
     if (hec == bhttp::error::header_limit) {
       std::string message = fmt::format("request headers are over the limit of {} bytes",
@@ -270,7 +341,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
       auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
       if (cec) break;
     }
-    stream.expires_after(millis(state->options.body_timeout_s));
+    tcp_layer.expires_after(millis(state->options.body_timeout_s));
     auto [ec, n] = co_await bhttp::async_read(stream, buffer, parser, kUseTuple);
     if (ec == bhttp::error::body_limit) {
       std::string message =
@@ -285,9 +356,9 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
       }
       break;
     }
-    stream.expires_never();
+    tcp_layer.expires_never();
     auto message = parser.release();
-    Exchange::Impl impl{stream, {}, message.keep_alive()};
+    Exchange::Impl impl{&stream, {}, message.keep_alive()};
     impl.request.method = std::string(message.method_string());
     impl.request.target = std::string(message.target());
     impl.request.body = std::move(message.body());
@@ -308,7 +379,7 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     if (impl.watch_active && *impl.watch_active) {
       *impl.watch_active = false;
       boost::system::error_code ignored;
-      stream.socket().cancel(ignored);
+      tcp_layer.socket().cancel(ignored);
     }
     if (!impl.complete) {
       if (impl.streaming || impl.failed) break;  // a cut stream cannot be repaired
@@ -318,30 +389,88 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
     }
     if (impl.failed || !impl.keep_alive) break;
   }
-  boost::system::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
 }
 
+// Runs `serve`-like work on the connection: plain, or over TLS after the
+// handshake (10 s at most), ending with TLS's close_notify.
+asio::awaitable<bool> handshake(TlsStream& stream) {
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
+  auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kUseTuple);
+  co_return !ec;
+}
+
+asio::awaitable<void> close_tls(TlsStream& stream) {
+  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+  auto [ec] = co_await stream.async_shutdown(kUseTuple);
+  (void)ec;
+}
+
+asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  struct Count {
+    Server::State& s;
+    ~Count() { --s.connections; }
+  } count{*state};
+  boost::system::error_code remote_ec;
+  std::string remote = socket.remote_endpoint(remote_ec).address().to_string();
+  if (!state->options.tls_cert_file.empty()) {
+    std::shared_ptr<asio::ssl::context> tls = state->tls_context();
+    TlsStream stream(std::move(socket), *tls);
+    if (co_await handshake(stream)) {
+      co_await serve_on(stream, std::move(remote), state);
+      co_await close_tls(stream);
+    }
+    boost::system::error_code ignored;
+    beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+  } else {
+    beast::tcp_stream stream(std::move(socket));
+    co_await serve_on(stream, std::move(remote), state);
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  }
+}
+
+asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> state) {
+  if (!state->options.tls_cert_file.empty()) {
+    std::shared_ptr<asio::ssl::context> tls = state->tls_context();
+    TlsStream stream(std::move(socket), *tls);
+    if (co_await handshake(stream)) co_await refuse_on(stream, state.get());
+  } else {
+    beast::tcp_stream stream(std::move(socket));
+    co_await refuse_on(stream, state.get());
+  }
+  --state->refusing;
+}
+
+
 asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, std::shared_ptr<Server::State> state) {
+  // Refusals answered at once; each holds a descriptor for a moment.
+  const uint32_t refusals = std::max<uint32_t>(16, state->max_connections / 16);
+  asio::steady_timer pause(acceptor->get_executor());
   for (;;) {
+    // At the limit with that many refusals under way: leave new connections
+    // in the listen backlog (they are served or refused in turn) rather
+    // than accept and drop them.
+    while (state->connections.load() >= state->max_connections &&
+           state->refusing.load() >= refusals) {
+      pause.expires_after(std::chrono::milliseconds(10));
+      co_await pause.async_wait(kUseTuple);
+      if (!acceptor->is_open()) co_return;
+    }
     auto [ec, socket] = co_await acceptor->async_accept(kUseTuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // Out of descriptors (EMFILE, ENFILE) or memory: keep serving the
       // connections we have, and try again in a moment rather than spin.
       spdlog::warn("accept: {}", ec.message());
-      asio::steady_timer pause(acceptor->get_executor(), std::chrono::milliseconds(50));
+      pause.expires_after(std::chrono::milliseconds(50));
       co_await pause.async_wait(kUseTuple);
       continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
     if (state->connections.load() >= state->max_connections) {
       ++state->refused;
-      // A few refusals at a time get an answer; past that, a flood is closed.
-      if (state->refusing.load() < std::max<uint32_t>(16, state->max_connections / 16)) {
-        ++state->refusing;
-        asio::co_spawn(socket.get_executor(), refuse(std::move(socket), state), asio::detached);
-      }
+      ++state->refusing;
+      asio::co_spawn(socket.get_executor(), refuse(std::move(socket), state), asio::detached);
       continue;
     }
     ++state->connections;
@@ -381,6 +510,16 @@ Result<std::unique_ptr<Server>> Server::create(std::vector<asio::io_context*> co
     state->acceptors.push_back(std::move(acceptor));
   }
   state->port = port;
+  if (state->options.tls_cert_file.empty() != state->options.tls_key_file.empty())
+    return make_error(ErrorCode::kInvalidArgument, "--tls-cert and --tls-key go together");
+  if (!state->options.tls_cert_file.empty()) {
+    LS_ASSIGN_OR_RETURN(state->tls,
+                        load_tls(state->options.tls_cert_file, state->options.tls_key_file));
+    std::error_code ignored;
+    state->cert_mtime = std::filesystem::last_write_time(state->options.tls_cert_file, ignored);
+    state->key_mtime = std::filesystem::last_write_time(state->options.tls_key_file, ignored);
+    state->tls_checked = std::chrono::steady_clock::now();
+  }
   state->max_connections = state->options.max_connections
                                ? state->options.max_connections
                                : connection_budget(raise_descriptor_limit());

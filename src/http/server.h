@@ -102,6 +102,10 @@ struct ServerOptions {
   // Retry-After, before the process runs out of descriptors. 0: from the
   // descriptor limit (see connection_budget).
   uint32_t max_connections = 0;
+  // Both set: every connection is HTTPS (TLS 1.2+), with this PEM
+  // certificate chain and key; a change to either file is picked up by new
+  // connections within a second (certificate rotation without a restart).
+  std::string tls_cert_file, tls_key_file;
   // The JSON body of errors the server answers itself (malformed HTTP 400,
   // body over the limit 413, a handler that failed 500), so that they have
   // the same shape as the application's own errors. Default: {"error":{"message":..}}.

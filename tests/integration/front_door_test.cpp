@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <chrono>
 #include <thread>
 
@@ -149,6 +151,67 @@ TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
   quiet.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
   auto [quiet_data, quiet_closed] = quiet.read_until_closed(1);
   EXPECT_EQ(quiet_data.rfind("HTTP/1.1 200", 0), 0u) << quiet_data;
+}
+
+// A self-signed certificate for 127.0.0.1 as DIR/NAME.crt and DIR/NAME.key.
+void make_certificate(const std::filesystem::path& dir, const std::string& name) {
+  auto [rc, out] = run_shell(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+      "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+      (dir / (name + ".key")).string() + " -out " + (dir / (name + ".crt")).string());
+  ASSERT_EQ(rc, 0) << out;
+}
+
+std::string read_all(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(FrontDoor, ServesHttpsAndPicksUpARotatedCertificate) {
+  namespace fs = std::filesystem;
+  const fs::path dir = scratch_dir() / "tls";
+  fs::create_directories(dir);
+  make_certificate(dir, "one");
+  make_certificate(dir, "two");
+  fs::copy_file(dir / "one.crt", dir / "server.crt", fs::copy_options::overwrite_existing);
+  fs::copy_file(dir / "one.key", dir / "server.key", fs::copy_options::overwrite_existing);
+  auto up = Up::start(quickstart(1), {"--tls-cert", (dir / "server.crt").string(), "--tls-key",
+                                      (dir / "server.key").string()});
+  up->wait_ready("chat", 1);
+  auto https = [&](const std::string& ca, bool stream) {
+    return http::fetch({.port = up->port(),
+                        .method = "POST",
+                        .target = "/v1/chat/completions",
+                        .body = chat_body(5, stream),
+                        .headers = {{"Content-Type", "application/json"}},
+                        .timeout_s = 10,
+                        .tls = true,
+                        .ca_pem = read_all(dir / (ca + ".crt"))});
+  };
+  auto answer = https("one", false);
+  ASSERT_TRUE(answer.ok()) << answer.error().message;
+  EXPECT_EQ(answer->status, 200);
+  auto streamed = https("one", true);
+  ASSERT_TRUE(streamed.ok()) << streamed.error().message;
+  EXPECT_NE(streamed->body.find("data: [DONE]"), std::string::npos);
+  // Plain HTTP gets no answer; a client that trusts another CA refuses.
+  auto plain = http::fetch({.port = up->port(), .target = "/health", .timeout_s = 5});
+  EXPECT_FALSE(plain.ok() && plain->status == 200);
+  EXPECT_FALSE(https("two", false).ok());
+  // Rotation, as cert-manager does it: new files in place; new connections
+  // get the new certificate within about a second, no restart.
+  fs::copy_file(dir / "two.key", dir / "server.key.tmp");
+  fs::copy_file(dir / "two.crt", dir / "server.crt.tmp");
+  fs::rename(dir / "server.key.tmp", dir / "server.key");
+  fs::rename(dir / "server.crt.tmp", dir / "server.crt");
+  bool rotated = false;
+  for (auto until = Clock::now() + std::chrono::seconds(10); !rotated && Clock::now() < until;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto r = https("two", false);
+    rotated = r.ok() && r->status == 200;
+  }
+  EXPECT_TRUE(rotated) << up->log();
+  EXPECT_FALSE(https("one", false).ok());
 }
 
 }  // namespace

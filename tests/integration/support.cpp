@@ -201,7 +201,7 @@ std::unique_ptr<Up> Up::start(const std::string& yaml, std::vector<std::string> 
   auto process = Subprocess::start(options);
   if (!process.ok()) throw std::runtime_error(process.error().message);
   up->process_ = std::move(process).value();
-  const std::regex api(R"(OpenAI API: http://127\.0\.0\.1:(\d+)/v1)"),
+  const std::regex api(R"(OpenAI API: https?://127\.0\.0\.1:(\d+)/v1)"),
       admin(R"(admin API:  http://127\.0\.0\.1:(\d+)/)");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
