@@ -604,9 +604,13 @@ void decode_route(Decoder& d, MapReader& top, Route& route) {
     const bool has_url = b.string("url", backend.url, false);
     if (has_service == has_url)
       d.error(item, path, "set exactly one of service (an InferenceService) or url");
-    if (has_url && !backend.url.starts_with("http://"))
+    if (has_url && !backend.url.starts_with("http://") && !backend.url.starts_with("https://"))
       d.error(item["url"], path + ".url",
-              fmt::format("'{}' must be an http:// URL such as http://10.0.0.7:8000", backend.url));
+              fmt::format("'{}' must be an http:// or https:// URL such as "
+                          "https://api.example.com/v1 or http://10.0.0.7:8000",
+                          backend.url));
+    if (b.string("caFile", backend.ca_file, false) && !backend.url.starts_with("https://"))
+      d.error(item["caFile"], path + ".caFile", "only for an https:// url");
     b.string("model", backend.model, false);
     b.string("apiKeyEnv", backend.api_key_env, false);
     b.uint("weight", backend.weight);
@@ -878,6 +882,7 @@ std::string encode_resource(const Resource& resource) {
       if (!b.model.empty())
         out << YAML::Key << "model" << YAML::Value << YAML::DoubleQuoted << b.model;
       if (!b.api_key_env.empty()) out << YAML::Key << "apiKeyEnv" << YAML::Value << b.api_key_env;
+      if (!b.ca_file.empty()) out << YAML::Key << "caFile" << YAML::Value << b.ca_file;
       out << YAML::Key << "weight" << YAML::Value << b.weight << YAML::Key << "priority"
           << YAML::Value << b.priority << YAML::EndMap;
     }

@@ -149,7 +149,8 @@ struct Tenant {
 // cluster's InferenceServices or external OpenAI-compatible URLs.
 struct RouteBackend {
   std::string service;      // an InferenceService, or
-  std::string url;          // http://host:port (external, OpenAI-compatible)
+  std::string url;          // http(s)://host[:port] (external, OpenAI-compatible)
+  std::string ca_file;      // https: trust this PEM CA bundle instead of the system's
   std::string model;        // the model name sent to the backend (default: the service's name
                             // or the route's model)
   std::string api_key_env;  // environment variable holding the backend's API key

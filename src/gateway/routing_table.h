@@ -32,6 +32,14 @@ struct Endpoint {
   const std::string host;
   const uint16_t port;
   const std::string key;  // "host:port"; also the Host header sent upstream
+  // External backends only, set before the table is published: HTTPS to
+  // `tls_name` (SNI and the name the certificate must carry), trusting
+  // `ca_file` (PEM; empty: the system's CAs); the Host header to send
+  // (empty: `key`).
+  bool tls = false;
+  std::string tls_name;
+  std::string ca_file;
+  std::string authority;
 
   // Requests the gateway has sent here and not finished (all workers).
   std::atomic<int64_t> in_flight{0};

@@ -4,11 +4,13 @@
 
 #include <array>
 #include <cerrno>
+#include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -68,12 +70,35 @@ struct Watch {
   bool timed_out = false;
 };
 
+// Connections are pooled by address, and for TLS by what was verified too:
+// the name (two HTTPS backends may share an address, as behind a CDN) and
+// the CA trusted (a connection verified against one CA is no proof for a
+// backend that trusts another).
+std::string pool_key(const Endpoint& endpoint) {
+  return endpoint.tls ? endpoint.key + "/" + endpoint.tls_name + "/" + endpoint.ca_file
+                      : endpoint.key;
+}
+
 }  // namespace
+
+// A connection to an engine (plain) or to an external backend over HTTPS.
+// Plain sockets, not Beast's tcp_stream: that re-arms a timer on every
+// read, which costs two timerfd syscalls per streamed event.
+struct Upstream::Conn {
+  explicit Conn(asio::io_context& io) : plain(std::in_place, io) {}
+  Conn(asio::io_context& io, asio::ssl::context& ctx) : tls(std::in_place, io, ctx) {}
+  tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
+  // Runs an asynchronous operation on whichever stream this is.
+  template <class F>
+  auto with(F&& f) {
+    return tls ? f(*tls) : f(*plain);
+  }
+  std::optional<tcp::socket> plain;
+  std::optional<asio::ssl::stream<tcp::socket>> tls;
+};
 
 // One attempt's upstream connection, response parser and watchdog. The
 // watchdog closes the connection when the upstream stays silent too long.
-// Upstream connections are plain sockets: Beast's tcp_stream re-arms a timer
-// on every read, which costs two timerfd syscalls per streamed event.
 struct Upstream::Call {
   Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
     parser.body_limit(boost::none);
@@ -91,7 +116,7 @@ struct Upstream::Call {
   std::shared_ptr<Watch> watch = std::make_shared<Watch>();
   asio::steady_timer watchdog;
   const std::chrono::milliseconds idle;
-  std::unique_ptr<tcp::socket> conn;
+  std::unique_ptr<Conn> conn;
   bhttp::response_parser<bhttp::buffer_body> parser;
   beast::flat_buffer buffer;
 };
@@ -100,21 +125,45 @@ Upstream::Upstream(asio::io_context& io, UpstreamOptions options) : io_(io), opt
 
 Upstream::~Upstream() = default;
 
-std::unique_ptr<tcp::socket> Upstream::take_idle(const std::string& key) {
+std::unique_ptr<Upstream::Conn> Upstream::take_idle(const std::string& key) {
   // A connection the peer has closed (or that has unsolicited bytes
   // waiting, such as a 408) reads as ready; an open, quiet one would block.
-  std::vector<std::unique_ptr<tcp::socket>>& pool = idle_[key];
+  std::vector<std::unique_ptr<Conn>>& pool = idle_[key];
   while (!pool.empty()) {
-    std::unique_ptr<tcp::socket> conn = std::move(pool.back());
+    std::unique_ptr<Conn> conn = std::move(pool.back());
     pool.pop_back();
     char byte;
-    const ssize_t n = ::recv(conn->native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = ::recv(conn->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return conn;
   }
   return nullptr;
 }
 
-void Upstream::keep_idle(const std::string& key, std::unique_ptr<tcp::socket> conn) {
+Result<std::unique_ptr<Upstream::Conn>> Upstream::new_conn(const Endpoint& endpoint) {
+  if (!endpoint.tls) return std::make_unique<Conn>(io_);
+  auto& ctx = tls_contexts_[endpoint.ca_file];
+  if (!ctx) {
+    auto made = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+    boost::system::error_code ec;
+    if (endpoint.ca_file.empty())
+      made->set_default_verify_paths(ec);
+    else
+      made->load_verify_file(endpoint.ca_file, ec);
+    if (ec) {
+      tls_contexts_.erase(endpoint.ca_file);
+      return make_error(ErrorCode::kInvalidArgument, "CA file '{}': {}", endpoint.ca_file,
+                        ec.message());
+    }
+    made->set_verify_mode(asio::ssl::verify_peer);
+    ctx = std::move(made);
+  }
+  auto conn = std::make_unique<Conn>(io_, *ctx);
+  SSL_set_tlsext_host_name(conn->tls->native_handle(), endpoint.tls_name.c_str());
+  conn->tls->set_verify_callback(asio::ssl::host_name_verification(endpoint.tls_name));
+  return conn;
+}
+
+void Upstream::keep_idle(const std::string& key, std::unique_ptr<Conn> conn) {
   // Bounded, as nginx's `keepalive`: past it a connection is closed rather
   // than kept, so that pools cannot hold the descriptors new clients need.
   auto& pool = idle_[key];
@@ -155,7 +204,7 @@ asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
   std::string head = fmt::format(
       "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
       "Content-Length: {}\r\n",
-      client.target, key, request.body.size());
+      client.target, endpoint.authority.empty() ? key : endpoint.authority, request.body.size());
   if (!request.authorization.empty())
     head += fmt::format("Authorization: {}\r\n", request.authorization);
   head += "\r\n";
@@ -168,20 +217,25 @@ asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
   // any response byte and is sent once more on a fresh connection to the
   // same replica, as Go's http.Transport and Envoy do for reused connections.
   for (bool fresh_retry_left = true;;) {
-    call.conn = fresh_retry_left ? take_idle(key) : nullptr;
+    call.conn = fresh_retry_left ? take_idle(pool_key(endpoint)) : nullptr;
     const bool reused = call.conn != nullptr;
     watch.timed_out = false;
     if (reused) {
-      watch.conn = call.conn.get();
+      watch.conn = &call.conn->socket();
       call.arm(call.idle);
     } else {
-      call.conn = std::make_unique<tcp::socket>(io_);
-      watch.conn = call.conn.get();
+      auto made = new_conn(endpoint);
+      if (!made.ok()) {
+        result.failure = fmt::format("backend {}: {}", endpoint.replica, made.error().message);
+        co_return false;
+      }
+      call.conn = std::move(*made);
+      watch.conn = &call.conn->socket();
       boost::system::error_code ec;
       auto address = asio::ip::make_address(endpoint.host, ec);
       call.arm(millis(options_.connect_timeout_s));
       tcp::endpoint target(address, endpoint.port);
-      auto [cec] = co_await call.conn->async_connect(target, kUseTuple);
+      auto [cec] = co_await call.conn->socket().async_connect(target, kUseTuple);
       if (ec || cec) {
         watch.conn = nullptr;
         result.failure = fmt::format("connect to replica {} ({}): {}", endpoint.replica, key,
@@ -195,14 +249,27 @@ asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
         }
         co_return false;
       }
-      call.conn->set_option(tcp::no_delay(true), ec);
+      call.conn->socket().set_option(tcp::no_delay(true), ec);
+      if (call.conn->tls) {
+        // Still within the connect timeout.
+        auto [tec] =
+            co_await call.conn->tls->async_handshake(asio::ssl::stream_base::client, kUseTuple);
+        if (tec) {
+          watch.conn = nullptr;
+          result.failure = fmt::format("TLS handshake with {} ({}): {}", endpoint.replica, key,
+                                       watch.timed_out ? "timed out" : tec.message());
+          co_return false;
+        }
+      }
       call.arm(call.idle);
     }
-    auto [wec, wn] = co_await asio::async_write(*call.conn, request_buffers, kUseTuple);
+    auto [wec, wn] = co_await call.conn->with(
+        [&](auto& stream) { return asio::async_write(stream, request_buffers, kUseTuple); });
     boost::system::error_code hec = wec;
     if (!wec) {
-      auto [rec, rn] =
-          co_await bhttp::async_read_header(*call.conn, call.buffer, call.parser, kUseTuple);
+      auto [rec, rn] = co_await call.conn->with([&](auto& stream) {
+        return bhttp::async_read_header(stream, call.buffer, call.parser, kUseTuple);
+      });
       hec = rec;
     }
     if (!hec) co_return true;
@@ -239,7 +306,8 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   while (!parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
-    auto [rec, rn] = co_await bhttp::async_read(*call.conn, call.buffer, parser, kUseTuple);
+    auto [rec, rn] = co_await call.conn->with(
+        [&](auto& stream) { return bhttp::async_read(stream, call.buffer, parser, kUseTuple); });
     if (rec == bhttp::error::need_buffer) rec = {};
     payload.append(chunk, sizeof(chunk) - parser.get().body().size);
     if (rec) {
@@ -266,7 +334,7 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
     auto message = openai_error_message(payload);
     result.failure = fmt::format("replica {} ({}) answered {}{}{}", endpoint.replica, endpoint.key,
                                  status, message.empty() ? "" : ": ", message);
-    if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+    if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
     co_return;
   }
   result.outcome = ForwardOutcome::kDone;
@@ -280,7 +348,7 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   http::Response response{status, std::move(content_type), std::move(payload),
                           std::move(request.headers)};
   co_await ex.respond(std::move(response));
-  if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+  if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 
 // SSE: forward every complete event as soon as it arrives (read_some: a
@@ -313,7 +381,9 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     }
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
-    auto [ec, rn] = co_await bhttp::async_read_some(*call.conn, call.buffer, parser, kUseTuple);
+    auto [ec, rn] = co_await call.conn->with([&](auto& stream) {
+      return bhttp::async_read_some(stream, call.buffer, parser, kUseTuple);
+    });
     boost::system::error_code rec =
         ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
     pending.append(chunk, sizeof(chunk) - parser.get().body().size);
@@ -391,7 +461,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
   }
   const bool reusable = parser.keep_alive();
   co_await ex.end_stream();
-  if (reusable) keep_idle(endpoint.key, std::move(call.conn));
+  if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 
 }  // namespace loadstar::gateway

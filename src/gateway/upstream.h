@@ -22,6 +22,9 @@
 
 namespace boost::asio {
 class io_context;
+namespace ssl {
+class context;
+}
 }
 
 namespace loadstar::gateway {
@@ -97,14 +100,20 @@ class Upstream {
   boost::asio::awaitable<void> relay_stream(http::Exchange& ex, Call& call,
                                             std::string content_type, ForwardRequest& request,
                                             ForwardResult& result);
+  struct Conn;  // a connection, plain or TLS (upstream.cpp)
   // The most recently used idle connection to `key` that is still open, or null.
-  std::unique_ptr<boost::asio::ip::tcp::socket> take_idle(const std::string& key);
-  void keep_idle(const std::string& key, std::unique_ptr<boost::asio::ip::tcp::socket> conn);
+  std::unique_ptr<Conn> take_idle(const std::string& key);
+  void keep_idle(const std::string& key, std::unique_ptr<Conn> conn);
+  // A new connection to the endpoint, TLS set up for an https backend (or an
+  // error saying why not).
+  Result<std::unique_ptr<Conn>> new_conn(const Endpoint& endpoint);
 
   boost::asio::io_context& io_;
   const UpstreamOptions options_;
-  // Idle keep-alive connections per "host:port", most recently used last.
-  std::unordered_map<std::string, std::vector<std::unique_ptr<boost::asio::ip::tcp::socket>>> idle_;
+  // Idle keep-alive connections per endpoint key, most recently used last.
+  std::unordered_map<std::string, std::vector<std::unique_ptr<Conn>>> idle_;
+  // TLS client contexts by CA file ("": the system's CAs).
+  std::unordered_map<std::string, std::unique_ptr<boost::asio::ssl::context>> tls_contexts_;
 };
 
 }  // namespace loadstar::gateway

@@ -102,11 +102,13 @@ gateway::RoutingTable::Route RoutingBuilder::build_route(const api::Route& route
       backend.service = b.service;
       backend.model = b.model.empty() ? b.service : b.model;
     } else {
-      // http://host[:port][/v1]
-      std::string rest = b.url.substr(7);
+      // http(s)://host[:port][/v1]
+      const bool tls = b.url.starts_with("https://");
+      std::string rest = b.url.substr(tls ? 8 : 7);
       if (auto slash = rest.find('/'); slash != std::string::npos) rest.resize(slash);
+      const std::string authority = rest;
       std::string host = rest;
-      uint16_t port = 80;
+      uint16_t port = tls ? 443 : 80;
       if (auto colon = rest.rfind(':'); colon != std::string::npos) {
         host = rest.substr(0, colon);
         port = static_cast<uint16_t>(std::atoi(rest.c_str() + colon + 1));
@@ -117,9 +119,15 @@ gateway::RoutingTable::Route RoutingBuilder::build_route(const api::Route& route
                      address.error().message);
         continue;
       }
-      auto& endpoint = externals_[b.url];
-      if (!endpoint || endpoint->host != *address || endpoint->port != port)
+      auto& endpoint = externals_[b.url + " " + b.ca_file];
+      if (!endpoint || endpoint->host != *address || endpoint->port != port) {
         endpoint = std::make_shared<gateway::Endpoint>(route.metadata.name, b.url, *address, port);
+        // A hosted API is reached by name: SNI, certificate and Host header.
+        endpoint->tls = tls;
+        endpoint->tls_name = host;
+        endpoint->ca_file = b.ca_file;
+        endpoint->authority = authority;
+      }
       backend.external = endpoint;
       backend.model = b.model.empty() ? route.spec.model : b.model;
       if (!b.api_key_env.empty()) {

@@ -60,7 +60,7 @@ class RoutingBuilder {
   std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints_;  // by replica
   // Limiter state survives table changes and spec edits.
   std::map<std::string, std::shared_ptr<gateway::TenantLimiter>> tenants_;
-  std::map<std::string, std::shared_ptr<gateway::Endpoint>> externals_;  // by URL
+  std::map<std::string, std::shared_ptr<gateway::Endpoint>> externals_;  // by "URL CA-file"
   uint64_t version_ = 0;
 };
 

@@ -214,5 +214,59 @@ TEST(FrontDoor, ServesHttpsAndPicksUpARotatedCertificate) {
   EXPECT_FALSE(https("one", false).ok());
 }
 
+TEST(FrontDoor, AnHttpsRouteBackendIsReachedAndVerified) {
+  namespace fs = std::filesystem;
+  const fs::path dir = scratch_dir() / "tls-backend";
+  fs::create_directories(dir);
+  make_certificate(dir, "backend");
+  make_certificate(dir, "other");
+  // The "hosted API": another gateway, over HTTPS.
+  auto hosted = Up::start(quickstart(1), {"--tls-cert", (dir / "backend.crt").string(),
+                                          "--tls-key", (dir / "backend.key").string()});
+  hosted->wait_ready("chat", 1);
+  const std::string url = fmt::format("https://127.0.0.1:{}/v1", hosted->port());
+  auto front = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: hosted}}
+spec:
+  backends: [{{url: "{0}", model: chat, caFile: "{1}"}}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: impostor}}
+spec:
+  backends: [{{url: "{0}", model: chat, caFile: "{2}"}}]
+)",
+                                     url, (dir / "backend.crt").string(),
+                                     (dir / "other.crt").string()));
+  auto ask = [&](const std::string& model, bool stream) {
+    json body = json::parse(chat_body(5, stream));
+    body["model"] = model;
+    return front->post("/v1/chat/completions", body.dump());
+  };
+  auto answer = ask("hosted", false);
+  EXPECT_EQ(answer.status, 200) << answer.body << front->log();
+  EXPECT_EQ(json::parse(answer.body)["usage"]["completion_tokens"], 5);
+  auto streamed = ask("hosted", true);
+  EXPECT_EQ(streamed.status, 200);
+  EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos);
+  // A backend whose certificate the given CA did not sign is not trusted.
+  auto refused = ask("impostor", false);
+  EXPECT_EQ(refused.status, 502);
+  EXPECT_NE(refused.body.find("certificate verify failed"), std::string::npos) << refused.body;
+  // A bad caFile is an apply-time error only for its shape; http:// urls
+  // take none.
+  std::string output;
+  const fs::path bad = dir / "bad-route.yaml";
+  std::ofstream(bad) << R"(apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: r}
+spec:
+  backends: [{url: "http://127.0.0.1:9", caFile: /x.pem}]
+)";
+  EXPECT_NE(run_loadstar({"validate", "-f", bad.string()}, &output), 0);
+  EXPECT_NE(output.find("caFile: only for an https:// url"), std::string::npos) << output;
+}
+
 }  // namespace
 }  // namespace loadstar::testing
