@@ -215,7 +215,7 @@ apiVersion: loadstar.dev/v1alpha1
 kind: Route
 metadata: {name: r}
 spec:
-  backends: [{service: a, url: "http://x"}, {url: "https://api.openai.com"}]
+  backends: [{service: a, url: "http://x"}, {url: "ftp://api.example.com"}]
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -228,7 +228,7 @@ spec: {model: m, replicas: 1, minReplicas: 2, routing: {picker: random}}
   EXPECT_NE(m.find("spec.apiKeys[0].sha256: must be 64 lower-case hex digits"), std::string::npos)
       << m;
   EXPECT_NE(m.find("spec.backends[0]: set exactly one of service"), std::string::npos) << m;
-  EXPECT_NE(m.find("spec.backends[1].url: 'https://api.openai.com' must be an http:// URL"),
+  EXPECT_NE(m.find("spec.backends[1].url: 'ftp://api.example.com' must be an http:// or https://"),
             std::string::npos)
       << m;
   EXPECT_NE(m.find("spec.minReplicas: 2 is more than spec.replicas (1)"), std::string::npos) << m;
