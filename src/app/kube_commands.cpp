@@ -289,6 +289,7 @@ struct GatewayArgs {
   uint32_t max_connections = 0;
   double header_timeout_s = 30;
   std::string tls_cert, tls_key;
+  double upstream_idle_timeout_s = 300;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -314,6 +315,7 @@ int run_gateway(const GatewayArgs& args) {
   options.max_connections = args.max_connections;
   options.client_header_timeout_s = args.header_timeout_s;
   options.tls_cert_file = args.tls_cert;
+  options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
   options.tls_key_file = args.tls_key;
   options.host = args.host;
   options.port = args.port;
@@ -417,6 +419,10 @@ std::function<int()> setup_gateway(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--client-header-timeout", args->header_timeout_s,
                  "Seconds a request's headers may take once its first byte is in")
+      ->capture_default_str();
+  app.add_option("--upstream-idle-timeout", args->upstream_idle_timeout_s,
+                 "Seconds an engine may stay silent mid-request; then the request fails (a "
+                 "stream ends with an error event)")
       ->capture_default_str();
   app.add_option("--tls-cert", args->tls_cert,
                  "Serve over HTTPS with this PEM certificate chain (reloaded when it changes; "

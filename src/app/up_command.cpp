@@ -46,6 +46,7 @@ struct UpArgs {
   uint32_t max_connections = 0;
   double header_timeout_s = 30;
   std::string tls_cert, tls_key;
+  double upstream_idle_timeout_s = 300;
   uint16_t admin_port = 8090;
   std::string token_file;
   std::string data_dir = "var";
@@ -177,6 +178,7 @@ int run_up(const UpArgs& args) {
   gw_options.max_connections = args.max_connections;
   gw_options.client_header_timeout_s = args.header_timeout_s;
   gw_options.tls_cert_file = args.tls_cert;
+  gw_options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
   gw_options.tls_key_file = args.tls_key;
   gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
@@ -281,6 +283,10 @@ std::function<int()> setup_up(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--client-header-timeout", args->header_timeout_s,
                  "Seconds a request's headers may take once its first byte is in")
+      ->capture_default_str();
+  app.add_option("--upstream-idle-timeout", args->upstream_idle_timeout_s,
+                 "Seconds an engine may stay silent mid-request; then the request fails (a "
+                 "stream ends with an error event)")
       ->capture_default_str();
   app.add_option("--tls-cert", args->tls_cert,
                  "Serve the OpenAI API over HTTPS with this PEM certificate chain (reloaded "

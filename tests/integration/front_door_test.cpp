@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <chrono>
 #include <thread>
 
@@ -122,6 +124,44 @@ TEST(FrontDoor, PastItsConnectionLimitTheGatewayAnswers503WithRetryAfter) {
   EXPECT_EQ(up->post("/v1/chat/completions", chat_body(2, false)).status, 200);
   EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_client_connections_refused_total"), 3);
   EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_client_connections_limit"), 6);
+}
+
+TEST(FrontDoor, AnEngineThatStallsMidStreamEndsItWithAnErrorEvent) {
+  auto up = Up::start(quickstart(1, R"("--time-scale", "1")"), {"--upstream-idle-timeout", "1"});
+  up->wait_ready("chat", 1);
+  const json replicas = json::parse(up->replicas_json())["items"];
+  const pid_t engine = replicas[0]["pid"].get<pid_t>();
+  std::string body;
+  std::atomic<int> chunks{0};
+  std::optional<Result<http::ClientResponse>> result;
+  std::thread client([&] {
+    result = http::fetch_streaming({.port = up->port(),
+                                    .method = "POST",
+                                    .target = "/v1/chat/completions",
+                                    .body = chat_body(2000, true),
+                                    .timeout_s = 30},
+                                   [&](std::string_view data) {
+                                     body.append(data);
+                                     ++chunks;
+                                     return true;
+                                   });
+  });
+  for (auto until = Clock::now() + std::chrono::seconds(10); chunks < 3 && Clock::now() < until;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // The engine hangs (stopped, its socket open): no byte, no close.
+  ::kill(engine, SIGSTOP);
+  const auto stalled = Clock::now();
+  client.join();
+  const double waited = std::chrono::duration<double>(Clock::now() - stalled).count();
+  ::kill(engine, SIGCONT);
+  ASSERT_TRUE(result && result->ok());
+  EXPECT_EQ((*result)->status, 200);  // the stream had begun
+  EXPECT_NE(body.find("failed mid-stream: idle timeout"), std::string::npos) << body;
+  EXPECT_NE(body.rfind("data: [DONE]"), std::string::npos);
+  EXPECT_GT(waited, 0.9);
+  EXPECT_LT(waited, 5);
+  // The engine, resumed, serves again.
+  EXPECT_EQ(up->post("/v1/chat/completions", chat_body(3, false)).status, 200);
 }
 
 TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
