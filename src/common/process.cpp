@@ -54,6 +54,10 @@ Result<Subprocess> Subprocess::start(const ProcessOptions& options) {
       ::dup2(out_fd, STDOUT_FILENO);
       ::dup2(out_fd, STDERR_FILENO);
     }
+    // Nothing of the parent's but stdin/stdout/stderr: Asio's sockets are
+    // not close-on-exec, and an engine must not hold a gateway's client
+    // connections (or its listening sockets) open.
+    ::close_range(3, ~0U, 0);
     ::setpgid(0, 0);  // a terminal's Ctrl-C reaches the parent, which stops us in order
     // The parent may block signals to sigwait() for them; the child must not
     // inherit that, or SIGTERM could never stop it.

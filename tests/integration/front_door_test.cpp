@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <chrono>
 #include <thread>
 
@@ -162,6 +163,33 @@ TEST(FrontDoor, AnEngineThatStallsMidStreamEndsItWithAnErrorEvent) {
   EXPECT_LT(waited, 5);
   // The engine, resumed, serves again.
   EXPECT_EQ(up->post("/v1/chat/completions", chat_body(3, false)).status, 200);
+}
+
+// The socket inodes a process holds open.
+std::set<std::string> socket_inodes(pid_t pid) {
+  std::set<std::string> out;
+  std::error_code ec;
+  for (const auto& fd :
+       std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid), ec)) {
+    std::error_code lec;
+    const std::string target = std::filesystem::read_symlink(fd.path(), lec).string();
+    if (target.starts_with("socket:")) out.insert(target);
+  }
+  return out;
+}
+
+TEST(FrontDoor, EnginesHoldNoneOfTheGatewaysSockets) {
+  // Asio's sockets are not close-on-exec: without closing them in the
+  // child, an engine would keep the gateway's listening sockets (and any
+  // client connection open at its start) alive.
+  auto up = Up::start(quickstart(1));
+  up->wait_ready("chat", 1);
+  const pid_t engine = json::parse(up->replicas_json())["items"][0]["pid"].get<pid_t>();
+  const auto ours = socket_inodes(up->process().pid());
+  const auto theirs = socket_inodes(engine);
+  ASSERT_FALSE(ours.empty());
+  ASSERT_FALSE(theirs.empty());  // its own listener
+  for (const auto& inode : theirs) EXPECT_EQ(ours.count(inode), 0u) << inode;
 }
 
 TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
