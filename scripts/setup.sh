@@ -11,10 +11,13 @@ packages=(
   # libraries (Boost 1.81, not bookworm's default 1.74)
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev liburing-dev libpugixml-dev
+  libhiredis-dev
   # tests: GoogleTest, promtool (prometheus), libFuzzer (clang)
   googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl clang libclang-rt-14-dev
   # tests: nginx as an HTTPS origin, openssl to make its certificate
   nginx-light openssl
+  # tests: Redis for tenant limits shared across gateways
+  redis-server
 )
 # `setup.sh --bench` adds what the benchmarks under bench/ drive (load
 # generator, nginx as the reverse-proxy baseline).

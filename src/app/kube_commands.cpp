@@ -290,6 +290,7 @@ struct GatewayArgs {
   double header_timeout_s = 30;
   std::string tls_cert, tls_key;
   double upstream_idle_timeout_s = 300;
+  std::string redis;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -316,6 +317,7 @@ int run_gateway(const GatewayArgs& args) {
   options.client_header_timeout_s = args.header_timeout_s;
   options.tls_cert_file = args.tls_cert;
   options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
+  options.redis_url = args.redis;
   options.tls_key_file = args.tls_key;
   options.host = args.host;
   options.port = args.port;
@@ -424,6 +426,10 @@ std::function<int()> setup_gateway(CLI::App& app) {
                  "Seconds an engine may stay silent mid-request; then the request fails (a "
                  "stream ends with an error event)")
       ->capture_default_str();
+  app.add_option("--redis", args->redis,
+                 "redis://HOST[:PORT]: tenant limits shared with every gateway using it "
+                 "(password: $LOADSTAR_REDIS_PASSWORD); unreachable, each gateway applies its "
+                 "own");
   app.add_option("--tls-cert", args->tls_cert,
                  "Serve over HTTPS with this PEM certificate chain (reloaded when it changes; "
                  "a kubernetes.io/tls Secret's tls.crt)");

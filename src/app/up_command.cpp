@@ -47,6 +47,7 @@ struct UpArgs {
   double header_timeout_s = 30;
   std::string tls_cert, tls_key;
   double upstream_idle_timeout_s = 300;
+  std::string redis;
   uint16_t admin_port = 8090;
   std::string token_file;
   std::string data_dir = "var";
@@ -179,6 +180,7 @@ int run_up(const UpArgs& args) {
   gw_options.client_header_timeout_s = args.header_timeout_s;
   gw_options.tls_cert_file = args.tls_cert;
   gw_options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
+  gw_options.redis_url = args.redis;
   gw_options.tls_key_file = args.tls_key;
   gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
@@ -288,6 +290,10 @@ std::function<int()> setup_up(CLI::App& app) {
                  "Seconds an engine may stay silent mid-request; then the request fails (a "
                  "stream ends with an error event)")
       ->capture_default_str();
+  app.add_option("--redis", args->redis,
+                 "redis://HOST[:PORT]: tenant limits shared with every gateway using it "
+                 "(password: $LOADSTAR_REDIS_PASSWORD); unreachable, each gateway applies its "
+                 "own");
   app.add_option("--tls-cert", args->tls_cert,
                  "Serve the OpenAI API over HTTPS with this PEM certificate chain (reloaded "
                  "when the file changes)");

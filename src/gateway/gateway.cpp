@@ -1,5 +1,7 @@
 #include "gateway/gateway.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -23,6 +25,7 @@
 #include "gateway/respond.h"
 #include "gateway/scraper.h"
 #include "gateway/selection.h"
+#include "gateway/shared_limits.h"
 #include "gateway/stats.h"
 #include "gateway/upstream.h"
 #include "http/server.h"
@@ -105,6 +108,9 @@ struct Gateway::Impl {
   HoldCounts holds;
   EngineScraper scraper;
   PublishedTables tables;  // for the load report
+  std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
+  std::atomic<uint64_t> request_ids{0};
+  std::string instance;  // names this gateway's requests in the shared store
 
   explicit Impl(GatewayOptions o)
       : options(std::move(o)),
@@ -170,6 +176,10 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
     // Copy that worker's stats on its own thread; resume here after.
     GatewayStats copy = co_await asio::co_spawn(w->io, copy_stats(w), asio::use_awaitable);
     merged.merge(copy);
+  }
+  if (shared) {
+    merged.shared_limits = shared->up() ? 1 : 0;
+    merged.shared_limits_errors = shared->errors();
   }
   merged.connections = server->connections();
   merged.max_connections = server->max_connections();
@@ -267,6 +277,7 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
 
   // Admission on an estimate: ~4 bytes a prompt token, and the output asked for.
   double estimate = 0;
+  std::string shared_id;  // set when the shared store admitted it
   std::vector<http::Header> headers;
   if (tenant) {
     const double input = std::ceil(static_cast<double>(peek->prompt.size()) / 4);
@@ -275,7 +286,20 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
             ? 0
             : static_cast<double>(peek->max_tokens.value_or(options.default_output_estimate));
     estimate = tenant->cost(input, output);
-    auto decision = tenant->admit(steady_s(), estimate);
+    // Across gateway replicas when they share a Redis; this replica's own
+    // buckets when not, or while Redis does not answer.
+    std::optional<TenantLimiter::Decision> shared_decision;
+    if (shared) {
+      shared_id = fmt::format("{}-{}", instance, request_ids.fetch_add(1));
+      // Named, not temporaries in the co_await: GCC 12 destroys some of
+      // those twice.
+      std::string name = tenant->name();
+      TenantLimits limits = tenant->limits();
+      auto pending = shared->admit(std::move(name), std::move(limits), estimate, shared_id);
+      shared_decision = co_await std::move(pending);
+      if (!shared_decision) shared_id.clear();
+    }
+    auto decision = shared_decision ? std::move(*shared_decision) : tenant->admit(steady_s(), estimate);
     add_rate_limit_headers(decision.state, headers);
     if (!decision.admitted) {
       ++w.stats
@@ -296,9 +320,17 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   // A request that ends in an exception (the server answers 500) still
   // leaves the gauge and gives the tenant its concurrency back, charged
   // what it reserved.
-  ScopeExit abandoned([&stats, &tenant, estimate] {
+  // Where the request's slot and estimate are given back.
+  auto finish_tenant = [this, tenant, estimate, &shared_id](double actual) {
+    if (!tenant) return;
+    if (!shared_id.empty())
+      shared->finish(tenant->name(), tenant->limits(), estimate, actual, shared_id);
+    else
+      tenant->finish(steady_s(), estimate, actual);
+  };
+  ScopeExit abandoned([&stats, &finish_tenant, estimate] {
     --stats.in_flight;
-    if (tenant) tenant->finish(steady_s(), estimate, estimate);
+    finish_tenant(estimate);
   });
   const Routed routed = co_await route(w, ex, *peek, stats, headers, start);
   abandoned.dismiss();
@@ -313,7 +345,7 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
   if (tenant) {
     const double actual = tenant->cost(static_cast<double>(usage.prompt_tokens),
                                        static_cast<double>(usage.completion_tokens));
-    tenant->finish(steady_s(), estimate, actual);
+    finish_tenant(actual);
     TenantStats& t = w.stats.tenants[{tenant->name(), model}];
     ++t.requests_by_code[code];
     t.prompt_tokens += usage.prompt_tokens;
@@ -495,6 +527,15 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
   server_options.tls_cert_file = options.tls_cert_file;
   server_options.tls_key_file = options.tls_key_file;
   server_options.error_body = openai::error_body_for;
+  if (!options.redis_url.empty()) {
+    LS_ASSIGN_OR_RETURN(RedisAddress redis, parse_redis_url(options.redis_url));
+    if (redis.password.empty())
+      if (const char* pw = std::getenv("LOADSTAR_REDIS_PASSWORD"); pw && *pw) redis.password = pw;
+    impl->shared = SharedLimits::create(std::move(redis));
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    impl->instance = fmt::format("{}-{}-{}", host, getpid(), steady_ms());
+  }
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,
                       http::Server::create(contexts, server_options,

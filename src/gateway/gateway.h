@@ -75,6 +75,9 @@ struct GatewayOptions {
   // without, only loopback callers are answered (tenant and model names,
   // load numbers are not for the public port).
   std::optional<http::BearerToken> internal_token;
+  // Tenant limits shared by every gateway using the same Redis
+  // (redis://HOST[:PORT]); empty: each gateway holds its own.
+  std::string redis_url;
 };
 
 class Gateway {

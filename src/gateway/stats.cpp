@@ -192,6 +192,15 @@ std::string render_metrics(const GatewayStats& stats) {
   text.counter("loadstar_gateway_client_connections_refused_total",
                "Connections refused with 503 at the connection limit.")
       .add(static_cast<double>(stats.refused_connections));
+  if (stats.shared_limits >= 0) {
+    text.gauge("loadstar_gateway_shared_limits_up",
+               "1: tenant limits are shared through Redis; 0: Redis is not answering and each "
+               "gateway applies its own.")
+        .add(stats.shared_limits);
+    text.counter("loadstar_gateway_shared_limits_errors_total",
+                 "Redis calls for shared tenant limits that failed or timed out.")
+        .add(static_cast<double>(stats.shared_limits_errors));
+  }
   text.counter("loadstar_gateway_overloaded_total",
                "Requests refused with 503 because the gateway ran out of descriptors.")
       .add(static_cast<double>(stats.overloaded));

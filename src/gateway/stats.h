@@ -70,6 +70,10 @@ struct GatewayStats {
   // The server's, set when rendering (not merged): connections open, the
   // limit, and connections refused at it.
   uint64_t connections = 0, max_connections = 0, refused_connections = 0;
+  // Shared tenant limits: -1 not configured, 0 Redis down (per-replica
+  // limits in force), 1 up; and the store's errors so far.
+  int shared_limits = -1;
+  uint64_t shared_limits_errors = 0;
   void merge(const GatewayStats& other);
 };
 

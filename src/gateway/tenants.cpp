@@ -23,6 +23,11 @@ TenantLimiter::TenantLimiter(std::string name, TenantLimits limits, CostExpressi
   configure(limits, std::move(cost));
 }
 
+TenantLimits TenantLimiter::limits() const {
+  std::lock_guard lock(mu_);
+  return limits_;
+}
+
 bool TenantLimiter::may_call(std::string_view model) const {
   std::lock_guard lock(mu_);
   return limits_.models.empty() ||

@@ -47,6 +47,7 @@ class TenantLimiter {
   // Changes limits in place; what was used stays charged.
   void configure(TenantLimits limits, CostExpression cost);
   double cost(double input_tokens, double output_tokens) const;
+  TenantLimits limits() const;
   // Whether its keys may call `model` (a name as clients send it).
   bool may_call(std::string_view model) const;
 

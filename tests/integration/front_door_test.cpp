@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/digest.h"
 #include "support.h"
 
 namespace loadstar::testing {
@@ -334,6 +335,85 @@ spec:
 )";
   EXPECT_NE(run_loadstar({"validate", "-f", bad.string()}, &output), 0);
   EXPECT_NE(output.find("caFile: only for an https:// url"), std::string::npos) << output;
+}
+
+// Debian's redis-server on a free loopback port, no persistence.
+class RedisServer {
+ public:
+  RedisServer() {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int probe = ::socket(AF_INET, SOCK_STREAM, 0);
+    socklen_t len = sizeof(addr);
+    ::bind(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    ::getsockname(probe, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    ::close(probe);
+    ProcessOptions options;
+    options.argv = {"/usr/bin/redis-server", "--port", std::to_string(port_), "--bind",
+                    "127.0.0.1", "--save", "", "--appendonly", "no"};
+    options.output_path = (scratch_dir() / fmt::format("redis-{}.log", port_)).string();
+    auto p = Subprocess::start(options);
+    if (!p.ok()) throw std::runtime_error(p.error().message);
+    process_ = std::move(*p);
+    for (auto until = Clock::now() + std::chrono::seconds(10); Clock::now() < until;) {
+      try {
+        RawClient c(port_);
+        c.send("PING\r\n");
+        // The reply arrives, then the connection stays open: read briefly.
+        if (c.read_until_closed(0.2).first.starts_with("+PONG")) return;
+      } catch (const std::exception&) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    throw std::runtime_error("redis-server did not answer");
+  }
+  uint16_t port() const { return port_; }
+  Subprocess& process() { return process_; }
+
+ private:
+  uint16_t port_ = 0;
+  Subprocess process_;
+};
+
+TEST(FrontDoor, TenantLimitsHoldAcrossGatewaysThroughRedisAndDegradeWithoutIt) {
+  RedisServer redis;
+  const std::string url = fmt::format("redis://127.0.0.1:{}", redis.port());
+  const std::string tenant = fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-a}}
+spec:
+  apiKeys: [{{name: ci, sha256: {}}}]
+  limits: {{requestsPerMinute: 4}}
+)",
+                                         sha256_hex("sk-a"));
+  // Two front doors (two `loadstar up`, each its own gateway) sharing Redis.
+  auto a = Up::start(quickstart(1) + tenant, {"--redis", url});
+  auto b = Up::start(quickstart(1) + tenant, {"--redis", url});
+  a->wait_ready("chat", 1);
+  b->wait_ready("chat", 1);
+  const std::vector<http::Header> key = {{"Authorization", "Bearer sk-a"}};
+  auto call = [&](Up& up) { return up.post("/v1/chat/completions", chat_body(2, false), key); };
+  // Four requests a minute for the tenant, wherever they land.
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(call(*a).status, 200);
+    auto r = call(*b);
+    EXPECT_EQ(r.status, 200);
+  }
+  auto limited = call(*a);
+  EXPECT_EQ(limited.status, 429) << limited.body;
+  EXPECT_EQ(limited.header("x-ratelimit-remaining-requests"), "0");
+  EXPECT_EQ(call(*b).status, 429);
+  EXPECT_EQ(scrape_metric(a->port(), "loadstar_gateway_shared_limits_up"), 1);
+  // Redis gone: serving goes on under each gateway's own limits, and the
+  // metric says so.
+  redis.process().signal(SIGKILL);
+  redis.process().wait_for(std::chrono::seconds(5));
+  EXPECT_EQ(call(*a).status, 200);
+  EXPECT_EQ(scrape_metric(a->port(), "loadstar_gateway_shared_limits_up"), 0);
+  EXPECT_GE(scrape_metric(a->port(), "loadstar_gateway_shared_limits_errors_total"), 1);
 }
 
 }  // namespace
