@@ -19,18 +19,10 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "common/result.h"
+#include "gateway/redis_address.h"
 #include "gateway/tenants.h"
 
 namespace loadstar::gateway {
-
-struct RedisAddress {
-  std::string host = "127.0.0.1";
-  uint16_t port = 6379;
-  std::string password;  // AUTH when set (from the environment, never the URL in logs)
-};
-
-// redis://[:PASSWORD@]HOST[:PORT]; errors name the part.
-Result<RedisAddress> parse_redis_url(std::string_view url);
 
 class SharedLimits {
  public:

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "agent/source_policy.h"
+#include "gateway/redis_address.h"
 #include "http/bearer.h"
 
 namespace loadstar {
@@ -130,6 +131,33 @@ TEST(ConnectionBudget, HalfOfWhatIsLeftAfterAReserve) {
   EXPECT_EQ(http::connection_budget(1048576), (1048576u - 1024) / 2);
   EXPECT_EQ(http::connection_budget(64), (64u - 32) / 2);
   EXPECT_EQ(http::connection_budget(10), 1u);
+}
+
+}  // namespace
+}  // namespace loadstar
+
+namespace loadstar {
+namespace {
+
+TEST(RedisUrl, HostPortAndPassword) {
+  auto a = gateway::parse_redis_url("redis://10.0.0.5:6380");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "10.0.0.5");
+  EXPECT_EQ(a->port, 6380);
+  EXPECT_EQ(a->password, "");
+  auto b = gateway::parse_redis_url("redis://:s3cret@redis.loadstar-system/0");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->host, "redis.loadstar-system");
+  EXPECT_EQ(b->port, 6379);
+  EXPECT_EQ(b->password, "s3cret");
+  for (const char* bad : {"http://x", "redis://", "redis://:pw@", "redis://h:0", "redis://h:99999",
+                          "redis://:s3cret@h:x"}) {
+    auto r = gateway::parse_redis_url(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) {
+      EXPECT_EQ(r.error().message.find("s3cret"), std::string::npos);
+    }
+  }
 }
 
 }  // namespace
