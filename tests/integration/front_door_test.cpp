@@ -160,7 +160,8 @@ TEST(FrontDoor, AnEngineThatStallsMidStreamEndsItWithAnErrorEvent) {
   EXPECT_EQ((*result)->status, 200);  // the stream had begun
   EXPECT_NE(body.find("failed mid-stream: idle timeout"), std::string::npos) << body;
   EXPECT_NE(body.rfind("data: [DONE]"), std::string::npos);
-  EXPECT_GT(waited, 0.9);
+  // The watchdog is renewed at most once a second (not per event), so the
+  // stream ends between 0 and 2 timeouts after the engine's last byte.
   EXPECT_LT(waited, 5);
   // The engine, resumed, serves again.
   EXPECT_EQ(up->post("/v1/chat/completions", chat_body(3, false)).status, 200);
