@@ -60,9 +60,6 @@ asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent,
   co_await ex.respond(std::move(response));
 }
 
-bool loopback_host(const std::string& host) {
-  return host == "localhost" || host.starts_with("127.") || host == "::1";
-}
 
 int run_agent(const AgentArgs& args) {
   sigset_t signals;
@@ -100,7 +97,7 @@ int run_agent(const AgentArgs& args) {
     fmt::print(stderr, "{}\n", token.error().message);
     return 2;
   }
-  if (!*token && !loopback_host(args.host) && !args.insecure_no_token) {
+  if (!*token && !http::is_loopback_host(args.host) && !args.insecure_no_token) {
     fmt::print(stderr,
                "--host {}: an agent reachable from other machines needs --token-file (or "
                "$LOADSTAR_TOKEN): without it anyone who reaches the port can make it fetch "

@@ -17,6 +17,7 @@
 
 #include "app/admin_api.h"
 #include "app/commands.h"
+#include "app/front_door_flags.h"
 #include "common/digest.h"
 #include "common/units.h"
 #include "controller/controller.h"
@@ -286,11 +287,7 @@ struct GatewayArgs {
   double scrape_interval_s = 0.5;
   std::string max_body = "8Mi";
   std::string token_file;
-  uint32_t max_connections = 0;
-  double header_timeout_s = 30;
-  std::string tls_cert, tls_key;
-  double upstream_idle_timeout_s = 300;
-  std::string redis;
+  FrontDoorFlags front_door;
 };
 
 int run_gateway(const GatewayArgs& args) {
@@ -313,12 +310,7 @@ int run_gateway(const GatewayArgs& args) {
   kube::Client client(*config);
   gateway::GatewayOptions options;
   options.internal_token = std::move(*token);
-  options.max_connections = args.max_connections;
-  options.client_header_timeout_s = args.header_timeout_s;
-  options.tls_cert_file = args.tls_cert;
-  options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
-  options.redis_url = args.redis;
-  options.tls_key_file = args.tls_key;
+  args.front_door.apply_to(options);
   options.host = args.host;
   options.port = args.port;
   options.workers = args.workers;
@@ -415,25 +407,7 @@ std::function<int()> setup_gateway(CLI::App& app) {
                  "Seconds between reads of each replica's /metrics (0: never)")
       ->capture_default_str();
   app.add_option("--max-body-size", args->max_body)->capture_default_str();
-  app.add_option("--max-connections", args->max_connections,
-                 "Client connections at once; past it 503 with Retry-After (0: half the "
-                 "descriptor limit, raised to the hard limit)")
-      ->capture_default_str();
-  app.add_option("--client-header-timeout", args->header_timeout_s,
-                 "Seconds a request's headers may take once its first byte is in")
-      ->capture_default_str();
-  app.add_option("--upstream-idle-timeout", args->upstream_idle_timeout_s,
-                 "Seconds an engine may stay silent mid-request; then the request fails (a "
-                 "stream ends with an error event)")
-      ->capture_default_str();
-  app.add_option("--redis", args->redis,
-                 "redis://HOST[:PORT]: tenant limits shared with every gateway using it "
-                 "(password: $LOADSTAR_REDIS_PASSWORD); unreachable, each gateway applies its "
-                 "own");
-  app.add_option("--tls-cert", args->tls_cert,
-                 "Serve over HTTPS with this PEM certificate chain (reloaded when it changes; "
-                 "a kubernetes.io/tls Secret's tls.crt)");
-  app.add_option("--tls-key", args->tls_key, "The certificate's PEM private key (tls.key)");
+  args->front_door.add_to(app);
   app.add_option("--token-file", args->token_file,
                  "The internal token that /metrics and /loadstar/v1/load callers must present "
                  "(default $LOADSTAR_TOKEN; none: those answer loopback callers only)");

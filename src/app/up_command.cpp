@@ -18,6 +18,7 @@
 #include "api/resources.h"
 #include "app/admin_api.h"
 #include "app/commands.h"
+#include "app/front_door_flags.h"
 #include "common/units.h"
 #include "controller/controller.h"
 #include "controller/load.h"
@@ -43,11 +44,7 @@ struct UpArgs {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;
   std::string admin_host = "127.0.0.1";
-  uint32_t max_connections = 0;
-  double header_timeout_s = 30;
-  std::string tls_cert, tls_key;
-  double upstream_idle_timeout_s = 300;
-  std::string redis;
+  FrontDoorFlags front_door;
   uint16_t admin_port = 8090;
   std::string token_file;
   std::string data_dir = "var";
@@ -115,9 +112,7 @@ int run_up(const UpArgs& args) {
     fmt::print(stderr, "{}\n", token.error().message);
     return 2;
   }
-  const bool admin_on_loopback = args.admin_host == "localhost" ||
-                                 args.admin_host.starts_with("127.") || args.admin_host == "::1";
-  if (!*token && !admin_on_loopback) {
+  if (!*token && !http::is_loopback_host(args.admin_host)) {
     fmt::print(stderr,
                "--admin-host {}: an admin API reachable from other machines needs --token-file "
                "(or $LOADSTAR_TOKEN): it applies resources and stages any source\n",
@@ -176,12 +171,7 @@ int run_up(const UpArgs& args) {
     return 2;
   }
   gw_options.max_body_bytes = *max_body;
-  gw_options.max_connections = args.max_connections;
-  gw_options.client_header_timeout_s = args.header_timeout_s;
-  gw_options.tls_cert_file = args.tls_cert;
-  gw_options.upstream_idle_timeout_s = args.upstream_idle_timeout_s;
-  gw_options.redis_url = args.redis;
-  gw_options.tls_key_file = args.tls_key;
+  args.front_door.apply_to(gw_options);
   gw_options.internal_token = *token;
   // Held requests signal demand to the controller through its load source,
   // and the controller's metrics join the gateway's; both exist from here on.
@@ -254,7 +244,7 @@ int run_up(const UpArgs& args) {
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
       args.host, gateway->port(), (*admin)->port(), data_dir.string(), args.admin_host,
-      args.tls_cert.empty() ? "http" : "https");
+      args.front_door.tls_cert.empty() ? "http" : "https");
   std::fflush(stdout);
 
   int sig = 0;
@@ -279,25 +269,7 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();
-  app.add_option("--max-connections", args->max_connections,
-                 "Gateway client connections at once; past it 503 with Retry-After (0: half "
-                 "the descriptor limit, raised to the hard limit)")
-      ->capture_default_str();
-  app.add_option("--client-header-timeout", args->header_timeout_s,
-                 "Seconds a request's headers may take once its first byte is in")
-      ->capture_default_str();
-  app.add_option("--upstream-idle-timeout", args->upstream_idle_timeout_s,
-                 "Seconds an engine may stay silent mid-request; then the request fails (a "
-                 "stream ends with an error event)")
-      ->capture_default_str();
-  app.add_option("--redis", args->redis,
-                 "redis://HOST[:PORT]: tenant limits shared with every gateway using it "
-                 "(password: $LOADSTAR_REDIS_PASSWORD); unreachable, each gateway applies its "
-                 "own");
-  app.add_option("--tls-cert", args->tls_cert,
-                 "Serve the OpenAI API over HTTPS with this PEM certificate chain (reloaded "
-                 "when the file changes)");
-  app.add_option("--tls-key", args->tls_key, "The certificate's PEM private key");
+  args->front_door.add_to(app);
   app.add_option("--admin-host", args->admin_host,
                  "Admin API address (apply, stage, replicas), independent of --host; off "
                  "loopback it needs --token-file")

@@ -65,10 +65,13 @@ std::string_view Request::header(std::string_view name) const {
   return {};
 }
 
+bool is_loopback_host(std::string_view host) {
+  if (host.starts_with("::ffff:")) host.remove_prefix(7);
+  return host == "localhost" || host.starts_with("127.") || host == "::1";
+}
+
 bool Request::from_loopback() const {
-  std::string_view a = remote_address;
-  if (a.starts_with("::ffff:")) a.remove_prefix(7);
-  return a.starts_with("127.") || a == "::1";
+  return remote_address != "localhost" && is_loopback_host(remote_address);
 }
 
 std::string_view Request::path() const {

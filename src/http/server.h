@@ -79,6 +79,10 @@ class Exchange {
 
 using Handler = std::function<boost::asio::awaitable<void>(Exchange&)>;
 
+// Whether a listening address is this machine's loopback ("localhost",
+// 127.0.0.0/8, ::1): only local callers can reach it.
+bool is_loopback_host(std::string_view host);
+
 // Raises this process's soft descriptor limit to its hard limit (a proxy
 // holds two per stream); returns the soft limit now in force.
 uint64_t raise_descriptor_limit();
