@@ -41,6 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto normal = std::filesystem::path(std::string(text.substr(7))).lexically_normal().string();
     LS_CHECK(normal.starts_with("/srv/models"));
   }
-  if (loadstar::agent::admit_fetch_address(text, true).ok()) LS_CHECK(!text.starts_with("169.254."));
+  if (loadstar::agent::admit_fetch_address(text, true).ok())
+    LS_CHECK(!text.starts_with("169.254."));
   return 0;
 }

@@ -157,12 +157,13 @@ int main(int argc, char** argv) {
   io.run();
   const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
   std::string statuses;
-  for (const auto& [code, n] : t.status) statuses += fmt::format("{}{}:{}", statuses.empty() ? "" : ",", code, n);
+  for (const auto& [code, n] : t.status)
+    statuses += fmt::format("{}{}:{}", statuses.empty() ? "" : ",", code, n);
   fmt::print(
       "streams={} connected={} first_byte={} done={} errors={} status={} events={} "
       "all_open_s={:.2f} elapsed_s={:.2f}\n",
-      streams, t.connected, t.first_byte, t.done, t.errors, statuses, t.events,
-      t.last_first_byte_s, elapsed);
+      streams, t.connected, t.first_byte, t.done, t.errors, statuses, t.events, t.last_first_byte_s,
+      elapsed);
   for (const auto& [kind, n] : t.error_kinds) std::fprintf(stderr, "  %d x %s\n", n, kind.c_str());
   return t.done == streams ? 0 : 1;
 }

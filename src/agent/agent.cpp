@@ -36,7 +36,8 @@ const char* stage_state_name(StageState state) {
 Agent::Agent(AgentOptions options)
     : options_(std::move(options)), counters_(std::make_unique<Counters>()) {
   peers_ = options_.peers;
-  peer_client_ = options_.peer_client ? options_.peer_client : make_http_peer_client(options_.peer_authorization);
+  peer_client_ = options_.peer_client ? options_.peer_client
+                                      : make_http_peer_client(options_.peer_authorization);
 }
 
 Result<std::unique_ptr<Agent>> Agent::create(AgentOptions options) {

@@ -83,8 +83,7 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
     const std::string model = body["model"];
     if (Status s = validate_model_name(model); !s.ok())
       return error_response(400, s.error().message);
-    if (Status s = agent.options().source.policy.admit(body["source"].get<std::string>());
-        !s.ok())
+    if (Status s = agent.options().source.policy.admit(body["source"].get<std::string>()); !s.ok())
       return error_response(403, s.error().message);
     StageProgress p = agent.stage(model, body["source"], value_or(body, "pin", false));
     return {202, "application/json", progress_json(p).dump()};

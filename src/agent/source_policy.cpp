@@ -48,13 +48,12 @@ std::string canonical_dir(std::string_view path) {
 Status admit_fetch_address(std::string_view address, bool allow_loopback) {
   const std::string text(address);
   unsigned char bytes[16];
-  if (inet_pton(AF_INET, text.c_str(), bytes) == 1)
-    return admit_v4(address, bytes, allow_loopback);
+  if (inet_pton(AF_INET, text.c_str(), bytes) == 1) return admit_v4(address, bytes, allow_loopback);
   if (inet_pton(AF_INET6, text.c_str(), bytes) != 1)
     return make_error(ErrorCode::kInvalidArgument, "'{}' is not an IP address", address);
   static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   if (std::memcmp(bytes, kMapped, 12) == 0) return admit_v4(address, bytes + 12, allow_loopback);
-  static constexpr unsigned char kAwsMetadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0,
+  static constexpr unsigned char kAwsMetadata[16] = {0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0,    0,
                                                      0,    0,    0,    0,    0, 0, 0x02, 0x54};
   if (std::memcmp(bytes, kAwsMetadata, 16) == 0)
     return refused(address, "a cloud metadata service");
@@ -100,8 +99,8 @@ Status SourcePolicy::admit(std::string_view uri) const {
     if (scheme == "file") {
       if (!rest.starts_with("/")) continue;  // open_source refuses relative paths too
       const std::string path = canonical_dir(rest);
-      if (path == prefix || (path.starts_with(prefix) && (prefix.ends_with("/") ||
-                                                          path[prefix.size()] == '/')))
+      if (path == prefix ||
+          (path.starts_with(prefix) && (prefix.ends_with("/") || path[prefix.size()] == '/')))
         return ok_status();
       continue;
     }

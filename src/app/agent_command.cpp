@@ -53,13 +53,11 @@ struct AgentArgs {
 asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent,
                             const http::BearerToken* token) {
   const std::string_view path = ex.request().path();
-  http::Response response =
-      token && path != "/health" && !token->admits(ex.request())
-          ? http::unauthorized("the agent's API")
-          : agent::handle_agent_api(*agent, ex.request(), path);
+  http::Response response = token && path != "/health" && !token->admits(ex.request())
+                                ? http::unauthorized("the agent's API")
+                                : agent::handle_agent_api(*agent, ex.request(), path);
   co_await ex.respond(std::move(response));
 }
-
 
 int run_agent(const AgentArgs& args) {
   sigset_t signals;
@@ -126,7 +124,8 @@ int run_agent(const AgentArgs& args) {
   server_options.port = args.port;
   agent::Agent* agent_ptr = nullptr;
   auto server = http::Server::create(
-      raw, server_options, [&agent_ptr, token_ptr](http::Exchange& ex) { return serve(ex, agent_ptr, token_ptr); });
+      raw, server_options,
+      [&agent_ptr, token_ptr](http::Exchange& ex) { return serve(ex, agent_ptr, token_ptr); });
   if (!server.ok()) {
     spdlog::error("agent: {}", server.error().message);
     return 1;

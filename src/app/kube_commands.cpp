@@ -85,21 +85,20 @@ Result<http::BearerToken> ensure_token_secret(const kube::Client& client,
                        ? base64_decode(data["token"].get<std::string>())
                        : std::nullopt;
       if (!token)
-        return make_error(ErrorCode::kInvalidArgument,
-                          "Secret {}/{} has no key 'token' (base64)", namespace_name, name);
+        return make_error(ErrorCode::kInvalidArgument, "Secret {}/{} has no key 'token' (base64)",
+                          namespace_name, name);
       return http::BearerToken::from_string(*token,
                                             fmt::format("Secret {}/{}", namespace_name, name));
     }
     if (got.error().code != ErrorCode::kNotFound) return got.error();
-    const kube::json secret = {
-        {"apiVersion", "v1"},
-        {"kind", "Secret"},
-        {"metadata",
-         {{"name", name},
-          {"namespace", namespace_name},
-          {"labels", {{"app.kubernetes.io/part-of", "loadstar"}}}}},
-        {"type", "Opaque"},
-        {"data", {{"token", base64_encode(http::BearerToken::generate())}}}};
+    const kube::json secret = {{"apiVersion", "v1"},
+                               {"kind", "Secret"},
+                               {"metadata",
+                                {{"name", name},
+                                 {"namespace", namespace_name},
+                                 {"labels", {{"app.kubernetes.io/part-of", "loadstar"}}}}},
+                               {"type", "Opaque"},
+                               {"data", {{"token", base64_encode(http::BearerToken::generate())}}}};
     auto created = client.create(collection, secret);
     if (created.ok()) {
       spdlog::info("created Secret {}/{} with a new internal token", namespace_name, name);
@@ -159,9 +158,9 @@ int run_controller(ControllerArgs args) {
     fmt::print(stderr, "loadstar controller: {}\n", given_token.error().message);
     return 2;
   }
-  auto token = *given_token ? Result<http::BearerToken>(std::move(**given_token))
-                            : ensure_token_secret(client, config->namespace_name,
-                                                  args.pods.token_secret);
+  auto token = *given_token
+                   ? Result<http::BearerToken>(std::move(**given_token))
+                   : ensure_token_secret(client, config->namespace_name, args.pods.token_secret);
   if (!token.ok()) {
     spdlog::error("internal token: {}", token.error().message);
     return 1;

@@ -221,10 +221,10 @@ int run_up(const UpArgs& args) {
   admin_options.host = args.admin_host;
   admin_options.port = args.admin_port;
   admin_options.error_body = openai::error_body_for;
-  auto admin = http::Server::create({&admin_io}, admin_options,
-                                    [ctl_ptr, store_ptr, agent_ptr, token_ptr](http::Exchange& ex) {
-                                      return admin_handle(ex, ctl_ptr, store_ptr, agent_ptr, token_ptr);
-                                    });
+  auto admin = http::Server::create(
+      {&admin_io}, admin_options, [ctl_ptr, store_ptr, agent_ptr, token_ptr](http::Exchange& ex) {
+        return admin_handle(ex, ctl_ptr, store_ptr, agent_ptr, token_ptr);
+      });
   if (!admin.ok()) {
     spdlog::error("admin API: {}", admin.error().message);
     return 1;

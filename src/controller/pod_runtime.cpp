@@ -143,8 +143,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   if (!options.token_secret.empty())
     stage_env.push_back(
         {{"name", "LOADSTAR_TOKEN"},
-         {"valueFrom",
-          {{"secretKeyRef", {{"name", options.token_secret}, {"key", "token"}}}}}});
+         {"valueFrom", {{"secretKeyRef", {{"name", options.token_secret}, {"key", "token"}}}}}});
   json stage = {{"name", "stage"},
                 {"image", options.image},
                 {"imagePullPolicy", options.image_pull_policy},

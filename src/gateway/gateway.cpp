@@ -87,7 +87,8 @@ bool internal_caller(const GatewayOptions& options, const http::Request& req) {
 http::Response refuse_internal(const GatewayOptions& options, std::string_view path) {
   if (options.internal_token) return http::unauthorized(path);
   openai::ApiError e{
-      403, fmt::format("{} answers only loopback callers (the gateway has no internal token)", path),
+      403,
+      fmt::format("{} answers only loopback callers (the gateway has no internal token)", path),
       {}};
   return {403, "application/json", openai::error_body(e)};
 }
@@ -107,7 +108,7 @@ struct Gateway::Impl {
   EndpointChooser chooser;
   HoldCounts holds;
   EngineScraper scraper;
-  PublishedTables tables;  // for the load report
+  PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
@@ -299,7 +300,8 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
       shared_decision = co_await std::move(pending);
       if (!shared_decision) shared_id.clear();
     }
-    auto decision = shared_decision ? std::move(*shared_decision) : tenant->admit(steady_s(), estimate);
+    auto decision =
+        shared_decision ? std::move(*shared_decision) : tenant->admit(steady_s(), estimate);
     add_rate_limit_headers(decision.state, headers);
     if (!decision.admitted) {
       ++w.stats

@@ -139,7 +139,8 @@ struct SharedLimits::Impl {
       }
     }
     redis = c;
-    if (!owner->up_.exchange(true)) spdlog::info("shared tenant limits: Redis at {}:{} is up", address.host, address.port);
+    if (!owner->up_.exchange(true))
+      spdlog::info("shared tenant limits: Redis at {}:{} is up", address.host, address.port);
     return redis;
   }
 
@@ -160,17 +161,16 @@ struct SharedLimits::Impl {
   }
 
   std::optional<TenantLimiter::Decision> admit(const std::string& tenant,
-                                                const TenantLimits& limits, double estimate,
-                                                const std::string& id) {
+                                               const TenantLimits& limits, double estimate,
+                                               const std::string& id) {
     const std::string keys[3] = {key(tenant, "requests"), key(tenant, "tokens"),
                                  key(tenant, "inflight")};
-    const std::string args[6] = {
-        fmt::format("{}", limits.requests_per_minute.value_or(0)),
-        fmt::format("{}", limits.tokens_per_minute.value_or(0)),
-        fmt::format("{}", limits.max_concurrent.value_or(0)),
-        fmt::format("{}", estimate),
-        id,
-        fmt::format("{}", kLeaseSeconds)};
+    const std::string args[6] = {fmt::format("{}", limits.requests_per_minute.value_or(0)),
+                                 fmt::format("{}", limits.tokens_per_minute.value_or(0)),
+                                 fmt::format("{}", limits.max_concurrent.value_or(0)),
+                                 fmt::format("{}", estimate),
+                                 id,
+                                 fmt::format("{}", kLeaseSeconds)};
     // EVAL script 3 KEY KEY KEY ARG x 6
     const char* argv[12] = {"EVAL", kAdmit, "3"};
     size_t lens[12] = {4, std::strlen(kAdmit), 1};
@@ -256,8 +256,8 @@ asio::awaitable<std::optional<TenantLimiter::Decision>> SharedLimits::admit(
   Impl* impl = impl_.get();
   // The blocking call runs on the Redis thread; this coroutine resumes on
   // its own executor when it is done.
-  auto on_thread = admit_on_redis_thread(impl, std::move(tenant), std::move(limits),
-                                         estimated_cost, std::move(request_id));
+  auto on_thread = admit_on_redis_thread(impl, std::move(tenant), std::move(limits), estimated_cost,
+                                         std::move(request_id));
   auto pending = asio::co_spawn(impl->io, std::move(on_thread), asio::use_awaitable);
   std::optional<TenantLimiter::Decision> decision = co_await std::move(pending);
   co_return decision;
@@ -267,9 +267,8 @@ void SharedLimits::finish(std::string tenant, TenantLimits limits, double estima
                           double actual_cost, std::string request_id) {
   Impl* impl = impl_.get();
   asio::post(impl->io, [impl, tenant = std::move(tenant), limits = std::move(limits),
-                        refund = estimated_cost - actual_cost, id = std::move(request_id)] {
-    impl->finish(tenant, limits, refund, id);
-  });
+                        refund = estimated_cost - actual_cost,
+                        id = std::move(request_id)] { impl->finish(tenant, limits, refund, id); });
 }
 
 }  // namespace loadstar::gateway

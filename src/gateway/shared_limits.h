@@ -31,8 +31,10 @@ class SharedLimits {
 
   // Admits (reserving `estimated_cost` and a concurrency slot under
   // `request_id`) or refuses; nullopt when Redis did not answer.
-  boost::asio::awaitable<std::optional<TenantLimiter::Decision>> admit(
-      std::string tenant, TenantLimits limits, double estimated_cost, std::string request_id);
+  boost::asio::awaitable<std::optional<TenantLimiter::Decision>> admit(std::string tenant,
+                                                                       TenantLimits limits,
+                                                                       double estimated_cost,
+                                                                       std::string request_id);
   // Ends an admitted request: frees its slot, charges `actual_cost` for the
   // estimate. Not awaited.
   void finish(std::string tenant, TenantLimits limits, double estimated_cost, double actual_cost,

@@ -25,7 +25,7 @@ class io_context;
 namespace ssl {
 class context;
 }
-}
+}  // namespace boost::asio
 
 namespace loadstar::gateway {
 

@@ -65,9 +65,11 @@ bool BearerToken::admits(const Request& request) const {
 }
 
 Response unauthorized(std::string_view what) {
-  Response r{401, "application/json",
-             fmt::format(R"json({{"error":{{"message":"{} needs Loadstar's internal token (Authorization: Bearer; the Secret loadstar-internal in Kubernetes)","code":401}}}})json",
-                         what)};
+  Response r{
+      401, "application/json",
+      fmt::format(
+          R"json({{"error":{{"message":"{} needs Loadstar's internal token (Authorization: Bearer; the Secret loadstar-internal in Kubernetes)","code":401}}}})json",
+          what)};
   r.headers.push_back({"WWW-Authenticate", "Bearer"});
   return r;
 }

@@ -175,9 +175,8 @@ Result<ClientResponse> run(const ClientRequest& request,
   ClientResponse response;
   std::optional<Error> error;
   asio::co_spawn(ctx, exchange(request, std::move(on_data), &response, &error), asio::detached);
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
   if (!request.cancel) {
     ctx.run_until(deadline);
   } else {

@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
 #include <variant>
-#include <chrono>
 
 #include <spdlog/spdlog.h>
 
@@ -20,11 +20,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/asio/ssl.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
@@ -156,9 +156,8 @@ void Exchange::on_client_closed(std::function<void()> callback) {
   if (impl_->watch_active) *impl_->watch_active = false;
   auto active = std::make_shared<bool>(true);
   impl_->watch_active = active;
-  tcp::socket& socket =
-      std::visit([](auto* s) -> tcp::socket& { return beast::get_lowest_layer(*s).socket(); },
-                 impl_->stream);
+  tcp::socket& socket = std::visit(
+      [](auto* s) -> tcp::socket& { return beast::get_lowest_layer(*s).socket(); }, impl_->stream);
   // Readable with nothing to read means the peer closed; data means a
   // pipelined request (or a TLS record), which is not a close.
   socket.async_wait(tcp::socket::wait_read,
@@ -197,20 +196,19 @@ struct Server::State {
 namespace {
 
 Result<std::shared_ptr<asio::ssl::context>> load_tls(const std::string& cert,
-                                                      const std::string& key) {
+                                                     const std::string& key) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
   ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
                    asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
                    asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
   boost::system::error_code ec;
   ctx->use_certificate_chain_file(cert, ec);
-  if (ec)
-    return make_error(ErrorCode::kInvalidArgument, "--tls-cert {}: {}", cert, ec.message());
+  if (ec) return make_error(ErrorCode::kInvalidArgument, "--tls-cert {}: {}", cert, ec.message());
   ctx->use_private_key_file(key, asio::ssl::context::pem, ec);
   if (ec) return make_error(ErrorCode::kInvalidArgument, "--tls-key {}: {}", key, ec.message());
   if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
-    return make_error(ErrorCode::kInvalidArgument, "--tls-key {} does not match --tls-cert {}",
-                      key, cert);
+    return make_error(ErrorCode::kInvalidArgument, "--tls-key {} does not match --tls-cert {}", key,
+                      cert);
   return ctx;
 }
 
@@ -443,7 +441,6 @@ asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> 
   }
   --state->refusing;
 }
-
 
 asio::awaitable<void> accept_loop(tcp::acceptor* acceptor, std::shared_ptr<Server::State> state) {
   // Refusals answered at once; each holds a descriptor for a moment.

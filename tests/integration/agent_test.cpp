@@ -220,7 +220,8 @@ class Agent {
     dir_ = scratch_dir() / ("agent-" + name);
     // Its internal token, when started with LOADSTAR_TOKEN=...
     for (const auto& e : env)
-      if (e.starts_with("LOADSTAR_TOKEN=")) headers_.push_back({"Authorization", "Bearer " + e.substr(15)});
+      if (e.starts_with("LOADSTAR_TOKEN="))
+        headers_.push_back({"Authorization", "Bearer " + e.substr(15)});
     const fs::path port_file = dir_ / "port";
     fs::create_directories(dir_);
     fs::remove(port_file);
@@ -372,9 +373,9 @@ TEST(AgentProcess, TheApiNeedsTheTokenAndSourcesCannotReachMetadataAddresses) {
 
   // Cloud metadata addresses are refused however they are written: a
   // literal, a number that resolves to one, a redirect to one.
-  for (const std::string& source : {std::string("http://169.254.169.254/latest/meta-data/"),
-                                   std::string("http://2852039166/latest/meta-data/"),
-                                   origin.url() + "/to-metadata/"}) {
+  for (const std::string& source :
+       {std::string("http://169.254.169.254/latest/meta-data/"),
+        std::string("http://2852039166/latest/meta-data/"), origin.url() + "/to-metadata/"}) {
     agent.stage("meta", source);
     json p = agent.wait("meta");
     EXPECT_EQ(p["state"], "failed") << source;

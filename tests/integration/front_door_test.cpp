@@ -3,18 +3,18 @@
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
-#include <signal.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <set>
-#include <chrono>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -171,8 +171,7 @@ TEST(FrontDoor, AnEngineThatStallsMidStreamEndsItWithAnErrorEvent) {
 std::set<std::string> socket_inodes(pid_t pid) {
   std::set<std::string> out;
   std::error_code ec;
-  for (const auto& fd :
-       std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid), ec)) {
+  for (const auto& fd : std::filesystem::directory_iterator(fmt::format("/proc/{}/fd", pid), ec)) {
     std::error_code lec;
     const std::string target = std::filesystem::read_symlink(fd.path(), lec).string();
     if (target.starts_with("socket:")) out.insert(target);
@@ -291,11 +290,12 @@ TEST(FrontDoor, AnHttpsRouteBackendIsReachedAndVerified) {
   make_certificate(dir, "backend");
   make_certificate(dir, "other");
   // The "hosted API": another gateway, over HTTPS.
-  auto hosted = Up::start(quickstart(1), {"--tls-cert", (dir / "backend.crt").string(),
-                                          "--tls-key", (dir / "backend.key").string()});
+  auto hosted = Up::start(quickstart(1), {"--tls-cert", (dir / "backend.crt").string(), "--tls-key",
+                                          (dir / "backend.key").string()});
   hosted->wait_ready("chat", 1);
   const std::string url = fmt::format("https://127.0.0.1:{}/v1", hosted->port());
-  auto front = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+  auto front =
+      Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Route
 metadata: {{name: hosted}}
 spec:
@@ -307,8 +307,7 @@ metadata: {{name: impostor}}
 spec:
   backends: [{{url: "{0}", model: chat, caFile: "{2}"}}]
 )",
-                                     url, (dir / "backend.crt").string(),
-                                     (dir / "other.crt").string()));
+                            url, (dir / "backend.crt").string(), (dir / "other.crt").string()));
   auto ask = [&](const std::string& model, bool stream) {
     json body = json::parse(chat_body(5, stream));
     body["model"] = model;
@@ -352,8 +351,15 @@ class RedisServer {
     port_ = ntohs(addr.sin_port);
     ::close(probe);
     ProcessOptions options;
-    options.argv = {"/usr/bin/redis-server", "--port", std::to_string(port_), "--bind",
-                    "127.0.0.1", "--save", "", "--appendonly", "no"};
+    options.argv = {"/usr/bin/redis-server",
+                    "--port",
+                    std::to_string(port_),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no"};
     options.output_path = (scratch_dir() / fmt::format("redis-{}.log", port_)).string();
     auto p = Subprocess::start(options);
     if (!p.ok()) throw std::runtime_error(p.error().message);

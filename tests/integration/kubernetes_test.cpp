@@ -185,9 +185,9 @@ class KubernetesTest : public ::testing::Test {
                                         "loadstar.test/ns=" + ns_};
     kubelet.insert(kubelet.end(), kubelet_extra.begin(), kubelet_extra.end());
     spawn(node, kubelet);
-    spawn(node + "-agent", {LOADSTAR_BIN, "agent", "--host", ip, "--port", "8070", "--cache-dir",
-                            (host / "var/lib/loadstar/agent").string(), "--token-file",
-                            token_file().string()});
+    spawn(node + "-agent",
+          {LOADSTAR_BIN, "agent", "--host", ip, "--port", "8070", "--cache-dir",
+           (host / "var/lib/loadstar/agent").string(), "--token-file", token_file().string()});
     wait_output(node, "node .* ready");
     wait_output(node + "-agent", "agent serving on");
   }

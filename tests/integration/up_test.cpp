@@ -119,7 +119,8 @@ spec: {model: tiny, replicas: 0}
   auto unknown = up->post("/v1/chat/completions",
                           R"({"model":"gpt-x","messages":[{"role":"user","content":"x"}]})");
   EXPECT_EQ(unknown.status, 404);
-  EXPECT_EQ(json::parse(unknown.body)["error"]["message"], "The model `gpt-x` does not exist or you do not have access to it.");
+  EXPECT_EQ(json::parse(unknown.body)["error"]["message"],
+            "The model `gpt-x` does not exist or you do not have access to it.");
   auto big = up->post("/v1/completions",
                       json({{"model", "chat"}, {"prompt", std::string(100000, 'x')}}).dump());
   EXPECT_EQ(big.status, 413);

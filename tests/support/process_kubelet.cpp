@@ -155,9 +155,9 @@ class Kubelet {
         // Read from the API, as a kubelet does (it would hold the container
         // back while the Secret is missing; here it starts without it).
         const json& ref = e["valueFrom"]["secretKeyRef"];
-        auto secret = client_.get(
-            loadstar::kube::collection_path("v1", args_.namespace_name, "secrets") + "/" +
-            ref.value("name", ""));
+        auto secret =
+            client_.get(loadstar::kube::collection_path("v1", args_.namespace_name, "secrets") +
+                        "/" + ref.value("name", ""));
         const std::string key = ref.value("key", "");
         std::optional<std::string> value;
         if (secret.ok() && (*secret)["data"].is_object() && (*secret)["data"].contains(key))

@@ -13,9 +13,9 @@ using agent::admit_fetch_address;
 using agent::SourcePolicy;
 
 TEST(SourcePolicy, MetadataAndLinkLocalAddressesAreNeverFetched) {
-  for (const char* a : {"169.254.169.254", "169.254.0.1", "::ffff:169.254.169.254",
-                        "fd00:ec2::254", "100.100.100.200", "fe80::1", "0.0.0.0", "::",
-                        "224.0.0.1", "255.255.255.255", "ff02::1"}) {
+  for (const char* a :
+       {"169.254.169.254", "169.254.0.1", "::ffff:169.254.169.254", "fd00:ec2::254",
+        "100.100.100.200", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "ff02::1"}) {
     Status s = admit_fetch_address(a, true);
     EXPECT_FALSE(s.ok()) << a;
     if (!s.ok()) {
@@ -50,8 +50,8 @@ TEST(SourcePolicy, AllowEntriesMatchAtBoundariesOnly) {
   ASSERT_TRUE(policy.ok()) << policy.error().message;
   for (const char* uri :
        {"hf://meta-llama/Llama-3.1-8B", "s3://team-bucket", "s3://team-bucket/llama/",
-        "https://models.example.com/llama/", "https://models.example.com?x=1",
-        "file:///srv/models", "file:///srv/models/llama"})
+        "https://models.example.com/llama/", "https://models.example.com?x=1", "file:///srv/models",
+        "file:///srv/models/llama"})
     EXPECT_TRUE(policy->admit(uri).ok()) << uri;
   for (const char* uri :
        {"hf://other/x", "s3://team-bucket-evil/x", "https://models.example.com.evil.net/x",
