@@ -123,6 +123,16 @@ class MapReader {
     return true;
   }
 
+  bool integer(const char* key, int32_t& out) {
+    YAML::Node v = get(key);
+    if (!v || v.IsNull()) return false;
+    if (!v.IsScalar() || !YAML::convert<int32_t>::decode(v, out)) {
+      d_.error(v, field(key), "must be an integer");
+      return false;
+    }
+    return true;
+  }
+
   bool boolean(const char* key, bool& out) {
     YAML::Node v = get(key);
     if (!v || v.IsNull()) return false;
@@ -414,12 +424,7 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     e.finish();
   }
   spec.string("queue", svc.spec.queue, false);
-  if (YAML::Node priority = spec.get("priority"); priority && !priority.IsNull()) {
-    int32_t value = 0;
-    if (!priority.IsScalar() || !YAML::convert<int32_t>::decode(priority, value))
-      d.error(priority, "spec.priority", "must be an integer");
-    svc.spec.priority = value;
-  }
+  spec.integer("priority", svc.spec.priority);
   spec.boolean("preemptible", svc.spec.preemptible);
   if (YAML::Node resources = spec.get("resources"); resources && !resources.IsNull()) {
     MapReader r(d, resources, "spec.resources");
@@ -537,6 +542,22 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
       h.duration("timeout", out.hold_timeout_s);
       h.finish();
     }
+    if (YAML::Node flow = r.get("flowControl"); flow && !flow.IsNull()) {
+      MapReader f(d, flow, "spec.routing.flowControl");
+      f.optional_uint("maxInFlightPerReplica", out.max_in_flight_per_replica);
+      f.number("maxWaitingPerReplica", out.max_waiting_per_replica, 0, 1e6);
+      f.number("maxKvCacheUsage", out.max_kv_cache_usage, 0, 1);
+      f.uint("maxQueued", out.max_queued);
+      f.duration("queueTimeout", out.queue_timeout_s);
+      if (out.max_in_flight_per_replica == 0u)
+        d.error(flow["maxInFlightPerReplica"], "spec.routing.flowControl.maxInFlightPerReplica",
+                "must be at least 1");
+      if (!out.max_in_flight_per_replica && !out.max_waiting_per_replica && !out.max_kv_cache_usage)
+        d.error(flow, "spec.routing.flowControl",
+                "needs a saturation threshold: maxInFlightPerReplica, maxWaitingPerReplica or "
+                "maxKvCacheUsage");
+      f.finish();
+    }
     r.finish();
   }
   spec.finish();
@@ -589,6 +610,8 @@ void decode_tenant(Decoder& d, MapReader& top, Tenant& tenant) {
       }
     }
   }
+  spec.integer("priority", out.priority);
+  spec.boolean("sheddable", out.sheddable);
   spec.finish();
 }
 
@@ -814,6 +837,17 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::Key << "hold" << YAML::Value << YAML::BeginMap << YAML::Key << "maxRequests"
         << YAML::Value << r.hold_max_requests << YAML::Key << "timeout" << YAML::Value
         << fmt::format("{}s", r.hold_timeout_s) << YAML::EndMap;
+    if (r.max_in_flight_per_replica || r.max_waiting_per_replica || r.max_kv_cache_usage) {
+      out << YAML::Key << "flowControl" << YAML::Value << YAML::BeginMap;
+      if (r.max_in_flight_per_replica)
+        out << YAML::Key << "maxInFlightPerReplica" << YAML::Value << *r.max_in_flight_per_replica;
+      if (r.max_waiting_per_replica)
+        out << YAML::Key << "maxWaitingPerReplica" << YAML::Value << *r.max_waiting_per_replica;
+      if (r.max_kv_cache_usage)
+        out << YAML::Key << "maxKvCacheUsage" << YAML::Value << *r.max_kv_cache_usage;
+      out << YAML::Key << "maxQueued" << YAML::Value << r.max_queued << YAML::Key << "queueTimeout"
+          << YAML::Value << fmt::format("{}s", r.queue_timeout_s) << YAML::EndMap;
+    }
     out << YAML::EndMap;
   } else if (const auto* tenant = std::get_if<Tenant>(&resource)) {
     const TenantSpec& t = tenant->spec;
@@ -839,6 +873,8 @@ std::string encode_resource(const Resource& resource) {
       for (const auto& m : t.models) out << YAML::DoubleQuoted << m;
       out << YAML::EndSeq;
     }
+    if (t.priority != 0) out << YAML::Key << "priority" << YAML::Value << t.priority;
+    if (t.sheddable) out << YAML::Key << "sheddable" << YAML::Value << true;
   } else if (const auto* node = std::get_if<Node>(&resource)) {
     const NodeSpec& n = node->spec;
     out << YAML::Key << "cpu" << YAML::Value << n.cpu;

@@ -68,6 +68,16 @@ struct RoutingSpec {
   // this long) instead of failing.
   uint32_t hold_max_requests = 256;
   double hold_timeout_s = 120;
+  // Flow control (spec.routing.flowControl): a replica is saturated when any
+  // threshold set here is reached; while every replica is, requests wait in
+  // the gateway (at most max_queued, queue_timeout_s each), ordered by their
+  // tenant's priority and fair across tenants, and sheddable tenants'
+  // requests are refused. No threshold set: off.
+  std::optional<uint32_t> max_in_flight_per_replica;  // the gateway's requests on it
+  std::optional<double> max_waiting_per_replica;      // the engine's queue, as scraped
+  std::optional<double> max_kv_cache_usage;           // 0..1, as scraped
+  uint32_t max_queued = 1024;
+  double queue_timeout_s = 60;
   bool operator==(const RoutingSpec&) const = default;
 };
 
@@ -138,6 +148,11 @@ struct TenantSpec {
   // tenant's keys may call; empty: every model. Others answer 404, as if
   // they did not exist, and are left out of /v1/models.
   std::vector<std::string> models;
+  // Flow control on saturated services: higher priorities leave the
+  // gateway's queue first; a sheddable tenant's requests are refused (503,
+  // Retry-After) rather than queued.
+  int32_t priority = 0;
+  bool sheddable = false;
 };
 
 struct Tenant {

@@ -83,7 +83,14 @@ std::vector<KindSchema> build() {
       f("sessionHeader", T::kString, "Request header that names a session."),
       f("hold", T::kObject, "Requests that arrive while no replica is ready wait.",
         {f("maxRequests", T::kInteger, "At most this many (default 256)."),
-         f("timeout", T::kDuration, "At most this long (default 120s).")})};
+         f("timeout", T::kDuration, "At most this long (default 120s).")}),
+      f("flowControl", T::kObject,
+        "While every replica is saturated, requests wait in the gateway by tenant priority.",
+        {f("maxInFlightPerReplica", T::kInteger, "Saturated at this many requests in flight."),
+         f("maxWaitingPerReplica", T::kNumber, "Saturated at this engine queue depth."),
+         f("maxKvCacheUsage", T::kNumber, "Saturated at this KV-cache use (0..1)."),
+         f("maxQueued", T::kInteger, "Requests waiting at once (default 1024)."),
+         f("queueTimeout", T::kDuration, "Longest wait (default 60s).")})};
   kinds.push_back(
       {"InferenceService",
        "inferenceservices",
@@ -137,7 +144,11 @@ std::vector<KindSchema> build() {
         f("tokenCost", T::kString,
           "What a request costs, e.g. input_tokens + output_tokens (the default)."),
         f("models", T::kStrings,
-          "Model names (services, routes) its keys may call; empty: all. Others answer 404.")},
+          "Model names (services, routes) its keys may call; empty: all. Others answer 404."),
+        f("priority", T::kInteger,
+          "On saturated services, higher priorities leave the gateway's queue first."),
+        f("sheddable", T::kBoolean,
+          "On saturated services, its requests are refused (503) instead of queued.")},
        {{"RPM", "integer", ".spec.limits.requestsPerMinute", "Requests per minute", 0},
         {"TPM", "integer", ".spec.limits.tokensPerMinute", "Tokens per minute", 0},
         {"Age", "date", ".metadata.creationTimestamp", "", 0}}});

@@ -52,6 +52,23 @@ LoadRound LoadAggregator::round(
         load.kv_usage = std::max(load.kv_usage.value_or(0), e.kv_usage);
       }
     }
+    // Requests queued in the gateway for a saturated service wait as surely
+    // as those in an engine's queue: shared among its replicas, they count
+    // as waiting and in flight. With no replica they are demand.
+    for (const auto& [service, n] : report.queued) {
+      std::vector<ReplicaLoad*> mine;
+      for (const gateway::EndpointLoad& e : report.endpoints)
+        if (e.service == service) mine.push_back(&out.replicas[e.replica]);
+      if (mine.empty()) {
+        if (n > 0) out.demand.insert(service);
+        continue;
+      }
+      const int64_t size = static_cast<int64_t>(mine.size());
+      for (int64_t i = 0; i < size; ++i) {
+        mine[i]->in_flight += n / size + (i < n % size ? 1 : 0);
+        mine[i]->waiting = mine[i]->waiting.value_or(0) + static_cast<double>(n) / size;
+      }
+    }
   }
   // Forget gateways and replicas that are gone, so a gateway coming back
   // starts from its counters as they are then.

@@ -36,7 +36,7 @@ struct ReplicaLoad {
 
 struct LoadRound {
   std::map<std::string, ReplicaLoad> replicas;  // by replica name
-  std::set<std::string> demand;                 // services held requests wait for
+  std::set<std::string> demand;                 // services held (or queued) requests wait for
 
   // `later` follows this round: increments add up, current values are
   // `later`'s (a replica it does not report has nothing in flight).

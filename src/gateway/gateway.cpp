@@ -10,9 +10,11 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
@@ -28,6 +30,7 @@
 #include "gateway/shared_limits.h"
 #include "gateway/stats.h"
 #include "gateway/upstream.h"
+#include "gateway/waiting_room.h"
 #include "http/server.h"
 #include "openai/protocol.h"
 
@@ -72,6 +75,7 @@ struct Worker {
   Upstream upstream;  // idle keep-alive connections per replica
   HeldRequests held;  // a new table wakes them
   EndpointChooser::Scratch picks;
+  std::vector<Endpoint*> unsaturated;  // scratch of flow control's filter
   std::mt19937_64 rng{std::random_device{}()};
   std::thread thread;
 };
@@ -110,6 +114,7 @@ struct Gateway::Impl {
   EngineScraper scraper;
   PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
+  WaitingRoom waiting_room;              // flow control: saturated services' queues
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
 
@@ -127,7 +132,14 @@ struct Gateway::Impl {
   asio::awaitable<void> proxy(Worker& w, http::Exchange& ex);
   asio::awaitable<Routed> route(Worker& w, http::Exchange& ex, const RequestPeek& peek,
                                 ModelStats& stats, const std::vector<http::Header>& extra_headers,
-                                Clock::time_point start);
+                                Clock::time_point start, const TenantLimiter* tenant);
+  // Flow control before an attempt at a service whose replicas may all be
+  // saturated: true to go on; false when the request was answered (503) or
+  // its client left, with the status in `code`.
+  asio::awaitable<bool> wait_for_room(Worker& w, http::Exchange& ex, const std::string& service,
+                                      const TenantLimiter* tenant, int& code);
+  // Lets queued requests go where there is room, every 20 ms (worker 0).
+  asio::awaitable<void> flow_ticks(Worker& w);
   // Outlier detection's bookkeeping after an attempt.
   void note_outcome(Worker& w, Endpoint& endpoint, bool failed);
   // What this gateway sees of each ready replica and of held requests, for
@@ -186,6 +198,7 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
   merged.max_connections = server->max_connections();
   merged.refused_connections = server->refused_connections();
   std::string text = render_metrics(merged);
+  text += waiting_room.metrics();
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
 }
@@ -334,7 +347,7 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     --stats.in_flight;
     finish_tenant(estimate);
   });
-  const Routed routed = co_await route(w, ex, *peek, stats, headers, start);
+  const Routed routed = co_await route(w, ex, *peek, stats, headers, start, tenant);
   abandoned.dismiss();
   const int code = routed.code;
   const Usage& usage = routed.usage;
@@ -358,7 +371,8 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
 
 asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     Worker& w, http::Exchange& ex, const RequestPeek& peek, ModelStats& stats,
-    const std::vector<http::Header>& extra_headers, Clock::time_point start) {
+    const std::vector<http::Header>& extra_headers, Clock::time_point start,
+    const TenantLimiter* tenant) {
   const std::string& model = peek.model;
   const http::Request& req = ex.request();
   const std::vector<uint64_t> blocks =
@@ -373,6 +387,13 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
   ForwardOutcome outcome = ForwardOutcome::kRetry;
   bool held = false;
   double held_s = 0;
+  // Flow control: the service whose room this request holds a reservation
+  // of, until it is counted in an endpoint's in_flight.
+  std::string reserved;
+  ScopeExit unreserve([this, &reserved] {
+    if (!reserved.empty()) waiting_room.dispatched(reserved);
+  });
+  bool flow_checked = false;
   for (unsigned attempt = 0; attempt < options.max_attempts && outcome == ForwardOutcome::kRetry;) {
     if (selector.backends().empty()) {
       routed.code = 404;
@@ -402,6 +423,22 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       selector.resolve(w.table);
       continue;
     }
+    if (!flow_checked && !backend->external &&
+        selector.table().services.at(backend->service).flow.enabled()) {
+      // Every replica saturated: wait in the gateway's queue for room.
+      flow_checked = true;
+      int code = 0;
+      const bool go = co_await wait_for_room(w, ex, backend->service, tenant, code);
+      if (!go) {
+        routed.code = code;
+        co_return routed;
+      }
+      reserved = backend->service;
+      if (w.table.get() != &selector.table()) {  // a new table came while it waited
+        selector.resolve(w.table);
+        continue;
+      }
+    }
     if (attempt > 0) {
       // The retry budget: retries may be only a share of what is in flight.
       const auto budget = std::max<int64_t>(
@@ -422,8 +459,11 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
         .blocks = blocks, .prompt_bytes = peek.prompt.size(), .now_ms = now_ms};
     if (picker && !picker->session_header.empty())
       pick_request.session = req.header(picker->session_header);
-    const EndpointPick chosen =
-        chooser.choose(picker, selector.endpoints(*backend, now_ms), pick_request, w.picks);
+    std::span<Endpoint* const> candidates = selector.endpoints(*backend, now_ms);
+    if (picker)
+      candidates = unsaturated(selector.table().services.at(backend->service).flow, candidates,
+                               now_ms, w.unsaturated);
+    const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
     Endpoint* endpoint = chosen.endpoint;
     stats.prefix_blocks_matched += chosen.prefix_blocks_matched;
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
@@ -433,6 +473,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);
+    if (!reserved.empty()) waiting_room.dispatched(std::exchange(reserved, {}));
     if (attempt > 0) ++retries_in_flight;
     ForwardRequest forward;
     forward.endpoint = endpoint;
@@ -453,6 +494,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     endpoint->pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    waiting_room.notify(*w.table);  // its room may let a queued request go
     outcome = result.outcome;
     routed.code = result.client_status;
     routed.usage.prompt_tokens += result.usage.prompt_tokens;
@@ -489,6 +531,56 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
   co_return routed;
 }
 
+asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex,
+                                                   const std::string& service,
+                                                   const TenantLimiter* tenant, int& code) {
+  const RoutingTable::Service& svc = w.table->services.at(service);
+  WaitingRoom::Entry entry{.service = service};
+  if (tenant) {
+    const TenantLimits limits = tenant->limits();
+    entry.tenant = tenant->name();
+    entry.priority = limits.priority;
+    entry.sheddable = limits.sheddable;
+  }
+  // The table (and so svc) stays alive while this waits.
+  std::shared_ptr<const RoutingTable> table = w.table;
+  const WaitingRoom::Verdict verdict =
+      co_await waiting_room.enter(ex, std::move(entry), svc.flow, svc.ready);
+  using V = WaitingRoom::Verdict;
+  if (verdict == V::kGo) co_return true;
+  if (verdict == V::kClientGone) {
+    code = 499;
+    co_return false;
+  }
+  code = 503;
+  std::string message =
+      verdict == V::kShed ? fmt::format(
+                                "every replica of `{}` is saturated and this key's traffic "
+                                "is sheddable; retry later",
+                                service)
+      : verdict == V::kFull
+          ? fmt::format("every replica of `{}` is saturated and its queue is full; retry later",
+                        service)
+      : verdict == V::kEvicted
+          ? fmt::format(
+                "every replica of `{}` is saturated and higher-priority requests took "
+                "this one's place in the queue; retry later",
+                service)
+          : fmt::format("no replica of `{}` had room within {}s; retry later", service,
+                        svc.flow.queue_timeout_s);
+  co_await send_error(ex, 503, std::move(message), {}, {}, 1);
+  co_return false;
+}
+
+asio::awaitable<void> Gateway::Impl::flow_ticks(Worker& w) {
+  asio::steady_timer timer(w.io);
+  for (;;) {
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(asio::use_awaitable);
+    waiting_room.notify(*w.table);
+  }
+}
+
 void Gateway::Impl::note_outcome(Worker& w, Endpoint& endpoint, bool failed) {
   const OutlierPolicy policy{.consecutive_failures = options.outlier_consecutive_failures,
                              .base_ejection_s = options.outlier_base_ejection_s};
@@ -505,6 +597,7 @@ LoadReport Gateway::Impl::load_report() {
   for (const auto& e : tables.reported(now_ms))
     report.endpoints.push_back(endpoint_load(*e, now_ms));
   for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
+  report.queued = waiting_room.queued();
   return report;
 }
 
@@ -565,6 +658,8 @@ void Gateway::start() {
   for (auto& worker : impl_->workers) {
     Worker* w = worker.get();
     w->guard.emplace(w->io.get_executor());
+    if (w == impl_->workers.front().get())
+      asio::co_spawn(w->io, impl_->flow_ticks(*w), asio::detached);
     w->thread = std::thread([w] {
       current_worker = w;
       w->io.run();

@@ -37,7 +37,13 @@ std::string load_report_json(const LoadReport& report) {
   json held = json::object();
   for (const auto& [service, n] : report.held)
     if (n > 0) held[service] = n;
-  return json({{"endpoints", std::move(endpoints)}, {"held", std::move(held)}}).dump();
+  json queued = json::object();
+  for (const auto& [service, n] : report.queued)
+    if (n > 0) queued[service] = n;
+  return json({{"endpoints", std::move(endpoints)},
+               {"held", std::move(held)},
+               {"queued", std::move(queued)}})
+      .dump();
 }
 
 namespace {
@@ -67,6 +73,10 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     for (const auto& [service, n] : held->items())
       if (n.is_number() && n.get<double>() > 0)
         out.report.held[service] = static_cast<int64_t>(std::max(1.0, n.get<double>()));
+  if (auto queued = doc.find("queued"); queued != doc.end() && queued->is_object())
+    for (const auto& [service, n] : queued->items())
+      if (const uint64_t count = counter(n); count > 0)
+        out.report.queued[service] = static_cast<int64_t>(std::min<uint64_t>(count, INT64_MAX));
   for (const json& e : doc["endpoints"]) {
     if (!e.is_object() || !e.contains("replica") || !e["replica"].is_string()) {
       out.problems.push_back("an endpoint without a replica name");

@@ -33,6 +33,9 @@ struct EndpointLoad {
 struct LoadReport {
   std::vector<EndpointLoad> endpoints;  // each replica once
   std::map<std::string, int64_t> held;  // service -> requests held for it now
+  // service -> requests waiting in the gateway's flow-control queue for its
+  // saturated replicas to have room
+  std::map<std::string, int64_t> queued;
 };
 
 // The gateway's counters now (`now_ms`: steady-clock milliseconds, for the

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/flow_queue.h"
 #include "gateway/picker.h"
 #include "gateway/tenants.h"
 
@@ -88,6 +89,7 @@ struct RoutingTable {
     bool may_get_replicas = true;
     uint32_t hold_max_requests = 256;
     double hold_timeout_s = 120;
+    FlowControl flow;  // off unless a saturation threshold is set
   };
   struct Backend {
     std::string service;                 // an InferenceService, or

@@ -31,6 +31,9 @@ struct TenantLimits {
   std::optional<double> tokens_per_minute;  // in cost units
   std::optional<uint32_t> max_concurrent;
   std::vector<std::string> models;  // the model names it may call; empty: all
+  // Flow control on saturated services (see waiting_room.h).
+  int32_t priority = 0;
+  bool sheddable = false;
 };
 
 // What the x-ratelimit-* headers say (OpenAI's names): limit, remaining, and

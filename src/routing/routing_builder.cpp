@@ -34,6 +34,12 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     s.hold_max_requests = svc.spec.routing.hold_max_requests;
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
+    const api::RoutingSpec& r = svc.spec.routing;
+    s.flow = {.max_in_flight = r.max_in_flight_per_replica,
+              .max_waiting = r.max_waiting_per_replica,
+              .max_kv_usage = r.max_kv_cache_usage,
+              .max_queued = r.max_queued,
+              .queue_timeout_s = r.queue_timeout_s};
     auto ready = inputs.ready.find(name);
     if (ready == inputs.ready.end()) continue;
     for (const ReadyReplica& r : ready->second) {
@@ -76,6 +82,8 @@ std::shared_ptr<const gateway::TenantDirectory> RoutingBuilder::build_tenants(
     if (t.spec.tokens_per_minute) limits.tokens_per_minute = *t.spec.tokens_per_minute;
     limits.max_concurrent = t.spec.max_concurrent_requests;
     limits.models = t.spec.models;
+    limits.priority = t.spec.priority;
+    limits.sheddable = t.spec.sheddable;
     auto cost = api::CostExpression::parse(t.spec.token_cost);
     if (!cost.ok()) cost = api::CostExpression();  // rejected at decode; cannot happen
     auto& limiter = tenants_[t.metadata.name];

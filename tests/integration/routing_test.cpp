@@ -11,6 +11,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -514,6 +516,104 @@ spec:
   EXPECT_EQ(
       scrape_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\",model=\"idle\""),
       3);
+}
+
+// Flow control: with every replica saturated, requests wait in the gateway
+// and leave by tenant priority; a sheddable tenant is refused at once; a full
+// queue refuses equal priorities and evicts lower ones for higher.
+TEST(Routing, SaturatedServicesQueueByTenantPriorityAndShedSheddableTraffic) {
+  const std::string rest =
+      fmt::format(R"(  routing:
+    flowControl: {{maxInFlightPerReplica: 1, maxQueued: 3, queueTimeout: 30s}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: low}}
+spec:
+  apiKeys: [{{name: l, sha256: {}}}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: high}}
+spec:
+  apiKeys: [{{name: h, sha256: {}}}]
+  priority: 10
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: batch}}
+spec:
+  apiKeys: [{{name: b, sha256: {}}}]
+  sheddable: true
+)",
+                  sha256_hex("sk-low"), sha256_hex("sk-high"), sha256_hex("sk-batch"));
+  auto up = Up::start(quickstart(1, R"("--time-scale", "1")") + rest);
+  up->wait_ready("chat", 1);
+  // Not saturated: sheddable traffic is served like any other.
+  EXPECT_EQ(up->post("/v1/completions", completion("chat", "idle", 2), {bearer("sk-batch")}).status,
+            200);
+
+  std::mutex mu;
+  std::vector<std::string> finished;  // in the order they were answered
+  std::map<std::string, http::ClientResponse> answers;
+  std::vector<std::thread> clients;
+  auto send = [&](const std::string& name, const std::string& key) {
+    clients.emplace_back([&, name, key] {
+      auto r = up->post("/v1/completions", completion("chat", name, 60), {bearer(key)});
+      std::lock_guard lock(mu);
+      finished.push_back(name);
+      answers[name] = std::move(r);
+    });
+  };
+  auto queued_reaches = [&](double n) {
+    return settled_metric(up->port(), "loadstar_gateway_queued_requests", "service=\"chat\"", n) ==
+           n;
+  };
+  send("first", "sk-low");  // takes the replica's one slot
+  ASSERT_EQ(settled_metric(up->port(), "loadstar_gateway_requests_in_flight", "model=\"chat\"", 1),
+            1);
+  send("low-1", "sk-low");
+  ASSERT_TRUE(queued_reaches(1));
+  send("low-2", "sk-low");
+  ASSERT_TRUE(queued_reaches(2));
+  send("high-1", "sk-high");
+  ASSERT_TRUE(queued_reaches(3));
+  // The queue shows in the load report the controller autoscales on.
+  auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(json::parse(load->body)["queued"]["chat"], 3) << load->body;
+
+  // Sheddable: refused at once, with Retry-After.
+  const auto shed_start = std::chrono::steady_clock::now();
+  auto shed = up->post("/v1/completions", completion("chat", "batch", 2), {bearer("sk-batch")});
+  EXPECT_EQ(shed.status, 503);
+  EXPECT_EQ(shed.header("Retry-After"), "1");
+  EXPECT_NE(shed.body.find("sheddable"), std::string::npos) << shed.body;
+  EXPECT_LT(std::chrono::steady_clock::now() - shed_start, std::chrono::milliseconds(200));
+  // Full, at the same priority: refused.
+  auto full = up->post("/v1/completions", completion("chat", "low-3", 2), {bearer("sk-low")});
+  EXPECT_EQ(full.status, 503);
+  EXPECT_NE(full.body.find("queue is full"), std::string::npos) << full.body;
+  // Full, at a higher priority: the lowest band's newest request makes room.
+  send("high-2", "sk-high");
+  for (auto& c : clients) c.join();
+
+  ASSERT_EQ(answers.size(), 5u);
+  EXPECT_EQ(answers["low-2"].status, 503);
+  EXPECT_NE(answers["low-2"].body.find("higher-priority"), std::string::npos)
+      << answers["low-2"].body;
+  for (const char* name : {"first", "low-1", "high-1", "high-2"})
+    EXPECT_EQ(answers[name].status, 200) << name << ": " << answers[name].body;
+  // low-2 was answered at eviction; the rest in priority order.
+  std::erase(finished, "low-2");
+  EXPECT_EQ(finished, (std::vector<std::string>{"first", "high-1", "high-2", "low-1"}));
+  for (const auto& [outcome, n] : std::map<std::string, double>{
+           {"shed", 1}, {"queue_full", 1}, {"evicted", 1}, {"dispatched", 3}})
+    EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_flow_control_total",
+                            fmt::format("service=\"chat\",outcome=\"{}\"", outcome)),
+              n)
+        << outcome;
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_queued_requests", "service=\"chat\""), 0);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ spec:
     scorers: {prefixCache: 4, inFlight: 1.5}
     sessionHeader: x-user
     hold: {maxRequests: 10, timeout: 30s}
+    flowControl: {maxInFlightPerReplica: 4, maxKvCacheUsage: 0.8, maxQueued: 50, queueTimeout: 20s}
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: Tenant
@@ -59,6 +60,8 @@ spec:
     - {name: old, sha256: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752, revoked: true}
   limits: {requestsPerMinute: 600, tokensPerMinute: 200000, maxConcurrentRequests: 8}
   tokenCost: "input_tokens / 3 + output_tokens"
+  priority: -5
+  sheddable: true
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: Route
@@ -182,7 +185,14 @@ TEST(Resources, DecodesTenantsRoutesAndRouting) {
   EXPECT_EQ(svc.routing.prefix_cache_weight, 4);
   EXPECT_EQ(svc.routing.session_header, "x-user");
   EXPECT_EQ(svc.routing.hold_max_requests, 10u);
+  EXPECT_EQ(svc.routing.max_in_flight_per_replica, 4u);
+  EXPECT_FALSE(svc.routing.max_waiting_per_replica);
+  EXPECT_EQ(svc.routing.max_kv_cache_usage, 0.8);
+  EXPECT_EQ(svc.routing.max_queued, 50u);
+  EXPECT_EQ(svc.routing.queue_timeout_s, 20);
   const auto& tenant = std::get<Tenant>((*resources)[1]).spec;
+  EXPECT_EQ(tenant.priority, -5);
+  EXPECT_TRUE(tenant.sheddable);
   ASSERT_EQ(tenant.api_keys.size(), 2u);
   EXPECT_TRUE(tenant.api_keys[1].revoked);
   EXPECT_EQ(tenant.tokens_per_minute, 200000u);
@@ -221,6 +231,21 @@ apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
 metadata: {name: s}
 spec: {model: m, replicas: 1, minReplicas: 2, routing: {picker: random}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: f}
+spec: {model: m, routing: {flowControl: {maxQueued: 10}}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: g}
+spec: {model: m, routing: {flowControl: {maxInFlightPerReplica: 0, maxKvCacheUsage: 2}}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: p}
+spec: {priority: high}
 )",
                               "b.yaml");
   ASSERT_FALSE(bad.ok());
@@ -233,6 +258,12 @@ spec: {model: m, replicas: 1, minReplicas: 2, routing: {picker: random}}
       << m;
   EXPECT_NE(m.find("spec.minReplicas: 2 is more than spec.replicas (1)"), std::string::npos) << m;
   EXPECT_NE(m.find("spec.routing.picker: 'random' is not one of"), std::string::npos) << m;
+  for (const char* expected :
+       {"spec.routing.flowControl: needs a saturation threshold",
+        "spec.routing.flowControl.maxInFlightPerReplica: must be at least 1",
+        "spec.routing.flowControl.maxKvCacheUsage: must be a number from 0 to 1",
+        "Tenant 'p': spec.priority: must be an integer"})
+    EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
   // Cross-resource: a route to a missing service, a model served twice.
   auto refs = decode_resources(std::string(kValid) + R"(---
 apiVersion: loadstar.dev/v1alpha1

@@ -1,0 +1,76 @@
+// Flow control's queue: requests for a service whose replicas are all
+// saturated wait here, across the gateway's workers, and leave in
+// FlowQueue's order as replicas get room (a request there finished, a
+// scrape or a new table shows room), instead of piling up blindly in one
+// engine. Sheddable tenants' requests are refused rather than queued.
+// Thread-safe: workers enter and notify from their own threads; a waiting
+// request is woken on its own worker.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include <boost/asio/awaitable.hpp>
+
+#include "gateway/flow_queue.h"
+#include "gateway/routing_table.h"
+#include "http/server.h"
+
+namespace loadstar::gateway {
+
+class WaitingRoom {
+ public:
+  enum class Verdict { kGo, kShed, kFull, kEvicted, kTimeout, kClientGone };
+  struct Entry {
+    std::string service;
+    int32_t priority = 0;
+    std::string tenant;  // "" without tenants: one flow
+    bool sheddable = false;
+  };
+
+  WaitingRoom() = default;
+  WaitingRoom(const WaitingRoom&) = delete;
+  WaitingRoom& operator=(const WaitingRoom&) = delete;
+
+  // Returns kGo at once when `endpoints` have room and nobody waits ahead,
+  // else queues the request (or refuses it) and waits for its turn, the
+  // queue timeout or the client's leaving. After kGo the caller holds a
+  // reservation of one request's room: it must call dispatched(service)
+  // once the request is counted in an endpoint's in_flight (or dropped).
+  boost::asio::awaitable<Verdict> enter(http::Exchange& ex, Entry entry, const FlowControl& flow,
+                                        std::span<const std::shared_ptr<Endpoint>> endpoints);
+  void dispatched(const std::string& service);
+  // Lets waiting requests go where `table` shows room. Cheap when nobody
+  // waits; call when a request to a replica ends, and periodically.
+  void notify(const RoutingTable& table);
+
+  // Requests waiting now, per service (the load report's "queued").
+  std::map<std::string, int64_t> queued() const;
+  // Prometheus text: loadstar_gateway_queued_requests and
+  // loadstar_gateway_flow_control_total{service,outcome}.
+  std::string metrics() const;
+
+ private:
+  struct Waiter;
+  struct Line {
+    FlowQueue queue{0};
+    std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
+    uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
+    std::map<std::string, uint64_t> outcomes;
+  };
+  void release_locked(Line& line, const FlowControl& flow,
+                      std::span<const std::shared_ptr<Endpoint>> endpoints, int64_t now_ms);
+
+  mutable std::mutex mu_;
+  std::map<std::string, Line> lines_;
+  std::atomic<int64_t> waiting_{0};
+  uint64_t next_id_ = 0;
+};
+
+}  // namespace loadstar::gateway

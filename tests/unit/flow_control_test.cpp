@@ -1,0 +1,124 @@
+// Flow control's pure core: when replicas count as saturated, the room they
+// have, and the order in which queued requests leave (priority bands,
+// round-robin across tenants, FIFO within one), eviction when full.
+#include <gtest/gtest.h>
+
+#include "controller/load.h"
+#include "gateway/flow_queue.h"
+#include "gateway/routing_table.h"
+
+namespace loadstar::gateway {
+namespace {
+
+std::vector<uint64_t> drain(FlowQueue& q) {
+  std::vector<uint64_t> out;
+  while (auto id = q.pop()) out.push_back(*id);
+  return out;
+}
+
+TEST(FlowQueue, HigherPrioritiesFirstThenTenantsTakeTurns) {
+  FlowQueue q(100);
+  // Tenant a sends four at priority 0, b one, then c one at priority 5.
+  for (uint64_t id : {1, 2, 3, 4}) EXPECT_TRUE(q.push(id, 0, "a").queued);
+  EXPECT_TRUE(q.push(5, 0, "b").queued);
+  EXPECT_TRUE(q.push(6, 5, "c").queued);
+  EXPECT_TRUE(q.push(7, 0, "b").queued);
+  EXPECT_EQ(q.size(), 7u);
+  // c first; then a and b alternate (b's two do not wait behind a's four).
+  EXPECT_EQ(drain(q), (std::vector<uint64_t>{6, 1, 5, 2, 7, 3, 4}));
+  EXPECT_TRUE(q.empty());
+}
+
+TEST(FlowQueue, AFullQueueEvictsTheLowestBandsLongestFlowOrRefuses) {
+  FlowQueue q(4);
+  EXPECT_TRUE(q.push(1, -1, "batch").queued);
+  EXPECT_TRUE(q.push(2, -1, "batch").queued);
+  EXPECT_TRUE(q.push(3, -1, "other").queued);
+  EXPECT_TRUE(q.push(4, 0, "a").queued);
+  // Same or lower priority than the lowest queued: refused.
+  auto refused = q.push(5, -1, "a");
+  EXPECT_FALSE(refused.queued);
+  EXPECT_FALSE(refused.evicted);
+  // Higher: the newest of the lowest band's longest flow makes room.
+  auto pushed = q.push(6, 3, "vip");
+  EXPECT_TRUE(pushed.queued);
+  EXPECT_EQ(pushed.evicted, 2u);
+  EXPECT_EQ(drain(q), (std::vector<uint64_t>{6, 4, 1, 3}));
+}
+
+TEST(FlowQueue, RemovedRequestsLeaveNoTrace) {
+  FlowQueue q(10);
+  q.push(1, 0, "a");
+  q.push(2, 0, "b");
+  q.push(3, 0, "a");
+  EXPECT_TRUE(q.remove(1));
+  EXPECT_FALSE(q.remove(1));
+  EXPECT_TRUE(q.remove(2));
+  EXPECT_EQ(drain(q), (std::vector<uint64_t>{3}));
+  q.set_capacity(0);
+  EXPECT_FALSE(q.push(4, 9, "a").queued);  // nothing to evict
+}
+
+TEST(FlowControl, SaturationAndRoomFromInFlightAndFreshMetrics) {
+  auto a = std::make_shared<Endpoint>("s", "s-0", "127.0.0.1", 1);
+  auto b = std::make_shared<Endpoint>("s", "s-1", "127.0.0.1", 2);
+  const std::vector<std::shared_ptr<Endpoint>> both{a, b};
+  FlowControl off;
+  EXPECT_FALSE(off.enabled());
+  FlowControl limit{.max_in_flight = 2};
+  a->in_flight = 2;
+  b->in_flight = 1;
+  const int64_t now = 100'000;
+  EXPECT_TRUE(saturated(limit, *a, now));
+  EXPECT_FALSE(saturated(limit, *b, now));
+  EXPECT_EQ(room(limit, both, now), 1u);
+  // An ejected endpoint has no room.
+  b->ejected_until_ms = now + 1;
+  EXPECT_EQ(room(limit, both, now), 0u);
+  b->ejected_until_ms = 0;
+  // Metric thresholds count only while the scrape is fresh; without an
+  // in-flight limit an unsaturated endpoint's room is unlimited.
+  FlowControl metrics{.max_waiting = 5, .max_kv_usage = 0.9};
+  a->waiting = 7;
+  a->metrics_at_ms = now - 100;
+  b->kv_usage = 0.95;
+  b->metrics_at_ms = now - kStaleMetricsMs - 1;
+  EXPECT_TRUE(saturated(metrics, *a, now));
+  EXPECT_FALSE(saturated(metrics, *b, now));  // stale
+  EXPECT_EQ(room(metrics, both, now), kUnlimited);
+  b->metrics_at_ms = now;
+  EXPECT_EQ(room(metrics, both, now), 0u);
+  // The pick goes to the unsaturated ones, or to all when none is.
+  std::vector<Endpoint*> candidates{a.get(), b.get()}, scratch;
+  EXPECT_EQ(unsaturated(metrics, candidates, now, scratch).size(), 2u);
+  b->kv_usage = 0.1;
+  auto left = unsaturated(metrics, candidates, now, scratch);
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0], b.get());
+}
+
+TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
+  LoadReport report;
+  for (int i = 0; i < 2; ++i) {
+    EndpointLoad e;
+    e.service = "chat";
+    e.replica = "chat-" + std::to_string(i);
+    e.address = "10.0.0.1:" + std::to_string(i);
+    e.in_flight = 4;
+    e.waiting = 1;
+    e.metrics_age_s = 0.1;
+    report.endpoints.push_back(e);
+  }
+  report.queued = {{"chat", 5}, {"idle", 3}};
+  auto parsed = parse_load_report(load_report_json(report));
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(parsed->report.queued, report.queued);
+  controller::LoadAggregator agg;
+  controller::LoadRound r = agg.round({{"g", parsed->report}});
+  EXPECT_EQ(r.replicas["chat-0"].in_flight + r.replicas["chat-1"].in_flight, 8 + 5);
+  EXPECT_DOUBLE_EQ(*r.replicas["chat-0"].waiting, 1 + 2.5);
+  EXPECT_EQ(r.demand, (std::set<std::string>{"idle"}));
+}
+
+}  // namespace
+}  // namespace loadstar::gateway
