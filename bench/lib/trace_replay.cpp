@@ -217,6 +217,10 @@ int main(int argc, char** argv) {
   app.add_option("--time-scale", time_scale, "The engines' --time-scale");
   app.add_option("--max-input", max_input, "Skip requests with longer prompts (tokens)");
   app.add_option("--gateway-port", gateway_port)->required();
+  unsigned gateways = 1;
+  app.add_option("--gateways", gateways,
+                 "Gateways on --gateway-port and the ports after it (loadstar up --gateways): "
+                 "request i goes to the (i mod N)-th, a round-robin split");
   app.add_option("--admin-port", admin_port)->required();
   app.add_option("--model", model);
   app.add_option("--label", label, "Name of this run in the output");
@@ -338,7 +342,7 @@ int main(int argc, char** argv) {
         std::string tail;
         bool first = true;
         auto response = loadstar::http::fetch_streaming(
-            {.port = gateway_port,
+            {.port = static_cast<uint16_t>(gateway_port + i % std::max(1u, gateways)),
              .method = "POST",
              .target = "/v1/completions",
              .body = text,

@@ -7,6 +7,9 @@
 # RATES ("1.5 3": multiples of the trace's arrival rate), BLOCKS (KV blocks per
 # replica; 28000 = 448k tokens, an H100 80GB serving an 8B model), PICKERS,
 # UP_ARGS (extra flags for loadstar up), MAX_INPUT (skip longer prompts).
+# GATEWAYS=N runs N gateways side by side (loadstar up --gateways) behind a
+# round-robin split of the requests; SHARED=1 gives them a Redis
+# (redis-server on a free port) through which they share their picks.
 # ENGINE=llama.cpp replays against real llama-server replicas instead
 # (scripts/llama-server.sh build; a synthetic GGUF of GGUF_SIZE, SLOTS
 # sequences and THREADS threads each, CONTEXT tokens per slot; real time).
@@ -50,6 +53,14 @@ else
 fi
 
 results="$work/results.jsonl"
+gateways=${GATEWAYS:-1}
+redis_args=""
+if [ "${SHARED:-0}" = 1 ]; then
+  redis_port=$((port + 20))
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no > "$work/redis.log" 2>&1 &
+  for _ in $(seq 100); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.05; done
+  redis_args="--redis redis://127.0.0.1:$redis_port"
+fi
 for rate in $rates; do
   for picker in ${PICKERS:-round-robin least-request scored}; do
     cat > "$work/bench.yaml" <<YAML
@@ -69,7 +80,7 @@ spec:
 YAML
     rm -rf "$work/data/state"
     $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \
-      --log-level warn ${UP_ARGS:-} > "$work/up.log" 2>&1 &
+      --gateways "$gateways" $redis_args --log-level warn ${UP_ARGS:-} > "$work/up.log" 2>&1 &
     up_pid=$!
     for _ in $(seq 600); do
       ready=$(curl -sf "http://127.0.0.1:$admin/api/v1/services" 2>/dev/null |
@@ -78,11 +89,15 @@ YAML
       sleep 0.1
     done
     [ "${ready:-0}" = "$replicas" ] || { cat "$work/up.log"; exit 1; }
-    echo "== rate ${rate}x, picker ${picker}" >&2
+    label=$picker
+    [ "$gateways" = 1 ] || label="$picker, $gateways gateways"
+    [ "${SHARED:-0}" = 1 ] && label="$label, shared"
+    echo "== rate ${rate}x, picker ${label}" >&2
     $replay --trace ../shared/traces/mooncake_conversation_trace.jsonl --requests "$requests" \
-      --rate "$rate" --time-scale "$scale" --gateway-port "$port" --admin-port "$admin" \
+      --rate "$rate" --time-scale "$scale" --gateway-port "$port" --gateways "$gateways" \
+      --admin-port "$admin" \
       --max-input "${MAX_INPUT:-32768}" \
-      --label "$picker" | tee -a "$results" || true
+      --label "$label" | tee -a "$results" || true
     kill -TERM $up_pid; wait $up_pid || true
   done
 done

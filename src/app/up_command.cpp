@@ -49,6 +49,7 @@ struct UpArgs {
   std::string token_file;
   std::string data_dir = "var";
   unsigned workers = 2;
+  unsigned gateways = 1;
   double scrape_interval_s = 0.1;
   double drain_timeout_s = 30;
   std::string max_body = "8Mi";
@@ -188,27 +189,41 @@ int run_up(const UpArgs& args) {
     fmt::print(stderr, "--placement-policy: {}\n", p.error().message);
     return 2;
   }
-  auto gw = gateway::Gateway::create(gw_options);
-  if (!gw.ok()) {
-    spdlog::error("gateway: {}", gw.error().message);
-    return 1;
+  // One gateway, or several side by side (--gateways: each with its own
+  // port, connections, counters and prefix index, as replicas behind a load
+  // balancer would be; they share picks only through --redis).
+  std::vector<std::unique_ptr<gateway::Gateway>> gateways;
+  for (unsigned i = 0; i < std::max(1u, args.gateways); ++i) {
+    if (i > 0 && gw_options.port != 0) ++gw_options.port;
+    auto gw = gateway::Gateway::create(gw_options);
+    if (!gw.ok()) {
+      spdlog::error("gateway: {}", gw.error().message);
+      return 1;
+    }
+    gateways.push_back(std::move(*gw));
   }
-  gateway::Gateway* gateway = gw->get();
+  gateway::Gateway* gateway = gateways.front().get();
 
-  // The controller reads the gateway's load directly, runs engines as child
-  // processes, and publishes the routing inputs the gateway's tables are
-  // built from.
-  controller::InProcessLoad load([gateway] { return gateway->load_report(); });
+  // The controller reads the gateways' load directly, runs engines as child
+  // processes, and publishes the routing inputs the gateways' tables are
+  // built from (each its own table, so that no counter is shared).
+  controller::InProcessLoad load([&gateways] {
+    controller::InProcessLoad::Reports reports;
+    for (size_t i = 0; i < gateways.size(); ++i)
+      reports.emplace_back(fmt::format("gateway-{}", i), gateways[i]->load_report());
+    return reports;
+  });
   controller::LocalRuntime runtime(
       {.data_dir = data_dir, .loadstar_bin = self_path(), .agent = node_agent->get()});
   controller::RealClock clock;
   controller::ControllerOptions ctl_options;
   ctl_options.drain_timeout_s = args.drain_timeout_s;
   ctl_options.placement_policy = args.placement_policy;
-  routing::RoutingBuilder tables;
+  std::vector<routing::RoutingBuilder> tables(gateways.size());
   controller::Controller ctl(**store, runtime, &load, clock, ctl_options,
-                             [gateway, &tables](const routing::RoutingInputs& inputs) {
-                               gateway->publish(tables.build(inputs));
+                             [&gateways, &tables](const routing::RoutingInputs& inputs) {
+                               for (size_t i = 0; i < gateways.size(); ++i)
+                                 gateways[i]->publish(tables[i].build(inputs));
                              });
   load_sink = &load;
   metrics_source = &ctl;
@@ -230,7 +245,7 @@ int run_up(const UpArgs& args) {
     return 1;
   }
 
-  gateway->start();
+  for (auto& g : gateways) g->start();
   ctl.start();
   (*admin)->start();
   std::thread admin_thread([&admin_io] { admin_io.run(); });
@@ -245,13 +260,16 @@ int run_up(const UpArgs& args) {
       "Press Ctrl-C to stop.\n",
       args.host, gateway->port(), (*admin)->port(), data_dir.string(), args.admin_host,
       args.front_door.tls_cert.empty() ? "http" : "https");
+  for (size_t i = 1; i < gateways.size(); ++i)
+    fmt::print("  gateway {}:  {}://{}:{}/v1\n", i + 1,
+               args.front_door.tls_cert.empty() ? "http" : "https", args.host, gateways[i]->port());
   std::fflush(stdout);
 
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("signal {}: draining replicas and stopping", sig);
   ctl.stop();  // unpublish, drain in-flight requests, stop engines
-  gateway->stop(5);
+  for (auto& g : gateways) g->stop(5);
   (*admin)->stop();
   admin_io.stop();
   admin_thread.join();
@@ -280,6 +298,12 @@ std::function<int()> setup_up(CLI::App& app) {
   app.add_option("--data-dir", args->data_dir, "State, model cache and replica logs")
       ->capture_default_str();
   app.add_option("--workers", args->workers, "Gateway worker threads")->capture_default_str();
+  app.add_option("--gateways", args->gateways,
+                 "Gateways side by side, on --port and the ports after it (each its own "
+                 "connections, counters and prefix index, as replicas behind a load balancer; "
+                 "they share picks only through --redis)")
+      ->check(CLI::Range(1u, 16u))
+      ->capture_default_str();
   app.add_option("--scrape-interval", args->scrape_interval_s,
                  "Seconds between reads of each replica's /metrics by the gateway (0: never)")
       ->capture_default_str();

@@ -98,7 +98,7 @@ LoadRound LoadAggregator::round(const std::vector<std::pair<std::string, std::st
 }
 
 std::optional<LoadRound> InProcessLoad::take() {
-  LoadRound round = aggregator_.round({{"local", report_()}});
+  LoadRound round = aggregator_.round(report_());
   std::lock_guard lock(mu_);
   round.demand.merge(demand_);
   demand_.clear();

@@ -81,19 +81,19 @@ class LoadSource {
   virtual void on_demand(std::function<void()> wake) = 0;
 };
 
-// The gateway in this process (`loadstar up`): each take() reads its report.
-// note_demand is the gateway's on_demand hook.
+// The gateways in this process (`loadstar up`): each take() reads their
+// reports (gateway name -> report). note_demand is their on_demand hook.
 class InProcessLoad : public LoadSource {
  public:
-  explicit InProcessLoad(std::function<gateway::LoadReport()> report)
-      : report_(std::move(report)) {}
+  using Reports = std::vector<std::pair<std::string, gateway::LoadReport>>;
+  explicit InProcessLoad(std::function<Reports()> reports) : report_(std::move(reports)) {}
   std::optional<LoadRound> take() override;
   void on_demand(std::function<void()> wake) override;
   // A request is held for `service` (a gateway thread; never blocks).
   void note_demand(const std::string& service);
 
  private:
-  std::function<gateway::LoadReport()> report_;
+  std::function<Reports()> report_;
   LoadAggregator aggregator_;
   std::mutex mu_;  // guards the two below
   std::set<std::string> demand_;

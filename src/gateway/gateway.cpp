@@ -4,9 +4,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <thread>
+#include <unordered_map>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
@@ -28,6 +30,7 @@
 #include "gateway/scraper.h"
 #include "gateway/selection.h"
 #include "gateway/shared_limits.h"
+#include "gateway/shared_prefixes.h"
 #include "gateway/stats.h"
 #include "gateway/upstream.h"
 #include "gateway/waiting_room.h"
@@ -115,6 +118,11 @@ struct Gateway::Impl {
   PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
   WaitingRoom waiting_room;              // flow control: saturated services' queues
+  // Picks shared with other gateways through Redis, when configured, and
+  // the current endpoints by replica name, to apply theirs.
+  std::unique_ptr<SharedPrefixes> shared_prefixes;
+  std::mutex replicas_mu;
+  std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica;
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
 
@@ -199,6 +207,20 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
   merged.refused_connections = server->refused_connections();
   std::string text = render_metrics(merged);
   text += waiting_room.metrics();
+  if (shared_prefixes)
+    text += fmt::format(
+        "# HELP loadstar_gateway_shared_prefixes_up Whether picks are shared with other "
+        "gateways through Redis.\n"
+        "# TYPE loadstar_gateway_shared_prefixes_up gauge\n"
+        "loadstar_gateway_shared_prefixes_up {}\n"
+        "# HELP loadstar_gateway_shared_prefixes_total Picks shared through Redis: published, "
+        "received from other gateways, dropped (Redis down or behind).\n"
+        "# TYPE loadstar_gateway_shared_prefixes_total counter\n"
+        "loadstar_gateway_shared_prefixes_total{{direction=\"published\"}} {}\n"
+        "loadstar_gateway_shared_prefixes_total{{direction=\"received\"}} {}\n"
+        "loadstar_gateway_shared_prefixes_total{{direction=\"dropped\"}} {}\n",
+        shared_prefixes->up() ? 1 : 0, shared_prefixes->published(), shared_prefixes->received(),
+        shared_prefixes->dropped());
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
 }
@@ -464,6 +486,12 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       candidates = unsaturated(selector.table().services.at(backend->service).flow, candidates,
                                now_ms, w.unsaturated);
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
+    if (shared_prefixes && (chosen.prefix_recorded || chosen.session_recorded != 0))
+      shared_prefixes->publish(
+          {.replica = chosen.endpoint->replica,
+           .address = chosen.endpoint->key,
+           .session = chosen.session_recorded,
+           .blocks = chosen.prefix_recorded ? blocks : std::vector<uint64_t>{}});
     Endpoint* endpoint = chosen.endpoint;
     stats.prefix_blocks_matched += chosen.prefix_blocks_matched;
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
@@ -626,10 +654,23 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
     LS_ASSIGN_OR_RETURN(RedisAddress redis, parse_redis_url(options.redis_url));
     if (redis.password.empty())
       if (const char* pw = std::getenv("LOADSTAR_REDIS_PASSWORD"); pw && *pw) redis.password = pw;
-    impl->shared = SharedLimits::create(std::move(redis));
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
-    impl->instance = fmt::format("{}-{}-{}", host, getpid(), steady_ms());
+    impl->instance = fmt::format("{}-{}-{}-{}", host, getpid(), steady_ms(),
+                                 reinterpret_cast<uintptr_t>(impl.get()));
+    impl->shared = SharedLimits::create(redis);
+    Impl* self = impl.get();
+    impl->shared_prefixes =
+        SharedPrefixes::create(std::move(redis), impl->instance, [self](const SharedPick& pick) {
+          std::shared_ptr<Endpoint> endpoint;
+          {
+            std::lock_guard lock(self->replicas_mu);
+            auto it = self->by_replica.find(pick.replica);
+            if (it == self->by_replica.end() || it->second->key != pick.address) return;
+            endpoint = it->second;
+          }
+          self->chooser.record_remote(*endpoint, pick.blocks, pick.session);
+        });
   }
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,
@@ -686,6 +727,13 @@ void Gateway::stop(double grace_s) {
 void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
   const std::vector<std::shared_ptr<Endpoint>> gone = impl_->tables.publish(table, steady_ms());
   impl_->scraper.publish(table);
+  {
+    std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica;
+    for (const auto& [name, svc] : table->services)
+      for (const auto& e : svc.ready) by_replica[e->replica] = e;
+    std::lock_guard lock(impl_->replicas_mu);
+    impl_->by_replica = std::move(by_replica);
+  }
   // Endpoints that are gone take what the prefix index knew with them.
   for (const auto& e : gone) impl_->chooser.forget(e->id);
   for (auto& worker : impl_->workers) {

@@ -138,6 +138,7 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   if (!picker) return out;  // an external backend: one endpoint, nothing to learn
   if (candidates.size() == 1) {
     prefixes_.record(request.blocks, out.endpoint->id, capacity_blocks(*out.endpoint));
+    out.prefix_recorded = !request.blocks.empty();
     return out;
   }
   const size_t n = candidates.size();
@@ -180,9 +181,19 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   if (scored) {
     out.prefix_blocks_total = request.blocks.size();
     prefixes_.record(request.blocks, out.endpoint->id, capacity_blocks(*out.endpoint));
-    if (by_session) sessions_.record(session_key, out.endpoint->id);
+    out.prefix_recorded = !request.blocks.empty();
+    if (by_session) {
+      sessions_.record(session_key, out.endpoint->id);
+      out.session_recorded = session;
+    }
   }
   return out;
+}
+
+void EndpointChooser::record_remote(const Endpoint& endpoint, std::span<const uint64_t> blocks,
+                                    uint64_t session) {
+  if (!blocks.empty()) prefixes_.record(blocks, endpoint.id, capacity_blocks(endpoint));
+  if (session != 0) sessions_.record(std::span<const uint64_t>(&session, 1), endpoint.id);
 }
 
 void EndpointChooser::learn_bytes_per_token(size_t prompt_bytes, uint64_t prompt_tokens) {

@@ -117,6 +117,10 @@ struct EndpointPick {
   int64_t prefill = 0;
   uint32_t prefix_blocks_matched = 0;  // leading blocks found on the chosen endpoint
   size_t prefix_blocks_total = 0;      // blocks the scored picker weighed (0: none)
+  // What the chooser learnt from this pick (for other gateways to learn
+  // too): the prompt's blocks on this endpoint, and its session (0: none).
+  bool prefix_recorded = false;
+  uint64_t session_recorded = 0;
 };
 
 // Picks the endpoint of a backend an attempt goes to, and remembers what it
@@ -142,6 +146,9 @@ class EndpointChooser {
   EndpointPick choose(const PickerConfig* picker, std::span<Endpoint* const> candidates,
                       const EndpointRequest& request, Scratch& scratch);
 
+  // Records a pick another gateway made (SharedPrefixes): `blocks` and the
+  // session hash (0: none) went to `endpoint`.
+  void record_remote(const Endpoint& endpoint, std::span<const uint64_t> blocks, uint64_t session);
   // Learns from a finished request how many prompt bytes make a token.
   void learn_bytes_per_token(size_t prompt_bytes, uint64_t prompt_tokens);
   // Drops what is known of an endpoint that left the routing table.

@@ -423,5 +423,46 @@ spec:
   EXPECT_GE(scrape_metric(a->port(), "loadstar_gateway_shared_limits_errors_total"), 1);
 }
 
+// Prefix affinity with more than one gateway: a prompt sent through one
+// gateway and again through another goes to the same replica, because the
+// gateways share their picks through Redis.
+TEST(FrontDoor, GatewaysShareWherePromptsWentThroughRedis) {
+  RedisServer redis;
+  auto up =
+      Up::start(quickstart(4, R"("--time-scale", "20")"),
+                {"--gateways", "2", "--redis", fmt::format("redis://127.0.0.1:{}", redis.port())});
+  up->wait_ready("chat", 4);
+  const std::string log = up->log();
+  const auto at = log.find("gateway 2:  http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << log;
+  const auto second = static_cast<uint16_t>(std::stoi(log.substr(at + 29)));
+  auto send = [&](uint16_t port, const std::string& prompt) {
+    json body = {{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 2}};
+    auto r = http::fetch({.port = port,
+                          .method = "POST",
+                          .target = "/v1/completions",
+                          .body = body.dump(),
+                          .headers = {{"Content-Type", "application/json"}}});
+    EXPECT_TRUE(r.ok() && r->status == 200) << (r.ok() ? r->body : r.error().message);
+    return r.ok() ? std::string(r->header("x-loadstar-endpoint")) : std::string();
+  };
+  std::vector<std::string> prompts, first;
+  for (int i = 0; i < 6; ++i) {
+    std::string prompt = fmt::format("Conversation {} ", i);
+    for (int w = 0; w < 300; ++w) prompt += fmt::format("word{} ", (w * 7 + i * 13) % 97);
+    prompts.push_back(prompt);
+    first.push_back(send(up->port(), prompt));
+  }
+  // Every pick reached the other gateway...
+  ASSERT_EQ(
+      settled_metric(second, "loadstar_gateway_shared_prefixes_total", "direction=\"received\"", 6),
+      6);
+  EXPECT_EQ(scrape_metric(second, "loadstar_gateway_shared_prefixes_up"), 1);
+  // ...which sends each prompt (in the other order, so that its own
+  // tie-breaking could not land them the same way) where the first did.
+  for (int i = 5; i >= 0; --i) EXPECT_EQ(send(second, prompts[i]), first[i]) << "prompt " << i;
+  EXPECT_GE(std::set<std::string>(first.begin(), first.end()).size(), 2u);
+}
+
 }  // namespace
 }  // namespace loadstar::testing
