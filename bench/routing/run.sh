@@ -9,7 +9,9 @@
 # UP_ARGS (extra flags for loadstar up), MAX_INPUT (skip longer prompts).
 # GATEWAYS=N runs N gateways side by side (loadstar up --gateways) behind a
 # round-robin split of the requests; SHARED=1 gives them a Redis
-# (redis-server on a free port) through which they share their picks.
+# (redis-server on a free port) through which they share their picks and
+# load. REPLAY_GATEWAYS=1 sends everything to the first (a control: what
+# running the others costs this machine).
 # ENGINE=llama.cpp replays against real llama-server replicas instead
 # (scripts/llama-server.sh build; a synthetic GGUF of GGUF_SIZE, SLOTS
 # sequences and THREADS threads each, CONTEXT tokens per slot; real time).
@@ -94,7 +96,8 @@ YAML
     [ "${SHARED:-0}" = 1 ] && label="$label, shared"
     echo "== rate ${rate}x, picker ${label}" >&2
     $replay --trace ../shared/traces/mooncake_conversation_trace.jsonl --requests "$requests" \
-      --rate "$rate" --time-scale "$scale" --gateway-port "$port" --gateways "$gateways" \
+      --rate "$rate" --time-scale "$scale" --gateway-port "$port" \
+      --gateways "${REPLAY_GATEWAYS:-$gateways}" \
       --admin-port "$admin" \
       --max-input "${MAX_INPUT:-32768}" \
       --label "$label" | tee -a "$results" || true

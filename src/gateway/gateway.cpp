@@ -123,6 +123,13 @@ struct Gateway::Impl {
   std::unique_ptr<SharedPrefixes> shared_prefixes;
   std::mutex replicas_mu;
   std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica;
+  // Other gateways' load by instance: when reported, and what (replicas_mu).
+  std::unordered_map<std::string, std::pair<int64_t, std::vector<SharedLoad>>> remote_loads;
+  void apply_remote_pick(const SharedPick& pick);
+  void apply_remote_load(const DecodedLoad& load);
+  std::vector<SharedLoad> own_load();
+  int64_t peer_in_flight();
+  void sum_remote_loads_locked(int64_t now_ms);
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
 
@@ -218,9 +225,13 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
         "# TYPE loadstar_gateway_shared_prefixes_total counter\n"
         "loadstar_gateway_shared_prefixes_total{{direction=\"published\"}} {}\n"
         "loadstar_gateway_shared_prefixes_total{{direction=\"received\"}} {}\n"
-        "loadstar_gateway_shared_prefixes_total{{direction=\"dropped\"}} {}\n",
+        "loadstar_gateway_shared_prefixes_total{{direction=\"dropped\"}} {}\n"
+        "# HELP loadstar_gateway_peer_requests_in_flight Requests other gateways last reported "
+        "in flight on this gateway's replicas (what its picker adds to its own).\n"
+        "# TYPE loadstar_gateway_peer_requests_in_flight gauge\n"
+        "loadstar_gateway_peer_requests_in_flight {}\n",
         shared_prefixes->up() ? 1 : 0, shared_prefixes->published(), shared_prefixes->received(),
-        shared_prefixes->dropped());
+        shared_prefixes->dropped(), peer_in_flight());
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
 }
@@ -600,6 +611,66 @@ asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex
   co_return false;
 }
 
+void Gateway::Impl::apply_remote_pick(const SharedPick& pick) {
+  std::shared_ptr<Endpoint> endpoint;
+  {
+    std::lock_guard lock(replicas_mu);
+    auto it = by_replica.find(pick.replica);
+    if (it == by_replica.end() || it->second->key != pick.address) return;
+    endpoint = it->second;
+  }
+  chooser.record_remote(*endpoint, pick.blocks, pick.session);
+}
+
+void Gateway::Impl::apply_remote_load(const DecodedLoad& load) {
+  const int64_t now = steady_ms();
+  std::lock_guard lock(replicas_mu);
+  remote_loads[load.instance] = {now, load.load};
+  sum_remote_loads_locked(now);
+}
+
+void Gateway::Impl::sum_remote_loads_locked(int64_t now_ms) {
+  // A gateway that has not reported for a second is gone (or cut off): its
+  // requests no longer count.
+  std::erase_if(remote_loads, [now_ms](const auto& kv) { return now_ms - kv.second.first > 1000; });
+  std::unordered_map<const Endpoint*, std::pair<int64_t, int64_t>> sums;
+  for (const auto& [instance, report] : remote_loads)
+    for (const SharedLoad& l : report.second) {
+      auto it = by_replica.find(l.replica);
+      if (it == by_replica.end() || it->second->key != l.address) continue;
+      auto& sum = sums[it->second.get()];
+      sum.first += std::max<int64_t>(l.in_flight, 0);
+      sum.second += std::max<int64_t>(l.pending_prefill, 0);
+    }
+  for (const auto& [name, e] : by_replica) {
+    auto it = sums.find(e.get());
+    e->remote_in_flight.store(it == sums.end() ? 0 : it->second.first, std::memory_order_relaxed);
+    e->remote_pending_prefill.store(it == sums.end() ? 0 : it->second.second,
+                                    std::memory_order_relaxed);
+  }
+}
+
+int64_t Gateway::Impl::peer_in_flight() {
+  int64_t sum = 0;
+  std::lock_guard lock(replicas_mu);
+  for (const auto& [name, e] : by_replica)
+    sum += e->remote_in_flight.load(std::memory_order_relaxed);
+  return sum;
+}
+
+std::vector<SharedLoad> Gateway::Impl::own_load() {
+  std::vector<SharedLoad> out;
+  std::lock_guard lock(replicas_mu);
+  // Also the moment to let reports of gateways that went quiet expire.
+  sum_remote_loads_locked(steady_ms());
+  for (const auto& [name, e] : by_replica)
+    out.push_back({.replica = e->replica,
+                   .address = e->key,
+                   .in_flight = e->in_flight.load(std::memory_order_relaxed),
+                   .pending_prefill = e->pending_prefill.load(std::memory_order_relaxed)});
+  return out;
+}
+
 asio::awaitable<void> Gateway::Impl::flow_ticks(Worker& w) {
   asio::steady_timer timer(w.io);
   for (;;) {
@@ -660,17 +731,11 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
                                  reinterpret_cast<uintptr_t>(impl.get()));
     impl->shared = SharedLimits::create(redis);
     Impl* self = impl.get();
-    impl->shared_prefixes =
-        SharedPrefixes::create(std::move(redis), impl->instance, [self](const SharedPick& pick) {
-          std::shared_ptr<Endpoint> endpoint;
-          {
-            std::lock_guard lock(self->replicas_mu);
-            auto it = self->by_replica.find(pick.replica);
-            if (it == self->by_replica.end() || it->second->key != pick.address) return;
-            endpoint = it->second;
-          }
-          self->chooser.record_remote(*endpoint, pick.blocks, pick.session);
-        });
+    impl->shared_prefixes = SharedPrefixes::create(
+        std::move(redis), impl->instance,
+        {.pick = [self](const SharedPick& pick) { self->apply_remote_pick(pick); },
+         .load = [self](const DecodedLoad& load) { self->apply_remote_load(load); },
+         .snapshot = [self] { return self->own_load(); }});
   }
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,

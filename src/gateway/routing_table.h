@@ -47,6 +47,10 @@ struct Endpoint {
   // Prompt bytes it has not yet answered with a first token (gateway's view
   // of its prefill queue, less what it was expected to hold in cache).
   std::atomic<int64_t> pending_prefill{0};
+  // The same two as other gateways last reported them (SharedPrefixes):
+  // what the picker weighs is the sum, whatever the number of gateways.
+  std::atomic<int64_t> remote_in_flight{0};
+  std::atomic<int64_t> remote_pending_prefill{0};
   // Requests ever sent here (the controller watches it for idleness).
   std::atomic<uint64_t> requests{0};
   // The engine's load from its /metrics, and when it was read (steady-clock

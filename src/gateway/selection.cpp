@@ -163,8 +163,11 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   for (size_t i = 0; i < n; ++i) {
     const Endpoint& e = *candidates[i];
     CandidateView& v = scratch.views[i];
-    v.in_flight = e.in_flight.load(std::memory_order_relaxed);
-    v.pending_prefill = static_cast<double>(e.pending_prefill.load(std::memory_order_relaxed));
+    v.in_flight = e.in_flight.load(std::memory_order_relaxed) +
+                  e.remote_in_flight.load(std::memory_order_relaxed);
+    v.pending_prefill =
+        static_cast<double>(e.pending_prefill.load(std::memory_order_relaxed) +
+                            e.remote_pending_prefill.load(std::memory_order_relaxed));
     v.uncached = static_cast<double>(request.prompt_bytes) -
                  static_cast<double>(std::min(request.prompt_bytes,
                                               scratch.matched[i] * prefix_options_.block_bytes));

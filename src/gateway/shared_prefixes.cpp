@@ -17,74 +17,28 @@ namespace loadstar::gateway {
 
 namespace {
 
-constexpr std::string_view kMagic = "LSP1";
 constexpr size_t kMaxQueued = 4096;
+// The load is looked at every 5 ms and sent when it changed, and every
+// 50 ms regardless (so that a receiver can tell a quiet gateway from a gone
+// one).
+constexpr auto kLoadLook = std::chrono::milliseconds(5);
+constexpr auto kLoadInterval = std::chrono::milliseconds(50);
 
-void put_string(std::string& out, std::string_view s) {
-  out.push_back(static_cast<char>(std::min<size_t>(s.size(), 255)));
-  out.append(s.substr(0, 255));
+bool same_load(const std::vector<SharedLoad>& a, const std::vector<SharedLoad>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].replica != b[i].replica || a[i].address != b[i].address ||
+        a[i].in_flight != b[i].in_flight || a[i].pending_prefill != b[i].pending_prefill)
+      return false;
+  return true;
 }
-
-template <typename T>
-void put(std::string& out, T value) {
-  char bytes[sizeof(T)];
-  std::memcpy(bytes, &value, sizeof(T));
-  out.append(bytes, sizeof(T));
-}
-
-struct Reader {
-  std::string_view in;
-  bool ok = true;
-  std::string string() {
-    if (in.empty()) return ok = false, std::string();
-    const size_t n = static_cast<unsigned char>(in[0]);
-    if (in.size() < 1 + n) return ok = false, std::string();
-    std::string s(in.substr(1, n));
-    in.remove_prefix(1 + n);
-    return s;
-  }
-  template <typename T>
-  T get() {
-    T value{};
-    if (in.size() < sizeof(T)) return ok = false, value;
-    std::memcpy(&value, in.data(), sizeof(T));
-    in.remove_prefix(sizeof(T));
-    return value;
-  }
-};
 
 }  // namespace
-
-std::string encode_pick(std::string_view instance, const SharedPick& pick) {
-  std::string out(kMagic);
-  put_string(out, instance);
-  put_string(out, pick.replica);
-  put_string(out, pick.address);
-  put<uint64_t>(out, pick.session);
-  put<uint32_t>(out, static_cast<uint32_t>(pick.blocks.size()));
-  for (uint64_t b : pick.blocks) put<uint64_t>(out, b);
-  return out;
-}
-
-std::optional<DecodedPick> decode_pick(std::string_view message) {
-  if (!message.starts_with(kMagic)) return std::nullopt;
-  Reader r{message.substr(kMagic.size())};
-  DecodedPick out;
-  out.instance = r.string();
-  out.pick.replica = r.string();
-  out.pick.address = r.string();
-  out.pick.session = r.get<uint64_t>();
-  const uint32_t n = r.get<uint32_t>();
-  if (!r.ok || r.in.size() != size_t{n} * sizeof(uint64_t)) return std::nullopt;
-  out.pick.blocks.resize(n);
-  std::memcpy(out.pick.blocks.data(), r.in.data(), r.in.size());
-  return out;
-}
 
 struct SharedPrefixes::Impl {
   RedisAddress address;
   std::string instance;
-  Apply apply;
+  Hooks hooks;
   SharedPrefixes* owner = nullptr;
 
   std::mutex mu;
@@ -138,13 +92,31 @@ struct SharedPrefixes::Impl {
 
   void run_publisher() {
     redisContext* c = nullptr;
+    auto next_look = std::chrono::steady_clock::now();
+    auto last_sent = next_look - kLoadInterval;
+    std::vector<SharedLoad> sent_load;
     std::unique_lock lock(mu);
     while (!stopping) {
-      cv.wait(lock, [this] { return stopping || !queue.empty(); });
+      cv.wait_until(lock, next_look, [this] { return stopping || !queue.empty(); });
       if (stopping) break;
       std::deque<std::string> batch;
       batch.swap(queue);
       lock.unlock();
+      const size_t picks = batch.size();  // a load report may follow them
+      const auto now = std::chrono::steady_clock::now();
+      if (hooks.snapshot && now >= next_look) {
+        next_look = now + kLoadLook;
+        std::vector<SharedLoad> load = hooks.snapshot();
+        if (now - last_sent >= kLoadInterval || !same_load(load, sent_load)) {
+          batch.push_back(encode_load(instance, load));
+          sent_load = std::move(load);
+          last_sent = now;
+        }
+      }
+      if (batch.empty()) {
+        lock.lock();
+        continue;
+      }
       if (!c) c = connect();
       bool sent = c != nullptr;
       for (const auto& m : batch)
@@ -158,9 +130,9 @@ struct SharedPrefixes::Impl {
         if (reply) freeReplyObject(reply);
       }
       if (sent) {
-        owner->published_ += batch.size();
+        owner->published_ += picks;
       } else {
-        owner->dropped_ += batch.size();
+        owner->dropped_ += picks;
         if (c) {
           warn(fmt::format("failed ({})", c->err ? c->errstr : "an error reply"));
           redisFree(c);
@@ -169,6 +141,7 @@ struct SharedPrefixes::Impl {
         lock.lock();
         queue.clear();  // picks are only useful fresh
         cv.wait_for(lock, std::chrono::seconds(1), [this] { return stopping; });
+        next_look = std::chrono::steady_clock::now();
         continue;
       }
       lock.lock();
@@ -210,10 +183,12 @@ struct SharedPrefixes::Impl {
         auto* r = static_cast<redisReply*>(raw);
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
             r->element[2]->type == REDIS_REPLY_STRING) {
-          auto decoded = decode_pick(std::string_view(r->element[2]->str, r->element[2]->len));
-          if (decoded && decoded->instance != instance) {
+          const std::string_view message(r->element[2]->str, r->element[2]->len);
+          if (auto pick = decode_pick(message); pick && pick->instance != instance) {
             ++owner->received_;
-            apply(decoded->pick);
+            if (hooks.pick) hooks.pick(pick->pick);
+          } else if (auto load = decode_load(message); load && load->instance != instance) {
+            if (hooks.load) hooks.load(*load);
           }
         }
         freeReplyObject(r);
@@ -234,11 +209,11 @@ struct SharedPrefixes::Impl {
 };
 
 std::unique_ptr<SharedPrefixes> SharedPrefixes::create(RedisAddress address, std::string instance,
-                                                       Apply apply) {
+                                                       Hooks hooks) {
   auto impl = std::make_unique<Impl>();
   impl->address = std::move(address);
   impl->instance = std::move(instance);
-  impl->apply = std::move(apply);
+  impl->hooks = std::move(hooks);
   Impl* raw = impl.get();
   std::unique_ptr<SharedPrefixes> out(new SharedPrefixes(std::move(impl)));
   raw->owner = out.get();

@@ -1,10 +1,12 @@
 // Routing that survives more gateways. Each gateway's prefix index learns
-// from the picks it makes; with N gateway replicas behind a load balancer
-// each sees 1/N of the prompts, and prefix affinity weakens as the front
-// door scales out. With a Redis (--redis), every gateway publishes its picks
-// (which replica was sent which prompt blocks, and session) on one pub/sub
-// channel and records the others' into its own index, so each index holds
-// what all of them sent, whatever their number.
+// from the picks it makes, and its load view counts the requests it sent;
+// with N gateway replicas behind a load balancer each sees 1/N of both, and
+// affinity and balance weaken as the front door scales out. With a Redis
+// (--redis), every gateway publishes on one pub/sub channel its picks (which
+// replica was sent which prompt blocks, and session) and, every 50 ms, its
+// requests in flight and prompt bytes awaiting prefill per replica; each
+// records the others' picks into its own index and adds their load to its
+// own, so the picker's view does not depend on the number of gateways.
 //
 // Off the request path: publish() only queues; one thread sends batches
 // (pipelined PUBLISHes), another receives. While Redis is down each gateway
@@ -22,38 +24,27 @@
 #include <vector>
 
 #include "gateway/redis_address.h"
+#include "gateway/shared_messages.h"
 
 namespace loadstar::gateway {
 
 inline constexpr const char* kPrefixChannel = "loadstar:prefixes";
 
-// One pick as it travels: the replica's name and address (a restarted
-// replica at a new address is another engine), the session hash (0: none)
-// and the prompt's block hashes.
-struct SharedPick {
-  std::string replica;
-  std::string address;
-  uint64_t session = 0;
-  std::vector<uint64_t> blocks;
-};
-// The message and its parse (nullopt: not one, e.g. another version's).
-std::string encode_pick(std::string_view instance, const SharedPick& pick);
-struct DecodedPick {
-  std::string instance;
-  SharedPick pick;
-};
-std::optional<DecodedPick> decode_pick(std::string_view message);
-
 class SharedPrefixes {
  public:
-  using Apply = std::function<void(const SharedPick&)>;
-  // `apply` runs on the receiving thread for every other gateway's pick.
+  struct Hooks {
+    // Run on the receiving thread for every other gateway's pick and load.
+    std::function<void(const SharedPick&)> pick;
+    std::function<void(const DecodedLoad&)> load;
+    // This gateway's load now, read on the sending thread every 50 ms.
+    std::function<std::vector<SharedLoad>()> snapshot;
+  };
   static std::unique_ptr<SharedPrefixes> create(RedisAddress address, std::string instance,
-                                                Apply apply);
+                                                Hooks hooks);
   ~SharedPrefixes();
 
   // Queues a pick for every other gateway (never blocks; past 4,096 queued
-  // picks the oldest are dropped and counted).
+  // picks the oldest are dropped and counted). Counters count picks.
   void publish(SharedPick pick);
 
   bool up() const { return up_.load(); }

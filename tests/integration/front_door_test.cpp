@@ -460,8 +460,21 @@ TEST(FrontDoor, GatewaysShareWherePromptsWentThroughRedis) {
   EXPECT_EQ(scrape_metric(second, "loadstar_gateway_shared_prefixes_up"), 1);
   // ...which sends each prompt (in the other order, so that its own
   // tie-breaking could not land them the same way) where the first did.
+  // The next turn of a conversation comes later than the gateways' load
+  // reports (every 50 ms): by then no request of the first is in its view.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(settled_metric(second, "loadstar_gateway_peer_requests_in_flight", "", 0), 0);
   for (int i = 5; i >= 0; --i) EXPECT_EQ(send(second, prompts[i]), first[i]) << "prompt " << i;
   EXPECT_GE(std::set<std::string>(first.begin(), first.end()).size(), 2u);
+  // Load too: a request running through the first gateway is in the
+  // second's view (published within 5 ms of a change), and leaves it after.
+  std::thread running([&] {
+    json body = {{"model", "chat"}, {"prompt", "long"}, {"max_tokens", 3000}, {"ignore_eos", true}};
+    up->post("/v1/completions", body.dump());
+  });
+  EXPECT_EQ(settled_metric(second, "loadstar_gateway_peer_requests_in_flight", "", 1), 1);
+  running.join();
+  EXPECT_EQ(settled_metric(second, "loadstar_gateway_peer_requests_in_flight", "", 0), 0);
 }
 
 }  // namespace

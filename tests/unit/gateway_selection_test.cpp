@@ -7,6 +7,7 @@
 
 #include "gateway/published_tables.h"
 #include "gateway/selection.h"
+#include "gateway/shared_messages.h"
 
 namespace loadstar::gateway {
 namespace {
@@ -265,6 +266,61 @@ TEST(PublishedTables, ReportsARetiredEndpointWhileBusyAndForAWhile) {
   b->in_flight = 0;
   EXPECT_EQ(tables.reported(1000 + PublishedTables::kRetiredReportMs).size(), 2u);
   EXPECT_EQ(tables.reported(later).size(), 1u);
+}
+
+TEST(SharedView, MessagesRoundTripAndTruncatedOnesDoNotDecode) {
+  const SharedPick pick{.replica = "chat-1",
+                        .address = "10.0.0.2:8000",
+                        .session = 42,
+                        .blocks = {1, 2, 0xffffffffffffffff}};
+  const std::string message = encode_pick("gw-a", pick);
+  auto decoded = decode_pick(message);
+  ASSERT_TRUE(decoded);
+  EXPECT_EQ(decoded->instance, "gw-a");
+  EXPECT_EQ(decoded->pick.replica, "chat-1");
+  EXPECT_EQ(decoded->pick.address, "10.0.0.2:8000");
+  EXPECT_EQ(decoded->pick.session, 42u);
+  EXPECT_EQ(decoded->pick.blocks, pick.blocks);
+  for (size_t cut = 0; cut < message.size(); ++cut)
+    EXPECT_FALSE(decode_pick(message.substr(0, cut))) << cut;
+  EXPECT_FALSE(decode_load(message));  // another kind
+  const std::vector<SharedLoad> load = {{"chat-0", "10.0.0.1:8000", 3, 4096},
+                                        {"chat-1", "10.0.0.2:8000", 0, 0}};
+  const std::string text = encode_load("gw-b", load);
+  auto back = decode_load(text);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->instance, "gw-b");
+  ASSERT_EQ(back->load.size(), 2u);
+  EXPECT_EQ(back->load[0].in_flight, 3);
+  EXPECT_EQ(back->load[0].pending_prefill, 4096);
+  EXPECT_FALSE(decode_load(text.substr(0, text.size() - 1)));
+  EXPECT_FALSE(decode_load(text + "x"));
+}
+
+TEST(SharedView, OtherGatewaysPicksAndLoadCountInThePick) {
+  EndpointChooser chooser({.block_bytes = 16, .max_blocks = 64}, 0.1);
+  EndpointChooser::Scratch scratch;
+  auto a = endpoint("s", 0), b = endpoint("s", 1);
+  Endpoint* candidates[] = {a.get(), b.get()};
+  const PickerConfig picker;
+  const std::string prompt(640, 'y');
+  const std::vector<uint64_t> blocks = hash_prefix_blocks(prompt, 16, 64);
+  // Another gateway sent this prompt to b: this one sends it there too.
+  chooser.record_remote(*b, blocks, 0);
+  const EndpointRequest request{.blocks = blocks, .prompt_bytes = prompt.size(), .now_ms = 0};
+  const EndpointPick pick = chooser.choose(&picker, candidates, request, scratch);
+  EXPECT_EQ(pick.endpoint, b.get());
+  EXPECT_EQ(pick.prefix_blocks_matched, blocks.size());
+  EXPECT_TRUE(pick.prefix_recorded);
+  // Least-request weighs the other gateways' requests too.
+  const PickerConfig least{.kind = PickerKind::kLeastRequest};
+  a->in_flight = 1;
+  b->remote_in_flight = 5;
+  const std::string other(64, 'z');
+  const EndpointRequest plain{.prompt_bytes = other.size(), .now_ms = 0};
+  EXPECT_EQ(chooser.choose(&least, candidates, plain, scratch).endpoint, a.get());
+  b->remote_in_flight = 0;
+  EXPECT_EQ(chooser.choose(&least, candidates, plain, scratch).endpoint, b.get());
 }
 
 }  // namespace
