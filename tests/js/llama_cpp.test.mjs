@@ -63,7 +63,11 @@ test('chat, a stream with usage, and a completion from llama-server through the 
     if (chunk.choices[0]?.delta?.content) chunks += 1;
   }
   assert.ok(chunks >= 1);
-  assert.ok(usage && usage.completion_tokens === chunks, JSON.stringify(usage));
+  // A token can decode to no text yet (part of a UTF-8 character, which
+  // llama-server holds until it is whole), so content chunks can be fewer
+  // than the tokens the usage counts.
+  assert.ok(usage && usage.completion_tokens >= chunks && usage.completion_tokens <= 5,
+    JSON.stringify(usage) + ` with ${chunks} content chunks`);
 
   const c = await client.completions.create({ model: 'chat', prompt: 'Once upon a time', max_tokens: 3 });
   assert.equal(c.object, 'text_completion');
