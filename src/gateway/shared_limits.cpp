@@ -15,6 +15,8 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "gateway/redis_connect.h"
+
 namespace loadstar::gateway {
 
 namespace asio = boost::asio;
@@ -121,24 +123,12 @@ struct SharedLimits::Impl {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_attempt < std::chrono::seconds(1)) return nullptr;
     last_attempt = now;
-    redisContext* c = redisConnectWithTimeout(address.host.c_str(), address.port, timeout);
-    if (!c || c->err) {
-      warn(c ? fmt::format("is unreachable ({})", c->errstr) : "is unreachable");
-      if (c) redisFree(c);
+    auto c = connect_redis(address, timeout);
+    if (!c.ok()) {
+      warn(c.error().message);
       return nullptr;
     }
-    redisSetTimeout(c, timeout);
-    if (!address.password.empty()) {
-      auto* reply = static_cast<redisReply*>(redisCommand(c, "AUTH %s", address.password.c_str()));
-      const bool ok = reply && reply->type != REDIS_REPLY_ERROR;
-      if (reply) freeReplyObject(reply);
-      if (!ok) {
-        warn("refused the password");
-        redisFree(c);
-        return nullptr;
-      }
-    }
-    redis = c;
+    redis = *c;
     if (!owner->up_.exchange(true))
       spdlog::info("shared tenant limits: Redis at {}:{} is up", address.host, address.port);
     return redis;

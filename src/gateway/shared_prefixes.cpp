@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "gateway/redis_connect.h"
+
 namespace loadstar::gateway {
 
 namespace {
@@ -62,25 +64,9 @@ struct SharedPrefixes::Impl {
   }
 
   redisContext* connect() {
-    const timeval timeout{0, 500'000};
-    redisContext* c = redisConnectWithTimeout(address.host.c_str(), address.port, timeout);
-    if (!c || c->err) {
-      warn(c ? fmt::format("is unreachable ({})", c->errstr) : "is unreachable");
-      if (c) redisFree(c);
-      return nullptr;
-    }
-    redisSetTimeout(c, timeout);
-    if (!address.password.empty()) {
-      auto* reply = static_cast<redisReply*>(redisCommand(c, "AUTH %s", address.password.c_str()));
-      const bool ok = reply && reply->type != REDIS_REPLY_ERROR;
-      if (reply) freeReplyObject(reply);
-      if (!ok) {
-        warn("refused the password");
-        redisFree(c);
-        return nullptr;
-      }
-    }
-    return c;
+    auto c = connect_redis(address, timeval{0, 500'000});
+    if (!c.ok()) warn(c.error().message);
+    return c.ok() ? *c : nullptr;
   }
 
   // Sleeps up to a second unless stopping; false when stopping.
