@@ -97,9 +97,11 @@ TEST_F(EngineSimTest, StreamsOneEventPerTokenWithUsageAndDone) {
   EXPECT_EQ(usage["usage"]["completion_tokens"], 100);
   EXPECT_TRUE(usage["choices"].empty());
   // Tokens arrive as they are produced, not all at the end: 100 steps of at
-  // least 9.5 model ms at time scale 20 take 47 ms of wall time (less up to
-  // the 5 ms the step loop may catch up after falling behind).
-  EXPECT_GT(arrival[100] - arrival[1], 0.030);
+  // least 9.5 model ms at time scale 20 take 47 ms of wall time. The bound is
+  // a third of that: the step loop catches up to 5 ms after falling behind and
+  // a busy CI machine can delay the first event's delivery (29.9 ms seen), while
+  // a server that buffered the stream would deliver all of them within ~1 ms.
+  EXPECT_GT(arrival[100] - arrival[1], 0.015);
 }
 
 TEST_F(EngineSimTest, BadInputGetsVllmAnswersAndTheServerKeepsServing) {
