@@ -151,7 +151,10 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                 {"args",
                  {"stage", model.metadata.name, "--source", model.spec.source, "--agent",
                   fmt::format("http://$(NODE_IP):{}", options.agent_port), "--timeout", "3600"}},
-                {"env", stage_env}};
+                {"env", stage_env},
+                // A failed stage's last lines (the agent's error) reach the
+                // Pod's status and the replica's, as the engine's do.
+                {"terminationMessagePolicy", "FallbackToLogsOnError"}};
   json pod = {
       {"apiVersion", "v1"},
       {"kind", "Pod"},

@@ -1,0 +1,332 @@
+// Kubernetes mode on a real node: Loadstar's images built from Debian's
+// archive (scripts/images.sh), a one-node cluster with a real kubelet,
+// containerd and runc, kube-scheduler, kube-proxy and a fake-GPU device
+// plugin (scripts/node.sh), and the manifests applied as a user applies them
+// (`kubectl apply -k deploy/`, through an overlay that only lets the agent
+// fetch from this test's HTTP origin). The tests run in order on one cluster
+// brought up once; they need root and change the host, which `node.sh down`
+// restores. Without root they skip (or fail under LOADSTAR_REQUIRE_NODE=1).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "common/process.h"
+#include "integration/support.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using loadstar::ProcessOptions;
+using loadstar::Subprocess;
+using loadstar::testing::run_loadstar;
+using loadstar::testing::run_shell;
+using loadstar::testing::scratch_dir;
+
+namespace {
+
+const std::string kSource = LOADSTAR_SOURCE_DIR;
+const std::string kNs = "loadstar-system";
+
+std::string g_skip;         // why the suite cannot run
+bool g_up = false;          // node.sh up ran (down must too)
+std::string g_kubeconfig;   // the cluster's admin kubeconfig
+std::string g_node_ip;      // the node's address
+std::string g_llama_image;  // the llama.cpp image's reference
+uint16_t g_origin_port = 0;
+uint64_t g_model_size = 0;
+std::unique_ptr<Subprocess> g_origin;  // the models' HTTP origin
+
+std::string node_script() {
+  return fmt::format("LOADSTAR_K8S_APISERVER={} {}/scripts/node.sh",
+                     std::getenv("LOADSTAR_K8S_APISERVER"), kSource);
+}
+
+std::pair<int, std::string> kubectl(const std::string& args) {
+  return run_shell(fmt::format("kubectl --kubeconfig {} {} 2>&1", g_kubeconfig, args));
+}
+
+json kubectl_json(const std::string& args) {
+  auto [status, out] = kubectl(args + " -o json");
+  if (status != 0) return json();
+  return json::parse(out, nullptr, false);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A port free on `ip` now.
+uint16_t free_port(const std::string& ip) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  ::inet_pton(AF_INET, ip.c_str(), &addr.sin_addr);
+  socklen_t len = sizeof addr;
+  uint16_t port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  ::close(fd);
+  return port;
+}
+
+std::string trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+template <class Pred>
+bool eventually(Pred pred, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(500ms);
+  }
+  return pred();
+}
+
+// The setup step's failure: the suite cannot run.
+bool setup_failed(const std::string& what, const std::pair<int, std::string>& result) {
+  if (result.first == 0) return false;
+  g_skip = what + ": " + result.second;
+  return true;
+}
+
+json pods(const std::string& selector) {
+  json list = kubectl_json(fmt::format("-n {} get pods -l {}", kNs, selector));
+  return list.is_object() ? list.value("items", json::array()) : json::array();
+}
+
+bool ready(const json& pod) {
+  for (const auto& c : pod["status"].value("conditions", json::array()))
+    if (c.value("type", "") == "Ready") return c.value("status", "") == "True";
+  return false;
+}
+
+std::string describe_all() {
+  return kubectl(fmt::format("-n {} get pods -o wide", kNs)).second +
+         kubectl(fmt::format("-n {} describe pods", kNs)).second;
+}
+
+}  // namespace
+
+class RealNode : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    if (::geteuid() != 0) {
+      g_skip = "needs root (it runs a kubelet and containerd and changes the host)";
+      return;
+    }
+    const char* apiserver = std::getenv("LOADSTAR_K8S_APISERVER");
+    if (!apiserver || !fs::exists(apiserver)) {
+      g_skip = "no test API server script (set LOADSTAR_K8S_APISERVER)";
+      return;
+    }
+    auto images =
+        run_shell(fmt::format("{}/scripts/images.sh build {} 2>&1", kSource, LOADSTAR_BIN));
+    if (setup_failed("scripts/images.sh build", images)) return;
+    auto llama_ref = run_shell(kSource + "/scripts/images.sh llama-ref");
+    g_llama_image = trimmed(llama_ref.second);
+    if (setup_failed("scripts/node.sh setup", run_shell(node_script() + " setup 2>&1"))) return;
+    g_up = true;
+    if (setup_failed("scripts/node.sh up", run_shell(node_script() + " up 2>&1"))) return;
+    std::smatch m;
+    const std::string archives = images.second;
+    std::string to_import;
+    const std::regex tar_re(R"((\S+\.tar)\n)");
+    for (std::sregex_iterator it(archives.begin(), archives.end(), tar_re), end; it != end; ++it)
+      to_import += " " + (*it)[1].str();
+    if (setup_failed("scripts/node.sh import",
+                     run_shell(node_script() + " import" + to_import + " 2>&1")))
+      return;
+    const std::string env = run_shell(node_script() + " env").second;
+    if (std::regex_search(env, m, std::regex(R"(KUBECONFIG=(\S+))"))) g_kubeconfig = m[1];
+    if (std::regex_search(env, m, std::regex(R"(LOADSTAR_NODE_IP=(\S+))"))) g_node_ip = m[1];
+    if (g_kubeconfig.empty() || g_node_ip.empty()) {
+      g_skip = "node.sh env: " + env;
+      return;
+    }
+    start_origin();
+    if (!g_skip.empty()) return;
+    apply_manifests();
+  }
+
+  static void TearDownTestSuite() {
+    g_origin.reset();
+    // LOADSTAR_KEEP_NODE=1 leaves the cluster up to look at (`scripts/node.sh down` after).
+    const char* keep = std::getenv("LOADSTAR_KEEP_NODE");
+    if (g_up && !(keep && std::string(keep) == "1")) {
+      auto [status, out] = run_shell(node_script() + " down 2>&1");
+      if (status != 0) ADD_FAILURE() << "node.sh down: " << out;
+    }
+  }
+
+  void SetUp() override {
+    if (g_skip.empty()) return;
+    if (const char* req = std::getenv("LOADSTAR_REQUIRE_NODE"); req && std::string(req) == "1")
+      FAIL() << g_skip;
+    GTEST_SKIP() << g_skip;
+  }
+
+ private:
+  // A GGUF model served over HTTP on the node's address, as a model mirror
+  // inside a cluster would serve it.
+  static void start_origin() {
+    const fs::path dir = scratch_dir() / "origin";
+    fs::create_directories(dir);
+    std::string out;
+    if (run_loadstar({"model", "synth", "--format", "gguf", "--size", "26MiB", "-o",
+                      (dir / "model.gguf").string()},
+                     &out) != 0) {
+      g_skip = "loadstar model synth: " + out;
+      return;
+    }
+    g_model_size = fs::file_size(dir / "model.gguf");
+    // nginx, as an HTTP mirror serves models (ranges, so the agent fetches
+    // chunks in parallel).
+    g_origin_port = free_port(g_node_ip);
+    const fs::path conf = scratch_dir() / "origin.conf";
+    // `user root`: workers must be allowed into the scratch directory.
+    std::ofstream(conf) << fmt::format(
+        "daemon off;\nuser root;\nworker_processes 1;\npid {0}/origin.pid;\n"
+        "error_log {0}/origin-error.log;\nevents {{ worker_connections 64; }}\n"
+        "http {{\n  access_log off;\n  client_body_temp_path {0}/origin-tmp;\n"
+        "  server {{\n    listen {1}:{2};\n    root {3};\n  }}\n}}\n",
+        scratch_dir().string(), g_node_ip, g_origin_port, dir.string());
+    ProcessOptions p;
+    p.argv = {"/usr/sbin/nginx", "-c", conf.string(), "-p", scratch_dir().string()};
+    p.output_path = (scratch_dir() / "origin.out").string();
+    auto started = Subprocess::start(p);
+    if (!started.ok()) {
+      g_skip = "nginx: " + started.error().message;
+      return;
+    }
+    g_origin = std::make_unique<Subprocess>(std::move(*started));
+    const std::string url = fmt::format("http://{}:{}/model.gguf", g_node_ip, g_origin_port);
+    if (!eventually([&] { return run_shell("curl -sfI " + url).first == 0; }, 10))
+      g_skip = "the model origin did not start: " + read_text(scratch_dir() / "origin-error.log");
+  }
+  // deploy/ as a kustomize base, overlaid only to let the agent fetch from
+  // the test's origin (its default allows Hub, S3 and HTTPS sources).
+  static void apply_manifests() {
+    const fs::path overlay = scratch_dir() / "overlay";
+    fs::create_directories(overlay);
+    std::ofstream(overlay / "kustomization.yaml") << fmt::format(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [{}]\n"
+        "patchesJson6902:\n"
+        "- target: {{group: apps, version: v1, kind: DaemonSet, name: loadstar-agent}}\n"
+        "  path: agent-origin.yaml\n",
+        fs::relative(fs::path(kSource) / "deploy", overlay).string());
+    std::ofstream(overlay / "agent-origin.yaml") << fmt::format(
+        "- op: add\n  path: /spec/template/spec/containers/0/args/-\n"
+        "  value: --source-allow=http://{}:{}/\n",
+        g_node_ip, g_origin_port);
+    if (setup_failed("kubectl apply -k", kubectl("apply -k " + overlay.string()))) return;
+    for (const char* what : {"deployment/loadstar-controller", "deployment/loadstar-gateway",
+                             "daemonset/loadstar-agent"})
+      if (setup_failed(std::string("rollout of ") + what,
+                       kubectl(fmt::format("-n {} rollout status {} --timeout=120s", kNs, what)))) {
+        g_skip += describe_all();
+        return;
+      }
+  }
+};
+
+TEST_F(RealNode, TheManifestsRunAsContainersFromTheImagesBuiltHere) {
+  const json controllers = pods("app.kubernetes.io/name=loadstar-controller");
+  const json gateways = pods("app.kubernetes.io/name=loadstar-gateway");
+  const json agents = pods("app.kubernetes.io/name=loadstar-agent");
+  ASSERT_EQ(controllers.size(), 2u) << describe_all();
+  ASSERT_EQ(gateways.size(), 2u);
+  ASSERT_EQ(agents.size(), 1u);
+  for (const json* group : {&controllers, &gateways, &agents})
+    for (const auto& pod : *group) {
+      EXPECT_TRUE(ready(pod)) << pod["metadata"]["name"];
+      const json& status = pod["status"]["containerStatuses"][0];
+      EXPECT_EQ(status["image"], "docker.io/library/loadstar:0.1.0");
+      EXPECT_EQ(status["restartCount"], 0) << pod["metadata"]["name"];
+    }
+  // One controller leads, through the Lease, from inside its Pod (in-cluster
+  // config, its ServiceAccount's RBAC, the API through the kubernetes Service).
+  const json lease = kubectl_json(fmt::format("-n {} get lease loadstar-controller", kNs));
+  ASSERT_TRUE(lease.is_object());
+  const std::string holder = lease["spec"].value("holderIdentity", "");
+  std::set<std::string> names;
+  for (const auto& pod : controllers) names.insert(pod["metadata"]["name"].get<std::string>());
+  EXPECT_TRUE(names.count(holder)) << holder;
+  // The first controller made the internal token; the gateways and the agent
+  // started only once they could read it.
+  EXPECT_EQ(kubectl(fmt::format("-n {} get secret loadstar-internal", kNs)).first, 0);
+  // Their ports answer only with the token.
+  const std::string gw_ip = gateways[0]["status"]["podIP"];
+  auto [code, out] = run_shell(
+      fmt::format("curl -s -o /dev/null -w '%{{http_code}}' http://{}:8080/metrics", gw_ip));
+  EXPECT_EQ(out, "401");
+}
+
+TEST_F(RealNode,
+       ALlamaCppServiceIsStagedByTheNodesAgentAndAnswersTheOpenAiClientThroughTheService) {
+  const std::string yaml = fmt::format(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny-gguf, namespace: "
+      "{0}}}\n"
+      "spec: {{source: \"http://{1}:{2}/model.gguf\", format: gguf}}\n---\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\n"
+      "metadata: {{name: chat, namespace: {0}}}\n"
+      "spec:\n  model: tiny-gguf\n  replicas: 1\n"
+      "  engine: {{name: llama.cpp, image: \"{3}\", contextLength: 1024, maxSequences: 2, "
+      "threads: 1}}\n",
+      kNs, g_node_ip, g_origin_port, g_llama_image);
+  const fs::path file = scratch_dir() / "chat.yaml";
+  std::ofstream(file) << yaml;
+  auto [status, out] = kubectl("apply -f " + file.string());
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json p = pods("loadstar.dev/service=chat");
+        return p.size() == 1 && ready(p[0]);
+      },
+      180))
+      << describe_all();
+  const json pod = pods("loadstar.dev/service=chat")[0];
+  // The init container staged the weights through the node's agent, which
+  // fetched them from the origin into its hostPath cache.
+  const json& stage = pod["status"]["initContainerStatuses"][0];
+  EXPECT_EQ(stage["state"]["terminated"]["exitCode"], 0) << stage;
+  const fs::path staged = "/var/lib/loadstar/agent/models/tiny-gguf/current/model.gguf";
+  ASSERT_TRUE(fs::exists(staged));
+  EXPECT_EQ(fs::file_size(staged), g_model_size);
+  EXPECT_EQ(pod["status"]["containerStatuses"][0]["image"], "docker.io/" + g_llama_image);
+
+  // The official openai client, through the gateway Service's cluster IP
+  // (kube-proxy), as a user inside the cluster reaches it.
+  const json svc = kubectl_json(fmt::format("-n {} get service loadstar-gateway", kNs));
+  ASSERT_TRUE(svc.is_object());
+  const std::string cluster_ip = svc["spec"]["clusterIP"];
+  auto [code, reply] = run_shell(fmt::format(
+      "node {}/tests/js/openai_chat.mjs http://{}/v1 chat 6 2>&1", kSource, cluster_ip));
+  ASSERT_EQ(code, 0) << reply
+                     << kubectl(fmt::format("-n {} logs deploy/loadstar-gateway", kNs)).second;
+  const json r = json::parse(reply.substr(reply.find('{')), nullptr, false);
+  ASSERT_TRUE(r.is_object()) << reply;
+  EXPECT_EQ(r["reply"]["role"], "assistant");
+  EXPECT_GT(r["reply"]["usage"]["prompt_tokens"].get<int>(), 3);
+  EXPECT_GE(r["reply"]["usage"]["completion_tokens"].get<int>(), 1);
+  EXPECT_LE(r["reply"]["usage"]["completion_tokens"].get<int>(), 6);
+  EXPECT_GE(r["stream"]["usage"]["completion_tokens"].get<int>(), 1);
+  EXPECT_LE(r["stream"]["chunks"].get<int>(), r["stream"]["usage"]["completion_tokens"].get<int>());
+}
