@@ -15,6 +15,15 @@ if [ -x "$k8s" ]; then
 else
   echo "test: no test API server at $k8s; the Kubernetes tests will be skipped" >&2
 fi
+# Kubernetes on a real node (scripts/node.sh: kubelet, containerd, kube-proxy,
+# built once like the API server): needs root, as a kubelet does; where it
+# can run, its test must run, not skip.
+if [ -x "$k8s" ] && [ "$(id -u)" -eq 0 ]; then
+  ./scripts/node.sh setup
+  export LOADSTAR_REQUIRE_NODE=1
+else
+  echo "test: the real-node test needs root and the test API server; it will be skipped" >&2
+fi
 # llama.cpp's llama-server (setup.sh built it): its tests must run, not skip.
 export LOADSTAR_REQUIRE_LLAMA=1
 cmake --preset release >/dev/null
