@@ -13,7 +13,7 @@
 #   scripts/node.sh import ARCHIVE...   import more image archives
 #   scripts/node.sh down    stop exactly what `up` started (by pid), remove its containers, mounts,
 #                           network namespaces, cni0, iptables chains and cgroups, restore sysctls
-#   scripts/node.sh env     print `export KUBECONFIG=...` and the node's address
+#   scripts/node.sh env     print `export KUBECONFIG=...`, the node's address and containerd's socket
 #
 # Needs root: it changes the host (sysctls, iptables, a bridge, cgroups) and
 # `down` puts back what `up` changed. Built parts live in $LOADSTAR_NODE_HOME
@@ -340,6 +340,11 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   import) shift; import_images "$@" ;;
-  env) echo "export KUBECONFIG=$KH/kubeconfig"; [ -f "$S/node-ip" ] && echo "export LOADSTAR_NODE_IP=$(cat "$S/node-ip")" ;;
+  env)
+    echo "export KUBECONFIG=$KH/kubeconfig"
+    if [ -f "$S/node-ip" ]; then
+      echo "export LOADSTAR_NODE_IP=$(cat "$S/node-ip")"
+      echo "export LOADSTAR_NODE_CONTAINERD=$S/containerd/containerd.sock"
+    fi ;;
   *) sed -n '2,25p' "$0"; exit 2 ;;
 esac

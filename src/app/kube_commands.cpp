@@ -128,6 +128,64 @@ struct ControllerArgs {
   std::string token_file;
 };
 
+// The controller's admin API on its own thread. /healthz and /health answer
+// from start() on; the rest needs the internal token and, until serve() hands
+// it the controller (this one leads), answers 503.
+class ControllerAdmin {
+ public:
+  explicit ControllerAdmin(const http::BearerToken& token) : token_(token) {}
+  ~ControllerAdmin() { stop(); }
+  ControllerAdmin(const ControllerAdmin&) = delete;
+  ControllerAdmin& operator=(const ControllerAdmin&) = delete;
+
+  Status start(const std::string& host, uint16_t port) {
+    http::ServerOptions options;
+    options.host = host;
+    options.port = port;
+    options.error_body = openai::error_body_for;
+    auto server =
+        http::Server::create({&io_}, options, [this](http::Exchange& ex) -> asio::awaitable<void> {
+          co_await ex.respond(respond(ex.request()));
+        });
+    if (!server.ok()) return std::move(server).error();
+    server_ = std::move(*server);
+    server_->start();
+    thread_ = std::thread([this] { io_.run(); });
+    return ok_status();
+  }
+  void serve(controller::Controller* ctl, store::ResourceStore* store) {
+    store_ = store;
+    ctl_ = ctl;
+  }
+  uint16_t port() const { return server_ ? server_->port() : 0; }
+  void stop() {
+    if (!thread_.joinable()) return;
+    server_->stop();
+    io_.stop();
+    thread_.join();
+  }
+
+ private:
+  http::Response respond(const http::Request& req) {
+    const std::string_view path = req.path();
+    if (path == "/healthz" || path == "/health") return {200, "text/plain", "ok\n"};
+    if (!token_.admits(req)) return http::unauthorized("the controller's admin API");
+    controller::Controller* ctl = ctl_.load();
+    if (!ctl)
+      return {
+          503, "application/json",
+          R"({"error":{"message":"this controller is on standby: another one holds the Lease and serves the admin API","code":503}})"};
+    return admin_response(req, ctl, store_.load(), nullptr);
+  }
+
+  const http::BearerToken& token_;
+  asio::io_context io_{1};
+  std::unique_ptr<http::Server> server_;
+  std::thread thread_;
+  std::atomic<store::ResourceStore*> store_{nullptr};
+  std::atomic<controller::Controller*> ctl_{nullptr};
+};
+
 int run_controller(ControllerArgs args) {
   for (const auto& entry : args.images_for) {
     const size_t eq = entry.find('=');
@@ -166,6 +224,15 @@ int run_controller(ControllerArgs args) {
     return 1;
   }
   args.pods.agent_authorization = token->header().value;
+
+  // The admin API answers from the start: a standby controller waiting for
+  // the Lease is alive (its liveness probe must pass, or the kubelet would
+  // restart it every few probes) but serves nothing else until it leads.
+  ControllerAdmin admin(*token);
+  if (Status s = admin.start(args.host, args.admin_port); !s.ok()) {
+    spdlog::error("admin API: {}", s.error().message);
+    return 1;
+  }
 
   // Leader election first: only the leader reconciles and creates Pods.
   std::atomic<bool> stop_requested{false};
@@ -232,34 +299,11 @@ int run_controller(ControllerArgs args) {
   // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
 
-  asio::io_context admin_io(1);
-  http::ServerOptions admin_options;
-  admin_options.host = args.host;
-  admin_options.port = args.admin_port;
-  admin_options.error_body = openai::error_body_for;
-  controller::Controller* ctl_ptr = &ctl;
-  store::ResourceStore* store_ptr = &store;
-  auto admin = http::Server::create(
-      {&admin_io}, admin_options,
-      [ctl_ptr, store_ptr, token_ptr = &*token](http::Exchange& ex) -> asio::awaitable<void> {
-        // Liveness probes need no token; everything else does.
-        const std::string_view path = ex.request().path();
-        http::Response response =
-            path != "/healthz" && path != "/health" && !token_ptr->admits(ex.request())
-                ? http::unauthorized("the controller's admin API")
-                : admin_response(ex.request(), ctl_ptr, store_ptr, nullptr);
-        co_await ex.respond(std::move(response));
-      });
-  if (!admin.ok()) {
-    spdlog::error("admin API: {}", admin.error().message);
-    return 1;
-  }
   ctl.start();
   if (load) load->start();
-  (*admin)->start();
-  std::thread admin_thread([&admin_io] { admin_io.run(); });
+  admin.serve(&ctl, &store);
   fmt::print("controller reconciling namespace {}; admin API on http://{}:{}/api/v1\n",
-             config->namespace_name, args.host, (*admin)->port());
+             config->namespace_name, args.host, admin.port());
   std::fflush(stdout);
 
   if (elector) {
@@ -272,9 +316,7 @@ int run_controller(ControllerArgs args) {
   if (load) load->stop();
   ctl.stop();
   if (elector) elector->release();
-  (*admin)->stop();
-  admin_io.stop();
-  admin_thread.join();
+  admin.stop();
   return 0;
 }
 

@@ -31,7 +31,13 @@ uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t curren
                                const ServiceLoad& load, Clock::time_point now,
                                std::chrono::system_clock::time_point wall) {
   const std::string& name = svc.metadata.name;
+  const bool first_seen = !services_.count(name);
   State& st = services_[name];
+  // A service found with replicas running (taken over from a controller
+  // before this one, which knew its activity) counts as active now: its
+  // idle time starts here, not at an unknown past, so a new leader neither
+  // drains it at once nor, on the next request, starts a second replica.
+  if (first_seen && current > 0) st.last_active = now;
   if (load.held) {
     if (!st.last_active)
       spdlog::info("service {}: a request is waiting; scaling up from zero", name);

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -44,6 +45,7 @@ std::string g_skip;         // why the suite cannot run
 bool g_up = false;          // node.sh up ran (down must too)
 std::string g_kubeconfig;   // the cluster's admin kubeconfig
 std::string g_node_ip;      // the node's address
+std::string g_containerd;   // the node's containerd socket
 std::string g_llama_image;  // the llama.cpp image's reference
 uint16_t g_origin_port = 0;
 uint64_t g_model_size = 0;
@@ -117,6 +119,33 @@ bool ready(const json& pod) {
   return false;
 }
 
+// The chat service through the gateway Service's cluster IP with the
+// official openai client; the client's JSON report, or its error.
+std::pair<int, std::string> openai_chat(const std::string& model) {
+  const json svc = kubectl_json(fmt::format("-n {} get service loadstar-gateway", kNs));
+  if (!svc.is_object()) return {1, "no gateway Service"};
+  return run_shell(fmt::format("node {}/tests/js/openai_chat.mjs http://{}/v1 {} 6 2>&1", kSource,
+                               svc["spec"]["clusterIP"].get<std::string>(), model));
+}
+
+// The environment containerd gave a Pod's container (the device plugin's
+// part of it included).
+std::vector<std::string> container_env(const std::string& pod, const std::string& container) {
+  const std::string ctr = "ctr --address " + g_containerd + " -n k8s.io containers";
+  auto [status, ids] = run_shell(ctr + " ls -q");
+  std::istringstream lines(ids);
+  for (std::string id; std::getline(lines, id);) {
+    const json info = json::parse(run_shell(ctr + " info " + id).second, nullptr, false);
+    if (!info.is_object()) continue;
+    const json labels = info.value("Labels", json::object());
+    if (labels.value("io.kubernetes.pod.name", "") != pod ||
+        labels.value("io.kubernetes.container.name", "") != container)
+      continue;
+    return info["Spec"]["process"]["env"].get<std::vector<std::string>>();
+  }
+  return {};
+}
+
 std::string describe_all() {
   return kubectl(fmt::format("-n {} get pods -o wide", kNs)).second +
          kubectl(fmt::format("-n {} describe pods", kNs)).second;
@@ -156,6 +185,8 @@ class RealNode : public ::testing::Test {
     const std::string env = run_shell(node_script() + " env").second;
     if (std::regex_search(env, m, std::regex(R"(KUBECONFIG=(\S+))"))) g_kubeconfig = m[1];
     if (std::regex_search(env, m, std::regex(R"(LOADSTAR_NODE_IP=(\S+))"))) g_node_ip = m[1];
+    if (std::regex_search(env, m, std::regex(R"(LOADSTAR_NODE_CONTAINERD=(\S+))")))
+      g_containerd = m[1];
     if (g_kubeconfig.empty() || g_node_ip.empty()) {
       g_skip = "node.sh env: " + env;
       return;
@@ -166,6 +197,8 @@ class RealNode : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
+    // TERM, so that nginx's master ends its workers too.
+    if (g_origin) g_origin->stop(std::chrono::milliseconds(2000));
     g_origin.reset();
     // LOADSTAR_KEEP_NODE=1 leaves the cluster up to look at (`scripts/node.sh down` after).
     const char* keep = std::getenv("LOADSTAR_KEEP_NODE");
@@ -196,6 +229,10 @@ class RealNode : public ::testing::Test {
       return;
     }
     g_model_size = fs::file_size(dir / "model.gguf");
+    // A safetensors model for engine-sim, as a directory the agent lists
+    // through its index and config files.
+    fs::copy(loadstar::testing::synth_model("node-tiny", "2MiB"), dir / "tiny",
+             fs::copy_options::recursive);
     // nginx, as an HTTP mirror serves models (ranges, so the agent fetches
     // chunks in parallel).
     g_origin_port = free_port(g_node_ip);
@@ -329,4 +366,109 @@ TEST_F(RealNode,
   EXPECT_LE(r["reply"]["usage"]["completion_tokens"].get<int>(), 6);
   EXPECT_GE(r["stream"]["usage"]["completion_tokens"].get<int>(), 1);
   EXPECT_LE(r["stream"]["chunks"].get<int>(), r["stream"]["usage"]["completion_tokens"].get<int>());
+}
+
+// A service asking for a whole GPU: the controller's Pod requests
+// nvidia.com/gpu, the kubelet admits it only through the device plugin, which
+// hands it one of the node's GPUs as NVIDIA's plugin does.
+TEST_F(RealNode, AGpuReplicaIsAdmittedWithAGpuFromTheDevicePlugin) {
+  const json node = kubectl_json("get node loadstar-node");
+  ASSERT_TRUE(node.is_object());
+  EXPECT_EQ(node["status"]["allocatable"].value("nvidia.com/gpu", ""), "2");
+  const fs::path file = scratch_dir() / "gpu.yaml";
+  std::ofstream(file) << fmt::format(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny, namespace: {0}}}\n"
+      "spec: {{source: \"http://{1}:{2}/tiny/\"}}\n---\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\n"
+      "metadata: {{name: sim, namespace: {0}}}\n"
+      "spec:\n  model: tiny\n  replicas: 1\n  resources: {{gpu: {{count: 1}}}}\n",
+      kNs, g_node_ip, g_origin_port);
+  auto [status, out] = kubectl("apply -f " + file.string());
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json p = pods("loadstar.dev/service=sim");
+        return p.size() == 1 && ready(p[0]);
+      },
+      120))
+      << describe_all();
+  const json pod = pods("loadstar.dev/service=sim")[0];
+  EXPECT_EQ(pod["spec"]["containers"][0]["resources"]["limits"].value("nvidia.com/gpu", ""), "1");
+  std::string visible;
+  for (const std::string& e : container_env(pod["metadata"]["name"], "engine"))
+    if (e.starts_with("NVIDIA_VISIBLE_DEVICES=")) visible = e.substr(e.find('=') + 1);
+  EXPECT_TRUE(std::regex_match(visible, std::regex("GPU-[0-9a-f-]{36}"))) << visible;
+  // The scheduler's bookkeeping holds one whole device for it.
+  const json devices = json::parse(
+      pod["metadata"]["annotations"].value("loadstar.dev/devices", "[]"), nullptr, false);
+  ASSERT_EQ(devices.size(), 1u) << devices;
+  EXPECT_EQ(devices[0]["milli"], 1000);
+  auto [code, reply] = openai_chat("sim");
+  EXPECT_EQ(code, 0) << reply;
+}
+
+// Scale to zero and back on the real node: an idle llama.cpp service loses
+// its Pod; a request through the Service is held by a gateway until the
+// controller, reading the gateways' load, has started one again.
+TEST_F(RealNode, TheLlamaCppServiceScalesToZeroAndBackForAHeldRequest) {
+  auto [status, out] =
+      kubectl(fmt::format("-n {} patch inferenceservice chat --type merge -p "
+                          "'{{\"spec\":{{\"minReplicas\":0,\"idleTimeout\":\"3s\"}}}}'",
+                          kNs));
+  ASSERT_EQ(status, 0) << out;
+  ASSERT_TRUE(eventually([&] { return pods("loadstar.dev/service=chat").empty(); }, 90))
+      << describe_all();
+  auto [code, reply] = openai_chat("chat");
+  ASSERT_EQ(code, 0) << reply << describe_all();
+  const json r = json::parse(reply.substr(reply.find('{')), nullptr, false);
+  ASSERT_TRUE(r.is_object()) << reply;
+  EXPECT_EQ(r["reply"]["role"], "assistant");
+  EXPECT_EQ(pods("loadstar.dev/service=chat").size(), 1u);
+}
+
+// The leading controller's Pod deleted: the other controller takes the
+// Lease, and no replica is created twice.
+TEST_F(RealNode, TheLeadersPodDeletedTheOtherControllerLeadsAndNothingIsDuplicated) {
+  auto holder = [] {
+    const json lease = kubectl_json(fmt::format("-n {} get lease loadstar-controller", kNs));
+    return lease.is_object() ? lease["spec"].value("holderIdentity", "") : std::string();
+  };
+  // Replicas of a service, less Pods already on their way out.
+  auto live = [](const std::string& service) {
+    size_t n = 0;
+    for (const auto& pod : pods("loadstar.dev/service=" + service))
+      n += !pod["metadata"].contains("deletionTimestamp");
+    return n;
+  };
+  const std::string leader = holder();
+  ASSERT_FALSE(leader.empty());
+  ASSERT_EQ(live("sim"), 1u);
+  auto [status, out] = kubectl(fmt::format("-n {} delete pod {} --wait=false", kNs, leader));
+  ASSERT_EQ(status, 0) << out;
+  std::string next;
+  ASSERT_TRUE(eventually(
+      [&] {
+        next = holder();
+        return !next.empty() && next != leader;
+      },
+      60))
+      << describe_all();
+  // The new leader is a controller Pod that is not the deleted one.
+  bool found = false;
+  for (const auto& pod : pods("app.kubernetes.io/name=loadstar-controller"))
+    found |= pod["metadata"]["name"] == next;
+  EXPECT_TRUE(found) << next;
+  // For a while after the handover the replicas stay as they were: one of
+  // `sim`, at most one of `chat` (idle, it may be scaling to zero).
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(live("sim"), 1u);
+    EXPECT_LE(live("chat"), 1u);
+    std::this_thread::sleep_for(500ms);
+  }
+  // The standby controllers were never restarted: their liveness probe
+  // passes while they wait for the Lease.
+  for (const auto& pod : pods("app.kubernetes.io/name=loadstar-controller"))
+    EXPECT_EQ(pod["status"]["containerStatuses"][0]["restartCount"], 0) << pod["metadata"]["name"];
+  auto [code, reply] = openai_chat("sim");
+  EXPECT_EQ(code, 0) << reply;
 }

@@ -79,8 +79,11 @@ class FakeRuntime : public EngineRuntime {
     st.port = port;
   }
   void end(const std::string& replica) { engines.erase(replica); }
+  bool engines_outlive_controller() const override { return true; }
+  std::vector<ExistingEngine> existing() override { return left_running; }
 
   std::map<std::string, EngineStatus> engines;
+  std::vector<ExistingEngine> left_running;  // by a controller before this one
   std::map<std::string, std::string> nodes;  // where each launch was placed
 
  private:
@@ -329,6 +332,29 @@ TEST_F(ControllerTest, AnIdleServiceScalesToZeroAndAHeldRequestBringsItBack) {
   ctl.pass();
   EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
   clock_.advance(2s);
+  load({{"chat-0", 0}});
+  ctl.pass();
+  EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
+}
+
+// A new leader takes over a running replica of a service that may scale to
+// zero: it does not know how long the service has been idle, so the idle
+// window starts at takeover; neither drained at once nor duplicated.
+TEST_F(ControllerTest, ATakenOverReplicaIsIdleOnlyFromTheTakeover) {
+  apply(service(1, "  minReplicas: 0\n  idleTimeout: 10s\n"));
+  runtime_.left_running = {{.replica = "chat-0", .service = "chat", .node = "local", .index = 0}};
+  runtime_.engines["chat-0"] = {.exists = true, .staged = true, .started = true};
+  runtime_.make_ready("chat-0", 9000);
+  Controller& ctl = controller();
+  ctl.pass();
+  load({{"chat-0", 0}});
+  clock_.advance(1s);
+  ctl.pass();
+  EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
+  EXPECT_EQ(count("stop chat-0"), 0u);
+  EXPECT_EQ(ctl.replicas().size(), 1u);
+  EXPECT_EQ(count("launch chat-1"), 0u);
+  clock_.advance(10s);
   load({{"chat-0", 0}});
   ctl.pass();
   EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
