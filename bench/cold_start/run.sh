@@ -32,8 +32,29 @@ chunk=${CHUNK:-4Mi}
 work=$(mktemp -d -p "$PWD/build" cold-start.XXXX)
 chmod 755 "$work"  # nginx workers read the origin as an unprivileged user
 ns() { ip netns exec "$@"; }
+# Ends the processes this script started, by the PIDs it recorded in
+# $work/*.pid (network namespaces do not isolate processes: a pkill run
+# "inside" one reaches every Loadstar process on the host).
+stop_pids() {  # stop_pids GLOB
+  local f
+  for f in $work/$1; do
+    [ -f "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+# Runs CMD until it succeeds; fails the run after SECONDS.
+wait_until() {  # wait_until SECONDS WHAT CMD...
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    if [ $SECONDS -ge $deadline ]; then echo "timed out after ${deadline}s waiting for $what" >&2; exit 1; fi
+    sleep 0.05
+  done
+}
 cleanup() {
-  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar" 2>/dev/null || true; done
+  stop_pids "node*-engine.pid"
+  stop_pids "node*-agent.pid"
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   for h in ls-origin ls-sw $(seq -f "ls-node%g" 1 "$nodes"); do ip netns del "$h" 2>/dev/null || true; done
   [ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -108,34 +129,55 @@ start_agents() {  # start_agents PEERS(0|1)
     if [ "$1" = 1 ]; then
       for m in $(seq 1 "$nodes"); do [ "$m" != "$n" ] && peers+=(--peer "http://10.77.0.$((10 + m)):8070"); done
     fi
-    ns ls-node$n "$bin" agent --host 10.77.0.$((10 + n)) --port 8070 --cache-dir "$work/node$n/cache" --chunk-size "$chunk" \
+    ip netns exec ls-node$n "$bin" agent --host 10.77.0.$((10 + n)) --port 8070 --cache-dir "$work/node$n/cache" --chunk-size "$chunk" \
       "${peers[@]}" > "$work/node$n-agent.log" 2>&1 &
+    # Not through the ns function: a background function runs in a subshell,
+    # whose pid is not the agent's. ip netns exec execs the agent.
+    echo $! > "$work/node$n-agent.pid"
   done
   for n in $(seq 1 "$nodes"); do
-    until ns ls-node$n curl -sf http://10.77.0.$((10 + n)):8070/health >/dev/null; do sleep 0.05; done
+    wait_until 30 "node $n's agent" ns ls-node$n curl -sf -o /dev/null http://10.77.0.$((10 + n)):8070/health
   done
 }
 stop_agents() {
-  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar agent" || true; done
+  stop_pids "node*-agent.pid"
   sleep 0.5
+}
+model_state() {  # model_state N: the model's state on node N's agent (its files' states aside)
+  ns ls-node$1 curl -sf "${auth[@]}" http://10.77.0.$((10 + $1)):8070/v1/models/m |
+    python3 -c 'import json,sys; print(json.load(sys.stdin).get("staging",{}).get("state",""))' 2>/dev/null || true
+}
+staged() {  # staged N: node N's staging ended (ready or failed)
+  case "$(model_state "$1")" in ready|failed) return 0 ;; *) return 1 ;; esac
+}
+engine_up() {  # engine_up N: node N's engine answers /health (ends the run if it exited)
+  if ! kill -0 "$(cat "$work/node$1-engine.pid")" 2>/dev/null; then
+    echo "node $1: the engine exited: $(tail -n 2 "$work/node$1-engine.log")" >&2
+    ls -la "$work/node$1/cache/models/m/" "$work/node$1/cache/models/m/current/" >&2 || true
+    tail -n 3 "$work/node$1-agent.log" >&2
+    exit 1
+  fi
+  [ -s "$work/node$1.port" ] && ns ls-node$1 curl -sf -o /dev/null "http://127.0.0.1:$(cat "$work/node$1.port")/health"
 }
 # One node's replica: stage (unless prefetched), then the engine until healthy.
 replica() {  # replica N STAGE(0|1)
   local n=$1 a=http://10.77.0.$((10 + $1)):8070 dir
   if [ "$2" = 1 ]; then
     ns ls-node$n curl -sf "${auth[@]}" -XPOST $a/v1/stage -d "{\"model\":\"m\",\"source\":\"$url\"}" >/dev/null
-    until ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m | grep -q '"state":"\(ready\|failed\)"'; do sleep 0.05; done
-    if ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m | grep -q '"state":"failed"'; then
+    wait_until 3600 "node $n's staging" staged "$n"
+    if [ "$(model_state "$n")" = failed ]; then
       echo "node $n: staging failed: $(ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m)" >&2
       tail -5 "$work/node$n-agent.log" >&2
       exit 1
     fi
   fi
-  dir=$(ls -d "$work"/node$n/cache/models/m/*/)
+  # The version the agent published (models/NAME/current), as engines read it.
+  dir=$work/node$n/cache/models/m/current
   rm -f "$work/node$n.port"
-  ns ls-node$n "$bin" engine-sim --model "$dir" --port 0 --port-file "$work/node$n.port" \
+  ip netns exec ls-node$n "$bin" engine-sim --model "$dir" --port 0 --port-file "$work/node$n.port" \
     > "$work/node$n-engine.log" 2>&1 &
-  until [ -s "$work/node$n.port" ] && ns ls-node$n curl -sf "http://127.0.0.1:$(cat "$work/node$n.port")/health" >/dev/null; do sleep 0.05; done
+  echo $! > "$work/node$n-engine.pid"
+  wait_until 600 "node $n's engine" engine_up "$n"
 }
 scale_out() {  # scale_out STAGE(0|1): prints seconds and origin egress
   local before t0 t1
@@ -157,7 +199,7 @@ scale_out() {  # scale_out STAGE(0|1): prints seconds and origin egress
   t1=$(now)
   [ -n "${tracer:-}" ] && kill "$tracer" && tracer=
   echo "$(echo "$t1 - $t0" | bc) $(( $(origin_tx) - before ))"
-  for n in $(seq 1 "$nodes"); do ns ls-node$n pkill -f "loadstar engine-sim" || true; done
+  stop_pids "node*-engine.pid"
 }
 
 # 1. direct
@@ -183,7 +225,7 @@ start_agents 1
 read -r peer_s peer_egress < <(scale_out 1)
 from_peers=0
 for n in $(seq 1 "$nodes"); do
-  v=$(ns ls-node$n curl -sf http://10.77.0.$((10 + n)):8070/metrics | awk '/fetched_bytes_total\{source="peer"\}/ {print $2}')
+  v=$(ns ls-node$n curl -sf "${auth[@]}" http://10.77.0.$((10 + n)):8070/metrics | awk '/fetched_bytes_total\{source="peer"\}/ {print $2}')
   from_peers=$(echo "$from_peers + ${v:-0}" | bc)
 done
 
@@ -193,7 +235,7 @@ read -r pre_s pre_egress < <(scale_out 0)
 stop_agents
 
 # The disk's limit on the staged shards, and the fast loader on the same files.
-shards=$(ls "$work"/node1/cache/models/m/*/*.safetensors)
+shards=$(ls "$work"/node1/cache/models/m/current/*.safetensors)
 # This VM's disk swings between ~1 and ~2 GiB/s from one read to the next
 # whatever the reader, so each tool reads three times, interleaved; the best
 # of each is compared.
