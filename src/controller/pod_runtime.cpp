@@ -131,11 +131,18 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   json resources = json::object();
   if (svc.spec.cpu > 0) resources["cpu"] = fmt::format("{}m", std::lround(svc.spec.cpu * 1000));
   if (svc.spec.memory_bytes > 0) resources["memory"] = std::to_string(svc.spec.memory_bytes);
-  // Whole cards are the device plugin's unit; shares of a card are the
-  // scheduler's bookkeeping (the devices annotation says which).
-  uint32_t whole = 0;
-  for (const auto& s : launch.shares) whole += s.milli >= 1000 && s.mig_slices == 0;
+  // Whole cards are the device plugin's unit; a MIG slice is asked for as
+  // NVIDIA's plugin advertises it (mixed strategy: nvidia.com/mig-PROFILE);
+  // other shares of a card are the scheduler's bookkeeping (the devices
+  // annotation says which).
+  uint32_t whole = 0, mig = 0;
+  for (const auto& s : launch.shares) {
+    whole += s.milli >= 1000 && s.mig_slices == 0;
+    mig += s.mig_slices > 0;
+  }
   if (whole > 0) resources["nvidia.com/gpu"] = std::to_string(whole);
+  if (mig > 0 && !svc.spec.gpu.mig.empty())
+    resources["nvidia.com/mig-" + svc.spec.gpu.mig] = std::to_string(mig);
   if (!resources.empty()) engine["resources"] = {{"requests", resources}, {"limits", resources}};
   // The stage container alone holds the internal token (the engine never
   // talks to the agent).

@@ -18,7 +18,16 @@ api::Node node_from_kubernetes(const json& object) {
   out.metadata.name = node.name;
   out.spec.cpu = node.allocatable_or_zero("cpu");
   out.spec.memory_bytes = static_cast<uint64_t>(node.allocatable_or_zero("memory"));
-  const auto gpus = static_cast<uint32_t>(std::lround(node.allocatable_or_zero("nvidia.com/gpu")));
+  // With NVIDIA's time-slicing each GPU is advertised `replicas` times;
+  // GPU feature discovery labels the physical count and the replicas. The
+  // scheduler places on physical GPUs.
+  const double advertised = node.allocatable_or_zero("nvidia.com/gpu");
+  const auto replicas = kube::parse_quantity(node.label("nvidia.com/gpu.replicas"));
+  const auto physical = kube::parse_quantity(node.label("nvidia.com/gpu.count"));
+  uint32_t gpus = static_cast<uint32_t>(
+      std::lround(replicas && *replicas >= 1 ? advertised / *replicas : advertised));
+  if (physical && *physical >= 1 && *physical <= advertised)
+    gpus = static_cast<uint32_t>(std::lround(*physical));
   if (gpus > 0) {
     api::NodeGpu gpu;
     gpu.count = gpus;

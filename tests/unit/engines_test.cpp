@@ -13,6 +13,7 @@
 #include "controller/pod_runtime.h"
 #include "engines/engines.h"
 #include "gateway/engine_load.h"
+#include "store/kube_store.h"
 
 namespace loadstar {
 namespace {
@@ -240,6 +241,47 @@ TEST(EnginePods, SglangAndLlamaCppImagesAndModelPaths) {
   const json sim = pod_of("engine-sim", 1, "synth://m");
   EXPECT_EQ(sim["spec"]["containers"][0]["command"], json({"loadstar", "engine-sim"}));
   EXPECT_EQ(sim["spec"]["containers"][0]["image"], "loadstar:0.1.0");
+}
+
+
+// A MIG slice is asked for from the device plugin in the form NVIDIA's plugin
+// advertises it (mixed strategy), beside whole GPUs.
+TEST(EnginePods, AMigShareAsksForItsMigResource) {
+  api::InferenceService svc;
+  svc.metadata.name = "chat";
+  svc.spec.model = "m";
+  svc.spec.engine.name = "vllm";
+  svc.spec.gpu.mig = "3g.40gb";
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://org/m";
+  controller::EngineLaunch l;
+  l.replica = "chat-0";
+  l.service = &svc;
+  l.model = &model;
+  l.shares.push_back({0, 0, 3});
+  const json pod = controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "");
+  const json& limits = pod["spec"]["containers"][0]["resources"]["limits"];
+  EXPECT_EQ(limits.value("nvidia.com/mig-3g.40gb", ""), "1") << limits;
+  EXPECT_FALSE(limits.contains("nvidia.com/gpu"));
+}
+
+// Under NVIDIA's time-slicing the node advertises each GPU `replicas` times:
+// the inventory counts physical GPUs (GPU feature discovery's labels).
+TEST(EnginePods, ATimeSlicedNodeCountsItsPhysicalGpus) {
+  auto node = [](const json& labels, const std::string& advertised) {
+    return json{
+        {"metadata", {{"name", "n1"}, {"labels", labels}}},
+        {"status",
+         {{"allocatable", {{"cpu", "8"}, {"memory", "64Gi"}, {"nvidia.com/gpu", advertised}}},
+          {"conditions", {{{"type", "Ready"}, {"status", "True"}}}}}}};
+  };
+  auto gpus = [](const api::Node& n) { return n.spec.gpus.empty() ? 0u : n.spec.gpus[0].count; };
+  EXPECT_EQ(gpus(store::node_from_kubernetes(node(json::object(), "2"))), 2u);
+  EXPECT_EQ(gpus(store::node_from_kubernetes(node({{"nvidia.com/gpu.replicas", "4"}}, "8"))), 2u);
+  EXPECT_EQ(gpus(store::node_from_kubernetes(
+                node({{"nvidia.com/gpu.replicas", "4"}, {"nvidia.com/gpu.count", "2"}}, "8"))),
+            2u);
 }
 
 }  // namespace
