@@ -233,6 +233,9 @@ class RealNode : public ::testing::Test {
     // through its index and config files.
     fs::copy(loadstar::testing::synth_model("node-tiny", "2MiB"), dir / "tiny",
              fs::copy_options::recursive);
+    fs::create_directories(dir / "slow");
+    fs::copy(loadstar::testing::synth_model("node-slow", "128MiB"), dir / "slow" / "m",
+             fs::copy_options::recursive);
     // nginx, as an HTTP mirror serves models (ranges, so the agent fetches
     // chunks in parallel).
     g_origin_port = free_port(g_node_ip);
@@ -241,8 +244,12 @@ class RealNode : public ::testing::Test {
     std::ofstream(conf) << fmt::format(
         "daemon off;\nuser root;\nworker_processes 1;\npid {0}/origin.pid;\n"
         "error_log {0}/origin-error.log;\nevents {{ worker_connections 64; }}\n"
-        "http {{\n  access_log off;\n  client_body_temp_path {0}/origin-tmp;\n"
-        "  server {{\n    listen {1}:{2};\n    root {3};\n  }}\n}}\n",
+        "http {{\n  log_format sent $bytes_sent;\n  access_log off;\n"
+        "  client_body_temp_path {0}/origin-tmp;\n"
+        "  server {{\n    listen {1}:{2};\n    root {3};\n"
+        // /slow/: a slow origin, each response's bytes logged.
+        "    location /slow/ {{ limit_rate 4m; access_log {0}/origin-slow.log sent; }}\n"
+        "  }}\n}}\n",
         scratch_dir().string(), g_node_ip, g_origin_port, dir.string());
     ProcessOptions p;
     p.argv = {"/usr/sbin/nginx", "-c", conf.string(), "-p", scratch_dir().string()};
@@ -471,4 +478,73 @@ TEST_F(RealNode, TheLeadersPodDeletedTheOtherControllerLeadsAndNothingIsDuplicat
     EXPECT_EQ(pod["status"]["containerStatuses"][0]["restartCount"], 0) << pod["metadata"]["name"];
   auto [code, reply] = openai_chat("sim");
   EXPECT_EQ(code, 0) << reply;
+}
+
+// The agent's Pod restarted while it stages a model from a slow origin: the
+// replica still comes up, and the new agent resumes from the chunks already
+// written (the origin sends well under two copies).
+TEST_F(RealNode, AnAgentRestartedMidStagingResumes) {
+  const fs::path slow = scratch_dir() / "origin" / "slow" / "m";
+  uint64_t size = 0;
+  for (const auto& f : fs::directory_iterator(slow)) size += fs::file_size(f.path());
+  const fs::path file = scratch_dir() / "slow.yaml";
+  std::ofstream(file) << fmt::format(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: slow, namespace: {0}}}\n"
+      "spec: {{source: \"http://{1}:{2}/slow/m/\"}}\n---\n"
+      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\n"
+      "metadata: {{name: slow, namespace: {0}}}\nspec:\n  model: slow\n  replicas: 1\n",
+      kNs, g_node_ip, g_origin_port);
+  auto [status, out] = kubectl("apply -f " + file.string());
+  ASSERT_EQ(status, 0) << out;
+  // Chunks (16 MiB) written and logged in the agent's resume log, the
+  // model not yet published: then the agent's Pod goes.
+  auto chunks_done = [] {
+    size_t n = 0;
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator("/var/lib/loadstar/agent/partial", ec)) {
+      if (f.path().extension() != ".chunks") continue;
+      std::ifstream in(f.path());
+      for (std::string line; std::getline(in, line);) n += !line.empty();
+    }
+    return n;
+  };
+  const fs::path sent_log = scratch_dir() / "origin-slow.log";
+  auto origin_sent = [&] {
+    uint64_t n = 0;
+    std::ifstream in(sent_log);
+    for (uint64_t b; in >> b;) n += b;
+    return n;
+  };
+  const fs::path published = "/var/lib/loadstar/agent/models/slow/current";
+  ASSERT_TRUE(eventually([&] { return chunks_done() >= 1; }, 90)) << describe_all();
+  const size_t reusable = chunks_done();
+  ASSERT_FALSE(fs::exists(published)) << "staged before the restart: nothing to resume";
+  const json agent = pods("app.kubernetes.io/name=loadstar-agent").at(0);
+  auto [deleted, del_out] = kubectl(fmt::format("-n {} delete pod {} --wait=true --timeout=60s",
+                                                kNs, agent["metadata"]["name"].get<std::string>()));
+  ASSERT_EQ(deleted, 0) << del_out;
+  std::this_thread::sleep_for(1s);  // nginx logs the responses the restart cut
+  const uint64_t sent_before = origin_sent();
+  ASSERT_TRUE(eventually(
+      [&] {
+        const json p = pods("loadstar.dev/service=slow");
+        return p.size() == 1 && ready(p[0]);
+      },
+      240))
+      << describe_all();
+  auto shard_bytes = [](const fs::path& dir) {
+    uint64_t n = 0;
+    for (const auto& f : fs::directory_iterator(dir))
+      if (f.path().extension() == ".safetensors") n += fs::file_size(f.path());
+    return n;
+  };
+  EXPECT_EQ(shard_bytes(published), shard_bytes(slow));
+  // After the restart the origin sent what was still missing: without
+  // resuming it would have sent the whole model again.
+  const uint64_t sent = origin_sent();
+  const uint64_t reused = reusable * (uint64_t{16} << 20);
+  EXPECT_LT(sent - sent_before, size - reused / 2)
+      << "origin sent " << sent - sent_before << " after the restart for " << size << " with "
+      << reusable << " chunks done before";
+  EXPECT_GE(sent, size);
 }
