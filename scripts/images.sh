@@ -117,21 +117,27 @@ assemble() {
 
 stamp_of() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
-build_loadstar() {
-  local bin=${1:-$ROOT/build/release/loadstar}
-  [ -x "$bin" ] || die "no loadstar binary at $bin (cmake --build --preset release --target loadstar)"
+# build_image BIN REF OUT ROOT_NAME INSTALL_PATH UMOCI_CONFIG...: the image
+# of BIN at INSTALL_PATH, cached in OUT until BIN (or this script) changes.
+build_image() {
+  local bin=$1 ref=$2 out=$3 root=$H/root-$4 path=$5 stamp
+  shift 5
   mkdir -p "$H"
-  local out=$H/loadstar-0.1.0.tar stamp
   stamp=$(stamp_of "$bin" "$0")
   if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then echo "$out"; return; fi
   mapfile -t pkgs < <(packages_of "$bin")
-  local root=$H/root-loadstar
   make_root "$root" "${pkgs[@]}"
-  install -D -m 0755 "$bin" "$root/usr/local/bin/loadstar"
-  assemble "$root" "$LOADSTAR_TAG" "$out" --config.entrypoint loadstar --config.user 65532:65532 \
-    --config.workingdir /
+  install -D -m 0755 "$bin" "$root$path"
+  assemble "$root" "$ref" "$out" "$@"
   echo "$stamp" > "$out.stamp"
   echo "$out"
+}
+
+build_loadstar() {
+  local bin=${1:-$ROOT/build/release/loadstar}
+  [ -x "$bin" ] || die "no loadstar binary at $bin (cmake --build --preset release --target loadstar)"
+  build_image "$bin" "$LOADSTAR_TAG" "$H/loadstar-0.1.0.tar" loadstar /usr/local/bin/loadstar \
+    --config.entrypoint loadstar --config.user 65532:65532 --config.workingdir /
 }
 
 llama_ref() {
@@ -142,22 +148,12 @@ llama_ref() {
 }
 
 build_llama() {
-  local bin
+  local bin ref
   bin=$("$ROOT/scripts/llama-server.sh" path) || die "llama-server is not built (scripts/llama-server.sh build)"
-  mkdir -p "$H"
-  local ref out stamp
   ref=$(llama_ref)
-  out=$H/llama.cpp-${ref##*:}.tar
-  stamp=$(stamp_of "$bin" "$0")
-  if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then echo "$out"; return; fi
-  mapfile -t pkgs < <(packages_of "$bin")
-  local root=$H/root-llama
-  make_root "$root" "${pkgs[@]}"
-  install -D -m 0755 "$bin" "$root/app/llama-server"
   # As llama.cpp's server image: /app/llama-server is the entrypoint, root.
-  assemble "$root" "$ref" "$out" --config.entrypoint /app/llama-server --config.workingdir /app
-  echo "$stamp" > "$out.stamp"
-  echo "$out"
+  build_image "$bin" "$ref" "$H/llama.cpp-${ref##*:}.tar" llama /app/llama-server \
+    --config.entrypoint /app/llama-server --config.workingdir /app
 }
 
 files_of() {

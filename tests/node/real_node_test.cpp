@@ -151,6 +151,30 @@ std::string describe_all() {
          kubectl(fmt::format("-n {} describe pods", kNs)).second;
 }
 
+// Applies `yaml` (written under `name`.yaml) and waits until `service` has
+// one Ready Pod, which it returns (null on a failed wait, with a failure).
+json apply_and_wait_ready(const std::string& name, const std::string& yaml,
+                          const std::string& service, double timeout_s) {
+  const fs::path file = scratch_dir() / (name + ".yaml");
+  std::ofstream(file) << yaml;
+  auto [status, out] = kubectl("apply -f " + file.string());
+  if (status != 0) {
+    ADD_FAILURE() << out;
+    return json();
+  }
+  json pod;
+  if (!eventually(
+          [&] {
+            const json p = pods("loadstar.dev/service=" + service);
+            if (p.size() != 1 || !ready(p[0])) return false;
+            pod = p[0];
+            return true;
+          },
+          timeout_s))
+    ADD_FAILURE() << "no Ready Pod of " << service << "\n" << describe_all();
+  return pod;
+}
+
 }  // namespace
 
 class RealNode : public ::testing::Test {
@@ -335,18 +359,8 @@ TEST_F(RealNode,
       "  engine: {{name: llama.cpp, image: \"{3}\", contextLength: 1024, maxSequences: 2, "
       "threads: 1}}\n",
       kNs, g_node_ip, g_origin_port, g_llama_image);
-  const fs::path file = scratch_dir() / "chat.yaml";
-  std::ofstream(file) << yaml;
-  auto [status, out] = kubectl("apply -f " + file.string());
-  ASSERT_EQ(status, 0) << out;
-  ASSERT_TRUE(eventually(
-      [&] {
-        const json p = pods("loadstar.dev/service=chat");
-        return p.size() == 1 && ready(p[0]);
-      },
-      180))
-      << describe_all();
-  const json pod = pods("loadstar.dev/service=chat")[0];
+  const json pod = apply_and_wait_ready("chat", yaml, "chat", 180);
+  ASSERT_TRUE(pod.is_object());
   // The init container staged the weights through the node's agent, which
   // fetched them from the origin into its hostPath cache.
   const json& stage = pod["status"]["initContainerStatuses"][0];
@@ -382,24 +396,17 @@ TEST_F(RealNode, AGpuReplicaIsAdmittedWithAGpuFromTheDevicePlugin) {
   const json node = kubectl_json("get node loadstar-node");
   ASSERT_TRUE(node.is_object());
   EXPECT_EQ(node["status"]["allocatable"].value("nvidia.com/gpu", ""), "2");
-  const fs::path file = scratch_dir() / "gpu.yaml";
-  std::ofstream(file) << fmt::format(
-      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny, namespace: {0}}}\n"
-      "spec: {{source: \"http://{1}:{2}/tiny/\"}}\n---\n"
-      "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\n"
-      "metadata: {{name: sim, namespace: {0}}}\n"
-      "spec:\n  model: tiny\n  replicas: 1\n  resources: {{gpu: {{count: 1}}}}\n",
-      kNs, g_node_ip, g_origin_port);
-  auto [status, out] = kubectl("apply -f " + file.string());
-  ASSERT_EQ(status, 0) << out;
-  ASSERT_TRUE(eventually(
-      [&] {
-        const json p = pods("loadstar.dev/service=sim");
-        return p.size() == 1 && ready(p[0]);
-      },
-      120))
-      << describe_all();
-  const json pod = pods("loadstar.dev/service=sim")[0];
+  const json pod = apply_and_wait_ready(
+      "gpu",
+      fmt::format("apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: tiny, "
+                  "namespace: {0}}}\n"
+                  "spec: {{source: \"http://{1}:{2}/tiny/\"}}\n---\n"
+                  "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\n"
+                  "metadata: {{name: sim, namespace: {0}}}\n"
+                  "spec:\n  model: tiny\n  replicas: 1\n  resources: {{gpu: {{count: 1}}}}\n",
+                  kNs, g_node_ip, g_origin_port),
+      "sim", 120);
+  ASSERT_TRUE(pod.is_object());
   EXPECT_EQ(pod["spec"]["containers"][0]["resources"]["limits"].value("nvidia.com/gpu", ""), "1");
   std::string visible;
   for (const std::string& e : container_env(pod["metadata"]["name"], "engine"))

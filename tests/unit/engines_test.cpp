@@ -243,7 +243,6 @@ TEST(EnginePods, SglangAndLlamaCppImagesAndModelPaths) {
   EXPECT_EQ(sim["spec"]["containers"][0]["image"], "loadstar:0.1.0");
 }
 
-
 // A MIG slice is asked for from the device plugin in the form NVIDIA's plugin
 // advertises it (mixed strategy), beside whole GPUs.
 TEST(EnginePods, AMigShareAsksForItsMigResource) {
