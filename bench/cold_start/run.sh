@@ -19,7 +19,8 @@
 # origin's link, default 400mbit), NODE_RATE (each node's link, 4gbit),
 # CHUNK (the agents' chunk size, default 4Mi: finer pipelining between peers
 # than the agent's 16Mi default), TRACE=1 (progress every 0.5 s), KEEP=1
-# (keep the work directory and its logs).
+# (keep the work directory and its logs), SCENARIOS (default
+# "direct aria2c peer prefetched"; prefetched needs peer before it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$PWD/build/release/loadstar
@@ -130,7 +131,7 @@ start_agents() {  # start_agents PEERS(0|1)
       for m in $(seq 1 "$nodes"); do [ "$m" != "$n" ] && peers+=(--peer "http://10.77.0.$((10 + m)):8070"); done
     fi
     ip netns exec ls-node$n "$bin" agent --host 10.77.0.$((10 + n)) --port 8070 --cache-dir "$work/node$n/cache" --chunk-size "$chunk" \
-      "${peers[@]}" > "$work/node$n-agent.log" 2>&1 &
+      ${ORIGIN_CONNECTIONS:+--origin-connections "$ORIGIN_CONNECTIONS"} "${peers[@]}" > "$work/node$n-agent.log" 2>&1 &
     # Not through the ns function: a background function runs in a subshell,
     # whose pid is not the agent's. ip netns exec execs the agent.
     echo $! > "$work/node$n-agent.pid"
@@ -202,13 +203,20 @@ scale_out() {  # scale_out STAGE(0|1): prints seconds and origin egress
   stop_pids "node*-engine.pid"
 }
 
+scenarios=" ${SCENARIOS:-direct aria2c peer prefetched} "
+wants() { [[ $scenarios == *" $1 "* ]]; }
+direct_s=0 direct_egress=0 aria_s=0 aria_egress=0 peer_s=0 peer_egress=0 pre_s=0 pre_egress=0 from_peers=0
+
 # 1. direct
+if wants direct; then
 start_agents 0
 read -r direct_s direct_egress < <(scale_out 1)
 stop_agents
 rm -rf "$work"/node*/cache
+fi
 
 # 2. aria2c -x16 on every node at once
+if wants aria2c; then
 for n in $(seq 1 "$nodes"); do
   for f in "$work"/origin/m/*; do echo "$url$(basename "$f")"; done > "$work/node$n-urls"
 done
@@ -219,8 +227,10 @@ done
 wait $(jobs -p | tail -n "$nodes")
 aria_s=$(echo "$(now) - $t0" | bc); aria_egress=$(( $(origin_tx) - before ))
 rm -rf "$work"/node*/aria
+fi
 
 # 3. peer
+if wants peer; then
 start_agents 1
 read -r peer_s peer_egress < <(scale_out 1)
 from_peers=0
@@ -228,11 +238,15 @@ for n in $(seq 1 "$nodes"); do
   v=$(ns ls-node$n curl -sf "${auth[@]}" http://10.77.0.$((10 + n)):8070/metrics | awk '/fetched_bytes_total\{source="peer"\}/ {print $2}')
   from_peers=$(echo "$from_peers + ${v:-0}" | bc)
 done
+fi
 
 # 4. prefetched: staged already; the page cache dropped so loads hit the disk
+if wants prefetched; then
 sync; echo 3 > /proc/sys/vm/drop_caches
 read -r pre_s pre_egress < <(scale_out 0)
+fi
 stop_agents
+[ -d "$work/node1/cache/models/m/current" ] || exit 0  # nothing staged: no disk figures
 
 # The disk's limit on the staged shards, and the fast loader on the same files.
 shards=$(ls "$work"/node1/cache/models/m/current/*.safetensors)

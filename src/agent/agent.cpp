@@ -387,6 +387,13 @@ std::string Agent::metrics_text() const {
       .add(static_cast<double>(cache_->used_bytes()));
   text.gauge("loadstar_agent_cache_capacity_bytes", "Configured cache size (0: the disk)")
       .add(static_cast<double>(options_.cache.capacity_bytes));
+  size_t peers = 0;
+  {
+    std::lock_guard lock(mu_);
+    peers = peers_.size();
+  }
+  text.gauge("loadstar_agent_peers", "Other agents this one shares chunks with (--peer or found)")
+      .add(static_cast<double>(peers));
   text.counter("loadstar_agent_evictions_total", "Models evicted to make room")
       .add(static_cast<double>(cache_->evictions()));
   auto& total = text.gauge("loadstar_agent_model_bytes", "Size of each staging model");

@@ -2,9 +2,11 @@
 // (ask an agent to stage a model ahead of need and follow its progress).
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include <fmt/core.h>
@@ -15,12 +17,14 @@
 
 #include "agent/agent.h"
 #include "agent/agent_api.h"
+#include "agent/peer_discovery.h"
 #include "app/commands.h"
 #include "common/units.h"
 #include "common/url.h"
 #include "http/bearer.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "kube/client.h"
 
 namespace loadstar::app {
 
@@ -37,8 +41,10 @@ struct AgentArgs {
   uint16_t port = 8070;
   std::string port_file;
   std::vector<std::string> peers;
+  std::string peer_service, peer_port_name, kubeconfig, namespace_name;
   std::string self_url;
   int connections = 8;
+  int origin_connections = 0;
   int max_attempts = 5;
   double stall_timeout_s = 20;
   double peer_patience_s = 5;
@@ -79,6 +85,7 @@ int run_agent(const AgentArgs& args) {
   options.cache.chunk_bytes = *chunk;
   options.peers = args.peers;
   options.connections = args.connections;
+  options.origin_connections = args.origin_connections;
   options.max_attempts = args.max_attempts;
   options.peer_patience_s = args.peer_patience_s;
   options.source.stall_timeout_s = args.stall_timeout_s;
@@ -133,6 +140,25 @@ int run_agent(const AgentArgs& args) {
   const uint16_t port = (*server)->port();
   options.self_url =
       args.self_url.empty() ? fmt::format("http://{}:{}", args.host, port) : args.self_url;
+  // Peers found through the API: the Endpoints of the DaemonSet's headless
+  // Service, read with the agent's service account (or a kubeconfig).
+  std::optional<kube::Client> kube_client;
+  if (!args.peer_service.empty()) {
+    if (args.self_url.empty() && (args.host == "0.0.0.0" || args.host == "::")) {
+      fmt::print(stderr,
+                 "--peer-service: peers name this agent by --self-url (its address on the "
+                 "node's network, e.g. http://$(NODE_IP):{}), and --host {} is not one\n",
+                 port, args.host);
+      return 2;
+    }
+    auto config = kube::load_config(args.kubeconfig);
+    if (!config.ok()) {
+      fmt::print(stderr, "--peer-service: {}\n", config.error().message);
+      return 2;
+    }
+    if (!args.namespace_name.empty()) config->namespace_name = args.namespace_name;
+    kube_client.emplace(std::move(*config));
+  }
   auto created = agent::Agent::create(options);
   if (!created.ok()) {
     spdlog::error("agent: {}", created.error().message);
@@ -140,6 +166,20 @@ int run_agent(const AgentArgs& args) {
   }
   agent = std::move(*created);
   agent_ptr = agent.get();
+  std::unique_ptr<agent::PeerDiscovery> discovery;
+  if (kube_client) {
+    discovery = std::make_unique<agent::PeerDiscovery>(
+        *kube_client, kube_client->config().namespace_name, args.peer_service, args.peer_port_name,
+        options.self_url, [&agent_ptr, fixed = args.peers](std::vector<std::string> found) {
+          for (const auto& p : fixed)
+            if (std::find(found.begin(), found.end(), p) == found.end()) found.push_back(p);
+          agent_ptr->set_peers(std::move(found));
+        });
+    if (auto started = discovery->start(30); !started.ok()) {
+      spdlog::error("agent: --peer-service {}: {}", args.peer_service, started.error().message);
+      return 1;
+    }
+  }
   (*server)->start();
   std::vector<std::thread> threads;
   for (auto* ctx : raw) threads.emplace_back([ctx] { ctx->run(); });
@@ -156,6 +196,7 @@ int run_agent(const AgentArgs& args) {
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info("signal {}: stopping the agent", sig);
+  discovery.reset();
   (*server)->stop();
   for (auto* ctx : raw) ctx->stop();
   for (auto& t : threads) t.join();
@@ -283,9 +324,23 @@ std::function<int()> setup_agent(CLI::App& app) {
   app.add_option("--port", args->port, "0: any free port")->capture_default_str();
   app.add_option("--port-file", args->port_file, "Write the port here once listening");
   app.add_option("--peer", args->peers, "Another agent (http://HOST:PORT); repeat for each");
+  app.add_option("--peer-service", args->peer_service,
+                 "Find peers through the Kubernetes API: the ready addresses of this Endpoints "
+                 "object (the agents' headless Service), followed as agents come and go");
+  app.add_option("--peer-port-name", args->peer_port_name,
+                 "With --peer-service: the Endpoints port to use (default its only port)");
+  app.add_option("--kubeconfig", args->kubeconfig,
+                 "With --peer-service (default $KUBECONFIG, else the Pod's service account)");
+  app.add_option("-n,--namespace", args->namespace_name,
+                 "With --peer-service: the Service's namespace (default the kubeconfig's or the "
+                 "service account's)");
   app.add_option("--self-url", args->self_url,
                  "How peers reach this agent (default http://HOST:PORT)");
   app.add_option("--connections", args->connections, "Chunk fetches in flight per model")
+      ->capture_default_str();
+  app.add_option("--origin-connections", args->origin_connections,
+                 "Of those, at most this many from the origin when there are peers (0: 2 with "
+                 "peers, all without)")
       ->capture_default_str();
   app.add_option("--max-attempts", args->max_attempts,
                  "Tries per chunk from the origin before staging fails")

@@ -45,11 +45,22 @@ beast::tcp_stream& lowest(beast::ssl_stream<beast::tcp_stream>& s) {
   return s.next_layer();
 }
 
+// How far a body read has come, for run()'s stall check. The body is read
+// without the stream's own timeout: beast arms and cancels a timer around
+// every read (a timerfd_settime each), which cost a tenth of an agent's CPU
+// on a peer transfer read in many small reads; a clock read per read and a
+// check every 100 ms cost nothing.
+struct BodyWatch {
+  bool reading = false;
+  std::chrono::steady_clock::time_point last_byte;
+};
+
 // Sends the request on a connected stream and reads the response.
 template <typename Stream>
 asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
                            const std::function<bool(std::string_view)>& on_data,
-                           ClientResponse* response, std::optional<Error>* error) {
+                           ClientResponse* response, std::optional<Error>* error,
+                           BodyWatch* watch) {
   const auto stall =
       std::chrono::milliseconds(static_cast<int64_t>(request.stall_timeout_s * 1000));
   auto arm = [&] {
@@ -85,10 +96,12 @@ asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
     response->headers.push_back({std::string(field.name_string()), std::string(field.value())});
   if (request.on_headers) request.on_headers(*response);
   char chunk[65536];
+  lowest(stream).expires_never();
+  watch->reading = true;
   while (!parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof(chunk);
-    arm();
+    watch->last_byte = std::chrono::steady_clock::now();
     auto [rec, rn] = co_await bhttp::async_read_some(stream, buffer, parser, kUseTuple);
     if (rec == bhttp::error::need_buffer) rec = {};
     if (rec) co_return failed("read body from", rec);
@@ -98,7 +111,8 @@ asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
 }
 
 asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::string_view)> on_data,
-                               ClientResponse* response, std::optional<Error>* error) {
+                               ClientResponse* response, std::optional<Error>* error,
+                               BodyWatch* watch) {
   auto executor = co_await asio::this_coro::executor;
   boost::system::error_code ec;
   std::vector<tcp::endpoint> endpoints;
@@ -136,7 +150,7 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
     co_return;
   }
   if (!request.tls) {
-    co_await talk(tcp_stream, request, on_data, response, error);
+    co_await talk(tcp_stream, request, on_data, response, error, watch);
     co_return;
   }
   asio::ssl::context tls(asio::ssl::context::tls_client);
@@ -166,7 +180,7 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
                    untrusted ? " (is the server's CA in the system store or SSL_CERT_FILE?)" : "");
     co_return;
   }
-  co_await talk(stream, request, on_data, response, error);
+  co_await talk(stream, request, on_data, response, error, watch);
 }
 
 Result<ClientResponse> run(const ClientRequest& request,
@@ -174,19 +188,24 @@ Result<ClientResponse> run(const ClientRequest& request,
   asio::io_context ctx;
   ClientResponse response;
   std::optional<Error> error;
-  asio::co_spawn(ctx, exchange(request, std::move(on_data), &response, &error), asio::detached);
-  const auto deadline = std::chrono::steady_clock::now() +
-                        std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
-  if (!request.cancel) {
-    ctx.run_until(deadline);
-  } else {
-    while (!ctx.stopped() && std::chrono::steady_clock::now() < deadline) {
-      if (request.cancel->load()) {
-        return make_error(ErrorCode::kCancelled, "{} {}:{}{} cancelled", request.method,
-                          request.host, request.port, request.target);
-      }
-      ctx.run_for(std::chrono::milliseconds(100));
-    }
+  BodyWatch watch;
+  asio::co_spawn(ctx, exchange(request, std::move(on_data), &response, &error, &watch),
+                 asio::detached);
+  using Clock = std::chrono::steady_clock;
+  const auto deadline =
+      Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
+  const auto stall =
+      std::chrono::milliseconds(static_cast<int64_t>(request.stall_timeout_s * 1000));
+  while (!ctx.stopped()) {
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    if (request.cancel && request.cancel->load())
+      return make_error(ErrorCode::kCancelled, "{} {}:{}{} cancelled", request.method, request.host,
+                        request.port, request.target);
+    if (watch.reading && stall.count() > 0 && now - watch.last_byte > stall)
+      return make_error(ErrorCode::kUnavailable, "read body from {}:{}: no data for {}s",
+                        request.host, request.port, request.stall_timeout_s);
+    ctx.run_for(std::min<Clock::duration>(std::chrono::milliseconds(100), deadline - now));
   }
   if (!ctx.stopped()) {
     return make_error(ErrorCode::kUnavailable, "{} {}:{}{} timed out after {}s", request.method,

@@ -1,5 +1,7 @@
 #include "kube/objects.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -156,6 +158,41 @@ Node node_from_json(const json& object) {
       if (value.is_string())
         if (auto q = parse_quantity(value.get<std::string>())) node.allocatable[resource] = *q;
   return node;
+}
+
+std::vector<EndpointAddress> ready_endpoints(const json& endpoints, std::string_view port_name) {
+  std::vector<EndpointAddress> out;
+  const json& subsets = member(endpoints, "subsets");
+  if (!subsets.is_array()) return out;
+  for (const json& subset : subsets) {
+    const json& ports = member(subset, "ports");
+    std::optional<uint16_t> port;
+    if (ports.is_array())
+      for (const json& p : ports) {
+        const json& number = member(p, "port");
+        if (!number.is_number_integer() || number.get<int64_t>() <= 0 ||
+            number.get<int64_t>() > 65535)
+          continue;
+        if (port_name.empty() ? ports.size() == 1 : text(p, "name") == port_name)
+          port = static_cast<uint16_t>(number.get<int64_t>());
+      }
+    const json& addresses = member(subset, "addresses");
+    if (!port || !addresses.is_array()) continue;
+    for (const json& a : addresses)
+      if (std::string ip = text(a, "ip"); !ip.empty())
+        out.push_back({std::move(ip), *port, text(a, "nodeName")});
+  }
+  std::sort(out.begin(), out.end());
+  // The same address in two subsets is one endpoint; keep its node name.
+  std::vector<EndpointAddress> unique;
+  for (EndpointAddress& a : out) {
+    if (!unique.empty() && unique.back().ip == a.ip && unique.back().port == a.port) {
+      if (unique.back().node_name.empty()) unique.back().node_name = std::move(a.node_name);
+      continue;
+    }
+    unique.push_back(std::move(a));
+  }
+  return unique;
 }
 
 }  // namespace loadstar::kube

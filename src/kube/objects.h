@@ -78,4 +78,18 @@ struct Node {
 
 Node node_from_json(const nlohmann::json& object);
 
+// An address behind a Service: a ready endpoint's IP and port.
+struct EndpointAddress {
+  std::string ip;
+  uint16_t port = 0;
+  std::string node_name;  // where the backing Pod runs; empty: unknown
+  auto operator<=>(const EndpointAddress&) const = default;
+};
+
+// The ready addresses of an Endpoints object (subsets[].addresses, never
+// notReadyAddresses) on the port named `port_name`, or on a subset's only
+// port when `port_name` is empty; sorted, each once.
+std::vector<EndpointAddress> ready_endpoints(const nlohmann::json& endpoints,
+                                             std::string_view port_name = "");
+
 }  // namespace loadstar::kube

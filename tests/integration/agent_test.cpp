@@ -21,6 +21,7 @@
 
 #include "common/digest.h"
 #include "http/server.h"
+#include "kubernetes_fixture.h"
 #include "support.h"
 
 namespace loadstar::testing {
@@ -222,6 +223,8 @@ class Agent {
     for (const auto& e : env)
       if (e.starts_with("LOADSTAR_TOKEN="))
         headers_.push_back({"Authorization", "Bearer " + e.substr(15)});
+    for (size_t i = 0; i + 1 < args.size(); ++i)
+      if (args[i] == "--host") host_ = args[i + 1];
     const fs::path port_file = dir_ / "port";
     fs::create_directories(dir_);
     fs::remove(port_file);
@@ -245,7 +248,7 @@ class Agent {
     }
   }
   ~Agent() { process_.stop(std::chrono::milliseconds(3000)); }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const { return fmt::format("http://{}:{}", host_, port_); }
   uint16_t port() const { return port_; }
   const fs::path& dir() const { return dir_; }
   Subprocess& process() { return process_; }
@@ -257,7 +260,8 @@ class Agent {
   }
   http::ClientResponse post_stage(const std::string& model, const std::string& source,
                                   bool with_token = true) {
-    auto r = http::fetch({.port = port_,
+    auto r = http::fetch({.host = host_,
+                          .port = port_,
                           .method = "POST",
                           .target = "/v1/stage",
                           .body = json({{"model", model}, {"source", source}}).dump(),
@@ -266,7 +270,8 @@ class Agent {
     return r.ok() ? *r : http::ClientResponse{};
   }
   http::ClientResponse get(const std::string& target, bool with_token = true) {
-    auto r = http::fetch({.port = port_,
+    auto r = http::fetch({.host = host_,
+                          .port = port_,
                           .target = target,
                           .headers = with_token ? headers_ : std::vector<http::Header>{}});
     EXPECT_TRUE(r.ok());
@@ -278,7 +283,8 @@ class Agent {
         std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     json p;
     while (std::chrono::steady_clock::now() < deadline) {
-      auto r = http::fetch({.port = port_, .target = "/v1/models/" + model, .headers = headers_});
+      auto r = http::fetch(
+          {.host = host_, .port = port_, .target = "/v1/models/" + model, .headers = headers_});
       if (r.ok() && r->status == 200) {
         p = json::parse(r->body)["staging"];
         if (p["state"] == "ready" || p["state"] == "failed") return p;
@@ -292,6 +298,7 @@ class Agent {
  private:
   fs::path dir_, log_;
   Subprocess process_;
+  std::string host_ = "127.0.0.1";
   uint16_t port_ = 0;
   std::vector<http::Header> headers_;
 };
@@ -311,6 +318,22 @@ Origin& model_origin(Origin& o, size_t big = 6 << 20, uint32_t seed = 1) {
   o.files["model-00001-of-00002.safetensors"] = random_bytes(big, seed * 2);
   o.files["model-00002-of-00002.safetensors"] = random_bytes(big / 2 + 12345, seed * 2 + 1);
   return o;
+}
+
+// Stages model "m" on every agent at once: each gets the whole model, and
+// the origin sends about one copy (the rest goes between peers).
+void stage_on_all_from_about_one_copy(Origin& origin,
+                                      const std::vector<std::unique_ptr<Agent>>& agents) {
+  for (auto& agent : agents) agent->stage("m", origin.url() + "/files/");
+  uint64_t from_peers = 0;
+  for (auto& agent : agents) {
+    json p = agent->wait("m");
+    ASSERT_EQ(p["state"], "ready") << p.dump() << agent->log();
+    from_peers += p["bytes_peers"].get<uint64_t>();
+    expect_same_files(origin, p["dir"].get<std::string>());
+  }
+  EXPECT_LE(origin.egress.load(), origin.total() * 105 / 100) << "peers got " << from_peers;
+  EXPECT_GE(from_peers, origin.total() * (agents.size() - 1) * 95 / 100);
 }
 
 TEST(AgentProcess, ThreeAgentsFetchAboutOneCopyFromTheOrigin) {
@@ -336,21 +359,79 @@ TEST(AgentProcess, ThreeAgentsFetchAboutOneCopyFromTheOrigin) {
         "p2p-" + std::to_string(i), args,
         std::vector<std::string>{"LOADSTAR_TOKEN=p2p-test-token-0123456789"}, ports[i]));
   }
-  for (auto& agent : agents) agent->stage("m", origin.url() + "/files/");
-  uint64_t from_peers = 0;
-  for (auto& agent : agents) {
-    json p = agent->wait("m");
-    ASSERT_EQ(p["state"], "ready") << p.dump() << agent->log();
-    from_peers += p["bytes_peers"].get<uint64_t>();
-    expect_same_files(origin, p["dir"].get<std::string>());
-  }
-  // Every agent has the whole model, and the origin sent about one copy.
-  EXPECT_LE(origin.egress.load(), origin.total() * 105 / 100) << "peers got " << from_peers;
-  EXPECT_GE(from_peers, origin.total() * 19 / 10);
+  stage_on_all_from_about_one_copy(origin, agents);
   EXPECT_GT(metric_in(agents[0]->get("/metrics").body, "loadstar_agent_served_bytes_total") +
                 metric_in(agents[1]->get("/metrics").body, "loadstar_agent_served_bytes_total") +
                 metric_in(agents[2]->get("/metrics").body, "loadstar_agent_served_bytes_total"),
             0);
+}
+
+// As the DaemonSet runs them: agents find each other through the Endpoints
+// of their headless Service (ready addresses only) and follow it as agents
+// come and go; N agents still fetch about one copy from the origin.
+class AgentPeersOnKubernetes : public KubernetesTest {
+ protected:
+  // The API server refuses loopback addresses in Endpoints: the agents
+  // listen on this machine's own address.
+  void SetUp() override {
+    KubernetesTest::SetUp();
+    ip_ = non_loopback_ipv4();
+    if (ip_.empty()) GTEST_SKIP() << "no non-loopback IPv4 address to put in Endpoints";
+  }
+  void endpoints(const std::vector<uint16_t>& ready, const std::vector<uint16_t>& not_ready) {
+    // One subset per port (the agents share one address here).
+    json subsets = json::array();
+    for (uint16_t port : ready)
+      subsets.push_back(
+          {{"addresses", {{{"ip", ip_}}}}, {"ports", {{{"name", "http"}, {"port", port}}}}});
+    for (uint16_t port : not_ready)
+      subsets.push_back({{"notReadyAddresses", {{{"ip", ip_}}}},
+                         {"ports", {{{"name", "http"}, {"port", port}}}}});
+    apply(json({{"apiVersion", "v1"},
+                {"kind", "Endpoints"},
+                {"metadata", {{"name", "loadstar-agent-peers"}, {"namespace", ns_}}},
+                {"subsets", subsets}})
+              .dump());
+  }
+  std::string ip_;
+  static double peers_of(Agent& agent) {
+    return metric_in(agent.get("/metrics").body, "loadstar_agent_peers");
+  }
+  static bool eventually(const std::function<bool()>& check) {
+    for (int i = 0; i < 200; ++i) {
+      if (check()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return check();
+  }
+};
+
+TEST_F(AgentPeersOnKubernetes, AgentsFindEachOtherThroughTheirServicesEndpoints) {
+  Origin origin;
+  model_origin(origin, 8 << 20, 7);
+  origin.bytes_per_s = 8e6;
+  std::vector<std::unique_ptr<Agent>> agents;
+  for (int i = 0; i < 3; ++i) {
+    const uint16_t port = free_port(ip_);
+    agents.push_back(std::make_unique<Agent>(
+        ns_ + "-" + std::to_string(i),
+        std::vector<std::string>{"--host", ip_, "--peer-service", "loadstar-agent-peers",
+                                 "--peer-port-name", "http", "--kubeconfig", g_kubeconfig, "-n",
+                                 ns_},
+        std::vector<std::string>{"LOADSTAR_TOKEN=endpoints-test-token-0123456789"}, port));
+  }
+  // No Endpoints yet: no peers, and the agent serves anyway.
+  EXPECT_EQ(peers_of(*agents[0]), 0);
+  // The three ready, and one that is not (never used: nothing listens there).
+  endpoints({agents[0]->port(), agents[1]->port(), agents[2]->port()}, {1});
+  for (auto& agent : agents)
+    EXPECT_TRUE(eventually([&] { return peers_of(*agent) == 2; })) << agent->log();
+  stage_on_all_from_about_one_copy(origin, agents);
+  // An agent that leaves (its Pod deleted: Kubernetes drops its address)
+  // is dropped by the others.
+  endpoints({agents[0]->port(), agents[1]->port()}, {agents[2]->port()});
+  EXPECT_TRUE(eventually([&] { return peers_of(*agents[0]) == 1; })) << agents[0]->log();
+  EXPECT_NE(agents[0]->log().find("1 peer(s) from Endpoints"), std::string::npos);
 }
 
 TEST(AgentProcess, TheApiNeedsTheTokenAndSourcesCannotReachMetadataAddresses) {
@@ -679,12 +760,6 @@ spec:
 
 namespace loadstar::testing {
 namespace {
-
-uint16_t free_port() {
-  asio::io_context io;
-  asio::ip::tcp::acceptor a(io, {asio::ip::make_address("127.0.0.1"), 0});
-  return a.local_endpoint().port();
-}
 
 // HTTPS through Debian's nginx with a certificate made for the test: the
 // agent verifies it against SSL_CERT_FILE, and refuses it without.

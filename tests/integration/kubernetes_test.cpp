@@ -442,6 +442,9 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_FALSE(
       can("loadstar-gateway", "patch inferenceservices.loadstar.dev --subresource=status" + in));
   EXPECT_FALSE(can("loadstar-agent", "list pods" + in));
+  EXPECT_TRUE(can("loadstar-agent", "watch endpoints" + in));  // its peers
+  EXPECT_FALSE(can("loadstar-agent", "watch endpoints -n default"));
+  EXPECT_FALSE(can("loadstar-agent", "get secrets" + in));
   // The cluster-scoped part goes; the rest goes with the namespace.
   kubectl("delete clusterrolebinding,clusterrole loadstar-controller-nodes");
 }

@@ -36,6 +36,15 @@ double settled_metric(uint16_t port, const std::string& name, const std::string&
 // Runs `command` with /bin/sh; returns its exit status and its output.
 std::pair<int, std::string> run_shell(const std::string& command);
 
+// A TCP port free on `ip` now (for a process that must be told its port
+// before it starts).
+uint16_t free_port(const std::string& ip = "127.0.0.1");
+
+// This machine's first IPv4 address on an interface that is up and not
+// loopback (where the API server accepts an address, e.g. in Endpoints);
+// empty when there is none.
+std::string non_loopback_ipv4();
+
 // A synthetic model of `size` (e.g. "16MiB") under scratch_dir(), made once per name.
 std::filesystem::path synth_model(const std::string& name, const std::string& size);
 

@@ -32,6 +32,7 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 using loadstar::ProcessOptions;
 using loadstar::Subprocess;
+using loadstar::testing::free_port;
 using loadstar::testing::run_loadstar;
 using loadstar::testing::run_shell;
 using loadstar::testing::scratch_dir;
@@ -69,21 +70,6 @@ json kubectl_json(const std::string& args) {
 std::string read_text(const fs::path& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A port free on `ip` now.
-uint16_t free_port(const std::string& ip) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  ::inet_pton(AF_INET, ip.c_str(), &addr.sin_addr);
-  socklen_t len = sizeof addr;
-  uint16_t port = 0;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  ::close(fd);
-  return port;
 }
 
 std::string trimmed(std::string s) {
@@ -345,6 +331,17 @@ TEST_F(RealNode, TheManifestsRunAsContainersFromTheImagesBuiltHere) {
   auto [code, out] = run_shell(
       fmt::format("curl -s -o /dev/null -w '%{{http_code}}' http://{}:8080/metrics", gw_ip));
   EXPECT_EQ(out, "401");
+  // The agent follows its peers' headless Service from inside its Pod: the
+  // Endpoints hold its node's address (host network), which is itself.
+  const json peers = kubectl_json(fmt::format("-n {} get endpoints loadstar-agent-peers", kNs));
+  ASSERT_TRUE(peers.is_object());
+  EXPECT_EQ(peers["subsets"][0]["addresses"][0].value("ip", ""), g_node_ip) << peers.dump();
+  const std::string agent_log =
+      kubectl(fmt::format("-n {} logs daemonset/loadstar-agent", kNs)).second;
+  EXPECT_NE(agent_log.find("following Endpoints " + std::string(kNs) +
+                           "/loadstar-agent-peers for peers (0 now)"),
+            std::string::npos)
+      << agent_log;
 }
 
 TEST_F(RealNode,

@@ -14,6 +14,7 @@
 #include "agent/cache.h"
 #include "agent/eviction.h"
 #include "agent/manifest.h"
+#include "agent/peer_discovery.h"
 #include "agent/s3.h"
 #include "common/digest.h"
 #include "common/json_value.h"
@@ -345,6 +346,21 @@ TEST_F(AgentTest, BadSourcesFailClearly) {
   r = (*agent)->wait("../evil", 10);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("contains '/'"), std::string::npos) << r.error().message;
+}
+
+}  // namespace
+}  // namespace loadstar::agent
+
+namespace loadstar::agent {
+namespace {
+
+TEST(PeerDiscovery, EveryAddressButTheAgentsOwn) {
+  const std::vector<kube::EndpointAddress> addresses = {
+      {"10.0.0.1", 8070, "a"}, {"10.0.0.2", 8070, "b"}, {"10.0.0.2", 9000, "b"}};
+  EXPECT_EQ(peer_urls(addresses, "http://10.0.0.2:8070"),
+            (std::vector<std::string>{"http://10.0.0.1:8070", "http://10.0.0.2:9000"}));
+  EXPECT_EQ(peer_urls(addresses, "not a url").size(), 3u);
+  EXPECT_TRUE(peer_urls({}, "http://10.0.0.1:8070").empty());
 }
 
 }  // namespace

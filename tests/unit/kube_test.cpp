@@ -272,3 +272,40 @@ TEST(Node, ReadsAddressReadinessAndAllocatableQuantities) {
 
 }  // namespace
 }  // namespace loadstar::kube
+
+namespace loadstar::kube {
+namespace {
+
+// What a DaemonSet's headless Service's Endpoints look like: ready and
+// not-ready addresses, named ports, several subsets.
+TEST(Endpoints, ReadyAddressesOnTheNamedPort) {
+  const json endpoints = json::parse(R"({
+    "kind": "Endpoints", "metadata": {"name": "loadstar-agent-peers", "namespace": "ls"},
+    "subsets": [
+      {"addresses": [{"ip": "10.0.0.2", "nodeName": "b"}, {"ip": "10.0.0.1", "nodeName": "a"}],
+       "notReadyAddresses": [{"ip": "10.0.0.3", "nodeName": "c"}],
+       "ports": [{"name": "metrics", "port": 9100}, {"name": "http", "port": 8070}]},
+      {"addresses": [{"ip": "10.0.0.1"}], "ports": [{"name": "http", "port": 8070}]},
+      {"addresses": [{"ip": "10.0.0.9"}], "ports": [{"name": "other", "port": 1}]},
+      {"addresses": [{"ip": "10.0.0.8"}], "ports": [{"name": "http", "port": 70000}]},
+      "not an object", {"addresses": "not a list", "ports": [{"name": "http", "port": 8070}]}
+    ]})");
+  const auto ready = ready_endpoints(endpoints, "http");
+  ASSERT_EQ(ready.size(), 2u);  // 10.0.0.1 (in two subsets: once) and 10.0.0.2
+  EXPECT_EQ(ready[0].ip, "10.0.0.1");
+  EXPECT_EQ(ready[0].node_name, "a");
+  EXPECT_EQ(ready[1].ip, "10.0.0.2");
+  EXPECT_EQ(ready[1].port, 8070);
+  EXPECT_EQ(ready[1].node_name, "b");
+  // Without a port name a subset needs exactly one port.
+  const auto unnamed = ready_endpoints(endpoints);
+  ASSERT_EQ(unnamed.size(), 2u);
+  EXPECT_EQ(unnamed[0].ip, "10.0.0.1");
+  EXPECT_EQ(unnamed[1].ip, "10.0.0.9");
+  EXPECT_EQ(unnamed[1].port, 1);
+  EXPECT_TRUE(ready_endpoints(json::parse(R"({"kind": "Endpoints"})")).empty());
+  EXPECT_TRUE(ready_endpoints(json::parse("[1, 2]")).empty());
+}
+
+}  // namespace
+}  // namespace loadstar::kube
