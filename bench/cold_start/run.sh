@@ -20,7 +20,12 @@
 # CHUNK (the agents' chunk size, default 4Mi: finer pipelining between peers
 # than the agent's 16Mi default), TRACE=1 (progress every 0.5 s), KEEP=1
 # (keep the work directory and its logs), SCENARIOS (default
-# "direct aria2c peer prefetched"; prefetched needs peer before it).
+# "direct aria2c peer prefetched"; prefetched needs peer before it),
+# PEERS (api: the default when ../shared/k8s/apiserver is here -- agents
+# find each other as the DaemonSet's do, through the Endpoints of a
+# headless Service on a real API server, which each node's namespace
+# reaches through a socat relay on its loopback; flags: --peer by hand).
+# ORIGIN_CONNECTIONS: the agents' --origin-connections.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=$PWD/build/release/loadstar
@@ -53,9 +58,13 @@ wait_until() {  # wait_until SECONDS WHAT CMD...
     sleep 0.05
   done
 }
+apiserver=${LOADSTAR_K8S_APISERVER:-$PWD/../shared/k8s/apiserver}
+peers_mode=${PEERS:-$([ -x "$apiserver" ] && echo api || echo flags)}
 cleanup() {
   stop_pids "node*-engine.pid"
   stop_pids "node*-agent.pid"
+  stop_pids "node*-relay.pid"
+  [ -f "$work/apiserver.started" ] && "$apiserver" stop >/dev/null 2>&1 || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   for h in ls-origin ls-sw $(seq -f "ls-node%g" 1 "$nodes"); do ip netns del "$h" 2>/dev/null || true; done
   [ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -119,7 +128,35 @@ now() { date +%s.%N; }
 mib() { echo "scale=0; $1 / 1048576" | bc; }
 rate_bits=$(echo "$origin_rate" | sed -E 's/mbit/*1000000/; s/gbit/*1000000000/' | bc)
 origin_s=$(echo "scale=2; $bytes * 8 / $rate_bits" | bc)
-echo "model $(mib $bytes) MiB, $nodes nodes, origin link $origin_rate (one copy: ${origin_s}s), node links $node_rate"
+echo "model $(mib $bytes) MiB, $nodes nodes, origin link $origin_rate (one copy: ${origin_s}s), node links $node_rate, peers by $peers_mode"
+
+# --- peers through the API --------------------------------------------------------
+# As in a cluster: Endpoints loadstar-agent-peers list the node agents'
+# addresses, and each agent follows them (--peer-service). The server
+# listens on the host's loopback; each node namespace gets a relay on its
+# own loopback (same address, so TLS still verifies 127.0.0.1).
+if [ "$peers_mode" = api ]; then
+  if ! KUBECONFIG=$("$apiserver" env | sed -n 's/^export KUBECONFIG=//p') kubectl get --raw /readyz >/dev/null 2>&1; then
+    "$apiserver" start >/dev/null
+    touch "$work/apiserver.started"
+  fi
+  export KUBECONFIG=$("$apiserver" env | sed -n 's/^export KUBECONFIG=//p')
+  api_port=$(sed -nE 's|.*server: https://127\.0\.0\.1:([0-9]+).*|\1|p' "$KUBECONFIG")
+  kubectl create namespace loadstar-bench --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  python3 - "$nodes" <<'PY' | kubectl apply -f - >/dev/null
+import json, sys
+n = int(sys.argv[1])
+print(json.dumps({"apiVersion": "v1", "kind": "Endpoints",
+                  "metadata": {"name": "loadstar-agent-peers", "namespace": "loadstar-bench"},
+                  "subsets": [{"addresses": [{"ip": f"10.77.0.{10 + i}"} for i in range(1, n + 1)],
+                               "ports": [{"name": "http", "port": 8070}]}]}))
+PY
+  for n in $(seq 1 "$nodes"); do
+    ip netns exec ls-node$n socat TCP-LISTEN:$api_port,bind=127.0.0.1,reuseaddr,fork \
+      EXEC:"nsenter --net=/proc/$$/ns/net socat STDIO TCP\:127.0.0.1\:$api_port" 2>/dev/null &
+    echo $! > "$work/node$n-relay.pid"
+  done
+fi
 
 # The agents listen off loopback: they need the internal token, as in a cluster.
 export LOADSTAR_TOKEN=${LOADSTAR_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
@@ -127,7 +164,9 @@ auth=(-H "Authorization: Bearer $LOADSTAR_TOKEN")
 start_agents() {  # start_agents PEERS(0|1)
   for n in $(seq 1 "$nodes"); do
     peers=()
-    if [ "$1" = 1 ]; then
+    if [ "$1" = 1 ] && [ "$peers_mode" = api ]; then
+      peers=(--peer-service loadstar-agent-peers --peer-port-name http -n loadstar-bench --kubeconfig "$KUBECONFIG")
+    elif [ "$1" = 1 ]; then
       for m in $(seq 1 "$nodes"); do [ "$m" != "$n" ] && peers+=(--peer "http://10.77.0.$((10 + m)):8070"); done
     fi
     ip netns exec ls-node$n "$bin" agent --host 10.77.0.$((10 + n)) --port 8070 --cache-dir "$work/node$n/cache" --chunk-size "$chunk" \
@@ -138,7 +177,13 @@ start_agents() {  # start_agents PEERS(0|1)
   done
   for n in $(seq 1 "$nodes"); do
     wait_until 30 "node $n's agent" ns ls-node$n curl -sf -o /dev/null http://10.77.0.$((10 + n)):8070/health
+    # Running agents have found their peers before any scale-out.
+    [ "$1" = 1 ] && wait_until 30 "node $n's agent to find its peers" peers_found "$n"
   done
+}
+peers_found() {  # peers_found N: node N's agent knows every other node
+  [ "$(ns ls-node$1 curl -sf "${auth[@]}" http://10.77.0.$((10 + $1)):8070/metrics |
+      awk '/^loadstar_agent_peers / {print $2}')" = "$((nodes - 1))" ]
 }
 stop_agents() {
   stop_pids "node*-agent.pid"

@@ -39,8 +39,8 @@ Status PeerDiscovery::start(double timeout_s) {
   informer_->start([this] { changed(); });
   if (!informer_->wait_synced(timeout_s))
     return make_error(ErrorCode::kUnavailable,
-                      "cannot list Endpoints in {} (does the agent's service account may list "
-                      "and watch endpoints there?)",
+                      "cannot list Endpoints in {} (may the agent's account list "
+                      "and watch endpoints there? Role loadstar-agent in deploy/ grants it)",
                       informer_->collection());
   changed();
   spdlog::info("agent: following Endpoints {} for peers ({} now)", key_, peers().size());
