@@ -191,6 +191,9 @@ struct NodeGpu {
   uint64_t memory_bytes = 0;
   uint32_t count = 1;
   uint32_t mig_slices = 0;  // compute slices when MIG-partitioned (7 on A100/H100); 0: no MIG
+  // How many times the device plugin advertises each card: NVIDIA's
+  // time-slicing (`replicas`); 1: whole cards.
+  uint32_t replicas = 1;
 };
 
 struct NodeSpec {

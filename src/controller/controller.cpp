@@ -195,6 +195,9 @@ void Controller::launch(Replica& r) {
   launch.node = where->node;
   launch.devices = where->devices;
   launch.shares = where->shares;
+  if (auto node = store_.get("Node", where->node))
+    if (const auto* n = std::get_if<api::Node>(&*node); n && !n->spec.gpus.empty())
+      launch.device_replicas = n->spec.gpus.front().replicas;
   Status started = runtime_.launch(launch);
   if (!started.ok() && started.error().code == ErrorCode::kUnavailable) {
     r.state = ReplicaState::kPending;

@@ -131,16 +131,24 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   json resources = json::object();
   if (svc.spec.cpu > 0) resources["cpu"] = fmt::format("{}m", std::lround(svc.spec.cpu * 1000));
   if (svc.spec.memory_bytes > 0) resources["memory"] = std::to_string(svc.spec.memory_bytes);
-  // Whole cards are the device plugin's unit; a MIG slice is asked for as
-  // NVIDIA's plugin advertises it (mixed strategy: nvidia.com/mig-PROFILE);
-  // other shares of a card are the scheduler's bookkeeping (the devices
-  // annotation says which).
-  uint32_t whole = 0, mig = 0;
+  // Asked for as NVIDIA's device plugin advertises them: a whole card is one
+  // nvidia.com/gpu; a MIG slice one nvidia.com/mig-PROFILE (mixed
+  // strategy). On a time-sliced node (each card advertised R times) a
+  // fraction of a card is one replica and a whole card all R of its
+  // replicas, so the kubelet's count agrees with the scheduler's; on other
+  // nodes a fraction is the scheduler's bookkeeping alone (the devices
+  // annotation says which card).
+  const uint32_t replicas = std::max<uint32_t>(1, launch.device_replicas);
+  uint32_t gpu = 0, mig = 0;
   for (const auto& s : launch.shares) {
-    whole += s.milli >= 1000 && s.mig_slices == 0;
-    mig += s.mig_slices > 0;
+    if (s.mig_slices > 0)
+      ++mig;
+    else if (s.milli >= 1000)
+      gpu += replicas;
+    else if (replicas > 1)
+      ++gpu;
   }
-  if (whole > 0) resources["nvidia.com/gpu"] = std::to_string(whole);
+  if (gpu > 0) resources["nvidia.com/gpu"] = std::to_string(gpu);
   if (mig > 0 && !svc.spec.gpu.mig.empty())
     resources["nvidia.com/mig-" + svc.spec.gpu.mig] = std::to_string(mig);
   if (!resources.empty()) engine["resources"] = {{"requests", resources}, {"limits", resources}};

@@ -33,6 +33,9 @@ struct EngineLaunch {
   std::string node;     // where the scheduler placed it
   std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
   std::vector<DeviceShare> shares;
+  // How many times the node's device plugin advertises each card
+  // (NVIDIA time-slicing); 1: whole cards.
+  uint32_t device_replicas = 1;
 };
 
 // An engine as its runtime sees it now.

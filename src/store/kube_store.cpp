@@ -31,6 +31,7 @@ api::Node node_from_kubernetes(const json& object) {
   if (gpus > 0) {
     api::NodeGpu gpu;
     gpu.count = gpus;
+    gpu.replicas = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(advertised / gpus)));
     // GPU feature discovery's labels: the product and its memory in MiB.
     gpu.model = node.label("nvidia.com/gpu.product");
     if (gpu.model.empty()) gpu.model = "gpu";

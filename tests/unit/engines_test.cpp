@@ -281,6 +281,42 @@ TEST(EnginePods, ATimeSlicedNodeCountsItsPhysicalGpus) {
   EXPECT_EQ(gpus(store::node_from_kubernetes(
                 node({{"nvidia.com/gpu.replicas", "4"}, {"nvidia.com/gpu.count", "2"}}, "8"))),
             2u);
+  EXPECT_EQ(store::node_from_kubernetes(node({{"nvidia.com/gpu.replicas", "4"}}, "8"))
+                .spec.gpus[0]
+                .replicas,
+            4u);
+  EXPECT_EQ(store::node_from_kubernetes(node(json::object(), "2")).spec.gpus[0].replicas, 1u);
+}
+
+// What the kubelet is asked for must match what the scheduler placed: on a
+// time-sliced node a fraction of a card is one advertised replica and a
+// whole card all of its replicas; elsewhere a fraction asks the plugin for
+// nothing (bookkeeping only) and a whole card for one.
+TEST(EnginePods, SharesAreAskedForInTheTimeSlicedPluginsUnits) {
+  api::InferenceService svc;
+  svc.metadata.name = "chat";
+  svc.spec.model = "m";
+  svc.spec.engine.name = "vllm";
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://org/m";
+  auto gpus_asked = [&](std::vector<controller::DeviceShare> shares, uint32_t replicas) {
+    controller::EngineLaunch l;
+    l.replica = "chat-0";
+    l.service = &svc;
+    l.model = &model;
+    l.shares = std::move(shares);
+    l.device_replicas = replicas;
+    const json pod = controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "");
+    const json& c = pod["spec"]["containers"][0];
+    return c.contains("resources") ? c["resources"]["limits"].value("nvidia.com/gpu", "none")
+                                   : std::string("none");
+  };
+  EXPECT_EQ(gpus_asked({{0, 500, 0}}, 4), "1");
+  EXPECT_EQ(gpus_asked({{0, 1000, 0}}, 4), "4");
+  EXPECT_EQ(gpus_asked({{0, 1000, 0}, {1, 1000, 0}}, 4), "8");
+  EXPECT_EQ(gpus_asked({{0, 500, 0}}, 1), "none");
+  EXPECT_EQ(gpus_asked({{0, 1000, 0}}, 1), "1");
 }
 
 }  // namespace
