@@ -180,8 +180,14 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
         {"annotations",
          {{kSharesAnnotation, shares_json(launch.shares).dump()},
           {"loadstar.dev/model", model.metadata.name}}}}},
+      // Created bound where the scheduler put it: one write per replica (a
+      // create and then a Binding were two, and placement at scale is
+      // bounded by the API server's writes).
       {"spec",
        {{"schedulerName", "loadstar"},
+        {"nodeName", launch.node},
+        {"tolerations",
+         {{{"key", kube::kToleratedGpuTaint}, {"operator", "Exists"}, {"effect", "NoSchedule"}}}},
         {"restartPolicy", "Always"},
         {"automountServiceAccountToken", false},  // engines never call the API
         {"terminationGracePeriodSeconds",
@@ -244,21 +250,9 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
   if (!created.ok() && created.error().code != ErrorCode::kConflict)
     return make_error(created.error().code, "creating pod {}: {}", launch.replica,
                       created.error().message);
-  // Bind it where the scheduler put it (a bound pod's nodeName is final).
-  const json binding = {
-      {"apiVersion", "v1"},
-      {"kind", "Binding"},
-      {"metadata", {{"name", launch.replica}, {"namespace", namespace_}}},
-      {"target", {{"apiVersion", "v1"}, {"kind", "Node"}, {"name", launch.node}}}};
-  auto bound = client_.create(pod_path(launch.replica) + "/binding", binding);
-  if (!bound.ok() && bound.error().code != ErrorCode::kConflict) {
-    remove(launch.replica, 0);
-    return make_error(bound.error().code, "binding pod {} to {}: {}", launch.replica, launch.node,
-                      bound.error().message);
-  }
   stopping_.erase(launch.replica);
   created_[launch.replica] = std::chrono::steady_clock::now();
-  spdlog::info("replica {}: pod created and bound to {}", launch.replica, launch.node);
+  spdlog::info("replica {}: pod created on {}", launch.replica, launch.node);
   return ok_status();
 }
 

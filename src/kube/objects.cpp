@@ -133,6 +133,14 @@ std::string Node::label(std::string_view key) const {
   return it == labels.end() ? std::string() : it->second;
 }
 
+bool Node::repels_replicas() const {
+  for (const Taint& t : taints)
+    if ((t.effect == "NoSchedule" || t.effect == "NoExecute") &&
+        !(t.key == kToleratedGpuTaint && t.effect == "NoSchedule"))
+      return true;
+  return false;
+}
+
 double Node::allocatable_or_zero(std::string_view resource) const {
   auto it = allocatable.find(std::string(resource));
   return it == allocatable.end() ? 0 : it->second;
@@ -145,6 +153,10 @@ Node node_from_json(const json& object) {
   node.labels = strings(member(meta, "labels"));
   const json& unschedulable = member(member(object, "spec"), "unschedulable");
   node.unschedulable = unschedulable.is_boolean() && unschedulable.get<bool>();
+  if (const json& taints = member(member(object, "spec"), "taints"); taints.is_array())
+    for (const json& t : taints)
+      if (std::string key = text(t, "key"); !key.empty())
+        node.taints.push_back({std::move(key), text(t, "value"), text(t, "effect")});
   const json& status = member(object, "status");
   if (const json& addresses = member(status, "addresses"); addresses.is_array())
     for (const json& a : addresses)

@@ -19,6 +19,11 @@ namespace loadstar::kube {
 // new (Kubernetes mode's counterpart of leaving the routing table).
 inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
 
+// The one taint replica Pods tolerate (any value, NoSchedule): the one GPU
+// nodes commonly carry to keep other Pods off (NVIDIA's GPU operator docs).
+// A node with any other NoSchedule or NoExecute taint is not placed on.
+inline constexpr const char* kToleratedGpuTaint = "nvidia.com/gpu";
+
 struct ContainerState {
   std::string name;
   std::string state;  // "waiting", "running", "terminated" or empty
@@ -62,9 +67,14 @@ struct Pod {
 
 Pod pod_from_json(const nlohmann::json& object);
 
+struct Taint {
+  std::string key, value, effect;  // effect: NoSchedule, PreferNoSchedule or NoExecute
+};
+
 struct Node {
   std::string name;
   std::map<std::string, std::string> labels;
+  std::vector<Taint> taints;
   std::string internal_ip;  // the InternalIP address; empty: none
   bool ready = false;       // condition Ready is True
   bool unschedulable = false;
@@ -73,6 +83,9 @@ struct Node {
   std::map<std::string, double> allocatable;
 
   std::string label(std::string_view key) const;
+  // A NoSchedule or NoExecute taint other than the GPU one replicas
+  // tolerate: Loadstar places nothing there, as kube-scheduler would not.
+  bool repels_replicas() const;
   double allocatable_or_zero(std::string_view resource) const;
 };
 

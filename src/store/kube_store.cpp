@@ -46,7 +46,7 @@ api::Node node_from_kubernetes(const json& object) {
       {"loadstar.dev/nvlink", "nvlink"}};
   for (const auto& [key, level] : kTopology)
     if (auto domain = node.label(key); !domain.empty()) out.spec.topology[level] = domain;
-  out.spec.schedulable = node.ready && !node.unschedulable;
+  out.spec.schedulable = node.ready && !node.unschedulable && !node.repels_replicas();
   return out;
 }
 
@@ -157,6 +157,12 @@ std::vector<api::Resource> KubeStore::list() const {
 }
 
 std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_view name) const {
+  // A Node is read from its informer alone (list() would convert them all).
+  if (kind == "Node") {
+    if (!nodes_) return std::nullopt;
+    auto node = nodes_->get(std::string(name));
+    return node ? std::optional<api::Resource>(node_from_kubernetes(*node)) : std::nullopt;
+  }
   // list() keeps the decoded objects current; a miss lists again.
   for (int attempt = 0; attempt < 2; ++attempt) {
     {
@@ -173,8 +179,6 @@ std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_v
     }
     if (attempt == 0) (void)list();
   }
-  if (kind == "Node" && nodes_)
-    if (auto node = nodes_->get(std::string(name))) return node_from_kubernetes(*node);
   return std::nullopt;
 }
 

@@ -419,7 +419,9 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
     return out.substr(out.find_last_of('\n') + 1) == "yes";
   };
   const std::string in = " -n " + ns_;
-  EXPECT_TRUE(can("loadstar-controller", "create pods/binding" + in));
+  EXPECT_TRUE(can("loadstar-controller", "create pods" + in));  // created on their node
+  // (TYPE/NAME: "pods/binding" would name a Pod called binding.)
+  EXPECT_FALSE(can("loadstar-controller", "create pods --subresource=binding" + in));
   EXPECT_TRUE(can("loadstar-controller", "patch pods" + in));  // the draining mark
   EXPECT_TRUE(
       can("loadstar-controller", "patch inferenceservices.loadstar.dev --subresource=status" + in));

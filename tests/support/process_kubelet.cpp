@@ -116,6 +116,17 @@ class Kubelet {
     auto patched =
         client_.merge_patch("/api/v1/nodes/" + args_.node + "/status", {{"status", status}});
     if (!patched.ok()) return std::move(patched).error();
+    // The API server's admission taints a new Node not-ready; the node
+    // lifecycle controller (not run by the test server) lifts it once the
+    // node is Ready, so this does.
+    auto current = client_.get("/api/v1/nodes/" + args_.node);
+    if (!current.ok()) return std::move(current).error();
+    json taints = json::array();
+    for (const json& t : current->value("spec", json::object()).value("taints", json::array()))
+      if (t.value("key", "") != "node.kubernetes.io/not-ready") taints.push_back(t);
+    auto untainted =
+        client_.merge_patch("/api/v1/nodes/" + args_.node, {{"spec", {{"taints", taints}}}});
+    if (!untainted.ok()) return std::move(untainted).error();
     return loadstar::ok_status();
   }
 

@@ -317,6 +317,18 @@ TEST(EnginePods, SharesAreAskedForInTheTimeSlicedPluginsUnits) {
   EXPECT_EQ(gpus_asked({{0, 1000, 0}, {1, 1000, 0}}, 4), "8");
   EXPECT_EQ(gpus_asked({{0, 500, 0}}, 1), "none");
   EXPECT_EQ(gpus_asked({{0, 1000, 0}}, 1), "1");
+  // Created bound to the node the scheduler chose (no Binding afterwards),
+  // tolerating the GPU nodes' taint and no other.
+  controller::EngineLaunch l;
+  l.replica = "chat-0";
+  l.service = &svc;
+  l.model = &model;
+  l.node = "gpu-7";
+  const json spec = controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "")["spec"];
+  EXPECT_EQ(spec["nodeName"], "gpu-7");
+  EXPECT_EQ(
+      spec["tolerations"],
+      json::parse(R"([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])"));
 }
 
 }  // namespace

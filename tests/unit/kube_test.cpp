@@ -270,6 +270,29 @@ TEST(Node, ReadsAddressReadinessAndAllocatableQuantities) {
   EXPECT_TRUE(node_from_json(json::parse("[1]")).name.empty());
 }
 
+// Replicas go where kube-scheduler would put a Pod that tolerates only the
+// GPU taint: not on a node tainted not-ready, cordoned for maintenance or
+// NoExecute; PreferNoSchedule is a preference, not a bar.
+TEST(Node, TaintsThatRepelReplicas) {
+  auto node = [](const char* taints) {
+    return node_from_json(json::parse(fmt::format(R"({{"metadata": {{"name": "n"}},
+      "spec": {{"taints": {}}}}})",
+                                                  taints)));
+  };
+  EXPECT_FALSE(node("[]").repels_replicas());
+  EXPECT_FALSE(node(R"([{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                        {"key": "spot", "effect": "PreferNoSchedule"}])")
+                   .repels_replicas());
+  EXPECT_TRUE(node(R"([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}])")
+                  .repels_replicas());
+  EXPECT_TRUE(node(R"([{"key": "nvidia.com/gpu", "effect": "NoExecute"}])").repels_replicas());
+  EXPECT_TRUE(
+      node(R"([{"key": "maintenance", "value": "x", "effect": "NoSchedule"}])").repels_replicas());
+  EXPECT_EQ(node(R"([{"key": "a", "value": "b", "effect": "NoSchedule"}, {"effect": "x"}])")
+                .taints.size(),
+            1u);
+}
+
 }  // namespace
 }  // namespace loadstar::kube
 
