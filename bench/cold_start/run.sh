@@ -178,7 +178,7 @@ start_agents() {  # start_agents PEERS(0|1)
   for n in $(seq 1 "$nodes"); do
     wait_until 30 "node $n's agent" ns ls-node$n curl -sf -o /dev/null http://10.77.0.$((10 + n)):8070/health
     # Running agents have found their peers before any scale-out.
-    [ "$1" = 1 ] && wait_until 30 "node $n's agent to find its peers" peers_found "$n"
+    if [ "$1" = 1 ]; then wait_until 30 "node $n's agent to find its peers" peers_found "$n"; fi
   done
 }
 peers_found() {  # peers_found N: node N's agent knows every other node
