@@ -1,5 +1,7 @@
 #include "http/client.h"
 
+#include <poll.h>
+
 #include <chrono>
 #include <optional>
 
@@ -55,12 +57,13 @@ struct BodyWatch {
   std::chrono::steady_clock::time_point last_byte;
 };
 
-// Sends the request on a connected stream and reads the response.
+// Sends the request on a connected stream and reads the response; *reusable
+// is set when the response was read whole and the connection stays open.
 template <typename Stream>
 asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
                            const std::function<bool(std::string_view)>& on_data,
-                           ClientResponse* response, std::optional<Error>* error,
-                           BodyWatch* watch) {
+                           ClientResponse* response, std::optional<Error>* error, BodyWatch* watch,
+                           bool* reusable) {
   const auto stall =
       std::chrono::milliseconds(static_cast<int64_t>(request.stall_timeout_s * 1000));
   auto arm = [&] {
@@ -108,11 +111,46 @@ asio::awaitable<void> talk(Stream& stream, const ClientRequest& request,
     size_t n = sizeof(chunk) - parser.get().body().size;
     if (n > 0 && !on_data(std::string_view(chunk, n))) co_return;
   }
+  watch->reading = false;
+  *reusable = parser.keep_alive() && buffer.size() == 0;
 }
 
-asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::string_view)> on_data,
-                               ClientResponse* response, std::optional<Error>* error,
-                               BodyWatch* watch) {
+}  // namespace
+
+// One connection (plain or TLS) and the io_context its exchanges run on.
+// Members in this order: the streams go before the TLS context, both
+// before the io_context.
+struct ClientPool::Connection {
+  asio::io_context ctx;
+  std::optional<asio::ssl::context> tls;
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> secure;
+  bool reusable = false;  // the last exchange left it open and clean
+  bool answered = false;  // the last exchange got a status line
+  bool io_error = false;  // the last exchange ended on an I/O error (not a deadline)
+  std::chrono::steady_clock::time_point idle_since;
+
+  bool connected() const { return plain.has_value() || secure.has_value(); }
+  int fd() {
+    return secure ? secure->next_layer().socket().native_handle() : plain->socket().native_handle();
+  }
+  // Whether an idle connection is still usable: open, with nothing to read
+  // (a readable idle socket is a close from the server, or junk).
+  bool still_open() {
+    if (!connected()) return false;
+    pollfd p{.fd = fd(), .events = POLLIN, .revents = 0};
+    return ::poll(&p, 1, 0) == 0;
+  }
+};
+
+namespace {
+
+using Connection = ClientPool::Connection;
+
+// Opens `c` to the request's host: resolves, checks the addresses, connects
+// and, with tls, shakes hands.
+asio::awaitable<void> connect(Connection& c, const ClientRequest& request,
+                              std::optional<Error>* error) {
   auto executor = co_await asio::this_coro::executor;
   boost::system::error_code ec;
   std::vector<tcp::endpoint> endpoints;
@@ -149,24 +187,25 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
                         cec.message());
     co_return;
   }
+  tcp_stream.socket().set_option(tcp::no_delay(true), ec);
   if (!request.tls) {
-    co_await talk(tcp_stream, request, on_data, response, error, watch);
+    c.plain.emplace(std::move(tcp_stream));
     co_return;
   }
-  asio::ssl::context tls(asio::ssl::context::tls_client);
+  c.tls.emplace(asio::ssl::context::tls_client);
   if (request.ca_pem.empty()) {
-    tls.set_default_verify_paths();
+    c.tls->set_default_verify_paths();
   } else {
-    boost::system::error_code cec;
-    tls.add_certificate_authority(asio::buffer(request.ca_pem), cec);
-    if (cec) {
+    boost::system::error_code pem_ec;
+    c.tls->add_certificate_authority(asio::buffer(request.ca_pem), pem_ec);
+    if (pem_ec) {
       *error = make_error(ErrorCode::kInvalidArgument, "the CA bundle for {} is not PEM: {}",
-                          request.host, cec.message());
+                          request.host, pem_ec.message());
       co_return;
     }
   }
-  tls.set_verify_mode(asio::ssl::verify_peer);
-  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), tls);
+  c.tls->set_verify_mode(asio::ssl::verify_peer);
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp_stream), *c.tls);
   SSL_set_tlsext_host_name(stream.native_handle(), request.host.c_str());
   stream.set_verify_callback(asio::ssl::host_name_verification(request.host));
   auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, kUseTuple);
@@ -180,34 +219,61 @@ asio::awaitable<void> exchange(ClientRequest request, std::function<bool(std::st
                    untrusted ? " (is the server's CA in the system store or SSL_CERT_FILE?)" : "");
     co_return;
   }
-  co_await talk(stream, request, on_data, response, error, watch);
+  c.secure.emplace(std::move(stream));
 }
 
-Result<ClientResponse> run(const ClientRequest& request,
-                           std::function<bool(std::string_view)> on_data) {
-  asio::io_context ctx;
+asio::awaitable<void> exchange(Connection& c, const ClientRequest& request,
+                               const std::function<bool(std::string_view)>& on_data,
+                               ClientResponse* response, std::optional<Error>* error,
+                               BodyWatch* watch) {
+  c.reusable = c.answered = c.io_error = false;
+  if (!c.connected()) {
+    co_await connect(c, request, error);
+    if (*error) co_return;
+  }
+  bool reusable = false;
+  if (c.secure)
+    co_await talk(*c.secure, request, on_data, response, error, watch, &reusable);
+  else
+    co_await talk(*c.plain, request, on_data, response, error, watch, &reusable);
+  c.reusable = reusable && !*error;
+  c.answered = response->status != 0;
+  c.io_error = error->has_value();
+}
+
+// One exchange on `c` (opened first when it is not), within the request's
+// deadline; `c` stays reusable only when it ended cleanly.
+Result<ClientResponse> run(Connection& c, const ClientRequest& request,
+                           const std::function<bool(std::string_view)>& on_data) {
+  c.ctx.restart();
   ClientResponse response;
   std::optional<Error> error;
   BodyWatch watch;
-  asio::co_spawn(ctx, exchange(request, std::move(on_data), &response, &error, &watch),
-                 asio::detached);
+  asio::co_spawn(c.ctx, exchange(c, request, on_data, &response, &error, &watch), asio::detached);
   using Clock = std::chrono::steady_clock;
   const auto deadline =
       Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(request.timeout_s * 1000));
   const auto stall =
       std::chrono::milliseconds(static_cast<int64_t>(request.stall_timeout_s * 1000));
-  while (!ctx.stopped()) {
+  // An exchange cut short leaves the stream mid-message: never reused.
+  auto abandon = [&] { c.reusable = false; };
+  while (!c.ctx.stopped()) {
     const auto now = Clock::now();
     if (now >= deadline) break;
-    if (request.cancel && request.cancel->load())
+    if (request.cancel && request.cancel->load()) {
+      abandon();
       return make_error(ErrorCode::kCancelled, "{} {}:{}{} cancelled", request.method, request.host,
                         request.port, request.target);
-    if (watch.reading && stall.count() > 0 && now - watch.last_byte > stall)
+    }
+    if (watch.reading && stall.count() > 0 && now - watch.last_byte > stall) {
+      abandon();
       return make_error(ErrorCode::kUnavailable, "read body from {}:{}: no data for {}s",
                         request.host, request.port, request.stall_timeout_s);
-    ctx.run_for(std::min<Clock::duration>(std::chrono::milliseconds(100), deadline - now));
+    }
+    c.ctx.run_for(std::min<Clock::duration>(std::chrono::milliseconds(100), deadline - now));
   }
-  if (!ctx.stopped()) {
+  if (!c.ctx.stopped()) {
+    abandon();
     return make_error(ErrorCode::kUnavailable, "{} {}:{}{} timed out after {}s", request.method,
                       request.host, request.port, request.target, request.timeout_s);
   }
@@ -215,11 +281,24 @@ Result<ClientResponse> run(const ClientRequest& request,
   return response;
 }
 
-}  // namespace
+Result<ClientResponse> run(const ClientRequest& request,
+                           const std::function<bool(std::string_view)>& on_data) {
+  Connection c;
+  return run(c, request, on_data);
+}
 
-Result<ClientResponse> fetch(const ClientRequest& request) {
+// The pool's key: requests with the same one may share connections.
+std::string origin_key(const ClientRequest& request) {
+  return fmt::format("{}|{}|{}|{}", request.tls ? "https" : "http", request.host, request.port,
+                     std::hash<std::string>{}(request.ca_pem));
+}
+
+// Collects a body for fetch().
+Result<ClientResponse> with_body(
+    const std::function<Result<ClientResponse>(const std::function<bool(std::string_view)>&)>&
+        exchange) {
   std::string body;
-  auto response = run(request, [&](std::string_view data) {
+  auto response = exchange([&](std::string_view data) {
     body.append(data);
     return true;
   });
@@ -227,9 +306,72 @@ Result<ClientResponse> fetch(const ClientRequest& request) {
   return response;
 }
 
+}  // namespace
+
+Result<ClientResponse> fetch(const ClientRequest& request) {
+  return with_body([&](const auto& on_data) { return run(request, on_data); });
+}
+
 Result<ClientResponse> fetch_streaming(const ClientRequest& request,
                                        const std::function<bool(std::string_view)>& on_data) {
   return run(request, on_data);
+}
+
+ClientPool::ClientPool() : ClientPool(Options{}) {}
+ClientPool::ClientPool(Options options) : options_(options) {}
+ClientPool::~ClientPool() = default;
+
+std::unique_ptr<Connection> ClientPool::take(const std::string& origin) {
+  std::vector<std::unique_ptr<Connection>> closed;  // closed outside the lock
+  std::unique_ptr<Connection> c;
+  {
+    std::lock_guard lock(mu_);
+    auto it = idle_.find(origin);
+    const auto too_old =
+        std::chrono::steady_clock::now() -
+        std::chrono::milliseconds(static_cast<int64_t>(options_.max_idle_s * 1000));
+    while (it != idle_.end() && !it->second.empty() && !c) {
+      std::unique_ptr<Connection> last = std::move(it->second.back());
+      it->second.pop_back();
+      if (last->idle_since >= too_old && last->still_open())
+        c = std::move(last);
+      else
+        closed.push_back(std::move(last));
+    }
+  }
+  return c;
+}
+
+void ClientPool::give_back(const std::string& origin, std::unique_ptr<Connection> c) {
+  if (!c->reusable) return;
+  c->idle_since = std::chrono::steady_clock::now();
+  std::lock_guard lock(mu_);
+  auto& idle = idle_[origin];
+  if (idle.size() < options_.max_idle_per_origin) idle.push_back(std::move(c));
+}
+
+Result<ClientResponse> ClientPool::fetch_streaming(
+    const ClientRequest& request, const std::function<bool(std::string_view)>& on_data) {
+  const std::string origin = origin_key(request);
+  if (auto c = take(origin)) {
+    auto response = run(*c, request, on_data);
+    // Closed by the server as it was taken (the send or the status line
+    // failed, nothing of the answer read): again on a new connection.
+    const bool closed_under_us = !response.ok() && c->io_error && !c->answered;
+    if (!closed_under_us) {
+      give_back(origin, std::move(c));
+      return response;
+    }
+  }
+  auto c = std::make_unique<Connection>();
+  ++opened_;
+  auto response = run(*c, request, on_data);
+  give_back(origin, std::move(c));
+  return response;
+}
+
+Result<ClientResponse> ClientPool::fetch(const ClientRequest& request) {
+  return with_body([&](const auto& on_data) { return fetch_streaming(request, on_data); });
 }
 
 }  // namespace loadstar::http

@@ -49,6 +49,9 @@ std::string with_query(const std::string& path, std::string_view query) {
 
 }  // namespace
 
+Client::Client(Config config)
+    : config_(std::move(config)), pool_(std::make_shared<http::ClientPool>()) {}
+
 Result<json> Client::call(std::string_view method, const std::string& path, const json* body,
                           std::string_view content_type) const {
   Status st = ok_status();
@@ -59,7 +62,7 @@ Result<json> Client::call(std::string_view method, const std::string& path, cons
     req.headers.push_back({"Content-Type", std::string(content_type)});
   }
   req.timeout_s = 30;
-  auto resp = http::fetch(req);
+  auto resp = pool_->fetch(req);
   if (!resp.ok())
     return Error{resp.error().code,
                  fmt::format("{} {} ({}): {}", method, path, config_.origin, resp.error().message)};

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/result.h"
+
+namespace loadstar::http {
+class ClientPool;
+}
 
 namespace loadstar::kube {
 
@@ -76,7 +81,7 @@ std::string collection_path(std::string_view group_version, std::string_view nam
 
 class Client {
  public:
-  explicit Client(Config config) : config_(std::move(config)) {}
+  explicit Client(Config config);
   const Config& config() const { return config_; }
 
   Result<json> get(const std::string& path) const;
@@ -103,6 +108,10 @@ class Client {
   Result<json> call(std::string_view method, const std::string& path, const json* body,
                     std::string_view content_type = "application/json") const;
   Config config_;
+  // Requests reuse connections (a TLS handshake per write bounded the
+  // controller's Pod creation); copies of a Client share them. Watches hold
+  // their own.
+  std::shared_ptr<http::ClientPool> pool_;
 };
 
 // A Kubernetes quantity ("4", "3500m", "16Gi", "16393216Ki", "1e3") as a

@@ -41,11 +41,6 @@ std::string random_bytes(size_t n, uint32_t seed) {
   return s;
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 // Not a coroutine: GCC 12 miscompiles braced temporaries inside co_await.
 asio::awaitable<bool> reply(http::Exchange& ex, int status, std::string type, std::string body,
                             std::vector<http::Header> headers = {}) {

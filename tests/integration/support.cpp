@@ -31,11 +31,9 @@ const fs::path& scratch_dir() {
   return dir;
 }
 
-static std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 int run_loadstar(const std::vector<std::string>& args, std::string* output) {

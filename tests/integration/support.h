@@ -33,6 +33,9 @@ double metric_in(const std::string& text, const std::string& name, const std::st
 double settled_metric(uint16_t port, const std::string& name, const std::string& labels,
                       double expected);
 
+// A file's bytes; empty when it cannot be read.
+std::string read_file(const std::filesystem::path& path);
+
 // Runs `command` with /bin/sh; returns its exit status and its output.
 std::pair<int, std::string> run_shell(const std::string& command);
 
