@@ -36,11 +36,13 @@ Result<http::ClientResponse> http_get(const HttpGet& get) {
     int status = 0;
     request.on_headers = [&](const http::ClientResponse& r) { status = r.status; };
     std::string error_body;
-    auto response = http::fetch_streaming(request, [&](std::string_view data) {
+    auto on_data = [&](std::string_view data) {
       if (status >= 200 && status < 300) return !get.sink || get.sink(data);
       if (error_body.size() < 2048) error_body.append(data.substr(0, 2048 - error_body.size()));
       return true;
-    });
+    };
+    auto response = get.pool ? get.pool->fetch_streaming(request, on_data)
+                             : http::fetch_streaming(request, on_data);
     if (!response.ok())
       return std::move(response).error().context(get.method + " " + without_query(url));
     if (status >= 300 && status < 400 && status != 304) {

@@ -27,6 +27,8 @@ struct HttpGet {
   std::function<void(const Url&, std::vector<http::Header>&)> sign;
   // Checks every hop's addresses (redirects included); see ClientRequest.
   std::function<Status(std::string_view address)> admit_address;
+  // Set: connections are kept alive in it between requests.
+  http::ClientPool* pool = nullptr;
 };
 
 // Returns the final response (body empty when a sink took it). A non-2xx

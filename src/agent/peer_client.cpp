@@ -22,6 +22,7 @@ class HttpPeerClient final : public PeerClient {
     get.url = std::move(url);
     get.url.target = "/v1/blobs/" + key;
     get.private_headers = headers_;
+    get.pool = &pool_;
     get.total_timeout_s = 2;
     get.stall_timeout_s = 1;
     std::string body;
@@ -53,6 +54,7 @@ class HttpPeerClient final : public PeerClient {
     get.url = std::move(url);
     get.url.target = fmt::format("/v1/blobs/{}/chunks/{}", key, index);
     get.private_headers = headers_;
+    get.pool = &pool_;
     get.stall_timeout_s = 5;
     get.total_timeout_s = 120;
     get.sink = sink;
@@ -62,6 +64,7 @@ class HttpPeerClient final : public PeerClient {
 
  private:
   std::vector<http::Header> headers_;
+  http::ClientPool pool_;  // connections to peers, kept between chunks
 };
 
 }  // namespace

@@ -133,6 +133,7 @@ class S3Source : public Source {
     get.url.target = path + (query.empty() ? "" : "?" + query);
     get.connect_timeout_s = options_.connect_timeout_s;
     get.stall_timeout_s = options_.stall_timeout_s;
+    get.pool = options_.pool.get();
     get.admit_address = [policy = options_.policy](std::string_view address) {
       return policy.admit_address(address);
     };

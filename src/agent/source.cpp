@@ -101,6 +101,7 @@ HttpGet base_get(const Url& url, const SourceOptions& options) {
   get.url = url;
   get.connect_timeout_s = options.connect_timeout_s;
   get.stall_timeout_s = options.stall_timeout_s;
+  get.pool = options.pool.get();
   get.admit_address = [policy = options.policy](std::string_view address) {
     return policy.admit_address(address);
   };
@@ -295,6 +296,7 @@ class HfSource : public Source {
 Result<std::unique_ptr<Source>> open_source(std::string_view uri, const SourceOptions& given) {
   SourceOptions options = given;
   LS_RETURN_IF_ERROR(options.policy.admit(uri));
+  if (!options.pool) options.pool = std::make_shared<http::ClientPool>();
   if (uri.starts_with("file://")) {
     fs::path root(std::string(uri.substr(7)));
     if (!root.is_absolute())

@@ -20,6 +20,10 @@
 #include "agent/source_policy.h"
 #include "common/result.h"
 
+namespace loadstar::http {
+class ClientPool;
+}
+
 namespace loadstar::agent {
 
 struct S3Credentials {
@@ -41,6 +45,10 @@ struct SourceOptions {
   double stall_timeout_s = 20;  // no byte for this long: the read fails
   // Which URIs open_source accepts and which addresses fetches connect to.
   SourcePolicy policy;
+  // Connections kept alive between reads (each chunk a new connection in
+  // TCP slow start, and a TLS handshake, cost the origin link); open_source
+  // makes one per source when unset.
+  std::shared_ptr<http::ClientPool> pool;
 };
 
 // Called with the bytes of a read in order; false stops the read.
