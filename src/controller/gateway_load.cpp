@@ -7,6 +7,7 @@
 
 #include "common/url.h"
 #include "http/client.h"
+#include "kube/informer.h"
 #include "kube/objects.h"
 
 namespace loadstar::controller {
@@ -29,23 +30,25 @@ std::vector<std::string> ready_pod_addresses(const json& pods, const std::string
 GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client, std::string namespace_name,
                                            std::string selector, std::string authorization,
                                            double interval_s)
-    : client_(client),
-      namespace_(std::move(namespace_name)),
-      selector_(std::move(selector)),
+    : selector_(std::move(selector)),
       authorization_(std::move(authorization)),
-      interval_s_(interval_s) {}
+      interval_s_(interval_s),
+      gateways_(std::make_unique<kube::Informer>(
+          client, kube::collection_path("v1", namespace_name, "pods"), selector_)) {}
 
 GatewayLoadCollector::~GatewayLoadCollector() {
   stop();
 }
 
 void GatewayLoadCollector::start() {
+  gateways_->start(nullptr);
   thread_ = std::thread([this] { run(); });
 }
 
 void GatewayLoadCollector::stop() {
   stopping_ = true;
   if (thread_.joinable()) thread_.join();
+  gateways_->stop();
 }
 
 std::optional<LoadRound> GatewayLoadCollector::take() {
@@ -60,9 +63,6 @@ void GatewayLoadCollector::on_demand(std::function<void()> wake) {
 
 void GatewayLoadCollector::run() {
   using Clock = std::chrono::steady_clock;
-  const std::string pods = kube::collection_path("v1", namespace_, "pods");
-  std::vector<std::string> gateways;
-  Clock::time_point listed{};
   std::string last_problem;
   auto warn_once = [&](const std::string& problem) {
     if (problem != last_problem) spdlog::warn("gateway load: {}", problem);
@@ -70,22 +70,18 @@ void GatewayLoadCollector::run() {
   };
   while (!stopping_) {
     const auto round_start = Clock::now();
-    if (round_start - listed > std::chrono::seconds(2)) {
-      listed = round_start;
-      if (auto list = client_.list(pods, selector_); list.ok()) {
-        gateways = ready_pod_addresses(*list);
-        if (gateways.empty()) warn_once(fmt::format("no Ready gateway Pod ({})", selector_));
-      } else {
-        warn_once(list.error().message);
-      }
-    }
+    const std::vector<std::string> gateways =
+        ready_pod_addresses(json{{"items", gateways_->items()}});
+    if (gateways.empty())
+      warn_once(gateways_->synced() ? fmt::format("no Ready gateway Pod ({})", selector_)
+                                    : fmt::format("gateway Pods ({}) not listed yet", selector_));
     std::vector<std::pair<std::string, std::string>> reports;
     for (const std::string& g : gateways) {
       auto url = parse_url("http://" + g + "/loadstar/v1/load");
       if (!url.ok()) continue;
       std::vector<http::Header> headers;
       if (!authorization_.empty()) headers.push_back({"Authorization", authorization_});
-      auto r = http::fetch({.host = url->host,
+      auto r = pool_.fetch({.host = url->host,
                             .port = url->port,
                             .target = url->target,
                             .headers = std::move(headers),

@@ -1,9 +1,12 @@
 // The gateways' view of the load, for a controller in another process
 // (Kubernetes mode): every gateway replica serves its report at
 // GET /loadstar/v1/load, and the collector polls each Ready gateway Pod
-// (found by label, like the gateway Service finds them) and aggregates the
-// answers into rounds (load.h), so the autoscaler, scale to zero and
-// draining work the same as with the gateway of `loadstar up`.
+// (found by label, like the gateway Service finds them, through an
+// informer: a list every round would have the API server read every Pod of
+// the namespace, replicas included, to find the few gateways) over kept-alive
+// connections, and aggregates the answers into rounds (load.h), so the
+// autoscaler, scale to zero and draining work the same as with the gateway
+// of `loadstar up`.
 #pragma once
 
 #include <atomic>
@@ -19,7 +22,12 @@
 #include <vector>
 
 #include "controller/load.h"
+#include "http/client.h"
 #include "kube/client.h"
+
+namespace loadstar::kube {
+class Informer;
+}
 
 namespace loadstar::controller {
 
@@ -30,8 +38,8 @@ std::vector<std::string> ready_pod_addresses(const kube::json& pods,
                                              int default_port = 8080);
 
 // Polls the gateways every `interval_s` and keeps the rounds until the
-// controller takes them; the Pods matching `selector` are listed again
-// every two seconds. `authorization` ("Bearer <internal token>"; "" none)
+// controller takes them; the Pods matching `selector` are watched.
+// `authorization` ("Bearer <internal token>"; "" none)
 // goes with each poll.
 class GatewayLoadCollector : public LoadSource {
  public:
@@ -46,11 +54,11 @@ class GatewayLoadCollector : public LoadSource {
  private:
   void run();
 
-  const kube::Client& client_;
-  std::string namespace_;
   std::string selector_;
   std::string authorization_;
   double interval_s_;
+  std::unique_ptr<kube::Informer> gateways_;  // the gateway Pods
+  http::ClientPool pool_;                     // connections to them
   LoadAggregator aggregator_;
   std::mutex mu_;                     // guards the two below
   std::optional<LoadRound> pending_;  // rounds since the last take()

@@ -78,9 +78,13 @@ Result<json> Client::get(const std::string& path) const {
   return call("GET", path, nullptr);
 }
 
-Result<json> Client::list(const std::string& collection, std::string_view label_selector) const {
+Result<json> Client::list(const std::string& collection, std::string_view label_selector,
+                          std::string_view resource_version) const {
   std::string query;
   if (!label_selector.empty()) query = "labelSelector=" + uri_encode(label_selector, false);
+  if (!resource_version.empty())
+    query += (query.empty() ? "" : "&") + std::string("resourceVersion=") +
+             uri_encode(resource_version, false) + "&resourceVersionMatch=NotOlderThan";
   return call("GET", with_query(collection, query), nullptr);
 }
 

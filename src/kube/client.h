@@ -85,8 +85,11 @@ class Client {
   const Config& config() const { return config_; }
 
   Result<json> get(const std::string& path) const;
-  // A collection; `label_selector` as in kubectl -l.
-  Result<json> list(const std::string& collection, std::string_view label_selector = "") const;
+  // A collection; `label_selector` as in kubectl -l. With `resource_version`,
+  // any state not older than it will do: the API server answers from its
+  // watch cache instead of a quorum read of etcd.
+  Result<json> list(const std::string& collection, std::string_view label_selector = "",
+                    std::string_view resource_version = "") const;
   Result<json> create(const std::string& collection, const json& object) const;
   // PUT: fails with kConflict when metadata.resourceVersion is stale.
   Result<json> replace(const std::string& path, const json& object) const;

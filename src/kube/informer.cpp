@@ -1,6 +1,7 @@
 #include "kube/informer.h"
 
 #include <algorithm>
+#include <random>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -52,27 +53,43 @@ std::optional<json> Informer::get(const std::string& key) const {
 }
 
 void Informer::sleep_backoff(double& backoff_s) {
+  thread_local std::minstd_rand random{std::random_device{}()};
+  const double wait_s = backoff_s * std::uniform_real_distribution<double>(0.5, 1.0)(random);
   std::unique_lock lock(mu_);
-  cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(backoff_s * 1000)),
+  cv_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000)),
                [this] { return stopping_.load(); });
   backoff_s = std::min(backoff_s * 2, 5.0);
 }
 
 void Informer::run() {
   double backoff_s = 0.2;
+  // Whether the next list may be served from the API server's cache (any
+  // state not older than the cache's): not after such a list failed (the
+  // server may never reach that version: an etcd restored from a backup).
+  bool from_cache = true;
   while (!stopping_) {
-    auto list = client_.list(collection_, selector_);
+    std::string held;  // the version the cache is current to; none before the first list
+    {
+      std::lock_guard lock(mu_);
+      if (synced_ && from_cache) held = cache_.resource_version();
+    }
+    auto list = client_.list(collection_, selector_, held);
+    from_cache = list.ok();
     if (!list.ok()) {
       spdlog::warn("informer {}: list failed: {}", collection_, list.error().message);
       sleep_backoff(backoff_s);
       continue;
     }
+    size_t objects = 0;
     {
       std::lock_guard lock(mu_);
       cache_.replace(*list);
       synced_ = true;
+      objects = cache_.objects().size();
     }
-    ++relists_;
+    if (relists_++ > 0)
+      spdlog::info("informer {}: listed again{}: {} objects", collection_,
+                   held.empty() ? "" : " from the API server's cache", objects);
     cv_.notify_all();
     if (on_change_) on_change_();
     backoff_s = 0.2;

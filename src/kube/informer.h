@@ -2,7 +2,12 @@
 // It lists, then watches from the list's resourceVersion with bookmarks;
 // a watch that ends or breaks resumes from the last version seen (so a cut
 // loses no event), a 410 Gone lists again, and errors back off (0.2 s
-// doubling to 5 s). Readers see a consistent snapshot at any time.
+// doubling to 5 s, each wait drawn between half and all of that, so that
+// clients cut off together do not come back together). A list again (after
+// a 410, as after an API server restart) asks for any state not older than
+// the one held, which the API server serves from its watch cache rather
+// than etcd, as client-go's reflector does. Readers see a consistent
+// snapshot at any time.
 #pragma once
 
 #include <atomic>
