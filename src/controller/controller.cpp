@@ -1,6 +1,7 @@
 #include "controller/controller.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -160,11 +161,8 @@ void Controller::run() {
 }
 
 void Controller::stop() {
-  {
-    std::lock_guard lock(mu_);
-    if (stopping_) return;
-    stopping_ = true;
-  }
+  if (stopping_.exchange(true)) return;
+  { std::lock_guard lock(mu_); }  // the run loop is in a pass or waiting: no lost wake-up
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
   if (load_) load_->on_demand(nullptr);
@@ -408,6 +406,14 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
 }
 
 std::optional<routing::RoutingInputs> Controller::reconcile() {
+  const auto pass_started = std::chrono::steady_clock::now();
+  // At least four times what the rest of the last pass took: a pass's own
+  // cost (placement, statuses) grows with the replicas, and launches cut
+  // too short would spend most of the time on passes instead of launches.
+  const auto launch_budget = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(std::max(options_.launch_budget_s, 4 * last_pass_overhead_s_)));
+  std::optional<std::chrono::steady_clock::time_point> first_launch;
+  std::chrono::steady_clock::duration launching{};
   if (!adopted_) {
     adopt_existing();
     adopted_ = true;
@@ -444,9 +450,18 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   for (auto it = replicas_.begin(); it != replicas_.end();) {
     Replica& r = *it->second;
     const bool placed = placement_.where(r.name) != nullptr;
-    if (placed && (r.state == ReplicaState::kPending ||
-                   (r.state == ReplicaState::kFailed && now >= r.next_restart))) {
-      launch(r);
+    if (placed && !stopping_ &&
+        (r.state == ReplicaState::kPending ||
+         (r.state == ReplicaState::kFailed && now >= r.next_restart))) {
+      // The budget runs from this pass's first launch: every pass starts
+      // at least one, however long the rest of it took.
+      const auto wall = std::chrono::steady_clock::now();
+      if (!first_launch) first_launch = wall;
+      if (wall - *first_launch < launch_budget) {
+        launch(r);
+        launching += std::chrono::steady_clock::now() - wall;
+      } else
+        dirty_ = true;  // the next pass goes on at once
     } else if (r.state == ReplicaState::kTerminating && drain(r, now)) {
       spdlog::info("replica {}: stopped", r.name);
       placement_.remove(r.name, seconds(now));
@@ -477,9 +492,21 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   runtime_.end_pass(in_use);
   auto inputs = routing_if_changed(clock_.now());  // after this pass's ready marks
   publish_statuses();
+  const double pass_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_started).count();
+  ++passes_;
+  pass_seconds_sum_ += pass_s;
+  pass_seconds_max_ = std::max(pass_seconds_max_, pass_s);
+  last_pass_overhead_s_ = pass_s - std::chrono::duration<double>(launching).count();
   MetricsText text;  // after the pass: this pass's starts included
   placement_.render(text);
   cold_starts_.render(text);
+  text.counter("loadstar_controller_passes_total", "Reconcile passes").add(passes_);
+  text.counter("loadstar_controller_pass_seconds_total", "Wall time spent in reconcile passes")
+      .add(pass_seconds_sum_);
+  text.gauge("loadstar_controller_pass_seconds", "The last reconcile pass's wall time").add(pass_s);
+  text.gauge("loadstar_controller_pass_seconds_max", "The longest reconcile pass so far")
+      .add(pass_seconds_max_);
   std::string rendered = text.str();
   std::lock_guard lock(metrics_mu_);
   metrics_text_ = std::move(rendered);

@@ -79,6 +79,12 @@ struct ServiceStatus {
 
 struct ControllerOptions {
   double resync_s = 0.1;  // reconcile at least this often
+  // A pass stops starting engines this much wall time after its first
+  // launch (or four times what the rest of the last pass took, if more)
+  // and leaves the rest to the next pass, right after: statuses, routing
+  // and drains are not held up by thousands of launches (one API write
+  // each).
+  double launch_budget_s = 1.0;
   double restart_backoff_s = 1;
   double restart_backoff_max_s = 30;
   double drain_timeout_s = 30;
@@ -165,7 +171,9 @@ class Controller {
   // Set without mu_ (a gateway thread must not wait for a pass): a request
   // is held somewhere, reconcile now.
   std::atomic<bool> woken_{false};
-  bool stopping_ = false;
+  // Set without mu_, so that a pass launching thousands of replicas sees it
+  // and ends early instead of holding stop() until it is done.
+  std::atomic<bool> stopping_{false};
   bool dirty_ = true;
   bool adopted_ = false;
   std::map<std::string, std::unique_ptr<Replica>> replicas_;  // by replica name
@@ -181,6 +189,10 @@ class Controller {
   std::vector<std::string> published_key_;
   mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
+  // How long reconcile passes take (wall time, whatever the injected clock).
+  uint64_t passes_ = 0;
+  double pass_seconds_sum_ = 0, pass_seconds_max_ = 0;
+  double last_pass_overhead_s_ = 0;  // the last pass's wall time outside launches
   std::thread thread_;
 };
 

@@ -52,6 +52,14 @@ std::optional<json> Informer::get(const std::string& key) const {
   return it->second;
 }
 
+bool Informer::read(const std::string& key, const std::function<void(const json&)>& read) const {
+  std::lock_guard lock(mu_);
+  auto it = cache_.objects().find(key);
+  if (it == cache_.objects().end()) return false;
+  read(it->second);
+  return true;
+}
+
 void Informer::sleep_backoff(double& backoff_s) {
   thread_local std::minstd_rand random{std::random_device{}()};
   const double wait_s = backoff_s * std::uniform_real_distribution<double>(0.5, 1.0)(random);

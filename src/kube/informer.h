@@ -64,6 +64,9 @@ class Informer {
   bool wait_synced(double timeout_s) const;
   std::vector<json> items() const;
   std::optional<json> get(const std::string& key) const;
+  // Hands the object to `read` without copying it (under the informer's
+  // lock: `read` must not call back into it); false when there is none.
+  bool read(const std::string& key, const std::function<void(const json&)>& read) const;
   uint64_t relists() const { return relists_.load(); }
   const std::string& collection() const { return collection_; }
 

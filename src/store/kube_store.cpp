@@ -191,8 +191,13 @@ const KubeStore::Kind* KubeStore::kind_named(std::string_view kind) const {
 std::string KubeStore::uid_of(std::string_view kind, std::string_view name) const {
   const Kind* k = kind_named(kind);
   if (!k) return "";
-  auto object = k->informer->get(namespace_ + "/" + std::string(name));
-  return object ? object->value("metadata", json::object()).value("uid", "") : "";
+  // Read in place: a service's object carries the status of every replica
+  // (a copy per launch was quadratic in the replicas).
+  std::string uid;
+  k->informer->read(namespace_ + "/" + std::string(name), [&](const json& object) {
+    uid = object.value("metadata", json::object()).value("uid", "");
+  });
+  return uid;
 }
 
 std::map<std::string, std::string> KubeStore::node_addresses() const {

@@ -3,6 +3,8 @@
 // load source the test fills, and a clock the test moves. Each test checks
 // what the controller did (launches, stops, what it published) and what it
 // reports, as Kubernetes controllers are tested.
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -61,6 +63,7 @@ class FakeRuntime : public EngineRuntime {
     st.exists = st.staged = st.started = true;
     st.message = "loading";
     nodes[l.replica] = l.node + " " + l.devices;
+    std::this_thread::sleep_for(launch_cost);
     return ok_status();
   }
   EngineStatus status(const std::string& replica) override {
@@ -85,6 +88,7 @@ class FakeRuntime : public EngineRuntime {
   std::map<std::string, EngineStatus> engines;
   std::vector<ExistingEngine> left_running;  // by a controller before this one
   std::map<std::string, std::string> nodes;  // where each launch was placed
+  std::chrono::milliseconds launch_cost{0};  // wall time each launch takes (an API write)
 
  private:
   std::vector<std::string>& log_;
@@ -201,6 +205,25 @@ TEST_F(ControllerTest, ReplicasStartWhenPlacedAndArePublishedWhenReady) {
       << ctl.scheduler_metrics();
   ctl.pass();  // nothing changed: nothing published again
   EXPECT_EQ(count("publish [chat-0 chat-1]"), 1u);
+}
+
+TEST_F(ControllerTest, APassStopsLaunchingAtItsBudgetAndTheNextGoesOn) {
+  apply(service(10));
+  runtime_.launch_cost = 20ms;
+  Controller& ctl = controller({.launch_budget_s = 0.03});
+  auto launched = [&] {
+    return std::count_if(log_.begin(), log_.end(),
+                         [](const std::string& e) { return e.starts_with("launch "); });
+  };
+  ctl.pass();
+  // Two launches fit in 30 ms of 20 ms each (the rest of a pass takes far
+  // less than a quarter of that); at least one always does.
+  EXPECT_GE(launched(), 1);
+  EXPECT_LT(launched(), 10);
+  EXPECT_EQ(replica("chat-9").state, ReplicaState::kPending);
+  for (int i = 0; i < 10 && launched() < 10; ++i) ctl.pass();
+  EXPECT_EQ(launched(), 10);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(count(fmt::format("launch chat-{}", i)), 1u);
 }
 
 TEST_F(ControllerTest, ADrainedReplicaStopsOnlyAfterTheTableWithoutItWentOutAndTheGracePassed) {
