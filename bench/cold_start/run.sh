@@ -318,7 +318,10 @@ for row in "direct $direct_s $direct_egress" "aria2c-x16 $aria_s $aria_egress" \
 done
 echo
 echo "peer bytes fetched from peers: $(mib "$from_peers") MiB over $nodes nodes"
-echo "direct / peer: $(echo "scale=2; $direct_s / $peer_s" | bc)x   peer / prefetched: $(echo "scale=2; $peer_s / $pre_s" | bc)x"
+ratio() {  # ratio A B: A / B, or "-" when a scenario did not run
+  if [ "$(echo "$1 > 0 && $2 > 0" | bc)" = 1 ]; then echo "$(echo "scale=2; $1 / $2" | bc)x"; else echo -; fi
+}
+echo "direct / peer: $(ratio "$direct_s" "$peer_s")   peer / prefetched: $(ratio "$peer_s" "$pre_s")"
 echo "best of 3: fio O_DIRECT: $(mib "$fio_bw") MiB/s   loadstar load: $(mib "$load_bw") MiB/s   ratio $(echo "scale=3; $load_bw / $fio_bw" | bc)"
 echo "goals: peer egress <= 1.05 x size: $(echo "scale=3; $peer_egress / $bytes" | bc)"
 echo "       peer scale-out <= 1.2 x (size / origin bw) + load = $(echo "scale=2; 1.2 * $origin_s + $load_one_s" | bc)s: ${peer_s}s"
