@@ -762,7 +762,6 @@ TEST(AgentProcess, StagesOverHttpsFromNginxAndVerifiesTheCertificate) {
   const fs::path dir = scratch_dir() / "tls";
   fs::remove_all(dir);
   fs::create_directories(dir / "root/m");
-  fs::create_directories(dir / "tmp");
   Origin files;
   model_origin(files, 2 << 20, 6);
   files.files["model.safetensors.index.json"] =
@@ -770,41 +769,9 @@ TEST(AgentProcess, StagesOverHttpsFromNginxAndVerifiesTheCertificate) {
       R"("b":"model-00002-of-00002.safetensors"}})";
   for (const auto& [name, bytes] : files.files)
     std::ofstream(dir / "root/m" / name, std::ios::binary) << bytes;
-  auto [rc, out] = run_shell(
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
-      "-addext subjectAltName=IP:127.0.0.1 -keyout " +
-      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " 2>&1");
-  ASSERT_EQ(rc, 0) << out;
   const uint16_t port = free_port();
-  // `user root` only matters when the test runs as root (CI may), where
-  // workers would otherwise not be allowed into the scratch directory.
-  std::ofstream(dir / "nginx.conf") << fmt::format(R"(daemon off;
-user root;
-worker_processes 1;
-pid {0}/nginx.pid;
-error_log {0}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {0}/tmp;
-  server {{
-    listen 127.0.0.1:{1} ssl;
-    ssl_certificate {0}/cert.pem;
-    ssl_certificate_key {0}/key.pem;
-    root {0}/root;
-  }}
-}}
-)",
-                                                   dir.string(), port);
-  ProcessOptions options;
-  options.argv = {"/usr/sbin/nginx", "-c", (dir / "nginx.conf").string(), "-p", dir.string()};
-  options.output_path = (dir / "nginx.out").string();
-  auto nginx = Subprocess::start(options);
+  auto nginx = start_https_nginx(dir, port);
   ASSERT_TRUE(nginx.ok()) << nginx.error().message;
-  for (int i = 0; i < 500; ++i) {
-    if (http::fetch({.port = port, .target = "/", .timeout_s = 1}).ok()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
   const std::string url = fmt::format("https://127.0.0.1:{}/m/", port);
   {
     Agent untrusting("tls-untrusting");

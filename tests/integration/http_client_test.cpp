@@ -29,44 +29,18 @@ class Nginx {
   Nginx() : dir_(scratch_dir() / "http-client-nginx") {
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "root");
-    fs::create_directories(dir_ / "tmp");
     std::ofstream(dir_ / "root/small") << "hello";
     std::ofstream(dir_ / "root/big", std::ios::binary) << std::string(1 << 20, 'x');
-    auto [rc, out] = run_shell(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
-        "-addext subjectAltName=IP:127.0.0.1 -keyout " +
-        (dir_ / "key.pem").string() + " -out " + (dir_ / "cert.pem").string() + " 2>&1");
-    EXPECT_EQ(rc, 0) << out;
     port_ = free_port();
-    std::ofstream(dir_ / "nginx.conf") << fmt::format(R"(daemon off;
-user root;
-worker_processes 1;
-pid {0}/nginx.pid;
-error_log {0}/error.log;
-events {{ worker_connections 64; }}
-http {{
+    auto started = start_https_nginx(dir_, port_,
+                                     fmt::format(R"(
   log_format conn '$connection $connection_requests $request_uri';
-  access_log {0}/access.log conn;
-  client_body_temp_path {0}/tmp;
+  access_log {}/access.log conn;
   keepalive_requests 5;
-  keepalive_timeout 1s;
-  server {{
-    listen 127.0.0.1:{1} ssl;
-    ssl_certificate {0}/cert.pem;
-    ssl_certificate_key {0}/key.pem;
-    root {0}/root;
-  }}
-}}
-)",
-                                                      dir_.string(), port_);
-    ProcessOptions options;
-    options.argv = {"/usr/sbin/nginx", "-c", (dir_ / "nginx.conf").string(), "-p", dir_.string()};
-    options.output_path = (dir_ / "nginx.out").string();
-    auto started = Subprocess::start(options);
+  keepalive_timeout 1s;)",
+                                                 dir_.string()));
     EXPECT_TRUE(started.ok()) << started.error().message;
     if (started.ok()) nginx_ = std::move(*started);
-    for (int i = 0; i < 500 && !http::fetch(request("/small")).ok(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     fs::remove(dir_ / "access.log");              // the readiness probes' lines
     EXPECT_EQ(::kill(nginx_.pid(), SIGUSR1), 0);  // reopen the log
     std::this_thread::sleep_for(std::chrono::milliseconds(200));

@@ -260,6 +260,49 @@ http::ClientResponse Up::post(const std::string& target, const std::string& body
   return std::move(r).value();
 }
 
+Result<Subprocess> start_https_nginx(const fs::path& dir, uint16_t port,
+                                     const std::string& http_extra) {
+  fs::create_directories(dir / "root");
+  fs::create_directories(dir / "tmp");
+  auto [rc, out] = run_shell(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+      "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " 2>&1");
+  if (rc != 0) return make_error(ErrorCode::kInternal, "openssl: {}", out);
+  // `user root` only matters when the test runs as root (CI may), where
+  // workers would otherwise not be allowed into the scratch directory.
+  std::ofstream(dir / "nginx.conf") << fmt::format(R"(daemon off;
+user root;
+worker_processes 1;
+pid {0}/nginx.pid;
+error_log {0}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  {2}
+  client_body_temp_path {0}/tmp;
+  server {{
+    listen 127.0.0.1:{1} ssl;
+    ssl_certificate {0}/cert.pem;
+    ssl_certificate_key {0}/key.pem;
+    root {0}/root;
+  }}
+}}
+)",
+                                                   dir.string(), port, http_extra);
+  ProcessOptions options;
+  options.argv = {"/usr/sbin/nginx", "-c", (dir / "nginx.conf").string(), "-p", dir.string()};
+  options.output_path = (dir / "nginx.out").string();
+  auto nginx = Subprocess::start(options);
+  if (!nginx.ok()) return nginx;
+  // Plain HTTP to its TLS port is answered (400): nginx is up.
+  for (int i = 0; i < 500; ++i) {
+    if (http::fetch({.port = port, .target = "/", .timeout_s = 1}).ok()) return nginx;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return make_error(ErrorCode::kUnavailable, "nginx did not answer on port {}: {}", port,
+                    read_file(dir / "error.log"));
+}
+
 uint16_t free_port(const std::string& ip) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

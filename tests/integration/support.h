@@ -36,6 +36,12 @@ double settled_metric(uint16_t port, const std::string& name, const std::string&
 // A file's bytes; empty when it cannot be read.
 std::string read_file(const std::filesystem::path& path);
 
+// Debian's nginx serving `dir`/root over HTTPS on 127.0.0.1:`port`, with a
+// certificate made for 127.0.0.1 (`dir`/cert.pem: the CA to trust);
+// `http_extra` goes into its http block. Returns once it answers.
+Result<Subprocess> start_https_nginx(const std::filesystem::path& dir, uint16_t port,
+                                     const std::string& http_extra = "access_log off;");
+
 // Runs `command` with /bin/sh; returns its exit status and its output.
 std::pair<int, std::string> run_shell(const std::string& command);
 
