@@ -65,6 +65,17 @@ json progress_json(const StageProgress& p) {
           {"dir", p.dir.string()}};
 }
 
+bool namespace_may(std::string_view namespace_name, const http::Request& request,
+                   std::string_view path) {
+  const std::string prefix = std::string(namespace_name) + "_";
+  if (request.method == "GET" && path.starts_with("/v1/models/"))
+    return path.substr(11).starts_with(prefix);
+  if (request.method != "POST" || path != "/v1/stage") return false;
+  const json body = json::parse(request.body, nullptr, false);
+  return body.is_object() && body.contains("model") && body["model"].is_string() &&
+         body["model"].get<std::string>().starts_with(prefix);
+}
+
 http::Response handle_agent_api(Agent& agent, const http::Request& request, std::string_view path) {
   const std::string& method = request.method;
   if (method == "GET" && path == "/health") return {200, "text/plain", "ok\n"};

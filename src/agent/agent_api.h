@@ -22,6 +22,14 @@ namespace loadstar::agent {
 // `path` without the mount prefix.
 http::Response handle_agent_api(Agent& agent, const http::Request& request, std::string_view path);
 
+// Whether a namespace's token (http::BearerToken::for_namespace) may make
+// this request: staging a model of its namespace (named NAMESPACE_NAME, as
+// the controller names them, kube/scope.h) and reading that model's
+// progress; nothing else (not another namespace's models, not eviction,
+// not the peers' blobs).
+bool namespace_may(std::string_view namespace_name, const http::Request& request,
+                   std::string_view path);
+
 nlohmann::json progress_json(const StageProgress& p);
 
 }  // namespace loadstar::agent

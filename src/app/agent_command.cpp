@@ -55,13 +55,20 @@ struct AgentArgs {
   bool no_loopback_sources = false;
 };
 
-// Everything but /health needs the internal token when the agent has one.
+// Everything but /health needs the internal token when the agent has one;
+// a namespace's token derived from it may stage that namespace's models.
+bool admitted(const http::Request& request, std::string_view path, const http::BearerToken* token) {
+  if (!token || path == "/health" || token->admits(request)) return true;
+  auto namespace_name = token->namespace_of(request);
+  return namespace_name && agent::namespace_may(*namespace_name, request, path);
+}
+
 asio::awaitable<void> serve(http::Exchange& ex, agent::Agent* agent,
                             const http::BearerToken* token) {
   const std::string_view path = ex.request().path();
-  http::Response response = token && path != "/health" && !token->admits(ex.request())
-                                ? http::unauthorized("the agent's API")
-                                : agent::handle_agent_api(*agent, ex.request(), path);
+  http::Response response = admitted(ex.request(), path, token)
+                                ? agent::handle_agent_api(*agent, ex.request(), path)
+                                : http::unauthorized("the agent's API");
   co_await ex.respond(std::move(response));
 }
 

@@ -29,6 +29,7 @@
 #include "http/server.h"
 #include "kube/client.h"
 #include "kube/leader.h"
+#include "kube/scope.h"
 #include "openai/protocol.h"
 #include "routing/discovery.h"
 #include "scheduler/placement.h"
@@ -126,6 +127,8 @@ struct ControllerArgs {
   controller::PodRuntimeOptions pods;
   std::vector<std::string> images_for;  // ENGINE=IMAGE
   std::string token_file;
+  std::string namespaces;  // "a,b": follow these besides (or instead of) the home one
+  bool all_namespaces = false;
 };
 
 // The controller's admin API on its own thread. /healthz and /health answer
@@ -207,9 +210,15 @@ int run_controller(ControllerArgs args) {
     fmt::print(stderr, "--placement-policy: {}\n", p.error().message);
     return 2;
   }
+  auto scope =
+      kube::NamespaceScope::parse(config->namespace_name, args.namespaces, args.all_namespaces);
+  if (!scope.ok()) {
+    fmt::print(stderr, "loadstar controller: {}\n", scope.error().message);
+    return 2;
+  }
   kube::Client client(*config);
-  spdlog::info("controller: {} at {}:{}, namespace {}", config->origin, config->host, config->port,
-               config->namespace_name);
+  spdlog::info("controller: {} at {}:{}, {} (home namespace {})", config->origin, config->host,
+               config->port, scope->describe(), config->namespace_name);
   // The internal token: a file when given, else the Secret (made if missing).
   auto given_token = http::BearerToken::from_flag_or_env(args.token_file);
   if (!given_token.ok()) {
@@ -224,6 +233,7 @@ int run_controller(ControllerArgs args) {
     return 1;
   }
   args.pods.agent_authorization = token->header().value;
+  args.pods.internal_token = token->value();
 
   // The admin API answers from the start: a standby controller waiting for
   // the Lease is alive (its liveness probe must pass, or the kubelet would
@@ -271,7 +281,7 @@ int run_controller(ControllerArgs args) {
     waiter.detach();  // it ends the process's wait below via stop_requested
   }
 
-  store::KubeStore store(client, config->namespace_name, {.node_selector = args.node_selector});
+  store::KubeStore store(client, *scope, {.node_selector = args.node_selector});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
@@ -294,7 +304,7 @@ int run_controller(ControllerArgs args) {
   std::unique_ptr<controller::GatewayLoadCollector> load;
   if (!args.gateway_selector.empty())
     load = std::make_unique<controller::GatewayLoadCollector>(
-        client, config->namespace_name, args.gateway_selector, token->header().value);
+        client, store.scope(), args.gateway_selector, token->value());
   controller::RealClock clock;
   // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
@@ -302,8 +312,8 @@ int run_controller(ControllerArgs args) {
   ctl.start();
   if (load) load->start();
   admin.serve(&ctl, &store);
-  fmt::print("controller reconciling namespace {}; admin API on http://{}:{}/api/v1\n",
-             config->namespace_name, args.host, admin.port());
+  fmt::print("controller reconciling {}; admin API on http://{}:{}/api/v1\n", scope->describe(),
+             args.host, admin.port());
   std::fflush(stdout);
 
   if (elector) {
@@ -364,7 +374,8 @@ int run_gateway(const GatewayArgs& args) {
   }
   gateway::Gateway* gateway = gw->get();
   // Gateways read; only the controller follows Nodes and writes status.
-  store::KubeStore store(client, config->namespace_name, {.nodes = false, .write_status = false});
+  store::KubeStore store(client, kube::NamespaceScope(config->namespace_name),
+                         {.nodes = false, .write_status = false});
   if (Status s = store.start(args.kube.sync_timeout_s); !s.ok()) {
     spdlog::error("{}", s.error().message);
     return 1;
@@ -393,6 +404,12 @@ int run_gateway(const GatewayArgs& args) {
 std::function<int()> setup_controller(CLI::App& app) {
   auto args = std::make_shared<ControllerArgs>();
   add_kube_options(app, args->kube);
+  app.add_option("--namespaces", args->namespaces,
+                 "Also follow the resources of these namespaces (NS,NS,...) and run their "
+                 "replicas there; names outside --namespace read NAMESPACE/NAME");
+  app.add_flag("--all-namespaces", args->all_namespaces,
+               "Follow every namespace (needs the ClusterRole binding of "
+               "deploy/overlays/all-namespaces)");
   app.add_option("--host", args->host, "Admin API address")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port (0: any)")
       ->capture_default_str();

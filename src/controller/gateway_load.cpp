@@ -6,35 +6,59 @@
 #include <spdlog/spdlog.h>
 
 #include "common/url.h"
+#include "http/bearer.h"
 #include "http/client.h"
 #include "kube/informer.h"
 #include "kube/objects.h"
+#include "kube/scope.h"
 
 namespace loadstar::controller {
 
 using kube::json;
 
-std::vector<std::string> ready_pod_addresses(const json& pods, const std::string& port_name,
-                                             int default_port) {
-  std::vector<std::string> out;
-  auto items = pods.find("items");
-  if (items == pods.end() || !items->is_array()) return out;
-  for (const json& object : *items) {
+std::vector<ServingPod> ready_pod_addresses(const std::vector<json>& pods,
+                                            const std::string& port_name, int default_port) {
+  std::vector<ServingPod> out;
+  for (const json& object : pods) {
     const kube::Pod pod = kube::pod_from_json(object);
     if (!pod.serving()) continue;
-    out.push_back(fmt::format("{}:{}", pod.pod_ip, pod.port("", port_name).value_or(default_port)));
+    out.push_back(
+        {pod.namespace_name,
+         fmt::format("{}:{}", pod.pod_ip, pod.port("", port_name).value_or(default_port))});
   }
   return out;
 }
 
-GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client, std::string namespace_name,
-                                           std::string selector, std::string authorization,
-                                           double interval_s)
-    : selector_(std::move(selector)),
-      authorization_(std::move(authorization)),
+void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& scope,
+                    const std::string& namespace_name) {
+  if (namespace_name == scope.home()) return;
+  for (auto& e : report.endpoints) {
+    e.service = scope.qualify(namespace_name, e.service);
+    e.replica = scope.qualify(namespace_name, e.replica);
+  }
+  for (auto* services : {&report.held, &report.queued}) {
+    std::map<std::string, int64_t> qualified;
+    for (auto& [service, n] : *services) qualified[scope.qualify(namespace_name, service)] = n;
+    *services = std::move(qualified);
+  }
+}
+
+GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client,
+                                           const kube::NamespaceScope& scope, std::string selector,
+                                           std::string internal_token, double interval_s)
+    : scope_(scope),
+      selector_(std::move(selector)),
+      internal_token_(std::move(internal_token)),
       interval_s_(interval_s),
-      gateways_(std::make_unique<kube::Informer>(
-          client, kube::collection_path("v1", namespace_name, "pods"), selector_)) {}
+      gateways_(std::make_unique<kube::ScopedInformer>(client, scope, "v1", "pods", selector_)) {}
+
+std::string GatewayLoadCollector::authorization(const std::string& namespace_name) const {
+  if (internal_token_.empty()) return "";
+  auto root = http::BearerToken::from_string(internal_token_, "the internal token");
+  if (!root.ok()) return "";
+  return namespace_name == scope_.home() ? root->header().value
+                                         : root->for_namespace(namespace_name).header().value;
+}
 
 GatewayLoadCollector::~GatewayLoadCollector() {
   stop();
@@ -70,31 +94,38 @@ void GatewayLoadCollector::run() {
   };
   while (!stopping_) {
     const auto round_start = Clock::now();
-    const std::vector<std::string> gateways =
-        ready_pod_addresses(json{{"items", gateways_->items()}});
+    const std::vector<ServingPod> gateways = ready_pod_addresses(gateways_->items());
     if (gateways.empty())
       warn_once(gateways_->synced() ? fmt::format("no Ready gateway Pod ({})", selector_)
                                     : fmt::format("gateway Pods ({}) not listed yet", selector_));
-    std::vector<std::pair<std::string, std::string>> reports;
-    for (const std::string& g : gateways) {
+    std::vector<std::pair<std::string, gateway::LoadReport>> reports;
+    for (const auto& [namespace_name, g] : gateways) {
       auto url = parse_url("http://" + g + "/loadstar/v1/load");
       if (!url.ok()) continue;
       std::vector<http::Header> headers;
-      if (!authorization_.empty()) headers.push_back({"Authorization", authorization_});
+      if (std::string a = authorization(namespace_name); !a.empty())
+        headers.push_back({"Authorization", std::move(a)});
       auto r = pool_.fetch({.host = url->host,
                             .port = url->port,
                             .target = url->target,
                             .headers = std::move(headers),
                             .timeout_s = std::max(0.5, interval_s_ * 2)});
-      if (r.ok() && r->status == 200)
-        reports.emplace_back(g, std::move(r->body));
-      else
+      if (!r.ok() || r->status != 200) {
         warn_once(fmt::format("gateway {}: {}", g,
                               r.ok() ? fmt::format("answered {}", r->status) : r.error().message));
+        continue;
+      }
+      auto report = gateway::parse_load_report(r->body);
+      if (!report.ok()) {
+        warn_once(fmt::format("gateway {}: {}", g, report.error().message));
+        continue;
+      }
+      for (const auto& problem : report->problems)
+        warn_once(fmt::format("gateway {}: {}", g, problem));
+      qualify_report(report->report, scope_, namespace_name);
+      reports.emplace_back(g, std::move(report->report));
     }
-    std::vector<std::string> errors;
-    LoadRound round = aggregator_.round(reports, &errors);
-    for (const auto& e : errors) warn_once(e);
+    LoadRound round = aggregator_.round(reports);
     bool demand = false;
     std::function<void()> wake;
     {

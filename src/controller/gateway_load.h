@@ -26,25 +26,36 @@
 #include "kube/client.h"
 
 namespace loadstar::kube {
-class Informer;
-}
+class NamespaceScope;
+class ScopedInformer;
+}  // namespace loadstar::kube
 
 namespace loadstar::controller {
 
-// Addresses ("podIP:port") of the Ready Pods in a v1 PodList: the container
-// port named `port_name`, else `default_port`.
-std::vector<std::string> ready_pod_addresses(const kube::json& pods,
-                                             const std::string& port_name = "http",
-                                             int default_port = 8080);
+// A Ready gateway Pod: its namespace and "podIP:port".
+struct ServingPod {
+  std::string namespace_name, address;
+  bool operator==(const ServingPod&) const = default;
+};
+// The Ready Pods of `pods` (objects): the container port named
+// `port_name`, else `default_port`.
+std::vector<ServingPod> ready_pod_addresses(const std::vector<kube::json>& pods,
+                                            const std::string& port_name = "http",
+                                            int default_port = 8080);
+
+// A gateway's report in the names of a controller whose scope has
+// `namespace_name` (the gateway serves that namespace with bare names).
+void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& scope,
+                    const std::string& namespace_name);
 
 // Polls the gateways every `interval_s` and keeps the rounds until the
-// controller takes them; the Pods matching `selector` are watched.
-// `authorization` ("Bearer <internal token>"; "" none)
-// goes with each poll.
+// controller takes them; the Pods matching `selector` in every namespace
+// of `scope` are watched. Each poll carries the internal token (its
+// namespace's derived token outside the home namespace; none when empty).
 class GatewayLoadCollector : public LoadSource {
  public:
-  GatewayLoadCollector(const kube::Client& client, std::string namespace_name, std::string selector,
-                       std::string authorization, double interval_s = 0.5);
+  GatewayLoadCollector(const kube::Client& client, const kube::NamespaceScope& scope,
+                       std::string selector, std::string internal_token, double interval_s = 0.5);
   ~GatewayLoadCollector() override;
   void start();
   void stop();
@@ -54,11 +65,15 @@ class GatewayLoadCollector : public LoadSource {
  private:
   void run();
 
+  // The Authorization header for a gateway in `namespace_name`.
+  std::string authorization(const std::string& namespace_name) const;
+
+  const kube::NamespaceScope& scope_;
   std::string selector_;
-  std::string authorization_;
+  std::string internal_token_;
   double interval_s_;
-  std::unique_ptr<kube::Informer> gateways_;  // the gateway Pods
-  http::ClientPool pool_;                     // connections to them
+  std::unique_ptr<kube::ScopedInformer> gateways_;  // the gateway Pods
+  http::ClientPool pool_;                           // connections to them
   LoadAggregator aggregator_;
   std::mutex mu_;                     // guards the two below
   std::optional<LoadRound> pending_;  // rounds since the last take()

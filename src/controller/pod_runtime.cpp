@@ -7,8 +7,10 @@
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
+#include "common/digest.h"
 #include "common/json_value.h"
 #include "engines/engines.h"
+#include "http/bearer.h"
 #include "http/client.h"
 #include "kube/objects.h"
 
@@ -217,9 +219,9 @@ PodRuntime::PodRuntime(const kube::Client& client, const store::KubeStore& store
     : client_(client),
       store_(store),
       options_(std::move(options)),
-      namespace_(store.namespace_name()),
-      pods_(std::make_unique<kube::Informer>(
-          client_, kube::collection_path("v1", namespace_, "pods"),
+      scope_(store.scope()),
+      pods_(std::make_unique<kube::ScopedInformer>(
+          client_, scope_, "v1", "pods",
           fmt::format("{}=loadstar,app.kubernetes.io/component=engine", kManagedBy))) {}
 
 PodRuntime::~PodRuntime() {
@@ -229,24 +231,91 @@ PodRuntime::~PodRuntime() {
 Status PodRuntime::start(double timeout_s) {
   pods_->start(nullptr);
   if (!pods_->wait_synced(timeout_s))
-    return make_error(ErrorCode::kUnavailable, "cannot list pods in namespace {}", namespace_);
+    return make_error(ErrorCode::kUnavailable, "cannot list pods in {}", scope_.describe());
   return ok_status();
 }
 
-std::string PodRuntime::pod_path(const std::string& name) const {
-  return kube::collection_path("v1", namespace_, "pods") + "/" + name;
+std::string PodRuntime::pod_path(const std::string& replica) const {
+  const kube::NamespaceScope::Name pod = scope_.split(replica);
+  return kube::collection_path("v1", pod.namespace_name, "pods") + "/" + pod.name;
+}
+
+Status PodRuntime::ensure_token_secret(const std::string& namespace_name) {
+  if (namespace_name == scope_.home() || options_.internal_token.empty() ||
+      options_.token_secret.empty() || token_secrets_.count(namespace_name))
+    return ok_status();
+  auto root = http::BearerToken::from_string(options_.internal_token, "the internal token");
+  if (!root.ok()) return root.error();
+  const std::string token = root->for_namespace(namespace_name).value();
+  const std::string path =
+      kube::collection_path("v1", namespace_name, "secrets") + "/" + options_.token_secret;
+  const json secret = {{"apiVersion", "v1"},
+                       {"kind", "Secret"},
+                       {"metadata",
+                        {{"name", options_.token_secret},
+                         {"namespace", namespace_name},
+                         {"labels", {{kManagedBy, "loadstar"}}}}},
+                       {"type", "Opaque"},
+                       {"stringData", {{"token", token}}}};
+  auto existing = client_.get(path);
+  if (!existing.ok() && existing.error().code != ErrorCode::kNotFound)
+    return make_error(existing.error().code, "reading Secret {}/{}: {}", namespace_name,
+                      options_.token_secret, existing.error().message);
+  if (!existing.ok()) {
+    auto created = client_.create(kube::collection_path("v1", namespace_name, "secrets"), secret);
+    if (!created.ok() && created.error().code != ErrorCode::kConflict)
+      return make_error(created.error().code, "creating Secret {}/{}: {}", namespace_name,
+                        options_.token_secret, created.error().message);
+    spdlog::info("created Secret {}/{} with the namespace's token", namespace_name,
+                 options_.token_secret);
+  } else {
+    // Someone else's Secret of that name is never overwritten.
+    const json labels = existing->value("metadata", json::object()).value("labels", json::object());
+    if (labels.value(kManagedBy, "") != "loadstar")
+      return make_error(ErrorCode::kConflict,
+                        "Secret {}/{} exists and is not Loadstar's (label {}=loadstar); replicas "
+                        "there stage with it: delete or rename it",
+                        namespace_name, options_.token_secret, kManagedBy);
+    std::string held;
+    if (const json data = existing->value("data", json::object());
+        data.contains("token") && data["token"].is_string())
+      held = base64_decode(data["token"].get<std::string>()).value_or("");
+    if (held != token) {
+      // The internal token was rotated: the namespace's follows.
+      auto patched = client_.merge_patch(path, {{"stringData", {{"token", token}}}});
+      if (!patched.ok())
+        return make_error(patched.error().code, "updating Secret {}/{}: {}", namespace_name,
+                          options_.token_secret, patched.error().message);
+      spdlog::info("updated Secret {}/{} to the namespace's current token", namespace_name,
+                   options_.token_secret);
+    }
+  }
+  token_secrets_.insert(namespace_name);
+  return ok_status();
 }
 
 Status PodRuntime::launch(const EngineLaunch& launch) {
-  if (auto pod = pods_->get(namespace_ + "/" + launch.replica)) {
+  const kube::NamespaceScope::Name pod_name = scope_.split(launch.replica);
+  if (auto pod = pods_->get(pod_name)) {
     if (pod->value("metadata", json::object()).contains("deletionTimestamp"))
       return make_error(ErrorCode::kUnavailable, "its previous pod is still terminating");
     stopping_.erase(launch.replica);
     return ok_status();  // created before (by us, or a controller before us)
   }
+  LS_RETURN_IF_ERROR(ensure_token_secret(pod_name.namespace_name));
   const std::string uid = store_.uid_of("InferenceService", launch.service->metadata.name);
-  json pod = replica_pod(launch, options_, namespace_, uid);
-  auto created = client_.create(kube::collection_path("v1", namespace_, "pods"), pod);
+  // The Pod speaks its namespace's names: the service and replica bare, the
+  // model as the agents' caches name it.
+  api::InferenceService service = *launch.service;
+  service.metadata.name = scope_.split(service.metadata.name).name;
+  api::Model model = *launch.model;
+  model.metadata.name = kube::NamespaceScope::flat(model.metadata.name);
+  EngineLaunch local = launch;
+  local.replica = pod_name.name;
+  local.service = &service;
+  local.model = &model;
+  json pod = replica_pod(local, options_, pod_name.namespace_name, uid);
+  auto created = client_.create(kube::collection_path("v1", pod_name.namespace_name, "pods"), pod);
   if (!created.ok() && created.error().code != ErrorCode::kConflict)
     return make_error(created.error().code, "creating pod {}: {}", launch.replica,
                       created.error().message);
@@ -258,7 +327,7 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
 
 EngineStatus PodRuntime::status(const std::string& replica) {
   EngineStatus st;
-  auto pod = pods_->get(namespace_ + "/" + replica);
+  auto pod = pods_->get(scope_.split(replica));
   if (pod) created_.erase(replica);
   if (!pod && created_.count(replica) &&
       std::chrono::steady_clock::now() - created_[replica] < std::chrono::seconds(30)) {
@@ -290,7 +359,7 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     // Its init container staged the model there: that agent holds it.
     auto model = p.annotations.find("loadstar.dev/model");
     if (!p.node_name.empty() && model != p.annotations.end())
-      held_[p.node_name].insert(model->second);
+      held_[p.node_name].insert(kube::NamespaceScope::unflat(model->second));
   }
   const kube::ContainerState* engine = p.container("engine");
   st.started = engine && engine->state == "running";
@@ -324,7 +393,7 @@ void PodRuntime::stop(const std::string& replica) {
 }
 
 void PodRuntime::unroute(const std::string& replica) {
-  auto pod = pods_->get(namespace_ + "/" + replica);
+  auto pod = pods_->get(scope_.split(replica));
   if (!pod) return;  // not created yet, or gone: nothing routes to it
   const json patch = {{"metadata", {{"annotations", {{kDrainingAnnotation, "true"}}}}}};
   auto r = client_.merge_patch(pod_path(replica), patch);
@@ -361,13 +430,28 @@ void PodRuntime::refresh_holdings(bool force) {
     std::set<std::string, std::less<>> models;
     for (const json& m : listing["models"])
       if (m.is_object() && m.contains("model") && m["model"].is_string())
-        models.insert(m["model"].get<std::string>());
+        models.insert(kube::NamespaceScope::unflat(m["model"].get<std::string>()));
     held_[node] = std::move(models);
   }
 }
 
 void PodRuntime::end_pass(const std::vector<std::string>& /*models_in_use*/) {
   refresh_holdings();
+  keep_token_secrets();
+}
+
+void PodRuntime::keep_token_secrets() {
+  if (scope_.single() || options_.internal_token.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - secrets_checked_ < std::chrono::seconds(10)) return;
+  secrets_checked_ = now;
+  std::set<std::string> namespaces(scope_.namespaces().begin(), scope_.namespaces().end());
+  if (scope_.all())
+    for (const api::Resource& r : store_.list())
+      if (const auto* svc = std::get_if<api::InferenceService>(&r))
+        namespaces.insert(scope_.split(svc->metadata.name).namespace_name);
+  for (const std::string& ns : namespaces)
+    if (Status s = ensure_token_secret(ns); !s.ok()) spdlog::warn("{}", s.error().message);
 }
 
 void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
@@ -393,7 +477,7 @@ void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
     auto address = addresses.find(node);
     if (address == addresses.end()) continue;
     // The agent's answer is its progress; "ready" means it holds the model.
-    const json body = {{"model", name}, {"source", model.spec.source}};
+    const json body = {{"model", kube::NamespaceScope::flat(name)}, {"source", model.spec.source}};
     auto r = http::fetch({.host = address->second,
                           .port = options_.agent_port,
                           .method = "POST",
@@ -429,14 +513,15 @@ std::vector<ExistingEngine> PodRuntime::existing() {
     if (pod.deleting) continue;
     if (pod.node_name.empty()) {
       // Created but never bound (the controller stopped in between): place it anew.
-      remove(pod.name, 0);
+      remove(scope_.qualify(pod.namespace_name, pod.name), 0);
       continue;
     }
     ExistingEngine e;
-    e.replica = pod.name;
+    e.replica = scope_.qualify(pod.namespace_name, pod.name);
     auto service = pod.labels.find(kServiceLabel);
     auto index = pod.labels.find(kIndexLabel);
-    e.service = service != pod.labels.end() ? service->second : "";
+    e.service =
+        service != pod.labels.end() ? scope_.qualify(pod.namespace_name, service->second) : "";
     e.index =
         index != pod.labels.end() ? static_cast<uint32_t>(std::atoi(index->second.c_str())) : 0;
     e.node = pod.node_name;

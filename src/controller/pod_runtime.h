@@ -1,10 +1,14 @@
 // Engines as Pods (Kubernetes mode). Each replica is one Pod named after it,
-// owned by its InferenceService (deleting the service deletes its Pods),
-// created with `schedulerName: loadstar` and bound by the controller to the
-// node its scheduler chose (the Binding subresource), so no other scheduler
+// in its service's namespace (outside the home namespace replicas, services
+// and models are "NAMESPACE/NAME" to the controller, kube/scope.h), owned
+// by its InferenceService (deleting the service deletes its Pods), created
+// with `schedulerName: loadstar` and already bound to the node the
+// controller's scheduler chose (spec.nodeName), so no other scheduler
 // places it. The Pod's init container asks the node's agent to stage the
 // model (`loadstar stage`, agent on the node's address); the engine reads it
-// read-only from the agent's cache (a hostPath) through models/NAME/current.
+// read-only from the agent's cache (a hostPath) through models/NAME/current
+// (NAMESPACE_NAME outside the home namespace: one cache serves every team,
+// and a team's token stages only its own names).
 // An informer on the Pods tells each engine's state: staged (init done),
 // started (engine running), ready (the Ready condition), at the Pod's IP.
 #pragma once
@@ -19,6 +23,7 @@
 #include "http/server.h"
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "kube/scope.h"
 #include "store/kube_store.h"
 
 namespace loadstar::controller {
@@ -39,6 +44,11 @@ struct PodRuntimeOptions {
   // init container reads $LOADSTAR_TOKEN from this Secret's key `token`.
   std::string agent_authorization;
   std::string token_secret = "loadstar-internal";
+  // The internal token itself. Outside the home namespace the controller
+  // keeps `token_secret` holding the namespace's own token derived from it
+  // (http::BearerToken::for_namespace): Pods there stage with that, which
+  // lets them stage their namespace's models and nothing else.
+  std::string internal_token;
 };
 
 // Where a GGUF model's one file is in its staged directory: its path in a
@@ -74,15 +84,23 @@ class PodRuntime : public EngineRuntime {
   void end_pass(const std::vector<std::string>& models_in_use) override;
 
  private:
-  std::string pod_path(const std::string& name) const;
-  void remove(const std::string& name, int64_t grace_s);
+  std::string pod_path(const std::string& replica) const;
+  void remove(const std::string& replica, int64_t grace_s);
+  // Makes sure `namespace_name` holds the Secret its replica Pods stage
+  // with (outside the home namespace: that namespace's derived token).
+  Status ensure_token_secret(const std::string& namespace_name);
+  // ...in every namespace with a service (every 10 s), so that a team's
+  // gateway has its token before any replica starts there.
+  void keep_token_secrets();
+  std::chrono::steady_clock::time_point secrets_checked_{};
 
   const kube::Client& client_;
   const store::KubeStore& store_;
   PodRuntimeOptions options_;
-  std::string namespace_;
-  std::unique_ptr<kube::Informer> pods_;
-  std::set<std::string> stopping_;  // deleted by us: their disappearance is no failure
+  const kube::NamespaceScope& scope_;
+  std::unique_ptr<kube::ScopedInformer> pods_;
+  std::set<std::string> token_secrets_;  // namespaces whose Secret is in place
+  std::set<std::string> stopping_;       // deleted by us: their disappearance is no failure
   // Created, not yet seen by the informer.
   std::map<std::string, std::chrono::steady_clock::time_point> created_;
   // Reads every agent's cache listing, at most every 10 s unless `now`.

@@ -1,6 +1,8 @@
 #include "http/bearer.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <cstdlib>
@@ -62,6 +64,52 @@ bool BearerToken::admits(const Request& request) const {
                   [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
     return false;
   return CRYPTO_memcmp(given.data() + kScheme.size(), token_.data(), token_.size()) == 0;
+}
+
+namespace {
+
+constexpr std::string_view kBearer = "Bearer ";
+
+// The token a request carries; empty for none.
+std::string_view bearer_of(const Request& request) {
+  std::string_view given = request.header("authorization");
+  if (given.size() < kBearer.size() ||
+      !std::equal(kBearer.begin(), kBearer.end(), given.begin(),
+                  [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
+    return {};
+  return given.substr(kBearer.size());
+}
+
+std::string namespace_mac(const std::string& key, std::string_view namespace_name) {
+  const std::string message = fmt::format("loadstar namespace token\n{}", namespace_name);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(message.data()), message.size(), mac, &size);
+  std::string out;
+  for (unsigned int i = 0; i < size; ++i) out += fmt::format("{:02x}", mac[i]);
+  return out;
+}
+
+}  // namespace
+
+BearerToken BearerToken::for_namespace(std::string_view namespace_name) const {
+  return BearerToken(
+      fmt::format("ns.{}.{}", namespace_name, namespace_mac(token_, namespace_name)));
+}
+
+std::optional<std::string> BearerToken::namespace_of(const Request& request) const {
+  std::string_view given = bearer_of(request);
+  if (!given.starts_with("ns.")) return std::nullopt;
+  const size_t dot = given.rfind('.');
+  if (dot <= 3) return std::nullopt;
+  const std::string_view namespace_name = given.substr(3, dot - 3);
+  const std::string expected = namespace_mac(token_, namespace_name);
+  const std::string_view mac = given.substr(dot + 1);
+  if (mac.size() != expected.size() ||
+      CRYPTO_memcmp(mac.data(), expected.data(), expected.size()) != 0)
+    return std::nullopt;
+  return std::string(namespace_name);
 }
 
 Response unauthorized(std::string_view what) {

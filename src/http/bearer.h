@@ -7,6 +7,9 @@
 #pragma once
 
 #include <optional>
+#include <string_view>
+
+#include <optional>
 #include <string>
 
 #include "common/result.h"
@@ -29,6 +32,18 @@ class BearerToken {
   // (compared in constant time).
   bool admits(const Request& request) const;
   Header header() const { return {"Authorization", "Bearer " + token_}; }
+  const std::string& value() const { return token_; }
+
+  // A namespace's token, derived from this one: "ns.NAMESPACE.HMAC" with
+  // HMAC-SHA256 keyed by this token. A controller that follows other
+  // namespaces puts it there (their replica Pods stage with it, their
+  // gateways serve with it); the agents, which hold this token, tell from
+  // it which namespace calls and let it stage only that namespace's models.
+  // It reveals nothing of this token, and rotating this token revokes it.
+  BearerToken for_namespace(std::string_view namespace_name) const;
+  // The namespace of a request's derived token; nullopt for none (or a
+  // forged one).
+  std::optional<std::string> namespace_of(const Request& request) const;
 
  private:
   explicit BearerToken(std::string token) : token_(std::move(token)) {}

@@ -95,6 +95,7 @@ Pod pod_from_json(const json& object) {
   Pod pod;
   const json& meta = member(object, "metadata");
   pod.name = text(meta, "name");
+  pod.namespace_name = text(meta, "namespace");
   pod.labels = strings(member(meta, "labels"));
   pod.annotations = strings(member(meta, "annotations"));
   pod.deleting = !member(meta, "deletionTimestamp").is_null();

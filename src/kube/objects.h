@@ -41,7 +41,7 @@ struct ContainerState {
 };
 
 struct Pod {
-  std::string name;
+  std::string name, namespace_name;
   std::map<std::string, std::string> labels, annotations;
   bool deleting = false;  // deletionTimestamp set
   std::string node_name;  // empty: not bound

@@ -1,6 +1,8 @@
 #include "store/kube_store.h"
 
 #include <cmath>
+#include <type_traits>
+#include <variant>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -61,13 +63,12 @@ std::string decodable_document(const json& object) {
   return doc.dump();  // JSON is YAML
 }
 
-KubeStore::KubeStore(const kube::Client& client, std::string namespace_name, Options options)
-    : client_(client), namespace_(std::move(namespace_name)), options_(std::move(options)) {
+KubeStore::KubeStore(const kube::Client& client, kube::NamespaceScope scope, Options options)
+    : client_(client), scope_(std::move(scope)), options_(std::move(options)) {
   const std::string gv = fmt::format("{}/{}", api::kGroup, api::kVersion);
   for (const api::KindSchema& k : api::kind_schemas())
-    kinds_.push_back({k.kind, k.plural,
-                      std::make_unique<kube::Informer>(
-                          client_, kube::collection_path(gv, namespace_, k.plural))});
+    kinds_.push_back(
+        {k.kind, k.plural, std::make_unique<kube::ScopedInformer>(client_, scope_, gv, k.plural)});
   if (options_.nodes)
     nodes_ = std::make_unique<kube::Informer>(client_, kube::collection_path("v1", "", "nodes"),
                                               options_.node_selector);
@@ -84,9 +85,9 @@ Status KubeStore::start(double timeout_s) {
   for (auto& k : kinds_)
     if (!k.informer->wait_synced(timeout_s))
       return make_error(ErrorCode::kUnavailable,
-                        "cannot list {} in namespace {} from {} (are the CRDs installed? "
-                        "kubectl apply -f deploy/crds)",
-                        k.plural, namespace_, client_.config().origin);
+                        "cannot list {} in {} from {} (are the CRDs installed? kubectl apply -f "
+                        "deploy/crds; may this account list them there?)",
+                        k.plural, scope_.describe(), client_.config().origin);
   if (nodes_ && !nodes_->wait_synced(timeout_s))
     return make_error(ErrorCode::kUnavailable, "cannot list nodes from {}",
                       client_.config().origin);
@@ -117,20 +118,50 @@ std::shared_ptr<void> KubeStore::watch(WatchCallback callback) {
   return cb;
 }
 
+void KubeStore::qualify(api::Resource& resource, const std::string& namespace_name) const {
+  if (namespace_name == scope_.home()) return;
+  // A queue is the namespace's own when it declares one of that name, else
+  // the home namespace's (queues shared by every team live there).
+  auto queue = [&](std::string& name) {
+    if (name.empty()) return;
+    const Kind* queues = kind_named("Queue");
+    if (queues && queues->informer->get({namespace_name, name}))
+      name = scope_.qualify(namespace_name, name);
+  };
+  std::visit(
+      [&](auto& r) {
+        using T = std::decay_t<decltype(r)>;
+        if constexpr (std::is_same_v<T, api::InferenceService>) {
+          r.spec.model = scope_.qualify(namespace_name, r.spec.model);
+          queue(r.spec.queue);
+        } else if constexpr (std::is_same_v<T, api::Route>) {
+          for (auto& backend : r.spec.backends)
+            if (!backend.service.empty())
+              backend.service = scope_.qualify(namespace_name, backend.service);
+        } else if constexpr (std::is_same_v<T, api::Queue>) {
+          queue(r.spec.parent);
+        }
+        r.metadata.name = scope_.qualify(namespace_name, r.metadata.name);
+      },
+      resource);
+}
+
 std::vector<api::Resource> KubeStore::list() const {
   std::vector<api::Resource> out;
   for (const Kind& k : kinds_) {
     for (const json& object : k.informer->items()) {
       const json& meta = object.value("metadata", json::object());
-      const std::pair<std::string, std::string> key{k.kind, meta.value("name", "")};
+      const std::string ns = meta.value("namespace", scope_.home());
+      const std::pair<std::string, std::string> key{k.kind,
+                                                    scope_.qualify(ns, meta.value("name", ""))};
       const std::string version = meta.value("resourceVersion", "");
       std::lock_guard lock(mu_);
       if (auto it = decoded_.find(key); it != decoded_.end() && it->second.first == version) {
         out.push_back(it->second.second);
         continue;
       }
-      auto decoded = api::decode_resources(decodable_document(object),
-                                           fmt::format("{} {}/{}", k.kind, namespace_, key.second));
+      auto decoded = api::decode_resources(
+          decodable_document(object), fmt::format("{} {}/{}", k.kind, ns, meta.value("name", "")));
       if (!decoded.ok() || decoded->size() != 1) {
         if (rejected_[key] != version) {
           rejected_[key] = version;
@@ -139,14 +170,11 @@ std::vector<api::Resource> KubeStore::list() const {
           if (!options_.write_status) continue;
           // The user reads this in `kubectl get -o yaml`.
           json status = {{"error", why}};
-          (void)client_.merge_patch(
-              kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), namespace_,
-                                    k.plural) +
-                  "/" + key.second + "/status",
-              {{"status", status}});
+          (void)client_.merge_patch(status_path(k, key.second), {{"status", status}});
         }
         continue;
       }
+      qualify(decoded->front(), ns);
       decoded_[key] = {version, decoded->front()};
       out.push_back(decoded->front());
     }
@@ -154,6 +182,13 @@ std::vector<api::Resource> KubeStore::list() const {
   if (nodes_)
     for (const json& node : nodes_->items()) out.push_back(node_from_kubernetes(node));
   return out;
+}
+
+std::string KubeStore::status_path(const Kind& kind, std::string_view name) const {
+  const kube::NamespaceScope::Name n = scope_.split(name);
+  return kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), n.namespace_name,
+                               kind.plural) +
+         "/" + n.name + "/status";
 }
 
 std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_view name) const {
@@ -170,7 +205,7 @@ std::optional<api::Resource> KubeStore::get(std::string_view kind, std::string_v
       auto it = decoded_.find({std::string(kind), std::string(name)});
       const Kind* k = kind_named(kind);
       if (it != decoded_.end() && k) {
-        auto live = k->informer->get(namespace_ + "/" + std::string(name));
+        auto live = k->informer->get(scope_.split(name));
         if (!live) return std::nullopt;
         if (live->value("metadata", json::object()).value("resourceVersion", "") ==
             it->second.first)
@@ -194,7 +229,7 @@ std::string KubeStore::uid_of(std::string_view kind, std::string_view name) cons
   // Read in place: a service's object carries the status of every replica
   // (a copy per launch was quadratic in the replicas).
   std::string uid;
-  k->informer->read(namespace_ + "/" + std::string(name), [&](const json& object) {
+  k->informer->read(scope_.split(name), [&](const json& object) {
     uid = object.value("metadata", json::object()).value("uid", "");
   });
   return uid;
@@ -233,10 +268,7 @@ void KubeStore::publish_status(std::string_view kind, std::string_view name,
   json status = json::parse(status_json, nullptr, false);
   if (status.is_discarded()) return;
   status["error"] = nullptr;  // a merge patch removes an earlier decoding error
-  const std::string path = kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion),
-                                                 namespace_, k->plural) +
-                           "/" + std::string(name) + "/status";
-  auto r = client_.merge_patch(path, {{"status", status}});
+  auto r = client_.merge_patch(status_path(*k, name), {{"status", status}});
   if (!r.ok()) {
     if (r.error().code != ErrorCode::kNotFound)
       spdlog::warn("status of {} {}: {}", kind, name, r.error().message);

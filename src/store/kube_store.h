@@ -1,5 +1,7 @@
 // Resources from the Kubernetes API: the second ResourceStore. Informers
-// follow Loadstar's custom resources in one namespace and the cluster's
+// follow Loadstar's custom resources in a scope of namespaces (one, a list,
+// or all; names outside the home namespace are "NAMESPACE/NAME", and so are
+// the references between them, kube/scope.h) and the cluster's
 // Nodes; list() decodes the custom resources with the very decoder the
 // local mode uses (an object it rejects is skipped, and its status says
 // why), and turns Kubernetes Nodes into Loadstar Nodes: allocatable CPU and
@@ -16,6 +18,7 @@
 
 #include "kube/client.h"
 #include "kube/informer.h"
+#include "kube/scope.h"
 #include "store/store.h"
 
 namespace loadstar::store {
@@ -34,7 +37,7 @@ class KubeStore : public ResourceStore {
     bool nodes = true;          // follow Nodes (the controller; gateways need not)
     bool write_status = true;   // say in an object's status why it was rejected
   };
-  KubeStore(const kube::Client& client, std::string namespace_name, Options options);
+  KubeStore(const kube::Client& client, kube::NamespaceScope scope, Options options);
   ~KubeStore() override;
 
   // Starts the informers and waits up to `timeout_s` for their first lists.
@@ -54,18 +57,22 @@ class KubeStore : public ResourceStore {
   std::string uid_of(std::string_view kind, std::string_view name) const;
   // Each followed Node's InternalIP (where its agent listens).
   std::map<std::string, std::string> node_addresses() const;
-  const std::string& namespace_name() const { return namespace_; }
+  const std::string& namespace_name() const { return scope_.home(); }
+  const kube::NamespaceScope& scope() const { return scope_; }
 
  private:
   struct Kind {
     std::string kind, plural;
-    std::unique_ptr<kube::Informer> informer;
+    std::unique_ptr<kube::ScopedInformer> informer;
   };
   void changed();
   const Kind* kind_named(std::string_view kind) const;
+  std::string status_path(const Kind& kind, std::string_view name) const;
+  // Qualifies a decoded resource's name and its references to others.
+  void qualify(api::Resource& resource, const std::string& namespace_name) const;
 
   const kube::Client& client_;
-  std::string namespace_;
+  kube::NamespaceScope scope_;
   std::vector<Kind> kinds_;
   Options options_;
   std::unique_ptr<kube::Informer> nodes_;  // null unless options_.nodes

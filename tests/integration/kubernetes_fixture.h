@@ -24,6 +24,7 @@
 #include <set>
 #include <thread>
 
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -109,12 +110,7 @@ class KubernetesTest : public ::testing::Test {
     ns_ = fmt::format("ls-{}-{}-{}", lower, getpid() % 100000, counter);
     net_ = 20 + (getpid() + counter * 7) % 200;
     ++counter;
-    ASSERT_EQ(kubectl("create namespace " + ns_).first, 0);
-    // The test server runs no controller manager, which would create each
-    // namespace's default ServiceAccount; Pods are refused without it. (With
-    // one, the create may lose a race to it; either way the account exists.)
-    kubectl("-n " + ns_ + " create serviceaccount default");
-    ASSERT_EQ(kubectl("-n " + ns_ + " get serviceaccount default").first, 0);
+    create_namespace(ns_);
     root_ = scratch_dir() / ns_;
     fs::create_directories(root_);
   }
@@ -124,6 +120,7 @@ class KubernetesTest : public ::testing::Test {
     if (ns_.empty() || !g_skip_reason.empty()) return;
     kubectl("delete nodes -l loadstar.test/ns=" + ns_ + " --wait=false");
     kubectl("delete namespace " + ns_ + " --wait=false");
+    for (const auto& ns : other_namespaces_) kubectl("delete namespace " + ns + " --wait=false");
   }
 
  protected:
@@ -131,6 +128,24 @@ class KubernetesTest : public ::testing::Test {
     Subprocess process;
     fs::path log;
   };
+
+  static void create_namespace(const std::string& ns) {
+    ASSERT_EQ(kubectl("create namespace " + ns).first, 0);
+    // The test server runs no controller manager, which would create each
+    // namespace's default ServiceAccount; Pods are refused without it. (With
+    // one, the create may lose a race to it; either way the account exists.)
+    kubectl("-n " + ns + " create serviceaccount default");
+    ASSERT_EQ(kubectl("-n " + ns + " get serviceaccount default").first, 0);
+  }
+
+  // Another namespace for this test ("<ns_>-<suffix>"), deleted with it;
+  // nodes added afterwards run its Pods too.
+  std::string add_namespace(const std::string& suffix) {
+    const std::string ns = ns_ + "-" + suffix;
+    create_namespace(ns);
+    other_namespaces_.push_back(ns);
+    return ns;
+  }
 
   Proc& spawn(const std::string& name, std::vector<std::string> argv) {
     ProcessOptions p;
@@ -169,25 +184,26 @@ class KubernetesTest : public ::testing::Test {
     const std::string ip = fmt::format("127.{}.{}.1", net_, index);
     const fs::path host = root_ / node;
     fs::create_directories(host / "var/lib/loadstar/agent");
-    std::vector<std::string> kubelet = {PROCESS_KUBELET_BIN,
-                                        "--kubeconfig",
-                                        g_kubeconfig,
-                                        "--node",
-                                        node,
-                                        "--node-ip",
-                                        ip,
-                                        "--pod-net",
-                                        fmt::format("127.{}.{}", net_, index),
-                                        "--loadstar",
-                                        LOADSTAR_BIN,
-                                        "--host-root",
-                                        host.string(),
-                                        "-n",
-                                        ns_,
-                                        "--gpus",
-                                        std::to_string(gpus),
-                                        "--label",
-                                        "loadstar.test/ns=" + ns_};
+    std::vector<std::string> kubelet = {
+        PROCESS_KUBELET_BIN,
+        "--kubeconfig",
+        g_kubeconfig,
+        "--node",
+        node,
+        "--node-ip",
+        ip,
+        "--pod-net",
+        fmt::format("127.{}.{}", net_, index),
+        "--loadstar",
+        LOADSTAR_BIN,
+        "--host-root",
+        host.string(),
+        "-n",
+        fmt::format("{},{}", ns_, fmt::join(other_namespaces_, ",")),
+        "--gpus",
+        std::to_string(gpus),
+        "--label",
+        "loadstar.test/ns=" + ns_};
     kubelet.insert(kubelet.end(), kubelet_extra.begin(), kubelet_extra.end());
     spawn(node, kubelet);
     spawn(node + "-agent",
@@ -246,28 +262,31 @@ class KubernetesTest : public ::testing::Test {
     spawn(name, argv);
   }
 
-  uint16_t start_gateway(const std::string& name) {
-    spawn(name, {LOADSTAR_BIN, "gateway", "-n", ns_, "--host", "127.0.0.1", "--port", "0",
-                 "--token-file", token_file().string()});
+  // A gateway for `ns` (default: the test's), with that namespace's token.
+  uint16_t start_gateway(const std::string& name, std::string ns = "", fs::path token = {}) {
+    if (ns.empty()) ns = ns_;
+    if (token.empty()) token = token_file();
+    spawn(name, {LOADSTAR_BIN, "gateway", "-n", ns, "--host", "127.0.0.1", "--port", "0",
+                 "--token-file", token.string()});
     return static_cast<uint16_t>(std::stoi(
         wait_output(name, R"(gateway serving namespace \S+ on http://127\.0\.0\.1:(\d+))")));
   }
 
-  void apply(const std::string& yaml) {
+  void apply(const std::string& yaml, const std::string& ns = "") {
     const fs::path file = root_ / fmt::format("apply-{}.yaml", applied_++);
     std::ofstream(file) << yaml;
-    auto [status, out] = kubectl("-n " + ns_ + " apply -f " + file.string());
+    auto [status, out] = kubectl("-n " + (ns.empty() ? ns_ : ns) + " apply -f " + file.string());
     ASSERT_EQ(status, 0) << out;
   }
 
-  json get_json(const std::string& what) {
-    auto [status, out] = kubectl("-n " + ns_ + " get " + what + " -o json");
+  json get_json(const std::string& what, const std::string& ns = "") {
+    auto [status, out] = kubectl("-n " + (ns.empty() ? ns_ : ns) + " get " + what + " -o json");
     json parsed = json::parse(out, nullptr, false);
     return status == 0 && parsed.is_object() ? parsed : json::object();
   }
 
-  std::vector<json> pods() {
-    json list = get_json("pods -l app.kubernetes.io/managed-by=loadstar");
+  std::vector<json> pods(const std::string& ns = "") {
+    json list = get_json("pods -l app.kubernetes.io/managed-by=loadstar", ns);
     std::vector<json> out;
     if (list.is_object())
       for (const auto& p : list["items"]) out.push_back(p);
@@ -297,7 +316,8 @@ class KubernetesTest : public ::testing::Test {
   // A gateway as a Pod on node `node` (the controller finds gateways by
   // their labels and polls their load), listening on the Pod's address port
   // 8080; returns that address once the Pod is Ready.
-  std::string gateway_pod(int node) {
+  std::string gateway_pod(int node, std::string ns = "") {
+    if (ns.empty()) ns = ns_;
     apply(fmt::format(R"(apiVersion: v1
 kind: Pod
 metadata:
@@ -321,11 +341,12 @@ spec:
     readinessProbe:
       httpGet: {{path: /health, port: 8080}}
 )",
-                      ns_, node, ns_, g_kubeconfig));
+                      ns_, node, ns, g_kubeconfig),
+          ns);
     std::string gateway_ip;
     EXPECT_TRUE(eventually(
         [&] {
-          const json pod = get_json("pod gateway-0");
+          const json pod = get_json("pod gateway-0", ns);
           const json status = pod.value("status", json::object());
           bool ready = false;
           const json conditions = status.value("conditions", json::array());
@@ -373,6 +394,7 @@ spec:
   }
 
   std::string ns_;
+  std::vector<std::string> other_namespaces_;
   int net_ = 20;
   fs::path root_;
   int applied_ = 0;

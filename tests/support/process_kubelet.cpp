@@ -35,6 +35,7 @@
 #include "kube/client.h"
 #include "kube/informer.h"
 #include "kube/leader.h"
+#include "kube/scope.h"
 
 namespace fs = std::filesystem;
 using loadstar::kube::json;
@@ -66,7 +67,7 @@ struct Container {
 };
 
 struct Pod {
-  std::string name, ip;
+  std::string name, namespace_name, ip;
   json object;
   std::vector<Container> init, main;
   size_t init_done = 0;
@@ -81,10 +82,9 @@ std::string now_rfc3339() {
 
 class Kubelet {
  public:
-  Kubelet(const Args& args, const loadstar::kube::Client& client)
-      : args_(args),
-        client_(client),
-        pods_(client, loadstar::kube::collection_path("v1", args.namespace_name, "pods")) {}
+  Kubelet(const Args& args, const loadstar::kube::Client& client,
+          const loadstar::kube::NamespaceScope& scope)
+      : args_(args), client_(client), pods_(client, scope, "v1", "pods") {}
 
   loadstar::Status register_node() {
     json labels = {{"kubernetes.io/hostname", args_.node}};
@@ -144,8 +144,8 @@ class Kubelet {
   }
 
  private:
-  std::string pod_path(const std::string& name) const {
-    return loadstar::kube::collection_path("v1", args_.namespace_name, "pods") + "/" + name;
+  static std::string pod_path(const Pod& pod) {
+    return loadstar::kube::collection_path("v1", pod.namespace_name, "pods") + "/" + pod.name;
   }
 
   // $(VAR) from the container's env (values and the downward API).
@@ -160,15 +160,15 @@ class Kubelet {
         if (field == "status.podIP") env[name] = pod.ip;
         if (field == "status.hostIP") env[name] = args_.node_ip;
         if (field == "metadata.name") env[name] = pod.name;
-        if (field == "metadata.namespace") env[name] = args_.namespace_name;
+        if (field == "metadata.namespace") env[name] = pod.namespace_name;
         if (field == "spec.nodeName") env[name] = args_.node;
       } else if (e.contains("valueFrom") && e["valueFrom"].contains("secretKeyRef")) {
         // Read from the API, as a kubelet does (it would hold the container
         // back while the Secret is missing; here it starts without it).
         const json& ref = e["valueFrom"]["secretKeyRef"];
         auto secret =
-            client_.get(loadstar::kube::collection_path("v1", args_.namespace_name, "secrets") +
-                        "/" + ref.value("name", ""));
+            client_.get(loadstar::kube::collection_path("v1", pod.namespace_name, "secrets") + "/" +
+                        ref.value("name", ""));
         const std::string key = ref.value("key", "");
         std::optional<std::string> value;
         if (secret.ok() && (*secret)["data"].is_object() && (*secret)["data"].contains(key))
@@ -220,7 +220,8 @@ class Kubelet {
     loadstar::ProcessOptions p;
     p.argv = argv;
     for (const auto& [k, v] : env) p.env.push_back(k + "=" + v);
-    p.output_path = fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name);
+    p.output_path =
+        fmt::format("{}/logs/{}_{}_{}.log", args_.host_root, pod.namespace_name, pod.name, c.name);
     std::error_code ec;
     fs::create_directories(args_.host_root + "/logs", ec);
     auto process = loadstar::Subprocess::start(p);
@@ -306,7 +307,8 @@ class Kubelet {
     if (c.last_exit && *c.last_exit != 0) {
       json terminated = {{"exitCode", *c.last_exit}, {"reason", "Error"}};
       if (c.spec.value("terminationMessagePolicy", "") == "FallbackToLogsOnError") {
-        std::ifstream in(fmt::format("{}/logs/{}_{}.log", args_.host_root, pod.name, c.name));
+        std::ifstream in(fmt::format("{}/logs/{}_{}_{}.log", args_.host_root, pod.namespace_name,
+                                     pod.name, c.name));
         std::string text((std::istreambuf_iterator<char>(in)), {});
         if (text.size() > 2048) text = text.substr(text.size() - 2048);
         terminated["message"] = text;
@@ -344,7 +346,7 @@ class Kubelet {
     std::string key = status.dump();
     for (size_t at; (at = key.find("startedAt")) != std::string::npos;) key.replace(at, 9, "x");
     if (key == pod.last_status) return;
-    auto r = client_.merge_patch(pod_path(pod.name) + "/status", {{"status", status}});
+    auto r = client_.merge_patch(pod_path(pod) + "/status", {{"status", status}});
     if (r.ok()) pod.last_status = key;
   }
 
@@ -353,16 +355,17 @@ class Kubelet {
     for (const json& object : pods_.items()) {
       const json meta = object.value("metadata", json::object());
       if (object.value("spec", json::object()).value("nodeName", "") != args_.node) continue;
-      const std::string name = meta.value("name", "");
+      const std::string name = loadstar::kube::object_key(object);  // namespace/name
       seen.insert(name);
       auto it = pods_running_.find(name);
       if (it == pods_running_.end()) {
+        Pod pod;
+        pod.name = meta.value("name", "");
+        pod.namespace_name = meta.value("namespace", "");
         if (meta.contains("deletionTimestamp")) {
-          (void)client_.remove(pod_path(name), 0);
+          (void)client_.remove(pod_path(pod), 0);
           continue;
         }
-        Pod pod;
-        pod.name = name;
         pod.ip = fmt::format("{}.{}", args_.pod_net, next_ip_++);
         pod.object = object;
         for (const auto& c : object["spec"].value("initContainers", json::array()))
@@ -390,7 +393,7 @@ class Kubelet {
             if (c.process && c.process->running()) alive = true;
           }
         if (!alive) {
-          (void)client_.remove(pod_path(name), 0);  // confirm the deletion
+          (void)client_.remove(pod_path(pod), 0);  // confirm the deletion
           pods_running_.erase(it);
         }
         continue;
@@ -414,7 +417,7 @@ class Kubelet {
 
   const Args& args_;
   const loadstar::kube::Client& client_;
-  loadstar::kube::Informer pods_;
+  loadstar::kube::ScopedInformer pods_;
   std::map<std::string, Pod> pods_running_;
   int next_ip_ = 2;
 };
@@ -431,7 +434,9 @@ int main(int argc, char** argv) {
   app.add_option("--node-ip", args.node_ip)->required();
   app.add_option("--loadstar", args.loadstar_bin)->required();
   app.add_option("--host-root", args.host_root)->required();
-  app.add_option("-n,--namespace", args.namespace_name)->required();
+  app.add_option("-n,--namespace", args.namespace_name,
+                 "NS[,NS...]: the namespaces whose Pods run here")
+      ->required();
   app.add_option("--gpus", args.gpus);
   app.add_option("--gpu-product", args.gpu_product);
   app.add_option("--label", args.labels, "key=value on the Node (repeat)");
@@ -444,8 +449,16 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "{}\n", config.error().message);
     return 2;
   }
+  const size_t comma = args.namespace_name.find(',');
+  auto scope = loadstar::kube::NamespaceScope::parse(
+      args.namespace_name.substr(0, comma),
+      comma == std::string::npos ? "" : args.namespace_name.substr(comma + 1), false);
+  if (!scope.ok()) {
+    fmt::print(stderr, "{}\n", scope.error().message);
+    return 2;
+  }
   loadstar::kube::Client client(*config);
-  Kubelet kubelet(args, client);
+  Kubelet kubelet(args, client, *scope);
   if (auto s = kubelet.register_node(); !s.ok()) {
     fmt::print(stderr, "registering node {}: {}\n", args.node, s.error().message);
     return 1;

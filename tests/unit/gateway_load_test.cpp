@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "controller/gateway_load.h"
+#include "kube/scope.h"
 
 namespace loadstar::controller {
 namespace {
@@ -61,19 +62,37 @@ TEST(GatewayLoad, MalformedReportsAreSkippedWithAReason) {
   EXPECT_TRUE(r.demand.empty());
 }
 
+TEST(GatewayLoad, ReportsFromOtherNamespacesSpeakTheControllersNames) {
+  const kube::NamespaceScope scope("loadstar");
+  gateway::LoadReport report;
+  report.endpoints.push_back({});
+  report.endpoints[0].service = "chat";
+  report.endpoints[0].replica = "chat-0";
+  report.held["chat"] = 2;
+  report.queued["chat"] = 1;
+  gateway::LoadReport home = report;
+  qualify_report(home, scope, "loadstar");
+  EXPECT_EQ(home.endpoints[0].replica, "chat-0");
+  qualify_report(report, scope, "team-a");
+  EXPECT_EQ(report.endpoints[0].service, "team-a/chat");
+  EXPECT_EQ(report.endpoints[0].replica, "team-a/chat-0");
+  EXPECT_EQ(report.held, (std::map<std::string, int64_t>{{"team-a/chat", 2}}));
+  EXPECT_EQ(report.queued, (std::map<std::string, int64_t>{{"team-a/chat", 1}}));
+}
+
 TEST(GatewayLoad, OnlyReadyGatewayPodsArePolled) {
-  const auto pods = kube::json::parse(R"({"items": [
-    {"metadata": {"name": "g1"}, "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 9000}]}]},
+  const auto pods = kube::json::parse(R"([
+    {"metadata": {"name": "g1", "namespace": "team-a"}, "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 9000}]}]},
      "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
-    {"metadata": {"name": "g2"}, "spec": {"containers": [{}]},
+    {"metadata": {"name": "g2", "namespace": "loadstar"}, "spec": {"containers": [{}]},
      "status": {"podIP": "10.0.0.2", "conditions": [{"type": "Ready", "status": "True"}]}},
     {"metadata": {"name": "g3"}, "status": {"podIP": "10.0.0.3",
      "conditions": [{"type": "Ready", "status": "False"}]}},
     {"metadata": {"name": "g4", "deletionTimestamp": "2026-11-24T00:00:00Z"},
      "status": {"podIP": "10.0.0.4", "conditions": [{"type": "Ready", "status": "True"}]}},
-    {"metadata": {"name": "g5"}, "status": {"phase": "Pending"}}]})");
-  EXPECT_EQ(ready_pod_addresses(pods),
-            (std::vector<std::string>{"10.0.0.1:9000", "10.0.0.2:8080"}));
+    {"metadata": {"name": "g5"}, "status": {"phase": "Pending"}}])");
+  EXPECT_EQ(ready_pod_addresses(pods.get<std::vector<kube::json>>()),
+            (std::vector<ServingPod>{{"team-a", "10.0.0.1:9000"}, {"loadstar", "10.0.0.2:8080"}}));
 }
 
 }  // namespace

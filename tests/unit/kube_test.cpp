@@ -8,6 +8,7 @@
 #include "kube/informer.h"
 #include "kube/leader.h"
 #include "kube/objects.h"
+#include "kube/scope.h"
 
 namespace loadstar::kube {
 namespace {
@@ -174,6 +175,47 @@ TEST(Paths, Collections) {
   EXPECT_EQ(collection_path("v1", "", "nodes"), "/api/v1/nodes");
   EXPECT_EQ(collection_path("loadstar.dev/v1alpha1", "ns", "models"),
             "/apis/loadstar.dev/v1alpha1/namespaces/ns/models");
+}
+
+TEST(NamespaceScope, NamesAreBareAtHomeAndQualifiedElsewhere) {
+  auto scope = NamespaceScope::parse("loadstar", "team-a, team-b,loadstar", false);
+  ASSERT_TRUE(scope.ok()) << scope.error().message;
+  EXPECT_EQ(scope->namespaces(), (std::vector<std::string>{"loadstar", "team-a", "team-b"}));
+  EXPECT_TRUE(scope->covers("team-b"));
+  EXPECT_FALSE(scope->covers("team-c"));
+  EXPECT_FALSE(scope->single());
+  EXPECT_EQ(scope->describe(), "namespaces loadstar, team-a, team-b");
+  EXPECT_EQ(scope->collections("v1", "pods"),
+            (std::vector<std::string>{"/api/v1/namespaces/loadstar/pods",
+                                      "/api/v1/namespaces/team-a/pods",
+                                      "/api/v1/namespaces/team-b/pods"}));
+  EXPECT_EQ(scope->qualify("loadstar", "chat"), "chat");
+  EXPECT_EQ(scope->qualify("team-a", "chat"), "team-a/chat");
+  EXPECT_EQ(scope->split("chat").key(), "loadstar/chat");
+  EXPECT_EQ(scope->split("team-a/chat-0").namespace_name, "team-a");
+  EXPECT_EQ(scope->split("team-a/chat-0").name, "chat-0");
+  // An agent's cache names a model by one path segment, both ways.
+  EXPECT_EQ(NamespaceScope::flat("team-a/llama"), "team-a_llama");
+  EXPECT_EQ(NamespaceScope::unflat("team-a_llama"), "team-a/llama");
+  EXPECT_EQ(NamespaceScope::unflat("llama"), "llama");
+
+  auto all = NamespaceScope::parse("loadstar", "", true);
+  ASSERT_TRUE(all.ok());
+  EXPECT_TRUE(all->covers("anything"));
+  EXPECT_EQ(all->collections("loadstar.dev/v1alpha1", "models"),
+            (std::vector<std::string>{"/apis/loadstar.dev/v1alpha1/models"}));
+  EXPECT_EQ(all->describe(), "all namespaces");
+  EXPECT_TRUE(NamespaceScope("loadstar").single());
+  EXPECT_EQ(NamespaceScope("loadstar").describe(), "namespace loadstar");
+
+  EXPECT_FALSE(NamespaceScope::parse("loadstar", "team-a", true).ok());
+  for (const char* bad : {"Team-A", "team_a", "-a", "a,,b", "a/b"}) {
+    auto r = NamespaceScope::parse("loadstar", bad, false);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) {
+      EXPECT_NE(r.error().message.find("--namespaces"), std::string::npos);
+    }
+  }
 }
 
 TEST(Lease, MicroTimeRoundTrips) {

@@ -2,6 +2,7 @@
 // fetched, from where, and who may ask.
 #include <gtest/gtest.h>
 
+#include "agent/agent_api.h"
 #include "agent/source_policy.h"
 #include "gateway/redis_address.h"
 #include "http/bearer.h"
@@ -104,6 +105,50 @@ TEST(BearerToken, ShortOrOddTokensAreRefused) {
   EXPECT_EQ(a.size(), 64u);
   EXPECT_NE(a, b);
   EXPECT_TRUE(http::BearerToken::from_string(a, "generated").ok());
+}
+
+TEST(BearerToken, ANamespaceTokenNamesItsNamespaceAndStagesOnlyItsModels) {
+  auto root = http::BearerToken::from_string("0123456789abcdef0123", "test");
+  auto other = http::BearerToken::from_string("fedcba9876543210fedc", "test");
+  ASSERT_TRUE(root.ok() && other.ok());
+  const http::BearerToken team_a = root->for_namespace("team-a");
+  EXPECT_TRUE(team_a.value().starts_with("ns.team-a."));
+  EXPECT_EQ(team_a.value(), root->for_namespace("team-a").value());  // derived, not random
+  EXPECT_NE(team_a.value(), root->for_namespace("team-b").value());
+  EXPECT_EQ(team_a.value().find("0123456789abcdef0123"), std::string::npos);
+  // The root token tells the namespace; the namespace token is no root token.
+  EXPECT_EQ(root->namespace_of(with_authorization(team_a.header().value)), "team-a");
+  EXPECT_FALSE(root->admits(with_authorization(team_a.header().value)));
+  // Another root's token, a renamed namespace, a cut MAC: refused.
+  EXPECT_FALSE(other->namespace_of(with_authorization(team_a.header().value)));
+  std::string renamed = team_a.header().value;
+  renamed.replace(renamed.find("team-a"), 6, "team-b");
+  EXPECT_FALSE(root->namespace_of(with_authorization(renamed)));
+  EXPECT_FALSE(root->namespace_of(with_authorization(team_a.header().value.substr(0, 40))));
+  EXPECT_FALSE(root->namespace_of(with_authorization("Bearer ns..")));
+  EXPECT_FALSE(root->namespace_of(with_authorization(root->header().value)));
+
+  // What the agent lets it do: stage and follow team-a_* models, nothing else.
+  auto request = [](std::string method, std::string body) {
+    http::Request r;
+    r.method = std::move(method);
+    r.body = std::move(body);
+    return r;
+  };
+  EXPECT_TRUE(agent::namespace_may(
+      "team-a", request("POST", R"({"model":"team-a_llama","source":"x"})"), "/v1/stage"));
+  EXPECT_TRUE(agent::namespace_may("team-a", request("GET", ""), "/v1/models/team-a_llama"));
+  EXPECT_FALSE(
+      agent::namespace_may("team-a", request("POST", R"({"model":"team-b_llama"})"), "/v1/stage"));
+  EXPECT_FALSE(
+      agent::namespace_may("team-a", request("POST", R"({"model":"llama"})"), "/v1/stage"));
+  EXPECT_FALSE(
+      agent::namespace_may("team-a", request("POST", R"({"model":"team-ab_x"})"), "/v1/stage"));
+  EXPECT_FALSE(agent::namespace_may("team-a", request("POST", "not json"), "/v1/stage"));
+  EXPECT_FALSE(agent::namespace_may("team-a", request("DELETE", ""), "/v1/models/team-a_llama"));
+  EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/v1/models"));
+  EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/v1/blobs/abc"));
+  EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/metrics"));
 }
 
 TEST(Request, LoopbackCallers) {
