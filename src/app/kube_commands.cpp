@@ -405,8 +405,9 @@ std::function<int()> setup_controller(CLI::App& app) {
   auto args = std::make_shared<ControllerArgs>();
   add_kube_options(app, args->kube);
   app.add_option("--namespaces", args->namespaces,
-                 "Also follow the resources of these namespaces (NS,NS,...) and run their "
-                 "replicas there; names outside --namespace read NAMESPACE/NAME");
+                 "Also follow the resources of these namespaces (NS,NS,...; * for all) and run "
+                 "their replicas there; names outside --namespace read NAMESPACE/NAME")
+      ->envname("LOADSTAR_NAMESPACES");
   app.add_flag("--all-namespaces", args->all_namespaces,
                "Follow every namespace (needs the ClusterRole binding of "
                "deploy/overlays/all-namespaces)");

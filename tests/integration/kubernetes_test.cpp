@@ -447,8 +447,59 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_TRUE(can("loadstar-agent", "watch endpoints" + in));  // its peers
   EXPECT_FALSE(can("loadstar-agent", "watch endpoints -n default"));
   EXPECT_FALSE(can("loadstar-agent", "get secrets" + in));
+
+  // A team's namespace (deploy/overlays/team): the controller may run its
+  // replicas and keep its token's Secret there, and nothing more; the
+  // team's gateway reads its own namespace only.
+  const std::string team = add_namespace("team");
+  auto [team_status, team_yaml] = kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR +
+                                          "/deploy/overlays/team");
+  ASSERT_EQ(team_status, 0) << team_yaml;
+  team_yaml = std::regex_replace(team_yaml, std::regex("loadstar-system"), ns_);
+  team_yaml = std::regex_replace(team_yaml, std::regex("team-a"), team);
+  std::ofstream(root_ / "team.yaml") << team_yaml;
+  auto [team_apply, team_out] = kubectl("apply -f " + (root_ / "team.yaml").string());
+  ASSERT_EQ(team_apply, 0) << team_out;
+  const std::string in_team = " -n " + team;
+  EXPECT_TRUE(can("loadstar-controller", "create pods" + in_team));
+  EXPECT_TRUE(can("loadstar-controller", "watch inferenceservices.loadstar.dev" + in_team));
+  EXPECT_TRUE(can("loadstar-controller",
+                  "patch inferenceservices.loadstar.dev --subresource=status" + in_team));
+  EXPECT_TRUE(can("loadstar-controller", "create secrets" + in_team));
+  EXPECT_TRUE(can("loadstar-controller", "patch secrets/loadstar-internal" + in_team));
+  EXPECT_FALSE(can("loadstar-controller", "get secrets/loadstar-storage" + in_team));
+  EXPECT_FALSE(can("loadstar-controller", "list secrets" + in_team));
+  EXPECT_FALSE(can("loadstar-controller", "update leases.coordination.k8s.io" + in_team));
+  EXPECT_FALSE(can("loadstar-controller", "create pods -n default"));
+  auto team_can = [&](const std::string& what) {
+    std::string out =
+        kubectl("auth can-i --as=system:serviceaccount:" + team + ":loadstar-gateway " + what)
+            .second;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return out.substr(out.find_last_of('\n') + 1) == "yes";
+  };
+  EXPECT_TRUE(team_can("watch inferenceservices.loadstar.dev" + in_team));
+  EXPECT_FALSE(team_can("watch inferenceservices.loadstar.dev" + in));
+  EXPECT_FALSE(team_can("get secrets/loadstar-internal" + in_team));
+  EXPECT_FALSE(team_can("create pods" + in_team));
+
+  // Every namespace (deploy/overlays/all-namespaces): a ClusterRoleBinding
+  // of the same rules, and the ConfigMap the controller's env reads.
+  auto [all_status, all_yaml] = kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR +
+                                        "/deploy/overlays/all-namespaces");
+  ASSERT_EQ(all_status, 0) << all_yaml;
+  all_yaml = std::regex_replace(all_yaml, std::regex("loadstar-system"), ns_);
+  std::ofstream(root_ / "all.yaml") << all_yaml;
+  auto [all_apply, all_out] = kubectl("apply -f " + (root_ / "all.yaml").string());
+  EXPECT_EQ(all_apply, 0) << all_out;
+  EXPECT_EQ(get_json("configmap loadstar-controller")["data"].value("namespaces", ""), "*");
+  EXPECT_TRUE(can("loadstar-controller", "create pods -n default"));
+  EXPECT_TRUE(can("loadstar-controller", "watch models.loadstar.dev --all-namespaces"));
+  EXPECT_FALSE(can("loadstar-controller", "get secrets -n default"));
+  EXPECT_FALSE(can("loadstar-controller", "delete nodes"));
   // The cluster-scoped part goes; the rest goes with the namespace.
-  kubectl("delete clusterrolebinding,clusterrole loadstar-controller-nodes");
+  kubectl("delete clusterrolebinding loadstar-controller-nodes loadstar-controller-all-namespaces");
+  kubectl("delete clusterrole loadstar-controller-nodes loadstar-controller-namespace");
 }
 
 TEST_F(KubernetesTest, InformerResumesEndedWatchesWithoutMissingAnEvent) {
