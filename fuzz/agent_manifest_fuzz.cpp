@@ -3,12 +3,14 @@
 // source policy. Invariants: a validated path never leaves the model
 // directory; a parsed URL has a target starting with '/'; an admitted
 // file:// source is under the allowed directory; no 169.254.x.x address is
-// ever admitted.
+// ever admitted; a kubelet device checkpoint (and the agent's listing of
+// it) parses or is refused, round-trips, and names only cards it registers.
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <string_view>
 
+#include "agent/device_checkpoint.h"
 #include "agent/manifest.h"
 #include "agent/source_policy.h"
 #include "common/check.h"
@@ -40,6 +42,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (policy->admit(text).ok() && text.starts_with("file://")) {
     auto normal = std::filesystem::path(std::string(text.substr(7))).lexically_normal().string();
     LS_CHECK(normal.starts_with("/srv/models"));
+  }
+  for (auto parsed : {loadstar::agent::parse_device_checkpoint(text),
+                      loadstar::agent::parse_device_listing(text)}) {
+    if (!parsed.ok()) continue;
+    auto again =
+        loadstar::agent::parse_device_listing(loadstar::agent::device_listing_json(*parsed));
+    LS_CHECK(again.ok() && again->pods == parsed->pods && again->registered == parsed->registered);
+    for (const auto& [uid, resources] : parsed->pods)
+      for (const auto& [resource, ids] : resources) {
+        const auto cards = loadstar::agent::cards_of(*parsed, uid, resource);
+        const auto registered = parsed->registered.find(resource);
+        LS_CHECK(cards.size() <= ids.size());
+        for (int c : cards)
+          LS_CHECK(c >= 0 && registered != parsed->registered.end() &&
+                   static_cast<size_t>(c) < registered->second.size());
+      }
   }
   if (loadstar::agent::admit_fetch_address(text, true).ok())
     LS_CHECK(!text.starts_with("169.254."));

@@ -20,7 +20,8 @@
 # (default ~/.cache/loadstar-node); the kubelet's state in /var/lib/kubelet
 # (where device plugins register), which must not belong to another kubelet.
 # Environment: GPUS (2), GPU_REPLICAS (1: time-slicing off), MIG ("" e.g.
-# 1g.10gb=2), NODE_NAME (loadstar-node).
+# 1g.10gb=2), GPU_PREFER (last: the plugin prefers the highest device IDs, as
+# NVIDIA's states a preference of its own; none), NODE_NAME (loadstar-node).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 APISERVER=${LOADSTAR_K8S_APISERVER:-$ROOT/../shared/k8s/apiserver}
@@ -243,7 +244,7 @@ EOF
   kubectl_ taint node "$NODE" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
   wait_for 30 "the kubelet's device-plugin socket" test -S "$KUBELET_ROOT/device-plugins/kubelet.sock"
   start_bg fake-gpu-plugin "$H/bin/fake-gpu-plugin" -gpus "${GPUS:-2}" -replicas "${GPU_REPLICAS:-1}" \
-    -mig "${MIG:-}" -node "$NODE"
+    -mig "${MIG:-}" -node "$NODE" -prefer "${GPU_PREFER:-last}"
   if [ "${GPUS:-2}" -gt 0 ]; then
     wait_for 30 "nvidia.com/gpu on $NODE" sh -c \
       "kubectl --kubeconfig '$KH/kubeconfig' get node '$NODE' -o jsonpath='{.status.allocatable.nvidia\\.com/gpu}' | grep -q '[1-9]'"

@@ -51,6 +51,9 @@ struct AgentOptions {
   // The Authorization header sent to peers (the internal token: "Bearer
   // ..."); "" none. For the HTTP peer client.
   std::string peer_authorization;
+  // The kubelet's device checkpoint on this node (device_checkpoint.h),
+  // served at GET /v1/devices; empty: not on a kubelet's node.
+  std::string device_checkpoint;
 };
 
 enum class StageState { kResolving, kDownloading, kReady, kFailed };

@@ -1,9 +1,12 @@
 #include "agent/agent_api.h"
 
 #include <charconv>
+#include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "agent/device_checkpoint.h"
 #include "common/json_value.h"
 
 namespace loadstar::agent {
@@ -98,6 +101,19 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
       return error_response(403, s.error().message);
     StageProgress p = agent.stage(model, body["source"], value_or(body, "pin", false));
     return {202, "application/json", progress_json(p).dump()};
+  }
+  if (method == "GET" && path == "/v1/devices") {
+    const std::string& file = agent.options().device_checkpoint;
+    if (file.empty())
+      return error_response(404,
+                            "this agent reads no kubelet device checkpoint (--device-checkpoint)");
+    std::ifstream in(file);
+    if (!in) return error_response(503, "cannot read " + file);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto parsed = parse_device_checkpoint(text.str());
+    if (!parsed.ok()) return error_response(503, file + ": " + parsed.error().message);
+    return {200, "application/json", device_listing_json(*parsed)};
   }
   if (method == "GET" && path == "/v1/models") {
     json cached = json::array();

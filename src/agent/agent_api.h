@@ -5,6 +5,7 @@
 //   GET    /v1/models               cached models and stagings
 //   GET    /v1/models/NAME          one model's progress / inventory
 //   DELETE /v1/models/NAME          evict (409 while in use)
+//   GET    /v1/devices              which GPUs the kubelet handed to which Pod
 //   GET    /v1/blobs/KEY            what this agent holds of a file (peers)
 //   GET    /v1/blobs/KEY/chunks/I   one verified chunk, x-loadstar-sha256 (peers)
 //   GET    /metrics, /health

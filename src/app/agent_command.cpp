@@ -42,6 +42,7 @@ struct AgentArgs {
   std::string port_file;
   std::vector<std::string> peers;
   std::string peer_service, peer_port_name, kubeconfig, namespace_name;
+  std::string device_checkpoint;
   std::string self_url;
   int connections = 8;
   int origin_connections = 0;
@@ -91,6 +92,7 @@ int run_agent(const AgentArgs& args) {
   options.cache.capacity_bytes = *capacity;
   options.cache.chunk_bytes = *chunk;
   options.peers = args.peers;
+  options.device_checkpoint = args.device_checkpoint;
   options.connections = args.connections;
   options.origin_connections = args.origin_connections;
   options.max_attempts = args.max_attempts;
@@ -341,6 +343,10 @@ std::function<int()> setup_agent(CLI::App& app) {
   app.add_option("-n,--namespace", args->namespace_name,
                  "With --peer-service: the Service's namespace (default the kubeconfig's or the "
                  "service account's)");
+  app.add_option("--device-checkpoint", args->device_checkpoint,
+                 "The kubelet's device checkpoint on this node "
+                 "(/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint): which GPUs it "
+                 "handed to which Pod, served at /v1/devices for the controller");
   app.add_option("--self-url", args->self_url,
                  "How peers reach this agent (default http://HOST:PORT)");
   app.add_option("--connections", args->connections, "Chunk fetches in flight per model")

@@ -217,8 +217,9 @@ int run_controller(ControllerArgs args) {
     return 2;
   }
   kube::Client client(*config);
-  spdlog::info("controller: {} at {}:{}, {} (home namespace {})", config->origin, config->host,
-               config->port, scope->describe(), config->namespace_name);
+  spdlog::info("controller: {} at {}:{}, {}{}", config->origin, config->host, config->port,
+               scope->describe(),
+               scope->single() ? "" : fmt::format(" (home namespace {})", config->namespace_name));
   // The internal token: a file when given, else the Secret (made if missing).
   auto given_token = http::BearerToken::from_flag_or_env(args.token_file);
   if (!given_token.ok()) {

@@ -222,6 +222,7 @@ void Controller::observe(Replica& r) {
   if (!r.launched) return;
   const EngineStatus st = runtime_.status(r.name);
   r.pid = st.pid;
+  if (!st.cards.empty()) cards_[r.name] = st.cards;
   const auto now = clock_.now();
   if (!st.exists) {
     r.launched = false;
@@ -438,7 +439,13 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   increments_.clear();
   apply_load();
 
+  cards_.clear();
   for (auto& [name, r] : replicas_) observe(*r);
+  // Which card a Pod gets is the kubelet's choice: the bookkeeping follows.
+  for (const std::string& name : placement_.follow_devices(cards_, seconds(now)))
+    if (const Placed* where = placement_.where(name))
+      spdlog::info("replica {}: on {} {}, the cards its node's device plugin handed it", name,
+                   where->node, where->devices);
   for (const auto& [svc_name, svc] : services_) scale(svc, now);
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);

@@ -190,6 +190,8 @@ class Controller {
   mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
   // How long reconcile passes take (wall time, whatever the injected clock).
+  // The cards each replica's node reported this pass (EngineStatus::cards).
+  std::map<std::string, std::vector<int>> cards_;
   uint64_t passes_ = 0;
   double pass_seconds_sum_ = 0, pass_seconds_max_ = 0;
   double last_pass_overhead_s_ = 0;  // the last pass's wall time outside launches

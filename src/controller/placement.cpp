@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <thread>
 
@@ -18,6 +19,74 @@ void Placement::adopt(const std::string& replica, const std::string& node,
   r.adopted_node = node;
   // Where it runs already; the scheduler is told at the next pass.
   r.placed = Placed{node, "", *r.adopted};
+}
+
+std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> shares,
+                                                  std::vector<int> cards) {
+  if (cards.empty() || shares.size() != cards.size()) return std::nullopt;
+  for (const DeviceShare& s : shares)
+    if (s.mig_slices > 0) return std::nullopt;
+  std::sort(shares.begin(), shares.end(),
+            [](const DeviceShare& a, const DeviceShare& b) { return a.device < b.device; });
+  std::sort(cards.begin(), cards.end());
+  bool same = true;
+  for (size_t i = 0; i < shares.size(); ++i) {
+    same &= shares[i].device == cards[i];
+    shares[i].device = cards[i];
+  }
+  if (same) return std::nullopt;
+  return shares;
+}
+
+std::vector<std::string> Placement::follow_devices(
+    const std::map<std::string, std::vector<int>>& cards, double t) {
+  struct Move {
+    std::string replica;
+    scheduler::Workload workload;
+    scheduler::Allocation before, after;
+  };
+  std::vector<Move> moves;
+  for (const auto& [name, given] : cards) {
+    auto it = replicas_.find(name);
+    const scheduler::WorkloadStatus* st = scheduler_ ? scheduler_->status(name) : nullptr;
+    const scheduler::Workload* w = scheduler_ ? scheduler_->workload(name) : nullptr;
+    if (it == replicas_.end() || !it->second.placed || !st || !w ||
+        st->state != scheduler::WorkloadState::kRunning || st->allocations.size() != 1)
+      continue;
+    const scheduler::Allocation& before = st->allocations.front();
+    std::vector<DeviceShare> shares;
+    for (const auto& s : before.shares) shares.push_back({s.device, s.milli, s.mig_slices});
+    auto moved = shares_on(std::move(shares), given);
+    if (!moved) continue;
+    const size_t devices = cluster_.nodes()[before.node].devices.size();
+    scheduler::Allocation after = before;
+    after.shares.clear();
+    bool exists = true;
+    for (const DeviceShare& d : *moved) {
+      exists &= d.device >= 0 && static_cast<size_t>(d.device) < devices;
+      after.shares.push_back({d.device, d.milli, d.mig_slices});
+    }
+    if (exists) moves.push_back({name, *w, before, std::move(after)});
+  }
+  if (moves.empty()) return {};
+  for (const Move& m : moves) scheduler_->remove(m.replica, t);
+  size_t adopted = 0;
+  while (adopted < moves.size() &&
+         scheduler_->adopt(moves[adopted].workload, {moves[adopted].after}, t).ok())
+    ++adopted;
+  if (adopted < moves.size()) {
+    // A card is still booked to a replica not reported yet: as it was.
+    for (size_t i = 0; i < adopted; ++i) scheduler_->remove(moves[i].replica, t);
+    for (const Move& m : moves) (void)scheduler_->adopt(m.workload, {m.before}, t);
+    return {};
+  }
+  std::vector<std::string> out;
+  for (const Move& m : moves) {
+    replicas_[m.replica].placed = placed_from(m.after);
+    out.push_back(m.replica);
+  }
+  device_moves_ += out.size();
+  return out;
 }
 
 Placed Placement::placed_from(const scheduler::Allocation& a) const {
@@ -293,6 +362,10 @@ std::vector<scheduler::QueueStatus> Placement::queues() const {
 }
 
 void Placement::render(MetricsText& text) const {
+  text.counter("loadstar_controller_device_moves_total",
+               "Replicas whose device bookkeeping moved onto the cards their node's device "
+               "plugin handed them")
+      .add(static_cast<double>(device_moves_));
   if (!scheduler_) return;
   const auto queues = scheduler_->queues();
   auto& allocated = text.gauge("loadstar_scheduler_queue_allocated_gpus",

@@ -69,6 +69,13 @@ class Placement {
   PlacementChanges pass(const PlacementPass& pass, double t);
   // The replica is gone: its place is given back.
   void remove(const std::string& replica, double t);
+  // The cards each replica's node handed it (EngineStatus::cards): where
+  // they differ from the bookkeeping, the bookkeeping moves onto them, all
+  // of them or none (two replicas the kubelet swapped move together; while
+  // a card is still booked to a replica not yet reported, nothing moves).
+  // The replicas moved.
+  std::vector<std::string> follow_devices(const std::map<std::string, std::vector<int>>& cards,
+                                          double t);
 
   // Where the replica is placed; null while it has no place.
   const Placed* where(const std::string& replica) const;
@@ -98,6 +105,7 @@ class Placement {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::string nodes_key_, queues_key_, target_key_;
   std::map<std::string, Replica> replicas_;
+  uint64_t device_moves_ = 0;  // replicas moved onto the cards their node gave them
 };
 
 }  // namespace loadstar::controller

@@ -361,6 +361,7 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     if (!p.node_name.empty() && model != p.annotations.end())
       held_[p.node_name].insert(kube::NamespaceScope::unflat(model->second));
   }
+  st.cards = cards_of(p, *pod);
   const kube::ContainerState* engine = p.container("engine");
   st.started = engine && engine->state == "running";
   st.ready = p.ready;
@@ -379,6 +380,24 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     st.message = st.started ? "loading weights" : s.empty() ? "starting the engine" : s;
   }
   return st;
+}
+
+std::vector<int> PodRuntime::cards_of(const kube::Pod& pod, const json& object) {
+  auto node = devices_.find(pod.node_name);
+  const std::string uid = object.value("metadata", json::object()).value("uid", "");
+  if (node == devices_.end() || uid.empty()) return {};
+  std::vector<int> cards = agent::cards_of(node->second, uid);
+  // The annotation says where the replica is, for a controller that takes
+  // the Pod over: the cards the kubelet handed it.
+  if (auto moved = shares_on(shares_from(object), cards)) {
+    const json patch = {
+        {"metadata", {{"annotations", {{kSharesAnnotation, shares_json(*moved).dump()}}}}}};
+    auto r = client_.merge_patch(
+        kube::collection_path("v1", pod.namespace_name, "pods") + "/" + pod.name, patch);
+    if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+      spdlog::warn("pod {}: recording its cards: {}", pod.name, r.error().message);
+  }
+  return cards;
 }
 
 void PodRuntime::remove(const std::string& name, int64_t grace_s) {
@@ -432,6 +451,19 @@ void PodRuntime::refresh_holdings(bool force) {
       if (m.is_object() && m.contains("model") && m["model"].is_string())
         models.insert(kube::NamespaceScope::unflat(m["model"].get<std::string>()));
     held_[node] = std::move(models);
+    if (no_devices_.count(node)) continue;
+    auto d = http::fetch({.host = address,
+                          .port = options_.agent_port,
+                          .target = "/v1/devices",
+                          .headers = agent_headers(),
+                          .timeout_s = 2});
+    if (d.ok() && d->status == 404) {
+      no_devices_.insert(node);  // not on a kubelet's node (or an older agent)
+      continue;
+    }
+    if (d.ok() && d->status == 200)
+      if (auto assignments = agent::parse_device_listing(d->body); assignments.ok())
+        devices_[node] = std::move(*assignments);
   }
 }
 

@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include "agent/device_checkpoint.h"
 #include "controller/runtime.h"
 #include "http/server.h"
 #include "kube/client.h"
@@ -107,6 +108,13 @@ class PodRuntime : public EngineRuntime {
   void refresh_holdings(bool now = false);
   std::vector<http::Header> agent_headers() const;
 
+  // Which cards each node's kubelet handed to which Pod, as its agent reads
+  // them (GET /v1/devices, with the cache listings); nodes whose agent
+  // reads no checkpoint are not asked again.
+  std::map<std::string, agent::DeviceAssignments> devices_;
+  std::set<std::string> no_devices_;
+  // The cards of a Pod on `node` (the annotation follows them).
+  std::vector<int> cards_of(const kube::Pod& pod, const kube::json& object);
   // Models the nodes' agents hold: their listings, staging answers, staged Pods.
   std::map<std::string, std::set<std::string, std::less<>>> held_;
   std::chrono::steady_clock::time_point listed_{};

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,7 +50,18 @@ struct EngineStatus {
   uint16_t port = 0;
   int pid = 0;          // local processes only
   std::string message;  // what it is doing or why it ended
+  // The cards the node's device plugin handed it, by index (a node's cards
+  // in the order of their IDs); empty: not known. The controller's
+  // bookkeeping follows them (Placement::follow_devices).
+  std::vector<int> cards;
 };
+
+// `shares` moved onto `cards` (the lowest device to the lowest card, and so
+// on; each share keeps its amount): what the bookkeeping of a replica the
+// kubelet handed `cards` should say. nullopt when they cannot be one
+// another's (MIG slices, a count that differs) or already are.
+std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> shares,
+                                                  std::vector<int> cards);
 
 // A replica that runs already (a restarted controller takes its Pods over).
 struct ExistingEngine {

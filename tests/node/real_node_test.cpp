@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -416,6 +417,64 @@ TEST_F(RealNode, AGpuReplicaIsAdmittedWithAGpuFromTheDevicePlugin) {
   EXPECT_EQ(devices[0]["milli"], 1000);
   auto [code, reply] = openai_chat("sim");
   EXPECT_EQ(code, 0) << reply;
+
+  // Two replicas on the two cards. Which card a Pod gets is the kubelet's
+  // choice (the fake plugin, like NVIDIA's, states a preference of its
+  // own: the highest IDs), so the bookkeeping follows what the node's
+  // agent reads in the kubelet's device checkpoint: each replica's
+  // devices annotation names the card (by its place among the node's
+  // cards in ID order) whose UUID the plugin put in its container.
+  ASSERT_EQ(kubectl(fmt::format("-n {} patch inferenceservice sim --type merge -p "
+                                "'{{\"spec\":{{\"replicas\":2}}}}'",
+                                kNs))
+                .first,
+            0);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto p = pods("loadstar.dev/service=sim");
+        return p.size() == 2 && ready(p[0]) && ready(p[1]);
+      },
+      120))
+      << describe_all();
+  const json checkpoint = json::parse(
+      read_text("/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint"), nullptr, false);
+  ASSERT_TRUE(checkpoint.is_object());
+  std::vector<std::string> cards =
+      checkpoint["Data"]["RegisteredDevices"]["nvidia.com/gpu"].get<std::vector<std::string>>();
+  std::sort(cards.begin(), cards.end());
+  ASSERT_EQ(cards.size(), 2u);
+  auto booked_on_the_given_card = [&] {
+    std::set<int> given;
+    for (const json& p : pods("loadstar.dev/service=sim")) {
+      std::string uuid;
+      for (const std::string& e : container_env(p["metadata"]["name"], "engine"))
+        if (e.starts_with("NVIDIA_VISIBLE_DEVICES=")) uuid = e.substr(e.find('=') + 1);
+      const auto at = std::find(cards.begin(), cards.end(), uuid);
+      const json booked = json::parse(
+          p["metadata"]["annotations"].value("loadstar.dev/devices", "[]"), nullptr, false);
+      if (at == cards.end() || !booked.is_array() || booked.size() != 1 ||
+          booked[0].value("device", -1) != at - cards.begin())
+        return false;
+      given.insert(static_cast<int>(at - cards.begin()));
+    }
+    return given == std::set<int>{0, 1};
+  };
+  EXPECT_TRUE(eventually(booked_on_the_given_card, 30)) << describe_all();
+  // Back to one, as the tests after this one expect.
+  ASSERT_EQ(kubectl(fmt::format("-n {} patch inferenceservice sim --type merge -p "
+                                "'{{\"spec\":{{\"replicas\":1}}}}'",
+                                kNs))
+                .first,
+            0);
+  EXPECT_TRUE(eventually(
+      [&] {
+        size_t live = 0;
+        for (const auto& p : pods("loadstar.dev/service=sim"))
+          live += !p["metadata"].contains("deletionTimestamp");
+        return live == 1;
+      },
+      60))
+      << describe_all();
 }
 
 // Scale to zero and back on the real node: an idle llama.cpp service loses

@@ -12,6 +12,7 @@
 
 #include "agent/agent.h"
 #include "agent/cache.h"
+#include "agent/device_checkpoint.h"
 #include "agent/eviction.h"
 #include "agent/manifest.h"
 #include "agent/peer_discovery.h"
@@ -84,6 +85,55 @@ TEST(SigV4, S3DocumentationExamples) {
   list.headers = {{"x-amz-content-sha256", kEmpty}};
   EXPECT_EQ(sign_v4(list, {"us-east-1", "s3", "20130524T000000Z"}, credentials).signature,
             "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7");
+}
+
+TEST(DeviceCheckpoint, ReadsWhichCardsTheKubeletHandedToWhichPod) {
+  // As Kubernetes 1.20 writes it (DeviceIDs per NUMA node), time-sliced.
+  const char* text = R"({"Data":{"PodDeviceEntries":[
+    {"PodUID":"u1","ContainerName":"engine","ResourceName":"nvidia.com/gpu",
+     "DeviceIDs":{"-1":["GPU-bbb::0","GPU-bbb::1"]},"AllocResp":"Cg=="},
+    {"PodUID":"u2","ContainerName":"engine","ResourceName":"nvidia.com/gpu",
+     "DeviceIDs":{"0":["GPU-aaa::1"]},"AllocResp":"Cg=="},
+    {"PodUID":"u3","ContainerName":"engine","ResourceName":"nvidia.com/mig-1g.10gb",
+     "DeviceIDs":{"-1":["MIG-x"]},"AllocResp":null}],
+    "RegisteredDevices":{"nvidia.com/gpu":["GPU-bbb::0","GPU-bbb::1","GPU-aaa::0","GPU-aaa::1"],
+                         "nvidia.com/mig-1g.10gb":["MIG-x"]}},"Checksum":1234})";
+  auto parsed = parse_device_checkpoint(text);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_EQ(parsed->pods["u1"]["nvidia.com/gpu"],
+            (std::vector<std::string>{"GPU-bbb::0", "GPU-bbb::1"}));
+  // Cards in ID order: GPU-aaa is 0, GPU-bbb is 1; replicas are their card.
+  EXPECT_EQ(cards_of(*parsed, "u1"), std::vector<int>{1});
+  EXPECT_EQ(cards_of(*parsed, "u2"), std::vector<int>{0});
+  EXPECT_TRUE(cards_of(*parsed, "u3").empty());  // MIG: not a card
+  EXPECT_TRUE(cards_of(*parsed, "nobody").empty());
+  // What the agent serves is what the controller reads.
+  auto listed = parse_device_listing(device_listing_json(*parsed));
+  ASSERT_TRUE(listed.ok()) << listed.error().message;
+  EXPECT_EQ(listed->pods, parsed->pods);
+  EXPECT_EQ(listed->registered, parsed->registered);
+  // Before 1.20, DeviceIDs was a list; an empty kubelet has nulls.
+  auto old = parse_device_checkpoint(
+      R"({"Data":{"PodDeviceEntries":[{"PodUID":"u","ResourceName":"r","DeviceIDs":["a"]}],
+          "RegisteredDevices":{"r":["a","b"]}}})");
+  ASSERT_TRUE(old.ok());
+  EXPECT_EQ(cards_of(*old, "u", "r"), std::vector<int>{0});
+  EXPECT_TRUE(
+      parse_device_checkpoint(R"({"Data":{"PodDeviceEntries":null,"RegisteredDevices":null}})")
+          .ok());
+  for (
+      const char* bad :
+      {"", "[]", R"({"Data":1})", R"({"Data":{"PodDeviceEntries":{}}})",
+       R"({"Data":{"PodDeviceEntries":[{"PodUID":1}]}})",
+       R"({"Data":{"RegisteredDevices":{"r":[1]}}})",
+       R"({"Data":{"PodDeviceEntries":[{"PodUID":"u","ResourceName":"r","DeviceIDs":{"0":"a"}}]}})"}) {
+    auto r = parse_device_checkpoint(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) {
+      EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << bad;
+    }
+  }
+  EXPECT_FALSE(parse_device_listing(R"({"registered":{}})").ok());
 }
 
 TEST(Url, ParsesAndRejects) {

@@ -337,6 +337,64 @@ spec:
   EXPECT_NE(store_.statuses["chat"].find("insufficient GPU"), std::string::npos);
 }
 
+TEST_F(ControllerTest, TheBookkeepingFollowsTheCardsTheKubeletHandedOut) {
+  apply(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {name: n1}
+spec:
+  cpu: 8
+  memory: 32Gi
+  gpus: [{model: A100-80GB, memory: 80Gi, count: 3}]
+)");
+  apply(service(2, "  resources: {gpu: {count: 1}}\n"));
+  Controller& ctl = controller();
+  ctl.pass();
+  const std::string a = replica("chat-0").devices, b = replica("chat-1").devices;
+  ASSERT_FALSE(a.empty());
+  ASSERT_NE(a, b);
+  const int card_a = a.back() - '0', card_b = b.back() - '0';
+  // The kubelet handed them each other's cards: one replica's report alone
+  // cannot move (its card is booked to the other), both together swap.
+  runtime_.engines["chat-0"].cards = {card_b};
+  ctl.pass();
+  EXPECT_EQ(replica("chat-0").devices, a);
+  runtime_.engines["chat-1"].cards = {card_a};
+  ctl.pass();
+  EXPECT_EQ(replica("chat-0").devices, b);
+  EXPECT_EQ(replica("chat-1").devices, a);
+  EXPECT_NE(ctl.scheduler_metrics().find("loadstar_controller_device_moves_total 2"),
+            std::string::npos)
+      << ctl.scheduler_metrics();
+  // A card booked to nobody: the replica moves there alone, and a third
+  // replica is placed on the card it left.
+  const int free_card = 3 - card_a - card_b;
+  runtime_.engines["chat-1"].cards = {free_card};
+  ctl.pass();
+  EXPECT_EQ(replica("chat-1").devices, fmt::format("gpu{}", free_card));
+  apply(service(3, "  resources: {gpu: {count: 1}}\n"));
+  ctl.pass();
+  EXPECT_EQ(runtime_.nodes["chat-2"], fmt::format("n1 gpu{}", card_a));
+  // Nothing moves the engines: no stop, no launch again.
+  EXPECT_EQ(count("stop chat-0") + count("stop chat-1"), 0u);
+  EXPECT_EQ(count("launch chat-0"), 1u);
+}
+
+TEST(SharesOn, MovesEachShareOntoTheCardGivenInOrderAndKeepsItsAmount) {
+  const std::vector<DeviceShare> two = {{3, 1000, 0}, {1, 1000, 0}};
+  auto moved = shares_on(two, {2, 0});
+  ASSERT_TRUE(moved.has_value());
+  EXPECT_EQ(moved->at(0).device, 0);
+  EXPECT_EQ(moved->at(1).device, 2);
+  auto fraction = shares_on({{0, 500, 0}}, {1});
+  ASSERT_TRUE(fraction.has_value());
+  EXPECT_EQ(fraction->at(0).milli, 500u);
+  EXPECT_FALSE(shares_on(two, {1, 3}).has_value());       // already there
+  EXPECT_FALSE(shares_on(two, {1}).has_value());          // not one another's
+  EXPECT_FALSE(shares_on(two, {}).has_value());           // nothing known
+  EXPECT_FALSE(shares_on({{0, 0, 3}}, {1}).has_value());  // MIG slices are not cards
+}
+
 TEST_F(ControllerTest, AnIdleServiceScalesToZeroAndAHeldRequestBringsItBack) {
   apply(service(1, "  minReplicas: 0\n  idleTimeout: 10s\n"));
   Controller& ctl = controller();

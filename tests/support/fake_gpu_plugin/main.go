@@ -9,7 +9,7 @@
 // Built against the kubelet's own device-plugin stub from the Kubernetes
 // source that tests/support/real-node.sh builds the node from.
 //
-//   fake-gpu-plugin -gpus 2 -replicas 1 -mig 1g.10gb=2 -node NAME
+//   fake-gpu-plugin -gpus 2 -replicas 1 -mig 1g.10gb=2 -node NAME -prefer last
 package main
 
 import (
@@ -68,10 +68,42 @@ func allocate(r *pluginapi.AllocateRequest, devs map[string]pluginapi.Device) (*
 	return &out, nil
 }
 
-func serve(dir, resource string, devs []*pluginapi.Device) (*dm.Stub, error) {
+// preferLast answers the kubelet's GetPreferredAllocation with the devices
+// of the highest IDs: NVIDIA's plugin also states a preference of its own
+// (topology-aligned), and the kubelet follows it, so which card a Pod gets
+// is the plugin's choice, not the scheduler's.
+func preferLast(r *pluginapi.PreferredAllocationRequest, devs map[string]pluginapi.Device) (*pluginapi.PreferredAllocationResponse, error) {
+	var out pluginapi.PreferredAllocationResponse
+	for _, req := range r.ContainerRequests {
+		chosen := append([]string{}, req.MustIncludeDeviceIDs...)
+		taken := map[string]bool{}
+		for _, id := range chosen {
+			taken[id] = true
+		}
+		available := append([]string{}, req.AvailableDeviceIDs...)
+		sort.Sort(sort.Reverse(sort.StringSlice(available)))
+		for _, id := range available {
+			if len(chosen) >= int(req.AllocationSize) {
+				break
+			}
+			if !taken[id] {
+				chosen = append(chosen, id)
+				taken[id] = true
+			}
+		}
+		out.ContainerResponses = append(out.ContainerResponses,
+			&pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: chosen})
+	}
+	return &out, nil
+}
+
+func serve(dir, resource string, devs []*pluginapi.Device, prefer string) (*dm.Stub, error) {
 	socket := filepath.Join(dir, "loadstar-fake-"+strings.NewReplacer("/", "-", ".", "-").Replace(resource)+".sock")
-	stub := dm.NewDevicePluginStub(devs, socket, resource, false, false)
+	stub := dm.NewDevicePluginStub(devs, socket, resource, false, prefer == "last")
 	stub.SetAllocFunc(allocate)
+	if prefer == "last" {
+		stub.SetGetPreferredAllocFunc(preferLast)
+	}
 	if err := stub.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %v", resource, err)
 	}
@@ -89,6 +121,7 @@ func main() {
 	replicas := flag.Int("replicas", 1, "time-slicing: each GPU advertised this many times")
 	mig := flag.String("mig", "", "MIG instances, PROFILE=COUNT[,...] (nvidia.com/mig-PROFILE)")
 	node := flag.String("node", "", "node name (makes the UUIDs)")
+	prefer := flag.String("prefer", "last", "which devices to prefer when the kubelet asks: last (highest IDs) or none (the kubelet's own pick)")
 	flag.Parse()
 	if *node == "" {
 		h, _ := os.Hostname()
@@ -112,7 +145,7 @@ func main() {
 				devs = append(devs, &pluginapi.Device{ID: fmt.Sprintf("%s::%d", id, r), Health: pluginapi.Healthy})
 			}
 		}
-		s, err := serve(pluginapi.DevicePluginPath, "nvidia.com/gpu", devs)
+		s, err := serve(pluginapi.DevicePluginPath, "nvidia.com/gpu", devs, *prefer)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "fake-gpu-plugin:", err)
 			os.Exit(1)
@@ -139,7 +172,7 @@ func main() {
 			for i := 0; i < count; i++ {
 				devs = append(devs, &pluginapi.Device{ID: "MIG-" + uuid(*node, "mig-"+profile, i), Health: pluginapi.Healthy})
 			}
-			s, err := serve(pluginapi.DevicePluginPath, "nvidia.com/mig-"+profile, devs)
+			s, err := serve(pluginapi.DevicePluginPath, "nvidia.com/mig-"+profile, devs, *prefer)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "fake-gpu-plugin:", err)
 				stop()
