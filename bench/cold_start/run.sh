@@ -189,13 +189,6 @@ stop_agents() {
   stop_pids "node*-agent.pid"
   sleep 0.5
 }
-model_state() {  # model_state N: the model's state on node N's agent (its files' states aside)
-  ns ls-node$1 curl -sf "${auth[@]}" http://10.77.0.$((10 + $1)):8070/v1/models/m |
-    python3 -c 'import json,sys; print(json.load(sys.stdin).get("staging",{}).get("state",""))' 2>/dev/null || true
-}
-staged() {  # staged N: node N's staging ended (ready or failed)
-  case "$(model_state "$1")" in ready|failed) return 0 ;; *) return 1 ;; esac
-}
 engine_up() {  # engine_up N: node N's engine answers /health (ends the run if it exited)
   if ! kill -0 "$(cat "$work/node$1-engine.pid")" 2>/dev/null; then
     echo "node $1: the engine exited: $(tail -n 2 "$work/node$1-engine.log")" >&2
@@ -209,10 +202,14 @@ engine_up() {  # engine_up N: node N's engine answers /health (ends the run if i
 replica() {  # replica N STAGE(0|1)
   local n=$1 a=http://10.77.0.$((10 + $1)):8070 dir
   if [ "$2" = 1 ]; then
-    ns ls-node$n curl -sf "${auth[@]}" -XPOST $a/v1/stage -d "{\"model\":\"m\",\"source\":\"$url\"}" >/dev/null
-    wait_until 3600 "node $n's staging" staged "$n"
-    if [ "$(model_state "$n")" = failed ]; then
-      echo "node $n: staging failed: $(ns ls-node$n curl -sf "${auth[@]}" $a/v1/models/m)" >&2
+    # As a replica Pod's init container stages: `loadstar stage` follows
+    # the agent's progress and ends when the weights are in place. (The
+    # run used to poll with curl and python3 every 50 ms from four loops:
+    # through pyenv's shims that was half of the two cores, taken from the
+    # agents it measured.)
+    if ! ns ls-node$n "$bin" stage m --source "$url" --agent "$a" --timeout 3600 \
+        > "$work/node$n-stage.log" 2>&1; then
+      echo "node $n: staging failed: $(tail -n 2 "$work/node$n-stage.log")" >&2
       tail -5 "$work/node$n-agent.log" >&2
       exit 1
     fi

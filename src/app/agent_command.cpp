@@ -290,10 +290,18 @@ int run_stage(const StageArgs& args) {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::duration<double>(args.timeout_s);
   json p = *started;
+  // Asked often (a Pod's init container ends the moment the weights are in
+  // place: a poll a second added up to a second to every cold start),
+  // printed once a second.
+  auto printed = std::chrono::steady_clock::time_point{};
   while (!args.no_wait) {
     const std::string state = p.value("state", "");
-    fmt::print("{}\n", progress_line(p));
-    std::fflush(stdout);
+    const bool done = state == "ready" || state == "failed";
+    if (done || std::chrono::steady_clock::now() - printed >= std::chrono::seconds(1)) {
+      fmt::print("{}\n", progress_line(p));
+      std::fflush(stdout);
+      printed = std::chrono::steady_clock::now();
+    }
     if (state == "ready") {
       fmt::print("ready: {}\n", p.value("dir", ""));
       return 0;
@@ -306,7 +314,7 @@ int run_stage(const StageArgs& args) {
       fmt::print(stderr, "loadstar stage: not ready after {}s\n", args.timeout_s);
       return 1;
     }
-    std::this_thread::sleep_for(std::chrono::seconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
     auto now = call(*base, headers, "GET", "/v1/models/" + args.model);
     if (!now.ok()) {
       fmt::print(stderr, "loadstar stage: {}\n", now.error().message);
