@@ -132,6 +132,20 @@ spec:
                      replicas, extra);
 }
 
+// A Node n1 with `gpus` A100s.
+std::string gpu_node(int gpus) {
+  return fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {{name: n1}}
+spec:
+  cpu: 8
+  memory: 32Gi
+  gpus: [{{model: A100-80GB, memory: 80Gi, count: {}}}]
+)",
+                     gpus);
+}
+
 class ControllerTest : public ::testing::Test {
  protected:
   void SetUp() override { apply(kModel); }
@@ -315,15 +329,7 @@ TEST_F(ControllerTest, AnEngineThatExitsIsRestartedWithBackoff) {
 }
 
 TEST_F(ControllerTest, AReplicaThatFitsNowhereWaitsWithTheSchedulersReason) {
-  apply(R"(
-apiVersion: loadstar.dev/v1alpha1
-kind: Node
-metadata: {name: n1}
-spec:
-  cpu: 8
-  memory: 32Gi
-  gpus: [{model: A100-80GB, memory: 80Gi, count: 1}]
-)");
+  apply(gpu_node(1));
   apply(service(2, "  resources: {gpu: {count: 1}}\n"));
   Controller& ctl = controller();
   ctl.pass();
@@ -338,15 +344,7 @@ spec:
 }
 
 TEST_F(ControllerTest, TheBookkeepingFollowsTheCardsTheKubeletHandedOut) {
-  apply(R"(
-apiVersion: loadstar.dev/v1alpha1
-kind: Node
-metadata: {name: n1}
-spec:
-  cpu: 8
-  memory: 32Gi
-  gpus: [{model: A100-80GB, memory: 80Gi, count: 3}]
-)");
+  apply(gpu_node(3));
   apply(service(2, "  resources: {gpu: {count: 1}}\n"));
   Controller& ctl = controller();
   ctl.pass();
