@@ -304,8 +304,8 @@ int run_controller(ControllerArgs args) {
   // the gateway Pods; without them services run at spec.replicas.
   std::unique_ptr<controller::GatewayLoadCollector> load;
   if (!args.gateway_selector.empty())
-    load = std::make_unique<controller::GatewayLoadCollector>(
-        client, store.scope(), args.gateway_selector, token->value());
+    load = std::make_unique<controller::GatewayLoadCollector>(client, store.scope(),
+                                                              args.gateway_selector, *token);
   controller::RealClock clock;
   // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);

@@ -45,7 +45,8 @@ void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& sco
 
 GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client,
                                            const kube::NamespaceScope& scope, std::string selector,
-                                           std::string internal_token, double interval_s)
+                                           std::optional<http::BearerToken> internal_token,
+                                           double interval_s)
     : scope_(scope),
       selector_(std::move(selector)),
       internal_token_(std::move(internal_token)),
@@ -53,11 +54,10 @@ GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client,
       gateways_(std::make_unique<kube::ScopedInformer>(client, scope, "v1", "pods", selector_)) {}
 
 std::string GatewayLoadCollector::authorization(const std::string& namespace_name) const {
-  if (internal_token_.empty()) return "";
-  auto root = http::BearerToken::from_string(internal_token_, "the internal token");
-  if (!root.ok()) return "";
-  return namespace_name == scope_.home() ? root->header().value
-                                         : root->for_namespace(namespace_name).header().value;
+  if (!internal_token_) return "";
+  return namespace_name == scope_.home()
+             ? internal_token_->header().value
+             : internal_token_->for_namespace(namespace_name).header().value;
 }
 
 GatewayLoadCollector::~GatewayLoadCollector() {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "controller/load.h"
+#include "http/bearer.h"
 #include "http/client.h"
 #include "kube/client.h"
 
@@ -51,11 +52,12 @@ void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& sco
 // Polls the gateways every `interval_s` and keeps the rounds until the
 // controller takes them; the Pods matching `selector` in every namespace
 // of `scope` are watched. Each poll carries the internal token (its
-// namespace's derived token outside the home namespace; none when empty).
+// namespace's derived token outside the home namespace; none without one).
 class GatewayLoadCollector : public LoadSource {
  public:
   GatewayLoadCollector(const kube::Client& client, const kube::NamespaceScope& scope,
-                       std::string selector, std::string internal_token, double interval_s = 0.5);
+                       std::string selector, std::optional<http::BearerToken> internal_token,
+                       double interval_s = 0.5);
   ~GatewayLoadCollector() override;
   void start();
   void stop();
@@ -70,7 +72,7 @@ class GatewayLoadCollector : public LoadSource {
 
   const kube::NamespaceScope& scope_;
   std::string selector_;
-  std::string internal_token_;
+  std::optional<http::BearerToken> internal_token_;  // none: polls carry no token
   double interval_s_;
   std::unique_ptr<kube::ScopedInformer> gateways_;  // the gateway Pods
   http::ClientPool pool_;                           // connections to them

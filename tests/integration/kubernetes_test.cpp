@@ -411,10 +411,11 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_EQ(ex_status, 0) << ex_out;
   // The RBAC for real, then what each account may do.
   ASSERT_EQ(kubectl("apply -f " + file.string()).first, 0);
+  // `account` in the test's namespace, or "NAMESPACE:NAME".
   auto can = [&](const std::string& account, const std::string& what) {
+    const std::string who = account.find(':') == std::string::npos ? ns_ + ":" + account : account;
     // The answer is the last line (warnings may come first).
-    std::string out =
-        kubectl("auth can-i --as=system:serviceaccount:" + ns_ + ":" + account + " " + what).second;
+    std::string out = kubectl("auth can-i --as=system:serviceaccount:" + who + " " + what).second;
     while (!out.empty() && out.back() == '\n') out.pop_back();
     return out.substr(out.find_last_of('\n') + 1) == "yes";
   };
@@ -452,8 +453,8 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   // replicas and keep its token's Secret there, and nothing more; the
   // team's gateway reads its own namespace only.
   const std::string team = add_namespace("team");
-  auto [team_status, team_yaml] = kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR +
-                                          "/deploy/overlays/team");
+  auto [team_status, team_yaml] =
+      kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR + "/deploy/overlays/team");
   ASSERT_EQ(team_status, 0) << team_yaml;
   team_yaml = std::regex_replace(team_yaml, std::regex("loadstar-system"), ns_);
   team_yaml = std::regex_replace(team_yaml, std::regex("team-a"), team);
@@ -471,13 +472,7 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_FALSE(can("loadstar-controller", "list secrets" + in_team));
   EXPECT_FALSE(can("loadstar-controller", "update leases.coordination.k8s.io" + in_team));
   EXPECT_FALSE(can("loadstar-controller", "create pods -n default"));
-  auto team_can = [&](const std::string& what) {
-    std::string out =
-        kubectl("auth can-i --as=system:serviceaccount:" + team + ":loadstar-gateway " + what)
-            .second;
-    while (!out.empty() && out.back() == '\n') out.pop_back();
-    return out.substr(out.find_last_of('\n') + 1) == "yes";
-  };
+  auto team_can = [&](const std::string& what) { return can(team + ":loadstar-gateway", what); };
   EXPECT_TRUE(team_can("watch inferenceservices.loadstar.dev" + in_team));
   EXPECT_FALSE(team_can("watch inferenceservices.loadstar.dev" + in));
   EXPECT_FALSE(team_can("get secrets/loadstar-internal" + in_team));
@@ -485,8 +480,8 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
 
   // Every namespace (deploy/overlays/all-namespaces): a ClusterRoleBinding
   // of the same rules, and the ConfigMap the controller's env reads.
-  auto [all_status, all_yaml] = kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR +
-                                        "/deploy/overlays/all-namespaces");
+  auto [all_status, all_yaml] =
+      kubectl(std::string("kustomize ") + LOADSTAR_SOURCE_DIR + "/deploy/overlays/all-namespaces");
   ASSERT_EQ(all_status, 0) << all_yaml;
   all_yaml = std::regex_replace(all_yaml, std::regex("loadstar-system"), ns_);
   std::ofstream(root_ / "all.yaml") << all_yaml;
