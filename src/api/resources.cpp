@@ -393,6 +393,49 @@ void decode_node(Decoder& d, MapReader& top, Node& n) {
   spec.finish();
 }
 
+// 3 or "25%".
+std::optional<IntOrPercent> parse_int_or_percent(std::string_view text) {
+  IntOrPercent out;
+  if (text.ends_with('%')) {
+    out.percent = true;
+    text.remove_suffix(1);
+  }
+  if (text.empty() || text.size() > 9 || text.find_first_not_of("0123456789") != text.npos)
+    return std::nullopt;
+  out.value = static_cast<uint32_t>(std::stoul(std::string(text)));
+  if (out.percent && out.value > 100) return std::nullopt;
+  return out;
+}
+
+void decode_rollout(Decoder& d, const YAML::Node& node, RolloutSpec& out) {
+  MapReader r(d, node, "spec.rollout");
+  auto read = [&](const char* key, IntOrPercent& value) {
+    YAML::Node v = r.get(key);
+    if (!v || v.IsNull()) return;
+    auto parsed = parse_int_or_percent(v.IsScalar() ? v.Scalar() : "");
+    if (!parsed)
+      d.error(v, r.field(key), "must be a count of replicas (1) or a percentage of them (\"25%\")");
+    else
+      value = *parsed;
+  };
+  read("maxSurge", out.max_surge);
+  read("maxUnavailable", out.max_unavailable);
+  r.finish();
+  if (out.max_surge.value == 0 && out.max_unavailable.value == 0)
+    d.error(node, "spec.rollout",
+            "maxSurge and maxUnavailable cannot both be 0: no replica could ever be replaced");
+}
+
+}  // namespace
+
+uint32_t IntOrPercent::of(uint32_t desired, bool round_up) const {
+  if (!percent) return value;
+  const uint64_t scaled = static_cast<uint64_t>(desired) * value;
+  return static_cast<uint32_t>(round_up ? (scaled + 99) / 100 : scaled / 100);
+}
+
+namespace {
+
 void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   YAML::Node node = top.get("spec");
   if (!node) d.error(YAML::Node(), "spec", "required");
@@ -518,6 +561,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     a.finish();
     svc.spec.autoscaling = out;
   }
+  if (YAML::Node rollout = spec.get("rollout"); rollout && !rollout.IsNull())
+    decode_rollout(d, rollout, svc.spec.rollout);
   if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
     MapReader r(d, routing, "spec.routing");
     RoutingSpec& out = svc.spec.routing;
@@ -817,6 +862,15 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "tolerance" << YAML::Value << a.tolerance;
       out << YAML::Key << "scaleDownStabilization" << YAML::Value
           << fmt::format("{}s", a.scale_down_stabilization_s);
+      out << YAML::EndMap;
+    }
+    if (s.rollout != RolloutSpec{}) {
+      auto count = [](const IntOrPercent& v) {
+        return v.percent ? fmt::format("{}%", v.value) : std::to_string(v.value);
+      };
+      out << YAML::Key << "rollout" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "maxSurge" << YAML::Value << count(s.rollout.max_surge);
+      out << YAML::Key << "maxUnavailable" << YAML::Value << count(s.rollout.max_unavailable);
       out << YAML::EndMap;
     }
     const RoutingSpec& r = s.routing;

@@ -30,6 +30,7 @@ struct ModelSpec {
   std::string source;
   std::string format = "safetensors";
   std::optional<uint64_t> size_bytes;
+  bool operator==(const ModelSpec&) const = default;
 };
 
 struct Model {
@@ -100,6 +101,26 @@ struct AutoscalingSpec {
   bool operator==(const AutoscalingSpec&) const = default;
 };
 
+// A count of replicas, or a percentage of the desired count (maxSurge: 1,
+// maxUnavailable: "25%").
+struct IntOrPercent {
+  uint32_t value = 0;
+  bool percent = false;
+  // Replicas, of `desired`: a percentage rounds up or down.
+  uint32_t of(uint32_t desired, bool round_up) const;
+  bool operator==(const IntOrPercent&) const = default;
+};
+
+// How a change of a replica's shape (its revision) reaches the running
+// replicas (spec.rollout), as a Deployment's rolling update: at most
+// maxSurge replicas above the desired count while new ones start, at most
+// maxUnavailable of the desired count not ready. Not both zero.
+struct RolloutSpec {
+  IntOrPercent max_surge{25, true};
+  IntOrPercent max_unavailable{25, true};
+  bool operator==(const RolloutSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
@@ -123,6 +144,7 @@ struct InferenceServiceSpec {
   GpuRequirements gpu;
   RoutingSpec routing;
   std::optional<AutoscalingSpec> autoscaling;
+  RolloutSpec rollout;
 };
 
 struct InferenceService {

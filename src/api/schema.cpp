@@ -120,6 +120,12 @@ std::vector<KindSchema> build() {
         f("idleTimeout", T::kDuration, "Idle time before scaling to zero (default 300s)."),
         f("warmNodes", T::kInteger, "Nodes that keep the weights staged at zero (default 1)."),
         f("autoscaling", T::kObject, "Autoscaling on AI signals.", autoscaling),
+        f("rollout", T::kObject,
+          "How a changed revision replaces running replicas (a rolling update).",
+          {f("maxSurge", T::kIntOrPercent,
+             "Replicas above the desired count while new ones start (default 25%, rounded up)."),
+           f("maxUnavailable", T::kIntOrPercent,
+             "Desired replicas that may be not ready (default 25%, rounded down).")}),
         f("routing", T::kObject, "How the gateway picks a replica.", routing)},
        {{"Model", "string", ".spec.model", "The served model", 0},
         {"Desired", "integer", ".status.desiredReplicas", "Replicas wanted", 0},
@@ -233,6 +239,7 @@ void emit_schema(YAML::Emitter& e, const Field& field) {
       e << YAML::Key << "type" << YAML::Value << "boolean";
       break;
     case T::kQuantity:
+    case T::kIntOrPercent:
       e << YAML::Key << "x-kubernetes-int-or-string" << YAML::Value << true;
       break;
     case T::kObject:

@@ -24,6 +24,7 @@ enum class FieldType {
   kBoolean,
   kQuantity,   // 40Gi or a number of bytes (int-or-string)
   kDuration,   // 30s, 5m, 1h
+  kIntOrPercent,  // 3 or "25%"
   kObject,     // `fields` are its properties
   kList,       // of objects with `fields`
   kStrings,    // a list of strings

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
@@ -43,6 +45,10 @@ struct Controller::Replica {
   std::optional<double> start_s;
   std::string message;
   ColdStart cold_start;
+  // What it runs: the spec and model it started from (a restart keeps them).
+  // Number 0: taken over, its revision known by hash alone (the history lost it).
+  std::shared_ptr<const Revision> revision;
+  bool ever_launched = false;  // a replica never launched takes the current revision
   // The gateways' view, as of the last load round.
   int64_t in_flight = 0;
   double waiting = 0;
@@ -59,6 +65,7 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
       publish_(std::move(publish)),
       epoch_(clock.now()),
       scaler_(load != nullptr, epoch_),
+      history_(store),
       placement_(options_.placement_policy) {}
 
 Controller::~Controller() {
@@ -102,6 +109,18 @@ void Controller::adopt_existing() {
     r->state = ReplicaState::kStarting;
     r->launched = true;
     r->created = r->launched_at = clock_.now();  // its start was a previous controller's
+    r->ever_launched = true;
+    // Its revision as the runtime recorded it; one the history lost is
+    // known by its hash alone (number 0): it is rolled, never restarted.
+    // None recorded (a controller before rollouts): taken as the current.
+    if (!e.revision.empty()) {
+      r->revision = history_.find(e.service, e.revision);
+      if (!r->revision) {
+        auto lost = std::make_shared<Revision>();
+        lost->hash = e.revision;
+        r->revision = std::move(lost);
+      }
+    }
     placement_.adopt(e.replica, e.node, e.shares);
     r->message = "taken over from a previous controller";
     spdlog::info("replica {}: running on {}; taken over", e.replica, e.node);
@@ -174,13 +193,15 @@ void Controller::mark(Replica& r, ColdStartEvent event, Clock::time_point at) {
 }
 
 void Controller::launch(Replica& r) {
-  const auto svc_it = services_.find(r.service);
-  if (svc_it == services_.end()) return;
-  const api::InferenceService& svc = svc_it->second;
-  auto model = store_.get("Model", svc.spec.model);
-  if (!model) {
+  if (!services_.count(r.service)) return;
+  // A replica runs its own revision; one never started, or whose revision
+  // the history no longer has, the current one.
+  if (!r.ever_launched || !r.revision || r.revision->number == 0)
+    r.revision = current_.at(r.service);
+  const Revision& rev = *r.revision;
+  if (!rev.model) {
     r.state = ReplicaState::kPending;
-    r.message = fmt::format("Model '{}' does not exist", svc.spec.model);
+    r.message = fmt::format("Model '{}' does not exist", rev.service.spec.model);
     return;
   }
   const Placed* where = placement_.where(r.name);
@@ -188,8 +209,9 @@ void Controller::launch(Replica& r) {
   EngineLaunch launch;
   launch.replica = r.name;
   launch.index = r.index;
-  launch.service = &svc;
-  launch.model = &std::get<api::Model>(*model);
+  launch.service = &rev.service;
+  launch.model = &*rev.model;
+  launch.revision = rev.hash;
   launch.node = where->node;
   launch.devices = where->devices;
   launch.shares = where->shares;
@@ -209,6 +231,7 @@ void Controller::launch(Replica& r) {
     return;
   }
   r.launched = true;
+  r.ever_launched = true;
   r.stop_sent = false;
   r.state = ReplicaState::kStarting;
   r.port = 0;
@@ -349,18 +372,36 @@ ServiceLoad Controller::service_load(const std::string& service) const {
 
 void Controller::scale(const api::InferenceService& svc, Clock::time_point now) {
   const std::string& svc_name = svc.metadata.name;
+  const std::shared_ptr<const Revision>& current = current_.at(svc_name);
   std::vector<Replica*> active;
   std::set<uint32_t> used;
+  bool old = false;
   for (auto& [name, r] : replicas_) {
     if (r->service != svc_name) continue;
     used.insert(r->index);
-    if (r->state != ReplicaState::kTerminating) active.push_back(r.get());
+    if (r->state == ReplicaState::kTerminating) continue;
+    // One never launched runs nothing of another revision; one whose
+    // revision came back (renumbered) runs the current one.
+    if (!r->ever_launched || !r->revision || r->revision->hash == current->hash)
+      r->revision = current;
+    old = old || r->revision != current;
+    active.push_back(r.get());
   }
-  const uint32_t desired = scaler_.decide(svc, static_cast<uint32_t>(active.size()),
-                                          service_load(svc_name), now, clock_.wall());
-  // Scale up: new replicas take the lowest free index.
-  for (uint32_t n = static_cast<uint32_t>(active.size()); n < desired; ++n) {
-    uint32_t index = 0;
+  // While old replicas remain, the surge above the desired count is the
+  // rollout's, not the autoscaler's to count.
+  const uint32_t counted = old ? std::min(static_cast<uint32_t>(active.size()), scaler_.desired(svc))
+                               : static_cast<uint32_t>(active.size());
+  const uint32_t desired = scaler_.decide(svc, counted, service_load(svc_name), now, clock_.wall());
+  std::vector<RolloutReplica> state;
+  for (const Replica* r : active) {
+    RolloutReplica rr{r->name, r->index, r->revision == current, r->state == ReplicaState::kReady};
+    rr.staged = rr.ready || r->cold_start.seconds_to(kStaged).has_value();
+    rr.new_weights_here = !rr.current && weights_here(*r, *current);
+    state.push_back(std::move(rr));
+  }
+  const RolloutPlan plan = plan_rollout(desired, svc.spec.rollout, std::move(state));
+  for (uint32_t n = 0; n < plan.create; ++n) {
+    uint32_t index = 0;  // new replicas take the lowest free index
     while (used.count(index)) ++index;
     used.insert(index);
     auto r = std::make_unique<Replica>();
@@ -369,20 +410,69 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
     r->cold_start = ColdStart(now);
     r->service = svc_name;
     r->index = index;
-    active.push_back(r.get());
+    r->revision = current;
     replicas_.emplace(r->name, std::move(r));
   }
-  // Scale down: the highest indexes go first, not-yet-ready ones before ready ones.
-  if (active.size() <= desired) return;
-  if (desired == 0)
+  if (desired == 0 && !plan.drain.empty())
     spdlog::info("service {}: idle for {}s; scaling to zero", svc_name, svc.spec.idle_timeout_s);
-  std::sort(active.begin(), active.end(), [](const Replica* a, const Replica* b) {
-    const bool a_ready = a->state == ReplicaState::kReady,
-               b_ready = b->state == ReplicaState::kReady;
-    if (a_ready != b_ready) return a_ready;
-    return a->index < b->index;
-  });
-  for (size_t i = desired; i < active.size(); ++i) begin_termination(*active[i]);
+  for (const std::string& name : plan.drain) begin_termination(*replicas_.at(name));
+
+  // The rollout's own record: when it began, where it stands, its events.
+  Rolling& rolling = rolling_[svc_name];
+  auto event = [&](std::string text) {
+    rolling.events.push_back(fmt::format(
+        "{:%H:%M:%S}Z {}", std::chrono::floor<std::chrono::seconds>(clock_.wall()), text));
+    if (rolling.events.size() > 20) rolling.events.pop_front();
+    spdlog::info("service {}: {}", svc_name, text);
+  };
+  if (plan.rolling && !rolling.rolling) {
+    rolling.since = now;
+    event(fmt::format("rollout to revision {} ({}) began", current->number, current->hash));
+  } else if (!plan.rolling && rolling.rolling) {
+    event(fmt::format("revision {} rolled out in {:.0f}s", current->number,
+                      seconds_between(rolling.since, now)));
+  }
+  rolling.rolling = plan.rolling;
+  rolling.message.clear();
+  if (!plan.rolling) return;
+  uint32_t updated = 0, updated_ready = 0, remaining = 0;
+  std::string waiting;
+  for (const auto& [name, r] : replicas_) {
+    if (r->service != svc_name || r->state == ReplicaState::kTerminating) continue;
+    if (r->revision != current) {
+      ++remaining;
+      continue;
+    }
+    ++updated;
+    if (r->state == ReplicaState::kReady)
+      ++updated_ready;
+    else if (waiting.empty() && !r->message.empty())
+      waiting = fmt::format("; {}: {}", name, r->message);
+  }
+  rolling.message = fmt::format("rolling out revision {}: {} of {} updated, {} ready; {} old{}",
+                                current->number, updated, desired, updated_ready, remaining,
+                                waiting);
+}
+
+bool Controller::weights_here(const Replica& r, const Revision& to) {
+  if (!to.model) return false;
+  if (r.revision && r.revision->model && r.revision->model->metadata.name == to.model->metadata.name)
+    return r.revision->model->spec == to.model->spec;  // the same weights, or other bytes by that name
+  const Placed* where = placement_.where(r.name);
+  return where && runtime_.models_on(where->node).count(to.model->metadata.name) > 0;
+}
+
+void Controller::find_revisions() {
+  const uint64_t at = store_.revision();
+  if (at == revisions_found_at_ && current_.size() == services_.size()) return;
+  revisions_found_at_ = at;
+  std::map<std::string, std::shared_ptr<const Revision>> found;
+  for (const auto& [name, svc] : services_) {
+    const auto model = store_.get("Model", svc.spec.model);
+    const api::Model* m = model ? std::get_if<api::Model>(&*model) : nullptr;
+    found[name] = history_.current(svc, m, clock_.wall());
+  }
+  current_ = std::move(found);
 }
 
 void Controller::place(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues,
@@ -446,7 +536,9 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
     if (const Placed* where = placement_.where(name))
       spdlog::info("replica {}: on {} {}, the cards its node's device plugin handed it", name,
                    where->node, where->devices);
+  find_revisions();
   for (const auto& [svc_name, svc] : services_) scale(svc, now);
+  std::erase_if(rolling_, [this](const auto& kv) { return !services_.count(kv.first); });
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
   scaler_.retain(services_);
@@ -556,10 +648,20 @@ void Controller::publish_statuses() {
                       {"devices", where ? where->devices : ""},
                       {"message", r->message}};
     }
+    const RolloutStatus rollout = rollout_status(name);
+    nlohmann::json revisions = nlohmann::json::array();
+    for (const RevisionStatus& rev : rollout.revisions)
+      revisions.push_back({{"revision", rev.number},
+                           {"hash", rev.hash},
+                           {"replicas", rev.replicas},
+                           {"readyReplicas", rev.ready}});
     nlohmann::json status = {{"desiredReplicas", scaler_.desired(svc)},
                              {"readyReplicas", ready},
                              {"replicas", total},
-                             {"replicaStatus", replicas}};
+                             {"replicaStatus", replicas},
+                             {"currentRevision", rollout.revision},
+                             {"revisions", revisions},
+                             {"rollout", rollout.message}};
     if (const autoscaler::Decision* d = scaler_.last_decision(name)) {
       status["scaleReason"] = d->reason;
       // Nodes asked to hold the weights (more than desired on a rising trend).
@@ -593,6 +695,7 @@ std::vector<ReplicaStatus> Controller::replicas() const {
       s.node = where->node;
       s.devices = where->devices;
     }
+    if (r->revision) s.revision = r->revision->number;
     s.starts = r->cold_start.starts();
     for (int i = 0; i < kColdStartEventCount; ++i) s.timeline[i] = r->cold_start.seconds_to(i);
     out.push_back(std::move(s));
@@ -612,6 +715,11 @@ std::vector<ServiceStatus> Controller::services() const {
       s.scale_reason = d->reason;
       s.events = scaler_.events(name);
     }
+    s.rollout = rollout_status(name);
+    if (auto it = rolling_.find(name); it != rolling_.end()) {
+      s.events.insert(s.events.end(), it->second.events.begin(), it->second.events.end());
+      std::stable_sort(s.events.begin(), s.events.end());  // by their time stamps
+    }
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;
       ++s.total;
@@ -620,6 +728,118 @@ std::vector<ServiceStatus> Controller::services() const {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+namespace {
+
+RevisionStatus describe_revision(const Revision& rev) {
+  RevisionStatus out;
+  out.number = rev.number;
+  out.hash = rev.hash;
+  out.created = rev.created;
+  out.model = rev.model ? fmt::format("{} ({})", rev.model->metadata.name, rev.model->spec.source)
+                        : rev.service.spec.model;
+  out.engine = rev.service.spec.engine.name;
+  for (const std::string& arg : rev.service.spec.engine.args) out.engine += " " + arg;
+  return out;
+}
+
+}  // namespace
+
+RolloutStatus Controller::rollout_status(const std::string& service) const {
+  RolloutStatus out;
+  const auto current = current_.find(service);
+  if (current != current_.end()) out.revision = current->second->number;
+  if (auto it = rolling_.find(service); it != rolling_.end()) {
+    out.rolling = it->second.rolling;
+    out.message = it->second.message;
+  }
+  std::map<std::string, RevisionStatus> by_hash;
+  for (const auto& [name, r] : replicas_) {
+    if (r->service != service) continue;
+    const std::string hash = r->revision ? r->revision->hash : "";
+    auto [it, added] = by_hash.try_emplace(hash);
+    if (added && r->revision) it->second = describe_revision(*r->revision);
+    ++it->second.replicas;
+    it->second.ready += r->state == ReplicaState::kReady;
+  }
+  for (auto& [hash, rev] : by_hash) {
+    rev.current = current != current_.end() && hash == current->second->hash;
+    out.revisions.push_back(std::move(rev));
+  }
+  std::sort(out.revisions.begin(), out.revisions.end(),
+            [](const RevisionStatus& a, const RevisionStatus& b) { return a.number > b.number; });
+  if (!out.rolling && out.message.empty() && current != current_.end())
+    out.message = fmt::format("revision {} rolled out", current->second->number);
+  return out;
+}
+
+Result<std::vector<RevisionStatus>> Controller::history(const std::string& service) const {
+  std::lock_guard lock(mu_);
+  if (!services_.count(service))
+    return make_error(ErrorCode::kNotFound, "InferenceService '{}' does not exist", service);
+  const RolloutStatus now = rollout_status(service);
+  std::vector<RevisionStatus> out;
+  for (const auto& rev : history_.of(service)) {
+    RevisionStatus s = describe_revision(*rev);
+    for (const RevisionStatus& running : now.revisions)
+      if (running.hash == rev->hash) {
+        s.replicas = running.replicas;
+        s.ready = running.ready;
+      }
+    s.current = s.number == now.revision;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
+  std::shared_ptr<const Revision> target;
+  {
+    std::lock_guard lock(mu_);
+    const auto current = current_.find(service);
+    if (!services_.count(service) || current == current_.end())
+      return make_error(ErrorCode::kNotFound, "InferenceService '{}' does not exist", service);
+    const auto revisions = history_.of(service);
+    std::vector<std::string> kept;
+    for (const auto& rev : revisions) {
+      kept.push_back(std::to_string(rev->number));
+      if (to != 0 ? rev->number == to : rev->number < current->second->number) target = rev;
+    }
+    if (!target)
+      return make_error(ErrorCode::kNotFound, "service {} has {} (its history keeps revision{} {})",
+                        service, to ? fmt::format("no revision {}", to) : "no earlier revision",
+                        kept.size() == 1 ? "" : "s", fmt::join(kept, ", "));
+    if (target->hash == current->second->hash)
+      return make_error(ErrorCode::kInvalidArgument, "service {} runs revision {} already",
+                        service, target->number);
+  }
+  // The store's watch takes mu_: written without it.
+  auto stored = store_.get("InferenceService", service);
+  if (!stored || !std::holds_alternative<api::InferenceService>(*stored))
+    return make_error(ErrorCode::kNotFound, "InferenceService '{}' does not exist", service);
+  api::InferenceService svc = std::get<api::InferenceService>(*stored);
+  const api::InferenceServiceSpec& from = target->service.spec;
+  svc.spec.model = from.model;
+  svc.spec.engine = from.engine;
+  svc.spec.cpu = from.cpu;
+  svc.spec.memory_bytes = from.memory_bytes;
+  svc.spec.gpu = from.gpu;
+  std::string also;
+  if (target->model) {
+    auto model = store_.get("Model", target->model->metadata.name);
+    const api::Model* now = model ? std::get_if<api::Model>(&*model) : nullptr;
+    if (!now || !(now->spec == target->model->spec)) {
+      api::Model restored = *target->model;
+      if (now) restored.metadata = now->metadata;
+      LS_RETURN_IF_ERROR(store_.apply(restored));
+      also = fmt::format("; Model {} restored to its spec then (source {})",
+                         restored.metadata.name, restored.spec.source);
+    }
+  }
+  LS_RETURN_IF_ERROR(store_.apply(svc));
+  return fmt::format("service {} rolling back to revision {} ({}){}", service, target->number,
+                     target->hash, also);
 }
 
 std::vector<scheduler::QueueStatus> Controller::queues() const {

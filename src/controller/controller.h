@@ -20,6 +20,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -35,6 +36,8 @@
 #include "controller/cold_start.h"
 #include "controller/load.h"
 #include "controller/placement.h"
+#include "controller/revisions.h"
+#include "controller/rollout.h"
 #include "controller/runtime.h"
 #include "controller/scaler.h"
 #include "routing/routing_builder.h"
@@ -62,15 +65,34 @@ struct ReplicaStatus {
   std::string queue;
   std::string node;     // where the scheduler placed it; empty while unplaced
   std::string devices;  // e.g. "gpu0,gpu1" or "gpu0:500m"
+  uint32_t revision = 0;  // the revision it runs (0: not recorded)
   // Seconds from queued to each event of the current start; unset: not yet.
   std::optional<double> timeline[kColdStartEventCount];
   uint32_t starts = 0;  // timelines begun (1 + restarts and re-placements)
+};
+
+// A revision's replicas now, and what the rollout history kept of it.
+struct RevisionStatus {
+  uint32_t number = 0;  // 0: a revision the history no longer has
+  std::string hash;
+  std::string created;
+  std::string model, engine;  // what it ran: the model's source, the engine and its args
+  uint32_t replicas = 0, ready = 0;
+  bool current = false;
+};
+
+struct RolloutStatus {
+  uint32_t revision = 0;  // the current one
+  bool rolling = false;   // replicas of older revisions remain
+  std::string message;    // where the rollout stands, or why it waits
+  std::vector<RevisionStatus> revisions;  // with replicas, newest first
 };
 
 struct ServiceStatus {
   std::string name;
   std::string model;
   uint32_t desired = 0;
+  RolloutStatus rollout;
   std::string scale_reason;         // the autoscaler's last decision, with its signal
   std::vector<std::string> events;  // scaling changes, oldest first ("12:00:01Z 1 -> 3: ...")
   uint32_t ready = 0;
@@ -129,6 +151,12 @@ class Controller {
   // The scheduler's and the cold starts' metrics (Prometheus text), as of
   // the last pass; never waits for one (gateway threads call it).
   std::string scheduler_metrics() const;
+  // Every revision the history keeps, oldest first, with its replicas now.
+  Result<std::vector<RevisionStatus>> history(const std::string& service) const;
+  // Writes revision `to` (0: the one before the current) back into the
+  // service's spec, and its model's spec when that changed since, as
+  // `kubectl rollout undo` does; the rollout follows. Says what it did.
+  Result<std::string> undo(const std::string& service, uint32_t to);
 
  private:
   struct Replica;
@@ -153,6 +181,12 @@ class Controller {
   void stop_engine(Replica& r, std::string why);
   void mark(Replica& r, ColdStartEvent event, Clock::time_point at);
   std::optional<routing::RoutingInputs> routing_if_changed(Clock::time_point now);
+  // Each service's current revision, recorded when new (when the store changed).
+  void find_revisions();
+  // Where the service's rollout stands, with its revisions' replicas.
+  RolloutStatus rollout_status(const std::string& service) const;
+  // Whether the weights of `to` are staged on old replica r's node already.
+  bool weights_here(const Replica& r, const Revision& to);
   // Each service's replicas as the store's status of it (Kubernetes mode).
   void publish_statuses();
   double seconds(Clock::time_point t) const { return seconds_between(epoch_, t); }
@@ -184,6 +218,17 @@ class Controller {
   std::set<std::string> demand_;                   // services a request was held for, this pass
   std::map<std::string, ServiceLoad> increments_;  // requests and first tokens, this pass
   ServiceScaler scaler_;
+  // Rollout history; `mu_` also guards it (its reads load from the store).
+  mutable RevisionHistory history_;
+  std::map<std::string, std::shared_ptr<const Revision>> current_;  // by service
+  uint64_t revisions_found_at_ = ~0ull;  // the store's revision when current_ was found
+  struct Rolling {
+    bool rolling = false;
+    Clock::time_point since;
+    std::string message;
+    std::deque<std::string> events;  // "12:00:01Z rollout ...", oldest first
+  };
+  std::map<std::string, Rolling> rolling_;  // by service
   Placement placement_;
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;

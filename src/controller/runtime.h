@@ -31,6 +31,7 @@ struct EngineLaunch {
   uint32_t index = 0;   // its index within the service
   const api::InferenceService* service = nullptr;
   const api::Model* model = nullptr;
+  std::string revision;  // the hash of what shapes it (rollout.h)
   std::string node;     // where the scheduler placed it
   std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
   std::vector<DeviceShare> shares;
@@ -66,6 +67,7 @@ std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> share
 // A replica that runs already (a restarted controller takes its Pods over).
 struct ExistingEngine {
   std::string replica, service, node;
+  std::string revision;  // as launched; empty: not recorded
   uint32_t index = 0;
   std::vector<DeviceShare> shares;
   bool draining = false;  // taken out of routing (unroute) by a previous controller

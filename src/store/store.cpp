@@ -3,11 +3,30 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 namespace loadstar::store {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// Written to a temporary file and renamed: the old or the new, never half.
+Status write_replacing(const fs::path& path, std::string_view text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out.flush()) return make_error(ErrorCode::kIo, "cannot write {}", tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot rename {}: {}", tmp.string(), ec.message());
+  return ok_status();
+}
+
+}  // namespace
 
 Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
   std::error_code ec;
@@ -60,16 +79,7 @@ Status LocalStore::apply(const api::Resource& resource) {
       if (it->second.yaml == yaml) return ok_status();  // unchanged: no event
       event.type = EventType::kModified;
     }
-    const fs::path path = file_of(kind, name);
-    const fs::path tmp = path.string() + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      out << yaml;
-      if (!out.flush()) return make_error(ErrorCode::kIo, "cannot write {}", tmp.string());
-    }
-    std::error_code ec;
-    fs::rename(tmp, path, ec);
-    if (ec) return make_error(ErrorCode::kIo, "cannot rename {}: {}", tmp.string(), ec.message());
+    LS_RETURN_IF_ERROR(write_replacing(file_of(kind, name), yaml));
     objects_.insert_or_assign({kind, name}, Object{resource, yaml});
     event.revision = ++revision_;
   }
@@ -93,6 +103,46 @@ Status LocalStore::remove(std::string_view kind, std::string_view name) {
     event.revision = ++revision_;
   }
   notify(event);
+  return ok_status();
+}
+
+Result<std::vector<RevisionRecord>> LocalStore::revisions(std::string_view service) const {
+  std::vector<RevisionRecord> out;
+  const fs::path dir = dir_ / "revisions" / std::string(service);
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return out;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".json") continue;
+    std::ifstream in(entry.path());
+    std::stringstream text;
+    text << in.rdbuf();
+    const nlohmann::json doc = nlohmann::json::parse(text.str(), nullptr, false);
+    if (!doc.is_object() || !doc["hash"].is_string() || !doc["number"].is_number_unsigned() ||
+        !doc["data"].is_string())
+      return make_error(ErrorCode::kCorrupt, "{}: not a revision record (hash, number, data)",
+                        entry.path().string());
+    out.push_back({doc["hash"].get<std::string>(), doc["number"].get<uint32_t>(),
+                   doc["data"].get<std::string>()});
+  }
+  if (ec) return make_error(ErrorCode::kIo, "cannot read {}: {}", dir.string(), ec.message());
+  return out;
+}
+
+Status LocalStore::save_revision(std::string_view service, const RevisionRecord& record) {
+  const fs::path dir = dir_ / "revisions" / std::string(service);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot create {}: {}", dir.string(), ec.message());
+  const nlohmann::json doc = {
+      {"hash", record.hash}, {"number", record.number}, {"data", record.data}};
+  return write_replacing(dir / (record.hash + ".json"), doc.dump(2) + "\n");
+}
+
+Status LocalStore::remove_revision(std::string_view service, std::string_view hash) {
+  std::error_code ec;
+  fs::remove(dir_ / "revisions" / std::string(service) / (std::string(hash) + ".json"), ec);
+  if (ec) return make_error(ErrorCode::kIo, "cannot remove revision {} of {}: {}", hash, service,
+                            ec.message());
   return ok_status();
 }
 

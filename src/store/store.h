@@ -29,6 +29,14 @@ struct WatchEvent {
 
 using WatchCallback = std::function<void(const WatchEvent&)>;
 
+// One revision of a service as its rollout history keeps it: what its
+// replicas were started from (`data`, JSON the controller writes and reads).
+struct RevisionRecord {
+  std::string hash;
+  uint32_t number = 0;
+  std::string data;
+};
+
 class ResourceStore {
  public:
   virtual ~ResourceStore() = default;
@@ -46,11 +54,24 @@ class ResourceStore {
   // admin API shows status instead.
   virtual void publish_status(std::string_view /*kind*/, std::string_view /*name*/,
                               const std::string& /*status_json*/) {}
+  // A service's rollout history (ControllerRevisions in Kubernetes, files
+  // locally); a store that keeps none forgets it with the controller.
+  virtual Result<std::vector<RevisionRecord>> revisions(std::string_view /*service*/) const {
+    return std::vector<RevisionRecord>{};
+  }
+  // Creates the record, or renumbers it (its data never changes).
+  virtual Status save_revision(std::string_view /*service*/, const RevisionRecord& /*record*/) {
+    return ok_status();
+  }
+  virtual Status remove_revision(std::string_view /*service*/, std::string_view /*hash*/) {
+    return ok_status();
+  }
 };
 
 // Resources in memory, each mirrored to `<dir>/<kind>.<name>.yaml`, written
 // to a temporary file and renamed, so a crash leaves the old or the new
 // version and never half of one. Opening the directory restores them.
+// Rollout history lives next to them, in `<dir>/revisions/<service>/<hash>.json`.
 class LocalStore : public ResourceStore {
  public:
   static Result<std::unique_ptr<LocalStore>> open(const std::filesystem::path& dir);
@@ -61,6 +82,9 @@ class LocalStore : public ResourceStore {
   Status remove(std::string_view kind, std::string_view name) override;
   uint64_t revision() const override;
   std::shared_ptr<void> watch(WatchCallback callback) override;
+  Result<std::vector<RevisionRecord>> revisions(std::string_view service) const override;
+  Status save_revision(std::string_view service, const RevisionRecord& record) override;
+  Status remove_revision(std::string_view service, std::string_view hash) override;
 
  private:
   explicit LocalStore(std::filesystem::path dir) : dir_(std::move(dir)) {}

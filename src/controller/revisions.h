@@ -1,0 +1,63 @@
+// A service's rollout history: each revision its replicas ran (rollout.h),
+// numbered in the order they were rolled out, with the spec and the model
+// they were started from, so that a replica restarts at its own revision
+// and `loadstar rollout undo` can go back to an earlier one. Kept through
+// the store (ControllerRevisions in Kubernetes, files locally), at most
+// `limit` per service, as a Deployment's revisionHistoryLimit.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/resources.h"
+#include "store/store.h"
+
+namespace loadstar::controller {
+
+struct Revision {
+  std::string hash;  // rollout.h's revision_hash
+  uint32_t number = 0;
+  api::InferenceService service;   // the spec its replicas start from
+  std::optional<api::Model> model;  // the model as it was; none: it did not exist
+  std::string created;              // RFC 3339, when first rolled out
+};
+
+class RevisionHistory {
+ public:
+  explicit RevisionHistory(store::ResourceStore& store, size_t limit = 10)
+      : store_(store), limit_(limit) {}
+
+  // The revision `svc` with `model` makes now. A new one is recorded with
+  // the next number; one that returns (an undo, or an edit back) takes the
+  // next number again, as kubectl's history shows it.
+  std::shared_ptr<const Revision> current(const api::InferenceService& svc,
+                                          const api::Model* model,
+                                          std::chrono::system_clock::time_point now);
+  // A revision of `service` by hash (a Pod's label), or by number; null: not kept.
+  std::shared_ptr<const Revision> find(const std::string& service, const std::string& hash);
+  std::shared_ptr<const Revision> numbered(const std::string& service, uint32_t number);
+  // Oldest first.
+  std::vector<std::shared_ptr<const Revision>> of(const std::string& service);
+
+ private:
+  struct Service {
+    std::vector<std::shared_ptr<const Revision>> revisions;  // by number
+    std::vector<std::string> unsaved;                        // hashes the store has yet to take
+  };
+  Service& load(const std::string& service);
+  void save(const std::string& service, Service& s);
+
+  store::ResourceStore& store_;
+  size_t limit_;
+  std::map<std::string, Service> services_;
+};
+
+// A record's data (JSON) and back.
+std::string encode_revision(const Revision& revision);
+Result<Revision> decode_revision(const store::RevisionRecord& record);
+
+}  // namespace loadstar::controller

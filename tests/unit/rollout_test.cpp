@@ -1,0 +1,275 @@
+// Rollouts: the rolling-update plan as a pure function, and the controller
+// rolling a service from one revision to the next pass by pass (fakes of
+// the store, the engines and the clock, controller_fakes.h).
+#include "controller/rollout.h"
+
+#include "controller_fakes.h"
+
+namespace loadstar::controller {
+namespace {
+
+using namespace fakes;
+
+api::RolloutSpec rollout(uint32_t surge, uint32_t unavailable) {
+  return {{surge, false}, {unavailable, false}};
+}
+
+RolloutReplica old_ready(std::string name, uint32_t index) {
+  return {std::move(name), index, false, true, true};
+}
+
+TEST(RolloutPlan, WithoutOldReplicasItScalesLowestIndexesUpAndUnreadyHighestFirstDown) {
+  auto plan = plan_rollout(3, {}, {{"a-0", 0, true, true}});
+  EXPECT_EQ(plan.create, 2u);
+  EXPECT_FALSE(plan.rolling);
+  plan = plan_rollout(1, {}, {{"a-0", 0, true, true}, {"a-1", 1, true, false},
+                              {"a-2", 2, true, true}});
+  EXPECT_EQ(plan.drain, (std::vector<std::string>{"a-1", "a-2"}));
+}
+
+TEST(RolloutPlan, SurgeFirstNeverBelowTheDesiredReadyCount) {
+  // maxSurge 1, maxUnavailable 0, two ready old replicas.
+  auto plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), old_ready("a-1", 1)});
+  EXPECT_TRUE(plan.rolling);
+  EXPECT_EQ(plan.create, 1u);
+  EXPECT_TRUE(plan.drain.empty());
+  // The new one starting: nothing more.
+  plan = plan_rollout(2, rollout(1, 0),
+                      {old_ready("a-0", 0), old_ready("a-1", 1), {"a-2", 2, true, false, true}});
+  EXPECT_EQ(plan.create, 0u);
+  EXPECT_TRUE(plan.drain.empty());
+  // Ready: one old one goes, the highest index.
+  plan = plan_rollout(2, rollout(1, 0),
+                      {old_ready("a-0", 0), old_ready("a-1", 1), {"a-2", 2, true, true, true}});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});
+}
+
+TEST(RolloutPlan, UnavailableFirstDrainsOnlyWhereTheNewWeightsAreStaged) {
+  // maxSurge 0, maxUnavailable 1: an old replica must go first.
+  RolloutReplica a = old_ready("a-0", 0), b = old_ready("a-1", 1);
+  auto plan = plan_rollout(2, rollout(0, 1), {a, b});
+  EXPECT_EQ(plan.create, 0u);
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});  // nothing new could stage first
+  // A new replica that is still staging holds the next old one back,
+  // unless the new weights are on that one's node already.
+  plan = plan_rollout(2, rollout(0, 1), {a, {"a-2", 2, true, false, false}});
+  EXPECT_TRUE(plan.drain.empty());
+  plan = plan_rollout(2, rollout(1, 1), {a, b, {"a-2", 2, true, false, false}});
+  EXPECT_TRUE(plan.drain.empty());
+  b.new_weights_here = true;
+  plan = plan_rollout(2, rollout(1, 1), {a, b, {"a-2", 2, true, false, false}});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});
+}
+
+TEST(RolloutPlan, OldReplicasThatServeNothingGoFirstAndZeroDrainsAll) {
+  RolloutReplica broken{"a-1", 1, false, false, false};
+  auto plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), broken});
+  EXPECT_EQ(plan.create, 1u);
+  EXPECT_TRUE(plan.drain.empty());  // the surge is the new one's
+  plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), broken, {"a-2", 2, true, true, true}});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});  // not the ready one
+  plan = plan_rollout(0, {}, {old_ready("a-0", 0), {"a-1", 1, true, true, true}});
+  EXPECT_EQ(plan.create, 0u);
+  EXPECT_EQ(plan.drain.size(), 2u);
+}
+
+TEST(RolloutPlan, PercentagesRoundSurgeUpAndUnavailableDownAndNeverBothZero) {
+  api::RolloutSpec spec;  // 25% and 25%
+  EXPECT_EQ(spec.max_surge.of(1, true), 1u);
+  EXPECT_EQ(spec.max_unavailable.of(1, false), 0u);
+  EXPECT_EQ(spec.max_unavailable.of(8, false), 2u);
+  // 0 and 0% of one replica: one may be unavailable, or nothing moves.
+  auto plan = plan_rollout(1, {{0, false}, {25, true}}, {old_ready("a-0", 0)});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-0"});
+}
+
+TEST(RolloutSpec, DecodesCountsAndPercentagesAndRefusesBothZero) {
+  auto decoded = api::decode_resources(service(2, "  rollout: {maxSurge: 2, maxUnavailable: 10%}\n"),
+                                       "svc.yaml");
+  ASSERT_TRUE(decoded.ok()) << decoded.error().message;
+  const auto& spec = std::get<api::InferenceService>(decoded->front()).spec.rollout;
+  EXPECT_EQ(spec.max_surge, (api::IntOrPercent{2, false}));
+  EXPECT_EQ(spec.max_unavailable, (api::IntOrPercent{10, true}));
+  auto again = api::decode_resources(api::encode_resource(decoded->front()), "again.yaml");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(std::get<api::InferenceService>(again->front()).spec.rollout, spec);
+  auto zero = api::decode_resources(service(2, "  rollout: {maxSurge: 0, maxUnavailable: 0}\n"),
+                                    "svc.yaml");
+  ASSERT_FALSE(zero.ok());
+  EXPECT_NE(zero.error().message.find("spec.rollout"), std::string::npos);
+  auto bad = api::decode_resources(service(2, "  rollout: {maxSurge: 120%}\n"), "svc.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("spec.rollout.maxSurge"), std::string::npos);
+}
+
+TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
+  auto decode = [](const std::string& yaml) {
+    return std::get<api::InferenceService>(api::decode_resources(yaml, "s.yaml")->front());
+  };
+  api::Model model{{"m"}, {"synth://m", "safetensors", 1 << 20}};
+  const std::string base = revision_hash(decode(service(1)), &model);
+  EXPECT_EQ(base, revision_hash(decode(service(5, "  minReplicas: 0\n  queue: q\n")), &model));
+  EXPECT_NE(base, revision_hash(decode(service(1, "  engine: {args: [--x]}\n")), &model));
+  api::Model other = model;
+  other.spec.source = "synth://m2";
+  EXPECT_NE(base, revision_hash(decode(service(1)), &other));
+}
+
+class RolloutTest : public ControllerTest {
+ protected:
+  // Engines start and stop as asked: launched ones become ready, stopped
+  // ones end. Returns the ready replicas after the pass.
+  uint32_t pass() {
+    ctl_->pass();
+    for (const std::string& entry : log_)
+      if (entry.starts_with("stop ")) runtime_.end(entry.substr(5));
+    uint32_t port = 9000;
+    for (auto& [name, st] : runtime_.engines)
+      if (!st.ready) runtime_.make_ready(name, static_cast<uint16_t>(port++));
+    log_.clear();
+    uint32_t ready = 0;
+    for (const auto& r : ctl_->replicas()) ready += r.state == ReplicaState::kReady;
+    return ready;
+  }
+  // Passes until nothing changes for three passes; the fewest ready
+  // replicas seen and the most that existed.
+  std::pair<uint32_t, size_t> settle(int max_passes = 40) {
+    uint32_t fewest = 1000;
+    size_t most = 0;
+    for (int i = 0; i < max_passes; ++i) {
+      clock_.advance(1s);
+      load({});
+      fewest = std::min(fewest, pass());
+      most = std::max(most, runtime_.engines.size());
+    }
+    return {fewest, most};
+  }
+  std::map<std::string, uint32_t> revisions() {
+    std::map<std::string, uint32_t> out;
+    for (const auto& r : ctl_->replicas())
+      if (r.state != ReplicaState::kTerminating) out[r.name] = r.revision;
+    return out;
+  }
+};
+
+TEST_F(RolloutTest, AChangedEngineRollsOutWithinItsBoundsAndAScaleChangeRestartsNothing) {
+  apply(service(3));
+  controller();
+  settle(5);
+  EXPECT_EQ(revisions(), (std::map<std::string, uint32_t>{{"chat-0", 1}, {"chat-1", 1},
+                                                          {"chat-2", 1}}));
+  apply(service(4));  // the count is no revision
+  settle(5);
+  EXPECT_EQ(revisions().size(), 4u);
+  for (const auto& [name, revision] : revisions()) EXPECT_EQ(revision, 1u) << name;
+  apply(service(4, "  engine: {args: [--v2]}\n"));
+  const auto [fewest, most] = settle();
+  EXPECT_GE(fewest, 3u);  // maxUnavailable 25% of 4
+  EXPECT_LE(most, 5u);    // maxSurge 25% of 4
+  EXPECT_EQ(revisions().size(), 4u);
+  for (const auto& [name, revision] : revisions()) {
+    EXPECT_EQ(revision, 2u) << name;
+    EXPECT_EQ(runtime_.args[name], "--v2") << name;
+  }
+  EXPECT_EQ(store_.history["chat"].size(), 2u);
+  const ServiceStatus status = ctl_->services().front();
+  EXPECT_FALSE(status.rollout.rolling);
+  EXPECT_EQ(status.rollout.revision, 2u);
+  EXPECT_TRUE(std::any_of(status.events.begin(), status.events.end(), [](const std::string& e) {
+    return e.find("revision 2 rolled out") != std::string::npos;
+  })) << fmt::format("{}", fmt::join(status.events, "\n"));
+}
+
+TEST_F(RolloutTest, AnOldReplicaThatFailsRestartsAtItsOwnRevision) {
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n"));
+  controller();
+  settle(5);
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n  engine: {args: [--v2]}\n"));
+  clock_.advance(1s);
+  pass();  // chat-2 launched at revision 2, not yet ready
+  ASSERT_EQ(runtime_.revisions.count("chat-2"), 1u);
+  runtime_.end("chat-0");
+  runtime_.engines["chat-2"].ready = false;  // it keeps starting
+  clock_.advance(5s);
+  ctl_->pass();
+  clock_.advance(5s);
+  ctl_->pass();
+  EXPECT_EQ(runtime_.args["chat-0"], "");  // restarted as it was
+  EXPECT_EQ(replica("chat-0").revision, 1u);
+}
+
+TEST_F(RolloutTest, AStartThatNeverBecomesReadyStallsTheRolloutWithItsReason) {
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n"));
+  controller();
+  settle(5);
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n  engine: {args: [--bad]}\n"));
+  for (int i = 0; i < 10; ++i) {
+    clock_.advance(1s);
+    load({});
+    ctl_->pass();
+    for (auto& [name, st] : runtime_.engines) st.message = "error: unknown flag --bad";
+  }
+  uint32_t ready = 0;
+  for (const auto& r : ctl_->replicas()) ready += r.state == ReplicaState::kReady;
+  EXPECT_EQ(ready, 2u);  // the old ones serve on
+  const ServiceStatus status = ctl_->services().front();
+  EXPECT_TRUE(status.rollout.rolling);
+  EXPECT_NE(status.rollout.message.find("unknown flag --bad"), std::string::npos)
+      << status.rollout.message;
+  ASSERT_EQ(status.rollout.revisions.size(), 2u);
+  EXPECT_EQ(status.rollout.revisions[0].number, 2u);
+  EXPECT_EQ(status.rollout.revisions[0].ready, 0u);
+  EXPECT_EQ(status.rollout.revisions[1].ready, 2u);
+}
+
+TEST_F(RolloutTest, UndoWritesThePreviousSpecBackAndItComesBackAsTheNextNumber) {
+  apply(service(2));
+  controller();
+  settle(5);
+  apply(service(2, "  engine: {args: [--v2]}\n"));
+  settle();
+  auto undone = ctl_->undo("chat", 0);
+  ASSERT_TRUE(undone.ok()) << undone.error().message;
+  EXPECT_NE(undone->find("revision 1"), std::string::npos) << *undone;
+  settle();
+  for (const auto& [name, revision] : revisions()) {
+    EXPECT_EQ(revision, 3u) << name;
+    EXPECT_EQ(runtime_.args[name], "") << name;
+  }
+  auto history = ctl_->history("chat");
+  ASSERT_TRUE(history.ok());
+  ASSERT_EQ(history->size(), 2u);  // revision 1 came back as 3
+  EXPECT_EQ((*history)[0].number, 2u);
+  EXPECT_EQ((*history)[1].number, 3u);
+  EXPECT_EQ((*history)[1].replicas, 2u);
+  EXPECT_EQ(ctl_->undo("chat", 7).error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(ctl_->undo("chat", 3).error().code, ErrorCode::kInvalidArgument);
+}
+
+TEST_F(RolloutTest, ANewControllerGoesOnWithTheRolloutItFinds) {
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n"));
+  controller();
+  settle(5);
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n  engine: {args: [--v2]}\n"));
+  clock_.advance(1s);
+  pass();
+  clock_.advance(1s);
+  pass();  // chat-2 (revision 2) ready; chat-1 draining
+  // The controller stops; its engines run on, each with its revision.
+  for (const auto& r : ctl_->replicas())
+    if (r.state != ReplicaState::kTerminating)
+      runtime_.left_running.push_back(
+          {.replica = r.name, .service = "chat", .node = "local", .revision = runtime_.revisions[r.name],
+           .index = static_cast<uint32_t>(r.name.back() - '0')});
+  ctl_.reset();
+  controller();
+  const auto [fewest, most] = settle();
+  EXPECT_GE(fewest, 2u);
+  for (const auto& [name, revision] : revisions()) {
+    EXPECT_EQ(revision, 2u) << name;
+    EXPECT_EQ(runtime_.args[name], "--v2") << name;
+  }
+}
+
+}  // namespace
+}  // namespace loadstar::controller
