@@ -1,5 +1,6 @@
 #include "app/admin_api.h"
 
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -30,6 +31,56 @@ json timeline_json(const controller::ReplicaStatus& r) {
   for (int i = 0; i < controller::kColdStartEventCount; ++i)
     t[controller::kColdStartEvents[i]] = r.timeline[i] ? json(*r.timeline[i]) : json(nullptr);
   return t;
+}
+
+json revision_json(const controller::RevisionStatus& r) {
+  return {{"revision", r.number}, {"hash", r.hash},   {"created", r.created},
+          {"model", r.model},     {"engine", r.engine}, {"replicas", r.replicas},
+          {"ready", r.ready},     {"current", r.current}};
+}
+
+json rollout_json(const controller::RolloutStatus& r) {
+  json revisions = json::array();
+  for (const auto& rev : r.revisions) revisions.push_back(revision_json(rev));
+  return {{"revision", r.revision},
+          {"rolling", r.rolling},
+          {"message", r.message},
+          {"revisions", revisions}};
+}
+
+http::Response error_response(const Error& error) {
+  openai::ApiError e = openai::to_api_error(error);
+  return {e.status, "application/json", openai::error_body(e)};
+}
+
+// /api/v1/services/NAME/revisions (GET) and /undo (POST {"toRevision": N}).
+std::optional<http::Response> rollout_route(controller::Controller& ctl, const http::Request& req,
+                                            std::string_view path) {
+  constexpr std::string_view kPrefix = "/api/v1/services/";
+  if (!path.starts_with(kPrefix)) return std::nullopt;
+  const std::string_view rest = path.substr(kPrefix.size());
+  const size_t slash = rest.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  const std::string service(rest.substr(0, slash));
+  const std::string_view action = rest.substr(slash + 1);
+  if (req.method == "GET" && action == "revisions") {
+    auto history = ctl.history(service);
+    if (!history.ok()) return error_response(history.error());
+    json items = json::array();
+    for (const auto& r : *history) items.push_back(revision_json(r));
+    return http::Response{200, "application/json", json({{"items", items}}).dump()};
+  }
+  if (req.method == "POST" && action == "undo") {
+    const json body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, false);
+    const json to = body.is_object() ? body.value("toRevision", json(0)) : json();
+    if (!to.is_number_unsigned())
+      return error_response(Error{ErrorCode::kInvalidArgument,
+                                  "the body must be {\"toRevision\": N} (0: the previous one)"});
+    auto undone = ctl.undo(service, to.get<uint32_t>());
+    if (!undone.ok()) return error_response(undone.error());
+    return http::Response{200, "application/json", json({{"message", *undone}}).dump()};
+  }
+  return std::nullopt;
 }
 
 // The embedded agent's API under /agent; `loadstar stage NAME` without a
@@ -83,10 +134,13 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
                        {"node", r.node},
                        {"devices", r.devices},
                        {"starts", r.starts},
+                       {"revision", r.revision},
                        {"timeline", timeline_json(r)},
                        {"message", r.message}});
     }
     response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (auto rollout = rollout_route(*ctl, req, path)) {
+    response = std::move(*rollout);
   } else if (req.method == "GET" && path == "/api/v1/services") {
     json items = json::array();
     for (const auto& s : ctl->services())
@@ -96,7 +150,8 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
                        {"scale_reason", s.scale_reason},
                        {"events", s.events},
                        {"ready", s.ready},
-                       {"current", s.total}});
+                       {"current", s.total},
+                       {"rollout", rollout_json(s.rollout)}});
     response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (req.method == "GET" && path == "/api/v1/queues") {
     json items = json::array();

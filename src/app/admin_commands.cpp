@@ -1,8 +1,10 @@
-// `loadstar get services|replicas` and `loadstar apply -f`: clients of a
-// running `loadstar up`'s admin API.
+// `loadstar get services|replicas`, `describe`, `rollout` and `apply -f`:
+// clients of a controller's admin API (`loadstar up`'s, or `loadstar
+// controller`'s in Kubernetes mode).
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
@@ -145,6 +147,9 @@ int describe_service(const AdminTarget& target, const std::string& name) {
                s["current"].get<int>(), s["replicas"].get<int>());
     const std::string reason = s.value("scale_reason", std::string());
     fmt::print("Scaling:   {}\n", reason.empty() ? "fixed (no spec.autoscaling)" : reason);
+    const json rollout = s.value("rollout", json::object());
+    fmt::print("Revision:  {}\nRollout:   {}\n", rollout.value("revision", 0),
+               rollout.value("message", std::string("-")));
     const json events = s.value("events", json::array());
     fmt::print("\nEvents ({}):\n", events.empty() ? "none" : "oldest first");
     for (const auto& e : events) fmt::print("  {}\n", e.get<std::string>());
@@ -223,6 +228,95 @@ std::function<int()> setup_describe(CLI::App& app) {
       fmt::print("  {:.3f}s so far; waiting to be {}\n", previous, waiting_for);
     }
     return 0;
+  };
+}
+
+namespace {
+
+void print_revisions(const json& items) {
+  fmt::print("{:<9} {:<11} {:<21} {:>8} {:>6}  {:<32} {}\n", "REVISION", "HASH", "CREATED",
+             "REPLICAS", "READY", "MODEL", "ENGINE");
+  for (const auto& r : items)
+    fmt::print("{:<9} {:<11} {:<21} {:>8} {:>6}  {:<32} {}\n",
+               fmt::format("{}{}", r.value("revision", 0), r.value("current", false) ? "*" : ""),
+               r.value("hash", ""), r.value("created", ""), r.value("replicas", 0),
+               r.value("ready", 0), r.value("model", ""), r.value("engine", ""));
+}
+
+// The service's rollout, or nothing when there is no such service.
+Result<json> service_rollout(const AdminTarget& target, const std::string& name) {
+  LS_ASSIGN_OR_RETURN(json doc, admin_call(target, "GET", "/api/v1/services"));
+  for (const auto& s : doc["items"])
+    if (s["name"] == name) return s.value("rollout", json::object());
+  return make_error(ErrorCode::kNotFound, "no service named '{}'", name);
+}
+
+}  // namespace
+
+// `loadstar rollout status|history|undo SERVICE`, as kubectl's for Deployments.
+std::function<int()> setup_rollout(CLI::App& app) {
+  struct Options {
+    AdminTarget target;
+    std::string action, service;
+    uint32_t to_revision = 0;
+    bool watch = false;
+    double timeout_s = 600;
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("action", o->action, "status, history or undo")
+      ->required()
+      ->check(CLI::IsMember({"status", "history", "undo"}));
+  app.add_option("service", o->service, "The InferenceService")->required();
+  app.add_option("--to-revision", o->to_revision, "undo: this revision (default: the previous one)");
+  app.add_flag("-w,--watch", o->watch, "status: wait until the rollout is done (exit 1 at --timeout)");
+  app.add_option("--timeout", o->timeout_s, "status --watch: give up after this many seconds")
+      ->capture_default_str();
+  add_admin_options(app, o->target);
+  return [o]() -> int {
+    if (o->action == "history") {
+      auto doc = admin_call(o->target, "GET", fmt::format("/api/v1/services/{}/revisions", o->service));
+      if (!doc.ok()) {
+        fmt::print(stderr, "loadstar rollout history: {}\n", doc.error().message);
+        return 1;
+      }
+      print_revisions((*doc)["items"]);
+      return 0;
+    }
+    if (o->action == "undo") {
+      auto doc = admin_call(o->target, "POST", fmt::format("/api/v1/services/{}/undo", o->service),
+                            json({{"toRevision", o->to_revision}}).dump());
+      if (!doc.ok()) {
+        fmt::print(stderr, "loadstar rollout undo: {}\n", doc.error().message);
+        return 1;
+      }
+      fmt::print("{}\n", (*doc)["message"].get<std::string>());
+      return 0;
+    }
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(o->timeout_s);
+    std::string said;
+    for (;;) {
+      auto rollout = service_rollout(o->target, o->service);
+      if (!rollout.ok()) {
+        fmt::print(stderr, "loadstar rollout status: {}\n", rollout.error().message);
+        return 1;
+      }
+      const std::string message = rollout->value("message", std::string());
+      const bool rolling = rollout->value("rolling", false);
+      if (!o->watch) {
+        fmt::print("{}\n\n", message);
+        print_revisions(rollout->value("revisions", json::array()));
+        return 0;
+      }
+      if (message != said) fmt::print("{}\n", message);
+      said = message;
+      if (!rolling) return 0;
+      if (std::chrono::steady_clock::now() > deadline) {
+        fmt::print(stderr, "loadstar rollout status: not done after {:g}s\n", o->timeout_s);
+        return 1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
   };
 }
 

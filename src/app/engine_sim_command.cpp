@@ -46,6 +46,14 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
   app.add_option("--timeout-keep-alive", o.keep_alive_timeout_s,
                  "Seconds an idle keep-alive connection stays open (uvicorn's name and default)")
       ->capture_default_str();
+  app.add_option("--fault-error-rate", o.fault_error_rate,
+                 "Fault injection: answer this fraction of generation requests 500")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--fault-delay", o.fault_delay_s,
+                 "Fault injection: seconds every generation request waits before it starts")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   app.add_option_function<std::string>(
          "--max-body-size",
          [&o](const std::string& text) {

@@ -142,6 +142,16 @@ class EngineSimServer {
       co_await respond_error(ex, std::move(error));
       co_return;
     }
+    if (options_.fault_delay_s > 0) {
+      asio::steady_timer delay(co_await asio::this_coro::executor);
+      delay.expires_after(std::chrono::microseconds(static_cast<int64_t>(options_.fault_delay_s * 1e6)));
+      co_await delay.async_wait(asio::use_awaitable);
+    }
+    if (options_.fault_error_rate > 0 && fault_draw() < options_.fault_error_rate) {
+      ApiError error{500, "injected fault (engine-sim --fault-error-rate)", {}};
+      co_await respond_error(ex, std::move(error));
+      co_return;
+    }
     if (endpoint == Endpoint::kEmbeddings) {
       co_await embed(ex, std::move(request));
       co_return;
@@ -297,6 +307,12 @@ class EngineSimServer {
   const std::string model_root_;
   EngineMetrics metrics_;
   EngineLoop loop_;
+  // A uniform draw in [0, 1) for fault injection (one I/O thread calls it).
+  double fault_draw() {
+    fault_state_ = fault_state_ * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<double>(fault_state_ >> 11) * 0x1.0p-53;
+  }
+  uint64_t fault_state_ = 0x853c49e6748fea9bULL;
   std::atomic<bool> ready_{false};
   const uint64_t id_salt_ =
       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) *

@@ -37,6 +37,11 @@ struct EngineSimOptions {
   // An idle keep-alive connection is closed after this, as vLLM's server
   // (uvicorn's timeout_keep_alive, 5 s) does.
   double keep_alive_timeout_s = 5;
+  // Fault injection, to test what runs above an engine (rollouts, retries,
+  // outlier detection): this fraction of generation requests is answered
+  // 500, and every generation request waits this long first (wall time).
+  double fault_error_rate = 0;
+  double fault_delay_s = 0;
 };
 
 // The engine core's configuration from the options and the profile they

@@ -276,6 +276,34 @@ TEST(EngineSimProcess, FullWaitingQueueAnswers503) {
   EXPECT_EQ(request("fourth").value().status, 200);
 }
 
+// Fault injection: the share of failures asked for, and the delay.
+TEST(EngineSimProcess, InjectedFaultsFailTheShareAskedForAndDelayEveryRequest) {
+  auto model = synth_model("tiny", "16MiB");
+  auto sim = EngineSim::start(model, {"--served-model-name", "tiny", "--time-scale", "50",
+                                      "--fault-error-rate", "0.3", "--fault-delay", "0.02"});
+  int failed = 0;
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) {
+    auto r = http::fetch({.port = sim->port(),
+                          .method = "POST",
+                          .target = "/v1/completions",
+                          .body = json({{"model", "tiny"}, {"prompt", "hi"}, {"max_tokens", 1}})
+                                      .dump()});
+    ASSERT_TRUE(r.ok());
+    if (r->status == 500) {
+      ++failed;
+      EXPECT_NE(r->body.find("injected fault"), std::string::npos) << r->body;
+    } else {
+      EXPECT_EQ(r->status, 200) << r->body;
+    }
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::seconds(2));  // 100 x 20 ms
+  EXPECT_GE(failed, 15);
+  EXPECT_LE(failed, 45);
+  // Health and metrics are not faulted: the replica stays routable.
+  EXPECT_EQ(http::fetch({.port = sim->port(), .target = "/health"})->status, 200);
+}
+
 TEST(EngineSimProcess, StartUpTimeGrowsWithModelSize) {
   auto small = synth_model("small-8m", "8MiB");
   auto large = synth_model("large-256m", "256MiB");
