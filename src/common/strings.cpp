@@ -62,8 +62,12 @@ std::string last_error_line_of(std::string_view output) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
     if (!line.empty()) lines.push_back(std::move(line));
   }
-  static constexpr std::string_view kWords[] = {"error",   "fatal",   "exception", "failed",
-                                                "invalid", "unknown", "cannot",    "abort"};
+  // What argument parsers say of a bad flag counts too: CLI11's "was not
+  // expected" (its last line only says to run --help), argparse's
+  // "unrecognized arguments".
+  static constexpr std::string_view kWords[] = {
+      "error",  "fatal", "exception", "failed",       "invalid",    "unknown",
+      "cannot", "abort", "not expected", "unrecognized", "is required"};
   for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
     std::string lower = *it;
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

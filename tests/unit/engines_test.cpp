@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "api/resources.h"
+#include "common/strings.h"
 #include "controller/pod_runtime.h"
 #include "engines/engines.h"
 #include "gateway/engine_load.h"
@@ -41,6 +42,18 @@ engines::LaunchSpec launch() {
   l.threads = 2;
   l.extra_args = {"--seed", "3"};
   return l;
+}
+
+// The line an engine's log says what went wrong in, as users see it in
+// status: the parser's complaint, not its closing hint.
+TEST(Engines, TheLastErrorLineIsTheOneThatSaysWhatWentWrong) {
+  EXPECT_EQ(last_error_line_of("loading\nThe following argument was not expected: --x\n"
+                               "Run with --help for more information.\n"),
+            "The following argument was not expected: --x");
+  EXPECT_EQ(last_error_line_of("usage: vllm serve\nvllm serve: error: unrecognized arguments: --x\n"),
+            "vllm serve: error: unrecognized arguments: --x");
+  EXPECT_EQ(last_error_line_of("all good\nbye\n"), "bye");
+  EXPECT_EQ(last_error_line_of(""), "");
 }
 
 TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {

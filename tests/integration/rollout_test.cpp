@@ -1,0 +1,197 @@
+// Rollouts on `loadstar up`: real engines replaced under steady traffic,
+// driven with the CLI a user has (apply, rollout status|history|undo).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string service_yaml(int replicas, const std::string& engine_args,
+                         const std::string& rollout = "{maxSurge: 1, maxUnavailable: 0}") {
+  return quickstart(replicas, engine_args) + "  rollout: " + rollout + "\n";
+}
+
+// The CLI against `up`'s admin API.
+int cli(Up& up, std::vector<std::string> args, std::string* out) {
+  args.push_back("--admin-port");
+  args.push_back(std::to_string(up.admin_port()));
+  return run_loadstar(args, out);
+}
+
+void apply_file(Up& up, const std::string& yaml) {
+  const fs::path file = scratch_dir() / "rollout.yaml";
+  std::ofstream(file) << yaml;
+  std::string out;
+  ASSERT_EQ(cli(up, {"apply", "-f", file.string()}, &out), 0) << out;
+}
+
+json service(Up& up) {
+  auto r = http::fetch({.port = up.admin_port(), .target = "/api/v1/services"});
+  if (!r.ok()) return json::object();
+  const json doc = json::parse(r->body, nullptr, false);
+  if (!doc.is_object()) return json::object();
+  for (const auto& s : doc["items"])
+    if (s["name"] == "chat") return s;
+  return json::object();
+}
+
+// Waits until revision `revision` is rolled out with `ready` replicas, every
+// one of them at it; false after 60 s.
+bool rolled_out(Up& up, int revision, int ready) {
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < deadline) {
+    const json rollout = service(up).value("rollout", json::object());
+    const json revisions = rollout.value("revisions", json::array());
+    if (rollout.value("revision", 0) == revision && !rollout.value("rolling", true) &&
+        revisions.size() == 1 && revisions[0].value("ready", 0) == ready &&
+        revisions[0].value("replicas", 0) == ready)
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// Clients that send chat requests (every other one streamed) through the
+// gateway until stopped, counting what did not end well; and a watcher of
+// the replicas' states.
+class Traffic {
+ public:
+  explicit Traffic(Up& up) : up_(up) {
+    for (int i = 0; i < 4; ++i)
+      clients_.emplace_back([this, i] {
+        for (int n = 0; !stop_; ++n) send(i, (n + i) % 2 == 1);
+      });
+    watcher_ = std::thread([this] {
+      while (!stop_) {
+        auto r = http::fetch({.port = up_.admin_port(), .target = "/api/v1/replicas"});
+        if (r.ok()) {
+          int ready = 0, active = 0;
+          const json doc = json::parse(r->body);
+          for (const auto& item : doc["items"]) {
+            ready += item["state"] == "Ready";
+            active += item["state"] != "Terminating";
+          }
+          fewest_ready = std::min(fewest_ready.load(), ready);
+          most_active = std::max(most_active.load(), active);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+  }
+  ~Traffic() { stop(); }
+  void stop() {
+    if (stop_.exchange(true)) return;
+    for (auto& t : clients_) t.join();
+    watcher_.join();
+  }
+
+  std::atomic<int> sent{0}, failed{0};
+  std::atomic<int> fewest_ready{1000}, most_active{0};
+  std::string first_failure;
+
+ private:
+  void send(int client, bool stream) {
+    json body = {{"model", "chat"},
+                 {"messages", {{{"role", "user"}, {"content", "client " + std::to_string(client)}}}},
+                 {"max_tokens", 24},
+                 {"ignore_eos", true},
+                 {"stream", stream}};
+    auto r = http::fetch({.port = up_.port(),
+                          .method = "POST",
+                          .target = "/v1/chat/completions",
+                          .body = body.dump(),
+                          .timeout_s = 30});
+    ++sent;
+    const bool ok = r.ok() && r->status == 200 &&
+                    (!stream || r->body.find("data: [DONE]") != std::string::npos) &&
+                    r->body.find("\"error\"") == std::string::npos;
+    if (ok) return;
+    if (failed++ == 0)
+      first_failure = r.ok() ? std::to_string(r->status) + " " + r->body : r.error().message;
+  }
+
+  Up& up_;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> clients_;
+  std::thread watcher_;
+};
+
+TEST(Rollout, ANewRevisionReplacesEveryReplicaUnderTrafficWithoutAFailedRequestAndUndoReturns) {
+  // Real time: requests last long enough to be in flight when their
+  // replica drains.
+  auto up = Up::start(service_yaml(2, R"("--time-scale", "1")"));
+  up->wait_ready("chat", 2);
+  Traffic traffic(*up);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  apply_file(*up, service_yaml(2, R"("--time-scale", "1", "--seed", "2")"));
+  ASSERT_TRUE(rolled_out(*up, 2, 2)) << service(*up).dump(2) << up->log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  traffic.stop();
+  EXPECT_EQ(traffic.failed, 0) << traffic.first_failure;
+  EXPECT_GT(traffic.sent, 8);
+  std::fprintf(stderr, "%d requests, %d failed, fewest ready %d, most replicas %d\n",
+               traffic.sent.load(), traffic.failed.load(), traffic.fewest_ready.load(),
+               traffic.most_active.load());
+  EXPECT_GE(traffic.fewest_ready, 2);  // maxUnavailable 0
+  EXPECT_LE(traffic.most_active, 3);   // maxSurge 1
+  const json replicas = json::parse(up->replicas_json());
+  for (const auto& r : replicas["items"]) EXPECT_EQ(r["revision"], 2);
+
+  std::string out;
+  ASSERT_EQ(cli(*up, {"rollout", "history", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("--seed 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("2*"), std::string::npos) << out;  // the current one
+  ASSERT_EQ(cli(*up, {"rollout", "undo", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("rolling back to revision 1"), std::string::npos) << out;
+  ASSERT_TRUE(rolled_out(*up, 3, 2)) << service(*up).dump(2);
+  ASSERT_EQ(cli(*up, {"rollout", "status", "chat", "--watch", "--timeout", "10"}, &out), 0) << out;
+  EXPECT_NE(out.find("revision 3 rolled out"), std::string::npos) << out;
+  // Revision 1 came back as 3: two kept, and the spec on disk is the old one.
+  ASSERT_EQ(cli(*up, {"rollout", "history", "chat"}, &out), 0) << out;
+  EXPECT_EQ(out.find("\n1 "), std::string::npos) << out;
+  EXPECT_EQ(read_file(up->data_dir() / "state" / "InferenceService.chat.yaml").find("--seed"),
+            std::string::npos);
+}
+
+TEST(Rollout, ARevisionWhoseEngineCannotStartStallsWithItsErrorWhileTheOldOneServes) {
+  auto up = Up::start(service_yaml(1, R"("--time-scale", "10")"));
+  up->wait_ready("chat", 1);
+  apply_file(*up, service_yaml(1, R"("--time-scale", "10", "--no-such-flag")"));
+  // The new replica fails and restarts; the rollout says why, in the
+  // engine's own words, and the old replica goes on serving.
+  std::string message;
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (Clock::now() < deadline && message.find("no-such-flag") == std::string::npos) {
+    message = service(*up).value("rollout", json::object()).value("message", "");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(message.find("no-such-flag"), std::string::npos) << message << up->log();
+  EXPECT_NE(message.find("rolling out revision 2: 1 of 1 updated, 0 ready; 1 old"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":2})").status,
+            200);
+  std::string out;
+  ASSERT_EQ(cli(*up, {"rollout", "status", "chat", "-w", "--timeout", "1"}, &out), 1) << out;
+  ASSERT_EQ(cli(*up, {"rollout", "undo", "chat"}, &out), 0) << out;
+  ASSERT_TRUE(rolled_out(*up, 3, 1)) << service(*up).dump(2);
+  ASSERT_EQ(cli(*up, {"describe", "service", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("rollout to revision 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("revision 3 rolled out"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace loadstar::testing
