@@ -1,5 +1,6 @@
 #include "app/admin_api.h"
 
+#include <cstdint>
 #include <optional>
 #include <set>
 
@@ -73,7 +74,7 @@ std::optional<http::Response> rollout_route(controller::Controller& ctl, const h
   if (req.method == "POST" && action == "undo") {
     const json body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, false);
     const json to = body.is_object() ? body.value("toRevision", json(0)) : json();
-    if (!to.is_number_unsigned())
+    if (!to.is_number_integer() || to.get<int64_t>() < 0 || to.get<int64_t>() > UINT32_MAX)
       return error_response(Error{ErrorCode::kInvalidArgument,
                                   "the body must be {\"toRevision\": N} (0: the previous one)"});
     auto undone = ctl.undo(service, to.get<uint32_t>());

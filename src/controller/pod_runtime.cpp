@@ -23,6 +23,8 @@ namespace {
 constexpr const char* kManagedBy = "app.kubernetes.io/managed-by";
 constexpr const char* kServiceLabel = "loadstar.dev/service";
 constexpr const char* kIndexLabel = "loadstar.dev/index";
+// The replica's revision (rollout.h), as a Deployment's pod-template-hash.
+constexpr const char* kRevisionLabel = "loadstar.dev/revision";
 constexpr const char* kSharesAnnotation = "loadstar.dev/devices";
 
 json shares_json(const std::vector<DeviceShare>& shares) {
@@ -67,6 +69,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                  {"app.kubernetes.io/component", "engine"},
                  {kServiceLabel, svc.metadata.name},
                  {kIndexLabel, std::to_string(launch.index)}};
+  if (!launch.revision.empty()) labels[kRevisionLabel] = launch.revision;
   const engines::Engine* kind = engines::find(svc.spec.engine.name);
   if (!kind) kind = engines::find("engine-sim");  // the decoder admits only the table's names
   // The model as the agent publishes it: a directory, or for GGUF the one
@@ -557,6 +560,8 @@ std::vector<ExistingEngine> PodRuntime::existing() {
     e.index =
         index != pod.labels.end() ? static_cast<uint32_t>(std::atoi(index->second.c_str())) : 0;
     e.node = pod.node_name;
+    if (auto revision = pod.labels.find(kRevisionLabel); revision != pod.labels.end())
+      e.revision = revision->second;
     e.shares = shares_from(object);
     e.draining = pod.annotations.count(kDrainingAnnotation) > 0;
     if (!e.service.empty()) out.push_back(std::move(e));

@@ -245,10 +245,121 @@ std::map<std::string, std::string> KubeStore::node_addresses() const {
   return out;
 }
 
+namespace {
+
+json optional_json(const auto& v) { return v ? json(*v) : json(nullptr); }
+
+// What `loadstar rollout undo` writes back, as a merge patch of the spec:
+// null removes a field the revision did not set.
+json shape_patch(const api::Resource& resource) {
+  if (const auto* model = std::get_if<api::Model>(&resource))
+    return {{"source", model->spec.source},
+            {"format", model->spec.format},
+            {"size", optional_json(model->spec.size_bytes)}};
+  const api::InferenceServiceSpec& s = std::get<api::InferenceService>(resource).spec;
+  const api::EngineSpec& e = s.engine;
+  const api::GpuRequirements& g = s.gpu;
+  return {{"model", s.model},
+          {"engine",
+           {{"name", e.name},
+            {"args", e.args},
+            {"image", e.image.empty() ? json(nullptr) : json(e.image)},
+            {"contextLength", optional_json(e.context_length)},
+            {"maxSequences", optional_json(e.max_sequences)},
+            {"threads", optional_json(e.threads)},
+            {"prefixCache", e.prefix_cache}}},
+          {"resources",
+           {{"cpu", s.cpu > 0 ? json(s.cpu) : json(nullptr)},
+            {"memory", s.memory_bytes > 0 ? json(s.memory_bytes) : json(nullptr)},
+            {"gpu",
+             {{"count", g.count},
+              {"type", g.type.empty() ? json(nullptr) : json(g.type)},
+              {"memory", optional_json(g.memory_bytes)},
+              {"fraction", optional_json(g.fraction)},
+              {"mig", g.mig.empty() ? json(nullptr) : json(g.mig)}}}}}};
+}
+
+constexpr const char* kRevisionServiceLabel = "loadstar.dev/service";
+constexpr const char* kRevisionHashLabel = "loadstar.dev/revision";
+
+}  // namespace
+
 Status KubeStore::apply(const api::Resource& resource) {
-  return make_error(ErrorCode::kInvalidArgument,
-                    "{} '{}': in Kubernetes mode resources are applied with kubectl",
-                    api::kind_of(resource), api::metadata_of(resource).name);
+  const std::string_view kind = api::kind_of(resource);
+  const std::string& name = api::metadata_of(resource).name;
+  const Kind* k = kind_named(kind);
+  if (!k || (kind != "InferenceService" && kind != "Model") || !get(kind, name))
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{} '{}': in Kubernetes mode resources are applied with kubectl", kind, name);
+  const kube::NamespaceScope::Name n = scope_.split(name);
+  const std::string path =
+      kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), n.namespace_name,
+                            k->plural) +
+      "/" + n.name;
+  auto patched = client_.merge_patch(path, {{"spec", shape_patch(resource)}});
+  if (!patched.ok()) return std::move(patched).error().context(fmt::format("writing {} {}", kind, name));
+  return ok_status();
+}
+
+Result<std::vector<RevisionRecord>> KubeStore::revisions(std::string_view service) const {
+  const kube::NamespaceScope::Name n = scope_.split(service);
+  LS_ASSIGN_OR_RETURN(json list,
+                      client_.list(kube::collection_path("apps/v1", n.namespace_name,
+                                                         "controllerrevisions"),
+                                   fmt::format("{}={}", kRevisionServiceLabel, n.name)));
+  std::vector<RevisionRecord> out;
+  for (const json& item : list.value("items", json::array())) {
+    const json labels = item.value("metadata", json::object()).value("labels", json::object());
+    const json hash = labels.value(kRevisionHashLabel, json());
+    const json number = item.value("revision", json());
+    if (!hash.is_string() || !number.is_number_unsigned()) continue;  // not one of ours
+    out.push_back({hash.get<std::string>(), number.get<uint32_t>(),
+                   item.value("data", json::object()).dump()});
+  }
+  return out;
+}
+
+Status KubeStore::save_revision(std::string_view service, const RevisionRecord& record) {
+  const kube::NamespaceScope::Name n = scope_.split(service);
+  const std::string collection =
+      kube::collection_path("apps/v1", n.namespace_name, "controllerrevisions");
+  const std::string name = fmt::format("{}-{}", n.name, record.hash);
+  // Its data never changes: an existing one is renumbered.
+  auto renumbered = client_.merge_patch(collection + "/" + name, {{"revision", record.number}});
+  if (renumbered.ok()) return ok_status();
+  if (renumbered.error().code != ErrorCode::kNotFound) return renumbered.error();
+  json data = json::parse(record.data, nullptr, false);
+  if (data.is_discarded()) return make_error(ErrorCode::kInvalidArgument, "revision data not JSON");
+  json object = {{"apiVersion", "apps/v1"},
+                 {"kind", "ControllerRevision"},
+                 {"metadata",
+                  {{"name", name},
+                   {"namespace", n.namespace_name},
+                   {"labels",
+                    {{"app.kubernetes.io/managed-by", "loadstar"},
+                     {kRevisionServiceLabel, n.name},
+                     {kRevisionHashLabel, record.hash}}}}},
+                 {"data", std::move(data)},
+                 {"revision", record.number}};
+  if (const std::string uid = uid_of("InferenceService", service); !uid.empty())
+    object["metadata"]["ownerReferences"] = {
+        {{"apiVersion", fmt::format("{}/{}", api::kGroup, api::kVersion)},
+         {"kind", "InferenceService"},
+         {"name", n.name},
+         {"uid", uid},
+         {"blockOwnerDeletion", true}}};
+  auto created = client_.create(collection, object);
+  if (!created.ok()) return created.error();
+  return ok_status();
+}
+
+Status KubeStore::remove_revision(std::string_view service, std::string_view hash) {
+  const kube::NamespaceScope::Name n = scope_.split(service);
+  Status removed = client_.remove(
+      kube::collection_path("apps/v1", n.namespace_name, "controllerrevisions") + "/" +
+      fmt::format("{}-{}", n.name, hash));
+  if (!removed.ok() && removed.error().code == ErrorCode::kNotFound) return ok_status();
+  return removed;
 }
 
 Status KubeStore::remove(std::string_view kind, std::string_view name) {

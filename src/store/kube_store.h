@@ -45,13 +45,22 @@ class KubeStore : public ResourceStore {
 
   std::vector<api::Resource> list() const override;
   std::optional<api::Resource> get(std::string_view kind, std::string_view name) const override;
-  // Resources are applied with kubectl in Kubernetes mode.
+  // Resources are applied with kubectl in Kubernetes mode. The controller
+  // itself writes back only what `loadstar rollout undo` restores: an
+  // existing InferenceService's replica shape (model, engine, resources)
+  // and an existing Model's spec, as merge patches; anything else is refused.
   Status apply(const api::Resource& resource) override;
   Status remove(std::string_view kind, std::string_view name) override;
   uint64_t revision() const override { return revision_.load(); }
   std::shared_ptr<void> watch(WatchCallback callback) override;
   void publish_status(std::string_view kind, std::string_view name,
                       const std::string& status_json) override;
+  // Rollout history as ControllerRevisions (apps/v1, as Deployments' and
+  // StatefulSets' own), one per revision, named SERVICE-HASH in the
+  // service's namespace, owned by the service (deleted with it).
+  Result<std::vector<RevisionRecord>> revisions(std::string_view service) const override;
+  Status save_revision(std::string_view service, const RevisionRecord& record) override;
+  Status remove_revision(std::string_view service, std::string_view hash) override;
 
   // The object's uid (for owner references); empty when unknown.
   std::string uid_of(std::string_view kind, std::string_view name) const;

@@ -440,6 +440,11 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
             std::string::npos)
       << out;
   EXPECT_FALSE(can("loadstar-controller", "update inferenceservices.loadstar.dev" + in));
+  // Its writes of specs: rollout undo's merge patch, and the history.
+  EXPECT_TRUE(can("loadstar-controller", "patch inferenceservices.loadstar.dev" + in));
+  EXPECT_FALSE(can("loadstar-controller", "delete inferenceservices.loadstar.dev" + in));
+  EXPECT_TRUE(can("loadstar-controller", "create controllerrevisions.apps" + in));
+  EXPECT_FALSE(can("loadstar-controller", "create deployments.apps" + in));
   EXPECT_TRUE(can("loadstar-gateway", "watch inferenceservices.loadstar.dev" + in));
   EXPECT_FALSE(can("loadstar-gateway", "create pods" + in));
   EXPECT_FALSE(
