@@ -420,6 +420,41 @@ void decode_rollout(Decoder& d, const YAML::Node& node, RolloutSpec& out) {
   };
   read("maxSurge", out.max_surge);
   read("maxUnavailable", out.max_unavailable);
+  if (YAML::Node canary = r.get("canary"); canary && !canary.IsNull()) {
+    MapReader c(d, canary, "spec.rollout.canary");
+    CanarySpec spec;
+    c.list("steps", [&](const YAML::Node& item, const std::string& path) {
+      MapReader st(d, item, path);
+      CanaryStep step;
+      if (!st.uint("weight", step.weight))
+        d.error(item, path + ".weight", "required");
+      else if (step.weight < 1 || step.weight > 99)
+        d.error(item["weight"], path + ".weight",
+                "must be a percentage from 1 to 99 (passing every step promotes)");
+      st.duration("pause", step.pause_s);
+      st.finish();
+      spec.steps.push_back(step);
+    });
+    if (spec.steps.empty()) d.error(canary, "spec.rollout.canary.steps", "at least one step");
+    if (YAML::Node analysis = c.get("analysis"); analysis && !analysis.IsNull()) {
+      MapReader a(d, analysis, "spec.rollout.canary.analysis");
+      a.uint("minRequests", spec.analysis.min_requests);
+      std::optional<double> v;
+      if (a.number("maxErrorRateIncrease", v, 0, 1)) spec.analysis.max_error_rate_increase = *v;
+      // A ratio of 0 turns its check off.
+      auto ratio = [&](const char* key, std::optional<double>& out) {
+        if (!a.number(key, v, 0, 1000)) return;
+        if (*v > 0 && *v < 1)
+          d.error(analysis[key], a.field(key), "must be 0 (off) or at least 1");
+        out = *v > 0 ? v : std::nullopt;
+      };
+      ratio("maxTtftP99Ratio", spec.analysis.max_ttft_p99_ratio);
+      ratio("maxItlP99Ratio", spec.analysis.max_itl_p99_ratio);
+      a.finish();
+    }
+    c.finish();
+    out.canary = std::move(spec);
+  }
   r.finish();
   if (out.max_surge.value == 0 && out.max_unavailable.value == 0)
     d.error(node, "spec.rollout",
@@ -871,6 +906,22 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "rollout" << YAML::Value << YAML::BeginMap;
       out << YAML::Key << "maxSurge" << YAML::Value << count(s.rollout.max_surge);
       out << YAML::Key << "maxUnavailable" << YAML::Value << count(s.rollout.max_unavailable);
+      if (const auto& canary = s.rollout.canary) {
+        out << YAML::Key << "canary" << YAML::Value << YAML::BeginMap;
+        out << YAML::Key << "steps" << YAML::Value << YAML::BeginSeq;
+        for (const CanaryStep& step : canary->steps)
+          out << YAML::Flow << YAML::BeginMap << YAML::Key << "weight" << YAML::Value
+              << step.weight << YAML::Key << "pause" << YAML::Value
+              << fmt::format("{}s", step.pause_s) << YAML::EndMap;
+        out << YAML::EndSeq;
+        const CanaryAnalysis& a = canary->analysis;
+        out << YAML::Key << "analysis" << YAML::Value << YAML::BeginMap;
+        out << YAML::Key << "minRequests" << YAML::Value << a.min_requests;
+        out << YAML::Key << "maxErrorRateIncrease" << YAML::Value << a.max_error_rate_increase;
+        out << YAML::Key << "maxTtftP99Ratio" << YAML::Value << a.max_ttft_p99_ratio.value_or(0);
+        out << YAML::Key << "maxItlP99Ratio" << YAML::Value << a.max_itl_p99_ratio.value_or(0);
+        out << YAML::EndMap << YAML::EndMap;
+      }
       out << YAML::EndMap;
     }
     const RoutingSpec& r = s.routing;

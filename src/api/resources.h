@@ -115,9 +115,35 @@ struct IntOrPercent {
 // replicas (spec.rollout), as a Deployment's rolling update: at most
 // maxSurge replicas above the desired count while new ones start, at most
 // maxUnavailable of the desired count not ready. Not both zero.
+// A canary rollout (spec.rollout.canary): the new revision gets a share of
+// the traffic in steps, each held for a pause, while the gateways' view of
+// it (failed attempts, TTFT and ITL p99) is compared with the stable
+// revision's; a step that breaches a bound rolls back at once, all steps
+// passed promote (the rolling update then replaces the rest).
+struct CanaryStep {
+  uint32_t weight = 0;  // percent of the requests, 1..99
+  double pause_s = 60;  // held at least this long, and until minRequests
+  bool operator==(const CanaryStep&) const = default;
+};
+
+struct CanaryAnalysis {
+  uint32_t min_requests = 20;          // reaching the canary in a step before it is judged
+  double max_error_rate_increase = 0.05;  // the canary's failed share minus the stable's
+  std::optional<double> max_ttft_p99_ratio = 1.5;  // canary p99 / stable p99
+  std::optional<double> max_itl_p99_ratio = 1.5;
+  bool operator==(const CanaryAnalysis&) const = default;
+};
+
+struct CanarySpec {
+  std::vector<CanaryStep> steps;
+  CanaryAnalysis analysis;
+  bool operator==(const CanarySpec&) const = default;
+};
+
 struct RolloutSpec {
   IntOrPercent max_surge{25, true};
   IntOrPercent max_unavailable{25, true};
+  std::optional<CanarySpec> canary;
   bool operator==(const RolloutSpec&) const = default;
 };
 

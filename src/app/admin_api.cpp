@@ -45,6 +45,7 @@ json rollout_json(const controller::RolloutStatus& r) {
   for (const auto& rev : r.revisions) revisions.push_back(revision_json(rev));
   return {{"revision", r.revision},
           {"rolling", r.rolling},
+          {"aborted", r.aborted},
           {"message", r.message},
           {"revisions", revisions}};
 }
@@ -54,7 +55,8 @@ http::Response error_response(const Error& error) {
   return {e.status, "application/json", openai::error_body(e)};
 }
 
-// /api/v1/services/NAME/revisions (GET) and /undo (POST {"toRevision": N}).
+// /api/v1/services/NAME/revisions (GET), /undo (POST {"toRevision": N}),
+// and a canary's /pause, /resume, /promote, /abort (POST).
 std::optional<http::Response> rollout_route(controller::Controller& ctl, const http::Request& req,
                                             std::string_view path) {
   constexpr std::string_view kPrefix = "/api/v1/services/";
@@ -70,6 +72,12 @@ std::optional<http::Response> rollout_route(controller::Controller& ctl, const h
     json items = json::array();
     for (const auto& r : *history) items.push_back(revision_json(r));
     return http::Response{200, "application/json", json({{"items", items}}).dump()};
+  }
+  if (req.method == "POST" &&
+      (action == "pause" || action == "resume" || action == "promote" || action == "abort")) {
+    auto done = ctl.control_canary(service, std::string(action));
+    if (!done.ok()) return error_response(done.error());
+    return http::Response{200, "application/json", json({{"message", *done}}).dump()};
   }
   if (req.method == "POST" && action == "undo") {
     const json body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, false);

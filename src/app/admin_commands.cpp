@@ -263,12 +263,15 @@ std::function<int()> setup_rollout(CLI::App& app) {
     double timeout_s = 600;
   };
   auto o = std::make_shared<Options>();
-  app.add_option("action", o->action, "status, history or undo")
+  app.add_option("action", o->action,
+                 "status, history, undo; a canary's pause, resume, promote, abort")
       ->required()
-      ->check(CLI::IsMember({"status", "history", "undo"}));
+      ->check(CLI::IsMember(
+          {"status", "history", "undo", "pause", "resume", "promote", "abort"}));
   app.add_option("service", o->service, "The InferenceService")->required();
   app.add_option("--to-revision", o->to_revision, "undo: this revision (default: the previous one)");
-  app.add_flag("-w,--watch", o->watch, "status: wait until the rollout is done (exit 1 at --timeout)");
+  app.add_flag("-w,--watch", o->watch,
+               "status: wait until the rollout is done (exit 1 at --timeout or a rollback)");
   app.add_option("--timeout", o->timeout_s, "status --watch: give up after this many seconds")
       ->capture_default_str();
   add_admin_options(app, o->target);
@@ -282,11 +285,12 @@ std::function<int()> setup_rollout(CLI::App& app) {
       print_revisions((*doc)["items"]);
       return 0;
     }
-    if (o->action == "undo") {
-      auto doc = admin_call(o->target, "POST", fmt::format("/api/v1/services/{}/undo", o->service),
-                            json({{"toRevision", o->to_revision}}).dump());
+    if (o->action != "status") {
+      auto doc = admin_call(
+          o->target, "POST", fmt::format("/api/v1/services/{}/{}", o->service, o->action),
+          o->action == "undo" ? json({{"toRevision", o->to_revision}}).dump() : "{}");
       if (!doc.ok()) {
-        fmt::print(stderr, "loadstar rollout undo: {}\n", doc.error().message);
+        fmt::print(stderr, "loadstar rollout {}: {}\n", o->action, doc.error().message);
         return 1;
       }
       fmt::print("{}\n", (*doc)["message"].get<std::string>());
@@ -303,6 +307,7 @@ std::function<int()> setup_rollout(CLI::App& app) {
       }
       const std::string message = rollout->value("message", std::string());
       const bool rolling = rollout->value("rolling", false);
+      const bool aborted = rollout->value("aborted", false);
       if (!o->watch) {
         fmt::print("{}\n\n", message);
         print_revisions(rollout->value("revisions", json::array()));
@@ -310,7 +315,7 @@ std::function<int()> setup_rollout(CLI::App& app) {
       }
       if (message != said) fmt::print("{}\n", message);
       said = message;
-      if (!rolling) return 0;
+      if (!rolling) return aborted ? 1 : 0;  // a canary rolled back is no success
       if (std::chrono::steady_clock::now() > deadline) {
         fmt::print(stderr, "loadstar rollout status: not done after {:g}s\n", o->timeout_s);
         return 1;

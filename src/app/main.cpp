@@ -30,7 +30,9 @@ const std::vector<Command>& command_table() {
       {"describe",
        "Show a replica (with its cold-start timeline) or a service (with its scaling events)",
        loadstar::app::setup_describe},
-      {"rollout", "A service's rollout: status [-w], history, undo [--to-revision N]",
+      {"rollout",
+       "A service's rollout: status [-w], history, undo [--to-revision N]; a canary's pause, "
+       "resume, promote, abort",
        loadstar::app::setup_rollout},
       {"engine-sim", "Run the vLLM-compatible engine simulator", loadstar::app::setup_engine_sim},
       {"model", "Model files: synth (write a synthetic safetensors model), inspect",

@@ -48,7 +48,7 @@ struct Controller::Replica {
   // What it runs: the spec and model it started from (a restart keeps them).
   // Number 0: taken over, its revision known by hash alone (the history lost it).
   std::shared_ptr<const Revision> revision;
-  bool ever_launched = false;  // a replica never launched takes the current revision
+  bool ever_launched = false;  // one never launched takes the revision its group runs
   // The gateways' view, as of the last load round.
   int64_t in_flight = 0;
   double waiting = 0;
@@ -66,6 +66,7 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
       epoch_(clock.now()),
       scaler_(load != nullptr, epoch_),
       history_(store),
+      rollouts_(history_),
       placement_(options_.placement_policy) {}
 
 Controller::~Controller() {
@@ -110,6 +111,7 @@ void Controller::adopt_existing() {
     r->launched = true;
     r->created = r->launched_at = clock_.now();  // its start was a previous controller's
     r->ever_launched = true;
+    if (e.canary_weight > 0) canary_weights_[e.replica] = e.canary_weight;
     // Its revision as the runtime recorded it; one the history lost is
     // known by its hash alone (number 0): it is rolled, never restarted.
     // None recorded (a controller before rollouts): taken as the current.
@@ -196,8 +198,7 @@ void Controller::launch(Replica& r) {
   if (!services_.count(r.service)) return;
   // A replica runs its own revision; one never started, or whose revision
   // the history no longer has, the current one.
-  if (!r.ever_launched || !r.revision || r.revision->number == 0)
-    r.revision = current_.at(r.service);
+  if (!r.revision || r.revision->number == 0) r.revision = current_.at(r.service);
   const Revision& rev = *r.revision;
   if (!rev.model) {
     r.state = ReplicaState::kPending;
@@ -341,6 +342,7 @@ void Controller::apply_load() {
       continue;
     }
     r->in_flight = it->second.in_flight;
+    if (r->revision) rollouts_.observe(r->service, r->revision->hash, it->second);
     if (it->second.waiting) r->waiting = *it->second.waiting;
     if (it->second.kv_usage) r->kv_usage = *it->second.kv_usage;
   }
@@ -380,10 +382,9 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
     if (r->service != svc_name) continue;
     used.insert(r->index);
     if (r->state == ReplicaState::kTerminating) continue;
-    // One never launched runs nothing of another revision; one whose
-    // revision came back (renumbered) runs the current one.
-    if (!r->ever_launched || !r->revision || r->revision->hash == current->hash)
-      r->revision = current;
+    // Unknown (a controller before rollouts), or its revision came back
+    // renumbered: it runs the current one.
+    if (!r->revision || r->revision->hash == current->hash) r->revision = current;
     old = old || r->revision != current;
     active.push_back(r.get());
   }
@@ -392,66 +393,42 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
   const uint32_t counted = old ? std::min(static_cast<uint32_t>(active.size()), scaler_.desired(svc))
                                : static_cast<uint32_t>(active.size());
   const uint32_t desired = scaler_.decide(svc, counted, service_load(svc_name), now, clock_.wall());
-  std::vector<RolloutReplica> state;
+  std::vector<RolloutView> views;
   for (const Replica* r : active) {
-    RolloutReplica rr{r->name, r->index, r->revision == current, r->state == ReplicaState::kReady};
-    rr.staged = rr.ready || r->cold_start.seconds_to(kStaged).has_value();
-    rr.new_weights_here = !rr.current && weights_here(*r, *current);
-    state.push_back(std::move(rr));
+    RolloutView v{r->name, r->index, r->revision, r->ever_launched,
+                  r->state == ReplicaState::kReady};
+    v.staged = v.ready || r->cold_start.seconds_to(kStaged).has_value();
+    v.new_weights_here = r->revision != current && weights_here(*r, *current);
+    if (!v.ready) v.message = r->message;
+    views.push_back(std::move(v));
   }
-  const RolloutPlan plan = plan_rollout(desired, svc.spec.rollout, std::move(state));
-  for (uint32_t n = 0; n < plan.create; ++n) {
-    uint32_t index = 0;  // new replicas take the lowest free index
-    while (used.count(index)) ++index;
-    used.insert(index);
-    auto r = std::make_unique<Replica>();
-    r->name = fmt::format("{}-{}", svc_name, index);
-    r->created = now;
-    r->cold_start = ColdStart(now);
-    r->service = svc_name;
-    r->index = index;
-    r->revision = current;
-    replicas_.emplace(r->name, std::move(r));
-  }
-  if (desired == 0 && !plan.drain.empty())
+  RolloutActions actions =
+      rollouts_.plan(svc, current, desired, std::move(views), now, clock_.wall());
+  for (auto& [name, revision] : actions.retarget) replicas_.at(name)->revision = revision;
+  for (auto& revision : actions.create) new_replica(svc_name, used, revision, now);
+  if (desired == 0 && !actions.drain.empty())
     spdlog::info("service {}: idle for {}s; scaling to zero", svc_name, svc.spec.idle_timeout_s);
-  for (const std::string& name : plan.drain) begin_termination(*replicas_.at(name));
+  for (const std::string& name : actions.drain) begin_termination(*replicas_.at(name));
+  for (const auto& [name, weight] : actions.canary_weights) {
+    uint32_t& now_weight = canary_weights_[name];
+    if (now_weight != weight) runtime_.route_share(name, weight);
+    now_weight = weight;
+  }
+}
 
-  // The rollout's own record: when it began, where it stands, its events.
-  Rolling& rolling = rolling_[svc_name];
-  auto event = [&](std::string text) {
-    rolling.events.push_back(fmt::format(
-        "{:%H:%M:%S}Z {}", std::chrono::floor<std::chrono::seconds>(clock_.wall()), text));
-    if (rolling.events.size() > 20) rolling.events.pop_front();
-    spdlog::info("service {}: {}", svc_name, text);
-  };
-  if (plan.rolling && !rolling.rolling) {
-    rolling.since = now;
-    event(fmt::format("rollout to revision {} ({}) began", current->number, current->hash));
-  } else if (!plan.rolling && rolling.rolling) {
-    event(fmt::format("revision {} rolled out in {:.0f}s", current->number,
-                      seconds_between(rolling.since, now)));
-  }
-  rolling.rolling = plan.rolling;
-  rolling.message.clear();
-  if (!plan.rolling) return;
-  uint32_t updated = 0, updated_ready = 0, remaining = 0;
-  std::string waiting;
-  for (const auto& [name, r] : replicas_) {
-    if (r->service != svc_name || r->state == ReplicaState::kTerminating) continue;
-    if (r->revision != current) {
-      ++remaining;
-      continue;
-    }
-    ++updated;
-    if (r->state == ReplicaState::kReady)
-      ++updated_ready;
-    else if (waiting.empty() && !r->message.empty())
-      waiting = fmt::format("; {}: {}", name, r->message);
-  }
-  rolling.message = fmt::format("rolling out revision {}: {} of {} updated, {} ready; {} old{}",
-                                current->number, updated, desired, updated_ready, remaining,
-                                waiting);
+void Controller::new_replica(const std::string& service, std::set<uint32_t>& used,
+                             std::shared_ptr<const Revision> revision, Clock::time_point now) {
+  uint32_t index = 0;  // new replicas take the lowest free index
+  while (used.count(index)) ++index;
+  used.insert(index);
+  auto r = std::make_unique<Replica>();
+  r->name = fmt::format("{}-{}", service, index);
+  r->created = now;
+  r->cold_start = ColdStart(now);
+  r->service = service;
+  r->index = index;
+  r->revision = std::move(revision);
+  replicas_.emplace(r->name, std::move(r));
 }
 
 bool Controller::weights_here(const Replica& r, const Revision& to) {
@@ -538,7 +515,8 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
                    where->node, where->devices);
   find_revisions();
   for (const auto& [svc_name, svc] : services_) scale(svc, now);
-  std::erase_if(rolling_, [this](const auto& kv) { return !services_.count(kv.first); });
+  rollouts_.retain(services_);
+  std::erase_if(canary_weights_, [this](const auto& kv) { return !replicas_.count(kv.first); });
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
   scaler_.retain(services_);
@@ -617,9 +595,13 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
   for (const auto& [name, svc] : services_) key.push_back(api::encode_resource(svc));
   for (const auto& t : tenant_specs_) key.push_back(api::encode_resource(t));
   for (const auto& r : route_specs_) key.push_back(api::encode_resource(r));
+  auto weight = [this](const std::string& replica) {
+    auto it = canary_weights_.find(replica);
+    return it == canary_weights_.end() ? 0u : it->second;
+  };
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady)
-      key.push_back(fmt::format("ep:{}:{}:{}", name, r->host, r->port));
+      key.push_back(fmt::format("ep:{}:{}:{}:{}", name, r->host, r->port, weight(name)));
   if (key == published_key_) return std::nullopt;
   published_key_ = key;
   routing::RoutingInputs inputs;
@@ -628,7 +610,7 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
   inputs.routes = route_specs_;
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady && services_.count(r->service)) {
-      inputs.ready[r->service].push_back({name, r->host, r->port});
+      inputs.ready[r->service].push_back({name, r->host, r->port, weight(name)});
       mark(*r, kRouted, now);  // the inputs go out at the end of this pass
     }
   return inputs;
@@ -716,8 +698,8 @@ std::vector<ServiceStatus> Controller::services() const {
       s.events = scaler_.events(name);
     }
     s.rollout = rollout_status(name);
-    if (auto it = rolling_.find(name); it != rolling_.end()) {
-      s.events.insert(s.events.end(), it->second.events.begin(), it->second.events.end());
+    if (const auto* events = rollouts_.events(name)) {
+      s.events.insert(s.events.end(), events->begin(), events->end());
       std::stable_sort(s.events.begin(), s.events.end());  // by their time stamps
     }
     for (const auto& [rn, r] : replicas_) {
@@ -750,10 +732,9 @@ RolloutStatus Controller::rollout_status(const std::string& service) const {
   RolloutStatus out;
   const auto current = current_.find(service);
   if (current != current_.end()) out.revision = current->second->number;
-  if (auto it = rolling_.find(service); it != rolling_.end()) {
-    out.rolling = it->second.rolling;
-    out.message = it->second.message;
-  }
+  out.rolling = rollouts_.rolling(service);
+  out.aborted = rollouts_.aborted(service);
+  out.message = rollouts_.message(service);
   std::map<std::string, RevisionStatus> by_hash;
   for (const auto& [name, r] : replicas_) {
     if (r->service != service) continue;
@@ -840,6 +821,20 @@ Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
   LS_RETURN_IF_ERROR(store_.apply(svc));
   return fmt::format("service {} rolling back to revision {} ({}){}", service, target->number,
                      target->hash, also);
+}
+
+Result<std::string> Controller::control_canary(const std::string& service,
+                                               const std::string& action) {
+  std::string done;
+  {
+    std::lock_guard lock(mu_);
+    if (!services_.count(service))
+      return make_error(ErrorCode::kNotFound, "InferenceService '{}' does not exist", service);
+    LS_ASSIGN_OR_RETURN(done, rollouts_.control(service, action, clock_.now(), clock_.wall()));
+    dirty_ = true;
+  }
+  wake_.notify_all();
+  return done;
 }
 
 std::vector<scheduler::QueueStatus> Controller::queues() const {

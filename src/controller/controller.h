@@ -20,7 +20,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -38,6 +37,7 @@
 #include "controller/placement.h"
 #include "controller/revisions.h"
 #include "controller/rollout.h"
+#include "controller/rollouts.h"
 #include "controller/runtime.h"
 #include "controller/scaler.h"
 #include "routing/routing_builder.h"
@@ -84,6 +84,7 @@ struct RevisionStatus {
 struct RolloutStatus {
   uint32_t revision = 0;  // the current one
   bool rolling = false;   // replicas of older revisions remain
+  bool aborted = false;   // the current revision's canary was rolled back
   std::string message;    // where the rollout stands, or why it waits
   std::vector<RevisionStatus> revisions;  // with replicas, newest first
 };
@@ -157,6 +158,8 @@ class Controller {
   // service's spec, and its model's spec when that changed since, as
   // `kubectl rollout undo` does; the rollout follows. Says what it did.
   Result<std::string> undo(const std::string& service, uint32_t to);
+  // pause, resume, promote or abort the service's canary.
+  Result<std::string> control_canary(const std::string& service, const std::string& action);
 
  private:
   struct Replica;
@@ -187,6 +190,8 @@ class Controller {
   RolloutStatus rollout_status(const std::string& service) const;
   // Whether the weights of `to` are staged on old replica r's node already.
   bool weights_here(const Replica& r, const Revision& to);
+  void new_replica(const std::string& service, std::set<uint32_t>& used,
+                   std::shared_ptr<const Revision> revision, Clock::time_point now);
   // Each service's replicas as the store's status of it (Kubernetes mode).
   void publish_statuses();
   double seconds(Clock::time_point t) const { return seconds_between(epoch_, t); }
@@ -222,13 +227,10 @@ class Controller {
   mutable RevisionHistory history_;
   std::map<std::string, std::shared_ptr<const Revision>> current_;  // by service
   uint64_t revisions_found_at_ = ~0ull;  // the store's revision when current_ was found
-  struct Rolling {
-    bool rolling = false;
-    Clock::time_point since;
-    std::string message;
-    std::deque<std::string> events;  // "12:00:01Z rollout ...", oldest first
-  };
-  std::map<std::string, Rolling> rolling_;  // by service
+  Rollouts rollouts_;
+  // Each replica's share of its service's traffic while a canary runs
+  // (its group's; 0 or absent: none).
+  std::map<std::string, uint32_t> canary_weights_;
   Placement placement_;
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;

@@ -15,6 +15,8 @@ void LoadRound::merge(LoadRound later) {
     ReplicaLoad& load = replicas[name];
     load.requests += next.requests;
     for (size_t b = 0; b < load.ttft.size(); ++b) load.ttft[b] += next.ttft[b];
+    load.failures += next.failures;
+    for (size_t b = 0; b < load.itl.size(); ++b) load.itl[b] += next.itl[b];
     load.in_flight = next.in_flight;
     load.waiting = next.waiting;
     load.kv_usage = next.kv_usage;
@@ -43,6 +45,12 @@ LoadRound LoadAggregator::round(
       for (size_t b = 0; b < seen.ttft.size(); ++b) {
         load.ttft[b] += increment(e.ttft[b], seen.ttft[b]);
         seen.ttft[b] = e.ttft[b];
+      }
+      load.failures += increment(e.failures, seen.failures);
+      seen.failures = e.failures;
+      for (size_t b = 0; b < seen.itl.size(); ++b) {
+        load.itl[b] += increment(e.itl[b], seen.itl[b]);
+        seen.itl[b] = e.itl[b];
       }
       load.in_flight += std::max<int64_t>(e.in_flight, 0);
       // The engine's own numbers: any gateway's recent scrape will do; the

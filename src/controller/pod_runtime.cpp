@@ -424,6 +424,16 @@ void PodRuntime::unroute(const std::string& replica) {
                  replica, r.error().message);
 }
 
+void PodRuntime::route_share(const std::string& replica, uint32_t weight) {
+  auto pod = pods_->get(scope_.split(replica));
+  if (!pod) return;
+  const json value = weight > 0 ? json(std::to_string(weight)) : json(nullptr);
+  const json patch = {{"metadata", {{"annotations", {{kube::kCanaryWeightAnnotation, value}}}}}};
+  auto r = client_.merge_patch(pod_path(replica), patch);
+  if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+    spdlog::warn("setting pod {}'s canary weight to {}: {}", replica, weight, r.error().message);
+}
+
 void PodRuntime::kill(const std::string& replica) {
   stopping_.insert(replica);
   remove(replica, 0);
@@ -564,6 +574,8 @@ std::vector<ExistingEngine> PodRuntime::existing() {
       e.revision = revision->second;
     e.shares = shares_from(object);
     e.draining = pod.annotations.count(kDrainingAnnotation) > 0;
+    if (auto w = pod.annotations.find(kube::kCanaryWeightAnnotation); w != pod.annotations.end())
+      e.canary_weight = static_cast<uint32_t>(std::max(0, std::atoi(w->second.c_str())));
     if (!e.service.empty()) out.push_back(std::move(e));
   }
   return out;

@@ -73,6 +73,7 @@ class PodRuntime : public EngineRuntime {
   void stop(const std::string& replica) override;
   void kill(const std::string& replica) override;
   void unroute(const std::string& replica) override;
+  void route_share(const std::string& replica, uint32_t weight) override;
   bool engines_outlive_controller() const override { return true; }
   std::vector<ExistingEngine> existing() override;
   // Asks the agents of `nodes` GPU nodes (those that hold the model first,

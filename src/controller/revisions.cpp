@@ -62,6 +62,7 @@ RevisionHistory::Service& RevisionHistory::load(const std::string& service) {
       spdlog::warn("service {}: {}", service, revision.error().message);
       continue;
     }
+    if (!record.state.empty()) it->second.states[record.hash] = record.state;
     it->second.revisions.push_back(std::make_shared<const Revision>(std::move(*revision)));
   }
   std::sort(it->second.revisions.begin(), it->second.revisions.end(),
@@ -74,6 +75,7 @@ void RevisionHistory::save(const std::string& service, Service& s) {
     const std::string hash = s.revisions.front()->hash;
     s.revisions.erase(s.revisions.begin());
     std::erase(s.unsaved, hash);
+    s.states.erase(hash);
     if (Status removed = store_.remove_revision(service, hash); !removed.ok())
       spdlog::warn("service {}: {}", service, removed.error().message);
   }
@@ -84,8 +86,8 @@ void RevisionHistory::save(const std::string& service, Service& s) {
       it = s.unsaved.erase(it);
       continue;
     }
-    Status saved = store_.save_revision(service, {(*rev)->hash, (*rev)->number,
-                                                  encode_revision(**rev)});
+    Status saved = store_.save_revision(
+        service, {(*rev)->hash, (*rev)->number, encode_revision(**rev), s.states[*it]});
     if (!saved.ok()) {
       // Kept in memory; the next pass tries again.
       spdlog::warn("service {}: cannot record revision {}: {}", service, (*rev)->hash,
@@ -145,6 +147,22 @@ std::shared_ptr<const Revision> RevisionHistory::numbered(const std::string& ser
 
 std::vector<std::shared_ptr<const Revision>> RevisionHistory::of(const std::string& service) {
   return load(service).revisions;
+}
+
+std::string RevisionHistory::state(const std::string& service, const std::string& hash) {
+  Service& s = load(service);
+  auto it = s.states.find(hash);
+  return it == s.states.end() ? std::string() : it->second;
+}
+
+void RevisionHistory::set_state(const std::string& service, const std::string& hash,
+                                std::string state) {
+  Service& s = load(service);
+  if (s.states[hash] == state) return;
+  s.states[hash] = std::move(state);
+  if (std::find(s.unsaved.begin(), s.unsaved.end(), hash) == s.unsaved.end())
+    s.unsaved.push_back(hash);
+  save(service, s);
 }
 
 }  // namespace loadstar::controller

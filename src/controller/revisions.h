@@ -42,11 +42,16 @@ class RevisionHistory {
   std::shared_ptr<const Revision> numbered(const std::string& service, uint32_t number);
   // Oldest first.
   std::vector<std::shared_ptr<const Revision>> of(const std::string& service);
+  // A revision's rollout progress (JSON; empty: none recorded), kept with
+  // it so that a new controller goes on where the last one was.
+  std::string state(const std::string& service, const std::string& hash);
+  void set_state(const std::string& service, const std::string& hash, std::string state);
 
  private:
   struct Service {
     std::vector<std::shared_ptr<const Revision>> revisions;  // by number
     std::vector<std::string> unsaved;                        // hashes the store has yet to take
+    std::map<std::string, std::string> states;               // by hash
   };
   Service& load(const std::string& service);
   void save(const std::string& service, Service& s);

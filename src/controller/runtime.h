@@ -71,6 +71,7 @@ struct ExistingEngine {
   uint32_t index = 0;
   std::vector<DeviceShare> shares;
   bool draining = false;  // taken out of routing (unroute) by a previous controller
+  uint32_t canary_weight = 0;  // as a previous controller left it (route_share)
 };
 
 class EngineRuntime {
@@ -92,6 +93,11 @@ class EngineRuntime {
   // Pod is marked (kDrainingAnnotation) and they skip it; locally the
   // controller's own routing table leaves the replica out, nothing to do.
   virtual void unroute(const std::string& /*replica*/) {}
+  // A canary's replica gets `weight` percent of its service's requests
+  // with the rest of its group (0: an ordinary replica again). Kubernetes
+  // mode's gateways read it from the Pod (kCanaryWeightAnnotation); locally
+  // the controller's routing table carries it, nothing to do.
+  virtual void route_share(const std::string& /*replica*/, uint32_t /*weight*/) {}
   // Stops it now (SIGKILL, or a deletion without grace).
   virtual void kill(const std::string& replica) = 0;
   // A service's model stays staged on `nodes` nodes while it has no replica

@@ -79,6 +79,7 @@ struct Worker {
   HeldRequests held;  // a new table wakes them
   EndpointChooser::Scratch picks;
   std::vector<Endpoint*> unsaturated;  // scratch of flow control's filter
+  std::vector<Endpoint*> canary;       // scratch of a canary's split
   std::mt19937_64 rng{std::random_device{}()};
   std::thread thread;
 };
@@ -493,9 +494,12 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     if (picker && !picker->session_header.empty())
       pick_request.session = req.header(picker->session_header);
     std::span<Endpoint* const> candidates = selector.endpoints(*backend, now_ms);
-    if (picker)
-      candidates = unsaturated(selector.table().services.at(backend->service).flow, candidates,
-                               now_ms, w.unsaturated);
+    if (picker) {
+      const RoutingTable::Service& svc = selector.table().services.at(backend->service);
+      candidates = canary_split(svc, candidates,
+                                std::uniform_real_distribution<double>(0, 1)(w.rng), w.canary);
+      candidates = unsaturated(svc.flow, candidates, now_ms, w.unsaturated);
+    }
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
     if (shared_prefixes && (chosen.prefix_recorded || chosen.session_recorded != 0))
       shared_prefixes->publish(
@@ -547,8 +551,12 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
                           1);
       co_return routed;
     }
-    if (outcome != ForwardOutcome::kClientGone)
-      note_outcome(w, *endpoint, result.upstream_status == 0 || result.upstream_status >= 500);
+    if (outcome != ForwardOutcome::kClientGone) {
+      const bool failed = result.upstream_status == 0 || result.upstream_status >= 500;
+      if (failed || result.client_status >= 500)  // a stream cut midway too
+        endpoint->failures.fetch_add(1, std::memory_order_relaxed);
+      note_outcome(w, *endpoint, failed);
+    }
     ++attempt;
   }
   if (outcome == ForwardOutcome::kRetry) {

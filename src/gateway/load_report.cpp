@@ -19,6 +19,9 @@ EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms) {
   out.metrics_age_s = at > 0 ? (now_ms - at) / 1000.0 : -1.0;
   for (size_t b = 0; b < out.ttft.size(); ++b)
     out.ttft[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
+  out.failures = e.failures.load(std::memory_order_relaxed);
+  for (size_t b = 0; b < out.itl.size(); ++b)
+    out.itl[b] = e.itl_counts[b].load(std::memory_order_relaxed);
   return out;
 }
 
@@ -33,7 +36,9 @@ std::string load_report_json(const LoadReport& report) {
                          {"waiting", e.waiting},
                          {"kv_usage", e.kv_usage},
                          {"metrics_age_s", e.metrics_age_s},
-                         {"ttft_counts", e.ttft}});
+                         {"ttft_counts", e.ttft},
+                         {"failures", e.failures},
+                         {"itl_counts", e.itl}});
   json held = json::object();
   for (const auto& [service, n] : report.held)
     if (n > 0) held[service] = n;
@@ -95,6 +100,10 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     if (auto ttft = e.find("ttft_counts"); ttft != e.end() && ttft->is_array())
       for (size_t b = 0; b < load.ttft.size() && b < ttft->size(); ++b)
         load.ttft[b] = counter((*ttft)[b]);
+    if (auto f = e.find("failures"); f != e.end()) load.failures = counter(*f);
+    if (auto itl = e.find("itl_counts"); itl != e.end() && itl->is_array())
+      for (size_t b = 0; b < load.itl.size() && b < itl->size(); ++b)
+        load.itl[b] = counter((*itl)[b]);
     out.report.endpoints.push_back(std::move(load));
   }
   return out;

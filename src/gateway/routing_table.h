@@ -82,6 +82,20 @@ struct Endpoint {
     while (i < std::size(kTtftBounds) && seconds > kTtftBounds[i]) ++i;
     ttft_counts[i].fetch_add(1, std::memory_order_relaxed);
   }
+  // Attempts sent here that failed (connect errors, timeouts, 5xx, streams
+  // cut), counted whether or not a retry elsewhere saved the request, and
+  // the gaps between a stream's token events (inter-token latency) in
+  // buckets: what a canary's analysis compares between revisions.
+  std::atomic<uint64_t> failures{0};
+  static constexpr double kItlBounds[] = {0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1,
+                                          0.15,  0.2,  0.3,  0.5,  1,    2,     5};
+  static constexpr size_t kItlBuckets = std::size(kItlBounds) + 1;
+  std::atomic<uint64_t> itl_counts[kItlBuckets] = {};
+  void observe_itl(double seconds) {
+    size_t i = 0;
+    while (i < std::size(kItlBounds) && seconds > kItlBounds[i]) ++i;
+    itl_counts[i].fetch_add(1, std::memory_order_relaxed);
+  }
 };
 
 struct RoutingTable {
@@ -94,6 +108,10 @@ struct RoutingTable {
     uint32_t hold_max_requests = 256;
     double hold_timeout_s = 120;
     FlowControl flow;  // off unless a saturation threshold is set
+    // A canary rollout's split: `canary_weight` percent of the requests go
+    // to the `canary` endpoints (of `ready`), the rest to the others.
+    std::vector<const Endpoint*> canary;
+    uint32_t canary_weight = 0;
   };
   struct Backend {
     std::string service;                 // an InferenceService, or

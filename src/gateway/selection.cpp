@@ -99,6 +99,19 @@ BackendSelector::HoldTarget BackendSelector::hold_target() const {
   return target;
 }
 
+std::span<Endpoint* const> canary_split(const RoutingTable::Service& svc,
+                                        std::span<Endpoint* const> candidates, double draw,
+                                        std::vector<Endpoint*>& out) {
+  if (svc.canary.empty() || svc.canary_weight == 0) return candidates;
+  const bool to_canary = draw * 100 < svc.canary_weight;
+  out.clear();
+  for (Endpoint* e : candidates)
+    if ((std::find(svc.canary.begin(), svc.canary.end(), e) != svc.canary.end()) == to_canary)
+      out.push_back(e);
+  if (out.empty() || out.size() == candidates.size()) return candidates;
+  return out;
+}
+
 std::optional<Ejection> record_outcome(Endpoint& endpoint, bool failed, const OutlierPolicy& policy,
                                        int64_t now_ms) {
   if (!failed) {

@@ -33,6 +33,15 @@ void backend_candidates(const RoutingTable& table, const RoutingTable::Backend& 
 // model (the caller then answers 404): what a held request waits for.
 bool has_ready_backend(const RoutingTable& table, const std::string& model);
 
+// A canary rollout's traffic split: the candidates of the group this
+// request goes to (`draw` uniform in [0, 1): below the canary weight, the
+// canary), written to `out`; all of `candidates` when the service has no
+// canary or one group has no candidate left (a retry after the canary
+// failed goes to the stable replicas).
+std::span<Endpoint* const> canary_split(const RoutingTable::Service& svc,
+                                        std::span<Endpoint* const> candidates, double draw,
+                                        std::vector<Endpoint*>& out);
+
 // One request's choice of backends across its attempts: the model's backends
 // in the table it was resolved against (kept alive here) and the endpoints
 // tried so far. Per request, on one thread; it points into itself, so it

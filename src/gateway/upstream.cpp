@@ -425,7 +425,9 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
           endpoint.pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
           result.prefill_pending = 0;
         } else {
-          stats.inter_token.observe(std::chrono::duration<double>(now - last_event).count());
+          const double gap = std::chrono::duration<double>(now - last_event).count();
+          stats.inter_token.observe(gap);
+          endpoint.observe_itl(gap);
         }
         last_event = now;
       }

@@ -18,6 +18,9 @@ namespace loadstar::kube {
 // On an engine Pod: the controller is draining it; gateways send it nothing
 // new (Kubernetes mode's counterpart of leaving the routing table).
 inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
+// On a canary's replica Pods: the percentage of the service's requests the
+// canary's replicas get together (gateways split by it).
+inline constexpr const char* kCanaryWeightAnnotation = "loadstar.dev/canary-weight";
 
 // The one taint replica Pods tolerate (any value, NoSchedule): the one GPU
 // nodes commonly carry to keep other Pods off (NVIDIA's GPU operator docs).

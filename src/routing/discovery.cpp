@@ -56,8 +56,13 @@ void EndpointDiscovery::rebuild() {
       continue;
     const auto port = pod.port("engine", "");
     if (!port) continue;
-    inputs.ready[service->second].push_back({pod.name, pod.pod_ip, static_cast<uint16_t>(*port)});
-    key += fmt::format("\nep:{}:{}:{}", pod.name, pod.pod_ip, *port);
+    // A canary's Pods say their group's share of the traffic.
+    uint32_t canary = 0;
+    if (auto w = pod.annotations.find(kube::kCanaryWeightAnnotation); w != pod.annotations.end())
+      canary = static_cast<uint32_t>(std::clamp(std::atoi(w->second.c_str()), 0, 100));
+    inputs.ready[service->second].push_back(
+        {pod.name, pod.pod_ip, static_cast<uint16_t>(*port), canary});
+    key += fmt::format("\nep:{}:{}:{}:{}", pod.name, pod.pod_ip, *port, canary);
     ++n;
   }
   if (key == published_key_) return;

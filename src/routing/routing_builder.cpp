@@ -51,6 +51,10 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
       else
         endpoint = std::make_shared<gateway::Endpoint>(name, r.replica, r.host, r.port);
       s.ready.push_back(endpoint);
+      if (r.canary_weight > 0) {
+        s.canary.push_back(endpoint.get());
+        s.canary_weight = std::min<uint32_t>(r.canary_weight, 100);
+      }
     }
   }
   endpoints_ = std::move(endpoints);

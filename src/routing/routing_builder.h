@@ -26,6 +26,9 @@ struct ReadyReplica {
   std::string replica;
   std::string host;
   uint16_t port = 0;
+  // A canary's replica: its group gets this percentage of the service's
+  // requests (0: a stable replica).
+  uint32_t canary_weight = 0;
 };
 
 // What a routing table is built from.

@@ -281,6 +281,7 @@ json shape_patch(const api::Resource& resource) {
 
 constexpr const char* kRevisionServiceLabel = "loadstar.dev/service";
 constexpr const char* kRevisionHashLabel = "loadstar.dev/revision";
+constexpr const char* kRolloutStateAnnotation = "loadstar.dev/rollout-state";
 
 }  // namespace
 
@@ -313,8 +314,12 @@ Result<std::vector<RevisionRecord>> KubeStore::revisions(std::string_view servic
     const json hash = labels.value(kRevisionHashLabel, json());
     const json number = item.value("revision", json());
     if (!hash.is_string() || !number.is_number_unsigned()) continue;  // not one of ours
+    const json annotations =
+        item.value("metadata", json::object()).value("annotations", json::object());
+    const json state = annotations.value(kRolloutStateAnnotation, json());
     out.push_back({hash.get<std::string>(), number.get<uint32_t>(),
-                   item.value("data", json::object()).dump()});
+                   item.value("data", json::object()).dump(),
+                   state.is_string() ? state.get<std::string>() : std::string()});
   }
   return out;
 }
@@ -324,8 +329,12 @@ Status KubeStore::save_revision(std::string_view service, const RevisionRecord& 
   const std::string collection =
       kube::collection_path("apps/v1", n.namespace_name, "controllerrevisions");
   const std::string name = fmt::format("{}-{}", n.name, record.hash);
-  // Its data never changes: an existing one is renumbered.
-  auto renumbered = client_.merge_patch(collection + "/" + name, {{"revision", record.number}});
+  // Its data never changes: an existing one is renumbered, its state updated.
+  const json state = record.state.empty() ? json(nullptr) : json(record.state);
+  auto renumbered = client_.merge_patch(
+      collection + "/" + name,
+      {{"revision", record.number},
+       {"metadata", {{"annotations", {{kRolloutStateAnnotation, state}}}}}});
   if (renumbered.ok()) return ok_status();
   if (renumbered.error().code != ErrorCode::kNotFound) return renumbered.error();
   json data = json::parse(record.data, nullptr, false);
@@ -348,6 +357,8 @@ Status KubeStore::save_revision(std::string_view service, const RevisionRecord& 
          {"name", n.name},
          {"uid", uid},
          {"blockOwnerDeletion", true}}};
+  if (!record.state.empty())
+    object["metadata"]["annotations"] = {{kRolloutStateAnnotation, record.state}};
   auto created = client_.create(collection, object);
   if (!created.ok()) return created.error();
   return ok_status();

@@ -122,7 +122,7 @@ Result<std::vector<RevisionRecord>> LocalStore::revisions(std::string_view servi
       return make_error(ErrorCode::kCorrupt, "{}: not a revision record (hash, number, data)",
                         entry.path().string());
     out.push_back({doc["hash"].get<std::string>(), doc["number"].get<uint32_t>(),
-                   doc["data"].get<std::string>()});
+                   doc["data"].get<std::string>(), doc.value("state", std::string())});
   }
   if (ec) return make_error(ErrorCode::kIo, "cannot read {}: {}", dir.string(), ec.message());
   return out;
@@ -133,8 +133,10 @@ Status LocalStore::save_revision(std::string_view service, const RevisionRecord&
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return make_error(ErrorCode::kIo, "cannot create {}: {}", dir.string(), ec.message());
-  const nlohmann::json doc = {
-      {"hash", record.hash}, {"number", record.number}, {"data", record.data}};
+  const nlohmann::json doc = {{"hash", record.hash},
+                              {"number", record.number},
+                              {"data", record.data},
+                              {"state", record.state}};
   return write_replacing(dir / (record.hash + ".json"), doc.dump(2) + "\n");
 }
 

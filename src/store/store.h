@@ -35,6 +35,7 @@ struct RevisionRecord {
   std::string hash;
   uint32_t number = 0;
   std::string data;
+  std::string state;  // its rollout's progress (JSON, the controller's; may change)
 };
 
 class ResourceStore {
@@ -59,7 +60,8 @@ class ResourceStore {
   virtual Result<std::vector<RevisionRecord>> revisions(std::string_view /*service*/) const {
     return std::vector<RevisionRecord>{};
   }
-  // Creates the record, or renumbers it (its data never changes).
+  // Creates the record, or renumbers it and updates its state (its data
+  // never changes).
   virtual Status save_revision(std::string_view /*service*/, const RevisionRecord& /*record*/) {
     return ok_status();
   }

@@ -94,6 +94,9 @@ class FakeRuntime : public EngineRuntime {
   }
   void stop(const std::string& replica) override { log_.push_back("stop " + replica); }
   void unroute(const std::string& replica) override { log_.push_back("unroute " + replica); }
+  void route_share(const std::string& replica, uint32_t weight) override {
+    shares[replica] = weight;
+  }
   void kill(const std::string& replica) override { engines.erase(replica); }
 
   void make_ready(const std::string& replica, uint16_t port) {
@@ -111,6 +114,7 @@ class FakeRuntime : public EngineRuntime {
   std::map<std::string, std::string> nodes;  // where each launch was placed
   std::map<std::string, std::string> revisions;  // each launch's revision
   std::map<std::string, std::string> args;       // each launch's engine arguments
+  std::map<std::string, uint32_t> shares;        // canary weights, as last set
   std::chrono::milliseconds launch_cost{0};  // wall time each launch takes (an API write)
 
  private:

@@ -120,5 +120,30 @@ TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
   EXPECT_EQ(r.demand, (std::set<std::string>{"idle"}));
 }
 
+// Failed attempts and inter-token gaps travel in the report and become
+// per-round increments, as requests do.
+TEST(FlowControl, FailuresAndInterTokenGapsReachTheControllerAsIncrements) {
+  LoadReport report;
+  EndpointLoad e;
+  e.service = "chat";
+  e.replica = "chat-0";
+  e.address = "10.0.0.1:1";
+  e.requests = 10;
+  e.failures = 3;
+  e.itl[2] = 40;
+  report.endpoints.push_back(e);
+  controller::LoadAggregator agg;
+  auto parsed = parse_load_report(load_report_json(report));
+  ASSERT_TRUE(parsed.ok());
+  controller::LoadRound first = agg.round({{"g", parsed->report}});
+  EXPECT_EQ(first.replicas["chat-0"].failures, 3u);
+  EXPECT_EQ(first.replicas["chat-0"].itl[2], 40u);
+  report.endpoints[0].failures = 5;
+  report.endpoints[0].itl[2] = 45;
+  controller::LoadRound second = agg.round({{"g", report}});
+  EXPECT_EQ(second.replicas["chat-0"].failures, 2u);
+  EXPECT_EQ(second.replicas["chat-0"].itl[2], 5u);
+}
+
 }  // namespace
 }  // namespace loadstar::gateway

@@ -159,6 +159,26 @@ TEST(BackendSelector, AllEjectedAreStillUsedWhenNothingElseIsLeft) {
   EXPECT_EQ(backend->service, "b");
 }
 
+// A canary's split: its share of the draws goes to its endpoints; with one
+// group out of candidates (a retry after the canary failed), all are kept.
+TEST(CanarySplit, DrawsBelowTheWeightGoToTheCanaryAndTheRestToTheStableOnes) {
+  auto a = endpoint("chat", 0), b = endpoint("chat", 1), c = endpoint("chat", 2);
+  RoutingTable::Service svc;
+  svc.canary = {c.get()};
+  svc.canary_weight = 25;
+  std::vector<Endpoint*> all = {a.get(), b.get(), c.get()}, out;
+  auto canary = canary_split(svc, all, 0.2, out);
+  ASSERT_EQ(canary.size(), 1u);
+  EXPECT_EQ(canary[0], c.get());
+  auto stable = canary_split(svc, all, 0.3, out);
+  EXPECT_EQ(std::vector<Endpoint*>(stable.begin(), stable.end()),
+            (std::vector<Endpoint*>{a.get(), b.get()}));
+  std::vector<Endpoint*> no_canary_left = {a.get(), b.get()};
+  EXPECT_EQ(canary_split(svc, no_canary_left, 0.1, out).size(), 2u);
+  svc.canary_weight = 0;
+  EXPECT_EQ(canary_split(svc, all, 0.1, out).size(), 3u);
+}
+
 TEST(OutlierDetection, EjectsAfterConsecutiveFailuresWithGrowingCappedBackoff) {
   Endpoint e("a", "a-0", "127.0.0.1", 8000);
   const OutlierPolicy policy{.consecutive_failures = 5, .base_ejection_s = 10};

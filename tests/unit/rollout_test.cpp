@@ -100,6 +100,29 @@ TEST(RolloutSpec, DecodesCountsAndPercentagesAndRefusesBothZero) {
   auto bad = api::decode_resources(service(2, "  rollout: {maxSurge: 120%}\n"), "svc.yaml");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message.find("spec.rollout.maxSurge"), std::string::npos);
+  // A canary: steps and analysis, through encode and back.
+  auto canary = api::decode_resources(
+      service(2,
+              "  rollout:\n    canary:\n      steps: [{weight: 5, pause: 1m}, {weight: 50}]\n"
+              "      analysis: {minRequests: 50, maxErrorRateIncrease: 0.01, maxItlP99Ratio: 0}\n"),
+      "svc.yaml");
+  ASSERT_TRUE(canary.ok()) << canary.error().message;
+  const auto& c = std::get<api::InferenceService>(canary->front()).spec.rollout.canary;
+  ASSERT_TRUE(c.has_value());
+  ASSERT_EQ(c->steps.size(), 2u);
+  EXPECT_EQ(c->steps[0].pause_s, 60);
+  EXPECT_EQ(c->steps[1].weight, 50u);
+  EXPECT_EQ(c->analysis.min_requests, 50u);
+  EXPECT_FALSE(c->analysis.max_itl_p99_ratio.has_value());
+  EXPECT_EQ(c->analysis.max_ttft_p99_ratio, 1.5);
+  auto back = api::decode_resources(api::encode_resource(canary->front()), "again.yaml");
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(std::get<api::InferenceService>(back->front()).spec.rollout.canary, c);
+  auto full = api::decode_resources(
+      service(2, "  rollout:\n    canary:\n      steps: [{weight: 100}]\n"), "svc.yaml");
+  ASSERT_FALSE(full.ok());
+  EXPECT_NE(full.error().message.find("spec.rollout.canary.steps[0].weight"), std::string::npos)
+      << full.error().message;
 }
 
 TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
@@ -269,6 +292,174 @@ TEST_F(RolloutTest, ANewControllerGoesOnWithTheRolloutItFinds) {
     EXPECT_EQ(revision, 2u) << name;
     EXPECT_EQ(runtime_.args[name], "--v2") << name;
   }
+}
+
+TEST(CanaryAnalysis, JudgesOnlyWithEnoughRequestsAndFailsOnABreachAtOnce) {
+  api::CanaryAnalysis analysis;  // 20 requests, +5 points of errors, p99 ratios 1.5
+  CanarySample canary, stable;
+  ReplicaLoad load;
+  load.requests = 10;
+  load.failures = 5;
+  canary.add(load);
+  EXPECT_EQ(judge_step(analysis, canary, stable, 100, 10).kind, CanaryVerdict::kWait);
+  canary.add(load);  // 20 requests, half failed
+  load.failures = 1;
+  stable.add(load);
+  const CanaryVerdict failed = judge_step(analysis, canary, stable, 1, 10);
+  EXPECT_EQ(failed.kind, CanaryVerdict::kFail);  // before the pause ends
+  EXPECT_NE(failed.reason.find("50.0% of the canary's requests failed"), std::string::npos)
+      << failed.reason;
+  // Healthy, same latency: waits out the pause, then passes.
+  CanarySample good, base;
+  ReplicaLoad fast;
+  fast.requests = 30;
+  fast.ttft[3] = 30;  // 0.1-0.2 s
+  fast.itl[2] = 300;  // 10-20 ms
+  good.add(fast);
+  base.add(fast);
+  EXPECT_EQ(judge_step(analysis, good, base, 5, 10).kind, CanaryVerdict::kWait);
+  EXPECT_EQ(judge_step(analysis, good, base, 10, 10).kind, CanaryVerdict::kPass);
+  // Slow first tokens: 1-1.5 s against 0.1-0.2 s.
+  CanarySample slow;
+  ReplicaLoad late = fast;
+  late.ttft = {};
+  late.ttft[8] = 30;
+  slow.add(late);
+  const CanaryVerdict slow_verdict = judge_step(analysis, slow, base, 10, 10);
+  EXPECT_EQ(slow_verdict.kind, CanaryVerdict::kFail);
+  EXPECT_NE(slow_verdict.reason.find("TTFT p99"), std::string::npos) << slow_verdict.reason;
+  analysis.max_ttft_p99_ratio.reset();  // off
+  EXPECT_EQ(judge_step(analysis, slow, base, 10, 10).kind, CanaryVerdict::kPass);
+  EXPECT_EQ(canary_replicas(4, 25), 1u);
+  EXPECT_EQ(canary_replicas(4, 50), 2u);
+  EXPECT_EQ(canary_replicas(3, 5), 1u);
+  EXPECT_EQ(canary_replicas(0, 50), 0u);
+}
+
+constexpr const char* kCanary =
+    "  rollout:\n    canary:\n      steps: [{weight: 25, pause: 10s}, {weight: 50, pause: 10s}]\n"
+    "      analysis: {minRequests: 10}\n";
+
+class CanaryTest : public RolloutTest {
+ protected:
+  // A load round: every ready replica got `requests`, of which the
+  // canary's (revision 2) failed `canary_failures`.
+  void traffic(uint64_t requests, uint64_t canary_failures) {
+    LoadRound round;
+    for (const auto& r : ctl_->replicas()) {
+      if (r.state != ReplicaState::kReady) continue;
+      ReplicaLoad& l = round.replicas[r.name];
+      l.requests = requests;
+      l.ttft[3] = requests;
+      if (r.revision == 2) l.failures = canary_failures;
+    }
+    load_.next = std::move(round);
+  }
+  // Replicas not draining, by revision.
+  std::map<uint32_t, int> by_revision() {
+    std::map<uint32_t, int> out;
+    for (const auto& [name, revision] : revisions()) ++out[revision];
+    return out;
+  }
+  // One pass with traffic, engines starting and stopping as asked.
+  void step(uint64_t requests, uint64_t canary_failures, std::chrono::milliseconds advance = 1s) {
+    clock_.advance(advance);
+    traffic(requests, canary_failures);
+    pass();
+  }
+};
+
+TEST_F(CanaryTest, AHealthyCanaryStepsThroughItsSharesAndIsPromoted) {
+  apply(service(4, kCanary));
+  controller();
+  settle(5);
+  apply(service(4, std::string(kCanary) + "  engine: {args: [--v2]}\n"));
+  step(0, 0);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}, {2, 1}}));  // 25% of 4: one more
+  step(0, 0);                                                              // the canary is ready
+  std::string canary;
+  for (const auto& [name, revision] : revisions())
+    if (revision == 2) canary = name;
+  EXPECT_EQ(runtime_.shares[canary], 25u);
+  EXPECT_TRUE(ctl_->services().front().rollout.rolling);
+  for (int i = 0; i < 12; ++i) step(5, 0);  // 10 s held, enough requests
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}, {2, 2}}))
+      << ctl_->services().front().rollout.message;
+  for (int i = 0; i < 14; ++i) step(5, 0);
+  settle();
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{2, 4}}));
+  for (const auto& [name, share] : runtime_.shares) EXPECT_EQ(share, 0u) << name;
+  const ServiceStatus status = ctl_->services().front();
+  EXPECT_FALSE(status.rollout.rolling);
+  EXPECT_FALSE(status.rollout.aborted);
+  const std::string events = fmt::format("{}", fmt::join(status.events, "\n"));
+  EXPECT_NE(events.find("step 1/2 (25%) passed"), std::string::npos) << events;
+  EXPECT_NE(events.find("promoted after 2 steps"), std::string::npos) << events;
+}
+
+TEST_F(CanaryTest, AFailingCanaryRollsBackAtOnceAndStaysRolledBackAcrossARestart) {
+  apply(service(4, kCanary));
+  controller();
+  settle(5);
+  apply(service(4, std::string(kCanary) + "  engine: {args: [--bad]}\n"));
+  step(0, 0);
+  step(0, 0);
+  step(6, 3);  // 6 requests: not judged yet
+  EXPECT_EQ(by_revision()[2], 1);
+  step(6, 3);  // 12, half failed: rolled back in this pass
+  step(0, 0);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}}));
+  ServiceStatus status = ctl_->services().front();
+  EXPECT_TRUE(status.rollout.aborted);
+  EXPECT_FALSE(status.rollout.rolling);
+  EXPECT_NE(status.rollout.message.find("rolled back"), std::string::npos)
+      << status.rollout.message;
+  EXPECT_NE(status.rollout.message.find("50.0% of the canary's requests failed"),
+            std::string::npos)
+      << status.rollout.message;
+  // A new controller does not try it again.
+  runtime_.left_running.clear();
+  for (const auto& r : ctl_->replicas())
+    if (r.state != ReplicaState::kTerminating)
+      runtime_.left_running.push_back({.replica = r.name,
+                                       .service = "chat",
+                                       .node = "local",
+                                       .revision = runtime_.revisions[r.name],
+                                       .index = static_cast<uint32_t>(r.name.back() - '0')});
+  ctl_.reset();
+  controller();
+  settle(10);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}}));
+  EXPECT_TRUE(ctl_->services().front().rollout.aborted);
+  // Undo writes revision 1's spec back: nothing left to roll.
+  ASSERT_TRUE(ctl_->undo("chat", 0).ok());
+  settle(5);
+  EXPECT_FALSE(ctl_->services().front().rollout.aborted);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{3, 4}}));
+}
+
+TEST_F(CanaryTest, PauseHoldsAStepAndPromoteOrAbortEndItByHand) {
+  apply(service(2, kCanary));
+  controller();
+  settle(5);
+  EXPECT_EQ(ctl_->control_canary("chat", "pause").error().code, ErrorCode::kInvalidArgument);
+  apply(service(2, std::string(kCanary) + "  engine: {args: [--v2]}\n"));
+  step(0, 0);
+  step(0, 0);
+  ASSERT_TRUE(ctl_->control_canary("chat", "pause").ok());
+  for (int i = 0; i < 15; ++i) step(5, 0);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 2}, {2, 1}}));  // held at step 1
+  EXPECT_NE(ctl_->services().front().rollout.message.find("paused"), std::string::npos);
+  ASSERT_TRUE(ctl_->control_canary("chat", "promote").ok());
+  settle();
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{2, 2}}));
+  apply(service(2, std::string(kCanary) + "  engine: {args: [--v3]}\n"));
+  step(0, 0);
+  step(0, 0);
+  ASSERT_TRUE(ctl_->control_canary("chat", "abort").ok());
+  settle(5);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{2, 2}}));
+  EXPECT_TRUE(ctl_->services().front().rollout.aborted);
 }
 
 }  // namespace
