@@ -700,7 +700,10 @@ std::vector<ServiceStatus> Controller::services() const {
     s.rollout = rollout_status(name);
     if (const auto* events = rollouts_.events(name)) {
       s.events.insert(s.events.end(), events->begin(), events->end());
-      std::stable_sort(s.events.begin(), s.events.end());  // by their time stamps
+      // By their time stamps ("12:00:01Z "), each source's order kept.
+      std::stable_sort(s.events.begin(), s.events.end(), [](const auto& a, const auto& b) {
+        return a.compare(0, 9, b, 0, 9) < 0;
+      });
     }
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;

@@ -282,8 +282,9 @@ RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& 
       break;
     case Outcome::kAborted:
       s.message = fmt::format(
-          "{} rolled back: {}; revision {} serves (change the spec, or loadstar rollout undo)",
-          revision, c.reason, c.stable->number);
+          "{} rolled back at {}: {}; revision {} serves (change the spec, or loadstar rollout "
+          "undo)",
+          revision, step_name(spec, c.step), c.reason, c.stable->number);
       s.rolling = false;
       break;
     case Outcome::kPromoted:

@@ -193,5 +193,65 @@ TEST(Rollout, ARevisionWhoseEngineCannotStartStallsWithItsErrorWhileTheOldOneSer
   EXPECT_NE(out.find("revision 3 rolled out"), std::string::npos) << out;
 }
 
+// Canary analysis on real engines: engine-sim's fault injection makes a bad
+// revision (errors, then slow first tokens); each is rolled back within its
+// first step without a request failing for a client (the gateway retries
+// the canary's failures on the stable replicas), and a good one is
+// promoted step by step.
+TEST(Rollout, ACanaryThatErrsOrIsSlowIsRolledBackAndAGoodOneIsPromoted) {
+  const std::string canary =
+      "{maxSurge: 1, maxUnavailable: 0, canary: {steps: [{weight: 30, pause: 2s}, "
+      "{weight: 60, pause: 2s}], analysis: {minRequests: 10, maxTtftP99Ratio: 3, "
+      "maxItlP99Ratio: 3}}}";
+  const std::string args = R"("--time-scale", "10")";
+  auto up = Up::start(service_yaml(2, args, canary));
+  up->wait_ready("chat", 2);
+  Traffic traffic(*up);
+  auto rolled_back = [&](const std::string& why) {
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    json rollout;
+    while (Clock::now() < deadline) {
+      rollout = service(*up).value("rollout", json::object());
+      if (rollout.value("aborted", false)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    const std::string message = rollout.value("message", "");
+    EXPECT_TRUE(rollout.value("aborted", false)) << rollout.dump(2);
+    EXPECT_NE(message.find(why), std::string::npos) << message;
+    EXPECT_NE(message.find("step 1/2 (30%)"), std::string::npos) << message;
+  };
+  int revision = 1;
+  apply_file(*up, service_yaml(2, args + R"(, "--fault-error-rate", "0.5")", canary));
+  ++revision;
+  rolled_back("of the canary's requests failed");
+  std::string out;
+  EXPECT_EQ(cli(*up, {"rollout", "status", "chat", "-w", "--timeout", "5"}, &out), 1) << out;
+  apply_file(*up, service_yaml(2, args + R"(, "--fault-delay", "0.5")", canary));
+  ++revision;
+  rolled_back("TTFT p99");
+  // Only the stable revision's replicas are left (once the canary's has
+  // drained), and they serve.
+  json revisions;
+  for (const auto deadline = Clock::now() + std::chrono::seconds(30); Clock::now() < deadline;) {
+    revisions = service(*up)["rollout"]["revisions"];
+    if (revisions.size() == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(revisions.size(), 1u) << revisions.dump(2);
+  EXPECT_EQ(revisions[0]["revision"], 1);
+  EXPECT_EQ(revisions[0]["ready"], 2);
+  apply_file(*up, service_yaml(2, args + R"(, "--seed", "3")", canary));
+  ++revision;
+  ASSERT_TRUE(rolled_out(*up, revision, 2)) << service(*up).dump(2);
+  traffic.stop();
+  EXPECT_EQ(traffic.failed, 0) << traffic.first_failure;
+  EXPECT_GE(traffic.fewest_ready, 2);
+  ASSERT_EQ(cli(*up, {"describe", "service", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("step 1/2 (30%) passed"), std::string::npos) << out;
+  EXPECT_NE(out.find("promoted after 2 steps"), std::string::npos) << out;
+  std::fprintf(stderr, "%d requests, %d failed\n%s", traffic.sent.load(), traffic.failed.load(),
+               out.c_str());
+}
+
 }  // namespace
 }  // namespace loadstar::testing
