@@ -5,6 +5,9 @@
 
 #include <signal.h>
 
+#include <atomic>
+#include <thread>
+
 namespace loadstar::testing {
 namespace {
 
@@ -97,6 +100,72 @@ TEST_F(KubernetesRolloutTest, ARolloutGoesOnAcrossAControllerRestartAndUndoWrite
       << read_text(processes_["controller-b"]->log);
   // The first revision came back as the third, in its own ControllerRevision.
   EXPECT_EQ(history(), (std::map<std::string, int>{{first, 3}, {second, 2}}));
+}
+
+// A canary through a gateway Pod: the controller marks the canary's Pod with
+// its share, the gateway splits by it and reports the canary's failures,
+// the controller rolls it back, and a new controller leaves it rolled back.
+TEST_F(KubernetesRolloutTest, AFailingCanaryIsRolledBackThroughTheGatewaysViewAndStaysSo) {
+  add_node(1, 4);
+  start_controller("controller-a", {"--no-leader-elect"});
+  const std::string gateway_ip = gateway_pod(1);
+  ASSERT_FALSE(gateway_ip.empty());
+  const std::string canary =
+      "  rollout:\n    canary:\n      steps: [{weight: 50, pause: 30s}]\n"
+      "      analysis: {minRequests: 6, maxTtftP99Ratio: 0, maxItlP99Ratio: 0}\n";
+  apply(model_yaml() + "---\n" + service_yaml(2) + canary);
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 2; }, 90));
+  std::atomic<bool> stop{false};
+  std::atomic<int> sent{0}, failed{0};
+  std::thread client([&] {
+    while (!stop) {
+      auto r = chat_request(gateway_ip, 8080, 10);
+      ++sent;
+      if (!r.ok() || r->status != 200) ++failed;
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  apply(service_yaml(2) + canary +
+        "  engine: {name: engine-sim, args: [--fault-error-rate, \"1\"]}\n");
+  bool marked = false;
+  std::string message;
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (const auto& pod : pods())
+          marked = marked || pod["metadata"]
+                                     .value("annotations", json::object())
+                                     .value("loadstar.dev/canary-weight", "") == "50";
+        message = get_json("inferenceservice chat")
+                      .value("status", json::object())
+                      .value("rollout", "");
+        return message.find("rolled back") != std::string::npos;
+      },
+      90))
+      << message << read_text(processes_["controller-a"]->log);
+  EXPECT_TRUE(marked);  // the gateways were told the canary's share
+  EXPECT_NE(message.find("100.0% of the canary's requests failed"), std::string::npos) << message;
+  ASSERT_TRUE(eventually([&] { return pods().size() == 2; }, 60));
+  // The outcome is kept with the revision: a new controller does not retry it.
+  const json revisions = get_json("controllerrevisions -l loadstar.dev/service=chat");
+  std::string states;
+  for (const auto& item : revisions["items"])
+    states += item["metadata"].value("annotations", json::object()).value(
+        "loadstar.dev/rollout-state", "");
+  EXPECT_NE(states.find("aborted"), std::string::npos) << revisions.dump(2);
+  processes_["controller-a"]->process.signal(SIGKILL);
+  start_controller("controller-b", {"--no-leader-elect"});
+  wait_output("controller-b", "controller reconciling");
+  std::this_thread::sleep_for(4s);
+  EXPECT_EQ(pods().size(), 2u);
+  EXPECT_NE(get_json("inferenceservice chat")
+                .value("status", json::object())
+                .value("rollout", "")
+                .find("rolled back"),
+            std::string::npos);
+  stop = true;
+  client.join();
+  EXPECT_GT(sent, 10);
+  EXPECT_EQ(failed, 0);  // the gateway retried the canary's failures elsewhere
 }
 
 }  // namespace
