@@ -40,6 +40,19 @@ json revision_json(const controller::RevisionStatus& r) {
           {"ready", r.ready},     {"current", r.current}};
 }
 
+json events_json(const std::vector<store::Event>& events) {
+  json items = json::array();
+  for (const store::Event& e : events)
+    items.push_back({{"time", e.time},
+                     {"kind", e.kind},
+                     {"name", e.name},
+                     {"type", e.type},
+                     {"reason", e.reason},
+                     {"message", e.message},
+                     {"count", e.count}});
+  return items;
+}
+
 json rollout_json(const controller::RolloutStatus& r) {
   json revisions = json::array();
   for (const auto& rev : r.revisions) revisions.push_back(revision_json(rev));
@@ -150,6 +163,8 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
     response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (auto rollout = rollout_route(*ctl, req, path)) {
     response = std::move(*rollout);
+  } else if (req.method == "GET" && path == "/api/v1/events") {
+    response = {200, "application/json", json({{"items", events_json(ctl->events(""))}}).dump()};
   } else if (req.method == "GET" && path == "/api/v1/services") {
     json items = json::array();
     for (const auto& s : ctl->services())
@@ -157,7 +172,7 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
                        {"model", s.model},
                        {"replicas", s.desired},
                        {"scale_reason", s.scale_reason},
-                       {"events", s.events},
+                       {"events", events_json(s.events)},
                        {"ready", s.ready},
                        {"current", s.total},
                        {"rollout", rollout_json(s.rollout)}});

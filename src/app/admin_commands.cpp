@@ -58,6 +58,17 @@ Result<json> admin_call(const AdminTarget& t, const std::string& method, const s
   return doc;
 }
 
+// Events as kubectl shows them: last seen, type, reason, (object,) message.
+void print_events(const json& events, bool with_object) {
+  for (const auto& e : events) {
+    const uint32_t count = e.value("count", 1u);
+    fmt::print("  {:<21} {:<8} {:<17} {}{}{}\n", e.value("time", ""), e.value("type", ""),
+               e.value("reason", ""),
+               with_object ? fmt::format("{}/{}: ", e.value("kind", ""), e.value("name", "")) : "",
+               e.value("message", ""), count > 1 ? fmt::format(" (x{})", count) : "");
+  }
+}
+
 std::string seconds(const json& v) {
   if (!v.is_number()) return "-";
   double s = v.get<double>();
@@ -152,7 +163,7 @@ int describe_service(const AdminTarget& target, const std::string& name) {
                rollout.value("message", std::string("-")));
     const json events = s.value("events", json::array());
     fmt::print("\nEvents ({}):\n", events.empty() ? "none" : "oldest first");
-    for (const auto& e : events) fmt::print("  {}\n", e.get<std::string>());
+    print_events(events, false);
     return 0;
   }
   fmt::print(stderr, "loadstar describe: no service named '{}'\n", name);
@@ -252,6 +263,27 @@ Result<json> service_rollout(const AdminTarget& target, const std::string& name)
 }
 
 }  // namespace
+
+// `loadstar events [SERVICE]`: what the controller decided and saw, oldest first.
+std::function<int()> setup_events(CLI::App& app) {
+  auto target = std::make_shared<AdminTarget>();
+  auto service = std::make_shared<std::string>();
+  app.add_option("service", *service, "Only this InferenceService's");
+  add_admin_options(app, *target);
+  return [target, service]() -> int {
+    auto doc = admin_call(*target, "GET", "/api/v1/events");
+    if (!doc.ok()) {
+      fmt::print(stderr, "loadstar events: {}\n", doc.error().message);
+      return 1;
+    }
+    json items = json::array();
+    for (const auto& e : (*doc)["items"])
+      if (service->empty() || e.value("name", "") == *service) items.push_back(e);
+    fmt::print("  {:<21} {:<8} {:<17} {}\n", "LAST SEEN", "TYPE", "REASON", "OBJECT: MESSAGE");
+    print_events(items, true);
+    return 0;
+  };
+}
 
 // `loadstar rollout status|history|undo SERVICE`, as kubectl's for Deployments.
 std::function<int()> setup_rollout(CLI::App& app) {

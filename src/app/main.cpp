@@ -30,6 +30,8 @@ const std::vector<Command>& command_table() {
       {"describe",
        "Show a replica (with its cold-start timeline) or a service (with its scaling events)",
        loadstar::app::setup_describe},
+      {"events", "What the controller decided and saw: scaling, rollouts, failed starts",
+       loadstar::app::setup_events},
       {"rollout",
        "A service's rollout: status [-w], history, undo [--to-revision N]; a canary's pause, "
        "resume, promote, abort",

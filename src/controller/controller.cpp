@@ -66,7 +66,8 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
       epoch_(clock.now()),
       scaler_(load != nullptr, epoch_),
       history_(store),
-      rollouts_(history_),
+      events_(store, clock),
+      rollouts_(history_, events_),
       placement_(options_.placement_policy) {}
 
 Controller::~Controller() {
@@ -257,6 +258,8 @@ void Controller::observe(Replica& r) {
                  options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
     r.message = fmt::format("{}; restarting in {:.0f}s", st.message, backoff);
     spdlog::warn("replica {}: {}", r.name, r.message);
+    events_.warning(r.service, r.state == ReplicaState::kReady ? "EngineExited" : "StartFailed",
+                    fmt::format("replica {}: {}", r.name, st.message));
     r.host.clear();
     r.port = 0;
     r.state = ReplicaState::kFailed;
@@ -284,6 +287,9 @@ void Controller::observe(Replica& r) {
     r.message = st.message;
     if (seconds_between(r.launched_at, now) > options_.start_timeout_s) {
       r.message = "did not become healthy in time";
+      events_.warning(r.service, "StartTimedOut",
+                      fmt::format("replica {}: not healthy after {:.0f}s; last: {}", r.name,
+                                  options_.start_timeout_s, st.message));
       runtime_.stop(r.name);
     }
   } else if (!st.ready) {
@@ -392,7 +398,16 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
   // rollout's, not the autoscaler's to count.
   const uint32_t counted = old ? std::min(static_cast<uint32_t>(active.size()), scaler_.desired(svc))
                                : static_cast<uint32_t>(active.size());
-  const uint32_t desired = scaler_.decide(svc, counted, service_load(svc_name), now, clock_.wall());
+  const bool decided_before = scaler_.last_decision(svc_name) != nullptr;
+  const uint32_t desired = scaler_.decide(svc, counted, service_load(svc_name), now);
+  if (desired != counted) {
+    const autoscaler::Decision* d = scaler_.last_decision(svc_name);
+    std::string why = d && decided_before ? d->reason
+                      : desired == 0     ? fmt::format("idle for {}s", svc.spec.idle_timeout_s)
+                                         : std::string("spec.replicas");
+    events_.normal(svc_name, desired > counted ? "ScaledUp" : "ScaledDown",
+                   fmt::format("{} -> {}: {}", counted, desired, why));
+  }
   std::vector<RolloutView> views;
   for (const Replica* r : active) {
     RolloutView v{r->name, r->index, r->revision, r->ever_launched,
@@ -403,7 +418,7 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
     views.push_back(std::move(v));
   }
   RolloutActions actions =
-      rollouts_.plan(svc, current, desired, std::move(views), now, clock_.wall());
+      rollouts_.plan(svc, current, desired, std::move(views), now);
   for (auto& [name, revision] : actions.retarget) replicas_.at(name)->revision = revision;
   for (auto& revision : actions.create) new_replica(svc_name, used, revision, now);
   if (desired == 0 && !actions.drain.empty())
@@ -464,7 +479,10 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
   pass.models_on = [this](const std::string& node) { return runtime_.models_on(node); };
   const PlacementChanges changes = placement_.pass(pass, seconds(now));
   for (const auto& [name, why] : changes.displaced)
-    if (auto it = replicas_.find(name); it != replicas_.end()) stop_engine(*it->second, why);
+    if (auto it = replicas_.find(name); it != replicas_.end()) {
+      events_.warning(it->second->service, "Displaced", fmt::format("replica {}: {}", name, why));
+      stop_engine(*it->second, why);
+    }
   for (const auto& name : changes.placed)
     if (auto it = replicas_.find(name); it != replicas_.end()) mark(*it->second, kPlaced, now);
   for (const auto& [name, why] : changes.waiting)
@@ -693,18 +711,9 @@ std::vector<ServiceStatus> Controller::services() const {
     s.name = name;
     s.model = svc.spec.model;
     s.desired = scaler_.desired(svc);
-    if (const autoscaler::Decision* d = scaler_.last_decision(name)) {
-      s.scale_reason = d->reason;
-      s.events = scaler_.events(name);
-    }
+    if (const autoscaler::Decision* d = scaler_.last_decision(name)) s.scale_reason = d->reason;
     s.rollout = rollout_status(name);
-    if (const auto* events = rollouts_.events(name)) {
-      s.events.insert(s.events.end(), events->begin(), events->end());
-      // By their time stamps ("12:00:01Z "), each source's order kept.
-      std::stable_sort(s.events.begin(), s.events.end(), [](const auto& a, const auto& b) {
-        return a.compare(0, 9, b, 0, 9) < 0;
-      });
-    }
+    s.events = events_.of(name);
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;
       ++s.total;
@@ -826,6 +835,11 @@ Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
                      target->hash, also);
 }
 
+std::vector<store::Event> Controller::events(const std::string& service) const {
+  std::lock_guard lock(mu_);
+  return events_.of(service);
+}
+
 Result<std::string> Controller::control_canary(const std::string& service,
                                                const std::string& action) {
   std::string done;
@@ -833,7 +847,7 @@ Result<std::string> Controller::control_canary(const std::string& service,
     std::lock_guard lock(mu_);
     if (!services_.count(service))
       return make_error(ErrorCode::kNotFound, "InferenceService '{}' does not exist", service);
-    LS_ASSIGN_OR_RETURN(done, rollouts_.control(service, action, clock_.now(), clock_.wall()));
+    LS_ASSIGN_OR_RETURN(done, rollouts_.control(service, action, clock_.now()));
     dirty_ = true;
   }
   wake_.notify_all();

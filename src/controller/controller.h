@@ -33,6 +33,7 @@
 #include "api/resources.h"
 #include "controller/clock.h"
 #include "controller/cold_start.h"
+#include "controller/events.h"
 #include "controller/load.h"
 #include "controller/placement.h"
 #include "controller/revisions.h"
@@ -95,7 +96,7 @@ struct ServiceStatus {
   uint32_t desired = 0;
   RolloutStatus rollout;
   std::string scale_reason;         // the autoscaler's last decision, with its signal
-  std::vector<std::string> events;  // scaling changes, oldest first ("12:00:01Z 1 -> 3: ...")
+  std::vector<store::Event> events;  // oldest first: scaling, rollouts, failures
   uint32_t ready = 0;
   uint32_t total = 0;
 };
@@ -158,6 +159,8 @@ class Controller {
   // service's spec, and its model's spec when that changed since, as
   // `kubectl rollout undo` does; the rollout follows. Says what it did.
   Result<std::string> undo(const std::string& service, uint32_t to);
+  // The events of `service` (every service's: empty), oldest first.
+  std::vector<store::Event> events(const std::string& service) const;
   // pause, resume, promote or abort the service's canary.
   Result<std::string> control_canary(const std::string& service, const std::string& action);
 
@@ -225,6 +228,7 @@ class Controller {
   ServiceScaler scaler_;
   // Rollout history; `mu_` also guards it (its reads load from the store).
   mutable RevisionHistory history_;
+  EventLog events_;
   std::map<std::string, std::shared_ptr<const Revision>> current_;  // by service
   uint64_t revisions_found_at_ = ~0ull;  // the store's revision when current_ was found
   Rollouts rollouts_;

@@ -46,12 +46,13 @@ std::string step_name(const api::CanarySpec& spec, size_t step) {
 
 }  // namespace
 
-void Rollouts::event(const std::string& service, Service& s,
-                     std::chrono::system_clock::time_point wall, std::string text) {
-  s.events.push_back(fmt::format("{:%H:%M:%S}Z {}",
-                                 std::chrono::floor<std::chrono::seconds>(wall), text));
-  if (s.events.size() > 20) s.events.pop_front();
+void Rollouts::event(const std::string& service, bool warning, const char* reason,
+                     std::string text) {
   spdlog::info("service {}: {}", service, text);
+  if (warning)
+    events_.warning(service, reason, std::move(text));
+  else
+    events_.normal(service, reason, std::move(text));
 }
 
 void Rollouts::record(const std::string& service, const Canary& c) {
@@ -85,8 +86,7 @@ Rollouts::Canary& Rollouts::canary_of(const std::string& service, Service& s,
 
 RolloutActions Rollouts::plan(const api::InferenceService& svc,
                               const std::shared_ptr<const Revision>& current, uint32_t desired,
-                              std::vector<RolloutView> active, Clock::time_point now,
-                              std::chrono::system_clock::time_point wall) {
+                              std::vector<RolloutView> active, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   Service& s = services_[name];
   // The stable revision: the older one most running replicas have (the
@@ -113,18 +113,17 @@ RolloutActions Rollouts::plan(const api::InferenceService& svc,
   if (spec && stable && !spec->steps.empty()) {
     Canary& c = canary_of(name, s, current, stable);
     if (c.outcome != Outcome::kPromoted)
-      return plan_canary(svc, s, c, current, desired, std::move(active), now, wall);
+      return plan_canary(svc, s, c, current, desired, std::move(active), now);
   } else if (!stable || !spec) {
     s.canary.reset();
   }
-  return plan_plain(svc, s, current, desired, active, now, wall);
+  return plan_plain(svc, s, current, desired, active, now);
 }
 
 RolloutActions Rollouts::plan_plain(const api::InferenceService& svc, Service& s,
                                     const std::shared_ptr<const Revision>& current,
                                     uint32_t desired, const std::vector<RolloutView>& active,
-                                    Clock::time_point now,
-                                    std::chrono::system_clock::time_point wall) {
+                                    Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   RolloutActions actions;
   std::vector<RolloutReplica> state;
@@ -141,10 +140,10 @@ RolloutActions Rollouts::plan_plain(const api::InferenceService& svc, Service& s
 
   if (plan.rolling && !s.rolling) {
     s.since = now;
-    event(name, s, wall,
+    event(name, false, "RolloutStarted",
           fmt::format("rollout to revision {} ({}) began", current->number, current->hash));
   } else if (!plan.rolling && s.rolling) {
-    event(name, s, wall,
+    event(name, false, "RolledOut",
           fmt::format("revision {} rolled out in {:.0f}s", current->number,
                       seconds_between(s.since, now)));
   }
@@ -173,15 +172,14 @@ RolloutActions Rollouts::plan_plain(const api::InferenceService& svc, Service& s
 RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& s, Canary& c,
                                      const std::shared_ptr<const Revision>& current,
                                      uint32_t desired, std::vector<RolloutView> active,
-                                     Clock::time_point now,
-                                     std::chrono::system_clock::time_point wall) {
+                                     Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   const api::CanarySpec& spec = *svc.spec.rollout.canary;
   c.step = std::min(c.step, spec.steps.size() - 1);
   if (!s.rolling) {
     s.since = now;
     if (c.outcome == Outcome::kRunning && c.step == 0 && !c.step_began)
-      event(name, s, wall,
+      event(name, false, "CanaryStarted",
             fmt::format("canary of revision {} ({}) began against revision {}: {} steps",
                         current->number, current->hash, c.stable->number, spec.steps.size()));
     s.rolling = true;
@@ -208,25 +206,25 @@ RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& 
       if (verdict.kind == CanaryVerdict::kFail) {
         c.outcome = Outcome::kAborted;
         target = 0;
-        event(name, s, wall,
+        event(name, true, "CanaryRolledBack",
               fmt::format("canary of revision {} rolled back at {}: {}", current->number,
                           step_name(spec, c.step), verdict.reason));
         record(name, c);
       } else if (verdict.kind == CanaryVerdict::kPass) {
-        event(name, s, wall,
+        event(name, false, "CanaryStepPassed",
               fmt::format("canary of revision {}: {} passed: {}", current->number,
                           step_name(spec, c.step), verdict.reason));
         c.step_began.reset();
         if (c.step + 1 == spec.steps.size()) {
           c.outcome = Outcome::kPromoted;
-          event(name, s, wall,
+          event(name, false, "CanaryPromoted",
                 fmt::format("canary of revision {} promoted after {} steps", current->number,
                             spec.steps.size()));
           record(name, c);
           s.rolling = false;  // the rolling update that follows says so anew
           std::vector<RolloutView> all = std::move(canary);
           all.insert(all.end(), stable.begin(), stable.end());
-          return plan_plain(svc, s, current, desired, all, now, wall);
+          return plan_plain(svc, s, current, desired, all, now);
         }
         ++c.step;
         record(name, c);
@@ -306,14 +304,12 @@ void Rollouts::observe(const std::string& service, const std::string& hash,
 }
 
 Result<std::string> Rollouts::control(const std::string& service, const std::string& action,
-                                      Clock::time_point now,
-                                      std::chrono::system_clock::time_point wall) {
+                                      Clock::time_point now) {
   auto it = services_.find(service);
   Canary* c = it == services_.end() || !it->second.canary ? nullptr : &*it->second.canary;
   if (!c || (c->outcome != Outcome::kRunning && c->outcome != Outcome::kPaused))
     return make_error(ErrorCode::kInvalidArgument, "service {} has no canary in progress",
                       service);
-  Service& s = it->second;
   std::string done;
   if (action == "pause") {
     if (c->outcome == Outcome::kPaused) return std::string("already paused");
@@ -338,7 +334,7 @@ Result<std::string> Rollouts::control(const std::string& service, const std::str
                       "'{}' is not one of pause, resume, promote, abort", action);
   }
   record(service, *c);
-  event(service, s, wall, fmt::format("canary {}", done));
+  event(service, action == "abort", "CanaryByHand", fmt::format("canary {}", done));
   return fmt::format("service {}: canary {}", service, done);
 }
 
@@ -356,11 +352,6 @@ bool Rollouts::aborted(const std::string& service) const {
 std::string Rollouts::message(const std::string& service) const {
   auto it = services_.find(service);
   return it == services_.end() ? std::string() : it->second.message;
-}
-
-const std::deque<std::string>* Rollouts::events(const std::string& service) const {
-  auto it = services_.find(service);
-  return it == services_.end() ? nullptr : &it->second.events;
 }
 
 void Rollouts::retain(const std::map<std::string, api::InferenceService>& services) {

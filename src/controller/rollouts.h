@@ -8,12 +8,12 @@
 // rest). A canary's progress is kept with its revision in the history, so a
 // new controller goes on (or stays rolled back) where the last one was.
 //
-// The controller owns the replicas; this owns what it decided about them,
-// the status line and the events of each service's rollout.
+// The controller owns the replicas; this owns what it decided about them
+// and the status line of each service's rollout, and says each step in the
+// controller's events.
 #pragma once
 
 #include <chrono>
-#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -23,6 +23,7 @@
 #include "api/resources.h"
 #include "controller/canary.h"
 #include "controller/clock.h"
+#include "controller/events.h"
 #include "controller/revisions.h"
 #include "controller/rollout.h"
 
@@ -53,27 +54,25 @@ struct RolloutActions {
 
 class Rollouts {
  public:
-  explicit Rollouts(RevisionHistory& history) : history_(history) {}
+  Rollouts(RevisionHistory& history, EventLog& events) : history_(history), events_(events) {}
 
   // One pass for `svc`, whose current revision is `current`, at `desired`
   // replicas; `active` are its replicas not draining.
   RolloutActions plan(const api::InferenceService& svc,
                       const std::shared_ptr<const Revision>& current, uint32_t desired,
-                      std::vector<RolloutView> active, Clock::time_point now,
-                      std::chrono::system_clock::time_point wall);
+                      std::vector<RolloutView> active, Clock::time_point now);
   // What the gateways saw of a replica of `service` running `hash` since
   // the last pass (a canary's analysis reads it).
   void observe(const std::string& service, const std::string& hash, const ReplicaLoad& load);
   // pause, resume, promote or abort a service's canary by hand.
   Result<std::string> control(const std::string& service, const std::string& action,
-                              Clock::time_point now, std::chrono::system_clock::time_point wall);
+                              Clock::time_point now);
 
   // Replicas of older revisions remain (a rolling update or a canary runs).
   bool rolling(const std::string& service) const;
   // The current revision's canary was rolled back.
   bool aborted(const std::string& service) const;
   std::string message(const std::string& service) const;
-  const std::deque<std::string>* events(const std::string& service) const;
   // Forgets the services not in `services`.
   void retain(const std::map<std::string, api::InferenceService>& services);
 
@@ -93,11 +92,9 @@ class Rollouts {
     bool rolling = false;
     Clock::time_point since;
     std::string message;
-    std::deque<std::string> events;  // "12:00:01Z ...", oldest first
     std::optional<Canary> canary;
   };
-  void event(const std::string& service, Service& s, std::chrono::system_clock::time_point wall,
-             std::string text);
+  void event(const std::string& service, bool warning, const char* reason, std::string text);
   // The canary run of `current`, as recorded with it when there is one.
   Canary& canary_of(const std::string& service, Service& s,
                     const std::shared_ptr<const Revision>& current,
@@ -105,14 +102,13 @@ class Rollouts {
   void record(const std::string& service, const Canary& c);
   RolloutActions plan_plain(const api::InferenceService& svc, Service& s,
                             const std::shared_ptr<const Revision>& current, uint32_t desired,
-                            const std::vector<RolloutView>& active, Clock::time_point now,
-                            std::chrono::system_clock::time_point wall);
+                            const std::vector<RolloutView>& active, Clock::time_point now);
   RolloutActions plan_canary(const api::InferenceService& svc, Service& s, Canary& c,
                              const std::shared_ptr<const Revision>& current, uint32_t desired,
-                             std::vector<RolloutView> active, Clock::time_point now,
-                             std::chrono::system_clock::time_point wall);
+                             std::vector<RolloutView> active, Clock::time_point now);
 
   RevisionHistory& history_;
+  EventLog& events_;
   std::map<std::string, Service> services_;
 };
 

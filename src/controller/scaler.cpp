@@ -28,8 +28,7 @@ autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
 }
 
 uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t current,
-                               const ServiceLoad& load, Clock::time_point now,
-                               std::chrono::system_clock::time_point wall) {
+                               const ServiceLoad& load, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   const bool first_seen = !services_.count(name);
   State& st = services_[name];
@@ -44,7 +43,7 @@ uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t curren
     st.last_active = now;
   }
   if (!load_signals_) return st.desired = svc.spec.replicas;
-  if (svc.spec.autoscaling) return st.desired = autoscale(svc, current, load, now, wall);
+  if (svc.spec.autoscaling) return st.desired = autoscale(svc, current, load, now);
   if (load.requests > 0 || load.in_flight > 0) st.last_active = now;
   const uint32_t min = svc.spec.min_replicas.value_or(svc.spec.replicas);
   if (min >= svc.spec.replicas) return st.desired = svc.spec.replicas;  // a fixed size
@@ -54,8 +53,7 @@ uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t curren
 }
 
 uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t current,
-                                  const ServiceLoad& load, Clock::time_point now,
-                                  std::chrono::system_clock::time_point wall) {
+                                  const ServiceLoad& load, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   State& st = services_[name];
   const std::string key = api::encode_resource(svc);
@@ -78,14 +76,8 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.held = load.held ? 1 : 0;
   st.autoscaler->observe(sample);
   autoscaler::Decision d = st.autoscaler->decide(sample.now, current);
-  if (d.desired != current) {
+  if (d.desired != current)
     spdlog::info("service {}: scale {} -> {}: {}", name, current, d.desired, d.reason);
-    constexpr size_t kMaxEvents = 20;
-    st.events.push_back(fmt::format("{:%H:%M:%S}Z scale {} -> {}: {}",
-                                    fmt::gmtime(std::chrono::system_clock::to_time_t(wall)),
-                                    current, d.desired, d.reason));
-    if (st.events.size() > kMaxEvents) st.events.pop_front();
-  }
   st.last = d;
   return d.desired;
 }
@@ -104,11 +96,6 @@ const autoscaler::Decision* ServiceScaler::last_decision(const std::string& serv
   return it != services_.end() && it->second.last ? &*it->second.last : nullptr;
 }
 
-std::vector<std::string> ServiceScaler::events(const std::string& service) const {
-  auto it = services_.find(service);
-  if (it == services_.end()) return {};
-  return {it->second.events.begin(), it->second.events.end()};
-}
 
 uint32_t ServiceScaler::weights_nodes(const api::InferenceService& svc) const {
   if (svc.spec.warm_nodes == 0) return 0;

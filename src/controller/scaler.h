@@ -3,13 +3,12 @@
 // spec changes); one without keeps spec.replicas, or scales to
 // minReplicas after idleTimeout without requests and back on the next one.
 // Owns what it remembers between passes (autoscalers, activity, the last
-// decision and the scaling events); takes the load and the time as
-// arguments.
+// decision); takes the load and the time as arguments. The controller says
+// each change of the count in its events.
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -47,24 +46,23 @@ class ServiceScaler {
       : load_signals_(load_signals), epoch_(epoch) {}
 
   // The replicas `svc` should have now; `current` is how many it has
-  // (draining ones not counted). `wall` stamps the scaling events.
+  // (draining ones not counted).
   uint32_t decide(const api::InferenceService& svc, uint32_t current, const ServiceLoad& load,
-                  Clock::time_point now, std::chrono::system_clock::time_point wall);
+                  Clock::time_point now);
   // Forgets the services not in `names`.
   void retain(const std::map<std::string, api::InferenceService>& services);
 
   // As of the last decide(); spec.replicas for a service never decided.
   uint32_t desired(const api::InferenceService& svc) const;
-  // The autoscaler's last decision and its changes of the count, oldest first.
+  // The autoscaler's last decision.
   const autoscaler::Decision* last_decision(const std::string& service) const;
-  std::vector<std::string> events(const std::string& service) const;
   // How many nodes should hold the service's weights now: warmNodes, or
   // more on a rising trend (the autoscaler's stage_ahead); 0: none ahead.
   uint32_t weights_nodes(const api::InferenceService& svc) const;
 
  private:
   uint32_t autoscale(const api::InferenceService& svc, uint32_t current, const ServiceLoad& load,
-                     Clock::time_point now, std::chrono::system_clock::time_point wall);
+                     Clock::time_point now);
 
   struct State {
     // Activity, for scale to zero: when a request was last seen.
@@ -76,7 +74,6 @@ class ServiceScaler {
     std::unique_ptr<autoscaler::Autoscaler> autoscaler;
     uint64_t requests_total = 0;
     std::optional<autoscaler::Decision> last;
-    std::deque<std::string> events;
   };
   bool load_signals_;
   Clock::time_point epoch_;

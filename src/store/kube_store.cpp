@@ -302,6 +302,50 @@ Status KubeStore::apply(const api::Resource& resource) {
   return ok_status();
 }
 
+void KubeStore::record_event(const Event& event) {
+  const kube::NamespaceScope::Name n = scope_.split(event.name);
+  const std::string collection = kube::collection_path("v1", n.namespace_name, "events");
+  const std::string key =
+      fmt::format("{}\n{}\n{}\n{}", event.kind, event.name, event.reason, event.message);
+  std::string known;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = event_names_.find(key); it != event_names_.end()) known = it->second;
+  }
+  if (event.count > 1 && !known.empty()) {
+    auto patched = client_.merge_patch(collection + "/" + known,
+                                       {{"count", event.count}, {"lastTimestamp", event.time}});
+    if (patched.ok()) return;
+  }
+  json involved = {{"kind", event.kind}, {"name", n.name}, {"namespace", n.namespace_name}};
+  if (kind_named(event.kind)) {
+    involved["apiVersion"] = fmt::format("{}/{}", api::kGroup, api::kVersion);
+    if (const std::string uid = uid_of(event.kind, event.name); !uid.empty())
+      involved["uid"] = uid;
+  }
+  const json object = {{"apiVersion", "v1"},
+                       {"kind", "Event"},
+                       {"metadata", {{"generateName", n.name + "."}, {"namespace", n.namespace_name}}},
+                       {"involvedObject", involved},
+                       {"reason", event.reason},
+                       {"message", event.message.substr(0, 1024)},
+                       {"type", event.type},
+                       {"count", event.count},
+                       {"firstTimestamp", event.time},
+                       {"lastTimestamp", event.time},
+                       {"source", {{"component", "loadstar-controller"}}},
+                       {"reportingComponent", "loadstar-controller"}};
+  auto created = client_.create(collection, object);
+  if (!created.ok()) {
+    spdlog::warn("event {} on {} {}: {}", event.reason, event.kind, event.name,
+                 created.error().message);
+    return;
+  }
+  std::lock_guard lock(mu_);
+  if (event_names_.size() > 4096) event_names_.clear();
+  event_names_[key] = created->value("metadata", json::object()).value("name", "");
+}
+
 Result<std::vector<RevisionRecord>> KubeStore::revisions(std::string_view service) const {
   const kube::NamespaceScope::Name n = scope_.split(service);
   LS_ASSIGN_OR_RETURN(json list,

@@ -61,6 +61,10 @@ class KubeStore : public ResourceStore {
   Result<std::vector<RevisionRecord>> revisions(std::string_view service) const override;
   Status save_revision(std::string_view service, const RevisionRecord& record) override;
   Status remove_revision(std::string_view service, std::string_view hash) override;
+  // A core/v1 Event on the object (kubectl describe and get events show
+  // it), from component loadstar-controller; the same one again raises
+  // its count.
+  void record_event(const Event& event) override;
 
   // The object's uid (for owner references); empty when unknown.
   std::string uid_of(std::string_view kind, std::string_view name) const;
@@ -93,6 +97,7 @@ class KubeStore : public ResourceStore {
   mutable std::map<std::pair<std::string, std::string>, std::string> rejected_;  // rv -> logged
   std::map<std::pair<std::string, std::string>, std::string> published_;  // status as last written
   std::vector<std::weak_ptr<WatchCallback>> watchers_;
+  std::map<std::string, std::string> event_names_;  // what an event says -> its object's name
 };
 
 }  // namespace loadstar::store

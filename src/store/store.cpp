@@ -45,6 +45,23 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
     }
   }
   if (ec) return make_error(ErrorCode::kIo, "cannot read {}: {}", dir.string(), ec.message());
+  // The event log: a line each, the same event again a line with its count.
+  std::ifstream events(dir / "events.jsonl");
+  std::vector<Event>& past = store->past_events_;
+  for (std::string line; std::getline(events, line);) {
+    const nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
+    ++store->event_lines_;
+    if (!doc.is_object()) continue;  // a line cut by a crash
+    Event e{doc.value("time", ""),   doc.value("kind", ""),    doc.value("name", ""),
+            doc.value("type", ""),   doc.value("reason", ""),  doc.value("message", ""),
+            doc.value("count", 1u)};
+    if (!past.empty() && e.count > 1 && past.back().kind == e.kind && past.back().name == e.name &&
+        past.back().reason == e.reason && past.back().message == e.message)
+      past.back() = std::move(e);
+    else
+      past.push_back(std::move(e));
+  }
+  if (past.size() > kMaxEvents) past.erase(past.begin(), past.end() - kMaxEvents);
   return store;
 }
 
@@ -146,6 +163,39 @@ Status LocalStore::remove_revision(std::string_view service, std::string_view ha
   if (ec) return make_error(ErrorCode::kIo, "cannot remove revision {} of {}: {}", hash, service,
                             ec.message());
   return ok_status();
+}
+
+namespace {
+
+nlohmann::json event_json(const Event& e) {
+  return {{"time", e.time},       {"kind", e.kind},       {"name", e.name}, {"type", e.type},
+          {"reason", e.reason},   {"message", e.message}, {"count", e.count}};
+}
+
+}  // namespace
+
+void LocalStore::record_event(const Event& event) {
+  std::lock_guard lock(mu_);
+  const fs::path path = dir_ / "events.jsonl";
+  // Compacted to the last kMaxEvents lines once it holds twice that.
+  if (event_lines_ >= 2 * kMaxEvents) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+    if (lines.size() > kMaxEvents) lines.erase(lines.begin(), lines.end() - kMaxEvents);
+    std::string text;
+    for (const auto& line : lines) text += line + "\n";
+    if (!write_replacing(path, text).ok()) return;
+    event_lines_ = lines.size();
+  }
+  std::ofstream out(path, std::ios::app);
+  out << event_json(event).dump() << "\n";
+  if (out.flush()) ++event_lines_;
+}
+
+std::vector<Event> LocalStore::past_events() const {
+  std::lock_guard lock(mu_);
+  return past_events_;
 }
 
 uint64_t LocalStore::revision() const {

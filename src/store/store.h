@@ -29,6 +29,17 @@ struct WatchEvent {
 
 using WatchCallback = std::function<void(const WatchEvent&)>;
 
+// What happened to an object, as a Kubernetes Event says it: a scaling
+// decision, a rollout's step, a preemption, a failed start.
+struct Event {
+  std::string time;  // RFC 3339, UTC, the last time it happened
+  std::string kind, name;  // the object (a service's name as the controller knows it)
+  std::string type = "Normal";  // or "Warning"
+  std::string reason;           // CamelCase: ScaledUp, RolloutStarted, CanaryRolledBack, ...
+  std::string message;
+  uint32_t count = 1;  // times it happened in a row
+};
+
 // One revision of a service as its rollout history keeps it: what its
 // replicas were started from (`data`, JSON the controller writes and reads).
 struct RevisionRecord {
@@ -68,12 +79,18 @@ class ResourceStore {
   virtual Status remove_revision(std::string_view /*service*/, std::string_view /*hash*/) {
     return ok_status();
   }
+  // Keeps an event where its users look (Kubernetes Events; a bounded log
+  // on disk locally); `event.count` > 1: the same one again.
+  virtual void record_event(const Event& /*event*/) {}
+  // The events kept from before this process, oldest first (locally).
+  virtual std::vector<Event> past_events() const { return {}; }
 };
 
 // Resources in memory, each mirrored to `<dir>/<kind>.<name>.yaml`, written
 // to a temporary file and renamed, so a crash leaves the old or the new
 // version and never half of one. Opening the directory restores them.
-// Rollout history lives next to them, in `<dir>/revisions/<service>/<hash>.json`.
+// Rollout history lives next to them, in `<dir>/revisions/<service>/<hash>.json`,
+// and events in `<dir>/events.jsonl` (one per line, the last kMaxEvents kept).
 class LocalStore : public ResourceStore {
  public:
   static Result<std::unique_ptr<LocalStore>> open(const std::filesystem::path& dir);
@@ -87,6 +104,9 @@ class LocalStore : public ResourceStore {
   Result<std::vector<RevisionRecord>> revisions(std::string_view service) const override;
   Status save_revision(std::string_view service, const RevisionRecord& record) override;
   Status remove_revision(std::string_view service, std::string_view hash) override;
+  void record_event(const Event& event) override;
+  std::vector<Event> past_events() const override;
+  static constexpr size_t kMaxEvents = 1000;
 
  private:
   explicit LocalStore(std::filesystem::path dir) : dir_(std::move(dir)) {}
@@ -102,6 +122,8 @@ class LocalStore : public ResourceStore {
   std::map<std::pair<std::string, std::string>, Object> objects_;  // by (kind, name)
   uint64_t revision_ = 0;
   std::vector<std::weak_ptr<WatchCallback>> watchers_;
+  std::vector<Event> past_events_;  // as read at open
+  size_t event_lines_ = 0;          // in the file now
 };
 
 }  // namespace loadstar::store

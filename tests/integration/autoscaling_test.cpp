@@ -84,7 +84,8 @@ TEST(Autoscaling, ScalesOutOnInFlightRequestsAndBackWithoutLosingAStream) {
       run_loadstar(
           {"describe", "service", "chat", "--admin-port", std::to_string(up->admin_port())}, &out),
       0);
-  EXPECT_NE(out.find("Z scale 1 -> "), std::string::npos) << out;  // the first change, timed
+  EXPECT_NE(out.find("Z  Normal   ScaledUp          1 -> "), std::string::npos)
+      << out;  // the first change, timed
   EXPECT_NE(out.find(": panic (1s window): in-flight requests"), std::string::npos) << out;
   // Load gone: back to minReplicas (1) once the windows pass. Short
   // requests keep coming meanwhile (too few to hold a replica): none may be
@@ -203,7 +204,7 @@ TEST(Autoscaling, ScalesOutWhenTheGatewaySeesTtftOverTheSlo) {
       run_loadstar(
           {"describe", "service", "chat", "--admin-port", std::to_string(up->admin_port())}, &out),
       0);
-  EXPECT_NE(out.find("scale 1 -> 2: "), std::string::npos) << out;
+  EXPECT_NE(out.find("ScaledUp          1 -> 2: "), std::string::npos) << out;
   EXPECT_NE(out.find("TTFT p90 "), std::string::npos) << out;
 }
 

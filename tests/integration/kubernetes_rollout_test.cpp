@@ -152,6 +152,12 @@ TEST_F(KubernetesRolloutTest, AFailingCanaryIsRolledBackThroughTheGatewaysViewAn
     states += item["metadata"].value("annotations", json::object()).value(
         "loadstar.dev/rollout-state", "");
   EXPECT_NE(states.find("aborted"), std::string::npos) << revisions.dump(2);
+  // ...and said as a Kubernetes Event on the service.
+  std::string reasons;
+  const json events = get_json("events --field-selector involvedObject.name=chat");
+  for (const auto& e : events.value("items", json::array())) reasons += e.value("reason", "") + " ";
+  EXPECT_NE(reasons.find("CanaryStarted"), std::string::npos) << reasons;
+  EXPECT_NE(reasons.find("CanaryRolledBack"), std::string::npos) << reasons;
   processes_["controller-a"]->process.signal(SIGKILL);
   start_controller("controller-b", {"--no-leader-elect"});
   wait_output("controller-b", "controller reconciling");

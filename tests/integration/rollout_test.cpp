@@ -186,6 +186,12 @@ TEST(Rollout, ARevisionWhoseEngineCannotStartStallsWithItsErrorWhileTheOldOneSer
             200);
   std::string out;
   ASSERT_EQ(cli(*up, {"rollout", "status", "chat", "-w", "--timeout", "1"}, &out), 1) << out;
+  // Each failed start is an event with the engine's own words.
+  ASSERT_EQ(cli(*up, {"events", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("Warning  StartFailed       InferenceService/chat: replica chat-1: "),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("--no-such-flag"), std::string::npos) << out;
   ASSERT_EQ(cli(*up, {"rollout", "undo", "chat"}, &out), 0) << out;
   ASSERT_TRUE(rolled_out(*up, 3, 1)) << service(*up).dump(2);
   ASSERT_EQ(cli(*up, {"describe", "service", "chat"}, &out), 0) << out;

@@ -3,7 +3,13 @@
 // the store, the engines and the clock, controller_fakes.h).
 #include "controller/rollout.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include "controller_fakes.h"
+#include "store/store.h"
 
 namespace loadstar::controller {
 namespace {
@@ -138,6 +144,13 @@ TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
   EXPECT_NE(base, revision_hash(decode(service(1)), &other));
 }
 
+// "Reason: message" lines.
+std::string events_text(const ServiceStatus& status) {
+  std::string out;
+  for (const store::Event& e : status.events) out += e.reason + ": " + e.message + "\n";
+  return out;
+}
+
 class RolloutTest : public ControllerTest {
  protected:
   // Engines start and stop as asked: launched ones become ready, stopped
@@ -198,9 +211,10 @@ TEST_F(RolloutTest, AChangedEngineRollsOutWithinItsBoundsAndAScaleChangeRestarts
   const ServiceStatus status = ctl_->services().front();
   EXPECT_FALSE(status.rollout.rolling);
   EXPECT_EQ(status.rollout.revision, 2u);
-  EXPECT_TRUE(std::any_of(status.events.begin(), status.events.end(), [](const std::string& e) {
-    return e.find("revision 2 rolled out") != std::string::npos;
-  })) << fmt::format("{}", fmt::join(status.events, "\n"));
+  const std::string events = events_text(status);
+  EXPECT_NE(events.find("RolloutStarted: rollout to revision 2"), std::string::npos) << events;
+  EXPECT_NE(events.find("RolledOut: revision 2 rolled out"), std::string::npos) << events;
+  EXPECT_NE(events.find("ScaledUp: 3 -> 4: spec.replicas"), std::string::npos) << events;
 }
 
 TEST_F(RolloutTest, AnOldReplicaThatFailsRestartsAtItsOwnRevision) {
@@ -292,6 +306,46 @@ TEST_F(RolloutTest, ANewControllerGoesOnWithTheRolloutItFinds) {
     EXPECT_EQ(revision, 2u) << name;
     EXPECT_EQ(runtime_.args[name], "--v2") << name;
   }
+}
+
+// The local store keeps revisions (renumbered, with their state) and events
+// (the same again counted, a cut last line skipped, at most kMaxEvents)
+// across a reopen, as a restarted `loadstar up` finds them.
+TEST(LocalStoreHistory, RevisionsAndEventsSurviveAReopen) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / fmt::format("ls-store-{}", getpid());
+  fs::remove_all(dir);
+  {
+    auto store = store::LocalStore::open(dir);
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->save_revision("chat", {"abc", 1, R"({"service":""})", ""}).ok());
+    ASSERT_TRUE((*store)->save_revision("chat", {"abc", 3, R"({"service":""})", "s"}).ok());
+    ASSERT_TRUE((*store)->save_revision("chat", {"def", 2, "{}", ""}).ok());
+    ASSERT_TRUE((*store)->remove_revision("chat", "def").ok());
+    store::Event e{"2026-12-04T00:00:00Z", "InferenceService", "chat", "Normal", "ScaledUp",
+                   "1 -> 2"};
+    (*store)->record_event(e);
+    e.count = 2;
+    (*store)->record_event(e);
+    e.reason = "RolledOut";
+    e.count = 1;
+    for (size_t i = 0; i < 2 * store::LocalStore::kMaxEvents + 5; ++i) {
+      e.message = std::to_string(i);
+      (*store)->record_event(e);
+    }
+  }
+  std::ofstream(dir / "events.jsonl", std::ios::app) << R"({"time":"cut)";
+  auto store = store::LocalStore::open(dir);
+  ASSERT_TRUE(store.ok());
+  auto revisions = (*store)->revisions("chat");
+  ASSERT_TRUE(revisions.ok());
+  ASSERT_EQ(revisions->size(), 1u);
+  EXPECT_EQ((*revisions)[0].number, 3u);
+  EXPECT_EQ((*revisions)[0].state, "s");
+  const auto events = (*store)->past_events();
+  ASSERT_EQ(events.size(), store::LocalStore::kMaxEvents);
+  EXPECT_EQ(events.back().message, std::to_string(2 * store::LocalStore::kMaxEvents + 4));
+  fs::remove_all(dir);
 }
 
 TEST(CanaryAnalysis, JudgesOnlyWithEnoughRequestsAndFailsOnABreachAtOnce) {
@@ -392,7 +446,7 @@ TEST_F(CanaryTest, AHealthyCanaryStepsThroughItsSharesAndIsPromoted) {
   const ServiceStatus status = ctl_->services().front();
   EXPECT_FALSE(status.rollout.rolling);
   EXPECT_FALSE(status.rollout.aborted);
-  const std::string events = fmt::format("{}", fmt::join(status.events, "\n"));
+  const std::string events = events_text(status);
   EXPECT_NE(events.find("step 1/2 (25%) passed"), std::string::npos) << events;
   EXPECT_NE(events.find("promoted after 2 steps"), std::string::npos) << events;
 }
