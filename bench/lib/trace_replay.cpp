@@ -225,6 +225,10 @@ int main(int argc, char** argv) {
   app.add_option("--model", model);
   app.add_option("--label", label, "Name of this run in the output");
   app.add_option("--threads", threads, "Client threads (the most requests in flight)");
+  std::string requests_out;
+  app.add_option("--requests-out", requests_out,
+                 "Write each request here (JSON lines: sent_s, ttft_s model seconds, ok), after a "
+                 "first line with the run's start (start_unix)");
   app.add_option("--replica-capacity", replica_capacity,
                  "Requests one replica runs at once: report the demand and its clairvoyant bound");
   CLI11_PARSE(app, argc, argv);
@@ -379,6 +383,20 @@ int main(int argc, char** argv) {
   for (auto& t : pool) t.join();
   done = true;
   poller.join();
+  if (!requests_out.empty()) {
+    std::ofstream out(requests_out);
+    const double start_unix =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() -
+        std::chrono::duration<double>(Clock::now() - start).count();
+    out << json({{"start_unix", start_unix}, {"time_scale", time_scale}}).dump() << "\n";
+    for (const auto& r : results)
+      out << json({{"sent_s", r.sent_s},
+                   {"ttft_s", r.ttft_s * time_scale},
+                   {"ok", r.ok},
+                   {"status", r.status}})
+                 .dump()
+          << "\n";
+  }
   // Whether a replica was starting at any sample in [from, to] (wall), or
   // at the last sample before `from`.
   auto starting_during = [&](double from, double to) {

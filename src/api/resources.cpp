@@ -444,8 +444,7 @@ void decode_rollout(Decoder& d, const YAML::Node& node, RolloutSpec& out) {
       // A ratio of 0 turns its check off.
       auto ratio = [&](const char* key, std::optional<double>& out) {
         if (!a.number(key, v, 0, 1000)) return;
-        if (*v > 0 && *v < 1)
-          d.error(analysis[key], a.field(key), "must be 0 (off) or at least 1");
+        if (*v > 0 && *v < 1) d.error(analysis[key], a.field(key), "must be 0 (off) or at least 1");
         out = *v > 0 ? v : std::nullopt;
       };
       ratio("maxTtftP99Ratio", spec.analysis.max_ttft_p99_ratio);
@@ -910,9 +909,9 @@ std::string encode_resource(const Resource& resource) {
         out << YAML::Key << "canary" << YAML::Value << YAML::BeginMap;
         out << YAML::Key << "steps" << YAML::Value << YAML::BeginSeq;
         for (const CanaryStep& step : canary->steps)
-          out << YAML::Flow << YAML::BeginMap << YAML::Key << "weight" << YAML::Value
-              << step.weight << YAML::Key << "pause" << YAML::Value
-              << fmt::format("{}s", step.pause_s) << YAML::EndMap;
+          out << YAML::Flow << YAML::BeginMap << YAML::Key << "weight" << YAML::Value << step.weight
+              << YAML::Key << "pause" << YAML::Value << fmt::format("{}s", step.pause_s)
+              << YAML::EndMap;
         out << YAML::EndSeq;
         const CanaryAnalysis& a = canary->analysis;
         out << YAML::Key << "analysis" << YAML::Value << YAML::BeginMap;

@@ -114,7 +114,10 @@ struct IntOrPercent {
 // How a change of a replica's shape (its revision) reaches the running
 // replicas (spec.rollout), as a Deployment's rolling update: at most
 // maxSurge replicas above the desired count while new ones start, at most
-// maxUnavailable of the desired count not ready. Not both zero.
+// maxUnavailable of the desired count not ready. Not both zero. Unlike a
+// Deployment's 25%, maxUnavailable defaults to 0: a serving replica lost
+// under load costs TTFT (bench/rollout); when the surge finds no room the
+// rollout replaces one replica in place instead (rollout.h).
 // A canary rollout (spec.rollout.canary): the new revision gets a share of
 // the traffic in steps, each held for a pause, while the gateways' view of
 // it (failed attempts, TTFT and ITL p99) is compared with the stable
@@ -127,7 +130,7 @@ struct CanaryStep {
 };
 
 struct CanaryAnalysis {
-  uint32_t min_requests = 20;          // reaching the canary in a step before it is judged
+  uint32_t min_requests = 20;             // reaching the canary in a step before it is judged
   double max_error_rate_increase = 0.05;  // the canary's failed share minus the stable's
   std::optional<double> max_ttft_p99_ratio = 1.5;  // canary p99 / stable p99
   std::optional<double> max_itl_p99_ratio = 1.5;
@@ -142,7 +145,7 @@ struct CanarySpec {
 
 struct RolloutSpec {
   IntOrPercent max_surge{25, true};
-  IntOrPercent max_unavailable{25, true};
+  IntOrPercent max_unavailable{0, false};
   std::optional<CanarySpec> canary;
   bool operator==(const RolloutSpec&) const = default;
 };

@@ -125,7 +125,7 @@ std::vector<KindSchema> build() {
           {f("maxSurge", T::kIntOrPercent,
              "Replicas above the desired count while new ones start (default 25%, rounded up)."),
            f("maxUnavailable", T::kIntOrPercent,
-             "Desired replicas that may be not ready (default 25%, rounded down)."),
+             "Desired replicas that may be not ready (default 0; 1 when the surge finds no room)."),
            f("canary", T::kObject,
              "Shift traffic to the new revision in steps, judged against the stable one.",
              {f("steps", T::kList, "Traffic shares, each held for a pause.",

@@ -22,13 +22,13 @@ enum class FieldType {
   kInteger,
   kNumber,
   kBoolean,
-  kQuantity,   // 40Gi or a number of bytes (int-or-string)
-  kDuration,   // 30s, 5m, 1h
+  kQuantity,      // 40Gi or a number of bytes (int-or-string)
+  kDuration,      // 30s, 5m, 1h
   kIntOrPercent,  // 3 or "25%"
-  kObject,     // `fields` are its properties
-  kList,       // of objects with `fields`
-  kStrings,    // a list of strings
-  kStringMap,  // string keys to string values
+  kObject,        // `fields` are its properties
+  kList,          // of objects with `fields`
+  kStrings,       // a list of strings
+  kStringMap,     // string keys to string values
 };
 
 struct Field {

@@ -35,8 +35,8 @@ json timeline_json(const controller::ReplicaStatus& r) {
 }
 
 json revision_json(const controller::RevisionStatus& r) {
-  return {{"revision", r.number}, {"hash", r.hash},   {"created", r.created},
-          {"model", r.model},     {"engine", r.engine}, {"replicas", r.replicas},
+  return {{"revision", r.number}, {"hash", r.hash},      {"created", r.created},
+          {"model", r.model},     {"engine", r.engine},  {"replicas", r.replicas},
           {"ready", r.ready},     {"current", r.current}};
 }
 

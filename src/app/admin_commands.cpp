@@ -298,10 +298,10 @@ std::function<int()> setup_rollout(CLI::App& app) {
   app.add_option("action", o->action,
                  "status, history, undo; a canary's pause, resume, promote, abort")
       ->required()
-      ->check(CLI::IsMember(
-          {"status", "history", "undo", "pause", "resume", "promote", "abort"}));
+      ->check(CLI::IsMember({"status", "history", "undo", "pause", "resume", "promote", "abort"}));
   app.add_option("service", o->service, "The InferenceService")->required();
-  app.add_option("--to-revision", o->to_revision, "undo: this revision (default: the previous one)");
+  app.add_option("--to-revision", o->to_revision,
+                 "undo: this revision (default: the previous one)");
   app.add_flag("-w,--watch", o->watch,
                "status: wait until the rollout is done (exit 1 at --timeout or a rollback)");
   app.add_option("--timeout", o->timeout_s, "status --watch: give up after this many seconds")
@@ -309,7 +309,8 @@ std::function<int()> setup_rollout(CLI::App& app) {
   add_admin_options(app, o->target);
   return [o]() -> int {
     if (o->action == "history") {
-      auto doc = admin_call(o->target, "GET", fmt::format("/api/v1/services/{}/revisions", o->service));
+      auto doc =
+          admin_call(o->target, "GET", fmt::format("/api/v1/services/{}/revisions", o->service));
       if (!doc.ok()) {
         fmt::print(stderr, "loadstar rollout history: {}\n", doc.error().message);
         return 1;

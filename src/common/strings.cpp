@@ -66,7 +66,7 @@ std::string last_error_line_of(std::string_view output) {
   // expected" (its last line only says to run --help), argparse's
   // "unrecognized arguments".
   static constexpr std::string_view kWords[] = {
-      "error",  "fatal", "exception", "failed",       "invalid",    "unknown",
+      "error",  "fatal", "exception",    "failed",       "invalid",    "unknown",
       "cannot", "abort", "not expected", "unrecognized", "is required"};
   for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
     std::string lower = *it;

@@ -65,25 +65,24 @@ CanaryVerdict judge_step(const api::CanaryAnalysis& analysis, const CanarySample
                         "the stable revision's (at most {:g} points more)",
                         100 * canary.error_rate(), canary.failures, canary.requests,
                         100 * stable.error_rate(), 100 * analysis.max_error_rate_increase)};
-  const bool ttft_enough = total(canary.ttft) >= analysis.min_requests &&
-                           total(stable.ttft) >= analysis.min_requests;
+  const bool ttft_enough =
+      total(canary.ttft) >= analysis.min_requests && total(stable.ttft) >= analysis.min_requests;
   if (ttft_enough)
     if (auto breach = latency_breach("TTFT", analysis.max_ttft_p99_ratio, canary.ttft_p99(),
                                      stable.ttft_p99(), Endpoint::kTtftBounds[0]))
       return {CanaryVerdict::kFail, *breach};
-  const bool itl_enough = total(canary.itl) >= analysis.min_requests &&
-                          total(stable.itl) >= analysis.min_requests;
+  const bool itl_enough =
+      total(canary.itl) >= analysis.min_requests && total(stable.itl) >= analysis.min_requests;
   if (itl_enough)
     if (auto breach = latency_breach("inter-token latency", analysis.max_itl_p99_ratio,
                                      canary.itl_p99(), stable.itl_p99(), Endpoint::kItlBounds[0]))
       return {CanaryVerdict::kFail, *breach};
-  std::string measured = fmt::format("{} requests, {:.1f}% failed (stable {:.1f}%)",
-                                     canary.requests, 100 * canary.error_rate(),
-                                     100 * stable.error_rate());
+  std::string measured =
+      fmt::format("{} requests, {:.1f}% failed (stable {:.1f}%)", canary.requests,
+                  100 * canary.error_rate(), 100 * stable.error_rate());
   if (held_s < pause_s)
-    return {CanaryVerdict::kWait,
-            fmt::format("{}; {:.0f}s of the step's {:.0f}s left", measured, pause_s - held_s,
-                        pause_s)};
+    return {CanaryVerdict::kWait, fmt::format("{}; {:.0f}s of the step's {:.0f}s left", measured,
+                                              pause_s - held_s, pause_s)};
   return {CanaryVerdict::kPass, measured};
 }
 

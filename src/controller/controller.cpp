@@ -396,15 +396,16 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
   }
   // While old replicas remain, the surge above the desired count is the
   // rollout's, not the autoscaler's to count.
-  const uint32_t counted = old ? std::min(static_cast<uint32_t>(active.size()), scaler_.desired(svc))
-                               : static_cast<uint32_t>(active.size());
+  const uint32_t counted =
+      old ? std::min(static_cast<uint32_t>(active.size()), scaler_.desired(svc))
+          : static_cast<uint32_t>(active.size());
   const bool decided_before = scaler_.last_decision(svc_name) != nullptr;
   const uint32_t desired = scaler_.decide(svc, counted, service_load(svc_name), now);
   if (desired != counted) {
     const autoscaler::Decision* d = scaler_.last_decision(svc_name);
     std::string why = d && decided_before ? d->reason
-                      : desired == 0     ? fmt::format("idle for {}s", svc.spec.idle_timeout_s)
-                                         : std::string("spec.replicas");
+                      : desired == 0      ? fmt::format("idle for {}s", svc.spec.idle_timeout_s)
+                                          : std::string("spec.replicas");
     events_.normal(svc_name, desired > counted ? "ScaledUp" : "ScaledDown",
                    fmt::format("{} -> {}: {}", counted, desired, why));
   }
@@ -414,11 +415,13 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
                   r->state == ReplicaState::kReady};
     v.staged = v.ready || r->cold_start.seconds_to(kStaged).has_value();
     v.new_weights_here = r->revision != current && weights_here(*r, *current);
+    // Not placed in an earlier pass: the scheduler has no room for it.
+    v.unplaced = r->state == ReplicaState::kPending && r->created < now &&
+                 placement_.where(r->name) == nullptr;
     if (!v.ready) v.message = r->message;
     views.push_back(std::move(v));
   }
-  RolloutActions actions =
-      rollouts_.plan(svc, current, desired, std::move(views), now);
+  RolloutActions actions = rollouts_.plan(svc, current, desired, std::move(views), now);
   for (auto& [name, revision] : actions.retarget) replicas_.at(name)->revision = revision;
   for (auto& revision : actions.create) new_replica(svc_name, used, revision, now);
   if (desired == 0 && !actions.drain.empty())
@@ -448,8 +451,10 @@ void Controller::new_replica(const std::string& service, std::set<uint32_t>& use
 
 bool Controller::weights_here(const Replica& r, const Revision& to) {
   if (!to.model) return false;
-  if (r.revision && r.revision->model && r.revision->model->metadata.name == to.model->metadata.name)
-    return r.revision->model->spec == to.model->spec;  // the same weights, or other bytes by that name
+  if (r.revision && r.revision->model &&
+      r.revision->model->metadata.name == to.model->metadata.name)
+    return r.revision->model->spec ==
+           to.model->spec;  // the same weights, or other bytes by that name
   const Placed* where = placement_.where(r.name);
   return where && runtime_.models_on(where->node).count(to.model->metadata.name) > 0;
 }
@@ -804,8 +809,8 @@ Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
                         service, to ? fmt::format("no revision {}", to) : "no earlier revision",
                         kept.size() == 1 ? "" : "s", fmt::join(kept, ", "));
     if (target->hash == current->second->hash)
-      return make_error(ErrorCode::kInvalidArgument, "service {} runs revision {} already",
-                        service, target->number);
+      return make_error(ErrorCode::kInvalidArgument, "service {} runs revision {} already", service,
+                        target->number);
   }
   // The store's watch takes mu_: written without it.
   auto stored = store_.get("InferenceService", service);
@@ -826,8 +831,8 @@ Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
       api::Model restored = *target->model;
       if (now) restored.metadata = now->metadata;
       LS_RETURN_IF_ERROR(store_.apply(restored));
-      also = fmt::format("; Model {} restored to its spec then (source {})",
-                         restored.metadata.name, restored.spec.source);
+      also = fmt::format("; Model {} restored to its spec then (source {})", restored.metadata.name,
+                         restored.spec.source);
     }
   }
   LS_RETURN_IF_ERROR(store_.apply(svc));

@@ -64,8 +64,8 @@ struct ReplicaStatus {
   int64_t in_flight = 0;
   std::string message;  // why it is not ready, or its last failure
   std::string queue;
-  std::string node;     // where the scheduler placed it; empty while unplaced
-  std::string devices;  // e.g. "gpu0,gpu1" or "gpu0:500m"
+  std::string node;       // where the scheduler placed it; empty while unplaced
+  std::string devices;    // e.g. "gpu0,gpu1" or "gpu0:500m"
   uint32_t revision = 0;  // the revision it runs (0: not recorded)
   // Seconds from queued to each event of the current start; unset: not yet.
   std::optional<double> timeline[kColdStartEventCount];
@@ -83,10 +83,10 @@ struct RevisionStatus {
 };
 
 struct RolloutStatus {
-  uint32_t revision = 0;  // the current one
-  bool rolling = false;   // replicas of older revisions remain
-  bool aborted = false;   // the current revision's canary was rolled back
-  std::string message;    // where the rollout stands, or why it waits
+  uint32_t revision = 0;                  // the current one
+  bool rolling = false;                   // replicas of older revisions remain
+  bool aborted = false;                   // the current revision's canary was rolled back
+  std::string message;                    // where the rollout stands, or why it waits
   std::vector<RevisionStatus> revisions;  // with replicas, newest first
 };
 
@@ -95,7 +95,7 @@ struct ServiceStatus {
   std::string model;
   uint32_t desired = 0;
   RolloutStatus rollout;
-  std::string scale_reason;         // the autoscaler's last decision, with its signal
+  std::string scale_reason;          // the autoscaler's last decision, with its signal
   std::vector<store::Event> events;  // oldest first: scaling, rollouts, failures
   uint32_t ready = 0;
   uint32_t total = 0;

@@ -5,16 +5,15 @@
 
 namespace loadstar::controller {
 
-EventLog::EventLog(store::ResourceStore& store, const Clock& clock)
-    : store_(store), clock_(clock) {
+EventLog::EventLog(store::ResourceStore& store, const Clock& clock) : store_(store), clock_(clock) {
   for (store::Event& e : store_.past_events()) recent_.push_back(std::move(e));
   while (recent_.size() > kMax) recent_.pop_front();
 }
 
 void EventLog::record(std::string_view service, const char* type, std::string reason,
                       std::string message) {
-  const std::string time = fmt::format(
-      "{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(clock_.wall()));
+  const std::string time =
+      fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(clock_.wall()));
   // The same again, among the service's latest: counted.
   for (auto it = recent_.rbegin(); it != recent_.rend() && it - recent_.rbegin() < 20; ++it) {
     if (it->name != service) continue;
@@ -26,8 +25,8 @@ void EventLog::record(std::string_view service, const char* type, std::string re
     }
     break;  // only its very last one
   }
-  store::Event e{time, "InferenceService", std::string(service), type, std::move(reason),
-                 std::move(message)};
+  store::Event e{time, "InferenceService", std::string(service),
+                 type, std::move(reason),  std::move(message)};
   store_.record_event(e);
   recent_.push_back(std::move(e));
   if (recent_.size() > kMax) recent_.pop_front();

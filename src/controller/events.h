@@ -33,8 +33,7 @@ class EventLog {
   std::vector<store::Event> of(std::string_view service) const;
 
  private:
-  void record(std::string_view service, const char* type, std::string reason,
-              std::string message);
+  void record(std::string_view service, const char* type, std::string reason, std::string message);
   store::ResourceStore& store_;
   const Clock& clock_;
   std::deque<store::Event> recent_;

@@ -120,8 +120,8 @@ std::shared_ptr<const Revision> RevisionHistory::current(
     revision->hash = hash;
     revision->service = svc;
     if (model) revision->model = *model;
-    revision->created = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
-                                    std::chrono::floor<std::chrono::seconds>(now));
+    revision->created =
+        fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(now));
   }
   revision->number = number;
   spdlog::info("service {}: revision {} ({})", service, number, hash);

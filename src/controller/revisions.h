@@ -21,7 +21,7 @@ namespace loadstar::controller {
 struct Revision {
   std::string hash;  // rollout.h's revision_hash
   uint32_t number = 0;
-  api::InferenceService service;   // the spec its replicas start from
+  api::InferenceService service;    // the spec its replicas start from
   std::optional<api::Model> model;  // the model as it was; none: it did not exist
   std::string created;              // RFC 3339, when first rolled out
 };
@@ -34,8 +34,7 @@ class RevisionHistory {
   // The revision `svc` with `model` makes now. A new one is recorded with
   // the next number; one that returns (an undo, or an edit back) takes the
   // next number again, as kubectl's history shows it.
-  std::shared_ptr<const Revision> current(const api::InferenceService& svc,
-                                          const api::Model* model,
+  std::shared_ptr<const Revision> current(const api::InferenceService& svc, const api::Model* model,
                                           std::chrono::system_clock::time_point now);
   // A revision of `service` by hash (a Pod's label), or by number; null: not kept.
   std::shared_ptr<const Revision> find(const std::string& service, const std::string& hash);

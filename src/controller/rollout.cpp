@@ -58,6 +58,9 @@ RolloutPlan plan_rollout(uint32_t desired, const api::RolloutSpec& spec,
   int64_t surge = spec.max_surge.of(desired, true);
   int64_t unavailable = spec.max_unavailable.of(desired, false);
   if (surge == 0 && unavailable == 0) unavailable = 1;  // as a Deployment: it must move
+  // No room for the surge: replace in place, one at a time.
+  const bool no_room = std::any_of(fresh.begin(), fresh.end(), [](auto& r) { return r.unplaced; });
+  if (no_room && unavailable == 0) unavailable = 1;
   const int64_t total = fresh_n + static_cast<int64_t>(old.size());
   const int64_t create = std::clamp<int64_t>(n + surge - total, 0, n - fresh_n);
   plan.create = static_cast<uint32_t>(create);
@@ -72,10 +75,13 @@ RolloutPlan plan_rollout(uint32_t desired, const api::RolloutSpec& spec,
   // ...then ready ones, down to the minimum available.
   int64_t ready_budget = ready - min_available;
   // The new weights are staged once a new replica has them; while none
-  // can be started before an old one goes (no surge left), the first goes
-  // (its node was asked to stage them: keep_warm).
-  const bool fresh_staged = std::any_of(fresh.begin(), fresh.end(), [](auto& r) { return r.staged; }) ||
-                            fresh_n + create == 0;
+  // can start before an old one goes (no surge left, or no room for it),
+  // the first goes (its node was asked to stage them: keep_warm).
+  const int64_t fresh_placed =
+      fresh_n - std::count_if(fresh.begin(), fresh.end(), [](auto& r) { return r.unplaced; });
+  const bool fresh_staged =
+      std::any_of(fresh.begin(), fresh.end(), [](auto& r) { return r.staged; }) ||
+      fresh_placed + create == 0;
   std::sort(old.begin(), old.end(), [](const RolloutReplica& a, const RolloutReplica& b) {
     if (a.ready != b.ready) return !a.ready;
     return a.index > b.index;

@@ -14,7 +14,9 @@
 // may be missed. One rule of ours on top: a ready old replica is drained
 // only once the new revision's weights are staged (on a new replica, or on
 // that replica's node), so a rollout never trades a serving replica for a
-// download.
+// download. And one that keeps rollouts moving where GPUs are scarce: when a
+// new replica finds no place (the surge has no room), one replica may be
+// unavailable even with maxUnavailable 0, so an old one makes room for it.
 #pragma once
 
 #include <cstdint>
@@ -37,12 +39,14 @@ struct RolloutReplica {
   bool staged = false;  // its weights are in place (current replicas)
   // Old replicas: the current revision's weights are staged on its node.
   bool new_weights_here = false;
+  // Current replicas: the scheduler found no place for it (no room to surge).
+  bool unplaced = false;
 };
 
 struct RolloutPlan {
-  uint32_t create = 0;              // new replicas, at the current revision
-  std::vector<std::string> drain;   // replicas to drain
-  bool rolling = false;             // old replicas remain
+  uint32_t create = 0;             // new replicas, at the current revision
+  std::vector<std::string> drain;  // replicas to drain
+  bool rolling = false;            // old replicas remain
 };
 
 // One pass: `active` are the service's replicas not already draining.

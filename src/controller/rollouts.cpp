@@ -56,11 +56,9 @@ void Rollouts::event(const std::string& service, bool warning, const char* reaso
 }
 
 void Rollouts::record(const std::string& service, const Canary& c) {
-  history_.set_state(service, c.hash,
-                     json({{"canary", outcome_name(c.outcome)},
-                           {"step", c.step},
-                           {"reason", c.reason}})
-                         .dump());
+  history_.set_state(
+      service, c.hash,
+      json({{"canary", outcome_name(c.outcome)}, {"step", c.step}, {"reason", c.reason}}).dump());
 }
 
 Rollouts::Canary& Rollouts::canary_of(const std::string& service, Service& s,
@@ -131,7 +129,8 @@ RolloutActions Rollouts::plan_plain(const api::InferenceService& svc, Service& s
     // One never launched runs nothing of another revision.
     if (!v.launched_ever && !runs(v, current)) actions.retarget[v.name] = current;
     const bool fresh = !v.launched_ever || runs(v, current);
-    state.push_back({v.name, v.index, fresh, v.ready, v.staged, !fresh && v.new_weights_here});
+    state.push_back(
+        {v.name, v.index, fresh, v.ready, v.staged, !fresh && v.new_weights_here, v.unplaced});
     actions.canary_weights[v.name] = 0;
   }
   const RolloutPlan plan = plan_rollout(desired, svc.spec.rollout, std::move(state));
@@ -188,8 +187,8 @@ RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& 
   for (RolloutView& v : active) (runs(v, current) ? canary : stable).push_back(std::move(v));
   const uint32_t weight = spec.steps[c.step].weight;
   uint32_t target = c.outcome == Outcome::kAborted ? 0 : canary_replicas(desired, weight);
-  const auto canary_ready =
-      static_cast<uint32_t>(std::count_if(canary.begin(), canary.end(), [](auto& v) { return v.ready; }));
+  const auto canary_ready = static_cast<uint32_t>(
+      std::count_if(canary.begin(), canary.end(), [](auto& v) { return v.ready; }));
 
   // The analysis, once the step's canary replicas all serve.
   if (c.outcome == Outcome::kRunning) {
@@ -263,7 +262,8 @@ RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& 
 
   // The split: while both groups serve, the canary's replicas get the
   // step's share together.
-  const bool stable_serves = std::any_of(stable.begin(), stable.end(), [](auto& v) { return v.ready; });
+  const bool stable_serves =
+      std::any_of(stable.begin(), stable.end(), [](auto& v) { return v.ready; });
   const bool splitting = c.outcome != Outcome::kAborted && canary_ready > 0 && stable_serves;
   for (const RolloutView& v : canary)
     actions.canary_weights[v.name] = splitting ? spec.steps[c.step].weight : 0;
@@ -308,8 +308,7 @@ Result<std::string> Rollouts::control(const std::string& service, const std::str
   auto it = services_.find(service);
   Canary* c = it == services_.end() || !it->second.canary ? nullptr : &*it->second.canary;
   if (!c || (c->outcome != Outcome::kRunning && c->outcome != Outcome::kPaused))
-    return make_error(ErrorCode::kInvalidArgument, "service {} has no canary in progress",
-                      service);
+    return make_error(ErrorCode::kInvalidArgument, "service {} has no canary in progress", service);
   std::string done;
   if (action == "pause") {
     if (c->outcome == Outcome::kPaused) return std::string("already paused");

@@ -38,6 +38,7 @@ struct RolloutView {
   bool ready = false;
   bool staged = false;
   bool new_weights_here = false;  // the current revision's weights are on its node
+  bool unplaced = false;          // the scheduler found it no place (last pass)
   std::string message;            // why it is not ready yet
 };
 

@@ -32,8 +32,8 @@ struct EngineLaunch {
   const api::InferenceService* service = nullptr;
   const api::Model* model = nullptr;
   std::string revision;  // the hash of what shapes it (rollout.h)
-  std::string node;     // where the scheduler placed it
-  std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
+  std::string node;      // where the scheduler placed it
+  std::string devices;   // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
   std::vector<DeviceShare> shares;
   // How many times the node's device plugin advertises each card
   // (NVIDIA time-slicing); 1: whole cards.
@@ -70,7 +70,7 @@ struct ExistingEngine {
   std::string revision;  // as launched; empty: not recorded
   uint32_t index = 0;
   std::vector<DeviceShare> shares;
-  bool draining = false;  // taken out of routing (unroute) by a previous controller
+  bool draining = false;       // taken out of routing (unroute) by a previous controller
   uint32_t canary_weight = 0;  // as a previous controller left it (route_share)
 };
 

@@ -96,7 +96,6 @@ const autoscaler::Decision* ServiceScaler::last_decision(const std::string& serv
   return it != services_.end() && it->second.last ? &*it->second.last : nullptr;
 }
 
-
 uint32_t ServiceScaler::weights_nodes(const api::InferenceService& svc) const {
   if (svc.spec.warm_nodes == 0) return 0;
   const autoscaler::Decision* d = last_decision(svc.metadata.name);

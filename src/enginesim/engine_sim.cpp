@@ -144,7 +144,8 @@ class EngineSimServer {
     }
     if (options_.fault_delay_s > 0) {
       asio::steady_timer delay(co_await asio::this_coro::executor);
-      delay.expires_after(std::chrono::microseconds(static_cast<int64_t>(options_.fault_delay_s * 1e6)));
+      delay.expires_after(
+          std::chrono::microseconds(static_cast<int64_t>(options_.fault_delay_s * 1e6)));
       co_await delay.async_wait(asio::use_awaitable);
     }
     if (options_.fault_error_rate > 0 && fault_draw() < options_.fault_error_rate) {

@@ -28,7 +28,7 @@ struct EndpointLoad {
   double kv_usage = 0;        // the engine's KV-cache use (0..1), as last scraped
   double metrics_age_s = -1;  // since that scrape; -1: never scraped
   std::array<uint64_t, Endpoint::kTtftBuckets> ttft{};  // counters
-  uint64_t failures = 0;                                 // counter
+  uint64_t failures = 0;                                // counter
   std::array<uint64_t, Endpoint::kItlBuckets> itl{};    // counters
 };
 

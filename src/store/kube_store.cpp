@@ -247,7 +247,9 @@ std::map<std::string, std::string> KubeStore::node_addresses() const {
 
 namespace {
 
-json optional_json(const auto& v) { return v ? json(*v) : json(nullptr); }
+json optional_json(const auto& v) {
+  return v ? json(*v) : json(nullptr);
+}
 
 // What `loadstar rollout undo` writes back, as a merge patch of the spec:
 // null removes a field the revision did not set.
@@ -293,12 +295,12 @@ Status KubeStore::apply(const api::Resource& resource) {
     return make_error(ErrorCode::kInvalidArgument,
                       "{} '{}': in Kubernetes mode resources are applied with kubectl", kind, name);
   const kube::NamespaceScope::Name n = scope_.split(name);
-  const std::string path =
-      kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion), n.namespace_name,
-                            k->plural) +
-      "/" + n.name;
+  const std::string path = kube::collection_path(fmt::format("{}/{}", api::kGroup, api::kVersion),
+                                                 n.namespace_name, k->plural) +
+                           "/" + n.name;
   auto patched = client_.merge_patch(path, {{"spec", shape_patch(resource)}});
-  if (!patched.ok()) return std::move(patched).error().context(fmt::format("writing {} {}", kind, name));
+  if (!patched.ok())
+    return std::move(patched).error().context(fmt::format("writing {} {}", kind, name));
   return ok_status();
 }
 
@@ -320,21 +322,21 @@ void KubeStore::record_event(const Event& event) {
   json involved = {{"kind", event.kind}, {"name", n.name}, {"namespace", n.namespace_name}};
   if (kind_named(event.kind)) {
     involved["apiVersion"] = fmt::format("{}/{}", api::kGroup, api::kVersion);
-    if (const std::string uid = uid_of(event.kind, event.name); !uid.empty())
-      involved["uid"] = uid;
+    if (const std::string uid = uid_of(event.kind, event.name); !uid.empty()) involved["uid"] = uid;
   }
-  const json object = {{"apiVersion", "v1"},
-                       {"kind", "Event"},
-                       {"metadata", {{"generateName", n.name + "."}, {"namespace", n.namespace_name}}},
-                       {"involvedObject", involved},
-                       {"reason", event.reason},
-                       {"message", event.message.substr(0, 1024)},
-                       {"type", event.type},
-                       {"count", event.count},
-                       {"firstTimestamp", event.time},
-                       {"lastTimestamp", event.time},
-                       {"source", {{"component", "loadstar-controller"}}},
-                       {"reportingComponent", "loadstar-controller"}};
+  const json object = {
+      {"apiVersion", "v1"},
+      {"kind", "Event"},
+      {"metadata", {{"generateName", n.name + "."}, {"namespace", n.namespace_name}}},
+      {"involvedObject", involved},
+      {"reason", event.reason},
+      {"message", event.message.substr(0, 1024)},
+      {"type", event.type},
+      {"count", event.count},
+      {"firstTimestamp", event.time},
+      {"lastTimestamp", event.time},
+      {"source", {{"component", "loadstar-controller"}}},
+      {"reportingComponent", "loadstar-controller"}};
   auto created = client_.create(collection, object);
   if (!created.ok()) {
     spdlog::warn("event {} on {} {}: {}", event.reason, event.kind, event.name,
@@ -348,10 +350,9 @@ void KubeStore::record_event(const Event& event) {
 
 Result<std::vector<RevisionRecord>> KubeStore::revisions(std::string_view service) const {
   const kube::NamespaceScope::Name n = scope_.split(service);
-  LS_ASSIGN_OR_RETURN(json list,
-                      client_.list(kube::collection_path("apps/v1", n.namespace_name,
-                                                         "controllerrevisions"),
-                                   fmt::format("{}={}", kRevisionServiceLabel, n.name)));
+  LS_ASSIGN_OR_RETURN(json list, client_.list(kube::collection_path("apps/v1", n.namespace_name,
+                                                                    "controllerrevisions"),
+                                              fmt::format("{}={}", kRevisionServiceLabel, n.name)));
   std::vector<RevisionRecord> out;
   for (const json& item : list.value("items", json::array())) {
     const json labels = item.value("metadata", json::object()).value("labels", json::object());
@@ -375,10 +376,10 @@ Status KubeStore::save_revision(std::string_view service, const RevisionRecord& 
   const std::string name = fmt::format("{}-{}", n.name, record.hash);
   // Its data never changes: an existing one is renumbered, its state updated.
   const json state = record.state.empty() ? json(nullptr) : json(record.state);
-  auto renumbered = client_.merge_patch(
-      collection + "/" + name,
-      {{"revision", record.number},
-       {"metadata", {{"annotations", {{kRolloutStateAnnotation, state}}}}}});
+  auto renumbered =
+      client_.merge_patch(collection + "/" + name,
+                          {{"revision", record.number},
+                           {"metadata", {{"annotations", {{kRolloutStateAnnotation, state}}}}}});
   if (renumbered.ok()) return ok_status();
   if (renumbered.error().code != ErrorCode::kNotFound) return renumbered.error();
   json data = json::parse(record.data, nullptr, false);
@@ -410,9 +411,9 @@ Status KubeStore::save_revision(std::string_view service, const RevisionRecord& 
 
 Status KubeStore::remove_revision(std::string_view service, std::string_view hash) {
   const kube::NamespaceScope::Name n = scope_.split(service);
-  Status removed = client_.remove(
-      kube::collection_path("apps/v1", n.namespace_name, "controllerrevisions") + "/" +
-      fmt::format("{}-{}", n.name, hash));
+  Status removed =
+      client_.remove(kube::collection_path("apps/v1", n.namespace_name, "controllerrevisions") +
+                     "/" + fmt::format("{}-{}", n.name, hash));
   if (!removed.ok() && removed.error().code == ErrorCode::kNotFound) return ok_status();
   return removed;
 }

@@ -3,8 +3,8 @@
 #include <fstream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 namespace loadstar::store {
 
@@ -52,8 +52,8 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open(const fs::path& dir) {
     const nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
     ++store->event_lines_;
     if (!doc.is_object()) continue;  // a line cut by a crash
-    Event e{doc.value("time", ""),   doc.value("kind", ""),    doc.value("name", ""),
-            doc.value("type", ""),   doc.value("reason", ""),  doc.value("message", ""),
+    Event e{doc.value("time", ""), doc.value("kind", ""),   doc.value("name", ""),
+            doc.value("type", ""), doc.value("reason", ""), doc.value("message", ""),
             doc.value("count", 1u)};
     if (!past.empty() && e.count > 1 && past.back().kind == e.kind && past.back().name == e.name &&
         past.back().reason == e.reason && past.back().message == e.message)
@@ -160,16 +160,17 @@ Status LocalStore::save_revision(std::string_view service, const RevisionRecord&
 Status LocalStore::remove_revision(std::string_view service, std::string_view hash) {
   std::error_code ec;
   fs::remove(dir_ / "revisions" / std::string(service) / (std::string(hash) + ".json"), ec);
-  if (ec) return make_error(ErrorCode::kIo, "cannot remove revision {} of {}: {}", hash, service,
-                            ec.message());
+  if (ec)
+    return make_error(ErrorCode::kIo, "cannot remove revision {} of {}: {}", hash, service,
+                      ec.message());
   return ok_status();
 }
 
 namespace {
 
 nlohmann::json event_json(const Event& e) {
-  return {{"time", e.time},       {"kind", e.kind},       {"name", e.name}, {"type", e.type},
-          {"reason", e.reason},   {"message", e.message}, {"count", e.count}};
+  return {{"time", e.time},     {"kind", e.kind},       {"name", e.name},  {"type", e.type},
+          {"reason", e.reason}, {"message", e.message}, {"count", e.count}};
 }
 
 }  // namespace

@@ -32,8 +32,8 @@ using WatchCallback = std::function<void(const WatchEvent&)>;
 // What happened to an object, as a Kubernetes Event says it: a scaling
 // decision, a rollout's step, a preemption, a failed start.
 struct Event {
-  std::string time;  // RFC 3339, UTC, the last time it happened
-  std::string kind, name;  // the object (a service's name as the controller knows it)
+  std::string time;             // RFC 3339, UTC, the last time it happened
+  std::string kind, name;       // the object (a service's name as the controller knows it)
   std::string type = "Normal";  // or "Warning"
   std::string reason;           // CamelCase: ScaledUp, RolloutStarted, CanaryRolledBack, ...
   std::string message;

@@ -284,11 +284,11 @@ TEST(EngineSimProcess, InjectedFaultsFailTheShareAskedForAndDelayEveryRequest) {
   int failed = 0;
   const auto started = std::chrono::steady_clock::now();
   for (int i = 0; i < 100; ++i) {
-    auto r = http::fetch({.port = sim->port(),
-                          .method = "POST",
-                          .target = "/v1/completions",
-                          .body = json({{"model", "tiny"}, {"prompt", "hi"}, {"max_tokens", 1}})
-                                      .dump()});
+    auto r = http::fetch(
+        {.port = sim->port(),
+         .method = "POST",
+         .target = "/v1/completions",
+         .body = json({{"model", "tiny"}, {"prompt", "hi"}, {"max_tokens", 1}}).dump()});
     ASSERT_TRUE(r.ok());
     if (r->status == 500) {
       ++failed;

@@ -135,9 +135,8 @@ TEST_F(KubernetesRolloutTest, AFailingCanaryIsRolledBackThroughTheGatewaysViewAn
           marked = marked || pod["metadata"]
                                      .value("annotations", json::object())
                                      .value("loadstar.dev/canary-weight", "") == "50";
-        message = get_json("inferenceservice chat")
-                      .value("status", json::object())
-                      .value("rollout", "");
+        message =
+            get_json("inferenceservice chat").value("status", json::object()).value("rollout", "");
         return message.find("rolled back") != std::string::npos;
       },
       90))
@@ -149,8 +148,9 @@ TEST_F(KubernetesRolloutTest, AFailingCanaryIsRolledBackThroughTheGatewaysViewAn
   const json revisions = get_json("controllerrevisions -l loadstar.dev/service=chat");
   std::string states;
   for (const auto& item : revisions["items"])
-    states += item["metadata"].value("annotations", json::object()).value(
-        "loadstar.dev/rollout-state", "");
+    states += item["metadata"]
+                  .value("annotations", json::object())
+                  .value("loadstar.dev/rollout-state", "");
   EXPECT_NE(states.find("aborted"), std::string::npos) << revisions.dump(2);
   // ...and said as a Kubernetes Event on the service.
   std::string reasons;

@@ -104,11 +104,12 @@ class Traffic {
 
  private:
   void send(int client, bool stream) {
-    json body = {{"model", "chat"},
-                 {"messages", {{{"role", "user"}, {"content", "client " + std::to_string(client)}}}},
-                 {"max_tokens", 24},
-                 {"ignore_eos", true},
-                 {"stream", stream}};
+    json body = {
+        {"model", "chat"},
+        {"messages", {{{"role", "user"}, {"content", "client " + std::to_string(client)}}}},
+        {"max_tokens", 24},
+        {"ignore_eos", true},
+        {"stream", stream}};
     auto r = http::fetch({.port = up_.port(),
                           .method = "POST",
                           .target = "/v1/chat/completions",

@@ -110,12 +110,12 @@ class FakeRuntime : public EngineRuntime {
   std::vector<ExistingEngine> existing() override { return left_running; }
 
   std::map<std::string, EngineStatus> engines;
-  std::vector<ExistingEngine> left_running;  // by a controller before this one
-  std::map<std::string, std::string> nodes;  // where each launch was placed
+  std::vector<ExistingEngine> left_running;      // by a controller before this one
+  std::map<std::string, std::string> nodes;      // where each launch was placed
   std::map<std::string, std::string> revisions;  // each launch's revision
   std::map<std::string, std::string> args;       // each launch's engine arguments
   std::map<std::string, uint32_t> shares;        // canary weights, as last set
-  std::chrono::milliseconds launch_cost{0};  // wall time each launch takes (an API write)
+  std::chrono::milliseconds launch_cost{0};      // wall time each launch takes (an API write)
 
  private:
   std::vector<std::string>& log_;

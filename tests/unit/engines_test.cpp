@@ -50,8 +50,9 @@ TEST(Engines, TheLastErrorLineIsTheOneThatSaysWhatWentWrong) {
   EXPECT_EQ(last_error_line_of("loading\nThe following argument was not expected: --x\n"
                                "Run with --help for more information.\n"),
             "The following argument was not expected: --x");
-  EXPECT_EQ(last_error_line_of("usage: vllm serve\nvllm serve: error: unrecognized arguments: --x\n"),
-            "vllm serve: error: unrecognized arguments: --x");
+  EXPECT_EQ(
+      last_error_line_of("usage: vllm serve\nvllm serve: error: unrecognized arguments: --x\n"),
+      "vllm serve: error: unrecognized arguments: --x");
   EXPECT_EQ(last_error_line_of("all good\nbye\n"), "bye");
   EXPECT_EQ(last_error_line_of(""), "");
 }

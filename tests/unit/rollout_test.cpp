@@ -28,8 +28,8 @@ TEST(RolloutPlan, WithoutOldReplicasItScalesLowestIndexesUpAndUnreadyHighestFirs
   auto plan = plan_rollout(3, {}, {{"a-0", 0, true, true}});
   EXPECT_EQ(plan.create, 2u);
   EXPECT_FALSE(plan.rolling);
-  plan = plan_rollout(1, {}, {{"a-0", 0, true, true}, {"a-1", 1, true, false},
-                              {"a-2", 2, true, true}});
+  plan = plan_rollout(1, {},
+                      {{"a-0", 0, true, true}, {"a-1", 1, true, false}, {"a-2", 2, true, true}});
   EXPECT_EQ(plan.drain, (std::vector<std::string>{"a-1", "a-2"}));
 }
 
@@ -72,26 +72,40 @@ TEST(RolloutPlan, OldReplicasThatServeNothingGoFirstAndZeroDrainsAll) {
   auto plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), broken});
   EXPECT_EQ(plan.create, 1u);
   EXPECT_TRUE(plan.drain.empty());  // the surge is the new one's
-  plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), broken, {"a-2", 2, true, true, true}});
+  plan =
+      plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), broken, {"a-2", 2, true, true, true}});
   EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});  // not the ready one
   plan = plan_rollout(0, {}, {old_ready("a-0", 0), {"a-1", 1, true, true, true}});
   EXPECT_EQ(plan.create, 0u);
   EXPECT_EQ(plan.drain.size(), 2u);
 }
 
+// Where GPUs are scarce the surge finds no place: one replica is replaced
+// in place instead of the rollout waiting for room that never comes.
+TEST(RolloutPlan, ASurgeWithNoRoomReplacesOneReplicaInPlace) {
+  RolloutReplica waiting{"a-2", 2, true, false, false};
+  waiting.unplaced = true;
+  auto plan = plan_rollout(2, {}, {old_ready("a-0", 0), old_ready("a-1", 1), waiting});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-1"});
+  waiting.unplaced = false;  // placed, staging: the old ones wait for it
+  plan = plan_rollout(2, {}, {old_ready("a-0", 0), old_ready("a-1", 1), waiting});
+  EXPECT_TRUE(plan.drain.empty());
+}
+
 TEST(RolloutPlan, PercentagesRoundSurgeUpAndUnavailableDownAndNeverBothZero) {
-  api::RolloutSpec spec;  // 25% and 25%
+  api::RolloutSpec spec;  // 25% surge, none unavailable
   EXPECT_EQ(spec.max_surge.of(1, true), 1u);
-  EXPECT_EQ(spec.max_unavailable.of(1, false), 0u);
-  EXPECT_EQ(spec.max_unavailable.of(8, false), 2u);
+  EXPECT_EQ(spec.max_unavailable.of(8, false), 0u);
+  EXPECT_EQ((api::IntOrPercent{25, true}).of(8, false), 2u);
+  EXPECT_EQ((api::IntOrPercent{25, true}).of(3, false), 0u);
   // 0 and 0% of one replica: one may be unavailable, or nothing moves.
   auto plan = plan_rollout(1, {{0, false}, {25, true}}, {old_ready("a-0", 0)});
   EXPECT_EQ(plan.drain, std::vector<std::string>{"a-0"});
 }
 
 TEST(RolloutSpec, DecodesCountsAndPercentagesAndRefusesBothZero) {
-  auto decoded = api::decode_resources(service(2, "  rollout: {maxSurge: 2, maxUnavailable: 10%}\n"),
-                                       "svc.yaml");
+  auto decoded = api::decode_resources(
+      service(2, "  rollout: {maxSurge: 2, maxUnavailable: 10%}\n"), "svc.yaml");
   ASSERT_TRUE(decoded.ok()) << decoded.error().message;
   const auto& spec = std::get<api::InferenceService>(decoded->front()).spec.rollout;
   EXPECT_EQ(spec.max_surge, (api::IntOrPercent{2, false}));
@@ -180,6 +194,20 @@ class RolloutTest : public ControllerTest {
     }
     return {fewest, most};
   }
+  // The controller stops; its engines run on, each with its revision, and
+  // a new controller takes them over.
+  void restart_controller() {
+    runtime_.left_running.clear();
+    for (const auto& r : ctl_->replicas())
+      if (r.state != ReplicaState::kTerminating)
+        runtime_.left_running.push_back({.replica = r.name,
+                                         .service = "chat",
+                                         .node = "local",
+                                         .revision = runtime_.revisions[r.name],
+                                         .index = static_cast<uint32_t>(r.name.back() - '0')});
+    ctl_.reset();
+    controller();
+  }
   std::map<std::string, uint32_t> revisions() {
     std::map<std::string, uint32_t> out;
     for (const auto& r : ctl_->replicas())
@@ -192,15 +220,15 @@ TEST_F(RolloutTest, AChangedEngineRollsOutWithinItsBoundsAndAScaleChangeRestarts
   apply(service(3));
   controller();
   settle(5);
-  EXPECT_EQ(revisions(), (std::map<std::string, uint32_t>{{"chat-0", 1}, {"chat-1", 1},
-                                                          {"chat-2", 1}}));
+  EXPECT_EQ(revisions(),
+            (std::map<std::string, uint32_t>{{"chat-0", 1}, {"chat-1", 1}, {"chat-2", 1}}));
   apply(service(4));  // the count is no revision
   settle(5);
   EXPECT_EQ(revisions().size(), 4u);
   for (const auto& [name, revision] : revisions()) EXPECT_EQ(revision, 1u) << name;
   apply(service(4, "  engine: {args: [--v2]}\n"));
   const auto [fewest, most] = settle();
-  EXPECT_GE(fewest, 3u);  // maxUnavailable 25% of 4
+  EXPECT_GE(fewest, 4u);  // maxUnavailable 0 (the default)
   EXPECT_LE(most, 5u);    // maxSurge 25% of 4
   EXPECT_EQ(revisions().size(), 4u);
   for (const auto& [name, revision] : revisions()) {
@@ -292,14 +320,7 @@ TEST_F(RolloutTest, ANewControllerGoesOnWithTheRolloutItFinds) {
   pass();
   clock_.advance(1s);
   pass();  // chat-2 (revision 2) ready; chat-1 draining
-  // The controller stops; its engines run on, each with its revision.
-  for (const auto& r : ctl_->replicas())
-    if (r.state != ReplicaState::kTerminating)
-      runtime_.left_running.push_back(
-          {.replica = r.name, .service = "chat", .node = "local", .revision = runtime_.revisions[r.name],
-           .index = static_cast<uint32_t>(r.name.back() - '0')});
-  ctl_.reset();
-  controller();
+  restart_controller();
   const auto [fewest, most] = settle();
   EXPECT_GE(fewest, 2u);
   for (const auto& [name, revision] : revisions()) {
@@ -322,8 +343,8 @@ TEST(LocalStoreHistory, RevisionsAndEventsSurviveAReopen) {
     ASSERT_TRUE((*store)->save_revision("chat", {"abc", 3, R"({"service":""})", "s"}).ok());
     ASSERT_TRUE((*store)->save_revision("chat", {"def", 2, "{}", ""}).ok());
     ASSERT_TRUE((*store)->remove_revision("chat", "def").ok());
-    store::Event e{"2026-12-04T00:00:00Z", "InferenceService", "chat", "Normal", "ScaledUp",
-                   "1 -> 2"};
+    store::Event e{
+        "2026-12-04T00:00:00Z", "InferenceService", "chat", "Normal", "ScaledUp", "1 -> 2"};
     (*store)->record_event(e);
     e.count = 2;
     (*store)->record_event(e);
@@ -430,7 +451,7 @@ TEST_F(CanaryTest, AHealthyCanaryStepsThroughItsSharesAndIsPromoted) {
   apply(service(4, std::string(kCanary) + "  engine: {args: [--v2]}\n"));
   step(0, 0);
   EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}, {2, 1}}));  // 25% of 4: one more
-  step(0, 0);                                                              // the canary is ready
+  step(0, 0);                                                           // the canary is ready
   std::string canary;
   for (const auto& [name, revision] : revisions())
     if (revision == 2) canary = name;
@@ -468,20 +489,10 @@ TEST_F(CanaryTest, AFailingCanaryRollsBackAtOnceAndStaysRolledBackAcrossARestart
   EXPECT_FALSE(status.rollout.rolling);
   EXPECT_NE(status.rollout.message.find("rolled back"), std::string::npos)
       << status.rollout.message;
-  EXPECT_NE(status.rollout.message.find("50.0% of the canary's requests failed"),
-            std::string::npos)
+  EXPECT_NE(status.rollout.message.find("50.0% of the canary's requests failed"), std::string::npos)
       << status.rollout.message;
   // A new controller does not try it again.
-  runtime_.left_running.clear();
-  for (const auto& r : ctl_->replicas())
-    if (r.state != ReplicaState::kTerminating)
-      runtime_.left_running.push_back({.replica = r.name,
-                                       .service = "chat",
-                                       .node = "local",
-                                       .revision = runtime_.revisions[r.name],
-                                       .index = static_cast<uint32_t>(r.name.back() - '0')});
-  ctl_.reset();
-  controller();
+  restart_controller();
   settle(10);
   EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}}));
   EXPECT_TRUE(ctl_->services().front().rollout.aborted);
