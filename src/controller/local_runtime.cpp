@@ -33,12 +33,20 @@ LocalRuntime::~LocalRuntime() {
 }
 
 Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
-  const fs::path cached = options_.data_dir / "cache" / "models" / model.metadata.name;
+  const std::string& source = model.spec.source;
+  // A synthetic model is written once per source: models/NAME for
+  // synth://NAME, models/NAME@OTHER for synth://OTHER, so that a Model whose
+  // source changes (a new version, rolled out) gets new bytes, and the old
+  // version's replicas keep theirs.
+  const std::string synth_name = source.starts_with("synth://") ? source.substr(8) : "";
+  const fs::path cached = options_.data_dir / "cache" / "models" /
+                          (synth_name.empty() || synth_name == model.metadata.name
+                               ? model.metadata.name
+                               : fmt::format("{}@{}", model.metadata.name, synth_name));
   std::error_code ec;
   const bool gguf = model.spec.format == "gguf";
   if (!gguf && fs::exists(cached / "config.json", ec)) return cached;
   if (gguf && fs::exists(cached / "model.gguf", ec)) return cached;
-  const std::string& source = model.spec.source;
   if (source.starts_with("synth://") && gguf) {
     auto vocab = model::find_vocab("llama-bpe");
     if (!vocab.ok()) return make_error(ErrorCode::kUnavailable, "{}", vocab.error().message);
@@ -47,7 +55,7 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
     auto report = model::synth_gguf({.size_bytes = model.spec.size_bytes.value_or(64ull << 20),
                                      .output = cached / "model.gguf",
                                      .vocab = *vocab,
-                                     .name = model.metadata.name});
+                                     .name = synth_name});
     if (!report.ok())
       return make_error(ErrorCode::kIo, "cannot write synthetic model: {}", report.error().message);
     return cached;
@@ -58,7 +66,7 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
     model::SynthOptions synth;
     synth.size_bytes = model.spec.size_bytes.value_or(0);
     synth.output = cached;
-    synth.name = model.metadata.name;
+    synth.name = synth_name;
     auto report = model::synth_model(synth);
     if (!report.ok())
       return make_error(ErrorCode::kIo, "cannot write synthetic model: {}", report.error().message);

@@ -104,6 +104,12 @@ RolloutActions Rollouts::plan(const api::InferenceService& svc,
       stable = entry.second;
     }
   const auto& spec = svc.spec.rollout.canary;
+  // A canary runs beside a stable revision that still serves more: once
+  // the current one has as many replicas (an edit back to the stable spec,
+  // say), what is left of the other is rolled away, not judged against.
+  const auto current_n = static_cast<size_t>(std::count_if(
+      active.begin(), active.end(), [&](auto& v) { return v.launched_ever && runs(v, current); }));
+  if (stable && most < current_n) stable.reset();
   // Scaled to zero midway: the canary goes on from its stable revision.
   if (spec && !stable && s.canary && s.canary->hash == current->hash &&
       s.canary->outcome != Outcome::kPromoted)

@@ -503,6 +503,22 @@ TEST_F(CanaryTest, AFailingCanaryRollsBackAtOnceAndStaysRolledBackAcrossARestart
   EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{3, 4}}));
 }
 
+// Editing the spec back to the stable revision while a canary runs: the
+// canary's replica goes, the stable ones stay (they are not taken for a
+// canary of their own revision).
+TEST_F(CanaryTest, AnEditBackToTheStableSpecDropsTheCanary) {
+  apply(service(4, kCanary));
+  controller();
+  settle(5);
+  apply(service(4, std::string(kCanary) + "  engine: {args: [--v2]}\n"));
+  step(0, 0);
+  step(0, 0);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{1, 4}, {2, 1}}));
+  apply(service(4, kCanary));
+  settle(5);
+  EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{3, 4}}));  // revision 1, renumbered
+}
+
 TEST_F(CanaryTest, PauseHoldsAStepAndPromoteOrAbortEndItByHand) {
   apply(service(2, kCanary));
   controller();
