@@ -36,7 +36,8 @@ struct CanaryVerdict {
 // A step, `held_s` into its `pause_s`: failed as soon as the canary has
 // minRequests and breaches a bound; passed once the pause is over with
 // minRequests and no breach; else wait. Latency is compared only where
-// both groups have minRequests samples.
+// both groups have minRequests samples, and with the stable's p99 taken as
+// at least 100 ms (TTFT) and 20 ms (ITL).
 CanaryVerdict judge_step(const api::CanaryAnalysis& analysis, const CanarySample& canary,
                          const CanarySample& stable, double held_s, double pause_s);
 

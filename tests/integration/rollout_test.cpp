@@ -56,8 +56,8 @@ bool rolled_out(Up& up, int revision, int ready) {
     const json rollout = service(up).value("rollout", json::object());
     const json revisions = rollout.value("revisions", json::array());
     if (rollout.value("revision", 0) == revision && !rollout.value("rolling", true) &&
-        revisions.size() == 1 && revisions[0].value("ready", 0) == ready &&
-        revisions[0].value("replicas", 0) == ready)
+        revisions.size() == 1 && revisions[0].value("revision", 0) == revision &&
+        revisions[0].value("ready", 0) == ready && revisions[0].value("replicas", 0) == ready)
       return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
