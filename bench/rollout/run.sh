@@ -10,7 +10,10 @@
 # of the requests sent while the rollout ran against the same window of the
 # steady run (goal <= 1.2x), the rollout's duration (apply to every replica
 # at the new revision), and the extra GPU-seconds the surge cost (model
-# seconds, run 2 minus run 1, from loadstar up's scheduler metrics).
+# seconds, run 2 minus run 1, from loadstar up's scheduler metrics). The
+# noise floor: the same window's TTFT p99 in this pair's steady run against
+# the next pair's (two runs without a rollout: an A/A comparison), so a
+# ratio can be read against what chance alone gives on this machine.
 #   bench/rollout/run.sh          (from the repository root)
 # Environment: REQUESTS (3000), SKIP (trace seconds to skip, 900: the rise
 # towards the peak), TIME_SCALE (10), REPLICAS (6), GPUS (8), MAX_SEQS (4),
@@ -121,11 +124,12 @@ def load(label):
 def p99(v):
     v = sorted(v)
     return v[min(len(v) - 1, int(0.99 * len(v)))] if v else float("nan")
-all_during, all_same, durations, extras, failed = [], [], [], [], [0, 0]
+all_during, all_same, all_other, durations, extras, failed = [], [], [], [], [], [0, 0]
 print(f"{'run':>4} {'rollout':>9} {'requests':>9} {'p99 during':>11} {'p99 steady':>11} {'ratio':>6} "
-      f"{'failed':>7} {'extra GPU-s':>12}")
+      f"{'A/A':>6} {'failed':>7} {'extra GPU-s':>12}")
 for i in range(1, runs + 1):
     _, steady, steady_run = load(f"steady{i}")
+    _, other, _ = load(f"steady{i % runs + 1}")
     head, rolled, rollout_run = load(f"rollout{i}")
     applied = float(open(f"{work}/rollout{i}.applied").read()) - head["start_unix"]
     done = float(open(f"{work}/rollout{i}.done").read()) - head["start_unix"]
@@ -135,18 +139,22 @@ for i in range(1, runs + 1):
     window = [k for k, r in enumerate(rolled) if applied <= r["sent_s"] <= done]
     during = [rolled[k]["ttft_s"] for k in window if rolled[k]["ok"]]
     same = [steady[k]["ttft_s"] for k in window if steady[k]["ok"]]
+    again = [other[k]["ttft_s"] for k in window if k < len(other) and other[k]["ok"]]
     all_during += during
     all_same += same
+    all_other += again
     durations.append((done - applied) * scale)
     extra = rollout_run["gpu_seconds"] - steady_run["gpu_seconds"]
     extras.append(extra)
     failed[0] += steady_run["failed"]
     failed[1] += rollout_run["failed"]
     print(f"{i:>4} {durations[-1]:>8.0f}s {len(window):>9} {p99(during):>10.3f}s {p99(same):>10.3f}s "
-          f"{p99(during) / p99(same):>5.2f}x {rollout_run['failed']:>7} {extra:>12.0f}")
+          f"{p99(during) / p99(same):>5.2f}x {p99(again) / p99(same):>5.2f}x "
+          f"{rollout_run['failed']:>7} {extra:>12.0f}")
 print(f"pooled over {runs} runs: TTFT p99 during the rollouts {p99(all_during):.3f}s "
       f"({len(all_during)} requests) against {p99(all_same):.3f}s for the same requests without "
-      f"one: {p99(all_during) / p99(all_same):.2f}x (goal <= 1.2x)")
+      f"one: {p99(all_during) / p99(all_same):.2f}x (goal <= 1.2x); two steady runs of the same "
+      f"windows: {p99(all_other) / p99(all_same):.2f}x (the noise floor)")
 print(f"failed requests: {failed[1]} with rollouts, {failed[0]} without (goal 0); rollout "
       f"{sum(durations) / runs:.0f} model seconds on average; extra GPU-seconds "
       f"{sum(extras) / runs:.0f} per rollout (model time)")

@@ -71,7 +71,22 @@ void Agent::set_peers(std::vector<std::string> peers) {
   peers_ = std::move(peers);
 }
 
-StageProgress Agent::stage(const std::string& model, const std::string& source, bool pin) {
+StageProgress Agent::stage(const std::string& model, const std::string& source, bool pin,
+                           const std::string& version) {
+  if (!version.empty())
+    if (auto dir = cache_->version_dir(model, version)) {
+      // Held already (an older version stays while a rollout may need it).
+      if (pin) cache_->pin(model, true);
+      cache_->touch(model);
+      StageProgress p;
+      p.model = model;
+      p.source = source;
+      p.state = StageState::kReady;
+      p.dir = *dir;
+      p.version = version;
+      p.eta_s = 0;
+      return p;
+    }
   std::shared_ptr<Job> job;
   {
     std::lock_guard lock(mu_);
@@ -79,9 +94,13 @@ StageProgress Agent::stage(const std::string& model, const std::string& source, 
     bool reuse = it != jobs_.end() && it->second->source == source;
     if (reuse) {
       std::lock_guard jl(it->second->mu);
-      // A failed staging is tried again; a ready one again only if evicted since.
-      reuse = it->second->state != StageState::kFailed &&
-              !(it->second->state == StageState::kReady && !cache_->find(model));
+      const StageState state = it->second->state;
+      const bool running = state != StageState::kFailed && state != StageState::kReady;
+      // A failed staging is tried again; a ready one again only if evicted
+      // since, or if another version is asked for.
+      reuse = state != StageState::kFailed &&
+              !(state == StageState::kReady && !cache_->find(model)) &&
+              (version.empty() || it->second->want_version == version || running);
     }
     if (reuse) {
       if (pin) cache_->pin(model, true);
@@ -104,6 +123,7 @@ StageProgress Agent::stage(const std::string& model, const std::string& source, 
       job->model = model;
       job->source = source;
       job->pin = pin;
+      job->want_version = version;
       jobs_[model] = job;
       job->thread = std::thread([this, job] { run_job(job); });
     }
@@ -126,6 +146,8 @@ std::optional<StageProgress> Agent::progress(const std::string& model) const {
   p.state = job->state;
   p.error = job->error;
   p.dir = job->dir;
+  p.version = job->version;
+  p.want_version = job->want_version;
   p.bytes_total = job->bytes_total;
   p.bytes_cached = job->bytes_cached;
   p.bytes_origin = job->bytes_origin;
@@ -202,6 +224,17 @@ Status Agent::stage_files(Job& job) {
   LS_RETURN_IF_ERROR(validate_model_name(job.model));
   LS_ASSIGN_OR_RETURN(job.origin, open_source(job.source, options_.source));
   LS_ASSIGN_OR_RETURN(const Manifest manifest, resolve(*job.origin));
+  const std::string version = manifest.version_id();
+  {
+    std::lock_guard lock(job.mu);
+    job.version = version;
+  }
+  if (!job.want_version.empty() && version != job.want_version)
+    return make_error(ErrorCode::kConflict,
+                      "{} now holds version {}, not {} that this replica was started from, and "
+                      "this node no longer has {}: pin the source to a revision (e.g. "
+                      "hf://ORG/NAME@COMMIT) to keep old versions reachable",
+                      job.source, version, job.want_version, job.want_version);
   if (job.pin) cache_->pin(job.model, true);
   if (use_cached(job, manifest)) return {};
   const uint64_t need = list_files(job, manifest);
@@ -221,6 +254,11 @@ Status Agent::stage_files(Job& job) {
 }
 
 // The source's file list, retrying what may pass.
+Result<Manifest> Agent::resolve_source(const std::string& source) {
+  LS_ASSIGN_OR_RETURN(auto origin, open_source(source, options_.source));
+  return resolve(*origin);
+}
+
 Result<Manifest> Agent::resolve(Source& origin) {
   for (int attempt = 1;; ++attempt) {
     Result<Manifest> manifest = origin.resolve();

@@ -73,6 +73,8 @@ struct StageProgress {
   double eta_s = -1;  // -1: unknown
   std::string error;
   std::filesystem::path dir;  // when ready
+  std::string version;        // what the source resolved to (Manifest::version_id), once known
+  std::string want_version;   // the version it was asked for; empty: whatever the source holds
 };
 
 class Agent {
@@ -83,8 +85,18 @@ class Agent {
   Agent& operator=(const Agent&) = delete;
 
   // Starts staging `model` from `source`, or joins the staging of it already
-  // in progress; returns at once. A ready model is only touched.
-  StageProgress stage(const std::string& model, const std::string& source, bool pin = false);
+  // in progress; returns at once. A ready model is only touched. With a
+  // `version` (Manifest::version_id, as resolve_version gave it earlier):
+  // that version, ready at once when this node holds it, else staged if the
+  // source still resolves to it, else a failure that says so: a replica
+  // restarted at an older revision never gets other bytes than its own.
+  // One staging per model at a time: asked for another version while one
+  // is in progress, it answers with that one's progress.
+  StageProgress stage(const std::string& model, const std::string& source, bool pin = false,
+                      const std::string& version = "");
+  // What `source` holds now (its file list; network I/O, retried like a
+  // staging's). Refused as open_source refuses what the policy does not admit.
+  Result<Manifest> resolve_source(const std::string& source);
   std::optional<StageProgress> progress(const std::string& model) const;
   std::vector<StageProgress> all_progress() const;
   // Blocks until the model is ready (its directory) or failed (the error).

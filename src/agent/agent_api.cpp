@@ -28,6 +28,7 @@ int status_of(const Error& e) {
     case ErrorCode::kResourceExhausted:
       return 507;
     case ErrorCode::kUnavailable:
+    case ErrorCode::kConflict:
       return 409;
     case ErrorCode::kPermissionDenied:
       return 403;
@@ -65,7 +66,8 @@ json progress_json(const StageProgress& p) {
           {"rate_bytes_per_second", p.rate_bytes_per_s},
           {"eta_seconds", p.eta_s < 0 ? json(nullptr) : json(p.eta_s)},
           {"error", p.error},
-          {"dir", p.dir.string()}};
+          {"dir", p.dir.string()},
+          {"version", p.version}};
 }
 
 bool namespace_may(std::string_view namespace_name, const http::Request& request,
@@ -99,8 +101,32 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
       return error_response(400, s.error().message);
     if (Status s = agent.options().source.policy.admit(body["source"].get<std::string>()); !s.ok())
       return error_response(403, s.error().message);
-    StageProgress p = agent.stage(model, body["source"], value_or(body, "pin", false));
+    if (body.contains("version") && !body["version"].is_string())
+      return error_response(400, "'version' must be a string (a version id /v1/resolve gave)");
+    StageProgress p = agent.stage(model, body["source"], value_or(body, "pin", false),
+                                  value_or(body, "version", std::string()));
     return {202, "application/json", progress_json(p).dump()};
+  }
+  if (method == "POST" && path == "/v1/resolve") {
+    json body = json::parse(request.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object() || !body.contains("source") ||
+        !body["source"].is_string())
+      return error_response(400, "'source' (a URI: file://, http(s)://, hf://, s3://) is required");
+    const std::string source = body["source"];
+    if (Status s = agent.options().source.policy.admit(source); !s.ok())
+      return error_response(403, s.error().message);
+    auto manifest = agent.resolve_source(source);
+    if (!manifest.ok())
+      return error_response(
+          manifest.error().code == ErrorCode::kUnavailable ? 502 : status_of(manifest.error()),
+          manifest.error().message);
+    return {200, "application/json",
+            json({{"source", source},
+                  {"version", manifest->version_id()},
+                  {"revision", manifest->revision},
+                  {"bytes", manifest->total_bytes()},
+                  {"files", manifest->files.size()}})
+                .dump()};
   }
   if (method == "GET" && path == "/v1/devices") {
     const std::string& file = agent.options().device_checkpoint;

@@ -1,7 +1,8 @@
 // The node agent's HTTP API, as a function from request to response so that
 // `loadstar agent` serves it at / and `loadstar up` under /agent.
 //
-//   POST   /v1/stage                {"model", "source", "pin"}  -> progress (202)
+//   POST   /v1/stage                {"model", "source", "pin", "version"}  -> progress (202)
+//   POST   /v1/resolve              {"source"} -> {"version", "revision", "bytes", "files"}
 //   GET    /v1/models               cached models and stagings
 //   GET    /v1/models/NAME          one model's progress / inventory
 //   DELETE /v1/models/NAME          evict (409 while in use)
@@ -27,7 +28,7 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
 // this request: staging a model of its namespace (named NAMESPACE_NAME, as
 // the controller names them, kube/scope.h) and reading that model's
 // progress; nothing else (not another namespace's models, not eviction,
-// not the peers' blobs).
+// not the peers' blobs, not resolving sources).
 bool namespace_may(std::string_view namespace_name, const http::Request& request,
                    std::string_view path);
 

@@ -353,12 +353,17 @@ Result<fs::path> Cache::publish(const std::string& name, const Manifest& manifes
       return make_error(ErrorCode::kIo, "cannot publish {}: {}", final_dir.string(), ec.message());
     }
   }
-  // Older versions of the model go unless an engine still uses them.
+  // Older versions of the model go unless an engine still uses them; the
+  // one this replaces stays.
+  const auto previous = models_.find(name);
+  const std::string kept = previous == models_.end() ? "" : previous->second.version;
   if (!(in_use_.count(name) && in_use_[name] > 0)) {
+    std::vector<fs::path> old_dirs;
     for (const auto& old : fs::directory_iterator(model_dir, ec))
-      if (old.path() != final_dir && !old.path().filename().string().starts_with(".tmp") &&
-          old.path().filename() != kCurrentLink)
-        fs::remove_all(old.path(), ec);
+      if (old.path() != final_dir && !old.path().filename().string().starts_with(".") &&
+          old.path().filename() != kCurrentLink && old.path().filename() != kept)
+        old_dirs.push_back(old.path());
+    for (const auto& dir : old_dirs) remove_version_dir(dir);
   }
   // models/NAME/current -> VERSION (relative, so it holds under any mount
   // point): engines started with /models/NAME/current read the newest.
@@ -428,14 +433,41 @@ Status Cache::evict_locked(const std::string& name) {
   const fs::path model_dir = options_.root / "models" / name;
   const fs::path trash = options_.root / "models" / fmt::format(".evicting-{}", name);
   fs::rename(model_dir, trash, ec);  // gone from view at once, whatever remove_all meets
-  fs::remove_all(ec ? model_dir : trash, ec);
-  for (const auto& f : m.manifest.files) {
-    const fs::path blob = blob_path(blob_key(m.manifest, f));
+  const fs::path gone = ec ? model_dir : trash;
+  std::vector<fs::path> versions;
+  for (const auto& v : fs::directory_iterator(gone, ec))
+    if (v.is_directory() && !v.is_symlink()) versions.push_back(v.path());
+  for (const auto& v : versions) remove_version_dir(v);
+  fs::remove_all(gone, ec);
+  ++evictions_;
+  return {};
+}
+
+void Cache::remove_version_dir(const fs::path& dir) {
+  std::ifstream in(dir / kManifestFile);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto manifest = manifest_from_json(text.str());
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!manifest.ok()) return;
+  for (const auto& f : manifest->files) {
+    const fs::path blob = blob_path(blob_key(*manifest, f));
     struct stat st {};
     if (::stat(blob.c_str(), &st) == 0 && st.st_nlink == 1) fs::remove(blob, ec);
   }
-  ++evictions_;
-  return {};
+}
+
+std::optional<fs::path> Cache::version_dir(const std::string& name,
+                                           const std::string& version) const {
+  if (!validate_model_name(name).ok() || version.empty() || version.size() > 64 ||
+      version.find_first_not_of("0123456789abcdef") != std::string::npos)
+    return std::nullopt;
+  const fs::path dir = options_.root / "models" / name / version;
+  std::error_code ec;
+  std::lock_guard lock(mu_);
+  if (!fs::is_regular_file(dir / kManifestFile, ec)) return std::nullopt;
+  return dir;
 }
 
 void Cache::touch(const std::string& name) {

@@ -105,9 +105,17 @@ class Cache {
   std::filesystem::path partial_dir() const { return options_.root / "partial"; }
 
   std::optional<CachedModel> find(const std::string& name) const;
+  // The directory of `version` of `name` when it is published here (the
+  // newest one, or the one before it: see publish); nullopt otherwise, or
+  // when either is not a valid name.
+  std::optional<std::filesystem::path> version_dir(const std::string& name,
+                                                   const std::string& version) const;
   std::vector<CachedModel> list() const;
 
-  // Publishes `name` from complete blobs (hard links), atomically.
+  // Publishes `name` from complete blobs (hard links), atomically. The
+  // version it replaces stays (replicas of a rollout's old revision may
+  // restart on it; their Pods read it by version); older ones go with their
+  // blobs unless an engine uses the model.
   Result<std::filesystem::path> publish(const std::string& name, const Manifest& manifest);
   // Makes room for `need` more bytes for `for_model`: evicts least recently
   // used models not in use or pinned; fails with what holds the space, or when
@@ -130,6 +138,8 @@ class Cache {
   explicit Cache(CacheOptions options) : options_(std::move(options)) {}
   Status scan();
   Status evict_locked(const std::string& name);
+  // Removes a published version directory and the blobs only it held.
+  void remove_version_dir(const std::filesystem::path& dir);
   uint64_t own_bytes_locked(const CachedModel& m) const;
 
   CacheOptions options_;

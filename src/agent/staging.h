@@ -47,6 +47,7 @@ inline double backoff_s(double base_s, int attempt) {
 struct Agent::Job {
   std::string model, source;
   bool pin = false;
+  std::string want_version;  // the version the caller needs; empty: whatever the source has
   Clock::time_point started = Clock::now();
 
   mutable std::mutex mu;
@@ -54,6 +55,7 @@ struct Agent::Job {
   StageState state = StageState::kResolving;
   std::string error;
   fs::path dir;
+  std::string version;  // the resolved one (Manifest::version_id), once known
   uint64_t bytes_total = 0, bytes_cached = 0;
   std::atomic<uint64_t> bytes_origin{0}, bytes_peers{0};
   std::thread thread;

@@ -217,6 +217,7 @@ struct StageArgs {
   std::string model;
   std::string source;
   std::string agent = "http://127.0.0.1:8090/agent";
+  std::string version;
   bool pin = false;
   bool no_wait = false;
   double timeout_s = 3600;
@@ -281,6 +282,7 @@ int run_stage(const StageArgs& args) {
   if (*token) headers.push_back((*token)->header());
   json request = {{"model", args.model}, {"pin", args.pin}};
   if (!args.source.empty()) request["source"] = args.source;
+  if (!args.version.empty()) request["version"] = args.version;
   auto started = call(*base, headers, "POST", "/v1/stage", request.dump());
   if (!started.ok()) {
     fmt::print(stderr, "loadstar stage: {}\n", started.error().message);
@@ -400,6 +402,9 @@ std::function<int()> setup_stage(CLI::App& app) {
                  "The agent: http://HOST:PORT of `loadstar agent`, or loadstar up's "
                  "http://HOST:ADMIN_PORT/agent")
       ->capture_default_str();
+  app.add_option("--version", args->version,
+                 "Exactly this version of it (the id the agent's /v1/resolve gives): held, or "
+                 "staged if the source still has it, else a failure");
   app.add_flag("--pin", args->pin, "Never evict it");
   app.add_flag("--no-wait", args->no_wait, "Return once staging has started");
   app.add_option("--timeout", args->timeout_s, "Seconds to wait for ready")->capture_default_str();

@@ -121,6 +121,7 @@ struct ControllerArgs {
   double lease_duration_s = 15;
   std::string identity;
   std::string placement_policy = "loadstar";
+  double model_resolve_interval_s = 300;
   std::string node_selector;
   std::string gateway_selector = "app.kubernetes.io/name=loadstar-gateway";
   double drain_timeout_s = 30;
@@ -294,6 +295,7 @@ int run_controller(ControllerArgs args) {
   }
   controller::ControllerOptions options;
   options.placement_policy = args.placement_policy;
+  options.model_resolve_interval_s = args.model_resolve_interval_s;
   options.drain_timeout_s = args.drain_timeout_s;
   options.resync_s = 1;
   // Gateways learn that a replica is draining through their Pod watch
@@ -424,6 +426,9 @@ std::function<int()> setup_controller(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--identity", args->identity, "This candidate's name (default: host_pid)");
   app.add_option("--placement-policy", args->placement_policy, "As for `loadstar up`")
+      ->capture_default_str();
+  app.add_option("--model-resolve-interval", args->model_resolve_interval_s, "As for `loadstar up`")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--gateway-selector", args->gateway_selector,
                  "Labels of the gateway Pods whose load drives autoscaling and scale to zero "

@@ -54,6 +54,7 @@ struct UpArgs {
   double drain_timeout_s = 30;
   std::string max_body = "8Mi";
   std::string placement_policy = "loadstar";
+  double model_resolve_interval_s = 300;
   std::string cache_capacity = "0";
   std::vector<std::string> peers;
 };
@@ -219,6 +220,7 @@ int run_up(const UpArgs& args) {
   controller::ControllerOptions ctl_options;
   ctl_options.drain_timeout_s = args.drain_timeout_s;
   ctl_options.placement_policy = args.placement_policy;
+  ctl_options.model_resolve_interval_s = args.model_resolve_interval_s;
   std::vector<routing::RoutingBuilder> tables(gateways.size());
   controller::Controller ctl(**store, runtime, &load, clock, ctl_options,
                              [&gateways, &tables](const routing::RoutingInputs& inputs) {
@@ -313,6 +315,11 @@ std::function<int()> setup_up(CLI::App& app) {
                  "How replicas are placed on nodes: loadstar (FGD + best-fit + locality), fgd, "
                  "best-fit, dot-product, gpu-packing, random, or scorer weights such as "
                  "fragmentation=1,bestFit=0.05,locality=0.5")
+      ->capture_default_str();
+  app.add_option("--model-resolve-interval", args->model_resolve_interval_s,
+                 "Seconds between looks at what an unpinned Model source (hf:// without a "
+                 "commit, s3://, http(s)://) holds; new bytes there roll out as a new revision")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--cache-capacity", args->cache_capacity,
                  "Model cache size (e.g. 200Gi); least recently used models are evicted past it "

@@ -35,6 +35,7 @@
 #include "controller/cold_start.h"
 #include "controller/events.h"
 #include "controller/load.h"
+#include "controller/model_versions.h"
 #include "controller/placement.h"
 #include "controller/revisions.h"
 #include "controller/rollout.h"
@@ -119,6 +120,9 @@ struct ControllerOptions {
   double unroute_grace_s = 0.5;
   double start_timeout_s = 300;
   std::string placement_policy = "loadstar";  // scheduler::PlacementPolicy::named
+  // How often a Model source that can change under the same spec is
+  // resolved again (model_versions.h): new bytes there roll out.
+  double model_resolve_interval_s = 300;
 };
 
 class Controller {
@@ -230,8 +234,13 @@ class Controller {
   mutable RevisionHistory history_;
   EventLog events_;
   std::map<std::string, std::shared_ptr<const Revision>> current_;  // by service
+  // Services with no current revision yet, and why: their model's source
+  // has not been resolved (it is resolving, or failing to).
+  std::map<std::string, std::string> unresolved_;
   uint64_t revisions_found_at_ = ~0ull;  // the store's revision when current_ was found
+  uint64_t versions_found_at_ = ~0ull;   // versions_.generation() then
   Rollouts rollouts_;
+  ModelVersions versions_;
   // Each replica's share of its service's traffic while a canary runs
   // (its group's; 0 or absent: none).
   std::map<std::string, uint32_t> canary_weights_;

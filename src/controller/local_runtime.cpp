@@ -32,7 +32,7 @@ LocalRuntime::~LocalRuntime() {
   for (auto& [name, e] : engines_) e.process.stop(std::chrono::milliseconds(0));
 }
 
-Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
+Result<fs::path> LocalRuntime::prepare_model(const api::Model& model, const std::string& version) {
   const std::string& source = model.spec.source;
   // A synthetic model is written once per source: models/NAME for
   // synth://NAME, models/NAME@OTHER for synth://OTHER, so that a Model whose
@@ -83,11 +83,17 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model) {
                       "fetching {} needs a node agent, and this controller has none", source);
   // Staged by the agent: ready, or Pending with its progress. A failed
   // staging is tried again after 30 s.
+  if (!version.empty())
+    if (auto dir = options_.agent->cache().version_dir(model.metadata.name, version)) return *dir;
   auto progress = options_.agent->progress(model.metadata.name);
-  if (!progress || progress->source != source ||
+  if (!progress || progress->source != source || progress->want_version != version ||
       (progress->state == agent::StageState::kFailed && progress->elapsed_s > 30) ||
       (progress->state == agent::StageState::kReady && !fs::exists(progress->dir, ec)))
-    progress = options_.agent->stage(model.metadata.name, source);
+    progress = options_.agent->stage(model.metadata.name, source, false, version);
+  // One staging per model at a time: another version's may be under way.
+  if (progress->want_version != version && progress->state != agent::StageState::kReady &&
+      progress->state != agent::StageState::kFailed)
+    return make_error(ErrorCode::kUnavailable, "staging {} (another version first)", source);
   switch (progress->state) {
     case agent::StageState::kReady:
       return progress->dir;
@@ -206,7 +212,7 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
     return make_error(ErrorCode::kInvalidArgument,
                       "engine '{}' serves {} models; Model '{}' is {} (spec.format)", engine->name,
                       engine->model_format, launch.model->metadata.name, launch.model->spec.format);
-  auto model_dir = prepare_model(*launch.model);
+  auto model_dir = prepare_model(*launch.model, launch.model_version);
   if (!model_dir.ok()) {
     Error e = std::move(model_dir).error();
     e.code = ErrorCode::kUnavailable;  // Pending until the model is there
@@ -318,6 +324,14 @@ void LocalRuntime::kill(const std::string& replica) {
 
 void LocalRuntime::keep_warm(const api::Model& model, uint32_t /*nodes*/) {
   (void)prepare_model(model);  // one machine: one agent, whatever the count
+}
+
+Result<std::string> LocalRuntime::resolve_version(const std::string& source) {
+  if (!options_.agent)
+    return make_error(ErrorCode::kUnavailable,
+                      "resolving {} needs a node agent, and this controller has none", source);
+  LS_ASSIGN_OR_RETURN(agent::Manifest manifest, options_.agent->resolve_source(source));
+  return manifest.version_id();
 }
 
 std::set<std::string, std::less<>> LocalRuntime::models_on(const std::string& /*node*/) {

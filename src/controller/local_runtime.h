@@ -54,12 +54,15 @@ class LocalRuntime : public EngineRuntime {
   void stop(const std::string& replica) override;
   void kill(const std::string& replica) override;
   void keep_warm(const api::Model& model, uint32_t nodes) override;
+  Result<std::string> resolve_version(const std::string& source) override;
   // Every node of this machine holds what its one agent staged.
   std::set<std::string, std::less<>> models_on(const std::string& node) override;
   void end_pass(const std::vector<std::string>& models_in_use) override;
 
   // The model's directory, or why not yet (staging progress, an error).
-  Result<std::filesystem::path> prepare_model(const api::Model& model);
+  // `version`: exactly that version of a versioned source (model_versions.h).
+  Result<std::filesystem::path> prepare_model(const api::Model& model,
+                                              const std::string& version = "");
 
  private:
   using Clock = std::chrono::steady_clock;

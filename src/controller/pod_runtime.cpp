@@ -74,7 +74,11 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   if (!kind) kind = engines::find("engine-sim");  // the decoder admits only the table's names
   // The model as the agent publishes it: a directory, or for GGUF the one
   // file in it (named as in its source).
-  std::string model_path = fmt::format("{}/{}/current", models_mount, model.metadata.name);
+  // Its own version when its revision names one (a Pod of an old revision
+  // restarting mid-rollout reads its bytes, not the newest), else the newest.
+  std::string model_path =
+      fmt::format("{}/{}/{}", models_mount, model.metadata.name,
+                  launch.model_version.empty() ? std::string("current") : launch.model_version);
   if (kind->model_is_file) {
     const std::string& source = model.spec.source;
     const size_t slash = source.rfind('/');
@@ -175,6 +179,10 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                 // A failed stage's last lines (the agent's error) reach the
                 // Pod's status and the replica's, as the engine's do.
                 {"terminationMessagePolicy", "FallbackToLogsOnError"}};
+  if (!launch.model_version.empty()) {
+    stage["args"].push_back("--version");
+    stage["args"].push_back(launch.model_version);
+  }
   json pod = {
       {"apiVersion", "v1"},
       {"kind", "Pod"},
@@ -444,6 +452,35 @@ std::vector<http::Header> PodRuntime::agent_headers() const {
   if (!options_.agent_authorization.empty())
     headers.push_back({"Authorization", options_.agent_authorization});
   return headers;
+}
+
+Result<std::string> PodRuntime::resolve_version(const std::string& source) {
+  std::string why = "no node has an agent address yet";
+  for (const auto& [node, address] : store_.node_addresses()) {
+    auto r = http::fetch({.host = address,
+                          .port = options_.agent_port,
+                          .method = "POST",
+                          .target = "/v1/resolve",
+                          .body = json({{"source", source}}).dump(),
+                          .headers = agent_headers(),
+                          .timeout_s = 30});
+    if (!r.ok()) {
+      why = fmt::format("agent on {}: {}", node, r.error().message);
+      continue;
+    }
+    const json answer = json::parse(r->body, nullptr, false);
+    if (r->status == 200 && answer.is_object() && answer.contains("version") &&
+        answer["version"].is_string() && !answer["version"].get<std::string>().empty())
+      return answer["version"].get<std::string>();
+    std::string message = r->body;
+    if (answer.is_object() && answer.contains("error") && answer["error"].is_object())
+      message = value_or(answer["error"], "message", r->body);
+    // The source's own answer (refused, not found) is the same from every agent.
+    if (r->status == 400 || r->status == 403 || r->status == 404)
+      return make_error(ErrorCode::kInvalidArgument, "{}", message);
+    why = fmt::format("agent on {}: {} {}", node, r->status, message);
+  }
+  return make_error(ErrorCode::kUnavailable, "{}", why);
 }
 
 void PodRuntime::refresh_holdings(bool force) {

@@ -84,6 +84,9 @@ class PodRuntime : public EngineRuntime {
   // models of Pods staged there since.
   std::set<std::string, std::less<>> models_on(const std::string& node) override;
   void end_pass(const std::vector<std::string>& models_in_use) override;
+  // Asks the agents (POST /v1/resolve; by node name, the first that
+  // answers): they hold the credentials and the source policy.
+  Result<std::string> resolve_version(const std::string& source) override;
 
  private:
   std::string pod_path(const std::string& replica) const;

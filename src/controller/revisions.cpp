@@ -18,6 +18,7 @@ std::string encode_revision(const Revision& revision) {
               {"created", revision.created},
               {"model", nullptr}};
   if (revision.model) doc["model"] = api::encode_resource(*revision.model);
+  if (!revision.model_version.empty()) doc["modelVersion"] = revision.model_version;
   return doc.dump();
 }
 
@@ -29,6 +30,8 @@ Result<Revision> decode_revision(const store::RevisionRecord& record) {
   out.hash = record.hash;
   out.number = record.number;
   out.created = doc.value("created", "");
+  if (doc.contains("modelVersion") && doc["modelVersion"].is_string())
+    out.model_version = doc["modelVersion"].get<std::string>();
   auto decode = [&](const json& text) -> Result<api::Resource> {
     auto resources = api::decode_resources(text.get<std::string>(), "revision " + record.hash);
     if (!resources.ok()) return resources.error();
@@ -99,11 +102,11 @@ void RevisionHistory::save(const std::string& service, Service& s) {
 }
 
 std::shared_ptr<const Revision> RevisionHistory::current(
-    const api::InferenceService& svc, const api::Model* model,
+    const api::InferenceService& svc, const api::Model* model, const std::string& model_version,
     std::chrono::system_clock::time_point now) {
   const std::string& service = svc.metadata.name;
   Service& s = load(service);
-  const std::string hash = revision_hash(svc, model);
+  const std::string hash = revision_hash(svc, model, model_version);
   if (!s.revisions.empty() && s.revisions.back()->hash == hash) {
     if (!s.unsaved.empty()) save(service, s);
     return s.revisions.back();
@@ -120,6 +123,7 @@ std::shared_ptr<const Revision> RevisionHistory::current(
     revision->hash = hash;
     revision->service = svc;
     if (model) revision->model = *model;
+    revision->model_version = model_version;
     revision->created =
         fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(now));
   }
@@ -129,6 +133,14 @@ std::shared_ptr<const Revision> RevisionHistory::current(
   s.unsaved.push_back(hash);
   save(service, s);
   return s.revisions.back();
+}
+
+std::shared_ptr<const Revision> RevisionHistory::latest_of(const api::InferenceService& svc,
+                                                           const api::Model* model) {
+  const auto& revisions = load(svc.metadata.name).revisions;
+  for (auto it = revisions.rbegin(); it != revisions.rend(); ++it)
+    if ((*it)->hash == revision_hash(svc, model, (*it)->model_version)) return *it;
+  return nullptr;
 }
 
 std::shared_ptr<const Revision> RevisionHistory::find(const std::string& service,

@@ -23,6 +23,7 @@ struct Revision {
   uint32_t number = 0;
   api::InferenceService service;    // the spec its replicas start from
   std::optional<api::Model> model;  // the model as it was; none: it did not exist
+  std::string model_version;        // what its source resolved to (model_versions.h); may be empty
   std::string created;              // RFC 3339, when first rolled out
 };
 
@@ -35,7 +36,13 @@ class RevisionHistory {
   // the next number; one that returns (an undo, or an edit back) takes the
   // next number again, as kubectl's history shows it.
   std::shared_ptr<const Revision> current(const api::InferenceService& svc, const api::Model* model,
+                                          const std::string& model_version,
                                           std::chrono::system_clock::time_point now);
+  // The newest revision made of `svc` and `model` as they are, whatever
+  // version of the model's bytes it had; null: none. Until a versioned
+  // source is resolved again, a service stays at it.
+  std::shared_ptr<const Revision> latest_of(const api::InferenceService& svc,
+                                            const api::Model* model);
   // A revision of `service` by hash (a Pod's label), or by number; null: not kept.
   std::shared_ptr<const Revision> find(const std::string& service, const std::string& hash);
   std::shared_ptr<const Revision> numbered(const std::string& service, uint32_t number);

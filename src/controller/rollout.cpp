@@ -6,7 +6,8 @@
 
 namespace loadstar::controller {
 
-std::string revision_hash(const api::InferenceService& svc, const api::Model* model) {
+std::string revision_hash(const api::InferenceService& svc, const api::Model* model,
+                          const std::string& model_version) {
   // The spec with every field that does not shape a replica at its default.
   api::InferenceService shape;
   shape.metadata.name = svc.metadata.name;
@@ -21,6 +22,7 @@ std::string revision_hash(const api::InferenceService& svc, const api::Model* mo
     m.metadata.name = model->metadata.name;
     m.spec = model->spec;
     text += "---\n" + api::encode_resource(m);
+    if (!model_version.empty()) text += "# version " + model_version + "\n";
   }
   return sha256_hex(text).substr(0, 10);
 }

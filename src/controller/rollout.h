@@ -1,11 +1,11 @@
 // Rollouts: how a service's replicas move from one revision to the next.
 //
-// A revision is what shapes a replica: the model (its spec as it was) and
-// the engine, its arguments and the resources each replica asks for. The
-// replica count, autoscaling, routing and the queue do not: changing them
-// restarts nothing. Every replica records the revision it started from and
-// keeps it (a restart relaunches the same revision), so a service never
-// drifts into serving mixed versions unless a rollout says so.
+// A revision is what shapes a replica: the model (its spec as it was, and
+// the version of the bytes its source named then) and the engine, its arguments and the resources
+// each replica asks for. The replica count, autoscaling, routing and the queue do not: changing
+// them restarts nothing. Every replica records the revision it started from and keeps it (a restart
+// relaunches the same revision), so a service never drifts into serving mixed versions unless a
+// rollout says so.
 //
 // plan_rollout is the rolling update of a Deployment, as a pure function of
 // one pass: at most maxSurge replicas above the desired count, at most
@@ -28,8 +28,10 @@
 namespace loadstar::controller {
 
 // What shapes a service's replicas: 10 hex digits of SHA-256 over the
-// service's replica-shaping fields and the model's spec.
-std::string revision_hash(const api::InferenceService& svc, const api::Model* model);
+// service's replica-shaping fields, the model's spec and the version its
+// source resolved to (model_versions.h; empty: a source without versions).
+std::string revision_hash(const api::InferenceService& svc, const api::Model* model,
+                          const std::string& model_version = "");
 
 struct RolloutReplica {
   std::string name;

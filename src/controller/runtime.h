@@ -32,8 +32,11 @@ struct EngineLaunch {
   const api::InferenceService* service = nullptr;
   const api::Model* model = nullptr;
   std::string revision;  // the hash of what shapes it (rollout.h)
-  std::string node;      // where the scheduler placed it
-  std::string devices;   // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
+  // The version of the model's bytes it must run (model_versions.h): the
+  // agent stages exactly that, or fails saying so. Empty: the source's own.
+  std::string model_version;
+  std::string node;     // where the scheduler placed it
+  std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
   std::vector<DeviceShare> shares;
   // How many times the node's device plugin advertises each card
   // (NVIDIA time-slicing); 1: whole cards.
@@ -103,6 +106,12 @@ class EngineRuntime {
   // A service's model stays staged on `nodes` nodes while it has no replica
   // (warm weights).
   virtual void keep_warm(const api::Model& /*model*/, uint32_t /*nodes*/) {}
+  // What a model source holds now, as a version id (the agent's
+  // Manifest::version_id): network I/O, called on the controller's
+  // resolver thread (model_versions.h), never on the reconcile thread.
+  virtual Result<std::string> resolve_version(const std::string& source) {
+    return make_error(ErrorCode::kUnavailable, "this runtime cannot resolve {}", source);
+  }
   // The models staged on `node`, as far as the runtime knows: the
   // scheduler's locality scorer prefers such nodes for their replicas.
   virtual std::set<std::string, std::less<>> models_on(const std::string& /*node*/) { return {}; }

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -66,6 +67,12 @@ class Origin {
   bool vanishing_peer = false;         // also act as a peer that dies mid-chunk
   std::string token;                   // required by the Hub API when set
   bool bad_name = false;               // the Hub lists "../escape"
+  // Guards `files` for a test that replaces them while the server runs.
+  std::mutex files_mu;
+  void replace_files(std::map<std::string, std::string> now) {
+    std::lock_guard lock(files_mu);
+    files = std::move(now);
+  }
 
   Origin() {
     auto server =
@@ -144,43 +151,47 @@ class Origin {
       co_await ex.write_chunk(half);
       co_return;  // no end: the peer is gone
     }
+    std::unique_lock files_lock(files_mu);
     if (path == "/files/loadstar-manifest.json") {
       json list = json::array();
       for (const auto& [name, bytes] : files)
         list.push_back({{"path", name}, {"size", bytes.size()}, {"sha256", sha256_hex(bytes)}});
+      files_lock.unlock();
       std::string manifest = json({{"files", list}}).dump();
       co_await reply(ex, 200, "application/json", std::move(manifest));
       co_return;
     }
     auto it = path.starts_with("/files/") ? files.find(path.substr(7)) : files.end();
     if (it == files.end()) {
+      files_lock.unlock();
       co_await reply(ex, 404, "text/plain", "no such file");
       co_return;
     }
     if (fail_next > 0) {
+      files_lock.unlock();
       --fail_next;
       co_await reply(ex, fail_status, "text/plain", "injected failure");
       co_return;
     }
-    const std::string& bytes = it->second;
-    uint64_t begin = 0, end = bytes.size();
+    const uint64_t size = it->second.size();
+    uint64_t begin = 0, end = size;
     std::string_view range = req.header("range");
     if (range.starts_with("bytes=")) {
       const char* p = range.data() + 6;
       auto r1 = std::from_chars(p, range.data() + range.size(), begin);
       uint64_t last = 0;
       std::from_chars(r1.ptr + 1, range.data() + range.size(), last);
-      end = std::min<uint64_t>(last + 1, bytes.size());
+      end = std::min<uint64_t>(last + 1, size);
     }
-    std::string body = bytes.substr(begin, end - begin);
+    std::string body = it->second.substr(begin, end - begin);
+    files_lock.unlock();
     if (corrupt_next > 0 && !body.empty()) {
       --corrupt_next;
       body[body.size() / 2] ^= 0x5a;
     }
     if (req.method == "HEAD") body.clear();
     std::vector<http::Header> headers;
-    headers.push_back(
-        {"Content-Range", fmt::format("bytes {}-{}/{}", begin, end - 1, bytes.size())});
+    headers.push_back({"Content-Range", fmt::format("bytes {}-{}/{}", begin, end - 1, size)});
     const int status = range.empty() ? 200 : 206;
     co_await ex.begin_stream(status, "application/octet-stream", std::move(headers));
     asio::steady_timer timer(ex.executor());
@@ -748,6 +759,73 @@ spec:
                          &out),
             1);
   EXPECT_NE(out.find("no Model 'nope'"), std::string::npos) << out;
+}
+
+// An unpinned source whose bytes change under the same URI: `loadstar up`
+// resolves it again, rolls the new bytes out as a new revision, and the
+// replicas it leaves ran the old version's directory.
+TEST(AgentInUp, NewBytesBehindAnUnchangedSourceRollOutAsANewRevision) {
+  auto files_of = [](const fs::path& model) {
+    std::map<std::string, std::string> out;
+    for (const auto& e : fs::recursive_directory_iterator(model))
+      if (e.is_regular_file()) out[fs::relative(e.path(), model).string()] = read_file(e.path());
+    return out;
+  };
+  Origin origin;
+  origin.replace_files(files_of(synth_model("version-a", "4MiB")));
+  auto up = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: remote}}
+spec: {{source: "{}/files/"}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: remote
+  replicas: 1
+  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
+)",
+                                  origin.url()),
+                      {"--model-resolve-interval", "1"});
+  up->wait_ready("chat", 1);
+  auto agent_models = [&] {
+    auto r = http::fetch({.port = up->admin_port(), .target = "/agent/v1/models"});
+    return r.ok() ? json::parse(r->body, nullptr, false) : json();
+  };
+  const std::string first = agent_models()["models"][0]["version"];
+  const fs::path versions = up->data_dir() / "agent/models/remote";
+  ASSERT_TRUE(fs::exists(versions / first / "model.safetensors"));
+  auto cli = [&](std::vector<std::string> args, std::string* out) {
+    args.push_back("--admin-port");
+    args.push_back(std::to_string(up->admin_port()));
+    return run_loadstar(args, out);
+  };
+  std::string out;
+  ASSERT_EQ(cli({"rollout", "history", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("version " + first), std::string::npos) << out;
+
+  origin.replace_files(files_of(synth_model("version-b", "6MiB")));
+  // Revision 2 replaces the replica: one ready replica at revision 2.
+  bool rolled = false;
+  for (int i = 0; i < 300 && !rolled; ++i) {
+    const json replicas = json::parse(up->replicas_json(), nullptr, false);
+    rolled = replicas.is_object() && replicas["items"].size() == 1 &&
+             replicas["items"][0]["revision"] == 2 && replicas["items"][0]["state"] == "Ready";
+    if (!rolled) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(rolled) << up->replicas_json() << up->log();
+  const std::string second = agent_models()["models"][0]["version"];
+  EXPECT_NE(second, first);
+  EXPECT_EQ(fs::file_size(versions / second / "model.safetensors"),
+            origin.files.at("model.safetensors").size());
+  ASSERT_EQ(cli({"rollout", "history", "chat"}, &out), 0) << out;
+  EXPECT_NE(out.find("version " + second), std::string::npos) << out;
+  auto r = up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":3})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  // Nothing changed at the origin since: no third revision.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(json::parse(up->replicas_json())["items"][0]["revision"], 2);
 }
 
 }  // namespace

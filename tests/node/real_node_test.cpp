@@ -366,6 +366,16 @@ TEST_F(RealNode,
   const fs::path staged = "/var/lib/loadstar/agent/models/tiny-gguf/current/model.gguf";
   ASSERT_TRUE(fs::exists(staged));
   EXPECT_EQ(fs::file_size(staged), g_model_size);
+  // The engine reads the version its revision names (the controller had
+  // the node's agent resolve the source), not the `current` link.
+  const std::string engine = pod["spec"]["containers"][0].dump();
+  std::smatch version;
+  ASSERT_TRUE(std::regex_search(
+      engine, version, std::regex("/var/lib/loadstar/models/tiny-gguf/([0-9a-f]{16})/model.gguf")))
+      << engine;
+  EXPECT_EQ(
+      fs::file_size("/var/lib/loadstar/agent/models/tiny-gguf/" + version[1].str() + "/model.gguf"),
+      g_model_size);
   EXPECT_EQ(pod["status"]["containerStatuses"][0]["image"], "docker.io/" + g_llama_image);
 
   // The official openai client, through the gateway Service's cluster IP

@@ -377,6 +377,51 @@ TEST_F(AgentTest, EvictsLeastRecentlyUsedAndRefusesWhatCannotFit) {
   EXPECT_TRUE((*agent)->cache().find("m3"));
 }
 
+TEST_F(AgentTest, AVersionIsStagedExactlyOrRefusedWithTheReason) {
+  AgentOptions options;
+  options.cache.root = root_ / "cache";
+  auto agent = Agent::create(options);
+  ASSERT_TRUE(agent.ok());
+  const std::string source = "file://" + (root_ / "origin").string();
+  // The origin's bytes change three times under the same source.
+  std::vector<std::string> versions;
+  for (size_t size : {1000, 2000, 3000}) {
+    write(root_ / "origin/w.bin", random_bytes(size, static_cast<int>(size / 1000)));
+    auto manifest = (*agent)->resolve_source(source);
+    ASSERT_TRUE(manifest.ok()) << manifest.error().message;
+    versions.push_back(manifest->version_id());
+    (*agent)->stage("m", source, false, versions.back());
+    auto dir = (*agent)->wait("m", 30);
+    ASSERT_TRUE(dir.ok()) << dir.error().message;
+    EXPECT_EQ(*dir, options.cache.root / "models/m" / versions.back());
+    EXPECT_EQ(fs::file_size(*dir / "w.bin"), size);
+    if (versions.size() == 2) {
+      // The version replaced stays, and is ready at once when asked for.
+      StageProgress held = (*agent)->stage("m", source, false, versions[0]);
+      EXPECT_EQ(held.state, StageState::kReady);
+      EXPECT_EQ(held.dir, options.cache.root / "models/m" / versions[0]);
+      EXPECT_EQ(fs::file_size(held.dir / "w.bin"), 1000u);
+    }
+  }
+  EXPECT_FALSE(fs::exists(options.cache.root / "models/m" / versions[0]));  // older: gone
+  EXPECT_TRUE(fs::exists(options.cache.root / "models/m" / versions[1]));
+  size_t blobs = 0;
+  for ([[maybe_unused]] const auto& b : fs::directory_iterator(options.cache.root / "blobs"))
+    ++blobs;
+  EXPECT_EQ(blobs, 2u);  // the first version's went with it
+  // A version neither held nor at the source any more is refused, saying why.
+  (*agent)->stage("m", source, false, versions[0]);
+  auto refused = (*agent)->wait("m", 30);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(
+      refused.error().message.find("now holds version " + versions[2] + ", not " + versions[0]),
+      std::string::npos)
+      << refused.error().message;
+  EXPECT_FALSE((*agent)->cache().version_dir("m", "../../etc"));
+  EXPECT_FALSE((*agent)->cache().version_dir("../m", versions[1]));
+  EXPECT_TRUE((*agent)->cache().version_dir("m", versions[1]));
+}
+
 TEST_F(AgentTest, BadSourcesFailClearly) {
   AgentOptions options;
   options.cache.root = root_ / "cache";

@@ -77,12 +77,14 @@ class FakeRuntime : public EngineRuntime {
   explicit FakeRuntime(std::vector<std::string>& log) : log_(log) {}
   Status launch(const EngineLaunch& l) override {
     log_.push_back("launch " + l.replica);
+    ++launches;
     EngineStatus& st = engines[l.replica];
     st = {};
     st.exists = st.staged = st.started = true;
     st.message = "loading";
     nodes[l.replica] = l.node + " " + l.devices;
     revisions[l.replica] = l.revision;
+    model_versions[l.replica] = l.model_version;
     args[l.replica] = fmt::format("{}", fmt::join(l.service->spec.engine.args, " "));
     std::this_thread::sleep_for(launch_cost);
     return ok_status();
@@ -107,15 +109,25 @@ class FakeRuntime : public EngineRuntime {
   }
   void end(const std::string& replica) { engines.erase(replica); }
   bool engines_outlive_controller() const override { return true; }
+  Result<std::string> resolve_version(const std::string& source) override {
+    ++resolves[source];
+    auto it = sources.find(source);
+    if (it == sources.end()) return make_error(ErrorCode::kUnavailable, "{}: unreachable", source);
+    return it->second;
+  }
   std::vector<ExistingEngine> existing() override { return left_running; }
 
   std::map<std::string, EngineStatus> engines;
-  std::vector<ExistingEngine> left_running;      // by a controller before this one
-  std::map<std::string, std::string> nodes;      // where each launch was placed
-  std::map<std::string, std::string> revisions;  // each launch's revision
-  std::map<std::string, std::string> args;       // each launch's engine arguments
-  std::map<std::string, uint32_t> shares;        // canary weights, as last set
-  std::chrono::milliseconds launch_cost{0};      // wall time each launch takes (an API write)
+  std::vector<ExistingEngine> left_running;           // by a controller before this one
+  std::map<std::string, std::string> nodes;           // where each launch was placed
+  std::map<std::string, std::string> revisions;       // each launch's revision
+  std::map<std::string, std::string> model_versions;  // each launch's model version
+  std::map<std::string, std::string> sources;  // what each source resolves to; absent: unreachable
+  std::map<std::string, int> resolves;         // resolve_version calls, by source
+  int launches = 0;
+  std::map<std::string, std::string> args;   // each launch's engine arguments
+  std::map<std::string, uint32_t> shares;    // canary weights, as last set
+  std::chrono::milliseconds launch_cost{0};  // wall time each launch takes (an API write)
 
  private:
   std::vector<std::string>& log_;

@@ -279,6 +279,35 @@ TEST(EnginePods, AMigShareAsksForItsMigResource) {
   EXPECT_FALSE(limits.contains("nvidia.com/gpu"));
 }
 
+// A replica whose revision names a model version reads that version's
+// directory, staged by exactly that version; without one, `current`.
+TEST(EnginePods, AVersionedReplicaReadsItsOwnVersionDirectory) {
+  const json unversioned = pod_of("vllm", 1, "file:///models/m");
+  EXPECT_NE(unversioned["spec"]["containers"][0].dump().find("/var/lib/loadstar/models/m/current"),
+            std::string::npos);
+  api::InferenceService svc;
+  svc.metadata.name = "chat";
+  svc.spec.model = "m";
+  svc.spec.engine.name = "vllm";
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://org/m";
+  controller::EngineLaunch l;
+  l.replica = "chat-0";
+  l.service = &svc;
+  l.model = &model;
+  l.model_version = "0123456789abcdef";
+  const json pod = controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "");
+  const std::string engine = pod["spec"]["containers"][0].dump();
+  EXPECT_NE(engine.find("/var/lib/loadstar/models/m/0123456789abcdef"), std::string::npos)
+      << engine;
+  EXPECT_EQ(engine.find("/current"), std::string::npos) << engine;
+  const json& args = pod["spec"]["initContainers"][0]["args"];
+  auto at = std::find(args.begin(), args.end(), "--version");
+  ASSERT_NE(at, args.end()) << args;
+  EXPECT_EQ(*(at + 1), "0123456789abcdef");
+}
+
 // Under NVIDIA's time-slicing the node advertises each GPU `replicas` times:
 // the inventory counts physical GPUs (GPU feature discovery's labels).
 TEST(EnginePods, ATimeSlicedNodeCountsItsPhysicalGpus) {

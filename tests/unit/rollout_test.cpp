@@ -158,6 +158,68 @@ TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
   EXPECT_NE(base, revision_hash(decode(service(1)), &other));
 }
 
+TEST(Revision, TheResolvedVersionOfAVersionedSourceIsPartOfIt) {
+  const auto svc =
+      std::get<api::InferenceService>(api::decode_resources(service(1), "s.yaml")->front());
+  api::Model model{{"m"}, {"hf://org/m", "safetensors", {}}};
+  EXPECT_EQ(revision_hash(svc, &model), revision_hash(svc, &model, ""));
+  EXPECT_NE(revision_hash(svc, &model, "aaaa"), revision_hash(svc, &model, "bbbb"));
+  EXPECT_NE(revision_hash(svc, &model, "aaaa"), revision_hash(svc, &model));
+  EXPECT_TRUE(source_has_versions("hf://org/m"));
+  EXPECT_TRUE(source_has_versions("s3://bucket/m/"));
+  EXPECT_TRUE(source_has_versions("https://host/m/"));
+  EXPECT_FALSE(source_has_versions("file:///models/m"));
+  EXPECT_FALSE(source_has_versions("synth://m"));
+  EXPECT_TRUE(source_is_pinned("hf://org/m@0123456789abcdef0123456789abcdef01234567"));
+  EXPECT_TRUE(source_is_pinned("hf://org/m@0123456789abcdef0123456789abcdef01234567/m.gguf"));
+  EXPECT_FALSE(source_is_pinned("hf://org/m@main"));
+  EXPECT_FALSE(source_is_pinned("hf://org/m"));
+  EXPECT_FALSE(source_is_pinned("s3://bucket/m@0123456789abcdef0123456789abcdef01234567"));
+}
+
+TEST(ModelVersions, ResolvesWhatIsWantedWhenDueAndKeepsTheLastVersionThroughFailures) {
+  std::map<std::string, Result<std::string>> answers;
+  int changes = 0;
+  std::vector<std::string> asked;
+  ModelVersions versions(
+      [&](const std::string& source) {
+        asked.push_back(source);
+        return answers.at(source);
+      },
+      60, [&] { ++changes; });
+  const std::string hub = "hf://org/m";
+  const std::string pinned = "hf://org/m@0123456789abcdef0123456789abcdef01234567";
+  answers.emplace(hub, std::string("v1"));
+  answers.emplace(pinned, std::string("p1"));
+  versions.want({hub, pinned});
+  versions.poll(0);
+  EXPECT_EQ(versions.version(hub), "v1");
+  EXPECT_EQ(versions.version(pinned), "p1");
+  EXPECT_EQ(changes, 1);
+  const uint64_t generation = versions.generation();
+  asked.clear();
+  versions.poll(30);  // not due
+  EXPECT_TRUE(asked.empty());
+  answers.insert_or_assign(hub, std::string("v2"));
+  versions.poll(61);  // due; the pinned one never again
+  EXPECT_EQ(asked, std::vector<std::string>{hub});
+  EXPECT_EQ(versions.version(hub), "v2");
+  EXPECT_GT(versions.generation(), generation);
+  EXPECT_EQ(changes, 2);
+  answers.insert_or_assign(hub, Result<std::string>(make_error(ErrorCode::kUnavailable, "down")));
+  versions.poll(130);
+  EXPECT_EQ(versions.version(hub), "v2");  // kept
+  EXPECT_EQ(versions.error(hub), "down");
+  asked.clear();
+  versions.poll(135);  // a failure is tried again sooner than the interval, not at once
+  EXPECT_TRUE(asked.empty());
+  versions.poll(141);
+  EXPECT_EQ(asked.size(), 1u);
+  versions.want({pinned});  // the other is forgotten
+  EXPECT_EQ(versions.version(hub), std::nullopt);
+  EXPECT_EQ(changes, 2);
+}
+
 // "Reason: message" lines.
 std::string events_text(const ServiceStatus& status) {
   std::string out;
@@ -541,6 +603,68 @@ TEST_F(CanaryTest, PauseHoldsAStepAndPromoteOrAbortEndItByHand) {
   settle(5);
   EXPECT_EQ(by_revision(), (std::map<uint32_t, int>{{2, 2}}));
   EXPECT_TRUE(ctl_->services().front().rollout.aborted);
+}
+
+class VersionedSourceTest : public RolloutTest {
+ protected:
+  static constexpr const char* kHubModel = R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: m}
+spec: {source: "hf://org/m"}
+)";
+};
+
+TEST_F(VersionedSourceTest, NewBytesBehindTheSameSourceRollOutAndOldReplicasKeepTheirs) {
+  apply(kHubModel);
+  apply(service(2, "  rollout: {maxSurge: 1, maxUnavailable: 0}\n"));
+  controller();
+  settle(3);
+  // Not resolved (unreachable): nothing starts, and the status says why.
+  EXPECT_TRUE(runtime_.engines.empty());
+  EXPECT_NE(ctl_->services().front().rollout.message.find(
+                "cannot resolve hf://org/m: hf://org/m: unreachable"),
+            std::string::npos)
+      << ctl_->services().front().rollout.message;
+  runtime_.sources["hf://org/m"] = "1111";
+  clock_.advance(11s);  // past the retry
+  settle(5);
+  ASSERT_EQ(revisions(), (std::map<std::string, uint32_t>{{"chat-0", 1}, {"chat-1", 1}}));
+  EXPECT_EQ(runtime_.model_versions["chat-0"], "1111");
+  // The source now holds other bytes: a new revision, rolled out.
+  runtime_.sources["hf://org/m"] = "2222";
+  clock_.advance(300s);
+  ctl_->pass();  // resolved again; the rollout starts
+  clock_.advance(1s);
+  pass();
+  ASSERT_EQ(runtime_.model_versions.count("chat-2"), 1u);
+  EXPECT_EQ(runtime_.model_versions["chat-2"], "2222");
+  runtime_.engines["chat-2"].ready = false;  // it keeps starting
+  runtime_.end("chat-0");                    // an old one fails and restarts at its own version
+  clock_.advance(5s);
+  ctl_->pass();
+  clock_.advance(5s);
+  ctl_->pass();
+  EXPECT_EQ(runtime_.model_versions["chat-0"], "1111");
+  EXPECT_EQ(replica("chat-0").revision, 1u);
+  settle();
+  EXPECT_EQ(revisions().size(), 2u);
+  for (const auto& [name, revision] : revisions()) {
+    EXPECT_EQ(revision, 2u) << name;
+    EXPECT_EQ(runtime_.model_versions[name], "2222") << name;
+  }
+  auto history = ctl_->history("chat");
+  ASSERT_TRUE(history.ok());
+  ASSERT_EQ(history->size(), 2u);
+  EXPECT_NE(history->back().model.find("version 2222"), std::string::npos) << history->back().model;
+  // A new controller knows the version from the history before it resolves
+  // again, even when it cannot: nothing restarts.
+  runtime_.sources.erase("hf://org/m");
+  const int launches = runtime_.launches;
+  restart_controller();
+  settle(5);
+  for (const auto& [name, revision] : revisions()) EXPECT_EQ(revision, 2u) << name;
+  EXPECT_EQ(runtime_.launches, launches);
 }
 
 }  // namespace

@@ -148,6 +148,8 @@ TEST(BearerToken, ANamespaceTokenNamesItsNamespaceAndStagesOnlyItsModels) {
   EXPECT_FALSE(agent::namespace_may("team-a", request("DELETE", ""), "/v1/models/team-a_llama"));
   EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/v1/models"));
   EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/v1/blobs/abc"));
+  EXPECT_FALSE(agent::namespace_may(
+      "team-a", request("POST", R"({"model":"team-a_llama","source":"x"})"), "/v1/resolve"));
   EXPECT_FALSE(agent::namespace_may("team-a", request("GET", ""), "/metrics"));
 }
 
