@@ -19,7 +19,9 @@
 # towards the peak), TIME_SCALE (10), REPLICAS (6), GPUS (8), MAX_SEQS (4),
 # SIZE (model, 512MiB), PROFILE (llama-3.1-70b-h100x4), ROLL_AT (15), SLO (2),
 # MAX_SURGE and MAX_UNAVAILABLE (the service's spec.rollout, 25% and 0;
-# MAX_UNAVAILABLE=25% is a Deployment's default, for comparison).
+# MAX_UNAVAILABLE=25% is a Deployment's default, for comparison), RUNS (pairs,
+# 3), CHANGE (model: new weights; engine: the same weights, another engine
+# flag, so no new bytes are written or read).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
@@ -40,7 +42,7 @@ up_pid=
 cleanup() { [ -z "$up_pid" ] || kill "$up_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-resources() {  # resources SOURCE: the Model (from SOURCE), the Node and the service
+resources() {  # resources SOURCE [ARGS]: the Model (from SOURCE), the Node and the service
   cat <<YAML
 apiVersion: loadstar.dev/v1alpha1
 kind: Model
@@ -63,7 +65,7 @@ spec:
   engine:
     name: engine-sim
     args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale",
-           "--max-num-seqs", "$seqs", "--max-model-len", "16384", "--log-level", "warn"]
+           "--max-num-seqs", "$seqs", "--max-model-len", "16384", "--log-level", "warn"${2:+, $2}]
 YAML
 }
 
@@ -89,7 +91,11 @@ run() {  # run LABEL ROLL: one replay; ROLL=1 rolls out a new model version midw
   local replay_pid=$!
   if [ "$2" = 1 ]; then
     sleep "$roll_at"
-    resources "synth://bench-v2" > "$work/v2.yaml"
+    if [ "${CHANGE:-model}" = engine ]; then  # same weights, another engine flag
+      resources "synth://bench-v1" '"--seed", "2"' > "$work/v2.yaml"
+    else
+      resources "synth://bench-v2" > "$work/v2.yaml"
+    fi
     date +%s.%N > "$work/$1.applied"
     $bin apply -f "$work/v2.yaml" --admin-port "$admin" > /dev/null
     deadline=$((SECONDS + 600))
