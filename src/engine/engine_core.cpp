@@ -45,6 +45,18 @@ Status EngineConfig::validate() const {
   if (cost.base_s < 0 || cost.per_prefill_token_s < 0 || cost.per_decode_seq_s < 0 ||
       cost.per_context_token_s < 0)
     return make_error(ErrorCode::kInvalidArgument, "step cost coefficients must not be negative");
+  if (lora.enabled) {
+    if (lora.max_loras == 0)
+      return make_error(ErrorCode::kInvalidArgument, "max_loras must be at least 1");
+    if (lora.max_cpu_loras != 0 && lora.max_cpu_loras < lora.max_loras)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "max_cpu_loras ({}) must be at least max_loras ({})", lora.max_cpu_loras,
+                        lora.max_loras);
+    if (lora.max_lora_rank == 0)
+      return make_error(ErrorCode::kInvalidArgument, "max_lora_rank must be positive");
+    if (lora.load_bytes_per_s <= 0 || lora.activate_s < 0 || lora.per_adapter_step_s < 0)
+      return make_error(ErrorCode::kInvalidArgument, "LoRA cost parameters must be positive");
+  }
   return ok_status();
 }
 
@@ -73,6 +85,8 @@ struct EngineCore::Request {
   uint32_t min_tokens = 0;
   uint32_t eos_at = UINT32_MAX;  // the output count at which the model emits EOS
   bool pooling = false;
+  uint32_t adapter = 0;
+  BlockHash root = 0;  // the first block's parent: the adapter's own, so its blocks hash apart
   uint64_t rng = 0;
   std::vector<BlockId> blocks;
   std::vector<BlockHash> block_hashes;  // one per full block of `tokens`
@@ -89,7 +103,7 @@ struct EngineCore::Request {
   void update_block_hashes(uint32_t block_size) {
     while ((block_hashes.size() + 1) * block_size <= tokens.size()) {
       size_t i = block_hashes.size();
-      BlockHash parent = i == 0 ? 0 : block_hashes[i - 1];
+      BlockHash parent = i == 0 ? root : block_hashes[i - 1];
       block_hashes.push_back(
           hash_block(parent, std::span<const TokenId>(tokens).subspan(i * block_size, block_size)));
     }
@@ -111,9 +125,97 @@ uint32_t effective_max_tokens(const NewRequest& request, uint32_t limit) {
 }
 }  // namespace
 
+const LoraAdapter* EngineCore::adapter(uint32_t id) const {
+  for (const auto& a : adapters_)
+    if (a.id == id) return &a;
+  return nullptr;
+}
+
+Status EngineCore::add_adapter(LoraAdapter a) {
+  if (!config_.lora.enabled)
+    return make_error(ErrorCode::kInvalidArgument, "LoRA is not enabled (--enable-lora)");
+  if (a.id == 0) return make_error(ErrorCode::kInvalidArgument, "adapter id 0 is the base model");
+  if (a.rank == 0 || a.rank > config_.lora.max_lora_rank)
+    return make_error(ErrorCode::kInvalidArgument, "LoRA rank {} is greater than max_lora_rank {}.",
+                      a.rank, config_.lora.max_lora_rank);
+  for (const auto& other : adapters_)
+    if (other.id == a.id || other.name == a.name)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "The lora adapter '{}' has already been loaded.", a.name);
+  adapters_.push_back(std::move(a));
+  return ok_status();
+}
+
+Status EngineCore::remove_adapter(uint32_t id) {
+  auto it = std::find_if(adapters_.begin(), adapters_.end(),
+                         [id](const LoraAdapter& a) { return a.id == id; });
+  if (it == adapters_.end()) return make_error(ErrorCode::kNotFound, "no adapter with id {}", id);
+  size_t users = 0;
+  for (const auto& [rid, r] : requests_) users += r->adapter == id;
+  if (users > 0)
+    return make_error(ErrorCode::kUnavailable, "LoRA adapter '{}' is used by {} requests", it->name,
+                      users);
+  std::erase(gpu_slots_, id);
+  std::erase(host_cache_, id);
+  adapters_.erase(it);
+  return ok_status();
+}
+
+LoraUsage EngineCore::lora_usage() const {
+  LoraUsage out;
+  auto add = [this](std::vector<std::string>& names, uint32_t id) {
+    const LoraAdapter* a = id ? adapter(id) : nullptr;
+    if (a && std::find(names.begin(), names.end(), a->name) == names.end())
+      names.push_back(a->name);
+  };
+  for (const Request* r : running_) add(out.running, r->adapter);
+  for (const Request* r : waiting_) add(out.waiting, r->adapter);
+  out.loads = lora_loads_;
+  out.activations = lora_activations_;
+  return out;
+}
+
+double EngineCore::activate_adapters(const std::vector<uint32_t>& batch_adapters) {
+  const LoraConfig& lc = config_.lora;
+  const size_t host_capacity = lc.max_cpu_loras ? lc.max_cpu_loras : lc.max_loras;
+  double seconds = 0;
+  // Most recently used last; an evicted slot is never one this batch needs
+  // (the scheduler admitted at most max_loras distinct adapters).
+  auto use = [](std::vector<uint32_t>& lru, uint32_t id) {
+    std::erase(lru, id);
+    lru.push_back(id);
+  };
+  for (uint32_t id : batch_adapters) {
+    if (std::find(gpu_slots_.begin(), gpu_slots_.end(), id) != gpu_slots_.end()) {
+      use(gpu_slots_, id);
+      continue;
+    }
+    if (std::find(host_cache_.begin(), host_cache_.end(), id) == host_cache_.end()) {
+      const LoraAdapter* a = adapter(id);
+      seconds += a ? static_cast<double>(a->bytes) / lc.load_bytes_per_s : 0;
+      ++lora_loads_;
+      if (host_cache_.size() >= host_capacity) host_cache_.erase(host_cache_.begin());
+    }
+    use(host_cache_, id);
+    seconds += lc.activate_s;
+    ++lora_activations_;
+    if (gpu_slots_.size() >= lc.max_loras) {
+      auto victim = std::find_if(gpu_slots_.begin(), gpu_slots_.end(), [&](uint32_t slot) {
+        return std::find(batch_adapters.begin(), batch_adapters.end(), slot) ==
+               batch_adapters.end();
+      });
+      if (victim != gpu_slots_.end()) gpu_slots_.erase(victim);
+    }
+    gpu_slots_.push_back(id);
+  }
+  return seconds;
+}
+
 Status EngineCore::check_request(const NewRequest& request) const {
   const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
   if (prompt_len == 0) return make_error(ErrorCode::kInvalidArgument, "the prompt is empty");
+  if (request.adapter != 0 && !adapter(request.adapter))
+    return make_error(ErrorCode::kNotFound, "no LoRA adapter with id {}", request.adapter);
   const uint32_t limit = config_.max_model_len;
   if (request.pooling) {
     if (prompt_len > limit) {
@@ -158,6 +260,9 @@ Status EngineCore::add_request(NewRequest request, double now) {
   r->max_tokens = max_tokens;
   r->min_tokens = request.sampling.min_tokens;
   r->pooling = request.pooling;
+  r->adapter = request.adapter;
+  if (const LoraAdapter* a = r->adapter ? adapter(r->adapter) : nullptr)
+    r->root = XXH3_64bits(a->name.data(), a->name.size());
   r->arrival = now;
   r->rng = request.sampling.seed
                ? *request.sampling.seed ^ 0x5bd1e995ULL
@@ -284,9 +389,26 @@ StepResult EngineCore::step(double now) {
     ++i;
   }
 
+  // The adapters running requests use: a waiting request whose adapter
+  // would be one more than max_loras is skipped, and stays waiting (as
+  // vLLM's scheduler does).
+  std::vector<uint32_t> running_adapters;
+  auto note_adapter = [](std::vector<uint32_t>& ids, uint32_t id) {
+    if (id && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  };
+  for (const Request* r : running_) note_adapter(running_adapters, r->adapter);
+
   // 2. Waiting requests, unless this step had to preempt (as vLLM).
-  while (!preempted && !waiting_.empty() && budget > 0 && running_.size() < config_.max_num_seqs) {
-    Request* r = waiting_.front();
+  for (size_t w = 0;
+       !preempted && w < waiting_.size() && budget > 0 && running_.size() < config_.max_num_seqs;) {
+    Request* r = waiting_[w];
+    if (r->adapter &&
+        std::find(running_adapters.begin(), running_adapters.end(), r->adapter) ==
+            running_adapters.end() &&
+        running_adapters.size() >= config_.lora.max_loras) {
+      ++w;
+      continue;
+    }
     const uint32_t hit_blocks = computed_prefix(*r);
     const uint32_t hit_tokens = hit_blocks * config_.block_size;
     const uint32_t num_new = std::min(r->num_tokens() - hit_tokens, budget);
@@ -306,8 +428,9 @@ StepResult EngineCore::step(double now) {
     r->num_computed = hit_tokens;
     r->num_cached_blocks = hit_blocks;
     LS_CHECK(allocate_slots(*r, num_new));
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
     running_.push_back(r);
+    note_adapter(running_adapters, r->adapter);
     stats_.prefix_cache_queries += r->num_tokens();
     stats_.prefix_cache_hits += hit_tokens;
     if (r->first_scheduled < 0) {
@@ -333,6 +456,11 @@ StepResult EngineCore::step(double now) {
   if (batch.empty()) return result;
   result.duration = config_.cost.step_seconds(result.num_prefill_tokens, result.num_decode_seqs,
                                               result.num_context_tokens);
+  std::vector<uint32_t> batch_adapters;
+  for (const Scheduled& sc : batch) note_adapter(batch_adapters, sc.r->adapter);
+  if (!batch_adapters.empty())
+    result.duration += activate_adapters(batch_adapters) +
+                       config_.lora.per_adapter_step_s * static_cast<double>(batch_adapters.size());
   const double end = now + result.duration;
   ++stats_.num_steps;
 

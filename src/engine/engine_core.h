@@ -15,6 +15,15 @@
 //  3. the batch's cost is b0 + b1*prefill tokens + b2*decode sequences +
 //     b3*context tokens; a request that has computed all its tokens samples
 //     one more at the end of the step.
+//
+// LoRA adapters (vLLM's multi-LoRA serving, when LoraConfig::enabled): a
+// request may name a registered adapter. A batch holds at most max_loras
+// distinct adapters (a waiting request whose adapter would be one more is
+// skipped, as vLLM's scheduler does); each adapter in a batch needs one of
+// max_loras GPU slots, filled from a host cache of max_cpu_loras adapters
+// or else read from disk (its bytes at load_bytes_per_s), least recently
+// used ones evicted; the step costs more per distinct adapter; and an
+// adapter's blocks hash apart from the base model's and other adapters'.
 #pragma once
 
 #include <cstdint>
@@ -54,6 +63,32 @@ struct OutputLengthModel {
   double sigma = 0.8;
 };
 
+struct LoraConfig {
+  bool enabled = false;
+  uint32_t max_loras = 1;      // distinct adapters in one batch (GPU slots)
+  uint32_t max_cpu_loras = 0;  // adapters kept in host memory; 0: max_loras
+  uint32_t max_lora_rank = 16;
+  double load_bytes_per_s = 2e9;     // disk to host memory
+  double activate_s = 0.002;         // host memory to a GPU slot
+  double per_adapter_step_s = 5e-4;  // each distinct adapter in a batch (its kernels)
+};
+
+// An adapter the engine may serve (vLLM's --lora-modules or
+// /v1/load_lora_adapter); id 0 is the base model.
+struct LoraAdapter {
+  uint32_t id = 0;
+  std::string name;
+  uint32_t rank = 8;
+  uint64_t bytes = 0;  // its weights: what a load from disk reads
+};
+
+// The adapters requests use now, by name (vLLM's vllm:lora_requests_info).
+struct LoraUsage {
+  std::vector<std::string> running, waiting;
+  uint64_t loads = 0;        // adapters read from disk into host memory
+  uint64_t activations = 0;  // adapters put into a GPU slot
+};
+
 struct EngineConfig {
   uint32_t block_size = 16;
   uint32_t num_gpu_blocks = 8192;
@@ -67,6 +102,7 @@ struct EngineConfig {
   uint64_t seed = 0;
   StepCostModel cost;
   OutputLengthModel output_length;
+  LoraConfig lora;
 
   // Checks the combination (e.g. one full-length request must fit in the pool).
   Status validate() const;
@@ -87,6 +123,7 @@ struct NewRequest {
   SamplingParams sampling;
   // A pooling (embedding) request: prefill only, finishes without a token.
   bool pooling = false;
+  uint32_t adapter = 0;  // a registered LoraAdapter's id; 0: the base model
 };
 
 enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort };
@@ -140,6 +177,13 @@ class EngineCore {
   // Checks a request against the model's limits (context length, max_tokens)
   // without queueing it. Depends only on the config, so any thread may call it.
   Status check_request(const NewRequest& request) const;
+  // Registers an adapter. kInvalidArgument: LoRA not enabled, rank above
+  // max_lora_rank, id 0, or the id or name taken.
+  Status add_adapter(LoraAdapter adapter);
+  // Unregisters it; kUnavailable while requests use it.
+  Status remove_adapter(uint32_t id);
+  const std::vector<LoraAdapter>& adapters() const { return adapters_; }
+  LoraUsage lora_usage() const;
   // Queues a request that arrived at `now`. Fails as check_request does, or
   // when the waiting queue is full.
   Status add_request(NewRequest request, double now);
@@ -159,6 +203,9 @@ class EngineCore {
   void preempt(Request& r);
   TokenId sample(Request& r);
   uint32_t computed_prefix(Request& r);
+  const LoraAdapter* adapter(uint32_t id) const;
+  // Puts the batch's adapters into GPU slots; the seconds that took.
+  double activate_adapters(const std::vector<uint32_t>& batch_adapters);
 
   EngineConfig config_;
   BlockPool pool_;
@@ -166,6 +213,10 @@ class EngineCore {
   std::vector<Request*> running_;  // admission order; the last is preempted first
   std::deque<Request*> waiting_;   // preempted requests go back to the front
   EngineStats stats_;
+  std::vector<LoraAdapter> adapters_;
+  std::vector<uint32_t> gpu_slots_;   // adapter ids, least recently used first
+  std::vector<uint32_t> host_cache_;  // the same order
+  uint64_t lora_loads_ = 0, lora_activations_ = 0;
 };
 
 }  // namespace loadstar::engine

@@ -2,6 +2,8 @@
 // the simulator behave like vLLM under load.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <map>
 #include <numeric>
 
@@ -223,6 +225,103 @@ TEST(EngineCore, RejectsWhatDoesNotFit) {
   s = core.add_request(r, 0);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.error().code, ErrorCode::kResourceExhausted);
+}
+
+EngineConfig lora_config(uint32_t max_loras) {
+  EngineConfig c;
+  c.lora.enabled = true;
+  c.lora.max_loras = max_loras;
+  c.lora.max_cpu_loras = 4;
+  c.lora.load_bytes_per_s = 1e8;  // 10 ms per MB
+  return c;
+}
+
+// `salt` makes another prompt of the same length.
+NewRequest lora_request(RequestId id, uint32_t adapter, uint32_t prompt_len = 64,
+                        uint32_t salt = 0) {
+  NewRequest r;
+  r.id = id;
+  r.adapter = adapter;
+  for (uint32_t i = 0; i < prompt_len; ++i) r.prompt.push_back(100 + i + 1000 * salt);
+  r.sampling.max_tokens = 4;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+TEST(EngineCoreLora, ABatchHoldsAtMostMaxLorasAdaptersAndSkipsTheRest) {
+  EngineCore core(lora_config(2));
+  for (uint32_t id : {1u, 2u, 3u})
+    ASSERT_TRUE(core.add_adapter({id, fmt::format("a{}", id), 8, 1000000}).ok());
+  for (uint32_t id : {1u, 2u, 3u}) ASSERT_TRUE(core.add_request(lora_request(id, id), 0).ok());
+  ASSERT_TRUE(core.add_request(lora_request(4, 0), 0).ok());  // the base model, behind a3
+  core.step(0);
+  const LoraUsage usage = core.lora_usage();
+  EXPECT_EQ(usage.running, (std::vector<std::string>{"a1", "a2"}));
+  EXPECT_EQ(usage.waiting, (std::vector<std::string>{"a3"}));
+  EXPECT_EQ(core.stats().num_running, 3u);  // a1, a2 and the base request skipped past a3
+  EXPECT_EQ(usage.loads, 2u);
+  double now = 0;
+  while (core.has_work()) now += core.step(now).duration;
+  EXPECT_EQ(core.lora_usage().loads, 3u);  // a3 ran once a slot was free
+}
+
+TEST(EngineCoreLora, LoadsFromDiskOnceThenFromHostMemoryAndCostsPerAdapter) {
+  EngineCore core(lora_config(1));
+  ASSERT_TRUE(core.add_adapter({1, "big", 8, 50000000}).ok());   // 0.5 s from disk
+  ASSERT_TRUE(core.add_adapter({2, "small", 8, 1000000}).ok());  // 10 ms
+  EngineCore base(lora_config(1));
+  auto first_step = [](EngineCore& c, NewRequest r) {
+    EXPECT_TRUE(c.add_request(std::move(r), 0).ok());
+    const double d = c.step(0).duration;
+    while (c.has_work()) c.step(0);
+    return d;
+  };
+  const double plain = first_step(base, lora_request(1, 0));
+  const double cold = first_step(core, lora_request(1, 1));
+  EXPECT_NEAR(cold - plain, 0.5 + 0.002 + 5e-4, 1e-6);
+  const double warm = first_step(core, lora_request(2, 1, 64, 2));  // still in its GPU slot
+  EXPECT_NEAR(warm - plain, 5e-4, 1e-6);
+  first_step(core, lora_request(3, 2, 64, 3));                      // takes the one slot
+  const double back = first_step(core, lora_request(4, 1, 64, 4));  // host memory, not disk
+  EXPECT_NEAR(back - plain, 0.002 + 5e-4, 1e-6);
+  EXPECT_EQ(core.lora_usage().loads, 2u);
+  EXPECT_EQ(core.lora_usage().activations, 3u);
+}
+
+TEST(EngineCoreLora, AnAdaptersBlocksHashApartFromTheBaseModels) {
+  EngineCore core(lora_config(1));
+  ASSERT_TRUE(core.add_adapter({1, "a", 8, 0}).ok());
+  auto cached = [&](NewRequest r) {
+    const RequestId id = r.id;
+    EXPECT_TRUE(core.add_request(std::move(r), 0).ok());
+    uint32_t hit = 0;
+    while (core.has_work())
+      for (const auto& o : core.step(0).outputs)
+        if (o.id == id) hit = o.cached_tokens;
+    return hit;
+  };
+  EXPECT_EQ(cached(lora_request(1, 0, 128)), 0u);
+  EXPECT_EQ(cached(lora_request(2, 1, 128)), 0u);  // the same prompt, another model
+  EXPECT_EQ(cached(lora_request(3, 1, 128)), 112u);
+  EXPECT_EQ(cached(lora_request(4, 0, 128)), 112u);
+}
+
+TEST(EngineCoreLora, AdaptersAreCheckedAndNotRemovedWhileInUse) {
+  EngineCore off{EngineConfig{}};
+  EXPECT_NE(off.add_adapter({1, "a", 8, 0}).error().message.find("--enable-lora"),
+            std::string::npos);
+  EngineCore core(lora_config(1));
+  auto big = core.add_adapter({1, "a", 64, 0});
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.error().message, "LoRA rank 64 is greater than max_lora_rank 16.");
+  ASSERT_TRUE(core.add_adapter({1, "a", 8, 0}).ok());
+  EXPECT_FALSE(core.add_adapter({2, "a", 8, 0}).ok());
+  EXPECT_EQ(core.add_request(lora_request(1, 9), 0).error().code, ErrorCode::kNotFound);
+  ASSERT_TRUE(core.add_request(lora_request(1, 1), 0).ok());
+  EXPECT_EQ(core.remove_adapter(1).error().code, ErrorCode::kUnavailable);
+  while (core.has_work()) core.step(0);
+  EXPECT_TRUE(core.remove_adapter(1).ok());
+  EXPECT_TRUE(core.adapters().empty());
 }
 
 TEST(EngineCore, ValidateRejectsAPoolSmallerThanOneRequest) {
