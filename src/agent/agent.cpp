@@ -83,7 +83,7 @@ StageProgress Agent::stage(const std::string& model, const std::string& source, 
       p.source = source;
       p.state = StageState::kReady;
       p.dir = *dir;
-      p.version = version;
+      p.version = p.want_version = version;
       p.eta_s = 0;
       return p;
     }
@@ -254,15 +254,16 @@ Status Agent::stage_files(Job& job) {
 }
 
 // The source's file list, retrying what may pass.
-Result<Manifest> Agent::resolve_source(const std::string& source) {
+Result<Manifest> Agent::resolve_source(const std::string& source, int attempts) {
   LS_ASSIGN_OR_RETURN(auto origin, open_source(source, options_.source));
-  return resolve(*origin);
+  return resolve(*origin, attempts);
 }
 
-Result<Manifest> Agent::resolve(Source& origin) {
+Result<Manifest> Agent::resolve(Source& origin, int attempts) {
+  const int max_attempts = attempts > 0 ? attempts : options_.max_attempts;
   for (int attempt = 1;; ++attempt) {
     Result<Manifest> manifest = origin.resolve();
-    if (manifest.ok() || attempt >= options_.max_attempts) return manifest;
+    if (manifest.ok() || attempt >= max_attempts) return manifest;
     const ErrorCode code = manifest.error().code;
     if (code == ErrorCode::kNotFound || code == ErrorCode::kPermissionDenied ||
         code == ErrorCode::kInvalidArgument || code == ErrorCode::kCorrupt)

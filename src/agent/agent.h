@@ -94,9 +94,10 @@ class Agent {
   // is in progress, it answers with that one's progress.
   StageProgress stage(const std::string& model, const std::string& source, bool pin = false,
                       const std::string& version = "");
-  // What `source` holds now (its file list; network I/O, retried like a
-  // staging's). Refused as open_source refuses what the policy does not admit.
-  Result<Manifest> resolve_source(const std::string& source);
+  // What `source` holds now (its file list; network I/O, tried up to
+  // `attempts` times, 0: as a staging is). Refused as open_source refuses
+  // what the policy does not admit.
+  Result<Manifest> resolve_source(const std::string& source, int attempts = 0);
   std::optional<StageProgress> progress(const std::string& model) const;
   std::vector<StageProgress> all_progress() const;
   // Blocks until the model is ready (its directory) or failed (the error).
@@ -121,7 +122,7 @@ class Agent {
   void run_job(const std::shared_ptr<Job>& job);
   // The steps of a staging, in order.
   Status stage_files(Job& job);
-  Result<Manifest> resolve(Source& origin);
+  Result<Manifest> resolve(Source& origin, int attempts = 0);
   bool use_cached(Job& job, const Manifest& manifest);
   uint64_t list_files(Job& job, const Manifest& manifest);
   Status open_partials(Job& job);

@@ -67,7 +67,8 @@ json progress_json(const StageProgress& p) {
           {"eta_seconds", p.eta_s < 0 ? json(nullptr) : json(p.eta_s)},
           {"error", p.error},
           {"dir", p.dir.string()},
-          {"version", p.version}};
+          {"version", p.version},
+          {"want_version", p.want_version}};
 }
 
 bool namespace_may(std::string_view namespace_name, const http::Request& request,
@@ -115,7 +116,9 @@ http::Response handle_agent_api(Agent& agent, const http::Request& request, std:
     const std::string source = body["source"];
     if (Status s = agent.options().source.policy.admit(source); !s.ok())
       return error_response(403, s.error().message);
-    auto manifest = agent.resolve_source(source);
+    // One attempt (no retries with backoff): this holds a server thread, and
+    // the controller asks again on its own schedule.
+    auto manifest = agent.resolve_source(source, 1);
     if (!manifest.ok())
       return error_response(
           manifest.error().code == ErrorCode::kUnavailable ? 502 : status_of(manifest.error()),

@@ -353,18 +353,18 @@ Result<fs::path> Cache::publish(const std::string& name, const Manifest& manifes
       return make_error(ErrorCode::kIo, "cannot publish {}: {}", final_dir.string(), ec.message());
     }
   }
-  // Older versions of the model go unless an engine still uses them; the
-  // one this replaces stays.
+  // The version this replaces stays (a rollout's old replicas may restart
+  // on it); older ones go, with the blobs only they held. An engine still
+  // reading one keeps its open files; only its restart would need it, and
+  // a rollout replaces that replica anyway.
   const auto previous = models_.find(name);
   const std::string kept = previous == models_.end() ? "" : previous->second.version;
-  if (!(in_use_.count(name) && in_use_[name] > 0)) {
-    std::vector<fs::path> old_dirs;
-    for (const auto& old : fs::directory_iterator(model_dir, ec))
-      if (old.path() != final_dir && !old.path().filename().string().starts_with(".") &&
-          old.path().filename() != kCurrentLink && old.path().filename() != kept)
-        old_dirs.push_back(old.path());
-    for (const auto& dir : old_dirs) remove_version_dir(dir);
-  }
+  std::vector<fs::path> old_dirs;
+  for (const auto& old : fs::directory_iterator(model_dir, ec))
+    if (old.path() != final_dir && !old.path().filename().string().starts_with(".") &&
+        old.path().filename() != kCurrentLink && old.path().filename() != kept)
+      old_dirs.push_back(old.path());
+  for (const auto& dir : old_dirs) remove_version_dir(dir);
   // models/NAME/current -> VERSION (relative, so it holds under any mount
   // point): engines started with /models/NAME/current read the newest.
   const fs::path link_tmp = model_dir / fmt::format(".tmp-current-{}", ::getpid());

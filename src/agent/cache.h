@@ -114,8 +114,8 @@ class Cache {
 
   // Publishes `name` from complete blobs (hard links), atomically. The
   // version it replaces stays (replicas of a rollout's old revision may
-  // restart on it; their Pods read it by version); older ones go with their
-  // blobs unless an engine uses the model.
+  // restart on it; their Pods read it by version); older ones go with the
+  // blobs only they held.
   Result<std::filesystem::path> publish(const std::string& name, const Manifest& manifest);
   // Makes room for `need` more bytes for `for_model`: evicts least recently
   // used models not in use or pinned; fails with what holds the space, or when

@@ -297,7 +297,12 @@ int run_stage(const StageArgs& args) {
   // printed once a second.
   auto printed = std::chrono::steady_clock::time_point{};
   while (!args.no_wait) {
-    const std::string state = p.value("state", "");
+    std::string state = p.value("state", "");
+    // Asked for a version, the agent may answer with another version's
+    // staging (one per model at a time): that one's end is not ours.
+    if (!args.version.empty() && p.value("want_version", "") != args.version &&
+        (state == "ready" || state == "failed"))
+      state = "waiting for another version's staging";
     const bool done = state == "ready" || state == "failed";
     if (done || std::chrono::steady_clock::now() - printed >= std::chrono::seconds(1)) {
       fmt::print("{}\n", progress_line(p));
@@ -323,6 +328,18 @@ int run_stage(const StageArgs& args) {
       return 1;
     }
     p = (*now).contains("staging") ? (*now)["staging"] : json::object();
+    const std::string other = p.value("state", "");
+    if (!args.version.empty() && p.value("want_version", "") != args.version &&
+        other != "resolving" && other != "downloading") {
+      // Another version's staging has ended: ask for ours again (the held
+      // version answers at once; a new staging starts otherwise).
+      auto again = call(*base, headers, "POST", "/v1/stage", request.dump());
+      if (!again.ok()) {
+        fmt::print(stderr, "loadstar stage: {}\n", again.error().message);
+        return 1;
+      }
+      p = *again;
+    }
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include "app/commands.h"
 #include "common/units.h"
 #include "model/gguf.h"
+#include "model/lora_adapter.h"
 #include "model/model_dir.h"
 
 namespace loadstar::app {
@@ -22,6 +23,8 @@ std::function<int()> setup_model(CLI::App& app) {
     std::string format = "safetensors";
     std::string vocab = "llama-bpe";
     std::string inspect_dir;
+    std::string lora_of;
+    uint32_t rank = 8;
   };
   auto args = std::make_shared<Args>();
   CLI::App* synth = app.add_subcommand(
@@ -45,10 +48,40 @@ std::function<int()> setup_model(CLI::App& app) {
   synth->add_option("--max-position-embeddings", args->max_position_embeddings)
       ->capture_default_str();
   synth->add_option("--seed", args->seed)->capture_default_str();
+  synth->add_option("--lora-of", args->lora_of,
+                    "Write a LoRA adapter (PEFT layout) for this base model directory instead of "
+                    "a model: its hidden size and layers, q_proj and v_proj");
+  synth->add_option("--rank", args->rank, "--lora-of: the adapter's rank")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
   CLI::App* inspect =
       app.add_subcommand("inspect", "Validate a model directory and read all its weights");
   inspect->add_option("dir", args->inspect_dir)->required();
   return [args, synth, inspect]() -> int {
+    if (synth->parsed() && !args->lora_of.empty()) {
+      if (args->format != "safetensors") {
+        fmt::print(stderr, "loadstar model synth: --lora-of writes safetensors adapters only\n");
+        return 2;
+      }
+      auto base = model::read_model_config(args->lora_of);
+      if (!base.ok()) {
+        fmt::print(stderr, "loadstar model synth: --lora-of: {}\n", base.error().message);
+        return 2;
+      }
+      auto adapter = model::synth_adapter({.output = args->output,
+                                           .rank = args->rank,
+                                           .hidden_size = base->hidden_size,
+                                           .layers = base->num_hidden_layers,
+                                           .base_model = args->lora_of,
+                                           .seed = args->seed});
+      if (!adapter.ok()) {
+        fmt::print(stderr, "loadstar model synth: {}\n", adapter.error().message);
+        return 1;
+      }
+      fmt::print("wrote {} (LoRA rank {}, {} tensors, {})\n", args->output, adapter->rank,
+                 adapter->tensors, format_bytes(adapter->bytes));
+      return 0;
+    }
     if (synth->parsed()) {
       auto size = parse_bytes(args->size);
       auto shard = parse_bytes(args->shard_size);

@@ -473,6 +473,12 @@ void Controller::find_revisions() {
     const std::string& source = m->spec.source;
     versioned.insert(source);
     if (auto version = versions_.version(source)) {
+      auto latest = history_.latest_of(svc, m);
+      if (latest && latest->model_version.empty() &&
+          legacy_versions_.try_emplace(source, *version).first->second == *version) {
+        found[name] = latest;  // recorded before model versions: taken to run this one
+        continue;
+      }
       found[name] = history_.current(svc, m, *version, clock_.wall());
     } else if (auto latest = history_.latest_of(svc, m)) {
       found[name] = latest;  // as before this controller (or a failing resolve): no rollout
@@ -594,8 +600,9 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   for (const auto& [name, svc] : services_) {
     const uint32_t nodes_wanted = scaler_.weights_nodes(svc);
     if (nodes_wanted == 0) continue;
-    if (auto model = store_.get("Model", svc.spec.model))
-      runtime_.keep_warm(std::get<api::Model>(*model), nodes_wanted);
+    auto current = current_.find(name);
+    if (current == current_.end() || !current->second->model) continue;
+    runtime_.keep_warm(*current->second->model, nodes_wanted, current->second->model_version);
   }
   // The models running engines read (the local agent does not evict them).
   std::vector<std::string> in_use;

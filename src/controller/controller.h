@@ -239,6 +239,10 @@ class Controller {
   std::map<std::string, std::string> unresolved_;
   uint64_t revisions_found_at_ = ~0ull;  // the store's revision when current_ was found
   uint64_t versions_found_at_ = ~0ull;   // versions_.generation() then
+  // The version each source first resolved to in this process: a revision
+  // recorded before model versions existed is taken to run it (no rollout
+  // on upgrade); a later change rolls out.
+  std::map<std::string, std::string> legacy_versions_;
   Rollouts rollouts_;
   ModelVersions versions_;
   // Each replica's share of its service's traffic while a canary runs

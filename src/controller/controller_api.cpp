@@ -191,6 +191,19 @@ Result<std::string> Controller::undo(const std::string& service, uint32_t to) {
     if (target->hash == current->second->hash)
       return make_error(ErrorCode::kInvalidArgument, "service {} runs revision {} already", service,
                         target->number);
+    // Undo writes specs back, and a source's bytes are not in a spec: a
+    // revision whose source now holds other bytes cannot come back this way.
+    if (target->model && !target->model_version.empty() &&
+        source_has_versions(target->model->spec.source)) {
+      const auto now = versions_.version(target->model->spec.source);
+      if (now && *now != target->model_version)
+        return make_error(
+            ErrorCode::kInvalidArgument,
+            "revision {} ran version {} of {}, which now holds version {}: undo restores specs, "
+            "not a source's old bytes; pin the source to the revision you want "
+            "(hf://ORG/NAME@COMMIT) or restore the old bytes there",
+            target->number, target->model_version, target->model->spec.source, *now);
+    }
   }
   // The store's watch takes mu_: written without it.
   auto stored = store_.get("InferenceService", service);

@@ -322,8 +322,9 @@ void LocalRuntime::kill(const std::string& replica) {
   if (!it->second.stop_sent) it->second.stop_sent = Clock::now();
 }
 
-void LocalRuntime::keep_warm(const api::Model& model, uint32_t /*nodes*/) {
-  (void)prepare_model(model);  // one machine: one agent, whatever the count
+void LocalRuntime::keep_warm(const api::Model& model, uint32_t /*nodes*/,
+                             const std::string& model_version) {
+  (void)prepare_model(model, model_version);  // one machine: one agent, whatever the count
 }
 
 Result<std::string> LocalRuntime::resolve_version(const std::string& source) {

@@ -53,7 +53,8 @@ class LocalRuntime : public EngineRuntime {
   EngineStatus status(const std::string& replica) override;
   void stop(const std::string& replica) override;
   void kill(const std::string& replica) override;
-  void keep_warm(const api::Model& model, uint32_t nodes) override;
+  void keep_warm(const api::Model& model, uint32_t nodes,
+                 const std::string& model_version) override;
   Result<std::string> resolve_version(const std::string& source) override;
   // Every node of this machine holds what its one agent staged.
   std::set<std::string, std::less<>> models_on(const std::string& node) override;

@@ -23,6 +23,11 @@ bool source_is_pinned(std::string_view source) {
   return rev.size() == 40 && rev.find_first_not_of("0123456789abcdef") == std::string_view::npos;
 }
 
+bool valid_model_version(std::string_view version) {
+  return version.size() == 16 &&
+         version.find_first_not_of("0123456789abcdef") == std::string_view::npos;
+}
+
 ModelVersions::ModelVersions(Resolve resolve, double interval_s, std::function<void()> changed)
     : resolve_(std::move(resolve)),
       interval_s_(interval_s),
@@ -96,6 +101,8 @@ void ModelVersions::poll(double now_s) {
   bool changed = false;
   for (const auto& source : sources) {
     Result<std::string> v = resolve_(source);
+    if (v.ok() && !valid_model_version(*v))
+      v = make_error(ErrorCode::kCorrupt, "the resolver answered '{}', not a version id", *v);
     std::lock_guard lock(mu_);
     auto it = known_.find(source);
     if (it == known_.end()) continue;  // no longer wanted

@@ -32,6 +32,9 @@ namespace loadstar::controller {
 bool source_has_versions(std::string_view source);
 // Whether a versioned source names one commit for good (hf://ORG/NAME@<40 hex>).
 bool source_is_pinned(std::string_view source);
+// Whether `version` looks like what the agent's Manifest::version_id makes
+// (16 lower-case hex digits): it becomes a directory name on nodes.
+bool valid_model_version(std::string_view version);
 
 class ModelVersions {
  public:

@@ -463,7 +463,7 @@ Result<std::string> PodRuntime::resolve_version(const std::string& source) {
                           .target = "/v1/resolve",
                           .body = json({{"source", source}}).dump(),
                           .headers = agent_headers(),
-                          .timeout_s = 30});
+                          .timeout_s = 15});
     if (!r.ok()) {
       why = fmt::format("agent on {}: {}", node, r.error().message);
       continue;
@@ -536,7 +536,8 @@ void PodRuntime::keep_token_secrets() {
     if (Status s = ensure_token_secret(ns); !s.ok()) spdlog::warn("{}", s.error().message);
 }
 
-void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
+void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes,
+                           const std::string& model_version) {
   const std::string& name = model.metadata.name;
   // A model new to keep warm is placed by what the agents hold now.
   refresh_holdings(warmed_.insert(name).second);
@@ -559,7 +560,8 @@ void PodRuntime::keep_warm(const api::Model& model, uint32_t nodes) {
     auto address = addresses.find(node);
     if (address == addresses.end()) continue;
     // The agent's answer is its progress; "ready" means it holds the model.
-    const json body = {{"model", kube::NamespaceScope::flat(name)}, {"source", model.spec.source}};
+    json body = {{"model", kube::NamespaceScope::flat(name)}, {"source", model.spec.source}};
+    if (!model_version.empty()) body["version"] = model_version;
     auto r = http::fetch({.host = address->second,
                           .port = options_.agent_port,
                           .method = "POST",

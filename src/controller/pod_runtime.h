@@ -79,7 +79,8 @@ class PodRuntime : public EngineRuntime {
   // Asks the agents of `nodes` GPU nodes (those that hold the model first,
   // then by name) to stage it, again every few seconds while it is kept
   // warm.
-  void keep_warm(const api::Model& model, uint32_t nodes) override;
+  void keep_warm(const api::Model& model, uint32_t nodes,
+                 const std::string& model_version) override;
   // What the node's agent listed in its cache (read every 10 s), and the
   // models of Pods staged there since.
   std::set<std::string, std::less<>> models_on(const std::string& node) override;

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "controller/model_versions.h"
 #include "controller/rollout.h"
 
 namespace loadstar::controller {
@@ -30,8 +31,12 @@ Result<Revision> decode_revision(const store::RevisionRecord& record) {
   out.hash = record.hash;
   out.number = record.number;
   out.created = doc.value("created", "");
-  if (doc.contains("modelVersion") && doc["modelVersion"].is_string())
+  if (doc.contains("modelVersion") && doc["modelVersion"].is_string()) {
     out.model_version = doc["modelVersion"].get<std::string>();
+    if (!valid_model_version(out.model_version))
+      return make_error(ErrorCode::kCorrupt, "revision {}: model version '{}' is not a version id",
+                        record.hash, out.model_version);
+  }
   auto decode = [&](const json& text) -> Result<api::Resource> {
     auto resources = api::decode_resources(text.get<std::string>(), "revision " + record.hash);
     if (!resources.ok()) return resources.error();

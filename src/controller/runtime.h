@@ -104,8 +104,9 @@ class EngineRuntime {
   // Stops it now (SIGKILL, or a deletion without grace).
   virtual void kill(const std::string& replica) = 0;
   // A service's model stays staged on `nodes` nodes while it has no replica
-  // (warm weights).
-  virtual void keep_warm(const api::Model& /*model*/, uint32_t /*nodes*/) {}
+  // (warm weights): `model_version` of it, its current revision's.
+  virtual void keep_warm(const api::Model& /*model*/, uint32_t /*nodes*/,
+                         const std::string& /*model_version*/) {}
   // What a model source holds now, as a version id (the agent's
   // Manifest::version_id): network I/O, called on the controller's
   // resolver thread (model_versions.h), never on the reconcile thread.

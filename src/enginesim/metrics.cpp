@@ -1,5 +1,7 @@
 #include "enginesim/metrics.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -106,6 +108,25 @@ EngineMetrics::~EngineMetrics() = default;
 void EngineMetrics::set_load(double seconds, uint64_t bytes) {
   load_seconds_->Set(seconds);
   load_bytes_->Set(static_cast<double>(bytes));
+}
+
+void EngineMetrics::record_lora(const engine::LoraUsage& usage, uint32_t max_loras) {
+  const std::string running = fmt::format("{}", fmt::join(usage.running, ","));
+  const std::string waiting = fmt::format("{}", fmt::join(usage.waiting, ","));
+  const std::string key = running + "\n" + waiting;
+  if (!lora_info_family_)
+    lora_info_family_ = &prometheus::BuildGauge()
+                             .Name("vllm:lora_requests_info")
+                             .Help("Running stats on lora requests.")
+                             .Register(*registry_);
+  if (!lora_info_ || key != lora_info_key_) {
+    if (lora_info_) lora_info_family_->Remove(lora_info_);
+    lora_info_ = &lora_info_family_->Add({{"max_lora", std::to_string(max_loras)},
+                                          {"running_lora_adapters", running},
+                                          {"waiting_lora_adapters", waiting}});
+    lora_info_key_ = key;
+  }
+  lora_info_->SetToCurrentTime();
 }
 
 void EngineMetrics::record_gauges(const engine::EngineStats& stats) {

@@ -14,6 +14,8 @@ class Registry;
 class Counter;
 class Gauge;
 class Histogram;
+template <typename T>
+class Family;
 }  // namespace prometheus
 
 namespace loadstar::enginesim {
@@ -29,6 +31,12 @@ class EngineMetrics {
   // Refreshes the gauges (running, waiting, KV usage) between steps.
   void record_gauges(const engine::EngineStats& stats);
   void set_load(double seconds, uint64_t bytes);
+  // vLLM's vllm:lora_requests_info: one series labelled with max_lora and
+  // the running and waiting adapters (comma-separated), valued with the
+  // time it was set (Unix seconds), as vLLM's set_to_current_time(). The
+  // series of earlier label values is removed (vLLM keeps them at their
+  // older times; readers take the newest either way).
+  void record_lora(const engine::LoraUsage& usage, uint32_t max_loras);
   // The Prometheus text exposition of every metric.
   std::string render() const;
 
@@ -55,6 +63,9 @@ class EngineMetrics {
   prometheus::Gauge* load_seconds_;
   prometheus::Gauge* load_bytes_;
   engine::EngineStats last_;
+  prometheus::Family<prometheus::Gauge>* lora_info_family_ = nullptr;
+  prometheus::Gauge* lora_info_ = nullptr;
+  std::string lora_info_key_;
 };
 
 }  // namespace loadstar::enginesim

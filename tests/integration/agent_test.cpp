@@ -823,6 +823,17 @@ spec:
   EXPECT_NE(out.find("version " + second), std::string::npos) << out;
   auto r = up->post("/v1/completions", R"({"model":"chat","prompt":"hi","max_tokens":3})");
   EXPECT_EQ(r.status, 200) << r.body;
+  // What a Pod's stage init container runs: the replaced version is still
+  // held, and one the source no longer has is refused, saying so.
+  const std::string agent = fmt::format("http://127.0.0.1:{}/agent", up->admin_port());
+  ASSERT_EQ(run_loadstar({"stage", "remote", "--version", first, "--agent", agent}, &out), 0)
+      << out;
+  EXPECT_NE(out.find("ready: " + (versions / first).string()), std::string::npos) << out;
+  EXPECT_EQ(
+      run_loadstar({"stage", "remote", "--version", "0123456789abcdef", "--agent", agent}, &out),
+      1);
+  EXPECT_NE(out.find("now holds version " + second + ", not 0123456789abcdef"), std::string::npos)
+      << out;
   // Nothing changed at the origin since: no third revision.
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   EXPECT_EQ(json::parse(up->replicas_json())["items"][0]["revision"], 2);

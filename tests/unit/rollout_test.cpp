@@ -177,6 +177,10 @@ TEST(Revision, TheResolvedVersionOfAVersionedSourceIsPartOfIt) {
   EXPECT_FALSE(source_is_pinned("s3://bucket/m@0123456789abcdef0123456789abcdef01234567"));
 }
 
+constexpr const char* kV1 = "1111111111111111";
+constexpr const char* kV2 = "2222222222222222";
+constexpr const char* kP1 = "0000000000000001";
+
 TEST(ModelVersions, ResolvesWhatIsWantedWhenDueAndKeepsTheLastVersionThroughFailures) {
   std::map<std::string, Result<std::string>> answers;
   int changes = 0;
@@ -189,26 +193,26 @@ TEST(ModelVersions, ResolvesWhatIsWantedWhenDueAndKeepsTheLastVersionThroughFail
       60, [&] { ++changes; });
   const std::string hub = "hf://org/m";
   const std::string pinned = "hf://org/m@0123456789abcdef0123456789abcdef01234567";
-  answers.emplace(hub, std::string("v1"));
-  answers.emplace(pinned, std::string("p1"));
+  answers.emplace(hub, std::string(kV1));
+  answers.emplace(pinned, std::string(kP1));
   versions.want({hub, pinned});
   versions.poll(0);
-  EXPECT_EQ(versions.version(hub), "v1");
-  EXPECT_EQ(versions.version(pinned), "p1");
+  EXPECT_EQ(versions.version(hub), kV1);
+  EXPECT_EQ(versions.version(pinned), kP1);
   EXPECT_EQ(changes, 1);
   const uint64_t generation = versions.generation();
   asked.clear();
   versions.poll(30);  // not due
   EXPECT_TRUE(asked.empty());
-  answers.insert_or_assign(hub, std::string("v2"));
+  answers.insert_or_assign(hub, std::string(kV2));
   versions.poll(61);  // due; the pinned one never again
   EXPECT_EQ(asked, std::vector<std::string>{hub});
-  EXPECT_EQ(versions.version(hub), "v2");
+  EXPECT_EQ(versions.version(hub), kV2);
   EXPECT_GT(versions.generation(), generation);
   EXPECT_EQ(changes, 2);
   answers.insert_or_assign(hub, Result<std::string>(make_error(ErrorCode::kUnavailable, "down")));
   versions.poll(130);
-  EXPECT_EQ(versions.version(hub), "v2");  // kept
+  EXPECT_EQ(versions.version(hub), kV2);  // kept
   EXPECT_EQ(versions.error(hub), "down");
   asked.clear();
   versions.poll(135);  // a failure is tried again sooner than the interval, not at once
@@ -626,37 +630,38 @@ TEST_F(VersionedSourceTest, NewBytesBehindTheSameSourceRollOutAndOldReplicasKeep
                 "cannot resolve hf://org/m: hf://org/m: unreachable"),
             std::string::npos)
       << ctl_->services().front().rollout.message;
-  runtime_.sources["hf://org/m"] = "1111";
+  runtime_.sources["hf://org/m"] = kV1;
   clock_.advance(11s);  // past the retry
   settle(5);
   ASSERT_EQ(revisions(), (std::map<std::string, uint32_t>{{"chat-0", 1}, {"chat-1", 1}}));
-  EXPECT_EQ(runtime_.model_versions["chat-0"], "1111");
+  EXPECT_EQ(runtime_.model_versions["chat-0"], kV1);
   // The source now holds other bytes: a new revision, rolled out.
-  runtime_.sources["hf://org/m"] = "2222";
+  runtime_.sources["hf://org/m"] = kV2;
   clock_.advance(300s);
   ctl_->pass();  // resolved again; the rollout starts
   clock_.advance(1s);
   pass();
   ASSERT_EQ(runtime_.model_versions.count("chat-2"), 1u);
-  EXPECT_EQ(runtime_.model_versions["chat-2"], "2222");
+  EXPECT_EQ(runtime_.model_versions["chat-2"], kV2);
   runtime_.engines["chat-2"].ready = false;  // it keeps starting
   runtime_.end("chat-0");                    // an old one fails and restarts at its own version
   clock_.advance(5s);
   ctl_->pass();
   clock_.advance(5s);
   ctl_->pass();
-  EXPECT_EQ(runtime_.model_versions["chat-0"], "1111");
+  EXPECT_EQ(runtime_.model_versions["chat-0"], kV1);
   EXPECT_EQ(replica("chat-0").revision, 1u);
   settle();
   EXPECT_EQ(revisions().size(), 2u);
   for (const auto& [name, revision] : revisions()) {
     EXPECT_EQ(revision, 2u) << name;
-    EXPECT_EQ(runtime_.model_versions[name], "2222") << name;
+    EXPECT_EQ(runtime_.model_versions[name], kV2) << name;
   }
   auto history = ctl_->history("chat");
   ASSERT_TRUE(history.ok());
   ASSERT_EQ(history->size(), 2u);
-  EXPECT_NE(history->back().model.find("version 2222"), std::string::npos) << history->back().model;
+  EXPECT_NE(history->back().model.find(std::string("version ") + kV2), std::string::npos)
+      << history->back().model;
   // A new controller knows the version from the history before it resolves
   // again, even when it cannot: nothing restarts.
   runtime_.sources.erase("hf://org/m");
@@ -667,5 +672,48 @@ TEST_F(VersionedSourceTest, NewBytesBehindTheSameSourceRollOutAndOldReplicasKeep
   EXPECT_EQ(runtime_.launches, launches);
 }
 
+// Replicas of a revision recorded before model versions existed (no
+// version in it) are taken to run the version first resolved: upgrading
+// restarts nothing; new bytes later roll out; and undo will not pretend to
+// bring old bytes back.
+TEST_F(VersionedSourceTest, ARevisionFromBeforeVersionsIsKeptUntilTheBytesChange) {
+  apply(kHubModel);
+  apply(service(1));
+  const auto stored_svc = std::get<api::InferenceService>(*store_.get("InferenceService", "chat"));
+  const auto stored_model = std::get<api::Model>(*store_.get("Model", "m"));
+  Revision legacy;
+  legacy.hash = revision_hash(stored_svc, &stored_model);
+  legacy.number = 1;
+  legacy.service = stored_svc;
+  legacy.model = stored_model;
+  store_.history["chat"][legacy.hash] = {legacy.hash, 1, encode_revision(legacy), ""};
+  runtime_.left_running.push_back(
+      {.replica = "chat-0", .service = "chat", .node = "local", .revision = legacy.hash});
+  runtime_.engines["chat-0"] = {.exists = true, .staged = true, .started = true};
+  runtime_.sources["hf://org/m"] = kV1;
+  controller();
+  const int launches = runtime_.launches;
+  settle(5);
+  EXPECT_EQ(runtime_.launches, launches);  // nothing restarted
+  EXPECT_EQ(revisions(), (std::map<std::string, uint32_t>{{"chat-0", 1}}));
+  runtime_.sources["hf://org/m"] = kV2;
+  clock_.advance(300s);
+  settle();
+  ASSERT_EQ(revisions().size(), 1u);
+  EXPECT_EQ(revisions().begin()->second, 2u);
+  EXPECT_EQ(runtime_.model_versions[revisions().begin()->first], kV2);
+  auto undo = ctl_->undo("chat", 0);
+  ASSERT_TRUE(undo.ok()) << undo.error().message;  // revision 1 has no version: specs only
+  settle(5);
+  // Revision 2 (kV2) cannot come back once the source holds other bytes.
+  runtime_.sources["hf://org/m"] = "3333333333333333";
+  clock_.advance(300s);
+  settle();
+  auto refused = ctl_->undo("chat", 2);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("which now holds version 3333333333333333"),
+            std::string::npos)
+      << refused.error().message;
+}
 }  // namespace
 }  // namespace loadstar::controller

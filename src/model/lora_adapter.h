@@ -1,0 +1,43 @@
+// A LoRA adapter as PEFT saves it and vLLM loads it: adapter_config.json
+// (rank `r`, `lora_alpha`, `base_model_name_or_path`, `target_modules`) and
+// adapter_model.safetensors holding lora_A/lora_B for each target module of
+// each layer.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace loadstar::model {
+
+struct AdapterInfo {
+  std::filesystem::path dir;
+  uint32_t rank = 0;
+  double alpha = 0;
+  std::string base_model;  // base_model_name_or_path, as the adapter names it
+  std::vector<std::string> target_modules;
+  uint64_t bytes = 0;  // the weights file
+  uint32_t tensors = 0;
+};
+
+// Reads and checks an adapter directory: the config's fields, and the
+// weights' safetensors header (every tensor a lora_A or lora_B).
+Result<AdapterInfo> read_adapter(const std::filesystem::path& dir);
+
+struct SynthAdapterOptions {
+  std::filesystem::path output;
+  uint32_t rank = 8;
+  uint32_t hidden_size = 512;
+  uint32_t layers = 2;
+  std::string base_model;  // written as base_model_name_or_path
+  uint64_t seed = 1;
+};
+
+// Writes a PEFT-shaped adapter (q_proj and v_proj of every layer, BF16)
+// into `output`, built beside it and renamed into place.
+Result<AdapterInfo> synth_adapter(const SynthAdapterOptions& options);
+
+}  // namespace loadstar::model
