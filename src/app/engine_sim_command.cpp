@@ -46,6 +46,18 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
   app.add_option("--timeout-keep-alive", o.keep_alive_timeout_s,
                  "Seconds an idle keep-alive connection stays open (uvicorn's name and default)")
       ->capture_default_str();
+  app.add_flag("--enable-lora", o.enable_lora, "Serve LoRA adapters (vLLM's multi-LoRA)");
+  app.add_option("--max-loras", o.max_loras, "Distinct adapters in one batch (GPU slots)")
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  app.add_option("--max-lora-rank", o.max_lora_rank, "Largest adapter rank accepted")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  app.add_option("--max-cpu-loras", o.max_cpu_loras,
+                 "Adapters kept in host memory (default: --max-loras)");
+  app.add_option("--lora-modules", o.lora_modules,
+                 "Adapters served from the start: NAME=PATH or {\"name\":...,\"path\":...}")
+      ->expected(1, -1);
   app.add_option("--fault-error-rate", o.fault_error_rate,
                  "Fault injection: answer this fraction of generation requests 500")
       ->check(CLI::Range(0.0, 1.0))

@@ -214,8 +214,6 @@ double EngineCore::activate_adapters(const std::vector<uint32_t>& batch_adapters
 Status EngineCore::check_request(const NewRequest& request) const {
   const auto prompt_len = static_cast<uint32_t>(request.prompt.size());
   if (prompt_len == 0) return make_error(ErrorCode::kInvalidArgument, "the prompt is empty");
-  if (request.adapter != 0 && !adapter(request.adapter))
-    return make_error(ErrorCode::kNotFound, "no LoRA adapter with id {}", request.adapter);
   const uint32_t limit = config_.max_model_len;
   if (request.pooling) {
     if (prompt_len > limit) {
@@ -242,6 +240,8 @@ Status EngineCore::check_request(const NewRequest& request) const {
 
 Status EngineCore::add_request(NewRequest request, double now) {
   LS_RETURN_IF_ERROR(check_request(request));
+  if (request.adapter != 0 && !adapter(request.adapter))
+    return make_error(ErrorCode::kNotFound, "the LoRA adapter of this request was unloaded");
   if (requests_.count(request.id))
     return make_error(ErrorCode::kInvalidArgument, "request id {} is already in use", request.id);
   const auto prompt_len = static_cast<uint32_t>(request.prompt.size());

@@ -82,6 +82,15 @@ void EngineLoop::abort(engine::RequestId id) {
   wake_.notify_one();
 }
 
+void EngineLoop::control(std::function<Status(engine::EngineCore&)> fn,
+                         asio::any_io_executor executor, std::function<void(Status)> done) {
+  {
+    std::lock_guard lock(mu_);
+    controls_.push_back({std::move(fn), std::move(executor), std::move(done)});
+  }
+  wake_.notify_one();
+}
+
 void EngineLoop::run() {
   // Past this much wall-clock lag the loop gives up on catching up.
   const double max_lag_model = 0.005 * time_scale_;
@@ -89,14 +98,27 @@ void EngineLoop::run() {
   bool busy = false;
   std::vector<Submission> inbox;
   std::vector<engine::RequestId> aborts;
+  std::vector<Control> controls;
+  const bool lora = core_.config().lora.enabled;
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      if (!busy) wake_.wait(lock, [&] { return stopping_ || !inbox_.empty() || !aborts_.empty(); });
+      if (!busy)
+        wake_.wait(lock, [&] {
+          return stopping_ || !inbox_.empty() || !aborts_.empty() || !controls_.empty();
+        });
       if (stopping_) break;
       inbox.swap(inbox_);
       aborts.swap(aborts_);
+      controls.swap(controls_);
     }
+    for (Control& c : controls) {
+      Status s = c.fn(core_);
+      asio::post(c.executor, [done = std::move(c.done), s = std::move(s)]() mutable { done(s); });
+    }
+    if (!controls.empty() && metrics_ && lora)
+      metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
+    controls.clear();
     for (engine::RequestId id : aborts) {
       core_.abort_request(id);
       if (channels_.erase(id)) --in_flight_;
@@ -128,6 +150,8 @@ void EngineLoop::run() {
       // Aborts may have emptied the engine: the gauges must say so now, not
       // at the next step.
       if (metrics_ && busy) metrics_->record_gauges(core_.stats());
+      if (metrics_ && busy && lora)
+        metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
       busy = false;
       continue;
     }
@@ -141,6 +165,7 @@ void EngineLoop::run() {
     const double late =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();
     if (metrics_) metrics_->record_step(step, core_.stats(), std::max(lag, late));
+    if (metrics_ && lora) metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
     for (const engine::RequestOutput& out : step.outputs) {
       auto it = channels_.find(out.id);
       if (it == channels_.end()) continue;
@@ -161,6 +186,12 @@ void EngineLoop::run() {
       channel->fail(Error{ErrorCode::kUnavailable, "the engine is shutting down"});
     });
   channels_.clear();
+  std::lock_guard lock(mu_);
+  for (Control& c : controls_)
+    asio::post(c.executor, [done = std::move(c.done)] {
+      done(Error{ErrorCode::kUnavailable, "the engine is shutting down"});
+    });
+  controls_.clear();
 }
 
 }  // namespace loadstar::enginesim

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -67,6 +68,10 @@ class EngineLoop {
   // Queues `request`; its outputs (or an error) arrive on `channel`.
   void submit(engine::NewRequest request, std::shared_ptr<RequestChannel> channel);
   void abort(engine::RequestId id);
+  // Runs `fn` on the engine thread between steps (adapters are added and
+  // removed this way); `done` gets its Status, posted to `executor`.
+  void control(std::function<Status(engine::EngineCore&)> fn, boost::asio::any_io_executor executor,
+               std::function<void(Status)> done);
   // Requests submitted and not yet finished or aborted.
   size_t in_flight() const { return in_flight_.load(); }
 
@@ -90,6 +95,12 @@ class EngineLoop {
   std::condition_variable wake_;
   std::vector<Submission> inbox_;
   std::vector<engine::RequestId> aborts_;
+  struct Control {
+    std::function<Status(engine::EngineCore&)> fn;
+    boost::asio::any_io_executor executor;
+    std::function<void(Status)> done;
+  };
+  std::vector<Control> controls_;
   bool stopping_ = false;
 
   // Engine thread only.

@@ -4,13 +4,18 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -21,6 +26,7 @@
 #include "enginesim/profiles.h"
 #include "enginesim/responses.h"
 #include "http/server.h"
+#include "model/lora_adapter.h"
 #include "model/model_dir.h"
 #include "openai/protocol.h"
 
@@ -69,6 +75,37 @@ class EngineSimServer {
   EngineLoop& loop() { return loop_; }
   void set_ready() { ready_ = true; }
 
+  // Registers an adapter read from `path` (checked here: its files, its
+  // rank), then in the engine core; `done` gets the outcome on `executor`.
+  void add_adapter(const std::string& name, const std::string& path, asio::any_io_executor executor,
+                   std::function<void(Status)> done) {
+    auto info = model::read_adapter(path);
+    if (!info.ok()) {
+      done(make_error(ErrorCode::kInvalidArgument, "Failed to load LoRA adapter '{}' from {}: {}",
+                      name, path, info.error().message));
+      return;
+    }
+    engine::LoraAdapter a{0, name, info->rank, info->bytes};
+    {
+      std::lock_guard lock(adapters_mu_);
+      if (adapters_.count(name)) {
+        done(make_error(ErrorCode::kInvalidArgument,
+                        "The lora adapter '{}' has already been loaded.", name));
+        return;
+      }
+      a.id = next_adapter_id_++;
+      adapters_[name] = {a.id, path};  // visible at once; removed again if the core refuses it
+    }
+    loop_.control([a](engine::EngineCore& core) { return core.add_adapter(a); }, executor,
+                  [this, name, done = std::move(done)](Status s) {
+                    if (!s.ok()) {
+                      std::lock_guard lock(adapters_mu_);
+                      adapters_.erase(name);
+                    }
+                    done(std::move(s));
+                  });
+  }
+
   asio::awaitable<void> handle(Exchange& ex) {
     const http::Request& req = ex.request();
     const std::string_view path = req.path();
@@ -95,6 +132,10 @@ class EngineSimServer {
     } else if (path == "/v1/embeddings" && post) {
       co_await generate(ex, Endpoint::kEmbeddings);
       co_return;
+    } else if ((path == "/v1/load_lora_adapter" || path == "/v1/unload_lora_adapter") && post &&
+               runtime_lora_updates()) {
+      co_await change_adapter(ex, path == "/v1/load_lora_adapter");
+      co_return;
     } else {
       const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" ||
                          path == "/version" || path == "/v1/chat/completions" ||
@@ -106,14 +147,122 @@ class EngineSimServer {
   }
 
  private:
-  std::string models_json() const {
-    std::string out = R"({"object":"list","data":[{"id":")";
-    append_json_escaped(out, model_name_);
-    out += fmt::format(R"(","object":"model","created":{},"owned_by":"vllm","root":")", unix_now());
-    append_json_escaped(out, model_root_);
-    out += fmt::format(R"(","parent":null,"max_model_len":{}}}]}})",
-                       loop_.core().config().max_model_len);
-    return out;
+  struct ServedAdapter {
+    uint32_t id = 0;
+    std::string path;
+  };
+
+  // vLLM registers the two routes only with VLLM_ALLOW_RUNTIME_LORA_UPDATING.
+  bool runtime_lora_updates() const {
+    if (!options_.enable_lora) return false;
+    const char* v = std::getenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING");
+    return v && (std::string_view(v) == "1" || std::string_view(v) == "true" ||
+                 std::string_view(v) == "True");
+  }
+
+  // The adapter a request's `model` names: 0 for the base model, nullopt
+  // for a name neither is.
+  std::optional<uint32_t> model_id(const std::string& model) {
+    if (model == model_name_) return 0;
+    std::lock_guard lock(adapters_mu_);
+    auto it = adapters_.find(model);
+    if (it == adapters_.end()) return std::nullopt;
+    return it->second.id;
+  }
+
+  std::string models_json() {
+    const int64_t created = unix_now();
+    const uint32_t max_len = loop_.core().config().max_model_len;
+    nlohmann::json data = nlohmann::json::array();
+    data.push_back({{"id", model_name_},
+                    {"object", "model"},
+                    {"created", created},
+                    {"owned_by", "vllm"},
+                    {"root", model_root_},
+                    {"parent", nullptr},
+                    {"max_model_len", max_len}});
+    std::lock_guard lock(adapters_mu_);
+    for (const auto& [name, a] : adapters_)
+      data.push_back({{"id", name},
+                      {"object", "model"},
+                      {"created", created},
+                      {"owned_by", "vllm"},
+                      {"root", a.path},
+                      {"parent", model_name_},
+                      {"max_model_len", max_len}});
+    return nlohmann::json({{"object", "list"}, {"data", data}}).dump();
+  }
+
+  // POST /v1/load_lora_adapter {"lora_name","lora_path"} and
+  // /v1/unload_lora_adapter {"lora_name"}, answered as vLLM does.
+  asio::awaitable<void> change_adapter(Exchange& ex, bool load) {
+    const nlohmann::json body = nlohmann::json::parse(ex.request().body, nullptr, false);
+    auto field = [&](const char* key) {
+      return body.is_object() && body.contains(key) && body[key].is_string()
+                 ? body[key].get<std::string>()
+                 : std::string();
+    };
+    const std::string name = field("lora_name");
+    const std::string path = field("lora_path");
+    if (name.empty() || (load && path.empty())) {
+      ApiError e{400,
+                 load ? "Both 'lora_name' and 'lora_path' must be provided."
+                      : "'lora_name' needs to be provided to unload a LoRA adapter.",
+                 {}};
+      co_await respond_error(ex, std::move(e));
+      co_return;
+    }
+    // `done` runs on this executor: at once (a refusal found here) or
+    // posted once the engine thread has run the change.
+    struct Pending {
+      explicit Pending(asio::any_io_executor e) : wait(std::move(e), std::chrono::hours(24)) {}
+      asio::steady_timer wait;
+      Status outcome;
+      bool finished = false;
+    };
+    auto pending = std::make_shared<Pending>(ex.executor());  // outlives this frame if need be
+    auto done = [pending](Status s) {
+      pending->outcome = std::move(s);
+      pending->finished = true;
+      pending->wait.cancel();
+    };
+    if (load) {
+      add_adapter(name, path, ex.executor(), done);
+    } else {
+      std::optional<uint32_t> id;
+      {
+        std::lock_guard lock(adapters_mu_);
+        if (auto it = adapters_.find(name); it != adapters_.end()) id = it->second.id;
+      }
+      if (!id) {
+        ApiError e{404, fmt::format("The lora adapter '{}' cannot be found.", name), {}};
+        co_await respond_error(ex, std::move(e));
+        co_return;
+      }
+      loop_.control([id = *id](engine::EngineCore& core) { return core.remove_adapter(id); },
+                    ex.executor(),
+                    [this, name, done](Status s) {
+                      if (s.ok()) {
+                        std::lock_guard lock(adapters_mu_);
+                        adapters_.erase(name);
+                      }
+                      done(std::move(s));
+                    });
+    }
+    boost::system::error_code ec;
+    if (!pending->finished)
+      co_await pending->wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    const Status outcome = pending->outcome;
+    if (!outcome.ok()) {
+      const int status = outcome.error().code == ErrorCode::kUnavailable ? 409 : 400;
+      ApiError e{status, outcome.error().message, {}};
+      co_await respond_error(ex, std::move(e));
+      co_return;
+    }
+    http::Response ok{200, "text/plain",
+                      fmt::format("Success: LoRA adapter '{}' {} successfully.", name,
+                                  load ? "added" : "removed")};
+    co_await ex.respond(std::move(ok));
   }
 
   static asio::awaitable<void> respond_error(Exchange& ex, ApiError error) {
@@ -132,7 +281,8 @@ class EngineSimServer {
       co_return;
     }
     openai::CompletionRequest request = std::move(parsed).value();
-    if (request.model != model_name_) {
+    const std::optional<uint32_t> adapter = model_id(request.model);
+    if (!adapter) {
       ApiError e{404, fmt::format("The model `{}` does not exist.", request.model), "model"};
       co_await respond_error(ex, std::move(e));
       co_return;
@@ -164,6 +314,7 @@ class EngineSimServer {
     nr.sampling.min_tokens = request.min_tokens;
     nr.sampling.ignore_eos = request.ignore_eos;
     nr.sampling.seed = request.seed;
+    nr.adapter = *adapter;
     if (Status s = loop_.core().check_request(nr); !s.ok()) {
       ApiError error = openai::to_api_error(s.error());
       co_await respond_error(ex, std::move(error));
@@ -182,8 +333,8 @@ class EngineSimServer {
     });
 
     const char* prefix = endpoint == Endpoint::kChatCompletions ? "chatcmpl-" : "cmpl-";
-    ResponseEncoder encoder(endpoint, fmt::format("{}{:016x}", prefix, id ^ id_salt_), model_name_,
-                            unix_now(), request.include_usage);
+    ResponseEncoder encoder(endpoint, fmt::format("{}{:016x}", prefix, id ^ id_salt_),
+                            request.model, unix_now(), request.include_usage);
     const auto& tok = tokenizer::Tokenizer::get();
     Usage usage{prompt_len, 0, 0};
     FinishReason finish = FinishReason::kNone;
@@ -305,6 +456,9 @@ class EngineSimServer {
 
   const EngineSimOptions& options_;
   const std::string model_name_;
+  std::mutex adapters_mu_;
+  std::map<std::string, ServedAdapter> adapters_;  // by name
+  uint32_t next_adapter_id_ = 1;
   const std::string model_root_;
   EngineMetrics metrics_;
   EngineLoop loop_;
@@ -337,6 +491,26 @@ asio::awaitable<void> drain_and_stop(asio::io_context& io, EngineLoop& loop, htt
 
 }  // namespace
 
+Result<LoraModule> parse_lora_module(const std::string& text) {
+  LoraModule m;
+  if (text.starts_with("{")) {
+    const nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
+    if (doc.is_object() && doc.contains("name") && doc["name"].is_string() &&
+        doc.contains("path") && doc["path"].is_string()) {
+      m.name = doc["name"].get<std::string>();
+      m.path = doc["path"].get<std::string>();
+    }
+  } else if (const size_t eq = text.find('='); eq != std::string::npos) {
+    m.name = text.substr(0, eq);
+    m.path = text.substr(eq + 1);
+  }
+  if (m.name.empty() || m.path.empty())
+    return make_error(ErrorCode::kInvalidArgument,
+                      "--lora-modules '{}': expected NAME=PATH or {{\"name\": ..., \"path\": ...}}",
+                      text);
+  return m;
+}
+
 Result<engine::EngineConfig> engine_config(const EngineSimOptions& options,
                                            uint32_t model_max_len) {
   auto profile = find_profile(options.profile.empty() ? kDefaultProfile : options.profile,
@@ -353,6 +527,12 @@ Result<engine::EngineConfig> engine_config(const EngineSimOptions& options,
   config.seed = options.seed;
   config.cost = profile->cost;
   config.output_length = {options.output_len_median, options.output_len_sigma};
+  config.lora.enabled = options.enable_lora;
+  config.lora.max_loras = options.max_loras;
+  config.lora.max_lora_rank = options.max_lora_rank;
+  config.lora.max_cpu_loras = options.max_cpu_loras.value_or(options.max_loras);
+  if (!options.lora_modules.empty() && !options.enable_lora)
+    return make_error(ErrorCode::kInvalidArgument, "--lora-modules needs --enable-lora");
   if (!(options.time_scale > 0))
     return make_error(ErrorCode::kInvalidArgument, "--time-scale must be positive");
   if (Status s = config.validate(); !s.ok())
@@ -385,6 +565,28 @@ int run_engine_sim(const EngineSimOptions& options) {
 
   asio::io_context io(1);
   EngineSimServer sim(options, *config, name, model_path.string());
+  // Adapters served from the start: checked now, so that a bad one stops
+  // the start with its reason (as vLLM does).
+  for (const std::string& text : options.lora_modules) {
+    auto module = parse_lora_module(text);
+    if (!module.ok()) {
+      spdlog::error("{}", module.error().message);
+      return 2;
+    }
+    auto info = model::read_adapter(module->path);
+    if (!info.ok()) {
+      spdlog::error("--lora-modules {}: {}", module->name, info.error().message);
+      return 2;
+    }
+    if (info->rank > options.max_lora_rank) {
+      spdlog::error("--lora-modules {}: LoRA rank {} is greater than max_lora_rank {}.",
+                    module->name, info->rank, options.max_lora_rank);
+      return 2;
+    }
+    sim.add_adapter(module->name, module->path, io.get_executor(), [name = module->name](Status s) {
+      if (!s.ok()) spdlog::error("--lora-modules {}: {}", name, s.error().message);
+    });
+  }
   http::ServerOptions server_options;
   server_options.host = options.host;
   server_options.port = options.port;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 #include "engine/engine_core.h"
@@ -42,7 +43,23 @@ struct EngineSimOptions {
   // 500, and every generation request waits this long first (wall time).
   double fault_error_rate = 0;
   double fault_delay_s = 0;
+  // LoRA adapters, as vLLM's flags: --enable-lora, --max-loras,
+  // --max-lora-rank, --max-cpu-loras (default max_loras) and
+  // --lora-modules NAME=PATH (or {"name","path"} JSON), served at start.
+  // /v1/load_lora_adapter and /v1/unload_lora_adapter answer when
+  // VLLM_ALLOW_RUNTIME_LORA_UPDATING is true, as in vLLM.
+  bool enable_lora = false;
+  uint32_t max_loras = 1;
+  uint32_t max_lora_rank = 16;
+  std::optional<uint32_t> max_cpu_loras;
+  std::vector<std::string> lora_modules;
 };
+
+// One --lora-modules entry: NAME=PATH, or {"name": ..., "path": ...}.
+struct LoraModule {
+  std::string name, path;
+};
+Result<LoraModule> parse_lora_module(const std::string& text);
 
 // The engine core's configuration from the options and the profile they
 // name; `model_max_len` unless --max-model-len says otherwise.

@@ -332,3 +332,108 @@ TEST(EngineSimProcess, SigtermStopsCleanly) {
 
 }  // namespace
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+namespace {
+
+// vLLM's multi-LoRA serving, as engine-sim models it: adapters from
+// --lora-modules and loaded at runtime (VLLM_ALLOW_RUNTIME_LORA_UPDATING),
+// listed under the base model, served by name, at most --max-loras of them
+// in a batch (the others wait, as vllm:lora_requests_info shows), unloaded.
+TEST(EngineSimLora, AdaptersAreServedLoadedUnloadedAndShownAsVllmDoes) {
+  const fs::path model = synth_model("tiny", "16MiB");
+  auto adapter = [&](const std::string& name, int rank) {
+    const fs::path dir = scratch_dir() / ("lora-" + name);
+    if (!fs::exists(dir)) {
+      std::string out;
+      EXPECT_EQ(run_loadstar({"model", "synth", "--lora-of", model.string(), "--rank",
+                              std::to_string(rank), "-o", dir.string()},
+                             &out),
+                0)
+          << out;
+    }
+    return dir.string();
+  };
+  const std::string a = adapter("a", 8), b = adapter("b", 16), wide = adapter("wide", 64);
+  std::string out;
+  EXPECT_EQ(run_loadstar({"engine-sim", "--model", model.string(), "--port", "0", "--enable-lora",
+                          "--lora-modules", "wide=" + wide},
+                         &out),
+            2);
+  EXPECT_NE(out.find("LoRA rank 64 is greater than max_lora_rank 16."), std::string::npos) << out;
+
+  ::setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True", 1);
+  auto sim =
+      EngineSim::start(model, {"--served-model-name", "tiny", "--time-scale", "2", "--enable-lora",
+                               "--max-loras", "1", "--lora-modules", "a=" + a});
+  ::unsetenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING");
+  auto complete = [&](const std::string& name, int tokens) {
+    return sim->post("/v1/completions", json({{"model", name},
+                                              {"prompt", "hello there"},
+                                              {"max_tokens", tokens},
+                                              {"ignore_eos", true}})
+                                            .dump());
+  };
+  const json models = json::parse(sim->get("/v1/models").body);
+  ASSERT_EQ(models["data"].size(), 2u) << models;
+  EXPECT_EQ(models["data"][1]["id"], "a");
+  EXPECT_EQ(models["data"][1]["parent"], "tiny");
+  EXPECT_EQ(models["data"][1]["root"], a);
+  auto r = complete("a", 2);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(json::parse(r.body)["model"], "a");
+  r = complete("b", 2);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_NE(r.body.find("The model `b` does not exist."), std::string::npos) << r.body;
+
+  auto load = [&](const std::string& name, const std::string& path) {
+    return sim->post("/v1/load_lora_adapter",
+                     json({{"lora_name", name}, {"lora_path", path}}).dump());
+  };
+  r = load("b", b);
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "Success: LoRA adapter 'b' added successfully.");
+  r = load("b", b);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("The lora adapter 'b' has already been loaded."), std::string::npos);
+  r = load("wide", wide);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("LoRA rank 64 is greater than max_lora_rank 16."), std::string::npos);
+  r = load("nothing", (scratch_dir() / "no-such-adapter").string());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("adapter_config.json"), std::string::npos) << r.body;
+
+  // One slot: while a long request of `a` runs, `b` waits, and the metric says so.
+  std::thread long_a([&] { EXPECT_EQ(complete("a", 400).status, 200); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::thread short_b([&] { EXPECT_EQ(complete("b", 2).status, 200); });
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; ++i) {
+    seen = sim->metrics_text().find(
+               "vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters="
+               "\"a\",waiting_lora_adapters=\"b\"}") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(seen) << sim->metrics_text();
+  long_a.join();
+  short_b.join();
+
+  r = sim->post("/v1/unload_lora_adapter", json({{"lora_name", "b"}}).dump());
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "Success: LoRA adapter 'b' removed successfully.");
+  EXPECT_EQ(complete("b", 2).status, 404);
+  r = sim->post("/v1/unload_lora_adapter", json({{"lora_name", "b"}}).dump());
+  EXPECT_EQ(r.status, 404);
+  EXPECT_NE(r.body.find("The lora adapter 'b' cannot be found."), std::string::npos);
+}
+
+// Without VLLM_ALLOW_RUNTIME_LORA_UPDATING the routes do not exist, as in vLLM.
+TEST(EngineSimLora, RuntimeLoadingIsOffUnlessAllowed) {
+  auto sim = EngineSim::start(synth_model("tiny", "16MiB"),
+                              {"--served-model-name", "tiny", "--enable-lora"});
+  auto r = sim->post("/v1/load_lora_adapter", R"({"lora_name":"x","lora_path":"/etc"})");
+  EXPECT_EQ(r.status, 404) << r.body;
+}
+
+}  // namespace
+}  // namespace loadstar::testing
