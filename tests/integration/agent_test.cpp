@@ -694,16 +694,18 @@ TEST(AgentProcess, StageCommandFollowsProgress) {
 namespace loadstar::testing {
 namespace {
 
-// `loadstar up` stages an http:// model through its embedded agent, runs it,
-// and `loadstar stage NAME` there takes the source from the Model resource.
-TEST(AgentInUp, StagesAnHttpModelThenServesIt) {
-  Origin origin;
-  const fs::path model = synth_model("agent-up", "16MiB");
+// The files of a model directory, by path relative to it.
+std::map<std::string, std::string> files_of(const fs::path& model) {
+  std::map<std::string, std::string> out;
   for (const auto& e : fs::recursive_directory_iterator(model))
-    if (e.is_regular_file())
-      origin.files[fs::relative(e.path(), model).string()] = read_file(e.path());
-  origin.bytes_per_s = 40e6;
-  auto up = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+    if (e.is_regular_file()) out[fs::relative(e.path(), model).string()] = read_file(e.path());
+  return out;
+}
+
+// `loadstar up` serving `chat` (one engine-sim replica) from the Model
+// `remote`, whose source is `origin`'s /files/.
+std::unique_ptr<Up> up_from_origin(const Origin& origin, std::vector<std::string> args = {}) {
+  return Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {{name: remote}}
 spec: {{source: "{}/files/"}}
@@ -716,7 +718,17 @@ spec:
   replicas: 1
   engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
 )",
-                                  origin.url()));
+                               origin.url()),
+                   std::move(args));
+}
+
+// `loadstar up` stages an http:// model through its embedded agent, runs it,
+// and `loadstar stage NAME` there takes the source from the Model resource.
+TEST(AgentInUp, StagesAnHttpModelThenServesIt) {
+  Origin origin;
+  origin.files = files_of(synth_model("agent-up", "16MiB"));
+  origin.bytes_per_s = 40e6;
+  auto up = up_from_origin(origin);
   // While the bytes come, the replica is Pending and says how far staging is.
   bool saw_staging = false;
   for (int i = 0; i < 200 && !saw_staging; ++i) {
@@ -765,29 +777,9 @@ spec:
 // resolves it again, rolls the new bytes out as a new revision, and the
 // replicas it leaves ran the old version's directory.
 TEST(AgentInUp, NewBytesBehindAnUnchangedSourceRollOutAsANewRevision) {
-  auto files_of = [](const fs::path& model) {
-    std::map<std::string, std::string> out;
-    for (const auto& e : fs::recursive_directory_iterator(model))
-      if (e.is_regular_file()) out[fs::relative(e.path(), model).string()] = read_file(e.path());
-    return out;
-  };
   Origin origin;
   origin.replace_files(files_of(synth_model("version-a", "4MiB")));
-  auto up = Up::start(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: remote}}
-spec: {{source: "{}/files/"}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {{name: chat}}
-spec:
-  model: remote
-  replicas: 1
-  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
-)",
-                                  origin.url()),
-                      {"--model-resolve-interval", "1"});
+  auto up = up_from_origin(origin, {"--model-resolve-interval", "1"});
   up->wait_ready("chat", 1);
   auto agent_models = [&] {
     auto r = http::fetch({.port = up->admin_port(), .target = "/agent/v1/models"});

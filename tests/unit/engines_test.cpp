@@ -169,7 +169,7 @@ spec: {model: m, engine: {name: llama.cpp}}
 
 // The Pod of one replica of `engine` with `gpus` whole GPUs.
 json pod_of(const std::string& engine, uint32_t gpus, const std::string& source,
-            const std::string& image = "") {
+            const std::string& image = "", const std::string& model_version = "") {
   api::InferenceService svc;
   svc.metadata.name = "chat";
   svc.spec.model = "m";
@@ -184,6 +184,7 @@ json pod_of(const std::string& engine, uint32_t gpus, const std::string& source,
   l.replica = "chat-0";
   l.service = &svc;
   l.model = &model;
+  l.model_version = model_version;
   for (uint32_t i = 0; i < gpus; ++i) l.shares.push_back({static_cast<int>(i), 1000, 0});
   controller::PodRuntimeOptions options;
   options.engine_images["sglang"] = "registry.local/sglang:pinned";
@@ -285,19 +286,7 @@ TEST(EnginePods, AVersionedReplicaReadsItsOwnVersionDirectory) {
   const json unversioned = pod_of("vllm", 1, "file:///models/m");
   EXPECT_NE(unversioned["spec"]["containers"][0].dump().find("/var/lib/loadstar/models/m/current"),
             std::string::npos);
-  api::InferenceService svc;
-  svc.metadata.name = "chat";
-  svc.spec.model = "m";
-  svc.spec.engine.name = "vllm";
-  api::Model model;
-  model.metadata.name = "m";
-  model.spec.source = "hf://org/m";
-  controller::EngineLaunch l;
-  l.replica = "chat-0";
-  l.service = &svc;
-  l.model = &model;
-  l.model_version = "0123456789abcdef";
-  const json pod = controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "");
+  const json pod = pod_of("vllm", 1, "hf://org/m", "", "0123456789abcdef");
   const std::string engine = pod["spec"]["containers"][0].dump();
   EXPECT_NE(engine.find("/var/lib/loadstar/models/m/0123456789abcdef"), std::string::npos)
       << engine;
