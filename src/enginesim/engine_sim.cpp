@@ -11,11 +11,11 @@
 #include <nlohmann/json.hpp>
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -249,9 +249,7 @@ class EngineSimServer {
                       done(std::move(s));
                     });
     }
-    boost::system::error_code ec;
-    if (!pending->finished)
-      co_await pending->wait.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (!pending->finished) co_await pending->wait.async_wait(asio::as_tuple(asio::use_awaitable));
     const Status outcome = pending->outcome;
     if (!outcome.ok()) {
       const int status = outcome.error().code == ErrorCode::kUnavailable ? 409 : 400;
