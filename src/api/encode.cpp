@@ -26,6 +26,9 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::Key << "format" << YAML::Value << m->spec.format;
     if (m->spec.size_bytes)
       out << YAML::Key << "size" << YAML::Value << std::to_string(*m->spec.size_bytes);
+    if (!m->spec.adapter_of.empty())
+      out << YAML::Key << "adapterOf" << YAML::Value << m->spec.adapter_of;
+    if (m->spec.rank) out << YAML::Key << "rank" << YAML::Value << *m->spec.rank;
   } else if (const auto* svc = std::get_if<InferenceService>(&resource)) {
     const auto& s = svc->spec;
     out << YAML::Key << "model" << YAML::Value << s.model;
@@ -106,6 +109,15 @@ std::string encode_resource(const Resource& resource) {
         out << YAML::Key << "maxItlP99Ratio" << YAML::Value << a.max_itl_p99_ratio.value_or(0);
         out << YAML::EndMap << YAML::EndMap;
       }
+      out << YAML::EndMap;
+    }
+    if (s.lora) {
+      out << YAML::Key << "lora" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "adapters" << YAML::Value << YAML::Flow << s.lora->adapters;
+      out << YAML::Key << "maxLoras" << YAML::Value << s.lora->max_loras;
+      if (s.lora->max_cpu_loras)
+        out << YAML::Key << "maxCpuLoras" << YAML::Value << *s.lora->max_cpu_loras;
+      out << YAML::Key << "maxRank" << YAML::Value << s.lora->max_rank;
       out << YAML::EndMap;
     }
     const RoutingSpec& r = s.routing;

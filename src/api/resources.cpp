@@ -147,6 +147,24 @@ void decode_model(Decoder& d, MapReader& top, Model& model) {
   spec.quantity("size", model.spec.size_bytes);
   if (model.spec.source.starts_with("synth://") && !model.spec.size_bytes)
     d.error(node, "spec.size", "required for a synth:// model (how many bytes to write)");
+  if (spec.string("adapterOf", model.spec.adapter_of, false)) {
+    if (!valid_name(model.spec.adapter_of))
+      d.error(node["adapterOf"], "spec.adapterOf",
+              fmt::format("'{}' is not a Model name", model.spec.adapter_of));
+    if (model.spec.source.starts_with("synth://"))
+      d.error(node["source"], "spec.source",
+              "an adapter cannot be synth://; write one with `loadstar model synth --lora-of "
+              "BASE_DIR -o DIR` and name it file://DIR");
+  }
+  uint32_t rank = 0;
+  if (spec.uint("rank", rank)) {
+    if (rank == 0 || rank > 4096)
+      d.error(node["rank"], "spec.rank", "must be 1 to 4096");
+    else if (model.spec.adapter_of.empty())
+      d.error(node["rank"], "spec.rank", "only for an adapter (spec.adapterOf)");
+    else
+      model.spec.rank = rank;
+  }
   spec.finish();
 }
 
@@ -418,6 +436,32 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   }
   if (YAML::Node rollout = spec.get("rollout"); rollout && !rollout.IsNull())
     decode_rollout(d, rollout, svc.spec.rollout);
+  if (YAML::Node lora = spec.get("lora"); lora && !lora.IsNull()) {
+    MapReader l(d, lora, "spec.lora");
+    LoraSpec out;
+    l.list("adapters", [&](const YAML::Node& item, const std::string& path) {
+      if (!item.IsScalar() || !valid_name(item.Scalar()))
+        d.error(item, path, "must be the name of a Model with spec.adapterOf");
+      else
+        out.adapters.push_back(item.Scalar());
+    });
+    if (out.adapters.empty()) d.error(lora, "spec.lora.adapters", "at least one adapter");
+    if (l.uint("maxLoras", out.max_loras) && out.max_loras == 0)
+      d.error(lora["maxLoras"], "spec.lora.maxLoras", "must be at least 1");
+    if (l.optional_uint("maxCpuLoras", out.max_cpu_loras) && *out.max_cpu_loras < out.max_loras)
+      d.error(lora["maxCpuLoras"], "spec.lora.maxCpuLoras",
+              fmt::format("must be at least maxLoras ({})", out.max_loras));
+    if (l.uint("maxRank", out.max_rank) && (out.max_rank == 0 || out.max_rank > 4096))
+      d.error(lora["maxRank"], "spec.lora.maxRank", "must be 1 to 4096");
+    l.finish();
+    const engines::Engine* engine = engines::find(svc.spec.engine.name);
+    if (engine && !engine->lora)
+      d.error(lora, "spec.lora",
+              fmt::format("{} does not serve LoRA adapters through Loadstar yet (engine-sim, "
+                          "vllm and sglang do)",
+                          engine->name));
+    svc.spec.lora = std::move(out);
+  }
   if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
     MapReader r(d, routing, "spec.routing");
     RoutingSpec& out = svc.spec.routing;
@@ -674,6 +718,26 @@ Status check_references(const std::vector<Resource>& resources) {
               "(spec.format)",
               svc->metadata.name, engine->name, engine->model_format, model->metadata.name,
               model->spec.format));
+      // Each adapter: a Model that says it is an adapter of this service's
+      // model, within the rank the service allows.
+      if (svc->spec.lora)
+        for (const std::string& name : svc->spec.lora->adapters) {
+          const Model* adapter = nullptr;
+          for (const Resource& m : resources)
+            if (const auto* model = std::get_if<Model>(&m); model && model->metadata.name == name)
+              adapter = model;
+          const std::string where = fmt::format("InferenceService '{}': spec.lora.adapters: '{}'",
+                                                svc->metadata.name, name);
+          if (!adapter)
+            errors.push_back(where + " is no Model");
+          else if (adapter->spec.adapter_of != svc->spec.model)
+            errors.push_back(
+                fmt::format("{} is not an adapter of '{}' (its spec.adapterOf is '{}')", where,
+                            svc->spec.model, adapter->spec.adapter_of));
+          else if (adapter->spec.rank && *adapter->spec.rank > svc->spec.lora->max_rank)
+            errors.push_back(fmt::format("{} has rank {}, above spec.lora.maxRank {}", where,
+                                         *adapter->spec.rank, svc->spec.lora->max_rank));
+        }
     }
     if (const auto* q = std::get_if<Queue>(&r);
         q && !q->spec.parent.empty() && !queues.count(q->spec.parent))

@@ -30,6 +30,10 @@ struct ModelSpec {
   std::string source;
   std::string format = "safetensors";
   std::optional<uint64_t> size_bytes;
+  // A LoRA adapter (PEFT layout) of this base Model (spec.adapterOf), with
+  // its rank when known; empty: a model of its own.
+  std::string adapter_of;
+  std::optional<uint32_t> rank;
   bool operator==(const ModelSpec&) const = default;
 };
 
@@ -150,6 +154,16 @@ struct RolloutSpec {
   bool operator==(const RolloutSpec&) const = default;
 };
 
+// LoRA adapters a service serves beside its model (spec.lora), with vLLM's
+// limits: a request's `model` names one of them.
+struct LoraSpec {
+  std::vector<std::string> adapters;  // Models whose adapterOf is the service's model
+  uint32_t max_loras = 1;             // distinct adapters in one batch
+  std::optional<uint32_t> max_cpu_loras;
+  uint32_t max_rank = 16;
+  bool operator==(const LoraSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
@@ -174,6 +188,7 @@ struct InferenceServiceSpec {
   RoutingSpec routing;
   std::optional<AutoscalingSpec> autoscaling;
   RolloutSpec rollout;
+  std::optional<LoraSpec> lora;
 };
 
 struct InferenceService {

@@ -47,7 +47,9 @@ std::vector<KindSchema> build() {
                    "or synth://NAME (a synthetic model of `size` bytes).")),
         one_of(f("format", T::kString, "Weight format (default safetensors)."),
                {"safetensors", "gguf"}),
-        f("size", T::kQuantity, "Bytes to write for a synth:// model.")},
+        f("size", T::kQuantity, "Bytes to write for a synth:// model."),
+        f("adapterOf", T::kString, "This Model is a LoRA adapter (PEFT layout) of that Model."),
+        f("rank", T::kInteger, "An adapter's LoRA rank, checked against spec.lora.maxRank.")},
        {{"Source", "string", ".spec.source", "Where the weights come from", 0},
         {"Age", "date", ".metadata.creationTimestamp", "", 0}}});
 
@@ -119,6 +121,11 @@ std::vector<KindSchema> build() {
         f("minReplicas", T::kInteger, "0 lets the service scale to zero after idleTimeout."),
         f("idleTimeout", T::kDuration, "Idle time before scaling to zero (default 300s)."),
         f("warmNodes", T::kInteger, "Nodes that keep the weights staged at zero (default 1)."),
+        f("lora", T::kObject, "LoRA adapters served beside the model; a request names one.",
+          {f("adapters", T::kStrings, "Models whose spec.adapterOf is this service's model."),
+           f("maxLoras", T::kInteger, "Distinct adapters in one batch (default 1)."),
+           f("maxCpuLoras", T::kInteger, "Adapters kept in host memory (default maxLoras)."),
+           f("maxRank", T::kInteger, "Largest adapter rank (default 16).")}),
         f("autoscaling", T::kObject, "Autoscaling on AI signals.", autoscaling),
         f("rollout", T::kObject,
           "How a changed revision replaces running replicas (a rolling update).",

@@ -204,6 +204,19 @@ void Controller::launch(Replica& r) {
   launch.model = &*rev.model;
   launch.revision = rev.hash;
   launch.model_version = rev.model_version;
+  if (rev.service.spec.lora)
+    for (const std::string& name : rev.service.spec.lora->adapters) {
+      auto adapter = store_.get("Model", name);
+      const api::Model* m = adapter ? std::get_if<api::Model>(&*adapter) : nullptr;
+      if (!m || m->spec.adapter_of != rev.service.spec.model) {
+        r.state = ReplicaState::kPending;
+        r.message = m ? fmt::format("Model '{}' is not an adapter of '{}' (spec.adapterOf)", name,
+                                    rev.service.spec.model)
+                      : fmt::format("adapter Model '{}' does not exist", name);
+        return;
+      }
+      launch.adapters.push_back(*m);
+    }
   launch.node = where->node;
   launch.devices = where->devices;
   launch.shares = where->shares;

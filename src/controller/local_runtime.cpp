@@ -75,8 +75,11 @@ Result<fs::path> LocalRuntime::prepare_model(const api::Model& model, const std:
   if (source.starts_with("file://")) {
     fs::path path = source.substr(7);
     if (gguf && (fs::is_regular_file(path, ec) || fs::is_directory(path, ec))) return path;
-    if (fs::exists(path / "config.json", ec)) return path;
-    return make_error(ErrorCode::kNotFound, "model directory {} has no config.json", path.string());
+    // A model has config.json; an adapter (PEFT) adapter_config.json.
+    const char* marker = model.spec.adapter_of.empty() ? "config.json" : "adapter_config.json";
+    if (fs::exists(path / marker, ec)) return path;
+    return make_error(ErrorCode::kNotFound, "{} directory {} has no {}",
+                      model.spec.adapter_of.empty() ? "model" : "adapter", path.string(), marker);
   }
   if (!options_.agent)
     return make_error(ErrorCode::kUnavailable,
@@ -238,6 +241,22 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   spec.threads = svc.spec.engine.threads;
   spec.prefix_cache = svc.spec.engine.prefix_cache;
   spec.extra_args = svc.spec.engine.args;
+  if (svc.spec.lora) {
+    // Adapters are staged like models (Pending until they are there).
+    for (const api::Model& adapter : launch.adapters) {
+      auto dir = prepare_model(adapter);
+      if (!dir.ok()) {
+        Error e = std::move(dir).error();
+        e.code = ErrorCode::kUnavailable;
+        e.message = fmt::format("adapter {}: {}", adapter.metadata.name, e.message);
+        return e;
+      }
+      spec.adapters.push_back({adapter.metadata.name, fs::absolute(*dir).string()});
+    }
+    spec.max_loras = svc.spec.lora->max_loras;
+    spec.max_cpu_loras = svc.spec.lora->max_cpu_loras;
+    spec.max_lora_rank = svc.spec.lora->max_rank;
+  }
   ProcessOptions p;
   if (engine->writes_port_file) {
     e.port_file = run_dir / (launch.replica + ".port");

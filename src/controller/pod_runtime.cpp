@@ -306,6 +306,10 @@ Status PodRuntime::ensure_token_secret(const std::string& namespace_name) {
 }
 
 Status PodRuntime::launch(const EngineLaunch& launch) {
+  if (!launch.adapters.empty())
+    return make_error(ErrorCode::kInvalidArgument,
+                      "LoRA adapters (spec.lora) are served in local mode only so far: replica "
+                      "Pods do not stage adapters yet");
   const kube::NamespaceScope::Name pod_name = scope_.split(launch.replica);
   if (auto pod = pods_->get(pod_name)) {
     if (pod->value("metadata", json::object()).contains("deletionTimestamp"))

@@ -16,6 +16,7 @@ std::string revision_hash(const api::InferenceService& svc, const api::Model* mo
   shape.spec.cpu = svc.spec.cpu;
   shape.spec.memory_bytes = svc.spec.memory_bytes;
   shape.spec.gpu = svc.spec.gpu;
+  shape.spec.lora = svc.spec.lora;  // which adapters each replica loads
   std::string text = api::encode_resource(shape);
   if (model) {
     api::Model m;

@@ -35,6 +35,8 @@ struct EngineLaunch {
   // The version of the model's bytes it must run (model_versions.h): the
   // agent stages exactly that, or fails saying so. Empty: the source's own.
   std::string model_version;
+  // The LoRA adapters its service serves (spec.lora.adapters), as Models.
+  std::vector<api::Model> adapters;
   std::string node;     // where the scheduler placed it
   std::string devices;  // its devices ("gpu0,gpu1", "gpu0:500m", "gpu2:3g")
   std::vector<DeviceShare> shares;

@@ -11,6 +11,17 @@ void add(std::vector<std::string>& out, std::string flag, uint64_t value) {
   out.push_back(std::to_string(value));
 }
 
+// vLLM's multi-LoRA flags (engine-sim takes the same).
+void add_vllm_lora(std::vector<std::string>& out, const LaunchSpec& l) {
+  if (l.adapters.empty()) return;
+  out.push_back("--enable-lora");
+  add(out, "--max-loras", l.max_loras);
+  add(out, "--max-lora-rank", l.max_lora_rank);
+  if (l.max_cpu_loras) add(out, "--max-cpu-loras", *l.max_cpu_loras);
+  out.push_back("--lora-modules");
+  for (const auto& a : l.adapters) out.push_back(a.name + "=" + a.path);
+}
+
 // engine-sim takes vLLM's flags for what both have.
 std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   std::vector<std::string> out = {"--model",     l.model,  "--served-model-name",
@@ -19,6 +30,7 @@ std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   if (l.context_length) add(out, "--max-model-len", *l.context_length);
   if (l.max_sequences) add(out, "--max-num-seqs", *l.max_sequences);
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
+  add_vllm_lora(out, l);
   return out;
 }
 
@@ -49,6 +61,7 @@ std::vector<std::string> vllm_flags(const LaunchSpec& l) {
   if (l.max_sequences) add(out, "--max-num-seqs", *l.max_sequences);
   if (l.gpus > 1) add(out, "--tensor-parallel-size", l.gpus);
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
+  add_vllm_lora(out, l);
   return out;
 }
 
@@ -61,6 +74,12 @@ std::vector<std::string> sglang_flags(const LaunchSpec& l) {
   if (l.gpus > 1) add(out, "--tp-size", l.gpus);
   if (!l.prefix_cache) out.push_back("--disable-radix-cache");
   out.push_back("--enable-metrics");
+  if (!l.adapters.empty()) {
+    add(out, "--max-loras-per-batch", l.max_loras);
+    add(out, "--max-lora-rank", l.max_lora_rank);
+    out.push_back("--lora-paths");
+    for (const auto& a : l.adapters) out.push_back(a.name + "=" + a.path);
+  }
   return out;
 }
 
@@ -69,6 +88,7 @@ std::vector<Engine> make_table() {
   {
     Engine e;
     e.name = "engine-sim";
+    e.lora = true;
     e.engine_flags = engine_sim_flags;
     e.description =
         "Loadstar's vLLM-compatible engine simulator (no GPU, no real model): for tests and "
@@ -108,6 +128,7 @@ std::vector<Engine> make_table() {
   {
     Engine e;
     e.name = "vllm";
+    e.lora = true;
     e.engine_flags = vllm_flags;
     e.description = "vLLM's OpenAI-compatible server";
     e.program = "vllm";
@@ -128,6 +149,7 @@ std::vector<Engine> make_table() {
   {
     Engine e;
     e.name = "sglang";
+    e.lora = true;
     e.engine_flags = sglang_flags;
     e.description = "SGLang's OpenAI-compatible server";
     e.program = "python3";

@@ -28,6 +28,14 @@ struct LaunchSpec {
   std::optional<uint32_t> max_sequences;   // requests served at once
   std::optional<uint32_t> threads;         // CPU threads (CPU engines)
   bool prefix_cache = true;
+  // LoRA adapters served from the start (spec.lora): name and directory.
+  struct Adapter {
+    std::string name, path;
+  };
+  std::vector<Adapter> adapters;
+  uint32_t max_loras = 1;
+  std::optional<uint32_t> max_cpu_loras;
+  uint32_t max_lora_rank = 16;
   std::vector<std::string> extra_args;  // spec.engine.args, passed last
 };
 
@@ -64,6 +72,8 @@ struct Engine {
   MetricNames metrics;
   // engine-sim only: reports the port it bound (--port 0) in a file.
   bool writes_port_file = false;
+  // Serves LoRA adapters named in a request's `model` (LaunchSpec::adapters).
+  bool lora = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.

@@ -409,8 +409,13 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     const TenantLimiter* tenant) {
   const std::string& model = peek.model;
   const http::Request& req = ex.request();
+  // An adapter's KV blocks are its own (the engine hashes the adapter in):
+  // its prompts are indexed apart from the base model's.
+  const auto adapter_route = w.table->routes.find(model);
+  const bool adapter = adapter_route != w.table->routes.end() && adapter_route->second.adapter;
   const std::vector<uint64_t> blocks =
-      hash_prefix_blocks(peek.prompt, options.prefix.block_bytes, options.prefix.max_blocks);
+      hash_prefix_blocks(adapter ? model + "\n" + peek.prompt : peek.prompt,
+                         options.prefix.block_bytes, options.prefix.max_blocks);
   BackendSelector selector(model);
   selector.resolve(w.table);
   const bool open_gateway = !selector.table().tenants || selector.table().tenants->empty();

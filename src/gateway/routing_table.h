@@ -124,6 +124,9 @@ struct RoutingTable {
   };
   struct Route {
     std::vector<Backend> backends;  // ordered by priority
+    // A service's LoRA adapter (spec.lora): its prompts' blocks are keyed
+    // by the adapter, as the engine's prefix cache is.
+    bool adapter = false;
   };
   // Every declared service, ready replicas or not (an unknown model is a 404,
   // a known one without replicas waits or gets a 503).

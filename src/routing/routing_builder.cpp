@@ -58,6 +58,17 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     }
   }
   endpoints_ = std::move(endpoints);
+  // A service's LoRA adapters are models clients name: each routes to its
+  // service with the adapter's name passed on (the engine selects it by
+  // that). A Route of the same name, declared by hand, wins.
+  for (const auto& [name, svc] : inputs.services)
+    if (svc.spec.lora)
+      for (const std::string& adapter : svc.spec.lora->adapters) {
+        if (table->services.count(adapter)) continue;
+        gateway::RoutingTable::Route& route = table->routes[adapter];
+        route.adapter = true;
+        route.backends = {{.service = name, .model = adapter}};
+      }
   for (const auto& route : inputs.routes) table->routes[route.spec.model] = build_route(route);
   table->tenants = build_tenants(inputs.tenants);
   return table;

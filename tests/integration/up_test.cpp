@@ -318,3 +318,86 @@ TEST(Up, CtrlCLeavesNoEngineBehindAndARestartResumes) {
 
 }  // namespace
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+namespace {
+
+// LoRA adapters in `loadstar up`: Models that are adapters of the service's
+// model, listed in spec.lora, are loaded by each replica at start and
+// named by clients through the gateway; an unknown name is 404; an adapter
+// of another base model is refused before anything starts.
+TEST(UpLora, AClientNamesAnAdapterThroughTheGateway) {
+  const fs::path base = synth_model("lora-base", "16MiB");
+  auto adapter = [&](const std::string& name) {
+    const fs::path dir = scratch_dir() / ("up-lora-" + name);
+    std::string out;
+    if (!fs::exists(dir)) {
+      EXPECT_EQ(run_loadstar({"model", "synth", "--lora-of", base.string(), "--rank", "8", "-o",
+                              dir.string()},
+                             &out),
+                0)
+          << out;
+    }
+    return dir.string();
+  };
+  const std::string resources = fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{source: "file://{}"}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: sql}}
+spec: {{source: "file://{}", adapterOf: tiny, rank: 8}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: poems}}
+spec: {{source: "file://{}", adapterOf: tiny}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny
+  replicas: 1
+  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
+  lora: {{adapters: [sql, poems], maxLoras: 2}}
+)",
+                                            base.string(), adapter("sql"), adapter("poems"));
+  // An adapter of another model is refused, naming why.
+  const fs::path bad = scratch_dir() / "up-lora-bad.yaml";
+  {
+    std::string text = resources;
+    text.replace(text.find("adapterOf: tiny, rank: 8"), 24, "adapterOf: other, rank: 8");
+    std::ofstream(bad) << text;
+  }
+  std::string out;
+  EXPECT_NE(run_loadstar({"validate", "-f", bad.string()}, &out), 0);
+  EXPECT_NE(out.find("spec.lora.adapters: 'sql' is not an adapter of 'tiny' (its spec.adapterOf "
+                     "is 'other')"),
+            std::string::npos)
+      << out;
+
+  auto up = Up::start(resources);
+  up->wait_ready("chat", 1);
+  for (const std::string model : {"sql", "poems", "chat"}) {
+    auto r = up->post("/v1/completions",
+                      json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 3}}).dump());
+    ASSERT_EQ(r.status, 200) << model << ": " << r.body;
+    EXPECT_EQ(json::parse(r.body)["model"], model);
+  }
+  auto r = up->post("/v1/completions", R"({"model":"nope","prompt":"hi","max_tokens":1})");
+  EXPECT_EQ(r.status, 404) << r.body;
+  // The replica loaded both at start, under the service's model.
+  const json replicas = json::parse(up->replicas_json());
+  const uint16_t port = replicas["items"][0]["port"];
+  auto models = http::fetch({.port = port, .target = "/v1/models"});
+  ASSERT_TRUE(models.ok());
+  const json listed = json::parse(models->body)["data"];
+  ASSERT_EQ(listed.size(), 3u) << models->body;
+  EXPECT_EQ(listed[1]["parent"], "chat");
+}
+
+}  // namespace
+}  // namespace loadstar::testing

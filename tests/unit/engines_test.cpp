@@ -101,6 +101,52 @@ TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {
   }
 }
 
+// spec.lora as each engine takes adapters at start: vLLM's and engine-sim's
+// --enable-lora/--lora-modules, SGLang's --lora-paths; llama.cpp is refused
+// at apply (its per-request selection is not mapped by the gateway yet).
+TEST(Engines, LoraAdaptersBecomeEachEnginesOwnFlags) {
+  engines::LaunchSpec l = launch();
+  l.adapters = {{"sql", "/models/sql"}, {"poems", "/models/poems"}};
+  l.max_loras = 2;
+  l.max_cpu_loras = 4;
+  l.max_lora_rank = 32;
+  for (const char* name : {"vllm", "engine-sim"}) {
+    const auto f = engines::find(name)->flags(l);
+    EXPECT_TRUE(has(f, "--enable-lora")) << name;
+    EXPECT_TRUE(has_pair(f, "--max-loras", "2")) << name;
+    EXPECT_TRUE(has_pair(f, "--max-cpu-loras", "4")) << name;
+    EXPECT_TRUE(has_pair(f, "--max-lora-rank", "32")) << name;
+    EXPECT_TRUE(has_pair(f, "--lora-modules", "sql=/models/sql")) << name;
+    EXPECT_TRUE(has(f, "poems=/models/poems")) << name;
+  }
+  const auto sglang = engines::find("sglang")->flags(l);
+  EXPECT_TRUE(has_pair(sglang, "--lora-paths", "sql=/models/sql"));
+  EXPECT_TRUE(has_pair(sglang, "--max-loras-per-batch", "2"));
+  EXPECT_FALSE(has(engines::find("vllm")->flags(launch()), "--enable-lora"));
+  auto decode = [](const std::string& engine) {
+    return api::decode_resources(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
+        "spec:\n  model: m\n  engine: {name: " +
+            engine + "}\n  lora: {adapters: [sql], maxLoras: 2, maxCpuLoras: 1}\n",
+        "s.yaml");
+  };
+  auto refused = decode("llama.cpp");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("spec.lora: llama.cpp does not serve LoRA adapters"),
+            std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("spec.lora.maxCpuLoras: must be at least maxLoras (2)"),
+            std::string::npos)
+      << refused.error().message;
+  auto synth = api::decode_resources(
+      "apiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {name: sql}\n"
+      "spec: {source: synth://x, size: 1Mi, adapterOf: m, rank: 0}\n",
+      "m.yaml");
+  ASSERT_FALSE(synth.ok());
+  EXPECT_NE(synth.error().message.find("an adapter cannot be synth://"), std::string::npos);
+  EXPECT_NE(synth.error().message.find("spec.rank: must be 1 to 4096"), std::string::npos);
+}
+
 TEST(Engines, TheSignalsEachEngineFeedsAreOnesTheGatewayReads) {
   for (const auto& e : engines::all()) {
     auto fed = [](const std::string& name) { return gateway::parse_engine_load(name + " 2\n"); };
