@@ -343,16 +343,7 @@ namespace {
 TEST(EngineSimLora, AdaptersAreServedLoadedUnloadedAndShownAsVllmDoes) {
   const fs::path model = synth_model("tiny", "16MiB");
   auto adapter = [&](const std::string& name, int rank) {
-    const fs::path dir = scratch_dir() / ("lora-" + name);
-    if (!fs::exists(dir)) {
-      std::string out;
-      EXPECT_EQ(run_loadstar({"model", "synth", "--lora-of", model.string(), "--rank",
-                              std::to_string(rank), "-o", dir.string()},
-                             &out),
-                0)
-          << out;
-    }
-    return dir.string();
+    return synth_adapter(name, model, rank).string();
   };
   const std::string a = adapter("a", 8), b = adapter("b", 16), wide = adapter("wide", 64);
   std::string out;

@@ -61,6 +61,18 @@ fs::path synth_model(const std::string& name, const std::string& size) {
   return dir;
 }
 
+fs::path synth_adapter(const std::string& name, const fs::path& base, int rank) {
+  const fs::path dir = scratch_dir() / ("lora-" + name);
+  if (!fs::exists(dir)) {
+    std::string out;
+    int rc = run_loadstar({"model", "synth", "--lora-of", base.string(), "--rank",
+                           std::to_string(rank), "-o", dir.string()},
+                          &out);
+    if (rc != 0) throw std::runtime_error("model synth --lora-of failed: " + out);
+  }
+  return dir;
+}
+
 std::unique_ptr<EngineSim> EngineSim::start(const fs::path& model_dir,
                                             std::vector<std::string> extra_args) {
   static int counter = 0;

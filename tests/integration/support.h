@@ -56,6 +56,9 @@ std::string non_loopback_ipv4();
 
 // A synthetic model of `size` (e.g. "16MiB") under scratch_dir(), made once per name.
 std::filesystem::path synth_model(const std::string& name, const std::string& size);
+// A LoRA adapter of `base` with `rank` under scratch_dir(), made once per name.
+std::filesystem::path synth_adapter(const std::string& name, const std::filesystem::path& base,
+                                    int rank);
 
 class EngineSim {
  public:

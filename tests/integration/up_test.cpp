@@ -329,16 +329,7 @@ namespace {
 TEST(UpLora, AClientNamesAnAdapterThroughTheGateway) {
   const fs::path base = synth_model("lora-base", "16MiB");
   auto adapter = [&](const std::string& name) {
-    const fs::path dir = scratch_dir() / ("up-lora-" + name);
-    std::string out;
-    if (!fs::exists(dir)) {
-      EXPECT_EQ(run_loadstar({"model", "synth", "--lora-of", base.string(), "--rank", "8", "-o",
-                              dir.string()},
-                             &out),
-                0)
-          << out;
-    }
-    return dir.string();
+    return synth_adapter("up-" + name, base, 8).string();
   };
   const std::string resources = fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Model
