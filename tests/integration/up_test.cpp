@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/digest.h"
 #include "support.h"
 
 namespace loadstar::testing {
@@ -354,8 +355,22 @@ spec:
   replicas: 1
   engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
   lora: {{adapters: [sql, poems], maxLoras: 2}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: everyone}}
+spec:
+  apiKeys: [{{name: k, sha256: {}}}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: analysts}}
+spec:
+  apiKeys: [{{name: k, sha256: {}}}]
+  models: [sql]
 )",
-                                            base.string(), adapter("sql"), adapter("poems"));
+                                            base.string(), adapter("sql"), adapter("poems"),
+                                            sha256_hex("sk-all"), sha256_hex("sk-sql"));
   // An adapter of another model is refused, naming why.
   const fs::path bad = scratch_dir() / "up-lora-bad.yaml";
   {
@@ -372,14 +387,21 @@ spec:
 
   auto up = Up::start(resources);
   up->wait_ready("chat", 1);
+  auto ask = [&](const std::string& model, const std::string& key) {
+    return up->post("/v1/completions",
+                    json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 3}}).dump(),
+                    {{"Authorization", "Bearer " + key}});
+  };
   for (const std::string model : {"sql", "poems", "chat"}) {
-    auto r = up->post("/v1/completions",
-                      json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 3}}).dump());
+    auto r = ask(model, "sk-all");
     ASSERT_EQ(r.status, 200) << model << ": " << r.body;
     EXPECT_EQ(json::parse(r.body)["model"], model);
   }
-  auto r = up->post("/v1/completions", R"({"model":"nope","prompt":"hi","max_tokens":1})");
-  EXPECT_EQ(r.status, 404) << r.body;
+  EXPECT_EQ(ask("nope", "sk-all").status, 404);
+  // A tenant's allowed models name adapters like any model.
+  EXPECT_EQ(ask("sql", "sk-sql").status, 200);
+  EXPECT_EQ(ask("poems", "sk-sql").status, 404);
+  EXPECT_EQ(ask("chat", "sk-sql").status, 404);
   // The replica loaded both at start, under the service's model.
   const json replicas = json::parse(up->replicas_json());
   const uint16_t port = replicas["items"][0]["port"];
