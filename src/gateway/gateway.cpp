@@ -414,8 +414,8 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
   const auto adapter_route = w.table->routes.find(model);
   const bool adapter = adapter_route != w.table->routes.end() && adapter_route->second.adapter;
   const std::vector<uint64_t> blocks =
-      hash_prefix_blocks(adapter ? model + "\n" + peek.prompt : peek.prompt,
-                         options.prefix.block_bytes, options.prefix.max_blocks);
+      hash_prefix_blocks(peek.prompt, options.prefix.block_bytes, options.prefix.max_blocks,
+                         adapter ? std::string_view(model) : std::string_view());
   BackendSelector selector(model);
   selector.resolve(w.table);
   const bool open_gateway = !selector.table().tenants || selector.table().tenants->empty();

@@ -7,12 +7,14 @@
 namespace loadstar::gateway {
 
 std::vector<uint64_t> hash_prefix_blocks(std::string_view text, size_t block_bytes,
-                                         size_t max_blocks) {
+                                         size_t max_blocks, std::string_view key) {
   std::vector<uint64_t> out;
   if (block_bytes == 0) return out;
   const size_t n = std::min(text.size() / block_bytes, max_blocks);
   out.reserve(n);
   uint64_t parent = 0x6c6f616473746172ull;  // "loadstar"
+  // A key (a LoRA adapter) starts its own chain: the same text hashes apart.
+  if (!key.empty()) parent = XXH3_64bits_withSeed(key.data(), key.size(), parent);
   for (size_t i = 0; i < n; ++i) {
     parent = XXH3_64bits_withSeed(text.data() + i * block_bytes, block_bytes, parent);
     out.push_back(parent);

@@ -35,7 +35,7 @@ struct PrefixIndexOptions {
 
 // The chained hashes of the full blocks of `text` (at most `max_blocks`).
 std::vector<uint64_t> hash_prefix_blocks(std::string_view text, size_t block_bytes,
-                                         size_t max_blocks);
+                                         size_t max_blocks, std::string_view key = {});
 
 class PrefixIndex {
  public:

@@ -53,6 +53,19 @@ TEST(PrefixIndex, MatchesTheLongestRecordedPrefixPerEndpoint) {
   EXPECT_EQ(matched[1], 0u);
 }
 
+// A LoRA adapter's prompts chain from their own start: the same text is
+// no hit across models, and with the same key it is.
+TEST(PrefixIndex, AKeyHashesTheSameTextApart) {
+  const std::string text(1024, 'x');
+  const auto base = hash_prefix_blocks(text, 128, 64);
+  const auto sql = hash_prefix_blocks(text, 128, 64, "sql");
+  ASSERT_EQ(base.size(), 8u);
+  ASSERT_EQ(sql.size(), 8u);
+  for (size_t i = 0; i < base.size(); ++i) EXPECT_NE(base[i], sql[i]) << i;
+  EXPECT_EQ(sql, hash_prefix_blocks(text, 128, 64, "sql"));
+  EXPECT_NE(sql, hash_prefix_blocks(text, 128, 64, "poems"));
+}
+
 TEST(PrefixIndex, MemoryStaysBoundedUnderUniquePrompts) {
   PrefixIndex index({.block_bytes = 16, .max_blocks = 32});
   for (uint32_t i = 0; i < 5000; ++i)
