@@ -19,6 +19,12 @@
 // see the trace's arrival rate times `rate` in model time. Latencies are
 // reported in model seconds (wall seconds * S).
 //
+// LoRA adapters (--adapters N): each request names one of N adapters
+// (PREFIX0 .. PREFIX{N-1}) drawn with Zipf popularity (--adapter-zipf S:
+// adapter k has weight 1/(k+1)^S), from a fixed seed, so every run sends the
+// same adapter with the same request. The report adds the engines' adapter
+// loads (engine-sim's counters) per model minute.
+//
 // Requests that met a cold start: a poller reads the replicas from the
 // admin API every 50 ms; a request met a cold start when some replica of
 // its service was Pending or Starting at a sample between its sending and
@@ -47,6 +53,7 @@
 #include <map>
 #include <mutex>
 #include <numeric>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +76,7 @@ struct TraceRequest {
   uint32_t input_tokens = 0;
   uint32_t output_tokens = 0;
   std::vector<uint64_t> hash_ids;
+  std::string model;  // empty: --model
 };
 
 uint64_t splitmix(uint64_t& x) {
@@ -140,8 +148,9 @@ int summarize(const std::string& path) {
   std::vector<json> runs;
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) runs.push_back(json::parse(line));
-  fmt::print("\n{:<6} {:<14} {:>9} {:>9} {:>9} {:>11} {:>9} {:>13} {:>13}\n", "rate", "picker",
-             "TTFT p50", "p90", "p99", "out tok/s", "prefix", "p90 vs RR", "p90 vs LR");
+  fmt::print("\n{:<6} {:<14} {:>9} {:>9} {:>9} {:>11} {:>9} {:>13} {:>13} {:>10}\n", "rate",
+             "picker", "TTFT p50", "p90", "p99", "out tok/s", "prefix", "p90 vs RR", "p90 vs LR",
+             "loads/min");
   for (const auto& r : runs) {
     auto p90_of = [&](const char* label) -> double {
       for (const auto& o : runs)
@@ -150,11 +159,15 @@ int summarize(const std::string& path) {
     };
     const double p90 = r["ttft_p90_s"];
     fmt::print(
-        "{:<6} {:<14} {:>8.3f}s {:>8.3f}s {:>8.3f}s {:>11.0f} {:>8.1f}% {:>12.2f}x {:>12.2f}x\n",
+        "{:<6} {:<14} {:>8.3f}s {:>8.3f}s {:>8.3f}s {:>11.0f} {:>8.1f}% {:>12.2f}x {:>12.2f}x "
+        "{:>10}\n",
         fmt::format("{}x", r["rate"].get<double>()), r["label"].get<std::string>(),
         r["ttft_p50_s"].get<double>(), p90, r["ttft_p99_s"].get<double>(),
         r["output_tokens_per_s"].get<double>(), 100 * r["prefix_cache_hit_rate"].get<double>(),
-        p90_of("round-robin") / p90, p90_of("least-request") / p90);
+        p90_of("round-robin") / p90, p90_of("least-request") / p90,
+        r.contains("lora_loads_per_minute")
+            ? fmt::format("{:.1f}", r["lora_loads_per_minute"].get<double>())
+            : std::string("-"));
   }
   return 0;
 }
@@ -231,6 +244,12 @@ int main(int argc, char** argv) {
                  "first line with the run's start (start_unix)");
   app.add_option("--replica-capacity", replica_capacity,
                  "Requests one replica runs at once: report the demand and its clairvoyant bound");
+  unsigned adapters = 0;
+  double adapter_zipf = 1;
+  std::string adapter_prefix = "adapter-";
+  app.add_option("--adapters", adapters, "Requests name one of this many LoRA adapters");
+  app.add_option("--adapter-zipf", adapter_zipf, "Zipf exponent of the adapters' popularity");
+  app.add_option("--adapter-prefix", adapter_prefix, "The adapters' names before their number");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<TraceRequest> trace;
@@ -276,6 +295,20 @@ int main(int argc, char** argv) {
         continue;
       }
       trace.push_back(std::move(r));
+    }
+  }
+  if (adapters > 0) {
+    std::vector<double> cumulative(adapters);
+    double total = 0;
+    for (unsigned k = 0; k < adapters; ++k)
+      cumulative[k] = total += 1 / std::pow(k + 1.0, adapter_zipf);
+    std::mt19937_64 rng(42);
+    for (TraceRequest& r : trace) {
+      const double draw = std::uniform_real_distribution<double>(0, total)(rng);
+      const auto k = std::min<size_t>(
+          adapters - 1, std::upper_bound(cumulative.begin(), cumulative.end(), draw) -
+                            cumulative.begin());
+      r.model = adapter_prefix + std::to_string(k);
     }
   }
   // What the run costs, as loadstar up counts it (wall seconds there).
@@ -330,7 +363,7 @@ int main(int argc, char** argv) {
     pool.emplace_back([&] {
       for (size_t i; (i = next.fetch_add(1)) < trace.size();) {
         const TraceRequest& r = trace[i];
-        json body = {{"model", model},
+        json body = {{"model", r.model.empty() ? model : r.model},
                      {"prompt", prompt_of(r)},
                      {"max_tokens", r.output_tokens},
                      {"ignore_eos", true},
@@ -428,7 +461,7 @@ int main(int argc, char** argv) {
     spans.emplace_back(r.sent_s * time_scale, r.end_s * time_scale);
   }
   // The engines' own prefix-cache counters.
-  double hits = 0, queries = 0, preemptions = 0;
+  double hits = 0, queries = 0, preemptions = 0, lora_loads = 0, lora_activations = 0;
   json per_replica = json::array();
   auto replicas = loadstar::http::fetch({.port = admin_port, .target = "/api/v1/replicas"});
   if (!replicas.ok()) fmt::print(stderr, "admin API: {}\n", replicas.error().message);
@@ -438,6 +471,9 @@ int main(int argc, char** argv) {
       hits += scrape(r["port"].get<uint16_t>(), "vllm:prefix_cache_hits_total");
       queries += scrape(r["port"].get<uint16_t>(), "vllm:prefix_cache_queries_total");
       preemptions += scrape(r["port"].get<uint16_t>(), "vllm:num_preemptions_total");
+      lora_loads += scrape(r["port"].get<uint16_t>(), "loadstar_engine_sim_lora_loads_total");
+      lora_activations +=
+          scrape(r["port"].get<uint16_t>(), "loadstar_engine_sim_lora_activations_total");
       const uint16_t port = r["port"].get<uint16_t>();
       per_replica.push_back(
           {{"requests", scrape(port, "vllm:request_success_total")},
@@ -487,6 +523,12 @@ int main(int argc, char** argv) {
       {"gateway_ttft_mean_s",
        time_scale * scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_sum") /
            scrape(gateway_port, "loadstar_gateway_time_to_first_token_seconds_count")}};
+  if (adapters > 0) {
+    report["adapters"] = adapters;
+    report["lora_loads"] = lora_loads;
+    report["lora_activations"] = lora_activations;
+    report["lora_loads_per_minute"] = model_span > 0 ? lora_loads / (model_span / 60) : 0;
+  }
   if (replica_capacity > 0) report["demand"] = demand_report(spans, replica_capacity);
   fmt::print("{}\n", report.dump());
   return failed == 0 ? 0 : 3;

@@ -132,6 +132,7 @@ std::string encode_resource(const Resource& resource) {
     weight("queue", r.queue_weight);
     weight("kvCache", r.kv_cache_weight);
     weight("session", r.session_weight);
+    weight("lora", r.lora_weight);
     out << YAML::EndMap;
     if (r.session_header)
       out << YAML::Key << "sessionHeader" << YAML::Value << YAML::DoubleQuoted << *r.session_header;

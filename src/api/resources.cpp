@@ -476,6 +476,7 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
       w.number("queue", out.queue_weight, 0, 1000);
       w.number("kvCache", out.kv_cache_weight, 0, 1000);
       w.number("session", out.session_weight, 0, 1000);
+      w.number("lora", out.lora_weight, 0, 1000);
       w.finish();
     }
     std::string header;

@@ -67,7 +67,7 @@ struct RoutingSpec {
   std::string picker = "scored";  // scored, least-request, round-robin
   // Scorer weights of the scored picker; unset ones keep their defaults.
   std::optional<double> prefix_cache_weight, in_flight_weight, queue_weight, kv_cache_weight,
-      session_weight;
+      session_weight, lora_weight;
   std::optional<std::string> session_header;
   // Requests that arrive while no replica is ready wait (at most this many,
   // this long) instead of failing.

@@ -114,11 +114,26 @@ void EngineMetrics::record_lora(const engine::LoraUsage& usage, uint32_t max_lor
   const std::string running = fmt::format("{}", fmt::join(usage.running, ","));
   const std::string waiting = fmt::format("{}", fmt::join(usage.waiting, ","));
   const std::string key = running + "\n" + waiting;
-  if (!lora_info_family_)
+  if (!lora_info_family_) {
     lora_info_family_ = &prometheus::BuildGauge()
                              .Name("vllm:lora_requests_info")
                              .Help("Running stats on lora requests.")
                              .Register(*registry_);
+    lora_loads_ = &prometheus::BuildCounter()
+                       .Name("loadstar_engine_sim_lora_loads_total")
+                       .Help("LoRA adapters read from disk into host memory.")
+                       .Register(*registry_)
+                       .Add({});
+    lora_activations_ = &prometheus::BuildCounter()
+                             .Name("loadstar_engine_sim_lora_activations_total")
+                             .Help("LoRA adapters put into a GPU slot.")
+                             .Register(*registry_)
+                             .Add({});
+  }
+  lora_loads_->Increment(static_cast<double>(usage.loads - last_lora_loads_));
+  lora_activations_->Increment(static_cast<double>(usage.activations - last_lora_activations_));
+  last_lora_loads_ = usage.loads;
+  last_lora_activations_ = usage.activations;
   if (!lora_info_ || key != lora_info_key_) {
     if (lora_info_) lora_info_family_->Remove(lora_info_);
     lora_info_ = &lora_info_family_->Add({{"max_lora", std::to_string(max_loras)},

@@ -35,7 +35,9 @@ class EngineMetrics {
   // the running and waiting adapters (comma-separated), valued with the
   // time it was set (Unix seconds), as vLLM's set_to_current_time(). The
   // series of earlier label values is removed (vLLM keeps them at their
-  // older times; readers take the newest either way).
+  // older times; readers take the newest either way). Also engine-sim's own
+  // counters of adapters read from disk and put into a GPU slot
+  // (loadstar_engine_sim_lora_{loads,activations}_total).
   void record_lora(const engine::LoraUsage& usage, uint32_t max_loras);
   // The Prometheus text exposition of every metric.
   std::string render() const;
@@ -66,6 +68,9 @@ class EngineMetrics {
   prometheus::Family<prometheus::Gauge>* lora_info_family_ = nullptr;
   prometheus::Gauge* lora_info_ = nullptr;
   std::string lora_info_key_;
+  prometheus::Counter* lora_loads_ = nullptr;
+  prometheus::Counter* lora_activations_ = nullptr;
+  uint64_t last_lora_loads_ = 0, last_lora_activations_ = 0;
 };
 
 }  // namespace loadstar::enginesim

@@ -1,5 +1,6 @@
 #include "gateway/engine_load.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -21,9 +22,9 @@ void add(std::optional<double>& slot, double v) {
   slot = slot.value_or(0) + v;
 }
 
-// The value of label `key` in a label set `{a="1",b="2"}`, unescaped only
-// as far as numbers need.
-std::optional<double> label_number(std::string_view labels, std::string_view key) {
+// The raw value of label `key` in `labels` (`{a="1",b="x,y"}`; escapes kept
+// as they are: adapter names have none).
+std::optional<std::string_view> label_text(std::string_view labels, std::string_view key) {
   const std::string pattern = std::string(key) + "=\"";
   size_t at = 0;
   while ((at = labels.find(pattern, at)) != std::string_view::npos) {
@@ -31,17 +32,36 @@ std::optional<double> label_number(std::string_view labels, std::string_view key
       const size_t start = at + pattern.size();
       const size_t end = labels.find('"', start);
       if (end == std::string_view::npos) return std::nullopt;
-      return parse_value(labels.substr(start, end - start));
+      return labels.substr(start, end - start);
     }
     at += pattern.size();
   }
   return std::nullopt;
 }
 
+std::optional<double> label_number(std::string_view labels, std::string_view key) {
+  auto text = label_text(labels, key);
+  if (!text) return std::nullopt;
+  return parse_value(*text);
+}
+
+std::vector<std::string> split_names(std::string_view list) {
+  std::vector<std::string> names;
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    const std::string_view name = list.substr(0, comma);
+    if (!name.empty()) names.emplace_back(name);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return names;
+}
+
 }  // namespace
 
 EngineLoad parse_engine_load(std::string_view text) {
   EngineLoad load;
+  double loras_at = -1;  // the value (time) of the newest lora_requests_info series
   size_t pos = 0;
   while (pos < text.size()) {
     size_t end = text.find('\n', pos);
@@ -71,7 +91,8 @@ EngineLoad parse_engine_load(std::string_view text) {
       if (blocks && block_size) add(load.kv_capacity_tokens, *blocks * *block_size);
       continue;
     }
-    if (!slot) continue;
+    const bool loras = name == "vllm:lora_requests_info" && line[name_end] == '{';
+    if (!slot && !loras) continue;
     // The value follows the labels (which may hold spaces inside quotes).
     size_t value_start = name_end;
     if (line[name_end] == '{') {
@@ -94,7 +115,18 @@ EngineLoad parse_engine_load(std::string_view text) {
     auto value = parse_value(line.substr(value_start, value_end == std::string_view::npos
                                                           ? std::string_view::npos
                                                           : value_end - value_start));
-    if (value) add(*slot, *value);
+    if (!value) continue;
+    if (slot) {
+      add(*slot, *value);
+    } else if (*value > loras_at) {
+      loras_at = *value;
+      const std::string_view labels = line.substr(name_end, value_start - name_end);
+      EngineLoad::Loras l;
+      l.running = split_names(label_text(labels, "running_lora_adapters").value_or(""));
+      l.waiting = split_names(label_text(labels, "waiting_lora_adapters").value_or(""));
+      l.max_loras = static_cast<uint32_t>(std::clamp(label_number(labels, "max_lora").value_or(0), 0.0, 1e6));
+      load.loras = std::move(l);
+    }
   }
   return load;
 }

@@ -7,10 +7,16 @@
 //   KV size (tokens): vllm:cache_config_info's num_gpu_blocks x block_size |
 //             sglang:max_total_num_tokens
 // Samples of one metric with several label sets (several models) are summed.
+// LoRA adapters: vllm:lora_requests_info, one series per set of adapters
+// seen (labels max_lora, running_lora_adapters, waiting_lora_adapters, comma
+// separated; the value the time it was last current): the newest is now's.
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace loadstar::gateway {
 
@@ -19,6 +25,11 @@ struct EngineLoad {
   std::optional<double> running;
   std::optional<double> kv_usage;
   std::optional<double> kv_capacity_tokens;
+  struct Loras {
+    std::vector<std::string> running, waiting;
+    uint32_t max_loras = 0;  // 0: not reported
+  };
+  std::optional<Loras> loras;
 };
 
 // Reads the Prometheus text exposition format; lines it does not know, and

@@ -499,8 +499,14 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     if (picker && !picker->session_header.empty())
       pick_request.session = req.header(picker->session_header);
     std::span<Endpoint* const> candidates = selector.endpoints(*backend, now_ms);
+    uint32_t keep_adapters = 0;
     if (picker) {
       const RoutingTable::Service& svc = selector.table().services.at(backend->service);
+      if (adapter) {
+        pick_request.adapter = backend->model;
+        pick_request.max_loras = svc.max_loras;
+        keep_adapters = svc.max_cpu_loras;
+      }
       candidates = canary_split(svc, candidates,
                                 std::uniform_real_distribution<double>(0, 1)(w.rng), w.canary);
       candidates = unsaturated(svc.flow, candidates, now_ms, w.unsaturated);
@@ -521,6 +527,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);
+    if (!pick_request.adapter.empty()) endpoint->adapters.sent(pick_request.adapter, keep_adapters);
     if (!reserved.empty()) waiting_room.dispatched(std::exchange(reserved, {}));
     if (attempt > 0) ++retries_in_flight;
     ForwardRequest forward;
@@ -542,6 +549,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     endpoint->pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    if (!pick_request.adapter.empty()) endpoint->adapters.finished(pick_request.adapter);
     waiting_room.notify(*w.table);  // its room may let a queued request go
     outcome = result.outcome;
     routed.code = result.client_status;

@@ -24,6 +24,12 @@ std::string_view picker_kind_name(PickerKind kind) {
   return "scored";
 }
 
+double adapter_affinity(const CandidateView& c) {
+  if (!c.adapter_request || c.adapter_active) return 1;
+  if (c.adapter_room) return c.adapter_recent ? 0.8 : 0.6;
+  return c.adapter_recent ? 0.2 : 0;
+}
+
 PickDecision pick(const PickerConfig& config, std::span<const CandidateView> candidates,
                   size_t prompt_blocks, uint64_t turn) {
   const size_t n = candidates.size();
@@ -84,6 +90,7 @@ PickDecision pick(const PickerConfig& config, std::span<const CandidateView> can
     score += w.queue * (max_waiting > 0 ? 1 - waiting / max_waiting : 1);
     score += w.kv_cache * (1 - (c.has_engine_metrics ? std::clamp(c.kv_usage, 0.0, 1.0) : mean_kv));
     if (c.session_match) score += w.session;
+    score += w.lora * adapter_affinity(c);
     if (best.index == n || score > best.score) best = {i, score};
   }
   return best;

@@ -31,6 +31,12 @@ struct ScorerWeights {
   double queue = 1;         // 1 - engine's waiting requests / the most any candidate has
   double kv_cache = 1;      // 1 - engine's KV-cache use (0..1)
   double session = 10;      // 1 if the request's session was last sent there
+  // A LoRA adapter's request: 1 if the endpoint runs the adapter now (or has
+  // requests for it waiting), 0.8 if it has room for one more adapter and
+  // served this one lately (its host cache likely holds it), 0.6 with room
+  // only, 0.2 if full but served it lately, 0 otherwise (it would wait for
+  // an adapter to drain).
+  double lora = 4;
   bool operator==(const ScorerWeights&) const = default;
 };
 
@@ -59,7 +65,15 @@ struct CandidateView {
   double kv_usage = 0;
   uint32_t prefix_blocks = 0;  // leading prompt blocks it was last sent
   bool session_match = false;
+  // A LoRA adapter's request only (see ScorerWeights::lora).
+  bool adapter_request = false;
+  bool adapter_active = false;
+  bool adapter_room = false;
+  bool adapter_recent = false;
 };
+
+// ScorerWeights::lora's score of one candidate.
+double adapter_affinity(const CandidateView& c);
 
 struct PickDecision {
   size_t index = 0;  // into the candidates

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "gateway/endpoint_adapters.h"
 #include "gateway/flow_queue.h"
 #include "gateway/picker.h"
 #include "gateway/tenants.h"
@@ -59,6 +60,8 @@ struct Endpoint {
   std::atomic<double> kv_usage{0};
   std::atomic<double> kv_capacity_tokens{0};  // 0: unknown
   std::atomic<int64_t> metrics_at_ms{0};
+  // LoRA adapters it runs, reported and sent (the picker's adapter affinity).
+  EndpointAdapters adapters;
   // Outlier detection: consecutive failures (connect errors, timeouts, 5xx)
   // and, once ejected, until when (steady-clock milliseconds).
   std::atomic<uint32_t> consecutive_failures{0};
@@ -112,6 +115,10 @@ struct RoutingTable {
     // to the `canary` endpoints (of `ready`), the rest to the others.
     std::vector<const Endpoint*> canary;
     uint32_t canary_weight = 0;
+    // spec.lora: adapters one replica runs at once (0: no LoRA) and keeps in
+    // host memory; the picker's fallback where the engine does not say.
+    uint32_t max_loras = 0;
+    uint32_t max_cpu_loras = 0;
   };
   struct Backend {
     std::string service;                 // an InferenceService, or

@@ -52,11 +52,16 @@ void EngineScraper::loop() {
         request.timeout_s = std::max(0.5, interval_s_ * 5);
         auto response = http::fetch(request);
         if (!response.ok() || response->status != 200) continue;
-        const EngineLoad load = parse_engine_load(response->body);
+        EngineLoad load = parse_engine_load(response->body);
         e->waiting.store(load.waiting.value_or(0), std::memory_order_relaxed);
         e->kv_usage.store(load.kv_usage.value_or(0), std::memory_order_relaxed);
         if (load.kv_capacity_tokens)
           e->kv_capacity_tokens.store(*load.kv_capacity_tokens, std::memory_order_relaxed);
+        if (load.loras) {
+          std::vector<std::string> active = std::move(load.loras->running);
+          active.insert(active.end(), load.loras->waiting.begin(), load.loras->waiting.end());
+          e->adapters.reported(std::move(active), load.loras->max_loras, steady_ms());
+        }
         if (load.waiting || load.kv_usage) e->metrics_at_ms.store(steady_ms());
       }
     }

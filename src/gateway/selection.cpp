@@ -189,6 +189,14 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
     v.kv_usage = e.kv_usage.load(std::memory_order_relaxed);
     v.prefix_blocks = scratch.matched[i];
     v.session_match = scratch.session_matched[i] > 0;
+    if (!request.adapter.empty() && scored) {
+      const EndpointAdapters::View a = e.adapters.view(request.adapter, fresh_after);
+      const uint32_t max_loras = a.max_loras ? a.max_loras : request.max_loras;
+      v.adapter_request = true;
+      v.adapter_active = a.active;
+      v.adapter_room = max_loras == 0 || a.active_adapters < max_loras;
+      v.adapter_recent = a.recent;
+    }
   }
   const PickDecision decision = pick(*picker, scratch.views, request.blocks.size(), scratch.turn++);
   out.endpoint = candidates[decision.index];

@@ -117,6 +117,10 @@ struct EndpointRequest {
   size_t prompt_bytes = 0;
   std::string_view session;  // the value of the service's session header (empty: none)
   int64_t now_ms = 0;
+  // A LoRA adapter's request: its name, and the service's spec.lora bounds
+  // (where the engine does not report its own).
+  std::string_view adapter;
+  uint32_t max_loras = 0;
 };
 
 struct EndpointPick {

@@ -34,6 +34,10 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     s.hold_max_requests = svc.spec.routing.hold_max_requests;
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
+    if (svc.spec.lora) {
+      s.max_loras = svc.spec.lora->max_loras;
+      s.max_cpu_loras = svc.spec.lora->max_cpu_loras.value_or(s.max_loras);
+    }
     const api::RoutingSpec& r = svc.spec.routing;
     s.flow = {.max_in_flight = r.max_in_flight_per_replica,
               .max_waiting = r.max_waiting_per_replica,
@@ -83,6 +87,7 @@ gateway::PickerConfig picker_config(const api::RoutingSpec& spec) {
   w.queue = spec.queue_weight.value_or(w.queue);
   w.kv_cache = spec.kv_cache_weight.value_or(w.kv_cache);
   w.session = spec.session_weight.value_or(w.session);
+  w.lora = spec.lora_weight.value_or(w.lora);
   if (spec.session_header) config.session_header = *spec.session_header;
   return config;
 }

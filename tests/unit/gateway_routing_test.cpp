@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common/digest.h"
+#include "gateway/endpoint_adapters.h"
 #include "gateway/engine_load.h"
 #include "gateway/picker.h"
 #include "gateway/prefix_index.h"
@@ -202,6 +203,70 @@ TEST(EngineLoad, ReadsVllmSglangAndLlamaCppNames) {
       "vllm:num_requests_waiting{unterminated 3\nvllm:num_requests_running NaN\n");
   EXPECT_FALSE(junk.waiting);
   EXPECT_FALSE(junk.running);
+}
+
+TEST(EngineLoad, ReadsTheNewestLoraRequestsInfoSeries) {
+  // vLLM keeps every label set it ever set; the value is when it was current.
+  auto load = parse_engine_load(
+      "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"old\","
+      "waiting_lora_adapters=\"\"} 1.7e9\n"
+      "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"sql,chat\","
+      "waiting_lora_adapters=\"poem\"} 1.8e9\n"
+      "vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"older\","
+      "waiting_lora_adapters=\"\"} 1.6e9\n");
+  ASSERT_TRUE(load.loras);
+  EXPECT_EQ(load.loras->running, (std::vector<std::string>{"sql", "chat"}));
+  EXPECT_EQ(load.loras->waiting, (std::vector<std::string>{"poem"}));
+  EXPECT_EQ(load.loras->max_loras, 4u);
+  EXPECT_FALSE(parse_engine_load("vllm:num_requests_waiting 1\n").loras);
+}
+
+TEST(EndpointAdapters, ActiveIsReportedOrInFlightAndRecentIsBounded) {
+  EndpointAdapters a;
+  a.reported({"sql", "chat"}, 2, 1000);
+  auto v = a.view("sql", 0);
+  EXPECT_TRUE(v.active);
+  EXPECT_EQ(v.active_adapters, 2u);
+  EXPECT_EQ(v.max_loras, 2u);
+  // A stale report counts as none; what this gateway sends counts at once.
+  EXPECT_FALSE(a.view("sql", 1000).active);
+  a.sent("poem", 2);
+  a.sent("chat", 2);
+  v = a.view("poem", 0);
+  EXPECT_TRUE(v.active);
+  EXPECT_EQ(v.active_adapters, 3u);  // sql, chat (reported and sent), poem
+  a.finished("poem");
+  v = a.view("poem", 1000);
+  EXPECT_FALSE(v.active);
+  EXPECT_TRUE(v.recent);
+  a.sent("x", 2);  // recent keeps two: chat, x
+  EXPECT_FALSE(a.view("poem", 1000).recent);
+  EXPECT_TRUE(a.view("chat", 1000).recent);
+}
+
+TEST(Picker, AnAdapterGoesWhereItRunsThenWhereThereIsRoomUntilLoadOutweighsIt) {
+  PickerConfig config;
+  auto view = [](bool active, bool room, int64_t in_flight) {
+    return CandidateView{.in_flight = in_flight,
+                         .adapter_request = true,
+                         .adapter_active = active,
+                         .adapter_room = room};
+  };
+  // Runs it > has room > full (which would wait for an adapter to drain).
+  std::vector<CandidateView> c = {view(false, false, 3), view(false, true, 3), view(true, false, 3)};
+  EXPECT_EQ(pick(config, c, 0, 0).index, 2u);
+  c[2].adapter_active = false;
+  EXPECT_EQ(pick(config, c, 0, 0).index, 1u);
+  // A popular adapter spreads: the replica running it, far busier than one
+  // with room, loses to it (no herding onto the first replica that ran it).
+  c = {view(true, false, 3), view(false, true, 0)};
+  c[0].pending_prefill = 4000;
+  EXPECT_EQ(pick(config, c, 0, 0).index, 1u);
+  c[0].pending_prefill = 0;
+  EXPECT_EQ(pick(config, c, 0, 0).index, 0u);
+  // Base-model requests are not weighed by adapters at all.
+  c = {CandidateView{.in_flight = 1}, CandidateView{.in_flight = 0}};
+  EXPECT_EQ(pick(config, c, 0, 0).index, 1u);
 }
 
 TEST(CostExpression, EvaluatesAndNamesTheColumnOfErrors) {

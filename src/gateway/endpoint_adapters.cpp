@@ -1,0 +1,58 @@
+#include "gateway/endpoint_adapters.h"
+
+#include <algorithm>
+
+namespace loadstar::gateway {
+
+void EndpointAdapters::reported(std::vector<std::string> active, uint32_t max_loras,
+                                int64_t now_ms) {
+  std::lock_guard lock(mu_);
+  reported_ = std::move(active);
+  reported_max_ = max_loras;
+  reported_at_ms_ = now_ms;
+}
+
+void EndpointAdapters::sent(std::string_view adapter, uint32_t keep) {
+  std::lock_guard lock(mu_);
+  auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
+                         [&](const auto& a) { return a.first == adapter; });
+  if (it == in_flight_.end())
+    in_flight_.emplace_back(adapter, 1);
+  else
+    ++it->second;
+  auto r = std::find(recent_.begin(), recent_.end(), adapter);
+  if (r != recent_.end()) recent_.erase(r);
+  recent_.emplace_back(adapter);
+  const size_t bound = std::max<uint32_t>(keep, 1);
+  if (recent_.size() > bound)
+    recent_.erase(recent_.begin(), recent_.begin() + static_cast<ptrdiff_t>(recent_.size() - bound));
+}
+
+void EndpointAdapters::finished(std::string_view adapter) {
+  std::lock_guard lock(mu_);
+  auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
+                         [&](const auto& a) { return a.first == adapter; });
+  if (it == in_flight_.end()) return;
+  if (--it->second <= 0) in_flight_.erase(it);
+}
+
+EndpointAdapters::View EndpointAdapters::view(std::string_view adapter,
+                                              int64_t fresh_after_ms) const {
+  std::lock_guard lock(mu_);
+  View v;
+  const bool fresh = reported_at_ms_ > fresh_after_ms;
+  if (fresh) {
+    v.max_loras = reported_max_;
+    v.active_adapters = static_cast<uint32_t>(reported_.size());
+    v.active = std::find(reported_.begin(), reported_.end(), adapter) != reported_.end();
+  }
+  for (const auto& [name, n] : in_flight_) {
+    if (name == adapter) v.active = true;
+    if (!fresh || std::find(reported_.begin(), reported_.end(), name) == reported_.end())
+      ++v.active_adapters;
+  }
+  v.recent = std::find(recent_.begin(), recent_.end(), adapter) != recent_.end();
+  return v;
+}
+
+}  // namespace loadstar::gateway
