@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "gateway/request_peek.h"
 #include "openai/protocol.h"
 
@@ -20,6 +22,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string renamed = loadstar::gateway::upstream_body(body, *peek, "re\"named");
     auto again = loadstar::gateway::peek_request(renamed);
     if (!again.ok() || again->model != "re\"named") std::abort();
+    // llama.cpp's adapter selection: the client's "lora" never survives.
+    const std::string selected =
+        loadstar::gateway::upstream_body_selecting_adapter(body, *peek, "m", 1);
+    auto sent = nlohmann::json::parse(selected, nullptr, false);
+    if (sent.is_object() && (sent["lora"].size() != 1 || sent["lora"][0]["id"] != 1)) std::abort();
   }
   (void)loadstar::gateway::peek_usage(body);
   for (auto endpoint :

@@ -49,8 +49,9 @@ std::function<int()> setup_model(CLI::App& app) {
       ->capture_default_str();
   synth->add_option("--seed", args->seed)->capture_default_str();
   synth->add_option("--lora-of", args->lora_of,
-                    "Write a LoRA adapter (PEFT layout) for this base model directory instead of "
-                    "a model: its hidden size and layers, q_proj and v_proj");
+                    "Write a LoRA adapter of this base model instead of a model: of a model "
+                    "directory, a PEFT directory (q_proj and v_proj); of a .gguf file with "
+                    "--format gguf, a llama.cpp adapter file (attn_q and attn_v)");
   synth->add_option("--rank", args->rank, "--lora-of: the adapter's rank")
       ->check(CLI::Range(1u, 4096u))
       ->capture_default_str();
@@ -59,9 +60,18 @@ std::function<int()> setup_model(CLI::App& app) {
   inspect->add_option("dir", args->inspect_dir)->required();
   return [args, synth, inspect]() -> int {
     if (synth->parsed() && !args->lora_of.empty()) {
-      if (args->format != "safetensors") {
-        fmt::print(stderr, "loadstar model synth: --lora-of writes safetensors adapters only\n");
-        return 2;
+      if (args->format == "gguf") {
+        auto adapter = model::synth_gguf_adapter({.base = args->lora_of,
+                                                  .output = args->output,
+                                                  .rank = args->rank,
+                                                  .seed = args->seed});
+        if (!adapter.ok()) {
+          fmt::print(stderr, "loadstar model synth: {}\n", adapter.error().message);
+          return 1;
+        }
+        fmt::print("wrote {} (llama.cpp LoRA rank {}, {} tensors, {})\n", args->output,
+                   adapter->rank, adapter->tensors, format_bytes(adapter->bytes));
+        return 0;
       }
       auto base = model::read_model_config(args->lora_of);
       if (!base.ok()) {

@@ -245,6 +245,7 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
     // Adapters are staged like models (Pending until they are there).
     for (const api::Model& adapter : launch.adapters) {
       auto dir = prepare_model(adapter);
+      if (dir.ok() && engine->model_is_file) dir = gguf_file(*dir);
       if (!dir.ok()) {
         Error e = std::move(dir).error();
         e.code = ErrorCode::kUnavailable;

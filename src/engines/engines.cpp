@@ -11,6 +11,11 @@ void add(std::vector<std::string>& out, std::string flag, uint64_t value) {
   out.push_back(std::to_string(value));
 }
 
+void add(std::vector<std::string>& out, std::string flag, std::string value) {
+  out.push_back(std::move(flag));
+  out.push_back(std::move(value));
+}
+
 // vLLM's multi-LoRA flags (engine-sim takes the same).
 void add_vllm_lora(std::vector<std::string>& out, const LaunchSpec& l) {
   if (l.adapters.empty()) return;
@@ -51,6 +56,10 @@ std::vector<std::string> llama_cpp_flags(const LaunchSpec& l) {
   // /slots shows each slot's prompt to whoever reaches the engine's port:
   // off, so one client cannot read another's conversation.
   out.push_back("--no-slots");
+  // Adapters are loaded at start with scale 0, so a request without a
+  // "lora" field gets the base model; the gateway selects one by index.
+  for (const auto& a : l.adapters) add(out, "--lora", a.path);
+  if (!l.adapters.empty()) out.push_back("--lora-init-without-apply");
   return out;
 }
 
@@ -108,6 +117,8 @@ std::vector<Engine> make_table() {
   {
     Engine e;
     e.name = "llama.cpp";
+    e.lora = true;
+    e.adapters_by_index = true;
     e.engine_flags = llama_cpp_flags;
     e.description = "llama.cpp's llama-server: GGUF models on CPU (and GPUs)";
     e.program = "llama-server";

@@ -72,8 +72,12 @@ struct Engine {
   MetricNames metrics;
   // engine-sim only: reports the port it bound (--port 0) in a file.
   bool writes_port_file = false;
-  // Serves LoRA adapters named in a request's `model` (LaunchSpec::adapters).
+  // Serves LoRA adapters (LaunchSpec::adapters), named in a request's
+  // `model`; or, with adapters_by_index, selected by their index in the
+  // launch's list (llama.cpp's per-request "lora": [{"id", "scale"}]), which
+  // the gateway sets from the model name.
   bool lora = false;
+  bool adapters_by_index = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.

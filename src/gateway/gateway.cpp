@@ -523,7 +523,12 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
     selector.mark_tried(endpoint);
 
-    const std::string body = upstream_body(req.body, peek, backend->model);
+    const bool by_index =
+        !backend->external && selector.table().services.at(backend->service).adapters_by_index;
+    const std::string body =
+        by_index ? upstream_body_selecting_adapter(req.body, peek, backend->model,
+                                                   backend->adapter_index)
+                 : upstream_body(req.body, peek, backend->model);
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);

@@ -184,4 +184,20 @@ std::string upstream_body(std::string_view original, const RequestPeek& peek,
   return doc.dump();
 }
 
+std::string upstream_body_selecting_adapter(std::string_view body, const RequestPeek& peek,
+                                            std::string_view model, int adapter_index) {
+  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return upstream_body(body, peek, model);
+  if (!model.empty()) doc["model"] = model;
+  doc.erase("lora");
+  if (adapter_index >= 0)
+    doc["lora"] = nlohmann::json::array({{{"id", adapter_index}, {"scale", 1.0}}});
+  if (peek.stream && !peek.include_usage) {
+    nlohmann::json& options = doc["stream_options"];
+    if (!options.is_object()) options = nlohmann::json::object();
+    options["include_usage"] = true;
+  }
+  return doc.dump();
+}
+
 }  // namespace loadstar::gateway

@@ -48,4 +48,12 @@ std::optional<Usage> peek_usage(std::string_view json);
 std::string upstream_body(std::string_view body, const RequestPeek& peek,
                           std::string_view model = {});
 
+// For an engine that selects LoRA adapters per request by index (llama.cpp's
+// "lora": [{"id", "scale"}]): upstream_body's changes, the client's own
+// "lora" dropped (a client names an adapter by its model name, which its
+// tenant may or may not be allowed), and for `adapter_index` >= 0 that
+// adapter alone at scale 1. The body must be a JSON object (peeked).
+std::string upstream_body_selecting_adapter(std::string_view body, const RequestPeek& peek,
+                                            std::string_view model, int adapter_index);
+
 }  // namespace loadstar::gateway

@@ -119,12 +119,17 @@ struct RoutingTable {
     // host memory; the picker's fallback where the engine does not say.
     uint32_t max_loras = 0;
     uint32_t max_cpu_loras = 0;
+    // Its engine selects adapters by index in the request body (llama.cpp):
+    // Backend::adapter_index is set there, and a client's own selection is
+    // dropped.
+    bool adapters_by_index = false;
   };
   struct Backend {
     std::string service;                 // an InferenceService, or
     std::shared_ptr<Endpoint> external;  // an external endpoint
     std::string model;                   // the model name sent upstream (empty: unchanged)
     std::string authorization;           // sent to an external backend ("Bearer ...")
+    int adapter_index = -1;              // see Service::adapters_by_index
     uint32_t weight = 1;
     uint32_t priority = 0;
     std::string label() const { return service.empty() ? external->key : service; }

@@ -9,18 +9,18 @@
 
 #include <fmt/format.h>
 
+#include "model/gguf_writer.h"
+
 namespace loadstar::model {
 
 namespace fs = std::filesystem;
 
 namespace {
 
-constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr uint64_t kMaxString = 1ull << 30;
 constexpr uint64_t kMaxCount = 1ull << 32;
 constexpr uint32_t kMaxDims = 4;
 constexpr int kMaxArrayDepth = 4;
-constexpr uint32_t kGgmlF32 = 0, kGgmlF16 = 1;
 
 // A little-endian reader over the header bytes. Running out is kOutOfRange
 // (the caller may read more); anything else is kCorrupt.
@@ -109,94 +109,6 @@ Status skip_value(Reader& r, GgufType type, const std::string& key, int depth) {
   return ok_status();
 }
 
-// Writing.
-void put_u32(std::string& out, uint32_t v) {
-  out.append(reinterpret_cast<const char*>(&v), 4);
-}
-void put_u64(std::string& out, uint64_t v) {
-  out.append(reinterpret_cast<const char*>(&v), 8);
-}
-void put_f32(std::string& out, float v) {
-  out.append(reinterpret_cast<const char*>(&v), 4);
-}
-void put_string(std::string& out, std::string_view s) {
-  put_u64(out, s.size());
-  out.append(s);
-}
-
-class KvWriter {
- public:
-  void u32(std::string_view key, uint32_t v) {
-    begin(key, GgufType::kUint32);
-    put_u32(out_, v);
-  }
-  void f32(std::string_view key, float v) {
-    begin(key, GgufType::kFloat32);
-    put_f32(out_, v);
-  }
-  void str(std::string_view key, std::string_view v) {
-    begin(key, GgufType::kString);
-    put_string(out_, v);
-  }
-  void copy(const GgufKv& kv) {
-    begin(kv.key, kv.type);
-    out_ += kv.value;
-  }
-  uint64_t count() const { return count_; }
-  const std::string& bytes() const { return out_; }
-
- private:
-  void begin(std::string_view key, GgufType type) {
-    put_string(out_, key);
-    put_u32(out_, static_cast<uint32_t>(type));
-    ++count_;
-  }
-  std::string out_;
-  uint64_t count_ = 0;
-};
-
-uint64_t align_up(uint64_t v, uint64_t a) {
-  return (v + a - 1) / a * a;
-}
-
-// Random F16 weights of magnitude about 2^-7..2^-5 (small enough that the
-// activations of a random model stay finite), four from each draw.
-class WeightSource {
- public:
-  explicit WeightSource(uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  void fill_f16(char* out, uint64_t count) {
-    uint64_t i = 0;
-    while (i < count) {
-      uint64_t r = next();
-      for (int k = 0; k < 4 && i < count; ++k, ++i, r >>= 16) {
-        const uint16_t bits = static_cast<uint16_t>(r);
-        const uint16_t exponent = 8 + (bits >> 14 & 1) + (bits >> 13 & 1);  // 2^-7 .. 2^-5
-        const uint16_t h = static_cast<uint16_t>((bits & 0x8000) | exponent << 10 | (bits & 0x3FF));
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-    }
-  }
-
- private:
-  uint64_t next() {  // xorshift64*
-    state_ ^= state_ >> 12;
-    state_ ^= state_ << 25;
-    state_ ^= state_ >> 27;
-    return state_ * 0x2545F4914F6CDD1Dull;
-  }
-  uint64_t state_;
-};
-
-struct Tensor {
-  std::string name;
-  std::vector<uint64_t> dims;
-  uint32_t type;
-  uint64_t bytes() const {
-    uint64_t n = 1;
-    for (uint64_t d : dims) n *= d;
-    return n * (type == kGgmlF32 ? 4 : 2);
-  }
-};
 
 }  // namespace
 
@@ -227,7 +139,7 @@ Result<GgufHeader> parse_gguf_header(std::string_view bytes) {
   Reader r(bytes);
   GgufHeader h;
   LS_ASSIGN_OR_RETURN(uint32_t magic, r.scalar<uint32_t>());
-  if (magic != kMagic) return make_error(ErrorCode::kCorrupt, "not a GGUF file (no GGUF magic)");
+  if (magic != kGgufMagic) return make_error(ErrorCode::kCorrupt, "not a GGUF file (no GGUF magic)");
   LS_ASSIGN_OR_RETURN(h.version, r.scalar<uint32_t>());
   if (h.version < 2 || h.version > 3)
     return make_error(ErrorCode::kCorrupt, "GGUF version {} is not supported (2 or 3)", h.version);
@@ -357,7 +269,7 @@ Result<GgufSynthReport> synth_gguf(const GgufSynthOptions& options) {
   report.feed_forward = static_cast<uint32_t>(3 * e);
   report.heads = static_cast<uint32_t>(std::max<uint64_t>(1, e / 64));
 
-  std::vector<Tensor> tensors;
+  std::vector<GgufTensor> tensors;
   tensors.push_back({"token_embd.weight", {e, v}, kGgmlF16});
   tensors.push_back({"output_norm.weight", {e}, kGgmlF32});
   for (uint64_t l = 0; l < layers; ++l) {
@@ -391,56 +303,7 @@ Result<GgufSynthReport> synth_gguf(const GgufSynthOptions& options) {
   for (const GgufKv& t : vocab.kvs)
     if (t.key.starts_with("tokenizer.")) kv.copy(t);
 
-  std::string header;
-  put_u32(header, kMagic);
-  put_u32(header, 3);
-  put_u64(header, tensors.size());
-  put_u64(header, kv.count());
-  header += kv.bytes();
-  uint64_t offset = 0;
-  for (const Tensor& t : tensors) {
-    put_string(header, t.name);
-    put_u32(header, static_cast<uint32_t>(t.dims.size()));
-    for (uint64_t d : t.dims) put_u64(header, d);
-    put_u32(header, t.type);
-    put_u64(header, offset);
-    offset = align_up(offset + t.bytes(), 32);
-  }
-  header.resize(align_up(header.size(), 32), '\0');
-
-  fs::path tmp = options.output;
-  tmp += ".partial";
-  std::error_code ec;
-  if (options.output.has_parent_path()) fs::create_directories(options.output.parent_path(), ec);
-  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-  if (!out) return make_error(ErrorCode::kIo, "cannot write {}", tmp.string());
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  WeightSource weights(options.seed);
-  std::string buffer;
-  uint64_t written = header.size();
-  for (const Tensor& t : tensors) {
-    const uint64_t bytes = t.bytes();
-    const uint64_t padded = align_up(bytes, 32);
-    constexpr uint64_t kChunk = 8 << 20;
-    for (uint64_t done = 0; done < padded; done += kChunk) {
-      const uint64_t n = std::min(kChunk, padded - done);
-      buffer.assign(n, '\0');
-      const uint64_t data = done < bytes ? std::min(n, bytes - done) : 0;
-      if (t.type == kGgmlF32) {
-        const float one = 1.0f;  // norms
-        for (uint64_t i = 0; i + 4 <= data; i += 4) std::memcpy(buffer.data() + i, &one, 4);
-      } else {
-        weights.fill_f16(buffer.data(), data / 2);
-      }
-      out.write(buffer.data(), static_cast<std::streamsize>(n));
-    }
-    written += padded;
-  }
-  out.close();
-  if (!out) return make_error(ErrorCode::kIo, "writing {} failed", tmp.string());
-  fs::rename(tmp, options.output, ec);
-  if (ec) return make_error(ErrorCode::kIo, "cannot rename {}: {}", tmp.string(), ec.message());
-  report.bytes = written;
+  LS_ASSIGN_OR_RETURN(report.bytes, write_gguf(options.output, kv, tensors, options.seed));
   return report;
 }
 

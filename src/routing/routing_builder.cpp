@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include "api/cost_expression.h"
+#include "engines/engines.h"
 
 namespace loadstar::routing {
 
@@ -35,6 +36,8 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
     if (svc.spec.lora) {
+      const engines::Engine* engine = engines::find(svc.spec.engine.name);
+      s.adapters_by_index = engine && engine->adapters_by_index;
       s.max_loras = svc.spec.lora->max_loras;
       s.max_cpu_loras = svc.spec.lora->max_cpu_loras.value_or(s.max_loras);
     }
@@ -74,6 +77,18 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
         route.backends = {{.service = name, .model = adapter}};
       }
   for (const auto& route : inputs.routes) table->routes[route.spec.model] = build_route(route);
+  // Engines that select adapters by index (llama.cpp): each backend naming
+  // one of its service's adapters gets the adapter's place in spec.lora
+  // (the order of the engine's --lora flags).
+  for (auto& [model, route] : table->routes)
+    for (auto& b : route.backends) {
+      auto svc = inputs.services.find(b.service);
+      if (svc == inputs.services.end() || !svc->second.spec.lora) continue;
+      const auto& names = svc->second.spec.lora->adapters;
+      const std::string& name = b.model.empty() ? model : b.model;
+      if (auto it = std::find(names.begin(), names.end(), name); it != names.end())
+        b.adapter_index = static_cast<int>(it - names.begin());
+    }
   table->tenants = build_tenants(inputs.tenants);
   return table;
 }

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/digest.h"
 #include "http/client.h"
 #include "support.h"
 
@@ -26,6 +27,7 @@ namespace {
 
 using nlohmann::json;
 using namespace std::chrono_literals;
+namespace fs = std::filesystem;
 
 bool have_llama_server() {
   auto [code, out] = run_shell(std::string(LOADSTAR_SOURCE_DIR) + "/scripts/llama-server.sh path");
@@ -307,6 +309,102 @@ TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
   // Idle past the window: back to zero.
   EXPECT_TRUE(eventually([&] { return replicas(*up).empty(); }, 20s));
   EXPECT_EQ(up->post("/v1/chat/completions", chat("Again.", 2).dump()).status, 200);
+}
+
+// LoRA on llama.cpp: each adapter (a GGUF adapter file `loadstar model
+// synth --lora-of` writes) is loaded at start at scale 0, and the gateway
+// turns the model a client names into llama-server's per-request selection
+// ("lora": [{"id", "scale"}]). The adapter changes the answer's log
+// probabilities (greedy, so the same request answers the same); a client's
+// own "lora" field never selects an adapter its key may not use.
+TEST(LlamaCpp, AdaptersAreSelectedPerRequestByTheirModelName) {
+  REQUIRE_LLAMA();
+  const fs::path dir = scratch_dir() / "llama-lora";
+  fs::create_directories(dir);
+  std::string out;
+  ASSERT_EQ(run_loadstar({"model", "synth", "--format", "gguf", "--size", "26Mi", "-o",
+                          (dir / "base.gguf").string()},
+                         &out),
+            0)
+      << out;
+  for (const auto& [name, seed] : {std::pair{"sql", "1"}, std::pair{"poems", "2"}})
+    ASSERT_EQ(run_loadstar({"model", "synth", "--format", "gguf", "--lora-of",
+                            (dir / "base.gguf").string(), "--rank", "8", "--seed", seed, "-o",
+                            (dir / (std::string(name) + ".gguf")).string()},
+                           &out),
+              0)
+        << out;
+  auto up = Up::start(fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-gguf}}
+spec: {{source: "file://{0}/base.gguf", format: gguf}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: sql}}
+spec: {{source: "file://{0}/sql.gguf", format: gguf, adapterOf: tiny-gguf, rank: 8}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: poems}}
+spec: {{source: "file://{0}/poems.gguf", format: gguf, adapterOf: tiny-gguf}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny-gguf
+  replicas: 1
+  engine: {{name: llama.cpp, contextLength: 512, maxSequences: 1, threads: 1}}
+  lora: {{adapters: [sql, poems]}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: base-only}}
+spec:
+  apiKeys: [{{name: k, sha256: {1}}}]
+  models: [chat]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {{name: everyone}}
+spec:
+  apiKeys: [{{name: k, sha256: {2}}}]
+)",
+                                  dir.string(), sha256_hex("sk-base"), sha256_hex("sk-all")));
+  up->wait_ready("chat", 1);
+  // The first token's log probability: what the adapter changes. The
+  // engine's prompt cache is off for these requests: llama-server at the
+  // pinned release reuses a prompt's KV computed under another adapter.
+  auto first_logprob = [&](const std::string& model, const std::string& key,
+                           const json& extra = json::object()) -> std::optional<double> {
+    json body = {{"model", model},   {"prompt", "hello world"}, {"max_tokens", 1},
+                 {"temperature", 0}, {"logprobs", 1},           {"cache_prompt", false}};
+    body.update(extra);
+    auto r = up->post("/v1/completions", body.dump(), {{"Authorization", "Bearer " + key}});
+    if (r.status != 200) {
+      ADD_FAILURE() << model << ": " << r.status << " " << r.body;
+      return std::nullopt;
+    }
+    return json::parse(r.body)["choices"][0]["logprobs"]["content"][0]["logprob"].get<double>();
+  };
+  const auto base = first_logprob("chat", "sk-all");
+  const auto sql = first_logprob("sql", "sk-all");
+  const auto poems = first_logprob("poems", "sk-all");
+  ASSERT_TRUE(base && sql && poems);
+  EXPECT_NE(*sql, *base);
+  EXPECT_NE(*poems, *base);
+  EXPECT_NE(*poems, *sql);
+  EXPECT_EQ(first_logprob("sql", "sk-all"), sql);  // the same selection again
+  EXPECT_EQ(first_logprob("chat", "sk-all"), base);
+  // A base-only key cannot reach an adapter by name, nor by llama.cpp's own
+  // field: the gateway drops it.
+  auto denied = up->post("/v1/completions",
+                         json({{"model", "sql"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
+                         {{"Authorization", "Bearer sk-base"}});
+  EXPECT_EQ(denied.status, 404) << denied.body;
+  EXPECT_EQ(first_logprob("chat", "sk-base", {{"lora", {{{"id", 0}, {"scale", 1.0}}}}}), base);
 }
 
 }  // namespace

@@ -102,8 +102,8 @@ TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {
 }
 
 // spec.lora as each engine takes adapters at start: vLLM's and engine-sim's
-// --enable-lora/--lora-modules, SGLang's --lora-paths; llama.cpp is refused
-// at apply (its per-request selection is not mapped by the gateway yet).
+// --enable-lora/--lora-modules, SGLang's --lora-paths, llama.cpp's --lora
+// files loaded at scale 0 (the gateway selects one per request by index).
 TEST(Engines, LoraAdaptersBecomeEachEnginesOwnFlags) {
   engines::LaunchSpec l = launch();
   l.adapters = {{"sql", "/models/sql"}, {"poems", "/models/poems"}};
@@ -123,6 +123,13 @@ TEST(Engines, LoraAdaptersBecomeEachEnginesOwnFlags) {
   EXPECT_TRUE(has_pair(sglang, "--lora-paths", "sql=/models/sql"));
   EXPECT_TRUE(has_pair(sglang, "--max-loras-per-batch", "2"));
   EXPECT_FALSE(has(engines::find("vllm")->flags(launch()), "--enable-lora"));
+  const auto llama = engines::find("llama.cpp")->flags(l);
+  EXPECT_TRUE(has_pair(llama, "--lora", "/models/sql"));
+  EXPECT_TRUE(has_pair(llama, "--lora", "/models/poems"));
+  EXPECT_TRUE(has(llama, "--lora-init-without-apply"));
+  EXPECT_LT(std::find(llama.begin(), llama.end(), "/models/sql"),
+            std::find(llama.begin(), llama.end(), "/models/poems"));  // the order is the index
+  EXPECT_FALSE(has(engines::find("llama.cpp")->flags(launch()), "--lora-init-without-apply"));
   auto decode = [](const std::string& engine) {
     return api::decode_resources(
         "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
@@ -130,11 +137,8 @@ TEST(Engines, LoraAdaptersBecomeEachEnginesOwnFlags) {
             engine + "}\n  lora: {adapters: [sql], maxLoras: 2, maxCpuLoras: 1}\n",
         "s.yaml");
   };
-  auto refused = decode("llama.cpp");
+  auto refused = decode("vllm");
   ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.error().message.find("spec.lora: llama.cpp does not serve LoRA adapters"),
-            std::string::npos)
-      << refused.error().message;
   EXPECT_NE(refused.error().message.find("spec.lora.maxCpuLoras: must be at least maxLoras (2)"),
             std::string::npos)
       << refused.error().message;

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "gateway/request_peek.h"
 #include "gateway/routing_table.h"
 #include "gateway/stats.h"
@@ -36,6 +38,23 @@ TEST(RequestPeek, StreamsAskTheEngineForUsage) {
   EXPECT_TRUE(peek_request(upstream_body(off, *q))->include_usage);
   const std::string not_stream = R"({"model":"m"})";
   EXPECT_EQ(upstream_body(not_stream, *peek_request(not_stream)), not_stream);
+}
+
+// llama.cpp selects adapters by index in the body: the gateway's selection
+// replaces whatever the client sent, and a base-model request carries none.
+TEST(RequestPeek, AnEngineSelectingAdaptersByIndexGetsOnlyTheGatewaysSelection) {
+  const std::string body =
+      R"({"model":"sql","prompt":"x","stream":true,"lora":[{"id":1,"scale":5}]})";
+  auto p = peek_request(body);
+  ASSERT_TRUE(p.ok());
+  auto sent = nlohmann::json::parse(upstream_body_selecting_adapter(body, *p, "chat", 0));
+  EXPECT_EQ(sent["model"], "chat");
+  EXPECT_EQ(sent["lora"], nlohmann::json::parse(R"([{"id":0,"scale":1.0}])"));
+  EXPECT_EQ(sent["stream_options"]["include_usage"], true);
+  EXPECT_EQ(sent["prompt"], "x");
+  auto base = nlohmann::json::parse(upstream_body_selecting_adapter(body, *p, "", -1));
+  EXPECT_FALSE(base.contains("lora"));
+  EXPECT_EQ(base["model"], "sql");
 }
 
 TEST(RequestPeek, ADuplicateStreamOptionsKeyDoesNotThrow) {

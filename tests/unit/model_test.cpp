@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "model/gguf.h"
+#include "model/lora_adapter.h"
 #include "model/model_dir.h"
 #include "model/safetensors.h"
 
@@ -172,6 +173,43 @@ TEST_F(ModelDirTest, GgufSynthWritesALlamaModelWithTheVocabularysTokenizer) {
                   .ok());
   std::ifstream a(dir_ / "m.gguf", std::ios::binary), b(dir_ / "again.gguf", std::ios::binary);
   EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), {}, std::istreambuf_iterator<char>(b)));
+}
+
+// A llama.cpp LoRA adapter of a GGUF model: general.type adapter, a
+// lora_a ([in, rank]) and lora_b ([rank, out]) pair for attn_q and attn_v
+// of every layer, shaped as llama.cpp checks them against the base; read
+// back for its rank. A model is not an adapter.
+TEST_F(ModelDirTest, GgufAdapterMatchesItsBaseAndReadsBack) {
+  fs::create_directories(dir_);
+  { std::ofstream(dir_ / "vocab.gguf", std::ios::binary) << vocab_gguf(1000); }
+  auto base = synth_gguf(
+      {.size_bytes = 4 << 20, .output = dir_ / "m.gguf", .vocab = dir_ / "vocab.gguf"});
+  ASSERT_TRUE(base.ok()) << base.error().message;
+  auto adapter =
+      synth_gguf_adapter({.base = dir_ / "m.gguf", .output = dir_ / "a.gguf", .rank = 4});
+  ASSERT_TRUE(adapter.ok()) << adapter.error().message;
+  EXPECT_EQ(adapter->format, "gguf");
+  EXPECT_EQ(adapter->rank, 4u);
+  EXPECT_EQ(adapter->base_model, "llama");
+  EXPECT_EQ(adapter->target_modules, (std::vector<std::string>{"attn_q", "attn_v"}));
+  EXPECT_EQ(adapter->tensors, 4 * base->layers);
+  EXPECT_EQ(adapter->bytes, fs::file_size(dir_ / "a.gguf"));
+  auto header = read_gguf_header(dir_ / "a.gguf");
+  ASSERT_TRUE(header.ok());
+  EXPECT_EQ(header->string_value("general.type"), "adapter");
+  EXPECT_EQ(header->string_value("adapter.type"), "lora");
+  const uint64_t e = base->embedding;
+  EXPECT_EQ(header->tensors[0].name, "blk.0.attn_q.weight.lora_a");
+  EXPECT_EQ(header->tensors[0].dims, (std::vector<uint64_t>{e, 4}));
+  EXPECT_EQ(header->tensors[1].name, "blk.0.attn_q.weight.lora_b");
+  EXPECT_EQ(header->tensors[1].dims, (std::vector<uint64_t>{4, e}));
+  auto again = read_adapter(dir_ / "a.gguf");  // by file
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(again->rank, 4u);
+  auto not_adapter = read_gguf_adapter(dir_ / "m.gguf");
+  ASSERT_FALSE(not_adapter.ok());
+  EXPECT_NE(not_adapter.error().message.find("not a LoRA adapter"), std::string::npos);
+  EXPECT_FALSE(synth_gguf_adapter({.base = dir_ / "a.gguf", .output = dir_ / "b.gguf"}).ok());
 }
 
 TEST(Gguf, CorruptHeadersAreClearErrors) {
