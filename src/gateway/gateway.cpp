@@ -24,6 +24,7 @@
 #include "common/strings.h"
 #include "gateway/hold.h"
 #include "gateway/load_report.h"
+#include "gateway/peer_load.h"
 #include "gateway/published_tables.h"
 #include "gateway/request_peek.h"
 #include "gateway/respond.h"
@@ -122,15 +123,7 @@ struct Gateway::Impl {
   // Picks shared with other gateways through Redis, when configured, and
   // the current endpoints by replica name, to apply theirs.
   std::unique_ptr<SharedPrefixes> shared_prefixes;
-  std::mutex replicas_mu;
-  std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica;
-  // Other gateways' load by instance: when reported, and what (replicas_mu).
-  std::unordered_map<std::string, std::pair<int64_t, std::vector<SharedLoad>>> remote_loads;
-  void apply_remote_pick(const SharedPick& pick);
-  void apply_remote_load(const DecodedLoad& load);
-  std::vector<SharedLoad> own_load();
-  int64_t peer_in_flight();
-  void sum_remote_loads_locked(int64_t now_ms);
+  PeerLoad peers;  // other gateways' load on each replica, and ours to report
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
 
@@ -232,7 +225,7 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
         "# TYPE loadstar_gateway_peer_requests_in_flight gauge\n"
         "loadstar_gateway_peer_requests_in_flight {}\n",
         shared_prefixes->up() ? 1 : 0, shared_prefixes->published(), shared_prefixes->received(),
-        shared_prefixes->dropped(), peer_in_flight());
+        shared_prefixes->dropped(), peers.peer_in_flight());
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
 }
@@ -637,66 +630,6 @@ asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex
   co_return false;
 }
 
-void Gateway::Impl::apply_remote_pick(const SharedPick& pick) {
-  std::shared_ptr<Endpoint> endpoint;
-  {
-    std::lock_guard lock(replicas_mu);
-    auto it = by_replica.find(pick.replica);
-    if (it == by_replica.end() || it->second->key != pick.address) return;
-    endpoint = it->second;
-  }
-  chooser.record_remote(*endpoint, pick.blocks, pick.session);
-}
-
-void Gateway::Impl::apply_remote_load(const DecodedLoad& load) {
-  const int64_t now = steady_ms();
-  std::lock_guard lock(replicas_mu);
-  remote_loads[load.instance] = {now, load.load};
-  sum_remote_loads_locked(now);
-}
-
-void Gateway::Impl::sum_remote_loads_locked(int64_t now_ms) {
-  // A gateway that has not reported for a second is gone (or cut off): its
-  // requests no longer count.
-  std::erase_if(remote_loads, [now_ms](const auto& kv) { return now_ms - kv.second.first > 1000; });
-  std::unordered_map<const Endpoint*, std::pair<int64_t, int64_t>> sums;
-  for (const auto& [instance, report] : remote_loads)
-    for (const SharedLoad& l : report.second) {
-      auto it = by_replica.find(l.replica);
-      if (it == by_replica.end() || it->second->key != l.address) continue;
-      auto& sum = sums[it->second.get()];
-      sum.first += std::max<int64_t>(l.in_flight, 0);
-      sum.second += std::max<int64_t>(l.pending_prefill, 0);
-    }
-  for (const auto& [name, e] : by_replica) {
-    auto it = sums.find(e.get());
-    e->remote_in_flight.store(it == sums.end() ? 0 : it->second.first, std::memory_order_relaxed);
-    e->remote_pending_prefill.store(it == sums.end() ? 0 : it->second.second,
-                                    std::memory_order_relaxed);
-  }
-}
-
-int64_t Gateway::Impl::peer_in_flight() {
-  int64_t sum = 0;
-  std::lock_guard lock(replicas_mu);
-  for (const auto& [name, e] : by_replica)
-    sum += e->remote_in_flight.load(std::memory_order_relaxed);
-  return sum;
-}
-
-std::vector<SharedLoad> Gateway::Impl::own_load() {
-  std::vector<SharedLoad> out;
-  std::lock_guard lock(replicas_mu);
-  // Also the moment to let reports of gateways that went quiet expire.
-  sum_remote_loads_locked(steady_ms());
-  for (const auto& [name, e] : by_replica)
-    out.push_back({.replica = e->replica,
-                   .address = e->key,
-                   .in_flight = e->in_flight.load(std::memory_order_relaxed),
-                   .pending_prefill = e->pending_prefill.load(std::memory_order_relaxed)});
-  return out;
-}
-
 asio::awaitable<void> Gateway::Impl::flow_ticks(Worker& w) {
   asio::steady_timer timer(w.io);
   for (;;) {
@@ -759,9 +692,13 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
     Impl* self = impl.get();
     impl->shared_prefixes = SharedPrefixes::create(
         std::move(redis), impl->instance,
-        {.pick = [self](const SharedPick& pick) { self->apply_remote_pick(pick); },
-         .load = [self](const DecodedLoad& load) { self->apply_remote_load(load); },
-         .snapshot = [self] { return self->own_load(); }});
+        {.pick =
+             [self](const SharedPick& pick) {
+               if (auto e = self->peers.find(pick.replica, pick.address))
+                 self->chooser.record_remote(*e, pick.blocks, pick.session);
+             },
+         .load = [self](const DecodedLoad& load) { self->peers.apply(load, steady_ms()); },
+         .snapshot = [self] { return self->peers.own(steady_ms()); }});
   }
   Impl* raw = impl.get();
   LS_ASSIGN_OR_RETURN(impl->server,
@@ -818,13 +755,7 @@ void Gateway::stop(double grace_s) {
 void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
   const std::vector<std::shared_ptr<Endpoint>> gone = impl_->tables.publish(table, steady_ms());
   impl_->scraper.publish(table);
-  {
-    std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica;
-    for (const auto& [name, svc] : table->services)
-      for (const auto& e : svc.ready) by_replica[e->replica] = e;
-    std::lock_guard lock(impl_->replicas_mu);
-    impl_->by_replica = std::move(by_replica);
-  }
+  impl_->peers.set_endpoints(*table);
   // Endpoints that are gone take what the prefix index knew with them.
   for (const auto& e : gone) impl_->chooser.forget(e->id);
   for (auto& worker : impl_->workers) {

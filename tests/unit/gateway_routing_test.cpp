@@ -8,6 +8,7 @@
 #include "common/digest.h"
 #include "gateway/endpoint_adapters.h"
 #include "gateway/engine_load.h"
+#include "gateway/peer_load.h"
 #include "gateway/picker.h"
 #include "gateway/prefix_index.h"
 #include "gateway/request_peek.h"
@@ -267,6 +268,29 @@ TEST(Picker, AnAdapterGoesWhereItRunsThenWhereThereIsRoomUntilLoadOutweighsIt) {
   // Base-model requests are not weighed by adapters at all.
   c = {CandidateView{.in_flight = 1}, CandidateView{.in_flight = 0}};
   EXPECT_EQ(pick(config, c, 0, 0).index, 1u);
+}
+
+// Other gateways' reports sum per endpoint; a gateway silent for a second
+// stops counting; a report for a replica at another address (restarted)
+// does not count.
+TEST(PeerLoad, SumsOtherGatewaysReportsUntilTheyGoQuiet) {
+  RoutingTable table;
+  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 9000);
+  table.services["chat"].ready = {a};
+  PeerLoad peers;
+  peers.set_endpoints(table);
+  EXPECT_EQ(peers.find("chat-0", "127.0.0.1:9000"), a);
+  EXPECT_EQ(peers.find("chat-0", "127.0.0.1:9001"), nullptr);
+  peers.apply({"g1", {{"chat-0", "127.0.0.1:9000", 3, 100}}}, 1000);
+  peers.apply({"g2", {{"chat-0", "127.0.0.1:9000", 2, 50}, {"chat-0", "127.0.0.1:1", 7, 7}}}, 1500);
+  EXPECT_EQ(a->remote_in_flight.load(), 5);
+  EXPECT_EQ(a->remote_pending_prefill.load(), 150);
+  EXPECT_EQ(peers.peer_in_flight(), 5);
+  a->in_flight = 4;
+  const auto own = peers.own(2100);  // g1 last reported 1.1 s ago
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_EQ(own[0].in_flight, 4);
+  EXPECT_EQ(a->remote_in_flight.load(), 2);
 }
 
 TEST(CostExpression, EvaluatesAndNamesTheColumnOfErrors) {

@@ -1,0 +1,45 @@
+// What other gateways (sharing a Redis) report of their load on each
+// replica, summed into the Endpoint atomics the picker reads
+// (remote_in_flight, remote_pending_prefill), so that the picker weighs the
+// whole front door's load whatever the number of gateways; and this
+// gateway's own load, to report. Endpoints are known by replica name and
+// address (a restarted replica at a new address is another). Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "gateway/routing_table.h"
+#include "gateway/shared_messages.h"
+
+namespace loadstar::gateway {
+
+class PeerLoad {
+ public:
+  // The endpoints of a newly published table.
+  void set_endpoints(const RoutingTable& table);
+  // The endpoint of `replica` at `address`; null when not (or no longer) known.
+  std::shared_ptr<Endpoint> find(const std::string& replica, const std::string& address) const;
+  // Another gateway's report, received at `now_ms`.
+  void apply(const DecodedLoad& load, int64_t now_ms);
+  // This gateway's load to report; gateways that have not reported for a
+  // second stop counting (they are gone, or cut off).
+  std::vector<SharedLoad> own(int64_t now_ms);
+  // Requests other gateways last reported in flight, over all endpoints.
+  int64_t peer_in_flight() const;
+
+ private:
+  void sum_locked(int64_t now_ms);
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica_;
+  // By gateway instance: when it reported, and what.
+  std::unordered_map<std::string, std::pair<int64_t, std::vector<SharedLoad>>> reports_;
+};
+
+}  // namespace loadstar::gateway
