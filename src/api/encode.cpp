@@ -118,6 +118,7 @@ std::string encode_resource(const Resource& resource) {
       if (s.lora->max_cpu_loras)
         out << YAML::Key << "maxCpuLoras" << YAML::Value << *s.lora->max_cpu_loras;
       out << YAML::Key << "maxRank" << YAML::Value << s.lora->max_rank;
+      if (s.lora->on_demand) out << YAML::Key << "loading" << YAML::Value << "onDemand";
       out << YAML::EndMap;
     }
     const RoutingSpec& r = s.routing;

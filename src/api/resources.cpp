@@ -453,12 +453,20 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
               fmt::format("must be at least maxLoras ({})", out.max_loras));
     if (l.uint("maxRank", out.max_rank) && (out.max_rank == 0 || out.max_rank > 4096))
       d.error(lora["maxRank"], "spec.lora.maxRank", "must be 1 to 4096");
+    std::string loading = "start";
+    if (l.string("loading", loading, false) && loading != "start" && loading != "onDemand")
+      d.error(lora["loading"], "spec.lora.loading",
+              fmt::format("'{}' is not one of start, onDemand", loading));
+    out.on_demand = loading == "onDemand";
     l.finish();
     const engines::Engine* engine = engines::find(svc.spec.engine.name);
     if (engine && !engine->lora)
       d.error(lora, "spec.lora",
-              fmt::format("{} does not serve LoRA adapters through Loadstar yet (engine-sim, "
-                          "vllm and sglang do)",
+              fmt::format("{} does not serve LoRA adapters through Loadstar yet", engine->name));
+    if (engine && out.on_demand && !engine->lora_runtime_loading)
+      d.error(lora["loading"], "spec.lora.loading",
+              fmt::format("{} loads its adapters at start only through Loadstar (engine-sim and "
+                          "vllm load them on demand)",
                           engine->name));
     svc.spec.lora = std::move(out);
   }

@@ -161,6 +161,12 @@ struct LoraSpec {
   uint32_t max_loras = 1;             // distinct adapters in one batch
   std::optional<uint32_t> max_cpu_loras;
   uint32_t max_rank = 16;
+  // How replicas get them: each loads every adapter at start ("start"), or
+  // the gateway loads an adapter into a replica the first time a request
+  // for it goes there ("onDemand", through the engine's runtime API:
+  // vLLM's /v1/load_lora_adapter). On demand, the list may change without
+  // restarting any replica.
+  bool on_demand = false;
   bool operator==(const LoraSpec&) const = default;
 };
 

@@ -126,7 +126,11 @@ std::vector<KindSchema> build() {
           {f("adapters", T::kStrings, "Models whose spec.adapterOf is this service's model."),
            f("maxLoras", T::kInteger, "Distinct adapters in one batch (default 1)."),
            f("maxCpuLoras", T::kInteger, "Adapters kept in host memory (default maxLoras)."),
-           f("maxRank", T::kInteger, "Largest adapter rank (default 16).")}),
+           f("maxRank", T::kInteger, "Largest adapter rank (default 16)."),
+           one_of(f("loading", T::kString,
+                    "start: each replica loads every adapter; onDemand: the gateway loads one "
+                    "where a request for it goes, and the list changes without restarts."),
+                  {"start", "onDemand"})}),
         f("autoscaling", T::kObject, "Autoscaling on AI signals.", autoscaling),
         f("rollout", T::kObject,
           "How a changed revision replaces running replicas (a rolling update).",

@@ -204,7 +204,9 @@ void Controller::launch(Replica& r) {
   launch.model = &*rev.model;
   launch.revision = rev.hash;
   launch.model_version = rev.model_version;
-  if (rev.service.spec.lora)
+  // Adapters loaded at start must all be there; on demand, the gateway
+  // loads each where it is asked for (routing_if_changed gives it the paths).
+  if (rev.service.spec.lora && !rev.service.spec.lora->on_demand)
     for (const std::string& name : rev.service.spec.lora->adapters) {
       auto adapter = store_.get("Model", name);
       const api::Model* m = adapter ? std::get_if<api::Model>(&*adapter) : nullptr;
@@ -659,9 +661,24 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady)
       key.push_back(fmt::format("ep:{}:{}:{}:{}", name, r->host, r->port, weight(name)));
+  // Adapters loaded on demand, as they become staged (staging starts here).
+  std::map<std::string, std::map<std::string, std::string>> adapter_paths;
+  for (const auto& [name, svc] : services_) {
+    if (!svc.spec.lora || !svc.spec.lora->on_demand) continue;
+    for (const std::string& adapter : svc.spec.lora->adapters) {
+      auto m = store_.get("Model", adapter);
+      const auto* model = m ? std::get_if<api::Model>(&*m) : nullptr;
+      if (!model || model->spec.adapter_of != svc.spec.model) continue;
+      auto path = runtime_.adapter_path(*model);
+      if (!path.ok()) continue;
+      key.push_back(fmt::format("ad:{}:{}:{}", name, adapter, *path));
+      adapter_paths[name][adapter] = *path;
+    }
+  }
   if (key == published_key_) return std::nullopt;
   published_key_ = key;
   routing::RoutingInputs inputs;
+  inputs.adapter_paths = std::move(adapter_paths);
   inputs.services = services_;
   inputs.tenants = tenant_specs_;
   inputs.routes = route_specs_;

@@ -179,6 +179,14 @@ Result<fs::path> gguf_file(const fs::path& model) {
 
 }  // namespace
 
+Result<std::string> LocalRuntime::adapter_path(const api::Model& adapter) {
+  LS_ASSIGN_OR_RETURN(fs::path dir, prepare_model(adapter));
+  if (adapter.spec.format == "gguf") {
+    LS_ASSIGN_OR_RETURN(dir, gguf_file(dir));
+  }
+  return fs::absolute(dir).string();
+}
+
 std::optional<std::string> LocalRuntime::missing(const engines::Engine& engine) {
   auto cached = missing_.find(engine.name);
   if (cached != missing_.end()) return cached->second;
@@ -242,17 +250,19 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   spec.prefix_cache = svc.spec.engine.prefix_cache;
   spec.extra_args = svc.spec.engine.args;
   if (svc.spec.lora) {
-    // Adapters are staged like models (Pending until they are there).
-    for (const api::Model& adapter : launch.adapters) {
-      auto dir = prepare_model(adapter);
-      if (dir.ok() && engine->model_is_file) dir = gguf_file(*dir);
-      if (!dir.ok()) {
-        Error e = std::move(dir).error();
+    // Adapters are staged like models (Pending until they are there); on
+    // demand, the gateway loads them later (adapter_path).
+    spec.lora_on_demand = svc.spec.lora->on_demand;
+    for (const api::Model& adapter : spec.lora_on_demand ? std::vector<api::Model>{}
+                                                         : launch.adapters) {
+      auto path = adapter_path(adapter);
+      if (!path.ok()) {
+        Error e = std::move(path).error();
         e.code = ErrorCode::kUnavailable;
         e.message = fmt::format("adapter {}: {}", adapter.metadata.name, e.message);
         return e;
       }
-      spec.adapters.push_back({adapter.metadata.name, fs::absolute(*dir).string()});
+      spec.adapters.push_back({adapter.metadata.name, *path});
     }
     spec.max_loras = svc.spec.lora->max_loras;
     spec.max_cpu_loras = svc.spec.lora->max_cpu_loras;
@@ -279,6 +289,7 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   p.output_path = e.log.string();
   // Engines read the model from here; none downloads behind the agent.
   p.env = {"HF_HUB_OFFLINE=1"};
+  if (spec.lora_on_demand) p.env.push_back(engines::kRuntimeLoraEnv);
   LS_ASSIGN_OR_RETURN(e.process, Subprocess::start(p));
   spdlog::info("replica {}: started {} (pid {}): {}", launch.replica, engine->name, e.process.pid(),
                fmt::join(p.argv, " "));

@@ -56,6 +56,7 @@ class LocalRuntime : public EngineRuntime {
   void keep_warm(const api::Model& model, uint32_t nodes,
                  const std::string& model_version) override;
   Result<std::string> resolve_version(const std::string& source) override;
+  Result<std::string> adapter_path(const api::Model& adapter) override;
   // Every node of this machine holds what its one agent staged.
   std::set<std::string, std::less<>> models_on(const std::string& node) override;
   void end_pass(const std::vector<std::string>& models_in_use) override;

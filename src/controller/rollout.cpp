@@ -16,7 +16,9 @@ std::string revision_hash(const api::InferenceService& svc, const api::Model* mo
   shape.spec.cpu = svc.spec.cpu;
   shape.spec.memory_bytes = svc.spec.memory_bytes;
   shape.spec.gpu = svc.spec.gpu;
-  shape.spec.lora = svc.spec.lora;  // which adapters each replica loads
+  shape.spec.lora = svc.spec.lora;  // which adapters each replica loads at start
+  // Loaded on demand, the list changes with no replica restarting.
+  if (shape.spec.lora && shape.spec.lora->on_demand) shape.spec.lora->adapters.clear();
   std::string text = api::encode_resource(shape);
   if (model) {
     api::Model m;

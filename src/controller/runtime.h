@@ -115,6 +115,12 @@ class EngineRuntime {
   virtual Result<std::string> resolve_version(const std::string& source) {
     return make_error(ErrorCode::kUnavailable, "this runtime cannot resolve {}", source);
   }
+  // Where replicas load `adapter` from at runtime (spec.lora.loading:
+  // onDemand), or why not yet (staging progress, an error).
+  virtual Result<std::string> adapter_path(const api::Model& adapter) {
+    return make_error(ErrorCode::kUnavailable, "this runtime does not stage adapter {} yet",
+                      adapter.metadata.name);
+  }
   // The models staged on `node`, as far as the runtime knows: the
   // scheduler's locality scorer prefers such nodes for their replicas.
   virtual std::set<std::string, std::less<>> models_on(const std::string& /*node*/) { return {}; }

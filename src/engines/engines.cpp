@@ -18,11 +18,12 @@ void add(std::vector<std::string>& out, std::string flag, std::string value) {
 
 // vLLM's multi-LoRA flags (engine-sim takes the same).
 void add_vllm_lora(std::vector<std::string>& out, const LaunchSpec& l) {
-  if (l.adapters.empty()) return;
+  if (l.adapters.empty() && !l.lora_on_demand) return;
   out.push_back("--enable-lora");
   add(out, "--max-loras", l.max_loras);
   add(out, "--max-lora-rank", l.max_lora_rank);
   if (l.max_cpu_loras) add(out, "--max-cpu-loras", *l.max_cpu_loras);
+  if (l.adapters.empty()) return;
   out.push_back("--lora-modules");
   for (const auto& a : l.adapters) out.push_back(a.name + "=" + a.path);
 }
@@ -98,6 +99,7 @@ std::vector<Engine> make_table() {
     Engine e;
     e.name = "engine-sim";
     e.lora = true;
+    e.lora_runtime_loading = true;
     e.engine_flags = engine_sim_flags;
     e.description =
         "Loadstar's vLLM-compatible engine simulator (no GPU, no real model): for tests and "
@@ -140,6 +142,7 @@ std::vector<Engine> make_table() {
     Engine e;
     e.name = "vllm";
     e.lora = true;
+    e.lora_runtime_loading = true;
     e.engine_flags = vllm_flags;
     e.description = "vLLM's OpenAI-compatible server";
     e.program = "vllm";

@@ -36,6 +36,9 @@ struct LaunchSpec {
   uint32_t max_loras = 1;
   std::optional<uint32_t> max_cpu_loras;
   uint32_t max_lora_rank = 16;
+  // LoRA on, adapters loaded at runtime (none at start); the runtime sets
+  // runtime_loading_env in the engine's environment.
+  bool lora_on_demand = false;
   std::vector<std::string> extra_args;  // spec.engine.args, passed last
 };
 
@@ -78,12 +81,18 @@ struct Engine {
   // the gateway sets from the model name.
   bool lora = false;
   bool adapters_by_index = false;
+  // Loads adapters at runtime through vLLM's /v1/load_lora_adapter
+  // (spec.lora.loading: onDemand; LaunchSpec::lora_on_demand).
+  bool lora_runtime_loading = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.
   std::vector<std::string> flags(const LaunchSpec& launch) const;
   std::vector<std::string> (*engine_flags)(const LaunchSpec&) = nullptr;
 };
+
+// What lets vLLM (and engine-sim) take /v1/load_lora_adapter.
+inline constexpr const char* kRuntimeLoraEnv = "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True";
 
 const std::vector<Engine>& all();
 const Engine* find(std::string_view name);

@@ -36,6 +36,17 @@ void EndpointAdapters::finished(std::string_view adapter) {
   if (--it->second <= 0) in_flight_.erase(it);
 }
 
+void EndpointAdapters::registered(std::string_view adapter) {
+  std::lock_guard lock(mu_);
+  if (std::find(registered_.begin(), registered_.end(), adapter) == registered_.end())
+    registered_.emplace_back(adapter);
+}
+
+bool EndpointAdapters::is_registered(std::string_view adapter) const {
+  std::lock_guard lock(mu_);
+  return std::find(registered_.begin(), registered_.end(), adapter) != registered_.end();
+}
+
 EndpointAdapters::View EndpointAdapters::view(std::string_view adapter,
                                               int64_t fresh_after_ms) const {
   std::lock_guard lock(mu_);
@@ -51,7 +62,8 @@ EndpointAdapters::View EndpointAdapters::view(std::string_view adapter,
     if (!fresh || std::find(reported_.begin(), reported_.end(), name) == reported_.end())
       ++v.active_adapters;
   }
-  v.recent = std::find(recent_.begin(), recent_.end(), adapter) != recent_.end();
+  v.recent = std::find(recent_.begin(), recent_.end(), adapter) != recent_.end() ||
+             std::find(registered_.begin(), registered_.end(), adapter) != registered_.end();
   return v;
 }
 

@@ -24,10 +24,13 @@ class EndpointAdapters {
   // remembered as sent lately (the engine's host cache, max_cpu_loras).
   void sent(std::string_view adapter, uint32_t keep);
   void finished(std::string_view adapter);
+  // Loaded into it at runtime (AdapterLoader), so no load is needed again.
+  void registered(std::string_view adapter);
+  bool is_registered(std::string_view adapter) const;
 
   struct View {
     bool active = false;  // running or waiting there
-    bool recent = false;  // sent there lately
+    bool recent = false;  // sent there lately, or loaded there at runtime
     uint32_t active_adapters = 0;
     uint32_t max_loras = 0;  // as reported; 0: unknown
   };
@@ -41,6 +44,7 @@ class EndpointAdapters {
   int64_t reported_at_ms_ = 0;
   std::vector<std::pair<std::string, int64_t>> in_flight_;  // adapter, requests
   std::vector<std::string> recent_;                         // most recent last
+  std::vector<std::string> registered_;
 };
 
 }  // namespace loadstar::gateway

@@ -22,6 +22,7 @@
 
 #include "common/scope_exit.h"
 #include "common/strings.h"
+#include "gateway/adapter_loader.h"
 #include "gateway/hold.h"
 #include "gateway/load_report.h"
 #include "gateway/peer_load.h"
@@ -117,6 +118,7 @@ struct Gateway::Impl {
   EndpointChooser chooser;
   HoldCounts holds;
   EngineScraper scraper;
+  AdapterLoader adapters;  // LoRA adapters loaded on demand
   PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
   WaitingRoom waiting_room;              // flow control: saturated services' queues
@@ -226,6 +228,14 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
         "loadstar_gateway_peer_requests_in_flight {}\n",
         shared_prefixes->up() ? 1 : 0, shared_prefixes->published(), shared_prefixes->received(),
         shared_prefixes->dropped(), peers.peer_in_flight());
+  text += fmt::format(
+      "# HELP loadstar_gateway_adapter_loads_total LoRA adapters loaded into replicas on demand.\n"
+      "# TYPE loadstar_gateway_adapter_loads_total counter\n"
+      "loadstar_gateway_adapter_loads_total {}\n"
+      "# HELP loadstar_gateway_adapter_load_failures_total On-demand adapter loads that failed.\n"
+      "# TYPE loadstar_gateway_adapter_load_failures_total counter\n"
+      "loadstar_gateway_adapter_load_failures_total {}\n",
+      adapters.loads(), adapters.failures());
   if (options.extra_metrics) text += options.extra_metrics();
   co_return text;
 }
@@ -482,6 +492,15 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       }
       ++stats.retries;
     }
+    const RoutingTable::Service* svc =
+        backend->external ? nullptr : &selector.table().services.at(backend->service);
+    const bool load_adapter = adapter && svc && svc->adapters_on_demand;
+    if (load_adapter && backend->adapter_path.empty()) {
+      routed.code = 503;
+      co_await send_error(
+          ex, 503, fmt::format("The adapter `{}` is being staged; retry shortly.", model), {}, {}, 5);
+      co_return routed;
+    }
     if (backend->priority != selector.first_priority()) ++stats.fallbacks;
     ++stats.backend_requests[backend->label()];
 
@@ -543,7 +562,18 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     forward.start = start;
     forward.prefill = chosen.prefill;
     forward.stats = &stats;
-    ForwardResult result = co_await w.upstream.forward(ex, std::move(forward));
+    // An adapter loaded on demand: into this replica first, if it is not there.
+    ForwardResult result;
+    Status loaded = ok_status();
+    if (load_adapter)
+      loaded = co_await adapters.ensure(*endpoint, backend->model.empty() ? model : backend->model,
+                                        backend->adapter_path);
+    if (loaded.ok()) {
+      result = co_await w.upstream.forward(ex, std::move(forward));
+    } else {
+      result.failure = loaded.error().message;
+      result.prefill_pending = chosen.prefill;
+    }
     endpoint->pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);

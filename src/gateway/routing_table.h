@@ -123,6 +123,9 @@ struct RoutingTable {
     // Backend::adapter_index is set there, and a client's own selection is
     // dropped.
     bool adapters_by_index = false;
+    // Its adapters are loaded into a replica where a request first needs
+    // one (spec.lora.loading: onDemand): Backend::adapter_path says from where.
+    bool adapters_on_demand = false;
   };
   struct Backend {
     std::string service;                 // an InferenceService, or
@@ -130,6 +133,7 @@ struct RoutingTable {
     std::string model;                   // the model name sent upstream (empty: unchanged)
     std::string authorization;           // sent to an external backend ("Bearer ...")
     int adapter_index = -1;              // see Service::adapters_by_index
+    std::string adapter_path;            // see Service::adapters_on_demand (empty: not staged yet)
     uint32_t weight = 1;
     uint32_t priority = 0;
     std::string label() const { return service.empty() ? external->key : service; }

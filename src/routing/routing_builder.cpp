@@ -38,6 +38,7 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     if (svc.spec.lora) {
       const engines::Engine* engine = engines::find(svc.spec.engine.name);
       s.adapters_by_index = engine && engine->adapters_by_index;
+      s.adapters_on_demand = svc.spec.lora->on_demand;
       s.max_loras = svc.spec.lora->max_loras;
       s.max_cpu_loras = svc.spec.lora->max_cpu_loras.value_or(s.max_loras);
     }
@@ -88,6 +89,9 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
       const std::string& name = b.model.empty() ? model : b.model;
       if (auto it = std::find(names.begin(), names.end(), name); it != names.end())
         b.adapter_index = static_cast<int>(it - names.begin());
+      if (auto paths = inputs.adapter_paths.find(b.service); paths != inputs.adapter_paths.end())
+        if (auto path = paths->second.find(name); path != paths->second.end())
+          b.adapter_path = path->second;
     }
   table->tenants = build_tenants(inputs.tenants);
   return table;

@@ -37,6 +37,9 @@ struct RoutingInputs {
   std::vector<api::Tenant> tenants;
   std::vector<api::Route> routes;
   std::map<std::string, std::vector<ReadyReplica>> ready;  // by service
+  // Adapters loaded on demand (spec.lora.loading: onDemand) that are staged:
+  // service -> adapter -> the path its replicas load it from.
+  std::map<std::string, std::map<std::string, std::string>> adapter_paths;
 };
 
 // Resolves a host name to an address ("10.0.0.1"); an address is returned

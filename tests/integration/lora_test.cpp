@@ -194,5 +194,88 @@ spec:
   EXPECT_EQ(served, (std::vector<double>{3, 4}));  // poems x3; sql x3 and the stream
 }
 
+// spec.lora.loading: onDemand. Replicas start with no adapter; the gateway
+// loads one into the replica a request for it goes to (vLLM's
+// /v1/load_lora_adapter, which engine-sim takes when
+// VLLM_ALLOW_RUNTIME_LORA_UPDATING is set, as the runtime does), once; and
+// an adapter added to the list is served without restarting any replica.
+TEST(UpLora, OnDemandAnAdapterIsLoadedWhereItIsAskedForAndAddedWithoutRestarts) {
+  const fs::path base = synth_model("lora-base", "16MiB");
+  auto yaml = [&](const std::string& adapters) {
+    return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{source: "file://{}"}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: sql}}
+spec: {{source: "file://{}", adapterOf: tiny}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: poems}}
+spec: {{source: "file://{}", adapterOf: tiny}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec:
+  model: tiny
+  replicas: 2
+  engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
+  lora: {{adapters: [{}], loading: onDemand}}
+)",
+                       base.string(), synth_adapter("up-sql", base, 8).string(),
+                       synth_adapter("up-poems", base, 8).string(), adapters);
+  };
+  auto up = Up::start(yaml("sql"));
+  up->wait_ready("chat", 2);
+  auto ask = [&](const std::string& model) {
+    return up->post("/v1/completions",
+                    json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 2}}).dump());
+  };
+  auto holders = [&](const std::string& adapter) {
+    int n = 0;
+    const json replicas = json::parse(up->replicas_json());
+    for (const auto& replica : replicas["items"]) {
+      auto models = http::fetch({.port = replica["port"].get<uint16_t>(), .target = "/v1/models"});
+      if (models.ok() && models->body.find("\"" + adapter + "\"") != std::string::npos) ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(holders("sql"), 0);  // nothing at start
+  for (int i = 0; i < 3; ++i) {
+    auto r = ask("sql");
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(holders("sql"), 1);  // where it was asked for, and kept there
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_adapter_loads_total"), 1);
+  EXPECT_EQ(ask("poems").status, 404);  // not in the list (yet)
+
+  const json before = json::parse(up->replicas_json())["items"];
+  const fs::path file = scratch_dir() / "lora-on-demand.yaml";
+  std::ofstream(file) << yaml("sql, poems");
+  std::string out;
+  ASSERT_EQ(
+      run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      0)
+      << out;
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((status = ask("poems").status) == 404 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(holders("poems"), 1);
+  // The same replicas, never restarted.
+  const json after = json::parse(up->replicas_json())["items"];
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_EQ(after[i]["name"], before[i]["name"]);
+    EXPECT_EQ(after[i]["pid"], before[i]["pid"]);
+  }
+}
+
 }  // namespace
 }  // namespace loadstar::testing

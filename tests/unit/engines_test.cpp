@@ -130,6 +130,29 @@ TEST(Engines, LoraAdaptersBecomeEachEnginesOwnFlags) {
   EXPECT_LT(std::find(llama.begin(), llama.end(), "/models/sql"),
             std::find(llama.begin(), llama.end(), "/models/poems"));  // the order is the index
   EXPECT_FALSE(has(engines::find("llama.cpp")->flags(launch()), "--lora-init-without-apply"));
+  // On demand: LoRA on, no adapter at start.
+  engines::LaunchSpec on_demand = launch();
+  on_demand.lora_on_demand = true;
+  const auto runtime = engines::find("vllm")->flags(on_demand);
+  EXPECT_TRUE(has(runtime, "--enable-lora"));
+  EXPECT_FALSE(has(runtime, "--lora-modules"));
+  auto loading = [&](const std::string& engine, const std::string& value) {
+    return api::decode_resources(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"
+        "spec:\n  model: m\n  engine: {name: " +
+            engine + "}\n  lora: {adapters: [sql], loading: " + value + "}\n",
+        "s.yaml");
+  };
+  EXPECT_TRUE(loading("vllm", "onDemand").ok());
+  auto llama_on_demand = loading("llama.cpp", "onDemand");
+  ASSERT_FALSE(llama_on_demand.ok());
+  EXPECT_NE(llama_on_demand.error().message.find(
+                "spec.lora.loading: llama.cpp loads its adapters at start only"),
+            std::string::npos)
+      << llama_on_demand.error().message;
+  auto typo = loading("vllm", "lazy");
+  ASSERT_FALSE(typo.ok());
+  EXPECT_NE(typo.error().message.find("'lazy' is not one of start, onDemand"), std::string::npos);
   auto decode = [](const std::string& engine) {
     return api::decode_resources(
         "apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: chat}\n"

@@ -156,6 +156,15 @@ TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
   api::Model other = model;
   other.spec.source = "synth://m2";
   EXPECT_NE(base, revision_hash(decode(service(1)), &other));
+  // Adapters loaded at start shape a replica; loaded on demand, they do not
+  // (the list changes without restarts), but the loading mode does.
+  const auto lora = [&](const std::string& adapters, const std::string& loading) {
+    return revision_hash(decode(service(1, "  lora: {adapters: [" + adapters + "]" + loading + "}\n")),
+                         &model);
+  };
+  EXPECT_NE(lora("a", ""), lora("a, b", ""));
+  EXPECT_EQ(lora("a", ", loading: onDemand"), lora("a, b", ", loading: onDemand"));
+  EXPECT_NE(lora("a", ""), lora("a", ", loading: onDemand"));
 }
 
 TEST(Revision, TheResolvedVersionOfAVersionedSourceIsPartOfIt) {
