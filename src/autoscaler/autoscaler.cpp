@@ -62,6 +62,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
+    w.adapters += it->adapters;
     w.kv_per_replica += it->kv_cache_usage * it->ready;
     w.ready += it->ready;
     if (it->now >= serving_since_ && buckets > 1 && it->ttft_counts.size() == buckets)
@@ -71,13 +72,14 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   }
   if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
     const Sample& s = samples_.back();
-    w = {s.waiting, s.in_flight, s.kv_cache_usage * s.ready, static_cast<double>(s.ready), {}, 0,
-         1};
+    w = {s.waiting, s.in_flight, s.kv_cache_usage * s.ready, static_cast<double>(s.ready),
+         s.adapters, {}, 0, 1};
     return w;
   }
   if (w.samples > 0) {
     w.waiting /= w.samples;
     w.in_flight /= w.samples;
+    w.adapters /= w.samples;
     w.kv_per_replica /= w.samples;
     w.ready /= w.samples;
   }
@@ -115,6 +117,12 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
     vote(n, "waiting", w.waiting,
          fmt::format("waiting requests {:.1f} at target {:g}/replica -> {}", w.waiting,
                      *spec_.waiting_per_replica, n));
+  }
+  if (spec_.adapters_per_replica && w.adapters > 0) {
+    const uint32_t n = count(w.adapters, *spec_.adapters_per_replica);
+    vote(n, "loraAdapters", w.adapters,
+         fmt::format("LoRA adapters in use {:.1f} at {:g}/replica -> {}", w.adapters,
+                     *spec_.adapters_per_replica, n));
   }
   if (spec_.kv_cache_usage) {
     const uint32_t n = count(w.kv_per_replica, *spec_.kv_cache_usage);

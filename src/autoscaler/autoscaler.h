@@ -43,6 +43,12 @@ struct Spec {
   std::optional<double> in_flight_per_replica;
   std::optional<double> kv_cache_usage;  // 0..1, mean over ready replicas
   std::optional<double> ttft_p90_slo_s;
+  // LoRA: distinct adapters one replica runs at once (spec.lora.maxLoras).
+  // Set, the distinct adapters requests run or wait on vote for enough
+  // replicas to give each a slot (requests for an adapter beyond them wait
+  // for one to drain). Not a target of its own: the default in-flight
+  // target still applies when nothing else is set.
+  std::optional<double> adapters_per_replica;
   double stable_window_s = 60;
   double panic_window_s = 6;
   double panic_threshold = 2;
@@ -68,6 +74,7 @@ struct Sample {
   double waiting = 0;         // requests queued in the engines
   double in_flight = 0;       // requests the gateway has sent and not finished
   double kv_cache_usage = 0;  // mean over ready replicas, 0..1
+  double adapters = 0;        // distinct LoRA adapters running or waiting
   // First tokens the gateway saw since the previous sample, per TTFT bucket
   // (Spec::ttft_bounds; empty when none).
   std::vector<uint64_t> ttft_counts;
@@ -109,7 +116,7 @@ class Autoscaler {
 
  private:
   struct Window {
-    double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0;
+    double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0, adapters = 0;
     std::optional<double> ttft;  // p90 of the window's first tokens on the current serving set
     uint64_t ttft_answers = 0;   // how many
     int samples = 0;

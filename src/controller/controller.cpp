@@ -350,9 +350,11 @@ void Controller::apply_load() {
     auto it = round->replicas.find(name);
     if (it == round->replicas.end()) {
       r->in_flight = 0;  // no gateway routes to it (any more)
+      r->adapters.clear();
       continue;
     }
     r->in_flight = it->second.in_flight;
+    r->adapters = it->second.adapters;
     if (r->revision) rollouts_.observe(r->service, r->revision->hash, it->second);
     if (it->second.waiting) r->waiting = *it->second.waiting;
     if (it->second.kv_usage) r->kv_usage = *it->second.kv_usage;
@@ -371,15 +373,18 @@ void Controller::apply_load() {
 ServiceLoad Controller::service_load(const std::string& service) const {
   ServiceLoad load;
   if (auto it = increments_.find(service); it != increments_.end()) load = it->second;
+  std::set<std::string> adapters;
   for (const auto& [name, r] : replicas_) {
     if (r->service != service) continue;
     load.in_flight += static_cast<double>(r->in_flight);
+    adapters.insert(r->adapters.begin(), r->adapters.end());
     if (r->state != ReplicaState::kReady) continue;
     ++load.ready;
     load.waiting += r->waiting;
     load.kv_usage_sum += r->kv_usage;
   }
   load.held = demand_.count(service) > 0;
+  load.adapters = static_cast<double>(adapters.size());
   return load;
 }
 

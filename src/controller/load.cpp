@@ -53,6 +53,7 @@ LoadRound LoadAggregator::round(
         seen.itl[b] = e.itl[b];
       }
       load.in_flight += std::max<int64_t>(e.in_flight, 0);
+      load.adapters.insert(e.adapters.begin(), e.adapters.end());
       // The engine's own numbers: any gateway's recent scrape will do; the
       // highest is the most cautious.
       if (e.metrics_age_s >= 0 && e.metrics_age_s < 5) {

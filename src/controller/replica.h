@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "controller/controller.h"
@@ -38,6 +39,7 @@ struct Controller::Replica {
   int64_t in_flight = 0;
   double waiting = 0;
   double kv_usage = 0;
+  std::set<std::string> adapters;  // LoRA adapters running or waiting there
 };
 
 }  // namespace loadstar::controller

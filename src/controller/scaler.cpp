@@ -18,6 +18,7 @@ autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
   spec.in_flight_per_replica = as.in_flight_per_replica;
   spec.kv_cache_usage = as.kv_cache_usage;
   spec.ttft_p90_slo_s = as.ttft_p90_s;
+  if (svc.spec.lora) spec.adapters_per_replica = svc.spec.lora->max_loras;
   spec.stable_window_s = as.stable_window_s;
   spec.panic_window_s = as.panic_window_s;
   spec.panic_threshold = as.panic_threshold;
@@ -70,6 +71,7 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.in_flight = load.in_flight;
   sample.waiting = load.waiting;
   sample.kv_cache_usage = load.ready ? load.kv_usage_sum / load.ready : 0;
+  sample.adapters = load.adapters;
   sample.ttft_counts.assign(load.ttft.begin(), load.ttft.end());
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;

@@ -35,6 +35,7 @@ struct ServiceLoad {
   double in_flight = 0;                                          // now, ready and draining replicas
   double waiting = 0;                                            // ready replicas' engine queues
   double kv_usage_sum = 0;                                       // over ready replicas
+  double adapters = 0;  // distinct LoRA adapters running or waiting, over its replicas
   bool held = false;  // a request waits at a gateway for a replica
 };
 

@@ -36,6 +36,15 @@ void EndpointAdapters::finished(std::string_view adapter) {
   if (--it->second <= 0) in_flight_.erase(it);
 }
 
+std::vector<std::string> EndpointAdapters::active(int64_t fresh_after_ms) const {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> out;
+  if (reported_at_ms_ > fresh_after_ms) out = reported_;
+  for (const auto& [name, n] : in_flight_)
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  return out;
+}
+
 void EndpointAdapters::registered(std::string_view adapter) {
   std::lock_guard lock(mu_);
   if (std::find(registered_.begin(), registered_.end(), adapter) == registered_.end())

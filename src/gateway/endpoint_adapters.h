@@ -36,6 +36,9 @@ class EndpointAdapters {
   };
   // Reports older than `fresh_after_ms` count as none.
   View view(std::string_view adapter, int64_t fresh_after_ms) const;
+  // The adapters running or waiting there: the fresh report's and those
+  // with requests in flight (the autoscaler's adapter demand).
+  std::vector<std::string> active(int64_t fresh_after_ms) const;
 
  private:
   mutable std::mutex mu_;

@@ -22,12 +22,13 @@ EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms) {
   out.failures = e.failures.load(std::memory_order_relaxed);
   for (size_t b = 0; b < out.itl.size(); ++b)
     out.itl[b] = e.itl_counts[b].load(std::memory_order_relaxed);
+  out.adapters = e.adapters.active(now_ms - 5000);
   return out;
 }
 
 std::string load_report_json(const LoadReport& report) {
   json endpoints = json::array();
-  for (const EndpointLoad& e : report.endpoints)
+  for (const EndpointLoad& e : report.endpoints) {
     endpoints.push_back({{"service", e.service},
                          {"replica", e.replica},
                          {"address", e.address},
@@ -39,6 +40,8 @@ std::string load_report_json(const LoadReport& report) {
                          {"ttft_counts", e.ttft},
                          {"failures", e.failures},
                          {"itl_counts", e.itl}});
+    if (!e.adapters.empty()) endpoints.back()["adapters"] = e.adapters;
+  }
   json held = json::object();
   for (const auto& [service, n] : report.held)
     if (n > 0) held[service] = n;
@@ -104,6 +107,9 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     if (auto itl = e.find("itl_counts"); itl != e.end() && itl->is_array())
       for (size_t b = 0; b < load.itl.size() && b < itl->size(); ++b)
         load.itl[b] = counter((*itl)[b]);
+    if (auto a = e.find("adapters"); a != e.end() && a->is_array())
+      for (const json& name : *a)
+        if (name.is_string() && load.adapters.size() < 4096) load.adapters.push_back(name);
     out.report.endpoints.push_back(std::move(load));
   }
   return out;

@@ -30,6 +30,7 @@ struct EndpointLoad {
   std::array<uint64_t, Endpoint::kTtftBuckets> ttft{};  // counters
   uint64_t failures = 0;                                // counter
   std::array<uint64_t, Endpoint::kItlBuckets> itl{};    // counters
+  std::vector<std::string> adapters;  // LoRA adapters running or waiting there now
 };
 
 struct LoadReport {

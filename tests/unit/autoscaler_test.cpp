@@ -226,6 +226,24 @@ TEST(Autoscaler, OtherSignalsAndBounds) {
       << slow.reason;
 }
 
+// LoRA: the distinct adapters in use ask for a slot each, maxLoras to a
+// replica, even when few requests are in flight per adapter.
+TEST(Autoscaler, LoraAdaptersInUseAskForSlots) {
+  Spec spec = concurrency(1, 10);
+  spec.adapters_per_replica = 4;
+  Autoscaler a(spec);
+  a.observe({.now = 0, .ready = 2, .in_flight = 10, .adapters = 10});
+  Decision d = a.decide(0, 2);
+  EXPECT_EQ(d.signal, "loraAdapters");
+  EXPECT_EQ(d.desired, 3u);
+  EXPECT_NE(d.reason.find("LoRA adapters in use 10.0 at 4/replica -> 3"), std::string::npos)
+      << d.reason;
+  // Without the spec's bound, adapters do not vote.
+  Autoscaler b(concurrency(1, 10));
+  b.observe({.now = 0, .ready = 2, .in_flight = 10, .adapters = 10});
+  EXPECT_EQ(b.decide(0, 2).signal, "inFlight");
+}
+
 TEST(Autoscaler, TtftEvidenceStartsWithTheCurrentServingSet) {
   Spec spec;
   spec.max_replicas = 10;

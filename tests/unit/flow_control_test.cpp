@@ -107,6 +107,7 @@ TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
     e.in_flight = 4;
     e.waiting = 1;
     e.metrics_age_s = 0.1;
+    e.adapters = {"sql", i == 0 ? "poems" : "code"};
     report.endpoints.push_back(e);
   }
   report.queued = {{"chat", 5}, {"idle", 3}};
@@ -118,6 +119,9 @@ TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
   EXPECT_EQ(r.replicas["chat-0"].in_flight + r.replicas["chat-1"].in_flight, 8 + 5);
   EXPECT_DOUBLE_EQ(*r.replicas["chat-0"].waiting, 1 + 2.5);
   EXPECT_EQ(r.demand, (std::set<std::string>{"idle"}));
+  // The adapters in use on each replica travel too.
+  EXPECT_EQ(r.replicas["chat-0"].adapters, (std::set<std::string>{"poems", "sql"}));
+  EXPECT_EQ(r.replicas["chat-1"].adapters, (std::set<std::string>{"code", "sql"}));
 }
 
 // Failed attempts and inter-token gaps travel in the report and become
