@@ -79,13 +79,15 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   std::string model_path =
       fmt::format("{}/{}/{}", models_mount, model.metadata.name,
                   launch.model_version.empty() ? std::string("current") : launch.model_version);
-  if (kind->model_is_file) {
-    const std::string& source = model.spec.source;
+  // GGUF: the one file in the directory, named as in its source.
+  auto gguf_in = [&](const api::Model& m) {
+    const std::string& source = m.spec.source;
     const size_t slash = source.rfind('/');
-    model_path +=
-        "/" + (source.ends_with(".gguf") && slash != std::string::npos ? source.substr(slash + 1)
-                                                                       : std::string("model.gguf"));
-  }
+    return "/" + (source.ends_with(".gguf") && slash != std::string::npos
+                      ? source.substr(slash + 1)
+                      : std::string("model.gguf"));
+  };
+  if (kind->model_is_file) model_path += gguf_in(model);
   engines::LaunchSpec spec;
   spec.model = model_path;
   spec.served_name = svc.metadata.name;
@@ -97,6 +99,20 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   spec.threads = svc.spec.engine.threads;
   spec.prefix_cache = svc.spec.engine.prefix_cache;
   spec.extra_args = svc.spec.engine.args;
+  // LoRA adapters loaded at start: each staged by an init container of its
+  // own (cached under its flat name, as models are), served under its name
+  // in the service's namespace.
+  if (svc.spec.lora) {
+    spec.max_loras = svc.spec.lora->max_loras;
+    spec.max_cpu_loras = svc.spec.lora->max_cpu_loras;
+    spec.max_lora_rank = svc.spec.lora->max_rank;
+    for (const api::Model& adapter : launch.adapters) {
+      const std::string qualified = kube::NamespaceScope::unflat(adapter.metadata.name);
+      std::string path = fmt::format("{}/{}/current", models_mount, adapter.metadata.name);
+      if (kind->model_is_file) path += gguf_in(adapter);
+      spec.adapters.push_back({qualified.substr(qualified.rfind('/') + 1), path});
+    }
+  }
   // The image: the service's, else this controller's per-engine setting,
   // else the table's pinned default (engine-sim is Loadstar's own image).
   std::string image = svc.spec.engine.image;
@@ -183,6 +199,16 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
     stage["args"].push_back("--version");
     stage["args"].push_back(launch.model_version);
   }
+  json init_containers = json::array({stage});
+  for (size_t i = 0; i < launch.adapters.size(); ++i) {
+    json adapter_stage = stage;
+    adapter_stage["name"] = fmt::format("stage-lora-{}", i);
+    adapter_stage["args"] = {"stage",      launch.adapters[i].metadata.name,
+                             "--source",   launch.adapters[i].spec.source,
+                             "--agent",    fmt::format("http://$(NODE_IP):{}", options.agent_port),
+                             "--timeout",  "3600"};
+    init_containers.push_back(std::move(adapter_stage));
+  }
   json pod = {
       {"apiVersion", "v1"},
       {"kind", "Pod"},
@@ -205,7 +231,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
         {"automountServiceAccountToken", false},  // engines never call the API
         {"terminationGracePeriodSeconds",
          std::max<int64_t>(options.termination_grace_s, std::lround(kind->stop_grace_s))},
-        {"initContainers", {stage}},
+        {"initContainers", init_containers},
         {"containers", {engine}},
         {"volumes",
          {{{"name", "models"},
@@ -306,10 +332,10 @@ Status PodRuntime::ensure_token_secret(const std::string& namespace_name) {
 }
 
 Status PodRuntime::launch(const EngineLaunch& launch) {
-  if (!launch.adapters.empty())
+  if (launch.service->spec.lora && launch.service->spec.lora->on_demand)
     return make_error(ErrorCode::kInvalidArgument,
-                      "LoRA adapters (spec.lora) are served in local mode only so far: replica "
-                      "Pods do not stage adapters yet");
+                      "spec.lora.loading: onDemand is served in local mode only so far (in "
+                      "Kubernetes the adapters are staged with each replica: use loading: start)");
   const kube::NamespaceScope::Name pod_name = scope_.split(launch.replica);
   if (auto pod = pods_->get(pod_name)) {
     if (pod->value("metadata", json::object()).contains("deletionTimestamp"))
@@ -326,6 +352,8 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
   api::Model model = *launch.model;
   model.metadata.name = kube::NamespaceScope::flat(model.metadata.name);
   EngineLaunch local = launch;
+  for (api::Model& adapter : local.adapters)
+    adapter.metadata.name = kube::NamespaceScope::flat(adapter.metadata.name);
   local.replica = pod_name.name;
   local.service = &service;
   local.model = &model;

@@ -133,11 +133,17 @@ void KubeStore::qualify(api::Resource& resource, const std::string& namespace_na
         using T = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<T, api::InferenceService>) {
           r.spec.model = scope_.qualify(namespace_name, r.spec.model);
+          if (r.spec.lora)
+            for (std::string& adapter : r.spec.lora->adapters)
+              adapter = scope_.qualify(namespace_name, adapter);
           queue(r.spec.queue);
         } else if constexpr (std::is_same_v<T, api::Route>) {
           for (auto& backend : r.spec.backends)
             if (!backend.service.empty())
               backend.service = scope_.qualify(namespace_name, backend.service);
+        } else if constexpr (std::is_same_v<T, api::Model>) {
+          if (!r.spec.adapter_of.empty())
+            r.spec.adapter_of = scope_.qualify(namespace_name, r.spec.adapter_of);
         } else if constexpr (std::is_same_v<T, api::Queue>) {
           queue(r.spec.parent);
         }

@@ -550,5 +550,50 @@ TEST_F(KubernetesTest, InformerResumesEndedWatchesWithoutMissingAnEvent) {
   EXPECT_EQ(refused.error().code, ErrorCode::kConflict);
 }
 
+// LoRA adapters in Kubernetes (loading: start): the replica Pod stages each
+// adapter with an init container of its own through the node's agent, the
+// engine starts with them (--lora-modules), and a client names one through
+// the gateway.
+TEST_F(KubernetesTest, AReplicaPodStagesItsLoraAdaptersAndServesThem) {
+  add_node(1, 1);
+  start_controller("controller");
+  wait_output("controller", "controller reconciling");
+  const uint16_t gw = start_gateway("gateway-1");
+  const fs::path base = synth_model("k8s-tiny", "2MiB");
+  std::string yaml = model_yaml();
+  for (const std::string name : {"sql", "poems"})
+    yaml += fmt::format(
+        "---\napiVersion: loadstar.dev/v1alpha1\nkind: Model\nmetadata: {{name: {}}}\n"
+        "spec: {{source: \"file://{}\", adapterOf: tiny}}\n",
+        name, synth_adapter("k8s-" + name, base, 8).string());
+  yaml += "---\n" + service_yaml(1) + "  lora: {adapters: [sql, poems], maxLoras: 2}\n";
+  apply(yaml);
+  auto ask = [&](const std::string& model) {
+    auto r = http::fetch(
+        {.port = gw,
+         .method = "POST",
+         .target = "/v1/completions",
+         .body = json({{"model", model}, {"prompt", "hi"}, {"max_tokens", 2}}).dump(),
+         .timeout_s = 5});
+    return r.ok() ? r->status : 0;
+  };
+  ASSERT_TRUE(eventually([&] { return ask("sql") == 200; }, 90))
+      << read_text(processes_["controller"]->log) << read_text(processes_["gateway-1"]->log)
+      << json(pods()).dump();
+  EXPECT_EQ(ask("poems"), 200);
+  EXPECT_EQ(ask("chat"), 200);
+  EXPECT_EQ(ask("nope"), 404);
+  const auto all = pods();
+  ASSERT_EQ(all.size(), 1u);
+  std::set<std::string> inits;
+  for (const auto& c : all[0]["spec"]["initContainers"]) inits.insert(c["name"].get<std::string>());
+  EXPECT_EQ(inits, (std::set<std::string>{"stage", "stage-lora-0", "stage-lora-1"}));
+  EXPECT_NE(all[0]["spec"]["containers"][0]["args"].dump().find(
+                "sql=/var/lib/loadstar/models/sql/current"),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(root_ / fmt::format("{}-n1", ns_) /
+                         "var/lib/loadstar/agent/models/poems/current/adapter_config.json"));
+}
+
 }  // namespace
 }  // namespace loadstar::testing

@@ -203,7 +203,8 @@ class Kubelet {
     if (argv[0] == "loadstar") argv[0] = args_.loadstar_bin;
     for (const auto& c : args_.commands)
       if (c.starts_with(argv[0] + "=")) argv[0] = c.substr(argv[0].size() + 1);
-    // Mounts: paths under a mountPath are rewritten onto the hostPath.
+    // Mounts: paths under a mountPath are rewritten onto the hostPath, also
+    // after a NAME= prefix (vLLM's --lora-modules NAME=PATH).
     const json volumes = pod.object["spec"].value("volumes", json::array());
     for (const auto& m : spec.value("volumeMounts", json::array())) {
       const std::string mount = m.value("mountPath", "");
@@ -212,9 +213,15 @@ class Kubelet {
         const std::string host = args_.host_root + v["hostPath"].value("path", "");
         std::error_code ec;
         fs::create_directories(host, ec);
-        for (auto& a : argv)
-          if (a.starts_with(mount) && (a.size() == mount.size() || a[mount.size()] == '/'))
-            a = host + a.substr(mount.size());
+        for (auto& a : argv) {
+          const size_t eq = a.find('=');
+          const size_t at = eq != std::string::npos && a.compare(eq + 1, mount.size(), mount) == 0
+                                ? eq + 1
+                                : 0;
+          if (a.compare(at, mount.size(), mount) == 0 &&
+              (a.size() == at + mount.size() || a[at + mount.size()] == '/'))
+            a = a.substr(0, at) + host + a.substr(at + mount.size());
+        }
       }
     }
     loadstar::ProcessOptions p;

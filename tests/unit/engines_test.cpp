@@ -370,6 +370,33 @@ TEST(EnginePods, AVersionedReplicaReadsItsOwnVersionDirectory) {
   EXPECT_EQ(*(at + 1), "0123456789abcdef");
 }
 
+// LoRA adapters in a Pod: each staged by its own init container under the
+// agent's flat name, served by the engine under its name in the namespace.
+TEST(EnginePods, AdaptersAreStagedByInitContainersAndServedByTheirNames) {
+  api::InferenceService svc;
+  svc.metadata.name = "chat";
+  svc.spec.engine.name = "vllm";
+  svc.spec.lora = api::LoraSpec{.adapters = {"team/sql"}, .max_loras = 2};
+  api::Model model{{"team_m"}, {"hf://org/m", "safetensors", {}}};
+  api::Model adapter{{"team_sql"}, {"hf://org/sql", "safetensors", {}}};
+  controller::EngineLaunch l;
+  l.replica = "chat-0";
+  l.service = &svc;
+  l.model = &model;
+  l.adapters = {adapter};
+  const json spec = controller::replica_pod(l, controller::PodRuntimeOptions{}, "team", "")["spec"];
+  ASSERT_EQ(spec["initContainers"].size(), 2u);
+  const json& stage = spec["initContainers"][1];
+  EXPECT_EQ(stage["name"], "stage-lora-0");
+  EXPECT_EQ(stage["args"][1], "team_sql");
+  EXPECT_EQ(stage["args"][3], "hf://org/sql");
+  const json& args = spec["containers"][0]["args"];
+  EXPECT_NE(std::find(args.begin(), args.end(), "sql=/var/lib/loadstar/models/team_sql/current"),
+            args.end())
+      << args;
+  EXPECT_NE(std::find(args.begin(), args.end(), "--enable-lora"), args.end());
+}
+
 // Under NVIDIA's time-slicing the node advertises each GPU `replicas` times:
 // the inventory counts physical GPUs (GPU feature discovery's labels).
 TEST(EnginePods, ATimeSlicedNodeCountsItsPhysicalGpus) {
