@@ -486,21 +486,27 @@ void Controller::find_revisions() {
   for (const auto& [name, svc] : services_) {
     const auto model = store_.get("Model", svc.spec.model);
     const api::Model* m = model ? std::get_if<api::Model>(&*model) : nullptr;
+    // Adapters loaded at start are part of what a replica runs.
+    std::vector<api::Model> adapters;
+    if (svc.spec.lora && !svc.spec.lora->on_demand)
+      for (const std::string& adapter : svc.spec.lora->adapters)
+        if (auto a = store_.get("Model", adapter))
+          if (const auto* am = std::get_if<api::Model>(&*a)) adapters.push_back(*am);
     if (!m || !source_has_versions(m->spec.source)) {
-      found[name] = history_.current(svc, m, "", clock_.wall());
+      found[name] = history_.current(svc, m, "", clock_.wall(), adapters);
       continue;
     }
     const std::string& source = m->spec.source;
     versioned.insert(source);
     if (auto version = versions_.version(source)) {
-      auto latest = history_.latest_of(svc, m);
+      auto latest = history_.latest_of(svc, m, adapters);
       if (latest && latest->model_version.empty() &&
           legacy_versions_.try_emplace(source, *version).first->second == *version) {
         found[name] = latest;  // recorded before model versions: taken to run this one
         continue;
       }
-      found[name] = history_.current(svc, m, *version, clock_.wall());
-    } else if (auto latest = history_.latest_of(svc, m)) {
+      found[name] = history_.current(svc, m, *version, clock_.wall(), adapters);
+    } else if (auto latest = history_.latest_of(svc, m, adapters)) {
       found[name] = latest;  // as before this controller (or a failing resolve): no rollout
     } else {
       const std::string error = versions_.error(source);

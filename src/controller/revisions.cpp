@@ -108,10 +108,10 @@ void RevisionHistory::save(const std::string& service, Service& s) {
 
 std::shared_ptr<const Revision> RevisionHistory::current(
     const api::InferenceService& svc, const api::Model* model, const std::string& model_version,
-    std::chrono::system_clock::time_point now) {
+    std::chrono::system_clock::time_point now, std::span<const api::Model> adapters) {
   const std::string& service = svc.metadata.name;
   Service& s = load(service);
-  const std::string hash = revision_hash(svc, model, model_version);
+  const std::string hash = revision_hash(svc, model, model_version, adapters);
   if (!s.revisions.empty() && s.revisions.back()->hash == hash) {
     if (!s.unsaved.empty()) save(service, s);
     return s.revisions.back();
@@ -141,10 +141,11 @@ std::shared_ptr<const Revision> RevisionHistory::current(
 }
 
 std::shared_ptr<const Revision> RevisionHistory::latest_of(const api::InferenceService& svc,
-                                                           const api::Model* model) {
+                                                           const api::Model* model,
+                                                           std::span<const api::Model> adapters) {
   const auto& revisions = load(svc.metadata.name).revisions;
   for (auto it = revisions.rbegin(); it != revisions.rend(); ++it)
-    if ((*it)->hash == revision_hash(svc, model, (*it)->model_version)) return *it;
+    if ((*it)->hash == revision_hash(svc, model, (*it)->model_version, adapters)) return *it;
   return nullptr;
 }
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,14 +36,17 @@ class RevisionHistory {
   // The revision `svc` with `model` makes now. A new one is recorded with
   // the next number; one that returns (an undo, or an edit back) takes the
   // next number again, as kubectl's history shows it.
+  // `adapters`: the Models of the adapters its replicas load at start.
   std::shared_ptr<const Revision> current(const api::InferenceService& svc, const api::Model* model,
                                           const std::string& model_version,
-                                          std::chrono::system_clock::time_point now);
+                                          std::chrono::system_clock::time_point now,
+                                          std::span<const api::Model> adapters = {});
   // The newest revision made of `svc` and `model` as they are, whatever
   // version of the model's bytes it had; null: none. Until a versioned
   // source is resolved again, a service stays at it.
   std::shared_ptr<const Revision> latest_of(const api::InferenceService& svc,
-                                            const api::Model* model);
+                                            const api::Model* model,
+                                            std::span<const api::Model> adapters = {});
   // A revision of `service` by hash (a Pod's label), or by number; null: not kept.
   std::shared_ptr<const Revision> find(const std::string& service, const std::string& hash);
   std::shared_ptr<const Revision> numbered(const std::string& service, uint32_t number);

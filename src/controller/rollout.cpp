@@ -7,7 +7,7 @@
 namespace loadstar::controller {
 
 std::string revision_hash(const api::InferenceService& svc, const api::Model* model,
-                          const std::string& model_version) {
+                          const std::string& model_version, std::span<const api::Model> adapters) {
   // The spec with every field that does not shape a replica at its default.
   api::InferenceService shape;
   shape.metadata.name = svc.metadata.name;
@@ -27,6 +27,15 @@ std::string revision_hash(const api::InferenceService& svc, const api::Model* mo
     text += "---\n" + api::encode_resource(m);
     if (!model_version.empty()) text += "# version " + model_version + "\n";
   }
+  // An adapter loaded at start whose source changes is new bytes in every
+  // replica, as the model's are.
+  if (svc.spec.lora && !svc.spec.lora->on_demand)
+    for (const api::Model& adapter : adapters) {
+      api::Model a;
+      a.metadata.name = adapter.metadata.name;
+      a.spec = adapter.spec;
+      text += "---\n" + api::encode_resource(a);
+    }
   return sha256_hex(text).substr(0, 10);
 }
 

@@ -23,15 +23,19 @@
 #include <string>
 #include <vector>
 
+#include <span>
+
 #include "api/resources.h"
 
 namespace loadstar::controller {
 
 // What shapes a service's replicas: 10 hex digits of SHA-256 over the
 // service's replica-shaping fields, the model's spec and the version its
-// source resolved to (model_versions.h; empty: a source without versions).
+// source resolved to (model_versions.h; empty: a source without versions),
+// and the specs of the LoRA adapters its replicas load at start.
 std::string revision_hash(const api::InferenceService& svc, const api::Model* model,
-                          const std::string& model_version = "");
+                          const std::string& model_version = "",
+                          std::span<const api::Model> adapters = {});
 
 struct RolloutReplica {
   std::string name;

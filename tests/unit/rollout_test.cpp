@@ -165,6 +165,16 @@ TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
   EXPECT_NE(lora("a", ""), lora("a, b", ""));
   EXPECT_EQ(lora("a", ", loading: onDemand"), lora("a, b", ", loading: onDemand"));
   EXPECT_NE(lora("a", ""), lora("a", ", loading: onDemand"));
+  // An adapter loaded at start with new bytes (its source) is a new revision.
+  const auto start = decode(service(1, "  lora: {adapters: [a]}\n"));
+  const auto on_demand = decode(service(1, "  lora: {adapters: [a], loading: onDemand}\n"));
+  api::Model a1{{"a"}, {"file:///adapters/a1", "safetensors", {}}};
+  api::Model a2{{"a"}, {"file:///adapters/a2", "safetensors", {}}};
+  a1.spec.adapter_of = a2.spec.adapter_of = "m";
+  EXPECT_NE(revision_hash(start, &model, "", std::vector{a1}),
+            revision_hash(start, &model, "", std::vector{a2}));
+  EXPECT_EQ(revision_hash(on_demand, &model, "", std::vector{a1}),
+            revision_hash(on_demand, &model, "", std::vector{a2}));
 }
 
 TEST(Revision, TheResolvedVersionOfAVersionedSourceIsPartOfIt) {
