@@ -306,8 +306,8 @@ int main(int argc, char** argv) {
     for (TraceRequest& r : trace) {
       const double draw = std::uniform_real_distribution<double>(0, total)(rng);
       const auto k = std::min<size_t>(
-          adapters - 1, std::upper_bound(cumulative.begin(), cumulative.end(), draw) -
-                            cumulative.begin());
+          adapters - 1,
+          std::upper_bound(cumulative.begin(), cumulative.end(), draw) - cumulative.begin());
       r.model = adapter_prefix + std::to_string(k);
     }
   }

@@ -747,9 +747,8 @@ Status check_references(const std::vector<Resource>& resources) {
             errors.push_back(fmt::format("{} has rank {}, above spec.lora.maxRank {}", where,
                                          *adapter->spec.rank, svc->spec.lora->max_rank));
           else if (engine && adapter->spec.format != engine->model_format)
-            errors.push_back(fmt::format("{} is {} (spec.format), and {} serves {} adapters",
-                                         where, adapter->spec.format, engine->name,
-                                         engine->model_format));
+            errors.push_back(fmt::format("{} is {} (spec.format), and {} serves {} adapters", where,
+                                         adapter->spec.format, engine->name, engine->model_format));
         }
     }
     if (const auto* q = std::get_if<Queue>(&r);

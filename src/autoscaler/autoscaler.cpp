@@ -72,8 +72,14 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   }
   if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
     const Sample& s = samples_.back();
-    w = {s.waiting, s.in_flight, s.kv_cache_usage * s.ready, static_cast<double>(s.ready),
-         s.adapters, {}, 0, 1};
+    w = {s.waiting,
+         s.in_flight,
+         s.kv_cache_usage * s.ready,
+         static_cast<double>(s.ready),
+         s.adapters,
+         {},
+         0,
+         1};
     return w;
   }
   if (w.samples > 0) {

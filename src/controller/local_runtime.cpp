@@ -253,8 +253,8 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
     // Adapters are staged like models (Pending until they are there); on
     // demand, the gateway loads them later (adapter_path).
     spec.lora_on_demand = svc.spec.lora->on_demand;
-    for (const api::Model& adapter : spec.lora_on_demand ? std::vector<api::Model>{}
-                                                         : launch.adapters) {
+    for (const api::Model& adapter :
+         spec.lora_on_demand ? std::vector<api::Model>{} : launch.adapters) {
       auto path = adapter_path(adapter);
       if (!path.ok()) {
         Error e = std::move(path).error();

@@ -203,10 +203,10 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   for (size_t i = 0; i < launch.adapters.size(); ++i) {
     json adapter_stage = stage;
     adapter_stage["name"] = fmt::format("stage-lora-{}", i);
-    adapter_stage["args"] = {"stage",      launch.adapters[i].metadata.name,
-                             "--source",   launch.adapters[i].spec.source,
-                             "--agent",    fmt::format("http://$(NODE_IP):{}", options.agent_port),
-                             "--timeout",  "3600"};
+    adapter_stage["args"] = {"stage",     launch.adapters[i].metadata.name,
+                             "--source",  launch.adapters[i].spec.source,
+                             "--agent",   fmt::format("http://$(NODE_IP):{}", options.agent_port),
+                             "--timeout", "3600"};
     init_containers.push_back(std::move(adapter_stage));
   }
   json pod = {

@@ -106,9 +106,11 @@ void RevisionHistory::save(const std::string& service, Service& s) {
   }
 }
 
-std::shared_ptr<const Revision> RevisionHistory::current(
-    const api::InferenceService& svc, const api::Model* model, const std::string& model_version,
-    std::chrono::system_clock::time_point now, std::span<const api::Model> adapters) {
+std::shared_ptr<const Revision> RevisionHistory::current(const api::InferenceService& svc,
+                                                         const api::Model* model,
+                                                         const std::string& model_version,
+                                                         std::chrono::system_clock::time_point now,
+                                                         std::span<const api::Model> adapters) {
   const std::string& service = svc.metadata.name;
   Service& s = load(service);
   const std::string hash = revision_hash(svc, model, model_version, adapters);

@@ -36,7 +36,7 @@ struct ServiceLoad {
   double waiting = 0;                                            // ready replicas' engine queues
   double kv_usage_sum = 0;                                       // over ready replicas
   double adapters = 0;  // distinct LoRA adapters running or waiting, over its replicas
-  bool held = false;  // a request waits at a gateway for a replica
+  bool held = false;    // a request waits at a gateway for a replica
 };
 
 class ServiceScaler {

@@ -3,12 +3,12 @@
 #include <optional>
 #include <thread>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "http/client.h"
 
@@ -51,8 +51,8 @@ Status AdapterLoader::load(Endpoint& endpoint, const std::string& adapter,
   }
   // vLLM answers 400 "... has already been loaded." for one it has (another
   // gateway loaded it): as good as a load.
-  const bool had = response->status == 400 &&
-                   response->body.find("already been loaded") != std::string::npos;
+  const bool had =
+      response->status == 400 && response->body.find("already been loaded") != std::string::npos;
   if (response->status != 200 && !had) {
     ++failures_;
     std::string message = response->body.substr(0, 500);
@@ -62,10 +62,9 @@ Status AdapterLoader::load(Endpoint& endpoint, const std::string& adapter,
       message = body["error"]["message"].get<std::string>();
     else if (body.is_object() && body.contains("message") && body["message"].is_string())
       message = body["message"].get<std::string>();
-    return make_error(response->status >= 500 ? ErrorCode::kUnavailable
-                                              : ErrorCode::kInvalidArgument,
-                      "replica {} refused to load adapter '{}': {}", endpoint.replica, adapter,
-                      message);
+    return make_error(
+        response->status >= 500 ? ErrorCode::kUnavailable : ErrorCode::kInvalidArgument,
+        "replica {} refused to load adapter '{}': {}", endpoint.replica, adapter, message);
   }
   if (!had) {
     ++loads_;
@@ -77,11 +76,9 @@ Status AdapterLoader::load(Endpoint& endpoint, const std::string& adapter,
 
 namespace {
 
-asio::awaitable<Status> on_loader_thread(AdapterLoader* loader, Endpoint* endpoint,
-                                         std::string adapter, std::string path,
-                                         Status (AdapterLoader::*load)(Endpoint&,
-                                                                       const std::string&,
-                                                                       const std::string&)) {
+asio::awaitable<Status> on_loader_thread(
+    AdapterLoader* loader, Endpoint* endpoint, std::string adapter, std::string path,
+    Status (AdapterLoader::*load)(Endpoint&, const std::string&, const std::string&)) {
   co_return (loader->*load)(*endpoint, adapter, path);
 }
 

@@ -25,7 +25,8 @@ void EndpointAdapters::sent(std::string_view adapter, uint32_t keep) {
   recent_.emplace_back(adapter);
   const size_t bound = std::max<uint32_t>(keep, 1);
   if (recent_.size() > bound)
-    recent_.erase(recent_.begin(), recent_.begin() + static_cast<ptrdiff_t>(recent_.size() - bound));
+    recent_.erase(recent_.begin(),
+                  recent_.begin() + static_cast<ptrdiff_t>(recent_.size() - bound));
 }
 
 void EndpointAdapters::finished(std::string_view adapter) {

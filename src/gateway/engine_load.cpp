@@ -124,7 +124,8 @@ EngineLoad parse_engine_load(std::string_view text) {
       EngineLoad::Loras l;
       l.running = split_names(label_text(labels, "running_lora_adapters").value_or(""));
       l.waiting = split_names(label_text(labels, "waiting_lora_adapters").value_or(""));
-      l.max_loras = static_cast<uint32_t>(std::clamp(label_number(labels, "max_lora").value_or(0), 0.0, 1e6));
+      l.max_loras =
+          static_cast<uint32_t>(std::clamp(label_number(labels, "max_lora").value_or(0), 0.0, 1e6));
       load.loras = std::move(l);
     }
   }

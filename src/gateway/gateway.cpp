@@ -118,7 +118,7 @@ struct Gateway::Impl {
   EndpointChooser chooser;
   HoldCounts holds;
   EngineScraper scraper;
-  AdapterLoader adapters;  // LoRA adapters loaded on demand
+  AdapterLoader adapters;                // LoRA adapters loaded on demand
   PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
   WaitingRoom waiting_room;              // flow control: saturated services' queues
@@ -497,8 +497,9 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     const bool load_adapter = adapter && svc && svc->adapters_on_demand;
     if (load_adapter && backend->adapter_path.empty()) {
       routed.code = 503;
-      co_await send_error(
-          ex, 503, fmt::format("The adapter `{}` is being staged; retry shortly.", model), {}, {}, 5);
+      co_await send_error(ex, 503,
+                          fmt::format("The adapter `{}` is being staged; retry shortly.", model),
+                          {}, {}, 5);
       co_return routed;
     }
     if (backend->priority != selector.first_priority()) ++stats.fallbacks;
@@ -537,10 +538,9 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
 
     const bool by_index =
         !backend->external && selector.table().services.at(backend->service).adapters_by_index;
-    const std::string body =
-        by_index ? upstream_body_selecting_adapter(req.body, peek, backend->model,
-                                                   backend->adapter_index)
-                 : upstream_body(req.body, peek, backend->model);
+    const std::string body = by_index ? upstream_body_selecting_adapter(
+                                            req.body, peek, backend->model, backend->adapter_index)
+                                      : upstream_body(req.body, peek, backend->model);
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);

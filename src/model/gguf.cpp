@@ -109,7 +109,6 @@ Status skip_value(Reader& r, GgufType type, const std::string& key, int depth) {
   return ok_status();
 }
 
-
 }  // namespace
 
 const GgufKv* GgufHeader::find(std::string_view key) const {
@@ -139,7 +138,8 @@ Result<GgufHeader> parse_gguf_header(std::string_view bytes) {
   Reader r(bytes);
   GgufHeader h;
   LS_ASSIGN_OR_RETURN(uint32_t magic, r.scalar<uint32_t>());
-  if (magic != kGgufMagic) return make_error(ErrorCode::kCorrupt, "not a GGUF file (no GGUF magic)");
+  if (magic != kGgufMagic)
+    return make_error(ErrorCode::kCorrupt, "not a GGUF file (no GGUF magic)");
   LS_ASSIGN_OR_RETURN(h.version, r.scalar<uint32_t>());
   if (h.version < 2 || h.version > 3)
     return make_error(ErrorCode::kCorrupt, "GGUF version {} is not supported (2 or 3)", h.version);

@@ -66,8 +66,7 @@ Result<AdapterInfo> synth_gguf_adapter(const SynthGgufAdapterOptions& options) {
   LS_ASSIGN_OR_RETURN(GgufHeader base, read_gguf_header(options.base));
   const std::string arch = base.string_value("general.architecture").value_or("");
   if (arch.empty() || base.string_value("general.type") == "adapter")
-    return make_error(ErrorCode::kInvalidArgument, "{} is not a GGUF model",
-                      options.base.string());
+    return make_error(ErrorCode::kInvalidArgument, "{} is not a GGUF model", options.base.string());
   if (options.rank == 0 || options.rank > 4096)
     return make_error(ErrorCode::kInvalidArgument, "rank must be 1..4096");
   KvWriter kv;

@@ -33,7 +33,8 @@ Result<std::string> read_text(const fs::path& path, uint64_t limit) {
 
 Result<AdapterInfo> read_adapter(const fs::path& dir) {
   std::error_code file_ec;
-  if (dir.extension() == ".gguf" && fs::is_regular_file(dir, file_ec)) return read_gguf_adapter(dir);
+  if (dir.extension() == ".gguf" && fs::is_regular_file(dir, file_ec))
+    return read_gguf_adapter(dir);
   AdapterInfo info;
   info.dir = dir;
   const fs::path config_path = dir / kConfigFile;

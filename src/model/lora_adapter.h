@@ -14,7 +14,7 @@
 namespace loadstar::model {
 
 struct AdapterInfo {
-  std::filesystem::path dir;  // the directory, or the .gguf file
+  std::filesystem::path dir;           // the directory, or the .gguf file
   std::string format = "safetensors";  // or gguf
   uint32_t rank = 0;
   double alpha = 0;

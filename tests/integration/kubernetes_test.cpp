@@ -569,12 +569,12 @@ TEST_F(KubernetesTest, AReplicaPodStagesItsLoraAdaptersAndServesThem) {
   yaml += "---\n" + service_yaml(1) + "  lora: {adapters: [sql, poems], maxLoras: 2}\n";
   apply(yaml);
   auto ask = [&](const std::string& model) {
-    auto r = http::fetch(
-        {.port = gw,
-         .method = "POST",
-         .target = "/v1/completions",
-         .body = json({{"model", model}, {"prompt", "hi"}, {"max_tokens", 2}}).dump(),
-         .timeout_s = 5});
+    auto r =
+        http::fetch({.port = gw,
+                     .method = "POST",
+                     .target = "/v1/completions",
+                     .body = json({{"model", model}, {"prompt", "hi"}, {"max_tokens", 2}}).dump(),
+                     .timeout_s = 5});
     return r.ok() ? r->status : 0;
   };
   ASSERT_TRUE(eventually([&] { return ask("sql") == 200; }, 90))

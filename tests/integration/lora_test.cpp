@@ -19,7 +19,6 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-
 // LoRA adapters in `loadstar up`: Models that are adapters of the service's
 // model, listed in spec.lora, are loaded by each replica at start and
 // named by clients through the gateway; an unknown name is 404; an adapter
@@ -109,14 +108,14 @@ spec:
   EXPECT_EQ(listed[1]["parent"], "chat");
 }
 
-
 // The scored picker sends an adapter's request where that adapter runs, and
 // another adapter's where there is room for one more: two replicas that
 // batch one adapter each (and keep one in host memory) end up one adapter
 // each, each read from disk once, whatever order the requests come in.
 TEST(UpLora, AnAdapterGoesToTheReplicaThatRunsIt) {
   const fs::path base = synth_model("lora-base", "16MiB");
-  const std::string resources = fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+  const std::string resources =
+      fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
 spec: {{source: "file://{}"}}
@@ -140,34 +139,35 @@ spec:
   engine: {{name: engine-sim, args: ["--time-scale", "1"]}}
   lora: {{adapters: [sql, poems], maxLoras: 1, maxCpuLoras: 1}}
 )",
-                                            base.string(), synth_adapter("up-sql", base, 8).string(),
-                                            synth_adapter("up-poems", base, 8).string());
+                  base.string(), synth_adapter("up-sql", base, 8).string(),
+                  synth_adapter("up-poems", base, 8).string());
   auto up = Up::start(resources);
   up->wait_ready("chat", 2);
   auto ask = [&](const std::string& model) {
-    return up->post("/v1/completions",
-                    json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 3}, {"ignore_eos", true}})
-                        .dump());
+    return up->post(
+        "/v1/completions",
+        json({{"model", model}, {"prompt", "hello"}, {"max_tokens", 3}, {"ignore_eos", true}})
+            .dump());
   };
   // A long sql stream holds one replica's only adapter slot...
   std::atomic<bool> streaming{false};
   int sql_status = 0;
   std::thread long_sql([&] {
-    auto r = http::fetch_streaming(
-        {.port = up->port(),
-         .method = "POST",
-         .target = "/v1/completions",
-         .body = json({{"model", "sql"},
-                       {"prompt", "hello"},
-                       {"max_tokens", 300},
-                       {"ignore_eos", true},
-                       {"stream", true}})
-                     .dump(),
-         .timeout_s = 60},
-        [&](std::string_view data) {
-          if (data.find("data: {") != std::string_view::npos) streaming = true;
-          return true;
-        });
+    auto r = http::fetch_streaming({.port = up->port(),
+                                    .method = "POST",
+                                    .target = "/v1/completions",
+                                    .body = json({{"model", "sql"},
+                                                  {"prompt", "hello"},
+                                                  {"max_tokens", 300},
+                                                  {"ignore_eos", true},
+                                                  {"stream", true}})
+                                                .dump(),
+                                    .timeout_s = 60},
+                                   [&](std::string_view data) {
+                                     if (data.find("data: {") != std::string_view::npos)
+                                       streaming = true;
+                                     return true;
+                                   });
     sql_status = r.ok() ? r->status : -1;
   });
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -188,7 +188,8 @@ spec:
   for (const auto& replica : replicas["items"]) {
     const uint16_t port = replica["port"];
     EXPECT_EQ(scrape_metric(port, "loadstar_engine_sim_lora_loads_total"), 1) << replica.dump();
-    served.push_back(scrape_metric(port, "vllm:request_success_total", "finished_reason=\"length\""));
+    served.push_back(
+        scrape_metric(port, "vllm:request_success_total", "finished_reason=\"length\""));
   }
   std::sort(served.begin(), served.end());
   EXPECT_EQ(served, (std::vector<double>{3, 4}));  // poems x3; sql x3 and the stream

@@ -215,9 +215,8 @@ class Kubelet {
         fs::create_directories(host, ec);
         for (auto& a : argv) {
           const size_t eq = a.find('=');
-          const size_t at = eq != std::string::npos && a.compare(eq + 1, mount.size(), mount) == 0
-                                ? eq + 1
-                                : 0;
+          const size_t at =
+              eq != std::string::npos && a.compare(eq + 1, mount.size(), mount) == 0 ? eq + 1 : 0;
           if (a.compare(at, mount.size(), mount) == 0 &&
               (a.size() == at + mount.size() || a[at + mount.size()] == '/'))
             a = a.substr(0, at) + host + a.substr(at + mount.size());

@@ -254,7 +254,8 @@ TEST(Picker, AnAdapterGoesWhereItRunsThenWhereThereIsRoomUntilLoadOutweighsIt) {
                          .adapter_room = room};
   };
   // Runs it > has room > full (which would wait for an adapter to drain).
-  std::vector<CandidateView> c = {view(false, false, 3), view(false, true, 3), view(true, false, 3)};
+  std::vector<CandidateView> c = {view(false, false, 3), view(false, true, 3),
+                                  view(true, false, 3)};
   EXPECT_EQ(pick(config, c, 0, 0).index, 2u);
   c[2].adapter_active = false;
   EXPECT_EQ(pick(config, c, 0, 0).index, 1u);

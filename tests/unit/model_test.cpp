@@ -182,8 +182,8 @@ TEST_F(ModelDirTest, GgufSynthWritesALlamaModelWithTheVocabularysTokenizer) {
 TEST_F(ModelDirTest, GgufAdapterMatchesItsBaseAndReadsBack) {
   fs::create_directories(dir_);
   { std::ofstream(dir_ / "vocab.gguf", std::ios::binary) << vocab_gguf(1000); }
-  auto base = synth_gguf(
-      {.size_bytes = 4 << 20, .output = dir_ / "m.gguf", .vocab = dir_ / "vocab.gguf"});
+  auto base =
+      synth_gguf({.size_bytes = 4 << 20, .output = dir_ / "m.gguf", .vocab = dir_ / "vocab.gguf"});
   ASSERT_TRUE(base.ok()) << base.error().message;
   auto adapter =
       synth_gguf_adapter({.base = dir_ / "m.gguf", .output = dir_ / "a.gguf", .rank = 4});

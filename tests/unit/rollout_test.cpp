@@ -159,8 +159,8 @@ TEST(Revision, OnlyWhatShapesAReplicaChangesTheHash) {
   // Adapters loaded at start shape a replica; loaded on demand, they do not
   // (the list changes without restarts), but the loading mode does.
   const auto lora = [&](const std::string& adapters, const std::string& loading) {
-    return revision_hash(decode(service(1, "  lora: {adapters: [" + adapters + "]" + loading + "}\n")),
-                         &model);
+    return revision_hash(
+        decode(service(1, "  lora: {adapters: [" + adapters + "]" + loading + "}\n")), &model);
   };
   EXPECT_NE(lora("a", ""), lora("a, b", ""));
   EXPECT_EQ(lora("a", ", loading: onDemand"), lora("a, b", ", loading: onDemand"));
