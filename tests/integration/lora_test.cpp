@@ -19,16 +19,11 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-// LoRA adapters in `loadstar up`: Models that are adapters of the service's
-// model, listed in spec.lora, are loaded by each replica at start and
-// named by clients through the gateway; an unknown name is 404; an adapter
-// of another base model is refused before anything starts.
-TEST(UpLora, AClientNamesAnAdapterThroughTheGateway) {
+// The base Model `tiny` and its adapters `sql` (rank 8) and `poems`, each
+// synthesized once, as YAML documents ending in a separator.
+std::string models_yaml() {
   const fs::path base = synth_model("lora-base", "16MiB");
-  auto adapter = [&](const std::string& name) {
-    return synth_adapter("up-" + name, base, 8).string();
-  };
-  const std::string resources = fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
 spec: {{source: "file://{}"}}
@@ -43,7 +38,18 @@ kind: Model
 metadata: {{name: poems}}
 spec: {{source: "file://{}", adapterOf: tiny}}
 ---
-apiVersion: loadstar.dev/v1alpha1
+)",
+                     base.string(), synth_adapter("up-sql", base, 8).string(),
+                     synth_adapter("up-poems", base, 8).string());
+}
+
+// LoRA adapters in `loadstar up`: Models that are adapters of the service's
+// model, listed in spec.lora, are loaded by each replica at start and
+// named by clients through the gateway; an unknown name is 404; an adapter
+// of another base model is refused before anything starts.
+TEST(UpLora, AClientNamesAnAdapterThroughTheGateway) {
+  const std::string resources =
+      models_yaml() + fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
 metadata: {{name: chat}}
 spec:
@@ -65,8 +71,7 @@ spec:
   apiKeys: [{{name: k, sha256: {}}}]
   models: [sql]
 )",
-                                            base.string(), adapter("sql"), adapter("poems"),
-                                            sha256_hex("sk-all"), sha256_hex("sk-sql"));
+                                  sha256_hex("sk-all"), sha256_hex("sk-sql"));
   // An adapter of another model is refused, naming why.
   const fs::path bad = scratch_dir() / "up-lora-bad.yaml";
   {
@@ -113,34 +118,15 @@ spec:
 // batch one adapter each (and keep one in host memory) end up one adapter
 // each, each read from disk once, whatever order the requests come in.
 TEST(UpLora, AnAdapterGoesToTheReplicaThatRunsIt) {
-  const fs::path base = synth_model("lora-base", "16MiB");
-  const std::string resources =
-      fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: tiny}}
-spec: {{source: "file://{}"}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: sql}}
-spec: {{source: "file://{}", adapterOf: tiny}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: poems}}
-spec: {{source: "file://{}", adapterOf: tiny}}
----
-apiVersion: loadstar.dev/v1alpha1
+  const std::string resources = models_yaml() + R"(apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
-metadata: {{name: chat}}
+metadata: {name: chat}
 spec:
   model: tiny
   replicas: 2
-  engine: {{name: engine-sim, args: ["--time-scale", "1"]}}
-  lora: {{adapters: [sql, poems], maxLoras: 1, maxCpuLoras: 1}}
-)",
-                  base.string(), synth_adapter("up-sql", base, 8).string(),
-                  synth_adapter("up-poems", base, 8).string());
+  engine: {name: engine-sim, args: ["--time-scale", "1"]}
+  lora: {adapters: [sql, poems], maxLoras: 1, maxCpuLoras: 1}
+)";
   auto up = Up::start(resources);
   up->wait_ready("chat", 2);
   auto ask = [&](const std::string& model) {
@@ -201,24 +187,8 @@ spec:
 // VLLM_ALLOW_RUNTIME_LORA_UPDATING is set, as the runtime does), once; and
 // an adapter added to the list is served without restarting any replica.
 TEST(UpLora, OnDemandAnAdapterIsLoadedWhereItIsAskedForAndAddedWithoutRestarts) {
-  const fs::path base = synth_model("lora-base", "16MiB");
   auto yaml = [&](const std::string& adapters) {
-    return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: tiny}}
-spec: {{source: "file://{}"}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: sql}}
-spec: {{source: "file://{}", adapterOf: tiny}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: poems}}
-spec: {{source: "file://{}", adapterOf: tiny}}
----
-apiVersion: loadstar.dev/v1alpha1
+    return models_yaml() + fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
 metadata: {{name: chat}}
 spec:
@@ -227,8 +197,7 @@ spec:
   engine: {{name: engine-sim, args: ["--time-scale", "10"]}}
   lora: {{adapters: [{}], loading: onDemand}}
 )",
-                       base.string(), synth_adapter("up-sql", base, 8).string(),
-                       synth_adapter("up-poems", base, 8).string(), adapters);
+                                       adapters);
   };
   auto up = Up::start(yaml("sql"));
   up->wait_ready("chat", 2);
