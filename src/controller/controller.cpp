@@ -634,7 +634,14 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   std::vector<std::string> in_use;
   for (const auto& [name, r] : replicas_) {
     auto svc = services_.find(r->service);
-    if (r->launched && svc != services_.end()) in_use.push_back(svc->second.spec.model);
+    if (!r->launched || svc == services_.end()) continue;
+    in_use.push_back(svc->second.spec.model);
+    // Adapters too: engines read them (vLLM lazily, when first asked for).
+    if (svc->second.spec.lora)
+      for (const std::string& adapter : svc->second.spec.lora->adapters) in_use.push_back(adapter);
+    if (r->revision && r->revision->service.spec.lora)
+      for (const std::string& adapter : r->revision->service.spec.lora->adapters)
+        in_use.push_back(adapter);
   }
   runtime_.end_pass(in_use);
   auto inputs = routing_if_changed(clock_.now());  // after this pass's ready marks
@@ -679,9 +686,24 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
     for (const std::string& adapter : svc.spec.lora->adapters) {
       auto m = store_.get("Model", adapter);
       const auto* model = m ? std::get_if<api::Model>(&*m) : nullptr;
-      if (!model || model->spec.adapter_of != svc.spec.model) continue;
+      if (!model || model->spec.adapter_of != svc.spec.model) {
+        std::string& said = adapter_errors_[name + "/" + adapter];
+        const std::string why = model ? "not an adapter of " + svc.spec.model : "no such Model";
+        if (said != why) spdlog::warn("service {}: adapter {}: {}", name, adapter, why);
+        said = why;
+        continue;
+      }
       auto path = runtime_.adapter_path(*model);
-      if (!path.ok()) continue;
+      // Why one is not there yet is said once per change of reason (the
+      // gateway answers its requests 503 meanwhile).
+      std::string& said = adapter_errors_[name + "/" + adapter];
+      if (!path.ok()) {
+        if (said != path.error().message)
+          spdlog::warn("service {}: adapter {}: {}", name, adapter, path.error().message);
+        said = path.error().message;
+        continue;
+      }
+      said.clear();
       key.push_back(fmt::format("ad:{}:{}:{}", name, adapter, *path));
       adapter_paths[name][adapter] = *path;
     }
@@ -695,7 +717,12 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
   inputs.routes = route_specs_;
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady && services_.count(r->service)) {
-      inputs.ready[r->service].push_back({name, r->host, r->port, weight(name)});
+      // The adapters its engine loaded at start, in flag order: its revision's.
+      std::vector<std::string> adapters;
+      if (r->revision && r->revision->service.spec.lora &&
+          !r->revision->service.spec.lora->on_demand)
+        adapters = r->revision->service.spec.lora->adapters;
+      inputs.ready[r->service].push_back({name, r->host, r->port, weight(name), adapters});
       mark(*r, kRouted, now);  // the inputs go out at the end of this pass
     }
   return inputs;

@@ -251,6 +251,9 @@ class Controller {
   Placement placement_;
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;
+  // Why an adapter loaded on demand is not staged, by "service/adapter", as
+  // last logged (empty: it is).
+  std::map<std::string, std::string> adapter_errors_;
   mutable std::mutex metrics_mu_;  // guards metrics_text_ only
   std::string metrics_text_;
   // How long reconcile passes take (wall time, whatever the injected clock).

@@ -237,6 +237,11 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
          {{{"name", "models"},
            {"hostPath",
             {{"path", options.cache_host_path + "/models"}, {"type", "DirectoryOrCreate"}}}}}}}}};
+  if (!spec.adapters.empty()) {
+    std::string names;
+    for (const auto& a : spec.adapters) names += (names.empty() ? "" : ",") + a.name;
+    pod["metadata"]["annotations"][kube::kLoraAdaptersAnnotation] = names;
+  }
   if (kind->needs_shm)
     pod["spec"]["volumes"].push_back(
         {{"name", "shm"}, {"emptyDir", {{"medium", "Memory"}, {"sizeLimit", options.shm_size}}}});

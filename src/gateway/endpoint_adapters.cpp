@@ -6,6 +6,8 @@ namespace loadstar::gateway {
 
 void EndpointAdapters::reported(std::vector<std::string> active, uint32_t max_loras,
                                 int64_t now_ms) {
+  std::sort(active.begin(), active.end());  // vLLM lists an adapter both running and waiting
+  active.erase(std::unique(active.begin(), active.end()), active.end());
   std::lock_guard lock(mu_);
   reported_ = std::move(active);
   reported_max_ = max_loras;
@@ -46,15 +48,26 @@ std::vector<std::string> EndpointAdapters::active(int64_t fresh_after_ms) const 
   return out;
 }
 
-void EndpointAdapters::registered(std::string_view adapter) {
+void EndpointAdapters::registered(std::string_view adapter, std::string_view path) {
   std::lock_guard lock(mu_);
-  if (std::find(registered_.begin(), registered_.end(), adapter) == registered_.end())
-    registered_.emplace_back(adapter);
+  for (auto& [name, from] : registered_)
+    if (name == adapter) {
+      from = path;
+      return;
+    }
+  registered_.emplace_back(adapter, path);
 }
 
-bool EndpointAdapters::is_registered(std::string_view adapter) const {
+void EndpointAdapters::unregistered(std::string_view adapter) {
   std::lock_guard lock(mu_);
-  return std::find(registered_.begin(), registered_.end(), adapter) != registered_.end();
+  std::erase_if(registered_, [&](const auto& r) { return r.first == adapter; });
+}
+
+std::optional<std::string> EndpointAdapters::registered_path(std::string_view adapter) const {
+  std::lock_guard lock(mu_);
+  for (const auto& [name, path] : registered_)
+    if (name == adapter) return path;
+  return std::nullopt;
 }
 
 EndpointAdapters::View EndpointAdapters::view(std::string_view adapter,
@@ -73,7 +86,8 @@ EndpointAdapters::View EndpointAdapters::view(std::string_view adapter,
       ++v.active_adapters;
   }
   v.recent = std::find(recent_.begin(), recent_.end(), adapter) != recent_.end() ||
-             std::find(registered_.begin(), registered_.end(), adapter) != registered_.end();
+             std::any_of(registered_.begin(), registered_.end(),
+                         [&](const auto& r) { return r.first == adapter; });
   return v;
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,9 +25,12 @@ class EndpointAdapters {
   // remembered as sent lately (the engine's host cache, max_cpu_loras).
   void sent(std::string_view adapter, uint32_t keep);
   void finished(std::string_view adapter);
-  // Loaded into it at runtime (AdapterLoader), so no load is needed again.
-  void registered(std::string_view adapter);
-  bool is_registered(std::string_view adapter) const;
+  // Loaded into it at runtime from `path` (AdapterLoader): no load is
+  // needed again while the adapter's path stays the same.
+  void registered(std::string_view adapter, std::string_view path);
+  void unregistered(std::string_view adapter);
+  // The path `adapter` was loaded from; nullopt: not loaded at runtime.
+  std::optional<std::string> registered_path(std::string_view adapter) const;
 
   struct View {
     bool active = false;  // running or waiting there
@@ -45,9 +49,9 @@ class EndpointAdapters {
   std::vector<std::string> reported_;
   uint32_t reported_max_ = 0;
   int64_t reported_at_ms_ = 0;
-  std::vector<std::pair<std::string, int64_t>> in_flight_;  // adapter, requests
-  std::vector<std::string> recent_;                         // most recent last
-  std::vector<std::string> registered_;
+  std::vector<std::pair<std::string, int64_t>> in_flight_;       // adapter, requests
+  std::vector<std::string> recent_;                              // most recent last
+  std::vector<std::pair<std::string, std::string>> registered_;  // adapter, path
 };
 
 }  // namespace loadstar::gateway

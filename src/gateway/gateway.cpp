@@ -23,6 +23,7 @@
 #include "common/scope_exit.h"
 #include "common/strings.h"
 #include "gateway/adapter_loader.h"
+#include "gateway/adapter_routing.h"
 #include "gateway/hold.h"
 #include "gateway/load_report.h"
 #include "gateway/peer_load.h"
@@ -80,8 +81,9 @@ struct Worker {
   Upstream upstream;  // idle keep-alive connections per replica
   HeldRequests held;  // a new table wakes them
   EndpointChooser::Scratch picks;
-  std::vector<Endpoint*> unsaturated;  // scratch of flow control's filter
-  std::vector<Endpoint*> canary;       // scratch of a canary's split
+  std::vector<Endpoint*> unsaturated;   // scratch of flow control's filter
+  std::vector<Endpoint*> canary;        // scratch of a canary's split
+  std::vector<Endpoint*> with_adapter;  // scratch of serving_adapter
   std::mt19937_64 rng{std::random_device{}()};
   std::thread thread;
 };
@@ -494,12 +496,15 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     }
     const RoutingTable::Service* svc =
         backend->external ? nullptr : &selector.table().services.at(backend->service);
-    const bool load_adapter = adapter && svc && svc->adapters_on_demand;
-    if (load_adapter && backend->adapter_path.empty()) {
+    const AdapterPlan lora = adapter_plan(svc, *backend);
+    if (lora.load && backend->adapter_path.empty()) {
       routed.code = 503;
-      co_await send_error(ex, 503,
-                          fmt::format("The adapter `{}` is being staged; retry shortly.", model),
-                          {}, {}, 5);
+      co_await send_error(
+          ex, 503,
+          fmt::format("The adapter `{}` is not staged for this service yet (its status says "
+                      "why); retry shortly.",
+                      lora.name),
+          {}, {}, 5);
       co_return routed;
     }
     if (backend->priority != selector.first_priority()) ++stats.fallbacks;
@@ -514,15 +519,15 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     std::span<Endpoint* const> candidates = selector.endpoints(*backend, now_ms);
     uint32_t keep_adapters = 0;
     if (picker) {
-      const RoutingTable::Service& svc = selector.table().services.at(backend->service);
-      if (adapter) {
-        pick_request.adapter = backend->model;
-        pick_request.max_loras = svc.max_loras;
-        keep_adapters = svc.max_cpu_loras;
+      if (!lora.name.empty()) {
+        pick_request.adapter = lora.name;
+        pick_request.max_loras = svc->max_loras;
+        keep_adapters = svc->max_cpu_loras;
+        candidates = serving_adapter(*svc, candidates, lora.name, w.with_adapter);
       }
-      candidates = canary_split(svc, candidates,
+      candidates = canary_split(*svc, candidates,
                                 std::uniform_real_distribution<double>(0, 1)(w.rng), w.canary);
-      candidates = unsaturated(svc.flow, candidates, now_ms, w.unsaturated);
+      candidates = unsaturated(svc->flow, candidates, now_ms, w.unsaturated);
     }
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
     if (shared_prefixes && (chosen.prefix_recorded || chosen.session_recorded != 0))
@@ -536,11 +541,10 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
     selector.mark_tried(endpoint);
 
-    const bool by_index =
-        !backend->external && selector.table().services.at(backend->service).adapters_by_index;
-    const std::string body = by_index ? upstream_body_selecting_adapter(
-                                            req.body, peek, backend->model, backend->adapter_index)
-                                      : upstream_body(req.body, peek, backend->model);
+    const std::string body =
+        lora.by_index ? upstream_body_selecting_adapter(req.body, peek, backend->model,
+                                                        adapter_index(*endpoint, lora.name))
+                      : upstream_body(req.body, peek, backend->model);
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);
@@ -565,9 +569,8 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     // An adapter loaded on demand: into this replica first, if it is not there.
     ForwardResult result;
     Status loaded = ok_status();
-    if (load_adapter)
-      loaded = co_await adapters.ensure(*endpoint, backend->model.empty() ? model : backend->model,
-                                        backend->adapter_path);
+    if (lora.load)
+      loaded = co_await adapters.ensure(*endpoint, std::string(lora.name), backend->adapter_path);
     if (loaded.ok()) {
       result = co_await w.upstream.forward(ex, std::move(forward));
     } else {
@@ -584,6 +587,18 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     routed.usage.prompt_tokens += result.usage.prompt_tokens;
     routed.usage.completion_tokens += result.usage.completion_tokens;
     failure = std::move(result.failure);
+    if (!loaded.ok() && loaded.error().code != ErrorCode::kUnavailable) {
+      // The engine refused the adapter (its files, its rank): the service's
+      // configuration is at fault, not the replica. The engine's words go
+      // to the log, which may name paths; the client gets the gist.
+      spdlog::warn("gateway: {}", loaded.error().message);
+      routed.code = 500;
+      co_await send_error(
+          ex, 500,
+          fmt::format("The adapter `{}` could not be loaded; the gateway's log says why.",
+                      lora.name));
+      co_return routed;
+    }
     if (outcome == ForwardOutcome::kOverloaded) {
       ++w.stats.overloaded;
       routed.code = 503;

@@ -62,6 +62,10 @@ struct Endpoint {
   std::atomic<int64_t> metrics_at_ms{0};
   // LoRA adapters it runs, reported and sent (the picker's adapter affinity).
   EndpointAdapters adapters;
+  // The adapters its engine loaded at start, in flag order (llama.cpp's
+  // indices); set before the table is published. During a rollout replicas
+  // of two revisions may hold different lists.
+  std::vector<std::string> start_adapters;
   // Outlier detection: consecutive failures (connect errors, timeouts, 5xx)
   // and, once ejected, until when (steady-clock milliseconds).
   std::atomic<uint32_t> consecutive_failures{0};
@@ -119,9 +123,9 @@ struct RoutingTable {
     // host memory; the picker's fallback where the engine does not say.
     uint32_t max_loras = 0;
     uint32_t max_cpu_loras = 0;
-    // Its engine selects adapters by index in the request body (llama.cpp):
-    // Backend::adapter_index is set there, and a client's own selection is
-    // dropped.
+    // Its engine selects adapters by index in the request body (llama.cpp:
+    // each endpoint's Endpoint::start_adapters gives the index), and a
+    // client's own selection is dropped.
     bool adapters_by_index = false;
     // Its adapters are loaded into a replica where a request first needs
     // one (spec.lora.loading: onDemand): Backend::adapter_path says from where.
@@ -132,8 +136,11 @@ struct RoutingTable {
     std::shared_ptr<Endpoint> external;  // an external endpoint
     std::string model;                   // the model name sent upstream (empty: unchanged)
     std::string authorization;           // sent to an external backend ("Bearer ...")
-    int adapter_index = -1;              // see Service::adapters_by_index
-    std::string adapter_path;            // see Service::adapters_on_demand (empty: not staged yet)
+    // `model` names one of the service's LoRA adapters (auto routes and
+    // hand-written ones alike); with Service::adapters_on_demand, where its
+    // replicas load it from (empty: not staged yet).
+    bool adapter = false;
+    std::string adapter_path;
     uint32_t weight = 1;
     uint32_t priority = 0;
     std::string label() const { return service.empty() ? external->key : service; }

@@ -21,6 +21,10 @@ inline constexpr const char* kDrainingAnnotation = "loadstar.dev/draining";
 // On a canary's replica Pods: the percentage of the service's requests the
 // canary's replicas get together (gateways split by it).
 inline constexpr const char* kCanaryWeightAnnotation = "loadstar.dev/canary-weight";
+// The LoRA adapters a replica Pod's engine loaded at start, in the order of
+// its flags ("a,b"): what the gateways may send there, and llama.cpp's
+// indices.
+inline constexpr const char* kLoraAdaptersAnnotation = "loadstar.dev/lora-adapters";
 
 // The one taint replica Pods tolerate (any value, NoSchedule): the one GPU
 // nodes commonly carry to keep other Pods off (NVIDIA's GPU operator docs).

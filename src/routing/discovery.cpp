@@ -3,6 +3,7 @@
 #include "kube/objects.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 namespace loadstar::routing {
@@ -60,9 +61,19 @@ void EndpointDiscovery::rebuild() {
     uint32_t canary = 0;
     if (auto w = pod.annotations.find(kube::kCanaryWeightAnnotation); w != pod.annotations.end())
       canary = static_cast<uint32_t>(std::clamp(std::atoi(w->second.c_str()), 0, 100));
+    // The adapters its engine loaded at start, in flag order.
+    std::vector<std::string> adapters;
+    if (auto a = pod.annotations.find(kube::kLoraAdaptersAnnotation); a != pod.annotations.end())
+      for (std::string_view list = a->second; !list.empty();) {
+        const size_t comma = list.find(',');
+        if (comma != 0) adapters.emplace_back(list.substr(0, comma));
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+      }
+    key += fmt::format("\nep:{}:{}:{}:{}:{}", pod.name, pod.pod_ip, *port, canary,
+                       fmt::join(adapters, ","));
     inputs.ready[service->second].push_back(
-        {pod.name, pod.pod_ip, static_cast<uint16_t>(*port), canary});
-    key += fmt::format("\nep:{}:{}:{}:{}", pod.name, pod.pod_ip, *port, canary);
+        {pod.name, pod.pod_ip, static_cast<uint16_t>(*port), canary, std::move(adapters)});
     ++n;
   }
   if (key == published_key_) return;

@@ -54,10 +54,12 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
       auto& endpoint = endpoints[r.replica];
       if (auto it = endpoints_.find(r.replica);
           it != endpoints_.end() && it->second->service == name && it->second->host == r.host &&
-          it->second->port == r.port)
+          it->second->port == r.port && it->second->start_adapters == r.adapters) {
         endpoint = it->second;  // keeps its counters and load
-      else
+      } else {
         endpoint = std::make_shared<gateway::Endpoint>(name, r.replica, r.host, r.port);
+        endpoint->start_adapters = r.adapters;
+      }
       s.ready.push_back(endpoint);
       if (r.canary_weight > 0) {
         s.canary.push_back(endpoint.get());
@@ -78,21 +80,29 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
         route.backends = {{.service = name, .model = adapter}};
       }
   for (const auto& route : inputs.routes) table->routes[route.spec.model] = build_route(route);
-  // Engines that select adapters by index (llama.cpp): each backend naming
-  // one of its service's adapters gets the adapter's place in spec.lora
-  // (the order of the engine's --lora flags).
-  for (auto& [model, route] : table->routes)
+  // Backends naming one of their service's adapters (hand-written Routes
+  // too): the gateway treats the request as the adapter's (affinity, on
+  // demand loading, llama.cpp's index). A route all of whose backends are
+  // adapters keys its prompts apart from the base model's.
+  for (auto& [model, route] : table->routes) {
+    bool all_adapters = !route.backends.empty();
     for (auto& b : route.backends) {
       auto svc = inputs.services.find(b.service);
-      if (svc == inputs.services.end() || !svc->second.spec.lora) continue;
-      const auto& names = svc->second.spec.lora->adapters;
       const std::string& name = b.model.empty() ? model : b.model;
-      if (auto it = std::find(names.begin(), names.end(), name); it != names.end())
-        b.adapter_index = static_cast<int>(it - names.begin());
-      if (auto paths = inputs.adapter_paths.find(b.service); paths != inputs.adapter_paths.end())
-        if (auto path = paths->second.find(name); path != paths->second.end())
-          b.adapter_path = path->second;
+      if (svc != inputs.services.end() && svc->second.spec.lora) {
+        const auto& names = svc->second.spec.lora->adapters;
+        b.adapter = std::find(names.begin(), names.end(), name) != names.end();
+      }
+      if (b.adapter) {
+        b.model = name;
+        if (auto paths = inputs.adapter_paths.find(b.service); paths != inputs.adapter_paths.end())
+          if (auto path = paths->second.find(name); path != paths->second.end())
+            b.adapter_path = path->second;
+      }
+      all_adapters &= b.adapter;
     }
+    route.adapter = all_adapters;
+  }
   table->tenants = build_tenants(inputs.tenants);
   return table;
 }

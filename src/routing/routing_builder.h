@@ -29,6 +29,9 @@ struct ReadyReplica {
   // A canary's replica: its group gets this percentage of the service's
   // requests (0: a stable replica).
   uint32_t canary_weight = 0;
+  // The LoRA adapters its engine loaded at start, in flag order (its
+  // revision's spec.lora.adapters; empty: none, or loaded on demand).
+  std::vector<std::string> adapters;
 };
 
 // What a routing table is built from.

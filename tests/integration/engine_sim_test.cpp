@@ -339,7 +339,8 @@ namespace {
 // vLLM's multi-LoRA serving, as engine-sim models it: adapters from
 // --lora-modules and loaded at runtime (VLLM_ALLOW_RUNTIME_LORA_UPDATING),
 // listed under the base model, served by name, at most --max-loras of them
-// in a batch (the others wait, as vllm:lora_requests_info shows), unloaded.
+// in a batch (the others wait, as vllm:lora_requests_info shows), evicted
+// from host memory when another needs the room, unloaded.
 TEST(EngineSimLora, AdaptersAreServedLoadedUnloadedAndShownAsVllmDoes) {
   const fs::path model = synth_model("tiny", "16MiB");
   auto adapter = [&](const std::string& name, int rank) {
@@ -408,6 +409,13 @@ TEST(EngineSimLora, AdaptersAreServedLoadedUnloadedAndShownAsVllmDoes) {
   EXPECT_TRUE(seen) << sim->metrics_text();
   long_a.join();
   short_b.join();
+  // One adapter in host memory too: b evicted a, so a is read from disk
+  // again, and evicts b.
+  const double loads = sim->metric("loadstar_engine_sim_lora_loads_total");
+  EXPECT_EQ(complete("a", 2).status, 200);
+  EXPECT_EQ(sim->metric("loadstar_engine_sim_lora_loads_total"), loads + 1);
+  EXPECT_EQ(complete("a", 2).status, 200);  // held now: no load
+  EXPECT_EQ(sim->metric("loadstar_engine_sim_lora_loads_total"), loads + 1);
 
   r = sim->post("/v1/unload_lora_adapter", json({{"lora_name", "b"}}).dump());
   EXPECT_EQ(r.status, 200) << r.body;

@@ -588,6 +588,8 @@ TEST_F(KubernetesTest, AReplicaPodStagesItsLoraAdaptersAndServesThem) {
   std::set<std::string> inits;
   for (const auto& c : all[0]["spec"]["initContainers"]) inits.insert(c["name"].get<std::string>());
   EXPECT_EQ(inits, (std::set<std::string>{"stage", "stage-lora-0", "stage-lora-1"}));
+  // What the gateways may send there, in the engine's flag order.
+  EXPECT_EQ(all[0]["metadata"]["annotations"].value("loadstar.dev/lora-adapters", ""), "sql,poems");
   EXPECT_NE(all[0]["spec"]["containers"][0]["args"].dump().find(
                 "sql=/var/lib/loadstar/models/sql/current"),
             std::string::npos);

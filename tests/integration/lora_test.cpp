@@ -245,6 +245,38 @@ spec:
     EXPECT_EQ(after[i]["name"], before[i]["name"]);
     EXPECT_EQ(after[i]["pid"], before[i]["pid"]);
   }
+
+  // An adapter the engine refuses (rank 64 over its --max-lora-rank 16,
+  // unchecked at apply as the Model does not say its rank): 500 with the
+  // gist, the engine's words in the gateway's log, and the replicas are not
+  // blamed for it (no outlier ejection; the base model still answers).
+  const fs::path big = synth_adapter("up-big", synth_model("lora-base", "16MiB"), 64);
+  std::ofstream(file) << yaml("sql, poems, big")
+                      << fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {{name: big}}
+spec: {{source: "file://{}", adapterOf: tiny}}
+)",
+                                     big.string());
+  ASSERT_EQ(
+      run_loadstar({"apply", "-f", file.string(), "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      0)
+      << out;
+  const auto again = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((status = ask("big").status) == 404 && std::chrono::steady_clock::now() < again)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(status, 500);
+  for (int i = 0; i < 6; ++i) {
+    auto r = ask("big");
+    EXPECT_EQ(r.status, 500);
+    EXPECT_NE(r.body.find("The adapter `big` could not be loaded"), std::string::npos) << r.body;
+  }
+  EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_outlier_ejections_total"), 0);
+  EXPECT_GE(scrape_metric(up->port(), "loadstar_gateway_adapter_load_failures_total"), 1);
+  EXPECT_EQ(ask("chat").status, 200);
+  EXPECT_NE(up->log().find("rank"), std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common/digest.h"
+#include "gateway/adapter_routing.h"
 #include "gateway/endpoint_adapters.h"
 #include "gateway/engine_load.h"
 #include "gateway/peer_load.h"
@@ -243,6 +244,47 @@ TEST(EndpointAdapters, ActiveIsReportedOrInFlightAndRecentIsBounded) {
   a.sent("x", 2);  // recent keeps two: chat, x
   EXPECT_FALSE(a.view("poem", 1000).recent);
   EXPECT_TRUE(a.view("chat", 1000).recent);
+  // vLLM lists an adapter running and waiting at once: one adapter.
+  a.reported({"sql", "sql", "chat"}, 4, 2000);
+  EXPECT_EQ(a.view("none", 0).active_adapters, 3u);  // sql, chat; x in flight
+  // Loaded at runtime from a path: the same path needs no load again.
+  EXPECT_FALSE(a.registered_path("sql"));
+  a.registered("sql", "/a/1");
+  EXPECT_EQ(a.registered_path("sql"), "/a/1");
+  a.registered("sql", "/a/2");
+  EXPECT_EQ(a.registered_path("sql"), "/a/2");
+  a.unregistered("sql");
+  EXPECT_FALSE(a.registered_path("sql"));
+}
+
+// Which adapter an attempt serves and where: backends naming an adapter
+// (hand-written routes too), replicas that loaded it at start (a rollout may
+// mix lists), and llama.cpp's index on each replica.
+TEST(AdapterRouting, PlansFiltersAndIndexesPerEndpoint) {
+  RoutingTable::Service svc;
+  svc.adapters_by_index = true;
+  RoutingTable::Backend base{.service = "chat"};
+  RoutingTable::Backend sql{.service = "chat", .model = "sql", .adapter = true};
+  EXPECT_TRUE(adapter_plan(&svc, base).name.empty());
+  EXPECT_TRUE(adapter_plan(&svc, base).by_index);
+  EXPECT_EQ(adapter_plan(&svc, sql).name, "sql");
+  EXPECT_FALSE(adapter_plan(&svc, sql).load);
+  EXPECT_TRUE(adapter_plan(nullptr, sql).name.empty());
+  Endpoint old_rev("chat", "chat-0", "127.0.0.1", 1), new_rev("chat", "chat-1", "127.0.0.1", 2);
+  old_rev.start_adapters = {"poems"};
+  new_rev.start_adapters = {"sql", "poems"};
+  std::vector<Endpoint*> both = {&old_rev, &new_rev}, out;
+  auto only = serving_adapter(svc, both, "sql", out);
+  ASSERT_EQ(only.size(), 1u);
+  EXPECT_EQ(only[0], &new_rev);
+  EXPECT_EQ(serving_adapter(svc, both, "poems", out).size(), 2u);
+  EXPECT_EQ(serving_adapter(svc, both, "gone", out).size(), 2u);  // none has it: the engine says
+  EXPECT_EQ(adapter_index(old_rev, "poems"), 0);
+  EXPECT_EQ(adapter_index(new_rev, "poems"), 1);
+  EXPECT_EQ(adapter_index(old_rev, "sql"), -1);
+  EXPECT_EQ(adapter_index(new_rev, ""), -1);
+  svc.adapters_on_demand = true;  // loaded where asked for: any replica
+  EXPECT_EQ(serving_adapter(svc, both, "sql", out).size(), 2u);
 }
 
 TEST(Picker, AnAdapterGoesWhereItRunsThenWhereThereIsRoomUntilLoadOutweighsIt) {
