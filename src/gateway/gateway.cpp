@@ -159,37 +159,7 @@ struct Gateway::Impl {
   // a controller in another process (Kubernetes mode): see gateway.h.
   LoadReport load_report();
   asio::awaitable<std::string> collect_metrics();
-  // The models `tenant` may call (null: all).
-  std::string models_json(const RoutingTable& table, const TenantLimiter* tenant) const;
 };
-
-std::string Gateway::Impl::models_json(const RoutingTable& table,
-                                       const TenantLimiter* tenant) const {
-  json data = json::array();
-  std::vector<std::pair<std::string, size_t>> models;
-  for (const auto& [name, svc] : table.services) models.push_back({name, svc.ready.size()});
-  for (const auto& [name, route] : table.routes) {
-    size_t ready = 0;
-    for (const auto& b : route.backends) {
-      if (b.external) {
-        ++ready;
-      } else if (auto it = table.services.find(b.service); it != table.services.end()) {
-        ready += it->second.ready.size();
-      }
-    }
-    models.push_back({name, ready});
-  }
-  std::sort(models.begin(), models.end());
-  for (const auto& [name, ready] : models) {
-    if (tenant && !tenant->may_call(name)) continue;
-    data.push_back({{"id", name},
-                    {"object", "model"},
-                    {"created", unix_now()},
-                    {"owned_by", "loadstar"},
-                    {"ready_replicas", ready}});
-  }
-  return json({{"object", "list"}, {"data", data}}).dump();
-}
 
 asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
   GatewayStats merged;
@@ -266,7 +236,7 @@ asio::awaitable<void> Gateway::Impl::handle(http::Exchange& ex) {
         co_return;
       }
     }
-    response = {200, "application/json", models_json(table, tenant)};
+    response = {200, "application/json", models_json(table, tenant, unix_now())};
   } else if (req.method == "GET" && path == "/health") {
     response = {200, "text/plain", "ok\n"};
   } else if ((path == "/metrics" || path.starts_with("/loadstar/")) &&

@@ -2,9 +2,15 @@
 
 #include <cstdint>
 
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
 #include "openai/protocol.h"
 
 namespace loadstar::gateway {
+
+using nlohmann::json;
 
 boost::asio::awaitable<void> send_error(http::Exchange& ex, int status, std::string message,
                                         std::string param, std::vector<http::Header> headers,
@@ -29,6 +35,33 @@ void add_rate_limit_headers(const RateLimitState& s, std::vector<http::Header>& 
     headers.push_back({"x-ratelimit-remaining-tokens", number(*s.remaining_tokens)});
     headers.push_back({"x-ratelimit-reset-tokens", reset_duration(*s.reset_tokens_s)});
   }
+}
+
+std::string models_json(const RoutingTable& table, const TenantLimiter* tenant, int64_t created) {
+  json data = json::array();
+  std::vector<std::pair<std::string, size_t>> models;
+  for (const auto& [name, svc] : table.services) models.push_back({name, svc.ready.size()});
+  for (const auto& [name, route] : table.routes) {
+    size_t ready = 0;
+    for (const auto& b : route.backends) {
+      if (b.external) {
+        ++ready;
+      } else if (auto it = table.services.find(b.service); it != table.services.end()) {
+        ready += it->second.ready.size();
+      }
+    }
+    models.push_back({name, ready});
+  }
+  std::sort(models.begin(), models.end());
+  for (const auto& [name, ready] : models) {
+    if (tenant && !tenant->may_call(name)) continue;
+    data.push_back({{"id", name},
+                    {"object", "model"},
+                    {"created", created},
+                    {"owned_by", "loadstar"},
+                    {"ready_replicas", ready}});
+  }
+  return json({{"object", "list"}, {"data", data}}).dump();
 }
 
 }  // namespace loadstar::gateway

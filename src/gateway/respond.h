@@ -1,5 +1,5 @@
 // The gateway's answers in OpenAI's shape: errors (with Retry-After where
-// waiting helps) and rate-limit headers. One place, so the front door, the
+// waiting helps), rate-limit headers and the model list. One place, so the front door, the
 // hold queue and the relay answer alike.
 #pragma once
 
@@ -8,6 +8,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include "gateway/routing_table.h"
 #include "gateway/tenants.h"
 #include "http/server.h"
 
@@ -22,5 +23,10 @@ boost::asio::awaitable<void> send_error(http::Exchange& ex, int status, std::str
 
 // Rate-limit headers in OpenAI's names.
 void add_rate_limit_headers(const RateLimitState& s, std::vector<http::Header>& headers);
+
+// GET /v1/models: the services and routes (adapters included) `tenant` may
+// call (null: all), with their ready replicas, created at `created` (Unix
+// seconds).
+std::string models_json(const RoutingTable& table, const TenantLimiter* tenant, int64_t created);
 
 }  // namespace loadstar::gateway
