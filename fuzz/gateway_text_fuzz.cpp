@@ -3,7 +3,9 @@
 // an engine's /metrics page (scraped ten times a second), and a gateway's
 // load report (read by the controller; a report it parses survives a
 // round trip through its JSON), and the picks and load other gateways
-// publish through Redis (a message that decodes encodes back to itself).
+// publish through Redis (a message that decodes encodes back to itself),
+// and an engine's KV event batch (msgpack, vLLM's format: one that decodes
+// survives a round trip, and the KV-cache index takes it).
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -12,8 +14,10 @@
 
 #include "api/cost_expression.h"
 #include "gateway/engine_load.h"
+#include "gateway/kv_block_index.h"
 #include "gateway/load_report.h"
 #include "gateway/shared_messages.h"
+#include "kvevents/kv_events.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view text(reinterpret_cast<const char*>(data), size);
@@ -33,5 +37,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::abort();
   if (auto load = decode_load(text); load && encode_load(load->instance, load->load) != text)
     std::abort();
+  if (auto batch = loadstar::kvevents::decode_batch(text); batch.ok()) {
+    auto again = loadstar::kvevents::decode_batch(loadstar::kvevents::encode_batch(*batch));
+    if (!again.ok() || again->events.size() != batch->events.size()) std::abort();
+    KvBlockIndex index;
+    index.apply(1, *batch);
+    const uint32_t tokens[64] = {};
+    const uint64_t ids[1] = {1};
+    uint32_t matched[1] = {};
+    index.match(tokens, "", ids, matched);
+    if (matched[0] > 64) std::abort();
+    index.forget(1);
+    if (index.blocks() != 0) std::abort();
+  }
   return 0;
 }

@@ -10,7 +10,9 @@
 # GATEWAYS=N runs N gateways side by side (loadstar up --gateways) behind a
 # round-robin split of the requests; SHARED=1 gives them a Redis
 # (redis-server on a free port) through which they share their picks and
-# load. REPLAY_GATEWAYS=1 sends everything to the first (a control: what
+# load. KV_EVENTS=1 has the engine-sim replicas publish their KV events
+# (spec.engine.kvEvents) for the gateways to route by. SCORERS='{...}' sets
+# spec.routing.scorers. REPLAY_GATEWAYS=1 sends everything to the first (a control: what
 # running the others costs this machine).
 # ENGINE=llama.cpp replays against real llama-server replicas instead
 # (scripts/llama-server.sh build; a synthetic GGUF of GGUF_SIZE, SLOTS
@@ -51,7 +53,7 @@ if [ "$engine" = llama.cpp ]; then
   engine_spec="{name: llama.cpp, contextLength: ${CONTEXT:-8192}, maxSequences: ${SLOTS:-4}, threads: ${THREADS:-1}}"
 else
   model_spec='{source: "synth://bench", size: 16Mi}'
-  engine_spec="{name: engine-sim, args: [\"--profile\", \"h100-small-kv\", \"--profiles-file\", \"$work/profiles.yaml\", \"--time-scale\", \"${scale}\", \"--max-model-len\", \"40000\", \"--max-num-seqs\", \"64\", \"--log-level\", \"warn\"]}"
+  engine_spec="{name: engine-sim, args: [\"--profile\", \"h100-small-kv\", \"--profiles-file\", \"$work/profiles.yaml\", \"--time-scale\", \"${scale}\", \"--max-model-len\", \"40000\", \"--max-num-seqs\", \"64\", \"--log-level\", \"warn\"]${KV_EVENTS:+, kvEvents: true}}"
 fi
 
 results="$work/results.jsonl"
@@ -78,7 +80,7 @@ spec:
   model: bench
   replicas: ${replicas}
   engine: ${engine_spec}
-  routing: {picker: ${picker}}
+  routing: {picker: ${picker}${SCORERS:+, scorers: ${SCORERS}}}
 YAML
     rm -rf "$work/data/state"
     $bin up -f "$work/bench.yaml" --data-dir "$work/data" --port "$port" --admin-port "$admin" \

@@ -45,6 +45,7 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "maxSequences" << YAML::Value << *s.engine.max_sequences;
     if (s.engine.threads) out << YAML::Key << "threads" << YAML::Value << *s.engine.threads;
     if (!s.engine.prefix_cache) out << YAML::Key << "prefixCache" << YAML::Value << false;
+    if (s.engine.kv_events) out << YAML::Key << "kvEvents" << YAML::Value << true;
     out << YAML::EndMap;
     out << YAML::Key << "queue" << YAML::Value << s.queue;
     out << YAML::Key << "priority" << YAML::Value << s.priority;

@@ -325,6 +325,17 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     e.optional_uint("maxSequences", svc.spec.engine.max_sequences);
     e.optional_uint("threads", svc.spec.engine.threads);
     e.boolean("prefixCache", svc.spec.engine.prefix_cache);
+    e.boolean("kvEvents", svc.spec.engine.kv_events);
+    if (svc.spec.engine.kv_events) {
+      const engines::Engine* kind = engines::find(svc.spec.engine.name);
+      if (kind && !kind->gateway_tokenizer)
+        d.error(engine["kvEvents"], "spec.engine.kvEvents",
+                fmt::format("the gateway matches KV events by token ids and has only "
+                            "engine-sim's tokenizer; {} needs the model's (not yet supported)",
+                            kind->name));
+      else if (!svc.spec.engine.prefix_cache)
+        d.error(engine["kvEvents"], "spec.engine.kvEvents", "needs prefixCache");
+    }
     if (YAML::Node args = e.get("args"); args && !args.IsNull()) {
       if (!args.IsSequence()) {
         d.error(args, "spec.engine.args", "must be a list of strings");

@@ -60,6 +60,10 @@ struct EngineSpec {
   std::optional<uint32_t> max_sequences;   // requests served at once
   std::optional<uint32_t> threads;         // CPU threads (llama.cpp)
   bool prefix_cache = true;                // reuse cached prompt prefixes
+  // The engine publishes its KV-cache events (vLLM's, over ZeroMQ) and the
+  // gateways route by what each engine's cache holds (engine-sim only: the
+  // gateway must tokenize prompts as the engine does).
+  bool kv_events = false;
 };
 
 // How the gateway picks among a service's replicas (spec.routing).

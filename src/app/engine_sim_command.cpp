@@ -58,6 +58,9 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
   app.add_option("--lora-modules", o.lora_modules,
                  "Adapters served from the start: NAME=PATH or {\"name\":...,\"path\":...}")
       ->expected(1, -1);
+  app.add_option("--kv-events-config", o.kv_events_config,
+                 "vLLM's KV events as JSON, e.g. {\"enable_kv_cache_events\":true,"
+                 "\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:5557\"}");
   app.add_option("--fault-error-rate", o.fault_error_rate,
                  "Fault injection: answer this fraction of generation requests 500")
       ->check(CLI::Range(0.0, 1.0))

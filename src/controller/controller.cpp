@@ -282,6 +282,7 @@ void Controller::observe(Replica& r) {
       r.state = ReplicaState::kReady;
       r.host = st.host;
       r.port = st.port;
+      r.kv_events = st.kv_events;
       r.start_s = seconds_between(r.launched_at, now);
       mark(r, kReady, now);
       r.message.clear();
@@ -678,7 +679,8 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
   };
   for (const auto& [name, r] : replicas_)
     if (r->state == ReplicaState::kReady)
-      key.push_back(fmt::format("ep:{}:{}:{}:{}", name, r->host, r->port, weight(name)));
+      key.push_back(
+          fmt::format("ep:{}:{}:{}:{}:{}", name, r->host, r->port, weight(name), r->kv_events));
   // Adapters loaded on demand, as they become staged (staging starts here).
   std::map<std::string, std::map<std::string, std::string>> adapter_paths;
   for (const auto& [name, svc] : services_) {
@@ -722,7 +724,8 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
       if (r->revision && r->revision->service.spec.lora &&
           !r->revision->service.spec.lora->on_demand)
         adapters = r->revision->service.spec.lora->adapters;
-      inputs.ready[r->service].push_back({name, r->host, r->port, weight(name), adapters});
+      inputs.ready[r->service].push_back(
+          {name, r->host, r->port, weight(name), adapters, r->kv_events});
       mark(*r, kRouted, now);  // the inputs go out at the end of this pass
     }
   return inputs;

@@ -268,6 +268,11 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
     spec.max_cpu_loras = svc.spec.lora->max_cpu_loras;
     spec.max_lora_rank = svc.spec.lora->max_rank;
   }
+  if (svc.spec.engine.kv_events && engine->kv_events) {
+    LS_ASSIGN_OR_RETURN(uint16_t events_port, free_port());
+    e.kv_events = fmt::format("tcp://127.0.0.1:{}", events_port);
+    spec.kv_events_endpoint = e.kv_events;
+  }
   ProcessOptions p;
   if (engine->writes_port_file) {
     e.port_file = run_dir / (launch.replica + ".port");
@@ -330,6 +335,7 @@ EngineStatus LocalRuntime::status(const std::string& replica) {
   }
   st.host = "127.0.0.1";
   st.port = e.port;
+  st.kv_events = e.kv_events;
   if (!e.ready && e.port != 0 && !e.stop_sent) {
     auto health = http::fetch({.port = e.port, .target = e.health_path, .timeout_s = 0.25});
     e.ready = health.ok() && health->status == 200;

@@ -74,6 +74,7 @@ class LocalRuntime : public EngineRuntime {
     std::filesystem::path port_file;  // engines that report the port they bound
     std::filesystem::path log;
     uint16_t port = 0;
+    std::string kv_events;  // "tcp://127.0.0.1:PORT" when it publishes KV events
     bool ready = false;
     double stop_grace_s = 5;
     std::optional<Clock::time_point> stop_sent;

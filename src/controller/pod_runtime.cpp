@@ -99,6 +99,8 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   spec.threads = svc.spec.engine.threads;
   spec.prefix_cache = svc.spec.engine.prefix_cache;
   spec.extra_args = svc.spec.engine.args;
+  const bool kv_events = svc.spec.engine.kv_events && kind->kv_events;
+  if (kv_events) spec.kv_events_endpoint = fmt::format("tcp://*:{}", kKvEventsPort);
   // LoRA adapters loaded at start: each staged by an init container of its
   // own (cached under its flat name, as models are), served under its name
   // in the service's namespace.
@@ -142,7 +144,9 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
       {"command", kind->container_command},
       {"args", kind->flags(spec)},
       {"env", engine_env},
-      {"ports", {{{"name", "http"}, {"containerPort", options.engine_port}}}},
+      {"ports", kv_events ? json{{{"name", "http"}, {"containerPort", options.engine_port}},
+                                 {{"name", "kv-events"}, {"containerPort", kKvEventsPort}}}
+                          : json{{{"name", "http"}, {"containerPort", options.engine_port}}}},
       {"startupProbe",
        probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},
       {"readinessProbe", probe(kind->name == "engine-sim" ? 1 : 5, 3)},
@@ -415,6 +419,8 @@ EngineStatus PodRuntime::status(const std::string& replica) {
   st.ready = p.ready;
   st.host = p.pod_ip;
   st.port = options_.engine_port;
+  if (auto events = p.port("engine", "kv-events"); events && !p.pod_ip.empty())
+    st.kv_events = fmt::format("tcp://{}:{}", p.pod_ip, *events);
   if (st.ready) return st;
   if (p.node_name.empty()) {
     st.message = "pod not bound yet";

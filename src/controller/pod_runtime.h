@@ -29,6 +29,9 @@
 
 namespace loadstar::controller {
 
+// Where an engine Pod publishes its KV events (vLLM's default port).
+inline constexpr int kKvEventsPort = 5557;
+
 struct PodRuntimeOptions {
   std::string image = "loadstar:0.1.0";  // runs `loadstar engine-sim` and `loadstar stage`
   // Per engine, an image instead of the engine table's pinned default (a

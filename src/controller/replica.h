@@ -23,6 +23,7 @@ struct Controller::Replica {
   int pid = 0;
   std::string host;  // where its engine serves, while Ready
   uint16_t port = 0;
+  std::string kv_events;  // its KV events' endpoint, while Ready (empty: none)
   uint32_t restarts = 0;
   Clock::time_point created;
   Clock::time_point launched_at;

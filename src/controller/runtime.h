@@ -54,8 +54,9 @@ struct EngineStatus {
   bool exited = false;   // it ended without being told to (the runtime then forgets it)
   std::string host;      // where it serves, once ready
   uint16_t port = 0;
-  int pid = 0;          // local processes only
-  std::string message;  // what it is doing or why it ended
+  std::string kv_events;  // its KV events' ZeroMQ endpoint, when it publishes them
+  int pid = 0;            // local processes only
+  std::string message;    // what it is doing or why it ended
   // The cards the node's device plugin handed it, by index (a node's cards
   // in the order of their IDs); empty: not known. The controller's
   // bookkeeping follows them (Placement::follow_devices).

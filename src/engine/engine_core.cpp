@@ -333,7 +333,12 @@ bool EngineCore::allocate_slots(Request& r, uint32_t num_new_tokens) {
   if (needed <= r.blocks.size()) return true;
   const uint32_t to_allocate = needed - static_cast<uint32_t>(r.blocks.size());
   if (pool_.num_free() < to_allocate) return false;
-  pool_.allocate(to_allocate, r.blocks);
+  pool_.allocate(to_allocate, r.blocks, config_.kv_events ? &evicted_ : nullptr);
+  if (!evicted_.empty()) {
+    kv_events_.emplace_back(
+        kvevents::BlockRemoved{.block_hashes = std::move(evicted_), .medium = "GPU"});
+    evicted_.clear();
+  }
   return true;
 }
 
@@ -341,7 +346,25 @@ void EngineCore::cache_full_blocks(Request& r) {
   const uint32_t full = std::min<uint32_t>(r.num_computed / config_.block_size,
                                            static_cast<uint32_t>(r.block_hashes.size()));
   for (uint32_t i = r.num_cached_blocks; i < full; ++i) pool_.cache(r.blocks[i], r.block_hashes[i]);
+  if (config_.kv_events && config_.enable_prefix_caching && full > r.num_cached_blocks) {
+    const uint32_t bs = config_.block_size, first = r.num_cached_blocks;
+    kvevents::BlockStored e;
+    e.block_hashes.assign(r.block_hashes.begin() + first, r.block_hashes.begin() + full);
+    if (first > 0) e.parent_block_hash = r.block_hashes[first - 1];
+    e.token_ids.assign(r.tokens.begin() + first * bs, r.tokens.begin() + full * bs);
+    e.block_size = bs;
+    e.medium = "GPU";
+    if (const LoraAdapter* a = r.adapter ? adapter(r.adapter) : nullptr) {
+      e.lora_id = a->id;
+      e.lora_name = a->name;
+    }
+    kv_events_.emplace_back(std::move(e));
+  }
   r.num_cached_blocks = std::max(r.num_cached_blocks, full);
+}
+
+std::vector<kvevents::Event> EngineCore::take_kv_events() {
+  return std::exchange(kv_events_, {});
 }
 
 TokenId EngineCore::sample(Request& r) {

@@ -36,6 +36,7 @@
 
 #include "common/result.h"
 #include "engine/kv_cache.h"
+#include "kvevents/kv_events.h"
 
 namespace loadstar::engine {
 
@@ -99,6 +100,8 @@ struct EngineConfig {
   // with kResourceExhausted. 0 means unbounded (vLLM's behaviour).
   uint32_t max_waiting = 0;
   bool enable_prefix_caching = true;
+  // Record the prefix cache's changes as vLLM's KV events (take_kv_events).
+  bool kv_events = false;
   uint64_t seed = 0;
   StepCostModel cost;
   OutputLengthModel output_length;
@@ -194,6 +197,10 @@ class EngineCore {
   // Schedules and "executes" one step starting at `now`.
   StepResult step(double now);
   EngineStats stats() const;
+  // The prefix cache's changes since the last call, in order: full blocks
+  // cached (BlockStored, with their tokens) and cached blocks evicted
+  // (BlockRemoved). Empty unless config().kv_events.
+  std::vector<kvevents::Event> take_kv_events();
 
  private:
   struct Request;
@@ -217,6 +224,8 @@ class EngineCore {
   std::vector<uint32_t> gpu_slots_;   // adapter ids, least recently used first
   std::vector<uint32_t> host_cache_;  // the same order
   uint64_t lora_loads_ = 0, lora_activations_ = 0;
+  std::vector<kvevents::Event> kv_events_;
+  std::vector<BlockHash> evicted_;  // by the pool, drained into kv_events_
 };
 
 }  // namespace loadstar::engine

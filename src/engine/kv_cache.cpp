@@ -50,7 +50,8 @@ void BlockPool::unlink_free(BlockId id) {
   --num_free_;
 }
 
-void BlockPool::allocate(uint32_t count, std::vector<BlockId>& out) {
+void BlockPool::allocate(uint32_t count, std::vector<BlockId>& out,
+                         std::vector<BlockHash>* evicted) {
   LS_CHECK(count <= num_free_);
   for (uint32_t i = 0; i < count; ++i) {
     BlockId id = free_head_;
@@ -58,7 +59,10 @@ void BlockPool::allocate(uint32_t count, std::vector<BlockId>& out) {
     Block& b = blocks_[id];
     if (b.cached) {  // evict: its contents are about to be overwritten
       auto it = cached_.find(b.hash);
-      if (it != cached_.end() && it->second == id) cached_.erase(it);
+      if (it != cached_.end() && it->second == id) {
+        cached_.erase(it);
+        if (evicted) evicted->push_back(b.hash);
+      }
       b.cached = false;
     }
     b.ref_count = 1;

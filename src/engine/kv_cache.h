@@ -38,8 +38,10 @@ class BlockPool {
   // The cached block holding `hash`, if any.
   std::optional<BlockId> lookup(BlockHash hash) const;
   // Takes `count` blocks from the head of the free queue (evicting their
-  // cached contents). The caller has checked num_free() >= count.
-  void allocate(uint32_t count, std::vector<BlockId>& out);
+  // cached contents; the evicted hashes are appended to `evicted` when it is
+  // given). The caller has checked num_free() >= count.
+  void allocate(uint32_t count, std::vector<BlockId>& out,
+                std::vector<BlockHash>* evicted = nullptr);
   // Adds a holder to a block found by lookup(); takes it off the free queue.
   void touch(BlockId id);
   bool is_free(BlockId id) const { return blocks_[id].ref_count == 0; }

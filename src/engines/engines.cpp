@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "kvevents/kv_events.h"
+
 namespace loadstar::engines {
 
 namespace {
@@ -28,6 +30,12 @@ void add_vllm_lora(std::vector<std::string>& out, const LaunchSpec& l) {
   for (const auto& a : l.adapters) out.push_back(a.name + "=" + a.path);
 }
 
+// vLLM's KV events (engine-sim takes the same flag).
+void add_vllm_kv_events(std::vector<std::string>& out, const LaunchSpec& l) {
+  if (!l.kv_events_endpoint.empty())
+    add(out, "--kv-events-config", kvevents::events_config_json(l.kv_events_endpoint, "kv-events"));
+}
+
 // engine-sim takes vLLM's flags for what both have.
 std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   std::vector<std::string> out = {"--model",     l.model,  "--served-model-name",
@@ -37,6 +45,7 @@ std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   if (l.max_sequences) add(out, "--max-num-seqs", *l.max_sequences);
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
   add_vllm_lora(out, l);
+  add_vllm_kv_events(out, l);
   return out;
 }
 
@@ -72,6 +81,7 @@ std::vector<std::string> vllm_flags(const LaunchSpec& l) {
   if (l.gpus > 1) add(out, "--tensor-parallel-size", l.gpus);
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
   add_vllm_lora(out, l);
+  add_vllm_kv_events(out, l);
   return out;
 }
 
@@ -100,6 +110,8 @@ std::vector<Engine> make_table() {
     e.name = "engine-sim";
     e.lora = true;
     e.lora_runtime_loading = true;
+    e.kv_events = true;
+    e.gateway_tokenizer = true;
     e.engine_flags = engine_sim_flags;
     e.description =
         "Loadstar's vLLM-compatible engine simulator (no GPU, no real model): for tests and "
@@ -143,6 +155,7 @@ std::vector<Engine> make_table() {
     e.name = "vllm";
     e.lora = true;
     e.lora_runtime_loading = true;
+    e.kv_events = true;
     e.engine_flags = vllm_flags;
     e.description = "vLLM's OpenAI-compatible server";
     e.program = "vllm";

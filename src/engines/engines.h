@@ -40,6 +40,9 @@ struct LaunchSpec {
   // runtime_loading_env in the engine's environment.
   bool lora_on_demand = false;
   std::vector<std::string> extra_args;  // spec.engine.args, passed last
+  // Publish KV-cache events (vLLM's --kv-events-config) on this ZeroMQ
+  // endpoint ("tcp://*:5557"); empty: none.
+  std::string kv_events_endpoint;
 };
 
 // The signals the gateway reads from an engine's /metrics (see
@@ -84,6 +87,12 @@ struct Engine {
   // Loads adapters at runtime through vLLM's /v1/load_lora_adapter
   // (spec.lora.loading: onDemand; LaunchSpec::lora_on_demand).
   bool lora_runtime_loading = false;
+  // Publishes vLLM's KV events (LaunchSpec::kv_events_endpoint).
+  bool kv_events = false;
+  // The gateway tokenizes prompts exactly as this engine does, so it can
+  // match the token blocks of its KV events (engine-sim's stand-in
+  // tokenizer; a real model's tokenizer is not in the gateway yet).
+  bool gateway_tokenizer = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.

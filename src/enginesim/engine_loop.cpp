@@ -47,7 +47,8 @@ EngineLoop::~EngineLoop() {
   stop();
 }
 
-void EngineLoop::start() {
+void EngineLoop::start(kvevents::Publisher* events) {
+  events_ = events;
   thread_ = std::thread([this] { run(); });
 }
 
@@ -166,6 +167,16 @@ void EngineLoop::run() {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();
     if (metrics_) metrics_->record_step(step, core_.stats(), std::max(lag, late));
     if (metrics_ && lora) metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
+    if (events_) {
+      kvevents::EventBatch batch;
+      batch.events = core_.take_kv_events();
+      if (!batch.events.empty()) {
+        batch.ts =
+            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        events_->publish(batch);
+      }
+    }
     for (const engine::RequestOutput& out : step.outputs) {
       auto it = channels_.find(out.id);
       if (it == channels_.end()) continue;

@@ -27,6 +27,7 @@
 
 #include "engine/engine_core.h"
 #include "enginesim/metrics.h"
+#include "kvevents/zmq_transport.h"
 
 namespace loadstar::enginesim {
 
@@ -60,7 +61,8 @@ class EngineLoop {
   EngineLoop(const EngineLoop&) = delete;
   EngineLoop& operator=(const EngineLoop&) = delete;
 
-  void start();
+  // `events` (optional, outliving the loop) gets each step's KV events.
+  void start(kvevents::Publisher* events = nullptr);
   void stop();
 
   const engine::EngineCore& core() const { return core_; }
@@ -80,6 +82,7 @@ class EngineLoop {
   double model_now() const;
 
   engine::EngineCore core_;
+  kvevents::Publisher* events_ = nullptr;
   const double time_scale_;
   EngineMetrics* metrics_;
   std::chrono::steady_clock::time_point wall_origin_;

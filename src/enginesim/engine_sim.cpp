@@ -557,6 +557,25 @@ int run_engine_sim(const EngineSimOptions& options) {
     spdlog::error("{}", config.error().message);
     return 2;
   }
+  std::unique_ptr<kvevents::Publisher> kv_publisher;
+  if (!options.kv_events_config.empty()) {
+    auto events = kvevents::parse_events_config(options.kv_events_config);
+    if (!events.ok()) {
+      spdlog::error("{}", events.error().message);
+      return 2;
+    }
+    if (events->enabled && events->publisher == "zmq") {
+      auto publisher = kvevents::Publisher::bind(*events);
+      if (!publisher.ok()) {
+        spdlog::error("{}", publisher.error().message);
+        return 2;
+      }
+      kv_publisher = std::move(*publisher);
+      config->kv_events = true;
+      spdlog::info("KV events published on {} (topic '{}')", kv_publisher->endpoint(),
+                   events->topic);
+    }
+  }
   const fs::path model_path = fs::absolute(options.model_dir).lexically_normal();
   std::string name = options.served_model_name;
   if (name.empty()) name = model_path.filename().string();
@@ -610,7 +629,7 @@ int run_engine_sim(const EngineSimOptions& options) {
       "max_model_len {}, time scale {})",
       name, options.host, port, options.profile.empty() ? kDefaultProfile : options.profile,
       config->num_gpu_blocks, config->block_size, config->max_model_len, options.time_scale);
-  sim.loop().start();
+  sim.loop().start(kv_publisher.get());
 
   // Weights are read on their own thread; /health turns 200 when they are in.
   std::atomic<int> exit_code{0};

@@ -53,6 +53,9 @@ struct EngineSimOptions {
   uint32_t max_lora_rank = 16;
   std::optional<uint32_t> max_cpu_loras;
   std::vector<std::string> lora_modules;
+  // vLLM's --kv-events-config (JSON): publish the prefix cache's changes as
+  // vLLM's KV events over ZeroMQ.
+  std::string kv_events_config;
 };
 
 // One --lora-modules entry: NAME=PATH, or {"name": ..., "path": ...}.

@@ -25,6 +25,7 @@
 #include "gateway/adapter_loader.h"
 #include "gateway/adapter_routing.h"
 #include "gateway/hold.h"
+#include "gateway/kv_events_feed.h"
 #include "gateway/load_report.h"
 #include "gateway/peer_load.h"
 #include "gateway/published_tables.h"
@@ -128,6 +129,7 @@ struct Gateway::Impl {
   // the current endpoints by replica name, to apply theirs.
   std::unique_ptr<SharedPrefixes> shared_prefixes;
   PeerLoad peers;  // other gateways' load on each replica, and ours to report
+  KvEventsFeed kv_events{chooser.kv_blocks()};  // engines' own word on their caches
   std::atomic<uint64_t> request_ids{0};
   std::string instance;  // names this gateway's requests in the shared store
 
@@ -182,6 +184,7 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
   merged.refused_connections = server->refused_connections();
   std::string text = render_metrics(merged);
   text += waiting_room.metrics();
+  text += kv_events.metrics();
   if (shared_prefixes)
     text += fmt::format(
         "# HELP loadstar_gateway_shared_prefixes_up Whether picks are shared with other "
@@ -408,6 +411,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     if (!reserved.empty()) waiting_room.dispatched(reserved);
   });
   bool flow_checked = false;
+  std::optional<std::vector<uint32_t>> kv_tokens;  // computed for engines with KV events
   for (unsigned attempt = 0; attempt < options.max_attempts && outcome == ForwardOutcome::kRetry;) {
     if (selector.backends().empty()) {
       routed.code = 404;
@@ -499,6 +503,14 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
                                 std::uniform_real_distribution<double>(0, 1)(w.rng), w.canary);
       candidates = unsaturated(svc->flow, candidates, now_ms, w.unsaturated);
     }
+    // Engines that say what their caches hold are matched by token blocks:
+    // the prompt is tokenized (once) as they tokenize it.
+    if (picker && !kv_tokens && std::any_of(candidates.begin(), candidates.end(), [](Endpoint* e) {
+          return !e->kv_events.empty();
+        }))
+      kv_tokens = engine_sim_prompt_tokens(
+          peek.prompt, req.target.find("/chat/completions") != std::string::npos);
+    if (kv_tokens) pick_request.tokens = *kv_tokens;
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
     if (shared_prefixes && (chosen.prefix_recorded || chosen.session_recorded != 0))
       shared_prefixes->publish(
@@ -771,6 +783,7 @@ void Gateway::publish(std::shared_ptr<const RoutingTable> table) {
   const std::vector<std::shared_ptr<Endpoint>> gone = impl_->tables.publish(table, steady_ms());
   impl_->scraper.publish(table);
   impl_->peers.set_endpoints(*table);
+  impl_->kv_events.publish(*table);
   // Endpoints that are gone take what the prefix index knew with them.
   for (const auto& e : gone) impl_->chooser.forget(e->id);
   for (auto& worker : impl_->workers) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 
@@ -32,6 +33,12 @@ struct RequestPeek {
 // kInvalidArgument naming the field when the body is not a JSON object or
 // `model` is missing or not a string.
 Result<RequestPeek> peek_request(std::string_view body);
+
+// The prompt's token ids as engine-sim computes them (its tokenizer and
+// chat template) from RequestPeek::prompt: what its KV events are matched
+// against. `chat`: a chat completion (messages), else a completion's first
+// prompt.
+std::vector<uint32_t> engine_sim_prompt_tokens(std::string_view peek_prompt, bool chat);
 
 struct Usage {
   uint64_t prompt_tokens = 0;

@@ -66,6 +66,10 @@ struct Endpoint {
   // indices); set before the table is published. During a rollout replicas
   // of two revisions may hold different lists.
   std::vector<std::string> start_adapters;
+  // Where its engine publishes KV events (empty: none); set before the table
+  // is published. The gateway subscribes, and matches prompts against what
+  // the engine says it holds (KvBlockIndex).
+  std::string kv_events;
   // Outlier detection: consecutive failures (connect errors, timeouts, 5xx)
   // and, once ejected, until when (steady-clock milliseconds).
   std::atomic<uint32_t> consecutive_failures{0};

@@ -168,6 +168,17 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   if (scored) {
     for (size_t i = 0; i < n; ++i) scratch.ids[i] = candidates[i]->id;
     prefixes_.match(request.blocks, scratch.ids, scratch.matched);
+    if (!request.tokens.empty() && !request.blocks.empty()) {
+      scratch.kv_matched.assign(n, 0);
+      kv_blocks_.match(request.tokens, request.adapter, scratch.ids, scratch.kv_matched);
+      const size_t blocks = request.blocks.size(), tokens = request.tokens.size();
+      for (size_t i = 0; i < n; ++i) {
+        if (candidates[i]->kv_events.empty()) continue;
+        const auto reported = static_cast<uint32_t>(
+            std::min<size_t>(blocks, scratch.kv_matched[i] * blocks / tokens));
+        scratch.matched[i] = std::max(scratch.matched[i], reported);
+      }
+    }
   }
   if (by_session) sessions_.match(session_key, scratch.ids, scratch.session_matched);
   // A scrape older than 5 intervals (and at least a second) counts as none.
@@ -230,6 +241,7 @@ void EndpointChooser::learn_bytes_per_token(size_t prompt_bytes, uint64_t prompt
 
 void EndpointChooser::forget(uint64_t endpoint_id) {
   prefixes_.forget(endpoint_id);
+  kv_blocks_.forget(endpoint_id);
   sessions_.forget(endpoint_id);
 }
 

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "gateway/kv_block_index.h"
 #include "gateway/picker.h"
 #include "gateway/prefix_index.h"
 #include "gateway/routing_table.h"
@@ -121,6 +122,9 @@ struct EndpointRequest {
   // (where the engine does not report its own).
   std::string_view adapter;
   uint32_t max_loras = 0;
+  // The prompt's token ids as the engines compute them, for endpoints whose
+  // engines publish KV events (empty: not computed).
+  std::span<const uint32_t> tokens;
 };
 
 struct EndpointPick {
@@ -152,6 +156,7 @@ class EndpointChooser {
     std::vector<uint64_t> ids;
     std::vector<uint32_t> matched;
     std::vector<uint32_t> session_matched;
+    std::vector<uint32_t> kv_matched;
   };
 
   // `picker`: the service's picker, null for an external backend (its one
@@ -166,6 +171,11 @@ class EndpointChooser {
   void learn_bytes_per_token(size_t prompt_bytes, uint64_t prompt_tokens);
   // Drops what is known of an endpoint that left the routing table.
   void forget(uint64_t endpoint_id);
+  // What engines that publish KV events hold (fed by the gateway's
+  // subscriber); for their endpoints the picker counts as cached the longer
+  // of the prefix the engine reports and the one this gateway's picks
+  // predict (a prompt sent a moment ago is not stored yet).
+  KvBlockIndex& kv_blocks() { return kv_blocks_; }
 
  private:
   // How many prefix blocks the endpoint's KV cache holds (0: unknown).
@@ -175,6 +185,7 @@ class EndpointChooser {
   const double scrape_interval_s_;
   PrefixIndex prefixes_;
   PrefixIndex sessions_;
+  KvBlockIndex kv_blocks_;
   std::atomic<double> bytes_per_token_{4};
 };
 

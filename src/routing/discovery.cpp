@@ -55,7 +55,7 @@ void EndpointDiscovery::rebuild() {
     if (!pod.serving() || pod.annotations.count(kube::kDrainingAnnotation) ||
         service == pod.labels.end() || !inputs.services.count(service->second))
       continue;
-    const auto port = pod.port("engine", "");
+    const auto port = pod.port("engine", "http");
     if (!port) continue;
     // A canary's Pods say their group's share of the traffic.
     uint32_t canary = 0;
@@ -70,10 +70,14 @@ void EndpointDiscovery::rebuild() {
         if (comma == std::string_view::npos) break;
         list.remove_prefix(comma + 1);
       }
-    key += fmt::format("\nep:{}:{}:{}:{}:{}", pod.name, pod.pod_ip, *port, canary,
-                       fmt::join(adapters, ","));
-    inputs.ready[service->second].push_back(
-        {pod.name, pod.pod_ip, static_cast<uint16_t>(*port), canary, std::move(adapters)});
+    // Its KV events, when its engine publishes them.
+    std::string kv_events;
+    if (auto events = pod.port("engine", "kv-events"))
+      kv_events = fmt::format("tcp://{}:{}", pod.pod_ip, *events);
+    key += fmt::format("\nep:{}:{}:{}:{}:{}:{}", pod.name, pod.pod_ip, *port, canary,
+                       fmt::join(adapters, ","), kv_events);
+    inputs.ready[service->second].push_back({pod.name, pod.pod_ip, static_cast<uint16_t>(*port),
+                                             canary, std::move(adapters), std::move(kv_events)});
     ++n;
   }
   if (key == published_key_) return;

@@ -54,11 +54,13 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
       auto& endpoint = endpoints[r.replica];
       if (auto it = endpoints_.find(r.replica);
           it != endpoints_.end() && it->second->service == name && it->second->host == r.host &&
-          it->second->port == r.port && it->second->start_adapters == r.adapters) {
+          it->second->port == r.port && it->second->start_adapters == r.adapters &&
+          it->second->kv_events == r.kv_events) {
         endpoint = it->second;  // keeps its counters and load
       } else {
         endpoint = std::make_shared<gateway::Endpoint>(name, r.replica, r.host, r.port);
         endpoint->start_adapters = r.adapters;
+        endpoint->kv_events = r.kv_events;
       }
       s.ready.push_back(endpoint);
       if (r.canary_weight > 0) {

@@ -32,6 +32,8 @@ struct ReadyReplica {
   // The LoRA adapters its engine loaded at start, in flag order (its
   // revision's spec.lora.adapters; empty: none, or loaded on demand).
   std::vector<std::string> adapters;
+  // Where its engine publishes KV events ("tcp://HOST:PORT"); empty: none.
+  std::string kv_events;
 };
 
 // What a routing table is built from.

@@ -242,13 +242,15 @@ spec: {model: m, engine: {name: llama.cpp}}
 
 // The Pod of one replica of `engine` with `gpus` whole GPUs.
 json pod_of(const std::string& engine, uint32_t gpus, const std::string& source,
-            const std::string& image = "", const std::string& model_version = "") {
+            const std::string& image = "", const std::string& model_version = "",
+            bool kv_events = false) {
   api::InferenceService svc;
   svc.metadata.name = "chat";
   svc.spec.model = "m";
   svc.spec.engine.name = engine;
   svc.spec.engine.image = image;
   svc.spec.engine.max_sequences = 16;
+  svc.spec.engine.kv_events = kv_events;
   api::Model model;
   model.metadata.name = "m";
   model.spec.source = source;
@@ -303,6 +305,41 @@ TEST(EnginePods, VllmRunsFromItsImageWithShmGpusProbesAndNoDownloads) {
   EXPECT_GE(c["startupProbe"]["periodSeconds"].get<int>() *
                 c["startupProbe"]["failureThreshold"].get<int>(),
             1800);
+}
+
+// spec.engine.kvEvents: the engine publishes vLLM's KV events on a named
+// port the gateways find on the Pod; only engines whose prompts the gateway
+// can tokenize take it.
+TEST(EnginePods, KvEventsArePublishedOnANamedPort) {
+  const json pod = pod_of("engine-sim", 0, "synth://m", "", "", true);
+  const json& c = pod["spec"]["containers"][0];
+  const auto args = c["args"].get<std::vector<std::string>>();
+  auto flag = std::find(args.begin(), args.end(), "--kv-events-config");
+  ASSERT_NE(flag, args.end());
+  const json config = json::parse(*(flag + 1));
+  EXPECT_EQ(config["enable_kv_cache_events"], true);
+  EXPECT_EQ(config["publisher"], "zmq");
+  EXPECT_EQ(config["endpoint"], "tcp://*:5557");
+  EXPECT_EQ(c["ports"], json::parse(R"([{"name": "http", "containerPort": 8000},
+                                        {"name": "kv-events", "containerPort": 5557}])"));
+  // Off by default.
+  const json plain = pod_of("engine-sim", 0, "synth://m");
+  EXPECT_EQ(plain["spec"]["containers"][0]["ports"].size(), 1u);
+  const auto plain_args = plain["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
+  EXPECT_EQ(std::count(plain_args.begin(), plain_args.end(), "--kv-events-config"), 0);
+  for (const char* engine : {"vllm", "llama.cpp"}) {
+    auto r = api::decode_resources(fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: chat}}
+spec: {{model: m, engine: {{name: {}, kvEvents: true}}}}
+)",
+                                               engine),
+                                   "s.yaml");
+    ASSERT_FALSE(r.ok()) << engine;
+    EXPECT_NE(r.error().message.find("spec.engine.kvEvents"), std::string::npos)
+        << r.error().message;
+  }
 }
 
 TEST(EnginePods, SglangAndLlamaCppImagesAndModelPaths) {

@@ -1,0 +1,336 @@
+#include "kvevents/kv_events.h"
+
+#include <msgpuck.h>
+#include <xxhash.h>
+
+#include <nlohmann/json.hpp>
+
+namespace loadstar::kvevents {
+
+namespace {
+
+// ---- encoding -------------------------------------------------------------
+
+void put_array(std::string& out, uint32_t n) {
+  char b[8];
+  out.append(b, static_cast<size_t>(mp_encode_array(b, n) - b));
+}
+void put_uint(std::string& out, uint64_t v) {
+  char b[16];
+  out.append(b, static_cast<size_t>(mp_encode_uint(b, v) - b));
+}
+void put_int(std::string& out, int64_t v) {
+  if (v >= 0) return put_uint(out, static_cast<uint64_t>(v));
+  char b[16];
+  out.append(b, static_cast<size_t>(mp_encode_int(b, v) - b));
+}
+void put_nil(std::string& out) {
+  char b[2];
+  out.append(b, static_cast<size_t>(mp_encode_nil(b) - b));
+}
+void put_double(std::string& out, double v) {
+  char b[16];
+  out.append(b, static_cast<size_t>(mp_encode_double(b, v) - b));
+}
+void put_str(std::string& out, std::string_view s) {
+  char b[8];
+  out.append(b, static_cast<size_t>(mp_encode_strl(b, static_cast<uint32_t>(s.size())) - b));
+  out.append(s);
+}
+void put_optional_str(std::string& out, std::string_view s) {
+  if (s.empty())
+    put_nil(out);
+  else
+    put_str(out, s);
+}
+void put_hashes(std::string& out, const std::vector<uint64_t>& hashes) {
+  put_array(out, static_cast<uint32_t>(hashes.size()));
+  for (uint64_t h : hashes) put_uint(out, h);
+}
+
+struct Encoder {
+  std::string& out;
+  void operator()(const BlockStored& e) const {
+    put_array(out, 8);
+    put_str(out, "BlockStored");
+    put_hashes(out, e.block_hashes);
+    if (e.parent_block_hash)
+      put_uint(out, *e.parent_block_hash);
+    else
+      put_nil(out);
+    put_array(out, static_cast<uint32_t>(e.token_ids.size()));
+    for (uint32_t t : e.token_ids) put_uint(out, t);
+    put_uint(out, e.block_size);
+    if (e.lora_id)
+      put_int(out, *e.lora_id);
+    else
+      put_nil(out);
+    put_optional_str(out, e.medium);
+    put_optional_str(out, e.lora_name);
+  }
+  void operator()(const BlockRemoved& e) const {
+    put_array(out, 3);
+    put_str(out, "BlockRemoved");
+    put_hashes(out, e.block_hashes);
+    put_optional_str(out, e.medium);
+  }
+  void operator()(const AllBlocksCleared&) const {
+    put_array(out, 1);
+    put_str(out, "AllBlocksCleared");
+  }
+};
+
+// ---- decoding (of a payload mp_check has validated) ---------------------
+
+Error bad(std::string what) {
+  return make_error(ErrorCode::kInvalidArgument, "KV event batch: {}", what);
+}
+
+class Reader {
+ public:
+  explicit Reader(const char* p) : p_(p) {}
+  mp_type type() const { return mp_typeof(*p_); }
+  bool nil() {
+    if (type() != MP_NIL) return false;
+    mp_decode_nil(&p_);
+    return true;
+  }
+  void skip() { mp_next(&p_); }
+  Result<uint32_t> array(std::string_view field) {
+    if (type() != MP_ARRAY) return bad(fmt::format("{}: not an array", field));
+    return mp_decode_array(&p_);
+  }
+  Result<int64_t> integer(std::string_view field) {
+    if (type() == MP_UINT) {
+      const uint64_t v = mp_decode_uint(&p_);
+      if (v > static_cast<uint64_t>(INT64_MAX)) return bad(fmt::format("{}: out of range", field));
+      return static_cast<int64_t>(v);
+    }
+    if (type() == MP_INT) return mp_decode_int(&p_);
+    return bad(fmt::format("{}: not an integer", field));
+  }
+  Result<double> number(std::string_view field) {
+    switch (type()) {
+      case MP_DOUBLE:
+        return mp_decode_double(&p_);
+      case MP_FLOAT:
+        return static_cast<double>(mp_decode_float(&p_));
+      case MP_UINT:
+        return static_cast<double>(mp_decode_uint(&p_));
+      case MP_INT:
+        return static_cast<double>(mp_decode_int(&p_));
+      default:
+        return bad(fmt::format("{}: not a number", field));
+    }
+  }
+  Result<std::string_view> string(std::string_view field) {
+    if (type() != MP_STR) return bad(fmt::format("{}: not a string", field));
+    uint32_t len = 0;
+    const char* s = mp_decode_str(&p_, &len);
+    return std::string_view(s, len);
+  }
+  // An integer hash as its 64-bit pattern; a bytes (or string) hash folded.
+  Result<uint64_t> hash(std::string_view field) {
+    uint32_t len = 0;
+    switch (type()) {
+      case MP_UINT:
+        return mp_decode_uint(&p_);
+      case MP_INT:
+        return static_cast<uint64_t>(mp_decode_int(&p_));
+      case MP_BIN: {
+        const char* s = mp_decode_bin(&p_, &len);
+        return XXH3_64bits(s, len);
+      }
+      case MP_STR: {
+        const char* s = mp_decode_str(&p_, &len);
+        return XXH3_64bits(s, len);
+      }
+      default:
+        return bad(fmt::format("{}: not a block hash", field));
+    }
+  }
+  Result<std::vector<uint64_t>> hashes(std::string_view field) {
+    LS_ASSIGN_OR_RETURN(uint32_t n, array(field));
+    std::vector<uint64_t> out;
+    out.reserve(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      LS_ASSIGN_OR_RETURN(uint64_t h, hash(field));
+      out.push_back(h);
+    }
+    return out;
+  }
+  Result<std::string> optional_string(std::string_view field) {
+    if (nil()) return std::string();
+    LS_ASSIGN_OR_RETURN(std::string_view s, string(field));
+    return std::string(s);
+  }
+
+ private:
+  const char* p_;
+};
+
+Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
+  if (fields < 5) return bad("BlockStored: fewer than 4 fields");
+  BlockStored e;
+  LS_ASSIGN_OR_RETURN(e.block_hashes, r.hashes("BlockStored.block_hashes"));
+  if (!r.nil()) {
+    LS_ASSIGN_OR_RETURN(uint64_t parent, r.hash("BlockStored.parent_block_hash"));
+    e.parent_block_hash = parent;
+  }
+  LS_ASSIGN_OR_RETURN(uint32_t tokens, r.array("BlockStored.token_ids"));
+  e.token_ids.reserve(tokens);
+  for (uint32_t i = 0; i < tokens; ++i) {
+    LS_ASSIGN_OR_RETURN(int64_t t, r.integer("BlockStored.token_ids"));
+    if (t < 0 || t > UINT32_MAX) return bad("BlockStored.token_ids: a token id out of range");
+    e.token_ids.push_back(static_cast<uint32_t>(t));
+  }
+  LS_ASSIGN_OR_RETURN(int64_t block_size, r.integer("BlockStored.block_size"));
+  if (block_size <= 0 || block_size > 65536)
+    return bad(fmt::format("BlockStored.block_size: {} is not in 1..65536", block_size));
+  e.block_size = static_cast<uint32_t>(block_size);
+  if (e.token_ids.size() != e.block_hashes.size() * e.block_size)
+    return bad(fmt::format("BlockStored: {} token ids for {} blocks of {}", e.token_ids.size(),
+                           e.block_hashes.size(), e.block_size));
+  uint32_t read = 5;
+  if (read < fields) {
+    ++read;
+    if (!r.nil()) {
+      LS_ASSIGN_OR_RETURN(int64_t id, r.integer("BlockStored.lora_id"));
+      e.lora_id = id;
+    }
+  }
+  if (read < fields) {
+    ++read;
+    LS_ASSIGN_OR_RETURN(e.medium, r.optional_string("BlockStored.medium"));
+  }
+  if (read < fields) {
+    ++read;
+    LS_ASSIGN_OR_RETURN(e.lora_name, r.optional_string("BlockStored.lora_name"));
+  }
+  for (; read < fields; ++read) r.skip();
+  return e;
+}
+
+Result<BlockRemoved> decode_removed(Reader& r, uint32_t fields) {
+  if (fields < 2) return bad("BlockRemoved: no block_hashes");
+  BlockRemoved e;
+  LS_ASSIGN_OR_RETURN(e.block_hashes, r.hashes("BlockRemoved.block_hashes"));
+  uint32_t read = 2;
+  if (read < fields) {
+    ++read;
+    LS_ASSIGN_OR_RETURN(e.medium, r.optional_string("BlockRemoved.medium"));
+  }
+  for (; read < fields; ++read) r.skip();
+  return e;
+}
+
+}  // namespace
+
+std::string encode_batch(const EventBatch& batch) {
+  std::string out;
+  put_array(out, batch.data_parallel_rank ? 3 : 2);
+  put_double(out, batch.ts);
+  put_array(out, static_cast<uint32_t>(batch.events.size()));
+  for (const Event& e : batch.events) std::visit(Encoder{out}, e);
+  if (batch.data_parallel_rank) put_int(out, *batch.data_parallel_rank);
+  return out;
+}
+
+Result<EventBatch> decode_batch(std::string_view payload) {
+  const char* check = payload.data();
+  if (payload.empty() || mp_check(&check, payload.data() + payload.size()) != 0)
+    return bad("not one complete msgpack value");
+  if (check != payload.data() + payload.size()) return bad("bytes after the msgpack value");
+  Reader r(payload.data());
+  LS_ASSIGN_OR_RETURN(uint32_t fields, r.array("batch"));
+  if (fields < 2) return bad("batch: fewer than 2 fields (ts, events)");
+  EventBatch batch;
+  LS_ASSIGN_OR_RETURN(batch.ts, r.number("batch.ts"));
+  LS_ASSIGN_OR_RETURN(uint32_t events, r.array("batch.events"));
+  for (uint32_t i = 0; i < events; ++i) {
+    LS_ASSIGN_OR_RETURN(uint32_t n, r.array("event"));
+    if (n == 0) return bad("event: empty (no tag)");
+    LS_ASSIGN_OR_RETURN(std::string_view tag, r.string("event tag"));
+    if (tag == "BlockStored") {
+      LS_ASSIGN_OR_RETURN(BlockStored e, decode_stored(r, n));
+      batch.events.emplace_back(std::move(e));
+    } else if (tag == "BlockRemoved") {
+      LS_ASSIGN_OR_RETURN(BlockRemoved e, decode_removed(r, n));
+      batch.events.emplace_back(std::move(e));
+    } else if (tag == "AllBlocksCleared") {
+      for (uint32_t k = 1; k < n; ++k) r.skip();
+      batch.events.emplace_back(AllBlocksCleared{});
+    } else {
+      // An event kind of a newer engine: not ours to know.
+      for (uint32_t k = 1; k < n; ++k) r.skip();
+    }
+  }
+  if (fields > 2 && !r.nil()) {
+    LS_ASSIGN_OR_RETURN(int64_t rank, r.integer("batch.data_parallel_rank"));
+    batch.data_parallel_rank = rank;
+  }
+  return batch;
+}
+
+std::string encode_sequence(uint64_t seq) {
+  std::string out(8, '\0');
+  for (int i = 7; i >= 0; --i, seq >>= 8)
+    out[static_cast<size_t>(i)] = static_cast<char>(seq & 0xff);
+  return out;
+}
+
+std::optional<uint64_t> decode_sequence(std::string_view frame) {
+  if (frame.size() != 8) return std::nullopt;
+  uint64_t seq = 0;
+  for (char c : frame) seq = (seq << 8) | static_cast<uint8_t>(c);
+  return seq;
+}
+
+Result<EventsConfig> parse_events_config(std::string_view text) {
+  auto bad_config = [](std::string what) {
+    return make_error(ErrorCode::kInvalidArgument, "--kv-events-config: {}", what);
+  };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return bad_config("not a JSON object");
+  EventsConfig c;
+  for (const auto& [key, value] : j.items()) {
+    if (key == "enable_kv_cache_events") {
+      if (!value.is_boolean()) return bad_config("enable_kv_cache_events: not a boolean");
+      c.enabled = value.get<bool>();
+    } else if (key == "publisher") {
+      if (!value.is_string() || (value != "zmq" && value != "null"))
+        return bad_config("publisher: must be \"zmq\" or \"null\"");
+      c.publisher = value.get<std::string>();
+    } else if (key == "endpoint") {
+      if (!value.is_string() || value.get<std::string>().empty())
+        return bad_config("endpoint: not a ZeroMQ endpoint string");
+      c.endpoint = value.get<std::string>();
+    } else if (key == "topic") {
+      if (!value.is_string()) return bad_config("topic: not a string");
+      c.topic = value.get<std::string>();
+    } else if (key == "hwm") {
+      if (!value.is_number_integer() || value.get<int64_t>() <= 0 ||
+          value.get<int64_t>() > INT32_MAX)
+        return bad_config("hwm: not a positive integer");
+      c.hwm = value.get<int>();
+    } else if (key == "replay_endpoint") {
+      if (!value.is_null()) return bad_config("replay_endpoint: not supported by engine-sim");
+    } else if (key == "buffer_steps" || key == "max_queue_size") {
+      if (!value.is_number_integer()) return bad_config(key + ": not an integer");
+    } else {
+      return bad_config(fmt::format("unknown field '{}'", key));
+    }
+  }
+  if (c.enabled && !j.contains("publisher")) c.publisher = "zmq";
+  return c;
+}
+
+std::string events_config_json(std::string_view endpoint, std::string_view topic) {
+  return nlohmann::json{{"enable_kv_cache_events", true},
+                        {"publisher", "zmq"},
+                        {"endpoint", endpoint},
+                        {"topic", topic}}
+      .dump();
+}
+
+}  // namespace loadstar::kvevents

@@ -1,0 +1,138 @@
+// KV-cache events end to end: engine-sim publishes vLLM's events over
+// ZeroMQ for what its prefix cache holds, and gateways route by them, so a
+// gateway that never saw a prompt still sends it where its prefix is cached.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "gateway/kv_block_index.h"
+#include "gateway/request_peek.h"
+#include "kvevents/zmq_transport.h"
+#include "support.h"
+
+namespace loadstar::testing {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+std::string document(int seed) {
+  std::string out;
+  for (int i = 0; i < 200; ++i) out += fmt::format(" page{} word{}", seed, i);
+  return out;
+}
+
+std::string completion(const std::string& prompt) {
+  return json{{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 2}, {"ignore_eos", true}}
+      .dump();
+}
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return pred();
+}
+
+TEST(KvEvents, EngineSimPublishesWhatItsPrefixCacheHolds) {
+  auto sim = EngineSim::start(
+      synth_model("tiny", "16MiB"),
+      {"--served-model-name", "chat", "--kv-events-config",
+       R"({"enable_kv_cache_events": true, "endpoint": "tcp://127.0.0.1:*", "topic": "kv-events"})"});
+  // It says where it bound (the port was left to it).
+  std::smatch m;
+  const std::string log = sim->log();
+  ASSERT_TRUE(std::regex_search(log, m, std::regex(R"(KV events published on (tcp://\S+))")))
+      << log;
+  gateway::KvBlockIndex index;
+  std::atomic<int> lost{0};
+  kvevents::Subscriber subscriber(
+      {.batch = [&](uint64_t id, const kvevents::EventBatch& b) { index.apply(id, b); },
+       .lost = [&](uint64_t) { ++lost; }});
+  subscriber.set_sources({{1, m[1].str()}});
+  // A subscriber misses what is published before it connects (ZeroMQ's
+  // slow joiner): send until the engine's blocks show up.
+  const std::string prompt = document(1);
+  const std::vector<uint32_t> tokens = gateway::engine_sim_prompt_tokens(prompt, false);
+  std::vector<uint32_t> matched(1);
+  const uint64_t id = 1;
+  ASSERT_TRUE(eventually([&] {
+    EXPECT_EQ(sim->post("/v1/completions", completion(prompt)).status, 200);
+    index.match(tokens, "", std::span(&id, 1), matched);
+    return matched[0] > 0;
+  })) << sim->log();
+  // Every full block of the prompt, as the gateway tokenizes it.
+  EXPECT_EQ(matched[0], tokens.size() / 16 * 16);
+  EXPECT_EQ(lost, 0);
+  EXPECT_GT(subscriber.batches(), 0u);
+}
+
+TEST(KvEvents, AGatewayRoutesByWhatEnginesReportNotByWhatItSent) {
+  // Two gateways side by side, sharing nothing: the second learns where
+  // prompts are cached from the engines alone.
+  auto up = Up::start(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: tiny}
+spec: {source: "synth://tiny", size: 8Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: tiny
+  replicas: 3
+  engine: {name: engine-sim, kvEvents: true, args: ["--time-scale", "20"]}
+)",
+                      {"--gateways", "2"});
+  up->wait_ready("chat", 3);
+  std::smatch m;
+  std::string log = up->log();
+  ASSERT_TRUE(eventually([&] {
+    log = up->log();
+    return std::regex_search(log, m, std::regex(R"(gateway 2:\s+http://[^:]+:(\d+)/v1)"));
+  })) << log;
+  const uint16_t second = static_cast<uint16_t>(std::stoi(m[1].str()));
+  ASSERT_TRUE(eventually([&] {
+    return scrape_metric(second, "loadstar_gateway_kv_events_engines") == 3;
+  })) << up->log();
+
+  // Two documents, each sent once through the first gateway (the events'
+  // subscribers may join late: resend until the second sees blocks).
+  std::vector<std::string> holders;
+  for (int doc = 0; doc < 2; ++doc) {
+    auto r = up->post("/v1/completions", completion(document(doc) + " first question"));
+    ASSERT_EQ(r.status, 200);
+    holders.emplace_back(r.header("x-loadstar-endpoint"));
+  }
+  ASSERT_TRUE(eventually([&] {
+    return scrape_metric(second, "loadstar_gateway_kv_cache_blocks") > 60;
+  })) << up->log();
+  // Through the second gateway, which never saw them, follow-up questions
+  // go where each document is cached.
+  for (int doc = 0; doc < 2; ++doc)
+    for (int q = 0; q < 3; ++q) {
+      auto r = http::fetch({.port = second,
+                            .method = "POST",
+                            .target = "/v1/completions",
+                            .body = completion(document(doc) + " question " + std::to_string(q)),
+                            .headers = {{"Content-Type", "application/json"}},
+                            .timeout_s = 10});
+      ASSERT_TRUE(r.ok());
+      ASSERT_EQ(r->status, 200);
+      EXPECT_EQ(r->header("x-loadstar-endpoint"), holders[static_cast<size_t>(doc)])
+          << "document " << doc << " question " << q;
+    }
+  EXPECT_EQ(scrape_metric(second, "loadstar_gateway_kv_events_lost_total"), 0);
+}
+
+}  // namespace
+}  // namespace loadstar::testing

@@ -1,0 +1,279 @@
+// KV-cache events: vLLM's wire format both ways, engine-sim's events from
+// its prefix cache, and the gateway's index of what each engine holds.
+#include <gtest/gtest.h>
+
+#include <msgpuck.h>
+
+#include "engine/engine_core.h"
+#include "gateway/kv_block_index.h"
+#include "gateway/request_peek.h"
+#include "kvevents/kv_events.h"
+#include "openai/protocol.h"
+
+namespace loadstar {
+namespace {
+
+using gateway::KvBlockIndex;
+using kvevents::AllBlocksCleared;
+using kvevents::BlockRemoved;
+using kvevents::BlockStored;
+using kvevents::EventBatch;
+
+std::vector<uint32_t> iota_tokens(uint32_t n, uint32_t from = 100) {
+  std::vector<uint32_t> out(n);
+  for (uint32_t i = 0; i < n; ++i) out[i] = from + i;
+  return out;
+}
+
+TEST(KvEvents, ABatchSurvivesARoundTrip) {
+  EventBatch b;
+  b.ts = 1733360000.25;
+  b.data_parallel_rank = 0;
+  b.events.emplace_back(BlockStored{.block_hashes = {11, 12},
+                                    .parent_block_hash = 10,
+                                    .token_ids = iota_tokens(8),
+                                    .block_size = 4,
+                                    .lora_id = 3,
+                                    .medium = "GPU",
+                                    .lora_name = "sql"});
+  b.events.emplace_back(BlockRemoved{.block_hashes = {10}, .medium = "GPU"});
+  b.events.emplace_back(AllBlocksCleared{});
+  auto d = kvevents::decode_batch(kvevents::encode_batch(b));
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_DOUBLE_EQ(d->ts, b.ts);
+  EXPECT_EQ(d->data_parallel_rank, 0);
+  ASSERT_EQ(d->events.size(), 3u);
+  const auto& s = std::get<BlockStored>(d->events[0]);
+  EXPECT_EQ(s.block_hashes, (std::vector<uint64_t>{11, 12}));
+  EXPECT_EQ(s.parent_block_hash, 10u);
+  EXPECT_EQ(s.token_ids, iota_tokens(8));
+  EXPECT_EQ(s.block_size, 4u);
+  EXPECT_EQ(s.lora_id, 3);
+  EXPECT_EQ(s.lora_name, "sql");
+  EXPECT_EQ(std::get<BlockRemoved>(d->events[1]).block_hashes, (std::vector<uint64_t>{10}));
+  EXPECT_TRUE(std::holds_alternative<AllBlocksCleared>(d->events[2]));
+  EXPECT_EQ(kvevents::decode_sequence(kvevents::encode_sequence(0x0102030405060708ull)),
+            0x0102030405060708ull);
+  EXPECT_EQ(kvevents::encode_sequence(1), std::string("\0\0\0\0\0\0\0\1", 8));
+}
+
+// A batch as a recent vLLM writes it (msgspec, array_like, tagged): sha256
+// block hashes as bytes, a parent, trailing fields this reader does not
+// know (extra_keys, group_idx, kv_cache_spec_kind), an event kind it does
+// not know, and no data_parallel_rank.
+TEST(KvEvents, ReadsWhatVllmWrites) {
+  std::string buf(4096, '\0');
+  char* p = buf.data();
+  p = mp_encode_array(p, 2);
+  p = mp_encode_double(p, 1733360000.5);
+  p = mp_encode_array(p, 3);
+  p = mp_encode_array(p, 11);
+  p = mp_encode_str(p, "BlockStored", 11);
+  p = mp_encode_array(p, 1);
+  p = mp_encode_bin(p, "0123456789abcdef0123456789abcdef", 32);
+  p = mp_encode_bin(p, "fedcba9876543210fedcba9876543210", 32);  // the parent
+  p = mp_encode_array(p, 2);
+  p = mp_encode_uint(p, 128000);
+  p = mp_encode_uint(p, 9906);
+  p = mp_encode_uint(p, 2);  // block_size
+  p = mp_encode_nil(p);      // lora_id
+  p = mp_encode_str(p, "GPU", 3);
+  p = mp_encode_nil(p);  // lora_name
+  p = mp_encode_array(p, 1);
+  p = mp_encode_nil(p);      // extra_keys
+  p = mp_encode_uint(p, 0);  // group_idx
+  p = mp_encode_str(p, "full_attention", 14);
+  p = mp_encode_array(p, 2);
+  p = mp_encode_str(p, "SomethingNew", 12);
+  p = mp_encode_map(p, 0);
+  p = mp_encode_array(p, 4);
+  p = mp_encode_str(p, "BlockRemoved", 12);
+  p = mp_encode_array(p, 1);
+  p = mp_encode_bin(p, "0123456789abcdef0123456789abcdef", 32);
+  p = mp_encode_str(p, "GPU", 3);
+  p = mp_encode_uint(p, 0);
+  buf.resize(static_cast<size_t>(p - buf.data()));
+
+  auto d = kvevents::decode_batch(buf);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_FALSE(d->data_parallel_rank);
+  ASSERT_EQ(d->events.size(), 2u);  // the unknown kind skipped
+  const auto& s = std::get<BlockStored>(d->events[0]);
+  ASSERT_EQ(s.block_hashes.size(), 1u);
+  EXPECT_TRUE(s.parent_block_hash);
+  EXPECT_EQ(s.token_ids, (std::vector<uint32_t>{128000, 9906}));
+  EXPECT_FALSE(s.lora_id);
+  EXPECT_EQ(s.medium, "GPU");
+  // The same bytes name the same block in BlockRemoved.
+  EXPECT_EQ(std::get<BlockRemoved>(d->events[1]).block_hashes, s.block_hashes);
+}
+
+TEST(KvEvents, MalformedBatchesAreRefusedByName) {
+  EventBatch b;
+  b.events.emplace_back(
+      BlockStored{.block_hashes = {1}, .token_ids = iota_tokens(4), .block_size = 4});
+  const std::string good = kvevents::encode_batch(b);
+  auto truncated = kvevents::decode_batch(std::string_view(good).substr(0, good.size() - 1));
+  ASSERT_FALSE(truncated.ok());
+  EXPECT_NE(truncated.error().message.find("msgpack"), std::string::npos);
+  EXPECT_FALSE(kvevents::decode_batch(good + "x").ok());
+  EXPECT_FALSE(kvevents::decode_batch("").ok());
+
+  b.events[0] = BlockStored{.block_hashes = {1, 2}, .token_ids = iota_tokens(5), .block_size = 4};
+  auto counts = kvevents::decode_batch(kvevents::encode_batch(b));
+  ASSERT_FALSE(counts.ok());
+  EXPECT_NE(counts.error().message.find("5 token ids for 2 blocks of 4"), std::string::npos);
+
+  b.events[0] = BlockStored{.block_hashes = {}, .token_ids = {}, .block_size = 0};
+  auto size = kvevents::decode_batch(kvevents::encode_batch(b));
+  ASSERT_FALSE(size.ok());
+  EXPECT_NE(size.error().message.find("BlockStored.block_size"), std::string::npos);
+}
+
+TEST(KvEvents, ConfigIsVllmsFlag) {
+  auto c = kvevents::parse_events_config(
+      R"({"enable_kv_cache_events": true, "endpoint": "tcp://*:5557", "topic": "kv-events"})");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_TRUE(c->enabled);
+  EXPECT_EQ(c->publisher, "zmq");  // vLLM's default once enabled
+  EXPECT_EQ(c->endpoint, "tcp://*:5557");
+  EXPECT_EQ(c->topic, "kv-events");
+  auto round = kvevents::parse_events_config(kvevents::events_config_json("tcp://*:1", "t"));
+  ASSERT_TRUE(round.ok());
+  EXPECT_EQ(round->endpoint, "tcp://*:1");
+  for (const char* bad : {"[]", R"({"publisher": "kafka"})", R"({"enable": true})",
+                          R"({"replay_endpoint": "tcp://*:5558"})", R"({"hwm": -1})"}) {
+    auto r = kvevents::parse_events_config(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.error().message.find("--kv-events-config"), std::string::npos);
+  }
+}
+
+EventBatch stored(std::vector<uint64_t> hashes, std::optional<uint64_t> parent,
+                  std::vector<uint32_t> tokens, std::string lora = {}) {
+  EventBatch b;
+  b.events.emplace_back(BlockStored{.block_hashes = std::move(hashes),
+                                    .parent_block_hash = parent,
+                                    .token_ids = std::move(tokens),
+                                    .block_size = 4,
+                                    .lora_name = std::move(lora)});
+  return b;
+}
+
+std::vector<uint32_t> matches(const KvBlockIndex& index, const std::vector<uint32_t>& prompt,
+                              std::vector<uint64_t> engines, std::string_view lora = {}) {
+  std::vector<uint32_t> out(engines.size());
+  index.match(prompt, lora, engines, out);
+  return out;
+}
+
+TEST(KvBlockIndex, FollowsWhatEachEngineStoresAndEvicts) {
+  KvBlockIndex index;
+  const auto prompt = iota_tokens(14);  // three full blocks of 4, and 2 tokens
+  // Engine 1 stores the first two blocks, then the third under its parent;
+  // engine 2 the first block only, under its own (different) hashes.
+  index.apply(1, stored({501, 502}, std::nullopt, {prompt.begin(), prompt.begin() + 8}));
+  index.apply(1, stored({503}, 502, {prompt.begin() + 8, prompt.begin() + 12}));
+  index.apply(2, stored({9001}, std::nullopt, {prompt.begin(), prompt.begin() + 4}));
+  EXPECT_EQ(matches(index, prompt, {1, 2, 3}), (std::vector<uint32_t>{12, 4, 0}));
+  EXPECT_EQ(index.blocks(), 4u);
+  // Another prompt sharing the first block only.
+  auto other = prompt;
+  other[5] = 7;
+  EXPECT_EQ(matches(index, other, {1, 2}), (std::vector<uint32_t>{4, 4}));
+  // An evicted middle block ends the match there.
+  EventBatch removed;
+  removed.events.emplace_back(BlockRemoved{.block_hashes = {502}});
+  index.apply(1, removed);
+  EXPECT_EQ(matches(index, prompt, {1}), (std::vector<uint32_t>{4}));
+  // A block whose parent was never seen is skipped, not guessed.
+  index.apply(2, stored({9003}, 9002, {prompt.begin() + 8, prompt.begin() + 12}));
+  EXPECT_EQ(index.orphans(), 1u);
+  EXPECT_EQ(matches(index, prompt, {2}), (std::vector<uint32_t>{4}));
+  // All blocks cleared, and an engine forgotten.
+  EventBatch cleared;
+  cleared.events.emplace_back(AllBlocksCleared{});
+  index.apply(1, cleared);
+  EXPECT_EQ(matches(index, prompt, {1, 2}), (std::vector<uint32_t>{0, 4}));
+  index.forget(2);
+  EXPECT_EQ(index.blocks(), 0u);
+}
+
+TEST(KvBlockIndex, AnAdaptersBlocksAreItsOwn) {
+  KvBlockIndex index;
+  const auto prompt = iota_tokens(8);
+  index.apply(1, stored({1, 2}, std::nullopt, prompt, "sql"));
+  EXPECT_EQ(matches(index, prompt, {1}, "sql"), (std::vector<uint32_t>{8}));
+  EXPECT_EQ(matches(index, prompt, {1}), (std::vector<uint32_t>{0}));
+  // The same tokens cached twice under two engine hashes: evicting one
+  // copy keeps the block, evicting both drops it.
+  index.apply(1, stored({3}, std::nullopt, {prompt.begin(), prompt.begin() + 4}, "sql"));
+  EventBatch removed;
+  removed.events.emplace_back(BlockRemoved{.block_hashes = {1}});
+  index.apply(1, removed);
+  EXPECT_EQ(matches(index, prompt, {1}, "sql"), (std::vector<uint32_t>{8}));
+  EXPECT_EQ(index.blocks(), 2u);
+  removed.events[0] = BlockRemoved{.block_hashes = {3}};
+  index.apply(1, removed);
+  EXPECT_EQ(matches(index, prompt, {1}, "sql"), (std::vector<uint32_t>{0}));
+  EXPECT_EQ(index.blocks(), 1u);
+}
+
+// engine-sim's own events, fed to the index, match the prompt as the
+// gateway tokenizes it: the gateway and the engine name blocks alike.
+TEST(KvBlockIndex, MatchesEngineSimsOwnEventsForTheGatewaysTokens) {
+  engine::EngineConfig config;
+  config.num_gpu_blocks = 64;
+  config.block_size = 16;
+  config.max_model_len = 1024;
+  config.kv_events = true;
+  engine::EngineCore core(config);
+  std::string document;
+  for (int i = 0; i < 120; ++i) document += " word" + std::to_string(i);
+  const std::string body =
+      R"({"model": "m", "max_tokens": 2, "ignore_eos": true, "messages": [{"role": "system", "content": ")" +
+      document + R"("}, {"role": "user", "content": "Summarise it."}]})";
+  auto request = openai::parse_request(openai::Endpoint::kChatCompletions, body);
+  ASSERT_TRUE(request.ok()) << request.error().message;
+  engine::NewRequest r;
+  r.id = 1;
+  openai::prompt_tokens(*request, 0, r.prompt);
+  r.sampling.max_tokens = 2;
+  r.sampling.ignore_eos = true;
+  ASSERT_TRUE(core.add_request(r, 0).ok());
+  double now = 0;
+  while (core.has_work()) now += core.step(now).duration;
+
+  auto peek = gateway::peek_request(body);
+  ASSERT_TRUE(peek.ok());
+  const std::vector<uint32_t> tokens = gateway::engine_sim_prompt_tokens(peek->prompt, true);
+  ASSERT_EQ(tokens, r.prompt);  // the gateway tokenizes as the engine does
+
+  KvBlockIndex index;
+  EventBatch batch;
+  batch.events = core.take_kv_events();
+  ASSERT_FALSE(batch.events.empty());
+  index.apply(7, batch);
+  std::vector<uint32_t> matched(1);
+  const uint64_t id = 7;
+  index.match(tokens, "", std::span(&id, 1), matched);
+  EXPECT_EQ(matched[0], tokens.size() / 16 * 16);
+
+  // A second prompt evicts (the pool is small): the engine says which.
+  engine::NewRequest big;
+  big.id = 2;
+  for (uint32_t i = 0; i < 60 * 16; ++i) big.prompt.push_back(5000 + i);
+  big.sampling.max_tokens = 1;
+  ASSERT_TRUE(core.add_request(big, now).ok());
+  while (core.has_work()) now += core.step(now).duration;
+  batch.events = core.take_kv_events();
+  bool removed = false;
+  for (const auto& e : batch.events) removed |= std::holds_alternative<BlockRemoved>(e);
+  EXPECT_TRUE(removed);
+  index.apply(7, batch);
+  index.match(tokens, "", std::span(&id, 1), matched);
+  EXPECT_LT(matched[0], tokens.size() / 16 * 16);
+}
+
+}  // namespace
+}  // namespace loadstar
