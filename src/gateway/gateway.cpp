@@ -512,12 +512,6 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
           peek.prompt, req.target.find("/chat/completions") != std::string::npos);
     if (kv_tokens) pick_request.tokens = *kv_tokens;
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
-    if (shared_prefixes && (chosen.prefix_recorded || chosen.session_recorded != 0))
-      shared_prefixes->publish(
-          {.replica = chosen.endpoint->replica,
-           .address = chosen.endpoint->key,
-           .session = chosen.session_recorded,
-           .blocks = chosen.prefix_recorded ? blocks : std::vector<uint64_t>{}});
     Endpoint* endpoint = chosen.endpoint;
     stats.prefix_blocks_matched += chosen.prefix_blocks_matched;
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
@@ -530,6 +524,15 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
     endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);
+    // Other gateways count it at once (their view of this gateway's load
+    // would otherwise lag by up to a report interval), and learn its prefix.
+    if (shared_prefixes && picker)
+      shared_prefixes->publish(
+          {.replica = endpoint->replica,
+           .address = endpoint->key,
+           .session = chosen.session_recorded,
+           .prefill = chosen.prefill,
+           .blocks = chosen.prefix_recorded ? blocks : std::vector<uint64_t>{}});
     if (!pick_request.adapter.empty()) endpoint->adapters.sent(pick_request.adapter, keep_adapters);
     if (!reserved.empty()) waiting_room.dispatched(std::exchange(reserved, {}));
     if (attempt > 0) ++retries_in_flight;
@@ -720,9 +723,10 @@ Result<std::unique_ptr<Gateway>> Gateway::create(GatewayOptions options) {
     impl->shared_prefixes = SharedPrefixes::create(
         std::move(redis), impl->instance,
         {.pick =
-             [self](const SharedPick& pick) {
-               if (auto e = self->peers.find(pick.replica, pick.address))
-                 self->chooser.record_remote(*e, pick.blocks, pick.session);
+             [self](const DecodedPick& d) {
+               self->peers.apply_pick(d.instance, d.pick, steady_ms());
+               if (auto e = self->peers.find(d.pick.replica, d.pick.address))
+                 self->chooser.record_remote(*e, d.pick.blocks, d.pick.session);
              },
          .load = [self](const DecodedLoad& load) { self->peers.apply(load, steady_ms()); },
          .snapshot = [self] { return self->peers.own(steady_ms()); }});

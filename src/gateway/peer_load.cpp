@@ -22,21 +22,35 @@ std::shared_ptr<Endpoint> PeerLoad::find(const std::string& replica,
 
 void PeerLoad::apply(const DecodedLoad& load, int64_t now_ms) {
   std::lock_guard lock(mu_);
-  reports_[load.instance] = {now_ms, load.load};
+  reports_[load.instance] = {now_ms, load.load, {}};
+  sum_locked(now_ms);
+}
+
+void PeerLoad::apply_pick(const std::string& instance, const SharedPick& pick, int64_t now_ms) {
+  std::lock_guard lock(mu_);
+  Report& r = reports_[instance];
+  r.at_ms = now_ms;
+  r.picks_since.push_back({.replica = pick.replica,
+                           .address = pick.address,
+                           .in_flight = 1,
+                           .pending_prefill = std::max<int64_t>(pick.prefill, 0)});
   sum_locked(now_ms);
 }
 
 void PeerLoad::sum_locked(int64_t now_ms) {
-  std::erase_if(reports_, [now_ms](const auto& kv) { return now_ms - kv.second.first > 1000; });
+  std::erase_if(reports_, [now_ms](const auto& kv) { return now_ms - kv.second.at_ms > 1000; });
   std::unordered_map<const Endpoint*, std::pair<int64_t, int64_t>> sums;
-  for (const auto& [instance, report] : reports_)
-    for (const SharedLoad& l : report.second) {
-      auto it = by_replica_.find(l.replica);
-      if (it == by_replica_.end() || it->second->key != l.address) continue;
-      auto& sum = sums[it->second.get()];
-      sum.first += std::max<int64_t>(l.in_flight, 0);
-      sum.second += std::max<int64_t>(l.pending_prefill, 0);
-    }
+  auto add = [&](const SharedLoad& l) {
+    auto it = by_replica_.find(l.replica);
+    if (it == by_replica_.end() || it->second->key != l.address) return;
+    auto& sum = sums[it->second.get()];
+    sum.first += std::max<int64_t>(l.in_flight, 0);
+    sum.second += std::max<int64_t>(l.pending_prefill, 0);
+  };
+  for (const auto& [instance, report] : reports_) {
+    for (const SharedLoad& l : report.load) add(l);
+    for (const SharedLoad& l : report.picks_since) add(l);
+  }
   for (const auto& [name, e] : by_replica_) {
     auto it = sums.find(e.get());
     e->remote_in_flight.store(it == sums.end() ? 0 : it->second.first, std::memory_order_relaxed);

@@ -25,8 +25,15 @@ class PeerLoad {
   void set_endpoints(const RoutingTable& table);
   // The endpoint of `replica` at `address`; null when not (or no longer) known.
   std::shared_ptr<Endpoint> find(const std::string& replica, const std::string& address) const;
-  // Another gateway's report, received at `now_ms`.
+  // Another gateway's report, received at `now_ms`. It counts every pick
+  // that gateway made before it, so the picks counted since its last
+  // report are dropped.
   void apply(const DecodedLoad& load, int64_t now_ms);
+  // Another gateway's pick: one more request in flight there, `prefill`
+  // more bytes awaiting prefill, until that gateway's next report (at most
+  // ~5 ms later) says so itself. Without it, gateways deciding within one
+  // report interval all see the same stale load and herd onto one replica.
+  void apply_pick(const std::string& instance, const SharedPick& pick, int64_t now_ms);
   // This gateway's load to report; gateways that have not reported for a
   // second stop counting (they are gone, or cut off).
   std::vector<SharedLoad> own(int64_t now_ms);
@@ -38,8 +45,14 @@ class PeerLoad {
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Endpoint>> by_replica_;
-  // By gateway instance: when it reported, and what.
-  std::unordered_map<std::string, std::pair<int64_t, std::vector<SharedLoad>>> reports_;
+  // By gateway instance: when it last said anything, its last report, and
+  // its picks since.
+  struct Report {
+    int64_t at_ms = 0;
+    std::vector<SharedLoad> load;
+    std::vector<SharedLoad> picks_since;
+  };
+  std::unordered_map<std::string, Report> reports_;
 };
 
 }  // namespace loadstar::gateway

@@ -7,7 +7,7 @@ namespace loadstar::gateway {
 
 namespace {
 
-constexpr std::string_view kMagic = "LSP1";
+constexpr std::string_view kMagic = "LSP2";
 constexpr std::string_view kLoadMagic = "LSL1";
 
 void put_string(std::string& out, std::string_view s) {
@@ -51,6 +51,7 @@ std::string encode_pick(std::string_view instance, const SharedPick& pick) {
   put_string(out, pick.replica);
   put_string(out, pick.address);
   put<uint64_t>(out, pick.session);
+  put<int64_t>(out, pick.prefill);
   put<uint32_t>(out, static_cast<uint32_t>(pick.blocks.size()));
   for (uint64_t b : pick.blocks) put<uint64_t>(out, b);
   return out;
@@ -64,6 +65,7 @@ std::optional<DecodedPick> decode_pick(std::string_view message) {
   out.pick.replica = r.string();
   out.pick.address = r.string();
   out.pick.session = r.get<uint64_t>();
+  out.pick.prefill = r.get<int64_t>();
   const uint32_t n = r.get<uint32_t>();
   if (!r.ok || r.in.size() != size_t{n} * sizeof(uint64_t)) return std::nullopt;
   out.pick.blocks.resize(n);

@@ -13,12 +13,14 @@
 namespace loadstar::gateway {
 
 // One pick as it travels: the replica's name and address (a restarted
-// replica at a new address is another engine), the session hash (0: none)
-// and the prompt's block hashes.
+// replica at a new address is another engine), the session hash (0: none),
+// the prompt bytes it will prefill there (its load until the sender's next
+// report counts it) and the prompt's block hashes (empty: not recorded).
 struct SharedPick {
   std::string replica;
   std::string address;
   uint64_t session = 0;
+  int64_t prefill = 0;
   std::vector<uint64_t> blocks;
 };
 // The message and its parse (nullopt: not one, e.g. another version's).

@@ -172,7 +172,7 @@ struct SharedPrefixes::Impl {
           const std::string_view message(r->element[2]->str, r->element[2]->len);
           if (auto pick = decode_pick(message); pick && pick->instance != instance) {
             ++owner->received_;
-            if (hooks.pick) hooks.pick(pick->pick);
+            if (hooks.pick) hooks.pick(*pick);
           } else if (auto load = decode_load(message); load && load->instance != instance) {
             if (hooks.load) hooks.load(*load);
           }

@@ -34,7 +34,7 @@ class SharedPrefixes {
  public:
   struct Hooks {
     // Run on the receiving thread for every other gateway's pick and load.
-    std::function<void(const SharedPick&)> pick;
+    std::function<void(const DecodedPick&)> pick;
     std::function<void(const DecodedLoad&)> load;
     // This gateway's load now, read on the sending thread every 50 ms.
     std::function<std::vector<SharedLoad>()> snapshot;

@@ -336,6 +336,30 @@ TEST(PeerLoad, SumsOtherGatewaysReportsUntilTheyGoQuiet) {
   EXPECT_EQ(a->remote_in_flight.load(), 2);
 }
 
+// Another gateway's pick counts at once, and its next report (which counts
+// that pick itself) takes its place: no double count, no stale window.
+TEST(PeerLoad, APeersPickCountsUntilItsNextReport) {
+  RoutingTable table;
+  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 9000);
+  table.services["chat"].ready = {a};
+  PeerLoad peers;
+  peers.set_endpoints(table);
+  peers.apply({"g1", {{"chat-0", "127.0.0.1:9000", 1, 100}}}, 1000);
+  const SharedPick pick{.replica = "chat-0", .address = "127.0.0.1:9000", .prefill = 400};
+  peers.apply_pick("g1", pick, 1002);
+  peers.apply_pick("g1", pick, 1003);
+  EXPECT_EQ(a->remote_in_flight.load(), 3);
+  EXPECT_EQ(a->remote_pending_prefill.load(), 900);
+  peers.apply({"g1", {{"chat-0", "127.0.0.1:9000", 3, 900}}}, 1005);
+  EXPECT_EQ(a->remote_in_flight.load(), 3);
+  EXPECT_EQ(a->remote_pending_prefill.load(), 900);
+  // A pick from a gateway not heard from yet counts too, and goes quiet with it.
+  peers.apply_pick("g2", pick, 1010);
+  EXPECT_EQ(a->remote_in_flight.load(), 4);
+  (void)peers.own(2500);
+  EXPECT_EQ(a->remote_in_flight.load(), 0);
+}
+
 TEST(CostExpression, EvaluatesAndNamesTheColumnOfErrors) {
   auto e = CostExpression::parse("input_tokens / 3 + output_tokens");
   ASSERT_TRUE(e.ok()) << e.error().message;

@@ -292,6 +292,7 @@ TEST(SharedView, MessagesRoundTripAndTruncatedOnesDoNotDecode) {
   const SharedPick pick{.replica = "chat-1",
                         .address = "10.0.0.2:8000",
                         .session = 42,
+                        .prefill = 70000,
                         .blocks = {1, 2, 0xffffffffffffffff}};
   const std::string message = encode_pick("gw-a", pick);
   auto decoded = decode_pick(message);
@@ -300,6 +301,7 @@ TEST(SharedView, MessagesRoundTripAndTruncatedOnesDoNotDecode) {
   EXPECT_EQ(decoded->pick.replica, "chat-1");
   EXPECT_EQ(decoded->pick.address, "10.0.0.2:8000");
   EXPECT_EQ(decoded->pick.session, 42u);
+  EXPECT_EQ(decoded->pick.prefill, 70000);
   EXPECT_EQ(decoded->pick.blocks, pick.blocks);
   for (size_t cut = 0; cut < message.size(); ++cut)
     EXPECT_FALSE(decode_pick(message.substr(0, cut))) << cut;
