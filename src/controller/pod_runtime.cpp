@@ -100,7 +100,9 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   spec.prefix_cache = svc.spec.engine.prefix_cache;
   spec.extra_args = svc.spec.engine.args;
   const bool kv_events = svc.spec.engine.kv_events && kind->kv_events;
-  if (kv_events) spec.kv_events_endpoint = fmt::format("tcp://*:{}", kKvEventsPort);
+  const int events_port = options.engine_port == kKvEventsPort ? kKvEventsPort + 1 : kKvEventsPort;
+  // A wildcard address: vLLM binds only those (it connects to others).
+  if (kv_events) spec.kv_events_endpoint = fmt::format("tcp://*:{}", events_port);
   // LoRA adapters loaded at start: each staged by an init container of its
   // own (cached under its flat name, as models are), served under its name
   // in the service's namespace.
@@ -145,7 +147,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
       {"args", kind->flags(spec)},
       {"env", engine_env},
       {"ports", kv_events ? json{{{"name", "http"}, {"containerPort", options.engine_port}},
-                                 {{"name", "kv-events"}, {"containerPort", kKvEventsPort}}}
+                                 {{"name", "kv-events"}, {"containerPort", events_port}}}
                           : json{{{"name", "http"}, {"containerPort", options.engine_port}}}},
       {"startupProbe",
        probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},

@@ -37,6 +37,7 @@ void KvBlockIndex::apply(uint64_t endpoint, const kvevents::EventBatch& batch) {
     if (const auto* s = std::get_if<kvevents::BlockStored>(&event)) {
       stored(endpoint, engine, *s);
     } else if (const auto* r = std::get_if<kvevents::BlockRemoved>(&event)) {
+      if (!r->medium.empty() && r->medium != "GPU") continue;  // another tier's copy
       for (uint64_t h : r->block_hashes) removed(endpoint, engine, h);
     } else {
       clear(endpoint, engine);

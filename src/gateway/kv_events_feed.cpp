@@ -15,15 +15,18 @@ void KvEventsFeed::publish(const RoutingTable& table) {
   for (const auto& [name, svc] : table.services)
     for (const auto& e : svc.ready)
       if (!e->kv_events.empty()) sources.push_back({e->id, e->kv_events});
+  std::lock_guard lock(mu_);
   if (sources.empty() && !subscriber_) return;
   if (!subscriber_)
     subscriber_ = std::make_unique<kvevents::Subscriber>(kvevents::Subscriber::Hooks{
         .batch = [this](uint64_t id, const kvevents::EventBatch& b) { index_.apply(id, b); },
-        .lost = [this](uint64_t id) { index_.forget(id); }});
+        .lost = [this](uint64_t id) { index_.forget(id); },
+        .gone = [this](uint64_t id) { index_.forget(id); }});
   subscriber_->set_sources(std::move(sources));
 }
 
 std::string KvEventsFeed::metrics() const {
+  std::lock_guard lock(mu_);
   if (!subscriber_) return {};
   return fmt::format(
       "# HELP loadstar_gateway_kv_events_engines Engines whose KV events this gateway follows.\n"

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "gateway/kv_block_index.h"
@@ -31,6 +32,7 @@ class KvEventsFeed {
 
  private:
   KvBlockIndex& index_;
+  mutable std::mutex mu_;  // publish() and metrics() run on different threads
   std::unique_ptr<kvevents::Subscriber> subscriber_;
 };
 

@@ -168,16 +168,26 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   if (scored) {
     for (size_t i = 0; i < n; ++i) scratch.ids[i] = candidates[i]->id;
     prefixes_.match(request.blocks, scratch.ids, scratch.matched);
-    if (!request.tokens.empty() && !request.blocks.empty()) {
-      scratch.kv_matched.assign(n, 0);
-      kv_blocks_.match(request.tokens, request.adapter, scratch.ids, scratch.kv_matched);
-      const size_t blocks = request.blocks.size(), tokens = request.tokens.size();
-      for (size_t i = 0; i < n; ++i) {
-        if (candidates[i]->kv_events.empty()) continue;
-        const auto reported = static_cast<uint32_t>(
-            std::min<size_t>(blocks, scratch.kv_matched[i] * blocks / tokens));
-        scratch.matched[i] = std::max(scratch.matched[i], reported);
-      }
+  }
+  // Prompt bytes each candidate holds: as predicted from picks (whole
+  // blocks), or as its engine reports (tokens, in the prompt's bytes per
+  // token), whichever is more.
+  scratch.cached_bytes.assign(n, 0);
+  for (size_t i = 0; i < n; ++i)
+    scratch.cached_bytes[i] =
+        std::min(request.prompt_bytes, scratch.matched[i] * prefix_options_.block_bytes);
+  if (scored && !request.tokens.empty()) {
+    scratch.kv_matched.assign(n, 0);
+    kv_blocks_.match(request.tokens, request.adapter, scratch.ids, scratch.kv_matched);
+    for (size_t i = 0; i < n; ++i) {
+      if (candidates[i]->kv_events.empty()) continue;
+      const size_t reported = static_cast<size_t>(static_cast<double>(scratch.kv_matched[i]) *
+                                                  static_cast<double>(request.prompt_bytes) /
+                                                  static_cast<double>(request.tokens.size()));
+      scratch.cached_bytes[i] = std::max(scratch.cached_bytes[i], reported);
+      scratch.matched[i] = std::max<uint32_t>(
+          scratch.matched[i], static_cast<uint32_t>(std::min(
+                                  request.blocks.size(), reported / prefix_options_.block_bytes)));
     }
   }
   if (by_session) sessions_.match(session_key, scratch.ids, scratch.session_matched);
@@ -192,9 +202,7 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
     v.pending_prefill =
         static_cast<double>(e.pending_prefill.load(std::memory_order_relaxed) +
                             e.remote_pending_prefill.load(std::memory_order_relaxed));
-    v.uncached = static_cast<double>(request.prompt_bytes) -
-                 static_cast<double>(std::min(request.prompt_bytes,
-                                              scratch.matched[i] * prefix_options_.block_bytes));
+    v.uncached = static_cast<double>(request.prompt_bytes - scratch.cached_bytes[i]);
     v.has_engine_metrics = e.metrics_at_ms.load(std::memory_order_relaxed) > fresh_after;
     v.waiting = e.waiting.load(std::memory_order_relaxed);
     v.kv_usage = e.kv_usage.load(std::memory_order_relaxed);

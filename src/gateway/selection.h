@@ -157,6 +157,7 @@ class EndpointChooser {
     std::vector<uint32_t> matched;
     std::vector<uint32_t> session_matched;
     std::vector<uint32_t> kv_matched;
+    std::vector<size_t> cached_bytes;
   };
 
   // `picker`: the service's picker, null for an external backend (its one

@@ -85,19 +85,23 @@ struct SharedPrefixes::Impl {
     while (!stopping) {
       cv.wait_until(lock, next_look, [this] { return stopping || !queue.empty(); });
       if (stopping) break;
+      // The load is read with the queue held, before taking its picks: a
+      // report then counts exactly the picks sent before it (a receiver
+      // counts later ones itself until the next report).
+      const auto now = std::chrono::steady_clock::now();
+      std::optional<std::vector<SharedLoad>> load;
+      if (hooks.snapshot && now >= next_look) {
+        next_look = now + kLoadLook;
+        load = hooks.snapshot();
+      }
       std::deque<std::string> batch;
       batch.swap(queue);
       lock.unlock();
       const size_t picks = batch.size();  // a load report may follow them
-      const auto now = std::chrono::steady_clock::now();
-      if (hooks.snapshot && now >= next_look) {
-        next_look = now + kLoadLook;
-        std::vector<SharedLoad> load = hooks.snapshot();
-        if (now - last_sent >= kLoadInterval || !same_load(load, sent_load)) {
-          batch.push_back(encode_load(instance, load));
-          sent_load = std::move(load);
-          last_sent = now;
-        }
+      if (load && (now - last_sent >= kLoadInterval || !same_load(*load, sent_load))) {
+        batch.push_back(encode_load(instance, *load));
+        sent_load = std::move(*load);
+        last_sent = now;
       }
       if (batch.empty()) {
         lock.lock();

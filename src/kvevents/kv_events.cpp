@@ -86,68 +86,72 @@ Error bad(std::string what) {
   return make_error(ErrorCode::kInvalidArgument, "KV event batch: {}", what);
 }
 
+// Every read checks its own bounds: mp_check's element counter is an int,
+// so a 2^32-1 element array header can wrap it and pass a payload that is
+// not complete. A count is never trusted beyond the bytes left (an element
+// is at least one byte).
 class Reader {
  public:
-  explicit Reader(const char* p) : p_(p) {}
-  mp_type type() const { return mp_typeof(*p_); }
+  Reader(const char* p, const char* end) : p_(p), end_(end) {}
+  mp_type type() const { return p_ < end_ ? mp_typeof(*p_) : MP_EXT; }
   bool nil() {
-    if (type() != MP_NIL) return false;
+    if (type() != MP_NIL || mp_check_nil(p_, end_) > 0) return false;
     mp_decode_nil(&p_);
     return true;
   }
-  void skip() { mp_next(&p_); }
+  Status skip(std::string_view field) {
+    if (p_ >= end_ || mp_check(&p_, end_) != 0) return bad(fmt::format("{}: truncated", field));
+    return ok_status();
+  }
   Result<uint32_t> array(std::string_view field) {
-    if (type() != MP_ARRAY) return bad(fmt::format("{}: not an array", field));
-    return mp_decode_array(&p_);
+    if (type() != MP_ARRAY || mp_check_array(p_, end_) > 0)
+      return bad(fmt::format("{}: not an array", field));
+    const uint32_t n = mp_decode_array(&p_);
+    if (n > static_cast<size_t>(end_ - p_))
+      return bad(fmt::format("{}: {} elements in {} bytes", field, n, end_ - p_));
+    return n;
   }
   Result<int64_t> integer(std::string_view field) {
-    if (type() == MP_UINT) {
+    if (type() == MP_UINT && mp_check_uint(p_, end_) <= 0) {
       const uint64_t v = mp_decode_uint(&p_);
       if (v > static_cast<uint64_t>(INT64_MAX)) return bad(fmt::format("{}: out of range", field));
       return static_cast<int64_t>(v);
     }
-    if (type() == MP_INT) return mp_decode_int(&p_);
+    if (type() == MP_INT && mp_check_int(p_, end_) <= 0) return mp_decode_int(&p_);
     return bad(fmt::format("{}: not an integer", field));
   }
   Result<double> number(std::string_view field) {
-    switch (type()) {
-      case MP_DOUBLE:
-        return mp_decode_double(&p_);
-      case MP_FLOAT:
-        return static_cast<double>(mp_decode_float(&p_));
-      case MP_UINT:
-        return static_cast<double>(mp_decode_uint(&p_));
-      case MP_INT:
-        return static_cast<double>(mp_decode_int(&p_));
-      default:
-        return bad(fmt::format("{}: not a number", field));
+    if (type() == MP_DOUBLE && mp_check_double(p_, end_) <= 0) return mp_decode_double(&p_);
+    if (type() == MP_FLOAT && mp_check_float(p_, end_) <= 0)
+      return static_cast<double>(mp_decode_float(&p_));
+    if (type() == MP_UINT || type() == MP_INT) {
+      LS_ASSIGN_OR_RETURN(int64_t v, integer(field));
+      return static_cast<double>(v);
     }
+    return bad(fmt::format("{}: not a number", field));
   }
   Result<std::string_view> string(std::string_view field) {
     if (type() != MP_STR) return bad(fmt::format("{}: not a string", field));
-    uint32_t len = 0;
-    const char* s = mp_decode_str(&p_, &len);
-    return std::string_view(s, len);
+    return bytes(field, false);
   }
   // An integer hash as its 64-bit pattern; a bytes (or string) hash folded.
   Result<uint64_t> hash(std::string_view field) {
-    uint32_t len = 0;
     switch (type()) {
       case MP_UINT:
+        if (mp_check_uint(p_, end_) > 0) break;
         return mp_decode_uint(&p_);
       case MP_INT:
+        if (mp_check_int(p_, end_) > 0) break;
         return static_cast<uint64_t>(mp_decode_int(&p_));
-      case MP_BIN: {
-        const char* s = mp_decode_bin(&p_, &len);
-        return XXH3_64bits(s, len);
-      }
+      case MP_BIN:
       case MP_STR: {
-        const char* s = mp_decode_str(&p_, &len);
-        return XXH3_64bits(s, len);
+        LS_ASSIGN_OR_RETURN(std::string_view b, bytes(field, type() == MP_BIN));
+        return XXH3_64bits(b.data(), b.size());
       }
       default:
-        return bad(fmt::format("{}: not a block hash", field));
+        break;
     }
+    return bad(fmt::format("{}: not a block hash", field));
   }
   Result<std::vector<uint64_t>> hashes(std::string_view field) {
     LS_ASSIGN_OR_RETURN(uint32_t n, array(field));
@@ -166,7 +170,18 @@ class Reader {
   }
 
  private:
+  Result<std::string_view> bytes(std::string_view field, bool bin) {
+    if ((bin ? mp_check_binl(p_, end_) : mp_check_strl(p_, end_)) > 0)
+      return bad(fmt::format("{}: truncated", field));
+    const uint32_t len = bin ? mp_decode_binl(&p_) : mp_decode_strl(&p_);
+    if (len > static_cast<size_t>(end_ - p_)) return bad(fmt::format("{}: truncated", field));
+    std::string_view out(p_, len);
+    p_ += len;
+    return out;
+  }
+
   const char* p_;
+  const char* end_;
 };
 
 Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
@@ -188,7 +203,7 @@ Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
   if (block_size <= 0 || block_size > 65536)
     return bad(fmt::format("BlockStored.block_size: {} is not in 1..65536", block_size));
   e.block_size = static_cast<uint32_t>(block_size);
-  if (e.token_ids.size() != e.block_hashes.size() * e.block_size)
+  if (e.token_ids.size() != static_cast<uint64_t>(e.block_hashes.size()) * e.block_size)
     return bad(fmt::format("BlockStored: {} token ids for {} blocks of {}", e.token_ids.size(),
                            e.block_hashes.size(), e.block_size));
   uint32_t read = 5;
@@ -207,7 +222,7 @@ Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
     ++read;
     LS_ASSIGN_OR_RETURN(e.lora_name, r.optional_string("BlockStored.lora_name"));
   }
-  for (; read < fields; ++read) r.skip();
+  for (; read < fields; ++read) LS_RETURN_IF_ERROR(r.skip("BlockStored"));
   return e;
 }
 
@@ -220,7 +235,7 @@ Result<BlockRemoved> decode_removed(Reader& r, uint32_t fields) {
     ++read;
     LS_ASSIGN_OR_RETURN(e.medium, r.optional_string("BlockRemoved.medium"));
   }
-  for (; read < fields; ++read) r.skip();
+  for (; read < fields; ++read) LS_RETURN_IF_ERROR(r.skip("BlockRemoved"));
   return e;
 }
 
@@ -241,7 +256,7 @@ Result<EventBatch> decode_batch(std::string_view payload) {
   if (payload.empty() || mp_check(&check, payload.data() + payload.size()) != 0)
     return bad("not one complete msgpack value");
   if (check != payload.data() + payload.size()) return bad("bytes after the msgpack value");
-  Reader r(payload.data());
+  Reader r(payload.data(), payload.data() + payload.size());
   LS_ASSIGN_OR_RETURN(uint32_t fields, r.array("batch"));
   if (fields < 2) return bad("batch: fewer than 2 fields (ts, events)");
   EventBatch batch;
@@ -258,11 +273,11 @@ Result<EventBatch> decode_batch(std::string_view payload) {
       LS_ASSIGN_OR_RETURN(BlockRemoved e, decode_removed(r, n));
       batch.events.emplace_back(std::move(e));
     } else if (tag == "AllBlocksCleared") {
-      for (uint32_t k = 1; k < n; ++k) r.skip();
+      for (uint32_t k = 1; k < n; ++k) LS_RETURN_IF_ERROR(r.skip("AllBlocksCleared"));
       batch.events.emplace_back(AllBlocksCleared{});
     } else {
       // An event kind of a newer engine: not ours to know.
-      for (uint32_t k = 1; k < n; ++k) r.skip();
+      for (uint32_t k = 1; k < n; ++k) LS_RETURN_IF_ERROR(r.skip("event"));
     }
   }
   if (fields > 2 && !r.nil()) {

@@ -79,11 +79,15 @@ void Subscriber::reconcile(std::vector<std::unique_ptr<Connection>>& connections
     changed_ = false;
     wanted = wanted_;
   }
+  std::vector<uint64_t> gone;
   std::erase_if(connections, [&](const std::unique_ptr<Connection>& c) {
     for (const Source& s : wanted)
       if (s.id == c->source.id && s.address == c->source.address) return false;
+    gone.push_back(c->source.id);
     return true;
   });
+  if (hooks_.gone)
+    for (uint64_t id : gone) hooks_.gone(id);
   for (Source& s : wanted) {
     bool have = false;
     for (const auto& c : connections)

@@ -54,6 +54,9 @@ class Subscriber {
     // Batches were lost (a sequence gap, or an undecodable one): what is
     // known of that engine may be stale.
     std::function<void(uint64_t id)> lost;
+    // The engine is no longer listened to (set_sources dropped it); no batch
+    // of it is delivered after this.
+    std::function<void(uint64_t id)> gone;
   };
   explicit Subscriber(Hooks hooks);
   ~Subscriber();

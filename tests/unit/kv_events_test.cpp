@@ -124,6 +124,19 @@ TEST(KvEvents, MalformedBatchesAreRefusedByName) {
   ASSERT_FALSE(counts.ok());
   EXPECT_NE(counts.error().message.find("5 token ids for 2 blocks of 4"), std::string::npos);
 
+  // An array header claiming 2^32-1 elements (msgpuck's mp_check counts
+  // them in an int, which wraps) is refused, not reserved or read past.
+  std::string huge(64, '\0');
+  char* p = huge.data();
+  p = mp_encode_array(p, 2);
+  p = mp_encode_double(p, 1);
+  p = mp_encode_array(p, 1);
+  p = mp_encode_array(p, 2);
+  p = mp_encode_str(p, "BlockRemoved", 12);
+  p = mp_encode_array(p, 0xFFFFFFFFu);
+  huge.resize(static_cast<size_t>(p - huge.data()));
+  EXPECT_FALSE(kvevents::decode_batch(huge).ok());
+
   b.events[0] = BlockStored{.block_hashes = {}, .token_ids = {}, .block_size = 0};
   auto size = kvevents::decode_batch(kvevents::encode_batch(b));
   ASSERT_FALSE(size.ok());
