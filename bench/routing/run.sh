@@ -12,14 +12,15 @@
 # (redis-server on a free port) through which they share their picks and
 # load. KV_EVENTS=1 has the engine-sim replicas publish their KV events
 # (spec.engine.kvEvents) for the gateways to route by. SCORERS='{...}' sets
-# spec.routing.scorers. REPLAY_GATEWAYS=1 sends everything to the first (a control: what
+# spec.routing.scorers. LOADSTAR_BIN runs another build's binary.
+# REPLAY_GATEWAYS=1 sends everything to the first (a control: what
 # running the others costs this machine).
 # ENGINE=llama.cpp replays against real llama-server replicas instead
 # (scripts/llama-server.sh build; a synthetic GGUF of GGUF_SIZE, SLOTS
 # sequences and THREADS threads each, CONTEXT tokens per slot; real time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=build/release/loadstar
+bin=${LOADSTAR_BIN:-build/release/loadstar}
 replay=build/release/bench/trace_replay
 cmake --build --preset release --target loadstar trace_replay >/dev/null
 requests=${REQUESTS:-1500}
