@@ -69,7 +69,7 @@ std::optional<DecodedPick> decode_pick(std::string_view message) {
   const uint32_t n = r.get<uint32_t>();
   if (!r.ok || r.in.size() != size_t{n} * sizeof(uint64_t)) return std::nullopt;
   out.pick.blocks.resize(n);
-  std::memcpy(out.pick.blocks.data(), r.in.data(), r.in.size());
+  if (n > 0) std::memcpy(out.pick.blocks.data(), r.in.data(), r.in.size());
   return out;
 }
 

@@ -306,6 +306,11 @@ TEST(SharedView, MessagesRoundTripAndTruncatedOnesDoNotDecode) {
   for (size_t cut = 0; cut < message.size(); ++cut)
     EXPECT_FALSE(decode_pick(message.substr(0, cut))) << cut;
   EXPECT_FALSE(decode_load(message));  // another kind
+  // A pick that recorded no blocks (a short prompt) travels for its load.
+  auto bare = decode_pick(encode_pick("gw-a", {.replica = "chat-1", .prefill = 9}));
+  ASSERT_TRUE(bare);
+  EXPECT_TRUE(bare->pick.blocks.empty());
+  EXPECT_EQ(bare->pick.prefill, 9);
   const std::vector<SharedLoad> load = {{"chat-0", "10.0.0.1:8000", 3, 4096},
                                         {"chat-1", "10.0.0.2:8000", 0, 0}};
   const std::string text = encode_load("gw-b", load);
