@@ -313,15 +313,21 @@ TEST(Picker, AnAdapterGoesWhereItRunsThenWhereThereIsRoomUntilLoadOutweighsIt) {
   EXPECT_EQ(pick(config, c, 0, 0).index, 1u);
 }
 
+// `peers` knowing one endpoint, chat-0 at 127.0.0.1:9000.
+std::shared_ptr<Endpoint> one_endpoint(PeerLoad& peers) {
+  RoutingTable table;
+  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 9000);
+  table.services["chat"].ready = {a};
+  peers.set_endpoints(table);
+  return a;
+}
+
 // Other gateways' reports sum per endpoint; a gateway silent for a second
 // stops counting; a report for a replica at another address (restarted)
 // does not count.
 TEST(PeerLoad, SumsOtherGatewaysReportsUntilTheyGoQuiet) {
-  RoutingTable table;
-  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 9000);
-  table.services["chat"].ready = {a};
   PeerLoad peers;
-  peers.set_endpoints(table);
+  const std::shared_ptr<Endpoint> a = one_endpoint(peers);
   EXPECT_EQ(peers.find("chat-0", "127.0.0.1:9000"), a);
   EXPECT_EQ(peers.find("chat-0", "127.0.0.1:9001"), nullptr);
   peers.apply({"g1", {{"chat-0", "127.0.0.1:9000", 3, 100}}}, 1000);
@@ -339,11 +345,8 @@ TEST(PeerLoad, SumsOtherGatewaysReportsUntilTheyGoQuiet) {
 // Another gateway's pick counts at once, and its next report (which counts
 // that pick itself) takes its place: no double count, no stale window.
 TEST(PeerLoad, APeersPickCountsUntilItsNextReport) {
-  RoutingTable table;
-  auto a = std::make_shared<Endpoint>("chat", "chat-0", "127.0.0.1", 9000);
-  table.services["chat"].ready = {a};
   PeerLoad peers;
-  peers.set_endpoints(table);
+  const std::shared_ptr<Endpoint> a = one_endpoint(peers);
   peers.apply({"g1", {{"chat-0", "127.0.0.1:9000", 1, 100}}}, 1000);
   const SharedPick pick{.replica = "chat-0", .address = "127.0.0.1:9000", .prefill = 400};
   peers.apply_pick("g1", pick, 1002);
