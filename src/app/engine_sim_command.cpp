@@ -61,6 +61,10 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
   app.add_option("--kv-events-config", o.kv_events_config,
                  "vLLM's KV events as JSON, e.g. {\"enable_kv_cache_events\":true,"
                  "\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:5557\"}");
+  app.add_option("--kv-transfer-config", o.kv_transfer_config,
+                 "vLLM's KV transfer as JSON (prefill/decode disaggregation), e.g. "
+                 "{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_producer\"}; "
+                 "kv_connector_extra_config.link: nvlink, rdma (default) or tcp");
   app.add_option("--fault-error-rate", o.fault_error_rate,
                  "Fault injection: answer this fraction of generation requests 500")
       ->check(CLI::Range(0.0, 1.0))

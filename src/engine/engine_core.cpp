@@ -45,6 +45,11 @@ Status EngineConfig::validate() const {
   if (cost.base_s < 0 || cost.per_prefill_token_s < 0 || cost.per_decode_seq_s < 0 ||
       cost.per_context_token_s < 0)
     return make_error(ErrorCode::kInvalidArgument, "step cost coefficients must not be negative");
+  if (kv_transfer.bytes_per_token == 0 || !(kv_transfer.bandwidth_bytes_per_s > 0) ||
+      kv_transfer.latency_s < 0 || !(kv_transfer.hold_timeout_s > 0))
+    return make_error(ErrorCode::kInvalidArgument,
+                      "KV transfer: bytes per token and bandwidth must be positive, latency not "
+                      "negative, the hold timeout positive");
   if (lora.enabled) {
     if (lora.max_loras == 0)
       return make_error(ErrorCode::kInvalidArgument, "max_loras must be at least 1");
@@ -96,6 +101,11 @@ struct EngineCore::Request {
   double first_scheduled = -1;
   double first_token = -1;
   double last_token = -1;
+  bool hold_kv = false;    // a producer's: its blocks are held when it finishes
+  bool remote_kv = false;  // a consumer's, until admitted (or preempted)
+  double kv_ready = 0;     // a consumer's: when its transferred KV lands
+  double kv_admitted = 0;
+  uint32_t kv_tokens = 0;  // prompt tokens transferred (not computed) here
 
   uint32_t num_tokens() const { return static_cast<uint32_t>(tokens.size()); }
   uint32_t num_output() const { return num_tokens() - num_prompt; }
@@ -261,6 +271,8 @@ Status EngineCore::add_request(NewRequest request, double now) {
   r->min_tokens = request.sampling.min_tokens;
   r->pooling = request.pooling;
   r->adapter = request.adapter;
+  r->hold_kv = request.hold_kv && !request.pooling;
+  r->remote_kv = request.remote_kv && !request.pooling;
   if (const LoraAdapter* a = r->adapter ? adapter(r->adapter) : nullptr)
     r->root = XXH3_64bits(a->name.data(), a->name.size());
   r->arrival = now;
@@ -291,9 +303,71 @@ void EngineCore::abort_request(RequestId id) {
     running_.erase(rit);
   } else if (auto wit = std::find(waiting_.begin(), waiting_.end(), r); wit != waiting_.end()) {
     waiting_.erase(wit);
+  } else {
+    std::erase(receiving_, r);
   }
   free_request_blocks(*r);
   requests_.erase(it);
+}
+
+std::optional<double> EngineCore::next_timed_event() const {
+  std::optional<double> first;
+  auto consider = [&first](double at) {
+    if (!first || at < *first) first = at;
+  };
+  for (const Request* r : receiving_) consider(r->kv_ready);
+  // Held blocks expire at the next step anyway; only a waiting request
+  // that finds no room needs the step to come when they do.
+  if (!waiting_.empty())
+    for (const auto& [id, h] : held_) consider(h.expires);
+  return first;
+}
+
+Result<HeldKv> EngineCore::release_held(RequestId id) {
+  auto it = held_.find(id);
+  if (it == held_.end())
+    return make_error(ErrorCode::kNotFound,
+                      "no KV is held for request {} (read already, or held past {} s)", id,
+                      config_.kv_transfer.hold_timeout_s);
+  HeldKv kv = std::move(it->second.kv);
+  held_.erase(it);
+  std::vector<BlockId> tail_first(kv.blocks.rbegin(), kv.blocks.rend());
+  pool_.release(tail_first);
+  ++stats_.kv_sent_requests;
+  return kv;
+}
+
+void EngineCore::expire_held(double now) {
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (it->second.expires > now) {
+      ++it;
+      continue;
+    }
+    std::vector<BlockId> tail_first(it->second.kv.blocks.rbegin(), it->second.kv.blocks.rend());
+    pool_.release(tail_first);
+    ++stats_.kv_hold_expired;
+    it = held_.erase(it);
+  }
+}
+
+void EngineCore::finish_transfers(double now) {
+  for (auto it = receiving_.begin(); it != receiving_.end();) {
+    Request* r = *it;
+    if (r->kv_ready > now) {
+      ++it;
+      continue;
+    }
+    // The prompt's KV is here but for its last token, which is computed to
+    // get logits (as a full prefix-cache hit): a one-token step, then decode.
+    r->num_computed = r->num_tokens() - 1;
+    cache_full_blocks(*r);
+    ++stats_.kv_received_requests;
+    stats_.kv_received_tokens += r->kv_tokens;
+    stats_.kv_received_bytes += r->kv_tokens * config_.kv_transfer.bytes_per_token;
+    stats_.kv_transfer_seconds += r->kv_ready - r->kv_admitted;
+    running_.push_back(r);
+    it = receiving_.erase(it);
+  }
 }
 
 void EngineCore::free_request_blocks(Request& r) {
@@ -307,7 +381,8 @@ void EngineCore::free_request_blocks(Request& r) {
 
 void EngineCore::preempt(Request& r) {
   free_request_blocks(r);
-  r.num_computed = 0;  // recompute from scratch (the prefix cache may still help)
+  r.remote_kv = false;  // its transferred KV is gone: recomputed here
+  r.num_computed = 0;   // recompute from scratch (the prefix cache may still help)
   waiting_.push_front(&r);
   ++stats_.num_preemptions;
 }
@@ -386,6 +461,8 @@ StepResult EngineCore::step(double now) {
   };
   std::vector<Scheduled> batch;
   batch.reserve(running_.size() + 8);
+  if (!held_.empty()) expire_held(now);
+  if (!receiving_.empty()) finish_transfers(now);
   uint32_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
 
@@ -422,8 +499,8 @@ StepResult EngineCore::step(double now) {
   for (const Request* r : running_) note_adapter(running_adapters, r->adapter);
 
   // 2. Waiting requests, unless this step had to preempt (as vLLM).
-  for (size_t w = 0;
-       !preempted && w < waiting_.size() && budget > 0 && running_.size() < config_.max_num_seqs;) {
+  for (size_t w = 0; !preempted && w < waiting_.size() && budget > 0 &&
+                     running_.size() + receiving_.size() < config_.max_num_seqs;) {
     Request* r = waiting_[w];
     if (r->adapter &&
         std::find(running_adapters.begin(), running_adapters.end(), r->adapter) ==
@@ -441,6 +518,40 @@ StepResult EngineCore::step(double now) {
     for (uint32_t b = 0; b < hit_blocks; ++b)
       if (pool_.is_free(*pool_.lookup(r->block_hashes[b]))) ++evictable_hits;
     const uint32_t bs = config_.block_size;
+    if (r->remote_kv) {
+      // Blocks for the whole prompt now; the part the cache lacks arrives
+      // over the link, using none of the step's compute.
+      const uint32_t needed = (r->num_tokens() + bs - 1) / bs - hit_blocks;
+      if (pool_.num_free() < evictable_hits + needed) break;
+      for (uint32_t b = 0; b < hit_blocks; ++b) {
+        BlockId id = *pool_.lookup(r->block_hashes[b]);
+        pool_.touch(id);
+        r->blocks.push_back(id);
+      }
+      r->num_computed = hit_tokens;
+      r->num_cached_blocks = hit_blocks;
+      LS_CHECK(allocate_slots(*r, r->num_tokens() - hit_tokens));
+      r->remote_kv = false;
+      r->kv_tokens = r->num_prompt - hit_tokens;
+      const KvTransferConfig& link = config_.kv_transfer;
+      const double start = std::max(now, link_free_at_);
+      link_free_at_ = start + static_cast<double>(r->kv_tokens) *
+                                  static_cast<double>(link.bytes_per_token) /
+                                  link.bandwidth_bytes_per_s;
+      r->kv_ready = link_free_at_ + link.latency_s;
+      r->kv_admitted = now;
+      waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
+      receiving_.push_back(r);
+      note_adapter(running_adapters, r->adapter);
+      stats_.prefix_cache_queries += r->num_tokens();
+      stats_.prefix_cache_hits += hit_tokens;
+      if (r->first_scheduled < 0) {
+        r->first_scheduled = now;
+        r->cached_tokens = hit_tokens;
+        stats_.prompt_tokens += r->num_prompt;
+      }
+      continue;
+    }
     const uint32_t to_allocate = (hit_tokens + num_new + bs - 1) / bs - hit_blocks;
     if (pool_.num_free() < evictable_hits + to_allocate) break;
     for (uint32_t b = 0; b < hit_blocks; ++b) {
@@ -510,10 +621,15 @@ StepResult EngineCore::step(double now) {
       out.has_token = true;
       out.token = token;
       out.output_tokens = r.num_output();
-      if (r.first_token < 0)
+      if (r.first_token < 0) {
         r.first_token = end;
-      else
+        if (r.kv_tokens > 0) {
+          out.kv_received_tokens = r.kv_tokens;
+          out.kv_transfer_s = r.kv_ready - r.kv_admitted;
+        }
+      } else {
         out.inter_token_s = end - r.last_token;
+      }
       r.last_token = end;
       out.first_token_time = r.first_token;
       if (token == tokenizer::kEos)
@@ -521,7 +637,10 @@ StepResult EngineCore::step(double now) {
       else if (r.num_output() >= r.max_tokens)
         out.finish = FinishReason::kLength;
     }
-    if (out.finish != FinishReason::kNone) finished.push_back(&r);
+    if (out.finish != FinishReason::kNone) {
+      finished.push_back(&r);
+      if (r.hold_kv) out.held_blocks = r.blocks;
+    }
     result.outputs.push_back(out);
   }
   if (!finished.empty()) {
@@ -529,6 +648,17 @@ StepResult EngineCore::step(double now) {
       return std::find(finished.begin(), finished.end(), r) != finished.end();
     });
     for (Request* r : finished) {
+      if (r->hold_kv) {
+        // Held for the consumer, in order; read (release_held) or expired.
+        Held& h = held_[r->id];
+        h.kv.prompt_tokens = r->num_prompt;
+        h.kv.blocks = std::exchange(r->blocks, {});
+        const size_t full =
+            std::min<size_t>(r->num_prompt / config_.block_size, r->block_hashes.size());
+        h.kv.block_hashes.assign(r->block_hashes.begin(),
+                                 r->block_hashes.begin() + static_cast<std::ptrdiff_t>(full));
+        h.expires = end + config_.kv_transfer.hold_timeout_s;
+      }
       free_request_blocks(*r);
       requests_.erase(r->id);
     }
@@ -539,7 +669,10 @@ StepResult EngineCore::step(double now) {
 EngineStats EngineCore::stats() const {
   EngineStats s = stats_;
   s.num_running = static_cast<uint32_t>(running_.size());
-  s.num_waiting = static_cast<uint32_t>(waiting_.size());
+  // Requests waiting for their KV to land count as waiting, as in vLLM
+  // (WAITING_FOR_REMOTE_KVS).
+  s.num_waiting = static_cast<uint32_t>(waiting_.size() + receiving_.size());
+  for (const auto& [id, h] : held_) s.kv_held_blocks += static_cast<uint32_t>(h.kv.blocks.size());
   s.kv_cache_usage = pool_.usage();
   return s;
 }

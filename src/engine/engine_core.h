@@ -90,6 +90,23 @@ struct LoraUsage {
   uint64_t activations = 0;  // adapters put into a GPU slot
 };
 
+// Prefill/decode disaggregation, as vLLM's KV connectors (NIXL) do it: a
+// producer (the prefill role) keeps a finished request's blocks until a
+// consumer has read them; a consumer (the decode role) receives a prompt's
+// KV over a link instead of computing it. The transfer's time comes from
+// its bytes: tokens x bytes_per_token over the link, transfers one after
+// another on it (they share its bandwidth), plus its latency.
+struct KvTransferConfig {
+  // One token's KV: 2 (K and V) x layers x KV heads x head size x dtype
+  // bytes; 128 KiB is Llama 3 8B's (32 x 8 x 128 x 2 x 2).
+  uint64_t bytes_per_token = 131072;
+  double bandwidth_bytes_per_s = 45e9;  // an RDMA NIC (400 Gb/s, ~90% achieved)
+  double latency_s = 20e-6;
+  // Held blocks nobody read are freed after this long (vLLM's
+  // VLLM_NIXL_ABORT_REQUEST_TIMEOUT, 480 s).
+  double hold_timeout_s = 480;
+};
+
 struct EngineConfig {
   uint32_t block_size = 16;
   uint32_t num_gpu_blocks = 8192;
@@ -106,6 +123,7 @@ struct EngineConfig {
   StepCostModel cost;
   OutputLengthModel output_length;
   LoraConfig lora;
+  KvTransferConfig kv_transfer;
 
   // Checks the combination (e.g. one full-length request must fit in the pool).
   Status validate() const;
@@ -127,6 +145,13 @@ struct NewRequest {
   // A pooling (embedding) request: prefill only, finishes without a token.
   bool pooling = false;
   uint32_t adapter = 0;  // a registered LoraAdapter's id; 0: the base model
+  // Producer (vLLM's do_remote_decode): when it finishes, its blocks are
+  // held for a consumer to read (release_held) instead of freed.
+  bool hold_kv = false;
+  // Consumer (do_remote_prefill): the KV of the prompt tokens this engine's
+  // prefix cache lacks is transferred, not computed; the request waits for
+  // it holding its blocks, then computes the last prompt token and decodes.
+  bool remote_kv = false;
 };
 
 enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort };
@@ -145,6 +170,19 @@ struct RequestOutput {
   double first_scheduled_time = 0;
   double first_token_time = 0;  // set once the first token exists
   double inter_token_s = 0;     // since the previous token; 0 for the first
+  // A hold_kv request's blocks, held for a consumer (set when it finishes).
+  std::vector<BlockId> held_blocks;
+  // A remote_kv request's transfer (set with its first token): prompt
+  // tokens received and the model seconds from admission until they landed.
+  uint32_t kv_received_tokens = 0;
+  double kv_transfer_s = 0;
+};
+
+// What a producer held for one request, handed to the consumer that read it.
+struct HeldKv {
+  uint32_t prompt_tokens = 0;
+  std::vector<BlockId> blocks;
+  std::vector<BlockHash> block_hashes;  // of its full blocks, in order
 };
 
 struct StepResult {
@@ -168,6 +206,16 @@ struct EngineStats {
   uint64_t prompt_tokens = 0;  // prompt tokens of admitted requests
   uint64_t generation_tokens = 0;
   uint64_t num_steps = 0;
+  // Disaggregation: requests whose KV a consumer read from here and the
+  // blocks still held for one; requests that received theirs, the tokens
+  // and bytes, and the model seconds transfers took (admission to landing).
+  uint64_t kv_sent_requests = 0;
+  uint64_t kv_hold_expired = 0;
+  uint32_t kv_held_blocks = 0;
+  uint64_t kv_received_requests = 0;
+  uint64_t kv_received_tokens = 0;
+  uint64_t kv_received_bytes = 0;
+  double kv_transfer_seconds = 0;
 };
 
 class EngineCore {
@@ -193,7 +241,16 @@ class EngineCore {
   // Drops a request wherever it is and frees its blocks. Unknown ids are
   // ignored (it may have finished in the meantime).
   void abort_request(RequestId id);
-  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  // Work to step: running or waiting requests, or KV still in transfer.
+  // Nothing may be computable until next_timed_event: a transfer landing,
+  // or blocks held for a consumer expiring (which may let a waiting
+  // request in).
+  bool has_work() const { return !running_.empty() || !waiting_.empty() || !receiving_.empty(); }
+  std::optional<double> next_timed_event() const;
+  // Hands a held request's KV to the consumer that read it and frees its
+  // blocks here. kNotFound: nothing held for `id` (read already, expired,
+  // or never a hold_kv request).
+  Result<HeldKv> release_held(RequestId id);
   // Schedules and "executes" one step starting at `now`.
   StepResult step(double now);
   EngineStats stats() const;
@@ -217,8 +274,20 @@ class EngineCore {
   EngineConfig config_;
   BlockPool pool_;
   std::unordered_map<RequestId, std::unique_ptr<Request>> requests_;
+  void expire_held(double now);
+  void finish_transfers(double now);
+
   std::vector<Request*> running_;  // admission order; the last is preempted first
-  std::deque<Request*> waiting_;   // preempted requests go back to the front
+  // Consumers admitted with their blocks, waiting for their KV to land.
+  std::vector<Request*> receiving_;
+  // Producers' finished requests whose blocks wait for a consumer.
+  struct Held {
+    HeldKv kv;
+    double expires = 0;
+  };
+  std::unordered_map<RequestId, Held> held_;
+  double link_free_at_ = 0;       // the KV link is busy with earlier transfers until then
+  std::deque<Request*> waiting_;  // preempted requests go back to the front
   EngineStats stats_;
   std::vector<LoraAdapter> adapters_;
   std::vector<uint32_t> gpu_slots_;   // adapter ids, least recently used first

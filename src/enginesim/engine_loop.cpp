@@ -61,6 +61,11 @@ void EngineLoop::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::chrono::steady_clock::time_point EngineLoop::wall_at(double model_s) const {
+  return wall_origin_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                            std::chrono::duration<double>(model_s / time_scale_));
+}
+
 double EngineLoop::model_now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_origin_).count() *
          time_scale_;
@@ -104,10 +109,17 @@ void EngineLoop::run() {
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      if (!busy)
-        wake_.wait(lock, [&] {
-          return stopping_ || !inbox_.empty() || !aborts_.empty() || !controls_.empty();
-        });
+      auto woken = [&] {
+        return stopping_ || !inbox_.empty() || !aborts_.empty() || !controls_.empty();
+      };
+      // Idle but for timed events (KV landing, held KV expiring): until the
+      // first, or until a request comes.
+      if (!busy) {
+        if (const auto kv_at = core_.next_timed_event())
+          wake_.wait_until(lock, wall_at(*kv_at), woken);
+        else
+          wake_.wait(lock, woken);
+      }
       if (stopping_) break;
       inbox.swap(inbox_);
       aborts.swap(aborts_);
@@ -117,8 +129,10 @@ void EngineLoop::run() {
       Status s = c.fn(core_);
       asio::post(c.executor, [done = std::move(c.done), s = std::move(s)]() mutable { done(s); });
     }
-    if (!controls.empty() && metrics_ && lora)
-      metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
+    if (!controls.empty() && metrics_) {
+      metrics_->record_counters(core_.stats());  // e.g. held KV read and freed
+      if (lora) metrics_->record_lora(core_.lora_usage(), core_.config().lora.max_loras);
+    }
     controls.clear();
     for (engine::RequestId id : aborts) {
       core_.abort_request(id);
@@ -157,11 +171,13 @@ void EngineLoop::run() {
       continue;
     }
     engine::StepResult step = core_.step(start);
+    if (step.empty() && step.outputs.empty()) {
+      busy = false;  // nothing to compute yet: KV in transfer
+      continue;
+    }
     prev_end = start + step.duration;
     busy = true;
-    const auto deadline =
-        wall_origin_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                           std::chrono::duration<double>(prev_end / time_scale_));
+    const auto deadline = wall_at(prev_end);
     std::this_thread::sleep_until(deadline);
     const double late =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - deadline).count();

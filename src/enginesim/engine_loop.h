@@ -80,6 +80,7 @@ class EngineLoop {
  private:
   void run();
   double model_now() const;
+  std::chrono::steady_clock::time_point wall_at(double model_s) const;
 
   engine::EngineCore core_;
   kvevents::Publisher* events_ = nullptr;

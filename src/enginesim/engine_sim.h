@@ -56,6 +56,9 @@ struct EngineSimOptions {
   // vLLM's --kv-events-config (JSON): publish the prefix cache's changes as
   // vLLM's KV events over ZeroMQ.
   std::string kv_events_config;
+  // vLLM's --kv-transfer-config (JSON): a prefill or decode role of a
+  // disaggregated pair (enginesim/kv_transfer.h).
+  std::string kv_transfer_config;
 };
 
 // One --lora-modules entry: NAME=PATH, or {"name": ..., "path": ...}.

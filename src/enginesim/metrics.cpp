@@ -97,6 +97,22 @@ EngineMetrics::EngineMetrics(const std::string& model_name, const engine::Engine
                 "Wall-clock seconds by which a step ended later than the model said it "
                 "should; sustained lag means the simulator cannot keep time at this time scale.",
                 {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1});
+  kv_sent_ = counter("loadstar_engine_sim_kv_transfer_sent_requests_total",
+                     "Prefills whose held KV blocks a decode engine read (kv_producer).");
+  kv_expired_ = counter("loadstar_engine_sim_kv_transfer_expired_total",
+                        "Prefills whose held KV blocks nobody read in time, freed.");
+  kv_held_blocks_ = gauge("loadstar_engine_sim_kv_transfer_held_blocks",
+                          "KV blocks held for decode engines to read.");
+  kv_received_ = counter("loadstar_engine_sim_kv_transfer_received_requests_total",
+                         "Requests whose prompt KV arrived from a prefill engine (kv_consumer).");
+  kv_received_tokens_ = counter("loadstar_engine_sim_kv_transfer_received_tokens_total",
+                                "Prompt tokens whose KV arrived instead of being computed.");
+  kv_bytes_ = counter("loadstar_engine_sim_kv_transfer_bytes_total",
+                      "KV bytes received over the modelled link.");
+  kv_seconds_ = counter("loadstar_engine_sim_kv_transfer_seconds_total",
+                        "Model seconds from admission until received KV landed.");
+  kv_failures_ = counter("loadstar_engine_sim_kv_transfer_failures_total",
+                         "Reads of a prefill's KV that failed or did not match the prompt.");
   gauge("loadstar_engine_sim_time_scale", "Model seconds per wall-clock second.")->Set(time_scale);
   load_seconds_ = gauge("loadstar_engine_sim_model_load_seconds",
                         "Wall-clock seconds spent reading the model's weights at start-up.");
@@ -150,8 +166,11 @@ void EngineMetrics::record_gauges(const engine::EngineStats& stats) {
   kv_usage_->Set(stats.kv_cache_usage);
 }
 
-void EngineMetrics::record_step(const engine::StepResult& step, const engine::EngineStats& stats,
-                                double lag_s) {
+void EngineMetrics::count_kv_transfer_failure() {
+  kv_failures_->Increment();
+}
+
+void EngineMetrics::record_counters(const engine::EngineStats& stats) {
   record_gauges(stats);
   prefix_queries_->Increment(
       static_cast<double>(stats.prefix_cache_queries - last_.prefix_cache_queries));
@@ -161,7 +180,21 @@ void EngineMetrics::record_step(const engine::StepResult& step, const engine::En
   generation_tokens_->Increment(
       static_cast<double>(stats.generation_tokens - last_.generation_tokens));
   steps_->Increment(static_cast<double>(stats.num_steps - last_.num_steps));
+  kv_sent_->Increment(static_cast<double>(stats.kv_sent_requests - last_.kv_sent_requests));
+  kv_expired_->Increment(static_cast<double>(stats.kv_hold_expired - last_.kv_hold_expired));
+  kv_held_blocks_->Set(stats.kv_held_blocks);
+  kv_received_->Increment(
+      static_cast<double>(stats.kv_received_requests - last_.kv_received_requests));
+  kv_received_tokens_->Increment(
+      static_cast<double>(stats.kv_received_tokens - last_.kv_received_tokens));
+  kv_bytes_->Increment(static_cast<double>(stats.kv_received_bytes - last_.kv_received_bytes));
+  kv_seconds_->Increment(stats.kv_transfer_seconds - last_.kv_transfer_seconds);
   last_ = stats;
+}
+
+void EngineMetrics::record_step(const engine::StepResult& step, const engine::EngineStats& stats,
+                                double lag_s) {
+  record_counters(stats);
   if (step.duration > 0) step_lag_->Observe(lag_s);
   const double end = step.start + step.duration;
   for (const engine::RequestOutput& out : step.outputs) {

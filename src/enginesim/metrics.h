@@ -30,6 +30,11 @@ class EngineMetrics {
   void record_step(const engine::StepResult& step, const engine::EngineStats& stats, double lag_s);
   // Refreshes the gauges (running, waiting, KV usage) between steps.
   void record_gauges(const engine::EngineStats& stats);
+  // Brings the counters and gauges up to `stats` (between steps too: a
+  // consumer's read of held KV changes them while the engine is idle).
+  void record_counters(const engine::EngineStats& stats);
+  // A consumer's read of a producer's KV that failed or did not match.
+  void count_kv_transfer_failure();
   void set_load(double seconds, uint64_t bytes);
   // vLLM's vllm:lora_requests_info: one series labelled with max_lora and
   // the running and waiting adapters (comma-separated), valued with the
@@ -61,6 +66,14 @@ class EngineMetrics {
   prometheus::Histogram* request_prompt_tokens_;
   prometheus::Histogram* request_generation_tokens_;
   prometheus::Counter* steps_;
+  prometheus::Counter* kv_sent_;
+  prometheus::Counter* kv_expired_;
+  prometheus::Gauge* kv_held_blocks_;
+  prometheus::Counter* kv_received_;
+  prometheus::Counter* kv_received_tokens_;
+  prometheus::Counter* kv_bytes_;
+  prometheus::Counter* kv_seconds_;
+  prometheus::Counter* kv_failures_;
   prometheus::Histogram* step_lag_;
   prometheus::Gauge* load_seconds_;
   prometheus::Gauge* load_bytes_;

@@ -19,21 +19,24 @@ const std::vector<Profile>& builtin_profiles() {
         .per_prefill_token_s = 100e-6,
         .per_decode_seq_s = 60e-6,
         .per_context_token_s = 87e-9},
-       24000},
+       24000,
+       kv_bytes_per_token(32, 8, 128, 2)},
       {"llama-3.1-8b-h100-80gb",
        "Llama 3.1 8B, bf16, one H100 SXM 80GB (3.35 TB/s, 989 TFLOP/s)",
        {.base_s = 6.0e-3,
         .per_prefill_token_s = 35e-6,
         .per_decode_seq_s = 40e-6,
         .per_context_token_s = 52e-9},
-       28000},
+       28000,
+       kv_bytes_per_token(32, 8, 128, 2)},
       {"llama-3.1-70b-h100x4",
        "Llama 3.1 70B, bf16, four H100 SXM 80GB with tensor parallelism",
        {.base_s = 14e-3,
         .per_prefill_token_s = 79e-6,
         .per_decode_seq_s = 120e-6,
         .per_context_token_s = 33e-9},
-       25000},
+       25000,
+       kv_bytes_per_token(80, 8, 128, 2, 4)},
   };
   return profiles;
 }
@@ -72,8 +75,8 @@ Result<std::vector<Profile>> load_profiles(const std::string& path) {
   for (const YAML::Node& node : list) {
     const std::string where = fmt::format("{}:{}", path, node.Mark().line + 1);
     static const std::set<std::string> kKnown = {
-        "name",          "description",      "base_ms",       "prefill_token_us",
-        "decode_seq_us", "context_token_ns", "num_gpu_blocks"};
+        "name",          "description",      "base_ms",        "prefill_token_us",
+        "decode_seq_us", "context_token_ns", "num_gpu_blocks", "kv_bytes_per_token"};
     if (!node.IsMap())
       return make_error(ErrorCode::kInvalidArgument, "{}: a profile must be a map", where);
     for (const auto& kv : node) {
@@ -93,6 +96,13 @@ Result<std::vector<Profile>> load_profiles(const std::string& path) {
     LS_ASSIGN_OR_RETURN(double blocks, number_field(node, "num_gpu_blocks", where));
     p.cost = {base_ms * 1e-3, prefill_us * 1e-6, decode_us * 1e-6, context_ns * 1e-9};
     p.num_gpu_blocks = static_cast<uint32_t>(blocks);
+    if (node["kv_bytes_per_token"]) {
+      LS_ASSIGN_OR_RETURN(double kv_bytes, number_field(node, "kv_bytes_per_token", where));
+      if (kv_bytes < 1)
+        return make_error(ErrorCode::kInvalidArgument, "{}: 'kv_bytes_per_token' must be positive",
+                          where);
+      p.kv_bytes_per_token = static_cast<uint64_t>(kv_bytes);
+    }
     profiles.push_back(std::move(p));
   }
   return profiles;

@@ -19,6 +19,9 @@ struct Outcome {
   std::vector<TokenId> tokens;
   FinishReason finish = FinishReason::kNone;
   uint32_t cached = 0;
+  std::vector<BlockId> held_blocks;
+  uint32_t kv_received = 0;
+  double kv_transfer_s = 0;
 };
 
 // Drives an EngineCore in virtual time, as the real loop does in wall time.
@@ -27,8 +30,10 @@ class Sim {
   explicit Sim(EngineConfig config) : core_(config) {}
 
   void add(RequestId id, uint32_t prompt_len, uint32_t max_tokens, bool ignore_eos = true,
-           uint32_t prompt_seed = 0) {
+           uint32_t prompt_seed = 0, bool hold_kv = false, bool remote_kv = false) {
     NewRequest r;
+    r.hold_kv = hold_kv;
+    r.remote_kv = remote_kv;
     r.id = id;
     for (uint32_t i = 0; i < prompt_len; ++i)
       r.prompt.push_back(100 + (i * 7 + prompt_seed * 13) % 5000);
@@ -43,6 +48,9 @@ class Sim {
   void step() {
     StepResult s = core_.step(now_);
     now_ += s.duration;
+    // Nothing computable: time passes until a transfer lands (as the loop waits).
+    if (s.empty() && s.outputs.empty())
+      if (auto at = core_.next_timed_event()) now_ = std::max(now_, *at);
     for (const RequestOutput& o : s.outputs) {
       Outcome& oc = out_[o.id];
       if (o.has_token) {
@@ -50,6 +58,11 @@ class Sim {
         oc.tokens.push_back(o.token);
       }
       oc.cached = o.cached_tokens;
+      if (!o.held_blocks.empty()) oc.held_blocks = o.held_blocks;
+      if (o.kv_received_tokens) {
+        oc.kv_received = o.kv_received_tokens;
+        oc.kv_transfer_s = o.kv_transfer_s;
+      }
       if (o.finish != FinishReason::kNone) {
         oc.finish = o.finish;
         oc.finished = now_;
@@ -346,6 +359,93 @@ TEST(BlockPool, EvictsLeastRecentlyFreedCachedBlocksFirst) {
   pool.touch(*pool.lookup(222));
   EXPECT_EQ(pool.num_free(), 0u);
   EXPECT_DOUBLE_EQ(pool.usage(), 1.0);
+}
+
+}  // namespace
+}  // namespace loadstar::engine
+
+namespace loadstar::engine {
+namespace {
+
+// Prefill/decode disaggregation: the producer's side holds, the consumer's
+// side receives instead of computing.
+
+TEST(EngineCoreDisaggregation, ProducerHoldsItsBlocksUntilReadThenFreesThem) {
+  Sim sim(small_config());
+  sim.add(1, 1000, 1, true, 0, /*hold_kv=*/true);
+  sim.run();
+  ASSERT_EQ(sim[1].finish, FinishReason::kLength);
+  EXPECT_EQ(sim[1].held_blocks.size(), 63u);  // ceil(1000 / 16)
+  EXPECT_GT(sim.core().stats().kv_cache_usage, 0.0);
+  EXPECT_EQ(sim.core().stats().kv_held_blocks, 63u);
+
+  auto kv = sim.core().release_held(1);
+  ASSERT_TRUE(kv.ok()) << kv.error().message;
+  EXPECT_EQ(kv->prompt_tokens, 1000u);
+  EXPECT_EQ(kv->block_hashes.size(), 62u);  // full blocks only
+  EXPECT_EQ(kv->blocks, sim[1].held_blocks);
+  EXPECT_EQ(sim.core().stats().kv_cache_usage, 0.0);
+  EXPECT_EQ(sim.core().stats().kv_sent_requests, 1u);
+  EXPECT_EQ(sim.core().release_held(1).error().code, ErrorCode::kNotFound);
+}
+
+TEST(EngineCoreDisaggregation, HeldBlocksNobodyReadsExpire) {
+  EngineConfig config = small_config();
+  config.kv_transfer.hold_timeout_s = 10;
+  Sim sim(config);
+  sim.add(1, 500, 1, true, 0, /*hold_kv=*/true);
+  sim.run();
+  EXPECT_GT(sim.core().stats().kv_held_blocks, 0u);
+  sim.advance(11);
+  sim.add(2, 20, 1);
+  sim.run();
+  EXPECT_EQ(sim.core().stats().kv_held_blocks, 0u);
+  EXPECT_EQ(sim.core().stats().kv_hold_expired, 1u);
+  EXPECT_EQ(sim.core().release_held(1).error().code, ErrorCode::kNotFound);
+}
+
+TEST(EngineCoreDisaggregation, ConsumerReceivesThePromptInsteadOfComputingIt) {
+  EngineConfig config = small_config();
+  config.kv_transfer.bytes_per_token = 131072;
+  config.kv_transfer.bandwidth_bytes_per_s = 1e9;  // slow enough to see
+  config.kv_transfer.latency_s = 0.001;
+  Sim local(config), remote(config);
+  local.add(1, 4000, 20, true, 3);
+  local.run();
+  remote.add(1, 4000, 20, true, 3, false, /*remote_kv=*/true);
+  remote.run();
+  // The same tokens: disaggregation changes where the prompt is computed,
+  // never what the model says.
+  EXPECT_EQ(remote[1].tokens, local[1].tokens);
+  const double transfer = 4000 * 131072 / 1e9 + 0.001;
+  EXPECT_EQ(remote[1].kv_received, 4000u);
+  EXPECT_NEAR(remote[1].kv_transfer_s, transfer, 1e-9);
+  // TTFT: the transfer, then one step computing the last prompt token.
+  EXPECT_GT(remote[1].ttft, transfer);
+  EXPECT_LT(remote[1].ttft, transfer + 0.05);
+  const EngineStats s = remote.core().stats();
+  EXPECT_EQ(s.kv_received_requests, 1u);
+  EXPECT_EQ(s.kv_received_tokens, 4000u);
+  EXPECT_EQ(s.kv_received_bytes, 4000u * 131072u);
+  EXPECT_NEAR(s.kv_transfer_seconds, transfer, 1e-9);
+}
+
+TEST(EngineCoreDisaggregation, TransfersShareTheLinkAndSkipWhatTheCacheHolds) {
+  EngineConfig config = small_config();
+  config.kv_transfer.bandwidth_bytes_per_s = 1e9;
+  config.kv_transfer.latency_s = 0;
+  Sim sim(config);
+  // A prompt computed here first: its prefix is cached.
+  sim.add(1, 2000, 1, true, 5);
+  sim.run();
+  sim.add(2, 2000, 5, true, 5, false, /*remote_kv=*/true);  // the same prompt
+  sim.add(3, 2000, 5, true, 6, false, /*remote_kv=*/true);  // another
+  sim.run();
+  // All but the cache's blocks travel (the last token is computed anyway).
+  EXPECT_EQ(sim[2].kv_received, 2000u - 1984u);
+  EXPECT_EQ(sim[3].kv_received, 2000u);
+  // The second transfer waited for the first on the link.
+  EXPECT_NEAR(sim[3].kv_transfer_s, (16 + 2000) * 131072 / 1e9, 1e-9);
 }
 
 }  // namespace
