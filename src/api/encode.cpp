@@ -7,6 +7,43 @@
 
 namespace loadstar::api {
 
+namespace {
+
+void encode_gpu(YAML::Emitter& out, const GpuRequirements& gpu) {
+  out << YAML::Key << "gpu" << YAML::Value << YAML::BeginMap << YAML::Key << "count" << YAML::Value
+      << gpu.count;
+  if (!gpu.type.empty()) out << YAML::Key << "type" << YAML::Value << gpu.type;
+  if (gpu.memory_bytes)
+    out << YAML::Key << "memory" << YAML::Value << std::to_string(*gpu.memory_bytes);
+  if (gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *gpu.fraction;
+  if (!gpu.mig.empty()) out << YAML::Key << "mig" << YAML::Value << gpu.mig;
+  out << YAML::EndMap;
+}
+
+void encode_autoscaling(YAML::Emitter& out, const AutoscalingSpec& a) {
+  out << YAML::Key << "autoscaling" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "maxReplicas" << YAML::Value << a.max_replicas;
+  out << YAML::Key << "targets" << YAML::Value << YAML::BeginMap;
+  if (a.waiting_per_replica)
+    out << YAML::Key << "waitingPerReplica" << YAML::Value << *a.waiting_per_replica;
+  if (a.in_flight_per_replica)
+    out << YAML::Key << "inFlightPerReplica" << YAML::Value << *a.in_flight_per_replica;
+  if (a.kv_cache_usage) out << YAML::Key << "kvCacheUsage" << YAML::Value << *a.kv_cache_usage;
+  if (a.ttft_p90_s)
+    out << YAML::Key << "ttftP90" << YAML::Value << fmt::format("{}s", *a.ttft_p90_s);
+  out << YAML::EndMap;
+  out << YAML::Key << "stableWindow" << YAML::Value << fmt::format("{}s", a.stable_window_s);
+  out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);
+  out << YAML::Key << "panicThreshold" << YAML::Value << a.panic_threshold;
+  out << YAML::Key << "maxScaleUpRate" << YAML::Value << a.max_scale_up_rate;
+  out << YAML::Key << "tolerance" << YAML::Value << a.tolerance;
+  out << YAML::Key << "scaleDownStabilization" << YAML::Value
+      << fmt::format("{}s", a.scale_down_stabilization_s);
+  out << YAML::EndMap;
+}
+
+}  // namespace
+
 std::string encode_resource(const Resource& resource) {
   YAML::Emitter out;
   out << YAML::BeginMap << YAML::Key << "apiVersion" << YAML::Value << kApiVersion;
@@ -54,39 +91,12 @@ std::string encode_resource(const Resource& resource) {
     if (s.cpu > 0) out << YAML::Key << "cpu" << YAML::Value << s.cpu;
     if (s.memory_bytes > 0)
       out << YAML::Key << "memory" << YAML::Value << std::to_string(s.memory_bytes);
-    out << YAML::Key << "gpu" << YAML::Value << YAML::BeginMap << YAML::Key << "count"
-        << YAML::Value << s.gpu.count;
-    if (!s.gpu.type.empty()) out << YAML::Key << "type" << YAML::Value << s.gpu.type;
-    if (s.gpu.memory_bytes)
-      out << YAML::Key << "memory" << YAML::Value << std::to_string(*s.gpu.memory_bytes);
-    if (s.gpu.fraction) out << YAML::Key << "fraction" << YAML::Value << *s.gpu.fraction;
-    if (!s.gpu.mig.empty()) out << YAML::Key << "mig" << YAML::Value << s.gpu.mig;
-    out << YAML::EndMap << YAML::EndMap;
+    encode_gpu(out, s.gpu);
+    out << YAML::EndMap;
     if (s.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *s.min_replicas;
     out << YAML::Key << "idleTimeout" << YAML::Value << fmt::format("{}s", s.idle_timeout_s);
     out << YAML::Key << "warmNodes" << YAML::Value << s.warm_nodes;
-    if (s.autoscaling) {
-      const AutoscalingSpec& a = *s.autoscaling;
-      out << YAML::Key << "autoscaling" << YAML::Value << YAML::BeginMap;
-      out << YAML::Key << "maxReplicas" << YAML::Value << a.max_replicas;
-      out << YAML::Key << "targets" << YAML::Value << YAML::BeginMap;
-      if (a.waiting_per_replica)
-        out << YAML::Key << "waitingPerReplica" << YAML::Value << *a.waiting_per_replica;
-      if (a.in_flight_per_replica)
-        out << YAML::Key << "inFlightPerReplica" << YAML::Value << *a.in_flight_per_replica;
-      if (a.kv_cache_usage) out << YAML::Key << "kvCacheUsage" << YAML::Value << *a.kv_cache_usage;
-      if (a.ttft_p90_s)
-        out << YAML::Key << "ttftP90" << YAML::Value << fmt::format("{}s", *a.ttft_p90_s);
-      out << YAML::EndMap;
-      out << YAML::Key << "stableWindow" << YAML::Value << fmt::format("{}s", a.stable_window_s);
-      out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);
-      out << YAML::Key << "panicThreshold" << YAML::Value << a.panic_threshold;
-      out << YAML::Key << "maxScaleUpRate" << YAML::Value << a.max_scale_up_rate;
-      out << YAML::Key << "tolerance" << YAML::Value << a.tolerance;
-      out << YAML::Key << "scaleDownStabilization" << YAML::Value
-          << fmt::format("{}s", a.scale_down_stabilization_s);
-      out << YAML::EndMap;
-    }
+    if (s.autoscaling) encode_autoscaling(out, *s.autoscaling);
     if (s.rollout != RolloutSpec{}) {
       auto count = [](const IntOrPercent& v) {
         return v.percent ? fmt::format("{}%", v.value) : std::to_string(v.value);
@@ -120,6 +130,27 @@ std::string encode_resource(const Resource& resource) {
         out << YAML::Key << "maxCpuLoras" << YAML::Value << *s.lora->max_cpu_loras;
       out << YAML::Key << "maxRank" << YAML::Value << s.lora->max_rank;
       if (s.lora->on_demand) out << YAML::Key << "loading" << YAML::Value << "onDemand";
+      out << YAML::EndMap;
+    }
+    if (s.prefill) {
+      const PrefillSpec& p = *s.prefill;
+      out << YAML::Key << "prefill" << YAML::Value << YAML::BeginMap;
+      out << YAML::Key << "replicas" << YAML::Value << p.replicas;
+      if (p.min_replicas) out << YAML::Key << "minReplicas" << YAML::Value << *p.min_replicas;
+      if (p.cpu || p.memory_bytes || p.gpu) {
+        out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;
+        if (p.cpu) out << YAML::Key << "cpu" << YAML::Value << *p.cpu;
+        if (p.memory_bytes)
+          out << YAML::Key << "memory" << YAML::Value << std::to_string(*p.memory_bytes);
+        if (p.gpu) encode_gpu(out, *p.gpu);
+        out << YAML::EndMap;
+      }
+      out << YAML::Key << "args" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+      for (const auto& a : p.args) out << YAML::DoubleQuoted << a;
+      out << YAML::EndSeq;
+      if (p.autoscaling) encode_autoscaling(out, *p.autoscaling);
+      out << YAML::Key << "nonCachedTokens" << YAML::Value << p.non_cached_tokens;
+      out << YAML::Key << "link" << YAML::Value << p.link;
       out << YAML::EndMap;
     }
     const RoutingSpec& r = s.routing;

@@ -10,7 +10,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include "api/cost_expression.h"
+#include "api/disaggregation.h"
 #include "api/schema.h"
+#include "api/service_parts.h"
 #include "api/yaml_reader.h"
 #include "common/strings.h"
 #include "common/units.h"
@@ -353,45 +355,9 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   spec.string("queue", svc.spec.queue, false);
   spec.integer("priority", svc.spec.priority);
   spec.boolean("preemptible", svc.spec.preemptible);
-  if (YAML::Node resources = spec.get("resources"); resources && !resources.IsNull()) {
-    MapReader r(d, resources, "spec.resources");
-    std::optional<double> cpu;
-    if (r.number("cpu", cpu, 0, 1e6)) svc.spec.cpu = *cpu;
-    std::optional<uint64_t> memory;
-    if (r.quantity("memory", memory)) svc.spec.memory_bytes = *memory;
-    if (YAML::Node gpu = r.get("gpu"); gpu && !gpu.IsNull()) {
-      MapReader g(d, gpu, "spec.resources.gpu");
-      GpuRequirements& req = svc.spec.gpu;
-      const bool has_count = g.uint("count", req.count);
-      g.string("type", req.type, false);
-      g.quantity("memory", req.memory_bytes);
-      if (YAML::Node f = g.get("fraction"); f && !f.IsNull()) {
-        double value = 0;
-        bool parsed = f.IsScalar() && YAML::convert<double>::decode(f, value);
-        if (!parsed || !(value >= 0.001 && value < 1)) {
-          d.error(f, "spec.resources.gpu.fraction",
-                  "must be a number from 0.001 (one milli-GPU) to below 1");
-        } else {
-          req.fraction = value;
-          if (has_count && req.count > 1)
-            d.error(f, "spec.resources.gpu.fraction",
-                    "a fraction is a share of one GPU; count must be 0 or 1");
-        }
-      }
-      if (g.string("mig", req.mig, false)) {
-        if (auto profile = parse_mig_profile(req.mig); !profile.ok())
-          d.error(gpu["mig"], "spec.resources.gpu.mig", profile.error().message);
-        if (req.fraction || req.memory_bytes || (has_count && req.count > 1))
-          d.error(gpu["mig"], "spec.resources.gpu.mig",
-                  "a MIG slice is a whole request; set no count, fraction or memory with it");
-      }
-      if (req.fraction && req.memory_bytes)
-        d.error(gpu, "spec.resources.gpu", "set either memory or fraction, not both");
-      if (!has_count && !req.fraction && !req.memory_bytes && req.mig.empty()) req.count = 1;
-      g.finish();
-    }
-    r.finish();
-  }
+  if (YAML::Node resources = spec.get("resources"); resources && !resources.IsNull())
+    detail::decode_resources(d, resources, "spec.resources", svc.spec.cpu, svc.spec.memory_bytes,
+                             svc.spec.gpu);
   spec.optional_uint("minReplicas", svc.spec.min_replicas);
   if (svc.spec.min_replicas && *svc.spec.min_replicas > svc.spec.replicas)
     d.error(node["minReplicas"], "spec.minReplicas",
@@ -399,52 +365,9 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
                         svc.spec.replicas));
   spec.duration("idleTimeout", svc.spec.idle_timeout_s);
   spec.uint("warmNodes", svc.spec.warm_nodes);
-  if (YAML::Node as = spec.get("autoscaling"); as && !as.IsNull()) {
-    MapReader a(d, as, "spec.autoscaling");
-    AutoscalingSpec out;
-    if (!a.uint("maxReplicas", out.max_replicas))
-      d.error(as, "spec.autoscaling.maxReplicas", "required");
-    else if (out.max_replicas < svc.spec.replicas)
-      d.error(
-          as["maxReplicas"], "spec.autoscaling.maxReplicas",
-          fmt::format("{} is less than spec.replicas ({})", out.max_replicas, svc.spec.replicas));
-    if (YAML::Node targets = a.get("targets"); targets && !targets.IsNull()) {
-      MapReader t(d, targets, "spec.autoscaling.targets");
-      t.number("waitingPerReplica", out.waiting_per_replica, 0.01, 1e6);
-      t.number("inFlightPerReplica", out.in_flight_per_replica, 0.01, 1e6);
-      t.number("kvCacheUsage", out.kv_cache_usage, 0.01, 1);
-      double ttft = 0;
-      if (t.duration("ttftP90", ttft)) out.ttft_p90_s = ttft;
-      // A target the engine's /metrics cannot feed would never vote: say so
-      // now rather than autoscale on a signal that stays zero.
-      if (const engines::Engine* engine = engines::find(svc.spec.engine.name)) {
-        const bool waiting = out.waiting_per_replica.has_value();
-        const bool kv = out.kv_cache_usage.has_value();
-        if (waiting && engine->metrics.waiting.empty())
-          d.error(targets["waitingPerReplica"], "spec.autoscaling.targets.waitingPerReplica",
-                  fmt::format("{} exports no queue length; use inFlightPerReplica or ttftP90",
-                              engine->name));
-        if (kv && engine->metrics.kv_usage.empty())
-          d.error(targets["kvCacheUsage"], "spec.autoscaling.targets.kvCacheUsage",
-                  fmt::format("{} exports no KV-cache use; use waitingPerReplica, "
-                              "inFlightPerReplica or ttftP90",
-                              engine->name));
-      }
-      t.finish();
-    }
-    a.duration("stableWindow", out.stable_window_s);
-    a.duration("panicWindow", out.panic_window_s);
-    if (out.panic_window_s > out.stable_window_s)
-      d.error(as["panicWindow"], "spec.autoscaling.panicWindow",
-              "must not be longer than stableWindow");
-    std::optional<double> v;
-    if (a.number("panicThreshold", v, 1, 1000)) out.panic_threshold = *v;
-    if (a.number("maxScaleUpRate", v, 1, 1000)) out.max_scale_up_rate = *v;
-    if (a.number("tolerance", v, 0, 0.99)) out.tolerance = *v;
-    a.duration("scaleDownStabilization", out.scale_down_stabilization_s);
-    a.finish();
-    svc.spec.autoscaling = out;
-  }
+  if (YAML::Node as = spec.get("autoscaling"); as && !as.IsNull())
+    svc.spec.autoscaling = detail::decode_autoscaling(d, as, "spec.autoscaling", svc.spec.replicas,
+                                                      "spec.replicas", svc.spec.engine.name);
   if (YAML::Node rollout = spec.get("rollout"); rollout && !rollout.IsNull())
     decode_rollout(d, rollout, svc.spec.rollout);
   if (YAML::Node lora = spec.get("lora"); lora && !lora.IsNull()) {
@@ -481,6 +404,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
                           engine->name));
     svc.spec.lora = std::move(out);
   }
+  if (YAML::Node prefill = spec.get("prefill"); prefill && !prefill.IsNull())
+    detail::decode_prefill(d, prefill, svc);
   if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
     MapReader r(d, routing, "spec.routing");
     RoutingSpec& out = svc.spec.routing;
@@ -727,6 +652,12 @@ Status check_references(const std::vector<Resource>& resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r); svc && !queues.count(svc->spec.queue))
       errors.push_back(fmt::format("InferenceService '{}': spec.queue: no Queue named '{}'",
                                    svc->metadata.name, svc->spec.queue));
+    if (const auto* svc = std::get_if<InferenceService>(&r);
+        svc && svc->spec.prefill && services.count(prefill_service_name(svc->metadata.name)))
+      errors.push_back(fmt::format(
+          "InferenceService '{}': spec.prefill: its prefill pool runs as '{}', the name of "
+          "another InferenceService",
+          svc->metadata.name, prefill_service_name(svc->metadata.name)));
     if (const auto* svc = std::get_if<InferenceService>(&r)) {
       const engines::Engine* engine = engines::find(svc->spec.engine.name);
       for (const Resource& m : resources)

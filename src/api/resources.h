@@ -48,6 +48,7 @@ struct GpuRequirements {
   std::optional<uint64_t> memory_bytes;  // GPU memory needed (a share of one GPU)
   std::optional<double> fraction;        // share of one GPU, 0 < f < 1
   std::string mig;                       // a MIG profile such as "3g.40gb"
+  bool operator==(const GpuRequirements&) const = default;
 };
 
 // The engine a service's replicas run (spec.engine); engines/engines.h
@@ -174,6 +175,28 @@ struct LoraSpec {
   bool operator==(const LoraSpec&) const = default;
 };
 
+// spec.prefill: the service serves disaggregated (api/disaggregation.h). A
+// pool of prefill replicas computes prompts and hands their KV cache to the
+// service's own replicas — the decode pool, sized and scaled by the rest of
+// the spec — which generate; short or mostly cached prompts skip it.
+struct PrefillSpec {
+  uint32_t replicas = 1;
+  std::optional<uint32_t> min_replicas;  // 0: scales to zero when idle
+  // Unset: the service's (spec.resources).
+  std::optional<double> cpu;
+  std::optional<uint64_t> memory_bytes;
+  std::optional<GpuRequirements> gpu;
+  std::vector<std::string> args;  // engine flags for the prefill role only, after spec.engine.args
+  std::optional<AutoscalingSpec> autoscaling;
+  // A request goes through a prefill replica only when at least this many of
+  // its prompt tokens are not cached on the decode replica picked for it
+  // (llm-d's prefix-based decider, nonCachedTokens).
+  uint32_t non_cached_tokens = 512;
+  // engine-sim: the link its KV crosses (nvlink, rdma, tcp).
+  std::string link = "rdma";
+  bool operator==(const PrefillSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
@@ -199,6 +222,11 @@ struct InferenceServiceSpec {
   std::optional<AutoscalingSpec> autoscaling;
   RolloutSpec rollout;
   std::optional<LoraSpec> lora;
+  std::optional<PrefillSpec> prefill;
+  // Set only on the prefill pool a disaggregated service runs as
+  // (api/disaggregation.h), never read from YAML: the service it is the
+  // prefill role of, whose name clients and engines use.
+  std::string prefill_of;
 };
 
 struct InferenceService {

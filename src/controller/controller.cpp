@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "api/disaggregation.h"
 #include "controller/replica.h"
 
 namespace loadstar::controller {
@@ -565,9 +566,11 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   for (auto& resource : store_.list()) {
     if (auto* node = std::get_if<api::Node>(&resource)) nodes.push_back(std::move(*node));
     if (auto* queue = std::get_if<api::Queue>(&resource)) queues.push_back(std::move(*queue));
-    if (auto* svc = std::get_if<api::InferenceService>(&resource))
-      services_.emplace(svc->metadata.name, *svc);
-    else if (auto* tenant = std::get_if<api::Tenant>(&resource))
+    if (auto* svc = std::get_if<api::InferenceService>(&resource)) {
+      // A disaggregated service runs as two: itself and its prefill pool.
+      for (api::InferenceService& role : api::role_services(*svc))
+        services_.emplace(role.metadata.name, std::move(role));
+    } else if (auto* tenant = std::get_if<api::Tenant>(&resource))
       tenant_specs_.push_back(std::move(*tenant));
     else if (auto* route = std::get_if<api::Route>(&resource))
       route_specs_.push_back(std::move(*route));

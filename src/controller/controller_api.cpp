@@ -12,12 +12,15 @@
 #include <nlohmann/json.hpp>
 
 #include "controller/controller.h"
+
+#include "api/disaggregation.h"
 #include "controller/replica.h"
 
 namespace loadstar::controller {
 
 void Controller::publish_statuses() {
-  for (const auto& [name, svc] : services_) {
+  // A disaggregated service's prefill pool reports inside its status.
+  auto status_of = [this](const std::string& name, const api::InferenceService& svc) {
     nlohmann::json replicas = nlohmann::json::object();
     uint32_t ready = 0, total = 0;
     for (const auto& [rn, r] : replicas_) {
@@ -49,6 +52,14 @@ void Controller::publish_statuses() {
       // Nodes asked to hold the weights (more than desired on a rising trend).
       if (svc.spec.warm_nodes > 0) status["weightsNodes"] = scaler_.weights_nodes(svc);
     }
+    return status;
+  };
+  for (const auto& [name, svc] : services_) {
+    if (!svc.spec.prefill_of.empty()) continue;
+    nlohmann::json status = status_of(name, svc);
+    if (svc.spec.prefill)
+      if (auto p = services_.find(api::prefill_service_name(name)); p != services_.end())
+        status["prefill"] = status_of(p->first, p->second);
     store_.publish_status("InferenceService", name, status.dump());
   }
 }

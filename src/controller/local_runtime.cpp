@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/agent.h"
+#include "api/disaggregation.h"
 #include "common/strings.h"
 #include "common/units.h"
 #include "http/client.h"
@@ -242,7 +243,9 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   e.log = run_dir / (launch.replica + ".log");
   engines::LaunchSpec spec;
   spec.model = model_path.string();
-  spec.served_name = svc.metadata.name;
+  spec.served_name = api::served_name(svc);
+  spec.kv_role = api::kv_role(svc);
+  if (svc.spec.prefill) spec.kv_link = svc.spec.prefill->link;
   spec.gpus = launch.shares.empty() ? 0 : static_cast<uint32_t>(launch.shares.size());
   spec.context_length = svc.spec.engine.context_length;
   spec.max_sequences = svc.spec.engine.max_sequences;

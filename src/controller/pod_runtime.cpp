@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "api/disaggregation.h"
 #include "api/schema.h"
 #include "common/digest.h"
 #include "common/json_value.h"
@@ -70,6 +71,9 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
                  {kServiceLabel, svc.metadata.name},
                  {kIndexLabel, std::to_string(launch.index)}};
   if (!launch.revision.empty()) labels[kRevisionLabel] = launch.revision;
+  // A disaggregated service's pools, as llm-d labels them.
+  if (const std::string_view role = api::pd_role(svc); !role.empty())
+    labels["llm-d.ai/role"] = std::string(role);
   const engines::Engine* kind = engines::find(svc.spec.engine.name);
   if (!kind) kind = engines::find("engine-sim");  // the decoder admits only the table's names
   // The model as the agent publishes it: a directory, or for GGUF the one
@@ -90,7 +94,9 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   if (kind->model_is_file) model_path += gguf_in(model);
   engines::LaunchSpec spec;
   spec.model = model_path;
-  spec.served_name = svc.metadata.name;
+  spec.served_name = api::served_name(svc);
+  spec.kv_role = api::kv_role(svc);
+  if (svc.spec.prefill) spec.kv_link = svc.spec.prefill->link;
   spec.host = "$(POD_IP)";
   spec.port = options.engine_port;
   for (const auto& share : launch.shares) spec.gpus += share.milli >= 1000 && !share.mig_slices;
@@ -130,6 +136,12 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   json engine_env = env;
   // Weights come from the agent's cache; no engine downloads behind it.
   engine_env.push_back({{"name", "HF_HUB_OFFLINE"}, {"value", "1"}});
+  // Disaggregated: a decode engine reaches its prefill's KV at the address
+  // the prefill advertises, its Pod's (VLLM_NIXL_SIDE_CHANNEL_HOST, as
+  // llm-d's manifests set it).
+  const bool kv_transfer = !spec.kv_role.empty() && kind->kv_transfer;
+  if (kv_transfer)
+    engine_env.push_back({{"name", "VLLM_NIXL_SIDE_CHANNEL_HOST"}, {"value", "$(POD_IP)"}});
   auto probe = [&](double period_s, int failures) {
     return json{{"httpGet", {{"path", kind->health_path}, {"port", options.engine_port}}},
                 {"periodSeconds", static_cast<int>(period_s)},
@@ -139,6 +151,11 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   // A multi-minute load is covered by the startup probe; after it,
   // readiness follows load and liveness restarts a hung engine.
   json volume_mounts = {{{"name", "models"}, {"mountPath", models_mount}, {"readOnly", true}}};
+  json engine_ports = {{{"name", "http"}, {"containerPort", options.engine_port}}};
+  if (kv_events) engine_ports.push_back({{"name", "kv-events"}, {"containerPort", events_port}});
+  // vLLM's NIXL side channel (engine-sim's is its HTTP port).
+  if (kv_transfer && kind->name != "engine-sim")
+    engine_ports.push_back({{"name", "nixl"}, {"containerPort", engines::kNixlSideChannelPort}});
   json engine = {
       {"name", "engine"},
       {"image", image},
@@ -146,9 +163,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
       {"command", kind->container_command},
       {"args", kind->flags(spec)},
       {"env", engine_env},
-      {"ports", kv_events ? json{{{"name", "http"}, {"containerPort", options.engine_port}},
-                                 {{"name", "kv-events"}, {"containerPort", events_port}}}
-                          : json{{{"name", "http"}, {"containerPort", options.engine_port}}}},
+      {"ports", engine_ports},
       {"startupProbe",
        probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},
       {"readinessProbe", probe(kind->name == "engine-sim" ? 1 : 5, 3)},
@@ -255,7 +270,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
     pod["metadata"]["ownerReferences"] = {
         {{"apiVersion", fmt::format("{}/{}", api::kGroup, api::kVersion)},
          {"kind", "InferenceService"},
-         {"name", svc.metadata.name},
+         {"name", api::served_name(svc)},
          {"uid", service_uid},
          {"controller", true},
          {"blockOwnerDeletion", true}}};
@@ -355,11 +370,14 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
     return ok_status();  // created before (by us, or a controller before us)
   }
   LS_RETURN_IF_ERROR(ensure_token_secret(pod_name.namespace_name));
-  const std::string uid = store_.uid_of("InferenceService", launch.service->metadata.name);
+  // A prefill pool's Pods belong to the service it is the prefill of.
+  const std::string uid = store_.uid_of("InferenceService", api::served_name(*launch.service));
   // The Pod speaks its namespace's names: the service and replica bare, the
   // model as the agents' caches name it.
   api::InferenceService service = *launch.service;
   service.metadata.name = scope_.split(service.metadata.name).name;
+  if (!service.spec.prefill_of.empty())
+    service.spec.prefill_of = scope_.split(service.spec.prefill_of).name;
   api::Model model = *launch.model;
   model.metadata.name = kube::NamespaceScope::flat(model.metadata.name);
   EngineLaunch local = launch;

@@ -36,6 +36,16 @@ void add_vllm_kv_events(std::vector<std::string>& out, const LaunchSpec& l) {
     add(out, "--kv-events-config", kvevents::events_config_json(l.kv_events_endpoint, "kv-events"));
 }
 
+// vLLM's KV transfer for prefill/decode disaggregation (engine-sim takes
+// the same, and the link it models in kv_connector_extra_config).
+void add_vllm_kv_transfer(std::vector<std::string>& out, const LaunchSpec& l, bool link) {
+  if (l.kv_role.empty()) return;
+  std::string config = "{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"" + l.kv_role + "\"";
+  if (link && !l.kv_link.empty())
+    config += ",\"kv_connector_extra_config\":{\"link\":\"" + l.kv_link + "\"}";
+  add(out, "--kv-transfer-config", config + "}");
+}
+
 // engine-sim takes vLLM's flags for what both have.
 std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   std::vector<std::string> out = {"--model",     l.model,  "--served-model-name",
@@ -46,6 +56,7 @@ std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
   add_vllm_lora(out, l);
   add_vllm_kv_events(out, l);
+  add_vllm_kv_transfer(out, l, true);
   return out;
 }
 
@@ -82,6 +93,7 @@ std::vector<std::string> vllm_flags(const LaunchSpec& l) {
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
   add_vllm_lora(out, l);
   add_vllm_kv_events(out, l);
+  add_vllm_kv_transfer(out, l, false);
   return out;
 }
 
@@ -112,6 +124,7 @@ std::vector<Engine> make_table() {
     e.lora_runtime_loading = true;
     e.kv_events = true;
     e.gateway_tokenizer = true;
+    e.kv_transfer = true;
     e.engine_flags = engine_sim_flags;
     e.description =
         "Loadstar's vLLM-compatible engine simulator (no GPU, no real model): for tests and "
@@ -156,6 +169,7 @@ std::vector<Engine> make_table() {
     e.lora = true;
     e.lora_runtime_loading = true;
     e.kv_events = true;
+    e.kv_transfer = true;
     e.engine_flags = vllm_flags;
     e.description = "vLLM's OpenAI-compatible server";
     e.program = "vllm";

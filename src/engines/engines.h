@@ -43,6 +43,11 @@ struct LaunchSpec {
   // Publish KV-cache events (vLLM's --kv-events-config) on this ZeroMQ
   // endpoint ("tcp://*:5557"); empty: none.
   std::string kv_events_endpoint;
+  // Prefill/decode disaggregation (api/disaggregation.h): vLLM's kv_role
+  // with NixlConnector ("kv_producer", "kv_both"; empty: none), and the
+  // link engine-sim models (nvlink, rdma, tcp).
+  std::string kv_role;
+  std::string kv_link;
 };
 
 // The signals the gateway reads from an engine's /metrics (see
@@ -93,12 +98,19 @@ struct Engine {
   // match the token blocks of its KV events (engine-sim's stand-in
   // tokenizer; a real model's tokenizer is not in the gateway yet).
   bool gateway_tokenizer = false;
+  // Hands a prompt's KV cache to another engine (LaunchSpec::kv_role):
+  // vLLM's --kv-transfer-config with NixlConnector, whose side channel
+  // listens on kNixlSideChannelPort in a Pod.
+  bool kv_transfer = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.
   std::vector<std::string> flags(const LaunchSpec& launch) const;
   std::vector<std::string> (*engine_flags)(const LaunchSpec&) = nullptr;
 };
+
+// vLLM's NIXL side channel (VLLM_NIXL_SIDE_CHANNEL_PORT's default).
+inline constexpr uint16_t kNixlSideChannelPort = 5600;
 
 // What lets vLLM (and engine-sim) take /v1/load_lora_adapter.
 inline constexpr const char* kRuntimeLoraEnv = "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True";

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "api/disaggregation.h"
 #include "api/resources.h"
 #include "api/schema.h"
 #include "common/units.h"
@@ -541,6 +542,123 @@ void probe_fields(const std::vector<Field>& fields, int indent, std::string& out
         out += " 1\n";
     }
   }
+}
+
+constexpr const char* kDisaggregated = R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  replicas: 2
+  engine: {name: vllm, args: ["--block-size", "32"]}
+  resources: {cpu: 4, gpu: {count: 2}}
+  autoscaling: {maxReplicas: 4, targets: {kvCacheUsage: 0.7}}
+  prefill:
+    replicas: 3
+    minReplicas: 0
+    resources: {cpu: 8}
+    args: ["--max-num-batched-tokens", "8192"]
+    autoscaling: {maxReplicas: 6, targets: {ttftP90: 1s}}
+    nonCachedTokens: 256
+)";
+
+TEST(Disaggregation, AServiceWithPrefillRunsAsTwoPools) {
+  auto ok = decode_resources(kDisaggregated, "pd.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  const auto& svc = std::get<InferenceService>((*ok)[0]);
+  ASSERT_TRUE(svc.spec.prefill);
+  EXPECT_EQ(svc.spec.prefill->non_cached_tokens, 256u);
+  auto again = decode_resources(encode_resource((*ok)[0]), "encoded");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(std::get<InferenceService>((*again)[0]).spec.prefill, svc.spec.prefill);
+
+  const std::vector<InferenceService> roles = role_services(svc);
+  ASSERT_EQ(roles.size(), 2u);
+  const InferenceService& decode = roles[0];
+  const InferenceService& prefill = roles[1];
+  EXPECT_EQ(decode.metadata.name, "chat");
+  EXPECT_EQ(kv_role(decode), "kv_both");
+  EXPECT_EQ(pd_role(decode), "decode");
+  EXPECT_EQ(decode.spec.replicas, 2u);
+  EXPECT_EQ(prefill.metadata.name, "chat-prefill");
+  EXPECT_EQ(served_name(prefill), "chat");  // engines serve the service's name
+  EXPECT_EQ(kv_role(prefill), "kv_producer");
+  EXPECT_EQ(pd_role(prefill), "prefill");
+  EXPECT_EQ(prefill.spec.replicas, 3u);
+  EXPECT_EQ(prefill.spec.min_replicas, 0u);
+  EXPECT_EQ(prefill.spec.cpu, 8);
+  EXPECT_EQ(prefill.spec.gpu.count, 2u);  // the service's, as not overridden
+  ASSERT_TRUE(prefill.spec.autoscaling);
+  EXPECT_EQ(prefill.spec.autoscaling->max_replicas, 6u);
+  EXPECT_EQ(prefill.spec.engine.args,
+            (std::vector<std::string>{"--block-size", "32", "--max-num-batched-tokens", "8192"}));
+  // Its own expansion is itself: a prefill pool has no prefill pool.
+  EXPECT_EQ(role_services(prefill).size(), 1u);
+  // Not disaggregated: one pool, no role.
+  InferenceService plain = svc;
+  plain.spec.prefill.reset();
+  EXPECT_EQ(role_services(plain).size(), 1u);
+  EXPECT_EQ(kv_role(plain), "");
+}
+
+TEST(Disaggregation, PoolsThatDisagreeOnTheKvLayoutAreRefusedNamingTheField) {
+  auto expect_error = [](const std::string& yaml, const std::string& needle) {
+    auto r = decode_resources(yaml, "pd.yaml");
+    ASSERT_FALSE(r.ok()) << yaml;
+    EXPECT_NE(r.error().message.find(needle), std::string::npos) << r.error().message;
+  };
+  const std::string head = R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  engine: {name: vllm, args: ["--block-size", "32"]}
+  resources: {gpu: {count: 2}}
+)";
+  expect_error(head + "  prefill: {args: [\"--block-size=16\"]}\n",
+               "pd.yaml:8:12: InferenceService 'chat': spec.prefill.args: --block-size 16 differs");
+  expect_error(head + "  prefill: {resources: {gpu: {count: 1}}}\n",
+               "spec.prefill.resources.gpu.count: 1 GPUs differ from the decode pool's 2");
+  expect_error(head + "  prefill: {args: [\"--tensor-parallel-size\", \"4\"]}\n",
+               "spec.prefill.args: --tensor-parallel-size 4 differs");
+  expect_error(head + "  prefill: {args: [\"--kv-transfer-config\", \"{}\"]}\n",
+               "spec.prefill.args: --kv-transfer-config is set by Loadstar");
+  expect_error(head + "  prefill: {link: nvlink}\n", "spec.prefill.link: models engine-sim");
+  expect_error(head + "  prefill: {link: carrier-pigeon}\n", "'carrier-pigeon' is not one of");
+  expect_error(head + "  prefill: {replicas: 1, minReplicas: 2}\n", "spec.prefill.minReplicas");
+  expect_error(R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: m
+  engine: {name: llama.cpp}
+  prefill: {}
+)",
+               "spec.prefill: llama.cpp cannot hand its KV cache to another server");
+}
+
+TEST(Disaggregation, APrefillPoolMayNotTakeAnotherServicesName) {
+  auto r = decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: m}
+spec: {source: "synth://m", size: 1MiB}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: m, prefill: {}}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat-prefill}
+spec: {model: m}
+)",
+                            "pd.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const Status s = check_references(*r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().message.find("its prefill pool runs as 'chat-prefill'"), std::string::npos)
+      << s.error().message;
 }
 
 TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {

@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <tuple>
 
+#include "api/disaggregation.h"
 #include "api/resources.h"
 #include "common/strings.h"
 #include "controller/pod_runtime.h"
@@ -305,6 +307,59 @@ TEST(EnginePods, VllmRunsFromItsImageWithShmGpusProbesAndNoDownloads) {
   EXPECT_GE(c["startupProbe"]["periodSeconds"].get<int>() *
                 c["startupProbe"]["failureThreshold"].get<int>(),
             1800);
+}
+
+// spec.prefill with vLLM: the two pools' Pods as llm-d's P/D guide runs
+// them (guides/pd-disaggregation): NixlConnector, kv_producer for prefill
+// and kv_both for decode, the side channel host set to the Pod's IP, the
+// llm-d.ai/role label; a prefill Pod serves and belongs to its service.
+TEST(EnginePods, DisaggregatedPoolsRunAsLlmdsPrefillAndDecodePods) {
+  auto r = api::decode_resources(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: m, engine: {name: vllm}, prefill: {replicas: 2}}
+)",
+                                 "pd.yaml");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const auto roles = api::role_services(std::get<api::InferenceService>((*r)[0]));
+  ASSERT_EQ(roles.size(), 2u);
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://Qwen/Qwen2.5-0.5B-Instruct";
+  auto pod_for = [&](const api::InferenceService& svc) {
+    controller::EngineLaunch l;
+    l.replica = svc.metadata.name + "-0";
+    l.service = &svc;
+    l.model = &model;
+    l.shares.push_back({0, 1000, 0});
+    return controller::replica_pod(l, controller::PodRuntimeOptions{}, "ns", "uid-of-chat");
+  };
+  for (const auto& [svc, role, kv_role] : {std::tuple{&roles[0], "decode", "kv_both"},
+                                           std::tuple{&roles[1], "prefill", "kv_producer"}}) {
+    const json pod = pod_for(*svc);
+    const json& c = pod["spec"]["containers"][0];
+    const auto args = c["args"].get<std::vector<std::string>>();
+    EXPECT_TRUE(has_pair(args, "--served-model-name", "chat")) << role;
+    auto flag = std::find(args.begin(), args.end(), "--kv-transfer-config");
+    ASSERT_NE(flag, args.end()) << role;
+    EXPECT_EQ(json::parse(*(flag + 1)),
+              json({{"kv_connector", "NixlConnector"}, {"kv_role", kv_role}}))
+        << role;
+    bool side_channel = false;
+    for (const auto& e : c["env"])
+      side_channel |= e["name"] == "VLLM_NIXL_SIDE_CHANNEL_HOST" && e["value"] == "$(POD_IP)";
+    EXPECT_TRUE(side_channel) << role;
+    EXPECT_EQ(c["ports"][1], json({{"name", "nixl"}, {"containerPort", 5600}})) << role;
+    EXPECT_EQ(pod["metadata"]["labels"]["llm-d.ai/role"], role);
+    EXPECT_EQ(pod["metadata"]["labels"]["loadstar.dev/service"], svc->metadata.name);
+    EXPECT_EQ(pod["metadata"]["ownerReferences"][0]["name"], "chat") << role;
+  }
+  // Not disaggregated: none of it.
+  const json plain = pod_of("vllm", 1, "hf://Qwen/Qwen2.5-0.5B-Instruct");
+  EXPECT_FALSE(plain["metadata"]["labels"].contains("llm-d.ai/role"));
+  const auto plain_args = plain["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
+  EXPECT_EQ(std::count(plain_args.begin(), plain_args.end(), "--kv-transfer-config"), 0);
 }
 
 // spec.engine.kvEvents: the engine publishes vLLM's KV events on a named

@@ -1,0 +1,28 @@
+// Parts of an InferenceService's spec that appear more than once (the
+// service's own and its prefill role's): how they are read from YAML.
+// Private to src/api, as yaml_reader.h.
+#pragma once
+
+#include <string>
+
+#include "api/resources.h"
+#include "api/yaml_reader.h"
+
+namespace loadstar::api::detail {
+
+// `path` (e.g. "spec.resources"): cpu, memory and gpu into the outputs.
+void decode_resources(Decoder& d, const YAML::Node& resources, const std::string& path,
+                      double& cpu_out, uint64_t& memory_out, GpuRequirements& gpu_out);
+
+// `path` (e.g. "spec.autoscaling"); maxReplicas may not be below `replicas`
+// (named `replicas_field` in the message); targets the engine cannot feed
+// are refused.
+AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::string& path,
+                                   uint32_t replicas, const std::string& replicas_field,
+                                   const std::string& engine_name);
+
+// spec.prefill (api/disaggregation.h), checked against the rest of `svc`,
+// which must be read already.
+void decode_prefill(Decoder& d, const YAML::Node& prefill, InferenceService& svc);
+
+}  // namespace loadstar::api::detail
