@@ -24,6 +24,7 @@
 #include "common/strings.h"
 #include "gateway/adapter_loader.h"
 #include "gateway/adapter_routing.h"
+#include "gateway/disaggregation.h"
 #include "gateway/hold.h"
 #include "gateway/kv_events_feed.h"
 #include "gateway/load_report.h"
@@ -125,6 +126,7 @@ struct Gateway::Impl {
   PublishedTables tables;                // for the load report
   std::unique_ptr<SharedLimits> shared;  // tenant limits in Redis, when configured
   WaitingRoom waiting_room;              // flow control: saturated services' queues
+  PoolDemand pool_demand;                // prefill pools requests found empty
   // Picks shared with other gateways through Redis, when configured, and
   // the current endpoints by replica name, to apply theirs.
   std::unique_ptr<SharedPrefixes> shared_prefixes;
@@ -511,19 +513,51 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       kv_tokens = engine_sim_prompt_tokens(
           peek.prompt, req.target.find("/chat/completions") != std::string::npos);
     if (kv_tokens) pick_request.tokens = *kv_tokens;
+    pick_request.estimate_cache = svc && svc->prefill;
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
     Endpoint* endpoint = chosen.endpoint;
     stats.prefix_blocks_matched += chosen.prefix_blocks_matched;
     stats.prefix_blocks_total += chosen.prefix_blocks_total;
     selector.mark_tried(endpoint);
 
-    const std::string body =
-        lora.by_index ? upstream_body_selecting_adapter(req.body, peek, backend->model,
-                                                        adapter_index(*endpoint, lora.name))
-                      : upstream_body(req.body, peek, backend->model);
+    std::string body = lora.by_index
+                           ? upstream_body_selecting_adapter(req.body, peek, backend->model,
+                                                             adapter_index(*endpoint, lora.name))
+                           : upstream_body(req.body, peek, backend->model);
+    // Disaggregated: a prompt worth it is computed on a prefill replica
+    // first, and the decode replica only receives its KV.
+    int64_t decode_prefill = chosen.prefill;
+    bool disaggregated = false;
+    const std::string request_id = svc && svc->prefill ? new_request_id() : std::string();
+    if (svc && svc->prefill && picker) {
+      Disaggregation d{.pool = &*svc->prefill,
+                       .picker = picker,
+                       .request = &pick_request,
+                       .decode = &chosen,
+                       .bytes_per_token = chooser.bytes_per_token(),
+                       .target = req.target,
+                       .body = body,
+                       .authorization = client_authorization,
+                       .request_id = request_id,
+                       .stats = &stats};
+      auto prefilled = prefill_if_worth(w.upstream, ex, chooser, w.picks, d);
+      Result<PrefillOutcome> outcome = co_await std::move(prefilled);
+      if (!outcome.ok()) {
+        routed.code = 499;  // the client went away during the prefill
+        co_return routed;
+      }
+      if (outcome->pool_wanted && pool_demand.want(svc->prefill->service, now_ms) &&
+          options.on_demand)
+        options.on_demand(svc->prefill->service);
+      if (!outcome->decode_body.empty()) {
+        body = std::move(outcome->decode_body);
+        decode_prefill = 0;
+        disaggregated = true;
+      }
+    }
     endpoint->in_flight.fetch_add(1, std::memory_order_relaxed);
     endpoint->requests.fetch_add(1, std::memory_order_relaxed);
-    endpoint->pending_prefill.fetch_add(chosen.prefill, std::memory_order_relaxed);
+    endpoint->pending_prefill.fetch_add(decode_prefill, std::memory_order_relaxed);
     // Other gateways count it at once (their view of this gateway's load
     // would otherwise lag by up to a report interval), and learn its prefix.
     if (shared_prefixes && picker)
@@ -531,7 +565,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
           {.replica = endpoint->replica,
            .address = endpoint->key,
            .session = chosen.session_recorded,
-           .prefill = chosen.prefill,
+           .prefill = decode_prefill,
            .blocks = chosen.prefix_recorded ? blocks : std::vector<uint64_t>{}});
     if (!pick_request.adapter.empty()) endpoint->adapters.sent(pick_request.adapter, keep_adapters);
     if (!reserved.empty()) waiting_room.dispatched(std::exchange(reserved, {}));
@@ -549,8 +583,9 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     forward.may_retry = attempt + 1 < options.max_attempts;
     forward.held = held;
     forward.start = start;
-    forward.prefill = chosen.prefill;
+    forward.prefill = decode_prefill;
     forward.stats = &stats;
+    if (disaggregated) forward.request_id = request_id;
     // An adapter loaded on demand: into this replica first, if it is not there.
     ForwardResult result;
     Status loaded = ok_status();
@@ -560,7 +595,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       result = co_await w.upstream.forward(ex, std::move(forward));
     } else {
       result.failure = loaded.error().message;
-      result.prefill_pending = chosen.prefill;
+      result.prefill_pending = decode_prefill;
     }
     endpoint->pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
     if (attempt > 0) --retries_in_flight;
@@ -683,9 +718,10 @@ LoadReport Gateway::Impl::load_report() {
   const int64_t now_ms = steady_ms();
   LoadReport report;
   for (const auto& e : tables.reported(now_ms))
-    report.endpoints.push_back(endpoint_load(*e, now_ms));
+    report.endpoints.push_back(endpoint_load(*e, now_ms, chooser.bytes_per_token()));
   for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
   report.queued = waiting_room.queued();
+  report.wanted = pool_demand.recent(now_ms);
   return report;
 }
 

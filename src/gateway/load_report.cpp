@@ -6,7 +6,7 @@ namespace loadstar::gateway {
 
 using nlohmann::json;
 
-EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms) {
+EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms, double bytes_per_token) {
   EndpointLoad out;
   out.service = e.service;
   out.replica = e.replica;
@@ -17,6 +17,9 @@ EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms) {
   out.kv_usage = e.kv_usage.load(std::memory_order_relaxed);
   const int64_t at = e.metrics_at_ms.load(std::memory_order_relaxed);
   out.metrics_age_s = at > 0 ? (now_ms - at) / 1000.0 : -1.0;
+  out.prefill_tokens =
+      static_cast<double>(std::max<int64_t>(0, e.pending_prefill.load(std::memory_order_relaxed))) /
+      std::max(bytes_per_token, 1.0);
   for (size_t b = 0; b < out.ttft.size(); ++b)
     out.ttft[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
   out.failures = e.failures.load(std::memory_order_relaxed);
@@ -37,6 +40,7 @@ std::string load_report_json(const LoadReport& report) {
                          {"waiting", e.waiting},
                          {"kv_usage", e.kv_usage},
                          {"metrics_age_s", e.metrics_age_s},
+                         {"prefill_tokens", e.prefill_tokens},
                          {"ttft_counts", e.ttft},
                          {"failures", e.failures},
                          {"itl_counts", e.itl}});
@@ -50,7 +54,8 @@ std::string load_report_json(const LoadReport& report) {
     if (n > 0) queued[service] = n;
   return json({{"endpoints", std::move(endpoints)},
                {"held", std::move(held)},
-               {"queued", std::move(queued)}})
+               {"queued", std::move(queued)},
+               {"wanted", report.wanted}})
       .dump();
 }
 
@@ -85,6 +90,10 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     for (const auto& [service, n] : queued->items())
       if (const uint64_t count = counter(n); count > 0)
         out.report.queued[service] = static_cast<int64_t>(std::min<uint64_t>(count, INT64_MAX));
+  if (auto wanted = doc.find("wanted"); wanted != doc.end() && wanted->is_array())
+    for (const json& service : *wanted)
+      if (service.is_string() && out.report.wanted.size() < 4096)
+        out.report.wanted.push_back(service);
   for (const json& e : doc["endpoints"]) {
     if (!e.is_object() || !e.contains("replica") || !e["replica"].is_string()) {
       out.problems.push_back("an endpoint without a replica name");
@@ -100,6 +109,7 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     load.waiting = number(e, "waiting").value_or(0);
     load.kv_usage = number(e, "kv_usage").value_or(0);
     load.metrics_age_s = number(e, "metrics_age_s").value_or(-1);
+    load.prefill_tokens = std::max(0.0, number(e, "prefill_tokens").value_or(0));
     if (auto ttft = e.find("ttft_counts"); ttft != e.end() && ttft->is_array())
       for (size_t b = 0; b < load.ttft.size() && b < ttft->size(); ++b)
         load.ttft[b] = counter((*ttft)[b]);

@@ -27,6 +27,9 @@ struct EndpointLoad {
   double waiting = 0;         // the engine's queue, as last scraped
   double kv_usage = 0;        // the engine's KV-cache use (0..1), as last scraped
   double metrics_age_s = -1;  // since that scrape; -1: never scraped
+  // Prompt tokens sent and not yet answered with a first token (the
+  // gateway's count of its prefill work, in bytes over bytes per token).
+  double prefill_tokens = 0;
   std::array<uint64_t, Endpoint::kTtftBuckets> ttft{};  // counters
   uint64_t failures = 0;                                // counter
   std::array<uint64_t, Endpoint::kItlBuckets> itl{};    // counters
@@ -39,11 +42,14 @@ struct LoadReport {
   // service -> requests waiting in the gateway's flow-control queue for its
   // saturated replicas to have room
   std::map<std::string, int64_t> queued;
+  // Services requests wanted lately and found without a ready replica,
+  // without waiting for one (a disaggregated service's prefill pool).
+  std::vector<std::string> wanted;
 };
 
 // The gateway's counters now (`now_ms`: steady-clock milliseconds, for the
 // scrape ages).
-EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms);
+EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms, double bytes_per_token = 4);
 
 std::string load_report_json(const LoadReport& report);
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -134,6 +135,19 @@ struct RoutingTable {
     // Its adapters are loaded into a replica where a request first needs
     // one (spec.lora.loading: onDemand): Backend::adapter_path says from where.
     bool adapters_on_demand = false;
+    // A disaggregated service (spec.prefill): its prefill pool's ready
+    // endpoints (`ready` are the decode pool's). A request with at least
+    // `non_cached_tokens` prompt tokens not cached on the decode endpoint
+    // picked for it is prefilled on one of these first (disaggregation.h).
+    struct Prefill {
+      std::string service;  // the pool's own ("<service>-prefill")
+      std::vector<std::shared_ptr<Endpoint>> ready;
+      uint32_t non_cached_tokens = 512;
+      // None ready but some may come (scaled to zero, or starting): a
+      // request that would use one asks for it, and is served whole meanwhile.
+      bool may_get_replicas = true;
+    };
+    std::optional<Prefill> prefill;
   };
   struct Backend {
     std::string service;                 // an InferenceService, or

@@ -149,7 +149,7 @@ EndpointPick EndpointChooser::choose(const PickerConfig* picker,
   out.endpoint = candidates.front();
   out.prefill = static_cast<int64_t>(request.prompt_bytes);
   if (!picker) return out;  // an external backend: one endpoint, nothing to learn
-  if (candidates.size() == 1) {
+  if (candidates.size() == 1 && !request.estimate_cache) {
     prefixes_.record(request.blocks, out.endpoint->id, capacity_blocks(*out.endpoint));
     out.prefix_recorded = !request.blocks.empty();
     return out;

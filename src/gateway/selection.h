@@ -125,6 +125,9 @@ struct EndpointRequest {
   // The prompt's token ids as the engines compute them, for endpoints whose
   // engines publish KV events (empty: not computed).
   std::span<const uint32_t> tokens;
+  // Estimate what the chosen endpoint caches even when it is the only
+  // candidate (EndpointPick::prefill; a disaggregated service decides by it).
+  bool estimate_cache = false;
 };
 
 struct EndpointPick {
@@ -170,6 +173,7 @@ class EndpointChooser {
   void record_remote(const Endpoint& endpoint, std::span<const uint64_t> blocks, uint64_t session);
   // Learns from a finished request how many prompt bytes make a token.
   void learn_bytes_per_token(size_t prompt_bytes, uint64_t prompt_tokens);
+  double bytes_per_token() const { return bytes_per_token_.load(std::memory_order_relaxed); }
   // Drops what is known of an endpoint that left the routing table.
   void forget(uint64_t endpoint_id);
   // What engines that publish KV events hold (fed by the gateway's

@@ -35,7 +35,8 @@ ModelStats::ModelStats()
     : ttft(&kLatencyBounds),
       held_ttft(&kLatencyBounds),
       inter_token(&kItlBounds),
-      duration(&kLatencyBounds) {}
+      duration(&kLatencyBounds),
+      prefill_leg(&kLatencyBounds) {}
 
 void ModelStats::merge(const ModelStats& other) {
   for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
@@ -55,6 +56,9 @@ void ModelStats::merge(const ModelStats& other) {
   hold_overflows += other.hold_overflows;
   prefix_blocks_matched += other.prefix_blocks_matched;
   prefix_blocks_total += other.prefix_blocks_total;
+  disaggregated += other.disaggregated;
+  prefill_leg.merge(other.prefill_leg);
+  prefill_fallbacks += other.prefill_fallbacks;
 }
 
 void TenantStats::merge(const TenantStats& other) {
@@ -119,6 +123,17 @@ std::string render_metrics(const GatewayStats& stats) {
                    "Prompt blocks the chosen endpoint was last sent (expected prefix-cache hits).");
   auto& prefix_total = text.counter("loadstar_gateway_prefix_blocks_total",
                                     "Prompt blocks hashed for prefix-aware routing.");
+  auto& disaggregated =
+      text.counter("loadstar_gateway_disaggregated_requests_total",
+                   "Requests whose prompt a prefill replica computed and handed to a decode "
+                   "replica (spec.prefill).");
+  auto& prefill_leg = text.histogram(
+      "loadstar_gateway_prefill_seconds",
+      "The prefill leg of disaggregated requests: sent to a prefill replica until its KV was "
+      "ready to read.");
+  auto& prefill_fallbacks =
+      text.counter("loadstar_gateway_prefill_fallbacks_total",
+                   "Requests served whole by a decode replica because their prefill leg failed.");
   auto histogram = [](const Histogram& h) {
     MetricsText::Histogram out;
     out.bounds = h.bounds();
@@ -151,6 +166,9 @@ std::string render_metrics(const GatewayStats& stats) {
     hold_overflows.add(static_cast<double>(s.hold_overflows), labels);
     prefix_matched.add(static_cast<double>(s.prefix_blocks_matched), labels);
     prefix_total.add(static_cast<double>(s.prefix_blocks_total), labels);
+    disaggregated.add(static_cast<double>(s.disaggregated), labels);
+    prefill_leg.add(histogram(s.prefill_leg), labels);
+    prefill_fallbacks.add(static_cast<double>(s.prefill_fallbacks), labels);
     for (const auto& [b, n] : s.backend_requests)
       backend.add(static_cast<double>(n), {{"backend", b}, {"model", model}});
   }

@@ -48,6 +48,12 @@ struct ModelStats {
   // Prompt blocks the picker found on the chosen endpoint, of all it hashed.
   uint64_t prefix_blocks_matched = 0;
   uint64_t prefix_blocks_total = 0;
+  // Disaggregated serving: requests whose prompt a prefill replica computed,
+  // their prefill legs' time, and requests served whole instead because
+  // the prefill leg failed.
+  uint64_t disaggregated = 0;
+  Histogram prefill_leg;
+  uint64_t prefill_fallbacks = 0;
   void merge(const ModelStats& other);
 };
 

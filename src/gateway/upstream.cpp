@@ -181,7 +181,7 @@ asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequ
     boost::system::error_code ignored;
     if (watch->conn) watch->conn->close(ignored);
   });
-  const bool answered = co_await send(call, ex.request(), request, result);
+  const bool answered = co_await send(call, ex.request().target, request, result);
   if (!answered) co_return result;
   result.upstream_status = call.parser.get().result_int();
   std::string content_type(call.parser.get()[bhttp::field::content_type]);
@@ -195,7 +195,55 @@ asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequ
 
 // Sends the request and reads the response head. False when that failed
 // (result says why, and whether the client is gone).
-asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
+asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest request,
+                                           std::string_view target) {
+  CallResult out;
+  ForwardResult result;
+  Call call(io_, millis(options_.idle_timeout_s));
+  ex.on_client_closed([watch = call.watch] {
+    watch->client_gone = true;
+    boost::system::error_code ignored;
+    if (watch->conn) watch->conn->close(ignored);
+  });
+  const bool answered = co_await send(call, target, request, result);
+  if (!answered) {
+    out.outcome = result.outcome;
+    out.failure = std::move(result.failure);
+    co_return out;
+  }
+  const boost::system::error_code read_error = co_await read_body(call, out.body);
+  call.watch->conn = nullptr;
+  if (call.watch->client_gone) {
+    out.outcome = ForwardOutcome::kClientGone;
+    co_return out;
+  }
+  if (read_error) {
+    out.failure = fmt::format("replica {} failed mid-response: {}", request.endpoint->replica,
+                              call.watch->timed_out ? "idle timeout" : read_error.message());
+    co_return out;
+  }
+  out.outcome = ForwardOutcome::kDone;
+  out.status = call.parser.get().result_int();
+  if (call.parser.keep_alive()) keep_idle(pool_key(*request.endpoint), std::move(call.conn));
+  co_return out;
+}
+
+asio::awaitable<boost::system::error_code> Upstream::read_body(Call& call, std::string& payload) {
+  auto& parser = call.parser;
+  char chunk[16384];
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof(chunk);
+    auto [rec, rn] = co_await call.conn->with(
+        [&](auto& stream) { return bhttp::async_read(stream, call.buffer, parser, kUseTuple); });
+    if (rec == bhttp::error::need_buffer) rec = {};
+    payload.append(chunk, sizeof(chunk) - parser.get().body().size);
+    if (rec) co_return rec;
+  }
+  co_return boost::system::error_code{};
+}
+
+asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
                                      const ForwardRequest& request, ForwardResult& result) {
   const Endpoint& endpoint = *request.endpoint;
   const std::string& key = endpoint.key;
@@ -204,9 +252,10 @@ asio::awaitable<bool> Upstream::send(Call& call, const http::Request& client,
   std::string head = fmt::format(
       "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
       "Content-Length: {}\r\n",
-      client.target, endpoint.authority.empty() ? key : endpoint.authority, request.body.size());
+      target, endpoint.authority.empty() ? key : endpoint.authority, request.body.size());
   if (!request.authorization.empty())
     head += fmt::format("Authorization: {}\r\n", request.authorization);
+  if (!request.request_id.empty()) head += fmt::format("X-Request-Id: {}\r\n", request.request_id);
   head += "\r\n";
   const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
                                                              asio::buffer(request.body)};
@@ -300,21 +349,8 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   Endpoint& endpoint = *request.endpoint;
   auto& parser = call.parser;
   const int status = result.upstream_status;
-  char chunk[16384];
-  boost::system::error_code read_error;
   std::string payload;
-  while (!parser.is_done()) {
-    parser.get().body().data = chunk;
-    parser.get().body().size = sizeof(chunk);
-    auto [rec, rn] = co_await call.conn->with(
-        [&](auto& stream) { return bhttp::async_read(stream, call.buffer, parser, kUseTuple); });
-    if (rec == bhttp::error::need_buffer) rec = {};
-    payload.append(chunk, sizeof(chunk) - parser.get().body().size);
-    if (rec) {
-      read_error = rec;
-      break;
-    }
-  }
+  const boost::system::error_code read_error = co_await read_body(call, payload);
   call.watch->conn = nullptr;
   if (call.watch->client_gone) {
     result.outcome = ForwardOutcome::kClientGone;

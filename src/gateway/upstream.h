@@ -52,6 +52,9 @@ struct ForwardRequest {
   // Where time to first token, inter-token time and reconnects are counted
   // as they happen (the worker's own statistics).
   ModelStats* stats = nullptr;
+  // Sent upstream as x-request-id (empty: none): a disaggregated request's
+  // two legs share one, as llm-d's sidecar sends them.
+  std::string_view request_id;
 };
 
 enum class ForwardOutcome {
@@ -74,6 +77,14 @@ struct ForwardResult {
   int64_t prefill_pending = 0;
 };
 
+// An exchange on the gateway's own behalf: the engine's answer, whole.
+struct CallResult {
+  ForwardOutcome outcome = ForwardOutcome::kRetry;  // kDone: an answer came (any status)
+  int status = 0;
+  std::string body;
+  std::string failure;  // why not, otherwise
+};
+
 // One per worker, used on that worker's thread only.
 // Idle keep-alive connections kept per replica and worker.
 inline constexpr size_t kMaxIdlePerReplica = 64;
@@ -90,11 +101,18 @@ class Upstream {
   // client's hanging up, or the engine's silence past the idle timeout,
   // closes the upstream connection, which tells the engine to stop.
   boost::asio::awaitable<ForwardResult> forward(http::Exchange& ex, ForwardRequest request);
+  // Sends the request to `target` on request.endpoint and returns the whole
+  // answer instead of relaying it (the prefill leg of a disaggregated
+  // request). The client's hanging up ends it (kClientGone).
+  boost::asio::awaitable<CallResult> call(http::Exchange& ex, ForwardRequest request,
+                                          std::string_view target);
 
  private:
   struct Call;  // one attempt's connection, parser and watchdog (upstream.cpp)
-  boost::asio::awaitable<bool> send(Call& call, const http::Request& client,
+  boost::asio::awaitable<bool> send(Call& call, std::string_view target,
                                     const ForwardRequest& request, ForwardResult& result);
+  // Reads the rest of a response's body into `payload`.
+  boost::asio::awaitable<boost::system::error_code> read_body(Call& call, std::string& payload);
   boost::asio::awaitable<void> relay_body(http::Exchange& ex, Call& call, std::string content_type,
                                           ForwardRequest& request, ForwardResult& result);
   boost::asio::awaitable<void> relay_stream(http::Exchange& ex, Call& call,

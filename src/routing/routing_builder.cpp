@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include "api/cost_expression.h"
+#include "api/disaggregation.h"
 #include "engines/engines.h"
 
 namespace loadstar::routing {
@@ -25,11 +26,31 @@ Result<std::string> resolve_host(const std::string& host, uint16_t port) {
   return results.begin()->endpoint().address().to_string();
 }
 
+const std::shared_ptr<gateway::Endpoint>& RoutingBuilder::endpoint_of(
+    const std::string& service, const ReadyReplica& r,
+    std::map<std::string, std::shared_ptr<gateway::Endpoint>>& endpoints) {
+  auto& endpoint = endpoints[r.replica];
+  if (auto it = endpoints_.find(r.replica);
+      it != endpoints_.end() && it->second->service == service && it->second->host == r.host &&
+      it->second->port == r.port && it->second->start_adapters == r.adapters &&
+      it->second->kv_events == r.kv_events) {
+    endpoint = it->second;  // keeps its counters and load
+  } else {
+    endpoint = std::make_shared<gateway::Endpoint>(service, r.replica, r.host, r.port);
+    endpoint->start_adapters = r.adapters;
+    endpoint->kv_events = r.kv_events;
+  }
+  return endpoint;
+}
+
 std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const RoutingInputs& inputs) {
   auto table = std::make_shared<gateway::RoutingTable>();
   table->version = ++version_;
   std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints;
   for (const auto& [name, svc] : inputs.services) {
+    // A prefill pool is routed through its service (s.prefill below),
+    // never by its own name.
+    if (!svc.spec.prefill_of.empty()) continue;
     auto& s = table->services[name];
     s.picker = picker_config(svc.spec.routing);
     s.hold_max_requests = svc.spec.routing.hold_max_requests;
@@ -48,20 +69,22 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
               .max_kv_usage = r.max_kv_cache_usage,
               .max_queued = r.max_queued,
               .queue_timeout_s = r.queue_timeout_s};
+    // A disaggregated service's prefill pool: its replicas, by the pool's
+    // own service name.
+    if (svc.spec.prefill) {
+      const std::string pool = api::prefill_service_name(name);
+      s.prefill.emplace();
+      s.prefill->service = pool;
+      s.prefill->non_cached_tokens = svc.spec.prefill->non_cached_tokens;
+      s.prefill->may_get_replicas = svc.spec.prefill->replicas > 0;
+      if (auto ready = inputs.ready.find(pool); ready != inputs.ready.end())
+        for (const ReadyReplica& r : ready->second)
+          s.prefill->ready.push_back(endpoint_of(pool, r, endpoints));
+    }
     auto ready = inputs.ready.find(name);
     if (ready == inputs.ready.end()) continue;
     for (const ReadyReplica& r : ready->second) {
-      auto& endpoint = endpoints[r.replica];
-      if (auto it = endpoints_.find(r.replica);
-          it != endpoints_.end() && it->second->service == name && it->second->host == r.host &&
-          it->second->port == r.port && it->second->start_adapters == r.adapters &&
-          it->second->kv_events == r.kv_events) {
-        endpoint = it->second;  // keeps its counters and load
-      } else {
-        endpoint = std::make_shared<gateway::Endpoint>(name, r.replica, r.host, r.port);
-        endpoint->start_adapters = r.adapters;
-        endpoint->kv_events = r.kv_events;
-      }
+      const std::shared_ptr<gateway::Endpoint>& endpoint = endpoint_of(name, r, endpoints);
       s.ready.push_back(endpoint);
       if (r.canary_weight > 0) {
         s.canary.push_back(endpoint.get());

@@ -66,6 +66,11 @@ class RoutingBuilder {
   std::shared_ptr<const gateway::TenantDirectory> build_tenants(
       const std::vector<api::Tenant>& tenant_specs);
   gateway::RoutingTable::Route build_route(const api::Route& route);
+  // The Endpoint of a ready replica of `service`, kept from the last table
+  // when its address and what it runs are the same; recorded in `endpoints`.
+  const std::shared_ptr<gateway::Endpoint>& endpoint_of(
+      const std::string& service, const ReadyReplica& r,
+      std::map<std::string, std::shared_ptr<gateway::Endpoint>>& endpoints);
 
   Resolver resolve_;
   std::map<std::string, std::shared_ptr<gateway::Endpoint>> endpoints_;  // by replica
