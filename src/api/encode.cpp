@@ -31,6 +31,9 @@ void encode_autoscaling(YAML::Emitter& out, const AutoscalingSpec& a) {
   if (a.kv_cache_usage) out << YAML::Key << "kvCacheUsage" << YAML::Value << *a.kv_cache_usage;
   if (a.ttft_p90_s)
     out << YAML::Key << "ttftP90" << YAML::Value << fmt::format("{}s", *a.ttft_p90_s);
+  if (a.itl_p90_s) out << YAML::Key << "itlP90" << YAML::Value << fmt::format("{}s", *a.itl_p90_s);
+  if (a.prefill_tokens_per_replica)
+    out << YAML::Key << "prefillTokensPerReplica" << YAML::Value << *a.prefill_tokens_per_replica;
   out << YAML::EndMap;
   out << YAML::Key << "stableWindow" << YAML::Value << fmt::format("{}s", a.stable_window_s);
   out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);

@@ -99,8 +99,10 @@ struct AutoscalingSpec {
   uint32_t max_replicas = 1;
   std::optional<double> waiting_per_replica;
   std::optional<double> in_flight_per_replica;
-  std::optional<double> kv_cache_usage;  // 0..1
-  std::optional<double> ttft_p90_s;      // the SLO
+  std::optional<double> kv_cache_usage;              // 0..1
+  std::optional<double> ttft_p90_s;                  // the SLO
+  std::optional<double> itl_p90_s;                   // inter-token latency SLO (a decode pool's)
+  std::optional<double> prefill_tokens_per_replica;  // queued prefill work (a prefill pool's)
   double stable_window_s = 60;
   double panic_window_s = 6;
   double panic_threshold = 2;

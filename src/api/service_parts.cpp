@@ -62,6 +62,9 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
     t.number("kvCacheUsage", out.kv_cache_usage, 0.01, 1);
     double ttft = 0;
     if (t.duration("ttftP90", ttft)) out.ttft_p90_s = ttft;
+    double itl = 0;
+    if (t.duration("itlP90", itl)) out.itl_p90_s = itl;
+    t.number("prefillTokensPerReplica", out.prefill_tokens_per_replica, 1, 1e9);
     // A target the engine's /metrics cannot feed would never vote: say so
     // now rather than autoscale on a signal that stays zero.
     if (const engines::Engine* engine = engines::find(engine_name)) {

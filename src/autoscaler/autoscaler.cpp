@@ -38,7 +38,7 @@ std::optional<double> histogram_quantile(double q, const double* bounds, const u
 
 Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
   if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
-      !spec_.ttft_p90_slo_s)
+      !spec_.ttft_p90_slo_s && !spec_.itl_p90_slo_s && !spec_.prefill_tokens_per_replica)
     spec_.in_flight_per_replica = 8;
 }
 
@@ -56,41 +56,54 @@ void Autoscaler::observe(const Sample& s) {
 
 Autoscaler::Window Autoscaler::average(double now, double window) const {
   Window w;
-  const size_t buckets = spec_.ttft_bounds.size() + 1;
-  std::vector<uint64_t> ttft(buckets, 0);
-  uint64_t& answers = w.ttft_answers;
+  // Latency answers count only on the current serving set (see the header).
+  struct Histogram {
+    const std::vector<double>& bounds;
+    std::vector<uint64_t> Sample::*counts;
+    Latency& out;
+    uint32_t min_answers;
+    std::vector<uint64_t> sum = std::vector<uint64_t>(bounds.size() + 1, 0);
+  };
+  Histogram latencies[] = {
+      {spec_.ttft_bounds, &Sample::ttft_counts, w.ttft, spec_.ttft_min_answers},
+      {spec_.itl_bounds, &Sample::itl_counts, w.itl, spec_.itl_min_answers}};
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
     w.adapters += it->adapters;
+    w.prefill_tokens += it->prefill_tokens;
     w.kv_per_replica += it->kv_cache_usage * it->ready;
     w.ready += it->ready;
-    if (it->now >= serving_since_ && buckets > 1 && it->ttft_counts.size() == buckets)
-      for (size_t b = 0; b < buckets; ++b)
-        ttft[b] += it->ttft_counts[b], answers += it->ttft_counts[b];
+    for (Histogram& h : latencies) {
+      const std::vector<uint64_t>& counts = (*it).*h.counts;
+      if (it->now >= serving_since_ && h.sum.size() > 1 && counts.size() == h.sum.size())
+        for (size_t b = 0; b < h.sum.size(); ++b) h.sum[b] += counts[b], h.out.answers += counts[b];
+    }
     ++w.samples;
   }
   if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
     const Sample& s = samples_.back();
-    w = {s.waiting,
-         s.in_flight,
-         s.kv_cache_usage * s.ready,
-         static_cast<double>(s.ready),
-         s.adapters,
-         {},
-         0,
-         1};
-    return w;
+    Window last;
+    last.waiting = s.waiting;
+    last.in_flight = s.in_flight;
+    last.kv_per_replica = s.kv_cache_usage * s.ready;
+    last.ready = static_cast<double>(s.ready);
+    last.adapters = s.adapters;
+    last.prefill_tokens = s.prefill_tokens;
+    last.samples = 1;
+    return last;
   }
   if (w.samples > 0) {
     w.waiting /= w.samples;
     w.in_flight /= w.samples;
     w.adapters /= w.samples;
+    w.prefill_tokens /= w.samples;
     w.kv_per_replica /= w.samples;
     w.ready /= w.samples;
   }
-  if (answers >= std::max<uint32_t>(1, spec_.ttft_min_answers))
-    w.ttft = histogram_quantile(0.9, spec_.ttft_bounds.data(), ttft.data(), buckets);
+  for (Histogram& h : latencies)
+    if (h.out.answers >= std::max<uint32_t>(1, h.min_answers))
+      h.out.p90 = histogram_quantile(0.9, h.bounds.data(), h.sum.data(), h.sum.size());
   return w;
 }
 
@@ -137,26 +150,41 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
          fmt::format("KV-cache use {:.0f}% at target {:.0f}% -> {}", mean * 100,
                      *spec_.kv_cache_usage * 100, n));
   }
-  // TTFT within the tolerance over its target is on target (as the other
-  // signals' counts are): a p90 brushing the target does not buy a replica.
-  if (spec_.ttft_p90_slo_s && w.ttft && *w.ttft > *spec_.ttft_p90_slo_s * (1 + spec_.tolerance)) {
-    // Over the SLO: one more replica than are ready per doubling of the p90
-    // over it (at least one). While replicas asked for earlier are still
-    // starting, wait for them: TTFT lags, and adding again would run away.
-    const uint32_t ready = std::max<uint32_t>(1, samples_.back().ready);
-    uint32_t n =
-        ready + std::max<uint32_t>(1, ceil_count(std::log2(*w.ttft / *spec_.ttft_p90_slo_s)));
-    if (current > ready) n = std::min(n, current);
-    vote(n, "ttft", *w.ttft,
-         fmt::format("TTFT p90 {:.2f}s over the {:g}s SLO on {} ready -> {}", *w.ttft,
-                     *spec_.ttft_p90_slo_s, ready, n));
-  } else if (spec_.ttft_p90_slo_s && !w.ttft && w.ttft_answers > 0) {
-    // Answers on the current serving set, too few to judge it: hold it.
-    const uint32_t ready = samples_.back().ready;
-    vote(ready, "ttft", static_cast<double>(w.ttft_answers),
-         fmt::format("{} first token(s) on {} ready, fewer than {} to judge TTFT: holding {}",
-                     w.ttft_answers, ready, spec_.ttft_min_answers, ready));
+  if (spec_.prefill_tokens_per_replica) {
+    const uint32_t n = count(w.prefill_tokens, *spec_.prefill_tokens_per_replica);
+    vote(n, "prefillTokens", w.prefill_tokens,
+         fmt::format("queued prefill tokens {:.0f} at target {:g}/replica -> {}", w.prefill_tokens,
+                     *spec_.prefill_tokens_per_replica, n));
   }
+  // A latency SLO (TTFT, ITL). Within the tolerance over its target is on
+  // target (as the other signals' counts are): a p90 brushing the target
+  // does not buy a replica.
+  auto vote_latency = [&](const char* name, const char* label, const std::optional<double>& slo,
+                          const Latency& l, uint32_t min_answers, const char* answers) {
+    if (!slo) return;
+    if (l.p90 && *l.p90 > *slo * (1 + spec_.tolerance)) {
+      // Over the SLO: one more replica than are ready per doubling of the
+      // p90 over it (at least one). While replicas asked for earlier are
+      // still starting, wait for them: latency lags, and adding again would
+      // run away.
+      const uint32_t ready = std::max<uint32_t>(1, samples_.back().ready);
+      uint32_t n = ready + std::max<uint32_t>(1, ceil_count(std::log2(*l.p90 / *slo)));
+      if (current > ready) n = std::min(n, current);
+      vote(n, name, *l.p90,
+           fmt::format("{} p90 {:.{}f}s over the {:g}s SLO on {} ready -> {}", label, *l.p90,
+                       *l.p90 < 0.1 ? 3 : 2, *slo, ready, n));
+    } else if (!l.p90 && l.answers > 0) {
+      // Answers on the current serving set, too few to judge it: hold it.
+      const uint32_t ready = samples_.back().ready;
+      vote(ready, name, static_cast<double>(l.answers),
+           fmt::format("{} {} on {} ready, fewer than {} to judge {}: holding {}", l.answers,
+                       answers, ready, min_answers, label, ready));
+    }
+  };
+  vote_latency("ttft", "TTFT", spec_.ttft_p90_slo_s, w.ttft, spec_.ttft_min_answers,
+               "first token(s)");
+  vote_latency("itl", "ITL", spec_.itl_p90_slo_s, w.itl, spec_.itl_min_answers,
+               "inter-token gap(s)");
   if (signal.empty()) {
     signal = "none";
     reason = "no target asks for a replica -> 0";

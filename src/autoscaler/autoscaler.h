@@ -4,8 +4,9 @@
 // real clock and tests and simulations with a virtual one.
 //
 // Knative's KPA shape, on AI signals: each target (waiting requests per
-// replica, in-flight requests per replica, KV-cache use, TTFT p90 against an
-// SLO) recommends a replica count from its average over the stable window
+// replica, in-flight requests per replica, KV-cache use, queued prefill
+// tokens per replica, TTFT or inter-token latency p90 against an SLO)
+// recommends a replica count from its average over the stable window
 // (60 s); the same over the panic window (6 s) that asks for at least
 // `panic_threshold` times the current count enters panic mode, which scales up
 // on the panic window and never scales down until the stable window has passed
@@ -43,6 +44,12 @@ struct Spec {
   std::optional<double> in_flight_per_replica;
   std::optional<double> kv_cache_usage;  // 0..1, mean over ready replicas
   std::optional<double> ttft_p90_slo_s;
+  // Inter-token latency p90 against an SLO (a decode pool's signal), judged
+  // as TTFT is.
+  std::optional<double> itl_p90_slo_s;
+  // Prompt tokens sent to the replicas and not yet answered with a first
+  // token, per replica (a prefill pool's signal: its queued prefill work).
+  std::optional<double> prefill_tokens_per_replica;
   // LoRA: distinct adapters one replica runs at once (spec.lora.maxLoras).
   // Set, the distinct adapters requests run or wait on vote for enough
   // replicas to give each a slot (requests for an adapter beyond them wait
@@ -65,6 +72,9 @@ struct Spec {
   // Fewer first tokens than this since the serving set last changed are no
   // evidence: TTFT does not vote.
   uint32_t ttft_min_answers = 10;
+  // The same for inter-token gaps (ITL): Sample::itl_counts' buckets.
+  std::vector<double> itl_bounds;
+  uint32_t itl_min_answers = 100;
 };
 
 // One observation of the service, summed over its ready replicas.
@@ -78,8 +88,10 @@ struct Sample {
   // First tokens the gateway saw since the previous sample, per TTFT bucket
   // (Spec::ttft_bounds; empty when none).
   std::vector<uint64_t> ttft_counts;
-  uint32_t held = 0;            // requests held at the gateway for lack of a replica
-  uint64_t requests_total = 0;  // requests ever sent (idleness)
+  std::vector<uint64_t> itl_counts;  // inter-token gaps, per ITL bucket (Spec::itl_bounds)
+  double prefill_tokens = 0;         // prompt tokens awaiting their first token, all replicas
+  uint32_t held = 0;                 // requests held at the gateway for lack of a replica
+  uint64_t requests_total = 0;       // requests ever sent (idleness)
 };
 
 struct Decision {
@@ -90,8 +102,8 @@ struct Decision {
   // the next replica's weights are staged before it is needed.
   uint32_t stage_ahead = 0;
   bool panic = false;
-  std::string
-      signal;  // which one decided: waiting, inFlight, kvCache, ttft, idle, held, bounds, none
+  std::string signal;  // which one decided: waiting, inFlight, kvCache, prefillTokens, ttft, itl,
+                       // idle, held, bounds, none
   double value = 0;    // its value (average over the window used)
   std::string reason;  // e.g. "inFlight 24.0 over 60s at target 8/replica -> 3"
 };
@@ -115,10 +127,16 @@ class Autoscaler {
   const Spec& spec() const { return spec_; }
 
  private:
+  // The p90 of a latency histogram's answers in a window, on the current
+  // serving set, and how many answers there were.
+  struct Latency {
+    std::optional<double> p90;
+    uint64_t answers = 0;
+  };
   struct Window {
     double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0, adapters = 0;
-    std::optional<double> ttft;  // p90 of the window's first tokens on the current serving set
-    uint64_t ttft_answers = 0;   // how many
+    double prefill_tokens = 0;
+    Latency ttft, itl;
     int samples = 0;
   };
   Window average(double now, double window) const;

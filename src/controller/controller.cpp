@@ -352,10 +352,12 @@ void Controller::apply_load() {
     auto it = round->replicas.find(name);
     if (it == round->replicas.end()) {
       r->in_flight = 0;  // no gateway routes to it (any more)
+      r->prefill_tokens = 0;
       r->adapters.clear();
       continue;
     }
     r->in_flight = it->second.in_flight;
+    r->prefill_tokens = it->second.prefill_tokens;
     r->adapters = it->second.adapters;
     if (r->revision) rollouts_.observe(r->service, r->revision->hash, it->second);
     if (it->second.waiting) r->waiting = *it->second.waiting;
@@ -369,6 +371,7 @@ void Controller::apply_load() {
     ServiceLoad& s = increments_[r->second->service];
     s.requests += load.requests;
     for (size_t b = 0; b < s.ttft.size(); ++b) s.ttft[b] += load.ttft[b];
+    for (size_t b = 0; b < s.itl.size(); ++b) s.itl[b] += load.itl[b];
   }
 }
 
@@ -379,6 +382,7 @@ ServiceLoad Controller::service_load(const std::string& service) const {
   for (const auto& [name, r] : replicas_) {
     if (r->service != service) continue;
     load.in_flight += static_cast<double>(r->in_flight);
+    load.prefill_tokens += r->prefill_tokens;
     adapters.insert(r->adapters.begin(), r->adapters.end());
     if (r->state != ReplicaState::kReady) continue;
     ++load.ready;

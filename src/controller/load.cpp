@@ -8,6 +8,7 @@ void LoadRound::merge(LoadRound later) {
   for (auto& [name, load] : replicas)
     if (!later.replicas.count(name)) {
       load.in_flight = 0;
+      load.prefill_tokens = 0;
       load.waiting.reset();
       load.kv_usage.reset();
     }
@@ -18,6 +19,7 @@ void LoadRound::merge(LoadRound later) {
     load.failures += next.failures;
     for (size_t b = 0; b < load.itl.size(); ++b) load.itl[b] += next.itl[b];
     load.in_flight = next.in_flight;
+    load.prefill_tokens = next.prefill_tokens;
     load.waiting = next.waiting;
     load.kv_usage = next.kv_usage;
   }
@@ -36,6 +38,7 @@ LoadRound LoadAggregator::round(
   for (const auto& [gateway, report] : reports) {
     for (const auto& [service, n] : report.held)
       if (n > 0) out.demand.insert(service);
+    out.demand.insert(report.wanted.begin(), report.wanted.end());
     for (const gateway::EndpointLoad& e : report.endpoints) {
       ReplicaLoad& load = out.replicas[e.replica];
       Seen& seen = seen_[{gateway, e.replica}];
@@ -53,6 +56,7 @@ LoadRound LoadAggregator::round(
         seen.itl[b] = e.itl[b];
       }
       load.in_flight += std::max<int64_t>(e.in_flight, 0);
+      load.prefill_tokens += e.prefill_tokens;
       load.adapters.insert(e.adapters.begin(), e.adapters.end());
       // The engine's own numbers: any gateway's recent scrape will do; the
       // highest is the most cautious.

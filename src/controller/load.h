@@ -34,6 +34,7 @@ struct ReplicaLoad {
   int64_t in_flight = 0;                                         // now, all gateways
   std::optional<double> waiting;   // the engine's queue, as the freshest scrape saw it
   std::optional<double> kv_usage;  // the engine's KV-cache use (0..1)
+  double prefill_tokens = 0;       // prompt tokens awaiting a first token, now, all gateways
   std::set<std::string> adapters;  // LoRA adapters running or waiting there, all gateways
 };
 

@@ -38,6 +38,7 @@ struct Controller::Replica {
   bool ever_launched = false;  // one never launched takes the revision its group runs
   // The gateways' view, as of the last load round.
   int64_t in_flight = 0;
+  double prefill_tokens = 0;
   double waiting = 0;
   double kv_usage = 0;
   std::set<std::string> adapters;  // LoRA adapters running or waiting there

@@ -11,6 +11,8 @@ autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
   spec.idle_window_s = svc.spec.idle_timeout_s;
   spec.ttft_bounds.assign(std::begin(gateway::Endpoint::kTtftBounds),
                           std::end(gateway::Endpoint::kTtftBounds));
+  spec.itl_bounds.assign(std::begin(gateway::Endpoint::kItlBounds),
+                         std::end(gateway::Endpoint::kItlBounds));
   if (!svc.spec.autoscaling) return spec;
   const api::AutoscalingSpec& as = *svc.spec.autoscaling;
   spec.max_replicas = as.max_replicas;
@@ -18,6 +20,8 @@ autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
   spec.in_flight_per_replica = as.in_flight_per_replica;
   spec.kv_cache_usage = as.kv_cache_usage;
   spec.ttft_p90_slo_s = as.ttft_p90_s;
+  spec.itl_p90_slo_s = as.itl_p90_s;
+  spec.prefill_tokens_per_replica = as.prefill_tokens_per_replica;
   if (svc.spec.lora) spec.adapters_per_replica = svc.spec.lora->max_loras;
   spec.stable_window_s = as.stable_window_s;
   spec.panic_window_s = as.panic_window_s;
@@ -73,6 +77,8 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.kv_cache_usage = load.ready ? load.kv_usage_sum / load.ready : 0;
   sample.adapters = load.adapters;
   sample.ttft_counts.assign(load.ttft.begin(), load.ttft.end());
+  sample.itl_counts.assign(load.itl.begin(), load.itl.end());
+  sample.prefill_tokens = load.prefill_tokens;
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
   sample.held = load.held ? 1 : 0;

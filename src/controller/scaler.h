@@ -32,11 +32,13 @@ struct ServiceLoad {
   uint32_t ready = 0;
   uint64_t requests = 0;                                         // sent since the last pass
   std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};  // first tokens since then
+  std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};    // inter-token gaps since then
   double in_flight = 0;                                          // now, ready and draining replicas
-  double waiting = 0;                                            // ready replicas' engine queues
-  double kv_usage_sum = 0;                                       // over ready replicas
-  double adapters = 0;  // distinct LoRA adapters running or waiting, over its replicas
-  bool held = false;    // a request waits at a gateway for a replica
+  double prefill_tokens = 0;  // prompt tokens awaiting a first token, now
+  double waiting = 0;         // ready replicas' engine queues
+  double kv_usage_sum = 0;    // over ready replicas
+  double adapters = 0;        // distinct LoRA adapters running or waiting, over its replicas
+  bool held = false;          // a request waits at a gateway for a replica
 };
 
 class ServiceScaler {

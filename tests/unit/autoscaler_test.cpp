@@ -226,6 +226,53 @@ TEST(Autoscaler, OtherSignalsAndBounds) {
       << slow.reason;
 }
 
+// A disaggregated service's pools scale on their own signals: the decode
+// pool on inter-token latency (judged as TTFT is), the prefill pool on the
+// prompt tokens queued for a first token.
+TEST(Autoscaler, DecodeScalesOnItlAndPrefillOnQueuedPrefillTokens) {
+  Spec decode;
+  decode.max_replicas = 8;
+  decode.itl_p90_slo_s = 0.05;
+  decode.itl_bounds = {0.01, 0.02, 0.05, 0.1, 0.2, 0.5};
+  decode.itl_min_answers = 100;
+  auto gaps = [&](double seconds, uint64_t n) {
+    std::vector<uint64_t> counts(decode.itl_bounds.size() + 1, 0);
+    size_t b = 0;
+    while (b < decode.itl_bounds.size() && seconds > decode.itl_bounds[b]) ++b;
+    counts[b] = n;
+    return counts;
+  };
+  Autoscaler a(decode);
+  // Too few gaps to judge: the count holds.
+  a.observe({.now = 0, .ready = 2, .itl_counts = gaps(0.15, 50)});
+  Decision d = a.decide(0, 2);
+  EXPECT_EQ(d.signal, "itl") << d.reason;
+  EXPECT_EQ(d.desired, 2u);
+  // A p90 between two and four times the SLO: two more than are ready.
+  a.observe({.now = 1, .ready = 2, .itl_counts = gaps(0.15, 500)});
+  d = a.decide(1, 2);
+  EXPECT_EQ(d.signal, "itl") << d.reason;
+  EXPECT_EQ(d.desired, 4u);
+  EXPECT_NE(d.reason.find("ITL p90 0.19s over the 0.05s SLO on 2 ready -> 4"), std::string::npos)
+      << d.reason;
+  // On target: no ITL vote; the default in-flight target does not apply.
+  Autoscaler calm(decode);
+  calm.observe({.now = 0, .ready = 2, .in_flight = 100, .itl_counts = gaps(0.015, 500)});
+  EXPECT_EQ(calm.decide(0, 2).signal, "none");
+
+  Spec prefill;
+  prefill.max_replicas = 8;
+  prefill.prefill_tokens_per_replica = 4096;
+  Autoscaler p(prefill);
+  p.observe({.now = 0, .ready = 1, .prefill_tokens = 20000});
+  d = p.decide(0, 1);
+  EXPECT_EQ(d.signal, "prefillTokens");
+  EXPECT_EQ(d.desired, 5u);  // ceil(20000 / 4096)
+  EXPECT_NE(d.reason.find("queued prefill tokens 20000 at target 4096/replica -> 5"),
+            std::string::npos)
+      << d.reason;
+}
+
 // LoRA: the distinct adapters in use ask for a slot each, maxLoras to a
 // replica, even when few requests are in flight per adapter.
 TEST(Autoscaler, LoraAdaptersInUseAskForSlots) {
