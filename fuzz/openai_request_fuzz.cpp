@@ -1,7 +1,9 @@
 // libFuzzer: the OpenAI request parser (engine side) and the gateway's
 // simdjson peek never crash on any body, and agree on the model name of
 // every body both accept; renaming the model (a route) gives a body whose
-// model is the new name.
+// model is the new name. engine-sim's KV-transfer parsers (a request's
+// kv_transfer_params, --kv-transfer-config, the side channel's read and
+// reply) never crash either, and accepted params name a prefill whole.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "enginesim/kv_transfer.h"
 #include "gateway/request_peek.h"
 #include "openai/protocol.h"
 
@@ -29,6 +32,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (sent.is_object() && (sent["lora"].size() != 1 || sent["lora"][0]["id"] != 1)) std::abort();
   }
   (void)loadstar::gateway::peek_usage(body);
+  namespace es = loadstar::enginesim;
+  if (auto params = es::parse_kv_transfer_params(body); params.ok() && *params &&
+                                                         (*params)->do_remote_prefill &&
+                                                         ((*params)->remote_port == 0 ||
+                                                          (*params)->remote_host.empty()))
+    std::abort();
+  (void)es::parse_kv_transfer_config(body, 131072);
+  (void)es::parse_kv_read_request(body);
+  if (auto reply = es::parse_kv_read_reply(body); reply.ok())
+    (void)es::kv_read_reply_json(*reply);
   for (auto endpoint :
        {loadstar::openai::Endpoint::kChatCompletions, loadstar::openai::Endpoint::kCompletions,
         loadstar::openai::Endpoint::kEmbeddings}) {

@@ -41,6 +41,15 @@
 // (static-peak), it is the demand curve; no real policy can cost less than
 // the bound for its window and still serve every request at once.
 //
+// Token gaps: each request's time per output token after the first (TPOT,
+// (last byte - first token) / (tokens - 1)) and every gap between its
+// streamed events (ITL); with --slo-tpot, goodput is the share of requests
+// within both SLOs (TTFT and TPOT), as DistServe judges a system; with
+// --slo-itl, smooth_goodput the share within TTFT whose every gap between
+// tokens is within it (a stream that never stalls).
+// --input-scale / --output-scale shrink or grow the trace's lengths (a
+// prompt/output mix of the same arrivals and prefixes).
+//
 //   trace_replay --trace T --requests N --rate R --time-scale S
 //                --gateway-port P --admin-port A [--model chat]
 //                [--skip-seconds X] [--slo-ttft S] [--replica-capacity C]
@@ -219,12 +228,20 @@ int main(int argc, char** argv) {
   double rate = 1, time_scale = 10, max_input = 32768;
   uint16_t gateway_port = 0, admin_port = 0;
   unsigned threads = 400, replica_capacity = 0;
-  double skip_s = 0, slo_ttft_s = 0;
+  double skip_s = 0, slo_ttft_s = 0, slo_tpot_s = 0, slo_itl_s = 0, input_scale = 1,
+         output_scale = 1;
   app.add_option("--trace", trace_path,
                  "mooncake_conversation_trace.jsonl or AzureLLMInferenceTrace_conv.csv")
       ->required();
   app.add_option("--skip-seconds", skip_s, "Start this many trace seconds in");
   app.add_option("--slo-ttft", slo_ttft_s, "TTFT SLO in model seconds (report attainment)");
+  app.add_option("--slo-tpot", slo_tpot_s,
+                 "Time-per-output-token SLO in model seconds (goodput: both SLOs met)");
+  app.add_option("--slo-itl", slo_itl_s,
+                 "Largest gap between tokens in model seconds (smooth goodput: TTFT met and no "
+                 "gap over it)");
+  app.add_option("--input-scale", input_scale, "Multiply every prompt's length by this");
+  app.add_option("--output-scale", output_scale, "Multiply every output's length by this");
   app.add_option("--requests", requests, "Requests from the start of the trace");
   app.add_option("--rate", rate, "Arrival rate relative to the trace's");
   app.add_option("--time-scale", time_scale, "The engines' --time-scale");
@@ -311,6 +328,10 @@ int main(int argc, char** argv) {
       r.model = adapter_prefix + std::to_string(k);
     }
   }
+  for (TraceRequest& r : trace) {
+    r.input_tokens = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.input_tokens * input_scale)));
+    r.output_tokens = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.output_tokens * output_scale)));
+  }
   // What the run costs, as loadstar up counts it (wall seconds there).
   const double gpu_seconds_before =
       scrape(gateway_port, "loadstar_scheduler_queue_gpu_seconds_total", "queue=\"default\"");
@@ -324,6 +345,7 @@ int main(int argc, char** argv) {
     double sent_s = 0;  // wall, since the start
     double ttft_s = 0;  // wall
     double end_s = 0;   // wall, since the start
+    std::vector<double> gaps;  // wall, between streamed events after the first
     uint64_t completion_tokens = 0;
     uint64_t cached_tokens = 0;
     int status = 0;
@@ -378,6 +400,7 @@ int main(int argc, char** argv) {
         out.sent_s = std::chrono::duration<double>(sent - start).count();
         std::string tail;
         bool first = true;
+        Clock::time_point last_event = sent;
         auto response = loadstar::http::fetch_streaming(
             {.port = static_cast<uint16_t>(gateway_port + i % std::max(1u, gateways)),
              .method = "POST",
@@ -385,9 +408,15 @@ int main(int argc, char** argv) {
              .body = text,
              .timeout_s = 600},
             [&](std::string_view data) {
-              if (first && data.find("data: {") != std::string_view::npos) {
-                out.ttft_s = std::chrono::duration<double>(Clock::now() - sent).count();
-                first = false;
+              if (data.find("data: {") != std::string_view::npos) {
+                const auto now = Clock::now();
+                if (first) {
+                  out.ttft_s = std::chrono::duration<double>(now - sent).count();
+                  first = false;
+                } else {
+                  out.gaps.push_back(std::chrono::duration<double>(now - last_event).count());
+                }
+                last_event = now;
               }
               tail.append(data);
               if (tail.size() > 4096) tail.erase(0, tail.size() - 4096);
@@ -440,7 +469,9 @@ int main(int argc, char** argv) {
     return false;
   };
 
-  std::vector<double> ttft, cold_ttft;
+  std::vector<double> ttft, cold_ttft, tpot, itl;
+  size_t good = 0;    // within both SLOs
+  size_t smooth = 0;  // within the TTFT SLO, no gap over the ITL SLO
   std::vector<std::pair<double, double>> spans;  // model seconds
   uint64_t tokens = 0, failed = 0, held = 0;
   double last_end = 0;
@@ -453,6 +484,19 @@ int main(int argc, char** argv) {
       continue;
     }
     ttft.push_back(r.ttft_s * time_scale);
+    const double first_token_s = r.sent_s + r.ttft_s;
+    const double per_token =
+        r.completion_tokens > 1
+            ? (r.end_s - first_token_s) * time_scale / static_cast<double>(r.completion_tokens - 1)
+            : 0;
+    tpot.push_back(per_token);
+    double worst_gap = 0;
+    for (double g : r.gaps) {
+      itl.push_back(g * time_scale);
+      worst_gap = std::max(worst_gap, g * time_scale);
+    }
+    smooth += r.ttft_s * time_scale <= slo_ttft_s && (slo_itl_s <= 0 || worst_gap <= slo_itl_s);
+    good += r.ttft_s * time_scale <= slo_ttft_s && (slo_tpot_s <= 0 || per_token <= slo_tpot_s);
     held += r.held;
     if (r.held || starting_during(r.sent_s, r.sent_s + r.ttft_s))
       cold_ttft.push_back(r.ttft_s * time_scale);
@@ -504,6 +548,16 @@ int main(int argc, char** argv) {
       {"ttft_p90_s", percentile(ttft, 0.9)},
       {"ttft_p99_s", percentile(ttft, 0.99)},
       {"slo_ttft_s", slo_ttft_s},
+      {"tpot_p50_s", percentile(tpot, 0.5)},
+      {"tpot_p90_s", percentile(tpot, 0.9)},
+      {"tpot_p99_s", percentile(tpot, 0.99)},
+      {"itl_p50_s", percentile(itl, 0.5)},
+      {"itl_p99_s", percentile(itl, 0.99)},
+      {"slo_tpot_s", slo_tpot_s},
+      {"goodput", trace.empty() ? 0.0 : static_cast<double>(good) / trace.size()},
+      {"goodput_per_s", model_span > 0 ? good / model_span : 0},
+      {"slo_itl_s", slo_itl_s},
+      {"smooth_goodput", trace.empty() ? 0.0 : static_cast<double>(smooth) / trace.size()},
       {"slo_attainment", trace.empty() ? 0.0 : static_cast<double>(within_slo) / trace.size()},
       {"gpu_seconds", gpu_seconds},
       {"cold_starts", cold_starts},
