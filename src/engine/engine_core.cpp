@@ -518,19 +518,31 @@ StepResult EngineCore::step(double now) {
     for (uint32_t b = 0; b < hit_blocks; ++b)
       if (pool_.is_free(*pool_.lookup(r->block_hashes[b]))) ++evictable_hits;
     const uint32_t bs = config_.block_size;
-    if (r->remote_kv) {
-      // Blocks for the whole prompt now; the part the cache lacks arrives
-      // over the link, using none of the step's compute.
-      const uint32_t needed = (r->num_tokens() + bs - 1) / bs - hit_blocks;
-      if (pool_.num_free() < evictable_hits + needed) break;
-      for (uint32_t b = 0; b < hit_blocks; ++b) {
-        BlockId id = *pool_.lookup(r->block_hashes[b]);
-        pool_.touch(id);
-        r->blocks.push_back(id);
-      }
-      r->num_computed = hit_tokens;
-      r->num_cached_blocks = hit_blocks;
-      LS_CHECK(allocate_slots(*r, r->num_tokens() - hit_tokens));
+    // A consumer holds blocks for its whole prompt now: the part the cache
+    // lacks arrives over the link, using none of the step's compute.
+    const bool receive = r->remote_kv;
+    const uint32_t to_allocate =
+        (hit_tokens + (receive ? r->num_tokens() - hit_tokens : num_new) + bs - 1) / bs -
+        hit_blocks;
+    if (pool_.num_free() < evictable_hits + to_allocate) break;
+    for (uint32_t b = 0; b < hit_blocks; ++b) {
+      BlockId id = *pool_.lookup(r->block_hashes[b]);
+      pool_.touch(id);
+      r->blocks.push_back(id);
+    }
+    r->num_computed = hit_tokens;
+    r->num_cached_blocks = hit_blocks;
+    LS_CHECK(allocate_slots(*r, receive ? r->num_tokens() - hit_tokens : num_new));
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
+    note_adapter(running_adapters, r->adapter);
+    stats_.prefix_cache_queries += r->num_tokens();
+    stats_.prefix_cache_hits += hit_tokens;
+    if (r->first_scheduled < 0) {
+      r->first_scheduled = now;
+      r->cached_tokens = hit_tokens;
+      stats_.prompt_tokens += r->num_prompt;
+    }
+    if (receive) {
       r->remote_kv = false;
       r->kv_tokens = r->num_prompt - hit_tokens;
       const KvTransferConfig& link = config_.kv_transfer;
@@ -540,38 +552,10 @@ StepResult EngineCore::step(double now) {
                                   link.bandwidth_bytes_per_s;
       r->kv_ready = link_free_at_ + link.latency_s;
       r->kv_admitted = now;
-      waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
       receiving_.push_back(r);
-      note_adapter(running_adapters, r->adapter);
-      stats_.prefix_cache_queries += r->num_tokens();
-      stats_.prefix_cache_hits += hit_tokens;
-      if (r->first_scheduled < 0) {
-        r->first_scheduled = now;
-        r->cached_tokens = hit_tokens;
-        stats_.prompt_tokens += r->num_prompt;
-      }
       continue;
     }
-    const uint32_t to_allocate = (hit_tokens + num_new + bs - 1) / bs - hit_blocks;
-    if (pool_.num_free() < evictable_hits + to_allocate) break;
-    for (uint32_t b = 0; b < hit_blocks; ++b) {
-      BlockId id = *pool_.lookup(r->block_hashes[b]);
-      pool_.touch(id);
-      r->blocks.push_back(id);
-    }
-    r->num_computed = hit_tokens;
-    r->num_cached_blocks = hit_blocks;
-    LS_CHECK(allocate_slots(*r, num_new));
-    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
     running_.push_back(r);
-    note_adapter(running_adapters, r->adapter);
-    stats_.prefix_cache_queries += r->num_tokens();
-    stats_.prefix_cache_hits += hit_tokens;
-    if (r->first_scheduled < 0) {
-      r->first_scheduled = now;
-      r->cached_tokens = hit_tokens;
-      stats_.prompt_tokens += r->num_prompt;
-    }
     batch.push_back({r, num_new});
     budget -= num_new;
   }

@@ -122,6 +122,9 @@ Result<KvTransferSettings> parse_kv_transfer_config(std::string_view text,
           latency_us = x.get<double>();
         } else if (k == "kv_bytes_per_token") {
           LS_ASSIGN_OR_RETURN(double b, positive_number(x, field));
+          if (b < 1 || b > 1e9)
+            return make_error(ErrorCode::kInvalidArgument,
+                              "--kv-transfer-config: {} must be 1 to 1e9 bytes", field);
           s.transfer.bytes_per_token = static_cast<uint64_t>(b);
         } else if (k != "backends" && k != "num_threads") {  // NIXL's own, accepted
           return make_error(ErrorCode::kInvalidArgument, "--kv-transfer-config: unknown field {}",

@@ -172,23 +172,24 @@ void EngineMetrics::count_kv_transfer_failure() {
 
 void EngineMetrics::record_counters(const engine::EngineStats& stats) {
   record_gauges(stats);
-  prefix_queries_->Increment(
-      static_cast<double>(stats.prefix_cache_queries - last_.prefix_cache_queries));
-  prefix_hits_->Increment(static_cast<double>(stats.prefix_cache_hits - last_.prefix_cache_hits));
-  preemptions_->Increment(static_cast<double>(stats.num_preemptions - last_.num_preemptions));
-  prompt_tokens_->Increment(static_cast<double>(stats.prompt_tokens - last_.prompt_tokens));
-  generation_tokens_->Increment(
-      static_cast<double>(stats.generation_tokens - last_.generation_tokens));
-  steps_->Increment(static_cast<double>(stats.num_steps - last_.num_steps));
-  kv_sent_->Increment(static_cast<double>(stats.kv_sent_requests - last_.kv_sent_requests));
-  kv_expired_->Increment(static_cast<double>(stats.kv_hold_expired - last_.kv_hold_expired));
+  // Each counter grows by what its statistic grew since the last record.
+  auto grow = [&](prometheus::Counter* counter, auto engine::EngineStats::*field) {
+    counter->Increment(static_cast<double>(stats.*field - last_.*field));
+  };
+  using S = engine::EngineStats;
+  grow(prefix_queries_, &S::prefix_cache_queries);
+  grow(prefix_hits_, &S::prefix_cache_hits);
+  grow(preemptions_, &S::num_preemptions);
+  grow(prompt_tokens_, &S::prompt_tokens);
+  grow(generation_tokens_, &S::generation_tokens);
+  grow(steps_, &S::num_steps);
+  grow(kv_sent_, &S::kv_sent_requests);
+  grow(kv_expired_, &S::kv_hold_expired);
+  grow(kv_received_, &S::kv_received_requests);
+  grow(kv_received_tokens_, &S::kv_received_tokens);
+  grow(kv_bytes_, &S::kv_received_bytes);
+  grow(kv_seconds_, &S::kv_transfer_seconds);
   kv_held_blocks_->Set(stats.kv_held_blocks);
-  kv_received_->Increment(
-      static_cast<double>(stats.kv_received_requests - last_.kv_received_requests));
-  kv_received_tokens_->Increment(
-      static_cast<double>(stats.kv_received_tokens - last_.kv_received_tokens));
-  kv_bytes_->Increment(static_cast<double>(stats.kv_received_bytes - last_.kv_received_bytes));
-  kv_seconds_->Increment(stats.kv_transfer_seconds - last_.kv_transfer_seconds);
   last_ = stats;
 }
 
