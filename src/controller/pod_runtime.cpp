@@ -141,7 +141,8 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   // llm-d's manifests set it).
   const bool kv_transfer = !spec.kv_role.empty() && kind->kv_transfer;
   if (kv_transfer)
-    engine_env.push_back({{"name", "VLLM_NIXL_SIDE_CHANNEL_HOST"}, {"value", "$(POD_IP)"}});
+    engine_env.push_back({{"name", "VLLM_NIXL_SIDE_CHANNEL_HOST"},
+                          {"valueFrom", {{"fieldRef", {{"fieldPath", "status.podIP"}}}}}});
   auto probe = [&](double period_s, int failures) {
     return json{{"httpGet", {{"path", kind->health_path}, {"port", options.engine_port}}},
                 {"periodSeconds", static_cast<int>(period_s)},

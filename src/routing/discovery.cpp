@@ -1,10 +1,11 @@
 #include "routing/discovery.h"
 
-#include "kube/objects.h"
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+
+#include "api/disaggregation.h"
+#include "kube/objects.h"
 
 namespace loadstar::routing {
 
@@ -41,8 +42,10 @@ void EndpointDiscovery::rebuild() {
         std::holds_alternative<api::Queue>(r))
       continue;
     key += api::encode_resource(r);
+    // A disaggregated service's prefill pool has Pods of its own service name.
     if (auto* s = std::get_if<api::InferenceService>(&r))
-      inputs.services.emplace(s->metadata.name, *s);
+      for (api::InferenceService& role : api::role_services(*s))
+        inputs.services.emplace(role.metadata.name, std::move(role));
     if (auto* t = std::get_if<api::Tenant>(&r)) inputs.tenants.push_back(std::move(*t));
     if (auto* rt = std::get_if<api::Route>(&r)) inputs.routes.push_back(std::move(*rt));
   }

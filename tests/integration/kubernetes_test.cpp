@@ -599,3 +599,63 @@ TEST_F(KubernetesTest, AReplicaPodStagesItsLoraAdaptersAndServesThem) {
 
 }  // namespace
 }  // namespace loadstar::testing
+
+namespace loadstar::testing {
+namespace {
+
+// A disaggregated service in Kubernetes: its prefill pool runs as Pods of
+// their own, labelled with llm-d's roles and owned by the service; the
+// gateways find them through their service label, and a long prompt is
+// computed on a prefill Pod and decoded on a decode Pod, its KV read over
+// the prefill Pod's advertised address.
+TEST_F(KubernetesTest, ADisaggregatedServicesPoolsRunAsPodsAndLongPromptsCrossThem) {
+  add_node(1, 1);
+  add_node(2, 1);
+  start_controller("controller");
+  wait_output("controller", "controller reconciling");
+  const uint16_t gw = start_gateway("gateway-1");
+  apply(model_yaml() + "---\n" + service_yaml(1) +
+        "  prefill: {replicas: 1, nonCachedTokens: 64}\n");
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 2 && chat(gw) == 200; }, 90))
+      << read_text(processes_["controller"]->log) << read_text(processes_["gateway-1"]->log);
+  std::map<std::string, std::string> roles;  // pod -> llm-d.ai/role
+  std::string prefill_ip;
+  for (const auto& pod : pods()) {
+    roles[pod["metadata"]["name"]] = pod["metadata"]["labels"].value("llm-d.ai/role", "");
+    EXPECT_EQ(pod["metadata"]["ownerReferences"][0]["name"], "chat");
+    if (pod["metadata"]["labels"].value("llm-d.ai/role", "") == "prefill")
+      prefill_ip = pod["status"].value("podIP", "");
+  }
+  EXPECT_EQ(roles, (std::map<std::string, std::string>{{"chat-0", "decode"},
+                                                       {"chat-prefill-0", "prefill"}}));
+  std::string prompt;
+  for (int i = 0; i < 300; ++i) prompt += fmt::format(" page{} word{}", i % 7, i);
+  auto r =
+      http::fetch({.port = gw,
+                   .method = "POST",
+                   .target = "/v1/completions",
+                   .body = json{{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 4}}.dump(),
+                   .headers = {{"Content-Type", "application/json"}},
+                   .timeout_s = 10});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->status, 200) << r->body;
+  const std::string metrics = internal_get("127.0.0.1", gw, "/metrics").body;
+  EXPECT_EQ(metric_in(metrics, "loadstar_gateway_disaggregated_requests_total", "model=\"chat\""),
+            1)
+      << metrics;
+  // The prefill engine (reached at its Pod's address) handed its KV over.
+  ASSERT_FALSE(prefill_ip.empty());
+  auto engine = http::fetch({.host = prefill_ip, .port = 8000, .target = "/metrics"});
+  ASSERT_TRUE(engine.ok()) << engine.error().message;
+  EXPECT_EQ(metric_in(engine->body, "loadstar_engine_sim_kv_transfer_sent_requests_total"), 1);
+  // The service's status nests its prefill pool's.
+  EXPECT_TRUE(eventually([&] {
+    return get_json("inferenceservice chat")
+               .value("status", json::object())
+               .value("prefill", json::object())
+               .value("readyReplicas", 0) == 1;
+  }));
+}
+
+}  // namespace
+}  // namespace loadstar::testing

@@ -348,7 +348,8 @@ spec: {model: m, engine: {name: vllm}, prefill: {replicas: 2}}
         << role;
     bool side_channel = false;
     for (const auto& e : c["env"])
-      side_channel |= e["name"] == "VLLM_NIXL_SIDE_CHANNEL_HOST" && e["value"] == "$(POD_IP)";
+      side_channel |= e["name"] == "VLLM_NIXL_SIDE_CHANNEL_HOST" &&
+                      e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP";
     EXPECT_TRUE(side_channel) << role;
     EXPECT_EQ(c["ports"][1], json({{"name", "nixl"}, {"containerPort", 5600}})) << role;
     EXPECT_EQ(pod["metadata"]["labels"]["llm-d.ai/role"], role);
