@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "api/disaggregation.h"
+
 namespace loadstar::controller {
 
 void Placement::adopt(const std::string& replica, const std::string& node,
@@ -122,6 +124,9 @@ scheduler::Workload Placement::workload_of(const std::string& replica,
   }
   if (!g.type.empty()) pod.allowed_models = {cluster_.intern_model(g.type)};
   pod.model = svc.spec.model;
+  // A disaggregated service's two pools are one group: each replica prefers
+  // nodes near the other pool's (their KV crosses between them).
+  if (svc.spec.prefill) pod.group = api::served_name(svc);
   scheduler::Workload w;
   w.name = replica;
   w.queue = svc.spec.queue;
@@ -265,6 +270,37 @@ void Placement::sync_target(const std::map<std::string, api::InferenceService>& 
   scheduler_->set_target(std::make_shared<const scheduler::Fragmentation>(std::move(target)));
 }
 
+void Placement::sync_groups(const PlacementPass& pass) {
+  // Where each group's replicas are: their nodes, and the NVLink domains
+  // and racks of those nodes.
+  std::map<std::string, std::set<std::string, std::less<>>> at;  // "node=N", "rack=R" -> groups
+  for (const PlacementReplica& pr : pass.replicas) {
+    auto svc = pass.services->find(pr.service);
+    auto r = replicas_.find(pr.name);
+    if (svc == pass.services->end() || !svc->second.spec.prefill || r == replicas_.end() ||
+        !r->second.placed)
+      continue;
+    const std::string& group = api::served_name(svc->second);
+    at["node=" + r->second.placed->node].insert(group);
+    const int n = cluster_.find_node(r->second.placed->node);
+    if (n < 0) continue;
+    for (const auto& [level, domain] : cluster_.nodes()[n].topology)
+      if (level == "nvlink" || level == "rack") at[level + "=" + domain].insert(group);
+  }
+  for (auto& node : cluster_.nodes()) {
+    std::set<std::string, std::less<>> near;
+    auto add = [&](const std::string& key) {
+      if (auto it = at.find(key); it != at.end()) near.insert(it->second.begin(), it->second.end());
+    };
+    add("node=" + node.name);
+    for (const auto& [level, domain] : node.topology)
+      if (level == "nvlink" || level == "rack") add(level + "=" + domain);
+    if (node.groups_near == near) continue;
+    node.groups_near = std::move(near);
+    ++node.generation;
+  }
+}
+
 PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
   PlacementChanges changes;
   changes.displaced = sync_cluster(pass, t);
@@ -278,6 +314,7 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
       node.cached_models = std::move(cached);
       ++node.generation;
     }
+  sync_groups(pass);
   sync_target(*pass.services);
   auto displace = [&](const std::string& name, std::string why) {
     changes.displaced.emplace_back(name, std::move(why));

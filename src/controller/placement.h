@@ -97,6 +97,9 @@ class Placement {
                                                                 double t);
   void sync_queues(const std::vector<api::Queue>& queues);
   void sync_target(const std::map<std::string, api::InferenceService>& services);
+  // Marks the nodes near each disaggregated service's replicas (the
+  // scheduler's locality scorer draws its two pools together).
+  void sync_groups(const PlacementPass& pass);
   scheduler::Workload workload_of(const std::string& replica, const api::InferenceService& svc);
   Placed placed_from(const scheduler::Allocation& a) const;
 

@@ -47,6 +47,9 @@ struct Node {
   std::vector<Device> devices;
   std::map<std::string, std::string, std::less<>> topology;  // level -> domain name
   std::set<std::string, std::less<>> cached_models;          // weights its agent holds
+  // Groups with a pod on this node or in its NVLink domain or rack (the
+  // pools of a disaggregated service, which want to be near each other).
+  std::set<std::string, std::less<>> groups_near;
   bool schedulable = true;
 
   // State.
@@ -75,6 +78,7 @@ struct PodRequest {
   uint64_t mig_memory_mib = 0;
   std::vector<uint32_t> allowed_models;  // interned; empty: any
   std::string model;                     // the weights it loads (locality)
+  std::string group;                     // it wants to be near its group's other pods (locality)
 
   bool wants_gpu() const {
     return gpu_count > 0 || gpu_milli > 0 || gpu_memory_mib > 0 || mig_slices > 0;

@@ -33,9 +33,9 @@ uint32_t per_card_need(const PodRequest& r, const Device& d) {
 // Every field of a request that choices() or a scorer reads: two requests
 // with the same shape score alike everywhere.
 std::string shape_of(const PodRequest& r) {
-  return fmt::format("{}/{}/{}/{}/{}/{}/{}/{}/{}", r.cpu_milli, r.memory_mib, r.gpu_count,
+  return fmt::format("{}/{}/{}/{}/{}/{}/{}/{}/{}/{}", r.cpu_milli, r.memory_mib, r.gpu_count,
                      r.gpu_milli, r.gpu_memory_mib, r.mig_slices, r.mig_memory_mib,
-                     fmt::join(r.allowed_models, ","), r.model);
+                     fmt::join(r.allowed_models, ","), r.model, r.group);
 }
 
 }  // namespace
@@ -263,8 +263,10 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
   }
   if (double weight = w(Scorer::kFragmentation); weight != 0 && fragmentation_)
     cost += weight * (fragmentation_->after(node, r, choice) - frag_before) / kMilliPerGpu;
-  if (double weight = w(Scorer::kLocality); weight != 0 && !r.model.empty())
-    if (node.cached_models.contains(r.model)) cost -= weight;
+  if (double weight = w(Scorer::kLocality); weight != 0) {
+    if (!r.model.empty() && node.cached_models.contains(r.model)) cost -= weight;
+    if (!r.group.empty() && node.groups_near.contains(r.group)) cost -= weight;
+  }
   return cost;
 }
 

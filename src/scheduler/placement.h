@@ -9,7 +9,10 @@
 //   gpu-packing   prefer partly used cards, then used nodes, then idle ones
 //   fragmentation FGD: growth of the node's expected GPU fragmentation for
 //                 the target workload (Weng et al., ATC'23), in GPUs
-//   locality      -1 on a node whose agent already holds the pod's weights
+//   locality      -1 on a node whose agent already holds the pod's weights,
+//                 -1 more where the pod's group has pods on it or in its
+//                 NVLink domain or rack (a disaggregated service's prefill
+//                 and decode pools, whose KV crosses between them)
 //
 // Scores depend only on a node's state and the request, so they are cached
 // per (request shape, node) and recomputed only for nodes that changed.

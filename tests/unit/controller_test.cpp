@@ -283,3 +283,51 @@ TEST_F(ControllerTest, AnEngineThatNeverAnswersIsStoppedAtTheStartTimeout) {
 
 }  // namespace
 }  // namespace loadstar::controller
+
+namespace loadstar::controller {
+namespace {
+
+using namespace fakes;
+using namespace std::chrono_literals;
+
+// A disaggregated service runs as two services to the controller; its pools'
+// replicas are drawn together (their KV crosses between them): a prefill
+// replica goes to the rack its decode replica is in, not to the first free node.
+TEST_F(ControllerTest, ADisaggregatedServicesPoolsArePlacedNearEachOther) {
+  // Four like nodes in two racks; the first rack closed while the decode
+  // replica is placed, so that it lands in the second.
+  auto nodes = [](bool first_rack_open) {
+    std::string out;
+    for (auto [name, rack] : {std::pair{"n1", "r1"}, std::pair{"n2", "r1"}, std::pair{"n3", "r2"},
+                              std::pair{"n4", "r2"}})
+      out += fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {{name: {}}}
+spec:
+  cpu: 32
+  memory: 256Gi
+  gpus: [{{model: H100, memory: 80Gi, count: 1}}]
+  topology: {{rack: {}}}
+  schedulable: {}
+---
+)",
+                         name, rack, first_rack_open || std::string(rack) == "r2");
+    return out;
+  };
+  const std::string gpu = "  resources: {gpu: {count: 1}}\n";
+  apply(nodes(false) + service(1, gpu + "  prefill: {replicas: 0}\n"));
+  Controller& ctl = controller();
+  ctl.pass();
+  const std::string decode_node = replica("chat-0").node;
+  ASSERT_TRUE(decode_node == "n3" || decode_node == "n4") << decode_node;
+  // Every node open again, and a prefill replica: of three like nodes it
+  // takes the one in its decode replica's rack.
+  apply(nodes(true) + service(1, gpu + "  prefill: {replicas: 1}\n"));
+  ctl.pass();
+  EXPECT_EQ(replica("chat-prefill-0").node, decode_node == "n3" ? "n4" : "n3");
+  EXPECT_EQ(count("launch chat-prefill-0"), 1u);
+}
+
+}  // namespace
+}  // namespace loadstar::controller
