@@ -97,7 +97,7 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
   // service with the adapter's name passed on (the engine selects it by
   // that). A Route of the same name, declared by hand, wins.
   for (const auto& [name, svc] : inputs.services)
-    if (svc.spec.lora)
+    if (svc.spec.lora && svc.spec.prefill_of.empty())
       for (const std::string& adapter : svc.spec.lora->adapters) {
         if (table->services.count(adapter)) continue;
         gateway::RoutingTable::Route& route = table->routes[adapter];

@@ -16,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 #include <nlohmann/json.hpp>
 
+#include "api/disaggregation.h"
 #include "api/resources.h"
 #include "gateway/gateway.h"
 #include "http/server.h"
@@ -390,6 +391,39 @@ class StandIn {
   std::mutex mu_;
   std::vector<Seen> seen_;
 };
+
+// The routing table: a disaggregated service's prefill pool is reached only
+// through its service (never by its own name), and the service's LoRA
+// adapters still route to the service.
+TEST(Disaggregation, ThePrefillPoolIsRoutedOnlyThroughItsService) {
+  auto parsed = api::decode_resources(R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec: {model: m, lora: {adapters: [sql]}, prefill: {replicas: 2, nonCachedTokens: 300}}
+)",
+                                      "pd.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  routing::RoutingInputs inputs;
+  for (api::InferenceService& role :
+       api::role_services(std::get<api::InferenceService>((*parsed)[0])))
+    inputs.services.emplace(role.metadata.name, std::move(role));
+  ASSERT_EQ(inputs.services.size(), 2u);
+  inputs.ready["chat"] = {{.replica = "chat-0", .host = "127.0.0.1", .port = 1}};
+  inputs.ready["chat-prefill"] = {{.replica = "chat-prefill-0", .host = "127.0.0.1", .port = 2}};
+  routing::RoutingBuilder builder;
+  const auto table = builder.build(inputs);
+  EXPECT_EQ(table->services.count("chat-prefill"), 0u);
+  const auto& chat = table->services.at("chat");
+  ASSERT_EQ(chat.ready.size(), 1u);
+  EXPECT_EQ(chat.ready[0]->replica, "chat-0");
+  ASSERT_TRUE(chat.prefill);
+  EXPECT_EQ(chat.prefill->service, "chat-prefill");
+  EXPECT_EQ(chat.prefill->non_cached_tokens, 300u);
+  ASSERT_EQ(chat.prefill->ready.size(), 1u);
+  EXPECT_EQ(chat.prefill->ready[0]->service, "chat-prefill");  // its load is its pool's
+  ASSERT_EQ(table->routes.at("sql").backends.size(), 1u);
+  EXPECT_EQ(table->routes.at("sql").backends[0].service, "chat");
+}
 
 TEST(Disaggregation, TheGatewaysTwoLegsAreLlmdSidecarsNixlProtocol) {
   StandIn prefill(true), decode(false);
