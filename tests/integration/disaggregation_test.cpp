@@ -135,22 +135,10 @@ TEST(Disaggregation, EngineSimHandsAPromptsKvToItsDecodeEngine) {
   EXPECT_NE(refused.body.find("kv_transfer_params.remote_port"), std::string::npos) << refused.body;
 }
 
+// The quickstart's service with a prefill pool of one.
 std::string disaggregated_service(const std::string& prefill_extra = "") {
-  return R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {name: tiny}
-spec: {source: "synth://tiny", size: 16Mi}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {name: chat}
-spec:
-  model: tiny
-  replicas: 1
-  engine: {name: engine-sim, args: ["--time-scale", "10"]}
-  prefill: {replicas: 1, nonCachedTokens: 256)" +
-         prefill_extra + R"(}
-)";
+  return quickstart(1, R"("--time-scale", "10")") +
+         "  prefill: {replicas: 1, nonCachedTokens: 256" + prefill_extra + "}\n";
 }
 
 struct ReplicaInfo {
