@@ -33,8 +33,6 @@
 #include <string_view>
 #include <vector>
 
-#include <boost/asio/awaitable.hpp>
-
 #include "common/result.h"
 #include "engine/engine_core.h"
 
@@ -93,22 +91,5 @@ Result<engine::HeldKv> parse_kv_read_reply(std::string_view body);
 Status check_received_blocks(const engine::HeldKv& received,
                              std::span<const engine::TokenId> prompt, uint32_t block_size,
                              engine::BlockHash root);
-
-// Reads held KV from producers on a thread of its own (blocking HTTP with
-// kept-alive connections), so the server's I/O thread never waits on a peer.
-class KvReader {
- public:
-  KvReader();
-  ~KvReader();
-  KvReader(const KvReader&) = delete;
-  KvReader& operator=(const KvReader&) = delete;
-  // Resumes on the caller's executor with the producer's blocks, or why not.
-  boost::asio::awaitable<Result<engine::HeldKv>> read(KvTransferParams params);
-
- private:
-  Result<engine::HeldKv> read_blocking(const KvTransferParams& params);
-  struct Thread;
-  std::unique_ptr<Thread> thread_;
-};
 
 }  // namespace loadstar::enginesim

@@ -20,6 +20,7 @@
 
 #include "enginesim/engine_loop.h"
 #include "enginesim/engine_sim.h"
+#include "enginesim/kv_reader.h"
 #include "enginesim/kv_transfer.h"
 #include "enginesim/metrics.h"
 #include "http/server.h"
