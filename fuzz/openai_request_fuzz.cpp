@@ -33,15 +33,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   (void)loadstar::gateway::peek_usage(body);
   namespace es = loadstar::enginesim;
-  if (auto params = es::parse_kv_transfer_params(body); params.ok() && *params &&
-                                                         (*params)->do_remote_prefill &&
-                                                         ((*params)->remote_port == 0 ||
-                                                          (*params)->remote_host.empty()))
+  if (auto params = es::parse_kv_transfer_params(body);
+      params.ok() && *params && (*params)->do_remote_prefill &&
+      ((*params)->remote_port == 0 || (*params)->remote_host.empty()))
     std::abort();
   (void)es::parse_kv_transfer_config(body, 131072);
   (void)es::parse_kv_read_request(body);
-  if (auto reply = es::parse_kv_read_reply(body); reply.ok())
-    (void)es::kv_read_reply_json(*reply);
+  if (auto reply = es::parse_kv_read_reply(body); reply.ok()) (void)es::kv_read_reply_json(*reply);
   for (auto endpoint :
        {loadstar::openai::Endpoint::kChatCompletions, loadstar::openai::Endpoint::kCompletions,
         loadstar::openai::Endpoint::kEmbeddings}) {

@@ -329,8 +329,10 @@ int main(int argc, char** argv) {
     }
   }
   for (TraceRequest& r : trace) {
-    r.input_tokens = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.input_tokens * input_scale)));
-    r.output_tokens = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.output_tokens * output_scale)));
+    r.input_tokens =
+        std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.input_tokens * input_scale)));
+    r.output_tokens =
+        std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(r.output_tokens * output_scale)));
   }
   // What the run costs, as loadstar up counts it (wall seconds there).
   const double gpu_seconds_before =
@@ -341,10 +343,10 @@ int main(int argc, char** argv) {
 
   struct Result {
     bool ok = false;
-    bool held = false;  // the gateway held it for a replica to start
-    double sent_s = 0;  // wall, since the start
-    double ttft_s = 0;  // wall
-    double end_s = 0;   // wall, since the start
+    bool held = false;         // the gateway held it for a replica to start
+    double sent_s = 0;         // wall, since the start
+    double ttft_s = 0;         // wall
+    double end_s = 0;          // wall, since the start
     std::vector<double> gaps;  // wall, between streamed events after the first
     uint64_t completion_tokens = 0;
     uint64_t cached_tokens = 0;
@@ -470,8 +472,8 @@ int main(int argc, char** argv) {
   };
 
   std::vector<double> ttft, cold_ttft, tpot, itl;
-  size_t good = 0;    // within both SLOs
-  size_t smooth = 0;  // within the TTFT SLO, no gap over the ITL SLO
+  size_t good = 0;                               // within both SLOs
+  size_t smooth = 0;                             // within the TTFT SLO, no gap over the ITL SLO
   std::vector<std::pair<double, double>> spans;  // model seconds
   uint64_t tokens = 0, failed = 0, held = 0;
   double last_end = 0;
