@@ -38,6 +38,13 @@ Result<std::string> decode_body(std::string_view body, std::string_view prefill_
   return doc.dump();
 }
 
+std::string without_kv_transfer_params(std::string body) {
+  json doc = json::parse(body, nullptr, false);
+  if (!doc.is_object() || !doc.contains("kv_transfer_params")) return body;
+  doc.erase("kv_transfer_params");
+  return doc.dump();
+}
+
 std::string new_request_id() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   const uint64_t a = rng(), b = rng();

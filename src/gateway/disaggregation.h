@@ -47,6 +47,9 @@ Result<std::string> prefill_body(std::string_view body);
 // kv_transfer_params. An error when the response has none.
 Result<std::string> decode_body(std::string_view body, std::string_view prefill_response);
 
+// `body` without a client's kv_transfer_params (unchanged if it has none).
+std::string without_kv_transfer_params(std::string body);
+
 // A fresh x-request-id (a UUID, as the sidecar's).
 std::string new_request_id();
 

@@ -152,6 +152,11 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
                            ? upstream_body_selecting_adapter(req.body, peek, backend->model,
                                                              adapter_index(*endpoint, lora.name))
                            : upstream_body(req.body, peek, backend->model);
+    // kv_transfer_params names a host the engine reads KV from: only the
+    // gateway's own prefill leg may set it, never a client (an engine with
+    // a KV connector would otherwise fetch from wherever a caller says).
+    if (body.find("kv_transfer_params") != std::string::npos)
+      body = without_kv_transfer_params(std::move(body));
     // Disaggregated: a prompt worth it is computed on a prefill replica
     // first, and the decode replica only receives its KV.
     int64_t decode_prefill = chosen.prefill;

@@ -472,9 +472,13 @@ spec: {model: m, engine: {name: vllm}, prefill: {nonCachedTokens: 100}}
   EXPECT_FALSE(legs1[0].request_id.empty());
   EXPECT_EQ(legs1[0].request_id, legs2[0].request_id);
 
-  // A short prompt: no prefill leg, the decode replica serves it whole.
+  // A short prompt: no prefill leg, the decode replica serves it whole —
+  // and kv_transfer_params a client sends itself (naming a host the engine
+  // would read from) never reach it.
   json short_client = client;
   short_client["messages"][0]["content"] = "hi";
+  short_client["kv_transfer_params"] = {
+      {"do_remote_prefill", true}, {"remote_host", "169.254.169.254"}, {"remote_port", 80}};
   request.body = short_client.dump();
   ASSERT_EQ(http::fetch(request)->status, 200);
   EXPECT_EQ(prefill.seen().size(), 1u);
