@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <random>
 #include <vector>
+
+#include <fmt/format.h>
 
 namespace loadstar {
 
@@ -75,6 +78,14 @@ std::string last_error_line_of(std::string_view output) {
       if (lower.find(w) != std::string::npos) return it->substr(0, 400);
   }
   return lines.empty() ? "" : lines.back().substr(0, 400);
+}
+
+std::string random_uuid() {
+  thread_local std::mt19937_64 rng{(static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                   std::random_device{}()};
+  const uint64_t a = rng(), b = rng();
+  return fmt::format("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff,
+                     ((b >> 48) & 0x3fff) | 0x8000, b & 0xffffffffffffULL);
 }
 
 }  // namespace loadstar

@@ -8,6 +8,10 @@ namespace loadstar {
 // Appends `text` to `out` as the inside of a JSON string literal (no quotes).
 void append_json_escaped(std::string& out, std::string_view text);
 
+// A random UUID (version 4), as Python's uuid.uuid4(): vLLM's engine ids,
+// request ids.
+std::string random_uuid();
+
 // Levenshtein distance, for "did you mean" hints on misspelled fields.
 size_t edit_distance(std::string_view a, std::string_view b);
 

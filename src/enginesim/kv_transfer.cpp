@@ -1,11 +1,12 @@
 #include "enginesim/kv_transfer.h"
 
 #include <algorithm>
-#include <random>
 #include <span>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "common/strings.h"
 
 namespace loadstar::enginesim {
 
@@ -26,15 +27,6 @@ constexpr Link kLinks[] = {
     {"rdma", 45e9, 20e-6},
     {"tcp", 2.5e9, 100e-6},
 };
-
-std::string random_engine_id() {
-  std::random_device rd;
-  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd());
-  const uint64_t a = rng(), b = rng();
-  // UUID version 4 layout, as vLLM's default engine_id (uuid.uuid4()).
-  return fmt::format("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff,
-                     ((b >> 48) & 0x3fff) | 0x8000, b & 0xffffffffffffULL);
-}
 
 Result<double> positive_number(const json& v, std::string_view field) {
   if (!v.is_number() || !(v.get<double>() > 0))
@@ -144,7 +136,7 @@ Result<KvTransferSettings> parse_kv_transfer_config(std::string_view text,
     s.transfer.bandwidth_bytes_per_s = kLinks[1].bytes_per_s;
     s.transfer.latency_s = kLinks[1].latency_s;
   }
-  if (s.engine_id.empty()) s.engine_id = random_engine_id();
+  if (s.engine_id.empty()) s.engine_id = random_uuid();  // as vLLM's default engine_id
   return s;
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <random>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -43,13 +42,6 @@ std::string without_kv_transfer_params(std::string body) {
   if (!doc.is_object() || !doc.contains("kv_transfer_params")) return body;
   doc.erase("kv_transfer_params");
   return doc.dump();
-}
-
-std::string new_request_id() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  const uint64_t a = rng(), b = rng();
-  return fmt::format("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff,
-                     ((b >> 48) & 0x3fff) | 0x8000, b & 0xffffffffffffULL);
 }
 
 boost::asio::awaitable<Result<std::string>> run_prefill(Upstream& upstream, http::Exchange& ex,

@@ -50,9 +50,6 @@ Result<std::string> decode_body(std::string_view body, std::string_view prefill_
 // `body` without a client's kv_transfer_params (unchanged if it has none).
 std::string without_kv_transfer_params(std::string body);
 
-// A fresh x-request-id (a UUID, as the sidecar's).
-std::string new_request_id();
-
 struct PrefillLeg {
   Endpoint* endpoint = nullptr;  // the prefill replica
   std::string_view target;       // the client's path

@@ -5,6 +5,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/scope_exit.h"
+#include "common/strings.h"
 #include "gateway/adapter_routing.h"
 #include "gateway/gateway_impl.h"
 #include "gateway/respond.h"
@@ -161,7 +162,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     // first, and the decode replica only receives its KV.
     int64_t decode_prefill = chosen.prefill;
     bool disaggregated = false;
-    const std::string request_id = svc && svc->prefill ? new_request_id() : std::string();
+    const std::string request_id = svc && svc->prefill ? random_uuid() : std::string();
     if (svc && svc->prefill && picker) {
       Disaggregation d{.pool = &*svc->prefill,
                        .picker = picker,
