@@ -207,6 +207,14 @@ up() {
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || log "no br_netfilter: Services to Pods on this node may not answer"
   write_configs "$ip"
 
+  # A test API server left running (an integration run killed at its
+  # timeout never reaches its own stop): this node needs it reset and with
+  # a controller manager. `stop` ends exactly the processes its `start`
+  # recorded, by pid.
+  if ls "$KH"/run/*.pid >/dev/null 2>&1; then
+    log "stopping the test API server left running ($(cd "$KH/run" && echo *.pid))"
+    "$APISERVER" stop >/dev/null 2>&1 || true
+  fi
   RESET=1 WITH_KCM=1 setsid "$APISERVER" start >"$S/logs/apiserver-start.log" 2>&1 ||
     die "the API server did not start: $(tail -n 1 "$S/logs/apiserver-start.log")"
   touch "$S/apiserver-started"
