@@ -231,6 +231,36 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << level << YAML::Value << YAML::DoubleQuoted << domain;
     out << YAML::EndMap;
     out << YAML::Key << "schedulable" << YAML::Value << n.schedulable;
+  } else if (const auto* job = std::get_if<Job>(&resource)) {
+    const JobSpec& j = job->spec;
+    out << YAML::Key << "command" << YAML::Value << YAML::BeginSeq;
+    for (const auto& arg : j.command) out << YAML::DoubleQuoted << arg;
+    out << YAML::EndSeq;
+    if (!j.image.empty()) out << YAML::Key << "image" << YAML::Value << j.image;
+    if (!j.env.empty()) {
+      out << YAML::Key << "env" << YAML::Value << YAML::BeginMap;
+      for (const auto& [k, v] : j.env)
+        out << YAML::Key << k << YAML::Value << YAML::DoubleQuoted << v;
+      out << YAML::EndMap;
+    }
+    out << YAML::Key << "workers" << YAML::Value << j.workers;
+    out << YAML::Key << "resources" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "cpu" << YAML::Value << j.cpu;
+    out << YAML::Key << "memory" << YAML::Value << std::to_string(j.memory_bytes);
+    if (j.gpu.count || j.gpu.fraction || j.gpu.memory_bytes || !j.gpu.mig.empty())
+      encode_gpu(out, j.gpu);
+    out << YAML::EndMap;
+    if (j.topology)
+      out << YAML::Key << "topology" << YAML::Value << YAML::BeginMap << YAML::Key << "level"
+          << YAML::Value << j.topology->level << YAML::Key << "required" << YAML::Value
+          << j.topology->required << YAML::EndMap;
+    out << YAML::Key << "queue" << YAML::Value << j.queue;
+    out << YAML::Key << "priority" << YAML::Value << j.priority;
+    out << YAML::Key << "preemptible" << YAML::Value << j.preemptible;
+    out << YAML::Key << "terminationGracePeriodSeconds" << YAML::Value << j.termination_grace_s;
+    out << YAML::Key << "backoffLimit" << YAML::Value << j.backoff_limit;
+    if (j.active_deadline_s)
+      out << YAML::Key << "activeDeadlineSeconds" << YAML::Value << *j.active_deadline_s;
   } else if (const auto* queue = std::get_if<Queue>(&resource)) {
     const QueueSpec& q = queue->spec;
     if (!q.parent.empty()) out << YAML::Key << "parent" << YAML::Value << q.parent;

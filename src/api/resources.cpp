@@ -22,7 +22,7 @@ namespace loadstar::api {
 
 std::string_view kind_of(const Resource& resource) {
   static constexpr std::string_view kKinds[] = {
-      "Model", "InferenceService", "Tenant", "Route", "Node", "Queue"};
+      "Model", "InferenceService", "Tenant", "Route", "Node", "Queue", "Job"};
   static_assert(std::size(kKinds) == std::variant_size_v<Resource>);
   return kKinds[resource.index()];
 }
@@ -553,6 +553,7 @@ const std::map<std::string, KindDecoder, std::less<>>& decoders() {
       {"Route", decode_kind<Route, decode_route>},
       {"Node", decode_kind<Node, decode_node>},
       {"Queue", decode_kind<Queue, decode_queue>},
+      {"Job", decode_kind<Job, detail::decode_job>},
   };
   return table;
 }
@@ -601,7 +602,7 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
       resources.push_back(decode->second(d, top));
     } else if (!kind.empty()) {
       d.error(doc["kind"], "kind",
-              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue",
+              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue, Job",
                           kind));
       continue;
     }
@@ -652,6 +653,9 @@ Status check_references(const std::vector<Resource>& resources) {
     if (const auto* svc = std::get_if<InferenceService>(&r); svc && !queues.count(svc->spec.queue))
       errors.push_back(fmt::format("InferenceService '{}': spec.queue: no Queue named '{}'",
                                    svc->metadata.name, svc->spec.queue));
+    if (const auto* job = std::get_if<Job>(&r); job && !queues.count(job->spec.queue))
+      errors.push_back(fmt::format("Job '{}': spec.queue: no Queue named '{}'", job->metadata.name,
+                                   job->spec.queue));
     if (const auto* svc = std::get_if<InferenceService>(&r);
         svc && svc->spec.prefill && services.count(prefill_service_name(svc->metadata.name)))
       errors.push_back(fmt::format(

@@ -335,7 +335,48 @@ struct Queue {
   QueueSpec spec;
 };
 
-using Resource = std::variant<Model, InferenceService, Tenant, Route, Node, Queue>;
+// A batch or training job (api/job.cpp reads it): `workers` processes —
+// Pods in Kubernetes — started together as a gang through the same queues
+// as InferenceServices, charged to the same GPU-seconds. Idle serving
+// capacity is lent to jobs and reclaimed when serving needs it back: a
+// preempted job's workers get `termination_grace_s` to checkpoint, then
+// the job is queued again, not lost.
+struct JobTopology {
+  std::string level;     // nvlink, rack, spine, zone
+  bool required = true;  // else preferred
+  bool operator==(const JobTopology&) const = default;
+};
+
+struct JobSpec {
+  // Locally the worker's argv; in Kubernetes its container's command.
+  std::vector<std::string> command;
+  std::string image;  // Kubernetes: the container image (required there)
+  std::map<std::string, std::string> env;
+  uint32_t workers = 1;  // the gang: all start together or none does
+  // Per worker (spec.resources).
+  double cpu = 0;
+  uint64_t memory_bytes = 0;
+  GpuRequirements gpu;
+  std::optional<JobTopology> topology;  // all workers within one domain
+  std::string queue = "default";
+  int32_t priority = 0;
+  bool preemptible = true;
+  // SIGTERM on preemption or deletion, then SIGKILL after this: the window
+  // a worker has to checkpoint (terminationGracePeriodSeconds).
+  double termination_grace_s = 30;
+  // Attempts after a failed one (a worker exiting non-zero) before the job
+  // fails; preemptions do not count (backoffLimit).
+  uint32_t backoff_limit = 3;
+  // A running attempt longer than this fails the job (activeDeadlineSeconds).
+  std::optional<double> active_deadline_s;
+};
+
+struct Job {
+  ObjectMeta metadata;
+  JobSpec spec;
+};
+
+using Resource = std::variant<Model, InferenceService, Tenant, Route, Node, Queue, Job>;
 
 std::string_view kind_of(const Resource& resource);
 const ObjectMeta& metadata_of(const Resource& resource);

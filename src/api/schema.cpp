@@ -237,6 +237,45 @@ std::vector<KindSchema> build() {
        {{"Parent", "string", ".spec.parent", "Parent queue", 0},
         {"Deserved-GPUs", "number", ".spec.deserved.gpu", "GPUs deserved", 0},
         {"Age", "date", ".metadata.creationTimestamp", "", 0}}});
+
+  // Plural `jobs` as batch/v1's: `kubectl get jobs` stays batch/v1's (the
+  // built-in group wins), `kubectl get lsjobs` lists these.
+  kinds.push_back(
+      {"Job",
+       "jobs",
+       "job",
+       {"lsjob"},
+       "A batch or training job: its workers start together as a gang through Loadstar's queues, "
+       "borrow idle serving capacity and are requeued, not lost, when it is reclaimed.",
+       {required(f("command", T::kStrings,
+                   "The program and its arguments: locally a process, in Kubernetes the "
+                   "container's command.")),
+        f("image", T::kString, "Kubernetes: the workers' container image."),
+        f("env", T::kStringMap, "Environment variables of every worker."),
+        f("workers", T::kInteger, "Workers started together, all or none (default 1)."),
+        f("resources", T::kObject, "What each worker needs.",
+          {f("cpu", T::kNumber, "CPU cores."), f("memory", T::kQuantity, "Host memory."),
+           f("gpu", T::kObject, "GPUs: whole cards, a share, or a MIG slice.", gpu)}),
+        f("topology", T::kObject, "All workers within one domain of a topology level.",
+          {required(
+               one_of(f("level", T::kString, "The level."), {"nvlink", "rack", "spine", "zone"})),
+           f("required", T::kBoolean, "Required (default) or only preferred.")}),
+        f("queue", T::kString, "The Queue its workers are charged to (default 'default')."),
+        f("priority", T::kInteger, "Priority within the queue."),
+        f("preemptible", T::kBoolean,
+          "Whether the scheduler may evict it for serving or reclaim (default true)."),
+        f("terminationGracePeriodSeconds", T::kNumber,
+          "SIGTERM, then SIGKILL after this: time to checkpoint when preempted (default 30)."),
+        f("backoffLimit", T::kInteger,
+          "Attempts after a failed one before the job fails; preemptions do not count "
+          "(default 3)."),
+        f("activeDeadlineSeconds", T::kNumber, "An attempt running longer than this fails it.")},
+       {{"Queue", "string", ".spec.queue", "The queue it is charged to", 0},
+        {"Workers", "integer", ".spec.workers", "Workers in its gang", 0},
+        {"Phase", "string", ".status.phase", "Queued, Running, Succeeded, Failed", 0},
+        {"Attempts", "integer", ".status.attempts", "Attempts started", 1},
+        {"Preemptions", "integer", ".status.preemptions", "Times it was preempted", 1},
+        {"Age", "date", ".metadata.creationTimestamp", "", 0}}});
   return kinds;
 }
 

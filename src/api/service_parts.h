@@ -1,6 +1,6 @@
-// Parts of an InferenceService's spec that appear more than once (the
-// service's own and its prefill role's): how they are read from YAML.
-// Private to src/api, as yaml_reader.h.
+// Parts of specs read from YAML by more than one kind's decoder (an
+// InferenceService's own and its prefill role's resources, a Job's), and
+// the Job decoder (api/job.cpp). Private to src/api, as yaml_reader.h.
 #pragma once
 
 #include <string>
@@ -24,5 +24,8 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
 // spec.prefill (api/disaggregation.h), checked against the rest of `svc`,
 // which must be read already.
 void decode_prefill(Decoder& d, const YAML::Node& prefill, InferenceService& svc);
+
+// A Job's spec (api/job.cpp).
+void decode_job(Decoder& d, MapReader& top, Job& job);
 
 }  // namespace loadstar::api::detail

@@ -161,6 +161,24 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
                        {"message", r.message}});
     }
     response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (req.method == "GET" && path == "/api/v1/jobs") {
+    json items = json::array();
+    for (const auto& j : ctl->jobs())
+      items.push_back({{"name", j.name},
+                       {"queue", j.queue},
+                       {"phase", controller::job_phase_name(j.phase)},
+                       {"workers", j.workers},
+                       {"running", j.running},
+                       {"attempts", j.attempts},
+                       {"failures", j.failures},
+                       {"preemptions", j.preemptions},
+                       {"age_seconds", j.age_s},
+                       {"run_seconds", j.run_s},
+                       {"gpu_seconds", j.gpu_seconds},
+                       {"nodes", j.nodes},
+                       {"message", j.message},
+                       {"logs", j.logs}});
+    response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (auto rollout = rollout_route(*ctl, req, path)) {
     response = std::move(*rollout);
   } else if (req.method == "GET" && path == "/api/v1/events") {

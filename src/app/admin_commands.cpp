@@ -82,22 +82,38 @@ std::string seconds(const json& v) {
 std::function<int()> setup_get(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto what = std::make_shared<std::string>();
-  app.add_option("resource", *what, "services, replicas or queues")
+  app.add_option("resource", *what, "services, replicas, queues or jobs")
       ->required()
-      ->check(CLI::IsMember({"services", "replicas", "queues", "service", "replica", "queue"}));
+      ->check(CLI::IsMember(
+          {"services", "replicas", "queues", "jobs", "service", "replica", "queue", "job"}));
   add_admin_options(app, *target);
   return [target, what]() -> int {
     const bool services = what->starts_with("service");
     const bool queues = what->starts_with("queue");
+    const bool jobs = what->starts_with("job");
     auto doc = admin_call(*target, "GET",
                           services ? "/api/v1/services"
                           : queues ? "/api/v1/queues"
+                          : jobs   ? "/api/v1/jobs"
                                    : "/api/v1/replicas");
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar get: {}\n", doc.error().message);
       return 1;
     }
-    if (queues) {
+    if (jobs) {
+      fmt::print("{:<20} {:<12} {:<10} {:>7} {:>8} {:>11} {:>9} {:>6}  {}\n", "NAME", "QUEUE",
+                 "PHASE", "WORKERS", "ATTEMPTS", "PREEMPTIONS", "GPU-SEC", "AGE", "MESSAGE");
+      for (const auto& j : (*doc)["items"]) {
+        fmt::print("{:<20} {:<12} {:<10} {:>7} {:>8} {:>11} {:>9.0f} {:>6}  {}\n",
+                   j["name"].get<std::string>(), j["queue"].get<std::string>(),
+                   j["phase"].get<std::string>(),
+                   fmt::format("{}/{}", j["running"].get<int>(), j["workers"].get<int>()),
+                   j["attempts"].get<int>(), j["preemptions"].get<int>(),
+                   j["gpu_seconds"].get<double>(), seconds(j["age_seconds"]),
+                   j["message"].get<std::string>());
+        fmt::print("{:<20} logs: {}\n", "", j["logs"].get<std::string>());
+      }
+    } else if (queues) {
       // GPUs: in use / deserved (limit), and the fair share right now.
       fmt::print("{:<16} {:<12} {:>10} {:>9} {:>7} {:>6} {:>8} {:>8} {:>10}\n", "NAME", "PARENT",
                  "GPUS", "DESERVED", "LIMIT", "FAIR", "RUNNING", "PENDING", "GPU-HOURS");

@@ -23,6 +23,7 @@
 #include "controller/controller.h"
 #include "controller/load.h"
 #include "controller/local_runtime.h"
+#include "controller/local_workers.h"
 #include "gateway/gateway.h"
 #include "http/bearer.h"
 #include "http/server.h"
@@ -216,6 +217,8 @@ int run_up(const UpArgs& args) {
   });
   controller::LocalRuntime runtime(
       {.data_dir = data_dir, .loadstar_bin = self_path(), .agent = node_agent->get()});
+  // Jobs' workers: child processes, their logs and checkpoints under DATA/jobs.
+  controller::LocalWorkers workers(data_dir);
   controller::RealClock clock;
   controller::ControllerOptions ctl_options;
   ctl_options.drain_timeout_s = args.drain_timeout_s;
@@ -227,6 +230,7 @@ int run_up(const UpArgs& args) {
                                for (size_t i = 0; i < gateways.size(); ++i)
                                  gateways[i]->publish(tables[i].build(inputs));
                              });
+  ctl.run_jobs(workers);
   load_sink = &load;
   metrics_source = &ctl;
 
@@ -256,7 +260,7 @@ int run_up(const UpArgs& args) {
       "Loadstar is up.\n"
       "  OpenAI API: {5}://{0}:{1}/v1   (chat/completions, completions, embeddings, models)\n"
       "  metrics:    {5}://{0}:{1}/metrics\n"
-      "  admin API:  http://{4}:{2}/api/v1   (loadstar get services | replicas | queues)\n"
+      "  admin API:  http://{4}:{2}/api/v1   (loadstar get services | replicas | queues | jobs)\n"
       "  agent API:  http://{4}:{2}/agent/v1 (loadstar stage MODEL)\n"
       "  state:      {3}\n"
       "Press Ctrl-C to stop.\n",
@@ -283,9 +287,9 @@ int run_up(const UpArgs& args) {
 
 std::function<int()> setup_up(CLI::App& app) {
   auto args = std::make_shared<UpArgs>();
-  app.add_option(
-      "-f,--filename", args->files,
-      "Resource files to apply at start (Model, InferenceService, Tenant, Route, Node, Queue)");
+  app.add_option("-f,--filename", args->files,
+                 "Resource files to apply at start (Model, InferenceService, Tenant, Route, Node, "
+                 "Queue, Job)");
   app.add_option("--host", args->host)->capture_default_str();
   app.add_option("--port", args->port, "Gateway port (OpenAI API)")->capture_default_str();
   app.add_option("--admin-port", args->admin_port, "Admin API port")->capture_default_str();

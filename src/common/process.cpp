@@ -64,6 +64,7 @@ Result<Subprocess> Subprocess::start(const ProcessOptions& options) {
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (!options.working_dir.empty() && ::chdir(options.working_dir.c_str()) != 0) ::_exit(127);
     ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
@@ -113,6 +114,10 @@ bool Subprocess::running() {
 
 void Subprocess::signal(int sig) {
   if (pid_ > 0 && !try_reap(WNOHANG)) ::kill(pid_, sig);
+}
+
+void Subprocess::signal_group(int sig) {
+  if (pid_ > 0 && !try_reap(WNOHANG)) ::kill(-pid_, sig);
 }
 
 std::optional<int> Subprocess::wait_for(std::chrono::milliseconds timeout) {

@@ -20,6 +20,8 @@ struct ProcessOptions {
   std::string output_path;
   // Extra environment entries, "NAME=value".
   std::vector<std::string> env;
+  // Where it starts; empty: the parent's working directory.
+  std::string working_dir;
 };
 
 class Subprocess {
@@ -38,6 +40,9 @@ class Subprocess {
   bool running();
   // Sends `signal`; no effect once the child has been reaped.
   void signal(int signal);
+  // Sends `signal` to the child's process group (it leads its own), which
+  // reaches what a shell it runs started too.
+  void signal_group(int signal);
   // Waits up to `timeout` for exit; returns the exit status (128+signal for a
   // signal), or nullopt if it is still running.
   std::optional<int> wait_for(std::chrono::milliseconds timeout);

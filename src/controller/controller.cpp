@@ -55,6 +55,11 @@ Controller::~Controller() {
   stop();
 }
 
+void Controller::run_jobs(WorkerRuntime& workers, JobOptions options) {
+  std::lock_guard lock(mu_);
+  jobs_ = std::make_unique<Jobs>(workers, events_, options);
+}
+
 void Controller::start() {
   watch_ = store_.watch([this](const store::WatchEvent&) {
     std::lock_guard lock(mu_);
@@ -135,15 +140,18 @@ void Controller::run() {
   }
   // Pods outlive their controller: the next one takes them over.
   if (runtime_.engines_outlive_controller()) return;
-  // Shutdown: every replica drains and stops, as on scale-down.
+  // Shutdown: every replica drains and stops, as on scale-down; every
+  // job's workers get their grace period to checkpoint.
   for (auto& [name, r] : replicas_) begin_termination(*r);
+  if (jobs_) jobs_->stop_all();
   std::optional<routing::RoutingInputs> inputs = routing_if_changed(clock_.now());
   lock.unlock();
   publish(std::move(inputs));
   lock.lock();
   const auto deadline = clock_.now() + std::chrono::milliseconds(
                                            static_cast<int64_t>(options_.drain_timeout_s * 1000));
-  while (!replicas_.empty()) {
+  while (!replicas_.empty() || (jobs_ && jobs_->any_running())) {
+    if (jobs_) jobs_->observe(placement_, seconds(clock_.now()));
     apply_load();
     const bool late = clock_.now() > deadline;
     for (auto it = replicas_.begin(); it != replicas_.end();) {
@@ -531,14 +539,19 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
   pass.queues = &queues;
   pass.services = &services_;
   for (const auto& [name, r] : replicas_)
-    pass.replicas.push_back({name, r->service, r->state == ReplicaState::kTerminating, r->launched,
-                             r->launched || r->state != ReplicaState::kPending});
+    pass.replicas.push_back({name, r->service, nullptr, r->state == ReplicaState::kTerminating,
+                             r->launched, r->launched || r->state != ReplicaState::kPending});
+  if (jobs_)
+    for (PlacementReplica& job : jobs_->placement_units(seconds(now)))
+      pass.replicas.push_back(std::move(job));
   pass.models_on = [this](const std::string& node) { return runtime_.models_on(node); };
   const PlacementChanges changes = placement_.pass(pass, seconds(now));
   for (const auto& [name, why] : changes.displaced)
     if (auto it = replicas_.find(name); it != replicas_.end()) {
       events_.warning(it->second->service, "Displaced", fmt::format("replica {}: {}", name, why));
       stop_engine(*it->second, why);
+    } else if (jobs_ && jobs_->has(name)) {
+      jobs_->displaced(name, why, seconds(now));
     }
   for (const auto& name : changes.placed)
     if (auto it = replicas_.find(name); it != replicas_.end()) mark(*it->second, kPlaced, now);
@@ -546,6 +559,20 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
     if (auto it = replicas_.find(name);
         it != replicas_.end() && it->second->state == ReplicaState::kPending)
       it->second->message = why;
+    else if (jobs_)
+      jobs_->waiting(name, why);
+}
+
+void Controller::observe_jobs(std::vector<api::Job> declared, Clock::time_point now) {
+  if (!jobs_) {
+    for (const api::Job& job : declared)
+      if (jobs_refused_.insert(job.metadata.name).second)
+        events_.record("Job", job.metadata.name, "Warning", "NotSupported",
+                       "this runtime runs no Jobs yet (`loadstar up` does)");
+    return;
+  }
+  jobs_->sync(std::move(declared), seconds(now));
+  jobs_->observe(placement_, seconds(now));
 }
 
 std::optional<routing::RoutingInputs> Controller::reconcile() {
@@ -567,9 +594,11 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   route_specs_.clear();
   std::vector<api::Node> nodes;
   std::vector<api::Queue> queues;
+  std::vector<api::Job> jobs;
   for (auto& resource : store_.list()) {
     if (auto* node = std::get_if<api::Node>(&resource)) nodes.push_back(std::move(*node));
     if (auto* queue = std::get_if<api::Queue>(&resource)) queues.push_back(std::move(*queue));
+    if (auto* job = std::get_if<api::Job>(&resource)) jobs.push_back(std::move(*job));
     if (auto* svc = std::get_if<api::InferenceService>(&resource)) {
       // A disaggregated service runs as two: itself and its prefill pool.
       for (api::InferenceService& role : api::role_services(*svc))
@@ -585,6 +614,7 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
 
   cards_.clear();
   for (auto& [name, r] : replicas_) observe(*r);
+  observe_jobs(std::move(jobs), now);
   // Which card a Pod gets is the kubelet's choice: the bookkeeping follows.
   for (const std::string& name : placement_.follow_devices(cards_, seconds(now)))
     if (const Placed* where = placement_.where(name))
@@ -599,14 +629,21 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   scaler_.retain(services_);
 
   place(nodes, queues, now);
+  if (jobs_ && !stopping_) jobs_->launch(placement_, seconds(now));
 
   // Act per replica.
   for (auto it = replicas_.begin(); it != replicas_.end();) {
     Replica& r = *it->second;
     const bool placed = placement_.where(r.name) != nullptr;
-    if (placed && !stopping_ &&
-        (r.state == ReplicaState::kPending ||
-         (r.state == ReplicaState::kFailed && now >= r.next_restart))) {
+    const bool startable = r.state == ReplicaState::kPending ||
+                           (r.state == ReplicaState::kFailed && now >= r.next_restart);
+    // Its devices are a preempted job's until that job's workers have
+    // checkpointed and ended.
+    const std::string blocker = placed && startable ? placement_.blocker(r.name) : "";
+    if (!blocker.empty()) {
+      r.message =
+          fmt::format("placed; waiting for preempted job {} to checkpoint and stop", blocker);
+    } else if (placed && !stopping_ && startable) {
       // The budget runs from this pass's first launch: every pass starts
       // at least one, however long the rest of it took.
       const auto wall = std::chrono::steady_clock::now();

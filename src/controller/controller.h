@@ -34,6 +34,7 @@
 #include "controller/clock.h"
 #include "controller/cold_start.h"
 #include "controller/events.h"
+#include "controller/jobs.h"
 #include "controller/load.h"
 #include "controller/model_versions.h"
 #include "controller/placement.h"
@@ -139,6 +140,10 @@ class Controller {
              const Clock& clock, ControllerOptions options, Publish publish);
   ~Controller();
 
+  // Runs the store's Jobs with `workers` (call before start() or the first
+  // pass); without, a declared Job only says that this runtime cannot run it.
+  void run_jobs(WorkerRuntime& workers, JobOptions options = {});
+
   // Takes over the engines that run already, then reconciles on a thread
   // of its own until stop().
   void start();
@@ -151,6 +156,7 @@ class Controller {
   void pass();
 
   std::vector<ReplicaStatus> replicas() const;
+  std::vector<JobStatus> jobs() const;
   std::vector<ServiceStatus> services() const;
   // Queues with usage against quota and fair share, for `loadstar get queues`.
   std::vector<scheduler::QueueStatus> queues() const;
@@ -181,6 +187,8 @@ class Controller {
   void scale(const api::InferenceService& svc, Clock::time_point now);
   void place(const std::vector<api::Node>& nodes, const std::vector<api::Queue>& queues,
              Clock::time_point now);
+  // Jobs this pass: their workers observed, before placement.
+  void observe_jobs(std::vector<api::Job> declared, Clock::time_point now);
   void observe(Replica& r);
   void launch(Replica& r);
   // Whether a Terminating replica is gone (its engine stopped and ended).
@@ -249,6 +257,8 @@ class Controller {
   // (its group's; 0 or absent: none).
   std::map<std::string, uint32_t> canary_weights_;
   Placement placement_;
+  std::unique_ptr<Jobs> jobs_;          // null: this runtime runs no jobs
+  std::set<std::string> jobs_refused_;  // declared jobs told so, without jobs_
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;
   // Why an adapter loaded on demand is not staged, by "service/adapter", as

@@ -64,6 +64,11 @@ void Controller::publish_statuses() {
   }
 }
 
+std::vector<JobStatus> Controller::jobs() const {
+  std::lock_guard lock(mu_);
+  return jobs_ ? jobs_->statuses(placement_, seconds(clock_.now())) : std::vector<JobStatus>{};
+}
+
 std::vector<ReplicaStatus> Controller::replicas() const {
   std::lock_guard lock(mu_);
   std::vector<ReplicaStatus> out;

@@ -10,13 +10,13 @@ EventLog::EventLog(store::ResourceStore& store, const Clock& clock) : store_(sto
   while (recent_.size() > kMax) recent_.pop_front();
 }
 
-void EventLog::record(std::string_view service, const char* type, std::string reason,
-                      std::string message) {
+void EventLog::record(std::string_view kind, std::string_view service, const char* type,
+                      std::string reason, std::string message) {
   const std::string time =
       fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(clock_.wall()));
   // The same again, among the service's latest: counted.
   for (auto it = recent_.rbegin(); it != recent_.rend() && it - recent_.rbegin() < 20; ++it) {
-    if (it->name != service) continue;
+    if (it->name != service || it->kind != kind) continue;
     if (it->reason == reason && it->message == message) {
       ++it->count;
       it->time = time;
@@ -25,8 +25,8 @@ void EventLog::record(std::string_view service, const char* type, std::string re
     }
     break;  // only its very last one
   }
-  store::Event e{time, "InferenceService", std::string(service),
-                 type, std::move(reason),  std::move(message)};
+  store::Event e{time, std::string(kind), std::string(service),
+                 type, std::move(reason), std::move(message)};
   store_.record_event(e);
   recent_.push_back(std::move(e));
   if (recent_.size() > kMax) recent_.pop_front();

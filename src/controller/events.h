@@ -29,11 +29,16 @@ class EventLog {
   void warning(std::string_view service, std::string reason, std::string message) {
     record(service, "Warning", std::move(reason), std::move(message));
   }
+  // An event of another kind of object (a Job).
+  void record(std::string_view kind, std::string_view name, const char* type, std::string reason,
+              std::string message);
   // A service's events (all: empty), oldest first.
   std::vector<store::Event> of(std::string_view service) const;
 
  private:
-  void record(std::string_view service, const char* type, std::string reason, std::string message);
+  void record(std::string_view service, const char* type, std::string reason, std::string message) {
+    record("InferenceService", service, type, std::move(reason), std::move(message));
+  }
   store::ResourceStore& store_;
   const Clock& clock_;
   std::deque<store::Event> recent_;

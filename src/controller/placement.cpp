@@ -21,6 +21,7 @@ void Placement::adopt(const std::string& replica, const std::string& node,
   r.adopted_node = node;
   // Where it runs already; the scheduler is told at the next pass.
   r.placed = Placed{node, "", *r.adopted};
+  r.members = {*r.placed};
 }
 
 std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> shares,
@@ -84,7 +85,7 @@ std::vector<std::string> Placement::follow_devices(
   }
   std::vector<std::string> out;
   for (const Move& m : moves) {
-    replicas_[m.replica].placed = placed_from(m.after);
+    set_placed(replicas_[m.replica], {m.after});
     out.push_back(m.replica);
   }
   device_moves_ += out.size();
@@ -106,12 +107,11 @@ Placed Placement::placed_from(const scheduler::Allocation& a) const {
   return out;
 }
 
-scheduler::Workload Placement::workload_of(const std::string& replica,
-                                           const api::InferenceService& svc) {
+scheduler::PodRequest Placement::pod_of(double cpu, uint64_t memory_bytes,
+                                        const api::GpuRequirements& g) {
   scheduler::PodRequest pod;
-  pod.cpu_milli = static_cast<uint64_t>(svc.spec.cpu * 1000);
-  pod.memory_mib = svc.spec.memory_bytes >> 20;
-  const api::GpuRequirements& g = svc.spec.gpu;
+  pod.cpu_milli = static_cast<uint64_t>(cpu * 1000);
+  pod.memory_mib = memory_bytes >> 20;
   if (!g.mig.empty()) {
     if (auto profile = parse_mig_profile(g.mig); profile.ok())
       std::tie(pod.mig_slices, pod.mig_memory_mib) = *profile;
@@ -123,6 +123,12 @@ scheduler::Workload Placement::workload_of(const std::string& replica,
     pod.gpu_count = g.count;
   }
   if (!g.type.empty()) pod.allowed_models = {cluster_.intern_model(g.type)};
+  return pod;
+}
+
+scheduler::Workload Placement::workload_of(const std::string& replica,
+                                           const api::InferenceService& svc) {
+  scheduler::PodRequest pod = pod_of(svc.spec.cpu, svc.spec.memory_bytes, svc.spec.gpu);
   pod.model = svc.spec.model;
   // A disaggregated service's two pools are one group: each replica prefers
   // nodes near the other pool's (their KV crosses between them).
@@ -138,6 +144,64 @@ scheduler::Workload Placement::workload_of(const std::string& replica,
   return w;
 }
 
+scheduler::Workload Placement::workload_of(const std::string& name, const api::Job& job) {
+  const api::JobSpec& spec = job.spec;
+  scheduler::Workload w;
+  w.name = name;
+  w.queue = spec.queue;
+  auto tenant = job.metadata.labels.find("loadstar.dev/tenant");
+  w.tenant = tenant != job.metadata.labels.end() ? tenant->second : spec.queue;
+  w.priority = spec.priority;
+  w.preemptible = spec.preemptible;
+  w.pods.assign(spec.workers, pod_of(spec.cpu, spec.memory_bytes, spec.gpu));
+  if (spec.topology) {
+    w.topology_level = spec.topology->level;
+    w.topology_required = spec.topology->required;
+  }
+  return w;
+}
+
+std::optional<scheduler::Workload> Placement::workload_of(const PlacementPass& pass,
+                                                          const PlacementReplica& r) {
+  if (r.job) return workload_of(r.name, *r.job);
+  auto svc = pass.services->find(r.service);
+  if (svc == pass.services->end()) return std::nullopt;
+  return workload_of(r.name, svc->second);
+}
+
+void Placement::set_placed(Replica& r, const std::vector<scheduler::Allocation>& allocations) {
+  r.members.clear();
+  for (const auto& a : allocations) r.members.push_back(placed_from(a));
+  if (r.members.empty())
+    r.placed.reset();
+  else
+    r.placed = r.members.front();
+}
+
+const std::vector<Placed>& Placement::members(const std::string& name) const {
+  static const std::vector<Placed> none;
+  auto it = replicas_.find(name);
+  return it != replicas_.end() ? it->second.members : none;
+}
+
+void Placement::vacated(const std::string& job) {
+  vacating_.erase(job);
+}
+
+std::string Placement::blocker(const std::string& name) const {
+  for (const Placed& mine : members(name))
+    for (const auto& [job, held] : vacating_) {
+      if (job == name) continue;
+      for (const Placed& theirs : held) {
+        if (theirs.node != mine.node) continue;
+        for (const DeviceShare& a : mine.shares)
+          for (const DeviceShare& b : theirs.shares)
+            if (a.device == b.device) return job;
+      }
+    }
+  return "";
+}
+
 std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const PlacementPass& pass,
                                                                          double t) {
   std::vector<std::pair<std::string, std::string>> displaced;
@@ -147,8 +211,8 @@ std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const P
   nodes_key_ = key;
   // Where each placed replica is, by node name, to keep it there.
   struct Kept {
-    std::string node;
-    scheduler::Allocation allocation;
+    std::vector<std::string> nodes;
+    std::vector<scheduler::Allocation> allocations;
   };
   std::map<std::string, Kept> kept;
   scheduler::Scheduler::Accounting accounting;
@@ -156,9 +220,10 @@ std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const P
     accounting = scheduler_->accounting();
     for (const PlacementReplica& r : pass.replicas) {
       const scheduler::WorkloadStatus* st = scheduler_->status(r.name);
-      if (st && st->state == scheduler::WorkloadState::kRunning)
-        kept[r.name] = {cluster_.nodes()[st->allocations.front().node].name,
-                        st->allocations.front()};
+      if (!st || st->state != scheduler::WorkloadState::kRunning) continue;
+      Kept& k = kept[r.name];
+      k.allocations = st->allocations;
+      for (const auto& a : st->allocations) k.nodes.push_back(cluster_.nodes()[a.node].name);
     }
   }
   scheduler_.reset();
@@ -200,20 +265,22 @@ std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const P
     Replica& r = replicas_[pr.name];
     r.submitted = false;
     auto it = kept.find(pr.name);
-    auto svc = pass.services->find(pr.service);
-    const int n = it == kept.end() ? -1 : cluster_.find_node(it->second.node);
-    bool stays = false;
-    if (n >= 0 && svc != pass.services->end()) {
-      scheduler::Allocation a = it->second.allocation;
-      a.node = n;
-      bool devices_exist = true;
+    auto workload = workload_of(pass, pr);
+    bool stays = it != kept.end() && workload;
+    std::vector<scheduler::Allocation> allocations;
+    for (size_t i = 0; stays && i < it->second.allocations.size(); ++i) {
+      scheduler::Allocation a = it->second.allocations[i];
+      a.node = cluster_.find_node(it->second.nodes[i]);
+      stays = a.node >= 0;
       for (const auto& share : a.shares)
-        devices_exist &= share.device < static_cast<int>(cluster_.nodes()[n].devices.size());
-      stays = devices_exist && scheduler_->adopt(workload_of(pr.name, svc->second), {a}, t).ok();
+        stays = stays && share.device < static_cast<int>(cluster_.nodes()[a.node].devices.size());
+      allocations.push_back(std::move(a));
     }
+    stays = stays && scheduler_->adopt(std::move(*workload), std::move(allocations), t).ok();
     r.submitted = stays;
     if (stays || it == kept.end()) continue;
     r.placed.reset();
+    r.members.clear();
     if (!pr.terminating && pr.engine_active) {
       spdlog::warn("replica {}: its node or devices changed; placing it again", pr.name);
       displaced.emplace_back(pr.name, "its node or devices changed; placing it again");
@@ -327,10 +394,11 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
       scheduler_->remove(pr.name, t);
       r.submitted = false;
       r.placed.reset();
+      r.members.clear();
       continue;
     }
     auto svc = pass.services->find(pr.service);
-    if (r.adopted && !pr.terminating) {
+    if (r.adopted && !pr.terminating && !pr.job) {
       // An engine that runs already keeps its node and devices if they exist.
       if (svc == pass.services->end()) continue;
       scheduler::Workload w = workload_of(pr.name, svc->second);
@@ -343,25 +411,32 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
       r.adopted.reset();
       if (kept) {
         r.submitted = true;
-        r.placed = placed_from(a);
+        set_placed(r, {a});
         continue;
       }
       spdlog::warn("replica {}: its node or devices are gone; placing it again", pr.name);
       displace(pr.name, "its node or devices are gone; placing it again");
-      r.placed.reset();
+      set_placed(r, {});
     }
     if (r.submitted || pr.terminating) continue;
-    if (svc == pass.services->end()) continue;
+    auto workload = workload_of(pass, pr);
+    if (!workload) continue;
     scheduler_->remove(pr.name, t);
-    if (auto s = scheduler_->submit(workload_of(pr.name, svc->second), t); !s.ok()) {
+    if (auto s = scheduler_->submit(std::move(*workload), t); !s.ok()) {
       changes.waiting[pr.name] = s.error().message;
       continue;
     }
     r.submitted = true;
   }
   const scheduler::CycleReport report = scheduler_->schedule(t);
+  std::set<std::string, std::less<>> jobs;
+  for (const PlacementReplica& pr : pass.replicas)
+    if (pr.job) jobs.insert(pr.name);
   for (const auto& name : report.preempted) {
-    if (!replicas_.count(name)) continue;
+    auto it = replicas_.find(name);
+    if (it == replicas_.end()) continue;
+    // A job's workers checkpoint before they end: its devices are held till then.
+    if (jobs.count(name) && !it->second.members.empty()) vacating_[name] = it->second.members;
     const std::string why = scheduler_->status(name)->reason;
     spdlog::warn("replica {}: {}", name, why);
     displace(name, why);
@@ -372,12 +447,13 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
     Replica& r = replicas_[pr.name];
     if (st->state == scheduler::WorkloadState::kRunning) {
       if (r.placed) continue;
-      r.placed = placed_from(st->allocations.front());
+      set_placed(r, st->allocations);
       changes.placed.push_back(pr.name);
-      spdlog::info("replica {}: placed on {} {}", pr.name, r.placed->node,
-                   r.placed->devices.empty() ? "(no GPU)" : r.placed->devices);
+      for (const Placed& p : r.members)
+        spdlog::info("{} {}: placed on {} {}", pr.job ? "job" : "replica", pr.name, p.node,
+                     p.devices.empty() ? "(no GPU)" : p.devices);
     } else {
-      r.placed.reset();
+      set_placed(r, {});
       changes.waiting[pr.name] = st->reason.empty() ? "waiting to be placed" : st->reason;
     }
   }

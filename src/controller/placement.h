@@ -25,13 +25,15 @@
 
 namespace loadstar::controller {
 
-// A replica as placement needs to know it this pass.
+// A replica, or a job's gang of workers, as placement needs to know it
+// this pass.
 struct PlacementReplica {
   std::string name;
-  std::string service;
-  bool terminating = false;    // being drained or stopped: never placed again
-  bool launched = false;       // its engine runs (or is stopping)
-  bool engine_active = false;  // launched, or past Pending (a start under way)
+  std::string service;            // a replica's service, or
+  const api::Job* job = nullptr;  // a job: its workers are placed all or none
+  bool terminating = false;       // being drained or stopped: never placed again
+  bool launched = false;          // its engine runs (or is stopping)
+  bool engine_active = false;     // launched, or past Pending (a start under way)
 };
 
 struct PlacementPass {
@@ -77,8 +79,20 @@ class Placement {
   std::vector<std::string> follow_devices(const std::map<std::string, std::vector<int>>& cards,
                                           double t);
 
-  // Where the replica is placed; null while it has no place.
+  // Where the replica is placed (a job: its first worker); null while it
+  // has no place.
   const Placed* where(const std::string& replica) const;
+  // Where each pod of a job's gang is placed, by worker index; empty while
+  // it has no place.
+  const std::vector<Placed>& members(const std::string& name) const;
+
+  // Devices given to another workload while the job preempted from them
+  // is still stopping (its workers' grace period to checkpoint): whoever
+  // is placed on them waits. A preempted job's devices are held so from
+  // its displacement until vacated(job) says its workers have all ended.
+  void vacated(const std::string& job);
+  // The preempted job still stopping on a device placed to `name`, or empty.
+  std::string blocker(const std::string& name) const;
   // Queues with usage against quota and fair share.
   std::vector<scheduler::QueueStatus> queues() const;
   // Per-queue allocation, fair share and GPU-seconds, per-tenant
@@ -89,6 +103,7 @@ class Placement {
   struct Replica {
     bool submitted = false;
     std::optional<Placed> placed;
+    std::vector<Placed> members;  // every pod's (a replica's: its one)
     std::optional<std::vector<DeviceShare>> adopted;
     std::string adopted_node;
   };
@@ -101,6 +116,12 @@ class Placement {
   // scheduler's locality scorer draws its two pools together).
   void sync_groups(const PlacementPass& pass);
   scheduler::Workload workload_of(const std::string& replica, const api::InferenceService& svc);
+  scheduler::Workload workload_of(const std::string& name, const api::Job& job);
+  // The workload of `r` this pass; nullopt when its service is gone.
+  std::optional<scheduler::Workload> workload_of(const PlacementPass& pass,
+                                                 const PlacementReplica& r);
+  scheduler::PodRequest pod_of(double cpu, uint64_t memory_bytes, const api::GpuRequirements& g);
+  void set_placed(Replica& r, const std::vector<scheduler::Allocation>& allocations);
   Placed placed_from(const scheduler::Allocation& a) const;
 
   std::string policy_;
@@ -108,6 +129,8 @@ class Placement {
   std::unique_ptr<scheduler::Scheduler> scheduler_;
   std::string nodes_key_, queues_key_, target_key_;
   std::map<std::string, Replica> replicas_;
+  // Preempted jobs still stopping, with the devices they hold.
+  std::map<std::string, std::vector<Placed>> vacating_;
   uint64_t device_moves_ = 0;  // replicas moved onto the cards their node gave them
 };
 

@@ -399,9 +399,16 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
   const int q = queue_index(e.workload.queue);
   // Reclaim: a queue below its fair share takes back capacity from queues
   // above theirs, never pushing a lender below its own fair share.
+  // Within its deserved quota a queue's claim is guaranteed: it takes back
+  // whatever others borrowed beyond their own deserved quota, even below
+  // their fair share (a borrowing gang goes whole or not at all). Beyond
+  // it, only within its fair share, and never pushing a lender below its own.
+  const bool guaranteed = !limited && within_deserved(q, e.request);
   const bool in_quota =
-      !limited && (within_deserved(q, e.request) ||
-                   (queues_[q].allocated + e.request).fits_in(queues_[q].fair_share));
+      guaranteed || (!limited && (queues_[q].allocated + e.request).fits_in(queues_[q].fair_share));
+  auto floor_of = [&](int vq) {
+    return guaranteed ? queues_[vq].spec.deserved.gpu : queues_[vq].fair_share.gpu;
+  };
   std::vector<Entry*> victims;
   for (auto& [name, v] : entries_) {
     if (&v == &e || v.status.state != WorkloadState::kRunning || !v.workload.preemptible) continue;
@@ -409,7 +416,7 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     if (vq < 0) continue;
     if (vq == q) {
       if (v.workload.priority < e.workload.priority) victims.push_back(&v);
-    } else if (in_quota && queues_[vq].allocated.gpu > queues_[vq].fair_share.gpu + kEps) {
+    } else if (in_quota && queues_[vq].allocated.gpu > floor_of(vq) + kEps) {
       victims.push_back(&v);  // reclaim what that queue borrowed
     }
   }
@@ -430,8 +437,7 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     const int vq = queue_index(v->workload.queue);
     Resources used;
     for (const auto& a : v->status.allocations) used += resources_of(a);
-    if (vq != q && queues_[vq].allocated.gpu - reclaimed[vq].gpu - used.gpu <
-                       queues_[vq].fair_share.gpu - kEps)
+    if (vq != q && queues_[vq].allocated.gpu - reclaimed[vq].gpu - used.gpu < floor_of(vq) - kEps)
       return false;
     reclaimed[vq] += used;
     return true;

@@ -11,9 +11,12 @@
 // from the queue furthest below its fair share (dominant resource first),
 // then by priority, then first come first served.
 //
-// A workload within its queue's deserved quota may reclaim capacity lent to
-// queues above theirs; a workload may preempt lower-priority work of its own
-// queue. Work marked not preemptible is never evicted.
+// A workload within its queue's deserved quota reclaims capacity lent to
+// queues above their deserved quota (a guarantee: even below their fair
+// share); one beyond it but within its fair share reclaims from queues
+// above their fair share, never pushing them below it. A workload may
+// preempt lower-priority work of its own queue. Work marked not
+// preemptible is never evicted.
 #pragma once
 
 #include <cstdint>

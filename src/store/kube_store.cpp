@@ -146,6 +146,8 @@ void KubeStore::qualify(api::Resource& resource, const std::string& namespace_na
             r.spec.adapter_of = scope_.qualify(namespace_name, r.spec.adapter_of);
         } else if constexpr (std::is_same_v<T, api::Queue>) {
           queue(r.spec.parent);
+        } else if constexpr (std::is_same_v<T, api::Job>) {
+          queue(r.spec.queue);
         }
         r.metadata.name = scope_.qualify(namespace_name, r.metadata.name);
       },
