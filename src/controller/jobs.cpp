@@ -136,7 +136,7 @@ void Jobs::observe(Placement& placement, double now) {
     if (j.phase == JobPhase::kStopping && j.live.empty()) {
       switch (j.stopping) {
         case Stop::kPreempted:
-          placement.vacated(name);
+          placement.vacated(name, now);
           j.phase = JobPhase::kQueued;
           j.stopping = Stop::kNone;
           break;
@@ -168,7 +168,7 @@ void Jobs::observe(Placement& placement, double now) {
       }
     }
     if (j.deleted && j.live.empty()) {
-      placement.vacated(name);
+      placement.vacated(name, now);
       placement.remove(name, now);
       it = jobs_.erase(it);
       continue;

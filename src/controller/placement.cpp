@@ -184,15 +184,20 @@ const std::vector<Placed>& Placement::members(const std::string& name) const {
   return it != replicas_.end() ? it->second.members : none;
 }
 
-void Placement::vacated(const std::string& job) {
-  vacating_.erase(job);
+void Placement::vacated(const std::string& job, double t) {
+  auto it = vacating_.find(job);
+  if (it == vacating_.end()) return;
+  const Vacating& v = it->second;
+  if (scheduler_)
+    scheduler_->add_gpu_seconds(v.queue, v.tenant, v.gpus * std::max(0.0, t - v.since));
+  vacating_.erase(it);
 }
 
 std::string Placement::blocker(const std::string& name) const {
   for (const Placed& mine : members(name))
     for (const auto& [job, held] : vacating_) {
       if (job == name) continue;
-      for (const Placed& theirs : held) {
+      for (const Placed& theirs : held.members) {
         if (theirs.node != mine.node) continue;
         for (const DeviceShare& a : mine.shares)
           for (const DeviceShare& b : theirs.shares)
@@ -436,7 +441,13 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
     auto it = replicas_.find(name);
     if (it == replicas_.end()) continue;
     // A job's workers checkpoint before they end: its devices are held till then.
-    if (jobs.count(name) && !it->second.members.empty()) vacating_[name] = it->second.members;
+    if (jobs.count(name) && !it->second.members.empty()) {
+      const scheduler::Workload* w = scheduler_->workload(name);
+      Vacating& v = vacating_[name];
+      v = {it->second.members, w ? w->queue : "", w ? w->tenant : "", t, 0};
+      for (const Placed& p : v.members)
+        for (const DeviceShare& d : p.shares) v.gpus += d.milli / double(scheduler::kMilliPerGpu);
+    }
     const std::string why = scheduler_->status(name)->reason;
     spdlog::warn("replica {}: {}", name, why);
     displace(name, why);

@@ -90,7 +90,8 @@ class Placement {
   // is still stopping (its workers' grace period to checkpoint): whoever
   // is placed on them waits. A preempted job's devices are held so from
   // its displacement until vacated(job) says its workers have all ended.
-  void vacated(const std::string& job);
+  // Its queue is charged the GPU-seconds of that grace period.
+  void vacated(const std::string& job, double t);
   // The preempted job still stopping on a device placed to `name`, or empty.
   std::string blocker(const std::string& name) const;
   // Queues with usage against quota and fair share.
@@ -130,7 +131,13 @@ class Placement {
   std::string nodes_key_, queues_key_, target_key_;
   std::map<std::string, Replica> replicas_;
   // Preempted jobs still stopping, with the devices they hold.
-  std::map<std::string, std::vector<Placed>> vacating_;
+  struct Vacating {
+    std::vector<Placed> members;
+    std::string queue, tenant;
+    double since = 0;
+    double gpus = 0;
+  };
+  std::map<std::string, Vacating> vacating_;
   uint64_t device_moves_ = 0;  // replicas moved onto the cards their node gave them
 };
 

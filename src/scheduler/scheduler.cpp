@@ -213,6 +213,15 @@ void Scheduler::advance(double now) {
   }
 }
 
+void Scheduler::add_gpu_seconds(const std::string& queue, const std::string& tenant,
+                                double gpu_seconds) {
+  tenant_gpu_seconds_[tenant] += gpu_seconds;
+  if (int q = queue_index(queue); q >= 0)
+    queues_[q].gpu_seconds += gpu_seconds;
+  else
+    orphan_gpu_seconds_[queue] += gpu_seconds;
+}
+
 void Scheduler::compute_fair_shares() {
   for (auto& q : queues_) q.demand = {};
   for (const auto& [name, e] : entries_) {

@@ -149,6 +149,9 @@ class Scheduler {
 
   // Adds GPU-seconds up to `now` (also done by every call that takes a time).
   void advance(double now);
+  // GPU-seconds a workload used beyond its allocation: a preempted one's
+  // grace period, while it still held the devices it was evicted from.
+  void add_gpu_seconds(const std::string& queue, const std::string& tenant, double gpu_seconds);
 
   const WorkloadStatus* status(const std::string& name) const;
   const Workload* workload(const std::string& name) const;
