@@ -23,6 +23,7 @@
 #include "controller/controller.h"
 #include "controller/gateway_load.h"
 #include "controller/pod_runtime.h"
+#include "controller/pod_workers.h"
 #include "engines/engines.h"
 #include "gateway/gateway.h"
 #include "http/bearer.h"
@@ -310,7 +311,14 @@ int run_controller(ControllerArgs args) {
                                                               args.gateway_selector, *token);
   controller::RealClock clock;
   // Gateways discover ready engines themselves (EndpointDiscovery): nothing to publish.
+  // Jobs' workers: Pods bound where the scheduler put them.
+  controller::PodWorkers workers(client, store, {.image_pull_policy = args.pods.image_pull_policy});
+  if (Status s = workers.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
+  ctl.run_jobs(workers);
 
   ctl.start();
   if (load) load->start();

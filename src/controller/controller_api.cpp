@@ -13,6 +13,8 @@
 
 #include "controller/controller.h"
 
+#include <cmath>
+
 #include "api/disaggregation.h"
 #include "controller/replica.h"
 
@@ -61,6 +63,21 @@ void Controller::publish_statuses() {
       if (auto p = services_.find(api::prefill_service_name(name)); p != services_.end())
         status["prefill"] = status_of(p->first, p->second);
     store_.publish_status("InferenceService", name, status.dump());
+  }
+  if (!jobs_) return;
+  // What changes with its lifecycle only (a status write per change, not
+  // per pass: GPU-seconds are the admin API's and the metrics').
+  for (const JobStatus& j : jobs_->statuses(placement_, seconds(clock_.now()))) {
+    const nlohmann::json status = {{"phase", job_phase_name(j.phase)},
+                                   {"workers", j.workers},
+                                   {"running", j.running},
+                                   {"attempts", j.attempts},
+                                   {"failures", j.failures},
+                                   {"preemptions", j.preemptions},
+                                   {"nodes", j.nodes},
+                                   {"message", j.message},
+                                   {"logs", j.logs}};
+    store_.publish_status("Job", j.name, status.dump());
   }
 }
 

@@ -25,7 +25,8 @@ const char* job_phase_name(JobPhase phase) {
 }
 
 std::string Jobs::worker_name(const std::string& job, uint32_t index) {
-  return fmt::format("{}-{}", job, index);
+  // Not "<job>-<index>": that is a replica's name, and Pods share one namespace.
+  return fmt::format("{}-worker-{}", job, index);
 }
 
 double Jobs::gpus_per_worker(const api::Job& job) const {
@@ -109,7 +110,7 @@ void Jobs::observe(Placement& placement, double now) {
         ++w;
         continue;
       }
-      const uint32_t index = static_cast<uint32_t>(std::stoul(w->substr(name.size() + 1)));
+      const uint32_t index = static_cast<uint32_t>(std::stoul(w->substr(w->rfind('-') + 1)));
       if (index < j.exit_codes.size()) j.exit_codes[index] = st.exited ? st.exit_code : -2;
       if (j.phase == JobPhase::kRunning && (!st.exited || st.exit_code != 0) && failed.empty())
         failed = fmt::format("worker {} {}", index, st.exited ? st.message : "is gone");
@@ -135,6 +136,10 @@ void Jobs::observe(Placement& placement, double now) {
     }
     if (j.phase == JobPhase::kStopping && j.live.empty()) {
       switch (j.stopping) {
+        case Stop::kRetry:
+          j.phase = JobPhase::kQueued;
+          j.stopping = Stop::kNone;
+          break;
         case Stop::kPreempted:
           placement.vacated(name, now);
           j.phase = JobPhase::kQueued;
@@ -224,6 +229,7 @@ void Jobs::launch(Placement& placement, double now) {
     ++j.attempts;
     j.exit_codes.assign(j.job.spec.workers, -1);
     std::string failed;
+    bool not_yet = false;
     for (uint32_t i = 0; i < j.job.spec.workers && failed.empty(); ++i) {
       WorkerLaunch launch;
       launch.worker = worker_name(name, i);
@@ -233,14 +239,22 @@ void Jobs::launch(Placement& placement, double now) {
       launch.node = members[i].node;
       launch.devices = members[i].devices;
       launch.shares = members[i].shares;
-      if (Status s = runtime_.start(launch); !s.ok())
+      if (Status s = runtime_.start(launch); !s.ok()) {
         failed = fmt::format("worker {} could not start: {}", i, s.error().message);
-      else
+        not_yet = s.error().code == ErrorCode::kUnavailable;
+      } else {
         j.live.push_back(launch.worker);
+      }
     }
     j.started_at = j.counted_to = now;
     j.next_start = 0;
     j.phase = JobPhase::kRunning;
+    if (not_yet) {
+      // Not yet: the gang's started workers stop and it starts again later.
+      --j.attempts;
+      stop_workers(j, Stop::kRetry, failed, now);
+      continue;
+    }
     if (!failed.empty()) {
       // All or none: the gang's started workers stop, and the attempt failed.
       events_.record("Job", name, "Warning", "FailedStart", failed);

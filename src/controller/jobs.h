@@ -87,7 +87,9 @@ class Jobs {
   std::vector<JobStatus> statuses(const Placement& placement, double now) const;
 
  private:
-  enum class Stop { kNone, kPreempted, kFailed, kDeadline, kDeleted };
+  // Why an attempt's workers are stopping; kRetry: a worker could not
+  // start yet (its previous Pod is still going), no failure.
+  enum class Stop { kNone, kPreempted, kFailed, kDeadline, kDeleted, kRetry };
   struct Job {
     api::Job job;
     JobPhase phase = JobPhase::kQueued;

@@ -19,7 +19,7 @@
 namespace loadstar::controller {
 
 struct WorkerLaunch {
-  std::string worker;  // "<job>-<index>"; at most one process per name
+  std::string worker;  // "<job>-worker-<index>"; at most one process (Pod) per name
   const api::Job* job = nullptr;
   uint32_t index = 0;    // 0: the leader
   uint32_t attempt = 1;  // 1 + failed attempts + preemptions

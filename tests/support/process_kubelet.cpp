@@ -2,8 +2,8 @@
 // kubelet: it registers a Node, watches the Pods bound to it, and runs their
 // containers as local processes, the way a kubelet would — init containers
 // in order, then the containers, restarted when they exit (restartPolicy
-// Always), $(VAR) references expanded from env and the downward API
-// (status.podIP, status.hostIP, metadata.name, spec.nodeName) and Secrets, readiness
+// Always; Never: the Pod ends Succeeded or Failed), $(VAR) references expanded from env and the
+// downward API (status.podIP, status.hostIP, metadata.name, spec.nodeName) and Secrets, readiness
 // from the httpGet probe — and writes the Pod's status (phase, podIP,
 // conditions, container states). Each Pod gets its own loopback address
 // (127.0.N.M), so engines of several Pods listen on the same port, as in a
@@ -201,6 +201,13 @@ class Kubelet {
       for (const auto& a : part) argv.push_back(expand(a.get<std::string>(), env));
     if (argv.empty()) return std::nullopt;
     if (argv[0] == "loadstar") argv[0] = args_.loadstar_bin;
+    // An image's program by name (sh, python): this machine's, from PATH.
+    if (argv[0].find('/') == std::string::npos)
+      for (const char* dir : {"/usr/local/bin", "/usr/bin", "/bin"})
+        if (fs::exists(fs::path(dir) / argv[0])) {
+          argv[0] = (fs::path(dir) / argv[0]).string();
+          break;
+        }
     for (const auto& c : args_.commands)
       if (c.starts_with(argv[0] + "=")) argv[0] = c.substr(argv[0].size() + 1);
     // Mounts: paths under a mountPath are rewritten onto the hostPath, also
@@ -266,6 +273,7 @@ class Kubelet {
     }
     for (Container& c : pod.main) {
       tend(c);
+      if (never_restarts(pod) && c.last_exit) continue;  // restartPolicy Never: ended
       if (!c.process && now >= c.next_start) {
         if (c.last_exit) ++c.restarts;
         c.process = start(pod, c);
@@ -288,13 +296,34 @@ class Kubelet {
     }
   }
 
+  static bool never_restarts(const Pod& pod) {
+    return pod.object["spec"].value("restartPolicy", "Always") == "Never";
+  }
+
+  // With terminationMessagePolicy FallbackToLogsOnError, a failed
+  // container's message is the tail of its log (at most 2 KiB), as a
+  // kubelet's.
+  std::string log_tail(const Pod& pod, const Container& c) const {
+    if (c.spec.value("terminationMessagePolicy", "") != "FallbackToLogsOnError") return "";
+    std::ifstream in(
+        fmt::format("{}/logs/{}_{}_{}.log", args_.host_root, pod.namespace_name, pod.name, c.name));
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    if (text.size() > 2048) text = text.substr(text.size() - 2048);
+    return text;
+  }
+
   json container_status(const Pod& pod, const Container& c, bool is_init, bool done) const {
     json state;
     if (c.process)
       state = {{"running", {{"startedAt", now_rfc3339()}}}};
     else if (is_init && done)
       state = {{"terminated", {{"exitCode", 0}, {"reason", "Completed"}}}};
-    else if (c.last_exit)
+    else if (!is_init && c.last_exit && never_restarts(pod)) {
+      state = {
+          {"terminated",
+           {{"exitCode", *c.last_exit}, {"reason", *c.last_exit == 0 ? "Completed" : "Error"}}}};
+      if (*c.last_exit != 0) state["terminated"]["message"] = log_tail(pod, c);
+    } else if (c.last_exit)
       state = {{"waiting",
                 {{"reason", "CrashLoopBackOff"},
                  {"message", fmt::format("exited with code {}", *c.last_exit)}}}};
@@ -310,15 +339,9 @@ class Kubelet {
     // As a kubelet does: the last run's end, and with
     // terminationMessagePolicy FallbackToLogsOnError a failed one's message
     // is the tail of its log (at most 80 lines, 2 KiB).
-    if (c.last_exit && *c.last_exit != 0) {
+    if (c.last_exit && *c.last_exit != 0 && !never_restarts(pod)) {
       json terminated = {{"exitCode", *c.last_exit}, {"reason", "Error"}};
-      if (c.spec.value("terminationMessagePolicy", "") == "FallbackToLogsOnError") {
-        std::ifstream in(fmt::format("{}/logs/{}_{}_{}.log", args_.host_root, pod.namespace_name,
-                                     pod.name, c.name));
-        std::string text((std::istreambuf_iterator<char>(in)), {});
-        if (text.size() > 2048) text = text.substr(text.size() - 2048);
-        terminated["message"] = text;
-      }
+      if (std::string tail = log_tail(pod, c); !tail.empty()) terminated["message"] = tail;
       out["lastState"] = {{"terminated", terminated}};
     }
     return out;
@@ -339,7 +362,17 @@ class Kubelet {
     auto cond = [](const char* type, bool value) {
       return json{{"type", type}, {"status", value ? "True" : "False"}};
     };
-    json status = {{"phase", running ? "Running" : "Pending"},
+    // restartPolicy Never: every container ended ends the Pod.
+    std::string phase = running ? "Running" : "Pending";
+    if (initialized && never_restarts(pod) && !pod.main.empty()) {
+      bool ended = true, failed = false;
+      for (const auto& c : pod.main) {
+        ended &= !c.process && c.last_exit.has_value();
+        failed |= c.last_exit.value_or(0) != 0;
+      }
+      if (ended) phase = failed ? "Failed" : "Succeeded";
+    }
+    json status = {{"phase", phase},
                    {"hostIP", args_.node_ip},
                    {"podIP", pod.ip},
                    {"podIPs", {{{"ip", pod.ip}}}},

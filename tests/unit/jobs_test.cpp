@@ -95,8 +95,8 @@ TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   Controller& ctl = start();
   ctl.pass();
   // 3 GPUs free, the gang needs 4: no worker starts, and the job says why.
-  EXPECT_FALSE(workers_.runs("train-0"));
-  EXPECT_FALSE(workers_.runs("train-1"));
+  EXPECT_FALSE(workers_.runs("train-worker-0"));
+  EXPECT_FALSE(workers_.runs("train-worker-1"));
   JobStatus st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kQueued);
   EXPECT_NE(st.message.find("GPU"), std::string::npos) << st.message;
@@ -105,8 +105,8 @@ TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   runtime_.end("chat-0");
   ctl.pass();
   ctl.pass();
-  EXPECT_TRUE(workers_.runs("train-0"));
-  EXPECT_TRUE(workers_.runs("train-1"));
+  EXPECT_TRUE(workers_.runs("train-worker-0"));
+  EXPECT_TRUE(workers_.runs("train-worker-1"));
   st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kRunning);
   EXPECT_EQ(st.attempts, 1u);
@@ -115,10 +115,10 @@ TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   EXPECT_EQ(st.nodes[1], "n1 gpu2,gpu3");
 
   clock_.advance(10s);
-  workers_.end("train-0", 0);
+  workers_.end("train-worker-0", 0);
   ctl.pass();
   EXPECT_EQ(job_status("train").phase, JobPhase::kRunning);  // worker 1 still runs
-  workers_.end("train-1", 0);
+  workers_.end("train-worker-1", 0);
   clock_.advance(10s);
   ctl.pass();
   st = job_status("train");
@@ -129,7 +129,7 @@ TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   // Its GPUs are free again.
   apply(job("next", 1, 4));
   ctl.pass();
-  EXPECT_TRUE(workers_.runs("next-0"));
+  EXPECT_TRUE(workers_.runs("next-worker-0"));
 }
 
 TEST_F(JobsTest, AFailedWorkerFailsTheAttemptAndTheJobRetriesUpToItsBackoffLimit) {
@@ -137,12 +137,12 @@ TEST_F(JobsTest, AFailedWorkerFailsTheAttemptAndTheJobRetriesUpToItsBackoffLimit
   apply(job("train", 2, 1, "  backoffLimit: 1\n  terminationGracePeriodSeconds: 5"));
   Controller& ctl = start();
   ctl.pass();
-  ASSERT_TRUE(workers_.runs("train-1"));
-  workers_.end("train-1", 3, "exited with status 3: CUDA error: out of memory");
+  ASSERT_TRUE(workers_.runs("train-worker-1"));
+  workers_.end("train-worker-1", 3, "exited with status 3: CUDA error: out of memory");
   ctl.pass();
   // The gang stops as a whole.
-  EXPECT_EQ(count("stop train-0 grace 5"), 1u);
-  workers_.end("train-0", 143);
+  EXPECT_EQ(count("stop train-worker-0 grace 5"), 1u);
+  workers_.end("train-worker-0", 143);
   ctl.pass();
   JobStatus st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kQueued);
@@ -151,15 +151,15 @@ TEST_F(JobsTest, AFailedWorkerFailsTheAttemptAndTheJobRetriesUpToItsBackoffLimit
   EXPECT_NE(st.message.find("CUDA error: out of memory"), std::string::npos) << st.message;
   clock_.advance(5s);
   ctl.pass();
-  EXPECT_FALSE(workers_.runs("train-0"));  // still backing off
+  EXPECT_FALSE(workers_.runs("train-worker-0"));  // still backing off
   clock_.advance(6s);
   ctl.pass();
   ctl.pass();
-  EXPECT_EQ(count("start train-0 attempt 2 on n1 gpu0"), 1u)
+  EXPECT_EQ(count("start train-worker-0 attempt 2 on n1 gpu0"), 1u)
       << fmt::format("{}", fmt::join(log_, "\n"));
-  workers_.end("train-0", 1, "exited with status 1: loss is NaN");
+  workers_.end("train-worker-0", 1, "exited with status 1: loss is NaN");
   ctl.pass();
-  workers_.end("train-1", 143);
+  workers_.end("train-worker-1", 143);
   ctl.pass();
   st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kFailed);
@@ -170,7 +170,7 @@ TEST_F(JobsTest, AFailedWorkerFailsTheAttemptAndTheJobRetriesUpToItsBackoffLimit
   Controller& again = start();
   again.pass();
   EXPECT_EQ(job_status("train").phase, JobPhase::kFailed);
-  EXPECT_FALSE(workers_.runs("train-0"));
+  EXPECT_FALSE(workers_.runs("train-worker-0"));
 }
 
 TEST_F(JobsTest, ServingReclaimsABorrowingJobsGpusAfterItsGracePeriodAndTheJobResumes) {
@@ -189,14 +189,14 @@ spec: {deserved: {gpu: 0}}
   apply(job("train", 2, 2, "  queue: batch\n  terminationGracePeriodSeconds: 30"));
   Controller& ctl = start();
   ctl.pass();
-  ASSERT_TRUE(workers_.runs("train-0"));
-  ASSERT_TRUE(workers_.runs("train-1"));
+  ASSERT_TRUE(workers_.runs("train-worker-0"));
+  ASSERT_TRUE(workers_.runs("train-worker-1"));
 
   // Serving wants one GPU of its deserved four back.
   apply(service(1, "  queue: serving\n  resources: {gpu: {count: 1}}"));
   ctl.pass();
-  EXPECT_EQ(count("stop train-0 grace 30"), 1u);
-  EXPECT_EQ(count("stop train-1 grace 30"), 1u);
+  EXPECT_EQ(count("stop train-worker-0 grace 30"), 1u);
+  EXPECT_EQ(count("stop train-worker-1 grace 30"), 1u);
   // The replica is placed on the job's devices but waits for its workers.
   EXPECT_EQ(runtime_.launches, 0);
   EXPECT_NE(replica("chat-0").message.find("waiting for preempted job train"), std::string::npos)
@@ -206,8 +206,8 @@ spec: {deserved: {gpu: 0}}
 
   // The workers checkpoint and end within their grace period.
   clock_.advance(3s);
-  workers_.end("train-0", 0);
-  workers_.end("train-1", 143);
+  workers_.end("train-worker-0", 0);
+  workers_.end("train-worker-1", 143);
   ctl.pass();
   EXPECT_EQ(count("launch chat-0"), 1u);
   JobStatus st = job_status("train");
@@ -219,7 +219,7 @@ spec: {deserved: {gpu: 0}}
   runtime_.end("chat-0");
   ctl.pass();
   ctl.pass();
-  EXPECT_EQ(count("start train-0 attempt 2 on n1 gpu0,gpu1"), 1u)
+  EXPECT_EQ(count("start train-worker-0 attempt 2 on n1 gpu0,gpu1"), 1u)
       << fmt::format("{}", fmt::join(log_, "\n"));
   EXPECT_EQ(job_status("train").attempts, 2u);
 }
@@ -229,10 +229,10 @@ TEST_F(JobsTest, ANonPreemptibleJobKeepsItsGpusAndServingWaits) {
   apply(job("train", 1, 2, "  preemptible: false"));
   Controller& ctl = start();
   ctl.pass();
-  ASSERT_TRUE(workers_.runs("train-0"));
+  ASSERT_TRUE(workers_.runs("train-worker-0"));
   apply(service(1, "  resources: {gpu: {count: 1}}"));
   ctl.pass();
-  EXPECT_EQ(count("stop train-0 grace 30"), 0u);
+  EXPECT_EQ(count("stop train-worker-0 grace 30"), 0u);
   EXPECT_EQ(runtime_.launches, 0);
   EXPECT_EQ(replica("chat-0").state, ReplicaState::kPending);
 }
@@ -240,11 +240,11 @@ TEST_F(JobsTest, ANonPreemptibleJobKeepsItsGpusAndServingWaits) {
 TEST_F(JobsTest, AWorkerThatCannotStartFailsTheAttemptAndDeletionStopsTheGang) {
   apply(gpu_node(4));
   apply(job("train", 2, 1, "  backoffLimit: 0"));
-  workers_.refuse = "train-1";
+  workers_.refuse = "train-worker-1";
   Controller& ctl = start();
   ctl.pass();
-  EXPECT_EQ(count("stop train-0 grace 30"), 1u);  // all or none
-  workers_.end("train-0", 143);
+  EXPECT_EQ(count("stop train-worker-0 grace 30"), 1u);  // all or none
+  workers_.end("train-worker-0", 143);
   ctl.pass();
   JobStatus st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kFailed);
@@ -259,10 +259,10 @@ TEST_F(JobsTest, AWorkerThatCannotStartFailsTheAttemptAndDeletionStopsTheGang) {
   apply(job("train", 2, 1));
   ctl.pass();
   ctl.pass();
-  EXPECT_TRUE(workers_.runs("train-0"));
+  EXPECT_TRUE(workers_.runs("train-worker-0"));
   ASSERT_TRUE(store_.remove("Job", "train").ok());
   ctl.pass();
-  EXPECT_EQ(count("stop train-1 grace 30"), 1u);
+  EXPECT_EQ(count("stop train-worker-1 grace 30"), 1u);
 }
 
 TEST_F(JobsTest, AJobPastItsActiveDeadlineFails) {
@@ -272,8 +272,8 @@ TEST_F(JobsTest, AJobPastItsActiveDeadlineFails) {
   ctl.pass();
   clock_.advance(61s);
   ctl.pass();
-  EXPECT_EQ(count("stop train-0 grace 30"), 1u);
-  workers_.end("train-0", 143);
+  EXPECT_EQ(count("stop train-worker-0 grace 30"), 1u);
+  workers_.end("train-worker-0", 143);
   ctl.pass();
   JobStatus st = job_status("train");
   EXPECT_EQ(st.phase, JobPhase::kFailed);
