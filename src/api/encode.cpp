@@ -156,6 +156,10 @@ std::string encode_resource(const Resource& resource) {
       out << YAML::Key << "link" << YAML::Value << p.link;
       out << YAML::EndMap;
     }
+    if (s.multi_node)
+      out << YAML::Key << "multiNode" << YAML::Value << YAML::BeginMap << YAML::Key << "size"
+          << YAML::Value << s.multi_node->size << YAML::Key << "topology" << YAML::Value
+          << s.multi_node->topology << YAML::EndMap;
     const RoutingSpec& r = s.routing;
     out << YAML::Key << "routing" << YAML::Value << YAML::BeginMap;
     out << YAML::Key << "picker" << YAML::Value << r.picker;

@@ -406,6 +406,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
   }
   if (YAML::Node prefill = spec.get("prefill"); prefill && !prefill.IsNull())
     detail::decode_prefill(d, prefill, svc);
+  if (YAML::Node multi = spec.get("multiNode"); multi && !multi.IsNull())
+    detail::decode_multi_node(d, multi, svc);
   if (YAML::Node routing = spec.get("routing"); routing && !routing.IsNull()) {
     MapReader r(d, routing, "spec.routing");
     RoutingSpec& out = svc.spec.routing;

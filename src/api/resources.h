@@ -199,6 +199,17 @@ struct PrefillSpec {
   bool operator==(const PrefillSpec&) const = default;
 };
 
+// A replica that spans several nodes (LeaderWorkerSet's shape): `size`
+// pods, each with the service's resources (tensor parallel within a pod,
+// pipeline parallel across them), placed all or none within one domain of
+// `topology`, started together, routed to through the leader (pod 0), and
+// restarted as a whole when any of them ends (spec.multiNode).
+struct MultiNodeSpec {
+  uint32_t size = 2;
+  std::string topology = "rack";  // nvlink, rack, spine, zone: required
+  bool operator==(const MultiNodeSpec&) const = default;
+};
+
 struct InferenceServiceSpec {
   std::string model;  // a Model's metadata.name
   EngineSpec engine;
@@ -225,6 +236,7 @@ struct InferenceServiceSpec {
   RolloutSpec rollout;
   std::optional<LoraSpec> lora;
   std::optional<PrefillSpec> prefill;
+  std::optional<MultiNodeSpec> multi_node;
   // Set only on the prefill pool a disaggregated service runs as
   // (api/disaggregation.h), never read from YAML: the service it is the
   // prefill role of, whose name clients and engines use.

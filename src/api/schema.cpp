@@ -152,6 +152,13 @@ std::vector<KindSchema> build() {
              "on its decode replica (default 512)."),
            one_of(f("link", T::kString, "engine-sim: the link its KV crosses (default rdma)."),
                   {"nvlink", "rdma", "tcp"})}),
+        f("multiNode", T::kObject,
+          "Each replica spans several nodes (LeaderWorkerSet's shape): placed all or none in one "
+          "topology domain, routed through its leader, restarted as a whole.",
+          {f("size", T::kInteger, "Pods per replica, the leader included (2 to 64; default 2)."),
+           one_of(f("topology", T::kString,
+                    "All of a replica's pods within one domain of this level (default rack)."),
+                  {"nvlink", "rack", "spine", "zone"})}),
         f("rollout", T::kObject,
           "How a changed revision replaces running replicas (a rolling update).",
           {f("maxSurge", T::kIntOrPercent,

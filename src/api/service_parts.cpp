@@ -95,4 +95,32 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
   return out;
 }
 
+void decode_multi_node(Decoder& d, const YAML::Node& multi, InferenceService& svc) {
+  MapReader m(d, multi, "spec.multiNode");
+  MultiNodeSpec out;
+  if (m.uint("size", out.size) && (out.size < 2 || out.size > 64))
+    d.error(multi["size"], "spec.multiNode.size", "must be 2 to 64 (pods per replica)");
+  if (m.string("topology", out.topology, false)) {
+    bool known = false;
+    for (std::string_view level : {"nvlink", "rack", "spine", "zone"})
+      known |= out.topology == level;
+    if (!known)
+      d.error(multi["topology"], "spec.multiNode.topology",
+              fmt::format("'{}' is not one of nvlink, rack, spine, zone", out.topology));
+  }
+  m.finish();
+  const engines::Engine* engine = engines::find(svc.spec.engine.name);
+  if (engine && !engine->multi_node)
+    d.error(multi, "spec.multiNode",
+            fmt::format("{} replicas span one machine in Loadstar so far (engine-sim and "
+                        "sglang span several)",
+                        engine->name));
+  if (svc.spec.prefill)
+    d.error(multi, "spec.multiNode", "not with spec.prefill (a disaggregated service) yet");
+  if (svc.spec.gpu.fraction || svc.spec.gpu.memory_bytes || !svc.spec.gpu.mig.empty())
+    d.error(multi, "spec.multiNode",
+            "each pod of a multi-node replica takes whole GPUs (spec.resources.gpu.count)");
+  svc.spec.multi_node = out;
+}
+
 }  // namespace loadstar::api::detail

@@ -25,6 +25,10 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
 // which must be read already.
 void decode_prefill(Decoder& d, const YAML::Node& prefill, InferenceService& svc);
 
+// spec.multiNode, checked against the engine and the rest of `svc`, which
+// must be read already but for spec.prefill's pool (which it refuses).
+void decode_multi_node(Decoder& d, const YAML::Node& multi, InferenceService& svc);
+
 // A Job's spec (api/job.cpp).
 void decode_job(Decoder& d, MapReader& top, Job& job);
 

@@ -65,6 +65,14 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
                  "vLLM's KV transfer as JSON (prefill/decode disaggregation), e.g. "
                  "{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_producer\"}; "
                  "kv_connector_extra_config.link: nvlink, rdma (default) or tcp");
+  app.add_option("--nnodes", o.nnodes, "Nodes one engine spans (multi-node; rank 0 serves)")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  app.add_option("--node-rank", o.node_rank, "This node's rank in the engine")
+      ->capture_default_str();
+  app.add_option("--master-addr", o.master_addr, "The leader's address (ranks above 0)");
+  app.add_option("--master-port", o.master_port, "The leader's group port (its HTTP port)");
+  app.add_flag("--headless", o.headless, "A node that joins the leader and serves no API");
   app.add_option("--fault-error-rate", o.fault_error_rate,
                  "Fault injection: answer this fraction of generation requests 500")
       ->check(CLI::Range(0.0, 1.0))

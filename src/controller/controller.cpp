@@ -231,6 +231,9 @@ void Controller::launch(Replica& r) {
   launch.node = where->node;
   launch.devices = where->devices;
   launch.shares = where->shares;
+  const std::vector<Placed>& members = placement_.members(r.name);
+  for (size_t i = 1; i < members.size(); ++i)
+    launch.members.push_back({members[i].node, members[i].devices, members[i].shares});
   if (auto node = store_.get("Node", where->node))
     if (const auto* n = std::get_if<api::Node>(&*node); n && !n->spec.gpus.empty())
       launch.device_replicas = n->spec.gpus.front().replicas;

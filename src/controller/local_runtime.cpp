@@ -298,11 +298,83 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   // Engines read the model from here; none downloads behind the agent.
   p.env = {"HF_HUB_OFFLINE=1"};
   if (spec.lora_on_demand) p.env.push_back(engines::kRuntimeLoraEnv);
+  // A multi-node replica: the other nodes run the same engine at their
+  // rank, joined to the leader's group address.
+  if (!launch.members.empty()) {
+    spec.nnodes = static_cast<uint32_t>(launch.members.size() + 1);
+    spec.master_addr = "127.0.0.1";
+    e.master_is_port = engine->writes_port_file;  // engine-sim's group port is its HTTP port
+    if (!e.master_is_port) {
+      LS_ASSIGN_OR_RETURN(spec.master_port, free_port());
+    }
+    p.argv.clear();
+    p.argv.push_back(engine->program == "loadstar"
+                         ? options_.loadstar_bin
+                         : find_engine_program(engine->name, engine->program)->string());
+    p.argv.insert(p.argv.end(), engine->subcommand.begin(), engine->subcommand.end());
+    for (auto& flag : engine->flags(spec)) p.argv.push_back(std::move(flag));
+    if (engine->writes_port_file) {
+      p.argv.push_back("--port-file");
+      p.argv.push_back(e.port_file.string());
+    }
+    for (uint32_t rank = 1; rank < spec.nnodes; ++rank) {
+      engines::LaunchSpec member = spec;
+      member.node_rank = rank;
+      member.gpus = static_cast<uint32_t>(launch.members[rank - 1].shares.size());
+      if (!engine->writes_port_file) {
+        LS_ASSIGN_OR_RETURN(member.port, free_port());
+      }
+      Engine::Member m;
+      m.options = p;
+      m.options.argv.resize(1 + engine->subcommand.size());
+      for (auto& flag : engine->flags(member)) m.options.argv.push_back(std::move(flag));
+      m.options.output_path =
+          (run_dir / fmt::format("{}-node{}.log", launch.replica, rank)).string();
+      e.members.push_back(std::move(m));
+    }
+  }
   LS_ASSIGN_OR_RETURN(e.process, Subprocess::start(p));
   spdlog::info("replica {}: started {} (pid {}): {}", launch.replica, engine->name, e.process.pid(),
                fmt::join(p.argv, " "));
   engines_.emplace(launch.replica, std::move(e));
   return ok_status();
+}
+
+void LocalRuntime::tend_members(const std::string& replica, Engine& e) {
+  if (e.members.empty() || e.stop_sent) return;
+  for (size_t i = 0; i < e.members.size(); ++i) {
+    Engine::Member& m = e.members[i];
+    if (!m.started) {
+      if (e.master_is_port && e.port == 0) return;  // the leader has no port yet
+      if (e.master_is_port)
+        for (size_t a = 0; a + 1 < m.options.argv.size(); ++a)
+          if (m.options.argv[a] == "--master-port") m.options.argv[a + 1] = std::to_string(e.port);
+      auto started = Subprocess::start(m.options);
+      if (!started.ok()) {
+        e.group_failure =
+            fmt::format("node {} could not start: {}", i + 1, started.error().message);
+      } else {
+        m.process = std::move(started).value();
+        m.started = true;
+        spdlog::info("replica {}: node {} started (pid {})", replica, i + 1, m.process.pid());
+        continue;
+      }
+    } else if (!m.process.running()) {
+      const int code = m.process.wait_for(std::chrono::milliseconds(0)).value_or(-1);
+      const std::string said = last_error_line(m.options.output_path);
+      e.group_failure = fmt::format("node {} exited with status {}{}{} (log: {})", i + 1, code,
+                                    said.empty() ? "" : ": ", said, m.options.output_path);
+    }
+    if (e.group_failure.empty()) continue;
+    // One node gone ends the group: the leader and the rest stop, and the
+    // replica is restarted as a whole.
+    spdlog::warn("replica {}: {}; its group stops", replica, e.group_failure);
+    e.process.signal(SIGTERM);
+    for (auto& other : e.members)
+      if (other.started) other.process.signal(SIGTERM);
+    e.stop_sent = Clock::now();
+    return;
+  }
 }
 
 EngineStatus LocalRuntime::status(const std::string& replica) {
@@ -312,16 +384,19 @@ EngineStatus LocalRuntime::status(const std::string& replica) {
   Engine& e = it->second;
   st.exists = st.staged = st.started = true;
   st.pid = e.process.pid();
+  tend_members(replica, e);
   if (!e.process.running()) {
     const int code = e.process.wait_for(std::chrono::milliseconds(0)).value_or(-1);
     st.exists = false;
-    st.exited = !e.stop_sent;
+    st.exited = !e.stop_sent || !e.group_failure.empty();
     // The engine's own last word first: where the user looks.
     const std::string said = last_error_line(e.log);
     st.message =
         said.empty()
             ? fmt::format("engine exited with status {} (log: {})", code, e.log.string())
             : fmt::format("engine exited with status {}: {} (log: {})", code, said, e.log.string());
+    // A group ended by one of its nodes says that node's word.
+    if (!e.group_failure.empty()) st.message = "multi-node group ended: " + e.group_failure;
     engines_.erase(it);
     return st;
   }
@@ -352,6 +427,8 @@ void LocalRuntime::stop(const std::string& replica) {
   auto it = engines_.find(replica);
   if (it == engines_.end() || it->second.stop_sent) return;
   it->second.process.signal(SIGTERM);
+  for (auto& m : it->second.members)
+    if (m.started) m.process.signal(SIGTERM);
   it->second.stop_sent = Clock::now();
 }
 
@@ -359,6 +436,8 @@ void LocalRuntime::kill(const std::string& replica) {
   auto it = engines_.find(replica);
   if (it == engines_.end()) return;
   it->second.process.signal(SIGKILL);
+  for (auto& m : it->second.members)
+    if (m.started) m.process.signal(SIGKILL);
   if (!it->second.stop_sent) it->second.stop_sent = Clock::now();
 }
 

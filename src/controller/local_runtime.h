@@ -78,7 +78,19 @@ class LocalRuntime : public EngineRuntime {
     bool ready = false;
     double stop_grace_s = 5;
     std::optional<Clock::time_point> stop_sent;
+    // A multi-node replica's other nodes: started once the leader's group
+    // port is known (engine-sim's is its HTTP port), each with its log.
+    struct Member {
+      ProcessOptions options;
+      Subprocess process;
+      bool started = false;
+    };
+    std::vector<Member> members;
+    bool master_is_port = false;  // the members' --master-port is the leader's port
+    std::string group_failure;    // why the group ended: a member's own last error line
   };
+  // Starts the members once they can be; ends the group when one ended.
+  void tend_members(const std::string& replica, Engine& e);
   // Why `engine` cannot run on this machine; nothing when it can.
   std::optional<std::string> missing(const engines::Engine& engine);
   LocalRuntimeOptions options_;

@@ -141,6 +141,12 @@ scheduler::Workload Placement::workload_of(const std::string& replica,
   w.priority = svc.spec.priority;
   w.preemptible = svc.spec.preemptible;
   w.pods = {pod};
+  // A multi-node replica: its pods, all or none, in one topology domain.
+  if (svc.spec.multi_node) {
+    w.pods.assign(svc.spec.multi_node->size, pod);
+    w.topology_level = svc.spec.multi_node->topology;
+    w.topology_required = true;
+  }
   return w;
 }
 

@@ -359,6 +359,10 @@ Status PodRuntime::ensure_token_secret(const std::string& namespace_name) {
 }
 
 Status PodRuntime::launch(const EngineLaunch& launch) {
+  if (!launch.members.empty())
+    return make_error(ErrorCode::kInvalidArgument,
+                      "spec.multiNode: multi-node replicas run in local mode (loadstar up) only so "
+                      "far; in Kubernetes use one node per replica");
   if (launch.service->spec.lora && launch.service->spec.lora->on_demand)
     return make_error(ErrorCode::kInvalidArgument,
                       "spec.lora.loading: onDemand is served in local mode only so far (in "

@@ -43,6 +43,15 @@ struct EngineLaunch {
   // How many times the node's device plugin advertises each card
   // (NVIDIA time-slicing); 1: whole cards.
   uint32_t device_replicas = 1;
+  // A multi-node replica's other pods (spec.multiNode), ranks 1 and up:
+  // where each is placed. Empty: one pod. The runtime starts them with the
+  // leader, and when any of them ends the whole group ends (its status
+  // says which and why), so the controller restarts it as a whole.
+  struct Member {
+    std::string node, devices;
+    std::vector<DeviceShare> shares;
+  };
+  std::vector<Member> members;
 };
 
 // An engine as its runtime sees it now.

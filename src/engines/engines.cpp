@@ -1,5 +1,7 @@
 #include "engines/engines.h"
 
+#include <algorithm>
+
 #include <string>
 
 #include "kvevents/kv_events.h"
@@ -57,6 +59,17 @@ std::vector<std::string> engine_sim_flags(const LaunchSpec& l) {
   add_vllm_lora(out, l);
   add_vllm_kv_events(out, l);
   add_vllm_kv_transfer(out, l, true);
+  // vLLM's native multi-node flags: the leader serves; the others join it
+  // at its group address (engine-sim's: the leader's HTTP port).
+  if (l.nnodes > 1) {
+    add(out, "--nnodes", l.nnodes);
+    add(out, "--node-rank", l.node_rank);
+    if (l.node_rank > 0) {
+      add(out, "--master-addr", l.master_addr);
+      add(out, "--master-port", l.master_port);
+      out.push_back("--headless");
+    }
+  }
   return out;
 }
 
@@ -103,7 +116,15 @@ std::vector<std::string> sglang_flags(const LaunchSpec& l) {
   add(out, "--port", l.port);
   if (l.context_length) add(out, "--context-length", *l.context_length);
   if (l.max_sequences) add(out, "--max-running-requests", *l.max_sequences);
-  if (l.gpus > 1) add(out, "--tp-size", l.gpus);
+  if (const uint32_t tp = l.nnodes > 1 ? std::max(l.gpus, 1u) * l.nnodes : l.gpus; tp > 1)
+    add(out, "--tp-size", tp);
+  // Multi-node: the same command on every node, its rank and the leader's
+  // address (SGLang's LeaderWorkerSet example); tensor parallel across all.
+  if (l.nnodes > 1) {
+    add(out, "--nnodes", l.nnodes);
+    add(out, "--node-rank", l.node_rank);
+    add(out, "--dist-init-addr", l.master_addr + ":" + std::to_string(l.master_port));
+  }
   if (!l.prefix_cache) out.push_back("--disable-radix-cache");
   out.push_back("--enable-metrics");
   if (!l.adapters.empty()) {
@@ -125,6 +146,7 @@ std::vector<Engine> make_table() {
     e.kv_events = true;
     e.gateway_tokenizer = true;
     e.kv_transfer = true;
+    e.multi_node = true;
     e.engine_flags = engine_sim_flags;
     e.description =
         "Loadstar's vLLM-compatible engine simulator (no GPU, no real model): for tests and "
@@ -192,6 +214,7 @@ std::vector<Engine> make_table() {
     e.name = "sglang";
     e.lora = true;
     e.engine_flags = sglang_flags;
+    e.multi_node = true;
     e.description = "SGLang's OpenAI-compatible server";
     e.program = "python3";
     e.subcommand = {"-m", "sglang.launch_server"};

@@ -48,6 +48,15 @@ struct LaunchSpec {
   // link engine-sim models (nvlink, rdma, tcp).
   std::string kv_role;
   std::string kv_link;
+  // A multi-node replica (spec.multiNode): its pods (nnodes > 1), this
+  // one's rank (0: the leader, which serves), and where the leader's group
+  // port is. vLLM's native multi-node flags (--nnodes, --node-rank,
+  // --master-addr, --master-port, --headless); SGLang's --nnodes,
+  // --node-rank, --dist-init-addr.
+  uint32_t nnodes = 1;
+  uint32_t node_rank = 0;
+  std::string master_addr;
+  uint16_t master_port = 0;
 };
 
 // The signals the gateway reads from an engine's /metrics (see
@@ -102,6 +111,9 @@ struct Engine {
   // vLLM's --kv-transfer-config with NixlConnector, whose side channel
   // listens on kNixlSideChannelPort in a Pod.
   bool kv_transfer = false;
+  // Runs one model over several nodes (spec.multiNode): LaunchSpec's
+  // nnodes, node_rank and master address become its flags.
+  bool multi_node = false;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.

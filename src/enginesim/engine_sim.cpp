@@ -22,6 +22,7 @@
 
 #include "common/strings.h"
 #include "enginesim/engine_loop.h"
+#include "enginesim/group.h"
 #include "enginesim/kv_transfer.h"
 #include "enginesim/metrics.h"
 #include "enginesim/profiles.h"
@@ -125,6 +126,12 @@ Result<engine::EngineConfig> engine_config(const EngineSimOptions& options,
 }
 
 int run_engine_sim(const EngineSimOptions& options) {
+  if (options.headless) return run_headless_node(options);
+  if (options.node_rank != 0) {
+    spdlog::error("--node-rank {}: a node other than the leader runs --headless",
+                  options.node_rank);
+    return 2;
+  }
   if (options.model_dir.empty()) {
     spdlog::error(
         "--model is required: a model directory with config.json and safetensors weights");
@@ -262,10 +269,36 @@ int run_engine_sim(const EngineSimOptions& options) {
     asio::post(io, [&sim] { sim.set_ready(); });
   });
 
+  // A multi-node leader: ready with its whole group, and ends with it.
+  std::optional<GroupMembers> group;
+  asio::steady_timer group_check(io);
+  std::function<void()> check_group;
+  if (options.nnodes > 1) {
+    group.emplace(options.nnodes);
+    sim.set_group(&*group);
+    spdlog::info("multi-node leader of {} nodes: waiting for {} to join on port {}", options.nnodes,
+                 options.nnodes - 1, port);
+    check_group = [&] {
+      group_check.expires_after(std::chrono::milliseconds(200));
+      group_check.async_wait([&](boost::system::error_code ec) {
+        if (ec) return;
+        if (auto lost = sim.group_lost()) {
+          spdlog::error("{}", *lost);
+          exit_code = 1;
+          io.stop();
+          return;
+        }
+        check_group();
+      });
+    };
+    check_group();
+  }
+
   asio::signal_set signals(io, SIGINT, SIGTERM);
   http::Server* srv = server->get();
   signals.async_wait([&](boost::system::error_code ec, int signal) {
     if (ec) return;
+    group_check.cancel();
     spdlog::info("signal {}: draining {} in-flight requests", signal, sim.loop().in_flight());
     asio::co_spawn(io, drain_and_stop(io, sim.loop(), *srv, options.drain_timeout_s),
                    asio::detached);

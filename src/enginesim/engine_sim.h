@@ -59,6 +59,12 @@ struct EngineSimOptions {
   // vLLM's --kv-transfer-config (JSON): a prefill or decode role of a
   // disaggregated pair (enginesim/kv_transfer.h).
   std::string kv_transfer_config;
+  // A multi-node engine (enginesim/group.h), with vLLM's flag names.
+  uint32_t nnodes = 1;
+  uint32_t node_rank = 0;
+  std::string master_addr;
+  uint16_t master_port = 0;
+  bool headless = false;
 };
 
 // One --lora-modules entry: NAME=PATH, or {"name": ..., "path": ...}.

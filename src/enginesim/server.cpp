@@ -84,8 +84,23 @@ asio::awaitable<void> EngineSimServer::handle(Exchange& ex) {
   // every coroutine argument below is a named local, moved in.
   http::Response response;
   if (path == "/health" && get) {
-    response = ready_ ? http::Response{200, "text/plain", ""}
-                      : http::Response{503, "text/plain", "loading model weights\n"};
+    std::string waiting;
+    if (std::lock_guard lock(group_mu_); group_ && !group_->complete())
+      waiting = fmt::format("waiting for the group's nodes ({} of {} joined)\n", group_->joined(),
+                            options_.nnodes - 1);
+    response = !ready_            ? http::Response{503, "text/plain", "loading model weights\n"}
+               : !waiting.empty() ? http::Response{503, "text/plain", waiting}
+                                  : http::Response{200, "text/plain", ""};
+  } else if (path == "/group/heartbeat" && post && group_) {
+    const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
+    const bool numeric =
+        body.is_object() && body.contains("rank") && body["rank"].is_number_unsigned();
+    std::lock_guard lock(group_mu_);
+    if (numeric && group_->heartbeat(body["rank"].get<uint32_t>(), group_now()))
+      response = {200, "application/json", "{}"};
+    else
+      response = {400, "application/json",
+                  fmt::format(R"({{"error":"rank must be 1 to {}"}})", options_.nnodes - 1)};
   } else if (path == "/metrics" && get) {
     response = {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.render()};
   } else if (path == "/v1/models" && get) {

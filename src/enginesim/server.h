@@ -20,6 +20,7 @@
 
 #include "enginesim/engine_loop.h"
 #include "enginesim/engine_sim.h"
+#include "enginesim/group.h"
 #include "enginesim/kv_reader.h"
 #include "enginesim/kv_transfer.h"
 #include "enginesim/metrics.h"
@@ -42,9 +43,22 @@ class EngineSimServer {
     side_port_ = port;
   }
 
+  // A multi-node engine's leader: ready only with its whole group
+  // (enginesim/group.h); the members' heartbeats arrive on its port.
+  void set_group(GroupMembers* group) { group_ = group; }
+
   EngineMetrics& metrics() { return metrics_; }
   EngineLoop& loop() { return loop_; }
   void set_ready() { ready_ = true; }
+  // Seconds on the group's clock (heartbeats and the lost-node check).
+  double group_now() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+  }
+  // The group's lost node, as an error line; nothing while it is whole.
+  std::optional<std::string> group_lost() {
+    std::lock_guard lock(group_mu_);
+    return group_ ? group_->lost(group_now()) : std::nullopt;
+  }
 
   // Registers an adapter read from `path` (checked here: its files, its
   // rank), then in the engine core; `done` gets the outcome on `executor`.
@@ -117,6 +131,9 @@ class EngineSimServer {
   }
   uint64_t fault_state_ = 0x853c49e6748fea9bULL;
   std::atomic<bool> ready_{false};
+  GroupMembers* group_ = nullptr;  // guarded by group_mu_ with what it points to
+  std::mutex group_mu_;
+  std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
   const uint64_t id_salt_ =
       static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) *
       0x9e3779b97f4a7c15ULL;

@@ -661,6 +661,42 @@ spec: {model: m}
       << s.error().message;
 }
 
+TEST(MultiNode, AReplicaSpanningNodesIsCheckedAgainstItsEngineAndShape) {
+  auto decode = [](const std::string& engine, const std::string& extra) {
+    return decode_resources(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: big}}
+spec:
+  model: m
+  engine: {{name: {}}}
+  resources: {{gpu: {{count: 8}}}}
+{})",
+                                        engine, extra),
+                            "mn.yaml");
+  };
+  auto ok = decode("sglang", "  multiNode: {size: 2, topology: nvlink}\n");
+  ASSERT_TRUE(ok.ok()) << ok.error().message;
+  const auto& spec = std::get<InferenceService>(ok->front()).spec;
+  ASSERT_TRUE(spec.multi_node.has_value());
+  EXPECT_EQ(spec.multi_node->size, 2u);
+  EXPECT_EQ(spec.multi_node->topology, "nvlink");
+  auto again = decode_resources(encode_resource(ok->front()), "again.yaml");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(std::get<InferenceService>(again->front()).spec.multi_node, spec.multi_node);
+  auto expect_error = [&](const std::string& engine, const std::string& extra,
+                          const std::string& needle) {
+    auto r = decode(engine, extra);
+    ASSERT_FALSE(r.ok()) << extra;
+    EXPECT_NE(r.error().message.find(needle), std::string::npos) << r.error().message;
+  };
+  expect_error("llama.cpp", "  multiNode: {size: 2}\n",
+               "mn.yaml:8:14: InferenceService 'big': spec.multiNode: llama.cpp replicas span one "
+               "machine");
+  expect_error("engine-sim", "  multiNode: {size: 1}\n", "spec.multiNode.size: must be 2 to 64");
+  expect_error("engine-sim", "  multiNode: {topology: building}\n",
+               "'building' is not one of nvlink, rack, spine, zone");
+}
+
 TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {
   ASSERT_EQ(kind_schemas().size(), 6u);  // every kind but Node
   for (const KindSchema& kind : kind_schemas()) {

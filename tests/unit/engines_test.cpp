@@ -558,3 +558,64 @@ TEST(EnginePods, SharesAreAskedForInTheTimeSlicedPluginsUnits) {
 
 }  // namespace
 }  // namespace loadstar
+
+namespace loadstar {
+namespace {
+
+TEST(Engines, AMultiNodeReplicasNodesGetTheirRankAndTheLeadersAddress) {
+  engines::LaunchSpec l;
+  l.model = "/models/m";
+  l.served_name = "chat";
+  l.gpus = 8;
+  l.nnodes = 2;
+  l.master_addr = "10.0.0.5";
+  l.master_port = 20000;
+  // SGLang's LeaderWorkerSet example: the same command on every node, tensor
+  // parallel across all of them.
+  const auto sglang = engines::find("sglang")->flags(l);
+  EXPECT_TRUE(has_pair(sglang, "--tp-size", "16"));
+  EXPECT_TRUE(has_pair(sglang, "--nnodes", "2"));
+  EXPECT_TRUE(has_pair(sglang, "--node-rank", "0"));
+  EXPECT_TRUE(has_pair(sglang, "--dist-init-addr", "10.0.0.5:20000"));
+  // engine-sim takes vLLM's native names; only the others are headless.
+  const auto leader = engines::find("engine-sim")->flags(l);
+  EXPECT_TRUE(has_pair(leader, "--nnodes", "2"));
+  EXPECT_FALSE(has(leader, "--headless"));
+  l.node_rank = 1;
+  const auto node = engines::find("engine-sim")->flags(l);
+  EXPECT_TRUE(has_pair(node, "--node-rank", "1"));
+  EXPECT_TRUE(has_pair(node, "--master-addr", "10.0.0.5"));
+  EXPECT_TRUE(has_pair(node, "--master-port", "20000"));
+  EXPECT_TRUE(has(node, "--headless"));
+}
+
+}  // namespace
+}  // namespace loadstar
+
+#include "enginesim/group.h"
+
+namespace loadstar::enginesim {
+namespace {
+
+TEST(EngineSimGroup, TheLeaderIsWholeOnceEveryNodeJoinedAndLosesOneThatGoesQuiet) {
+  GroupMembers group(3);
+  EXPECT_FALSE(group.complete());
+  EXPECT_FALSE(group.heartbeat(0, 1.0));  // rank 0 is the leader itself
+  EXPECT_FALSE(group.heartbeat(3, 1.0));  // no such node
+  EXPECT_TRUE(group.heartbeat(1, 1.0));
+  EXPECT_EQ(group.joined(), 1u);
+  // Not whole yet: a slow node is waited for, not lost.
+  EXPECT_FALSE(group.lost(10.0).has_value());
+  EXPECT_TRUE(group.heartbeat(2, 10.0));
+  EXPECT_TRUE(group.heartbeat(1, 10.0));
+  EXPECT_TRUE(group.complete());
+  EXPECT_FALSE(group.lost(10.0 + kLostAfterS).has_value());
+  group.heartbeat(1, 11.5);
+  const auto lost = group.lost(12.5);
+  ASSERT_TRUE(lost.has_value());
+  EXPECT_NE(lost->find("node rank 2 of 3 lost (no heartbeat for 2.5s)"), std::string::npos)
+      << *lost;
+}
+
+}  // namespace
+}  // namespace loadstar::enginesim
