@@ -285,6 +285,16 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
     LS_ASSIGN_OR_RETURN(spec.port, free_port());
     e.port = spec.port;
   }
+  // A multi-node replica: the other nodes run the same engine at their
+  // rank, joined to the leader's group address.
+  if (!launch.members.empty()) {
+    spec.nnodes = static_cast<uint32_t>(launch.members.size() + 1);
+    spec.master_addr = "127.0.0.1";
+    e.master_is_port = engine->writes_port_file;  // engine-sim's group port is its HTTP port
+    if (!e.master_is_port) {
+      LS_ASSIGN_OR_RETURN(spec.master_port, free_port());
+    }
+  }
   p.argv.push_back(engine->program == "loadstar"
                        ? options_.loadstar_bin
                        : find_engine_program(engine->name, engine->program)->string());
@@ -298,25 +308,7 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   // Engines read the model from here; none downloads behind the agent.
   p.env = {"HF_HUB_OFFLINE=1"};
   if (spec.lora_on_demand) p.env.push_back(engines::kRuntimeLoraEnv);
-  // A multi-node replica: the other nodes run the same engine at their
-  // rank, joined to the leader's group address.
   if (!launch.members.empty()) {
-    spec.nnodes = static_cast<uint32_t>(launch.members.size() + 1);
-    spec.master_addr = "127.0.0.1";
-    e.master_is_port = engine->writes_port_file;  // engine-sim's group port is its HTTP port
-    if (!e.master_is_port) {
-      LS_ASSIGN_OR_RETURN(spec.master_port, free_port());
-    }
-    p.argv.clear();
-    p.argv.push_back(engine->program == "loadstar"
-                         ? options_.loadstar_bin
-                         : find_engine_program(engine->name, engine->program)->string());
-    p.argv.insert(p.argv.end(), engine->subcommand.begin(), engine->subcommand.end());
-    for (auto& flag : engine->flags(spec)) p.argv.push_back(std::move(flag));
-    if (engine->writes_port_file) {
-      p.argv.push_back("--port-file");
-      p.argv.push_back(e.port_file.string());
-    }
     for (uint32_t rank = 1; rank < spec.nnodes; ++rank) {
       engines::LaunchSpec member = spec;
       member.node_rank = rank;
