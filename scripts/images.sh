@@ -46,7 +46,10 @@ packages_of() {
       [ -n "$pkg" ] || die "no Debian package owns $lib (loaded by $bin)"
       echo "${pkg%%:*}"
     done
-    if ldd "$bin" | grep -q libssl; then echo ca-certificates; fi
+    # Not `ldd | grep -q`: grep leaving at the first match can make ldd die
+    # of SIGPIPE, and with pipefail the test then fails (CI saw the image
+    # lose ca-certificates that way, under load).
+    case "$(ldd "$bin")" in *libssl*) echo ca-certificates ;; esac
   } | sort -u
 }
 
