@@ -702,6 +702,7 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   last_pass_overhead_s_ = pass_s - std::chrono::duration<double>(launching).count();
   MetricsText text;  // after the pass: this pass's starts included
   placement_.render(text);
+  if (jobs_) jobs_->render(text);
   cold_starts_.render(text);
   text.counter("loadstar_controller_passes_total", "Reconcile passes").add(passes_);
   text.counter("loadstar_controller_pass_seconds_total", "Wall time spent in reconcile passes")

@@ -308,4 +308,26 @@ std::vector<JobStatus> Jobs::statuses(const Placement& placement, double now) co
   return out;
 }
 
+void Jobs::render(MetricsText& text) const {
+  std::map<std::pair<std::string, std::string>, int> by_phase;
+  for (const auto& [name, j] : jobs_)
+    if (!j.deleted) ++by_phase[{j.job.spec.queue, job_phase_name(j.phase)}];
+  auto& jobs = text.gauge("loadstar_jobs", "Jobs per queue and phase");
+  for (const auto& [key, n] : by_phase) jobs.add(n, {{"queue", key.first}, {"phase", key.second}});
+  auto& attempts = text.counter("loadstar_job_attempts_total", "Attempts started, per job");
+  auto& failures = text.counter("loadstar_job_failures_total", "Attempts that failed, per job");
+  auto& preemptions =
+      text.counter("loadstar_job_preemptions_total", "Times the job was preempted (requeued)");
+  auto& gpu_seconds = text.counter("loadstar_job_gpu_seconds_total",
+                                   "GPU-seconds of the job's workers, all attempts");
+  for (const auto& [name, j] : jobs_) {
+    if (j.deleted) continue;
+    const MetricsText::Labels labels = {{"job", name}, {"queue", j.job.spec.queue}};
+    attempts.add(j.attempts, labels);
+    failures.add(j.failures, labels);
+    preemptions.add(j.preemptions, labels);
+    gpu_seconds.add(j.gpu_seconds, labels);
+  }
+}
+
 }  // namespace loadstar::controller

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "api/resources.h"
+#include "common/metrics_text.h"
 #include "controller/events.h"
 #include "controller/placement.h"
 #include "controller/workers.h"
@@ -85,6 +86,9 @@ class Jobs {
   bool any_running() const;
 
   std::vector<JobStatus> statuses(const Placement& placement, double now) const;
+  // Jobs per queue and phase, and per job its attempts, failures,
+  // preemptions and GPU-seconds (series of ended jobs stay until deleted).
+  void render(MetricsText& text) const;
 
  private:
   // Why an attempt's workers are stopping; kRetry: a worker could not

@@ -126,6 +126,13 @@ TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   // Two workers of two GPUs: 10 s with both, 10 s with one.
   EXPECT_DOUBLE_EQ(st.gpu_seconds, 2 * 2 * 10.0 + 2 * 10.0);
   EXPECT_EQ(workers_.ends.at("train").first, "Succeeded");
+  const std::string metrics = ctl.scheduler_metrics();
+  EXPECT_NE(metrics.find("loadstar_jobs{queue=\"default\",phase=\"Succeeded\"} 1"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("loadstar_job_gpu_seconds_total{job=\"train\",queue=\"default\"} 60"),
+            std::string::npos)
+      << metrics;
   // Its GPUs are free again.
   apply(job("next", 1, 4));
   ctl.pass();
