@@ -85,6 +85,8 @@ void Controller::pass() {
     inputs = reconcile();
   }
   publish(std::move(inputs));
+  std::lock_guard lock(mu_);
+  published_pass_ = passes_;
 }
 
 void Controller::publish(std::optional<routing::RoutingInputs> inputs) {
@@ -135,6 +137,7 @@ void Controller::run() {
     lock.unlock();
     publish(std::move(inputs));
     lock.lock();
+    published_pass_ = passes_;
     wake_.wait_for(lock, std::chrono::milliseconds(static_cast<int64_t>(options_.resync_s * 1000)),
                    [this] { return dirty_ || stopping_ || woken_.exchange(false); });
   }
@@ -292,6 +295,7 @@ void Controller::observe(Replica& r) {
   if (r.state == ReplicaState::kStarting) {
     if (st.ready) {
       r.state = ReplicaState::kReady;
+      r.ready_pass = passes_ + 1;  // this pass's number, counted at its end
       r.host = st.host;
       r.port = st.port;
       r.kv_events = st.kv_events;

@@ -270,6 +270,10 @@ class Controller {
   // The cards each replica's node reported this pass (EngineStatus::cards).
   std::map<std::string, std::vector<int>> cards_;
   uint64_t passes_ = 0;
+  // The last pass whose routing inputs were published (after the pass,
+  // without mu_): a replica is Ready to readers from then on, so a client
+  // told "Ready" finds it in the gateways' table.
+  uint64_t published_pass_ = 0;
   double pass_seconds_sum_ = 0, pass_seconds_max_ = 0;
   double last_pass_overhead_s_ = 0;  // the last pass's wall time outside launches
   std::thread thread_;

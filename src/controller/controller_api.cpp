@@ -99,13 +99,19 @@ std::vector<ReplicaStatus> Controller::replicas() const {
       s.queue = it->second.spec.queue;
     }
     s.state = r->state;
+    s.message = r->message;
+    // Ready once the gateways have it: the pass that found it ready
+    // publishes the routing after the pass.
+    if (s.state == ReplicaState::kReady && r->ready_pass > published_pass_) {
+      s.state = ReplicaState::kStarting;
+      s.message = "ready; its route is being published";
+    }
     s.pid = r->pid;
     s.port = r->port;
     s.restarts = r->restarts;
     s.age_s = seconds_between(r->created, now);
     s.start_s = r->start_s;
     s.in_flight = r->in_flight;
-    s.message = r->message;
     if (const Placed* where = placement_.where(name)) {
       s.node = where->node;
       s.devices = where->devices;

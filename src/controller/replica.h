@@ -30,6 +30,9 @@ struct Controller::Replica {
   Clock::time_point next_restart;
   Clock::time_point drain_started;
   std::optional<double> start_s;
+  // The pass that found it ready: readers see it Ready once that pass's
+  // routing went out to the gateways (Controller::published_pass_).
+  uint64_t ready_pass = 0;
   std::string message;
   ColdStart cold_start;
   // What it runs: the spec and model it started from (a restart keeps them).
