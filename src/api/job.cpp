@@ -77,6 +77,7 @@ void decode_job(Decoder& d, MapReader& top, Job& job) {
     return;
   }
   MapReader spec(d, node, "spec");
+  if (!spec.ok()) return;  // not a map: said (and node[...] would throw)
   JobSpec& s = job.spec;
   decode_command(d, spec, node, s);
   spec.string("image", s.image, false);

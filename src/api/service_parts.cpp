@@ -97,6 +97,7 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
 
 void decode_multi_node(Decoder& d, const YAML::Node& multi, InferenceService& svc) {
   MapReader m(d, multi, "spec.multiNode");
+  if (!m.ok()) return;  // not a map: said
   MultiNodeSpec out;
   if (m.uint("size", out.size) && (out.size < 2 || out.size > 64))
     d.error(multi["size"], "spec.multiNode.size", "must be 2 to 64 (pods per replica)");

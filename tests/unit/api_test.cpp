@@ -697,6 +697,19 @@ spec:
                "'building' is not one of nvlink, rack, spine, zone");
 }
 
+TEST(JobSpec, ASpecThatIsNotAMapIsAnErrorNotAnException) {
+  // Found by fuzz/resources_fuzz: `spec:` a scalar made the decoder index it.
+  for (const std::string& doc :
+       {std::string("apiVersion: loadstar.dev/v1alpha1\nkind: Job\nmetadata: {name: t}\nspec:\n  "
+                    "comphal\n"),
+        std::string("apiVersion: loadstar.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: "
+                    "b}\nspec:\n  model: m\n  multiNode: 2\n")}) {
+    auto r = decode_resources(doc, "bad.yaml");
+    ASSERT_FALSE(r.ok()) << doc;
+    EXPECT_NE(r.error().message.find("must be a map"), std::string::npos) << r.error().message;
+  }
+}
+
 TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {
   ASSERT_EQ(kind_schemas().size(), 6u);  // every kind but Node
   for (const KindSchema& kind : kind_schemas()) {
