@@ -59,6 +59,12 @@ std::vector<KindSchema> build() {
       f("memory", T::kQuantity, "GPU memory needed: a share of one GPU."),
       f("fraction", T::kNumber, "Share of one GPU's compute, 0.001 to below 1."),
       f("mig", T::kString, "A MIG profile such as 3g.40gb.")};
+  // spec.resources of a replica or a worker.
+  auto resources = [&gpu](std::string description) {
+    return f("resources", T::kObject, std::move(description),
+             {f("cpu", T::kNumber, "CPU cores."), f("memory", T::kQuantity, "Host memory."),
+              f("gpu", T::kObject, "GPUs: whole cards, a share, or a MIG slice.", gpu)});
+  };
   std::vector<Field> autoscaling = {
       required(f("maxReplicas", T::kInteger, "Upper bound of replicas.")),
       f("targets", T::kObject, "Per-replica targets; unset ones do not vote.",
@@ -121,9 +127,7 @@ std::vector<KindSchema> build() {
         f("queue", T::kString, "The Queue replicas are charged to (default 'default')."),
         f("priority", T::kInteger, "Priority within the queue."),
         f("preemptible", T::kBoolean, "Whether the scheduler may evict replicas."),
-        f("resources", T::kObject, "What each replica needs.",
-          {f("cpu", T::kNumber, "CPU cores."), f("memory", T::kQuantity, "Host memory."),
-           f("gpu", T::kObject, "GPUs: whole cards, a share, or a MIG slice.", gpu)}),
+        resources("What each replica needs."),
         f("minReplicas", T::kInteger, "0 lets the service scale to zero after idleTimeout."),
         f("idleTimeout", T::kDuration, "Idle time before scaling to zero (default 300s)."),
         f("warmNodes", T::kInteger, "Nodes that keep the weights staged at zero (default 1)."),
@@ -260,9 +264,7 @@ std::vector<KindSchema> build() {
         f("image", T::kString, "Kubernetes: the workers' container image."),
         f("env", T::kStringMap, "Environment variables of every worker."),
         f("workers", T::kInteger, "Workers started together, all or none (default 1)."),
-        f("resources", T::kObject, "What each worker needs.",
-          {f("cpu", T::kNumber, "CPU cores."), f("memory", T::kQuantity, "Host memory."),
-           f("gpu", T::kObject, "GPUs: whole cards, a share, or a MIG slice.", gpu)}),
+        resources("What each worker needs."),
         f("topology", T::kObject, "All workers within one domain of a topology level.",
           {required(
                one_of(f("level", T::kString, "The level."), {"nvlink", "rack", "spine", "zone"})),
