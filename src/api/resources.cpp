@@ -603,9 +603,10 @@ Result<std::vector<Resource>> decode_resources(std::string_view yaml_text,
     if (auto decode = decoders().find(kind); decode != decoders().end()) {
       resources.push_back(decode->second(d, top));
     } else if (!kind.empty()) {
-      d.error(doc["kind"], "kind",
-              fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue, Job",
-                          kind));
+      d.error(
+          doc["kind"], "kind",
+          fmt::format("'{}' is not one of Model, InferenceService, Tenant, Route, Node, Queue, Job",
+                      kind));
       continue;
     }
     top.get("status");  // written by Loadstar; ignored on input
