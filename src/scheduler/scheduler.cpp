@@ -36,6 +36,18 @@ Resources used_by(const std::vector<Allocation>& allocations) {
   return used;
 }
 
+// Everything about a workload that decides whether it can be placed or can
+// preempt: its queue, priority, pods and gang shape (not its name).
+std::string attempt_key(const Workload& w) {
+  std::string key = fmt::format("{}\n{}\n{}\n{}\n{}", w.queue, w.priority, w.min_members,
+                                w.topology_level, w.topology_required);
+  for (const PodRequest& p : w.pods)
+    key += fmt::format("\n{},{},{},{},{},{},{},{},{},{}", p.cpu_milli, p.memory_mib, p.gpu_count,
+                       p.gpu_milli, p.gpu_memory_mib, p.mig_slices, p.mig_memory_mib,
+                       fmt::join(p.allowed_models, "|"), p.model, p.group);
+  return key;
+}
+
 }  // namespace
 
 Resources resources_of(const Allocation& a) {
@@ -419,14 +431,14 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     return guaranteed ? queues_[vq].spec.deserved.gpu : queues_[vq].fair_share.gpu;
   };
   std::vector<Entry*> victims;
-  for (auto& [name, v] : entries_) {
-    if (&v == &e || v.status.state != WorkloadState::kRunning || !v.workload.preemptible) continue;
-    const int vq = queue_index(v.workload.queue);
+  for (Entry* v : preemptible_) {
+    if (v == &e || v->status.state != WorkloadState::kRunning) continue;
+    const int vq = v->queue;
     if (vq < 0) continue;
     if (vq == q) {
-      if (v.workload.priority < e.workload.priority) victims.push_back(&v);
+      if (v->workload.priority < e.workload.priority) victims.push_back(v);
     } else if (in_quota && queues_[vq].allocated.gpu > floor_of(vq) + kEps) {
-      victims.push_back(&v);  // reclaim what that queue borrowed
+      victims.push_back(v);  // reclaim what that queue borrowed
     }
   }
   if (victims.empty()) return false;
@@ -443,7 +455,7 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
   // Whether evicting `v` keeps its queue at or above its fair share (reclaim
   // never pushes a lender below it); counts it if so.
   auto may_take = [&](Entry* v) {
-    const int vq = queue_index(v->workload.queue);
+    const int vq = v->queue;
     Resources used;
     for (const auto& a : v->status.allocations) used += resources_of(a);
     if (vq != q && queues_[vq].allocated.gpu - reclaimed[vq].gpu - used.gpu < floor_of(vq) - kEps)
@@ -457,7 +469,7 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     return !limited || over_limit(q, charge - freed).empty();
   };
   auto note_freed = [&](Entry* v) {
-    if (queue_index(v->workload.queue) == q) freed += used_by(v->status.allocations);
+    if (v->queue == q) freed += used_by(v->status.allocations);
   };
   std::string reason;
   bool placed = false;
@@ -471,16 +483,21 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     int best_node = -1;
     std::pair<int32_t, size_t> best_cost{INT32_MAX, SIZE_MAX};
     std::vector<DeviceChoice> fits;
+    // The candidates on each node, in victim order (a gang's on each of its
+    // nodes); a node with none cannot make room.
+    std::vector<std::vector<Entry*>> by_node(cluster_.nodes().size());
+    for (Entry* v : victims)
+      for (const auto& a : v->status.allocations)
+        if (by_node[a.node].empty() || by_node[a.node].back() != v) by_node[a.node].push_back(v);
     for (size_t n = 0; n < cluster_.nodes().size(); ++n) {
+      if (by_node[n].empty()) continue;
       if (cluster_.misfit(static_cast<int>(n), pod) == "GPU model not allowed") continue;
       std::vector<Entry*> on_node;
       reclaimed.clear();
       freed = {};
       bool fit = false;
-      for (Entry* v : victims) {
-        bool here = false;
-        for (const auto& a : v->status.allocations) here |= a.node == static_cast<int>(n);
-        if (!here || !may_take(v)) continue;
+      for (Entry* v : by_node[n]) {
+        if (!may_take(v)) continue;
         for (const auto& a : v->status.allocations) cluster_.release(a);
         on_node.push_back(v);
         note_freed(v);
@@ -557,15 +574,14 @@ bool Scheduler::try_preemption(Entry& e, bool limited, std::vector<std::string>&
     if (!v) continue;
     Resources used;
     for (const auto& a : v->status.allocations) used += resources_of(a);
-    charge(queue_index(v->workload.queue), Resources{} - used);
+    charge(v->queue, Resources{} - used);
     v->status.allocations.clear();
     v->status.state = WorkloadState::kPending;
-    v->status.reason =
-        fmt::format("preempted by '{}' ({})", e.workload.name,
-                    queue_index(v->workload.queue) == q
-                        ? (limited ? "higher priority in the same queue, at its limit"
-                                   : "higher priority in the same queue")
-                        : fmt::format("queue '{}' reclaimed its quota", e.workload.queue));
+    v->status.reason = fmt::format(
+        "preempted by '{}' ({})", e.workload.name,
+        v->queue == q ? (limited ? "higher priority in the same queue, at its limit"
+                                 : "higher priority in the same queue")
+                      : fmt::format("queue '{}' reclaimed its quota", e.workload.queue));
     ++v->status.preemptions;
     ++preemptions_;
     preempted.push_back(v->workload.name);
@@ -580,6 +596,8 @@ void Scheduler::start(Entry& e, std::vector<Allocation> allocations, double now)
   e.status.allocations = std::move(allocations);
   e.status.started_at = now;
   e.status.reason.clear();
+  e.queue = q;
+  if (e.workload.preemptible) preemptible_.push_back(&e);
   Resources used;
   for (const auto& a : e.status.allocations) used += resources_of(a);
   charge(q, used);
@@ -591,9 +609,13 @@ CycleReport Scheduler::schedule(double now) {
   CycleReport report;
   // Pending work per leaf queue, by priority then arrival.
   std::map<int, std::vector<Entry*>> pending;
+  preemptible_.clear();
   for (auto& [name, e] : entries_) {
+    e.queue = queue_index(e.workload.queue);
+    if (e.status.state == WorkloadState::kRunning && e.workload.preemptible)
+      preemptible_.push_back(&e);
     if (e.status.state != WorkloadState::kPending) continue;
-    const int q = queue_index(e.workload.queue);
+    const int q = e.queue;
     if (q < 0) {
       e.status.reason = fmt::format("queue '{}' does not exist", e.workload.queue);
       continue;
@@ -613,6 +635,10 @@ CycleReport Scheduler::schedule(double now) {
     });
   std::map<int, size_t> next;
   std::set<std::string> preempted_now;
+  // Until the next start or preemption changes the cluster, a workload like
+  // one that found neither a place nor victims finds none either: it keeps
+  // that reason without the search (a backlog of like jobs costs one).
+  std::map<std::string, std::string> failed;
   while (true) {
     // The queue furthest below its fair share goes next.
     int pick = -1;
@@ -626,6 +652,11 @@ CycleReport Scheduler::schedule(double now) {
     Entry& e = *pending[pick][next[pick]++];
     if (e.status.state != WorkloadState::kPending) continue;
     if (preempted_now.count(e.workload.name)) continue;  // not back in the same pass
+    std::string key = attempt_key(e.workload);
+    if (auto it = failed.find(key); it != failed.end()) {
+      e.status.reason = it->second;
+      continue;
+    }
     // A queue's limit: checked on the least the workload can be charged,
     // then on what it was charged once placed.
     std::string limit = over_limit(pick, e.minimum);
@@ -636,6 +667,7 @@ CycleReport Scheduler::schedule(double now) {
         auto allocations = std::move(e.status.allocations);
         start(e, std::move(allocations), now);
         report.started.push_back(e.workload.name);
+        failed.clear();
         continue;
       }
       for (const auto& a : e.status.allocations) cluster_.release(a);
@@ -650,10 +682,14 @@ CycleReport Scheduler::schedule(double now) {
       auto allocations = std::move(e.status.allocations);
       start(e, std::move(allocations), now);
       report.started.push_back(e.workload.name);
+      report.started_by_preemption.push_back(e.workload.name);
+      failed.clear();
       continue;
     }
     e.status.reason = limit.empty() ? reason : limit;
+    failed.emplace(std::move(key), e.status.reason);
   }
+  preemptible_.clear();
   return report;
 }
 

@@ -107,6 +107,9 @@ struct QueueStatus {
 struct CycleReport {
   std::vector<std::string> started;
   std::vector<std::string> preempted;  // back to pending
+  // Of `started`, those that took preempted workloads' places: they wait
+  // for their victims' grace periods.
+  std::vector<std::string> started_by_preemption;
 };
 
 class Scheduler {
@@ -167,6 +170,7 @@ class Scheduler {
     uint64_t sequence = 0;
     Resources request;  // as asked (a memory share or MIG slice counts as a card)
     Resources minimum;  // the least it can be charged (a MIG slice: 1/8 card)
+    int queue = -1;     // queue_index(workload.queue), as of the current pass
   };
   struct QueueNode {
     QueueSpec spec;
@@ -199,6 +203,9 @@ class Scheduler {
   std::vector<QueueNode> queues_;
   std::map<std::string, double> orphan_gpu_seconds_;  // queues gone or not yet declared
   std::map<std::string, Entry> entries_;
+  // During a pass: the preemptible workloads that ran at its start or
+  // started in it (preemption's candidates; evicted ones stay listed).
+  std::vector<Entry*> preemptible_;
   uint64_t next_sequence_ = 0;
   double now_ = 0;
   bool clock_started_ = false;

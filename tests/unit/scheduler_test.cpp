@@ -275,6 +275,7 @@ TEST(Scheduler, PreemptionPicksTheLowestPriorityThatFreesEnough) {
   ASSERT_TRUE(s.submit(job("urgent", "q", {gpus(1)}, 10), 1).ok());
   CycleReport r = s.schedule(1);
   EXPECT_EQ(r.preempted, std::vector<std::string>{"p1"});
+  EXPECT_EQ(r.started_by_preemption, std::vector<std::string>{"urgent"});
   EXPECT_EQ(s.status("urgent")->state, WorkloadState::kRunning);
   EXPECT_EQ(s.status("p1")->state, WorkloadState::kPending);
   EXPECT_NE(s.status("p1")->reason.find("preempted by 'urgent'"), std::string::npos);
@@ -316,6 +317,30 @@ TEST(Scheduler, PreemptionFreesRoomOnOneNode) {
     }
   }
   EXPECT_EQ(still_there, 2);
+}
+
+TEST(Scheduler, ABacklogOfLikeWorkloadsAllSayWhyAndASmallerOneStillStarts) {
+  // One pass decides a like workload once until a start or a preemption
+  // changes the cluster: every one of the backlog still says why it waits.
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {2, 100, 1000}, std::nullopt, 1}}).ok());
+  ASSERT_TRUE(s.submit(job("running", "q", {gpus(1)}, 5), 0).ok());
+  EXPECT_EQ(s.schedule(0).started.size(), 1u);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_TRUE(s.submit(job("big" + std::to_string(i), "q", {gpus(2)}, 5), 1).ok());
+  ASSERT_TRUE(s.submit(job("small", "q", {gpus(1)}, 5), 1).ok());
+  const CycleReport r = s.schedule(1);
+  EXPECT_EQ(r.started, std::vector<std::string>{"small"});
+  for (int i = 0; i < 50; ++i) {
+    const WorkloadStatus* st = s.status("big" + std::to_string(i));
+    EXPECT_EQ(st->state, WorkloadState::kPending);
+    EXPECT_NE(st->reason.find("fits on no node"), std::string::npos) << st->reason;
+  }
+  // A higher priority like one is its own decision: it preempts.
+  ASSERT_TRUE(s.submit(job("urgent", "q", {gpus(2)}, 9), 2).ok());
+  EXPECT_EQ(s.schedule(2).started_by_preemption, std::vector<std::string>{"urgent"});
 }
 
 TEST(Scheduler, NeverPreemptsWhatIsNotPreemptible) {
