@@ -151,6 +151,7 @@ void Controller::run() {
   lock.unlock();
   publish(std::move(inputs));
   lock.lock();
+  published_pass_ = passes_ + 1;  // the shutdown's drains are published
   const auto deadline = clock_.now() + std::chrono::milliseconds(
                                            static_cast<int64_t>(options_.drain_timeout_s * 1000));
   while (!replicas_.empty() || (jobs_ && jobs_->any_running())) {
@@ -323,6 +324,7 @@ void Controller::observe(Replica& r) {
 
 void Controller::begin_termination(Replica& r) {
   if (r.state == ReplicaState::kTerminating) return;
+  if (r.state == ReplicaState::kReady) r.drain_pass = passes_ + 1;  // counted at the pass's end
   r.state = ReplicaState::kTerminating;
   r.drain_started = clock_.now();
   r.message = "draining";

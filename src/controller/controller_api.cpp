@@ -106,6 +106,10 @@ std::vector<ReplicaStatus> Controller::replicas() const {
       s.state = ReplicaState::kStarting;
       s.message = "ready; its route is being published";
     }
+    if (s.state == ReplicaState::kTerminating && r->drain_pass > published_pass_) {
+      s.state = ReplicaState::kReady;
+      s.message = "draining; its route is being withdrawn";
+    }
     s.pid = r->pid;
     s.port = r->port;
     s.restarts = r->restarts;

@@ -33,6 +33,9 @@ struct Controller::Replica {
   // The pass that found it ready: readers see it Ready once that pass's
   // routing went out to the gateways (Controller::published_pass_).
   uint64_t ready_pass = 0;
+  // The pass that began draining it while Ready: readers see it Ready (the
+  // gateways still route to it) until that pass's routing went out.
+  uint64_t drain_pass = 0;
   std::string message;
   ColdStart cold_start;
   // What it runs: the spec and model it started from (a restart keeps them).
