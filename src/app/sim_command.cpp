@@ -8,6 +8,9 @@
 //                 under the Azure LLM trace: the autoscaler's and engine-sim's
 //                 own cores in virtual time; SLO attainment, GPU-seconds,
 //                 cold starts per service (see autoscaler/simulation.h)
+//   sim shared    a day of serving and jobs on one cluster shared through the
+//                 queues against statically split clusters: utilisation and
+//                 the serving SLO (see autoscaler/shared_cluster.h)
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +25,7 @@
 #include "api/resources.h"
 #include "app/commands.h"
 #include "app/svg_chart.h"
+#include "autoscaler/shared_cluster.h"
 #include "autoscaler/simulation.h"
 #include "controller/scaler.h"
 #include "enginesim/engine_sim.h"
@@ -392,6 +396,38 @@ int run_autoscale(const AutoscaleArgs& a) {
   return 0;
 }
 
+struct SharedArgs {
+  std::string nodes = "../shared/traces/openb_node_list_gpu_node.csv";
+  std::string pods = "../shared/traces/openb_pod_list_default.csv";
+  std::string trace = "../shared/traces/AzureLLMInferenceTrace_conv.csv";
+  std::string out = "var/sim/shared";
+  autoscaler::SharedClusterOptions options;
+};
+
+int run_shared(const SharedArgs& a) {
+  auto fail = [](int code, const std::string& why) {
+    fmt::print(stderr, "loadstar sim shared: {}\n", why);
+    return code;
+  };
+  auto nodes = read_file(a.nodes);
+  auto pods = read_file(a.pods);
+  auto text = read_file(a.trace);
+  if (!nodes.ok()) return fail(1, nodes.error().message);
+  if (!pods.ok()) return fail(1, pods.error().message);
+  if (!text.ok()) return fail(1, text.error().message);
+  auto trace = autoscaler::parse_azure_trace(*text, a.trace);
+  if (!trace.ok()) return fail(1, trace.error().message);
+  auto report = autoscaler::run_shared_cluster(*nodes, *pods, *trace, a.options);
+  if (!report.ok()) return fail(2, report.error().message);
+  fmt::print("{}", report->table);
+  std::error_code ec;
+  fs::create_directories(a.out, ec);
+  if (auto s = write_file(fs::path(a.out) / "shared.csv", report->csv); !s.ok())
+    return fail(1, s.error().message);
+  fmt::print("wrote {}/shared.csv\n", a.out);
+  return 0;
+}
+
 }  // namespace
 
 std::function<int()> setup_sim(CLI::App& app) {
@@ -466,8 +502,42 @@ std::function<int()> setup_sim(CLI::App& app) {
   autoscale->add_option("-o,--out", autoscale_args->out,
                         "Directory for autoscale.csv and autoscale.svg (replicas over time)");
 
+  auto shared_args = std::make_shared<SharedArgs>();
+  CLI::App* shared = app.add_subcommand(
+      "shared", "A day of serving and jobs on one shared cluster against statically split ones");
+  shared->add_option("--nodes", shared_args->nodes, "openb node list CSV")->capture_default_str();
+  shared->add_option("--pods", shared_args->pods, "openb pod list CSV (with lifetimes)")
+      ->capture_default_str();
+  shared
+      ->add_option("--trace", shared_args->trace, "Azure LLM inference trace CSV (serving's shape)")
+      ->capture_default_str();
+  auto& so = shared_args->options;
+  shared
+      ->add_option("--serving-peak-share", so.serving_peak_share,
+                   "Serving's peak GPUs over the cluster's")
+      ->capture_default_str();
+  shared->add_option("--replica-gpus", so.replica_gpus)->capture_default_str();
+  shared->add_option("--backlog", so.backlog, "Jobs each job queue keeps waiting")
+      ->capture_default_str();
+  shared->add_option("--tick", so.tick_s, "Seconds between scheduler passes")
+      ->capture_default_str();
+  shared->add_option("--day", so.day_s, "Simulated seconds")->capture_default_str();
+  shared->add_option("--grace", so.grace_s, "A preempted job's checkpoint window (s)")
+      ->capture_default_str();
+  shared->add_option("--split-step", so.split_step, "Step of the static splits swept")
+      ->capture_default_str();
+  shared
+      ->add_option("--slo-pending", so.slo_pending,
+                   "Serving SLO: wanted replica-seconds without a place, at most this share")
+      ->capture_default_str();
+  shared->add_option("--policy", so.policy, "Placement policy")->capture_default_str();
+  shared->add_option("--seed", so.seed)->capture_default_str();
+  shared->add_option("-o,--out", shared_args->out, "Directory for shared.csv")
+      ->capture_default_str();
+
   return [=]() -> int {
     if (schedule->parsed()) return run_schedule(*schedule_args);
+    if (shared->parsed()) return run_shared(*shared_args);
     if (autoscale->parsed()) return run_autoscale(*autoscale_args);
     if (queues->parsed()) {
       if (queue_args->nodes == 0 || !(queue_args->duration_s > 0)) {
