@@ -150,6 +150,7 @@ Status PodWorkers::create(const WorkerLaunch& launch, const std::string& leader_
 }
 
 Status PodWorkers::start(const WorkerLaunch& launch) {
+  addresses_.erase(launch.worker);  // a new attempt's pod has its own
   if (launch.job->spec.image.empty())
     return make_error(ErrorCode::kInvalidArgument,
                       "spec.image: required in Kubernetes mode (the workers' container image)");
@@ -180,8 +181,11 @@ WorkerStatus PodWorkers::status(const std::string& worker) {
   if (auto it = waiting_.find(worker); it != waiting_.end()) {
     Waiting& w = it->second;
     auto leader = pods_->get(scope_.split(w.leader));
-    const kube::Pod p = leader ? kube::pod_from_json(*leader) : kube::Pod{};
-    if (!leader && !created_.count(w.leader)) {
+    kube::Pod p = leader ? kube::pod_from_json(*leader) : kube::Pod{};
+    // A leader that ended quickly may be gone already: its address as seen.
+    if (auto seen = addresses_.find(w.leader); p.pod_ip.empty() && seen != addresses_.end())
+      p.pod_ip = seen->second;
+    if (!leader && !created_.count(w.leader) && p.pod_ip.empty()) {
       st.exited = true;
       st.exit_code = -1;
       st.message = "its leader's pod ended before it had an address";
@@ -216,6 +220,7 @@ WorkerStatus PodWorkers::status(const std::string& worker) {
     return st;
   }
   const kube::Pod p = kube::pod_from_json(*pod);
+  if (!p.pod_ip.empty()) addresses_[worker] = p.pod_ip;
   if (p.phase != "Succeeded" && p.phase != "Failed") {
     st.exists = true;
     return st;
@@ -234,6 +239,7 @@ WorkerStatus PodWorkers::status(const std::string& worker) {
 }
 
 void PodWorkers::stop(const std::string& worker, double grace_s) {
+  addresses_.erase(worker);
   if (waiting_.erase(worker)) return;
   if (!stopping_.insert(worker).second) return;
   auto r = client_.remove(pod_path(worker), std::lround(grace_s));

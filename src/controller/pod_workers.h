@@ -71,6 +71,9 @@ class PodWorkers : public WorkerRuntime {
   std::map<std::string, Waiting> waiting_;
   std::set<std::string> stopping_;  // deleted by us: their disappearance is no failure
   std::map<std::string, std::chrono::steady_clock::time_point> created_;  // not yet seen
+  // Pod IPs as last read: a follower created after its leader ended (a
+  // short first attempt's leader) is still told where it was.
+  std::map<std::string, std::string> addresses_;
 };
 
 }  // namespace loadstar::controller
