@@ -37,15 +37,14 @@ Resources used_by(const std::vector<Allocation>& allocations) {
 }
 
 // Everything about a workload that decides whether it can be placed or can
-// preempt: its queue, priority, pods and gang shape (not its name).
+// preempt: its queue, priority and pod (not its name). Names are length-
+// prefixed, so no two different requests share a key.
 std::string attempt_key(const Workload& w) {
-  std::string key = fmt::format("{}\n{}\n{}\n{}\n{}", w.queue, w.priority, w.min_members,
-                                w.topology_level, w.topology_required);
-  for (const PodRequest& p : w.pods)
-    key += fmt::format("\n{},{},{},{},{},{},{},{},{},{}", p.cpu_milli, p.memory_mib, p.gpu_count,
-                       p.gpu_milli, p.gpu_memory_mib, p.mig_slices, p.mig_memory_mib,
-                       fmt::join(p.allowed_models, "|"), p.model, p.group);
-  return key;
+  const PodRequest& p = w.pods.front();
+  return fmt::format("{}:{},{},{},{},{},{},{},{},{},{}:{},{}:{},{}", w.queue.size(), w.queue,
+                     w.priority, p.cpu_milli, p.memory_mib, p.gpu_count, p.gpu_milli,
+                     p.gpu_memory_mib, p.mig_slices, p.mig_memory_mib, p.model.size(), p.model,
+                     p.group.size(), p.group, fmt::join(p.allowed_models, "|"));
 }
 
 }  // namespace
@@ -652,8 +651,12 @@ CycleReport Scheduler::schedule(double now) {
     Entry& e = *pending[pick][next[pick]++];
     if (e.status.state != WorkloadState::kPending) continue;
     if (preempted_now.count(e.workload.name)) continue;  // not back in the same pass
-    std::string key = attempt_key(e.workload);
-    if (auto it = failed.find(key); it != failed.end()) {
+    // One pod only: a gang's pods are placed greedily, where the first lands
+    // (random ties) deciding whether the rest fit; a pod that fits nowhere
+    // draws nothing, so skipping its search changes no later placement.
+    const bool like_others = e.workload.pods.size() == 1;
+    std::string key = like_others ? attempt_key(e.workload) : std::string();
+    if (auto it = failed.find(key); like_others && it != failed.end()) {
       e.status.reason = it->second;
       continue;
     }
@@ -682,12 +685,12 @@ CycleReport Scheduler::schedule(double now) {
       auto allocations = std::move(e.status.allocations);
       start(e, std::move(allocations), now);
       report.started.push_back(e.workload.name);
-      report.started_by_preemption.push_back(e.workload.name);
+      if (!victims.empty()) report.started_by_preemption.push_back(e.workload.name);
       failed.clear();
       continue;
     }
     e.status.reason = limit.empty() ? reason : limit;
-    failed.emplace(std::move(key), e.status.reason);
+    if (like_others) failed.emplace(std::move(key), e.status.reason);
   }
   preemptible_.clear();
   return report;
