@@ -524,6 +524,11 @@ std::function<int()> setup_sim(CLI::App& app) {
   shared->add_option("--day", so.day_s, "Simulated seconds")->capture_default_str();
   shared->add_option("--grace", so.grace_s, "A preempted job's checkpoint window (s)")
       ->capture_default_str();
+  shared
+      ->add_option("--scale-down", so.scale_down,
+                   "Which replica goes on scale-down: newest or emptiest-node")
+      ->check(CLI::IsMember({"newest", "emptiest-node"}))
+      ->capture_default_str();
   shared->add_option("--split-step", so.split_step, "Step of the static splits swept")
       ->capture_default_str();
   shared

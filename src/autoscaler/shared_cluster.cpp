@@ -258,8 +258,23 @@ class Day {
         replicas.push_back(std::move(r));
       }
       while (replicas.size() > desired) {
-        serve_->remove(replicas.back().name, now);
-        replicas.pop_back();
+        // The newest (the controller's rule: highest index first), or the
+        // one on the node with the most free GPU (scale-down empties nodes).
+        size_t drop = replicas.size() - 1;
+        if (o_.scale_down == "emptiest-node") {
+          uint64_t most_free = 0;
+          for (size_t i = 0; i < replicas.size(); ++i) {
+            const scheduler::WorkloadStatus* st = serve_->status(replicas[i].name);
+            if (!st || st->allocations.empty()) {
+              drop = i;  // unplaced: nothing to free
+              break;
+            }
+            const uint64_t free = serve_cluster_->nodes()[st->allocations[0].node].gpu_milli_free();
+            if (free >= most_free) most_free = free, drop = i;
+          }
+        }
+        serve_->remove(replicas[drop].name, now);
+        replicas.erase(replicas.begin() + static_cast<std::ptrdiff_t>(drop));
       }
       // Passes until the job queues' backlogs stop draining: demand never
       // runs out, whatever the pass's length.

@@ -56,6 +56,9 @@ struct SharedClusterOptions {
   double split_step = 0.05;
   uint64_t seed = 7;
   std::string policy = "loadstar";
+  // Which replica a scale-down removes: "newest" (the controller's rule) or
+  // "emptiest-node" (the one whose node has the most free GPU).
+  std::string scale_down = "newest";
 };
 
 struct SharedClusterRun {
