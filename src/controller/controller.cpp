@@ -453,6 +453,8 @@ void Controller::scale(const api::InferenceService& svc, Clock::time_point now) 
     // Not placed in an earlier pass: the scheduler has no room for it.
     v.unplaced = r->state == ReplicaState::kPending && r->created < now &&
                  placement_.where(r->name) == nullptr;
+    if (const Placed* at = placement_.where(r->name))
+      v.node_gpu_free_milli = placement_.gpu_milli_free(at->node);
     if (!v.ready) v.message = r->message;
     views.push_back(std::move(v));
   }

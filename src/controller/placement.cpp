@@ -482,6 +482,11 @@ void Placement::remove(const std::string& replica, double t) {
   replicas_.erase(replica);
 }
 
+uint64_t Placement::gpu_milli_free(const std::string& node) const {
+  const int n = cluster_.find_node(node);
+  return n < 0 ? 0 : cluster_.nodes()[n].gpu_milli_free();
+}
+
 const Placed* Placement::where(const std::string& replica) const {
   auto it = replicas_.find(replica);
   return it != replicas_.end() && it->second.placed ? &*it->second.placed : nullptr;

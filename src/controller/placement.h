@@ -82,6 +82,8 @@ class Placement {
   // Where the replica is placed (a job: its first worker); null while it
   // has no place.
   const Placed* where(const std::string& replica) const;
+  // GPU capacity free on `node` (milli); 0 for a node the scheduler lacks.
+  uint64_t gpu_milli_free(const std::string& node) const;
   // Where each pod of a job's gang is placed, by worker index; empty while
   // it has no place.
   const std::vector<Placed>& members(const std::string& name) const;

@@ -52,10 +52,14 @@ RolloutPlan plan_rollout(uint32_t desired, const api::RolloutSpec& spec,
   RolloutPlan plan;
   std::vector<RolloutReplica> fresh, old;
   for (auto& r : active) (r.current ? fresh : old).push_back(std::move(r));
-  // Ready ones are kept first, then the lowest indexes: scale-down drains
-  // replicas that serve nothing yet before ready ones, highest index first.
+  // Ready ones are kept first, those on the fullest nodes first, then the
+  // lowest indexes: scale-down drains replicas that serve nothing yet
+  // before ready ones, then the one on the emptiest node, highest index
+  // first.
   std::sort(fresh.begin(), fresh.end(), [](const RolloutReplica& a, const RolloutReplica& b) {
     if (a.ready != b.ready) return a.ready;
+    if (a.ready && a.node_gpu_free_milli != b.node_gpu_free_milli)
+      return a.node_gpu_free_milli < b.node_gpu_free_milli;
     return a.index < b.index;
   });
   while (fresh.size() > desired) {

@@ -47,6 +47,11 @@ struct RolloutReplica {
   bool new_weights_here = false;
   // Current replicas: the scheduler found no place for it (no room to surge).
   bool unplaced = false;
+  // GPU capacity free on its node (milli): among ready replicas, scale-down
+  // drains the one on the emptiest node first, so nodes empty out for work
+  // that needs whole nodes (a training gang) instead of every node keeping
+  // a replica.
+  uint64_t node_gpu_free_milli = 0;
 };
 
 struct RolloutPlan {

@@ -135,8 +135,8 @@ RolloutActions Rollouts::plan_plain(const api::InferenceService& svc, Service& s
     // One never launched runs nothing of another revision.
     if (!v.launched_ever && !runs(v, current)) actions.retarget[v.name] = current;
     const bool fresh = !v.launched_ever || runs(v, current);
-    state.push_back(
-        {v.name, v.index, fresh, v.ready, v.staged, !fresh && v.new_weights_here, v.unplaced});
+    state.push_back({v.name, v.index, fresh, v.ready, v.staged, !fresh && v.new_weights_here,
+                     v.unplaced, v.node_gpu_free_milli});
     actions.canary_weights[v.name] = 0;
   }
   const RolloutPlan plan = plan_rollout(desired, svc.spec.rollout, std::move(state));
@@ -260,7 +260,8 @@ RolloutActions Rollouts::plan_canary(const api::InferenceService& svc, Service& 
   for (const RolloutView& v : stable) {
     if (!v.launched_ever && !runs(v, c.stable)) actions.retarget[v.name] = c.stable;
     const bool at_stable = !v.launched_ever || runs(v, c.stable);
-    state.push_back({v.name, v.index, at_stable, v.ready, v.staged, false});
+    state.push_back(
+        {v.name, v.index, at_stable, v.ready, v.staged, false, false, v.node_gpu_free_milli});
   }
   const RolloutPlan plan = plan_rollout(desired, svc.spec.rollout, std::move(state));
   for (uint32_t i = 0; i < plan.create; ++i) actions.create.push_back(c.stable);

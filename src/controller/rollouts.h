@@ -37,9 +37,10 @@ struct RolloutView {
   bool launched_ever = false;  // never launched: nothing of its revision runs yet
   bool ready = false;
   bool staged = false;
-  bool new_weights_here = false;  // the current revision's weights are on its node
-  bool unplaced = false;          // the scheduler found it no place (last pass)
-  std::string message;            // why it is not ready yet
+  bool new_weights_here = false;     // the current revision's weights are on its node
+  bool unplaced = false;             // the scheduler found it no place (last pass)
+  uint64_t node_gpu_free_milli = 0;  // GPU free on its node (RolloutReplica's)
+  std::string message;               // why it is not ready yet
 };
 
 struct RolloutActions {

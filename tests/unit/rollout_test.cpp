@@ -33,6 +33,24 @@ TEST(RolloutPlan, WithoutOldReplicasItScalesLowestIndexesUpAndUnreadyHighestFirs
   EXPECT_EQ(plan.drain, (std::vector<std::string>{"a-1", "a-2"}));
 }
 
+TEST(RolloutPlan, ScaleDownDrainsTheReadyReplicaOnTheEmptiestNodeFirst) {
+  // a-0 alone on an 8-GPU node (7 free), a-1 and a-2 share a busier one:
+  // a-0 goes, so its node empties for work that needs a whole node.
+  RolloutReplica a0{"a-0", 0, true, true}, a1{"a-1", 1, true, true}, a2{"a-2", 2, true, true};
+  a0.node_gpu_free_milli = 7000;
+  a1.node_gpu_free_milli = a2.node_gpu_free_milli = 2000;
+  auto plan = plan_rollout(2, {}, {a0, a1, a2});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-0"});
+  // Equally free nodes: the highest index, as before.
+  a0.node_gpu_free_milli = 2000;
+  plan = plan_rollout(2, {}, {a0, a1, a2});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-2"});
+  // One serving nothing yet goes before any ready one.
+  RolloutReplica starting{"a-3", 3, true, false};
+  plan = plan_rollout(3, {}, {a0, a1, a2, starting});
+  EXPECT_EQ(plan.drain, std::vector<std::string>{"a-3"});
+}
+
 TEST(RolloutPlan, SurgeFirstNeverBelowTheDesiredReadyCount) {
   // maxSurge 1, maxUnavailable 0, two ready old replicas.
   auto plan = plan_rollout(2, rollout(1, 0), {old_ready("a-0", 0), old_ready("a-1", 1)});
