@@ -526,7 +526,7 @@ std::function<int()> setup_sim(CLI::App& app) {
       ->capture_default_str();
   shared
       ->add_option("--scale-down", so.scale_down,
-                   "Which replica goes on scale-down: newest or emptiest-node")
+                   "Which replica goes on scale-down: emptiest-node (the controller's) or newest")
       ->check(CLI::IsMember({"newest", "emptiest-node"}))
       ->capture_default_str();
   shared->add_option("--split-step", so.split_step, "Step of the static splits swept")

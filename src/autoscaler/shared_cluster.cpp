@@ -258,8 +258,8 @@ class Day {
         replicas.push_back(std::move(r));
       }
       while (replicas.size() > desired) {
-        // The newest (the controller's rule: highest index first), or the
-        // one on the node with the most free GPU (scale-down empties nodes).
+        // The one on the node with the most free GPU (the controller's rule:
+        // scale-down empties nodes), or the newest (highest index first).
         size_t drop = replicas.size() - 1;
         if (o_.scale_down == "emptiest-node") {
           uint64_t most_free = 0;

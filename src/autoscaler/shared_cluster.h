@@ -56,9 +56,10 @@ struct SharedClusterOptions {
   double split_step = 0.05;
   uint64_t seed = 7;
   std::string policy = "loadstar";
-  // Which replica a scale-down removes: "newest" (the controller's rule) or
-  // "emptiest-node" (the one whose node has the most free GPU).
-  std::string scale_down = "newest";
+  // Which replica a scale-down removes: "emptiest-node" (the controller's
+  // rule: the one whose node has the most free GPU) or "newest" (its rule
+  // before, highest index first).
+  std::string scale_down = "emptiest-node";
 };
 
 struct SharedClusterRun {
