@@ -5,6 +5,7 @@
 // stabilization window brings it back.
 #include <gtest/gtest.h>
 
+#include "autoscaler/shared_cluster.h"
 #include "autoscaler/simulation.h"
 
 namespace loadstar::autoscaler {
@@ -126,6 +127,53 @@ TEST(AutoscaleSim, RejectsNonsenseOptions) {
   o.time_scale = 1;
   o.period_s = -1;
   EXPECT_FALSE(simulate(every(1, 2, 5), o).ok());
+}
+
+}  // namespace
+}  // namespace loadstar::autoscaler
+
+namespace loadstar::autoscaler {
+namespace {
+
+// `sim shared` on a small cluster: four 8-GPU nodes, serving peaking at half
+// the GPUs, one-GPU jobs of an hour waiting in both job queues.
+TEST(SharedCluster, SharingBeatsTheBestSplitThatKeepsTheSloAndErrorsNameTheLine) {
+  const std::string nodes =
+      "sn,cpu_milli,memory_mib,gpu,model\n"
+      "n0,96000,786432,8,V100M32\nn1,96000,786432,8,V100M32\n"
+      "n2,96000,786432,8,V100M32\nn3,96000,786432,8,V100M32\n";
+  const std::string pods =
+      "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
+      "deletion_time,scheduled_time\n"
+      "p0,4000,8192,1,1000,,LS,Running,0,3600,0\n"
+      "p1,4000,8192,1,1000,,BE,Running,0,3600,0\n";
+  // Arrivals that rise and fall: many in the middle of the hour, few at its ends.
+  std::vector<TraceRequest> trace;
+  for (int s = 0; s < 3600; ++s)
+    for (int k = 0; k < (s > 1200 && s < 2400 ? 4 : 1); ++k) trace.push_back({double(s), 100, 10});
+  SharedClusterOptions o;
+  o.day_s = 6 * 3600;
+  o.split_step = 0.25;
+  o.backlog = 8;
+  auto report = run_shared_cluster(nodes, pods, trace, o);
+  ASSERT_TRUE(report.ok()) << report.error().message;
+  EXPECT_EQ(report->gpus, 32);
+  EXPECT_EQ(report->peak_replicas, 16u);
+  ASSERT_GE(report->best_split, 0) << report->table;
+  const SharedClusterRun& best = report->splits[report->best_split];
+  EXPECT_TRUE(report->shared.slo_kept) << report->table;
+  // Jobs borrow what serving leaves idle on the split's serving side.
+  EXPECT_GT(report->shared.utilisation, best.utilisation + 0.05) << report->table;
+  EXPECT_NE(report->csv.find("shared,1.0000,"), std::string::npos) << report->csv;
+
+  auto bad = run_shared_cluster(nodes, "name,cpu_milli\np0,1\n", trace, o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("no 'memory_mib' column"), std::string::npos)
+      << bad.error().message;
+  const std::string broken = pods + "p2,4000,8192,one,1000,,LS,Running,0,3600,0\n";
+  bad = run_shared_cluster(nodes, broken, trace, o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("pods:4: num_gpu"), std::string::npos) << bad.error().message;
 }
 
 }  // namespace
