@@ -29,90 +29,41 @@ struct JobShape {
   bool batch = false;  // best-effort QoS
 };
 
-std::vector<std::string_view> split_on(std::string_view text, char sep) {
-  std::vector<std::string_view> out;
-  size_t start = 0;
-  while (true) {
-    const size_t at = text.find(sep, start);
-    out.push_back(text.substr(start, at == std::string_view::npos ? at : at - start));
-    if (at == std::string_view::npos) return out;
-    start = at + 1;
-  }
-}
-
-std::vector<std::string_view> fields(std::string_view line) {
-  return split_on(line, ',');
-}
-
 std::vector<std::string_view> lines_of(std::string_view text) {
   std::vector<std::string_view> out;
-  for (std::string_view line : split_on(text, '\n')) {
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(start, end - start);
     while (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (!line.empty()) out.push_back(line);
+    start = end + 1;
   }
   return out;
 }
 
-template <typename T>
-Result<T> number(std::string_view text, std::string_view what, size_t line) {
-  T value{};
-  const std::string s(text);
-  char* end = nullptr;
-  const double parsed = std::strtod(s.c_str(), &end);
-  if (s.empty() || *end != '\0' || !(parsed >= 0))
-    return make_error(ErrorCode::kInvalidArgument, "pods:{}: {}: '{}' is not a number", line, what,
-                      s);
-  value = static_cast<T>(parsed);
-  return value;
-}
-
-// The GPU rows of an openb pod list with both creation and deletion times.
+// The GPU pods of an openb pod list with both creation and deletion times,
+// read by the scheduler's own trace parser.
 Result<std::vector<JobShape>> job_shapes(std::string_view csv, double day_s) {
-  const auto lines = lines_of(csv);
-  if (lines.empty()) return make_error(ErrorCode::kInvalidArgument, "pods: empty");
-  std::map<std::string, size_t, std::less<>> column;
-  const auto header = fields(lines[0]);
-  for (size_t i = 0; i < header.size(); ++i) column[std::string(header[i])] = i;
-  for (const char* need :
-       {"cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "qos", "creation_time", "deletion_time"})
-    if (!column.count(need))
-      return make_error(ErrorCode::kInvalidArgument,
-                        "pods:1: no '{}' column (a pod list with lifetimes: openb_pod_list_*.csv "
-                        "but multigpu20)",
-                        need);
+  Cluster models;  // interns gpu_spec; each run's cluster interns the names again
+  LS_ASSIGN_OR_RETURN(std::vector<scheduler::TraceTask> tasks,
+                      scheduler::load_openb_pods(csv, "pods", models));
   std::vector<JobShape> out;
-  for (size_t n = 1; n < lines.size(); ++n) {
-    const auto f = fields(lines[n]);
-    if (f.size() < header.size())
-      return make_error(ErrorCode::kInvalidArgument, "pods:{}: {} fields, the header has {}", n + 1,
-                        f.size(), header.size());
-    auto at = [&](const char* name) { return f[column.at(name)]; };
-    if (at("deletion_time").empty() || at("creation_time").empty()) continue;
-    LS_ASSIGN_OR_RETURN(uint32_t gpus, number<uint32_t>(at("num_gpu"), "num_gpu", n + 1));
-    LS_ASSIGN_OR_RETURN(uint32_t milli, number<uint32_t>(at("gpu_milli"), "gpu_milli", n + 1));
-    if (gpus == 0 || gpus > scheduler::kMaxDevicesPerNode) continue;
-    LS_ASSIGN_OR_RETURN(double created,
-                        number<double>(at("creation_time"), "creation_time", n + 1));
-    LS_ASSIGN_OR_RETURN(double deleted,
-                        number<double>(at("deletion_time"), "deletion_time", n + 1));
-    if (deleted <= created) continue;
+  for (scheduler::TraceTask& t : tasks) {
+    if (!t.request.wants_gpu() || !t.deleted_s || *t.deleted_s <= t.created_s) continue;
     JobShape s;
-    LS_ASSIGN_OR_RETURN(s.request.cpu_milli, number<uint64_t>(at("cpu_milli"), "cpu_milli", n + 1));
-    LS_ASSIGN_OR_RETURN(s.request.memory_mib,
-                        number<uint64_t>(at("memory_mib"), "memory_mib", n + 1));
-    if (gpus == 1 && milli > 0 && milli < scheduler::kMilliPerGpu)
-      s.request.gpu_milli = milli;
-    else
-      s.request.gpu_count = gpus;
-    if (column.count("gpu_spec"))
-      for (std::string_view model : split_on(at("gpu_spec"), '|'))
-        if (!model.empty() && model != "nan") s.models.emplace_back(model);
-    s.lifetime_s = std::clamp(deleted - created, 60.0, day_s);
-    s.batch = at("qos") == "BE";
+    for (uint32_t id : t.request.allowed_models) s.models.push_back(models.models()[id]);
+    s.request = std::move(t.request);
+    s.request.allowed_models.clear();
+    s.lifetime_s = std::clamp(*t.deleted_s - t.created_s, 60.0, day_s);
+    s.batch = t.best_effort;
     out.push_back(std::move(s));
   }
   if (out.empty())
-    return make_error(ErrorCode::kInvalidArgument, "pods: no GPU pod with a lifetime");
+    return make_error(ErrorCode::kInvalidArgument,
+                      "pods: no GPU pod with creation_time and deletion_time (a pod list with "
+                      "lifetimes: openb_pod_list_*.csv but multigpu20)");
   return out;
 }
 
@@ -389,16 +340,18 @@ Result<SharedClusterReport> run_shared_cluster(std::string_view nodes_csv,
                       "tick, day, split step (0..1), serving peak share (0..1) and replica GPUs "
                       "must be positive");
   LS_ASSIGN_OR_RETURN(std::vector<JobShape> pool, job_shapes(pods_csv, o.day_s));
+  // Checked and counted by the scheduler's parser; the lines themselves are
+  // dealt out to the splits (one node per non-empty line after the header).
+  Cluster whole;
+  LS_RETURN_IF_ERROR(scheduler::load_openb_nodes(nodes_csv, "nodes", whole));
   const auto lines = lines_of(nodes_csv);
-  if (lines.size() < 2) return make_error(ErrorCode::kInvalidArgument, "nodes: no node");
+  if (whole.nodes().empty() || lines.size() != whole.nodes().size() + 1)
+    return make_error(ErrorCode::kInvalidArgument, "nodes: no node");
   const std::string header(lines[0]);
   std::vector<NodeLine> nodes;
   double gpus = 0;
   for (size_t i = 1; i < lines.size(); ++i) {
-    const auto f = fields(lines[i]);
-    if (f.size() < 4)
-      return make_error(ErrorCode::kInvalidArgument, "nodes:{}: too few fields", i + 1);
-    LS_ASSIGN_OR_RETURN(uint32_t g, number<uint32_t>(f[3], "gpu", i + 1));
+    const auto g = static_cast<uint32_t>(whole.nodes()[i - 1].devices.size());
     nodes.push_back({lines[i], g});
     gpus += g;
   }

@@ -139,9 +139,9 @@ Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string
   CsvReader reader(csv, source);
   // openb_pod_list_multigpu20 has neither gpu_spec nor creation_time: any
   // model, and file order is arrival order.
-  LS_RETURN_IF_ERROR(reader.header(
-      {"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec", "creation_time"},
-      {"gpu_spec", "creation_time"}));
+  LS_RETURN_IF_ERROR(reader.header({"name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli",
+                                    "gpu_spec", "creation_time", "qos", "deletion_time"},
+                                   {"gpu_spec", "creation_time", "qos", "deletion_time"}));
   std::vector<TraceTask> tasks;
   std::vector<std::string_view> f;
   while (true) {
@@ -174,7 +174,12 @@ Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string
       t.created_s = static_cast<double>(tasks.size());
     } else {
       LS_ASSIGN_OR_RETURN(t.created_s, reader.number<double>(f[6], "creation_time"));
+      if (!f[8].empty()) {
+        LS_ASSIGN_OR_RETURN(double deleted, reader.number<double>(f[8], "deletion_time"));
+        t.deleted_s = deleted;
+      }
     }
+    t.best_effort = f[7] == "BE";
     tasks.push_back(std::move(t));
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const TraceTask& a, const TraceTask& b) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,12 +20,16 @@ struct TraceTask {
   std::string name;
   PodRequest request;
   double created_s = 0;
+  // Where the list has them (`deletion_time`, `qos`): when it was deleted,
+  // with a creation time too; whether its QoS is best-effort ("BE").
+  std::optional<double> deleted_s;
+  bool best_effort = false;
 };
 
 // `sn,cpu_milli,memory_mib,gpu,model`: adds every node to `cluster`.
 // `source` names the input in error messages ("file:line: ...").
 Status load_openb_nodes(std::string_view csv, std::string_view source, Cluster& cluster);
-// `name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec][,creation_time]...`,
+// `name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec][,creation_time][,qos][,deletion_time]...`,
 // sorted by creation time (file order without that column). GPU models in gpu_spec are interned in
 // `cluster`.
 Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string_view source,

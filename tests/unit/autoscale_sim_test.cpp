@@ -168,7 +168,7 @@ TEST(SharedCluster, SharingBeatsTheBestSplitThatKeepsTheSloAndErrorsNameTheLine)
 
   auto bad = run_shared_cluster(nodes, "name,cpu_milli\np0,1\n", trace, o);
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().message.find("no 'memory_mib' column"), std::string::npos)
+  EXPECT_NE(bad.error().message.find("pods:1: missing column 'memory_mib'"), std::string::npos)
       << bad.error().message;
   const std::string broken = pods + "p2,4000,8192,one,1000,,LS,Running,0,3600,0\n";
   bad = run_shared_cluster(nodes, broken, trace, o);
