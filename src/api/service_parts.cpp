@@ -113,8 +113,8 @@ void decode_multi_node(Decoder& d, const YAML::Node& multi, InferenceService& sv
   const engines::Engine* engine = engines::find(svc.spec.engine.name);
   if (engine && !engine->multi_node)
     d.error(multi, "spec.multiNode",
-            fmt::format("{} replicas span one machine in Loadstar so far (engine-sim and "
-                        "sglang span several)",
+            fmt::format("{} replicas span one machine in Loadstar so far (engine-sim, "
+                        "sglang and vllm span several)",
                         engine->name));
   if (svc.spec.prefill)
     d.error(multi, "spec.multiNode", "not with spec.prefill (a disaggregated service) yet");

@@ -116,7 +116,9 @@ void Controller::adopt_existing() {
         r->revision = std::move(lost);
       }
     }
-    placement_.adopt(e.replica, e.node, e.shares);
+    std::vector<Placed> pods = {{e.node, "", e.shares}};
+    for (const EngineLaunch::Member& m : e.members) pods.push_back({m.node, m.devices, m.shares});
+    placement_.adopt(e.replica, std::move(pods));
     r->message = "taken over from a previous controller";
     spdlog::info("replica {}: running on {}; taken over", e.replica, e.node);
     if (e.draining) {

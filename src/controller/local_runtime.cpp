@@ -216,6 +216,11 @@ Status LocalRuntime::launch(const EngineLaunch& launch) {
   const engines::Engine* engine = engines::find(svc.spec.engine.name);
   if (!engine)
     return make_error(ErrorCode::kInvalidArgument, "unknown engine '{}'", svc.spec.engine.name);
+  if (!launch.members.empty() && !engine->group_worker_command.empty())
+    return make_error(ErrorCode::kInvalidArgument,
+                      "spec.multiNode: {} spans nodes through Ray, whose cluster Loadstar forms "
+                      "in Kubernetes mode only (locally: sglang or engine-sim)",
+                      engine->name);
   // Never a stand-in: an engine that is not here leaves the replica Pending
   // and says what to install.
   if (engine->program != "loadstar")

@@ -13,15 +13,13 @@
 
 namespace loadstar::controller {
 
-void Placement::adopt(const std::string& replica, const std::string& node,
-                      std::vector<DeviceShare> shares) {
+void Placement::adopt(const std::string& replica, std::vector<Placed> pods) {
   Replica& r = replicas_[replica];
   r.submitted = false;
-  r.adopted = std::move(shares);
-  r.adopted_node = node;
   // Where it runs already; the scheduler is told at the next pass.
-  r.placed = Placed{node, "", *r.adopted};
-  r.members = {*r.placed};
+  r.members = pods;
+  r.placed = pods.empty() ? std::nullopt : std::optional<Placed>(pods.front());
+  r.adopted = std::move(pods);
 }
 
 std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> shares,
@@ -413,16 +411,26 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
       // An engine that runs already keeps its node and devices if they exist.
       if (svc == pass.services->end()) continue;
       scheduler::Workload w = workload_of(pr.name, svc->second);
-      scheduler::Allocation a;
-      a.node = cluster_.find_node(r.adopted_node);
-      a.cpu_milli = w.pods[0].cpu_milli;
-      a.memory_mib = w.pods[0].memory_mib;
-      for (const DeviceShare& d : *r.adopted) a.shares.push_back({d.device, d.milli, d.mig_slices});
-      const bool kept = a.node >= 0 && scheduler_->adopt(std::move(w), {a}, t).ok();
+      // Every pod where it runs (a multi-node replica's group whole), or
+      // none: a group that lost a pod or changed size is placed anew.
+      std::vector<scheduler::Allocation> allocations;
+      bool kept = r.adopted->size() == w.pods.size();
+      for (size_t i = 0; kept && i < w.pods.size(); ++i) {
+        const Placed& pod = (*r.adopted)[i];
+        scheduler::Allocation a;
+        a.node = cluster_.find_node(pod.node);
+        a.cpu_milli = w.pods[i].cpu_milli;
+        a.memory_mib = w.pods[i].memory_mib;
+        for (const DeviceShare& d : pod.shares)
+          a.shares.push_back({d.device, d.milli, d.mig_slices});
+        kept = a.node >= 0;
+        allocations.push_back(std::move(a));
+      }
+      kept = kept && scheduler_->adopt(std::move(w), allocations, t).ok();
       r.adopted.reset();
       if (kept) {
         r.submitted = true;
-        set_placed(r, {a});
+        set_placed(r, allocations);
         continue;
       }
       spdlog::warn("replica {}: its node or devices are gone; placing it again", pr.name);

@@ -64,9 +64,10 @@ class Placement {
   // `policy`: scheduler::PlacementPolicy::named (an unknown one: "loadstar").
   explicit Placement(std::string policy) : policy_(std::move(policy)) {}
 
-  // An engine that runs already (taken over at start) on `node` with
-  // `shares`: it keeps them if they exist at the next pass.
-  void adopt(const std::string& replica, const std::string& node, std::vector<DeviceShare> shares);
+  // An engine that runs already (taken over at start), each of its pods
+  // (one; a multi-node replica's: the leader first) on its node with its
+  // shares: it keeps them if they exist at the next pass.
+  void adopt(const std::string& replica, std::vector<Placed> pods);
   // `t`: seconds on the controller's clock.
   PlacementChanges pass(const PlacementPass& pass, double t);
   // The replica is gone: its place is given back.
@@ -107,8 +108,7 @@ class Placement {
     bool submitted = false;
     std::optional<Placed> placed;
     std::vector<Placed> members;  // every pod's (a replica's: its one)
-    std::optional<std::vector<DeviceShare>> adopted;
-    std::string adopted_node;
+    std::optional<std::vector<Placed>> adopted;
   };
   // Displaced replicas, when a change of nodes moved them.
   std::vector<std::pair<std::string, std::string>> sync_cluster(const PlacementPass& pass,

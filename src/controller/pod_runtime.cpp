@@ -62,15 +62,26 @@ std::string gguf_name(const std::string& source) {
 }
 
 json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
-                 const std::string& namespace_name, const std::string& service_uid) {
+                 const std::string& namespace_name, const std::string& service_uid, uint32_t rank) {
   const api::InferenceService& svc = *launch.service;
   const api::Model& model = *launch.model;
   const std::string models_mount = "/var/lib/loadstar/models";
+  // A multi-node replica's pods: the leader (rank 0) serves; the others
+  // run the same engine at their rank, joined to the leader's group.
+  const bool group = !launch.members.empty();
+  const uint32_t group_size = static_cast<uint32_t>(launch.members.size()) + 1;
+  const std::string& node = rank == 0 ? launch.node : launch.members.at(rank - 1).node;
+  const std::vector<DeviceShare>& shares =
+      rank == 0 ? launch.shares : launch.members.at(rank - 1).shares;
   json labels = {{kManagedBy, "loadstar"},
-                 {"app.kubernetes.io/component", "engine"},
+                 {"app.kubernetes.io/component", rank == 0 ? "engine" : kGroupMemberComponent},
                  {kServiceLabel, svc.metadata.name},
                  {kIndexLabel, std::to_string(launch.index)}};
   if (!launch.revision.empty()) labels[kRevisionLabel] = launch.revision;
+  if (group) {
+    labels[kGroupSizeLabel] = std::to_string(group_size);
+    labels[kGroupRankLabel] = std::to_string(rank);
+  }
   // A disaggregated service's pools, as llm-d labels them.
   if (const std::string_view role = api::pd_role(svc); !role.empty())
     labels["llm-d.ai/role"] = std::string(role);
@@ -99,7 +110,16 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   if (svc.spec.prefill) spec.kv_link = svc.spec.prefill->link;
   spec.host = "$(POD_IP)";
   spec.port = options.engine_port;
-  for (const auto& share : launch.shares) spec.gpus += share.milli >= 1000 && !share.mig_slices;
+  for (const auto& share : shares) spec.gpus += share.milli >= 1000 && !share.mig_slices;
+  if (group) {
+    // The leader's group address is its Pod IP; the others are told it
+    // (LWS_LEADER_ADDRESS, set when the leader has one). engine-sim's group
+    // port is its HTTP port.
+    spec.nnodes = group_size;
+    spec.node_rank = rank;
+    spec.master_addr = rank == 0 ? "$(POD_IP)" : "$(LWS_LEADER_ADDRESS)";
+    spec.master_port = kind->writes_port_file ? options.engine_port : kGroupPort;
+  }
   spec.context_length = svc.spec.engine.context_length;
   spec.max_sequences = svc.spec.engine.max_sequences;
   spec.threads = svc.spec.engine.threads;
@@ -136,6 +156,13 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   json engine_env = env;
   // Weights come from the agent's cache; no engine downloads behind it.
   engine_env.push_back({{"name", "HF_HUB_OFFLINE"}, {"value", "1"}});
+  // What LeaderWorkerSet tells each pod of a group.
+  if (group) {
+    engine_env.push_back(
+        {{"name", kLeaderAddressEnv}, {"value", rank == 0 ? std::string("$(POD_IP)") : ""}});
+    engine_env.push_back({{"name", "LWS_GROUP_SIZE"}, {"value", std::to_string(group_size)}});
+    engine_env.push_back({{"name", "LWS_WORKER_INDEX"}, {"value", std::to_string(rank)}});
+  }
   // Disaggregated: a decode engine reaches its prefill's KV at the address
   // the prefill advertises, its Pod's (VLLM_NIXL_SIDE_CHANNEL_HOST, as
   // llm-d's manifests set it).
@@ -157,22 +184,41 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   // vLLM's NIXL side channel (engine-sim's is its HTTP port).
   if (kv_transfer && kind->name != "engine-sim")
     engine_ports.push_back({{"name", "nixl"}, {"containerPort", engines::kNixlSideChannelPort}});
-  json engine = {
-      {"name", "engine"},
-      {"image", image},
-      {"imagePullPolicy", options.image_pull_policy},
-      {"command", kind->container_command},
-      {"args", kind->flags(spec)},
-      {"env", engine_env},
-      {"ports", engine_ports},
-      {"startupProbe",
-       probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))))},
-      {"readinessProbe", probe(kind->name == "engine-sim" ? 1 : 5, 3)},
-      {"livenessProbe", probe(10, 3)},
-      // A failed engine's last log lines become its termination message,
-      // so its own error reaches the replica's status.
-      {"terminationMessagePolicy", "FallbackToLogsOnError"},
-      {"volumeMounts", volume_mounts}};
+  json engine = {{"name", "engine"},
+                 {"image", image},
+                 {"imagePullPolicy", options.image_pull_policy},
+                 {"command", kind->container_command},
+                 {"args", kind->flags(spec)},
+                 {"env", engine_env},
+                 {"ports", engine_ports},
+                 // A failed engine's last log lines become its termination message,
+                 // so its own error reaches the replica's status.
+                 {"terminationMessagePolicy", "FallbackToLogsOnError"},
+                 {"volumeMounts", volume_mounts}};
+  // An engine that spans nodes through its own launcher (vLLM: Ray): the
+  // leader forms the cluster first; the others run the launcher alone.
+  // `sh -c '... && exec "$0" "$@"' ENGINE FLAGS...` keeps every flag one
+  // word, unquoted, as Kubernetes expands $(VARS) in it.
+  if (group && !kind->group_worker_command.empty()) {
+    if (rank == 0) {
+      json args = kind->container_command;
+      for (const auto& flag : engine["args"]) args.push_back(flag);
+      engine["command"] = {"sh", "-c", kind->group_leader_prelude + R"( && exec "$0" "$@")"};
+      engine["args"] = std::move(args);
+    } else {
+      engine["command"] = {"sh", "-c", kind->group_worker_command};
+      engine.erase("args");
+    }
+  }
+  // The leader serves; the group's other pods (headless) have nothing to probe.
+  if (rank == 0) {
+    engine["startupProbe"] =
+        probe(5, std::max(1, static_cast<int>(std::ceil(kind->startup_allowance_s / 5))));
+    engine["readinessProbe"] = probe(kind->name == "engine-sim" ? 1 : 5, 3);
+    engine["livenessProbe"] = probe(10, 3);
+  } else {
+    engine.erase("ports");
+  }
   if (kind->needs_shm)
     engine["volumeMounts"].push_back({{"name", "shm"}, {"mountPath", "/dev/shm"}});
   json resources = json::object();
@@ -187,7 +233,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
   // annotation says which card).
   const uint32_t replicas = std::max<uint32_t>(1, launch.device_replicas);
   uint32_t gpu = 0, mig = 0;
-  for (const auto& s : launch.shares) {
+  for (const auto& s : shares) {
     if (s.mig_slices > 0)
       ++mig;
     else if (s.milli >= 1000)
@@ -235,21 +281,23 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
       {"apiVersion", "v1"},
       {"kind", "Pod"},
       {"metadata",
-       {{"name", launch.replica},
+       {{"name", group_pod_name(launch.replica, rank)},
         {"namespace", namespace_name},
         {"labels", labels},
         {"annotations",
-         {{kSharesAnnotation, shares_json(launch.shares).dump()},
+         {{kSharesAnnotation, shares_json(shares).dump()},
           {"loadstar.dev/model", model.metadata.name}}}}},
       // Created bound where the scheduler put it: one write per replica (a
       // create and then a Binding were two, and placement at scale is
       // bounded by the API server's writes).
       {"spec",
        {{"schedulerName", "loadstar"},
-        {"nodeName", launch.node},
+        {"nodeName", node},
         {"tolerations",
          {{{"key", kube::kToleratedGpuTaint}, {"operator", "Exists"}, {"effect", "NoSchedule"}}}},
-        {"restartPolicy", "Always"},
+        // A group restarts as a whole (LWS's RecreateGroupOnPodRestart):
+        // its pods end, and the controller starts the group again.
+        {"restartPolicy", group ? "Never" : "Always"},
         {"automountServiceAccountToken", false},  // engines never call the API
         {"terminationGracePeriodSeconds",
          std::max<int64_t>(options.termination_grace_s, std::lround(kind->stop_grace_s))},
@@ -286,7 +334,9 @@ PodRuntime::PodRuntime(const kube::Client& client, const store::KubeStore& store
       scope_(store.scope()),
       pods_(std::make_unique<kube::ScopedInformer>(
           client_, scope_, "v1", "pods",
-          fmt::format("{}=loadstar,app.kubernetes.io/component=engine", kManagedBy))) {}
+          fmt::format("{}=loadstar,app.kubernetes.io/component in (engine,{})", kManagedBy,
+                      kGroupMemberComponent))),
+      groups_(client_, scope_, *pods_) {}
 
 PodRuntime::~PodRuntime() {
   pods_->stop();
@@ -359,10 +409,6 @@ Status PodRuntime::ensure_token_secret(const std::string& namespace_name) {
 }
 
 Status PodRuntime::launch(const EngineLaunch& launch) {
-  if (!launch.members.empty())
-    return make_error(ErrorCode::kInvalidArgument,
-                      "spec.multiNode: multi-node replicas run in local mode (loadstar up) only so "
-                      "far; in Kubernetes use one node per replica");
   if (launch.service->spec.lora && launch.service->spec.lora->on_demand)
     return make_error(ErrorCode::kInvalidArgument,
                       "spec.lora.loading: onDemand is served in local mode only so far (in "
@@ -396,6 +442,13 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
   if (!created.ok() && created.error().code != ErrorCode::kConflict)
     return make_error(created.error().code, "creating pod {}: {}", launch.replica,
                       created.error().message);
+  // A multi-node group's other pods follow once the leader has an address.
+  if (!launch.members.empty()) {
+    std::vector<json> members;
+    for (uint32_t rank = 1; rank <= launch.members.size(); ++rank)
+      members.push_back(replica_pod(local, options_, pod_name.namespace_name, uid, rank));
+    groups_.launched(launch.replica, std::move(members));
+  }
   stopping_.erase(launch.replica);
   created_[launch.replica] = std::chrono::steady_clock::now();
   spdlog::info("replica {}: pod created on {}", launch.replica, launch.node);
@@ -420,6 +473,7 @@ EngineStatus PodRuntime::status(const std::string& replica) {
     st.exited = !stopping_.count(replica);
     st.message = "its pod was deleted";
     stopping_.erase(replica);
+    groups_.remove(replica, 0);
     return st;
   }
   st.exists = true;
@@ -427,10 +481,23 @@ EngineStatus PodRuntime::status(const std::string& replica) {
   if (p.phase == "Failed" || p.phase == "Succeeded") {
     st.exited = !stopping_.count(replica);
     st.exists = false;
+    const kube::ContainerState* c = p.container("engine");
     st.message = fmt::format("pod {}: {} {}", p.phase, p.reason, p.message);
+    if (c && !c->message.empty()) st.message += ": " + c->message;
+    if (groups_.is_group(replica)) st.message = "multi-node group ended: leader " + st.message;
     remove(replica, 0);
     return st;
   }
+  if (!p.deleting && !stopping_.count(replica))
+    if (auto ended = groups_.tend(replica, p)) {
+      // One pod of a group ended: the group ends, and starts again as a whole.
+      spdlog::warn("replica {}: {}; its group stops", replica, *ended);
+      remove(replica, 0);
+      st.exists = false;
+      st.exited = true;
+      st.message = "multi-node group ended: " + *ended;
+      return st;
+    }
   st.staged = p.initialized;
   if (st.staged) {
     // Its init container staged the model there: that agent holds it.
@@ -481,6 +548,7 @@ std::vector<int> PodRuntime::cards_of(const kube::Pod& pod, const json& object) 
 
 void PodRuntime::remove(const std::string& name, int64_t grace_s) {
   created_.erase(name);
+  groups_.remove(name, grace_s);
   auto r = client_.remove(pod_path(name), grace_s);
   if (!r.ok() && r.error().code != ErrorCode::kNotFound)
     spdlog::warn("deleting pod {}: {}", name, r.error().message);
@@ -663,6 +731,9 @@ std::vector<ExistingEngine> PodRuntime::existing() {
   for (const json& object : pods_->items()) {
     const kube::Pod pod = kube::pod_from_json(object);
     if (pod.deleting) continue;
+    if (auto component = pod.labels.find("app.kubernetes.io/component");
+        component != pod.labels.end() && component->second == kGroupMemberComponent)
+      continue;  // taken over with its leader
     if (pod.node_name.empty()) {
       // Created but never bound (the controller stopped in between): place it anew.
       remove(scope_.qualify(pod.namespace_name, pod.name), 0);
@@ -683,7 +754,32 @@ std::vector<ExistingEngine> PodRuntime::existing() {
     e.draining = pod.annotations.count(kDrainingAnnotation) > 0;
     if (auto w = pod.annotations.find(kube::kCanaryWeightAnnotation); w != pod.annotations.end())
       e.canary_weight = static_cast<uint32_t>(std::max(0, std::atoi(w->second.c_str())));
+    // A multi-node leader: its group's other pods come with it. One that is
+    // missing ends the group at the first status (the controller then
+    // starts it again whole).
+    if (auto size = pod.labels.find(kGroupSizeLabel); size != pod.labels.end()) {
+      groups_.adopted(e.replica,
+                      static_cast<uint32_t>(std::clamp(std::atoi(size->second.c_str()), 1, 64)));
+      for (const json& member : groups_.members(e.replica).value_or(std::vector<json>{}))
+        e.members.push_back({kube::pod_from_json(member).node_name, "", shares_from(member)});
+    }
     if (!e.service.empty()) out.push_back(std::move(e));
+  }
+  // Group pods whose leader is not taken over (gone, or going) go too.
+  for (const json& object : pods_->items()) {
+    const kube::Pod pod = kube::pod_from_json(object);
+    auto component = pod.labels.find("app.kubernetes.io/component");
+    if (pod.deleting || component == pod.labels.end() || component->second != kGroupMemberComponent)
+      continue;
+    const std::string leader =
+        scope_.qualify(pod.namespace_name, pod.name.substr(0, pod.name.rfind("-node")));
+    if (!groups_.is_group(leader)) {
+      spdlog::info("pod {}: its group's leader is gone; deleting it", pod.name);
+      auto r = client_.remove(
+          kube::collection_path("v1", pod.namespace_name, "pods") + "/" + pod.name, 0);
+      if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+        spdlog::warn("deleting pod {}: {}", pod.name, r.error().message);
+    }
   }
   return out;
 }

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "agent/device_checkpoint.h"
+#include "controller/pod_groups.h"
 #include "controller/runtime.h"
 #include "http/server.h"
 #include "kube/client.h"
@@ -60,9 +61,11 @@ struct PodRuntimeOptions {
 // model.gguf (synthetic models, directories).
 std::string gguf_name(const std::string& source);
 
-// The Pod of a replica (JSON), as PodRuntime creates it.
+// The Pod of a replica (JSON), as PodRuntime creates it; `rank` > 0: that
+// pod of its multi-node group (EngineLaunch::members[rank - 1]).
 kube::json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
-                       const std::string& namespace_name, const std::string& service_uid);
+                       const std::string& namespace_name, const std::string& service_uid,
+                       uint32_t rank = 0);
 
 class PodRuntime : public EngineRuntime {
  public:
@@ -108,6 +111,7 @@ class PodRuntime : public EngineRuntime {
   PodRuntimeOptions options_;
   const kube::NamespaceScope& scope_;
   std::unique_ptr<kube::ScopedInformer> pods_;
+  PodGroups groups_;  // multi-node replicas' other pods
   std::set<std::string> token_secrets_;  // namespaces whose Secret is in place
   std::set<std::string> stopping_;       // deleted by us: their disappearance is no failure
   // Created, not yet seen by the informer.

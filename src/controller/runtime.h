@@ -87,6 +87,8 @@ struct ExistingEngine {
   std::vector<DeviceShare> shares;
   bool draining = false;       // taken out of routing (unroute) by a previous controller
   uint32_t canary_weight = 0;  // as a previous controller left it (route_share)
+  // A multi-node replica's other pods as they run (ranks 1 and up).
+  std::vector<EngineLaunch::Member> members;
 };
 
 class EngineRuntime {

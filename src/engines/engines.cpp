@@ -103,6 +103,12 @@ std::vector<std::string> vllm_flags(const LaunchSpec& l) {
   if (l.context_length) add(out, "--max-model-len", *l.context_length);
   if (l.max_sequences) add(out, "--max-num-seqs", *l.max_sequences);
   if (l.gpus > 1) add(out, "--tensor-parallel-size", l.gpus);
+  // Over several nodes (Ray's cluster, which the pods' launcher formed):
+  // tensor parallel within a node, pipeline parallel across them.
+  if (l.nnodes > 1) {
+    add(out, "--pipeline-parallel-size", l.nnodes);
+    add(out, "--distributed-executor-backend", "ray");
+  }
   out.push_back(l.prefix_cache ? "--enable-prefix-caching" : "--no-enable-prefix-caching");
   add_vllm_lora(out, l);
   add_vllm_kv_events(out, l);
@@ -201,6 +207,16 @@ std::vector<Engine> make_table() {
         "run this service in Kubernetes mode, where it runs from vLLM's image";
     e.image = "vllm/vllm-openai:v0.11.0";
     e.container_command = {"vllm", "serve"};
+    // Multi-node as LeaderWorkerSet's vLLM example runs it: the image's own
+    // script forms a Ray cluster of the group's pods (the leader waits for
+    // all of them), then the leader serves across it.
+    e.multi_node = true;
+    e.group_leader_prelude =
+        "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh leader "
+        "--ray_cluster_size=$(LWS_GROUP_SIZE)";
+    e.group_worker_command =
+        "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh worker "
+        "--ray_address=$(LWS_LEADER_ADDRESS)";
     e.needs_shm = true;
     e.model_format = "safetensors";
     e.startup_allowance_s = 1800;

@@ -114,6 +114,12 @@ struct Engine {
   // Runs one model over several nodes (spec.multiNode): LaunchSpec's
   // nnodes, node_rank and master address become its flags.
   bool multi_node = false;
+  // ...through a launcher of its own (vLLM v0.11.0: Ray), Kubernetes only:
+  // the leader's container runs `group_leader_prelude` (a shell command)
+  // and then the engine; the group's other pods run `group_worker_command`
+  // instead of the engine (LeaderWorkerSet's vLLM example). Empty: the
+  // engine's own flags (LaunchSpec::nnodes, node_rank, ...) join the group.
+  std::string group_leader_prelude, group_worker_command;
   std::string description;
 
   // The flags (after program and subcommand) for a launch, extra_args last.

@@ -329,5 +329,50 @@ spec:
   EXPECT_EQ(count("launch chat-prefill-0"), 1u);
 }
 
+// A controller that takes over a running multi-node replica keeps every
+// pod of it where it runs: its other node's GPU stays taken, so a new
+// replica goes to the free node, and nothing is started twice.
+TEST_F(ControllerTest, ATakenOverMultiNodeReplicaKeepsEveryNodeOfItsGroup) {
+  std::string nodes;
+  for (auto [name, rack] : {std::pair{"n1", "r1"}, std::pair{"n2", "r1"}, std::pair{"n3", "r2"}})
+    nodes += fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {{name: {}}}
+spec:
+  cpu: 32
+  memory: 256Gi
+  gpus: [{{model: H100, memory: 80Gi, count: 1}}]
+  topology: {{rack: {}}}
+---
+)",
+                         name, rack);
+  apply(nodes + service(1, R"(  engine: {name: engine-sim}
+  resources: {gpu: {count: 1}}
+  multiNode: {size: 2, topology: rack}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: solo}
+spec:
+  model: m
+  replicas: 1
+  resources: {gpu: {count: 1}}
+)"));
+  runtime_.left_running = {{.replica = "chat-0",
+                            .service = "chat",
+                            .node = "n1",
+                            .index = 0,
+                            .shares = {{0, 1000, 0}},
+                            .members = {{"n2", "", {{0, 1000, 0}}}}}};
+  runtime_.engines["chat-0"] = {.exists = true, .staged = true, .started = true};
+  runtime_.make_ready("chat-0", 9000);
+  Controller& ctl = controller();
+  ctl.pass();
+  EXPECT_EQ(count("launch chat-0"), 0u);
+  EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
+  EXPECT_EQ(replica("solo-0").node, "n3");
+}
+
 }  // namespace
 }  // namespace loadstar::controller

@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <set>
 #include <tuple>
 
 #include "api/disaggregation.h"
@@ -587,6 +589,127 @@ TEST(Engines, AMultiNodeReplicasNodesGetTheirRankAndTheLeadersAddress) {
   EXPECT_TRUE(has_pair(node, "--master-addr", "10.0.0.5"));
   EXPECT_TRUE(has_pair(node, "--master-port", "20000"));
   EXPECT_TRUE(has(node, "--headless"));
+}
+
+std::vector<std::string> args_of(const json& pod) {
+  return pod["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
+}
+
+std::string env_of(const json& pod, const std::string& name) {
+  for (const auto& e : pod["spec"]["containers"][0]["env"])
+    if (e["name"] == name) return e.value("value", "(from field)");
+  return "(none)";
+}
+
+TEST(Engines, AMultiNodeReplicasPodsInKubernetesAreItsLeaderAndHeadlessNodesOnTheirOwnNodes) {
+  api::InferenceService svc;
+  svc.metadata.name = "big";
+  svc.spec.model = "m";
+  svc.spec.engine.name = "sglang";
+  svc.spec.multi_node = api::MultiNodeSpec{.size = 3, .topology = "rack"};
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://org/m";
+  controller::EngineLaunch l;
+  l.replica = "big-0";
+  l.revision = "abc";
+  l.service = &svc;
+  l.model = &model;
+  l.node = "gpu-1";
+  l.shares = {{0, 1000, 0}, {1, 1000, 0}};
+  l.members = {{"gpu-2", "", {{0, 1000, 0}, {1, 1000, 0}}},
+               {"gpu-3", "", {{4, 1000, 0}, {5, 1000, 0}}}};
+  const controller::PodRuntimeOptions options;
+  const json leader = controller::replica_pod(l, options, "ns", "uid");
+  const json node2 = controller::replica_pod(l, options, "ns", "uid", 2);
+  // The leader is the replica's Pod: routed to (component engine), probed,
+  // its group address its own Pod IP.
+  EXPECT_EQ(leader["metadata"]["name"], "big-0");
+  EXPECT_EQ(leader["metadata"]["labels"]["app.kubernetes.io/component"], "engine");
+  EXPECT_EQ(leader["metadata"]["labels"]["loadstar.dev/group-size"], "3");
+  EXPECT_TRUE(leader["spec"]["containers"][0].contains("readinessProbe"));
+  EXPECT_TRUE(has_pair(args_of(leader), "--dist-init-addr", "$(POD_IP):20000"));
+  EXPECT_TRUE(has_pair(args_of(leader), "--node-rank", "0"));
+  EXPECT_TRUE(has_pair(args_of(leader), "--tp-size", "6"));
+  // The others: named by rank, on their own node with their own cards, out
+  // of the gateways' sight (no probe, no port), told the leader's address.
+  EXPECT_EQ(node2["metadata"]["name"], "big-0-node2");
+  EXPECT_EQ(node2["metadata"]["labels"]["app.kubernetes.io/component"], "engine-worker");
+  EXPECT_EQ(node2["metadata"]["labels"]["loadstar.dev/group-rank"], "2");
+  EXPECT_EQ(node2["metadata"]["labels"]["loadstar.dev/revision"], "abc");
+  EXPECT_EQ(node2["spec"]["nodeName"], "gpu-3");
+  EXPECT_EQ(node2["metadata"]["annotations"]["loadstar.dev/devices"],
+            R"([{"device":4,"migSlices":0,"milli":1000},{"device":5,"migSlices":0,"milli":1000}])");
+  EXPECT_EQ(node2["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "2");
+  EXPECT_FALSE(node2["spec"]["containers"][0].contains("readinessProbe"));
+  EXPECT_FALSE(node2["spec"]["containers"][0].contains("ports"));
+  EXPECT_TRUE(has_pair(args_of(node2), "--node-rank", "2"));
+  EXPECT_TRUE(has_pair(args_of(node2), "--dist-init-addr", "$(LWS_LEADER_ADDRESS):20000"));
+  EXPECT_EQ(env_of(node2, "LWS_GROUP_SIZE"), "3");
+  EXPECT_EQ(env_of(node2, "LWS_WORKER_INDEX"), "2");
+  EXPECT_EQ(env_of(node2, "LWS_LEADER_ADDRESS"), "");  // set when the leader has an IP
+  // No pod of a group restarts alone.
+  EXPECT_EQ(leader["spec"]["restartPolicy"], "Never");
+  EXPECT_EQ(node2["spec"]["restartPolicy"], "Never");
+  // engine-sim's group port is the leader's HTTP port.
+  svc.spec.engine.name = "engine-sim";
+  const json sim_node = controller::replica_pod(l, options, "ns", "uid", 1);
+  EXPECT_TRUE(has_pair(args_of(sim_node), "--master-port", "8000"));
+  EXPECT_TRUE(has_pair(args_of(sim_node), "--master-addr", "$(LWS_LEADER_ADDRESS)"));
+  EXPECT_TRUE(has(args_of(sim_node), "--headless"));
+}
+
+// vLLM v0.11.0 spans nodes over Ray, as LeaderWorkerSet's vLLM example runs
+// it: the image's multi-node-serving.sh forms the cluster (the leader waits
+// for the group), then the leader serves tensor parallel within a node and
+// pipeline parallel across them; its flags are all vLLM v0.11.0's.
+TEST(Engines, AMultiNodeVllmReplicaFormsARayClusterAsLeaderWorkerSetsExampleDoes) {
+  api::InferenceService svc;
+  svc.metadata.name = "big";
+  svc.spec.model = "m";
+  svc.spec.engine.name = "vllm";
+  svc.spec.multi_node = api::MultiNodeSpec{.size = 2, .topology = "rack"};
+  api::Model model;
+  model.metadata.name = "m";
+  model.spec.source = "hf://org/m";
+  controller::EngineLaunch l;
+  l.replica = "big-0";
+  l.service = &svc;
+  l.model = &model;
+  l.node = "gpu-1";
+  for (int i = 0; i < 8; ++i) l.shares.push_back({i, 1000, 0});
+  l.members = {{"gpu-2", "", l.shares}};
+  const json leader = controller::replica_pod(l, {}, "ns", "uid")["spec"]["containers"][0];
+  const json worker = controller::replica_pod(l, {}, "ns", "uid", 1)["spec"]["containers"][0];
+  EXPECT_EQ(leader["command"],
+            json({"sh", "-c",
+                  "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh leader "
+                  "--ray_cluster_size=$(LWS_GROUP_SIZE) && exec \"$0\" \"$@\""}));
+  const auto args = leader["args"].get<std::vector<std::string>>();
+  ASSERT_GE(args.size(), 3u);
+  EXPECT_EQ(args[0], "vllm");
+  EXPECT_EQ(args[1], "serve");
+  EXPECT_TRUE(has_pair(args, "--tensor-parallel-size", "8"));
+  EXPECT_TRUE(has_pair(args, "--pipeline-parallel-size", "2"));
+  EXPECT_TRUE(has_pair(args, "--distributed-executor-backend", "ray"));
+  EXPECT_EQ(worker["command"],
+            json({"sh", "-c",
+                  "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh worker "
+                  "--ray_address=$(LWS_LEADER_ADDRESS)"}));
+  EXPECT_FALSE(worker.contains("args"));
+  EXPECT_EQ(worker["resources"]["limits"]["nvidia.com/gpu"], "8");
+  // Every flag is one vLLM v0.11.0 knows (its parser's list, as the
+  // stand-in `vllm` of the Kubernetes tests reads it).
+  std::ifstream tsv(std::string(LOADSTAR_SOURCE_DIR) +
+                    "/tests/support/vllm-0.11.0-serve-flags.tsv");
+  std::set<std::string> known;
+  for (std::string line; std::getline(tsv, line);) known.insert(line.substr(0, line.find('\t')));
+  ASSERT_GT(known.size(), 100u);
+  for (const std::string& a : args) {
+    if (a.starts_with("--")) {
+      EXPECT_TRUE(known.count(a)) << a;
+    }
+  }
 }
 
 }  // namespace
