@@ -171,6 +171,24 @@ spec:
                      replicas, extra);
 }
 
+// A Node with one H100 in `rack`.
+inline std::string rack_node(const std::string& name, const std::string& rack,
+                             bool schedulable = true) {
+  return fmt::format(R"(
+apiVersion: loadstar.dev/v1alpha1
+kind: Node
+metadata: {{name: {}}}
+spec:
+  cpu: 32
+  memory: 256Gi
+  gpus: [{{model: H100, memory: 80Gi, count: 1}}]
+  topology: {{rack: {}}}
+  schedulable: {}
+---
+)",
+                     name, rack, schedulable);
+}
+
 // A Node n1 with `gpus` A100s.
 inline std::string gpu_node(int gpus) {
   return fmt::format(R"(

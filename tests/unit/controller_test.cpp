@@ -297,23 +297,8 @@ TEST_F(ControllerTest, ADisaggregatedServicesPoolsArePlacedNearEachOther) {
   // Four like nodes in two racks; the first rack closed while the decode
   // replica is placed, so that it lands in the second.
   auto nodes = [](bool first_rack_open) {
-    std::string out;
-    for (auto [name, rack] : {std::pair{"n1", "r1"}, std::pair{"n2", "r1"}, std::pair{"n3", "r2"},
-                              std::pair{"n4", "r2"}})
-      out += fmt::format(R"(
-apiVersion: loadstar.dev/v1alpha1
-kind: Node
-metadata: {{name: {}}}
-spec:
-  cpu: 32
-  memory: 256Gi
-  gpus: [{{model: H100, memory: 80Gi, count: 1}}]
-  topology: {{rack: {}}}
-  schedulable: {}
----
-)",
-                         name, rack, first_rack_open || std::string(rack) == "r2");
-    return out;
+    return rack_node("n1", "r1", first_rack_open) + rack_node("n2", "r1", first_rack_open) +
+           rack_node("n3", "r2") + rack_node("n4", "r2");
   };
   const std::string gpu = "  resources: {gpu: {count: 1}}\n";
   apply(nodes(false) + service(1, gpu + "  prefill: {replicas: 0}\n"));
@@ -333,20 +318,7 @@ spec:
 // pod of it where it runs: its other node's GPU stays taken, so a new
 // replica goes to the free node, and nothing is started twice.
 TEST_F(ControllerTest, ATakenOverMultiNodeReplicaKeepsEveryNodeOfItsGroup) {
-  std::string nodes;
-  for (auto [name, rack] : {std::pair{"n1", "r1"}, std::pair{"n2", "r1"}, std::pair{"n3", "r2"}})
-    nodes += fmt::format(R"(
-apiVersion: loadstar.dev/v1alpha1
-kind: Node
-metadata: {{name: {}}}
-spec:
-  cpu: 32
-  memory: 256Gi
-  gpus: [{{model: H100, memory: 80Gi, count: 1}}]
-  topology: {{rack: {}}}
----
-)",
-                         name, rack);
+  const std::string nodes = rack_node("n1", "r1") + rack_node("n2", "r1") + rack_node("n3", "r2");
   apply(nodes + service(1, R"(  engine: {name: engine-sim}
   resources: {gpu: {count: 1}}
   multiNode: {size: 2, topology: rack}
