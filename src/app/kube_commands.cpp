@@ -20,6 +20,7 @@
 #include "app/front_door_flags.h"
 #include "common/digest.h"
 #include "common/units.h"
+#include "controller/batch_admission.h"
 #include "controller/controller.h"
 #include "controller/gateway_load.h"
 #include "controller/pod_runtime.h"
@@ -317,8 +318,15 @@ int run_controller(ControllerArgs args) {
     spdlog::error("{}", s.error().message);
     return 1;
   }
+  // batch/v1 Jobs labelled with a queue, admitted through the same queues.
+  controller::BatchAdmission batch(client, store.scope());
+  if (Status s = batch.start(args.kube.sync_timeout_s); !s.ok()) {
+    spdlog::error("{}", s.error().message);
+    return 1;
+  }
   controller::Controller ctl(store, runtime, load.get(), clock, options, nullptr);
   ctl.run_jobs(workers);
+  ctl.admit(batch);
 
   ctl.start();
   if (load) load->start();

@@ -557,6 +557,9 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
   if (jobs_)
     for (PlacementReplica& job : jobs_->placement_units(seconds(now)))
       pass.replicas.push_back(std::move(job));
+  if (admissions_)
+    for (PlacementReplica& unit : admissions_->placement_units())
+      pass.replicas.push_back(std::move(unit));
   pass.models_on = [this](const std::string& node) { return runtime_.models_on(node); };
   const PlacementChanges changes = placement_.pass(pass, seconds(now));
   for (const auto& [name, why] : changes.displaced)
@@ -572,8 +575,11 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
     if (auto it = replicas_.find(name);
         it != replicas_.end() && it->second->state == ReplicaState::kPending)
       it->second->message = why;
+    else if (admissions_ && admissions_->has(name))
+      admissions_->waiting(name, why);
     else if (jobs_)
       jobs_->waiting(name, why);
+  if (admissions_ && !stopping_) admissions_->release(placement_, seconds(now));
 }
 
 void Controller::observe_jobs(std::vector<api::Job> declared, Clock::time_point now) {

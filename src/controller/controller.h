@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "api/resources.h"
+#include "controller/admission.h"
 #include "controller/clock.h"
 #include "controller/cold_start.h"
 #include "controller/events.h"
@@ -143,6 +144,9 @@ class Controller {
   // Runs the store's Jobs with `workers` (call before start() or the first
   // pass); without, a declared Job only says that this runtime cannot run it.
   void run_jobs(WorkerRuntime& workers, JobOptions options = {});
+  // Admits `admissions`' workloads (batch/v1 Jobs) through the same queues
+  // (call before start() or the first pass).
+  void admit(Admissions& admissions) { admissions_ = &admissions; }
 
   // Takes over the engines that run already, then reconciles on a thread
   // of its own until stop().
@@ -258,6 +262,7 @@ class Controller {
   std::map<std::string, uint32_t> canary_weights_;
   Placement placement_;
   std::unique_ptr<Jobs> jobs_;          // null: this runtime runs no jobs
+  Admissions* admissions_ = nullptr;    // workloads others run, admitted here
   std::set<std::string> jobs_refused_;  // declared jobs told so, without jobs_
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;

@@ -421,8 +421,13 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   };
   const std::string in = " -n " + ns_;
   EXPECT_TRUE(can("loadstar-controller", "create pods" + in));  // created on their node
-  // (TYPE/NAME: "pods/binding" would name a Pod called binding.)
-  EXPECT_FALSE(can("loadstar-controller", "create pods --subresource=binding" + in));
+  // Binding: admitted batch/v1 Jobs' pods (TYPE/NAME: "pods/binding" would
+  // name a Pod called binding). Their Jobs: watched, un-suspended, annotated.
+  EXPECT_TRUE(can("loadstar-controller", "create pods --subresource=binding" + in));
+  EXPECT_TRUE(can("loadstar-controller", "patch jobs.batch" + in));
+  EXPECT_TRUE(can("loadstar-controller", "watch jobs.batch" + in));
+  EXPECT_FALSE(can("loadstar-controller", "create jobs.batch" + in));
+  EXPECT_FALSE(can("loadstar-controller", "delete jobs.batch" + in));
   EXPECT_TRUE(can("loadstar-controller", "patch pods" + in));  // the draining mark
   EXPECT_TRUE(
       can("loadstar-controller", "patch inferenceservices.loadstar.dev --subresource=status" + in));
@@ -470,6 +475,7 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   ASSERT_EQ(team_apply, 0) << team_out;
   const std::string in_team = " -n " + team;
   EXPECT_TRUE(can("loadstar-controller", "create pods" + in_team));
+  EXPECT_TRUE(can("loadstar-controller", "patch jobs.batch" + in_team));
   EXPECT_TRUE(can("loadstar-controller", "watch inferenceservices.loadstar.dev" + in_team));
   EXPECT_TRUE(can("loadstar-controller",
                   "patch inferenceservices.loadstar.dev --subresource=status" + in_team));

@@ -621,3 +621,76 @@ TEST_F(RealNode, AnAgentRestartedMidStagingResumes) {
       << reusable << " chunks done before";
   EXPECT_GE(sent, size);
 }
+
+// batch/v1 Jobs users already have, admitted through Loadstar's queues by
+// the controller as deployed (its RBAC as shipped), with Kubernetes' own
+// Job controller and the kubelet: a Job whose pods name `schedulerName:
+// loadstar` is held (its pods unbound) while its gang fits nowhere, and
+// runs once admitted, its pods bound by Loadstar; one that cannot be held
+// says so on its annotation.
+TEST_F(RealNode, BatchJobsWaitUnboundInTheirQueueUntilAdmittedAndOneThatCannotBeHeldSaysSo) {
+  auto job = [](const std::string& name, int parallelism, bool held) {
+    return fmt::format(R"(apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {0}
+  namespace: {1}
+  labels: {{loadstar.dev/queue: default}}
+spec:
+  parallelism: {2}
+  completions: {2}
+  backoffLimit: 0
+  template:
+    spec:
+{3}      restartPolicy: Never
+      containers:
+      - name: work
+        image: loadstar:0.1.0
+        imagePullPolicy: IfNotPresent
+        command: [loadstar, --version]
+{4}
+---
+)",
+                       name, kNs, parallelism, held ? "      schedulerName: loadstar\n" : "",
+                       // One that is not held asks for no GPU: the default scheduler would
+                       // hand it a card behind Loadstar's back (its bookkeeping is not told).
+                       held ? "        resources: {limits: {nvidia.com/gpu: 1}}" : "");
+  };
+  // Three one-GPU pods as a gang never fit the node's two cards.
+  const fs::path file = scratch_dir() / "batch.yaml";
+  std::ofstream(file) << job("big", 3, true) + job("small", 1, true) + job("unheld", 1, false);
+  auto [status, out] = kubectl("apply -f " + file.string());
+  ASSERT_EQ(status, 0) << out;
+  auto admission = [](const std::string& name) {
+    const json j = kubectl_json(fmt::format("-n {} get job {}", kNs, name));
+    return j.is_object() ? j["metadata"]
+                               .value("annotations", json::object())
+                               .value("loadstar.dev/admission", "")
+                         : std::string();
+  };
+  auto complete = [](const std::string& name) {
+    const json j = kubectl_json(fmt::format("-n {} get job {}", kNs, name));
+    if (!j.is_object()) return false;
+    for (const json& c : j.value("status", json::object()).value("conditions", json::array()))
+      if (c.value("type", "") == "Complete" && c.value("status", "") == "True") return true;
+    return false;
+  };
+  EXPECT_TRUE(eventually([&] { return complete("small"); }, 90))
+      << admission("small") << describe_all();
+  EXPECT_EQ(admission("small"), "Admitted: queue default, nodes loadstar-node");
+  EXPECT_TRUE(eventually([&] { return admission("big").starts_with("Waiting: "); }, 30))
+      << admission("big");
+  EXPECT_NE(admission("big").find("GPU"), std::string::npos) << admission("big");
+  // Its Job controller made its pods; none is bound or ran.
+  const json held = pods("job-name=big");
+  EXPECT_EQ(held.size(), 3u);
+  for (const json& p : held) {
+    EXPECT_EQ(p["spec"].value("nodeName", ""), "") << p.dump();
+    EXPECT_EQ(p["status"].value("phase", ""), "Pending");
+  }
+  EXPECT_TRUE(eventually(
+      [&] { return admission("unheld").starts_with("NotAdmitted: not held: set spec.template"); },
+      30))
+      << admission("unheld");
+  kubectl(fmt::format("-n {} delete job big small unheld --wait=false", kNs));
+}
