@@ -195,16 +195,9 @@ class MapReader {
     for (const auto& kv : node_) {
       const std::string key = kv.first.Scalar();
       if (known_.count(key)) continue;
-      std::string hint;
-      size_t best = 3;
-      for (const auto& k : known_) {
-        size_t dist = edit_distance(key, k);
-        if (dist < best) {
-          best = dist;
-          hint = fmt::format(" (did you mean '{}'?)", k);
-        }
-      }
-      d_.error(kv.first, field(key), "unknown field" + hint);
+      const std::string near = closest(key, std::vector<std::string>(known_.begin(), known_.end()));
+      d_.error(kv.first, field(key),
+               "unknown field" + (near.empty() ? "" : fmt::format(" (did you mean '{}'?)", near)));
     }
   }
 

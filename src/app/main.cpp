@@ -1,9 +1,12 @@
 // The single `loadstar` binary: a table of subcommands, each set up on CLI11
 // and run after parsing.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -11,6 +14,7 @@
 
 #include "app/commands.h"
 #include "common/log.h"
+#include "common/strings.h"
 
 namespace {
 
@@ -79,8 +83,33 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     runners.emplace_back(sub, command.setup(*sub));
   }
+  std::vector<std::string> names;
+  for (const auto& command : command_table()) names.emplace_back(command.name);
+  // An unknown command is named, with the nearest known one.
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    const std::string near = loadstar::closest(argv[1], names);
+    std::fprintf(stderr, "loadstar: unknown command '%s'%s; `loadstar --help` lists them\n",
+                 argv[1], near.empty() ? "" : (" (did you mean '" + near + "'?)").c_str());
+    return 2;
+  }
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ValidationError& e) {
+    // A verb or kind not among a command's choices ("resource: servics not
+    // in {services,...}"): the nearest one too.
+    std::smatch m;
+    const std::string what = e.what();
+    if (std::regex_search(what, m, std::regex(R"((\S+) not in \{([^}]*)\})"))) {
+      std::vector<std::string> choices;
+      std::stringstream list(m[2].str());
+      for (std::string c; std::getline(list, c, ',');) choices.push_back(c);
+      const std::string near = loadstar::closest(m[1].str(), choices);
+      std::fprintf(stderr, "loadstar: %s%s\n", what.c_str(),
+                   near.empty() ? "" : (" (did you mean '" + near + "'?)").c_str());
+      return 2;
+    }
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -56,6 +56,23 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
+std::string closest(std::string_view word, const std::vector<std::string>& candidates,
+                    size_t max_distance) {
+  std::string best;
+  size_t best_distance = max_distance + 1;
+  for (const std::string& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_distance) {
+      best_distance = d;
+      best = c;
+    }
+  }
+  if (best.empty() && word.size() >= 2)
+    for (const std::string& c : candidates)
+      if (c.starts_with(word)) return c;
+  return best;
+}
+
 std::string last_error_line_of(std::string_view output) {
   std::vector<std::string> lines;
   for (std::string_view rest = output; !rest.empty();) {

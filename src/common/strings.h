@@ -2,6 +2,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace loadstar {
 
@@ -14,6 +15,12 @@ std::string random_uuid();
 
 // Levenshtein distance, for "did you mean" hints on misspelled fields.
 size_t edit_distance(std::string_view a, std::string_view b);
+
+// Of `candidates`, the nearest to `word` within `max_distance` edits (the
+// first of equals), or the one `word` begins (a prefix of at least two
+// letters); empty: none. What a "did you mean" hint names.
+std::string closest(std::string_view word, const std::vector<std::string>& candidates,
+                    size_t max_distance = 2);
 
 // Of a program's output, the last line that says what went wrong (error,
 // fatal, exception, failed, invalid, unknown, cannot, abort; any case), else

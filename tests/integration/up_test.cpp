@@ -53,6 +53,27 @@ json replicas(Up& up) {
   return json::parse(up.replicas_json())["items"];
 }
 
+// A mistyped command or verb is an error that names it and the nearest
+// one, with a non-zero exit, as kubectl's are.
+TEST(Cli, AnUnknownCommandOrVerbFailsAndSuggestsTheNearestOne) {
+  std::string out;
+  EXPECT_EQ(run_loadstar({"gt", "services"}, &out), 2);
+  EXPECT_NE(out.find("unknown command 'gt' (did you mean 'get'?)"), std::string::npos) << out;
+  EXPECT_EQ(run_loadstar({"get", "servics"}, &out), 2);
+  EXPECT_NE(out.find("servics not in {"), std::string::npos) << out;
+  EXPECT_NE(out.find("(did you mean 'services'?)"), std::string::npos) << out;
+  EXPECT_EQ(run_loadstar({"rollout", "stats", "chat"}, &out), 2);
+  EXPECT_NE(out.find("(did you mean 'status'?)"), std::string::npos) << out;
+  EXPECT_EQ(run_loadstar({"frobnicate"}, &out), 2);
+  EXPECT_NE(out.find("unknown command 'frobnicate'; `loadstar --help` lists them"),
+            std::string::npos)
+      << out;
+  // Help is no error, and is the command's own.
+  EXPECT_EQ(run_loadstar({"rollout", "--help"}, &out), 0);
+  EXPECT_NE(out.find("Usage:"), std::string::npos) << out;
+  EXPECT_NE(out.find("rollout"), std::string::npos) << out;
+}
+
 TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
   auto up = Up::start(quickstart(2));
   up->wait_ready("chat", 2);

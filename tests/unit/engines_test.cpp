@@ -50,6 +50,15 @@ engines::LaunchSpec launch() {
 
 // The line an engine's log says what went wrong in, as users see it in
 // status: the parser's complaint, not its closing hint.
+TEST(Strings, TheClosestCandidateIsWithinTwoEditsOrBegunByTheWord) {
+  const std::vector<std::string> verbs = {"status", "history", "undo", "pause"};
+  EXPECT_EQ(closest("stats", verbs), "status");
+  EXPECT_EQ(closest("histroy", verbs), "history");
+  EXPECT_EQ(closest("hist", verbs), "history");  // a prefix, three edits away
+  EXPECT_EQ(closest("frobnicate", verbs), "");
+  EXPECT_EQ(closest("u", verbs), "");  // one letter names nothing
+}
+
 TEST(Engines, TheLastErrorLineIsTheOneThatSaysWhatWentWrong) {
   EXPECT_EQ(last_error_line_of("loading\nThe following argument was not expected: --x\n"
                                "Run with --help for more information.\n"),
