@@ -186,17 +186,55 @@ int describe_service(const AdminTarget& target, const std::string& name) {
   return 1;
 }
 
+// A job: its attempts, where its workers run, where its logs are, and what
+// happened to it (its events: placed, preempted, failed attempts).
+int describe_job(const AdminTarget& target, const std::string& name) {
+  auto doc = admin_call(target, "GET", "/api/v1/jobs");
+  if (!doc.ok()) {
+    fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);
+    return 1;
+  }
+  for (const auto& j : (*doc)["items"]) {
+    if (j["name"] != name) continue;
+    fmt::print("Name:         {}\nQueue:        {}\nPhase:        {}\n", name,
+               j["queue"].get<std::string>(), j["phase"].get<std::string>());
+    fmt::print("Workers:      {} running of {}\n", j["running"].get<int>(),
+               j["workers"].get<int>());
+    fmt::print("Attempts:     {} ({} failed, {} preempted)\n", j["attempts"].get<int>(),
+               j["failures"].get<int>(), j["preemptions"].get<int>());
+    fmt::print("Age:          {}\nRunning for:  {}\nGPU-seconds:  {:.0f}\n",
+               seconds(j["age_seconds"]), seconds(j["run_seconds"]),
+               j["gpu_seconds"].get<double>());
+    const json nodes = j.value("nodes", json::array());
+    fmt::print("Nodes:        {}\n", nodes.empty() ? std::string("-") : "");
+    for (size_t i = 0; i < nodes.size(); ++i)
+      fmt::print("  worker {}: {}\n", i, nodes[i].get<std::string>());
+    fmt::print("Message:      {}\nLogs:         {}\n", j["message"].get<std::string>(),
+               j["logs"].get<std::string>());
+    json events = json::array();
+    if (auto all = admin_call(target, "GET", "/api/v1/events"); all.ok())
+      for (const auto& e : (*all)["items"])
+        if (e.value("kind", "") == "Job" && e.value("name", "") == name) events.push_back(e);
+    fmt::print("\nEvents ({}):\n", events.empty() ? "none" : "oldest first");
+    print_events(events, false);
+    return 0;
+  }
+  fmt::print(stderr, "loadstar describe: no job named '{}' (loadstar get jobs)\n", name);
+  return 1;
+}
+
 std::function<int()> setup_describe(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto kind = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
-  app.add_option("kind", *kind, "replica or service")
+  app.add_option("kind", *kind, "replica, service or job")
       ->required()
-      ->check(CLI::IsMember({"replica", "service"}));
-  app.add_option("name", *name, "Its name (loadstar get replicas|services)")->required();
+      ->check(CLI::IsMember({"replica", "service", "job"}));
+  app.add_option("name", *name, "Its name (loadstar get replicas|services|jobs)")->required();
   add_admin_options(app, *target);
   return [target, kind, name]() -> int {
     if (*kind == "service") return describe_service(*target, *name);
+    if (*kind == "job") return describe_job(*target, *name);
     auto doc = admin_call(*target, "GET", "/api/v1/replicas");
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);

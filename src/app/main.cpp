@@ -32,7 +32,7 @@ const std::vector<Command>& command_table() {
       {"get", "Show services, replicas or queues of a running `loadstar up`",
        loadstar::app::setup_get},
       {"describe",
-       "Show a replica (with its cold-start timeline) or a service (with its scaling events)",
+       "Show a replica (its cold-start timeline), a service (its scaling events) or a job",
        loadstar::app::setup_describe},
       {"events", "What the controller decided and saw: scaling, rollouts, failed starts",
        loadstar::app::setup_events},

@@ -114,6 +114,28 @@ spec:
   EXPECT_NE(out.find("Succeeded"), std::string::npos) << out;
   EXPECT_NE(out.find("logs: " + (up->data_dir() / "jobs" / "broken").string()), std::string::npos)
       << out;
+  // describe: the failed one's attempts, its own error, and its events.
+  ASSERT_EQ(
+      run_loadstar({"describe", "job", "broken", "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      0);
+  EXPECT_NE(out.find("Phase:        Failed"), std::string::npos) << out;
+  EXPECT_NE(out.find(" failed, 0 preempted)"), std::string::npos) << out;
+  EXPECT_NE(out.find("Message:      "), std::string::npos) << out;
+  EXPECT_NE(out.find("Logs:         " + (up->data_dir() / "jobs" / "broken").string()),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("Events (oldest first):"), std::string::npos) << out;
+  ASSERT_EQ(
+      run_loadstar({"describe", "job", "pair", "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      0);
+  EXPECT_NE(out.find("Phase:        Succeeded"), std::string::npos) << out;
+  EXPECT_EQ(
+      run_loadstar({"describe", "job", "nope", "--admin-port", std::to_string(up->admin_port())},
+                   &out),
+      1);
+  EXPECT_NE(out.find("no job named 'nope'"), std::string::npos) << out;
 }
 
 // A training loop that checkpoints its step on SIGTERM (taking a second to
