@@ -419,7 +419,7 @@ void Controller::observe_jobs(std::vector<api::Job> declared, Clock::time_point 
                        "this runtime runs no Jobs yet (`loadstar up` does)");
     return;
   }
-  jobs_->sync(std::move(declared), seconds(now));
+  jobs_->sync(std::move(declared), placement_, seconds(now));
   jobs_->observe(placement_, seconds(now));
 }
 

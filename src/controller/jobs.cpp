@@ -37,7 +37,35 @@ double Jobs::gpus_per_worker(const api::Job& job) const {
   return g.count;
 }
 
-void Jobs::sync(std::vector<api::Job> declared, double now) {
+bool Jobs::take_over(Job& j, const std::string& name, Placement& placement, double now) {
+  std::vector<RunningWorker> running = runtime_.running_workers(name);
+  const uint32_t n = j.job.spec.workers;
+  if (running.empty() || running.size() != n) return false;
+  std::sort(running.begin(), running.end(),
+            [](const RunningWorker& a, const RunningWorker& b) { return a.index < b.index; });
+  for (uint32_t i = 0; i < n; ++i)
+    if (running[i].index != i || running[i].attempt != running[0].attempt) return false;
+  std::vector<Placed> pods;
+  std::string where;
+  for (const RunningWorker& w : running) {
+    pods.push_back({w.node, w.devices, w.shares});
+    j.live.push_back(w.worker);
+    where += fmt::format("{}{} {}", where.empty() ? "" : ", ", w.node,
+                         w.devices.empty() ? "(no GPU)" : w.devices);
+  }
+  placement.adopt(name, std::move(pods));
+  j.attempts = std::max(1u, running[0].attempt);
+  j.exit_codes.assign(n, -1);
+  j.phase = JobPhase::kRunning;
+  j.started_at = j.counted_to = now;
+  j.message = "";
+  events_.record("Job", name, "Normal", "TakenOver",
+                 fmt::format("attempt {}: {} worker{} running on {}, taken over", j.attempts, n,
+                             n == 1 ? "" : "s", where));
+  return true;
+}
+
+void Jobs::sync(std::vector<api::Job> declared, Placement& placement, double now) {
   std::map<std::string, api::Job> by_name;
   for (api::Job& job : declared) by_name.emplace(job.metadata.name, std::move(job));
   for (auto& [name, j] : jobs_) {
@@ -61,6 +89,9 @@ void Jobs::sync(std::vector<api::Job> declared, double now) {
         j.job = std::move(job);
         continue;
       }
+      // Its workers run already (a previous controller's): taken over.
+      j.job = job;
+      if (added && take_over(j, name, placement, now)) continue;
       events_.record("Job", name, "Normal", "Queued",
                      fmt::format("queued in {} with {} worker{}", job.spec.queue, job.spec.workers,
                                  job.spec.workers == 1 ? "" : "s"));

@@ -63,8 +63,10 @@ class Jobs {
   Jobs(WorkerRuntime& runtime, EventLog& events, JobOptions options = {})
       : runtime_(runtime), events_(events), options_(options) {}
 
-  // The declared jobs this pass: new ones are queued, removed ones stopped.
-  void sync(std::vector<api::Job> declared, double now);
+  // The declared jobs this pass: new ones are queued (or, when every
+  // worker of an attempt runs already, a previous controller's, taken over
+  // where they run), removed ones stopped.
+  void sync(std::vector<api::Job> declared, Placement& placement, double now);
   // Reads each running worker's state and moves jobs along; jobs done with
   // their place give it back to `placement`.
   void observe(Placement& placement, double now);
@@ -107,6 +109,8 @@ class Jobs {
     double run_s = 0, gpu_seconds = 0, counted_to = 0;
   };
   void stop_workers(Job& j, Stop why, std::string message, double now);
+  // Takes over an attempt whose every worker runs already; false: none.
+  bool take_over(Job& j, const std::string& name, Placement& placement, double now);
   void end(Job& j, JobPhase phase, std::string message, Placement& placement);
   static std::string worker_name(const std::string& job, uint32_t index);
   double gpus_per_worker(const api::Job& job) const;

@@ -406,11 +406,12 @@ PlacementChanges Placement::pass(const PlacementPass& pass, double t) {
       r.members.clear();
       continue;
     }
-    auto svc = pass.services->find(pr.service);
-    if (r.adopted && !pr.terminating && !pr.job) {
-      // An engine that runs already keeps its node and devices if they exist.
-      if (svc == pass.services->end()) continue;
-      scheduler::Workload w = workload_of(pr.name, svc->second);
+    if (r.adopted && !pr.terminating) {
+      // An engine (or a job's workers) that runs already keeps its nodes
+      // and devices if they exist.
+      auto workload = workload_of(pass, pr);
+      if (!workload) continue;
+      scheduler::Workload w = std::move(*workload);
       // Every pod where it runs (a multi-node replica's group whole), or
       // none: a group that lost a pod or changed size is placed anew.
       std::vector<scheduler::Allocation> allocations;

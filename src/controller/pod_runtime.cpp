@@ -28,27 +28,33 @@ constexpr const char* kIndexLabel = "loadstar.dev/index";
 constexpr const char* kRevisionLabel = "loadstar.dev/revision";
 constexpr const char* kSharesAnnotation = "loadstar.dev/devices";
 
-json shares_json(const std::vector<DeviceShare>& shares) {
-  json out = json::array();
-  for (const auto& s : shares)
-    out.push_back({{"device", s.device}, {"milli", s.milli}, {"migSlices", s.mig_slices}});
-  return out;
-}
-
 std::vector<DeviceShare> shares_from(const json& pod) {
-  std::vector<DeviceShare> out;
   const json meta = pod.value("metadata", json::object());
   const json annotations = meta.value("annotations", json::object());
-  if (!annotations.contains(kSharesAnnotation)) return out;
-  json parsed = json::parse(annotations[kSharesAnnotation].get<std::string>(), nullptr, false);
-  if (!parsed.is_array()) return out;
-  for (const auto& s : parsed)
-    out.push_back(
-        {value_or(s, "device", 0), value_or(s, "milli", 0u), value_or(s, "migSlices", 0u)});
-  return out;
+  if (!annotations.contains(kSharesAnnotation) || !annotations[kSharesAnnotation].is_string())
+    return {};
+  return shares_from_json(annotations[kSharesAnnotation].get<std::string>());
 }
 
 }  // namespace
+
+std::string shares_to_json(const std::vector<DeviceShare>& shares) {
+  json out = json::array();
+  for (const auto& s : shares)
+    out.push_back({{"device", s.device}, {"milli", s.milli}, {"migSlices", s.mig_slices}});
+  return out.dump();
+}
+
+std::vector<DeviceShare> shares_from_json(std::string_view text) {
+  std::vector<DeviceShare> out;
+  const json parsed = json::parse(text, nullptr, false);
+  if (!parsed.is_array()) return out;
+  for (const auto& s : parsed)
+    if (s.is_object())
+      out.push_back(
+          {value_or(s, "device", 0), value_or(s, "milli", 0u), value_or(s, "migSlices", 0u)});
+  return out;
+}
 
 std::string gguf_name(const std::string& source) {
   if (!source.ends_with(".gguf")) return "model.gguf";
@@ -285,7 +291,7 @@ json replica_pod(const EngineLaunch& launch, const PodRuntimeOptions& options,
         {"namespace", namespace_name},
         {"labels", labels},
         {"annotations",
-         {{kSharesAnnotation, shares_json(shares).dump()},
+         {{kSharesAnnotation, shares_to_json(shares)},
           {"loadstar.dev/model", model.metadata.name}}}}},
       // Created bound where the scheduler put it: one write per replica (a
       // create and then a Binding were two, and placement at scale is
@@ -537,7 +543,7 @@ std::vector<int> PodRuntime::cards_of(const kube::Pod& pod, const json& object) 
   // the Pod over: the cards the kubelet handed it.
   if (auto moved = shares_on(shares_from(object), cards)) {
     const json patch = {
-        {"metadata", {{"annotations", {{kSharesAnnotation, shares_json(*moved).dump()}}}}}};
+        {"metadata", {{"annotations", {{kSharesAnnotation, shares_to_json(*moved)}}}}}};
     auto r = client_.merge_patch(
         kube::collection_path("v1", pod.namespace_name, "pods") + "/" + pod.name, patch);
     if (!r.ok() && r.error().code != ErrorCode::kNotFound)

@@ -17,6 +17,8 @@ namespace {
 constexpr const char* kManagedBy = "app.kubernetes.io/managed-by";
 constexpr const char* kJobLabel = "loadstar.dev/job";
 constexpr const char* kWorkerLabel = "loadstar.dev/worker-index";
+// Its devices as the scheduler allocated them, for a controller that takes it over.
+constexpr const char* kWorkerSharesAnnotation = "loadstar.dev/shares";
 
 }  // namespace
 
@@ -70,7 +72,8 @@ json worker_pod(const WorkerLaunch& launch, const std::string& namespace_name,
           {kWorkerLabel, std::to_string(launch.index)}}},
         {"annotations",
          {{"loadstar.dev/attempt", std::to_string(launch.attempt)},
-          {"loadstar.dev/devices", launch.devices}}}}},
+          {"loadstar.dev/devices", launch.devices},
+          {kWorkerSharesAnnotation, shares_to_json(launch.shares)}}}}},
       {"spec",
        {{"schedulerName", "loadstar"},
         {"nodeName", launch.node},
@@ -236,6 +239,33 @@ WorkerStatus PodWorkers::status(const std::string& worker) {
   if (!r.ok() && r.error().code != ErrorCode::kNotFound)
     spdlog::warn("deleting pod {}: {}", worker, r.error().message);
   return st;
+}
+
+std::vector<RunningWorker> PodWorkers::running_workers(const std::string& job) {
+  const auto name = scope_.split(job);
+  std::vector<RunningWorker> out;
+  for (const json& object : pods_->items()) {
+    const kube::Pod p = kube::pod_from_json(object);
+    auto label = p.labels.find(kJobLabel);
+    auto index = p.labels.find(kWorkerLabel);
+    if (p.namespace_name != name.namespace_name || label == p.labels.end() ||
+        label->second != name.name || index == p.labels.end() || p.deleting ||
+        p.node_name.empty() || p.phase == "Succeeded" || p.phase == "Failed")
+      continue;
+    auto annotation = [&](const char* key) {
+      auto it = p.annotations.find(key);
+      return it == p.annotations.end() ? std::string() : it->second;
+    };
+    RunningWorker w;
+    w.worker = scope_.qualify(p.namespace_name, p.name);
+    w.index = static_cast<uint32_t>(std::atoi(index->second.c_str()));
+    w.attempt = static_cast<uint32_t>(std::atoi(annotation("loadstar.dev/attempt").c_str()));
+    w.node = p.node_name;
+    w.devices = annotation("loadstar.dev/devices");
+    w.shares = shares_from_json(annotation(kWorkerSharesAnnotation));
+    out.push_back(std::move(w));
+  }
+  return out;
 }
 
 void PodWorkers::stop(const std::string& worker, double grace_s) {

@@ -10,9 +10,10 @@
 // no cluster DNS needed). A worker that fails reports its container's
 // termination message (FallbackToLogsOnError: its own last log lines).
 // How a job ended is read back from its status, which the controller
-// publishes (`kubectl get lsjobs`). A controller that takes over does not
-// adopt running workers: it stops them (within their grace period, so they
-// checkpoint) and runs the job again.
+// publishes (`kubectl get lsjobs`). A controller that takes over adopts an
+// attempt whose every worker Pod runs (running_workers()); one that lost some of
+// its workers is stopped (within its grace period, so the rest checkpoint)
+// and the job runs again.
 #pragma once
 
 #include <chrono>
@@ -51,6 +52,8 @@ class PodWorkers : public WorkerRuntime {
   void stop(const std::string& worker, double grace_s) override;
   std::string logs_of(const std::string& job) const override;
   std::optional<std::pair<std::string, std::string>> ended(const std::string& job) override;
+  // Its worker Pods that run (bound, not ended, not being deleted).
+  std::vector<RunningWorker> running_workers(const std::string& job) override;
 
  private:
   Status create(const WorkerLaunch& launch, const std::string& leader_address);

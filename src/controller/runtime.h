@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "api/resources.h"
@@ -78,6 +79,11 @@ struct EngineStatus {
 // another's (MIG slices, a count that differs) or already are.
 std::optional<std::vector<DeviceShare>> shares_on(std::vector<DeviceShare> shares,
                                                   std::vector<int> cards);
+
+// Shares as the annotation on a replica's or worker's Pod records them
+// (JSON), and back (an annotation that does not parse: none).
+std::string shares_to_json(const std::vector<DeviceShare>& shares);
+std::vector<DeviceShare> shares_from_json(std::string_view text);
 
 // A replica that runs already (a restarted controller takes its Pods over).
 struct ExistingEngine {

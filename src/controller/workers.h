@@ -28,6 +28,15 @@ struct WorkerLaunch {
   std::vector<DeviceShare> shares;
 };
 
+// A worker that runs already: a controller that takes over finds its Pod.
+struct RunningWorker {
+  std::string worker;  // as WorkerLaunch::worker
+  uint32_t index = 0;
+  uint32_t attempt = 0;
+  std::string node, devices;
+  std::vector<DeviceShare> shares;
+};
+
 struct WorkerStatus {
   bool exists = false;  // started and not yet gone
   bool exited = false;  // it ended (the runtime then forgets it)
@@ -63,6 +72,9 @@ class WorkerRuntime {
     return std::nullopt;
   }
   virtual void forget(const std::string& /*job*/) {}
+  // The workers of `job` that run already, started by a controller before
+  // this one (Pods outlive it; local processes do not: none).
+  virtual std::vector<RunningWorker> running_workers(const std::string& /*job*/) { return {}; }
 };
 
 }  // namespace loadstar::controller

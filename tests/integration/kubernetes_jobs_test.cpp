@@ -73,5 +73,54 @@ spec:
   EXPECT_EQ(batch.find("pair"), std::string::npos) << batch;
 }
 
+// A controller that takes over (the first killed) keeps a running job's
+// worker Pods: they finish the attempt they were on, once each, and the
+// job succeeds on that attempt.
+TEST_F(KubernetesTest, AControllerThatTakesOverKeepsAJobsRunningWorkers) {
+  add_node(1, 2);
+  start_controller("controller-a", {"--no-leader-elect"});
+  wait_output("controller-a", "controller reconciling");
+  const fs::path out = root_ / "job-out";
+  fs::create_directories(out);
+  apply(fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Job
+metadata: {{name: long}}
+spec:
+  image: registry.example/trainer:1
+  command: [sh, -c, 'echo "$LOADSTAR_WORKER_INDEX" >> {0}/started; sleep 6; echo "$LOADSTAR_WORKER_INDEX" >> {0}/finished']
+  workers: 2
+  resources: {{gpu: {{count: 1}}}}
+)",
+                    out.string()));
+  auto running_uids = [&] {
+    std::map<std::string, std::string> uids;
+    const json list = get_json("pods -l loadstar.dev/job=long");
+    for (const json& p : list.value("items", json::array()))
+      if (p["status"].value("phase", "") == "Running")
+        uids[p["metadata"]["name"]] = p["metadata"]["uid"];
+    return uids;
+  };
+  ASSERT_TRUE(eventually([&] { return running_uids().size() == 2; }, 60))
+      << read_text(processes_["controller-a"]->log);
+  const auto before = running_uids();
+  processes_["controller-a"]->process.signal(SIGKILL);
+  start_controller("controller-b", {"--no-leader-elect"});
+  wait_output("controller-b", "controller reconciling");
+  ASSERT_TRUE(eventually(
+      [&] {
+        return get_json("lsjob long").value("status", json::object()).value("phase", "") ==
+               "Succeeded";
+      },
+      60))
+      << get_json("lsjob long").dump() << read_text(processes_["controller-b"]->log);
+  // Each worker started once and finished: nothing was stopped or run again.
+  EXPECT_EQ(read_text(out / "started").size(), 4u) << read_text(out / "started");
+  EXPECT_EQ(read_text(out / "finished").size(), 4u) << read_text(out / "finished");
+  EXPECT_EQ(get_json("lsjob long")["status"].value("attempts", 0), 1);
+  EXPECT_EQ(before.size(), 2u);
+  auto [st, events] = kubectl("-n " + ns_ + " get events -o json");
+  EXPECT_NE(events.find("taken over"), std::string::npos) << events;
+}
+
 }  // namespace
 }  // namespace loadstar::testing

@@ -49,10 +49,17 @@ class FakeWorkers : public WorkerRuntime {
         .exists = false, .exited = true, .exit_code = code, .message = std::move(message)};
   }
   bool runs(const std::string& worker) const { return running.count(worker) > 0; }
+  std::vector<RunningWorker> running_workers(const std::string& job) override {
+    std::vector<RunningWorker> out;
+    for (const RunningWorker& w : left_running)
+      if (w.worker.starts_with(job + "-worker-")) out.push_back(w);
+    return out;
+  }
 
   std::map<std::string, WorkerStatus> running;
   std::map<std::string, std::pair<std::string, std::string>> ends;
-  std::string refuse;  // a worker whose start fails
+  std::string refuse;                       // a worker whose start fails
+  std::vector<RunningWorker> left_running;  // by a controller before this one
 
  private:
   std::vector<std::string>& log_;
@@ -87,6 +94,55 @@ class JobsTest : public ControllerTest {
   }
   FakeWorkers workers_{log_};
 };
+
+// A controller that takes over finds an attempt whose every worker runs:
+// it keeps them where they are (no new start, their GPUs held), and the
+// job ends when they do. A job that lost one of its workers starts again.
+TEST_F(JobsTest, ATakenOverAttemptKeepsItsRunningWorkersAndTheirGpus) {
+  apply(gpu_node(2));
+  apply(job("train", 2, 1));
+  apply(job("partial", 2, 1));
+  workers_.left_running = {{.worker = "train-worker-0",
+                            .index = 0,
+                            .attempt = 3,
+                            .node = "n1",
+                            .devices = "gpu0",
+                            .shares = {{0, 1000, 0}}},
+                           {.worker = "train-worker-1",
+                            .index = 1,
+                            .attempt = 3,
+                            .node = "n1",
+                            .devices = "gpu1",
+                            .shares = {{1, 1000, 0}}},
+                           {.worker = "partial-worker-1",
+                            .index = 1,
+                            .attempt = 1,
+                            .node = "n1",
+                            .devices = "gpu0",
+                            .shares = {{0, 1000, 0}}}};
+  workers_.running["train-worker-0"] = {.exists = true};
+  workers_.running["train-worker-1"] = {.exists = true};
+  Controller& ctl = start();
+  ctl.pass();
+  EXPECT_EQ(std::count_if(log_.begin(), log_.end(),
+                          [](const std::string& e) { return e.starts_with("start train"); }),
+            0);
+  JobStatus st = job_status("train");
+  EXPECT_EQ(st.phase, JobPhase::kRunning);
+  EXPECT_EQ(st.attempts, 3u);
+  ASSERT_EQ(st.nodes.size(), 2u);
+  EXPECT_EQ(st.nodes[0], "n1 gpu0");
+  // Both cards are train's: the other job waits.
+  EXPECT_EQ(job_status("partial").phase, JobPhase::kQueued);
+  EXPECT_NE(job_status("partial").message.find("GPU"), std::string::npos)
+      << job_status("partial").message;
+  workers_.end("train-worker-0", 0);
+  workers_.end("train-worker-1", 0);
+  ctl.pass();
+  EXPECT_EQ(job_status("train").phase, JobPhase::kSucceeded);
+  ctl.pass();
+  EXPECT_TRUE(workers_.runs("partial-worker-0"));
+}
 
 TEST_F(JobsTest, AGangStartsAllItsWorkersOrNone) {
   apply(gpu_node(4));
