@@ -1,6 +1,7 @@
 #include "app/admin_api.h"
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 
@@ -181,6 +182,32 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
     response = {200, "application/json", json({{"items", items}}).dump()};
   } else if (auto rollout = rollout_route(*ctl, req, path)) {
     response = std::move(*rollout);
+  } else if (req.method == "GET" && path.starts_with("/api/v1/resources/") && store) {
+    // Declared resources of one kind, each as its YAML document (`loadstar
+    // get models|nodes|tenants|routes`, `-o yaml|json`).
+    const std::string_view plural = path.substr(std::string_view("/api/v1/resources/").size());
+    static const std::map<std::string_view, std::string_view> kKinds = {
+        {"models", "Model"},   {"inferenceservices", "InferenceService"},
+        {"tenants", "Tenant"}, {"routes", "Route"},
+        {"nodes", "Node"},     {"queues", "Queue"},
+        {"jobs", "Job"}};
+    auto kind = kKinds.find(plural);
+    if (kind == kKinds.end()) {
+      openai::ApiError e{404,
+                         fmt::format("no kind '{}' (models, inferenceservices, tenants, "
+                                     "routes, nodes, queues, jobs)",
+                                     plural),
+                         {}};
+      response = {404, "application/json", openai::error_body(e)};
+    } else {
+      json items = json::array();
+      for (const api::Resource& r : store->list())
+        if (api::kind_of(r) == kind->second)
+          items.push_back({{"kind", kind->second},
+                           {"name", api::metadata_of(r).name},
+                           {"yaml", api::encode_resource(r)}});
+      response = {200, "application/json", json({{"items", items}}).dump()};
+    }
   } else if (req.method == "GET" && path == "/api/v1/events") {
     response = {200, "application/json", json({{"items", events_json(ctl->events(""))}}).dump()};
   } else if (req.method == "GET" && path == "/api/v1/services") {

@@ -1,4 +1,6 @@
-// `loadstar get services|replicas`, `describe`, `rollout` and `apply -f`:
+// `loadstar get` (what runs: services, replicas, queues, jobs; what is
+// declared: models, nodes, tenants, routes; -o table|json|yaml), `describe`,
+// `rollout` and `apply -f`:
 // clients of a controller's admin API (`loadstar up`'s, or `loadstar
 // controller`'s in Kubernetes mode).
 #include <fstream>
@@ -7,9 +9,12 @@
 #include <thread>
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
+#include <yaml-cpp/yaml.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "api/resources.h"
 #include "app/commands.h"
 #include "http/bearer.h"
 #include "http/client.h"
@@ -77,17 +82,153 @@ std::string seconds(const json& v) {
   return fmt::format("{:.1f}h", s / 3600);
 }
 
+// A YAML document as JSON: plain scalars that read as numbers, booleans or
+// null become those; quoted ones stay strings.
+json yaml_to_json(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      json out = json::object();
+      for (const auto& kv : node) out[kv.first.Scalar()] = yaml_to_json(kv.second);
+      return out;
+    }
+    case YAML::NodeType::Sequence: {
+      json out = json::array();
+      for (const auto& v : node) out.push_back(yaml_to_json(v));
+      return out;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string& text = node.Scalar();
+      if (node.Tag() != "!") {
+        if (text == "true" || text == "false") return text == "true";
+        if (text == "null" || text == "~") return nullptr;
+        json number = json::parse(text, nullptr, false);
+        if (number.is_number()) return number;
+      }
+      return text;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+std::string bytes(uint64_t n) {
+  if (n >= (uint64_t{1} << 30)) return fmt::format("{:.1f}Gi", n / double(uint64_t{1} << 30));
+  if (n >= (uint64_t{1} << 20)) return fmt::format("{:.0f}Mi", n / double(uint64_t{1} << 20));
+  return n ? fmt::format("{}", n) : std::string("-");
+}
+
+// One row per declared resource of a kind, kubectl's way.
+void print_declared(const std::string& kind, const std::vector<api::Resource>& resources) {
+  auto or_dash = [](const std::string& s) { return s.empty() ? std::string("-") : s; };
+  if (kind == "models") {
+    fmt::print("{:<24} {:<12} {:>8} {:<16}  {}\n", "NAME", "FORMAT", "SIZE", "ADAPTER-OF",
+               "SOURCE");
+    for (const auto& r : resources)
+      if (const auto* m = std::get_if<api::Model>(&r))
+        fmt::print("{:<24} {:<12} {:>8} {:<16}  {}\n", m->metadata.name, m->spec.format,
+                   bytes(m->spec.size_bytes.value_or(0)), or_dash(m->spec.adapter_of),
+                   m->spec.source);
+  } else if (kind == "nodes") {
+    fmt::print("{:<20} {:<22} {:>6} {:>9} {:<12} {}\n", "NAME", "GPUS", "CPU", "MEMORY",
+               "SCHEDULABLE", "TOPOLOGY");
+    for (const auto& r : resources)
+      if (const auto* n = std::get_if<api::Node>(&r)) {
+        std::vector<std::string> gpus, topology;
+        for (const auto& g : n->spec.gpus) gpus.push_back(fmt::format("{}x {}", g.count, g.model));
+        for (const auto& [level, domain] : n->spec.topology)
+          topology.push_back(level + "=" + domain);
+        fmt::print("{:<20} {:<22} {:>6g} {:>9} {:<12} {}\n", n->metadata.name,
+                   or_dash(fmt::format("{}", fmt::join(gpus, ","))), n->spec.cpu,
+                   bytes(n->spec.memory_bytes), n->spec.schedulable ? "yes" : "no",
+                   or_dash(fmt::format("{}", fmt::join(topology, ","))));
+      }
+  } else if (kind == "tenants") {
+    fmt::print("{:<20} {:>5} {:>8} {:>10} {:>11} {:>9}  {}\n", "NAME", "KEYS", "REQ/MIN",
+               "TOKENS/MIN", "CONCURRENT", "PRIORITY", "MODELS");
+    auto limit = [](const std::optional<uint32_t>& v) {
+      return v ? std::to_string(*v) : std::string("-");
+    };
+    for (const auto& r : resources)
+      if (const auto* t = std::get_if<api::Tenant>(&r)) {
+        size_t live = 0;
+        for (const auto& k : t->spec.api_keys) live += !k.revoked;
+        fmt::print("{:<20} {:>5} {:>8} {:>10} {:>11} {:>9}  {}\n", t->metadata.name, live,
+                   limit(t->spec.requests_per_minute), limit(t->spec.tokens_per_minute),
+                   limit(t->spec.max_concurrent_requests), t->spec.priority,
+                   t->spec.models.empty() ? std::string("(all)")
+                                          : fmt::format("{}", fmt::join(t->spec.models, ",")));
+      }
+  } else if (kind == "routes") {
+    fmt::print("{:<20} {:<20}  {}\n", "NAME", "MODEL", "BACKENDS (weight, priority)");
+    for (const auto& r : resources)
+      if (const auto* route = std::get_if<api::Route>(&r)) {
+        std::vector<std::string> backends;
+        for (const auto& b : route->spec.backends)
+          backends.push_back(fmt::format("{} ({}, {})", b.service.empty() ? b.url : b.service,
+                                         b.weight, b.priority));
+        fmt::print("{:<20} {:<20}  {}\n", route->metadata.name,
+                   route->spec.model.empty() ? route->metadata.name : route->spec.model,
+                   fmt::join(backends, ", "));
+      }
+  }
+}
+
 }  // namespace
 
 std::function<int()> setup_get(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto what = std::make_shared<std::string>();
-  app.add_option("resource", *what, "services, replicas, queues or jobs")
+  auto output = std::make_shared<std::string>("table");
+  app.add_option("resource", *what,
+                 "services, replicas, queues, jobs (what runs); models, nodes, tenants, routes "
+                 "(what is declared)")
       ->required()
-      ->check(CLI::IsMember(
-          {"services", "replicas", "queues", "jobs", "service", "replica", "queue", "job"}));
+      ->check(CLI::IsMember({"services", "replicas", "queues", "jobs", "models", "nodes", "tenants",
+                             "routes", "service", "replica", "queue", "job", "model", "node",
+                             "tenant", "route"}));
+  app.add_option("-o,--output", *output,
+                 "table; json (the admin API's answer, or the declared resources); yaml (the "
+                 "declared resources, as applied)")
+      ->check(CLI::IsMember({"table", "json", "yaml"}))
+      ->capture_default_str();
   add_admin_options(app, *target);
-  return [target, what]() -> int {
+  return [target, what, output]() -> int {
+    std::string plural = what->ends_with("s") ? *what : *what + "s";
+    const bool declared = plural == "models" || plural == "nodes" || plural == "tenants" ||
+                          plural == "routes" || *output == "yaml";
+    if (declared) {
+      if (plural == "services") plural = "inferenceservices";
+      if (plural == "replicas") {
+        fmt::print(stderr, "loadstar get: replicas are not declared; -o json shows them\n");
+        return 2;
+      }
+      auto doc = admin_call(*target, "GET", "/api/v1/resources/" + plural);
+      if (!doc.ok()) {
+        fmt::print(stderr, "loadstar get: {}\n", doc.error().message);
+        return 1;
+      }
+      std::vector<api::Resource> resources;
+      json items = json::array();
+      std::string yaml;
+      for (const auto& item : (*doc)["items"]) {
+        const std::string text = item.value("yaml", "");
+        yaml += (yaml.empty() ? "" : "---\n") + text;
+        auto decoded = api::decode_resources(text, "the admin API's " + plural);
+        if (!decoded.ok()) {
+          fmt::print(stderr, "loadstar get: {}\n", decoded.error().message);
+          return 1;
+        }
+        for (auto& r : *decoded) resources.push_back(std::move(r));
+        items.push_back(yaml_to_json(YAML::Load(text)));
+      }
+      if (*output == "yaml")
+        fmt::print("{}", yaml);
+      else if (*output == "json")
+        fmt::print("{}\n", json({{"items", items}}).dump(2));
+      else
+        print_declared(plural, resources);
+      return 0;
+    }
     const bool services = what->starts_with("service");
     const bool queues = what->starts_with("queue");
     const bool jobs = what->starts_with("job");
@@ -99,6 +240,10 @@ std::function<int()> setup_get(CLI::App& app) {
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar get: {}\n", doc.error().message);
       return 1;
+    }
+    if (*output == "json") {
+      fmt::print("{}\n", doc->dump(2));
+      return 0;
     }
     if (jobs) {
       fmt::print("{:<20} {:<12} {:<10} {:>7} {:>8} {:>11} {:>9} {:>6}  {}\n", "NAME", "QUEUE",

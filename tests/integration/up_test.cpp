@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "api/resources.h"
 #include "common/digest.h"
 #include "support.h"
 
@@ -72,6 +73,48 @@ TEST(Cli, AnUnknownCommandOrVerbFailsAndSuggestsTheNearestOne) {
   EXPECT_EQ(run_loadstar({"rollout", "--help"}, &out), 0);
   EXPECT_NE(out.find("Usage:"), std::string::npos) << out;
   EXPECT_NE(out.find("rollout"), std::string::npos) << out;
+}
+
+// `loadstar get` of what is declared, as kubectl shows it: a table per
+// kind, -o yaml that applies again as it is, -o json.
+TEST(Cli, GetShowsDeclaredModelsNodesTenantsAndRoutesAsTablesYamlAndJson) {
+  auto up = Up::start(quickstart(1) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: partner}
+spec:
+  backends: [{service: chat, weight: 3}]
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: team-a}
+spec:
+  apiKeys: [{name: ci, sha256: 0000000000000000000000000000000000000000000000000000000000000000}]
+  limits: {requestsPerMinute: 4}
+)");
+  const std::string port = std::to_string(up->admin_port());
+  std::string out;
+  ASSERT_EQ(run_loadstar({"get", "models", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("SOURCE"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"get", "routes", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("chat (3, 0)"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"get", "tenants", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("team-a"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"get", "nodes", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("SCHEDULABLE"), std::string::npos) << out;
+  // -o yaml: the documents as applied, which decode again.
+  ASSERT_EQ(run_loadstar({"get", "tenants", "-o", "yaml", "--admin-port", port}, &out), 0) << out;
+  auto decoded = api::decode_resources(out, "get.yaml");
+  ASSERT_TRUE(decoded.ok()) << decoded.error().message << "\n" << out;
+  ASSERT_EQ(decoded->size(), 1u);
+  EXPECT_EQ(std::get<api::Tenant>(decoded->front()).spec.requests_per_minute, 4u);
+  // -o json: the declared resource, numbers as numbers.
+  ASSERT_EQ(run_loadstar({"get", "routes", "-o", "json", "--admin-port", port}, &out), 0) << out;
+  const json routes = json::parse(out.substr(out.find('{')), nullptr, false);
+  ASSERT_TRUE(routes.is_object()) << out;
+  EXPECT_EQ(routes["items"][0]["spec"]["backends"][0]["weight"], 3) << routes.dump();
+  ASSERT_EQ(run_loadstar({"get", "replicas", "-o", "json", "--admin-port", port}, &out), 0);
+  EXPECT_TRUE(json::parse(out.substr(out.find('{')), nullptr, false).contains("items")) << out;
 }
 
 TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
