@@ -16,13 +16,15 @@ namespace loadstar::controller {
 class Admissions {
  public:
   virtual ~Admissions() = default;
-  // This pass's workloads (PlacementReplica::job set), in name order.
-  virtual std::vector<PlacementReplica> placement_units() = 0;
+  // This pass's workloads (PlacementReplica::job set), in name order; the
+  // places of those that ended or went away are given back first
+  // (Placement::remove), and those running already where a previous
+  // controller placed them are adopted (Placement::adopt).
+  virtual std::vector<PlacementReplica> placement_units(Placement& placement) = 0;
   virtual bool has(const std::string& name) const = 0;
   // Why one is not placed yet (the scheduler's reason).
   virtual void waiting(const std::string& name, const std::string& why) = 0;
-  // After placement: releases what was placed; gives back (Placement::
-  // remove) the places of those that ended or went away.
+  // After placement: releases what was placed.
   virtual void release(Placement& placement, double now) = 0;
 };
 

@@ -4,8 +4,10 @@
 #include <cmath>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include "controller/runtime.h"
 #include "kube/objects.h"
 
 namespace loadstar::controller {
@@ -40,7 +42,7 @@ std::optional<double> container_sum(const json& pod_spec, const std::string& sec
 
 }  // namespace
 
-Result<api::Job> admitted_workload(const json& job, const std::string& name) {
+Result<api::Job> admitted_workload(const json& job, const std::string& name, bool admitted) {
   const json meta = job.value("metadata", json::object());
   const json labels = meta.value("labels", json::object());
   const json spec = job.value("spec", json::object());
@@ -62,7 +64,7 @@ Result<api::Job> admitted_workload(const json& job, const std::string& name) {
     w.spec.priority = static_cast<int32_t>(value);
   }
   const bool suspended = spec.value("suspend", false);
-  if (!suspended && pod_spec.value("schedulerName", "") != "loadstar")
+  if (!admitted && !suspended && pod_spec.value("schedulerName", "") != "loadstar")
     return make_error(ErrorCode::kInvalidArgument,
                       "not held: set spec.template.spec.schedulerName: loadstar (or create the "
                       "Job with spec.suspend: true, Kubernetes 1.21 and later), or its pods run "
@@ -112,7 +114,7 @@ Status BatchAdmission::start(double timeout_s) {
   return ok_status();
 }
 
-std::vector<PlacementReplica> BatchAdmission::placement_units() {
+std::vector<PlacementReplica> BatchAdmission::placement_units(Placement& placement) {
   units_.clear();
   for (const json& job : jobs_->items()) {
     const json meta = job.value("metadata", json::object());
@@ -123,17 +125,50 @@ std::vector<PlacementReplica> BatchAdmission::placement_units() {
     u.job_name = meta.value("name", "");
     u.uid = meta.value("uid", "");
     const std::string name = "job.batch/" + scope_.qualify(u.namespace_name, u.job_name);
-    auto workload = admitted_workload(job, name);
+    // Once admitted it stays so while it runs (un-suspended, it is no
+    // longer held, and need not be).
+    auto workload = admitted_workload(job, name, placed_.count(name) > 0);
     if (!workload.ok()) {
       say(name, u.namespace_name, u.job_name, "NotAdmitted: " + workload.error().message);
       continue;
     }
     u.workload = std::move(*workload);
     u.suspended = job.value("spec", json::object()).value("suspend", false);
+    // Running where a previous controller placed it: that place is held.
+    const json annotations = meta.value("annotations", json::object());
+    if (!submitted_.count(name) && !u.suspended && annotations.contains(kPlacementAnnotation) &&
+        annotations[kPlacementAnnotation].is_string()) {
+      const json recorded =
+          json::parse(annotations[kPlacementAnnotation].get<std::string>(), nullptr, false);
+      std::vector<Placed> pods;
+      for (const json& p : recorded.is_array() ? recorded : json::array())
+        if (p.is_object())
+          pods.push_back({p.value("node", ""), "", shares_from_json(p.value("shares", "[]"))});
+      if (pods.size() == u.workload.spec.workers) {
+        placement.adopt(name, std::move(pods));
+        placed_.insert(name);
+        unsuspended_.insert(name);
+        said_[name] = annotations.value(kAdmissionAnnotation, "");
+        spdlog::info("{}: running where it was admitted; taken over", name);
+      }
+    }
+    submitted_.insert(name);
     units_.emplace(name, std::move(u));
   }
+  // Completed, failed, deleted or no longer admitted: its place goes back.
+  for (auto it = submitted_.begin(); it != submitted_.end();) {
+    if (units_.count(*it)) {
+      ++it;
+      continue;
+    }
+    placement.remove(*it, 0);
+    if (placed_.erase(*it)) spdlog::info("{}: ended; its place is given back", *it);
+    unsuspended_.erase(*it);
+    it = submitted_.erase(it);
+  }
   std::vector<PlacementReplica> out;
-  for (const auto& [name, u] : units_) out.push_back({name, "", &u.workload, false, false, false});
+  for (const auto& [name, u] : units_)
+    out.push_back({name, "", &u.workload, false, placed_.count(name) > 0, placed_.count(name) > 0});
   return out;
 }
 
@@ -199,32 +234,48 @@ void BatchAdmission::bind(const Unit& unit, const std::vector<Placed>& members) 
   }
 }
 
-void BatchAdmission::release(Placement& placement, double now) {
-  for (auto it = placed_.begin(); it != placed_.end();) {
-    if (units_.count(*it)) {
-      ++it;
-      continue;
-    }
-    // Completed, failed or deleted: its place is given back.
-    placement.remove(*it, now);
-    spdlog::info("{}: ended; its place is given back", *it);
-    said_.erase(*it);
-    it = placed_.erase(it);
-  }
+void BatchAdmission::release(Placement& placement, double /*now*/) {
   for (const auto& [name, u] : units_) {
     const std::vector<Placed>& members = placement.members(name);
     if (members.empty()) continue;
-    placed_.insert(name);
+    const std::string job_path =
+        kube::collection_path("batch/v1", u.namespace_name, "jobs") + "/" + u.job_name;
+    if (placed_.insert(name).second) {
+      // Where it was placed, for a controller that takes over.
+      json recorded = json::array();
+      for (const Placed& p : members)
+        recorded.push_back({{"node", p.node}, {"shares", shares_to_json(p.shares)}});
+      auto r = client_.merge_patch(
+          job_path, {{"metadata", {{"annotations", {{kPlacementAnnotation, recorded.dump()}}}}}});
+      if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+        spdlog::warn("job.batch {}: recording its placement: {}", u.job_name, r.error().message);
+    }
     std::vector<std::string> nodes;
     for (const Placed& p : members) nodes.push_back(p.node);
     say(name, u.namespace_name, u.job_name,
         fmt::format("Admitted: queue {}, nodes {}", u.workload.spec.queue, fmt::join(nodes, ",")));
-    if (u.suspended) {
-      auto r = client_.merge_patch(
-          kube::collection_path("batch/v1", u.namespace_name, "jobs") + "/" + u.job_name,
-          {{"spec", {{"suspend", false}}}});
-      if (!r.ok() && r.error().code != ErrorCode::kNotFound)
-        spdlog::warn("job.batch {}: un-suspending it: {}", u.job_name, r.error().message);
+    if (u.suspended && unsuspended_.insert(name).second) {
+      // Kueue's way: its pods steered to the gang's nodes, then released.
+      const std::set<std::string> hosts(nodes.begin(), nodes.end());
+      json term = {{"matchExpressions",
+                    {{{"key", "kubernetes.io/hostname"},
+                      {"operator", "In"},
+                      {"values", std::vector<std::string>(hosts.begin(), hosts.end())}}}}};
+      json affinity = {{"nodeAffinity",
+                        {{"requiredDuringSchedulingIgnoredDuringExecution",
+                          {{"nodeSelectorTerms", json::array({term})}}}}}};
+      json patch = {{"spec", {{"suspend", false}}}};
+      patch["spec"]["template"]["spec"]["affinity"] = std::move(affinity);
+      auto r = client_.merge_patch(job_path, patch);
+      if (!r.ok() && r.error().code != ErrorCode::kNotFound) {
+        // An API server that keeps a suspended Job's template as it is
+        // (before 1.27): released without the steer.
+        spdlog::warn("job.batch {}: steering its pods to {}: {}; un-suspending it without",
+                     u.job_name, fmt::join(hosts, ","), r.error().message);
+        r = client_.merge_patch(job_path, {{"spec", {{"suspend", false}}}});
+        if (!r.ok() && r.error().code != ErrorCode::kNotFound)
+          spdlog::warn("job.batch {}: un-suspending it: {}", u.job_name, r.error().message);
+      }
     }
     bind(u, members);
   }

@@ -16,8 +16,15 @@
 // scheduler puts them): it is not admitted, and says why. Where it stands
 // is written on the Job as the annotation loadstar.dev/admission
 // ("Waiting: <the scheduler's reason>", "Admitted: queue Q, nodes ..."),
-// which `kubectl describe job` shows. Its place is given back when the Job
-// completes or fails (its conditions) or is deleted.
+// which `kubectl describe job` shows. Where it was placed is recorded on it
+// (loadstar.dev/placement: each pod's node and cards), so that a controller
+// that takes over holds the same place for it while it runs. Its place is
+// given back when the Job completes or fails (its conditions), is deleted,
+// or stops being one Loadstar admits (its label removed).
+// A suspended Job is un-suspended once per admission, its pods steered to
+// the gang's nodes (required node affinity on their hostnames, where the
+// API server lets a suspended Job's template change: Kubernetes 1.27+).
+// Suspending an admitted Job again is not honoured yet.
 #pragma once
 
 #include <map>
@@ -37,10 +44,14 @@ inline constexpr const char* kQueueLabel = "loadstar.dev/queue";
 inline constexpr const char* kPriorityLabel = "loadstar.dev/priority";
 inline constexpr const char* kAdmissionAnnotation = "loadstar.dev/admission";
 
+inline constexpr const char* kPlacementAnnotation = "loadstar.dev/placement";
+
 // What a batch/v1 Job (JSON) asks of the scheduler, as one of Loadstar's
-// Jobs named `name`; an error says why it cannot be admitted (not held,
-// no parallelism, a quantity that does not parse).
-Result<api::Job> admitted_workload(const kube::json& job, const std::string& name);
+// Jobs named `name`; an error says why it cannot be admitted (not held —
+// unless `admitted` already —, no parallelism, a quantity that does not
+// parse).
+Result<api::Job> admitted_workload(const kube::json& job, const std::string& name,
+                                   bool admitted = false);
 
 class BatchAdmission : public Admissions {
  public:
@@ -49,7 +60,7 @@ class BatchAdmission : public Admissions {
   // Starts the Job and Pod informers and waits for their first lists.
   Status start(double timeout_s);
 
-  std::vector<PlacementReplica> placement_units() override;
+  std::vector<PlacementReplica> placement_units(Placement& placement) override;
   bool has(const std::string& name) const override { return units_.count(name) > 0; }
   void waiting(const std::string& name, const std::string& why) override;
   void release(Placement& placement, double now) override;
@@ -71,7 +82,9 @@ class BatchAdmission : public Admissions {
   std::unique_ptr<kube::ScopedInformer> jobs_, pods_;
   std::map<std::string, Unit> units_;        // this pass's, by workload name
   std::map<std::string, std::string> said_;  // the annotation as last written
-  std::set<std::string> placed_;             // names holding a place
+  std::set<std::string> submitted_;          // given to the scheduler, until gone
+  std::set<std::string> placed_;             // holding a place
+  std::set<std::string> unsuspended_;        // un-suspended in this admission
 };
 
 }  // namespace loadstar::controller

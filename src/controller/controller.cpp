@@ -387,7 +387,7 @@ void Controller::place(const std::vector<api::Node>& nodes, const std::vector<ap
     for (PlacementReplica& job : jobs_->placement_units(seconds(now)))
       pass.replicas.push_back(std::move(job));
   if (admissions_)
-    for (PlacementReplica& unit : admissions_->placement_units())
+    for (PlacementReplica& unit : admissions_->placement_units(placement_))
       pass.replicas.push_back(std::move(unit));
   pass.models_on = [this](const std::string& node) { return runtime_.models_on(node); };
   const PlacementChanges changes = placement_.pass(pass, seconds(now));

@@ -45,6 +45,11 @@ bool Jobs::take_over(Job& j, const std::string& name, Placement& placement, doub
             [](const RunningWorker& a, const RunningWorker& b) { return a.index < b.index; });
   for (uint32_t i = 0; i < n; ++i)
     if (running[i].index != i || running[i].attempt != running[0].attempt) return false;
+  // Workers whose devices were not recorded (Pods of an older controller)
+  // cannot be held in the bookkeeping: the attempt runs again instead.
+  if (gpus_per_worker(j.job) > 0)
+    for (const RunningWorker& w : running)
+      if (w.shares.empty()) return false;
   std::vector<Placed> pods;
   std::string where;
   for (const RunningWorker& w : running) {

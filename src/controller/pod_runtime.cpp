@@ -426,6 +426,14 @@ Status PodRuntime::launch(const EngineLaunch& launch) {
     stopping_.erase(launch.replica);
     return ok_status();  // created before (by us, or a controller before us)
   }
+  // A group starts again once every pod of its previous run is gone.
+  for (uint32_t rank = 1; rank <= launch.members.size(); ++rank) {
+    kube::NamespaceScope::Name member = pod_name;
+    member.name = group_pod_name(pod_name.name, rank);
+    if (pods_->get(member))
+      return make_error(ErrorCode::kUnavailable, "its previous group's pod {} is still terminating",
+                        member.name);
+  }
   LS_RETURN_IF_ERROR(ensure_token_secret(pod_name.namespace_name));
   // A prefill pool's Pods belong to the service it is the prefill of.
   const std::string uid = store_.uid_of("InferenceService", api::served_name(*launch.service));

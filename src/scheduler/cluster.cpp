@@ -165,10 +165,13 @@ Allocation Cluster::allocate(int n, const PodRequest& r, const DeviceChoice& cho
 }
 
 bool Cluster::restore(const Allocation& a) {
-  if (!a.placed()) return false;
+  if (!a.placed() || a.node >= static_cast<int>(nodes_.size())) return false;
   Node& node = nodes_[a.node];
   if (node.cpu_free() < a.cpu_milli || node.memory_free() < a.memory_mib) return false;
   for (const auto& s : a.shares) {
+    // What a previous controller recorded (an annotation) may name a card
+    // this node no longer has.
+    if (s.device < 0 || s.device >= static_cast<int>(node.devices.size())) return false;
     const Device& d = node.devices[s.device];
     if (d.milli_used + s.milli > kMilliPerGpu) return false;
     if (s.mig_slices > 0

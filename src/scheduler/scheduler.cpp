@@ -149,6 +149,13 @@ Status Scheduler::submit(Workload w, double now) {
 
 Status Scheduler::adopt(Workload w, std::vector<Allocation> allocations, double now) {
   const std::string name = w.name;
+  // A pod that asks for GPUs runs on some: an allocation that names none
+  // (not recorded) would let them be handed out twice.
+  for (size_t i = 0; i < allocations.size() && i < w.pods.size(); ++i)
+    if (w.pods[i].wants_gpu() && allocations[i].shares.empty())
+      return make_error(ErrorCode::kInvalidArgument,
+                        "workload '{}': pod {} asks for GPUs and its allocation names none", name,
+                        i);
   LS_RETURN_IF_ERROR(submit(std::move(w), now));
   Entry& e = entries_.at(name);
   for (size_t i = 0; i < allocations.size(); ++i) {

@@ -678,6 +678,13 @@ spec:
   EXPECT_TRUE(eventually([&] { return complete("small"); }, 90))
       << admission("small") << describe_all();
   EXPECT_EQ(admission("small"), "Admitted: queue default, nodes loadstar-node");
+  // Where it was placed, for a controller that takes over: its node and card.
+  const json small = kubectl_json(fmt::format("-n {} get job small", kNs));
+  const json placed = json::parse(
+      small["metadata"]["annotations"].value("loadstar.dev/placement", "[]"), nullptr, false);
+  ASSERT_TRUE(placed.is_array() && placed.size() == 1) << small.dump();
+  EXPECT_EQ(placed[0].value("node", ""), "loadstar-node");
+  EXPECT_NE(placed[0].value("shares", "").find("\"milli\":1000"), std::string::npos) << placed;
   EXPECT_TRUE(eventually([&] { return admission("big").starts_with("Waiting: "); }, 30))
       << admission("big");
   EXPECT_NE(admission("big").find("GPU"), std::string::npos) << admission("big");

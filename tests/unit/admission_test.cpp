@@ -62,21 +62,21 @@ TEST(BatchAdmission, AJobThatCannotBeHeldOrReadSaysWhy) {
 // A fake source of admitted workloads: the test declares and ends them.
 class FakeAdmissions : public Admissions {
  public:
-  std::vector<PlacementReplica> placement_units() override {
+  std::vector<PlacementReplica> placement_units(Placement& placement) override {
+    for (auto it = held.begin(); it != held.end();)
+      if (!jobs.count(*it)) {
+        placement.remove(*it, 0);
+        it = held.erase(it);
+      } else {
+        ++it;
+      }
     std::vector<PlacementReplica> out;
     for (const auto& [name, job] : jobs) out.push_back({name, "", &job, false, false, false});
     return out;
   }
   bool has(const std::string& name) const override { return jobs.count(name) > 0; }
   void waiting(const std::string& name, const std::string& why) override { waits[name] = why; }
-  void release(Placement& placement, double now) override {
-    for (auto it = held.begin(); it != held.end();)
-      if (!jobs.count(*it)) {
-        placement.remove(*it, now);
-        it = held.erase(it);
-      } else {
-        ++it;
-      }
+  void release(Placement& placement, double /*now*/) override {
     for (const auto& [name, job] : jobs)
       if (!placement.members(name).empty()) {
         held.insert(name);

@@ -291,6 +291,35 @@ TEST(Scheduler, PreemptionPicksTheLowestPriorityThatFreesEnough) {
   EXPECT_EQ(s.status("peer")->state, WorkloadState::kPending);
 }
 
+// What a previous controller recorded is checked before it is held: a
+// card the node does not have, or a GPU pod whose cards were not recorded,
+// is not adopted (the work is placed again instead of its cards being
+// handed out twice).
+TEST(Scheduler, AdoptionRefusesCardsTheNodeLacksAndGpuPodsWithoutCards) {
+  Cluster c;
+  c.add_node(gpu_node(c, "n", 2));
+  Scheduler s(c, policy("best-fit"), nullptr);
+  ASSERT_TRUE(s.set_queues({{"q", "", {2, 100, 1000}, std::nullopt, 1}}).ok());
+  auto on = [](std::vector<Allocation::Share> shares) {
+    Allocation a;
+    a.node = 0;
+    a.cpu_milli = 1000;
+    a.memory_mib = 1024;
+    a.shares = std::move(shares);
+    return a;
+  };
+  EXPECT_FALSE(s.adopt(job("ghost", "q", {gpus(1)}, 0, false), {on({{7, 1000, 0}})}, 0).ok());
+  EXPECT_FALSE(s.adopt(job("neg", "q", {gpus(1)}, 0, false), {on({{-1, 1000, 0}})}, 0).ok());
+  auto unrecorded = s.adopt(job("blind", "q", {gpus(1)}, 0, false), {on({})}, 0);
+  ASSERT_FALSE(unrecorded.ok());
+  EXPECT_NE(unrecorded.error().message.find("asks for GPUs and its allocation names none"),
+            std::string::npos);
+  ASSERT_TRUE(s.adopt(job("real", "q", {gpus(1)}, 0, false), {on({{1, 1000, 0}})}, 0).ok());
+  ASSERT_NE(s.status("real"), nullptr);
+  EXPECT_EQ(s.status("real")->state, WorkloadState::kRunning);
+  EXPECT_EQ(s.status("ghost"), nullptr);
+}
+
 TEST(Scheduler, PreemptionFreesRoomOnOneNode) {
   Cluster c;
   c.add_node(gpu_node(c, "a", 2));
