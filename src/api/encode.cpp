@@ -265,6 +265,12 @@ std::string encode_resource(const Resource& resource) {
     out << YAML::Key << "backoffLimit" << YAML::Value << j.backoff_limit;
     if (j.active_deadline_s)
       out << YAML::Key << "activeDeadlineSeconds" << YAML::Value << *j.active_deadline_s;
+    if (!j.checkpoint_claim.empty())
+      out << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap << YAML::Key << "claimName"
+          << YAML::Value << j.checkpoint_claim << YAML::EndMap;
+    else if (!j.checkpoint_host_path.empty())
+      out << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap << YAML::Key << "hostPath"
+          << YAML::Value << j.checkpoint_host_path << YAML::EndMap;
   } else if (const auto* queue = std::get_if<Queue>(&resource)) {
     const QueueSpec& q = queue->spec;
     if (!q.parent.empty()) out << YAML::Key << "parent" << YAML::Value << q.parent;

@@ -95,6 +95,18 @@ void decode_job(Decoder& d, MapReader& top, Job& job) {
   if (spec.uint("backoffLimit", s.backoff_limit) && s.backoff_limit > 100)
     d.error(node["backoffLimit"], "spec.backoffLimit", "must be 0 to 100");
   spec.number("activeDeadlineSeconds", s.active_deadline_s, 1, 1e8);
+  if (YAML::Node checkpoint = spec.get("checkpoint"); checkpoint && !checkpoint.IsNull()) {
+    MapReader c(d, checkpoint, "spec.checkpoint");
+    if (c.ok()) {
+      c.string("claimName", s.checkpoint_claim, false);
+      c.string("hostPath", s.checkpoint_host_path, false);
+      c.finish();
+      if (s.checkpoint_claim.empty() == s.checkpoint_host_path.empty())
+        d.error(checkpoint, "spec.checkpoint", "one of claimName or hostPath");
+      else if (!s.checkpoint_host_path.empty() && s.checkpoint_host_path[0] != '/')
+        d.error(checkpoint["hostPath"], "spec.checkpoint.hostPath", "must be an absolute path");
+    }
+  }
   spec.finish();
 }
 

@@ -381,6 +381,13 @@ struct JobSpec {
   uint32_t backoff_limit = 3;
   // A running attempt longer than this fails the job (activeDeadlineSeconds).
   std::optional<double> active_deadline_s;
+  // Kubernetes: the volume $LOADSTAR_CHECKPOINT_DIR lives on (a directory
+  // of its own in it, named after the job), so that a requeued or retried
+  // attempt reads what the last one wrote (spec.checkpoint): a
+  // PersistentVolumeClaim of the job's namespace, or a directory of the
+  // node (one-node clusters). Neither: the workers have no checkpoint
+  // directory. Locally it is always DATA/jobs/NAME/checkpoint.
+  std::string checkpoint_claim, checkpoint_host_path;
 };
 
 struct Job {

@@ -278,7 +278,14 @@ std::vector<KindSchema> build() {
         f("backoffLimit", T::kInteger,
           "Attempts after a failed one before the job fails; preemptions do not count "
           "(default 3)."),
-        f("activeDeadlineSeconds", T::kNumber, "An attempt running longer than this fails it.")},
+        f("activeDeadlineSeconds", T::kNumber, "An attempt running longer than this fails it."),
+        f("checkpoint", T::kObject,
+          "Kubernetes: the volume $LOADSTAR_CHECKPOINT_DIR lives on (a directory per job), so a "
+          "requeued attempt resumes from what the last one wrote. One of:",
+          {f("claimName", T::kString,
+             "A PersistentVolumeClaim in the job's namespace (ReadWriteMany when workers span "
+             "nodes)."),
+           f("hostPath", T::kString, "A directory of the node (one-node clusters, tests).")})},
        {{"Queue", "string", ".spec.queue", "The queue it is charged to", 0},
         {"Workers", "integer", ".spec.workers", "Workers in its gang", 0},
         {"Phase", "string", ".status.phase", "Queued, Running, Succeeded, Failed", 0},

@@ -19,6 +19,15 @@ constexpr const char* kJobLabel = "loadstar.dev/job";
 constexpr const char* kWorkerLabel = "loadstar.dev/worker-index";
 // Its devices as the scheduler allocated them, for a controller that takes it over.
 constexpr const char* kWorkerSharesAnnotation = "loadstar.dev/shares";
+constexpr const char* kCheckpointMount = "/var/lib/loadstar/checkpoint";
+
+// The job's own directory on its checkpoint volume: its name (a PVC is its
+// namespace's; a node's directory is shared by the namespaces on it).
+std::string checkpoint_dir_name(const api::Job& job) {
+  const std::string name = kube::NamespaceScope::unflat(job.metadata.name);
+  const size_t slash = name.rfind('/');
+  return slash == std::string::npos ? name : name.substr(0, slash) + "_" + name.substr(slash + 1);
+}
 
 }  // namespace
 
@@ -57,6 +66,22 @@ json worker_pod(const WorkerLaunch& launch, const std::string& namespace_name,
                     // Its own last log lines reach the job's status.
                     {"terminationMessagePolicy", "FallbackToLogsOnError"}};
   if (!resources.empty()) container["resources"] = {{"requests", resources}, {"limits", resources}};
+  // Its checkpoints on a volume that outlives the Pod, a directory per job
+  // (the kubelet makes the subPath).
+  json volumes = json::array();
+  if (!job.spec.checkpoint_claim.empty() || !job.spec.checkpoint_host_path.empty()) {
+    volumes.push_back(
+        !job.spec.checkpoint_claim.empty()
+            ? json{{"name", "checkpoint"},
+                   {"persistentVolumeClaim", {{"claimName", job.spec.checkpoint_claim}}}}
+            : json{{"name", "checkpoint"},
+                   {"hostPath",
+                    {{"path", job.spec.checkpoint_host_path}, {"type", "DirectoryOrCreate"}}}});
+    container["volumeMounts"] = {{{"name", "checkpoint"},
+                                  {"mountPath", kCheckpointMount},
+                                  {"subPath", checkpoint_dir_name(job)}}};
+    container["env"].push_back({{"name", "LOADSTAR_CHECKPOINT_DIR"}, {"value", kCheckpointMount}});
+  }
   const std::string job_name = kube::NamespaceScope::unflat(job.metadata.name);
   const std::string bare = job_name.substr(job_name.rfind('/') + 1);
   json pod = {
@@ -83,6 +108,7 @@ json worker_pod(const WorkerLaunch& launch, const std::string& namespace_name,
         {"tolerations",
          {{{"key", kube::kToleratedGpuTaint}, {"operator", "Exists"}, {"effect", "NoSchedule"}}}},
         {"containers", {container}}}}};
+  if (!volumes.empty()) pod["spec"]["volumes"] = std::move(volumes);
   if (!job_uid.empty())
     pod["metadata"]["ownerReferences"] = {
         {{"apiVersion", fmt::format("{}/{}", api::kGroup, api::kVersion)},

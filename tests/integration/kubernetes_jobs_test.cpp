@@ -19,9 +19,10 @@ kind: Job
 metadata: {{name: pair}}
 spec:
   image: registry.example/trainer:1
-  command: [sh, -c, 'echo "$LOADSTAR_WORKER_INDEX $LOADSTAR_LEADER_ADDRESS $POD_IP $CUDA_VISIBLE_DEVICES" > {}/w$LOADSTAR_WORKER_INDEX']
+  command: [sh, -c, 'echo "$LOADSTAR_WORKER_INDEX $LOADSTAR_LEADER_ADDRESS $POD_IP $CUDA_VISIBLE_DEVICES" > {}/w$LOADSTAR_WORKER_INDEX; echo "step 7" > $LOADSTAR_CHECKPOINT_DIR/w$LOADSTAR_WORKER_INDEX']
   workers: 2
   resources: {{gpu: {{count: 1}}}}
+  checkpoint: {{hostPath: /var/lib/checkpoints}}
 ---
 apiVersion: loadstar.dev/v1alpha1
 kind: Job
@@ -56,6 +57,10 @@ spec:
   EXPECT_EQ(leader1, ip0);
   EXPECT_NE(ip1, ip0);
   EXPECT_NE(cards0, cards1);  // one card each
+  // Their checkpoints on the node's directory, in the job's own.
+  const fs::path checkpoints = root_ / (ns_ + "-n1") / "var/lib/checkpoints/pair";
+  EXPECT_EQ(read_text(checkpoints / "w0"), "step 7\n");
+  EXPECT_EQ(read_text(checkpoints / "w1"), "step 7\n");
 
   ASSERT_TRUE(eventually([&] { return phase("broken") == "Failed"; }, 60))
       << get_json("lsjob broken").dump();

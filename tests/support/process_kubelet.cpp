@@ -194,7 +194,7 @@ class Kubelet {
 
   std::optional<loadstar::Subprocess> start(Pod& pod, Container& c) {
     const json& spec = c.spec;
-    const auto env = environment(pod, spec);
+    auto env = environment(pod, spec);
     std::vector<std::string> argv;
     for (const auto& part :
          {spec.value("command", json::array()), spec.value("args", json::array())})
@@ -210,16 +210,22 @@ class Kubelet {
         }
     for (const auto& c : args_.commands)
       if (c.starts_with(argv[0] + "=")) argv[0] = c.substr(argv[0].size() + 1);
-    // Mounts: paths under a mountPath are rewritten onto the hostPath, also
-    // after a NAME= prefix (vLLM's --lora-modules NAME=PATH).
+    // Mounts: paths under a mountPath are rewritten onto the hostPath (its
+    // subPath made, as a kubelet makes it), in the arguments — also after a
+    // NAME= prefix (vLLM's --lora-modules NAME=PATH) — and in env values.
     const json volumes = pod.object["spec"].value("volumes", json::array());
     for (const auto& m : spec.value("volumeMounts", json::array())) {
       const std::string mount = m.value("mountPath", "");
       for (const auto& v : volumes) {
         if (v.value("name", "") != m.value("name", "") || !v.contains("hostPath")) continue;
-        const std::string host = args_.host_root + v["hostPath"].value("path", "");
+        std::string host = args_.host_root + v["hostPath"].value("path", "");
+        if (const std::string sub = m.value("subPath", ""); !sub.empty()) host += "/" + sub;
         std::error_code ec;
         fs::create_directories(host, ec);
+        for (auto& [k, value] : env)
+          if (value.compare(0, mount.size(), mount) == 0 &&
+              (value.size() == mount.size() || value[mount.size()] == '/'))
+            value = host + value.substr(mount.size());
         for (auto& a : argv) {
           const size_t eq = a.find('=');
           const size_t at =

@@ -710,6 +710,34 @@ TEST(JobSpec, ASpecThatIsNotAMapIsAnErrorNotAnException) {
   }
 }
 
+TEST(JobSpec, ACheckpointVolumeIsAClaimOrAnAbsoluteNodeDirectoryAndRoundTrips) {
+  auto decode = [](const std::string& checkpoint) {
+    return decode_resources(
+        "apiVersion: loadstar.dev/v1alpha1\nkind: Job\nmetadata: {name: t}\n"
+        "spec:\n  command: [train]\n  checkpoint: " +
+            checkpoint + "\n",
+        "ck.yaml");
+  };
+  auto claim = decode("{claimName: ckpt}");
+  ASSERT_TRUE(claim.ok()) << claim.error().message;
+  EXPECT_EQ(std::get<Job>(claim->front()).spec.checkpoint_claim, "ckpt");
+  auto again = decode_resources(encode_resource(claim->front()), "again.yaml");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(std::get<Job>(again->front()).spec.checkpoint_claim, "ckpt");
+  auto host = decode("{hostPath: /var/lib/ckpt}");
+  ASSERT_TRUE(host.ok()) << host.error().message;
+  EXPECT_EQ(std::get<Job>(host->front()).spec.checkpoint_host_path, "/var/lib/ckpt");
+  for (const auto& [bad, says] : std::vector<std::pair<std::string, std::string>>{
+           {"{}", "spec.checkpoint: one of claimName or hostPath"},
+           {"{claimName: a, hostPath: /b}", "spec.checkpoint: one of claimName or hostPath"},
+           {"{hostPath: relative}", "spec.checkpoint.hostPath: must be an absolute path"},
+           {"{claimNme: a}", "did you mean 'claimName'?"}}) {
+    auto r = decode(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().message;
+  }
+}
+
 TEST(Schema, CrdsHoldExactlyTheFieldsTheDecoderReads) {
   ASSERT_EQ(kind_schemas().size(), 6u);  // every kind but Node
   for (const KindSchema& kind : kind_schemas()) {

@@ -345,3 +345,41 @@ TEST_F(JobsTest, AJobPastItsActiveDeadlineFails) {
 
 }  // namespace
 }  // namespace loadstar::controller
+
+#include "controller/pod_workers.h"
+
+namespace loadstar::controller {
+namespace {
+
+// A worker Pod's checkpoint volume: the claim (or node directory) mounted
+// with the job's own directory as its subPath, which
+// $LOADSTAR_CHECKPOINT_DIR names; without one, no volume at all.
+TEST(WorkerPod, ItsCheckpointsGoToTheJobsDirectoryOnItsClaim) {
+  api::Job job;
+  job.metadata.name = "team/train";
+  job.spec.command = {"train"};
+  job.spec.image = "trainer:1";
+  job.spec.checkpoint_claim = "ckpt";
+  WorkerLaunch launch;
+  launch.worker = "team/train-worker-0";
+  launch.job = &job;
+  launch.node = "n1";
+  launch.shares = {{0, 1000, 0}};
+  const kube::json pod = worker_pod(launch, "team", "uid", "", {});
+  EXPECT_EQ(pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "ckpt");
+  const kube::json& c = pod["spec"]["containers"][0];
+  EXPECT_EQ(c["volumeMounts"][0]["mountPath"], "/var/lib/loadstar/checkpoint");
+  EXPECT_EQ(c["volumeMounts"][0]["subPath"], "team_train");
+  std::string dir;
+  for (const auto& e : c["env"])
+    if (e["name"] == "LOADSTAR_CHECKPOINT_DIR") dir = e.value("value", "");
+  EXPECT_EQ(dir, "/var/lib/loadstar/checkpoint");
+  // Its cards recorded for a controller that takes it over.
+  EXPECT_EQ(pod["metadata"]["annotations"]["loadstar.dev/shares"],
+            R"([{"device":0,"migSlices":0,"milli":1000}])");
+  job.spec.checkpoint_claim.clear();
+  EXPECT_FALSE(worker_pod(launch, "team", "uid", "", {})["spec"].contains("volumes"));
+}
+
+}  // namespace
+}  // namespace loadstar::controller
