@@ -115,6 +115,35 @@ spec:
   EXPECT_EQ(routes["items"][0]["spec"]["backends"][0]["weight"], 3) << routes.dump();
   ASSERT_EQ(run_loadstar({"get", "replicas", "-o", "json", "--admin-port", port}, &out), 0);
   EXPECT_TRUE(json::parse(out.substr(out.find('{')), nullptr, false).contains("items")) << out;
+
+  // --watch: the table again when it changes (a route's weight), not before.
+  const fs::path watched = scratch_dir() / "watch.out";
+  ProcessOptions w;
+  w.argv = {LOADSTAR_BIN, "get", "routes", "--watch", "--admin-port", port};
+  w.output_path = watched.string();
+  auto watch = Subprocess::start(w);
+  ASSERT_TRUE(watch.ok()) << watch.error().message;
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  const fs::path file = scratch_dir() / "route.yaml";
+  std::ofstream(file) << R"(apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {name: partner}
+spec:
+  backends: [{service: chat, weight: 5}]
+)";
+  ASSERT_EQ(run_loadstar({"apply", "-f", file.string(), "--admin-port", port}, &out), 0) << out;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  std::string seen;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (seen = read_file(watched)).find("chat (5, 0)") == std::string::npos)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  watch->stop(std::chrono::milliseconds(1000));
+  EXPECT_NE(seen.find("chat (5, 0)"), std::string::npos) << seen;
+  size_t tables = 0;
+  for (size_t at = seen.find("BACKENDS"); at != std::string::npos;
+       at = seen.find("BACKENDS", at + 1))
+    ++tables;
+  EXPECT_EQ(tables, 2u) << seen;  // the first, and the changed one: none while nothing changed
 }
 
 TEST(Up, ServesTheOpenAiApiThroughTheGateway) {
