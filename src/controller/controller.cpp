@@ -549,6 +549,16 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   placement_.render(text);
   if (jobs_) jobs_->render(text);
   cold_starts_.render(text);
+  std::map<std::pair<std::string, std::string>, int> states;
+  for (const auto& [name, r] : replicas_) ++states[{r->service, replica_state_name(r->state)}];
+  auto& replica_gauge = text.gauge("loadstar_replicas", "Replicas by service and state");
+  for (const auto& [key, n] : states)
+    replica_gauge.add(n, {{"service", key.first}, {"state", key.second}});
+  auto& failures =
+      text.counter("loadstar_replica_failures_total",
+                   "Engines that ended on their own: StartFailed before Ready, EngineExited after");
+  for (const auto& [key, n] : replica_failures_)
+    failures.add(static_cast<double>(n), {{"service", key.first}, {"reason", key.second}});
   text.counter("loadstar_controller_passes_total", "Reconcile passes").add(passes_);
   text.counter("loadstar_controller_pass_seconds_total", "Wall time spent in reconcile passes")
       .add(pass_seconds_sum_);

@@ -280,6 +280,9 @@ class Controller {
   // told "Ready" finds it in the gateways' table.
   uint64_t published_pass_ = 0;
   double pass_seconds_sum_ = 0, pass_seconds_max_ = 0;
+  // Engines that ended on their own, by service and why (StartFailed before
+  // Ready, EngineExited after): loadstar_replica_failures_total.
+  std::map<std::pair<std::string, std::string>, uint64_t> replica_failures_;
   double last_pass_overhead_s_ = 0;  // the last pass's wall time outside launches
   std::thread thread_;
 };

@@ -107,8 +107,9 @@ void Controller::observe(Replica& r) {
                  options_.restart_backoff_s * static_cast<double>(1u << std::min(r.restarts, 10u)));
     r.message = fmt::format("{}; restarting in {:.0f}s", st.message, backoff);
     spdlog::warn("replica {}: {}", r.name, r.message);
-    events_.warning(r.service, r.state == ReplicaState::kReady ? "EngineExited" : "StartFailed",
-                    fmt::format("replica {}: {}", r.name, st.message));
+    const char* reason = r.state == ReplicaState::kReady ? "EngineExited" : "StartFailed";
+    events_.warning(r.service, reason, fmt::format("replica {}: {}", r.name, st.message));
+    ++replica_failures_[{r.service, reason}];
     r.host.clear();
     r.port = 0;
     r.state = ReplicaState::kFailed;

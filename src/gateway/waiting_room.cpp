@@ -145,7 +145,8 @@ std::map<std::string, int64_t> WaitingRoom::queued() const {
 
 std::string WaitingRoom::metrics() const {
   std::lock_guard lock(mu_);
-  if (lines_.empty()) return {};
+  // The families even before any service saturated: dashboards and alerts
+  // find them (no samples yet).
   std::string out =
       "# HELP loadstar_gateway_queued_requests Requests waiting in the gateway for a saturated "
       "service's replicas to have room.\n"
