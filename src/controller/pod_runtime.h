@@ -111,7 +111,7 @@ class PodRuntime : public EngineRuntime {
   PodRuntimeOptions options_;
   const kube::NamespaceScope& scope_;
   std::unique_ptr<kube::ScopedInformer> pods_;
-  PodGroups groups_;  // multi-node replicas' other pods
+  PodGroups groups_;                     // multi-node replicas' other pods
   std::set<std::string> token_secrets_;  // namespaces whose Secret is in place
   std::set<std::string> stopping_;       // deleted by us: their disappearance is no failure
   // Created, not yet seen by the informer.
