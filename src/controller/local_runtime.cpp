@@ -460,10 +460,13 @@ std::set<std::string, std::less<>> LocalRuntime::models_on(const std::string& /*
 
 void LocalRuntime::end_pass(const std::vector<std::string>& models_in_use) {
   // Engines that were told to stop are reaped (and killed after the grace).
+  // A group that one of its nodes ended is not: the controller still has to
+  // hear why (its next status), and that call kills it after the grace.
   for (auto it = engines_.begin(); it != engines_.end();) {
     const std::string name = it->first;
     ++it;
-    if (engines_.at(name).stop_sent) (void)status(name);
+    const Engine& e = engines_.at(name);
+    if (e.stop_sent && e.group_failure.empty()) (void)status(name);
   }
   if (!options_.agent) return;
   // The models running engines read are not evicted (and count as used now).
