@@ -35,6 +35,12 @@ void encode_autoscaling(YAML::Emitter& out, const AutoscalingSpec& a) {
   if (a.prefill_tokens_per_replica)
     out << YAML::Key << "prefillTokensPerReplica" << YAML::Value << *a.prefill_tokens_per_replica;
   out << YAML::EndMap;
+  if (a.slo_ttft_s) {
+    out << YAML::Key << "slo" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "ttft" << YAML::Value << fmt::format("{}s", *a.slo_ttft_s);
+    out << YAML::Key << "attainment" << YAML::Value << a.slo_attainment;
+    out << YAML::EndMap;
+  }
   out << YAML::Key << "stableWindow" << YAML::Value << fmt::format("{}s", a.stable_window_s);
   out << YAML::Key << "panicWindow" << YAML::Value << fmt::format("{}s", a.panic_window_s);
   out << YAML::Key << "panicThreshold" << YAML::Value << a.panic_threshold;

@@ -103,6 +103,10 @@ struct AutoscalingSpec {
   std::optional<double> ttft_p90_s;                  // the SLO
   std::optional<double> itl_p90_s;                   // inter-token latency SLO (a decode pool's)
   std::optional<double> prefill_tokens_per_replica;  // queued prefill work (a prefill pool's)
+  // slo: the TTFT to hold for a share of the requests; the in-flight
+  // requests a replica holds at it are learned (autoscaler/slo_capacity.h).
+  std::optional<double> slo_ttft_s;
+  double slo_attainment = 0.99;
   double stable_window_s = 60;
   double panic_window_s = 6;
   double panic_threshold = 2;

@@ -244,6 +244,8 @@ struct AutoscaleArgs {
   size_t requests = 0;  // 0: all
   double skip_s = 0, rate = 1, max_input = 32768, slo_ttft_s = 2;
   double cold_start_s = 1, period_s = 0.1;
+  uint32_t baselines = 0;  // the most static replicas searched; 0: no baselines
+  double goal = 0.99;
   std::string json_out, out;
 };
 
@@ -324,8 +326,30 @@ int run_autoscale(const AutoscaleArgs& a) {
     o.replicas = svc.spec.replicas;
     if (svc.spec.autoscaling) o.autoscaling = controller::autoscaler_spec(svc);
   }
+  // What the services are judged against, from the first one's replica.
+  std::optional<autoscaler::Baselines> base;
+  if (a.baselines) {
+    auto b = autoscaler::baselines(trace, runs[0], a.goal, a.baselines);
+    if (!b.ok()) return fail(1, b.error().message);
+    base = std::move(*b);
+    if (base->best_static)
+      fmt::print(
+          "hindsight-best static: {} replica(s), the fewest of 1-{} with {:g}% within the SLO: "
+          "{:.2f}% at {:.0f} GPU-s\n",
+          *base->best_static, a.baselines, a.goal * 100,
+          100 * base->best_static_report.slo_attainment, base->best_static_report.gpu_seconds);
+    else
+      fmt::print("hindsight-best static: none of 1-{} replicas meets {:g}% within the SLO\n",
+                 a.baselines, a.goal * 100);
+    fmt::print(
+        "clairvoyant bound: {:.0f} GPU-s (each 10 s window's busiest moment under {} static "
+        "replicas, one request per slot, ready at once)\n",
+        base->clairvoyant_gpu_seconds, a.baselines);
+  }
+  const bool vs_best = base && base->best_static;
   fmt::print("{:<16} {:>8} {:>9} {:>7} {:>5} {:>7} {:>5} {:>9} {:>8} {:>8}\n", "service", "SLO met",
-             "GPU-s", "vs 1st", "cold", "changes", "peak", "TTFT p50", "p90", "p99");
+             "GPU-s", vs_best ? "vs best" : "vs 1st", "cold", "changes", "peak", "TTFT p50", "p90",
+             "p99");
   for (size_t i = 0; i < services.size(); ++i) {
     const api::InferenceService& svc = services[i];
     const autoscaler::SimOptions& o = runs[i];
@@ -333,7 +357,7 @@ int run_autoscale(const AutoscaleArgs& a) {
     if (!report.ok())
       return fail(1, fmt::format("service {}: {}", svc.metadata.name, report.error().message));
     const auto& r = *report;
-    if (!baseline) baseline = r.gpu_seconds;
+    if (!baseline) baseline = vs_best ? base->best_static_report.gpu_seconds : r.gpu_seconds;
     run_s = std::max(run_s, r.run_s);
     fmt::print(
         "{:<16} {:>7.2f}% {:>9.0f} {:>7.2f} {:>5} {:>7} {:>5} {:>8.3f}s {:>7.3f}s {:>7.3f}s\n",
@@ -343,23 +367,30 @@ int run_autoscale(const AutoscaleArgs& a) {
     if (r.rejected || r.cut_off)
       fmt::print("  {} request(s) refused by the engine, {} cut off by a drain timeout\n",
                  r.rejected, r.cut_off);
-    json_lines += nlohmann::json{{"label", svc.metadata.name},
-                                 {"requests", r.requests},
-                                 {"slo_ttft_s", a.slo_ttft_s},
-                                 {"slo_attainment", r.slo_attainment},
-                                 {"gpu_seconds", r.gpu_seconds},
-                                 {"cold_starts", r.cold_starts},
-                                 {"scale_changes", r.scale_changes},
-                                 {"peak_replicas", r.peak_replicas},
-                                 {"held", r.held},
-                                 {"rejected", r.rejected},
-                                 {"cut_off", r.cut_off},
-                                 {"ttft_p50_s", r.ttft_p50_s},
-                                 {"ttft_p90_s", r.ttft_p90_s},
-                                 {"ttft_p99_s", r.ttft_p99_s},
-                                 {"run_s", r.run_s}}
-                      .dump() +
-                  "\n";
+    nlohmann::json doc{{"label", svc.metadata.name},
+                       {"requests", r.requests},
+                       {"slo_ttft_s", a.slo_ttft_s},
+                       {"slo_attainment", r.slo_attainment},
+                       {"gpu_seconds", r.gpu_seconds},
+                       {"cold_starts", r.cold_starts},
+                       {"scale_changes", r.scale_changes},
+                       {"peak_replicas", r.peak_replicas},
+                       {"held", r.held},
+                       {"rejected", r.rejected},
+                       {"cut_off", r.cut_off},
+                       {"ttft_p50_s", r.ttft_p50_s},
+                       {"ttft_p90_s", r.ttft_p90_s},
+                       {"ttft_p99_s", r.ttft_p99_s},
+                       {"run_s", r.run_s}};
+    if (base) {
+      doc["clairvoyant_gpu_seconds"] = base->clairvoyant_gpu_seconds;
+      if (base->best_static) {
+        doc["best_static_replicas"] = *base->best_static;
+        doc["best_static_gpu_seconds"] = base->best_static_report.gpu_seconds;
+        doc["best_static_slo_attainment"] = base->best_static_report.slo_attainment;
+      }
+    }
+    json_lines += doc.dump() + "\n";
     SvgChart::Series line{svc.metadata.name, {}, false};
     for (const auto& p : r.timeline) {
       csv += fmt::format("{},{:.1f},{},{},{}\n", svc.metadata.name, p.at_s, p.replicas, p.ready,
@@ -497,6 +528,16 @@ std::function<int()> setup_sim(CLI::App& app) {
   autoscale
       ->add_option("--period", autoscale_args->period_s,
                    "Between controller passes (wall seconds of the modelled run)")
+      ->capture_default_str();
+  autoscale
+      ->add_option("--baselines", autoscale_args->baselines,
+                   "Also find the hindsight-best static count (1 to N replicas of the first "
+                   "service's engine) and the clairvoyant bound")
+      ->capture_default_str();
+  autoscale
+      ->add_option("--goal", autoscale_args->goal,
+                   "Share of requests within the SLO a static count must meet")
+      ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
   autoscale->add_option("--json", autoscale_args->json_out, "Write one JSON line per service");
   autoscale->add_option("-o,--out", autoscale_args->out,

@@ -37,9 +37,17 @@ std::optional<double> histogram_quantile(double q, const double* bounds, const u
 }
 
 Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
-  if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
-      !spec_.ttft_p90_slo_s && !spec_.itl_p90_slo_s && !spec_.prefill_tokens_per_replica)
+  if (spec_.slo_ttft_s) {
+    SloCapacityOptions o;
+    o.slo_s = *spec_.slo_ttft_s;
+    o.attainment = spec_.slo_attainment;
+    o.initial = spec_.in_flight_per_replica.value_or(o.initial);
+    o.lead_time_s = spec_.lead_time_s;
+    slo_.emplace(o);
+  } else if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
+             !spec_.ttft_p90_slo_s && !spec_.itl_p90_slo_s && !spec_.prefill_tokens_per_replica) {
     spec_.in_flight_per_replica = 8;
+  }
 }
 
 void Autoscaler::observe(const Sample& s) {
@@ -48,7 +56,25 @@ void Autoscaler::observe(const Sample& s) {
   if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
     last_activity_ = s.now;
   last_requests_ = s.requests_total;
-  if (samples_.empty() || samples_.back().ready != s.ready) serving_since_ = s.now;
+  const bool same_set = !samples_.empty() && samples_.back().ready == s.ready;
+  if (!same_set) serving_since_ = s.now;
+  if (slo_) {
+    slo_->arrivals(s.now, s.requests_total, spec_.stable_window_s);
+    // Settled: the serving set unchanged for twice the SLO. Sooner, the
+    // answers counted (of requests that arrived since the change) are only
+    // the fast ones: the slow ones are still coming.
+    const bool settled = same_set && s.now - serving_since_ >= 2 * *spec_.slo_ttft_s;
+    slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, s.in_flight, s.ready, settled);
+  }
+  if (slo_) {
+    const double arrived =
+        samples_.empty() || s.requests_total < samples_.back().requests_total
+            ? 0
+            : static_cast<double>(s.requests_total - samples_.back().requests_total);
+    held_loads_.emplace_back(s.now, LoadSample{s.in_flight, arrived});
+    while (held_loads_.front().first < s.now - kHoldWindows * spec_.stable_window_s)
+      held_loads_.pop_front();
+  }
   samples_.push_back(s);
   while (samples_.size() > 1 && samples_.front().now < s.now - spec_.stable_window_s)
     samples_.pop_front();
@@ -68,6 +94,14 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
       {spec_.ttft_bounds, &Sample::ttft_counts, w.ttft, spec_.ttft_min_answers},
       {spec_.itl_bounds, &Sample::itl_counts, w.itl, spec_.itl_min_answers}};
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
+    if (slo_) {
+      const auto before = std::next(it);
+      const double arrived =
+          before == samples_.rend() || it->requests_total < before->requests_total
+              ? 0
+              : static_cast<double>(it->requests_total - before->requests_total);
+      w.loads.push_back({it->in_flight, arrived});
+    }
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
     w.adapters += it->adapters;
@@ -107,7 +141,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   return w;
 }
 
-uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& signal,
+uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, std::string& signal,
                                double& value, std::string& reason) const {
   uint32_t best = 0;
   auto vote = [&](uint32_t n, const char* name, double v, std::string why) {
@@ -125,7 +159,32 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, std::string& s
     if (current > 0 && std::abs(want / current - 1) <= spec_.tolerance) return current;
     return ceil_count(want);
   };
-  if (spec_.in_flight_per_replica) {
+  if (slo_) {
+    std::vector<LoadSample> loads = w.loads;
+    for (LoadSample& l : loads) l.in_flight *= trend;
+    const uint32_t most = std::max<uint32_t>(1, spec_.max_replicas);
+    SloCapacity::Count c = slo_->replicas_for(loads, most);
+    // The stable window's count also covers the load of the last few
+    // windows (its bursts come back), so a lull does not shed the replicas
+    // the next burst needs.
+    if (w.stable) {
+      std::vector<LoadSample> held;
+      held.reserve(held_loads_.size());
+      for (const auto& [t, l] : held_loads_) held.push_back(l);
+      const SloCapacity::Count longer = slo_->replicas_for(held, most);
+      if (longer.replicas > c.replicas) c = longer;
+    }
+    const std::string load =
+        fmt::format("in-flight requests {:.1f}{}", w.in_flight * trend,
+                    trend != 1 ? fmt::format(" (x{:.2f} arrival trend)", trend) : "");
+    vote(c.replicas, "slo", w.in_flight * trend,
+         c.learned ? fmt::format("{}: {} replica(s) expect {:.2f}% of first tokens over {:g}s "
+                                 "(allowed {:.2f}%; learned from {} answers) -> {}",
+                                 load, c.replicas, c.expected_misses * 100, *spec_.slo_ttft_s,
+                                 c.allowed * 100, slo_->answers(), c.replicas)
+                   : fmt::format("{} at {:g}/replica until the miss curve is learned -> {}", load,
+                                 spec_.in_flight_per_replica.value_or(4), c.replicas));
+  } else if (spec_.in_flight_per_replica) {
     const uint32_t n = count(w.in_flight, *spec_.in_flight_per_replica);
     vote(n, "inFlight", w.in_flight,
          fmt::format("in-flight requests {:.1f} at target {:g}/replica -> {}", w.in_flight,
@@ -206,10 +265,14 @@ Decision Autoscaler::decide(double now, uint32_t current) {
     return d;
   }
   Decision stable, panic;
-  stable.desired = recommend(average(now, spec_.stable_window_s), current, stable.signal,
+  // The arrival trend projects the stable window's load; the panic window
+  // is recent enough.
+  Window stable_window = average(now, spec_.stable_window_s);
+  stable_window.stable = true;
+  stable.desired = recommend(stable_window, current, slo_ ? slo_->trend() : 1, stable.signal,
                              stable.value, stable.reason);
-  panic.desired = recommend(average(now, spec_.panic_window_s), current, panic.signal, panic.value,
-                            panic.reason);
+  panic.desired = recommend(average(now, spec_.panic_window_s), current, 1, panic.signal,
+                            panic.value, panic.reason);
   if (panic.desired > current &&
       panic.desired >= spec_.panic_threshold * std::max<uint32_t>(current, 1))
     panic_until_ = now + spec_.stable_window_s;
@@ -245,6 +308,23 @@ Decision Autoscaler::decide(double now, uint32_t current) {
       d.desired = std::min(highest, current);
       d.reason += fmt::format("; holding {} for scale-down stabilization ({:g}s)", d.desired,
                               spec_.scale_down_stabilization_s);
+    }
+  }
+  // With an SLO the curve is learned where the service has been, so the
+  // count comes down in steps (a tenth of it, at least one) each seen for a
+  // quarter of the stable window before the next.
+  if (slo_ && d.desired < current && d.desired > 0) {
+    const uint32_t step = std::max<uint32_t>(1, current / 10);
+    const uint32_t floor = current > step ? current - step : 0;
+    if (last_step_down_ && now - *last_step_down_ < spec_.stable_window_s / 4) {
+      d.desired = current;
+      d.reason += "; the last step down is still being seen";
+    } else {
+      if (d.desired < floor) {
+        d.desired = floor;
+        d.reason += fmt::format("; down by {} at a time", step);
+      }
+      last_step_down_ = now;
     }
   }
   // Zero and back.

@@ -25,6 +25,15 @@
 // service scales to zero only after `idle_window_s` with no request, no request
 // in flight and none held (counted from the first sample for a new service); a
 // held request brings it back at once.
+//
+// With an SLO (Spec::slo_ttft_s) the in-flight target is not set by hand:
+// a curve of the share of first tokens over the SLO against in-flight
+// requests per replica is learned from the service's own answers, and the
+// count is the fewest replicas that keep the expected share within the goal
+// for the window's load (slo_capacity.h), projected along the arrival trend
+// for the stable window. The stable window's count also covers the load of
+// the last five stable windows, so a lull does not shed the replicas the
+// next burst needs.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +41,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "autoscaler/slo_capacity.h"
 
 namespace loadstar::autoscaler {
 
@@ -56,6 +67,14 @@ struct Spec {
   // for one to drain). Not a target of its own: the default in-flight
   // target still applies when nothing else is set.
   std::optional<double> adapters_per_replica;
+  // A TTFT SLO to hold for `slo_attainment` of the requests. Set, the count
+  // is sized by a miss curve learned from the answers against it
+  // (slo_capacity.h; in_flight_per_replica, when set, sizes it only until
+  // the curve is learned) for the window's in-flight load projected along
+  // the arrival trend over `lead_time_s`.
+  std::optional<double> slo_ttft_s;
+  double slo_attainment = 0.99;
+  double lead_time_s = 30;  // a replica's creation to serving
   double stable_window_s = 60;
   double panic_window_s = 6;
   double panic_threshold = 2;
@@ -102,8 +121,8 @@ struct Decision {
   // the next replica's weights are staged before it is needed.
   uint32_t stage_ahead = 0;
   bool panic = false;
-  std::string signal;  // which one decided: waiting, inFlight, kvCache, prefillTokens, ttft, itl,
-                       // idle, held, bounds, none
+  std::string signal;  // which one decided: waiting, inFlight, slo, kvCache, prefillTokens, ttft,
+                       // itl, idle, held, bounds, none
   double value = 0;    // its value (average over the window used)
   std::string reason;  // e.g. "inFlight 24.0 over 60s at target 8/replica -> 3"
 };
@@ -125,6 +144,13 @@ class Autoscaler {
   Decision decide(double now, uint32_t current);
 
   const Spec& spec() const { return spec_; }
+  // How long a new replica takes to serve, as last measured: how far ahead
+  // the arrival trend is projected.
+  void set_lead_time(double seconds) {
+    if (slo_) slo_->set_lead_time(seconds);
+  }
+  // The learned capacity (with an SLO; see slo_capacity.h).
+  const SloCapacity* slo() const { return slo_ ? &*slo_ : nullptr; }
 
  private:
   // The p90 of a latency histogram's answers in a window, on the current
@@ -138,11 +164,15 @@ class Autoscaler {
     double prefill_tokens = 0;
     Latency ttft, itl;
     int samples = 0;
+    std::vector<LoadSample> loads;  // each sample's in flight and arrivals (with an SLO)
+    bool stable = false;            // the stable window's (not the panic window's)
   };
   Window average(double now, double window) const;
-  // The count each target asks for; the largest wins.
-  uint32_t recommend(const Window& w, uint32_t current, std::string& signal, double& value,
-                     std::string& reason) const;
+  // The count each target asks for; the largest wins. `trend` scales the
+  // in-flight load the learned capacity sizes for (the stable window's
+  // projection; 1 for the panic window's).
+  uint32_t recommend(const Window& w, uint32_t current, double trend, std::string& signal,
+                     double& value, std::string& reason) const;
 
   Spec spec_;
   std::deque<Sample> samples_;  // the stable window's
@@ -155,6 +185,12 @@ class Autoscaler {
   double serving_since_ = 0;  // when the ready count last changed: TTFT evidence starts there
   uint64_t last_requests_ = 0;
   std::optional<double> last_activity_;
+  std::optional<SloCapacity> slo_;
+  // With an SLO: the load samples of the last kHoldWindows stable windows,
+  // which the stable count covers too.
+  static constexpr double kHoldWindows = 5;
+  std::deque<std::pair<double, LoadSample>> held_loads_;
+  std::optional<double> last_step_down_;
 };
 
 }  // namespace loadstar::autoscaler

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <deque>
 #include <limits>
+#include <map>
 #include <memory>
 #include <unordered_map>
 
@@ -121,6 +122,8 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
     spec.scale_down_stabilization_s *= scale;
     spec.idle_window_s *= scale;
     if (spec.ttft_p90_slo_s) *spec.ttft_p90_slo_s *= scale;
+    if (spec.slo_ttft_s) *spec.slo_ttft_s *= scale;
+    spec.lead_time_s = o.cold_start_s * scale;  // the modelled start
     for (double& b : spec.ttft_bounds) b *= scale;
     autoscaler.emplace(std::move(spec));
   }
@@ -332,6 +335,45 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
   report.ttft_p90_s = percentile(ttfts, 0.9);
   report.ttft_p99_s = percentile(ttfts, 0.99);
   return report;
+}
+
+Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
+                            double attainment, uint32_t max_replicas, double window_s) {
+  if (max_replicas == 0 || !(window_s > 0))
+    return make_error(ErrorCode::kInvalidArgument, "max replicas and the window must be above 0");
+  options.autoscaling.reset();
+  auto run = [&](uint32_t n) {
+    options.replicas = n;
+    return simulate(trace, options);
+  };
+  Baselines out;
+  LS_ASSIGN_OR_RETURN(SimReport peak, run(max_replicas));
+  // The clairvoyant bound from the busiest moment of each window.
+  const double slots = options.engine.max_num_seqs;
+  std::map<int64_t, uint32_t> busiest;
+  for (const SimSample& p : peak.timeline) {
+    uint32_t& b = busiest[static_cast<int64_t>(p.at_s / window_s)];
+    b = std::max(b, p.in_flight);
+  }
+  for (const auto& [w, in_flight] : busiest)
+    out.clairvoyant_gpu_seconds += std::ceil(in_flight / slots) * window_s;
+  if (peak.slo_attainment < attainment) return out;
+  // Attainment grows with the count: the fewest that meet the goal.
+  uint32_t lo = 1, hi = max_replicas;
+  SimReport best = std::move(peak);
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    LS_ASSIGN_OR_RETURN(SimReport r, run(mid));
+    if (r.slo_attainment >= attainment) {
+      hi = mid;
+      best = std::move(r);
+    } else {
+      lo = mid + 1;
+    }
+  }
+  out.best_static = hi;
+  out.best_static_report = std::move(best);
+  return out;
 }
 
 }  // namespace loadstar::autoscaler

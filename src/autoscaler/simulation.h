@@ -78,4 +78,21 @@ struct SimReport {
 // Replays `trace` (arrivals in model seconds) against the service.
 Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOptions& options);
 
+// What an autoscaler is judged against on a trace, from static runs of the
+// same replica (`options`' engine, cold start and SLO; its autoscaling is
+// ignored): the fewest static replicas, 1 to `max_replicas`, that answer
+// `attainment` of the requests within the SLO (chosen in hindsight: the
+// best a user who knew the trace could deploy), and the clairvoyant bound —
+// under a static `max_replicas`, the replicas each `window_s` needs for its
+// busiest moment's requests in flight at one per slot (max_num_seqs),
+// ready at once: no policy that serves every request without queueing pays
+// less.
+struct Baselines {
+  std::optional<uint32_t> best_static;  // none: even max_replicas misses the goal
+  SimReport best_static_report;
+  double clairvoyant_gpu_seconds = 0;
+};
+Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
+                            double attainment, uint32_t max_replicas, double window_s = 10);
+
 }  // namespace loadstar::autoscaler

@@ -234,6 +234,7 @@ ServiceLoad Controller::service_load(const std::string& service) const {
     adapters.insert(r->adapters.begin(), r->adapters.end());
     if (r->state != ReplicaState::kReady) continue;
     ++load.ready;
+    if (r->start_s) load.cold_start_s = std::max(load.cold_start_s.value_or(0), *r->start_s);
     load.waiting += r->waiting;
     load.kv_usage_sum += r->kv_usage;
   }

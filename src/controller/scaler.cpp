@@ -22,6 +22,8 @@ autoscaler::Spec autoscaler_spec(const api::InferenceService& svc) {
   spec.ttft_p90_slo_s = as.ttft_p90_s;
   spec.itl_p90_slo_s = as.itl_p90_s;
   spec.prefill_tokens_per_replica = as.prefill_tokens_per_replica;
+  spec.slo_ttft_s = as.slo_ttft_s;
+  spec.slo_attainment = as.slo_attainment;
   if (svc.spec.lora) spec.adapters_per_replica = svc.spec.lora->max_loras;
   spec.stable_window_s = as.stable_window_s;
   spec.panic_window_s = as.panic_window_s;
@@ -82,6 +84,7 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
   sample.held = load.held ? 1 : 0;
+  if (load.cold_start_s) st.autoscaler->set_lead_time(*load.cold_start_s);
   st.autoscaler->observe(sample);
   autoscaler::Decision d = st.autoscaler->decide(sample.now, current);
   if (d.desired != current)

@@ -39,6 +39,7 @@ struct ServiceLoad {
   double kv_usage_sum = 0;    // over ready replicas
   double adapters = 0;        // distinct LoRA adapters running or waiting, over its replicas
   bool held = false;          // a request waits at a gateway for a replica
+  std::optional<double> cold_start_s;  // the slowest ready replica's launch to ready
 };
 
 class ServiceScaler {

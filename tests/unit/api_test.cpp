@@ -472,6 +472,7 @@ spec:
   autoscaling:
     maxReplicas: 8
     targets: {waitingPerReplica: 4, kvCacheUsage: 0.8, ttftP90: 500ms}
+    slo: {ttft: 2s, attainment: 0.995}
     stableWindow: 2m
     panicWindow: 10s
     scaleDownStabilization: 5m
@@ -488,6 +489,8 @@ spec:
   EXPECT_FALSE(a.in_flight_per_replica);
   EXPECT_EQ(a.stable_window_s, 120);
   EXPECT_EQ(a.scale_down_stabilization_s, 300);
+  EXPECT_DOUBLE_EQ(*a.slo_ttft_s, 2);
+  EXPECT_DOUBLE_EQ(a.slo_attainment, 0.995);
   auto again = decode_resources(encode_resource((*ok)[0]), "encoded");
   ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_EQ(std::get<InferenceService>((*again)[0]).spec.autoscaling, svc.spec.autoscaling);
@@ -501,6 +504,7 @@ spec:
   autoscaling:
     maxReplicas: 2
     targets: {kvCacheUsage: 1.5, queue: 3}
+    slo: {attainment: 1.2}
     panicWindow: 2m
 )",
                               "bad.yaml");
@@ -510,7 +514,8 @@ spec:
        {"bad.yaml:8:18: InferenceService 'chat': spec.autoscaling.maxReplicas: 2 is less than "
         "spec.replicas (4)",
         "spec.autoscaling.targets.kvCacheUsage: must be a number from 0.01 to 1",
-        "spec.autoscaling.targets.queue: unknown field",
+        "spec.autoscaling.targets.queue: unknown field", "spec.autoscaling.slo.ttft: required",
+        "spec.autoscaling.slo.attainment: must be a number from 0.5 to 0.9999",
         "spec.autoscaling.panicWindow: must not be longer than stableWindow"})
     EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
 }

@@ -120,6 +120,30 @@ TEST(AutoscaleSim, AStepScalesOutAndStabilizationBringsItBack) {
     }
 }
 
+// Arrivals every `gap` seconds for `seconds`, `prompt` and `output` tokens each.
+std::vector<TraceRequest> steady(double gap, double seconds, uint32_t prompt, uint32_t output) {
+  std::vector<TraceRequest> trace;
+  for (double t = 0; t < seconds; t += gap) trace.push_back({t, prompt, output});
+  return trace;
+}
+
+TEST(AutoscaleSim, BaselinesAreTheFewestStaticReplicasThatMeetTheGoalAndAFloorUnderThem) {
+  SimOptions o;
+  o.engine.max_num_seqs = 4;
+  const std::vector<TraceRequest> trace = steady(0.25, 300, 100, 300);
+  auto b = baselines(trace, o, 0.99, 12);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  ASSERT_TRUE(b->best_static);
+  EXPECT_GE(b->best_static_report.slo_attainment, 0.99);
+  o.replicas = *b->best_static - 1;
+  auto fewer = simulate(trace, o);
+  ASSERT_TRUE(fewer.ok());
+  EXPECT_LT(fewer->slo_attainment, 0.99);  // one fewer misses the goal
+  EXPECT_GT(b->clairvoyant_gpu_seconds, 0);
+  EXPECT_LE(b->clairvoyant_gpu_seconds, 12 * b->best_static_report.run_s + 10);
+  EXPECT_FALSE(baselines(trace, o, 0.99, 0).ok());
+}
+
 TEST(AutoscaleSim, RejectsNonsenseOptions) {
   SimOptions o;
   o.time_scale = 0;

@@ -391,5 +391,83 @@ TEST(Autoscaler, ScaleUpRateIsBounded) {
   EXPECT_NE(d.reason.find("capped at 4 by the scale-up rate"), std::string::npos) << d.reason;
 }
 
+// With an SLO, against a plant whose truth is known: `per_replica` requests
+// in flight per ready replica answer 20 first tokens a second within the
+// SLO, and beyond it half of them miss (plus `floor` everywhere). The count
+// asked for becomes ready after `start_s` seconds.
+struct SloPlant {
+  double per_replica = 3;
+  double floor = 0;
+  int start_s = 5;
+};
+Run drive_slo(Autoscaler& a, const SloPlant& plant, int seconds,
+              const std::function<double(int)>& load, uint32_t start) {
+  Run run;
+  uint32_t current = start, ready = start;
+  int ready_at = 0;
+  uint64_t requests = 0;
+  for (int t = 0; t < seconds; ++t) {
+    if (t >= ready_at) ready = current;
+    Sample s;
+    s.now = t;
+    s.ready = ready;
+    s.in_flight = load(t);
+    requests += 20;
+    s.requests_total = requests;
+    const double share = std::min(
+        1.0,
+        plant.floor + (s.in_flight / std::max<uint32_t>(1, ready) > plant.per_replica ? 0.5 : 0));
+    const auto over = static_cast<uint64_t>(std::lround(20 * share));
+    s.ttft_counts = answers(a.spec(), 0.2, 20 - over);
+    s.ttft_counts.back() += over;  // over every bound
+    a.observe(s);
+    Decision d = a.decide(t, current);
+    if (d.desired > current) ready_at = t + plant.start_s;
+    if (d.desired < current) ready = std::min(ready, d.desired);
+    current = d.desired;
+    run.desired.push_back(current);
+    run.decisions.push_back(std::move(d));
+  }
+  return run;
+}
+
+Spec slo_spec(uint32_t max) {
+  Spec s;
+  s.min_replicas = 1;
+  s.max_replicas = max;
+  s.slo_ttft_s = 2;
+  s.ttft_bounds = {0.1, 0.25, 0.5, 1, 2, 5};
+  return s;
+}
+
+TEST(Autoscaler, WithAnSloItLearnsWhatAReplicaHoldsAndFollowsTheLoad) {
+  for (double per_replica : {1.5, 3.0, 6.0}) {  // three engines, one spec
+    Autoscaler a(slo_spec(64));
+    const auto run = drive_slo(
+        a, {.per_replica = per_replica}, 1200, [](int t) { return t < 600 ? 30.0 : 45.0; }, 4);
+    const auto want = [&](double load) {
+      return static_cast<uint32_t>(std::ceil(load / per_replica - 1e-9));
+    };
+    // Never fewer than the truth (the SLO holds), closing in on it from
+    // above as lighter loads prove safe: within 40% after ten minutes.
+    for (auto [t, load] : {std::pair{590, 30.0}, std::pair{1190, 45.0}}) {
+      EXPECT_GE(run.desired[t], want(load)) << per_replica << ": " << run.decisions[t].reason;
+      EXPECT_LE(run.desired[t], std::ceil(1.4 * want(load)))
+          << per_replica << ": " << run.decisions[t].reason;
+    }
+    EXPECT_EQ(run.decisions[1190].signal, "slo");
+    EXPECT_NE(run.decisions[1190].reason.find("learned from"), std::string::npos);
+  }
+}
+
+TEST(Autoscaler, WithAnSloMissesNoReplicaRemovesDoNotRunItToTheMaximum) {
+  Autoscaler a(slo_spec(64));
+  // 3% of the answers miss at any load (prompts too long for the SLO).
+  const auto run = drive_slo(
+      a, {.per_replica = 3, .floor = 0.03}, 900, [](int) { return 30.0; }, 4);
+  EXPECT_GE(run.desired.back(), 10u) << run.decisions.back().reason;
+  EXPECT_LE(run.desired.back(), 12u) << run.decisions.back().reason;
+}
+
 }  // namespace
 }  // namespace loadstar::autoscaler

@@ -1,0 +1,144 @@
+// The learned miss curve and arrival trend behind the SLO autoscaler
+// (autoscaler/slo_capacity.h), fed synthetic passes whose truth is known: a
+// replica that misses nothing up to a level and half its answers beyond it,
+// the same with misses no count removes, noise that is not monotone, and
+// arrival rates that ramp or only wobble.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "autoscaler/slo_capacity.h"
+
+namespace loadstar::autoscaler {
+namespace {
+
+const std::vector<double> kBounds = {0.5, 1, 2, 3, 5};
+
+// `n` answers of which `over` took longer than 2 s (3 s), the rest 0.5 s.
+std::vector<uint64_t> answers(uint64_t n, uint64_t over) {
+  std::vector<uint64_t> counts(kBounds.size() + 1, 0);
+  counts[0] = n - over;
+  counts[3] = over;  // (2, 3]
+  return counts;
+}
+
+// Teaches `c` passes at per-replica levels 0.5..6 on 4 replicas, each pass
+// 20 answers of which `share(level)` missed.
+void teach(SloCapacity& c, const std::function<double(double)>& share, int rounds = 10,
+           double from = 0.5) {
+  double now = 0;
+  for (int r = 0; r < rounds; ++r)
+    for (double level = from; level <= 6; level += 0.125) {
+      const auto over = static_cast<uint64_t>(std::lround(20 * share(level)));
+      c.learn(now += 1, kBounds, answers(20, over), 4 * level, 4, true);
+    }
+}
+
+std::vector<LoadSample> steady(double in_flight, int n = 60) {
+  return std::vector<LoadSample>(n, LoadSample{in_flight, 1});
+}
+
+TEST(SloCapacity, AnswersOverTheSloInterpolateWithinTheirBucket) {
+  const std::vector<uint64_t> counts = {10, 10, 10, 10, 10, 10};  // ..0.5 ..1 ..2 ..3 ..5 +Inf
+  EXPECT_DOUBLE_EQ(answers_over(2, kBounds, counts), 30);
+  EXPECT_DOUBLE_EQ(answers_over(1.5, kBounds, counts), 35);  // half of (1, 2]
+  EXPECT_DOUBLE_EQ(answers_over(10, kBounds, counts), 10);   // only +Inf
+}
+
+TEST(SloCapacity, SizesForTheLevelWhereMissesBeginAndFollowsTheLoad) {
+  SloCapacity c({.slo_s = 2, .attainment = 0.99});
+  // Before it has learned anything: the first guess, 4 per replica.
+  EXPECT_EQ(c.replicas_for(steady(30), 100).replicas, 8u);
+  EXPECT_FALSE(c.replicas_for(steady(30), 100).learned);
+  teach(c, [](double level) { return level <= 3 ? 0.0 : 0.5; });
+  const SloCapacity::Count at30 = c.replicas_for(steady(30), 100);
+  EXPECT_TRUE(at30.learned);
+  EXPECT_EQ(at30.replicas, 10u);  // 3 per replica, no more
+  EXPECT_LE(at30.expected_misses, at30.allowed);
+  EXPECT_EQ(c.replicas_for(steady(60), 100).replicas, 20u);
+  EXPECT_EQ(c.replicas_for(steady(60), 12).replicas, 12u);  // at most max
+  EXPECT_EQ(c.replicas_for(steady(0), 100).replicas, 0u);   // nothing in flight
+  // Bursts count by the requests they bring: a tenth of the samples at
+  // twice the load, with as many arrivals as the rest, needs room for them.
+  std::vector<LoadSample> bursty = steady(30, 54);
+  for (int i = 0; i < 6; ++i) bursty.push_back({60, 9});
+  EXPECT_EQ(c.replicas_for(bursty, 100).replicas, 20u);
+}
+
+TEST(SloCapacity, MissesNoReplicaRemovesAreAFloorNotAReasonToGrow) {
+  SloCapacity c({.slo_s = 2, .attainment = 0.99});
+  // 5% of the answers miss at every level (prompts too long for the SLO).
+  teach(c, [](double level) { return level <= 3 ? 0.05 : 0.5; });
+  EXPECT_EQ(c.replicas_for(steady(30), 100).replicas, 10u);
+  EXPECT_NEAR(c.replicas_for(steady(30), 100).allowed, 0.05 + 0.005, 1e-9);
+}
+
+TEST(SloCapacity, AServiceOnlyEverSeenOverloadedTriesMoreReplicas) {
+  SloCapacity c({.slo_s = 2, .attainment = 0.99});
+  // Half the answers missed at every level seen, all of them above 3 per
+  // replica: no floor is known, so lighter loads are tried.
+  teach(
+      c, [](double) { return 0.5; }, 10, 3.5);
+  // Half the level seen, at most: 30 in flight on 18 or more.
+  EXPECT_GE(c.replicas_for(steady(30), 100).replicas, 17u);
+  EXPECT_LE(c.replicas_for(steady(30), 100).replicas, 18u);
+}
+
+TEST(SloCapacity, TheCurveNeverFallsWithLoadAndUnsettledPassesTeachNothing) {
+  SloCapacity c({.slo_s = 2, .attainment = 0.99, .min_answers = 1});
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> noise(-0.05, 0.05);
+  teach(c, [&](double level) { return std::clamp(level / 10 + noise(rng), 0.0, 1.0); });
+  double last = 0;
+  for (double level = 0.5; level <= 16; level += 0.1) {
+    const double share = c.miss_share(level).value();
+    EXPECT_GE(share, last - 1e-12) << level;
+    last = share;
+  }
+  EXPECT_EQ(last, 1);  // 2.5 times the highest level seen: every answer missed
+
+  SloCapacity fresh({.slo_s = 2, .attainment = 0.99, .min_answers = 1});
+  for (int i = 0; i < 100; ++i) fresh.learn(i, kBounds, answers(20, 20), 8, 4, false);
+  EXPECT_EQ(fresh.answers(), 0u);
+  EXPECT_FALSE(fresh.miss_share(1));
+}
+
+TEST(SloCapacity, ARampIsProjectedAheadAndNoiseIsNot) {
+  SloCapacityOptions o;
+  o.lead_time_s = 30;
+  // Arrivals rising from 6/s to 8/s over a minute.
+  SloCapacity ramp(o);
+  double total = 0;
+  for (int t = 0; t <= 60; ++t) {
+    total += 6 + 2.0 * t / 60;
+    ramp.arrivals(t, static_cast<uint64_t>(total), 60);
+  }
+  // The window's centre is at 7/s; 30 s past its end, 9/s.
+  EXPECT_NEAR(ramp.trend(), 9.0 / 7, 0.03);
+  // Falling: below 1, never under 0.75.
+  SloCapacity fall(o);
+  total = 0;
+  for (int t = 0; t <= 60; ++t) {
+    total += 10 - 8.0 * t / 60;
+    fall.arrivals(t, static_cast<uint64_t>(total), 60);
+  }
+  EXPECT_DOUBLE_EQ(fall.trend(), 0.75);
+  // Poisson arrivals at a steady 5/s: no trend.
+  SloCapacity flat(o);
+  std::mt19937 rng(3);
+  std::poisson_distribution<int> arrivals(5);
+  uint64_t sent = 0;
+  int trends = 0;
+  for (int t = 0; t <= 600; ++t) {
+    sent += static_cast<uint64_t>(arrivals(rng));
+    flat.arrivals(t, sent, 60);
+    trends += flat.trend() != 1;
+  }
+  EXPECT_LE(trends, 6);  // 1% of the passes at most
+}
+
+}  // namespace
+}  // namespace loadstar::autoscaler
