@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# bench/autoscale/generalise.sh: do the autoscaling policies hold on traces
+# they were not tuned on? `loadstar sim autoscale` (virtual time: the real
+# autoscaler and engine cores) on every trace here and synthetic shapes, at
+# several multiples of their rates, each against the hindsight-best static
+# count (the fewest static replicas that meet GOAL within the SLO) and the
+# clairvoyant bound, both found by the simulator in the same run.
+#   bench/autoscale/generalise.sh            (from the repository root)
+# Policies:
+#   tuned  the settings bench/autoscale/run.sh tuned on the conversation
+#          trace: TTFT p90 1 s, in-flight 3.5 and waiting 2 per replica,
+#          300 s scale-down stabilization
+#   slo    `slo: {ttft: 2s}` and nothing else: every other setting its
+#          default (60 s / 6 s windows, 60 s scale-down stabilization); the
+#          miss curve is learned (src/autoscaler/slo_capacity.h)
+# Both start at 6 replicas, may go to 0 after the default idle timeout and
+# up to MAX (40). Replicas: engine-sim llama-3.1-70b-h100x4, 4 requests at
+# once (as bench/autoscale/run.sh), cold start 1.3 s wall (13 model seconds).
+# Traces (generated under a temporary directory by traces.py, nothing
+# copied into the repository): conv (Azure conversation, its hour), mooncake
+# (Mooncake's conversation trace: 12k-token prompts on average), and the
+# conv trace's request mix under the shapes diurnal, quiet, bursts, steps,
+# plus mooncake's mix under diurnal.
+# Environment: TRACES, RATES (default "0.5 1 2"), POLICIES, GOAL (0.99),
+# MAX (40), SLO (2, model seconds), OUT (keep the JSON lines here), BIN (the
+# loadstar binary; default: build it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${BIN:-build/release/loadstar}
+[ -n "${BIN:-}" ] || cmake --build --preset release --target loadstar >/dev/null
+traces=${TRACES:-conv mooncake diurnal quiet bursts steps mooncake-diurnal}
+rates=${RATES:-0.5 1 2}
+policies=${POLICIES:-tuned slo}
+goal=${GOAL:-0.99}
+max=${MAX:-40}
+slo=${SLO:-2}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+conv=../shared/traces/AzureLLMInferenceTrace_conv.csv
+python3 bench/autoscale/traces.py mooncake ../shared/traces/mooncake_conversation_trace.jsonl \
+  "$work/mooncake.csv"
+for shape in diurnal quiet bursts steps; do
+  python3 bench/autoscale/traces.py synth "$shape" "$conv" "$work/$shape.csv"
+done
+python3 bench/autoscale/traces.py synth diurnal "$work/mooncake.csv" "$work/mooncake-diurnal.csv"
+cp "$conv" "$work/conv.csv"
+
+w() { python3 -c "print(f'{$1 / 10:g}s')"; }  # model seconds -> wall, at --time-scale 10
+policy() {
+  case $1 in
+    tuned) cat <<Y
+  autoscaling:
+    maxReplicas: $max
+    targets: {ttftP90: $(w "$slo / 2"), inFlightPerReplica: 3.5, waitingPerReplica: 2}
+    stableWindow: $(w 60)
+    panicWindow: $(w 6)
+    scaleDownStabilization: $(w 300)
+Y
+    ;;
+    slo) cat <<Y
+  autoscaling:
+    maxReplicas: $max
+    slo: {ttft: $(w "$slo")}
+    stableWindow: $(w 60)
+    panicWindow: $(w 6)
+    scaleDownStabilization: $(w 60)
+Y
+    ;;
+  esac
+}
+for p in $policies; do
+  cat <<YAML
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: $p}
+spec:
+  model: bench
+  replicas: 6
+  minReplicas: 0
+  idleTimeout: $(w 300)
+  engine:
+    name: engine-sim
+    args: ["--profile", "llama-3.1-70b-h100x4", "--time-scale", "10", "--max-num-seqs", "4",
+           "--max-model-len", "32768"]
+$(policy "$p")
+YAML
+done > "$work/policies.yaml"
+
+results=${OUT:-$work/results.jsonl}
+: > "$results"
+for t in $traces; do
+  for r in $rates; do
+    echo "== $t x$r" >&2
+    $bin sim autoscale -f "$work/policies.yaml" --trace "$work/$t.csv" --rate "$r" \
+      --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
+      --json "$work/one.jsonl" >&2
+    python3 -c "
+import json, sys
+for l in open('$work/one.jsonl'):
+    d = json.loads(l); d['trace'] = '$t'; d['rate'] = $r; print(json.dumps(d))" >> "$results"
+  done
+done
+python3 - "$results" "$goal" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+goal = float(sys.argv[2])
+print(f"\n{'trace':<17} {'rate':>4} {'policy':<6} {'SLO met':>8} {'GPU-s':>8} {'vs best':>8} "
+      f"{'vs clairv.':>10} {'cold':>5} | {'best static':>11} {'its SLO':>8} {'its GPU-s':>9}")
+for r in runs:
+    best = r.get("best_static_gpu_seconds")
+    rel = f"{r['gpu_seconds'] / best:.2f}" if best else "-"
+    cl = r.get("clairvoyant_gpu_seconds") or 0
+    rcl = f"{r['gpu_seconds'] / cl:.2f}" if cl else "-"
+    mark = "" if r["slo_attainment"] >= goal else " (miss)"
+    print(f"{r['trace']:<17} {r['rate']:>4g} {r['label']:<6} {100 * r['slo_attainment']:>7.2f}% "
+          f"{r['gpu_seconds']:>8.0f} {rel:>8} {rcl:>10} {r['cold_starts']:>5} | "
+          f"{r.get('best_static_replicas', '-'):>11} "
+          f"{100 * r.get('best_static_slo_attainment', 0):>7.2f}% {best or 0:>9.0f}{mark}")
+PY
