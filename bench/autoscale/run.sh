@@ -9,6 +9,8 @@
 #   loadstar      TTFT p90 against the SLO plus in-flight (3.5) and waiting,
 #                 60 s / 6 s windows, panic at 2x, 300 s scale-down
 #                 stabilization (the HPA's default), 10% tolerance
+#   loadstar-slo  `slo: {ttft: SLO}` and every other setting its default:
+#                 the miss curve learned (not in the default POLICIES)
 # Replicas are small (MAX_SEQS 4 requests at once) so that a replica is a
 # fine step of capacity: with 16 the hour needed 2 to 3, and rounding up to
 # whole replicas, not the policy, decided the cost. The autoscaled policies
@@ -83,6 +85,16 @@ autoscaling:
     panicWindow: $(w 6)s
     scaleDownStabilization: $(w 0)s
     tolerance: 0
+Y
+    ;;
+    loadstar-slo) cat <<Y
+replicas: $start
+autoscaling:
+    maxReplicas: $peak
+    slo: {ttft: $(w "$slo")s}
+    stableWindow: $(w 60)s
+    panicWindow: $(w 6)s
+    scaleDownStabilization: $(w 60)s
 Y
     ;;
     loadstar) cat <<Y
