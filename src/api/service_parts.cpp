@@ -84,14 +84,20 @@ AutoscalingSpec decode_autoscaling(Decoder& d, const YAML::Node& as, const std::
   }
   if (YAML::Node slo = a.get("slo"); slo && !slo.IsNull()) {
     MapReader o(d, slo, path + ".slo");
-    double ttft = 0;
-    if (o.duration("ttft", ttft))
-      out.slo_ttft_s = ttft;
-    else
-      d.error(slo, path + ".slo.ttft", "required");
-    std::optional<double> share;
-    if (o.number("attainment", share, 0.5, 0.9999)) out.slo_attainment = *share;
-    o.finish();
+    if (o.ok()) {  // not a map: said
+      double ttft = 0;
+      if (!slo["ttft"]) {
+        d.error(slo, path + ".slo.ttft", "required");
+      } else if (o.duration("ttft", ttft)) {  // a bad duration is said there
+        if (ttft > 0)
+          out.slo_ttft_s = ttft;
+        else
+          d.error(slo["ttft"], path + ".slo.ttft", "must be above 0, e.g. 2s");
+      }
+      std::optional<double> share;
+      if (o.number("attainment", share, 0.5, 0.9999)) out.slo_attainment = *share;
+      o.finish();
+    }
   }
   a.duration("stableWindow", out.stable_window_s);
   a.duration("panicWindow", out.panic_window_s);

@@ -105,7 +105,7 @@ void SloCapacity::fit() const {
   // The floor: the share missed by replicas holding at most one request
   // each, where nothing queues (raw, not fitted; none without evidence).
   double low_missed = 0, low_answered = 0;
-  for (int b = 0; b < bin(1); ++b) low_missed += missed_[b], low_answered += answered_[b];
+  for (int b = 0; b <= bin(1); ++b) low_missed += missed_[b], low_answered += answered_[b];
   floor_ = low_answered >= kFloorAnswers ? low_missed / low_answered : 0;
 }
 

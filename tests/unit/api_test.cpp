@@ -506,6 +506,13 @@ spec:
     targets: {kvCacheUsage: 1.5, queue: 3}
     slo: {attainment: 1.2}
     panicWindow: 2m
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: zero}
+spec:
+  model: m
+  autoscaling: {maxReplicas: 2, slo: {ttft: 0s}}
 )",
                               "bad.yaml");
   ASSERT_FALSE(bad.ok());
@@ -516,6 +523,7 @@ spec:
         "spec.autoscaling.targets.kvCacheUsage: must be a number from 0.01 to 1",
         "spec.autoscaling.targets.queue: unknown field", "spec.autoscaling.slo.ttft: required",
         "spec.autoscaling.slo.attainment: must be a number from 0.5 to 0.9999",
+        "InferenceService 'zero': spec.autoscaling.slo.ttft: must be above 0",
         "spec.autoscaling.panicWindow: must not be longer than stableWindow"})
     EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;
 }
