@@ -65,8 +65,7 @@ void Autoscaler::observe(const Sample& s) {
     // the fast ones: the slow ones are still coming.
     const bool settled = same_set && s.now - serving_since_ >= 2 * *spec_.slo_ttft_s;
     slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, s.in_flight, s.ready, settled);
-  }
-  if (slo_) {
+    // The load sample, with the requests that arrived since the last one.
     const double arrived =
         samples_.empty() || s.requests_total < samples_.back().requests_total
             ? 0
@@ -94,14 +93,6 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
       {spec_.ttft_bounds, &Sample::ttft_counts, w.ttft, spec_.ttft_min_answers},
       {spec_.itl_bounds, &Sample::itl_counts, w.itl, spec_.itl_min_answers}};
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
-    if (slo_) {
-      const auto before = std::next(it);
-      const double arrived =
-          before == samples_.rend() || it->requests_total < before->requests_total
-              ? 0
-              : static_cast<double>(it->requests_total - before->requests_total);
-      w.loads.push_back({it->in_flight, arrived});
-    }
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
     w.adapters += it->adapters;
@@ -115,6 +106,9 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
     }
     ++w.samples;
   }
+  for (auto it = held_loads_.rbegin(); it != held_loads_.rend() && it->first >= now - window - 1e-9;
+       ++it)
+    w.loads.push_back(it->second);
   if (w.samples == 0 && !samples_.empty()) {  // nothing that recent: the last one
     const Sample& s = samples_.back();
     Window last;

@@ -149,8 +149,6 @@ class Autoscaler {
   void set_lead_time(double seconds) {
     if (slo_) slo_->set_lead_time(seconds);
   }
-  // The learned capacity (with an SLO; see slo_capacity.h).
-  const SloCapacity* slo() const { return slo_ ? &*slo_ : nullptr; }
 
  private:
   // The p90 of a latency histogram's answers in a window, on the current

@@ -44,7 +44,6 @@ void SloCapacity::learn(double now, const std::vector<double>& bounds,
   answered_[b] += total;
   missed_[b] += over;
   answers_ += static_cast<uint64_t>(total);
-  misses_ += static_cast<uint64_t>(std::lround(over));
   fitted_ = false;
 }
 

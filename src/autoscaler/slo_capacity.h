@@ -102,8 +102,7 @@ class SloCapacity {
   // The load to size for over the window's, from the arrival trend: 1 on a
   // flat rate, above 1 on a rising one (at most 1.5, at least 0.75).
   double trend() const { return trend_; }
-  uint64_t answers() const { return answers_; }
-  uint64_t misses() const { return misses_; }
+  uint64_t answers() const { return answers_; }  // that taught the curve
   // The curve's share of misses at `per_replica` requests in flight each
   // (nullopt before it is learned).
   std::optional<double> miss_share(double per_replica) const;
@@ -119,7 +118,7 @@ class SloCapacity {
   SloCapacityOptions o_;
   std::array<double, kBins> answered_{}, missed_{};  // decayed
   std::optional<double> last_learned_;
-  uint64_t answers_ = 0, misses_ = 0;
+  uint64_t answers_ = 0;
   // The fitted curve (lazily, after new answers): per bin, or -1 unseen.
   mutable std::array<double, kBins> curve_{};
   mutable bool fitted_ = false;
