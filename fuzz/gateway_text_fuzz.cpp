@@ -29,7 +29,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)loadstar::gateway::parse_engine_load(text);
   if (auto report = loadstar::gateway::parse_load_report(text); report.ok()) {
     auto again = loadstar::gateway::parse_load_report(load_report_json(report->report));
-    if (!again.ok() || again->report.endpoints.size() != report->report.endpoints.size())
+    if (!again.ok() || again->report.endpoints.size() != report->report.endpoints.size() ||
+        again->report.tenants.size() != report->report.tenants.size() ||
+        again->report.instance != report->report.instance)
       std::abort();
   }
   using namespace loadstar::gateway;

@@ -1,6 +1,8 @@
 #include "app/admin_api.h"
 
+#include <cctype>
 #include <cstdint>
+#include <ctime>
 #include <map>
 #include <optional>
 #include <set>
@@ -54,6 +56,146 @@ json events_json(const std::vector<store::Event>& events) {
   return items;
 }
 
+json optional_json(const std::optional<double>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+
+json traffic_json(const controller::TrafficSummary& t) {
+  return {{"window_seconds", t.window_s},
+          {"requests_per_second", t.requests_per_s},
+          {"failures_per_second", t.failures_per_s},
+          {"ttft_p50_seconds", optional_json(t.ttft_p50_s)},
+          {"ttft_p90_seconds", optional_json(t.ttft_p90_s)},
+          {"ttft_p99_seconds", optional_json(t.ttft_p99_s)},
+          {"itl_p50_seconds", optional_json(t.itl_p50_s)},
+          {"itl_p90_seconds", optional_json(t.itl_p90_s)}};
+}
+
+json nodes_json(const std::vector<controller::NodeStatus>& nodes) {
+  json items = json::array();
+  for (const auto& n : nodes) {
+    json devices = json::array();
+    for (const auto& d : n.devices) {
+      json holders = json::array();
+      for (const auto& h : d.holders)
+        holders.push_back({{"name", h.name}, {"milli", h.milli}, {"mig_slices", h.mig_slices}});
+      devices.push_back({{"index", d.index},
+                         {"model", d.model},
+                         {"memory_mib", d.memory_mib},
+                         {"milli_used", d.milli_used},
+                         {"mig_slices", d.mig_slices},
+                         {"mig_used", d.mig_used},
+                         {"holders", holders}});
+    }
+    items.push_back({{"name", n.name},
+                     {"schedulable", n.schedulable},
+                     {"devices", devices},
+                     {"models", n.models},
+                     {"topology", n.topology}});
+  }
+  return items;
+}
+
+http::Response error_response(const Error& error) {
+  openai::ApiError e = openai::to_api_error(error);
+  return {e.status, "application/json", openai::error_body(e)};
+}
+
+// The query string's parameters ("a=1&b=2"), percent-decoded.
+std::map<std::string, std::string> query_params(std::string_view target) {
+  std::map<std::string, std::string> out;
+  const size_t q = target.find('?');
+  if (q == std::string_view::npos) return out;
+  auto decode = [](std::string_view in) {
+    std::string s;
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i] == '+') {
+        s += ' ';
+      } else if (in[i] == '%' && i + 2 < in.size() && std::isxdigit(in[i + 1]) &&
+                 std::isxdigit(in[i + 2])) {
+        s += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
+        i += 2;
+      } else {
+        s += in[i];
+      }
+    }
+    return s;
+  };
+  std::string_view rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    const size_t amp = rest.find('&');
+    const std::string_view pair = rest.substr(0, amp);
+    const size_t eq = pair.find('=');
+    out[decode(pair.substr(0, eq))] =
+        eq == std::string_view::npos ? std::string() : decode(pair.substr(eq + 1));
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+  }
+  return out;
+}
+
+// Unix seconds, a date (2026-12-01, midnight UTC) or a UTC time
+// (2026-12-01T10:00:00Z).
+Result<int64_t> parse_time(const std::string& field, const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
+      text.size() < 12)
+    return static_cast<int64_t>(std::stoll(text));
+  std::tm tm{};
+  const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (!end || *end) {
+    tm = {};
+    end = strptime(text.c_str(), "%Y-%m-%d", &tm);
+  }
+  if (!end || *end)
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{}: '{}' is not a time (Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z)",
+                      field, text);
+  return static_cast<int64_t>(timegm(&tm));
+}
+
+json usage_fields(const controller::Usage& u) {
+  return {{"requests", u.requests},
+          {"errors", u.errors},
+          {"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"cost", u.cost}};
+}
+
+json tenants_json(const std::vector<controller::TenantStatus>& tenants) {
+  json items = json::array();
+  auto limit = [](const std::optional<uint32_t>& v) { return v ? json(*v) : json(nullptr); };
+  for (const auto& t : tenants) {
+    json item = usage_fields(t.usage);
+    item.update({{"name", t.name},
+                 {"declared", t.declared},
+                 {"requests_per_minute", limit(t.requests_per_minute)},
+                 {"tokens_per_minute", limit(t.tokens_per_minute)},
+                 {"max_concurrent_requests", limit(t.max_concurrent_requests)},
+                 {"priority", t.priority},
+                 {"gpu_seconds", t.gpu_seconds}});
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+// GET /api/v1/usage?from=&to=&format=json|csv: the ledger's hours.
+http::Response usage_response(const controller::Controller& ctl, const http::Request& req) {
+  auto params = query_params(req.target);
+  int64_t range[2] = {0, INT64_MAX};
+  const char* names[2] = {"from", "to"};
+  for (int i = 0; i < 2; ++i)
+    if (auto it = params.find(names[i]); it != params.end()) {
+      auto t = parse_time(names[i], it->second);
+      if (!t.ok()) return error_response(t.error());
+      range[i] = *t;
+    }
+  const std::string format = params.count("format") ? params["format"] : "json";
+  if (format != "json" && format != "csv")
+    return error_response(Error{ErrorCode::kInvalidArgument, "format: must be json or csv"});
+  const auto rows = ctl.usage(range[0], range[1]);
+  if (format == "csv") return {200, "text/csv; charset=utf-8", controller::usage_csv(rows)};
+  return {200, "application/json", controller::usage_json(rows)};
+}
+
 json rollout_json(const controller::RolloutStatus& r) {
   json revisions = json::array();
   for (const auto& rev : r.revisions) revisions.push_back(revision_json(rev));
@@ -62,11 +204,6 @@ json rollout_json(const controller::RolloutStatus& r) {
           {"aborted", r.aborted},
           {"message", r.message},
           {"revisions", revisions}};
-}
-
-http::Response error_response(const Error& error) {
-  openai::ApiError e = openai::to_api_error(error);
-  return {e.status, "application/json", openai::error_body(e)};
 }
 
 // /api/v1/services/NAME/revisions (GET), /undo (POST {"toRevision": N}),
@@ -220,8 +357,15 @@ http::Response admin_response(const http::Request& req, controller::Controller* 
                        {"events", events_json(s.events)},
                        {"ready", s.ready},
                        {"current", s.total},
-                       {"rollout", rollout_json(s.rollout)}});
+                       {"rollout", rollout_json(s.rollout)},
+                       {"traffic", traffic_json(s.traffic)}});
     response = {200, "application/json", json({{"items", items}}).dump()};
+  } else if (req.method == "GET" && path == "/api/v1/usage") {
+    response = usage_response(*ctl, req);
+  } else if (req.method == "GET" && path == "/api/v1/tenants") {
+    response = {200, "application/json", json({{"items", tenants_json(ctl->tenants(0))}}).dump()};
+  } else if (req.method == "GET" && path == "/api/v1/nodes") {
+    response = {200, "application/json", json({{"items", nodes_json(ctl->nodes())}}).dump()};
   } else if (req.method == "GET" && path == "/api/v1/queues") {
     json items = json::array();
     auto quota = [](const scheduler::Resources& r) {

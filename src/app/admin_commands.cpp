@@ -37,6 +37,26 @@ void add_admin_options(CLI::App& app, AdminTarget& target) {
   app.add_option("--admin-port", target.port)->capture_default_str();
 }
 
+// The answer's body as it is (CSV, say); an error status is an error.
+Result<std::string> admin_text(const AdminTarget& t, const std::string& target) {
+  std::vector<http::Header> headers;
+  auto token = http::BearerToken::from_flag_or_env("");
+  if (!token.ok()) return token.error();
+  if (*token) headers.push_back((*token)->header());
+  auto r = http::fetch(
+      {.host = t.host, .port = t.port, .target = target, .headers = headers, .timeout_s = 10});
+  if (!r.ok())
+    return make_error(ErrorCode::kUnavailable, "cannot reach the admin API at {}:{}: {}", t.host,
+                      t.port, r.error().message);
+  if (r->status != 200) {
+    const json doc = json::parse(r->body, nullptr, false);
+    return Error{ErrorCode::kInvalidArgument, doc.is_object() && doc.contains("error")
+                                                  ? doc["error"].value("message", r->body)
+                                                  : r->body};
+  }
+  return r->body;
+}
+
 Result<json> admin_call(const AdminTarget& t, const std::string& method, const std::string& target,
                         std::string body = {}) {
   std::vector<http::Header> headers = {{"Content-Type", "application/yaml"}};
@@ -523,6 +543,51 @@ std::function<int()> setup_events(CLI::App& app) {
       if (service->empty() || e.value("name", "") == *service) items.push_back(e);
     fmt::print("  {:<21} {:<8} {:<17} {}\n", "LAST SEEN", "TYPE", "REASON", "OBJECT: MESSAGE");
     print_events(items, true);
+    return 0;
+  };
+}
+
+// `loadstar usage [--from T] [--to T] [-o table|csv|json]`: the usage
+// ledger's hours, per tenant and model.
+std::function<int()> setup_usage(CLI::App& app) {
+  struct Options {
+    AdminTarget target;
+    std::string from, to, output = "table";
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("--from", o->from,
+                 "From this hour on: Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z");
+  app.add_option("--to", o->to, "Before this hour (the same forms)");
+  app.add_option("-o,--output", o->output, "table, csv or json")
+      ->check(CLI::IsMember({"table", "csv", "json"}))
+      ->capture_default_str();
+  add_admin_options(app, o->target);
+  return [o]() -> int {
+    std::string query = o->output == "csv" ? "format=csv" : "format=json";
+    for (auto [name, value] : {std::pair{"from", &o->from}, {"to", &o->to}})
+      if (!value->empty()) query += fmt::format("&{}={}", name, *value);
+    auto text = admin_text(o->target, "/api/v1/usage?" + query);
+    if (!text.ok()) {
+      fmt::print(stderr, "loadstar usage: {}\n", text.error().message);
+      return 1;
+    }
+    if (o->output != "table") {
+      fmt::print("{}", *text);
+      if (o->output == "json") fmt::print("\n");
+      return 0;
+    }
+    const json doc = json::parse(*text, nullptr, false);
+    if (!doc.is_object() || !doc.value("items", json()).is_array()) {
+      fmt::print(stderr, "loadstar usage: the admin API answered something that is not a list\n");
+      return 1;
+    }
+    fmt::print("{:<21} {:<16} {:<20} {:>9} {:>7} {:>13} {:>13} {:>12}\n", "HOUR", "TENANT", "MODEL",
+               "REQUESTS", "ERRORS", "PROMPT TOK", "COMPL TOK", "COST");
+    for (const json& r : doc["items"])
+      fmt::print("{:<21} {:<16} {:<20} {:>9} {:>7} {:>13} {:>13} {:>12.0f}\n", r.value("hour", ""),
+                 r.value("tenant", ""), r.value("model", ""), r.value("requests", 0),
+                 r.value("errors", 0), r.value("prompt_tokens", 0), r.value("completion_tokens", 0),
+                 r.value("cost", 0.0));
     return 0;
   };
 }

@@ -29,6 +29,7 @@ std::function<int()> setup_apply(CLI::App& app);
 std::function<int()> setup_describe(CLI::App& app);
 std::function<int()> setup_rollout(CLI::App& app);
 std::function<int()> setup_events(CLI::App& app);
+std::function<int()> setup_usage(CLI::App& app);
 std::function<int()> setup_apikey(CLI::App& app);
 std::function<int()> setup_sim(CLI::App& app);
 std::function<int()> setup_calibrate(CLI::App& app);

@@ -17,6 +17,7 @@
 
 #include "app/admin_api.h"
 #include "app/commands.h"
+#include "app/dashboard.h"
 #include "app/front_door_flags.h"
 #include "common/digest.h"
 #include "common/units.h"
@@ -175,6 +176,8 @@ class ControllerAdmin {
   http::Response respond(const http::Request& req) {
     const std::string_view path = req.path();
     if (path == "/healthz" || path == "/health") return {200, "text/plain", "ok\n"};
+    // The dashboard's page holds no data (its script asks with the token).
+    if (auto page = dashboard_response(req)) return std::move(*page);
     if (!token_.admits(req)) return http::unauthorized("the controller's admin API");
     controller::Controller* ctl = ctl_.load();
     if (!ctl)

@@ -36,6 +36,9 @@ const std::vector<Command>& command_table() {
        loadstar::app::setup_describe},
       {"events", "What the controller decided and saw: scaling, rollouts, failed starts",
        loadstar::app::setup_events},
+      {"usage",
+       "Requests, tokens and cost per tenant, model and hour (the usage ledger; -o csv|json)",
+       loadstar::app::setup_usage},
       {"rollout",
        "A service's rollout: status [-w], history, undo [--to-revision N]; a canary's pause, "
        "resume, promote, abort",

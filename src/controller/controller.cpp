@@ -49,7 +49,20 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
                   woken_ = true;
                   wake_.notify_all();
                 }),
-      placement_(options_.placement_policy) {}
+      placement_(options_.placement_policy) {
+  // The usage ledger goes on from what was saved (an unreadable one is
+  // kept aside by the next save's overwrite only after this warning).
+  auto saved = store_.load_usage();
+  if (!saved.ok()) {
+    spdlog::warn("usage ledger: {} (starting a new one)", saved.error().message);
+  } else if (!saved->empty()) {
+    auto ledger = UsageLedger::load(*saved);
+    if (ledger.ok())
+      usage_ = std::move(*ledger);
+    else
+      spdlog::warn("usage ledger: {} (starting a new one)", ledger.error().message);
+  }
+}
 
 Controller::~Controller() {
   stop();
@@ -189,6 +202,23 @@ void Controller::stop() {
   versions_.stop();
   if (load_) load_->on_demand(nullptr);
   watch_.reset();
+  std::lock_guard lock(mu_);
+  save_usage(true);
+}
+
+void Controller::save_usage(bool now) {
+  constexpr double kUsageSaveS = 30;
+  const auto t = clock_.now();
+  if (!usage_dirty_ ||
+      (!now && usage_saved_at_ && seconds_between(*usage_saved_at_, t) < kUsageSaveS))
+    return;
+  usage_saved_at_ = t;
+  if (Status saved = store_.save_usage(usage_.save()); !saved.ok()) {
+    spdlog::warn("usage ledger: cannot save it: {} (kept in memory; tried again in {}s)",
+                 saved.error().message, kUsageSaveS);
+    return;
+  }
+  usage_dirty_ = false;
 }
 
 void Controller::apply_load() {
@@ -212,15 +242,26 @@ void Controller::apply_load() {
     if (it->second.kv_usage) r->kv_usage = *it->second.kv_usage;
   }
   demand_ = std::move(round->demand);
-  // Increments go to the services (their autoscalers keep the windows).
+  const int64_t unix_s =
+      std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
+  if (usage_.observe(round->tenants, unix_s)) usage_dirty_ = true;
+  // Increments go to the services (their autoscalers keep the windows),
+  // and to what the dashboard shows.
+  std::map<std::string, TrafficSample> traffic;
   for (const auto& [name, load] : round->replicas) {
     auto r = replicas_.find(name);
     if (r == replicas_.end()) continue;
     ServiceLoad& s = increments_[r->second->service];
+    TrafficSample& t = traffic[r->second->service];
     s.requests += load.requests;
+    t.requests += load.requests;
+    t.failures += load.failures;
     for (size_t b = 0; b < s.ttft.size(); ++b) s.ttft[b] += load.ttft[b];
     for (size_t b = 0; b < s.itl.size(); ++b) s.itl[b] += load.itl[b];
+    for (size_t b = 0; b < t.ttft.size(); ++b) t.ttft[b] += load.ttft[b];
+    for (size_t b = 0; b < t.itl.size(); ++b) t.itl[b] += load.itl[b];
   }
+  traffic_.add(traffic, clock_.now());
 }
 
 ServiceLoad Controller::service_load(const std::string& service) const {
@@ -476,6 +517,7 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
   scaler_.retain(services_);
+  traffic_.retain(services_);
 
   place(nodes, queues, now);
   if (jobs_ && !stopping_) jobs_->launch(placement_, seconds(now));
@@ -540,6 +582,7 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   runtime_.end_pass(in_use);
   auto inputs = routing_if_changed(clock_.now());  // after this pass's ready marks
   publish_statuses();
+  save_usage(false);
   const double pass_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - pass_started).count();
   ++passes_;

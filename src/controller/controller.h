@@ -44,6 +44,8 @@
 #include "controller/rollouts.h"
 #include "controller/runtime.h"
 #include "controller/scaler.h"
+#include "controller/traffic.h"
+#include "controller/usage_ledger.h"
 #include "routing/routing_builder.h"
 #include "scheduler/scheduler.h"
 #include "store/store.h"
@@ -102,6 +104,16 @@ struct ServiceStatus {
   std::vector<store::Event> events;  // oldest first: scaling, rollouts, failures
   uint32_t ready = 0;
   uint32_t total = 0;
+  TrafficSummary traffic;  // over the last minute
+};
+
+struct TenantStatus {
+  std::string name;
+  bool declared = false;  // a Tenant resource (else only seen in the gateways' usage)
+  std::optional<uint32_t> requests_per_minute, tokens_per_minute, max_concurrent_requests;
+  int32_t priority = 0;
+  Usage usage;
+  double gpu_seconds = 0;
 };
 
 struct ControllerOptions {
@@ -164,6 +176,13 @@ class Controller {
   std::vector<ServiceStatus> services() const;
   // Queues with usage against quota and fair share, for `loadstar get queues`.
   std::vector<scheduler::QueueStatus> queues() const;
+  // Every node with its cards' bookings (the dashboard's GPU map).
+  std::vector<NodeStatus> nodes() const;
+  // The usage ledger's hours in [from_s, to_s) (Unix seconds).
+  std::vector<UsageRow> usage(int64_t from_s, int64_t to_s) const;
+  // Each declared tenant (and any other that used something): its limits,
+  // usage since `from_s` and GPU-seconds.
+  std::vector<TenantStatus> tenants(int64_t from_s) const;
   // The scheduler's and the cold starts' metrics (Prometheus text), as of
   // the last pass; never waits for one (gateway threads call it).
   std::string scheduler_metrics() const;
@@ -242,6 +261,13 @@ class Controller {
   std::set<std::string> demand_;                   // services a request was held for, this pass
   std::map<std::string, ServiceLoad> increments_;  // requests and first tokens, this pass
   ServiceScaler scaler_;
+  Traffic traffic_;  // what each service served over the last minute
+  // Tenants' usage per hour, saved through the store at most every
+  // kUsageSaveS (and at stop) when it changed.
+  UsageLedger usage_;
+  bool usage_dirty_ = false;
+  std::optional<Clock::time_point> usage_saved_at_;
+  void save_usage(bool now);
   // Rollout history; `mu_` also guards it (its reads load from the store).
   mutable RevisionHistory history_;
   EventLog events_;

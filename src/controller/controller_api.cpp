@@ -139,6 +139,7 @@ std::vector<ServiceStatus> Controller::services() const {
     if (const autoscaler::Decision* d = scaler_.last_decision(name)) s.scale_reason = d->reason;
     s.rollout = rollout_status(name);
     s.events = events_.of(name);
+    s.traffic = traffic_.summary(name, clock_.now());
     for (const auto& [rn, r] : replicas_) {
       if (r->service != name) continue;
       ++s.total;
@@ -298,6 +299,41 @@ Result<std::string> Controller::control_canary(const std::string& service,
 std::vector<scheduler::QueueStatus> Controller::queues() const {
   std::lock_guard lock(mu_);
   return placement_.queues();
+}
+
+std::vector<NodeStatus> Controller::nodes() const {
+  std::lock_guard lock(mu_);
+  return placement_.nodes();
+}
+
+std::vector<UsageRow> Controller::usage(int64_t from_s, int64_t to_s) const {
+  std::lock_guard lock(mu_);
+  return usage_.rows(from_s, to_s);
+}
+
+std::vector<TenantStatus> Controller::tenants(int64_t from_s) const {
+  std::lock_guard lock(mu_);
+  std::map<std::string, TenantStatus> out;
+  for (const api::Tenant& t : tenant_specs_) {
+    TenantStatus& s = out[t.metadata.name];
+    s.name = t.metadata.name;
+    s.declared = true;
+    s.requests_per_minute = t.spec.requests_per_minute;
+    s.tokens_per_minute = t.spec.tokens_per_minute;
+    s.max_concurrent_requests = t.spec.max_concurrent_requests;
+    s.priority = t.spec.priority;
+  }
+  for (const auto& [name, usage] : usage_.by_tenant(from_s, INT64_MAX)) {
+    out[name].name = name;
+    out[name].usage = usage;
+  }
+  for (const auto& [name, seconds] : placement_.tenant_gpu_seconds()) {
+    out[name].name = name;
+    out[name].gpu_seconds = seconds;
+  }
+  std::vector<TenantStatus> list;
+  for (auto& [name, s] : out) list.push_back(std::move(s));
+  return list;
 }
 
 std::string Controller::scheduler_metrics() const {

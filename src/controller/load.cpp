@@ -24,6 +24,7 @@ void LoadRound::merge(LoadRound later) {
     load.kv_usage = next.kv_usage;
   }
   demand.merge(later.demand);
+  for (auto& [gateway, counters] : later.tenants) tenants[gateway] = std::move(counters);
 }
 
 namespace {
@@ -39,6 +40,7 @@ LoadRound LoadAggregator::round(
     for (const auto& [service, n] : report.held)
       if (n > 0) out.demand.insert(service);
     out.demand.insert(report.wanted.begin(), report.wanted.end());
+    out.tenants[gateway] = {report.instance, report.tenants};
     for (const gateway::EndpointLoad& e : report.endpoints) {
       ReplicaLoad& load = out.replicas[e.replica];
       Seen& seen = seen_[{gateway, e.replica}];

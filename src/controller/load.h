@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "controller/usage_ledger.h"
 #include "gateway/load_report.h"
 
 namespace loadstar::controller {
@@ -41,6 +42,9 @@ struct ReplicaLoad {
 struct LoadRound {
   std::map<std::string, ReplicaLoad> replicas;  // by replica name
   std::set<std::string> demand;                 // services held (or queued) requests wait for
+  // Each answering gateway's tenant usage counters as they are (not
+  // increments: the usage ledger keeps its own baselines, persisted).
+  std::map<std::string, TenantCounters> tenants;
 
   // `later` follows this round: increments add up, current values are
   // `later`'s (a replica it does not report has nothing in flight).

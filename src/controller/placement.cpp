@@ -501,6 +501,47 @@ const Placed* Placement::where(const std::string& replica) const {
   return it != replicas_.end() && it->second.placed ? &*it->second.placed : nullptr;
 }
 
+std::vector<NodeStatus> Placement::nodes() const {
+  std::vector<NodeStatus> out;
+  std::map<std::string, size_t, std::less<>> index;
+  for (const scheduler::Node& n : cluster_.nodes()) {
+    NodeStatus node{.name = n.name,
+                    .schedulable = n.schedulable,
+                    .models = {n.cached_models.begin(), n.cached_models.end()},
+                    .topology = n.topology};
+    for (size_t d = 0; d < n.devices.size(); ++d) {
+      const scheduler::Device& device = n.devices[d];
+      node.devices.push_back({.index = static_cast<int>(d),
+                              .model = device.model < cluster_.models().size()
+                                           ? cluster_.models()[device.model]
+                                           : std::string(),
+                              .memory_mib = device.memory_mib,
+                              .milli_used = device.milli_used,
+                              .mig_slices = device.mig_slices,
+                              .mig_used = device.mig_used});
+    }
+    index[n.name] = out.size();
+    out.push_back(std::move(node));
+  }
+  auto book = [&](const std::string& name, const Placed& placed) {
+    auto it = index.find(placed.node);
+    if (it == index.end()) return;
+    std::vector<DeviceStatus>& devices = out[it->second].devices;
+    for (const DeviceShare& share : placed.shares)
+      if (share.device >= 0 && static_cast<size_t>(share.device) < devices.size())
+        devices[share.device].holders.push_back({name, share.milli, share.mig_slices});
+  };
+  for (const auto& [name, r] : replicas_) {
+    const std::vector<Placed>& members = r.members;
+    for (size_t m = 0; m < members.size(); ++m)
+      book(members.size() > 1 ? fmt::format("{}/{}", name, m) : name, members[m]);
+  }
+  for (const auto& [name, v] : vacating_)
+    for (size_t m = 0; m < v.members.size(); ++m)
+      book(fmt::format("{}/{} (stopping)", name, m), v.members[m]);
+  return out;
+}
+
 std::vector<scheduler::QueueStatus> Placement::queues() const {
   return scheduler_ ? scheduler_->queues() : std::vector<scheduler::QueueStatus>{};
 }

@@ -59,6 +59,31 @@ struct Placed {
   std::vector<DeviceShare> shares;
 };
 
+// A node as the scheduler books it (the dashboard's GPU map): each card,
+// what is booked on it and by whom.
+struct DeviceStatus {
+  int index = 0;
+  std::string model;  // "H100"; empty where the node did not say
+  uint64_t memory_mib = 0;
+  uint32_t milli_used = 0;  // 1000: the whole card
+  uint32_t mig_slices = 0;  // 0: no MIG
+  uint32_t mig_used = 0;
+  struct Holder {
+    std::string name;  // a replica, or a job's worker
+    uint32_t milli = 0;
+    uint32_t mig_slices = 0;
+  };
+  std::vector<Holder> holders;
+};
+
+struct NodeStatus {
+  std::string name;
+  bool schedulable = true;
+  std::vector<DeviceStatus> devices;
+  std::vector<std::string> models;  // weights its agent holds
+  std::map<std::string, std::string, std::less<>> topology;
+};
+
 class Placement {
  public:
   // `policy`: scheduler::PlacementPolicy::named (an unknown one: "loadstar").
@@ -97,6 +122,12 @@ class Placement {
   void vacated(const std::string& job, double t);
   // The preempted job still stopping on a device placed to `name`, or empty.
   std::string blocker(const std::string& name) const;
+  // Every node with its cards' bookings.
+  std::vector<NodeStatus> nodes() const;
+  // GPU-seconds by tenant, since this controller started.
+  std::map<std::string, double> tenant_gpu_seconds() const {
+    return scheduler_ ? scheduler_->tenant_gpu_seconds() : std::map<std::string, double>{};
+  }
   // Queues with usage against quota and fair share.
   std::vector<scheduler::QueueStatus> queues() const;
   // Per-queue allocation, fair share and GPU-seconds, per-tenant

@@ -280,6 +280,13 @@ asio::awaitable<void> Gateway::Impl::proxy(Worker& w, http::Exchange& ex) {
     t.prompt_tokens += usage.prompt_tokens;
     t.completion_tokens += usage.completion_tokens;
     t.cost += actual;
+    std::lock_guard lock(w.usage_mu);
+    TenantLoad& u = w.usage[{tenant->name(), model}];
+    ++u.requests;
+    u.errors += code >= 500;
+    u.prompt_tokens += usage.prompt_tokens;
+    u.completion_tokens += usage.completion_tokens;
+    u.cost += actual;
   }
 }
 
@@ -291,6 +298,24 @@ LoadReport Gateway::Impl::load_report() {
   for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
   report.queued = waiting_room.queued();
   report.wanted = pool_demand.recent(now_ms);
+  report.instance = started;
+  std::map<std::pair<std::string, std::string>, TenantLoad> usage;
+  for (const auto& w : workers) {
+    std::lock_guard lock(w->usage_mu);
+    for (const auto& [key, u] : w->usage) {
+      TenantLoad& sum = usage[key];
+      sum.requests += u.requests;
+      sum.errors += u.errors;
+      sum.prompt_tokens += u.prompt_tokens;
+      sum.completion_tokens += u.completion_tokens;
+      sum.cost += u.cost;
+    }
+  }
+  for (auto& [key, u] : usage) {
+    u.tenant = key.first;
+    u.model = key.second;
+    report.tenants.push_back(std::move(u));
+  }
   return report;
 }
 

@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -17,6 +19,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include "common/strings.h"
 #include "gateway/adapter_loader.h"
 #include "gateway/disaggregation.h"
 #include "gateway/gateway.h"
@@ -61,6 +64,10 @@ struct Worker {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard;
   std::shared_ptr<const RoutingTable> table = std::make_shared<RoutingTable>();
   GatewayStats stats;
+  // Each tenant's usage by model (counters), for the load report: written
+  // by this worker at each request's end, read by load_report().
+  std::mutex usage_mu;
+  std::map<std::pair<std::string, std::string>, TenantLoad> usage;
   Upstream upstream;  // idle keep-alive connections per replica
   HeldRequests held;  // a new table wakes them
   EndpointChooser::Scratch picks;
@@ -91,7 +98,8 @@ struct Gateway::Impl {
   PeerLoad peers;  // other gateways' load on each replica, and ours to report
   KvEventsFeed kv_events{chooser.kv_blocks()};  // engines' own word on their caches
   std::atomic<uint64_t> request_ids{0};
-  std::string instance;  // names this gateway's requests in the shared store
+  std::string instance;                       // names this gateway's requests in the shared store
+  const std::string started = random_uuid();  // this start's id in load reports
 
   explicit Impl(GatewayOptions o)
       : options(std::move(o)),

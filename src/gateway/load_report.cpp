@@ -1,5 +1,7 @@
 #include "gateway/load_report.h"
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 namespace loadstar::gateway {
@@ -52,7 +54,18 @@ std::string load_report_json(const LoadReport& report) {
   json queued = json::object();
   for (const auto& [service, n] : report.queued)
     if (n > 0) queued[service] = n;
+  json tenants = json::array();
+  for (const TenantLoad& t : report.tenants)
+    tenants.push_back({{"tenant", t.tenant},
+                       {"model", t.model},
+                       {"requests", t.requests},
+                       {"errors", t.errors},
+                       {"prompt_tokens", t.prompt_tokens},
+                       {"completion_tokens", t.completion_tokens},
+                       {"cost", t.cost}});
   return json({{"endpoints", std::move(endpoints)},
+               {"tenants", std::move(tenants)},
+               {"instance", report.instance},
                {"held", std::move(held)},
                {"queued", std::move(queued)},
                {"wanted", report.wanted}})
@@ -94,6 +107,26 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     for (const json& service : *wanted)
       if (service.is_string() && out.report.wanted.size() < 4096)
         out.report.wanted.push_back(service);
+  if (auto instance = doc.find("instance"); instance != doc.end() && instance->is_string())
+    out.report.instance = instance->get<std::string>().substr(0, 64);
+  if (auto tenants = doc.find("tenants"); tenants != doc.end() && tenants->is_array())
+    for (const json& t : *tenants) {
+      if (!t.is_object() || !t.contains("tenant") || !t["tenant"].is_string() ||
+          !t.contains("model") || !t["model"].is_string() || out.report.tenants.size() >= 4096) {
+        out.problems.push_back("a tenant's usage without a tenant and model name");
+        continue;
+      }
+      const double cost = number(t, "cost").value_or(0);
+      out.report.tenants.push_back(
+          {.tenant = t["tenant"].get<std::string>(),
+           .model = t["model"].get<std::string>(),
+           .requests = t.contains("requests") ? counter(t["requests"]) : 0,
+           .errors = t.contains("errors") ? counter(t["errors"]) : 0,
+           .prompt_tokens = t.contains("prompt_tokens") ? counter(t["prompt_tokens"]) : 0,
+           .completion_tokens =
+               t.contains("completion_tokens") ? counter(t["completion_tokens"]) : 0,
+           .cost = std::isfinite(cost) && cost > 0 ? cost : 0});
+    }
   for (const json& e : doc["endpoints"]) {
     if (!e.is_object() || !e.contains("replica") || !e["replica"].is_string()) {
       out.problems.push_back("an endpoint without a replica name");

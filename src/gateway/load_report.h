@@ -36,8 +36,24 @@ struct EndpointLoad {
   std::vector<std::string> adapters;  // LoRA adapters running or waiting there now
 };
 
+// What one tenant's requests to one model used at this gateway, for
+// chargeback (counters, since the gateway started).
+struct TenantLoad {
+  std::string tenant;
+  std::string model;  // as the client named it
+  uint64_t requests = 0;
+  uint64_t errors = 0;  // answered with a 5xx
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+  double cost = 0;  // in the tenant's tokenCost units
+};
+
 struct LoadReport {
   std::vector<EndpointLoad> endpoints;  // each replica once
+  std::vector<TenantLoad> tenants;      // each (tenant, model) once
+  // Random at each start of the gateway: counters of another instance are
+  // not comparable with this one's.
+  std::string instance;
   std::map<std::string, int64_t> held;  // service -> requests held for it now
   // service -> requests waiting in the gateway's flow-control queue for its
   // saturated replicas to have room

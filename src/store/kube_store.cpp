@@ -377,6 +377,37 @@ Result<std::vector<RevisionRecord>> KubeStore::revisions(std::string_view servic
   return out;
 }
 
+namespace {
+constexpr const char* kUsageConfigMap = "loadstar-usage";
+}  // namespace
+
+Result<std::string> KubeStore::load_usage() const {
+  auto got =
+      client_.get(kube::collection_path("v1", scope_.home(), "configmaps") + "/" + kUsageConfigMap);
+  if (!got.ok())
+    return got.error().code == ErrorCode::kNotFound ? Result<std::string>(std::string())
+                                                    : Result<std::string>(got.error());
+  const json text = got->value("data", json::object()).value("usage.json", json());
+  return text.is_string() ? text.get<std::string>() : std::string();
+}
+
+Status KubeStore::save_usage(const std::string& document) {
+  const std::string collection = kube::collection_path("v1", scope_.home(), "configmaps");
+  json object = {{"apiVersion", "v1"},
+                 {"kind", "ConfigMap"},
+                 {"metadata",
+                  {{"name", kUsageConfigMap},
+                   {"namespace", scope_.home()},
+                   {"labels", {{"app.kubernetes.io/managed-by", "loadstar"}}}}},
+                 {"data", {{"usage.json", document}}}};
+  auto replaced = client_.replace(collection + "/" + kUsageConfigMap, object);
+  if (replaced.ok()) return ok_status();
+  if (replaced.error().code != ErrorCode::kNotFound) return replaced.error();
+  auto created = client_.create(collection, object);
+  if (!created.ok()) return created.error();
+  return ok_status();
+}
+
 Status KubeStore::save_revision(std::string_view service, const RevisionRecord& record) {
   const kube::NamespaceScope::Name n = scope_.split(service);
   const std::string collection =

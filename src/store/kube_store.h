@@ -65,6 +65,10 @@ class KubeStore : public ResourceStore {
   // it), from component loadstar-controller; the same one again raises
   // its count.
   void record_event(const Event& event) override;
+  // The usage ledger in the ConfigMap loadstar-usage of the home namespace
+  // (data key usage.json).
+  Result<std::string> load_usage() const override;
+  Status save_usage(const std::string& document) override;
 
   // The object's uid (for owner references); empty when unknown.
   std::string uid_of(std::string_view kind, std::string_view name) const;

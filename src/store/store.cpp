@@ -194,6 +194,21 @@ void LocalStore::record_event(const Event& event) {
   if (out.flush()) ++event_lines_;
 }
 
+Result<std::string> LocalStore::load_usage() const {
+  const fs::path path = dir_ / "usage.json";
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::string();
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof()) return make_error(ErrorCode::kIo, "cannot read {}", path.string());
+  return text.str();
+}
+
+Status LocalStore::save_usage(const std::string& document) {
+  return write_replacing(dir_ / "usage.json", document);
+}
+
 std::vector<Event> LocalStore::past_events() const {
   std::lock_guard lock(mu_);
   return past_events_;

@@ -84,13 +84,18 @@ class ResourceStore {
   virtual void record_event(const Event& /*event*/) {}
   // The events kept from before this process, oldest first (locally).
   virtual std::vector<Event> past_events() const { return {}; }
+  // The usage ledger's state (controller/usage_ledger.h), one document: a
+  // file locally, a ConfigMap in Kubernetes mode. Empty when none is kept.
+  virtual Result<std::string> load_usage() const { return std::string(); }
+  virtual Status save_usage(const std::string& /*document*/) { return ok_status(); }
 };
 
 // Resources in memory, each mirrored to `<dir>/<kind>.<name>.yaml`, written
 // to a temporary file and renamed, so a crash leaves the old or the new
 // version and never half of one. Opening the directory restores them.
 // Rollout history lives next to them, in `<dir>/revisions/<service>/<hash>.json`,
-// and events in `<dir>/events.jsonl` (one per line, the last kMaxEvents kept).
+// events in `<dir>/events.jsonl` (one per line, the last kMaxEvents kept),
+// and the usage ledger in `<dir>/usage.json`.
 class LocalStore : public ResourceStore {
  public:
   static Result<std::unique_ptr<LocalStore>> open(const std::filesystem::path& dir);
@@ -106,6 +111,9 @@ class LocalStore : public ResourceStore {
   Status remove_revision(std::string_view service, std::string_view hash) override;
   void record_event(const Event& event) override;
   std::vector<Event> past_events() const override;
+  // The usage ledger in `<dir>/usage.json`.
+  Result<std::string> load_usage() const override;
+  Status save_usage(const std::string& document) override;
   static constexpr size_t kMaxEvents = 1000;
 
  private:

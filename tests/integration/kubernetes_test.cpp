@@ -452,6 +452,8 @@ TEST_F(KubernetesTest, DeployManifestsPassServerDryRunWithLeastPrivilege) {
   EXPECT_FALSE(can("loadstar-controller", "create deployments.apps" + in));
   EXPECT_TRUE(can("loadstar-controller", "create events" + in));
   EXPECT_FALSE(can("loadstar-controller", "delete events" + in));
+  EXPECT_TRUE(can("loadstar-controller", "update configmaps" + in));  // the usage ledger
+  EXPECT_FALSE(can("loadstar-controller", "delete configmaps" + in));
   EXPECT_TRUE(can("loadstar-gateway", "watch inferenceservices.loadstar.dev" + in));
   EXPECT_FALSE(can("loadstar-gateway", "create pods" + in));
   EXPECT_FALSE(
