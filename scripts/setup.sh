@@ -18,6 +18,8 @@ packages=(
   nginx-light openssl
   # tests: Redis for tenant limits shared across gateways
   redis-server
+  # tests: the dashboard in a real browser (driven by playwright-core from npm)
+  chromium
 )
 # `setup.sh --bench` adds what the benchmarks under bench/ drive (load
 # generator, nginx as the reverse-proxy baseline).
@@ -45,8 +47,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# JS test dependencies (the official openai client), pinned by package-lock.json.
-if [ ! -d tests/js/node_modules/openai ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+# JS test dependencies (the official openai client, playwright-core), pinned
+# by package-lock.json.
+if [ ! -d tests/js/node_modules/openai ] || [ ! -d tests/js/node_modules/playwright-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 

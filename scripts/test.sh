@@ -29,8 +29,9 @@ if [ -x "$k8s" ] && [ "$(id -u)" -eq 0 ]; then
 else
   echo "test: the real-node test needs root and the test API server; it will be skipped" >&2
 fi
-# llama.cpp's llama-server (setup.sh built it): its tests must run, not skip.
-export LOADSTAR_REQUIRE_LLAMA=1
+# llama.cpp's llama-server (setup.sh built it): its tests must run, not skip;
+# so must the dashboard's in Chromium (setup.sh installed it).
+export LOADSTAR_REQUIRE_LLAMA=1 LOADSTAR_REQUIRE_BROWSER=1
 cmake --preset release >/dev/null
 cmake --build --preset release
 ctest --preset release

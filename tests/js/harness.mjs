@@ -47,8 +47,8 @@ export async function startEngineSim(dir, modelDir, args = []) {
 }
 
 // Starts `loadstar up -f FILE` on ports 0 and resolves once `service` has
-// `replicas` ready replicas.
-export async function startUp(dir, yaml, service, replicas, args = []) {
+// `replicas` ready replicas (`token`: the admin API's, when it has one).
+export async function startUp(dir, yaml, service, replicas, args = [], { token } = {}) {
   const file = join(dir, `up-${Date.now()}.yaml`);
   writeFileSync(file, yaml);
   const child = spawn(bin, ['up', '-f', file, '--port', '0', '--admin-port', '0', '--data-dir', join(dir, 'var'), ...args], {
@@ -64,7 +64,8 @@ export async function startUp(dir, yaml, service, replicas, args = []) {
     port ??= out.match(/OpenAI API: http:\/\/127\.0\.0\.1:(\d+)\/v1/)?.[1];
     adminPort ??= out.match(/admin API: +http:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
     if (port && adminPort) {
-      const r = await fetch(`http://127.0.0.1:${adminPort}/api/v1/replicas`);
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const r = await fetch(`http://127.0.0.1:${adminPort}/api/v1/replicas`, { headers });
       const items = (await r.json()).items.filter((x) => x.service === service && x.state === 'Ready');
       if (items.length === replicas) {
         return { port: Number(port), adminPort: Number(adminPort), child, stop: () => child.kill('SIGINT') };
