@@ -665,5 +665,64 @@ TEST_F(KubernetesTest, ADisaggregatedServicesPoolsRunAsPodsAndLongPromptsCrossTh
   }));
 }
 
+// Kubernetes mode's dashboard and usage ledger: the controller serves the
+// page to anyone and its data only with the token; a gateway Pod's load
+// reports carry each tenant's usage, which the controller's ledger keeps
+// in the ConfigMap loadstar-usage (and a new controller goes on from it).
+TEST_F(KubernetesTest, TheLedgerCountsATenantsRequestsThroughAGatewayPodIntoAConfigMap) {
+  add_node(1, 2);
+  start_controller("controller-a", {"--no-leader-elect"});
+  const std::string gateway_ip = gateway_pod(1);
+  ASSERT_FALSE(gateway_ip.empty());
+  apply(model_yaml() + "---\n" + service_yaml(1) + R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Tenant
+metadata: {name: team-a}
+spec:
+  apiKeys: [{name: ci, sha256: 11b36e2dd85361c896eeac2803a51c87cf319591c8752ffeed50a5951d7b46a1}]
+)");
+  ASSERT_TRUE(eventually([&] { return ready_pods() == 1; }, 90));
+  int ok = 0;
+  for (int i = 0; i < 40 && ok < 4; ++i) {
+    auto r = http::fetch({.host = gateway_ip,
+                          .port = 8080,
+                          .method = "POST",
+                          .target = "/v1/chat/completions",
+                          .body = R"({"model":"chat","messages":[{"role":"user","content":"hi"}],)"
+                                  R"("max_tokens":4})",
+                          .headers = {{"Content-Type", "application/json"},
+                                      {"Authorization", "Bearer sk-test-dashboard-key-0001"}},
+                          .timeout_s = 10});
+    if (r.ok() && r->status == 200)
+      ++ok;
+    else
+      std::this_thread::sleep_for(250ms);
+  }
+  ASSERT_EQ(ok, 4);
+  const uint16_t admin = static_cast<uint16_t>(
+      std::stoi(wait_output("controller-a", R"(admin API on http://127\.0\.0\.1:(\d+))")));
+  EXPECT_EQ(internal_get("127.0.0.1", admin, "/", false).status, 200);
+  EXPECT_EQ(internal_get("127.0.0.1", admin, "/api/v1/tenants", false).status, 401);
+  auto tenant_requests = [&] {
+    const json doc =
+        json::parse(internal_get("127.0.0.1", admin, "/api/v1/tenants").body, nullptr, false);
+    for (const json& t : doc.value("items", json::array()))
+      if (t.value("name", "") == "team-a") return t.value("requests", 0);
+    return 0;
+  };
+  ASSERT_TRUE(eventually([&] { return tenant_requests() == 4; }, 20)) << tenant_requests();
+  // Saved within the save interval (30 s), or at once when the controller stops.
+  processes_["controller-a"]->process.signal(SIGTERM);
+  ASSERT_TRUE(eventually([&] { return !processes_["controller-a"]->process.running(); }, 30));
+  const json cm = get_json("configmap loadstar-usage");
+  const std::string saved = cm.value("data", json::object()).value("usage.json", "");
+  EXPECT_NE(saved.find("\"team-a\""), std::string::npos) << cm.dump();
+  start_controller("controller-b", {"--no-leader-elect"});
+  const uint16_t admin_b = static_cast<uint16_t>(
+      std::stoi(wait_output("controller-b", R"(admin API on http://127\.0\.0\.1:(\d+))")));
+  const std::string csv = internal_get("127.0.0.1", admin_b, "/api/v1/usage?format=csv").body;
+  EXPECT_NE(csv.find(",team-a,chat,4,0,"), std::string::npos) << csv;
+}
+
 }  // namespace
 }  // namespace loadstar::testing
