@@ -111,8 +111,9 @@ std::map<std::string, std::string> query_params(std::string_view target) {
     for (size_t i = 0; i < in.size(); ++i) {
       if (in[i] == '+') {
         s += ' ';
-      } else if (in[i] == '%' && i + 2 < in.size() && std::isxdigit(in[i + 1]) &&
-                 std::isxdigit(in[i + 2])) {
+      } else if (in[i] == '%' && i + 2 < in.size() &&
+                 std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+                 std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
         s += static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16));
         i += 2;
       } else {
@@ -145,11 +146,14 @@ Result<int64_t> parse_time(const std::string& field, const std::string& text) {
     tm = {};
     end = strptime(text.c_str(), "%Y-%m-%d", &tm);
   }
-  if (!end || *end)
+  // timegm() would roll 2026-02-31 over into March: such a date is no date.
+  const std::tm asked = tm;
+  const std::time_t t = end && !*end ? timegm(&tm) : -1;
+  if (!end || *end || asked.tm_mday != tm.tm_mday || asked.tm_mon != tm.tm_mon)
     return make_error(ErrorCode::kInvalidArgument,
                       "{}: '{}' is not a time (Unix seconds, 2026-12-01 or 2026-12-01T10:00:00Z)",
                       field, text);
-  return static_cast<int64_t>(timegm(&tm));
+  return static_cast<int64_t>(t);
 }
 
 json usage_fields(const controller::Usage& u) {

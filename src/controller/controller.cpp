@@ -213,7 +213,14 @@ void Controller::save_usage(bool now) {
       (!now && usage_saved_at_ && seconds_between(*usage_saved_at_, t) < kUsageSaveS))
     return;
   usage_saved_at_ = t;
-  if (Status saved = store_.save_usage(usage_.save()); !saved.ok()) {
+  size_t dropped = 0;
+  const std::string document = usage_.save(&dropped);
+  if (dropped > 0)
+    spdlog::warn(
+        "usage ledger: dropped its {} oldest hour row(s) to stay under {} KiB (export them with "
+        "`loadstar usage -o csv` regularly)",
+        dropped, UsageLedger::kMaxDocumentBytes / 1024);
+  if (Status saved = store_.save_usage(document); !saved.ok()) {
     spdlog::warn("usage ledger: cannot save it: {} (kept in memory; tried again in {}s)",
                  saved.error().message, kUsageSaveS);
     return;

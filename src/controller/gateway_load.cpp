@@ -36,6 +36,10 @@ void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& sco
     e.service = scope.qualify(namespace_name, e.service);
     e.replica = scope.qualify(namespace_name, e.replica);
   }
+  for (auto& t : report.tenants) {  // usage is billed to the tenant of its namespace
+    t.tenant = scope.qualify(namespace_name, t.tenant);
+    t.model = scope.qualify(namespace_name, t.model);
+  }
   for (auto* services : {&report.held, &report.queued}) {
     std::map<std::string, int64_t> qualified;
     for (auto& [service, n] : *services) qualified[scope.qualify(namespace_name, service)] = n;

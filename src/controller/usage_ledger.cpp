@@ -39,25 +39,6 @@ json usage_to_json(const Usage& u) {
           {"cost", u.cost}};
 }
 
-Result<Usage> usage_from_json(const json& j, std::string_view where) {
-  if (!j.is_object()) return make_error(ErrorCode::kInvalidArgument, "{}: not an object", where);
-  Usage u;
-  for (auto [field, out] : {std::pair{"requests", &u.requests},
-                            {"errors", &u.errors},
-                            {"prompt_tokens", &u.prompt_tokens},
-                            {"completion_tokens", &u.completion_tokens}}) {
-    const json v = j.value(field, json(0));
-    if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
-      return make_error(ErrorCode::kInvalidArgument, "{}.{}: must be a count", where, field);
-    *out = v.get<uint64_t>();
-  }
-  const json cost = j.value("cost", json(0));
-  if (!cost.is_number() || cost.get<double>() < 0)
-    return make_error(ErrorCode::kInvalidArgument, "{}.cost: must be a number >= 0", where);
-  u.cost = cost.get<double>();
-  return u;
-}
-
 std::string rfc3339(int64_t unix_s) {
   const std::time_t t = unix_s;
   std::tm tm{};
@@ -68,10 +49,10 @@ std::string rfc3339(int64_t unix_s) {
 }
 
 // A field for CSV: quoted when it holds a comma, quote or line break; a
-// leading = + - @ is prefixed with ' so a spreadsheet does not run it.
+// leading = + - @ tab or carriage return is prefixed with ' so a spreadsheet does not run it.
 std::string csv_field(const std::string& s) {
   std::string v = s;
-  if (!v.empty() && (v[0] == '=' || v[0] == '+' || v[0] == '-' || v[0] == '@')) v = "'" + v;
+  if (!v.empty() && std::string_view("=+-@\t\r").find(v[0]) != std::string_view::npos) v = "'" + v;
   if (v.find_first_of(",\"\r\n") == std::string::npos) return v;
   std::string out = "\"";
   for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
@@ -125,45 +106,70 @@ std::map<std::string, Usage> UsageLedger::by_tenant(int64_t from_s, int64_t to_s
   return out;
 }
 
-std::string UsageLedger::save() const {
-  json hours = json::array();
-  for (const auto& [key, usage] : hours_) {
-    json row = usage_to_json(usage);
-    row["hour"] = std::get<0>(key);
-    row["tenant"] = std::get<1>(key);
-    row["model"] = std::get<2>(key);
-    hours.push_back(std::move(row));
-  }
+std::string UsageLedger::save(size_t* dropped) {
+  // Compact: each hour a row [hour, tenant, model, requests, errors,
+  // prompt_tokens, completion_tokens, cost] (about 60 bytes).
   json gateways = json::object();
   for (const auto& [name, seen] : gateways_) {
     json counters = json::array();
-    for (const auto& [key, usage] : seen.counters) {
-      json c = usage_to_json(usage);
-      c["tenant"] = key.first;
-      c["model"] = key.second;
-      counters.push_back(std::move(c));
-    }
+    for (const auto& [key, u] : seen.counters)
+      counters.push_back({key.first, key.second, u.requests, u.errors, u.prompt_tokens,
+                          u.completion_tokens, u.cost});
     gateways[name] = {{"instance", seen.instance}, {"at", seen.at}, {"counters", counters}};
   }
-  return json({{"version", 1}, {"hours", hours}, {"gateways", gateways}}).dump();
+  const std::string gateways_text = gateways.dump();
+  std::vector<std::string> rows;
+  size_t bytes = gateways_text.size() + 64;
+  for (const auto& [key, u] : hours_) {
+    rows.push_back(json::array({std::get<0>(key), std::get<1>(key), std::get<2>(key), u.requests,
+                                u.errors, u.prompt_tokens, u.completion_tokens, u.cost})
+                       .dump());
+    bytes += rows.back().size() + 1;
+  }
+  size_t first = 0;  // rows (oldest first) dropped to fit
+  while (bytes > kMaxDocumentBytes && first < rows.size()) bytes -= rows[first++].size() + 1;
+  if (dropped) *dropped = first;
+  for (size_t i = 0; i < first; ++i) hours_.erase(hours_.begin());
+  std::string text = R"({"version":2,"hours":[)";
+  for (size_t i = first; i < rows.size(); ++i) text += (i > first ? "," : "") + rows[i];
+  return text + R"(],"gateways":)" + gateways_text + "}";
 }
 
 Result<UsageLedger> UsageLedger::load(std::string_view text, int64_t keep_hours) {
   const json doc = json::parse(text, nullptr, false);
-  if (!doc.is_object() || doc.value("version", 0) != 1 || !doc.contains("hours") ||
+  if (!doc.is_object() || doc.value("version", 0) != 2 || !doc.contains("hours") ||
       !doc["hours"].is_array())
     return make_error(ErrorCode::kInvalidArgument,
-                      "not a usage ledger (an object with version 1 and 'hours')");
+                      "not a usage ledger (an object with version 2 and 'hours')");
+  // A row: [hour or tenant..., names, then counts]; `at` is where its counts begin.
+  auto counts = [](const json& row, size_t at, std::string_view where) -> Result<Usage> {
+    Usage u;
+    uint64_t* fields[] = {&u.requests, &u.errors, &u.prompt_tokens, &u.completion_tokens};
+    const char* names[] = {"requests", "errors", "prompt_tokens", "completion_tokens"};
+    for (size_t i = 0; i < 4; ++i) {
+      const json& v = row[at + i];
+      if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+        return make_error(ErrorCode::kInvalidArgument, "{}: {} must be a count", where, names[i]);
+      *fields[i] = v.get<uint64_t>();
+    }
+    const json& cost = row[at + 4];
+    if (!cost.is_number() || !(cost.get<double>() >= 0))
+      return make_error(ErrorCode::kInvalidArgument, "{}: cost must be a number >= 0", where);
+    u.cost = cost.get<double>();
+    return u;
+  };
   UsageLedger ledger(keep_hours);
   size_t i = 0;
   for (const json& row : doc["hours"]) {
     const std::string where = fmt::format("hours[{}]", i++);
-    if (!row.is_object() || !row.contains("hour") || !row["hour"].is_number_integer() ||
-        !row.contains("tenant") || !row["tenant"].is_string() || !row.contains("model") ||
-        !row["model"].is_string())
-      return make_error(ErrorCode::kInvalidArgument, "{}: needs hour, tenant and model", where);
-    LS_ASSIGN_OR_RETURN(Usage usage, usage_from_json(row, where));
-    ledger.hours_[{row["hour"].get<int64_t>(), row["tenant"], row["model"]}].add(usage);
+    if (!row.is_array() || row.size() != 8 || !row[0].is_number_integer() || !row[1].is_string() ||
+        !row[2].is_string())
+      return make_error(ErrorCode::kInvalidArgument,
+                        "{}: needs [hour, tenant, model, requests, errors, prompt_tokens, "
+                        "completion_tokens, cost]",
+                        where);
+    LS_ASSIGN_OR_RETURN(Usage usage, counts(row, 3, where));
+    ledger.hours_[{row[0].get<int64_t>(), row[1], row[2]}].add(usage);
   }
   if (auto gateways = doc.find("gateways"); gateways != doc.end() && gateways->is_object())
     for (const auto& [name, g] : gateways->items()) {
@@ -172,11 +178,9 @@ Result<UsageLedger> UsageLedger::load(std::string_view text, int64_t keep_hours)
       seen.instance = g.value("instance", std::string());
       seen.at = g.value("at", int64_t{0});
       for (const json& c : g["counters"]) {
-        if (!c.is_object() || !c.value("tenant", json()).is_string() ||
-            !c.value("model", json()).is_string())
-          continue;
-        auto usage = usage_from_json(c, "gateways." + name);
-        if (usage.ok()) seen.counters[{c["tenant"], c["model"]}] = *usage;
+        if (!c.is_array() || c.size() != 7 || !c[0].is_string() || !c[1].is_string()) continue;
+        auto usage = counts(c, 2, "gateways." + name);
+        if (usage.ok()) seen.counters[{c[0], c[1]}] = *usage;
       }
     }
   return ledger;

@@ -59,8 +59,11 @@ class UsageLedger {
   std::map<std::string, Usage> by_tenant(int64_t from_s, int64_t to_s) const;
 
   // The whole state, and back (an unreadable document is an error naming
-  // what is wrong; the caller decides whether to start afresh).
-  std::string save() const;
+  // what is wrong; the caller decides whether to start afresh). A document
+  // over kMaxDocumentBytes (a ConfigMap holds 1 MiB) first loses its oldest
+  // hours, from the ledger too; `dropped` says how many.
+  static constexpr size_t kMaxDocumentBytes = 900 * 1024;
+  std::string save(size_t* dropped = nullptr);
   static Result<UsageLedger> load(std::string_view text, int64_t keep_hours = kDefaultKeepHours);
 
  private:

@@ -115,6 +115,16 @@ spec:
   EXPECT_GT(traffic.value("requests_per_second", 0.0), 0) << traffic.dump();
   EXPECT_TRUE(traffic["ttft_p50_seconds"].is_number()) << traffic.dump();
   EXPECT_EQ(traffic.value("failures_per_second", -1.0), 0) << traffic.dump();
+  // The same through `loadstar get -o wide`, as kubectl's wide output.
+  const std::string port = std::to_string(up->admin_port());
+  std::string out;
+  ASSERT_EQ(run_loadstar({"get", "services", "-o", "wide", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("TTFT-P90"), std::string::npos) << out;
+  EXPECT_NE(out.find("revision 1 rolled out"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"get", "replicas", "-o", "wide", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("gpu0:500m"), std::string::npos) << out;
+  EXPECT_NE(out.find("queued +"), std::string::npos) << out;
+  EXPECT_NE(out.find("ready +"), std::string::npos) << out;
 }
 
 TEST(Dashboard, TheUsageLedgerCountsEachTenantsRequestsAndKeepsThemAcrossARestart) {

@@ -70,6 +70,7 @@ TEST(GatewayLoad, ReportsFromOtherNamespacesSpeakTheControllersNames) {
   report.endpoints[0].replica = "chat-0";
   report.held["chat"] = 2;
   report.queued["chat"] = 1;
+  report.tenants.push_back({.tenant = "team-a-users", .model = "chat", .requests = 3});
   gateway::LoadReport home = report;
   qualify_report(home, scope, "loadstar");
   EXPECT_EQ(home.endpoints[0].replica, "chat-0");
@@ -78,6 +79,10 @@ TEST(GatewayLoad, ReportsFromOtherNamespacesSpeakTheControllersNames) {
   EXPECT_EQ(report.endpoints[0].replica, "team-a/chat-0");
   EXPECT_EQ(report.held, (std::map<std::string, int64_t>{{"team-a/chat", 2}}));
   EXPECT_EQ(report.queued, (std::map<std::string, int64_t>{{"team-a/chat", 1}}));
+  // Usage is billed to the Tenant of the gateway's namespace.
+  EXPECT_EQ(report.tenants[0].tenant, "team-a/team-a-users");
+  EXPECT_EQ(report.tenants[0].model, "team-a/chat");
+  EXPECT_EQ(home.tenants[0].tenant, "team-a-users");
 }
 
 TEST(GatewayLoad, OnlyReadyGatewayPodsArePolled) {

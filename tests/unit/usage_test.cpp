@@ -116,20 +116,42 @@ TEST(UsageLedger, KeepsOnlyItsHoursAndRefusesADocumentItCannotRead) {
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].hour, kHour + 3600);
   EXPECT_FALSE(UsageLedger::load("").ok());
-  EXPECT_FALSE(UsageLedger::load(R"({"version": 2, "hours": []})").ok());
-  auto bad = UsageLedger::load(
-      R"({"version": 1, "hours": [{"hour": 0, "tenant": "t", "model": "m", "requests": -1}]})");
+  EXPECT_FALSE(UsageLedger::load(R"({"version": 3, "hours": []})").ok());
+  auto bad = UsageLedger::load(R"({"version": 2, "hours": [[0, "t", "m", -1, 0, 0, 0, 0]]})");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().message.find("hours[0].requests"), std::string::npos)
+  EXPECT_NE(bad.error().message.find("hours[0]: requests must be a count"), std::string::npos)
       << bad.error().message;
+}
+
+TEST(UsageLedger, ADocumentTooBigForAConfigMapLosesItsOldestHoursFirst) {
+  UsageLedger ledger(100000);
+  // 60 tenants for 400 hours: 24,000 rows of about 55 bytes, over 900 KiB.
+  for (int h = 0; h < 400; ++h) {
+    std::vector<gateway::TenantLoad> tenants;
+    for (int t = 0; t < 60; ++t)
+      tenants.push_back(used("tenant-" + std::to_string(t), h + 1, 10 * (h + 1), h + 1.5));
+    ledger.observe({{"gw", {"i", tenants}}}, kHour + h * 3600);
+  }
+  size_t dropped = 0;
+  const std::string document = ledger.save(&dropped);
+  EXPECT_LE(document.size(), UsageLedger::kMaxDocumentBytes);
+  EXPECT_GT(dropped, 0u);
+  const auto rows = ledger.rows(0, INT64_MAX);
+  EXPECT_EQ(rows.size(), 400u * 60u - dropped);
+  EXPECT_EQ(rows.back().hour, kHour + 399 * 3600);  // the newest stay
+  auto loaded = UsageLedger::load(document);
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  EXPECT_EQ(loaded->rows(0, INT64_MAX).size(), rows.size());
 }
 
 TEST(UsageLedger, CsvQuotesWhatNeedsItAndDefusesFormulas) {
   const std::string csv =
-      usage_csv({{kHour, "=cmd|' /C calc'!A0", "chat, large", {1, 0, 2, 3, 4.5}}});
+      usage_csv({{kHour, "=cmd|' /C calc'!A0", "chat, large", {1, 0, 2, 3, 4.5}},
+                 {kHour, "\tx", "-1", {0, 0, 0, 0, 0}}});
   EXPECT_EQ(csv,
             "hour,tenant,model,requests,errors,prompt_tokens,completion_tokens,cost\n"
-            "2025-12-05T21:00:00Z,'=cmd|' /C calc'!A0,\"chat, large\",1,0,2,3,4.5\n");
+            "2025-12-05T21:00:00Z,'=cmd|' /C calc'!A0,\"chat, large\",1,0,2,3,4.5\n"
+            "2025-12-05T21:00:00Z,'\tx,'-1,0,0,0,0,0\n");
 }
 
 TEST(UsageLedger, TenantUsageTravelsInTheLoadReportToTheRound) {
