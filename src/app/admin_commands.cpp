@@ -85,18 +85,124 @@ int describe_job(const AdminTarget& target, const std::string& name) {
   return 1;
 }
 
+namespace {
+
+// The declared document of `plural`/`name` (as applied), or empty.
+std::string declared_yaml(const AdminTarget& target, const std::string& plural,
+                          const std::string& name) {
+  auto doc = admin_call(target, "GET", "/api/v1/resources/" + plural);
+  if (!doc.ok()) return "";
+  for (const auto& item : (*doc)["items"])
+    if (item.value("name", "") == name) return item.value("yaml", "");
+  return "";
+}
+
+void print_indented(const std::string& text) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (line != "---") fmt::print("  {}\n", line);
+}
+
+std::string gpus(double milli) {
+  return fmt::format("{:g}", milli / 1000);
+}
+
+// What is live of a declared resource, as the admin API shows it now.
+void describe_live(const AdminTarget& target, const std::string& kind, const std::string& name) {
+  if (kind == "node") {
+    auto nodes = admin_call(target, "GET", "/api/v1/nodes");
+    for (const auto& n : nodes.ok() ? (*nodes)["items"] : json::array()) {
+      if (n["name"] != name) continue;
+      fmt::print("Weights held: {}\nCards:\n",
+                 n["models"].empty() ? std::string("none")
+                                     : fmt::format("{}", fmt::join(n["models"], ", ")));
+      for (const auto& d : n["devices"]) {
+        std::vector<std::string> holders;
+        for (const auto& h : d["holders"])
+          holders.push_back(fmt::format("{} ({})", h["name"].get<std::string>(),
+                                        h["mig_slices"].get<int>() > 0
+                                            ? fmt::format("{}g", h["mig_slices"].get<int>())
+                                            : gpus(h["milli"].get<double>())));
+        fmt::print(
+            "  gpu{:<3} {:<12} {:>4} booked  {}\n", d["index"].get<int>(),
+            d["model"].get<std::string>(), gpus(d["milli_used"].get<double>()),
+            holders.empty() ? std::string("free") : fmt::format("{}", fmt::join(holders, ", ")));
+      }
+    }
+  } else if (kind == "model") {
+    std::vector<std::string> held, used;
+    if (auto nodes = admin_call(target, "GET", "/api/v1/nodes"); nodes.ok())
+      for (const auto& n : (*nodes)["items"])
+        for (const auto& m : n["models"])
+          if (m == name) held.push_back(n["name"]);
+    if (auto services = admin_call(target, "GET", "/api/v1/services"); services.ok())
+      for (const auto& s : (*services)["items"])
+        if (s["model"] == name)
+          used.push_back(
+              fmt::format("{} ({} ready)", s["name"].get<std::string>(), s["ready"].get<int>()));
+    fmt::print("Held by nodes: {}\nServed by:     {}\n",
+               held.empty() ? std::string("none") : fmt::format("{}", fmt::join(held, ", ")),
+               used.empty() ? std::string("none") : fmt::format("{}", fmt::join(used, ", ")));
+  } else if (kind == "tenant") {
+    auto tenants = admin_call(target, "GET", "/api/v1/tenants");
+    for (const auto& t : tenants.ok() ? (*tenants)["items"] : json::array())
+      if (t["name"] == name)
+        fmt::print(
+            "Usage (the ledger's hours): {} requests ({} errors), {} prompt and {} completion "
+            "tokens, cost {:g}\nGPU-hours:   {:.3f}\n",
+            t["requests"].get<uint64_t>(), t["errors"].get<uint64_t>(),
+            t["prompt_tokens"].get<uint64_t>(), t["completion_tokens"].get<uint64_t>(),
+            t["cost"].get<double>(), t["gpu_seconds"].get<double>() / 3600);
+  } else if (kind == "queue") {
+    auto queues = admin_call(target, "GET", "/api/v1/queues");
+    for (const auto& q : queues.ok() ? (*queues)["items"] : json::array())
+      if (q["name"] == name)
+        fmt::print(
+            "GPUs:        {:g} allocated, {:g} deserved, fair share now {:.3g}\nWorkloads:   {} "
+            "running, {} pending\nGPU-hours:   {:.3f}\n",
+            q["allocated"]["gpu"].get<double>(), q["deserved"]["gpu"].get<double>(),
+            q["fair_share"]["gpu"].get<double>(), q["running"].get<int>(), q["pending"].get<int>(),
+            q["gpu_seconds"].get<double>() / 3600);
+  }
+}
+
+}  // namespace
+
+// A declared Model, Node, Tenant, Route or Queue: its spec as applied, and
+// what is live of it.
+int describe_declared(const AdminTarget& target, const std::string& kind, const std::string& name) {
+  const std::string yaml = declared_yaml(target, kind + "s", name);
+  bool implicit = false;  // the queue every workload without one goes to
+  if (yaml.empty() && kind == "queue")
+    if (auto queues = admin_call(target, "GET", "/api/v1/queues"); queues.ok())
+      for (const auto& q : (*queues)["items"]) implicit = implicit || q["name"] == name;
+  if (yaml.empty() && !implicit) {
+    fmt::print(stderr, "loadstar describe: no {} named '{}' (loadstar get {}s)\n", kind, name,
+               kind);
+    return 1;
+  }
+  fmt::print("Name:  {}\nKind:  {}\nDeclared:{}\n", name, kind,
+             implicit ? " no (the queue of workloads that name none)" : "");
+  print_indented(yaml);
+  fmt::print("\n");
+  describe_live(target, kind, name);
+  return 0;
+}
+
 std::function<int()> setup_describe(CLI::App& app) {
   auto target = std::make_shared<AdminTarget>();
   auto kind = std::make_shared<std::string>();
   auto name = std::make_shared<std::string>();
-  app.add_option("kind", *kind, "replica, service or job")
+  app.add_option("kind", *kind, "replica, service, job; model, node, tenant, route, queue")
       ->required()
-      ->check(CLI::IsMember({"replica", "service", "job"}));
-  app.add_option("name", *name, "Its name (loadstar get replicas|services|jobs)")->required();
+      ->check(CLI::IsMember(
+          {"replica", "service", "job", "model", "node", "tenant", "route", "queue"}));
+  app.add_option("name", *name, "Its name (loadstar get KIND)")->required();
   add_admin_options(app, *target);
   return [target, kind, name]() -> int {
     if (*kind == "service") return describe_service(*target, *name);
     if (*kind == "job") return describe_job(*target, *name);
+    if (*kind != "replica") return describe_declared(*target, *kind, *name);
     auto doc = admin_call(*target, "GET", "/api/v1/replicas");
     if (!doc.ok()) {
       fmt::print(stderr, "loadstar describe: {}\n", doc.error().message);

@@ -50,8 +50,8 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
                   wake_.notify_all();
                 }),
       placement_(options_.placement_policy) {
-  // The usage ledger goes on from what was saved (an unreadable one is
-  // kept aside by the next save's overwrite only after this warning).
+  // The usage ledger goes on from what was saved. An unreadable one is
+  // said in the log and replaced by the next save.
   auto saved = store_.load_usage();
   if (!saved.ok()) {
     spdlog::warn("usage ledger: {} (starting a new one)", saved.error().message);
@@ -60,7 +60,8 @@ Controller::Controller(store::ResourceStore& store, EngineRuntime& runtime, Load
     if (ledger.ok())
       usage_ = std::move(*ledger);
     else
-      spdlog::warn("usage ledger: {} (starting a new one)", ledger.error().message);
+      spdlog::error("usage ledger: {} (starting a new one; the next save replaces it)",
+                    ledger.error().message);
   }
 }
 

@@ -125,6 +125,16 @@ spec:
   EXPECT_NE(out.find("gpu0:500m"), std::string::npos) << out;
   EXPECT_NE(out.find("queued +"), std::string::npos) << out;
   EXPECT_NE(out.find("ready +"), std::string::npos) << out;
+  // describe for what is declared: the spec as applied, and what is live.
+  ASSERT_EQ(run_loadstar({"describe", "node", "box", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("count: 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("chat-0 (0.5)"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"describe", "model", "tiny", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("Served by:     chat (2 ready)"), std::string::npos) << out;
+  ASSERT_EQ(run_loadstar({"describe", "queue", "default", "--admin-port", port}, &out), 0) << out;
+  EXPECT_NE(out.find("1 allocated"), std::string::npos) << out;  // two halves
+  EXPECT_EQ(run_loadstar({"describe", "route", "nope", "--admin-port", port}, &out), 1);
+  EXPECT_NE(out.find("no route named 'nope'"), std::string::npos) << out;
 }
 
 TEST(Dashboard, TheUsageLedgerCountsEachTenantsRequestsAndKeepsThemAcrossARestart) {
