@@ -202,7 +202,10 @@ http::Response usage_response(const controller::Controller& ctl, const http::Req
 
 json rollout_json(const controller::RolloutStatus& r) {
   json revisions = json::array();
-  for (const auto& rev : r.revisions) revisions.push_back(revision_json(rev));
+  for (const auto& rev : r.revisions) {
+    revisions.push_back(revision_json(rev));
+    revisions.back()["traffic"] = traffic_json(rev.traffic);
+  }
   return {{"revision", r.revision},
           {"rolling", r.rolling},
           {"aborted", r.aborted},

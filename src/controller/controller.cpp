@@ -260,14 +260,21 @@ void Controller::apply_load() {
     auto r = replicas_.find(name);
     if (r == replicas_.end()) continue;
     ServiceLoad& s = increments_[r->second->service];
-    TrafficSample& t = traffic[r->second->service];
     s.requests += load.requests;
-    t.requests += load.requests;
-    t.failures += load.failures;
     for (size_t b = 0; b < s.ttft.size(); ++b) s.ttft[b] += load.ttft[b];
     for (size_t b = 0; b < s.itl.size(); ++b) s.itl[b] += load.itl[b];
-    for (size_t b = 0; b < t.ttft.size(); ++b) t.ttft[b] += load.ttft[b];
-    for (size_t b = 0; b < t.itl.size(); ++b) t.itl[b] += load.itl[b];
+    // The service's, and its revision's ("SERVICE#N").
+    const Revision* revision = r->second->revision.get();
+    for (const std::string& key :
+         {r->second->service,
+          revision ? fmt::format("{}#{}", r->second->service, revision->number) : std::string()}) {
+      if (key.empty()) continue;
+      TrafficSample& t = traffic[key];
+      t.requests += load.requests;
+      t.failures += load.failures;
+      for (size_t b = 0; b < t.ttft.size(); ++b) t.ttft[b] += load.ttft[b];
+      for (size_t b = 0; b < t.itl.size(); ++b) t.itl[b] += load.itl[b];
+    }
   }
   traffic_.add(traffic, clock_.now());
 }
@@ -525,7 +532,9 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
   for (auto& [name, r] : replicas_)
     if (!services_.count(r->service)) begin_termination(*r);
   scaler_.retain(services_);
-  traffic_.retain(services_);
+  traffic_.retain([this](const std::string& key) {
+    return services_.count(key.substr(0, key.rfind('#'))) > 0;
+  });
 
   place(nodes, queues, now);
   if (jobs_ && !stopping_) jobs_->launch(placement_, seconds(now));

@@ -85,6 +85,7 @@ struct RevisionStatus {
   std::string model, engine;  // what it ran: the model's source, the engine and its args
   uint32_t replicas = 0, ready = 0;
   bool current = false;
+  TrafficSummary traffic;  // its replicas' over the last minute (a canary's against the rest)
 };
 
 struct RolloutStatus {

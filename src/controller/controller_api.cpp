@@ -187,6 +187,8 @@ RolloutStatus Controller::rollout_status(const std::string& service) const {
   }
   for (auto& [hash, rev] : by_hash) {
     rev.current = current != current_.end() && hash == current->second->hash;
+    if (rev.number > 0)
+      rev.traffic = traffic_.summary(fmt::format("{}#{}", service, rev.number), clock_.now());
     out.revisions.push_back(std::move(rev));
   }
   std::sort(out.revisions.begin(), out.revisions.end(),

@@ -39,15 +39,15 @@ struct TrafficSample {
 class Traffic {
  public:
   explicit Traffic(double window_s = 60) : window_s_(window_s) {}
-  // A round of increments at `now`, by service (a service with no entry
-  // served nothing this round).
+  // A round of increments at `now`, by key (a service, or a service's
+  // revision; one with no entry served nothing this round).
   void add(const std::map<std::string, TrafficSample>& round, Clock::time_point now);
   // Over the window up to `now`; zeros for a service never seen.
   TrafficSummary summary(const std::string& service, Clock::time_point now) const;
-  // Forgets services not named by `keep`.
-  template <typename Map>
-  void retain(const Map& keep) {
-    std::erase_if(services_, [&](const auto& kv) { return !keep.count(kv.first); });
+  // Forgets the services (keys) `keep` says no to.
+  template <typename Keep>
+  void retain(const Keep& keep) {
+    std::erase_if(services_, [&](const auto& kv) { return !keep(kv.first); });
   }
 
  private:

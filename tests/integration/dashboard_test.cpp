@@ -115,6 +115,10 @@ spec:
   EXPECT_GT(traffic.value("requests_per_second", 0.0), 0) << traffic.dump();
   EXPECT_TRUE(traffic["ttft_p50_seconds"].is_number()) << traffic.dump();
   EXPECT_EQ(traffic.value("failures_per_second", -1.0), 0) << traffic.dump();
+  // ...and per revision (a canary's against the stable one's).
+  const json revision = get(*up, "/api/v1/services")["items"][0]["rollout"]["revisions"][0];
+  EXPECT_EQ(revision["revision"], 1) << revision.dump();
+  EXPECT_GT(revision["traffic"].value("requests_per_second", 0.0), 0) << revision.dump();
   // The same through `loadstar get -o wide`, as kubectl's wide output.
   const std::string port = std::to_string(up->admin_port());
   std::string out;

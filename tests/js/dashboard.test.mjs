@@ -142,6 +142,7 @@ test('the pages show the running system, a killed replica and the GPU map', { sk
     // A replica killed: the service page shows it restarted, and why.
     await page.goto(`http://127.0.0.1:${up.adminPort}/#/service/chat`);
     await waitText('tr[data-replica="chat-0"] td:nth-child(2)', (t) => t === 'Ready');
+    await waitText('tr[data-revision="1"] td:nth-child(7)', (t) => Number(t) > 0);  // its traffic
     const victim = replicas.find((r) => r.name === 'chat-0');
     process.kill(victim.pid, 'SIGKILL');
     await waitText('tr[data-replica="chat-0"] td:nth-child(6)', (t) => Number(t) >= 1);
