@@ -38,6 +38,9 @@ void EngineScraper::publish(std::shared_ptr<const RoutingTable> table) {
 
 void EngineScraper::loop() {
   if (interval_s_ <= 0) return;
+  // Connections kept alive between rounds: a scrape ten times a second per
+  // replica would otherwise open (and tear down) a connection each time.
+  http::ClientPool pool;
   std::unique_lock lock(mu_);
   while (!stopping_) {
     std::shared_ptr<const RoutingTable> table = table_;
@@ -50,7 +53,7 @@ void EngineScraper::loop() {
         request.port = e->port;
         request.target = "/metrics";
         request.timeout_s = std::max(0.5, interval_s_ * 5);
-        auto response = http::fetch(request);
+        auto response = pool.fetch(request);
         if (!response.ok() || response->status != 200) continue;
         EngineLoad load = parse_engine_load(response->body);
         e->waiting.store(load.waiting.value_or(0), std::memory_order_relaxed);
