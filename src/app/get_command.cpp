@@ -15,6 +15,7 @@
 #include "api/resources.h"
 #include "app/admin_client.h"
 #include "app/commands.h"
+#include "controller/cold_start.h"
 
 namespace loadstar::app {
 
@@ -242,7 +243,7 @@ Result<Rendered> render_get(const AdminTarget& target, const std::string& what,
     for (const auto& r : (*doc)["items"]) {
       std::vector<std::string> phases;
       double before = 0;
-      for (const char* event : {"queued", "placed", "staged", "started", "ready", "routed"})
+      for (const char* event : controller::kColdStartEvents)
         if (const json at = r["timeline"].value(event, json()); at.is_number()) {
           phases.push_back(fmt::format("{} +{:.1f}s", event, at.get<double>() - before));
           before = at.get<double>();

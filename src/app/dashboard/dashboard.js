@@ -14,7 +14,6 @@ const state = {
   history: {},      // service -> [{t, rps, ready, desired}]
   queueHistory: {}, // queue -> [{t, allocated, fair}]
   timer: null,
-  lastOk: 0,
 };
 
 // --- building elements (text only) -------------------------------------------
