@@ -5,7 +5,8 @@
 // round trip through its JSON), and the picks and load other gateways
 // publish through Redis (a message that decodes encodes back to itself),
 // and an engine's KV event batch (msgpack, vLLM's format: one that decodes
-// survives a round trip, and the KV-cache index takes it).
+// survives a round trip, and the KV-cache index takes it), and an engine's
+// /tokenize answer and the client body a /tokenize ask is made from.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +15,7 @@
 
 #include "api/cost_expression.h"
 #include "gateway/engine_load.h"
+#include "gateway/engine_tokens.h"
 #include "gateway/kv_block_index.h"
 #include "gateway/load_report.h"
 #include "gateway/shared_messages.h"
@@ -51,6 +53,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (matched[0] > 64) std::abort();
     index.forget(1);
     if (index.blocks() != 0) std::abort();
+  }
+  if (auto ids = parse_tokenize_response(text); ids.ok() && ids->size() > size) std::abort();
+  for (const bool chat : {true, false}) {
+    TokenizeAsk ask = tokenize_ask(text, chat, "m");
+    if (!ask.body.empty() && ask.ids) std::abort();  // one or the other
   }
   return 0;
 }

@@ -330,11 +330,10 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     e.boolean("kvEvents", svc.spec.engine.kv_events);
     if (svc.spec.engine.kv_events) {
       const engines::Engine* kind = engines::find(svc.spec.engine.name);
-      if (kind && !kind->gateway_tokenizer)
+      if (kind && !kind->kv_events)
         d.error(engine["kvEvents"], "spec.engine.kvEvents",
-                fmt::format("the gateway matches KV events by token ids and has only "
-                            "engine-sim's tokenizer; {} needs the model's (not yet supported)",
-                            kind->name));
+                fmt::format("{} does not publish vLLM's KV events (engines that do: {})",
+                            kind->name, engines::names(&engines::Engine::kv_events)));
       else if (!svc.spec.engine.prefix_cache)
         d.error(engine["kvEvents"], "spec.engine.kvEvents", "needs prefixCache");
     }

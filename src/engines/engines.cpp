@@ -150,7 +150,6 @@ std::vector<Engine> make_table() {
     e.lora = true;
     e.lora_runtime_loading = true;
     e.kv_events = true;
-    e.gateway_tokenizer = true;
     e.kv_transfer = true;
     e.multi_node = true;
     e.engine_flags = engine_sim_flags;
@@ -269,9 +268,10 @@ const Engine* find(std::string_view name) {
   return nullptr;
 }
 
-std::string names() {
+std::string names(bool Engine::*feature) {
   std::string out;
-  for (const Engine& e : all()) out += (out.empty() ? "" : ", ") + e.name;
+  for (const Engine& e : all())
+    if (!feature || e.*feature) out += (out.empty() ? "" : ", ") + e.name;
   return out;
 }
 

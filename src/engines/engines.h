@@ -101,12 +101,10 @@ struct Engine {
   // Loads adapters at runtime through vLLM's /v1/load_lora_adapter
   // (spec.lora.loading: onDemand; LaunchSpec::lora_on_demand).
   bool lora_runtime_loading = false;
-  // Publishes vLLM's KV events (LaunchSpec::kv_events_endpoint).
+  // Publishes vLLM's KV events (LaunchSpec::kv_events_endpoint) and
+  // answers vLLM's POST /tokenize, through which the gateway gets a
+  // prompt's token ids to match the events' token blocks.
   bool kv_events = false;
-  // The gateway tokenizes prompts exactly as this engine does, so it can
-  // match the token blocks of its KV events (engine-sim's stand-in
-  // tokenizer; a real model's tokenizer is not in the gateway yet).
-  bool gateway_tokenizer = false;
   // Hands a prompt's KV cache to another engine (LaunchSpec::kv_role):
   // vLLM's --kv-transfer-config with NixlConnector, whose side channel
   // listens on kNixlSideChannelPort in a Pod.
@@ -135,8 +133,9 @@ inline constexpr const char* kRuntimeLoraEnv = "VLLM_ALLOW_RUNTIME_LORA_UPDATING
 
 const std::vector<Engine>& all();
 const Engine* find(std::string_view name);
-// "engine-sim, llama.cpp, vllm, sglang", for messages.
-std::string names();
+// "engine-sim, llama.cpp, vllm, sglang", for messages; with `feature`,
+// only the engines that have it ("engine-sim, vllm" for &Engine::kv_events).
+std::string names(bool Engine::*feature = nullptr);
 
 // Autoscaling targets set on a service that its engine cannot feed, each
 // with why ("kvCacheUsage: llama.cpp exports no KV-cache use"). Empty: all

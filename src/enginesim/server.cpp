@@ -116,6 +116,8 @@ asio::awaitable<void> EngineSimServer::handle(Exchange& ex) {
   } else if (path == "/v1/embeddings" && post) {
     co_await generate(ex, Endpoint::kEmbeddings);
     co_return;
+  } else if (path == "/tokenize" && post) {
+    response = tokenize(req.body);
   } else if (path == "/kv_transfer/read" && post && kv_ && kv_->produces()) {
     co_await read_held_kv(ex);
     co_return;
@@ -126,7 +128,7 @@ asio::awaitable<void> EngineSimServer::handle(Exchange& ex) {
   } else {
     const bool known = path == "/health" || path == "/metrics" || path == "/v1/models" ||
                        path == "/version" || path == "/v1/chat/completions" ||
-                       path == "/v1/completions" || path == "/v1/embeddings";
+                       path == "/v1/completions" || path == "/v1/embeddings" || path == "/tokenize";
     ApiError e{known ? 405 : 404, fmt::format("no route for {} {}", req.method, path), {}};
     response = {e.status, "application/json", openai::error_body(e)};
   }
@@ -149,6 +151,31 @@ std::optional<uint32_t> EngineSimServer::model_id(const std::string& model) {
   auto it = adapters_.find(model);
   if (it == adapters_.end()) return std::nullopt;
   return it->second.id;
+}
+
+http::Response EngineSimServer::tokenize(std::string_view body) {
+  auto refuse = [](ApiError e) {
+    return http::Response{e.status, "application/json", openai::error_body(e)};
+  };
+  nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
+  if (!doc.is_object()) return refuse({400, "the body must be a JSON object", {}});
+  // `model` is optional here, as in vLLM; when given it must be served.
+  if (!doc.contains("model")) {
+    doc["model"] = model_name_;
+  } else if (!doc["model"].is_string() || !model_id(doc["model"].get<std::string>())) {
+    return refuse(
+        {404, fmt::format("The model `{}` does not exist.", doc["model"].dump()), "model"});
+  }
+  const Endpoint endpoint =
+      doc.contains("messages") ? Endpoint::kChatCompletions : Endpoint::kCompletions;
+  auto parsed = openai::parse_request(endpoint, doc.dump());
+  if (!parsed.ok()) return refuse(openai::to_api_error(parsed.error()));
+  std::vector<engine::TokenId> ids;
+  openai::prompt_tokens(*parsed, 0, ids);
+  const nlohmann::json out = {{"count", ids.size()},
+                              {"max_model_len", loop_.core().config().max_model_len},
+                              {"tokens", ids}};
+  return {200, "application/json", out.dump()};
 }
 
 std::string EngineSimServer::models_json() {

@@ -82,6 +82,12 @@ class EngineSimServer {
 
   std::string models_json();
 
+  // POST /tokenize as vLLM answers it: {"prompt"} or {"messages"} (through
+  // the chat template the chat endpoint applies) to {"count",
+  // "max_model_len","tokens"}. The gateway asks it for the token ids this
+  // engine's KV events are matched against.
+  http::Response tokenize(std::string_view body);
+
   // POST /v1/load_lora_adapter {"lora_name","lora_path"} and
   // /v1/unload_lora_adapter {"lora_name"}, answered as vLLM does.
   boost::asio::awaitable<void> change_adapter(http::Exchange& ex, bool load);

@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
-#include "tokenizer/tokenizer.h"
 
 namespace loadstar::gateway {
 
@@ -201,41 +200,6 @@ std::string upstream_body_selecting_adapter(std::string_view body, const Request
     options["include_usage"] = true;
   }
   return doc.dump();
-}
-
-std::vector<uint32_t> engine_sim_prompt_tokens(std::string_view prompt, bool chat) {
-  std::vector<uint32_t> out;
-  if (chat) {
-    std::vector<tokenizer::ChatMessage> messages;
-    while (!prompt.empty()) {
-      const size_t end = std::min(prompt.find('\x1e'), prompt.size());
-      const std::string_view m = prompt.substr(0, end);
-      const size_t nl = std::min(m.find('\n'), m.size());
-      messages.push_back({std::string(m.substr(0, nl)),
-                          std::string(nl < m.size() ? m.substr(nl + 1) : std::string_view())});
-      prompt.remove_prefix(std::min(end + 1, prompt.size()));
-    }
-    tokenizer::apply_chat_template(messages, out);
-    return out;
-  }
-  prompt = prompt.substr(0, std::min(prompt.find('\x1e'), prompt.size()));
-  // Token ids come as "1,2,3,".
-  const bool ids = !prompt.empty() && prompt.back() == ',' &&
-                   prompt.find_first_not_of("0123456789,") == std::string_view::npos;
-  if (!ids) {
-    tokenizer::Tokenizer::get().encode(prompt, out);
-    return out;
-  }
-  uint64_t id = 0;
-  for (char c : prompt) {
-    if (c == ',') {
-      out.push_back(static_cast<uint32_t>(std::min<uint64_t>(id, UINT32_MAX)));
-      id = 0;
-    } else {
-      id = std::min<uint64_t>(id * 10 + static_cast<uint64_t>(c - '0'), UINT64_MAX / 16);
-    }
-  }
-  return out;
 }
 
 }  // namespace loadstar::gateway

@@ -34,12 +34,6 @@ struct RequestPeek {
 // `model` is missing or not a string.
 Result<RequestPeek> peek_request(std::string_view body);
 
-// The prompt's token ids as engine-sim computes them (its tokenizer and
-// chat template) from RequestPeek::prompt: what its KV events are matched
-// against. `chat`: a chat completion (messages), else a completion's first
-// prompt.
-std::vector<uint32_t> engine_sim_prompt_tokens(std::string_view peek_prompt, bool chat);
-
 struct Usage {
   uint64_t prompt_tokens = 0;
   uint64_t completion_tokens = 0;

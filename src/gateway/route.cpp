@@ -7,6 +7,7 @@
 #include "common/scope_exit.h"
 #include "common/strings.h"
 #include "gateway/adapter_routing.h"
+#include "gateway/engine_tokens.h"
 #include "gateway/gateway_impl.h"
 #include "gateway/respond.h"
 
@@ -88,6 +89,29 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
         continue;
       }
     }
+    // Engines that say what their caches hold are matched by token blocks:
+    // the prompt's ids are asked (once) of an engine of the service, the
+    // least busy of those publishing, so that they are exactly its own.
+    if (!kv_tokens && !backend->external &&
+        selector.table().services.at(backend->service).picker.kind == PickerKind::kScored) {
+      Endpoint* asked = nullptr;
+      for (Endpoint* e : selector.endpoints(*backend, now_ms))
+        if (!e->kv_events.empty() &&
+            (!asked || e->in_flight.load(std::memory_order_relaxed) <
+                           asked->in_flight.load(std::memory_order_relaxed)))
+          asked = e;
+      if (asked) {
+        // Asked of the base model (the name the engines serve, the
+        // service's): an adapter shares its tokenizer and may not be loaded
+        // there. The table outlives the exchange: the selector holds it.
+        kv_tokens =
+            co_await engine_tokens(w, ex, *asked, backend->service, client_authorization, stats);
+        if (w.table.get() != &selector.table()) {  // a new table came meanwhile
+          selector.resolve(w.table);
+          continue;
+        }
+      }
+    }
     if (attempt > 0) {
       // The retry budget: retries may be only a share of what is in flight.
       const auto budget = std::max<int64_t>(
@@ -134,13 +158,6 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
                                 std::uniform_real_distribution<double>(0, 1)(w.rng), w.canary);
       candidates = unsaturated(svc->flow, candidates, now_ms, w.unsaturated);
     }
-    // Engines that say what their caches hold are matched by token blocks:
-    // the prompt is tokenized (once) as they tokenize it.
-    if (picker && !kv_tokens && std::any_of(candidates.begin(), candidates.end(), [](Endpoint* e) {
-          return !e->kv_events.empty();
-        }))
-      kv_tokens = engine_sim_prompt_tokens(
-          peek.prompt, req.target.find("/chat/completions") != std::string::npos);
     if (kv_tokens) pick_request.tokens = *kv_tokens;
     pick_request.estimate_cache = svc && svc->prefill;
     const EndpointPick chosen = chooser.choose(picker, candidates, pick_request, w.picks);
@@ -286,6 +303,39 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
   // The client went away before a status was sent (nginx's convention).
   if (routed.code == 0) routed.code = 499;
   co_return routed;
+}
+
+asio::awaitable<std::vector<uint32_t>> Gateway::Impl::engine_tokens(Worker& w, http::Exchange& ex,
+                                                                    Endpoint& endpoint,
+                                                                    std::string_view model,
+                                                                    std::string_view authorization,
+                                                                    ModelStats& stats) {
+  // Tokenizing is quick (a fast tokenizer, no GPU); an engine that takes
+  // longer is busy, and the pick goes on without its word.
+  constexpr std::chrono::milliseconds kLimit{250};
+  const http::Request& req = ex.request();
+  TokenizeAsk ask =
+      tokenize_ask(req.body, req.target.find("/chat/completions") != std::string::npos, model);
+  if (ask.ids) co_return std::move(*ask.ids);
+  if (ask.body.empty()) co_return std::vector<uint32_t>();
+  const Clock::time_point start = Clock::now();
+  ForwardRequest request{
+      .endpoint = &endpoint, .body = ask.body, .authorization = authorization, .stats = &stats};
+  CallResult answer = co_await w.upstream.call(ex, std::move(request), "/tokenize", kLimit);
+  Result<std::vector<uint32_t>> ids =
+      answer.outcome != ForwardOutcome::kDone
+          ? Result<std::vector<uint32_t>>(make_error(ErrorCode::kUnavailable, "{}", answer.failure))
+      : answer.status != 200
+          ? Result<std::vector<uint32_t>>(make_error(ErrorCode::kUnavailable, "answered {}: {}",
+                                                     answer.status, answer.body.substr(0, 200)))
+          : parse_tokenize_response(answer.body);
+  if (!ids.ok()) {
+    ++stats.tokenize_failures;
+    spdlog::debug("tokenize on replica {} failed: {}", endpoint.replica, ids.error().message);
+    co_return std::vector<uint32_t>();
+  }
+  stats.tokenize.observe(seconds_since(start));
+  co_return std::move(ids).value();
 }
 
 asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex,

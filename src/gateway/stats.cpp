@@ -11,6 +11,8 @@ namespace {
 
 const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                             2.5,   5,    10,    20,   40,  80,   160, 320};
+const std::vector<double> kTokenizeBounds = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                             0.025,  0.05,  0.1,    0.25,  0.5};
 const std::vector<double> kItlBounds = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06,
                                         0.08,  0.1,    0.25,  0.5,  1,    2.5,  5};
 }  // namespace
@@ -36,7 +38,8 @@ ModelStats::ModelStats()
       held_ttft(&kLatencyBounds),
       inter_token(&kItlBounds),
       duration(&kLatencyBounds),
-      prefill_leg(&kLatencyBounds) {}
+      prefill_leg(&kLatencyBounds),
+      tokenize(&kTokenizeBounds) {}
 
 void ModelStats::merge(const ModelStats& other) {
   for (const auto& [code, n] : other.requests_by_code) requests_by_code[code] += n;
@@ -59,6 +62,8 @@ void ModelStats::merge(const ModelStats& other) {
   disaggregated += other.disaggregated;
   prefill_leg.merge(other.prefill_leg);
   prefill_fallbacks += other.prefill_fallbacks;
+  tokenize.merge(other.tokenize);
+  tokenize_failures += other.tokenize_failures;
 }
 
 void TenantStats::merge(const TenantStats& other) {
@@ -134,6 +139,14 @@ std::string render_metrics(const GatewayStats& stats) {
   auto& prefill_fallbacks =
       text.counter("loadstar_gateway_prefill_fallbacks_total",
                    "Requests served whole by a decode replica because their prefill leg failed.");
+  auto& tokenize = text.histogram(
+      "loadstar_gateway_tokenize_seconds",
+      "Prompts tokenized by an engine of the service (POST /tokenize) to match the engines' "
+      "KV events: time of the exchange.");
+  auto& tokenize_failures =
+      text.counter("loadstar_gateway_tokenize_failures_total",
+                   "Asks to tokenize a prompt that failed (refused, timed out, or not an "
+                   "answer): the pick went by the gateway's own prefix index.");
   auto histogram = [](const Histogram& h) {
     MetricsText::Histogram out;
     out.bounds = h.bounds();
@@ -169,6 +182,8 @@ std::string render_metrics(const GatewayStats& stats) {
     disaggregated.add(static_cast<double>(s.disaggregated), labels);
     prefill_leg.add(histogram(s.prefill_leg), labels);
     prefill_fallbacks.add(static_cast<double>(s.prefill_fallbacks), labels);
+    tokenize.add(histogram(s.tokenize), labels);
+    tokenize_failures.add(static_cast<double>(s.tokenize_failures), labels);
     for (const auto& [b, n] : s.backend_requests)
       backend.add(static_cast<double>(n), {{"backend", b}, {"model", model}});
   }

@@ -54,6 +54,11 @@ struct ModelStats {
   uint64_t disaggregated = 0;
   Histogram prefill_leg;
   uint64_t prefill_fallbacks = 0;
+  // Prompts tokenized by an engine (POST /tokenize) to match engines' KV
+  // events: the exchange's time, and the asks that failed (the pick then
+  // goes by the gateway's own prefix index).
+  Histogram tokenize;
+  uint64_t tokenize_failures = 0;
   void merge(const ModelStats& other);
 };
 

@@ -196,10 +196,11 @@ asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequ
 // Sends the request and reads the response head. False when that failed
 // (result says why, and whether the client is gone).
 asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest request,
-                                           std::string_view target) {
+                                           std::string_view target,
+                                           std::chrono::milliseconds limit) {
   CallResult out;
   ForwardResult result;
-  Call call(io_, millis(options_.idle_timeout_s));
+  Call call(io_, limit.count() > 0 ? limit : millis(options_.idle_timeout_s));
   ex.on_client_closed([watch = call.watch] {
     watch->client_gone = true;
     boost::system::error_code ignored;
@@ -282,7 +283,7 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
       watch.conn = &call.conn->socket();
       boost::system::error_code ec;
       auto address = asio::ip::make_address(endpoint.host, ec);
-      call.arm(millis(options_.connect_timeout_s));
+      call.arm(std::min(call.idle, millis(options_.connect_timeout_s)));
       tcp::endpoint target(address, endpoint.port);
       auto [cec] = co_await call.conn->socket().async_connect(target, kUseTuple);
       if (ec || cec) {

@@ -103,9 +103,12 @@ class Upstream {
   boost::asio::awaitable<ForwardResult> forward(http::Exchange& ex, ForwardRequest request);
   // Sends the request to `target` on request.endpoint and returns the whole
   // answer instead of relaying it (the prefill leg of a disaggregated
-  // request). The client's hanging up ends it (kClientGone).
+  // request). The client's hanging up ends it (kClientGone). `limit`
+  // (when set) replaces the idle timeout as the bound on the exchange, and
+  // bounds connecting too.
   boost::asio::awaitable<CallResult> call(http::Exchange& ex, ForwardRequest request,
-                                          std::string_view target);
+                                          std::string_view target,
+                                          std::chrono::milliseconds limit = {});
 
  private:
   struct Call;  // one attempt's connection, parser and watchdog (upstream.cpp)

@@ -12,7 +12,6 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/kv_block_index.h"
-#include "gateway/request_peek.h"
 #include "kvevents/zmq_transport.h"
 #include "support.h"
 
@@ -62,7 +61,17 @@ TEST(KvEvents, EngineSimPublishesWhatItsPrefixCacheHolds) {
   // A subscriber misses what is published before it connects (ZeroMQ's
   // slow joiner): send until the engine's blocks show up.
   const std::string prompt = document(1);
-  const std::vector<uint32_t> tokens = gateway::engine_sim_prompt_tokens(prompt, false);
+  // The prompt's ids as the engine itself gives them (vLLM's /tokenize),
+  // as a gateway asks for them.
+  const auto tokenized = sim->post("/tokenize", json{{"prompt", prompt}}.dump());
+  ASSERT_EQ(tokenized.status, 200) << tokenized.body;
+  const json answer = json::parse(tokenized.body);
+  EXPECT_EQ(answer["count"], answer["tokens"].size());
+  EXPECT_GT(answer["max_model_len"].get<int>(), 0);
+  const auto tokens = answer["tokens"].get<std::vector<uint32_t>>();
+  EXPECT_EQ(sim->post("/tokenize", json{{"model", "other"}, {"prompt", prompt}}.dump()).status,
+            404);
+  EXPECT_EQ(sim->post("/tokenize", R"({"messages": "no"})").status, 400);
   std::vector<uint32_t> matched(1);
   const uint64_t id = 1;
   ASSERT_TRUE(eventually([&] {
@@ -131,6 +140,43 @@ spec:
       EXPECT_EQ(r->header("x-loadstar-endpoint"), holders[static_cast<size_t>(doc)])
           << "document " << doc << " question " << q;
     }
+  // A chat's prompt goes through the engine's chat template: its ids, asked
+  // of an engine, match what the engine cached for the same conversation.
+  const std::string chat_body = json{{"model", "chat"},
+                                     {"max_tokens", 2},
+                                     {"messages",
+                                      {{{"role", "system"}, {"content", document(2)}},
+                                       {{"role", "user"}, {"content", "first question"}}}}}
+                                    .dump();
+  // Every earlier batch in first (the count steady), so the next is the chat's.
+  double batches = -1;
+  ASSERT_TRUE(eventually([&] {
+    const double now = scrape_metric(second, "loadstar_gateway_kv_events_batches_total");
+    const bool steady = now == batches;
+    batches = now;
+    if (!steady) std::this_thread::sleep_for(200ms);
+    return steady;
+  }));
+  auto first = up->post("/v1/chat/completions", chat_body);
+  ASSERT_EQ(first.status, 200) << first.body;
+  const std::string chat_holder(first.header("x-loadstar-endpoint"));
+  // (The engine's pool may be full: its events then evict as many blocks
+  // as they store, so wait for the batch, not for more blocks.)
+  ASSERT_TRUE(eventually([&] {
+    return scrape_metric(second, "loadstar_gateway_kv_events_batches_total") > batches;
+  })) << up->log();
+  auto again = http::fetch({.port = second,
+                            .method = "POST",
+                            .target = "/v1/chat/completions",
+                            .body = chat_body,
+                            .headers = {{"Content-Type", "application/json"}},
+                            .timeout_s = 10});
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->status, 200);
+  EXPECT_EQ(again->header("x-loadstar-endpoint"), chat_holder);
+  // Every prompt's ids came from an engine (POST /tokenize), none failed.
+  EXPECT_EQ(scrape_metric(second, "loadstar_gateway_tokenize_seconds_count", "model=\"chat\""), 7);
+  EXPECT_EQ(scrape_metric(second, "loadstar_gateway_tokenize_failures_total", "model=\"chat\""), 0);
   EXPECT_EQ(scrape_metric(second, "loadstar_gateway_kv_events_lost_total"), 0);
 }
 

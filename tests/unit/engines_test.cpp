@@ -375,8 +375,8 @@ spec: {model: m, engine: {name: vllm}, prefill: {replicas: 2}}
 }
 
 // spec.engine.kvEvents: the engine publishes vLLM's KV events on a named
-// port the gateways find on the Pod; only engines whose prompts the gateway
-// can tokenize take it.
+// port the gateways find on the Pod (vLLM's flag and port for vLLM too);
+// engines that do not publish them refuse it.
 TEST(EnginePods, KvEventsArePublishedOnANamedPort) {
   const json pod = pod_of("engine-sim", 0, "synth://m", "", "", true);
   const json& c = pod["spec"]["containers"][0];
@@ -394,7 +394,13 @@ TEST(EnginePods, KvEventsArePublishedOnANamedPort) {
   EXPECT_EQ(plain["spec"]["containers"][0]["ports"].size(), 1u);
   const auto plain_args = plain["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
   EXPECT_EQ(std::count(plain_args.begin(), plain_args.end(), "--kv-events-config"), 0);
-  for (const char* engine : {"vllm", "llama.cpp"}) {
+  const json vllm = pod_of("vllm", 1, "hf://Qwen/Qwen2.5-0.5B-Instruct", "", "", true);
+  const auto vllm_args = vllm["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
+  flag = std::find(vllm_args.begin(), vllm_args.end(), "--kv-events-config");
+  ASSERT_NE(flag, vllm_args.end());
+  EXPECT_EQ(json::parse(*(flag + 1))["endpoint"], "tcp://*:5557");
+  EXPECT_EQ(vllm["spec"]["containers"][0]["ports"][1]["name"], "kv-events");
+  for (const char* engine : {"sglang", "llama.cpp"}) {
     auto r = api::decode_resources(fmt::format(R"(
 apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -405,6 +411,8 @@ spec: {{model: m, engine: {{name: {}, kvEvents: true}}}}
                                    "s.yaml");
     ASSERT_FALSE(r.ok()) << engine;
     EXPECT_NE(r.error().message.find("spec.engine.kvEvents"), std::string::npos)
+        << r.error().message;
+    EXPECT_NE(r.error().message.find("engines that do: engine-sim, vllm"), std::string::npos)
         << r.error().message;
   }
 }

@@ -3,10 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <msgpuck.h>
+#include <nlohmann/json.hpp>
 
 #include "engine/engine_core.h"
+#include "gateway/engine_tokens.h"
 #include "gateway/kv_block_index.h"
-#include "gateway/request_peek.h"
 #include "kvevents/kv_events.h"
 #include "openai/protocol.h"
 
@@ -257,10 +258,8 @@ TEST(KvBlockIndex, MatchesEngineSimsOwnEventsForTheGatewaysTokens) {
   double now = 0;
   while (core.has_work()) now += core.step(now).duration;
 
-  auto peek = gateway::peek_request(body);
-  ASSERT_TRUE(peek.ok());
-  const std::vector<uint32_t> tokens = gateway::engine_sim_prompt_tokens(peek->prompt, true);
-  ASSERT_EQ(tokens, r.prompt);  // the gateway tokenizes as the engine does
+  // The engine's own ids for the prompt (what its POST /tokenize answers).
+  const std::vector<uint32_t> tokens(r.prompt.begin(), r.prompt.end());
 
   KvBlockIndex index;
   EventBatch batch;
@@ -286,6 +285,62 @@ TEST(KvBlockIndex, MatchesEngineSimsOwnEventsForTheGatewaysTokens) {
   index.apply(7, batch);
   index.match(tokens, "", std::span(&id, 1), matched);
   EXPECT_LT(matched[0], tokens.size() / 16 * 16);
+}
+
+// The gateway asks an engine for a prompt's ids as vLLM's POST /tokenize
+// takes them: a chat's messages with everything that changes the rendered
+// template, a completion's first prompt; ids given in the request are used
+// as they are.
+TEST(EngineTokens, AsksAsVllmsTokenizeTakesIt) {
+  const nlohmann::json chat = nlohmann::json::parse(gateway::tokenize_ask(R"({
+    "model": "alias", "stream": true, "max_tokens": 5, "temperature": 0,
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "chat_template_kwargs": {"enable_thinking": false}, "add_generation_prompt": true})",
+                                                                          true, "served")
+                                                        .body);
+  EXPECT_EQ(chat, nlohmann::json::parse(R"({
+    "model": "served", "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "chat_template_kwargs": {"enable_thinking": false}, "add_generation_prompt": true})"));
+
+  auto completion = gateway::tokenize_ask(
+      R"({"model": "m", "prompt": ["first", "second"], "add_special_tokens": false})", false,
+      "served");
+  EXPECT_FALSE(completion.ids);
+  EXPECT_EQ(nlohmann::json::parse(completion.body),
+            nlohmann::json::parse(
+                R"({"model": "served", "prompt": "first", "add_special_tokens": false})"));
+
+  auto ids = gateway::tokenize_ask(R"({"model": "m", "prompt": [[7, 8, 9], [1]]})", false, "s");
+  ASSERT_TRUE(ids.ids);
+  EXPECT_EQ(*ids.ids, (std::vector<uint32_t>{7, 8, 9}));
+  EXPECT_TRUE(ids.body.empty());
+  ids = gateway::tokenize_ask(R"({"model": "m", "prompt": [3, 4]})", false, "s");
+  ASSERT_TRUE(ids.ids);
+  EXPECT_EQ(*ids.ids, (std::vector<uint32_t>{3, 4}));
+
+  // Nothing to ask: the engine refuses such a request itself.
+  for (const char* body :
+       {"[1]", R"({"model": "m"})", R"({"prompt": 5})", "not json", R"({"prompt": [-1, 2]})"}) {
+    auto none = gateway::tokenize_ask(body, false, "s");
+    EXPECT_TRUE(none.body.empty()) << body;
+    EXPECT_FALSE(none.ids && !none.ids->empty()) << body;
+  }
+  EXPECT_TRUE(gateway::tokenize_ask(R"({"prompt": "x"})", true, "s").body.empty());
+}
+
+TEST(EngineTokens, ReadsTheTokensOfAnAnswer) {
+  auto ids = gateway::parse_tokenize_response(
+      R"({"count": 3, "max_model_len": 4096, "tokens": [128000, 9906, 0], "token_strs": null})");
+  ASSERT_TRUE(ids.ok()) << ids.error().message;
+  EXPECT_EQ(*ids, (std::vector<uint32_t>{128000, 9906, 0}));
+  for (const char* bad :
+       {"", "{}", R"({"tokens": "1 2"})", R"({"tokens": [1, -2]})",
+        R"({"tokens": [1, 4294967296]})", R"({"tokens": [1.5]})", R"({"tokens": [1, 2)"}) {
+    auto r = gateway::parse_tokenize_response(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+  }
 }
 
 }  // namespace
