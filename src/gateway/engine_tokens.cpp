@@ -1,6 +1,7 @@
 #include "gateway/engine_tokens.h"
 
-#include <simdjson.h>
+#include "gateway/json_scratch.h"
+
 #include <nlohmann/json.hpp>
 
 namespace loadstar::gateway {
@@ -60,8 +61,9 @@ TokenizeAsk tokenize_ask(std::string_view client_body, bool chat, std::string_vi
 }
 
 Result<std::vector<uint32_t>> parse_tokenize_response(std::string_view body) {
-  simdjson::ondemand::parser parser;
-  simdjson::padded_string padded(body);
+  JsonScratch& json = json_scratch();
+  simdjson::padded_string_view padded = json.view(body);
+  simdjson::ondemand::parser& parser = json.parser;
   simdjson::ondemand::document doc;
   simdjson::ondemand::array tokens;
   if (parser.iterate(padded).get(doc) || doc["tokens"].get_array().get(tokens))

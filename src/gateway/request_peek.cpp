@@ -1,8 +1,9 @@
 #include "gateway/request_peek.h"
 
+#include "gateway/json_scratch.h"
+
 #include <algorithm>
 
-#include <simdjson.h>
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
@@ -79,8 +80,9 @@ bool append_messages(simdjson::ondemand::value value, std::string& out) {
 }  // namespace
 
 Result<RequestPeek> peek_request(std::string_view body) {
-  simdjson::padded_string padded(body);
-  simdjson::ondemand::parser parser;
+  JsonScratch& json = json_scratch();
+  simdjson::padded_string_view padded = json.view(body);
+  simdjson::ondemand::parser& parser = json.parser;
   simdjson::ondemand::document doc;
   simdjson::ondemand::object object;
   if (parser.iterate(padded).get(doc) || doc.get_object().get(object))
@@ -133,8 +135,9 @@ Result<RequestPeek> peek_request(std::string_view body) {
 }
 
 std::optional<Usage> peek_usage(std::string_view json) {
-  simdjson::padded_string padded(json);
-  simdjson::ondemand::parser parser;
+  JsonScratch& scratch = json_scratch();
+  simdjson::padded_string_view padded = scratch.view(json);
+  simdjson::ondemand::parser& parser = scratch.parser;
   simdjson::ondemand::document doc;
   simdjson::ondemand::object usage;
   if (parser.iterate(padded).get(doc) || doc["usage"].get_object().get(usage)) return std::nullopt;

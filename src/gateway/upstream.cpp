@@ -95,6 +95,7 @@ struct Upstream::Conn {
   }
   std::optional<tcp::socket> plain;
   std::optional<asio::ssl::stream<tcp::socket>> tls;
+  std::chrono::steady_clock::time_point idle_since;  // when it was pooled
 };
 
 // One attempt's upstream connection, response parser and watchdog. The
@@ -102,7 +103,13 @@ struct Upstream::Conn {
 struct Upstream::Call {
   Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
     parser.body_limit(boost::none);
+    // Beast reads at most what the buffer has room for, and a new buffer
+    // has 512 bytes: an engine's write of a few SSE events would take
+    // several reads (and so several writes to the client). Only the pages
+    // a read fills become resident.
+    buffer.reserve(kReadBuffer);
   }
+  static constexpr size_t kReadBuffer = 16384;
   void arm(std::chrono::milliseconds after) {
     watchdog.expires_after(after);
     watchdog.async_wait([watch = watch](boost::system::error_code ec) {
@@ -128,10 +135,17 @@ Upstream::~Upstream() = default;
 std::unique_ptr<Upstream::Conn> Upstream::take_idle(const std::string& key) {
   // A connection the peer has closed (or that has unsolicited bytes
   // waiting, such as a 408) reads as ready; an open, quiet one would block.
+  // Looking costs a syscall per request, so only connections idle for a
+  // while are looked at: engines close idle ones after seconds (uvicorn
+  // after 5), and one closed sooner fails before any response byte and is
+  // sent again on a fresh connection (send()).
+  constexpr std::chrono::seconds kLookAfter{1};
   std::vector<std::unique_ptr<Conn>>& pool = idle_[key];
+  const auto now = std::chrono::steady_clock::now();
   while (!pool.empty()) {
     std::unique_ptr<Conn> conn = std::move(pool.back());
     pool.pop_back();
+    if (now - conn->idle_since < kLookAfter) return conn;
     char byte;
     const ssize_t n = ::recv(conn->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return conn;
@@ -167,6 +181,7 @@ void Upstream::keep_idle(const std::string& key, std::unique_ptr<Conn> conn) {
   // Bounded, as nginx's `keepalive`: past it a connection is closed rather
   // than kept, so that pools cannot hold the descriptors new clients need.
   auto& pool = idle_[key];
+  conn->idle_since = std::chrono::steady_clock::now();
   if (pool.size() < kMaxIdlePerReplica) pool.push_back(std::move(conn));
 }
 
@@ -401,11 +416,20 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
   const int status = result.upstream_status;
   result.client_status = status;
   std::vector<http::Header> headers = std::move(request.headers);
-  bool client_ok = co_await ex.begin_stream(status, std::move(content_type), std::move(headers));
+  // Events that came in with the engine's header leave with ours, in one
+  // write; otherwise the header goes at once (a long prefill may follow,
+  // and the client should see the answer begin).
+  bool client_ok = co_await ex.begin_stream(status, std::move(content_type), std::move(headers),
+                                            call.buffer.size() > 0);
+  bool ended = false;
   char chunk[16384];
   boost::system::error_code read_error;
+  // Sized once for a read's worth of events: growing them event by event
+  // was a third of the relay's allocations.
   std::string pending;
   std::string out;  // the events of one read, reused
+  pending.reserve(4096);
+  out.reserve(4096);
   bool first_token = true;
   Clock::time_point last_event = start;
   // Re-arming the watchdog costs a timerfd syscall, so it is renewed at
@@ -472,6 +496,11 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
       pos = event_end;
     }
     pending.erase(0, pos);
+    if (!rec && parser.is_done()) {  // the last events and the body's end, in one write
+      client_ok = co_await ex.end_stream(out);
+      ended = true;
+      break;
+    }
     if (!out.empty()) client_ok = co_await ex.write_chunk(out);
     if (rec) {
       read_error = rec;
@@ -499,7 +528,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     co_return;
   }
   const bool reusable = parser.keep_alive();
-  co_await ex.end_stream();
+  if (!ended) co_await ex.end_stream();
   if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 

@@ -24,6 +24,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_cat.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
@@ -84,7 +86,8 @@ struct Exchange::Impl {
   Request request;
   bool keep_alive = true;
   bool complete = false;               // the whole response has been written
-  bool streaming = false;              // headers of a chunked response are out
+  bool streaming = false;              // a chunked response has begun
+  std::string head;                    // its header, when deferred to the first chunk
   bool failed = false;                 // a write failed: the client is gone
   std::shared_ptr<bool> watch_active;  // set while on_client_closed watches
 };
@@ -113,7 +116,7 @@ asio::awaitable<bool> Exchange::respond(Response response) {
 }
 
 asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_type,
-                                             std::vector<Header> headers) {
+                                             std::vector<Header> headers, bool defer) {
   bhttp::response<bhttp::empty_body> res{static_cast<bhttp::status>(status), 11};
   res.set(bhttp::field::server, "loadstar");
   res.set(bhttp::field::content_type, content_type);
@@ -121,8 +124,13 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
   for (const Header& h : headers) res.set(h.name, h.value);
   res.keep_alive(impl_->keep_alive);
   res.chunked(true);
-  bhttp::response_serializer<bhttp::empty_body> sr{res};
   impl_->streaming = true;
+  if (defer) {
+    bhttp::fields::writer head{res.base(), res.version(), res.result_int()};
+    impl_->head = beast::buffers_to_string(head.get());
+    co_return true;
+  }
+  bhttp::response_serializer<bhttp::empty_body> sr{res};
   auto [ec, n] = co_await std::visit(
       [&](auto* s) { return bhttp::async_write_header(*s, sr, kUseTuple); }, impl_->stream);
   if (ec) impl_->failed = true;
@@ -133,17 +141,38 @@ asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   if (impl_->failed) co_return false;
   if (data.empty()) co_return true;  // an empty chunk would end the body
   auto chunk = bhttp::make_chunk(asio::buffer(data.data(), data.size()));
+  const std::string head = std::exchange(impl_->head, {});
   auto [ec, n] = co_await std::visit(
-      [&](auto* s) { return asio::async_write(*s, chunk, kUseTuple); }, impl_->stream);
+      [&](auto* s) {
+        return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), chunk), kUseTuple);
+      },
+      impl_->stream);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
 
-asio::awaitable<bool> Exchange::end_stream() {
+asio::awaitable<bool> Exchange::end_stream(std::string_view data) {
   if (impl_->failed) co_return false;
+  const std::string head = std::exchange(impl_->head, {});
   auto last = bhttp::make_chunk_last();
-  auto [ec, n] = co_await std::visit(
-      [&](auto* s) { return asio::async_write(*s, last, kUseTuple); }, impl_->stream);
+  boost::system::error_code ec;
+  if (data.empty()) {
+    auto [wec, n] = co_await std::visit(
+        [&](auto* s) {
+          return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), last), kUseTuple);
+        },
+        impl_->stream);
+    ec = wec;
+  } else {
+    auto chunk = bhttp::make_chunk(asio::buffer(data.data(), data.size()));
+    auto [wec, n] = co_await std::visit(
+        [&](auto* s) {
+          return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), chunk, last),
+                                   kUseTuple);
+        },
+        impl_->stream);
+    ec = wec;
+  }
   impl_->complete = true;
   if (ec) impl_->failed = true;
   co_return !ec;

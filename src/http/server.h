@@ -64,10 +64,13 @@ class Exchange {
   // Starts a chunked response; write_chunk sends each piece as it comes.
   // `data` must stay alive until the returned awaitable completes (callers
   // co_await it at once, so a local buffer they reuse is fine).
+  // `defer`: the header leaves with the first chunk (or the end), in one
+  // write, for a caller that has that chunk at hand already.
   boost::asio::awaitable<bool> begin_stream(int status, std::string content_type,
-                                            std::vector<Header> headers = {});
+                                            std::vector<Header> headers = {}, bool defer = false);
   boost::asio::awaitable<bool> write_chunk(std::string_view data);
-  boost::asio::awaitable<bool> end_stream();
+  // Ends the body; `data` (if any) goes out as its last chunk in the same write.
+  boost::asio::awaitable<bool> end_stream(std::string_view data = {});
   // Calls `callback` (on this exchange's executor) if the client closes the
   // connection before the response is complete. For handlers that wait a
   // long time before writing anything. A later call replaces the callback.
