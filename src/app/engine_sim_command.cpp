@@ -77,8 +77,10 @@ void add_engine_sim_options(CLI::App& app, enginesim::EngineSimOptions& o) {
                  "Fault injection: answer this fraction of generation requests 500")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  app.add_option("--fault-delay", o.fault_delay_s,
-                 "Fault injection: seconds every generation request waits before it starts")
+  app.add_option(
+         "--fault-delay", o.fault_delay_s,
+         "Fault injection: seconds every generation request (and /tokenize) waits before it "
+         "starts")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
   app.add_option_function<std::string>(

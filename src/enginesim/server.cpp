@@ -117,6 +117,7 @@ asio::awaitable<void> EngineSimServer::handle(Exchange& ex) {
     co_await generate(ex, Endpoint::kEmbeddings);
     co_return;
   } else if (path == "/tokenize" && post) {
+    co_await injected_delay();
     response = tokenize(req.body);
   } else if (path == "/kv_transfer/read" && post && kv_ && kv_->produces()) {
     co_await read_held_kv(ex);
@@ -151,6 +152,14 @@ std::optional<uint32_t> EngineSimServer::model_id(const std::string& model) {
   auto it = adapters_.find(model);
   if (it == adapters_.end()) return std::nullopt;
   return it->second.id;
+}
+
+asio::awaitable<void> EngineSimServer::injected_delay() {
+  if (options_.fault_delay_s <= 0) co_return;
+  asio::steady_timer delay(co_await asio::this_coro::executor);
+  delay.expires_after(
+      std::chrono::microseconds(static_cast<int64_t>(options_.fault_delay_s * 1e6)));
+  co_await delay.async_wait(asio::use_awaitable);
 }
 
 http::Response EngineSimServer::tokenize(std::string_view body) {
@@ -374,12 +383,7 @@ asio::awaitable<void> EngineSimServer::generate(Exchange& ex, Endpoint endpoint)
     co_await respond_error(ex, std::move(error));
     co_return;
   }
-  if (options_.fault_delay_s > 0) {
-    asio::steady_timer delay(co_await asio::this_coro::executor);
-    delay.expires_after(
-        std::chrono::microseconds(static_cast<int64_t>(options_.fault_delay_s * 1e6)));
-    co_await delay.async_wait(asio::use_awaitable);
-  }
+  co_await injected_delay();
   if (options_.fault_error_rate > 0 && fault_draw() < options_.fault_error_rate) {
     ApiError error{500, "injected fault (engine-sim --fault-error-rate)", {}};
     co_await respond_error(ex, std::move(error));

@@ -87,6 +87,8 @@ class EngineSimServer {
   // "max_model_len","tokens"}. The gateway asks it for the token ids this
   // engine's KV events are matched against.
   http::Response tokenize(std::string_view body);
+  // --fault-delay: the wait before a generation or /tokenize starts.
+  boost::asio::awaitable<void> injected_delay();
 
   // POST /v1/load_lora_adapter {"lora_name","lora_path"} and
   // /v1/unload_lora_adapter {"lora_name"}, answered as vLLM does.

@@ -322,20 +322,23 @@ asio::awaitable<std::vector<uint32_t>> Gateway::Impl::engine_tokens(Worker& w, h
   ForwardRequest request{
       .endpoint = &endpoint, .body = ask.body, .authorization = authorization, .stats = &stats};
   CallResult answer = co_await w.upstream.call(ex, std::move(request), "/tokenize", kLimit);
-  Result<std::vector<uint32_t>> ids =
-      answer.outcome != ForwardOutcome::kDone
-          ? Result<std::vector<uint32_t>>(make_error(ErrorCode::kUnavailable, "{}", answer.failure))
-      : answer.status != 200
-          ? Result<std::vector<uint32_t>>(make_error(ErrorCode::kUnavailable, "answered {}: {}",
-                                                     answer.status, answer.body.substr(0, 200)))
-          : parse_tokenize_response(answer.body);
-  if (!ids.ok()) {
+  std::string why;  // the ask failed, and why
+  std::vector<uint32_t> ids;
+  if (answer.outcome != ForwardOutcome::kDone)
+    why = answer.failure.empty() ? "no answer" : std::move(answer.failure);
+  else if (answer.status != 200)
+    why = fmt::format("answered {}: {}", answer.status, answer.body.substr(0, 200));
+  else if (auto parsed = parse_tokenize_response(answer.body); !parsed.ok())
+    why = parsed.error().message;
+  else
+    ids = std::move(parsed).value();
+  if (!why.empty()) {
     ++stats.tokenize_failures;
-    spdlog::debug("tokenize on replica {} failed: {}", endpoint.replica, ids.error().message);
+    spdlog::debug("tokenize on replica {} failed: {}", endpoint.replica, why);
     co_return std::vector<uint32_t>();
   }
   stats.tokenize.observe(seconds_since(start));
-  co_return std::move(ids).value();
+  co_return ids;
 }
 
 asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex,

@@ -180,5 +180,38 @@ spec:
   EXPECT_EQ(scrape_metric(second, "loadstar_gateway_kv_events_lost_total"), 0);
 }
 
+TEST(KvEvents, AnEngineSlowToTokenizeIsNotWaitedFor) {
+  // Engines whose API server is busy (--fault-delay holds /tokenize too):
+  // the gateway gives up the ask after its bound, counts it, and routes the
+  // request by its own prefix index.
+  auto up = Up::start(R"(apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: tiny}
+spec: {source: "synth://tiny", size: 8Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: tiny
+  replicas: 2
+  engine: {name: engine-sim, kvEvents: true, args: ["--time-scale", "20", "--fault-delay", "1"]}
+)");
+  up->wait_ready("chat", 2);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = up->post("/v1/completions", completion(document(0)));
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(r.status, 200) << r.body;
+  const uint16_t port = up->port();
+  EXPECT_EQ(settled_metric(port, "loadstar_gateway_tokenize_failures_total", "model=\"chat\"", 1),
+            1);
+  EXPECT_EQ(scrape_metric(port, "loadstar_gateway_tokenize_seconds_count", "model=\"chat\""), 0);
+  // The engine's delay and the ask's bound (250 ms), not the engine's delay
+  // twice (2 s: what waiting for the ask would take).
+  EXPECT_GE(took, 1.0);
+  EXPECT_LT(took, 1.9) << took;
+}
+
 }  // namespace
 }  // namespace loadstar::testing
