@@ -71,6 +71,10 @@ struct ScheduleArgs {
   double coverage = 1.0;
   uint32_t synthetic_nodes = 0;
   uint64_t seed = 42;
+  // "paper": the FGD paper's simulator's order (scheduler::paper_arrival);
+  // "creation": the trace's creation order, then random draws (inflate).
+  std::string arrival = "creation";
+  uint32_t seeds = 1;  // runs averaged, seeds `seed`.. (the paper: 10, 42..51)
   std::string out = "var/sim/schedule";
 };
 
@@ -96,10 +100,11 @@ Result<Cluster> load_cluster(const ScheduleArgs& a, const std::string& nodes_csv
 }
 
 int run_schedule(const ScheduleArgs& a) {
-  if (!(a.step > 0) || !(a.inflate > 0) || !(a.coverage > 0 && a.coverage <= 1)) {
+  if (!(a.step > 0) || !(a.inflate > 0) || !(a.coverage > 0 && a.coverage <= 1) || a.seeds == 0 ||
+      (a.arrival != "paper" && a.arrival != "creation")) {
     fmt::print(stderr,
-               "loadstar sim schedule: --step and --inflate must be above 0, --coverage in (0, "
-               "1]\n");
+               "loadstar sim schedule: --step, --inflate and --seeds must be above 0, "
+               "--coverage in (0, 1], --arrival paper or creation\n");
     return 2;
   }
   auto nodes_csv = read_file(a.nodes);
@@ -135,7 +140,12 @@ int run_schedule(const ScheduleArgs& a) {
     fmt::print(stderr, "loadstar sim schedule: {}\n", trace.error().message);
     return 1;
   }
-  const auto tasks = scheduler::inflate(*trace, probe->gpu_milli_total(), a.inflate, a.seed);
+  auto arrival = [&](uint64_t seed) {
+    return a.arrival == "paper"
+               ? scheduler::paper_arrival(*trace, probe->gpu_milli_total(), a.inflate, seed)
+               : scheduler::inflate(*trace, probe->gpu_milli_total(), a.inflate, seed);
+  };
+  const auto tasks = arrival(a.seed);
   std::vector<scheduler::PodRequest> requests;
   for (const auto& t : *trace) requests.push_back(t.request);
   auto fragmentation = std::make_shared<const scheduler::Fragmentation>(
@@ -143,28 +153,35 @@ int run_schedule(const ScheduleArgs& a) {
   const double total_gpus = probe->gpu_milli_total() / 1000.0;
   fmt::print(
       "cluster: {} nodes, {:.0f} GPUs; workload: {} tasks ({} from the trace), {:.0f}% of "
-      "GPU capacity; FGD target: {} task types covering {:.0f}%\n",
+      "GPU capacity, {} order; FGD target: {} task types covering {:.0f}%; {} seed(s) from {}\n",
       probe->nodes().size(), total_gpus, tasks.size(), trace->size(), a.inflate * 100,
-      fragmentation->target().size(), a.coverage * 100);
+      a.arrival == "paper" ? "the paper's shuffled" : "creation", fragmentation->target().size(),
+      a.coverage * 100, a.seeds, a.seed);
 
   std::vector<std::vector<scheduler::FillPoint>> curves;
   std::vector<double> rates;
   std::vector<std::pair<double, double>> leftovers;
   for (const auto& policy : policies) {
-    auto cluster = load_cluster(a, *nodes_csv);
-    for (const auto& m : probe->models()) cluster->intern_model(m);  // same ids as the tasks
-    scheduler::Placer placer(*cluster, policy, fragmentation, a.seed);
-    const auto start = std::chrono::steady_clock::now();
-    curves.push_back(scheduler::fill(*cluster, placer, tasks, a.step));
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    rates.push_back(tasks.size() / seconds);
-    // Where the unallocated GPUs are: leftovers in partly used cards, or
-    // idle cards no task could take (their node's CPU or memory is gone).
-    double partial = 0, idle = 0;
-    for (const auto& n : cluster->nodes())
-      for (const auto& d : n.devices) (d.idle() ? idle : partial) += d.free_milli() / 1000.0;
-    leftovers.emplace_back(partial, idle);
+    std::vector<std::vector<scheduler::FillPoint>> runs;
+    double seconds = 0, placed = 0, partial = 0, idle = 0;
+    for (uint32_t k = 0; k < a.seeds; ++k) {
+      const uint64_t seed = a.seed + k;
+      const auto seed_tasks = k == 0 ? tasks : arrival(seed);
+      auto cluster = load_cluster(a, *nodes_csv);
+      for (const auto& m : probe->models()) cluster->intern_model(m);  // same ids as the tasks
+      scheduler::Placer placer(*cluster, policy, fragmentation, seed);
+      const auto start = std::chrono::steady_clock::now();
+      runs.push_back(scheduler::fill(*cluster, placer, seed_tasks, a.step));
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      placed += static_cast<double>(seed_tasks.size());
+      // Where the unallocated GPUs are: leftovers in partly used cards, or
+      // idle cards no task could take (their node's CPU or memory is gone).
+      for (const auto& n : cluster->nodes())
+        for (const auto& d : n.devices) (d.idle() ? idle : partial) += d.free_milli() / 1000.0;
+    }
+    curves.push_back(scheduler::mean_curve(runs));
+    rates.push_back(placed / seconds);
+    leftovers.emplace_back(partial / a.seeds, idle / a.seeds);
   }
 
   // Points at each 10% of arrived workload from 50%, then the end.
@@ -488,6 +505,17 @@ std::function<int()> setup_sim(CLI::App& app) {
   schedule->add_option("--synthetic-nodes", schedule_args->synthetic_nodes,
                        "Repeat the node list to this many nodes (throughput runs)");
   schedule->add_option("--seed", schedule_args->seed)->capture_default_str();
+  schedule
+      ->add_option("--arrival", schedule_args->arrival,
+                   "Task order: paper (the FGD paper's simulator: shuffled, then drawn with "
+                   "replacement up to --inflate) or creation (creation order, then drawn)")
+      ->check(CLI::IsMember({"paper", "creation"}))
+      ->capture_default_str();
+  schedule
+      ->add_option("--seeds", schedule_args->seeds,
+                   "Runs averaged, with seeds --seed, --seed+1, ... (the paper averages 10)")
+      ->check(CLI::Range(1u, 1000u))
+      ->capture_default_str();
   schedule->add_option("-o,--out", schedule_args->out, "Directory for fill.csv and fill.svg")
       ->capture_default_str();
 

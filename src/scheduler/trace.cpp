@@ -208,6 +208,63 @@ std::vector<TraceTask> inflate(const std::vector<TraceTask>& tasks, uint64_t gpu
   return out;
 }
 
+std::vector<TraceTask> paper_arrival(const std::vector<TraceTask>& tasks, uint64_t gpu_milli_total,
+                                     double ratio, uint64_t seed) {
+  std::vector<TraceTask> by_name = tasks;
+  std::stable_sort(by_name.begin(), by_name.end(),
+                   [](const TraceTask& a, const TraceTask& b) { return a.name < b.name; });
+  std::vector<TraceTask> out = by_name;
+  std::mt19937_64 rng(seed);
+  std::shuffle(out.begin(), out.end(), rng);
+  if (by_name.empty()) return out;
+  const double goal = ratio * static_cast<double>(gpu_milli_total);
+  double arrived = 0;
+  for (const TraceTask& t : out) arrived += static_cast<double>(t.request.gpu_milli_request());
+  std::uniform_int_distribution<size_t> pick(0, by_name.size() - 1);
+  bool any_gpu = false;
+  for (const TraceTask& t : by_name) any_gpu |= t.request.wants_gpu();
+  for (size_t i = 0; any_gpu; ++i) {
+    TraceTask t = by_name[pick(rng)];
+    // The paper's simulator compares the request of one card (a whole card
+    // for a multi-card task), not the task's total, with what is left.
+    const double per_card = t.request.gpu_count > 0 ? 1000.0 : t.request.gpu_milli;
+    if (arrived + per_card > goal) break;
+    arrived += static_cast<double>(t.request.gpu_milli_request());
+    t.name += fmt::format("-tuned-{}", i);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::vector<FillPoint> mean_curve(const std::vector<std::vector<FillPoint>>& runs) {
+  std::vector<FillPoint> out;
+  if (runs.empty()) return out;
+  size_t shared = runs[0].size();
+  for (const auto& r : runs) shared = std::min(shared, r.size());
+  if (shared == 0) return out;
+  const double n = static_cast<double>(runs.size());
+  auto mean_of = [&](auto point_of) {
+    FillPoint m;
+    double tasks = 0, unplaced = 0;
+    for (const auto& r : runs) {
+      const FillPoint& p = point_of(r);
+      m.arrived += p.arrived / n;
+      m.allocated += p.allocated / n;
+      tasks += static_cast<double>(p.tasks);
+      unplaced += static_cast<double>(p.unplaced);
+    }
+    m.tasks = static_cast<uint64_t>(std::llround(tasks / n));
+    m.unplaced = static_cast<uint64_t>(std::llround(unplaced / n));
+    return m;
+  };
+  for (size_t i = 0; i + 1 < shared; ++i)
+    out.push_back(
+        mean_of([i](const std::vector<FillPoint>& r) -> const FillPoint& { return r[i]; }));
+  out.push_back(
+      mean_of([](const std::vector<FillPoint>& r) -> const FillPoint& { return r.back(); }));
+  return out;
+}
+
 std::vector<FillPoint> fill(Cluster& cluster, Placer& placer, const std::vector<TraceTask>& tasks,
                             double step) {
   std::vector<FillPoint> points;

@@ -1,7 +1,7 @@
 // The Alibaba "openb" GPU cluster trace (ATC'23 FGD paper) as scheduler
-// input, and the paper's fill experiment: tasks arrive in creation order and
-// never leave, and the GPU allocation ratio is recorded against the arrived
-// workload. Parses text; the caller reads the files.
+// input, and the paper's fill experiment: tasks arrive (in the paper's
+// shuffled order, or in creation order) and never leave, and the GPU allocation ratio is recorded
+// against the arrived workload. Parses text; the caller reads the files.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +41,15 @@ Result<std::vector<TraceTask>> load_openb_pods(std::string_view csv, std::string
 std::vector<TraceTask> inflate(const std::vector<TraceTask>& tasks, uint64_t gpu_milli_total,
                                double ratio, uint64_t seed);
 
+// The paper's own simulator's arrival (hkust-adsl/kubernetes-scheduler-
+// simulator with shufflePod and workloadTuningConfig, as its experiments
+// ran): the trace's tasks sorted by name and shuffled (seeded), then tasks
+// drawn from them at random, with replacement, appended while the arrived
+// GPU demand stays within `ratio` of `gpu_milli_total` (the first draw whose
+// per-card request would pass it ends the drawing).
+std::vector<TraceTask> paper_arrival(const std::vector<TraceTask>& tasks, uint64_t gpu_milli_total,
+                                     double ratio, uint64_t seed);
+
 struct FillPoint {
   double arrived = 0;    // GPU demand arrived so far / cluster GPU capacity
   double allocated = 0;  // GPU capacity allocated / cluster GPU capacity
@@ -53,5 +62,10 @@ struct FillPoint {
 // `step`, and at the end.
 std::vector<FillPoint> fill(Cluster& cluster, Placer& placer, const std::vector<TraceTask>& tasks,
                             double step);
+
+// Several runs' curves (of the same `step`) averaged point by point, as the
+// paper averages its seeds: the points they all have, then the mean of
+// their ends.
+std::vector<FillPoint> mean_curve(const std::vector<std::vector<FillPoint>>& runs);
 
 }  // namespace loadstar::scheduler

@@ -655,6 +655,51 @@ TEST(Trace, ReadsOpenbAndReplaysDeterministically) {
   EXPECT_LE(a.back().allocated, 1.0);
 }
 
+// The FGD paper's own simulator's arrival: every trace task once, shuffled
+// by the seed, then draws with replacement until the next would pass the
+// target by its per-card request.
+TEST(Trace, ThePapersArrivalShufflesThenDrawsUpToTheTarget) {
+  Cluster c;
+  ASSERT_TRUE(load_openb_nodes(kNodes, "nodes.csv", c).ok());
+  auto pods = load_openb_pods(kPods, "pods.csv", c);
+  ASSERT_TRUE(pods.ok());
+  const auto a = paper_arrival(*pods, c.gpu_milli_total(), 1.3, 42);
+  EXPECT_EQ(a.size(), paper_arrival(*pods, c.gpu_milli_total(), 1.3, 42).size());
+  std::vector<std::string> first, names;
+  for (size_t i = 0; i < pods->size(); ++i) first.push_back(a[i].name);
+  for (const auto& p : *pods) names.push_back(p.name);
+  std::sort(first.begin(), first.end());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(first, names);  // the trace itself, in some order, comes first
+  double arrived = 0;
+  for (const auto& t : a) arrived += static_cast<double>(t.request.gpu_milli_request());
+  const double goal = 1.3 * static_cast<double>(c.gpu_milli_total());
+  EXPECT_GT(arrived, goal - 1000);  // the draw that ended it asked for at most a card
+  EXPECT_LE(arrived, goal + 7000);  // a multi-card draw may pass it (as the paper's does)
+  for (size_t i = pods->size(); i < a.size(); ++i)
+    EXPECT_NE(a[i].name.find("-tuned-"), std::string::npos);
+  // Another seed, another order.
+  const auto b = paper_arrival(*pods, c.gpu_milli_total(), 1.3, 43);
+  bool same = a.size() == b.size();
+  for (size_t i = 0; same && i < a.size(); ++i) same = a[i].name == b[i].name;
+  EXPECT_FALSE(same);
+}
+
+TEST(Trace, CurvesAreAveragedPointByPoint) {
+  const std::vector<FillPoint> a = {{0.5, 0.5, 10, 0}, {1.0, 0.9, 20, 1}, {1.3, 0.92, 30, 4}};
+  const std::vector<FillPoint> b = {
+      {0.5, 0.4, 12, 0}, {1.0, 0.8, 22, 3}, {1.2, 0.85, 25, 5}, {1.31, 0.88, 28, 6}};
+  const auto m = mean_curve({a, b});
+  ASSERT_EQ(m.size(), 3u);  // the two points both have, then the ends
+  EXPECT_DOUBLE_EQ(m[0].allocated, 0.45);
+  EXPECT_DOUBLE_EQ(m[1].arrived, 1.0);
+  EXPECT_EQ(m[1].unplaced, 2u);
+  EXPECT_DOUBLE_EQ(m[2].arrived, 1.305);
+  EXPECT_DOUBLE_EQ(m[2].allocated, 0.90);
+  EXPECT_EQ(m[2].tasks, 29u);
+  EXPECT_TRUE(mean_curve({}).empty());
+}
+
 // Found by fuzz/scheduler_trace_fuzz: pods and no nodes looped forever,
 // recording points at arrived = demand / 0.
 TEST(Trace, FillWithoutGpusEnds) {
