@@ -119,11 +119,11 @@ struct Gateway::Impl {
   // The prompt's token ids as `endpoint`'s engine computes them (vLLM's
   // POST /tokenize, engine_tokens.h), to match the engines' KV events.
   // Empty when the ask failed (counted; the pick then goes by the gateway's
-  // own prefix index) or there was nothing to ask.
-  asio::awaitable<std::vector<uint32_t>> engine_tokens(Worker& w, http::Exchange& ex,
-                                                       Endpoint& endpoint, std::string_view model,
-                                                       std::string_view authorization,
-                                                       ModelStats& stats);
+  // own prefix index) or there was nothing to ask; nullopt when the client
+  // went away meanwhile.
+  asio::awaitable<std::optional<std::vector<uint32_t>>> engine_tokens(
+      Worker& w, http::Exchange& ex, Endpoint& endpoint, std::string_view model,
+      std::string_view authorization, ModelStats& stats);
   // Flow control before an attempt at a service whose replicas may all be
   // saturated: true to go on; false when the request was answered (503) or
   // its client left, with the status in `code`.

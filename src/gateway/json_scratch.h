@@ -18,6 +18,13 @@ struct JsonScratch {
   std::string padded;
 
   simdjson::padded_string_view view(std::string_view text) {
+    // A big document's buffers (the parser's are several times its size)
+    // are not kept for the small ones after it.
+    constexpr size_t kKeep = 1 << 20;
+    if (padded.capacity() > kKeep && text.size() < kKeep) {
+      padded = std::string();
+      parser = simdjson::ondemand::parser();
+    }
     padded.assign(text);
     padded.append(simdjson::SIMDJSON_PADDING, '\0');
     return simdjson::padded_string_view(padded.data(), text.size(), padded.size());

@@ -43,14 +43,17 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     if (!reserved.empty()) waiting_room.dispatched(reserved);
   });
   bool flow_checked = false;
-  std::optional<std::vector<uint32_t>> kv_tokens;  // computed for engines with KV events
+  // The prompt's ids from an engine publishing KV events, and the service
+  // whose engine gave them (another service's tokenizer may differ).
+  std::optional<std::vector<uint32_t>> kv_tokens;
+  std::string kv_tokens_service;
   for (unsigned attempt = 0; attempt < options.max_attempts && outcome == ForwardOutcome::kRetry;) {
     if (selector.backends().empty()) {
       routed.code = 404;
       co_await send_error(ex, 404, fmt::format("The model `{}` does not exist.", model), "model");
       co_return routed;
     }
-    const int64_t now_ms = steady_ms();
+    int64_t now_ms = steady_ms();
     const RoutingTable::Backend* backend = selector.choose_backend(now_ms, w.rng);
     if (!backend) {
       // Nothing to send to. Before any attempt, wait for a replica of a
@@ -92,6 +95,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     // Engines that say what their caches hold are matched by token blocks:
     // the prompt's ids are asked (once) of an engine of the service, the
     // least busy of those publishing, so that they are exactly its own.
+    if (kv_tokens && kv_tokens_service != backend->service) kv_tokens.reset();
     if (!kv_tokens && !backend->external &&
         selector.table().services.at(backend->service).picker.kind == PickerKind::kScored) {
       Endpoint* asked = nullptr;
@@ -104,12 +108,19 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
         // Asked of the base model (the name the engines serve, the
         // service's): an adapter shares its tokenizer and may not be loaded
         // there. The table outlives the exchange: the selector holds it.
-        kv_tokens =
+        std::optional<std::vector<uint32_t>> ids =
             co_await engine_tokens(w, ex, *asked, backend->service, client_authorization, stats);
+        if (!ids) {
+          routed.code = 499;  // the client went away meanwhile
+          co_return routed;
+        }
+        kv_tokens = std::move(ids);
+        kv_tokens_service = backend->service;
         if (w.table.get() != &selector.table()) {  // a new table came meanwhile
           selector.resolve(w.table);
           continue;
         }
+        now_ms = steady_ms();
       }
     }
     if (attempt > 0) {
@@ -305,11 +316,9 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
   co_return routed;
 }
 
-asio::awaitable<std::vector<uint32_t>> Gateway::Impl::engine_tokens(Worker& w, http::Exchange& ex,
-                                                                    Endpoint& endpoint,
-                                                                    std::string_view model,
-                                                                    std::string_view authorization,
-                                                                    ModelStats& stats) {
+asio::awaitable<std::optional<std::vector<uint32_t>>> Gateway::Impl::engine_tokens(
+    Worker& w, http::Exchange& ex, Endpoint& endpoint, std::string_view model,
+    std::string_view authorization, ModelStats& stats) {
   // Tokenizing is quick (a fast tokenizer, no GPU); an engine that takes
   // longer is busy, and the pick goes on without its word.
   constexpr std::chrono::milliseconds kLimit{250};
@@ -322,6 +331,7 @@ asio::awaitable<std::vector<uint32_t>> Gateway::Impl::engine_tokens(Worker& w, h
   ForwardRequest request{
       .endpoint = &endpoint, .body = ask.body, .authorization = authorization, .stats = &stats};
   CallResult answer = co_await w.upstream.call(ex, std::move(request), "/tokenize", kLimit);
+  if (answer.outcome == ForwardOutcome::kClientGone) co_return std::nullopt;
   std::string why;  // the ask failed, and why
   std::vector<uint32_t> ids;
   if (answer.outcome != ForwardOutcome::kDone)

@@ -497,6 +497,9 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     }
     pending.erase(0, pos);
     if (!rec && parser.is_done()) {  // the last events and the body's end, in one write
+      // All is read from the engine: a client hanging up from here on
+      // (once it has the end, say) cuts nothing.
+      call.watch->conn = nullptr;
       client_ok = co_await ex.end_stream(out);
       ended = true;
       break;
@@ -508,7 +511,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     }
   }
   call.watch->conn = nullptr;
-  if (!client_ok || call.watch->client_gone) {
+  if (!client_ok || (!ended && call.watch->client_gone)) {
     result.outcome = ForwardOutcome::kClientGone;  // the connection is dropped, not pooled
     co_return;
   }

@@ -412,7 +412,9 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
       tcp_layer.socket().cancel(ignored);
     }
     if (!impl.complete) {
-      if (impl.streaming || impl.failed) break;  // a cut stream cannot be repaired
+      // A cut stream cannot be repaired; one whose header never left (it
+      // was deferred to a first chunk that never came) can still be answered.
+      if ((impl.streaming && impl.head.empty()) || impl.failed) break;
       std::string message = threw ? "internal error" : "handler sent no response";
       co_await write_simple(stream, 500, std::move(message), state.get());
       break;
