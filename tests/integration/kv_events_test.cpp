@@ -27,25 +27,6 @@ std::string document(int seed) {
   return out;
 }
 
-// A service of engine-sim replicas publishing KV events; `args`: the
-// engine's flags, as YAML list items.
-std::string kv_events_service(int replicas, const std::string& args) {
-  return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {{name: tiny}}
-spec: {{source: "synth://tiny", size: 8Mi}}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {{name: chat}}
-spec:
-  model: tiny
-  replicas: {}
-  engine: {{name: engine-sim, kvEvents: true, args: [{}]}}
-)",
-                     replicas, args);
-}
-
 std::string completion(const std::string& prompt) {
   return json{{"model", "chat"}, {"prompt", prompt}, {"max_tokens", 2}, {"ignore_eos", true}}
       .dump();
@@ -107,7 +88,8 @@ TEST(KvEvents, EngineSimPublishesWhatItsPrefixCacheHolds) {
 TEST(KvEvents, AGatewayRoutesByWhatEnginesReportNotByWhatItSent) {
   // Two gateways side by side, sharing nothing: the second learns where
   // prompts are cached from the engines alone.
-  auto up = Up::start(kv_events_service(3, R"("--time-scale", "20")"), {"--gateways", "2"});
+  auto up =
+      Up::start(quickstart(3, R"("--time-scale", "20")", "kvEvents: true, "), {"--gateways", "2"});
   up->wait_ready("chat", 3);
   std::smatch m;
   std::string log = up->log();
@@ -190,7 +172,8 @@ TEST(KvEvents, AnEngineSlowToTokenizeIsNotWaitedFor) {
   // Engines whose API server is busy (--fault-delay holds /tokenize too):
   // the gateway gives up the ask after its bound, counts it, and routes the
   // request by its own prefix index.
-  auto up = Up::start(kv_events_service(2, R"("--time-scale", "20", "--fault-delay", "1")"));
+  auto up =
+      Up::start(quickstart(2, R"("--time-scale", "20", "--fault-delay", "1")", "kvEvents: true, "));
   up->wait_ready("chat", 2);
   const auto start = std::chrono::steady_clock::now();
   auto r = up->post("/v1/completions", completion(document(0)));

@@ -146,7 +146,8 @@ double metric_in(const std::string& text, const std::string& name, const std::st
   return std::nan("");
 }
 
-std::string quickstart(int replicas, const std::string& engine_args) {
+std::string quickstart(int replicas, const std::string& engine_args,
+                       const std::string& engine_fields) {
   return fmt::format(R"(apiVersion: loadstar.dev/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
@@ -158,9 +159,9 @@ metadata: {{name: chat}}
 spec:
   model: tiny
   replicas: {}
-  engine: {{name: engine-sim, args: [{}]}}
+  engine: {{name: engine-sim, {}args: [{}]}}
 )",
-                     replicas, engine_args);
+                     replicas, engine_fields, engine_args);
 }
 
 double settled_metric(uint16_t port, const std::string& name, const std::string& labels,

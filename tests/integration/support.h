@@ -89,7 +89,10 @@ namespace loadstar::testing {
 
 // The quickstart's resources: a 16 MiB synthetic Model `tiny` and an
 // engine-sim InferenceService `chat` with `replicas` and those engine args.
-std::string quickstart(int replicas, const std::string& engine_args = R"("--time-scale", "10")");
+// `engine_fields`: more fields of spec.engine, each followed by ", " (e.g.
+// "kvEvents: true, ").
+std::string quickstart(int replicas, const std::string& engine_args = R"("--time-scale", "10")",
+                       const std::string& engine_fields = "");
 
 // `loadstar up` on ports 0 with its own data directory.
 class Up {
