@@ -6,7 +6,8 @@
 // publish through Redis (a message that decodes encodes back to itself),
 // and an engine's KV event batch (msgpack, vLLM's format: one that decodes
 // survives a round trip, and the KV-cache index takes it), and an engine's
-// /tokenize answer and the client body a /tokenize ask is made from.
+// /tokenize answer and the client body a /tokenize ask is made from, and
+// an engine's chunked response body.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include "gateway/kv_block_index.h"
 #include "gateway/load_report.h"
 #include "gateway/shared_messages.h"
+#include "http/body_decoder.h"
 #include "kvevents/kv_events.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -58,6 +60,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const bool chat : {true, false}) {
     TokenizeAsk ask = tokenize_ask(text, chat, "m");
     if (!ask.body.empty() && ask.ids) std::abort();  // one or the other
+  }
+  // An engine's chunked response body decodes the same whole as split at
+  // any byte (the relay gets it in reads of any size), and never yields
+  // more bytes than it was given.
+  {
+    using loadstar::http::BodyDecoder;
+    BodyDecoder whole = BodyDecoder::chunked();
+    std::string all;
+    auto used = whole.feed(text, all);
+    BodyDecoder split = BodyDecoder::chunked();
+    std::string parts;
+    const size_t cut = size == 0 ? 0 : data[0] % size;
+    auto first = split.feed(text.substr(0, cut), parts);
+    loadstar::Result<size_t> second = size_t{0};
+    if (first.ok() && !split.done()) second = split.feed(text.substr(cut), parts);
+    const bool split_ok = first.ok() && second.ok();
+    if (used.ok() != split_ok || all.size() > size) std::abort();
+    if (used.ok() && (all != parts || whole.done() != split.done())) std::abort();
   }
   return 0;
 }

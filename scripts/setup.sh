@@ -11,7 +11,7 @@ packages=(
   # libraries (Boost 1.81, not bookworm's default 1.74)
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libsimdjson-dev libxxhash-dev libssl-dev liburing-dev libpugixml-dev
-  libhiredis-dev libzmq3-dev libmsgpuck-dev
+  libhiredis-dev libzmq3-dev libmsgpuck-dev libmimalloc-dev
   # tests: GoogleTest, promtool (prometheus), libFuzzer (clang)
   googletest libgtest-dev libgmock-dev libbenchmark-dev prometheus curl clang libclang-rt-14-dev
   # tests: nginx as an HTTPS origin, openssl to make its certificate

@@ -21,6 +21,7 @@ inline constexpr const char* kApiVersion = "loadstar.dev/v1alpha1";
 struct ObjectMeta {
   std::string name;
   std::map<std::string, std::string> labels;
+  bool operator==(const ObjectMeta&) const = default;
 };
 
 struct ModelSpec {
@@ -40,6 +41,7 @@ struct ModelSpec {
 struct Model {
   ObjectMeta metadata;
   ModelSpec spec;
+  bool operator==(const Model&) const = default;
 };
 
 struct GpuRequirements {
@@ -61,10 +63,12 @@ struct EngineSpec {
   std::optional<uint32_t> max_sequences;   // requests served at once
   std::optional<uint32_t> threads;         // CPU threads (llama.cpp)
   bool prefix_cache = true;                // reuse cached prompt prefixes
-  // The engine publishes its KV-cache events (vLLM's, over ZeroMQ) and the
-  // gateways route by what each engine's cache holds (engine-sim only: the
-  // gateway must tokenize prompts as the engine does).
+  // The engine publishes its KV-cache events (vLLM's format, over ZeroMQ)
+  // and the gateways route by what each engine's cache holds, matching
+  // prompts by the ids the engine's POST /tokenize gives (engine-sim, vLLM,
+  // SGLang).
   bool kv_events = false;
+  bool operator==(const EngineSpec&) const = default;
 };
 
 // How the gateway picks among a service's replicas (spec.routing).
@@ -245,11 +249,13 @@ struct InferenceServiceSpec {
   // (api/disaggregation.h), never read from YAML: the service it is the
   // prefill role of, whose name clients and engines use.
   std::string prefill_of;
+  bool operator==(const InferenceServiceSpec&) const = default;
 };
 
 struct InferenceService {
   ObjectMeta metadata;
   InferenceServiceSpec spec;
+  bool operator==(const InferenceService&) const = default;
 };
 
 // Who may call the gateway and how much. Keys are stored as SHA-256 digests
@@ -258,6 +264,7 @@ struct TenantApiKey {
   std::string name;
   std::string sha256;
   bool revoked = false;
+  bool operator==(const TenantApiKey&) const = default;
 };
 
 struct TenantSpec {
@@ -275,11 +282,13 @@ struct TenantSpec {
   // Retry-After) rather than queued.
   int32_t priority = 0;
   bool sheddable = false;
+  bool operator==(const TenantSpec&) const = default;
 };
 
 struct Tenant {
   ObjectMeta metadata;
   TenantSpec spec;
+  bool operator==(const Tenant&) const = default;
 };
 
 // A model name clients use, mapped to weighted, prioritised backends: this
@@ -293,16 +302,19 @@ struct RouteBackend {
   std::string api_key_env;  // environment variable holding the backend's API key
   uint32_t weight = 1;
   uint32_t priority = 0;  // 0 first; a higher group is tried when a lower one fails
+  bool operator==(const RouteBackend&) const = default;
 };
 
 struct RouteSpec {
   std::string model;  // default: metadata.name
   std::vector<RouteBackend> backends;
+  bool operator==(const RouteSpec&) const = default;
 };
 
 struct Route {
   ObjectMeta metadata;
   RouteSpec spec;
+  bool operator==(const Route&) const = default;
 };
 
 // A machine the scheduler places replicas on, with its GPUs described by
@@ -316,6 +328,7 @@ struct NodeGpu {
   // How many times the device plugin advertises each card: NVIDIA's
   // time-slicing (`replicas`); 1: whole cards.
   uint32_t replicas = 1;
+  bool operator==(const NodeGpu&) const = default;
 };
 
 struct NodeSpec {
@@ -324,11 +337,13 @@ struct NodeSpec {
   std::vector<NodeGpu> gpus;
   std::map<std::string, std::string> topology;  // nvlink, rack, spine, zone -> domain
   bool schedulable = true;
+  bool operator==(const NodeSpec&) const = default;
 };
 
 struct Node {
   ObjectMeta metadata;
   NodeSpec spec;
+  bool operator==(const Node&) const = default;
 };
 
 // Quota per resource; an unset field is 0 in `deserved` and no limit in
@@ -337,6 +352,7 @@ struct QueueQuota {
   std::optional<double> gpu;  // GPUs, fractions allowed
   std::optional<double> cpu;  // cores
   std::optional<uint64_t> memory_bytes;
+  bool operator==(const QueueQuota&) const = default;
 };
 
 struct QueueSpec {
@@ -344,11 +360,13 @@ struct QueueSpec {
   QueueQuota deserved;
   QueueQuota limit;
   double over_quota_weight = 1;
+  bool operator==(const QueueSpec&) const = default;
 };
 
 struct Queue {
   ObjectMeta metadata;
   QueueSpec spec;
+  bool operator==(const Queue&) const = default;
 };
 
 // A batch or training job (api/job.cpp reads it): `workers` processes —

@@ -633,10 +633,12 @@ std::optional<routing::RoutingInputs> Controller::reconcile() {
 }
 
 std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time_point now) {
+  // The specs are compared by value; the rest (ready endpoints, adapters
+  // staged) by key.
+  const bool specs_changed = services_ != published_services_ ||
+                             tenant_specs_ != published_tenants_ ||
+                             route_specs_ != published_routes_;
   std::vector<std::string> key;
-  for (const auto& [name, svc] : services_) key.push_back(api::encode_resource(svc));
-  for (const auto& t : tenant_specs_) key.push_back(api::encode_resource(t));
-  for (const auto& r : route_specs_) key.push_back(api::encode_resource(r));
   auto weight = [this](const std::string& replica) {
     auto it = canary_weights_.find(replica);
     return it == canary_weights_.end() ? 0u : it->second;
@@ -674,8 +676,11 @@ std::optional<routing::RoutingInputs> Controller::routing_if_changed(Clock::time
       adapter_paths[name][adapter] = *path;
     }
   }
-  if (key == published_key_) return std::nullopt;
+  if (!specs_changed && key == published_key_) return std::nullopt;
   published_key_ = key;
+  published_services_ = services_;
+  published_tenants_ = tenant_specs_;
+  published_routes_ = route_specs_;
   routing::RoutingInputs inputs;
   inputs.adapter_paths = std::move(adapter_paths);
   inputs.services = services_;

@@ -293,6 +293,9 @@ class Controller {
   std::set<std::string> jobs_refused_;  // declared jobs told so, without jobs_
   ColdStartMetrics cold_starts_;
   std::vector<std::string> published_key_;
+  std::map<std::string, api::InferenceService> published_services_;
+  std::vector<api::Tenant> published_tenants_;
+  std::vector<api::Route> published_routes_;
   // Why an adapter loaded on demand is not staged, by "service/adapter", as
   // last logged (empty: it is).
   std::map<std::string, std::string> adapter_errors_;

@@ -214,10 +214,8 @@ std::string Placement::blocker(const std::string& name) const {
 std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const PlacementPass& pass,
                                                                          double t) {
   std::vector<std::pair<std::string, std::string>> displaced;
-  std::string key;
-  for (const auto& n : *pass.nodes) key += api::encode_resource(n);
-  if (scheduler_ && key == nodes_key_) return displaced;
-  nodes_key_ = key;
+  if (scheduler_ && synced_nodes_ == *pass.nodes) return displaced;
+  synced_nodes_ = *pass.nodes;
   // Where each placed replica is, by node name, to keep it there.
   struct Kept {
     std::vector<std::string> nodes;
@@ -262,8 +260,8 @@ std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const P
   auto policy = scheduler::PlacementPolicy::parse(policy_);
   if (!policy.ok()) policy = scheduler::PlacementPolicy::named("loadstar");
   scheduler_ = std::make_unique<scheduler::Scheduler>(cluster_, *policy, nullptr);
-  queues_key_ = "\n(none)";
-  target_key_.clear();
+  synced_queues_.reset();
+  synced_target_.reset();
   spdlog::info("scheduler: {} nodes, {:.0f} GPUs, policy {}", cluster_.nodes().size(),
                cluster_.gpu_milli_total() / 1000.0, policy->name);
   sync_queues(*pass.queues);
@@ -299,10 +297,8 @@ std::vector<std::pair<std::string, std::string>> Placement::sync_cluster(const P
 }
 
 void Placement::sync_queues(const std::vector<api::Queue>& queues) {
-  std::string key;
-  for (const auto& q : queues) key += api::encode_resource(q);
-  if (key == queues_key_) return;
-  queues_key_ = key;
+  if (synced_queues_ == queues) return;
+  synced_queues_ = queues;
   std::vector<scheduler::QueueSpec> specs;
   bool has_default = false;
   for (const auto& q : queues) {
@@ -332,10 +328,8 @@ void Placement::sync_queues(const std::vector<api::Queue>& queues) {
 void Placement::sync_target(const std::map<std::string, api::InferenceService>& services) {
   // FGD's target workload: the declared services' replica shapes, weighted
   // by how many replicas each wants.
-  std::string key;
-  for (const auto& [name, svc] : services) key += api::encode_resource(svc);
-  if (key == target_key_) return;
-  target_key_ = key;
+  if (synced_target_ == services) return;
+  synced_target_ = services;
   std::vector<scheduler::TaskType> target;
   double total = 0;
   for (const auto& [name, svc] : services) total += std::max<uint32_t>(svc.spec.replicas, 1);

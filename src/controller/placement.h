@@ -161,7 +161,11 @@ class Placement {
   std::string policy_;
   scheduler::Cluster cluster_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
-  std::string nodes_key_, queues_key_, target_key_;
+  // What the scheduler was last set up with, compared by value each pass
+  // (nullopt: set it up again).
+  std::optional<std::vector<api::Node>> synced_nodes_;
+  std::optional<std::vector<api::Queue>> synced_queues_;
+  std::optional<std::map<std::string, api::InferenceService>> synced_target_;
   std::map<std::string, Replica> replicas_;
   // Preempted jobs still stopping, with the devices they hold.
   struct Vacating {

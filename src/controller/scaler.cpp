@@ -63,11 +63,10 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
                                   const ServiceLoad& load, Clock::time_point now) {
   const std::string& name = svc.metadata.name;
   State& st = services_[name];
-  const std::string key = api::encode_resource(svc);
-  if (!st.autoscaler || st.spec_key != key) {
+  if (!st.autoscaler || st.spec != svc) {
     if (!st.autoscaler) current = svc.spec.replicas;  // a new service starts at spec.replicas
     st.autoscaler = std::make_unique<autoscaler::Autoscaler>(autoscaler_spec(svc));
-    st.spec_key = key;
+    st.spec = svc;
   }
   // One sample: the replicas' load as the gateways and the engines'
   // /metrics (scraped by the gateways) see it.

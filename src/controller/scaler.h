@@ -74,7 +74,7 @@ class ServiceScaler {
     uint32_t desired = 0;
     // Autoscaled services: the autoscaler (rebuilt when the spec changes),
     // requests ever counted, the last decision and the count's changes.
-    std::string spec_key;
+    std::optional<api::InferenceService> spec;
     std::unique_ptr<autoscaler::Autoscaler> autoscaler;
     uint64_t requests_total = 0;
     std::optional<autoscaler::Decision> last;

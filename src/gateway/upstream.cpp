@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gateway/respond.h"
+#include "http/body_decoder.h"
 #include "openai/protocol.h"
 
 namespace loadstar::gateway {
@@ -50,6 +51,21 @@ void add_usage(std::string_view text, Usage& usage) {
     usage.prompt_tokens += u->prompt_tokens;
     usage.completion_tokens += u->completion_tokens;
   }
+}
+
+// The usage event a stream ends with when the client asked for usage (as
+// vLLM sends it, and the gateway asks for it): no choices, and a usage
+// object. Every event is looked at, so the search goes by '{', which a
+// token's event holds two or three of, rather than by '"' (dozens): a
+// plain find of the key was 3% of the relay's CPU.
+bool is_usage_event(std::string_view event) {
+  constexpr std::string_view kUsageKey = R"("usage":)";
+  for (size_t at = event.find('{', 1); at != std::string_view::npos; at = event.find('{', at + 1)) {
+    if (at < kUsageKey.size() || event.substr(at - kUsageKey.size(), kUsageKey.size()) != kUsageKey)
+      continue;
+    return event.find(R"("choices":[])") != std::string_view::npos;
+  }
+  return false;
 }
 
 // The message of an OpenAI-shaped error body, if it is one (for logs and
@@ -85,8 +101,8 @@ std::string pool_key(const Endpoint& endpoint) {
 // Plain sockets, not Beast's tcp_stream: that re-arms a timer on every
 // read, which costs two timerfd syscalls per streamed event.
 struct Upstream::Conn {
-  explicit Conn(asio::io_context& io) : plain(std::in_place, io) {}
-  Conn(asio::io_context& io, asio::ssl::context& ctx) : tls(std::in_place, io, ctx) {}
+  explicit Conn(asio::io_context& io) : plain(std::in_place, io) { reserve(); }
+  Conn(asio::io_context& io, asio::ssl::context& ctx) : tls(std::in_place, io, ctx) { reserve(); }
   tcp::socket& socket() { return tls ? tls->next_layer() : *plain; }
   // Runs an asynchronous operation on whichever stream this is.
   template <class F>
@@ -96,6 +112,25 @@ struct Upstream::Conn {
   std::optional<tcp::socket> plain;
   std::optional<asio::ssl::stream<tcp::socket>> tls;
   std::chrono::steady_clock::time_point idle_since;  // when it was pooled
+
+  // The buffers of the exchanges on this connection, kept with it: a pooled
+  // connection carries many requests, which would otherwise allocate these
+  // (4 to 16 KiB each) every time. Reads are given up to 16 KiB: with
+  // Beast's default 512 bytes an engine's write of a few SSE events took
+  // several reads (and so several writes to the client). Only the pages a
+  // read fills become resident.
+  static constexpr size_t kReadBuffer = 16384;
+  static constexpr size_t kMinRead = 4096;  // the least room a read is given
+  beast::flat_buffer buffer;                // read from the socket, not yet decoded
+  std::string events;                       // a stream's events, the last one partial
+  std::string out;                          // the complete events of one read
+
+ private:
+  void reserve() {
+    buffer.reserve(kReadBuffer);
+    events.reserve(4096);
+    out.reserve(4096);
+  }
 };
 
 // One attempt's upstream connection, response parser and watchdog. The
@@ -103,13 +138,7 @@ struct Upstream::Conn {
 struct Upstream::Call {
   Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
     parser.body_limit(boost::none);
-    // Beast reads at most what the buffer has room for, and a new buffer
-    // has 512 bytes: an engine's write of a few SSE events would take
-    // several reads (and so several writes to the client). Only the pages
-    // a read fills become resident.
-    buffer.reserve(kReadBuffer);
   }
-  static constexpr size_t kReadBuffer = 16384;
   void arm(std::chrono::milliseconds after) {
     watchdog.expires_after(after);
     watchdog.async_wait([watch = watch](boost::system::error_code ec) {
@@ -125,7 +154,6 @@ struct Upstream::Call {
   const std::chrono::milliseconds idle;
   std::unique_ptr<Conn> conn;
   bhttp::response_parser<bhttp::buffer_body> parser;
-  beast::flat_buffer buffer;
 };
 
 Upstream::Upstream(asio::io_context& io, UpstreamOptions options) : io_(io), options_(options) {}
@@ -227,15 +255,15 @@ asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest re
     out.failure = std::move(result.failure);
     co_return out;
   }
-  const boost::system::error_code read_error = co_await read_body(call, out.body);
+  const std::string read_error = co_await read_body(call, out.body);
   call.watch->conn = nullptr;
   if (call.watch->client_gone) {
     out.outcome = ForwardOutcome::kClientGone;
     co_return out;
   }
-  if (read_error) {
-    out.failure = fmt::format("replica {} failed mid-response: {}", request.endpoint->replica,
-                              call.watch->timed_out ? "idle timeout" : read_error.message());
+  if (!read_error.empty()) {
+    out.failure =
+        fmt::format("replica {} failed mid-response: {}", request.endpoint->replica, read_error);
     co_return out;
   }
   out.outcome = ForwardOutcome::kDone;
@@ -244,19 +272,39 @@ asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest re
   co_return out;
 }
 
-asio::awaitable<boost::system::error_code> Upstream::read_body(Call& call, std::string& payload) {
-  auto& parser = call.parser;
-  char chunk[16384];
-  while (!parser.is_done()) {
-    parser.get().body().data = chunk;
-    parser.get().body().size = sizeof(chunk);
-    auto [rec, rn] = co_await call.conn->with(
-        [&](auto& stream) { return bhttp::async_read(stream, call.buffer, parser, kUseTuple); });
-    if (rec == bhttp::error::need_buffer) rec = {};
-    payload.append(chunk, sizeof(chunk) - parser.get().body().size);
-    if (rec) co_return rec;
+// The framing of the response whose header `call` has read.
+http::BodyDecoder Upstream::body_decoder(const Call& call) {
+  if (call.parser.is_done()) return http::BodyDecoder::length(0);  // no body (204, HEAD...)
+  if (call.parser.chunked()) return http::BodyDecoder::chunked();
+  if (auto length = call.parser.content_length()) return http::BodyDecoder::length(*length);
+  return http::BodyDecoder::until_close();
+}
+
+asio::awaitable<std::string> Upstream::read_body(Call& call, std::string& payload) {
+  Conn& conn = *call.conn;
+  http::BodyDecoder body = body_decoder(call);
+  for (;;) {
+    auto used = body.feed(
+        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
+        payload);
+    if (!used.ok()) co_return used.error().message;
+    conn.buffer.consume(*used);
+    if (body.done()) co_return std::string();
+    auto [ec, n] = co_await conn.with([&](auto& stream) {
+      return stream.async_read_some(conn.buffer.prepare(Conn::kReadBuffer), kUseTuple);
+    });
+    conn.buffer.commit(n);
+    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+      auto tail = body.feed(
+          std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
+          payload);
+      if (!tail.ok()) co_return tail.error().message;
+      conn.buffer.consume(*tail);
+      auto closed = body.at_close();
+      co_return closed.ok() ? std::string() : closed.error().message;
+    }
+    if (ec) co_return call.watch->timed_out ? "idle timeout" : ec.message();
   }
-  co_return boost::system::error_code{};
 }
 
 asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
@@ -333,7 +381,7 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
     boost::system::error_code hec = wec;
     if (!wec) {
       auto [rec, rn] = co_await call.conn->with([&](auto& stream) {
-        return bhttp::async_read_header(stream, call.buffer, call.parser, kUseTuple);
+        return bhttp::async_read_header(stream, call.conn->buffer, call.parser, kUseTuple);
       });
       hec = rec;
     }
@@ -343,7 +391,7 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
       result.outcome = ForwardOutcome::kClientGone;
       co_return false;
     }
-    if (reused && fresh_retry_left && !watch.timed_out && call.buffer.size() == 0 &&
+    if (reused && fresh_retry_left && !watch.timed_out && call.conn->buffer.size() == 0 &&
         !call.parser.got_some()) {
       fresh_retry_left = false;
       ++request.stats->reconnects;
@@ -366,18 +414,17 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   auto& parser = call.parser;
   const int status = result.upstream_status;
   std::string payload;
-  const boost::system::error_code read_error = co_await read_body(call, payload);
+  const std::string read_error = co_await read_body(call, payload);
   call.watch->conn = nullptr;
   if (call.watch->client_gone) {
     result.outcome = ForwardOutcome::kClientGone;
     co_return;
   }
-  if (read_error) {
+  if (!read_error.empty()) {
     result.outcome = ForwardOutcome::kDone;
     result.client_status = 502;
-    co_await send_error(ex, 502,
-                        fmt::format("replica {} failed mid-response: {}", endpoint.replica,
-                                    call.watch->timed_out ? "idle timeout" : read_error.message()));
+    co_await send_error(
+        ex, 502, fmt::format("replica {} failed mid-response: {}", endpoint.replica, read_error));
     co_return;
   }
   const bool reusable = parser.keep_alive();
@@ -403,65 +450,51 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 
-// SSE: forward every complete event as soon as it arrives (read_some: a
-// plain read would wait for the body buffer to fill). Once the stream has
-// begun there is no retry: a failure ends it with an error event.
+// SSE: forward every complete event as soon as it arrives. The engine's
+// socket is read directly and the body's framing decoded here
+// (http::BodyDecoder): what one read brings leaves in one write. Once the
+// stream has begun there is no retry: a failure ends it with an error event.
 asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
                                              std::string content_type, ForwardRequest& request,
                                              ForwardResult& result) {
   Endpoint& endpoint = *request.endpoint;
   ModelStats& stats = *request.stats;
-  auto& parser = call.parser;
+  Conn& conn = *call.conn;
   const Clock::time_point start = request.start;
   const int status = result.upstream_status;
   result.client_status = status;
+  http::BodyDecoder body = body_decoder(call);
+  const bool keep_alive = call.parser.keep_alive();
   std::vector<http::Header> headers = std::move(request.headers);
   // Events that came in with the engine's header leave with ours, in one
   // write; otherwise the header goes at once (a long prefill may follow,
   // and the client should see the answer begin).
   bool client_ok = co_await ex.begin_stream(status, std::move(content_type), std::move(headers),
-                                            call.buffer.size() > 0);
+                                            conn.buffer.size() > 0);
   bool ended = false;
-  char chunk[16384];
-  boost::system::error_code read_error;
-  // Sized once for a read's worth of events: growing them event by event
-  // was a third of the relay's allocations.
-  std::string pending;
-  std::string out;  // the events of one read, reused
-  pending.reserve(4096);
-  out.reserve(4096);
+  std::string failure;  // why the engine's side ended early
+  std::string& pending = conn.events;
+  std::string& out = conn.out;
+  pending.clear();
   bool first_token = true;
   Clock::time_point last_event = start;
+  Clock::time_point now = Clock::now();
   // Re-arming the watchdog costs a timerfd syscall, so it is renewed at
   // most once a second, not per event.
-  Clock::time_point armed = Clock::now();
-  while (client_ok && !parser.is_done()) {
-    if (Clock::now() - armed > std::chrono::seconds(1)) {
-      call.arm(call.idle);
-      armed = Clock::now();
+  Clock::time_point armed = now;
+  bool closed = false;  // the engine closed the connection
+  while (client_ok) {
+    // What is buffered: the bytes that came with the header, then each read.
+    auto used = body.feed(
+        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
+        pending);
+    if (!used.ok()) {
+      failure = used.error().message;
+      break;
     }
-    parser.get().body().data = chunk;
-    parser.get().body().size = sizeof(chunk);
-    auto [ec, rn] = co_await call.conn->with([&](auto& stream) {
-      return bhttp::async_read_some(stream, call.buffer, parser, kUseTuple);
-    });
-    boost::system::error_code rec =
-        ec == bhttp::error::need_buffer ? boost::system::error_code() : ec;
-    pending.append(chunk, sizeof(chunk) - parser.get().body().size);
-    // Beast hands over one chunk (one event) per read; parse the rest of
-    // what is already buffered without touching the socket, so events that
-    // arrived together leave together, in one write.
-    while (!rec && !parser.is_done() && call.buffer.size() > 0) {
-      parser.get().body().data = chunk;
-      parser.get().body().size = sizeof(chunk);
-      boost::system::error_code pec;
-      const size_t used = parser.put(call.buffer.data(), pec);
-      call.buffer.consume(used);
-      const size_t got = sizeof(chunk) - parser.get().body().size;
-      pending.append(chunk, got);
-      if (pec == bhttp::error::need_more) break;  // a partial chunk: wait for the socket
-      if (pec && pec != bhttp::error::need_buffer) rec = pec;
-      if (used == 0 && got == 0) break;
+    conn.buffer.consume(*used);
+    if (closed && !body.done()) {
+      if (auto s = body.at_close(); !s.ok()) failure = s.error().message;
     }
     out.clear();
     size_t pos = 0, end;
@@ -469,12 +502,12 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
       std::string_view event(pending.data() + pos, end - pos);
       const size_t event_end = end + 2;
       bool forward_event = true;
-      if (event.starts_with("data: {") && event.find(R"("choices":[])") != std::string_view::npos &&
-          event.find(R"("usage":{)") != std::string_view::npos) {
+      if (!event.starts_with("data: {")) {
+        // a comment, [DONE] or another field: relayed as it is
+      } else if (is_usage_event(event)) {
         add_usage(event.substr(6), result.usage);
         forward_event = request.client_wants_usage;
-      } else if (event.starts_with("data: {")) {
-        const auto now = Clock::now();
+      } else {
         if (first_token) {
           stats.ttft.observe(std::chrono::duration<double>(now - start).count());
           if (request.held)
@@ -496,7 +529,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
       pos = event_end;
     }
     pending.erase(0, pos);
-    if (!rec && parser.is_done()) {  // the last events and the body's end, in one write
+    if (body.done()) {  // the last events and the body's end, in one write
       // All is read from the engine: a client hanging up from here on
       // (once it has the end, say) cuts nothing.
       call.watch->conn = nullptr;
@@ -505,9 +538,27 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
       break;
     }
     if (!out.empty()) client_ok = co_await ex.write_chunk(out);
-    if (rec) {
-      read_error = rec;
-      break;
+    if (!failure.empty() || !client_ok) break;
+    // Room for a read, without growing the buffer past its size (a partial
+    // size line may be left at its front).
+    const size_t room = std::max<size_t>(
+        Conn::kReadBuffer - std::min(conn.buffer.size(), Conn::kReadBuffer), Conn::kMinRead);
+    auto [ec, n] = co_await conn.with(
+        [&](auto& stream) { return stream.async_read_some(conn.buffer.prepare(room), kUseTuple); });
+    conn.buffer.commit(n);
+    // One clock reading per read: the events that came in it arrived together.
+    now = Clock::now();
+    if (now - armed > std::chrono::seconds(1)) {
+      call.arm(call.idle);
+      armed = now;
+    }
+    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+      closed = true;
+    } else if (ec) {
+      failure = call.watch->timed_out ? "idle timeout" : ec.message();
+      // What was read before the error is still relayed (above), then the
+      // stream ends with the error.
+      if (n == 0) break;
     }
   }
   call.watch->conn = nullptr;
@@ -516,23 +567,20 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     co_return;
   }
   result.outcome = ForwardOutcome::kDone;
-  if (read_error) {
-    // The replica died mid-stream: end the stream with an error event rather
-    // than leave the client hanging.
+  if (!ended) {
+    // The replica died or broke off mid-stream: end the stream with an
+    // error event rather than leave the client hanging.
+    if (failure.empty()) failure = "the response ended early";
     result.client_status = 502;
     openai::ApiError error{
-        502,
-        fmt::format("replica {} failed mid-stream: {}", endpoint.replica,
-                    call.watch->timed_out ? "idle timeout" : read_error.message()),
-        {}};
+        502, fmt::format("replica {} failed mid-stream: {}", endpoint.replica, failure), {}};
     std::string tail = "data: " + openai::error_body(error) + "\n\ndata: [DONE]\n\n";
     const bool ok = co_await ex.write_chunk(tail);
     if (ok) co_await ex.end_stream();
     co_return;
   }
-  const bool reusable = parser.keep_alive();
-  if (!ended) co_await ex.end_stream();
-  if (reusable) keep_idle(pool_key(endpoint), std::move(call.conn));
+  if (keep_alive && !closed && conn.buffer.size() == 0)
+    keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 
 }  // namespace loadstar::gateway

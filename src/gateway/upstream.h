@@ -18,6 +18,7 @@
 #include "gateway/request_peek.h"
 #include "gateway/routing_table.h"
 #include "gateway/stats.h"
+#include "http/body_decoder.h"
 #include "http/server.h"
 
 namespace boost::asio {
@@ -114,8 +115,11 @@ class Upstream {
   struct Call;  // one attempt's connection, parser and watchdog (upstream.cpp)
   boost::asio::awaitable<bool> send(Call& call, std::string_view target,
                                     const ForwardRequest& request, ForwardResult& result);
-  // Reads the rest of a response's body into `payload`.
-  boost::asio::awaitable<boost::system::error_code> read_body(Call& call, std::string& payload);
+  // The framing of the response whose header `call` has read.
+  static http::BodyDecoder body_decoder(const Call& call);
+  // Reads the rest of a response's body into `payload`; why not, if it
+  // could not (empty: read).
+  boost::asio::awaitable<std::string> read_body(Call& call, std::string& payload);
   boost::asio::awaitable<void> relay_body(http::Exchange& ex, Call& call, std::string content_type,
                                           ForwardRequest& request, ForwardResult& result);
   boost::asio::awaitable<void> relay_stream(http::Exchange& ex, Call& call,

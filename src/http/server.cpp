@@ -4,14 +4,17 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <mutex>
 #include <variant>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -100,82 +103,119 @@ asio::any_io_executor Exchange::executor() const {
   return std::visit([](auto* s) { return s->get_executor(); }, impl_->stream);
 }
 
-asio::awaitable<bool> Exchange::respond(Response response) {
-  bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(response.status), 11};
-  res.set(bhttp::field::server, "loadstar");
-  res.set(bhttp::field::content_type, response.content_type);
-  for (const Header& h : response.headers) res.set(h.name, h.value);
-  res.body() = std::move(response.body);
-  res.keep_alive(impl_->keep_alive);
-  res.prepare_payload();
-  auto [ec, n] = co_await std::visit(
-      [&](auto* s) { return bhttp::async_write(*s, res, kUseTuple); }, impl_->stream);
-  impl_->complete = true;
-  if (ec) impl_->failed = true;
-  co_return !ec;
+namespace {
+
+// A header line may carry neither CR nor LF (they would end it early).
+bool header_safe(std::string_view text) {
+  return text.find_first_of("\r\n") == std::string_view::npos;
 }
 
-asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_type,
-                                             std::vector<Header> headers, bool defer) {
-  bhttp::response<bhttp::empty_body> res{static_cast<bhttp::status>(status), 11};
-  res.set(bhttp::field::server, "loadstar");
-  res.set(bhttp::field::content_type, content_type);
-  res.set(bhttp::field::cache_control, "no-cache");
-  for (const Header& h : headers) res.set(h.name, h.value);
-  res.keep_alive(impl_->keep_alive);
-  res.chunked(true);
-  impl_->streaming = true;
-  if (defer) {
-    bhttp::fields::writer head{res.base(), res.version(), res.result_int()};
-    impl_->head = beast::buffers_to_string(head.get());
-    co_return true;
+// A chunked response's head, formatted directly: a relay has no use for a
+// header container (Beast's allocates each field).
+std::string stream_head(int status, std::string_view content_type,
+                        const std::vector<Header>& headers, bool keep_alive) {
+  std::string head = fmt::format(
+      "HTTP/1.1 {} {}\r\nServer: loadstar\r\nContent-Type: {}\r\nCache-Control: no-cache\r\n",
+      status, std::string_view(bhttp::obsolete_reason(static_cast<bhttp::status>(status))),
+      header_safe(content_type) ? content_type : "application/octet-stream");
+  for (const Header& h : headers) {
+    if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty()) continue;
+    head.append(h.name).append(": ").append(h.value).append("\r\n");
   }
-  bhttp::response_serializer<bhttp::empty_body> sr{res};
-  auto [ec, n] = co_await std::visit(
-      [&](auto* s) { return bhttp::async_write_header(*s, sr, kUseTuple); }, impl_->stream);
-  if (ec) impl_->failed = true;
-  co_return !ec;
+  if (!keep_alive) head += "Connection: close\r\n";
+  head += "Transfer-Encoding: chunked\r\n\r\n";
+  return head;
 }
 
-asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
-  if (impl_->failed) co_return false;
-  if (data.empty()) co_return true;  // an empty chunk would end the body
-  auto chunk = bhttp::make_chunk(asio::buffer(data.data(), data.size()));
-  const std::string head = std::exchange(impl_->head, {});
+// The framing of one chunk: its size line, and the CRLF after its data.
+struct ChunkFrame {
+  explicit ChunkFrame(size_t size) {
+    auto r = fmt::format_to_n(line.data(), line.size() - 2, "{:x}", size);
+    line[r.size] = '\r';
+    line[r.size + 1] = '\n';
+    length = r.size + 2;
+  }
+  asio::const_buffer size_line() const { return asio::buffer(line.data(), length); }
+  std::array<char, 20> line{};
+  size_t length = 0;
+};
+constexpr std::string_view kCrlf = "\r\n";
+constexpr std::string_view kLastChunk = "0\r\n\r\n";
+
+}  // namespace
+
+template <class Buffers>
+asio::awaitable<bool> Exchange::write(const Buffers& buffers) {
+  // A plain connection is written through its socket: Beast's tcp_stream
+  // adds an operation (and its timer checks) to every write.
   auto [ec, n] = co_await std::visit(
       [&](auto* s) {
-        return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), chunk), kUseTuple);
+        if constexpr (std::is_same_v<std::remove_pointer_t<decltype(s)>, beast::tcp_stream>)
+          return asio::async_write(s->socket(), buffers, kUseTuple);
+        else
+          return asio::async_write(*s, buffers, kUseTuple);
       },
       impl_->stream);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
 
+asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_type,
+                                             std::vector<Header> headers, bool defer) {
+  impl_->streaming = true;
+  impl_->head = stream_head(status, content_type, headers, impl_->keep_alive);
+  if (defer) co_return true;
+  const std::string head = std::exchange(impl_->head, {});
+  co_return co_await write(std::array{asio::buffer(head)});
+}
+
+asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
+  if (impl_->failed) co_return false;
+  if (data.empty()) co_return true;  // an empty chunk would end the body
+  const ChunkFrame frame(data.size());
+  const std::string head = std::exchange(impl_->head, {});
+  co_return co_await write(std::array{asio::buffer(head), frame.size_line(),
+                                      asio::buffer(data.data(), data.size()), asio::buffer(kCrlf)});
+}
+
 asio::awaitable<bool> Exchange::end_stream(std::string_view data) {
   if (impl_->failed) co_return false;
   const std::string head = std::exchange(impl_->head, {});
-  auto last = bhttp::make_chunk_last();
-  boost::system::error_code ec;
-  if (data.empty()) {
-    auto [wec, n] = co_await std::visit(
-        [&](auto* s) {
-          return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), last), kUseTuple);
-        },
-        impl_->stream);
-    ec = wec;
-  } else {
-    auto chunk = bhttp::make_chunk(asio::buffer(data.data(), data.size()));
-    auto [wec, n] = co_await std::visit(
-        [&](auto* s) {
-          return asio::async_write(*s, beast::buffers_cat(asio::buffer(head), chunk, last),
-                                   kUseTuple);
-        },
-        impl_->stream);
-    ec = wec;
-  }
   impl_->complete = true;
-  if (ec) impl_->failed = true;
-  co_return !ec;
+  if (data.empty())
+    co_return co_await write(std::array{asio::buffer(head), asio::buffer(kLastChunk)});
+  const ChunkFrame frame(data.size());
+  co_return co_await write(std::array{asio::buffer(head), frame.size_line(),
+                                      asio::buffer(data.data(), data.size()), asio::buffer(kCrlf),
+                                      asio::buffer(kLastChunk)});
+}
+
+asio::awaitable<bool> Exchange::respond(Response response) {
+  const int status = response.status;
+  // 1xx, 204 and 304 answers have no body and no Content-Length.
+  const bool bodiless = status < 200 || status == 204 || status == 304;
+  std::string head =
+      fmt::format("HTTP/1.1 {} {}\r\nServer: loadstar\r\n", status,
+                  std::string_view(bhttp::obsolete_reason(static_cast<bhttp::status>(status))));
+  bool typed = false;  // a Content-Type among the headers replaces the response's
+  for (const Header& h : response.headers) {
+    if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty() ||
+        iequals(h.name, "Content-Length") || iequals(h.name, "Transfer-Encoding"))
+      continue;
+    typed = typed || iequals(h.name, "Content-Type");
+    head.append(h.name).append(": ").append(h.value).append("\r\n");
+  }
+  if (!typed && header_safe(response.content_type) && !response.content_type.empty())
+    head.append("Content-Type: ").append(response.content_type).append("\r\n");
+  if (!bodiless)
+    fmt::format_to(std::back_inserter(head), "Content-Length: {}\r\n", response.body.size());
+  if (!impl_->keep_alive) head += "Connection: close\r\n";
+  head += "\r\n";
+  const std::string_view body = bodiless ? std::string_view() : std::string_view(response.body);
+  const bool ok =
+      co_await write(std::array<asio::const_buffer, 2>{asio::buffer(head), asio::buffer(body)});
+  impl_->complete = true;
+  co_return ok;
 }
 
 void Exchange::on_client_closed(std::function<void()> callback) {

@@ -77,6 +77,10 @@ class Exchange {
   void on_client_closed(std::function<void()> callback);
 
  private:
+  // Writes `buffers` (a sequence of const buffers) to the client; false
+  // once a write has failed.
+  template <class Buffers>
+  boost::asio::awaitable<bool> write(const Buffers& buffers);
   Impl* impl_;
 };
 
