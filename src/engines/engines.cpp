@@ -133,6 +133,11 @@ std::vector<std::string> sglang_flags(const LaunchSpec& l) {
   }
   if (!l.prefix_cache) out.push_back("--disable-radix-cache");
   out.push_back("--enable-metrics");
+  // SGLang's KV events: vLLM's events and flag, its config without vLLM's
+  // enable_kv_cache_events (publishing is on when the flag is given).
+  if (!l.kv_events_endpoint.empty())
+    add(out, "--kv-events-config",
+        kvevents::events_config_json(l.kv_events_endpoint, "kv-events", false));
   if (!l.adapters.empty()) {
     add(out, "--max-loras-per-batch", l.max_loras);
     add(out, "--max-lora-rank", l.max_lora_rank);
@@ -228,6 +233,7 @@ std::vector<Engine> make_table() {
     Engine e;
     e.name = "sglang";
     e.lora = true;
+    e.kv_events = true;
     e.engine_flags = sglang_flags;
     e.multi_node = true;
     e.description = "SGLang's OpenAI-compatible server";

@@ -103,6 +103,14 @@ class Reader {
     if (p_ >= end_ || mp_check(&p_, end_) != 0) return bad(fmt::format("{}: truncated", field));
     return ok_status();
   }
+  Result<uint32_t> map(std::string_view field) {
+    if (type() != MP_MAP || mp_check_map(p_, end_) > 0)
+      return bad(fmt::format("{}: not a map", field));
+    const uint32_t n = mp_decode_map(&p_);
+    if (n > static_cast<size_t>(end_ - p_) / 2)
+      return bad(fmt::format("{}: {} entries in {} bytes", field, n, end_ - p_));
+    return n;
+  }
   Result<uint32_t> array(std::string_view field) {
     if (type() != MP_ARRAY || mp_check_array(p_, end_) > 0)
       return bad(fmt::format("{}: not an array", field));
@@ -184,14 +192,14 @@ class Reader {
   const char* end_;
 };
 
-Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
-  if (fields < 5) return bad("BlockStored: fewer than 4 fields");
-  BlockStored e;
-  LS_ASSIGN_OR_RETURN(e.block_hashes, r.hashes("BlockStored.block_hashes"));
-  if (!r.nil()) {
-    LS_ASSIGN_OR_RETURN(uint64_t parent, r.hash("BlockStored.parent_block_hash"));
-    e.parent_block_hash = parent;
-  }
+Status read_parent(Reader& r, BlockStored& e) {
+  if (r.nil()) return ok_status();
+  LS_ASSIGN_OR_RETURN(uint64_t parent, r.hash("BlockStored.parent_block_hash"));
+  e.parent_block_hash = parent;
+  return ok_status();
+}
+
+Status read_tokens(Reader& r, BlockStored& e) {
   LS_ASSIGN_OR_RETURN(uint32_t tokens, r.array("BlockStored.token_ids"));
   e.token_ids.reserve(tokens);
   for (uint32_t i = 0; i < tokens; ++i) {
@@ -199,20 +207,45 @@ Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
     if (t < 0 || t > UINT32_MAX) return bad("BlockStored.token_ids: a token id out of range");
     e.token_ids.push_back(static_cast<uint32_t>(t));
   }
+  return ok_status();
+}
+
+Status read_block_size(Reader& r, BlockStored& e) {
   LS_ASSIGN_OR_RETURN(int64_t block_size, r.integer("BlockStored.block_size"));
   if (block_size <= 0 || block_size > 65536)
     return bad(fmt::format("BlockStored.block_size: {} is not in 1..65536", block_size));
   e.block_size = static_cast<uint32_t>(block_size);
+  return ok_status();
+}
+
+Status read_lora_id(Reader& r, BlockStored& e) {
+  if (r.nil()) return ok_status();
+  LS_ASSIGN_OR_RETURN(int64_t id, r.integer("BlockStored.lora_id"));
+  e.lora_id = id;
+  return ok_status();
+}
+
+Status check_stored(const BlockStored& e) {
+  if (e.block_size == 0) return bad("BlockStored: no block_size");
   if (e.token_ids.size() != static_cast<uint64_t>(e.block_hashes.size()) * e.block_size)
     return bad(fmt::format("BlockStored: {} token ids for {} blocks of {}", e.token_ids.size(),
                            e.block_hashes.size(), e.block_size));
+  return ok_status();
+}
+
+// The array encoding (msgspec's array_like=True): fields by position.
+Result<BlockStored> decode_stored(Reader& r, uint32_t fields) {
+  if (fields < 5) return bad("BlockStored: fewer than 4 fields");
+  BlockStored e;
+  LS_ASSIGN_OR_RETURN(e.block_hashes, r.hashes("BlockStored.block_hashes"));
+  LS_RETURN_IF_ERROR(read_parent(r, e));
+  LS_RETURN_IF_ERROR(read_tokens(r, e));
+  LS_RETURN_IF_ERROR(read_block_size(r, e));
+  LS_RETURN_IF_ERROR(check_stored(e));
   uint32_t read = 5;
   if (read < fields) {
     ++read;
-    if (!r.nil()) {
-      LS_ASSIGN_OR_RETURN(int64_t id, r.integer("BlockStored.lora_id"));
-      e.lora_id = id;
-    }
+    LS_RETURN_IF_ERROR(read_lora_id(r, e));
   }
   if (read < fields) {
     ++read;
@@ -239,6 +272,90 @@ Result<BlockRemoved> decode_removed(Reader& r, uint32_t fields) {
   return e;
 }
 
+// The map encoding (msgspec without array_like, as newer engines send):
+// fields by name, the tag under "type"; fields not known here are skipped.
+// `pairs` entries are left after the tag, which the caller has read.
+Result<Event> decode_event_map(Reader& r, std::string_view tag, uint32_t pairs) {
+  BlockStored stored;
+  BlockRemoved removed;
+  for (uint32_t i = 0; i < pairs; ++i) {
+    LS_ASSIGN_OR_RETURN(std::string_view key, r.string("event field name"));
+    if (tag == "BlockStored" && key == "block_hashes") {
+      LS_ASSIGN_OR_RETURN(stored.block_hashes, r.hashes("BlockStored.block_hashes"));
+    } else if (tag == "BlockStored" && key == "parent_block_hash") {
+      LS_RETURN_IF_ERROR(read_parent(r, stored));
+    } else if (tag == "BlockStored" && key == "token_ids") {
+      LS_RETURN_IF_ERROR(read_tokens(r, stored));
+    } else if (tag == "BlockStored" && key == "block_size") {
+      LS_RETURN_IF_ERROR(read_block_size(r, stored));
+    } else if (tag == "BlockStored" && key == "lora_id") {
+      LS_RETURN_IF_ERROR(read_lora_id(r, stored));
+    } else if (tag == "BlockStored" && key == "medium") {
+      LS_ASSIGN_OR_RETURN(stored.medium, r.optional_string("BlockStored.medium"));
+    } else if (tag == "BlockStored" && key == "lora_name") {
+      LS_ASSIGN_OR_RETURN(stored.lora_name, r.optional_string("BlockStored.lora_name"));
+    } else if (tag == "BlockRemoved" && key == "block_hashes") {
+      LS_ASSIGN_OR_RETURN(removed.block_hashes, r.hashes("BlockRemoved.block_hashes"));
+    } else if (tag == "BlockRemoved" && key == "medium") {
+      LS_ASSIGN_OR_RETURN(removed.medium, r.optional_string("BlockRemoved.medium"));
+    } else {
+      LS_RETURN_IF_ERROR(r.skip("event field"));
+    }
+  }
+  if (tag == "BlockStored") {
+    LS_RETURN_IF_ERROR(check_stored(stored));
+    return Event(std::move(stored));
+  }
+  if (tag == "BlockRemoved") return Event(std::move(removed));
+  return Event(AllBlocksCleared{});
+}
+
+// One event, in either encoding; nullopt for an event kind not known here.
+Result<std::optional<Event>> decode_event(Reader& r) {
+  if (r.type() == MP_MAP) {
+    LS_ASSIGN_OR_RETURN(uint32_t pairs, r.map("event"));
+    // The tag is msgspec's first entry; a map whose "type" comes later is
+    // read whole first.
+    if (pairs == 0) return bad("event: empty (no type)");
+    LS_ASSIGN_OR_RETURN(std::string_view key, r.string("event field name"));
+    if (key != "type") return bad("event: its first field is not \"type\"");
+    LS_ASSIGN_OR_RETURN(std::string_view tag, r.string("event type"));
+    if (tag != "BlockStored" && tag != "BlockRemoved" && tag != "AllBlocksCleared") {
+      for (uint32_t i = 1; i < pairs; ++i) {
+        LS_RETURN_IF_ERROR(r.skip("event field name"));
+        LS_RETURN_IF_ERROR(r.skip("event field"));
+      }
+      return std::optional<Event>();
+    }
+    LS_ASSIGN_OR_RETURN(Event e, decode_event_map(r, tag, pairs - 1));
+    return std::optional<Event>(std::move(e));
+  }
+  LS_ASSIGN_OR_RETURN(uint32_t n, r.array("event"));
+  if (n == 0) return bad("event: empty (no tag)");
+  LS_ASSIGN_OR_RETURN(std::string_view tag, r.string("event tag"));
+  if (tag == "BlockStored") {
+    LS_ASSIGN_OR_RETURN(BlockStored e, decode_stored(r, n));
+    return std::optional<Event>(std::move(e));
+  }
+  if (tag == "BlockRemoved") {
+    LS_ASSIGN_OR_RETURN(BlockRemoved e, decode_removed(r, n));
+    return std::optional<Event>(std::move(e));
+  }
+  // AllBlocksCleared, or an event kind of a newer engine: not ours to know.
+  for (uint32_t k = 1; k < n; ++k) LS_RETURN_IF_ERROR(r.skip("event"));
+  if (tag == "AllBlocksCleared") return std::optional<Event>(AllBlocksCleared{});
+  return std::optional<Event>();
+}
+
+Status decode_events(Reader& r, EventBatch& batch) {
+  LS_ASSIGN_OR_RETURN(uint32_t events, r.array("batch.events"));
+  for (uint32_t i = 0; i < events; ++i) {
+    LS_ASSIGN_OR_RETURN(std::optional<Event> e, decode_event(r));
+    if (e) batch.events.push_back(std::move(*e));
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 std::string encode_batch(const EventBatch& batch) {
@@ -257,29 +374,34 @@ Result<EventBatch> decode_batch(std::string_view payload) {
     return bad("not one complete msgpack value");
   if (check != payload.data() + payload.size()) return bad("bytes after the msgpack value");
   Reader r(payload.data(), payload.data() + payload.size());
+  EventBatch batch;
+  if (r.type() == MP_MAP) {
+    // {"ts": ..., "events": [...], "data_parallel_rank" (SGLang:
+    // "attn_dp_rank"): ...}
+    LS_ASSIGN_OR_RETURN(uint32_t pairs, r.map("batch"));
+    bool ts = false, events = false;
+    for (uint32_t i = 0; i < pairs; ++i) {
+      LS_ASSIGN_OR_RETURN(std::string_view key, r.string("batch field name"));
+      if (key == "ts") {
+        LS_ASSIGN_OR_RETURN(batch.ts, r.number("batch.ts"));
+        ts = true;
+      } else if (key == "events") {
+        LS_RETURN_IF_ERROR(decode_events(r, batch));
+        events = true;
+      } else if ((key == "data_parallel_rank" || key == "attn_dp_rank") && !r.nil()) {
+        LS_ASSIGN_OR_RETURN(int64_t rank, r.integer("batch.data_parallel_rank"));
+        batch.data_parallel_rank = rank;
+      } else if (key != "data_parallel_rank" && key != "attn_dp_rank") {
+        LS_RETURN_IF_ERROR(r.skip("batch field"));
+      }
+    }
+    if (!ts || !events) return bad("batch: no ts or no events");
+    return batch;
+  }
   LS_ASSIGN_OR_RETURN(uint32_t fields, r.array("batch"));
   if (fields < 2) return bad("batch: fewer than 2 fields (ts, events)");
-  EventBatch batch;
   LS_ASSIGN_OR_RETURN(batch.ts, r.number("batch.ts"));
-  LS_ASSIGN_OR_RETURN(uint32_t events, r.array("batch.events"));
-  for (uint32_t i = 0; i < events; ++i) {
-    LS_ASSIGN_OR_RETURN(uint32_t n, r.array("event"));
-    if (n == 0) return bad("event: empty (no tag)");
-    LS_ASSIGN_OR_RETURN(std::string_view tag, r.string("event tag"));
-    if (tag == "BlockStored") {
-      LS_ASSIGN_OR_RETURN(BlockStored e, decode_stored(r, n));
-      batch.events.emplace_back(std::move(e));
-    } else if (tag == "BlockRemoved") {
-      LS_ASSIGN_OR_RETURN(BlockRemoved e, decode_removed(r, n));
-      batch.events.emplace_back(std::move(e));
-    } else if (tag == "AllBlocksCleared") {
-      for (uint32_t k = 1; k < n; ++k) LS_RETURN_IF_ERROR(r.skip("AllBlocksCleared"));
-      batch.events.emplace_back(AllBlocksCleared{});
-    } else {
-      // An event kind of a newer engine: not ours to know.
-      for (uint32_t k = 1; k < n; ++k) LS_RETURN_IF_ERROR(r.skip("event"));
-    }
-  }
+  LS_RETURN_IF_ERROR(decode_events(r, batch));
   if (fields > 2 && !r.nil()) {
     LS_ASSIGN_OR_RETURN(int64_t rank, r.integer("batch.data_parallel_rank"));
     batch.data_parallel_rank = rank;
@@ -340,12 +462,11 @@ Result<EventsConfig> parse_events_config(std::string_view text) {
   return c;
 }
 
-std::string events_config_json(std::string_view endpoint, std::string_view topic) {
-  return nlohmann::json{{"enable_kv_cache_events", true},
-                        {"publisher", "zmq"},
-                        {"endpoint", endpoint},
-                        {"topic", topic}}
-      .dump();
+std::string events_config_json(std::string_view endpoint, std::string_view topic,
+                               bool enable_field) {
+  nlohmann::json config = {{"publisher", "zmq"}, {"endpoint", endpoint}, {"topic", topic}};
+  if (enable_field) config["enable_kv_cache_events"] = true;
+  return config.dump();
 }
 
 }  // namespace loadstar::kvevents

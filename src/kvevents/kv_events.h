@@ -10,7 +10,12 @@
 //                      block_size, lora_id|nil, medium?, lora_name?, ...]
 //   BlockRemoved:     ["BlockRemoved", [hash...], medium?, ...]
 //   AllBlocksCleared: ["AllBlocksCleared"]
-// Trailing fields newer vLLM versions add are skipped. A block hash is an
+// Trailing fields newer vLLM versions add are skipped. Newer engines encode
+// each event (and possibly the batch) as a map instead: msgspec without
+// array_like, the tag first under "type", fields by name (SGLang adds
+// cache_salt and the like, and names the rank attn_dp_rank); both
+// encodings are read, fields not known here skipped. SGLang publishes the
+// same events with the same flag. A block hash is an
 // integer (vLLM's builtin/sha256 64-bit hashes) or bytes (sha256); bytes are
 // folded to 64 bits here: the router keeps only an engine hash's identity,
 // and names blocks by its own hash of their tokens.
@@ -76,6 +81,9 @@ struct EventsConfig {
 // supported by engine-sim).
 Result<EventsConfig> parse_events_config(std::string_view json);
 // The flag's value for an engine publishing on `endpoint` with `topic`.
-std::string events_config_json(std::string_view endpoint, std::string_view topic);
+// `enable_field`: with vLLM's enable_kv_cache_events (SGLang's config has
+// no such field: the flag's presence turns publishing on).
+std::string events_config_json(std::string_view endpoint, std::string_view topic,
+                               bool enable_field = true);
 
 }  // namespace loadstar::kvevents

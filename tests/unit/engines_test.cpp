@@ -375,8 +375,8 @@ spec: {model: m, engine: {name: vllm}, prefill: {replicas: 2}}
 }
 
 // spec.engine.kvEvents: the engine publishes vLLM's KV events on a named
-// port the gateways find on the Pod (vLLM's flag and port for vLLM too);
-// engines that do not publish them refuse it.
+// port the gateways find on the Pod (vLLM's flag and port for vLLM and
+// SGLang too); engines that do not publish them refuse it.
 TEST(EnginePods, KvEventsArePublishedOnANamedPort) {
   const json pod = pod_of("engine-sim", 0, "synth://m", "", "", true);
   const json& c = pod["spec"]["containers"][0];
@@ -400,7 +400,17 @@ TEST(EnginePods, KvEventsArePublishedOnANamedPort) {
   ASSERT_NE(flag, vllm_args.end());
   EXPECT_EQ(json::parse(*(flag + 1))["endpoint"], "tcp://*:5557");
   EXPECT_EQ(vllm["spec"]["containers"][0]["ports"][1]["name"], "kv-events");
-  for (const char* engine : {"sglang", "llama.cpp"}) {
+  // SGLang: the same flag and port, its config without vLLM's enable field.
+  const json sglang = pod_of("sglang", 1, "hf://Qwen/Qwen2.5-0.5B-Instruct", "", "", true);
+  const auto sglang_args = sglang["spec"]["containers"][0]["args"].get<std::vector<std::string>>();
+  flag = std::find(sglang_args.begin(), sglang_args.end(), "--kv-events-config");
+  ASSERT_NE(flag, sglang_args.end());
+  const json sglang_config = json::parse(*(flag + 1));
+  EXPECT_EQ(sglang_config["publisher"], "zmq");
+  EXPECT_EQ(sglang_config["endpoint"], "tcp://*:5557");
+  EXPECT_FALSE(sglang_config.contains("enable_kv_cache_events"));
+  EXPECT_EQ(sglang["spec"]["containers"][0]["ports"][1]["name"], "kv-events");
+  for (const char* engine : {"llama.cpp"}) {
     auto r = api::decode_resources(fmt::format(R"(
 apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -412,7 +422,8 @@ spec: {{model: m, engine: {{name: {}, kvEvents: true}}}}
     ASSERT_FALSE(r.ok()) << engine;
     EXPECT_NE(r.error().message.find("spec.engine.kvEvents"), std::string::npos)
         << r.error().message;
-    EXPECT_NE(r.error().message.find("engines that do: engine-sim, vllm"), std::string::npos)
+    EXPECT_NE(r.error().message.find("engines that do: engine-sim, vllm, sglang"),
+              std::string::npos)
         << r.error().message;
   }
 }

@@ -109,6 +109,107 @@ TEST(KvEvents, ReadsWhatVllmWrites) {
   EXPECT_EQ(std::get<BlockRemoved>(d->events[1]).block_hashes, s.block_hashes);
 }
 
+// Newer engines encode each event as a map (msgspec without array_like,
+// the tag under "type"), SGLang's with fields of its own and its data
+// parallel rank as attn_dp_rank; the batch itself may be a map too.
+TEST(KvEvents, ReadsEventsEncodedAsMaps) {
+  auto str = [](char* p, std::string_view s) {
+    return mp_encode_str(p, s.data(), static_cast<uint32_t>(s.size()));
+  };
+  std::string buf(512, '\0');
+  char* p = buf.data();
+  p = mp_encode_map(p, 3);
+  p = str(p, "ts");
+  p = mp_encode_double(p, 1733360000.5);
+  p = str(p, "events");
+  p = mp_encode_array(p, 3);
+  p = mp_encode_map(p, 7);
+  p = str(p, "type");
+  p = str(p, "BlockStored");
+  p = str(p, "block_hashes");
+  p = mp_encode_array(p, 2);
+  p = mp_encode_int(p, -5);  // SGLang's hashes are signed 64-bit
+  p = mp_encode_uint(p, 7);
+  p = str(p, "parent_block_hash");
+  p = mp_encode_nil(p);
+  p = str(p, "token_ids");
+  p = mp_encode_array(p, 4);
+  for (uint32_t t : {1u, 2u, 3u, 4u}) p = mp_encode_uint(p, t);
+  p = str(p, "block_size");
+  p = mp_encode_uint(p, 2);
+  p = str(p, "cache_salt");  // not known here: skipped
+  p = mp_encode_map(p, 1);
+  p = str(p, "k");
+  p = str(p, "v");
+  p = str(p, "medium");
+  p = str(p, "GPU");
+  p = mp_encode_map(p, 2);
+  p = str(p, "type");
+  p = str(p, "SomethingNew");
+  p = str(p, "x");
+  p = mp_encode_array(p, 0);
+  p = mp_encode_map(p, 2);
+  p = str(p, "type");
+  p = str(p, "BlockRemoved");
+  p = str(p, "block_hashes");
+  p = mp_encode_array(p, 1);
+  p = mp_encode_uint(p, 7);
+  p = str(p, "attn_dp_rank");
+  p = mp_encode_uint(p, 1);
+  buf.resize(static_cast<size_t>(p - buf.data()));
+
+  auto d = kvevents::decode_batch(buf);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->ts, 1733360000.5);
+  EXPECT_EQ(d->data_parallel_rank, 1);
+  ASSERT_EQ(d->events.size(), 2u);  // the unknown kind skipped
+  const auto& s = std::get<BlockStored>(d->events[0]);
+  EXPECT_EQ(s.block_hashes, (std::vector<uint64_t>{static_cast<uint64_t>(-5), 7}));
+  EXPECT_FALSE(s.parent_block_hash);
+  EXPECT_EQ(s.token_ids, (std::vector<uint32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(s.block_size, 2u);
+  EXPECT_EQ(s.medium, "GPU");
+  EXPECT_EQ(std::get<BlockRemoved>(d->events[1]).block_hashes, (std::vector<uint64_t>{7}));
+
+  // Array-encoded batch, map-encoded events (vLLM's newer form).
+  std::string mixed(256, '\0');
+  p = mixed.data();
+  p = mp_encode_array(p, 2);
+  p = mp_encode_double(p, 1.0);
+  p = mp_encode_array(p, 1);
+  p = mp_encode_map(p, 1);
+  p = str(p, "type");
+  p = str(p, "AllBlocksCleared");
+  mixed.resize(static_cast<size_t>(p - mixed.data()));
+  auto cleared = kvevents::decode_batch(mixed);
+  ASSERT_TRUE(cleared.ok()) << cleared.error().message;
+  ASSERT_EQ(cleared->events.size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<kvevents::AllBlocksCleared>(cleared->events[0]));
+
+  // A map event's counts are checked as an array's are.
+  std::string wrong(256, '\0');
+  p = wrong.data();
+  p = mp_encode_array(p, 2);
+  p = mp_encode_double(p, 1.0);
+  p = mp_encode_array(p, 1);
+  p = mp_encode_map(p, 4);
+  p = str(p, "type");
+  p = str(p, "BlockStored");
+  p = str(p, "block_hashes");
+  p = mp_encode_array(p, 1);
+  p = mp_encode_uint(p, 1);
+  p = str(p, "token_ids");
+  p = mp_encode_array(p, 1);
+  p = mp_encode_uint(p, 1);
+  p = str(p, "block_size");
+  p = mp_encode_uint(p, 2);
+  wrong.resize(static_cast<size_t>(p - wrong.data()));
+  auto refused = kvevents::decode_batch(wrong);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("1 token ids for 1 blocks of 2"), std::string::npos)
+      << refused.error().message;
+}
+
 TEST(KvEvents, MalformedBatchesAreRefusedByName) {
   EventBatch b;
   b.events.emplace_back(
