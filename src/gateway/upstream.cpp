@@ -120,10 +120,9 @@ struct Upstream::Conn {
   // several reads (and so several writes to the client). Only the pages a
   // read fills become resident.
   static constexpr size_t kReadBuffer = 16384;
-  static constexpr size_t kMinRead = 4096;  // the least room a read is given
-  beast::flat_buffer buffer;                // read from the socket, not yet decoded
-  std::string events;                       // a stream's events, the last one partial
-  std::string out;                          // the complete events of one read
+  beast::flat_buffer buffer;  // read from the socket, not yet decoded
+  std::string events;         // a stream's events, the last one partial
+  std::string out;            // the complete events of one read
 
  private:
   void reserve() {
@@ -208,6 +207,16 @@ Result<std::unique_ptr<Upstream::Conn>> Upstream::new_conn(const Endpoint& endpo
 void Upstream::keep_idle(const std::string& key, std::unique_ptr<Conn> conn) {
   // Bounded, as nginx's `keepalive`: past it a connection is closed rather
   // than kept, so that pools cannot hold the descriptors new clients need.
+  // Bytes left past the last response (an engine that sent more than it
+  // framed) would be read as the next request's answer: such a connection
+  // is closed, never reused.
+  if (conn->buffer.size() != 0) return;
+  // A stream of huge events (logprobs of a long prompt) must not leave its
+  // buffers' size with the connection for as long as it is pooled.
+  constexpr size_t kKeep = 65536;
+  if (conn->events.capacity() > kKeep) std::string().swap(conn->events);
+  if (conn->out.capacity() > kKeep) std::string().swap(conn->out);
+  if (conn->buffer.capacity() > kKeep) conn->buffer.shrink_to_fit();
   auto& pool = idle_[key];
   conn->idle_since = std::chrono::steady_clock::now();
   if (pool.size() < kMaxIdlePerReplica) pool.push_back(std::move(conn));
@@ -294,7 +303,7 @@ asio::awaitable<std::string> Upstream::read_body(Call& call, std::string& payloa
       return stream.async_read_some(conn.buffer.prepare(Conn::kReadBuffer), kUseTuple);
     });
     conn.buffer.commit(n);
-    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+    if (ec == asio::error::eof) {
       auto tail = body.feed(
           std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
           payload);
@@ -423,8 +432,9 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   if (!read_error.empty()) {
     result.outcome = ForwardOutcome::kDone;
     result.client_status = 502;
-    co_await send_error(
-        ex, 502, fmt::format("replica {} failed mid-response: {}", endpoint.replica, read_error));
+    std::string message =
+        fmt::format("replica {} failed mid-response: {}", endpoint.replica, read_error);
+    co_await send_error(ex, 502, std::move(message));
     co_return;
   }
   const bool reusable = parser.keep_alive();
@@ -539,12 +549,11 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     }
     if (!out.empty()) client_ok = co_await ex.write_chunk(out);
     if (!failure.empty() || !client_ok) break;
-    // Room for a read, without growing the buffer past its size (a partial
-    // size line may be left at its front).
-    const size_t room = std::max<size_t>(
-        Conn::kReadBuffer - std::min(conn.buffer.size(), Conn::kReadBuffer), Conn::kMinRead);
-    auto [ec, n] = co_await conn.with(
-        [&](auto& stream) { return stream.async_read_some(conn.buffer.prepare(room), kUseTuple); });
+    // The decoder used every byte (the body is not done): the buffer is
+    // empty, and a read fills it from the start.
+    auto [ec, n] = co_await conn.with([&](auto& stream) {
+      return stream.async_read_some(conn.buffer.prepare(Conn::kReadBuffer), kUseTuple);
+    });
     conn.buffer.commit(n);
     // One clock reading per read: the events that came in it arrived together.
     now = Clock::now();
@@ -552,7 +561,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
       call.arm(call.idle);
       armed = now;
     }
-    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+    if (ec == asio::error::eof) {
       closed = true;
     } else if (ec) {
       failure = call.watch->timed_out ? "idle timeout" : ec.message();
@@ -579,8 +588,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
     if (ok) co_await ex.end_stream();
     co_return;
   }
-  if (keep_alive && !closed && conn.buffer.size() == 0)
-    keep_idle(pool_key(endpoint), std::move(call.conn));
+  if (keep_alive && !closed) keep_idle(pool_key(endpoint), std::move(call.conn));
 }
 
 }  // namespace loadstar::gateway

@@ -38,8 +38,10 @@ BodyDecoder::BodyDecoder(Mode mode, uint64_t bytes) : mode_(mode) {
 Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
   size_t i = 0;
   auto bad = [&](std::string_view what) -> Error {
+    state_ = State::kError;
     return make_error(ErrorCode::kCorrupt, "malformed chunked body: {}", what);
   };
+  if (state_ == State::kError) return bad("already malformed");
   while (i < in.size() && state_ != State::kDone) {
     if (state_ == State::kData) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(remaining_, in.size() - i));
@@ -55,12 +57,16 @@ Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
       case State::kSize: {
         const int v = hex_value(c);
         if (v >= 0) {
-          if (++digits_ > kMaxDigits) return bad("chunk size too large");
+          sized_ = true;
+          if ((remaining_ != 0 || v != 0) && ++digits_ > kMaxDigits)
+            return bad("chunk size too large");
           remaining_ = remaining_ * 16 + static_cast<uint64_t>(v);
-        } else if (digits_ == 0) {
+        } else if (!sized_) {
           return bad("a chunk size must begin with a hex digit");
-        } else if (c == ';' || c == ' ' || c == '\t') {
+        } else if (c == ';') {
           state_ = State::kExtension;
+        } else if (c == ' ' || c == '\t') {
+          state_ = State::kSizeSpace;
         } else if (c == '\r') {
           state_ = State::kSizeLf;
         } else if (c == '\n') {
@@ -70,6 +76,17 @@ Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
         }
         break;
       }
+      case State::kSizeSpace:
+        if (++line_ > kMaxLine) return bad("chunk extensions too long");
+        if (c == ';')
+          state_ = State::kExtension;
+        else if (c == '\r')
+          state_ = State::kSizeLf;
+        else if (c == '\n')
+          return bad("bare LF in a chunk size line");
+        else if (c != ' ' && c != '\t')
+          return bad("unexpected byte after a chunk size");
+        break;
       case State::kExtension:
         if (++line_ > kMaxLine) return bad("chunk extensions too long");
         if (c == '\r')
@@ -80,6 +97,7 @@ Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
       case State::kSizeLf:
         if (c != '\n') return bad("CR without LF after a chunk size");
         digits_ = 0;
+        sized_ = false;
         line_ = 0;
         state_ = remaining_ == 0 ? State::kTrailerStart : State::kData;
         break;
@@ -118,6 +136,7 @@ Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
         break;
       case State::kData:
       case State::kDone:
+      case State::kError:
         break;  // handled above
     }
   }
@@ -125,7 +144,7 @@ Result<size_t> BodyDecoder::feed(std::string_view in, std::string& out) {
 }
 
 Status BodyDecoder::at_close() {
-  if (mode_ == Mode::kUntilClose) {
+  if (mode_ == Mode::kUntilClose && state_ != State::kError) {
     state_ = State::kDone;
     return ok_status();
   }

@@ -22,9 +22,10 @@ class BodyDecoder {
   static BodyDecoder until_close() { return BodyDecoder(Mode::kUntilClose, 0); }
 
   // Decodes what it can of `in`, appending the body's bytes to `out`.
-  // Returns how many bytes of `in` it used: the rest is a partial size
-  // line (feed it again with more), or bytes past the body's end. An error
-  // says what is malformed; nothing more may be fed then.
+  // Returns how many bytes of `in` it used: all of them (a partial size
+  // line is kept in the decoder's state), unless the body ended first; the
+  // rest is then past the body. An error says what is malformed; the
+  // decoder refuses anything more after one.
   Result<size_t> feed(std::string_view in, std::string& out);
   // The whole body has been decoded (a chunked body's last chunk and
   // trailers included).
@@ -40,7 +41,8 @@ class BodyDecoder {
   enum class Mode { kChunked, kLength, kUntilClose };
   enum class State {
     kSize,       // hex digits of a chunk's size
-    kExtension,  // after the size: extensions, up to CR
+    kSizeSpace,  // whitespace after the size, before ';' or CR
+    kExtension,  // after ';': extensions, up to CR
     kSizeLf,     // the LF ending the size line
     kData,       // `remaining_` bytes of chunk data (or of a Content-Length body)
     kDataCr,     // the CRLF after a chunk's data
@@ -50,13 +52,15 @@ class BodyDecoder {
     kTrailerLf,     // the LF ending a trailer line
     kEndLf,         // the LF of the empty line ending the body
     kDone,
+    kError,  // malformed: nothing more is decoded
   };
   BodyDecoder(Mode mode, uint64_t bytes);
 
   Mode mode_;
   State state_;
   uint64_t remaining_ = 0;  // data bytes left in this chunk (or body)
-  size_t digits_ = 0;       // hex digits read of this size
+  bool sized_ = false;      // a hex digit of this size was read
+  size_t digits_ = 0;       // its significant hex digits (leading zeros are not)
   size_t line_ = 0;         // bytes of the current size or trailer line
 };
 

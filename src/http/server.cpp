@@ -92,7 +92,14 @@ struct Exchange::Impl {
   bool streaming = false;              // a chunked response has begun
   std::string head;                    // its header, when deferred to the first chunk
   bool failed = false;                 // a write failed: the client is gone
-  std::shared_ptr<bool> watch_active;  // set while on_client_closed watches
+  // on_client_closed's watch: at most one read is outstanding for it; a
+  // new callback replaces the one it calls.
+  struct ClientWatch {
+    std::function<void()> callback;
+    bool pending = false;  // its read is outstanding
+    char peek = 0;
+  };
+  std::shared_ptr<ClientWatch> watch;
 };
 
 const Request& Exchange::request() const {
@@ -119,7 +126,12 @@ std::string stream_head(int status, std::string_view content_type,
       status, std::string_view(bhttp::obsolete_reason(static_cast<bhttp::status>(status))),
       header_safe(content_type) ? content_type : "application/octet-stream");
   for (const Header& h : headers) {
-    if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty()) continue;
+    // The framing and the fields above are the server's.
+    if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty() ||
+        iequals(h.name, "Content-Length") || iequals(h.name, "Transfer-Encoding") ||
+        iequals(h.name, "Content-Type") || iequals(h.name, "Cache-Control") ||
+        iequals(h.name, "Server"))
+      continue;
     head.append(h.name).append(": ").append(h.value).append("\r\n");
   }
   if (!keep_alive) head += "Connection: close\r\n";
@@ -219,26 +231,28 @@ asio::awaitable<bool> Exchange::respond(Response response) {
 }
 
 void Exchange::on_client_closed(std::function<void()> callback) {
-  // A new callback replaces the previous one: that watch stays armed on the
-  // socket, so it must be told not to call its callback, which may refer to
-  // things gone by now (a held request's timer was).
-  if (impl_->watch_active) *impl_->watch_active = false;
-  auto active = std::make_shared<bool>(true);
-  impl_->watch_active = active;
+  // A new callback replaces the previous one (which may refer to things
+  // gone by now: a held request's timer did).
+  if (!impl_->watch) impl_->watch = std::make_shared<Impl::ClientWatch>();
+  impl_->watch->callback = std::move(callback);
+  if (impl_->watch->pending) return;
+  impl_->watch->pending = true;
   tcp::socket& socket = std::visit(
       [](auto* s) -> tcp::socket& { return beast::get_lowest_layer(*s).socket(); }, impl_->stream);
-  // Readable with nothing to read means the peer closed; data means a
-  // pipelined request (or a TLS record), which is not a close.
-  socket.async_wait(tcp::socket::wait_read,
-                    [active, callback = std::move(callback),
-                     fd = socket.native_handle()](boost::system::error_code ec) {
-                      if (!*active || ec == asio::error::operation_aborted) return;
-                      *active = false;
-                      char byte;
-                      ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-                      if (ec || n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
-                        callback();
-                    });
+  // A one-byte peek: it ends with end-of-file (or an error) when the peer
+  // closes, and with the byte when data comes (a pipelined request, or a
+  // TLS record), which is not a close. A read, not async_wait: Asio re-arms
+  // the descriptor in epoll (a syscall) for every wait, while a read is
+  // queued as it is, its speculative attempt skipped when the last read
+  // found the socket drained.
+  socket.async_receive(asio::buffer(&impl_->watch->peek, 1), tcp::socket::message_peek,
+                       [watch = impl_->watch](boost::system::error_code ec, size_t) {
+                         watch->pending = false;
+                         if (ec == asio::error::operation_aborted || !watch->callback) return;
+                         auto callback = std::move(watch->callback);
+                         watch->callback = nullptr;
+                         if (ec) callback();
+                       });
 }
 
 struct Server::State {
@@ -446,10 +460,12 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
                     e.what());
       threw = true;
     }
-    if (impl.watch_active && *impl.watch_active) {
-      *impl.watch_active = false;
-      boost::system::error_code ignored;
-      tcp_layer.socket().cancel(ignored);
+    if (impl.watch) {
+      impl.watch->callback = nullptr;
+      if (impl.watch->pending) {
+        boost::system::error_code ignored;
+        tcp_layer.socket().cancel(ignored);
+      }
     }
     if (!impl.complete) {
       // A cut stream cannot be repaired; one whose header never left (it

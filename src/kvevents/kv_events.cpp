@@ -315,7 +315,7 @@ Result<std::optional<Event>> decode_event(Reader& r) {
   if (r.type() == MP_MAP) {
     LS_ASSIGN_OR_RETURN(uint32_t pairs, r.map("event"));
     // The tag is msgspec's first entry; a map whose "type" comes later is
-    // read whole first.
+    // refused (and its batch with it).
     if (pairs == 0) return bad("event: empty (no type)");
     LS_ASSIGN_OR_RETURN(std::string_view key, r.string("event field name"));
     if (key != "type") return bad("event: its first field is not \"type\"");

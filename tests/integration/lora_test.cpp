@@ -144,7 +144,9 @@ spec:
                                     .target = "/v1/completions",
                                     .body = json({{"model", "sql"},
                                                   {"prompt", "hello"},
-                                                  {"max_tokens", 300},
+                                                  // Long enough to outlast the six
+                                                  // requests below on a loaded machine.
+                                                  {"max_tokens", 1500},
                                                   {"ignore_eos", true},
                                                   {"stream", true}})
                                                 .dump(),

@@ -62,6 +62,7 @@ TEST(BodyDecoder, MalformedChunkedBodiesAreErrorsThatSayWhy) {
            Case{"3 \n", "bare LF"},
            Case{"0\r\nX: y\n", "bare LF"},
            Case{"3g\r\n", "unexpected byte"},
+           Case{"1 2\r\n", "unexpected byte after a chunk size"},
        }) {
     auto body = decode(BodyDecoder::chunked(), c.wire, 1);
     ASSERT_FALSE(body.ok()) << c.wire;
@@ -69,6 +70,22 @@ TEST(BodyDecoder, MalformedChunkedBodiesAreErrorsThatSayWhy) {
     EXPECT_NE(body.error().message.find(c.says), std::string::npos)
         << c.wire << ": " << body.error().message;
   }
+}
+
+TEST(BodyDecoder, SizesMayHaveLeadingZerosWhitespaceAndExtensions) {
+  auto body =
+      decode(BodyDecoder::chunked(), "00000000000000000003 \t;ext=1\r\nabc\r\n0\r\n\r\n", 1);
+  ASSERT_TRUE(body.ok()) << body.error().message;
+  EXPECT_EQ(*body, "abc");
+}
+
+TEST(BodyDecoder, AnErrorIsFinal) {
+  BodyDecoder decoder = BodyDecoder::chunked();
+  std::string body;
+  ASSERT_FALSE(decoder.feed("z", body).ok());
+  EXPECT_FALSE(decoder.feed("3\r\nabc\r\n0\r\n\r\n", body).ok());
+  EXPECT_FALSE(decoder.done());
+  EXPECT_FALSE(decoder.at_close().ok());
 }
 
 TEST(BodyDecoder, LongSizeLinesAreRefused) {

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# bench/gateway_overhead/compare.sh: several loadstar builds side by side
+# against nginx, streaming, in one run.
+#   bench/gateway_overhead/compare.sh OLD_BINARY build/release/loadstar
+# Each binary runs `loadstar up` with its own engine-sim replica (the
+# bench's zero-cost profile); nginx proxies to the first one's engine. Then
+# RUNS rounds, each a SECONDS-long wrk run (64 connections, 18-event
+# streams) through nginx and through every gateway in turn, so that drift
+# on a shared machine hits all of them alike. Printed per round: requests/s
+# and the proxy's CPU per request (user+system, from /proc); then the
+# medians, and each one's ratio to nginx's in the same rounds. Server side
+# on core 0, wrk on core 1, as run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ $# -ge 1 ] || { echo "usage: $0 BINARY..."; exit 2; }
+for tool in wrk nginx taskset curl python3; do command -v $tool >/dev/null || { echo "needs $tool (./scripts/setup.sh --bench)"; exit 1; }; done
+RUNS=${RUNS:-7}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+STREAM=${STREAM:-true}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  [ -n "${nginx_pid:-}" ] && kill "$nginx_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cat > "$work/profiles.yaml" <<YAML
+profiles:
+  - {name: free-gpu, base_ms: 0, prefill_token_us: 0, decode_seq_us: 0, context_token_ns: 0, num_gpu_blocks: 200000}
+YAML
+cat > "$work/bench.yaml" <<YAML
+apiVersion: loadstar.dev/v1alpha1
+kind: Model
+metadata: {name: bench}
+spec: {source: "synth://bench", size: 16Mi}
+---
+apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: bench}
+spec:
+  model: bench
+  replicas: 1
+  engine: {name: engine-sim, args: ["--profile", "free-gpu", "--profiles-file", "$work/profiles.yaml", "--max-num-seqs", "512"]}
+YAML
+ports=()
+engine_port=""
+for i in $(seq 0 $(($# - 1))); do
+  bin=$(realpath "${@:$((i + 1)):1}")
+  taskset -c 0 "$bin" up -f "$work/bench.yaml" --port 0 --admin-port 0 --workers 1 \
+    --data-dir "$work/var$i" --log-level warn > "$work/up$i.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 500); do grep -q "admin API" "$work/up$i.log" && break; sleep 0.02; done
+  ports+=("$(sed -n 's|.*OpenAI API: http://127.0.0.1:\([0-9]*\)/v1.*|\1|p' "$work/up$i.log")")
+  admin=$(sed -n 's|.*admin API:  http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$work/up$i.log")
+  for _ in $(seq 500); do
+    port=$(curl -s "localhost:$admin/api/v1/replicas" | sed -n 's/.*"port":\([0-9]*\).*"state":"Ready".*/\1/p')
+    [ -n "$port" ] && [ "$port" != 0 ] && break; sleep 0.05
+  done
+  [ -n "$engine_port" ] || engine_port=$port
+done
+
+nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream engine { server 127.0.0.1:$engine_port; keepalive 256; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { proxy_pass http://engine; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
+nginx_pid=$!
+for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
+nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime+stime, 10 ms ticks
+run() {  # run PORT PID -> "rps/cpu_us_per_request"
+  local t0 t1 n; t0=$(cpu_ticks "$2")
+  MODEL=bench STREAM=$STREAM PROMPT_WORDS=100 MAX_TOKENS=16 taskset -c 1 wrk -t1 -c64 -d"${SECONDS_PER_RUN}"s \
+    -s bench/lib/completion.lua "http://127.0.0.1:$1" > "$work/wrk.txt"
+  t1=$(cpu_ticks "$2")
+  grep -q "non200=0" "$work/wrk.txt" || { cat "$work/wrk.txt"; echo "non-200 answers"; exit 1; }
+  n=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  echo "$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$work/wrk.txt")/$(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 10000 / n}')"
+}
+echo "stream=$STREAM, 64 connections, ${SECONDS_PER_RUN}s per run, $RUNS rounds; requests/s / proxy CPU us per request"
+for r in $(seq "$RUNS"); do
+  line="nginx $(run "$nginx_port" "$nginx_worker")"
+  for i in "${!ports[@]}"; do line="$line | bin$i $(run "${ports[$i]}" "${pids[$i]}")"; done
+  echo "$line" | tee -a "$work/rounds.txt"
+done
+for i in $(seq 0 $(($# - 1))); do echo "bin$i = ${@:$((i + 1)):1}"; done
+python3 - "$work/rounds.txt" <<'PY'
+import statistics, sys
+cols = {}
+for line in open(sys.argv[1]):
+    for part in line.split('|'):
+        name, val = part.split()
+        rps, cpu = val.split('/')
+        cols.setdefault(name, []).append((float(rps), float(cpu)))
+n = cols['nginx']
+for k, v in cols.items():
+    cpu = statistics.median(x[1] / y[1] for x, y in zip(v, n))
+    tput = statistics.median(x[0] / y[0] for x, y in zip(v, n))
+    print(f"{k:6} median {statistics.median(x[1] for x in v):6.1f} us/request, "
+          f"{statistics.median(x[0] for x in v):6.0f} requests/s; against nginx: CPU {cpu:.2f}x, throughput {tput:.2f}x")
+PY
