@@ -88,10 +88,10 @@ struct Exchange::Impl {
   std::variant<beast::tcp_stream*, TlsStream*> stream;
   Request request;
   bool keep_alive = true;
-  bool complete = false;               // the whole response has been written
-  bool streaming = false;              // a chunked response has begun
-  std::string head;                    // its header, when deferred to the first chunk
-  bool failed = false;                 // a write failed: the client is gone
+  bool complete = false;   // the whole response has been written
+  bool streaming = false;  // a chunked response has begun
+  std::string head;        // its header, when deferred to the first chunk
+  bool failed = false;     // a write failed: the client is gone
   // on_client_closed's watch: at most one read is outstanding for it; a
   // new callback replaces the one it calls.
   struct ClientWatch {
