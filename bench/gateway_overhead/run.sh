@@ -29,24 +29,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cat > "$work/profiles.yaml" <<YAML
-profiles:
-  - {name: free-gpu, base_ms: 0, prefill_token_us: 0, decode_seq_us: 0, context_token_ns: 0, num_gpu_blocks: 200000}
-YAML
-cat > "$work/bench.yaml" <<YAML
-apiVersion: loadstar.dev/v1alpha1
-kind: Model
-metadata: {name: bench}
-spec: {source: "synth://bench", size: 16Mi}
----
-apiVersion: loadstar.dev/v1alpha1
-kind: InferenceService
-metadata: {name: bench}
-spec:
-  model: bench
-  replicas: 1
-  engine: {name: engine-sim, args: ["--profile", "free-gpu", "--profiles-file", "$work/profiles.yaml", "--max-num-seqs", "512"]}
-YAML
+. bench/gateway_overhead/common.sh
+write_manifests "$work"
 taskset -c 0 "$bin" up -f "$work/bench.yaml" --port 0 --admin-port 0 --workers 1 --data-dir "$work/var" \
   --log-level warn > "$work/up.log" 2>&1 &
 up_pid=$!
@@ -59,30 +43,7 @@ for _ in $(seq 500); do
 done
 
 nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  upstream engine { server 127.0.0.1:$engine_port; keepalive 256; }
-  server {
-    listen 127.0.0.1:$nginx_port;
-    client_max_body_size 8m;
-    location / {
-      proxy_pass http://engine;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
+write_nginx_conf "$work" "$engine_port" "$nginx_port"
 taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
 nginx_pid=$!
 for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
