@@ -117,6 +117,10 @@ spec:
 // another adapter's where there is room for one more: two replicas that
 // batch one adapter each (and keep one in host memory) end up one adapter
 // each, each read from disk once, whatever order the requests come in.
+// The adapter's weight is raised above the load terms' sum: with the
+// default (4), one scrape that catches a request between its arrival and
+// the engine's next step (waiting 1) tips a request to the idle replica,
+// trading an adapter load for balance, as it is meant to under load.
 TEST(UpLora, AnAdapterGoesToTheReplicaThatRunsIt) {
   const std::string resources = models_yaml() + R"(apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -126,6 +130,7 @@ spec:
   replicas: 2
   engine: {name: engine-sim, args: ["--time-scale", "1"]}
   lora: {adapters: [sql, poems], maxLoras: 1, maxCpuLoras: 1}
+  routing: {scorers: {lora: 10}}
 )";
   auto up = Up::start(resources);
   up->wait_ready("chat", 2);
