@@ -2,7 +2,10 @@
 
 #include "gateway/json_scratch.h"
 
-#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <utility>
+
+#include "common/strings.h"
 
 namespace loadstar::gateway {
 
@@ -10,53 +13,144 @@ namespace {
 
 // The fields of a chat completion that vLLM's TokenizeChatRequest also
 // takes, all of which change the rendered prompt.
-constexpr const char* kChatFields[] = {"messages",
-                                       "tools",
-                                       "chat_template",
-                                       "chat_template_kwargs",
-                                       "add_generation_prompt",
-                                       "continue_final_message",
-                                       "add_special_tokens",
-                                       "mm_processor_kwargs"};
+constexpr std::string_view kChatFields[] = {"messages",
+                                            "tools",
+                                            "chat_template",
+                                            "chat_template_kwargs",
+                                            "add_generation_prompt",
+                                            "continue_final_message",
+                                            "add_special_tokens",
+                                            "mm_processor_kwargs"};
 
-std::optional<std::vector<uint32_t>> ids_of(const nlohmann::json& array) {
+namespace od = simdjson::ondemand;
+
+// The ids from `it` to `end`: nullopt unless every element is one (an
+// unsigned integer that fits 32 bits).
+std::optional<std::vector<uint32_t>> ids_from(od::array_iterator it, od::array_iterator end) {
   std::vector<uint32_t> ids;
-  ids.reserve(array.size());
-  for (const auto& id : array) {
-    if (!id.is_number_unsigned() || id.get<uint64_t>() > UINT32_MAX) return std::nullopt;
-    ids.push_back(id.get<uint32_t>());
+  for (; it != end; ++it) {
+    uint64_t id;
+    if ((*it).get_uint64().get(id) || id > UINT32_MAX) return std::nullopt;
+    ids.push_back(static_cast<uint32_t>(id));
   }
   return ids;
+}
+
+// A value's JSON text as the client wrote it: what the engine is asked is
+// the client's own text, not a re-serialization of it (prompts are long).
+simdjson::error_code raw_text(od::value value, std::string_view& out) {
+  od::json_type type;
+  if (auto error = value.type().get(type)) return error;
+  if (type == od::json_type::array) {
+    od::array a;
+    if (auto error = value.get_array().get(a)) return error;
+    return a.raw_json().get(out);
+  }
+  if (type == od::json_type::object) {
+    od::object o;
+    if (auto error = value.get_object().get(o)) return error;
+    return o.raw_json().get(out);
+  }
+  out = value.raw_json_token();
+  while (!out.empty() &&
+         (out.back() == ' ' || out.back() == '\t' || out.back() == '\n' || out.back() == '\r'))
+    out.remove_suffix(1);
+  return simdjson::SUCCESS;
+}
+
+// A completion's prompt: a string, a list whose first element (a string or
+// an id list) is the one routed by, or an id list. Either `text` (its JSON
+// text) or `ids` is set; neither: nothing to ask.
+simdjson::error_code read_prompt(od::value prompt, std::string_view& text,
+                                 std::optional<std::vector<uint32_t>>& ids) {
+  od::json_type type;
+  if (auto error = prompt.type().get(type)) return error;
+  if (type == od::json_type::string) return raw_text(prompt, text);
+  if (type != od::json_type::array) return simdjson::SUCCESS;
+  od::array list;
+  if (auto error = prompt.get_array().get(list)) return error;
+  od::array_iterator it;
+  if (auto error = list.begin().get(it)) return error;
+  if (it == list.end()) {
+    ids.emplace();
+    return simdjson::SUCCESS;
+  }
+  od::value first;
+  if (auto error = (*it).get(first)) return error;
+  od::json_type first_type;
+  if (auto error = first.type().get(first_type)) return error;
+  if (first_type == od::json_type::string) return raw_text(first, text);
+  if (first_type == od::json_type::array) {
+    od::array inner;
+    od::array_iterator begin;
+    if (auto error = first.get_array().get(inner)) return error;
+    if (auto error = inner.begin().get(begin)) return error;
+    ids = ids_from(begin, inner.end());
+    return simdjson::SUCCESS;
+  }
+  ids = ids_from(it, list.end());
+  return simdjson::SUCCESS;
 }
 
 }  // namespace
 
 TokenizeAsk tokenize_ask(std::string_view client_body, bool chat, std::string_view model) {
   TokenizeAsk ask;
-  const nlohmann::json doc = nlohmann::json::parse(client_body, nullptr, false);
-  if (!doc.is_object()) return ask;
-  nlohmann::json out = {{"model", model}};
-  if (chat) {
-    if (!doc.contains("messages")) return ask;
-    for (const char* field : kChatFields)
-      if (auto it = doc.find(field); it != doc.end()) out[field] = *it;
-  } else {
-    auto prompt = doc.find("prompt");
-    if (prompt == doc.end()) return ask;
-    const nlohmann::json* first = &*prompt;
-    // A list of prompts (strings or id lists) is routed by its first.
-    if (first->is_array() && !first->empty() &&
-        (first->front().is_string() || first->front().is_array()))
-      first = &first->front();
-    if (first->is_array()) {
-      ask.ids = ids_of(*first);
-      return ask;  // ids, or none when they are not ids (the engine refuses those)
+  JsonScratch& json = json_scratch();
+  simdjson::padded_string_view padded = json.view(client_body);
+  od::document doc;
+  od::object object;
+  if (json.parser.iterate(padded).get(doc) || doc.get_object().get(object)) return ask;
+  // The fields passed on, as the client wrote them (a repeated key: the last).
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  std::optional<std::vector<uint32_t>> ids;
+  for (auto field : object) {
+    std::string_view key;
+    od::value value;
+    if (field.unescaped_key().get(key) || field.value().get(value)) return ask;
+    std::string_view text;
+    if (chat) {
+      auto known = std::find(std::begin(kChatFields), std::end(kChatFields), key);
+      if (known == std::end(kChatFields)) continue;
+      key = *known;  // the name outlives the parser's key buffer
+      if (raw_text(value, text)) return ask;
+    } else if (key == "prompt") {
+      key = "prompt";
+      ids.reset();
+      if (read_prompt(value, text, ids)) return ask;
+      if (text.empty()) {  // ids, or not a prompt the engine could tokenize
+        std::erase_if(fields, [](const auto& f) { return f.first == "prompt"; });
+        continue;
+      }
+    } else if (key == "add_special_tokens") {
+      key = "add_special_tokens";
+      if (raw_text(value, text)) return ask;
+    } else {
+      continue;
     }
-    if (!first->is_string()) return ask;
-    out["prompt"] = *first;
-    if (auto it = doc.find("add_special_tokens"); it != doc.end()) out["add_special_tokens"] = *it;
+    std::erase_if(fields, [&](const auto& f) { return f.first == key; });
+    fields.emplace_back(key, text);
   }
-  ask.body = out.dump();
+  if (ids) {
+    ask.ids = std::move(ids);
+    return ask;
+  }
+  const std::string_view needed = chat ? "messages" : "prompt";
+  if (std::none_of(fields.begin(), fields.end(), [&](const auto& f) { return f.first == needed; }))
+    return ask;
+  size_t size = model.size() + 16;
+  for (const auto& [key, text] : fields) size += key.size() + text.size() + 4;
+  ask.body.reserve(size);
+  ask.body = "{\"model\":\"";
+  append_json_escaped(ask.body, model);
+  ask.body += '"';
+  for (const auto& [key, text] : fields) {
+    ask.body += ",\"";
+    ask.body += key;  // one of the names above: nothing to escape
+    ask.body += "\":";
+    ask.body += text;
+  }
+  ask.body += '}';
   return ask;
 }
 

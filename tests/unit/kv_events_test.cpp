@@ -431,6 +431,33 @@ TEST(EngineTokens, AsksAsVllmsTokenizeTakesIt) {
   EXPECT_TRUE(gateway::tokenize_ask(R"({"prompt": "x"})", true, "s").body.empty());
 }
 
+// The ask carries the client's own JSON text of each field (not a
+// re-serialization: prompts are long), the served name escaped, the last
+// of a repeated field.
+TEST(EngineTokens, PassesTheClientsOwnText) {
+  auto ask = gateway::tokenize_ask(
+      "{\"prompt\" : \"caf\\u00e9 \\\"x\\\"\\n\"  , \"add_special_tokens\":false\t}", false,
+      "we\"ird");
+  EXPECT_NE(ask.body.find(R"("prompt":"caf\u00e9 \"x\"\n")"), std::string::npos) << ask.body;
+  const nlohmann::json parsed = nlohmann::json::parse(ask.body);
+  EXPECT_EQ(parsed, nlohmann::json({{"model", "we\"ird"},
+                                    {"prompt", "caf\u00e9 \"x\"\n"},
+                                    {"add_special_tokens", false}}));
+  ask = gateway::tokenize_ask(R"({"prompt": [1, 2], "prompt": "later"})", false, "s");
+  EXPECT_FALSE(ask.ids);
+  EXPECT_EQ(nlohmann::json::parse(ask.body), nlohmann::json({{"model", "s"}, {"prompt", "later"}}));
+  ask = gateway::tokenize_ask(R"({"prompt": "earlier", "prompt": [[5, 6]]})", false, "s");
+  ASSERT_TRUE(ask.ids);
+  EXPECT_EQ(*ask.ids, (std::vector<uint32_t>{5, 6}));
+  EXPECT_TRUE(ask.body.empty());
+  ask = gateway::tokenize_ask(
+      R"({"messages": [{"role": "user", "content": "a"}], "tools": null, "messages": [] })", true,
+      "s");
+  EXPECT_EQ(nlohmann::json::parse(ask.body),
+            nlohmann::json::parse(R"({"model": "s", "messages": [], "tools": null})"));
+  EXPECT_TRUE(gateway::tokenize_ask(R"({"prompt": [], "n": 1})", false, "s").ids);
+}
+
 TEST(EngineTokens, ReadsTheTokensOfAnAnswer) {
   auto ids = gateway::parse_tokenize_response(
       R"({"count": 3, "max_model_len": 4096, "tokens": [128000, 9906, 0], "token_strs": null})");
