@@ -23,6 +23,8 @@
 #include "http/body_decoder.h"
 #include "kvevents/kv_events.h"
 
+#include <nlohmann/json.hpp>
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view text(reinterpret_cast<const char*>(data), size);
   auto cost = loadstar::api::CostExpression::parse(text);
@@ -57,9 +59,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (index.blocks() != 0) std::abort();
   }
   if (auto ids = parse_tokenize_response(text); ids.ok() && ids->size() > size) std::abort();
+  // A /tokenize ask is made of the client's own text of its fields: from
+  // a valid body, a valid JSON object naming the served model.
+  const bool valid = nlohmann::json::accept(text);
   for (const bool chat : {true, false}) {
     TokenizeAsk ask = tokenize_ask(text, chat, "m");
     if (!ask.body.empty() && ask.ids) std::abort();  // one or the other
+    if (valid && !ask.body.empty()) {
+      const auto body = nlohmann::json::parse(ask.body, nullptr, false);
+      if (!body.is_object() || body.value("model", "") != "m") std::abort();
+    }
   }
   // An engine's chunked response body decodes the same whole as split at
   // any byte (the relay gets it in reads of any size), and never yields

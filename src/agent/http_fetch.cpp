@@ -1,5 +1,7 @@
 #include "agent/http_fetch.h"
 
+#include "common/strings.h"
+
 #include <algorithm>
 #include <charconv>
 
@@ -59,7 +61,7 @@ Result<http::ClientResponse> http_get(const HttpGet& get) {
     if (status == 404 || status == 410) code = ErrorCode::kNotFound;
     std::replace(error_body.begin(), error_body.end(), '\n', ' ');
     std::erase(error_body, '\r');
-    if (error_body.size() > 200) error_body = error_body.substr(0, 200) + "...";
+    error_body = utf8_clip(error_body, 200) + (error_body.size() > 200 ? "..." : "");
     return make_error(code, "{} {} answered {}{}{}", get.method, without_query(url), status,
                       error_body.empty() ? "" : ": ", error_body);
   }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -92,9 +93,51 @@ std::string last_error_line_of(std::string_view output) {
     std::string lower = *it;
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     for (std::string_view w : kWords)
-      if (lower.find(w) != std::string::npos) return it->substr(0, 400);
+      if (lower.find(w) != std::string::npos) return utf8_clip(*it, 400);
   }
-  return lines.empty() ? "" : lines.back().substr(0, 400);
+  return lines.empty() ? "" : utf8_clip(lines.back(), 400);
+}
+
+std::string utf8_clip(std::string_view text, size_t max_bytes) {
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes));
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    size_t length = 0;  // of a valid sequence starting here; 0: invalid
+    uint32_t min = 0, code = 0;
+    if (lead < 0x80) {
+      length = 1;
+    } else if ((lead & 0xE0) == 0xC0) {
+      length = 2, min = 0x80, code = lead & 0x1F;
+    } else if ((lead & 0xF0) == 0xE0) {
+      length = 3, min = 0x800, code = lead & 0x0F;
+    } else if ((lead & 0xF8) == 0xF0) {
+      length = 4, min = 0x10000, code = lead & 0x07;
+    }
+    if (length > 1) {
+      if (i + length > text.size()) length = 0;
+      for (size_t k = 1; k < length; ++k) {
+        const auto b = static_cast<unsigned char>(text[i + k]);
+        if ((b & 0xC0) != 0x80) {
+          length = 0;
+          break;
+        }
+        code = (code << 6) | (b & 0x3F);
+      }
+      // Overlong forms, surrogates and beyond U+10FFFF are not UTF-8.
+      if (length && (code < min || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)))
+        length = 0;
+    }
+    const size_t take = length ? length : 1;
+    if (out.size() + take > max_bytes) break;
+    if (length)
+      out.append(text.substr(i, length));
+    else
+      out.push_back('?');
+    i += take;
+  }
+  return out;
 }
 
 std::string random_uuid() {

@@ -9,6 +9,12 @@ namespace loadstar {
 // Appends `text` to `out` as the inside of a JSON string literal (no quotes).
 void append_json_escaped(std::string& out, std::string_view text);
 
+// At most `max_bytes` of `text` as valid UTF-8: cut at a character's start,
+// each byte of an invalid sequence replaced by '?'. For text from outside
+// (an engine's output or error body, a peer's report) that a JSON document
+// or a status line will carry: nlohmann's dump() throws on invalid UTF-8.
+std::string utf8_clip(std::string_view text, size_t max_bytes);
+
 // A random UUID (version 4), as Python's uuid.uuid4(): vLLM's engine ids,
 // request ids.
 std::string random_uuid();

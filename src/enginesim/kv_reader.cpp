@@ -7,6 +7,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "common/strings.h"
 #include "http/client.h"
 
 namespace loadstar::enginesim {
@@ -45,7 +46,7 @@ Result<engine::HeldKv> KvReader::read_blocking(const KvTransferParams& params) {
   if (response->status != 200)
     return make_error(ErrorCode::kUnavailable, "reading KV from {}:{}: answered {}: {}",
                       params.remote_host, params.remote_port, response->status,
-                      response->body.substr(0, 200));
+                      utf8_clip(response->body, 200));
   return parse_kv_read_reply(response->body);
 }
 

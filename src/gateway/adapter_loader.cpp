@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/strings.h"
 #include "http/client.h"
 
 namespace loadstar::gateway {
@@ -56,7 +57,7 @@ Status post(const Endpoint& endpoint, const char* target, const nlohmann::json& 
   // gateway loaded it): as good as a load.
   if (response->status == 400 && response->body.find("already been loaded") != std::string::npos)
     return ok_status();
-  std::string message = response->body.substr(0, 500);
+  std::string message = utf8_clip(response->body, 500);
   const auto parsed = nlohmann::json::parse(response->body, nullptr, false);
   if (parsed.is_object() && parsed.contains("error") && parsed["error"].is_object() &&
       parsed["error"].contains("message") && parsed["error"]["message"].is_string())

@@ -1,5 +1,7 @@
 #include "gateway/load_report.h"
 
+#include "common/strings.h"
+
 #include <cmath>
 
 #include <nlohmann/json.hpp>
@@ -108,7 +110,7 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
       if (service.is_string() && out.report.wanted.size() < 4096)
         out.report.wanted.push_back(service);
   if (auto instance = doc.find("instance"); instance != doc.end() && instance->is_string())
-    out.report.instance = instance->get<std::string>().substr(0, 64);
+    out.report.instance = utf8_clip(instance->get<std::string>(), 64);
   if (auto tenants = doc.find("tenants"); tenants != doc.end() && tenants->is_array())
     for (const json& t : *tenants) {
       if (!t.is_object() || !t.contains("tenant") || !t["tenant"].is_string() ||

@@ -337,7 +337,7 @@ asio::awaitable<std::optional<std::vector<uint32_t>>> Gateway::Impl::engine_toke
   if (answer.outcome != ForwardOutcome::kDone)
     why = answer.failure.empty() ? "no answer" : std::move(answer.failure);
   else if (answer.status != 200)
-    why = fmt::format("answered {}: {}", answer.status, answer.body.substr(0, 200));
+    why = fmt::format("answered {}: {}", answer.status, utf8_clip(answer.body, 200));
   else if (auto parsed = parse_tokenize_response(answer.body); !parsed.ok())
     why = parsed.error().message;
   else

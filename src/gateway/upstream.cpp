@@ -18,6 +18,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/strings.h"
 #include "gateway/respond.h"
 #include "http/body_decoder.h"
 #include "openai/protocol.h"
@@ -74,7 +75,7 @@ std::string openai_error_message(std::string_view body) {
   nlohmann::json doc = nlohmann::json::parse(body, nullptr, false);
   if (doc.is_object() && doc.contains("error") && doc["error"].is_object() &&
       doc["error"].contains("message") && doc["error"]["message"].is_string())
-    return doc["error"]["message"].get<std::string>().substr(0, 200);
+    return utf8_clip(doc["error"]["message"].get<std::string>(), 200);
   return {};
 }
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/json_value.h"
+#include "common/strings.h"
 #include "common/url.h"
 #include "http/client.h"
 
@@ -37,7 +38,7 @@ Error status_error(std::string_view method, const std::string& path, int status,
   if (parsed.is_object() && parsed.contains("message") && parsed["message"].is_string())
     detail = parsed["message"].get<std::string>();
   else
-    detail = body.substr(0, 200);
+    detail = utf8_clip(body, 200);
   return Error{error_code_for_status(status),
                fmt::format("{} {}: {} {}", method, path, status, detail)};
 }

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "common/strings.h"
 #include "kube/client.h"
 #include "kube/informer.h"
 
@@ -20,7 +21,7 @@ Result<bool> WatchDecoder::feed(std::string_view data,
     if (!parsed.is_object() || !parsed.contains("type") || !parsed["type"].is_string() ||
         !parsed.contains("object") || !parsed["object"].is_object()) {
       return make_error(ErrorCode::kCorrupt, "watch stream: not an event: {}",
-                        std::string(line.substr(0, 200)));
+                        utf8_clip(line, 200));
     }
     WatchEvent event{parsed["type"].get<std::string>(), std::move(parsed["object"])};
     if (!on_event(std::move(event))) {

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "api/schema.h"
+#include "common/strings.h"
 #include "kube/objects.h"
 
 namespace loadstar::store {
@@ -338,7 +339,7 @@ void KubeStore::record_event(const Event& event) {
       {"metadata", {{"generateName", n.name + "."}, {"namespace", n.namespace_name}}},
       {"involvedObject", involved},
       {"reason", event.reason},
-      {"message", event.message.substr(0, 1024)},
+      {"message", utf8_clip(event.message, 1024)},
       {"type", event.type},
       {"count", event.count},
       {"firstTimestamp", event.time},

@@ -68,6 +68,28 @@ TEST(Engines, TheLastErrorLineIsTheOneThatSaysWhatWentWrong) {
       "vllm serve: error: unrecognized arguments: --x");
   EXPECT_EQ(last_error_line_of("all good\nbye\n"), "bye");
   EXPECT_EQ(last_error_line_of(""), "");
+  // An engine's bytes that are not UTF-8 reach a status as '?': the line
+  // goes into JSON documents.
+  EXPECT_EQ(last_error_line_of("fatal: caf\xe9 \xff\n"), "fatal: caf? ?");
+  EXPECT_EQ(last_error_line_of(std::string(399, 'e') + "\xc3\xa9x"), std::string(399, 'e'));
+}
+
+// Text from outside clipped to a length stays UTF-8: cut at a character's
+// start, invalid bytes (stray continuations, overlong forms, surrogates,
+// truncated sequences) replaced one by one.
+TEST(Strings, Utf8ClipCutsAtACharacterAndReplacesWhatIsNotUtf8) {
+  EXPECT_EQ(utf8_clip("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", 100),
+            "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80");
+  EXPECT_EQ(utf8_clip("ab\xe2\x82\xac", 4), "ab");  // never half a character
+  EXPECT_EQ(utf8_clip("ab\xe2\x82\xac", 5), "ab\xe2\x82\xac");
+  EXPECT_EQ(utf8_clip("\x80"
+                      "a\xc0\xaf"
+                      "b\xed\xa0\x80"
+                      "c\xe2\x82",
+                      100),
+            "?a??b???c??");
+  EXPECT_EQ(utf8_clip("\xf4\x90\x80\x80", 100), "????");  // beyond U+10FFFF
+  EXPECT_EQ(utf8_clip("abc", 0), "");
 }
 
 TEST(Engines, EveryEngineMapsTheSpecOntoItsOwnFlags) {

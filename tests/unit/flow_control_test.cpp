@@ -149,5 +149,16 @@ TEST(FlowControl, FailuresAndInterTokenGapsReachTheControllerAsIncrements) {
   EXPECT_EQ(second.replicas["chat-0"].itl[2], 5u);
 }
 
+// A peer's instance name is clipped to 64 bytes at a character's start,
+// so the report still encodes (found by fuzzing: a name cut inside a
+// two-byte character made load_report_json throw).
+TEST(LoadReports, AnInstanceNameIsClippedAtACharacter) {
+  const std::string name = std::string(63, 's') + "\xd2\x9d-tail";
+  auto parsed = parse_load_report(R"({"endpoints": [], "instance": ")" + name + R"("})");
+  ASSERT_TRUE(parsed.ok()) << parsed.error().message;
+  EXPECT_EQ(parsed->report.instance, std::string(63, 's'));
+  EXPECT_NO_THROW(load_report_json(parsed->report));
+}
+
 }  // namespace
 }  // namespace loadstar::gateway
