@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cerrno>
+#include <memory>
 #include <optional>
 
 #include <fmt/format.h>
@@ -137,6 +138,12 @@ struct Upstream::Conn {
 // watchdog closes the connection when the upstream stays silent too long.
 struct Upstream::Call {
   Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
+    parser.body_limit(boost::none);
+  }
+  // A fresh parser for the response after an interim (1xx) one.
+  void next_response() {
+    std::destroy_at(&parser);
+    std::construct_at(&parser);
     parser.body_limit(boost::none);
   }
   void arm(std::chrono::milliseconds after) {
@@ -389,11 +396,23 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
     auto [wec, wn] = co_await call.conn->with(
         [&](auto& stream) { return asio::async_write(stream, request_buffers, kUseTuple); });
     boost::system::error_code hec = wec;
-    if (!wec) {
+    // Interim responses (103 Early Hints from a hosted backend, a stray 100
+    // Continue) are read past: the client gets the final one (RFC 9110
+    // 15.2). 101 is final: no upgrade is asked for, so it fails below.
+    bool interim_seen = false;  // the request reached the replica: never resent
+    for (int interim = 0; !wec; ++interim) {
       auto [rec, rn] = co_await call.conn->with([&](auto& stream) {
         return bhttp::async_read_header(stream, call.conn->buffer, call.parser, kUseTuple);
       });
       hec = rec;
+      const unsigned status = rec ? 0 : call.parser.get().result_int();
+      if (status < 100 || status >= 200 || status == 101) break;
+      if (interim == 8) {
+        hec = make_error_code(boost::system::errc::protocol_error);
+        break;
+      }
+      call.next_response();
+      interim_seen = true;
     }
     if (!hec) co_return true;
     watch.conn = nullptr;
@@ -401,8 +420,8 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
       result.outcome = ForwardOutcome::kClientGone;
       co_return false;
     }
-    if (reused && fresh_retry_left && !watch.timed_out && call.conn->buffer.size() == 0 &&
-        !call.parser.got_some()) {
+    if (reused && fresh_retry_left && !watch.timed_out && !interim_seen &&
+        call.conn->buffer.size() == 0 && !call.parser.got_some()) {
       fresh_retry_left = false;
       ++request.stats->reconnects;
       spdlog::debug("gateway: pooled connection to replica {} ({}) was closed ({}); resending",

@@ -392,7 +392,9 @@ spec:
 // arrives, reads the next request on that connection and closes it unanswered.
 class OneRequestPerConnectionUpstream {
  public:
-  OneRequestPerConnectionUpstream() {
+  // `interim`: sent before each answer (an interim 1xx response).
+  explicit OneRequestPerConnectionUpstream(std::string interim = "")
+      : interim_(std::move(interim)) {
     listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -446,9 +448,9 @@ class OneRequestPerConnectionUpstream {
               R"("choices":[{"index":0,"text":"ok","finish_reason":"length"}],)"
               R"("usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}})";
           const std::string response = fmt::format(
-              "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+              "{}HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
               "{}\r\n\r\n{}",
-              body.size(), body);
+              interim_, body.size(), body);
           // Counted before the send: once the client has the answer the
           // test may read the count (counting after raced it under ASan).
           ++answered_;
@@ -461,6 +463,7 @@ class OneRequestPerConnectionUpstream {
       }).detach();
     }
   }
+  const std::string interim_;
   int listener_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
@@ -518,6 +521,32 @@ spec:
   EXPECT_EQ(
       scrape_metric(up->port(), "loadstar_gateway_requests_total", "code=\"200\",model=\"idle\""),
       3);
+}
+
+// A backend that sends an interim response first (103 Early Hints, as a
+// hosted API behind a CDN may) is answered by its final response: the
+// client gets the 200 and its body, each time, and nothing is resent.
+TEST(Routing, AnInterimResponseIsReadPastToTheFinalOne) {
+  OneRequestPerConnectionUpstream hinting(
+      "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n");
+  auto up = Up::start(std::string(kModel) + fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: hinting}}
+spec:
+  backends: [{{url: "http://127.0.0.1:{}", model: hinting}}]
+)",
+                                                        hinting.port()));
+  for (int i = 0; i < 2; ++i) {
+    auto r = up->post("/v1/completions", completion("hinting", "x", 1));
+    for (int wait = 0; i == 0 && r.status == 404 && wait < 100; ++wait) {  // the route is not in
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));          // the table yet
+      r = up->post("/v1/completions", completion("hinting", "x", 1));
+    }
+    ASSERT_EQ(r.status, 200) << "request " << i << ": " << r.body;
+    EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], "ok") << r.body;
+  }
+  EXPECT_EQ(hinting.answered(), 2);
 }
 
 // Flow control: with every replica saturated, requests wait in the gateway
