@@ -15,7 +15,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::string_view kScorerNames[kScorerCount] = {
-    "random", "bestFit", "dotProduct", "gpuPacking", "fragmentation", "locality"};
+    "random", "bestFit", "dotProduct", "gpuPacking", "fragmentation", "locality", "bestFitPaper"};
 
 bool allowed(const PodRequest& r, uint32_t model) {
   return r.allowed_models.empty() || std::find(r.allowed_models.begin(), r.allowed_models.end(),
@@ -49,7 +49,7 @@ Result<Scorer> parse_scorer(std::string_view name) {
     if (kScorerNames[i] == name) return static_cast<Scorer>(i);
   return make_error(ErrorCode::kInvalidArgument,
                     "unknown scorer '{}' (random, bestFit, dotProduct, gpuPacking, "
-                    "fragmentation, locality)",
+                    "fragmentation, locality, bestFitPaper)",
                     name);
 }
 
@@ -62,6 +62,10 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
   } else if (name == "best-fit") {
     set(Scorer::kBestFit, 1);
     p.random_ties = true;
+  } else if (name == "best-fit-paper") {
+    set(Scorer::kBestFitPaper, 1);
+    p.random_ties = true;
+    p.tie_tolerance = 1e-6;  // integer scores; the card tie-break is below it
   } else if (name == "dot-product") {
     set(Scorer::kDotProduct, 1);
     p.random_ties = true;
@@ -81,8 +85,8 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
     set(Scorer::kLocality, 0.5);
   } else {
     return make_error(ErrorCode::kInvalidArgument,
-                      "unknown placement policy '{}' (random, best-fit, dot-product, "
-                      "gpu-packing, fgd, loadstar)",
+                      "unknown placement policy '{}' (random, best-fit, best-fit-paper, "
+                      "dot-product, gpu-packing, fgd, loadstar)",
                       name);
   }
   return p;
@@ -112,7 +116,7 @@ Result<PlacementPolicy> PlacementPolicy::parse(std::string_view text) {
 }
 
 std::vector<std::string> PlacementPolicy::names() {
-  return {"random", "best-fit", "dot-product", "gpu-packing", "fgd", "loadstar"};
+  return {"random", "best-fit", "best-fit-paper", "dot-product", "gpu-packing", "fgd", "loadstar"};
 }
 
 // A node's free resources, copied so a choice can be applied to it.
@@ -249,6 +253,20 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
     const double fit = gpu_total > 0 ? (node.gpu_milli_free() - taken) / gpu_total : cpu_left;
     cost += weight * (fit + card_fit);
   }
+  if (double weight = w(Scorer::kBestFitPaper); weight != 0) {
+    // pkg/simulator/plugin/best_fit_score.go: score = int64((1 - (0.5 *
+    // cpu left / 128 cores + 0.5 * GPU milli left on the node / 8 GPUs)) *
+    // 100), higher better. Its normalisation to 0-100 across nodes keeps
+    // the order and the ties (scores span at most 100), so it is left out.
+    // The card: the tightest that fits (AllocateGpuId), decided below the
+    // tie tolerance so that it never decides between nodes.
+    constexpr double kMaxCpuMilli = 128000, kMaxGpuMilli = 8000;
+    const double cpu_left = static_cast<double>(node.cpu_free()) - r.cpu_milli;
+    const double gpu_left = static_cast<double>(node.gpu_milli_free()) - static_cast<double>(taken);
+    const double left = 0.5 * cpu_left / kMaxCpuMilli + 0.5 * gpu_left / kMaxGpuMilli;
+    const auto score = static_cast<int64_t>((1.0 - left) * 100);
+    cost += weight * (-static_cast<double>(score) + 1e-9 * card_free_after / kMilliPerGpu);
+  }
   if (double weight = w(Scorer::kDotProduct); weight != 0) {
     const double mem_total = std::max<double>(1, node.memory_mib);
     double dot = (r.cpu_milli / cpu_total) * (node.cpu_free() / cpu_total) +
@@ -327,12 +345,12 @@ Placer::Decision Placer::place(const PodRequest& r, const std::vector<int>* cand
       cost = evaluate(n, r, choice);
     }
     if (choice < 0) continue;
-    if (cost < best - 1e-12) {
+    if (cost < best - policy_.tie_tolerance) {
       best = cost;
       decision.node = n;
       best_choice = choice;
       ties = 1;
-    } else if (policy_.random_ties && cost <= best + 1e-12) {
+    } else if (policy_.random_ties && cost <= best + policy_.tie_tolerance) {
       // Reservoir sampling: each of the k tied nodes is kept with 1/k.
       if (std::uniform_int_distribution<uint64_t>(0, ties)(rng_) == 0) {
         decision.node = n;

@@ -5,6 +5,10 @@
 // Scorers (every one a cost: lower is better):
 //   random        uniform noise (Random-fit)
 //   best-fit      share of the node's CPU and GPU left free after placing
+//   best-fit-paper the FGD paper simulator's Best-fit, as it computes it:
+//                 CPU and GPU left free half and half, normalised by a
+//                 largest node (128 cores, 8 GPUs), cut to an integer score
+//                 0-100; ties at random, the tightest card within the node
 //   dot-product   minus the alignment of demand and free capacity (Tetris)
 //   gpu-packing   prefer partly used cards, then used nodes, then idle ones
 //   fragmentation FGD: growth of the node's expected GPU fragmentation for
@@ -31,8 +35,16 @@
 
 namespace loadstar::scheduler {
 
-enum class Scorer { kRandom, kBestFit, kDotProduct, kGpuPacking, kFragmentation, kLocality };
-inline constexpr int kScorerCount = 6;
+enum class Scorer {
+  kRandom,
+  kBestFit,
+  kDotProduct,
+  kGpuPacking,
+  kFragmentation,
+  kLocality,
+  kBestFitPaper
+};
+inline constexpr int kScorerCount = 7;
 std::string_view scorer_name(Scorer scorer);
 Result<Scorer> parse_scorer(std::string_view name);
 
@@ -40,10 +52,14 @@ struct PlacementPolicy {
   std::string name;
   double weights[kScorerCount] = {};
   bool random_ties = false;  // break exact ties at random (kube-scheduler does)
+  // Nodes whose costs differ by at most this are tied; below it, only the
+  // choice of devices within a node is decided.
+  double tie_tolerance = 1e-12;
 
   double weight(Scorer s) const { return weights[static_cast<int>(s)]; }
-  // The named policies: random, best-fit, dot-product, gpu-packing, fgd, and
-  // loadstar (the default: FGD with a best-fit tie-break and locality).
+  // The named policies: random, best-fit, best-fit-paper, dot-product,
+  // gpu-packing, fgd, and loadstar (the default: FGD with a best-fit
+  // tie-break and locality).
   static Result<PlacementPolicy> named(std::string_view name);
   // A named policy, or weights such as "fragmentation=1,bestFit=0.05,locality=0.5"
   // (scorer names as in scorer_name; exact ties then go to the first node).

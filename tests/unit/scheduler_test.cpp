@@ -67,6 +67,32 @@ TEST(Placement, BestFitPacksSharesOntoTheFullestCard) {
   EXPECT_EQ(second.choice[0].device, first.choice[0].device);  // same card: 900 of 1000
 }
 
+// The FGD paper simulator's Best-fit weighs CPU left as much as GPU left
+// (ours looks at GPUs only), scores in whole points, and takes the
+// tightest card within the node it picked.
+TEST(Placement, PaperBestFitWeighsCpuHalfAndTakesTheTightestCard) {
+  Cluster c;
+  c.add_node(gpu_node(c, "roomy", 8, "A100-80GB", 128000));
+  c.add_node(gpu_node(c, "tight", 8, "A100-80GB", 16000));
+  auto use = [&](int node, int device, uint32_t milli) {
+    (void)c.allocate(node, share(milli), {Allocation::Share{.device = device, .milli = milli}});
+  };
+  use(0, 3, 900);
+  use(0, 4, 600);  // roomy: 6.5 GPUs left, 127 cores
+  use(1, 2, 200);
+  use(1, 5, 600);  // tight: 7.2 GPUs left, 15 cores
+  Placer ours(c, policy("best-fit"), nullptr);
+  Placer paper(c, policy("best-fit-paper"), nullptr);
+  // Ours looks at GPUs: the node with fewer left.
+  EXPECT_EQ(ours.place(share(300)).node, 0);
+  // The paper's: 0.5 * 14.5 / 128 cores + 0.5 * 6.9 / 8 GPUs left is 50
+  // points on `tight`, against 11 on `roomy`; there, the card with 400 left
+  // rather than the one with 800.
+  auto placed = paper.place(share(300));
+  ASSERT_EQ(placed.node, 1);
+  EXPECT_EQ(placed.choice[0].device, 5);
+}
+
 TEST(Placement, FragmentationCountsCardsTooSmallAndNodesThatCannotHost) {
   Cluster c;
   c.add_node(gpu_node(c, "a", 2, "A100-80GB", 4000));
