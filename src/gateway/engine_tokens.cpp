@@ -38,6 +38,10 @@ std::optional<std::vector<uint32_t>> ids_from(od::array_iterator it, od::array_i
 
 // A value's JSON text as the client wrote it: what the engine is asked is
 // the client's own text, not a re-serialization of it (prompts are long).
+// Scalars are checked as they are copied (a string's escapes, a literal's
+// spelling); arrays and objects are copied as delimited, their insides
+// unchecked: a malformed one costs one /tokenize the engine refuses, as
+// the request itself will be.
 simdjson::error_code raw_text(od::value value, std::string_view& out) {
   od::json_type type;
   if (auto error = value.type().get(type)) return error;
@@ -55,7 +59,27 @@ simdjson::error_code raw_text(od::value value, std::string_view& out) {
   while (!out.empty() &&
          (out.back() == ' ' || out.back() == '\t' || out.back() == '\n' || out.back() == '\r'))
     out.remove_suffix(1);
-  return simdjson::SUCCESS;
+  switch (type) {
+    case od::json_type::string: {
+      std::string_view unescaped;
+      return value.get_string().get(unescaped);
+    }
+    case od::json_type::number: {
+      double number;
+      return value.get_double().get(number);
+    }
+    case od::json_type::boolean: {
+      bool flag;
+      return value.get_bool().get(flag);
+    }
+    case od::json_type::null: {
+      bool null = false;
+      if (auto error = value.is_null().get(null)) return error;
+      return null ? simdjson::SUCCESS : simdjson::N_ATOM_ERROR;
+    }
+    default:
+      return simdjson::INCORRECT_TYPE;
+  }
 }
 
 // A completion's prompt: a string, a list whose first element (a string or

@@ -398,7 +398,7 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
     boost::system::error_code hec = wec;
     // Interim responses (103 Early Hints from a hosted backend, a stray 100
     // Continue) are read past: the client gets the final one (RFC 9110
-    // 15.2). 101 is final: no upgrade is asked for, so it fails below.
+    // 15.2). A 101 fails the attempt: no upgrade was asked for.
     bool interim_seen = false;  // the request reached the replica: never resent
     for (int interim = 0; !wec; ++interim) {
       auto [rec, rn] = co_await call.conn->with([&](auto& stream) {
@@ -406,7 +406,11 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
       });
       hec = rec;
       const unsigned status = rec ? 0 : call.parser.get().result_int();
-      if (status < 100 || status >= 200 || status == 101) break;
+      if (status == 101) {  // no upgrade was asked for
+        hec = make_error_code(boost::system::errc::protocol_error);
+        break;
+      }
+      if (status < 100 || status >= 200) break;
       if (interim == 8) {
         hec = make_error_code(boost::system::errc::protocol_error);
         break;

@@ -112,6 +112,9 @@ Result<PlacementPolicy> PlacementPolicy::parse(std::string_view text) {
                         scorer_name(scorer), number);
     p.weights[static_cast<int>(scorer)] = weight;
   }
+  // Whole-point scores: costs closer than this are tied (the card choice
+  // below it decides only within a node).
+  if (p.weight(Scorer::kBestFitPaper) != 0) p.tie_tolerance = 1e-6;
   return p;
 }
 
@@ -257,7 +260,8 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
     // pkg/simulator/plugin/best_fit_score.go: score = int64((1 - (0.5 *
     // cpu left / 128 cores + 0.5 * GPU milli left on the node / 8 GPUs)) *
     // 100), higher better. Its normalisation to 0-100 across nodes keeps
-    // the order and the ties (scores span at most 100), so it is left out.
+    // the order and the ties (scores span at most 100 on nodes of up to 128
+    // cores and 8 GPUs, as openb's are), so it is left out.
     // The card: the tightest that fits (AllocateGpuId), decided below the
     // tie tolerance so that it never decides between nodes.
     constexpr double kMaxCpuMilli = 128000, kMaxGpuMilli = 8000;

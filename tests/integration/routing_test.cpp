@@ -549,6 +549,28 @@ spec:
   EXPECT_EQ(hinting.answered(), 2);
 }
 
+// A backend that switches protocols nobody asked for fails the attempt
+// (502): its bytes are not relayed, and its connection is not pooled.
+TEST(Routing, AnUnaskedProtocolSwitchFailsTheAttempt) {
+  OneRequestPerConnectionUpstream switching(
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+  auto up = Up::start(std::string(kModel) + fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: switching}}
+spec:
+  backends: [{{url: "http://127.0.0.1:{}", model: switching}}]
+)",
+                                                        switching.port()));
+  auto r = up->post("/v1/completions", completion("switching", "x", 1));
+  for (int wait = 0; r.status == 404 && wait < 100; ++wait) {  // the route is not in the table yet
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    r = up->post("/v1/completions", completion("switching", "x", 1));
+  }
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_NE(r.body.find("Protocol error"), std::string::npos) << r.body;
+}
+
 // Flow control: with every replica saturated, requests wait in the gateway
 // and leave by tenant priority; a sheddable tenant is refused at once; a full
 // queue refuses equal priorities and evicts lower ones for higher.

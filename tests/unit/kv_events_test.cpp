@@ -456,6 +456,13 @@ TEST(EngineTokens, PassesTheClientsOwnText) {
   EXPECT_EQ(nlohmann::json::parse(ask.body),
             nlohmann::json::parse(R"({"model": "s", "messages": [], "tools": null})"));
   EXPECT_TRUE(gateway::tokenize_ask(R"({"prompt": [], "n": 1})", false, "s").ids);
+  // Misspelled literals and bad escapes are not passed on.
+  for (const char* body :
+       {R"({"prompt": "x", "add_special_tokens": tru})", R"({"prompt": "bad \q escape"})",
+        R"({"prompt": "x", "add_special_tokens": nul})"})
+    EXPECT_TRUE(gateway::tokenize_ask(body, false, "s").body.empty()) << body;
+  EXPECT_TRUE(gateway::tokenize_ask(R"({"messages": [], "add_generation_prompt": fals})", true, "s")
+                  .body.empty());
 }
 
 TEST(EngineTokens, ReadsTheTokensOfAnAnswer) {

@@ -91,6 +91,9 @@ TEST(Placement, PaperBestFitWeighsCpuHalfAndTakesTheTightestCard) {
   auto placed = paper.place(share(300));
   ASSERT_EQ(placed.node, 1);
   EXPECT_EQ(placed.choice[0].device, 5);
+  // Given as weights, its whole-point scores still tie below the card's term.
+  EXPECT_EQ(PlacementPolicy::parse("bestFitPaper=1")->tie_tolerance, 1e-6);
+  EXPECT_EQ(PlacementPolicy::parse("bestFit=1")->tie_tolerance, 1e-12);
 }
 
 TEST(Placement, FragmentationCountsCardsTooSmallAndNodesThatCannotHost) {
