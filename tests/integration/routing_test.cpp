@@ -523,26 +523,38 @@ spec:
       3);
 }
 
+// A Route named `name` to the raw backend on `port`.
+std::string route_to(const std::string& name, uint16_t port) {
+  return fmt::format(R"(---
+apiVersion: loadstar.dev/v1alpha1
+kind: Route
+metadata: {{name: {0}}}
+spec:
+  backends: [{{url: "http://127.0.0.1:{1}", model: {0}}}]
+)",
+                     name, port);
+}
+
+// A completion for `model`, asked again while its route is not in the
+// gateway's table yet (404, up to 5 s).
+http::ClientResponse complete_once_routed(Up& up, const std::string& model) {
+  auto r = up.post("/v1/completions", completion(model, "x", 1));
+  for (int wait = 0; r.status == 404 && wait < 100; ++wait) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    r = up.post("/v1/completions", completion(model, "x", 1));
+  }
+  return r;
+}
+
 // A backend that sends an interim response first (103 Early Hints, as a
 // hosted API behind a CDN may) is answered by its final response: the
 // client gets the 200 and its body, each time, and nothing is resent.
 TEST(Routing, AnInterimResponseIsReadPastToTheFinalOne) {
   OneRequestPerConnectionUpstream hinting(
       "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n");
-  auto up = Up::start(std::string(kModel) + fmt::format(R"(---
-apiVersion: loadstar.dev/v1alpha1
-kind: Route
-metadata: {{name: hinting}}
-spec:
-  backends: [{{url: "http://127.0.0.1:{}", model: hinting}}]
-)",
-                                                        hinting.port()));
+  auto up = Up::start(std::string(kModel) + route_to("hinting", hinting.port()));
   for (int i = 0; i < 2; ++i) {
-    auto r = up->post("/v1/completions", completion("hinting", "x", 1));
-    for (int wait = 0; i == 0 && r.status == 404 && wait < 100; ++wait) {  // the route is not in
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));          // the table yet
-      r = up->post("/v1/completions", completion("hinting", "x", 1));
-    }
+    auto r = complete_once_routed(*up, "hinting");
     ASSERT_EQ(r.status, 200) << "request " << i << ": " << r.body;
     EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], "ok") << r.body;
   }
@@ -554,19 +566,8 @@ spec:
 TEST(Routing, AnUnaskedProtocolSwitchFailsTheAttempt) {
   OneRequestPerConnectionUpstream switching(
       "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-  auto up = Up::start(std::string(kModel) + fmt::format(R"(---
-apiVersion: loadstar.dev/v1alpha1
-kind: Route
-metadata: {{name: switching}}
-spec:
-  backends: [{{url: "http://127.0.0.1:{}", model: switching}}]
-)",
-                                                        switching.port()));
-  auto r = up->post("/v1/completions", completion("switching", "x", 1));
-  for (int wait = 0; r.status == 404 && wait < 100; ++wait) {  // the route is not in the table yet
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    r = up->post("/v1/completions", completion("switching", "x", 1));
-  }
+  auto up = Up::start(std::string(kModel) + route_to("switching", switching.port()));
+  auto r = complete_once_routed(*up, "switching");
   EXPECT_EQ(r.status, 502) << r.body;
   EXPECT_NE(r.body.find("Protocol error"), std::string::npos) << r.body;
 }
