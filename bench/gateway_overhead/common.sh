@@ -51,3 +51,28 @@ http {
 }
 NGINX
 }
+
+# up_ports LOG: once the `loadstar up` writing LOG listens and its replica
+# is Ready, prints "GATEWAY_PORT ENGINE_PORT".
+up_ports() {
+  local gw admin engine=""
+  for _ in $(seq 500); do grep -q "admin API" "$1" && break; sleep 0.02; done
+  gw=$(sed -n 's|.*OpenAI API: http://127.0.0.1:\([0-9]*\)/v1.*|\1|p' "$1")
+  admin=$(sed -n 's|.*admin API:  http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$1")
+  for _ in $(seq 500); do
+    engine=$(curl -s "localhost:$admin/api/v1/replicas" | sed -n 's/.*"port":\([0-9]*\).*"state":"Ready".*/\1/p')
+    [ -n "$engine" ] && [ "$engine" != 0 ] && break; sleep 0.05
+  done
+  echo "$gw $engine"
+}
+
+# start_nginx DIR ENGINE_PORT: nginx (1 worker, core 0) in front of the
+# engine on a free port; sets nginx_port, nginx_pid and nginx_worker.
+start_nginx() {
+  nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  write_nginx_conf "$1" "$2" "$nginx_port"
+  taskset -c 0 nginx -c "$1/nginx/nginx.conf" &
+  nginx_pid=$!
+  for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
+  nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
+}

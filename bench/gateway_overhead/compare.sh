@@ -36,22 +36,12 @@ for i in $(seq 0 $(($# - 1))); do
   taskset -c 0 "$bin" up -f "$work/bench.yaml" --port 0 --admin-port 0 --workers 1 \
     --data-dir "$work/var$i" --log-level warn > "$work/up$i.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 500); do grep -q "admin API" "$work/up$i.log" && break; sleep 0.02; done
-  ports+=("$(sed -n 's|.*OpenAI API: http://127.0.0.1:\([0-9]*\)/v1.*|\1|p' "$work/up$i.log")")
-  admin=$(sed -n 's|.*admin API:  http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$work/up$i.log")
-  for _ in $(seq 500); do
-    port=$(curl -s "localhost:$admin/api/v1/replicas" | sed -n 's/.*"port":\([0-9]*\).*"state":"Ready".*/\1/p')
-    [ -n "$port" ] && [ "$port" != 0 ] && break; sleep 0.05
-  done
+  read -r gw port <<<"$(up_ports "$work/up$i.log")"
+  ports+=("$gw")
   [ -n "$engine_port" ] || engine_port=$port
 done
 
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-write_nginx_conf "$work" "$engine_port" "$nginx_port"
-taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
-nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
+start_nginx "$work" "$engine_port"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime+stime, 10 ms ticks
 run() {  # run PORT PID -> "rps/cpu_us_per_request"

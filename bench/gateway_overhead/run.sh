@@ -34,20 +34,8 @@ write_manifests "$work"
 taskset -c 0 "$bin" up -f "$work/bench.yaml" --port 0 --admin-port 0 --workers 1 --data-dir "$work/var" \
   --log-level warn > "$work/up.log" 2>&1 &
 up_pid=$!
-for _ in $(seq 500); do grep -q "admin API" "$work/up.log" && break; sleep 0.02; done
-gw_port=$(sed -n 's|.*OpenAI API: http://127.0.0.1:\([0-9]*\)/v1.*|\1|p' "$work/up.log")
-admin_port=$(sed -n 's|.*admin API:  http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$work/up.log")
-for _ in $(seq 500); do
-  engine_port=$(curl -s "localhost:$admin_port/api/v1/replicas" | sed -n 's/.*"port":\([0-9]*\).*"state":"Ready".*/\1/p')
-  [ -n "$engine_port" ] && [ "$engine_port" != 0 ] && break; sleep 0.05
-done
-
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-write_nginx_conf "$work" "$engine_port" "$nginx_port"
-taskset -c 0 nginx -c "$work/nginx/nginx.conf" &
-nginx_pid=$!
-for _ in $(seq 200); do curl -s -o /dev/null "localhost:$nginx_port/health" && break; sleep 0.02; done
-nginx_worker=$(pgrep -P "$nginx_pid" | head -1)
+read -r gw_port engine_port <<<"$(up_ports "$work/up.log")"
+start_nginx "$work" "$engine_port"
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }  # utime+stime, 10 ms ticks
 run() {  # run PORT MODEL CONNECTIONS STREAM [PROXY_PID] -> "rps p50_us p99_us proxy_cpu_us_per_request"
