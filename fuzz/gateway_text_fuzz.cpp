@@ -7,7 +7,7 @@
 // and an engine's KV event batch (msgpack, vLLM's format: one that decodes
 // survives a round trip, and the KV-cache index takes it), and an engine's
 // /tokenize answer and the client body a /tokenize ask is made from, and
-// an engine's chunked response body.
+// an engine's chunked response body, and an engine's response head.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +21,7 @@
 #include "gateway/load_report.h"
 #include "gateway/shared_messages.h"
 #include "http/body_decoder.h"
+#include "http/response_head.h"
 #include "kvevents/kv_events.h"
 
 #include <nlohmann/json.hpp>
@@ -87,6 +88,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const bool split_ok = first.ok() && second.ok();
     if (used.ok() != split_ok || all.size() > size) std::abort();
     if (used.ok() && (all != parts || whole.done() != split.done())) std::abort();
+  }
+  // A response head parses the same from any prefix that holds it (the
+  // relay parses after every read), and never past the bytes given.
+  if (auto head = loadstar::http::parse_response_head(text); head.ok() && *head) {
+    const loadstar::http::ResponseHead& h = **head;
+    if (h.size > size || h.status < 100 || h.status > 999) std::abort();
+    auto again = loadstar::http::parse_response_head(text.substr(0, h.size));
+    if (!again.ok() || !*again || (*again)->size != h.size || (*again)->status != h.status ||
+        (*again)->framing != h.framing || (*again)->keep_alive != h.keep_alive)
+      std::abort();
+    auto shorter = loadstar::http::parse_response_head(text.substr(0, h.size - 1));
+    if (!shorter.ok() || *shorter) std::abort();
   }
   return 0;
 }

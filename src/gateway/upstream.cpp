@@ -16,19 +16,18 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
 #include "gateway/respond.h"
 #include "http/body_decoder.h"
+#include "http/response_head.h"
 #include "openai/protocol.h"
 
 namespace loadstar::gateway {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
-namespace bhttp = beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
@@ -134,18 +133,10 @@ struct Upstream::Conn {
   }
 };
 
-// One attempt's upstream connection, response parser and watchdog. The
+// One attempt's upstream connection, response head and watchdog. The
 // watchdog closes the connection when the upstream stays silent too long.
 struct Upstream::Call {
-  Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {
-    parser.body_limit(boost::none);
-  }
-  // A fresh parser for the response after an interim (1xx) one.
-  void next_response() {
-    std::destroy_at(&parser);
-    std::construct_at(&parser);
-    parser.body_limit(boost::none);
-  }
+  Call(asio::io_context& io, std::chrono::milliseconds idle_) : watchdog(io), idle(idle_) {}
   void arm(std::chrono::milliseconds after) {
     watchdog.expires_after(after);
     watchdog.async_wait([watch = watch](boost::system::error_code ec) {
@@ -160,7 +151,7 @@ struct Upstream::Call {
   asio::steady_timer watchdog;
   const std::chrono::milliseconds idle;
   std::unique_ptr<Conn> conn;
-  bhttp::response_parser<bhttp::buffer_body> parser;
+  http::ResponseHead head;  // of the response being read
 };
 
 Upstream::Upstream(asio::io_context& io, UpstreamOptions options) : io_(io), options_(options) {}
@@ -243,8 +234,8 @@ asio::awaitable<ForwardResult> Upstream::forward(http::Exchange& ex, ForwardRequ
   });
   const bool answered = co_await send(call, ex.request().target, request, result);
   if (!answered) co_return result;
-  result.upstream_status = call.parser.get().result_int();
-  std::string content_type(call.parser.get()[bhttp::field::content_type]);
+  result.upstream_status = call.head.status;
+  std::string content_type = std::move(call.head.content_type);
   if (content_type.starts_with("text/event-stream")) {
     co_await relay_stream(ex, call, std::move(content_type), request, result);
   } else {
@@ -284,22 +275,36 @@ asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest re
     co_return out;
   }
   out.outcome = ForwardOutcome::kDone;
-  out.status = call.parser.get().result_int();
-  if (call.parser.keep_alive()) keep_idle(pool_key(*request.endpoint), std::move(call.conn));
+  out.status = call.head.status;
+  if (call.head.keep_alive) keep_idle(pool_key(*request.endpoint), std::move(call.conn));
   co_return out;
 }
 
-// The framing of the response whose header `call` has read.
-http::BodyDecoder Upstream::body_decoder(const Call& call) {
-  if (call.parser.is_done()) return http::BodyDecoder::length(0);  // no body (204, HEAD...)
-  if (call.parser.chunked()) return http::BodyDecoder::chunked();
-  if (auto length = call.parser.content_length()) return http::BodyDecoder::length(*length);
-  return http::BodyDecoder::until_close();
+asio::awaitable<std::string> Upstream::read_head(Call& call) {
+  Conn& conn = *call.conn;
+  for (;;) {
+    auto head = http::parse_response_head(
+        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()));
+    if (!head.ok()) co_return head.error().message;
+    if (*head) {
+      call.head = std::move(**head);
+      conn.buffer.consume(call.head.size);
+      co_return std::string();
+    }
+    auto [ec, n] = co_await conn.with([&](auto& stream) {
+      return stream.async_read_some(conn.buffer.prepare(Conn::kReadBuffer), kUseTuple);
+    });
+    conn.buffer.commit(n);
+    if (ec == asio::error::eof)
+      co_return conn.buffer.size() == 0 ? "end of stream"
+                                        : "end of stream within the response head";
+    if (ec) co_return ec.message();
+  }
 }
 
 asio::awaitable<std::string> Upstream::read_body(Call& call, std::string& payload) {
   Conn& conn = *call.conn;
-  http::BodyDecoder body = body_decoder(call);
+  http::BodyDecoder body = call.head.body_decoder();
   for (;;) {
     auto used = body.feed(
         std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
@@ -330,14 +335,19 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
   const std::string& key = endpoint.key;
   // The request head is formatted directly: a proxy forwarding a JSON body
   // needs no header container.
-  std::string head = fmt::format(
-      "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n"
-      "Content-Length: {}\r\n",
-      target, endpoint.authority.empty() ? key : endpoint.authority, request.body.size());
+  const std::string_view host = endpoint.authority.empty() ? key : endpoint.authority;
+  std::string head;
+  head.reserve(128 + target.size() + host.size() + request.authorization.size() +
+               request.request_id.size());
+  head.append("POST ").append(target).append(" HTTP/1.1\r\nHost: ").append(host);
+  head.append("\r\nContent-Type: application/json\r\nContent-Length: ");
+  const fmt::format_int length(request.body.size());
+  head.append(length.data(), length.size()).append("\r\n");
   if (!request.authorization.empty())
-    head += fmt::format("Authorization: {}\r\n", request.authorization);
-  if (!request.request_id.empty()) head += fmt::format("X-Request-Id: {}\r\n", request.request_id);
-  head += "\r\n";
+    head.append("Authorization: ").append(request.authorization).append("\r\n");
+  if (!request.request_id.empty())
+    head.append("X-Request-Id: ").append(request.request_id).append("\r\n");
+  head.append("\r\n");
   const std::array<asio::const_buffer, 2> request_buffers = {asio::buffer(head),
                                                              asio::buffer(request.body)};
   Watch& watch = *call.watch;
@@ -395,46 +405,41 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
     }
     auto [wec, wn] = co_await call.conn->with(
         [&](auto& stream) { return asio::async_write(stream, request_buffers, kUseTuple); });
-    boost::system::error_code hec = wec;
+    std::string head_error = wec ? wec.message() : std::string();
     // Interim responses (103 Early Hints from a hosted backend, a stray 100
     // Continue) are read past: the client gets the final one (RFC 9110
     // 15.2). A 101 fails the attempt: no upgrade was asked for.
     bool interim_seen = false;  // the request reached the replica: never resent
-    for (int interim = 0; !wec; ++interim) {
-      auto [rec, rn] = co_await call.conn->with([&](auto& stream) {
-        return bhttp::async_read_header(stream, call.conn->buffer, call.parser, kUseTuple);
-      });
-      hec = rec;
-      const unsigned status = rec ? 0 : call.parser.get().result_int();
-      if (status == 101) {  // no upgrade was asked for
-        hec = make_error_code(boost::system::errc::protocol_error);
+    for (int interim = 0; head_error.empty(); ++interim) {
+      head_error = co_await read_head(call);
+      if (!head_error.empty() || call.head.status >= 200) break;
+      if (call.head.status == 101) {
+        head_error = "Protocol error: 101 Switching Protocols, and no upgrade was asked for";
         break;
       }
-      if (status < 100 || status >= 200) break;
       if (interim == 8) {
-        hec = make_error_code(boost::system::errc::protocol_error);
+        head_error = "Protocol error: more than 8 interim (1xx) responses";
         break;
       }
-      call.next_response();
       interim_seen = true;
     }
-    if (!hec) co_return true;
+    if (head_error.empty()) co_return true;
     watch.conn = nullptr;
     if (watch.client_gone) {
       result.outcome = ForwardOutcome::kClientGone;
       co_return false;
     }
     if (reused && fresh_retry_left && !watch.timed_out && !interim_seen &&
-        call.conn->buffer.size() == 0 && !call.parser.got_some()) {
+        call.conn->buffer.size() == 0) {
       fresh_retry_left = false;
       ++request.stats->reconnects;
       spdlog::debug("gateway: pooled connection to replica {} ({}) was closed ({}); resending",
-                    endpoint.replica, key, hec.message());
-      continue;  // the parser has seen nothing: it starts over as it is
+                    endpoint.replica, key, head_error);
+      continue;  // nothing of a response has come
     }
     // Nothing has reached the client: another replica may answer.
     result.failure = fmt::format("replica {} ({}): {}", endpoint.replica, key,
-                                 watch.timed_out ? "idle timeout" : hec.message());
+                                 watch.timed_out ? "idle timeout" : head_error);
     co_return false;
   }
 }
@@ -444,7 +449,6 @@ asio::awaitable<bool> Upstream::send(Call& call, std::string_view target,
 asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::string content_type,
                                            ForwardRequest& request, ForwardResult& result) {
   Endpoint& endpoint = *request.endpoint;
-  auto& parser = call.parser;
   const int status = result.upstream_status;
   std::string payload;
   const std::string read_error = co_await read_body(call, payload);
@@ -461,7 +465,7 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
     co_await send_error(ex, 502, std::move(message));
     co_return;
   }
-  const bool reusable = parser.keep_alive();
+  const bool reusable = call.head.keep_alive;
   if (request.may_retry && (status == 429 || status >= 500)) {
     // Refused or failed, and nothing reached the client: try elsewhere.
     auto message = openai_error_message(payload);
@@ -497,8 +501,8 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
   const Clock::time_point start = request.start;
   const int status = result.upstream_status;
   result.client_status = status;
-  http::BodyDecoder body = body_decoder(call);
-  const bool keep_alive = call.parser.keep_alive();
+  http::BodyDecoder body = call.head.body_decoder();
+  const bool keep_alive = call.head.keep_alive;
   std::vector<http::Header> headers = std::move(request.headers);
   // Events that came in with the engine's header leave with ours, in one
   // write; otherwise the header goes at once (a long prefill may follow,

@@ -115,8 +115,9 @@ class Upstream {
   struct Call;  // one attempt's connection, parser and watchdog (upstream.cpp)
   boost::asio::awaitable<bool> send(Call& call, std::string_view target,
                                     const ForwardRequest& request, ForwardResult& result);
-  // The framing of the response whose header `call` has read.
-  static http::BodyDecoder body_decoder(const Call& call);
+  // Reads the response head into call.head (past the buffered bytes it
+  // used); why not, if it could not (empty: read).
+  boost::asio::awaitable<std::string> read_head(Call& call);
   // Reads the rest of a response's body into `payload`; why not, if it
   // could not (empty: read).
   boost::asio::awaitable<std::string> read_body(Call& call, std::string& payload);

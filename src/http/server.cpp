@@ -117,14 +117,25 @@ bool header_safe(std::string_view text) {
   return text.find_first_of("\r\n") == std::string_view::npos;
 }
 
+// A response head's status line and Server field, with room for the rest.
+std::string head_start(int status) {
+  std::string head;
+  head.reserve(256);
+  const fmt::format_int code(status);
+  head.append("HTTP/1.1 ").append(code.data(), code.size()).append(" ");
+  head.append(bhttp::obsolete_reason(static_cast<bhttp::status>(status)));
+  head.append("\r\nServer: loadstar\r\n");
+  return head;
+}
+
 // A chunked response's head, formatted directly: a relay has no use for a
 // header container (Beast's allocates each field).
 std::string stream_head(int status, std::string_view content_type,
                         const std::vector<Header>& headers, bool keep_alive) {
-  std::string head = fmt::format(
-      "HTTP/1.1 {} {}\r\nServer: loadstar\r\nContent-Type: {}\r\nCache-Control: no-cache\r\n",
-      status, std::string_view(bhttp::obsolete_reason(static_cast<bhttp::status>(status))),
-      header_safe(content_type) ? content_type : "application/octet-stream");
+  std::string head = head_start(status);
+  head.append("Content-Type: ")
+      .append(header_safe(content_type) ? content_type : "application/octet-stream")
+      .append("\r\nCache-Control: no-cache\r\n");
   for (const Header& h : headers) {
     // The framing and the fields above are the server's.
     if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty() ||
@@ -206,9 +217,7 @@ asio::awaitable<bool> Exchange::respond(Response response) {
   const int status = response.status;
   // 1xx, 204 and 304 answers have no body and no Content-Length.
   const bool bodiless = status < 200 || status == 204 || status == 304;
-  std::string head =
-      fmt::format("HTTP/1.1 {} {}\r\nServer: loadstar\r\n", status,
-                  std::string_view(bhttp::obsolete_reason(static_cast<bhttp::status>(status))));
+  std::string head = head_start(status);
   bool typed = false;  // a Content-Type among the headers replaces the response's
   for (const Header& h : response.headers) {
     if (!header_safe(h.name) || !header_safe(h.value) || h.name.empty() ||
@@ -219,8 +228,10 @@ asio::awaitable<bool> Exchange::respond(Response response) {
   }
   if (!typed && header_safe(response.content_type) && !response.content_type.empty())
     head.append("Content-Type: ").append(response.content_type).append("\r\n");
-  if (!bodiless)
-    fmt::format_to(std::back_inserter(head), "Content-Length: {}\r\n", response.body.size());
+  if (!bodiless) {
+    const fmt::format_int length(response.body.size());
+    head.append("Content-Length: ").append(length.data(), length.size()).append("\r\n");
+  }
   if (!impl_->keep_alive) head += "Connection: close\r\n";
   head += "\r\n";
   const std::string_view body = bodiless ? std::string_view() : std::string_view(response.body);
