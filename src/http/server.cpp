@@ -30,9 +30,8 @@
 #include <boost/beast/core/buffers_cat.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/core/read_size.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include "common/strings.h"
 
 namespace loadstar::http {
@@ -41,7 +40,7 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = beast::http;
 using tcp = asio::ip::tcp;
-using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+using TlsStream = asio::ssl::stream<tcp::socket>;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
@@ -53,6 +52,14 @@ bool iequals(std::string_view a, std::string_view b) {
         std::tolower(static_cast<unsigned char>(b[i])))
       return false;
   return true;
+}
+
+// The TCP socket under a connection.
+tcp::socket& lowest(tcp::socket& socket) {
+  return socket;
+}
+tcp::socket& lowest(TlsStream& stream) {
+  return stream.next_layer();
 }
 
 std::string default_error_body(int status, std::string_view message) {
@@ -85,7 +92,7 @@ std::string_view Request::path() const {
 }
 
 struct Exchange::Impl {
-  std::variant<beast::tcp_stream*, TlsStream*> stream;
+  std::variant<tcp::socket*, TlsStream*> stream;
   Request request;
   bool keep_alive = true;
   bool complete = false;   // the whole response has been written
@@ -169,16 +176,8 @@ constexpr std::string_view kLastChunk = "0\r\n\r\n";
 
 template <class Buffers>
 asio::awaitable<bool> Exchange::write(const Buffers& buffers) {
-  // A plain connection is written through its socket: Beast's tcp_stream
-  // adds an operation (and its timer checks) to every write.
   auto [ec, n] = co_await std::visit(
-      [&](auto* s) {
-        if constexpr (std::is_same_v<std::remove_pointer_t<decltype(s)>, beast::tcp_stream>)
-          return asio::async_write(s->socket(), buffers, kUseTuple);
-        else
-          return asio::async_write(*s, buffers, kUseTuple);
-      },
-      impl_->stream);
+      [&](auto* s) { return asio::async_write(*s, buffers, kUseTuple); }, impl_->stream);
   if (ec) impl_->failed = true;
   co_return !ec;
 }
@@ -248,8 +247,8 @@ void Exchange::on_client_closed(std::function<void()> callback) {
   impl_->watch->callback = std::move(callback);
   if (impl_->watch->pending) return;
   impl_->watch->pending = true;
-  tcp::socket& socket = std::visit(
-      [](auto* s) -> tcp::socket& { return beast::get_lowest_layer(*s).socket(); }, impl_->stream);
+  tcp::socket& socket =
+      std::visit([](auto* s) -> tcp::socket& { return lowest(*s); }, impl_->stream);
   // A one-byte peek: it ends with end-of-file (or an error) when the peer
   // closes, and with the byte when data comes (a pipelined request, or a
   // TLS record), which is not a close. A read, not async_wait: Asio re-arms
@@ -353,15 +352,110 @@ std::chrono::milliseconds millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
+// A connection's deadline (nginx's client_header_timeout and the like): when
+// it passes, the socket is closed and the read waiting on it fails. Moving
+// the deadline later is a store: the timer wakes at the earlier time, finds
+// the later one and sleeps again. A request that arrives whole in one read
+// only moves its connection's deadline later, so serving it costs no timer
+// operation (Beast's tcp_stream re-armed a timer for every read).
+class Deadline {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit Deadline(tcp::socket& socket) : s_(std::make_shared<State>(socket)) {}
+  ~Deadline() {
+    s_->socket = nullptr;
+    s_->timer.cancel();
+  }
+  Deadline(const Deadline&) = delete;
+  Deadline& operator=(const Deadline&) = delete;
+
+  void after(std::chrono::milliseconds wait) {
+    s_->at = Clock::now() + wait;
+    if (s_->at < s_->armed) arm(s_);
+  }
+  void never() { s_->at = Clock::time_point::max(); }
+  // The deadline passed (and the socket was closed for it).
+  bool expired() const { return s_->expired; }
+
+ private:
+  struct State {
+    explicit State(tcp::socket& s) : socket(&s), timer(s.get_executor()) {}
+    tcp::socket* socket;  // null once the connection is done
+    asio::steady_timer timer;
+    Clock::time_point at = Clock::time_point::max();     // when the socket is closed
+    Clock::time_point armed = Clock::time_point::max();  // when the timer wakes
+    bool expired = false;
+  };
+  static void arm(const std::shared_ptr<State>& state) {
+    state->armed = state->at;
+    state->timer.expires_at(state->at);  // cancels the wait for the later time
+    state->timer.async_wait([state](boost::system::error_code ec) {
+      if (ec || !state->socket) return;  // re-armed, or the connection is done
+      state->armed = Clock::time_point::max();
+      if (Clock::now() >= state->at) {
+        state->expired = true;
+        boost::system::error_code ignored;
+        state->socket->close(ignored);
+      } else if (state->at != Clock::time_point::max()) {
+        arm(state);
+      }
+    });
+  }
+  std::shared_ptr<State> s_;
+};
+
+// Reads from `stream` into `buffer` until `parser` (fed what the buffer
+// holds first) has the header (`header_only`) or the whole message. The
+// deadline is set to `wait` from now only when a read has to wait, so a
+// request that came whole in the connection's last read sets none.
+// Beast's parser, fed directly: its composed read added three layers of
+// handlers per request. end_of_stream: the peer closed before a byte.
+template <class Stream, class Parser>
+asio::awaitable<boost::system::error_code> read_message(Stream& stream, beast::flat_buffer& buffer,
+                                                        Parser& parser, bool header_only,
+                                                        Deadline& deadline,
+                                                        std::chrono::milliseconds wait) {
+  for (bool waited = false;;) {
+    // A request without a body is done with its header.
+    if (parser.is_done() || (header_only && parser.is_header_done()))
+      co_return boost::system::error_code();
+    while (buffer.size() > 0) {
+      boost::system::error_code ec;
+      const size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == bhttp::error::need_more) break;
+      if (ec) co_return ec;
+      if (parser.is_done() || (header_only && parser.is_header_done())) co_return ec;
+      if (used == 0) break;
+    }
+    if (!waited) {
+      deadline.after(wait);
+      waited = true;
+    }
+    auto [ec, n] =
+        co_await stream.async_read_some(buffer.prepare(beast::read_size(buffer, 65536)), kUseTuple);
+    buffer.commit(n);
+    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+      if (!parser.got_some() && buffer.size() == 0) co_return bhttp::error::end_of_stream;
+      boost::system::error_code eof;
+      parser.put_eof(eof);
+      co_return eof ? eof : bhttp::error::partial_message;
+    }
+    if (ec) co_return deadline.expired() ? beast::error::timeout : ec;
+  }
+}
+
 // A connection over max_connections: its request is read (briefly) and
 // answered 503 with Retry-After, then it is closed.
 template <class Stream>
-asio::awaitable<void> refuse_on(Stream& stream, const Server::State* state) {
+asio::awaitable<void> refuse_on(Stream& stream, Deadline& deadline, const Server::State* state) {
   beast::flat_buffer buffer;
   bhttp::request_parser<bhttp::empty_body> parser;
   parser.header_limit(state->options.max_header_bytes);
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
-  auto [ec, n] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+  const std::chrono::milliseconds wait(2000);
+  deadline.after(wait);
+  const boost::system::error_code ec =
+      co_await read_message(stream, buffer, parser, true, deadline, wait);
   if (!ec) {
     bhttp::response<bhttp::string_body> res{bhttp::status::service_unavailable, 11};
     res.set(bhttp::field::server, "loadstar");
@@ -380,8 +474,8 @@ asio::awaitable<void> refuse_on(Stream& stream, const Server::State* state) {
   // still sends until it closes (briefly), so that closing with unread
   // bytes does not reset the connection before the 503 is read.
   boost::system::error_code ignored;
-  beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_send, ignored);
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+  lowest(stream).shutdown(tcp::socket::shutdown_send, ignored);
+  deadline.after(std::chrono::seconds(1));
   for (char sink[1024];;) {
     auto [rec, rn] = co_await stream.async_read_some(asio::buffer(sink), kUseTuple);
     if (rec) break;
@@ -389,11 +483,12 @@ asio::awaitable<void> refuse_on(Stream& stream, const Server::State* state) {
 }
 
 template <class Stream>
-asio::awaitable<void> serve_on(Stream& stream, std::string remote,
+asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string remote,
                                std::shared_ptr<Server::State> state) {
-  beast::tcp_stream& tcp_layer = beast::get_lowest_layer(stream);
   beast::flat_buffer buffer;
   const auto idle = millis(state->options.idle_timeout_s);
+  const auto header_wait = millis(state->options.header_timeout_s);
+  const auto body_wait = millis(state->options.body_timeout_s);
   for (;;) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.body_limit(state->options.max_body_bytes);
@@ -403,13 +498,13 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
     // A timeout closes the connection without an answer (the socket is
     // closed by then), as nginx does.
     if (buffer.size() == 0) {
-      tcp_layer.expires_after(idle);
+      deadline.after(idle);
       auto [fec, fn] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
       if (fec) break;
       buffer.commit(fn);
     }
-    tcp_layer.expires_after(millis(state->options.header_timeout_s));
-    auto [hec, hn] = co_await bhttp::async_read_header(stream, buffer, parser, kUseTuple);
+    const boost::system::error_code hec =
+        co_await read_message(stream, buffer, parser, true, deadline, header_wait);
     if (hec == bhttp::error::header_limit) {
       std::string message = fmt::format("request headers are over the limit of {} bytes",
                                         state->options.max_header_bytes);
@@ -436,8 +531,9 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
       auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
       if (cec) break;
     }
-    tcp_layer.expires_after(millis(state->options.body_timeout_s));
-    auto [ec, n] = co_await bhttp::async_read(stream, buffer, parser, kUseTuple);
+    parser.eager(true);
+    const boost::system::error_code ec =
+        co_await read_message(stream, buffer, parser, false, deadline, body_wait);
     if (ec == bhttp::error::body_limit) {
       std::string message =
           fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
@@ -451,7 +547,7 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
       }
       break;
     }
-    tcp_layer.expires_never();
+    deadline.never();
     auto message = parser.release();
     Exchange::Impl impl{&stream, {}, message.keep_alive()};
     impl.request.method = std::string(message.method_string());
@@ -475,7 +571,7 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
       impl.watch->callback = nullptr;
       if (impl.watch->pending) {
         boost::system::error_code ignored;
-        tcp_layer.socket().cancel(ignored);
+        lowest(stream).cancel(ignored);
       }
     }
     if (!impl.complete) {
@@ -492,14 +588,14 @@ asio::awaitable<void> serve_on(Stream& stream, std::string remote,
 
 // Runs `serve`-like work on the connection: plain, or over TLS after the
 // handshake (10 s at most), ending with TLS's close_notify.
-asio::awaitable<bool> handshake(TlsStream& stream) {
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
+asio::awaitable<bool> handshake(TlsStream& stream, Deadline& deadline) {
+  deadline.after(std::chrono::seconds(10));
   auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kUseTuple);
   co_return !ec;
 }
 
-asio::awaitable<void> close_tls(TlsStream& stream) {
-  beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+asio::awaitable<void> close_tls(TlsStream& stream, Deadline& deadline) {
+  deadline.after(std::chrono::seconds(1));
   auto [ec] = co_await stream.async_shutdown(kUseTuple);
   (void)ec;
 }
@@ -514,17 +610,18 @@ asio::awaitable<void> session(tcp::socket socket, std::shared_ptr<Server::State>
   if (!state->options.tls_cert_file.empty()) {
     std::shared_ptr<asio::ssl::context> tls = state->tls_context();
     TlsStream stream(std::move(socket), *tls);
-    if (co_await handshake(stream)) {
-      co_await serve_on(stream, std::move(remote), state);
-      co_await close_tls(stream);
+    Deadline deadline(stream.next_layer());
+    if (co_await handshake(stream, deadline)) {
+      co_await serve_on(stream, deadline, std::move(remote), state);
+      co_await close_tls(stream, deadline);
     }
     boost::system::error_code ignored;
-    beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream.next_layer().shutdown(tcp::socket::shutdown_both, ignored);
   } else {
-    beast::tcp_stream stream(std::move(socket));
-    co_await serve_on(stream, std::move(remote), state);
+    Deadline deadline(socket);
+    co_await serve_on(socket, deadline, std::move(remote), state);
     boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
   }
 }
 
@@ -532,10 +629,11 @@ asio::awaitable<void> refuse(tcp::socket socket, std::shared_ptr<Server::State> 
   if (!state->options.tls_cert_file.empty()) {
     std::shared_ptr<asio::ssl::context> tls = state->tls_context();
     TlsStream stream(std::move(socket), *tls);
-    if (co_await handshake(stream)) co_await refuse_on(stream, state.get());
+    Deadline deadline(stream.next_layer());
+    if (co_await handshake(stream, deadline)) co_await refuse_on(stream, deadline, state.get());
   } else {
-    beast::tcp_stream stream(std::move(socket));
-    co_await refuse_on(stream, state.get());
+    Deadline deadline(socket);
+    co_await refuse_on(socket, deadline, state.get());
   }
   --state->refusing;
 }

@@ -50,6 +50,7 @@ class RawClient {
       throw std::runtime_error("connect failed");
   }
   ~RawClient() { ::close(fd_); }
+  int fd() const { return fd_; }
   void send(std::string_view bytes) {
     while (!bytes.empty()) {
       const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
@@ -220,6 +221,52 @@ TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
   quiet.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
   auto [quiet_data, quiet_closed] = quiet.read_until_closed(1);
   EXPECT_EQ(quiet_data.rfind("HTTP/1.1 200", 0), 0u) << quiet_data;
+}
+
+// The server feeds Beast's parser from its own reads: a request may come in
+// any pieces, several may come in one read, and only a wait for more bytes
+// arms a deadline.
+TEST(FrontDoor, RequestsInPiecesOrPipelinedAreAnswered) {
+  auto up = Up::start(quickstart(1), {"--client-header-timeout", "1"});
+  up->wait_ready("chat", 1);
+  const std::string body = chat_body(3, false);
+  const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+  // Cut within the request line, within a header, at the blank line and
+  // within the body, each piece a separate read (well within the timeout).
+  RawClient pieces(up->port());
+  size_t at = 0;
+  for (size_t cut :
+       {size_t{7}, size_t{30}, request.find("\r\n\r\n") + 2, request.size() - 10, request.size()}) {
+    pieces.send(std::string_view(request).substr(at, cut - at));
+    at = cut;
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  }
+  auto [piece_data, piece_closed] = pieces.read_until_closed(10);
+  EXPECT_EQ(piece_data.rfind("HTTP/1.1 200", 0), 0u) << piece_data.substr(0, 300);
+  EXPECT_NE(piece_data.find("chat.completion"), std::string::npos);
+  // Three requests in one write: three answers, in order, on one connection.
+  RawClient pipelined(up->port());
+  pipelined.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n" +
+                 request.substr(0, request.find("Connection")) + "\r\n" + body +
+                 "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  auto [pipe_data, pipe_closed] = pipelined.read_until_closed(10);
+  EXPECT_TRUE(pipe_closed);
+  const size_t health = pipe_data.find("HTTP/1.1 200");
+  const size_t chat = pipe_data.find("chat.completion");
+  const size_t models = pipe_data.find("\"object\":\"list\"");
+  EXPECT_EQ(health, 0u) << pipe_data.substr(0, 300);
+  EXPECT_TRUE(chat != std::string::npos && models != std::string::npos && health < chat &&
+              chat < models)
+      << pipe_data;
+  // A header sent whole and a body that stops short, then the client
+  // closes its side: 400, not a hang.
+  RawClient cut(up->port());
+  cut.send(request.substr(0, request.size() - 10));
+  ::shutdown(cut.fd(), SHUT_WR);
+  auto [cut_data, cut_closed] = cut.read_until_closed(10);
+  EXPECT_EQ(cut_data.rfind("HTTP/1.1 400", 0), 0u) << cut_data.substr(0, 300);
+  EXPECT_NE(cut_data.find("partial message"), std::string::npos);
 }
 
 // A self-signed certificate for 127.0.0.1 as DIR/NAME.crt and DIR/NAME.key.
