@@ -295,7 +295,7 @@ asio::awaitable<std::string> Upstream::read_head(Call& call) {
       return stream.async_read_some(conn.buffer.prepare(Conn::kReadBuffer), kUseTuple);
     });
     conn.buffer.commit(n);
-    if (ec == asio::error::eof)
+    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated)
       co_return conn.buffer.size() == 0 ? "end of stream"
                                         : "end of stream within the response head";
     if (ec) co_return ec.message();

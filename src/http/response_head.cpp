@@ -132,11 +132,14 @@ Result<std::optional<ResponseHead>> parse_response_head(std::string_view in, siz
       // The body is chunked when chunked is the last coding; chunked
       // anywhere else is an error (RFC 9112 §6.1).
       Status bad;
+      bool any = false;
       for_each_element(value, [&](std::string_view coding) {
         if (chunked) bad = malformed("chunked is not the last transfer coding");
         chunked = iequals(coding, "chunked");
+        any = true;
       });
       if (!bad.ok()) return std::move(bad).error();
+      if (!any) return malformed("empty Transfer-Encoding");
       has_encoding = true;
     } else if (iequals(name, "connection")) {
       for_each_element(value, [&](std::string_view option) {
@@ -156,8 +159,10 @@ Result<std::optional<ResponseHead>> parse_response_head(std::string_view in, siz
     // both may have been framed differently on its way: the connection is
     // not reused (RFC 9112 §6.3). A coding other than chunked last: the
     // body runs to the close.
+    // HTTP/1.0 has no transfer codings: such a message was framed by
+    // someone else's rules, so its connection is not reused either.
     head.framing = chunked ? Framing::kChunked : Framing::kUntilClose;
-    if (has_length || !chunked) head.keep_alive = false;
+    if (has_length || !chunked || !http11) head.keep_alive = false;
   } else if (has_length) {
     head.framing = Framing::kLength;
   } else {

@@ -233,7 +233,11 @@ asio::awaitable<bool> Exchange::respond(Response response) {
   }
   if (!impl_->keep_alive) head += "Connection: close\r\n";
   head += "\r\n";
-  const std::string_view body = bodiless ? std::string_view() : std::string_view(response.body);
+  // An answer to HEAD says how long its body would be, and sends none (a
+  // client reading one would take it for the next response).
+  const std::string_view body = bodiless || impl_->request.method == "HEAD"
+                                    ? std::string_view()
+                                    : std::string_view(response.body);
   const bool ok =
       co_await write(std::array<asio::const_buffer, 2>{asio::buffer(head), asio::buffer(body)});
   impl_->complete = true;
@@ -502,6 +506,10 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       auto [fec, fn] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
       if (fec) break;
       buffer.commit(fn);
+    } else {
+      // A pipelined request: what is written before its handler runs (a
+      // 100 Continue, an error) is bounded as its header would be.
+      deadline.after(header_wait);
     }
     const boost::system::error_code hec =
         co_await read_message(stream, buffer, parser, true, deadline, header_wait);
@@ -526,7 +534,7 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       break;
     }
     const auto& header = parser.get();
-    if (iequals(header[bhttp::field::expect], "100-continue")) {
+    if (header.version() >= 11 && iequals(header[bhttp::field::expect], "100-continue")) {
       bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
       auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
       if (cec) break;

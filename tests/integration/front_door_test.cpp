@@ -259,6 +259,15 @@ TEST(FrontDoor, RequestsInPiecesOrPipelinedAreAnswered) {
   EXPECT_TRUE(chat != std::string::npos && models != std::string::npos && health < chat &&
               chat < models)
       << pipe_data;
+  // An answer to HEAD has no body: the next answer follows its head.
+  RawClient head(up->port());
+  head.send(
+      "HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+      "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  auto [head_data, head_closed] = head.read_until_closed(10);
+  const size_t head_end = head_data.find("\r\n\r\n");
+  ASSERT_NE(head_end, std::string::npos) << head_data;
+  EXPECT_EQ(head_data.compare(head_end + 4, 9, "HTTP/1.1 "), 0) << head_data;
   // A header sent whole and a body that stops short, then the client
   // closes its side: 400, not a hang.
   RawClient cut(up->port());

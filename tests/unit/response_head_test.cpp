@@ -74,6 +74,11 @@ TEST(ResponseHead, FramingFollowsRfc9112) {
             Framing::kUntilClose);
   EXPECT_EQ(parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n").framing,
             Framing::kChunked);
+  // Transfer codings in HTTP/1.0: decoded, but the connection is not kept.
+  ResponseHead old =
+      parsed("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n");
+  EXPECT_EQ(old.framing, Framing::kChunked);
+  EXPECT_FALSE(old.keep_alive);
   // The same length twice is one length.
   EXPECT_EQ(
       parsed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n").content_length,
@@ -98,11 +103,12 @@ TEST(ResponseHead, WhatCouldBeFramedTwoWaysIsRefused) {
       "HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n",
       "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
       "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
-      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",  // chunked not last
-      "HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\n",                // space before the colon
-      "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",                   // obs-fold
-      "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",                           // a bare CR
-      "HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n",                        // a bare LF
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",           // chunked not last
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\nContent-Length: 3\r\n\r\n",  // no coding
+      "HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\n",  // space before the colon
+      "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",     // obs-fold
+      "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",             // a bare CR
+      "HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n",          // a bare LF
       "HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
       "HTTP/1.1 200 OK\r\n: empty name\r\n\r\n",
       "HTTP/2 200 OK\r\n\r\n",
