@@ -148,4 +148,10 @@ std::string random_uuid() {
                      ((b >> 48) & 0x3fff) | 0x8000, b & 0xffffffffffffULL);
 }
 
+bool iequals(std::string_view a, std::string_view b) {
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c | 0x20) : c; };
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [&](char x, char y) { return lower(x) == lower(y); });
+}
+
 }  // namespace loadstar

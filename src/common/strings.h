@@ -15,6 +15,10 @@ void append_json_escaped(std::string& out, std::string_view text);
 // or a status line will carry: nlohmann's dump() throws on invalid UTF-8.
 std::string utf8_clip(std::string_view text, size_t max_bytes);
 
+// Whether `a` and `b` are equal but for the case of ASCII letters (HTTP
+// field names, tokens).
+bool iequals(std::string_view a, std::string_view b);
+
 // A random UUID (version 4), as Python's uuid.uuid4(): vLLM's engine ids,
 // request ids.
 std::string random_uuid();

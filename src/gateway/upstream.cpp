@@ -124,6 +124,10 @@ struct Upstream::Conn {
   beast::flat_buffer buffer;  // read from the socket, not yet decoded
   std::string events;         // a stream's events, the last one partial
   std::string out;            // the complete events of one read
+  // What is read and not yet decoded.
+  std::string_view buffered() const {
+    return {static_cast<const char*>(buffer.data().data()), buffer.size()};
+  }
 
  private:
   void reserve() {
@@ -283,8 +287,7 @@ asio::awaitable<CallResult> Upstream::call(http::Exchange& ex, ForwardRequest re
 asio::awaitable<std::string> Upstream::read_head(Call& call) {
   Conn& conn = *call.conn;
   for (;;) {
-    auto head = http::parse_response_head(
-        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()));
+    auto head = http::parse_response_head(conn.buffered());
     if (!head.ok()) co_return head.error().message;
     if (*head) {
       call.head = std::move(**head);
@@ -306,9 +309,7 @@ asio::awaitable<std::string> Upstream::read_body(Call& call, std::string& payloa
   Conn& conn = *call.conn;
   http::BodyDecoder body = call.head.body_decoder();
   for (;;) {
-    auto used = body.feed(
-        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
-        payload);
+    auto used = body.feed(conn.buffered(), payload);
     if (!used.ok()) co_return used.error().message;
     conn.buffer.consume(*used);
     if (body.done()) co_return std::string();
@@ -317,9 +318,7 @@ asio::awaitable<std::string> Upstream::read_body(Call& call, std::string& payloa
     });
     conn.buffer.commit(n);
     if (ec == asio::error::eof) {
-      auto tail = body.feed(
-          std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
-          payload);
+      auto tail = body.feed(conn.buffered(), payload);
       if (!tail.ok()) co_return tail.error().message;
       conn.buffer.consume(*tail);
       auto closed = body.at_close();
@@ -523,9 +522,7 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
   bool closed = false;  // the engine closed the connection
   while (client_ok) {
     // What is buffered: the bytes that came with the header, then each read.
-    auto used = body.feed(
-        std::string_view(static_cast<const char*>(conn.buffer.data().data()), conn.buffer.size()),
-        pending);
+    auto used = body.feed(conn.buffered(), pending);
     if (!used.ok()) {
       failure = used.error().message;
       break;

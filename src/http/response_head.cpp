@@ -4,6 +4,8 @@
 #include <array>
 #include <charconv>
 
+#include "common/strings.h"
+
 namespace loadstar::http {
 
 namespace {
@@ -27,13 +29,6 @@ bool is_text(std::string_view s) {
     const auto c = static_cast<unsigned char>(ch);
     return c == '\t' || (c >= 0x20 && c != 0x7f);
   });
-}
-
-// `s` equals `lower` (lowercase ASCII) but for case.
-bool iequals(std::string_view s, std::string_view lower) {
-  return s.size() == lower.size() &&
-         std::equal(s.begin(), s.end(), lower.begin(),
-                    [](char x, char y) { return (x >= 'A' && x <= 'Z' ? x | 0x20 : x) == y; });
 }
 
 std::string_view trim(std::string_view s) {

@@ -45,15 +45,6 @@ constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
-
 // The TCP socket under a connection.
 tcp::socket& lowest(tcp::socket& socket) {
   return socket;
@@ -457,7 +448,6 @@ asio::awaitable<void> refuse_on(Stream& stream, Deadline& deadline, const Server
   bhttp::request_parser<bhttp::empty_body> parser;
   parser.header_limit(state->options.max_header_bytes);
   const std::chrono::milliseconds wait(2000);
-  deadline.after(wait);
   const boost::system::error_code ec =
       co_await read_message(stream, buffer, parser, true, deadline, wait);
   if (!ec) {

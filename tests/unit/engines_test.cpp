@@ -792,3 +792,17 @@ TEST(EngineSimGroup, TheLeaderIsWholeOnceEveryNodeJoinedAndLosesOneThatGoesQuiet
 
 }  // namespace
 }  // namespace loadstar::enginesim
+
+namespace loadstar {
+namespace {
+
+TEST(Strings, IequalsIgnoresOnlyTheCaseOfAsciiLetters) {
+  EXPECT_TRUE(iequals("Content-Length", "content-length"));
+  EXPECT_TRUE(iequals("", ""));
+  EXPECT_FALSE(iequals("Content-Length", "content-lengt"));
+  EXPECT_FALSE(iequals("a@", "a`"));      // '@' | 0x20 is '`': not letters
+  EXPECT_FALSE(iequals("\xC3", "\xE3"));  // nor are bytes past ASCII
+}
+
+}  // namespace
+}  // namespace loadstar
