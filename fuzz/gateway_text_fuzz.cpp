@@ -7,7 +7,8 @@
 // and an engine's KV event batch (msgpack, vLLM's format: one that decodes
 // survives a round trip, and the KV-cache index takes it), and an engine's
 // /tokenize answer and the client body a /tokenize ask is made from, and
-// an engine's chunked response body, and an engine's response head.
+// an engine's chunked response body, an engine's response head, and a
+// client's request head (what the server parses from every connection).
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +22,7 @@
 #include "gateway/load_report.h"
 #include "gateway/shared_messages.h"
 #include "http/body_decoder.h"
-#include "http/response_head.h"
+#include "http/message_head.h"
 #include "kvevents/kv_events.h"
 
 #include <nlohmann/json.hpp>
@@ -99,6 +100,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         (*again)->framing != h.framing || (*again)->keep_alive != h.keep_alive)
       std::abort();
     auto shorter = loadstar::http::parse_response_head(text.substr(0, h.size - 1));
+    if (!shorter.ok() || *shorter) std::abort();
+  }
+  // So does a request head (the server parses after every read); what it
+  // hands a handler holds no line break, and its body has one framing.
+  if (auto head = loadstar::http::parse_request_head(text, 8192); head.ok() && *head) {
+    const loadstar::http::RequestHead& h = **head;
+    if (h.size > size || h.method.empty() || h.target.empty() ||
+        h.target.find_first_of(" \r\n") != std::string::npos || (h.chunked && h.content_length))
+      std::abort();
+    for (const auto& field : h.headers)
+      if (field.name.find_first_of(" \r\n:") != std::string::npos ||
+          field.value.find_first_of("\r\n") != std::string::npos)
+        std::abort();
+    auto again = loadstar::http::parse_request_head(text.substr(0, h.size), 8192);
+    if (!again.ok() || !*again || (*again)->size != h.size || (*again)->target != h.target ||
+        (*again)->headers.size() != h.headers.size() || (*again)->chunked != h.chunked ||
+        (*again)->content_length != h.content_length || (*again)->keep_alive != h.keep_alive)
+      std::abort();
+    auto shorter = loadstar::http::parse_request_head(text.substr(0, h.size - 1), 8192);
     if (!shorter.ok() || *shorter) std::abort();
   }
   return 0;

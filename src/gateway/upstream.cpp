@@ -21,7 +21,7 @@
 #include "common/strings.h"
 #include "gateway/respond.h"
 #include "http/body_decoder.h"
-#include "http/response_head.h"
+#include "http/message_head.h"
 #include "openai/protocol.h"
 
 namespace loadstar::gateway {

@@ -27,11 +27,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/buffers_cat.hpp>
-#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/read_size.hpp>
-#include <boost/beast/http.hpp>
+#include <boost/beast/http/status.hpp>
 #include "common/strings.h"
 
 namespace loadstar::http {
@@ -329,17 +327,20 @@ namespace {
 
 // GCC 12 destroys some temporaries of a co_await expression twice: coroutine
 // arguments in this file are named locals or trivially destructible.
+// An error answer, after which the connection closes. `extra`: more
+// header lines, each with its CRLF.
 template <class Stream>
 asio::awaitable<void> write_simple(Stream& stream, int status, std::string message,
-                                   const Server::State* state) {
-  bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
-  res.set(bhttp::field::server, "loadstar");
-  res.set(bhttp::field::content_type, "application/json");
-  res.body() = state->options.error_body ? state->options.error_body(status, message)
-                                         : default_error_body(status, message);
-  res.keep_alive(false);
-  res.prepare_payload();
-  auto [ec, n] = co_await bhttp::async_write(stream, res, kUseTuple);
+                                   const Server::State* state, std::string_view extra = {}) {
+  const std::string body = state->options.error_body ? state->options.error_body(status, message)
+                                                     : default_error_body(status, message);
+  std::string head = head_start(status);
+  const fmt::format_int length(body.size());
+  head.append("Content-Type: application/json\r\n").append(extra);
+  head.append("Content-Length: ").append(length.data(), length.size());
+  head.append("\r\nConnection: close\r\n\r\n");
+  auto [ec, n] = co_await asio::async_write(
+      stream, std::array<asio::const_buffer, 2>{asio::buffer(head), asio::buffer(body)}, kUseTuple);
   (void)ec;
 }
 
@@ -399,44 +400,96 @@ class Deadline {
   std::shared_ptr<State> s_;
 };
 
-// Reads from `stream` into `buffer` until `parser` (fed what the buffer
-// holds first) has the header (`header_only`) or the whole message. The
-// deadline is set to `wait` from now only when a read has to wait, so a
-// request that came whole in the connection's last read sets none.
-// Beast's parser, fed directly: its composed read added three layers of
-// handlers per request. end_of_stream: the peer closed before a byte.
-template <class Stream, class Parser>
-asio::awaitable<boost::system::error_code> read_message(Stream& stream, beast::flat_buffer& buffer,
-                                                        Parser& parser, bool header_only,
-                                                        Deadline& deadline,
-                                                        std::chrono::milliseconds wait) {
-  for (bool waited = false;;) {
-    // A request without a body is done with its header.
-    if (parser.is_done() || (header_only && parser.is_header_done()))
-      co_return boost::system::error_code();
-    while (buffer.size() > 0) {
-      boost::system::error_code ec;
-      const size_t used = parser.put(buffer.data(), ec);
-      buffer.consume(used);
-      if (ec == bhttp::error::need_more) break;
-      if (ec) co_return ec;
-      if (parser.is_done() || (header_only && parser.is_header_done())) co_return ec;
-      if (used == 0) break;
+// Reads of one part of a request (its head, or its body) into the
+// connection's buffer. The first read that has to wait sets the deadline to
+// `wait` from now, so a request that came whole in the connection's last
+// read sets none.
+template <class Stream>
+class RequestReader {
+ public:
+  RequestReader(Stream& stream, beast::flat_buffer& buffer, Deadline& deadline,
+                std::chrono::milliseconds wait)
+      : stream_(stream), buffer_(buffer), deadline_(deadline), wait_(wait) {}
+
+  std::string_view buffered() const {
+    return {static_cast<const char*>(buffer_.data().data()), buffer_.size()};
+  }
+  void consume(size_t n) { buffer_.consume(n); }
+
+  // Reads more. An error says why reading stopped short: kCorrupt for a
+  // close within the part (`part` names it; answered 400), else the close
+  // before a byte, a timeout or a failure, none of which is answered.
+  asio::awaitable<Status> more(std::string_view part) {
+    if (!waited_) {
+      deadline_.after(wait_);
+      waited_ = true;
     }
-    if (!waited) {
-      deadline.after(wait);
-      waited = true;
-    }
-    auto [ec, n] =
-        co_await stream.async_read_some(buffer.prepare(beast::read_size(buffer, 65536)), kUseTuple);
-    buffer.commit(n);
+    auto [ec, n] = co_await stream_.async_read_some(
+        buffer_.prepare(beast::read_size(buffer_, 65536)), kUseTuple);
+    buffer_.commit(n);
     if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
-      if (!parser.got_some() && buffer.size() == 0) co_return bhttp::error::end_of_stream;
-      boost::system::error_code eof;
-      parser.put_eof(eof);
-      co_return eof ? eof : bhttp::error::partial_message;
+      if (buffer_.size() == 0 && part == "head")
+        co_return make_error(ErrorCode::kUnavailable, "end of stream");
+      co_return make_error(ErrorCode::kCorrupt, "partial message: the request {} was cut short",
+                           part);
     }
-    if (ec) co_return deadline.expired() ? beast::error::timeout : ec;
+    if (ec)
+      co_return make_error(ErrorCode::kUnavailable, "{}",
+                           deadline_.expired() ? "timeout" : ec.message());
+    co_return Status();
+  }
+
+ private:
+  Stream& stream_;
+  beast::flat_buffer& buffer_;
+  Deadline& deadline_;
+  std::chrono::milliseconds wait_;
+  bool waited_ = false;
+};
+
+// Reads until the buffer holds a whole request head, and parses it. An
+// error: kOutOfRange, over the limit (431); kCorrupt, malformed (400); else
+// the connection closed or timed out, and nothing is answered.
+template <class Stream>
+asio::awaitable<Result<RequestHead>> read_request_head(RequestReader<Stream> reader,
+                                                       size_t max_bytes) {
+  // Bytes known to hold no head's end (less the 3 that may start one): a
+  // head trickling in a byte at a time is not scanned from its start for
+  // every byte.
+  size_t searched = 0;
+  for (;;) {
+    const std::string_view in = reader.buffered();
+    if (in.find("\r\n\r\n", searched < 3 ? 0 : searched - 3) != std::string_view::npos ||
+        in.size() >= max_bytes) {
+      auto head = parse_request_head(in, max_bytes);
+      if (!head.ok()) co_return std::move(head).error();
+      if (*head) {
+        reader.consume((*head)->size);
+        co_return std::move(**head);
+      }
+    }
+    searched = in.size();
+    if (Status read = co_await reader.more("head"); !read.ok()) co_return std::move(read).error();
+  }
+}
+
+// Reads the body that follows `head`. Errors as read_request_head's, with
+// kOutOfRange answered 413.
+template <class Stream>
+asio::awaitable<Result<std::string>> read_request_body(RequestReader<Stream> reader,
+                                                       const RequestHead& head,
+                                                       uint64_t max_bytes) {
+  std::string body;
+  BodyDecoder decoder = head.body_decoder();
+  if (!head.chunked) body.reserve(head.content_length);
+  for (;;) {
+    auto used = decoder.feed(reader.buffered(), body);
+    if (!used.ok()) co_return std::move(used).error();
+    reader.consume(*used);
+    if (body.size() > max_bytes)
+      co_return make_error(ErrorCode::kOutOfRange, "body over the limit");
+    if (decoder.done()) co_return body;
+    if (Status read = co_await reader.more("body"); !read.ok()) co_return std::move(read).error();
   }
 }
 
@@ -445,24 +498,13 @@ asio::awaitable<boost::system::error_code> read_message(Stream& stream, beast::f
 template <class Stream>
 asio::awaitable<void> refuse_on(Stream& stream, Deadline& deadline, const Server::State* state) {
   beast::flat_buffer buffer;
-  bhttp::request_parser<bhttp::empty_body> parser;
-  parser.header_limit(state->options.max_header_bytes);
   const std::chrono::milliseconds wait(2000);
-  const boost::system::error_code ec =
-      co_await read_message(stream, buffer, parser, true, deadline, wait);
-  if (!ec) {
-    bhttp::response<bhttp::string_body> res{bhttp::status::service_unavailable, 11};
-    res.set(bhttp::field::server, "loadstar");
-    res.set(bhttp::field::content_type, "application/json");
-    res.set(bhttp::field::retry_after, "1");
-    const std::string message = fmt::format(
-        "the server is at its limit of {} connections; retry shortly", state->max_connections);
-    res.body() = state->options.error_body ? state->options.error_body(503, message)
-                                           : default_error_body(503, message);
-    res.keep_alive(false);
-    res.prepare_payload();
-    auto [wec, wn] = co_await bhttp::async_write(stream, res, kUseTuple);
-    (void)wec;
+  auto head = co_await read_request_head(RequestReader(stream, buffer, deadline, wait),
+                                         state->options.max_header_bytes);
+  if (head.ok()) {
+    std::string message = fmt::format("the server is at its limit of {} connections; retry shortly",
+                                      state->max_connections);
+    co_await write_simple(stream, 503, std::move(message), state, "Retry-After: 1\r\n");
   }
   // Lingering close, as nginx's: stop sending, then read what the client
   // still sends until it closes (briefly), so that closing with unread
@@ -476,6 +518,12 @@ asio::awaitable<void> refuse_on(Stream& stream, Deadline& deadline, const Server
   }
 }
 
+std::string body_over_limit(const Server::State& state) {
+  return fmt::format("request body is over the limit of {} bytes", state.options.max_body_bytes);
+}
+
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
 template <class Stream>
 asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string remote,
                                std::shared_ptr<Server::State> state) {
@@ -484,9 +532,6 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
   const auto header_wait = millis(state->options.header_timeout_s);
   const auto body_wait = millis(state->options.body_timeout_s);
   for (;;) {
-    bhttp::request_parser<bhttp::string_body> parser;
-    parser.body_limit(state->options.max_body_bytes);
-    parser.header_limit(state->options.max_header_bytes);
     // A keep-alive connection may wait `idle` for its next request; once
     // its first byte is in, the rest of the headers get header_timeout_s.
     // A timeout closes the connection without an answer (the socket is
@@ -501,61 +546,47 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       // 100 Continue, an error) is bounded as its header would be.
       deadline.after(header_wait);
     }
-    const boost::system::error_code hec =
-        co_await read_message(stream, buffer, parser, true, deadline, header_wait);
-    if (hec == bhttp::error::header_limit) {
-      std::string message = fmt::format("request headers are over the limit of {} bytes",
-                                        state->options.max_header_bytes);
-      co_await write_simple(stream, 431, std::move(message), state.get());
+    auto head = co_await read_request_head(RequestReader(stream, buffer, deadline, header_wait),
+                                           state->options.max_header_bytes);
+    if (!head.ok()) {
+      if (head.error().code == ErrorCode::kOutOfRange) {
+        std::string message = fmt::format("request headers are over the limit of {} bytes",
+                                          state->options.max_header_bytes);
+        co_await write_simple(stream, 431, std::move(message), state.get());
+      } else if (head.error().code == ErrorCode::kCorrupt) {
+        std::string message = "malformed HTTP request: " + head.error().message;
+        co_await write_simple(stream, 400, std::move(message), state.get());
+      }
       break;
     }
-    if (hec == bhttp::error::body_limit) {  // the declared Content-Length is over the limit
-      std::string message =
-          fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
+    if (!head->chunked && head->content_length > state->options.max_body_bytes) {
+      std::string message = body_over_limit(*state);
       co_await write_simple(stream, 413, std::move(message), state.get());
       break;
     }
-    if (hec) {
-      if (hec == bhttp::error::end_of_stream || hec == beast::error::timeout ||
-          hec == asio::error::connection_reset || hec == asio::error::eof)
-        break;
-      std::string message = "malformed HTTP request: " + hec.message();
-      co_await write_simple(stream, 400, std::move(message), state.get());
-      break;
-    }
-    const auto& header = parser.get();
-    if (header.version() >= 11 && iequals(header[bhttp::field::expect], "100-continue")) {
-      bhttp::response<bhttp::empty_body> cont{bhttp::status::continue_, 11};
-      auto [cec, cn] = co_await bhttp::async_write(stream, cont, kUseTuple);
+    if (head->expect_continue) {
+      auto [cec, cn] = co_await asio::async_write(stream, asio::buffer(kContinue), kUseTuple);
       if (cec) break;
     }
-    parser.eager(true);
-    const boost::system::error_code ec =
-        co_await read_message(stream, buffer, parser, false, deadline, body_wait);
-    if (ec == bhttp::error::body_limit) {
-      std::string message =
-          fmt::format("request body is over the limit of {} bytes", state->options.max_body_bytes);
-      co_await write_simple(stream, 413, std::move(message), state.get());
-      break;
-    }
-    if (ec) {
-      if (ec != bhttp::error::end_of_stream && ec != beast::error::timeout) {
-        std::string message = "malformed HTTP request: " + ec.message();
+    auto body = co_await read_request_body(RequestReader(stream, buffer, deadline, body_wait),
+                                           *head, state->options.max_body_bytes);
+    if (!body.ok()) {
+      if (body.error().code == ErrorCode::kOutOfRange) {
+        std::string message = body_over_limit(*state);
+        co_await write_simple(stream, 413, std::move(message), state.get());
+      } else if (body.error().code == ErrorCode::kCorrupt) {
+        std::string message = "malformed HTTP request: " + body.error().message;
         co_await write_simple(stream, 400, std::move(message), state.get());
       }
       break;
     }
     deadline.never();
-    auto message = parser.release();
-    Exchange::Impl impl{&stream, {}, message.keep_alive()};
-    impl.request.method = std::string(message.method_string());
-    impl.request.target = std::string(message.target());
-    impl.request.body = std::move(message.body());
+    Exchange::Impl impl{&stream, {}, head->keep_alive};
+    impl.request.method = std::move(head->method);
+    impl.request.target = std::move(head->target);
+    impl.request.headers = std::move(head->headers);
+    impl.request.body = std::move(*body);
     impl.request.remote_address = remote;
-    impl.request.headers.reserve(8);
-    for (const auto& field : message)
-      impl.request.headers.push_back(
-          {std::string(field.name_string()), std::string(field.value())});
     Exchange exchange(&impl);
     bool threw = false;
     try {

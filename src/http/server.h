@@ -1,6 +1,6 @@
-// An HTTP/1.1 server on Boost.Beast with C++20 coroutines. Handlers see plain
-// request and response types (Beast stays in server.cpp) and may answer whole
-// or stream a chunked body (SSE). Each io_context given to the server gets
+// An HTTP/1.1 server on Asio with C++20 coroutines, parsing requests with
+// http/message_head.h. Handlers see plain request and response types and
+// may answer whole or stream a chunked body (SSE). Each io_context given to the server gets
 // its own acceptor on the same port (SO_REUSEPORT), so worker threads share
 // nothing on the request path.
 #pragma once
@@ -16,17 +16,13 @@
 #include <boost/asio/awaitable.hpp>
 
 #include "common/result.h"
+#include "http/message_head.h"
 
 namespace boost::asio {
 class io_context;
 }
 
 namespace loadstar::http {
-
-struct Header {
-  std::string name;
-  std::string value;
-};
 
 struct Request {
   std::string method;

@@ -223,9 +223,10 @@ TEST(FrontDoor, SlowOrOversizedHeadersAreCutOff) {
   EXPECT_EQ(quiet_data.rfind("HTTP/1.1 200", 0), 0u) << quiet_data;
 }
 
-// The server feeds Beast's parser from its own reads: a request may come in
-// any pieces, several may come in one read, and only a wait for more bytes
-// arms a deadline.
+// The server parses requests from its own reads: a request may come in any
+// pieces, several may come in one read, and only a wait for more bytes arms
+// a deadline. A chunked body is read; framing that a proxy in front could
+// read differently (request smuggling) is refused.
 TEST(FrontDoor, RequestsInPiecesOrPipelinedAreAnswered) {
   auto up = Up::start(quickstart(1), {"--client-header-timeout", "1"});
   up->wait_ready("chat", 1);
@@ -276,6 +277,30 @@ TEST(FrontDoor, RequestsInPiecesOrPipelinedAreAnswered) {
   auto [cut_data, cut_closed] = cut.read_until_closed(10);
   EXPECT_EQ(cut_data.rfind("HTTP/1.1 400", 0), 0u) << cut_data.substr(0, 300);
   EXPECT_NE(cut_data.find("partial message"), std::string::npos);
+  // A chunked body, cut across a chunk's size line.
+  RawClient chunked(up->port());
+  const std::string chunks = fmt::format("{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n", 10,
+                                         body.substr(0, 10), body.size() - 10, body.substr(10));
+  chunked.send(
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+      "Connection: close\r\n\r\n" +
+      chunks.substr(0, 18));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  chunked.send(chunks.substr(18));
+  auto [chunked_data, chunked_closed] = chunked.read_until_closed(10);
+  EXPECT_EQ(chunked_data.rfind("HTTP/1.1 200", 0), 0u) << chunked_data.substr(0, 300);
+  EXPECT_NE(chunked_data.find("chat.completion"), std::string::npos);
+  // Both framings: refused, and the bytes after the head are not read as
+  // a request of their own.
+  RawClient smuggle(up->port());
+  smuggle.send(
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto [smuggle_data, smuggle_closed] = smuggle.read_until_closed(10);
+  EXPECT_TRUE(smuggle_closed);
+  EXPECT_EQ(smuggle_data.rfind("HTTP/1.1 400", 0), 0u) << smuggle_data.substr(0, 300);
+  EXPECT_NE(smuggle_data.find("both Content-Length and Transfer-Encoding"), std::string::npos);
+  EXPECT_EQ(smuggle_data.find("\"object\":\"list\""), std::string::npos) << smuggle_data;
 }
 
 // A self-signed certificate for 127.0.0.1 as DIR/NAME.crt and DIR/NAME.key.
