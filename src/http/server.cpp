@@ -163,12 +163,18 @@ constexpr std::string_view kLastChunk = "0\r\n\r\n";
 
 }  // namespace
 
+// The write, not a coroutine of its own: a frame per write was a share of
+// the relay's CPU. `buffers` are copied into the operation (the bytes they
+// point at must outlive it).
 template <class Buffers>
-asio::awaitable<bool> Exchange::write(const Buffers& buffers) {
-  auto [ec, n] = co_await std::visit(
-      [&](auto* s) { return asio::async_write(*s, buffers, kUseTuple); }, impl_->stream);
+auto Exchange::write(const Buffers& buffers) {
+  return std::visit([&](auto* s) { return asio::async_write(*s, buffers, kUseTuple); },
+                    impl_->stream);
+}
+
+bool Exchange::wrote(const boost::system::error_code& ec) {
   if (ec) impl_->failed = true;
-  co_return !ec;
+  return !ec;
 }
 
 asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_type,
@@ -177,7 +183,8 @@ asio::awaitable<bool> Exchange::begin_stream(int status, std::string content_typ
   impl_->head = stream_head(status, content_type, headers, impl_->keep_alive);
   if (defer) co_return true;
   const std::string head = std::exchange(impl_->head, {});
-  co_return co_await write(std::array{asio::buffer(head)});
+  auto [ec, n] = co_await write(std::array{asio::buffer(head)});
+  co_return wrote(ec);
 }
 
 asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
@@ -185,20 +192,25 @@ asio::awaitable<bool> Exchange::write_chunk(std::string_view data) {
   if (data.empty()) co_return true;  // an empty chunk would end the body
   const ChunkFrame frame(data.size());
   const std::string head = std::exchange(impl_->head, {});
-  co_return co_await write(std::array{asio::buffer(head), frame.size_line(),
-                                      asio::buffer(data.data(), data.size()), asio::buffer(kCrlf)});
+  auto [ec, n] =
+      co_await write(std::array{asio::buffer(head), frame.size_line(),
+                                asio::buffer(data.data(), data.size()), asio::buffer(kCrlf)});
+  co_return wrote(ec);
 }
 
 asio::awaitable<bool> Exchange::end_stream(std::string_view data) {
   if (impl_->failed) co_return false;
   const std::string head = std::exchange(impl_->head, {});
   impl_->complete = true;
-  if (data.empty())
-    co_return co_await write(std::array{asio::buffer(head), asio::buffer(kLastChunk)});
+  if (data.empty()) {
+    auto [ec, n] = co_await write(std::array{asio::buffer(head), asio::buffer(kLastChunk)});
+    co_return wrote(ec);
+  }
   const ChunkFrame frame(data.size());
-  co_return co_await write(std::array{asio::buffer(head), frame.size_line(),
-                                      asio::buffer(data.data(), data.size()), asio::buffer(kCrlf),
-                                      asio::buffer(kLastChunk)});
+  auto [ec, n] = co_await write(std::array{asio::buffer(head), frame.size_line(),
+                                           asio::buffer(data.data(), data.size()),
+                                           asio::buffer(kCrlf), asio::buffer(kLastChunk)});
+  co_return wrote(ec);
 }
 
 asio::awaitable<bool> Exchange::respond(Response response) {
@@ -227,10 +239,10 @@ asio::awaitable<bool> Exchange::respond(Response response) {
   const std::string_view body = bodiless || impl_->request.method == "HEAD"
                                     ? std::string_view()
                                     : std::string_view(response.body);
-  const bool ok =
+  auto [ec, n] =
       co_await write(std::array<asio::const_buffer, 2>{asio::buffer(head), asio::buffer(body)});
   impl_->complete = true;
-  co_return ok;
+  co_return wrote(ec);
 }
 
 void Exchange::on_client_closed(std::function<void()> callback) {
@@ -400,30 +412,84 @@ class Deadline {
   std::shared_ptr<State> s_;
 };
 
-// Reads of one part of a request (its head, or its body) into the
-// connection's buffer. The first read that has to wait sets the deadline to
-// `wait` from now, so a request that came whole in the connection's last
-// read sets none.
+// Reads a connection's requests from its buffer: each part (the head, the
+// body) is parsed from what is buffered first, and only when that is not
+// whole is a coroutine started to read more (most requests come whole in
+// one read, and a coroutine frame per part was a share of the CPU). The
+// first read of a part sets the deadline to its wait from now, so a
+// request that came whole in the connection's last read sets none.
+// Errors: kOutOfRange, over a limit (431 for the head, 413 for the body);
+// kCorrupt, malformed or cut short (400); else the connection closed or
+// timed out, and nothing is answered.
 template <class Stream>
 class RequestReader {
  public:
-  RequestReader(Stream& stream, beast::flat_buffer& buffer, Deadline& deadline,
-                std::chrono::milliseconds wait)
-      : stream_(stream), buffer_(buffer), deadline_(deadline), wait_(wait) {}
+  RequestReader(Stream& stream, beast::flat_buffer& buffer, Deadline& deadline)
+      : stream_(stream), buffer_(buffer), deadline_(deadline) {}
 
+  // The next request's head, from what is buffered; nullopt: read_head.
+  Result<std::optional<RequestHead>> head(size_t max_bytes) {
+    const std::string_view in = buffered();
+    // A head's end is looked for only in bytes not searched before (less
+    // the 3 that may start one): a head trickling in a byte at a time is
+    // not scanned from its start for every byte.
+    const size_t from = searched_ < 3 ? 0 : searched_ - 3;
+    searched_ = in.size();
+    if (in.find("\r\n\r\n", from) == std::string_view::npos && in.size() < max_bytes)
+      return std::optional<RequestHead>();
+    auto head = parse_request_head(in, max_bytes);
+    if (head.ok() && *head) {
+      buffer_.consume((*head)->size);
+      searched_ = 0;
+    }
+    return head;
+  }
+  asio::awaitable<Result<std::optional<RequestHead>>> read_head(size_t max_bytes,
+                                                                std::chrono::milliseconds wait) {
+    for (bool first = true;; first = false) {
+      if (Status read = co_await more("head", wait, first); !read.ok())
+        co_return std::move(read).error();
+      auto parsed = head(max_bytes);
+      if (!parsed.ok() || *parsed) co_return parsed;
+    }
+  }
+
+  // The body after `head`, decoded from what is buffered; false: read_body.
+  Result<bool> body(const RequestHead& head, uint64_t max_bytes) {
+    if (!decoding_) {
+      decoder_ = head.body_decoder();
+      decoding_ = true;
+      body_.clear();
+      if (!head.chunked) body_.reserve(head.content_length);
+    }
+    auto used = decoder_.feed(buffered(), body_);
+    if (!used.ok()) return std::move(used).error();
+    buffer_.consume(*used);
+    if (body_.size() > max_bytes) return make_error(ErrorCode::kOutOfRange, "body over the limit");
+    return decoder_.done();
+  }
+  asio::awaitable<Result<bool>> read_body(const RequestHead& head, uint64_t max_bytes,
+                                          std::chrono::milliseconds wait) {
+    for (bool first = true;; first = false) {
+      if (Status read = co_await more("body", wait, first); !read.ok())
+        co_return std::move(read).error();
+      auto done = body(head, max_bytes);
+      if (!done.ok() || *done) co_return done;
+    }
+  }
+  // The body decoded, once body() or read_body() said it is whole.
+  std::string take_body() {
+    decoding_ = false;
+    return std::move(body_);
+  }
+
+ private:
   std::string_view buffered() const {
     return {static_cast<const char*>(buffer_.data().data()), buffer_.size()};
   }
-  void consume(size_t n) { buffer_.consume(n); }
-
-  // Reads more. An error says why reading stopped short: kCorrupt for a
-  // close within the part (`part` names it; answered 400), else the close
-  // before a byte, a timeout or a failure, none of which is answered.
-  asio::awaitable<Status> more(std::string_view part) {
-    if (!waited_) {
-      deadline_.after(wait_);
-      waited_ = true;
-    }
+  // Reads more of `part`; `first`: its first read, which sets the deadline.
+  asio::awaitable<Status> more(std::string_view part, std::chrono::milliseconds wait, bool first) {
+    if (first) deadline_.after(wait);
     auto [ec, n] = co_await stream_.async_read_some(
         buffer_.prepare(beast::read_size(buffer_, 65536)), kUseTuple);
     buffer_.commit(n);
@@ -439,59 +505,14 @@ class RequestReader {
     co_return Status();
   }
 
- private:
   Stream& stream_;
   beast::flat_buffer& buffer_;
   Deadline& deadline_;
-  std::chrono::milliseconds wait_;
-  bool waited_ = false;
+  size_t searched_ = 0;  // bytes of the buffer looked through for a head's end
+  BodyDecoder decoder_ = BodyDecoder::length(0);
+  bool decoding_ = false;  // decoder_ and body_ belong to the request being read
+  std::string body_;
 };
-
-// Reads until the buffer holds a whole request head, and parses it. An
-// error: kOutOfRange, over the limit (431); kCorrupt, malformed (400); else
-// the connection closed or timed out, and nothing is answered.
-template <class Stream>
-asio::awaitable<Result<RequestHead>> read_request_head(RequestReader<Stream> reader,
-                                                       size_t max_bytes) {
-  // Bytes known to hold no head's end (less the 3 that may start one): a
-  // head trickling in a byte at a time is not scanned from its start for
-  // every byte.
-  size_t searched = 0;
-  for (;;) {
-    const std::string_view in = reader.buffered();
-    if (in.find("\r\n\r\n", searched < 3 ? 0 : searched - 3) != std::string_view::npos ||
-        in.size() >= max_bytes) {
-      auto head = parse_request_head(in, max_bytes);
-      if (!head.ok()) co_return std::move(head).error();
-      if (*head) {
-        reader.consume((*head)->size);
-        co_return std::move(**head);
-      }
-    }
-    searched = in.size();
-    if (Status read = co_await reader.more("head"); !read.ok()) co_return std::move(read).error();
-  }
-}
-
-// Reads the body that follows `head`. Errors as read_request_head's, with
-// kOutOfRange answered 413.
-template <class Stream>
-asio::awaitable<Result<std::string>> read_request_body(RequestReader<Stream> reader,
-                                                       const RequestHead& head,
-                                                       uint64_t max_bytes) {
-  std::string body;
-  BodyDecoder decoder = head.body_decoder();
-  if (!head.chunked) body.reserve(head.content_length);
-  for (;;) {
-    auto used = decoder.feed(reader.buffered(), body);
-    if (!used.ok()) co_return std::move(used).error();
-    reader.consume(*used);
-    if (body.size() > max_bytes)
-      co_return make_error(ErrorCode::kOutOfRange, "body over the limit");
-    if (decoder.done()) co_return body;
-    if (Status read = co_await reader.more("body"); !read.ok()) co_return std::move(read).error();
-  }
-}
 
 // A connection over max_connections: its request is read (briefly) and
 // answered 503 with Retry-After, then it is closed.
@@ -499,8 +520,9 @@ template <class Stream>
 asio::awaitable<void> refuse_on(Stream& stream, Deadline& deadline, const Server::State* state) {
   beast::flat_buffer buffer;
   const std::chrono::milliseconds wait(2000);
-  auto head = co_await read_request_head(RequestReader(stream, buffer, deadline, wait),
-                                         state->options.max_header_bytes);
+  RequestReader<Stream> reader(stream, buffer, deadline);
+  auto head = reader.head(state->options.max_header_bytes);
+  if (head.ok() && !*head) head = co_await reader.read_head(state->options.max_header_bytes, wait);
   if (head.ok()) {
     std::string message = fmt::format("the server is at its limit of {} connections; retry shortly",
                                       state->max_connections);
@@ -528,6 +550,7 @@ template <class Stream>
 asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string remote,
                                std::shared_ptr<Server::State> state) {
   beast::flat_buffer buffer;
+  RequestReader<Stream> reader(stream, buffer, deadline);
   const auto idle = millis(state->options.idle_timeout_s);
   const auto header_wait = millis(state->options.header_timeout_s);
   const auto body_wait = millis(state->options.body_timeout_s);
@@ -546,8 +569,9 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       // 100 Continue, an error) is bounded as its header would be.
       deadline.after(header_wait);
     }
-    auto head = co_await read_request_head(RequestReader(stream, buffer, deadline, header_wait),
-                                           state->options.max_header_bytes);
+    auto head = reader.head(state->options.max_header_bytes);
+    if (head.ok() && !*head)
+      head = co_await reader.read_head(state->options.max_header_bytes, header_wait);
     if (!head.ok()) {
       if (head.error().code == ErrorCode::kOutOfRange) {
         std::string message = fmt::format("request headers are over the limit of {} bytes",
@@ -559,17 +583,19 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       }
       break;
     }
-    if (!head->chunked && head->content_length > state->options.max_body_bytes) {
+    const RequestHead& request = **head;
+    if (!request.chunked && request.content_length > state->options.max_body_bytes) {
       std::string message = body_over_limit(*state);
       co_await write_simple(stream, 413, std::move(message), state.get());
       break;
     }
-    if (head->expect_continue) {
+    if (request.expect_continue) {
       auto [cec, cn] = co_await asio::async_write(stream, asio::buffer(kContinue), kUseTuple);
       if (cec) break;
     }
-    auto body = co_await read_request_body(RequestReader(stream, buffer, deadline, body_wait),
-                                           *head, state->options.max_body_bytes);
+    auto body = reader.body(request, state->options.max_body_bytes);
+    if (body.ok() && !*body)
+      body = co_await reader.read_body(request, state->options.max_body_bytes, body_wait);
     if (!body.ok()) {
       if (body.error().code == ErrorCode::kOutOfRange) {
         std::string message = body_over_limit(*state);
@@ -581,11 +607,11 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
       break;
     }
     deadline.never();
-    Exchange::Impl impl{&stream, {}, head->keep_alive};
-    impl.request.method = std::move(head->method);
-    impl.request.target = std::move(head->target);
-    impl.request.headers = std::move(head->headers);
-    impl.request.body = std::move(*body);
+    Exchange::Impl impl{&stream, {}, request.keep_alive};
+    impl.request.method = std::move((*head)->method);
+    impl.request.target = std::move((*head)->target);
+    impl.request.headers = std::move((*head)->headers);
+    impl.request.body = reader.take_body();
     impl.request.remote_address = remote;
     Exchange exchange(&impl);
     bool threw = false;

@@ -21,6 +21,9 @@
 namespace boost::asio {
 class io_context;
 }
+namespace boost::system {
+class error_code;
+}
 
 namespace loadstar::http {
 
@@ -73,10 +76,12 @@ class Exchange {
   void on_client_closed(std::function<void()> callback);
 
  private:
-  // Writes `buffers` (a sequence of const buffers) to the client; false
-  // once a write has failed.
+  // The write of `buffers` (a sequence of const buffers) to the client,
+  // to co_await; wrote() takes its error: false, and every later write
+  // false, once one has failed.
   template <class Buffers>
-  boost::asio::awaitable<bool> write(const Buffers& buffers);
+  auto write(const Buffers& buffers);
+  bool wrote(const boost::system::error_code& ec);
   Impl* impl_;
 };
 
