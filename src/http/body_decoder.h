@@ -30,6 +30,11 @@ class BodyDecoder {
   // The whole body has been decoded (a chunked body's last chunk and
   // trailers included).
   bool done() const { return state_ == State::kDone; }
+  // Body bytes declared and not yet decoded: the rest of a Content-Length,
+  // or of the chunk whose size line or data is arriving. What is decoded
+  // plus this is the least the body will be, so a size limit can refuse a
+  // chunk by its size line, before its data is sent.
+  uint64_t pending() const { return mode_ == Mode::kUntilClose ? 0 : remaining_; }
   // The peer closed the connection: fine only for a body that ends so.
   Status at_close();
 

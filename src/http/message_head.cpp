@@ -65,7 +65,8 @@ struct FieldSummary {
   bool has_length = false;
   uint64_t content_length = 0;
   bool has_encoding = false;
-  bool chunked = false;  // chunked is the last transfer coding
+  bool chunked = false;       // chunked is the last transfer coding
+  bool other_coding = false;  // a coding other than chunked
   bool close = false;
   bool keep_alive_token = false;
 };
@@ -80,10 +81,10 @@ Result<FieldSummary> scan_fields(std::string_view kind, std::string_view lines,
     const size_t eol = lines.find("\r\n");
     const std::string_view line = lines.substr(0, eol);
     lines.remove_prefix(eol + 2);
+    if (line.empty() || line[0] == ' ' || line[0] == '\t')
+      return malformed(kind, "folded field line");
     const size_t colon = line.find(':');
-    if (colon == 0 || colon == std::string_view::npos)
-      return malformed(kind, line.empty() || line[0] == ' ' || line[0] == '\t' ? "folded field line"
-                                                                               : "bad field line");
+    if (colon == 0 || colon == std::string_view::npos) return malformed(kind, "bad field line");
     const std::string_view name = line.substr(0, colon);
     if (!is_token(name)) return malformed(kind, "bad field name");
     const std::string_view value = trim(line.substr(colon + 1));
@@ -106,6 +107,7 @@ Result<FieldSummary> scan_fields(std::string_view kind, std::string_view lines,
       for_each_element(value, [&](std::string_view coding) {
         if (out.chunked) bad = malformed(kind, "chunked is not the last transfer coding");
         out.chunked = iequals(coding, "chunked");
+        if (!out.chunked) out.other_coding = true;
         any = true;
       });
       if (!bad.ok()) return std::move(bad).error();
@@ -138,6 +140,12 @@ BodyDecoder ResponseHead::body_decoder() const {
   return BodyDecoder::until_close();
 }
 
+bool has_bare_lf(std::string_view in, size_t from) {
+  for (size_t at = in.find('\n', from); at != std::string_view::npos; at = in.find('\n', at + 1))
+    if (at == 0 || in[at - 1] != '\r') return true;
+  return false;
+}
+
 BodyDecoder RequestHead::body_decoder() const {
   return chunked ? BodyDecoder::chunked() : BodyDecoder::length(content_length);
 }
@@ -151,6 +159,7 @@ Result<std::optional<RequestHead>> parse_request_head(std::string_view in, size_
     if (in.size() >= max_bytes)
       return make_error(ErrorCode::kOutOfRange, "request head over the limit of {} bytes",
                         max_bytes);
+    if (has_bare_lf(limited)) return malformed("request", "a line ends in a bare LF");
     return std::optional<RequestHead>();
   }
   RequestHead head;
@@ -199,6 +208,9 @@ Result<std::optional<RequestHead>> parse_request_head(std::string_view in, size_
     if (!head.http11) return malformed("request", "Transfer-Encoding in an HTTP/1.0 request");
     if (f.has_length) return malformed("request", "both Content-Length and Transfer-Encoding");
     if (!f.chunked) return malformed("request", "Transfer-Encoding does not end in chunked");
+    if (f.other_coding)
+      return make_error(ErrorCode::kInvalidArgument,
+                        "a request body may have no transfer coding but chunked");
     head.chunked = true;
   } else {
     head.content_length = f.content_length;

@@ -46,9 +46,14 @@ struct RequestHead {
 
 // Parses the request head at the start of `in` (empty lines before it are
 // skipped, RFC 9112 §2.2). nullopt: `in` does not hold a whole head yet.
-// An error says what is malformed (kCorrupt: answer 400), or that the head
-// is over `max_bytes` (kOutOfRange: answer 431).
+// An error says what is malformed (kCorrupt: answer 400; a line ended by a
+// bare LF is refused at once, not left to wait for a CRLF), that the body
+// has a transfer coding other than chunked (kInvalidArgument: 501), or
+// that the head is over `max_bytes` (kOutOfRange: 431).
 Result<std::optional<RequestHead>> parse_request_head(std::string_view in, size_t max_bytes);
+
+// Whether `in`, from `from` on, holds a LF without a CR before it.
+bool has_bare_lf(std::string_view in, size_t from = 0);
 
 struct ResponseHead {
   enum class Framing {

@@ -429,20 +429,39 @@ class RequestReader {
 
   // The next request's head, from what is buffered; nullopt: read_head.
   Result<std::optional<RequestHead>> head(size_t max_bytes) {
+    drop_blank_lines();
     const std::string_view in = buffered();
-    // A head's end is looked for only in bytes not searched before (less
-    // the 3 that may start one): a head trickling in a byte at a time is
-    // not scanned from its start for every byte.
+    // Empty lines before it count toward the head's limit.
+    const size_t limit = blank_ < max_bytes ? max_bytes - blank_ : 0;
+    // Only bytes not looked through before are searched for the head's
+    // end (from 3 before them, which may start one) and for a bare LF, so
+    // a head trickling in a byte at a time is not scanned from its start
+    // for every byte.
     const size_t from = searched_ < 3 ? 0 : searched_ - 3;
+    const bool bare_lf = has_bare_lf(in, searched_);
     searched_ = in.size();
-    if (in.find("\r\n\r\n", from) == std::string_view::npos && in.size() < max_bytes)
+    if (!bare_lf && in.find("\r\n\r\n", from) == std::string_view::npos && in.size() < limit)
       return std::optional<RequestHead>();
-    auto head = parse_request_head(in, max_bytes);
+    auto head = parse_request_head(in, limit);
     if (head.ok() && *head) {
       buffer_.consume((*head)->size);
       searched_ = 0;
+      blank_ = 0;
     }
     return head;
+  }
+  // Drops the empty lines that may come before a request line (RFC 9112
+  // §2.2; some clients send a CRLF after a body) as they arrive: so that
+  // they are never looked through again, and a connection holding only
+  // them is idle, not in the middle of a request.
+  void drop_blank_lines() {
+    const std::string_view in = buffered();
+    size_t blank = 0;
+    while (in.substr(blank, 2) == "\r\n") blank += 2;
+    if (blank == 0) return;
+    buffer_.consume(blank);
+    blank_ += blank;
+    searched_ = 0;
   }
   asio::awaitable<Result<std::optional<RequestHead>>> read_head(size_t max_bytes,
                                                                 std::chrono::milliseconds wait) {
@@ -465,7 +484,9 @@ class RequestReader {
     auto used = decoder_.feed(buffered(), body_);
     if (!used.ok()) return std::move(used).error();
     buffer_.consume(*used);
-    if (body_.size() > max_bytes) return make_error(ErrorCode::kOutOfRange, "body over the limit");
+    // A chunk is refused by its size line, before its data is sent.
+    if (body_.size() + decoder_.pending() > max_bytes)
+      return make_error(ErrorCode::kOutOfRange, "body over the limit");
     return decoder_.done();
   }
   asio::awaitable<Result<bool>> read_body(const RequestHead& head, uint64_t max_bytes,
@@ -509,6 +530,7 @@ class RequestReader {
   beast::flat_buffer& buffer_;
   Deadline& deadline_;
   size_t searched_ = 0;  // bytes of the buffer looked through for a head's end
+  size_t blank_ = 0;     // bytes of empty lines dropped before this head
   BodyDecoder decoder_ = BodyDecoder::length(0);
   bool decoding_ = false;  // decoder_ and body_ belong to the request being read
   std::string body_;
@@ -546,6 +568,32 @@ std::string body_over_limit(const Server::State& state) {
 
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
+// Answers a request that could not be read whole (RequestReader's errors):
+// 431 or 413 over a limit, 501 for a transfer coding other than chunked,
+// 400 when malformed; nothing when the connection closed or timed out.
+template <class Stream>
+asio::awaitable<void> refuse_request(Stream& stream, const Error& error, bool in_body,
+                                     const Server::State* state) {
+  int status = 400;
+  std::string message = error.message;
+  switch (error.code) {
+    case ErrorCode::kOutOfRange:
+      status = in_body ? 413 : 431;
+      message = in_body ? body_over_limit(*state)
+                        : fmt::format("request headers are over the limit of {} bytes",
+                                      state->options.max_header_bytes);
+      break;
+    case ErrorCode::kInvalidArgument:
+      status = 501;
+      break;
+    case ErrorCode::kCorrupt:
+      break;
+    default:
+      co_return;
+  }
+  co_await write_simple(stream, status, std::move(message), state);
+}
+
 template <class Stream>
 asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string remote,
                                std::shared_ptr<Server::State> state) {
@@ -555,6 +603,7 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
   const auto header_wait = millis(state->options.header_timeout_s);
   const auto body_wait = millis(state->options.body_timeout_s);
   for (;;) {
+    reader.drop_blank_lines();
     // A keep-alive connection may wait `idle` for its next request; once
     // its first byte is in, the rest of the headers get header_timeout_s.
     // A timeout closes the connection without an answer (the socket is
@@ -573,14 +622,7 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
     if (head.ok() && !*head)
       head = co_await reader.read_head(state->options.max_header_bytes, header_wait);
     if (!head.ok()) {
-      if (head.error().code == ErrorCode::kOutOfRange) {
-        std::string message = fmt::format("request headers are over the limit of {} bytes",
-                                          state->options.max_header_bytes);
-        co_await write_simple(stream, 431, std::move(message), state.get());
-      } else if (head.error().code == ErrorCode::kCorrupt) {
-        std::string message = "malformed HTTP request: " + head.error().message;
-        co_await write_simple(stream, 400, std::move(message), state.get());
-      }
+      co_await refuse_request(stream, head.error(), false, state.get());
       break;
     }
     const RequestHead& request = **head;
@@ -597,13 +639,7 @@ asio::awaitable<void> serve_on(Stream& stream, Deadline& deadline, std::string r
     if (body.ok() && !*body)
       body = co_await reader.read_body(request, state->options.max_body_bytes, body_wait);
     if (!body.ok()) {
-      if (body.error().code == ErrorCode::kOutOfRange) {
-        std::string message = body_over_limit(*state);
-        co_await write_simple(stream, 413, std::move(message), state.get());
-      } else if (body.error().code == ErrorCode::kCorrupt) {
-        std::string message = "malformed HTTP request: " + body.error().message;
-        co_await write_simple(stream, 400, std::move(message), state.get());
-      }
+      co_await refuse_request(stream, body.error(), true, state.get());
       break;
     }
     deadline.never();

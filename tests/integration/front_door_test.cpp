@@ -301,6 +301,28 @@ TEST(FrontDoor, RequestsInPiecesOrPipelinedAreAnswered) {
   EXPECT_EQ(smuggle_data.rfind("HTTP/1.1 400", 0), 0u) << smuggle_data.substr(0, 300);
   EXPECT_NE(smuggle_data.find("both Content-Length and Transfer-Encoding"), std::string::npos);
   EXPECT_EQ(smuggle_data.find("\"object\":\"list\""), std::string::npos) << smuggle_data;
+  // A chunk over the body limit is refused by its size line, before its
+  // data; a head with bare LF line ends is refused at once, not after the
+  // header timeout.
+  RawClient huge_chunk(up->port());
+  huge_chunk.send(
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "7fffffff\r\n");
+  auto [huge_data, huge_closed] = huge_chunk.read_until_closed(10);
+  EXPECT_EQ(huge_data.rfind("HTTP/1.1 413", 0), 0u) << huge_data.substr(0, 300);
+  RawClient bare_lf(up->port());
+  bare_lf.send("GET /health HTTP/1.1\nHost: x\n");
+  auto [lf_data, lf_closed] = bare_lf.read_until_closed(10);
+  EXPECT_EQ(lf_data.rfind("HTTP/1.1 400", 0), 0u) << lf_data.substr(0, 300);
+  EXPECT_NE(lf_data.find("bare LF"), std::string::npos);
+  // The CRLF some clients send after a body is not a request of its own.
+  RawClient trailing(up->port());
+  trailing.send(request.substr(0, request.find("Connection")) + "\r\n" + body +
+                "\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  auto [trailing_data, trailing_closed] = trailing.read_until_closed(10);
+  EXPECT_NE(trailing_data.find("chat.completion"), std::string::npos) << trailing_data;
+  EXPECT_EQ(trailing_data.find("HTTP/1.1 400"), std::string::npos) << trailing_data;
+  EXPECT_NE(trailing_data.rfind("HTTP/1.1 200"), 0u) << trailing_data;  // two answers
 }
 
 // A self-signed certificate for 127.0.0.1 as DIR/NAME.crt and DIR/NAME.key.

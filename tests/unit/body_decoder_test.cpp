@@ -48,6 +48,22 @@ TEST(BodyDecoder, BytesPastTheEndAreNotUsed) {
   EXPECT_EQ(body, "hi");
 }
 
+// What a body has declared and not yet sent: a limit can refuse a chunk
+// by its size line.
+TEST(BodyDecoder, PendingIsWhatIsDeclaredAndNotYetDecoded) {
+  std::string body;
+  BodyDecoder chunked = BodyDecoder::chunked();
+  ASSERT_TRUE(chunked.feed("7fffffff\r\nab", body).ok());
+  EXPECT_EQ(chunked.pending(), 0x7fffffffu - 2);
+  BodyDecoder length = BodyDecoder::length(10);
+  ASSERT_TRUE(length.feed("abcd", body).ok());
+  EXPECT_EQ(length.pending(), 6u);
+  BodyDecoder whole = BodyDecoder::chunked();
+  ASSERT_TRUE(whole.feed("2\r\nhi\r\n0\r\n\r\n", body).ok());
+  EXPECT_EQ(whole.pending(), 0u);
+  EXPECT_EQ(BodyDecoder::until_close().pending(), 0u);
+}
+
 TEST(BodyDecoder, MalformedChunkedBodiesAreErrorsThatSayWhy) {
   struct Case {
     const char* wire;

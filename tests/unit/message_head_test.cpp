@@ -263,6 +263,17 @@ TEST(RequestHead, WhatCouldBeFramedTwoWaysIsRefused) {
     ASSERT_FALSE(head.ok()) << wire;
     EXPECT_EQ(head.error().code, ErrorCode::kCorrupt) << wire;
   }
+  // A line ended by a bare LF is refused at once, not left waiting for a
+  // CRLF that ends the head.
+  EXPECT_EQ(request_error("GET /health HTTP/1.1\nHost: x\n"),
+            "malformed request head: a line ends in a bare LF");
+  EXPECT_EQ(request_error("GET / HTTP/1.1\r\n X: folded\r\n\r\n"),
+            "malformed request head: folded field line");
+  // A coding the server cannot undo before chunked: not understood (501).
+  auto gzip =
+      parse_request_head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 8192);
+  ASSERT_FALSE(gzip.ok());
+  EXPECT_EQ(gzip.error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(
       request_error("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
       "malformed request head: both Content-Length and Transfer-Encoding");
