@@ -466,7 +466,7 @@ class RequestReader {
   asio::awaitable<Result<std::optional<RequestHead>>> read_head(size_t max_bytes,
                                                                 std::chrono::milliseconds wait) {
     for (bool first = true;; first = false) {
-      if (Status read = co_await more("head", wait, first); !read.ok())
+      if (Status read = co_await more(Part::kHead, wait, first); !read.ok())
         co_return std::move(read).error();
       auto parsed = head(max_bytes);
       if (!parsed.ok() || *parsed) co_return parsed;
@@ -492,7 +492,7 @@ class RequestReader {
   asio::awaitable<Result<bool>> read_body(const RequestHead& head, uint64_t max_bytes,
                                           std::chrono::milliseconds wait) {
     for (bool first = true;; first = false) {
-      if (Status read = co_await more("body", wait, first); !read.ok())
+      if (Status read = co_await more(Part::kBody, wait, first); !read.ok())
         co_return std::move(read).error();
       auto done = body(head, max_bytes);
       if (!done.ok() || *done) co_return done;
@@ -508,17 +508,18 @@ class RequestReader {
   std::string_view buffered() const {
     return {static_cast<const char*>(buffer_.data().data()), buffer_.size()};
   }
+  enum class Part { kHead, kBody };
   // Reads more of `part`; `first`: its first read, which sets the deadline.
-  asio::awaitable<Status> more(std::string_view part, std::chrono::milliseconds wait, bool first) {
+  asio::awaitable<Status> more(Part part, std::chrono::milliseconds wait, bool first) {
     if (first) deadline_.after(wait);
     auto [ec, n] = co_await stream_.async_read_some(
         buffer_.prepare(beast::read_size(buffer_, 65536)), kUseTuple);
     buffer_.commit(n);
     if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
-      if (buffer_.size() == 0 && part == "head")
+      if (buffer_.size() == 0 && part == Part::kHead)
         co_return make_error(ErrorCode::kUnavailable, "end of stream");
       co_return make_error(ErrorCode::kCorrupt, "partial message: the request {} was cut short",
-                           part);
+                           part == Part::kHead ? "head" : "body");
     }
     if (ec)
       co_return make_error(ErrorCode::kUnavailable, "{}",
