@@ -150,13 +150,16 @@ int run_schedule(const ScheduleArgs& a) {
   for (const auto& t : *trace) requests.push_back(t.request);
   auto fragmentation = std::make_shared<const scheduler::Fragmentation>(
       scheduler::Fragmentation::from_tasks(requests, a.coverage));
+  auto typical =
+      std::make_shared<const scheduler::Fragmentation>(scheduler::Fragmentation::typical(requests));
   const double total_gpus = probe->gpu_milli_total() / 1000.0;
   fmt::print(
       "cluster: {} nodes, {:.0f} GPUs; workload: {} tasks ({} from the trace), {:.0f}% of "
-      "GPU capacity, {} order; FGD target: {} task types covering {:.0f}%; {} seed(s) from {}\n",
+      "GPU capacity, {} order; FGD target: {} task types covering {:.0f}% ({} typical ones for "
+      "fgd-paper); {} seed(s) from {}\n",
       probe->nodes().size(), total_gpus, tasks.size(), trace->size(), a.inflate * 100,
       a.arrival == "paper" ? "the paper's shuffled" : "creation", fragmentation->target().size(),
-      a.coverage * 100, a.seeds, a.seed);
+      a.coverage * 100, typical->target().size(), a.seeds, a.seed);
 
   std::vector<std::vector<scheduler::FillPoint>> curves;
   std::vector<double> rates;
@@ -169,7 +172,8 @@ int run_schedule(const ScheduleArgs& a) {
       const auto seed_tasks = k == 0 ? tasks : arrival(seed);
       auto cluster = load_cluster(a, *nodes_csv);
       for (const auto& m : probe->models()) cluster->intern_model(m);  // same ids as the tasks
-      scheduler::Placer placer(*cluster, policy, fragmentation, seed);
+      scheduler::Placer placer(*cluster, policy, policy.typical_target ? typical : fragmentation,
+                               seed);
       const auto start = std::chrono::steady_clock::now();
       runs.push_back(scheduler::fill(*cluster, placer, seed_tasks, a.step));
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -15,7 +15,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::string_view kScorerNames[kScorerCount] = {
-    "random", "bestFit", "dotProduct", "gpuPacking", "fragmentation", "locality", "bestFitPaper"};
+    "random",        "bestFit",  "dotProduct",   "gpuPacking",
+    "fragmentation", "locality", "bestFitPaper", "fragmentationPaper"};
 
 bool allowed(const PodRequest& r, uint32_t model) {
   return r.allowed_models.empty() || std::find(r.allowed_models.begin(), r.allowed_models.end(),
@@ -49,7 +50,7 @@ Result<Scorer> parse_scorer(std::string_view name) {
     if (kScorerNames[i] == name) return static_cast<Scorer>(i);
   return make_error(ErrorCode::kInvalidArgument,
                     "unknown scorer '{}' (random, bestFit, dotProduct, gpuPacking, "
-                    "fragmentation, locality, bestFitPaper)",
+                    "fragmentation, locality, bestFitPaper, fragmentationPaper)",
                     name);
 }
 
@@ -61,32 +62,43 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
     set(Scorer::kRandom, 1);
   } else if (name == "best-fit") {
     set(Scorer::kBestFit, 1);
-    p.random_ties = true;
+    p.ties = Ties::kRandom;
   } else if (name == "best-fit-paper") {
     set(Scorer::kBestFitPaper, 1);
-    p.random_ties = true;
+    p.ties = Ties::kShuffledOrder;
     p.tie_tolerance = 1e-6;  // integer scores; the card tie-break is below it
   } else if (name == "dot-product") {
     set(Scorer::kDotProduct, 1);
-    p.random_ties = true;
+    p.ties = Ties::kRandom;
   } else if (name == "gpu-packing") {
     set(Scorer::kGpuPacking, 1);
-    p.random_ties = true;
+    p.ties = Ties::kRandom;
   } else if (name == "fgd") {
     set(Scorer::kFragmentation, 1);
-    p.random_ties = true;
+    p.ties = Ties::kRandom;
+  } else if (name == "fgd-paper") {
+    // FGD as the paper's simulator runs it: whole-point scores, equal ones
+    // in its seeded node order, the typical pods as the target.
+    set(Scorer::kFragmentationPaper, 1);
+    p.ties = Ties::kShuffledOrder;
+    p.tie_tolerance = 1e-6;
+    p.typical_target = true;
   } else if (name == "loadstar") {
-    // FGD decides; among choices FGD finds equal (common: it only sees GPU
-    // fragments), the tighter node wins, which keeps whole nodes free for
-    // the multi-GPU tasks FGD cannot see coming. Locality outweighs a small
-    // fragmentation difference: re-downloading weights costs minutes.
-    set(Scorer::kFragmentation, 1);
+    // FGD decides at the resolution of the paper's score (differences of
+    // a few hundredths of a GPU in an expectation over a guessed workload
+    // are not signal); among choices it finds equal (common: it only sees
+    // GPU fragments) the tighter node wins (best-fit's cost is under one
+    // point), which keeps whole nodes free for the multi-GPU tasks FGD
+    // cannot see coming. Locality outweighs a small fragmentation
+    // difference (10 points: about 0.4 GPU near none): re-downloading
+    // weights costs minutes.
+    set(Scorer::kFragmentationPaper, 1);
     set(Scorer::kBestFit, 0.01);
-    set(Scorer::kLocality, 0.5);
+    set(Scorer::kLocality, 10);
   } else {
     return make_error(ErrorCode::kInvalidArgument,
                       "unknown placement policy '{}' (random, best-fit, best-fit-paper, "
-                      "dot-product, gpu-packing, fgd, loadstar)",
+                      "dot-product, gpu-packing, fgd, fgd-paper, loadstar)",
                       name);
   }
   return p;
@@ -114,12 +126,14 @@ Result<PlacementPolicy> PlacementPolicy::parse(std::string_view text) {
   }
   // Whole-point scores: costs closer than this are tied (the card choice
   // below it decides only within a node).
-  if (p.weight(Scorer::kBestFitPaper) != 0) p.tie_tolerance = 1e-6;
+  if (p.weight(Scorer::kBestFitPaper) != 0 || p.weight(Scorer::kFragmentationPaper) != 0)
+    p.tie_tolerance = 1e-6;
   return p;
 }
 
 std::vector<std::string> PlacementPolicy::names() {
-  return {"random", "best-fit", "best-fit-paper", "dot-product", "gpu-packing", "fgd", "loadstar"};
+  return {"random",      "best-fit", "best-fit-paper", "dot-product",
+          "gpu-packing", "fgd",      "fgd-paper",      "loadstar"};
 }
 
 // A node's free resources, copied so a choice can be applied to it.
@@ -137,25 +151,58 @@ struct Fragmentation::View {
 
 Fragmentation::Fragmentation(std::vector<TaskType> target) : target_(std::move(target)) {}
 
-Fragmentation Fragmentation::from_tasks(const std::vector<PodRequest>& tasks, double coverage) {
-  std::map<std::string, std::pair<size_t, const PodRequest*>> counts;
+namespace {
+
+// The most popular kinds of `tasks` (`as_type` maps a task to the request
+// that stands for its kind, told apart by `shape_of`) until they cover
+// `coverage` of the tasks, in decreasing popularity (ties in key order),
+// each weighted by its count over `per`'s: all tasks, or those kept.
+enum class Per { kTask, kKept };
+template <typename AsType>
+std::vector<TaskType> popular(const std::vector<PodRequest>& tasks, double coverage, Per per,
+                              AsType as_type) {
+  std::map<std::string, std::pair<size_t, PodRequest>> counts;
   for (const PodRequest& t : tasks) {
-    auto& [n, example] = counts[shape_of(t)];
+    PodRequest r = as_type(t);
+    auto& [n, example] = counts[shape_of(r)];
     ++n;
-    example = &t;
+    example = std::move(r);
   }
-  std::vector<std::pair<size_t, const PodRequest*>> sorted;
-  for (auto& [key, v] : counts) sorted.push_back(v);
+  std::vector<std::pair<size_t, PodRequest>> sorted;
+  for (auto& [key, v] : counts) sorted.push_back(std::move(v));
   std::stable_sort(sorted.begin(), sorted.end(),
                    [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<TaskType> target;
   size_t covered = 0;
-  for (const auto& [n, example] : sorted) {
-    if (!tasks.empty() && static_cast<double>(covered) >= coverage * tasks.size()) break;
-    target.push_back({*example, static_cast<double>(n) / tasks.size()});
+  for (auto& [n, example] : sorted) {
+    if (static_cast<double>(covered) >= coverage * static_cast<double>(tasks.size())) break;
+    target.push_back({std::move(example), static_cast<double>(n)});
     covered += n;
   }
-  return Fragmentation(std::move(target));
+  const double whole = static_cast<double>(per == Per::kTask ? tasks.size() : covered);
+  for (TaskType& t : target) t.weight /= whole;
+  return target;
+}
+
+}  // namespace
+
+Fragmentation Fragmentation::from_tasks(const std::vector<PodRequest>& tasks, double coverage) {
+  return Fragmentation(popular(tasks, coverage, Per::kTask, [](const PodRequest& t) { return t; }));
+}
+
+Fragmentation Fragmentation::typical(const std::vector<PodRequest>& tasks) {
+  // pkg/utils/frag.go GetTypicalPods as the experiments ran it
+  // (isInvolvedCpuPods, popularity threshold 95, step 1). Its key,
+  // PodResource, holds CPU (non-zero: 100 millicores for none), GPU share,
+  // card count and model, not memory.
+  return Fragmentation(popular(tasks, 0.95, Per::kKept, [](const PodRequest& t) {
+    PodRequest r;
+    r.cpu_milli = t.cpu_milli == 0 ? 100 : t.cpu_milli;
+    r.gpu_count = t.gpu_count;
+    r.gpu_milli = t.gpu_milli;
+    r.allowed_models = t.allowed_models;
+    return r;
+  }));
 }
 
 double Fragmentation::measure(const View& v) const {
@@ -169,7 +216,10 @@ double Fragmentation::measure(const View& v) const {
       fragments += t.weight * total_free;
       continue;
     }
-    if (!r.wants_gpu()) continue;  // it runs; GPUs are no use to it, nor lost to it
+    if (!r.wants_gpu()) {  // it can use none of the free GPUs, fitting or not
+      fragments += t.weight * total_free;
+      continue;
+    }
     uint64_t unusable = 0;
     uint32_t usable = 0;
     for (int g = 0; g < v.devices; ++g) {
@@ -221,6 +271,20 @@ void Placer::set_fragmentation(std::shared_ptr<const Fragmentation> fragmentatio
   fragmentation_ = std::move(fragmentation);
   cache_.clear();
   frag_before_.clear();
+}
+
+bool Placer::before(int a, int b) {
+  const auto& nodes = cluster_.nodes();
+  if (rank_.size() < nodes.size()) {
+    // The order of the nodes there are (drawn once, as the paper's
+    // simulator numbers its nodes at the start); nodes added later go after
+    // them in the order they came.
+    const size_t had = rank_.size();
+    rank_.resize(nodes.size());
+    for (size_t i = had; i < nodes.size(); ++i) rank_[i] = static_cast<uint32_t>(i);
+    if (had == 0) std::shuffle(rank_.begin(), rank_.end(), rng_);
+  }
+  return rank_[a] < rank_[b];
 }
 
 std::vector<Placer::Cached>& Placer::cache_for(const PodRequest& r) {
@@ -283,8 +347,15 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
     const double tier = shares_used_card ? 0 : node_used ? 1 : 2;
     cost += weight * (tier + card_fit);
   }
-  if (double weight = w(Scorer::kFragmentation); weight != 0 && fragmentation_)
-    cost += weight * (fragmentation_->after(node, r, choice) - frag_before) / kMilliPerGpu;
+  if (fragmentation_ && (w(Scorer::kFragmentation) != 0 || w(Scorer::kFragmentationPaper) != 0)) {
+    const double growth = (fragmentation_->after(node, r, choice) - frag_before) / kMilliPerGpu;
+    cost += w(Scorer::kFragmentation) * growth;
+    // pkg/simulator/plugin/fgd_score.go: int64(sigmoid((F - F') / 1000) *
+    // 100), higher better; within the node, the first card of the best
+    // score (choices come in card order, and only a lower cost replaces).
+    if (double weight = w(Scorer::kFragmentationPaper); weight != 0)
+      cost -= weight * static_cast<double>(static_cast<int64_t>(100 / (1 + std::exp(growth))));
+  }
   if (double weight = w(Scorer::kLocality); weight != 0) {
     if (!r.model.empty() && node.cached_models.contains(r.model)) cost -= weight;
     if (!r.group.empty() && node.groups_near.contains(r.group)) cost -= weight;
@@ -298,7 +369,8 @@ double Placer::evaluate(int n, const PodRequest& r, int& best_choice) {
   if (scratch_.empty()) return kInf;
   const Node& node = cluster_.nodes()[n];
   double before = 0;
-  if (fragmentation_ && policy_.weight(Scorer::kFragmentation) != 0) {  // else FGD is off
+  if (fragmentation_ && (policy_.weight(Scorer::kFragmentation) != 0 ||
+                         policy_.weight(Scorer::kFragmentationPaper) != 0)) {  // else FGD is off
     frag_before_.resize(cluster_.nodes().size());
     auto& [generation, value] = frag_before_[n];
     if (generation != node.generation + 1) {
@@ -354,9 +426,12 @@ Placer::Decision Placer::place(const PodRequest& r, const std::vector<int>* cand
       decision.node = n;
       best_choice = choice;
       ties = 1;
-    } else if (policy_.random_ties && cost <= best + policy_.tie_tolerance) {
+    } else if (cost <= best + policy_.tie_tolerance) {
       // Reservoir sampling: each of the k tied nodes is kept with 1/k.
-      if (std::uniform_int_distribution<uint64_t>(0, ties)(rng_) == 0) {
+      const bool take = policy_.ties == Ties::kRandom
+                            ? std::uniform_int_distribution<uint64_t>(0, ties)(rng_) == 0
+                            : policy_.ties == Ties::kShuffledOrder && before(n, decision.node);
+      if (take) {
         decision.node = n;
         best_choice = choice;
       }

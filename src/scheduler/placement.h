@@ -13,6 +13,9 @@
 //   gpu-packing   prefer partly used cards, then used nodes, then idle ones
 //   fragmentation FGD: growth of the node's expected GPU fragmentation for
 //                 the target workload (Weng et al., ATC'23), in GPUs
+//   fragmentationPaper FGD as the paper's simulator scores it: whole points
+//                 of 100 x sigmoid(-growth in GPUs), higher better (about
+//                 0.04 GPU a point near no growth)
 //   locality      -1 on a node whose agent already holds the pod's weights,
 //                 -1 more where the pod's group has pods on it or in its
 //                 NVLink domain or rack (a disaggregated service's prefill
@@ -42,24 +45,38 @@ enum class Scorer {
   kGpuPacking,
   kFragmentation,
   kLocality,
-  kBestFitPaper
+  kBestFitPaper,
+  kFragmentationPaper
 };
-inline constexpr int kScorerCount = 7;
+inline constexpr int kScorerCount = 8;
 std::string_view scorer_name(Scorer scorer);
 Result<Scorer> parse_scorer(std::string_view name);
+
+// How a node is chosen among nodes of equal cost.
+enum class Ties {
+  kFirst,   // the first in the cluster's node order
+  kRandom,  // at random (kube-scheduler's selectHost)
+  // The first in a random order drawn once per Placer from its seed: the
+  // FGD paper's simulator, which prefixes node names with a seeded
+  // permutation and takes the smallest name among equal scores.
+  kShuffledOrder,
+};
 
 struct PlacementPolicy {
   std::string name;
   double weights[kScorerCount] = {};
-  bool random_ties = false;  // break exact ties at random (kube-scheduler does)
+  Ties ties = Ties::kFirst;
+  // FGD's target workload in the simulator: the FGD authors' typical pods
+  // (Fragmentation::typical) rather than every task type.
+  bool typical_target = false;
   // Nodes whose costs differ by at most this are tied; below it, only the
   // choice of devices within a node is decided.
   double tie_tolerance = 1e-12;
 
   double weight(Scorer s) const { return weights[static_cast<int>(s)]; }
   // The named policies: random, best-fit, best-fit-paper, dot-product,
-  // gpu-packing, fgd, and loadstar (the default: FGD with a best-fit
-  // tie-break and locality).
+  // gpu-packing, fgd, fgd-paper, and loadstar (the default: FGD at the
+  // paper's score resolution, best-fit among equal scores, and locality).
   static Result<PlacementPolicy> named(std::string_view name);
   // A named policy, or weights such as "fragmentation=1,bestFit=0.05,locality=0.5"
   // (scorer names as in scorer_name; exact ties then go to the first node).
@@ -75,16 +92,25 @@ struct TaskType {
 };
 
 // FGD's fragmentation measure. F_n(m), for a node n and a task m: all of n's
-// free GPU capacity if m cannot run on n; otherwise the free capacity of the
-// cards too small for m (free < m's demand on one card, capped at a whole
-// card; a card of a model m may not use counts as too small). F_n(M) is the
-// popularity-weighted sum over the target workload M. In milli-GPUs.
+// free GPU capacity if m cannot run on n, or if m wants no GPU (it can use
+// none of them, fitting or not: the paper's XL and XR cases); otherwise the
+// free capacity of the cards too small for m (free < m's demand on one card,
+// capped at a whole card; a card of a model m may not use counts as too
+// small). F_n(M) is the popularity-weighted sum over the target workload M.
+// In milli-GPUs.
 class Fragmentation {
  public:
   explicit Fragmentation(std::vector<TaskType> target);
   // The most popular task types covering `coverage` (0..1] of `tasks`, each
-  // weighted by its popularity (the FGD authors' "typical pods").
+  // weighted by its popularity.
   static Fragmentation from_tasks(const std::vector<PodRequest>& tasks, double coverage);
+  // The FGD authors' typical pods (their simulator's GetTypicalPods with
+  // the settings of their experiments): task types told apart by CPU, GPU
+  // share, card count and models only (memory is not compared, a task
+  // without CPU counts 100 millicores, as kube-scheduler's non-zero
+  // requests), the most popular ones up to 95% of the tasks, weighted by
+  // their share of those.
+  static Fragmentation typical(const std::vector<PodRequest>& tasks);
 
   double of(const Node& node) const;
   // F of `node` as if `request` were placed there with `choice`.
@@ -129,6 +155,8 @@ class Placer {
   double choice_cost(const Node& node, const PodRequest& request, const DeviceChoice& choice,
                      double frag_before);
   std::vector<Cached>& cache_for(const PodRequest& request);
+  // Whether node `a` goes before node `b` among equal costs (kShuffledOrder).
+  bool before(int a, int b);
 
   const Cluster& cluster_;
   PlacementPolicy policy_;
@@ -138,6 +166,7 @@ class Placer {
   std::unordered_map<std::string, std::vector<Cached>> cache_;  // by request shape
   std::vector<std::pair<uint64_t, double>> frag_before_;        // per node: generation+1, F
   std::vector<DeviceChoice> scratch_;
+  std::vector<uint32_t> rank_;  // Ties::kShuffledOrder: each node's place in the order
 };
 
 }  // namespace loadstar::scheduler

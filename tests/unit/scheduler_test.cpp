@@ -115,6 +115,73 @@ TEST(Placement, FragmentationCountsCardsTooSmallAndNodesThatCannotHost) {
   // Weighted: the sum over the target workload.
   Fragmentation mix({{gpus(1), 0.5}, {big, 0.5}});
   EXPECT_DOUBLE_EQ(mix.of(n), 0.5 * 300 + 0.5 * 1300);
+  // A task that wants no GPU can use none of them, fitting or not (the
+  // paper's XL and XR cases): a constant share of every node's free GPUs.
+  PodRequest cpu_only;
+  cpu_only.cpu_milli = 1000;
+  EXPECT_DOUBLE_EQ(Fragmentation({{cpu_only, 1.0}}).of(n), 1300);
+  cpu_only.cpu_milli = 8000;
+  EXPECT_DOUBLE_EQ(Fragmentation({{cpu_only, 1.0}}).of(n), 1300);
+}
+
+// The FGD authors' simulator scores a node int(100 * sigmoid((F - F') /
+// 1000)) and, among equal scores, takes the node first in an order drawn
+// from the seed (node names prefixed by a seeded permutation, the smallest
+// name winning).
+TEST(Placement, PaperFgdScoresWholePointsAndBreaksTiesInASeededOrder) {
+  Cluster c;
+  for (int i = 0; i < 16; ++i) c.add_node(gpu_node(c, fmt::format("n{}", i), 2));
+  c.nodes()[3].devices[0].milli_used = 190;  // 810 free on n3's card 0
+  auto f = std::make_shared<const Fragmentation>(std::vector<TaskType>{{gpus(1), 1.0}});
+  // An 810 share on an idle card leaves 190 that a whole-card task cannot
+  // use: 0.19 GPU more fragmented, 45 points; on n3's card 0 it closes the
+  // 810 fragment instead: F falls by 0.81 GPU, 69 points.
+  Placer paper(c, policy("fgd-paper"), f, 7);
+  EXPECT_DOUBLE_EQ(paper.node_cost(0, share(810)), -45);
+  DeviceChoice on_n3;
+  EXPECT_DOUBLE_EQ(paper.node_cost(3, share(810), &on_n3), -69);
+  EXPECT_EQ(on_n3[0].device, 0);
+  EXPECT_EQ(paper.place(share(810)).node, 3);
+  // A whole card changes no node's F (50 points everywhere): the seeded
+  // order decides, the same node every time for one seed, not the same for
+  // all seeds.
+  std::set<int> firsts;
+  for (uint64_t seed = 1; seed <= 8; ++seed) {
+    Placer p(c, policy("fgd-paper"), f, seed);
+    const int first = p.place(gpus(1)).node;
+    for (int again = 0; again < 3; ++again) EXPECT_EQ(p.place(gpus(1)).node, first);
+    firsts.insert(first);
+  }
+  EXPECT_GT(firsts.size(), 1u);
+  // loadstar scores FGD the same way; among equal scores best-fit (under one
+  // point) takes the tighter node: n3, 0.81 GPU left after, over idle ones,
+  // then n5 once it has a card taken (none left after).
+  Placer ours(c, policy("loadstar"), f);
+  EXPECT_EQ(ours.place(gpus(1)).node, 3);
+  (void)c.allocate(5, gpus(1), {Allocation::Share{.device = 0, .milli = 1000}});
+  EXPECT_EQ(ours.place(gpus(1)).node, 5);
+}
+
+// The FGD authors' typical pods: types told apart by CPU, GPU and models
+// (not memory), the most popular up to 95% of the tasks.
+TEST(Placement, TypicalPodsCoverNinetyFivePercentIgnoringMemory) {
+  std::vector<PodRequest> tasks;
+  for (int i = 0; i < 60; ++i) {
+    PodRequest r = share(500);
+    r.memory_mib = 1024 * (i % 3);  // three memory sizes, one type
+    tasks.push_back(r);
+  }
+  for (int i = 0; i < 30; ++i) tasks.push_back(gpus(1));
+  for (int i = 0; i < 6; ++i) tasks.push_back(gpus(8));
+  for (int i = 0; i < 4; ++i) tasks.push_back(share(100));
+  const auto target = Fragmentation::typical(tasks).target();
+  ASSERT_EQ(target.size(), 3u);  // 90% after two types, 96% after three
+  EXPECT_EQ(target[0].request.gpu_milli, 500u);
+  EXPECT_EQ(target[0].request.memory_mib, 0u);
+  EXPECT_DOUBLE_EQ(target[0].weight, 60.0 / 96);
+  EXPECT_EQ(target[1].request.gpu_count, 1u);
+  EXPECT_DOUBLE_EQ(target[1].weight, 30.0 / 96);
+  EXPECT_EQ(target[2].request.gpu_count, 8u);
 }
 
 TEST(Placement, FgdFillsTheFragmentInsteadOfOpeningACard) {
