@@ -44,6 +44,9 @@ Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
     o.initial = spec_.in_flight_per_replica.value_or(o.initial);
     o.lead_time_s = spec_.lead_time_s;
     slo_.emplace(o);
+    offered_.emplace(OfferedLoadOptions{.window_s = spec_.panic_window_s,
+                                        .max_window_s = spec_.stable_window_s,
+                                        .memory_s = 5 * spec_.stable_window_s});
   } else if (!spec_.waiting_per_replica && !spec_.in_flight_per_replica && !spec_.kv_cache_usage &&
              !spec_.ttft_p90_slo_s && !spec_.itl_p90_slo_s && !spec_.prefill_tokens_per_replica) {
     spec_.in_flight_per_replica = 8;
@@ -70,7 +73,15 @@ void Autoscaler::observe(const Sample& s) {
         samples_.empty() || s.requests_total < samples_.back().requests_total
             ? 0
             : static_cast<double>(s.requests_total - samples_.back().requests_total);
-    held_loads_.emplace_back(s.now, LoadSample{s.in_flight, arrived});
+    offered_->observe(s.now, s.requests_total, s.held, s.in_flight, s.waiting);
+    double load = s.in_flight;
+    offered_now_.reset();
+    if (s.held > 0 || s.ready == 0)
+      if (std::optional<OfferedLoad::Reading> r = offered_->reading(); r && r->load > load) {
+        load = r->load;
+        offered_now_ = r;
+      }
+    held_loads_.emplace_back(s.now, LoadSample{load, arrived});
     while (held_loads_.front().first < s.now - kHoldWindows * spec_.stable_window_s)
       held_loads_.pop_front();
   }
@@ -169,9 +180,14 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, 
       if (longer.replicas > c.replicas) c = longer;
     }
     const std::string load =
-        fmt::format("in-flight requests {:.1f}{}", w.in_flight * trend,
-                    trend != 1 ? fmt::format(" (x{:.2f} arrival trend)", trend) : "");
-    vote(c.replicas, "slo", w.in_flight * trend,
+        offered_now_
+            ? fmt::format(
+                  "requests held: offered load {:.1f} ({:.2f} arrivals/s x {:.1f}s "
+                  "a request)",
+                  offered_now_->load, offered_now_->arrival_rate, offered_now_->run_time_s)
+            : fmt::format("in-flight requests {:.1f}{}", w.in_flight * trend,
+                          trend != 1 ? fmt::format(" (x{:.2f} arrival trend)", trend) : "");
+    vote(c.replicas, "slo", offered_now_ ? offered_now_->load : w.in_flight * trend,
          c.learned ? fmt::format("{}: {} replica(s) expect {:.2f}% of first tokens over {:g}s "
                                  "(allowed {:.2f}%; learned from {} answers) -> {}",
                                  load, c.replicas, c.expected_misses * 100, *spec_.slo_ttft_s,

@@ -33,7 +33,12 @@
 // for the window's load (slo_capacity.h), projected along the arrival trend
 // for the stable window. The stable window's count also covers the load of
 // the last five stable windows, so a lull does not shed the replicas the
-// next burst needs.
+// next burst needs. While requests are held at the gateway (none ready, at
+// zero or before the first replica is up) in-flight counts none of them:
+// the load is then the offered load instead (offered_load.h: the arrival
+// rate, held requests included, times how long a request ran before), so a
+// service back from zero asks at once for the replicas its arrivals need,
+// not for one.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +47,7 @@
 #include <string>
 #include <vector>
 
+#include "autoscaler/offered_load.h"
 #include "autoscaler/slo_capacity.h"
 
 namespace loadstar::autoscaler {
@@ -109,7 +115,7 @@ struct Sample {
   std::vector<uint64_t> ttft_counts;
   std::vector<uint64_t> itl_counts;  // inter-token gaps, per ITL bucket (Spec::itl_bounds)
   double prefill_tokens = 0;         // prompt tokens awaiting their first token, all replicas
-  uint32_t held = 0;                 // requests held at the gateway for lack of a replica
+  uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica
   uint64_t requests_total = 0;       // requests ever sent (idleness)
 };
 
@@ -184,6 +190,10 @@ class Autoscaler {
   uint64_t last_requests_ = 0;
   std::optional<double> last_activity_;
   std::optional<SloCapacity> slo_;
+  // With an SLO: the load the arrivals offer, which sizes the service while
+  // requests are held (see observe()).
+  std::optional<OfferedLoad> offered_;
+  std::optional<OfferedLoad::Reading> offered_now_;  // the last sample's, when it sized it
   // With an SLO: the load samples of the last kHoldWindows stable windows,
   // which the stable count covers too.
   static constexpr double kHoldWindows = 5;

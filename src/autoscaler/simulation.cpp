@@ -267,7 +267,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       s.kv_cache_usage = s.ready ? kv / s.ready : 0;
       s.ttft_counts = ttft_counts;
       std::fill(ttft_counts.begin(), ttft_counts.end(), 0);
-      s.held = held.empty() ? 0 : 1;
+      s.held = static_cast<uint32_t>(held.size());
       s.requests_total = sent;
       uint32_t current = 0;
       for (auto& r : replicas) current += r->state != State::kDraining;

@@ -231,6 +231,7 @@ void Controller::save_usage(bool now) {
 
 void Controller::apply_load() {
   demand_.clear();
+  held_.clear();
   if (!load_) return;
   std::optional<LoadRound> round = load_->take();
   if (!round) return;
@@ -250,6 +251,7 @@ void Controller::apply_load() {
     if (it->second.kv_usage) r->kv_usage = *it->second.kv_usage;
   }
   demand_ = std::move(round->demand);
+  held_ = std::move(round->held);
   const int64_t unix_s =
       std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
   if (usage_.observe(round->tenants, unix_s)) usage_dirty_ = true;
@@ -295,6 +297,7 @@ ServiceLoad Controller::service_load(const std::string& service) const {
     load.kv_usage_sum += r->kv_usage;
   }
   load.held = demand_.count(service) > 0;
+  if (auto it = held_.find(service); it != held_.end()) load.held_requests = it->second;
   load.adapters = static_cast<double>(adapters.size());
   return load;
 }

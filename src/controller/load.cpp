@@ -24,6 +24,7 @@ void LoadRound::merge(LoadRound later) {
     load.kv_usage = next.kv_usage;
   }
   demand.merge(later.demand);
+  held = std::move(later.held);  // a current value
   for (auto& [gateway, counters] : later.tenants) tenants[gateway] = std::move(counters);
 }
 
@@ -38,7 +39,10 @@ LoadRound LoadAggregator::round(
   LoadRound out;
   for (const auto& [gateway, report] : reports) {
     for (const auto& [service, n] : report.held)
-      if (n > 0) out.demand.insert(service);
+      if (n > 0) {
+        out.demand.insert(service);
+        out.held[service] += static_cast<uint64_t>(n);
+      }
     out.demand.insert(report.wanted.begin(), report.wanted.end());
     out.tenants[gateway] = {report.instance, report.tenants};
     for (const gateway::EndpointLoad& e : report.endpoints) {

@@ -42,6 +42,7 @@ struct ReplicaLoad {
 struct LoadRound {
   std::map<std::string, ReplicaLoad> replicas;  // by replica name
   std::set<std::string> demand;                 // services held (or queued) requests wait for
+  std::map<std::string, uint64_t> held;         // service -> requests held now, all gateways
   // Each answering gateway's tenant usage counters as they are (not
   // increments: the usage ledger keeps its own baselines, persisted).
   std::map<std::string, TenantCounters> tenants;

@@ -82,7 +82,7 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.prefill_tokens = load.prefill_tokens;
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
-  sample.held = load.held ? 1 : 0;
+  sample.held = static_cast<uint32_t>(std::max<uint64_t>(load.held ? 1 : 0, load.held_requests));
   if (load.cold_start_s) st.autoscaler->set_lead_time(*load.cold_start_s);
   st.autoscaler->observe(sample);
   autoscaler::Decision d = st.autoscaler->decide(sample.now, current);

@@ -120,6 +120,41 @@ TEST(AutoscaleSim, AStepScalesOutAndStabilizationBringsItBack) {
     }
 }
 
+// With an SLO, a service back from zero starts what its held requests'
+// arrival rate needs (at what a request took before it went to zero), not one
+// replica that would take every held request into its queue.
+TEST(AutoscaleSim, BackFromZeroAnSloServiceStartsWhatItsArrivalsNeed) {
+  SimOptions o;
+  o.engine.max_num_seqs = 2;
+  o.cold_start_s = 5;
+  o.replicas = 3;
+  Spec spec;
+  spec.min_replicas = 0;
+  spec.max_replicas = 20;
+  spec.slo_ttft_s = 2;
+  spec.ttft_bounds = {0.5, 1, 2, 5};
+  spec.idle_window_s = 60;
+  spec.stable_window_s = 30;  // the load of the last five is held: down to zero 150 s after
+  o.autoscaling = spec;
+  // 150 s at four requests a second (~200 decode steps each), 250 s of
+  // nothing (to zero), then the same again for 30 s.
+  std::vector<TraceRequest> trace = every(0.25, 600, 200);
+  for (const TraceRequest& t : every(0.25, 120, 200, 400)) trace.push_back(t);
+  auto r = simulate(trace, o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  uint32_t before = 0, restart = 0;
+  bool zero = false;
+  for (const SimSample& s : r->timeline) {
+    if (s.at_s > 100 && s.at_s < 150) before = std::max(before, s.replicas);
+    if (s.at_s > 300 && s.at_s < 400) zero = zero || s.replicas == 0;
+    // Replicas asked for before the first of them is ready.
+    if (s.at_s >= 400 && s.at_s < 400 + o.cold_start_s) restart = std::max(restart, s.replicas);
+  }
+  EXPECT_TRUE(zero);
+  EXPECT_GE(before, 3u);
+  EXPECT_GE(restart, before - 1) << "before zero: " << before;
+}
+
 // Arrivals every `gap` seconds for `seconds`, `prompt` and `output` tokens each.
 std::vector<TraceRequest> steady(double gap, double seconds, uint32_t prompt, uint32_t output) {
   std::vector<TraceRequest> trace;

@@ -469,5 +469,39 @@ TEST(Autoscaler, WithAnSloMissesNoReplicaRemovesDoNotRunItToTheMaximum) {
   EXPECT_LE(run.desired.back(), 12u) << run.decisions.back().reason;
 }
 
+// Back from zero, requests held at the gateway are load the in-flight count
+// cannot see: the service asks at once for the replicas their arrival rate
+// needs at what a request took before (the offered load), not for one,
+// which would take all the held requests and queue them.
+TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
+  Spec spec = slo_spec(64);
+  spec.min_replicas = 0;
+  spec.idle_window_s = 60;
+  Autoscaler a(spec);
+  // Ten minutes of 20 requests a second, 1.5 s each (30 in flight), on
+  // replicas that hold 3 each: the curve is learned.
+  drive_slo(
+      a, {.per_replica = 3}, 600, [](int) { return 30.0; }, 10);
+  const uint64_t sent = 20 * 600;
+  // Quiet until the service is at zero.
+  uint32_t current = a.decide(600, 10).desired;
+  for (int t = 600; t < 1200 && current > 0; ++t) {
+    a.observe(Sample{.now = static_cast<double>(t), .ready = current, .requests_total = sent});
+    current = a.decide(t, current).desired;
+  }
+  ASSERT_EQ(current, 0u);
+  // 20 requests a second, held while no replica is ready.
+  Decision d;
+  for (int k = 1; k <= 8; ++k) {
+    a.observe(
+        Sample{.now = 1200.0 + k, .held = static_cast<uint32_t>(20 * k), .requests_total = sent});
+    d = a.decide(1200 + k, current);
+    current = d.desired;
+  }
+  EXPECT_GE(d.desired, 9u) << d.reason;
+  EXPECT_LE(d.desired, 13u) << d.reason;
+  EXPECT_NE(d.reason.find("requests held: offered load"), std::string::npos) << d.reason;
+}
+
 }  // namespace
 }  // namespace loadstar::autoscaler

@@ -43,8 +43,11 @@ TEST(GatewayLoad, IncrementsAcrossGatewaysAndRounds) {
 
 TEST(GatewayLoad, HeldRequestsAreDemandAndStaleScrapesAreIgnored) {
   LoadAggregator agg;
-  LoadRound r = agg.round({{"a", report(0, 0, 0, 30, R"({"chat": 2, "idle": 0})")}});
+  LoadRound r = agg.round({{"a", report(0, 0, 0, 30, R"({"chat": 2, "idle": 0})")},
+                           {"b", report(0, 0, 0, 30, R"({"chat": 3})")}});
   EXPECT_EQ(r.demand, (std::set<std::string>{"chat"}));
+  // How many, over the gateways: the autoscaler's load while none is ready.
+  EXPECT_EQ(r.held, (std::map<std::string, uint64_t>{{"chat", 5}}));
   EXPECT_FALSE(r.replicas["chat-0"].waiting.has_value());  // scraped 30 s ago
 }
 
