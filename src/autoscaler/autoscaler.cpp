@@ -59,6 +59,8 @@ void Autoscaler::observe(const Sample& s) {
   if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
     last_activity_ = s.now;
   last_requests_ = s.requests_total;
+  if (!first_request_ && (s.requests_total > 0 || s.in_flight > 0 || s.held > 0))
+    first_request_ = s.now;
   const bool same_set = !samples_.empty() && samples_.back().ready == s.ready;
   if (!same_set) serving_since_ = s.now;
   if (slo_) {
@@ -322,11 +324,20 @@ Decision Autoscaler::decide(double now, uint32_t current) {
   }
   // With an SLO the curve is learned where the service has been, so the
   // count comes down in steps (a tenth of it, at least one) each seen for a
-  // quarter of the stable window before the next.
+  // quarter of the stable window before the next; and not at all before
+  // the curve is learned, in the first kHoldWindows stable windows of
+  // requests.
   if (slo_ && d.desired < current && d.desired > 0) {
     const uint32_t step = std::max<uint32_t>(1, current / 10);
     const uint32_t floor = current > step ? current - step : 0;
-    if (last_step_down_ && now - *last_step_down_ < spec_.stable_window_s / 4) {
+    // Before the curve is learned the count is a guess (`initial` per
+    // replica) on the service's first requests: not evidence enough to shed
+    // the replicas it was started with, for the first few stable windows.
+    if (!slo_->miss_share(1) && first_request_ &&
+        now - *first_request_ < kHoldWindows * spec_.stable_window_s) {
+      d.desired = current;
+      d.reason += "; holding until the miss curve is learned";
+    } else if (last_step_down_ && now - *last_step_down_ < spec_.stable_window_s / 4) {
       d.desired = current;
       d.reason += "; the last step down is still being seen";
     } else {

@@ -199,6 +199,7 @@ class Autoscaler {
   static constexpr double kHoldWindows = 5;
   std::deque<std::pair<double, LoadSample>> held_loads_;
   std::optional<double> last_step_down_;
+  std::optional<double> first_request_;  // the first sample with a request
 };
 
 }  // namespace loadstar::autoscaler

@@ -503,5 +503,31 @@ TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
   EXPECT_NE(d.reason.find("requests held: offered load"), std::string::npos) << d.reason;
 }
 
+// A service's first requests sized by the first guess (4 per replica) are
+// not evidence enough to shed the replicas it started with: until the curve
+// is learned, in its first five stable windows of requests, it keeps them.
+TEST(Autoscaler, WithAnSloItKeepsItsReplicasUntilTheCurveIsLearned) {
+  Autoscaler a(slo_spec(64));
+  uint32_t current = 6;
+  std::vector<Decision> decisions;
+  for (int t = 0; t < 400; ++t) {  // one request a second, two in flight
+    Sample s{.now = static_cast<double>(t),
+             .ready = current,
+             .in_flight = 2,
+             .requests_total = static_cast<uint64_t>(t + 1)};
+    s.ttft_counts = answers(a.spec(), 0.2, 1);
+    a.observe(s);
+    decisions.push_back(a.decide(t, current));
+    current = decisions.back().desired;
+  }
+  // 200 answers teach the curve; until then, six.
+  for (int t = 0; t < 195; ++t)
+    ASSERT_EQ(decisions[t].desired, 6u) << t << ": " << decisions[t].reason;
+  EXPECT_NE(decisions[100].reason.find("holding until the miss curve is learned"),
+            std::string::npos)
+      << decisions[100].reason;
+  EXPECT_LT(decisions.back().desired, 6u) << decisions.back().reason;
+}
+
 }  // namespace
 }  // namespace loadstar::autoscaler
