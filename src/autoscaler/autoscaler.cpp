@@ -69,7 +69,8 @@ void Autoscaler::observe(const Sample& s) {
     // answers counted (of requests that arrived since the change) are only
     // the fast ones: the slow ones are still coming.
     const bool settled = same_set && s.now - serving_since_ >= 2 * *spec_.slo_ttft_s;
-    slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, s.in_flight, s.ready, settled);
+    slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, {s.ttft_overdue, s.ttft_overdue_answered},
+                s.in_flight, s.ready, settled);
     // The load sample, with the requests that arrived since the last one.
     const double arrived =
         samples_.empty() || s.requests_total < samples_.back().requests_total

@@ -113,6 +113,11 @@ struct Sample {
   // First tokens the gateway saw since the previous sample, per TTFT bucket
   // (Spec::ttft_bounds; empty when none).
   std::vector<uint64_t> ttft_counts;
+  // With an SLO: requests that reached it without a first token since the
+  // previous sample (a miss known at the deadline), and those of them whose
+  // first token came since (also in ttft_counts: counted once, as overdue).
+  uint64_t ttft_overdue = 0;
+  uint64_t ttft_overdue_answered = 0;
   std::vector<uint64_t> itl_counts;  // inter-token gaps, per ITL bucket (Spec::itl_bounds)
   double prefill_tokens = 0;         // prompt tokens awaiting their first token, all replicas
   uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica

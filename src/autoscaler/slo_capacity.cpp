@@ -28,18 +28,23 @@ int SloCapacity::bin(double per_replica) {
 }
 
 void SloCapacity::learn(double now, const std::vector<double>& bounds,
-                        const std::vector<uint64_t>& counts, double in_flight, uint32_t ready,
-                        bool settled) {
+                        const std::vector<uint64_t>& counts, Overdue overdue, double in_flight,
+                        uint32_t ready, bool settled) {
   if (last_learned_ && now > *last_learned_) {
     const double keep = std::exp2(-(now - *last_learned_) / o_.memory_s);
     for (int b = 0; b < kBins; ++b) answered_[b] *= keep, missed_[b] *= keep;
   }
   last_learned_ = now;
   if (!settled || ready == 0 || counts.size() != bounds.size() + 1) return;
+  // The answers of overdue requests were counted at their deadline.
+  const auto early = static_cast<double>(overdue.counted);
+  const auto again = static_cast<double>(overdue.answered);
   double total = 0;
   for (uint64_t c : counts) total += static_cast<double>(c);
+  total = std::max(0.0, total - again) + early;
   if (total == 0) return;
-  const double over = answers_over(o_.slo_s, bounds, counts);
+  const double over =
+      std::clamp(answers_over(o_.slo_s, bounds, counts) - again + early, 0.0, total);
   const int b = bin(in_flight / ready);
   answered_[b] += total;
   missed_[b] += over;

@@ -14,7 +14,9 @@
 //
 // - The miss curve: for each level of in-flight requests per ready replica
 //   (log-spaced bins, 16 per doubling), the share of first tokens answered
-//   over the SLO at that level, from every pass on a settled serving set
+//   over the SLO at that level — a request still unanswered at the SLO
+//   counts as a miss then, at the level of that moment, not when its answer
+//   comes — from every pass on a settled serving set
 //   (the answers counted are of requests that arrived since the set last
 //   changed), decayed with a half-life (`memory_s`) so a changed mix is
 //   followed. Fitted non-decreasing (pool-adjacent-violators): more load per
@@ -80,11 +82,19 @@ class SloCapacity {
  public:
   explicit SloCapacity(SloCapacityOptions options);
 
+  // Requests counted over the SLO at their deadline, still without a first
+  // token (`counted`), and how many of the pass's answers are such requests'
+  // (`answered`: already counted, so not again).
+  struct Overdue {
+    uint64_t counted = 0;
+    uint64_t answered = 0;
+  };
   // One pass's first tokens (counts per bucket with upper `bounds`, one more
-  // bucket above the last) on `ready` replicas holding `in_flight` requests;
-  // `settled`: the serving set has not changed since the previous pass.
+  // bucket above the last) and overdue requests on `ready` replicas holding
+  // `in_flight` requests; `settled`: the serving set has not changed since
+  // the previous pass.
   void learn(double now, const std::vector<double>& bounds, const std::vector<uint64_t>& counts,
-             double in_flight, uint32_t ready, bool settled);
+             Overdue overdue, double in_flight, uint32_t ready, bool settled);
   // Requests sent so far (a counter) at `now`.
   void arrivals(double now, uint64_t requests_total, double window_s);
   void set_lead_time(double seconds) { o_.lead_time_s = seconds; }

@@ -264,6 +264,8 @@ void Controller::apply_load() {
     ServiceLoad& s = increments_[r->second->service];
     s.requests += load.requests;
     for (size_t b = 0; b < s.ttft.size(); ++b) s.ttft[b] += load.ttft[b];
+    s.ttft_overdue += load.ttft_overdue;
+    s.ttft_overdue_answered += load.ttft_overdue_answered;
     for (size_t b = 0; b < s.itl.size(); ++b) s.itl[b] += load.itl[b];
     // The service's, and its revision's ("SERVICE#N").
     const Revision* revision = r->second->revision.get();

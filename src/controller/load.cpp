@@ -16,6 +16,8 @@ void LoadRound::merge(LoadRound later) {
     ReplicaLoad& load = replicas[name];
     load.requests += next.requests;
     for (size_t b = 0; b < load.ttft.size(); ++b) load.ttft[b] += next.ttft[b];
+    load.ttft_overdue += next.ttft_overdue;
+    load.ttft_overdue_answered += next.ttft_overdue_answered;
     load.failures += next.failures;
     for (size_t b = 0; b < load.itl.size(); ++b) load.itl[b] += next.itl[b];
     load.in_flight = next.in_flight;
@@ -55,6 +57,10 @@ LoadRound LoadAggregator::round(
         load.ttft[b] += increment(e.ttft[b], seen.ttft[b]);
         seen.ttft[b] = e.ttft[b];
       }
+      load.ttft_overdue += increment(e.ttft_overdue, seen.ttft_overdue);
+      seen.ttft_overdue = e.ttft_overdue;
+      load.ttft_overdue_answered += increment(e.ttft_overdue_answered, seen.ttft_overdue_answered);
+      seen.ttft_overdue_answered = e.ttft_overdue_answered;
       load.failures += increment(e.failures, seen.failures);
       seen.failures = e.failures;
       for (size_t b = 0; b < seen.itl.size(); ++b) {

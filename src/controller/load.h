@@ -30,9 +30,11 @@ namespace loadstar::controller {
 struct ReplicaLoad {
   uint64_t requests = 0;  // sent since the last round, all gateways
   std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};  // since the last round
-  uint64_t failures = 0;                                         // since the last round
-  std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};    // since the last round
-  int64_t in_flight = 0;                                         // now, all gateways
+  uint64_t ttft_overdue = 0;           // past the TTFT SLO unanswered, since the last round
+  uint64_t ttft_overdue_answered = 0;  // of those, answered since (also in ttft)
+  uint64_t failures = 0;               // since the last round
+  std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};  // since the last round
+  int64_t in_flight = 0;                                       // now, all gateways
   std::optional<double> waiting;   // the engine's queue, as the freshest scrape saw it
   std::optional<double> kv_usage;  // the engine's KV-cache use (0..1)
   double prefill_tokens = 0;       // prompt tokens awaiting a first token, now, all gateways
@@ -72,6 +74,7 @@ class LoadAggregator {
     std::string address;
     uint64_t requests = 0;
     std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};
+    uint64_t ttft_overdue = 0, ttft_overdue_answered = 0;
     uint64_t failures = 0;
     std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};
   };

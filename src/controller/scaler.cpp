@@ -78,6 +78,8 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.kv_cache_usage = load.ready ? load.kv_usage_sum / load.ready : 0;
   sample.adapters = load.adapters;
   sample.ttft_counts.assign(load.ttft.begin(), load.ttft.end());
+  sample.ttft_overdue = load.ttft_overdue;
+  sample.ttft_overdue_answered = load.ttft_overdue_answered;
   sample.itl_counts.assign(load.itl.begin(), load.itl.end());
   sample.prefill_tokens = load.prefill_tokens;
   st.requests_total += load.requests;

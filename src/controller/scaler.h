@@ -32,8 +32,10 @@ struct ServiceLoad {
   uint32_t ready = 0;
   uint64_t requests = 0;                                         // sent since the last pass
   std::array<uint64_t, gateway::Endpoint::kTtftBuckets> ttft{};  // first tokens since then
-  std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};    // inter-token gaps since then
-  double in_flight = 0;                                          // now, ready and draining replicas
+  uint64_t ttft_overdue = 0;           // past the TTFT SLO unanswered, since then
+  uint64_t ttft_overdue_answered = 0;  // of those, answered since then (also in ttft)
+  std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};  // inter-token gaps since then
+  double in_flight = 0;                                        // now, ready and draining replicas
   double prefill_tokens = 0;   // prompt tokens awaiting a first token, now
   double waiting = 0;          // ready replicas' engine queues
   double kv_usage_sum = 0;     // over ready replicas

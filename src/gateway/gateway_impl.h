@@ -22,6 +22,7 @@
 #include "common/strings.h"
 #include "gateway/adapter_loader.h"
 #include "gateway/disaggregation.h"
+#include "gateway/first_token_deadlines.h"
 #include "gateway/gateway.h"
 #include "gateway/hold.h"
 #include "gateway/kv_events_feed.h"
@@ -48,9 +49,11 @@ inline double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+inline int64_t steady_ms(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
 inline int64_t steady_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
-      .count();
+  return steady_ms(Clock::now());
 }
 
 // What a worker thread owns. Only that thread touches it; others post to its
@@ -68,8 +71,9 @@ struct Worker {
   // by this worker at each request's end, read by load_report().
   std::mutex usage_mu;
   std::map<std::pair<std::string, std::string>, TenantLoad> usage;
-  Upstream upstream;  // idle keep-alive connections per replica
-  HeldRequests held;  // a new table wakes them
+  Upstream upstream;              // idle keep-alive connections per replica
+  HeldRequests held;              // a new table wakes them
+  FirstTokenDeadlines deadlines;  // this worker's requests awaiting a first token
   EndpointChooser::Scratch picks;
   std::vector<Endpoint*> unsaturated;   // scratch of flow control's filter
   std::vector<Endpoint*> canary;        // scratch of a canary's split
@@ -131,6 +135,9 @@ struct Gateway::Impl {
                                       const TenantLimiter* tenant, int& code);
   // Lets queued requests go where there is room, every 20 ms (worker 0).
   asio::awaitable<void> flow_ticks(Worker& w);
+  // Counts the worker's requests past their TTFT SLO without a first
+  // token, every 100 ms (every worker).
+  asio::awaitable<void> deadline_ticks(Worker& w);
   // Outlier detection's bookkeeping after an attempt.
   void note_outcome(Worker& w, Endpoint& endpoint, bool failed);
   // What this gateway sees of each ready replica and of held requests, for

@@ -26,6 +26,8 @@ EndpointLoad endpoint_load(const Endpoint& e, int64_t now_ms, double bytes_per_t
       std::max(bytes_per_token, 1.0);
   for (size_t b = 0; b < out.ttft.size(); ++b)
     out.ttft[b] = e.ttft_counts[b].load(std::memory_order_relaxed);
+  out.ttft_overdue = e.ttft_overdue.load(std::memory_order_relaxed);
+  out.ttft_overdue_answered = e.ttft_overdue_answered.load(std::memory_order_relaxed);
   out.failures = e.failures.load(std::memory_order_relaxed);
   for (size_t b = 0; b < out.itl.size(); ++b)
     out.itl[b] = e.itl_counts[b].load(std::memory_order_relaxed);
@@ -46,6 +48,8 @@ std::string load_report_json(const LoadReport& report) {
                          {"metrics_age_s", e.metrics_age_s},
                          {"prefill_tokens", e.prefill_tokens},
                          {"ttft_counts", e.ttft},
+                         {"ttft_overdue", e.ttft_overdue},
+                         {"ttft_overdue_answered", e.ttft_overdue_answered},
                          {"failures", e.failures},
                          {"itl_counts", e.itl}});
     if (!e.adapters.empty()) endpoints.back()["adapters"] = e.adapters;
@@ -148,6 +152,9 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     if (auto ttft = e.find("ttft_counts"); ttft != e.end() && ttft->is_array())
       for (size_t b = 0; b < load.ttft.size() && b < ttft->size(); ++b)
         load.ttft[b] = counter((*ttft)[b]);
+    if (auto o = e.find("ttft_overdue"); o != e.end()) load.ttft_overdue = counter(*o);
+    if (auto o = e.find("ttft_overdue_answered"); o != e.end())
+      load.ttft_overdue_answered = counter(*o);
     if (auto f = e.find("failures"); f != e.end()) load.failures = counter(*f);
     if (auto itl = e.find("itl_counts"); itl != e.end() && itl->is_array())
       for (size_t b = 0; b < load.itl.size() && b < itl->size(); ++b)

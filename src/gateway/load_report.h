@@ -31,9 +31,13 @@ struct EndpointLoad {
   // gateway's count of its prefill work, in bytes over bytes per token).
   double prefill_tokens = 0;
   std::array<uint64_t, Endpoint::kTtftBuckets> ttft{};  // counters
-  uint64_t failures = 0;                                // counter
-  std::array<uint64_t, Endpoint::kItlBuckets> itl{};    // counters
-  std::vector<std::string> adapters;  // LoRA adapters running or waiting there now
+  // Requests past their TTFT SLO without a first token, counted then, and
+  // those of them answered since (counters; Endpoint::ttft_overdue).
+  uint64_t ttft_overdue = 0;
+  uint64_t ttft_overdue_answered = 0;
+  uint64_t failures = 0;                              // counter
+  std::array<uint64_t, Endpoint::kItlBuckets> itl{};  // counters
+  std::vector<std::string> adapters;                  // LoRA adapters running or waiting there now
 };
 
 // What one tenant's requests to one model used at this gateway, for

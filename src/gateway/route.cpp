@@ -43,6 +43,9 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     if (!reserved.empty()) waiting_room.dispatched(reserved);
   });
   bool flow_checked = false;
+  // Watched against its service's TTFT SLO while an attempt awaits its
+  // first token (autoscaling.slo): a miss counts at the deadline.
+  FirstTokenDeadlines::Entry deadline;
   // The prompt's ids from an engine publishing KV events, and the service
   // whose engine gave them (another service's tokenizer may differ).
   std::optional<std::vector<uint32_t>> kv_tokens;
@@ -247,6 +250,10 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     forward.start = start;
     forward.prefill = decode_prefill;
     forward.stats = &stats;
+    if (svc && svc->ttft_slo_s) {
+      w.deadlines.watch(deadline, *endpoint, steady_ms(start), *svc->ttft_slo_s, steady_ms());
+      forward.deadline = &deadline;
+    }
     if (disaggregated) forward.request_id = request_id;
     // An adapter loaded on demand: into this replica first, if it is not there.
     ForwardResult result;
@@ -259,6 +266,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
       result.failure = loaded.error().message;
       result.prefill_pending = decode_prefill;
     }
+    deadline.settle();  // no first token (or it came): not watched between attempts
     endpoint->pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);
     if (attempt > 0) --retries_in_flight;
     endpoint->in_flight.fetch_sub(1, std::memory_order_relaxed);
@@ -398,6 +406,15 @@ asio::awaitable<void> Gateway::Impl::flow_ticks(Worker& w) {
     timer.expires_after(std::chrono::milliseconds(20));
     co_await timer.async_wait(asio::use_awaitable);
     waiting_room.notify(*w.table);
+  }
+}
+
+asio::awaitable<void> Gateway::Impl::deadline_ticks(Worker& w) {
+  asio::steady_timer timer(w.io);
+  for (;;) {
+    timer.expires_after(std::chrono::milliseconds(100));
+    co_await timer.async_wait(asio::use_awaitable);
+    if (w.deadlines.watching() > 0) w.deadlines.sweep(steady_ms());
   }
 }
 

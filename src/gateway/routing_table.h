@@ -88,11 +88,23 @@ struct Endpoint {
   static constexpr size_t kTtftBuckets = std::size(kTtftBounds) + 1;
   std::atomic<uint64_t> ttft_counts[kTtftBuckets] = {};
   std::atomic<int64_t> ttft_epoch_ms{0};
-  void observe_ttft(double seconds, int64_t arrived_ms) {
-    if (arrived_ms < ttft_epoch_ms.load(std::memory_order_relaxed)) return;
+  // A service with a TTFT SLO: requests still without a first token when
+  // their SLO passed (FirstTokenDeadlines), counted then — a miss is known
+  // at the deadline, not only when (if ever) the answer comes — and those
+  // of them answered since (also in ttft_counts, so a reader counts each
+  // once). The same epoch rule as ttft_counts.
+  std::atomic<uint64_t> ttft_overdue{0};
+  std::atomic<uint64_t> ttft_overdue_answered{0};
+  bool counts_since_epoch(int64_t arrived_ms) const {
+    return arrived_ms >= ttft_epoch_ms.load(std::memory_order_relaxed);
+  }
+  // `overdue`: the request was counted in ttft_overdue at its deadline.
+  void observe_ttft(double seconds, int64_t arrived_ms, bool overdue = false) {
+    if (!counts_since_epoch(arrived_ms)) return;
     size_t i = 0;
     while (i < std::size(kTtftBounds) && seconds > kTtftBounds[i]) ++i;
     ttft_counts[i].fetch_add(1, std::memory_order_relaxed);
+    if (overdue) ttft_overdue_answered.fetch_add(1, std::memory_order_relaxed);
   }
   // Attempts sent here that failed (connect errors, timeouts, 5xx, streams
   // cut), counted whether or not a retry elsewhere saved the request, and
@@ -120,6 +132,9 @@ struct RoutingTable {
     uint32_t hold_max_requests = 256;
     double hold_timeout_s = 120;
     FlowControl flow;  // off unless a saturation threshold is set
+    // autoscaling.slo's TTFT: a request without a first token by then is
+    // counted as a miss at once (Endpoint::ttft_overdue). None: not watched.
+    std::optional<double> ttft_slo_s;
     // A canary rollout's split: `canary_weight` percent of the requests go
     // to the `canary` endpoints (of `ready`), the rest to the others.
     std::vector<const Endpoint*> canary;

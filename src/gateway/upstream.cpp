@@ -479,7 +479,8 @@ asio::awaitable<void> Upstream::relay_body(http::Exchange& ex, Call& call, std::
   stats.ttft.observe(seconds_since(request.start));
   if (request.held) stats.held_ttft.observe(seconds_since(request.start));
   if (status == 200)
-    endpoint.observe_ttft(seconds_since(request.start), steady_ms_of(request.start));
+    endpoint.observe_ttft(seconds_since(request.start), steady_ms_of(request.start),
+                          request.deadline && request.deadline->settle());
   if (status == 200) add_usage(payload, result.usage);
   http::Response response{status, std::move(content_type), std::move(payload),
                           std::move(request.headers)};
@@ -548,7 +549,8 @@ asio::awaitable<void> Upstream::relay_stream(http::Exchange& ex, Call& call,
           if (request.held)
             stats.held_ttft.observe(std::chrono::duration<double>(now - start).count());
           endpoint.observe_ttft(std::chrono::duration<double>(now - start).count(),
-                                steady_ms_of(start));
+                                steady_ms_of(start),
+                                request.deadline && request.deadline->settle());
           first_token = false;
           // Its prefill is done: no longer part of the endpoint's queue.
           endpoint.pending_prefill.fetch_sub(result.prefill_pending, std::memory_order_relaxed);

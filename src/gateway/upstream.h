@@ -15,6 +15,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "gateway/first_token_deadlines.h"
 #include "gateway/request_peek.h"
 #include "gateway/routing_table.h"
 #include "gateway/stats.h"
@@ -46,6 +47,9 @@ struct ForwardRequest {
   // Another attempt may follow: a 429 or 5xx answer is not relayed.
   bool may_retry = false;
   bool held = false;  // the request waited for a replica: its TTFT also counts as held
+  // Watched for its first token against its service's TTFT SLO (null: not
+  // watched); settled at the first token.
+  FirstTokenDeadlines::Entry* deadline = nullptr;
   std::chrono::steady_clock::time_point start;  // when the request arrived
   // Prompt bytes the caller added to endpoint->pending_prefill; released
   // here at the first streamed token.

@@ -56,6 +56,7 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
     s.hold_max_requests = svc.spec.routing.hold_max_requests;
     s.hold_timeout_s = svc.spec.routing.hold_timeout_s;
     s.may_get_replicas = svc.spec.replicas > 0;
+    if (svc.spec.autoscaling) s.ttft_slo_s = svc.spec.autoscaling->slo_ttft_s;
     if (svc.spec.lora) {
       const engines::Engine* engine = engines::find(svc.spec.engine.name);
       s.adapters_by_index = engine && engine->adapters_by_index;

@@ -45,7 +45,8 @@ bool have_llama_server() {
   } while (0)
 
 // `extra`: more of the service's spec; `engine`: more of its spec.engine.
-std::string service(int replicas, const std::string& extra = "", const std::string& engine = "") {
+std::string service(int replicas, const std::string& extra = "", const std::string& engine = "",
+                    int max_sequences = 2) {
   return fmt::format(R"(
 apiVersion: loadstar.dev/v1alpha1
 kind: Model
@@ -58,10 +59,10 @@ metadata: {{name: chat}}
 spec:
   model: tiny-gguf
   replicas: {}
-  engine: {{name: llama.cpp, contextLength: 1024, maxSequences: 2, threads: 1{}}}
+  engine: {{name: llama.cpp, contextLength: 1024, maxSequences: {}, threads: 1{}}}
 {}
 )",
-                     replicas, engine, extra);
+                     replicas, max_sequences, engine, extra);
 }
 
 json replicas(Up& up) {
@@ -90,6 +91,19 @@ std::vector<json> events_of(const std::string& body) {
     out.push_back(json::parse(event.substr(6), nullptr, false));
   }
   return out;
+}
+
+// A streamed chat of exactly `tokens` tokens; true when it was answered 200.
+bool stream_to_the_end(Up& up, const std::string& content, int tokens) {
+  json body = chat(content, tokens, true);
+  body["ignore_eos"] = true;
+  auto r = http::fetch({.port = up.port(),
+                        .method = "POST",
+                        .target = "/v1/chat/completions",
+                        .body = body.dump(),
+                        .headers = {{"Content-Type", "application/json"}},
+                        .timeout_s = 120});
+  return r.ok() && r->status == 200;
 }
 
 double engine_metric(uint16_t port, const std::string& name) {
@@ -266,17 +280,8 @@ TEST(LlamaCpp, ScalesOutOnInFlightRequestsAndTheNewReplicaServes) {
   std::vector<std::thread> clients;
   std::atomic<int> done{0};
   for (int i = 0; i < 2; ++i)
-    clients.emplace_back([&, i] {
-      json body = chat(fmt::format("Stream {} please.", i), 400, true);
-      body["ignore_eos"] = true;
-      auto r = http::fetch({.port = up->port(),
-                            .method = "POST",
-                            .target = "/v1/chat/completions",
-                            .body = body.dump(),
-                            .headers = {{"Content-Type", "application/json"}},
-                            .timeout_s = 120});
-      done += r.ok() && r->status == 200;
-    });
+    clients.emplace_back(
+        [&, i] { done += stream_to_the_end(*up, fmt::format("Stream {} please.", i), 400); });
   const bool scaled = eventually(
       [&] {
         int ready = 0;
@@ -309,6 +314,46 @@ TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
   // Idle past the window: back to zero.
   EXPECT_TRUE(eventually([&] { return replicas(*up).empty(); }, 20s));
   EXPECT_EQ(up->post("/v1/chat/completions", chat("Again.", 2).dump()).status, 200);
+}
+
+// With an SLO, a request still without a first token when its TTFT SLO
+// passes is counted as a miss then, in the load report the controller
+// autoscales on, before its answer comes (here: queued behind a long
+// stream in a one-slot llama-server); its answer, later, is marked as
+// counted already.
+TEST(LlamaCpp, ARequestPastItsTtftSloIsReportedOverdueBeforeItIsAnswered) {
+  REQUIRE_LLAMA();
+  auto up = Up::start(service(1, R"(  autoscaling:
+    maxReplicas: 1
+    slo: {ttft: 0.3s}
+)",
+                              "", 1));
+  up->wait_ready("chat", 1);
+  auto overdue = [&](const char* field) {
+    auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+    uint64_t n = 0;
+    if (!load.ok()) return n;
+    const json report = json::parse(load->body);
+    for (const auto& e : report["endpoints"]) n += e.value(field, uint64_t{0});
+    return n;
+  };
+  EXPECT_EQ(overdue("ttft_overdue"), 0u);
+  std::atomic<int> done{0};
+  auto send = [&](const std::string& content, int tokens) {
+    return std::thread([&, content, tokens] { done += stream_to_the_end(*up, content, tokens); });
+  };
+  std::thread first = send("A long answer, please.", 900);
+  std::this_thread::sleep_for(100ms);
+  std::thread second = send("Then a short one.", 2);  // waits for the slot
+  const bool seen = eventually([&] { return overdue("ttft_overdue") >= 1; }, 5s);
+  const int answered_then = done.load();
+  first.join();
+  second.join();
+  EXPECT_TRUE(seen);
+  EXPECT_EQ(answered_then, 0) << "the long stream ended before the check: no evidence";
+  EXPECT_EQ(done, 2);
+  EXPECT_GE(overdue("ttft_overdue_answered"), 1u);
+  EXPECT_LE(overdue("ttft_overdue_answered"), overdue("ttft_overdue"));
 }
 
 // LoRA on llama.cpp: each adapter (a GGUF adapter file `loadstar model

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "gateway/first_token_deadlines.h"
+#include "gateway/load_report.h"
 #include "gateway/request_peek.h"
 #include "gateway/routing_table.h"
 #include "gateway/stats.h"
@@ -132,6 +134,67 @@ TEST(TtftEpoch, ASetChangeRestartsTtftCountingForThatServiceOnly) {
   for (const auto& n : a->ttft_counts) counted += n.load();
   EXPECT_EQ(counted, 1u);
   EXPECT_EQ(a->ttft_counts[1].load(), 1u);  // (0.025, 0.05]
+}
+
+TEST(FirstTokenDeadlines, ARequestWithoutAFirstTokenAtItsSloCountsAsAMissThenAndOnce) {
+  Endpoint e("chat", "chat-0", "127.0.0.1", 8001);
+  FirstTokenDeadlines deadlines;
+  FirstTokenDeadlines::Entry fast, slow, late;
+  deadlines.watch(fast, e, 1000, 2.0, 1000);
+  deadlines.watch(slow, e, 1500, 2.0, 1500);
+  EXPECT_EQ(deadlines.watching(), 2u);
+  // The fast one answers in time: not overdue, no longer watched.
+  EXPECT_FALSE(fast.settle());
+  e.observe_ttft(0.5, 1000, false);
+  EXPECT_EQ(deadlines.sweep(3499), 0u);
+  // The slow one's SLO passes unanswered: a miss now, before any answer.
+  EXPECT_EQ(deadlines.sweep(3500), 1u);
+  EXPECT_EQ(e.ttft_overdue.load(), 1u);
+  EXPECT_EQ(deadlines.watching(), 0u);
+  EXPECT_EQ(deadlines.sweep(9000), 0u);  // counted once
+  // Its answer comes later: counted in the histogram as ever, and as one
+  // already counted, so a reader does not count it twice.
+  EXPECT_TRUE(slow.settle());
+  e.observe_ttft(6.0, 1500, true);
+  EXPECT_EQ(e.ttft_overdue_answered.load(), 1u);
+  EXPECT_EQ(e.ttft_counts[std::size(Endpoint::kTtftBounds) - 3].load(), 1u);  // (5, 10]
+  // A request sent after its deadline (a retry, a long hold) counts at once,
+  // and a retry of one counted before does not count again.
+  deadlines.watch(late, e, 2000, 1.0, 3500);
+  EXPECT_EQ(e.ttft_overdue.load(), 2u);
+  Endpoint other("chat", "chat-1", "127.0.0.1", 8002);
+  deadlines.watch(late, other, 2000, 1.0, 3600);
+  EXPECT_EQ(other.ttft_overdue.load(), 0u);
+  EXPECT_EQ(deadlines.watching(), 0u);
+}
+
+TEST(FirstTokenDeadlines, OnlyRequestsSinceTheServingSetChangedCountAndEntriesUnlinkThemselves) {
+  Endpoint e("chat", "chat-0", "127.0.0.1", 8001);
+  e.ttft_epoch_ms = 5000;
+  FirstTokenDeadlines deadlines;
+  FirstTokenDeadlines::Entry before, after;
+  deadlines.watch(before, e, 4000, 2.0, 5000);
+  deadlines.watch(after, e, 5000, 2.0, 5000);
+  {
+    FirstTokenDeadlines::Entry gone;  // a request that ended (its frame went)
+    deadlines.watch(gone, e, 5000, 2.0, 5000);
+    EXPECT_EQ(deadlines.watching(), 3u);
+  }
+  EXPECT_EQ(deadlines.watching(), 2u);
+  EXPECT_EQ(deadlines.sweep(8000), 2u);
+  // Both are overdue, but only the one that arrived since the change counts
+  // (as ttft_counts: the other queued behind the previous set).
+  EXPECT_EQ(e.ttft_overdue.load(), 1u);
+  EXPECT_TRUE(before.settle());
+  EXPECT_TRUE(after.settle());
+  // And the load report carries both counters.
+  const EndpointLoad load = endpoint_load(e, 8000);
+  EXPECT_EQ(load.ttft_overdue, 1u);
+  auto parsed = parse_load_report(load_report_json({.endpoints = {load}}));
+  ASSERT_TRUE(parsed.ok());
+  ASSERT_EQ(parsed->report.endpoints.size(), 1u);
+  EXPECT_EQ(parsed->report.endpoints[0].ttft_overdue, 1u);
+  EXPECT_EQ(parsed->report.endpoints[0].ttft_overdue_answered, 0u);
 }
 
 }  // namespace

@@ -41,6 +41,25 @@ TEST(GatewayLoad, IncrementsAcrossGatewaysAndRounds) {
   EXPECT_EQ(r.replicas["chat-0"].requests, 3u);
 }
 
+TEST(GatewayLoad, OverdueCountsAreIncrementsToo) {
+  auto with_overdue = [](uint64_t overdue, uint64_t answered) {
+    return fmt::format(
+        R"({{"endpoints": [{{"service": "chat", "replica": "chat-0", "requests": 1,
+            "in_flight": 0, "ttft_overdue": {}, "ttft_overdue_answered": {}}}]}})",
+        overdue, answered);
+  };
+  LoadAggregator agg;
+  LoadRound r = agg.round({{"a", with_overdue(3, 1)}});
+  EXPECT_EQ(r.replicas["chat-0"].ttft_overdue, 3u);
+  EXPECT_EQ(r.replicas["chat-0"].ttft_overdue_answered, 1u);
+  r = agg.round({{"a", with_overdue(5, 3)}});
+  EXPECT_EQ(r.replicas["chat-0"].ttft_overdue, 2u);
+  EXPECT_EQ(r.replicas["chat-0"].ttft_overdue_answered, 2u);
+  LoadRound later = agg.round({{"a", with_overdue(6, 3)}});
+  r.merge(std::move(later));
+  EXPECT_EQ(r.replicas["chat-0"].ttft_overdue, 3u);
+}
+
 TEST(GatewayLoad, HeldRequestsAreDemandAndStaleScrapesAreIgnored) {
   LoadAggregator agg;
   LoadRound r = agg.round({{"a", report(0, 0, 0, 30, R"({"chat": 2, "idle": 0})")},

@@ -33,12 +33,40 @@ void teach(SloCapacity& c, const std::function<double(double)>& share, int round
   for (int r = 0; r < rounds; ++r)
     for (double level = from; level <= 6; level += 0.125) {
       const auto over = static_cast<uint64_t>(std::lround(20 * share(level)));
-      c.learn(now += 1, kBounds, answers(20, over), 4 * level, 4, true);
+      c.learn(now += 1, kBounds, answers(20, over), {}, 4 * level, 4, true);
     }
 }
 
 std::vector<LoadSample> steady(double in_flight, int n = 60) {
   return std::vector<LoadSample>(n, LoadSample{in_flight, 1});
+}
+
+TEST(SloCapacity, ARequestUnansweredAtTheSloIsAMissAtTheLevelOfThatMomentAndOnlyThen) {
+  // A queue that serves the newest first answers within the SLO at any
+  // load, while its backlog waits: counted by answers alone, 8 per replica
+  // looks free. Counted at their deadline, the backlog's requests are misses
+  // at the level where they went unanswered.
+  SloCapacity by_answers({.slo_s = 2}), by_deadline({.slo_s = 2});
+  double now = 0;
+  for (int r = 0; r < 20; ++r)
+    for (double level = 0.5; level <= 8; level += 0.25) {
+      const uint64_t late = level > 3 ? 5 : 0;  // past the SLO, not yet answered
+      by_answers.learn(now += 1, kBounds, answers(20, 0), {}, 4 * level, 4, true);
+      by_deadline.learn(now, kBounds, answers(20, 0), {.counted = late}, 4 * level, 4, true);
+    }
+  EXPECT_EQ(*by_answers.miss_share(6), 0);
+  EXPECT_NEAR(*by_deadline.miss_share(6), 0.2, 1e-9);  // 5 of 25
+  EXPECT_EQ(*by_deadline.miss_share(2), 0);
+  EXPECT_LE(by_answers.replicas_for(steady(48), 100).replicas, 7u);
+  const uint32_t n = by_deadline.replicas_for(steady(48), 100).replicas;
+  EXPECT_TRUE(n == 15 || n == 16) << n;  // about 3 per replica, where misses begin
+  // Their answers, when they come, were counted already: not again.
+  SloCapacity once({.slo_s = 2});
+  for (int i = 0; i < 300; ++i) {
+    once.learn(2 * i, kBounds, answers(19, 0), {.counted = 1}, 8, 4, true);
+    once.learn(2 * i + 1, kBounds, answers(1, 1), {.answered = 1}, 8, 4, true);
+  }
+  EXPECT_NEAR(*once.miss_share(2), 0.05, 1e-9);  // 1 in 20, not 2 in 21
 }
 
 TEST(SloCapacity, AnswersOverTheSloInterpolateWithinTheirBucket) {
@@ -101,7 +129,7 @@ TEST(SloCapacity, TheCurveNeverFallsWithLoadAndUnsettledPassesTeachNothing) {
   EXPECT_EQ(last, 1);  // 2.5 times the highest level seen: every answer missed
 
   SloCapacity fresh({.slo_s = 2, .attainment = 0.99, .min_answers = 1});
-  for (int i = 0; i < 100; ++i) fresh.learn(i, kBounds, answers(20, 20), 8, 4, false);
+  for (int i = 0; i < 100; ++i) fresh.learn(i, kBounds, answers(20, 20), {}, 8, 4, false);
   EXPECT_EQ(fresh.answers(), 0u);
   EXPECT_FALSE(fresh.miss_share(1));
 }
