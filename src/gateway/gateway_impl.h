@@ -49,11 +49,8 @@ inline double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-inline int64_t steady_ms(Clock::time_point t) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-}
 inline int64_t steady_ms() {
-  return steady_ms(Clock::now());
+  return steady_ms_of(Clock::now());
 }
 
 // What a worker thread owns. Only that thread touches it; others post to its

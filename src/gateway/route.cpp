@@ -251,7 +251,7 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     forward.prefill = decode_prefill;
     forward.stats = &stats;
     if (svc && svc->ttft_slo_s) {
-      w.deadlines.watch(deadline, *endpoint, steady_ms(start), *svc->ttft_slo_s, steady_ms());
+      w.deadlines.watch(deadline, *endpoint, steady_ms_of(start), *svc->ttft_slo_s, steady_ms());
       forward.deadline = &deadline;
     }
     if (disaggregated) forward.request_id = request_id;

@@ -31,6 +31,12 @@ class context;
 
 namespace loadstar::gateway {
 
+// Steady-clock milliseconds of `t`: the unit of Endpoint's TTFT epochs and
+// of first-token deadlines.
+inline int64_t steady_ms_of(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
 struct UpstreamOptions {
   double connect_timeout_s = 2;
   // Silence from an upstream longer than this fails the attempt.
