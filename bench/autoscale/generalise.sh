@@ -12,10 +12,20 @@
 #          300 s scale-down stabilization
 #   slo    `slo: {ttft: 2s}` and nothing else: every other setting its
 #          default (60 s / 6 s windows, 60 s scale-down stabilization); the
-#          miss curve is learned (src/autoscaler/slo_capacity.h)
+#          miss curve is learned (src/autoscaler/slo_capacity.h). With the
+#          engine's slots declared (maxSequences), the gateway's flow control
+#          is on by default: beyond 4 in flight per replica requests wait in
+#          the gateway's queue, those that can still meet the SLO first.
+#   slo-engine-queue  slo with the slots passed as the engine's own flag
+#          (--max-num-seqs 4), which the gateway does not read: no flow
+#          control, the backlog waits in the engines' first-come queues.
+# Each policy is simulated on its own, against baselines under its own
+# gateway: the static counts for `slo` have the same queue (which helps a
+# static count too), those for `tuned` have none.
 # Both start at 6 replicas, may go to 0 after the default idle timeout and
 # up to MAX (40). Replicas: engine-sim llama-3.1-70b-h100x4, 4 requests at
-# once (as bench/autoscale/run.sh), cold start 1.3 s wall (13 model seconds).
+# once (maxSequences; as bench/autoscale/run.sh), cold start 1.3 s wall (13
+# model seconds).
 # Traces (generated under a temporary directory by traces.py, nothing
 # copied into the repository): conv (Azure conversation, its hour), mooncake
 # (Mooncake's conversation trace: 12k-token prompts on average), and the
@@ -57,7 +67,7 @@ policy() {
     scaleDownStabilization: $(w 300)
 Y
     ;;
-    slo) cat <<Y
+    slo | slo-engine-queue) cat <<Y
   autoscaling:
     maxReplicas: $max
     slo: {ttft: $(w "$slo")}
@@ -68,7 +78,9 @@ Y
     ;;
   esac
 }
-for p in $policies; do
+manifest() {
+  local p=$1 slots="maxSequences: 4" flag=""
+  if [ "$p" = slo-engine-queue ]; then slots="" flag='"--max-num-seqs", "4", '; fi
   cat <<YAML
 ---
 apiVersion: loadstar.dev/v1alpha1
@@ -81,24 +93,27 @@ spec:
   idleTimeout: $(w 300)
   engine:
     name: engine-sim
-    args: ["--profile", "llama-3.1-70b-h100x4", "--time-scale", "10", "--max-num-seqs", "4",
-           "--max-model-len", "32768"]
+    $slots
+    args: ["--profile", "llama-3.1-70b-h100x4", "--time-scale", "10", $flag"--max-model-len", "32768"]
 $(policy "$p")
 YAML
-done > "$work/policies.yaml"
+}
 
 results=${OUT:-$work/results.jsonl}
 : > "$results"
 for t in $traces; do
   for r in $rates; do
-    echo "== $t x$r" >&2
-    $bin sim autoscale -f "$work/policies.yaml" --trace "$work/$t.csv" --rate "$r" \
-      --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
-      --json "$work/one.jsonl" >&2
-    python3 -c "
+    for p in $policies; do
+      echo "== $t x$r $p" >&2
+      manifest "$p" > "$work/policy.yaml"
+      $bin sim autoscale -f "$work/policy.yaml" --trace "$work/$t.csv" --rate "$r" \
+        --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
+        --json "$work/one.jsonl" >&2
+      python3 -c "
 import json, sys
 for l in open('$work/one.jsonl'):
     d = json.loads(l); d['trace'] = '$t'; d['rate'] = $r; print(json.dumps(d))" >> "$results"
+    done
   done
 done
 python3 - "$results" "$goal" <<'PY'

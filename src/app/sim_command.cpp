@@ -29,6 +29,7 @@
 #include "autoscaler/simulation.h"
 #include "controller/scaler.h"
 #include "enginesim/engine_sim.h"
+#include "routing/routing_builder.h"
 #include "scheduler/placement.h"
 #include "scheduler/queue_sim.h"
 #include "scheduler/trace.h"
@@ -279,6 +280,8 @@ Result<enginesim::EngineSimOptions> engine_sim_options(const api::InferenceServi
                       "service {}: engine '{}': only engine-sim replicas can be simulated",
                       svc.metadata.name, svc.spec.engine.name);
   enginesim::EngineSimOptions options;
+  // spec.engine.maxSequences comes as --max-num-seqs (engines.cpp); args after.
+  if (svc.spec.engine.max_sequences) options.max_num_seqs = *svc.spec.engine.max_sequences;
   CLI::App parser;
   add_engine_sim_options(parser, options);
   std::string log_level;  // every loadstar command's; nothing to model
@@ -347,6 +350,17 @@ int run_autoscale(const AutoscaleArgs& a) {
     o.slo_ttft_s = a.slo_ttft_s;
     o.replicas = svc.spec.replicas;
     if (svc.spec.autoscaling) o.autoscaling = controller::autoscaler_spec(svc);
+    // The gateway's flow control, as the service's routing table gets it.
+    const gateway::FlowControl flow = routing::flow_control(svc);
+    if (flow.max_waiting || flow.max_kv_usage)
+      fmt::print(stderr,
+                 "note: service {}: flow control's waiting and KV-cache thresholds are not "
+                 "simulated (only maxInFlightPerReplica)\n",
+                 svc.metadata.name);
+    o.max_in_flight_per_replica = flow.max_in_flight.value_or(0);
+    o.max_queued = flow.max_queued;
+    o.queue_timeout_s = flow.queue_timeout_s;
+    o.queue_by_slo = svc.spec.autoscaling && svc.spec.autoscaling->slo_ttft_s;
   }
   // What the services are judged against, from the first one's replica.
   std::optional<autoscaler::Baselines> base;
@@ -386,9 +400,11 @@ int run_autoscale(const AutoscaleArgs& a) {
         svc.metadata.name, 100 * r.slo_attainment, r.gpu_seconds,
         *baseline > 0 ? r.gpu_seconds / *baseline : 0, r.cold_starts, r.scale_changes,
         r.peak_replicas, r.ttft_p50_s, r.ttft_p90_s, r.ttft_p99_s);
-    if (r.rejected || r.cut_off)
-      fmt::print("  {} request(s) refused by the engine, {} cut off by a drain timeout\n",
-                 r.rejected, r.cut_off);
+    if (r.rejected || r.cut_off || r.refused)
+      fmt::print(
+          "  {} request(s) refused by the engine, {} by the gateway's full or timed-out queue, "
+          "{} cut off by a drain timeout\n",
+          r.rejected, r.refused, r.cut_off);
     nlohmann::json doc{{"label", svc.metadata.name},
                        {"requests", r.requests},
                        {"slo_ttft_s", a.slo_ttft_s},
@@ -400,6 +416,7 @@ int run_autoscale(const AutoscaleArgs& a) {
                        {"held", r.held},
                        {"rejected", r.rejected},
                        {"cut_off", r.cut_off},
+                       {"refused", r.refused},
                        {"ttft_p50_s", r.ttft_p50_s},
                        {"ttft_p90_s", r.ttft_p90_s},
                        {"ttft_p99_s", r.ttft_p99_s},

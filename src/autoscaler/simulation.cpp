@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "gateway/flow_queue.h"
+
 namespace loadstar::autoscaler {
 
 namespace {
@@ -176,18 +178,26 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
   size_t next = 0;
   double next_pass = 0, now = 0, last_answer = 0;
   const double give_up = (trace.empty() ? 0 : trace.back().at_s) + 86400;
+  // The gateway's flow-control queue, in model milliseconds; request k is id k + 1.
+  const uint32_t limit = o.max_in_flight_per_replica;
+  gateway::FlowQueue queue(o.max_queued);
+  if (o.queue_by_slo)
+    queue.set_serve_within(std::llround(o.slo_ttft_s * gateway::kQueueShareOfSlo * 1000));
+  std::deque<std::pair<double, size_t>> queued_at;  // entered the queue, oldest first
+  std::vector<uint8_t> queued(trace.size());
+  auto ms = [](double t) { return static_cast<int64_t>(std::llround(t * 1000)); };
 
-  auto send = [&](size_t k) {
-    // The ready replica with the fewest in flight; ties go round-robin.
+  // The ready replica with the fewest in flight (ties go round-robin), or
+  // none.
+  auto pick = [&]() -> Replica* {
     Replica* best = nullptr;
     for (size_t i = 0; i < replicas.size(); ++i) {
       Replica* r = replicas[(i + turn) % replicas.size()].get();
       if (r->state == State::kReady && (!best || r->in_flight < best->in_flight)) best = r;
     }
-    if (!best) {
-      held.push_back(k);
-      return;
-    }
+    return best;
+  };
+  auto dispatch = [&](size_t k, Replica* best) {
     ++turn;
     const TraceRequest& t = trace[k];
     engine::NewRequest req;
@@ -203,10 +213,48 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
     ++best->in_flight;
     live[k + 1] = {k, best};
   };
+  auto send = [&](size_t k) {
+    Replica* best = pick();
+    if (!best) {
+      held.push_back(k);
+      return;
+    }
+    if (limit > 0 && (best->in_flight >= limit || !queue.empty())) {
+      if (!queue.push(k + 1, 0, "", ms(trace[k].at_s)).queued) {
+        ++report.refused;
+        return;
+      }
+      queued[k] = 1;
+      queued_at.emplace_back(now, k);
+      return;
+    }
+    dispatch(k, best);
+  };
+  // Queued requests go where a ready replica has room; those past the
+  // queue's timeout are refused.
+  auto release = [&] {
+    while (!queued_at.empty() && queued_at.front().first + o.queue_timeout_s * scale <= now) {
+      const size_t k = queued_at.front().second;
+      queued_at.pop_front();
+      if (queued[k] && queue.remove(k + 1)) {
+        queued[k] = 0;
+        ++report.refused;
+      }
+    }
+    while (!queue.empty()) {
+      Replica* best = pick();
+      if (!best || best->in_flight >= limit) return;
+      const size_t k = *queue.pop(ms(now)) - 1;
+      queued[k] = 0;
+      dispatch(k, best);
+    }
+  };
 
-  while (next < trace.size() || !live.empty() || !held.empty()) {
-    // The next event: an arrival, a step's end, a replica ready, a controller pass.
+  while (next < trace.size() || !live.empty() || !held.empty() || !queue.empty()) {
+    // The next event: an arrival, a step's end, a replica ready, a controller
+    // pass, a queued request's timeout.
     double t = next < trace.size() ? trace[next].at_s : std::numeric_limits<double>::infinity();
+    if (!queued_at.empty()) t = std::min(t, queued_at.front().first + o.queue_timeout_s * scale);
     for (auto& r : replicas) {
       if (r->busy_until) t = std::min(t, *r->busy_until);
       if (r->state == State::kStarting) t = std::min(t, r->ready_at);
@@ -216,7 +264,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       return make_error(ErrorCode::kUnavailable,
                         "{} request(s) still unanswered a day after the trace ended (the "
                         "service never had a ready replica for them?)",
-                        live.size() + held.size());
+                        live.size() + held.size() + queue.size());
     now = t;
     // Steps that end now hand their outputs on.
     for (auto& r : replicas) {
@@ -260,6 +308,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       waiting.swap(held);
       for (size_t k : waiting) send(k);
     }
+    release();
     while (next < trace.size() && trace[next].at_s <= now) {
       if (std::none_of(replicas.begin(), replicas.end(),
                        [](auto& r) { return r->state == State::kReady; }))
@@ -269,10 +318,10 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
     if (next_pass <= now) {
       next_pass = now + o.period_s * scale;
       for (; due_next < next && trace[due_next].at_s + deadline_s <= now; ++due_next)
-        // Held requests are not watched (the gateway watches a request once sent;
-        // one sent after its deadline follows a change of the serving set, which
-        // the epoch rule leaves out).
-        if (!answered[due_next] && live.count(due_next + 1)) {
+        // Held requests are not watched (the gateway watches a request once sent,
+        // or queued for room; one sent after its deadline follows a change of
+        // the serving set, which the epoch rule leaves out).
+        if (!answered[due_next] && (live.count(due_next + 1) || queued[due_next])) {
           overdue[due_next] = 1;
           ttft_overdue += trace[due_next].at_s >= ttft_epoch;
         }
@@ -289,6 +338,10 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
         kv += st.kv_cache_usage;
       }
       s.kv_cache_usage = s.ready ? kv / s.ready : 0;
+      // As the controller: requests queued in the gateway count as in flight
+      // and waiting.
+      s.in_flight += static_cast<double>(queue.size());
+      s.waiting += static_cast<double>(queue.size());
       s.ttft_counts = ttft_counts;
       std::fill(ttft_counts.begin(), ttft_counts.end(), 0);
       s.ttft_overdue = std::exchange(ttft_overdue, 0);

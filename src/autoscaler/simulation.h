@@ -2,7 +2,9 @@
 // autoscaler's own core deciding, engine-sim's own core (vLLM's scheduler
 // and the step cost model) serving on each replica, and between them what
 // `loadstar up` does — a gateway sending each request to the ready replica
-// with the fewest in flight (holding it while none is ready), a controller
+// with the fewest in flight (holding it while none is ready; with flow
+// control, queueing it in the gateway's own FlowQueue while every ready
+// replica has its limit in flight), a controller
 // pass sampling the load and acting on the decision, replicas that take a
 // cold start to become ready and drain before they stop. It runs an hour of
 // trace in seconds, so a policy can be tried on a trace before a real run;
@@ -49,6 +51,17 @@ struct SimOptions {
   double drain_timeout_s = 30;   // nor later, in flight or not (wall)
   double slo_ttft_s = 2;         // model seconds
   uint32_t replicas = 1;         // at the start, ready
+  // The gateway's flow control (routing::flow_control): at most this many
+  // requests in flight on a ready replica; the others wait in the gateway's
+  // queue (at most max_queued, queue_timeout_s each, wall). 0: off, every
+  // request goes to a replica at once and waits in its engine's queue.
+  uint32_t max_in_flight_per_replica = 0;
+  uint32_t max_queued = 1024;
+  double queue_timeout_s = 60;
+  // The queue serves first the requests that can still meet slo_ttft_s (as
+  // the gateway's does for a service with autoscaling.slo); else first come,
+  // first served.
+  bool queue_by_slo = false;
   // None: a static service of `replicas`. Durations in wall seconds.
   std::optional<Spec> autoscaling;
 };
@@ -65,6 +78,7 @@ struct SimReport {
   uint64_t rejected = 0;  // the engine refused them (too long, or its waiting queue full)
   uint64_t held = 0;      // arrived while no replica was ready
   uint64_t cut_off = 0;   // still running when their replica's drain timed out
+  uint64_t refused = 0;   // the gateway's queue was full, or they waited past its timeout
   double slo_attainment = 0;
   double gpu_seconds = 0;  // replica lifetimes, creation to stop, over the run
   double run_s = 0;        // first arrival to last answer

@@ -31,6 +31,14 @@ class FirstTokenDeadlines {
       unlink();
       return overdue_;
     }
+    // The request, which arrived at `arrived_ms`, was counted overdue
+    // before it was sent (in the flow-control queue): watch() will not
+    // count it again, and settle() says it was.
+    void counted_overdue(int64_t arrived_ms) {
+      unlink();
+      overdue_ = true;
+      arrived_ms_ = arrived_ms;
+    }
 
    private:
     friend class FirstTokenDeadlines;

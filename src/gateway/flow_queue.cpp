@@ -42,7 +42,8 @@ std::span<Endpoint* const> unsaturated(const FlowControl& flow,
   return out;
 }
 
-FlowQueue::Pushed FlowQueue::push(uint64_t id, int32_t priority, const std::string& tenant) {
+FlowQueue::Pushed FlowQueue::push(uint64_t id, int32_t priority, const std::string& tenant,
+                                  int64_t arrived_ms) {
   Pushed pushed;
   if (where_.size() >= capacity_) {
     if (bands_.empty()) return pushed;
@@ -54,27 +55,39 @@ FlowQueue::Pushed FlowQueue::push(uint64_t id, int32_t priority, const std::stri
       return a.second.size() < b.second.size();
     });
     const std::string victim_tenant = longest->first;
-    const uint64_t victim = longest->second.back();
+    const uint64_t victim = longest->second.back().id;
     erase(lowest, victim_tenant, victim);
     pushed.evicted = victim;
   }
   Band& band = bands_[priority];
   auto& flow = band.flows[tenant];
   if (flow.empty()) band.turns.push_back(tenant);
-  flow.push_back(id);
+  // In order of arrival: at the end, unless it arrived before the newest.
+  auto at = flow.end();
+  while (at != flow.begin() && std::prev(at)->arrived_ms > arrived_ms) --at;
+  flow.insert(at, {id, arrived_ms});
   where_.emplace(id, Place{priority, tenant});
   pushed.queued = true;
   return pushed;
 }
 
-std::optional<uint64_t> FlowQueue::pop() {
+std::optional<uint64_t> FlowQueue::pop(int64_t now_ms) {
   if (bands_.empty()) return std::nullopt;
   auto top = bands_.begin();
   Band& band = top->second;
   const std::string tenant = band.turns.front();
   auto& flow = band.flows.at(tenant);
-  const uint64_t id = flow.front();
-  flow.pop_front();
+  auto next = flow.begin();
+  if (serve_within_ms_) {
+    // The oldest that arrived within the limit (the flow is oldest first),
+    // else the oldest.
+    next = std::partition_point(flow.begin(), flow.end(), [&](const Queued& q) {
+      return now_ms - q.arrived_ms >= *serve_within_ms_;
+    });
+    if (next == flow.end()) next = flow.begin();
+  }
+  const uint64_t id = next->id;
+  flow.erase(next);
   band.turns.pop_front();
   if (flow.empty())
     band.flows.erase(tenant);
@@ -97,7 +110,7 @@ void FlowQueue::erase(std::map<int32_t, Band, std::greater<>>::iterator band_it,
                       const std::string& tenant, uint64_t id) {
   Band& band = band_it->second;
   auto& flow = band.flows.at(tenant);
-  flow.erase(std::find(flow.begin(), flow.end(), id));
+  flow.erase(std::find_if(flow.begin(), flow.end(), [&](const Queued& q) { return q.id == id; }));
   if (flow.empty()) {
     band.flows.erase(tenant);
     band.turns.erase(std::find(band.turns.begin(), band.turns.end(), tenant));

@@ -2,7 +2,8 @@
 // how much room they have left, and the order in which waiting requests
 // leave the gateway's queue (as llm-d's flow control orders them: strict
 // priority bands, round-robin across tenants within a band, first come
-// first served within a tenant).
+// first served within a tenant; with a TTFT SLO, within a tenant, the
+// oldest request that can still meet it first).
 #pragma once
 
 #include <cstddef>
@@ -32,6 +33,10 @@ struct FlowControl {
   bool enabled() const { return max_in_flight || max_waiting || max_kv_usage; }
 };
 
+// The share of a TTFT SLO a request may spend queued and still be served
+// in time: the rest is left for its prefill on the replica.
+inline constexpr double kQueueShareOfSlo = 0.75;
+
 // Scraped values older than this do not count: an engine whose metrics
 // stopped coming is not known to be saturated.
 inline constexpr int64_t kStaleMetricsMs = 2000;
@@ -57,6 +62,13 @@ class FlowQueue {
   explicit FlowQueue(size_t capacity) : capacity_(capacity) {}
   // A smaller capacity evicts nobody; pushes are refused until below it.
   void set_capacity(size_t capacity) { capacity_ = capacity; }
+  // Within a tenant's requests, those that arrived less than `ms` ago leave
+  // first, oldest first, and only then the older ones, oldest first:
+  // under a backlog a request past its SLO is a miss whenever it is served,
+  // so the queue serves the ones that can still meet theirs (the idea of
+  // adaptive LIFO and CoDel's, applied to a TTFT deadline). Unset: first
+  // come, first served.
+  void set_serve_within(std::optional<int64_t> ms) { serve_within_ms_ = ms; }
 
   struct Pushed {
     bool queued = false;
@@ -64,19 +76,26 @@ class FlowQueue {
     // request of the lowest band's longest flow.
     std::optional<uint64_t> evicted;
   };
-  // Queues `id` unless the queue is full of requests at `priority` or above.
-  Pushed push(uint64_t id, int32_t priority, const std::string& tenant);
-  // The next to leave: highest priority, then the tenant whose turn it is.
-  std::optional<uint64_t> pop();
+  // Queues `id`, a request that arrived at `arrived_ms` (requests are kept
+  // in order of arrival), unless the queue is full of requests at
+  // `priority` or above.
+  Pushed push(uint64_t id, int32_t priority, const std::string& tenant, int64_t arrived_ms = 0);
+  // The next to leave at `now_ms`: highest priority, then the tenant whose
+  // turn it is, then (set_serve_within) the oldest still within it.
+  std::optional<uint64_t> pop(int64_t now_ms = 0);
   // Takes `id` out (it timed out, its client left); false if not queued.
   bool remove(uint64_t id);
   size_t size() const { return where_.size(); }
   bool empty() const { return where_.empty(); }
 
  private:
+  struct Queued {
+    uint64_t id;
+    int64_t arrived_ms;
+  };
   struct Band {
-    std::deque<std::string> turns;  // tenants with requests, next first
-    std::unordered_map<std::string, std::deque<uint64_t>> flows;
+    std::deque<std::string> turns;                              // tenants with requests, next first
+    std::unordered_map<std::string, std::deque<Queued>> flows;  // oldest first
   };
   struct Place {
     int32_t priority;
@@ -86,6 +105,7 @@ class FlowQueue {
              uint64_t id);
 
   size_t capacity_;
+  std::optional<int64_t> serve_within_ms_;
   std::map<int32_t, Band, std::greater<>> bands_;  // highest priority first
   std::unordered_map<uint64_t, Place> where_;
 };

@@ -126,10 +126,13 @@ struct Gateway::Impl {
       Worker& w, http::Exchange& ex, Endpoint& endpoint, std::string_view model,
       std::string_view authorization, ModelStats& stats);
   // Flow control before an attempt at a service whose replicas may all be
-  // saturated: true to go on; false when the request was answered (503) or
-  // its client left, with the status in `code`.
-  asio::awaitable<bool> wait_for_room(Worker& w, http::Exchange& ex, const std::string& service,
-                                      const TenantLimiter* tenant, int& code);
+  // saturated, for a request that arrived at `start`.
+  struct Room {
+    int code = 0;  // 0: go on; else the request was answered (503) or its client left (499)
+    bool counted_overdue = false;  // it waited past its TTFT SLO (WaitingRoom::Admission)
+  };
+  asio::awaitable<Room> wait_for_room(Worker& w, http::Exchange& ex, const std::string& service,
+                                      const TenantLimiter* tenant, Clock::time_point start);
   // Lets queued requests go where there is room, every 20 ms (worker 0).
   asio::awaitable<void> flow_ticks(Worker& w);
   // Counts the worker's requests past their TTFT SLO without a first

@@ -83,12 +83,12 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
         selector.table().services.at(backend->service).flow.enabled()) {
       // Every replica saturated: wait in the gateway's queue for room.
       flow_checked = true;
-      int code = 0;
-      const bool go = co_await wait_for_room(w, ex, backend->service, tenant, code);
-      if (!go) {
-        routed.code = code;
+      const Room room = co_await wait_for_room(w, ex, backend->service, tenant, start);
+      if (room.code != 0) {
+        routed.code = room.code;
         co_return routed;
       }
+      if (room.counted_overdue) deadline.counted_overdue(steady_ms_of(start));
       reserved = backend->service;
       if (w.table.get() != &selector.table()) {  // a new table came while it waited
         selector.resolve(w.table);
@@ -359,11 +359,13 @@ asio::awaitable<std::optional<std::vector<uint32_t>>> Gateway::Impl::engine_toke
   co_return ids;
 }
 
-asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex,
-                                                   const std::string& service,
-                                                   const TenantLimiter* tenant, int& code) {
+asio::awaitable<Gateway::Impl::Room> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex,
+                                                                  const std::string& service,
+                                                                  const TenantLimiter* tenant,
+                                                                  Clock::time_point start) {
   const RoutingTable::Service& svc = w.table->services.at(service);
-  WaitingRoom::Entry entry{.service = service};
+  WaitingRoom::Entry entry{
+      .service = service, .arrived_ms = steady_ms_of(start), .ttft_slo_s = svc.ttft_slo_s};
   if (tenant) {
     const TenantLimits limits = tenant->limits();
     entry.tenant = tenant->name();
@@ -372,15 +374,12 @@ asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex
   }
   // The table (and so svc) stays alive while this waits.
   std::shared_ptr<const RoutingTable> table = w.table;
-  const WaitingRoom::Verdict verdict =
+  const WaitingRoom::Admission admission =
       co_await waiting_room.enter(ex, std::move(entry), svc.flow, svc.ready);
+  const WaitingRoom::Verdict verdict = admission.verdict;
   using V = WaitingRoom::Verdict;
-  if (verdict == V::kGo) co_return true;
-  if (verdict == V::kClientGone) {
-    code = 499;
-    co_return false;
-  }
-  code = 503;
+  if (verdict == V::kGo) co_return Room{.counted_overdue = admission.counted_overdue};
+  if (verdict == V::kClientGone) co_return Room{.code = 499};
   std::string message =
       verdict == V::kShed ? fmt::format(
                                 "every replica of `{}` is saturated and this key's traffic "
@@ -397,7 +396,7 @@ asio::awaitable<bool> Gateway::Impl::wait_for_room(Worker& w, http::Exchange& ex
           : fmt::format("no replica of `{}` had room within {}s; retry later", service,
                         svc.flow.queue_timeout_s);
   co_await send_error(ex, 503, std::move(message), {}, {}, 1);
-  co_return false;
+  co_return Room{.code = 503};
 }
 
 asio::awaitable<void> Gateway::Impl::flow_ticks(Worker& w) {

@@ -131,9 +131,13 @@ struct RoutingTable {
     bool may_get_replicas = true;
     uint32_t hold_max_requests = 256;
     double hold_timeout_s = 120;
-    FlowControl flow;  // off unless a saturation threshold is set
+    // Off unless a saturation threshold is set (routing::flow_control: one
+    // by default for an SLO service whose slot count is declared).
+    FlowControl flow;
     // autoscaling.slo's TTFT: a request without a first token by then is
-    // counted as a miss at once (Endpoint::ttft_overdue). None: not watched.
+    // counted as a miss at once (Endpoint::ttft_overdue), sent or still in
+    // the flow-control queue, which serves first the requests that can
+    // still meet it. None: not watched.
     std::optional<double> ttft_slo_s;
     // A canary rollout's split: `canary_weight` percent of the requests go
     // to the `canary` endpoints (of `ready`), the rest to the others.

@@ -1,6 +1,7 @@
 #include "gateway/waiting_room.h"
 
 #include <chrono>
+#include <cmath>
 
 #include <fmt/format.h>
 #include <boost/asio/as_tuple.hpp>
@@ -26,36 +27,43 @@ int64_t now_ms() {
 struct WaitingRoom::Waiter {
   explicit Waiter(const asio::any_io_executor& executor) : timer(executor) {}
   enum class State { kWaiting, kGranted, kEvicted } state = State::kWaiting;
+  int64_t arrived_ms = 0;
+  bool overdue = false;  // counted a miss while it waited
   asio::steady_timer timer;
   static void wake(const std::shared_ptr<Waiter>& w) {
     asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
   }
 };
 
-asio::awaitable<WaitingRoom::Verdict> WaitingRoom::enter(
+asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
     http::Exchange& ex, Entry entry, const FlowControl& flow,
     std::span<const std::shared_ptr<Endpoint>> endpoints) {
   auto executor = co_await asio::this_coro::executor;
   auto waiter = std::make_shared<Waiter>(executor);
+  waiter->arrived_ms = entry.arrived_ms;
   uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     Line& line = lines_[entry.service];
     line.queue.set_capacity(flow.max_queued);
+    std::optional<int64_t> serve_within;
+    if (entry.ttft_slo_s) serve_within = std::llround(*entry.ttft_slo_s * kQueueShareOfSlo * 1000);
+    line.queue.set_serve_within(serve_within);
     const uint64_t free = room(flow, endpoints, now_ms());
     if (line.queue.empty() && free > line.reserved) {
       ++line.reserved;
-      co_return Verdict::kGo;
+      co_return Admission{Verdict::kGo};
     }
     if (entry.sheddable) {
       ++line.outcomes["shed"];
-      co_return Verdict::kShed;
+      co_return Admission{Verdict::kShed};
     }
     id = ++next_id_;
-    const FlowQueue::Pushed pushed = line.queue.push(id, entry.priority, entry.tenant);
+    const FlowQueue::Pushed pushed =
+        line.queue.push(id, entry.priority, entry.tenant, entry.arrived_ms);
     if (!pushed.queued) {
       ++line.outcomes["queue_full"];
-      co_return Verdict::kFull;
+      co_return Admission{Verdict::kFull};
     }
     if (pushed.evicted) {
       auto victim = line.waiters.extract(*pushed.evicted);
@@ -65,6 +73,8 @@ asio::awaitable<WaitingRoom::Verdict> WaitingRoom::enter(
       --waiting_;
     }
     line.waiters.emplace(id, waiter);
+    if (entry.ttft_slo_s)
+      line.deadlines.emplace(entry.arrived_ms + std::llround(*entry.ttft_slo_s * 1000), id);
     ++waiting_;
   }
 
@@ -93,13 +103,15 @@ asio::awaitable<WaitingRoom::Verdict> WaitingRoom::enter(
       verdict = *gone ? Verdict::kClientGone : Verdict::kTimeout;
       line.queue.remove(id);
       line.waiters.erase(id);
+      if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
       --waiting_;
       ++line.outcomes[*gone ? "client_gone" : "timeout"];
       break;
     }
   }
   ex.on_client_closed([] {});
-  co_return verdict;
+  std::lock_guard lock(mu_);  // a waiter's overdue is written under it
+  co_return Admission{verdict, waiter->overdue};
 }
 
 void WaitingRoom::dispatched(const std::string& service) {
@@ -116,7 +128,25 @@ void WaitingRoom::notify(const RoutingTable& table) {
     if (line.queue.empty()) continue;
     auto it = table.services.find(service);
     if (it == table.services.end()) continue;
+    count_overdue_locked(line, it->second.ready, now);
     release_locked(line, it->second.flow, it->second.ready, now);
+  }
+}
+
+void WaitingRoom::count_overdue_locked(Line& line,
+                                       std::span<const std::shared_ptr<Endpoint>> endpoints,
+                                       int64_t now) {
+  while (!line.deadlines.empty() && line.deadlines.begin()->first <= now) {
+    const uint64_t id = line.deadlines.begin()->second;
+    line.deadlines.erase(line.deadlines.begin());
+    auto it = line.waiters.find(id);
+    if (it == line.waiters.end()) continue;  // it left before its deadline
+    Waiter& waiter = *it->second;
+    waiter.overdue = true;
+    // As an answer's TTFT: only a request that arrived since the serving
+    // set changed counts.
+    if (!endpoints.empty() && endpoints.front()->counts_since_epoch(waiter.arrived_ms))
+      endpoints.front()->ttft_overdue.fetch_add(1, std::memory_order_relaxed);
   }
 }
 
@@ -125,7 +155,7 @@ void WaitingRoom::release_locked(Line& line, const FlowControl& flow,
                                  int64_t now) {
   const uint64_t free = room(flow, endpoints, now);
   while (!line.queue.empty() && free > line.reserved) {
-    const uint64_t id = *line.queue.pop();
+    const uint64_t id = *line.queue.pop(now);
     auto waiter = line.waiters.extract(id);
     waiter.mapped()->state = Waiter::State::kGranted;
     Waiter::wake(waiter.mapped());
@@ -133,6 +163,7 @@ void WaitingRoom::release_locked(Line& line, const FlowControl& flow,
     ++line.outcomes["dispatched"];
     --waiting_;
   }
+  if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
 }
 
 std::map<std::string, int64_t> WaitingRoom::queued() const {

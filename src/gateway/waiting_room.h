@@ -3,6 +3,10 @@
 // FlowQueue's order as replicas get room (a request there finished, a
 // scrape or a new table shows room), instead of piling up blindly in one
 // engine. Sheddable tenants' requests are refused rather than queued.
+// With a TTFT SLO the queue serves first those that can still meet it
+// (FlowQueue::set_serve_within), and a request still queued when its SLO
+// passes is counted as a miss then (Endpoint::ttft_overdue, as
+// FirstTokenDeadlines counts those sent), not when it leaves.
 // Thread-safe: workers enter and notify from their own threads; a waiting
 // request is woken on its own worker.
 #pragma once
@@ -12,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -32,6 +37,14 @@ class WaitingRoom {
     int32_t priority = 0;
     std::string tenant;  // "" without tenants: one flow
     bool sheddable = false;
+    int64_t arrived_ms = 0;            // steady-clock milliseconds
+    std::optional<double> ttft_slo_s;  // the service's (autoscaling.slo)
+  };
+  struct Admission {
+    Verdict verdict = Verdict::kGo;
+    // It waited past its SLO and was counted overdue then: not to be
+    // counted again (FirstTokenDeadlines::Entry::counted_overdue).
+    bool counted_overdue = false;
   };
 
   WaitingRoom() = default;
@@ -43,8 +56,8 @@ class WaitingRoom {
   // queue timeout or the client's leaving. After kGo the caller holds a
   // reservation of one request's room: it must call dispatched(service)
   // once the request is counted in an endpoint's in_flight (or dropped).
-  boost::asio::awaitable<Verdict> enter(http::Exchange& ex, Entry entry, const FlowControl& flow,
-                                        std::span<const std::shared_ptr<Endpoint>> endpoints);
+  boost::asio::awaitable<Admission> enter(http::Exchange& ex, Entry entry, const FlowControl& flow,
+                                          std::span<const std::shared_ptr<Endpoint>> endpoints);
   void dispatched(const std::string& service);
   // Lets waiting requests go where `table` shows room. Cheap when nobody
   // waits; call when a request to a replica ends, and periodically.
@@ -62,8 +75,13 @@ class WaitingRoom {
     FlowQueue queue{0};
     std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
     uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
+    std::multimap<int64_t, uint64_t> deadlines;  // SLO deadline -> waiter id
     std::map<std::string, uint64_t> outcomes;
   };
+  // Counts the waiters whose SLO passed by `now_ms` overdue, on the first
+  // of `endpoints` (the controller sums a service's endpoints).
+  void count_overdue_locked(Line& line, std::span<const std::shared_ptr<Endpoint>> endpoints,
+                            int64_t now_ms);
   void release_locked(Line& line, const FlowControl& flow,
                       std::span<const std::shared_ptr<Endpoint>> endpoints, int64_t now_ms);
 

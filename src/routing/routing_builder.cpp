@@ -43,6 +43,19 @@ const std::shared_ptr<gateway::Endpoint>& RoutingBuilder::endpoint_of(
   return endpoint;
 }
 
+gateway::FlowControl flow_control(const api::InferenceService& svc) {
+  const api::RoutingSpec& r = svc.spec.routing;
+  gateway::FlowControl flow{.max_in_flight = r.max_in_flight_per_replica,
+                            .max_waiting = r.max_waiting_per_replica,
+                            .max_kv_usage = r.max_kv_cache_usage,
+                            .max_queued = r.max_queued,
+                            .queue_timeout_s = r.queue_timeout_s};
+  const bool slo = svc.spec.autoscaling && svc.spec.autoscaling->slo_ttft_s;
+  if (slo && !flow.enabled() && svc.spec.engine.max_sequences)
+    flow.max_in_flight = *svc.spec.engine.max_sequences;
+  return flow;
+}
+
 std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const RoutingInputs& inputs) {
   auto table = std::make_shared<gateway::RoutingTable>();
   table->version = ++version_;
@@ -64,12 +77,7 @@ std::shared_ptr<const gateway::RoutingTable> RoutingBuilder::build(const Routing
       s.max_loras = svc.spec.lora->max_loras;
       s.max_cpu_loras = svc.spec.lora->max_cpu_loras.value_or(s.max_loras);
     }
-    const api::RoutingSpec& r = svc.spec.routing;
-    s.flow = {.max_in_flight = r.max_in_flight_per_replica,
-              .max_waiting = r.max_waiting_per_replica,
-              .max_kv_usage = r.max_kv_cache_usage,
-              .max_queued = r.max_queued,
-              .queue_timeout_s = r.queue_timeout_s};
+    s.flow = flow_control(svc);
     // A disaggregated service's prefill pool: its replicas, by the pool's
     // own service name.
     if (svc.spec.prefill) {

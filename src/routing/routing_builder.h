@@ -56,6 +56,16 @@ Result<std::string> resolve_host(const std::string& host, uint16_t port);
 
 gateway::PickerConfig picker_config(const api::RoutingSpec& spec);
 
+// A service's flow control: spec.routing.flowControl's thresholds, and its
+// TTFT SLO (spec.autoscaling.slo). A service with an SLO whose engine's
+// slot count is declared (spec.engine.maxSequences) and that sets no
+// threshold has one by default, its in-flight limit at that count: beyond
+// what the slots hold, requests wait in the gateway, where the queue serves
+// first those that can still meet the SLO and a replica that comes up takes
+// them at once, instead of in one engine's first-come queue. The gateway's
+// table and the autoscaling simulator take it from here.
+gateway::FlowControl flow_control(const api::InferenceService& svc);
+
 class RoutingBuilder {
  public:
   explicit RoutingBuilder(Resolver resolve = resolve_host) : resolve_(std::move(resolve)) {}

@@ -318,9 +318,11 @@ TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
 
 // With an SLO, a request still without a first token when its TTFT SLO
 // passes is counted as a miss then, in the load report the controller
-// autoscales on, before its answer comes (here: queued behind a long
-// stream in a one-slot llama-server); its answer, later, is marked as
-// counted already.
+// autoscales on, before its answer comes; its answer, later, is marked as
+// counted already. Here it waits behind a long stream for a one-slot
+// llama-server: with an SLO and the slots declared, flow control is on by
+// default, so it waits in the gateway's queue (counted there), not in the
+// engine's.
 TEST(LlamaCpp, ARequestPastItsTtftSloIsReportedOverdueBeforeItIsAnswered) {
   REQUIRE_LLAMA();
   auto up = Up::start(service(1, R"(  autoscaling:
@@ -345,10 +347,15 @@ TEST(LlamaCpp, ARequestPastItsTtftSloIsReportedOverdueBeforeItIsAnswered) {
   std::thread first = send("A long answer, please.", 900);
   std::this_thread::sleep_for(100ms);
   std::thread second = send("Then a short one.", 2);  // waits for the slot
+  const bool queued = eventually([&] {
+    auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+    return load.ok() && json::parse(load->body)["queued"].value("chat", 0) == 1;
+  });
   const bool seen = eventually([&] { return overdue("ttft_overdue") >= 1; }, 5s);
   const int answered_then = done.load();
   first.join();
   second.join();
+  EXPECT_TRUE(queued) << "not queued in the gateway";
   EXPECT_TRUE(seen);
   EXPECT_EQ(answered_then, 0) << "the long stream ended before the check: no evidence";
   EXPECT_EQ(done, 2);

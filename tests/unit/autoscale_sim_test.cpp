@@ -179,6 +179,43 @@ TEST(AutoscaleSim, BaselinesAreTheFewestStaticReplicasThatMeetTheGoalAndAFloorUn
   EXPECT_FALSE(baselines(trace, o, 0.99, 0).ok());
 }
 
+// The gateway's flow control: beyond the limit requests wait in the
+// gateway's queue, not in the engine's; ordered by the SLO, the queue answers
+// more within it under a backlog than first come, first served (which
+// makes every request wait behind it); a full queue, and one waited on past
+// its timeout, refuse.
+TEST(AutoscaleSim, FlowControlQueuesInTheGatewayAndServesFirstWhatCanStillMeetTheSlo) {
+  SimOptions o;
+  o.engine.max_num_seqs = 2;
+  o.max_in_flight_per_replica = 2;
+  o.slo_ttft_s = 2;
+  // One replica, twice the arrivals it can serve for a minute.
+  const std::vector<TraceRequest> trace = every(0.5, 120, 200);
+  auto fifo = simulate(trace, o);
+  ASSERT_TRUE(fifo.ok()) << fifo.error().message;
+  EXPECT_EQ(fifo->refused, 0u);
+  EXPECT_EQ(fifo->rejected, 0u);
+  ASSERT_FALSE(fifo->timeline.empty());
+  uint32_t most = 0;
+  for (const SimSample& s : fifo->timeline) most = std::max(most, s.in_flight);
+  EXPECT_GT(most, 10u);  // queued ones count as in flight, as the controller counts them
+  o.queue_by_slo = true;
+  auto by_slo = simulate(trace, o);
+  ASSERT_TRUE(by_slo.ok()) << by_slo.error().message;
+  EXPECT_EQ(by_slo->refused, 0u);
+  EXPECT_GT(by_slo->slo_attainment, fifo->slo_attainment + 0.1)
+      << fifo->slo_attainment << " first come, first served";
+  o.max_queued = 5;
+  auto full = simulate(trace, o);
+  ASSERT_TRUE(full.ok());
+  EXPECT_GT(full->refused, 10u);
+  o.max_queued = 1024;
+  o.queue_timeout_s = 5;
+  auto timed_out = simulate(trace, o);
+  ASSERT_TRUE(timed_out.ok());
+  EXPECT_GT(timed_out->refused, 10u);
+}
+
 TEST(AutoscaleSim, RejectsNonsenseOptions) {
   SimOptions o;
   o.time_scale = 0;

@@ -1,11 +1,14 @@
 // Flow control's pure core: when replicas count as saturated, the room they
 // have, and the order in which queued requests leave (priority bands,
-// round-robin across tenants, FIFO within one), eviction when full.
+// round-robin across tenants, FIFO within one, or with an SLO those that
+// can still meet it first), eviction when full, the default for an SLO
+// service.
 #include <gtest/gtest.h>
 
 #include "controller/load.h"
 #include "gateway/flow_queue.h"
 #include "gateway/routing_table.h"
+#include "routing/routing_builder.h"
 
 namespace loadstar::gateway {
 namespace {
@@ -57,6 +60,47 @@ TEST(FlowQueue, RemovedRequestsLeaveNoTrace) {
   EXPECT_EQ(drain(q), (std::vector<uint64_t>{3}));
   q.set_capacity(0);
   EXPECT_FALSE(q.push(4, 9, "a").queued);  // nothing to evict
+}
+
+// With an SLO, within a tenant: the oldest that arrived within the limit
+// first, then the rest oldest first; arrivals out of order are put in order.
+TEST(FlowQueue, WithAnSloTheOldestThatCanStillMeetItLeavesFirst) {
+  FlowQueue q(100);
+  q.set_serve_within(500);
+  q.push(1, 0, "a", 0);
+  q.push(2, 0, "a", 100);
+  q.push(3, 0, "a", 950);
+  q.push(4, 0, "a", 900);  // arrived before 3 (it waited elsewhere first)
+  q.push(5, 0, "b", 0);
+  // At 1000: a's 4 and 3 can still meet it; b's turn comes between.
+  EXPECT_EQ(q.pop(1000), 4u);
+  EXPECT_EQ(q.pop(1000), 5u);
+  EXPECT_EQ(q.pop(1000), 3u);
+  EXPECT_EQ(q.pop(1000), 1u);  // none left within: the oldest
+  // Without the limit: first come, first served.
+  q.push(6, 0, "a", 1000);
+  q.set_serve_within(std::nullopt);
+  EXPECT_EQ(q.pop(1000), 2u);
+  EXPECT_EQ(q.pop(1000), 6u);
+  EXPECT_TRUE(q.empty());
+}
+
+TEST(FlowControl, AnSloServiceWithDeclaredSlotsGetsAnInFlightLimitByDefault) {
+  api::InferenceService svc;
+  svc.spec.engine.max_sequences = 4;
+  EXPECT_FALSE(routing::flow_control(svc).enabled());  // no SLO: off
+  svc.spec.autoscaling.emplace();
+  svc.spec.autoscaling->slo_ttft_s = 2;
+  gateway::FlowControl flow = routing::flow_control(svc);
+  EXPECT_EQ(flow.max_in_flight, 4u);
+  // A threshold of the user's own wins; nor is any set without a slot count.
+  svc.spec.routing.max_kv_cache_usage = 0.9;
+  flow = routing::flow_control(svc);
+  EXPECT_FALSE(flow.max_in_flight);
+  EXPECT_EQ(flow.max_kv_usage, 0.9);
+  svc.spec.routing.max_kv_cache_usage.reset();
+  svc.spec.engine.max_sequences.reset();
+  EXPECT_FALSE(routing::flow_control(svc).enabled());
 }
 
 TEST(FlowControl, SaturationAndRoomFromInFlightAndFreshMetrics) {
