@@ -10,7 +10,10 @@
 #                 60 s / 6 s windows, panic at 2x, 300 s scale-down
 #                 stabilization (the HPA's default), 10% tolerance
 #   loadstar-slo  `slo: {ttft: SLO}` and every other setting its default:
-#                 the miss curve learned (not in the default POLICIES)
+#                 the miss curve learned (not in the default POLICIES); the
+#                 slots declared (maxSequences), so the gateway's flow control
+#                 is on by default, its queue ordered by the SLO
+#                 (docs/gateway.md)
 # Replicas are small (MAX_SEQS 4 requests at once) so that a replica is a
 # fine step of capacity: with 16 the hour needed 2 to 3, and rounding up to
 # whole replicas, not the policy, decided the cost. The autoscaled policies
@@ -122,7 +125,8 @@ spec:
   resources: {gpu: {count: 1}}
   engine:
     name: engine-sim
-    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-num-seqs", "$seqs", "--max-model-len", "16384",
+    maxSequences: $seqs
+    args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-model-len", "16384",
            "--log-level", "warn"]
   $(policy_spec "$2" | sed '2,$s/^/  /')
 YAML
