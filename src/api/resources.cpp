@@ -325,6 +325,8 @@ void decode_service(Decoder& d, MapReader& top, InferenceService& svc) {
     e.string("image", svc.spec.engine.image, false);
     e.optional_uint("contextLength", svc.spec.engine.context_length);
     e.optional_uint("maxSequences", svc.spec.engine.max_sequences);
+    if (svc.spec.engine.max_sequences == 0u)
+      d.error(engine["maxSequences"], "spec.engine.maxSequences", "must be at least 1");
     e.optional_uint("threads", svc.spec.engine.threads);
     e.boolean("prefixCache", svc.spec.engine.prefix_cache);
     e.boolean("kvEvents", svc.spec.engine.kv_events);

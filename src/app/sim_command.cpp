@@ -360,7 +360,8 @@ int run_autoscale(const AutoscaleArgs& a) {
     o.max_in_flight_per_replica = flow.max_in_flight.value_or(0);
     o.max_queued = flow.max_queued;
     o.queue_timeout_s = flow.queue_timeout_s;
-    o.queue_by_slo = svc.spec.autoscaling && svc.spec.autoscaling->slo_ttft_s;
+    if (svc.spec.autoscaling && svc.spec.autoscaling->slo_ttft_s)
+      o.queue_slo_s = *svc.spec.autoscaling->slo_ttft_s * o.time_scale;  // model seconds
   }
   // What the services are judged against, from the first one's replica.
   std::optional<autoscaler::Baselines> base;

@@ -58,10 +58,11 @@ struct SimOptions {
   uint32_t max_in_flight_per_replica = 0;
   uint32_t max_queued = 1024;
   double queue_timeout_s = 60;
-  // The queue serves first the requests that can still meet slo_ttft_s (as
-  // the gateway's does for a service with autoscaling.slo); else first come,
-  // first served.
-  bool queue_by_slo = false;
+  // The queue serves first the requests that can still meet this TTFT
+  // (model seconds; the gateway's, for a service with autoscaling.slo, by
+  // that SLO); none: first come, first served. Apart from `autoscaling`, so
+  // that static baselines keep the same queue.
+  std::optional<double> queue_slo_s;
   // None: a static service of `replicas`. Durations in wall seconds.
   std::optional<Spec> autoscaling;
 };

@@ -51,7 +51,7 @@ gateway::FlowControl flow_control(const api::InferenceService& svc) {
                             .max_queued = r.max_queued,
                             .queue_timeout_s = r.queue_timeout_s};
   const bool slo = svc.spec.autoscaling && svc.spec.autoscaling->slo_ttft_s;
-  if (slo && !flow.enabled() && svc.spec.engine.max_sequences)
+  if (slo && !flow.enabled() && svc.spec.engine.max_sequences.value_or(0) > 0)
     flow.max_in_flight = *svc.spec.engine.max_sequences;
   return flow;
 }

@@ -244,6 +244,11 @@ metadata: {name: g}
 spec: {model: m, routing: {flowControl: {maxInFlightPerReplica: 0, maxKvCacheUsage: 2}}}
 ---
 apiVersion: loadstar.dev/v1alpha1
+kind: InferenceService
+metadata: {name: z}
+spec: {model: m, engine: {name: vllm, maxSequences: 0}}
+---
+apiVersion: loadstar.dev/v1alpha1
 kind: Tenant
 metadata: {name: p}
 spec: {priority: high}
@@ -262,6 +267,7 @@ spec: {priority: high}
   for (const char* expected :
        {"spec.routing.flowControl: needs a saturation threshold",
         "spec.routing.flowControl.maxInFlightPerReplica: must be at least 1",
+        "spec.engine.maxSequences: must be at least 1",
         "spec.routing.flowControl.maxKvCacheUsage: must be a number from 0 to 1",
         "Tenant 'p': spec.priority: must be an integer"})
     EXPECT_NE(m.find(expected), std::string::npos) << expected << "\n---\n" << m;

@@ -199,7 +199,7 @@ TEST(AutoscaleSim, FlowControlQueuesInTheGatewayAndServesFirstWhatCanStillMeetTh
   uint32_t most = 0;
   for (const SimSample& s : fifo->timeline) most = std::max(most, s.in_flight);
   EXPECT_GT(most, 10u);  // queued ones count as in flight, as the controller counts them
-  o.queue_by_slo = true;
+  o.queue_slo_s = 2;
   auto by_slo = simulate(trace, o);
   ASSERT_TRUE(by_slo.ok()) << by_slo.error().message;
   EXPECT_EQ(by_slo->refused, 0u);
