@@ -390,7 +390,6 @@ void Gateway::start() {
     w->guard.emplace(w->io.get_executor());
     if (w == impl_->workers.front().get())
       asio::co_spawn(w->io, impl_->flow_ticks(*w), asio::detached);
-    asio::co_spawn(w->io, impl_->deadline_ticks(*w), asio::detached);
     w->thread = std::thread([w] {
       current_worker = w;
       w->io.run();

@@ -71,6 +71,7 @@ struct Worker {
   Upstream upstream;              // idle keep-alive connections per replica
   HeldRequests held;              // a new table wakes them
   FirstTokenDeadlines deadlines;  // this worker's requests awaiting a first token
+  bool deadlines_swept = false;   // deadline_ticks runs (from the first watch on)
   EndpointChooser::Scratch picks;
   std::vector<Endpoint*> unsaturated;   // scratch of flow control's filter
   std::vector<Endpoint*> canary;        // scratch of a canary's split
@@ -136,7 +137,8 @@ struct Gateway::Impl {
   // Lets queued requests go where there is room, every 20 ms (worker 0).
   asio::awaitable<void> flow_ticks(Worker& w);
   // Counts the worker's requests past their TTFT SLO without a first
-  // token, every 100 ms (every worker).
+  // token, every 100 ms, on a worker from its first watched request on (a
+  // gateway whose services have no SLO never runs it).
   asio::awaitable<void> deadline_ticks(Worker& w);
   // Outlier detection's bookkeeping after an attempt.
   void note_outcome(Worker& w, Endpoint& endpoint, bool failed);

@@ -1,7 +1,11 @@
 // A request's way to an engine: the backend (routes, fallbacks, holding a
 // request for a replica at zero), flow control, the endpoint pick, a
 // disaggregated service's prefill leg, the attempt and its retries.
+#include <utility>
+
 #include <spdlog/spdlog.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "common/scope_exit.h"
@@ -252,6 +256,8 @@ asio::awaitable<Gateway::Impl::Routed> Gateway::Impl::route(
     forward.stats = &stats;
     if (svc && svc->ttft_slo_s) {
       w.deadlines.watch(deadline, *endpoint, steady_ms_of(start), *svc->ttft_slo_s, steady_ms());
+      if (!std::exchange(w.deadlines_swept, true))  // a gateway without an SLO never wakes for it
+        asio::co_spawn(w.io, deadline_ticks(w), asio::detached);
       forward.deadline = &deadline;
     }
     if (disaggregated) forward.request_id = request_id;
