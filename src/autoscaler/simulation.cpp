@@ -181,8 +181,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
   // The gateway's flow-control queue, in model milliseconds; request k is id k + 1.
   const uint32_t limit = o.max_in_flight_per_replica;
   gateway::FlowQueue queue(o.max_queued);
-  if (o.queue_slo_s)
-    queue.set_serve_within(std::llround(*o.queue_slo_s * gateway::kQueueShareOfSlo * 1000));
+  queue.set_serve_within(gateway::serve_within_ms(o.queue_slo_s));  // model milliseconds
   std::deque<std::pair<double, size_t>> queued_at;  // entered the queue, oldest first
   std::vector<uint8_t> queued(trace.size());
   auto ms = [](double t) { return static_cast<int64_t>(std::llround(t * 1000)); };

@@ -36,6 +36,12 @@ struct FlowControl {
 // The share of a TTFT SLO a request may spend queued and still be served
 // in time: the rest is left for its prefill on the replica.
 inline constexpr double kQueueShareOfSlo = 0.75;
+// FlowQueue::set_serve_within's limit for a TTFT SLO (seconds; the queue's
+// times are milliseconds of the same clock): none without an SLO.
+inline std::optional<int64_t> serve_within_ms(std::optional<double> ttft_slo_s) {
+  if (!ttft_slo_s) return std::nullopt;
+  return static_cast<int64_t>(*ttft_slo_s * kQueueShareOfSlo * 1000 + 0.5);
+}
 
 // Scraped values older than this do not count: an engine whose metrics
 // stopped coming is not known to be saturated.

@@ -46,9 +46,7 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
     std::lock_guard lock(mu_);
     Line& line = lines_[entry.service];
     line.queue.set_capacity(flow.max_queued);
-    std::optional<int64_t> serve_within;
-    if (entry.ttft_slo_s) serve_within = std::llround(*entry.ttft_slo_s * kQueueShareOfSlo * 1000);
-    line.queue.set_serve_within(serve_within);
+    line.queue.set_serve_within(serve_within_ms(entry.ttft_slo_s));
     const uint64_t free = room(flow, endpoints, now_ms());
     if (line.queue.empty() && free > line.reserved) {
       ++line.reserved;

@@ -56,8 +56,8 @@ Result<std::string> resolve_host(const std::string& host, uint16_t port);
 
 gateway::PickerConfig picker_config(const api::RoutingSpec& spec);
 
-// A service's flow control: spec.routing.flowControl's thresholds, and its
-// TTFT SLO (spec.autoscaling.slo). A service with an SLO whose engine's
+// A service's flow control: spec.routing.flowControl's thresholds. A
+// service with a TTFT SLO (spec.autoscaling.slo) whose engine's
 // slot count is declared (spec.engine.maxSequences) and that sets no
 // threshold has one by default, its in-flight limit at that count: beyond
 // what the slots hold, requests wait in the gateway, where the queue serves
