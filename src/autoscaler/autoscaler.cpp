@@ -58,13 +58,20 @@ void Autoscaler::observe(const Sample& s) {
   // (or changed) gets a whole idle window before it may go to zero.
   if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
     last_activity_ = s.now;
+  // Arrivals, as the gateway met them: a request waiting there has arrived
+  // as surely as one sent, and while the replicas are saturated the sends
+  // keep their pace, not the arrivals'.
+  const double arrived_before = arrived_total_;
+  const double arrived_now = static_cast<double>(s.requests_total) + s.held + s.queued;
+  arrived_total_ =
+      s.requests_total < last_requests_ ? arrived_now : std::max(arrived_total_, arrived_now);
   last_requests_ = s.requests_total;
   if (!first_request_ && (s.requests_total > 0 || s.in_flight > 0 || s.held > 0))
     first_request_ = s.now;
   const bool same_set = !samples_.empty() && samples_.back().ready == s.ready;
   if (!same_set) serving_since_ = s.now;
   if (slo_) {
-    slo_->arrivals(s.now, s.requests_total, spec_.stable_window_s);
+    slo_->arrivals(s.now, static_cast<uint64_t>(arrived_total_), spec_.stable_window_s);
     // Settled: the serving set unchanged for twice the SLO. Sooner, the
     // answers counted (of requests that arrived since the change) are only
     // the fast ones: the slow ones are still coming.
@@ -72,11 +79,9 @@ void Autoscaler::observe(const Sample& s) {
     slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, {s.ttft_overdue, s.ttft_overdue_answered},
                 s.in_flight, s.ready, settled);
     // The load sample, with the requests that arrived since the last one.
-    const double arrived =
-        samples_.empty() || s.requests_total < samples_.back().requests_total
-            ? 0
-            : static_cast<double>(s.requests_total - samples_.back().requests_total);
-    offered_->observe(s.now, s.requests_total, s.held, s.in_flight, s.waiting);
+    const double arrived = samples_.empty() ? 0 : std::max(0.0, arrived_total_ - arrived_before);
+    offered_->observe(s.now, s.requests_total, s.held + s.queued, s.in_flight - s.queued,
+                      s.waiting - s.queued);
     double load = s.in_flight;
     offered_now_.reset();
     if (s.held > 0 || s.ready == 0)

@@ -122,6 +122,7 @@ struct Sample {
   double prefill_tokens = 0;         // prompt tokens awaiting their first token, all replicas
   uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica
   uint64_t requests_total = 0;       // requests ever sent (idleness)
+  double queued = 0;  // of in_flight (and waiting): in the gateway's flow-control queue now
 };
 
 struct Decision {
@@ -193,6 +194,9 @@ class Autoscaler {
   std::optional<double> panic_until_;
   double serving_since_ = 0;  // when the ready count last changed: TTFT evidence starts there
   uint64_t last_requests_ = 0;
+  // Requests that reached the gateway: sent, held or queued there (never
+  // less than before, but for a restarted counter).
+  double arrived_total_ = 0;
   std::optional<double> last_activity_;
   std::optional<SloCapacity> slo_;
   // With an SLO: the load the arrivals offer, which sizes the service while

@@ -5,9 +5,9 @@
 
 namespace loadstar::autoscaler {
 
-void OfferedLoad::observe(double now, uint64_t sent_total, double held, double in_flight,
+void OfferedLoad::observe(double now, uint64_t sent_total, double at_gateway, double in_flight,
                           double queued) {
-  const Point p{now, static_cast<double>(sent_total) + held, static_cast<double>(sent_total),
+  const Point p{now, static_cast<double>(sent_total) + at_gateway, static_cast<double>(sent_total),
                 in_flight, std::max(0.0, in_flight - queued)};
   if (!points_.empty() && p.sent < points_.back().sent) points_.clear();  // a counter restarted
   if (!points_.empty() && now <= points_.back().now) return;

@@ -8,10 +8,10 @@
 // service in that state. Pure: no I/O, no clock (every call takes the time
 // in seconds).
 //
-// - The arrival rate: requests that arrived (sent to a replica, or held at
-//   the gateway now) over the shortest span back of at least `window_s`
-//   that holds `min_arrivals` (so a slow service's rate is not a handful of
-//   requests), `max_window_s` at the most.
+// - The arrival rate: requests that arrived (sent to a replica, or waiting
+//   at the gateway now: held, or in its flow-control queue) over the shortest span back of at least
+//   `window_s` that holds `min_arrivals` (so a slow service's rate is not a handful of requests),
+//   `max_window_s` at the most.
 // - The run time: running requests (in flight, less those the engines
 //   queue) integrated over time, over the requests that finished in that
 //   time, both decayed with a half-life (`memory_s`) so a changed mix is
@@ -37,9 +37,10 @@ class OfferedLoad {
  public:
   explicit OfferedLoad(OfferedLoadOptions options) : o_(options) {}
 
-  // One observation: requests ever sent (a counter), held at the gateway
-  // now, in flight now (sent, not finished), queued in the engines now.
-  void observe(double now, uint64_t sent_total, double held, double in_flight, double queued);
+  // One observation: requests ever sent (a counter), waiting at the gateway
+  // now (held, or in its queue), in flight now (sent, not finished), queued
+  // in the engines now.
+  void observe(double now, uint64_t sent_total, double at_gateway, double in_flight, double queued);
 
   struct Reading {
     double load = 0;          // arrival_rate * run_time_s
@@ -52,7 +53,7 @@ class OfferedLoad {
  private:
   struct Point {
     double now = 0;
-    double arrived = 0;  // sent + held
+    double arrived = 0;  // sent + at the gateway
     double sent = 0, in_flight = 0, running = 0;
   };
   OfferedLoadOptions o_;

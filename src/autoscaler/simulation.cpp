@@ -341,6 +341,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       // and waiting.
       s.in_flight += static_cast<double>(queue.size());
       s.waiting += static_cast<double>(queue.size());
+      s.queued = static_cast<double>(queue.size());
       s.ttft_counts = ttft_counts;
       std::fill(ttft_counts.begin(), ttft_counts.end(), 0);
       s.ttft_overdue = std::exchange(ttft_overdue, 0);

@@ -232,6 +232,7 @@ void Controller::save_usage(bool now) {
 void Controller::apply_load() {
   demand_.clear();
   held_.clear();
+  queued_.clear();
   if (!load_) return;
   std::optional<LoadRound> round = load_->take();
   if (!round) return;
@@ -252,6 +253,7 @@ void Controller::apply_load() {
   }
   demand_ = std::move(round->demand);
   held_ = std::move(round->held);
+  queued_ = std::move(round->queued);
   const int64_t unix_s =
       std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
   if (usage_.observe(round->tenants, unix_s)) usage_dirty_ = true;
@@ -300,6 +302,8 @@ ServiceLoad Controller::service_load(const std::string& service) const {
   }
   load.held = demand_.count(service) > 0;
   if (auto it = held_.find(service); it != held_.end()) load.held_requests = it->second;
+  if (auto it = queued_.find(service); it != queued_.end())
+    load.queued = static_cast<double>(it->second);
   load.adapters = static_cast<double>(adapters.size());
   return load;
 }

@@ -26,7 +26,8 @@ void LoadRound::merge(LoadRound later) {
     load.kv_usage = next.kv_usage;
   }
   demand.merge(later.demand);
-  held = std::move(later.held);  // a current value
+  held = std::move(later.held);  // current values
+  queued = std::move(later.queued);
   for (auto& [gateway, counters] : later.tenants) tenants[gateway] = std::move(counters);
 }
 
@@ -88,6 +89,7 @@ LoadRound LoadAggregator::round(
         if (n > 0) out.demand.insert(service);
         continue;
       }
+      out.queued[service] += static_cast<uint64_t>(std::max<int64_t>(n, 0));
       const int64_t size = static_cast<int64_t>(mine.size());
       for (int64_t i = 0; i < size; ++i) {
         mine[i]->in_flight += n / size + (i < n % size ? 1 : 0);

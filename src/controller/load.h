@@ -45,6 +45,9 @@ struct LoadRound {
   std::map<std::string, ReplicaLoad> replicas;  // by replica name
   std::set<std::string> demand;                 // services held (or queued) requests wait for
   std::map<std::string, uint64_t> held;         // service -> requests held now, all gateways
+  // service -> requests in the gateways' flow-control queues now (also in
+  // its replicas' in_flight and waiting)
+  std::map<std::string, uint64_t> queued;
   // Each answering gateway's tenant usage counters as they are (not
   // increments: the usage ledger keeps its own baselines, persisted).
   std::map<std::string, TenantCounters> tenants;

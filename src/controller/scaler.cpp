@@ -84,6 +84,7 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   sample.prefill_tokens = load.prefill_tokens;
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
+  sample.queued = load.queued;
   sample.held = static_cast<uint32_t>(std::max<uint64_t>(load.held ? 1 : 0, load.held_requests));
   if (load.cold_start_s) st.autoscaler->set_lead_time(*load.cold_start_s);
   st.autoscaler->observe(sample);

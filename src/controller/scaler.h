@@ -42,6 +42,7 @@ struct ServiceLoad {
   double adapters = 0;         // distinct LoRA adapters running or waiting, over its replicas
   bool held = false;           // a request waits at a gateway for a replica
   uint64_t held_requests = 0;  // how many wait so, all gateways
+  double queued = 0;           // of in_flight: in the gateways' flow-control queues now
   std::optional<double> cold_start_s;  // the slowest ready replica's launch to ready
 };
 

@@ -3,6 +3,7 @@
 // replicas it asks for become ready at once (the controller's start-up time
 // is not the autoscaler's business).
 #include <cmath>
+#include <deque>
 #include <functional>
 #include <random>
 
@@ -527,6 +528,70 @@ TEST(Autoscaler, WithAnSloItKeepsItsReplicasUntilTheCurveIsLearned) {
             std::string::npos)
       << decisions[100].reason;
   EXPECT_LT(decisions.back().desired, 6u) << decisions.back().reason;
+}
+
+// A stall (the engines answer nothing for ten seconds) leaves a backlog in
+// the gateway's queue while the arrivals stay as they were: 20 a second.
+// The requests sent stop, then run ahead of the arrivals while the backlog
+// drains; the arrivals the autoscaler projects and sizes for are those the
+// gateway met, queued ones included, not the sends.
+TEST(Autoscaler, WithAnSloRequestsQueuedAtTheGatewayAreArrivals) {
+  auto after_a_stall = [](bool queue_reported) {
+    Autoscaler a(slo_spec(64));
+    const uint32_t ready = 10;  // held: what it asks for is the question
+    uint64_t sent = 0;
+    struct Queued {
+      int at, n;
+      bool overdue = false;  // counted a miss at its deadline
+    };
+    std::deque<Queued> queue;  // first come, first served
+    std::vector<Decision> decisions;
+    for (int t = 0; t <= 760; ++t) {
+      Sample s{.now = static_cast<double>(t), .ready = ready};
+      uint64_t fast = 0, late = 0;
+      const bool stalled = t >= 600 && t < 610;
+      int send = stalled ? 0 : 20;  // the replicas take the 20 that arrive a second
+      if (stalled || !queue.empty()) {
+        queue.push_back({t, 20});
+        if (!stalled) send = 25;  // and a backlog at 5 a second more
+      } else {
+        fast += 20;
+      }
+      sent += static_cast<uint64_t>(send);
+      while (send > 0 && !queue.empty()) {
+        Queued& q = queue.front();
+        const int n = std::min(send, q.n);
+        (q.overdue ? late : fast) += static_cast<uint64_t>(n);
+        send -= n;
+        if ((q.n -= n) == 0) queue.pop_front();
+      }
+      double queued = 0;
+      for (Queued& q : queue) {
+        if (t - q.at >= 2 && !q.overdue) q.overdue = true, s.ttft_overdue += q.n;
+        queued += q.n;
+      }
+      s.requests_total = sent;
+      s.in_flight = 30 + queued;  // 20 a second, 1.5 s each, and the queue
+      s.waiting = queued;
+      s.queued = queue_reported ? queued : 0;
+      s.ttft_counts = answers(a.spec(), 0.2, fast);
+      s.ttft_counts.back() += late;  // over every bound, counted at their deadline
+      s.ttft_overdue_answered = late;
+      a.observe(s);
+      decisions.push_back(a.decide(t, ready));
+    }
+    return decisions;
+  };
+  // The arrivals were flat: no trend. Counted by the sends, the drain
+  // reads as arrivals rising by half, then falling.
+  const auto reported = after_a_stall(true), unreported = after_a_stall(false);
+  auto trended = [](const Decision& d) {
+    return d.reason.find("arrival trend") != std::string::npos;
+  };
+  for (int t = 600; t <= 760; ++t)
+    EXPECT_FALSE(trended(reported[t])) << t << ": " << reported[t].reason;
+  EXPECT_TRUE(trended(unreported[650])) << unreported[650].reason;
+  EXPECT_LT(reported[650].desired, unreported[650].desired);
 }
 
 }  // namespace

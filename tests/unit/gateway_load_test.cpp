@@ -70,6 +70,27 @@ TEST(GatewayLoad, HeldRequestsAreDemandAndStaleScrapesAreIgnored) {
   EXPECT_FALSE(r.replicas["chat-0"].waiting.has_value());  // scraped 30 s ago
 }
 
+// Requests in a gateway's flow-control queue count as in flight and waiting
+// on the service's replicas, and the autoscaler is told how many wait so
+// over the gateways (arrivals it would not see in the requests sent).
+TEST(GatewayLoad, QueuedRequestsAreSummedPerService) {
+  auto queued = [](int in_queue) {
+    return fmt::format(
+        R"({{"endpoints": [{{"service": "chat", "replica": "chat-0", "requests": 1,
+            "in_flight": 4}}], "queued": {{"chat": {}}}}})",
+        in_queue);
+  };
+  LoadAggregator agg;
+  std::vector<std::string> errors;
+  LoadRound r = agg.round({{"a", queued(5)}, {"b", queued(3)}}, &errors);
+  EXPECT_TRUE(errors.empty());
+  EXPECT_EQ(r.replicas["chat-0"].in_flight, 4 + 5 + 4 + 3);
+  EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 8}}));
+  // A current value: a later round's replaces it.
+  r.merge(agg.round({{"a", queued(1)}}));
+  EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
+}
+
 TEST(GatewayLoad, MalformedReportsAreSkippedWithAReason) {
   LoadAggregator agg;
   std::vector<std::string> errors;
