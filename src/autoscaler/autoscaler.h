@@ -33,12 +33,14 @@
 // for the window's load (slo_capacity.h), projected along the arrival trend
 // for the stable window. The stable window's count also covers the load of
 // the last five stable windows, so a lull does not shed the replicas the
-// next burst needs. While requests are held at the gateway (none ready, at
-// zero or before the first replica is up) in-flight counts none of them:
-// the load is then the offered load instead (offered_load.h: the arrival
-// rate, held requests included, times how long a request ran before), so a
-// service back from zero asks at once for the replicas its arrivals need,
-// not for one.
+// next burst needs. Arrivals (the trend, the offered load, each sample's
+// weight) are counted where the gateway meets them: sent, held or in its
+// flow-control queue, since while the replicas are saturated the sends keep
+// their pace, not the arrivals'. While requests are held at the gateway
+// (none ready, at zero or before the first replica is up) in-flight counts
+// none of them: the load is then the offered load instead (offered_load.h:
+// the arrival rate times how long a request ran before), so a service back
+// from zero asks at once for the replicas its arrivals need, not for one.
 #pragma once
 
 #include <cstdint>
@@ -106,8 +108,8 @@ struct Spec {
 struct Sample {
   double now = 0;
   uint32_t ready = 0;         // replicas serving
-  double waiting = 0;         // requests queued in the engines
-  double in_flight = 0;       // requests the gateway has sent and not finished
+  double waiting = 0;         // requests queued in the engines (and in the gateway's queue)
+  double in_flight = 0;       // requests the gateway has sent and not finished (or queued)
   double kv_cache_usage = 0;  // mean over ready replicas, 0..1
   double adapters = 0;        // distinct LoRA adapters running or waiting
   // First tokens the gateway saw since the previous sample, per TTFT bucket
@@ -121,7 +123,7 @@ struct Sample {
   std::vector<uint64_t> itl_counts;  // inter-token gaps, per ITL bucket (Spec::itl_bounds)
   double prefill_tokens = 0;         // prompt tokens awaiting their first token, all replicas
   uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica
-  uint64_t requests_total = 0;       // requests ever sent (idleness)
+  uint64_t requests_total = 0;  // requests ever sent (idleness; with held and queued, arrivals)
   double queued = 0;  // of in_flight (and waiting): in the gateway's flow-control queue now
 };
 

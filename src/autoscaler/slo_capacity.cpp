@@ -167,16 +167,16 @@ SloCapacity::Count SloCapacity::replicas_for(const std::vector<LoadSample>& load
   return out;
 }
 
-void SloCapacity::arrivals(double now, uint64_t requests_total, double window_s) {
-  if (last_ && requests_total < last_->second) {  // a counter that started again
+void SloCapacity::arrivals(double now, uint64_t arrived_total, double window_s) {
+  if (last_ && arrived_total < last_->second) {  // a counter that started again
     rates_.clear();
     last_.reset();
   }
   if (last_ && now <= last_->first) return;
   if (last_)
     rates_.emplace_back((now + last_->first) / 2,
-                        static_cast<double>(requests_total - last_->second) / (now - last_->first));
-  last_.emplace(now, requests_total);
+                        static_cast<double>(arrived_total - last_->second) / (now - last_->first));
+  last_.emplace(now, arrived_total);
   while (!rates_.empty() && rates_.front().first < now - window_s) rates_.pop_front();
   trend_ = 1;
   // The arrival rate's least-squares line over the window: its level at the

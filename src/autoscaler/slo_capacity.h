@@ -95,8 +95,8 @@ class SloCapacity {
   // the previous pass.
   void learn(double now, const std::vector<double>& bounds, const std::vector<uint64_t>& counts,
              Overdue overdue, double in_flight, uint32_t ready, bool settled);
-  // Requests sent so far (a counter) at `now`.
-  void arrivals(double now, uint64_t requests_total, double window_s);
+  // Requests arrived so far (a counter) at `now`.
+  void arrivals(double now, uint64_t arrived_total, double window_s);
   void set_lead_time(double seconds) { o_.lead_time_s = seconds; }
 
   // The fewest replicas, 1 to `max`, for `loads` (see above), and the share

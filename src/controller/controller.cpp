@@ -232,9 +232,10 @@ void Controller::save_usage(bool now) {
 void Controller::apply_load() {
   demand_.clear();
   held_.clear();
-  queued_.clear();
   if (!load_) return;
   std::optional<LoadRound> round = load_->take();
+  // No new round: the replicas keep their in-flight counts, the queue
+  // shares in them included, and so does queued_.
   if (!round) return;
   for (auto& [name, r] : replicas_) {
     auto it = round->replicas.find(name);

@@ -1,6 +1,6 @@
 // The load the controller decides on: one source of per-pass increments
 // (requests sent, first-token times) and current values (in flight, the
-// engines' queues and KV-cache use, held requests), whatever the gateways
+// engines' queues and KV-cache use, held and queued requests), whatever the gateways
 // are. The gateways own their counters (gateway::Endpoint) and report them
 // (gateway::LoadReport); a LoadAggregator turns successive reports of one or
 // more gateways into increments. Two sources feed it: InProcessLoad reads

@@ -37,12 +37,14 @@ struct ServiceLoad {
   std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};  // inter-token gaps since then
   double in_flight = 0;                                        // now, ready and draining replicas
   double prefill_tokens = 0;   // prompt tokens awaiting a first token, now
-  double waiting = 0;          // ready replicas' engine queues
+  double waiting = 0;          // ready replicas' engine queues, and their gateway queue shares
   double kv_usage_sum = 0;     // over ready replicas
   double adapters = 0;         // distinct LoRA adapters running or waiting, over its replicas
   bool held = false;           // a request waits at a gateway for a replica
   uint64_t held_requests = 0;  // how many wait so, all gateways
-  double queued = 0;           // of in_flight: in the gateways' flow-control queues now
+  // In the gateways' flow-control queues now (shared out into the replicas'
+  // in_flight and waiting).
+  double queued = 0;
   std::optional<double> cold_start_s;  // the slowest ready replica's launch to ready
 };
 

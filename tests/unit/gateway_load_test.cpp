@@ -89,6 +89,11 @@ TEST(GatewayLoad, QueuedRequestsAreSummedPerService) {
   // A current value: a later round's replaces it.
   r.merge(agg.round({{"a", queued(1)}}));
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
+  // Queued at a gateway that has no replica of the service (yet): as held.
+  r = agg.round({{"a", queued(1)}, {"c", R"({"endpoints": [], "queued": {"chat": 2}})"}}, &errors);
+  EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
+  EXPECT_EQ(r.held, (std::map<std::string, uint64_t>{{"chat", 2}}));
+  EXPECT_EQ(r.demand, (std::set<std::string>{"chat"}));
 }
 
 TEST(GatewayLoad, MalformedReportsAreSkippedWithAReason) {
