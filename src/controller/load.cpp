@@ -86,7 +86,10 @@ LoadRound LoadAggregator::round(
       for (const gateway::EndpointLoad& e : report.endpoints)
         if (e.service == service) mine.push_back(&out.replicas[e.replica]);
       if (mine.empty()) {  // with no replica at that gateway, as good as held
-        if (n > 0) out.demand.insert(service), out.held[service] += static_cast<uint64_t>(n);
+        if (n > 0) {
+          out.demand.insert(service);
+          out.held[service] += static_cast<uint64_t>(n);
+        }
         continue;
       }
       out.queued[service] += static_cast<uint64_t>(std::max<int64_t>(n, 0));
