@@ -39,7 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto again = loadstar::gateway::parse_load_report(load_report_json(report->report));
     if (!again.ok() || again->report.endpoints.size() != report->report.endpoints.size() ||
         again->report.tenants.size() != report->report.tenants.size() ||
-        again->report.instance != report->report.instance)
+        again->report.instance != report->report.instance ||
+        again->report.turned_away != report->report.turned_away)
       std::abort();
   }
   using namespace loadstar::gateway;

@@ -56,16 +56,20 @@ Autoscaler::Autoscaler(Spec spec) : spec_(std::move(spec)) {
 void Autoscaler::observe(const Sample& s) {
   // The first sample starts the idle clock: a service that was just created
   // (or changed) gets a whole idle window before it may go to zero.
-  if (!last_activity_ || s.requests_total != last_requests_ || s.in_flight > 0 || s.held > 0)
+  if (!last_activity_ || s.requests_total != last_requests_ ||
+      s.turned_away_total != last_turned_away_ || s.in_flight > 0 || s.held > 0)
     last_activity_ = s.now;
-  // Arrivals, as the gateway met them: a request waiting there has arrived
-  // as surely as one sent, and while the replicas are saturated the sends
-  // keep their pace, not the arrivals'.
+  // Arrivals, as the gateway met them: a request waiting there, or turned
+  // away for want of room, has arrived as surely as one sent, and while the
+  // replicas are saturated the sends keep their pace, not the arrivals'.
   const double arrived_before = arrived_total_;
-  const double arrived_now = static_cast<double>(s.requests_total) + s.held + s.queued;
-  arrived_total_ =
-      s.requests_total < last_requests_ ? arrived_now : std::max(arrived_total_, arrived_now);
+  const double arrived_now =
+      static_cast<double>(s.requests_total + s.turned_away_total) + s.held + s.queued;
+  const bool restarted =
+      s.requests_total < last_requests_ || s.turned_away_total < last_turned_away_;
+  arrived_total_ = restarted ? arrived_now : std::max(arrived_total_, arrived_now);
   last_requests_ = s.requests_total;
+  last_turned_away_ = s.turned_away_total;
   if (!first_request_ && (s.requests_total > 0 || s.in_flight > 0 || s.held > 0))
     first_request_ = s.now;
   const bool same_set = !samples_.empty() && samples_.back().ready == s.ready;

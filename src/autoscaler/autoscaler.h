@@ -125,6 +125,9 @@ struct Sample {
   uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica
   uint64_t requests_total = 0;  // requests ever sent (idleness; with held and queued, arrivals)
   double queued = 0;  // of in_flight (and waiting): in the gateway's flow-control queue now
+  // Requests ever turned away at the gateway for want of a replica with
+  // room (a full queue, a queue or hold timeout): arrivals never sent.
+  uint64_t turned_away_total = 0;
 };
 
 struct Decision {
@@ -196,8 +199,9 @@ class Autoscaler {
   std::optional<double> panic_until_;
   double serving_since_ = 0;  // when the ready count last changed: TTFT evidence starts there
   uint64_t last_requests_ = 0;
-  // Requests that reached the gateway: sent, held or queued there (never
-  // less than before, but for a restarted counter).
+  uint64_t last_turned_away_ = 0;
+  // Requests that reached the gateway: sent, turned away, or held or queued
+  // there now (never less than before, but for a restarted counter).
   double arrived_total_ = 0;
   std::optional<double> last_activity_;
   std::optional<SloCapacity> slo_;

@@ -348,6 +348,7 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       s.ttft_overdue_answered = std::exchange(ttft_overdue_answered, 0);
       s.held = static_cast<uint32_t>(held.size());
       s.requests_total = sent;
+      s.turned_away_total = report.refused;
       uint32_t current = 0;
       for (auto& r : replicas) current += r->state != State::kDraining;
       if (autoscaler) {

@@ -231,11 +231,10 @@ void Controller::save_usage(bool now) {
 
 void Controller::apply_load() {
   demand_.clear();
-  held_.clear();
   if (!load_) return;
   std::optional<LoadRound> round = load_->take();
   // No new round: the replicas keep their in-flight counts, the queue
-  // shares in them included, and so does queued_.
+  // shares in them included, and held_ and queued_ keep theirs.
   if (!round) return;
   for (auto& [name, r] : replicas_) {
     auto it = round->replicas.find(name);
@@ -255,6 +254,7 @@ void Controller::apply_load() {
   demand_ = std::move(round->demand);
   held_ = std::move(round->held);
   queued_ = std::move(round->queued);
+  for (const auto& [service, n] : round->turned_away) increments_[service].turned_away += n;
   const int64_t unix_s =
       std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
   if (usage_.observe(round->tenants, unix_s)) usage_dirty_ = true;

@@ -40,11 +40,14 @@ void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& sco
     t.tenant = scope.qualify(namespace_name, t.tenant);
     t.model = scope.qualify(namespace_name, t.model);
   }
-  for (auto* services : {&report.held, &report.queued}) {
-    std::map<std::string, int64_t> qualified;
-    for (auto& [service, n] : *services) qualified[scope.qualify(namespace_name, service)] = n;
-    *services = std::move(qualified);
-  }
+  const auto qualify = [&]<typename N>(std::map<std::string, N>& services) {
+    std::map<std::string, N> qualified;
+    for (auto& [service, n] : services) qualified[scope.qualify(namespace_name, service)] = n;
+    services = std::move(qualified);
+  };
+  qualify(report.held);
+  qualify(report.queued);
+  qualify(report.turned_away);
 }
 
 GatewayLoadCollector::GatewayLoadCollector(const kube::Client& client,

@@ -28,6 +28,7 @@ void LoadRound::merge(LoadRound later) {
   demand.merge(later.demand);
   held = std::move(later.held);  // current values
   queued = std::move(later.queued);
+  for (const auto& [service, n] : later.turned_away) turned_away[service] += n;
   for (auto& [gateway, counters] : later.tenants) tenants[gateway] = std::move(counters);
 }
 
@@ -47,6 +48,11 @@ LoadRound LoadAggregator::round(
         out.held[service] += static_cast<uint64_t>(n);
       }
     out.demand.insert(report.wanted.begin(), report.wanted.end());
+    for (const auto& [service, n] : report.turned_away) {
+      uint64_t& seen = turned_away_[{gateway, service}];
+      if (const uint64_t more = increment(n, seen); more > 0) out.turned_away[service] += more;
+      seen = n;
+    }
     out.tenants[gateway] = {report.instance, report.tenants};
     for (const gateway::EndpointLoad& e : report.endpoints) {
       ReplicaLoad& load = out.replicas[e.replica];
@@ -107,6 +113,7 @@ LoadRound LoadAggregator::round(
   std::erase_if(seen_, [&](const auto& kv) {
     return !answered.count(kv.first.first) || !out.replicas.count(kv.first.second);
   });
+  std::erase_if(turned_away_, [&](const auto& kv) { return !answered.count(kv.first.first); });
   return out;
 }
 

@@ -48,6 +48,9 @@ struct LoadRound {
   // service -> requests in the gateways' flow-control queues now (also in
   // its replicas' in_flight and waiting)
   std::map<std::string, uint64_t> queued;
+  // service -> requests the gateways turned away for want of a replica with
+  // room, since the last round (gateway::LoadReport::turned_away)
+  std::map<std::string, uint64_t> turned_away;
   // Each answering gateway's tenant usage counters as they are (not
   // increments: the usage ledger keeps its own baselines, persisted).
   std::map<std::string, TenantCounters> tenants;
@@ -81,7 +84,8 @@ class LoadAggregator {
     uint64_t failures = 0;
     std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};
   };
-  std::map<std::pair<std::string, std::string>, Seen> seen_;  // (gateway, replica)
+  std::map<std::pair<std::string, std::string>, Seen> seen_;             // (gateway, replica)
+  std::map<std::pair<std::string, std::string>, uint64_t> turned_away_;  // (gateway, service)
 };
 
 // Where the controller's load comes from. take() is called once per

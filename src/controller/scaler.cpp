@@ -51,7 +51,7 @@ uint32_t ServiceScaler::decide(const api::InferenceService& svc, uint32_t curren
   }
   if (!load_signals_) return st.desired = svc.spec.replicas;
   if (svc.spec.autoscaling) return st.desired = autoscale(svc, current, load, now);
-  if (load.requests > 0 || load.in_flight > 0) st.last_active = now;
+  if (load.requests > 0 || load.turned_away > 0 || load.in_flight > 0) st.last_active = now;
   const uint32_t min = svc.spec.min_replicas.value_or(svc.spec.replicas);
   if (min >= svc.spec.replicas) return st.desired = svc.spec.replicas;  // a fixed size
   if (!st.last_active) return st.desired = min;                         // never asked for yet
@@ -85,6 +85,8 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
   sample.queued = load.queued;
+  st.turned_away_total += load.turned_away;
+  sample.turned_away_total = st.turned_away_total;
   sample.held = static_cast<uint32_t>(std::max<uint64_t>(load.held ? 1 : 0, load.held_requests));
   if (load.cold_start_s) st.autoscaler->set_lead_time(*load.cold_start_s);
   st.autoscaler->observe(sample);

@@ -45,6 +45,7 @@ struct ServiceLoad {
   // In the gateways' flow-control queues now (shared out into the replicas'
   // in_flight and waiting).
   double queued = 0;
+  uint64_t turned_away = 0;            // turned away at the gateways for want of room, since then
   std::optional<double> cold_start_s;  // the slowest ready replica's launch to ready
 };
 
@@ -83,6 +84,7 @@ class ServiceScaler {
     std::optional<api::InferenceService> spec;
     std::unique_ptr<autoscaler::Autoscaler> autoscaler;
     uint64_t requests_total = 0;
+    uint64_t turned_away_total = 0;
     std::optional<autoscaler::Decision> last;
   };
   bool load_signals_;

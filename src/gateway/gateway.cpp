@@ -297,6 +297,8 @@ LoadReport Gateway::Impl::load_report() {
     report.endpoints.push_back(endpoint_load(*e, now_ms, chooser.bytes_per_token()));
   for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
   report.queued = waiting_room.queued();
+  report.turned_away = waiting_room.turned_away();
+  for (const auto& [service, n] : holds.turned_away()) report.turned_away[service] += n;
   report.wanted = pool_demand.recent(now_ms);
   report.instance = started;
   std::map<std::pair<std::string, std::string>, TenantLoad> usage;

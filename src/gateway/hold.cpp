@@ -19,16 +19,27 @@ using Clock = std::chrono::steady_clock;
 bool HoldCounts::enter(const HoldRequest& request) {
   std::lock_guard lock(mu_);
   uint32_t& n = by_model_[request.model];
-  if (n >= request.max_requests) return false;
+  if (n >= request.max_requests) {
+    for (const auto& s : request.services) ++turned_away_[s];
+    return false;
+  }
   ++n;
   for (const auto& s : request.services) ++by_service_[s];
   return true;
 }
 
-void HoldCounts::leave(const HoldRequest& request) {
+void HoldCounts::leave(const HoldRequest& request, bool served) {
   std::lock_guard lock(mu_);
   --by_model_[request.model];
-  for (const auto& s : request.services) --by_service_[s];
+  for (const auto& s : request.services) {
+    --by_service_[s];
+    if (!served) ++turned_away_[s];
+  }
+}
+
+std::vector<std::pair<std::string, uint64_t>> HoldCounts::turned_away() const {
+  std::lock_guard lock(mu_);
+  return {turned_away_.begin(), turned_away_.end()};
 }
 
 std::vector<std::pair<std::string, uint32_t>> HoldCounts::by_service() const {
@@ -105,7 +116,7 @@ asio::awaitable<HoldResult> HeldRequests::wait(http::Exchange& ex, const HoldReq
   }
   ex.on_client_closed([] {});
   timers_.erase(std::find(timers_.begin(), timers_.end(), &timer));
-  counts_.leave(request);
+  counts_.leave(request, result == HoldResult::kReady);
   co_return result;
 }
 

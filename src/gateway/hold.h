@@ -37,20 +37,28 @@ struct HoldRequest {
 };
 
 // How many requests are held: per model (against its limit) and per service
-// they wait for (the load report's demand). Shared by all workers; its lock
-// is taken only when a request starts or stops waiting, and by the report.
+// they wait for (the load report's demand), and how many of them left
+// without a replica. Shared by all workers; its lock is taken only when a
+// request starts or stops waiting, and by the report.
 class HoldCounts {
  public:
-  // Counts the request in, unless its model already has max_requests held.
+  // Counts the request in, unless its model already has max_requests held
+  // (then it is turned away).
   bool enter(const HoldRequest& request);
-  void leave(const HoldRequest& request);
+  // `served`: a replica became ready for it; otherwise it is turned away
+  // (timed out, or the client left).
+  void leave(const HoldRequest& request, bool served);
   // The services requests wait for now, with how many.
   std::vector<std::pair<std::string, uint32_t>> by_service() const;
+  // Per service, the requests that waited (or would have) for it and left
+  // without a replica, since the gateway started (a counter).
+  std::vector<std::pair<std::string, uint64_t>> turned_away() const;
 
  private:
   mutable std::mutex mu_;
   std::unordered_map<std::string, uint32_t> by_model_;
   std::unordered_map<std::string, uint32_t> by_service_;
+  std::unordered_map<std::string, uint64_t> turned_away_;
 };
 
 // One worker's held requests. Each sleeps on a timer that wake() cancels when

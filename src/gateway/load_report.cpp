@@ -60,6 +60,9 @@ std::string load_report_json(const LoadReport& report) {
   json queued = json::object();
   for (const auto& [service, n] : report.queued)
     if (n > 0) queued[service] = n;
+  json turned_away = json::object();
+  for (const auto& [service, n] : report.turned_away)
+    if (n > 0) turned_away[service] = n;
   json tenants = json::array();
   for (const TenantLoad& t : report.tenants)
     tenants.push_back({{"tenant", t.tenant},
@@ -74,6 +77,7 @@ std::string load_report_json(const LoadReport& report) {
                {"instance", report.instance},
                {"held", std::move(held)},
                {"queued", std::move(queued)},
+               {"turned_away", std::move(turned_away)},
                {"wanted", report.wanted}})
       .dump();
 }
@@ -109,6 +113,9 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     for (const auto& [service, n] : queued->items())
       if (const uint64_t count = counter(n); count > 0)
         out.report.queued[service] = static_cast<int64_t>(std::min<uint64_t>(count, INT64_MAX));
+  if (auto away = doc.find("turned_away"); away != doc.end() && away->is_object())
+    for (const auto& [service, n] : away->items())
+      if (const uint64_t count = counter(n); count > 0) out.report.turned_away[service] = count;
   if (auto wanted = doc.find("wanted"); wanted != doc.end() && wanted->is_array())
     for (const json& service : *wanted)
       if (service.is_string() && out.report.wanted.size() < 4096)

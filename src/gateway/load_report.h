@@ -62,6 +62,13 @@ struct LoadReport {
   // service -> requests waiting in the gateway's flow-control queue for its
   // saturated replicas to have room
   std::map<std::string, int64_t> queued;
+  // service -> requests for it the gateway answered without sending them to
+  // a replica, for want of one (a counter since the gateway started): a
+  // held request that timed out or overflowed the hold, a flow-control
+  // refusal (shed, full queue, evicted, queue timeout), or a client that
+  // left while held or queued. With the requests sent and those held and
+  // queued now, every request that reached the gateway for the service.
+  std::map<std::string, uint64_t> turned_away;
   // Services requests wanted lately and found without a ready replica,
   // without waiting for one (a disaggregated service's prefill pool).
   std::vector<std::string> wanted;

@@ -53,21 +53,21 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
       co_return Admission{Verdict::kGo};
     }
     if (entry.sheddable) {
-      ++line.outcomes["shed"];
+      turn_away(line, "shed");
       co_return Admission{Verdict::kShed};
     }
     id = ++next_id_;
     const FlowQueue::Pushed pushed =
         line.queue.push(id, entry.priority, entry.tenant, entry.arrived_ms);
     if (!pushed.queued) {
-      ++line.outcomes["queue_full"];
+      turn_away(line, "queue_full");
       co_return Admission{Verdict::kFull};
     }
     if (pushed.evicted) {
       auto victim = line.waiters.extract(*pushed.evicted);
       victim.mapped()->state = Waiter::State::kEvicted;
       Waiter::wake(victim.mapped());
-      ++line.outcomes["evicted"];
+      turn_away(line, "evicted");
       --waiting_;
     }
     line.waiters.emplace(id, waiter);
@@ -103,7 +103,7 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
       line.waiters.erase(id);
       if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
       --waiting_;
-      ++line.outcomes[*gone ? "client_gone" : "timeout"];
+      turn_away(line, *gone ? "client_gone" : "timeout");
       break;
     }
   }
@@ -162,6 +162,19 @@ void WaitingRoom::release_locked(Line& line, const FlowControl& flow,
     --waiting_;
   }
   if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
+}
+
+void WaitingRoom::turn_away(Line& line, const char* outcome) {
+  ++line.outcomes[outcome];
+  ++line.turned_away;
+}
+
+std::map<std::string, uint64_t> WaitingRoom::turned_away() const {
+  std::map<std::string, uint64_t> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [service, line] : lines_)
+    if (line.turned_away > 0) out[service] = line.turned_away;
+  return out;
 }
 
 std::map<std::string, int64_t> WaitingRoom::queued() const {

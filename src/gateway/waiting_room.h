@@ -65,6 +65,10 @@ class WaitingRoom {
 
   // Requests waiting now, per service (the load report's "queued").
   std::map<std::string, int64_t> queued() const;
+  // Requests that met a saturated service and were never sent, per service,
+  // since the gateway started (a counter): shed, refused for a full queue,
+  // evicted, timed out, or given up by the client while queued.
+  std::map<std::string, uint64_t> turned_away() const;
   // Prometheus text: loadstar_gateway_queued_requests and
   // loadstar_gateway_flow_control_total{service,outcome}.
   std::string metrics() const;
@@ -77,7 +81,10 @@ class WaitingRoom {
     uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
     std::multimap<int64_t, uint64_t> deadlines;  // SLO deadline -> waiter id
     std::map<std::string, uint64_t> outcomes;
+    uint64_t turned_away = 0;  // of outcomes, all but dispatched
   };
+  // Counts a request of `line` that leaves unsent, by `outcome`.
+  static void turn_away(Line& line, const char* outcome);
   // Counts the waiters whose SLO passed by `now_ms` overdue, on the first
   // of `endpoints` (the controller sums a service's endpoints).
   void count_overdue_locked(Line& line, std::span<const std::shared_ptr<Endpoint>> endpoints,

@@ -372,6 +372,11 @@ spec:
   EXPECT_NE(waited.body.find("became ready within 2s"), std::string::npos) << waited.body;
   EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_hold_timeouts_total", "model=\"broken\""),
             1);
+  // Both were turned away for want of a replica: arrivals the controller
+  // counts (the one held for `chat` was sent).
+  auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(json::parse(load->body)["turned_away"], json::parse(R"({"broken": 2})")) << load->body;
 
   // Idle past its timeout, `chat` goes back to zero.
   auto chat_replicas = [&] {
@@ -668,6 +673,11 @@ spec:
               n)
         << outcome;
   EXPECT_EQ(scrape_metric(up->port(), "loadstar_gateway_queued_requests", "service=\"chat\""), 0);
+  // The three it never sent are arrivals the autoscaler counts, in the
+  // load report.
+  load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+  ASSERT_TRUE(load.ok());
+  EXPECT_EQ(json::parse(load->body)["turned_away"]["chat"], 3) << load->body;
 }
 
 }  // namespace

@@ -593,5 +593,43 @@ TEST(Autoscaler, WithAnSloRequestsQueuedAtTheGatewayAreArrivals) {
     EXPECT_LT(reported[t].desired, unreported[t].desired) << t << ": " << unreported[t].reason;
 }
 
+// While the gateway's queue is full, what it turns away arrived as surely
+// as what it queued: counted by the sends and the queue alone, a stall
+// whose arrivals are refused reads as arrivals stopping.
+TEST(Autoscaler, WithAnSloRequestsTurnedAwayAtTheGatewayAreArrivals) {
+  auto during_a_stall = [](bool turned_away_reported) {
+    Autoscaler a(slo_spec(64));
+    const uint32_t ready = 10;
+    uint64_t sent = 0, turned_away = 0;
+    std::vector<Decision> decisions;
+    for (int t = 0; t <= 640; ++t) {
+      Sample s{.now = static_cast<double>(t), .ready = ready};
+      // The replicas take the 20 that arrive a second, until they stall
+      // for 40 s; the queue then holds 20 and turns the rest away.
+      const bool stalled = t >= 600;
+      const double queued = stalled ? 20 : 0;
+      if (!stalled) {
+        sent += 20;
+        s.ttft_counts = answers(a.spec(), 0.2, 20);
+      } else if (t > 600) {
+        turned_away += 20;
+      }
+      s.requests_total = sent;
+      s.turned_away_total = turned_away_reported ? turned_away : 0;
+      s.in_flight = 30 + queued;
+      s.waiting = queued;
+      s.queued = queued;
+      a.observe(s);
+      decisions.push_back(a.decide(t, ready));
+    }
+    return decisions;
+  };
+  const auto reported = during_a_stall(true), unreported = during_a_stall(false);
+  // Unreported, the arrivals seem to stop (a falling trend, x0.75): the
+  // count would come down while requests are being refused.
+  for (int t = 605; t <= 640; t += 5)
+    EXPECT_GT(reported[t].desired, unreported[t].desired) << t << ": " << unreported[t].reason;
+}
+
 }  // namespace
 }  // namespace loadstar::autoscaler

@@ -234,6 +234,27 @@ TEST_F(ControllerTest, AnIdleServiceScalesToZeroAndAHeldRequestBringsItBack) {
   EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
 }
 
+// Requests the gateways turned away (its one replica saturated, the queue
+// full) are activity: the service is busy, not idle, though none was sent.
+TEST_F(ControllerTest, RequestsTurnedAwayAtTheGatewayKeepAServiceFromIdling) {
+  apply(service(1, "  minReplicas: 0\n  idleTimeout: 10s\n"));
+  Controller& ctl = controller();
+  load({}, {"chat"});
+  ctl.pass();
+  runtime_.make_ready("chat-0", 9000);
+  for (int i = 0; i < 4; ++i) {  // 12 s, past the idle timeout
+    clock_.advance(3s);
+    load({{"chat-0", 0}});
+    load_.next->turned_away["chat"] = 5;
+    ctl.pass();
+  }
+  EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
+  clock_.advance(11s);
+  load({{"chat-0", 0}});
+  ctl.pass();
+  EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
+}
+
 // A new leader takes over a running replica of a service that may scale to
 // zero: it does not know how long the service has been idle, so the idle
 // window starts at takeover; neither drained at once nor duplicated.

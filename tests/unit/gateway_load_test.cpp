@@ -96,6 +96,32 @@ TEST(GatewayLoad, QueuedRequestsAreSummedPerService) {
   EXPECT_EQ(r.demand, (std::set<std::string>{"chat"}));
 }
 
+// Requests a gateway turned away (a full queue, a hold that timed out) are
+// arrivals the sends do not show: counters per service, turned into
+// increments as the requests sent are.
+TEST(GatewayLoad, TurnedAwayRequestsAreIncrementsPerService) {
+  auto away = [](int chat, int idle) {
+    return fmt::format(
+        R"({{"endpoints": [{{"service": "chat", "replica": "chat-0", "requests": 1}}],
+            "turned_away": {{"chat": {}, "idle": {}}}}})",
+        chat, idle);
+  };
+  LoadAggregator agg;
+  std::vector<std::string> errors;
+  LoadRound r = agg.round({{"a", away(5, 2)}, {"b", away(3, 0)}}, &errors);
+  EXPECT_TRUE(errors.empty());
+  EXPECT_EQ(r.turned_away, (std::map<std::string, uint64_t>{{"chat", 8}, {"idle", 2}}));
+  // Then what is new; gateway b restarted (its counter went down).
+  LoadRound later = agg.round({{"a", away(9, 2)}, {"b", away(1, 0)}});
+  EXPECT_EQ(later.turned_away, (std::map<std::string, uint64_t>{{"chat", 4 + 1}}));
+  // Rounds the controller did not take yet add up.
+  r.merge(std::move(later));
+  EXPECT_EQ(r.turned_away, (std::map<std::string, uint64_t>{{"chat", 13}, {"idle", 2}}));
+  // Malformed counts read as none.
+  r = agg.round({{"c", R"({"endpoints": [], "turned_away": {"chat": -4, "idle": "x"}})"}});
+  EXPECT_TRUE(r.turned_away.empty());
+}
+
 TEST(GatewayLoad, MalformedReportsAreSkippedWithAReason) {
   LoadAggregator agg;
   std::vector<std::string> errors;
@@ -118,6 +144,7 @@ TEST(GatewayLoad, ReportsFromOtherNamespacesSpeakTheControllersNames) {
   report.endpoints[0].replica = "chat-0";
   report.held["chat"] = 2;
   report.queued["chat"] = 1;
+  report.turned_away["chat"] = 4;
   report.tenants.push_back({.tenant = "team-a-users", .model = "chat", .requests = 3});
   gateway::LoadReport home = report;
   qualify_report(home, scope, "loadstar");
@@ -127,6 +154,7 @@ TEST(GatewayLoad, ReportsFromOtherNamespacesSpeakTheControllersNames) {
   EXPECT_EQ(report.endpoints[0].replica, "team-a/chat-0");
   EXPECT_EQ(report.held, (std::map<std::string, int64_t>{{"team-a/chat", 2}}));
   EXPECT_EQ(report.queued, (std::map<std::string, int64_t>{{"team-a/chat", 1}}));
+  EXPECT_EQ(report.turned_away, (std::map<std::string, uint64_t>{{"team-a/chat", 4}}));
   // Usage is billed to the Tenant of the gateway's namespace.
   EXPECT_EQ(report.tenants[0].tenant, "team-a/team-a-users");
   EXPECT_EQ(report.tenants[0].model, "team-a/chat");
