@@ -86,8 +86,10 @@ void Autoscaler::observe(const Sample& s) {
     const double arrived = samples_.empty() ? 0 : std::max(0.0, arrived_total_ - arrived_before);
     // At the engines: less the gateway's queue (shared out over replicas the
     // counts may not all cover, so never below none).
-    offered_->observe(s.now, s.requests_total, s.held + s.queued,
-                      std::max(0.0, s.in_flight - s.queued), std::max(0.0, s.waiting - s.queued));
+    offered_->observe(s.now, {.sent_total = s.requests_total,
+                              .arrived_total = arrived_total_,
+                              .in_flight = std::max(0.0, s.in_flight - s.queued),
+                              .engine_queued = std::max(0.0, s.waiting - s.queued)});
     double load = s.in_flight;
     offered_now_.reset();
     if (s.held > 0 || s.ready == 0)

@@ -5,10 +5,10 @@
 
 namespace loadstar::autoscaler {
 
-void OfferedLoad::observe(double now, uint64_t sent_total, double at_gateway, double in_flight,
-                          double queued) {
-  const Point p{now, static_cast<double>(sent_total) + at_gateway, static_cast<double>(sent_total),
-                in_flight, std::max(0.0, in_flight - queued)};
+void OfferedLoad::observe(double now, const Counts& c) {
+  const Point p{now, std::max(c.arrived_total, static_cast<double>(c.sent_total)),
+                static_cast<double>(c.sent_total), c.in_flight,
+                std::max(0.0, c.in_flight - c.engine_queued)};
   if (!points_.empty() && p.sent < points_.back().sent) points_.clear();  // a counter restarted
   if (!points_.empty() && now <= points_.back().now) return;
   if (!points_.empty()) {

@@ -8,9 +8,10 @@
 // service in that state. Pure: no I/O, no clock (every call takes the time
 // in seconds).
 //
-// - The arrival rate: requests that arrived (sent to a replica, or waiting
-//   at the gateway now: held, or in its flow-control queue) over the shortest span back of at least
-//   `window_s` that holds `min_arrivals` (so a slow service's rate is not a handful of requests),
+// - The arrival rate: requests that arrived (sent to a replica, turned away
+//   at the gateway, or waiting there now: held, or in its flow-control
+//   queue) over the shortest span back of at least `window_s` that holds
+//   `min_arrivals` (so a slow service's rate is not a handful of requests),
 //   `max_window_s` at the most.
 // - The run time: running requests (in flight, less those the engines
 //   queue) integrated over time, over the requests that finished in that
@@ -37,10 +38,14 @@ class OfferedLoad {
  public:
   explicit OfferedLoad(OfferedLoadOptions options) : o_(options) {}
 
-  // One observation: requests ever sent (a counter), waiting at the gateway
-  // now (held, or in its queue), in flight now (sent, not finished), queued
-  // in the engines now.
-  void observe(double now, uint64_t sent_total, double at_gateway, double in_flight, double queued);
+  struct Counts {
+    uint64_t sent_total = 0;   // requests ever sent to a replica (a counter)
+    double arrived_total = 0;  // ever arrived: sent, turned away, or at the gateway now
+    double in_flight = 0;      // at the engines now: sent, not finished
+    double engine_queued = 0;  // of those, queued in the engines
+  };
+  // One observation at `now`.
+  void observe(double now, const Counts& counts);
 
   struct Reading {
     double load = 0;          // arrival_rate * run_time_s
@@ -53,7 +58,7 @@ class OfferedLoad {
  private:
   struct Point {
     double now = 0;
-    double arrived = 0;  // sent + at the gateway
+    double arrived = 0;  // Counts::arrived_total
     double sent = 0, in_flight = 0, running = 0;
   };
   OfferedLoadOptions o_;

@@ -41,7 +41,11 @@ uint64_t increment(uint64_t now, uint64_t before) {
 LoadRound LoadAggregator::round(
     const std::vector<std::pair<std::string, gateway::LoadReport>>& reports) {
   LoadRound out;
+  for (auto& [name, g] : gateways_) ++g.missed;
   for (const auto& [gateway, report] : reports) {
+    Gateway& g = gateways_[gateway];
+    if (g.instance != report.instance) g = Gateway{report.instance};  // restarted
+    g.missed = 0;
     for (const auto& [service, n] : report.held)
       if (n > 0) {
         out.demand.insert(service);
@@ -49,14 +53,14 @@ LoadRound LoadAggregator::round(
       }
     out.demand.insert(report.wanted.begin(), report.wanted.end());
     for (const auto& [service, n] : report.turned_away) {
-      uint64_t& seen = turned_away_[{gateway, service}];
+      uint64_t& seen = g.turned_away[service];
       if (const uint64_t more = increment(n, seen); more > 0) out.turned_away[service] += more;
       seen = n;
     }
     out.tenants[gateway] = {report.instance, report.tenants};
     for (const gateway::EndpointLoad& e : report.endpoints) {
       ReplicaLoad& load = out.replicas[e.replica];
-      Seen& seen = seen_[{gateway, e.replica}];
+      Seen& seen = g.replicas[e.replica];
       if (seen.address != e.address) seen = Seen{e.address};  // a new engine
       load.requests += increment(e.requests, seen.requests);
       seen.requests = e.requests;
@@ -106,14 +110,12 @@ LoadRound LoadAggregator::round(
       }
     }
   }
-  // Forget gateways and replicas that are gone, so a gateway coming back
-  // starts from its counters as they are then.
-  std::set<std::string> answered;
-  for (const auto& [gateway, report] : reports) answered.insert(gateway);
-  std::erase_if(seen_, [&](const auto& kv) {
-    return !answered.count(kv.first.first) || !out.replicas.count(kv.first.second);
-  });
-  std::erase_if(turned_away_, [&](const auto& kv) { return !answered.count(kv.first.first); });
+  // Forget the replicas an answering gateway no longer reports, and
+  // gateways silent for long (gone, most likely).
+  for (auto& [name, g] : gateways_)
+    if (g.missed == 0)
+      std::erase_if(g.replicas, [&](const auto& kv) { return !out.replicas.count(kv.first); });
+  std::erase_if(gateways_, [](const auto& kv) { return kv.second.missed > kForgetAfterRounds; });
   return out;
 }
 

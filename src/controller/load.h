@@ -62,11 +62,13 @@ struct LoadRound {
 
 // The pure part: turns one round of reports (gateway -> report) into
 // per-replica increments. Counters are per gateway and only grow; a smaller
-// value than last time means that gateway restarted (the new value is the
-// increment, as Prometheus treats a counter reset), and a replica at a new
-// address is a new engine whose counters start from zero. A gateway that
-// did not answer this round adds nothing, and its in-flight requests stop
-// counting.
+// value than last time, or a new instance name, means that gateway
+// restarted (the new value is the increment, as Prometheus treats a counter
+// reset), and a replica at a new address is a new engine whose counters
+// start from zero. A gateway that did not answer this round adds nothing,
+// and its in-flight requests stop counting; answering again, it adds what
+// it counted since it last answered (its counters are kept for
+// kForgetAfterRounds rounds).
 class LoadAggregator {
  public:
   LoadRound round(const std::vector<std::pair<std::string, gateway::LoadReport>>& reports);
@@ -74,6 +76,8 @@ class LoadAggregator {
   // entries are skipped, with the reason in `errors`.
   LoadRound round(const std::vector<std::pair<std::string, std::string>>& reports,
                   std::vector<std::string>* errors = nullptr);
+
+  static constexpr uint32_t kForgetAfterRounds = 120;
 
  private:
   struct Seen {
@@ -84,8 +88,14 @@ class LoadAggregator {
     uint64_t failures = 0;
     std::array<uint64_t, gateway::Endpoint::kItlBuckets> itl{};
   };
-  std::map<std::pair<std::string, std::string>, Seen> seen_;             // (gateway, replica)
-  std::map<std::pair<std::string, std::string>, uint64_t> turned_away_;  // (gateway, service)
+  // One gateway's counters as last reported.
+  struct Gateway {
+    std::string instance;
+    uint32_t missed = 0;                          // rounds since it last answered
+    std::map<std::string, Seen> replicas;         // by replica
+    std::map<std::string, uint64_t> turned_away;  // by service
+  };
+  std::map<std::string, Gateway> gateways_;
 };
 
 // Where the controller's load comes from. take() is called once per

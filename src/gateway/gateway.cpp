@@ -295,10 +295,13 @@ LoadReport Gateway::Impl::load_report() {
   LoadReport report;
   for (const auto& e : tables.reported(now_ms))
     report.endpoints.push_back(endpoint_load(*e, now_ms, chooser.bytes_per_token()));
-  for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
-  report.queued = waiting_room.queued();
+  // The counters first: a request turned away between the two reads is
+  // then missed for one report, rather than counted twice (held or queued,
+  // and turned away) by an autoscaler that keeps the highest arrivals count.
   report.turned_away = waiting_room.turned_away();
   for (const auto& [service, n] : holds.turned_away()) report.turned_away[service] += n;
+  for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
+  report.queued = waiting_room.queued();
   report.wanted = pool_demand.recent(now_ms);
   report.instance = started;
   std::map<std::pair<std::string, std::string>, TenantLoad> usage;

@@ -66,8 +66,9 @@ struct LoadReport {
   // a replica, for want of one (a counter since the gateway started): a
   // held request that timed out or overflowed the hold, a flow-control
   // refusal (shed, full queue, evicted, queue timeout), or a client that
-  // left while held or queued. With the requests sent and those held and
-  // queued now, every request that reached the gateway for the service.
+  // left while held or queued. With the requests sent (attempts, retries
+  // included) and those held and queued now, the service's arrivals as the
+  // autoscaler counts them.
   std::map<std::string, uint64_t> turned_away;
   // Services requests wanted lately and found without a ready replica,
   // without waiting for one (a disaggregated service's prefill pool).

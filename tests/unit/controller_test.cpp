@@ -235,24 +235,40 @@ TEST_F(ControllerTest, AnIdleServiceScalesToZeroAndAHeldRequestBringsItBack) {
 }
 
 // Requests the gateways turned away (its one replica saturated, the queue
-// full) are activity: the service is busy, not idle, though none was sent.
-TEST_F(ControllerTest, RequestsTurnedAwayAtTheGatewayKeepAServiceFromIdling) {
-  apply(service(1, "  minReplicas: 0\n  idleTimeout: 10s\n"));
-  Controller& ctl = controller();
-  load({}, {"chat"});
-  ctl.pass();
-  runtime_.make_ready("chat-0", 9000);
-  for (int i = 0; i < 4; ++i) {  // 12 s, past the idle timeout
-    clock_.advance(3s);
-    load({{"chat-0", 0}});
-    load_.next->turned_away["chat"] = 5;
+// full) are activity: the service is busy, not idle, though none was sent;
+// with a fixed size and with an autoscaler alike.
+class TurnedAwayTest : public ControllerTest {
+ protected:
+  void keeps_the_service_busy(const std::string& autoscaling) {
+    apply(service(1, "  minReplicas: 0\n  idleTimeout: 10s\n" + autoscaling));
+    Controller& ctl = controller();
+    load({}, {"chat"});
     ctl.pass();
+    runtime_.make_ready("chat-0", 9000);
+    for (int i = 0; i < 4; ++i) {  // 12 s, past the idle timeout
+      clock_.advance(3s);
+      load({{"chat-0", 0}});
+      load_.next->turned_away["chat"] = 5;
+      ctl.pass();
+    }
+    EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
+    for (int i = 0; i < 4; ++i) {  // then 12 s with nothing
+      clock_.advance(3s);
+      load({{"chat-0", 0}});
+      ctl.pass();
+    }
+    EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
   }
-  EXPECT_EQ(replica("chat-0").state, ReplicaState::kReady);
-  clock_.advance(11s);
-  load({{"chat-0", 0}});
-  ctl.pass();
-  EXPECT_EQ(replica("chat-0").state, ReplicaState::kTerminating);
+};
+
+TEST_F(TurnedAwayTest, RequestsTurnedAwayAtTheGatewayKeepAFixedSizeServiceFromIdling) {
+  keeps_the_service_busy("");
+}
+
+TEST_F(TurnedAwayTest, RequestsTurnedAwayAtTheGatewayKeepAnAutoscaledServiceFromIdling) {
+  keeps_the_service_busy(
+      "  autoscaling: {maxReplicas: 2, scaleDownStabilization: 1s, targets: {inFlightPerReplica: "
+      "4}}\n");
 }
 
 // A new leader takes over a running replica of a service that may scale to

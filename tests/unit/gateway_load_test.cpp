@@ -34,11 +34,38 @@ TEST(GatewayLoad, IncrementsAcrossGatewaysAndRounds) {
   EXPECT_EQ(r.replicas["chat-0"].requests, 2u + 2u);
   EXPECT_EQ(r.replicas["chat-0"].ttft[0], 1u);
   EXPECT_EQ(r.replicas["chat-0"].in_flight, 0);
-  // A gateway that did not answer adds nothing, and coming back it is new.
+  // A gateway that did not answer adds nothing; coming back, what it
+  // counted since it last answered (not its whole count again: a poll that
+  // timed out under load must not read as a burst of arrivals).
   r = agg.round({{"a", report(12, 0, 5)}});
   EXPECT_EQ(r.replicas["chat-0"].requests, 0u);
   r = agg.round({{"a", report(12, 0, 5)}, {"b", report(3, 0, 0)}});
-  EXPECT_EQ(r.replicas["chat-0"].requests, 3u);
+  EXPECT_EQ(r.replicas["chat-0"].requests, 1u);
+  // Silent for long, it is forgotten: coming back, it is new.
+  for (uint32_t i = 0; i <= LoadAggregator::kForgetAfterRounds; ++i)
+    agg.round({{"a", report(12, 0, 5)}});
+  r = agg.round({{"a", report(12, 0, 5)}, {"b", report(4, 0, 0)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 4u);
+}
+
+// A gateway started again under the same name (its Pod restarted in place)
+// says so by a new instance name: its counters start from zero even where
+// they already passed the old ones.
+TEST(GatewayLoad, ANewInstanceStartsItsCountersAgain) {
+  auto counted = [](const std::string& instance, uint64_t requests, uint64_t away) {
+    return fmt::format(
+        R"({{"instance": "{}", "endpoints": [{{"service": "chat", "replica": "chat-0",
+            "requests": {}}}], "turned_away": {{"chat": {}}}}})",
+        instance, requests, away);
+  };
+  LoadAggregator agg;
+  agg.round({{"a", counted("one", 10, 2)}});
+  LoadRound r = agg.round({{"a", counted("one", 15, 3)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 5u);
+  EXPECT_EQ(r.turned_away["chat"], 1u);
+  r = agg.round({{"a", counted("two", 20, 4)}});
+  EXPECT_EQ(r.replicas["chat-0"].requests, 20u);
+  EXPECT_EQ(r.turned_away["chat"], 4u);
 }
 
 TEST(GatewayLoad, OverdueCountsAreIncrementsToo) {
@@ -114,6 +141,10 @@ TEST(GatewayLoad, TurnedAwayRequestsAreIncrementsPerService) {
   // Then what is new; gateway b restarted (its counter went down).
   LoadRound later = agg.round({{"a", away(9, 2)}, {"b", away(1, 0)}});
   EXPECT_EQ(later.turned_away, (std::map<std::string, uint64_t>{{"chat", 4 + 1}}));
+  // Missing a round loses nothing and counts nothing twice.
+  EXPECT_TRUE(agg.round({{"a", away(9, 2)}}).turned_away.empty());
+  EXPECT_EQ(agg.round({{"a", away(9, 2)}, {"b", away(3, 0)}}).turned_away,
+            (std::map<std::string, uint64_t>{{"chat", 2}}));
   // Rounds the controller did not take yet add up.
   r.merge(std::move(later));
   EXPECT_EQ(r.turned_away, (std::map<std::string, uint64_t>{{"chat", 13}, {"idle", 2}}));

@@ -23,7 +23,10 @@ struct Plant {
     for (int t = 0; t < seconds; ++t) {
       sent += static_cast<uint64_t>(rate);
       queue += rate - running / run_s;
-      l.observe(from + t, sent, 0, running + queue, queue);
+      l.observe(from + t, {.sent_total = sent,
+                           .arrived_total = static_cast<double>(sent),
+                           .in_flight = running + queue,
+                           .engine_queued = queue});
     }
   }
 };
@@ -58,17 +61,23 @@ TEST(OfferedLoad, CountsHeldRequestsAsArrivalsAndRemembersTheRunTimeAcrossAQuiet
   Plant p{.rate = 20, .run_s = 3};
   p.drive(l, 0, 120);
   // An hour with nothing: the rate falls to none, the run time stays.
-  for (int t = 0; t < 3600; t += 10) l.observe(120 + t, p.sent, 0, 0, 0);
+  const double sent = static_cast<double>(p.sent);
+  for (int t = 0; t < 3600; t += 10)
+    l.observe(120 + t, {.sent_total = p.sent, .arrived_total = sent});
   ASSERT_TRUE(l.reading());
   EXPECT_EQ(l.reading()->arrival_rate, 0);
   EXPECT_NEAR(l.reading()->run_time_s, 3, 0.1);
   // At zero: 10 requests a second held, none sent.
-  for (int t = 1; t <= 10; ++t) l.observe(3720 + t, p.sent, 10.0 * t, 0, 0);
+  for (int t = 1; t <= 10; ++t)
+    l.observe(3720 + t, {.sent_total = p.sent, .arrived_total = sent + 10.0 * t});
   EXPECT_NEAR(l.reading()->arrival_rate, 10, 1e-9);
   EXPECT_NEAR(l.reading()->load, 30, 1);
   // A replica is up and takes them: sent, no longer held, nothing arrived
   // (the rate: the last 6 s, 50 arrivals).
-  l.observe(3731, p.sent + 100, 0, 100, 96);
+  l.observe(3731, {.sent_total = p.sent + 100,
+                   .arrived_total = sent + 100,
+                   .in_flight = 100,
+                   .engine_queued = 96});
   EXPECT_NEAR(l.reading()->arrival_rate, 50.0 / 6, 1e-9);
 }
 
@@ -78,7 +87,7 @@ TEST(OfferedLoad, ASlowServiceIsMeasuredOverEnoughArrivals) {
   uint64_t sent = 0;
   for (int t = 0; t <= 120; ++t) {
     if (t % 2 == 0) ++sent;
-    l.observe(t, sent, 0, 1, 0);
+    l.observe(t, {.sent_total = sent, .arrived_total = static_cast<double>(sent), .in_flight = 1});
   }
   ASSERT_TRUE(l.reading());
   EXPECT_NEAR(l.reading()->arrival_rate, 0.5, 0.02);
@@ -89,8 +98,9 @@ TEST(OfferedLoad, ACounterThatStartsAgainStartsTheRateAgain) {
   OfferedLoad l({});
   Plant p;
   p.drive(l, 0, 60);
-  l.observe(60, 5, 0, 30, 0);  // a new gateway: its counter from zero
-  l.observe(61, 25, 0, 30, 0);
+  // A new gateway: its counter from zero.
+  l.observe(60, {.sent_total = 5, .arrived_total = 5, .in_flight = 30});
+  l.observe(61, {.sent_total = 25, .arrived_total = 25, .in_flight = 30});
   ASSERT_TRUE(l.reading());
   EXPECT_NEAR(l.reading()->arrival_rate, 20, 1e-9);
 }
