@@ -87,14 +87,16 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
     // FGD decides at the resolution of the paper's score (differences of
     // a few hundredths of a GPU in an expectation over a guessed workload
     // are not signal); among choices it finds equal (common: it only sees
-    // GPU fragments) the tighter node wins (best-fit's cost is under one
-    // point), which keeps whole nodes free for the multi-GPU tasks FGD
-    // cannot see coming. Locality outweighs a small fragmentation
-    // difference (10 points: about 0.4 GPU near none): re-downloading
-    // weights costs minutes.
+    // GPU fragments) the node the paper's Best-fit finds tightest in CPU
+    // and GPU together wins (a hundredth of a point per Best-fit point):
+    // that keeps whole nodes free for the multi-GPU tasks FGD cannot see
+    // coming, and fewer cards idle behind a node's spent CPU. Locality
+    // outweighs a small fragmentation difference (10 points: about 0.4 GPU
+    // near none): re-downloading weights costs minutes.
     set(Scorer::kFragmentationPaper, 1);
-    set(Scorer::kBestFit, 0.01);
+    set(Scorer::kBestFitPaper, 0.01);
     set(Scorer::kLocality, 10);
+    p.tie_tolerance = 1e-6;  // whole points; the card tie-break is below it
   } else {
     return make_error(ErrorCode::kInvalidArgument,
                       "unknown placement policy '{}' (random, best-fit, best-fit-paper, "

@@ -76,7 +76,8 @@ struct PlacementPolicy {
   double weight(Scorer s) const { return weights[static_cast<int>(s)]; }
   // The named policies: random, best-fit, best-fit-paper, dot-product,
   // gpu-packing, fgd, fgd-paper, and loadstar (the default: FGD at the
-  // paper's score resolution, best-fit among equal scores, and locality).
+  // paper's score resolution, the paper's Best-fit among equal scores, and
+  // locality).
   static Result<PlacementPolicy> named(std::string_view name);
   // A named policy, or weights such as "fragmentation=1,bestFit=0.05,locality=0.5"
   // (scorer names as in scorer_name; exact ties then go to the first node).

@@ -153,13 +153,29 @@ TEST(Placement, PaperFgdScoresWholePointsAndBreaksTiesInASeededOrder) {
     firsts.insert(first);
   }
   EXPECT_GT(firsts.size(), 1u);
-  // loadstar scores FGD the same way; among equal scores best-fit (under one
-  // point) takes the tighter node: n3, 0.81 GPU left after, over idle ones,
-  // then n5 once it has a card taken (none left after).
+  // loadstar scores FGD the same way; among equal scores the paper's
+  // Best-fit (under one point) takes the tighter node: n3, 0.81 GPU left
+  // after, over idle ones, then n5 once it has a card taken (none left
+  // after).
   Placer ours(c, policy("loadstar"), f);
   EXPECT_EQ(ours.place(gpus(1)).node, 3);
   (void)c.allocate(5, gpus(1), {Allocation::Share{.device = 0, .milli = 1000}});
   EXPECT_EQ(ours.place(gpus(1)).node, 5);
+}
+
+// The paper's Best-fit weighs the CPU a node has left with its GPUs: among
+// nodes FGD scores alike, loadstar fills the one whose CPU is nearer spent,
+// rather than stranding cards behind the spent CPU of others later.
+TEST(Placement, LoadstarBreaksEqualFgdScoresByCpuAndGpuLeft) {
+  Cluster c;
+  for (int i = 0; i < 4; ++i) c.add_node(gpu_node(c, fmt::format("n{}", i), 2));
+  c.nodes()[2].cpu_used = 48000;  // 16 of its 64 cores left
+  auto f = std::make_shared<const Fragmentation>(std::vector<TaskType>{{gpus(1), 1.0}});
+  Placer ours(c, policy("loadstar"), f);
+  EXPECT_EQ(ours.place(gpus(1)).node, 2);
+  // Best-fit on the GPU share alone sees the four alike: the first wins.
+  Placer gpu_share(c, *PlacementPolicy::parse("fragmentationPaper=1,bestFit=0.01"), f);
+  EXPECT_EQ(gpu_share.place(gpus(1)).node, 0);
 }
 
 // The FGD authors' typical pods: types told apart by CPU, GPU and models
