@@ -88,13 +88,14 @@ Result<PlacementPolicy> PlacementPolicy::named(std::string_view name) {
     // a few hundredths of a GPU in an expectation over a guessed workload
     // are not signal); among choices it finds equal (common: it only sees
     // GPU fragments) the node the paper's Best-fit finds tightest in CPU
-    // and GPU together wins (a hundredth of a point per Best-fit point):
+    // and GPU together wins (half a hundredth of a point per Best-fit
+    // point, so all of its 0-100 stays under one FGD point):
     // that keeps whole nodes free for the multi-GPU tasks FGD cannot see
     // coming, and fewer cards idle behind a node's spent CPU. Locality
     // outweighs a small fragmentation difference (10 points: about 0.4 GPU
     // near none): re-downloading weights costs minutes.
     set(Scorer::kFragmentationPaper, 1);
-    set(Scorer::kBestFitPaper, 0.01);
+    set(Scorer::kBestFitPaper, 0.005);
     set(Scorer::kLocality, 10);
     p.tie_tolerance = 1e-6;  // whole points; the card tie-break is below it
   } else {
@@ -315,9 +316,10 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
   if (double weight = w(Scorer::kRandom); weight != 0)
     cost += weight * std::uniform_real_distribution<double>(0, 1)(rng_);
   if (double weight = w(Scorer::kBestFit); weight != 0) {
-    // GPU left free after placing: the FGD paper's Best-fit, whose numbers
-    // this reproduces (weighing CPU in, even as a tie-break, did worse on
-    // openb). CPU decides only on nodes without GPUs.
+    // The share of the node's GPUs left free after placing (CPU on nodes
+    // without GPUs): tightest relative to the node's size. (loadstar breaks
+    // FGD's ties with bestFitPaper instead, CPU and GPU left together:
+    // docs/benchmarks.md, "The paper's Best-fit among equal FGD scores".)
     const double cpu_left = (node.cpu_free() - r.cpu_milli) / cpu_total;
     const double fit = gpu_total > 0 ? (node.gpu_milli_free() - taken) / gpu_total : cpu_left;
     cost += weight * (fit + card_fit);
@@ -327,15 +329,19 @@ double Placer::choice_cost(const Node& node, const PodRequest& r, const DeviceCh
     // cpu left / 128 cores + 0.5 * GPU milli left on the node / 8 GPUs)) *
     // 100), higher better. Its normalisation to 0-100 across nodes keeps
     // the order and the ties (scores span at most 100 on nodes of up to 128
-    // cores and 8 GPUs, as openb's are), so it is left out.
+    // cores and 8 GPUs, as openb's are), so it is left out. On larger nodes
+    // each part is capped at all left, so the score stays within 0-100 (a
+    // tie-break weighted under one point of another scorer stays under it).
     // The card: the tightest that fits (AllocateGpuId), decided below the
-    // tie tolerance so that it never decides between nodes.
+    // tie tolerance (and unweighted, so that it stays above the rounding
+    // of a cost near 100) so that it never decides between nodes.
     constexpr double kMaxCpuMilli = 128000, kMaxGpuMilli = 8000;
     const double cpu_left = static_cast<double>(node.cpu_free()) - r.cpu_milli;
     const double gpu_left = static_cast<double>(node.gpu_milli_free()) - static_cast<double>(taken);
-    const double left = 0.5 * cpu_left / kMaxCpuMilli + 0.5 * gpu_left / kMaxGpuMilli;
+    const double left =
+        0.5 * std::min(1.0, cpu_left / kMaxCpuMilli) + 0.5 * std::min(1.0, gpu_left / kMaxGpuMilli);
     const auto score = static_cast<int64_t>((1.0 - left) * 100);
-    cost += weight * (-static_cast<double>(score) + 1e-9 * card_free_after / kMilliPerGpu);
+    cost += weight * -static_cast<double>(score) + 1e-9 * card_free_after / kMilliPerGpu;
   }
   if (double weight = w(Scorer::kDotProduct); weight != 0) {
     const double mem_total = std::max<double>(1, node.memory_mib);

@@ -94,6 +94,13 @@ TEST(Placement, PaperBestFitWeighsCpuHalfAndTakesTheTightestCard) {
   // Given as weights, its whole-point scores still tie below the card's term.
   EXPECT_EQ(PlacementPolicy::parse("bestFitPaper=1")->tie_tolerance, 1e-6);
   EXPECT_EQ(PlacementPolicy::parse("bestFit=1")->tie_tolerance, 1e-12);
+  // On a node larger than the paper's (256 cores), all its CPU counts as
+  // all left: the score stays within 0-100 (a tie-break under one point of
+  // FGD stays under it): 0.5 * 1 + 0.5 * 7 / 8 GPUs left is 6 points.
+  Cluster big;
+  big.add_node(gpu_node(big, "big", 8, "H100", 256000));
+  Placer bounded(big, *PlacementPolicy::parse("bestFitPaper=1"), nullptr);
+  EXPECT_DOUBLE_EQ(bounded.node_cost(0, gpus(1)), -6);
 }
 
 TEST(Placement, FragmentationCountsCardsTooSmallAndNodesThatCannotHost) {
