@@ -259,10 +259,11 @@ class Controller {
   std::map<std::string, api::InferenceService> services_;
   std::vector<api::Tenant> tenant_specs_;
   std::vector<api::Route> route_specs_;
-  std::set<std::string> demand_;          // services a request was held for, this pass
-  std::map<std::string, uint64_t> held_;  // service -> requests held now, as last reported
-  std::map<std::string, uint64_t>
-      queued_;  // service -> in the gateways' queues now, as last reported
+  std::set<std::string> demand_;  // services a request was held for, this pass
+  // Service -> requests held now, and in the gateways' queues now, as last
+  // reported.
+  std::map<std::string, uint64_t> held_;
+  std::map<std::string, uint64_t> queued_;
   std::map<std::string, ServiceLoad> increments_;  // requests and first tokens, this pass
   ServiceScaler scaler_;
   Traffic traffic_;  // what each service served over the last minute

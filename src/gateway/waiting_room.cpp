@@ -53,21 +53,21 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
       co_return Admission{Verdict::kGo};
     }
     if (entry.sheddable) {
-      turn_away(line, "shed");
+      ++line.outcomes["shed"];
       co_return Admission{Verdict::kShed};
     }
     id = ++next_id_;
     const FlowQueue::Pushed pushed =
         line.queue.push(id, entry.priority, entry.tenant, entry.arrived_ms);
     if (!pushed.queued) {
-      turn_away(line, "queue_full");
+      ++line.outcomes["queue_full"];
       co_return Admission{Verdict::kFull};
     }
     if (pushed.evicted) {
       auto victim = line.waiters.extract(*pushed.evicted);
       victim.mapped()->state = Waiter::State::kEvicted;
       Waiter::wake(victim.mapped());
-      turn_away(line, "evicted");
+      ++line.outcomes["evicted"];
       --waiting_;
     }
     line.waiters.emplace(id, waiter);
@@ -103,7 +103,7 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
       line.waiters.erase(id);
       if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
       --waiting_;
-      turn_away(line, *gone ? "client_gone" : "timeout");
+      ++line.outcomes[*gone ? "client_gone" : "timeout"];
       break;
     }
   }
@@ -164,16 +164,15 @@ void WaitingRoom::release_locked(Line& line, const FlowControl& flow,
   if (line.queue.empty()) line.deadlines.clear();  // nobody left to count
 }
 
-void WaitingRoom::turn_away(Line& line, const char* outcome) {
-  ++line.outcomes[outcome];
-  ++line.turned_away;
-}
-
 std::map<std::string, uint64_t> WaitingRoom::turned_away() const {
   std::map<std::string, uint64_t> out;
   std::lock_guard lock(mu_);
-  for (const auto& [service, line] : lines_)
-    if (line.turned_away > 0) out[service] = line.turned_away;
+  for (const auto& [service, line] : lines_) {
+    uint64_t n = 0;
+    for (const auto& [outcome, count] : line.outcomes)
+      if (outcome != "dispatched") n += count;
+    if (n > 0) out[service] = n;
+  }
   return out;
 }
 

@@ -80,11 +80,8 @@ class WaitingRoom {
     std::unordered_map<uint64_t, std::shared_ptr<Waiter>> waiters;
     uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
     std::multimap<int64_t, uint64_t> deadlines;  // SLO deadline -> waiter id
-    std::map<std::string, uint64_t> outcomes;
-    uint64_t turned_away = 0;  // of outcomes, all but dispatched
+    std::map<std::string, uint64_t> outcomes;    // every one but dispatched turned a request away
   };
-  // Counts a request of `line` that leaves unsent, by `outcome`.
-  static void turn_away(Line& line, const char* outcome);
   // Counts the waiters whose SLO passed by `now_ms` overdue, on the first
   // of `endpoints` (the controller sums a service's endpoints).
   void count_overdue_locked(Line& line, std::span<const std::shared_ptr<Endpoint>> endpoints,
