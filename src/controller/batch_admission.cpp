@@ -64,7 +64,12 @@ Result<api::Job> admitted_workload(const json& job, const std::string& name, boo
     w.spec.priority = static_cast<int32_t>(value);
   }
   const bool suspended = spec.value("suspend", false);
-  if (!admitted && !suspended && pod_spec.value("schedulerName", "") != "loadstar")
+  // Admitted by a previous controller (it recorded where it placed the
+  // Job's pods): un-suspended, it runs, and is no longer held.
+  const json annotations = meta.value("annotations", json::object());
+  const bool recorded =
+      annotations.contains(kPlacementAnnotation) && annotations[kPlacementAnnotation].is_string();
+  if (!admitted && !recorded && !suspended && pod_spec.value("schedulerName", "") != "loadstar")
     return make_error(ErrorCode::kInvalidArgument,
                       "not held: set spec.template.spec.schedulerName: loadstar (or create the "
                       "Job with spec.suspend: true, Kubernetes 1.21 and later), or its pods run "

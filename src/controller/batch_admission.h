@@ -48,7 +48,8 @@ inline constexpr const char* kPlacementAnnotation = "loadstar.dev/placement";
 
 // What a batch/v1 Job (JSON) asks of the scheduler, as one of Loadstar's
 // Jobs named `name`; an error says why it cannot be admitted (not held —
-// unless `admitted` already —, no parallelism, a quantity that does not
+// unless `admitted` already, or placed by a previous controller as its
+// placement annotation records —, no parallelism, a quantity that does not
 // parse).
 Result<api::Job> admitted_workload(const kube::json& job, const std::string& name,
                                    bool admitted = false);

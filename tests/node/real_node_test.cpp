@@ -651,7 +651,12 @@ spec:
 {4}
 ---
 )",
-                       name, kNs, parallelism, held ? "      schedulerName: loadstar\n" : "",
+                       name, kNs, parallelism,
+                       // One that is not held waits for a node that no node is: had it run,
+                       // it could finish before the controller's next pass read it, and a
+                       // finished Job is not annotated.
+                       held ? "      schedulerName: loadstar\n"
+                            : "      nodeSelector: {loadstar.dev/test: no-such-node}\n",
                        // One that is not held asks for no GPU: the default scheduler would
                        // hand it a card behind Loadstar's back (its bookkeeping is not told).
                        held ? "        resources: {limits: {nvidia.com/gpu: 1}}" : "");

@@ -48,6 +48,13 @@ TEST(BatchAdmission, AJobThatCannotBeHeldOrReadSaysWhy) {
                 .find("not held: set spec.template.spec.schedulerName: "
                       "loadstar"),
             std::string::npos);
+  // Un-suspended after a previous controller admitted it: it runs where
+  // that controller recorded, and is no longer held (a controller taking
+  // over adopts it rather than calling it unheld).
+  json taken_over = batch_job("", "", "");
+  EXPECT_NE(error(taken_over), "admitted");
+  taken_over["metadata"]["annotations"][kPlacementAnnotation] = R"([{"node":"n1","shares":"[]"}])";
+  EXPECT_EQ(error(taken_over), "admitted");
   EXPECT_NE(error(batch_job("", R"(,"loadstar.dev/priority":"high")"))
                 .find("metadata.labels.loadstar.dev/priority: 'high' is not an integer"),
             std::string::npos);
