@@ -31,6 +31,9 @@
 # (Mooncake's conversation trace: 12k-token prompts on average), and the
 # conv trace's request mix under the shapes diurnal, quiet, bursts, steps,
 # plus mooncake's mix under diurnal.
+# ORACLES=1 adds, per run, the cheapest reactive oracle that meets GOAL
+# (`--oracles`: it knows each moment's need as it comes; 16 more simulations
+# a run) beside the oracle with foresight, which is always there.
 # Environment: TRACES, RATES (default "0.5 1 2"), POLICIES, GOAL (0.99),
 # MAX (40), SLO (2, model seconds), OUT (keep the JSON lines here), BIN (the
 # loadstar binary; default: build it).
@@ -108,7 +111,7 @@ for t in $traces; do
       manifest "$p" > "$work/policy.yaml"
       $bin sim autoscale -f "$work/policy.yaml" --trace "$work/$t.csv" --rate "$r" \
         --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
-        --json "$work/one.jsonl" >&2
+        ${ORACLES:+--oracles} --json "$work/one.jsonl" >&2
       python3 -c "
 import json, sys
 for l in open('$work/one.jsonl'):
@@ -116,12 +119,14 @@ for l in open('$work/one.jsonl'):
     done
   done
 done
-python3 - "$results" "$goal" <<'PY'
+python3 - "$results" "$goal" "${ORACLES:-}" <<'PY'
 import json, sys
+ORACLES = bool(sys.argv[3])
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 goal = float(sys.argv[2])
 print(f"\n{'trace':<17} {'rate':>4} {'policy':<6} {'SLO met':>8} {'GPU-s':>8} {'vs best':>8} "
-      f"{'vs clairv.':>10} {'cold':>5} | {'best static':>11} {'its SLO':>8} {'its GPU-s':>9}")
+      f"{'vs clairv.':>10} {'cold':>5} | {'best static':>11} {'its SLO':>8} {'its GPU-s':>9} | "
+      f"{'foresight':>9} {'reactive oracle (h, memory)':>27}")
 for r in runs:
     best = r.get("best_static_gpu_seconds")
     rel = f"{r['gpu_seconds'] / best:.2f}" if best else "-"
@@ -131,5 +136,10 @@ for r in runs:
     print(f"{r['trace']:<17} {r['rate']:>4g} {r['label']:<6} {100 * r['slo_attainment']:>7.2f}% "
           f"{r['gpu_seconds']:>8.0f} {rel:>8} {rcl:>10} {r['cold_starts']:>5} | "
           f"{r.get('best_static_replicas', '-'):>11} "
-          f"{100 * r.get('best_static_slo_attainment', 0):>7.2f}% {best or 0:>9.0f}{mark}")
+          f"{100 * r.get('best_static_slo_attainment', 0):>7.2f}% {best or 0:>9.0f} | "
+          f"{r['foresight_gpu_seconds'] / best if best else 0:>9.2f} "
+          + (f"{r['reactive_gpu_seconds'] / best if best else 0:>10.2f} "
+             f"({r['reactive_headroom']:g}, {r['reactive_memory_s']:g} s)"
+             if 'reactive_gpu_seconds' in r else f"{'none meets' if ORACLES else '-':>27}")
+          + mark)
 PY

@@ -269,6 +269,7 @@ struct AutoscaleArgs {
   double cold_start_s = 1, period_s = 0.1;
   uint32_t baselines = 0;  // the most static replicas searched; 0: no baselines
   double goal = 0.99;
+  bool oracles = false;  // search the reactive oracles too (16 more runs)
   std::string json_out, out;
 };
 
@@ -365,8 +366,9 @@ int run_autoscale(const AutoscaleArgs& a) {
   }
   // What the services are judged against, from the first one's replica.
   std::optional<autoscaler::Baselines> base;
+  if (a.oracles && !a.baselines) return fail(2, "--oracles needs --baselines MAX");
   if (a.baselines) {
-    auto b = autoscaler::baselines(trace, runs[0], a.goal, a.baselines);
+    auto b = autoscaler::baselines(trace, runs[0], a.goal, a.baselines, a.oracles);
     if (!b.ok()) return fail(1, b.error().message);
     base = std::move(*b);
     if (base->best_static)
@@ -382,6 +384,19 @@ int run_autoscale(const AutoscaleArgs& a) {
         "clairvoyant bound: {:.0f} GPU-s (each 10 s window's busiest moment under {} static "
         "replicas, one request per slot, ready at once)\n",
         base->clairvoyant_gpu_seconds, a.baselines);
+    fmt::print(
+        "oracle with foresight (each moment's need, one request per slot, asked a cold start "
+        "ahead): {:.2f}% at {:.0f} GPU-s\n",
+        100 * base->foresight.report.slo_attainment, base->foresight.report.gpu_seconds);
+    if (a.oracles && base->best_reactive)
+      fmt::print(
+          "cheapest reactive oracle with {:g}% (need as soon as it comes, headroom {:g}, "
+          "memory {:g} s): {:.2f}% at {:.0f} GPU-s\n",
+          a.goal * 100, base->best_reactive->headroom, base->best_reactive->memory_s,
+          100 * base->best_reactive->report.slo_attainment,
+          base->best_reactive->report.gpu_seconds);
+    else if (a.oracles)
+      fmt::print("no reactive oracle (headroom 0-1, memory 10-1200 s) meets {:g}%\n", a.goal * 100);
   }
   const bool vs_best = base && base->best_static;
   fmt::print("{:<16} {:>8} {:>9} {:>7} {:>5} {:>7} {:>5} {:>9} {:>8} {:>8}\n", "service", "SLO met",
@@ -424,6 +439,14 @@ int run_autoscale(const AutoscaleArgs& a) {
                        {"run_s", r.run_s}};
     if (base) {
       doc["clairvoyant_gpu_seconds"] = base->clairvoyant_gpu_seconds;
+      doc["foresight_slo_attainment"] = base->foresight.report.slo_attainment;
+      doc["foresight_gpu_seconds"] = base->foresight.report.gpu_seconds;
+      if (const auto& o = base->best_reactive) {
+        doc["reactive_headroom"] = o->headroom;
+        doc["reactive_memory_s"] = o->memory_s;
+        doc["reactive_slo_attainment"] = o->report.slo_attainment;
+        doc["reactive_gpu_seconds"] = o->report.gpu_seconds;
+      }
       if (base->best_static) {
         doc["best_static_replicas"] = *base->best_static;
         doc["best_static_gpu_seconds"] = base->best_static_report.gpu_seconds;
@@ -590,6 +613,10 @@ std::function<int()> setup_sim(CLI::App& app) {
                    "Share of requests within the SLO a static count must meet")
       ->check(CLI::Range(0.5, 1.0))
       ->capture_default_str();
+  autoscale->add_flag("--oracles", autoscale_args->oracles,
+                      "With --baselines: also the cheapest reactive oracle that meets --goal (it "
+                      "knows each moment's need as it comes; headroom and memory searched, 16 "
+                      "more runs)");
   autoscale->add_option("--json", autoscale_args->json_out, "Write one JSON line per service");
   autoscale->add_option("-o,--out", autoscale_args->out,
                         "Directory for autoscale.csv and autoscale.svg (replicas over time)");

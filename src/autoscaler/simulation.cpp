@@ -111,6 +111,12 @@ Result<std::vector<TraceRequest>> parse_azure_trace(std::string_view csv,
   return out;
 }
 
+uint32_t Schedule::at(double t) const {
+  if (counts.empty()) return 0;
+  const double i = std::floor(t / step_s);
+  return i <= 0 ? counts.front() : counts[std::min(counts.size() - 1, static_cast<size_t>(i))];
+}
+
 Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOptions& o) {
   if (!(o.time_scale > 0) || !(o.period_s > 0) || !(o.cold_start_s >= 0))
     return make_error(ErrorCode::kInvalidArgument,
@@ -351,9 +357,15 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       s.turned_away_total = report.refused;
       uint32_t current = 0;
       for (auto& r : replicas) current += r->state != State::kDraining;
+      std::optional<uint32_t> asked;
       if (autoscaler) {
         autoscaler->observe(s);
-        const uint32_t desired = autoscaler->decide(now, current).desired;
+        asked = autoscaler->decide(now, current).desired;
+      } else if (o.schedule) {
+        asked = o.schedule->at(now);
+      }
+      if (asked) {
+        const uint32_t desired = *asked;
         report.scale_changes += desired != current;
         for (uint32_t n = current; n < desired; ++n, ++report.cold_starts) create(now, false);
         if (desired < current) {
@@ -418,7 +430,8 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
 }
 
 Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
-                            double attainment, uint32_t max_replicas, double window_s) {
+                            double attainment, uint32_t max_replicas, bool reactive_oracles,
+                            double window_s) {
   if (max_replicas == 0 || !(window_s > 0))
     return make_error(ErrorCode::kInvalidArgument, "max replicas and the window must be above 0");
   options.autoscaling.reset();
@@ -437,6 +450,54 @@ Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions o
   }
   for (const auto& [w, in_flight] : busiest)
     out.clairvoyant_gpu_seconds += std::ceil(in_flight / slots) * window_s;
+  // The oracles: each pass's need, then the most of it over a window that
+  // looks back (up to the pass before), and with foresight a cold start
+  // ahead.
+  const double step = options.period_s * options.time_scale;
+  std::vector<uint32_t> need;
+  for (const SimSample& p : peak.timeline) {
+    const auto i = static_cast<size_t>(std::max(0.0, std::floor(p.at_s / step)));
+    if (need.size() <= i) need.resize(i + 1, 0);
+    need[i] = std::max(need[i], static_cast<uint32_t>(std::ceil(p.in_flight / slots)));
+  }
+  const auto n = static_cast<ptrdiff_t>(need.size());
+  const auto ahead =
+      static_cast<ptrdiff_t>(std::ceil(options.cold_start_s * options.time_scale / step));
+  // Each starts with what the first cold start needs, ready (as a service
+  // already up when the trace begins); before the trace, the load was its
+  // start's.
+  uint32_t initial = 0;
+  for (ptrdiff_t j = 0; j < std::min(n, ahead + 1); ++j) initial = std::max(initial, need[j]);
+  auto oracle = [&](double headroom, double memory_s, bool foresight) -> Result<Oracle> {
+    auto with_headroom = [&](uint32_t count) {  // no more than the autoscaler may ask for
+      return std::min(max_replicas,
+                      static_cast<uint32_t>(std::ceil(count * (1 + headroom) - 1e-9)));
+    };
+    const auto from = -static_cast<ptrdiff_t>(std::ceil(memory_s / step)) - (foresight ? 0 : 1);
+    const ptrdiff_t to = foresight ? ahead : -1;
+    Schedule plan{step, std::vector<uint32_t>(need.size(), 0)};
+    for (ptrdiff_t i = 0; i < n; ++i) {
+      uint32_t most = i + from < 0 ? initial : 0;
+      for (ptrdiff_t j = std::max<ptrdiff_t>(0, i + from); j <= std::min(n - 1, i + to); ++j)
+        most = std::max(most, need[j]);
+      plan.counts[i] = with_headroom(most);
+    }
+    SimOptions o = options;
+    o.replicas = with_headroom(initial);
+    o.schedule = std::move(plan);
+    LS_ASSIGN_OR_RETURN(SimReport r, simulate(trace, o));
+    return Oracle{headroom, memory_s, foresight, std::move(r)};
+  };
+  LS_ASSIGN_OR_RETURN(out.foresight, oracle(0, window_s, true));
+  if (reactive_oracles) {
+    for (double memory : {window_s, 60.0, 300.0, 1200.0})
+      for (double headroom : {0.0, 0.25, 0.5, 1.0}) {
+        LS_ASSIGN_OR_RETURN(Oracle o, oracle(headroom, memory, false));
+        if (o.report.slo_attainment >= attainment &&
+            (!out.best_reactive || o.report.gpu_seconds < out.best_reactive->report.gpu_seconds))
+          out.best_reactive = std::move(o);
+      }
+  }
   if (peak.slo_attainment < attainment) return out;
   // Attainment grows with the count: the fewest that meet the goal.
   uint32_t lo = 1, hi = max_replicas;

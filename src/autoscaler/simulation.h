@@ -42,6 +42,14 @@ struct TraceRequest {
 Result<std::vector<TraceRequest>> parse_azure_trace(std::string_view csv,
                                                     const std::string& source);
 
+// Replicas asked for over time: counts[i] from i × step_s (model seconds)
+// on, the last one after.
+struct Schedule {
+  double step_s = 1;
+  std::vector<uint32_t> counts;
+  uint32_t at(double t) const;
+};
+
 struct SimOptions {
   engine::EngineConfig engine;   // one replica
   double time_scale = 1;         // model seconds per wall second of the modelled run
@@ -65,6 +73,9 @@ struct SimOptions {
   std::optional<double> queue_slo_s;
   // None: a static service of `replicas`. Durations in wall seconds.
   std::optional<Spec> autoscaling;
+  // Without `autoscaling`: the count set from outside at each controller
+  // pass (the baselines' oracles), not a static one.
+  std::optional<Schedule> schedule;
 };
 
 struct SimSample {  // the service every `period`, for a timeline
@@ -102,12 +113,33 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
 // busiest moment's requests in flight at one per slot (max_num_seqs),
 // ready at once: no policy that serves every request without queueing pays
 // less.
+//
+// And oracles: policies that know each moment's need (its requests in flight
+// under that static count, one per slot) and pay the cold start. Each pass
+// one asks for (1 + headroom) × the most that any moment of the last
+// `memory_s` needed (at most `max_replicas`): a reactive one up to the pass
+// before (it knows the load as soon as it comes, and no sooner), one with
+// foresight up to a cold start ahead. A yardstick, not a bound: what reacting at once to the true load,
+// with headroom and memory chosen in hindsight, meets and costs (a policy
+// that lets engines queue may need fewer replicas than one per slot).
+struct Oracle {
+  double headroom = 0;
+  double memory_s = 0;
+  bool foresight = false;
+  SimReport report;
+};
 struct Baselines {
   std::optional<uint32_t> best_static;  // none: even max_replicas misses the goal
   SimReport best_static_report;
   double clairvoyant_gpu_seconds = 0;
+  Oracle foresight;  // headroom 0, memory window_s: the clairvoyant bound's replicas, in time
+  // With `reactive_oracles`: the cheapest reactive oracle that meets the
+  // goal, headroom 0, 0.25, 0.5 or 1 and memory window_s, 60, 300 or 1200
+  // model seconds; none: none of the 16 does.
+  std::optional<Oracle> best_reactive;
 };
 Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
-                            double attainment, uint32_t max_replicas, double window_s = 10);
+                            double attainment, uint32_t max_replicas, bool reactive_oracles = false,
+                            double window_s = 10);
 
 }  // namespace loadstar::autoscaler

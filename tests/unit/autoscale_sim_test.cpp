@@ -179,6 +179,55 @@ TEST(AutoscaleSim, BaselinesAreTheFewestStaticReplicasThatMeetTheGoalAndAFloorUn
   EXPECT_FALSE(baselines(trace, o, 0.99, 0).ok());
 }
 
+TEST(AutoscaleSim, AScheduleSetsTheCountAtEachPass) {
+  SimOptions o;
+  o.replicas = 1;
+  o.cold_start_s = 1;
+  o.schedule = Schedule{10, {1, 3, 1}};
+  EXPECT_EQ(o.schedule->at(-1), 1u);
+  EXPECT_EQ(o.schedule->at(15), 3u);
+  EXPECT_EQ(o.schedule->at(1e6), 1u);  // the last holds
+  auto r = simulate(every(1, 40, 5), o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->cold_starts, 2u);
+  EXPECT_EQ(r->peak_replicas, 3u);
+  for (const SimSample& s : r->timeline) {
+    if (s.at_s > 12 && s.at_s < 20) {
+      EXPECT_EQ(s.ready, 3u) << s.at_s;
+    }
+    if (s.at_s > 22) {
+      EXPECT_EQ(s.replicas, 1u) << s.at_s;
+    }
+  }
+}
+
+// A step up a long cold start away: an oracle that asks a cold start ahead
+// meets it; none that only reacts (at once, to the true need, with any of
+// the headrooms and memories searched) does. On a steady trace one does,
+// for no more than the static count.
+TEST(AutoscaleSim, OraclesWithForesightMeetAStepThatNoReactiveOneMeets) {
+  SimOptions o;
+  o.engine.max_num_seqs = 2;
+  o.cold_start_s = 20;
+  std::vector<TraceRequest> trace = steady(1, 60, 100, 200);
+  for (TraceRequest t : steady(0.125, 60, 100, 200)) trace.push_back({t.at_s + 60, 100, 200});
+  auto step = baselines(trace, o, 0.99, 24, true);
+  ASSERT_TRUE(step.ok()) << step.error().message;
+  EXPECT_GE(step->foresight.report.slo_attainment, 0.99);
+  EXPECT_TRUE(step->foresight.foresight);
+  EXPECT_FALSE(step->best_reactive) << step->best_reactive->report.slo_attainment;
+  // Without `reactive_oracles` none is searched.
+  auto without = baselines(steady(0.25, 120, 100, 200), o, 0.99, 24);
+  ASSERT_TRUE(without.ok());
+  EXPECT_FALSE(without->best_reactive);
+  auto flat = baselines(steady(0.25, 120, 100, 200), o, 0.99, 24, true);
+  ASSERT_TRUE(flat.ok()) << flat.error().message;
+  ASSERT_TRUE(flat->best_reactive && flat->best_static);
+  EXPECT_GE(flat->best_reactive->report.slo_attainment, 0.99);
+  EXPECT_FALSE(flat->best_reactive->foresight);
+  EXPECT_LE(flat->best_reactive->report.gpu_seconds, flat->best_static_report.gpu_seconds * 1.5);
+}
+
 // The gateway's flow control: beyond the limit requests wait in the
 // gateway's queue, not in the engine's; ordered by the SLO, the queue answers
 // more within it under a backlog than first come, first served (which
