@@ -64,12 +64,7 @@ Result<api::Job> admitted_workload(const json& job, const std::string& name, boo
     w.spec.priority = static_cast<int32_t>(value);
   }
   const bool suspended = spec.value("suspend", false);
-  // Admitted by a previous controller (it recorded where it placed the
-  // Job's pods): un-suspended, it runs, and is no longer held.
-  const json annotations = meta.value("annotations", json::object());
-  const bool recorded =
-      annotations.contains(kPlacementAnnotation) && annotations[kPlacementAnnotation].is_string();
-  if (!admitted && !recorded && !suspended && pod_spec.value("schedulerName", "") != "loadstar")
+  if (!admitted && !suspended && pod_spec.value("schedulerName", "") != "loadstar")
     return make_error(ErrorCode::kInvalidArgument,
                       "not held: set spec.template.spec.schedulerName: loadstar (or create the "
                       "Job with spec.suspend: true, Kubernetes 1.21 and later), or its pods run "
@@ -95,6 +90,31 @@ Result<api::Job> admitted_workload(const json& job, const std::string& name, boo
   // never stops them.
   w.spec.preemptible = false;
   return w;
+}
+
+std::optional<std::vector<Placed>> recorded_placement(const json& job) {
+  const json meta = job.value("metadata", json::object());
+  const json annotations = meta.value("annotations", json::object());
+  const json spec = job.value("spec", json::object());
+  if (spec.value("suspend", false) || !annotations.contains(kPlacementAnnotation) ||
+      !annotations[kPlacementAnnotation].is_string())
+    return std::nullopt;
+  const json recorded =
+      json::parse(annotations[kPlacementAnnotation].get<std::string>(), nullptr, false);
+  if (!recorded.is_array()) return std::nullopt;
+  std::vector<Placed> pods;
+  for (const json& p : recorded) {
+    if (!p.is_object() || !p.contains("node") || !p["node"].is_string() ||
+        p["node"].get<std::string>().empty())
+      return std::nullopt;
+    const json shares = p.value("shares", json("[]"));
+    pods.push_back({p["node"].get<std::string>(), "",
+                    shares_from_json(shares.is_string() ? shares.get<std::string>() : "")});
+  }
+  const json parallelism = spec.value("parallelism", json(1));
+  if (!parallelism.is_number_integer() || pods.size() != parallelism.get<uint64_t>())
+    return std::nullopt;
+  return pods;
 }
 
 BatchAdmission::BatchAdmission(const kube::Client& client, const kube::NamespaceScope& scope)
@@ -130,36 +150,33 @@ std::vector<PlacementReplica> BatchAdmission::placement_units(Placement& placeme
     u.job_name = meta.value("name", "");
     u.uid = meta.value("uid", "");
     const std::string name = "job.batch/" + scope_.qualify(u.namespace_name, u.job_name);
+    // Running where a previous controller placed it (this controller's
+    // first pass: a Job that comes later with the annotation was not
+    // admitted by it, only copied): that place is held, and the Job is
+    // admitted, un-suspended or not.
+    std::optional<std::vector<Placed>> taken_over;
+    if (first_pass_ && !submitted_.count(name)) taken_over = recorded_placement(job);
     // Once admitted it stays so while it runs (un-suspended, it is no
     // longer held, and need not be).
-    auto workload = admitted_workload(job, name, placed_.count(name) > 0);
+    auto workload = admitted_workload(job, name, placed_.count(name) > 0 || taken_over);
     if (!workload.ok()) {
       say(name, u.namespace_name, u.job_name, "NotAdmitted: " + workload.error().message);
       continue;
     }
     u.workload = std::move(*workload);
     u.suspended = job.value("spec", json::object()).value("suspend", false);
-    // Running where a previous controller placed it: that place is held.
-    const json annotations = meta.value("annotations", json::object());
-    if (!submitted_.count(name) && !u.suspended && annotations.contains(kPlacementAnnotation) &&
-        annotations[kPlacementAnnotation].is_string()) {
-      const json recorded =
-          json::parse(annotations[kPlacementAnnotation].get<std::string>(), nullptr, false);
-      std::vector<Placed> pods;
-      for (const json& p : recorded.is_array() ? recorded : json::array())
-        if (p.is_object())
-          pods.push_back({p.value("node", ""), "", shares_from_json(p.value("shares", "[]"))});
-      if (pods.size() == u.workload.spec.workers) {
-        placement.adopt(name, std::move(pods));
-        placed_.insert(name);
-        unsuspended_.insert(name);
-        said_[name] = annotations.value(kAdmissionAnnotation, "");
-        spdlog::info("{}: running where it was admitted; taken over", name);
-      }
+    if (taken_over) {
+      placement.adopt(name, std::move(*taken_over));
+      placed_.insert(name);
+      unsuspended_.insert(name);
+      said_[name] =
+          meta.value("annotations", json::object()).value(kAdmissionAnnotation, std::string());
+      spdlog::info("{}: running where it was admitted; taken over", name);
     }
     submitted_.insert(name);
     units_.emplace(name, std::move(u));
   }
+  first_pass_ = false;
   // Completed, failed, deleted or no longer admitted: its place goes back.
   for (auto it = submitted_.begin(); it != submitted_.end();) {
     if (units_.count(*it)) {

@@ -13,12 +13,15 @@
 //     Volcano's way, the only one Kubernetes 1.20 has) wait unbound until
 //     Loadstar binds each to a node its gang was placed on (pods/binding).
 // A Job that does neither cannot be held (its pods run wherever its
-// scheduler puts them): it is not admitted, and says why. Where it stands
+// scheduler puts them): it is not admitted, and says why — unless it runs
+// already where a previous controller admitted it (below). Where it stands
 // is written on the Job as the annotation loadstar.dev/admission
 // ("Waiting: <the scheduler's reason>", "Admitted: queue Q, nodes ..."),
 // which `kubectl describe job` shows. Where it was placed is recorded on it
 // (loadstar.dev/placement: each pod's node and cards), so that a controller
-// that takes over holds the same place for it while it runs. Its place is
+// that takes over holds the same place for it while it runs (read on its
+// first pass only: a Job created later with the annotation copied into it
+// is not taken over). Its place is
 // given back when the Job completes or fails (its conditions), is deleted,
 // or stops being one Loadstar admits (its label removed).
 // A suspended Job is un-suspended once per admission, its pods steered to
@@ -29,6 +32,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,11 +52,15 @@ inline constexpr const char* kPlacementAnnotation = "loadstar.dev/placement";
 
 // What a batch/v1 Job (JSON) asks of the scheduler, as one of Loadstar's
 // Jobs named `name`; an error says why it cannot be admitted (not held —
-// unless `admitted` already, or placed by a previous controller as its
-// placement annotation records —, no parallelism, a quantity that does not
+// unless `admitted` already —, no parallelism, a quantity that does not
 // parse).
 Result<api::Job> admitted_workload(const kube::json& job, const std::string& name,
                                    bool admitted = false);
+
+// Where a running (not suspended) Job's pods were placed, as the controller
+// that admitted it recorded (loadstar.dev/placement): one node, with its
+// cards, per pod of its parallelism; none when it records no such thing.
+std::optional<std::vector<Placed>> recorded_placement(const kube::json& job);
 
 class BatchAdmission : public Admissions {
  public:
@@ -86,6 +94,7 @@ class BatchAdmission : public Admissions {
   std::set<std::string> submitted_;          // given to the scheduler, until gone
   std::set<std::string> placed_;             // holding a place
   std::set<std::string> unsuspended_;        // un-suspended in this admission
+  bool first_pass_ = true;                   // Jobs a previous controller placed are taken over
 };
 
 }  // namespace loadstar::controller

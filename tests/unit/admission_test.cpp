@@ -48,13 +48,6 @@ TEST(BatchAdmission, AJobThatCannotBeHeldOrReadSaysWhy) {
                 .find("not held: set spec.template.spec.schedulerName: "
                       "loadstar"),
             std::string::npos);
-  // Un-suspended after a previous controller admitted it: it runs where
-  // that controller recorded, and is no longer held (a controller taking
-  // over adopts it rather than calling it unheld).
-  json taken_over = batch_job("", "", "");
-  EXPECT_NE(error(taken_over), "admitted");
-  taken_over["metadata"]["annotations"][kPlacementAnnotation] = R"([{"node":"n1","shares":"[]"}])";
-  EXPECT_EQ(error(taken_over), "admitted");
   EXPECT_NE(error(batch_job("", R"(,"loadstar.dev/priority":"high")"))
                 .find("metadata.labels.loadstar.dev/priority: 'high' is not an integer"),
             std::string::npos);
@@ -64,6 +57,37 @@ TEST(BatchAdmission, AJobThatCannotBeHeldOrReadSaysWhy) {
   EXPECT_NE(error(bad).find("nvidia.com/gpu: 1.5 is not a whole number"), std::string::npos);
   bad["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "x";
   EXPECT_NE(error(bad).find("a quantity that does not parse"), std::string::npos);
+}
+
+// What a controller that takes over reads of a running Job: where the one
+// before placed each of its pods, or nothing it could hold.
+TEST(BatchAdmission, ARunningJobsRecordedPlacementIsOneNodeAndItsCardsPerPod) {
+  auto with = [](const json& recorded, const std::string& extra_spec = R"("parallelism":2,)") {
+    json job = batch_job(extra_spec, "", "");  // un-suspended, no schedulerName: not held
+    job["metadata"]["annotations"][kPlacementAnnotation] = recorded;
+    return recorded_placement(job);
+  };
+  const std::string two =
+      R"([{"node":"n1","shares":"[{\"device\":0,\"milli\":1000},{\"device\":1,\"milli\":1000}]"},)"
+      R"({"node":"n2","shares":"[{\"device\":3,\"milli\":1000},{\"device\":4,\"milli\":1000}]"}])";
+  auto placed = with(two);
+  ASSERT_TRUE(placed);
+  ASSERT_EQ(placed->size(), 2u);
+  EXPECT_EQ((*placed)[0].node, "n1");
+  EXPECT_EQ((*placed)[1].node, "n2");
+  ASSERT_EQ((*placed)[1].shares.size(), 2u);
+  EXPECT_EQ((*placed)[1].shares[0].device, 3);
+  EXPECT_EQ((*placed)[1].shares[0].milli, 1000u);
+  // None: not one per pod, garbage, no node, not a string, or suspended
+  // (not running yet: it waits in its queue).
+  EXPECT_FALSE(with(two, R"("parallelism":3,)"));
+  EXPECT_FALSE(with("not json"));
+  EXPECT_FALSE(with(R"({"node":"n1"})"));
+  EXPECT_FALSE(with(R"([{"node":""},{"node":"n2"}])"));
+  EXPECT_FALSE(with(R"([{"shares":"[]"},{"node":"n2"}])"));
+  EXPECT_FALSE(with(json::array()));
+  EXPECT_FALSE(with(two, R"("parallelism":2,"suspend":true,)"));
+  EXPECT_FALSE(recorded_placement(batch_job(R"("parallelism":2,)")));
 }
 
 // A fake source of admitted workloads: the test declares and ends them.
