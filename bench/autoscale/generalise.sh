@@ -47,6 +47,9 @@ policies=${POLICIES:-tuned slo}
 goal=${GOAL:-0.99}
 max=${MAX:-40}
 slo=${SLO:-2}
+oracles=${ORACLES:-0}
+oracle_flag=""
+[ "$oracles" = 1 ] && oracle_flag=--oracles
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 conv=../shared/traces/AzureLLMInferenceTrace_conv.csv
@@ -111,7 +114,7 @@ for t in $traces; do
       manifest "$p" > "$work/policy.yaml"
       $bin sim autoscale -f "$work/policy.yaml" --trace "$work/$t.csv" --rate "$r" \
         --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
-        ${ORACLES:+--oracles} --json "$work/one.jsonl" >&2
+        $oracle_flag --json "$work/one.jsonl" >&2
       python3 -c "
 import json, sys
 for l in open('$work/one.jsonl'):
@@ -119,27 +122,32 @@ for l in open('$work/one.jsonl'):
     done
   done
 done
-python3 - "$results" "$goal" "${ORACLES:-}" <<'PY'
+python3 - "$results" "$goal" "$oracles" <<'PY'
 import json, sys
-ORACLES = bool(sys.argv[3])
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 goal = float(sys.argv[2])
-print(f"\n{'trace':<17} {'rate':>4} {'policy':<6} {'SLO met':>8} {'GPU-s':>8} {'vs best':>8} "
+oracles = sys.argv[3] == "1"
+# The oracles' cells: share within the SLO / GPU-seconds as a multiple of the best static.
+def cell(share, gpu_s, best):
+    return f"{100 * share:.2f}% / {gpu_s / best:.2f}" if best else f"{100 * share:.2f}% / -"
+print(f"\n{'trace':<17} {'rate':>4} {'policy':<6} {'SLO met':>8} {'':6} {'GPU-s':>8} {'vs best':>8} "
       f"{'vs clairv.':>10} {'cold':>5} | {'best static':>11} {'its SLO':>8} {'its GPU-s':>9} | "
-      f"{'foresight':>9} {'reactive oracle (h, memory)':>27}")
+      f"{'foresight':>16} | reactive oracle (headroom, memory)")
 for r in runs:
     best = r.get("best_static_gpu_seconds")
     rel = f"{r['gpu_seconds'] / best:.2f}" if best else "-"
     cl = r.get("clairvoyant_gpu_seconds") or 0
     rcl = f"{r['gpu_seconds'] / cl:.2f}" if cl else "-"
-    mark = "" if r["slo_attainment"] >= goal else " (miss)"
+    mark = "" if r["slo_attainment"] >= goal else "(miss)"
+    its = f"{100 * r['best_static_slo_attainment']:.2f}%" if best else "-"
+    fore = cell(r["foresight_slo_attainment"], r["foresight_gpu_seconds"], best)
+    if "reactive_gpu_seconds" in r:
+        react = (cell(r["reactive_slo_attainment"], r["reactive_gpu_seconds"], best) +
+                 f" ({r['reactive_headroom']:g}, {r['reactive_memory_s']:g} s)")
+    else:
+        react = "none of the 16 meets the goal" if oracles else "- (ORACLES=1)"
     print(f"{r['trace']:<17} {r['rate']:>4g} {r['label']:<6} {100 * r['slo_attainment']:>7.2f}% "
-          f"{r['gpu_seconds']:>8.0f} {rel:>8} {rcl:>10} {r['cold_starts']:>5} | "
-          f"{r.get('best_static_replicas', '-'):>11} "
-          f"{100 * r.get('best_static_slo_attainment', 0):>7.2f}% {best or 0:>9.0f} | "
-          f"{r['foresight_gpu_seconds'] / best if best else 0:>9.2f} "
-          + (f"{r['reactive_gpu_seconds'] / best if best else 0:>10.2f} "
-             f"({r['reactive_headroom']:g}, {r['reactive_memory_s']:g} s)"
-             if 'reactive_gpu_seconds' in r else f"{'none meets' if ORACLES else '-':>27}")
-          + mark)
+          f"{mark:6} {r['gpu_seconds']:>8.0f} {rel:>8} {rcl:>10} {r['cold_starts']:>5} | "
+          f"{r.get('best_static_replicas', '-'):>11} {its:>8} {best or 0:>9.0f} | "
+          f"{fore:>16} | {react}")
 PY

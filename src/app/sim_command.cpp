@@ -368,7 +368,9 @@ int run_autoscale(const AutoscaleArgs& a) {
   std::optional<autoscaler::Baselines> base;
   if (a.oracles && !a.baselines) return fail(2, "--oracles needs --baselines MAX");
   if (a.baselines) {
-    auto b = autoscaler::baselines(trace, runs[0], a.goal, a.baselines, a.oracles);
+    auto b = autoscaler::baselines(
+        trace, runs[0],
+        {.attainment = a.goal, .max_replicas = a.baselines, .reactive_oracles = a.oracles});
     if (!b.ok()) return fail(1, b.error().message);
     base = std::move(*b);
     if (base->best_static)

@@ -429,30 +429,48 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
   return report;
 }
 
+Schedule oracle_schedule(const std::vector<uint32_t>& need, double step_s, uint32_t initial,
+                         double headroom, size_t memory_steps, size_t ahead_steps, uint32_t most) {
+  auto with_headroom = [&](uint32_t count) {
+    return std::min(most, static_cast<uint32_t>(std::ceil(count * (1 + headroom) - 1e-9)));
+  };
+  Schedule plan{step_s, {}};
+  plan.counts.reserve(need.size() + 1);
+  for (size_t i = 0; i < need.size(); ++i) {
+    uint32_t c = i < memory_steps ? initial : 0;
+    const size_t last = std::min(need.size() - 1, i + ahead_steps);
+    for (size_t j = i < memory_steps ? 0 : i - memory_steps; j <= last; ++j)
+      c = std::max(c, need[j]);
+    plan.counts.push_back(with_headroom(c));
+  }
+  // Past the need's end (the static run's last answer), what is left in
+  // flight has one replica at least.
+  plan.counts.push_back(std::max<uint32_t>(1, plan.counts.empty() ? 0 : plan.counts.back()));
+  return plan;
+}
+
 Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
-                            double attainment, uint32_t max_replicas, bool reactive_oracles,
-                            double window_s) {
-  if (max_replicas == 0 || !(window_s > 0))
+                            const BaselineOptions& b) {
+  if (b.max_replicas == 0 || !(b.window_s > 0))
     return make_error(ErrorCode::kInvalidArgument, "max replicas and the window must be above 0");
   options.autoscaling.reset();
+  options.schedule.reset();
   auto run = [&](uint32_t n) {
     options.replicas = n;
     return simulate(trace, options);
   };
   Baselines out;
-  LS_ASSIGN_OR_RETURN(SimReport peak, run(max_replicas));
+  LS_ASSIGN_OR_RETURN(SimReport peak, run(b.max_replicas));
   // The clairvoyant bound from the busiest moment of each window.
   const double slots = options.engine.max_num_seqs;
   std::map<int64_t, uint32_t> busiest;
   for (const SimSample& p : peak.timeline) {
-    uint32_t& b = busiest[static_cast<int64_t>(p.at_s / window_s)];
-    b = std::max(b, p.in_flight);
+    uint32_t& most = busiest[static_cast<int64_t>(p.at_s / b.window_s)];
+    most = std::max(most, p.in_flight);
   }
   for (const auto& [w, in_flight] : busiest)
-    out.clairvoyant_gpu_seconds += std::ceil(in_flight / slots) * window_s;
-  // The oracles: each pass's need, then the most of it over a window that
-  // looks back (up to the pass before), and with foresight a cold start
-  // ahead.
+    out.clairvoyant_gpu_seconds += std::ceil(in_flight / slots) * b.window_s;
+  // The oracles, from each pass's need.
   const double step = options.period_s * options.time_scale;
   std::vector<uint32_t> need;
   for (const SimSample& p : peak.timeline) {
@@ -460,52 +478,38 @@ Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions o
     if (need.size() <= i) need.resize(i + 1, 0);
     need[i] = std::max(need[i], static_cast<uint32_t>(std::ceil(p.in_flight / slots)));
   }
-  const auto n = static_cast<ptrdiff_t>(need.size());
-  const auto ahead =
-      static_cast<ptrdiff_t>(std::ceil(options.cold_start_s * options.time_scale / step));
+  auto steps = [&](double s) { return static_cast<size_t>(std::ceil(s / step - 1e-9)); };
+  const size_t cold = steps(options.cold_start_s * options.time_scale);
   // Each starts with what the first cold start needs, ready (as a service
-  // already up when the trace begins); before the trace, the load was its
-  // start's.
+  // already up when the trace begins), and takes it for the load before.
   uint32_t initial = 0;
-  for (ptrdiff_t j = 0; j < std::min(n, ahead + 1); ++j) initial = std::max(initial, need[j]);
+  for (size_t j = 0; j < std::min(need.size(), cold + 1); ++j) initial = std::max(initial, need[j]);
   auto oracle = [&](double headroom, double memory_s, bool foresight) -> Result<Oracle> {
-    auto with_headroom = [&](uint32_t count) {  // no more than the autoscaler may ask for
-      return std::min(max_replicas,
-                      static_cast<uint32_t>(std::ceil(count * (1 + headroom) - 1e-9)));
-    };
-    const auto from = -static_cast<ptrdiff_t>(std::ceil(memory_s / step)) - (foresight ? 0 : 1);
-    const ptrdiff_t to = foresight ? ahead : -1;
-    Schedule plan{step, std::vector<uint32_t>(need.size(), 0)};
-    for (ptrdiff_t i = 0; i < n; ++i) {
-      uint32_t most = i + from < 0 ? initial : 0;
-      for (ptrdiff_t j = std::max<ptrdiff_t>(0, i + from); j <= std::min(n - 1, i + to); ++j)
-        most = std::max(most, need[j]);
-      plan.counts[i] = with_headroom(most);
-    }
     SimOptions o = options;
-    o.replicas = with_headroom(initial);
-    o.schedule = std::move(plan);
+    o.schedule = oracle_schedule(need, step, initial, headroom, steps(memory_s),
+                                 foresight ? cold : 0, b.max_replicas);
+    o.replicas = o.schedule->at(0);
     LS_ASSIGN_OR_RETURN(SimReport r, simulate(trace, o));
     return Oracle{headroom, memory_s, foresight, std::move(r)};
   };
-  LS_ASSIGN_OR_RETURN(out.foresight, oracle(0, window_s, true));
-  if (reactive_oracles) {
-    for (double memory : {window_s, 60.0, 300.0, 1200.0})
+  LS_ASSIGN_OR_RETURN(out.foresight, oracle(0, b.window_s, true));
+  if (b.reactive_oracles) {
+    for (double memory : {b.window_s, 60.0, 300.0, 1200.0})
       for (double headroom : {0.0, 0.25, 0.5, 1.0}) {
         LS_ASSIGN_OR_RETURN(Oracle o, oracle(headroom, memory, false));
-        if (o.report.slo_attainment >= attainment &&
+        if (o.report.slo_attainment >= b.attainment &&
             (!out.best_reactive || o.report.gpu_seconds < out.best_reactive->report.gpu_seconds))
           out.best_reactive = std::move(o);
       }
   }
-  if (peak.slo_attainment < attainment) return out;
+  if (peak.slo_attainment < b.attainment) return out;
   // Attainment grows with the count: the fewest that meet the goal.
-  uint32_t lo = 1, hi = max_replicas;
+  uint32_t lo = 1, hi = b.max_replicas;
   SimReport best = std::move(peak);
   while (lo < hi) {
     const uint32_t mid = lo + (hi - lo) / 2;
     LS_ASSIGN_OR_RETURN(SimReport r, run(mid));
-    if (r.slo_attainment >= attainment) {
+    if (r.slo_attainment >= b.attainment) {
       hi = mid;
       best = std::move(r);
     } else {

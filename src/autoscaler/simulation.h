@@ -114,14 +114,22 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
 // ready at once: no policy that serves every request without queueing pays
 // less.
 //
-// And oracles: policies that know each moment's need (its requests in flight
-// under that static count, one per slot) and pay the cold start. Each pass
-// one asks for (1 + headroom) × the most that any moment of the last
-// `memory_s` needed (at most `max_replicas`): a reactive one up to the pass
-// before (it knows the load as soon as it comes, and no sooner), one with
-// foresight up to a cold start ahead. A yardstick, not a bound: what reacting at once to the true load,
-// with headroom and memory chosen in hindsight, meets and costs (a policy
-// that lets engines queue may need fewer replicas than one per slot).
+// And oracles: counts set from outside (`Schedule`) from each moment's
+// need — its requests in flight under that static count, one per slot —
+// paying the cold start. Each pass one asks for (1 + headroom) × the most
+// that any moment of the last `memory_s` needed: a reactive one up to this
+// pass (what a controller's pass sees: the load as soon as it comes, and no
+// sooner), one with foresight up to a cold start ahead. A yardstick, not a
+// bound: what reacting at once to the true load, with headroom and memory
+// chosen in hindsight, meets and costs (a policy that lets requests queue
+// in a busy minute may need fewer replicas than one per slot).
+struct BaselineOptions {
+  double attainment = 0.99;
+  uint32_t max_replicas = 40;
+  double window_s = 10;
+  // Also search the reactive oracles (16 more runs).
+  bool reactive_oracles = false;
+};
 struct Oracle {
   double headroom = 0;
   double memory_s = 0;
@@ -132,14 +140,22 @@ struct Baselines {
   std::optional<uint32_t> best_static;  // none: even max_replicas misses the goal
   SimReport best_static_report;
   double clairvoyant_gpu_seconds = 0;
-  Oracle foresight;  // headroom 0, memory window_s: the clairvoyant bound's replicas, in time
+  // Headroom 0, memory window_s: about the clairvoyant bound's replicas,
+  // started in time.
+  Oracle foresight;
   // With `reactive_oracles`: the cheapest reactive oracle that meets the
   // goal, headroom 0, 0.25, 0.5 or 1 and memory window_s, 60, 300 or 1200
   // model seconds; none: none of the 16 does.
   std::optional<Oracle> best_reactive;
 };
 Result<Baselines> baselines(const std::vector<TraceRequest>& trace, SimOptions options,
-                            double attainment, uint32_t max_replicas, bool reactive_oracles = false,
-                            double window_s = 10);
+                            const BaselineOptions& baseline);
+
+// An oracle's counts, one per step of `need` (each step's need): (1 +
+// headroom) × the most needed from `memory_steps` before the step to
+// `ahead_steps` after it (0: reactive), at most `most`; `initial` stands
+// for the need before the first step, and one replica stays past the last.
+Schedule oracle_schedule(const std::vector<uint32_t>& need, double step_s, uint32_t initial,
+                         double headroom, size_t memory_steps, size_t ahead_steps, uint32_t most);
 
 }  // namespace loadstar::autoscaler

@@ -166,7 +166,7 @@ TEST(AutoscaleSim, BaselinesAreTheFewestStaticReplicasThatMeetTheGoalAndAFloorUn
   SimOptions o;
   o.engine.max_num_seqs = 4;
   const std::vector<TraceRequest> trace = steady(0.25, 300, 100, 300);
-  auto b = baselines(trace, o, 0.99, 12);
+  auto b = baselines(trace, o, {.attainment = 0.99, .max_replicas = 12});
   ASSERT_TRUE(b.ok()) << b.error().message;
   ASSERT_TRUE(b->best_static);
   EXPECT_GE(b->best_static_report.slo_attainment, 0.99);
@@ -176,7 +176,7 @@ TEST(AutoscaleSim, BaselinesAreTheFewestStaticReplicasThatMeetTheGoalAndAFloorUn
   EXPECT_LT(fewer->slo_attainment, 0.99);  // one fewer misses the goal
   EXPECT_GT(b->clairvoyant_gpu_seconds, 0);
   EXPECT_LE(b->clairvoyant_gpu_seconds, 12 * b->best_static_report.run_s + 10);
-  EXPECT_FALSE(baselines(trace, o, 0.99, 0).ok());
+  EXPECT_FALSE(baselines(trace, o, {.attainment = 0.99, .max_replicas = 0}).ok());
 }
 
 TEST(AutoscaleSim, AScheduleSetsTheCountAtEachPass) {
@@ -201,6 +201,25 @@ TEST(AutoscaleSim, AScheduleSetsTheCountAtEachPass) {
   }
 }
 
+// What an oracle asks for at each step: a reactive one the most of this
+// step and the memory's before it (the need before the first, `initial`),
+// one with foresight also the steps a cold start ahead; headroom on top,
+// capped; one replica past the end.
+TEST(AutoscaleSim, AnOracleAsksForTheMostNeededOverItsMemoryAndLookAhead) {
+  const std::vector<uint32_t> need = {0, 0, 5, 0, 0, 0};
+  auto counts = [&](uint32_t initial, double headroom, size_t memory, size_t ahead, uint32_t most) {
+    return oracle_schedule(need, 2, initial, headroom, memory, ahead, most).counts;
+  };
+  using V = std::vector<uint32_t>;
+  EXPECT_EQ(counts(1, 0, 1, 0, 40), (V{1, 0, 5, 5, 0, 0, 1}));  // reactive: never before it comes
+  EXPECT_EQ(counts(1, 0, 0, 0, 40), (V{0, 0, 5, 0, 0, 0, 1}));
+  EXPECT_EQ(counts(0, 0, 0, 2, 40), (V{5, 5, 5, 0, 0, 0, 1}));   // a cold start of 2 steps ahead
+  EXPECT_EQ(counts(3, 0.5, 1, 0, 6), (V{5, 0, 6, 6, 0, 0, 1}));  // 1.5 x 3, 1.5 x 5 capped at 6
+  const Schedule plan = oracle_schedule(need, 2, 0, 0, 1, 0, 40);
+  EXPECT_EQ(plan.at(4.5), 5u);  // step 2 is [4, 6) seconds
+  EXPECT_EQ(plan.at(100), 1u);
+}
+
 // A step up a long cold start away: an oracle that asks a cold start ahead
 // meets it; none that only reacts (at once, to the true need, with any of
 // the headrooms and memories searched) does. On a steady trace one does,
@@ -211,16 +230,17 @@ TEST(AutoscaleSim, OraclesWithForesightMeetAStepThatNoReactiveOneMeets) {
   o.cold_start_s = 20;
   std::vector<TraceRequest> trace = steady(1, 60, 100, 200);
   for (TraceRequest t : steady(0.125, 60, 100, 200)) trace.push_back({t.at_s + 60, 100, 200});
-  auto step = baselines(trace, o, 0.99, 24, true);
+  auto step = baselines(trace, o, {.max_replicas = 24, .reactive_oracles = true});
   ASSERT_TRUE(step.ok()) << step.error().message;
   EXPECT_GE(step->foresight.report.slo_attainment, 0.99);
   EXPECT_TRUE(step->foresight.foresight);
   EXPECT_FALSE(step->best_reactive) << step->best_reactive->report.slo_attainment;
   // Without `reactive_oracles` none is searched.
-  auto without = baselines(steady(0.25, 120, 100, 200), o, 0.99, 24);
+  auto without = baselines(steady(0.25, 120, 100, 200), o, {.max_replicas = 24});
   ASSERT_TRUE(without.ok());
   EXPECT_FALSE(without->best_reactive);
-  auto flat = baselines(steady(0.25, 120, 100, 200), o, 0.99, 24, true);
+  auto flat =
+      baselines(steady(0.25, 120, 100, 200), o, {.max_replicas = 24, .reactive_oracles = true});
   ASSERT_TRUE(flat.ok()) << flat.error().message;
   ASSERT_TRUE(flat->best_reactive && flat->best_static);
   EXPECT_GE(flat->best_reactive->report.slo_attainment, 0.99);
