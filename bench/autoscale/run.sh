@@ -43,7 +43,10 @@
 # keeps each policy's controller log (its scale decisions, at info level)
 # as DIR/POLICY.log. SIM=1 runs the same policies through `loadstar sim
 # autoscale` instead (virtual time: seconds for all five; COLD_START, the
-# modelled replica start in wall seconds, 1.3 as measured here).
+# modelled replica start in wall seconds, 1.3 as measured here). TRACE
+# replays another trace in the same CSV form (bench/autoscale/traces.py
+# makes them; default the conversation trace); MIN=0 lets the autoscaled
+# policies go to zero after 300 trace seconds without a request.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=build/release/loadstar
@@ -57,6 +60,8 @@ slo=${SLO:-2}
 peak=${PEAK:-12}
 mean=${MEAN:-6}
 start=${START:-$mean}
+trace=${TRACE:-../shared/traces/AzureLLMInferenceTrace_conv.csv}
+min=${MIN:-1}
 seqs=${MAX_SEQS:-4}
 size=${SIZE:-512MiB}
 port=${PORT:-18280}
@@ -116,6 +121,9 @@ Y
 }
 
 service() {  # service NAME POLICY: the InferenceService under POLICY
+  local floor=""
+  case $2 in static-*) ;; *) [ "$min" = 1 ] || floor="minReplicas: $min
+  idleTimeout: $(w 300)s" ;; esac
   cat <<YAML
 apiVersion: loadstar.dev/v1alpha1
 kind: InferenceService
@@ -129,6 +137,7 @@ spec:
     args: ["--profile", "${PROFILE:-llama-3.1-70b-h100x4}", "--time-scale", "$scale", "--max-model-len", "16384",
            "--log-level", "warn"]
   $(policy_spec "$2" | sed '2,$s/^/  /')
+  $floor
 YAML
 }
 
@@ -137,7 +146,7 @@ if [ -n "${SIM:-}" ]; then
   # The same policies in `loadstar sim autoscale` (virtual time, seconds a
   # policy; a model of this run, not this run: see docs/autoscaling.md).
   for policy in $policies; do echo "---"; service "$policy" "$policy"; done > "$work/sim.yaml"
-  exec $bin sim autoscale -f "$work/sim.yaml" --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv \
+  exec $bin sim autoscale -f "$work/sim.yaml" --trace "$trace" \
     --requests "$requests" --max-input 16000 --skip-seconds "$skip" --rate "$rate" --slo-ttft "$slo" \
     --cold-start "${COLD_START:-1.3}"
 fi
@@ -171,7 +180,7 @@ YAML
   done
   [ "${ready:-0}" -ge "$want" ] || { cat "$work/up.log"; exit 1; }
   echo "== $policy" >&2
-  $replay --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv --requests "$requests" \
+  $replay --trace "$trace" --requests "$requests" \
     --max-input 16000 --skip-seconds "$skip" --rate "$rate" --time-scale "$scale" --slo-ttft "$slo" \
     --gateway-port "$port" --admin-port "$admin" --label "$policy" \
     --replica-capacity "$seqs" | tee -a "$results" || true

@@ -90,13 +90,35 @@ void Autoscaler::observe(const Sample& s) {
                               .arrived_total = arrived_total_,
                               .in_flight = std::max(0.0, s.in_flight - s.queued),
                               .engine_queued = std::max(0.0, s.waiting - s.queued)});
-    double load = s.in_flight;
+    const std::optional<OfferedLoad::Reading> offered = offered_->reading();
+    if (s.ready == 0) {
+      held_at_zero_.emplace_back(s.now, s.held);
+      // Only the last sample at least an SLO old is read.
+      while (held_at_zero_.size() > 1 && held_at_zero_[1].first <= s.now - *spec_.slo_ttft_s)
+        held_at_zero_.pop_front();
+      missed_backlog_ = 0;
+    } else if (!held_at_zero_.empty()) {
+      // The first replica is ready: those held an SLO ago have missed.
+      for (const auto& [t, held] : held_at_zero_)
+        if (t <= s.now - *spec_.slo_ttft_s) missed_backlog_ = held;
+      held_at_zero_.clear();
+    }
+    // That backlog is left out of the load only while it waits in the
+    // gateway's queue, which serves first what can still meet the SLO (in
+    // the engines' queues it would delay every request behind it): so it is
+    // at most what is queued, and what is in flight beyond what the
+    // arrivals offer; it only shrinks.
+    if (s.ready > 0 && missed_backlog_ > 0)
+      missed_backlog_ =
+          offered
+              ? std::min({missed_backlog_, s.queued, std::max(0.0, s.in_flight - offered->load)})
+              : 0;
+    double load = s.in_flight - missed_backlog_;
     offered_now_.reset();
-    if (s.held > 0 || s.ready == 0)
-      if (std::optional<OfferedLoad::Reading> r = offered_->reading(); r && r->load > load) {
-        load = r->load;
-        offered_now_ = r;
-      }
+    if ((s.held > 0 || s.ready == 0) && offered && offered->load > load) {
+      load = offered->load;
+      offered_now_ = offered;
+    }
     held_loads_.emplace_back(s.now, LoadSample{load, arrived});
     while (held_loads_.front().first < s.now - kHoldWindows * spec_.stable_window_s)
       held_loads_.pop_front();

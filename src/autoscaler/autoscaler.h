@@ -213,6 +213,13 @@ class Autoscaler {
   // which the stable count covers too.
   static constexpr double kHoldWindows = 5;
   std::deque<std::pair<double, LoadSample>> held_loads_;
+  // With an SLO: requests held while no replica was ready that had waited
+  // past the SLO when the first one became ready. Released into in-flight,
+  // they have missed already, and the replicas an SLO needs are for the
+  // requests that can still meet it: the load leaves them out while they
+  // drain. `held_at_zero_`: each sample's held count while none was ready.
+  std::deque<std::pair<double, uint32_t>> held_at_zero_;
+  double missed_backlog_ = 0;
   std::optional<double> last_step_down_;
   std::optional<double> first_request_;  // the first sample with a request
 };

@@ -504,6 +504,58 @@ TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
   EXPECT_NE(d.reason.find("requests held: offered load"), std::string::npos) << d.reason;
 }
 
+// Back from zero, the requests held through the cold start have missed the
+// SLO by the time a replica is ready. Released into the gateway's queue,
+// which serves first what can still meet the SLO, they need no replicas of
+// their own: the restart is sized by what the arrivals offer while they
+// drain. Released into the engines' queues, they would delay every request
+// behind them, and count.
+TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
+  auto restart = [](bool in_the_gateway_queue) {
+    Spec spec = slo_spec(64);
+    spec.min_replicas = 0;
+    spec.idle_window_s = 60;
+    Autoscaler a(spec);
+    // As above: the curve learned at 30 in flight (10 replicas), then zero.
+    drive_slo(
+        a, {.per_replica = 3}, 600, [](int) { return 30.0; }, 10);
+    uint64_t sent = 20 * 600;
+    uint32_t current = a.decide(600, 10).desired;
+    for (int t = 600; t < 1200 && current > 0; ++t) {
+      a.observe(Sample{.now = static_cast<double>(t), .ready = current, .requests_total = sent});
+      current = a.decide(t, current).desired;
+    }
+    // 20 requests a second held for 8 s (the cold start), then released:
+    // 30 run, the rest wait and drain over 20 s while 20 a second arrive.
+    for (int k = 1; k <= 8; ++k) {
+      a.observe(
+          Sample{.now = 1200.0 + k, .held = static_cast<uint32_t>(20 * k), .requests_total = sent});
+      current = a.decide(1200 + k, current).desired;
+    }
+    const uint32_t asked = current;
+    uint32_t most = 0;
+    for (int k = 0; k < 20; ++k) {
+      const double backlog = 130.0 * (20 - k) / 20;
+      sent += 20 + 7;  // the arrivals and part of the backlog
+      Sample s{.now = 1209.0 + k, .ready = asked, .requests_total = sent};
+      s.in_flight = 30 + backlog;
+      s.queued = in_the_gateway_queue ? backlog : 0;
+      s.waiting = backlog;
+      a.observe(s);
+      const Decision d = a.decide(s.now, current);
+      current = d.desired;
+      most = std::max(most, current);
+    }
+    return std::pair{asked, most};
+  };
+  const auto [asked, most] = restart(true);
+  EXPECT_GE(asked, 9u);
+  EXPECT_LE(most, 13u) << "asked " << asked;
+  const auto [engines_asked, engines_most] = restart(false);
+  EXPECT_EQ(engines_asked, asked);
+  EXPECT_GE(engines_most, 20u);
+}
+
 // A service's first requests sized by the first guess (4 per replica) are
 // not evidence enough to shed the replicas it started with: until the curve
 // is learned, in its first five stable windows of requests, it keeps them.
