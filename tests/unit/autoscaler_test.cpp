@@ -474,23 +474,34 @@ TEST(Autoscaler, WithAnSloMissesNoReplicaRemovesDoNotRunItToTheMaximum) {
 // cannot see: the service asks at once for the replicas their arrival rate
 // needs at what a request took before (the offered load), not for one,
 // which would take all the held requests and queue them.
-TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
-  Spec spec = slo_spec(64);
-  spec.min_replicas = 0;
-  spec.idle_window_s = 60;
-  Autoscaler a(spec);
-  // Ten minutes of 20 requests a second, 1.5 s each (30 in flight), on
-  // replicas that hold 3 each: the curve is learned.
+// An SLO service that may go to zero: ten minutes of 20 requests a second,
+// 1.5 s each (30 in flight), on replicas that hold 3 each (the curve is
+// learned), then quiet until it is at zero at second 1200. Returns the
+// requests sent.
+uint64_t learned_then_at_zero(Autoscaler& a) {
   drive_slo(
       a, {.per_replica = 3}, 600, [](int) { return 30.0; }, 10);
   const uint64_t sent = 20 * 600;
-  // Quiet until the service is at zero.
   uint32_t current = a.decide(600, 10).desired;
   for (int t = 600; t < 1200 && current > 0; ++t) {
     a.observe(Sample{.now = static_cast<double>(t), .ready = current, .requests_total = sent});
     current = a.decide(t, current).desired;
   }
-  ASSERT_EQ(current, 0u);
+  EXPECT_EQ(current, 0u);
+  return sent;
+}
+
+Spec slo_to_zero_spec() {
+  Spec spec = slo_spec(64);
+  spec.min_replicas = 0;
+  spec.idle_window_s = 60;
+  return spec;
+}
+
+TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
+  Autoscaler a(slo_to_zero_spec());
+  const uint64_t sent = learned_then_at_zero(a);
+  uint32_t current = 0;
   // 20 requests a second, held while no replica is ready.
   Decision d;
   for (int k = 1; k <= 8; ++k) {
@@ -512,19 +523,9 @@ TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
 // behind them, and count.
 TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
   auto restart = [](bool in_the_gateway_queue) {
-    Spec spec = slo_spec(64);
-    spec.min_replicas = 0;
-    spec.idle_window_s = 60;
-    Autoscaler a(spec);
-    // As above: the curve learned at 30 in flight (10 replicas), then zero.
-    drive_slo(
-        a, {.per_replica = 3}, 600, [](int) { return 30.0; }, 10);
-    uint64_t sent = 20 * 600;
-    uint32_t current = a.decide(600, 10).desired;
-    for (int t = 600; t < 1200 && current > 0; ++t) {
-      a.observe(Sample{.now = static_cast<double>(t), .ready = current, .requests_total = sent});
-      current = a.decide(t, current).desired;
-    }
+    Autoscaler a(slo_to_zero_spec());
+    uint64_t sent = learned_then_at_zero(a);
+    uint32_t current = 0;
     // 20 requests a second held for 8 s (the cold start), then released:
     // 30 run, the rest wait and drain over 20 s while 20 a second arrive.
     for (int k = 1; k <= 8; ++k) {
