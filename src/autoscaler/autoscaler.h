@@ -183,6 +183,9 @@ class Autoscaler {
     bool stable = false;            // the stable window's (not the panic window's)
   };
   Window average(double now, double window) const;
+  // With an SLO: what a restart from zero holds, and then how much of what
+  // it held has missed and waits in the gateway's queue (missed_backlog_).
+  void track_restart_backlog(const Sample& s, const std::optional<OfferedLoad::Reading>& offered);
   // The count each target asks for; the largest wins. `trend` scales the
   // in-flight load the learned capacity sizes for (the stable window's
   // projection; 1 for the panic window's).
@@ -219,6 +222,7 @@ class Autoscaler {
   // requests that can still meet it: the load leaves them out while they
   // drain. `held_at_zero_`: each sample's held count while none was ready.
   std::deque<std::pair<double, uint32_t>> held_at_zero_;
+  std::optional<double> first_ready_;  // a replica ready, the held not yet released
   double missed_backlog_ = 0;
   std::optional<double> last_step_down_;
   std::optional<double> first_request_;  // the first sample with a request

@@ -6,6 +6,8 @@
 #include <deque>
 #include <functional>
 #include <random>
+#include <string>
+#include <tuple>
 
 #include <gtest/gtest.h>
 
@@ -470,10 +472,6 @@ TEST(Autoscaler, WithAnSloMissesNoReplicaRemovesDoNotRunItToTheMaximum) {
   EXPECT_LE(run.desired.back(), 12u) << run.decisions.back().reason;
 }
 
-// Back from zero, requests held at the gateway are load the in-flight count
-// cannot see: the service asks at once for the replicas their arrival rate
-// needs at what a request took before (the offered load), not for one,
-// which would take all the held requests and queue them.
 // An SLO service that may go to zero: ten minutes of 20 requests a second,
 // 1.5 s each (30 in flight), on replicas that hold 3 each (the curve is
 // learned), then quiet until it is at zero at second 1200. Returns the
@@ -498,9 +496,14 @@ Spec slo_to_zero_spec() {
   return spec;
 }
 
+// Back from zero, requests held at the gateway are load the in-flight count
+// cannot see: the service asks at once for the replicas their arrival rate
+// needs at what a request took before (the offered load), not for one,
+// which would take all the held requests and queue them.
 TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
   Autoscaler a(slo_to_zero_spec());
   const uint64_t sent = learned_then_at_zero(a);
+  ASSERT_FALSE(HasFailure());
   uint32_t current = 0;
   // 20 requests a second, held while no replica is ready.
   Decision d;
@@ -517,24 +520,31 @@ TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
 
 // Back from zero, the requests held through the cold start have missed the
 // SLO by the time a replica is ready. Released into the gateway's queue,
-// which serves first what can still meet the SLO, they need no replicas of
-// their own: the restart is sized by what the arrivals offer while they
-// drain. Released into the engines' queues, they would delay every request
-// behind them, and count.
+// which takes them only when no request that can still meet the SLO waits,
+// they need no replicas of their own: the restart is sized by what the
+// arrivals offer while they drain. Released into the engines' queues, they
+// would delay every request behind them, and count.
 TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
   auto restart = [](bool in_the_gateway_queue) {
     Autoscaler a(slo_to_zero_spec());
     uint64_t sent = learned_then_at_zero(a);
+    EXPECT_FALSE(::testing::Test::HasFailure());
     uint32_t current = 0;
-    // 20 requests a second held for 8 s (the cold start), then released:
-    // 30 run, the rest wait and drain over 20 s while 20 a second arrive.
+    // 20 requests a second held for 8 s (the cold start).
     for (int k = 1; k <= 8; ++k) {
       a.observe(
           Sample{.now = 1200.0 + k, .held = static_cast<uint32_t>(20 * k), .requests_total = sent});
       current = a.decide(1200 + k, current).desired;
     }
     const uint32_t asked = current;
+    // The replicas are ready, but the gateway, a pass behind the
+    // controller, still holds its requests.
+    a.observe(Sample{.now = 1208.5, .ready = asked, .held = 170, .requests_total = sent});
+    current = a.decide(1208.5, current).desired;
+    // Released: 30 run, the rest wait and drain over 20 s while 20 a second
+    // arrive.
     uint32_t most = 0;
+    std::string reason;
     for (int k = 0; k < 20; ++k) {
       const double backlog = 130.0 * (20 - k) / 20;
       sent += 20 + 7;  // the arrivals and part of the backlog
@@ -546,15 +556,18 @@ TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
       const Decision d = a.decide(s.now, current);
       current = d.desired;
       most = std::max(most, current);
+      if (k == 5) reason = d.reason;
     }
-    return std::pair{asked, most};
+    return std::tuple{asked, most, reason};
   };
-  const auto [asked, most] = restart(true);
+  const auto [asked, most, reason] = restart(true);
   EXPECT_GE(asked, 9u);
   EXPECT_LE(most, 13u) << "asked " << asked;
-  const auto [engines_asked, engines_most] = restart(false);
+  EXPECT_NE(reason.find("held past the SLO at the restart left out"), std::string::npos) << reason;
+  const auto [engines_asked, engines_most, engines_reason] = restart(false);
   EXPECT_EQ(engines_asked, asked);
   EXPECT_GE(engines_most, 20u);
+  EXPECT_EQ(engines_reason.find("left out"), std::string::npos) << engines_reason;
 }
 
 // A service's first requests sized by the first guess (4 per replica) are
