@@ -155,7 +155,7 @@ std::vector<PlacementReplica> BatchAdmission::placement_units(Placement& placeme
     // admitted by it, only copied): that place is held, and the Job is
     // admitted, un-suspended or not.
     std::optional<std::vector<Placed>> taken_over;
-    if (first_pass_ && !submitted_.count(name)) taken_over = recorded_placement(job);
+    if (first_pass_) taken_over = recorded_placement(job);
     // Once admitted it stays so while it runs (un-suspended, it is no
     // longer held, and need not be).
     auto workload = admitted_workload(job, name, placed_.count(name) > 0 || taken_over);
