@@ -86,9 +86,10 @@ void Autoscaler::observe(const Sample& s) {
                               .in_flight = std::max(0.0, s.in_flight - s.queued),
                               .engine_queued = std::max(0.0, s.waiting - s.queued)});
     const std::optional<OfferedLoad::Reading> offered = offered_->reading();
-    track_restart_backlog(s, offered);
-    // In flight, less a restart's backlog: the load the replicas serve.
-    const double serving = s.in_flight - missed_backlog_;
+    // In flight, less what waits at the gateway past the SLO: the load of
+    // the requests that can still meet it.
+    overdue_now_ = std::clamp(s.queued_overdue, 0.0, std::max(0.0, s.queued));
+    const double serving = s.in_flight - overdue_now_;
     const bool settled = same_set && s.now - serving_since_ >= 2 * *spec_.slo_ttft_s;
     slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, {s.ttft_overdue, s.ttft_overdue_answered},
                 serving, s.ready, settled);
@@ -107,46 +108,6 @@ void Autoscaler::observe(const Sample& s) {
   samples_.push_back(s);
   while (samples_.size() > 1 && samples_.front().now < s.now - spec_.stable_window_s)
     samples_.pop_front();
-}
-
-void Autoscaler::track_restart_backlog(const Sample& s,
-                                       const std::optional<OfferedLoad::Reading>& offered) {
-  auto hold = [&] {
-    held_at_zero_.emplace_back(s.now, s.held);
-    // Only the last sample at least an SLO old is read.
-    while (held_at_zero_.size() > 1 && held_at_zero_[1].first <= s.now - *spec_.slo_ttft_s)
-      held_at_zero_.pop_front();
-  };
-  if (s.ready == 0) {
-    hold();
-    first_ready_.reset();
-    missed_backlog_ = 0;
-    return;
-  }
-  if (!held_at_zero_.empty()) {
-    // A replica is ready; the gateways release what they held once they see
-    // it, a pass or more later (the routing table follows the ready marks),
-    // and the backlog is counted then (or after a stable window at most).
-    if (!first_ready_) first_ready_ = s.now;
-    if (s.held > 0 && s.now - *first_ready_ < spec_.stable_window_s) {
-      hold();
-      return;
-    }
-    // Released: those held an SLO ago have missed.
-    for (const auto& [t, held] : held_at_zero_)
-      if (t <= s.now - *spec_.slo_ttft_s) missed_backlog_ = held;
-    held_at_zero_.clear();
-    first_ready_.reset();
-  }
-  // The backlog is left out of the load only while it waits in the
-  // gateway's queue, which takes it only when no request that can still
-  // meet the SLO is waiting (in the engines' queues it would delay every
-  // request behind it): so it is at most what is queued, and what is in
-  // flight beyond what the arrivals offer; it only shrinks.
-  if (missed_backlog_ > 0)
-    missed_backlog_ =
-        offered ? std::min({missed_backlog_, s.queued, std::max(0.0, s.in_flight - offered->load)})
-                : 0;
 }
 
 Autoscaler::Window Autoscaler::average(double now, double window) const {
@@ -246,9 +207,8 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, 
                   offered_now_->load, offered_now_->arrival_rate, offered_now_->run_time_s)
             : fmt::format("in-flight requests {:.1f}{}{}", w.in_flight * trend,
                           trend != 1 ? fmt::format(" (x{:.2f} arrival trend)", trend) : "",
-                          missed_backlog_ > 0
-                              ? fmt::format(", {:.0f} held past the SLO at the restart left out",
-                                            missed_backlog_)
+                          overdue_now_ > 0
+                              ? fmt::format(", {:.0f} queued past the SLO left out", overdue_now_)
                               : "");
     vote(c.replicas, "slo", offered_now_ ? offered_now_->load : w.in_flight * trend,
          c.learned ? fmt::format("{}: {} replica(s) expect {:.2f}% of first tokens over {:g}s "

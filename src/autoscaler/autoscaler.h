@@ -41,6 +41,11 @@
 // none of them: the load is then the offered load instead (offered_load.h:
 // the arrival rate times how long a request ran before), so a service back
 // from zero asks at once for the replicas its arrivals need, not for one.
+// Requests queued at the gateway past the SLO (a burst's onset, a restart's
+// held requests) are left out of the load, and out of the in-flight count
+// the curve learns against: they have missed whatever the count, and the
+// gateway's queue serves them only with room no request that can still meet
+// the SLO wants.
 #pragma once
 
 #include <cstdint>
@@ -125,6 +130,11 @@ struct Sample {
   uint32_t held = 0;                 // requests held at the gateway now, for lack of a replica
   uint64_t requests_total = 0;  // requests ever sent (idleness; with held and queued, arrivals)
   double queued = 0;  // of in_flight (and waiting): in the gateway's flow-control queue now
+  // Of queued: requests already past the TTFT SLO, which miss it whenever
+  // they are served. The gateway's queue serves them only when no request
+  // that can still meet it waits, so with an SLO they are left out of the
+  // load (a backlog needs no replicas of its own).
+  double queued_overdue = 0;
   // Requests ever turned away at the gateway for want of a replica with
   // room (a full queue, a queue or hold timeout): arrivals never sent.
   uint64_t turned_away_total = 0;
@@ -183,9 +193,6 @@ class Autoscaler {
     bool stable = false;            // the stable window's (not the panic window's)
   };
   Window average(double now, double window) const;
-  // With an SLO: what a restart from zero holds, and then how much of what
-  // it held has missed and waits in the gateway's queue (missed_backlog_).
-  void track_restart_backlog(const Sample& s, const std::optional<OfferedLoad::Reading>& offered);
   // The count each target asks for; the largest wins. `trend` scales the
   // in-flight load the learned capacity sizes for (the stable window's
   // projection; 1 for the panic window's).
@@ -216,14 +223,7 @@ class Autoscaler {
   // which the stable count covers too.
   static constexpr double kHoldWindows = 5;
   std::deque<std::pair<double, LoadSample>> held_loads_;
-  // With an SLO: requests held while no replica was ready that had waited
-  // past the SLO when the first one became ready. Released into in-flight,
-  // they have missed already, and the replicas an SLO needs are for the
-  // requests that can still meet it: the load leaves them out while they
-  // drain. `held_at_zero_`: each sample's held count while none was ready.
-  std::deque<std::pair<double, uint32_t>> held_at_zero_;
-  std::optional<double> first_ready_;  // a replica ready, the held not yet released
-  double missed_backlog_ = 0;
+  double overdue_now_ = 0;  // the last sample's queued past the SLO, left out of its load
   std::optional<double> last_step_down_;
   std::optional<double> first_request_;  // the first sample with a request
 };

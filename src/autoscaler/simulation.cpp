@@ -348,6 +348,8 @@ Result<SimReport> simulate(const std::vector<TraceRequest>& trace, const SimOpti
       s.in_flight += static_cast<double>(queue.size());
       s.waiting += static_cast<double>(queue.size());
       s.queued = static_cast<double>(queue.size());
+      if (std::isfinite(deadline_s))
+        s.queued_overdue = static_cast<double>(queue.arrived_by(ms(now - deadline_s)));
       s.ttft_counts = ttft_counts;
       std::fill(ttft_counts.begin(), ttft_counts.end(), 0);
       s.ttft_overdue = std::exchange(ttft_overdue, 0);

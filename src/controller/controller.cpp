@@ -234,7 +234,8 @@ void Controller::apply_load() {
   if (!load_) return;
   std::optional<LoadRound> round = load_->take();
   // No new round: the replicas keep their in-flight counts, the queue
-  // shares in them included, and held_ and queued_ keep theirs.
+  // shares in them included, and held_, queued_ and queued_overdue_ keep
+  // theirs.
   if (!round) return;
   for (auto& [name, r] : replicas_) {
     auto it = round->replicas.find(name);
@@ -254,6 +255,7 @@ void Controller::apply_load() {
   demand_ = std::move(round->demand);
   held_ = std::move(round->held);
   queued_ = std::move(round->queued);
+  queued_overdue_ = std::move(round->queued_overdue);
   for (const auto& [service, n] : round->turned_away) increments_[service].turned_away += n;
   const int64_t unix_s =
       std::chrono::duration_cast<std::chrono::seconds>(clock_.wall().time_since_epoch()).count();
@@ -305,6 +307,8 @@ ServiceLoad Controller::service_load(const std::string& service) const {
   if (auto it = held_.find(service); it != held_.end()) load.held_requests = it->second;
   if (auto it = queued_.find(service); it != queued_.end())
     load.queued = static_cast<double>(it->second);
+  if (auto it = queued_overdue_.find(service); it != queued_overdue_.end())
+    load.queued_overdue = static_cast<double>(it->second);
   load.adapters = static_cast<double>(adapters.size());
   return load;
 }

@@ -264,7 +264,8 @@ class Controller {
   // reported.
   std::map<std::string, uint64_t> held_;
   std::map<std::string, uint64_t> queued_;
-  std::map<std::string, ServiceLoad> increments_;  // requests and first tokens, this pass
+  std::map<std::string, uint64_t> queued_overdue_;  // of queued_, past the TTFT SLO
+  std::map<std::string, ServiceLoad> increments_;   // requests and first tokens, this pass
   ServiceScaler scaler_;
   Traffic traffic_;  // what each service served over the last minute
   // Tenants' usage per hour, saved through the store at most every

@@ -47,6 +47,7 @@ void qualify_report(gateway::LoadReport& report, const kube::NamespaceScope& sco
   };
   qualify(report.held);
   qualify(report.queued);
+  qualify(report.queued_overdue);
   qualify(report.turned_away);
 }
 

@@ -1,5 +1,7 @@
 #include "controller/load.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace loadstar::controller {
@@ -28,6 +30,7 @@ void LoadRound::merge(LoadRound later) {
   demand.merge(later.demand);
   held = std::move(later.held);  // current values
   queued = std::move(later.queued);
+  queued_overdue = std::move(later.queued_overdue);
   for (const auto& [service, n] : later.turned_away) turned_away[service] += n;
   for (auto& [gateway, counters] : later.tenants) tenants[gateway] = std::move(counters);
 }
@@ -103,6 +106,9 @@ LoadRound LoadAggregator::round(
         continue;
       }
       out.queued[service] += static_cast<uint64_t>(std::max<int64_t>(n, 0));
+      if (auto late = report.queued_overdue.find(service); late != report.queued_overdue.end())
+        out.queued_overdue[service] +=
+            static_cast<uint64_t>(std::max<int64_t>(std::min(late->second, n), 0));
       const int64_t size = static_cast<int64_t>(mine.size());
       for (int64_t i = 0; i < size; ++i) {
         mine[i]->in_flight += n / size + (i < n % size ? 1 : 0);

@@ -48,6 +48,8 @@ struct LoadRound {
   // service -> requests in the gateways' flow-control queues now (also in
   // its replicas' in_flight and waiting)
   std::map<std::string, uint64_t> queued;
+  // service -> of those, the requests already past its TTFT SLO
+  std::map<std::string, uint64_t> queued_overdue;
   // service -> requests the gateways turned away for want of a replica with
   // room, since the last round (gateway::LoadReport::turned_away)
   std::map<std::string, uint64_t> turned_away;

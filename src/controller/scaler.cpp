@@ -85,6 +85,7 @@ uint32_t ServiceScaler::autoscale(const api::InferenceService& svc, uint32_t cur
   st.requests_total += load.requests;
   sample.requests_total = st.requests_total;
   sample.queued = load.queued;
+  sample.queued_overdue = load.queued_overdue;
   st.turned_away_total += load.turned_away;
   sample.turned_away_total = st.turned_away_total;
   sample.held = static_cast<uint32_t>(std::max<uint64_t>(load.held ? 1 : 0, load.held_requests));

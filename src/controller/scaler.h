@@ -45,6 +45,7 @@ struct ServiceLoad {
   // In the gateways' flow-control queues now (shared out into the replicas'
   // in_flight and waiting).
   double queued = 0;
+  double queued_overdue = 0;           // of queued, past the TTFT SLO
   uint64_t turned_away = 0;            // turned away at the gateways for want of room, since then
   std::optional<double> cold_start_s;  // the slowest ready replica's launch to ready
 };

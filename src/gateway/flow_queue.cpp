@@ -98,6 +98,17 @@ std::optional<uint64_t> FlowQueue::pop(int64_t now_ms) {
   return id;
 }
 
+size_t FlowQueue::arrived_by(int64_t ms) const {
+  size_t n = 0;
+  for (const auto& [priority, band] : bands_)
+    for (const auto& [tenant, flow] : band.flows)  // each oldest first
+      n += static_cast<size_t>(
+          std::partition_point(flow.begin(), flow.end(),
+                               [&](const Queued& q) { return q.arrived_ms <= ms; }) -
+          flow.begin());
+  return n;
+}
+
 bool FlowQueue::remove(uint64_t id) {
   auto it = where_.find(id);
   if (it == where_.end()) return false;

@@ -92,6 +92,9 @@ class FlowQueue {
   // Takes `id` out (it timed out, its client left); false if not queued.
   bool remove(uint64_t id);
   size_t size() const { return where_.size(); }
+  // How many of them arrived at or before `ms` (with an SLO, at `now - SLO`:
+  // those that have missed it whenever they are served).
+  size_t arrived_by(int64_t ms) const;
   bool empty() const { return where_.empty(); }
 
  private:

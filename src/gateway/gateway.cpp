@@ -85,7 +85,7 @@ asio::awaitable<std::string> Gateway::Impl::collect_metrics() {
   merged.max_connections = server->max_connections();
   merged.refused_connections = server->refused_connections();
   std::string text = render_metrics(merged);
-  text += waiting_room.metrics();
+  text += waiting_room.metrics(steady_ms());
   text += kv_events.metrics();
   if (shared_prefixes)
     text += fmt::format(
@@ -301,7 +301,10 @@ LoadReport Gateway::Impl::load_report() {
   report.turned_away = waiting_room.turned_away();
   for (const auto& [service, n] : holds.turned_away()) report.turned_away[service] += n;
   for (const auto& [service, n] : holds.by_service()) report.held[service] = n;
-  report.queued = waiting_room.queued();
+  for (const auto& [service, q] : waiting_room.queued(now_ms)) {
+    report.queued[service] = q.requests;
+    if (q.overdue > 0) report.queued_overdue[service] = q.overdue;
+  }
   report.wanted = pool_demand.recent(now_ms);
   report.instance = started;
   std::map<std::pair<std::string, std::string>, TenantLoad> usage;

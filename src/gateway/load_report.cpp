@@ -60,6 +60,9 @@ std::string load_report_json(const LoadReport& report) {
   json queued = json::object();
   for (const auto& [service, n] : report.queued)
     if (n > 0) queued[service] = n;
+  json queued_overdue = json::object();
+  for (const auto& [service, n] : report.queued_overdue)
+    if (n > 0) queued_overdue[service] = n;
   json turned_away = json::object();
   for (const auto& [service, n] : report.turned_away)
     if (n > 0) turned_away[service] = n;
@@ -77,6 +80,7 @@ std::string load_report_json(const LoadReport& report) {
                {"instance", report.instance},
                {"held", std::move(held)},
                {"queued", std::move(queued)},
+               {"queued_overdue", std::move(queued_overdue)},
                {"turned_away", std::move(turned_away)},
                {"wanted", report.wanted}})
       .dump();
@@ -113,6 +117,11 @@ Result<ParsedLoadReport> parse_load_report(std::string_view text) {
     for (const auto& [service, n] : queued->items())
       if (const uint64_t count = counter(n); count > 0)
         out.report.queued[service] = static_cast<int64_t>(std::min<uint64_t>(count, INT64_MAX));
+  if (auto overdue = doc.find("queued_overdue"); overdue != doc.end() && overdue->is_object())
+    for (const auto& [service, n] : overdue->items())
+      if (const uint64_t count = counter(n); count > 0)
+        out.report.queued_overdue[service] =
+            static_cast<int64_t>(std::min<uint64_t>(count, INT64_MAX));
   if (auto away = doc.find("turned_away"); away != doc.end() && away->is_object())
     for (const auto& [service, n] : away->items())
       if (const uint64_t count = counter(n); count > 0) out.report.turned_away[service] = count;

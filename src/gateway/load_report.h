@@ -62,6 +62,9 @@ struct LoadReport {
   // service -> requests waiting in the gateway's flow-control queue for its
   // saturated replicas to have room
   std::map<std::string, int64_t> queued;
+  // service -> of those, the requests already past its TTFT SLO (they miss
+  // it whenever they are served)
+  std::map<std::string, int64_t> queued_overdue;
   // service -> requests for it the gateway answered without sending them to
   // a replica, for want of one (a counter since the gateway started): a
   // held request that timed out or overflowed the hold, a flow-control

@@ -47,6 +47,7 @@ asio::awaitable<WaitingRoom::Admission> WaitingRoom::enter(
     Line& line = lines_[entry.service];
     line.queue.set_capacity(flow.max_queued);
     line.queue.set_serve_within(serve_within_ms(entry.ttft_slo_s));
+    line.ttft_slo_s = entry.ttft_slo_s;
     const uint64_t free = room(flow, endpoints, now_ms());
     if (line.queue.empty() && free > line.reserved) {
       ++line.reserved;
@@ -176,15 +177,25 @@ std::map<std::string, uint64_t> WaitingRoom::turned_away() const {
   return out;
 }
 
-std::map<std::string, int64_t> WaitingRoom::queued() const {
-  std::map<std::string, int64_t> out;
+namespace {
+// How many of `line`'s queued requests are past their TTFT SLO at `now_ms`.
+int64_t overdue(const FlowQueue& queue, const std::optional<double>& ttft_slo_s, int64_t now_ms) {
+  if (!ttft_slo_s) return 0;
+  return static_cast<int64_t>(queue.arrived_by(now_ms - std::llround(*ttft_slo_s * 1000)));
+}
+}  // namespace
+
+std::map<std::string, WaitingRoom::Queued> WaitingRoom::queued(int64_t now_ms) const {
+  std::map<std::string, Queued> out;
   std::lock_guard lock(mu_);
   for (const auto& [service, line] : lines_)
-    if (!line.queue.empty()) out[service] = static_cast<int64_t>(line.queue.size());
+    if (!line.queue.empty())
+      out[service] = {static_cast<int64_t>(line.queue.size()),
+                      overdue(line.queue, line.ttft_slo_s, now_ms)};
   return out;
 }
 
-std::string WaitingRoom::metrics() const {
+std::string WaitingRoom::metrics(int64_t now_ms) const {
   std::lock_guard lock(mu_);
   // The families even before any service saturated: dashboards and alerts
   // find them (no samples yet).
@@ -195,6 +206,15 @@ std::string WaitingRoom::metrics() const {
   for (const auto& [service, line] : lines_)
     out += fmt::format("loadstar_gateway_queued_requests{{service=\"{}\"}} {}\n", service,
                        line.queue.size());
+  out +=
+      "# HELP loadstar_gateway_queued_overdue_requests Of the queued requests, those already past "
+      "their service's TTFT SLO: they miss it whenever they are served, and the autoscaler leaves "
+      "them out of the load.\n"
+      "# TYPE loadstar_gateway_queued_overdue_requests gauge\n";
+  for (const auto& [service, line] : lines_)
+    if (line.ttft_slo_s)
+      out += fmt::format("loadstar_gateway_queued_overdue_requests{{service=\"{}\"}} {}\n", service,
+                         overdue(line.queue, line.ttft_slo_s, now_ms));
   out +=
       "# HELP loadstar_gateway_flow_control_total Requests that met a saturated service, by "
       "outcome: dispatched (left the queue for a replica), shed (sheddable tenant), queue_full, "

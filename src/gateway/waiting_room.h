@@ -63,15 +63,22 @@ class WaitingRoom {
   // waits; call when a request to a replica ends, and periodically.
   void notify(const RoutingTable& table);
 
-  // Requests waiting now, per service (the load report's "queued").
-  std::map<std::string, int64_t> queued() const;
+  // Requests waiting at `now_ms`, per service with any: all of them (the
+  // load report's "queued"), and those already past their TTFT SLO
+  // ("queued_overdue"), which miss it whenever they are served.
+  struct Queued {
+    int64_t requests = 0;
+    int64_t overdue = 0;
+  };
+  std::map<std::string, Queued> queued(int64_t now_ms) const;
   // Requests that met a saturated service and were never sent, per service,
   // since the gateway started (a counter): shed, refused for a full queue,
   // evicted, timed out, or given up by the client while queued.
   std::map<std::string, uint64_t> turned_away() const;
-  // Prometheus text: loadstar_gateway_queued_requests and
+  // Prometheus text: loadstar_gateway_queued_requests,
+  // loadstar_gateway_queued_overdue_requests (at `now_ms`) and
   // loadstar_gateway_flow_control_total{service,outcome}.
-  std::string metrics() const;
+  std::string metrics(int64_t now_ms) const;
 
  private:
   struct Waiter;
@@ -81,6 +88,7 @@ class WaitingRoom {
     uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
     std::multimap<int64_t, uint64_t> deadlines;  // SLO deadline -> waiter id
     std::map<std::string, uint64_t> outcomes;    // every one but dispatched turned a request away
+    std::optional<double> ttft_slo_s;            // the service's, as its last request said
   };
   // Counts the waiters whose SLO passed by `now_ms` overdue, on the first
   // of `endpoints` (the controller sums a service's endpoints).

@@ -321,8 +321,8 @@ TEST(LlamaCpp, ScalesToZeroAndBackForAHeldRequest) {
 // autoscales on, before its answer comes; its answer, later, is marked as
 // counted already. Here it waits behind a long stream for a one-slot
 // llama-server: with an SLO and the slots declared, flow control is on by
-// default, so it waits in the gateway's queue (counted there), not in the
-// engine's.
+// default, so it waits in the gateway's queue (counted there, and reported
+// queued past its SLO), not in the engine's.
 TEST(LlamaCpp, ARequestPastItsTtftSloIsReportedOverdueBeforeItIsAnswered) {
   REQUIRE_LLAMA();
   auto up = Up::start(service(1, R"(  autoscaling:
@@ -352,11 +352,19 @@ TEST(LlamaCpp, ARequestPastItsTtftSloIsReportedOverdueBeforeItIsAnswered) {
     return load.ok() && json::parse(load->body)["queued"].value("chat", 0) == 1;
   });
   const bool seen = eventually([&] { return overdue("ttft_overdue") >= 1; }, 5s);
+  // Still queued, and past its SLO: the autoscaler leaves it out of the load.
+  const bool queued_overdue = eventually([&] {
+    auto load = http::fetch({.port = up->port(), .target = "/loadstar/v1/load"});
+    return load.ok() && json::parse(load->body)["queued_overdue"].value("chat", 0) == 1 &&
+           scrape_metric(up->port(), "loadstar_gateway_queued_overdue_requests",
+                         "service=\"chat\"") == 1;
+  });
   const int answered_then = done.load();
   first.join();
   second.join();
   EXPECT_TRUE(queued) << "not queued in the gateway";
   EXPECT_TRUE(seen);
+  EXPECT_TRUE(queued_overdue) << "not reported queued past its SLO";
   EXPECT_EQ(answered_then, 0) << "the long stream ended before the check: no evidence";
   EXPECT_EQ(done, 2);
   EXPECT_GE(overdue("ttft_overdue_answered"), 1u);

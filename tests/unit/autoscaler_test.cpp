@@ -518,14 +518,15 @@ TEST(Autoscaler, WithAnSloHeldRequestsAskForTheReplicasTheirArrivalsNeed) {
   EXPECT_NE(d.reason.find("requests held: offered load"), std::string::npos) << d.reason;
 }
 
-// Back from zero, the requests held through the cold start have missed the
-// SLO by the time a replica is ready. Released into the gateway's queue,
-// which takes them only when no request that can still meet the SLO waits,
-// they need no replicas of their own: the restart is sized by what the
-// arrivals offer while they drain. Released into the engines' queues, they
-// would delay every request behind them, and count.
-TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
-  auto restart = [](bool in_the_gateway_queue) {
+// Requests queued at the gateway past the SLO have missed it whatever the
+// count, and the gateway's queue serves them only when no request that can
+// still meet it waits: they need no replicas of their own. Back from zero,
+// those held through the cold start are such a backlog: the restart is sized
+// by what the arrivals offer while it drains. Counted (in the engines'
+// queues, where it would delay every request behind it, or from a gateway
+// that does not say what is past the SLO), it asks for far more.
+TEST(Autoscaler, WithAnSloABacklogQueuedPastItDoesNotSizeTheCount) {
+  auto restart = [](bool overdue_reported) {
     Autoscaler a(slo_to_zero_spec());
     uint64_t sent = learned_then_at_zero(a);
     EXPECT_FALSE(::testing::Test::HasFailure());
@@ -542,7 +543,9 @@ TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
     a.observe(Sample{.now = 1208.5, .ready = asked, .held = 170, .requests_total = sent});
     current = a.decide(1208.5, current).desired;
     // Released: 30 run, the rest wait and drain over 20 s while 20 a second
-    // arrive.
+    // arrive. The queue takes those that can still meet the SLO first (the
+    // newest 30 of the held, then the arrivals): what waits is past it, but
+    // for 10 held in the last 2 s, for 2 s.
     uint32_t most = 0;
     std::string reason;
     for (int k = 0; k < 20; ++k) {
@@ -550,7 +553,8 @@ TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
       sent += 20 + 7;  // the arrivals and part of the backlog
       Sample s{.now = 1209.0 + k, .ready = asked, .requests_total = sent};
       s.in_flight = 30 + backlog;
-      s.queued = in_the_gateway_queue ? backlog : 0;
+      s.queued = backlog;
+      s.queued_overdue = overdue_reported ? std::max(0.0, backlog - (k < 2 ? 10 : 0)) : 0;
       s.waiting = backlog;
       a.observe(s);
       const Decision d = a.decide(s.now, current);
@@ -563,11 +567,11 @@ TEST(Autoscaler, WithAnSloABacklogThatMissedWhileHeldDoesNotSizeTheRestart) {
   const auto [asked, most, reason] = restart(true);
   EXPECT_GE(asked, 9u);
   EXPECT_LE(most, 13u) << "asked " << asked;
-  EXPECT_NE(reason.find("held past the SLO at the restart left out"), std::string::npos) << reason;
-  const auto [engines_asked, engines_most, engines_reason] = restart(false);
-  EXPECT_EQ(engines_asked, asked);
-  EXPECT_GE(engines_most, 20u);
-  EXPECT_EQ(engines_reason.find("left out"), std::string::npos) << engines_reason;
+  EXPECT_NE(reason.find("queued past the SLO left out"), std::string::npos) << reason;
+  const auto [counted_asked, counted_most, counted_reason] = restart(false);
+  EXPECT_EQ(counted_asked, asked);
+  EXPECT_GE(counted_most, 20u);
+  EXPECT_EQ(counted_reason.find("left out"), std::string::npos) << counted_reason;
 }
 
 // A service's first requests sized by the first guess (4 per replica) are

@@ -72,6 +72,14 @@ TEST(FlowQueue, WithAnSloTheOldestThatCanStillMeetItLeavesFirst) {
   q.push(3, 0, "a", 950);
   q.push(4, 0, "a", 900);  // arrived before 3 (it waited elsewhere first)
   q.push(5, 0, "b", 0);
+  q.push(7, 2, "a", 100);  // another band
+  // Those that arrived by a time, over every tenant and band.
+  EXPECT_EQ(q.arrived_by(-1), 0u);
+  EXPECT_EQ(q.arrived_by(0), 2u);
+  EXPECT_EQ(q.arrived_by(100), 4u);
+  EXPECT_EQ(q.arrived_by(920), 5u);
+  EXPECT_EQ(q.arrived_by(5000), 6u);
+  EXPECT_EQ(q.pop(1000), 7u);  // the higher band first
   // At 1000: a's 4 and 3 can still meet it; b's turn comes between.
   EXPECT_EQ(q.pop(1000), 4u);
   EXPECT_EQ(q.pop(1000), 5u);
@@ -155,9 +163,11 @@ TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
     report.endpoints.push_back(e);
   }
   report.queued = {{"chat", 5}, {"idle", 3}};
+  report.queued_overdue = {{"chat", 2}};
   auto parsed = parse_load_report(load_report_json(report));
   ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(parsed->report.queued, report.queued);
+  EXPECT_EQ(parsed->report.queued_overdue, report.queued_overdue);
   controller::LoadAggregator agg;
   controller::LoadRound r = agg.round({{"g", parsed->report}});
   EXPECT_EQ(r.replicas["chat-0"].in_flight + r.replicas["chat-1"].in_flight, 8 + 5);

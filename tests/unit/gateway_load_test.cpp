@@ -99,23 +99,27 @@ TEST(GatewayLoad, HeldRequestsAreDemandAndStaleScrapesAreIgnored) {
 
 // Requests in a gateway's flow-control queue count as in flight and waiting
 // on the service's replicas, and the autoscaler is told how many wait so
-// over the gateways (arrivals it would not see in the requests sent).
+// over the gateways (arrivals it would not see in the requests sent), and
+// how many of them are past the service's SLO.
 TEST(GatewayLoad, QueuedRequestsAreSummedPerService) {
-  auto queued = [](int in_queue) {
+  auto queued = [](int in_queue, int overdue = 0) {
     return fmt::format(
         R"({{"endpoints": [{{"service": "chat", "replica": "chat-0", "requests": 1,
-            "in_flight": 4}}], "queued": {{"chat": {}}}}})",
-        in_queue);
+            "in_flight": 4}}], "queued": {{"chat": {}}}, "queued_overdue": {{"chat": {}}}}})",
+        in_queue, overdue);
   };
   LoadAggregator agg;
   std::vector<std::string> errors;
-  LoadRound r = agg.round({{"a", queued(5)}, {"b", queued(3)}}, &errors);
+  // More past the SLO than queued (a broken report) counts as all queued.
+  LoadRound r = agg.round({{"a", queued(5, 2)}, {"b", queued(3, 9)}}, &errors);
   EXPECT_TRUE(errors.empty());
   EXPECT_EQ(r.replicas["chat-0"].in_flight, 4 + 5 + 4 + 3);
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 8}}));
+  EXPECT_EQ(r.queued_overdue, (std::map<std::string, uint64_t>{{"chat", 2 + 3}}));
   // A current value: a later round's replaces it.
   r.merge(agg.round({{"a", queued(1)}}));
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
+  EXPECT_TRUE(r.queued_overdue.empty());
   // Queued at a gateway that has no replica of the service (yet): as held.
   r = agg.round({{"a", queued(1)}, {"c", R"({"endpoints": [], "queued": {"chat": 2}})"}}, &errors);
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
