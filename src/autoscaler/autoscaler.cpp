@@ -14,6 +14,12 @@ uint32_t ceil_count(double x) {
   return static_cast<uint32_t>(std::min(std::ceil(x - 1e-9), 1e6));
 }
 
+// Of a sample's in-flight requests, those queued at the gateway past the
+// SLO (never more than are queued, or in flight).
+double overdue(const Sample& s) {
+  return std::clamp(s.queued_overdue, 0.0, std::max(0.0, std::min(s.queued, s.in_flight)));
+}
+
 }  // namespace
 
 std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
@@ -88,8 +94,7 @@ void Autoscaler::observe(const Sample& s) {
     const std::optional<OfferedLoad::Reading> offered = offered_->reading();
     // In flight, less what waits at the gateway past the SLO: the load of
     // the requests that can still meet it.
-    overdue_now_ = std::clamp(s.queued_overdue, 0.0, std::max(0.0, s.queued));
-    const double serving = s.in_flight - overdue_now_;
+    const double serving = s.in_flight - overdue(s);
     const bool settled = same_set && s.now - serving_since_ >= 2 * *spec_.slo_ttft_s;
     slo_->learn(s.now, spec_.ttft_bounds, s.ttft_counts, {s.ttft_overdue, s.ttft_overdue_answered},
                 serving, s.ready, settled);
@@ -126,6 +131,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   for (auto it = samples_.rbegin(); it != samples_.rend() && it->now >= now - window - 1e-9; ++it) {
     w.waiting += it->waiting;
     w.in_flight += it->in_flight;
+    if (slo_) w.overdue += overdue(*it);
     w.adapters += it->adapters;
     w.prefill_tokens += it->prefill_tokens;
     w.kv_per_replica += it->kv_cache_usage * it->ready;
@@ -145,6 +151,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
     Window last;
     last.waiting = s.waiting;
     last.in_flight = s.in_flight;
+    if (slo_) last.overdue = overdue(s);
     last.kv_per_replica = s.kv_cache_usage * s.ready;
     last.ready = static_cast<double>(s.ready);
     last.adapters = s.adapters;
@@ -155,6 +162,7 @@ Autoscaler::Window Autoscaler::average(double now, double window) const {
   if (w.samples > 0) {
     w.waiting /= w.samples;
     w.in_flight /= w.samples;
+    w.overdue /= w.samples;
     w.adapters /= w.samples;
     w.prefill_tokens /= w.samples;
     w.kv_per_replica /= w.samples;
@@ -205,12 +213,12 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, 
                   "requests held: offered load {:.1f} ({:.2f} arrivals/s x {:.1f}s "
                   "a request)",
                   offered_now_->load, offered_now_->arrival_rate, offered_now_->run_time_s)
-            : fmt::format("in-flight requests {:.1f}{}{}", w.in_flight * trend,
+            : fmt::format("in-flight requests {:.1f}{}{}", (w.in_flight - w.overdue) * trend,
                           trend != 1 ? fmt::format(" (x{:.2f} arrival trend)", trend) : "",
-                          overdue_now_ > 0
-                              ? fmt::format(", {:.0f} queued past the SLO left out", overdue_now_)
-                              : "");
-    vote(c.replicas, "slo", offered_now_ ? offered_now_->load : w.in_flight * trend,
+                          w.overdue > 0 ? fmt::format(" (and {:.1f} queued past the SLO, left out)",
+                                                      w.overdue)
+                                        : "");
+    vote(c.replicas, "slo", offered_now_ ? offered_now_->load : (w.in_flight - w.overdue) * trend,
          c.learned ? fmt::format("{}: {} replica(s) expect {:.2f}% of first tokens over {:g}s "
                                  "(allowed {:.2f}%; learned from {} answers) -> {}",
                                  load, c.replicas, c.expected_misses * 100, *spec_.slo_ttft_s,

@@ -186,6 +186,7 @@ class Autoscaler {
   };
   struct Window {
     double waiting = 0, in_flight = 0, kv_per_replica = 0, ready = 0, adapters = 0;
+    double overdue = 0;  // of in_flight, queued at the gateway past the SLO (with an SLO)
     double prefill_tokens = 0;
     Latency ttft, itl;
     int samples = 0;
@@ -223,7 +224,6 @@ class Autoscaler {
   // which the stable count covers too.
   static constexpr double kHoldWindows = 5;
   std::deque<std::pair<double, LoadSample>> held_loads_;
-  double overdue_now_ = 0;  // the last sample's queued past the SLO, left out of its load
   std::optional<double> last_step_down_;
   std::optional<double> first_request_;  // the first sample with a request
 };

@@ -127,6 +127,7 @@ void WaitingRoom::notify(const RoutingTable& table) {
     if (line.queue.empty()) continue;
     auto it = table.services.find(service);
     if (it == table.services.end()) continue;
+    line.ttft_slo_s = it->second.ttft_slo_s;  // changed since its last request came
     count_overdue_locked(line, it->second.ready, now);
     release_locked(line, it->second.flow, it->second.ready, now);
   }

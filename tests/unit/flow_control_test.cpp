@@ -84,7 +84,9 @@ TEST(FlowQueue, WithAnSloTheOldestThatCanStillMeetItLeavesFirst) {
   EXPECT_EQ(q.pop(1000), 4u);
   EXPECT_EQ(q.pop(1000), 5u);
   EXPECT_EQ(q.pop(1000), 3u);
-  EXPECT_EQ(q.pop(1000), 1u);  // none left within: the oldest
+  EXPECT_EQ(q.pop(1000), 1u);         // none left within: the oldest
+  EXPECT_EQ(q.arrived_by(5000), 1u);  // 2 is left
+  EXPECT_EQ(q.arrived_by(99), 0u);
   // Without the limit: first come, first served.
   q.push(6, 0, "a", 1000);
   q.set_serve_within(std::nullopt);
@@ -171,6 +173,7 @@ TEST(FlowControl, QueuedRequestsCountAsWaitingAndInFlightOrAsDemand) {
   controller::LoadAggregator agg;
   controller::LoadRound r = agg.round({{"g", parsed->report}});
   EXPECT_EQ(r.replicas["chat-0"].in_flight + r.replicas["chat-1"].in_flight, 8 + 5);
+  EXPECT_EQ(r.queued_overdue, (std::map<std::string, uint64_t>{{"chat", 2}}));
   EXPECT_DOUBLE_EQ(*r.replicas["chat-0"].waiting, 1 + 2.5);
   EXPECT_EQ(r.demand, (std::set<std::string>{"idle"}));
   // The adapters in use on each replica travel too.

@@ -121,8 +121,12 @@ TEST(GatewayLoad, QueuedRequestsAreSummedPerService) {
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
   EXPECT_TRUE(r.queued_overdue.empty());
   // Queued at a gateway that has no replica of the service (yet): as held.
-  r = agg.round({{"a", queued(1)}, {"c", R"({"endpoints": [], "queued": {"chat": 2}})"}}, &errors);
+  r = agg.round(
+      {{"a", queued(1)},
+       {"c", R"({"endpoints": [], "queued": {"chat": 2}, "queued_overdue": {"chat": 2}})"}},
+      &errors);
   EXPECT_EQ(r.queued, (std::map<std::string, uint64_t>{{"chat", 1}}));
+  EXPECT_TRUE(r.queued_overdue.empty());  // held there: the offered load sizes it
   EXPECT_EQ(r.held, (std::map<std::string, uint64_t>{{"chat", 2}}));
   EXPECT_EQ(r.demand, (std::set<std::string>{"chat"}));
 }
