@@ -36,7 +36,8 @@
 # a run) beside the oracle with foresight, which is always there.
 # Environment: TRACES, RATES (default "0.5 1 2"), POLICIES, GOAL (0.99),
 # MAX (40), SLO (2, model seconds), OUT (keep the JSON lines here), BIN (the
-# loadstar binary; default: build it).
+# loadstar binary; default: build it), SEED (1: the synthetic traces' draw;
+# another draws other arrivals and requests for the same shapes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${BIN:-build/release/loadstar}
@@ -48,6 +49,7 @@ goal=${GOAL:-0.99}
 max=${MAX:-40}
 slo=${SLO:-2}
 oracles=${ORACLES:-0}
+seed=${SEED:-1}
 oracle_flag=""
 [ "$oracles" = 1 ] && oracle_flag=--oracles
 work=$(mktemp -d)
@@ -56,9 +58,10 @@ conv=../shared/traces/AzureLLMInferenceTrace_conv.csv
 python3 bench/autoscale/traces.py mooncake ../shared/traces/mooncake_conversation_trace.jsonl \
   "$work/mooncake.csv"
 for shape in diurnal quiet bursts steps; do
-  python3 bench/autoscale/traces.py synth "$shape" "$conv" "$work/$shape.csv"
+  python3 bench/autoscale/traces.py synth "$shape" "$conv" "$work/$shape.csv" --seed "$seed"
 done
-python3 bench/autoscale/traces.py synth diurnal "$work/mooncake.csv" "$work/mooncake-diurnal.csv"
+python3 bench/autoscale/traces.py synth diurnal "$work/mooncake.csv" "$work/mooncake-diurnal.csv" \
+  --seed "$seed"
 cp "$conv" "$work/conv.csv"
 
 w() { python3 -c "print(f'{$1 / 10:g}s')"; }  # model seconds -> wall, at --time-scale 10
