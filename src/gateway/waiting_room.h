@@ -88,7 +88,7 @@ class WaitingRoom {
     uint64_t reserved = 0;  // let go, not yet counted in an endpoint's in_flight
     std::multimap<int64_t, uint64_t> deadlines;  // SLO deadline -> waiter id
     std::map<std::string, uint64_t> outcomes;    // every one but dispatched turned a request away
-    std::optional<double> ttft_slo_s;            // the service's, as its last request said
+    std::optional<double> ttft_slo_s;            // the service's, as its last request or table said
   };
   // Counts the waiters whose SLO passed by `now_ms` overdue, on the first
   // of `endpoints` (the controller sums a service's endpoints).
