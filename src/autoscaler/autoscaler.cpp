@@ -220,9 +220,10 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, 
                                         : "");
     vote(c.replicas, "slo", offered_now_ ? offered_now_->load : (w.in_flight - w.overdue) * trend,
          c.learned ? fmt::format("{}: {} replica(s) expect {:.2f}% of first tokens over {:g}s "
-                                 "(allowed {:.2f}%; learned from {} answers) -> {}",
+                                 "(allowed {:.2f}%, {:.2f}% kept for misses not foreseen; "
+                                 "learned from {} answers) -> {}",
                                  load, c.replicas, c.expected_misses * 100, *spec_.slo_ttft_s,
-                                 c.allowed * 100, slo_->answers(), c.replicas)
+                                 c.allowed * 100, c.margin * 100, slo_->answers(), c.replicas)
                    : fmt::format("{} at {:g}/replica until the miss curve is learned -> {}", load,
                                  spec_.in_flight_per_replica.value_or(4), c.replicas));
   } else if (spec_.in_flight_per_replica) {
@@ -402,6 +403,16 @@ Decision Autoscaler::decide(double now, uint32_t current) {
     const uint32_t clamped = std::clamp(d.desired, floor, spec_.max_replicas);
     d.reason += fmt::format("; {} by {}Replicas", clamped, d.desired < floor ? "min" : "max");
     d.desired = clamped;
+  }
+  // What the count expects of the stable window's load, which the answers
+  // from now on are measured against (SloCapacity::expect).
+  if (slo_ && slo_->miss_share(1)) {
+    if (last.ready >= d.desired) caught_up_ = true;
+    if (caught_up_ && d.desired > 0) {
+      std::vector<LoadSample> loads = stable_window.loads;
+      for (LoadSample& l : loads) l.in_flight *= slo_->trend();
+      slo_->expect(slo_->expected(loads, d.desired));
+    }
   }
   // Staging ahead of need on a rising trend.
   d.stage_ahead = d.desired;

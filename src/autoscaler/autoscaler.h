@@ -226,6 +226,11 @@ class Autoscaler {
   std::deque<std::pair<double, LoadSample>> held_loads_;
   std::optional<double> last_step_down_;
   std::optional<double> first_request_;  // the first sample with a request
+  // With an SLO: the replicas asked for have all served at least once since
+  // the curve was learned; from then on each count's expected misses are
+  // measured against the answers (before, the count was the service's
+  // starting guess, not a decision).
+  bool caught_up_ = false;
 };
 
 }  // namespace loadstar::autoscaler

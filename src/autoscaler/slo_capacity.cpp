@@ -33,9 +33,10 @@ void SloCapacity::learn(double now, const std::vector<double>& bounds,
   if (last_learned_ && now > *last_learned_) {
     const double keep = std::exp2(-(now - *last_learned_) / o_.memory_s);
     for (int b = 0; b < kBins; ++b) answered_[b] *= keep, missed_[b] *= keep;
+    measured_answers_ *= keep, measured_missed_ *= keep, measured_expected_ *= keep;
   }
   last_learned_ = now;
-  if (!settled || ready == 0 || counts.size() != bounds.size() + 1) return;
+  if (counts.size() != bounds.size() + 1) return;
   // The answers of overdue requests were counted at their deadline.
   const auto early = static_cast<double>(overdue.counted);
   const auto again = static_cast<double>(overdue.answered);
@@ -45,6 +46,14 @@ void SloCapacity::learn(double now, const std::vector<double>& bounds,
   if (total == 0) return;
   const double over =
       std::clamp(answers_over(o_.slo_s, bounds, counts) - again + early, 0.0, total);
+  // Against what the count in force expected: every answer, settled or not
+  // (the misses of scaling are the unsettled passes' and the onsets').
+  if (expected_now_) {
+    measured_answers_ += total;
+    measured_missed_ += over;
+    measured_expected_ += total * *expected_now_;
+  }
+  if (!settled || ready == 0) return;
   const int b = bin(in_flight / ready);
   answered_[b] += total;
   missed_[b] += over;
@@ -132,11 +141,10 @@ SloCapacity::Count SloCapacity::replicas_for(const std::vector<LoadSample>& load
                                              uint32_t max) const {
   Count out;
   if (loads.empty() || max == 0) return out;
-  double peak = 0, mean = 0, weight = 0;
+  double peak = 0, mean = 0;
   for (const LoadSample& l : loads) {
     peak = std::max(peak, l.in_flight);
     mean += l.in_flight;
-    weight += l.weight;
   }
   mean /= static_cast<double>(loads.size());
   if (!(peak > 0)) return out;  // nothing in flight: no replica needed for it
@@ -146,25 +154,42 @@ SloCapacity::Count SloCapacity::replicas_for(const std::vector<LoadSample>& load
     return out;
   }
   out.learned = true;
-  out.allowed = floor_ + (1 - o_.attainment) * o_.miss_budget;
-  auto expected = [&](uint32_t n) {
-    double sum = 0;
-    for (const LoadSample& l : loads)
-      sum += (weight > 0 ? l.weight : 1) * *miss_share(l.in_flight / n);
-    return sum / (weight > 0 ? weight : static_cast<double>(loads.size()));
-  };
+  out.allowed = allowed();
+  out.margin = o_.aim * (1 - o_.attainment) - (out.allowed - floor_);
   // The share falls as replicas are added: the fewest within the allowed.
   uint32_t lo = 1, hi = max;
   while (lo < hi) {
     const uint32_t mid = lo + (hi - lo) / 2;
-    if (expected(mid) <= out.allowed)
+    if (expected(loads, mid) <= out.allowed)
       hi = mid;
     else
       lo = mid + 1;
   }
   out.replicas = hi;
-  out.expected_misses = expected(hi);
+  out.expected_misses = expected(loads, hi);
   return out;
+}
+
+double SloCapacity::expected(const std::vector<LoadSample>& loads, uint32_t replicas) const {
+  if (loads.empty() || replicas == 0 || !miss_share(1)) return 0;
+  double weight = 0;
+  for (const LoadSample& l : loads) weight += l.weight;
+  double sum = 0;
+  for (const LoadSample& l : loads)
+    sum += (weight > 0 ? l.weight : 1) * *miss_share(l.in_flight / replicas);
+  return sum / (weight > 0 ? weight : static_cast<double>(loads.size()));
+}
+
+double SloCapacity::unforeseen() const {
+  const double prior = o_.prior_unforeseen * (1 - o_.attainment);
+  return (measured_missed_ - measured_expected_ + prior * o_.prior_answers) /
+         (measured_answers_ + o_.prior_answers);
+}
+
+double SloCapacity::allowed() const {
+  fit();  // the floor
+  const double budget = 1 - o_.attainment;
+  return floor_ + std::clamp(o_.aim * budget - unforeseen(), o_.least * budget, o_.aim * budget);
 }
 
 void SloCapacity::arrivals(double now, uint64_t arrived_total, double window_s) {

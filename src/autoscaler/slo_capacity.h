@@ -36,13 +36,23 @@
 //
 // The count for a window: the fewest replicas whose expected share of
 // misses — the load samples spread over them, read off the curve — is within
-// the allowed share (`miss_budget` of 1 - attainment, the rest kept as
-// margin for the misses of scaling itself, which no settled pass sees)
-// above the floor: the share missed where replicas held at most one request
-// each, which no count of replicas removes (a prompt whose prefill alone
-// takes longer than the SLO). Before
-// `min_answers` answers there is no curve, and the first guess per replica
-// (`initial`) sizes it.
+// the allowed share above the floor: the share missed where replicas held
+// at most one request each, which no count of replicas removes (a prompt
+// whose prefill alone takes longer than the SLO). Before `min_answers`
+// answers there is no curve, and the first guess per replica (`initial`)
+// sizes it.
+//
+// The allowed share: `aim` of the misses the SLO allows (1 - attainment),
+// less the misses the counts did not foresee — measured, not assumed. Each
+// decision says what share its count expects of the load it was sized for
+// (expect()); every answer from then on, on a settled serving set or not,
+// counts against it, and the misses beyond it are the unforeseen share:
+// a burst's onset and a step up, while the replicas asked for start; a
+// restart from zero; the curve's own error. A steady workload scales
+// little and may aim at nearly all the SLO allows; a bursty one keeps the
+// margin its bursts take. Before many answers are measured the margin is
+// `prior_unforeseen` of 1 - attainment (`prior_answers` answers' worth),
+// and the curve is always allowed at least `least` of 1 - attainment.
 //
 // The arrival trend: the least-squares line through the arrival rate over
 // the stable window, extrapolated from the window's centre (where its
@@ -65,8 +75,14 @@ namespace loadstar::autoscaler {
 struct SloCapacityOptions {
   double slo_s = 2;          // TTFT
   double attainment = 0.99;  // share of first tokens within it
-  double miss_budget = 0.5;  // share of (1 - attainment) aimed at; the rest is margin
-  double initial = 4;        // in-flight per replica before the curve is learned
+  // Shares of (1 - attainment): aimed at in all, the curve's expected misses
+  // and the unforeseen ones together; the unforeseen share until measured;
+  // the least the curve is allowed (see above).
+  double aim = 0.9;
+  double prior_unforeseen = 0.4;
+  double least = 0.25;
+  double prior_answers = 5000;  // the prior's weight against the answers measured
+  double initial = 4;           // in-flight per replica before the curve is learned
   uint64_t min_answers = 200;
   double memory_s = 1800;   // the curve's half-life
   double lead_time_s = 30;  // how far ahead the arrival trend is extrapolated
@@ -104,10 +120,23 @@ class SloCapacity {
   struct Count {
     uint32_t replicas = 0;
     double expected_misses = 0;  // the curve's reading; 0 before it is learned
-    double allowed = 0;          // what it was held to: the floor and the budget
+    double allowed = 0;          // what it was held to: allowed()
+    double margin = 0;           // kept out of it for misses not foreseen
     bool learned = false;        // false: sized by `initial` per replica
   };
   Count replicas_for(const std::vector<LoadSample>& loads, uint32_t max) const;
+  // The share of misses the curve expects of `replicas` for `loads` (0
+  // before it is learned).
+  double expected(const std::vector<LoadSample>& loads, uint32_t replicas) const;
+  // The share of misses the count in force expects: the answers from now
+  // on count against it (see above). Before the first call none do.
+  void expect(double share) { expected_now_ = share; }
+  // Misses beyond what the counts expected, as a share of the answers
+  // since the first expect() (decayed as the curve is), with the prior.
+  double unforeseen() const;
+  // The share of misses a count is held to: the floor and the aim, less
+  // the unforeseen share.
+  double allowed() const;
 
   // The load to size for over the window's, from the arrival trend: 1 on a
   // flat rate, above 1 on a rising one (at most 1.5, at least 0.75).
@@ -135,6 +164,10 @@ class SloCapacity {
   mutable int highest_seen_ = -1;
   mutable double floor_ = 0;  // the share no count of replicas removes
   double trend_ = 1;
+  // What the counts expected and what came, over every answer since the
+  // first expect() (decayed).
+  std::optional<double> expected_now_;
+  double measured_answers_ = 0, measured_missed_ = 0, measured_expected_ = 0;
   std::optional<std::pair<double, uint64_t>> last_;  // (time, requests_total)
   std::deque<std::pair<double, double>> rates_;      // (time, arrivals per second) per sample
 };

@@ -2,6 +2,7 @@
 // spike, a slow ramp, a drain to zero, noise; one sample a second, and the
 // replicas it asks for become ready at once (the controller's start-up time
 // is not the autoscaler's business).
+#include <algorithm>
 #include <cmath>
 #include <deque>
 #include <functional>
@@ -598,6 +599,39 @@ TEST(Autoscaler, WithAnSloItLearnsAndSizesWithoutTheBacklogPastIt) {
 // A service's first requests sized by the first guess (4 per replica) are
 // not evidence enough to shed the replicas it started with: until the curve
 // is learned, in its first five stable windows of requests, it keeps them.
+// The share of misses the decision's reason says it kept out of the
+// allowed for misses not foreseen.
+double margin_kept(const Decision& d) {
+  const auto at = d.reason.find("% kept for misses not foreseen");
+  if (at == std::string::npos) return -1;
+  const auto from = d.reason.rfind(", ", at);
+  return std::stod(d.reason.substr(from + 2, at - from - 2)) / 100;
+}
+
+TEST(Autoscaler, WithAnSloTheStartingCountsShortfallIsNoMarginToKeep) {
+  // Started on 6 replicas where 30 in flight need 10, with replicas that
+  // take a minute to start: half the answers miss until the count catches
+  // up. That shortfall is the starting count's, not a count the autoscaler
+  // chose, so it is not measured against one: once the count has caught up
+  // on a steady load, what is kept for misses not foreseen falls below the
+  // 0.4% assumed before any is measured. Measured from the start, the
+  // shortfall's misses would hold it at the most kept (0.65%).
+  Autoscaler a(slo_spec(64));
+  const auto run = drive_slo(
+      a, {.start_s = 60}, 1800, [](int) { return 30.0; }, 6);
+  EXPECT_GT(margin_kept(run.decisions[180]), 0) << run.decisions[180].reason;
+  EXPECT_LT(margin_kept(run.decisions[180]), 0.0035) << run.decisions[180].reason;
+  // Later the count steps down to 9, which the curve expected to miss
+  // nothing (it had seen no level between 2.5 and 5) and which misses half
+  // the answers (this plant's replicas hold 3 each): the curve's own error,
+  // measured as not foreseen, so the most is kept.
+  const Decision& last = run.decisions.back();
+  EXPECT_EQ(*std::min_element(run.desired.begin() + 180, run.desired.end()), 9u);
+  EXPECT_GE(run.desired.back(), 10u) << last.reason;
+  EXPECT_LE(run.desired.back(), 12u) << last.reason;
+  EXPECT_NEAR(margin_kept(last), 0.0065, 1e-9) << last.reason;
+}
+
 TEST(Autoscaler, WithAnSloItKeepsItsReplicasUntilTheCurveIsLearned) {
   Autoscaler a(slo_spec(64));
   uint32_t current = 6;

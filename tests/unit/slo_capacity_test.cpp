@@ -104,6 +104,55 @@ TEST(SloCapacity, MissesNoReplicaRemovesAreAFloorNotAReasonToGrow) {
   EXPECT_NEAR(c.replicas_for(steady(30), 100).allowed, 0.05 + 0.005, 1e-9);
 }
 
+TEST(SloCapacity, TheMarginKeptIsTheMissesTheCountsDidNotForesee) {
+  // Misses rise by 0.4% of the answers for each request per replica past 2.
+  const auto share = [](double level) { return std::max(0.0, (level - 2) * 0.004); };
+  const auto taught = [&] {
+    SloCapacity c({.slo_s = 2, .attainment = 0.99});
+    double now = 0;
+    for (int r = 0; r < 10; ++r)
+      for (double level = 0.5; level <= 6; level += 0.125)
+        c.learn(now += 1, kBounds, answers(1000, std::lround(1000 * share(level))), {}, 4 * level,
+                4, true);
+    return c;
+  };
+  // Unsettled passes (a serving set that just changed) teach the curve
+  // nothing, but their answers count against what the count expected.
+  const auto measure = [](SloCapacity& c, double expected, uint64_t missed_per_1000) {
+    c.expect(expected);
+    for (int i = 0; i < 40; ++i)
+      c.learn(1000 + i, kBounds, answers(1000, missed_per_1000), {}, 8, 4, false);
+  };
+  // Before anything is measured: 0.4 of the 1% the SLO allows kept.
+  SloCapacity prior = taught();
+  EXPECT_NEAR(prior.allowed(), 0.005, 1e-9);
+  SloCapacity unmeasured = taught();
+  for (int i = 0; i < 40; ++i)  // no count has said what it expects yet
+    unmeasured.learn(1000 + i, kBounds, answers(1000, 30), {}, 8, 4, false);
+  EXPECT_NEAR(unmeasured.allowed(), 0.005, 1e-9);
+  // Misses as foreseen: the margin shrinks towards none (the prior's weight
+  // fading), and the count aims at nearly 0.9 of the 1%.
+  SloCapacity steady_load = taught();
+  measure(steady_load, 0.003, 3);
+  EXPECT_GT(steady_load.allowed(), 0.0085);
+  EXPECT_LE(steady_load.allowed(), 0.009 + 1e-12);
+  // Far more misses than foreseen (bursts while replicas start): the least
+  // the curve is allowed, a quarter of the 1%.
+  SloCapacity bursty = taught();
+  measure(bursty, 0.003, 30);
+  EXPECT_NEAR(bursty.allowed(), 0.0025, 1e-9);
+  // The count follows: fewer replicas for the same load where misses come
+  // as foreseen, more where they do not.
+  const uint32_t n_steady = steady_load.replicas_for(steady(30), 100).replicas;
+  const uint32_t n_prior = prior.replicas_for(steady(30), 100).replicas;
+  const uint32_t n_bursty = bursty.replicas_for(steady(30), 100).replicas;
+  EXPECT_LT(n_steady, n_prior);
+  EXPECT_LT(n_prior, n_bursty);
+  const SloCapacity::Count c = bursty.replicas_for(steady(30), 100);
+  EXPECT_NEAR(c.margin, 0.009 - 0.0025, 1e-9);
+  EXPECT_LE(c.expected_misses, c.allowed);
+}
+
 TEST(SloCapacity, AServiceOnlyEverSeenOverloadedTriesMoreReplicas) {
   SloCapacity c({.slo_s = 2, .attainment = 0.99});
   // Half the answers missed at every level seen, all of them above 3 per
