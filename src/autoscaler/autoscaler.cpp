@@ -405,13 +405,17 @@ Decision Autoscaler::decide(double now, uint32_t current) {
     d.desired = clamped;
   }
   // What the count expects of the stable window's load, which the answers
-  // from now on are measured against (SloCapacity::expect).
+  // from now on are measured against (SloCapacity::expect); never more than
+  // the allowed share: a count held below what the curve asks for (by
+  // maxReplicas, the scale-up rate) expects misses from the curve's guess
+  // beyond the levels it has seen, which is pessimistic by design, and
+  // fewer misses than that guess are no credit against the next burst.
   if (slo_ && slo_->miss_share(1)) {
     if (last.ready >= d.desired) caught_up_ = true;
     if (caught_up_ && d.desired > 0) {
       std::vector<LoadSample> loads = stable_window.loads;
       for (LoadSample& l : loads) l.in_flight *= slo_->trend();
-      slo_->expect(slo_->expected(loads, d.desired));
+      slo_->expect(std::min(slo_->expected(loads, d.desired), slo_->allowed()));
     }
   }
   // Staging ahead of need on a rising trend.

@@ -45,14 +45,20 @@
 // The allowed share: `aim` of the misses the SLO allows (1 - attainment),
 // less the misses the counts did not foresee — measured, not assumed. Each
 // decision says what share its count expects of the load it was sized for
-// (expect()); every answer from then on, on a settled serving set or not,
-// counts against it, and the misses beyond it are the unforeseen share:
-// a burst's onset and a step up, while the replicas asked for start; a
-// restart from zero; the curve's own error. A steady workload scales
-// little and may aim at nearly all the SLO allows; a bursty one keeps the
-// margin its bursts take. Before many answers are measured the margin is
-// `prior_unforeseen` of 1 - attainment (`prior_answers` answers' worth),
-// and the curve is always allowed at least `least` of 1 - attainment.
+// (expect()); every answer passed to learn() from then on, on a settled
+// serving set or not, counts against it, and the misses beyond it are the
+// unforeseen share: a burst's onset or a step up while the replicas asked
+// for start (its requests go overdue on the serving set they arrived on),
+// the curve's own error. Not among them: the answers of requests that
+// arrived before the serving set last changed, which the gateway does not
+// count (so not a restart's held requests, nor requests answered late
+// across a change). A steady workload scales little and may aim at nearly
+// all the SLO allows; a bursty one keeps the margin its bursts take. The
+// margin starts as `prior_unforeseen` of 1 - attainment, weighted as
+// `prior_answers` answers; the measured ones decay with `memory_s`, so a
+// service answering fewer than about prior_answers / (1.44 memory_s) a
+// second stays mostly at the prior. The curve is always allowed at least
+// `least` of 1 - attainment.
 //
 // The arrival trend: the least-squares line through the arrival rate over
 // the stable window, extrapolated from the window's centre (where its
