@@ -38,6 +38,13 @@
 # MAX (40), SLO (2, model seconds), OUT (keep the JSON lines here), BIN (the
 # loadstar binary; default: build it), SEED (1: the synthetic traces' draw;
 # another draws other arrivals and requests for the same shapes).
+# STARTS (default 6: replicas at the start) and PERIODS (0.1: wall seconds
+# between controller passes) take several values to run each trace, rate
+# and policy once per pair: changes that should not matter, which show how
+# far one run is from the next (on Mooncake's trace a cell's cost spans 2x;
+# docs/benchmarks.md, "How noisy one run is"). The baselines are found on
+# the first pair and judge every pair; with more than one pair a summary
+# per cell (runs that meet the goal, ranges) follows the table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${BIN:-build/release/loadstar}
@@ -50,6 +57,8 @@ max=${MAX:-40}
 slo=${SLO:-2}
 oracles=${ORACLES:-0}
 seed=${SEED:-1}
+starts=${STARTS:-6}
+periods=${PERIODS:-0.1}
 oracle_flag=""
 [ "$oracles" = 1 ] && oracle_flag=--oracles
 work=$(mktemp -d)
@@ -88,7 +97,7 @@ Y
   esac
 }
 manifest() {
-  local p=$1 slots="maxSequences: 4" flag=""
+  local p=$1 start=$2 slots="maxSequences: 4" flag=""
   if [ "$p" = slo-engine-queue ]; then slots="" flag='"--max-num-seqs", "4", '; fi
   cat <<YAML
 ---
@@ -97,7 +106,7 @@ kind: InferenceService
 metadata: {name: $p}
 spec:
   model: bench
-  replicas: 6
+  replicas: $start
   minReplicas: 0
   idleTimeout: $(w 300)
   engine:
@@ -113,15 +122,31 @@ results=${OUT:-$work/results.jsonl}
 for t in $traces; do
   for r in $rates; do
     for p in $policies; do
-      echo "== $t x$r $p" >&2
-      manifest "$p" > "$work/policy.yaml"
-      $bin sim autoscale -f "$work/policy.yaml" --trace "$work/$t.csv" --rate "$r" \
-        --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --baselines "$max" --goal "$goal" \
-        $oracle_flag --json "$work/one.jsonl" >&2
-      python3 -c "
-import json, sys
+      first=1
+      for start in $starts; do
+        for period in $periods; do
+          echo "== $t x$r $p (start $start, period $period)" >&2
+          manifest "$p" "$start" > "$work/policy.yaml"
+          base=""
+          [ "$first" = 1 ] && base="--baselines $max --goal $goal $oracle_flag"
+          # shellcheck disable=SC2086 # $base: several flags or none
+          $bin sim autoscale -f "$work/policy.yaml" --trace "$work/$t.csv" --rate "$r" \
+            --max-input 16000 --slo-ttft "$slo" --cold-start 1.3 --period "$period" $base \
+            --json "$work/one.jsonl" >&2
+          [ "$first" = 1 ] && cp "$work/one.jsonl" "$work/first.jsonl"
+          first=0
+          python3 -c "
+import json
+first = json.loads(open('$work/first.jsonl').readline())
 for l in open('$work/one.jsonl'):
-    d = json.loads(l); d['trace'] = '$t'; d['rate'] = $r; print(json.dumps(d))" >> "$results"
+    d = json.loads(l)
+    for k, v in first.items():  # the first pair's baselines judge every pair
+        if k.startswith(('best_static', 'clairvoyant', 'foresight', 'reactive')):
+            d.setdefault(k, v)
+    d.update(trace='$t', rate=$r, start=$start, period=$period)
+    print(json.dumps(d))" >> "$results"
+        done
+      done
     done
   done
 done
@@ -130,6 +155,7 @@ import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 goal = float(sys.argv[2])
 oracles = sys.argv[3] == "1"
+pairs = {(r.get("start"), r.get("period")) for r in runs}
 # The oracles' cells: share within the SLO / GPU-seconds as a multiple of the best static.
 def cell(share, gpu_s, best):
     return f"{100 * share:.2f}% / {gpu_s / best:.2f}" if best else f"{100 * share:.2f}% / -"
@@ -149,8 +175,33 @@ for r in runs:
                  f" ({r['reactive_headroom']:g}, {r['reactive_memory_s']:g} s)")
     else:
         react = "none of the 16 meets the goal" if oracles else "- (ORACLES=1)"
-    print(f"{r['trace']:<17} {r['rate']:>4g} {r['label']:<6} {100 * r['slo_attainment']:>7.2f}% "
+    label = r["label"] if len(pairs) == 1 else f"{r['label']} {r['start']}/{r['period']:g}"
+    print(f"{r['trace']:<17} {r['rate']:>4g} {label:<6} {100 * r['slo_attainment']:>7.2f}% "
           f"{mark:6} {r['gpu_seconds']:>8.0f} {rel:>8} {rcl:>10} {r['cold_starts']:>5} | "
           f"{r.get('best_static_replicas', '-'):>11} {its:>8} {best or 0:>9.0f} | "
           f"{fore:>16} | {react}")
+if len(pairs) > 1:
+    import math
+    cells = {}
+    for r in runs:
+        cells.setdefault((r["trace"], r["rate"], r["label"]), []).append(r)
+    print(f"\n{len(pairs)} runs a cell (STARTS x PERIODS): runs that meet the goal / meet "
+          f"{100 * goal:g}%, then the ranges of the share within the SLO and of the cost")
+    every = []
+    for (t, rate, label), rs in cells.items():
+        best = rs[0].get("best_static_gpu_seconds")
+        if not best:
+            continue
+        cost = [r["gpu_seconds"] / best for r in rs]
+        share = [r["slo_attainment"] for r in rs]
+        met = sum(s >= goal for s in share)
+        ok = sum(s >= goal and c <= 1.02 for s, c in zip(share, cost))
+        every += list(zip(share, cost))
+        print(f"{t:<17} {rate:>4g} {label:<6} {ok:>2} / {met:>2} of {len(rs):<3} "
+              f"{100 * min(share):6.2f}-{100 * max(share):6.2f}%  {min(cost):.2f}-{max(cost):.2f}x")
+    if every:
+        geo = math.exp(sum(math.log(c) for _, c in every) / len(every))
+        print(f"all {len(every)} runs: {sum(s >= goal and c <= 1.02 for s, c in every)} meet the "
+              f"goal, {sum(s >= goal for s, _ in every)} meet {100 * goal:g}%, geometric mean cost "
+              f"{geo:.3f}, mean share missed {100 * sum(1 - s for s, _ in every) / len(every):.2f}%")
 PY
