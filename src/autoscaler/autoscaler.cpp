@@ -20,6 +20,12 @@ double overdue(const Sample& s) {
   return std::clamp(s.queued_overdue, 0.0, std::max(0.0, std::min(s.queued, s.in_flight)));
 }
 
+// A window's load samples projected along the arrival trend.
+std::vector<LoadSample> projected(std::vector<LoadSample> loads, double trend) {
+  for (LoadSample& l : loads) l.in_flight *= trend;
+  return loads;
+}
+
 }  // namespace
 
 std::optional<double> histogram_quantile(double q, const double* bounds, const uint64_t* counts,
@@ -193,8 +199,7 @@ uint32_t Autoscaler::recommend(const Window& w, uint32_t current, double trend, 
     return ceil_count(want);
   };
   if (slo_) {
-    std::vector<LoadSample> loads = w.loads;
-    for (LoadSample& l : loads) l.in_flight *= trend;
+    const std::vector<LoadSample> loads = projected(w.loads, trend);
     const uint32_t most = std::max<uint32_t>(1, spec_.max_replicas);
     SloCapacity::Count c = slo_->replicas_for(loads, most);
     // The stable window's count also covers the load of the last few
@@ -413,9 +418,9 @@ Decision Autoscaler::decide(double now, uint32_t current) {
   if (slo_ && slo_->miss_share(1)) {
     if (last.ready >= d.desired) caught_up_ = true;
     if (caught_up_ && d.desired > 0) {
-      std::vector<LoadSample> loads = stable_window.loads;
-      for (LoadSample& l : loads) l.in_flight *= slo_->trend();
-      slo_->expect(std::min(slo_->expected(loads, d.desired), slo_->allowed()));
+      const double expected =
+          slo_->expected(projected(stable_window.loads, slo_->trend()), d.desired);
+      slo_->expect(std::min(expected, slo_->allowed()));
     }
   }
   // Staging ahead of need on a rising trend.
